@@ -1,0 +1,830 @@
+// FHIR Appointment / Encounter / Patient → normalized triggers (TRIGGER.md, "FHIR source"
+// column). Pure: no I/O, no clock. What the resource does not say (the status or start
+// before this change) comes from the stored SubjectState the caller passes in; the states
+// returned are what the caller stores for the next comparison.
+//
+// The same real-world event must give the same `type`, `appointment.*` and `patient.*` as
+// the HL7v2 path, so the field rules below follow TRIGGER.md to the letter.
+import { createHash } from 'node:crypto';
+import { PermanentError } from '../errors.ts';
+import type { SubjectState } from '../store/store.ts';
+import {
+  TriggerType,
+  type CodedValue,
+  type ContactPoint,
+  type HumanName,
+  type Identifier,
+  type LocationRef,
+  type PractitionerRef,
+  type Trigger,
+  type TriggerAppointment,
+  type TriggerEncounter,
+  type TriggerPatient,
+} from '../types.ts';
+import { referenceParts, type FhirCoding, type FhirResource } from './notification.ts';
+
+export interface NormalizeContext {
+  /** ISO-8601 instant with offset: when CareRelay received the message. */
+  receivedAt: string;
+  /** source.sender: the server base URL or the subscription id. */
+  sender: string;
+  /**
+   * source.messageId: `<subscription id>#<event-number>` for topic notifications
+   * (notification.ts topicMessageId), else `<Type>/<id>/_history/<versionId>` (resourceMessageId).
+   */
+  messageId: string;
+  /** The notification-event timestamp, when there is one. */
+  occurredAt?: string;
+  /** Bundle.timestamp: used for occurredAt after meta.lastUpdated (TRIGGER.md). */
+  bundleTimestamp?: string;
+  /** Stored state of this appointment/encounter (store.getSubjectState), if any. */
+  previous?: SubjectState;
+  /**
+   * The Patient the resource refers to (from the Bundle or fetched). For a Patient with a
+   * `replaced-by` link: the surviving Patient.
+   */
+  patient?: FhirResource;
+  /** US Core Patient Data Feed `trigger` codings of the notification event. */
+  triggerCodes?: FhirCoding[];
+}
+
+export interface NormalizeResult {
+  triggers: Trigger[];
+  states: SubjectState[];
+}
+
+/** A resource that parses but cannot give the trigger it should (TRIGGER.md "What is not a trigger"). */
+export class FhirNormalizeError extends PermanentError {
+  /** `Type/id` of the resource, for logs (no patient data). */
+  readonly resource: string;
+
+  constructor(resource: string, reason: string) {
+    super('fhir_not_normalizable', `${resource}: ${reason}`);
+    this.resource = resource;
+  }
+}
+
+/** Resource types that can give triggers; other types give none (not an error). */
+export const TRIGGER_SOURCE_TYPES: readonly string[] = ['Appointment', 'Encounter', 'Patient'];
+
+const V2_0203 = 'http://terminology.hl7.org/CodeSystem/v2-0203';
+const V2_0003 = 'http://terminology.hl7.org/CodeSystem/v2-0003';
+const BCP_47 = 'urn:ietf:bcp:47';
+
+/**
+ * Turns one Appointment, Encounter or Patient into zero or one trigger plus the subject
+ * state to store. Zero triggers: an update that changes nothing relevant, or a resource
+ * type that is not a trigger source. Throws FhirNormalizeError when a trigger is due but
+ * cannot be built (no patient, no id, no status).
+ */
+export function normalizeFhir(resource: FhirResource, context: NormalizeContext): NormalizeResult {
+  switch (resource.resourceType) {
+    case 'Appointment':
+      return normalizeAppointment(resource as Appointment, context);
+    case 'Encounter':
+      return normalizeEncounter(resource as Encounter, context);
+    case 'Patient':
+      return normalizePatient(resource as Patient, context);
+    default:
+      return { triggers: [], states: [] };
+  }
+}
+
+/**
+ * A deleted resource (history entry with method DELETE): an Appointment gives
+ * appointment.deleted (TRIGGER.md "resource deleted"), carrying the stored start/end.
+ * The Patient must be passed in context.patient (the stored state's data.patientReference
+ * says which one). Other types give no trigger.
+ */
+export function normalizeFhirDeletion(reference: string, context: NormalizeContext): NormalizeResult {
+  const parts = referenceParts(reference);
+  if (!parts || parts.type !== 'Appointment') return { triggers: [], states: [] };
+  const label = `Appointment/${parts.id}`;
+  const previous = checkPrevious(context.previous, 'appointment', parts.id, label);
+  if (previous?.status === AppointmentStatus.EnteredInError) return { triggers: [], states: [] };
+  if (!context.patient) {
+    throw new FhirNormalizeError(
+      label,
+      'deleted, but no patient in context: pass the Patient of the stored appointment as context.patient',
+    );
+  }
+  const patient = patientFrom(context.patient, label);
+  const occurredAt = context.occurredAt ?? context.bundleTimestamp ?? context.receivedAt;
+  const appointment: TriggerAppointment = { id: parts.id, status: AppointmentStatus.EnteredInError };
+  if (previous?.start !== undefined) appointment.start = previous.start;
+  if (previous?.end !== undefined) appointment.end = previous.end;
+  const trigger = buildTrigger(TriggerType.AppointmentDeleted, 'Appointment', occurredAt, context, patient);
+  trigger.appointment = appointment;
+  addSensitivity(trigger, securityCodes(context.patient));
+  const state: SubjectState = {
+    kind: 'appointment',
+    id: parts.id,
+    patientId: patient.id,
+    status: AppointmentStatus.EnteredInError,
+    asOf: occurredAt,
+  };
+  if (appointment.start !== undefined) state.start = appointment.start;
+  if (appointment.end !== undefined) state.end = appointment.end;
+  if (previous?.data) state.data = previous.data;
+  return { triggers: [trigger], states: [state] };
+}
+
+/** `<Type>/<id>/_history/<versionId>`; without versionId `<Type>/<id>@<lastUpdated>`, else `<Type>/<id>`. */
+export function resourceMessageId(resource: FhirResource): string {
+  const base = `${resource.resourceType}/${resource.id ?? ''}`;
+  if (resource.meta?.versionId) return `${base}/_history/${resource.meta.versionId}`;
+  if (resource.meta?.lastUpdated) return `${base}@${resource.meta.lastUpdated}`;
+  return base;
+}
+
+/**
+ * The Patient reference a caller must resolve (from the Bundle, or by fetching it) before
+ * normalizing: Appointment Patient participant, Encounter.subject, or the surviving
+ * patient of a Patient `replaced-by` link. Undefined when none is needed or none exists.
+ */
+export function patientReferenceOf(resource: FhirResource): string | undefined {
+  switch (resource.resourceType) {
+    case 'Appointment':
+      return patientParticipant(resource as Appointment)?.reference;
+    case 'Encounter': {
+      const subject = (resource as Encounter).subject ?? (resource as Encounter).patient;
+      return isObject(subject) && typeof subject.reference === 'string' ? subject.reference : undefined;
+    }
+    case 'Patient':
+      return replacedBy(resource as Patient)?.reference;
+    default:
+      return undefined;
+  }
+}
+
+/** Deterministic trigger id: the same (sender, messageId, type) always gives the same id. */
+export function triggerId(sender: string, messageId: string, type: TriggerType): string {
+  return createHash('sha256').update(JSON.stringify([sender, messageId, type])).digest('hex');
+}
+
+// --- FHIR R4 shapes read here (only the elements used; every one checked at run time) ----
+
+interface Reference {
+  reference?: string;
+  type?: string;
+  display?: string;
+  identifier?: FhirIdentifier;
+}
+interface CodeableConcept {
+  coding?: FhirCoding[];
+  text?: string;
+}
+interface FhirIdentifier {
+  use?: string;
+  type?: CodeableConcept;
+  system?: string;
+  value?: string;
+}
+interface Period {
+  start?: string;
+  end?: string;
+}
+interface Appointment extends FhirResource {
+  status?: string;
+  serviceType?: Array<CodeableConcept & { concept?: CodeableConcept }>;
+  appointmentType?: CodeableConcept;
+  start?: string;
+  end?: string;
+  minutesDuration?: number;
+  participant?: Array<{ actor?: Reference; status?: string }>;
+}
+interface Encounter extends FhirResource {
+  status?: string;
+  class?: FhirCoding | CodeableConcept[];
+  subject?: Reference;
+  /** DSTU2 name of subject; tolerated. */
+  patient?: Reference;
+  period?: Period;
+  /** R5 name of period; tolerated. */
+  actualPeriod?: Period;
+  hospitalization?: { dischargeDisposition?: CodeableConcept };
+  admission?: { dischargeDisposition?: CodeableConcept };
+  location?: Array<{ location?: Reference; status?: string }>;
+}
+interface Patient extends FhirResource {
+  identifier?: FhirIdentifier[];
+  name?: Array<{ use?: string; family?: string; given?: string[] }>;
+  telecom?: Array<{ system?: string; value?: string; use?: string }>;
+  gender?: string;
+  birthDate?: string;
+  deceasedBoolean?: boolean;
+  deceasedDateTime?: string;
+  communication?: Array<{ language?: CodeableConcept; preferred?: boolean }>;
+  link?: Array<{ other?: Reference; type?: string }>;
+}
+
+const AppointmentStatus = {
+  Proposed: 'proposed',
+  Pending: 'pending',
+  Booked: 'booked',
+  Arrived: 'arrived',
+  Fulfilled: 'fulfilled',
+  Cancelled: 'cancelled',
+  Noshow: 'noshow',
+  EnteredInError: 'entered-in-error',
+  CheckedIn: 'checked-in',
+  Waitlist: 'waitlist',
+} as const;
+
+// --- Appointment -----------------------------------------------------------------------
+
+/** Status → type when the status is new (TRIGGER.md FHIR column). */
+const APPOINTMENT_STATUS_TYPE: Record<string, TriggerType | undefined> = {
+  [AppointmentStatus.Booked]: TriggerType.AppointmentBooked,
+  [AppointmentStatus.Pending]: TriggerType.AppointmentBooked,
+  [AppointmentStatus.Arrived]: TriggerType.AppointmentCheckedIn,
+  [AppointmentStatus.CheckedIn]: TriggerType.AppointmentCheckedIn,
+  [AppointmentStatus.Fulfilled]: TriggerType.AppointmentFulfilled,
+  [AppointmentStatus.Cancelled]: TriggerType.AppointmentCancelled,
+  [AppointmentStatus.EnteredInError]: TriggerType.AppointmentDeleted,
+  [AppointmentStatus.Noshow]: TriggerType.AppointmentNoshow,
+};
+
+/** Statuses after which changes to time, place or people are not news for the patient. */
+const APPOINTMENT_CLOSED = new Set<string>([
+  AppointmentStatus.Fulfilled,
+  AppointmentStatus.Cancelled,
+  AppointmentStatus.EnteredInError,
+  AppointmentStatus.Noshow,
+]);
+
+function normalizeAppointment(res: Appointment, context: NormalizeContext): NormalizeResult {
+  const id = requireId(res);
+  const label = `Appointment/${id}`;
+  const status = requireCode(res.status, label, 'status');
+  const previous = checkPrevious(context.previous, 'appointment', id, label);
+  const patientRef = patientParticipant(res);
+  const patient = resolvePatient(patientRef, context, label, 'Patient participant');
+  const occurredAt = occurredAtOf(res, context);
+
+  const appointment: TriggerAppointment = { id, status };
+  const start = optionalString(res.start);
+  const end = optionalString(res.end);
+  if (start !== undefined) appointment.start = start;
+  if (end !== undefined) appointment.end = end;
+  const duration = durationMinutes(res.minutesDuration, start, end);
+  if (duration !== undefined) appointment.durationMinutes = duration;
+  const serviceType = appointmentService(res);
+  const location = participantOf(res, ['Location']);
+  const practitioner = participantOf(res, ['Practitioner', 'PractitionerRole']);
+
+  const compared: AppointmentCompare = {
+    serviceType: serviceType ? codeKey(serviceType) : null,
+    locationId: location?.id ?? null,
+    practitionerId: practitioner?.id ?? null,
+  };
+  const startChanged =
+    previous?.start !== undefined && start !== undefined && !sameInstant(previous.start, start);
+  const type = appointmentType(status, previous, startChanged, compared);
+
+  const data: Record<string, unknown> = { ...compared };
+  if (patientRef?.reference) data.patientReference = patientRef.reference;
+  const state: SubjectState = { kind: 'appointment', id, patientId: patient.id, status, asOf: occurredAt, data };
+  if (start !== undefined) state.start = start;
+  if (end !== undefined) state.end = end;
+  if (type === undefined) return { triggers: [], states: [state] };
+
+  if (type === TriggerType.AppointmentRescheduled) appointment.previousStart = previous!.start;
+  if (serviceType) appointment.serviceType = serviceType;
+  if (location) appointment.location = location;
+  if (practitioner) appointment.practitioner = practitioner;
+
+  const trigger = buildTrigger(type, 'Appointment', occurredAt, context, patient);
+  trigger.appointment = appointment;
+  addSensitivity(trigger, [...securityCodes(res), ...securityCodes(context.patient)]);
+  return { triggers: [trigger], states: [state] };
+}
+
+interface AppointmentCompare {
+  /** `system|code` of the service, null when none. */
+  serviceType: string | null;
+  locationId: string | null;
+  practitionerId: string | null;
+}
+const COMPARE_KEYS = ['serviceType', 'locationId', 'practitionerId'] as const;
+
+function appointmentType(
+  status: string,
+  previous: SubjectState | undefined,
+  startChanged: boolean,
+  now: AppointmentCompare,
+): TriggerType | undefined {
+  // First sight of an appointment = created: booked, unless it is already in a state that
+  // has its own type (an appointment first seen as cancelled is a cancellation).
+  if (!previous) return APPOINTMENT_STATUS_TYPE[status] ?? TriggerType.AppointmentBooked;
+
+  const before = previous.status;
+  const checkIn = (s: string | undefined) => s === AppointmentStatus.Arrived || s === AppointmentStatus.CheckedIn;
+  const statusChanged = before !== status && !(checkIn(before) && checkIn(status));
+  if (statusChanged) {
+    const byStatus = APPOINTMENT_STATUS_TYPE[status];
+    // Same precedence as SIU: a status with its own meaning wins over a time change;
+    // then a new start (rescheduled, with previousStart); then → booked/pending.
+    if (byStatus !== undefined && byStatus !== TriggerType.AppointmentBooked) return byStatus;
+    if (startChanged) return TriggerType.AppointmentRescheduled;
+    return byStatus ?? TriggerType.AppointmentModified;
+  }
+  if (APPOINTMENT_CLOSED.has(status)) return undefined;
+  if (startChanged) return TriggerType.AppointmentRescheduled;
+  return relevantChange(previous.data, now) ? TriggerType.AppointmentModified : undefined;
+}
+
+/**
+ * Service, location or practitioner changed against the stored state. A stored state
+ * without these keys (written by another input) cannot be compared: the update counts as
+ * a modification, as a stateless SIU^S14 does.
+ */
+function relevantChange(data: Record<string, unknown> | undefined, now: AppointmentCompare): boolean {
+  const known = COMPARE_KEYS.filter((key) => data !== undefined && key in data);
+  if (known.length === 0) return true;
+  return known.some((key) => (data![key] ?? null) !== now[key]);
+}
+
+function patientParticipant(res: Appointment): Reference | undefined {
+  if (!Array.isArray(res.participant)) return undefined;
+  for (const p of res.participant) {
+    if (isObject(p) && isObject(p.actor) && referenceType(p.actor) === 'Patient') return p.actor;
+  }
+  return undefined;
+}
+
+/** The first participant whose actor is of the first type found (types in preference order). */
+function participantOf(res: Appointment, types: readonly string[]): (LocationRef & PractitionerRef) | undefined {
+  if (!Array.isArray(res.participant)) return undefined;
+  for (const type of types) {
+    for (const p of res.participant) {
+      if (!isObject(p) || !isObject(p.actor) || referenceType(p.actor) !== type) continue;
+      const id = referenceId(p.actor);
+      if (id === undefined) continue;
+      const out: LocationRef & PractitionerRef = { id };
+      if (typeof p.actor.display === 'string' && p.actor.display !== '') out.name = p.actor.display;
+      return out;
+    }
+  }
+  return undefined;
+}
+
+/** serviceType, else appointmentType (TRIGGER.md). R5 serviceType is a CodeableReference. */
+function appointmentService(res: Appointment): CodedValue | undefined {
+  if (Array.isArray(res.serviceType)) {
+    for (const st of res.serviceType) {
+      if (!isObject(st)) continue;
+      const coded = codedValue(isObject(st.concept) ? st.concept : st);
+      if (coded) return coded;
+    }
+  }
+  return codedValue(res.appointmentType);
+}
+
+function codedValue(concept: unknown): CodedValue | undefined {
+  const coding = codingsIn(concept)[0];
+  if (!coding || !isObject(concept)) return undefined;
+  const out: CodedValue = { code: coding.code! };
+  const display = coding.display ?? (typeof concept.text === 'string' ? concept.text : undefined);
+  if (display) out.display = display;
+  if (coding.system) out.system = coding.system;
+  return out;
+}
+
+function codeKey(c: CodedValue): string {
+  return `${c.system ?? ''}|${c.code}`;
+}
+
+/** minutesDuration, else end − start rounded to the minute (only for times, not dates). */
+function durationMinutes(minutes: unknown, start?: string, end?: string): number | undefined {
+  if (typeof minutes === 'number' && Number.isFinite(minutes) && minutes >= 0) return Math.round(minutes);
+  if (!start || !end || !start.includes('T') || !end.includes('T')) return undefined;
+  const ms = Date.parse(end) - Date.parse(start);
+  return Number.isFinite(ms) && ms >= 0 ? Math.round(ms / 60_000) : undefined;
+}
+
+// --- Encounter -------------------------------------------------------------------------
+
+/** R4 statuses in which the patient is there (R5 on-hold tolerated). */
+const ENCOUNTER_ACTIVE = new Set(['arrived', 'triaged', 'in-progress', 'onleave', 'on-hold']);
+/** R4 finished; R5 completed/discharged tolerated. */
+const ENCOUNTER_FINISHED = new Set(['finished', 'completed', 'discharged']);
+const ENCOUNTER_CANCELLED = new Set(['cancelled', 'entered-in-error']);
+
+function normalizeEncounter(res: Encounter, context: NormalizeContext): NormalizeResult {
+  const id = requireId(res);
+  const label = `Encounter/${id}`;
+  const status = requireCode(res.status, label, 'status');
+  const previous = checkPrevious(context.previous, 'encounter', id, label);
+  const subject = isObject(res.subject) ? res.subject : isObject(res.patient) ? res.patient : undefined;
+  if (subject && referenceType(subject) !== undefined && referenceType(subject) !== 'Patient') {
+    throw new FhirNormalizeError(label, `subject is a ${referenceType(subject)}, not a Patient`);
+  }
+  const patient = resolvePatient(subject, context, label, 'subject');
+  const occurredAt = occurredAtOf(res, context);
+
+  const encounter: TriggerEncounter = { id, status };
+  const klass = encounterClass(res.class);
+  if (klass !== undefined) encounter.class = klass;
+  const period = isObject(res.period) ? res.period : isObject(res.actualPeriod) ? res.actualPeriod : undefined;
+  const start = optionalString(period?.start);
+  const end = optionalString(period?.end);
+  if (start !== undefined) encounter.start = start;
+  if (end !== undefined) encounter.end = end;
+  const location = currentLocation(res);
+  if (location) encounter.location = location;
+  const hospitalization = isObject(res.hospitalization) ? res.hospitalization : isObject(res.admission) ? res.admission : undefined;
+  const disposition = codedValue(hospitalization?.dischargeDisposition);
+  if (disposition) encounter.dischargeDisposition = disposition.code;
+
+  const type = encounterType(status, previous, location?.id, context.triggerCodes);
+
+  // Sensitivity sticks to the encounter even when later messages omit it (CONSENT.md).
+  const stuck = Array.isArray(previous?.data?.sensitivity) ? (previous.data.sensitivity as unknown[]) : [];
+  const sensitivity = dedupe([
+    ...stuck.filter((s): s is string => typeof s === 'string'),
+    ...securityCodes(res),
+    ...securityCodes(context.patient),
+  ]);
+
+  const data: Record<string, unknown> = { locationId: location?.id ?? null };
+  if (subject?.reference) data.patientReference = subject.reference;
+  if (sensitivity.length > 0) data.sensitivity = sensitivity;
+  const state: SubjectState = { kind: 'encounter', id, patientId: patient.id, status, asOf: occurredAt, data };
+  if (start !== undefined) state.start = start;
+  if (end !== undefined) state.end = end;
+  if (type === undefined) return { triggers: [], states: [state] };
+
+  const trigger = buildTrigger(type, 'Encounter', occurredAt, context, patient);
+  trigger.encounter = encounter;
+  addSensitivity(trigger, sensitivity);
+  return { triggers: [trigger], states: [state] };
+}
+
+function encounterType(
+  status: string,
+  previous: SubjectState | undefined,
+  locationId: string | undefined,
+  triggerCodes: FhirCoding[] | undefined,
+): TriggerType | undefined {
+  const before = previous?.status;
+  if (status === 'planned') return before === 'planned' ? undefined : TriggerType.EncounterPlanned;
+  if (ENCOUNTER_FINISHED.has(status)) {
+    return before !== undefined && ENCOUNTER_FINISHED.has(before) ? undefined : TriggerType.EncounterFinished;
+  }
+  if (ENCOUNTER_CANCELLED.has(status)) {
+    return before !== undefined && ENCOUNTER_CANCELLED.has(before) ? undefined : TriggerType.EncounterCancelled;
+  }
+  if (!ENCOUNTER_ACTIVE.has(status)) return undefined; // unknown: says nothing
+
+  if (before !== undefined && ENCOUNTER_FINISHED.has(before)) return TriggerType.EncounterDischargeCancelled;
+  // Without a stored state a US Core `trigger` coding with the v2 event settles what the
+  // status alone cannot: A02 transfer, A13 cancel discharge (same types as the HL7v2 path).
+  const v2 = v2Event(triggerCodes);
+  if (before === undefined) {
+    if (v2 === 'A13') return TriggerType.EncounterDischargeCancelled;
+    if (v2 === 'A02') return TriggerType.EncounterTransferred;
+    return TriggerType.EncounterStarted;
+  }
+  if (!ENCOUNTER_ACTIVE.has(before)) return TriggerType.EncounterStarted;
+  const data = previous!.data;
+  if (data !== undefined && 'locationId' in data) {
+    const was = data.locationId;
+    if (typeof was === 'string' && locationId !== undefined && was !== locationId) {
+      return TriggerType.EncounterTransferred;
+    }
+    return undefined;
+  }
+  return v2 === 'A02' ? TriggerType.EncounterTransferred : undefined;
+}
+
+function v2Event(codes: FhirCoding[] | undefined): string | undefined {
+  return codes?.find((c) => c.system === V2_0003 && typeof c.code === 'string')?.code?.toUpperCase();
+}
+
+function encounterClass(value: unknown): string | undefined {
+  if (Array.isArray(value)) {
+    for (const concept of value) {
+      const coded = codedValue(concept);
+      if (coded) return coded.code;
+    }
+    return undefined;
+  }
+  return isObject(value) && typeof value.code === 'string' && value.code !== '' ? value.code : undefined;
+}
+
+/** The active location (last one if several), else the last one not merely planned/reserved. */
+function currentLocation(res: Encounter): LocationRef | undefined {
+  if (!Array.isArray(res.location)) return undefined;
+  const entries = res.location.filter((l) => isObject(l) && isObject(l.location) && referenceId(l.location) !== undefined);
+  const pick =
+    entries.filter((l) => l.status === 'active').at(-1) ??
+    entries.filter((l) => l.status !== 'planned' && l.status !== 'reserved').at(-1);
+  if (!pick?.location) return undefined;
+  const out: LocationRef = { id: referenceId(pick.location)! };
+  if (typeof pick.location.display === 'string' && pick.location.display !== '') out.name = pick.location.display;
+  return out;
+}
+
+// --- Patient ---------------------------------------------------------------------------
+
+function normalizePatient(res: Patient, context: NormalizeContext): NormalizeResult {
+  const id = requireId(res);
+  const label = `Patient/${id}`;
+  const occurredAt = occurredAtOf(res, context);
+  const survivorRef = replacedBy(res);
+  if (!survivorRef) {
+    const trigger = buildTrigger(TriggerType.PatientUpdated, 'Patient', occurredAt, context, patientFrom(res, label));
+    addSensitivity(trigger, securityCodes(res));
+    return { triggers: [trigger], states: [] };
+  }
+  // This resource is the replaced record; the trigger is about the survivor, with this
+  // record's identifiers as mergedFrom (as MRG-1 of an A40).
+  const survivorId = referenceId(survivorRef);
+  const survivor = context.patient;
+  if (!survivor) {
+    throw new FhirNormalizeError(
+      label,
+      `replaced-by ${survivorRef.reference ?? 'another Patient'}: pass the surviving Patient as context.patient`,
+    );
+  }
+  if (survivor.resourceType !== 'Patient') {
+    throw new FhirNormalizeError(label, `context.patient is a ${survivor.resourceType}, not a Patient`);
+  }
+  if (survivorId !== undefined && survivor.id !== undefined && survivor.id !== survivorId) {
+    throw new FhirNormalizeError(label, `context.patient is Patient/${survivor.id}, but the replaced-by link points to Patient/${survivorId}`);
+  }
+  const patient = patientFrom(survivor, label);
+  const mergedFrom = identifiersOf(res);
+  patient.mergedFrom = mergedFrom.length > 0 ? mergedFrom : [{ value: id }];
+  const trigger = buildTrigger(TriggerType.PatientMerged, 'Patient', occurredAt, context, patient);
+  addSensitivity(trigger, [...securityCodes(survivor), ...securityCodes(res)]);
+  return { triggers: [trigger], states: [] };
+}
+
+function replacedBy(res: Patient): Reference | undefined {
+  if (!Array.isArray(res.link)) return undefined;
+  const link = res.link.find((l) => isObject(l) && l.type === 'replaced-by' && isObject(l.other));
+  return link?.other;
+}
+
+/** The referenced Patient, from context.patient; a trigger without its patient is refused. */
+function resolvePatient(
+  ref: Reference | undefined,
+  context: NormalizeContext,
+  label: string,
+  where: string,
+): TriggerPatient {
+  const given = context.patient;
+  if (!given) {
+    throw new FhirNormalizeError(
+      label,
+      ref?.reference
+        ? `the ${where} ${ref.reference} is needed: pass the Patient resource as context.patient (from the Bundle or fetched)`
+        : `no ${where} and no patient in context: cannot tell whose ${label.split('/')[0]!.toLowerCase()} this is`,
+    );
+  }
+  if (given.resourceType !== 'Patient') {
+    throw new FhirNormalizeError(label, `context.patient is a ${given.resourceType}, not a Patient`);
+  }
+  const wanted = ref ? referenceId(ref) : undefined;
+  if (wanted !== undefined && given.id !== undefined && given.id !== wanted && ref?.reference) {
+    // A mismatch means the wrong person would be contacted: refuse.
+    throw new FhirNormalizeError(label, `context.patient is Patient/${given.id}, but the ${where} is ${ref.reference}`);
+  }
+  return patientFrom(given, label);
+}
+
+/** TRIGGER.md patient.* from a FHIR Patient. */
+function patientFrom(resource: FhirResource, label: string): TriggerPatient {
+  const res = resource as Patient;
+  const identifiers = identifiersOf(res);
+  const mr = identifiers.find((i) => i.type === 'MR' && mrTyped(res, i.value));
+  const id = mr?.value ?? identifiers[0]?.value ?? res.id;
+  if (!id) throw new FhirNormalizeError(label, 'the Patient has no identifier and no id');
+
+  const patient: TriggerPatient = { id, identifiers, deceased: false, telecom: [] };
+  const name = nameOf(res);
+  if (name) patient.name = name;
+  if (typeof res.birthDate === 'string' && res.birthDate !== '') patient.birthDate = res.birthDate;
+  // Absent gender reads as unknown, like an empty PID-8.
+  patient.gender = ['male', 'female', 'other', 'unknown'].includes(res.gender as string)
+    ? (res.gender as TriggerPatient['gender'])
+    : 'unknown';
+  const language = languageOf(res);
+  if (language) patient.language = language;
+  patient.deceased = res.deceasedBoolean === true || (typeof res.deceasedDateTime === 'string' && res.deceasedDateTime !== '');
+  patient.telecom = telecomOf(res);
+  return patient;
+}
+
+/** MR = identifier.type coded v2-0203 MR (a coding without system counts too). */
+function mrTyped(res: Patient, value: string): boolean {
+  return (res.identifier ?? []).some(
+    (i) =>
+      isObject(i) &&
+      i.value === value &&
+      codingsIn(i.type).some((c) => c.code === 'MR' && (c.system === undefined || c.system === V2_0203)),
+  );
+}
+
+function identifiersOf(res: Patient): Identifier[] {
+  if (!Array.isArray(res.identifier)) return [];
+  const out: Identifier[] = [];
+  for (const i of res.identifier) {
+    if (!isObject(i) || typeof i.value !== 'string' || i.value === '') continue;
+    const identifier: Identifier = { value: i.value };
+    if (typeof i.system === 'string' && i.system !== '') identifier.system = i.system;
+    const codings = codingsIn(i.type);
+    const type = (codings.find((c) => c.system === V2_0203) ?? codings[0])?.code;
+    if (type) identifier.type = type;
+    out.push(identifier);
+  }
+  return out;
+}
+
+/** The first name (skipping ones marked old), as { family, given[] }. */
+function nameOf(res: Patient): HumanName | undefined {
+  if (!Array.isArray(res.name)) return undefined;
+  const names = res.name.filter(isObject);
+  const n = names.find((x) => x.use !== 'old') ?? names[0];
+  if (!n) return undefined;
+  const given = Array.isArray(n.given) ? n.given.filter((g): g is string => typeof g === 'string' && g !== '') : [];
+  const family = typeof n.family === 'string' && n.family !== '' ? n.family : undefined;
+  if (family === undefined && given.length === 0) return undefined;
+  return family === undefined ? { given } : { family, given };
+}
+
+/** ISO 639-2 (B and T) → ISO 639-1, for senders that send three-letter codes. */
+const ISO_639_2_TO_1: Record<string, string> = {
+  afr: 'af', alb: 'sq', amh: 'am', ara: 'ar', arm: 'hy', aze: 'az', baq: 'eu', bel: 'be',
+  ben: 'bn', bos: 'bs', bul: 'bg', bur: 'my', cat: 'ca', ces: 'cs', chi: 'zh', cym: 'cy',
+  cze: 'cs', dan: 'da', deu: 'de', dut: 'nl', ell: 'el', eng: 'en', est: 'et', eus: 'eu',
+  fas: 'fa', fin: 'fi', fra: 'fr', fre: 'fr', geo: 'ka', ger: 'de', gle: 'ga', glg: 'gl',
+  gre: 'el', guj: 'gu', hat: 'ht', hau: 'ha', heb: 'he', hin: 'hi', hrv: 'hr', hun: 'hu',
+  hye: 'hy', ibo: 'ig', ice: 'is', ind: 'id', isl: 'is', ita: 'it', jpn: 'ja', kan: 'kn',
+  kat: 'ka', kaz: 'kk', khm: 'km', kor: 'ko', kur: 'ku', lao: 'lo', lav: 'lv', lit: 'lt',
+  mac: 'mk', mal: 'ml', mar: 'mr', may: 'ms', mkd: 'mk', mon: 'mn', msa: 'ms', mya: 'my',
+  nep: 'ne', nld: 'nl', nno: 'nn', nob: 'nb', nor: 'no', pan: 'pa', per: 'fa', pol: 'pl',
+  por: 'pt', pus: 'ps', ron: 'ro', rum: 'ro', rus: 'ru', sin: 'si', slk: 'sk', slo: 'sk',
+  slv: 'sl', som: 'so', spa: 'es', sqi: 'sq', srp: 'sr', swa: 'sw', swe: 'sv', tam: 'ta',
+  tel: 'te', tgl: 'tl', tha: 'th', tir: 'ti', tur: 'tr', ukr: 'uk', urd: 'ur', uzb: 'uz',
+  vie: 'vi', wel: 'cy', xho: 'xh', yid: 'yi', yor: 'yo', zho: 'zh', zul: 'zu',
+};
+
+/**
+ * Patient.communication: the preferred one first, else the first. Lower-case ISO 639-1
+ * language part; the region is dropped; three-letter codes mapped (TRIGGER.md).
+ */
+function languageOf(res: Patient): string | undefined {
+  if (!Array.isArray(res.communication)) return undefined;
+  const comms = res.communication.filter(isObject);
+  const ordered = [...comms.filter((c) => c.preferred === true), ...comms.filter((c) => c.preferred !== true)];
+  for (const c of ordered) {
+    const codings = codingsIn(c.language);
+    const code = (codings.find((x) => x.system === BCP_47) ?? codings[0])?.code;
+    const normalized = code ? normalizeLanguage(code) : undefined;
+    if (normalized) return normalized;
+  }
+  return undefined;
+}
+
+export function normalizeLanguage(code: string): string | undefined {
+  const primary = code.trim().split(/[-_]/)[0]!.toLowerCase();
+  if (!/^[a-z]{2,3}$/.test(primary)) return undefined;
+  return primary.length === 3 ? (ISO_639_2_TO_1[primary] ?? primary) : primary;
+}
+
+/**
+ * phone (sms counts as phone) and email only; use mobile|home|work|other (temp and old →
+ * other; sms without a use → mobile; no use → other). Phones keep digits and a leading '+'.
+ */
+function telecomOf(res: Patient): ContactPoint[] {
+  if (!Array.isArray(res.telecom)) return [];
+  const out: ContactPoint[] = [];
+  for (const t of res.telecom) {
+    if (!isObject(t) || typeof t.value !== 'string') continue;
+    const system = t.system === 'phone' || t.system === 'sms' ? 'phone' : t.system === 'email' ? 'email' : undefined;
+    if (!system) continue;
+    const use: ContactPoint['use'] =
+      t.use === 'mobile' || t.use === 'home' || t.use === 'work'
+        ? t.use
+        : t.use === undefined && t.system === 'sms'
+          ? 'mobile'
+          : 'other';
+    const value = system === 'phone' ? phoneValue(t.value) : t.value.trim().replace(/^mailto:/i, '');
+    if (value === '' || value === '+') continue;
+    out.push({ system, use, value });
+  }
+  return out;
+}
+
+function phoneValue(raw: string): string {
+  const text = raw.trim().replace(/^tel:/i, '');
+  const digits = text.replace(/\D/g, '');
+  return text.startsWith('+') ? `+${digits}` : digits;
+}
+
+// --- shared ----------------------------------------------------------------------------
+
+function buildTrigger(
+  type: TriggerType,
+  messageType: string,
+  occurredAt: string,
+  context: NormalizeContext,
+  patient: TriggerPatient,
+): Trigger {
+  return {
+    id: triggerId(context.sender, context.messageId, type),
+    type,
+    occurredAt,
+    receivedAt: context.receivedAt,
+    source: { format: 'fhir', sender: context.sender, messageType, messageId: context.messageId },
+    patient,
+  };
+}
+
+/** Notification timestamp, else meta.lastUpdated, else Bundle.timestamp, else receivedAt. */
+function occurredAtOf(res: FhirResource, context: NormalizeContext): string {
+  const lastUpdated = isObject(res.meta) ? optionalString(res.meta.lastUpdated) : undefined;
+  return context.occurredAt ?? lastUpdated ?? context.bundleTimestamp ?? context.receivedAt;
+}
+
+function addSensitivity(trigger: Trigger, codes: string[]): void {
+  const unique = dedupe(codes);
+  if (unique.length > 0) trigger.sensitivity = unique;
+}
+
+/** meta.security codes as given (R, V, PSY, HIV…). */
+function securityCodes(res: FhirResource | undefined): string[] {
+  const security = res && isObject(res.meta) ? res.meta.security : undefined;
+  if (!Array.isArray(security)) return [];
+  return security.filter(isObject).map((c) => c.code).filter((c): c is string => typeof c === 'string' && c !== '');
+}
+
+function checkPrevious(
+  previous: SubjectState | undefined,
+  kind: SubjectState['kind'],
+  id: string,
+  label: string,
+): SubjectState | undefined {
+  if (!previous) return undefined;
+  if (previous.kind !== kind || previous.id !== id) {
+    throw new FhirNormalizeError(label, `context.previous is the state of ${previous.kind} ${previous.id}, not of this ${kind}`);
+  }
+  return previous;
+}
+
+function requireId(res: FhirResource): string {
+  if (typeof res.id !== 'string' || res.id === '') {
+    throw new FhirNormalizeError(res.resourceType, 'no id (a trigger needs the resource id)');
+  }
+  return res.id;
+}
+
+function requireCode(value: unknown, label: string, element: string): string {
+  if (typeof value !== 'string' || value === '') throw new FhirNormalizeError(label, `${element} missing`);
+  return value;
+}
+
+function referenceType(ref: Reference): string | undefined {
+  if (typeof ref.type === 'string' && ref.type !== '') return ref.type;
+  return typeof ref.reference === 'string' ? referenceParts(ref.reference)?.type : undefined;
+}
+
+/** The id part of a reference (`Location/12` → `12`), else a contained `#id`, else identifier.value. */
+function referenceId(ref: Reference): string | undefined {
+  if (typeof ref.reference === 'string') {
+    const parts = referenceParts(ref.reference);
+    if (parts) return parts.id;
+    if (ref.reference.startsWith('#') && ref.reference.length > 1) return ref.reference.slice(1);
+  }
+  const value = isObject(ref.identifier) ? ref.identifier.value : undefined;
+  return typeof value === 'string' && value !== '' ? value : undefined;
+}
+
+/** The codings of a CodeableConcept that have a code. */
+function codingsIn(concept: unknown): FhirCoding[] {
+  if (!isObject(concept) || !Array.isArray(concept.coding)) return [];
+  return (concept.coding as unknown[]).filter(
+    (c): c is FhirCoding => isObject(c) && typeof c.code === 'string' && c.code !== '',
+  );
+}
+
+function sameInstant(a: string, b: string): boolean {
+  const x = Date.parse(a);
+  const y = Date.parse(b);
+  return Number.isFinite(x) && Number.isFinite(y) ? x === y : a === b;
+}
+
+function optionalString(value: unknown): string | undefined {
+  return typeof value === 'string' && value !== '' ? value : undefined;
+}
+
+function dedupe(values: string[]): string[] {
+  return [...new Set(values)];
+}
+
+function isObject(value: unknown): value is Record<string, unknown> {
+  return typeof value === 'object' && value !== null && !Array.isArray(value);
+}
