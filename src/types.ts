@@ -162,3 +162,59 @@ export interface Receipt {
   acceptedAt: string;
   detail?: Record<string, unknown>;
 }
+
+/** What a delivery is about; its identity is rule + subject (+ step). */
+export const SubjectKind = {
+  Appointment: 'appointment',
+  Encounter: 'encounter',
+  Patient: 'patient',
+  /** An encounter trigger without encounter.id: only the trigger identifies it. */
+  Trigger: 'trigger',
+} as const;
+export type SubjectKind = (typeof SubjectKind)[keyof typeof SubjectKind];
+
+/**
+ * One planned outbound message: one match of a mapping rule for a subject, made once when
+ * the trigger is committed (ARCHITECTURE.md invariant 2). Built by pipeline/route.ts; the
+ * queue holds it until `dueAt`; consent and safety are checked again at send time.
+ * Stored as JSON: every field survives a round trip.
+ */
+export interface Delivery {
+  /**
+   * Deterministic: `<rule id>@<subjectKey>#<step>`, e.g. `reminder-24h@appointment/A123#0`.
+   * Never the trigger id, so a second `booked` for the same appointment gives the same id.
+   * Contains no ':' (BullMQ job ids may not).
+   */
+  id: string;
+  ruleId: string;
+  /** `<kind>/<url-encoded id>`, e.g. `appointment/A123`, `encounter/V42`, `patient/MRN7`. */
+  subjectKey: string;
+  subjectKind: SubjectKind;
+  subjectId: string;
+  /** Index in the rule's cadence (`at:` list), 0 for a single-time rule. */
+  step: number;
+  patientId: string;
+  triggerId: string;
+  triggerType: TriggerType;
+  /** The trigger's occurredAt: the event time this plan reflects (newer plans win). */
+  asOf: string;
+  /** The time the rule's `at` resolved to (ISO-8601 with the zone's offset). */
+  plannedAt: string;
+  /** When to send: plannedAt, or the routing time when plannedAt had already passed. */
+  dueAt: string;
+  /** Never send at or after this instant (reason `expired`). */
+  expiresAt?: string;
+  /** Variant id when the rule splits traffic. */
+  variant?: string;
+  purpose: Purpose;
+  channel: Channel;
+  /** Output connector instance name. */
+  output: string;
+  template?: string;
+  /** Recipient address picked by the rule's `send.to` (absent: the send-time check says `no_address`). */
+  to?: string;
+  /** Queue cancel keys: the delivery id, `<subjectKey>`, `patient/<id>`, and `<trigger type>@<subjectKey>` per cancelling type. */
+  cancelKeys: string[];
+  /** Only the trigger fields the rule's `send.fields` allow-list names (invariant 6). */
+  payload: Record<string, unknown>;
+}
