@@ -21,7 +21,15 @@ import {
   type TriggerEncounter,
   type TriggerPatient,
 } from '../types.ts';
-import { referenceParts, type FhirCoding, type FhirResource } from './notification.ts';
+import {
+  referenceParts,
+  resolveReference,
+  topicMessageId,
+  NotificationType,
+  type FhirCoding,
+  type FhirResource,
+  type Notification,
+} from './notification.ts';
 
 export interface NormalizeContext {
   /** ISO-8601 instant with offset: when CareRelay received the message. */
@@ -127,6 +135,120 @@ export function normalizeFhirDeletion(reference: string, context: NormalizeConte
   if (appointment.end !== undefined) state.end = appointment.end;
   if (previous?.data) state.data = previous.data;
   return { triggers: [trigger], states: [state] };
+}
+
+export interface NotificationNormalizeOptions {
+  receivedAt: string;
+  /** source.sender: the configured server base URL or the subscription id. */
+  sender: string;
+  /** Stored state of an appointment/encounter (prefetched: this function stays synchronous). */
+  previous?: (kind: SubjectState['kind'], id: string) => SubjectState | undefined;
+  /** Resources fetched from the configured server (id-only focus, patients not in the Bundle). */
+  fetched?: Map<string, FhirResource>;
+}
+
+export interface NotificationNormalizeResult extends NormalizeResult {
+  /**
+   * References that must be fetched before this notification can give its triggers (the
+   * focus of an id-only event, a Patient the Bundle does not include). When non-empty,
+   * triggers and states are empty: fetch these, then call again with `fetched`.
+   */
+  missing: string[];
+}
+
+/**
+ * Everything a notification body gives, in event order: one trigger per event focus (a
+ * Patient only present as additional context gives none, TRIGGER.md). Handshakes,
+ * heartbeats, status queries and empty payloads give nothing. States produced by an
+ * earlier event feed the comparison of a later event about the same subject.
+ */
+export function normalizeNotification(
+  notification: Notification,
+  options: NotificationNormalizeOptions,
+): NotificationNormalizeResult {
+  const fetched = options.fetched ?? new Map<string, FhirResource>();
+  const bundled = notification.kind === 'empty' ? new Map<string, FhirResource>() : notification.resources;
+  const find = (ref: string) => resolveReference(bundled, ref) ?? resolveReference(fetched, ref);
+  const states = new Map<string, SubjectState>();
+  const previousOf = (kind: SubjectState['kind'], id: string) => states.get(`${kind}/${id}`) ?? options.previous?.(kind, id);
+  const out: NotificationNormalizeResult = { triggers: [], states: [], missing: [] };
+
+  const run = (resource: FhirResource, base: Omit<NormalizeContext, 'previous' | 'patient'>): void => {
+    const patientRef = patientReferenceOf(resource);
+    const patient = patientRef !== undefined ? find(patientRef) : undefined;
+    if (patientRef !== undefined && !patient) {
+      out.missing.push(patientRef);
+      return;
+    }
+    const kind = resource.resourceType === 'Appointment' ? 'appointment' : 'encounter';
+    const context: NormalizeContext = { ...base };
+    const previous = typeof resource.id === 'string' ? previousOf(kind, resource.id) : undefined;
+    if (previous && resource.resourceType !== 'Patient') context.previous = previous;
+    if (patient) context.patient = patient;
+    const result = normalizeFhir(resource, context);
+    collect(result);
+  };
+  const collect = (result: NormalizeResult): void => {
+    out.triggers.push(...result.triggers);
+    for (const state of result.states) {
+      states.set(`${state.kind}/${state.id}`, state);
+      out.states.push(state);
+    }
+  };
+
+  if (notification.kind === 'resource') {
+    run(notification.resource, {
+      receivedAt: options.receivedAt,
+      sender: options.sender,
+      messageId: resourceMessageId(notification.resource),
+    });
+  } else if (
+    notification.kind === 'topic' &&
+    (notification.type === NotificationType.EventNotification || notification.type === NotificationType.QueryEvent)
+  ) {
+    for (const event of notification.events) {
+      if (event.focus === undefined) continue; // empty payload: nothing to say yet
+      const base: Omit<NormalizeContext, 'previous' | 'patient'> = {
+        receivedAt: options.receivedAt,
+        sender: options.sender,
+        messageId: topicMessageId(notification.subscription, event.eventNumber),
+      };
+      if (event.timestamp !== undefined) base.occurredAt = event.timestamp;
+      if (notification.timestamp !== undefined) base.bundleTimestamp = notification.timestamp;
+      if (event.triggers !== undefined) base.triggerCodes = event.triggers;
+      const resource = find(event.focus);
+      if (resource) {
+        run(resource, base);
+        continue;
+      }
+      if (notification.deleted.some((d) => sameReference(d, event.focus!))) {
+        const parts = referenceParts(event.focus);
+        const previous = parts ? previousOf('appointment', parts.id) : undefined;
+        // Never seen: nothing was planned for it, and its patient is unknown.
+        if (!previous) continue;
+        const patientRef = typeof previous?.data?.patientReference === 'string' ? previous.data.patientReference : undefined;
+        const patient = patientRef !== undefined ? find(patientRef) : undefined;
+        if (patientRef !== undefined && !patient) {
+          out.missing.push(patientRef);
+          continue;
+        }
+        const context: NormalizeContext = { ...base, previous };
+        if (patient) context.patient = patient;
+        collect(normalizeFhirDeletion(event.focus, context));
+        continue;
+      }
+      out.missing.push(event.focus);
+    }
+  }
+  if (out.missing.length > 0) return { triggers: [], states: [], missing: [...new Set(out.missing)] };
+  return out;
+}
+
+function sameReference(a: string, b: string): boolean {
+  if (a === b) return true;
+  const x = referenceParts(a);
+  const y = referenceParts(b);
+  return x !== undefined && y !== undefined && x.type === y.type && x.id === y.id;
 }
 
 /** `<Type>/<id>/_history/<versionId>`; without versionId `<Type>/<id>@<lastUpdated>`, else `<Type>/<id>`. */
@@ -603,7 +725,8 @@ function patientFrom(resource: FhirResource, label: string): TriggerPatient {
   const id = mr?.value ?? identifiers[0]?.value ?? res.id;
   if (!id) throw new FhirNormalizeError(label, 'the Patient has no identifier and no id');
 
-  const patient: TriggerPatient = { id, identifiers, deceased: false, telecom: [] };
+  // Built in TRIGGER.md field order so that serialized triggers read the same everywhere.
+  const patient = { id, identifiers } as TriggerPatient;
   const name = nameOf(res);
   if (name) patient.name = name;
   if (typeof res.birthDate === 'string' && res.birthDate !== '') patient.birthDate = res.birthDate;
