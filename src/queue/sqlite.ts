@@ -1,0 +1,597 @@
+// The embedded queue: SQLite tables (prefix `queue_`) in the same file as the store
+// (ARCHITECTURE.md "Backends"). Everything that matters lives in the file, so a restart or
+// a kill -9 loses nothing: a job taken by a worker carries a lease that the worker renews
+// while its handler runs; when the worker vanishes the lease lapses and any instance on the
+// file takes the job again (RELIABILITY.md promise 4).
+//
+// Costs, with n pending jobs: taking the next due job, finding the next due time and
+// cancelling by key are each one index probe, O(log n); nothing scans the job table except
+// counts() and list() without a state.
+import { randomUUID } from 'node:crypto';
+import Database from 'better-sqlite3';
+import { decideFailure, errorCodeOf, normalizeQueueOptions, type NormalizedQueueOptions } from './backoff.ts';
+import {
+  JOB_STATES,
+  JobState,
+  QueueErrorCode,
+  toEpochMs,
+  validateNewJob,
+  type AddResult,
+  type JobHandler,
+  type JobInfo,
+  type ListFilter,
+  type NewJob,
+  type ProcessOptions,
+  type Queue,
+  type QueueEvent,
+  type QueueOptions,
+} from './queue.ts';
+
+export interface SqliteQueueOptions extends QueueOptions {
+  /** Queue name: several queues can share the tables. Default 'default'. */
+  name?: string;
+}
+
+/**
+ * Open (or create) a database file the way the queue needs it: WAL so readers never block
+ * the writer, synchronous=FULL so a committed job survives power loss, and a busy timeout
+ * so two instances on one file wait for each other instead of failing.
+ */
+export function openQueueDatabase(file: string): Database.Database {
+  const db = new Database(file);
+  db.pragma('journal_mode = WAL');
+  db.pragma('synchronous = FULL');
+  db.pragma('busy_timeout = 5000');
+  return db;
+}
+
+/** Create the queue tables and indexes if missing. Safe to run on every start. */
+export function migrateQueueSchema(db: Database.Database): void {
+  db.exec(`
+    CREATE TABLE IF NOT EXISTS queue_jobs (
+      seq           INTEGER PRIMARY KEY,
+      queue         TEXT    NOT NULL,
+      id            TEXT    NOT NULL,
+      state         TEXT    NOT NULL CHECK (state IN ('pending','active','done','cancelled','parked','dead')),
+      data          TEXT    NOT NULL,          -- JSON
+      run_at        INTEGER NOT NULL,          -- epoch ms: due time (first run or retry)
+      attempts      INTEGER NOT NULL DEFAULT 0,
+      max_attempts  INTEGER NOT NULL,
+      idempotent    INTEGER NOT NULL,
+      cancel_keys   TEXT    NOT NULL,          -- JSON array, for reading back; lookups use queue_cancel_keys
+      lease_owner   TEXT,                      -- token of the take that holds the job
+      lease_until   INTEGER,                   -- epoch ms; active jobs only
+      error_class   TEXT,
+      error_code    TEXT,
+      cancel_reason TEXT,
+      created_at    INTEGER NOT NULL,
+      updated_at    INTEGER NOT NULL,
+      UNIQUE (queue, id)
+    );
+    -- Next due job and next due time: one probe. Ties run in insertion order (seq).
+    CREATE INDEX IF NOT EXISTS queue_jobs_due ON queue_jobs (queue, state, run_at);
+    -- Expired leases: only active jobs are indexed, so this stays tiny.
+    CREATE INDEX IF NOT EXISTS queue_jobs_lease ON queue_jobs (queue, lease_until) WHERE state = 'active';
+    CREATE TABLE IF NOT EXISTS queue_cancel_keys (
+      queue   TEXT    NOT NULL,
+      key     TEXT    NOT NULL,
+      job_seq INTEGER NOT NULL,
+      PRIMARY KEY (queue, key, job_seq)
+    ) WITHOUT ROWID;
+  `);
+}
+
+interface JobRow {
+  seq: number;
+  id: string;
+  state: JobState;
+  data: string;
+  run_at: number;
+  attempts: number;
+  max_attempts: number;
+  idempotent: number;
+  cancel_keys: string;
+  error_class: string | null;
+  error_code: string | null;
+  cancel_reason: string | null;
+  created_at: number;
+  updated_at: number;
+}
+
+interface TakenRow {
+  seq: number;
+  id: string;
+  data: string;
+  attempts: number;
+  max_attempts: number;
+  idempotent: number;
+  error_code: string | null;
+}
+
+interface Running {
+  seq: number;
+  id: string;
+  attempt: number;
+  owner: string;
+  controller: AbortController;
+  settled: Promise<void>;
+}
+
+const JOB_COLUMNS =
+  'seq, id, state, data, run_at, attempts, max_attempts, idempotent, cancel_keys, error_class, error_code, cancel_reason, created_at, updated_at';
+
+function iso(ms: number): string {
+  return new Date(ms).toISOString();
+}
+
+export class SqliteQueue<T> implements Queue<T> {
+  readonly name: string;
+  private readonly db: Database.Database;
+  private readonly opts: NormalizedQueueOptions;
+  private readonly instanceId = randomUUID();
+  private takeCounter = 0;
+
+  private handler: JobHandler<T> | undefined;
+  private concurrency = 0;
+  private closing = false;
+  private closed: Promise<void> | undefined;
+  private readonly running = new Map<number, Running>();
+  private readonly listeners = new Set<(event: QueueEvent) => void>();
+  private idleWaiters: (() => void)[] = [];
+  private pumping = false;
+  private pumpAgain = false;
+  private pollTimer: NodeJS.Timeout | undefined;
+  private renewTimer: NodeJS.Timeout | undefined;
+
+  private readonly stmt: ReturnType<SqliteQueue<T>['prepare']>;
+  private readonly insertMany: (jobs: NewJob<T>[]) => AddResult[];
+
+  constructor(db: Database.Database, options: SqliteQueueOptions = {}) {
+    this.db = db;
+    this.name = options.name ?? 'default';
+    this.opts = normalizeQueueOptions(options);
+    migrateQueueSchema(db);
+    this.stmt = this.prepare();
+    this.insertMany = db.transaction((jobs: NewJob<T>[]) => jobs.map((job) => this.insertOne(job)));
+  }
+
+  private prepare() {
+    const db = this.db;
+    return {
+      insert: db.prepare<[string, string, string, number, number, number, string, number, number], { seq: number }>(
+        `INSERT INTO queue_jobs (queue, id, state, data, run_at, max_attempts, idempotent, cancel_keys, created_at, updated_at)
+         VALUES (?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?)
+         ON CONFLICT (queue, id) DO NOTHING
+         RETURNING seq`,
+      ),
+      insertKey: db.prepare<[string, string, number]>(
+        'INSERT OR IGNORE INTO queue_cancel_keys (queue, key, job_seq) VALUES (?, ?, ?)',
+      ),
+      take: db.prepare<{ queue: string; now: number; owner: string; leaseUntil: number }, TakenRow>(
+        `UPDATE queue_jobs
+            SET state = 'active', attempts = attempts + 1, lease_owner = @owner, lease_until = @leaseUntil, updated_at = @now
+          WHERE seq = (SELECT seq FROM queue_jobs
+                        WHERE queue = @queue AND state = 'pending' AND run_at <= @now
+                        ORDER BY run_at LIMIT 1)
+         RETURNING seq, id, data, attempts, max_attempts, idempotent, error_code`,
+      ),
+      // A lapsed lease: the worker vanished. Back to pending at once, or dead when it has
+      // used all its attempts (a job that kills its worker every time must not loop forever).
+      reclaim: db.prepare<{ queue: string; now: number }, { id: string; state: JobState; attempts: number }>(
+        `UPDATE queue_jobs
+            SET state = CASE WHEN attempts >= max_attempts THEN 'dead' ELSE 'pending' END,
+                run_at = lease_until, lease_owner = NULL, lease_until = NULL,
+                error_class = '${QueueErrorCode.LeaseExpired}', error_code = '${QueueErrorCode.LeaseExpired}',
+                updated_at = @now
+          WHERE queue = @queue AND state = 'active' AND lease_until <= @now
+         RETURNING id, state, attempts`,
+      ),
+      nextRunAt: db.prepare<[string], { t: number | null }>(
+        `SELECT MIN(run_at) AS t FROM queue_jobs WHERE queue = ? AND state = 'pending'`,
+      ),
+      nextLeaseEnd: db.prepare<[string], { t: number | null }>(
+        `SELECT MIN(lease_until) AS t FROM queue_jobs WHERE queue = ? AND state = 'active'`,
+      ),
+      renew: db.prepare<[number, number, number, string]>(
+        `UPDATE queue_jobs SET lease_until = ?, updated_at = ? WHERE seq = ? AND state = 'active' AND lease_owner = ?`,
+      ),
+      complete: db.prepare<[number, number, string]>(
+        `UPDATE queue_jobs SET state = 'done', lease_owner = NULL, lease_until = NULL, updated_at = ?
+          WHERE seq = ? AND state = 'active' AND lease_owner = ?`,
+      ),
+      fail: db.prepare<
+        { state: JobState; runAt: number | null; errorClass: string; errorCode: string; now: number; seq: number; owner: string }
+      >(
+        `UPDATE queue_jobs
+            SET state = @state, run_at = COALESCE(@runAt, run_at), error_class = @errorClass, error_code = @errorCode,
+                lease_owner = NULL, lease_until = NULL, updated_at = @now
+          WHERE seq = @seq AND state = 'active' AND lease_owner = @owner`,
+      ),
+      cancel: db.prepare<{ queue: string; key: string; reason: string | null; now: number }>(
+        `UPDATE queue_jobs SET state = 'cancelled', cancel_reason = @reason, updated_at = @now
+          WHERE seq IN (SELECT job_seq FROM queue_cancel_keys WHERE queue = @queue AND key = @key)
+            AND state = 'pending'`,
+      ),
+      reschedule: db.prepare<{ queue: string; id: string; runAt: number; data: string | null; now: number }>(
+        `UPDATE queue_jobs SET run_at = @runAt, data = COALESCE(@data, data), updated_at = @now
+          WHERE queue = @queue AND id = @id AND state = 'pending'`,
+      ),
+      retryDead: db.prepare<{ queue: string; id: string; now: number }>(
+        `UPDATE queue_jobs SET state = 'pending', run_at = @now, max_attempts = attempts + 1, updated_at = @now
+          WHERE queue = @queue AND id = @id AND state IN ('dead', 'parked')`,
+      ),
+      get: db.prepare<[string, string], JobRow>(`SELECT ${JOB_COLUMNS} FROM queue_jobs WHERE queue = ? AND id = ?`),
+      counts: db.prepare<[string], { state: JobState; n: number }>(
+        'SELECT state, COUNT(*) AS n FROM queue_jobs WHERE queue = ? GROUP BY state',
+      ),
+    };
+  }
+
+  // ── adding and changing jobs ───────────────────────────────────────────────────────
+
+  async add(job: NewJob<T>): Promise<AddResult> {
+    const [result] = await this.addMany([job]);
+    return result!;
+  }
+
+  async addMany(jobs: NewJob<T>[]): Promise<AddResult[]> {
+    const results = this.insertMany(jobs);
+    if (results.includes('added')) this.wake();
+    return results;
+  }
+
+  private insertOne(job: NewJob<T>): AddResult {
+    const { runAtMs } = validateNewJob(job);
+    const data = this.serialize(job.data, `queue.add(${JSON.stringify(job.id)})`);
+    const keys = [...new Set(job.cancelKeys ?? [])];
+    const now = this.opts.now();
+    const row = this.stmt.insert.get(
+      this.name,
+      job.id,
+      data,
+      runAtMs,
+      job.maxAttempts ?? this.opts.retry.maxAttempts,
+      job.idempotent ? 1 : 0,
+      JSON.stringify(keys),
+      now,
+      now,
+    );
+    if (!row) return 'duplicate';
+    for (const key of keys) this.stmt.insertKey.run(this.name, key, row.seq);
+    return 'added';
+  }
+
+  async reschedule(id: string, runAt: Date | string, data?: T): Promise<boolean> {
+    const runAtMs = toEpochMs(runAt, `queue.reschedule(${JSON.stringify(id)})`);
+    const json = data === undefined ? null : this.serialize(data, `queue.reschedule(${JSON.stringify(id)})`);
+    const changed = this.stmt.reschedule.run({ queue: this.name, id, runAt: runAtMs, data: json, now: this.opts.now() }).changes;
+    if (changed > 0) this.wake();
+    return changed > 0;
+  }
+
+  async cancel(key: string, reason?: string): Promise<number> {
+    return this.stmt.cancel.run({ queue: this.name, key, reason: reason ?? null, now: this.opts.now() }).changes;
+  }
+
+  async retryDead(id: string): Promise<boolean> {
+    const changed = this.stmt.retryDead.run({ queue: this.name, id, now: this.opts.now() }).changes;
+    if (changed > 0) this.wake();
+    return changed > 0;
+  }
+
+  private serialize(data: T, what: string): string {
+    let json: string | undefined;
+    try {
+      json = JSON.stringify(data);
+    } catch (error) {
+      throw new TypeError(`${what}: data cannot be stored as JSON (${(error as Error).message})`);
+    }
+    if (json === undefined) throw new TypeError(`${what}: data cannot be stored as JSON`);
+    return json;
+  }
+
+  // ── reading ─────────────────────────────────────────────────────────────────────────
+
+  async get(id: string): Promise<JobInfo<T> | undefined> {
+    const row = this.stmt.get.get(this.name, id);
+    return row ? this.toInfo(row) : undefined;
+  }
+
+  async list(filter: ListFilter = {}): Promise<JobInfo<T>[]> {
+    const limit = Math.min(Math.max(Math.trunc(filter.limit ?? 100), 1), 1_000);
+    const states = filter.state === undefined ? [] : Array.isArray(filter.state) ? filter.state : [filter.state];
+    for (const state of states) {
+      if (!JOB_STATES.includes(state)) {
+        throw new RangeError(`queue.list: unknown state ${JSON.stringify(state)}; expected one of ${JOB_STATES.join(', ')}`);
+      }
+    }
+    const columns = JOB_COLUMNS.split(', ').map((c) => `j.${c}`).join(', ');
+    let sql: string;
+    const params: (string | number)[] = [];
+    if (filter.cancelKey !== undefined) {
+      // CROSS JOIN keeps the key table as the outer loop: a key has few jobs, a state many.
+      sql = `SELECT ${columns} FROM queue_cancel_keys k CROSS JOIN queue_jobs j ON j.seq = k.job_seq
+              WHERE k.queue = ? AND k.key = ? AND j.queue = ?`;
+      params.push(this.name, filter.cancelKey, this.name);
+    } else {
+      sql = `SELECT ${columns} FROM queue_jobs j WHERE j.queue = ?`;
+      params.push(this.name);
+    }
+    if (states.length > 0) {
+      sql += ` AND j.state IN (${states.map(() => '?').join(', ')})`;
+      params.push(...states);
+    }
+    sql += ' ORDER BY j.run_at, j.seq LIMIT ?';
+    params.push(limit);
+    return this.db
+      .prepare<(string | number)[], JobRow>(sql)
+      .all(...params)
+      .map((row) => this.toInfo(row));
+  }
+
+  async counts(): Promise<Record<JobState, number>> {
+    const counts = Object.fromEntries(JOB_STATES.map((s) => [s, 0])) as Record<JobState, number>;
+    for (const { state, n } of this.stmt.counts.all(this.name)) counts[state] = n;
+    return counts;
+  }
+
+  private toInfo(row: JobRow): JobInfo<T> {
+    const info: JobInfo<T> = {
+      id: row.id,
+      data: JSON.parse(row.data) as T,
+      state: row.state,
+      attempts: row.attempts,
+      maxAttempts: row.max_attempts,
+      idempotent: row.idempotent === 1,
+      runAt: iso(row.run_at),
+      cancelKeys: JSON.parse(row.cancel_keys) as string[],
+      createdAt: iso(row.created_at),
+      updatedAt: iso(row.updated_at),
+    };
+    if (row.error_code !== null) info.lastError = { failureClass: row.error_class ?? 'transient', code: row.error_code };
+    if (row.cancel_reason !== null) info.cancelReason = row.cancel_reason;
+    return info;
+  }
+
+  subscribe(listener: (event: QueueEvent) => void): () => void {
+    this.listeners.add(listener);
+    return () => this.listeners.delete(listener);
+  }
+
+  private emit(event: QueueEvent): void {
+    for (const listener of this.listeners) {
+      try {
+        listener(event);
+      } catch {
+        // A failing listener (metrics, logging) must not change what happens to jobs.
+      }
+    }
+  }
+
+  // ── processing ──────────────────────────────────────────────────────────────────────
+
+  process(handler: JobHandler<T>, options: ProcessOptions): void {
+    if (this.handler) throw new Error(`queue ${this.name}: process() was already called on this instance`);
+    if (this.closing) throw new Error(`queue ${this.name}: process() called after close()`);
+    if (!(Number.isInteger(options?.concurrency) && options.concurrency >= 1)) {
+      throw new RangeError(`queue ${this.name}: concurrency must be an integer ≥ 1, got ${options?.concurrency}`);
+    }
+    this.handler = handler;
+    this.concurrency = options.concurrency;
+    this.pump();
+  }
+
+  async poke(): Promise<void> {
+    this.pump();
+  }
+
+  idle(): Promise<void> {
+    if (!this.handler || this.closing) return Promise.resolve();
+    const promise = new Promise<void>((resolve) => this.idleWaiters.push(resolve));
+    this.pump();
+    return promise;
+  }
+
+  /** Something changed in this instance: look again now rather than at the next timer. */
+  private wake(): void {
+    if (this.handler && !this.closing) this.pump();
+  }
+
+  /** Take due jobs up to the concurrency limit, then arm the timer for the next due time. */
+  private pump(): void {
+    if (!this.handler || this.closing) return;
+    if (this.pumping) {
+      this.pumpAgain = true;
+      return;
+    }
+    this.pumping = true;
+    let retryLater = false;
+    try {
+      do {
+        this.pumpAgain = false;
+        const now = this.opts.now();
+        for (const row of this.stmt.reclaim.all({ queue: this.name, now })) {
+          if (row.state === JobState.Dead) {
+            this.emit({ type: 'dead', id: row.id, attempt: row.attempts, code: QueueErrorCode.LeaseExpired });
+          } else {
+            this.emit({ type: 'retry', id: row.id, attempt: row.attempts, code: QueueErrorCode.LeaseExpired, runAt: iso(now) });
+          }
+        }
+        while (this.running.size < this.concurrency && !this.closing) {
+          const owner = `${this.instanceId}:${++this.takeCounter}`;
+          const row = this.stmt.take.get({ queue: this.name, now, owner, leaseUntil: now + this.opts.leaseMs });
+          if (!row) break;
+          this.start(row, owner);
+        }
+      } while (this.pumpAgain && !this.closing);
+    } catch (error) {
+      // SQLITE_BUSY past the busy timeout, disk full…: keep the process up and try again.
+      this.emit({ type: 'error', code: errorCodeOf(error), message: 'queue poll failed' });
+      retryLater = true;
+    } finally {
+      this.pumping = false;
+    }
+    this.armPollTimer(retryLater);
+    if (this.running.size === 0 && !retryLater) this.resolveIdle();
+  }
+
+  private armPollTimer(retryLater: boolean): void {
+    if (this.pollTimer) clearTimeout(this.pollTimer);
+    this.pollTimer = undefined;
+    if (this.closing || this.running.size >= this.concurrency) return; // a finishing handler pumps
+    let delay = this.opts.maxPollIntervalMs;
+    if (!retryLater) {
+      try {
+        const now = this.opts.now();
+        const nextRun = this.stmt.nextRunAt.get(this.name)?.t ?? null;
+        const nextLease = this.stmt.nextLeaseEnd.get(this.name)?.t ?? null;
+        for (const t of [nextRun, nextLease]) {
+          // Something already due that was not taken: another instance holds the write
+          // lock or took it meanwhile; look again shortly rather than spin.
+          if (t !== null) delay = Math.min(delay, Math.max(t - now, 5));
+        }
+      } catch {
+        // The next poll reports the failure.
+      }
+    }
+    this.pollTimer = setTimeout(() => this.pump(), delay);
+    this.pollTimer.unref();
+  }
+
+  private resolveIdle(): void {
+    const waiters = this.idleWaiters;
+    this.idleWaiters = [];
+    for (const resolve of waiters) resolve();
+  }
+
+  private start(row: TakenRow, owner: string): void {
+    const handler = this.handler!;
+    const controller = new AbortController();
+    const attempt = row.attempts;
+    const job: Running = { seq: row.seq, id: row.id, attempt, owner, controller, settled: Promise.resolve() };
+    this.running.set(row.seq, job);
+    this.armRenewTimer();
+    this.emit({ type: 'started', id: row.id, attempt });
+    job.settled = (async () => {
+      let outcome: { ok: true } | { ok: false; error: unknown };
+      try {
+        // Parsing inside the try: unreadable data fails this job, not the poller.
+        const data = JSON.parse(row.data) as T;
+        await handler({
+          id: row.id,
+          data,
+          attempt,
+          ...(row.error_code !== null ? { previousError: row.error_code } : {}),
+          signal: controller.signal,
+        });
+        outcome = { ok: true };
+      } catch (error) {
+        outcome = { ok: false, error };
+      }
+      this.finish(job, outcome, row);
+    })();
+  }
+
+  private finish(job: Running, outcome: { ok: true } | { ok: false; error: unknown }, row: TakenRow): void {
+    const now = this.opts.now();
+    try {
+      if (outcome.ok) {
+        const changed = this.stmt.complete.run(now, job.seq, job.owner).changes;
+        this.emit(changed > 0 ? { type: 'done', id: job.id, attempt: job.attempt } : { type: 'lease-lost', id: job.id, attempt: job.attempt });
+      } else {
+        const interrupted = this.closing && job.controller.signal.aborted;
+        const decision = decideFailure(
+          outcome.error,
+          { attempt: job.attempt, maxAttempts: row.max_attempts, idempotent: row.idempotent === 1 },
+          this.opts.retry,
+          now,
+          this.opts.random,
+          interrupted,
+        );
+        const state =
+          decision.next === 'retry' ? JobState.Pending : decision.next === 'parked' ? JobState.Parked : JobState.Dead;
+        const changed = this.stmt.fail.run({
+          state,
+          runAt: decision.next === 'retry' ? decision.runAtMs : null,
+          errorClass: decision.failureClass,
+          errorCode: decision.code,
+          now,
+          seq: job.seq,
+          owner: job.owner,
+        }).changes;
+        if (changed === 0) this.emit({ type: 'lease-lost', id: job.id, attempt: job.attempt });
+        else if (decision.next === 'retry') {
+          this.emit({ type: 'retry', id: job.id, attempt: job.attempt, code: decision.code, runAt: iso(decision.runAtMs) });
+        } else this.emit({ type: decision.next, id: job.id, attempt: job.attempt, code: decision.code });
+      }
+    } catch (error) {
+      // The outcome could not be written: the lease lapses and the job runs again
+      // (at least once, never lost).
+      this.emit({ type: 'error', code: errorCodeOf(error), message: 'queue could not record a job outcome' });
+    }
+    this.running.delete(job.seq);
+    if (this.running.size === 0) this.stopRenewTimer();
+    this.pump();
+    if (this.closing && this.running.size === 0) this.resolveIdle();
+  }
+
+  /** One timer renews every lease this instance holds (one small transaction per tick). */
+  private armRenewTimer(): void {
+    if (this.renewTimer) return;
+    this.renewTimer = setInterval(() => this.renewLeases(), this.opts.leaseRenewMs);
+    this.renewTimer.unref();
+  }
+
+  private stopRenewTimer(): void {
+    if (this.renewTimer) clearInterval(this.renewTimer);
+    this.renewTimer = undefined;
+  }
+
+  /**
+   * Extend the lease of every job this instance is running to now + leaseMs; a job whose
+   * lease another instance took over gets its signal aborted. Runs on a timer every
+   * leaseRenewMs; public so a test with a fake clock can run it at a chosen instant.
+   */
+  renewLeases(): void {
+    const now = this.opts.now();
+    try {
+      const lost = this.db.transaction(() =>
+        [...this.running.values()].filter(
+          (job) => this.stmt.renew.run(now + this.opts.leaseMs, now, job.seq, job.owner).changes === 0,
+        ),
+      )();
+      // Another instance took these over (our lease lapsed): stop the work if it listens.
+      for (const job of lost) job.controller.abort(new Error('queue lease lost'));
+    } catch (error) {
+      this.emit({ type: 'error', code: errorCodeOf(error), message: 'queue could not renew leases' });
+    }
+  }
+
+  async close(options: { graceMs?: number } = {}): Promise<void> {
+    if (this.closed) return this.closed;
+    this.closing = true;
+    if (this.pollTimer) clearTimeout(this.pollTimer);
+    this.pollTimer = undefined;
+    const graceMs = options.graceMs ?? 10_000;
+    this.closed = (async () => {
+      const settled = Promise.all([...this.running.values()].map((job) => job.settled));
+      if (this.running.size > 0) {
+        let graceTimer: NodeJS.Timeout | undefined;
+        const grace = new Promise<void>((resolve) => {
+          graceTimer = setTimeout(resolve, graceMs);
+        });
+        await Promise.race([settled, grace]);
+        clearTimeout(graceTimer);
+        for (const job of this.running.values()) job.controller.abort(new Error('queue closing'));
+        await settled;
+      }
+      this.stopRenewTimer();
+      this.resolveIdle();
+    })();
+    return this.closed;
+  }
+}
+
+export function createSqliteQueue<T>(db: Database.Database, options: SqliteQueueOptions = {}): SqliteQueue<T> {
+  return new SqliteQueue<T>(db, options);
+}
