@@ -1,0 +1,439 @@
+// The behaviour every Store backend must show (ARCHITECTURE.md "Interfaces": both backends
+// pass one shared suite). A backend's test file calls storeConformanceSuite with a factory
+// that gives a fresh, empty store per test. All data here is synthetic.
+import { createHash } from 'node:crypto';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { MessageStatus, type Trigger } from '../types.ts';
+import type { InboundRecord, Store, StoredMessage, SubjectState } from './store.ts';
+
+export interface StoreHandle {
+  store: Store;
+  /** Closes the store and removes what the factory created (files, schema). */
+  cleanup: () => Promise<void>;
+}
+
+/** An HL7-shaped message: CR segment ends and a Latin-1 byte, to prove bytes come back exact. */
+export function hl7Bytes(controlId: string, variant = ''): Buffer {
+  const text =
+    `MSH|^~\\&|EPIC|GHH|CARERELAY|HOSP|20240101093000||SIU^S12|${controlId}|P|2.5.1|||||8859/1\r` +
+    `SCH|A-${controlId}|A-${controlId}||||||||30|MIN|^^30^20240102100000^20240102103000\r` +
+    `PID|1||MRN-1^^^GHH^MR||TESTPATIENT^ALEX${variant}\r`;
+  // 0xE9 (é in Latin-1) is not valid UTF-8: a backend that stores text would mangle it.
+  return Buffer.concat([Buffer.from(text, 'latin1'), Buffer.from([0xe9, 0x0d, 0x00, 0xff])]);
+}
+
+export function sha256(raw: Buffer): string {
+  return createHash('sha256').update(raw).digest('hex');
+}
+
+export function testTrigger(overrides: Partial<Trigger> & { id: string }): Trigger {
+  return {
+    type: 'appointment.booked',
+    occurredAt: '2024-01-01T09:30:00Z',
+    receivedAt: '2024-01-01T09:30:01Z',
+    source: { format: 'hl7v2', sender: 'EPIC^GHH', messageType: 'SIU^S12', messageId: 'C1' },
+    patient: {
+      id: 'MRN-1',
+      identifiers: [{ value: 'MRN-1', system: 'GHH', type: 'MR' }],
+      name: { family: 'Testpatient', given: ['Alex'] },
+      deceased: false,
+      telecom: [{ system: 'phone', use: 'mobile', value: '+15550100' }],
+    },
+    appointment: { id: 'APT-1', status: 'booked', start: '2024-01-02T10:00:00+01:00', durationMinutes: 30 },
+    sensitivity: [],
+    ...overrides,
+  };
+}
+
+/** A complete record; `controlId` also seeds the raw bytes, so different ids mean different bytes. */
+export function testRecord(overrides: Partial<InboundRecord> & { controlId: string }): InboundRecord {
+  const raw = overrides.raw ?? hl7Bytes(overrides.controlId);
+  return {
+    input: 'mllp-main',
+    format: 'hl7v2',
+    sender: 'EPIC^GHH',
+    messageType: 'SIU^S12',
+    status: MessageStatus.Accepted,
+    ack: `MSH|^~\\&|CARERELAY|HOSP|EPIC|GHH|20240101093001||ACK^S12|ACK-${overrides.controlId}|P|2.5.1\rMSA|AA|${overrides.controlId}\r`,
+    ackCode: 'AA',
+    receivedAt: '2024-01-01T09:30:01Z',
+    triggers: [],
+    subjectStates: [],
+    ...overrides,
+    raw,
+    contentHash: overrides.contentHash ?? sha256(raw),
+  };
+}
+
+function appointmentState(overrides: Partial<SubjectState> & { asOf: string }): SubjectState {
+  return { kind: 'appointment', id: 'APT-1', patientId: 'MRN-1', status: 'booked', start: '2024-01-02T10:00:00+01:00', ...overrides };
+}
+
+function stored(outcome: Awaited<ReturnType<Store['commitInbound']>>): StoredMessage {
+  expect(outcome.outcome).toBe('stored');
+  return outcome.message;
+}
+
+export function storeConformanceSuite(name: string, makeStore: () => Promise<StoreHandle>): void {
+  describe(`Store conformance: ${name}`, () => {
+    let handle: StoreHandle;
+    let store: Store;
+
+    beforeEach(async () => {
+      handle = await makeStore();
+      store = handle.store;
+    });
+    afterEach(async () => {
+      await handle.cleanup();
+    });
+
+    describe('commit and read back', () => {
+      it('returns the raw bytes exactly and the triggers as given', async () => {
+        const t1 = testTrigger({ id: 'trg-1' });
+        const t2 = testTrigger({
+          id: 'trg-2',
+          type: 'patient.updated',
+          appointment: undefined,
+          encounter: { id: 'V-9', status: 'in-progress', class: 'AMB' },
+          sensitivity: ['restricted'],
+        });
+        const record = testRecord({ controlId: 'C1', triggers: [t1, t2], reason: undefined });
+        const message = stored(await store.commitInbound(record));
+
+        expect(message).toMatchObject({
+          input: 'mllp-main',
+          format: 'hl7v2',
+          sender: 'EPIC^GHH',
+          controlId: 'C1',
+          messageType: 'SIU^S12',
+          contentHash: record.contentHash,
+          status: 'accepted',
+          ack: record.ack,
+          ackCode: 'AA',
+          receivedAt: record.receivedAt,
+          triggerIds: ['trg-1', 'trg-2'],
+        });
+        expect(message.id).toMatch(/^[A-Za-z0-9_-]+$/);
+
+        const read = await store.getMessage(message.id);
+        expect(read).toBeDefined();
+        expect(Buffer.isBuffer(read!.raw)).toBe(true);
+        expect(read!.raw.equals(record.raw)).toBe(true);
+        expect(read!.triggers).toEqual([t1, t2]);
+        const { raw: _raw, triggers: _triggers, ...summary } = read!;
+        expect(summary).toEqual(message);
+
+        expect(await store.getTrigger('trg-2')).toEqual(t2);
+        expect(await store.findMessage('EPIC^GHH', 'C1')).toEqual(message);
+      });
+
+      it('keeps the reason of rejected and ignored messages', async () => {
+        const rejected = stored(
+          await store.commitInbound(testRecord({ controlId: 'R1', status: 'rejected', ackCode: 'AR', reason: 'missing_field' })),
+        );
+        expect(rejected.reason).toBe('missing_field');
+        expect((await store.getMessage(rejected.id))!.reason).toBe('missing_field');
+        expect((await store.getMessage(rejected.id))!.status).toBe('rejected');
+      });
+
+      it('gives distinct, URL-safe ids and answers undefined for unknown ids', async () => {
+        const a = stored(await store.commitInbound(testRecord({ controlId: 'A' })));
+        const b = stored(await store.commitInbound(testRecord({ controlId: 'B' })));
+        expect(a.id).not.toBe(b.id);
+        for (const id of [a.id, b.id]) expect(encodeURIComponent(id)).toBe(id);
+        expect(await store.getMessage('999999999')).toBeUndefined();
+        expect(await store.getMessage('../etc/passwd')).toBeUndefined();
+        expect(await store.getMessage('')).toBeUndefined();
+        expect(await store.getTrigger('nope')).toBeUndefined();
+        expect(await store.findMessage('EPIC^GHH', 'nope')).toBeUndefined();
+        expect(await store.getSubjectState('appointment', 'nope')).toBeUndefined();
+      });
+
+      it('ping resolves on an open store', async () => {
+        await expect(store.ping()).resolves.toBeUndefined();
+      });
+    });
+
+    describe('dedupe (RELIABILITY.md #3)', () => {
+      it('a resend of the same bytes is a duplicate that writes nothing and returns the original ACK', async () => {
+        const first = stored(await store.commitInbound(testRecord({ controlId: 'D1', triggers: [testTrigger({ id: 't-d1' })] })));
+        // A real resend is answered with a freshly built ACK; the stored one must win.
+        const again = await store.commitInbound(
+          testRecord({ controlId: 'D1', triggers: [testTrigger({ id: 't-d1' })], ack: 'ANOTHER ACK', receivedAt: '2024-01-01T10:00:00Z' }),
+        );
+        expect(again.outcome).toBe('duplicate');
+        expect(again.message).toEqual(first);
+        expect(await store.listMessages({ controlId: 'D1' })).toHaveLength(1);
+        expect(await store.listTriggers({})).toHaveLength(1);
+      });
+
+      it('same sender + control id with different bytes is quarantined, the original untouched', async () => {
+        const state = appointmentState({ asOf: '2024-01-01T09:30:00Z', start: '2024-01-02T10:00:00+01:00' });
+        const first = stored(
+          await store.commitInbound(testRecord({ controlId: 'Q1', triggers: [testTrigger({ id: 't-q1' })], subjectStates: [state] })),
+        );
+        const before = await store.getMessage(first.id);
+
+        const conflicting = testRecord({
+          controlId: 'Q1',
+          raw: hl7Bytes('Q1', 'X'),
+          receivedAt: '2024-01-01T11:00:00Z',
+          triggers: [testTrigger({ id: 't-q1-other' })],
+          subjectStates: [appointmentState({ asOf: '2024-01-01T11:00:00Z', start: '2024-01-09T08:00:00Z' })],
+        });
+        const outcome = await store.commitInbound(conflicting);
+        expect(outcome.outcome).toBe('conflict');
+        if (outcome.outcome !== 'conflict') return;
+        expect(outcome.original).toEqual(first);
+        expect(outcome.message.id).not.toBe(first.id);
+        expect(outcome.message.status).toBe('quarantined');
+        expect(outcome.message.reason).toBeTruthy();
+        expect(outcome.message.triggerIds).toEqual([]);
+
+        // The quarantined copy is kept byte-exact for review, and listed.
+        const quarantined = await store.getMessage(outcome.message.id);
+        expect(quarantined!.raw.equals(conflicting.raw)).toBe(true);
+        expect(quarantined!.status).toBe('quarantined');
+        expect(quarantined!.triggers).toEqual([]);
+        const listed = await store.listMessages({ status: 'quarantined' });
+        expect(listed.map((m) => m.id)).toEqual([outcome.message.id]);
+
+        // Nothing of it was applied; the original stays the dedupe key.
+        expect(await store.getTrigger('t-q1-other')).toBeUndefined();
+        expect(await store.getSubjectState('appointment', 'APT-1')).toEqual(state);
+        expect(await store.getMessage(first.id)).toEqual(before);
+        expect(await store.findMessage('EPIC^GHH', 'Q1')).toEqual(first);
+        const resend = await store.commitInbound(testRecord({ controlId: 'Q1', triggers: [testTrigger({ id: 't-q1' })] }));
+        expect(resend.outcome).toBe('duplicate');
+        expect(resend.message.id).toBe(first.id);
+      });
+
+      it('the same conflicting bytes sent again are not quarantined twice', async () => {
+        stored(await store.commitInbound(testRecord({ controlId: 'Q2' })));
+        const a = await store.commitInbound(testRecord({ controlId: 'Q2', raw: hl7Bytes('Q2', 'X') }));
+        const b = await store.commitInbound(testRecord({ controlId: 'Q2', raw: hl7Bytes('Q2', 'X') }));
+        const c = await store.commitInbound(testRecord({ controlId: 'Q2', raw: hl7Bytes('Q2', 'Y') }));
+        expect([a.outcome, b.outcome, c.outcome]).toEqual(['conflict', 'conflict', 'conflict']);
+        expect(b.message.id).toBe(a.message.id);
+        expect(c.message.id).not.toBe(a.message.id);
+        expect(await store.listMessages({ status: 'quarantined' })).toHaveLength(2);
+      });
+
+      it('the same control id from another sender is a different message', async () => {
+        stored(await store.commitInbound(testRecord({ controlId: 'S1' })));
+        const other = await store.commitInbound(testRecord({ controlId: 'S1', sender: 'CERNER^MAIN', raw: hl7Bytes('S1', 'Z') }));
+        expect(other.outcome).toBe('stored');
+      });
+
+      it('an empty control id is never deduped', async () => {
+        const raw = hl7Bytes('');
+        const a = stored(await store.commitInbound(testRecord({ controlId: '', raw, status: 'rejected', ackCode: 'AR', reason: 'missing_control_id' })));
+        const b = stored(await store.commitInbound(testRecord({ controlId: '', raw, status: 'rejected', ackCode: 'AR', reason: 'missing_control_id' })));
+        expect(a.id).not.toBe(b.id);
+        expect(await store.findMessage('EPIC^GHH', '')).toBeUndefined();
+        expect(await store.listMessages({ status: 'rejected' })).toHaveLength(2);
+      });
+
+      it('10 parallel commits of the same record: exactly one stored, nine duplicates', async () => {
+        const record = testRecord({ controlId: 'P1', triggers: [testTrigger({ id: 't-p1' })] });
+        const outcomes = await Promise.all(Array.from({ length: 10 }, () => store.commitInbound({ ...record })));
+        const kinds = outcomes.map((o) => o.outcome).sort();
+        expect(kinds).toEqual([...Array<string>(9).fill('duplicate'), 'stored']);
+        const id = outcomes.find((o) => o.outcome === 'stored')!.message.id;
+        expect(new Set(outcomes.map((o) => o.message.id))).toEqual(new Set([id]));
+        expect(await store.listMessages({ controlId: 'P1' })).toHaveLength(1);
+        expect(await store.listTriggers({})).toHaveLength(1);
+      });
+    });
+
+    describe('triggers', () => {
+      it('a trigger id that is already stored is skipped, not an error (the first version wins)', async () => {
+        const original = testTrigger({ id: 'same-id' });
+        stored(await store.commitInbound(testRecord({ controlId: 'T1', triggers: [original] })));
+        const replacement = testTrigger({ id: 'same-id', type: 'appointment.cancelled' });
+        const second = stored(await store.commitInbound(testRecord({ controlId: 'T2', triggers: [replacement, testTrigger({ id: 'new-id' })] })));
+        expect(second.triggerIds).toEqual(['same-id', 'new-id']);
+        expect(await store.getTrigger('same-id')).toEqual(original);
+        expect(await store.getTrigger('new-id')).toBeDefined();
+        expect(await store.listTriggers({})).toHaveLength(2);
+      });
+    });
+
+    describe('subject state (never rolled back by an older message)', () => {
+      it('compares asOf as instants, not strings', async () => {
+        const current = appointmentState({ asOf: '2024-01-01T09:30:00Z', start: '2024-01-02T10:00:00Z', data: { sensitivity: ['restricted'] } });
+        stored(await store.commitInbound(testRecord({ controlId: 'ST1', subjectStates: [current] })));
+        expect(await store.getSubjectState('appointment', 'APT-1')).toEqual(current);
+
+        // 10:00+02:00 is 08:00Z: older, although its string sorts after 09:30Z.
+        const older = appointmentState({ asOf: '2024-01-01T10:00:00+02:00', start: '2023-12-31T10:00:00Z', status: 'cancelled' });
+        const late = stored(await store.commitInbound(testRecord({ controlId: 'ST2', subjectStates: [older], triggers: [testTrigger({ id: 't-st2' })] })));
+        expect(await store.getSubjectState('appointment', 'APT-1')).toEqual(current);
+        // The late message itself and its trigger are still stored.
+        expect((await store.getMessage(late.id))!.triggers).toHaveLength(1);
+
+        // 09:30-01:00 is 10:30Z: newer, although its string sorts before '…09:30:00Z'.
+        const newer = appointmentState({ asOf: '2024-01-01T09:30:00-01:00', start: '2024-01-05T08:00:00Z', status: 'booked' });
+        stored(await store.commitInbound(testRecord({ controlId: 'ST3', subjectStates: [newer] })));
+        expect(await store.getSubjectState('appointment', 'APT-1')).toEqual(newer);
+
+        // The same instant written with another offset is not older: it applies.
+        const same = appointmentState({ asOf: '2024-01-01T11:30:00+01:00', start: '2024-01-06T08:00:00Z' });
+        stored(await store.commitInbound(testRecord({ controlId: 'ST4', subjectStates: [same] })));
+        expect(await store.getSubjectState('appointment', 'APT-1')).toEqual(same);
+      });
+
+      it('keeps appointments and encounters with the same id apart', async () => {
+        const appointment = appointmentState({ asOf: '2024-01-01T09:30:00Z', id: 'X-1' });
+        const encounter: SubjectState = { kind: 'encounter', id: 'X-1', patientId: 'MRN-1', status: 'in-progress', asOf: '2024-01-01T09:30:00Z' };
+        stored(await store.commitInbound(testRecord({ controlId: 'K1', subjectStates: [appointment, encounter] })));
+        expect(await store.getSubjectState('appointment', 'X-1')).toEqual(appointment);
+        expect(await store.getSubjectState('encounter', 'X-1')).toEqual(encounter);
+      });
+    });
+
+    describe('atomicity', () => {
+      it('a commit that fails part-way leaves nothing behind and rejects', async () => {
+        const bad = testRecord({
+          controlId: 'F1',
+          triggers: [testTrigger({ id: 't-f1' })],
+          // Not a valid kind: the store must refuse it after the message and trigger rows.
+          subjectStates: [{ ...appointmentState({ asOf: '2024-01-01T09:30:00Z' }), kind: 'bogus' as SubjectState['kind'] }],
+        });
+        await expect(store.commitInbound(bad)).rejects.toThrow();
+        expect(await store.findMessage('EPIC^GHH', 'F1')).toBeUndefined();
+        expect(await store.getTrigger('t-f1')).toBeUndefined();
+        expect(await store.listMessages({})).toEqual([]);
+        // The caller NAKed; the corrected resend lands once.
+        const fixed = await store.commitInbound({ ...bad, subjectStates: [] });
+        expect(fixed.outcome).toBe('stored');
+      });
+
+      it('a failing commit does not take parallel commits down with it', async () => {
+        const bad = testRecord({
+          controlId: 'F2',
+          subjectStates: [{ ...appointmentState({ asOf: '2024-01-01T09:30:00Z' }), kind: 'bogus' as SubjectState['kind'] }],
+        });
+        const results = await Promise.allSettled([
+          store.commitInbound(testRecord({ controlId: 'G1' })),
+          store.commitInbound(bad),
+          store.commitInbound(testRecord({ controlId: 'G2' })),
+        ]);
+        expect(results.map((r) => r.status)).toEqual(['fulfilled', 'rejected', 'fulfilled']);
+        expect((await store.listMessages({})).map((m) => m.controlId).sort()).toEqual(['G1', 'G2']);
+      });
+
+      it('a record with an unreadable time is refused with a clear error', async () => {
+        await expect(store.commitInbound(testRecord({ controlId: 'F3', receivedAt: 'yesterday' }))).rejects.toThrow(/receivedAt/);
+        await expect(
+          store.commitInbound(testRecord({ controlId: 'F4', triggers: [testTrigger({ id: 't-f4', occurredAt: '2024-02-30T10:00:00Z' })] })),
+        ).rejects.toThrow(/occurredAt/);
+        expect(await store.listMessages({})).toEqual([]);
+      });
+    });
+
+    describe('listing', () => {
+      async function seed(): Promise<Record<string, StoredMessage>> {
+        const specs: Array<Partial<InboundRecord> & { controlId: string }> = [
+          // Offsets differ on purpose: order and bounds must follow the instants.
+          { controlId: 'L1', receivedAt: '2024-03-01T10:00:00+02:00' }, // 08:00Z
+          { controlId: 'L2', receivedAt: '2024-03-01T09:00:00Z', sender: 'CERNER^MAIN' },
+          { controlId: 'L3', receivedAt: '2024-03-01T08:30:00-01:00', input: 'http-fhir', format: 'fhir' }, // 09:30Z
+          { controlId: 'L4', receivedAt: '2024-03-01T10:00:00Z', status: 'ignored', reason: 'unsupported_type' },
+          { controlId: 'L5', receivedAt: '2024-03-01T11:00:00+01:00' }, // 10:00Z, same instant as L4
+        ];
+        const out: Record<string, StoredMessage> = {};
+        for (const spec of specs) out[spec.controlId] = stored(await store.commitInbound(testRecord(spec)));
+        return out;
+      }
+      const ids = (list: StoredMessage[]): string[] => list.map((m) => m.controlId);
+
+      it('lists newest first by receivedAt instant, ties newest-stored first', async () => {
+        await seed();
+        expect(ids(await store.listMessages({}))).toEqual(['L5', 'L4', 'L3', 'L2', 'L1']);
+      });
+
+      it('filters by sender, controlId, status and input', async () => {
+        await seed();
+        expect(ids(await store.listMessages({ sender: 'CERNER^MAIN' }))).toEqual(['L2']);
+        expect(ids(await store.listMessages({ controlId: 'L3' }))).toEqual(['L3']);
+        expect(ids(await store.listMessages({ status: 'ignored' }))).toEqual(['L4']);
+        expect(ids(await store.listMessages({ input: 'http-fhir' }))).toEqual(['L3']);
+        expect(ids(await store.listMessages({ sender: 'EPIC^GHH', status: 'accepted' }))).toEqual(['L5', 'L3', 'L1']);
+      });
+
+      it('since/until are inclusive bounds compared as instants', async () => {
+        await seed();
+        expect(ids(await store.listMessages({ since: '2024-03-01T10:30:00+01:00' }))).toEqual(['L5', 'L4', 'L3']); // 09:30Z
+        expect(ids(await store.listMessages({ until: '2024-03-01T04:00:00-05:00' }))).toEqual(['L2', 'L1']); // 09:00Z
+        expect(ids(await store.listMessages({ since: '2024-03-01T09:00:00Z', until: '2024-03-01T09:30:00Z' }))).toEqual(['L3', 'L2']);
+      });
+
+      it('pages with limit and the last id as the before cursor, without gaps or repeats', async () => {
+        await seed();
+        const seen: string[] = [];
+        let before: string | undefined;
+        for (let page = 0; page < 5; page++) {
+          const items = await store.listMessages({ limit: 2, before });
+          seen.push(...ids(items));
+          if (items.length < 2) break;
+          before = items[items.length - 1]!.id;
+        }
+        expect(seen).toEqual(['L5', 'L4', 'L3', 'L2', 'L1']);
+        // The cursor combines with filters.
+        const first = await store.listMessages({ sender: 'EPIC^GHH', limit: 1 });
+        expect(ids(await store.listMessages({ sender: 'EPIC^GHH', before: first[0]!.id }))).toEqual(['L4', 'L3', 'L1']);
+      });
+
+      it('limit defaults to 100 and is capped, not refused, above 1000', async () => {
+        await Promise.all(Array.from({ length: 105 }, (_, i) => store.commitInbound(testRecord({ controlId: `N${i}` }))));
+        expect(await store.listMessages({})).toHaveLength(100);
+        expect(await store.listMessages({ limit: 5000 })).toHaveLength(105);
+        expect(await store.listMessages({ limit: 3 })).toHaveLength(3);
+      });
+
+      it('lists triggers newest first by occurredAt with filters', async () => {
+        const triggers = [
+          testTrigger({ id: 'a', occurredAt: '2024-03-01T10:00:00+02:00' }), // 08:00Z
+          testTrigger({ id: 'b', occurredAt: '2024-03-01T09:00:00Z', type: 'appointment.cancelled' }),
+          testTrigger({
+            id: 'c',
+            occurredAt: '2024-03-01T08:30:00-01:00', // 09:30Z
+            type: 'encounter.started',
+            appointment: undefined,
+            encounter: { id: 'V-1', status: 'in-progress' },
+          }),
+          testTrigger({
+            id: 'd',
+            occurredAt: '2024-03-01T10:00:00Z',
+            patient: { id: 'MRN-2', identifiers: [{ value: 'MRN-2' }], deceased: false, telecom: [] },
+            appointment: { id: 'APT-2' },
+          }),
+        ];
+        await store.commitInbound(testRecord({ controlId: 'TL1', triggers: triggers.slice(0, 2) }));
+        await store.commitInbound(testRecord({ controlId: 'TL2', triggers: triggers.slice(2) }));
+        const tid = (list: Trigger[]): string[] => list.map((t) => t.id);
+
+        expect(tid(await store.listTriggers({}))).toEqual(['d', 'c', 'b', 'a']);
+        expect(await store.listTriggers({})).toEqual([triggers[3], triggers[2], triggers[1], triggers[0]]);
+        expect(tid(await store.listTriggers({ type: 'appointment.cancelled' }))).toEqual(['b']);
+        expect(tid(await store.listTriggers({ patientId: 'MRN-1' }))).toEqual(['c', 'b', 'a']);
+        expect(tid(await store.listTriggers({ appointmentId: 'APT-1' }))).toEqual(['b', 'a']);
+        expect(tid(await store.listTriggers({ encounterId: 'V-1' }))).toEqual(['c']);
+        expect(tid(await store.listTriggers({ since: '2024-03-01T10:30:00+01:00' }))).toEqual(['d', 'c']);
+        expect(tid(await store.listTriggers({ until: '2024-03-01T09:00:00Z' }))).toEqual(['b', 'a']);
+        expect(tid(await store.listTriggers({ limit: 1 }))).toEqual(['d']);
+      });
+    });
+
+    describe('closing', () => {
+      it('after close, commits reject (so the caller NAKs) and close is idempotent', async () => {
+        stored(await store.commitInbound(testRecord({ controlId: 'Z1' })));
+        await store.close();
+        await store.close();
+        await expect(store.commitInbound(testRecord({ controlId: 'Z2' }))).rejects.toThrow();
+        await expect(store.ping()).rejects.toThrow();
+      });
+    });
+  });
+}

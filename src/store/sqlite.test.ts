@@ -1,0 +1,228 @@
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { storeConformanceSuite, testRecord, testTrigger } from './conformance.ts';
+import { migrate, openSqliteDatabase, type Database } from './sqlite-db.ts';
+import { SqliteStore } from './sqlite.ts';
+
+const tempDirs: string[] = [];
+function tempDir(): string {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'carerelay-store-'));
+  tempDirs.push(dir);
+  return dir;
+}
+afterEach(() => {
+  for (const dir of tempDirs.splice(0)) {
+    fs.chmodSync(dir, 0o700);
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+storeConformanceSuite('sqlite', async () => {
+  const dir = tempDir();
+  const store = SqliteStore.open(path.join(dir, 'data', 'carerelay.db'));
+  return {
+    store,
+    cleanup: async () => {
+      await store.close();
+    },
+  };
+});
+
+describe('openSqliteDatabase', () => {
+  it('creates the directory and sets WAL, synchronous=FULL, busy_timeout and foreign keys', () => {
+    const file = path.join(tempDir(), 'nested', 'deeper', 'carerelay.db');
+    const db = openSqliteDatabase(file);
+    try {
+      expect(fs.existsSync(file)).toBe(true);
+      expect(db.pragma('journal_mode', { simple: true })).toBe('wal');
+      expect(db.pragma('synchronous', { simple: true })).toBe(2); // 2 = FULL
+      expect(db.pragma('foreign_keys', { simple: true })).toBe(1);
+      expect(db.pragma('busy_timeout', { simple: true })).toBe(5000);
+    } finally {
+      db.close();
+    }
+  });
+
+  it('refuses a data path whose parent is not a directory, naming the path and the fix', () => {
+    const dir = tempDir();
+    fs.writeFileSync(path.join(dir, 'not-a-dir'), 'x');
+    const file = path.join(dir, 'not-a-dir', 'carerelay.db');
+    expect(() => openSqliteDatabase(file)).toThrow(/cannot create the data directory .*not-a-dir.*CARERELAY_DATA/);
+  });
+
+  // Root ignores permission bits, so this can only be checked as an ordinary user.
+  it.skipIf(process.getuid?.() === 0)('refuses a data directory that is not writable', () => {
+    const dir = tempDir();
+    fs.chmodSync(dir, 0o500);
+    expect(() => openSqliteDatabase(path.join(dir, 'carerelay.db'))).toThrow(/data directory .* is not writable/);
+  });
+
+  it.skipIf(process.getuid?.() === 0)('refuses a database file that is not writable', () => {
+    const file = path.join(tempDir(), 'carerelay.db');
+    openSqliteDatabase(file).close();
+    fs.chmodSync(file, 0o400);
+    expect(() => openSqliteDatabase(file)).toThrow(/database file .*carerelay\.db is not writable/);
+  });
+});
+
+describe('migrate', () => {
+  let db: Database;
+  beforeEach(() => {
+    db = openSqliteDatabase(path.join(tempDir(), 'm.db'));
+  });
+  afterEach(() => {
+    db.close();
+  });
+  const tables = (): string[] =>
+    (db.prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name LIKE 'x_%' ORDER BY name").all() as Array<{ name: string }>).map(
+      (r) => r.name,
+    );
+
+  it('applies each step once, per component, and only the new ones later', () => {
+    expect(migrate(db, 'alpha', ['CREATE TABLE x_a1 (id INTEGER)'])).toBe(1);
+    expect(migrate(db, 'alpha', ['CREATE TABLE x_a1 (id INTEGER)'])).toBe(0);
+    expect(migrate(db, 'beta', ['CREATE TABLE x_b1 (id INTEGER)'])).toBe(1);
+    expect(migrate(db, 'alpha', ['CREATE TABLE x_a1 (id INTEGER)', 'CREATE TABLE x_a2 (id INTEGER)'])).toBe(1);
+    expect(tables()).toEqual(['x_a1', 'x_a2', 'x_b1']);
+    const versions = db.prepare('SELECT component, version FROM schema_migrations ORDER BY component, version').all();
+    expect(versions).toEqual([
+      { component: 'alpha', version: 1 },
+      { component: 'alpha', version: 2 },
+      { component: 'beta', version: 1 },
+    ]);
+  });
+
+  it('a failing step applies nothing of the batch and records nothing', () => {
+    expect(() => migrate(db, 'alpha', ['CREATE TABLE x_a1 (id INTEGER)', 'CREATE TABLE broken ('])).toThrow();
+    expect(tables()).toEqual([]);
+    expect(migrate(db, 'alpha', ['CREATE TABLE x_a1 (id INTEGER)'])).toBe(1);
+  });
+
+  it('refuses a database written by a newer version', () => {
+    migrate(db, 'alpha', ['CREATE TABLE x_a1 (id INTEGER)', 'CREATE TABLE x_a2 (id INTEGER)']);
+    expect(() => migrate(db, 'alpha', ['CREATE TABLE x_a1 (id INTEGER)'])).toThrow(/version 2 .* knows only 1/);
+  });
+});
+
+describe('SqliteStore on a file', () => {
+  it('keeps messages, triggers, state and the dedupe key across close and reopen', async () => {
+    const file = path.join(tempDir(), 'carerelay.db');
+    const record = testRecord({
+      controlId: 'R1',
+      triggers: [testTrigger({ id: 'r1-t' })],
+      subjectStates: [{ kind: 'appointment', id: 'APT-1', patientId: 'MRN-1', asOf: '2024-01-01T09:30:00Z' }],
+    });
+    const first = SqliteStore.open(file);
+    const stored = await first.commitInbound(record);
+    await first.close();
+
+    const second = SqliteStore.open(file);
+    try {
+      const read = await second.getMessage(stored.message.id);
+      expect(read!.raw.equals(record.raw)).toBe(true);
+      expect(read!.triggers).toEqual(record.triggers);
+      expect(await second.getSubjectState('appointment', 'APT-1')).toEqual(record.subjectStates[0]);
+      const resend = await second.commitInbound(record);
+      expect(resend.outcome).toBe('duplicate');
+      expect(resend.message.id).toBe(stored.message.id);
+    } finally {
+      await second.close();
+    }
+  });
+
+  it('a read-only database makes commitInbound reject (the caller NAKs); the resend lands once later', async () => {
+    const file = path.join(tempDir(), 'carerelay.db');
+    const writable = SqliteStore.open(file);
+    await writable.commitInbound(testRecord({ controlId: 'before' }));
+
+    const readonlyDb = openSqliteDatabase(file, { readonly: true });
+    const readonly = new SqliteStore(readonlyDb);
+    try {
+      await expect(readonly.commitInbound(testRecord({ controlId: 'RO1' }))).rejects.toThrow(/readonly/i);
+      // Reads still work: the admin API stays useful while ingest NAKs.
+      expect(await readonly.findMessage('EPIC^GHH', 'before')).toBeDefined();
+      expect(await readonly.findMessage('EPIC^GHH', 'RO1')).toBeUndefined();
+    } finally {
+      await readonly.close();
+      readonlyDb.close();
+    }
+
+    const retransmit = await writable.commitInbound(testRecord({ controlId: 'RO1' }));
+    expect(retransmit.outcome).toBe('stored');
+    expect((await writable.commitInbound(testRecord({ controlId: 'RO1' }))).outcome).toBe('duplicate');
+    await writable.close();
+  });
+
+  it('a full disk makes commitInbound reject and leaves nothing half-written', async () => {
+    const store = SqliteStore.open(path.join(tempDir(), 'carerelay.db'));
+    try {
+      await store.commitInbound(testRecord({ controlId: 'small' }));
+      // max_page_count caps the file at its current size: the same SQLITE_FULL a full disk gives.
+      const pages = store.db.pragma('page_count', { simple: true }) as number;
+      store.db.pragma(`max_page_count = ${pages}`);
+      const big = testRecord({ controlId: 'big', raw: Buffer.alloc(256 * 1024, 0x41), triggers: [testTrigger({ id: 'big-t' })] });
+      const parallel = testRecord({ controlId: 'neighbour' });
+      const results = await Promise.allSettled([store.commitInbound(big), store.commitInbound(parallel)]);
+      // A store-level fault fails the whole group commit: both callers NAK and resend.
+      expect(results.map((r) => r.status)).toEqual(['rejected', 'rejected']);
+      expect(String((results[0] as PromiseRejectedResult).reason)).toMatch(/full/i);
+      expect(await store.findMessage('EPIC^GHH', 'big')).toBeUndefined();
+      expect(await store.getTrigger('big-t')).toBeUndefined();
+      expect(await store.findMessage('EPIC^GHH', 'neighbour')).toBeUndefined();
+
+      store.db.pragma('max_page_count = 1073741823');
+      expect((await store.commitInbound(big)).outcome).toBe('stored');
+      expect((await store.commitInbound(parallel)).outcome).toBe('stored');
+    } finally {
+      await store.close();
+    }
+  });
+
+  it('shares its Database: close() leaves a passed-in connection open for the queue', async () => {
+    const db = openSqliteDatabase(path.join(tempDir(), 'carerelay.db'));
+    const store = new SqliteStore(db);
+    migrate(db, 'queue', ['CREATE TABLE x_jobs (id TEXT PRIMARY KEY)']);
+    await store.commitInbound(testRecord({ controlId: 'shared' }));
+    await store.close();
+    expect(db.open).toBe(true);
+    expect(db.prepare('SELECT COUNT(*) AS n FROM messages').get()).toEqual({ n: 1 });
+    db.close();
+  });
+
+  it('commits what was queued before close() returns', async () => {
+    const store = SqliteStore.open(path.join(tempDir(), 'carerelay.db'));
+    const pending = store.commitInbound(testRecord({ controlId: 'last' }));
+    await store.close();
+    expect((await pending).outcome).toBe('stored');
+  });
+
+  it('group-commits more parallel records than one batch holds', async () => {
+    const store = SqliteStore.open(path.join(tempDir(), 'carerelay.db'));
+    try {
+      const outcomes = await Promise.all(
+        Array.from({ length: 600 }, (_, i) =>
+          store.commitInbound(testRecord({ controlId: `B${i % 300}`, triggers: [testTrigger({ id: `bt-${i % 300}` })] })),
+        ),
+      );
+      expect(outcomes.filter((o) => o.outcome === 'stored')).toHaveLength(300);
+      expect(outcomes.filter((o) => o.outcome === 'duplicate')).toHaveLength(300);
+      expect(await store.listTriggers({ limit: 1000 })).toHaveLength(300);
+    } finally {
+      await store.close();
+    }
+  });
+
+  it('finds the dedupe original through the partial unique index, not a table scan', () => {
+    const store = SqliteStore.open(path.join(tempDir(), 'carerelay.db'));
+    try {
+      // The statement commitInbound really uses, planned as SQLite will run it.
+      const sql = (store as unknown as { findOriginalStmt: { source: string } }).findOriginalStmt.source;
+      const plan = store.db.prepare(`EXPLAIN QUERY PLAN ${sql}`).all('EPIC^GHH', 'C1') as Array<{ detail: string }>;
+      expect(plan.map((p) => p.detail).join(' ')).toMatch(/USING INDEX messages_dedupe/);
+    } finally {
+      void store.close();
+    }
+  });
+});

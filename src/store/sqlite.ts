@@ -1,0 +1,555 @@
+// The embedded Store: one SQLite file in the data dir (ARCHITECTURE.md "Backends").
+//
+// Durability (RELIABILITY.md #1, #2). The database runs in WAL mode with synchronous=FULL
+// (sqlite-db.ts). WAL lets the admin API and the queue read while ingest writes; FULL makes
+// SQLite fsync the WAL at every commit, so once commitInbound resolves the message survives
+// a kill -9 *and* a power loss, and only then may the caller send AA / 2xx. With NORMAL a
+// power loss could drop the last commits after they were acknowledged — exactly the loss
+// the ACK-after-commit promise forbids. When the commit fails (read-only file, disk full,
+// I/O error) the promise rejects and the caller NAKs (AE / 503); the sender resends later.
+//
+// Group commit. better-sqlite3 is synchronous and every commit costs one fsync, so commits
+// requested in the same event-loop turn (parallel MLLP connections, HTTP requests) are
+// written in one transaction, each record in its own savepoint: one fsync for the batch,
+// one record's failure (a constraint it breaks) undoes only that record, and every promise
+// settles only after the batch's COMMIT returned. A lone caller waits one setImmediate.
+//
+// Dedupe and quarantine (RELIABILITY.md #3). A non-empty control id (MSH-10, FHIR event id)
+// is unique per sender among messages that are not quarantined — a partial UNIQUE index
+// over (sender, control_id) WHERE control_id <> '' AND status <> 'quarantined'. In one
+// transaction commitInbound looks that original up:
+//   - same content hash  → `duplicate`: nothing written, the caller answers the stored ACK;
+//   - different hash     → the new bytes are stored as a separate row with status
+//                          `quarantined` (reason `conflicting_resend`), outside the unique
+//                          index, so the original stays the dedupe key; its triggers and
+//                          subject states are NOT applied. The same conflicting bytes sent
+//                          again find that quarantined row and write nothing new;
+//   - no original        → message, triggers and subject states are written.
+// Empty control ids are never deduped. Trigger ids are idempotency keys too: a trigger id
+// that is already stored is skipped (the first version wins), not an error.
+//
+// Times. Strings are stored as received (with their offsets) and, beside them, epoch
+// milliseconds used for every ordering and range filter, because ISO strings with
+// different offsets do not sort as instants. A subject state is applied only when its asOf
+// is at or after the stored one, so a late, older message never rolls the state back.
+//
+// Ids. Message ids are the SQLite rowid (AUTOINCREMENT: never reused, even after
+// deletions) as a decimal string: stable and URL-safe.
+import BetterSqlite3 from 'better-sqlite3';
+import { MessageStatus, type Trigger } from '../types.ts';
+import { StoreReason, instantMs, listLimit } from './common.ts';
+import { migrate, openSqliteDatabase, type Database } from './sqlite-db.ts';
+import type {
+  CommitOutcome,
+  InboundRecord,
+  MessageQuery,
+  Store,
+  StoredMessage,
+  StoredMessageWithBody,
+  SubjectState,
+  TriggerQuery,
+} from './store.ts';
+
+/** Component name of the store's tables in schema_migrations. */
+export const SQLITE_STORE_COMPONENT = 'store';
+
+/** Schema versions of the store's tables: append-only (see migrate). */
+export const SQLITE_STORE_MIGRATIONS: readonly string[] = [
+  `
+  CREATE TABLE messages (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    input TEXT NOT NULL,
+    format TEXT NOT NULL CHECK (format IN ('hl7v2', 'fhir')),
+    sender TEXT NOT NULL,
+    control_id TEXT NOT NULL,
+    message_type TEXT NOT NULL,
+    content_hash TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('accepted', 'ignored', 'rejected', 'quarantined')),
+    ack TEXT NOT NULL,
+    ack_code TEXT NOT NULL,
+    reason TEXT,
+    received_at TEXT NOT NULL,
+    received_ms INTEGER NOT NULL,
+    trigger_ids TEXT NOT NULL,
+    raw BLOB NOT NULL
+  );
+  -- The dedupe key. Quarantined copies sit outside it so the original stays the key.
+  CREATE UNIQUE INDEX messages_dedupe ON messages (sender, control_id)
+    WHERE control_id <> '' AND status <> 'quarantined';
+  CREATE INDEX messages_quarantined ON messages (sender, control_id) WHERE status = 'quarantined';
+  CREATE INDEX messages_received ON messages (received_ms, id);
+
+  CREATE TABLE triggers (
+    id TEXT PRIMARY KEY,
+    message_id INTEGER NOT NULL REFERENCES messages (id),
+    type TEXT NOT NULL,
+    patient_id TEXT NOT NULL,
+    appointment_id TEXT,
+    encounter_id TEXT,
+    occurred_at TEXT NOT NULL,
+    occurred_ms INTEGER NOT NULL,
+    json TEXT NOT NULL
+  );
+  CREATE INDEX triggers_occurred ON triggers (occurred_ms);
+  CREATE INDEX triggers_patient ON triggers (patient_id, occurred_ms);
+  CREATE INDEX triggers_appointment ON triggers (appointment_id, occurred_ms) WHERE appointment_id IS NOT NULL;
+  CREATE INDEX triggers_encounter ON triggers (encounter_id, occurred_ms) WHERE encounter_id IS NOT NULL;
+  CREATE INDEX triggers_message ON triggers (message_id);
+
+  CREATE TABLE subject_states (
+    kind TEXT NOT NULL CHECK (kind IN ('appointment', 'encounter')),
+    id TEXT NOT NULL,
+    patient_id TEXT NOT NULL,
+    status TEXT,
+    start TEXT,
+    "end" TEXT,
+    as_of TEXT NOT NULL,
+    as_of_ms INTEGER NOT NULL,
+    data TEXT,
+    message_id INTEGER REFERENCES messages (id),
+    PRIMARY KEY (kind, id)
+  ) WITHOUT ROWID;
+  CREATE INDEX subject_states_patient ON subject_states (patient_id, kind);
+  `,
+];
+
+/** Most records committed in one transaction (bounds how long one flush blocks the loop). */
+const MAX_BATCH = 256;
+
+const MESSAGE_COLUMNS =
+  'id, input, format, sender, control_id, message_type, content_hash, status, ack, ack_code, reason, received_at, trigger_ids';
+
+interface MessageRow {
+  id: number;
+  input: string;
+  format: 'hl7v2' | 'fhir';
+  sender: string;
+  control_id: string;
+  message_type: string;
+  content_hash: string;
+  status: MessageStatus;
+  ack: string;
+  ack_code: string;
+  reason: string | null;
+  received_at: string;
+  trigger_ids: string;
+}
+
+interface StateRow {
+  kind: SubjectState['kind'];
+  id: string;
+  patient_id: string;
+  status: string | null;
+  start: string | null;
+  end: string | null;
+  as_of: string;
+  data: string | null;
+}
+
+/** A record with its instants already checked and converted (outside the transaction). */
+interface Prepared {
+  record: InboundRecord;
+  receivedMs: number;
+  occurredMs: number[];
+  asOfMs: number[];
+  resolve: (outcome: CommitOutcome) => void;
+  reject: (error: unknown) => void;
+}
+
+export interface SqliteStoreOptions {
+  /**
+   * Close the Database in close(). Default false: a Database passed in is shared (the
+   * embedded queue uses the same file) and closed by whoever opened it. open() sets true.
+   */
+  closeDatabase?: boolean;
+}
+
+export class SqliteStore implements Store {
+  /** Opens (creating when needed) the database file and owns it: close() closes it. */
+  static open(file: string): SqliteStore {
+    const db = openSqliteDatabase(file);
+    try {
+      return new SqliteStore(db, { closeDatabase: true });
+    } catch (error) {
+      db.close();
+      throw error;
+    }
+  }
+
+  readonly db: Database;
+  private readonly closeDatabase: boolean;
+  private closed = false;
+  private pending: Prepared[] = [];
+  private flushScheduled = false;
+  private readonly listStatements = new Map<string, BetterSqlite3.Statement>();
+
+  private readonly findOriginalStmt: BetterSqlite3.Statement<[string, string], MessageRow>;
+  private readonly findQuarantinedStmt: BetterSqlite3.Statement<[string, string, string], MessageRow>;
+  private readonly insertMessageStmt: BetterSqlite3.Statement;
+  private readonly insertTriggerStmt: BetterSqlite3.Statement;
+  private readonly upsertStateStmt: BetterSqlite3.Statement;
+  private readonly messageByIdStmt: BetterSqlite3.Statement<[number], MessageRow & { raw: Buffer }>;
+  private readonly positionByIdStmt: BetterSqlite3.Statement<[number], { received_ms: number; id: number }>;
+  private readonly triggerByIdStmt: BetterSqlite3.Statement<[string], { json: string }>;
+  private readonly stateStmt: BetterSqlite3.Statement<[string, string], StateRow>;
+  private readonly pingStmt: BetterSqlite3.Statement;
+  private readonly commitBatch: (batch: Prepared[]) => Array<CommitOutcome | { error: unknown }>;
+  private readonly commitOne: (p: Prepared) => CommitOutcome;
+
+  constructor(db: Database, options: SqliteStoreOptions = {}) {
+    this.db = db;
+    this.closeDatabase = options.closeDatabase ?? false;
+    migrate(db, SQLITE_STORE_COMPONENT, SQLITE_STORE_MIGRATIONS);
+
+    // The literal `control_id <> '' AND status <> 'quarantined'` lets SQLite use the
+    // partial unique index (it must see the index's WHERE terms in the query).
+    this.findOriginalStmt = db.prepare(
+      `SELECT ${MESSAGE_COLUMNS} FROM messages
+       WHERE sender = ? AND control_id = ? AND control_id <> '' AND status <> 'quarantined'`,
+    );
+    this.findQuarantinedStmt = db.prepare(
+      `SELECT ${MESSAGE_COLUMNS} FROM messages
+       WHERE sender = ? AND control_id = ? AND content_hash = ? AND status = 'quarantined'
+       ORDER BY id LIMIT 1`,
+    );
+    this.insertMessageStmt = db.prepare(
+      `INSERT INTO messages (input, format, sender, control_id, message_type, content_hash, status, ack, ack_code,
+         reason, received_at, received_ms, trigger_ids, raw)
+       VALUES (@input, @format, @sender, @controlId, @messageType, @contentHash, @status, @ack, @ackCode,
+         @reason, @receivedAt, @receivedMs, @triggerIds, @raw)`,
+    );
+    this.insertTriggerStmt = db.prepare(
+      `INSERT INTO triggers (id, message_id, type, patient_id, appointment_id, encounter_id, occurred_at, occurred_ms, json)
+       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+       ON CONFLICT (id) DO NOTHING`,
+    );
+    // `>=`: a state at the same instant as the stored one is newer information (it was
+    // committed later); only a strictly older asOf is refused.
+    this.upsertStateStmt = db.prepare(
+      `INSERT INTO subject_states (kind, id, patient_id, status, start, "end", as_of, as_of_ms, data, message_id)
+       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+       ON CONFLICT (kind, id) DO UPDATE SET
+         patient_id = excluded.patient_id, status = excluded.status, start = excluded.start,
+         "end" = excluded."end", as_of = excluded.as_of, as_of_ms = excluded.as_of_ms,
+         data = excluded.data, message_id = excluded.message_id
+       WHERE excluded.as_of_ms >= subject_states.as_of_ms`,
+    );
+    this.messageByIdStmt = db.prepare(`SELECT ${MESSAGE_COLUMNS}, raw FROM messages WHERE id = ?`);
+    this.positionByIdStmt = db.prepare('SELECT received_ms, id FROM messages WHERE id = ?');
+    this.triggerByIdStmt = db.prepare('SELECT json FROM triggers WHERE id = ?');
+    this.stateStmt = db.prepare(
+      'SELECT kind, id, patient_id, status, start, "end", as_of, data FROM subject_states WHERE kind = ? AND id = ?',
+    );
+    this.pingStmt = db.prepare('SELECT 1');
+
+    // Nested inside commitBatch's transaction, better-sqlite3 runs this as a SAVEPOINT.
+    this.commitOne = db.transaction((p: Prepared) => this.apply(p));
+    this.commitBatch = db.transaction((batch: Prepared[]) =>
+      batch.map((p) => {
+        try {
+          return this.commitOne(p);
+        } catch (error) {
+          // Only a fault of this record's own data is contained; a store-level fault (disk
+          // full, I/O error, busy) or a transaction SQLite already rolled back fails the batch.
+          if (!isRecordFault(error) || !db.inTransaction) throw error;
+          return { error };
+        }
+      }),
+    ).immediate;
+  }
+
+  commitInbound(record: InboundRecord): Promise<CommitOutcome> {
+    return new Promise<CommitOutcome>((resolve, reject) => {
+      if (this.closed) throw new Error('the SQLite store is closed');
+      // Checked before the transaction: a bad instant is a bug upstream, not a store fault.
+      const receivedMs = instantMs(record.receivedAt, 'receivedAt');
+      const occurredMs = record.triggers.map((t, i) => instantMs(t.occurredAt, `triggers[${i}].occurredAt`));
+      const asOfMs = record.subjectStates.map((s, i) => instantMs(s.asOf, `subjectStates[${i}].asOf`));
+      this.pending.push({ record, receivedMs, occurredMs, asOfMs, resolve, reject });
+      this.scheduleFlush();
+    });
+  }
+
+  async findMessage(sender: string, controlId: string): Promise<StoredMessage | undefined> {
+    this.assertOpen();
+    if (controlId === '') return undefined;
+    const row = this.findOriginalStmt.get(sender, controlId);
+    return row === undefined ? undefined : toStored(row);
+  }
+
+  async getMessage(id: string): Promise<StoredMessageWithBody | undefined> {
+    this.assertOpen();
+    const rowid = parseMessageId(id);
+    if (rowid === undefined) return undefined;
+    const row = this.messageByIdStmt.get(rowid);
+    if (row === undefined) return undefined;
+    const message = toStored(row);
+    const triggers: Trigger[] = [];
+    for (const triggerId of message.triggerIds) {
+      const t = this.triggerByIdStmt.get(triggerId);
+      if (t !== undefined) triggers.push(JSON.parse(t.json) as Trigger);
+    }
+    return { ...message, raw: row.raw, triggers };
+  }
+
+  async listMessages(query: MessageQuery): Promise<StoredMessage[]> {
+    this.assertOpen();
+    const where: string[] = [];
+    const params: unknown[] = [];
+    const eq = (column: string, value: string | undefined): void => {
+      if (value === undefined) return;
+      where.push(`${column} = ?`);
+      params.push(value);
+    };
+    eq('sender', query.sender);
+    eq('control_id', query.controlId);
+    eq('status', query.status);
+    eq('input', query.input);
+    if (query.since !== undefined) {
+      where.push('received_ms >= ?');
+      params.push(instantMs(query.since, 'since'));
+    }
+    if (query.until !== undefined) {
+      where.push('received_ms <= ?');
+      params.push(instantMs(query.until, 'until'));
+    }
+    if (query.before !== undefined) {
+      // The cursor is the id of the last message of the previous page; its position in
+      // the (receivedAt, id) order is looked up so paging follows the same order.
+      const rowid = parseMessageId(query.before);
+      const position = rowid === undefined ? undefined : this.positionByIdStmt.get(rowid);
+      if (position === undefined) {
+        throw new RangeError(
+          `before must be the id of a stored message (the last id of the previous page), got ${JSON.stringify(query.before)}`,
+        );
+      }
+      where.push('(received_ms < ? OR (received_ms = ? AND id < ?))');
+      params.push(position.received_ms, position.received_ms, position.id);
+    }
+    params.push(listLimit(query.limit));
+    const sql =
+      `SELECT ${MESSAGE_COLUMNS} FROM messages` +
+      (where.length > 0 ? ` WHERE ${where.join(' AND ')}` : '') +
+      ' ORDER BY received_ms DESC, id DESC LIMIT ?';
+    return (this.listStatement(sql).all(...params) as MessageRow[]).map(toStored);
+  }
+
+  async getTrigger(id: string): Promise<Trigger | undefined> {
+    this.assertOpen();
+    const row = this.triggerByIdStmt.get(id);
+    return row === undefined ? undefined : (JSON.parse(row.json) as Trigger);
+  }
+
+  async listTriggers(query: TriggerQuery): Promise<Trigger[]> {
+    this.assertOpen();
+    const where: string[] = [];
+    const params: unknown[] = [];
+    const eq = (column: string, value: string | undefined): void => {
+      if (value === undefined) return;
+      where.push(`${column} = ?`);
+      params.push(value);
+    };
+    eq('type', query.type);
+    eq('patient_id', query.patientId);
+    eq('appointment_id', query.appointmentId);
+    eq('encounter_id', query.encounterId);
+    if (query.since !== undefined) {
+      where.push('occurred_ms >= ?');
+      params.push(instantMs(query.since, 'since'));
+    }
+    if (query.until !== undefined) {
+      where.push('occurred_ms <= ?');
+      params.push(instantMs(query.until, 'until'));
+    }
+    params.push(listLimit(query.limit));
+    const sql =
+      'SELECT json FROM triggers' +
+      (where.length > 0 ? ` WHERE ${where.join(' AND ')}` : '') +
+      ' ORDER BY occurred_ms DESC, rowid DESC LIMIT ?';
+    return (this.listStatement(sql).all(...params) as Array<{ json: string }>).map((r) => JSON.parse(r.json) as Trigger);
+  }
+
+  async getSubjectState(kind: SubjectState['kind'], id: string): Promise<SubjectState | undefined> {
+    this.assertOpen();
+    const row = this.stateStmt.get(kind, id);
+    if (row === undefined) return undefined;
+    const state: SubjectState = { kind: row.kind, id: row.id, patientId: row.patient_id, asOf: row.as_of };
+    if (row.status !== null) state.status = row.status;
+    if (row.start !== null) state.start = row.start;
+    if (row.end !== null) state.end = row.end;
+    if (row.data !== null) state.data = JSON.parse(row.data) as Record<string, unknown>;
+    return state;
+  }
+
+  async ping(): Promise<void> {
+    this.assertOpen();
+    this.pingStmt.get();
+  }
+
+  /** Commits what is already queued, then stops; later calls reject. Idempotent. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    while (this.pending.length > 0) this.flush();
+    this.closed = true;
+    if (this.closeDatabase) this.db.close();
+  }
+
+  private assertOpen(): void {
+    if (this.closed) throw new Error('the SQLite store is closed');
+  }
+
+  private scheduleFlush(): void {
+    if (this.flushScheduled) return;
+    this.flushScheduled = true;
+    setImmediate(() => {
+      this.flushScheduled = false;
+      this.flush();
+    });
+  }
+
+  private flush(): void {
+    const batch = this.pending.splice(0, MAX_BATCH);
+    if (this.pending.length > 0) this.scheduleFlush();
+    if (batch.length === 0) return;
+    let results: Array<CommitOutcome | { error: unknown }>;
+    try {
+      if (!this.db.open) throw new Error('the SQLite database is closed');
+      results = this.commitBatch(batch);
+    } catch (error) {
+      for (const p of batch) p.reject(error);
+      return;
+    }
+    batch.forEach((p, i) => {
+      const result = results[i]!;
+      if ('error' in result) p.reject(result.error);
+      else p.resolve(result);
+    });
+  }
+
+  /** One record, inside its savepoint. */
+  private apply(p: Prepared): CommitOutcome {
+    const r = p.record;
+    if (r.controlId !== '') {
+      const originalRow = this.findOriginalStmt.get(r.sender, r.controlId);
+      if (originalRow !== undefined) {
+        const original = toStored(originalRow);
+        if (originalRow.content_hash === r.contentHash) return { outcome: 'duplicate', message: original };
+        const earlier = this.findQuarantinedStmt.get(r.sender, r.controlId, r.contentHash);
+        if (earlier !== undefined) return { outcome: 'conflict', message: toStored(earlier), original };
+        const message = this.insertMessage(p, MessageStatus.Quarantined, StoreReason.ConflictingResend, []);
+        return { outcome: 'conflict', message, original };
+      }
+    }
+    const triggerIds = [...new Set(r.triggers.map((t) => t.id))];
+    const message = this.insertMessage(p, r.status, r.reason, triggerIds);
+    const messageId = Number(message.id);
+    r.triggers.forEach((t, i) => {
+      this.insertTriggerStmt.run(
+        t.id,
+        messageId,
+        t.type,
+        t.patient?.id ?? '',
+        t.appointment?.id ?? null,
+        t.encounter?.id ?? null,
+        t.occurredAt,
+        p.occurredMs[i],
+        JSON.stringify(t),
+      );
+    });
+    r.subjectStates.forEach((s, i) => {
+      this.upsertStateStmt.run(
+        s.kind,
+        s.id,
+        s.patientId,
+        s.status ?? null,
+        s.start ?? null,
+        s.end ?? null,
+        s.asOf,
+        p.asOfMs[i],
+        s.data === undefined ? null : JSON.stringify(s.data),
+        messageId,
+      );
+    });
+    return { outcome: 'stored', message };
+  }
+
+  private insertMessage(p: Prepared, status: MessageStatus, reason: string | undefined, triggerIds: string[]): StoredMessage {
+    const r = p.record;
+    const info = this.insertMessageStmt.run({
+      input: r.input,
+      format: r.format,
+      sender: r.sender,
+      controlId: r.controlId,
+      messageType: r.messageType,
+      contentHash: r.contentHash,
+      status,
+      ack: r.ack,
+      ackCode: r.ackCode,
+      reason: reason ?? null,
+      receivedAt: r.receivedAt,
+      receivedMs: p.receivedMs,
+      triggerIds: JSON.stringify(triggerIds),
+      raw: r.raw,
+    });
+    const message: StoredMessage = {
+      id: String(info.lastInsertRowid),
+      input: r.input,
+      format: r.format,
+      sender: r.sender,
+      controlId: r.controlId,
+      messageType: r.messageType,
+      contentHash: r.contentHash,
+      status,
+      ack: r.ack,
+      ackCode: r.ackCode,
+      receivedAt: r.receivedAt,
+      triggerIds,
+    };
+    if (reason !== undefined) message.reason = reason;
+    return message;
+  }
+
+  private listStatement(sql: string): BetterSqlite3.Statement {
+    // At most one statement per combination of filters (a few dozen): prepared once.
+    let stmt = this.listStatements.get(sql);
+    if (stmt === undefined) {
+      stmt = this.db.prepare(sql);
+      this.listStatements.set(sql, stmt);
+    }
+    return stmt;
+  }
+}
+
+function toStored(row: MessageRow): StoredMessage {
+  const message: StoredMessage = {
+    id: String(row.id),
+    input: row.input,
+    format: row.format,
+    sender: row.sender,
+    controlId: row.control_id,
+    messageType: row.message_type,
+    contentHash: row.content_hash,
+    status: row.status,
+    ack: row.ack,
+    ackCode: row.ack_code,
+    receivedAt: row.received_at,
+    triggerIds: JSON.parse(row.trigger_ids) as string[],
+  };
+  if (row.reason !== null) message.reason = row.reason;
+  return message;
+}
+
+/** A message id as the rowid it stands for, or undefined when it cannot be one. */
+function parseMessageId(id: string): number | undefined {
+  if (!/^[1-9]\d{0,14}$/.test(id)) return undefined;
+  return Number(id);
+}
+
+/**
+ * Whether an error comes from one record's own content (a constraint it breaks, a value
+ * that does not serialize) rather than from the store (disk full, I/O, busy, closed).
+ */
+function isRecordFault(error: unknown): boolean {
+  if (error instanceof BetterSqlite3.SqliteError) return error.code.startsWith('SQLITE_CONSTRAINT') || error.code === 'SQLITE_MISMATCH';
+  return !(error instanceof Error && /database connection is not open/.test(error.message));
+}
