@@ -1,0 +1,43 @@
+import { describe, expect, it } from 'vitest';
+import { DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT, instantMs, listLimit } from './common.ts';
+
+describe('instantMs', () => {
+  it('compares instants across offsets', () => {
+    expect(instantMs('2024-01-01T10:00:00+02:00', 'x')).toBe(Date.UTC(2024, 0, 1, 8));
+    expect(instantMs('2024-01-01T09:30:00Z', 'x')).toBe(Date.UTC(2024, 0, 1, 9, 30));
+    expect(instantMs('2024-01-01T09:30:00-01:00', 'x')).toBe(Date.UTC(2024, 0, 1, 10, 30));
+  });
+
+  it('keeps milliseconds, drops finer digits, and accepts minutes-only and compact offsets', () => {
+    expect(instantMs('2024-01-01T10:00:00.123456+02:00', 'x')).toBe(Date.UTC(2024, 0, 1, 8, 0, 0, 123));
+    expect(instantMs('2024-01-01T10:00+02:00', 'x')).toBe(Date.UTC(2024, 0, 1, 8));
+    expect(instantMs('2024-01-01T10:00:00+0200', 'x')).toBe(Date.UTC(2024, 0, 1, 8));
+  });
+
+  it('reads a value without a zone, or a bare date, as UTC (never the host zone)', () => {
+    expect(instantMs('2024-01-01T10:00:00', 'x')).toBe(Date.UTC(2024, 0, 1, 10));
+    expect(instantMs('2024-01-01', 'x')).toBe(Date.UTC(2024, 0, 1));
+  });
+
+  it('refuses impossible dates and non-ISO text, naming the field', () => {
+    expect(() => instantMs('2024-02-30T10:00:00Z', 'asOf')).toThrow(/asOf must be an ISO 8601 instant/);
+    expect(() => instantMs('2024-02-30T23:30:00-05:00', 'asOf')).toThrow(/asOf/);
+    expect(() => instantMs('yesterday', 'since')).toThrow(/since .*"yesterday"/);
+    expect(() => instantMs('', 'until')).toThrow(/until/);
+  });
+
+  it('accepts the last day of a month in a negative offset (the UTC date is the next day)', () => {
+    expect(instantMs('2024-02-29T23:30:00-05:00', 'x')).toBe(Date.UTC(2024, 2, 1, 4, 30));
+  });
+});
+
+describe('listLimit', () => {
+  it('defaults, caps and refuses nonsense', () => {
+    expect(listLimit(undefined)).toBe(DEFAULT_LIST_LIMIT);
+    expect(listLimit(5)).toBe(5);
+    expect(listLimit(MAX_LIST_LIMIT + 1)).toBe(MAX_LIST_LIMIT);
+    expect(() => listLimit(0)).toThrow(/limit/);
+    expect(() => listLimit(2.5)).toThrow(/limit/);
+    expect(() => listLimit(Number.NaN)).toThrow(/limit/);
+  });
+});
