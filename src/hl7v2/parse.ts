@@ -156,8 +156,10 @@ export class Hl7Segment {
 }
 
 // "PID-3", "PID-3.1", "PID-3[2].4.1", "AIS[2]-4" — segment occurrence and field repetition
-// are 1-based and optional.
-const PATH_RE = /^([A-Z][A-Z0-9]{2})(?:\[(\d+)\])?-(\d+)(?:\[(\d+)\])?(?:\.(\d+))?(?:\.(\d+))?$/;
+// are 1-based and optional. Every number is 1-based: a 0 is rejected rather than silently
+// read as the first piece.
+const PATH_RE =
+  /^([A-Z][A-Z0-9]{2})(?:\[([1-9]\d*)\])?-([1-9]\d*)(?:\[([1-9]\d*)\])?(?:\.([1-9]\d*))?(?:\.([1-9]\d*))?$/;
 
 interface ParsedPath {
   segment: string;
@@ -241,8 +243,15 @@ function readDelimiters(header: string): Hl7Delimiters {
       `${header.slice(0, 3)}-1 field separator is missing or invalid (got ${JSON.stringify(field)}); expected a character such as "|" right after "${header.slice(0, 3)}"`,
     );
   }
-  const end = header.indexOf(field, 4);
-  const enc = end === -1 ? header.slice(4) : header.slice(4, end);
+  // MSH-2 ends at the next field separator or at the end of the header segment: a batch
+  // header is often just "FHS|^~\\&" followed by a segment break.
+  let end = 4;
+  while (end < header.length) {
+    const c = header.charAt(end);
+    if (c === field || c === '\r' || c === '\n') break;
+    end++;
+  }
+  const enc = header.slice(4, end);
   if (enc.length < 4 || enc.length > 5) {
     throw new Hl7ParseError(
       Hl7ParseErrorCode.BadDelimiters,
