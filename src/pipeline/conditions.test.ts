@@ -182,6 +182,7 @@ describe('compile issues', () => {
     expect(issuesOf({})[0].message).toContain('empty condition');
     expect(issuesOf('patient.language == fr')[0].message).toContain('expected a mapping');
     expect(issuesOf({ all: { 'patient.language': 'fr' } })[0].message).toContain('takes a list');
+    expect(issuesOf({ gte: 3 })[0].message).toContain('"gte" needs a trigger path');
   });
 });
 

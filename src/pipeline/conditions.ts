@@ -454,6 +454,9 @@ function compileNode(raw: unknown, at: IssuePath, issues: ConditionIssue[], dept
     } else if (key === 'not') {
       const inner = compileNode(value, here, issues, depth + 1);
       part = inner && { op: 'not', of: inner };
+    } else if ((FIELD_OPS as readonly string[]).includes(key)) {
+      issues.push({ path: here, message: `"${key}" needs a trigger path: write \`<path>: { ${key}: … }\`, e.g. \`appointment.durationMinutes: { gte: 15 }\`` });
+      continue;
     } else {
       part = compileField(key, value, here, issues);
     }
