@@ -189,7 +189,7 @@ describe('validateWithSchema', () => {
       'f.yaml:3:11: "port" must be an integer, got a string',
     ]);
     expect(check(text, ['inputs', 1]).issues).toEqual([
-      'f.yaml:4:11: "name" "Bad" does not match ^[a-z]+$ (lower-case letters)',
+      'f.yaml:4:11: "name" "Bad" is not valid: lower-case letters',
       'f.yaml:5:11: "port" must be <= 65535 (got 70000)',
       'f.yaml:6:11: "zone" "Mars/Olympus" is not an IANA time zone name (e.g. "UTC", "Europe/Paris", "America/New_York")',
       'f.yaml:7:5: missing required key "cert" in "tls"',

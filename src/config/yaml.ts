@@ -492,8 +492,13 @@ function describe(error: ErrorObject, basePath: readonly string[]): Described | 
     case 'exclusiveMinimum':
     case 'exclusiveMaximum':
       return { path, atKey: false, message: `${name} ${error.message} (got ${show(error.data)})` };
-    case 'pattern':
-      return { path, atKey: false, message: `${name} ${show(error.data)} does not match ${String(params.pattern)}` };
+    case 'pattern': {
+      // A hint says in words what the regex means; the regex is the fallback.
+      const hint = parent['x-hint'];
+      return typeof hint === 'string'
+        ? { path, atKey: false, message: `${name} ${show(error.data)} is not valid: ${hint}`, hint: false }
+        : { path, atKey: false, message: `${name} ${show(error.data)} does not match ${String(params.pattern)}` };
+    }
     case 'format':
       return {
         path,

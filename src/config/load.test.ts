@@ -1,0 +1,363 @@
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { ConfigError, formatConfigIssue } from '../errors.ts';
+import type { Hl7v2MllpConfig } from '../inputs/hl7v2/spec.ts';
+import { loadConfig, type CarerelayPlan } from './load.ts';
+
+const repoRoot = path.resolve(import.meta.dirname, '../..');
+const made: string[] = [];
+
+afterAll(async () => {
+  for (const dir of made) await rm(dir, { recursive: true, force: true });
+});
+
+/** A fresh config dir with the given connectors files (name → YAML text). */
+async function configDir(files: Record<string, string>, extra: Record<string, string> = {}): Promise<string> {
+  const dir = await mkdtemp(path.join(os.tmpdir(), 'carerelay-config-'));
+  made.push(dir);
+  await mkdir(path.join(dir, 'connectors'));
+  for (const [name, text] of Object.entries(files)) await writeFile(path.join(dir, 'connectors', name), text);
+  for (const [name, text] of Object.entries(extra)) await writeFile(path.join(dir, name), text);
+  return dir;
+}
+
+/** The formatted issues of a failing load, with the temp dir removed from file names. */
+async function issuesOf(dir: string, env: Record<string, string> = {}): Promise<string[]> {
+  try {
+    await loadConfig({ configDir: dir, env });
+  } catch (error) {
+    expect(error).toBeInstanceOf(ConfigError);
+    return (error as ConfigError).issues.map((i) => formatConfigIssue(i).split(`${dir}${path.sep}`).join(''));
+  }
+  throw new Error('expected a ConfigError');
+}
+
+const mllp = (name: string, port: number | string, extra = '') =>
+  `  - name: ${name}\n    type: hl7v2-mllp\n    port: ${port}\n    plain: true\n${extra}`;
+
+describe('the shipped example (connectors/example.yaml)', () => {
+  it('loads with an empty environment, defaults from ${VAR:-default}', async () => {
+    const plan = await loadConfig({ configDir: repoRoot, env: {} });
+    expect(plan.files).toEqual([path.join(repoRoot, 'connectors', 'example.yaml')]);
+    expect(plan.server).toEqual({
+      http: { host: '127.0.0.1', port: 8080 },
+      dataDir: path.join(repoRoot, 'data'),
+      timezone: 'UTC',
+      admin: {},
+    });
+    expect(plan.inputs.map((i) => [i.type, i.name])).toEqual([
+      ['hl7v2-mllp', 'ehr-mllp'],
+      ['hl7v2-http', 'ehr-http'],
+    ]);
+    const mllpConfig = plan.inputs[0]!.config as unknown as Hl7v2MllpConfig;
+    expect(mllpConfig).toMatchObject({ host: '127.0.0.1', port: 2575, plain: true, maxFrameBytes: 10485760 });
+    expect(plan.inputs[0]).toMatchObject({ file: path.join(repoRoot, 'connectors', 'example.yaml'), column: 5 });
+    expect(plan.outputs).toEqual([]);
+    expect(plan.mappings).toEqual([]);
+  });
+
+  it('takes ports and the data dir from the environment', async () => {
+    const plan = await loadConfig({
+      configDir: repoRoot,
+      env: { MLLP_PORT: '3000', HTTP_PORT: '9090', CARERELAY_DATA: '/var/lib/carerelay' },
+    });
+    expect((plan.inputs[0]!.config as unknown as Hl7v2MllpConfig).port).toBe(3000);
+    expect(plan.server.http.port).toBe(9090);
+    expect(plan.server.dataDir).toBe('/var/lib/carerelay');
+  });
+});
+
+describe('loadConfig', () => {
+  it('returns a deeply frozen plan with defaults, dataDir relative to the config dir', async () => {
+    const dir = await configDir({ 'a.yaml': `inputs:\n${mllp('lab', 2600)}` });
+    const plan: CarerelayPlan = await loadConfig({ configDir: dir, env: {} });
+    expect(plan.server).toEqual({ http: { host: '127.0.0.1', port: 8080 }, dataDir: path.join(dir, 'data'), timezone: 'UTC', admin: {} });
+    expect(plan.inputs[0]).toEqual({
+      type: 'hl7v2-mllp',
+      name: 'lab',
+      file: path.join(dir, 'connectors', 'a.yaml'),
+      line: 2,
+      column: 5,
+      config: {
+        name: 'lab',
+        type: 'hl7v2-mllp',
+        port: 2600,
+        plain: true,
+        host: '127.0.0.1',
+        timezone: 'UTC',
+        unknownMessageTypes: 'accept',
+        missingFieldAck: 'AR',
+        maxFrameBytes: 10485760,
+        idleTimeoutSeconds: 300,
+        maxConnections: 200,
+      },
+    });
+    expect(Object.isFrozen(plan)).toBe(true);
+    expect(Object.isFrozen(plan.inputs)).toBe(true);
+    expect(Object.isFrozen(plan.inputs[0]!.config)).toBe(true);
+    expect(Object.isFrozen(plan.server.http)).toBe(true);
+    expect(() => {
+      (plan.inputs[0]!.config as Record<string, unknown>).port = 1;
+    }).toThrow(TypeError);
+  });
+
+  it('reads files in name order and merges their inputs', async () => {
+    const dir = await configDir({
+      'b.yaml': `inputs:\n${mllp('second', 2601)}`,
+      'a.yaml': `server:\n  http: { port: 9000 }\ninputs:\n${mllp('first', 2600)}`,
+      'notes.txt': 'not config',
+    });
+    const plan = await loadConfig({ configDir: dir, env: {} });
+    expect(plan.inputs.map((i) => i.name)).toEqual(['first', 'second']);
+    expect(plan.server.http.port).toBe(9000);
+  });
+
+  it('reports every problem of two files at once, in file and line order', async () => {
+    const dir = await configDir({
+      'a.yaml': [
+        'server:', // 1
+        '  http:', // 2
+        '    port: 8080', // 3
+        'inputs:', // 4
+        '  - name: ehr', // 5
+        '    type: hl7v2-mllp', // 6
+        '    port: 2575', // 7
+        '    plain: true', // 8
+        '    maxFrame: 10', // 9
+        '  - name: Lab_1', // 10
+        '    type: hl7v2-mllp', // 11
+        '    port: 99999', // 12
+        '    plain: yes', // 13
+        '',
+      ].join('\n'),
+      'b.yaml': [
+        'server:', // 1
+        '  timezone: Europe/Paris', // 2
+        'inputs:', // 3
+        '  - name: ehr', // 4
+        '    type: hl7v2-http', // 5
+        '  - name: ftp', // 6
+        '    type: ftp-drop', // 7
+        '  - name: other', // 8
+        '    type: hl7v2-mllp', // 9
+        '    port: 8080', // 10
+        '    plain: true', // 11
+        '    unknownMessageTypes: drop', // 12
+        '  - name: again', // 13
+        '    type: hl7v2-mllp', // 14
+        '    port: 2575', // 15
+        '    plain: true', // 16
+        'extras: 1', // 17
+        '',
+      ].join('\n'),
+    });
+    expect(await issuesOf(dir)).toEqual([
+      'connectors/a.yaml:9:5: unknown key "maxFrame" (allowed: name, timezone, unknownMessageTypes, missingFieldAck, type, host, port, tls, plain, maxFrameBytes, idleTimeoutSeconds, maxConnections)',
+      'connectors/a.yaml:10:11: "name" "Lab_1" is not valid: lower-case letters, digits and "-", starting with a letter',
+      'connectors/a.yaml:12:11: "port" must be <= 65535 (got 99999)',
+      'connectors/a.yaml:13:12: "plain" must be true or false, got a string',
+      'connectors/b.yaml:1:1: server is already configured at connectors/a.yaml:1:1; keep a single server block',
+      'connectors/b.yaml:4:11: input name "ehr" is already used at connectors/a.yaml:5:11; names must be unique',
+      'connectors/b.yaml:7:11: unknown input type "ftp-drop" (known: hl7v2-mllp, hl7v2-http)',
+      'connectors/b.yaml:10:11: port 8080 is already used by server.http at connectors/a.yaml:3:11; give each listener its own port',
+      'connectors/b.yaml:12:26: "unknownMessageTypes" must be one of "accept", "reject" (got "drop")',
+      'connectors/b.yaml:15:11: port 2575 is already used by input "ehr" at connectors/a.yaml:7:11; give each listener its own port',
+      'connectors/b.yaml:17:1: unknown key "extras" (allowed: server, inputs, outputs)',
+    ]);
+  });
+
+  it('checks ports against the default HTTP port too', async () => {
+    const dir = await configDir({ 'a.yaml': `inputs:\n${mllp('ehr', 8080)}` });
+    expect(await issuesOf(dir)).toEqual([
+      'connectors/a.yaml:4:11: port 8080 is already used by server.http (its default); give each listener its own port',
+    ]);
+  });
+
+  it('interpolates the environment and reports a missing variable where it is used', async () => {
+    const text = `server:\n  http:\n    port: \${HTTP_PORT}\ninputs:\n${mllp('ehr', '${MLLP_PORT:-2575}')}`;
+    const dir = await configDir({ 'a.yaml': text });
+    expect(await issuesOf(dir)).toEqual([
+      'connectors/a.yaml:3:11: environment variable HTTP_PORT is not set (or write ${HTTP_PORT:-default})',
+      'connectors/a.yaml:3:11: "port" must be an integer, got a string',
+    ]);
+    const plan = await loadConfig({ configDir: dir, env: { HTTP_PORT: '8181', MLLP_PORT: '3000' } });
+    expect(plan.server.http.port).toBe(8181);
+    expect((plan.inputs[0]!.config as unknown as Hl7v2MllpConfig).port).toBe(3000);
+  });
+
+  it('refuses duplicate keys, YAML errors and alias bombs, per file', async () => {
+    const bomb = ['a: &a [1,1,1,1,1,1,1,1,1,1]', 'b: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a,*a]', 'c: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b,*b]'];
+    const dir = await configDir({
+      'a.yaml': `inputs:\n  - name: ehr\n    type: hl7v2-mllp\n    port: 2575\n    port: 2576\n    plain: true\n`,
+      'b.yaml': 'inputs: [\n',
+      'c.yaml': `${bomb.join('\n')}\n`,
+    });
+    const issues = await issuesOf(dir);
+    expect(issues).toHaveLength(3);
+    expect(issues[0]).toBe('connectors/a.yaml:5:5: duplicate key "port" (first at line 4); a key may appear once per mapping');
+    expect(issues[1]).toMatch(/^connectors\/b\.yaml:2:1: YAML syntax: /);
+    expect(issues[2]).toMatch(/^connectors\/c\.yaml:2:8: YAML aliases expand beyond the limit/);
+  });
+
+  it('requires tls or an explicit plain: true for MLLP, and coherent tls settings', async () => {
+    const dir = await configDir(
+      {
+        'a.yaml': [
+          'inputs:', // 1
+          '  - name: nothing', // 2
+          '    type: hl7v2-mllp', // 3
+          '    port: 2575', // 4
+          '  - name: both', // 5
+          '    type: hl7v2-mllp', // 6
+          '    port: 2576', // 7
+          '    plain: true', // 8
+          '    tls:', // 9
+          '      cert: { file: cert.pem }', // 10
+          '      key: { file: cert.pem }', // 11
+          '  - name: senders', // 12
+          '    type: hl7v2-mllp', // 13
+          '    port: 2577', // 14
+          '    tls:', // 15
+          '      cert: { file: cert.pem }', // 16
+          '      key: { file: cert.pem }', // 17
+          '      allowedSenders:', // 18
+          '        ehr.example.org: ["EPIC^GHH", "EPIC"]', // 19
+          '  - name: no-client-cert', // 20
+          '    type: hl7v2-mllp', // 21
+          '    port: 2578', // 22
+          '    tls:', // 23
+          '      cert: { file: cert.pem }', // 24
+          '      key: { file: cert.pem }', // 25
+          '      allowedSenders:', // 26
+          '        ehr.example.org: ["EPIC^*"]', // 27
+          '',
+          ].join('\n'),
+      },
+      { 'cert.pem': 'dummy' },
+    );
+    expect(await issuesOf(dir)).toEqual([
+      'connectors/a.yaml:2:5: MLLP input "nothing" has neither a tls block nor plain: true. HL7 carries patient data, so add tls: { cert: { file: … }, key: { file: … } }, or set plain: true to accept unencrypted MLLP on a trusted network',
+      'connectors/a.yaml:8:12: plain: true contradicts the tls block; remove one of them',
+      'connectors/a.yaml:19:39: item 2 of "ehr.example.org" "EPIC" is not valid: write "APPLICATION^FACILITY", either part may be "*"',
+      'connectors/a.yaml:26:7: allowedSenders maps client certificates to senders, so it needs requireClientCert: true',
+    ]);
+  });
+
+  it('accepts a complete TLS block and stores secret files as absolute paths', async () => {
+    const dir = await configDir(
+      {
+        'a.yaml': [
+          'inputs:',
+          '  - name: ehr',
+          '    type: hl7v2-mllp',
+          '    host: 0.0.0.0',
+          '    port: 2575',
+          '    timezone: America/New_York',
+          '    tls:',
+          '      cert: { file: certs/server.pem }',
+          '      key: { env: MLLP_KEY }',
+          '      ca: { file: certs/ca.pem }',
+          '      requireClientCert: true',
+          '      allowedSenders:',
+          '        ehr.example.org: ["EPIC^GHH", "EPIC^*"]',
+          '',
+        ].join('\n'),
+      },
+      {},
+    );
+    await mkdir(path.join(dir, 'certs'));
+    await writeFile(path.join(dir, 'certs', 'server.pem'), 'pem');
+    await writeFile(path.join(dir, 'certs', 'ca.pem'), 'pem');
+    const plan = await loadConfig({ configDir: dir, env: { MLLP_KEY: 'k' } });
+    const config = plan.inputs[0]!.config as unknown as Hl7v2MllpConfig;
+    expect(config.tls).toEqual({
+      cert: { file: path.join(dir, 'certs', 'server.pem') },
+      key: { env: 'MLLP_KEY' },
+      ca: { file: path.join(dir, 'certs', 'ca.pem') },
+      requireClientCert: true,
+      allowedSenders: { 'ehr.example.org': ['EPIC^GHH', 'EPIC^*'] },
+    });
+    expect(config.plain).toBe(false);
+    expect(config.timezone).toBe('America/New_York');
+
+    // Unresolvable secrets are reported; checkSecrets: false validates the shape only.
+    expect(await issuesOf(dir)).toEqual(['connectors/a.yaml:9:12: secret environment variable MLLP_KEY is not set']);
+    await rm(path.join(dir, 'certs', 'ca.pem'));
+    expect(await issuesOf(dir, { MLLP_KEY: 'k' })).toEqual([
+      // (issuesOf strips the temp dir: the message names the absolute path)
+      'connectors/a.yaml:10:11: secret file certs/ca.pem cannot be read (ENOENT)',
+    ]);
+    await expect(loadConfig({ configDir: dir, env: {}, checkSecrets: false })).resolves.toBeDefined();
+  });
+
+  it('refuses an inline secret and says how to reference one', async () => {
+    const dir = await configDir({
+      'a.yaml': [
+        'inputs:',
+        '  - name: web',
+        '    type: hl7v2-http',
+        '    auth:',
+        '      bearerToken: s3cr3t-token',
+        '  - name: web2',
+        '    type: hl7v2-http',
+        '    auth:',
+        '      bearerToken: ${TOKEN}',
+        '',
+      ].join('\n'),
+    });
+    const issues = await issuesOf(dir, { TOKEN: 'from-env' });
+    const hint =
+      '"bearerToken": secrets are never written inline: use { env: NAME } (an environment variable) or { file: PATH } (a file)';
+    expect(issues).toEqual([`connectors/a.yaml:5:20: ${hint}`, `connectors/a.yaml:9:20: ${hint}`]);
+    expect(issues.join('\n')).not.toMatch(/s3cr3t|from-env/);
+  });
+
+  it('names the missing type, lists known types, and knows no output type yet', async () => {
+    const dir = await configDir({
+      'a.yaml': 'inputs:\n  - name: x\n    port: 1\noutputs:\n  - name: sms\n    type: twilio\n',
+    });
+    expect(await issuesOf(dir)).toEqual([
+      'connectors/a.yaml:2:5: input needs a "type" (known: hl7v2-mllp, hl7v2-http)',
+      'connectors/a.yaml:6:11: unknown output type "twilio" (known: none yet)',
+    ]);
+  });
+
+  it('validates the server block and its admin token variable', async () => {
+    const dir = await configDir({
+      'a.yaml': [
+        'server:',
+        '  http: { host: 0.0.0.0, port: 8080, tls: true }',
+        '  timezone: CEST',
+        '  admin:',
+        '    tokenEnv: ADMIN_TOKEN',
+        '',
+      ].join('\n'),
+    });
+    expect(await issuesOf(dir)).toEqual([
+      'connectors/a.yaml:2:38: unknown key "tls" (allowed: host, port)',
+      'connectors/a.yaml:3:13: "timezone" "CEST" is not an IANA time zone name (e.g. "UTC", "Europe/Paris", "America/New_York")',
+      'connectors/a.yaml:5:15: environment variable ADMIN_TOKEN (the admin token) is not set',
+    ]);
+  });
+
+  it('reports a missing connectors directory and .yml files', async () => {
+    const empty = await mkdtemp(path.join(os.tmpdir(), 'carerelay-config-'));
+    made.push(empty);
+    expect(await issuesOf(empty)).toEqual([
+      'connectors: directory not found: create connectors/ with at least one .yaml file (see connectors/example.yaml)',
+    ]);
+    const dir = await configDir({ 'a.yml': 'inputs: []\n' });
+    expect(await issuesOf(dir)).toEqual(['connectors/a.yml: not loaded: configuration files end in .yaml; rename it to a.yaml']);
+  });
+
+  it('refuses a file that is not a mapping, and inputs that are not a list of mappings', async () => {
+    const dir = await configDir({ 'a.yaml': '- just\n- a list\n', 'b.yaml': 'inputs:\n  - 42\n', 'c.yaml': 'inputs: {}\n' });
+    expect(await issuesOf(dir)).toEqual([
+      'connectors/a.yaml:1:1: the document must be a mapping, got a list',
+      'connectors/b.yaml:2:5: item 1 of "inputs" must be a mapping, got an integer',
+      'connectors/c.yaml:1:9: "inputs" must be a list, got a mapping',
+    ]);
+  });
+});

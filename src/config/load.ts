@@ -1,0 +1,430 @@
+// Loads the configuration directory into one immutable plan (ARCHITECTURE.md invariant 5):
+// every connectors/*.yaml file is read and validated, every problem across all files is
+// collected, and a single ConfigError lists them all — nothing starts half-configured.
+
+import { readdir, readFile, stat } from 'node:fs/promises';
+import { accessSync, constants as fsConstants } from 'node:fs';
+import path from 'node:path';
+import type { Ajv } from 'ajv';
+import { ConfigError, type ConfigIssue } from '../errors.ts';
+import { inputSpecs as registeredInputSpecs } from '../inputs/index.ts';
+import { connectorFileSchema, serverSchema, type ServerConfig } from './server-schema.ts';
+import {
+  createAjv,
+  readYamlDocument,
+  toPointer,
+  validateWithSchema,
+  type DocPath,
+  type Env,
+  type JsonSchema,
+  type SourcePosition,
+  type YamlDocument,
+} from './yaml.ts';
+
+/** A rule a component checks itself after its schema passed; `path` is relative to the instance. */
+export interface InstanceCheckIssue {
+  path: DocPath;
+  message: string;
+  /** Point at the key of the entry rather than its value. */
+  atKey?: boolean;
+}
+
+/** What the loader needs from an input or output type (InputSpec / OutputSpec extend it). */
+export interface ComponentSpec {
+  readonly type: string;
+  readonly summary: string;
+  readonly configSchema: JsonSchema;
+  check?(config: unknown): InstanceCheckIssue[];
+}
+
+/** One configured input or output. `config` is validated, defaulted and frozen. */
+export interface InstancePlan<Config = Readonly<Record<string, unknown>>> {
+  readonly type: string;
+  readonly name: string;
+  readonly config: Config;
+  /** Absolute path of the file that declares it, and where (1-based). */
+  readonly file: string;
+  readonly line: number;
+  readonly column: number;
+}
+
+export interface CarerelayPlan {
+  /** Absolute configuration directory; relative paths in the config resolve against it. */
+  readonly configDir: string;
+  /** Absolute paths of the connectors files read, in load order. */
+  readonly files: readonly string[];
+  /** Defaults applied; `dataDir` is absolute. */
+  readonly server: ServerConfig;
+  readonly inputs: readonly InstancePlan[];
+  readonly outputs: readonly InstancePlan[];
+  /** Routing rules from mappings/*.yaml, filled by the mappings loader; empty without one. */
+  readonly mappings: readonly unknown[];
+}
+
+export interface LoadConfigOptions {
+  /** Directory holding connectors/ (and mappings/). */
+  configDir: string;
+  /** Source of ${VAR} interpolation and of { env: NAME } secrets, usually process.env. */
+  env: Env;
+  /** Input registry; default src/inputs/index.ts. */
+  inputSpecs?: readonly ComponentSpec[];
+  /** Output registry; default none (every output type is then unknown). */
+  outputSpecs?: readonly ComponentSpec[];
+  /**
+   * Check that every secret reference resolves (variable set, file readable). Default true;
+   * false validates the shape only, e.g. in CI where the secrets do not exist.
+   */
+  checkSecrets?: boolean;
+}
+
+/** Refuse absurd files before parsing: a config file is a few KiB. */
+export const MAX_CONFIG_FILE_BYTES = 1024 * 1024;
+
+/** One parsed YAML file of a config folder. */
+export interface YamlFile {
+  /** Absolute path. */
+  path: string;
+  /** Path as shown in issues: relative to the working directory when inside it. */
+  display: string;
+  doc: YamlDocument;
+}
+
+let sharedAjv: Ajv | undefined;
+function ajv(): Ajv {
+  sharedAjv ??= createAjv();
+  return sharedAjv;
+}
+
+/** Relative to the working directory when inside it (clickable in terminals), else absolute. */
+export function displayPath(file: string): string {
+  const relative = path.relative(process.cwd(), file);
+  return relative !== '' && !relative.startsWith('..') && !path.isAbsolute(relative) ? relative : file;
+}
+
+/**
+ * Reads every `*.yaml` file of `dir` in name order. A missing directory and files that
+ * cannot be read become issues; `.yml` files are reported, not silently skipped.
+ */
+export async function readYamlDir(dir: string, env: Env, issues: ConfigIssue[]): Promise<YamlFile[]> {
+  let names: string[];
+  try {
+    const entries = await readdir(dir, { withFileTypes: true });
+    names = entries.filter((e) => e.isFile()).map((e) => e.name);
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code;
+    issues.push({
+      file: displayPath(dir),
+      message:
+        code === 'ENOENT'
+          ? `directory not found: create ${path.basename(dir)}/ with at least one .yaml file (see connectors/example.yaml)`
+          : `cannot read the directory (${code ?? 'error'})`,
+    });
+    return [];
+  }
+  const files: YamlFile[] = [];
+  for (const name of names.sort()) {
+    const file = path.join(dir, name);
+    if (name.endsWith('.yml')) {
+      issues.push({ file: displayPath(file), message: `not loaded: configuration files end in .yaml; rename it to ${name.slice(0, -4)}.yaml` });
+      continue;
+    }
+    if (!name.endsWith('.yaml')) continue;
+    const display = displayPath(file);
+    try {
+      const { size } = await stat(file);
+      if (size > MAX_CONFIG_FILE_BYTES) {
+        issues.push({ file: display, message: `file is ${size} bytes; configuration files are limited to ${MAX_CONFIG_FILE_BYTES}` });
+        continue;
+      }
+      const text = await readFile(file, 'utf8');
+      const doc = readYamlDocument(display, text, env);
+      issues.push(...doc.issues);
+      files.push({ path: file, display, doc });
+    } catch (error) {
+      issues.push({ file: display, message: `cannot read the file (${(error as NodeJS.ErrnoException).code ?? 'error'})` });
+    }
+  }
+  return files;
+}
+
+interface Place {
+  display: string;
+  position: SourcePosition | undefined;
+}
+
+/** `file:line:column` of a place, as in issues. */
+function where(place: Place): string {
+  return place.position ? `${place.display}:${place.position.line}:${place.position.column}` : place.display;
+}
+
+function isRecord(value: unknown): value is Record<string, unknown> {
+  return typeof value === 'object' && value !== null && !Array.isArray(value);
+}
+
+const KIND_LABEL = { inputs: 'input', outputs: 'output' } as const;
+type Kind = keyof typeof KIND_LABEL;
+
+interface Located {
+  kind: Kind;
+  instance: InstancePlan<Record<string, unknown>>;
+  file: YamlFile;
+  base: DocPath;
+  spec: ComponentSpec;
+  /** Passed its schema. */
+  valid: boolean;
+}
+
+/**
+ * Reads `<configDir>/connectors/*.yaml` into a frozen plan, or throws one ConfigError listing
+ * every problem found in every file (sorted by file, line, column).
+ */
+export async function loadConfig(options: LoadConfigOptions): Promise<CarerelayPlan> {
+  const configDir = path.resolve(options.configDir);
+  const { env } = options;
+  const specs: Record<Kind, readonly ComponentSpec[]> = {
+    inputs: options.inputSpecs ?? registeredInputSpecs,
+    outputs: options.outputSpecs ?? [],
+  };
+  const issues: ConfigIssue[] = [];
+  const files = await readYamlDir(path.join(configDir, 'connectors'), env, issues);
+
+  let server: Record<string, unknown> | undefined;
+  let serverPlace: Place | undefined;
+  const instances: Record<Kind, InstancePlan<Record<string, unknown>>[]> = { inputs: [], outputs: [] };
+  // Every instance of a known type with where it is, for the checks across instances.
+  const located: Located[] = [];
+  const names: Record<Kind, Map<string, Place>> = { inputs: new Map(), outputs: new Map() };
+
+  for (const file of files) {
+    const { value, locate } = file.doc;
+    if (value === undefined || value === null) continue; // unparsable (already reported) or empty
+    issues.push(...validateWithSchema(ajv(), connectorFileSchema, value, file.display, locate));
+    if (!isRecord(value)) continue;
+
+    if ('server' in value) {
+      const here = { display: file.display, position: locate(['server'], { key: true }) };
+      if (serverPlace) {
+        issues.push({
+          file: file.display,
+          ...here.position,
+          path: '/server',
+          message: `server is already configured at ${where(serverPlace)}; keep a single server block`,
+        });
+      } else {
+        serverPlace = here;
+        if (isRecord(value.server)) server = value.server;
+      }
+    }
+
+    for (const kind of ['inputs', 'outputs'] as const) {
+      const list = value[kind];
+      if (!Array.isArray(list)) continue;
+      const known = specs[kind].map((s) => s.type);
+      list.forEach((item: unknown, index) => {
+        const base = [kind, index] as const;
+        if (!isRecord(item)) return; // reported by the file schema
+        const position = locate(base);
+        const type = item.type;
+        const spec = typeof type === 'string' ? specs[kind].find((s) => s.type === type) : undefined;
+        if (typeof type !== 'string') {
+          issues.push({
+            file: file.display,
+            ...(typeof type === 'undefined' ? position : locate([...base, 'type'])),
+            path: toPointer(base),
+            message: `${KIND_LABEL[kind]} needs a "type" (known: ${known.join(', ') || 'none yet'})`,
+          });
+        } else if (!spec) {
+          issues.push({
+            file: file.display,
+            ...locate([...base, 'type']),
+            path: toPointer([...base, 'type']),
+            message: `unknown ${KIND_LABEL[kind]} type "${type}" (known: ${known.join(', ') || 'none yet'})`,
+          });
+        }
+
+        const name = item.name;
+        if (typeof name === 'string') {
+          const namePlace = { display: file.display, position: locate([...base, 'name']) };
+          const first = names[kind].get(name);
+          if (first) {
+            issues.push({
+              file: file.display,
+              ...namePlace.position,
+              path: toPointer([...base, 'name']),
+              message: `${KIND_LABEL[kind]} name "${name}" is already used at ${where(first)}; names must be unique`,
+            });
+          } else {
+            names[kind].set(name, namePlace);
+          }
+        }
+        if (!spec) return;
+
+        const schemaIssues = validateWithSchema(ajv(), spec.configSchema, item, file.display, locate, base);
+        issues.push(...schemaIssues);
+        const instance = {
+          type: spec.type,
+          name: String(name),
+          config: item,
+          file: file.path,
+          line: position?.line ?? 1,
+          column: position?.column ?? 1,
+        };
+        instances[kind].push(instance);
+        located.push({ kind, instance, file, base, spec, valid: schemaIssues.length === 0 });
+        if (schemaIssues.length > 0) return;
+        for (const found of spec.check?.(item) ?? []) {
+          const at = [...base, ...found.path];
+          issues.push({ file: file.display, ...locate(at, { key: found.atKey }), path: toPointer(at), message: found.message });
+        }
+      });
+    }
+  }
+
+  // The server block: from its file, or all defaults.
+  const serverValue = server ?? {};
+  if (!server) issues.push(...validateWithSchema(ajv(), serverSchema, serverValue, '(defaults)', () => undefined));
+  const serverConfig = serverValue as unknown as ServerConfig & { dataDir: string };
+  if (typeof serverConfig.dataDir === 'string') serverConfig.dataDir = path.resolve(configDir, serverConfig.dataDir);
+  const tokenEnv = serverConfig.admin?.tokenEnv;
+  if (serverPlace && typeof tokenEnv === 'string' && !env[tokenEnv] && options.checkSecrets !== false) {
+    const serverFile = files.find((f) => f.display === serverPlace!.display)!;
+    issues.push({
+      file: serverPlace.display,
+      ...serverFile.doc.locate(['server', 'admin', 'tokenEnv']),
+      path: '/server/admin/tokenEnv',
+      message: `environment variable ${tokenEnv} (the admin token) is not set`,
+    });
+  }
+
+  issues.push(...portIssues(serverConfig, serverPlace, files, located));
+  for (const { instance, file, base, spec } of located.filter((l) => l.valid)) {
+    issues.push(...secretIssues(spec.configSchema, instance.config, file, base, configDir, env, options.checkSecrets !== false));
+  }
+
+  if (issues.length > 0) throw new ConfigError(sortIssues(issues, files));
+
+  return deepFreeze({
+    configDir,
+    files: files.map((f) => f.path),
+    server: serverConfig,
+    inputs: instances.inputs,
+    outputs: instances.outputs,
+    mappings: [],
+  });
+}
+
+/**
+ * Two listeners on one port fail at start. Hosts are not compared: "localhost",
+ * "127.0.0.1", "::1" and "0.0.0.0" overlap in ways a string comparison cannot see.
+ */
+function portIssues(
+  server: ServerConfig,
+  serverPlace: Place | undefined,
+  files: readonly YamlFile[],
+  located: readonly Located[],
+): ConfigIssue[] {
+  const issues: ConfigIssue[] = [];
+  const taken = new Map<number, { owner: string; place: Place | undefined }>();
+  const serverPort = server.http?.port;
+  if (typeof serverPort === 'number' && serverPort > 0) {
+    const serverFile = serverPlace && files.find((f) => f.display === serverPlace.display);
+    taken.set(serverPort, {
+      owner: 'server.http',
+      place: serverFile && { display: serverFile.display, position: serverFile.doc.locate(['server', 'http', 'port']) },
+    });
+  }
+  // Also for instances with other problems: every issue is reported in one run.
+  for (const { kind, instance, file, base } of located) {
+    const port = instance.config.port;
+    if (kind !== 'inputs' || typeof port !== 'number' || !Number.isInteger(port) || port <= 0) continue;
+    const at = [...base, 'port'];
+    const first = taken.get(port);
+    if (first) {
+      const firstWhere = first.place ? ` at ${where(first.place)}` : ' (its default)';
+      issues.push({
+        file: file.display,
+        ...file.doc.locate(at),
+        path: toPointer(at),
+        message: `port ${port} is already used by ${first.owner}${firstWhere}; give each listener its own port`,
+      });
+    } else {
+      taken.set(port, { owner: `input "${instance.name}"`, place: { display: file.display, position: file.doc.locate(at) } });
+    }
+  }
+  return issues;
+}
+
+/**
+ * Finds the secret references of a validated config (schema nodes marked `x-secret`),
+ * makes file paths absolute (relative to the config directory) and, when asked, checks
+ * each one resolves. Messages name the reference, never a value.
+ */
+function secretIssues(
+  schema: JsonSchema,
+  config: Record<string, unknown>,
+  file: YamlFile,
+  base: DocPath,
+  configDir: string,
+  env: Env,
+  check: boolean,
+): ConfigIssue[] {
+  const issues: ConfigIssue[] = [];
+  const visitNode = (node: JsonSchema, value: unknown, at: DocPath): void => {
+    if (node['x-secret'] === true && isRecord(value)) {
+      const problem = secretProblem(value, configDir, env, check);
+      if (problem) issues.push({ file: file.display, ...file.doc.locate(at), path: toPointer(at), message: problem });
+      return;
+    }
+    if (isRecord(value)) {
+      const properties = (node.properties ?? {}) as Record<string, JsonSchema>;
+      const additional = node.additionalProperties;
+      for (const [key, child] of Object.entries(value)) {
+        const childSchema = Object.hasOwn(properties, key) ? properties[key] : isRecord(additional) ? (additional as JsonSchema) : undefined;
+        if (childSchema) visitNode(childSchema, child, [...at, key]);
+      }
+    } else if (Array.isArray(value) && isRecord(node.items)) {
+      value.forEach((item, i) => visitNode(node.items as JsonSchema, item, [...at, i]));
+    }
+  };
+  visitNode(schema, config, base);
+  return issues;
+}
+
+function secretProblem(ref: Record<string, unknown>, configDir: string, env: Env, check: boolean): string | undefined {
+  if (typeof ref.file === 'string') {
+    const file = path.resolve(configDir, ref.file);
+    ref.file = file;
+    if (!check) return undefined;
+    try {
+      accessSync(file, fsConstants.R_OK);
+    } catch (error) {
+      return `secret file ${displayPath(file)} cannot be read (${(error as NodeJS.ErrnoException).code ?? 'error'})`;
+    }
+  } else if (typeof ref.env === 'string' && check && !env[ref.env]) {
+    return `secret environment variable ${ref.env} is not set`;
+  }
+  return undefined;
+}
+
+function sortIssues(issues: ConfigIssue[], files: readonly YamlFile[]): ConfigIssue[] {
+  const order = new Map(files.map((f, i) => [f.display, i]));
+  return issues
+    .map((issue, i) => ({ issue, i }))
+    .sort(
+      (a, b) =>
+        (order.get(a.issue.file) ?? -1) - (order.get(b.issue.file) ?? -1) ||
+        (a.issue.line ?? 0) - (b.issue.line ?? 0) ||
+        (a.issue.column ?? 0) - (b.issue.column ?? 0) ||
+        a.i - b.i,
+    )
+    .map((x) => x.issue);
+}
+
+/** Freezes a plain data tree (objects and arrays) in place and returns it. */
+export function deepFreeze<T>(value: T): T {
+  if (typeof value === 'object' && value !== null && !Object.isFrozen(value)) {
+    Object.freeze(value);
+    for (const child of Object.values(value)) deepFreeze(child);
+  }
+  return value;
+}

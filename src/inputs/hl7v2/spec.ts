@@ -1,0 +1,270 @@
+// Config schemas of the two HL7v2 input types. The behaviour they configure is in
+// RELIABILITY.md ("Bad inputs", "Security defaults"): TLS by default with client
+// certificates mapped to allowed senders, plain MLLP only when asked for explicitly,
+// bounded frames, idle timeouts and connection counts.
+
+import { secretRefSchema, type JsonSchema, type SecretRef } from '../../config/yaml.ts';
+import type { InstanceCheckIssue } from '../../config/load.ts';
+import type { InputSpec } from '../spec.ts';
+
+/** What to answer for a message type CareRelay does not turn into triggers. */
+export const UnknownMessageTypes = {
+  /** `AA`, and the message is recorded as ignored (RELIABILITY.md default). */
+  Accept: 'accept',
+  /** `AR` naming the unsupported type. */
+  Reject: 'reject',
+} as const;
+export type UnknownMessageTypes = (typeof UnknownMessageTypes)[keyof typeof UnknownMessageTypes];
+
+/** ACK code for a message missing a field its trigger needs (e.g. SIU without an appointment id). */
+export const MissingFieldAck = {
+  /** Application Reject: the sender should not resend it as is. */
+  AR: 'AR',
+  /** Application Error: some senders queue and retry on AE; use when they fix data and resend. */
+  AE: 'AE',
+} as const;
+export type MissingFieldAck = (typeof MissingFieldAck)[keyof typeof MissingFieldAck];
+
+export const HL7V2_MLLP = 'hl7v2-mllp';
+export const HL7V2_HTTP = 'hl7v2-http';
+
+export interface MllpTlsConfig {
+  readonly cert: SecretRef;
+  readonly key: SecretRef;
+  readonly ca?: SecretRef;
+  readonly requireClientCert: boolean;
+  /** Client certificate CN → sender patterns `MSH-3^MSH-4` (`*` = any). */
+  readonly allowedSenders?: Readonly<Record<string, readonly string[]>>;
+}
+
+interface Hl7v2CommonConfig {
+  readonly name: string;
+  readonly timezone: string;
+  readonly unknownMessageTypes: UnknownMessageTypes;
+  readonly missingFieldAck: MissingFieldAck;
+}
+
+export interface Hl7v2MllpConfig extends Hl7v2CommonConfig {
+  readonly type: typeof HL7V2_MLLP;
+  readonly host: string;
+  readonly port: number;
+  readonly tls?: MllpTlsConfig;
+  readonly plain: boolean;
+  readonly maxFrameBytes: number;
+  readonly idleTimeoutSeconds: number;
+  readonly maxConnections: number;
+}
+
+export interface Hl7v2HttpConfig extends Hl7v2CommonConfig {
+  readonly type: typeof HL7V2_HTTP;
+  readonly auth?: { readonly bearerToken: SecretRef };
+}
+
+const nameSchema = {
+  type: 'string',
+  pattern: '^[a-z][a-z0-9-]*$',
+  maxLength: 63,
+  'x-hint': 'lower-case letters, digits and "-", starting with a letter',
+  description: 'Unique name of this input; appears in logs, metrics, the store and (for HTTP) the URL.',
+} as const;
+
+const commonProperties = {
+  name: nameSchema,
+  timezone: {
+    type: 'string',
+    format: 'iana-timezone',
+    default: 'UTC',
+    description:
+      'IANA time zone of HL7 times that carry no UTC offset (TS/DTM without +hhmm), e.g. "Europe/Paris". ' +
+      'Times with an offset keep it.',
+  },
+  unknownMessageTypes: {
+    type: 'string',
+    enum: Object.values(UnknownMessageTypes),
+    default: UnknownMessageTypes.Accept,
+    description:
+      'Message types CareRelay does not handle: "accept" answers AA and records the message as ignored; ' +
+      '"reject" answers AR.',
+  },
+  missingFieldAck: {
+    type: 'string',
+    enum: Object.values(MissingFieldAck),
+    default: MissingFieldAck.AR,
+    description:
+      'ACK for a message missing a required field (e.g. no appointment id): "AR" (reject, do not resend) ' +
+      'or "AE" (error; the sender may fix and resend). The raw message is kept for review either way.',
+  },
+} as const;
+
+const senderPattern = '^(?:\\*|[^^*\\s][^^*]*)\\^(?:\\*|[^^*\\s][^^*]*)$';
+
+export const hl7v2MllpSchema = {
+  type: 'object',
+  description: 'HL7v2 over MLLP (TCP, normally TLS). Each frame is committed, then ACKed.',
+  required: ['name', 'type', 'port'],
+  additionalProperties: false,
+  properties: {
+    ...commonProperties,
+    type: { type: 'string', const: HL7V2_MLLP, description: 'Input type.' },
+    host: {
+      type: 'string',
+      minLength: 1,
+      default: '127.0.0.1',
+      description:
+        'Address to listen on. The default accepts local senders only; 0.0.0.0 (or ::) exposes the port ' +
+        'to the network — use tls then.',
+    },
+    port: {
+      type: 'integer',
+      minimum: 0,
+      maximum: 65535,
+      description: 'TCP port to listen on (2575 is the registered HL7 port). 0 lets the system pick one (tests).',
+    },
+    tls: {
+      type: 'object',
+      description: 'MLLP over TLS. Required unless plain: true.',
+      required: ['cert', 'key'],
+      additionalProperties: false,
+      properties: {
+        cert: { ...secretRefSchema, description: 'Server certificate chain (PEM), by reference.' },
+        key: { ...secretRefSchema, description: 'Private key of the certificate (PEM), by reference.' },
+        ca: {
+          ...secretRefSchema,
+          description: 'CA certificates (PEM) that client certificates must chain to. Default: the system CAs.',
+        },
+        requireClientCert: {
+          type: 'boolean',
+          default: false,
+          description: 'Refuse TLS clients without a valid certificate (mutual TLS).',
+        },
+        allowedSenders: {
+          type: 'object',
+          description:
+            'Client certificate subject CN → senders it may send for, as "MSH-3^MSH-4" (sending application ^ ' +
+            'sending facility, first component); "*" matches any, e.g. { "epic.example.org": ["EPIC^GHH", "EPIC^*"] }. ' +
+            'When set, certificates not listed are refused and a message from another sender gets AR. ' +
+            'Needs requireClientCert: true. Default: any sender.',
+          additionalProperties: {
+            type: 'array',
+            minItems: 1,
+            description: 'Sender patterns for this certificate.',
+            items: {
+              type: 'string',
+              pattern: senderPattern,
+              'x-hint': 'write "APPLICATION^FACILITY", either part may be "*"',
+              description: 'A sender pattern "MSH-3^MSH-4".',
+            },
+          },
+        },
+      },
+    },
+    plain: {
+      type: 'boolean',
+      default: false,
+      description:
+        'Accept unencrypted MLLP. Must be set explicitly (and only on a trusted network or a loopback address): ' +
+        'HL7 messages carry patient data.',
+    },
+    maxFrameBytes: {
+      type: 'integer',
+      minimum: 1024,
+      maximum: 67108864,
+      default: 10485760,
+      description: 'Largest MLLP frame in bytes (default 10 MiB); a larger frame closes the connection.',
+    },
+    idleTimeoutSeconds: {
+      type: 'integer',
+      minimum: 1,
+      maximum: 86400,
+      default: 300,
+      description: 'Seconds without a byte, or without completing a frame, before a connection is closed.',
+    },
+    maxConnections: {
+      type: 'integer',
+      minimum: 1,
+      maximum: 100000,
+      default: 200,
+      description: 'Simultaneous connections accepted; further ones are closed at once.',
+    },
+  },
+} as const satisfies JsonSchema;
+
+export const hl7v2HttpSchema = {
+  type: 'object',
+  description: 'HL7v2 posted over HTTP to POST /ingest/hl7v2/<name> on the server.http listener.',
+  required: ['name', 'type'],
+  additionalProperties: false,
+  properties: {
+    ...commonProperties,
+    type: { type: 'string', const: HL7V2_HTTP, description: 'Input type.' },
+    auth: {
+      type: 'object',
+      description:
+        'Caller authentication. Without it any caller that reaches server.http may post: keep server.http.host ' +
+        'on 127.0.0.1 behind an authenticating proxy then.',
+      required: ['bearerToken'],
+      additionalProperties: false,
+      properties: {
+        bearerToken: {
+          ...secretRefSchema,
+          description: 'Token callers send as "Authorization: Bearer <token>", by reference.',
+        },
+      },
+    },
+  },
+} as const satisfies JsonSchema;
+
+function checkMllp(config: Hl7v2MllpConfig): InstanceCheckIssue[] {
+  const issues: InstanceCheckIssue[] = [];
+  if (!config.tls && !config.plain) {
+    issues.push({
+      path: [],
+      message:
+        `MLLP input "${config.name}" has neither a tls block nor plain: true. HL7 carries patient data, so ` +
+        'add tls: { cert: { file: … }, key: { file: … } }, or set plain: true to accept unencrypted MLLP ' +
+        'on a trusted network',
+    });
+  }
+  if (config.tls && config.plain) {
+    issues.push({ path: ['plain'], message: 'plain: true contradicts the tls block; remove one of them' });
+  }
+  if (config.tls?.allowedSenders && !config.tls.requireClientCert) {
+    issues.push({
+      path: ['tls', 'allowedSenders'],
+      atKey: true,
+      message: 'allowedSenders maps client certificates to senders, so it needs requireClientCert: true',
+    });
+  }
+  return issues;
+}
+
+export const hl7v2MllpSpec: InputSpec<Hl7v2MllpConfig> = {
+  type: HL7V2_MLLP,
+  summary: 'HL7v2 over MLLP (TLS, or plain TCP when explicitly allowed); ACK after commit.',
+  configSchema: hl7v2MllpSchema,
+  check: checkMllp,
+};
+
+export const hl7v2HttpSpec: InputSpec<Hl7v2HttpConfig> = {
+  type: HL7V2_HTTP,
+  summary: 'HL7v2 posted to POST /ingest/hl7v2/<name>; the HTTP answer carries the ACK.',
+  configSchema: hl7v2HttpSchema,
+};
+
+/**
+ * Whether the client certificate `cn` may send for sender `msh3^msh4` (first components of
+ * MSH-3 and MSH-4). Without an allowedSenders map every sender is allowed.
+ */
+export function isSenderAllowed(
+  allowedSenders: MllpTlsConfig['allowedSenders'],
+  cn: string | undefined,
+  msh3: string,
+  msh4: string,
+): boolean {
+  if (!allowedSenders) return true;
+  if (cn === undefined || !Object.hasOwn(allowedSenders, cn)) return false;
+  return allowedSenders[cn]!.some((pattern) => {
+    const [app, facility] = pattern.split('^') as [string, string];
+    return (app === '*' || app === msh3) && (facility === '*' || facility === msh4);
+  });
+}
