@@ -301,7 +301,7 @@ export async function loadConfig(options: LoadConfigOptions): Promise<CarerelayP
     issues.push(...secretIssues(spec.configSchema, instance.config, file, base, configDir, env, options.checkSecrets !== false));
   }
 
-  if (issues.length > 0) throw new ConfigError(sortIssues(issues, files));
+  if (issues.length > 0) throw new ConfigError(sortIssues(withoutEchoes(issues, files), files));
 
   return deepFreeze({
     configDir,
@@ -404,6 +404,16 @@ function secretProblem(ref: Record<string, unknown>, configDir: string, env: Env
     return `secret environment variable ${ref.env} is not set`;
   }
   return undefined;
+}
+
+/**
+ * A value the YAML reader already refused (e.g. `${PORT}` with PORT unset) also fails its
+ * schema ("must be an integer"); only the first, root-cause issue at that position is kept.
+ */
+function withoutEchoes(issues: readonly ConfigIssue[], files: readonly YamlFile[]): ConfigIssue[] {
+  const fromYaml = new Set(files.flatMap((f) => f.doc.issues));
+  const positions = new Set([...fromYaml].map((i) => `${i.file}:${i.line}:${i.column}`));
+  return issues.filter((i) => fromYaml.has(i) || !positions.has(`${i.file}:${i.line}:${i.column}`));
 }
 
 function sortIssues(issues: ConfigIssue[], files: readonly YamlFile[]): ConfigIssue[] {

@@ -72,6 +72,16 @@ describe('readYamlDocument', () => {
     expect(formatConfigIssue(doc.issues[0]!)).toMatch(/^f\.yaml:2:8: YAML aliases expand beyond the limit \(50\)/);
   });
 
+  it('refuses absurd nesting and size without crashing', () => {
+    const deep = read(`a: ${'['.repeat(5000)}${']'.repeat(5000)}\n`);
+    expect(deep.value).toBeUndefined();
+    expect(deep.issues[0]).toMatchObject({ line: 1, message: 'YAML nesting is too deep to read' });
+    const huge = read(`a: "${'x'.repeat(1024 * 1024)}"\n`);
+    expect(huge.issues.map(formatConfigIssue)).toEqual([
+      'f.yaml: file has 1048582 characters; configuration files are limited to 1048576',
+    ]);
+  });
+
   it('still allows a few small aliases', () => {
     const doc = read('base: &b { timezone: UTC }\none: *b\ntwo: *b\n');
     expect(doc.issues).toEqual([]);

@@ -58,6 +58,9 @@ export interface YamlDocument {
  */
 export const MAX_ALIAS_COUNT = 50;
 
+/** A configuration file is a few KiB; far larger text is a mistake or an attack on the parser. */
+export const MAX_YAML_CHARS = 1024 * 1024;
+
 /**
  * Parses one YAML document safely: YAML 1.2 core schema only (no custom or language tags,
  * no `!!binary`/`!!set`/timestamps), string keys, duplicate keys refused, alias expansion
@@ -67,6 +70,13 @@ export const MAX_ALIAS_COUNT = 50;
  * ${MLLP_PORT:-2575}` is the number 2575; a quoted one stays a string.
  */
 export function readYamlDocument(file: string, text: string, env: Env): YamlDocument {
+  if (text.length > MAX_YAML_CHARS) {
+    return {
+      value: undefined,
+      locate: () => undefined,
+      issues: [{ file, message: `file has ${text.length} characters; configuration files are limited to ${MAX_YAML_CHARS}` }],
+    };
+  }
   const lineCounter = new LineCounter();
   const doc = parseDocument(text, {
     lineCounter,
@@ -90,7 +100,9 @@ export function readYamlDocument(file: string, text: string, env: Env): YamlDocu
     const message =
       error.code === 'MULTIPLE_DOCS'
         ? 'a configuration file holds one YAML document: remove the "---" separator or split the file'
-        : `YAML syntax: ${firstLine(error.message)}`;
+        : error.message.includes('Maximum call stack size exceeded')
+          ? 'YAML nesting is too deep to read'
+          : `YAML syntax: ${firstLine(error.message)}`;
     issues.push(issue(error.pos[0], message));
   }
   for (const warning of doc.warnings) {
