@@ -290,6 +290,17 @@ export function storeConformanceSuite(name: string, makeStore: () => Promise<Sto
         expect(await store.getSubjectState('appointment', 'X-1')).toEqual(appointment);
         expect(await store.getSubjectState('encounter', 'X-1')).toEqual(encounter);
       });
+
+      it('lists the states of one kind for a patient', async () => {
+        const a1 = appointmentState({ asOf: '2024-01-01T09:30:00Z', id: 'A-1' });
+        const a2 = appointmentState({ asOf: '2024-01-01T09:30:00Z', id: 'A-2' });
+        const other: SubjectState = { ...appointmentState({ asOf: '2024-01-01T09:30:00Z', id: 'A-3' }), patientId: 'MRN-OTHER' };
+        const encounter: SubjectState = { kind: 'encounter', id: 'E-1', patientId: a1.patientId, asOf: '2024-01-01T09:30:00Z' };
+        stored(await store.commitInbound(testRecord({ controlId: 'L1', subjectStates: [a1, a2, other, encounter] })));
+        expect(await store.listSubjectStates('appointment', a1.patientId)).toEqual([a1, a2]);
+        expect(await store.listSubjectStates('encounter', a1.patientId)).toEqual([encounter]);
+        expect(await store.listSubjectStates('appointment', 'MRN-NOBODY')).toEqual([]);
+      });
     });
 
     describe('atomicity', () => {

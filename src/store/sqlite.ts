@@ -192,6 +192,7 @@ export class SqliteStore implements Store {
   private readonly positionByIdStmt: BetterSqlite3.Statement<[number], { received_ms: number; id: number }>;
   private readonly triggerByIdStmt: BetterSqlite3.Statement<[string], { json: string }>;
   private readonly stateStmt: BetterSqlite3.Statement<[string, string], StateRow>;
+  private readonly statesOfPatientStmt: BetterSqlite3.Statement<[string, string], StateRow>;
   private readonly pingStmt: BetterSqlite3.Statement;
   private readonly commitBatch: (batch: Prepared[]) => Array<CommitOutcome | { error: unknown }>;
   private readonly commitOne: (p: Prepared) => CommitOutcome;
@@ -239,6 +240,9 @@ export class SqliteStore implements Store {
     this.triggerByIdStmt = db.prepare('SELECT json FROM triggers WHERE id = ?');
     this.stateStmt = db.prepare(
       'SELECT kind, id, patient_id, status, start, "end", as_of, data FROM subject_states WHERE kind = ? AND id = ?',
+    );
+    this.statesOfPatientStmt = db.prepare(
+      'SELECT kind, id, patient_id, status, start, "end", as_of, data FROM subject_states WHERE patient_id = ? AND kind = ? ORDER BY id',
     );
     this.pingStmt = db.prepare('SELECT 1');
 
@@ -372,13 +376,12 @@ export class SqliteStore implements Store {
   async getSubjectState(kind: SubjectState['kind'], id: string): Promise<SubjectState | undefined> {
     this.assertOpen();
     const row = this.stateStmt.get(kind, id);
-    if (row === undefined) return undefined;
-    const state: SubjectState = { kind: row.kind, id: row.id, patientId: row.patient_id, asOf: row.as_of };
-    if (row.status !== null) state.status = row.status;
-    if (row.start !== null) state.start = row.start;
-    if (row.end !== null) state.end = row.end;
-    if (row.data !== null) state.data = JSON.parse(row.data) as Record<string, unknown>;
-    return state;
+    return row === undefined ? undefined : stateFromRow(row);
+  }
+
+  async listSubjectStates(kind: SubjectState['kind'], patientId: string): Promise<SubjectState[]> {
+    this.assertOpen();
+    return this.statesOfPatientStmt.all(patientId, kind).map(stateFromRow);
   }
 
   async ping(): Promise<void> {
@@ -552,4 +555,13 @@ function parseMessageId(id: string): number | undefined {
 function isRecordFault(error: unknown): boolean {
   if (error instanceof BetterSqlite3.SqliteError) return error.code.startsWith('SQLITE_CONSTRAINT') || error.code === 'SQLITE_MISMATCH';
   return !(error instanceof Error && /database connection is not open/.test(error.message));
+}
+
+function stateFromRow(row: StateRow): SubjectState {
+  const state: SubjectState = { kind: row.kind, id: row.id, patientId: row.patient_id, asOf: row.as_of };
+  if (row.status !== null) state.status = row.status;
+  if (row.start !== null) state.start = row.start;
+  if (row.end !== null) state.end = row.end;
+  if (row.data !== null) state.data = JSON.parse(row.data) as Record<string, unknown>;
+  return state;
 }

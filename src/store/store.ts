@@ -125,6 +125,8 @@ export interface Store {
   listTriggers(query: TriggerQuery): Promise<Trigger[]>;
 
   getSubjectState(kind: SubjectState['kind'], id: string): Promise<SubjectState | undefined>;
+  /** Every stored state of one kind for a patient (e.g. appointments, for an arrival check-in). */
+  listSubjectStates(kind: SubjectState['kind'], patientId: string): Promise<SubjectState[]>;
 
   /** Cheap liveness of the backing store for /readyz. */
   ping(): Promise<void>;
