@@ -1,0 +1,364 @@
+// HL7v2 ingest: bytes in, ACK out — and the ACK only after the raw message, its status and
+// its triggers are durably committed (ARCHITECTURE.md invariant 1, RELIABILITY.md 1-3).
+//
+//   parse ─▶ sender allowed? ─▶ MSH-10 present? ─▶ resend? ─▶ normalize ─▶ stored state
+//         ─▶ commit (one transaction) ─▶ ACK
+//
+// Answers: AA accepted (or ignored: not a trigger type); AR refused for good (unparseable,
+// no MSH-10, SIU without appointment id…; the raw bytes are kept for review); AE when the
+// sender may retry (commit failed, or a conflicting resend that was quarantined). In
+// enhanced mode (MSH-15/16 valued) the commit ACK codes CA/CR/CE are used and MSH-15
+// decides whether an accept ACK is sent at all.
+import { createHash, randomBytes } from 'node:crypto';
+import { buildAck, shouldSendAcceptAck, ackModeOf } from '../hl7v2/ack.ts';
+import { Hl7ParseError, parseHl7Batch, type Hl7Message } from '../hl7v2/parse.ts';
+import { applyStoredState, normalizeHl7 } from '../inputs/hl7v2/normalize.ts';
+import { isSenderAllowed } from '../inputs/hl7v2/spec.ts';
+import type { Logger } from '../log.ts';
+import type { InboundRecord, Store, SubjectState } from '../store/store.ts';
+import { MessageStatus, type AckCode, type Trigger } from '../types.ts';
+
+/** Per-input settings the ingest needs (from the connector config). */
+export interface Hl7IngestSettings {
+  input: string;
+  /** IANA zone for HL7 times without an offset. */
+  timezone: string;
+  /** `accept`: AA and recorded as ignored; `reject`: AR. */
+  unknownMessageTypes: 'accept' | 'reject';
+  /** ACK code for a message missing a field a trigger needs. */
+  missingFieldAck: 'AR' | 'AE';
+  /**
+   * mTLS: client-certificate CN → allowed senders ("EPIC^GHH", "EPIC^*"). When set and the
+   * peer presented a certificate, a sender not listed for its CN is refused.
+   */
+  allowedSenders?: Readonly<Record<string, readonly string[]>>;
+}
+
+export interface Hl7Peer {
+  /** Verified client-certificate CN (mutual TLS), if any. */
+  certificateCN?: string;
+}
+
+export interface Hl7IngestResult {
+  /** ACK text to send back; undefined when MSH-15 says no accept ACK is wanted. */
+  ack: string | undefined;
+  ackCode: AckCode;
+  /** False when nothing could be committed: the caller must not claim success. */
+  committed: boolean;
+  /** Triggers newly committed by this call (empty for resends). */
+  triggers: Trigger[];
+}
+
+export interface Hl7IngestDeps {
+  store: Store;
+  log: Logger;
+  now?: () => Date;
+  /** Called after a commit that created triggers (routing hooks in here). */
+  onCommitted?: (triggers: Trigger[]) => void | Promise<void>;
+}
+
+type Outcome = 'accept' | 'ignore' | 'reject' | 'retry';
+
+const ACK_CODES: Record<'original' | 'enhanced', Record<'accept' | 'reject' | 'retry', AckCode>> = {
+  original: { accept: 'AA', reject: 'AR', retry: 'AE' },
+  enhanced: { accept: 'CA', reject: 'CR', retry: 'CE' },
+};
+
+/** HL7 table 0357 codes used in ERR-3. */
+const ERR = {
+  requiredFieldMissing: '101',
+  unsupportedMessageType: '200',
+  unknownKey: '204',
+  duplicateKey: '205',
+  internalError: '207',
+} as const;
+
+function sha256(bytes: Buffer): string {
+  return createHash('sha256').update(bytes).digest('hex');
+}
+
+/** A fresh MSH-10 for our ACK: 20 characters, the v2.5 length of MSH-10. */
+function newAckControlId(): string {
+  return `CR${randomBytes(9).toString('hex')}`;
+}
+
+function senderOf(msg: Hl7Message): string {
+  return `${msg.get('MSH-3.1')}^${msg.get('MSH-4.1')}`;
+}
+
+export class Hl7Ingest {
+  private readonly now: () => Date;
+
+  constructor(private readonly deps: Hl7IngestDeps) {
+    this.now = deps.now ?? (() => new Date());
+  }
+
+  /**
+   * Ingests one MLLP frame or HTTP body. A batch (FHS/BHS) gives one ACK per inner message,
+   * joined with CR; the batch as a whole counts as committed only if every message was.
+   */
+  async handle(raw: Buffer, settings: Hl7IngestSettings, peer: Hl7Peer = {}): Promise<Hl7IngestResult> {
+    let messages: Hl7Message[];
+    try {
+      messages = parseHl7Batch(raw);
+    } catch (error) {
+      if (!(error instanceof Hl7ParseError)) throw error;
+      return this.refuseUnparseable(raw, settings, error);
+    }
+    if (messages.length === 1) {
+      return this.handleMessage(messages[0]!, raw, settings, peer);
+    }
+    const results: Hl7IngestResult[] = [];
+    for (const msg of messages) {
+      results.push(await this.handleMessage(msg, Buffer.from(msg.text, 'utf8'), settings, peer));
+    }
+    const acks = results.map((r) => r.ack).filter((a): a is string => a !== undefined);
+    const worst = results.find((r) => !r.committed) ?? results.find((r) => r.ackCode !== 'AA' && r.ackCode !== 'CA');
+    return {
+      ack: acks.length > 0 ? acks.join('') : undefined,
+      ackCode: worst?.ackCode ?? results[0]?.ackCode ?? 'AA',
+      committed: results.every((r) => r.committed),
+      triggers: results.flatMap((r) => r.triggers),
+    };
+  }
+
+  private async refuseUnparseable(raw: Buffer, settings: Hl7IngestSettings, error: Hl7ParseError): Promise<Hl7IngestResult> {
+    const ack = buildAck(undefined, {
+      code: 'AR',
+      text: error.message,
+      errorCode: ERR.requiredFieldMissing,
+      controlId: newAckControlId(),
+      now: this.now(),
+    });
+    const record: InboundRecord = {
+      input: settings.input,
+      format: 'hl7v2',
+      sender: '',
+      controlId: '',
+      messageType: '',
+      contentHash: sha256(raw),
+      raw,
+      status: MessageStatus.Rejected,
+      ack,
+      ackCode: 'AR',
+      reason: error.code,
+      receivedAt: this.now().toISOString(),
+      triggers: [],
+      subjectStates: [],
+    };
+    try {
+      await this.deps.store.commitInbound(record);
+    } catch {
+      this.deps.log.error('ingest.commit_failed', { input: settings.input, reason: error.code });
+      return { ack: undefined, ackCode: 'AE', committed: false, triggers: [] };
+    }
+    this.deps.log.warn('ingest.rejected', { input: settings.input, reason: error.code });
+    return { ack, ackCode: 'AR', committed: true, triggers: [] };
+  }
+
+  private async handleMessage(msg: Hl7Message, raw: Buffer, settings: Hl7IngestSettings, peer: Hl7Peer): Promise<Hl7IngestResult> {
+    const { store, log } = this.deps;
+    const receivedAt = this.now();
+    const sender = senderOf(msg);
+    const controlId = msg.controlId;
+    const messageType = msg.messageType;
+    const contentHash = sha256(raw);
+    const mode = ackModeOf(msg);
+    let conflicting = false;
+    const logFields = { input: settings.input, sender, controlId, messageType };
+
+    // A resend of exactly the same bytes gets the original ACK again and nothing new.
+    if (controlId !== '') {
+      const previous = await this.findPrevious(sender, controlId, settings);
+      if (previous === 'failed') return this.storeUnavailable(msg, mode);
+      if (previous !== undefined && previous.contentHash === contentHash) {
+        return {
+          ack: previous.ack === '' ? undefined : previous.ack,
+          ackCode: previous.ackCode as AckCode,
+          committed: true,
+          triggers: [],
+        };
+      }
+      if (previous !== undefined) conflicting = true;
+    }
+
+    let outcome: Outcome;
+    let status: MessageStatus;
+    let reason: string | undefined;
+    let text: string | undefined;
+    let errorCode: string | undefined;
+    let triggers: Trigger[] = [];
+    let states: SubjectState[] = [];
+
+    if (conflicting) {
+      // Same sender + MSH-10, different bytes: kept in quarantine for review, never dropped
+      // silently and never turned into triggers. AE: the sender should fix MSH-10.
+      outcome = 'retry';
+      status = MessageStatus.Quarantined;
+      reason = 'conflicting_resend';
+      text = `MSH-10 ${controlId} was already used by this sender for a different message; this one is quarantined for review`;
+      errorCode = ERR.duplicateKey;
+    } else if (!isSenderAllowed(settings.allowedSenders, peer.certificateCN, msg.get('MSH-3.1'), msg.get('MSH-4.1'))) {
+      outcome = 'reject';
+      status = MessageStatus.Rejected;
+      reason = 'sender_not_allowed';
+      text = `sender ${sender} is not allowed for the client certificate presented`;
+      errorCode = ERR.unknownKey;
+    } else if (controlId === '') {
+      outcome = 'reject';
+      status = MessageStatus.Rejected;
+      reason = 'missing_control_id';
+      text = 'MSH-10 (message control id) is empty: the message cannot be deduplicated; resend it with a unique MSH-10';
+      errorCode = ERR.requiredFieldMissing;
+    } else {
+      const normalized = await this.normalize(msg, receivedAt, settings);
+      switch (normalized.kind) {
+        case 'triggers':
+          outcome = 'accept';
+          status = MessageStatus.Accepted;
+          triggers = normalized.triggers;
+          states = normalized.states;
+          break;
+        case 'ignored':
+          if (settings.unknownMessageTypes === 'reject' && normalized.reason.startsWith('unsupported')) {
+            outcome = 'reject';
+            status = MessageStatus.Rejected;
+            errorCode = ERR.unsupportedMessageType;
+            text = `message type ${messageType} is not accepted by this input`;
+          } else {
+            outcome = 'ignore';
+            status = MessageStatus.Ignored;
+          }
+          reason = normalized.reason;
+          break;
+        case 'rejected':
+          outcome = settings.missingFieldAck === 'AE' ? 'retry' : 'reject';
+          status = MessageStatus.Rejected;
+          reason = 'missing_field';
+          text = normalized.reason;
+          errorCode = ERR.requiredFieldMissing;
+          break;
+        default:
+          normalized satisfies never;
+          throw new Error('unreachable');
+      }
+    }
+
+    const ackControlId = newAckControlId();
+    const ackFor = (o: Outcome, t?: string, e?: string): { code: AckCode; text: string | undefined } => {
+      const code = ACK_CODES[mode.mode][o === 'ignore' ? 'accept' : o];
+      const built = buildAck(msg, { code, text: t, errorCode: e, controlId: ackControlId, now: receivedAt });
+      return { code, text: shouldSendAcceptAck(msg, o === 'accept' || o === 'ignore') ? built : undefined };
+    };
+    const ack = ackFor(outcome, text, errorCode);
+
+    const record: InboundRecord = {
+      input: settings.input,
+      format: 'hl7v2',
+      sender,
+      controlId,
+      messageType,
+      contentHash,
+      raw,
+      status,
+      ack: ack.text ?? '',
+      ackCode: ack.code,
+      reason,
+      receivedAt: receivedAt.toISOString(),
+      triggers,
+      subjectStates: states,
+    };
+
+    let committed;
+    try {
+      committed = await store.commitInbound(record);
+    } catch {
+      log.error('ingest.commit_failed', logFields);
+      return this.storeUnavailable(msg, mode);
+    }
+
+    switch (committed.outcome) {
+      case 'stored':
+        if (status === MessageStatus.Quarantined) log.warn('ingest.quarantined', { ...logFields, reason, messageId: committed.message.id });
+        else if (status !== MessageStatus.Accepted) log.warn('ingest.not_accepted', { ...logFields, status, reason });
+        if (triggers.length > 0) await this.deps.onCommitted?.(triggers);
+        return { ack: ack.text, ackCode: ack.code, committed: true, triggers };
+      case 'duplicate':
+        // Lost a race with a parallel resend of the same bytes: answer what was stored.
+        return {
+          ack: committed.message.ack === '' ? undefined : committed.message.ack,
+          ackCode: committed.message.ackCode as AckCode,
+          committed: true,
+          triggers: [],
+        };
+      case 'conflict': {
+        // Normally caught by the look-up above; a conflicting message that raced its twin
+        // into the store is quarantined by the store and answered the same way.
+        log.warn('ingest.quarantined', { ...logFields, reason: 'conflicting_resend', messageId: committed.message.id });
+        const conflictAck = conflicting
+          ? ack
+          : ackFor(
+              'retry',
+              `MSH-10 ${controlId} was already used by this sender for a different message; this one is quarantined for review`,
+              ERR.duplicateKey,
+            );
+        return { ack: conflictAck.text, ackCode: conflictAck.code, committed: true, triggers: [] };
+      }
+      default:
+        committed satisfies never;
+        throw new Error('unreachable');
+    }
+  }
+
+  private async findPrevious(sender: string, controlId: string, settings: Hl7IngestSettings) {
+    try {
+      return await this.deps.store.findMessage(sender, controlId);
+    } catch {
+      this.deps.log.error('ingest.store_unavailable', { input: settings.input });
+      return 'failed' as const;
+    }
+  }
+
+  /**
+   * Normalizes, then applies stored state: an S14 with a new start becomes `rescheduled`,
+   * an A04/A10 may check the patient in to a stored appointment, encounter sensitivity sticks.
+   * The look-ups are fetched first because the normalizer is pure.
+   */
+  private async normalize(msg: Hl7Message, receivedAt: Date, settings: Hl7IngestSettings) {
+    const { store } = this.deps;
+    const normalized = normalizeHl7(msg, { receivedAt: receivedAt.toISOString(), timezone: settings.timezone });
+    if (normalized.kind !== 'triggers') return normalized;
+    const appointments = new Map<string, SubjectState | undefined>();
+    const encounters = new Map<string, SubjectState | undefined>();
+    for (const t of normalized.triggers) {
+      const appointmentId = t.appointment?.id;
+      if (appointmentId !== undefined && !appointments.has(appointmentId)) {
+        appointments.set(appointmentId, await store.getSubjectState('appointment', appointmentId));
+      }
+      const encounterId = t.encounter?.id;
+      if (encounterId !== undefined && !encounters.has(encounterId)) {
+        encounters.set(encounterId, await store.getSubjectState('encounter', encounterId));
+      }
+    }
+    const arrival = normalized.arrival;
+    const patientAppointments = arrival === undefined ? [] : await store.listSubjectStates('appointment', arrival.patientId);
+    return applyStoredState(normalized, {
+      appointment: (id) => appointments.get(id),
+      encounter: (id) => encounters.get(id),
+      appointmentsOfPatient: () => patientAppointments,
+    });
+  }
+
+  private storeUnavailable(msg: Hl7Message, mode: ReturnType<typeof ackModeOf>): Hl7IngestResult {
+    // Never AA when nothing was committed. AE tells the sender to resend later.
+    const code = ACK_CODES[mode.mode].retry;
+    const ack = buildAck(msg, {
+      code,
+      text: 'temporary storage failure; resend later',
+      errorCode: ERR.internalError,
+      controlId: newAckControlId(),
+      now: this.now(),
+    });
+    return { ack, ackCode: code, committed: false, triggers: [] };
+  }
+}
