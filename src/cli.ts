@@ -1,0 +1,272 @@
+// The `carerelay` command. Each subcommand returns its exit code; output goes to stdout
+// (results) and stderr (problems), never to the log.
+import { readFile } from 'node:fs/promises';
+import path from 'node:path';
+import { parseArgs, type ParseArgsConfig } from 'node:util';
+import { ConfigError } from './errors.ts';
+import { Hl7ParseError, parseHl7Batch } from './hl7v2/parse.ts';
+import { MllpClient } from './hl7v2/mllp-client.ts';
+import { normalizeHl7 } from './inputs/hl7v2/normalize.ts';
+import { FhirNormalizeError, normalizeNotification } from './fhir/normalize.ts';
+import { FhirNotificationError, readNotification } from './fhir/notification.ts';
+import type { Trigger } from './types.ts';
+
+const USAGE = `Usage: carerelay <command> [options]
+
+Commands:
+  start [--config-dir DIR]                 run CareRelay with connectors/ (and mappings/) of DIR
+                                           (default: the working directory)
+  validate [--config-dir DIR]              check the configuration; list every problem as
+                                           file:line:column
+  normalize [--timezone ZONE] [--fhir-sender URL] FILE...
+                                           print the triggers each file gives (NDJSON): HL7v2
+                                           messages, FHIR resources or notification Bundles;
+                                           ZONE (IANA, default UTC) reads HL7 times without offset
+  send --to HOST:PORT [--tls] [--ca FILE] [--cert FILE --key FILE] [--servername NAME]
+       [--timeout SECONDS] FILE...         send HL7v2 files over MLLP, one in flight, and print
+                                           each ACK code (exit 1 unless every ACK is AA/CA)
+  help                                     this text
+`;
+
+type Options = NonNullable<ParseArgsConfig['options']>;
+
+function parse(args: string[], options: Options) {
+  return parseArgs({ args, options, allowPositionals: true, strict: true });
+}
+
+function fail(message: string): number {
+  process.stderr.write(`carerelay: ${message}\n`);
+  return 2;
+}
+
+/** What one input file gives: its triggers, or why it cannot give any. */
+type FileResult = { triggers: Trigger[] } | { rejected: string[] };
+
+function normalizeHl7File(bytes: Buffer, timezone: string, receivedAt: string): FileResult {
+  let messages;
+  try {
+    messages = parseHl7Batch(bytes);
+  } catch (error) {
+    if (error instanceof Hl7ParseError) return { rejected: [error.message] };
+    throw error;
+  }
+  const triggers: Trigger[] = [];
+  const rejected: string[] = [];
+  for (const msg of messages) {
+    const result = normalizeHl7(msg, { receivedAt, timezone });
+    if (result.kind === 'rejected') rejected.push(result.reason);
+    else if (result.kind === 'triggers') triggers.push(...result.triggers);
+  }
+  return rejected.length > 0 ? { rejected } : { triggers };
+}
+
+/**
+ * A FHIR resource or notification Bundle. Offline: only what the file holds is used, so an
+ * id-only or empty payload (or an Appointment without its Patient) cannot give triggers.
+ */
+function normalizeFhirFile(bytes: Buffer, sender: string, receivedAt: string): FileResult {
+  try {
+    const notification = readNotification(bytes);
+    const result = normalizeNotification(notification, { receivedAt, sender });
+    if (result.missing.length > 0) {
+      return {
+        rejected: [
+          `needs ${result.missing.join(', ')}, which the file does not include (normalize works offline: ` +
+            'give a full-resource notification or a Bundle that includes the referenced resources)',
+        ],
+      };
+    }
+    return { triggers: result.triggers };
+  } catch (error) {
+    if (error instanceof FhirNotificationError || error instanceof FhirNormalizeError) return { rejected: [error.message] };
+    if (error instanceof SyntaxError) return { rejected: [`invalid JSON: ${error.message}`] };
+    throw error;
+  }
+}
+
+function looksLikeJson(bytes: Buffer): boolean {
+  for (const byte of bytes) {
+    if (byte === 0x20 || byte === 0x09 || byte === 0x0a || byte === 0x0d || byte === 0xef || byte === 0xbb || byte === 0xbf) continue;
+    return byte === 0x7b; // "{"
+  }
+  return false;
+}
+
+async function cmdNormalize(args: string[]): Promise<number> {
+  const { values, positionals } = parse(args, {
+    timezone: { type: 'string', default: 'UTC' },
+    'fhir-sender': { type: 'string', default: 'urn:carerelay:cli' },
+  });
+  const timezone = values.timezone as string;
+  if (!isValidZone(timezone)) return fail(`--timezone ${timezone} is not an IANA time zone (e.g. Europe/Paris)`);
+  if (positionals.length === 0) return fail('normalize needs at least one FILE');
+  let rejectedFiles = 0;
+  const receivedAt = new Date().toISOString();
+  for (const file of positionals) {
+    let bytes: Buffer;
+    try {
+      bytes = await readFile(file);
+    } catch (error) {
+      process.stderr.write(`${file}: cannot read (${(error as NodeJS.ErrnoException).code ?? 'error'})\n`);
+      rejectedFiles++;
+      continue;
+    }
+    const result = looksLikeJson(bytes)
+      ? normalizeFhirFile(bytes, values['fhir-sender'] as string, receivedAt)
+      : normalizeHl7File(bytes, timezone, receivedAt);
+    if ('rejected' in result) {
+      for (const reason of result.rejected) process.stderr.write(`${file}: ${reason}\n`);
+      rejectedFiles++;
+      continue;
+    }
+    for (const t of result.triggers) process.stdout.write(`${JSON.stringify(t)}\n`);
+  }
+  return rejectedFiles === 0 ? 0 : 1;
+}
+
+function isValidZone(zone: string): boolean {
+  try {
+    new Intl.DateTimeFormat('en-US', { timeZone: zone });
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+async function cmdSend(args: string[]): Promise<number> {
+  const { values, positionals } = parse(args, {
+    to: { type: 'string' },
+    tls: { type: 'boolean', default: false },
+    ca: { type: 'string' },
+    cert: { type: 'string' },
+    key: { type: 'string' },
+    servername: { type: 'string' },
+    timeout: { type: 'string', default: '30' },
+  });
+  const to = values.to as string | undefined;
+  const match = to === undefined ? null : /^(.+):(\d{1,5})$/.exec(to);
+  if (match === null) return fail('send needs --to HOST:PORT (e.g. --to 127.0.0.1:2575)');
+  if (positionals.length === 0) return fail('send needs at least one FILE');
+  const timeoutMs = Number(values.timeout) * 1000;
+  if (!Number.isFinite(timeoutMs) || timeoutMs <= 0) return fail('--timeout must be a positive number of seconds');
+  const useTls = values.tls === true || values.ca !== undefined || values.cert !== undefined;
+  const client = new MllpClient({
+    host: match[1]!,
+    port: Number(match[2]),
+    ...(useTls
+      ? {
+          tls: {
+            ...(values.ca ? { ca: await readFile(values.ca as string) } : {}),
+            ...(values.cert ? { cert: await readFile(values.cert as string) } : {}),
+            ...(values.key ? { key: await readFile(values.key as string) } : {}),
+            ...(values.servername ? { servername: values.servername as string } : {}),
+          },
+        }
+      : {}),
+  });
+  let failures = 0;
+  try {
+    await client.connect();
+    for (const file of positionals) {
+      const bytes = await readFile(file);
+      for (const msg of splitForSending(bytes)) {
+        try {
+          const ack = parseHl7Batch(await client.send(msg, { timeoutMs }))[0]!;
+          const code = ack.get('MSA-1');
+          const text = ack.get('MSA-3');
+          process.stdout.write(`${path.basename(file)} ${ack.get('MSA-2')} ${code}${text ? ` ${text}` : ''}\n`);
+          if (code !== 'AA' && code !== 'CA') failures++;
+        } catch (error) {
+          process.stdout.write(`${path.basename(file)} - ERROR ${(error as Error).message}\n`);
+          failures++;
+          // After a timeout the client has closed its connection: open a fresh one.
+          await client.close();
+          await client.connect();
+        }
+      }
+    }
+  } catch (error) {
+    process.stderr.write(`carerelay: cannot send to ${to}: ${(error as Error).message}\n`);
+    return 1;
+  } finally {
+    await client.close();
+  }
+  return failures === 0 ? 0 : 1;
+}
+
+/** A file may hold several messages (one per MSH, or a batch): each is sent on its own. */
+function splitForSending(bytes: Buffer): Buffer[] {
+  try {
+    const messages = parseHl7Batch(bytes);
+    if (messages.length <= 1) return [bytes];
+    return messages.map((m) => Buffer.from(m.text.replace(/\r?\n/g, '\r'), 'utf8'));
+  } catch {
+    return [bytes]; // let the receiver answer AR
+  }
+}
+
+async function cmdValidate(args: string[]): Promise<number> {
+  const { values } = parse(args, { 'config-dir': { type: 'string', default: '.' } });
+  const { loadConfig } = await import('./config/load.ts');
+  try {
+    const plan = await loadConfig({ configDir: path.resolve(values['config-dir'] as string), env: process.env });
+    process.stdout.write(`configuration OK: ${plan.inputs.length} input(s)\n`);
+    return 0;
+  } catch (error) {
+    if (error instanceof ConfigError) {
+      process.stderr.write(`${error.message}\n${error.issues.length} problem(s) found; nothing was started.\n`);
+      return 1;
+    }
+    throw error;
+  }
+}
+
+async function cmdStart(args: string[]): Promise<number> {
+  const { values } = parse(args, { 'config-dir': { type: 'string', default: '.' } });
+  const { startCarerelay } = await import('./main.ts');
+  try {
+    const running = await startCarerelay({
+      configDir: path.resolve(values['config-dir'] as string),
+      env: process.env,
+      handleSignals: true,
+    });
+    await running.stopped;
+    return 0;
+  } catch (error) {
+    if (error instanceof ConfigError) {
+      process.stderr.write(`${error.message}\n${error.issues.length} problem(s) found; nothing was started.\n`);
+      return 1;
+    }
+    process.stderr.write(`carerelay: ${(error as Error).message}\n`);
+    return 1;
+  }
+}
+
+export async function main(argv: string[]): Promise<number> {
+  const [command, ...rest] = argv;
+  try {
+    switch (command) {
+      case 'start':
+        return await cmdStart(rest);
+      case 'validate':
+        return await cmdValidate(rest);
+      case 'normalize':
+        return await cmdNormalize(rest);
+      case 'send':
+        return await cmdSend(rest);
+      case undefined:
+      case 'help':
+      case '--help':
+      case '-h':
+        process.stdout.write(USAGE);
+        return command === undefined ? 2 : 0;
+      default:
+        return fail(`unknown command "${command}"\n\n${USAGE}`);
+    }
+  } catch (error) {
+    if (error instanceof TypeError && 'code' in error && String((error as { code: unknown }).code).startsWith('ERR_PARSE_ARGS')) {
+      return fail(`${error.message}\n\n${USAGE}`);
+    }
+    throw error;
+  }
+}

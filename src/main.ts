@@ -1,0 +1,205 @@
+// Composition root: load config → plan → wire store, inputs, api → start. The only module
+// that knows every other one (ARCHITECTURE.md, dependency rule).
+import type { Server } from 'node:http';
+import path from 'node:path';
+import { createApp, type HttpHl7Input } from './api/app.ts';
+import { loadConfig, type CarerelayPlan, type InstancePlan } from './config/load.ts';
+import { readSecret, type Env, type SecretRef } from './config/yaml.ts';
+import { MllpServer, type MllpServerEvent } from './hl7v2/mllp-server.ts';
+import { HL7V2_HTTP, HL7V2_MLLP, type Hl7v2HttpConfig, type Hl7v2MllpConfig } from './inputs/hl7v2/spec.ts';
+import { createLogger, type Logger } from './log.ts';
+import { openSqliteDatabase } from './store/sqlite-db.ts';
+import { SqliteStore } from './store/sqlite.ts';
+import type { Store } from './store/store.ts';
+import { Hl7Ingest, type Hl7IngestSettings } from './workers/ingest.ts';
+
+export interface StartOptions {
+  configDir: string;
+  env: Env;
+  log?: Logger;
+  /** Install SIGTERM/SIGINT handlers that stop gracefully (the CLI does; tests do not). */
+  handleSignals?: boolean;
+}
+
+export interface RunningCarerelay {
+  plan: CarerelayPlan;
+  store: Store;
+  httpPort: number;
+  /** Bound port of each MLLP input, by input name. */
+  mllpPorts: ReadonlyMap<string, number>;
+  /** Stops listeners (in-flight messages finish and are ACKed), then closes the store. */
+  stop(): Promise<void>;
+  /** Resolves once stop() has completed, whoever called it. */
+  stopped: Promise<void>;
+}
+
+/** HTTP ingest bodies are single messages or small batches. */
+const HTTP_MAX_BODY_BYTES = 10 * 1024 * 1024;
+
+function ingestSettings(name: string, config: Hl7v2MllpConfig | Hl7v2HttpConfig): Hl7IngestSettings {
+  return {
+    input: name,
+    timezone: config.timezone,
+    unknownMessageTypes: config.unknownMessageTypes,
+    missingFieldAck: config.missingFieldAck,
+    ...(config.type === HL7V2_MLLP && config.tls?.allowedSenders ? { allowedSenders: config.tls.allowedSenders } : {}),
+  };
+}
+
+/**
+ * Test-only fault injection for the crash tests (RELIABILITY.md promise 1):
+ * CARERELAY_FAULT=kill-after-commit:N kills the process with SIGKILL right after the N-th
+ * commit, before its ACK is written. Unset in every real deployment.
+ */
+function faultInjector(env: Env): () => void {
+  const m = /^kill-after-commit:(\d+)$/.exec(env.CARERELAY_FAULT ?? '');
+  if (m === null) return () => {};
+  let remaining = Number(m[1]);
+  return () => {
+    if (--remaining === 0) process.kill(process.pid, 'SIGKILL');
+  };
+}
+
+function logMllpEvent(log: Logger, input: string, event: MllpServerEvent): void {
+  if (event.type === 'connection_closed' && event.reason !== 'peer' && event.reason !== 'server_close') {
+    // Peer address and reason only: never message content.
+    log.warn('mllp.connection_closed', {
+      input,
+      peer: event.remoteAddress,
+      connectionId: event.connectionId,
+      reason: event.reason,
+      code: event.errorCode,
+    });
+  }
+}
+
+async function startMllpInput(
+  input: InstancePlan<Hl7v2MllpConfig>,
+  ingest: Hl7Ingest,
+  env: Env,
+  configDir: string,
+  log: Logger,
+  afterCommit: () => void,
+): Promise<MllpServer> {
+  const config = input.config;
+  const settings = ingestSettings(input.name, config);
+  const secret = (ref: SecretRef): string => readSecret(ref, env, configDir);
+  const server = new MllpServer({
+    host: config.host,
+    port: config.port,
+    maxFrameBytes: config.maxFrameBytes,
+    idleTimeoutMs: config.idleTimeoutSeconds * 1000,
+    maxConnections: config.maxConnections,
+    ...(config.tls
+      ? {
+          tls: {
+            cert: secret(config.tls.cert),
+            key: secret(config.tls.key),
+            ...(config.tls.ca ? { ca: secret(config.tls.ca) } : {}),
+            requestClientCert: config.tls.requireClientCert,
+          },
+        }
+      : {}),
+    onEvent: (event) => logMllpEvent(log, input.name, event),
+    handler: async (message, peer) => {
+      const result = await ingest.handle(message, settings, { certificateCN: peer.certificate?.subjectCN });
+      if (result.committed) afterCommit();
+      // Not committed: answer AE so the sender keeps the message and resends it.
+      // Enhanced mode may ask for no accept ACK at all (MSH-15 NE/ER/SU): send nothing.
+      return result.ack ?? '';
+    },
+  });
+  return server;
+}
+
+export async function startCarerelay(options: StartOptions): Promise<RunningCarerelay> {
+  const log = options.log ?? createLogger();
+  const env = options.env;
+  const plan = await loadConfig({ configDir: options.configDir, env });
+
+  const adminToken = env[plan.server.admin.tokenEnv ?? 'CARERELAY_ADMIN_TOKEN'] || undefined;
+  let httpHost = plan.server.http.host;
+  if (adminToken === undefined && httpHost !== '127.0.0.1' && httpHost !== 'localhost' && httpHost !== '::1') {
+    // Without a token the admin API must not be reachable from the network.
+    log.warn('api.loopback_only', { host: httpHost, reason: 'admin_token_unset' });
+    httpHost = '127.0.0.1';
+  }
+
+  const db = openSqliteDatabase(path.join(plan.server.dataDir, 'carerelay.db'));
+  const store = new SqliteStore(db, { closeDatabase: true });
+  const ingest = new Hl7Ingest({ store, log });
+  const afterCommit = faultInjector(env);
+
+  const mllpServers: Array<{ name: string; server: MllpServer }> = [];
+  const httpInputs = new Map<string, HttpHl7Input>();
+  for (const input of plan.inputs) {
+    if (input.type === HL7V2_MLLP) {
+      const typed = input as unknown as InstancePlan<Hl7v2MllpConfig>;
+      mllpServers.push({ name: input.name, server: await startMllpInput(typed, ingest, env, plan.configDir, log, afterCommit) });
+    } else if (input.type === HL7V2_HTTP) {
+      const config = input.config as unknown as Hl7v2HttpConfig;
+      httpInputs.set(input.name, {
+        settings: ingestSettings(input.name, config),
+        ...(config.auth ? { bearerToken: readSecret(config.auth.bearerToken, env, plan.configDir) } : {}),
+        maxBodyBytes: HTTP_MAX_BODY_BYTES,
+      });
+    }
+  }
+
+  const app = createApp({ store, log, hl7Ingest: ingest, hl7Inputs: httpInputs, adminToken });
+  const mllpPorts = new Map<string, number>();
+  let http: Server | undefined;
+  try {
+    for (const { name, server } of mllpServers) {
+      const { port } = await server.listen();
+      mllpPorts.set(name, port);
+      log.info('mllp.listening', { input: name, port });
+    }
+    http = await new Promise<Server>((resolve, reject) => {
+      const s = app.listen(plan.server.http.port, httpHost, () => resolve(s));
+      s.once('error', reject);
+    });
+  } catch (error) {
+    await Promise.allSettled(mllpServers.map(({ server }) => server.close()));
+    await store.close();
+    throw error;
+  }
+  // Slow or silent HTTP clients must not hold sockets (RELIABILITY.md promise 10).
+  http.headersTimeout = 20_000;
+  http.requestTimeout = 60_000;
+  http.keepAliveTimeout = 5_000;
+  const address = http.address();
+  const httpPort = typeof address === 'object' && address !== null ? address.port : plan.server.http.port;
+  log.info('http.listening', { host: httpHost, port: httpPort });
+
+  let resolveStopped!: () => void;
+  const stopped = new Promise<void>((resolve) => {
+    resolveStopped = resolve;
+  });
+  let stopping: Promise<void> | undefined;
+  const stop = (): Promise<void> => {
+    stopping ??= (async () => {
+      await Promise.allSettled(mllpServers.map(({ server }) => server.close()));
+      await new Promise<void>((resolve) => {
+        http!.close(() => resolve());
+        http!.closeAllConnections();
+      });
+      await store.close();
+      log.info('carerelay.stopped');
+      resolveStopped();
+    })();
+    return stopping;
+  };
+
+  if (options.handleSignals) {
+    for (const signal of ['SIGTERM', 'SIGINT'] as const) {
+      process.once(signal, () => {
+        log.info('carerelay.stopping', { signal });
+        void stop();
+      });
+    }
+  }
+
+  log.info('carerelay.started', { dataDir: plan.server.dataDir, count: plan.inputs.length });
+  return { plan, store, httpPort, mllpPorts, stop, stopped };
+}
