@@ -100,6 +100,7 @@ export class MllpClient {
   /** Serializes send(): each waits for the previous one's ACK, error or timeout. */
   private turn: Promise<void> = Promise.resolve();
   private discarded = 0;
+  private connecting: Promise<void> | undefined;
 
   constructor(options: MllpClientOptions) {
     if (typeof options.host !== 'string' || options.host === '') throw new TypeError('MllpClient option host must be a host name or IP address');
@@ -124,8 +125,15 @@ export class MllpClient {
   }
 
   /** Opens the connection (TCP, or TLS when `tls` is set). No-op when already connected. */
-  async connect(): Promise<void> {
-    if (this.connected) return;
+  connect(): Promise<void> {
+    if (this.connected) return Promise.resolve();
+    this.connecting ??= this.open().finally(() => {
+      this.connecting = undefined;
+    });
+    return this.connecting;
+  }
+
+  private async open(): Promise<void> {
     const t = this.tlsOptions;
     const socket =
       t === undefined

@@ -427,6 +427,14 @@ describe('MllpServer over TLS', () => {
     await client.close();
   });
 
+  it('closes a connection that never finishes the TLS handshake after idleTimeoutMs', async () => {
+    const { port, log } = await startServer(ackHandler, { tls: { key: pki.server.key, cert: pki.server.cert }, idleTimeoutMs: 200 });
+    const silent = await rawPeer(port); // TCP only, never sends a ClientHello
+    const closed = await log.closed();
+    expect(closed).toMatchObject({ reason: 'idle', errorCode: 'ERR_TLS_HANDSHAKE_TIMEOUT' });
+    await silent.closed;
+  });
+
   it('is refused by a client that does not trust the server CA', async () => {
     const { port } = await startServer(ackHandler, { tls: { key: pki.server.key, cert: pki.server.cert } });
     const client = new MllpClient({ host: '127.0.0.1', port, tls: { ca: pki.untrustedCa.cert } });
