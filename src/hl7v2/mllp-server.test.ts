@@ -327,6 +327,16 @@ describe('MllpServer over a real socket', () => {
     expect(seen).toEqual(['N1']);
   });
 
+  it('sends nothing and keeps the connection when the handler answers empty (no accept ACK wanted)', async () => {
+    const { port } = await startServer(async (m) => (parseHl7(m).controlId === 'QUIET' ? '' : ackFor(m)));
+    const peer = await rawPeer(port);
+    await peer.write(Buffer.concat([encodeFrame(hl7('QUIET')), encodeFrame(hl7('LOUD'))]));
+    const [only] = await peer.framesReceived(1);
+    expect(parseHl7(only!).get('MSA-2')).toBe('LOUD');
+    expect(peer.frames).toHaveLength(1);
+    expect(peer.socket.destroyed).toBe(false);
+  });
+
   it('closes without an ACK when the handler throws', async () => {
     const { port, log } = await startServer(async () => {
       throw new Error('store down');

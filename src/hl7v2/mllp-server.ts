@@ -54,8 +54,10 @@ export interface MllpPeer {
 }
 
 /**
- * Handles one message (a frame's payload). Resolves with the ACK payload to send framed,
- * or null to close the connection without an ACK. Throwing also closes without an ACK.
+ * Handles one message (a frame's payload). Resolves with the ACK payload to send framed;
+ * with an empty payload ('' or a zero-length Buffer) to send nothing and keep the
+ * connection (enhanced mode, MSH-15 NE/ER/SU: no accept ACK wanted); or with null to close
+ * the connection without an ACK. Throwing also closes without an ACK.
  */
 export type MllpHandler = (message: Buffer, peer: MllpPeer) => Promise<Buffer | string | null>;
 
@@ -99,7 +101,7 @@ export type MllpServerEvent =
   | (PeerAddress & {
       type: typeof MllpServerEventType.ConnectionClosed;
       reason: MllpCloseReason;
-      /** Messages ACKed on this connection. */
+      /** Messages handled on this connection (ACKed, or answered with nothing by request). */
       messages: number;
       /** Node/OpenSSL error code for `error` and `tls_handshake`. */
       errorCode?: string;
@@ -315,14 +317,14 @@ class Connection {
         this.updateFlow();
         this.stopIdle();
         let ack: Buffer | string | null;
-        let frame: Buffer;
+        let frame: Buffer | undefined;
         try {
           ack = await this.options.handler(message, this.peer);
           if (ack === null) {
             this.abort(MllpCloseReason.NoAck);
             return;
           }
-          frame = encodeFrame(ack);
+          if (ack.length > 0) frame = encodeFrame(ack);
         } catch {
           this.abort(MllpCloseReason.HandlerError);
           return;
@@ -330,7 +332,7 @@ class Connection {
         if (this.socketClosed || this.closeReason !== undefined) return; // peer gone or too_large meanwhile
         this.messages++;
         this.armIdle();
-        if (!this.socket.write(frame)) {
+        if (frame !== undefined && !this.socket.write(frame)) {
           // The peer does not read its ACKs: handle nothing more until it does (or idles out).
           this.waitingDrain = true;
           this.updateFlow();
