@@ -1,0 +1,219 @@
+// HL7v2 acknowledgments (v2.x chapter 2, "Acknowledgment messages"; HL7-FHIR.md "ACKs").
+//
+// - The ACK is written with the ORIGINAL message's delimiters (MSH-1/MSH-2 echoed), so
+//   wire text copied from the original (MSH-3..6, MSH-10 into MSA-2, MSH-11/12/18) stays
+//   byte-exact, and our own text is escaped with the same characters.
+// - Original mode (MSH-15 and MSH-16 both empty): one ACK, AA/AE/AR.
+// - Enhanced mode: commit ACK CA/CE/CR, sent or not per MSH-15 (table 0155).
+import type { AckCode } from '../types.ts';
+import { escapeHl7 } from './escape.ts';
+import { DEFAULT_DELIMITERS, type Hl7Delimiters, type Hl7Message } from './parse.ts';
+
+/** MSA-3 (text message) is 80 characters long (v2.5.1 §2.15.8.3). */
+export const MSA_TEXT_MAX = 80;
+/** ERR-3.2 (CWE text) is an ST of 199 characters (v2.5.1 CWE). */
+export const ERR_TEXT_MAX = 199;
+
+const DEFAULT_PROCESSING_ID = 'P';
+const DEFAULT_VERSION = '2.5.1';
+
+/** HL7 table 0357, message error condition codes (ERR-3.1). */
+export const ErrorCondition = {
+  SegmentSequenceError: '100',
+  RequiredFieldMissing: '101',
+  DataTypeError: '102',
+  TableValueNotFound: '103',
+  UnsupportedMessageType: '200',
+  UnsupportedEventCode: '201',
+  UnsupportedProcessingId: '202',
+  UnsupportedVersionId: '203',
+  UnknownKeyIdentifier: '204',
+  DuplicateKeyIdentifier: '205',
+  ApplicationRecordLocked: '206',
+  ApplicationInternalError: '207',
+} as const;
+export type ErrorCondition = (typeof ErrorCondition)[keyof typeof ErrorCondition];
+
+export interface AckOptions {
+  code: AckCode;
+  /** Free text for MSA-3 and ERR-3.2; escaped and truncated here. */
+  text?: string;
+  /** HL7 table 0357 code for ERR-3.1 (default 207, application internal error). */
+  errorCode?: ErrorCondition | string;
+  /** ERR-2 error location (ERL wire text in the original's delimiters, e.g. "PID^1^3"). */
+  errorLocation?: string;
+  /** The ACK's own MSH-10. */
+  controlId: string;
+  /** MSH-7 of the ACK. */
+  now: Date;
+}
+
+function pad(n: number, width: number): string {
+  return String(n).padStart(width, '0');
+}
+
+/** YYYYMMDDHHMMSS+0000 (UTC), the DTM form CareRelay writes. */
+function hl7Timestamp(d: Date): string {
+  return (
+    pad(d.getUTCFullYear(), 4) +
+    pad(d.getUTCMonth() + 1, 2) +
+    pad(d.getUTCDate(), 2) +
+    pad(d.getUTCHours(), 2) +
+    pad(d.getUTCMinutes(), 2) +
+    pad(d.getUTCSeconds(), 2) +
+    '+0000'
+  );
+}
+
+/**
+ * Escapes `text` and keeps at most `max` characters of the escaped (wire) text, never
+ * cutting an escape sequence or a surrogate pair in half.
+ */
+export function escapeAndTruncate(text: string, d: Hl7Delimiters, max: number): string {
+  const escaped = escapeHl7(text, d);
+  let out = '';
+  let length = 0;
+  let i = 0;
+  while (i < escaped.length) {
+    let token: string;
+    if (escaped[i] === d.escape) {
+      // escapeHl7 only emits complete sequences: take through the closing escape character.
+      const end = escaped.indexOf(d.escape, i + 1);
+      token = escaped.slice(i, end + 1);
+    } else {
+      const cp = escaped.codePointAt(i)!;
+      token = String.fromCodePoint(cp);
+    }
+    const tokenLength = [...token].length;
+    if (length + tokenLength > max) break;
+    out += token;
+    length += tokenLength;
+    i += token.length;
+  }
+  return out;
+}
+
+function isErrorCode(code: AckCode): boolean {
+  return code !== 'AA' && code !== 'CA';
+}
+
+/**
+ * Builds the ACK for `original` (undefined when the input could not be parsed at all: then a
+ * minimal ACK with default delimiters and an empty MSA-2). Segments end with CR.
+ */
+export function buildAck(original: Hl7Message | undefined, options: AckOptions): string {
+  const d = original?.delimiters ?? DEFAULT_DELIMITERS;
+  const f = d.field;
+  const msh = original?.segments[0];
+  const raw = (n: number): string => msh?.rawField(n) ?? '';
+  const encoding = msh ? msh.rawField(2) : `${d.component}${d.repetition}${d.escape}${d.subcomponent}`;
+
+  const trigger = msh?.repetitions(9)[0]?.rawComponent(2) ?? '';
+  const messageType = trigger === '' ? 'ACK' : `ACK${d.component}${trigger}${d.component}ACK`;
+
+  // MSH-1 is the separator itself, so the array below starts at MSH-2.
+  const mshFields = [
+    encoding,
+    raw(5), // MSH-3 sending application ← original receiving application
+    raw(6), // MSH-4 sending facility ← original receiving facility
+    raw(3), // MSH-5 receiving application ← original sending application
+    raw(4), // MSH-6 receiving facility ← original sending facility
+    hl7Timestamp(options.now), // MSH-7
+    '', // MSH-8 security
+    messageType, // MSH-9
+    escapeHl7(options.controlId, d), // MSH-10
+    raw(11) || DEFAULT_PROCESSING_ID, // MSH-11
+    raw(12) || DEFAULT_VERSION, // MSH-12
+  ];
+  const charset = raw(18);
+  if (charset !== '') {
+    mshFields.push('', '', '', '', '', charset); // MSH-13..17 empty, MSH-18 echoed
+  }
+
+  const segments = [`MSH${f}${mshFields.join(f)}`];
+  const text = options.text ?? '';
+  // MSA-2 echoes the original MSH-10 wire text exactly (same delimiters, nothing re-escaped).
+  const msa = ['MSA', options.code, raw(10)];
+  if (text !== '') msa.push(escapeAndTruncate(text, d, MSA_TEXT_MAX));
+  segments.push(msa.join(f));
+
+  if (isErrorCode(options.code)) {
+    const code = options.errorCode ?? ErrorCondition.ApplicationInternalError;
+    const condition = [escapeHl7(code, d), escapeAndTruncate(text, d, ERR_TEXT_MAX), 'HL70357'].join(d.component);
+    // v2.5 ERR: ERR-1 (v2.4 error code and location) empty, ERR-2 location, ERR-3 condition, ERR-4 severity.
+    segments.push(['ERR', '', options.errorLocation ?? '', condition, 'E'].join(f));
+  }
+  return segments.map((s) => `${s}\r`).join('');
+}
+
+/** Acknowledgment mode of a message (v2.x §2.9). */
+export const AckMode = {
+  /** MSH-15 and MSH-16 both empty: one application ACK (AA/AE/AR). */
+  Original: 'original',
+  /** MSH-15 or MSH-16 valued: commit ACK (CA/CE/CR) per MSH-15, application ACK per MSH-16. */
+  Enhanced: 'enhanced',
+} as const;
+export type AckMode = (typeof AckMode)[keyof typeof AckMode];
+
+/** HL7 table 0155, accept/application acknowledgment conditions (MSH-15, MSH-16). */
+export const AckCondition = {
+  Always: 'AL',
+  Never: 'NE',
+  ErrorOnly: 'ER',
+  SuccessOnly: 'SU',
+} as const;
+export type AckCondition = (typeof AckCondition)[keyof typeof AckCondition];
+
+export interface AckModeInfo {
+  mode: AckMode;
+  /** MSH-15; AL in original mode (the one ACK is always sent). */
+  accept: AckCondition;
+  /** MSH-16; AL in original mode. */
+  application: AckCondition;
+}
+
+function conditionOf(value: string): AckCondition {
+  switch (value.trim().toUpperCase()) {
+    case 'NE':
+      return AckCondition.Never;
+    case 'ER':
+      return AckCondition.ErrorOnly;
+    case 'SU':
+      return AckCondition.SuccessOnly;
+    default:
+      // Empty in enhanced mode means AL; an unknown value also gets an ACK, because
+      // answering is safer than leaving the sender waiting for one.
+      return AckCondition.Always;
+  }
+}
+
+export function ackModeOf(msg: Hl7Message): AckModeInfo {
+  const accept = msg.get('MSH-15');
+  const application = msg.get('MSH-16');
+  if (accept === '' && application === '') {
+    return { mode: AckMode.Original, accept: AckCondition.Always, application: AckCondition.Always };
+  }
+  return { mode: AckMode.Enhanced, accept: conditionOf(accept), application: conditionOf(application) };
+}
+
+/**
+ * Whether the (commit) ACK should be sent at all. Original mode: always. Enhanced mode, per
+ * MSH-15: AL always, NE never, ER only when not accepted, SU only when accepted.
+ */
+export function shouldSendAcceptAck(msg: Hl7Message, accepted: boolean): boolean {
+  const { mode, accept } = ackModeOf(msg);
+  if (mode === AckMode.Original) return true;
+  switch (accept) {
+    case AckCondition.Always:
+      return true;
+    case AckCondition.Never:
+      return false;
+    case AckCondition.ErrorOnly:
+      return !accepted;
+    case AckCondition.SuccessOnly:
+      return accepted;
+    default:
+      accept satisfies never;
+      return true;
+  }
+}
