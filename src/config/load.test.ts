@@ -232,6 +232,13 @@ describe('loadConfig', () => {
           '      key: { file: cert.pem }', // 25
           '      allowedSenders:', // 26
           '        ehr.example.org: ["EPIC^*"]', // 27
+          '  - name: no-client-ca', // 28
+          '    type: hl7v2-mllp', // 29
+          '    port: 2579', // 30
+          '    tls:', // 31
+          '      cert: { file: cert.pem }', // 32
+          '      key: { file: cert.pem }', // 33
+          '      requireClientCert: true', // 34
           '',
           ].join('\n'),
       },
@@ -242,6 +249,7 @@ describe('loadConfig', () => {
       'connectors/a.yaml:8:12: plain: true contradicts the tls block; remove one of them',
       'connectors/a.yaml:19:39: item 2 of "ehr.example.org" "EPIC" is not valid: write "APPLICATION^FACILITY", either part may be "*"',
       'connectors/a.yaml:26:7: allowedSenders maps client certificates to senders, so it needs requireClientCert: true',
+      "connectors/a.yaml:34:7: requireClientCert: true needs tls.ca, the CA that signs the senders' client certificates (trusting every public CA would admit anyone holding a publicly issued certificate)",
     ]);
   });
 

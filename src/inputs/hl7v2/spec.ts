@@ -130,7 +130,9 @@ export const hl7v2MllpSchema = {
         key: { ...secretRefSchema, description: 'Private key of the certificate (PEM), by reference.' },
         ca: {
           ...secretRefSchema,
-          description: 'CA certificates (PEM) that client certificates must chain to. Default: the system CAs.',
+          description:
+            'CA certificates (PEM) that client certificates must chain to. Required with requireClientCert: ' +
+            'client certificates are never trusted on the strength of a public CA.',
         },
         requireClientCert: {
           type: 'boolean',
@@ -227,6 +229,15 @@ function checkMllp(config: Hl7v2MllpConfig): InstanceCheckIssue[] {
   }
   if (config.tls && config.plain) {
     issues.push({ path: ['plain'], message: 'plain: true contradicts the tls block; remove one of them' });
+  }
+  if (config.tls?.requireClientCert && !config.tls.ca) {
+    issues.push({
+      path: ['tls', 'requireClientCert'],
+      atKey: true,
+      message:
+        'requireClientCert: true needs tls.ca, the CA that signs the senders\' client certificates ' +
+        '(trusting every public CA would admit anyone holding a publicly issued certificate)',
+    });
   }
   if (config.tls?.allowedSenders && !config.tls.requireClientCert) {
     issues.push({
