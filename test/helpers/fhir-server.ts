@@ -72,8 +72,11 @@ export interface FhirTestServer {
   hangNext(count: number): void;
   /** Absolute base used in paging links; default the server's own base. */
   linkBaseUrl: string;
-  /** Accepts client assertions for `clientId` signed by the key matching this public key. */
-  registerClient(clientId: string, publicKeyPem: string): void;
+  /**
+   * Accepts client assertions for `clientId` signed by the key matching this public key;
+   * when `kid` is given, the assertion header must name it.
+   */
+  registerClient(clientId: string, publicKeyPem: string, kid?: string): void;
   /** Why assertions were refused, in order (e.g. `bad_signature`, `jti_reused`). */
   readonly tokenRejections: string[];
   /** Forget issued tokens: the next FHIR request with an old token gets 401. */
@@ -84,6 +87,7 @@ export interface FhirTestServer {
 }
 
 const FHIR_JSON = 'application/fhir+json; charset=utf-8';
+const OAUTH_JSON = 'application/json; charset=utf-8';
 const MAX_BODY_BYTES = 1_000_000;
 const ID_PATTERN = /^[A-Za-z0-9\-.]{1,64}$/;
 const TYPE_PATTERN = /^[A-Z][A-Za-z]{1,63}$/;
@@ -117,7 +121,7 @@ export async function startFhirTestServer(options: FhirTestServerOptions = {}): 
   /** type → id → versions (oldest first). */
   const store = new Map<string, Map<string, TestFhirResource[]>>();
   const events = new Map<string, PushedEvent[]>();
-  const clients = new Map<string, KeyObject>();
+  const clients = new Map<string, { key: KeyObject; kid?: string }>();
   const tokens = new Map<string, number>();
   const usedJti = new Set<string>();
   const faults: Fault[] = [];
@@ -176,8 +180,8 @@ export async function startFhirTestServer(options: FhirTestServerOptions = {}): 
     hangNext(count) {
       for (let i = 0; i < count; i++) faults.push({ kind: 'hang', status: 0 });
     },
-    registerClient(clientId, publicKeyPem) {
-      clients.set(clientId, createPublicKey(publicKeyPem));
+    registerClient(clientId, publicKeyPem, kid) {
+      clients.set(clientId, { key: createPublicKey(publicKeyPem), kid });
     },
     revokeTokens() {
       tokens.clear();
@@ -475,18 +479,18 @@ export async function startFhirTestServer(options: FhirTestServerOptions = {}): 
   async function handleToken(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
     const fault = tokenFaults.shift();
     if (fault !== undefined) {
-      sendJson(res, fault.status, { error: fault.error });
+      sendJson(res, fault.status, { error: fault.error }, OAUTH_JSON);
       return;
     }
     const contentType = req.headers['content-type'] ?? '';
     if (!contentType.startsWith('application/x-www-form-urlencoded')) {
-      sendJson(res, 400, { error: 'invalid_request', error_description: 'form body required' });
+      sendJson(res, 400, { error: 'invalid_request', error_description: 'form body required' }, OAUTH_JSON);
       return;
     }
     const form = new URLSearchParams((await readBody(req)).toString('utf8'));
     const refuse = (status: number, error: string, reason: string): void => {
       tokenRejections.push(reason);
-      sendJson(res, status, { error, error_description: reason });
+      sendJson(res, status, { error, error_description: reason }, OAUTH_JSON);
     };
     if (form.get('grant_type') !== 'client_credentials') return refuse(400, 'unsupported_grant_type', 'grant_type');
     if (form.get('client_assertion_type') !== CLIENT_ASSERTION_TYPE) return refuse(400, 'invalid_request', 'client_assertion_type');
@@ -503,8 +507,10 @@ export async function startFhirTestServer(options: FhirTestServerOptions = {}): 
       return refuse(401, 'invalid_client', 'malformed_assertion');
     }
     const clientId = claims.iss;
-    const key = typeof clientId === 'string' ? clients.get(clientId) : undefined;
-    if (key === undefined) return refuse(401, 'invalid_client', 'unknown_client');
+    const registered = typeof clientId === 'string' ? clients.get(clientId) : undefined;
+    if (registered === undefined) return refuse(401, 'invalid_client', 'unknown_client');
+    if (registered.kid !== undefined && header.kid !== registered.kid) return refuse(401, 'invalid_client', 'unknown_kid');
+    const key = registered.key;
     if (claims.sub !== clientId) return refuse(401, 'invalid_client', 'sub_not_iss');
     if (claims.aud !== tokenUrl) return refuse(401, 'invalid_client', 'aud_not_token_url');
     const alg = header.alg;
@@ -533,7 +539,7 @@ export async function startFhirTestServer(options: FhirTestServerOptions = {}): 
       token_type: 'bearer',
       expires_in: tokenLifetimeSeconds,
       scope: form.get('scope'),
-    });
+    }, OAUTH_JSON);
   }
 }
 
@@ -572,9 +578,9 @@ async function readResource(req: http.IncomingMessage, type: string): Promise<Te
   return body as TestFhirResource;
 }
 
-function sendJson(res: http.ServerResponse, status: number, body: unknown): void {
+function sendJson(res: http.ServerResponse, status: number, body: unknown, contentType = FHIR_JSON): void {
   const text = JSON.stringify(body);
-  res.writeHead(status, { 'content-type': status === 200 || status === 201 ? FHIR_JSON : 'application/json', 'content-length': Buffer.byteLength(text) });
+  res.writeHead(status, { 'content-type': contentType, 'content-length': Buffer.byteLength(text) });
   res.end(text);
 }
 
