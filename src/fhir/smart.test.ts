@@ -22,10 +22,17 @@ interface Pem {
 }
 
 function pemPair(kind: 'rsa' | 'ec', size?: number): Pem {
-  const pem = { publicKeyEncoding: { type: 'spki', format: 'pem' }, privateKeyEncoding: { type: 'pkcs8', format: 'pem' } } as const;
   return kind === 'rsa'
-    ? generateKeyPairSync('rsa', { modulusLength: size ?? 2048, ...pem })
-    : generateKeyPairSync('ec', { namedCurve: 'P-384', ...pem });
+    ? generateKeyPairSync('rsa', {
+        modulusLength: size ?? 2048,
+        publicKeyEncoding: { type: 'spki', format: 'pem' },
+        privateKeyEncoding: { type: 'pkcs8', format: 'pem' },
+      })
+    : generateKeyPairSync('ec', {
+        namedCurve: 'P-384',
+        publicKeyEncoding: { type: 'spki', format: 'pem' },
+        privateKeyEncoding: { type: 'pkcs8', format: 'pem' },
+      });
 }
 
 function decodeJwt(token: string): { header: Record<string, unknown>; claims: Record<string, unknown>; signature: Buffer; input: Buffer } {
