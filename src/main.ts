@@ -104,9 +104,13 @@ async function startMllpInput(
     handler: async (message, peer) => {
       const result = await ingest.handle(message, settings, { certificateCN: peer.certificate?.subjectCN });
       if (result.committed) afterCommit();
-      // Not committed: answer AE so the sender keeps the message and resends it.
-      // Enhanced mode may ask for no accept ACK at all (MSH-15 NE/ER/SU): send nothing.
-      return result.ack ?? '';
+      // Not committed: the ingest answers AE so the sender keeps the message and resends
+      // it. When it has no ACK to give (an unparseable frame that could not be recorded),
+      // close without one: answering nothing on an open connection would leave the sender
+      // waiting for an ACK that never comes.
+      if (result.ack === undefined) return result.committed ? '' : null;
+      // Enhanced mode may ask for no accept ACK at all (MSH-15 NE/ER/SU): '' sends nothing.
+      return result.ack;
     },
   });
   return server;
