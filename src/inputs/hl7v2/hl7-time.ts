@@ -139,18 +139,31 @@ export function hl7Instant(raw: string, zone: string): string | undefined {
   if (p === undefined) return undefined;
   if (p.offsetMinutes !== undefined) return formatInstant(p, p.offsetMinutes);
   if (UTC_ZONES.has(zone)) return formatInstant(p, 0);
+  const key = `${zone}|${p.year}-${p.month}-${p.day}T${p.hour}`;
+  const cached = offsetCache.get(key);
+  if (cached !== undefined) return formatInstant(p, cached);
   const dt = DateTime.fromObject(
     { year: p.year, month: p.month, day: p.day, hour: p.hour, minute: p.minute, second: p.second },
     { zone },
   );
   if (!dt.isValid) return undefined;
   // A wall-clock time inside a DST gap does not exist; luxon moves it forward. Write the
-  // moved time so that the clock time and the offset agree.
+  // moved time so that the clock time and the offset agree (and do not cache that hour).
   if (dt.hour !== p.hour || dt.minute !== p.minute || dt.day !== p.day) {
     return formatInstant({ ...p, year: dt.year, month: dt.month, day: dt.day, hour: dt.hour, minute: dt.minute }, dt.offset);
   }
+  if (offsetCache.size >= OFFSET_CACHE_MAX) offsetCache.clear();
+  offsetCache.set(key, dt.offset);
   return formatInstant(p, dt.offset);
 }
+
+/**
+ * Zone offsets by zone and local hour: building a luxon DateTime costs ~20 µs, and a feed's
+ * times without offset fall in few distinct hours. Offsets change on hour boundaries in
+ * the tz database's current rules; hours inside a DST gap are never cached.
+ */
+const offsetCache = new Map<string, number>();
+const OFFSET_CACHE_MAX = 10_000;
 
 /**
  * An HL7 date (PID-7 birth date) as YYYY-MM-DD, keeping a shorter precision as sent
