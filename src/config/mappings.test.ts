@@ -1,0 +1,156 @@
+import { mkdtemp, mkdir, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { formatConfigIssue, type ConfigIssue } from '../errors.ts';
+import type { OutputInfo } from '../pipeline/rule.ts';
+import { loadMappings } from './mappings.ts';
+
+const OUTPUTS: OutputInfo[] = [
+  { name: 'sms', channel: 'sms', baa: true, allowedPurposes: ['care.logistics', 'care.followup'] },
+  { name: 'mail', channel: 'email', baa: true, allowedPurposes: ['care.logistics', 'care.followup', 'survey'] },
+];
+
+let dir: string;
+beforeEach(async () => {
+  dir = await mkdtemp(path.join(tmpdir(), 'carerelay-mappings-'));
+  await mkdir(path.join(dir, 'mappings', 'templates'), { recursive: true });
+});
+afterEach(async () => {
+  await rm(dir, { recursive: true, force: true });
+});
+
+async function write(files: Record<string, string>): Promise<void> {
+  for (const [name, text] of Object.entries(files)) await writeFile(path.join(dir, 'mappings', name), text);
+}
+
+async function load(): Promise<{ issues: ConfigIssue[]; lines: string[]; set: Awaited<ReturnType<typeof loadMappings>> }> {
+  const issues: ConfigIssue[] = [];
+  const set = await loadMappings({ configDir: dir, env: {}, outputs: OUTPUTS, issues });
+  // Paths as shown are relative to the working directory or absolute: keep the tail only.
+  const base = path.join(dir, 'mappings');
+  const lines = issues
+    .map((i) => formatConfigIssue({ ...i, file: path.relative(base, path.resolve(i.file)) }).replaceAll(`${base}/`, ''))
+    .sort((a, b) => a.localeCompare(b, 'en', { numeric: true }));
+  return { issues, lines, set };
+}
+
+const GOOD = `languages: [fr]
+rules:
+  - id: reminder
+    on: appointment.booked
+    purpose: care.logistics
+    channel: sms
+    send:
+      output: sms
+      template: reminder
+      fields: [patient.language, patient.name.given, appointment.start]
+    at: appointment.start - 24h
+    expires: appointment.start
+`;
+
+describe('loadMappings', () => {
+  it('compiles rules and their templates; test files and other templates are left alone', async () => {
+    await write({
+      'reminders.yaml': GOOD,
+      'reminders.test.yaml': 'not: [a mapping file',
+      'templates/reminder.liquid': 'Reminder {{ appointment.start | local_time }}',
+      'templates/reminder.fr.liquid': 'Rappel {{ patient.name.given.first }} {{ appointment.start | local_time }}',
+      'templates/unused.liquid': '{{ anything.at.all }}',
+    });
+    const { issues, set } = await load();
+    expect(issues).toEqual([]);
+    expect(set.rules.map((r) => r.id)).toEqual(['reminder']);
+    expect(set.templates.languages('reminder')).toEqual(['fr']);
+    expect(set.templates.size).toBe(2);
+    expect(set.sources.reminder).toMatchObject({ line: 3, column: 5 });
+    expect(Object.isFrozen(set.rules[0]!.send.fields)).toBe(true);
+  });
+
+  it('reports every kind of error at once, each at file:line:column', async () => {
+    await write({
+      'a.yaml': `rules:
+  - id: reminder
+    on: appointment.booked
+    purpose: care.logistics
+    channel: sms
+    send:
+      output: sms
+      template: reminder
+      fields: [patient.language, appointment.start]
+    at: appointment.start - 24x
+    colour: blue
+  - id: survey
+    on: appointment.fulfilled
+    purpose: survey
+    channel: sms
+    send: { output: sms, template: survey, fields: [appointment.end] }
+    at: appointment.end + 1d at 10:00
+  - id: followup
+    on: appointment.fulfilled
+    purpose: care.followup
+    channel: email
+    send: { output: mail, template: followup, fields: [appointment.end] }
+    at: appointment.end + 2h
+    holdout: 0.1
+`,
+      'b.yaml': `languages: [en, fr]
+rules:
+  - id: reminder
+    on: appointment.booked
+    purpose: care.logistics
+    channel: sms
+    send: { output: sms, template: short, fields: [appointment.start] }
+    at: appointment.start - 2h
+`,
+      'templates/reminder.liquid': 'Hi {{ patient.name.family }},\nsee you {{ appointment.start | local_time }}',
+      'templates/reminder.fr.liquid': 'Rappel {{ appointment.start | local_time }}',
+      'templates/survey.liquid': 'How was it?',
+      'templates/followup.subject.liquid': 'Your visit',
+      'templates/followup.text.liquid': 'Take care.',
+      'templates/short.liquid': 'Soon: {{ appointment.start | local_date: "tiny" }}',
+      'templates/short.fr.liquid': 'Bientôt',
+    });
+    const { lines } = await load();
+    expect(lines).toEqual([
+      'a.yaml:10:9: unknown time unit "x" in "appointment.start - 24x"; use m (minutes), h (hours), d (calendar days) or w (weeks)',
+      'a.yaml:11:5: unknown key "colour"; did you mean holdout? (known: id, on, where, purpose, channel, send, at, expires, cancelOn, replanOn, variants, holdout, description)',
+      'a.yaml:16:21: output "sms" does not allow purpose survey (allowed: care.logistics, care.followup) (CONSENT.md rule 4)',
+      'a.yaml:24:14: a holdout is refused for care.followup: care messages are not withheld to build a control group (CONSENT.md "Measuring outcomes"); use variants, or a non-care purpose',
+      'b.yaml:3:9: duplicate rule id "reminder" (first used at a.yaml:2:5); ids must be unique across all mapping files',
+      'b.yaml:7:36: template "short" (rule "reminder", sms) is missing templates/short.en.liquid; sms templates are short[.<lang>].liquid, with a language-less default',
+      'b.yaml:7:43: template "short" exists in en, fr: add patient.language to send.fields so the patient\'s language can be chosen (without it the default file is always used)',
+      'templates/reminder.liquid:1:7: reads "patient.name.family", which rule "reminder" (a.yaml:2:5) does not allow: add the field to its send.fields, or remove it from the template',
+      'templates/short.liquid:1:7: trial render for rule "reminder" failed: local_date takes "short", "medium" or "long", got "tiny"',
+    ]);
+  });
+
+  it('reports a missing email part and a missing default, and unknown top-level keys', async () => {
+    await write({
+      'c.yaml': `rule:
+  - oops
+rules:
+  - id: welcome
+    on: appointment.booked
+    purpose: care.logistics
+    channel: email
+    send: { output: mail, template: welcome, fields: [patient.language] }
+    at: now
+`,
+      'templates/welcome.fr.subject.liquid': 'Bienvenue',
+      'templates/welcome.text.liquid': 'Welcome',
+    });
+    const { lines } = await load();
+    expect(lines).toEqual([
+      'c.yaml:1:1: unknown key "rule" (allowed: description, languages, rules)',
+      'c.yaml:8:37: template "welcome" (rule "welcome", email) is missing templates/welcome.subject.liquid, templates/welcome.fr.text.liquid; email templates are welcome[.<lang>].subject.liquid and welcome[.<lang>].text.liquid (+ optional .html.liquid), with a language-less default',
+    ]);
+  });
+
+  it('gives an empty set without a mappings directory', async () => {
+    await rm(path.join(dir, 'mappings'), { recursive: true });
+    const { issues, set } = await load();
+    expect(issues).toEqual([]);
+    expect(set.rules).toEqual([]);
+  });
+});
