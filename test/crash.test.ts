@@ -48,6 +48,15 @@ async function withStore<T>(config: TestConfigDir, fn: (store: SqliteStore) => P
   }
 }
 
+/** Resolves like `promise`, or rejects naming `what` after `ms` (a bounded wait, not a sleep). */
+function within<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const limit = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`${what}: not within ${ms} ms`)), ms);
+  });
+  return Promise.race([promise, limit]).finally(() => clearTimeout(timer));
+}
+
 /** Small seeded PRNG (mulberry32): the kill schedule is the same on every run. */
 function prng(seed: number): () => number {
   let a = seed >>> 0;
@@ -178,7 +187,13 @@ describe('random kill/restart loop', () => {
         break;
       }
       if (!selfKill && !killed) kill(); // a timer kill that had not fired yet
-      expect((await child.exited).signal).toBe('SIGKILL');
+      let exit;
+      try {
+        exit = await within(child.exited, 10_000, `life ${lives} exit (${selfKill ? 'self-kill' : 'SIGKILL'})`);
+      } finally {
+        child.kill(); // never leave a live server behind a failed wait
+      }
+      expect(exit.signal).toBe('SIGKILL');
       kills++;
       if (next < STREAM) {
         const inFlight = controlIds[next]!;
