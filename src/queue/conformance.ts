@@ -562,11 +562,12 @@ export function queueConformanceSuite(name: string, makeBackend: () => Promise<Q
         let finished = 0;
         q.subscribe(() => watch.notify());
         q.process(
-          async () => {
+          async (job) => {
             inFlight++;
             maxInFlight = Math.max(maxInFlight, inFlight);
             await new Promise<void>((resolve) => {
               releases.push(resolve);
+              job.signal.addEventListener('abort', () => resolve()); // a failed test still closes
               watch.notify();
             });
             inFlight--;
@@ -650,7 +651,10 @@ export function queueConformanceSuite(name: string, makeBackend: () => Promise<Q
       it('gives a job back when its worker vanished and its lease expired', async () => {
         const vanished = await open();
         const g = gate();
-        const first = recorder(async () => g.promise);
+        const first = recorder(async () => {
+          await g.promise;
+          throw new PermanentError('recipient_invalid', 'a late failure from the vanished worker');
+        });
         vanished.process(first.handler, { concurrency: 1 });
         const started = nextEvent(vanished, (e) => e.type === 'started');
         await vanished.add({ id: 'lease', data: { n: 1 }, runAt: new Date(T0) });
@@ -677,7 +681,8 @@ export function queueConformanceSuite(name: string, makeBackend: () => Promise<Q
         ]);
         expect(await survivor.get('lease')).toMatchObject({ state: 'done', attempts: 2 });
 
-        // The vanished worker comes back late: its outcome must not overwrite the new one.
+        // The vanished worker comes back late: its outcome (here a permanent failure) must
+        // not overwrite the new one.
         g.resolve();
         await vanished.close();
         expect(await survivor.get('lease')).toMatchObject({ state: 'done', attempts: 2 });

@@ -1,6 +1,7 @@
 // The embedded queue: SQLite tables (prefix `queue_`) in the same file as the store
 // (ARCHITECTURE.md "Backends"). Everything that matters lives in the file, so a restart or
-// a kill -9 loses nothing: a job taken by a worker carries a lease that the worker renews
+// a kill -9 loses nothing (open the file with store/sqlite-db.ts openSqliteDatabase: WAL,
+// synchronous=FULL, busy timeout): a job taken by a worker carries a lease that the worker renews
 // while its handler runs; when the worker vanishes the lease lapses and any instance on the
 // file takes the job again (RELIABILITY.md promise 4).
 //
@@ -8,7 +9,7 @@
 // cancelling by key are each one index probe, O(log n); nothing scans the job table except
 // counts() and list() without a state.
 import { randomUUID } from 'node:crypto';
-import Database from 'better-sqlite3';
+import { migrate, type Database } from '../store/sqlite-db.ts';
 import { decideFailure, errorCodeOf, normalizeQueueOptions, type NormalizedQueueOptions } from './backoff.ts';
 import {
   JOB_STATES,
@@ -33,52 +34,46 @@ export interface SqliteQueueOptions extends QueueOptions {
 }
 
 /**
- * Open (or create) a database file the way the queue needs it: WAL so readers never block
- * the writer, synchronous=FULL so a committed job survives power loss, and a busy timeout
- * so two instances on one file wait for each other instead of failing.
+ * The queue's schema, as append-only migration steps (store/sqlite-db.ts `migrate`,
+ * component 'queue'): never edit a released step, add one.
  */
-export function openQueueDatabase(file: string): Database.Database {
-  const db = new Database(file);
-  db.pragma('journal_mode = WAL');
-  db.pragma('synchronous = FULL');
-  db.pragma('busy_timeout = 5000');
-  return db;
-}
+export const QUEUE_MIGRATIONS: readonly string[] = [
+  `CREATE TABLE queue_jobs (
+     seq           INTEGER PRIMARY KEY,
+     queue         TEXT    NOT NULL,
+     id            TEXT    NOT NULL,
+     state         TEXT    NOT NULL CHECK (state IN ('pending','active','done','cancelled','parked','dead')),
+     data          TEXT    NOT NULL,          -- JSON
+     run_at        INTEGER NOT NULL,          -- epoch ms: due time (first run or retry)
+     attempts      INTEGER NOT NULL DEFAULT 0,
+     max_attempts  INTEGER NOT NULL,
+     idempotent    INTEGER NOT NULL,
+     cancel_keys   TEXT    NOT NULL,          -- JSON array, for reading back; lookups use queue_cancel_keys
+     lease_owner   TEXT,                      -- token of the take that holds the job
+     lease_until   INTEGER,                   -- epoch ms; active jobs only
+     error_class   TEXT,
+     error_code    TEXT,
+     cancel_reason TEXT,
+     created_at    INTEGER NOT NULL,
+     updated_at    INTEGER NOT NULL,
+     UNIQUE (queue, id)
+   );
+   -- Next due job and next due time: one probe. Ties run in insertion order (seq).
+   CREATE INDEX queue_jobs_due ON queue_jobs (queue, state, run_at);
+   -- Lapsed leases: only active jobs are indexed, so this stays tiny.
+   CREATE INDEX queue_jobs_lease ON queue_jobs (queue, lease_until) WHERE state = 'active';
+   -- cancel(key): one probe per key, whatever the number of pending jobs.
+   CREATE TABLE queue_cancel_keys (
+     queue   TEXT    NOT NULL,
+     key     TEXT    NOT NULL,
+     job_seq INTEGER NOT NULL,
+     PRIMARY KEY (queue, key, job_seq)
+   ) WITHOUT ROWID;`,
+];
 
-/** Create the queue tables and indexes if missing. Safe to run on every start. */
-export function migrateQueueSchema(db: Database.Database): void {
-  db.exec(`
-    CREATE TABLE IF NOT EXISTS queue_jobs (
-      seq           INTEGER PRIMARY KEY,
-      queue         TEXT    NOT NULL,
-      id            TEXT    NOT NULL,
-      state         TEXT    NOT NULL CHECK (state IN ('pending','active','done','cancelled','parked','dead')),
-      data          TEXT    NOT NULL,          -- JSON
-      run_at        INTEGER NOT NULL,          -- epoch ms: due time (first run or retry)
-      attempts      INTEGER NOT NULL DEFAULT 0,
-      max_attempts  INTEGER NOT NULL,
-      idempotent    INTEGER NOT NULL,
-      cancel_keys   TEXT    NOT NULL,          -- JSON array, for reading back; lookups use queue_cancel_keys
-      lease_owner   TEXT,                      -- token of the take that holds the job
-      lease_until   INTEGER,                   -- epoch ms; active jobs only
-      error_class   TEXT,
-      error_code    TEXT,
-      cancel_reason TEXT,
-      created_at    INTEGER NOT NULL,
-      updated_at    INTEGER NOT NULL,
-      UNIQUE (queue, id)
-    );
-    -- Next due job and next due time: one probe. Ties run in insertion order (seq).
-    CREATE INDEX IF NOT EXISTS queue_jobs_due ON queue_jobs (queue, state, run_at);
-    -- Expired leases: only active jobs are indexed, so this stays tiny.
-    CREATE INDEX IF NOT EXISTS queue_jobs_lease ON queue_jobs (queue, lease_until) WHERE state = 'active';
-    CREATE TABLE IF NOT EXISTS queue_cancel_keys (
-      queue   TEXT    NOT NULL,
-      key     TEXT    NOT NULL,
-      job_seq INTEGER NOT NULL,
-      PRIMARY KEY (queue, key, job_seq)
-    ) WITHOUT ROWID;
-  `);
+/** Create or update the queue tables. Safe on every start; one transaction. */
+export function migrateQueueSchema(db: Database): void {
+  migrate(db, 'queue', QUEUE_MIGRATIONS);
 }
 
 interface JobRow {
@@ -126,7 +121,7 @@ function iso(ms: number): string {
 
 export class SqliteQueue<T> implements Queue<T> {
   readonly name: string;
-  private readonly db: Database.Database;
+  private readonly db: Database;
   private readonly opts: NormalizedQueueOptions;
   private readonly instanceId = randomUUID();
   private takeCounter = 0;
@@ -146,7 +141,7 @@ export class SqliteQueue<T> implements Queue<T> {
   private readonly stmt: ReturnType<SqliteQueue<T>['prepare']>;
   private readonly insertMany: (jobs: NewJob<T>[]) => AddResult[];
 
-  constructor(db: Database.Database, options: SqliteQueueOptions = {}) {
+  constructor(db: Database, options: SqliteQueueOptions = {}) {
     this.db = db;
     this.name = options.name ?? 'default';
     this.opts = normalizeQueueOptions(options);
@@ -186,11 +181,12 @@ export class SqliteQueue<T> implements Queue<T> {
           WHERE queue = @queue AND state = 'active' AND lease_until <= @now
          RETURNING id, state, attempts`,
       ),
-      nextRunAt: db.prepare<[string], { t: number | null }>(
-        `SELECT MIN(run_at) AS t FROM queue_jobs WHERE queue = ? AND state = 'pending'`,
-      ),
-      nextLeaseEnd: db.prepare<[string], { t: number | null }>(
-        `SELECT MIN(lease_until) AS t FROM queue_jobs WHERE queue = ? AND state = 'active'`,
+      // The poll: one read answering "when is the next job due, when does the next lease
+      // lapse" from the two indexes. Only when something is due does a write (take/reclaim)
+      // follow, so an idle poll never holds the file's write lock.
+      next: db.prepare<[string, string], { run: number | null; lease: number | null }>(
+        `SELECT (SELECT MIN(run_at) FROM queue_jobs WHERE queue = ? AND state = 'pending') AS run,
+                (SELECT MIN(lease_until) FROM queue_jobs WHERE queue = ? AND state = 'active') AS lease`,
       ),
       renew: db.prepare<[number, number, number, string]>(
         `UPDATE queue_jobs SET lease_until = ?, updated_at = ? WHERE seq = ? AND state = 'active' AND lease_owner = ?`,
@@ -405,53 +401,58 @@ export class SqliteQueue<T> implements Queue<T> {
       return;
     }
     this.pumping = true;
-    let retryLater = false;
+    let next: { run: number | null; lease: number | null } | undefined;
     try {
       do {
         this.pumpAgain = false;
         const now = this.opts.now();
-        for (const row of this.stmt.reclaim.all({ queue: this.name, now })) {
-          if (row.state === JobState.Dead) {
-            this.emit({ type: 'dead', id: row.id, attempt: row.attempts, code: QueueErrorCode.LeaseExpired });
-          } else {
-            this.emit({ type: 'retry', id: row.id, attempt: row.attempts, code: QueueErrorCode.LeaseExpired, runAt: iso(now) });
-          }
+        next = this.stmt.next.get(this.name, this.name)!;
+        if (next.lease !== null && next.lease <= now) {
+          this.reclaimExpired(now);
+          next = this.stmt.next.get(this.name, this.name)!;
         }
-        while (this.running.size < this.concurrency && !this.closing) {
+        while (this.running.size < this.concurrency && !this.closing && next.run !== null && next.run <= now) {
           const owner = `${this.instanceId}:${++this.takeCounter}`;
           const row = this.stmt.take.get({ queue: this.name, now, owner, leaseUntil: now + this.opts.leaseMs });
+          if (row) this.start(row, owner);
+          next = this.stmt.next.get(this.name, this.name)!;
+          // Another instance took it between the read and the write: the timer looks again.
           if (!row) break;
-          this.start(row, owner);
         }
       } while (this.pumpAgain && !this.closing);
     } catch (error) {
       // SQLITE_BUSY past the busy timeout, disk full…: keep the process up and try again.
       this.emit({ type: 'error', code: errorCodeOf(error), message: 'queue poll failed' });
-      retryLater = true;
+      next = undefined;
     } finally {
       this.pumping = false;
     }
-    this.armPollTimer(retryLater);
-    if (this.running.size === 0 && !retryLater) this.resolveIdle();
+    this.armPollTimer(next);
+    if (this.running.size === 0 && next !== undefined) this.resolveIdle();
   }
 
-  private armPollTimer(retryLater: boolean): void {
+  private reclaimExpired(now: number): void {
+    for (const row of this.stmt.reclaim.all({ queue: this.name, now })) {
+      if (row.state === JobState.Dead) {
+        this.emit({ type: 'dead', id: row.id, attempt: row.attempts, code: QueueErrorCode.LeaseExpired });
+      } else {
+        this.emit({ type: 'retry', id: row.id, attempt: row.attempts, code: QueueErrorCode.LeaseExpired, runAt: iso(now) });
+      }
+    }
+  }
+
+  /** Sleep until the next due time or lease end, at most maxPollIntervalMs (other writers). */
+  private armPollTimer(next: { run: number | null; lease: number | null } | undefined): void {
     if (this.pollTimer) clearTimeout(this.pollTimer);
     this.pollTimer = undefined;
     if (this.closing || this.running.size >= this.concurrency) return; // a finishing handler pumps
     let delay = this.opts.maxPollIntervalMs;
-    if (!retryLater) {
-      try {
-        const now = this.opts.now();
-        const nextRun = this.stmt.nextRunAt.get(this.name)?.t ?? null;
-        const nextLease = this.stmt.nextLeaseEnd.get(this.name)?.t ?? null;
-        for (const t of [nextRun, nextLease]) {
-          // Something already due that was not taken: another instance holds the write
-          // lock or took it meanwhile; look again shortly rather than spin.
-          if (t !== null) delay = Math.min(delay, Math.max(t - now, 5));
-        }
-      } catch {
-        // The next poll reports the failure.
+    if (next) {
+      const now = this.opts.now();
+      for (const t of [next.run, next.lease]) {
+        // Already due but not taken (another instance holds the write lock): look again
+        // shortly rather than spin.
+        if (t !== null) delay = Math.min(delay, Math.max(t - now, 5));
       }
     }
     this.pollTimer = setTimeout(() => this.pump(), delay);
@@ -592,6 +593,6 @@ export class SqliteQueue<T> implements Queue<T> {
   }
 }
 
-export function createSqliteQueue<T>(db: Database.Database, options: SqliteQueueOptions = {}): SqliteQueue<T> {
+export function createSqliteQueue<T>(db: Database, options: SqliteQueueOptions = {}): SqliteQueue<T> {
   return new SqliteQueue<T>(db, options);
 }
