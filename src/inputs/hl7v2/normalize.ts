@@ -6,8 +6,9 @@
 // Values are read once per field with the parser's decoded accessors; times with an
 // explicit offset are formatted without luxon (hl7-time.ts), so a typical message
 // normalizes in a few microseconds.
-import { createHash } from 'node:crypto';
-import type { Hl7Message, Hl7Repetition, Hl7Segment } from '../../hl7v2/parse.ts';
+import { hash } from 'node:crypto';
+import { unescapeHl7 } from '../../hl7v2/escape.ts';
+import type { Hl7Delimiters, Hl7Message, Hl7Segment } from '../../hl7v2/parse.ts';
 import type { SubjectState } from '../../store/store.ts';
 import {
   TriggerType,
@@ -90,9 +91,8 @@ export const ARRIVAL_WINDOW_MINUTES = 120;
  * its triggers must still not take the ids of the original's.
  */
 export function hl7TriggerId(message: Hl7MessageKey, type: TriggerType, subject: string): string {
-  return createHash('sha256')
-    .update(JSON.stringify(['hl7v2', message.sender, message.messageId, message.sentAt, message.messageType, message.fingerprint, type, subject]))
-    .digest('hex');
+  // crypto.hash (Node >= 20.12): one-shot, half the cost of createHash().update().digest().
+  return hash('sha256', JSON.stringify(['hl7v2', message.sender, message.messageId, message.sentAt, message.messageType, message.fingerprint, type, subject]), 'hex');
 }
 
 /** What identifies one HL7v2 message in trigger ids (see hl7TriggerId). */
@@ -131,12 +131,42 @@ function field(seg: Hl7Segment | undefined, n: number, component = 1, sub = 1): 
   return seg === undefined ? '' : clean(seg.get(n, component, sub));
 }
 
-function comp(rep: Hl7Repetition, component: number, sub = 1): string {
-  return clean(rep.get(component, sub));
+// Repeating composite fields (CX, XTN, XPN, PL, XCN) are read many components at a time:
+// each repetition is split into components once, instead of one scan per component.
+
+/** Raw components of one repetition. */
+type Rep = string[];
+
+/** Every repetition of field n, split into its first `upTo` raw components. */
+function reps(seg: Hl7Segment, n: number, d: Hl7Delimiters, upTo: number): Rep[] {
+  const raw = seg.rawField(n);
+  if (raw === '') return [];
+  if (raw.indexOf(d.repetition) === -1) return [raw.split(d.component, upTo)];
+  const out: Rep[] = [];
+  for (const r of raw.split(d.repetition)) out.push(r.split(d.component, upTo));
+  return out;
+}
+
+/** The first repetition of field n, split into its first `upTo` raw components. */
+function firstRep(seg: Hl7Segment | undefined, n: number, d: Hl7Delimiters, upTo: number): Rep | undefined {
+  const raw = seg === undefined ? '' : seg.rawField(n);
+  if (raw === '') return undefined;
+  const end = raw.indexOf(d.repetition);
+  return (end === -1 ? raw : raw.slice(0, end)).split(d.component, upTo);
+}
+
+/** Decoded, cleaned sub-component `sub` of component `c` (both 1-based). */
+function comp(rep: Rep, c: number, d: Hl7Delimiters, sub = 1): string {
+  let v = rep[c - 1];
+  if (v === undefined || v === '') return '';
+  if (sub !== 1 || v.indexOf(d.subcomponent) !== -1) v = v.split(d.subcomponent)[sub - 1] ?? '';
+  if (v.indexOf(d.escape) !== -1) v = unescapeHl7(v, d);
+  return clean(v);
 }
 
 /** The segments a normalizer reads, found in one pass. */
 interface Segments {
+  d: Hl7Delimiters;
   msh: Hl7Segment;
   evn?: Hl7Segment;
   pid?: Hl7Segment;
@@ -153,7 +183,7 @@ interface Segments {
 }
 
 function index(msg: Hl7Message): Segments {
-  const s: Segments = { msh: msg.segments[0]!, ais: [], ail: [], aip: [], merges: [] };
+  const s: Segments = { d: msg.delimiters, msh: msg.segments[0]!, ais: [], ail: [], aip: [], merges: [] };
   for (const seg of msg.segments) {
     switch (seg.name) {
       case 'EVN':
@@ -211,20 +241,20 @@ function firstOf(segs: Hl7Segment[], n: number, component = 1, sub = 1): string 
 // --- patient ------------------------------------------------------------------------------
 
 /** CX → { value, system (CX.4 namespace, else its universal id), type (CX.5) }. */
-function identifier(rep: Hl7Repetition): Identifier | undefined {
-  const value = comp(rep, 1);
+function identifier(rep: Rep, d: Hl7Delimiters): Identifier | undefined {
+  const value = comp(rep, 1, d);
   if (value === '') return undefined;
   const id: Identifier = { value };
-  const system = comp(rep, 4, 1) || comp(rep, 4, 2);
+  const system = comp(rep, 4, d, 1) || comp(rep, 4, d, 2);
   if (system !== '') id.system = system;
-  const type = comp(rep, 5);
+  const type = comp(rep, 5, d);
   if (type !== '') id.type = type;
   return id;
 }
 
-function identifiers(seg: Hl7Segment, n: number, out: Identifier[]): void {
-  for (const rep of seg.repetitions(n)) {
-    const id = identifier(rep);
+function identifiers(seg: Hl7Segment, n: number, out: Identifier[], d: Hl7Delimiters): void {
+  for (const rep of reps(seg, n, d, 5)) {
+    const id = identifier(rep, d);
     if (id !== undefined) out.push(id);
   }
 }
@@ -246,20 +276,20 @@ function phoneDigits(raw: string): string {
  * address anyone can write to and is left out. Phone: XTN.12, else XTN.1, else
  * +XTN.5 XTN.6 XTN.7. Use: CP → mobile; else XTN.2; else the field's default.
  */
-function telecoms(seg: Hl7Segment, n: number, defaultUse: ContactPoint['use'], out: ContactPoint[]): void {
-  for (const rep of seg.repetitions(n)) {
-    const equipment = comp(rep, 3).toUpperCase();
-    const email = comp(rep, 4);
-    const use = telecomUse(comp(rep, 2));
+function telecoms(seg: Hl7Segment, n: number, defaultUse: ContactPoint['use'], out: ContactPoint[], d: Hl7Delimiters): void {
+  for (const rep of reps(seg, n, d, 12)) {
+    const equipment = comp(rep, 3, d).toUpperCase();
+    const email = comp(rep, 4, d);
+    const use = telecomUse(comp(rep, 2, d));
     if (equipment === 'INTERNET' || equipment === 'X.400' || email.includes('@')) {
-      const value = email || comp(rep, 1);
+      const value = email || comp(rep, 1, d);
       if (value.includes('@')) out.push({ system: 'email', use: use ?? defaultUse, value });
       continue;
     }
-    let raw = comp(rep, 12) || comp(rep, 1);
+    let raw = comp(rep, 12, d) || comp(rep, 1, d);
     if (raw === '') {
-      const country = comp(rep, 5);
-      raw = (country === '' ? '' : `+${country}`) + comp(rep, 6) + comp(rep, 7);
+      const country = comp(rep, 5, d);
+      raw = (country === '' ? '' : `+${country}`) + comp(rep, 6, d) + comp(rep, 7, d);
     }
     const value = phoneDigits(raw);
     if (value === '') continue;
@@ -267,29 +297,29 @@ function telecoms(seg: Hl7Segment, n: number, defaultUse: ContactPoint['use'], o
   }
 }
 
-function humanName(seg: Hl7Segment): HumanName | undefined {
-  const rep = seg.repetitions(5)[0];
+function humanName(seg: Hl7Segment, d: Hl7Delimiters): HumanName | undefined {
+  const rep = firstRep(seg, 5, d, 3);
   if (rep === undefined) return undefined;
-  const family = comp(rep, 1, 1);
+  const family = comp(rep, 1, d, 1);
   const given: string[] = [];
-  const first = comp(rep, 2);
+  const first = comp(rep, 2, d);
   if (first !== '') given.push(first);
   // XPN.3: second and further given names or initials (v2-to-fhir: given[1..]).
-  const middle = comp(rep, 3);
+  const middle = comp(rep, 3, d);
   if (middle !== '') given.push(middle);
   if (family === '' && given.length === 0) return undefined;
   return family === '' ? { given } : { family, given };
 }
 
 /** PID → patient.*; undefined when PID-3 holds no identifier. */
-function readPatient(pid: Hl7Segment): TriggerPatient | undefined {
+function readPatient(pid: Hl7Segment, d: Hl7Delimiters): TriggerPatient | undefined {
   const all: Identifier[] = [];
-  identifiers(pid, 2, all);
+  identifiers(pid, 2, all, d);
   const before = all.length;
-  identifiers(pid, 3, all);
+  identifiers(pid, 3, all, d);
   const pid3 = all.slice(before);
   if (pid3.length === 0) return undefined;
-  identifiers(pid, 4, all);
+  identifiers(pid, 4, all, d);
   // The MR-typed PID-3 repetition, else the first (TRIGGER.md patient.id).
   const primary = pid3.find((i) => i.type?.toUpperCase() === 'MR') ?? pid3[0]!;
 
@@ -300,17 +330,17 @@ function readPatient(pid: Hl7Segment): TriggerPatient | undefined {
     deceased: field(pid, 30).toUpperCase() === 'Y' || field(pid, 29) !== '',
     telecom: [],
   };
-  const name = humanName(pid);
+  const name = humanName(pid, d);
   if (name !== undefined) patient.name = name;
   const birthDate = hl7Date(field(pid, 7));
   if (birthDate !== undefined) patient.birthDate = birthDate;
   // PID-15 is CWE: the code in .1, some senders put it in the alternate code (.4) only.
   const lang = language(field(pid, 15)) ?? language(field(pid, 15, 4));
   if (lang !== undefined) patient.language = lang;
-  telecoms(pid, 13, 'home', patient.telecom);
-  telecoms(pid, 14, 'work', patient.telecom);
+  telecoms(pid, 13, 'home', patient.telecom, d);
+  telecoms(pid, 14, 'work', patient.telecom, d);
   // v2.7+ moved telecoms to PID-40; read it only when the deprecated fields are empty.
-  if (patient.telecom.length === 0) telecoms(pid, 40, 'home', patient.telecom);
+  if (patient.telecom.length === 0) telecoms(pid, 40, 'home', patient.telecom, d);
   return patient;
 }
 
@@ -323,32 +353,30 @@ function sensitivityOf(s: Segments): string[] | undefined {
 // --- shared fields ------------------------------------------------------------------------
 
 /** PL → { id = PL.1, facility = PL.4, name }. name: PL.9 (description), else room/bed (PL.2, PL.3). */
-function location(seg: Hl7Segment | undefined, n: number): LocationRef | undefined {
-  if (seg === undefined) return undefined;
-  const rep = seg.repetitions(n)[0];
+function location(seg: Hl7Segment | undefined, n: number, d: Hl7Delimiters): LocationRef | undefined {
+  const rep = firstRep(seg, n, d, 9);
   if (rep === undefined) return undefined;
-  const id = comp(rep, 1, 1);
+  const id = comp(rep, 1, d, 1);
   if (id === '') return undefined;
   const loc: LocationRef = { id };
-  const description = comp(rep, 9);
-  const room = comp(rep, 2);
-  const bed = comp(rep, 3);
+  const description = comp(rep, 9, d);
+  const room = comp(rep, 2, d);
+  const bed = comp(rep, 3, d);
   const name = description !== '' ? description : room !== '' && bed !== '' ? `${room} ${bed}` : room || bed;
   if (name !== '') loc.name = name;
-  const facility = comp(rep, 4, 1);
+  const facility = comp(rep, 4, d, 1);
   if (facility !== '') loc.facility = facility;
   return loc;
 }
 
 /** XCN → { id = XCN.1, name = given middle family }. */
-function practitioner(seg: Hl7Segment | undefined, n: number): PractitionerRef | undefined {
-  if (seg === undefined) return undefined;
-  const rep = seg.repetitions(n)[0];
+function practitioner(seg: Hl7Segment | undefined, n: number, d: Hl7Delimiters): PractitionerRef | undefined {
+  const rep = firstRep(seg, n, d, 4);
   if (rep === undefined) return undefined;
-  const id = comp(rep, 1);
+  const id = comp(rep, 1, d);
   if (id === '') return undefined;
   const ref: PractitionerRef = { id };
-  const name = [comp(rep, 3), comp(rep, 4), comp(rep, 2, 1)].filter((p) => p !== '').join(' ');
+  const name = [comp(rep, 3, d), comp(rep, 4, d), comp(rep, 2, d, 1)].filter((p) => p !== '').join(' ');
   if (name !== '') ref.name = name;
   return ref;
 }
@@ -445,7 +473,7 @@ function normalizeSiu(msg: Hl7Message, event: string, ctx: Hl7NormalizeContext):
       field: 'SCH-2',
     };
   }
-  const patient = readPatient(s.pid);
+  const patient = readPatient(s.pid, s.d);
   if (patient === undefined) {
     return { kind: 'rejected', reason: `${messageType} without a patient id (PID-3 empty)`, field: 'PID-3' };
   }
@@ -474,9 +502,9 @@ function normalizeSiu(msg: Hl7Message, event: string, ctx: Hl7NormalizeContext):
 
   const service = coded(s.ais.find((a) => field(a, 3) !== ''), 3) ?? coded(s.sch, 7) ?? coded(s.sch, 8);
   if (service !== undefined) appointment.serviceType = service;
-  const loc = location(s.ail.find((a) => field(a, 3) !== ''), 3) ?? location(s.pv1, 3);
+  const loc = location(s.ail.find((a) => field(a, 3) !== ''), 3, s.d) ?? location(s.pv1, 3, s.d);
   if (loc !== undefined) appointment.location = loc;
-  const who = practitioner(s.aip.find((a) => field(a, 3) !== ''), 3) ?? practitioner(s.sch, 16) ?? practitioner(s.pv1, 7);
+  const who = practitioner(s.aip.find((a) => field(a, 3) !== ''), 3, s.d) ?? practitioner(s.sch, 16, s.d) ?? practitioner(s.pv1, 7, s.d);
   if (who !== undefined) appointment.practitioner = who;
 
   const b = base(s, msg, ctx, patient, sensitivityOf(s));
@@ -557,7 +585,7 @@ function normalizeAdt(msg: Hl7Message, event: string, ctx: Hl7NormalizeContext):
 
   if (type === TriggerType.PatientMerged) return normalizeMerge(msg, s, ctx);
 
-  const patient = readPatient(s.pid);
+  const patient = readPatient(s.pid, s.d);
   if (patient === undefined) {
     return { kind: 'rejected', reason: `${messageType} without a patient id (PID-3 empty)`, field: 'PID-3' };
   }
@@ -582,7 +610,7 @@ function normalizeAdt(msg: Hl7Message, event: string, ctx: Hl7NormalizeContext):
     const start = hl7Instant(field(s.pv1, 44), zone);
     if (start !== undefined) encounter.start = start;
     if (end !== undefined) encounter.end = end;
-    const loc = location(s.pv1, 3);
+    const loc = location(s.pv1, 3, s.d);
     if (loc !== undefined) encounter.location = loc;
     const disposition = field(s.pv1, 36);
     if (disposition !== '') encounter.dischargeDisposition = disposition;
@@ -615,12 +643,12 @@ function normalizeMerge(msg: Hl7Message, s: Segments, ctx: Hl7NormalizeContext):
   const triggers: Trigger[] = [];
   let key: Hl7MessageKey | undefined;
   for (const group of s.merges) {
-    const patient = readPatient(group.pid);
+    const patient = readPatient(group.pid, s.d);
     if (patient === undefined) {
       return { kind: 'rejected', reason: `${messageType} without a patient id (PID-3 empty)`, field: 'PID-3' };
     }
     const mergedFrom: Identifier[] = [];
-    if (group.mrg !== undefined) identifiers(group.mrg, 1, mergedFrom);
+    if (group.mrg !== undefined) identifiers(group.mrg, 1, mergedFrom, s.d);
     if (mergedFrom.length === 0) {
       return { kind: 'rejected', reason: `${messageType} without the prior patient id (MRG-1 empty or no MRG segment)`, field: 'MRG-1' };
     }
