@@ -419,7 +419,8 @@ export function renderDelivery(templates: TemplateSet, delivery: Delivery, optio
   return {
     language: language ?? fallback,
     ...(out.subject !== undefined ? { subject: out.subject.trim() } : {}),
-    text: out.body ?? out.text ?? '',
+    // Editors end files with a newline; a message does not.
+    text: (out.body ?? out.text ?? '').replace(/\s+$/, ''),
     ...(out.html !== undefined ? { html: out.html } : {}),
   };
 }
