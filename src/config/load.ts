@@ -8,6 +8,11 @@ import path from 'node:path';
 import type { Ajv } from 'ajv';
 import { ConfigError, type ConfigIssue } from '../errors.ts';
 import { inputSpecs as registeredInputSpecs } from '../inputs/index.ts';
+import { outputSpecs as registeredOutputSpecs } from '../outputs/index.ts';
+import { outputInfos, type OutputSpec } from '../outputs/spec.ts';
+import type { TemplateSet } from '../pipeline/render.ts';
+import type { Rule } from '../pipeline/rule.ts';
+import { loadMappings } from './mappings.ts';
 import { connectorFileSchema, serverSchema, type ServerConfig } from './server-schema.ts';
 import {
   createAjv,
@@ -57,8 +62,10 @@ export interface CarerelayPlan {
   readonly server: ServerConfig;
   readonly inputs: readonly InstancePlan[];
   readonly outputs: readonly InstancePlan[];
-  /** Routing rules from mappings/*.yaml, filled by the mappings loader; empty without one. */
-  readonly mappings: readonly unknown[];
+  /** Routing rules from mappings/*.yaml (config/mappings.ts); empty without a mappings/ directory. */
+  readonly mappings: readonly Rule[];
+  /** The templates those rules use, compiled (mappings/templates/). */
+  readonly templates: TemplateSet;
 }
 
 export interface LoadConfigOptions {
@@ -68,7 +75,7 @@ export interface LoadConfigOptions {
   env: Env;
   /** Input registry; default src/inputs/index.ts. */
   inputSpecs?: readonly ComponentSpec[];
-  /** Output registry; default none (every output type is then unknown). */
+  /** Output registry; default src/outputs/index.ts. */
   outputSpecs?: readonly ComponentSpec[];
   /**
    * Check that every secret reference resolves (variable set, file readable). Default true;
@@ -183,7 +190,7 @@ export async function loadConfig(options: LoadConfigOptions): Promise<CarerelayP
   const { env } = options;
   const specs: Record<Kind, readonly ComponentSpec[]> = {
     inputs: options.inputSpecs ?? registeredInputSpecs,
-    outputs: options.outputSpecs ?? [],
+    outputs: options.outputSpecs ?? registeredOutputSpecs,
   };
   const issues: ConfigIssue[] = [];
   const files = await readYamlDir(path.join(configDir, 'connectors'), env, issues);
@@ -301,6 +308,12 @@ export async function loadConfig(options: LoadConfigOptions): Promise<CarerelayP
     issues.push(...secretIssues(spec.configSchema, instance.config, file, base, configDir, env, options.checkSecrets !== false));
   }
 
+  // Rules are checked against the outputs as declared (channel, BAA, purposes: CONSENT.md
+  // rule 4); outputs that failed their own schema are left out, already reported.
+  const validOutputs = located.filter((l) => l.kind === 'outputs' && l.valid).map((l) => l.instance);
+  const withInfo = specs.outputs.filter((s): s is OutputSpec => typeof (s as Partial<OutputSpec>).info === 'function');
+  const mappings = await loadMappings({ configDir, env, outputs: outputInfos(validOutputs, withInfo), issues });
+
   if (issues.length > 0) throw new ConfigError(sortIssues(withoutEchoes(issues, files), files));
 
   return deepFreeze({
@@ -309,7 +322,8 @@ export async function loadConfig(options: LoadConfigOptions): Promise<CarerelayP
     server: serverConfig,
     inputs: instances.inputs,
     outputs: instances.outputs,
-    mappings: [],
+    mappings: mappings.rules,
+    templates: mappings.templates,
   });
 }
 
