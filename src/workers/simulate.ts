@@ -219,10 +219,6 @@ export class Simulator {
 // ---------------------------------------------------------------------------------------
 // Loading the mappings the way the server does
 
-export interface SimulationSetup {
-  mappings: MappingSet;
-}
-
 /**
  * Loads connectors (for the outputs) and mappings from the configuration directory above
  * `mappingsDir`. Throws ConfigError with every issue.
