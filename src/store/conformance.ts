@@ -437,6 +437,34 @@ export function storeConformanceSuite(name: string, makeStore: () => Promise<Sto
       });
     });
 
+    describe('cursors', () => {
+      it('are undefined until set, then keep the last value written', async () => {
+        expect(await store.getCursor('poll:ehr:Appointment')).toBeUndefined();
+        await store.setCursor('poll:ehr:Appointment', '2024-01-01T09:30:00Z');
+        await store.setCursor('poll:ehr:Appointment', '2024-01-01T10:00:00Z');
+        await store.setCursor('poll:ehr:Encounter', 'x');
+        expect(await store.getCursor('poll:ehr:Appointment')).toBe('2024-01-01T10:00:00Z');
+        expect(await store.getCursor('poll:ehr:Encounter')).toBe('x');
+      });
+
+      it('commit with a stored record, never with a duplicate, a conflict or a failed commit', async () => {
+        stored(await store.commitInbound(testRecord({ controlId: 'K1', cursors: { k: '1' } })));
+        expect(await store.getCursor('k')).toBe('1');
+        await store.setCursor('k', '2');
+        const duplicate = await store.commitInbound(testRecord({ controlId: 'K1', cursors: { k: '3' } }));
+        expect(duplicate.outcome).toBe('duplicate');
+        const conflict = await store.commitInbound(testRecord({ controlId: 'K1', raw: hl7Bytes('K1', 'X'), cursors: { k: '4' } }));
+        expect(conflict.outcome).toBe('conflict');
+        const bad = testRecord({
+          controlId: 'K2',
+          cursors: { k: '5' },
+          subjectStates: [{ ...appointmentState({ asOf: '2024-01-01T09:30:00Z' }), kind: 'bogus' as SubjectState['kind'] }],
+        });
+        await expect(store.commitInbound(bad)).rejects.toThrow();
+        expect(await store.getCursor('k')).toBe('2');
+      });
+    });
+
     describe('closing', () => {
       it('after close, commits reject (so the caller NAKs) and close is idempotent', async () => {
         stored(await store.commitInbound(testRecord({ controlId: 'Z1' })));

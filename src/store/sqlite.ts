@@ -111,6 +111,12 @@ export const SQLITE_STORE_MIGRATIONS: readonly string[] = [
   ) WITHOUT ROWID;
   CREATE INDEX subject_states_patient ON subject_states (patient_id, kind);
   `,
+  `
+  CREATE TABLE cursors (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+  ) WITHOUT ROWID;
+  `,
 ];
 
 /** Most records committed in one transaction (bounds how long one flush blocks the loop). */
@@ -194,6 +200,8 @@ export class SqliteStore implements Store {
   private readonly stateStmt: BetterSqlite3.Statement<[string, string], StateRow>;
   private readonly statesOfPatientStmt: BetterSqlite3.Statement<[string, string], StateRow>;
   private readonly pingStmt: BetterSqlite3.Statement;
+  private readonly getCursorStmt: BetterSqlite3.Statement<[string], { value: string }>;
+  private readonly setCursorStmt: BetterSqlite3.Statement<[string, string]>;
   private readonly commitBatch: (batch: Prepared[]) => Array<CommitOutcome | { error: unknown }>;
   private readonly commitOne: (p: Prepared) => CommitOutcome;
 
@@ -245,6 +253,10 @@ export class SqliteStore implements Store {
       'SELECT kind, id, patient_id, status, start, "end", as_of, data FROM subject_states WHERE patient_id = ? AND kind = ? ORDER BY id',
     );
     this.pingStmt = db.prepare('SELECT 1');
+    this.getCursorStmt = db.prepare('SELECT value FROM cursors WHERE key = ?');
+    this.setCursorStmt = db.prepare(
+      'INSERT INTO cursors (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value',
+    );
 
     // Nested inside commitBatch's transaction, better-sqlite3 runs this as a SAVEPOINT.
     this.commitOne = db.transaction((p: Prepared) => this.apply(p));
@@ -384,6 +396,17 @@ export class SqliteStore implements Store {
     return this.statesOfPatientStmt.all(patientId, kind).map(stateFromRow);
   }
 
+  async getCursor(key: string): Promise<string | undefined> {
+    this.assertOpen();
+    return this.getCursorStmt.get(key)?.value;
+  }
+
+  async setCursor(key: string, value: string): Promise<void> {
+    this.assertOpen();
+    // Its own transaction: synchronous=FULL makes it durable when run() returns.
+    this.setCursorStmt.run(key, value);
+  }
+
   async ping(): Promise<void> {
     this.assertOpen();
     this.pingStmt.get();
@@ -473,6 +496,7 @@ export class SqliteStore implements Store {
         messageId,
       );
     });
+    for (const [key, value] of Object.entries(r.cursors ?? {})) this.setCursorStmt.run(key, value);
     return { outcome: 'stored', message };
   }
 

@@ -27,6 +27,12 @@ export interface InboundRecord {
   triggers: Trigger[];
   /** State of appointments/encounters after this message (see SubjectState). */
   subjectStates: SubjectState[];
+  /**
+   * Durable cursors (see Store.setCursor) written in the same transaction as this record,
+   * only when it is stored (not for a duplicate or a quarantined conflict): a poll page's
+   * triggers and the position after it commit together.
+   */
+  cursors?: Readonly<Record<string, string>>;
 }
 
 export interface StoredMessage {
@@ -127,6 +133,14 @@ export interface Store {
   getSubjectState(kind: SubjectState['kind'], id: string): Promise<SubjectState | undefined>;
   /** Every stored state of one kind for a patient (e.g. appointments, for an arrival check-in). */
   listSubjectStates(kind: SubjectState['kind'], patientId: string): Promise<SubjectState[]>;
+
+  /**
+   * A durable key-value cursor (a poller's `_lastUpdated` position, a subscription's last
+   * event number). Undefined when never set.
+   */
+  getCursor(key: string): Promise<string | undefined>;
+  /** Sets a cursor durably (last write wins); resolves once committed. */
+  setCursor(key: string, value: string): Promise<void>;
 
   /** Cheap liveness of the backing store for /readyz. */
   ping(): Promise<void>;
