@@ -40,7 +40,10 @@ const mllp = (name: string, port: number | string, extra = '') =>
 describe('the shipped example (connectors/example.yaml)', () => {
   it('loads with an empty environment, defaults from ${VAR:-default}', async () => {
     const plan = await loadConfig({ configDir: repoRoot, env: {} });
-    expect(plan.files).toEqual([path.join(repoRoot, 'connectors', 'example.yaml')]);
+    expect(plan.files).toEqual([
+      path.join(repoRoot, 'connectors', 'example.yaml'),
+      path.join(repoRoot, 'connectors', 'outbox.yaml'),
+    ]);
     expect(plan.server).toEqual({
       http: { host: '127.0.0.1', port: 8080 },
       dataDir: path.join(repoRoot, 'data'),
@@ -54,8 +57,12 @@ describe('the shipped example (connectors/example.yaml)', () => {
     const mllpConfig = plan.inputs[0]!.config as unknown as Hl7v2MllpConfig;
     expect(mllpConfig).toMatchObject({ host: '127.0.0.1', port: 2575, plain: true, maxFrameBytes: 10485760 });
     expect(plan.inputs[0]).toMatchObject({ file: path.join(repoRoot, 'connectors', 'example.yaml'), column: 5 });
-    expect(plan.outputs).toEqual([]);
-    expect(plan.mappings).toEqual([]);
+    expect(plan.outputs.map((o) => [o.type, o.name])).toEqual([
+      ['outbox', 'outbox-sms'],
+      ['outbox', 'outbox-email'],
+    ]);
+    // The shipped example mappings (mappings/*.yaml) load with it.
+    expect(plan.mappings.length).toBeGreaterThan(0);
   });
 
   it('takes ports and the data dir from the environment', async () => {
@@ -322,13 +329,13 @@ describe('loadConfig', () => {
     expect(issues.join('\n')).not.toMatch(/s3cr3t|from-env/);
   });
 
-  it('names the missing type, lists known types, and knows no output type yet', async () => {
+  it('names the missing type and lists the known types', async () => {
     const dir = await configDir({
       'a.yaml': 'inputs:\n  - name: x\n    port: 1\noutputs:\n  - name: sms\n    type: twilio\n',
     });
     expect(await issuesOf(dir)).toEqual([
       'connectors/a.yaml:2:5: input needs a "type" (known: hl7v2-mllp, hl7v2-http)',
-      'connectors/a.yaml:6:11: unknown output type "twilio" (known: none yet)',
+      'connectors/a.yaml:6:11: unknown output type "twilio" (known: outbox)',
     ]);
   });
 
