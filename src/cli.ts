@@ -25,6 +25,11 @@ Commands:
   send --to HOST:PORT [--tls] [--ca FILE] [--cert FILE --key FILE] [--servername NAME]
        [--timeout SECONDS] FILE...         send HL7v2 files over MLLP, one in flight, and print
                                            each ACK code (exit 1 unless every ACK is AA/CA)
+  test [DIR]                               run the mapping tests (*.test.yaml) of DIR
+                                           (default: ./mappings); exit 1 on any failure
+  replay --dry-run [--config-dir DIR] [--timezone ZONE] [--now INSTANT] FILE...
+                                           show which rules the files would fire and what would
+                                           be sent when; nothing is stored or sent
   help                                     this text
 `;
 
@@ -221,6 +226,51 @@ async function cmdValidate(args: string[]): Promise<number> {
   }
 }
 
+async function cmdTest(args: string[]): Promise<number> {
+  const { positionals } = parse(args, {});
+  if (positionals.length > 1) return fail('test takes at most one DIR (a mappings directory)');
+  const dir = path.resolve(positionals[0] ?? 'mappings');
+  const { runMappingTests } = await import('./workers/simulate.ts');
+  const results = await runMappingTests(dir, { env: process.env });
+  for (const r of results.results) process.stdout.write(`${r.ok ? 'ok  ' : 'FAIL'} ${r.file} › ${r.test}\n`);
+  for (const f of results.failed) {
+    process.stdout.write(`\n--- ${f.file} › ${f.test}\n${f.diff}\n`);
+  }
+  process.stdout.write(`\n${results.passed} passed, ${results.failed.length} failed\n`);
+  return results.failed.length === 0 ? 0 : 1;
+}
+
+async function cmdReplay(args: string[]): Promise<number> {
+  const { values, positionals } = parse(args, {
+    'dry-run': { type: 'boolean', default: false },
+    'config-dir': { type: 'string', default: '.' },
+    timezone: { type: 'string', default: 'UTC' },
+    now: { type: 'string' },
+  });
+  if (values['dry-run'] !== true) {
+    return fail('replay only runs with --dry-run for now (it shows what would happen; nothing is stored or sent)');
+  }
+  if (positionals.length === 0) return fail('replay needs at least one FILE (.hl7, .json or .ndjson)');
+  const { replayDryRun } = await import('./workers/simulate.ts');
+  try {
+    const lines = await replayDryRun(positionals, {
+      mappingsDir: path.join(path.resolve(values['config-dir'] as string), 'mappings'),
+      timezone: values.timezone as string,
+      ...(values.now !== undefined ? { now: values.now as string } : {}),
+      env: process.env,
+    });
+    for (const line of lines) process.stdout.write(`${line}\n`);
+    return 0;
+  } catch (error) {
+    if (error instanceof ConfigError) {
+      process.stderr.write(`${error.message}\n${error.issues.length} problem(s) found.\n`);
+      return 1;
+    }
+    if (error instanceof RangeError) return fail(error.message);
+    throw error;
+  }
+}
+
 async function cmdStart(args: string[]): Promise<number> {
   const { values } = parse(args, { 'config-dir': { type: 'string', default: '.' } });
   const { startCarerelay } = await import('./main.ts');
@@ -254,6 +304,10 @@ export async function main(argv: string[]): Promise<number> {
         return await cmdNormalize(rest);
       case 'send':
         return await cmdSend(rest);
+      case 'test':
+        return await cmdTest(rest);
+      case 'replay':
+        return await cmdReplay(rest);
       case undefined:
       case 'help':
       case '--help':
