@@ -7,31 +7,31 @@
 // - "8859/1" … "8859/15": ISO-8859-n.
 // - "UNICODE UTF-8" (v2.5+) / "UNICODE" / "UTF-8": UTF-8.
 // - anything else: Hl7ParseError unknown_charset (the ingest answers AR).
+import { isAscii, isUtf8 } from 'node:buffer';
 import { Hl7ParseError, Hl7ParseErrorCode } from './parse-error.ts';
-
-const strictUtf8 = new TextDecoder('utf-8', { fatal: true });
-
-function isAscii(bytes: Buffer): boolean {
-  for (let i = 0; i < bytes.length; i++) if (bytes[i]! > 0x7f) return false;
-  return true;
-}
 
 /** Reads MSH-18 (first repetition) from raw bytes without decoding the whole message. */
 export function declaredCharset(bytes: Buffer): string {
-  // Find the MSH (or FHS/BHS batch header) segment, tolerating leading noise/whitespace.
+  // Find the MSH (the first one of a batch), tolerating leading noise/whitespace.
   const start = bytes.indexOf('MSH');
   if (start === -1) return '';
-  let end = start;
-  while (end < bytes.length && bytes[end] !== 0x0d && bytes[end] !== 0x0a) end++;
+  const cr = bytes.indexOf(0x0d, start);
+  const lf = bytes.indexOf(0x0a, start);
+  let end = cr === -1 ? lf : lf === -1 ? cr : Math.min(cr, lf);
+  if (end === -1) end = bytes.length;
   const header = bytes.toString('latin1', start, end);
   const fieldSep = header.charAt(3);
   if (fieldSep === '') return '';
-  // Split so that parts[n - 1] is MSH-n (MSH-1 is the separator itself).
-  const parts = header.split(fieldSep);
-  const msh18 = parts[17] ?? '';
+  // MSH-1 is the separator at offset 3; the k-th separator opens MSH-(k+1), so MSH-18 starts
+  // after the 17th. indexOf scans rather than split(): this runs on every message.
+  let at = 3;
+  for (let k = 1; k < 17 && at !== -1; k++) at = header.indexOf(fieldSep, at + 1);
+  if (at === -1) return '';
+  const stop = header.indexOf(fieldSep, at + 1);
+  const msh18 = header.slice(at + 1, stop === -1 ? header.length : stop);
   const repetition = header.charAt(5);
-  const first = repetition ? msh18.split(repetition)[0]! : msh18;
-  return first.trim();
+  const repAt = repetition === '' ? -1 : msh18.indexOf(repetition);
+  return (repAt === -1 ? msh18 : msh18.slice(0, repAt)).trim();
 }
 
 const ISO_8859 = /^8859\/(\d{1,2})$/;
@@ -39,12 +39,10 @@ const ISO_8859 = /^8859\/(\d{1,2})$/;
 export function decodeHl7Bytes(bytes: Buffer): { text: string; charset: string } {
   const declared = declaredCharset(bytes).toUpperCase();
   if (declared === '' || declared === 'ASCII') {
+    // Native checks: a byte loop in JavaScript cost more than the rest of the parse.
     if (isAscii(bytes)) return { text: bytes.toString('latin1'), charset: 'ASCII' };
-    try {
-      return { text: strictUtf8.decode(bytes), charset: 'UTF-8' };
-    } catch {
-      return { text: bytes.toString('latin1'), charset: '8859/1' };
-    }
+    if (isUtf8(bytes)) return { text: bytes.toString('utf8'), charset: 'UTF-8' };
+    return { text: bytes.toString('latin1'), charset: '8859/1' };
   }
   if (declared === 'UNICODE UTF-8' || declared === 'UTF-8' || declared === 'UNICODE') {
     return { text: bytes.toString('utf8'), charset: 'UNICODE UTF-8' };
