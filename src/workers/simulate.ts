@@ -25,11 +25,12 @@ import { outputSpecs } from '../outputs/index.ts';
 import { outputInfos } from '../outputs/spec.ts';
 import { isRecord, parseInstant } from '../pipeline/conditions.ts';
 import { renderDelivery, type RenderedMessage } from '../pipeline/render.ts';
-import { applyToDelivery, route, type DeliveryChange, type DeliveryOp, type DeliveryState } from '../pipeline/route.ts';
+import { route, type DeliveryChange, type DeliveryState } from '../pipeline/route.ts';
 import type { RouteResult, Rule, SkippedDelivery } from '../pipeline/rule.ts';
 import { formatInstant, isValidZone } from '../pipeline/schedule.ts';
 import type { SubjectState } from '../store/store.ts';
 import { TRIGGER_TYPES, type Delivery, type Trigger } from '../types.ts';
+import { applyRouteResult } from './apply.ts';
 
 // ---------------------------------------------------------------------------------------
 // The in-memory pipeline
@@ -162,38 +163,30 @@ export class Simulator {
   /** Routes a trigger at the current clock and applies the result to the deliveries. */
   route(trigger: Trigger): RoutedStep {
     const result = route(trigger, this.#rules, this.#clock, { zoneFor: () => this.#zone });
-    const changes: SimChange[] = [];
-    const ops: DeliveryOp[] = [
-      ...result.deliveries.map((delivery) => ({ kind: 'plan' as const, delivery })),
-      ...result.replans.map((delivery) => ({ kind: 'replan' as const, delivery })),
-      ...result.cancels.map((order) => ({ kind: 'cancel' as const, order })),
-    ];
-    for (const op of ops) {
-      if (op.kind === 'cancel') {
-        for (const tracked of this.#deliveries.values()) {
-          if (!tracked.state.delivery.cancelKeys.includes(op.order.key)) continue;
-          const { state, change, reason } = applyToDelivery(tracked.state, op);
-          if (state) tracked.state = state;
-          changes.push({ op: 'cancel', change, delivery: tracked.state.delivery, ...(reason ? { reason } : {}), cause: op.order.reason === 'expired' ? 'expired' : op.order.triggerType });
+    const deliveries = this.#deliveries;
+    const applied = applyRouteResult(result, {
+      get: (id) => deliveries.get(id)?.state,
+      *byCancelKey(key) {
+        for (const tracked of deliveries.values()) if (tracked.state.delivery.cancelKeys.includes(key)) yield tracked.state;
+      },
+      put: (state, change) => {
+        const tracked = deliveries.get(state.delivery.id);
+        if (!tracked) {
+          deliveries.set(state.delivery.id, { state, sent: false, moved: false, firstPlannedAt: state.delivery.plannedAt });
+          return;
         }
-        continue;
-      }
-      const tracked = this.#deliveries.get(op.delivery.id);
-      const { state, change, reason } = applyToDelivery(tracked?.state, op);
-      // A replan for a rule that never planned anything for this subject is not news.
-      if (reason !== 'not_found') changes.push({ op: op.kind, change, delivery: state?.delivery ?? op.delivery, ...(reason ? { reason } : {}) });
-      if (!state) continue;
-      if (!tracked) {
-        this.#deliveries.set(op.delivery.id, { state, sent: false, moved: false, firstPlannedAt: state.delivery.plannedAt });
-        continue;
-      }
-      if (change === 'replanned' && parseInstant(state.delivery.plannedAt) !== parseInstant(tracked.state.delivery.plannedAt)) tracked.moved = true;
-      if (change === 'revived') {
-        tracked.moved = false;
-        tracked.firstPlannedAt = state.delivery.plannedAt;
-      }
-      tracked.state = state;
-    }
+        if (change === 'replanned' && parseInstant(state.delivery.plannedAt) !== parseInstant(tracked.state.delivery.plannedAt)) tracked.moved = true;
+        if (change === 'revived') {
+          tracked.moved = false;
+          tracked.firstPlannedAt = state.delivery.plannedAt;
+        }
+        tracked.state = state;
+      },
+    });
+    // A replan for a rule that never planned anything for this subject is not news.
+    const changes: SimChange[] = applied
+      .filter((c) => c.op === 'cancel' || c.reason !== 'not_found')
+      .map((c) => ({ op: c.op, change: c.change, delivery: c.delivery, ...(c.reason ? { reason: c.reason } : {}), ...(c.op === 'cancel' ? { cause: c.cause } : {}) }));
     this.skipped.push(...result.skipped);
     return { result, changes };
   }
