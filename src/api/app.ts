@@ -8,6 +8,7 @@ import type { Logger } from '../log.ts';
 import type { MessageQuery, Store, StoredMessage, TriggerQuery } from '../store/store.ts';
 import { MessageStatus } from '../types.ts';
 import type { Hl7Ingest, Hl7IngestSettings } from '../workers/ingest.ts';
+import { createFhirRouter, type FhirHttpInput } from './fhir-routes.ts';
 
 export interface HttpHl7Input {
   settings: Hl7IngestSettings;
@@ -22,6 +23,8 @@ export interface ApiDeps {
   log: Logger;
   hl7Ingest: Hl7Ingest;
   hl7Inputs: ReadonlyMap<string, HttpHl7Input>;
+  /** fhir-rest-hook inputs by name (POST /ingest/fhir/<name>). */
+  fhirInputs?: ReadonlyMap<string, FhirHttpInput>;
   /** CARERELAY_ADMIN_TOKEN; when undefined the server must be bound to loopback only. */
   adminToken?: string;
 }
@@ -156,6 +159,8 @@ export function createApp(deps: ApiDeps): express.Express {
       });
     });
   });
+
+  app.use('/ingest/fhir', createFhirRouter({ inputs: deps.fhirInputs ?? new Map(), log }));
 
   const admin = express.Router();
   admin.use(requireBearer(deps.adminToken));
