@@ -3,8 +3,8 @@
 // that gives a fresh, empty store per test. All data here is synthetic.
 import { createHash } from 'node:crypto';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { MessageStatus, type Trigger } from '../types.ts';
-import type { InboundRecord, Store, StoredMessage, SubjectState } from './store.ts';
+import { MessageStatus, type Delivery, type Trigger } from '../types.ts';
+import type { DeliveryWrite, InboundRecord, Store, StoredMessage, SubjectState } from './store.ts';
 
 export interface StoreHandle {
   store: Store;
@@ -72,6 +72,40 @@ function appointmentState(overrides: Partial<SubjectState> & { asOf: string }): 
 function stored(outcome: Awaited<ReturnType<Store['commitInbound']>>): StoredMessage {
   expect(outcome.outcome).toBe('stored');
   return outcome.message;
+}
+
+/** A planned delivery as route() builds it (pipeline/route.ts), about appointment `appointmentId`. */
+export function testDelivery(overrides: Partial<Delivery> & { appointmentId?: string } = {}): Delivery {
+  const { appointmentId = 'APT-1', ...rest } = overrides;
+  const subjectKey = `appointment/${encodeURIComponent(appointmentId)}`;
+  const ruleId = rest.ruleId ?? 'reminder';
+  const id = `${ruleId}@${subjectKey}#0`;
+  return {
+    id,
+    ruleId,
+    subjectKey,
+    subjectKind: 'appointment',
+    subjectId: appointmentId,
+    step: 0,
+    patientId: 'MRN-1',
+    triggerId: 'trg-1',
+    triggerType: 'appointment.booked',
+    asOf: '2024-01-01T09:30:00Z',
+    plannedAt: '2024-01-01T10:00:00+01:00',
+    dueAt: '2024-01-01T10:00:00+01:00',
+    purpose: 'care.logistics',
+    channel: 'sms',
+    output: 'sms',
+    template: 'reminder',
+    to: '+15550100',
+    cancelKeys: [id, subjectKey, 'patient/MRN-1', `rule/${ruleId}`, `appointment.cancelled@${subjectKey}`],
+    payload: { appointment: { start: '2024-01-02T10:00:00+01:00' } },
+    ...rest,
+  };
+}
+
+function write(delivery: Delivery, overrides: Partial<DeliveryWrite> = {}): DeliveryWrite {
+  return { delivery, status: 'pending', asOf: delivery.asOf, generation: 1, updatedAt: '2024-01-01T09:30:02Z', ...overrides };
 }
 
 export function storeConformanceSuite(name: string, makeStore: () => Promise<StoreHandle>): void {
@@ -462,6 +496,114 @@ export function storeConformanceSuite(name: string, makeStore: () => Promise<Sto
         });
         await expect(store.commitInbound(bad)).rejects.toThrow();
         expect(await store.getCursor('k')).toBe('2');
+      });
+    });
+
+    describe('routing and deliveries', () => {
+      it('lists unrouted triggers in commit order until saveRouting marks them routed', async () => {
+        stored(await store.commitInbound(testRecord({ controlId: 'R1', triggers: [testTrigger({ id: 't-b', occurredAt: '2024-01-01T10:00:00Z' })] })));
+        stored(await store.commitInbound(testRecord({ controlId: 'R2', triggers: [testTrigger({ id: 't-a', occurredAt: '2024-01-01T08:00:00Z' })] })));
+        expect((await store.listUnroutedTriggers(10)).map((t) => t.id)).toEqual(['t-b', 't-a']);
+        await store.saveRouting('t-b', [write(testDelivery())], '2024-01-01T09:30:02Z');
+        expect((await store.listUnroutedTriggers(10)).map((t) => t.id)).toEqual(['t-a']);
+        expect((await store.getDelivery(testDelivery().id))?.status).toBe('pending');
+        await store.saveRouting('t-a', [], '2024-01-01T09:30:03Z');
+        expect(await store.listUnroutedTriggers(10)).toEqual([]);
+      });
+
+      it('writes deliveries and the routed mark together, or neither', async () => {
+        stored(await store.commitInbound(testRecord({ controlId: 'R1', triggers: [testTrigger({ id: 't-1' })] })));
+        const good = testDelivery({ appointmentId: 'A-good' });
+        const bad = testDelivery({ appointmentId: 'A-bad', dueAt: 'tomorrow' });
+        await expect(store.saveRouting('t-1', [write(good), write(bad)], '2024-01-01T09:30:02Z')).rejects.toThrow(/dueAt/);
+        expect(await store.getDelivery(good.id)).toBeUndefined();
+        expect((await store.listUnroutedTriggers(10)).map((t) => t.id)).toEqual(['t-1']);
+      });
+
+      it('round-trips a delivery with its generation and the start it was planned for', async () => {
+        const d = testDelivery();
+        await store.saveRouting('t-x', [write(d, { generation: 3, subjectStart: '2024-01-02T10:00:00+01:00' })], '2024-01-01T09:30:02Z');
+        expect(await store.getDelivery(d.id)).toEqual({
+          delivery: d,
+          status: 'pending',
+          asOf: d.asOf,
+          generation: 3,
+          subjectStart: '2024-01-02T10:00:00+01:00',
+          createdAt: '2024-01-01T09:30:02Z',
+          updatedAt: '2024-01-01T09:30:02Z',
+        });
+        expect(await store.getDelivery('nope')).toBeUndefined();
+      });
+
+      it('finds deliveries by cancel key, and only those still holding the key', async () => {
+        const a1 = testDelivery({ appointmentId: 'A1' });
+        const a2 = testDelivery({ appointmentId: 'A2' });
+        const a1Confirm = testDelivery({ appointmentId: 'A1', ruleId: 'confirm' });
+        await store.saveRouting('t', [write(a1), write(a2), write(a1Confirm)], '2024-01-01T09:30:02Z');
+        const ids = async (key: string) => (await store.deliveriesByCancelKey(key)).map((d) => d.delivery.id).sort();
+        expect(await ids('appointment.cancelled@appointment/A1')).toEqual([a1Confirm.id, a1.id].sort());
+        expect(await ids(a2.id)).toEqual([a2.id]);
+        expect(await ids('patient/MRN-1')).toHaveLength(3);
+        expect(await ids('appointment.cancelled@appointment/A3')).toEqual([]);
+        // A replan that drops a key: the delivery no longer answers to it.
+        await store.saveRouting('t2', [write({ ...a2, cancelKeys: [a2.id] }, { generation: 1 })], '2024-01-01T09:30:03Z');
+        expect(await ids('appointment.cancelled@appointment/A2')).toEqual([]);
+      });
+
+      it('updates pending and cancelled deliveries, never a final one', async () => {
+        const d = testDelivery();
+        await store.saveRouting('t1', [write(d)], '2024-01-01T09:30:02Z');
+        await store.saveRouting('t2', [write(d, { status: 'cancelled', asOf: '2024-01-01T09:40:00Z', updatedAt: '2024-01-01T09:40:01Z' })], '2024-01-01T09:40:01Z');
+        expect(await store.getDelivery(d.id)).toMatchObject({ status: 'cancelled', asOf: '2024-01-01T09:40:00Z', createdAt: '2024-01-01T09:30:02Z', updatedAt: '2024-01-01T09:40:01Z' });
+        const moved = { ...d, dueAt: '2024-01-01T11:00:00+01:00' };
+        await store.saveRouting('t3', [write(moved, { generation: 2, asOf: '2024-01-01T09:50:00Z' })], '2024-01-01T09:50:01Z');
+        expect(await store.getDelivery(d.id)).toMatchObject({ status: 'pending', generation: 2, delivery: { dueAt: moved.dueAt } });
+        expect(await store.finishDelivery(d.id, 2, { status: 'finished', at: '2024-01-01T10:00:00Z', providerId: 'sms/x', message: { language: 'en', text: 'Hi' } })).toBe(true);
+        await store.saveRouting('t4', [write(d, { generation: 3, asOf: '2024-01-01T09:55:00Z' })], '2024-01-01T10:00:01Z');
+        expect(await store.getDelivery(d.id)).toMatchObject({ status: 'finished', generation: 2, providerId: 'sms/x', message: { language: 'en', text: 'Hi' } });
+        expect((await store.getDelivery(d.id))!.delivery.dueAt).toBe(moved.dueAt);
+      });
+
+      it('finishes a delivery only while pending with the same generation', async () => {
+        const d = testDelivery();
+        await store.saveRouting('t1', [write(d, { generation: 2 })], '2024-01-01T09:30:02Z');
+        expect(await store.finishDelivery(d.id, 1, { status: 'finished', at: '2024-01-01T10:00:00Z' })).toBe(false);
+        expect(await store.finishDelivery('other', 2, { status: 'finished', at: '2024-01-01T10:00:00Z' })).toBe(false);
+        expect(await store.finishDelivery(d.id, 2, { status: 'suppressed', reason: 'stale', at: '2024-01-01T10:00:00Z' })).toBe(true);
+        expect(await store.finishDelivery(d.id, 2, { status: 'finished', at: '2024-01-01T10:00:01Z' })).toBe(false);
+        expect(await store.getDelivery(d.id)).toMatchObject({ status: 'suppressed', reason: 'stale', updatedAt: '2024-01-01T10:00:00Z' });
+        const c = testDelivery({ appointmentId: 'A-c' });
+        await store.saveRouting('t2', [write(c, { status: 'cancelled' })], '2024-01-01T09:30:02Z');
+        expect(await store.finishDelivery(c.id, 1, { status: 'finished', at: '2024-01-01T10:00:00Z' })).toBe(false);
+      });
+
+      it('lists deliveries newest planned first, filtered, paged by the last id', async () => {
+        const ds = ['A1', 'A2', 'A3', 'A4'].map((a, i) => testDelivery({ appointmentId: a, ruleId: i % 2 === 0 ? 'reminder' : 'confirm', patientId: i < 2 ? 'P1' : 'P2' }));
+        for (const d of ds) await store.saveRouting('t', [write(d)], '2024-01-01T09:30:02Z');
+        await store.finishDelivery(ds[0]!.id, 1, { status: 'finished', at: '2024-01-01T10:00:00Z' });
+        const ids = (list: { delivery: Delivery }[]) => list.map((d) => d.delivery.subjectId);
+        expect(ids(await store.listDeliveries({}))).toEqual(['A4', 'A3', 'A2', 'A1']);
+        expect(ids(await store.listDeliveries({ status: 'pending' }))).toEqual(['A4', 'A3', 'A2']);
+        expect(ids(await store.listDeliveries({ ruleId: 'confirm' }))).toEqual(['A4', 'A2']);
+        expect(ids(await store.listDeliveries({ patientId: 'P1' }))).toEqual(['A2', 'A1']);
+        expect(ids(await store.listDeliveries({ subjectKey: 'appointment/A3' }))).toEqual(['A3']);
+        const page1 = await store.listDeliveries({ limit: 3 });
+        const page2 = await store.listDeliveries({ limit: 3, before: page1[2]!.delivery.id });
+        expect([...ids(page1), ...ids(page2)]).toEqual(['A4', 'A3', 'A2', 'A1']);
+        await expect(store.listDeliveries({ before: 'unknown' })).rejects.toThrow(RangeError);
+      });
+
+      it('keeps one outbox entry per delivery (a resend replaces it), newest first, paged', async () => {
+        const base = { output: 'sms', channel: 'sms' as const, language: 'en', keptAt: '2024-01-01T10:00:00Z' };
+        const e1 = await store.putOutboxEntry({ ...base, deliveryId: 'd1', to: '+15550100', text: 'first' });
+        const e2 = await store.putOutboxEntry({ ...base, deliveryId: 'd2', output: 'mail', channel: 'email', subject: 'S', text: 't', html: '<p>t</p>' });
+        const again = await store.putOutboxEntry({ ...base, deliveryId: 'd1', to: '+15550100', text: 'second', keptAt: '2024-01-01T10:05:00Z' });
+        expect(again.id).toBe(e1.id);
+        expect(await store.listOutbox({})).toEqual([e2, { ...e1, text: 'second', keptAt: '2024-01-01T10:05:00Z' }]);
+        expect((await store.listOutbox({ deliveryId: 'd2' })).map((e) => e.html)).toEqual(['<p>t</p>']);
+        expect((await store.listOutbox({ output: 'sms' })).map((e) => e.deliveryId)).toEqual(['d1']);
+        expect((await store.listOutbox({ limit: 1, before: e2.id })).map((e) => e.deliveryId)).toEqual(['d1']);
+        await expect(store.listOutbox({ before: 'x' })).rejects.toThrow(RangeError);
       });
     });
 

@@ -36,14 +36,22 @@
 // Ids. Message ids are the SQLite rowid (AUTOINCREMENT: never reused, even after
 // deletions) as a decimal string: stable and URL-safe.
 import BetterSqlite3 from 'better-sqlite3';
-import { MessageStatus, type Trigger } from '../types.ts';
+import { MessageStatus, type Channel, type Delivery, type Trigger } from '../types.ts';
 import { StoreReason, instantMs, listLimit } from './common.ts';
 import { migrate, openSqliteDatabase, type Database } from './sqlite-db.ts';
 import type {
   CommitOutcome,
+  DeliveryOutcome,
+  DeliveryQuery,
+  DeliveryWrite,
   InboundRecord,
   MessageQuery,
+  OutboxEntry,
+  OutboxQuery,
+  SentMessage,
   Store,
+  StoredDelivery,
+  StoredDeliveryStatus,
   StoredMessage,
   StoredMessageWithBody,
   SubjectState,
@@ -117,6 +125,61 @@ export const SQLITE_STORE_MIGRATIONS: readonly string[] = [
     value TEXT NOT NULL
   ) WITHOUT ROWID;
   `,
+  // Routing (workers/router.ts). routed_ms marks a trigger routed in the same transaction as
+  // the deliveries it changed; triggers stored before routing existed are marked routed (0)
+  // so an upgrade does not plan messages for old events. The partial index holds only the
+  // unrouted ones: the start-up scan costs what is left to do, not the whole history.
+  `
+  ALTER TABLE triggers ADD COLUMN routed_ms INTEGER;
+  UPDATE triggers SET routed_ms = 0;
+  CREATE INDEX triggers_unrouted ON triggers (routed_ms) WHERE routed_ms IS NULL;
+
+  CREATE TABLE deliveries (
+    seq INTEGER PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
+    status TEXT NOT NULL CHECK (status IN ('pending', 'cancelled', 'finished', 'suppressed', 'failed')),
+    as_of TEXT NOT NULL,
+    as_of_ms INTEGER NOT NULL,
+    due_at TEXT NOT NULL,
+    due_ms INTEGER NOT NULL,
+    rule TEXT NOT NULL,
+    patient_id TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    generation INTEGER NOT NULL,
+    subject_start TEXT,
+    json TEXT NOT NULL,
+    reason TEXT,
+    message TEXT,
+    provider_id TEXT,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+  );
+  CREATE INDEX deliveries_status ON deliveries (status, seq);
+  CREATE INDEX deliveries_rule ON deliveries (rule, seq);
+  CREATE INDEX deliveries_patient ON deliveries (patient_id, seq);
+  CREATE INDEX deliveries_subject ON deliveries (subject, seq);
+
+  -- Cancelling one appointment among millions of deliveries: one probe on the key.
+  CREATE TABLE delivery_keys (
+    key TEXT NOT NULL,
+    delivery_seq INTEGER NOT NULL,
+    PRIMARY KEY (key, delivery_seq)
+  ) WITHOUT ROWID;
+
+  CREATE TABLE outbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    delivery_id TEXT NOT NULL UNIQUE,
+    output TEXT NOT NULL,
+    channel TEXT NOT NULL,
+    recipient TEXT,
+    language TEXT NOT NULL,
+    subject TEXT,
+    text TEXT NOT NULL,
+    html TEXT,
+    kept_at TEXT NOT NULL
+  );
+  CREATE INDEX outbox_output ON outbox (output, seq);
+  `,
 ];
 
 /** Most records committed in one transaction (bounds how long one flush blocks the loop). */
@@ -150,6 +213,39 @@ interface StateRow {
   end: string | null;
   as_of: string;
   data: string | null;
+}
+
+const DELIVERY_COLUMNS =
+  'seq, id, status, as_of, generation, subject_start, json, reason, message, provider_id, created_at, updated_at';
+
+interface DeliveryRow {
+  seq: number;
+  id: string;
+  status: StoredDeliveryStatus;
+  as_of: string;
+  generation: number;
+  subject_start: string | null;
+  json: string;
+  reason: string | null;
+  message: string | null;
+  provider_id: string | null;
+  created_at: string;
+  updated_at: string;
+}
+
+const OUTBOX_COLUMNS = 'seq, delivery_id, output, channel, recipient, language, subject, text, html, kept_at';
+
+interface OutboxRow {
+  seq: number;
+  delivery_id: string;
+  output: string;
+  channel: Channel;
+  recipient: string | null;
+  language: string;
+  subject: string | null;
+  text: string;
+  html: string | null;
+  kept_at: string;
 }
 
 /** A record with its instants already checked and converted (outside the transaction). */
@@ -202,6 +298,17 @@ export class SqliteStore implements Store {
   private readonly pingStmt: BetterSqlite3.Statement;
   private readonly getCursorStmt: BetterSqlite3.Statement<[string], { value: string }>;
   private readonly setCursorStmt: BetterSqlite3.Statement<[string, string]>;
+  private readonly unroutedStmt: BetterSqlite3.Statement<[number], { json: string }>;
+  private readonly markRoutedStmt: BetterSqlite3.Statement<[number, string]>;
+  private readonly upsertDeliveryStmt: BetterSqlite3.Statement<unknown[], { seq: number }>;
+  private readonly insertDeliveryKeyStmt: BetterSqlite3.Statement<[string, number]>;
+  private readonly deliveryByIdStmt: BetterSqlite3.Statement<[string], DeliveryRow>;
+  private readonly deliveriesByKeyStmt: BetterSqlite3.Statement<[string], DeliveryRow>;
+  private readonly deliverySeqStmt: BetterSqlite3.Statement<[string], { seq: number }>;
+  private readonly finishDeliveryStmt: BetterSqlite3.Statement;
+  private readonly putOutboxStmt: BetterSqlite3.Statement<unknown[], OutboxRow>;
+  private readonly outboxSeqStmt: BetterSqlite3.Statement<[number], { seq: number }>;
+  private readonly saveRoutingTx: (triggerId: string, rows: Array<{ write: DeliveryWrite; asOfMs: number; dueMs: number }>, routedMs: number) => void;
   private readonly commitBatch: (batch: Prepared[]) => Array<CommitOutcome | { error: unknown }>;
   private readonly commitOne: (p: Prepared) => CommitOutcome;
 
@@ -257,6 +364,71 @@ export class SqliteStore implements Store {
     this.setCursorStmt = db.prepare(
       'INSERT INTO cursors (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value',
     );
+
+    this.unroutedStmt = db.prepare('SELECT json FROM triggers WHERE routed_ms IS NULL ORDER BY rowid LIMIT ?');
+    this.markRoutedStmt = db.prepare('UPDATE triggers SET routed_ms = ? WHERE id = ?');
+    // A final delivery (finished, suppressed, failed) is never overwritten: a replan that
+    // raced with the send must not bring a sent message back to pending. RETURNING gives no
+    // row then, and its keys are left alone.
+    this.upsertDeliveryStmt = db.prepare(
+      `INSERT INTO deliveries (id, status, as_of, as_of_ms, due_at, due_ms, rule, patient_id, subject, generation,
+         subject_start, json, created_at, updated_at)
+       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+       ON CONFLICT (id) DO UPDATE SET
+         status = excluded.status, as_of = excluded.as_of, as_of_ms = excluded.as_of_ms,
+         due_at = excluded.due_at, due_ms = excluded.due_ms, rule = excluded.rule,
+         patient_id = excluded.patient_id, subject = excluded.subject, generation = excluded.generation,
+         subject_start = excluded.subject_start, json = excluded.json, updated_at = excluded.updated_at
+       WHERE deliveries.status IN ('pending', 'cancelled')
+       RETURNING seq`,
+    );
+    this.insertDeliveryKeyStmt = db.prepare('INSERT OR IGNORE INTO delivery_keys (key, delivery_seq) VALUES (?, ?)');
+    this.deliveryByIdStmt = db.prepare(`SELECT ${DELIVERY_COLUMNS} FROM deliveries WHERE id = ?`);
+    // CROSS JOIN keeps the key table as the outer loop (one probe on the key, then one per
+    // delivery found), whatever the statistics say.
+    this.deliveriesByKeyStmt = db.prepare(
+      `SELECT ${DELIVERY_COLUMNS.split(', ').map((c) => `d.${c}`).join(', ')}
+         FROM delivery_keys k CROSS JOIN deliveries d ON d.seq = k.delivery_seq
+        WHERE k.key = ? ORDER BY d.seq`,
+    );
+    this.deliverySeqStmt = db.prepare('SELECT seq FROM deliveries WHERE id = ?');
+    this.finishDeliveryStmt = db.prepare(
+      `UPDATE deliveries SET status = @status, reason = @reason, message = @message, provider_id = @providerId, updated_at = @at
+        WHERE id = @id AND generation = @generation AND status = 'pending'`,
+    );
+    this.putOutboxStmt = db.prepare(
+      `INSERT INTO outbox (delivery_id, output, channel, recipient, language, subject, text, html, kept_at)
+       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+       ON CONFLICT (delivery_id) DO UPDATE SET
+         output = excluded.output, channel = excluded.channel, recipient = excluded.recipient,
+         language = excluded.language, subject = excluded.subject, text = excluded.text,
+         html = excluded.html, kept_at = excluded.kept_at
+       RETURNING ${OUTBOX_COLUMNS}`,
+    );
+    this.outboxSeqStmt = db.prepare('SELECT seq FROM outbox WHERE seq = ?');
+    this.saveRoutingTx = db.transaction((triggerId: string, rows: Array<{ write: DeliveryWrite; asOfMs: number; dueMs: number }>, routedMs: number) => {
+      for (const { write, asOfMs, dueMs } of rows) {
+        const d = write.delivery;
+        const row = this.upsertDeliveryStmt.get(
+          d.id,
+          write.status,
+          write.asOf,
+          asOfMs,
+          d.dueAt,
+          dueMs,
+          d.ruleId,
+          d.patientId,
+          d.subjectKey,
+          write.generation,
+          write.subjectStart ?? null,
+          JSON.stringify(d),
+          write.updatedAt,
+          write.updatedAt,
+        );
+        if (row !== undefined) for (const key of new Set(d.cancelKeys)) this.insertDeliveryKeyStmt.run(key, row.seq);
+      }
+      this.markRoutedStmt.run(routedMs, triggerId);
+    }).immediate;
 
     // Nested inside commitBatch's transaction, better-sqlite3 runs this as a SAVEPOINT.
     this.commitOne = db.transaction((p: Prepared) => this.apply(p));
@@ -405,6 +577,119 @@ export class SqliteStore implements Store {
     this.assertOpen();
     // Its own transaction: synchronous=FULL makes it durable when run() returns.
     this.setCursorStmt.run(key, value);
+  }
+
+  async listUnroutedTriggers(limit: number): Promise<Trigger[]> {
+    this.assertOpen();
+    return this.unroutedStmt.all(listLimit(limit)).map((r) => JSON.parse(r.json) as Trigger);
+  }
+
+  async saveRouting(triggerId: string, deliveries: readonly DeliveryWrite[], routedAt: string): Promise<void> {
+    this.assertOpen();
+    // Checked before the transaction: a bad instant is a bug upstream, not a store fault.
+    const rows = deliveries.map((write, i) => ({
+      write,
+      asOfMs: instantMs(write.asOf, `deliveries[${i}].asOf`),
+      dueMs: instantMs(write.delivery.dueAt, `deliveries[${i}].delivery.dueAt`),
+    }));
+    this.saveRoutingTx(triggerId, rows, instantMs(routedAt, 'routedAt'));
+  }
+
+  async getDelivery(id: string): Promise<StoredDelivery | undefined> {
+    this.assertOpen();
+    const row = this.deliveryByIdStmt.get(id);
+    return row === undefined ? undefined : deliveryFromRow(row);
+  }
+
+  async deliveriesByCancelKey(key: string): Promise<StoredDelivery[]> {
+    this.assertOpen();
+    // Keys are only ever added: a key a replan dropped may still point here, so the
+    // delivery's own list decides.
+    return this.deliveriesByKeyStmt.all(key).map(deliveryFromRow).filter((d) => d.delivery.cancelKeys.includes(key));
+  }
+
+  async listDeliveries(query: DeliveryQuery): Promise<StoredDelivery[]> {
+    this.assertOpen();
+    const where: string[] = [];
+    const params: unknown[] = [];
+    const eq = (column: string, value: string | undefined): void => {
+      if (value === undefined) return;
+      where.push(`${column} = ?`);
+      params.push(value);
+    };
+    eq('status', query.status);
+    eq('rule', query.ruleId);
+    eq('patient_id', query.patientId);
+    eq('subject', query.subjectKey);
+    if (query.before !== undefined) {
+      const position = this.deliverySeqStmt.get(query.before);
+      if (position === undefined) {
+        throw new RangeError(`before must be the id of a stored delivery (the last id of the previous page), got ${JSON.stringify(query.before)}`);
+      }
+      where.push('seq < ?');
+      params.push(position.seq);
+    }
+    params.push(listLimit(query.limit));
+    const sql =
+      `SELECT ${DELIVERY_COLUMNS} FROM deliveries` + (where.length > 0 ? ` WHERE ${where.join(' AND ')}` : '') + ' ORDER BY seq DESC LIMIT ?';
+    return (this.listStatement(sql).all(...params) as DeliveryRow[]).map(deliveryFromRow);
+  }
+
+  async finishDelivery(id: string, generation: number, outcome: DeliveryOutcome): Promise<boolean> {
+    this.assertOpen();
+    instantMs(outcome.at, 'outcome.at');
+    const changed = this.finishDeliveryStmt.run({
+      id,
+      generation,
+      status: outcome.status,
+      reason: outcome.reason ?? null,
+      message: outcome.message === undefined ? null : JSON.stringify(outcome.message),
+      providerId: outcome.providerId ?? null,
+      at: outcome.at,
+    }).changes;
+    return changed > 0;
+  }
+
+  async putOutboxEntry(entry: Omit<OutboxEntry, 'id'>): Promise<OutboxEntry> {
+    this.assertOpen();
+    instantMs(entry.keptAt, 'keptAt');
+    const row = this.putOutboxStmt.get(
+      entry.deliveryId,
+      entry.output,
+      entry.channel,
+      entry.to ?? null,
+      entry.language,
+      entry.subject ?? null,
+      entry.text,
+      entry.html ?? null,
+      entry.keptAt,
+    )!;
+    return outboxFromRow(row);
+  }
+
+  async listOutbox(query: OutboxQuery): Promise<OutboxEntry[]> {
+    this.assertOpen();
+    const where: string[] = [];
+    const params: unknown[] = [];
+    if (query.deliveryId !== undefined) {
+      where.push('delivery_id = ?');
+      params.push(query.deliveryId);
+    }
+    if (query.output !== undefined) {
+      where.push('output = ?');
+      params.push(query.output);
+    }
+    if (query.before !== undefined) {
+      const seq = /^[1-9]\d{0,14}$/.test(query.before) ? this.outboxSeqStmt.get(Number(query.before)) : undefined;
+      if (seq === undefined) {
+        throw new RangeError(`before must be the id of an outbox entry (the last id of the previous page), got ${JSON.stringify(query.before)}`);
+      }
+      where.push('seq < ?');
+      params.push(seq.seq);
+    }
+    params.push(listLimit(query.limit));
+    const sql = `SELECT ${OUTBOX_COLUMNS} FROM outbox` + (where.length > 0 ? ` WHERE ${where.join(' AND ')}` : '') + ' ORDER BY seq DESC LIMIT ?';
+    return (this.listStatement(sql).all(...params) as OutboxRow[]).map(outboxFromRow);
   }
 
   async ping(): Promise<void> {
@@ -588,4 +873,36 @@ function stateFromRow(row: StateRow): SubjectState {
   if (row.end !== null) state.end = row.end;
   if (row.data !== null) state.data = JSON.parse(row.data) as Record<string, unknown>;
   return state;
+}
+
+function deliveryFromRow(row: DeliveryRow): StoredDelivery {
+  const stored: StoredDelivery = {
+    delivery: JSON.parse(row.json) as Delivery,
+    status: row.status,
+    asOf: row.as_of,
+    generation: row.generation,
+    createdAt: row.created_at,
+    updatedAt: row.updated_at,
+  };
+  if (row.subject_start !== null) stored.subjectStart = row.subject_start;
+  if (row.reason !== null) stored.reason = row.reason;
+  if (row.message !== null) stored.message = JSON.parse(row.message) as SentMessage;
+  if (row.provider_id !== null) stored.providerId = row.provider_id;
+  return stored;
+}
+
+function outboxFromRow(row: OutboxRow): OutboxEntry {
+  const entry: OutboxEntry = {
+    id: String(row.seq),
+    deliveryId: row.delivery_id,
+    output: row.output,
+    channel: row.channel,
+    language: row.language,
+    text: row.text,
+    keptAt: row.kept_at,
+  };
+  if (row.recipient !== null) entry.to = row.recipient;
+  if (row.subject !== null) entry.subject = row.subject;
+  if (row.html !== null) entry.html = row.html;
+  return entry;
 }

@@ -1,7 +1,7 @@
 // The Store interface (ARCHITECTURE.md "Interfaces"). Workers see only this; the embedded
 // SQLite backend and the PostgreSQL backend implement it and pass one conformance suite
 // (store/conformance.ts).
-import type { AckCode, MessageStatus, Trigger } from '../types.ts';
+import type { AckCode, Channel, Delivery, MessageStatus, Trigger } from '../types.ts';
 
 /** Everything about one inbound message that is committed before it is acknowledged. */
 export interface InboundRecord {
@@ -110,6 +110,115 @@ export interface TriggerQuery {
   limit?: number;
 }
 
+/**
+ * Where a delivery stands. `pending` waits for its due time (the queue holds a timer for
+ * it); `cancelled` may come back when a strictly newer event plans it again; the last three
+ * are final: nothing moves or revives them (no second message for the patient).
+ */
+export const StoredDeliveryStatus = {
+  Pending: 'pending',
+  Cancelled: 'cancelled',
+  /** Handed to its output, which accepted it. */
+  Finished: 'finished',
+  /** Not sent, on purpose: a send-time check said no (reason `stale`, `expired`, …). */
+  Suppressed: 'suppressed',
+  /** Dead-lettered: a permanent failure, or attempts exhausted (reason = the failure code). */
+  Failed: 'failed',
+} as const;
+export type StoredDeliveryStatus = (typeof StoredDeliveryStatus)[keyof typeof StoredDeliveryStatus];
+export const STORED_DELIVERY_STATUSES: readonly StoredDeliveryStatus[] = Object.values(StoredDeliveryStatus);
+
+/** A delivery state as routing writes it (saveRouting). */
+export interface DeliveryWrite {
+  delivery: Delivery;
+  status: 'pending' | 'cancelled';
+  /** occurredAt of the newest event applied (route.ts ordering rule). */
+  asOf: string;
+  /**
+   * Bumped each time the delivery needs a new queue job (revived after a cancel, or moved
+   * when its job could not be): the job id is `<delivery id>~<generation>`, and only the
+   * job of the current generation may send.
+   */
+  generation: number;
+  /** The appointment/encounter start the plan was made for (CONSENT.md rule 1 "still current"). */
+  subjectStart?: string;
+  /** ISO instant of this change. */
+  updatedAt: string;
+}
+
+/** The rendered message kept with a finished delivery (what left). */
+export interface SentMessage {
+  language: string;
+  to?: string;
+  subject?: string;
+  text: string;
+  html?: string;
+}
+
+/** How a delivery ended (finishDelivery). */
+export interface DeliveryOutcome {
+  status: 'finished' | 'suppressed' | 'failed';
+  /** Reason code for suppressed and failed (safe to log). */
+  reason?: string;
+  /** What was sent (finished only). */
+  message?: SentMessage;
+  /** The adapter's receipt id (finished only). */
+  providerId?: string;
+  /** ISO instant. */
+  at: string;
+}
+
+export interface StoredDelivery {
+  delivery: Delivery;
+  status: StoredDeliveryStatus;
+  asOf: string;
+  generation: number;
+  subjectStart?: string;
+  reason?: string;
+  message?: SentMessage;
+  providerId?: string;
+  /** When the delivery was first planned / last changed (ISO instants). */
+  createdAt: string;
+  updatedAt: string;
+}
+
+export interface DeliveryQuery {
+  status?: StoredDeliveryStatus;
+  ruleId?: string;
+  patientId?: string;
+  /** `appointment/<url-encoded id>`… (route.ts subjectOf). */
+  subjectKey?: string;
+  /** Default 100, capped at 1000. Newest planned first. */
+  limit?: number;
+  /** The id of the last delivery of the previous page. */
+  before?: string;
+}
+
+/** A message kept by an `outbox` output instead of being sent. */
+export interface OutboxEntry {
+  /** Store-assigned, stable. */
+  id: string;
+  deliveryId: string;
+  /** Output instance name. */
+  output: string;
+  channel: Channel;
+  to?: string;
+  language: string;
+  subject?: string;
+  text: string;
+  html?: string;
+  keptAt: string;
+}
+
+export interface OutboxQuery {
+  deliveryId?: string;
+  output?: string;
+  /** Default 100, capped at 1000. Newest first. */
+  limit?: number;
+  /** The id of the last entry of the previous page. */
+  before?: string;
+}
+
 export interface Store {
   /**
    * Commits one inbound message atomically: raw bytes, ACK, status, reason, triggers and
@@ -141,6 +250,30 @@ export interface Store {
   getCursor(key: string): Promise<string | undefined>;
   /** Sets a cursor durably (last write wins); resolves once committed. */
   setCursor(key: string, value: string): Promise<void>;
+
+  /**
+   * Triggers committed but not yet routed, in commit order (a crash between the commit and
+   * routing loses nothing: the router picks these up at start).
+   */
+  listUnroutedTriggers(limit: number): Promise<Trigger[]>;
+  /**
+   * Writes the delivery states routing changed for one trigger and marks the trigger routed,
+   * in one transaction. A delivery already final (finished, suppressed, failed) is never
+   * overwritten. Idempotent: the same call again changes nothing more.
+   */
+  saveRouting(triggerId: string, deliveries: readonly DeliveryWrite[], routedAt: string): Promise<void>;
+  getDelivery(id: string): Promise<StoredDelivery | undefined>;
+  /** Every delivery holding the cancel key (one index probe, whatever the number of deliveries). */
+  deliveriesByCancelKey(key: string): Promise<StoredDelivery[]>;
+  listDeliveries(query: DeliveryQuery): Promise<StoredDelivery[]>;
+  /**
+   * Ends a delivery, only if it is still pending with `generation` (a job of an older
+   * generation, or a second run of the same job, changes nothing). True when written.
+   */
+  finishDelivery(id: string, generation: number, outcome: DeliveryOutcome): Promise<boolean>;
+  /** Keeps an outbox message, durably; a second entry for the same delivery replaces the first. */
+  putOutboxEntry(entry: Omit<OutboxEntry, 'id'>): Promise<OutboxEntry>;
+  listOutbox(query: OutboxQuery): Promise<OutboxEntry[]>;
 
   /** Cheap liveness of the backing store for /readyz. */
   ping(): Promise<void>;
