@@ -1,0 +1,396 @@
+// FhirIngest against a real local FHIR server (test/helpers/fhir-server.ts) and a real
+// SQLite store: R4 rest-hooks, topic notifications, dedupe, gaps and their recovery,
+// heartbeat silence with an injected clock, bad input and store failures.
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { startFhirTestServer, type FhirTestServer } from '../../test/helpers/fhir-server.ts';
+import {
+  eventTime,
+  testAppointment,
+  testEncounter,
+  testPatient,
+  topicBundle,
+  type Json,
+  type TestEvent,
+} from '../../test/helpers/fhir-notifications.ts';
+import { captureLogger } from '../../test/helpers/server.ts';
+import { FhirClient } from '../fhir/client.ts';
+import { SqliteStore } from '../store/sqlite.ts';
+import type { Store } from '../store/store.ts';
+import { cursorKeys, FhirIngest, parseFhirJson, type FhirIngestResult, type FhirIngestSettings } from './fhir-ingest.ts';
+
+let dir: string;
+let store: SqliteStore;
+let server: FhirTestServer;
+let clock: number;
+let log: ReturnType<typeof captureLogger>;
+
+function makeIngest(overrides: Partial<FhirIngestSettings> = {}, deps: { store?: Store } = {}): FhirIngest {
+  const client = new FhirClient({ baseUrl: server.baseUrl, maxRetries: 0, timeoutMs: 5_000 });
+  return new FhirIngest(
+    {
+      input: 'ehr-fhir',
+      subscriptions: [{ id: 'sub1', heartbeatPeriodSeconds: 60 }],
+      searchResources: ['Appointment', 'Encounter'],
+      searchLookbackSeconds: 3600,
+      ...overrides,
+    },
+    { store: deps.store ?? store, log, client, now: () => new Date(clock) },
+  );
+}
+
+function body(json: unknown): Buffer {
+  return Buffer.from(JSON.stringify(json));
+}
+
+function accepted(result: FhirIngestResult): Extract<FhirIngestResult, { kind: 'accepted' }> {
+  if (result.kind !== 'accepted') throw new Error(`expected accepted, got ${JSON.stringify(result)}`);
+  return result;
+}
+
+function sub(id = 'sub1'): string {
+  return `${server.baseUrl}/Subscription/${id}`;
+}
+
+function event(number: number, focus?: string, extra: Partial<TestEvent> = {}): TestEvent {
+  return { number, ...(focus !== undefined ? { focus } : {}), ...extra };
+}
+
+function eventsBundle(events: TestEvent[], extra: Partial<Parameters<typeof topicBundle>[0]> = {}): Json {
+  return topicBundle({ subscription: sub(), type: 'event-notification', events, ...extra });
+}
+
+beforeEach(async () => {
+  dir = fs.mkdtempSync(path.join(os.tmpdir(), 'carerelay-fhir-ingest-'));
+  store = SqliteStore.open(path.join(dir, 'carerelay.db'));
+  server = await startFhirTestServer();
+  clock = Date.now();
+  log = captureLogger();
+});
+
+afterEach(async () => {
+  await server.close();
+  await store.close();
+  fs.rmSync(dir, { recursive: true, force: true });
+});
+
+describe('R4 criteria rest-hook', () => {
+  it('a full resource gives its trigger; the patient is fetched from the configured server only', async () => {
+    server.put(testPatient('p1'));
+    const appointment = server.put(testAppointment('a1', 'Patient/p1'));
+    const ingest = makeIngest();
+    const result = accepted(await ingest.handle(body(appointment)));
+    expect(result.triggers.map((t) => t.type)).toEqual(['appointment.booked']);
+    const [trigger] = result.triggers;
+    expect(trigger!.source).toEqual({ format: 'fhir', sender: server.baseUrl, messageType: 'Appointment', messageId: 'Appointment/a1/_history/1' });
+    expect(trigger!.patient.id).toBe('MRN-p1');
+    expect(server.requests.map((r) => `${r.method} ${r.path}`)).toEqual(['GET /fhir/Patient/p1']);
+    const stored = await store.findMessage(server.baseUrl, 'Appointment/a1/_history/1');
+    expect(stored?.triggerIds).toEqual([trigger!.id]);
+  });
+
+  it('the same resource 20 times in parallel gives one record and one trigger', async () => {
+    server.put(testPatient('p1'));
+    const appointment = server.put(testAppointment('a1', 'Patient/p1'));
+    const ingest = makeIngest();
+    const results = await Promise.all(Array.from({ length: 20 }, () => ingest.handle(body(appointment))));
+    expect(results.every((r) => r.kind === 'accepted')).toBe(true);
+    expect(results.flatMap((r) => accepted(r).triggers)).toHaveLength(1);
+    expect(await store.listMessages({})).toHaveLength(1);
+    expect(await store.listTriggers({})).toHaveLength(1);
+    expect(server.countRequests('/fhir/Patient')).toBe(1);
+  });
+
+  it('a later version that changes the start is a reschedule against the stored state', async () => {
+    server.put(testPatient('p1'));
+    const v1 = server.put(testAppointment('a1', 'Patient/p1'));
+    const v2 = server.put(testAppointment('a1', 'Patient/p1', { start: '2026-03-11T14:00:00+01:00', end: '2026-03-11T14:30:00+01:00' }));
+    const ingest = makeIngest();
+    accepted(await ingest.handle(body(v1)));
+    const result = accepted(await ingest.handle(body(v2)));
+    expect(result.triggers.map((t) => [t.type, t.appointment?.previousStart])).toEqual([
+      ['appointment.rescheduled', '2026-03-10T09:30:00+01:00'],
+    ]);
+  });
+
+  it('an empty body searches the configured server for what changed since the last search', async () => {
+    server.put(testPatient('p1'));
+    server.put(testAppointment('a1', 'Patient/p1'));
+    server.put(testEncounter('e1', 'Patient/p1'));
+    const ingest = makeIngest();
+    const result = accepted(await ingest.handle(Buffer.alloc(0)));
+    expect(result.triggers.map((t) => t.type).sort()).toEqual(['appointment.booked', 'encounter.started']);
+    const searches = server.requests.filter((r) => r.path === '/fhir/Appointment' || r.path === '/fhir/Encounter');
+    expect(searches).toHaveLength(2);
+    expect(searches[0]!.query).toMatch(/_lastUpdated=ge/);
+    expect(await store.getCursor(cursorKeys.search('ehr-fhir', 'Appointment'))).toBe(server.get('Appointment', 'a1')!.meta!.lastUpdated);
+    // Nothing new: the second empty notification stores nothing more.
+    expect(accepted(await ingest.handle(Buffer.alloc(0))).triggers).toEqual([]);
+    expect(await store.listTriggers({})).toHaveLength(2);
+  });
+
+  it('a patient reference to another server is refused before any request', async () => {
+    const appointment = testAppointment('a1', 'https://elsewhere.example.org/fhir/Patient/p1', { meta: { versionId: '1' } });
+    const result = await makeIngest().handle(body(appointment));
+    expect(result).toMatchObject({ kind: 'refused', status: 422, reason: 'fhir_reference_outside_base' });
+    expect(server.requests).toEqual([]);
+    expect(await store.listMessages({})).toEqual([]);
+  });
+});
+
+describe('bad input', () => {
+  it('refuses invalid JSON, prototype keys and non-notifications with 400, storing nothing', async () => {
+    const ingest = makeIngest();
+    expect(await ingest.handle(Buffer.from('{"resourceType": "Appointment",'))).toMatchObject({ kind: 'refused', status: 400, reason: 'invalid_json' });
+    expect(await ingest.handle(Buffer.from('{"resourceType":"Patient","__proto__":{"x":1}}'))).toMatchObject({ status: 400, reason: 'invalid_json' });
+    expect(await ingest.handle(Buffer.from('{"resourceType":"Patient","a":{"\\u0063onstructor":{}}}'))).toMatchObject({ status: 400 });
+    expect(await ingest.handle(body({ resourceType: 'Bundle', type: 'searchset', entry: [] }))).toMatchObject({
+      status: 400,
+      reason: 'fhir_notification_invalid',
+    });
+    expect(await ingest.handle(body([1, 2]))).toMatchObject({ status: 400 });
+    expect(await store.listMessages({})).toEqual([]);
+    expect(server.requests).toEqual([]);
+  });
+
+  it('parseFhirJson keeps ordinary documents intact', () => {
+    expect(parseFhirJson('{"resourceType":"Patient","name":[{"given":["A"]}]}')).toEqual({ resourceType: 'Patient', name: [{ given: ['A'] }] });
+  });
+
+  it('refuses a notification for a subscription that is not configured, or on another server', async () => {
+    const ingest = makeIngest();
+    const unknown = topicBundle({ subscription: sub('other'), type: 'heartbeat' });
+    expect(await ingest.handle(body(unknown))).toMatchObject({ kind: 'refused', status: 404, reason: 'unknown_subscription' });
+    const foreign = topicBundle({ subscription: 'https://elsewhere.example.org/fhir/Subscription/sub1', type: 'heartbeat' });
+    expect(await ingest.handle(body(foreign))).toMatchObject({ status: 404 });
+    expect(await store.listMessages({})).toEqual([]);
+  });
+
+  it('an id-only focus on another server is refused with no fetch and nothing stored', async () => {
+    const n = eventsBundle([event(1, 'https://elsewhere.example.org/fhir/Appointment/a1')]);
+    const result = await makeIngest().handle(body(n));
+    expect(result).toMatchObject({ kind: 'refused', status: 422, reason: 'fhir_reference_outside_base' });
+    expect(server.requests).toEqual([]);
+    expect(await store.listMessages({})).toEqual([]);
+  });
+
+  it('a commit failure answers unavailable (503) and the resend lands once', async () => {
+    server.put(testPatient('p1'));
+    const appointment = server.put(testAppointment('a1', 'Patient/p1'));
+    let failing = true;
+    const flaky: Store = new Proxy(store, {
+      get(target, prop, receiver) {
+        if (prop === 'commitInbound' && failing) return () => Promise.reject(new Error('disk full'));
+        const value = Reflect.get(target, prop, receiver) as unknown;
+        return typeof value === 'function' ? (value as (...a: unknown[]) => unknown).bind(target) : value;
+      },
+    });
+    const ingest = makeIngest({}, { store: flaky });
+    expect(await ingest.handle(body(appointment))).toMatchObject({ kind: 'unavailable', reason: 'store_unavailable' });
+    expect(await store.listMessages({})).toEqual([]);
+    failing = false;
+    expect(accepted(await ingest.handle(body(appointment))).triggers).toHaveLength(1);
+  });
+
+  it('a FHIR server that is down answers unavailable with its Retry-After', async () => {
+    server.failNext(503, 1, 7);
+    const n = eventsBundle([event(1, 'Appointment/a1')]);
+    expect(await makeIngest().handle(body(n))).toMatchObject({ kind: 'unavailable', retryAfterSeconds: 7 });
+    expect(await store.listMessages({})).toEqual([]);
+  });
+});
+
+describe('topic-based notifications', () => {
+  it('handshake and heartbeat are recorded with zero triggers and move the subscription cursor', async () => {
+    const ingest = makeIngest();
+    const hs = accepted(await ingest.handle(body(topicBundle({ subscription: sub(), type: 'handshake', status: 'requested', eventsSinceSubscriptionStart: 0 }))));
+    expect(hs).toMatchObject({ stored: 1, triggers: [] });
+    clock += 30_000;
+    const hb = accepted(await ingest.handle(body(topicBundle({ subscription: sub(), type: 'heartbeat', eventsSinceSubscriptionStart: 0 }))));
+    expect(hb).toMatchObject({ stored: 1, triggers: [] });
+    const messages = await store.listMessages({});
+    expect(messages.map((m) => [m.messageType, m.status, m.triggerIds.length])).toEqual([
+      ['heartbeat', 'accepted', 0],
+      ['handshake', 'accepted', 0],
+    ]);
+    const cursor = JSON.parse((await store.getCursor(cursorKeys.subscription('ehr-fhir', 'sub1')))!);
+    expect(cursor).toMatchObject({ n: 0, status: 'active', seen: new Date(clock).toISOString() });
+    expect(server.requests).toEqual([]);
+  });
+
+  it('full-resource: one trigger per event, messageId <subscription>#<event-number>', async () => {
+    const patient = testPatient('p1');
+    const n = eventsBundle([event(1, `${server.baseUrl}/Appointment/a1`, { resource: { ...testAppointment('a1', 'Patient/p1'), meta: { versionId: '1' } } })], {
+      extraEntries: [{ fullUrl: `${server.baseUrl}/Patient/p1`, resource: patient }],
+    });
+    const result = accepted(await makeIngest().handle(body(n)));
+    expect(result.triggers.map((t) => [t.type, t.source.messageId, t.occurredAt])).toEqual([['appointment.booked', 'sub1#1', eventTime(1)]]);
+    expect(server.requests).toEqual([]);
+  });
+
+  it('id-only: the focus and its patient are fetched, then normalized', async () => {
+    server.put(testPatient('p1'));
+    server.put(testEncounter('e1', 'Patient/p1'));
+    const n = eventsBundle([event(1, `${server.baseUrl}/Encounter/e1`, { additionalContext: [`${server.baseUrl}/Patient/p1`] })]);
+    const result = accepted(await makeIngest().handle(body(n)));
+    expect(result.triggers.map((t) => t.type)).toEqual(['encounter.started']);
+    expect(server.requests.map((r) => r.path)).toEqual(['/fhir/Encounter/e1', '/fhir/Patient/p1']);
+  });
+
+  it('US Core Patient Data Feed: the v2 trigger code makes a first-seen in-progress encounter a transfer', async () => {
+    server.put(testPatient('p1'));
+    server.put(testEncounter('e1', 'Patient/p1'));
+    const n = eventsBundle([
+      event(1, `${server.baseUrl}/Encounter/e1`, {
+        triggers: [
+          { system: 'http://hl7.org/fhir/us/core/CodeSystem/trigger', code: 'feed-event' },
+          { system: 'http://terminology.hl7.org/CodeSystem/v2-0003', code: 'A02' },
+        ],
+      }),
+    ], { topic: 'http://hl7.org/fhir/us/core/SubscriptionTopic/patient-data-feed' });
+    expect(accepted(await makeIngest().handle(body(n))).triggers.map((t) => t.type)).toEqual(['encounter.transferred']);
+  });
+
+  it('the same notification 20 times (in parallel and after) gives one trigger and one fetch', async () => {
+    server.put(testPatient('p1'));
+    server.put(testAppointment('a1', 'Patient/p1'));
+    const ingest = makeIngest();
+    const n = body(eventsBundle([event(1, 'Appointment/a1')]));
+    const first = await Promise.all(Array.from({ length: 10 }, () => ingest.handle(n)));
+    const later = [];
+    for (let i = 0; i < 10; i++) later.push(await ingest.handle(n));
+    const all = [...first, ...later].map(accepted);
+    expect(all.flatMap((r) => r.triggers)).toHaveLength(1);
+    expect(all.reduce((sum, r) => sum + r.duplicates, 0)).toBe(19);
+    expect(await store.listTriggers({})).toHaveLength(1);
+    expect(server.countRequests('/fhir/Appointment/a1')).toBe(1);
+  });
+
+  it('an empty payload records the event and searches for what changed', async () => {
+    server.put(testPatient('p1'));
+    server.put(testAppointment('a1', 'Patient/p1'));
+    const result = accepted(await makeIngest().handle(body(eventsBundle([event(1)]))));
+    expect(result.triggers.map((t) => t.type)).toEqual(['appointment.booked']);
+    expect((await store.findMessage(server.baseUrl, 'sub1#1'))?.triggerIds).toEqual([]);
+    expect(server.requests.some((r) => r.path === '/fhir/Appointment' && r.query.includes('_lastUpdated'))).toBe(true);
+  });
+
+  it('a multi-event notification stores one record per event, each with its own slice of the Bundle', async () => {
+    server.put(testPatient('p1'));
+    server.put(testPatient('p2'));
+    const a1 = { ...testAppointment('a1', 'Patient/p1'), meta: { versionId: '1' } };
+    const a2 = { ...testAppointment('a2', 'Patient/p2'), meta: { versionId: '1' } };
+    const n = eventsBundle([event(1, 'Appointment/a1', { resource: a1 }), event(2, 'Appointment/a2', { resource: a2 })]);
+    const result = accepted(await makeIngest().handle(body(n)));
+    expect(result.triggers.map((t) => t.source.messageId)).toEqual(['sub1#1', 'sub1#2']);
+    const m2 = await store.findMessage(server.baseUrl, 'sub1#2');
+    const raw = JSON.parse((await store.getMessage(m2!.id))!.raw.toString('utf8')) as Json;
+    const params = ((raw.entry as Json[])[0]!.resource as Json).parameter as Json[];
+    expect(params.filter((p) => p.name === 'notification-event')).toHaveLength(1);
+    expect((raw.entry as Json[]).slice(1).map((e) => (e.resource as Json).id)).toEqual(['a2']);
+  });
+});
+
+describe('gaps and recovery', () => {
+  async function prime(ingest: FhirIngest): Promise<void> {
+    accepted(await ingest.handle(body(topicBundle({ subscription: sub(), type: 'handshake', eventsSinceSubscriptionStart: 0 }))));
+  }
+
+  it('a skipped event number runs $events for the missing numbers first', async () => {
+    server.put(testPatient('p1'));
+    for (const id of ['a1', 'a2', 'a3']) {
+      server.put(testAppointment(id, 'Patient/p1'));
+      server.pushEvent('sub1', `Appointment/${id}`);
+    }
+    const ingest = makeIngest();
+    await prime(ingest);
+    accepted(await ingest.handle(body(eventsBundle([event(1, 'Appointment/a1')]))));
+    const result = accepted(await ingest.handle(body(eventsBundle([event(3, 'Appointment/a3')]))));
+    const events = server.requests.filter((r) => r.path.endsWith('/$events'));
+    expect(events.map((r) => r.query)).toEqual(['?eventsSinceNumber=2&eventsUntilNumber=2&content=full-resource']);
+    expect((await store.listTriggers({})).map((t) => t.source.messageId).sort()).toEqual(['sub1#1', 'sub1#2', 'sub1#3']);
+    expect(result.triggers.map((t) => t.source.messageId)).toEqual(['sub1#3']);
+    expect(log.lines.some((l) => l.message === 'fhir.gap_detected' && l.reason === 'event_gap' && l.count === 1)).toBe(true);
+    // Event 2 arriving late is now a duplicate.
+    const late = accepted(await ingest.handle(body(eventsBundle([event(2, 'Appointment/a2')]))));
+    expect(late).toMatchObject({ stored: 0, duplicates: 1 });
+  });
+
+  it('without $events the recovery searches by _lastUpdated since the last event time', async () => {
+    await server.close();
+    server = await startFhirTestServer({ supportsEvents: false });
+    server.put(testPatient('p1'));
+    const ingest = makeIngest({ searchResources: ['Appointment'] });
+    await prime(ingest);
+    const e1 = server.put(testAppointment('a1', 'Patient/p1'));
+    accepted(await ingest.handle(body(eventsBundle([event(1, 'Appointment/a1', { timestamp: e1.meta!.lastUpdated! })]))));
+    server.put(testAppointment('a2', 'Patient/p1'));
+    server.put(testAppointment('a3', 'Patient/p1'));
+    accepted(await ingest.handle(body(eventsBundle([event(3, 'Appointment/a3')]))));
+    const search = server.requests.find((r) => r.path === '/fhir/Appointment');
+    expect(decodeURIComponent(search!.query)).toContain(`_lastUpdated=ge${e1.meta!.lastUpdated}`);
+    expect(server.requests.some((r) => r.path.endsWith('$events'))).toBe(false);
+    const types = (await store.listTriggers({})).map((t) => `${t.appointment?.id}`).sort();
+    expect(types).toEqual(['a1', 'a2', 'a3']);
+  });
+
+  it('a heartbeat counting more events than seen starts a recovery', async () => {
+    server.put(testPatient('p1'));
+    server.put(testAppointment('a1', 'Patient/p1'));
+    server.pushEvent('sub1', 'Appointment/a1');
+    const ingest = makeIngest();
+    await prime(ingest);
+    accepted(await ingest.handle(body(topicBundle({ subscription: sub(), type: 'heartbeat', eventsSinceSubscriptionStart: 1 }))));
+    expect(server.requests.filter((r) => r.path.endsWith('$events')).map((r) => r.query)).toEqual([
+      '?eventsSinceNumber=1&eventsUntilNumber=1&content=full-resource',
+    ]);
+    expect((await store.listTriggers({})).map((t) => t.source.messageId)).toEqual(['sub1#1']);
+    expect(JSON.parse((await store.getCursor(cursorKeys.subscription('ehr-fhir', 'sub1')))!).n).toBe(1);
+  });
+
+  it('heartbeat silence past twice the period warns and recovers once, without sleeping', async () => {
+    server.put(testPatient('p1'));
+    server.put(testAppointment('a1', 'Patient/p1'));
+    const ingest = makeIngest();
+    await prime(ingest);
+    let tick: (() => void) | undefined;
+    let intervalMs = 0;
+    ingest.startHeartbeatMonitor((fn, ms) => {
+      tick = fn;
+      intervalMs = ms;
+      return { clear: () => (tick = undefined) };
+    });
+    expect(intervalMs).toBe(30_000);
+    clock += 119_000; // within 2 × 60 s
+    expect(await ingest.checkHeartbeats()).toEqual([]);
+    server.pushEvent('sub1', 'Appointment/a1');
+    clock += 2_000; // 121 s of silence
+    expect(await ingest.checkHeartbeats()).toEqual(['sub1']);
+    expect(log.lines.filter((l) => l.message === 'fhir.heartbeat_missed').map((l) => l.reason)).toEqual(['heartbeat_silence']);
+    expect(server.requests.filter((r) => r.path.endsWith('$events')).map((r) => r.query)).toEqual(['?eventsSinceNumber=1&content=full-resource']);
+    expect((await store.listTriggers({})).map((t) => t.source.messageId)).toEqual(['sub1#1']);
+    // Measured from the recovery now: the timer's next tick does nothing more.
+    tick!();
+    await ingest.stop();
+    expect(server.requests.filter((r) => r.path.endsWith('$events'))).toHaveLength(1);
+    expect(tick).toBeUndefined();
+  });
+
+  it('the position survives a restart: a new ingest on the same store still detects the gap', async () => {
+    server.put(testPatient('p1'));
+    server.put(testAppointment('a1', 'Patient/p1'));
+    server.put(testAppointment('a2', 'Patient/p1'));
+    server.pushEvent('sub1', 'Appointment/a1');
+    server.pushEvent('sub1', 'Appointment/a2');
+    const first = makeIngest();
+    await prime(first);
+    accepted(await first.handle(body(eventsBundle([event(1, 'Appointment/a1')]))));
+    const second = makeIngest();
+    accepted(await second.handle(body(topicBundle({ subscription: sub(), type: 'heartbeat', eventsSinceSubscriptionStart: 2 }))));
+    expect(server.requests.filter((r) => r.path.endsWith('$events')).map((r) => r.query)).toEqual([
+      '?eventsSinceNumber=2&eventsUntilNumber=2&content=full-resource',
+    ]);
+  });
+});
