@@ -81,6 +81,18 @@ describe('decodeHl7Bytes / parseHl7 on bytes (MSH-18, HL7 table 0211)', () => {
     }
   });
 
+  it('UNICODE UTF-8 with bytes that are not UTF-8 → bad_encoding, never replacement characters', () => {
+    let caught: unknown;
+    try {
+      parseHl7(message('UNICODE UTF-8', Buffer.from([0x5a, 0x6f, 0xeb]))); // "Zoë" in Latin-1
+    } catch (err) {
+      caught = err;
+    }
+    expect(caught).toBeInstanceOf(Hl7ParseError);
+    expect((caught as Hl7ParseError).code).toBe('bad_encoding');
+    expect((caught as Hl7ParseError).message).toContain('not valid UTF-8');
+  });
+
   it('a UTF-8 BOM before MSH is dropped', () => {
     const msg = parseHl7(Buffer.concat([Buffer.from([0xef, 0xbb, 0xbf]), message('', utf8('Zoë'))]));
     expect(msg.get('MSH-3')).toBe('APP');

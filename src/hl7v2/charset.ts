@@ -5,7 +5,9 @@
 //   real feeds send UTF-8 without declaring it; invalid UTF-8 falls back to Latin-1 so no
 //   byte is lost.
 // - "8859/1" … "8859/15": ISO-8859-n.
-// - "UNICODE UTF-8" (v2.5+) / "UNICODE" / "UTF-8": UTF-8.
+// - "UNICODE UTF-8" (v2.5+) / "UNICODE" / "UTF-8": UTF-8; bytes that are not valid UTF-8
+//   are refused (bad_encoding) rather than decoded with replacement characters, which would
+//   silently corrupt names.
 // - anything else: Hl7ParseError unknown_charset (the ingest answers AR).
 import { isAscii, isUtf8 } from 'node:buffer';
 import { Hl7ParseError, Hl7ParseErrorCode } from './parse-error.ts';
@@ -45,6 +47,12 @@ export function decodeHl7Bytes(bytes: Buffer): { text: string; charset: string }
     return { text: bytes.toString('latin1'), charset: '8859/1' };
   }
   if (declared === 'UNICODE UTF-8' || declared === 'UTF-8' || declared === 'UNICODE') {
+    if (!isUtf8(bytes)) {
+      throw new Hl7ParseError(
+        Hl7ParseErrorCode.BadEncoding,
+        `MSH-18 declares ${declared} but the bytes are not valid UTF-8; fix the encoding or declare the set actually used (e.g. 8859/1)`,
+      );
+    }
     return { text: bytes.toString('utf8'), charset: 'UNICODE UTF-8' };
   }
   const iso = ISO_8859.exec(declared);
