@@ -333,7 +333,9 @@ export class FhirIngest {
       }
       batch.records.push(record);
     }
-    await this.commit(batch);
+    // With a cursor, one record at a time: a record that fails must not be overtaken by a
+    // later one whose cursor would then skip it.
+    await this.commit(batch, options.cursorKey !== undefined);
     return batch;
   }
 
@@ -808,10 +810,22 @@ export class FhirIngest {
     return out;
   }
 
-  private async commit(batch: Batch): Promise<void> {
-    const pending = batch.records.filter((r) => !this.settled.has(r));
+  private async commit(batch: Batch, sequential = false): Promise<void> {
+    let pending = batch.records.filter((r) => !this.settled.has(r));
     if (pending.length === 0) return;
-    const outcomes = await Promise.allSettled(pending.map((r) => this.deps.store.commitInbound(r)));
+    let outcomes: PromiseSettledResult<Awaited<ReturnType<Store['commitInbound']>>>[];
+    if (sequential) {
+      outcomes = [];
+      for (const record of pending) {
+        const [outcome] = await Promise.allSettled([this.deps.store.commitInbound(record)]);
+        outcomes.push(outcome!);
+        if (outcome!.status === 'rejected') break;
+      }
+      pending = pending.slice(0, outcomes.length);
+      batch.records = batch.records.filter((r) => this.settled.has(r) || pending.includes(r));
+    } else {
+      outcomes = await Promise.allSettled(pending.map((r) => this.deps.store.commitInbound(r)));
+    }
     const fresh: Trigger[] = [];
     const kept: InboundRecord[] = [];
     let failed = false;

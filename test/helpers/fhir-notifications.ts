@@ -2,6 +2,8 @@
 // Shapes follow the Subscriptions R5 Backport IG examples (R4: a `history` Bundle whose
 // entry[0] is a Parameters "backport-subscription-status-r4"). All data is synthetic.
 
+import type { TestFhirResource } from './fhir-server.ts';
+
 export type Json = Record<string, unknown>;
 
 export interface TestEvent {
@@ -82,7 +84,7 @@ export function topicBundle(options: TopicBundleOptions): Json {
   };
 }
 
-export function testPatient(id: string, overrides: Json = {}): Json {
+export function testPatient(id: string, overrides: Json = {}): TestFhirResource {
   return {
     resourceType: 'Patient',
     id,
@@ -101,7 +103,7 @@ export function testPatient(id: string, overrides: Json = {}): Json {
   };
 }
 
-export function testAppointment(id: string, patientRef: string, overrides: Json = {}): Json {
+export function testAppointment(id: string, patientRef: string, overrides: Json = {}): TestFhirResource {
   return {
     resourceType: 'Appointment',
     id,
@@ -116,7 +118,7 @@ export function testAppointment(id: string, patientRef: string, overrides: Json 
   };
 }
 
-export function testEncounter(id: string, patientRef: string, overrides: Json = {}): Json {
+export function testEncounter(id: string, patientRef: string, overrides: Json = {}): TestFhirResource {
   return {
     resourceType: 'Encounter',
     id,
