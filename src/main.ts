@@ -7,6 +7,11 @@ import { loadConfig, type CarerelayPlan, type InstancePlan } from './config/load
 import { readSecret, type Env, type SecretRef } from './config/yaml.ts';
 import { MllpServer, type MllpServerEvent } from './hl7v2/mllp-server.ts';
 import { HL7V2_HTTP, HL7V2_MLLP, type Hl7v2HttpConfig, type Hl7v2MllpConfig } from './inputs/hl7v2/spec.ts';
+import { FHIR_POLL, FHIR_REST_HOOK, type FhirPollConfig, type FhirRestHookConfig } from './inputs/fhir/spec.ts';
+import type { FhirHttpInput } from './api/fhir-routes.ts';
+import type { FhirIngest } from './workers/fhir-ingest.ts';
+import type { FhirPoller } from './workers/fhir-poll.ts';
+import { inboundAuthFor, poller as fhirPoller, restHookIngest } from './workers/fhir-setup.ts';
 import { createLogger, type Logger } from './log.ts';
 import { openSqliteDatabase } from './store/sqlite-db.ts';
 import { SqliteStore } from './store/sqlite.ts';
@@ -136,6 +141,10 @@ export async function startCarerelay(options: StartOptions): Promise<RunningCare
 
   const mllpServers: Array<{ name: string; server: MllpServer }> = [];
   const httpInputs = new Map<string, HttpHl7Input>();
+  const fhirInputs = new Map<string, FhirHttpInput>();
+  const fhirIngests: FhirIngest[] = [];
+  const fhirPollers: FhirPoller[] = [];
+  const fhirDeps = { store, log, env, configDir: plan.configDir };
   for (const input of plan.inputs) {
     if (input.type === HL7V2_MLLP) {
       const typed = input as unknown as InstancePlan<Hl7v2MllpConfig>;
@@ -147,10 +156,17 @@ export async function startCarerelay(options: StartOptions): Promise<RunningCare
         ...(config.auth ? { bearerToken: readSecret(config.auth.bearerToken, env, plan.configDir) } : {}),
         maxBodyBytes: HTTP_MAX_BODY_BYTES,
       });
+    } else if (input.type === FHIR_REST_HOOK) {
+      const config = input.config as unknown as FhirRestHookConfig;
+      const fhirIngest = restHookIngest(config, fhirDeps);
+      fhirIngests.push(fhirIngest);
+      fhirInputs.set(input.name, { ingest: fhirIngest, auth: inboundAuthFor(config.auth, env, plan.configDir), maxBodyBytes: config.maxBodyBytes });
+    } else if (input.type === FHIR_POLL) {
+      fhirPollers.push(fhirPoller(input.config as unknown as FhirPollConfig, fhirDeps));
     }
   }
 
-  const app = createApp({ store, log, hl7Ingest: ingest, hl7Inputs: httpInputs, adminToken });
+  const app = createApp({ store, log, hl7Ingest: ingest, hl7Inputs: httpInputs, fhirInputs, adminToken });
   const mllpPorts = new Map<string, number>();
   let http: Server | undefined;
   try {
@@ -175,6 +191,9 @@ export async function startCarerelay(options: StartOptions): Promise<RunningCare
   const address = http.address();
   const httpPort = typeof address === 'object' && address !== null ? address.port : plan.server.http.port;
   log.info('http.listening', { host: httpHost, port: httpPort });
+  // FHIR: heartbeat-silence monitors and pollers start once the endpoint can receive.
+  for (const fhirIngest of fhirIngests) fhirIngest.startHeartbeatMonitor();
+  for (const p of fhirPollers) p.start();
 
   let resolveStopped!: () => void;
   const stopped = new Promise<void>((resolve) => {
@@ -184,10 +203,12 @@ export async function startCarerelay(options: StartOptions): Promise<RunningCare
   const stop = (): Promise<void> => {
     stopping ??= (async () => {
       await Promise.allSettled(mllpServers.map(({ server }) => server.close()));
+      await Promise.allSettled(fhirPollers.map((p) => p.stop()));
       await new Promise<void>((resolve) => {
         http!.close(() => resolve());
         http!.closeAllConnections();
       });
+      await Promise.allSettled(fhirIngests.map((i) => i.stop()));
       await store.close();
       log.info('carerelay.stopped');
       resolveStopped();

@@ -1,0 +1,90 @@
+// From a validated fhir-rest-hook / fhir-poll config to running parts: the FHIR client
+// (secrets resolved), the ingest, the poller and the inbound auth of the HTTP route.
+// Used by the composition root and by `carerelay fhir subscribe`.
+import type { FhirInboundAuth } from '../api/fhir-routes.ts';
+import { readSecret, type Env } from '../config/yaml.ts';
+import { FhirClient, type FhirAuthConfig } from '../fhir/client.ts';
+import type { FhirInboundAuthConfig, FhirPollConfig, FhirRestHookConfig, FhirServerConfig } from '../inputs/fhir/spec.ts';
+import type { Logger } from '../log.ts';
+import type { Store } from '../store/store.ts';
+import type { Trigger } from '../types.ts';
+import { FhirIngest } from './fhir-ingest.ts';
+import { FhirPoller } from './fhir-poll.ts';
+
+export function fhirClientFor(server: FhirServerConfig, env: Env, configDir: string): FhirClient {
+  let auth: FhirAuthConfig | undefined;
+  if (server.auth?.bearer) {
+    auth = { kind: 'bearer', token: readSecret(server.auth.bearer.token, env, configDir) };
+  } else if (server.auth?.smart) {
+    const smart = server.auth.smart;
+    auth = {
+      kind: 'smart',
+      tokenUrl: smart.tokenUrl,
+      clientId: smart.clientId,
+      privateKey: readSecret(smart.privateKey, env, configDir),
+      algorithm: smart.algorithm,
+      scope: smart.scope,
+    };
+  }
+  return new FhirClient({
+    baseUrl: server.baseUrl,
+    ...(auth ? { auth } : {}),
+    timeoutMs: server.timeoutSeconds * 1000,
+    allowInsecureHttp: server.allowInsecureHttp,
+  });
+}
+
+export function inboundAuthFor(auth: FhirInboundAuthConfig, env: Env, configDir: string): FhirInboundAuth {
+  if (auth.bearer) return { kind: 'bearer', token: readSecret(auth.bearer.token, env, configDir) };
+  if (auth.header) return { kind: 'header', name: auth.header.name.toLowerCase(), value: readSecret(auth.header.value, env, configDir) };
+  if (auth.hmac) return { kind: 'hmac', secret: readSecret(auth.hmac.secret, env, configDir), header: auth.hmac.header.toLowerCase() };
+  // The spec's check() requires exactly one; reaching here is a bug upstream.
+  throw new Error('fhir-rest-hook auth: none of bearer, header, hmac is configured');
+}
+
+export interface FhirRuntimeDeps {
+  store: Store;
+  log: Logger;
+  env: Env;
+  configDir: string;
+  onCommitted?: (triggers: Trigger[]) => void | Promise<void>;
+}
+
+export function restHookIngest(config: FhirRestHookConfig, deps: FhirRuntimeDeps): FhirIngest {
+  return new FhirIngest(
+    {
+      input: config.name,
+      subscriptions: config.subscriptions.map((s) => ({ id: s.id, heartbeatPeriodSeconds: s.heartbeatPeriodSeconds })),
+      searchResources: config.searchResources,
+      searchLookbackSeconds: config.searchLookbackSeconds,
+    },
+    {
+      store: deps.store,
+      log: deps.log,
+      client: fhirClientFor(config.server, deps.env, deps.configDir),
+      ...(deps.onCommitted ? { onCommitted: deps.onCommitted } : {}),
+    },
+  );
+}
+
+export function poller(config: FhirPollConfig, deps: FhirRuntimeDeps): FhirPoller {
+  const ingest = new FhirIngest(
+    { input: config.name, subscriptions: [], searchResources: [], searchLookbackSeconds: 3600 },
+    {
+      store: deps.store,
+      log: deps.log,
+      client: fhirClientFor(config.server, deps.env, deps.configDir),
+      ...(deps.onCommitted ? { onCommitted: deps.onCommitted } : {}),
+    },
+  );
+  return new FhirPoller(
+    {
+      input: config.name,
+      resources: config.resources,
+      intervalSeconds: config.intervalSeconds,
+      pageSize: config.pageSize,
+      since: config.since,
+    },
+    { ingest, store: deps.store, log: deps.log },
+  );
+}
