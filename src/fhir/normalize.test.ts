@@ -342,14 +342,10 @@ describe('Encounter fields', () => {
     expect(t.source.messageType).toBe('Encounter');
   });
 
-  it('a date-only period stays a date; R5 class (CodeableConcept[]) and actualPeriod are read', () => {
-    const t = only(
-      normalizeFhir(
-        encounter({ status: 'planned', period: undefined, actualPeriod: { start: '2024-04-02' }, class: [{ coding: [{ code: 'AMB' }] }] }),
-        ctx(),
-      ),
-    );
-    expect(t.encounter).toMatchObject({ class: 'AMB', start: '2024-04-02' });
+  it('a date-only period becomes midnight in the sender zone (TRIGGER.md precision); R5 class and actualPeriod are read', () => {
+    const planned = encounter({ status: 'planned', period: undefined, actualPeriod: { start: '2024-04-02' }, class: [{ coding: [{ code: 'AMB' }] }] });
+    expect(only(normalizeFhir(planned, ctx())).encounter).toMatchObject({ class: 'AMB', start: '2024-04-02T00:00:00+00:00' });
+    expect(only(normalizeFhir(planned, ctx({ timezone: 'Europe/Paris' }))).encounter).toMatchObject({ start: '2024-04-02T00:00:00+02:00' });
   });
 
   it('sensitivity sticks to the encounter once seen (CONSENT.md)', () => {

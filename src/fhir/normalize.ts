@@ -6,6 +6,7 @@
 // The same real-world event must give the same `type`, `appointment.*` and `patient.*` as
 // the HL7v2 path, so the field rules below follow TRIGGER.md to the letter.
 import { createHash } from 'node:crypto';
+import { DateTime } from 'luxon';
 import { PermanentError } from '../errors.ts';
 import type { SubjectState } from '../store/store.ts';
 import {
@@ -54,6 +55,11 @@ export interface NormalizeContext {
   patient?: FhirResource;
   /** US Core Patient Data Feed `trigger` codings of the notification event. */
   triggerCodes?: FhirCoding[];
+  /**
+   * IANA zone of the sender (input setting, default UTC): a date-only Encounter period
+   * becomes midnight there (TRIGGER.md "Precision").
+   */
+  timezone?: string;
 }
 
 export interface NormalizeResult {
@@ -145,6 +151,8 @@ export interface NotificationNormalizeOptions {
   previous?: (kind: SubjectState['kind'], id: string) => SubjectState | undefined;
   /** Resources fetched from the configured server (id-only focus, patients not in the Bundle). */
   fetched?: Map<string, FhirResource>;
+  /** The sender's IANA zone, for date-only times (NormalizeContext.timezone). */
+  timezone?: string;
 }
 
 export interface NotificationNormalizeResult extends NormalizeResult {
@@ -201,6 +209,7 @@ export function normalizeNotification(
       receivedAt: options.receivedAt,
       sender: options.sender,
       messageId: resourceMessageId(notification.resource),
+      ...(options.timezone !== undefined ? { timezone: options.timezone } : {}),
     });
   } else if (
     notification.kind === 'topic' &&
@@ -212,6 +221,7 @@ export function normalizeNotification(
         receivedAt: options.receivedAt,
         sender: options.sender,
         messageId: topicMessageId(notification.subscription, event.eventNumber),
+        ...(options.timezone !== undefined ? { timezone: options.timezone } : {}),
       };
       if (event.timestamp !== undefined) base.occurredAt = event.timestamp;
       if (notification.timestamp !== undefined) base.bundleTimestamp = notification.timestamp;
@@ -517,6 +527,19 @@ function codeKey(c: CodedValue): string {
   return `${c.system ?? ''}|${c.code}`;
 }
 
+/**
+ * FHIR dateTime of an encounter period. With a time it carries its offset (FHIR requires
+ * one) and is kept as given; a date (YYYY, YYYY-MM or YYYY-MM-DD) becomes midnight of its
+ * first day in the sender's zone, like HL7 date-only times.
+ */
+function encounterTime(value: string | undefined, zone = 'UTC'): string | undefined {
+  if (value === undefined || value.includes('T')) return value;
+  const m = /^(\d{4})(?:-(\d{2}))?(?:-(\d{2}))?$/.exec(value);
+  if (m === null) return undefined;
+  const local = DateTime.fromObject({ year: Number(m[1]), month: Number(m[2] ?? 1), day: Number(m[3] ?? 1) }, { zone });
+  return local.isValid ? local.toISO({ suppressMilliseconds: true, includeOffset: true })!.replace(/Z$/, '+00:00') : undefined;
+}
+
 /** minutesDuration, else end − start rounded to the minute (only for times, not dates). */
 function durationMinutes(minutes: unknown, start?: string, end?: string): number | undefined {
   if (typeof minutes === 'number' && Number.isFinite(minutes) && minutes >= 0) return Math.round(minutes);
@@ -549,8 +572,8 @@ function normalizeEncounter(res: Encounter, context: NormalizeContext): Normaliz
   const klass = encounterClass(res.class);
   if (klass !== undefined) encounter.class = klass;
   const period = isObject(res.period) ? res.period : isObject(res.actualPeriod) ? res.actualPeriod : undefined;
-  const start = optionalString(period?.start);
-  const end = optionalString(period?.end);
+  const start = encounterTime(optionalString(period?.start), context.timezone);
+  const end = encounterTime(optionalString(period?.end), context.timezone);
   if (start !== undefined) encounter.start = start;
   if (end !== undefined) encounter.end = end;
   const location = currentLocation(res);

@@ -1,0 +1,141 @@
+// JSON Schema of the normalized trigger (../shared/design/TRIGGER.md is the contract; the
+// field names and meanings here are fixed). Every input's output is validated against it in
+// the tests, and tools outside CareRelay can use it to read `carerelay normalize` output and
+// the admin API. Imports nothing.
+
+const isoInstant = {
+  type: 'string',
+  // ISO-8601 with an explicit offset ("Z" or ±hh:mm), seconds optional fractions.
+  pattern: '^\\d{4}-\\d{2}-\\d{2}T\\d{2}:\\d{2}:\\d{2}(?:\\.\\d+)?(?:Z|[+-]\\d{2}:\\d{2})$',
+} as const;
+
+/** An appointment/encounter time: an instant with offset (date-only values become midnight). */
+const isoTime = isoInstant;
+
+const identifier = {
+  type: 'object',
+  required: ['value'],
+  additionalProperties: false,
+  properties: {
+    value: { type: 'string', minLength: 1 },
+    system: { type: 'string' },
+    type: { type: 'string' },
+  },
+} as const;
+
+const reference = {
+  type: 'object',
+  required: ['id'],
+  properties: {
+    id: { type: 'string', minLength: 1 },
+    name: { type: 'string' },
+    facility: { type: 'string' },
+  },
+} as const;
+
+export const triggerSchema = {
+  $id: 'https://carerelay.org/schemas/trigger.json',
+  title: 'CareRelay normalized trigger',
+  type: 'object',
+  required: ['id', 'type', 'occurredAt', 'receivedAt', 'source', 'patient'],
+  properties: {
+    id: { type: 'string', minLength: 1, description: 'Deterministic idempotency key.' },
+    type: {
+      type: 'string',
+      enum: [
+        'appointment.booked',
+        'appointment.rescheduled',
+        'appointment.modified',
+        'appointment.checked_in',
+        'appointment.fulfilled',
+        'appointment.cancelled',
+        'appointment.deleted',
+        'appointment.noshow',
+        'encounter.planned',
+        'encounter.started',
+        'encounter.transferred',
+        'encounter.finished',
+        'encounter.cancelled',
+        'encounter.discharge_cancelled',
+        'patient.updated',
+        'patient.merged',
+      ],
+    },
+    occurredAt: { ...isoInstant, description: 'EVN-6, else EVN-2, else MSH-7; FHIR: notification timestamp, else meta.lastUpdated.' },
+    receivedAt: isoInstant,
+    source: {
+      type: 'object',
+      required: ['format', 'sender', 'messageType', 'messageId'],
+      properties: {
+        format: { enum: ['hl7v2', 'fhir'] },
+        sender: { type: 'string' },
+        messageType: { type: 'string', minLength: 1 },
+        messageId: { type: 'string', minLength: 1 },
+      },
+    },
+    patient: {
+      type: 'object',
+      required: ['id', 'identifiers', 'deceased', 'telecom'],
+      properties: {
+        id: { type: 'string', minLength: 1 },
+        identifiers: { type: 'array', items: identifier },
+        name: {
+          type: 'object',
+          required: ['given'],
+          properties: { family: { type: 'string' }, given: { type: 'array', items: { type: 'string' } } },
+        },
+        birthDate: { type: 'string', pattern: '^\\d{4}(?:-\\d{2}(?:-\\d{2})?)?$' },
+        gender: { enum: ['male', 'female', 'other', 'unknown'] },
+        language: { type: 'string', pattern: '^[a-z]{2,3}$' },
+        deceased: { type: 'boolean' },
+        telecom: {
+          type: 'array',
+          items: {
+            type: 'object',
+            required: ['system', 'use', 'value'],
+            additionalProperties: false,
+            properties: {
+              system: { enum: ['phone', 'email'] },
+              use: { enum: ['mobile', 'home', 'work', 'other'] },
+              value: { type: 'string', minLength: 1 },
+            },
+          },
+        },
+        mergedFrom: { type: 'array', items: identifier },
+      },
+    },
+    appointment: {
+      type: 'object',
+      required: ['id'],
+      properties: {
+        id: { type: 'string', minLength: 1 },
+        placerId: { type: 'string' },
+        status: { type: 'string' },
+        start: isoTime,
+        end: isoTime,
+        durationMinutes: { type: 'number', minimum: 0 },
+        previousStart: isoTime,
+        serviceType: {
+          type: 'object',
+          required: ['code'],
+          properties: { code: { type: 'string' }, display: { type: 'string' }, system: { type: 'string' } },
+        },
+        location: reference,
+        practitioner: reference,
+      },
+    },
+    encounter: {
+      type: 'object',
+      properties: {
+        id: { type: 'string', minLength: 1 },
+        status: { type: 'string' },
+        class: { type: 'string' },
+        start: isoTime,
+        end: isoTime,
+        location: reference,
+        dischargeDisposition: { type: 'string' },
+      },
+    },
+    sensitivity: { type: 'array', items: { type: 'string' } },
+  },
+} as const;

@@ -1,0 +1,46 @@
+// Every trigger CareRelay produces in its golden fixtures (HL7v2 and FHIR paths) conforms to
+// the trigger JSON Schema, and the schema itself refuses what TRIGGER.md rules out.
+import { readdirSync, readFileSync } from 'node:fs';
+import path from 'node:path';
+import { Ajv } from 'ajv';
+import { describe, expect, it } from 'vitest';
+import { triggerSchema } from '../src/trigger-schema.ts';
+
+const fixtures = path.join(import.meta.dirname, '..', 'fixtures');
+const validate = new Ajv({ allErrors: true, strict: true }).compile(triggerSchema);
+
+function goldenTriggers(): Array<[string, unknown]> {
+  const out: Array<[string, unknown]> = [];
+  for (const dir of ['hl7v2', 'fhir']) {
+    for (const name of readdirSync(path.join(fixtures, dir))) {
+      if (!name.endsWith('.ndjson')) continue;
+      const lines = readFileSync(path.join(fixtures, dir, name), 'utf8').split('\n').filter((l) => l.trim() !== '');
+      lines.forEach((line, i) => out.push([`${dir}/${name}#${i + 1}`, JSON.parse(line)]));
+    }
+  }
+  return out;
+}
+
+describe('trigger JSON Schema', () => {
+  const all = goldenTriggers();
+
+  it('has golden triggers from both paths to check', () => {
+    expect(all.filter(([n]) => n.startsWith('hl7v2/')).length).toBeGreaterThan(20);
+    expect(all.filter(([n]) => n.startsWith('fhir/')).length).toBeGreaterThan(10);
+  });
+
+  it.each(all)('%s conforms', (_name, trigger) => {
+    const ok = validate(trigger);
+    expect(validate.errors ?? []).toEqual([]);
+    expect(ok).toBe(true);
+  });
+
+  it('refuses an unknown type, a time without offset and a patient without deceased', () => {
+    const [, sample] = all.find(([n]) => n.startsWith('hl7v2/SIU-S12-01'))!;
+    const base = sample as Record<string, unknown>;
+    expect(validate({ ...base, type: 'appointment.reminded' })).toBe(false);
+    expect(validate({ ...base, occurredAt: '2021-09-24T09:30:00' })).toBe(false);
+    const { deceased: _dropped, ...patient } = base.patient as Record<string, unknown>;
+    expect(validate({ ...base, patient })).toBe(false);
+  });
+});
