@@ -8,6 +8,7 @@
 import { createHash } from 'node:crypto';
 import { DateTime } from 'luxon';
 import { PermanentError } from '../errors.ts';
+import { languageCode } from '../language.ts';
 import type { SubjectState } from '../store/store.ts';
 import {
   TriggerType,
@@ -801,22 +802,6 @@ function nameOf(res: Patient): HumanName | undefined {
   return family === undefined ? { given } : { family, given };
 }
 
-/** ISO 639-2 (B and T) → ISO 639-1, for senders that send three-letter codes. */
-const ISO_639_2_TO_1: Record<string, string> = {
-  afr: 'af', alb: 'sq', amh: 'am', ara: 'ar', arm: 'hy', aze: 'az', baq: 'eu', bel: 'be',
-  ben: 'bn', bos: 'bs', bul: 'bg', bur: 'my', cat: 'ca', ces: 'cs', chi: 'zh', cym: 'cy',
-  cze: 'cs', dan: 'da', deu: 'de', dut: 'nl', ell: 'el', eng: 'en', est: 'et', eus: 'eu',
-  fas: 'fa', fin: 'fi', fra: 'fr', fre: 'fr', geo: 'ka', ger: 'de', gle: 'ga', glg: 'gl',
-  gre: 'el', guj: 'gu', hat: 'ht', hau: 'ha', heb: 'he', hin: 'hi', hrv: 'hr', hun: 'hu',
-  hye: 'hy', ibo: 'ig', ice: 'is', ind: 'id', isl: 'is', ita: 'it', jpn: 'ja', kan: 'kn',
-  kat: 'ka', kaz: 'kk', khm: 'km', kor: 'ko', kur: 'ku', lao: 'lo', lav: 'lv', lit: 'lt',
-  mac: 'mk', mal: 'ml', mar: 'mr', may: 'ms', mkd: 'mk', mon: 'mn', msa: 'ms', mya: 'my',
-  nep: 'ne', nld: 'nl', nno: 'nn', nob: 'nb', nor: 'no', pan: 'pa', per: 'fa', pol: 'pl',
-  por: 'pt', pus: 'ps', ron: 'ro', rum: 'ro', rus: 'ru', sin: 'si', slk: 'sk', slo: 'sk',
-  slv: 'sl', som: 'so', spa: 'es', sqi: 'sq', srp: 'sr', swa: 'sw', swe: 'sv', tam: 'ta',
-  tel: 'te', tgl: 'tl', tha: 'th', tir: 'ti', tur: 'tr', ukr: 'uk', urd: 'ur', uzb: 'uz',
-  vie: 'vi', wel: 'cy', xho: 'xh', yid: 'yi', yor: 'yo', zho: 'zh', zul: 'zu',
-};
 
 /**
  * Patient.communication: the preferred one first, else the first. Lower-case ISO 639-1
@@ -835,11 +820,8 @@ function languageOf(res: Patient): string | undefined {
   return undefined;
 }
 
-export function normalizeLanguage(code: string): string | undefined {
-  const primary = code.trim().split(/[-_]/)[0]!.toLowerCase();
-  if (!/^[a-z]{2,3}$/.test(primary)) return undefined;
-  return primary.length === 3 ? (ISO_639_2_TO_1[primary] ?? primary) : primary;
-}
+/** Lower-case ISO 639-1 code (TRIGGER.md), the same mapping as the HL7v2 path. */
+export const normalizeLanguage = languageCode;
 
 /**
  * phone (sms counts as phone) and email only; use mobile|home|work|other (temp and old →

@@ -1,0 +1,44 @@
+// Language codes shared by every input (HL7v2 PID-15, FHIR Patient.communication), so both
+// paths give the same patient.language for the same patient. Imports nothing.
+
+/** ISO 639-2 (bibliographic and terminology codes) → ISO 639-1. */
+const ISO_639_2_TO_1: Record<string, string> = {
+  afr: 'af', alb: 'sq', amh: 'am', ara: 'ar', arm: 'hy', aze: 'az', baq: 'eu', bel: 'be',
+  ben: 'bn', bos: 'bs', bul: 'bg', bur: 'my', cat: 'ca', ces: 'cs', chi: 'zh', cym: 'cy',
+  cze: 'cs', dan: 'da', deu: 'de', dut: 'nl', ell: 'el', eng: 'en', est: 'et', eus: 'eu',
+  fas: 'fa', fin: 'fi', fra: 'fr', fre: 'fr', geo: 'ka', ger: 'de', gle: 'ga', glg: 'gl',
+  gre: 'el', guj: 'gu', hat: 'ht', hau: 'ha', heb: 'he', hin: 'hi', hrv: 'hr', hun: 'hu',
+  hye: 'hy', ibo: 'ig', ice: 'is', ind: 'id', isl: 'is', ita: 'it', jpn: 'ja', kan: 'kn',
+  kat: 'ka', kaz: 'kk', khm: 'km', kor: 'ko', kur: 'ku', lao: 'lo', lav: 'lv', lit: 'lt',
+  mac: 'mk', mal: 'ml', mar: 'mr', may: 'ms', mkd: 'mk', mon: 'mn', msa: 'ms', mya: 'my',
+  nep: 'ne', nld: 'nl', nno: 'nn', nob: 'nb', nor: 'no', pan: 'pa', per: 'fa', pol: 'pl',
+  por: 'pt', pus: 'ps', ron: 'ro', rum: 'ro', rus: 'ru', sin: 'si', slk: 'sk', slo: 'sk',
+  slv: 'sl', som: 'so', spa: 'es', sqi: 'sq', srp: 'sr', swa: 'sw', swe: 'sv', tam: 'ta',
+  tel: 'te', tgl: 'tl', tha: 'th', tir: 'ti', tur: 'tr', ukr: 'uk', urd: 'ur', uzb: 'uz',
+  vie: 'vi', wel: 'cy', xho: 'xh', yid: 'yi', yor: 'yo', zho: 'zh', zul: 'zu',
+};
+
+/**
+ * A language code → lower-case ISO 639-1 ("fr", "en"), as TRIGGER.md's patient.language
+ * wants it: the region is dropped ("en-US", "pt_BR" → "en", "pt"), three-letter codes are
+ * mapped (ENG → en, FRA/FRE → fr). A three-letter code with no two-letter equivalent stays
+ * as sent, lower-cased. Anything else ("English") → undefined.
+ */
+export function languageCode(raw: string): string | undefined {
+  const code = raw.trim();
+  let end = code.length;
+  for (let i = 0; i < code.length; i++) {
+    const c = code.charCodeAt(i);
+    if (c === 45 || c === 95) {
+      end = i;
+      break;
+    }
+  }
+  const primary = code.slice(0, end).toLowerCase();
+  if (primary.length < 2 || primary.length > 3) return undefined;
+  for (let i = 0; i < primary.length; i++) {
+    const c = primary.charCodeAt(i);
+    if (c < 97 || c > 122) return undefined;
+  }
+  return primary.length === 3 ? (ISO_639_2_TO_1[primary] ?? primary) : primary;
+}
