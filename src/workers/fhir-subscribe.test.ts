@@ -1,0 +1,116 @@
+// fhirSubscribe against the local FHIR test server: the Backport Subscription it writes,
+// the status text (no secret in it), re-running (update, not duplicate) and bad --input.
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { startFhirTestServer, type FhirTestServer } from '../../test/helpers/fhir-server.ts';
+import { ConfigError } from '../errors.ts';
+import { fhirSubscribe } from './fhir-subscribe.ts';
+
+let dir: string;
+let server: FhirTestServer;
+const TOKEN = 'hook-token-7f3a9c1e5b';
+
+function writeConfig(auth: string): void {
+  fs.mkdirSync(path.join(dir, 'connectors'), { recursive: true });
+  fs.writeFileSync(
+    path.join(dir, 'connectors', 'fhir.yaml'),
+    [
+      'server:',
+      '  http: { host: 127.0.0.1, port: 0 }',
+      `  dataDir: ${JSON.stringify(path.join(dir, 'data'))}`,
+      'inputs:',
+      '  - name: ehr-fhir',
+      '    type: fhir-rest-hook',
+      `    server: { baseUrl: ${JSON.stringify(server.baseUrl)} }`,
+      `    auth: ${auth}`,
+      '    subscriptions:',
+      '      - id: feed',
+      '        topic: http://hl7.org/fhir/us/core/SubscriptionTopic/patient-data-feed',
+      '        filterCriteria: ["Encounter?location=Location/12"]',
+      '        heartbeatPeriodSeconds: 120',
+      '      - id: appts',
+      '        topic: http://example.org/SubscriptionTopic/appointment-changed',
+      '        payload: full-resource',
+      '        heartbeatPeriodSeconds: 0',
+      '  - name: other',
+      '    type: fhir-poll',
+      `    server: { baseUrl: ${JSON.stringify(server.baseUrl)} }`,
+      'outputs: []',
+      '',
+    ].join('\n'),
+  );
+}
+
+beforeEach(async () => {
+  dir = fs.mkdtempSync(path.join(os.tmpdir(), 'carerelay-fhir-subscribe-'));
+  server = await startFhirTestServer();
+});
+
+afterEach(async () => {
+  await server.close();
+  fs.rmSync(dir, { recursive: true, force: true });
+});
+
+describe('fhirSubscribe', () => {
+  it('writes Backport rest-hook Subscriptions with our endpoint, auth header, payload and heartbeat', async () => {
+    writeConfig('{ bearer: { token: { env: HOOK_TOKEN } } }');
+    const text = await fhirSubscribe({ configDir: dir, env: { HOOK_TOKEN: TOKEN }, input: 'ehr-fhir', endpointBaseUrl: 'https://carerelay.example.org/' });
+    const feed = server.get('Subscription', 'feed')!;
+    expect(feed).toMatchObject({
+      meta: { profile: ['http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/backport-subscription'] },
+      status: 'requested',
+      criteria: 'http://hl7.org/fhir/us/core/SubscriptionTopic/patient-data-feed',
+      _criteria: {
+        extension: [
+          { url: 'http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/backport-filter-criteria', valueString: 'Encounter?location=Location/12' },
+        ],
+      },
+      channel: {
+        type: 'rest-hook',
+        endpoint: 'https://carerelay.example.org/ingest/fhir/ehr-fhir',
+        payload: 'application/fhir+json',
+        header: [`Authorization: Bearer ${TOKEN}`],
+        _payload: { extension: [{ url: 'http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/backport-payload-content', valueCode: 'id-only' }] },
+      },
+    });
+    const channel = feed.channel as { extension: Array<{ url: string; valueUnsignedInt?: number }> };
+    expect(channel.extension.find((e) => e.url.endsWith('backport-heartbeat-period'))?.valueUnsignedInt).toBe(120);
+    const appts = server.get('Subscription', 'appts')!;
+    expect((appts.channel as { _payload: unknown })._payload).toMatchObject({ extension: [{ valueCode: 'full-resource' }] });
+    expect(JSON.stringify(appts.channel)).not.toContain('backport-heartbeat-period');
+
+    expect(text).toContain(`Subscription/feed on ${server.baseUrl}: status requested`);
+    expect(text).toContain('endpoint: https://carerelay.example.org/ingest/fhir/ehr-fhir (rest-hook, id-only)');
+    expect(text).toContain('heartbeat: every 120 s');
+    expect(text).toContain('heartbeat: none');
+    expect(text).not.toContain(TOKEN);
+
+    // Again: the same ids are updated (version 2), not duplicated.
+    await fhirSubscribe({ configDir: dir, env: { HOOK_TOKEN: TOKEN }, input: 'ehr-fhir', endpointBaseUrl: 'https://carerelay.example.org' });
+    expect(server.get('Subscription', 'feed')!.meta!.versionId).toBe('2');
+    expect(server.requests.filter((r) => r.method === 'POST')).toEqual([]);
+  });
+
+  it('puts an HMAC secret in the subscription-secret extension (Medplum) and a fixed header in channel.header', async () => {
+    writeConfig('{ hmac: { secret: { env: HOOK_SECRET } } }');
+    await fhirSubscribe({ configDir: dir, env: { HOOK_SECRET: 's3cret-value' }, input: 'ehr-fhir', endpointBaseUrl: 'https://c.example.org' });
+    expect(server.get('Subscription', 'feed')!.extension).toEqual([
+      { url: 'https://www.medplum.com/fhir/StructureDefinition/subscription-secret', valueString: 's3cret-value' },
+    ]);
+    writeConfig('{ header: { name: X-Api-Key, value: { env: HOOK_KEY } } }');
+    await fhirSubscribe({ configDir: dir, env: { HOOK_KEY: 'k-1' }, input: 'ehr-fhir', endpointBaseUrl: 'https://c.example.org' });
+    expect((server.get('Subscription', 'feed')!.channel as { header: string[] }).header).toEqual(['x-api-key: k-1']);
+  });
+
+  it('refuses an input that does not exist or is not a fhir-rest-hook, naming the ones that are', async () => {
+    writeConfig('{ bearer: { token: { env: HOOK_TOKEN } } }');
+    const env = { HOOK_TOKEN: TOKEN };
+    await expect(fhirSubscribe({ configDir: dir, env, input: 'nope', endpointBaseUrl: 'https://c.example.org' })).rejects.toThrow(ConfigError);
+    await expect(fhirSubscribe({ configDir: dir, env, input: 'other', endpointBaseUrl: 'https://c.example.org' })).rejects.toThrow(
+      /is a fhir-poll, not a fhir-rest-hook; fhir-rest-hook inputs: ehr-fhir/,
+    );
+    expect(server.requests).toEqual([]);
+  });
+});

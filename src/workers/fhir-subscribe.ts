@@ -1,0 +1,160 @@
+// `carerelay fhir subscribe --input NAME`: creates (or updates) on the FHIR server the
+// Subscriptions a fhir-rest-hook input lists, then shows what the server holds.
+//
+// Each is an R4 Subscription in the Subscriptions R5 Backport profile (IG STU 1.1
+// "backport-subscription"): criteria = the topic canonical, filter criteria as
+// backport-filter-criteria extensions, channel rest-hook to CareRelay's endpoint with the
+// payload content and heartbeat period extensions, and the auth the input expects — a
+// channel.header line (bearer or fixed header), or for HMAC Medplum's subscription-secret
+// extension. It is written with PUT Subscription/<id> so that the id in the config is the
+// id the server puts in every notification (and running it again updates, never
+// duplicates). The status text names no secret.
+import { ConfigError } from '../errors.ts';
+import { loadConfig } from '../config/load.ts';
+import type { Env } from '../config/yaml.ts';
+import type { FhirResource } from '../fhir/notification.ts';
+import { FHIR_REST_HOOK, type FhirRestHookConfig, type FhirSubscriptionConfig } from '../inputs/fhir/spec.ts';
+import { fhirClientFor, inboundAuthFor } from './fhir-setup.ts';
+import type { FhirInboundAuth } from '../api/fhir-routes.ts';
+
+export interface FhirSubscribeOptions {
+  /** Directory holding connectors/. */
+  configDir: string;
+  env: Env;
+  /** Name of a fhir-rest-hook input. */
+  input: string;
+  /** Public base URL of this CareRelay as the FHIR server reaches it, e.g. https://carerelay.example.org */
+  endpointBaseUrl: string;
+}
+
+const BACKPORT = 'http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition';
+export const BACKPORT_SUBSCRIPTION_PROFILE = `${BACKPORT}/backport-subscription`;
+const MEDPLUM_SECRET = 'https://www.medplum.com/fhir/StructureDefinition/subscription-secret';
+/** Seconds the server should wait for CareRelay's answer (ACK after commit, fetches included). */
+const CHANNEL_TIMEOUT_SECONDS = 30;
+/** Events per notification at most: small Bundles keep each 2xx quick. */
+const MAX_COUNT = 20;
+
+/** The Backport Subscription resource for one configured subscription. */
+export function backportSubscription(
+  subscription: FhirSubscriptionConfig,
+  endpoint: string,
+  auth: FhirInboundAuth,
+  reason: string,
+): FhirResource {
+  const channelExtensions: Array<Record<string, unknown>> = [
+    { url: `${BACKPORT}/backport-timeout`, valueUnsignedInt: CHANNEL_TIMEOUT_SECONDS },
+    { url: `${BACKPORT}/backport-max-count`, valuePositiveInt: MAX_COUNT },
+  ];
+  if (subscription.heartbeatPeriodSeconds > 0) {
+    channelExtensions.unshift({ url: `${BACKPORT}/backport-heartbeat-period`, valueUnsignedInt: subscription.heartbeatPeriodSeconds });
+  }
+  const channel: Record<string, unknown> = {
+    extension: channelExtensions,
+    type: 'rest-hook',
+    endpoint,
+    payload: 'application/fhir+json',
+    _payload: { extension: [{ url: `${BACKPORT}/backport-payload-content`, valueCode: subscription.payload }] },
+  };
+  const resource: FhirResource = {
+    resourceType: 'Subscription',
+    id: subscription.id,
+    meta: { profile: [BACKPORT_SUBSCRIPTION_PROFILE] },
+    status: 'requested',
+    reason,
+    criteria: subscription.topic,
+    channel,
+  };
+  if (subscription.filterCriteria.length > 0) {
+    resource._criteria = {
+      extension: subscription.filterCriteria.map((valueString) => ({ url: `${BACKPORT}/backport-filter-criteria`, valueString })),
+    };
+  }
+  switch (auth.kind) {
+    case 'bearer':
+      channel.header = [`Authorization: Bearer ${auth.token}`];
+      break;
+    case 'header':
+      channel.header = [`${auth.name}: ${auth.value}`];
+      break;
+    case 'hmac':
+      resource.extension = [{ url: MEDPLUM_SECRET, valueString: auth.secret }];
+      break;
+    default:
+      auth satisfies never;
+  }
+  return resource;
+}
+
+function endpointFor(endpointBaseUrl: string, input: string): string {
+  let url: URL;
+  try {
+    url = new URL(endpointBaseUrl);
+  } catch {
+    throw new ConfigError([{ file: '--endpoint', message: `"${endpointBaseUrl}" is not a URL; give CareRelay's public base URL, e.g. https://carerelay.example.org` }]);
+  }
+  if (url.protocol !== 'https:' && url.protocol !== 'http:') {
+    throw new ConfigError([{ file: '--endpoint', message: `the endpoint must be http(s), got ${url.protocol}` }]);
+  }
+  return `${url.origin}${url.pathname.replace(/\/+$/, '')}/ingest/fhir/${input}`;
+}
+
+function extensionValue(list: unknown, url: string): unknown {
+  if (!Array.isArray(list)) return undefined;
+  const found = (list as Array<Record<string, unknown>>).find((e) => e?.url === url);
+  if (found === undefined) return undefined;
+  const key = Object.keys(found).find((k) => k.startsWith('value'));
+  return key === undefined ? undefined : found[key];
+}
+
+function describeSubscription(resource: FhirResource, baseUrl: string): string {
+  const channel = (resource.channel ?? {}) as Record<string, unknown>;
+  const payload = extensionValue((channel._payload as Record<string, unknown> | undefined)?.extension, `${BACKPORT}/backport-payload-content`);
+  const heartbeat = extensionValue(channel.extension, `${BACKPORT}/backport-heartbeat-period`);
+  const lines = [
+    `Subscription/${String(resource.id)} on ${baseUrl}: status ${String(resource.status ?? 'unknown')}`,
+    `  topic: ${String(resource.criteria ?? '')}`,
+    `  endpoint: ${String(channel.endpoint ?? '')} (${String(channel.type ?? '')}, ${String(payload ?? 'payload not stated')})`,
+    `  heartbeat: ${heartbeat === undefined ? 'none' : `every ${String(heartbeat)} s`}`,
+  ];
+  if (typeof resource.error === 'string' && resource.error !== '') lines.push(`  error: ${resource.error.slice(0, 200)}`);
+  return lines.join('\n');
+}
+
+/**
+ * Creates or updates every subscription of the fhir-rest-hook input `input` on its server
+ * and returns the status text (one block per subscription, as the server holds it).
+ * Throws ConfigError for a missing/wrong input, and the FHIR client's classified errors
+ * when the server refuses (e.g. 405 when it does not accept client-assigned ids).
+ */
+export async function fhirSubscribe(options: FhirSubscribeOptions): Promise<string> {
+  const plan = await loadConfig({ configDir: options.configDir, env: options.env });
+  const instance = plan.inputs.find((i) => i.name === options.input);
+  const restHooks = plan.inputs.filter((i) => i.type === FHIR_REST_HOOK).map((i) => i.name);
+  if (instance === undefined || instance.type !== FHIR_REST_HOOK) {
+    throw new ConfigError([
+      {
+        file: '--input',
+        message:
+          `${instance === undefined ? 'no input' : `input "${options.input}" is a ${instance.type}, not a`} ` +
+          `${instance === undefined ? `named "${options.input}"` : FHIR_REST_HOOK}; fhir-rest-hook inputs: ${restHooks.join(', ') || 'none'}`,
+      },
+    ]);
+  }
+  const config = instance.config as unknown as FhirRestHookConfig;
+  if (config.subscriptions.length === 0) {
+    throw new ConfigError([
+      { file: instance.file, line: instance.line, column: instance.column, message: `input "${config.name}" lists no subscriptions to create` },
+    ]);
+  }
+  const client = fhirClientFor(config.server, options.env, plan.configDir);
+  const auth = inboundAuthFor(config.auth, options.env, plan.configDir);
+  const endpoint = endpointFor(options.endpointBaseUrl, config.name);
+  const blocks: string[] = [];
+  for (const subscription of config.subscriptions) {
+    await client.update(backportSubscription(subscription, endpoint, auth, `CareRelay input ${config.name}`));
+    const held = await client.read('Subscription', subscription.id);
+    blocks.push(describeSubscription(held, client.baseUrl));
+  }
+  return blocks.join('\n');
+}
