@@ -564,7 +564,7 @@ export function storeConformanceSuite(name: string, makeStore: () => Promise<Sto
         expect((await store.getDelivery(d.id))!.delivery.dueAt).toBe(moved.dueAt);
       });
 
-      it('finishes a delivery only while pending with the same generation', async () => {
+      it('finishes a delivery only while pending (or failed) with the same generation', async () => {
         const d = testDelivery();
         await store.saveRouting('t1', [write(d, { generation: 2 })], '2024-01-01T09:30:02Z');
         expect(await store.finishDelivery(d.id, 1, { status: 'finished', at: '2024-01-01T10:00:00Z' })).toBe(false);
@@ -572,6 +572,12 @@ export function storeConformanceSuite(name: string, makeStore: () => Promise<Sto
         expect(await store.finishDelivery(d.id, 2, { status: 'suppressed', reason: 'stale', at: '2024-01-01T10:00:00Z' })).toBe(true);
         expect(await store.finishDelivery(d.id, 2, { status: 'finished', at: '2024-01-01T10:00:01Z' })).toBe(false);
         expect(await store.getDelivery(d.id)).toMatchObject({ status: 'suppressed', reason: 'stale', updatedAt: '2024-01-01T10:00:00Z' });
+        const f = testDelivery({ appointmentId: 'A-f' });
+        await store.saveRouting('t3', [write(f)], '2024-01-01T09:30:02Z');
+        expect(await store.finishDelivery(f.id, 1, { status: 'failed', reason: 'http_500', at: '2024-01-01T10:00:00Z' })).toBe(true);
+        // A replayed dead-letter job may still end it.
+        expect(await store.finishDelivery(f.id, 1, { status: 'finished', at: '2024-01-01T10:10:00Z' })).toBe(true);
+        expect(await store.finishDelivery(f.id, 1, { status: 'failed', at: '2024-01-01T10:20:00Z' })).toBe(false);
         const c = testDelivery({ appointmentId: 'A-c' });
         await store.saveRouting('t2', [write(c, { status: 'cancelled' })], '2024-01-01T09:30:02Z');
         expect(await store.finishDelivery(c.id, 1, { status: 'finished', at: '2024-01-01T10:00:00Z' })).toBe(false);

@@ -394,7 +394,7 @@ export class SqliteStore implements Store {
     this.deliverySeqStmt = db.prepare('SELECT seq FROM deliveries WHERE id = ?');
     this.finishDeliveryStmt = db.prepare(
       `UPDATE deliveries SET status = @status, reason = @reason, message = @message, provider_id = @providerId, updated_at = @at
-        WHERE id = @id AND generation = @generation AND status = 'pending'`,
+        WHERE id = @id AND generation = @generation AND status IN ('pending', 'failed')`,
     );
     this.putOutboxStmt = db.prepare(
       `INSERT INTO outbox (delivery_id, output, channel, recipient, language, subject, text, html, kept_at)

@@ -268,7 +268,8 @@ export interface Store {
   listDeliveries(query: DeliveryQuery): Promise<StoredDelivery[]>;
   /**
    * Ends a delivery, only if it is still pending with `generation` (a job of an older
-   * generation, or a second run of the same job, changes nothing). True when written.
+   * generation, or a second run of the same job, changes nothing). A `failed` delivery of
+   * that generation may end again: its dead-lettered job was replayed. True when written.
    */
   finishDelivery(id: string, generation: number, outcome: DeliveryOutcome): Promise<boolean>;
   /** Keeps an outbox message, durably; a second entry for the same delivery replaces the first. */

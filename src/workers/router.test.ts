@@ -1,0 +1,252 @@
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { makeTrigger, rules, type TriggerOverrides } from '../pipeline/test-helpers.ts';
+import type { Rule } from '../pipeline/rule.ts';
+import { SqliteQueue } from '../queue/sqlite.ts';
+import { testRecord } from '../store/conformance.ts';
+import { openSqliteDatabase, type Database } from '../store/sqlite-db.ts';
+import { SqliteStore } from '../store/sqlite.ts';
+import type { Trigger } from '../types.ts';
+import { Router, deliveryJobId, parseDeliveryJobId, type DeliveryJob } from './router.ts';
+import type { LogFields, Logger } from '../log.ts';
+
+const REMINDER = rules({
+  id: 'reminder',
+  on: 'appointment.booked',
+  purpose: 'care.logistics',
+  channel: 'sms',
+  send: { output: 'sms-main', template: 'reminder', fields: ['appointment.start'] },
+  at: 'appointment.start - 24h',
+  expires: 'appointment.start',
+});
+function captureLog(): Logger & { lines: Array<{ message: string } & LogFields> } {
+  const lines: Array<{ message: string } & LogFields> = [];
+  const at = (message: string, fields?: LogFields) => void lines.push({ message, ...fields });
+  return { lines, info: at, warn: at, error: at, debug: at };
+}
+
+const ID = (appointment = 'A100') => `reminder@appointment/${appointment}#0`;
+
+let dir: string;
+let file: string;
+let db: Database;
+let store: SqliteStore;
+let queue: SqliteQueue<DeliveryJob>;
+let router: Router;
+let clock: number;
+let currentRules: readonly Rule[];
+let zone: string;
+let log: ReturnType<typeof captureLog>;
+
+function open(): void {
+  db = openSqliteDatabase(file);
+  store = new SqliteStore(db);
+  queue = new SqliteQueue<DeliveryJob>(db, { name: 'deliveries', now: () => clock });
+  router = new Router({ store, queue, rules: () => currentRules, zoneFor: () => zone, log, now: () => clock });
+}
+
+async function shut(): Promise<void> {
+  await router.close();
+  await queue.close();
+  await store.close();
+  db.close();
+}
+
+beforeEach(() => {
+  dir = mkdtempSync(path.join(tmpdir(), 'carerelay-router-'));
+  file = path.join(dir, 'carerelay.db');
+  clock = Date.parse('2025-06-01T09:00:00+02:00');
+  currentRules = REMINDER;
+  zone = 'Europe/Paris';
+  log = captureLog();
+  open();
+});
+afterEach(async () => {
+  if (db.open) await shut();
+  rmSync(dir, { recursive: true, force: true });
+});
+
+let seq = 0;
+/** Commits the trigger as ingest does (so it is stored, unrouted), without routing it. */
+async function commit(o: TriggerOverrides): Promise<Trigger> {
+  const trigger = makeTrigger({ id: `t${++seq}`, ...o });
+  const outcome = await store.commitInbound(testRecord({ controlId: trigger.id, triggers: [trigger] }));
+  expect(outcome.outcome).toBe('stored');
+  return trigger;
+}
+
+async function ingest(o: TriggerOverrides) {
+  return router.route(await commit(o));
+}
+
+const booked = (o: TriggerOverrides = {}): TriggerOverrides => ({ type: 'appointment.booked', occurredAt: '2025-06-01T09:00:00+02:00', ...o });
+const cancelled = (o: TriggerOverrides = {}): TriggerOverrides => ({
+  type: 'appointment.cancelled',
+  occurredAt: '2025-06-02T09:00:00+02:00',
+  ...o,
+  appointment: { status: 'cancelled', ...o.appointment },
+});
+const rescheduled = (start: string, o: TriggerOverrides = {}): TriggerOverrides => ({
+  type: 'appointment.rescheduled',
+  occurredAt: '2025-06-02T09:00:00+02:00',
+  ...o,
+  appointment: { start, previousStart: '2025-06-10T14:30:00+02:00', ...o.appointment },
+});
+
+describe('job ids', () => {
+  it('carry the delivery id and generation, even when the id holds "~"', () => {
+    const id = deliveryJobId('r@appointment/A~1#0', 3);
+    expect(id).toBe('r@appointment/A~1#0~3');
+    expect(parseDeliveryJobId(id)).toEqual({ deliveryId: 'r@appointment/A~1#0', generation: 3 });
+    expect(parseDeliveryJobId('other-job')).toBeUndefined();
+    expect(parseDeliveryJobId('x~0')).toBeUndefined();
+  });
+});
+
+describe('Router', () => {
+  it('booked: a pending delivery in the store and a job due at its time', async () => {
+    const routed = await ingest(booked());
+    expect(routed.changes.map((c) => c.change)).toEqual(['added']);
+    const stored = await store.getDelivery(ID());
+    expect(stored).toMatchObject({ status: 'pending', generation: 1, subjectStart: '2025-06-10T14:30:00+02:00' });
+    expect(stored!.delivery.dueAt).toBe('2025-06-09T14:30:00+02:00');
+    const job = await queue.get(deliveryJobId(ID(), 1));
+    expect(job).toMatchObject({ state: 'pending', runAt: '2025-06-09T12:30:00.000Z', data: { deliveryId: ID(), generation: 1 }, cancelKeys: [ID()] });
+    expect(await store.listUnroutedTriggers(10)).toEqual([]);
+  });
+
+  it('cancelled: the delivery is cancelled and its job too', async () => {
+    await ingest(booked());
+    await ingest(cancelled());
+    expect((await store.getDelivery(ID()))?.status).toBe('cancelled');
+    expect((await queue.get(deliveryJobId(ID(), 1)))?.state).toBe('cancelled');
+  });
+
+  it('rescheduled: the same job moves to the new time', async () => {
+    await ingest(booked());
+    await ingest(rescheduled('2025-06-12T10:00:00+02:00'));
+    const stored = await store.getDelivery(ID());
+    expect(stored).toMatchObject({ status: 'pending', generation: 1, subjectStart: '2025-06-12T10:00:00+02:00' });
+    expect(stored!.delivery.dueAt).toBe('2025-06-11T10:00:00+02:00');
+    expect(await queue.get(deliveryJobId(ID(), 1))).toMatchObject({ state: 'pending', runAt: '2025-06-11T08:00:00.000Z' });
+    expect(await queue.counts()).toMatchObject({ pending: 1, cancelled: 0 });
+  });
+
+  it('rescheduled then cancelled: nothing left to send', async () => {
+    await ingest(booked());
+    await ingest(rescheduled('2025-06-12T10:00:00+02:00'));
+    await ingest(cancelled({ occurredAt: '2025-06-03T09:00:00+02:00', appointment: { start: '2025-06-12T10:00:00+02:00' } }));
+    expect((await store.getDelivery(ID()))?.status).toBe('cancelled');
+    expect(await queue.counts()).toMatchObject({ pending: 0, cancelled: 1 });
+  });
+
+  it('cancelled, then booked again under a new appointment id: a new delivery beside the cancelled one', async () => {
+    await ingest(booked());
+    await ingest(cancelled());
+    await ingest(booked({ occurredAt: '2025-06-02T09:05:00+02:00', appointment: { id: 'A200', start: '2025-06-11T09:00:00+02:00' } }));
+    expect((await store.getDelivery(ID()))?.status).toBe('cancelled');
+    expect(await store.getDelivery(ID('A200'))).toMatchObject({ status: 'pending', generation: 1 });
+    expect(await queue.get(deliveryJobId(ID('A200'), 1))).toMatchObject({ state: 'pending', runAt: '2025-06-10T07:00:00.000Z' });
+  });
+
+  it('the same appointment booked again after a cancel: generation 2 and a new job', async () => {
+    await ingest(booked());
+    await ingest(cancelled());
+    const routed = await ingest(booked({ occurredAt: '2025-06-03T09:00:00+02:00', appointment: { start: '2025-06-20T09:00:00+02:00' } }));
+    expect(routed.changes.map((c) => c.change)).toEqual(['revived']);
+    expect(await store.getDelivery(ID())).toMatchObject({ status: 'pending', generation: 2, subjectStart: '2025-06-20T09:00:00+02:00' });
+    expect((await queue.get(deliveryJobId(ID(), 1)))?.state).toBe('cancelled');
+    expect(await queue.get(deliveryJobId(ID(), 2))).toMatchObject({ state: 'pending', runAt: '2025-06-19T07:00:00.000Z' });
+  });
+
+  it('an older cancel arriving late does not cancel a newer booking', async () => {
+    await ingest(booked({ occurredAt: '2025-06-03T09:00:00+02:00' }));
+    await ingest(cancelled({ occurredAt: '2025-06-02T09:00:00+02:00' }));
+    expect((await store.getDelivery(ID()))?.status).toBe('pending');
+    expect((await queue.get(deliveryJobId(ID(), 1)))?.state).toBe('pending');
+  });
+
+  it('a replan whose job is gone gets a new generation rather than no timer', async () => {
+    await ingest(booked());
+    // The timer was lost (e.g. dead-lettered or cancelled by hand) while the delivery stayed pending.
+    expect(await queue.cancel(ID(), 'test')).toBe(1);
+    await ingest(rescheduled('2025-06-12T10:00:00+02:00'));
+    expect(await store.getDelivery(ID())).toMatchObject({ status: 'pending', generation: 2 });
+    expect(await queue.get(deliveryJobId(ID(), 2))).toMatchObject({ state: 'pending', runAt: '2025-06-11T08:00:00.000Z' });
+  });
+
+  it('the same trigger routed twice adds nothing', async () => {
+    const trigger = await commit(booked());
+    await router.route(trigger);
+    const before = await store.getDelivery(ID());
+    const again = await router.route(trigger);
+    expect(again.written).toEqual([]);
+    expect(again.changes.map((c) => [c.change, c.reason])).toEqual([['unchanged', 'same']]);
+    expect(await store.getDelivery(ID())).toEqual(before);
+    expect(await queue.counts()).toMatchObject({ pending: 1 });
+  });
+
+  it('a trigger committed but never routed (crash) is routed at start, once', async () => {
+    await commit(booked());
+    await commit(booked({ appointment: { id: 'A200' } }));
+    await shut();
+    open();
+    expect((await store.listUnroutedTriggers(10)).length).toBe(2);
+    expect(await router.routeUnrouted()).toBe(2);
+    expect((await store.getDelivery(ID()))?.status).toBe('pending');
+    expect((await queue.get(deliveryJobId(ID('A200'), 1)))?.state).toBe('pending');
+    expect(await router.routeUnrouted()).toBe(0);
+  });
+
+  it('a crash after the queue ops but before saveRouting is repaired by routing again', async () => {
+    const trigger = await commit(booked());
+    // The queue op of a first attempt happened; its saveRouting did not.
+    await queue.add({ id: deliveryJobId(ID(), 1), data: { deliveryId: ID(), generation: 1 }, runAt: '2025-06-09T14:30:00+02:00', cancelKeys: [ID()] });
+    expect(await router.routeUnrouted()).toBe(1);
+    expect(await store.getDelivery(ID())).toMatchObject({ status: 'pending', generation: 1 });
+    expect(await queue.counts()).toMatchObject({ pending: 1 });
+    expect(trigger.id).toBe((await store.listTriggers({}))[0]!.id);
+  });
+
+  it('onCommitted routes in order; idle() waits for it', async () => {
+    const a = await commit(booked());
+    const b = await commit(cancelled());
+    router.onCommitted([a, b]);
+    await router.idle();
+    expect((await store.getDelivery(ID()))?.status).toBe('cancelled');
+  });
+
+  it('uses the rules current when each trigger is routed', async () => {
+    await ingest(booked());
+    currentRules = rules({ ...rawReminder(), id: 'reminder-48h', at: 'appointment.start - 48h' });
+    await ingest(booked({ appointment: { id: 'A200' } }));
+    expect(await store.getDelivery('reminder-48h@appointment/A200#0')).toBeDefined();
+    expect(await store.getDelivery(ID('A200'))).toBeUndefined();
+  });
+
+  it('a trigger that cannot be routed stays unrouted, is logged by id, and is routed once fixed', async () => {
+    zone = 'Mars/Olympus';
+    const trigger = await commit(booked());
+    router.onCommitted([trigger]);
+    await router.idle();
+    expect(log.lines.find((l) => l.message === 'route.failed')).toMatchObject({ triggerId: trigger.id, reason: 'route_failed', code: 'RangeError' });
+    expect((await store.listUnroutedTriggers(10)).map((t) => t.id)).toEqual([trigger.id]);
+    zone = 'Europe/Paris';
+    expect(await router.routeUnrouted()).toBe(1);
+    expect((await store.getDelivery(ID()))?.status).toBe('pending');
+  });
+});
+
+function rawReminder() {
+  return {
+    id: 'reminder',
+    on: 'appointment.booked',
+    purpose: 'care.logistics',
+    channel: 'sms',
+    send: { output: 'sms-main', template: 'reminder', fields: ['appointment.start'] },
+    at: 'appointment.start - 24h',
+    expires: 'appointment.start',
+  };
+}

@@ -1,0 +1,321 @@
+// Routing at run time (ARCHITECTURE.md invariant 2 "Route once, deliver many"): every
+// committed trigger goes through the current rules once; what it plans, moves and cancels is
+// written to the store, and the queue gets a timer per pending delivery.
+//
+//   trigger ─▶ route() ─▶ apply to stored deliveries (workers/apply.ts, the ordering rule)
+//           ─▶ queue: add / reschedule / cancel ─▶ store.saveRouting (deliveries + routed mark)
+//
+// The store is the source of truth, the queue only a timer: a job carries the delivery id and
+// its generation, and the deliver worker sends only when the stored delivery is still pending
+// with that generation. Queue ops come before saveRouting so a crash between the two is
+// repaired by routing the trigger again (it is still unrouted): an add of an existing job id
+// is a duplicate, a reschedule or a cancel a no-op.
+//
+// Job ids are `<delivery id>~<generation>` (the queue refuses a reused id whatever the
+// state of the first job, so a delivery that needs a new timer gets generation + 1). Every
+// job of a delivery carries the delivery id as its cancel key.
+//
+// Triggers are routed one at a time, in commit order: applying a trigger reads the stored
+// deliveries it touches and writes them back, so two at once could lose a change.
+import { TransientError } from '../errors.ts';
+import type { Logger } from '../log.ts';
+import { route, type DeliveryState } from '../pipeline/route.ts';
+import type { Rule } from '../pipeline/rule.ts';
+import type { Queue } from '../queue/queue.ts';
+import type { DeliveryWrite, Store, StoredDelivery } from '../store/store.ts';
+import type { Delivery, Trigger } from '../types.ts';
+import { applyRouteResult, type AppliedChange } from './apply.ts';
+
+/** What a delivery job carries (the queue stores it as JSON). */
+export interface DeliveryJob {
+  deliveryId: string;
+  generation: number;
+}
+
+/** `<delivery id>~<generation>`. */
+export function deliveryJobId(deliveryId: string, generation: number): string {
+  return `${deliveryId}~${generation}`;
+}
+
+/** The delivery id and generation of a job id; undefined when it is not a delivery job. */
+export function parseDeliveryJobId(jobId: string): DeliveryJob | undefined {
+  // Delivery ids may contain '~' (encodeURIComponent keeps it); the generation is after the last.
+  const at = jobId.lastIndexOf('~');
+  if (at <= 0 || !/^[1-9]\d*$/.test(jobId.slice(at + 1))) return undefined;
+  return { deliveryId: jobId.slice(0, at), generation: Number(jobId.slice(at + 1)) };
+}
+
+/** Reason codes the router logs. */
+export const RouterReason = {
+  /** route() or the store failed; the trigger stays unrouted and is tried again. */
+  RouteFailed: 'route_failed',
+  /** A replan arrived while the delivery's job was running: the running attempt decides. */
+  ReplanWhileSending: 'replan_while_sending',
+} as const;
+export type RouterReason = (typeof RouterReason)[keyof typeof RouterReason];
+
+export interface RouterDeps {
+  store: Store;
+  queue: Queue<DeliveryJob>;
+  /** The current plan's rules: read for every trigger, so a reload applies to the next one. */
+  rules: () => readonly Rule[];
+  /** IANA zone for a trigger's due times (the organisation's zone until patient zones exist). */
+  zoneFor: (trigger: Trigger) => string;
+  log: Logger;
+  /** Epoch ms; injected by tests. Default Date.now. */
+  now?: () => number;
+  /** Whether the output deduplicates by delivery id (an ambiguous failure may be retried). */
+  idempotentOutput?: (output: string) => boolean;
+  /** First delay before routing failed triggers again, ms (doubles to 60 s). Default 1,000. */
+  retryMs?: number;
+}
+
+/** What routing one trigger did. */
+export interface RoutedTrigger {
+  triggerId: string;
+  changes: AppliedChange[];
+  /** Delivery states written (changed ones only). */
+  written: DeliveryWrite[];
+}
+
+/** Unrouted triggers read per store call at start-up. */
+const SWEEP_BATCH = 500;
+const MAX_RETRY_MS = 60_000;
+
+interface Working {
+  state: DeliveryState;
+  generation: number;
+  subjectStart?: string;
+  dirty: boolean;
+}
+
+export class Router {
+  readonly #deps: RouterDeps;
+  readonly #now: () => number;
+  #chain: Promise<unknown> = Promise.resolve();
+  #pending = 0;
+  #closed = false;
+  #retryTimer: NodeJS.Timeout | undefined;
+  #retryMs: number;
+
+  constructor(deps: RouterDeps) {
+    this.#deps = deps;
+    this.#now = deps.now ?? Date.now;
+    this.#retryMs = deps.retryMs ?? 1000;
+  }
+
+  /**
+   * Routes every trigger committed but not routed yet (start-up: a crash between a commit
+   * and its routing loses nothing). Resolves with the number routed.
+   */
+  routeUnrouted(): Promise<number> {
+    return this.#enqueue(() => this.#sweep());
+  }
+
+  /** The ingest hook: routes the triggers of one commit, in order, after what is queued. */
+  onCommitted(triggers: readonly Trigger[]): void {
+    for (const trigger of triggers) {
+      void this.#enqueue(() => this.#routeOne(trigger)).catch((error: unknown) => this.#failed(trigger.id, error));
+    }
+  }
+
+  /** Routes one trigger now (after what is queued) and says what it did. */
+  route(trigger: Trigger): Promise<RoutedTrigger> {
+    return this.#enqueue(() => this.#routeOne(trigger));
+  }
+
+  /** Resolves once nothing is being routed or waiting to be. */
+  async idle(): Promise<void> {
+    // Bounded: each pass waits for the work queued before it; new work comes only from callers.
+    for (let i = 0; i < 1000 && this.#pending > 0; i++) await this.#chain.catch(() => {});
+  }
+
+  /** Stops the retry timer and waits for the routing under way. */
+  async close(): Promise<void> {
+    this.#closed = true;
+    if (this.#retryTimer) clearTimeout(this.#retryTimer);
+    this.#retryTimer = undefined;
+    await this.idle();
+  }
+
+  #enqueue<T>(work: () => Promise<T>): Promise<T> {
+    if (this.#closed) return Promise.reject(new Error('the router is closed'));
+    this.#pending++;
+    const run = this.#chain.catch(() => {}).then(work);
+    this.#chain = run.finally(() => {
+      this.#pending--;
+    });
+    return run;
+  }
+
+  async #sweep(): Promise<number> {
+    let routed = 0;
+    let failures = 0;
+    const failed = new Set<string>();
+    // Every pass routes at least one trigger or stops: bounded by the number of triggers.
+    for (;;) {
+      const batch = await this.#deps.store.listUnroutedTriggers(SWEEP_BATCH);
+      const todo = batch.filter((t) => !failed.has(t.id));
+      if (todo.length === 0) break;
+      for (const trigger of todo) {
+        try {
+          await this.#routeOne(trigger);
+          routed++;
+        } catch (error) {
+          failed.add(trigger.id);
+          failures++;
+          this.#logFailure(trigger.id, error);
+        }
+      }
+      if (batch.length < SWEEP_BATCH) break;
+    }
+    if (routed > 0) this.#deps.log.info('route.recovered', { count: routed });
+    if (failures > 0) this.#scheduleRetry();
+    else this.#retryMs = this.#deps.retryMs ?? 1000;
+    return routed;
+  }
+
+  #failed(triggerId: string, error: unknown): void {
+    this.#logFailure(triggerId, error);
+    this.#scheduleRetry();
+  }
+
+  #logFailure(triggerId: string, error: unknown): void {
+    const code = typeof (error as { code?: unknown })?.code === 'string' ? (error as { code: string }).code : error instanceof Error ? error.name : 'unknown';
+    this.#deps.log.error('route.failed', { triggerId, reason: RouterReason.RouteFailed, code });
+  }
+
+  /** Tries the unrouted triggers again later, with a doubling delay (a store outage, a bad zone). */
+  #scheduleRetry(): void {
+    if (this.#closed || this.#retryTimer) return;
+    const delay = this.#retryMs;
+    this.#retryMs = Math.min(this.#retryMs * 2, MAX_RETRY_MS);
+    this.#retryTimer = setTimeout(() => {
+      this.#retryTimer = undefined;
+      if (!this.#closed) void this.routeUnrouted().catch((error: unknown) => this.#failed('', error));
+    }, delay);
+    this.#retryTimer.unref();
+  }
+
+  async #routeOne(trigger: Trigger): Promise<RoutedTrigger> {
+    const { store, queue, log } = this.#deps;
+    const nowMs = this.#now();
+    const zone = this.#deps.zoneFor(trigger);
+    const result = route(trigger, this.#deps.rules(), nowMs, { zoneFor: () => zone });
+
+    // Everything this trigger can touch, read before applying (the repository is synchronous).
+    const loaded = new Map<string, StoredDelivery>();
+    for (const d of [...result.deliveries, ...result.replans]) {
+      if (loaded.has(d.id)) continue;
+      const stored = await store.getDelivery(d.id);
+      if (stored) loaded.set(d.id, stored);
+    }
+    for (const order of result.cancels) {
+      for (const stored of await store.deliveriesByCancelKey(order.key)) loaded.set(stored.delivery.id, stored);
+    }
+    const work = new Map<string, Working>();
+    for (const [id, stored] of loaded) {
+      work.set(id, { state: toState(stored), generation: stored.generation, ...(stored.subjectStart ? { subjectStart: stored.subjectStart } : {}), dirty: false });
+    }
+
+    const changes = applyRouteResult(result, {
+      get: (id) => work.get(id)?.state,
+      *byCancelKey(key) {
+        for (const w of work.values()) if (w.state.delivery.cancelKeys.includes(key)) yield w.state;
+      },
+      put: (state) => {
+        const w = work.get(state.delivery.id);
+        if (w) {
+          w.state = state;
+          w.dirty = true;
+        } else work.set(state.delivery.id, { state, generation: 0, dirty: true });
+      },
+    });
+
+    // The queue follows the changes, in order.
+    for (const change of changes) {
+      const w = work.get(change.delivery.id);
+      if (!w || change.change === 'unchanged') continue;
+      const delivery = change.delivery;
+      switch (change.change) {
+        case 'added':
+        case 'revived':
+          w.generation += 1;
+          await this.#addJob(delivery, w.generation);
+          setStart(w, subjectStartOf(trigger, delivery));
+          break;
+        case 'replanned': {
+          const moved = await queue.reschedule(deliveryJobId(delivery.id, w.generation), delivery.dueAt);
+          if (!moved) {
+            const job = await queue.get(deliveryJobId(delivery.id, w.generation));
+            if (job?.state === 'active') {
+              // Being sent right now: a second timer could send the message twice. If this
+              // attempt fails and retries, it reads the new plan from the store.
+              log.warn('route.replan_while_sending', { deliveryId: delivery.id, reason: RouterReason.ReplanWhileSending });
+            } else {
+              // Its job is gone (ran while the delivery was elsewhere, dead-lettered, lost).
+              w.generation += 1;
+              await this.#addJob(delivery, w.generation);
+            }
+          }
+          setStart(w, subjectStartOf(trigger, delivery));
+          break;
+        }
+        case 'cancelled':
+          await queue.cancel(delivery.id, change.cause === 'expired' ? 'expired' : 'cancelled');
+          break;
+        default:
+          change.change satisfies never;
+      }
+    }
+
+    const updatedAt = new Date(nowMs).toISOString();
+    const written: DeliveryWrite[] = [];
+    for (const w of work.values()) {
+      if (!w.dirty || w.state.status === 'finished') continue;
+      written.push({
+        delivery: w.state.delivery,
+        status: w.state.status,
+        asOf: w.state.asOf,
+        generation: Math.max(w.generation, 1),
+        ...(w.subjectStart ? { subjectStart: w.subjectStart } : {}),
+        updatedAt,
+      });
+    }
+    try {
+      await store.saveRouting(trigger.id, written, updatedAt);
+    } catch (error) {
+      // Unrouted still: the retry routes it again and the queue ops above repeat harmlessly.
+      throw new TransientError('store_failed', `routing of trigger ${trigger.id} could not be saved`, { cause: error });
+    }
+    if (written.length > 0) log.info('route.routed', { triggerId: trigger.id, count: written.length });
+    return { triggerId: trigger.id, changes, written };
+  }
+
+  async #addJob(delivery: Delivery, generation: number): Promise<void> {
+    await this.#deps.queue.add({
+      id: deliveryJobId(delivery.id, generation),
+      data: { deliveryId: delivery.id, generation },
+      runAt: delivery.dueAt,
+      cancelKeys: [delivery.id],
+      idempotent: this.#deps.idempotentOutput?.(delivery.output) ?? false,
+    });
+  }
+}
+
+function toState(stored: StoredDelivery): DeliveryState {
+  const status = stored.status === 'pending' || stored.status === 'cancelled' ? stored.status : 'finished';
+  return { status, asOf: stored.asOf, delivery: stored.delivery };
+}
+
+/** The start of the appointment / encounter a delivery is about, as this trigger gives it. */
+function subjectStartOf(trigger: Trigger, delivery: Delivery): string | undefined {
+  if (delivery.subjectKind === 'appointment') return trigger.appointment?.start;
+  if (delivery.subjectKind === 'encounter') return trigger.encounter?.start;
+  return undefined;
+}
+
+function setStart(w: Working, start: string | undefined): void {
+  if (start !== undefined) w.subjectStart = start;
+  else delete w.subjectStart;
+}
