@@ -1,0 +1,145 @@
+// The `carerelay` command as a user runs it: a child process of bin/carerelay.mjs, exit
+// codes, stdout and stderr.
+import { execFile } from 'node:child_process';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { promisify } from 'node:util';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { CLI_PATH, siuMessage, startServer, writeConfigDir, type InProcessServer, type TestConfigDir } from './helpers/server.ts';
+
+const run = promisify(execFile);
+const fixtures = path.join(import.meta.dirname, '..', 'fixtures');
+
+async function carerelay(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  try {
+    const { stdout, stderr } = await run(process.execPath, [CLI_PATH, ...args], { cwd: path.dirname(CLI_PATH) + '/..' });
+    return { code: 0, stdout, stderr };
+  } catch (error) {
+    const e = error as { code: number; stdout: string; stderr: string };
+    return { code: e.code, stdout: e.stdout, stderr: e.stderr };
+  }
+}
+
+/** Triggers without receivedAt (the CLI stamps the current time). */
+function withoutReceivedAt(ndjson: string): unknown[] {
+  return ndjson
+    .split('\n')
+    .filter((l) => l.trim() !== '')
+    .map((l) => {
+      const { receivedAt: _r, ...rest } = JSON.parse(l) as Record<string, unknown>;
+      return rest;
+    });
+}
+
+describe('carerelay normalize', () => {
+  it('prints the golden triggers of HL7v2 files as NDJSON and exits 0', async () => {
+    const files = ['SIU-S12-01', 'ADT-A03-01'].map((n) => path.join(fixtures, 'hl7v2', `${n}.hl7`));
+    const { code, stdout, stderr } = await carerelay(['normalize', ...files]);
+    expect(stderr).toBe('');
+    expect(code).toBe(0);
+    const expected = ['SIU-S12-01', 'ADT-A03-01'].flatMap((n) =>
+      withoutReceivedAt(readFileSync(path.join(fixtures, 'hl7v2', `${n}.triggers.ndjson`), 'utf8')),
+    );
+    expect(withoutReceivedAt(stdout)).toEqual(expected);
+  });
+
+  it('reads times without offset in --timezone', async () => {
+    const { code, stdout } = await carerelay(['normalize', '--timezone', 'Europe/Paris', path.join(fixtures, 'hl7v2', 'cr-siu-s12-paris.hl7')]);
+    expect(code).toBe(0);
+    expect(withoutReceivedAt(stdout)).toEqual(
+      withoutReceivedAt(readFileSync(path.join(fixtures, 'hl7v2', 'cr-siu-s12-paris.triggers.ndjson'), 'utf8')),
+    );
+  });
+
+  it('exits 1 naming each rejected file and its reason; non-trigger messages give nothing', async () => {
+    const rejected = path.join(fixtures, 'hl7v2', 'cr-siu-s12-no-appointment-id.hl7');
+    const ack = path.join(fixtures, 'hl7v2', 'cr-ack.hl7');
+    const booked = path.join(fixtures, 'hl7v2', 'SIU-S12-01.hl7');
+    const { code, stdout, stderr } = await carerelay(['normalize', ack, rejected, booked]);
+    expect(code).toBe(1);
+    expect(stderr.trim().split('\n')).toEqual([expect.stringMatching(new RegExp(`^${rejected}: .*SCH-2`))]);
+    expect(withoutReceivedAt(stdout)).toHaveLength(1); // the booking still printed
+
+    const onlyAck = await carerelay(['normalize', ack]);
+    expect(onlyAck).toEqual({ code: 0, stdout: '', stderr: '' });
+  });
+
+  it('normalizes a full-resource FHIR notification and refuses an id-only one it cannot resolve offline', async () => {
+    const full = await carerelay(['normalize', path.join(fixtures, 'fhir', 'r5-appointment-booked.json')]);
+    expect(full.code).toBe(0);
+    expect((withoutReceivedAt(full.stdout)[0] as { type: string }).type).toBe('appointment.booked');
+    const idOnly = path.join(fixtures, 'fhir', 'backport-r4-id-only.json');
+    const refused = await carerelay(['normalize', idOnly]);
+    expect(refused.code).toBe(1);
+    expect(refused.stderr).toContain(`${idOnly}: needs `);
+  });
+
+  it('refuses an unknown time zone', async () => {
+    const { code, stderr } = await carerelay(['normalize', '--timezone', 'Mars/Olympus', path.join(fixtures, 'hl7v2', 'SIU-S12-01.hl7')]);
+    expect(code).toBe(2);
+    expect(stderr).toContain('Mars/Olympus is not an IANA time zone');
+  });
+});
+
+describe('carerelay validate', () => {
+  let dir: string;
+  beforeAll(() => {
+    dir = mkdtempSync(path.join(tmpdir(), 'carerelay-validate-'));
+    mkdirSync(path.join(dir, 'connectors'));
+  });
+  afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+  it('lists every problem with file:line:column and exits 1', async () => {
+    writeFileSync(
+      path.join(dir, 'connectors', 'bad.yaml'),
+      ['inputs:', '  - name: ehr', '    type: hl7v2-mllp', '    port: 99999', '    colour: blue', ''].join('\n'),
+    );
+    const { code, stderr } = await carerelay(['validate', '--config-dir', dir]);
+    expect(code).toBe(1);
+    expect(stderr).toMatch(/connectors\/bad\.yaml:4:11: .*port/);
+    expect(stderr).toMatch(/connectors\/bad\.yaml:5:5: unknown key "colour"/);
+    expect(stderr).toContain('nothing was started');
+  });
+
+  it('accepts the shipped example', async () => {
+    const { code, stdout } = await carerelay(['validate']);
+    expect(code).toBe(0);
+    expect(stdout).toContain('configuration OK');
+  });
+});
+
+describe('carerelay send', () => {
+  let config: TestConfigDir;
+  let server: InProcessServer;
+  beforeAll(async () => {
+    config = writeConfigDir();
+    server = await startServer(config);
+  });
+  afterAll(async () => {
+    await server.stop();
+    config.remove();
+  });
+
+  it('sends each file over MLLP, prints its ACK code, and exits 0 when all are AA', async () => {
+    const file = path.join(config.dir, 'booking.hl7');
+    writeFileSync(file, siuMessage({ controlId: 'CLI-1', appointmentId: 'A-CLI-1' }));
+    const { code, stdout } = await carerelay(['send', '--to', `127.0.0.1:${server.mllpPort()}`, file]);
+    expect(stdout.trim()).toBe('booking.hl7 CLI-1 AA');
+    expect(code).toBe(0);
+    expect((await server.store.findMessage('EPIC^NORTHCLINIC', 'CLI-1'))?.status).toBe('accepted');
+  });
+
+  it('exits 1 when a message is refused, printing the code and reason', async () => {
+    const file = path.join(fixtures, 'hl7v2', 'cr-siu-s12-no-appointment-id.hl7');
+    const { code, stdout } = await carerelay(['send', '--to', `127.0.0.1:${server.mllpPort()}`, file]);
+    expect(stdout).toMatch(/^cr-siu-s12-no-appointment-id\.hl7 \S+ AR .*SCH-2/);
+    expect(code).toBe(1);
+  });
+
+  it('explains a missing --to', async () => {
+    const { code, stderr } = await carerelay(['send', 'x.hl7']);
+    expect(code).toBe(2);
+    expect(stderr).toContain('--to HOST:PORT');
+  });
+});
