@@ -1,0 +1,223 @@
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import type { LogFields, Logger } from '../log.ts';
+import { createOutbox } from '../outputs/outbox/spec.ts';
+import type { OutboundAdapter } from '../outputs/spec.ts';
+import { compileTemplate, TemplateSet } from '../pipeline/render.ts';
+import { makeTrigger, rules, type TriggerOverrides } from '../pipeline/test-helpers.ts';
+import { SqliteQueue } from '../queue/sqlite.ts';
+import { testRecord } from '../store/conformance.ts';
+import { openSqliteDatabase, type Database } from '../store/sqlite-db.ts';
+import { SqliteStore } from '../store/sqlite.ts';
+import type { SubjectState } from '../store/store.ts';
+import { createDeliverHandler, recordDeadDeliveries, storeOutboxSink } from './deliver.ts';
+import { Router, deliveryJobId, type DeliveryJob } from './router.ts';
+
+const RULES = rules(
+  {
+    id: 'reminder',
+    on: 'appointment.booked',
+    purpose: 'care.logistics',
+    channel: 'sms',
+    send: { output: 'sms-main', template: 'reminder', fields: ['appointment.start'] },
+    at: 'appointment.start - 24h',
+    expires: 'appointment.start',
+  },
+  {
+    id: 'followup',
+    on: 'encounter.finished',
+    purpose: 'care.followup',
+    channel: 'sms',
+    send: { output: 'sms-main', template: 'followup', fields: [] },
+    at: 'occurredAt + 2h',
+  },
+  {
+    id: 'broken',
+    on: 'appointment.checked_in',
+    purpose: 'care.logistics',
+    channel: 'sms',
+    send: { output: 'sms-main', template: 'broken', fields: [] },
+    at: 'now',
+  },
+);
+const REMINDER = 'reminder@appointment/A100#0';
+
+function templates(): TemplateSet {
+  const compiled = [
+    { name: 'reminder', text: 'See you at {{ appointment.start | local_time }}\n' },
+    { name: 'followup', text: 'How are you feeling?' },
+    // Reads a field the rule does not allow: fails at render time (strict variables).
+    { name: 'broken', text: 'Hello {{ patient.name.family }}' },
+  ].map(({ name, text }) => compileTemplate({ name, part: 'body', file: `${name}.liquid`, text }).template!);
+  return new TemplateSet(compiled);
+}
+
+function captureLog(): Logger & { lines: Array<{ message: string } & LogFields> } {
+  const lines: Array<{ message: string } & LogFields> = [];
+  const at = (message: string, fields?: LogFields) => void lines.push({ message, ...fields });
+  return { lines, info: at, warn: at, error: at, debug: at };
+}
+
+let dir: string;
+let db: Database;
+let store: SqliteStore;
+let queue: SqliteQueue<DeliveryJob>;
+let router: Router;
+let clock: number;
+let log: ReturnType<typeof captureLog>;
+let outbox: OutboundAdapter;
+let handler: ReturnType<typeof createDeliverHandler>;
+
+beforeEach(() => {
+  dir = mkdtempSync(path.join(tmpdir(), 'carerelay-deliver-'));
+  db = openSqliteDatabase(path.join(dir, 'carerelay.db'));
+  store = new SqliteStore(db);
+  clock = Date.parse('2025-06-01T09:00:00+02:00');
+  log = captureLog();
+  queue = new SqliteQueue<DeliveryJob>(db, { name: 'deliveries', now: () => clock, retry: { maxAttempts: 2 } });
+  router = new Router({ store, queue, rules: () => RULES, zoneFor: () => 'Europe/Paris', log, now: () => clock });
+  outbox = createOutbox(
+    { name: 'sms-main', type: 'outbox', channel: 'sms', baa: true, allowedPurposes: ['care.logistics', 'care.followup'] },
+    { sink: storeOutboxSink(store), now: () => new Date(clock) },
+  );
+  handler = createDeliverHandler({
+    store,
+    output: (name) => (name === 'sms-main' ? outbox : undefined),
+    templates,
+    zone: () => 'Europe/Paris',
+    log,
+    now: () => clock,
+  });
+});
+afterEach(async () => {
+  await router.close();
+  await queue.close();
+  await store.close();
+  db.close();
+  rmSync(dir, { recursive: true, force: true });
+});
+
+let seq = 0;
+/** Commits a trigger with its subject state (as ingest does) and routes it. */
+async function ingest(o: TriggerOverrides, state?: Partial<SubjectState>) {
+  const trigger = makeTrigger({ id: `t${++seq}`, ...o });
+  const subjectStates: SubjectState[] = [];
+  if (trigger.appointment) {
+    subjectStates.push({ kind: 'appointment', id: trigger.appointment.id, patientId: trigger.patient.id, status: trigger.appointment.status, start: trigger.appointment.start, asOf: trigger.occurredAt, ...state } as SubjectState);
+  } else if (trigger.encounter?.id) {
+    subjectStates.push({ kind: 'encounter', id: trigger.encounter.id, patientId: trigger.patient.id, status: trigger.encounter.status, asOf: trigger.occurredAt, ...state } as SubjectState);
+  }
+  await store.commitInbound(testRecord({ controlId: trigger.id, triggers: [trigger], subjectStates }));
+  return router.route(trigger);
+}
+
+/** Only a subject-state change, not routed (e.g. a status the rules do not react to). */
+async function setState(state: SubjectState): Promise<void> {
+  await store.commitInbound(testRecord({ controlId: `s${++seq}`, subjectStates: [state] }));
+}
+
+const job = (deliveryId: string, generation = 1, attempt = 1) => ({
+  id: deliveryJobId(deliveryId, generation),
+  data: { deliveryId, generation },
+  attempt,
+  signal: new AbortController().signal,
+});
+
+describe('deliver', () => {
+  it('at its due time, renders the delivery into the outbox and finishes it, through the queue', async () => {
+    await ingest({ type: 'appointment.booked' });
+    queue.process(handler, { concurrency: 2 });
+    await queue.idle();
+    expect(await store.listOutbox({})).toEqual([]);
+
+    clock = Date.parse('2025-06-09T14:30:00+02:00');
+    await queue.poke();
+    await queue.idle();
+    const entries = await store.listOutbox({});
+    expect(entries).toEqual([
+      expect.objectContaining({ deliveryId: REMINDER, output: 'sms-main', channel: 'sms', to: '+33612345678', language: 'en', text: 'See you at 2:30 PM', keptAt: '2025-06-09T12:30:00.000Z' }),
+    ]);
+    expect(await store.getDelivery(REMINDER)).toMatchObject({
+      status: 'finished',
+      providerId: `sms-main/${REMINDER}`,
+      message: { language: 'en', to: '+33612345678', text: 'See you at 2:30 PM' },
+    });
+    expect((await queue.get(deliveryJobId(REMINDER, 1)))?.state).toBe('done');
+    expect(log.lines.find((l) => l.message === 'deliver.sent')).toEqual({ message: 'deliver.sent', deliveryId: REMINDER, rule: 'reminder', output: 'sms-main', attempt: 1 });
+  });
+
+  it('a replay of the same job sends nothing more', async () => {
+    await ingest({ type: 'appointment.booked' });
+    clock = Date.parse('2025-06-09T14:30:00+02:00');
+    expect((await handler.run(job(REMINDER))).outcome).toBe('sent');
+    const [first] = await store.listOutbox({});
+    clock += 60_000;
+    expect(await handler.run(job(REMINDER, 1, 2))).toEqual({ outcome: 'skipped', deliveryId: REMINDER, reason: 'not_current' });
+    expect(await store.listOutbox({})).toEqual([first]);
+  });
+
+  it('suppresses as stale a reminder whose appointment was cancelled, deleted or marked no-show', async () => {
+    for (const [i, status] of ['cancelled', 'entered-in-error', 'noshow'].entries()) {
+      const appointment = { id: `S${i}` };
+      await ingest({ type: 'appointment.booked', appointment });
+      await setState({ kind: 'appointment', id: `S${i}`, patientId: 'MRN1', status, start: '2025-06-10T14:30:00+02:00', asOf: '2025-06-02T09:00:00+02:00' });
+      clock = Date.parse('2025-06-09T14:30:00+02:00');
+      const id = `reminder@appointment/S${i}#0`;
+      expect(await handler.run(job(id))).toEqual({ outcome: 'suppressed', deliveryId: id, reason: 'stale' });
+      expect(await store.getDelivery(id)).toMatchObject({ status: 'suppressed', reason: 'stale' });
+    }
+    expect(await store.listOutbox({})).toEqual([]);
+    expect(log.lines.filter((l) => l.message === 'deliver.suppressed').map((l) => l.reason)).toEqual(['stale', 'stale', 'stale']);
+  });
+
+  it('suppresses as stale a reminder for an appointment moved to another time (compared as instants)', async () => {
+    await ingest({ type: 'appointment.booked' });
+    // Same instant written with another offset: still current.
+    await setState({ kind: 'appointment', id: 'A100', patientId: 'MRN1', status: 'booked', start: '2025-06-10T12:30:00Z', asOf: '2025-06-02T09:00:00+02:00' });
+    clock = Date.parse('2025-06-09T14:30:00+02:00');
+    expect((await handler.run(job(REMINDER))).outcome).toBe('sent');
+
+    await ingest({ type: 'appointment.booked', appointment: { id: 'A101' } });
+    await setState({ kind: 'appointment', id: 'A101', patientId: 'MRN1', status: 'booked', start: '2025-06-10T16:00:00+02:00', asOf: '2025-06-02T09:00:00+02:00' });
+    expect((await handler.run(job('reminder@appointment/A101#0'))).outcome).toBe('suppressed');
+  });
+
+  it('suppresses a post-discharge message once the discharge was cancelled (A13)', async () => {
+    await ingest({ type: 'encounter.finished', appointment: null, encounter: { id: 'V1', status: 'finished' } });
+    await setState({ kind: 'encounter', id: 'V1', patientId: 'MRN1', status: 'in-progress', asOf: '2025-06-01T10:00:00+02:00' });
+    clock = Date.parse('2025-06-01T11:00:00+02:00');
+    expect(await handler.run(job('followup@encounter/V1#0'))).toMatchObject({ outcome: 'suppressed', reason: 'stale' });
+  });
+
+  it('suppresses as expired a delivery that runs at or after its expiry', async () => {
+    await ingest({ type: 'appointment.booked' });
+    clock = Date.parse('2025-06-10T14:30:00+02:00');
+    expect(await handler.run(job(REMINDER))).toMatchObject({ outcome: 'suppressed', reason: 'expired' });
+    expect(await store.getDelivery(REMINDER)).toMatchObject({ status: 'suppressed', reason: 'expired' });
+    expect(await store.listOutbox({})).toEqual([]);
+  });
+
+  it('ignores the job of an older generation (cancelled, then booked again)', async () => {
+    await ingest({ type: 'appointment.booked' });
+    await ingest({ type: 'appointment.cancelled', occurredAt: '2025-06-02T09:00:00+02:00', appointment: { status: 'cancelled' } });
+    await ingest({ type: 'appointment.booked', occurredAt: '2025-06-03T09:00:00+02:00' });
+    clock = Date.parse('2025-06-09T14:30:00+02:00');
+    expect((await handler.run(job(REMINDER, 1))).outcome).toBe('skipped');
+    expect((await handler.run(job(REMINDER, 2))).outcome).toBe('sent');
+  });
+
+  it('a render failure is permanent: the job is dead-lettered and the delivery marked failed', async () => {
+    recordDeadDeliveries(queue, store, log, () => clock);
+    const dead = new Promise<void>((resolve) => queue.subscribe((e) => e.type === 'dead' && resolve()));
+    await ingest({ type: 'appointment.checked_in', appointment: { status: 'arrived' } });
+    queue.process(handler, { concurrency: 1 });
+    await dead;
+    const id = 'broken@appointment/A100#0';
+    expect(await queue.get(deliveryJobId(id, 1))).toMatchObject({ state: 'dead', lastError: { failureClass: 'permanent', code: 'render_failed' } });
+    // recordDeadDeliveries subscribed first, so its write ran before this listener resolved.
+    expect(await store.getDelivery(id)).toMatchObject({ status: 'failed', reason: 'render_failed' });
+    expect(await store.listOutbox({})).toEqual([]);
+  });
+});

@@ -1,0 +1,197 @@
+// The delivery worker: the queue's handler for delivery jobs (ARCHITECTURE.md "The flow", at
+// due time). For one job:
+//
+//   load the delivery ─▶ still pending with this job's generation? ─▶ still current?
+//     ─▶ not expired? ─▶ render ─▶ output.send ─▶ finishDelivery (finished + what was sent)
+//
+// A "no" at a check is a normal outcome, recorded as `suppressed` with its reason code
+// (ARCHITECTURE.md invariant 3), never an error. Failures keep the class they were given
+// where they happened (errors.ts): a render error is permanent, an adapter's error is its
+// own; the queue decides what each class means, and a dead-lettered job marks its delivery
+// `failed` (recordDeadDeliveries).
+//
+// Not here yet: CONSENT.md rules 2–7 (opt-outs, consent records, sensitive windows, caps,
+// quiet hours) — they slot in after the still-current check.
+import { PermanentError } from '../errors.ts';
+import type { Logger } from '../log.ts';
+import type { OutboundAdapter, OutboundMessage } from '../outputs/spec.ts';
+import { parseInstant } from '../pipeline/conditions.ts';
+import { renderDelivery, type TemplateSet } from '../pipeline/render.ts';
+import type { JobHandler, Queue } from '../queue/queue.ts';
+import type { OutboxEntry, Store, StoredDelivery, SubjectState } from '../store/store.ts';
+import { parseDeliveryJobId, type DeliveryJob } from './router.ts';
+
+/** Why a delivery was not sent (CONSENT.md reason codes) or not handled (safe to log). */
+export const DeliverReason = {
+  /** The appointment/encounter is no longer in the state the rule was for (CONSENT.md rule 1). */
+  Stale: 'stale',
+  /** At or past its expiresAt. */
+  Expired: 'expired',
+  /** An sms/email delivery without a recipient address (CONSENT.md rule 8). */
+  NoAddress: 'no_address',
+  /** The job is for another generation, or the delivery is no longer pending: nothing to do. */
+  NotCurrent: 'not_current',
+  /** The delivery names an output that is not running (a reload added it: restart needed). */
+  OutputUnknown: 'output_unknown',
+} as const;
+export type DeliverReason = (typeof DeliverReason)[keyof typeof DeliverReason];
+
+/** Appointment statuses after which no appointment message may go (TRIGGER.md "Types"). */
+const DEAD_APPOINTMENT = new Set(['cancelled', 'entered-in-error', 'noshow']);
+const DEAD_ENCOUNTER = new Set(['cancelled', 'entered-in-error']);
+
+export interface DeliverDeps {
+  store: Store;
+  /** The running adapter of an output instance, by name. */
+  output: (name: string) => OutboundAdapter | undefined;
+  /** The current plan's templates (swapped by a mappings reload). */
+  templates: () => TemplateSet;
+  /** IANA zone times are shown in (the zone routing used: the server's). */
+  zone: () => string;
+  log: Logger;
+  /** Epoch ms; injected by tests. Default Date.now. */
+  now?: () => number;
+}
+
+/** What handling one job did (for tests and the admin view). */
+export type DeliverResult =
+  | { outcome: 'sent'; deliveryId: string; providerId?: string }
+  | { outcome: 'suppressed'; deliveryId: string; reason: DeliverReason }
+  | { outcome: 'skipped'; deliveryId: string; reason: typeof DeliverReason.NotCurrent };
+
+/**
+ * CONSENT.md rule 1: undefined when the delivery is still about what its rule was for, else
+ * `stale`. Without a stored state there is nothing to contradict the plan.
+ */
+export function staleness(stored: StoredDelivery, subject: SubjectState | undefined): typeof DeliverReason.Stale | undefined {
+  const d = stored.delivery;
+  if (!subject) return undefined;
+  if (d.subjectKind === 'appointment') {
+    if (subject.status !== undefined && DEAD_APPOINTMENT.has(subject.status)) return DeliverReason.Stale;
+    // Moved since the plan was made (and the rule did not replan on it): compared as instants.
+    if (stored.subjectStart !== undefined && subject.start !== undefined && parseInstant(stored.subjectStart) !== parseInstant(subject.start)) {
+      return DeliverReason.Stale;
+    }
+    return undefined;
+  }
+  if (d.subjectKind === 'encounter') {
+    if (subject.status !== undefined && DEAD_ENCOUNTER.has(subject.status)) return DeliverReason.Stale;
+    // A post-discharge message after the discharge was cancelled (A13: finished → in-progress).
+    if (d.triggerType === 'encounter.finished' && subject.status !== undefined && subject.status !== 'finished') return DeliverReason.Stale;
+  }
+  return undefined;
+}
+
+/** The queue handler for delivery jobs. */
+export function createDeliverHandler(deps: DeliverDeps): JobHandler<DeliveryJob> & { run: (job: Parameters<JobHandler<DeliveryJob>>[0]) => Promise<DeliverResult> } {
+  const now = deps.now ?? Date.now;
+  const { store, log } = deps;
+
+  const suppress = async (stored: StoredDelivery, reason: DeliverReason): Promise<DeliverResult> => {
+    const id = stored.delivery.id;
+    const written = await store.finishDelivery(id, stored.generation, { status: 'suppressed', reason, at: new Date(now()).toISOString() });
+    if (!written) return { outcome: 'skipped', deliveryId: id, reason: DeliverReason.NotCurrent };
+    log.info('deliver.suppressed', { deliveryId: id, rule: stored.delivery.ruleId, reason });
+    return { outcome: 'suppressed', deliveryId: id, reason };
+  };
+
+  const run = async (job: Parameters<JobHandler<DeliveryJob>>[0]): Promise<DeliverResult> => {
+    const { deliveryId, generation } = job.data;
+    const stored = await store.getDelivery(deliveryId);
+    // `failed` with this generation: a dead-lettered job replayed by a person (retryDead).
+    if (!stored || (stored.status !== 'pending' && stored.status !== 'failed') || stored.generation !== generation) {
+      // Cancelled, moved to another job, or already done by an earlier run of this job.
+      log.debug('deliver.skipped', { deliveryId, reason: DeliverReason.NotCurrent, attempt: job.attempt });
+      return { outcome: 'skipped', deliveryId, reason: DeliverReason.NotCurrent };
+    }
+    const d = stored.delivery;
+
+    const kind = d.subjectKind === 'appointment' || d.subjectKind === 'encounter' ? d.subjectKind : undefined;
+    const subject = kind ? await store.getSubjectState(kind, d.subjectId) : undefined;
+    const stale = staleness(stored, subject);
+    if (stale) return suppress(stored, stale);
+
+    const expires = d.expiresAt === undefined ? undefined : parseInstant(d.expiresAt);
+    if (expires !== undefined && now() >= expires) return suppress(stored, DeliverReason.Expired);
+    if ((d.channel === 'sms' || d.channel === 'email') && (d.to === undefined || d.to === '')) return suppress(stored, DeliverReason.NoAddress);
+
+    const adapter = deps.output(d.output);
+    if (!adapter) throw new PermanentError(DeliverReason.OutputUnknown, `output "${d.output}" is not running (delivery ${d.id}); restart to start new outputs`);
+    // Throws PermanentError render_failed: the mapping must be fixed, retrying cannot help.
+    const rendered = renderDelivery(deps.templates(), d, { zone: deps.zone() });
+    const message: OutboundMessage = {
+      deliveryId: d.id,
+      ruleId: d.ruleId,
+      purpose: d.purpose,
+      channel: d.channel,
+      ...(d.to !== undefined ? { to: d.to } : {}),
+      language: rendered.language,
+      ...(rendered.subject !== undefined ? { subject: rendered.subject } : {}),
+      text: rendered.text,
+      ...(rendered.html !== undefined ? { html: rendered.html } : {}),
+    };
+    const receipt = await adapter.send(message, { deliveryId: d.id, attempt: job.attempt, signal: job.signal });
+    const finished = await store.finishDelivery(d.id, generation, {
+      status: 'finished',
+      message: {
+        language: message.language,
+        ...(message.to !== undefined ? { to: message.to } : {}),
+        ...(message.subject !== undefined ? { subject: message.subject } : {}),
+        text: message.text,
+        ...(message.html !== undefined ? { html: message.html } : {}),
+      },
+      ...(receipt.providerId !== undefined ? { providerId: receipt.providerId } : {}),
+      at: new Date(now()).toISOString(),
+    });
+    // Sent, but the delivery changed meanwhile (a replan while sending): the send stands.
+    if (!finished) log.warn('deliver.finish_lost', { deliveryId: d.id, output: d.output, reason: DeliverReason.NotCurrent });
+    else log.info('deliver.sent', { deliveryId: d.id, rule: d.ruleId, output: d.output, attempt: job.attempt });
+    return { outcome: 'sent', deliveryId: d.id, ...(receipt.providerId !== undefined ? { providerId: receipt.providerId } : {}) };
+  };
+
+  const handler = (async (job) => {
+    await run(job);
+  }) as JobHandler<DeliveryJob> & { run: typeof run };
+  handler.run = run;
+  return handler;
+}
+
+/**
+ * Marks a delivery `failed` (with the queue's failure code) when its job is dead-lettered,
+ * so the deliveries API shows why nothing was sent. A parked job (ambiguous failure) keeps
+ * its delivery pending: a person decides, and retryDead runs the same job again.
+ * Returns the unsubscribe function.
+ */
+export function recordDeadDeliveries(queue: Queue<DeliveryJob>, store: Store, log: Logger, now: () => number = Date.now): () => void {
+  return queue.subscribe((event) => {
+    if (event.type !== 'dead') return;
+    const job = parseDeliveryJobId(event.id);
+    if (!job) return;
+    store
+      .finishDelivery(job.deliveryId, job.generation, { status: 'failed', reason: event.code, at: new Date(now()).toISOString() })
+      .then((written) => {
+        if (written) log.warn('deliver.failed', { deliveryId: job.deliveryId, reason: event.code, attempt: event.attempt });
+      })
+      .catch(() => log.error('deliver.record_failed', { deliveryId: job.deliveryId, reason: event.code }));
+  });
+}
+
+/** An outbox sink that keeps messages in the store (durable when put resolves). */
+export function storeOutboxSink(store: Store): { put(entry: { output: string; message: OutboundMessage; keptAt: string }): Promise<void> } {
+  return {
+    async put({ output, message, keptAt }) {
+      const entry: Omit<OutboxEntry, 'id'> = {
+        deliveryId: message.deliveryId,
+        output,
+        channel: message.channel,
+        language: message.language,
+        text: message.text,
+        keptAt,
+        ...(message.to !== undefined ? { to: message.to } : {}),
+        ...(message.subject !== undefined ? { subject: message.subject } : {}),
+        ...(message.html !== undefined ? { html: message.html } : {}),
+      };
+      await store.putOutboxEntry(entry);
+    },
+  };
+}
