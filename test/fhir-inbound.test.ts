@@ -1,0 +1,275 @@
+// End to end: the real CareRelay (startCarerelay, in process) receiving FHIR notifications
+// on POST /ingest/fhir/<input> over HTTP, with a local FHIR test server as the configured
+// server (fetch-back, $events, searches). Every notification example of fixtures/fhir is
+// posted and must give what the IG and TRIGGER.md say; bad input gets a 4xx problem body
+// with nothing stored and no outgoing request; 2xx only after commit.
+import { createHmac } from 'node:crypto';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { afterAll, afterEach, beforeEach, describe, expect, it } from 'vitest';
+import type { SqliteStore } from '../src/store/sqlite.ts';
+import { MessageStatus, type Trigger } from '../src/types.ts';
+import { startFhirTestServer, type FhirTestServer, type TestFhirResource } from './helpers/fhir-server.ts';
+import { testAppointment, testEncounter, testPatient, topicBundle, type Json } from './helpers/fhir-notifications.ts';
+import { startServer, type InProcessServer } from './helpers/server.ts';
+
+const FIXTURES = fileURLToPath(new URL('../fixtures/fhir/', import.meta.url));
+const TOKEN = 'fhir-hook-token-4b1d';
+const HMAC_SECRET = 'medplum-style-secret';
+const ENV = { FHIR_HOOK_TOKEN: TOKEN, FHIR_HMAC_SECRET: HMAC_SECRET };
+
+let fhir: FhirTestServer;
+const dirs: string[] = [];
+
+function writeConfig(baseUrl: string, subscriptions: string[]): string {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'carerelay-fhir-e2e-'));
+  dirs.push(dir);
+  fs.mkdirSync(path.join(dir, 'connectors'));
+  const subs = subscriptions.flatMap((id) => [`      - id: ${id}`, '        topic: http://example.org/SubscriptionTopic/any', '        heartbeatPeriodSeconds: 0']);
+  fs.writeFileSync(
+    path.join(dir, 'connectors', 'fhir.yaml'),
+    [
+      'server:',
+      '  http: { host: 127.0.0.1, port: 0 }',
+      `  dataDir: ${JSON.stringify(path.join(dir, 'data'))}`,
+      'inputs:',
+      '  - name: ehr-fhir',
+      '    type: fhir-rest-hook',
+      `    server: { baseUrl: ${JSON.stringify(baseUrl)}, timeoutSeconds: 5 }`,
+      '    auth: { bearer: { token: { env: FHIR_HOOK_TOKEN } } }',
+      '    maxBodyBytes: 65536',
+      '    subscriptions:',
+      ...subs,
+      '  - name: ehr-medplum',
+      '    type: fhir-rest-hook',
+      `    server: { baseUrl: ${JSON.stringify(baseUrl)} }`,
+      '    auth: { hmac: { secret: { env: FHIR_HMAC_SECRET } } }',
+      'outputs: []',
+      '',
+    ].join('\n'),
+  );
+  return dir;
+}
+
+interface Posted {
+  status: number;
+  type: string | null;
+  retryAfter: string | null;
+  json: Json;
+}
+
+async function post(carerelay: InProcessServer, body: string | Buffer, options: { input?: string; headers?: Record<string, string> } = {}): Promise<Posted> {
+  const res = await fetch(`http://127.0.0.1:${carerelay.httpPort}/ingest/fhir/${options.input ?? 'ehr-fhir'}`, {
+    method: 'POST',
+    headers: { authorization: `Bearer ${TOKEN}`, 'content-type': 'application/fhir+json', ...options.headers },
+    body,
+  });
+  const text = await res.text();
+  return { status: res.status, type: res.headers.get('content-type'), retryAfter: res.headers.get('retry-after'), json: text ? (JSON.parse(text) as Json) : {} };
+}
+
+beforeEach(async () => {
+  fhir = await startFhirTestServer();
+});
+
+afterEach(async () => {
+  await fhir.close();
+});
+
+afterAll(() => {
+  for (const dir of dirs.splice(0)) fs.rmSync(dir, { recursive: true, force: true });
+});
+
+// ---------------------------------------------------------------------------------------
+
+interface FixtureContext {
+  previous?: Array<{ kind: 'appointment' | 'encounter'; id: string; asOf: string; [k: string]: unknown }>;
+  fetched?: Record<string, TestFhirResource>;
+}
+
+const fixtureNames = fs
+  .readdirSync(FIXTURES)
+  .filter((f) => f.endsWith('.json') && !f.endsWith('.context.json'))
+  .map((f) => f.slice(0, -'.json'.length))
+  .sort();
+
+/** The fixtures name example.org servers; here the configured server is the local one. */
+function localized(text: string): string {
+  return text.replaceAll('https://ehr.example.org/fhir', fhir.baseUrl).replaceAll('https://example.org/fhir', fhir.baseUrl);
+}
+
+/** What must be equal between the golden trigger and the one from the running server. */
+function essence(t: Trigger): unknown {
+  const { id: _id, receivedAt: _r, source, ...rest } = t;
+  return { ...rest, source: { ...source, sender: '' } };
+}
+
+describe('every notification example, posted to the running server', () => {
+  it.each(fixtureNames)('%s', async (name) => {
+    const body = localized(fs.readFileSync(`${FIXTURES}${name}.json`, 'utf8'));
+    const contextFile = `${FIXTURES}${name}.context.json`;
+    const context = fs.existsSync(contextFile) ? (JSON.parse(localized(fs.readFileSync(contextFile, 'utf8'))) as FixtureContext) : {};
+    for (const resource of Object.values(context.fetched ?? {})) fhir.put(resource);
+    if (name === 'backport-r4-id-only') {
+      // The example names only the focus: the server holds it, CareRelay fetches it.
+      fhir.put(testPatient('p-idonly'));
+      fhir.put(testEncounter('86009987-eabe-42bf-8c02-b112b18cb616', 'Patient/p-idonly'));
+    }
+    const carerelay = await startServer(writeConfig(fhir.baseUrl, ['admission', 'patient-feed', 'appointments']), ENV);
+    try {
+      if (context.previous !== undefined) {
+        await carerelay.store.commitInbound({
+          input: 'seed', format: 'fhir', sender: 'seed', controlId: '', messageType: 'seed', contentHash: '', raw: Buffer.from('seed'),
+          status: MessageStatus.Accepted, ack: '', ackCode: '', receivedAt: '2000-01-01T00:00:00Z', triggers: [],
+          subjectStates: context.previous as never,
+        });
+      }
+      const before = fhir.requests.length;
+      const answer = await post(carerelay, body);
+      expect(answer.status, JSON.stringify(answer.json)).toBe(200);
+      const triggers = await carerelay.store.listTriggers({});
+      const golden = fs.readFileSync(`${FIXTURES}${name}.triggers.ndjson`, 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l) as Trigger);
+      const requests = fhir.requests.slice(before).map((r) => `${r.method} ${r.path}`);
+
+      if (name === 'backport-r4-id-only') {
+        expect(requests).toEqual(['GET /fhir/Encounter/86009987-eabe-42bf-8c02-b112b18cb616', 'GET /fhir/Patient/p-idonly']);
+        expect(triggers.map((t) => [t.type, t.source.messageId])).toEqual([['encounter.started', 'admission#2']]);
+        return;
+      }
+      expect(triggers.map(essence)).toEqual(golden.map(essence));
+      for (const t of triggers) expect(t.source.sender).toBe(fhir.baseUrl);
+      const messages = (await carerelay.store.listMessages({ input: 'ehr-fhir' }));
+      expect(messages.length).toBeGreaterThanOrEqual(1);
+      if (name === 'backport-r4-handshake' || name === 'backport-r4-heartbeat' || name === 'backport-r4-error') {
+        // Answered and recorded, no trigger, nothing fetched.
+        expect(messages.map((m) => [m.messageType, m.triggerIds])).toEqual([[name === 'backport-r4-error' ? 'query-status' : name.slice('backport-r4-'.length), []]]);
+        expect(requests).toEqual([]);
+      }
+      if (name === 'backport-r4-empty') {
+        // Empty payload: the event is recorded and the configured server searched.
+        expect(requests).toEqual(['GET /fhir/Appointment', 'GET /fhir/Encounter']);
+      }
+      if (name === 'backport-r4-error') expect(carerelay.logs.some((l) => l.message === 'fhir.subscription_error')).toBe(true);
+    } finally {
+      await carerelay.stop();
+    }
+  });
+});
+
+// ---------------------------------------------------------------------------------------
+
+describe('the running server', () => {
+  let carerelay: InProcessServer;
+
+  // Started in each test: the FHIR test server (and so the configured base URL) is new per test.
+  async function start(): Promise<InProcessServer> {
+    carerelay = await startServer(writeConfig(fhir.baseUrl, ['sub1']), ENV);
+    return carerelay;
+  }
+
+  afterEach(async () => {
+    await carerelay?.stop();
+  });
+
+  const sub = (): string => `${fhir.baseUrl}/Subscription/sub1`;
+
+  it('bad input: 4xx with a problem body, nothing stored, no outgoing request', async () => {
+    await start();
+    const big = Buffer.alloc(100_000, 0x20);
+    const hmacBody = JSON.stringify(topicBundle({ subscription: sub(), type: 'heartbeat' }));
+    const cases: Array<{ what: string; status: number; send: () => Promise<Posted> }> = [
+      { what: 'invalid JSON', status: 400, send: () => post(carerelay, '{"resourceType": "Appointment",') },
+      { what: '__proto__ key', status: 400, send: () => post(carerelay, '{"resourceType":"Appointment","__proto__":{"polluted":true}}') },
+      { what: 'not a notification', status: 400, send: () => post(carerelay, JSON.stringify({ resourceType: 'Bundle', type: 'batch', entry: [{}] })) },
+      { what: 'wrong content type', status: 415, send: () => post(carerelay, '<Appointment/>', { headers: { 'content-type': 'application/fhir+xml' } }) },
+      { what: 'body over the limit', status: 413, send: () => post(carerelay, big) },
+      { what: 'no token', status: 401, send: () => post(carerelay, big, { headers: { authorization: 'Bearer wrong' } }) },
+      { what: 'unknown input', status: 404, send: () => post(carerelay, '{}', { input: 'nope' }) },
+      { what: 'unknown subscription', status: 404, send: () => post(carerelay, JSON.stringify(topicBundle({ subscription: `${fhir.baseUrl}/Subscription/other`, type: 'heartbeat' }))) },
+      {
+        what: 'focus on another server',
+        status: 422,
+        send: () => post(carerelay, JSON.stringify(topicBundle({ subscription: sub(), type: 'event-notification', events: [{ number: 1, focus: 'https://attacker.example.net/fhir/Appointment/a1' }] }))),
+      },
+      { what: 'bad signature', status: 401, send: () => post(carerelay, hmacBody, { input: 'ehr-medplum', headers: { 'x-signature': 'a'.repeat(64) } }) },
+      { what: 'no signature', status: 401, send: () => post(carerelay, hmacBody, { input: 'ehr-medplum' }) },
+    ];
+    for (const c of cases) {
+      const answer = await c.send();
+      expect([c.what, answer.status]).toEqual([c.what, c.status]);
+      expect([c.what, answer.type]).toEqual([c.what, 'application/problem+json; charset=utf-8']);
+      expect(answer.json).toMatchObject({ status: c.status, title: expect.any(String) });
+    }
+    expect(await carerelay.store.listMessages({})).toEqual([]);
+    expect(fhir.requests).toEqual([]);
+    expect(({} as Record<string, unknown>).polluted).toBeUndefined();
+  });
+
+  it('a valid HMAC signature (hex or sha256=) is accepted', async () => {
+    await start();
+    const body = JSON.stringify(topicBundle({ subscription: sub(), type: 'heartbeat' }));
+    const signature = createHmac('sha256', HMAC_SECRET).update(body).digest('hex');
+    // ehr-medplum lists no subscriptions: a valid signature gets as far as the subscription check.
+    expect((await post(carerelay, body, { input: 'ehr-medplum', headers: { 'x-signature': signature } })).status).toBe(404);
+    fhir.put(testPatient('p1'));
+    const appointment = JSON.stringify(fhir.put(testAppointment('a1', 'Patient/p1')));
+    const sig = createHmac('sha256', HMAC_SECRET).update(appointment).digest('hex');
+    const answer = await post(carerelay, appointment, { input: 'ehr-medplum', headers: { 'x-signature': `sha256=${sig}` } });
+    expect(answer.status).toBe(200);
+    expect((await carerelay.store.listTriggers({})).map((t) => t.type)).toEqual(['appointment.booked']);
+  });
+
+  it('2xx only after commit; a store that cannot commit gives 503 + Retry-After and the resend lands once', async () => {
+    await start();
+    fhir.put(testPatient('p1'));
+    fhir.put(testAppointment('a1', 'Patient/p1'));
+    const body = JSON.stringify(topicBundle({ subscription: sub(), type: 'event-notification', events: [{ number: 1, focus: 'Appointment/a1' }] }));
+    const db = (carerelay.store as SqliteStore).db;
+    db.pragma('query_only = ON');
+    try {
+      const refused = await post(carerelay, body);
+      expect(refused.status).toBe(503);
+      expect(refused.retryAfter).toMatch(/^\d+$/);
+    } finally {
+      db.pragma('query_only = OFF');
+    }
+    expect(await carerelay.store.listMessages({})).toEqual([]);
+    const ok = await post(carerelay, body);
+    expect(ok.status).toBe(200);
+    // Answered 200: already durable.
+    expect((await carerelay.store.findMessage(fhir.baseUrl, 'sub1#1'))?.triggerIds).toHaveLength(1);
+  });
+
+  it('the same notification 20 times gives one trigger; a skipped event number runs the recovery', async () => {
+    await start();
+    fhir.put(testPatient('p1'));
+    for (const id of ['a1', 'a2', 'a3']) {
+      fhir.put(testAppointment(id, 'Patient/p1'));
+      fhir.pushEvent('sub1', `Appointment/${id}`);
+    }
+    const one = JSON.stringify(topicBundle({ subscription: sub(), type: 'event-notification', events: [{ number: 1, focus: 'Appointment/a1' }] }));
+    const answers = await Promise.all(Array.from({ length: 20 }, () => post(carerelay, one)));
+    expect(answers.map((a) => a.status)).toEqual(Array(20).fill(200));
+    expect(await carerelay.store.listTriggers({})).toHaveLength(1);
+
+    const three = JSON.stringify(topicBundle({ subscription: sub(), type: 'event-notification', events: [{ number: 3, focus: 'Appointment/a3' }] }));
+    expect((await post(carerelay, three)).status).toBe(200);
+    expect(fhir.requests.filter((r) => r.path.endsWith('/$events')).map((r) => r.query)).toEqual([
+      '?eventsSinceNumber=2&eventsUntilNumber=2&content=full-resource',
+    ]);
+    expect((await carerelay.store.listTriggers({})).map((t) => t.source.messageId).sort()).toEqual(['sub1#1', 'sub1#2', 'sub1#3']);
+    expect(carerelay.logs.some((l) => l.message === 'fhir.gap_detected' && l.reason === 'event_gap')).toBe(true);
+  });
+
+  it('logs carry ids and reason codes, never patient data', async () => {
+    await start();
+    fhir.put(testPatient('p1', { name: [{ family: 'CANARYNAME', given: ['ZED'] }] }));
+    fhir.put(testAppointment('a1', 'Patient/p1'));
+    await post(carerelay, JSON.stringify(topicBundle({ subscription: sub(), type: 'event-notification', events: [{ number: 5, focus: 'Appointment/a1' }] })));
+    await post(carerelay, '{"resourceType":"Patient","name":[{"family":"CANARYNAME"}],"x":');
+    expect((await carerelay.store.listTriggers({}))[0]?.patient.name?.family).toBe('CANARYNAME');
+    expect(JSON.stringify(carerelay.logs)).not.toContain('CANARYNAME');
+  });
+});
