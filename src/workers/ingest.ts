@@ -77,9 +77,14 @@ function sha256(bytes: Buffer): string {
   return createHash('sha256').update(bytes).digest('hex');
 }
 
-/** A fresh MSH-10 for our ACK: 20 characters, the v2.5 length of MSH-10. */
+// ACK control ids: a random per-process prefix and a counter — unique without a random draw
+// per message. 20 characters, the v2.5 length of MSH-10.
+const ACK_ID_PREFIX = `CR${randomBytes(4).toString('hex')}`;
+let ackCounter = 0;
+
 function newAckControlId(): string {
-  return `CR${randomBytes(9).toString('hex')}`;
+  ackCounter = (ackCounter + 1) % 1e10;
+  return `${ACK_ID_PREFIX}${ackCounter.toString().padStart(10, '0')}`;
 }
 
 function senderOf(msg: Hl7Message): string {
