@@ -17,13 +17,19 @@ import { openSqliteDatabase } from './store/sqlite-db.ts';
 import { SqliteStore } from './store/sqlite.ts';
 import type { Store } from './store/store.ts';
 import { Hl7Ingest, type Hl7IngestSettings } from './workers/ingest.ts';
+import { outputSpecs } from './outputs/index.ts';
+import { DeliveryRuntime, type ReloadResult } from './workers/runtime.ts';
 
 export interface StartOptions {
   configDir: string;
   env: Env;
   log?: Logger;
-  /** Install SIGTERM/SIGINT handlers that stop gracefully (the CLI does; tests do not). */
+  /** Install SIGTERM/SIGINT handlers that stop gracefully, and SIGHUP to reload mappings (the CLI does; tests do not). */
   handleSignals?: boolean;
+  /** Reload mappings when a file under mappings/ changes. Default true; tests turn it off. */
+  watchMappings?: boolean;
+  /** Epoch-ms clock for routing, delivery timers and send-time checks; injected by tests. */
+  now?: () => number;
 }
 
 export interface RunningCarerelay {
@@ -32,6 +38,13 @@ export interface RunningCarerelay {
   httpPort: number;
   /** Bound port of each MLLP input, by input name. */
   mllpPorts: ReadonlyMap<string, number>;
+  /** Router, delivery queue and outputs (deliveries.idle() waits for routing and due sends). */
+  deliveries: DeliveryRuntime;
+  /**
+   * Loads the configuration again and swaps rules and templates when it is valid; on
+   * errors the running plan stays and the issues are returned. Connector changes need a restart.
+   */
+  reloadMappings(): Promise<ReloadResult>;
   /** Stops listeners (in-flight messages finish and are ACKed), then closes the store. */
   stop(): Promise<void>;
   /** Resolves once stop() has completed, whoever called it. */
@@ -136,7 +149,8 @@ export async function startCarerelay(options: StartOptions): Promise<RunningCare
 
   const db = openSqliteDatabase(path.join(plan.server.dataDir, 'carerelay.db'));
   const store = new SqliteStore(db, { closeDatabase: true });
-  const ingest = new Hl7Ingest({ store, log });
+  const deliveries = new DeliveryRuntime({ db, store, plan, log, outputSpecs, ...(options.now ? { now: options.now } : {}) });
+  const ingest = new Hl7Ingest({ store, log, onCommitted: deliveries.onCommitted });
   const afterCommit = faultInjector(env);
 
   const mllpServers: Array<{ name: string; server: MllpServer }> = [];
@@ -144,7 +158,7 @@ export async function startCarerelay(options: StartOptions): Promise<RunningCare
   const fhirInputs = new Map<string, FhirHttpInput>();
   const fhirIngests: FhirIngest[] = [];
   const fhirPollers: FhirPoller[] = [];
-  const fhirDeps = { store, log, env, configDir: plan.configDir };
+  const fhirDeps = { store, log, env, configDir: plan.configDir, onCommitted: deliveries.onCommitted };
   for (const input of plan.inputs) {
     if (input.type === HL7V2_MLLP) {
       const typed = input as unknown as InstancePlan<Hl7v2MllpConfig>;
@@ -181,6 +195,7 @@ export async function startCarerelay(options: StartOptions): Promise<RunningCare
     });
   } catch (error) {
     await Promise.allSettled(mllpServers.map(({ server }) => server.close()));
+    await deliveries.stop();
     await store.close();
     throw error;
   }
@@ -194,6 +209,10 @@ export async function startCarerelay(options: StartOptions): Promise<RunningCare
   // FHIR: heartbeat-silence monitors and pollers start once the endpoint can receive.
   for (const fhirIngest of fhirIngests) fhirIngest.startHeartbeatMonitor();
   for (const p of fhirPollers) p.start();
+  deliveries.start();
+  const reloadMappings = async (): Promise<ReloadResult> =>
+    deliveries.reload(() => loadConfig({ configDir: options.configDir, env }));
+  if (options.watchMappings ?? true) deliveries.watchMappings(path.join(plan.configDir, 'mappings'), reloadMappings);
 
   let resolveStopped!: () => void;
   const stopped = new Promise<void>((resolve) => {
@@ -209,6 +228,8 @@ export async function startCarerelay(options: StartOptions): Promise<RunningCare
         http!.closeAllConnections();
       });
       await Promise.allSettled(fhirIngests.map((i) => i.stop()));
+      // Queue before store: running sends finish and record their outcome first.
+      await deliveries.stop();
       await store.close();
       log.info('carerelay.stopped');
       resolveStopped();
@@ -223,8 +244,12 @@ export async function startCarerelay(options: StartOptions): Promise<RunningCare
         void stop();
       });
     }
+    process.on('SIGHUP', () => {
+      log.info('config.reloading', { signal: 'SIGHUP' });
+      void reloadMappings().catch((error: unknown) => log.error('config.reload_failed', { code: (error as Error).name }));
+    });
   }
 
   log.info('carerelay.started', { dataDir: plan.server.dataDir, count: plan.inputs.length });
-  return { plan, store, httpPort, mllpPorts, stop, stopped };
+  return { plan, store, httpPort, mllpPorts, deliveries, reloadMappings, stop, stopped };
 }

@@ -1,0 +1,211 @@
+// The delivery side of a running CareRelay, wired once by main.ts: the embedded queue on the
+// store's file, the outputs of the plan, the router (committed triggers → deliveries) and
+// the deliver worker (due deliveries → outputs), plus swapping mappings at run time.
+//
+// Reload. Rules and templates are data (ARCHITECTURE.md invariant 5): a reload loads the
+// whole configuration again and, only when it is valid, swaps rules and templates in one
+// assignment, so a trigger is routed and a delivery rendered with either the old plan or
+// the new one, never a mix. Connectors (inputs, outputs, server) are not swapped — sockets
+// and adapters need a restart: a reload that changes them says so, and one whose rules name
+// an output that is not running is refused.
+import { watch, type FSWatcher } from 'node:fs';
+import path from 'node:path';
+import type { CarerelayPlan, InstancePlan } from '../config/load.ts';
+import { ConfigError, type ConfigIssue } from '../errors.ts';
+import type { Logger } from '../log.ts';
+import type { OutboundAdapter, OutputSpec } from '../outputs/spec.ts';
+import type { TemplateSet } from '../pipeline/render.ts';
+import type { Rule } from '../pipeline/rule.ts';
+import { SqliteQueue, type SqliteQueueOptions } from '../queue/sqlite.ts';
+import type { Database } from '../store/sqlite-db.ts';
+import type { Store } from '../store/store.ts';
+import type { Trigger } from '../types.ts';
+import { createDeliverHandler, recordDeadDeliveries, storeOutboxSink } from './deliver.ts';
+import { Router, type DeliveryJob } from './router.ts';
+
+/** Name of the embedded queue holding delivery timers. */
+export const DELIVERY_QUEUE = 'deliveries';
+
+/** Log reason codes of reloads. */
+export const ReloadReason = {
+  /** The new configuration has errors: the old plan stays. */
+  Invalid: 'invalid',
+  /** A rule names an output that is not running (outputs start only at start-up). */
+  OutputNotRunning: 'output_not_running',
+  /** Inputs, outputs or server settings differ from the running ones: restart to apply them. */
+  ConnectorsChanged: 'connectors_changed',
+} as const;
+
+export type ReloadResult =
+  | { ok: true; rules: number; templates: number; restartNeeded: boolean }
+  | { ok: false; issues: ConfigIssue[] };
+
+export interface DeliveryRuntimeOptions {
+  db: Database;
+  store: Store;
+  plan: CarerelayPlan;
+  log: Logger;
+  outputSpecs: readonly OutputSpec[];
+  /** Epoch ms for routing, the queue and send-time checks; injected by tests. Default Date.now. */
+  now?: () => number;
+  /** Delivery jobs running at once. Default 4. */
+  concurrency?: number;
+  queue?: Omit<SqliteQueueOptions, 'name' | 'now'>;
+}
+
+/**
+ * Builds the running adapter of every output of the plan. Every adapter gets the same deps
+ * (an outbox takes `sink`; adapters to come take what they need from here).
+ */
+export function createOutputs(outputs: readonly InstancePlan[], specs: readonly OutputSpec[], deps: Record<string, unknown>): Map<string, OutboundAdapter> {
+  const adapters = new Map<string, OutboundAdapter>();
+  for (const output of outputs) {
+    const spec = specs.find((s) => s.type === output.type);
+    // The loader refused unknown types; a type without create() cannot send yet.
+    if (!spec?.create) continue;
+    adapters.set(output.name, spec.create(output.config, deps));
+  }
+  return adapters;
+}
+
+function connectorsOf(plan: CarerelayPlan): string {
+  const instances = (list: readonly InstancePlan[]) => list.map((i) => ({ type: i.type, name: i.name, config: i.config }));
+  return JSON.stringify({ server: plan.server, inputs: instances(plan.inputs), outputs: instances(plan.outputs) });
+}
+
+export class DeliveryRuntime {
+  readonly queue: SqliteQueue<DeliveryJob>;
+  readonly router: Router;
+  readonly outputs: ReadonlyMap<string, OutboundAdapter>;
+  readonly #log: Logger;
+  readonly #concurrency: number;
+  readonly #connectors: string;
+  #mappings: { rules: readonly Rule[]; templates: TemplateSet; timezone: string };
+  readonly #handler: ReturnType<typeof createDeliverHandler>;
+  #unsubscribe: (() => void) | undefined;
+  #watcher: FSWatcher | undefined;
+  #debounce: NodeJS.Timeout | undefined;
+  #stopped = false;
+
+  constructor(options: DeliveryRuntimeOptions) {
+    const { store, plan, log } = options;
+    const now = options.now ?? Date.now;
+    this.#log = log;
+    this.#concurrency = options.concurrency ?? 4;
+    this.#connectors = connectorsOf(plan);
+    this.#mappings = { rules: plan.mappings, templates: plan.templates, timezone: plan.server.timezone };
+    this.queue = new SqliteQueue<DeliveryJob>(options.db, { ...options.queue, name: DELIVERY_QUEUE, now });
+    this.outputs = createOutputs(plan.outputs, options.outputSpecs, { sink: storeOutboxSink(store), now: () => new Date(now()) });
+    this.router = new Router({
+      store,
+      queue: this.queue,
+      rules: () => this.#mappings.rules,
+      // The organisation's zone until patient and site zones are known (CONSENT.md quiet hours order).
+      zoneFor: () => this.#mappings.timezone,
+      log,
+      now,
+      idempotentOutput: (name) => this.outputs.get(name)?.idempotent ?? false,
+    });
+    const handler = createDeliverHandler({
+      store,
+      output: (name) => this.outputs.get(name),
+      templates: () => this.#mappings.templates,
+      zone: () => this.#mappings.timezone,
+      log,
+      now,
+    });
+    this.#unsubscribe = recordDeadDeliveries(this.queue, store, log, now);
+    this.queue.subscribe((event) => {
+      if (event.type === 'error') log.error('queue.error', { code: event.code });
+    });
+    this.#handler = handler;
+  }
+
+  /** Routes what a crash left unrouted, then starts running due deliveries. */
+  start(): void {
+    // Recovery is queued before any new trigger; timers run meanwhile.
+    void this.router.routeUnrouted().catch((error: unknown) => this.#log.error('route.failed', { code: (error as Error).name }));
+    this.queue.process(this.#handler, { concurrency: this.#concurrency });
+  }
+
+  /** The ingest hook (Hl7Ingest / FhirIngest onCommitted). */
+  readonly onCommitted = (triggers: Trigger[]): void => {
+    this.router.onCommitted(triggers);
+  };
+
+  /** The rules in force now. */
+  get rules(): readonly Rule[] {
+    return this.#mappings.rules;
+  }
+
+  /** Resolves once routing is done and no delivery is due or running (tests, shutdown). */
+  async idle(): Promise<void> {
+    await this.router.idle();
+    await this.queue.idle();
+  }
+
+  /**
+   * Loads the configuration again with `load` and swaps rules and templates when it is
+   * valid; otherwise keeps the running plan and logs `config.reload_failed` with the issue
+   * count (the issues are returned for the CLI to print).
+   */
+  async reload(load: () => Promise<CarerelayPlan>): Promise<ReloadResult> {
+    let next: CarerelayPlan;
+    try {
+      next = await load();
+    } catch (error) {
+      if (!(error instanceof ConfigError)) throw error;
+      this.#log.error('config.reload_failed', { reason: ReloadReason.Invalid, issues: error.issues.length });
+      return { ok: false, issues: error.issues };
+    }
+    const missing = next.mappings.filter((r) => !this.outputs.has(r.send.output));
+    if (missing.length > 0) {
+      const issues = missing.map((r) => ({
+        file: 'mappings',
+        message: `rule "${r.id}" sends through output "${r.send.output}", which is not running; restart CareRelay to start new outputs`,
+      }));
+      this.#log.error('config.reload_failed', { reason: ReloadReason.OutputNotRunning, issues: issues.length });
+      return { ok: false, issues };
+    }
+    const restartNeeded = connectorsOf(next) !== this.#connectors;
+    if (restartNeeded) this.#log.warn('config.restart_needed', { reason: ReloadReason.ConnectorsChanged });
+    // One assignment: routing and rendering see the old plan or the new one, never half.
+    this.#mappings = { rules: next.mappings, templates: next.templates, timezone: this.#mappings.timezone };
+    this.#log.info('config.reloaded', { count: next.mappings.length });
+    return { ok: true, rules: next.mappings.length, templates: next.templates.size, restartNeeded };
+  }
+
+  /**
+   * Reloads when a file under `dir` (mappings/) changes, after `debounceMs` of quiet (an
+   * editor's save is several events). A missing directory is not watched.
+   */
+  watchMappings(dir: string, reload: () => Promise<unknown>, debounceMs = 300): void {
+    if (this.#watcher || this.#stopped) return;
+    try {
+      this.#watcher = watch(path.resolve(dir), { recursive: true, persistent: false }, () => {
+        if (this.#debounce) clearTimeout(this.#debounce);
+        this.#debounce = setTimeout(() => {
+          this.#debounce = undefined;
+          if (!this.#stopped) void reload().catch((error: unknown) => this.#log.error('config.reload_failed', { code: (error as Error).name }));
+        }, debounceMs);
+        this.#debounce.unref();
+      });
+      this.#watcher.on('error', () => this.#log.warn('config.watch_failed', { reason: 'watch_error' }));
+    } catch (error) {
+      const code = (error as NodeJS.ErrnoException).code;
+      if (code !== 'ENOENT') this.#log.warn('config.watch_failed', { code: code ?? 'error' });
+    }
+  }
+
+  /** Stops the watcher and the router, then the queue (running sends finish first). */
+  async stop(): Promise<void> {
+    if (this.#stopped) return;
+    this.#stopped = true;
+    this.#watcher?.close();
+    if (this.#debounce) clearTimeout(this.#debounce);
+    await this.router.close();
+    await this.queue.close();
+    this.#unsubscribe?.();
+    await Promise.allSettled([...this.outputs.values()].map((o) => o.close?.()));
+  }
+}
