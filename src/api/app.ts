@@ -5,7 +5,7 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
 import express, { type NextFunction, type Request, type Response } from 'express';
 import type { Logger } from '../log.ts';
-import type { MessageQuery, Store, StoredMessage, TriggerQuery } from '../store/store.ts';
+import { STORED_DELIVERY_STATUSES, type DeliveryQuery, type MessageQuery, type Store, type StoredDelivery, type StoredDeliveryStatus, type StoredMessage, type TriggerQuery } from '../store/store.ts';
 import { MessageStatus } from '../types.ts';
 import type { Hl7Ingest, Hl7IngestSettings } from '../workers/ingest.ts';
 import { createFhirRouter, type FhirHttpInput } from './fhir-routes.ts';
@@ -100,6 +100,31 @@ function messageSummary(m: StoredMessage) {
     reason: m.reason,
     receivedAt: m.receivedAt,
     triggerIds: m.triggerIds,
+  };
+}
+
+function deliverySummary(d: StoredDelivery) {
+  const x = d.delivery;
+  return {
+    id: x.id,
+    status: d.status,
+    ...(d.reason !== undefined ? { reason: d.reason } : {}),
+    ruleId: x.ruleId,
+    subjectKey: x.subjectKey,
+    step: x.step,
+    patientId: x.patientId,
+    triggerId: x.triggerId,
+    purpose: x.purpose,
+    channel: x.channel,
+    output: x.output,
+    plannedAt: x.plannedAt,
+    dueAt: x.dueAt,
+    ...(x.expiresAt !== undefined ? { expiresAt: x.expiresAt } : {}),
+    ...(x.variant !== undefined ? { variant: x.variant } : {}),
+    generation: d.generation,
+    asOf: d.asOf,
+    createdAt: d.createdAt,
+    updatedAt: d.updatedAt,
   };
 }
 
@@ -223,6 +248,63 @@ export function createApp(deps: ApiDeps): express.Express {
       return;
     }
     res.json(t);
+  });
+
+  // Deliveries: what routing planned and what became of it (pending, cancelled, finished,
+  // suppressed with a reason, failed with a code). Newest planned first.
+  admin.get('/deliveries', async (req, res) => {
+    const status = queryString(req, 'status');
+    if (status !== undefined && !(STORED_DELIVERY_STATUSES as readonly string[]).includes(status)) {
+      throw new BadQuery(`status must be one of ${STORED_DELIVERY_STATUSES.join(', ')}`);
+    }
+    const appointmentId = queryString(req, 'appointmentId');
+    const encounterId = queryString(req, 'encounterId');
+    if (appointmentId !== undefined && encounterId !== undefined) throw new BadQuery('give appointmentId or encounterId, not both');
+    const query: DeliveryQuery = {
+      status: status as StoredDeliveryStatus | undefined,
+      ruleId: queryString(req, 'rule'),
+      patientId: queryString(req, 'patientId'),
+      // The subject key as route.ts builds it (subjectOf).
+      subjectKey:
+        appointmentId !== undefined ? `appointment/${encodeURIComponent(appointmentId)}` : encounterId !== undefined ? `encounter/${encodeURIComponent(encounterId)}` : undefined,
+      limit: queryLimit(req),
+      before: queryString(req, 'before'),
+    };
+    const items = await store.listDeliveries(query);
+    const limit = query.limit ?? 100;
+    res.json({
+      items: items.map(deliverySummary),
+      ...(items.length === limit ? { next: items[items.length - 1]!.delivery.id } : {}),
+    });
+  });
+
+  // Delivery ids hold '/', '@' and '#': clients percent-encode them (encodeURIComponent).
+  admin.get('/deliveries/:id', async (req, res) => {
+    const d = await store.getDelivery(req.params.id);
+    if (d === undefined) {
+      sendProblem(res, 404, 'Not found', `no delivery with id ${req.params.id}`);
+      return;
+    }
+    const [outbox] = await store.listOutbox({ deliveryId: d.delivery.id, limit: 1 });
+    res.json({
+      ...deliverySummary(d),
+      delivery: d.delivery,
+      ...(d.message ? { message: d.message } : {}),
+      ...(d.providerId ? { providerId: d.providerId } : {}),
+      ...(outbox ? { outbox } : {}),
+    });
+  });
+
+  // Messages kept by `outbox` outputs instead of being sent. Newest first.
+  admin.get('/outbox', async (req, res) => {
+    const limit = queryLimit(req);
+    const items = await store.listOutbox({
+      output: queryString(req, 'output'),
+      deliveryId: queryString(req, 'deliveryId'),
+      limit,
+      before: queryString(req, 'before'),
+    });
+    res.json({ items, ...(items.length === (limit ?? 100) ? { next: items[items.length - 1]!.id } : {}) });
   });
 
   app.use('/api', admin);
