@@ -378,6 +378,18 @@ describe('gaps and recovery', () => {
     expect(tick).toBeUndefined();
   });
 
+  it('a subscription never heard from only warns on silence (no replay of its whole history)', async () => {
+    server.pushEvent('sub1', 'Appointment/a1');
+    const ingest = makeIngest();
+    clock += 121_000;
+    expect(await ingest.checkHeartbeats()).toEqual([]);
+    expect(log.lines.filter((l) => l.message === 'fhir.heartbeat_missed')).toHaveLength(1);
+    expect(server.requests).toEqual([]);
+    clock += 60_000; // within 2 periods of the warning: not repeated
+    await ingest.checkHeartbeats();
+    expect(log.lines.filter((l) => l.message === 'fhir.heartbeat_missed')).toHaveLength(1);
+  });
+
   it('the position survives a restart: a new ingest on the same store still detects the gap', async () => {
     server.put(testPatient('p1'));
     server.put(testAppointment('a1', 'Patient/p1'));

@@ -637,6 +637,12 @@ export class FhirIngest {
         reason: 'heartbeat_silence',
         durationMs: now.getTime() - last,
       });
+      if (state.n === undefined) {
+        // Never heard from it (not created yet, or the endpoint unreachable): nothing to
+        // catch up from; warn again after another silent period.
+        state.recoveredAt = now.toISOString();
+        continue;
+      }
       try {
         await this.serial(`subscription:${subscription.id}`, async () => {
           const current = await this.state(subscription.id);
