@@ -155,6 +155,11 @@ describe('bad input', () => {
     expect(server.requests).toEqual([]);
   });
 
+  it('accepts a body that starts with a UTF-8 byte order mark', async () => {
+    const n = topicBundle({ subscription: sub(), type: 'heartbeat' });
+    expect(await makeIngest().handle(Buffer.concat([Buffer.from([0xef, 0xbb, 0xbf]), body(n)]))).toMatchObject({ kind: 'accepted' });
+  });
+
   it('parseFhirJson keeps ordinary documents intact', () => {
     expect(parseFhirJson('{"resourceType":"Patient","name":[{"given":["A"]}]}')).toEqual({ resourceType: 'Patient', name: [{ given: ['A'] }] });
   });

@@ -218,9 +218,11 @@ export class FhirIngest {
     const input = this.settings.input;
     try {
       let body: unknown;
-      if (raw.length > 0 && raw.toString('utf8').trim() !== '') {
+      // A UTF-8 byte order mark is allowed before JSON text (RFC 8259 §8.1 lets parsers ignore it).
+      const text = raw.toString('utf8').replace(/^\uFEFF/, '');
+      if (text.trim() !== '') {
         try {
-          body = parseFhirJson(raw.toString('utf8'));
+          body = parseFhirJson(text);
         } catch (error) {
           throw new Refusal(400, 'Invalid JSON', 'invalid_json', `the body is not acceptable JSON (${(error as Error).message})`);
         }
