@@ -208,6 +208,27 @@ describe('deliver', () => {
     expect((await handler.run(job(REMINDER, 2))).outcome).toBe('sent');
   });
 
+  it('a job that starts before its routing is saved waits for it, else retries later', async () => {
+    clock = Date.parse('2025-06-09T14:30:00+02:00');
+    const trigger = makeTrigger({ id: 'early-1', occurredAt: '2025-06-01T09:00:00+02:00' });
+    await store.commitInbound(testRecord({ controlId: 'early-1', triggers: [trigger] }));
+    const waiting = createDeliverHandler({
+      store,
+      output: () => outbox,
+      templates,
+      zone: () => 'Europe/Paris',
+      log,
+      now: () => clock,
+      // The routing that added the job is saved while the job waits.
+      routingSettled: async () => {
+        await router.route(trigger);
+      },
+    });
+    expect((await waiting.run(job(REMINDER))).outcome).toBe('sent');
+    // Without a saved delivery, the job is retried later rather than dropped.
+    await expect(handler.run(job('reminder@appointment/NOT-YET#0'))).rejects.toMatchObject({ failureClass: 'transient', code: 'routing_pending' });
+  });
+
   it('a render failure is permanent: the job is dead-lettered and the delivery marked failed', async () => {
     recordDeadDeliveries(queue, store, log, () => clock);
     const dead = new Promise<void>((resolve) => queue.subscribe((e) => e.type === 'dead' && resolve()));

@@ -12,7 +12,7 @@
 //
 // Not here yet: CONSENT.md rules 2–7 (opt-outs, consent records, sensitive windows, caps,
 // quiet hours) — they slot in after the still-current check.
-import { PermanentError } from '../errors.ts';
+import { PermanentError, TransientError } from '../errors.ts';
 import type { Logger } from '../log.ts';
 import type { OutboundAdapter, OutboundMessage } from '../outputs/spec.ts';
 import { parseInstant } from '../pipeline/conditions.ts';
@@ -51,6 +51,11 @@ export interface DeliverDeps {
   log: Logger;
   /** Epoch ms; injected by tests. Default Date.now. */
   now?: () => number;
+  /**
+   * Resolves once the routing under way has been saved (Router.settled): a job can start
+   * before the routing that added it is saved (queue ops come first, for crash safety).
+   */
+  routingSettled?: () => Promise<void>;
 }
 
 /** What handling one job did (for tests and the admin view). */
@@ -97,7 +102,15 @@ export function createDeliverHandler(deps: DeliverDeps): JobHandler<DeliveryJob>
 
   const run = async (job: Parameters<JobHandler<DeliveryJob>>[0]): Promise<DeliverResult> => {
     const { deliveryId, generation } = job.data;
-    const stored = await store.getDelivery(deliveryId);
+    let stored = await store.getDelivery(deliveryId);
+    if (!stored || stored.generation < generation) {
+      // The job is newer than what is stored: its routing is not saved yet.
+      await deps.routingSettled?.();
+      stored = await store.getDelivery(deliveryId);
+      // Still not saved (the routing failed and will be retried, or another process is
+      // routing): try again later rather than drop the timer.
+      if (!stored || stored.generation < generation) throw new TransientError('routing_pending', `delivery ${deliveryId} generation ${generation} is not saved yet`);
+    }
     // `failed` with this generation: a dead-lettered job replayed by a person (retryDead).
     if (!stored || (stored.status !== 'pending' && stored.status !== 'failed') || stored.generation !== generation) {
       // Cancelled, moved to another job, or already done by an earlier run of this job.

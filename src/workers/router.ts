@@ -130,6 +130,18 @@ export class Router {
     for (let i = 0; i < 1000 && this.#pending > 0; i++) await this.#chain.catch(() => {});
   }
 
+  /**
+   * Resolves once the routing queued so far has finished (whatever its outcome). The
+   * deliver worker waits on it when a job is newer than the stored delivery: the router adds
+   * jobs before saving, so a job due at once can start before its delivery is written.
+   */
+  settled(): Promise<void> {
+    return this.#chain.then(
+      () => {},
+      () => {},
+    );
+  }
+
   /** Stops the retry timer and waits for the routing under way. */
   async close(): Promise<void> {
     this.#closed = true;

@@ -8,7 +8,7 @@
 // the new one, never a mix. Connectors (inputs, outputs, server) are not swapped — sockets
 // and adapters need a restart: a reload that changes them says so, and one whose rules name
 // an output that is not running is refused.
-import { watch, type FSWatcher } from 'node:fs';
+import { existsSync, watch, type FSWatcher } from 'node:fs';
 import path from 'node:path';
 import type { CarerelayPlan, InstancePlan } from '../config/load.ts';
 import { ConfigError, type ConfigIssue } from '../errors.ts';
@@ -17,8 +17,9 @@ import type { OutboundAdapter, OutputSpec } from '../outputs/spec.ts';
 import type { TemplateSet } from '../pipeline/render.ts';
 import type { Rule } from '../pipeline/rule.ts';
 import { SqliteQueue, type SqliteQueueOptions } from '../queue/sqlite.ts';
-import type { Database } from '../store/sqlite-db.ts';
-import type { Store } from '../store/store.ts';
+import { openSqliteDatabase, type Database } from '../store/sqlite-db.ts';
+import { SqliteStore } from '../store/sqlite.ts';
+import type { OutboxEntry, OutboxQuery, Store } from '../store/store.ts';
 import type { Trigger } from '../types.ts';
 import { createDeliverHandler, recordDeadDeliveries, storeOutboxSink } from './deliver.ts';
 import { Router, type DeliveryJob } from './router.ts';
@@ -113,6 +114,7 @@ export class DeliveryRuntime {
       zone: () => this.#mappings.timezone,
       log,
       now,
+      routingSettled: () => this.router.settled(),
     });
     this.#unsubscribe = recordDeadDeliveries(this.queue, store, log, now);
     this.queue.subscribe((event) => {
@@ -207,5 +209,36 @@ export class DeliveryRuntime {
     await this.queue.close();
     this.#unsubscribe?.();
     await Promise.allSettled([...this.outputs.values()].map((o) => o.close?.()));
+  }
+}
+
+/** The embedded store's file in a data directory (as main.ts opens it). */
+export function storeFile(dataDir: string): string {
+  return path.join(path.resolve(dataDir), 'carerelay.db');
+}
+
+/**
+ * Outbox entries of the embedded store in `dataDir`, newest first (for `carerelay outbox`).
+ * Opens the file read-only, so it works beside a running server. Throws a clear error when
+ * there is no store there yet.
+ */
+export async function listOutbox(options: { dataDir: string } & Omit<OutboxQuery, 'deliveryId'> & { deliveryId?: string }): Promise<OutboxEntry[]> {
+  const file = storeFile(options.dataDir);
+  if (!existsSync(file)) {
+    throw new Error(`no CareRelay store at ${file}: check --data / CARERELAY_DATA, or start CareRelay once to create it`);
+  }
+  const db = openSqliteDatabase(file, { readonly: true });
+  try {
+    let store: SqliteStore;
+    try {
+      store = new SqliteStore(db);
+    } catch (error) {
+      // Read-only: a store written by an older CareRelay cannot be migrated from here.
+      throw new Error(`cannot read the store at ${file} (${(error as Error).message}): start this CareRelay version once to update it`, { cause: error });
+    }
+    const { dataDir: _dataDir, ...query } = options;
+    return await store.listOutbox(query);
+  } finally {
+    db.close();
   }
 }
