@@ -167,7 +167,7 @@ describe('loadConfig', () => {
       'connectors/a.yaml:13:12: "plain" must be true or false, got a string',
       'connectors/b.yaml:1:1: server is already configured at connectors/a.yaml:1:1; keep a single server block',
       'connectors/b.yaml:4:11: input name "ehr" is already used at connectors/a.yaml:5:11; names must be unique',
-      'connectors/b.yaml:7:11: unknown input type "ftp-drop" (known: hl7v2-mllp, hl7v2-http)',
+      'connectors/b.yaml:7:11: unknown input type "ftp-drop" (known: hl7v2-mllp, hl7v2-http, fhir-rest-hook, fhir-poll)',
       'connectors/b.yaml:10:11: port 8080 is already used by server.http at connectors/a.yaml:3:11; give each listener its own port',
       'connectors/b.yaml:12:26: "unknownMessageTypes" must be one of "accept", "reject" (got "drop")',
       'connectors/b.yaml:15:11: port 2575 is already used by input "ehr" at connectors/a.yaml:7:11; give each listener its own port',
@@ -334,7 +334,7 @@ describe('loadConfig', () => {
       'a.yaml': 'inputs:\n  - name: x\n    port: 1\noutputs:\n  - name: sms\n    type: twilio\n',
     });
     expect(await issuesOf(dir)).toEqual([
-      'connectors/a.yaml:2:5: input needs a "type" (known: hl7v2-mllp, hl7v2-http)',
+      'connectors/a.yaml:2:5: input needs a "type" (known: hl7v2-mllp, hl7v2-http, fhir-rest-hook, fhir-poll)',
       'connectors/a.yaml:6:11: unknown output type "twilio" (known: outbox)',
     ]);
   });
