@@ -15,7 +15,7 @@
 //   response bodies (they may hold patient data).
 import { Client, type RequestOptions, type SearchParams as FhirKitSearchParams } from 'fhir-kit-client';
 import { AmbiguousError, PermanentError, TransientError } from '../errors.ts';
-import type { FhirResource } from './notification.ts';
+import type { FhirResource, PayloadContent } from './notification.ts';
 import {
   checkServiceUrl,
   parseRetryAfter,
@@ -79,12 +79,6 @@ export interface SearchResult {
   nextUrl?: string;
 }
 
-export const PayloadContentRequest = {
-  Empty: 'empty',
-  IdOnly: 'id-only',
-  FullResource: 'full-resource',
-} as const;
-export type PayloadContentRequest = (typeof PayloadContentRequest)[keyof typeof PayloadContentRequest];
 
 /** The server answered with an error that retrying will not fix. */
 export class FhirRequestError extends PermanentError {
@@ -461,7 +455,7 @@ export class FhirClient {
     subscriptionId: string,
     sinceNumber: number,
     untilNumber?: number,
-    options: { content?: PayloadContentRequest } = {},
+    options: { content?: PayloadContent } = {},
   ): Promise<FhirResource> {
     checkId(subscriptionId, 'subscriptionId');
     checkEventNumber(sinceNumber, 'sinceNumber');

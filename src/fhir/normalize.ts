@@ -80,7 +80,13 @@ export class FhirNormalizeError extends PermanentError {
 }
 
 /** Resource types that can give triggers; other types give none (not an error). */
-export const TRIGGER_SOURCE_TYPES: readonly string[] = ['Appointment', 'Encounter', 'Patient'];
+export const FhirTriggerResource = {
+  Appointment: 'Appointment',
+  Encounter: 'Encounter',
+  Patient: 'Patient',
+} as const;
+export type FhirTriggerResource = (typeof FhirTriggerResource)[keyof typeof FhirTriggerResource];
+export const TRIGGER_SOURCE_TYPES: readonly string[] = Object.values(FhirTriggerResource);
 
 const V2_0203 = 'http://terminology.hl7.org/CodeSystem/v2-0203';
 const V2_0003 = 'http://terminology.hl7.org/CodeSystem/v2-0003';

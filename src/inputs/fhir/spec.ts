@@ -13,26 +13,15 @@
 
 import type { InstanceCheckIssue } from '../../config/load.ts';
 import { secretRefSchema, type JsonSchema, type SecretRef } from '../../config/yaml.ts';
+import { FhirTriggerResource } from '../../fhir/normalize.ts';
+import { PayloadContent } from '../../fhir/notification.ts';
 import type { InputSpec } from '../spec.ts';
 
 export const FHIR_REST_HOOK = 'fhir-rest-hook';
 export const FHIR_POLL = 'fhir-poll';
 
-/** Subscription payload content (Backport IG `backport-payload-content`). */
-export const PayloadContent = {
-  Empty: 'empty',
-  IdOnly: 'id-only',
-  FullResource: 'full-resource',
-} as const;
-export type PayloadContent = (typeof PayloadContent)[keyof typeof PayloadContent];
-
-/** Resource types CareRelay turns into triggers (TRIGGER.md "FHIR source"). */
-export const FhirTriggerResource = {
-  Appointment: 'Appointment',
-  Encounter: 'Encounter',
-  Patient: 'Patient',
-} as const;
-export type FhirTriggerResource = (typeof FhirTriggerResource)[keyof typeof FhirTriggerResource];
+export { PayloadContent } from '../../fhir/notification.ts';
+export { FhirTriggerResource } from '../../fhir/normalize.ts';
 
 export const SmartAlgorithmName = { RS384: 'RS384', ES384: 'ES384' } as const;
 export type SmartAlgorithmName = (typeof SmartAlgorithmName)[keyof typeof SmartAlgorithmName];
