@@ -4,6 +4,7 @@
 //   bench/parse.ts   benchParse   parse + normalize µs/message (ours and node-hl7-client's)
 //   bench/ingest.ts  benchIngest  durable MLLP ingest vs a bare echo listener, 1 and 8 connections
 //   bench/queue.ts   benchQueue   embedded queue: 1,000,000 pending jobs, cancel, restart, drain
+//   bench/route.ts   benchRoute   router + store + queue: deliveries/s, cancel among 1,000,000, restart
 //   bench/fhir.ts    benchFhir    full-resource FHIR notifications/s with 2xx after commit
 // Run with `node --expose-gc --import tsx bench/run.ts` so each module can collect garbage
 // between phases. `node … bench/run.ts ingest queue` runs only the named ones.
@@ -16,6 +17,7 @@ const MODULES: ReadonlyArray<{ name: string; file: string; exportName: string }>
   { name: 'parse', file: 'parse.ts', exportName: 'benchParse' },
   { name: 'ingest', file: 'ingest.ts', exportName: 'benchIngest' },
   { name: 'queue', file: 'queue.ts', exportName: 'benchQueue' },
+  { name: 'route', file: 'route.ts', exportName: 'benchRoute' },
   { name: 'fhir', file: 'fhir.ts', exportName: 'benchFhir' },
 ];
 
