@@ -30,6 +30,10 @@ Commands:
   replay --dry-run [--config-dir DIR] [--timezone ZONE] [--now INSTANT] FILE...
                                            show which rules the files would fire and what would
                                            be sent when; nothing is stored or sent
+  fhir subscribe --input NAME --endpoint URL [--config-dir DIR]
+                                           create (or update) the input's Subscriptions on its
+                                           FHIR server, pointing at URL/ingest/fhir/NAME, and
+                                           show their status
   help                                     this text
 `;
 
@@ -271,6 +275,38 @@ async function cmdReplay(args: string[]): Promise<number> {
   }
 }
 
+async function cmdFhir(args: string[]): Promise<number> {
+  const [sub, ...rest] = args;
+  if (sub !== 'subscribe') return fail('usage: carerelay fhir subscribe --input NAME --endpoint URL [--config-dir DIR]');
+  const { values } = parse(rest, {
+    input: { type: 'string' },
+    endpoint: { type: 'string' },
+    'config-dir': { type: 'string', default: '.' },
+  });
+  if (values.input === undefined) return fail('fhir subscribe needs --input NAME (a fhir-rest-hook input)');
+  if (values.endpoint === undefined) {
+    return fail('fhir subscribe needs --endpoint URL: the public base URL the FHIR server reaches CareRelay at');
+  }
+  const { fhirSubscribe } = await import('./workers/fhir-subscribe.ts');
+  try {
+    const status = await fhirSubscribe({
+      configDir: path.resolve(values['config-dir'] as string),
+      env: process.env,
+      input: values.input as string,
+      endpointBaseUrl: values.endpoint as string,
+    });
+    process.stdout.write(`${status}\n`);
+    return 0;
+  } catch (error) {
+    if (error instanceof ConfigError) {
+      process.stderr.write(`${error.message}\n`);
+      return 1;
+    }
+    process.stderr.write(`carerelay: fhir subscribe failed: ${(error as Error).message}\n`);
+    return 1;
+  }
+}
+
 async function cmdStart(args: string[]): Promise<number> {
   const { values } = parse(args, { 'config-dir': { type: 'string', default: '.' } });
   const { startCarerelay } = await import('./main.ts');
@@ -308,6 +344,8 @@ export async function main(argv: string[]): Promise<number> {
         return await cmdTest(rest);
       case 'replay':
         return await cmdReplay(rest);
+      case 'fhir':
+        return await cmdFhir(rest);
       case undefined:
       case 'help':
       case '--help':

@@ -6,14 +6,18 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { startFhirTestServer, type FhirTestServer } from './helpers/fhir-server.ts';
 import { CLI_PATH, siuMessage, startServer, writeConfigDir, type InProcessServer, type TestConfigDir } from './helpers/server.ts';
 
 const run = promisify(execFile);
 const fixtures = path.join(import.meta.dirname, '..', 'fixtures');
 
-async function carerelay(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+async function carerelay(args: string[], env: Record<string, string> = {}): Promise<{ code: number; stdout: string; stderr: string }> {
   try {
-    const { stdout, stderr } = await run(process.execPath, [CLI_PATH, ...args], { cwd: path.dirname(CLI_PATH) + '/..' });
+    const { stdout, stderr } = await run(process.execPath, [CLI_PATH, ...args], {
+      cwd: path.dirname(CLI_PATH) + '/..',
+      env: { ...process.env, ...env },
+    });
     return { code: 0, stdout, stderr };
   } catch (error) {
     const e = error as { code: number; stdout: string; stderr: string };
@@ -141,5 +145,57 @@ describe('carerelay send', () => {
     const { code, stderr } = await carerelay(['send', 'x.hl7']);
     expect(code).toBe(2);
     expect(stderr).toContain('--to HOST:PORT');
+  });
+});
+
+describe('carerelay fhir subscribe', () => {
+  let dir: string;
+  let fhir: FhirTestServer;
+  beforeAll(async () => {
+    fhir = await startFhirTestServer();
+    dir = mkdtempSync(path.join(tmpdir(), 'carerelay-subscribe-'));
+    mkdirSync(path.join(dir, 'connectors'));
+    writeFileSync(
+      path.join(dir, 'connectors', 'fhir.yaml'),
+      [
+        'inputs:',
+        '  - name: ehr-fhir',
+        '    type: fhir-rest-hook',
+        `    server: { baseUrl: ${JSON.stringify(fhir.baseUrl)} }`,
+        '    auth: { bearer: { token: { env: HOOK_TOKEN } } }',
+        '    subscriptions:',
+        '      - id: appointments',
+        '        topic: http://example.org/SubscriptionTopic/appointment-changed',
+        '        payload: full-resource',
+        '',
+      ].join('\n'),
+    );
+  });
+  afterAll(async () => {
+    await fhir.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('creates the Subscription on the configured server and prints its status without the secret', async () => {
+    const token = 'cli-hook-token-93e1';
+    const { code, stdout, stderr } = await carerelay(
+      ['fhir', 'subscribe', '--config-dir', dir, '--input', 'ehr-fhir', '--endpoint', 'https://carerelay.example.org'],
+      { HOOK_TOKEN: token },
+    );
+    expect(stderr).toBe('');
+    expect(code).toBe(0);
+    expect(stdout).toContain('appointments');
+    expect(stdout).not.toContain(token);
+    const subscription = fhir.get('Subscription', 'appointments') as { channel: { endpoint: string; header: string[] } };
+    expect(subscription.channel.endpoint).toBe('https://carerelay.example.org/ingest/fhir/ehr-fhir');
+    expect(subscription.channel.header).toEqual([`Authorization: Bearer ${token}`]);
+  });
+
+  it('names the fhir-rest-hook inputs when --input is wrong', async () => {
+    const { code, stderr } = await carerelay(['fhir', 'subscribe', '--config-dir', dir, '--input', 'nope', '--endpoint', 'https://x.example.org'], {
+      HOOK_TOKEN: 't',
+    });
+    expect(code).toBe(1);
+    expect(stderr).toContain('fhir-rest-hook inputs: ehr-fhir');
   });
 });
