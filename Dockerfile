@@ -3,6 +3,9 @@
 #   docker run -p 2575:2575 -p 8080:8080 -v carerelay-data:/data \
 #     -e CARERELAY_ADMIN_TOKEN=... carerelay
 # Mount your own connectors/ and mappings/ over /app/connectors and /app/mappings.
+# Without CARERELAY_ADMIN_TOKEN the HTTP listener stays on 127.0.0.1 inside the container
+# (the healthcheck still works; the admin API and HTTP ingest are not published). The shipped
+# example's MLLP input is plain TCP: give it a tls block before exposing it.
 
 FROM node:24-slim AS deps
 WORKDIR /app
@@ -16,7 +19,9 @@ RUN npm ci --omit=dev
 FROM node:24-slim
 ENV NODE_ENV=production \
     CARERELAY_DATA=/data \
+    MLLP_HOST=0.0.0.0 \
     MLLP_PORT=2575 \
+    HTTP_HOST=0.0.0.0 \
     HTTP_PORT=8080
 WORKDIR /app
 COPY --from=deps /app/node_modules ./node_modules
