@@ -187,14 +187,14 @@ export class Router {
     return routed;
   }
 
-  #failed(triggerId: string, error: unknown): void {
+  #failed(triggerId: string | undefined, error: unknown): void {
     this.#logFailure(triggerId, error);
     this.#scheduleRetry();
   }
 
-  #logFailure(triggerId: string, error: unknown): void {
+  #logFailure(triggerId: string | undefined, error: unknown): void {
     const code = typeof (error as { code?: unknown })?.code === 'string' ? (error as { code: string }).code : error instanceof Error ? error.name : 'unknown';
-    this.#deps.log.error('route.failed', { triggerId, reason: RouterReason.RouteFailed, code });
+    this.#deps.log.error('route.failed', { ...(triggerId !== undefined ? { triggerId } : {}), reason: RouterReason.RouteFailed, code });
   }
 
   /** Tries the unrouted triggers again later, with a doubling delay (a store outage, a bad zone). */
@@ -204,7 +204,7 @@ export class Router {
     this.#retryMs = Math.min(this.#retryMs * 2, MAX_RETRY_MS);
     this.#retryTimer = setTimeout(() => {
       this.#retryTimer = undefined;
-      if (!this.#closed) void this.routeUnrouted().catch((error: unknown) => this.#failed('', error));
+      if (!this.#closed) void this.routeUnrouted().catch((error: unknown) => this.#failed(undefined, error));
     }, delay);
     this.#retryTimer.unref();
   }

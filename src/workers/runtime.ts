@@ -22,7 +22,7 @@ import { SqliteStore } from '../store/sqlite.ts';
 import type { OutboxEntry, OutboxQuery, Store } from '../store/store.ts';
 import type { Trigger } from '../types.ts';
 import { createDeliverHandler, recordDeadDeliveries, storeOutboxSink } from './deliver.ts';
-import { Router, type DeliveryJob } from './router.ts';
+import { Router, parseDeliveryJobId, type DeliveryJob } from './router.ts';
 
 /** Name of the embedded queue holding delivery timers. */
 export const DELIVERY_QUEUE = 'deliveries';
@@ -119,6 +119,8 @@ export class DeliveryRuntime {
     this.#unsubscribe = recordDeadDeliveries(this.queue, store, log, now);
     this.queue.subscribe((event) => {
       if (event.type === 'error') log.error('queue.error', { code: event.code });
+      // Ambiguous failure of a non-idempotent output: a person decides (retryDead).
+      if (event.type === 'parked') log.warn('deliver.parked', { deliveryId: parseDeliveryJobId(event.id)?.deliveryId ?? event.id, reason: event.code, attempt: event.attempt });
     });
     this.#handler = handler;
   }
