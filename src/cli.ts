@@ -30,6 +30,9 @@ Commands:
   replay --dry-run [--config-dir DIR] [--timezone ZONE] [--now INSTANT] FILE...
                                            show which rules the files would fire and what would
                                            be sent when; nothing is stored or sent
+  outbox [--config-dir DIR] [--output NAME] [--limit N] [--json]
+                                           the messages the outbox outputs kept, newest first
+                                           (reads the store; works beside a running server)
   fhir subscribe --input NAME --endpoint URL [--config-dir DIR]
                                            create (or update) the input's Subscriptions on its
                                            FHIR server, pointing at URL/ingest/fhir/NAME, and
@@ -275,6 +278,44 @@ async function cmdReplay(args: string[]): Promise<number> {
   }
 }
 
+async function cmdOutbox(args: string[]): Promise<number> {
+  const { values } = parse(args, {
+    'config-dir': { type: 'string', default: '.' },
+    output: { type: 'string' },
+    limit: { type: 'string', default: '20' },
+    json: { type: 'boolean', default: false },
+  });
+  const limit = Number(values.limit);
+  if (!Number.isInteger(limit) || limit < 1 || limit > 1000) return fail('--limit must be a whole number between 1 and 1000');
+  const { loadConfig } = await import('./config/load.ts');
+  const { listOutbox } = await import('./workers/runtime.ts');
+  try {
+    const plan = await loadConfig({ configDir: path.resolve(values['config-dir'] as string), env: process.env, checkSecrets: false });
+    const entries = await listOutbox({
+      dataDir: plan.server.dataDir,
+      limit,
+      ...(values.output !== undefined ? { output: values.output as string } : {}),
+    });
+    for (const e of entries) {
+      if (values.json === true) {
+        process.stdout.write(`${JSON.stringify(e)}\n`);
+        continue;
+      }
+      const header = `${e.keptAt}  ${e.output} (${e.channel}) to ${e.to ?? '-'} [${e.language}]  ${e.deliveryId}`;
+      process.stdout.write(`${header}\n${e.subject !== undefined ? `  Subject: ${e.subject}\n` : ''}${e.text.replace(/^/gm, '  ')}\n\n`);
+    }
+    if (entries.length === 0 && values.json !== true) process.stdout.write('the outbox is empty\n');
+    return 0;
+  } catch (error) {
+    if (error instanceof ConfigError) {
+      process.stderr.write(`${error.message}\n`);
+      return 1;
+    }
+    process.stderr.write(`carerelay: ${(error as Error).message}\n`);
+    return 1;
+  }
+}
+
 async function cmdFhir(args: string[]): Promise<number> {
   const [sub, ...rest] = args;
   if (sub !== 'subscribe') return fail('usage: carerelay fhir subscribe --input NAME --endpoint URL [--config-dir DIR]');
@@ -344,6 +385,8 @@ export async function main(argv: string[]): Promise<number> {
         return await cmdTest(rest);
       case 'replay':
         return await cmdReplay(rest);
+      case 'outbox':
+        return await cmdOutbox(rest);
       case 'fhir':
         return await cmdFhir(rest);
       case undefined:

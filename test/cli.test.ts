@@ -141,6 +141,12 @@ describe('carerelay send', () => {
     expect(code).toBe(1);
   });
 
+  it('outbox reads the running server\'s store (empty: no mappings in this config)', async () => {
+    const { code, stdout } = await carerelay(['outbox', '--config-dir', config.dir]);
+    expect(code).toBe(0);
+    expect(stdout).toBe('the outbox is empty\n');
+  });
+
   it('explains a missing --to', async () => {
     const { code, stderr } = await carerelay(['send', 'x.hl7']);
     expect(code).toBe(2);
@@ -186,7 +192,7 @@ describe('carerelay fhir subscribe', () => {
     expect(code).toBe(0);
     expect(stdout).toContain('appointments');
     expect(stdout).not.toContain(token);
-    const subscription = fhir.get('Subscription', 'appointments') as { channel: { endpoint: string; header: string[] } };
+    const subscription = fhir.get('Subscription', 'appointments') as unknown as { channel: { endpoint: string; header: string[] } };
     expect(subscription.channel.endpoint).toBe('https://carerelay.example.org/ingest/fhir/ehr-fhir');
     expect(subscription.channel.header).toEqual([`Authorization: Bearer ${token}`]);
   });

@@ -158,7 +158,7 @@ export function createDeliverHandler(deps: DeliverDeps): JobHandler<DeliveryJob>
     });
     // Sent, but the delivery changed meanwhile (a replan while sending): the send stands.
     if (!finished) log.warn('deliver.finish_lost', { deliveryId: d.id, output: d.output, reason: DeliverReason.NotCurrent });
-    else log.info('deliver.sent', { deliveryId: d.id, rule: d.ruleId, output: d.output, attempt: job.attempt });
+    else log.debug('deliver.sent', { deliveryId: d.id, rule: d.ruleId, output: d.output, attempt: job.attempt });
     return { outcome: 'sent', deliveryId: d.id, ...(receipt.providerId !== undefined ? { providerId: receipt.providerId } : {}) };
   };
 

@@ -300,7 +300,7 @@ export class Router {
       // Unrouted still: the retry routes it again and the queue ops above repeat harmlessly.
       throw new TransientError('store_failed', `routing of trigger ${trigger.id} could not be saved`, { cause: error });
     }
-    if (written.length > 0) log.info('route.routed', { triggerId: trigger.id, count: written.length });
+    if (written.length > 0) log.debug('route.routed', { triggerId: trigger.id, count: written.length });
     return { triggerId: trigger.id, changes, written };
   }
 
