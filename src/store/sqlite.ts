@@ -254,7 +254,15 @@ interface Prepared {
   receivedMs: number;
   occurredMs: number[];
   asOfMs: number[];
-  resolve: (outcome: CommitOutcome) => void;
+}
+
+/**
+ * One write waiting for the next group commit: an inbound record, or a routing result.
+ * Routing writes ride in the same transaction (and fsync) as the ingest commits around them.
+ */
+interface PendingWrite {
+  run: () => unknown;
+  resolve: (value: unknown) => void;
   reject: (error: unknown) => void;
 }
 
@@ -281,7 +289,7 @@ export class SqliteStore implements Store {
   readonly db: Database;
   private readonly closeDatabase: boolean;
   private closed = false;
-  private pending: Prepared[] = [];
+  private pending: PendingWrite[] = [];
   private flushScheduled = false;
   private readonly listStatements = new Map<string, BetterSqlite3.Statement>();
 
@@ -309,8 +317,8 @@ export class SqliteStore implements Store {
   private readonly putOutboxStmt: BetterSqlite3.Statement<unknown[], OutboxRow>;
   private readonly outboxSeqStmt: BetterSqlite3.Statement<[number], { seq: number }>;
   private readonly saveRoutingTx: (triggerId: string, rows: Array<{ write: DeliveryWrite; asOfMs: number; dueMs: number }>, routedMs: number) => void;
-  private readonly commitBatch: (batch: Prepared[]) => Array<CommitOutcome | { error: unknown }>;
-  private readonly commitOne: (p: Prepared) => CommitOutcome;
+  private readonly commitBatch: (batch: PendingWrite[]) => Array<{ value: unknown } | { error: unknown }>;
+  private readonly commitOne: (run: () => unknown) => unknown;
 
   constructor(db: Database, options: SqliteStoreOptions = {}) {
     this.db = db;
@@ -431,11 +439,11 @@ export class SqliteStore implements Store {
     }).immediate;
 
     // Nested inside commitBatch's transaction, better-sqlite3 runs this as a SAVEPOINT.
-    this.commitOne = db.transaction((p: Prepared) => this.apply(p));
-    this.commitBatch = db.transaction((batch: Prepared[]) =>
+    this.commitOne = db.transaction((run: () => unknown) => run());
+    this.commitBatch = db.transaction((batch: PendingWrite[]) =>
       batch.map((p) => {
         try {
-          return this.commitOne(p);
+          return { value: this.commitOne(p.run) };
         } catch (error) {
           // Only a fault of this record's own data is contained; a store-level fault (disk
           // full, I/O error, busy) or a transaction SQLite already rolled back fails the batch.
@@ -447,13 +455,25 @@ export class SqliteStore implements Store {
   }
 
   commitInbound(record: InboundRecord): Promise<CommitOutcome> {
-    return new Promise<CommitOutcome>((resolve, reject) => {
-      if (this.closed) throw new Error('the SQLite store is closed');
+    return this.enqueueWrite(() => {
       // Checked before the transaction: a bad instant is a bug upstream, not a store fault.
       const receivedMs = instantMs(record.receivedAt, 'receivedAt');
       const occurredMs = record.triggers.map((t, i) => instantMs(t.occurredAt, `triggers[${i}].occurredAt`));
       const asOfMs = record.subjectStates.map((s, i) => instantMs(s.asOf, `subjectStates[${i}].asOf`));
-      this.pending.push({ record, receivedMs, occurredMs, asOfMs, resolve, reject });
+      const prepared: Prepared = { record, receivedMs, occurredMs, asOfMs };
+      return () => this.apply(prepared);
+    });
+  }
+
+  /**
+   * Queues a write for the next group commit. `prepare` runs now (outside the transaction:
+   * its exceptions reject at once) and returns the work to run inside the transaction.
+   */
+  private enqueueWrite<T>(prepare: () => () => T): Promise<T> {
+    return new Promise<T>((resolve, reject) => {
+      if (this.closed) throw new Error('the SQLite store is closed');
+      const run = prepare();
+      this.pending.push({ run, resolve: resolve as (value: unknown) => void, reject });
       this.scheduleFlush();
     });
   }
@@ -482,25 +502,13 @@ export class SqliteStore implements Store {
 
   async listMessages(query: MessageQuery): Promise<StoredMessage[]> {
     this.assertOpen();
-    const where: string[] = [];
-    const params: unknown[] = [];
-    const eq = (column: string, value: string | undefined): void => {
-      if (value === undefined) return;
-      where.push(`${column} = ?`);
-      params.push(value);
-    };
-    eq('sender', query.sender);
-    eq('control_id', query.controlId);
-    eq('status', query.status);
-    eq('input', query.input);
-    if (query.since !== undefined) {
-      where.push('received_ms >= ?');
-      params.push(instantMs(query.since, 'since'));
-    }
-    if (query.until !== undefined) {
-      where.push('received_ms <= ?');
-      params.push(instantMs(query.until, 'until'));
-    }
+    const filter = new ListFilter()
+      .eq('sender', query.sender)
+      .eq('control_id', query.controlId)
+      .eq('status', query.status)
+      .eq('input', query.input)
+      .atLeast('received_ms', query.since, 'since')
+      .atMost('received_ms', query.until, 'until');
     if (query.before !== undefined) {
       // The cursor is the id of the last message of the previous page; its position in
       // the (receivedAt, id) order is looked up so paging follows the same order.
@@ -511,14 +519,9 @@ export class SqliteStore implements Store {
           `before must be the id of a stored message (the last id of the previous page), got ${JSON.stringify(query.before)}`,
         );
       }
-      where.push('(received_ms < ? OR (received_ms = ? AND id < ?))');
-      params.push(position.received_ms, position.received_ms, position.id);
+      filter.add('(received_ms < ? OR (received_ms = ? AND id < ?))', position.received_ms, position.received_ms, position.id);
     }
-    params.push(listLimit(query.limit));
-    const sql =
-      `SELECT ${MESSAGE_COLUMNS} FROM messages` +
-      (where.length > 0 ? ` WHERE ${where.join(' AND ')}` : '') +
-      ' ORDER BY received_ms DESC, id DESC LIMIT ?';
+    const { sql, params } = filter.select(MESSAGE_COLUMNS, 'messages', 'received_ms DESC, id DESC', query.limit);
     return (this.listStatement(sql).all(...params) as MessageRow[]).map(toStored);
   }
 
@@ -530,32 +533,17 @@ export class SqliteStore implements Store {
 
   async listTriggers(query: TriggerQuery): Promise<Trigger[]> {
     this.assertOpen();
-    const where: string[] = [];
-    const params: unknown[] = [];
-    const eq = (column: string, value: string | undefined): void => {
-      if (value === undefined) return;
-      where.push(`${column} = ?`);
-      params.push(value);
-    };
-    eq('type', query.type);
-    eq('patient_id', query.patientId);
-    eq('appointment_id', query.appointmentId);
-    eq('encounter_id', query.encounterId);
-    if (query.since !== undefined) {
-      where.push('occurred_ms >= ?');
-      params.push(instantMs(query.since, 'since'));
-    }
-    if (query.until !== undefined) {
-      where.push('occurred_ms <= ?');
-      params.push(instantMs(query.until, 'until'));
-    }
-    params.push(listLimit(query.limit));
-    const sql =
-      'SELECT json FROM triggers' +
-      (where.length > 0 ? ` WHERE ${where.join(' AND ')}` : '') +
-      ' ORDER BY occurred_ms DESC, rowid DESC LIMIT ?';
+    const { sql, params } = new ListFilter()
+      .eq('type', query.type)
+      .eq('patient_id', query.patientId)
+      .eq('appointment_id', query.appointmentId)
+      .eq('encounter_id', query.encounterId)
+      .atLeast('occurred_ms', query.since, 'since')
+      .atMost('occurred_ms', query.until, 'until')
+      .select('json', 'triggers', 'occurred_ms DESC, rowid DESC', query.limit);
     return (this.listStatement(sql).all(...params) as Array<{ json: string }>).map((r) => JSON.parse(r.json) as Trigger);
   }
+
 
   async getSubjectState(kind: SubjectState['kind'], id: string): Promise<SubjectState | undefined> {
     this.assertOpen();
@@ -584,15 +572,17 @@ export class SqliteStore implements Store {
     return this.unroutedStmt.all(listLimit(limit)).map((r) => JSON.parse(r.json) as Trigger);
   }
 
-  async saveRouting(triggerId: string, deliveries: readonly DeliveryWrite[], routedAt: string): Promise<void> {
-    this.assertOpen();
-    // Checked before the transaction: a bad instant is a bug upstream, not a store fault.
-    const rows = deliveries.map((write, i) => ({
-      write,
-      asOfMs: instantMs(write.asOf, `deliveries[${i}].asOf`),
-      dueMs: instantMs(write.delivery.dueAt, `deliveries[${i}].delivery.dueAt`),
-    }));
-    this.saveRoutingTx(triggerId, rows, instantMs(routedAt, 'routedAt'));
+  saveRouting(triggerId: string, deliveries: readonly DeliveryWrite[], routedAt: string): Promise<void> {
+    return this.enqueueWrite(() => {
+      // Checked before the transaction: a bad instant is a bug upstream, not a store fault.
+      const rows = deliveries.map((write, i) => ({
+        write,
+        asOfMs: instantMs(write.asOf, `deliveries[${i}].asOf`),
+        dueMs: instantMs(write.delivery.dueAt, `deliveries[${i}].delivery.dueAt`),
+      }));
+      const routedMs = instantMs(routedAt, 'routedAt');
+      return () => this.saveRoutingTx(triggerId, rows, routedMs);
+    });
   }
 
   async getDelivery(id: string): Promise<StoredDelivery | undefined> {
@@ -610,28 +600,19 @@ export class SqliteStore implements Store {
 
   async listDeliveries(query: DeliveryQuery): Promise<StoredDelivery[]> {
     this.assertOpen();
-    const where: string[] = [];
-    const params: unknown[] = [];
-    const eq = (column: string, value: string | undefined): void => {
-      if (value === undefined) return;
-      where.push(`${column} = ?`);
-      params.push(value);
-    };
-    eq('status', query.status);
-    eq('rule', query.ruleId);
-    eq('patient_id', query.patientId);
-    eq('subject', query.subjectKey);
+    const filter = new ListFilter()
+      .eq('status', query.status)
+      .eq('rule', query.ruleId)
+      .eq('patient_id', query.patientId)
+      .eq('subject', query.subjectKey);
     if (query.before !== undefined) {
       const position = this.deliverySeqStmt.get(query.before);
       if (position === undefined) {
         throw new RangeError(`before must be the id of a stored delivery (the last id of the previous page), got ${JSON.stringify(query.before)}`);
       }
-      where.push('seq < ?');
-      params.push(position.seq);
+      filter.add('seq < ?', position.seq);
     }
-    params.push(listLimit(query.limit));
-    const sql =
-      `SELECT ${DELIVERY_COLUMNS} FROM deliveries` + (where.length > 0 ? ` WHERE ${where.join(' AND ')}` : '') + ' ORDER BY seq DESC LIMIT ?';
+    const { sql, params } = filter.select(DELIVERY_COLUMNS, 'deliveries', 'seq DESC', query.limit);
     return (this.listStatement(sql).all(...params) as DeliveryRow[]).map(deliveryFromRow);
   }
 
@@ -669,26 +650,15 @@ export class SqliteStore implements Store {
 
   async listOutbox(query: OutboxQuery): Promise<OutboxEntry[]> {
     this.assertOpen();
-    const where: string[] = [];
-    const params: unknown[] = [];
-    if (query.deliveryId !== undefined) {
-      where.push('delivery_id = ?');
-      params.push(query.deliveryId);
-    }
-    if (query.output !== undefined) {
-      where.push('output = ?');
-      params.push(query.output);
-    }
+    const filter = new ListFilter().eq('delivery_id', query.deliveryId).eq('output', query.output);
     if (query.before !== undefined) {
       const seq = /^[1-9]\d{0,14}$/.test(query.before) ? this.outboxSeqStmt.get(Number(query.before)) : undefined;
       if (seq === undefined) {
         throw new RangeError(`before must be the id of an outbox entry (the last id of the previous page), got ${JSON.stringify(query.before)}`);
       }
-      where.push('seq < ?');
-      params.push(seq.seq);
+      filter.add('seq < ?', seq.seq);
     }
-    params.push(listLimit(query.limit));
-    const sql = `SELECT ${OUTBOX_COLUMNS} FROM outbox` + (where.length > 0 ? ` WHERE ${where.join(' AND ')}` : '') + ' ORDER BY seq DESC LIMIT ?';
+    const { sql, params } = filter.select(OUTBOX_COLUMNS, 'outbox', 'seq DESC', query.limit);
     return (this.listStatement(sql).all(...params) as OutboxRow[]).map(outboxFromRow);
   }
 
@@ -722,7 +692,7 @@ export class SqliteStore implements Store {
     const batch = this.pending.splice(0, MAX_BATCH);
     if (this.pending.length > 0) this.scheduleFlush();
     if (batch.length === 0) return;
-    let results: Array<CommitOutcome | { error: unknown }>;
+    let results: Array<{ value: unknown } | { error: unknown }>;
     try {
       if (!this.db.open) throw new Error('the SQLite database is closed');
       results = this.commitBatch(batch);
@@ -733,7 +703,7 @@ export class SqliteStore implements Store {
     batch.forEach((p, i) => {
       const result = results[i]!;
       if ('error' in result) p.reject(result.error);
-      else p.resolve(result);
+      else p.resolve(result.value);
     });
   }
 
@@ -905,4 +875,42 @@ function outboxFromRow(row: OutboxRow): OutboxEntry {
   if (row.subject !== null) entry.subject = row.subject;
   if (row.html !== null) entry.html = row.html;
   return entry;
+}
+
+/**
+ * The WHERE clause of a list query, built from optional filters: each `eq`/`atLeast`/
+ * `atMost` with an undefined value adds nothing. `select` appends the order and the limit.
+ */
+class ListFilter {
+  private readonly where: string[] = [];
+  private readonly params: unknown[] = [];
+
+  eq(column: string, value: string | undefined): this {
+    if (value !== undefined) this.add(`${column} = ?`, value);
+    return this;
+  }
+
+  /** Inclusive lower bound on an epoch-ms column, from an ISO instant named `what`. */
+  atLeast(column: string, instant: string | undefined, what: string): this {
+    if (instant !== undefined) this.add(`${column} >= ?`, instantMs(instant, what));
+    return this;
+  }
+
+  /** Inclusive upper bound on an epoch-ms column. */
+  atMost(column: string, instant: string | undefined, what: string): this {
+    if (instant !== undefined) this.add(`${column} <= ?`, instantMs(instant, what));
+    return this;
+  }
+
+  add(condition: string, ...params: unknown[]): this {
+    this.where.push(condition);
+    this.params.push(...params);
+    return this;
+  }
+
+  /** `SELECT <columns> FROM <table> [WHERE …] ORDER BY <order> LIMIT ?` and its parameters. */
+  select(columns: string, table: string, order: string, limit: number | undefined): { sql: string; params: unknown[] } {
+    const where = this.where.length > 0 ? ` WHERE ${this.where.join(' AND ')}` : '';
+    return { sql: `SELECT ${columns} FROM ${table}${where} ORDER BY ${order} LIMIT ?`, params: [...this.params, listLimit(limit)] };
+  }
 }
