@@ -511,6 +511,15 @@ export function storeConformanceSuite(name: string, makeStore: () => Promise<Sto
         expect(await store.listUnroutedTriggers(10)).toEqual([]);
       });
 
+      it('marks several triggers routed in one call', async () => {
+        stored(await store.commitInbound(testRecord({ controlId: 'M1', triggers: [testTrigger({ id: 't-m1' })] })));
+        stored(await store.commitInbound(testRecord({ controlId: 'M2', triggers: [testTrigger({ id: 't-m2' })] })));
+        stored(await store.commitInbound(testRecord({ controlId: 'M3', triggers: [testTrigger({ id: 't-m3' })] })));
+        await store.saveRouting(['t-m1', 't-m3'], [write(testDelivery())], '2024-01-01T09:30:02Z');
+        expect((await store.listUnroutedTriggers(10)).map((t) => t.id)).toEqual(['t-m2']);
+        expect((await store.getDelivery(testDelivery().id))?.status).toBe('pending');
+      });
+
       it('writes deliveries and the routed mark together, or neither', async () => {
         stored(await store.commitInbound(testRecord({ controlId: 'R1', triggers: [testTrigger({ id: 't-1' })] })));
         const good = testDelivery({ appointmentId: 'A-good' });

@@ -316,7 +316,7 @@ export class SqliteStore implements Store {
   private readonly finishDeliveryStmt: BetterSqlite3.Statement;
   private readonly putOutboxStmt: BetterSqlite3.Statement<unknown[], OutboxRow>;
   private readonly outboxSeqStmt: BetterSqlite3.Statement<[number], { seq: number }>;
-  private readonly saveRoutingTx: (triggerId: string, rows: Array<{ write: DeliveryWrite; asOfMs: number; dueMs: number }>, routedMs: number) => void;
+  private readonly saveRoutingTx: (triggerIds: readonly string[], rows: Array<{ write: DeliveryWrite; asOfMs: number; dueMs: number }>, routedMs: number) => void;
   private readonly commitBatch: (batch: PendingWrite[]) => Array<{ value: unknown } | { error: unknown }>;
   private readonly commitOne: (run: () => unknown) => unknown;
 
@@ -414,7 +414,7 @@ export class SqliteStore implements Store {
        RETURNING ${OUTBOX_COLUMNS}`,
     );
     this.outboxSeqStmt = db.prepare('SELECT seq FROM outbox WHERE seq = ?');
-    this.saveRoutingTx = db.transaction((triggerId: string, rows: Array<{ write: DeliveryWrite; asOfMs: number; dueMs: number }>, routedMs: number) => {
+    this.saveRoutingTx = db.transaction((triggerIds: readonly string[], rows: Array<{ write: DeliveryWrite; asOfMs: number; dueMs: number }>, routedMs: number) => {
       for (const { write, asOfMs, dueMs } of rows) {
         const d = write.delivery;
         const row = this.upsertDeliveryStmt.get(
@@ -435,7 +435,7 @@ export class SqliteStore implements Store {
         );
         if (row !== undefined) for (const key of new Set(d.cancelKeys)) this.insertDeliveryKeyStmt.run(key, row.seq);
       }
-      this.markRoutedStmt.run(routedMs, triggerId);
+      for (const triggerId of triggerIds) this.markRoutedStmt.run(routedMs, triggerId);
     }).immediate;
 
     // Nested inside commitBatch's transaction, better-sqlite3 runs this as a SAVEPOINT.
@@ -572,7 +572,8 @@ export class SqliteStore implements Store {
     return this.unroutedStmt.all(listLimit(limit)).map((r) => JSON.parse(r.json) as Trigger);
   }
 
-  saveRouting(triggerId: string, deliveries: readonly DeliveryWrite[], routedAt: string): Promise<void> {
+  saveRouting(triggerIds: string | readonly string[], deliveries: readonly DeliveryWrite[], routedAt: string): Promise<void> {
+    const ids = typeof triggerIds === 'string' ? [triggerIds] : triggerIds;
     return this.enqueueWrite(() => {
       // Checked before the transaction: a bad instant is a bug upstream, not a store fault.
       const rows = deliveries.map((write, i) => ({
@@ -581,7 +582,7 @@ export class SqliteStore implements Store {
         dueMs: instantMs(write.delivery.dueAt, `deliveries[${i}].delivery.dueAt`),
       }));
       const routedMs = instantMs(routedAt, 'routedAt');
-      return () => this.saveRoutingTx(triggerId, rows, routedMs);
+      return () => this.saveRoutingTx(ids, rows, routedMs);
     });
   }
 

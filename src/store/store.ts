@@ -257,11 +257,12 @@ export interface Store {
    */
   listUnroutedTriggers(limit: number): Promise<Trigger[]>;
   /**
-   * Writes the delivery states routing changed for one trigger and marks the trigger routed,
-   * in one transaction. A delivery already final (finished, suppressed, failed) is never
-   * overwritten. Idempotent: the same call again changes nothing more.
+   * Writes the delivery states routing changed for one trigger (or for several routed in one
+   * pass) and marks the trigger(s) routed, in one transaction. A delivery already final
+   * (finished, suppressed, failed) is never overwritten. Idempotent: the same call again
+   * changes nothing more.
    */
-  saveRouting(triggerId: string, deliveries: readonly DeliveryWrite[], routedAt: string): Promise<void>;
+  saveRouting(triggerIds: string | readonly string[], deliveries: readonly DeliveryWrite[], routedAt: string): Promise<void>;
   getDelivery(id: string): Promise<StoredDelivery | undefined>;
   /** Every delivery holding the cancel key (one index probe, whatever the number of deliveries). */
   deliveriesByCancelKey(key: string): Promise<StoredDelivery[]>;

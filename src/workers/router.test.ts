@@ -117,6 +117,37 @@ describe('Router', () => {
     expect(await store.listUnroutedTriggers(10)).toEqual([]);
   });
 
+  it('triggers committed together are routed in one pass, in order, and saved together', async () => {
+    const triggers = [
+      await commit(booked({ appointment: { id: 'B1' } })),
+      await commit(booked({ appointment: { id: 'B2' } })),
+      await commit(cancelled({ appointment: { id: 'B1' } })),
+      await commit(booked({ appointment: { id: 'B3' } })),
+    ];
+    router.onCommitted(triggers);
+    await router.idle();
+    // B1 was booked then cancelled within the pass: cancelled, its job too.
+    expect((await store.getDelivery(ID('B1')))?.status).toBe('cancelled');
+    expect((await queue.get(deliveryJobId(ID('B1'), 1)))?.state).toBe('cancelled');
+    for (const id of ['B2', 'B3']) {
+      expect((await store.getDelivery(ID(id)))?.status).toBe('pending');
+      expect((await queue.get(deliveryJobId(ID(id), 1)))?.state).toBe('pending');
+    }
+    expect(await store.listUnroutedTriggers(10)).toEqual([]);
+  });
+
+  it('a pass that cannot be saved leaves its triggers unrouted for the retry sweep', async () => {
+    const trigger = await commit(booked({ appointment: { id: 'F1' } }));
+    db.pragma('query_only = ON');
+    router.onCommitted([trigger]);
+    await router.idle();
+    expect(log.lines.some((l) => l.message === 'route.failed' && l.triggerId === trigger.id)).toBe(true);
+    db.pragma('query_only = OFF');
+    expect((await store.listUnroutedTriggers(10)).map((t) => t.id)).toEqual([trigger.id]);
+    expect(await router.routeUnrouted()).toBe(1);
+    expect((await store.getDelivery(ID('F1')))?.status).toBe('pending');
+  });
+
   it('cancelled: the delivery is cancelled and its job too', async () => {
     await ingest(booked());
     await ingest(cancelled());

@@ -15,8 +15,12 @@
 // state of the first job, so a delivery that needs a new timer gets generation + 1). Every
 // job of a delivery carries the delivery id as its cancel key.
 //
-// Triggers are routed one at a time, in commit order: applying a trigger reads the stored
-// deliveries it touches and writes them back, so two at once could lose a change.
+// Triggers are routed in commit order, never two passes at once: applying a trigger reads the
+// stored deliveries it touches and writes them back, so concurrent passes could lose a
+// change. Triggers committed while a pass runs wait and are routed together in the next one,
+// against one in-memory view of the deliveries they touch, and saved with one saveRouting
+// (one transaction) — under load, routing keeps up with ingest instead of paying a commit
+// per trigger.
 import { TransientError } from '../errors.ts';
 import type { Logger } from '../log.ts';
 import { route, type DeliveryState } from '../pipeline/route.ts';
@@ -80,6 +84,8 @@ export interface RoutedTrigger {
 
 /** Unrouted triggers read per store call at start-up. */
 const SWEEP_BATCH = 500;
+/** Most triggers routed and saved in one pass. */
+const PASS_BATCH = 256;
 const MAX_RETRY_MS = 60_000;
 
 interface Working {
@@ -94,6 +100,9 @@ export class Router {
   readonly #now: () => number;
   #chain: Promise<unknown> = Promise.resolve();
   #pending = 0;
+  /** Triggers committed and waiting for the next routing pass. */
+  #waiting: Trigger[] = [];
+  #passQueued = false;
   #closed = false;
   #retryTimer: NodeJS.Timeout | undefined;
   #retryMs: number;
@@ -114,14 +123,30 @@ export class Router {
 
   /** The ingest hook: routes the triggers of one commit, in order, after what is queued. */
   onCommitted(triggers: readonly Trigger[]): void {
-    for (const trigger of triggers) {
-      void this.#enqueue(() => this.#routeOne(trigger)).catch((error: unknown) => this.#failed(trigger.id, error));
-    }
+    this.#waiting.push(...triggers);
+    if (this.#passQueued) return;
+    this.#passQueued = true;
+    void this.#enqueue(() => this.#routeWaiting()).catch((error: unknown) => this.#failed(undefined, error));
   }
 
   /** Routes one trigger now (after what is queued) and says what it did. */
   route(trigger: Trigger): Promise<RoutedTrigger> {
-    return this.#enqueue(() => this.#routeOne(trigger));
+    return this.#enqueue(async () => (await this.#routeBatch([trigger]))[0]!);
+  }
+
+  /** One pass over the triggers waiting (at most PASS_BATCH; the rest get the next pass). */
+  async #routeWaiting(): Promise<void> {
+    const batch = this.#waiting.splice(0, PASS_BATCH);
+    this.#passQueued = this.#waiting.length > 0;
+    if (this.#passQueued) void this.#enqueue(() => this.#routeWaiting()).catch((error: unknown) => this.#failed(undefined, error));
+    try {
+      await this.#routeBatch(batch);
+    } catch (error) {
+      // Nothing of this pass was saved: the triggers stay unrouted and the retry sweep
+      // routes them again one by one, so one bad trigger cannot hold the others back.
+      for (const trigger of batch) this.#logFailure(trigger.id, error);
+      this.#scheduleRetry();
+    }
   }
 
   /** Resolves once nothing is being routed or waiting to be. */
@@ -171,7 +196,7 @@ export class Router {
       if (todo.length === 0) break;
       for (const trigger of todo) {
         try {
-          await this.#routeOne(trigger);
+          await this.#routeBatch([trigger]);
           routed++;
         } catch (error) {
           failed.add(trigger.id);
@@ -209,25 +234,67 @@ export class Router {
     this.#retryTimer.unref();
   }
 
-  async #routeOne(trigger: Trigger): Promise<RoutedTrigger> {
-    const { store, queue, log } = this.#deps;
+  /**
+   * Routes triggers in order against one working view of the deliveries they touch (loaded
+   * from the store the first time a pass needs them), then saves every changed delivery and
+   * the routed marks in one saveRouting.
+   */
+  async #routeBatch(triggers: readonly Trigger[]): Promise<RoutedTrigger[]> {
+    const { store, log } = this.#deps;
     const nowMs = this.#now();
+    const work = new Map<string, Working>();
+    const results: Array<{ triggerId: string; changes: AppliedChange[] }> = [];
+    for (const trigger of triggers) {
+      results.push({ triggerId: trigger.id, changes: await this.#applyOne(trigger, nowMs, work) });
+    }
+
+    const updatedAt = new Date(nowMs).toISOString();
+    const written: DeliveryWrite[] = [];
+    for (const w of work.values()) {
+      if (!w.dirty || w.state.status === 'finished') continue;
+      written.push({
+        delivery: w.state.delivery,
+        status: w.state.status,
+        asOf: w.state.asOf,
+        generation: Math.max(w.generation, 1),
+        ...(w.subjectStart ? { subjectStart: w.subjectStart } : {}),
+        updatedAt,
+      });
+    }
+    const ids = triggers.map((t) => t.id);
+    try {
+      await store.saveRouting(ids, written, updatedAt);
+    } catch (error) {
+      // Unrouted still: the retry routes them again and the queue ops repeat harmlessly.
+      throw new TransientError('store_failed', `routing of ${ids.length} trigger(s) could not be saved`, { cause: error });
+    }
+    if (written.length > 0) log.debug('route.routed', { count: written.length, triggerId: ids.length === 1 ? ids[0] : undefined });
+    return results.map((r) => ({ ...r, written }));
+  }
+
+  /** Routes one trigger into the working view and makes the queue follow; returns its changes. */
+  async #applyOne(trigger: Trigger, nowMs: number, work: Map<string, Working>): Promise<AppliedChange[]> {
+    const { store, queue, log } = this.#deps;
     const zone = this.#deps.zoneFor(trigger);
     const result = route(trigger, this.#deps.rules(), nowMs, { zoneFor: () => zone });
 
     // Everything this trigger can touch, read before applying (the repository is synchronous).
-    const loaded = new Map<string, StoredDelivery>();
+    const load = (stored: StoredDelivery): void => {
+      if (work.has(stored.delivery.id)) return; // the working view is newer than the store
+      work.set(stored.delivery.id, {
+        state: toState(stored),
+        generation: stored.generation,
+        ...(stored.subjectStart ? { subjectStart: stored.subjectStart } : {}),
+        dirty: false,
+      });
+    };
     for (const d of [...result.deliveries, ...result.replans]) {
-      if (loaded.has(d.id)) continue;
+      if (work.has(d.id)) continue;
       const stored = await store.getDelivery(d.id);
-      if (stored) loaded.set(d.id, stored);
+      if (stored) load(stored);
     }
     for (const order of result.cancels) {
-      for (const stored of await store.deliveriesByCancelKey(order.key)) loaded.set(stored.delivery.id, stored);
-    }
-    const work = new Map<string, Working>();
-    for (const [id, stored] of loaded) {
-      work.set(id, { state: toState(stored), generation: stored.generation, ...(stored.subjectStart ? { subjectStart: stored.subjectStart } : {}), dirty: false });
+      for (const stored of await store.deliveriesByCancelKey(order.key)) load(stored);
     }
 
     const changes = applyRouteResult(result, {
@@ -281,27 +348,7 @@ export class Router {
       }
     }
 
-    const updatedAt = new Date(nowMs).toISOString();
-    const written: DeliveryWrite[] = [];
-    for (const w of work.values()) {
-      if (!w.dirty || w.state.status === 'finished') continue;
-      written.push({
-        delivery: w.state.delivery,
-        status: w.state.status,
-        asOf: w.state.asOf,
-        generation: Math.max(w.generation, 1),
-        ...(w.subjectStart ? { subjectStart: w.subjectStart } : {}),
-        updatedAt,
-      });
-    }
-    try {
-      await store.saveRouting(trigger.id, written, updatedAt);
-    } catch (error) {
-      // Unrouted still: the retry routes it again and the queue ops above repeat harmlessly.
-      throw new TransientError('store_failed', `routing of trigger ${trigger.id} could not be saved`, { cause: error });
-    }
-    if (written.length > 0) log.debug('route.routed', { triggerId: trigger.id, count: written.length });
-    return { triggerId: trigger.id, changes, written };
+    return changes;
   }
 
   async #addJob(delivery: Delivery, generation: number): Promise<void> {
