@@ -106,8 +106,17 @@ export function compileTimeExpr(raw: unknown, at: IssuePath): { expr?: TimeExpr;
 }
 
 /** True for IANA zone names luxon can use ("Europe/Paris", "America/New_York", "UTC"). */
+// Zone names already checked. luxon's check builds an Intl.DateTimeFormat each time (tens of
+// µs), and routing checks the zone of every trigger; the set of zones in use is small.
+const knownZones = new Map<string, boolean>();
+
 export function isValidZone(zone: string): boolean {
-  return IANAZone.isValidZone(zone);
+  let valid = knownZones.get(zone);
+  if (valid === undefined) {
+    valid = IANAZone.isValidZone(zone);
+    if (knownZones.size < 1000) knownZones.set(zone, valid);
+  }
+  return valid;
 }
 
 /** Epoch ms of the anchor in the trigger; undefined when absent or not an instant with offset. */
@@ -198,6 +207,6 @@ export function instantOfWallTime(zone: IANAZone | string, year: number, month: 
 }
 
 function zoneOf(zone: string): IANAZone {
-  if (!IANAZone.isValidZone(zone)) throw new RangeError(`unknown time zone "${zone}" (expected an IANA name like Europe/Paris)`);
+  if (!isValidZone(zone)) throw new RangeError(`unknown time zone "${zone}" (expected an IANA name like Europe/Paris)`);
   return IANAZone.create(zone);
 }
