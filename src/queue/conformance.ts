@@ -1,7 +1,7 @@
 // The behaviour every Queue backend must show (ARCHITECTURE.md "Interfaces", RELIABILITY.md
 // promises 4–6). Each backend's test file calls queueConformanceSuite() with a factory for
 // a fresh store per test; the suite only uses the Queue interface and an injected clock,
-// so it runs unchanged against SQLite and BullMQ.
+// so it is meant to run unchanged against SQLite and, later, BullMQ.
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { AmbiguousError, PermanentError, TransientError } from '../errors.ts';
 import type { JobContext, JobInfo, Queue, QueueEvent, QueueOptions } from './queue.ts';

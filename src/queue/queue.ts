@@ -1,6 +1,7 @@
 // The Queue interface (ARCHITECTURE.md "Interfaces", invariant 4). Workers see only this;
-// the embedded SQLite backend (sqlite.ts) and the Redis/BullMQ backend implement it and pass
-// one conformance suite (conformance.ts). Nothing here may assume a particular backend.
+// the embedded SQLite backend (sqlite.ts) implements it, and so must the Redis/BullMQ one to
+// come; both pass one conformance suite (conformance.ts). Nothing here may assume a
+// particular backend.
 //
 // What a job's failure means is decided here, not by the code that failed (STYLE.md habit 4):
 //   resolve                          → done
