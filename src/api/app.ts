@@ -55,6 +55,8 @@ function requireBearer(expected: string | undefined) {
       return;
     }
     res.setHeader('WWW-Authenticate', 'Bearer');
+    // The body is never read: close the connection rather than keep it with unread bytes.
+    res.setHeader('Connection', 'close');
     sendProblem(res, 401, 'Unauthorized', 'a valid bearer token is required');
   };
 }
@@ -159,6 +161,13 @@ export function createApp(deps: ApiDeps): express.Express {
       return;
     }
     requireBearer(input.bearerToken)(req, res, () => {
+      // A declared length over the limit is refused before a byte of the body is read.
+      const declared = Number(req.headers['content-length']);
+      if (Number.isFinite(declared) && declared > input.maxBodyBytes) {
+        res.setHeader('Connection', 'close');
+        sendProblem(res, 413, 'Payload too large', "the body exceeds the input's size limit");
+        return;
+      }
       express.raw({ type: () => true, limit: input.maxBodyBytes })(req, res, async (err?: unknown) => {
         if (err !== undefined) {
           next(err);
