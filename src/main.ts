@@ -137,6 +137,15 @@ async function startMllpInput(
 export async function startCarerelay(options: StartOptions): Promise<RunningCarerelay> {
   const log = options.log ?? createLogger();
   const env = options.env;
+  // SIGHUP's default action ends the process: take it over before start-up begins, and
+  // reload only once there is a running plan to replace.
+  let onReloadSignal: (() => void) | undefined;
+  if (options.handleSignals) {
+    process.on('SIGHUP', () => {
+      if (onReloadSignal === undefined) log.warn('config.reload_ignored', { signal: 'SIGHUP', reason: 'starting' });
+      else onReloadSignal();
+    });
+  }
   const plan = await loadConfig({ configDir: options.configDir, env });
 
   const adminToken = env[plan.server.admin.tokenEnv ?? 'CARERELAY_ADMIN_TOKEN'] || undefined;
@@ -244,10 +253,10 @@ export async function startCarerelay(options: StartOptions): Promise<RunningCare
         void stop();
       });
     }
-    process.on('SIGHUP', () => {
+    onReloadSignal = () => {
       log.info('config.reloading', { signal: 'SIGHUP' });
       void reloadMappings().catch((error: unknown) => log.error('config.reload_failed', { code: (error as Error).name }));
-    });
+    };
   }
 
   log.info('carerelay.started', { dataDir: plan.server.dataDir, count: plan.inputs.length });

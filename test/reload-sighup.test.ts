@@ -39,7 +39,8 @@ beforeAll(async () => {
   cpSync(path.join(repo, 'mappings'), path.join(config.dir, 'mappings'), { recursive: true });
   cpSync(path.join(repo, 'connectors', 'outbox.yaml'), path.join(config.dir, 'connectors', 'outbox.yaml'));
   server = await startChildServer(config);
-  // Signal handlers are installed once start-up has finished.
+  // A SIGHUP during start-up is ignored (never fatal); reloads work once it has finished.
+  server.child.kill('SIGHUP');
   await nextLog(0, (l) => l.message === 'carerelay.started');
 });
 
