@@ -136,6 +136,72 @@ describe('Router', () => {
     expect(await store.listUnroutedTriggers(10)).toEqual([]);
   });
 
+  it('after a pass that cannot be saved, later triggers wait and everything is routed in commit order', async () => {
+    const realSave = store.saveRouting.bind(store);
+    let failNext = true;
+    store.saveRouting = async (...args) => {
+      if (failNext) {
+        failNext = false;
+        throw new Error('disk I/O error');
+      }
+      return realSave(...args);
+    };
+    const booking = await commit(booked({ appointment: { id: 'O1' } }));
+    router.onCommitted([booking]);
+    await router.idle();
+    // The reschedule comes while the booking is still unrouted: it must not be applied first.
+    const moved = await commit(rescheduled('2025-06-20T10:00:00+02:00', { appointment: { id: 'O1' } }));
+    router.onCommitted([moved]);
+    await router.idle();
+    expect(await store.getDelivery(ID('O1'))).toBeUndefined();
+    expect(await router.routeUnrouted()).toBe(2);
+    const stored = await store.getDelivery(ID('O1'));
+    expect(stored).toMatchObject({ status: 'pending', subjectStart: '2025-06-20T10:00:00+02:00' });
+    expect(stored!.delivery.dueAt).toBe('2025-06-19T10:00:00+02:00');
+    expect((await queue.get(deliveryJobId(ID('O1'), 1)))?.runAt).toBe('2025-06-19T08:00:00.000Z');
+    // Recovered: live routing resumes.
+    router.onCommitted([await commit(booked({ appointment: { id: 'O2' } }))]);
+    await router.idle();
+    expect((await store.getDelivery(ID('O2')))?.status).toBe('pending');
+  });
+
+  it('a job id left cancelled by an unsaved pass is not mistaken for a live timer', async () => {
+    await ingest(booked({ appointment: { id: 'G1' } }));
+    const realSave = store.saveRouting.bind(store);
+    let failNext = true;
+    store.saveRouting = async (...args) => {
+      if (failNext) {
+        failNext = false;
+        throw new Error('disk I/O error');
+      }
+      return realSave(...args);
+    };
+    // Cancel and a newer re-booking in one pass: cancels G1~1, adds G1~2, then the save fails.
+    router.onCommitted([
+      await commit(cancelled({ appointment: { id: 'G1' } })),
+      await commit(booked({ occurredAt: '2025-06-03T09:00:00+02:00', appointment: { id: 'G1' } })),
+    ]);
+    await router.idle();
+    // The sweep routes them one by one: the cancel cancels G1~2; the re-booking needs a new timer.
+    expect(await router.routeUnrouted()).toBe(2);
+    const stored = await store.getDelivery(ID('G1'));
+    expect(stored?.status).toBe('pending');
+    const job = await queue.get(deliveryJobId(ID('G1'), stored!.generation));
+    expect(job?.state).toBe('pending');
+  });
+
+  it('a trigger the rules cannot route is skipped by the sweep, not blocking the others', async () => {
+    const bad = await commit(booked({ appointment: { id: 'Z1' } }));
+    await commit(booked({ appointment: { id: 'Z2' } }));
+    // Only Z1 is unroutable (its zone is unknown); Z2, committed after it, still gets routed.
+    await router.close();
+    router = new Router({ store, queue, rules: () => currentRules, zoneFor: (t) => (t.id === bad.id ? 'Mars/Olympus' : 'Europe/Paris'), log, now: () => clock });
+    expect(await router.routeUnrouted()).toBe(1);
+    expect((await store.getDelivery(ID('Z2')))?.status).toBe('pending');
+    expect((await store.listUnroutedTriggers(10)).map((t) => t.id)).toEqual([bad.id]);
+    expect(log.lines.find((l) => l.message === 'route.failed')).toMatchObject({ triggerId: bad.id, code: 'route_failed' });
+  });
+
   it('a pass that cannot be saved leaves its triggers unrouted for the retry sweep', async () => {
     const trigger = await commit(booked({ appointment: { id: 'F1' } }));
     db.pragma('query_only = ON');
@@ -262,7 +328,7 @@ describe('Router', () => {
     const trigger = await commit(booked());
     router.onCommitted([trigger]);
     await router.idle();
-    expect(log.lines.find((l) => l.message === 'route.failed')).toMatchObject({ triggerId: trigger.id, reason: 'route_failed', code: 'RangeError' });
+    expect(log.lines.find((l) => l.message === 'route.failed')).toMatchObject({ triggerId: trigger.id, reason: 'route_failed', code: 'route_failed' });
     expect((await store.listUnroutedTriggers(10)).map((t) => t.id)).toEqual([trigger.id]);
     zone = 'Europe/Paris';
     expect(await router.routeUnrouted()).toBe(1);

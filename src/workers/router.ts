@@ -21,9 +21,10 @@
 // against one in-memory view of the deliveries they touch, and saved with one saveRouting
 // (one transaction) — under load, routing keeps up with ingest instead of paying a commit
 // per trigger.
-import { TransientError } from '../errors.ts';
+import { PermanentError, TransientError } from '../errors.ts';
 import type { Logger } from '../log.ts';
 import { route, type DeliveryState } from '../pipeline/route.ts';
+import type { RouteResult } from '../pipeline/rule.ts';
 import type { Rule } from '../pipeline/rule.ts';
 import type { Queue } from '../queue/queue.ts';
 import type { DeliveryWrite, Store, StoredDelivery } from '../store/store.ts';
@@ -103,6 +104,13 @@ export class Router {
   /** Triggers committed and waiting for the next routing pass. */
   #waiting: Trigger[] = [];
   #passQueued = false;
+  /**
+   * Set when a pass could not be saved: its triggers are unrouted in the store, and routing
+   * newer ones first would apply a reschedule or cancel before the booking it follows. Until
+   * a sweep (which reads unrouted triggers in commit order) succeeds, committed triggers are
+   * left to it.
+   */
+  #recovering = false;
   #closed = false;
   #retryTimer: NodeJS.Timeout | undefined;
   #retryMs: number;
@@ -123,6 +131,7 @@ export class Router {
 
   /** The ingest hook: routes the triggers of one commit, in order, after what is queued. */
   onCommitted(triggers: readonly Trigger[]): void {
+    if (this.#recovering) return; // stored unrouted: the recovery sweep routes them in order
     this.#waiting.push(...triggers);
     if (this.#passQueued) return;
     this.#passQueued = true;
@@ -139,12 +148,16 @@ export class Router {
     const batch = this.#waiting.splice(0, PASS_BATCH);
     this.#passQueued = this.#waiting.length > 0;
     if (this.#passQueued) void this.#enqueue(() => this.#routeWaiting()).catch((error: unknown) => this.#failed(undefined, error));
+    if (this.#recovering) return;
     try {
       await this.#routeBatch(batch);
     } catch (error) {
-      // Nothing of this pass was saved: the triggers stay unrouted and the retry sweep
-      // routes them again one by one, so one bad trigger cannot hold the others back.
+      // Nothing of this pass was saved: its triggers, and every one committed after them,
+      // are left unrouted for the sweep, which routes them one by one in commit order.
       for (const trigger of batch) this.#logFailure(trigger.id, error);
+      this.#recovering = true;
+      this.#waiting = [];
+      this.#passQueued = false;
       this.#scheduleRetry();
     }
   }
@@ -187,27 +200,37 @@ export class Router {
 
   async #sweep(): Promise<number> {
     let routed = 0;
-    let failures = 0;
-    const failed = new Set<string>();
-    // Every pass routes at least one trigger or stops: bounded by the number of triggers.
-    for (;;) {
+    let stopped = false;
+    const skipped = new Set<string>();
+    // Commit order matters (a cancel must not be applied before the booking it follows), so
+    // the sweep stops at the first trigger it cannot route because of the store or the queue,
+    // and tries again later from there. A trigger the rules themselves cannot route (a
+    // PermanentError: a bad zone, say) would block every later one forever: it is skipped,
+    // logged, and retried on every sweep. Bounded: each pass routes, skips or stops.
+    outer: for (;;) {
       const batch = await this.#deps.store.listUnroutedTriggers(SWEEP_BATCH);
-      const todo = batch.filter((t) => !failed.has(t.id));
+      const todo = batch.filter((t) => !skipped.has(t.id));
       if (todo.length === 0) break;
       for (const trigger of todo) {
         try {
           await this.#routeBatch([trigger]);
           routed++;
         } catch (error) {
-          failed.add(trigger.id);
-          failures++;
           this.#logFailure(trigger.id, error);
+          if (error instanceof PermanentError) {
+            skipped.add(trigger.id);
+            continue;
+          }
+          stopped = true;
+          break outer;
         }
       }
       if (batch.length < SWEEP_BATCH) break;
     }
     if (routed > 0) this.#deps.log.info('route.recovered', { count: routed });
-    if (failures > 0) this.#scheduleRetry();
+    // Live routing resumes once nothing older is left unrouted but the skipped ones.
+    this.#recovering = stopped;
+    if (stopped || skipped.size > 0) this.#scheduleRetry();
     else this.#retryMs = this.#deps.retryMs ?? 1000;
     return routed;
   }
@@ -275,8 +298,14 @@ export class Router {
   /** Routes one trigger into the working view and makes the queue follow; returns its changes. */
   async #applyOne(trigger: Trigger, nowMs: number, work: Map<string, Working>): Promise<AppliedChange[]> {
     const { store, queue, log } = this.#deps;
-    const zone = this.#deps.zoneFor(trigger);
-    const result = route(trigger, this.#deps.rules(), nowMs, { zoneFor: () => zone });
+    let result: RouteResult;
+    try {
+      const zone = this.#deps.zoneFor(trigger);
+      result = route(trigger, this.#deps.rules(), nowMs, { zoneFor: () => zone });
+    } catch (error) {
+      // Pure computation: trying again gives the same failure until the rules change.
+      throw new PermanentError('route_failed', `trigger ${trigger.id} cannot be routed by the current rules`, { cause: error });
+    }
 
     // Everything this trigger can touch, read before applying (the repository is synchronous).
     const load = (stored: StoredDelivery): void => {
@@ -319,22 +348,21 @@ export class Router {
       switch (change.change) {
         case 'added':
         case 'revived':
-          w.generation += 1;
-          await this.#addJob(delivery, w.generation);
+          w.generation = await this.#addJob(delivery, w.generation + 1);
           setStart(w, subjectStartOf(trigger, delivery));
           break;
         case 'replanned': {
           const moved = await queue.reschedule(deliveryJobId(delivery.id, w.generation), delivery.dueAt);
           if (!moved) {
             const job = await queue.get(deliveryJobId(delivery.id, w.generation));
-            if (job?.state === 'active') {
-              // Being sent right now: a second timer could send the message twice. If this
-              // attempt fails and retries, it reads the new plan from the store.
+            if (job?.state === 'active' || job?.state === 'parked') {
+              // Being sent right now, or parked after an ambiguous failure (the message may
+              // have gone out): a second timer could send it twice. A retry of that job reads
+              // the new plan from the store; a parked one waits for a person.
               log.warn('route.replan_while_sending', { deliveryId: delivery.id, reason: RouterReason.ReplanWhileSending });
             } else {
               // Its job is gone (ran while the delivery was elsewhere, dead-lettered, lost).
-              w.generation += 1;
-              await this.#addJob(delivery, w.generation);
+              w.generation = await this.#addJob(delivery, w.generation + 1);
             }
           }
           setStart(w, subjectStartOf(trigger, delivery));
@@ -351,14 +379,33 @@ export class Router {
     return changes;
   }
 
-  async #addJob(delivery: Delivery, generation: number): Promise<void> {
-    await this.#deps.queue.add({
-      id: deliveryJobId(delivery.id, generation),
-      data: { deliveryId: delivery.id, generation },
-      runAt: delivery.dueAt,
-      cancelKeys: [delivery.id],
-      idempotent: this.#deps.idempotentOutput?.(delivery.output) ?? false,
-    });
+  /**
+   * Adds the delivery's timer at `generation` and returns the generation it ended at. A job
+   * with that id may exist already: from an earlier attempt at this same routing (a crash or a
+   * failed save in between), in which case a pending or running one is this timer; but one
+   * that was cancelled, finished or failed meanwhile is not a timer any more, so the next
+   * generation gets a new one.
+   */
+  async #addJob(delivery: Delivery, generation: number): Promise<number> {
+    const { queue } = this.#deps;
+    // Bounded: each round either adds a job or steps past a job id already used.
+    for (let gen = generation; gen < generation + 100; gen++) {
+      const id = deliveryJobId(delivery.id, gen);
+      const added = await queue.add({
+        id,
+        data: { deliveryId: delivery.id, generation: gen },
+        runAt: delivery.dueAt,
+        cancelKeys: [delivery.id],
+        idempotent: this.#deps.idempotentOutput?.(delivery.output) ?? false,
+      });
+      if (added === 'added') return gen;
+      const existing = await queue.get(id);
+      if (existing?.state === 'pending' || existing?.state === 'active') {
+        if (existing.state === 'pending') await queue.reschedule(id, delivery.dueAt);
+        return gen;
+      }
+    }
+    throw new TransientError('queue_ids_exhausted', `no free job id for delivery ${delivery.id}`);
   }
 }
 
