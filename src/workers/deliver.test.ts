@@ -199,6 +199,14 @@ describe('deliver', () => {
     expect(await store.listOutbox({})).toEqual([]);
   });
 
+  it('a job run well before its delivery is due (replanned later while it ran) waits instead of sending early', async () => {
+    await ingest({ type: 'appointment.booked' });
+    clock = Date.parse('2025-06-02T09:00:00+02:00'); // a week before the reminder's due time
+    await expect(handler.run(job(REMINDER, 1, 2))).rejects.toMatchObject({ failureClass: 'transient', code: 'not_due_yet' });
+    expect(await store.listOutbox({})).toEqual([]);
+    expect((await store.getDelivery(REMINDER))?.status).toBe('pending');
+  });
+
   it('ignores the job of an older generation (cancelled, then booked again)', async () => {
     await ingest({ type: 'appointment.booked' });
     await ingest({ type: 'appointment.cancelled', occurredAt: '2025-06-02T09:00:00+02:00', appointment: { status: 'cancelled' } });

@@ -27,6 +27,8 @@ export const DeliverReason = {
   Stale: 'stale',
   /** At or past its expiresAt. */
   Expired: 'expired',
+  /** A retried job found its delivery replanned to a later time: it waits for it. */
+  NotDueYet: 'not_due_yet',
   /** An sms/email delivery without a recipient address (CONSENT.md rule 8). */
   NoAddress: 'no_address',
   /** The job is for another generation, or the delivery is no longer pending: nothing to do. */
@@ -63,6 +65,9 @@ export type DeliverResult =
   | { outcome: 'sent'; deliveryId: string; providerId?: string }
   | { outcome: 'suppressed'; deliveryId: string; reason: DeliverReason }
   | { outcome: 'skipped'; deliveryId: string; reason: typeof DeliverReason.NotCurrent };
+
+/** A job may run this much before its delivery's due time (timers and clocks drift). */
+const EARLY_SEND_SLACK_MS = 60_000;
 
 /**
  * CONSENT.md rule 1: undefined when the delivery is still about what its rule was for, else
@@ -126,6 +131,12 @@ export function createDeliverHandler(deps: DeliverDeps): JobHandler<DeliveryJob>
 
     const expires = d.expiresAt === undefined ? undefined : parseInstant(d.expiresAt);
     if (expires !== undefined && now() >= expires) return suppress(stored, DeliverReason.Expired);
+    // A retry of a job whose delivery was replanned later while it ran: the plan now says
+    // later, so wait for it instead of sending early.
+    const due = parseInstant(d.dueAt);
+    if (due !== undefined && due - now() > EARLY_SEND_SLACK_MS) {
+      throw new TransientError(DeliverReason.NotDueYet, `delivery ${d.id} is due later`, { retryAfterMs: due - now() });
+    }
     if ((d.channel === 'sms' || d.channel === 'email') && (d.to === undefined || d.to === '')) return suppress(stored, DeliverReason.NoAddress);
 
     const adapter = deps.output(d.output);
