@@ -212,6 +212,32 @@ describe('MllpServer over a real socket', () => {
     expect(parseHl7(acks.at(-1)!).get('MSA-2')).toBe('BP999');
   });
 
+  it('also stops reading when the frames arrive one write at a time while a handler runs', async () => {
+    const release = deferred();
+    let calls = 0;
+    const { server, port } = await startServer(async (m) => {
+      if (calls++ === 0) await release.promise;
+      return ackFor(m);
+    });
+    const peer = await rawPeer(port);
+    // The first frame alone: the handler takes it and blocks with nothing else queued.
+    await peer.write(encodeFrame(hl7('ONE0')));
+    const frames = Array.from({ length: 1000 }, (_, i) => encodeFrame(hl7(`ONE${i + 1}`, `|${'x'.repeat(16 * 1024)}`)));
+    const written = (async () => {
+      for (const frame of frames) await peer.write(frame);
+      return 'written' as const;
+    })();
+    // Over a window, the frames read by the server must stay a handful: unpaused, it would
+    // read all 16 MB from loopback in a few ms and queue every frame in memory.
+    const windowMs = new Promise((resolve) => setTimeout(() => resolve('held'), 300));
+    await Promise.race([written, windowMs]);
+    expect(server.queuedFrames).toBeLessThan(50);
+    release.resolve();
+    expect(await written).toBe('written');
+    const acks = await peer.framesReceived(frames.length + 1);
+    expect(parseHl7(acks.at(-1)!).get('MSA-2')).toBe('ONE1000');
+  });
+
   it('discards noise before 0x0B, reports its size, and still handles the frame', async () => {
     const { port, log } = await startServer(ackHandler);
     const peer = await rawPeer(port);

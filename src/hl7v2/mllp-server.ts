@@ -228,6 +228,11 @@ class Connection {
   readonly finished: Promise<void>;
   private readonly framer: MllpFramer;
   private readonly queue: Buffer[] = [];
+
+  /** Frames received and waiting behind the one being handled. */
+  get queuedFrames(): number {
+    return this.queue.length;
+  }
   private pumping = false;
   private socketClosed = false;
   /** Set once we decided to close; later frames are ignored. */
@@ -298,7 +303,12 @@ class Connection {
     }
     if (frames.length === 0) return;
     for (const frame of frames) this.queue.push(frame);
-    this.armIdle();
+    // Frames wait behind the one being handled: stop reading until the pump takes them, so
+    // a sender that keeps writing cannot grow this queue without bound.
+    this.updateFlow();
+    // While a handler runs the idle clock is stopped (a slow commit is our time, not the
+    // peer's); the pump re-arms it after each ACK.
+    if (!this.pumping) this.armIdle();
     void this.pump();
   }
 
@@ -525,6 +535,13 @@ export class MllpServer {
   /** Connections past the TCP (and TLS) handshake that are still open. */
   get connectionCount(): number {
     return this.connections.size;
+  }
+
+  /** Frames received but not handled yet, over all connections (bounded by back-pressure). */
+  get queuedFrames(): number {
+    let n = 0;
+    for (const c of this.connections) n += c.queuedFrames;
+    return n;
   }
 
   close(): Promise<void> {
