@@ -76,8 +76,10 @@ describe('MLLP over mutual TLS with allowed senders', () => {
     const ack = await sendOne(tlsClient(pki.client), message);
     expect(ack.get('MSA-1')).toBe('AR');
     expect(ack.get('MSA-2')).toBe('TLS-2');
-    const stored = await server.store.findMessage('EPIC^SOUTHCLINIC', 'TLS-2');
-    expect(stored).toMatchObject({ status: 'rejected', reason: 'sender_not_allowed', triggerIds: [] });
+    // Kept for review, but outside the dedupe key: it cannot take the real sender's MSH-10.
+    expect(await server.store.findMessage('EPIC^SOUTHCLINIC', 'TLS-2')).toBeUndefined();
+    const [stored] = await server.store.listMessages({ sender: 'EPIC^SOUTHCLINIC', status: 'rejected' });
+    expect(stored).toMatchObject({ reason: 'sender_not_allowed', controlId: '', triggerIds: [] });
   });
 
   it('never lets a client with an untrusted certificate deliver a message', async () => {

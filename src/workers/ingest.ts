@@ -11,9 +11,10 @@
 // decides whether an accept ACK is sent at all.
 import { createHash, randomBytes } from 'node:crypto';
 import { buildAck, shouldSendAcceptAck, ackModeOf } from '../hl7v2/ack.ts';
-import { Hl7ParseError, parseHl7Batch, type Hl7Message } from '../hl7v2/parse.ts';
+import { Hl7ParseError, Hl7ParseErrorCode, parseHl7Batch, type Hl7Message } from '../hl7v2/parse.ts';
 import { applyStoredState, normalizeHl7 } from '../inputs/hl7v2/normalize.ts';
 import { isSenderAllowed } from '../inputs/hl7v2/spec.ts';
+import { TransientError } from '../errors.ts';
 import type { Logger } from '../log.ts';
 import type { InboundRecord, Store, SubjectState } from '../store/store.ts';
 import { MessageStatus, type AckCode, type Trigger } from '../types.ts';
@@ -110,6 +111,10 @@ export class Hl7Ingest {
       if (!(error instanceof Hl7ParseError)) throw error;
       return this.refuseUnparseable(raw, settings, error);
     }
+    if (messages.length === 0) {
+      // A batch envelope with no MSH inside: nothing to acknowledge message by message.
+      return this.refuseUnparseable(raw, settings, new Hl7ParseError(Hl7ParseErrorCode.NoMsh, 'the batch holds no message (no MSH segment)'));
+    }
     if (messages.length === 1) {
       return this.handleMessage(messages[0]!, raw, settings, peer);
     }
@@ -165,11 +170,17 @@ export class Hl7Ingest {
     const { store, log } = this.deps;
     const receivedAt = this.now();
     const sender = senderOf(msg);
-    const controlId = msg.controlId;
     const messageType = msg.messageType;
-    const contentHash = sha256(raw);
+    // The message's own segments, CR-joined: the same message hashes the same whether it
+    // came alone or in a batch, with LF or CR segment ends, under a new batch header.
+    const contentHash = sha256(Buffer.from(msg.segments.map((seg) => seg.raw).join('\r'), 'utf8'));
     const mode = ackModeOf(msg);
     let conflicting = false;
+    // A sender its client certificate may not use is refused before any look-up: it learns
+    // nothing about stored control ids, and its record stays outside the dedupe key (an
+    // empty control id) so it cannot take the real sender's MSH-10.
+    const senderRefused = !isSenderAllowed(settings.allowedSenders, peer.certificateCN, msg.get('MSH-3.1'), msg.get('MSH-4.1'));
+    const controlId = senderRefused ? '' : msg.controlId;
     const logFields = { input: settings.input, sender, controlId, messageType };
 
     // A resend of exactly the same bytes gets the original ACK again and nothing new.
@@ -203,7 +214,7 @@ export class Hl7Ingest {
       reason = 'conflicting_resend';
       text = `MSH-10 ${controlId} was already used by this sender for a different message; this one is quarantined for review`;
       errorCode = ERR.duplicateKey;
-    } else if (!isSenderAllowed(settings.allowedSenders, peer.certificateCN, msg.get('MSH-3.1'), msg.get('MSH-4.1'))) {
+    } else if (senderRefused) {
       outcome = 'reject';
       status = MessageStatus.Rejected;
       reason = 'sender_not_allowed';
@@ -216,7 +227,15 @@ export class Hl7Ingest {
       text = 'MSH-10 (message control id) is empty: the message cannot be deduplicated; resend it with a unique MSH-10';
       errorCode = ERR.requiredFieldMissing;
     } else {
-      const normalized = await this.normalize(msg, receivedAt, settings);
+      let normalized;
+      try {
+        normalized = await this.normalize(msg, receivedAt, settings);
+      } catch (error) {
+        if (!(error instanceof TransientError)) throw error;
+        // The stored-state look-ups failed: the store is unavailable, so nothing can be committed.
+        log.error('ingest.store_unavailable', { input: settings.input });
+        return this.storeUnavailable(msg, mode);
+      }
       switch (normalized.kind) {
         case 'triggers':
           outcome = 'accept';
@@ -335,18 +354,23 @@ export class Hl7Ingest {
     if (normalized.kind !== 'triggers') return normalized;
     const appointments = new Map<string, SubjectState | undefined>();
     const encounters = new Map<string, SubjectState | undefined>();
-    for (const t of normalized.triggers) {
-      const appointmentId = t.appointment?.id;
-      if (appointmentId !== undefined && !appointments.has(appointmentId)) {
-        appointments.set(appointmentId, await store.getSubjectState('appointment', appointmentId));
+    let patientAppointments: SubjectState[] = [];
+    try {
+      for (const t of normalized.triggers) {
+        const appointmentId = t.appointment?.id;
+        if (appointmentId !== undefined && !appointments.has(appointmentId)) {
+          appointments.set(appointmentId, await store.getSubjectState('appointment', appointmentId));
+        }
+        const encounterId = t.encounter?.id;
+        if (encounterId !== undefined && !encounters.has(encounterId)) {
+          encounters.set(encounterId, await store.getSubjectState('encounter', encounterId));
+        }
       }
-      const encounterId = t.encounter?.id;
-      if (encounterId !== undefined && !encounters.has(encounterId)) {
-        encounters.set(encounterId, await store.getSubjectState('encounter', encounterId));
-      }
+      const arrival = normalized.arrival;
+      if (arrival !== undefined) patientAppointments = await store.listSubjectStates('appointment', arrival.patientId);
+    } catch (error) {
+      throw new TransientError('store_unavailable', 'stored state could not be read', { cause: error });
     }
-    const arrival = normalized.arrival;
-    const patientAppointments = arrival === undefined ? [] : await store.listSubjectStates('appointment', arrival.patientId);
     return applyStoredState(normalized, {
       appointment: (id) => appointments.get(id),
       encounter: (id) => encounters.get(id),

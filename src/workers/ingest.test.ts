@@ -1,0 +1,80 @@
+// Hl7Ingest on a real SQLite file: batches and resends. The running server's MLLP and HTTP
+// paths are tested end to end in test/server-hl7v2.test.ts.
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { parseHl7 } from '../hl7v2/parse.ts';
+import { silentLogger } from '../log.ts';
+import { SqliteStore } from '../store/sqlite.ts';
+import { Hl7Ingest, type Hl7IngestSettings } from './ingest.ts';
+
+const settings: Hl7IngestSettings = { input: 'ehr', timezone: 'UTC', unknownMessageTypes: 'accept', missingFieldAck: 'AR' };
+
+function s12(controlId: string, appointmentId: string): string {
+  return [
+    `MSH|^~\\&|EPIC|NORTH|CARERELAY|CR|20270601101500+0200||SIU^S12^SIU_S12|${controlId}|P|2.5.1`,
+    `SCH|PL-${appointmentId}|${appointmentId}||||NEW|CHK^Check-up^LOCAL||30|MIN|||||||||||||||Booked`,
+    'TQ1|1||||||20270615143000+0200|20270615150000+0200',
+    'PID|1||E1^^^NORTH^MR||DOE^Jane||19800101|F',
+  ].join('\r');
+}
+
+const batch = (stamp: string, ...messages: string[]): Buffer =>
+  Buffer.from([`BHS|^~\\&|EPIC|NORTH|||${stamp}`, ...messages, `BTS|${messages.length}`].join('\r'), 'utf8');
+
+const acks = (text: string | undefined) =>
+  (text ?? '')
+    .split(/(?=MSH\|)/)
+    .filter((a) => a !== '')
+    .map((a) => parseHl7(a))
+    .map((a) => `${a.get('MSA-1')} ${a.get('MSA-2')}`);
+
+let dir: string;
+let store: SqliteStore;
+let ingest: Hl7Ingest;
+
+beforeEach(() => {
+  dir = mkdtempSync(path.join(tmpdir(), 'carerelay-ingest-'));
+  store = SqliteStore.open(path.join(dir, 'store.db'));
+  ingest = new Hl7Ingest({ store, log: silentLogger });
+});
+afterEach(async () => {
+  await store.close();
+  rmSync(dir, { recursive: true, force: true });
+});
+
+describe('Hl7Ingest batches and resends', () => {
+  it('a batch resent under a new batch header is a resend, not a conflict', async () => {
+    const first = await ingest.handle(batch('20270601101500', s12('B1', 'A1')), settings);
+    expect(acks(first.ack)).toEqual(['AA B1']);
+    const again = await ingest.handle(batch('20270601111500', s12('B1', 'A1')), settings);
+    expect(again).toMatchObject({ ack: first.ack, committed: true, triggers: [] });
+    expect(await store.listMessages({ status: 'quarantined' })).toEqual([]);
+  });
+
+  it('a message first sent alone, then inside a batch, is recognised as the same message', async () => {
+    const alone = await ingest.handle(Buffer.from(s12('C1', 'A2'), 'utf8'), settings);
+    expect(alone.ackCode).toBe('AA');
+    const batched = await ingest.handle(batch('20270601101500', s12('C1', 'A2'), s12('C2', 'A3')), settings);
+    expect(acks(batched.ack)).toEqual(['AA C1', 'AA C2']);
+    expect(batched.triggers.map((t) => t.appointment?.id)).toEqual(['A3']);
+    expect(await store.listMessages({ status: 'quarantined' })).toEqual([]);
+  });
+
+  it('the same message with LF instead of CR segment ends is a resend', async () => {
+    await ingest.handle(Buffer.from(s12('L1', 'A4'), 'utf8'), settings);
+    const lf = await ingest.handle(Buffer.from(s12('L1', 'A4').replace(/\r/g, '\n'), 'utf8'), settings);
+    expect(lf).toMatchObject({ ackCode: 'AA', triggers: [] });
+    expect(await store.listMessages({ status: 'quarantined' })).toEqual([]);
+  });
+
+  it('a batch with no message in it is refused (AR) and kept, never answered with nothing', async () => {
+    const raw = Buffer.from('BHS|^~\\&|EPIC|NORTH\rPID|1||E1||DOE^Jane\rBTS|0\r', 'utf8');
+    const result = await ingest.handle(raw, settings);
+    expect(result).toMatchObject({ ackCode: 'AR', committed: true });
+    expect(parseHl7(result.ack!).get('MSA-3')).toContain('no message');
+    const [stored] = await store.listMessages({ status: 'rejected' });
+    expect((await store.getMessage(stored!.id))?.raw.equals(raw)).toBe(true);
+  });
+});
