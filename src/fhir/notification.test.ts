@@ -312,3 +312,18 @@ describe('references', () => {
     expect(topicMessageId('Subscription/abc', 10)).toBe('abc#10');
   });
 });
+
+describe('resolveReference', () => {
+  it('matches a relative reference by Type/id, an absolute one only by its full URL', async () => {
+    const { resolveReference } = await import('./notification.ts');
+    const local = { resourceType: 'Patient', id: 'p1' };
+    const resources = new Map([
+      ['https://ehr.example.org/fhir/Patient/p1', local],
+      ['Patient/p1', local],
+    ]);
+    expect(resolveReference(resources, 'Patient/p1')).toBe(local);
+    expect(resolveReference(resources, 'https://ehr.example.org/fhir/Patient/p1')).toBe(local);
+    // Same type and id on another server: another patient, never this one.
+    expect(resolveReference(resources, 'https://evil.example/fhir/Patient/p1')).toBeUndefined();
+  });
+});

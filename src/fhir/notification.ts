@@ -447,6 +447,10 @@ export function resolveReference(
 ): FhirResource | undefined {
   const exact = resources.get(reference);
   if (exact) return exact;
+  // Only a relative reference may match by Type/id: an absolute one names its server, and a
+  // resource of the same type and id from another server is another resource (another
+  // patient). Absolute references resolve by their full URL only.
+  if (/^[a-z][a-z0-9+.-]*:/i.test(reference)) return undefined;
   const parts = referenceParts(reference);
   return parts ? resources.get(`${parts.type}/${parts.id}`) : undefined;
 }

@@ -282,6 +282,18 @@ describe('topic-based notifications', () => {
     expect(server.requests.some((r) => r.path === '/fhir/Appointment' && r.query.includes('_lastUpdated'))).toBe(true);
   });
 
+  it('an empty-payload event whose search failed is searched again when the notification is resent', async () => {
+    server.put(testPatient('p1'));
+    server.put(testAppointment('a1', 'Patient/p1'));
+    const ingest = makeIngest();
+    server.failNext(503, 1); // the search (this client does not retry by itself)
+    const first = await ingest.handle(body(eventsBundle([event(1)])));
+    expect(first.kind).toBe('unavailable');
+    // The event itself was stored; the resend must still run the search.
+    const again = accepted(await ingest.handle(body(eventsBundle([event(1)]))));
+    expect(again.triggers.map((t) => t.type)).toEqual(['appointment.booked']);
+  });
+
   it('a multi-event notification stores one record per event, each with its own slice of the Bundle', async () => {
     server.put(testPatient('p1'));
     server.put(testPatient('p2'));
@@ -321,6 +333,24 @@ describe('gaps and recovery', () => {
     // Event 2 arriving late is now a duplicate.
     const late = accepted(await ingest.handle(body(eventsBundle([event(2, 'Appointment/a2')]))));
     expect(late).toMatchObject({ stored: 0, duplicates: 1 });
+  });
+
+  it('a refused notification does not move the subscription position: the gap it leaves is recovered', async () => {
+    server.put(testPatient('p1'));
+    for (const id of ['a1', 'a2', 'a3', 'a4']) {
+      server.put(testAppointment(id, 'Patient/p1'));
+      server.pushEvent('sub1', `Appointment/${id}`);
+    }
+    const ingest = makeIngest();
+    await prime(ingest);
+    accepted(await ingest.handle(body(eventsBundle([event(1, 'Appointment/a1')]))));
+    // Events 2 and 3 in one notification; 3 points at another server: refused, nothing stored.
+    const refused = await ingest.handle(body(eventsBundle([event(2, 'Appointment/a2'), event(3, 'https://evil.example/fhir/Appointment/a3')])));
+    expect(refused.kind).toBe('refused');
+    accepted(await ingest.handle(body(eventsBundle([event(4, 'Appointment/a4')]))));
+    const events = server.requests.filter((r) => r.path.endsWith('/$events'));
+    expect(events.map((r) => r.query)).toEqual(['?eventsSinceNumber=2&eventsUntilNumber=3&content=full-resource']);
+    expect((await store.listTriggers({})).map((t) => t.source.messageId).sort()).toEqual(['sub1#1', 'sub1#2', 'sub1#3', 'sub1#4']);
   });
 
   it('without $events the recovery searches by _lastUpdated since the last event time', async () => {

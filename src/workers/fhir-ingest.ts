@@ -248,13 +248,12 @@ export class FhirIngest {
           throw new Error('unreachable');
       }
     } catch (error) {
+      // Positions held in memory may be ahead of what was committed (a refusal or a failure
+      // part-way through a notification): reload them from the store.
+      this.states.clear();
       if (error instanceof Refusal) {
         log.warn('fhir.refused', { input, reason: error.reason, status: error.status });
         return { kind: 'refused', status: error.status, title: error.title, detail: error.message, reason: error.reason };
-      }
-      if (error instanceof CommitFailed || error instanceof TransientError) {
-        // Positions held in memory may be ahead of what was committed: reload them.
-        this.states.clear();
       }
       if (error instanceof CommitFailed) {
         log.error('fhir.commit_failed', { input });
@@ -469,6 +468,9 @@ export class FhirIngest {
       const controlId = topicMessageId(n.subscription, event.eventNumber);
       if (await this.known(controlId)) {
         batch.duplicates += 1;
+        // A resent empty-payload event still asks for the search: the first delivery may have
+        // been stored and then failed its search (and answered 503).
+        if (event.focus === undefined) searchNeeded = true;
         continue;
       }
       const focusParts = event.focus === undefined ? undefined : referenceParts(event.focus);
