@@ -157,6 +157,7 @@ export function createApp(deps: ApiDeps): express.Express {
   app.post('/ingest/hl7v2/:input', (req, res, next) => {
     const input = deps.hl7Inputs.get(req.params.input);
     if (input === undefined) {
+      res.setHeader('Connection', 'close'); // the body is never read
       sendProblem(res, 404, 'Unknown input', `no hl7v2-http input named "${req.params.input}" is configured`);
       return;
     }

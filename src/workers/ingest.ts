@@ -304,7 +304,8 @@ export class Hl7Ingest {
     switch (committed.outcome) {
       case 'stored':
         if (status === MessageStatus.Quarantined) log.warn('ingest.quarantined', { ...logFields, reason, messageId: committed.message.id });
-        else if (status !== MessageStatus.Accepted) log.warn('ingest.not_accepted', { ...logFields, status, reason });
+        // An ignored message's reason names its type in words: log only the code.
+        else if (status !== MessageStatus.Accepted) log.warn('ingest.not_accepted', { ...logFields, status, reason: status === MessageStatus.Ignored ? 'not_a_trigger' : reason });
         if (triggers.length > 0) await this.deps.onCommitted?.(triggers);
         return { ack: ack.text, ackCode: ack.code, committed: true, triggers };
       case 'duplicate':
