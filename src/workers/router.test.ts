@@ -95,6 +95,19 @@ const rescheduled = (start: string, o: TriggerOverrides = {}): TriggerOverrides 
   appointment: { start, previousStart: '2025-06-10T14:30:00+02:00', ...o.appointment },
 });
 
+/** The store's next saveRouting fails as a full disk would; later ones work. */
+function failNextSave(): void {
+  const realSave = store.saveRouting.bind(store);
+  let failNext = true;
+  store.saveRouting = async (...args) => {
+    if (failNext) {
+      failNext = false;
+      throw new Error('disk I/O error');
+    }
+    return realSave(...args);
+  };
+}
+
 describe('job ids', () => {
   it('carry the delivery id and generation, even when the id holds "~"', () => {
     const id = deliveryJobId('r@appointment/A~1#0', 3);
@@ -137,15 +150,7 @@ describe('Router', () => {
   });
 
   it('after a pass that cannot be saved, later triggers wait and everything is routed in commit order', async () => {
-    const realSave = store.saveRouting.bind(store);
-    let failNext = true;
-    store.saveRouting = async (...args) => {
-      if (failNext) {
-        failNext = false;
-        throw new Error('disk I/O error');
-      }
-      return realSave(...args);
-    };
+    failNextSave();
     const booking = await commit(booked({ appointment: { id: 'O1' } }));
     router.onCommitted([booking]);
     await router.idle();
@@ -167,15 +172,7 @@ describe('Router', () => {
 
   it('a job id left cancelled by an unsaved pass is not mistaken for a live timer', async () => {
     await ingest(booked({ appointment: { id: 'G1' } }));
-    const realSave = store.saveRouting.bind(store);
-    let failNext = true;
-    store.saveRouting = async (...args) => {
-      if (failNext) {
-        failNext = false;
-        throw new Error('disk I/O error');
-      }
-      return realSave(...args);
-    };
+    failNextSave();
     // Cancel and a newer re-booking in one pass: cancels G1~1, adds G1~2, then the save fails.
     router.onCommitted([
       await commit(cancelled({ appointment: { id: 'G1' } })),
