@@ -77,4 +77,14 @@ describe('Hl7Ingest batches and resends', () => {
     const [stored] = await store.listMessages({ status: 'rejected' });
     expect((await store.getMessage(stored!.id))?.raw.equals(raw)).toBe(true);
   });
+
+  it('an unknown MSH-18 character set gets an AR that still echoes MSH-10', async () => {
+    const raw = Buffer.from(s12('K1', 'A9').replace('|P|2.5.1', '|P|2.5.1||||||KOI8-R'), 'latin1');
+    const result = await ingest.handle(raw, settings);
+    expect(result.ackCode).toBe('AR');
+    const ack = parseHl7(result.ack!);
+    expect(ack.get('MSA-2')).toBe('K1');
+    expect(ack.get('MSH-5')).toBe('EPIC');
+    expect(ack.get('MSA-3')).toContain('KOI8-R');
+  });
 });

@@ -11,7 +11,7 @@
 // decides whether an accept ACK is sent at all.
 import { createHash, randomBytes } from 'node:crypto';
 import { buildAck, shouldSendAcceptAck, ackModeOf } from '../hl7v2/ack.ts';
-import { Hl7ParseError, Hl7ParseErrorCode, parseHl7Batch, type Hl7Message } from '../hl7v2/parse.ts';
+import { Hl7ParseError, Hl7ParseErrorCode, parseHl7, parseHl7Batch, type Hl7Message } from '../hl7v2/parse.ts';
 import { applyStoredState, normalizeHl7 } from '../inputs/hl7v2/normalize.ts';
 import { isSenderAllowed } from '../inputs/hl7v2/spec.ts';
 import { TransientError } from '../errors.ts';
@@ -74,6 +74,21 @@ const ERR = {
   internalError: '207',
 } as const;
 
+/**
+ * When only the character set is wrong (an unknown MSH-18, or bytes that are not what MSH-18
+ * declares), the header is still readable byte for byte: the AR can then echo MSH-10 in MSA-2
+ * and address the sender, so the sender can match it. Undefined when there is no usable MSH.
+ */
+function headerOnly(raw: Buffer, error: Hl7ParseError): Hl7Message | undefined {
+  if (error.code !== Hl7ParseErrorCode.UnknownCharset && error.code !== Hl7ParseErrorCode.BadEncoding) return undefined;
+  try {
+    const msg = parseHl7(raw.toString('latin1'));
+    return msg.controlId === '' ? undefined : msg;
+  } catch {
+    return undefined;
+  }
+}
+
 function sha256(bytes: Buffer): string {
   return createHash('sha256').update(bytes).digest('hex');
 }
@@ -133,7 +148,7 @@ export class Hl7Ingest {
   }
 
   private async refuseUnparseable(raw: Buffer, settings: Hl7IngestSettings, error: Hl7ParseError): Promise<Hl7IngestResult> {
-    const ack = buildAck(undefined, {
+    const ack = buildAck(headerOnly(raw, error), {
       code: 'AR',
       text: error.message,
       errorCode: ERR.requiredFieldMissing,
