@@ -41,11 +41,31 @@ function digest(value: string): Buffer {
   return createHash('sha256').update(value).digest();
 }
 
+/** Constant-time comparison of a presented secret with the expected one. */
+export function secretsMatch(presented: string, expected: string): boolean {
+  // Hashing first gives equal-length buffers, so the comparison leaks neither content nor length.
+  return timingSafeEqual(digest(presented), digest(expected));
+}
+
+/**
+ * A problem answer to a request whose body was not (fully) read: the connection is closed
+ * rather than kept with unread bytes of unknown length.
+ */
+export function refuseUnread(res: Response, status: number, title: string, detail: string): void {
+  res.setHeader('Connection', 'close');
+  sendProblem(res, status, title, detail);
+}
+
+/** True when Content-Length announces more than `limit` bytes (refused before reading). */
+export function declaredOverLimit(req: Request, limit: number): boolean {
+  const declared = Number(req.headers['content-length']);
+  return Number.isFinite(declared) && declared > limit;
+}
+
 /** Constant-time comparison of a presented bearer token with the expected one. */
 export function bearerMatches(header: string | undefined, expected: string): boolean {
   if (header === undefined || !header.startsWith('Bearer ')) return false;
-  // Hashing first gives equal-length buffers, so the comparison leaks neither content nor length.
-  return timingSafeEqual(digest(header.slice('Bearer '.length).trim()), digest(expected));
+  return secretsMatch(header.slice('Bearer '.length).trim(), expected);
 }
 
 function requireBearer(expected: string | undefined) {
@@ -55,9 +75,7 @@ function requireBearer(expected: string | undefined) {
       return;
     }
     res.setHeader('WWW-Authenticate', 'Bearer');
-    // The body is never read: close the connection rather than keep it with unread bytes.
-    res.setHeader('Connection', 'close');
-    sendProblem(res, 401, 'Unauthorized', 'a valid bearer token is required');
+    refuseUnread(res, 401, 'Unauthorized', 'a valid bearer token is required');
   };
 }
 
@@ -157,16 +175,13 @@ export function createApp(deps: ApiDeps): express.Express {
   app.post('/ingest/hl7v2/:input', (req, res, next) => {
     const input = deps.hl7Inputs.get(req.params.input);
     if (input === undefined) {
-      res.setHeader('Connection', 'close'); // the body is never read
-      sendProblem(res, 404, 'Unknown input', `no hl7v2-http input named "${req.params.input}" is configured`);
+      refuseUnread(res, 404, 'Unknown input', `no hl7v2-http input named "${req.params.input}" is configured`);
       return;
     }
     requireBearer(input.bearerToken)(req, res, () => {
       // A declared length over the limit is refused before a byte of the body is read.
-      const declared = Number(req.headers['content-length']);
-      if (Number.isFinite(declared) && declared > input.maxBodyBytes) {
-        res.setHeader('Connection', 'close');
-        sendProblem(res, 413, 'Payload too large', "the body exceeds the input's size limit");
+      if (declaredOverLimit(req, input.maxBodyBytes)) {
+        refuseUnread(res, 413, 'Payload too large', "the body exceeds the input's size limit");
         return;
       }
       express.raw({ type: () => true, limit: input.maxBodyBytes })(req, res, async (err?: unknown) => {

@@ -7,10 +7,10 @@
 // up to the limit (413 past it), an HMAC signature verified over the raw bytes, and only
 // then parsed. The 2xx comes from FhirIngest only after the commit.
 import { createHmac, timingSafeEqual } from 'node:crypto';
-import express, { type Request, type Response } from 'express';
+import express, { type Request } from 'express';
 import type { Logger } from '../log.ts';
 import type { FhirIngestResult } from '../workers/fhir-ingest.ts';
-import { bearerMatches, sendProblem } from './app.ts';
+import { bearerMatches, declaredOverLimit, refuseUnread, secretsMatch, sendProblem } from './app.ts';
 
 export type FhirInboundAuth =
   | { kind: 'bearer'; token: string }
@@ -33,15 +33,6 @@ export interface FhirRouterDeps {
 
 const FHIR_JSON = 'application/fhir+json; charset=utf-8';
 const ACCEPTED_TYPES = new Set(['application/fhir+json', 'application/json']);
-
-function sameSecret(presented: string, expected: string): boolean {
-  const a = Buffer.from(presented, 'utf8');
-  const b = Buffer.from(expected, 'utf8');
-  // Compare digests of equal length so neither content nor length leaks through timing.
-  const ha = createHmac('sha256', 'carerelay-compare').update(a).digest();
-  const hb = createHmac('sha256', 'carerelay-compare').update(b).digest();
-  return timingSafeEqual(ha, hb);
-}
 
 /** The signature bytes of a header value: `sha256=<hex>`, `<hex>` or `<base64>`. */
 function signatureBytes(value: string): Buffer | undefined {
@@ -70,7 +61,7 @@ function headerAuthProblem(req: Request, auth: FhirInboundAuth): string | undefi
       return bearerMatches(req.headers.authorization, auth.token) ? undefined : 'a valid bearer token is required';
     case 'header': {
       const value = header(req, auth.name);
-      return value !== undefined && sameSecret(value, auth.value) ? undefined : `a valid ${auth.name} header is required`;
+      return value !== undefined && secretsMatch(value, auth.value) ? undefined : `a valid ${auth.name} header is required`;
     }
     case 'hmac': {
       const value = header(req, auth.header);
@@ -82,12 +73,6 @@ function headerAuthProblem(req: Request, auth: FhirInboundAuth): string | undefi
       auth satisfies never;
       return 'unsupported authentication';
   }
-}
-
-function refuse(res: Response, status: number, title: string, detail: string): void {
-  // The body was not (fully) read: do not keep a connection whose remaining bytes are unknown.
-  res.setHeader('Connection', 'close');
-  sendProblem(res, status, title, detail);
 }
 
 /** True when the request announces no body at all (an R4 criteria rest-hook without payload). */
@@ -102,40 +87,39 @@ export function createFhirRouter(deps: FhirRouterDeps): express.Router {
   router.post('/:input', (req, res, next) => {
     const input = deps.inputs.get(req.params.input);
     if (input === undefined) {
-      refuse(res, 404, 'Unknown input', `no fhir-rest-hook input named "${req.params.input}" is configured`);
+      refuseUnread(res, 404, 'Unknown input', `no fhir-rest-hook input named "${req.params.input}" is configured`);
       return;
     }
     const authProblem = headerAuthProblem(req, input.auth);
     if (authProblem !== undefined) {
       if (input.auth.kind === 'bearer') res.setHeader('WWW-Authenticate', 'Bearer');
       deps.log.warn('fhir.unauthorized', { input: req.params.input, reason: 'auth_failed' });
-      refuse(res, 401, 'Unauthorized', authProblem);
+      refuseUnread(res, 401, 'Unauthorized', authProblem);
       return;
     }
     const empty = hasNoBody(req);
     if (!empty) {
       const type = (req.headers['content-type'] ?? '').split(';')[0]!.trim().toLowerCase();
       if (!ACCEPTED_TYPES.has(type)) {
-        refuse(res, 415, 'Unsupported media type', 'send application/fhir+json (or application/json)');
+        refuseUnread(res, 415, 'Unsupported media type', 'send application/fhir+json (or application/json)');
         return;
       }
-      const declared = Number(req.headers['content-length']);
-      if (Number.isFinite(declared) && declared > input.maxBodyBytes) {
-        refuse(res, 413, 'Payload too large', `the body exceeds this input's limit of ${input.maxBodyBytes} bytes`);
+      if (declaredOverLimit(req, input.maxBodyBytes)) {
+        refuseUnread(res, 413, 'Payload too large', `the body exceeds this input's limit of ${input.maxBodyBytes} bytes`);
         return;
       }
     }
     express.raw({ type: () => true, limit: input.maxBodyBytes })(req, res, async (err?: unknown) => {
       if (err !== undefined) {
         const status = typeof err === 'object' && err !== null && 'status' in err ? Number((err as { status: unknown }).status) : 400;
-        if (status === 413) refuse(res, 413, 'Payload too large', `the body exceeds this input's limit of ${input.maxBodyBytes} bytes`);
-        else refuse(res, 400, 'Bad request', 'the body could not be read');
+        if (status === 413) refuseUnread(res, 413, 'Payload too large', `the body exceeds this input's limit of ${input.maxBodyBytes} bytes`);
+        else refuseUnread(res, 400, 'Bad request', 'the body could not be read');
         return;
       }
       const body = Buffer.isBuffer(req.body) ? req.body : Buffer.alloc(0);
       if (input.auth.kind === 'hmac' && !hmacMatches(body, header(req, input.auth.header) ?? '', input.auth.secret)) {
         deps.log.warn('fhir.unauthorized', { input: req.params.input, reason: 'bad_signature' });
-        refuse(res, 401, 'Unauthorized', `the ${input.auth.header} signature does not match the body`);
+        refuseUnread(res, 401, 'Unauthorized', `the ${input.auth.header} signature does not match the body`);
         return;
       }
       try {
