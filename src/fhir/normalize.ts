@@ -8,7 +8,7 @@
 import { createHash } from 'node:crypto';
 import { DateTime } from 'luxon';
 import { PermanentError } from '../errors.ts';
-import { languageCode } from '../language.ts';
+import { languageCode, phoneValue } from '../normalized-values.ts';
 import type { SubjectState } from '../store/store.ts';
 import {
   TriggerType,
@@ -847,16 +847,10 @@ function telecomOf(res: Patient): ContactPoint[] {
           ? 'mobile'
           : 'other';
     const value = system === 'phone' ? phoneValue(t.value) : t.value.trim().replace(/^mailto:/i, '');
-    if (value === '' || value === '+') continue;
+    if (value === '') continue;
     out.push({ system, use, value });
   }
   return out;
-}
-
-function phoneValue(raw: string): string {
-  const text = raw.trim().replace(/^tel:/i, '');
-  const digits = text.replace(/\D/g, '');
-  return text.startsWith('+') ? `+${digits}` : digits;
 }
 
 // --- shared ----------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 import type { ContactPoint, TriggerPatient } from '../../types.ts';
 
 /** PID-15.1 → lower-case ISO 639-1: the mapping every input shares. */
-export { languageCode as language } from '../../language.ts';
+export { languageCode as language } from '../../normalized-values.ts';
 
 /** FHIR Appointment.status codes CareRelay emits. */
 export const AppointmentStatus = {

@@ -9,6 +9,7 @@
 import { hash } from 'node:crypto';
 import { unescapeHl7 } from '../../hl7v2/escape.ts';
 import type { Hl7Delimiters, Hl7Message, Hl7Segment } from '../../hl7v2/parse.ts';
+import { phoneValue } from '../../normalized-values.ts';
 import type { SubjectState } from '../../store/store.ts';
 import {
   TriggerType,
@@ -259,17 +260,6 @@ function identifiers(seg: Hl7Segment, n: number, out: Identifier[], d: Hl7Delimi
   }
 }
 
-/** Keeps the digits and a leading '+' (spaces, dots, dashes, parentheses… removed). */
-function phoneDigits(raw: string): string {
-  let out = '';
-  for (let i = 0; i < raw.length; i++) {
-    const c = raw.charCodeAt(i);
-    if (c >= 48 && c <= 57) out += raw.charAt(i);
-    else if (c === 43 && out === '') out = '+';
-  }
-  return out === '+' ? '' : out;
-}
-
 /**
  * XTN repetitions → contact points (TRIGGER.md "Phones"). Email: XTN.3 Internet/X.400 or an
  * XTN.4 with '@'; its value is XTN.4 (else XTN.1) and must contain '@', else it is not an
@@ -291,7 +281,7 @@ function telecoms(seg: Hl7Segment, n: number, defaultUse: ContactPoint['use'], o
       const country = comp(rep, 5, d);
       raw = (country === '' ? '' : `+${country}`) + comp(rep, 6, d) + comp(rep, 7, d);
     }
-    const value = phoneDigits(raw);
+    const value = phoneValue(raw);
     if (value === '') continue;
     out.push({ system: 'phone', use: equipment === 'CP' ? 'mobile' : (use ?? defaultUse), value });
   }

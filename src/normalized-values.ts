@@ -1,5 +1,6 @@
-// Language codes shared by every input (HL7v2 PID-15, FHIR Patient.communication), so both
-// paths give the same patient.language for the same patient. Imports nothing.
+// Values every input normalizes the same way (TRIGGER.md), so the HL7v2 and FHIR paths give
+// the same trigger for the same patient: language codes (PID-15, Patient.communication) and
+// phone numbers (XTN, ContactPoint). Imports nothing.
 
 /** ISO 639-2 (bibliographic and terminology codes) → ISO 639-1. */
 const ISO_639_2_TO_1: Record<string, string> = {
@@ -41,4 +42,18 @@ export function languageCode(raw: string): string | undefined {
     if (c < 97 || c > 122) return undefined;
   }
   return primary.length === 3 ? (ISO_639_2_TO_1[primary] ?? primary) : primary;
+}
+
+/**
+ * A phone number as triggers carry it (TRIGGER.md "Phones"): the digits and a leading '+';
+ * spaces, dots, dashes, parentheses and a `tel:` scheme dropped. '' when no digit is left.
+ */
+export function phoneValue(raw: string): string {
+  let out = '';
+  for (let i = 0; i < raw.length; i++) {
+    const c = raw.charCodeAt(i);
+    if (c >= 48 && c <= 57) out += raw.charAt(i);
+    else if (c === 43 && out === '') out = '+';
+  }
+  return out === '+' ? '' : out;
 }

@@ -1,0 +1,19 @@
+import { describe, expect, it } from 'vitest';
+import { languageCode, phoneValue } from './normalized-values.ts';
+
+describe('values both inputs normalize the same way', () => {
+  it('phones keep the digits and a leading "+", whatever the formatting or scheme', () => {
+    expect(phoneValue('+33 6 12.34-56 (78)')).toBe('+33612345678');
+    expect(phoneValue('tel:+1-608-271-9000')).toBe('+16082719000');
+    expect(phoneValue('(+44) 20 7946 0000')).toBe('+442079460000');
+    expect(phoneValue('555 0100 ext +2')).toBe('55501002');
+    expect(phoneValue('+')).toBe('');
+    expect(phoneValue('n/a')).toBe('');
+  });
+
+  it('languages become lower-case ISO 639-1', () => {
+    expect(languageCode('FRE')).toBe('fr');
+    expect(languageCode(' en-US ')).toBe('en');
+    expect(languageCode('English')).toBeUndefined();
+  });
+});
