@@ -46,6 +46,12 @@ function parse(args: string[], options: Options) {
   return parseArgs({ args, options, allowPositionals: true, strict: true });
 }
 
+/** Prints every configuration problem (file:line:column: message) and how many; exit code 1. */
+function reportConfigError(error: ConfigError, consequence = ''): number {
+  process.stderr.write(`${error.message}\n${error.issues.length} problem(s) found${consequence}.\n`);
+  return 1;
+}
+
 function fail(message: string): number {
   process.stderr.write(`carerelay: ${message}\n`);
   return 2;
@@ -225,10 +231,7 @@ async function cmdValidate(args: string[]): Promise<number> {
     process.stdout.write(`configuration OK: ${plan.inputs.length} input(s)\n`);
     return 0;
   } catch (error) {
-    if (error instanceof ConfigError) {
-      process.stderr.write(`${error.message}\n${error.issues.length} problem(s) found; nothing was started.\n`);
-      return 1;
-    }
+    if (error instanceof ConfigError) return reportConfigError(error, '; nothing was started');
     throw error;
   }
 }
@@ -269,10 +272,7 @@ async function cmdReplay(args: string[]): Promise<number> {
     for (const line of lines) process.stdout.write(`${line}\n`);
     return 0;
   } catch (error) {
-    if (error instanceof ConfigError) {
-      process.stderr.write(`${error.message}\n${error.issues.length} problem(s) found.\n`);
-      return 1;
-    }
+    if (error instanceof ConfigError) return reportConfigError(error);
     if (error instanceof RangeError) return fail(error.message);
     throw error;
   }
@@ -307,10 +307,7 @@ async function cmdOutbox(args: string[]): Promise<number> {
     if (entries.length === 0 && values.json !== true) process.stdout.write('the outbox is empty\n');
     return 0;
   } catch (error) {
-    if (error instanceof ConfigError) {
-      process.stderr.write(`${error.message}\n`);
-      return 1;
-    }
+    if (error instanceof ConfigError) return reportConfigError(error);
     process.stderr.write(`carerelay: ${(error as Error).message}\n`);
     return 1;
   }
@@ -339,10 +336,7 @@ async function cmdFhir(args: string[]): Promise<number> {
     process.stdout.write(`${status}\n`);
     return 0;
   } catch (error) {
-    if (error instanceof ConfigError) {
-      process.stderr.write(`${error.message}\n`);
-      return 1;
-    }
+    if (error instanceof ConfigError) return reportConfigError(error);
     process.stderr.write(`carerelay: fhir subscribe failed: ${(error as Error).message}\n`);
     return 1;
   }
@@ -360,10 +354,7 @@ async function cmdStart(args: string[]): Promise<number> {
     await running.stopped;
     return 0;
   } catch (error) {
-    if (error instanceof ConfigError) {
-      process.stderr.write(`${error.message}\n${error.issues.length} problem(s) found; nothing was started.\n`);
-      return 1;
-    }
+    if (error instanceof ConfigError) return reportConfigError(error, '; nothing was started');
     process.stderr.write(`carerelay: ${(error as Error).message}\n`);
     return 1;
   }
