@@ -3,6 +3,7 @@
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
+import { isIanaTimeZone } from './config/yaml.ts';
 import { ConfigError } from './errors.ts';
 import { Hl7ParseError, parseHl7Batch } from './hl7v2/parse.ts';
 import { MllpClient } from './hl7v2/mllp-client.ts';
@@ -116,7 +117,7 @@ async function cmdNormalize(args: string[]): Promise<number> {
     'fhir-sender': { type: 'string', default: 'urn:carerelay:cli' },
   });
   const timezone = values.timezone as string;
-  if (!isValidZone(timezone)) return fail(`--timezone ${timezone} is not an IANA time zone (e.g. Europe/Paris)`);
+  if (!isIanaTimeZone(timezone)) return fail(`--timezone ${timezone} is not an IANA time zone (e.g. Europe/Paris)`);
   if (positionals.length === 0) return fail('normalize needs at least one FILE');
   let rejectedFiles = 0;
   const receivedAt = new Date().toISOString();
@@ -140,15 +141,6 @@ async function cmdNormalize(args: string[]): Promise<number> {
     for (const t of result.triggers) process.stdout.write(`${JSON.stringify(t)}\n`);
   }
   return rejectedFiles === 0 ? 0 : 1;
-}
-
-function isValidZone(zone: string): boolean {
-  try {
-    new Intl.DateTimeFormat('en-US', { timeZone: zone });
-    return true;
-  } catch {
-    return false;
-  }
 }
 
 async function cmdSend(args: string[]): Promise<number> {
