@@ -180,6 +180,33 @@ describe('SqliteStore on a file', () => {
     }
   });
 
+  it('a record that breaks a constraint fails alone: the rest of its group commit is stored', async () => {
+    const store = SqliteStore.open(path.join(tempDir(), 'carerelay.db'));
+    try {
+      const broken = testRecord({
+        controlId: 'broken',
+        triggers: [testTrigger({ id: 'broken-t' })],
+        // The kind CHECK constraint refuses it inside the transaction, after the message row.
+        subjectStates: [{ kind: 'visit' as 'appointment', id: 'V1', patientId: 'P1', asOf: '2030-01-01T08:00:00Z' }],
+      });
+      const results = await Promise.allSettled([
+        store.commitInbound(testRecord({ controlId: 'before', triggers: [testTrigger({ id: 'before-t' })] })),
+        store.commitInbound(broken),
+        store.commitInbound(testRecord({ controlId: 'after', triggers: [testTrigger({ id: 'after-t' })] })),
+      ]);
+      expect(results.map((r) => r.status)).toEqual(['fulfilled', 'rejected', 'fulfilled']);
+      expect(String((results[1] as PromiseRejectedResult).reason)).toMatch(/CHECK constraint/);
+      expect(await store.findMessage('EPIC^GHH', 'before')).toBeDefined();
+      expect(await store.findMessage('EPIC^GHH', 'after')).toBeDefined();
+      // Nothing of the broken record survives, not even the rows written before the fault.
+      expect(await store.findMessage('EPIC^GHH', 'broken')).toBeUndefined();
+      expect(await store.getTrigger('broken-t')).toBeUndefined();
+      expect((await store.listTriggers({ limit: 10 })).map((t) => t.id).sort()).toEqual(['after-t', 'before-t']);
+    } finally {
+      await store.close();
+    }
+  });
+
   it('shares its Database: close() leaves a passed-in connection open for the queue', async () => {
     const db = openSqliteDatabase(path.join(tempDir(), 'carerelay.db'));
     const store = new SqliteStore(db);

@@ -10,9 +10,11 @@
 //
 // Group commit. better-sqlite3 is synchronous and every commit costs one fsync, so commits
 // requested in the same event-loop turn (parallel MLLP connections, HTTP requests) are
-// written in one transaction, each record in its own savepoint: one fsync for the batch,
-// one record's failure (a constraint it breaks) undoes only that record, and every promise
-// settles only after the batch's COMMIT returned. A lone caller waits one setImmediate.
+// written in one transaction: one fsync for the batch, and every promise settles only after
+// the batch's COMMIT returned. A lone caller waits one setImmediate. The batch runs without
+// a savepoint per record (they cost about as much as the records' own writes); when a
+// record breaks a constraint the transaction is rolled back and the batch runs again with
+// a savepoint per record, so that record alone fails.
 //
 // Dedupe and quarantine (RELIABILITY.md #3). A non-empty control id (MSH-10, FHIR event id)
 // is unique per sender among messages that are not quarantined — a partial UNIQUE index
@@ -317,7 +319,8 @@ export class SqliteStore implements Store {
   private readonly putOutboxStmt: BetterSqlite3.Statement<unknown[], OutboxRow>;
   private readonly outboxSeqStmt: BetterSqlite3.Statement<[number], { seq: number }>;
   private readonly saveRoutingTx: (triggerIds: readonly string[], rows: Array<{ write: DeliveryWrite; asOfMs: number; dueMs: number }>, routedMs: number) => void;
-  private readonly commitBatch: (batch: PendingWrite[]) => Array<{ value: unknown } | { error: unknown }>;
+  private readonly commitGroup: (batch: PendingWrite[]) => Array<{ value: unknown }>;
+  private readonly commitIsolated: (batch: PendingWrite[]) => Array<{ value: unknown } | { error: unknown }>;
   private readonly commitOne: (run: () => unknown) => unknown;
 
   constructor(db: Database, options: SqliteStoreOptions = {}) {
@@ -414,7 +417,8 @@ export class SqliteStore implements Store {
        RETURNING ${OUTBOX_COLUMNS}`,
     );
     this.outboxSeqStmt = db.prepare('SELECT seq FROM outbox WHERE seq = ?');
-    this.saveRoutingTx = db.transaction((triggerIds: readonly string[], rows: Array<{ write: DeliveryWrite; asOfMs: number; dueMs: number }>, routedMs: number) => {
+    // Runs inside the group commit's transaction.
+    this.saveRoutingTx = ((triggerIds: readonly string[], rows: Array<{ write: DeliveryWrite; asOfMs: number; dueMs: number }>, routedMs: number) => {
       for (const { write, asOfMs, dueMs } of rows) {
         const d = write.delivery;
         const row = this.upsertDeliveryStmt.get(
@@ -436,11 +440,14 @@ export class SqliteStore implements Store {
         if (row !== undefined) for (const key of new Set(d.cancelKeys)) this.insertDeliveryKeyStmt.run(key, row.seq);
       }
       for (const triggerId of triggerIds) this.markRoutedStmt.run(routedMs, triggerId);
-    }).immediate;
+    });
 
-    // Nested inside commitBatch's transaction, better-sqlite3 runs this as a SAVEPOINT.
+    // A write's `run` only touches the database (no state outside it), so after a rollback
+    // the same batch can run again.
+    this.commitGroup = db.transaction((batch: PendingWrite[]) => batch.map((p) => ({ value: p.run() }))).immediate;
+    // Nested inside commitIsolated's transaction, better-sqlite3 runs this as a SAVEPOINT.
     this.commitOne = db.transaction((run: () => unknown) => run());
-    this.commitBatch = db.transaction((batch: PendingWrite[]) =>
+    this.commitIsolated = db.transaction((batch: PendingWrite[]) =>
       batch.map((p) => {
         try {
           return { value: this.commitOne(p.run) };
@@ -696,7 +703,13 @@ export class SqliteStore implements Store {
     let results: Array<{ value: unknown } | { error: unknown }>;
     try {
       if (!this.db.open) throw new Error('the SQLite database is closed');
-      results = this.commitBatch(batch);
+      try {
+        results = this.commitGroup(batch);
+      } catch (error) {
+        // better-sqlite3 rolled the transaction back; a store-level fault fails the batch.
+        if (!isRecordFault(error) || !this.db.open) throw error;
+        results = this.commitIsolated(batch);
+      }
     } catch (error) {
       for (const p of batch) p.reject(error);
       return;
