@@ -2,7 +2,11 @@
 //   (a) the real durable server (startCarerelay: parse, dedupe look-up, normalize, one
 //       SQLite commit with synchronous=FULL — an fsync — then the ACK), plain MLLP on
 //       127.0.0.1:0, data dir in a fresh temp directory;
-//   (b) a bare MLLP echo listener (startEchoMllpServer: same transport, no storage).
+//   (b) a bare MLLP echo listener (startEchoMllpServer: same transport, no storage);
+//   (c) the ingest pipeline without storage: the same listener, parse, sender check,
+//       normalize and ACK as (a), with a store whose look-ups find nothing and whose
+//       commits resolve at once. Not a mode CareRelay offers: it shows what the rest of the
+//       pipeline costs, i.e. the ceiling any storage design leaves for (a).
 // Each is driven with 1 connection and with 8 connections, one message in flight per
 // connection (how HL7 senders work), for DURATION_S seconds or MAX_MESSAGES messages,
 // whichever comes first, every message a distinct SIU^S12 (own MSH-10 and appointment id).
@@ -18,9 +22,12 @@ import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { pathToFileURL } from 'node:url';
 import { MllpClient } from '../src/hl7v2/mllp-client.ts';
-import { startEchoMllpServer } from '../src/hl7v2/mllp-server.ts';
+import { MllpServer, startEchoMllpServer } from '../src/hl7v2/mllp-server.ts';
 import { silentLogger } from '../src/log.ts';
 import { startCarerelay } from '../src/main.ts';
+import { SqliteStore } from '../src/store/sqlite.ts';
+import type { CommitOutcome, InboundRecord, Store } from '../src/store/store.ts';
+import { Hl7Ingest } from '../src/workers/ingest.ts';
 
 const DURATION_S = Number(process.env.BENCH_INGEST_SECONDS ?? 10);
 const MAX_MESSAGES = Number(process.env.BENCH_INGEST_MESSAGES ?? 20_000);
@@ -103,6 +110,52 @@ async function drive(port: number, connections: number, prefix: string): Promise
   }
 }
 
+/**
+ * Target (c): HL7 ingest over MLLP with a store that costs nothing — look-ups find nothing,
+ * commits resolve at once (the other Store methods are an in-memory SQLite store's).
+ */
+async function startPipelineWithoutStorage(): Promise<{ port: number; close: () => Promise<void> }> {
+  const memory = SqliteStore.open(':memory:');
+  let id = 0;
+  const free: Store = Object.assign(Object.create(memory) as SqliteStore, {
+    findMessage: async () => undefined,
+    getSubjectState: async () => undefined,
+    listSubjectStates: async () => [],
+    commitInbound: async (r: InboundRecord): Promise<CommitOutcome> => ({
+      outcome: 'stored',
+      message: {
+        id: String(++id),
+        input: r.input,
+        format: r.format,
+        sender: r.sender,
+        controlId: r.controlId,
+        messageType: r.messageType,
+        contentHash: r.contentHash,
+        status: r.status,
+        ack: r.ack,
+        ackCode: r.ackCode,
+        receivedAt: r.receivedAt,
+        triggerIds: r.triggers.map((t) => t.id),
+      },
+    }),
+  });
+  const ingest = new Hl7Ingest({ store: free, log: silentLogger });
+  const settings = { input: 'bench-mllp', timezone: 'UTC', unknownMessageTypes: 'accept', missingFieldAck: 'AR' } as const;
+  const server = new MllpServer({
+    host: '127.0.0.1',
+    port: 0,
+    handler: async (message) => (await ingest.handle(message, settings)).ack ?? '',
+  });
+  const { port } = await server.listen();
+  return {
+    port,
+    close: async () => {
+      await server.close();
+      await memory.close();
+    },
+  };
+}
+
 function writeBenchConfig(dir: string): void {
   mkdirSync(join(dir, 'connectors'));
   writeFileSync(
@@ -132,10 +185,12 @@ export async function benchIngest(): Promise<Record<string, number>> {
     writeBenchConfig(dir);
     const durable = await startCarerelay({ configDir: dir, env: {}, log: silentLogger });
     const echo = await startEchoMllpServer({ host: '127.0.0.1', port: 0 });
+    const noStorage = await startPipelineWithoutStorage();
     try {
       const targets = [
         { name: 'durable', port: durable.mllpPorts.get('bench-mllp')! },
         { name: 'echo', port: echo.port },
+        { name: 'nostore', port: noStorage.port },
       ];
       for (const connections of CONNECTIONS) {
         for (const target of targets) {
@@ -157,6 +212,7 @@ export async function benchIngest(): Promise<Record<string, number>> {
         }
       }
     } finally {
+      await noStorage.close();
       await echo.close();
       await durable.stop();
     }
@@ -164,10 +220,11 @@ export async function benchIngest(): Promise<Record<string, number>> {
     rmSync(dir, { recursive: true, force: true });
   }
 
-  const ratio = (connections: number): number =>
-    Math.round((figures[`ingest_durable_${connections}conn_msgs_per_s`]! / figures[`ingest_echo_${connections}conn_msgs_per_s`]!) * 1000) / 10;
-  figures.ingest_durable_vs_echo_1conn_pct = ratio(1);
-  figures.ingest_durable_vs_echo_8conn_pct = ratio(8);
+  const ratio = (target: string, connections: number): number =>
+    Math.round((figures[`ingest_${target}_${connections}conn_msgs_per_s`]! / figures[`ingest_echo_${connections}conn_msgs_per_s`]!) * 1000) / 10;
+  figures.ingest_durable_vs_echo_1conn_pct = ratio('durable', 1);
+  figures.ingest_durable_vs_echo_8conn_pct = ratio('durable', 8);
+  figures.ingest_nostore_vs_echo_8conn_pct = ratio('nostore', 8);
 
   console.log(`\nMLLP ingest, one message in flight per connection (${DURATION_S} s or ${MAX_MESSAGES} messages per run)`);
   console.log('target   conns  messages   msgs/s   p50 ms   p99 ms');
@@ -179,7 +236,11 @@ export async function benchIngest(): Promise<Record<string, number>> {
   }
   console.log(
     `durable/echo: ${figures.ingest_durable_vs_echo_1conn_pct} % at 1 connection, ` +
-      `${figures.ingest_durable_vs_echo_8conn_pct} % at 8 connections (goal >= 40 %)\n`,
+      `${figures.ingest_durable_vs_echo_8conn_pct} % at 8 connections (goal >= 40 %)`,
+  );
+  console.log(
+    `pipeline without storage (nostore)/echo at 8 connections: ${figures.ingest_nostore_vs_echo_8conn_pct} % ` +
+      '(the ceiling the parse/normalize/ACK path leaves for any storage design)\n',
   );
   return figures;
 }
