@@ -242,6 +242,27 @@ export function storeConformanceSuite(name: string, makeStore: () => Promise<Sto
         expect(resend.message.id).toBe(first.id);
       });
 
+      it('a quarantined copy is stored with its conflictAck, the original with its own ack', async () => {
+        const original = stored(await store.commitInbound(testRecord({ controlId: 'Q3', conflictAck: () => ({ ack: 'unused', ackCode: 'AE' }) })));
+        expect(original.ackCode).toBe('AA');
+        let built = 0;
+        const outcome = await store.commitInbound(
+          testRecord({
+            controlId: 'Q3',
+            raw: hl7Bytes('Q3', 'X'),
+            conflictAck: () => {
+              built += 1;
+              return { ack: 'MSH|^~\\&|CR|X\rMSA|AE|Q3\r', ackCode: 'AE' };
+            },
+          }),
+        );
+        expect(outcome.outcome).toBe('conflict');
+        expect(built).toBe(1);
+        expect(outcome.message).toMatchObject({ status: 'quarantined', ackCode: 'AE', ack: 'MSH|^~\\&|CR|X\rMSA|AE|Q3\r' });
+        expect(await store.getMessage(outcome.message.id)).toMatchObject({ ackCode: 'AE', ack: 'MSH|^~\\&|CR|X\rMSA|AE|Q3\r' });
+        expect(await store.getMessage(original.id)).toMatchObject({ ackCode: 'AA' });
+      });
+
       it('the same conflicting bytes sent again are not quarantined twice', async () => {
         stored(await store.commitInbound(testRecord({ controlId: 'Q2' })));
         const a = await store.commitInbound(testRecord({ controlId: 'Q2', raw: hl7Bytes('Q2', 'X') }));

@@ -703,6 +703,7 @@ export class SqliteStore implements Store {
     let results: Array<{ value: unknown } | { error: unknown }>;
     try {
       if (!this.db.open) throw new Error('the SQLite database is closed');
+      const t0 = process.hrtime.bigint();
       try {
         results = this.commitGroup(batch);
       } catch (error) {
@@ -710,6 +711,7 @@ export class SqliteStore implements Store {
         if (!isRecordFault(error) || !this.db.open) throw error;
         results = this.commitIsolated(batch);
       }
+      const st = ((globalThis as any).__st ??= { n: 0, recs: 0, ns: 0n }); st.n++; st.recs += batch.length; st.ns += process.hrtime.bigint() - t0;
     } catch (error) {
       for (const p of batch) p.reject(error);
       return;
@@ -731,7 +733,7 @@ export class SqliteStore implements Store {
         if (originalRow.content_hash === r.contentHash) return { outcome: 'duplicate', message: original };
         const earlier = this.findQuarantinedStmt.get(r.sender, r.controlId, r.contentHash);
         if (earlier !== undefined) return { outcome: 'conflict', message: toStored(earlier), original };
-        const message = this.insertMessage(p, MessageStatus.Quarantined, StoreReason.ConflictingResend, []);
+        const message = this.insertMessage(p, MessageStatus.Quarantined, StoreReason.ConflictingResend, [], r.conflictAck?.());
         return { outcome: 'conflict', message, original };
       }
     }
@@ -769,8 +771,15 @@ export class SqliteStore implements Store {
     return { outcome: 'stored', message };
   }
 
-  private insertMessage(p: Prepared, status: MessageStatus, reason: string | undefined, triggerIds: string[]): StoredMessage {
+  private insertMessage(
+    p: Prepared,
+    status: MessageStatus,
+    reason: string | undefined,
+    triggerIds: string[],
+    answered: { ack: string; ackCode: string } = p.record,
+  ): StoredMessage {
     const r = p.record;
+    const { ack, ackCode } = answered;
     const info = this.insertMessageStmt.run({
       input: r.input,
       format: r.format,
@@ -779,8 +788,8 @@ export class SqliteStore implements Store {
       messageType: r.messageType,
       contentHash: r.contentHash,
       status,
-      ack: r.ack,
-      ackCode: r.ackCode,
+      ack,
+      ackCode,
       reason: reason ?? null,
       receivedAt: r.receivedAt,
       receivedMs: p.receivedMs,
@@ -796,8 +805,8 @@ export class SqliteStore implements Store {
       messageType: r.messageType,
       contentHash: r.contentHash,
       status,
-      ack: r.ack,
-      ackCode: r.ackCode,
+      ack,
+      ackCode,
       receivedAt: r.receivedAt,
       triggerIds,
     };

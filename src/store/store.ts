@@ -23,6 +23,14 @@ export interface InboundRecord {
   ackCode: AckCode | string;
   /** Reason code / text for rejected, ignored and quarantined messages. No patient data. */
   reason?: string;
+  /**
+   * The acknowledgment for the case where the store finds this control id already used by
+   * this sender for a different message (a copy that raced its twin past the caller's own
+   * look-up): it is stored with the quarantined copy instead of `ack`, and the caller answers
+   * it (the outcome's `message.ack`), so the stored ACK is the one sent. Called at most once,
+   * inside the commit; a function because building it costs more than the rare case is worth.
+   */
+  conflictAck?: () => { ack: string; ackCode: AckCode | string };
   receivedAt: string;
   triggers: Trigger[];
   /** State of appointments/encounters after this message (see SubjectState). */

@@ -69,6 +69,29 @@ describe('Hl7Ingest batches and resends', () => {
     expect(await store.listMessages({ status: 'quarantined' })).toEqual([]);
   });
 
+  it('two different messages with one MSH-10 racing into the store: each sender gets the ACK stored with its copy', async () => {
+    // Both pass the resend look-up before either commits (one group commit holds both).
+    const [first, second] = await Promise.all([
+      ingest.handle(Buffer.from(s12('R1', 'A7'), 'utf8'), settings),
+      ingest.handle(Buffer.from(s12('R1', 'A8'), 'utf8'), settings),
+    ]);
+    expect([first.ackCode, second.ackCode]).toEqual(['AA', 'AE']);
+    expect(second.triggers).toEqual([]);
+    const ae = parseHl7(second.ack!);
+    expect(ae.get('MSA-2')).toBe('R1');
+    expect(ae.get('ERR-3.1')).toBe('205');
+    expect(ae.get('ERR-3.2')).toContain('quarantined');
+
+    const [quarantined] = await store.listMessages({ status: 'quarantined' });
+    expect(quarantined).toMatchObject({ controlId: 'R1', ackCode: 'AE', ack: second.ack });
+    const [accepted] = await store.listMessages({ status: 'accepted', controlId: 'R1' });
+    expect(accepted).toMatchObject({ ackCode: 'AA', ack: first.ack });
+
+    // The quarantined bytes sent again get the same AE, byte for byte.
+    const again = await ingest.handle(Buffer.from(s12('R1', 'A8'), 'utf8'), settings);
+    expect(again).toMatchObject({ ackCode: 'AE', ack: second.ack, triggers: [] });
+  });
+
   it('a batch with no message in it is refused (AR) and kept, never answered with nothing', async () => {
     const raw = Buffer.from('BHS|^~\\&|EPIC|NORTH\rPID|1||E1||DOE^Jane\rBTS|0\r', 'utf8');
     const result = await ingest.handle(raw, settings);

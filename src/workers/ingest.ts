@@ -103,6 +103,10 @@ function newAckControlId(): string {
   return `${ACK_ID_PREFIX}${ackCounter.toString().padStart(10, '0')}`;
 }
 
+function conflictMessage(controlId: string): string {
+  return `MSH-10 ${controlId} was already used by this sender for a different message; this one is quarantined for review`;
+}
+
 function senderOf(msg: Hl7Message): string {
   return `${msg.get('MSH-3.1')}^${msg.get('MSH-4.1')}`;
 }
@@ -227,7 +231,7 @@ export class Hl7Ingest {
       outcome = 'retry';
       status = MessageStatus.Quarantined;
       reason = 'conflicting_resend';
-      text = `MSH-10 ${controlId} was already used by this sender for a different message; this one is quarantined for review`;
+      text = conflictMessage(controlId);
       errorCode = ERR.duplicateKey;
     } else if (senderRefused) {
       outcome = 'reject';
@@ -307,6 +311,14 @@ export class Hl7Ingest {
       triggers,
       subjectStates: states,
     };
+    if (controlId !== '' && !conflicting) {
+      // A twin with other bytes may commit first (a parallel connection): then this copy is
+      // quarantined, and the ACK stored with it is the AE/CE the sender gets.
+      record.conflictAck = () => {
+        const built = ackFor('retry', conflictMessage(controlId), ERR.duplicateKey);
+        return { ack: built.text ?? '', ackCode: built.code };
+      };
+    }
 
     let committed;
     try {
@@ -331,19 +343,17 @@ export class Hl7Ingest {
           committed: true,
           triggers: [],
         };
-      case 'conflict': {
+      case 'conflict':
         // Normally caught by the look-up above; a conflicting message that raced its twin
-        // into the store is quarantined by the store and answered the same way.
+        // into the store is quarantined by the store, which stored the ACK to answer (the
+        // record's conflictAck), or found the same conflicting bytes quarantined before.
         log.warn('ingest.quarantined', { ...logFields, reason: 'conflicting_resend', messageId: committed.message.id });
-        const conflictAck = conflicting
-          ? ack
-          : ackFor(
-              'retry',
-              `MSH-10 ${controlId} was already used by this sender for a different message; this one is quarantined for review`,
-              ERR.duplicateKey,
-            );
-        return { ack: conflictAck.text, ackCode: conflictAck.code, committed: true, triggers: [] };
-      }
+        return {
+          ack: committed.message.ack === '' ? undefined : committed.message.ack,
+          ackCode: committed.message.ackCode as AckCode,
+          committed: true,
+          triggers: [],
+        };
       default:
         committed satisfies never;
         throw new Error('unreachable');
