@@ -703,7 +703,6 @@ export class SqliteStore implements Store {
     let results: Array<{ value: unknown } | { error: unknown }>;
     try {
       if (!this.db.open) throw new Error('the SQLite database is closed');
-      const t0 = process.hrtime.bigint();
       try {
         results = this.commitGroup(batch);
       } catch (error) {
@@ -711,7 +710,6 @@ export class SqliteStore implements Store {
         if (!isRecordFault(error) || !this.db.open) throw error;
         results = this.commitIsolated(batch);
       }
-      const st = ((globalThis as any).__st ??= { n: 0, recs: 0, ns: 0n }); st.n++; st.recs += batch.length; st.ns += process.hrtime.bigint() - t0;
     } catch (error) {
       for (const p of batch) p.reject(error);
       return;
