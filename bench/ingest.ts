@@ -25,6 +25,7 @@ import { MllpClient } from '../src/hl7v2/mllp-client.ts';
 import { MllpServer, startEchoMllpServer } from '../src/hl7v2/mllp-server.ts';
 import { silentLogger } from '../src/log.ts';
 import { startCarerelay } from '../src/main.ts';
+import { storedMessageOf } from '../src/store/common.ts';
 import { SqliteStore } from '../src/store/sqlite.ts';
 import type { CommitOutcome, InboundRecord, Store } from '../src/store/store.ts';
 import { Hl7Ingest } from '../src/workers/ingest.ts';
@@ -123,20 +124,7 @@ async function startPipelineWithoutStorage(): Promise<{ port: number; close: () 
     listSubjectStates: async () => [],
     commitInbound: async (r: InboundRecord): Promise<CommitOutcome> => ({
       outcome: 'stored',
-      message: {
-        id: String(++id),
-        input: r.input,
-        format: r.format,
-        sender: r.sender,
-        controlId: r.controlId,
-        messageType: r.messageType,
-        contentHash: r.contentHash,
-        status: r.status,
-        ack: r.ack,
-        ackCode: r.ackCode,
-        receivedAt: r.receivedAt,
-        triggerIds: r.triggers.map((t) => t.id),
-      },
+      message: storedMessageOf(r, String(++id), { ...r, reason: r.reason, triggerIds: r.triggers.map((t) => t.id) }),
     }),
   });
   const ingest = new Hl7Ingest({ store: free, log: silentLogger });

@@ -1,6 +1,8 @@
 // Rules every Store backend applies the same way (limits, instants, reason codes), so the
 // SQLite and PostgreSQL backends cannot drift apart on them.
 import { DateTime } from 'luxon';
+import type { MessageStatus } from '../types.ts';
+import type { InboundRecord, StoredMessage } from './store.ts';
 
 /** Reason codes a store writes itself (safe to log). */
 export const StoreReason = {
@@ -55,4 +57,32 @@ function sameCalendarDay(value: string, ms: number): boolean {
 function offsetMinutes(zone: string): number {
   const sign = zone.startsWith('-') ? -1 : 1;
   return sign * (Number(zone.slice(1, 3)) * 60 + Number(zone.slice(4, 6)));
+}
+
+/**
+ * The StoredMessage a backend returns for `record` once written as row `id`: with the
+ * status, reason and ACK the store decided (a conflicting copy is quarantined and keeps its
+ * conflictAck), and the trigger ids it stored.
+ */
+export function storedMessageOf(
+  record: InboundRecord,
+  id: string,
+  written: { status: MessageStatus; reason: string | undefined; ack: string; ackCode: string; triggerIds: string[] },
+): StoredMessage {
+  const message: StoredMessage = {
+    id,
+    input: record.input,
+    format: record.format,
+    sender: record.sender,
+    controlId: record.controlId,
+    messageType: record.messageType,
+    contentHash: record.contentHash,
+    status: written.status,
+    ack: written.ack,
+    ackCode: written.ackCode,
+    receivedAt: record.receivedAt,
+    triggerIds: written.triggerIds,
+  };
+  if (written.reason !== undefined) message.reason = written.reason;
+  return message;
 }

@@ -39,7 +39,7 @@
 // deletions) as a decimal string: stable and URL-safe.
 import BetterSqlite3 from 'better-sqlite3';
 import { MessageStatus, type Channel, type Delivery, type Trigger } from '../types.ts';
-import { StoreReason, instantMs, listLimit } from './common.ts';
+import { StoreReason, instantMs, listLimit, storedMessageOf } from './common.ts';
 import { migrate, openSqliteDatabase, type Database } from './sqlite-db.ts';
 import type {
   CommitOutcome,
@@ -801,22 +801,7 @@ export class SqliteStore implements Store {
       triggerIds: JSON.stringify(triggerIds),
       raw: r.raw,
     });
-    const message: StoredMessage = {
-      id: String(info.lastInsertRowid),
-      input: r.input,
-      format: r.format,
-      sender: r.sender,
-      controlId: r.controlId,
-      messageType: r.messageType,
-      contentHash: r.contentHash,
-      status,
-      ack,
-      ackCode,
-      receivedAt: r.receivedAt,
-      triggerIds,
-    };
-    if (reason !== undefined) message.reason = reason;
-    return message;
+    return storedMessageOf(r, String(info.lastInsertRowid), { status, reason, ack, ackCode, triggerIds });
   }
 
   private listStatement(sql: string): BetterSqlite3.Statement {
