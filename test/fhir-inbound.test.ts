@@ -18,7 +18,15 @@ import { startServer, type InProcessServer } from './helpers/server.ts';
 const FIXTURES = fileURLToPath(new URL('../fixtures/fhir/', import.meta.url));
 const TOKEN = 'fhir-hook-token-4b1d';
 const HMAC_SECRET = 'medplum-style-secret';
-const ENV = { FHIR_HOOK_TOKEN: TOKEN, FHIR_HMAC_SECRET: HMAC_SECRET };
+const SW_SECRET = `whsec_${Buffer.from('standard-webhooks-signing-key-0123').toString('base64')}`;
+const ENV = { FHIR_HOOK_TOKEN: TOKEN, FHIR_HMAC_SECRET: HMAC_SECRET, FHIR_SW_SECRET: SW_SECRET };
+
+/** Standard Webhooks headers signing `body` as sent at `atSeconds` (Unix time). */
+function standardWebhooksHeaders(body: string, atSeconds: number, id = `msg_${atSeconds}`): Record<string, string> {
+  const key = Buffer.from(SW_SECRET.slice('whsec_'.length), 'base64');
+  const signature = createHmac('sha256', key).update(`${id}.${atSeconds}.${body}`).digest('base64');
+  return { 'webhook-id': id, 'webhook-timestamp': String(atSeconds), 'webhook-signature': `v1,${signature}` };
+}
 
 let fhir: FhirTestServer;
 const dirs: string[] = [];
@@ -46,6 +54,10 @@ function writeConfig(baseUrl: string, subscriptions: string[]): string {
       '    type: fhir-rest-hook',
       `    server: { baseUrl: ${JSON.stringify(baseUrl)} }`,
       '    auth: { hmac: { secret: { env: FHIR_HMAC_SECRET } } }',
+      '  - name: ehr-sw',
+      '    type: fhir-rest-hook',
+      `    server: { baseUrl: ${JSON.stringify(baseUrl)} }`,
+      '    auth: { standardWebhooks: { secret: { env: FHIR_SW_SECRET }, toleranceSeconds: 300 } }',
       'outputs: []',
       '',
     ].join('\n'),
@@ -217,6 +229,43 @@ describe('the running server', () => {
     const appointment = JSON.stringify(fhir.put(testAppointment('a1', 'Patient/p1')));
     const sig = createHmac('sha256', HMAC_SECRET).update(appointment).digest('hex');
     const answer = await post(carerelay, appointment, { input: 'ehr-medplum', headers: { 'x-signature': `sha256=${sig}` } });
+    expect(answer.status).toBe(200);
+    expect((await carerelay.store.listTriggers({})).map((t) => t.type)).toEqual(['appointment.booked']);
+  });
+
+  it('Standard Webhooks: a fresh valid signature is accepted; stale, future, forged or unsigned requests get 401 and store nothing', async () => {
+    await start();
+    fhir.put(testPatient('p1'));
+    const appointment = JSON.stringify(fhir.put(testAppointment('a1', 'Patient/p1')));
+    const now = Math.floor(Date.now() / 1000);
+    const refused: Array<{ what: string; headers: Record<string, string>; detail: RegExp }> = [
+      { what: 'stale (an hour old)', headers: standardWebhooksHeaders(appointment, now - 3600), detail: /is 360[01] s in the past \(tolerance 300 s\)/ },
+      { what: 'from the future', headers: standardWebhooksHeaders(appointment, now + 3600), detail: /is 3[56][0-9]{2} s in the future/ },
+      {
+        what: 'signed for another body',
+        headers: standardWebhooksHeaders(appointment.replace('"a1"', '"a2"'), now),
+        detail: /no webhook-signature v1 entry matches/,
+      },
+      {
+        what: 'signature replayed under a new timestamp',
+        headers: { ...standardWebhooksHeaders(appointment, now - 400), 'webhook-timestamp': String(now) },
+        detail: /no webhook-signature v1 entry matches/,
+      },
+      { what: 'no signature headers', headers: {}, detail: /webhook-id, webhook-timestamp and webhook-signature/ },
+      { what: 'timestamp in milliseconds', headers: { ...standardWebhooksHeaders(appointment, now), 'webhook-timestamp': `${now}000.5` }, detail: /integer Unix time/ },
+    ];
+    for (const r of refused) {
+      const answer = await post(carerelay, appointment, { input: 'ehr-sw', headers: r.headers });
+      expect([r.what, answer.status]).toEqual([r.what, 401]);
+      expect([r.what, String(answer.json.detail)]).toEqual([r.what, expect.stringMatching(r.detail)]);
+    }
+    expect(await carerelay.store.listMessages({})).toEqual([]);
+    expect(fhir.requests).toEqual([]);
+
+    // Within the tolerance (4 minutes old), with a rotated key's signature listed first.
+    const headers = standardWebhooksHeaders(appointment, now - 240);
+    headers['webhook-signature'] = `v1,${Buffer.alloc(32).toString('base64')} ${headers['webhook-signature']}`;
+    const answer = await post(carerelay, appointment, { input: 'ehr-sw', headers });
     expect(answer.status).toBe(200);
     expect((await carerelay.store.listTriggers({})).map((t) => t.type)).toEqual(['appointment.booked']);
   });

@@ -2,21 +2,30 @@
 //
 // Order matters (RELIABILITY.md promise 11, "Bad inputs"): the input must exist, the caller
 // must authenticate (bearer token or fixed header: checked on the headers alone; HMAC: the
-// signature header must be there), the content type must be FHIR JSON and the declared
-// length within the limit — all before a byte of the body is read. Then the body is read
-// up to the limit (413 past it), an HMAC signature verified over the raw bytes, and only
-// then parsed. The 2xx comes from FhirIngest only after the commit.
+// signature header must be there; Standard Webhooks: the three webhook-* headers must be
+// there and the timestamp recent, so a stale or replayed request is refused unread), the
+// content type must be FHIR JSON and the declared length within the limit — all before a
+// byte of the body is read. Then the body is read up to the limit (413 past it), a signature
+// verified over the raw bytes, and only then parsed. The 2xx comes from FhirIngest only
+// after the commit.
 import { createHmac, timingSafeEqual } from 'node:crypto';
 import express, { type Request } from 'express';
 import type { Logger } from '../log.ts';
 import type { FhirIngestResult } from '../workers/fhir-ingest.ts';
+import { standardWebhooksSignatureMatches } from '../inputs/fhir/standard-webhooks.ts';
 import { bearerMatches, declaredOverLimit, refuseUnread, secretsMatch, sendProblem } from './app.ts';
 
 export type FhirInboundAuth =
   | { kind: 'bearer'; token: string }
   | { kind: 'header'; name: string; value: string }
   /** HMAC-SHA256 of the raw body with `secret`, hex or base64, in header `header` (Medplum: x-signature). */
-  | { kind: 'hmac'; secret: string; header: string };
+  | { kind: 'hmac'; secret: string; header: string }
+  /**
+   * Standard Webhooks v1 (symmetric): HMAC-SHA256 with `key` (the secret's decoded bytes) over
+   * "webhook-id.webhook-timestamp.body", base64 in webhook-signature ("v1,<sig>", space-separated
+   * for key rotation); webhook-timestamp within `toleranceSeconds` of now.
+   */
+  | { kind: 'standardWebhooks'; key: Buffer; toleranceSeconds: number };
 
 export interface FhirHttpInput {
   /** FhirIngest.handle, or anything with its contract. */
@@ -49,29 +58,77 @@ export function hmacMatches(body: Buffer, signature: string, secret: string): bo
   return presented.length === expected.length && timingSafeEqual(presented, expected);
 }
 
+const WEBHOOK_TIMESTAMP = /^[0-9]{1,12}$/;
+
+/** The Standard Webhooks headers' problem (missing, malformed, stale), or undefined. */
+function standardWebhooksProblem(req: Request, toleranceSeconds: number, nowMs: number): { reason: string; detail: string } | undefined {
+  const id = header(req, 'webhook-id');
+  const timestamp = header(req, 'webhook-timestamp');
+  const signature = header(req, 'webhook-signature');
+  if (!id || timestamp === undefined || !signature || !signature.split(' ').some((e) => e.startsWith('v1,'))) {
+    return { reason: 'auth_failed', detail: 'the webhook-id, webhook-timestamp and webhook-signature (v1) headers are required' };
+  }
+  if (!WEBHOOK_TIMESTAMP.test(timestamp)) {
+    return { reason: 'auth_failed', detail: 'webhook-timestamp must be an integer Unix time in seconds' };
+  }
+  const skew = Math.round(Number(timestamp) - nowMs / 1000);
+  if (Math.abs(skew) > toleranceSeconds) {
+    return {
+      reason: 'stale_signature',
+      detail:
+        `webhook-timestamp is ${Math.abs(skew)} s ${skew < 0 ? 'in the past' : 'in the future'} (tolerance ${toleranceSeconds} s): ` +
+        'a request is signed for the moment it is sent; check the sender\'s clock',
+    };
+  }
+  return undefined;
+}
+
 function header(req: Request, name: string): string | undefined {
   const value = req.headers[name.toLowerCase()];
   return Array.isArray(value) ? value[0] : value;
 }
 
-/** Checks what can be checked on the headers alone; returns a refusal or undefined. */
-function headerAuthProblem(req: Request, auth: FhirInboundAuth): string | undefined {
+/** Checks what can be checked on the headers alone; returns a refusal (log reason, text) or undefined. */
+function headerAuthProblem(req: Request, auth: FhirInboundAuth, nowMs: number): { reason: string; detail: string } | undefined {
+  const refused = (detail: string) => ({ reason: 'auth_failed', detail });
   switch (auth.kind) {
     case 'bearer':
-      return bearerMatches(req.headers.authorization, auth.token) ? undefined : 'a valid bearer token is required';
+      return bearerMatches(req.headers.authorization, auth.token) ? undefined : refused('a valid bearer token is required');
     case 'header': {
       const value = header(req, auth.name);
-      return value !== undefined && secretsMatch(value, auth.value) ? undefined : `a valid ${auth.name} header is required`;
+      return value !== undefined && secretsMatch(value, auth.value) ? undefined : refused(`a valid ${auth.name} header is required`);
     }
     case 'hmac': {
       const value = header(req, auth.header);
       return value !== undefined && signatureBytes(value) !== undefined
         ? undefined
-        : `a ${auth.header} header with the HMAC-SHA256 of the body is required`;
+        : refused(`a ${auth.header} header with the HMAC-SHA256 of the body is required`);
     }
+    case 'standardWebhooks':
+      return standardWebhooksProblem(req, auth.toleranceSeconds, nowMs);
     default:
       auth satisfies never;
-      return 'unsupported authentication';
+      return refused('unsupported authentication');
+  }
+}
+
+/** Verifies a body signature once the body is read; returns the refusal text or undefined. */
+function bodySignatureProblem(req: Request, auth: FhirInboundAuth, body: Buffer): string | undefined {
+  switch (auth.kind) {
+    case 'hmac':
+      return hmacMatches(body, header(req, auth.header) ?? '', auth.secret) ? undefined : `the ${auth.header} signature does not match the body`;
+    case 'standardWebhooks':
+      return standardWebhooksSignatureMatches(
+        body,
+        header(req, 'webhook-id') ?? '',
+        header(req, 'webhook-timestamp') ?? '',
+        header(req, 'webhook-signature') ?? '',
+        auth.key,
+      )
+        ? undefined
+        : 'no webhook-signature v1 entry matches webhook-id, webhook-timestamp and the body';
+    default:
+      return undefined;
   }
 }
 
@@ -90,11 +147,11 @@ export function createFhirRouter(deps: FhirRouterDeps): express.Router {
       refuseUnread(res, 404, 'Unknown input', `no fhir-rest-hook input named "${req.params.input}" is configured`);
       return;
     }
-    const authProblem = headerAuthProblem(req, input.auth);
+    const authProblem = headerAuthProblem(req, input.auth, Date.now());
     if (authProblem !== undefined) {
       if (input.auth.kind === 'bearer') res.setHeader('WWW-Authenticate', 'Bearer');
-      deps.log.warn('fhir.unauthorized', { input: req.params.input, reason: 'auth_failed' });
-      refuseUnread(res, 401, 'Unauthorized', authProblem);
+      deps.log.warn('fhir.unauthorized', { input: req.params.input, reason: authProblem.reason });
+      refuseUnread(res, 401, 'Unauthorized', authProblem.detail);
       return;
     }
     const empty = hasNoBody(req);
@@ -117,9 +174,10 @@ export function createFhirRouter(deps: FhirRouterDeps): express.Router {
         return;
       }
       const body = Buffer.isBuffer(req.body) ? req.body : Buffer.alloc(0);
-      if (input.auth.kind === 'hmac' && !hmacMatches(body, header(req, input.auth.header) ?? '', input.auth.secret)) {
+      const signatureProblem = bodySignatureProblem(req, input.auth, body);
+      if (signatureProblem !== undefined) {
         deps.log.warn('fhir.unauthorized', { input: req.params.input, reason: 'bad_signature' });
-        refuseUnread(res, 401, 'Unauthorized', `the ${input.auth.header} signature does not match the body`);
+        refuseUnread(res, 401, 'Unauthorized', signatureProblem);
         return;
       }
       try {

@@ -5,6 +5,7 @@ import type { FhirInboundAuth } from '../api/fhir-routes.ts';
 import { readSecret, type Env } from '../config/yaml.ts';
 import { FhirClient, type FhirAuthConfig } from '../fhir/client.ts';
 import type { FhirInboundAuthConfig, FhirPollConfig, FhirRestHookConfig, FhirServerConfig } from '../inputs/fhir/spec.ts';
+import { standardWebhooksKey } from '../inputs/fhir/standard-webhooks.ts';
 import type { Logger } from '../log.ts';
 import type { Store } from '../store/store.ts';
 import type { Trigger } from '../types.ts';
@@ -38,8 +39,18 @@ export function inboundAuthFor(auth: FhirInboundAuthConfig, env: Env, configDir:
   if (auth.bearer) return { kind: 'bearer', token: readSecret(auth.bearer.token, env, configDir) };
   if (auth.header) return { kind: 'header', name: auth.header.name.toLowerCase(), value: readSecret(auth.header.value, env, configDir) };
   if (auth.hmac) return { kind: 'hmac', secret: readSecret(auth.hmac.secret, env, configDir), header: auth.hmac.header.toLowerCase() };
+  if (auth.standardWebhooks) {
+    const key = standardWebhooksKey(readSecret(auth.standardWebhooks.secret, env, configDir));
+    if (key === undefined) {
+      throw new Error(
+        'fhir-rest-hook auth.standardWebhooks.secret is not a Standard Webhooks secret: give the base64 signing secret, ' +
+          'with or without its "whsec_" prefix, exactly as the sender shows it',
+      );
+    }
+    return { kind: 'standardWebhooks', key, toleranceSeconds: auth.standardWebhooks.toleranceSeconds };
+  }
   // The spec's check() requires exactly one; reaching here is a bug upstream.
-  throw new Error('fhir-rest-hook auth: none of bearer, header, hmac is configured');
+  throw new Error('fhir-rest-hook auth: none of bearer, header, hmac, standardWebhooks is configured');
 }
 
 export interface FhirRuntimeDeps {

@@ -80,6 +80,9 @@ export function backportSubscription(
     case 'hmac':
       resource.extension = [{ url: MEDPLUM_SECRET, valueString: auth.secret }];
       break;
+    case 'standardWebhooks':
+      // FHIR has no element for a signing secret: it is configured on the sender's side.
+      break;
     default:
       auth satisfies never;
   }

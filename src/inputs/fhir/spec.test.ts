@@ -58,7 +58,10 @@ describe('fhir-rest-hook and fhir-poll configs', () => {
   it('need exactly one inbound auth, at most one server auth, unique subscription ids', async () => {
     const base = 'name: hook, type: fhir-rest-hook, server: { baseUrl: "https://ehr.example.org/fhir" }';
     expect(await issues(`  - { ${base} }`)).toEqual([expect.stringContaining('"auth"')]);
-    expect(await issues(`  - { ${base}, auth: {} }`)).toEqual([expect.stringMatching(/auth: give one of bearer, header, hmac/)]);
+    expect(await issues(`  - { ${base}, auth: {} }`)).toEqual([expect.stringMatching(/auth: give one of bearer, header, hmac, standardWebhooks/)]);
+    expect(await issues(`  - { ${base}, auth: { standardWebhooks: { secret: { env: T }, toleranceSeconds: 0 } } }`)).toEqual([
+      expect.stringMatching(/toleranceSeconds/),
+    ]);
     expect(await issues(`  - { ${base}, auth: { bearer: { token: { env: T } }, hmac: { secret: { env: T } } } }`)).toEqual([
       expect.stringMatching(/give only one of bearer, hmac/),
     ]);

@@ -54,6 +54,7 @@ export interface FhirInboundAuthConfig {
   readonly bearer?: { readonly token: SecretRef };
   readonly header?: { readonly name: string; readonly value: SecretRef };
   readonly hmac?: { readonly secret: SecretRef; readonly header: string };
+  readonly standardWebhooks?: { readonly secret: SecretRef; readonly toleranceSeconds: number };
 }
 
 export interface FhirRestHookConfig {
@@ -183,8 +184,9 @@ export const fhirRestHookSchema = {
     auth: {
       type: 'object',
       description:
-        'How the FHIR server authenticates to CareRelay: exactly one of bearer, header or hmac. Checked before the ' +
-        'body is read (hmac: the signature header must be present; the body is verified before it is parsed).',
+        'How the FHIR server authenticates to CareRelay: exactly one of bearer, header, hmac or standardWebhooks. ' +
+        'Checked before the body is read (hmac, standardWebhooks: the signature headers must be present and, for ' +
+        'standardWebhooks, the timestamp recent; the body is verified before it is parsed).',
       additionalProperties: false,
       properties: {
         bearer: {
@@ -224,6 +226,29 @@ export const fhirRestHookSchema = {
               default: 'x-signature',
               'x-hint': 'an HTTP header name such as X-Signature',
               description: 'Header carrying the signature (an optional "sha256=" prefix is accepted).',
+            },
+          },
+        },
+        standardWebhooks: {
+          type: 'object',
+          description:
+            'The sender signs each request the Standard Webhooks way (https://www.standardwebhooks.com, symmetric v1): ' +
+            'headers webhook-id, webhook-timestamp and webhook-signature, an HMAC-SHA256 of "id.timestamp.body". A ' +
+            'timestamp further than toleranceSeconds from now is refused as stale (replay protection). Configure the ' +
+            'same secret on the sending side.',
+          required: ['secret'],
+          additionalProperties: false,
+          properties: {
+            secret: {
+              ...secretRefSchema,
+              description: 'The signing secret, by reference: base64, with or without the "whsec_" prefix.',
+            },
+            toleranceSeconds: {
+              type: 'integer',
+              minimum: 1,
+              maximum: 3600,
+              default: 300,
+              description: 'How far webhook-timestamp may be from this server\'s clock, either way (default 5 minutes).',
             },
           },
         },
@@ -362,7 +387,7 @@ function checkServer(server: FhirServerConfig): InstanceCheckIssue[] {
 
 function checkRestHook(config: FhirRestHookConfig): InstanceCheckIssue[] {
   const issues = [...checkServer(config.server)];
-  issues.push(...exactlyOne(config.auth as Record<string, unknown>, ['bearer', 'header', 'hmac'], ['auth'], 'auth', false));
+  issues.push(...exactlyOne(config.auth as Record<string, unknown>, ['bearer', 'header', 'hmac', 'standardWebhooks'], ['auth'], 'auth', false));
   const seen = new Map<string, number>();
   config.subscriptions.forEach((s, i) => {
     const first = seen.get(s.id);
