@@ -27,8 +27,9 @@ export interface InboundRecord {
    * The acknowledgment for the case where the store finds this control id already used by
    * this sender for a different message (a copy that raced its twin past the caller's own
    * look-up): it is stored with the quarantined copy instead of `ack`, and the caller answers
-   * it (the outcome's `message.ack`), so the stored ACK is the one sent. Called at most once,
-   * inside the commit; a function because building it costs more than the rare case is worth.
+   * it (the outcome's `message.ack`), so the stored ACK is the one sent. Called inside the
+   * commit, only when such a conflict is found (again if the store retries the transaction):
+   * a function because building it on every message costs more than the rare case is worth.
    */
   conflictAck?: () => { ack: string; ackCode: AckCode | string };
   receivedAt: string;
