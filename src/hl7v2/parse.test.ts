@@ -103,6 +103,14 @@ describe('message structure', () => {
     expect(msg.segments.map((s) => s.name)).toEqual(['MSH', 'EVN', 'PID', 'PV1']);
   });
 
+  it('reads indented segments (spaces or tabs before the segment id) and skips whitespace-only lines', () => {
+    const msg = parseHl7([ADT[0], `  ${ADT[1]}`, '\t ', `\t${ADT[2]}`, ` ${ADT[3]}`].join('\r\n'));
+    expect(msg.segments.map((s) => s.name)).toEqual(['MSH', 'EVN', 'PID', 'PV1']);
+    expect(msg.get('PID-3.1')).toBe('MRN1');
+    // The same message without the indentation: the same segments, byte for byte.
+    expect(msg.segments.map((s) => s.raw)).toEqual(parseHl7(ADT.join(CR)).segments.map((s) => s.raw));
+  });
+
   it('splits repetitions, components and sub-components', () => {
     const msg = parseHl7(ADT.join(CR));
     const pid = msg.segment('PID')!;

@@ -317,9 +317,11 @@ function splitSegments(text: string): string[] {
     if (nextLf !== -1 && nextLf < start) nextLf = text.indexOf('\n', start);
     let end = nextCr === -1 ? nextLf : nextLf === -1 ? nextCr : Math.min(nextCr, nextLf);
     if (end === -1) end = n;
-    const line = text.slice(start, end);
-    // Whitespace-only lines and stray padding are not segments.
-    if (line.length > 0 && (line.charCodeAt(0) > 0x20 || line.trim() !== '')) out.push(line);
+    let line = text.slice(start, end);
+    // Whitespace-only lines are not segments, and indentation before a segment id (messages
+    // pasted from documents or e-mails) is not part of it: " PID|…" is the PID segment.
+    if (line.length > 0 && line.charCodeAt(0) <= 0x20) line = line.trimStart();
+    if (line.length > 0) out.push(line);
     start = end === nextCr && text.charCodeAt(end + 1) === 0x0a ? end + 2 : end + 1;
   }
   return out;
