@@ -728,7 +728,7 @@ export class SqliteStore implements Store {
     });
   }
 
-  /** One record, inside its savepoint. */
+  /** One record of a group commit (inside its own savepoint only when the group is retried). */
   private apply(p: Prepared): CommitOutcome {
     const r = p.record;
     if (r.controlId !== '') {

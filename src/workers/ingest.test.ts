@@ -1,5 +1,6 @@
 // Hl7Ingest on a real SQLite file: batches and resends. The running server's MLLP and HTTP
 // paths are tested end to end in test/server-hl7v2.test.ts.
+import { createHash } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -7,6 +8,7 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { parseHl7 } from '../hl7v2/parse.ts';
 import { silentLogger } from '../log.ts';
 import { SqliteStore } from '../store/sqlite.ts';
+import { MessageStatus } from '../types.ts';
 import { Hl7Ingest, type Hl7IngestSettings } from './ingest.ts';
 
 const settings: Hl7IngestSettings = { input: 'ehr', timezone: 'UTC', unknownMessageTypes: 'accept', missingFieldAck: 'AR' };
@@ -90,6 +92,33 @@ describe('Hl7Ingest batches and resends', () => {
     // The quarantined bytes sent again get the same AE, byte for byte.
     const again = await ingest.handle(Buffer.from(s12('R1', 'A8'), 'utf8'), settings);
     expect(again).toMatchObject({ ackCode: 'AE', ack: second.ack, triggers: [] });
+  });
+
+  it('a quarantined copy stored with an accept code (as earlier versions did) is still answered AE', async () => {
+    const original = await ingest.handle(Buffer.from(s12('R2', 'A9'), 'utf8'), settings);
+    expect(original.ackCode).toBe('AA');
+    const twin = s12('R2', 'A10');
+    const conflict = await store.commitInbound({
+      input: 'ehr',
+      format: 'hl7v2',
+      sender: 'EPIC^NORTH',
+      controlId: 'R2',
+      messageType: 'SIU^S12',
+      contentHash: createHash('sha256').update(twin).digest('hex'),
+      raw: Buffer.from(twin, 'utf8'),
+      status: MessageStatus.Accepted,
+      ack: original.ack!,
+      ackCode: 'AA',
+      receivedAt: '2027-06-01T08:15:00Z',
+      triggers: [],
+      subjectStates: [],
+    });
+    expect(conflict).toMatchObject({ outcome: 'conflict', message: { status: 'quarantined', ackCode: 'AA' } });
+
+    const resent = await ingest.handle(Buffer.from(twin, 'utf8'), settings);
+    expect(resent).toMatchObject({ ackCode: 'AE', triggers: [] });
+    expect(parseHl7(resent.ack!).get('ERR-3.1')).toBe('205');
+    expect(await store.listMessages({ status: 'quarantined' })).toHaveLength(1);
   });
 
   it('a batch with no message in it is refused (AR) and kept, never answered with nothing', async () => {

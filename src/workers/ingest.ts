@@ -343,17 +343,20 @@ export class Hl7Ingest {
           committed: true,
           triggers: [],
         };
-      case 'conflict':
+      case 'conflict': {
         // Normally caught by the look-up above; a conflicting message that raced its twin
         // into the store is quarantined by the store, which stored the ACK to answer (the
         // record's conflictAck), or found the same conflicting bytes quarantined before.
         log.warn('ingest.quarantined', { ...logFields, reason: 'conflicting_resend', messageId: committed.message.id });
-        return {
-          ack: committed.message.ack === '' ? undefined : committed.message.ack,
-          ackCode: committed.message.ackCode as AckCode,
-          committed: true,
-          triggers: [],
-        };
+        const stored = committed.message;
+        if (stored.ackCode !== 'AA' && stored.ackCode !== 'CA') {
+          return { ack: stored.ack === '' ? undefined : stored.ack, ackCode: stored.ackCode as AckCode, committed: true, triggers: [] };
+        }
+        // A quarantined copy is never accepted: a row stored with an accept code (by an
+        // earlier version, or a store that ignores conflictAck) is answered with the AE/CE.
+        const retry = ackFor('retry', conflictMessage(controlId), ERR.duplicateKey);
+        return { ack: retry.text, ackCode: retry.code, committed: true, triggers: [] };
+      }
       default:
         committed satisfies never;
         throw new Error('unreachable');
