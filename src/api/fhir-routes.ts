@@ -3,7 +3,8 @@
 // Order matters (RELIABILITY.md promise 11, "Bad inputs"): the input must exist, the caller
 // must authenticate (bearer token or fixed header: checked on the headers alone; HMAC: the
 // signature header must be there; Standard Webhooks: the three webhook-* headers must be
-// there and the timestamp recent, so a stale or replayed request is refused unread), the
+// there and the timestamp within the tolerance, so a request replayed later than that is
+// refused unread — one replayed sooner is deduplicated by its events), the
 // content type must be FHIR JSON and the declared length within the limit — all before a
 // byte of the body is read. Then the body is read up to the limit (413 past it), a signature
 // verified over the raw bytes, and only then parsed. The 2xx comes from FhirIngest only

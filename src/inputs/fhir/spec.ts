@@ -234,7 +234,8 @@ export const fhirRestHookSchema = {
           description:
             'The sender signs each request the Standard Webhooks way (https://www.standardwebhooks.com, symmetric v1): ' +
             'headers webhook-id, webhook-timestamp and webhook-signature, an HMAC-SHA256 of "id.timestamp.body". A ' +
-            'timestamp further than toleranceSeconds from now is refused as stale (replay protection). Configure the ' +
+            'timestamp further than toleranceSeconds from now is refused as stale, so a captured request cannot be ' +
+            'replayed later (one replayed sooner is deduplicated by its events). Configure the ' +
             'same secret on the sending side.',
           required: ['secret'],
           additionalProperties: false,
