@@ -26,6 +26,7 @@ import {
 import {
   referenceParts,
   resolveReference,
+  topicEventKey,
   topicMessageId,
   NotificationType,
   type FhirCoding,
@@ -43,6 +44,12 @@ export interface NormalizeContext {
    * (notification.ts topicMessageId), else `<Type>/<id>/_history/<versionId>` (resourceMessageId).
    */
   messageId: string;
+  /**
+   * What the trigger ids derive from when it is not messageId: a topic event's key after the
+   * server restarted its event numbering (notification.ts topicEventKey), where messageId
+   * (TRIGGER.md: subscription + event number) no longer tells the events apart.
+   */
+  eventKey?: string;
   /** The notification-event timestamp, when there is one. */
   occurredAt?: string;
   /** Bundle.timestamp: used for occurredAt after meta.lastUpdated (TRIGGER.md). */
@@ -160,6 +167,8 @@ export interface NotificationNormalizeOptions {
   fetched?: Map<string, FhirResource>;
   /** The sender's IANA zone, for date-only times (NormalizeContext.timezone). */
   timezone?: string;
+  /** Numbering epoch of the subscription's event numbers (notification.ts topicEventKey); default 0. */
+  epoch?: number;
 }
 
 export interface NotificationNormalizeResult extends NormalizeResult {
@@ -230,6 +239,7 @@ export function normalizeNotification(
         messageId: topicMessageId(notification.subscription, event.eventNumber),
         ...(options.timezone !== undefined ? { timezone: options.timezone } : {}),
       };
+      if (options.epoch) base.eventKey = topicEventKey(notification.subscription, event.eventNumber, options.epoch);
       if (event.timestamp !== undefined) base.occurredAt = event.timestamp;
       if (notification.timestamp !== undefined) base.bundleTimestamp = notification.timestamp;
       if (event.triggers !== undefined) base.triggerCodes = event.triggers;
@@ -863,7 +873,7 @@ function buildTrigger(
   patient: TriggerPatient,
 ): Trigger {
   return {
-    id: triggerId(context.sender, context.messageId, type),
+    id: triggerId(context.sender, context.eventKey ?? context.messageId, type),
     type,
     occurredAt,
     receivedAt: context.receivedAt,

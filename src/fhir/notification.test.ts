@@ -6,6 +6,7 @@ import {
   readNotification,
   referenceParts,
   resolveReference,
+  topicEventKey,
   topicMessageId,
   type Notification,
   type TopicNotification,
@@ -305,6 +306,12 @@ describe('references', () => {
     expect(referenceParts('Appointment/7/_history/3')).toEqual({ type: 'Appointment', id: '7' });
     expect(referenceParts('urn:uuid:1234')).toBeUndefined();
     expect(referenceParts('#contained')).toBeUndefined();
+  });
+
+  it('topicEventKey is topicMessageId in the first numbering, <id>@<epoch>#<n> after a restart', () => {
+    expect(topicEventKey(SUBSCRIPTION, 2)).toBe('admission#2');
+    expect(topicEventKey(SUBSCRIPTION, 2, 0)).toBe('admission#2');
+    expect(topicEventKey('Subscription/abc', 2, 3)).toBe('abc@3#2');
   });
 
   it('topicMessageId is <subscription id>#<event number>', () => {

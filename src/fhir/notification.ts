@@ -471,6 +471,19 @@ export function topicMessageId(subscription: string, eventNumber: number): strin
   return `${id}#${eventNumber}`;
 }
 
+/**
+ * The key a topic event is stored and deduplicated under, and its triggers' ids derive
+ * from: topicMessageId in the subscription's first numbering (epoch 0), `<id>@<epoch>#<n>`
+ * after the server restarted its event numbering (a re-created subscription, a server that
+ * lost its counters), so that the new event n is not mistaken for the old one. '@' cannot
+ * occur in a FHIR id.
+ */
+export function topicEventKey(subscription: string, eventNumber: number, epoch = 0): string {
+  if (epoch === 0) return topicMessageId(subscription, eventNumber);
+  const id = referenceParts(subscription)?.id ?? subscription;
+  return `${id}@${epoch}#${eventNumber}`;
+}
+
 // --- small readers ------------------------------------------------------------------------
 
 function parseBody(body: unknown): unknown {

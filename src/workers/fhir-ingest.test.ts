@@ -371,6 +371,52 @@ describe('gaps and recovery', () => {
     expect(types).toEqual(['a1', 'a2', 'a3']);
   });
 
+  it('a handshake that restarts the event numbering: the new events 1, 2… are new, late resends of old ones are not', async () => {
+    server.put(testPatient('p1'));
+    for (const id of ['a1', 'a2', 'a3']) server.put(testAppointment(id, 'Patient/p1'));
+    const ingest = makeIngest();
+    await prime(ingest);
+    accepted(await ingest.handle(body(eventsBundle([event(1, 'Appointment/a1'), event(2, 'Appointment/a2')]))));
+    // The subscription is re-created on the server: a new handshake, counting from 0.
+    accepted(await ingest.handle(body(topicBundle({ subscription: sub(), type: 'handshake', eventsSinceSubscriptionStart: 0 }))));
+    expect(log.lines.filter((l) => l.message === 'fhir.numbering_restarted').map((l) => l.reason)).toEqual(['handshake']);
+
+    const fresh = accepted(await ingest.handle(body(eventsBundle([event(1, 'Appointment/a3')]))));
+    expect(fresh).toMatchObject({ stored: 1, duplicates: 0 });
+    // source.messageId keeps its TRIGGER.md form; the trigger id and the stored key tell it apart.
+    expect(fresh.triggers.map((t) => t.source.messageId)).toEqual(['sub1#1']);
+    expect((await store.listMessages({ controlId: 'sub1@1#1' })).map((m) => m.status)).toEqual(['accepted']);
+
+    expect(accepted(await ingest.handle(body(eventsBundle([event(1, 'Appointment/a3')]))))).toMatchObject({ stored: 0, duplicates: 1 });
+    expect(accepted(await ingest.handle(body(eventsBundle([event(2, 'Appointment/a2')]))))).toMatchObject({ stored: 0, duplicates: 1 });
+    const triggers = await store.listTriggers({});
+    expect(triggers.map((t) => t.appointment?.id).sort()).toEqual(['a1', 'a2', 'a3']);
+    expect(new Set(triggers.map((t) => t.id)).size).toBe(3);
+    expect(server.requests.filter((r) => r.path.endsWith('$events'))).toEqual([]);
+  });
+
+  it('an event number reused for another focus, with no handshake: a restarted numbering, not a duplicate', async () => {
+    server.put(testPatient('p1'));
+    for (const id of ['a1', 'a2', 'a3', 'a4']) server.put(testAppointment(id, 'Patient/p1'));
+    const ingest = makeIngest();
+    await prime(ingest);
+    accepted(await ingest.handle(body(eventsBundle([event(1, 'Appointment/a1'), event(2, 'Appointment/a2')]))));
+
+    const reused = accepted(await ingest.handle(body(eventsBundle([event(1, 'Appointment/a3')]))));
+    expect(reused).toMatchObject({ stored: 1, duplicates: 0 });
+    expect(reused.triggers.map((t) => t.appointment?.id)).toEqual(['a3']);
+    expect(log.lines.filter((l) => l.message === 'fhir.numbering_restarted').map((l) => l.reason)).toEqual(['event']);
+    // The new numbering goes on from there: event 2 is new, and no gap is suspected.
+    expect(accepted(await ingest.handle(body(eventsBundle([event(2, 'Appointment/a4')]))))).toMatchObject({ stored: 1 });
+    expect(server.requests.filter((r) => r.path.endsWith('$events'))).toEqual([]);
+    // A late resend from before the restart is still recognised.
+    expect(accepted(await ingest.handle(body(eventsBundle([event(1, 'Appointment/a1')]))))).toMatchObject({ stored: 0, duplicates: 1 });
+    expect((await store.listTriggers({})).map((t) => t.appointment?.id).sort()).toEqual(['a1', 'a2', 'a3', 'a4']);
+    // The numbering survives a restart of CareRelay: the position is stored with the events.
+    expect(JSON.parse((await store.getCursor(cursorKeys.subscription('ehr-fhir', 'sub1')))!)).toMatchObject({ epoch: 1, n: 2 });
+    expect(accepted(await makeIngest().handle(body(eventsBundle([event(2, 'Appointment/a4')]))))).toMatchObject({ stored: 0, duplicates: 1 });
+  });
+
   it('a heartbeat counting more events than seen starts a recovery', async () => {
     server.put(testPatient('p1'));
     server.put(testAppointment('a1', 'Patient/p1'));

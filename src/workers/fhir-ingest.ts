@@ -6,9 +6,9 @@
 //     ─▶ references only on the configured server? ─▶ gap? recover ─▶ per event: seen?
 //     ─▶ fetch what is missing (id-only focus, patients) ─▶ normalize ─▶ commit ─▶ 2xx
 //
-// One stored record per notification event (controlId `<subscription>#<event-number>`),
-// per resource version (`Type/id/_history/v`: R4 criteria rest-hooks, searches, polling),
-// or per handshake/heartbeat (zero triggers). The sender is the configured server's base
+// One stored record per notification event (controlId `<subscription>#<event-number>`, see
+// numbering restarts below), per resource version (`Type/id/_history/v`: R4 criteria
+// rest-hooks, searches, polling), or per handshake/heartbeat (zero triggers). The sender is the configured server's base
 // URL, so the same event or version seen twice — resent, recovered, polled — is one record.
 //
 // Gaps (Backport IG "Handling Errors": event numbers and events-since-subscription-start
@@ -16,6 +16,12 @@
 // counting more events than seen, runs a recovery first — `$events` when the server's
 // CapabilityStatement declares it, else a `_lastUpdated` search since the last event time —
 // through the same dedupe. Heartbeat silence past twice the period does the same.
+//
+// Numbering restarts: a server that re-creates a subscription, or loses its counters,
+// numbers events from 1 again. A handshake counting fewer events than handled, or an event
+// number already stored for another focus, starts a new numbering epoch: events are then
+// stored under `<subscription>@<epoch>#<event-number>` (their triggers' ids too), and an
+// event resent from an earlier numbering is still recognised by its content.
 //
 // Logs carry ids and reason codes only; refusal texts go to the caller, never to logs.
 import { createHash } from 'node:crypto';
@@ -41,14 +47,14 @@ import {
   readNotification,
   referenceParts,
   resolveReference,
-  topicMessageId,
+  topicEventKey,
   type FhirResource,
   type Notification,
   type NotificationEvent,
   type TopicNotification,
 } from '../fhir/notification.ts';
 import type { Logger } from '../log.ts';
-import type { InboundRecord, Store, SubjectState } from '../store/store.ts';
+import type { InboundRecord, Store, StoredMessage, SubjectState } from '../store/store.ts';
 import { MessageStatus, type Trigger } from '../types.ts';
 
 /** What the ingest needs of the FHIR client (src/fhir/client.ts FhirClient has it all). */
@@ -111,6 +117,11 @@ export interface SubscriptionState {
   status?: string;
   /** When the last silence recovery ran (silence is measured from here too). */
   recoveredAt?: string;
+  /**
+   * How many times the server restarted this subscription's event numbering (absent: never).
+   * Events are stored under topicEventKey(subscription, number, epoch).
+   */
+  epoch?: number;
 }
 
 /** Refusal of the notification as sent (4xx, nothing stored). */
@@ -387,6 +398,12 @@ export class FhirIngest {
         state.n = since ?? 0;
       } else if (since !== undefined && since > state.n) {
         await this.recover(subscription, state, state.n + 1, since, n.type === NotificationType.Handshake ? 'handshake_gap' : 'heartbeat_gap');
+      } else if (since !== undefined && since < state.n && n.type === NotificationType.Handshake) {
+        // A handshake counting fewer events than already handled: the subscription was
+        // (re)activated with a new numbering. Its events 1, 2… are new events, not resends.
+        // (A heartbeat with a lower count is more likely late than a restart: a restart
+        // seen first on an event is caught by the event's content, see eventSeen.)
+        this.restartNumbering(subscription, state, since, 'handshake');
       }
       state.seen = receivedAt;
       if (n.status !== undefined) state.status = n.status;
@@ -465,18 +482,22 @@ export class FhirIngest {
     const stateKey = cursorKeys.subscription(this.settings.input, subscription.id);
     let searchNeeded = false;
     for (const event of events) {
-      const controlId = topicMessageId(n.subscription, event.eventNumber);
-      if (await this.known(controlId)) {
+      const focusParts = event.focus === undefined ? undefined : referenceParts(event.focus);
+      const contentHash = sha256(JSON.stringify(['fhir-event', subscription.id, event.eventNumber, focusParts ? `${focusParts.type}/${focusParts.id}` : '']));
+      const seen = await this.eventSeen(n.subscription, state, event.eventNumber, contentHash);
+      if (seen === 'seen') {
         batch.duplicates += 1;
         // A resent empty-payload event still asks for the search: the first delivery may have
         // been stored and then failed its search (and answered 503).
         if (event.focus === undefined) searchNeeded = true;
         continue;
       }
-      const focusParts = event.focus === undefined ? undefined : referenceParts(event.focus);
+      if (seen === 'number_reused') this.restartNumbering(subscription, state, event.eventNumber - 1, 'event');
+      const epoch = state.epoch ?? 0;
+      const controlId = topicEventKey(n.subscription, event.eventNumber, epoch);
       const record = this.baseRecord(batch, {
         controlId,
-        contentHash: sha256(JSON.stringify(['fhir-event', subscription.id, event.eventNumber, focusParts ? `${focusParts.type}/${focusParts.id}` : ''])),
+        contentHash,
         raw: n.events.length === 1 && raw.length > 0 ? raw : eventSlice(bundle, event),
         messageType: focusParts?.type ?? 'event',
       });
@@ -488,7 +509,7 @@ export class FhirIngest {
         record.reason = 'not_a_trigger_source';
       } else {
         const single: TopicNotification = { ...n, events: [event] };
-        await this.normalizeInto(record, batch, single, [focusParts], fetched, 'refuse');
+        await this.normalizeInto(record, batch, single, [focusParts], fetched, 'refuse', epoch);
       }
       state.n = Math.max(state.n ?? 0, event.eventNumber);
       state.at = laterInstant(state.at, event.timestamp ?? receivedAt);
@@ -721,11 +742,40 @@ export class FhirIngest {
   }
 
   private async known(controlId: string): Promise<boolean> {
+    return (await this.stored(controlId)) !== undefined;
+  }
+
+  private async stored(controlId: string): Promise<StoredMessage | undefined> {
     try {
-      return (await this.deps.store.findMessage(this.sender, controlId)) !== undefined;
+      return await this.deps.store.findMessage(this.sender, controlId);
     } catch {
       throw new CommitFailed();
     }
+  }
+
+  /**
+   * Whether event `eventNumber` with this content was handled before — in the current
+   * numbering or an earlier one (a late resend of an event from before a restart) — or
+   * whether the current numbering already used the number for other content: the server
+   * restarted its numbering without a handshake telling so.
+   */
+  private async eventSeen(subscription: string, state: SubscriptionState, eventNumber: number, contentHash: string): Promise<'seen' | 'new' | 'number_reused'> {
+    const current = state.epoch ?? 0;
+    let reused = false;
+    for (let epoch = current; epoch >= 0; epoch--) {
+      const stored = await this.stored(topicEventKey(subscription, eventNumber, epoch));
+      if (stored === undefined) continue;
+      if (stored.contentHash === contentHash) return 'seen';
+      if (epoch === current) reused = true;
+    }
+    return reused ? 'number_reused' : 'new';
+  }
+
+  /** The server restarted the subscription's event numbering: later events are new ones. */
+  private restartNumbering(subscription: FhirSubscriptionSettings, state: SubscriptionState, handledUpTo: number, seenOn: 'handshake' | 'event'): void {
+    state.epoch = (state.epoch ?? 0) + 1;
+    state.n = Math.max(0, handledUpTo);
+    this.deps.log.warn('fhir.numbering_restarted', { input: this.settings.input, controlId: subscription.id, reason: seenOn, count: state.epoch });
   }
 
   /**
@@ -742,6 +792,7 @@ export class FhirIngest {
     subjects: ReadonlyArray<{ type: string; id: string }>,
     fetched: Map<string, FhirResource>,
     foreign: 'refuse' | 'record',
+    epoch = 0,
   ): Promise<void> {
     const previous = await this.previousStates(batch, subjects);
     let result: NotificationNormalizeResult | undefined;
@@ -752,6 +803,7 @@ export class FhirIngest {
           sender: this.sender,
           previous: (kind, id) => batch.overlay.get(`${kind}/${id}`) ?? previous.get(`${kind}/${id}`),
           fetched,
+          epoch,
         });
       } catch (error) {
         if (!(error instanceof FhirNormalizeError)) throw error;
