@@ -21,7 +21,8 @@ import { readdir, readFile, stat } from 'node:fs/promises';
 import path from 'node:path';
 import type { Ajv } from 'ajv';
 import type { ConfigIssue } from '../errors.ts';
-import { compilePath, isRecord, type FieldPath } from '../pipeline/conditions.ts';
+import { compilePath, type FieldPath } from '../pipeline/conditions.ts';
+import { isRecord } from '../pipeline/values.ts';
 import {
   TemplateSet,
   compileTemplate,

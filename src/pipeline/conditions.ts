@@ -25,6 +25,7 @@
 // on the same element are written `patient.telecom[system=phone,use=mobile].value`.
 // Empty strings count as absent (HL7 feeds send empty components).
 import type { Trigger } from '../types.ts';
+import { closest, describe, isRecord, parseInstant } from './values.ts';
 
 /** A location inside the mapping document: keys and array indexes from the rule list down. */
 export type IssuePath = (string | number)[];
@@ -596,15 +597,6 @@ function coerceScalar(path: FieldPath, raw: unknown): Scalar | { error: string }
   }
 }
 
-const INSTANT = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:?\d{2})$/;
-
-/** Epoch ms of an ISO-8601 instant that carries its offset; undefined otherwise. */
-export function parseInstant(text: string): number | undefined {
-  if (!INSTANT.test(text)) return undefined;
-  const ms = Date.parse(text);
-  return Number.isNaN(ms) ? undefined : ms;
-}
-
 /** True when the condition holds for the trigger. Pure; never throws on trigger data. */
 export function evaluate(condition: Condition, trigger: Trigger): boolean {
   switch (condition.op) {
@@ -665,37 +657,3 @@ function same(path: FieldPath, value: unknown, expected: Scalar): boolean {
 }
 
 // ---------------------------------------------------------------------------------------
-// Small helpers shared with rule compilation
-
-export function isRecord(value: unknown): value is Record<string, unknown> {
-  return value !== null && typeof value === 'object' && !Array.isArray(value) && !(value instanceof Date);
-}
-
-export function describe(value: unknown): string {
-  if (value === undefined) return 'nothing';
-  if (value === null) return 'null';
-  if (Array.isArray(value)) return 'a list';
-  if (typeof value === 'object') return 'a mapping';
-  return `${typeof value} ${JSON.stringify(value)}`;
-}
-
-/** Up to three candidates closest to `word` by edit distance (for "did you mean"). */
-export function closest(word: string, candidates: readonly string[], limit = 3): string[] {
-  return candidates
-    .map((c) => ({ c, d: editDistance(word.toLowerCase(), c.toLowerCase()) }))
-    .sort((a, b) => a.d - b.d || a.c.localeCompare(b.c))
-    .slice(0, limit)
-    .map((x) => x.c);
-}
-
-function editDistance(a: string, b: string): number {
-  let prev = Array.from({ length: b.length + 1 }, (_, j) => j);
-  for (let i = 1; i <= a.length; i++) {
-    const cur = [i];
-    for (let j = 1; j <= b.length; j++) {
-      cur[j] = Math.min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (a[i - 1] === b[j - 1] ? 0 : 1));
-    }
-    prev = cur;
-  }
-  return prev[b.length];
-}

@@ -22,10 +22,11 @@
 // newer than a cancel to bring the delivery back (a re-booking of the same appointment).
 import type { Delivery, SubjectKind, Trigger } from '../types.ts';
 import type { FieldPath, PathSegment } from './conditions.ts';
-import { evaluate, parseInstant, resolvePath } from './conditions.ts';
+import { evaluate, resolvePath } from './conditions.ts';
 import type { CancelOrder, Rule, RuleVariant, RouteResult, SkippedDelivery } from './rule.ts';
 import { subjectKindOf } from './rule.ts';
 import { formatInstant, isValidZone, resolveInstant } from './schedule.ts';
+import { parseInstant } from './values.ts';
 
 export interface RouteOptions {
   /** IANA zone of the patient / site / tenant for this trigger (CONSENT.md quiet hours order). */

@@ -26,9 +26,10 @@
 import type { Channel, Delivery, Purpose, SubjectKind, TriggerType } from '../types.ts';
 import { CHANNELS, PURPOSES, TRIGGER_TYPES } from '../types.ts';
 import type { Condition, ConditionIssue, FieldPath, IssuePath } from './conditions.ts';
-import { closest, compileCondition, compilePath, describe, isRecord } from './conditions.ts';
+import { compileCondition, compilePath } from './conditions.ts';
 import type { TimeExpr } from './schedule.ts';
 import { compileTimeExpr } from './schedule.ts';
+import { closest, describe, isRecord } from './values.ts';
 
 export type { Delivery } from '../types.ts';
 export type RuleIssue = ConditionIssue;

@@ -21,7 +21,7 @@
 import { DateTime, IANAZone } from 'luxon';
 import type { Trigger } from '../types.ts';
 import type { IssuePath, ConditionIssue } from './conditions.ts';
-import { closest, describe, parseInstant } from './conditions.ts';
+import { closest, describe, parseInstant } from './values.ts';
 
 export const TimeAnchor = {
   Now: 'now',

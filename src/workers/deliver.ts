@@ -15,7 +15,7 @@
 import { PermanentError, TransientError } from '../errors.ts';
 import type { Logger } from '../log.ts';
 import type { OutboundAdapter, OutboundMessage } from '../outputs/spec.ts';
-import { parseInstant } from '../pipeline/conditions.ts';
+import { parseInstant } from '../pipeline/values.ts';
 import { renderDelivery, type TemplateSet } from '../pipeline/render.ts';
 import type { JobHandler, Queue } from '../queue/queue.ts';
 import type { OutboxEntry, Store, StoredDelivery, SubjectState } from '../store/store.ts';

@@ -23,7 +23,7 @@ import { Hl7ParseError, parseHl7Batch } from '../hl7v2/parse.ts';
 import { applyStoredState, normalizeHl7 } from '../inputs/hl7v2/normalize.ts';
 import { outputSpecs } from '../outputs/index.ts';
 import { outputInfos } from '../outputs/spec.ts';
-import { isRecord, parseInstant } from '../pipeline/conditions.ts';
+import { isRecord, parseInstant } from '../pipeline/values.ts';
 import { renderDelivery, type RenderedMessage } from '../pipeline/render.ts';
 import { route, type DeliveryChange, type DeliveryState } from '../pipeline/route.ts';
 import type { RouteResult, Rule, SkippedDelivery } from '../pipeline/rule.ts';
