@@ -66,6 +66,30 @@ describe('operators', () => {
     expect(evaluate(cond({ 'appointment.start': { lte: '2025-06-10T13:29:59+01:00' } }), t)).toBe(false);
   });
 
+  it('a time compared with a time expression over the same trigger: lead times', () => {
+    // Booked 2025-06-01 09:00+02:00 for 2025-06-10 14:30+02:00: 9 days and 5.5 hours ahead.
+    expect(evaluate(cond({ 'appointment.start': { gte: 'occurredAt + 7d' } }), t)).toBe(true);
+    expect(evaluate(cond({ 'appointment.start': { gte: 'occurredAt + 10d' } }), t)).toBe(false);
+    expect(evaluate(cond({ 'appointment.start': { lt: 'occurredAt + 10d' } }), t)).toBe(true);
+    expect(evaluate(cond({ 'occurredAt': { lte: 'appointment.start - 9d' } }), t)).toBe(true);
+    expect(evaluate(cond({ 'occurredAt': { lte: 'appointment.start - 9d - 6h' } }), t)).toBe(false);
+  });
+
+  it('calendar steps of a time expression count in the rule zone, across a DST change', () => {
+    // Paris springs forward on 2025-03-30: from Saturday 10:00 to Sunday 10:00 is 23 hours.
+    const weekend = makeTrigger({ occurredAt: '2025-03-29T10:00:00+01:00', appointment: { start: '2025-03-30T10:00:00+02:00' } });
+    const oneDay = cond({ 'appointment.start': { gte: 'occurredAt + 1d' } });
+    expect(evaluate(oneDay, weekend, 'Europe/Paris')).toBe(true);
+    expect(evaluate(oneDay, weekend, 'UTC')).toBe(false);
+    expect(evaluate(cond({ 'appointment.start': { gte: 'occurredAt + 24h' } }), weekend, 'Europe/Paris')).toBe(false);
+  });
+
+  it('a time expression whose anchor the trigger lacks holds for nothing', () => {
+    const lacking = cond({ 'appointment.start': { gte: 'encounter.end + 1d' } });
+    expect(evaluate(lacking, t)).toBe(false);
+    expect(evaluate(cond({ not: { 'appointment.start': { gte: 'encounter.end + 1d' } } }), t)).toBe(true);
+  });
+
   it('gt/lt on dates (birthDate)', () => {
     expect(evaluate(cond({ 'patient.birthDate': { lt: '2007-06-01' } }), t)).toBe(true);
     expect(evaluate(cond({ 'patient.birthDate': { gte: '1980-04-13' } }), t)).toBe(false);
@@ -175,6 +199,18 @@ describe('compile issues', () => {
     expect(at('patient.gender')).toContain('exists takes true or false');
     expect(at('patient.telecom[fax=1].value')).toContain('filter key "fax"');
     expect(issues).toHaveLength(10);
+  });
+
+  it('refuses now, and text that is neither an instant nor a time expression, in time comparisons', () => {
+    expect(issuesOf({ 'appointment.start': { gte: 'now + 7d' } })).toEqual([
+      { path: [0, 'where', 'appointment.start', 'gte'], message: expect.stringMatching(/"now" cannot be used in a condition.*occurredAt \+ 7d/) },
+    ]);
+    expect(issuesOf({ 'appointment.start': { gte: 'next week' } })).toEqual([
+      { path: [0, 'where', 'appointment.start', 'gte'], message: expect.stringMatching(/ISO-8601 instant with offset like .* or with a time expression over the trigger/) },
+    ]);
+    expect(issuesOf({ 'appointment.start': { gte: 'occurredAt + 7y' } })).toEqual([
+      { path: [0, 'where', 'appointment.start', 'gte'], message: expect.stringMatching(/unknown time unit "y"/) },
+    ]);
   });
 
   it('refuses empty all/any, empty mappings and non-mappings', () => {

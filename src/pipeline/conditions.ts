@@ -15,6 +15,12 @@
 //       - patient.language: fr
 //       - patient.telecom[system=email].value: { exists: true }
 //     not: { sensitivity: { in: [PSY, HIV] } }
+//     appointment.start: { gte: occurredAt + 7d }               # booked at least a week ahead
+//
+// A time field compares with an instant (2025-03-30T09:00:00+02:00) or with a time
+// expression over the trigger's own times (schedule.ts; `d` and `w` steps in the rule's
+// zone): lead times such as "booked at least a week ahead". `now` is refused there: a rule
+// must decide the same way when its mapping tests or a replay run later.
 //
 // Paths are dot paths into the trigger. A path that crosses an array (patient.telecom,
 // patient.identifiers, patient.name.given, sensitivity…) reaches every element, and a
@@ -25,6 +31,7 @@
 // on the same element are written `patient.telecom[system=phone,use=mobile].value`.
 // Empty strings count as absent (HL7 feeds send empty components).
 import type { Trigger } from '../types.ts';
+import { compileTimeExpr, resolveInstant, type TimeExpr } from './schedule.ts';
 import { closest, describe, isRecord, parseInstant } from './values.ts';
 
 /** A location inside the mapping document: keys and array indexes from the rule list down. */
@@ -407,6 +414,8 @@ export type Condition =
   | { op: 'in'; path: FieldPath; values: Scalar[] }
   | { op: 'exists'; path: FieldPath; value: boolean }
   | { op: 'gt' | 'gte' | 'lt' | 'lte'; path: FieldPath; value: number | string }
+  /** A time field against a time expression over the same trigger (a lead time). */
+  | { op: 'gt' | 'gte' | 'lt' | 'lte'; path: FieldPath; expr: TimeExpr }
   | { op: 'matches'; path: FieldPath; regex: RegExp };
 
 const LOGICAL = new Set(['all', 'any', 'not']);
@@ -548,6 +557,22 @@ function compileFieldOp(path: FieldPath, op: FieldOp, raw: unknown, at: IssuePat
       if (kind !== 'number' && kind !== 'time' && kind !== 'date') {
         return fail(`${op} compares numbers, times and dates; "${path.source}" is a ${kind}`);
       }
+      if (kind === 'time' && typeof raw === 'string' && parseInstant(raw) === undefined) {
+        const compiled = compileTimeExpr(raw, at);
+        if (compiled.expr === undefined) {
+          return fail(
+            `"${path.source}" is a time: compare it with an ISO-8601 instant with offset like 2025-03-30T09:00:00+02:00 or with a time ` +
+              `expression over the trigger such as "occurredAt + 7d" (${compiled.issues[0]?.message ?? 'not a time expression'})`,
+          );
+        }
+        if (compiled.expr.anchor === 'now') {
+          return fail(
+            `"now" cannot be used in a condition: a rule must decide the same way when its mapping tests or a replay run ` +
+              'later; compare two trigger times instead (e.g. `appointment.start: { gte: occurredAt + 7d }`), or use `expires:`',
+          );
+        }
+        return { op, path, expr: compiled.expr };
+      }
       const value = coerceScalar(path, raw);
       if (typeof value === 'object') return fail(value.error);
       return { op, path, value: value as number | string };
@@ -597,15 +622,19 @@ function coerceScalar(path: FieldPath, raw: unknown): Scalar | { error: string }
   }
 }
 
-/** True when the condition holds for the trigger. Pure; never throws on trigger data. */
-export function evaluate(condition: Condition, trigger: Trigger): boolean {
+/**
+ * True when the condition holds for the trigger. Pure; never throws on trigger data. `zone`
+ * (an IANA name, checked by the caller) is where `d`/`w` steps of a time expression count
+ * calendar days.
+ */
+export function evaluate(condition: Condition, trigger: Trigger, zone = 'UTC'): boolean {
   switch (condition.op) {
     case 'all':
-      return condition.of.every((c) => evaluate(c, trigger));
+      return condition.of.every((c) => evaluate(c, trigger, zone));
     case 'any':
-      return condition.of.some((c) => evaluate(c, trigger));
+      return condition.of.some((c) => evaluate(c, trigger, zone));
     case 'not':
-      return !evaluate(condition.of, trigger);
+      return !evaluate(condition.of, trigger, zone);
     case 'exists':
       return (resolvePath(trigger, condition.path).length > 0) === condition.value;
     case 'eq':
@@ -620,7 +649,11 @@ export function evaluate(condition: Condition, trigger: Trigger): boolean {
     case 'gte':
     case 'lt':
     case 'lte': {
-      const { op, value } = condition;
+      const { op } = condition;
+      // A time expression whose anchor the trigger lacks decides nothing: false, like a
+      // comparison with an absent field.
+      const value = 'expr' in condition ? resolveInstant(condition.expr, trigger, zone, 0) : condition.value;
+      if (value === undefined) return false;
       return resolvePath(trigger, condition.path).some((v) => {
         const left = comparable(condition.path, v);
         if (left === undefined || typeof left !== typeof value) return false;

@@ -73,7 +73,7 @@ export function route(trigger: Trigger, rules: readonly Rule[], now: string | Da
   for (const rule of rules) {
     let mode: 'plan' | 'replan';
     if (rule.on.includes(trigger.type)) {
-      if (rule.where && !evaluate(rule.where, trigger)) continue;
+      if (rule.where && !evaluate(rule.where, trigger, zone)) continue;
       mode = 'plan';
     } else if (rule.replanOn.includes(trigger.type)) mode = 'replan';
     else continue;
