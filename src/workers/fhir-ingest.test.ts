@@ -371,50 +371,80 @@ describe('gaps and recovery', () => {
     expect(types).toEqual(['a1', 'a2', 'a3']);
   });
 
-  it('a handshake that restarts the event numbering: the new events 1, 2… are new, late resends of old ones are not', async () => {
-    server.put(testPatient('p1'));
-    for (const id of ['a1', 'a2', 'a3']) server.put(testAppointment(id, 'Patient/p1'));
-    const ingest = makeIngest();
-    await prime(ingest);
-    accepted(await ingest.handle(body(eventsBundle([event(1, 'Appointment/a1'), event(2, 'Appointment/a2')]))));
-    // The subscription is re-created on the server: a new handshake, counting from 0.
-    accepted(await ingest.handle(body(topicBundle({ subscription: sub(), type: 'handshake', eventsSinceSubscriptionStart: 0 }))));
-    expect(log.lines.filter((l) => l.message === 'fhir.numbering_restarted').map((l) => l.reason)).toEqual(['handshake']);
+  describe('a restarted event numbering', () => {
+    const RESTART = '2026-03-02T10:00:00Z';
+    const after = (seconds: number) => new Date(Date.parse(RESTART) + seconds * 1000).toISOString();
+    const restartHandshake = (since: number) =>
+      body(topicBundle({ subscription: sub(), type: 'handshake', eventsSinceSubscriptionStart: since, timestamp: RESTART }));
 
-    const fresh = accepted(await ingest.handle(body(eventsBundle([event(1, 'Appointment/a3')]))));
-    expect(fresh).toMatchObject({ stored: 1, duplicates: 0 });
-    // source.messageId keeps its TRIGGER.md form; the trigger id and the stored key tell it apart.
-    expect(fresh.triggers.map((t) => t.source.messageId)).toEqual(['sub1#1']);
-    expect((await store.listMessages({ controlId: 'sub1@1#1' })).map((m) => m.status)).toEqual(['accepted']);
+    it('a new handshake counting fewer events starts a new numbering: events 1, 2… are new, late old ones are still known', async () => {
+      server.put(testPatient('p1'));
+      for (const id of ['a1', 'a2', 'a3']) server.put(testAppointment(id, 'Patient/p1'));
+      const ingest = makeIngest();
+      await prime(ingest);
+      accepted(await ingest.handle(body(eventsBundle([event(1, 'Appointment/a1'), event(2, 'Appointment/a2')]))));
+      // The subscription is re-created on the server: a new handshake, counting from 0.
+      accepted(await ingest.handle(restartHandshake(0)));
+      expect(log.lines.filter((l) => l.message === 'fhir.numbering_restarted')).toHaveLength(1);
 
-    expect(accepted(await ingest.handle(body(eventsBundle([event(1, 'Appointment/a3')]))))).toMatchObject({ stored: 0, duplicates: 1 });
-    expect(accepted(await ingest.handle(body(eventsBundle([event(2, 'Appointment/a2')]))))).toMatchObject({ stored: 0, duplicates: 1 });
-    const triggers = await store.listTriggers({});
-    expect(triggers.map((t) => t.appointment?.id).sort()).toEqual(['a1', 'a2', 'a3']);
-    expect(new Set(triggers.map((t) => t.id)).size).toBe(3);
-    expect(server.requests.filter((r) => r.path.endsWith('$events'))).toEqual([]);
-  });
+      const fresh = accepted(await ingest.handle(body(eventsBundle([event(1, 'Appointment/a3', { timestamp: after(1) })]))));
+      expect(fresh).toMatchObject({ stored: 1, duplicates: 0 });
+      // source.messageId keeps its TRIGGER.md form; the trigger id and the stored key tell it apart.
+      expect(fresh.triggers.map((t) => t.source.messageId)).toEqual(['sub1#1']);
+      expect((await store.listMessages({ controlId: 'sub1@1#1' })).map((m) => m.status)).toEqual(['accepted']);
+      expect(accepted(await ingest.handle(body(eventsBundle([event(1, 'Appointment/a3', { timestamp: after(1) })]))))).toMatchObject({
+        stored: 0,
+        duplicates: 1,
+      });
 
-  it('an event number reused for another focus, with no handshake: a restarted numbering, not a duplicate', async () => {
-    server.put(testPatient('p1'));
-    for (const id of ['a1', 'a2', 'a3', 'a4']) server.put(testAppointment(id, 'Patient/p1'));
-    const ingest = makeIngest();
-    await prime(ingest);
-    accepted(await ingest.handle(body(eventsBundle([event(1, 'Appointment/a1'), event(2, 'Appointment/a2')]))));
+      // New event 2 about a1 again (now cancelled): new, although old event 1 was about a1 too.
+      server.put(testAppointment('a1', 'Patient/p1', { status: 'cancelled' }));
+      const cancelled = accepted(await ingest.handle(body(eventsBundle([event(2, 'Appointment/a1', { timestamp: after(2) })]))));
+      expect(cancelled.triggers.map((t) => t.type)).toEqual(['appointment.cancelled']);
+      // Old event 2, resent late with its old stamp: still a duplicate, and it moves nothing.
+      expect(accepted(await ingest.handle(body(eventsBundle([event(2, 'Appointment/a2')]))))).toMatchObject({ stored: 0, duplicates: 1 });
+      // The same restart handshake resent is a resend, not another restart.
+      accepted(await ingest.handle(restartHandshake(0)));
+      expect(log.lines.filter((l) => l.message === 'fhir.numbering_restarted')).toHaveLength(1);
 
-    const reused = accepted(await ingest.handle(body(eventsBundle([event(1, 'Appointment/a3')]))));
-    expect(reused).toMatchObject({ stored: 1, duplicates: 0 });
-    expect(reused.triggers.map((t) => t.appointment?.id)).toEqual(['a3']);
-    expect(log.lines.filter((l) => l.message === 'fhir.numbering_restarted').map((l) => l.reason)).toEqual(['event']);
-    // The new numbering goes on from there: event 2 is new, and no gap is suspected.
-    expect(accepted(await ingest.handle(body(eventsBundle([event(2, 'Appointment/a4')]))))).toMatchObject({ stored: 1 });
-    expect(server.requests.filter((r) => r.path.endsWith('$events'))).toEqual([]);
-    // A late resend from before the restart is still recognised.
-    expect(accepted(await ingest.handle(body(eventsBundle([event(1, 'Appointment/a1')]))))).toMatchObject({ stored: 0, duplicates: 1 });
-    expect((await store.listTriggers({})).map((t) => t.appointment?.id).sort()).toEqual(['a1', 'a2', 'a3', 'a4']);
-    // The numbering survives a restart of CareRelay: the position is stored with the events.
-    expect(JSON.parse((await store.getCursor(cursorKeys.subscription('ehr-fhir', 'sub1')))!)).toMatchObject({ epoch: 1, n: 2 });
-    expect(accepted(await makeIngest().handle(body(eventsBundle([event(2, 'Appointment/a4')]))))).toMatchObject({ stored: 0, duplicates: 1 });
+      const triggers = await store.listTriggers({});
+      expect(triggers.map((t) => t.appointment?.id).sort()).toEqual(['a1', 'a1', 'a2', 'a3']);
+      expect(new Set(triggers.map((t) => t.id)).size).toBe(4);
+      expect(server.requests.filter((r) => r.path.endsWith('$events'))).toEqual([]);
+      expect(JSON.parse((await store.getCursor(cursorKeys.subscription('ehr-fhir', 'sub1')))!)).toMatchObject({ epoch: 1, n: 2, epochStart: RESTART });
+      // The position survives a restart of CareRelay.
+      expect(accepted(await makeIngest().handle(body(eventsBundle([event(2, 'Appointment/a1', { timestamp: after(2) })]))))).toMatchObject({
+        stored: 0,
+        duplicates: 1,
+      });
+    });
+
+    it('events the restart handshake counts are recovered in the new numbering; late heartbeats and events from before move nothing', async () => {
+      await server.close();
+      server = await startFhirTestServer({ now: () => Date.parse(RESTART) - 60_000 });
+      server.put(testPatient('p1'));
+      for (const id of ['a1', 'a2', 'a3', 'a4', 'a5']) server.put(testAppointment(id, 'Patient/p1'));
+      const ingest = makeIngest();
+      await prime(ingest);
+      accepted(await ingest.handle(body(eventsBundle([event(1, 'Appointment/a1'), event(2, 'Appointment/a2'), event(3, 'Appointment/a3')]))));
+      // After the restart the server had already numbered two events before the handshake
+      // reached us, stamped (09:59) before the handshake (10:00): they belong to the new numbering.
+      server.pushEvent('sub1', 'Appointment/a4');
+      server.pushEvent('sub1', 'Appointment/a5');
+      accepted(await ingest.handle(restartHandshake(2)));
+      expect(server.requests.filter((r) => r.path.endsWith('$events')).map((r) => r.query)).toEqual([
+        '?eventsSinceNumber=1&eventsUntilNumber=2&content=full-resource',
+      ]);
+      expect((await store.listMessages({ controlId: 'sub1@1#2' })).map((m) => m.status)).toEqual(['accepted']);
+
+      // A heartbeat stamped before the restart, counting 3: no recovery in the new numbering.
+      accepted(await ingest.handle(body(topicBundle({ subscription: sub(), type: 'heartbeat', eventsSinceSubscriptionStart: 3 }))));
+      // Old event 3 resent late: a duplicate of the old numbering.
+      expect(accepted(await ingest.handle(body(eventsBundle([event(3, 'Appointment/a3')]))))).toMatchObject({ stored: 0, duplicates: 1 });
+      expect(server.requests.filter((r) => r.path.endsWith('$events'))).toHaveLength(1);
+      expect(JSON.parse((await store.getCursor(cursorKeys.subscription('ehr-fhir', 'sub1')))!)).toMatchObject({ epoch: 1, n: 2 });
+      expect((await store.listTriggers({})).map((t) => t.appointment?.id).sort()).toEqual(['a1', 'a2', 'a3', 'a4', 'a5']);
+    });
   });
 
   it('a heartbeat counting more events than seen starts a recovery', async () => {

@@ -18,10 +18,12 @@
 // through the same dedupe. Heartbeat silence past twice the period does the same.
 //
 // Numbering restarts: a server that re-creates a subscription, or loses its counters,
-// numbers events from 1 again. A handshake counting fewer events than handled, or an event
-// number already stored for another focus, starts a new numbering epoch: events are then
-// stored under `<subscription>@<epoch>#<event-number>` (their triggers' ids too), and an
-// event resent from an earlier numbering is still recognised by its content.
+// numbers events from 1 again and says so with a new handshake counting fewer events than
+// CareRelay handled. That starts a new numbering epoch: its events are stored under
+// `<subscription>@<epoch>#<event-number>` (their triggers' ids too), the position starts
+// again from 0, and what the handshake counts is recovered. Traffic stamped before the
+// restart (a late resend, a late heartbeat) still belongs to the previous numbering: it is
+// deduplicated there and moves nothing in the new one.
 //
 // Logs carry ids and reason codes only; refusal texts go to the caller, never to logs.
 import { createHash } from 'node:crypto';
@@ -54,7 +56,7 @@ import {
   type TopicNotification,
 } from '../fhir/notification.ts';
 import type { Logger } from '../log.ts';
-import type { InboundRecord, Store, StoredMessage, SubjectState } from '../store/store.ts';
+import type { InboundRecord, Store, SubjectState } from '../store/store.ts';
 import { MessageStatus, type Trigger } from '../types.ts';
 
 /** What the ingest needs of the FHIR client (src/fhir/client.ts FhirClient has it all). */
@@ -122,6 +124,8 @@ export interface SubscriptionState {
    * Events are stored under topicEventKey(subscription, number, epoch).
    */
   epoch?: number;
+  /** When the current numbering began: the restart handshake's Bundle.timestamp (the server's clock). */
+  epochStart?: string;
 }
 
 /** Refusal of the notification as sent (4xx, nothing stored). */
@@ -164,6 +168,17 @@ function sha256(data: string | Buffer): string {
 function instantMs(value: string | undefined): number {
   const ms = value === undefined ? Number.NaN : Date.parse(value);
   return Number.isFinite(ms) ? ms : Number.NEGATIVE_INFINITY;
+}
+
+/**
+ * The numbering a notification stamped `at` belongs to: the current one, or the previous one
+ * when it was stamped before the current numbering began (undefined stamps: the current one).
+ */
+function epochOf(state: SubscriptionState, at: string | undefined): number {
+  const epoch = state.epoch ?? 0;
+  if (epoch === 0 || state.epochStart === undefined || at === undefined) return epoch;
+  const stamped = Date.parse(at);
+  return Number.isFinite(stamped) && stamped < instantMs(state.epochStart) ? epoch - 1 : epoch;
 }
 
 /** Cursor keys in the store. */
@@ -373,7 +388,8 @@ export class FhirIngest {
       if (n.status === 'error') log.warn('fhir.subscription_error', { input, controlId: subscription.id, reason: 'status_error' });
 
       if (n.type === NotificationType.EventNotification || n.type === NotificationType.QueryEvent) {
-        const numbers = n.events.map((e) => e.eventNumber);
+        const current = state.epoch ?? 0;
+        const numbers = n.events.filter((e) => epochOf(state, e.timestamp ?? n.timestamp) === current).map((e) => e.eventNumber);
         const first = numbers.length > 0 ? Math.min(...numbers) : undefined;
         if (state.n === undefined) {
           // First contact without a handshake: start from what the server says (no replay of
@@ -394,23 +410,33 @@ export class FhirIngest {
       // handshake, heartbeat, query-status: recorded, no trigger. Their count of events
       // since the subscription started tells whether events were missed.
       const since = n.eventsSinceSubscriptionStart;
+      // Same bytes resent: the same record; another heartbeat: a new one.
+      const controlId = `${subscription.id}#${n.type}#${sha256(raw).slice(0, 16)}`;
+      // A count from before the current numbering began (a late heartbeat) says nothing about it.
+      const countsNow = since !== undefined && epochOf(state, n.timestamp) === (state.epoch ?? 0);
       if (state.n === undefined) {
         state.n = since ?? 0;
-      } else if (since !== undefined && since > state.n) {
-        await this.recover(subscription, state, state.n + 1, since, n.type === NotificationType.Handshake ? 'handshake_gap' : 'heartbeat_gap');
-      } else if (since !== undefined && since < state.n && n.type === NotificationType.Handshake) {
-        // A handshake counting fewer events than already handled: the subscription was
+      } else if (n.type === NotificationType.Handshake && countsNow && since < state.n && !(await this.known(controlId))) {
+        // A new handshake counting fewer events than already handled: the subscription was
         // (re)activated with a new numbering. Its events 1, 2… are new events, not resends.
-        // (A heartbeat with a lower count is more likely late than a restart: a restart
-        // seen first on an event is caught by the event's content, see eventSeen.)
-        this.restartNumbering(subscription, state, since, 'handshake');
+        // (The same handshake resent is a resend; a heartbeat with a lower count is more
+        // likely late than a restart.)
+        state.epoch = (state.epoch ?? 0) + 1;
+        // The server's own stamp, comparable with its event stamps (our clock may differ);
+        // without one, nothing is told apart by time.
+        if (n.timestamp !== undefined) state.epochStart = n.timestamp;
+        else delete state.epochStart;
+        state.n = 0;
+        log.warn('fhir.numbering_restarted', { input, controlId: subscription.id, count: state.epoch });
+        if (since > 0) await this.recover(subscription, state, 1, since, 'handshake_gap');
+      } else if (countsNow && since > state.n) {
+        await this.recover(subscription, state, state.n + 1, since, n.type === NotificationType.Handshake ? 'handshake_gap' : 'heartbeat_gap');
       }
       state.seen = receivedAt;
       if (n.status !== undefined) state.status = n.status;
       const batch = this.newBatch(receivedAt);
       const record = this.baseRecord(batch, {
-        // Same bytes resent: the same record; another heartbeat: a new one.
-        controlId: `${subscription.id}#${n.type}#${sha256(raw).slice(0, 16)}`,
+        controlId,
         contentHash: sha256(raw),
         raw,
         messageType: n.type,
@@ -475,6 +501,7 @@ export class FhirIngest {
     raw: Buffer,
     bundle: Record<string, unknown>,
     receivedAt: string,
+    recovered = false,
   ): Promise<Batch> {
     const batch = this.newBatch(receivedAt);
     const fetched = new Map<string, FhirResource>();
@@ -482,22 +509,21 @@ export class FhirIngest {
     const stateKey = cursorKeys.subscription(this.settings.input, subscription.id);
     let searchNeeded = false;
     for (const event of events) {
-      const focusParts = event.focus === undefined ? undefined : referenceParts(event.focus);
-      const contentHash = sha256(JSON.stringify(['fhir-event', subscription.id, event.eventNumber, focusParts ? `${focusParts.type}/${focusParts.id}` : '']));
-      const seen = await this.eventSeen(n.subscription, state, event.eventNumber, contentHash);
-      if (seen === 'seen') {
+      // Late traffic stamped before a numbering restart belongs to the previous numbering;
+      // what $events returns is always the server's current numbering.
+      const epoch = recovered ? (state.epoch ?? 0) : epochOf(state, event.timestamp ?? n.timestamp);
+      const controlId = topicEventKey(n.subscription, event.eventNumber, epoch);
+      if (await this.known(controlId)) {
         batch.duplicates += 1;
         // A resent empty-payload event still asks for the search: the first delivery may have
         // been stored and then failed its search (and answered 503).
         if (event.focus === undefined) searchNeeded = true;
         continue;
       }
-      if (seen === 'number_reused') this.restartNumbering(subscription, state, event.eventNumber - 1, 'event');
-      const epoch = state.epoch ?? 0;
-      const controlId = topicEventKey(n.subscription, event.eventNumber, epoch);
+      const focusParts = event.focus === undefined ? undefined : referenceParts(event.focus);
       const record = this.baseRecord(batch, {
         controlId,
-        contentHash,
+        contentHash: sha256(JSON.stringify(['fhir-event', subscription.id, event.eventNumber, focusParts ? `${focusParts.type}/${focusParts.id}` : ''])),
         raw: n.events.length === 1 && raw.length > 0 ? raw : eventSlice(bundle, event),
         messageType: focusParts?.type ?? 'event',
       });
@@ -511,7 +537,7 @@ export class FhirIngest {
         const single: TopicNotification = { ...n, events: [event] };
         await this.normalizeInto(record, batch, single, [focusParts], fetched, 'refuse', epoch);
       }
-      state.n = Math.max(state.n ?? 0, event.eventNumber);
+      if (epoch === (state.epoch ?? 0)) state.n = Math.max(state.n ?? 0, event.eventNumber);
       state.at = laterInstant(state.at, event.timestamp ?? receivedAt);
       state.seen = receivedAt;
       if (n.status !== undefined) state.status = n.status;
@@ -555,7 +581,7 @@ export class FhirIngest {
         if (n.kind === 'topic') {
           const numbers = new Set(n.events.map((e) => e.eventNumber));
           this.checkReferences(n);
-          await this.ingestEvents(subscription, state, n, Buffer.alloc(0), bundle as Record<string, unknown>, this.now().toISOString());
+          await this.ingestEvents(subscription, state, n, Buffer.alloc(0), bundle as Record<string, unknown>, this.now().toISOString(), true);
           const expected = to === undefined ? 0 : to - from + 1;
           recovered = numbers.size >= expected;
           if (!recovered) log.warn('fhir.recovery_incomplete', { input, controlId: subscription.id, reason: 'events_expired', count: expected - numbers.size });
@@ -742,40 +768,11 @@ export class FhirIngest {
   }
 
   private async known(controlId: string): Promise<boolean> {
-    return (await this.stored(controlId)) !== undefined;
-  }
-
-  private async stored(controlId: string): Promise<StoredMessage | undefined> {
     try {
-      return await this.deps.store.findMessage(this.sender, controlId);
+      return (await this.deps.store.findMessage(this.sender, controlId)) !== undefined;
     } catch {
       throw new CommitFailed();
     }
-  }
-
-  /**
-   * Whether event `eventNumber` with this content was handled before — in the current
-   * numbering or an earlier one (a late resend of an event from before a restart) — or
-   * whether the current numbering already used the number for other content: the server
-   * restarted its numbering without a handshake telling so.
-   */
-  private async eventSeen(subscription: string, state: SubscriptionState, eventNumber: number, contentHash: string): Promise<'seen' | 'new' | 'number_reused'> {
-    const current = state.epoch ?? 0;
-    let reused = false;
-    for (let epoch = current; epoch >= 0; epoch--) {
-      const stored = await this.stored(topicEventKey(subscription, eventNumber, epoch));
-      if (stored === undefined) continue;
-      if (stored.contentHash === contentHash) return 'seen';
-      if (epoch === current) reused = true;
-    }
-    return reused ? 'number_reused' : 'new';
-  }
-
-  /** The server restarted the subscription's event numbering: later events are new ones. */
-  private restartNumbering(subscription: FhirSubscriptionSettings, state: SubscriptionState, handledUpTo: number, seenOn: 'handshake' | 'event'): void {
-    state.epoch = (state.epoch ?? 0) + 1;
-    state.n = Math.max(0, handledUpTo);
-    this.deps.log.warn('fhir.numbering_restarted', { input: this.settings.input, controlId: subscription.id, reason: seenOn, count: state.epoch });
   }
 
   /**

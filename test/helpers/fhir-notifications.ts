@@ -29,6 +29,8 @@ export interface TopicBundleOptions {
   events?: TestEvent[];
   /** Extra entries (e.g. a Patient in full-resource payloads). */
   extraEntries?: Json[];
+  /** Bundle.timestamp; default the last event's timestamp, else eventTime(0). */
+  timestamp?: string;
 }
 
 const PROFILE_STATUS = 'http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/backport-subscription-status-r4';
@@ -70,7 +72,7 @@ export function topicBundle(options: TopicBundleOptions): Json {
     resourceType: 'Bundle',
     meta: { profile: [PROFILE_NOTIFICATION] },
     type: 'history',
-    timestamp: events.length > 0 ? (events.at(-1)!.timestamp ?? eventTime(events.at(-1)!.number)) : eventTime(0),
+    timestamp: options.timestamp ?? (events.length > 0 ? (events.at(-1)!.timestamp ?? eventTime(events.at(-1)!.number)) : eventTime(0)),
     entry: [
       {
         fullUrl: 'urn:uuid:6a3f4c1e-8d2b-4f7a-9c0e-1b2d3e4f5a6b',
