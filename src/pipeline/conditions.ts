@@ -622,6 +622,19 @@ function coerceScalar(path: FieldPath, raw: unknown): Scalar | { error: string }
   }
 }
 
+/** The time expressions a condition compares with (to check their anchors against the rule's triggers). */
+export function timeExpressionsOf(condition: Condition): TimeExpr[] {
+  switch (condition.op) {
+    case 'all':
+    case 'any':
+      return condition.of.flatMap(timeExpressionsOf);
+    case 'not':
+      return timeExpressionsOf(condition.of);
+    default:
+      return 'expr' in condition ? [condition.expr] : [];
+  }
+}
+
 /**
  * True when the condition holds for the trigger. Pure; never throws on trigger data. `zone`
  * (an IANA name, checked by the caller) is where `d`/`w` steps of a time expression count

@@ -117,6 +117,11 @@ describe('compileRules', () => {
     expect(messages({ at: 'encounter.end + 1d' })[0]).toEqual({ path: '0.at', message: expect.stringContaining('never present on appointment.booked') });
     expect(messages({ at: ['appointment.start - 1d', 'appointment.start - 1 day'] })[0].path).toBe('0.at.1');
     expect(messages({ at: undefined })[0]).toEqual({ path: '0.at', message: expect.stringContaining('at is required') });
+    // The same check for a lead time compared in `where`, however deeply nested.
+    expect(messages({ where: { not: { 'appointment.start': { gte: 'encounter.end + 7d' } } } })).toEqual([
+      { path: '0.where', message: expect.stringMatching(/"encounter.end" is never present on appointment.booked triggers; anchor on occurredAt instead/) },
+    ]);
+    expect(messages({ where: { 'appointment.start': { gte: 'occurredAt + 7d' } } })).toEqual([]);
   });
 
   it('maps condition issues under where, and reports every problem at once', () => {

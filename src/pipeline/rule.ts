@@ -26,7 +26,7 @@
 import type { Channel, Delivery, Purpose, SubjectKind, TriggerType } from '../types.ts';
 import { CHANNELS, PURPOSES, TRIGGER_TYPES } from '../types.ts';
 import type { Condition, ConditionIssue, FieldPath, IssuePath } from './conditions.ts';
-import { compileCondition, compilePath } from './conditions.ts';
+import { compileCondition, compilePath, timeExpressionsOf } from './conditions.ts';
 import type { TimeExpr } from './schedule.ts';
 import { compileTimeExpr } from './schedule.ts';
 import { closest, describe, isRecord } from './values.ts';
@@ -235,6 +235,7 @@ export function compileRule(raw: unknown, at: IssuePath, context: { outputs: rea
     const compiled = compileCondition(raw.where, [...at, 'where']);
     issues.push(...compiled.issues);
     where = compiled.condition;
+    for (const expr of where ? timeExpressionsOf(where) : []) anchorFits(expr, on, [...at, 'where'], issues, 'occurredAt');
   }
 
   const purpose = raw.purpose;
@@ -402,10 +403,10 @@ function compileCadence(raw: unknown, at: IssuePath, on: TriggerType[], issues: 
 }
 
 /** An appointment.* anchor can only be present on appointment triggers (likewise encounter.*). */
-function anchorFits(expr: TimeExpr, on: TriggerType[], at: IssuePath, issues: RuleIssue[]): void {
+function anchorFits(expr: TimeExpr, on: TriggerType[], at: IssuePath, issues: RuleIssue[], instead = 'occurredAt or now'): void {
   const family = expr.anchor.split('.')[0];
   if ((family === 'appointment' || family === 'encounter') && on.length > 0 && !on.some((t) => subjectKindOf(t) === family)) {
-    issues.push({ path: at, message: `"${expr.anchor}" is never present on ${on.join(', ')} triggers; anchor on occurredAt or now instead` });
+    issues.push({ path: at, message: `"${expr.anchor}" is never present on ${on.join(', ')} triggers; anchor on ${instead} instead` });
   }
 }
 
