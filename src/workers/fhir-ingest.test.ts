@@ -419,6 +419,30 @@ describe('gaps and recovery', () => {
       });
     });
 
+    it('a restart whose recovery fails moves nothing, not even for the notification queued behind it', async () => {
+      server.put(testPatient('p1'));
+      for (const id of ['a1', 'a2', 'a3', 'a4', 'a5', 'a6']) server.put(testAppointment(id, 'Patient/p1'));
+      const ingest = makeIngest();
+      await prime(ingest);
+      accepted(await ingest.handle(body(eventsBundle([event(1, 'Appointment/a1'), event(2, 'Appointment/a2'), event(3, 'Appointment/a3')]))));
+      for (const id of ['a4', 'a5']) server.pushEvent('sub1', `Appointment/${id}`);
+      server.failNext(503, 1);
+      // The restart handshake's $events fails; a new event waits behind it on the same subscription.
+      const [handshake] = await Promise.all([
+        ingest.handle(restartHandshake(2)),
+        ingest.handle(body(eventsBundle([event(3, 'Appointment/a6', { timestamp: after(5) })]))),
+      ]);
+      expect(handshake.kind).toBe('unavailable');
+      const cursor = JSON.parse((await store.getCursor(cursorKeys.subscription('ehr-fhir', 'sub1')))!);
+      expect(cursor.epoch).toBeUndefined();
+      expect(await store.listMessages({ controlId: 'sub1@1#3' })).toEqual([]);
+      // The server resends the handshake: one restart, its events recovered once.
+      accepted(await ingest.handle(restartHandshake(2)));
+      expect(log.lines.filter((l) => l.message === 'fhir.numbering_restarted')).toHaveLength(2);
+      expect(JSON.parse((await store.getCursor(cursorKeys.subscription('ehr-fhir', 'sub1')))!)).toMatchObject({ epoch: 1, n: 2 });
+      expect((await store.listMessages({ controlId: 'sub1@1#2' })).map((m) => m.status)).toEqual(['accepted']);
+    });
+
     it('events the restart handshake counts are recovered in the new numbering; late heartbeats and events from before move nothing', async () => {
       await server.close();
       server = await startFhirTestServer({ now: () => Date.parse(RESTART) - 60_000 });

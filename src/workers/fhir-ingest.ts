@@ -380,7 +380,7 @@ export class FhirIngest {
   private async handleTopic(n: TopicNotification, raw: Buffer, bundle: Record<string, unknown>): Promise<Batch> {
     const subscription = this.subscriptionOf(n.subscription);
     this.checkReferences(n);
-    return this.serial(`subscription:${subscription.id}`, async () => {
+    return this.withSubscription(subscription.id, async () => {
       const { log } = this.deps;
       const input = this.settings.input;
       const state = await this.state(subscription.id);
@@ -695,7 +695,7 @@ export class FhirIngest {
         continue;
       }
       try {
-        await this.serial(`subscription:${subscription.id}`, async () => {
+        await this.withSubscription(subscription.id, async () => {
           const current = await this.state(subscription.id);
           await this.recover(subscription, current, (current.n ?? 0) + 1, undefined, 'heartbeat_silence');
           current.recoveredAt = this.now().toISOString();
@@ -942,6 +942,22 @@ export class FhirIngest {
     } catch {
       throw new CommitFailed();
     }
+  }
+
+  /**
+   * Runs `work` on a subscription's position, after every earlier work on it. When the work
+   * fails, the position it may have moved in memory (not committed) is dropped before the
+   * next work starts, which then reads the committed one.
+   */
+  private withSubscription<T>(id: string, work: () => Promise<T>): Promise<T> {
+    return this.serial(`subscription:${id}`, async () => {
+      try {
+        return await work();
+      } catch (error) {
+        this.states.delete(id);
+        throw error;
+      }
+    });
   }
 
   /** Runs `work` after every earlier work with the same key (per subscription, per resource). */
