@@ -411,12 +411,29 @@ describe('gaps and recovery', () => {
       expect(triggers.map((t) => t.appointment?.id).sort()).toEqual(['a1', 'a1', 'a2', 'a3']);
       expect(new Set(triggers.map((t) => t.id)).size).toBe(4);
       expect(server.requests.filter((r) => r.path.endsWith('$events'))).toEqual([]);
-      expect(JSON.parse((await store.getCursor(cursorKeys.subscription('ehr-fhir', 'sub1')))!)).toMatchObject({ epoch: 1, n: 2, epochStart: RESTART });
+      expect(JSON.parse((await store.getCursor(cursorKeys.subscription('ehr-fhir', 'sub1')))!)).toMatchObject({ epoch: 1, n: 2, epochStarts: [RESTART] });
       // The position survives a restart of CareRelay.
       expect(accepted(await makeIngest().handle(body(eventsBundle([event(2, 'Appointment/a1', { timestamp: after(2) })]))))).toMatchObject({
         stored: 0,
         duplicates: 1,
       });
+    });
+
+    it('after a second restart, late traffic is placed in the numbering it was stamped in', async () => {
+      server.put(testPatient('p1'));
+      for (const id of ['a1', 'a2', 'a3', 'a4']) server.put(testAppointment(id, 'Patient/p1'));
+      const ingest = makeIngest();
+      await prime(ingest);
+      accepted(await ingest.handle(body(eventsBundle([event(1, 'Appointment/a1'), event(2, 'Appointment/a2'), event(3, 'Appointment/a3')]))));
+      accepted(await ingest.handle(restartHandshake(0)));
+      accepted(await ingest.handle(body(eventsBundle([event(1, 'Appointment/a4', { timestamp: after(1) })]))));
+      const SECOND = after(3600);
+      accepted(await ingest.handle(body(topicBundle({ subscription: sub(), type: 'handshake', eventsSinceSubscriptionStart: 0, timestamp: SECOND }))));
+      expect(JSON.parse((await store.getCursor(cursorKeys.subscription('ehr-fhir', 'sub1')))!)).toMatchObject({ epoch: 2, n: 0, epochStarts: [RESTART, SECOND] });
+      // Old event 3 of the first numbering and event 1 of the second, both resent late.
+      expect(accepted(await ingest.handle(body(eventsBundle([event(3, 'Appointment/a3')]))))).toMatchObject({ stored: 0, duplicates: 1 });
+      expect(accepted(await ingest.handle(body(eventsBundle([event(1, 'Appointment/a4', { timestamp: after(1) })]))))).toMatchObject({ stored: 0, duplicates: 1 });
+      expect(JSON.parse((await store.getCursor(cursorKeys.subscription('ehr-fhir', 'sub1')))!)).toMatchObject({ epoch: 2, n: 0 });
     });
 
     it('a restart whose recovery fails moves nothing, not even for the notification queued behind it', async () => {

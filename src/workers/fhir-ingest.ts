@@ -22,8 +22,8 @@
 // CareRelay handled. That starts a new numbering epoch: its events are stored under
 // `<subscription>@<epoch>#<event-number>` (their triggers' ids too), the position starts
 // again from 0, and what the handshake counts is recovered. Traffic stamped before the
-// restart (a late resend, a late heartbeat) still belongs to the previous numbering: it is
-// deduplicated there and moves nothing in the new one.
+// restart (a late resend, a late heartbeat; the server's clock) belongs to the numbering it
+// was stamped in: it is deduplicated there and moves nothing in the current one.
 //
 // Logs carry ids and reason codes only; refusal texts go to the caller, never to logs.
 import { createHash } from 'node:crypto';
@@ -124,8 +124,11 @@ export interface SubscriptionState {
    * Events are stored under topicEventKey(subscription, number, epoch).
    */
   epoch?: number;
-  /** When the current numbering began: the restart handshake's Bundle.timestamp (the server's clock). */
-  epochStart?: string;
+  /**
+   * When each numbering after the first began: `epochStarts[k - 1]` is epoch k's restart
+   * handshake Bundle.timestamp (the server's clock), null when it had none.
+   */
+  epochStarts?: Array<string | null>;
 }
 
 /** Refusal of the notification as sent (4xx, nothing stored). */
@@ -171,14 +174,19 @@ function instantMs(value: string | undefined): number {
 }
 
 /**
- * The numbering a notification stamped `at` belongs to: the current one, or the previous one
- * when it was stamped before the current numbering began (undefined stamps: the current one).
+ * The numbering a notification stamped `at` belongs to: the latest one that began at or
+ * before the stamp. Without a stamp, or past a numbering whose start is unknown, the latest
+ * one that can be told apart.
  */
 function epochOf(state: SubscriptionState, at: string | undefined): number {
   const epoch = state.epoch ?? 0;
-  if (epoch === 0 || state.epochStart === undefined || at === undefined) return epoch;
-  const stamped = Date.parse(at);
-  return Number.isFinite(stamped) && stamped < instantMs(state.epochStart) ? epoch - 1 : epoch;
+  const stamped = at === undefined ? Number.NaN : Date.parse(at);
+  if (epoch === 0 || !Number.isFinite(stamped)) return epoch;
+  for (let k = epoch; k >= 1; k--) {
+    const start = state.epochStarts?.[k - 1];
+    if (start === undefined || start === null || stamped >= instantMs(start)) return k;
+  }
+  return 0;
 }
 
 /** Cursor keys in the store. */
@@ -423,9 +431,8 @@ export class FhirIngest {
         // likely late than a restart.)
         state.epoch = (state.epoch ?? 0) + 1;
         // The server's own stamp, comparable with its event stamps (our clock may differ);
-        // without one, nothing is told apart by time.
-        if (n.timestamp !== undefined) state.epochStart = n.timestamp;
-        else delete state.epochStart;
+        // without one, nothing before this numbering can be told apart by time.
+        state.epochStarts = [...(state.epochStarts ?? []), n.timestamp ?? null];
         state.n = 0;
         log.warn('fhir.numbering_restarted', { input, controlId: subscription.id, count: state.epoch });
         if (since > 0) await this.recover(subscription, state, 1, since, 'handshake_gap');
