@@ -9,11 +9,10 @@
 // byte of the body is read. Then the body is read up to the limit (413 past it), a signature
 // verified over the raw bytes, and only then parsed. The 2xx comes from FhirIngest only
 // after the commit.
-import { createHmac, timingSafeEqual } from 'node:crypto';
 import express, { type Request } from 'express';
+import { hmacMatches, signatureBytes, standardWebhooksSignatureMatches } from '../inputs/fhir/signatures.ts';
 import type { Logger } from '../log.ts';
 import type { FhirIngestResult } from '../workers/fhir-ingest.ts';
-import { standardWebhooksSignatureMatches } from '../inputs/fhir/standard-webhooks.ts';
 import { bearerMatches, declaredOverLimit, refuseUnread, secretsMatch, sendProblem } from './app.ts';
 
 export type FhirInboundAuth =
@@ -43,21 +42,6 @@ export interface FhirRouterDeps {
 
 const FHIR_JSON = 'application/fhir+json; charset=utf-8';
 const ACCEPTED_TYPES = new Set(['application/fhir+json', 'application/json']);
-
-/** The signature bytes of a header value: `sha256=<hex>`, `<hex>` or `<base64>`. */
-function signatureBytes(value: string): Buffer | undefined {
-  const text = value.trim().replace(/^sha256=/i, '');
-  if (/^[0-9a-f]{64}$/i.test(text)) return Buffer.from(text, 'hex');
-  if (/^[A-Za-z0-9+/_-]{43}=?$/.test(text)) return Buffer.from(text, 'base64');
-  return undefined;
-}
-
-export function hmacMatches(body: Buffer, signature: string, secret: string): boolean {
-  const presented = signatureBytes(signature);
-  if (presented === undefined) return false;
-  const expected = createHmac('sha256', secret).update(body).digest();
-  return presented.length === expected.length && timingSafeEqual(presented, expected);
-}
 
 const WEBHOOK_TIMESTAMP = /^[0-9]{1,12}$/;
 

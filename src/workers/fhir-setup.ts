@@ -5,7 +5,7 @@ import type { FhirInboundAuth } from '../api/fhir-routes.ts';
 import { readSecret, type Env } from '../config/yaml.ts';
 import { FhirClient, type FhirAuthConfig } from '../fhir/client.ts';
 import type { FhirInboundAuthConfig, FhirPollConfig, FhirRestHookConfig, FhirServerConfig } from '../inputs/fhir/spec.ts';
-import { standardWebhooksKey } from '../inputs/fhir/standard-webhooks.ts';
+import { standardWebhooksKey } from '../inputs/fhir/signatures.ts';
 import type { Logger } from '../log.ts';
 import type { Store } from '../store/store.ts';
 import type { Trigger } from '../types.ts';

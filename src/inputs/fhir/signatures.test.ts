@@ -1,6 +1,6 @@
 import { createHmac } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
-import { standardWebhooksKey, standardWebhooksSignatureMatches } from './standard-webhooks.ts';
+import { hmacMatches, standardWebhooksKey, standardWebhooksSignatureMatches } from './signatures.ts';
 
 // The example of the Standard Webhooks reference libraries' tests: secret, id, timestamp,
 // body and the signature they give for them.
@@ -9,6 +9,20 @@ const ID = 'msg_p5jXN8AQM9LWM0D4loKWxJek';
 const TIMESTAMP = '1614265330';
 const BODY = Buffer.from('{"test": 2432232314}');
 const SIGNATURE = 'v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=';
+
+describe('body HMAC (Medplum X-Signature)', () => {
+  const body = Buffer.from('{"resourceType":"Bundle"}');
+  const hex = createHmac('sha256', 'shared').update(body).digest('hex');
+
+  it('accepts hex, sha256=hex and base64, and nothing signed otherwise', () => {
+    expect(hmacMatches(body, hex, 'shared')).toBe(true);
+    expect(hmacMatches(body, `sha256=${hex.toUpperCase()}`, 'shared')).toBe(true);
+    expect(hmacMatches(body, Buffer.from(hex, 'hex').toString('base64'), 'shared')).toBe(true);
+    expect(hmacMatches(body, hex, 'other')).toBe(false);
+    expect(hmacMatches(Buffer.from('{}'), hex, 'shared')).toBe(false);
+    expect(hmacMatches(body, hex.slice(2), 'shared')).toBe(false);
+  });
+});
 
 describe('Standard Webhooks v1', () => {
   const key = standardWebhooksKey(SECRET)!;
