@@ -294,6 +294,8 @@ export class Hl7Ingest {
       return { code, text: shouldSendAcceptAck(msg, o === 'accept' || o === 'ignore') ? built : undefined };
     };
     const ack = ackFor(outcome, text, errorCode);
+    // What a copy quarantined for reusing MSH-10 is answered (AE/CE, ERR 205).
+    const conflictAck = () => ackFor('retry', conflictMessage(controlId), ERR.duplicateKey);
 
     const record: InboundRecord = {
       input: settings.input,
@@ -315,7 +317,7 @@ export class Hl7Ingest {
       // A twin with other bytes may commit first (a parallel connection): then this copy is
       // quarantined, and the ACK stored with it is the AE/CE the sender gets.
       record.conflictAck = () => {
-        const built = ackFor('retry', conflictMessage(controlId), ERR.duplicateKey);
+        const built = conflictAck();
         return { ack: built.text ?? '', ackCode: built.code };
       };
     }
@@ -354,7 +356,7 @@ export class Hl7Ingest {
         }
         // A quarantined copy is never accepted: a row stored with an accept code (by an
         // earlier version, or a store that ignores conflictAck) is answered with the AE/CE.
-        const retry = ackFor('retry', conflictMessage(controlId), ERR.duplicateKey);
+        const retry = conflictAck();
         return { ack: retry.text, ackCode: retry.code, committed: true, triggers: [] };
       }
       default:
