@@ -8,8 +8,9 @@
 //
 // One stored record per notification event (controlId `<subscription>#<event-number>`, see
 // numbering restarts below), per resource version (`Type/id/_history/v`: R4 criteria
-// rest-hooks, searches, polling), or per handshake/heartbeat (zero triggers). The sender is the configured server's base
-// URL, so the same event or version seen twice — resent, recovered, polled — is one record.
+// rest-hooks, searches, polling), or per handshake/heartbeat (zero triggers). The sender is
+// the configured server's base URL, so the same event or version seen twice — resent,
+// recovered, polled — is one record.
 //
 // Gaps (Backport IG "Handling Errors": event numbers and events-since-subscription-start
 // are per subscription and monotonic): an event number past last seen + 1, or a heartbeat
@@ -173,13 +174,17 @@ function instantMs(value: string | undefined): number {
   return Number.isFinite(ms) ? ms : Number.NEGATIVE_INFINITY;
 }
 
+function currentEpoch(state: SubscriptionState): number {
+  return state.epoch ?? 0;
+}
+
 /**
  * The numbering a notification stamped `at` belongs to: the latest one that began at or
  * before the stamp. Without a stamp, or past a numbering whose start is unknown, the latest
  * one that can be told apart.
  */
 function epochOf(state: SubscriptionState, at: string | undefined): number {
-  const epoch = state.epoch ?? 0;
+  const epoch = currentEpoch(state);
   const stamped = at === undefined ? Number.NaN : Date.parse(at);
   if (epoch === 0 || !Number.isFinite(stamped)) return epoch;
   for (let k = epoch; k >= 1; k--) {
@@ -396,7 +401,7 @@ export class FhirIngest {
       if (n.status === 'error') log.warn('fhir.subscription_error', { input, controlId: subscription.id, reason: 'status_error' });
 
       if (n.type === NotificationType.EventNotification || n.type === NotificationType.QueryEvent) {
-        const current = state.epoch ?? 0;
+        const current = currentEpoch(state);
         const numbers = n.events.filter((e) => epochOf(state, e.timestamp ?? n.timestamp) === current).map((e) => e.eventNumber);
         const first = numbers.length > 0 ? Math.min(...numbers) : undefined;
         if (state.n === undefined) {
@@ -421,7 +426,7 @@ export class FhirIngest {
       // Same bytes resent: the same record; another heartbeat: a new one.
       const controlId = `${subscription.id}#${n.type}#${sha256(raw).slice(0, 16)}`;
       // A count from before the current numbering began (a late heartbeat) says nothing about it.
-      const countsNow = since !== undefined && epochOf(state, n.timestamp) === (state.epoch ?? 0);
+      const countsNow = since !== undefined && epochOf(state, n.timestamp) === currentEpoch(state);
       if (state.n === undefined) {
         state.n = since ?? 0;
       } else if (n.type === NotificationType.Handshake && countsNow && since < state.n && !(await this.known(controlId))) {
@@ -429,7 +434,7 @@ export class FhirIngest {
         // (re)activated with a new numbering. Its events 1, 2… are new events, not resends.
         // (The same handshake resent is a resend; a heartbeat with a lower count is more
         // likely late than a restart.)
-        state.epoch = (state.epoch ?? 0) + 1;
+        state.epoch = currentEpoch(state) + 1;
         // The server's own stamp, comparable with its event stamps (our clock may differ);
         // without one, nothing before this numbering can be told apart by time.
         state.epochStarts = [...(state.epochStarts ?? []), n.timestamp ?? null];
@@ -516,9 +521,9 @@ export class FhirIngest {
     const stateKey = cursorKeys.subscription(this.settings.input, subscription.id);
     let searchNeeded = false;
     for (const event of events) {
-      // Late traffic stamped before a numbering restart belongs to the previous numbering;
-      // what $events returns is always the server's current numbering.
-      const epoch = recovered ? (state.epoch ?? 0) : epochOf(state, event.timestamp ?? n.timestamp);
+      // Late traffic stamped before a numbering restart belongs to the numbering it was
+      // stamped in; what $events returns is always the server's current numbering.
+      const epoch = recovered ? currentEpoch(state) : epochOf(state, event.timestamp ?? n.timestamp);
       const controlId = topicEventKey(n.subscription, event.eventNumber, epoch);
       if (await this.known(controlId)) {
         batch.duplicates += 1;
@@ -544,7 +549,7 @@ export class FhirIngest {
         const single: TopicNotification = { ...n, events: [event] };
         await this.normalizeInto(record, batch, single, [focusParts], fetched, 'refuse', epoch);
       }
-      if (epoch === (state.epoch ?? 0)) state.n = Math.max(state.n ?? 0, event.eventNumber);
+      if (epoch === currentEpoch(state)) state.n = Math.max(state.n ?? 0, event.eventNumber);
       state.at = laterInstant(state.at, event.timestamp ?? receivedAt);
       state.seen = receivedAt;
       if (n.status !== undefined) state.status = n.status;
