@@ -1,7 +1,7 @@
 // HL7v2 parse benchmark: µs per message to parse a message AND read the ~60 values the
 // normalizer reads (every PID-3/13/14 repetition included), for CareRelay's parser and for
-// node-hl7-client (the reference of test/differential-hl7v2.test.ts), over the shared corpus
-// (shared/corpus/hl7v2/**/*.hl7) repeated. Then parse + normalizeHl7 (goal ≤ 20 µs/message).
+// node-hl7-client (the reference of test/differential-hl7v2.test.ts), over the sample corpus
+// (fixtures/corpus/hl7v2/**/*.hl7) repeated. Then parse + normalizeHl7 (goal ≤ 20 µs/message).
 // Each measurement: a warm-up of WARMUP messages, then MEASURED messages, best of ROUNDS
 // (one round for node-hl7-client, which needs about 2 minutes for 200,000 messages here).
 // Run alone with `node --expose-gc --import tsx bench/parse.ts`, or through bench/run.ts.
@@ -17,7 +17,7 @@ const MEASURED = 200_000;
 const ROUNDS = 3;
 
 const REPO = fileURLToPath(new URL('..', import.meta.url));
-const CORPUS_DIR = path.resolve(REPO, '../shared/corpus/hl7v2');
+const CORPUS_DIR = path.join(REPO, 'fixtures/corpus/hl7v2');
 const NORMALIZE_MODULE = path.join(REPO, 'src/inputs/hl7v2/normalize.ts');
 
 /** Single values the normalizer reads (first occurrence, first repetition). */
@@ -63,7 +63,7 @@ function readTheirs(msg: Message): number {
 }
 
 function loadCorpus(): Buffer[] {
-  if (!existsSync(CORPUS_DIR)) throw new Error(`the shared corpus is missing at ${CORPUS_DIR} (shared/ must sit beside the repository)`);
+  if (!existsSync(CORPUS_DIR)) throw new Error(`the sample corpus is missing at ${CORPUS_DIR}`);
   const files = (readdirSync(CORPUS_DIR, { recursive: true }) as string[]).filter((f) => f.endsWith('.hl7')).sort();
   if (files.length === 0) throw new Error(`no .hl7 file under ${CORPUS_DIR}`);
   return files.map((f) => readFileSync(path.join(CORPUS_DIR, f)));

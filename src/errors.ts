@@ -1,4 +1,4 @@
-// Failure classes (ARCHITECTURE.md invariant 4). Code that fails says what kind of failure
+// Failure classes (docs/architecture.md invariant 4). Code that fails says what kind of failure
 // it is, where it happens; the queue decides what each class means (retry, park, dead-letter).
 // This module imports nothing.
 
@@ -46,7 +46,7 @@ export function failureClassOf(error: unknown): FailureClass {
 
 /**
  * A configuration problem at a precise place. Config loading collects every one of these
- * before refusing to start (ARCHITECTURE.md invariant 5).
+ * before refusing to start (docs/architecture.md invariant 5).
  */
 export interface ConfigIssue {
   file: string;

@@ -1,5 +1,5 @@
 // Composition root: load config → plan → wire store, inputs, api → start. The only module
-// that knows every other one (ARCHITECTURE.md, dependency rule).
+// that knows every other one (docs/architecture.md, dependency rule).
 import type { Server } from 'node:http';
 import path from 'node:path';
 import { createApp, type HttpHl7Input } from './api/app.ts';
@@ -65,7 +65,7 @@ function ingestSettings(name: string, config: Hl7v2MllpConfig | Hl7v2HttpConfig)
 }
 
 /**
- * Test-only fault injection for the crash tests (RELIABILITY.md promise 1):
+ * Test-only fault injection for the crash tests (docs/reliability.md promise 1):
  * CARERELAY_FAULT=kill-after-commit:N kills the process with SIGKILL right after the N-th
  * commit, before its ACK is written. Unset in every real deployment.
  */
@@ -208,7 +208,7 @@ export async function startCarerelay(options: StartOptions): Promise<RunningCare
     await store.close();
     throw error;
   }
-  // Slow or silent HTTP clients must not hold sockets (RELIABILITY.md promise 10).
+  // Slow or silent HTTP clients must not hold sockets (docs/reliability.md promise 10).
   http.headersTimeout = 20_000;
   http.requestTimeout = 60_000;
   http.keepAliveTimeout = 5_000;

@@ -1,4 +1,4 @@
-// Values every input normalizes the same way (TRIGGER.md), so the HL7v2 and FHIR paths give
+// Values every input normalizes the same way (docs/trigger.md), so the HL7v2 and FHIR paths give
 // the same trigger for the same patient: language codes (PID-15, Patient.communication) and
 // phone numbers (XTN, ContactPoint). Imports nothing.
 
@@ -20,7 +20,7 @@ const ISO_639_2_TO_1: Record<string, string> = {
 };
 
 /**
- * A language code → lower-case ISO 639-1 ("fr", "en"), as TRIGGER.md's patient.language
+ * A language code → lower-case ISO 639-1 ("fr", "en"), as docs/trigger.md's patient.language
  * wants it: the region is dropped ("en-US", "pt_BR" → "en", "pt"), three-letter codes are
  * mapped (ENG → en, FRA/FRE → fr). A three-letter code with no two-letter equivalent stays
  * as sent, lower-cased. Anything else ("English") → undefined.
@@ -45,7 +45,7 @@ export function languageCode(raw: string): string | undefined {
 }
 
 /**
- * A phone number as triggers carry it (TRIGGER.md "Phones"): the digits and a leading '+';
+ * A phone number as triggers carry it (docs/trigger.md "Phones"): the digits and a leading '+';
  * spaces, dots, dashes, parentheses and a `tel:` scheme dropped. '' when no digit is left.
  */
 export function phoneValue(raw: string): string {

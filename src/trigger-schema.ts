@@ -1,4 +1,4 @@
-// JSON Schema of the normalized trigger (../shared/design/TRIGGER.md is the contract; the
+// JSON Schema of the normalized trigger (docs/trigger.md is the contract; the
 // field names and meanings here are fixed). Every input's output is validated against it in
 // the tests, and tools outside CareRelay can use it to read `carerelay normalize` output and
 // the admin API. Imports nothing.

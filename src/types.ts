@@ -1,7 +1,7 @@
-// The shared vocabulary of CareRelay. This module imports nothing (ARCHITECTURE.md,
-// dependency rule). Field names of Trigger are a contract: ../shared/design/TRIGGER.md.
+// The shared vocabulary of CareRelay. This module imports nothing (docs/architecture.md,
+// dependency rule). Field names of Trigger are a contract: docs/trigger.md.
 
-/** Normalized trigger types (TRIGGER.md "Types"). */
+/** Normalized trigger types (docs/trigger.md "Types"). */
 export const TriggerType = {
   AppointmentBooked: 'appointment.booked',
   AppointmentRescheduled: 'appointment.rescheduled',
@@ -99,7 +99,7 @@ export interface TriggerSource {
   messageId: string;
 }
 
-/** The normalized trigger: the contract between inputs and rules (TRIGGER.md "Fields"). */
+/** The normalized trigger: the contract between inputs and rules (docs/trigger.md "Fields"). */
 export interface Trigger {
   id: string;
   type: TriggerType;
@@ -128,7 +128,7 @@ export type MessageStatus = (typeof MessageStatus)[keyof typeof MessageStatus];
 /** HL7v2 acknowledgment codes, original (A*) and enhanced commit (C*) mode. */
 export type AckCode = 'AA' | 'AE' | 'AR' | 'CA' | 'CE' | 'CR';
 
-/** Consent purposes (CONSENT.md "Purposes"). */
+/** Consent purposes (docs/consent.md "Purposes"). */
 export const Purpose = {
   CareLogistics: 'care.logistics',
   CareFollowup: 'care.followup',
@@ -151,7 +151,7 @@ export const Channel = {
 export type Channel = (typeof Channel)[keyof typeof Channel];
 export const CHANNELS: readonly Channel[] = Object.values(Channel);
 
-/** The outcome of a consent/safety check (ARCHITECTURE.md "Interfaces"). */
+/** The outcome of a consent/safety check (docs/architecture.md "Interfaces"). */
 export type Decision =
   | { allow: true; basis: string }
   | { allow: false; reason: string; retryAt?: string };
@@ -175,7 +175,7 @@ export type SubjectKind = (typeof SubjectKind)[keyof typeof SubjectKind];
 
 /**
  * One planned outbound message: one match of a mapping rule for a subject, made once when
- * the trigger is committed (ARCHITECTURE.md invariant 2). Built by pipeline/route.ts; the
+ * the trigger is committed (docs/architecture.md invariant 2). Built by pipeline/route.ts; the
  * queue holds it until `dueAt`; consent and safety are checked again at send time.
  * Stored as JSON: every field survives a round trip.
  */

@@ -1,6 +1,6 @@
 // The HTTP face of the running server: health, admin authentication (bearer token),
 // message filters and paging, bad queries, and the body limits of HL7 ingest — including
-// RELIABILITY.md promise 11: an unauthenticated upload is answered 401 before its body is read.
+// docs/reliability.md promise 11: an unauthenticated upload is answered 401 before its body is read.
 import http from 'node:http';
 import { createHash } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';

@@ -1,4 +1,4 @@
-// kill -9 of the real server process (RELIABILITY.md promise 1, ARCHITECTURE.md invariant 1):
+// kill -9 of the real server process (docs/reliability.md promise 1, docs/architecture.md invariant 1):
 // a message is ACKed AA only after it is durably committed, so whatever moment the process
 // dies at, every AA survives, nothing is stored twice and resends after a restart collapse.
 //

@@ -1,6 +1,6 @@
 // Differential test: CareRelay's HL7v2 parser against node-hl7-client (v3), the reference.
 //
-// Every message file of the shared corpus (shared/corpus/hl7v2/**/*.hl7) and of
+// Every message file of the sample corpus (fixtures/corpus/hl7v2/**/*.hl7) and of
 // fixtures/hl7v2/**/*.hl7 (globbed when the test runs) is parsed by both. For every field the
 // normalizer reads (FIELDS), every repetition, component and sub-component of the first
 // occurrence of its segment is compared after unescaping. Where the parsers legitimately
@@ -21,8 +21,8 @@ import {
 } from '../src/hl7v2/parse.ts';
 
 const REPO = fileURLToPath(new URL('..', import.meta.url));
-// shared/ sits beside the repository (developers' machines and CI alike).
-const CORPUS_DIR = path.resolve(REPO, '../shared/corpus/hl7v2');
+// Public sample messages from other projects, with their licences: fixtures/corpus/SOURCES.md.
+const CORPUS_DIR = path.join(REPO, 'fixtures/corpus/hl7v2');
 const FIXTURES_DIR = path.join(REPO, 'fixtures/hl7v2');
 /** The corpus held 23 message files when this test was written; fewer means the glob broke. */
 const MIN_CORPUS_FILES = 23;
@@ -73,7 +73,7 @@ type KnownDifference = (typeof KnownDifference)[keyof typeof KnownDifference];
 const Adaptation = {
   /**
    * node-hl7-client splits segments on CR if the text holds any CR, else on LF; a message that
-   * mixes CR with bare LF (accepted by CareRelay, HL7-FHIR.md "HL7v2 encoding") is handed to it
+   * mixes CR with bare LF (accepted by CareRelay, docs/hl7-fhir.md "HL7v2 encoding") is handed to it
    * with every break turned into CR.
    */
   MixedLineEnds: 'mixed-line-ends-normalized',
@@ -357,11 +357,11 @@ const corpusFiles = listMessageFiles(CORPUS_DIR);
 const fixtureFiles = listMessageFiles(FIXTURES_DIR);
 
 describe('differential: CareRelay HL7v2 parser vs node-hl7-client', () => {
-  it(`finds the shared corpus (${CORPUS_DIR})`, () => {
+  it(`finds the sample corpus (${CORPUS_DIR})`, () => {
     expect(corpusFiles.length).toBeGreaterThanOrEqual(MIN_CORPUS_FILES);
   });
 
-  describe('shared/corpus/hl7v2', () => {
+  describe('fixtures/corpus/hl7v2', () => {
     it.each(corpusFiles)('%s', (rel) => runFile(CORPUS_DIR, rel));
   });
 

@@ -1,6 +1,6 @@
 // The same real-world events told twice — as HL7v2 (SIU/ADT through Hl7Ingest) and as FHIR
 // (topic notifications through FhirIngest) — must give triggers equal in type,
-// appointment.*, encounter.* and patient.* (TRIGGER.md, first paragraph). Each path has its
+// appointment.*, encounter.* and patient.* (docs/trigger.md, first paragraph). Each path has its
 // own store, so stored state (previous start, check-in) is built by each path itself.
 //
 // The HL7 and FHIR versions below say exactly the same things: same patient (PID-3 MR

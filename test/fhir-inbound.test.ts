@@ -1,7 +1,7 @@
 // End to end: the real CareRelay (startCarerelay, in process) receiving FHIR notifications
 // on POST /ingest/fhir/<input> over HTTP, with a local FHIR test server as the configured
 // server (fetch-back, $events, searches). Every notification example of fixtures/fhir is
-// posted and must give what the IG and TRIGGER.md say; bad input gets a 4xx problem body
+// posted and must give what the IG and docs/trigger.md say; bad input gets a 4xx problem body
 // with nothing stored and no outgoing request; 2xx only after commit.
 import { createHmac } from 'node:crypto';
 import fs from 'node:fs';

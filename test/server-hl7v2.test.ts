@@ -1,5 +1,5 @@
-// The running server end to end, HL7v2 over real MLLP sockets and HTTP (ARCHITECTURE.md
-// invariant 1; RELIABILITY.md promises 1-3 and "Bad inputs"). One in-process server on a
+// The running server end to end, HL7v2 over real MLLP sockets and HTTP (docs/architecture.md
+// invariant 1; docs/reliability.md promises 1-3 and "Bad inputs"). One in-process server on a
 // fresh temp data dir for the whole file; each test uses its own MSH-10s and appointment ids.
 import net from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -196,7 +196,7 @@ describe('durable HL7v2 ingest over MLLP', () => {
   });
 });
 
-describe('bad inputs get the ACK RELIABILITY.md names', () => {
+describe('bad inputs get the ACK docs/reliability.md names', () => {
   const S12 = siuMessage({ controlId: 'E2E-BAD-TEMPLATE', appointmentId: 'AP-E2E-BAD' });
   const cases: Array<{ name: string; payload: string | Buffer; code: string; reason: string; status: string; text: RegExp }> = [
     {

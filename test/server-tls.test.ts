@@ -1,6 +1,6 @@
 // MLLP over mutual TLS through the running server: the connector's client-certificate CN →
-// allowed senders map decides which MSH-3^MSH-4 a sender may use (RELIABILITY.md "Security
-// defaults"), and nothing a patient said reaches a log line (ARCHITECTURE.md invariant 7).
+// allowed senders map decides which MSH-3^MSH-4 a sender may use (docs/reliability.md "Security
+// defaults"), and nothing a patient said reaches a log line (docs/architecture.md invariant 7).
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';

@@ -1,5 +1,5 @@
 // Every trigger CareRelay produces in its golden fixtures (HL7v2 and FHIR paths) conforms to
-// the trigger JSON Schema, and the schema itself refuses what TRIGGER.md rules out.
+// the trigger JSON Schema, and the schema itself refuses what docs/trigger.md rules out.
 import { readdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { Ajv } from 'ajv';

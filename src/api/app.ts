@@ -1,6 +1,6 @@
 // The HTTP face of CareRelay (express): ingest endpoints, admin API, health.
 //
-// Authentication runs before any body is read (RELIABILITY.md promise 11): routes that need
+// Authentication runs before any body is read (docs/reliability.md promise 11): routes that need
 // a token check it first, and only then does the size-limited body parser run.
 import { createHash, timingSafeEqual } from 'node:crypto';
 import express, { type NextFunction, type Request, type Response } from 'express';

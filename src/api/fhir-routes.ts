@@ -1,6 +1,6 @@
 // POST /ingest/fhir/<input>: where FHIR servers deliver subscription notifications.
 //
-// Order matters (RELIABILITY.md promise 11, "Bad inputs"): the input must exist, the caller
+// Order matters (docs/reliability.md promise 11, "Bad inputs"): the input must exist, the caller
 // must authenticate (bearer token or fixed header: checked on the headers alone; HMAC: the
 // signature header must be there; Standard Webhooks: the three webhook-* headers must be
 // there and the timestamp within the tolerance, so a request replayed later than that is

@@ -1,4 +1,4 @@
-// Loads the configuration directory into one immutable plan (ARCHITECTURE.md invariant 5):
+// Loads the configuration directory into one immutable plan (docs/architecture.md invariant 5):
 // every connectors/*.yaml file is read and validated, every problem across all files is
 // collected, and a single ConfigError lists them all — nothing starts half-configured.
 
@@ -308,7 +308,7 @@ export async function loadConfig(options: LoadConfigOptions): Promise<CarerelayP
     issues.push(...secretIssues(spec.configSchema, instance.config, file, base, configDir, env, options.checkSecrets !== false));
   }
 
-  // Rules are checked against the outputs as declared (channel, BAA, purposes: CONSENT.md
+  // Rules are checked against the outputs as declared (channel, BAA, purposes: docs/consent.md
   // rule 4); outputs that failed their own schema are left out, already reported.
   const validOutputs = located.filter((l) => l.kind === 'outputs' && l.valid).map((l) => l.instance);
   const withInfo = specs.outputs.filter((s): s is OutputSpec => typeof (s as Partial<OutputSpec>).info === 'function');

@@ -115,8 +115,8 @@ rules:
     expect(lines).toEqual([
       'a.yaml:10:9: unknown time unit "x" in "appointment.start - 24x"; use m (minutes), h (hours), d (calendar days) or w (weeks)',
       'a.yaml:11:5: unknown key "colour"; did you mean holdout? (known: id, on, where, purpose, channel, send, at, expires, cancelOn, replanOn, variants, holdout, description)',
-      'a.yaml:16:21: output "sms" does not allow purpose survey (allowed: care.logistics, care.followup) (CONSENT.md rule 4)',
-      'a.yaml:24:14: a holdout is refused for care.followup: care messages are not withheld to build a control group (CONSENT.md "Measuring outcomes"); use variants, or a non-care purpose',
+      'a.yaml:16:21: output "sms" does not allow purpose survey (allowed: care.logistics, care.followup) (docs/consent.md rule 4)',
+      'a.yaml:24:14: a holdout is refused for care.followup: care messages are not withheld to build a control group (docs/consent.md "Measuring outcomes"); use variants, or a non-care purpose',
       'b.yaml:3:9: duplicate rule id "reminder" (first used at a.yaml:2:5); ids must be unique across all mapping files',
       'b.yaml:7:36: template "short" (rule "reminder", sms) is missing templates/short.en.liquid; sms templates are short[.<lang>].liquid, with a language-less default',
       'b.yaml:7:43: template "short" exists in en, fr: add patient.language to send.fields so the patient\'s language can be chosen (without it the default file is always used)',

@@ -1,6 +1,6 @@
 // Loads mappings/*.yaml (rules) and mappings/templates/*.liquid into an immutable set, and
-// reports every problem at once with file:line:column (ARCHITECTURE.md invariant 5;
-// RELIABILITY.md "Bad inputs": an unknown field, a bad offset, a missing template, an output
+// reports every problem at once with file:line:column (docs/architecture.md invariant 5;
+// docs/reliability.md "Bad inputs": an unknown field, a bad offset, a missing template, an output
 // not covered for the rule's purpose are refused at load, nothing starts).
 //
 // A mapping file:
@@ -103,12 +103,12 @@ const ruleSchema = {
       description: 'Unique across all mapping files; part of every delivery id. Letters, digits, ".", "_", "-".',
     },
     description: { type: 'string', description: 'Free text for people reading the file.' },
-    on: stringOrList('Trigger type(s) that plan this message, e.g. appointment.booked (TRIGGER.md "Types").'),
+    on: stringOrList('Trigger type(s) that plan this message, e.g. appointment.booked (docs/trigger.md "Types").'),
     where: {
       description: 'Declarative condition on trigger fields (eq, ne, in, exists, gt/gte/lt/lte, matches, all/any/not); a list means all of them.',
       anyOf: [{ type: 'object' }, { type: 'array' }],
     },
-    purpose: { enum: [...PURPOSES], description: 'Why the message is sent (CONSENT.md "Purposes"); consent and outputs are checked against it.' },
+    purpose: { enum: [...PURPOSES], description: 'Why the message is sent (docs/consent.md "Purposes"); consent and outputs are checked against it.' },
     channel: { enum: [...CHANNELS], description: 'How it reaches the patient or the destination.' },
     send: {
       type: 'object',
@@ -158,7 +158,7 @@ const ruleSchema = {
   },
 } as const satisfies JsonSchema;
 
-/** JSON Schema of one mapping file (validates and documents; STYLE.md habit 1). */
+/** JSON Schema of one mapping file (validates and documents; docs/contributing.md habit 1). */
 export const mappingFileSchema = {
   type: 'object',
   description: 'One mappings/*.yaml file: a list of rules, and the languages its templates must exist in.',

@@ -1,6 +1,6 @@
 // Safe YAML reading, environment interpolation, secret references and schema validation
 // with file:line:column issues. Shared by the connectors loader and the mappings loader
-// (ARCHITECTURE.md invariant 5; RELIABILITY.md "Security defaults": YAML loaded safely,
+// (docs/architecture.md invariant 5; docs/reliability.md "Security defaults": YAML loaded safely,
 // secrets from the environment or files only).
 
 import { readFileSync } from 'node:fs';

@@ -1,5 +1,5 @@
 // CareRelay's FHIR client: fhir-kit-client for the REST calls, wrapped with what a
-// middleware fetching from an EHR needs (HL7-FHIR.md "FHIR inputs", RELIABILITY.md):
+// middleware fetching from an EHR needs (docs/hl7-fhir.md "FHIR inputs", docs/reliability.md):
 //
 // - one configured base URL is the allow-list: a reference or paging link pointing
 //   anywhere else is refused before any request is made ("id-only notification pointing

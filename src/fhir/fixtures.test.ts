@@ -1,7 +1,7 @@
 // Golden files: fixtures/fhir/<name>.json (the POSTed body), optional <name>.context.json
 // (receivedAt, sender, stored states, resources fetched back from the server) and
 // <name>.triggers.ndjson (the expected triggers, one per line, reviewed by hand against
-// TRIGGER.md). CARERELAY_UPDATE_GOLDEN=1 rewrites the .ndjson files from the code: review
+// docs/trigger.md). CARERELAY_UPDATE_GOLDEN=1 rewrites the .ndjson files from the code: review
 // the diff before committing it.
 import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';

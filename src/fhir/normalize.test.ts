@@ -82,7 +82,7 @@ function normalizeError(fn: () => unknown): FhirNormalizeError {
   throw new Error('expected a FhirNormalizeError');
 }
 
-describe('Appointment → type (TRIGGER.md FHIR column)', () => {
+describe('Appointment → type (docs/trigger.md FHIR column)', () => {
   const cases: Array<[string, Record<string, unknown>, Partial<SubjectState> | undefined, string | undefined]> = [
     ['created booked', {}, undefined, 'appointment.booked'],
     ['created pending', { status: 'pending' }, undefined, 'appointment.booked'],
@@ -342,13 +342,13 @@ describe('Encounter fields', () => {
     expect(t.source.messageType).toBe('Encounter');
   });
 
-  it('a date-only period becomes midnight in the sender zone (TRIGGER.md precision); R5 class and actualPeriod are read', () => {
+  it('a date-only period becomes midnight in the sender zone (docs/trigger.md precision); R5 class and actualPeriod are read', () => {
     const planned = encounter({ status: 'planned', period: undefined, actualPeriod: { start: '2024-04-02' }, class: [{ coding: [{ code: 'AMB' }] }] });
     expect(only(normalizeFhir(planned, ctx())).encounter).toMatchObject({ class: 'AMB', start: '2024-04-02T00:00:00+00:00' });
     expect(only(normalizeFhir(planned, ctx({ timezone: 'Europe/Paris' }))).encounter).toMatchObject({ start: '2024-04-02T00:00:00+02:00' });
   });
 
-  it('sensitivity sticks to the encounter once seen (CONSENT.md)', () => {
+  it('sensitivity sticks to the encounter once seen (docs/consent.md)', () => {
     const first = normalizeFhir(encounter({ meta: { security: [{ code: 'PSY' }] } }), ctx());
     expect(first.triggers[0]!.sensitivity).toEqual(['PSY']);
     const later = normalizeFhir(encounter({ status: 'finished' }), ctx({ previous: first.states[0] }));

@@ -1,10 +1,10 @@
-// FHIR Appointment / Encounter / Patient → normalized triggers (TRIGGER.md, "FHIR source"
+// FHIR Appointment / Encounter / Patient → normalized triggers (docs/trigger.md, "FHIR source"
 // column). Pure: no I/O, no clock. What the resource does not say (the status or start
 // before this change) comes from the stored SubjectState the caller passes in; the states
 // returned are what the caller stores for the next comparison.
 //
 // The same real-world event must give the same `type`, `appointment.*` and `patient.*` as
-// the HL7v2 path, so the field rules below follow TRIGGER.md to the letter.
+// the HL7v2 path, so the field rules below follow docs/trigger.md to the letter.
 import { createHash } from 'node:crypto';
 import { DateTime } from 'luxon';
 import { PermanentError } from '../errors.ts';
@@ -47,12 +47,12 @@ export interface NormalizeContext {
   /**
    * What the trigger ids derive from when it is not messageId: a topic event's key after the
    * server restarted its event numbering (notification.ts topicEventKey), where messageId
-   * (TRIGGER.md: subscription + event number) no longer tells the events apart.
+   * (docs/trigger.md: subscription + event number) no longer tells the events apart.
    */
   eventKey?: string;
   /** The notification-event timestamp, when there is one. */
   occurredAt?: string;
-  /** Bundle.timestamp: used for occurredAt after meta.lastUpdated (TRIGGER.md). */
+  /** Bundle.timestamp: used for occurredAt after meta.lastUpdated (docs/trigger.md). */
   bundleTimestamp?: string;
   /** Stored state of this appointment/encounter (store.getSubjectState), if any. */
   previous?: SubjectState;
@@ -65,7 +65,7 @@ export interface NormalizeContext {
   triggerCodes?: FhirCoding[];
   /**
    * IANA zone of the sender (input setting, default UTC): a date-only Encounter period
-   * becomes midnight there (TRIGGER.md "Precision").
+   * becomes midnight there (docs/trigger.md "Precision").
    */
   timezone?: string;
 }
@@ -75,7 +75,7 @@ export interface NormalizeResult {
   states: SubjectState[];
 }
 
-/** A resource that parses but cannot give the trigger it should (TRIGGER.md "What is not a trigger"). */
+/** A resource that parses but cannot give the trigger it should (docs/trigger.md "What is not a trigger"). */
 export class FhirNormalizeError extends PermanentError {
   /** `Type/id` of the resource, for logs (no patient data). */
   readonly resource: string;
@@ -120,7 +120,7 @@ export function normalizeFhir(resource: FhirResource, context: NormalizeContext)
 
 /**
  * A deleted resource (history entry with method DELETE): an Appointment gives
- * appointment.deleted (TRIGGER.md "resource deleted"), carrying the stored start/end.
+ * appointment.deleted (docs/trigger.md "resource deleted"), carrying the stored start/end.
  * The Patient must be passed in context.patient (the stored state's data.patientReference
  * says which one). Other types give no trigger.
  */
@@ -182,7 +182,7 @@ export interface NotificationNormalizeResult extends NormalizeResult {
 
 /**
  * Everything a notification body gives, in event order: one trigger per event focus (a
- * Patient only present as additional context gives none, TRIGGER.md). Handshakes,
+ * Patient only present as additional context gives none, docs/trigger.md). Handshakes,
  * heartbeats, status queries and empty payloads give nothing. States produced by an
  * earlier event feed the comparison of a later event about the same subject.
  */
@@ -382,7 +382,7 @@ const AppointmentStatus = {
 
 // --- Appointment -----------------------------------------------------------------------
 
-/** Status → type when the status is new (TRIGGER.md FHIR column). */
+/** Status → type when the status is new (docs/trigger.md FHIR column). */
 const APPOINTMENT_STATUS_TYPE: Record<string, TriggerType | undefined> = {
   [AppointmentStatus.Booked]: TriggerType.AppointmentBooked,
   [AppointmentStatus.Pending]: TriggerType.AppointmentBooked,
@@ -518,7 +518,7 @@ function participantOf(res: Appointment, types: readonly string[]): (LocationRef
   return undefined;
 }
 
-/** serviceType, else appointmentType (TRIGGER.md). R5 serviceType is a CodeableReference. */
+/** serviceType, else appointmentType (docs/trigger.md). R5 serviceType is a CodeableReference. */
 function appointmentService(res: Appointment): CodedValue | undefined {
   if (Array.isArray(res.serviceType)) {
     for (const st of res.serviceType) {
@@ -601,7 +601,7 @@ function normalizeEncounter(res: Encounter, context: NormalizeContext): Normaliz
 
   const type = encounterType(status, previous, location?.id, context.triggerCodes);
 
-  // Sensitivity sticks to the encounter even when later messages omit it (CONSENT.md).
+  // Sensitivity sticks to the encounter even when later messages omit it (docs/consent.md).
   const stuck = Array.isArray(previous?.data?.sensitivity) ? (previous.data.sensitivity as unknown[]) : [];
   const sensitivity = dedupe([
     ...stuck.filter((s): s is string => typeof s === 'string'),
@@ -757,7 +757,7 @@ function resolvePatient(
   return patientFrom(given, label);
 }
 
-/** TRIGGER.md patient.* from a FHIR Patient. */
+/** docs/trigger.md patient.* from a FHIR Patient. */
 function patientFrom(resource: FhirResource, label: string): TriggerPatient {
   const res = resource as Patient;
   const identifiers = identifiersOf(res);
@@ -765,7 +765,7 @@ function patientFrom(resource: FhirResource, label: string): TriggerPatient {
   const id = mr?.value ?? identifiers[0]?.value ?? res.id;
   if (!id) throw new FhirNormalizeError(label, 'the Patient has no identifier and no id');
 
-  // Built in TRIGGER.md field order so that serialized triggers read the same everywhere.
+  // Built in docs/trigger.md field order so that serialized triggers read the same everywhere.
   const patient = { id, identifiers } as TriggerPatient;
   const name = nameOf(res);
   if (name) patient.name = name;
@@ -821,7 +821,7 @@ function nameOf(res: Patient): HumanName | undefined {
 
 /**
  * Patient.communication: the preferred one first, else the first. Lower-case ISO 639-1
- * language part; the region is dropped; three-letter codes mapped (TRIGGER.md).
+ * language part; the region is dropped; three-letter codes mapped (docs/trigger.md).
  */
 function languageOf(res: Patient): string | undefined {
   if (!Array.isArray(res.communication)) return undefined;
@@ -836,7 +836,7 @@ function languageOf(res: Patient): string | undefined {
   return undefined;
 }
 
-/** Lower-case ISO 639-1 code (TRIGGER.md), the same mapping as the HL7v2 path. */
+/** Lower-case ISO 639-1 code (docs/trigger.md), the same mapping as the HL7v2 path. */
 export const normalizeLanguage = languageCode;
 
 /**

@@ -14,7 +14,7 @@ import {
 
 const fixtures = fileURLToPath(new URL('../../fixtures/fhir/', import.meta.url));
 
-/** The Backport IG examples of the shared corpus, copied byte for byte as fixtures/fhir/backport-r4-*. */
+/** The Backport IG examples of the sample corpus (fixtures/corpus/fhir), copied byte for byte as fixtures/fhir/backport-r4-*. */
 function corpusFile(name: string): Buffer {
   return readFileSync(`${fixtures}backport-r4-${name.replace(/^r4-notification-/, '')}`);
 }

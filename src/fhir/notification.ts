@@ -1,6 +1,6 @@
 // Reading what a FHIR server POSTs to a subscriber endpoint.
 //
-// Three shapes arrive (HL7-FHIR.md "FHIR inputs"):
+// Three shapes arrive (docs/hl7-fhir.md "FHIR inputs"):
 // - topic-based notifications: a Bundle whose entry[0] is the subscription status —
 //   R4 Subscriptions Backport IG (Bundle.type `history`, entry[0] a `Parameters` profiled
 //   as backport-subscription-status-r4), R4B (`history` + `SubscriptionStatus`) and R5
@@ -103,7 +103,7 @@ export interface TopicNotification {
   resources: Map<string, FhirResource>;
   /** fullUrl (else request.url) of history entries that record a DELETE (no resource). */
   deleted: string[];
-  /** Bundle.timestamp: last fallback for occurredAt (TRIGGER.md). */
+  /** Bundle.timestamp: last fallback for occurredAt (docs/trigger.md). */
   timestamp?: string;
   /** Subscription error codes (status `error`), when the server gives them. */
   errors?: FhirCoding[];
@@ -465,7 +465,7 @@ export function referenceParts(reference: string): { type: string; id: string } 
   return match ? { type: match[1]!, id: match[2]! } : undefined;
 }
 
-/** `<subscription id>#<event number>`: FHIR source.messageId for topic notifications (TRIGGER.md). */
+/** `<subscription id>#<event number>`: FHIR source.messageId for topic notifications (docs/trigger.md). */
 export function topicMessageId(subscription: string, eventNumber: number): string {
   const id = referenceParts(subscription)?.id ?? subscription;
   return `${id}#${eventNumber}`;

@@ -1,4 +1,4 @@
-// HL7v2 acknowledgments (v2.x chapter 2, "Acknowledgment messages"; HL7-FHIR.md "ACKs").
+// HL7v2 acknowledgments (v2.x chapter 2, "Acknowledgment messages"; docs/hl7-fhir.md "ACKs").
 //
 // - The ACK is written with the ORIGINAL message's delimiters (MSH-1/MSH-2 echoed), so
 //   wire text copied from the original (MSH-3..6, MSH-10 into MSA-2, MSH-11/12/18) stays

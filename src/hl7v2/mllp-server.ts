@@ -5,7 +5,7 @@
 // - Frames are handled strictly in order, one at a time; the ACK for frame n is written
 //   before frame n+1 reaches the handler. While frames wait behind the one in flight the
 //   socket is paused, so a pipelining sender is held by TCP flow control, not by our memory
-//   (RELIABILITY.md promise 10).
+//   (docs/reliability.md promise 10).
 // - The handler's answer is the ACK payload, or null to close without an ACK (the store
 //   could not commit: the sender must keep the message and resend). A throwing handler
 //   also closes without an ACK; a positive ACK is never sent for an unhandled frame.

@@ -1,4 +1,4 @@
-// The input types CareRelay knows: this list is the table of contents (STYLE.md habit 2).
+// The input types CareRelay knows: this list is the table of contents (docs/contributing.md habit 2).
 
 import { fhirPollSpec, fhirRestHookSpec } from './fhir/spec.ts';
 import { hl7v2HttpSpec, hl7v2MllpSpec } from './hl7v2/spec.ts';

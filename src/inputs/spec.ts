@@ -1,4 +1,4 @@
-// What every input type declares (ARCHITECTURE.md "Interfaces"): a type name, a one-line
+// What every input type declares (docs/architecture.md "Interfaces"): a type name, a one-line
 // summary, a JSON Schema of its instance config that both validates and documents (a
 // description on every property, a default on every optional one), and how to create it.
 

@@ -1,4 +1,4 @@
-// The output types CareRelay knows: this list is the table of contents (STYLE.md habit 2).
+// The output types CareRelay knows: this list is the table of contents (docs/contributing.md habit 2).
 
 import { outboxSpec } from './outbox/spec.ts';
 import type { OutputSpec } from './spec.ts';

@@ -1,9 +1,9 @@
-// What every output type declares (ARCHITECTURE.md "Interfaces", STYLE.md habit 1): a type
+// What every output type declares (docs/architecture.md "Interfaces", docs/contributing.md habit 1): a type
 // name, a one-line summary, a JSON Schema of its instance config that both validates and
 // documents, and — per configured instance — what routing and consent need to know before
-// anything is sent: the channel, whether the destination is covered by a BAA/DPA (CONSENT.md
+// anything is sent: the channel, whether the destination is covered by a BAA/DPA (docs/consent.md
 // rule 4), the purposes it may carry, and whether the provider deduplicates resends
-// (ARCHITECTURE.md invariant 4: an ambiguous failure is retried only through an idempotent
+// (docs/architecture.md invariant 4: an ambiguous failure is retried only through an idempotent
 // provider).
 
 import type { ComponentSpec, InstanceCheckIssue } from '../config/load.ts';
@@ -14,7 +14,7 @@ import type { Channel, Purpose, Receipt } from '../types.ts';
 /** What routing and the send-time checks know about one configured output. */
 export interface OutputInstanceInfo {
   readonly channel: Channel;
-  /** Declared covered by a BAA/DPA: may receive PHI (CONSENT.md rule 4). */
+  /** Declared covered by a BAA/DPA: may receive PHI (docs/consent.md rule 4). */
   readonly baa: boolean;
   readonly allowedPurposes: readonly Purpose[];
   /** The provider deduplicates by delivery id: an ambiguous failure may be retried. */

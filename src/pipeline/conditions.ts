@@ -3,7 +3,7 @@
 //
 // Nothing here executes code from a mapping file: a condition is data (eq, in, exists,
 // comparisons, bounded regular expressions, all/any/not) checked when the mapping loads
-// and evaluated against a Trigger (../types.ts, ../../shared/design/TRIGGER.md "Fields").
+// and evaluated against a Trigger (../types.ts, docs/trigger.md "Fields").
 //
 // YAML forms (a mapping with several keys means "all of them"):
 //
@@ -43,7 +43,7 @@ export interface ConditionIssue {
 }
 
 // ---------------------------------------------------------------------------------------
-// The trigger field vocabulary (TRIGGER.md "Fields"). Add fields here when TRIGGER.md
+// The trigger field vocabulary (docs/trigger.md "Fields"). Add fields here when docs/trigger.md
 // gains them: rules naming an unknown path are refused at load time.
 
 export const FieldKind = {

@@ -1,5 +1,5 @@
 // Message templates (LiquidJS), sandboxed: a template sees only the delivery's payload — the
-// trigger fields its rule's `send.fields` allow (ARCHITECTURE.md invariant 6) — plus date
+// trigger fields its rule's `send.fields` allow (docs/architecture.md invariant 6) — plus date
 // filters that format times in the patient's zone and language. Templates are read from
 // mappings/templates/ when the mappings load (config/mappings.ts); nothing is read from disk
 // while rendering: include, render, layout and block tags do not exist here.
@@ -12,7 +12,7 @@
 //                       <name>.html.liquid       <name>.<lang>.html.liquid          optional HTML body
 //
 // `<lang>` is a lower-case ISO 639-1/-2 code (`fr`, `en`, `es`). The language is the
-// payload's patient.language (TRIGGER.md: lower-case language part), so a rule whose
+// payload's patient.language (docs/trigger.md: lower-case language part), so a rule whose
 // template exists in several languages must allow `patient.language` in send.fields.
 // HTML parts escape every output (`outputEscape: escape`); text parts do not.
 //
@@ -370,7 +370,7 @@ function key(name: string, part: TemplatePart, language?: string): string {
   return `${name}\u0000${part}\u0000${language ?? ''}`;
 }
 
-/** `fr-CA` → `fr`; TRIGGER.md already gives the lower-case language part. */
+/** `fr-CA` → `fr`; docs/trigger.md already gives the lower-case language part. */
 export function languageOf(payload: Record<string, unknown>): string | undefined {
   const patient = payload.patient as { language?: unknown } | undefined;
   const language = patient?.language;

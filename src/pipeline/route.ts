@@ -1,5 +1,5 @@
 // route(): trigger × compiled rules → what to plan, replan and cancel. Pure: no I/O, the
-// clock and the time zone are passed in (ARCHITECTURE.md "Interfaces"). Evaluated once,
+// clock and the time zone are passed in (docs/architecture.md "Interfaces"). Evaluated once,
 // when the trigger is committed (invariant 2 "Route once, deliver many").
 //
 // Identity. A delivery is about a subject — the appointment, the encounter, or the patient
@@ -29,7 +29,7 @@ import { formatInstant, isValidZone, resolveInstant } from './schedule.ts';
 import { parseInstant } from './values.ts';
 
 export interface RouteOptions {
-  /** IANA zone of the patient / site / tenant for this trigger (CONSENT.md quiet hours order). */
+  /** IANA zone of the patient / site / tenant for this trigger (docs/consent.md quiet hours order). */
   zoneFor(trigger: Trigger): string;
 }
 

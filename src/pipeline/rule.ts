@@ -1,14 +1,14 @@
 // Mapping rules: the compiled shape route() works from, and compileRules(), which checks a
 // list of raw rules (parsed YAML from mappings/*.yaml) and reports every problem at once
-// with its path in the document (ARCHITECTURE.md invariant 5). Locating a path in a file
+// with its path in the document (docs/architecture.md invariant 5). Locating a path in a file
 // (line:column) is the config loader's job.
 //
 // A rule in YAML:
 //
 //   - id: reminder-24h
-//     on: [appointment.booked]              # one type or a list (TRIGGER.md "Types")
+//     on: [appointment.booked]              # one type or a list (docs/trigger.md "Types")
 //     where: { appointment.serviceType.code: { in: [CARDIO] } }   # conditions.ts
-//     purpose: care.logistics               # CONSENT.md "Purposes"
+//     purpose: care.logistics               # docs/consent.md "Purposes"
 //     channel: sms
 //     send:
 //       output: sms-main                    # an output connector instance
@@ -75,14 +75,14 @@ export interface Rule {
 export interface OutputInfo {
   name: string;
   channel: string;
-  /** Declared covered by a BAA/DPA: may receive PHI (CONSENT.md rule 4). */
+  /** Declared covered by a BAA/DPA: may receive PHI (docs/consent.md rule 4). */
   baa: boolean;
   allowedPurposes: readonly string[];
 }
 
 /** Why a match produced no delivery; recorded so every non-send has a reason. */
 export const SkipReason = {
-  /** The due time is at or after `expires` (CONSENT.md "Quiet hours", last sentence). */
+  /** The due time is at or after `expires` (docs/consent.md "Quiet hours", last sentence). */
   Expired: 'expired',
   /** The patient falls in the rule's holdout share: no message, by design. */
   Holdout: 'holdout',
@@ -176,7 +176,7 @@ export const DEFAULT_RECIPIENT: Partial<Record<Channel, string>> = {
   email: 'patient.telecom[system=email].value',
 };
 
-/** Paths that say something about care: with any patient identity they are PHI (CONSENT.md). */
+/** Paths that say something about care: with any patient identity they are PHI (docs/consent.md). */
 const CARE_PATH_PREFIXES = ['appointment', 'encounter', 'sensitivity', 'type', 'source'];
 
 // ---------------------------------------------------------------------------------------
@@ -278,7 +278,7 @@ export function compileRule(raw: unknown, at: IssuePath, context: { outputs: rea
     if (typeof raw.holdout !== 'number' || !(raw.holdout >= 0 && raw.holdout < 1)) {
       add([...at, 'holdout'], `holdout is a share of patients from 0 to below 1 (e.g. 0.1); got ${describe(raw.holdout)}`);
     } else if (isCare && raw.holdout > 0) {
-      add([...at, 'holdout'], `a holdout is refused for ${purpose as string}: care messages are not withheld to build a control group (CONSENT.md "Measuring outcomes"); use variants, or a non-care purpose`);
+      add([...at, 'holdout'], `a holdout is refused for ${purpose as string}: care messages are not withheld to build a control group (docs/consent.md "Measuring outcomes"); use variants, or a non-care purpose`);
     } else holdout = raw.holdout;
   }
 
@@ -365,10 +365,10 @@ function compileSend(
   if (output && typeof purpose === 'string') {
     if (output.channel !== channel) add([...at, 'output'], `output "${output.name}" is a ${output.channel} output, but the rule's channel is ${channel}`);
     if (!output.allowedPurposes.includes(purpose)) {
-      add([...at, 'output'], `output "${output.name}" does not allow purpose ${purpose} (allowed: ${output.allowedPurposes.join(', ') || 'none'}) (CONSENT.md rule 4)`);
+      add([...at, 'output'], `output "${output.name}" does not allow purpose ${purpose} (allowed: ${output.allowedPurposes.join(', ') || 'none'}) (docs/consent.md rule 4)`);
     }
     if (!output.baa) {
-      // CONSENT.md rule 4, checked at load: a message about care is PHI once it reaches the
+      // docs/consent.md rule 4, checked at load: a message about care is PHI once it reaches the
       // patient's address, and care fields with any identity are PHI.
       if (isCare) add([...at, 'output'], `output "${output.name}" is not declared baa: true, so it may not carry ${purpose} messages (they are about the patient's care)`);
       const care = fields.filter((f) => CARE_PATH_PREFIXES.includes(f.segments[0].name));

@@ -8,7 +8,7 @@
 //   occurredAt + 2d
 //   now + 30m
 //
-// Units (CONSENT.md "Time arithmetic"): `m` and `h` are elapsed time; `d` and `w` are
+// Units (docs/consent.md "Time arithmetic"): `m` and `h` are elapsed time; `d` and `w` are
 // calendar steps in the patient's/site's time zone, so `- 1d` keeps the wall-clock time
 // across a DST change and `- 24h` does not. Steps apply left to right, then `at`.
 //

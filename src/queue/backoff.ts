@@ -1,6 +1,6 @@
 // Retry timing shared by every queue backend: exponential backoff with full jitter
 // (delay = random in [0, min(cap, base · 2^(attempt−1))]), never sooner than a provider's
-// Retry-After (RELIABILITY.md promise 5). Full jitter spreads a burst of failures from one
+// Retry-After (docs/reliability.md promise 5). Full jitter spreads a burst of failures from one
 // outage over the whole window instead of retrying them in lock-step.
 import { failureClassOf, TransientError, type FailureClass } from '../errors.ts';
 import { QueueErrorCode, type QueueOptions, type RetryPolicy } from './queue.ts';
@@ -50,7 +50,7 @@ export interface NormalizedQueueOptions {
   maxPollIntervalMs: number;
 }
 
-/** Fill defaults and refuse nonsense in one place (STYLE.md habit 8). */
+/** Fill defaults and refuse nonsense in one place (docs/contributing.md habit 8). */
 export function normalizeQueueOptions(options: QueueOptions = {}): NormalizedQueueOptions {
   const leaseMs = options.leaseMs ?? 30_000;
   const retry: RetryPolicy = { ...DEFAULT_RETRY_POLICY, ...options.retry };
@@ -93,7 +93,7 @@ export type FailureOutcome =
   | { next: 'dead'; failureClass: FailureClass; code: string };
 
 /**
- * The one place where a failure class becomes a decision (ARCHITECTURE.md invariant 4);
+ * The one place where a failure class becomes a decision (docs/architecture.md invariant 4);
  * every backend calls it so they cannot drift apart.
  *
  * @param interrupted the handler failed after close() aborted it: a transient failure is

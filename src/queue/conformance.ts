@@ -1,4 +1,4 @@
-// The behaviour every Queue backend must show (ARCHITECTURE.md "Interfaces", RELIABILITY.md
+// The behaviour every Queue backend must show (docs/architecture.md "Interfaces", docs/reliability.md
 // promises 4–6). Each backend's test file calls queueConformanceSuite() with a factory for
 // a fresh store per test; the suite only uses the Queue interface and an injected clock,
 // so it is meant to run unchanged against SQLite and, later, BullMQ.

@@ -1,9 +1,9 @@
-// The Queue interface (ARCHITECTURE.md "Interfaces", invariant 4). Workers see only this;
+// The Queue interface (docs/architecture.md "Interfaces", invariant 4). Workers see only this;
 // the embedded SQLite backend (sqlite.ts) implements it, and so must the Redis/BullMQ one to
 // come; both pass one conformance suite (conformance.ts). Nothing here may assume a
 // particular backend.
 //
-// What a job's failure means is decided here, not by the code that failed (STYLE.md habit 4):
+// What a job's failure means is decided here, not by the code that failed (docs/contributing.md habit 4):
 //   resolve                          → done
 //   TransientError / unclassified    → retried with backoff (never before retryAfterMs),
 //                                      dead after maxAttempts with the last code
@@ -12,7 +12,7 @@
 //                                      message to a patient is a real harm)
 //   PermanentError                   → dead now, with its code
 //   worker vanished (lease expired)  → taken again with attempt + 1 and
-//                                      previousError 'lease_expired' (RELIABILITY.md #4)
+//                                      previousError 'lease_expired' (docs/reliability.md #4)
 
 export const JobState = {
   /** Waiting for its run time (first run or a retry). */

@@ -1,9 +1,9 @@
 // The embedded queue: SQLite tables (prefix `queue_`) in the same file as the store
-// (ARCHITECTURE.md "Backends"). Everything that matters lives in the file, so a restart or
+// (docs/architecture.md "Backends"). Everything that matters lives in the file, so a restart or
 // a kill -9 loses nothing (open the file with store/sqlite-db.ts openSqliteDatabase: WAL,
 // synchronous=FULL, busy timeout): a job taken by a worker carries a lease that the worker renews
 // while its handler runs; when the worker vanishes the lease lapses and any instance on the
-// file takes the job again (RELIABILITY.md promise 4).
+// file takes the job again (docs/reliability.md promise 4).
 //
 // Costs, with n pending jobs: taking the next due job, finding the next due time and
 // cancelling by key are each one index probe, O(log n); nothing scans the job table except

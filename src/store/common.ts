@@ -6,7 +6,7 @@ import type { InboundRecord, StoredMessage } from './store.ts';
 
 /** Reason codes a store writes itself (safe to log). */
 export const StoreReason = {
-  /** Same sender + control id as a stored message, different bytes (RELIABILITY.md #3). */
+  /** Same sender + control id as a stored message, different bytes (docs/reliability.md #3). */
   ConflictingResend: 'conflicting_resend',
 } as const;
 export type StoreReason = (typeof StoreReason)[keyof typeof StoreReason];
@@ -25,7 +25,7 @@ export function listLimit(limit: number | undefined): number {
   return Math.min(limit, MAX_LIST_LIMIT);
 }
 
-// ISO 8601 date-time with an explicit zone: the shape inputs produce (TRIGGER.md "Times").
+// ISO 8601 date-time with an explicit zone: the shape inputs produce (docs/trigger.md "Times").
 // Date.parse reads it correctly and ~30× faster than luxon; anything else goes to luxon.
 const ZONED_INSTANT = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:Z|[+-]\d{2}:\d{2})$/;
 

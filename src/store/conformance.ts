@@ -1,4 +1,4 @@
-// The behaviour every Store backend must show (ARCHITECTURE.md "Interfaces": both backends
+// The behaviour every Store backend must show (docs/architecture.md "Interfaces": both backends
 // pass one shared suite). A backend's test file calls storeConformanceSuite with a factory
 // that gives a fresh, empty store per test. All data here is synthetic.
 import { createHash } from 'node:crypto';
@@ -188,7 +188,7 @@ export function storeConformanceSuite(name: string, makeStore: () => Promise<Sto
       });
     });
 
-    describe('dedupe (RELIABILITY.md #3)', () => {
+    describe('dedupe (docs/reliability.md #3)', () => {
       it('a resend of the same bytes is a duplicate that writes nothing and returns the original ACK', async () => {
         const first = stored(await store.commitInbound(testRecord({ controlId: 'D1', triggers: [testTrigger({ id: 't-d1' })] })));
         // A real resend is answered with a freshly built ACK; the stored one must win.

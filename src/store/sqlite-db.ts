@@ -21,7 +21,7 @@ const DEFAULT_BUSY_TIMEOUT_MS = 5000;
 
 /**
  * Opens (creating when needed) the SQLite database at `file` with the settings CareRelay's
- * durability promise relies on (RELIABILITY.md #1, #2):
+ * durability promise relies on (docs/reliability.md #1, #2):
  * - `journal_mode=WAL`: readers (admin API, queue polling) never block the writer;
  * - `synchronous=FULL`: every commit is fsynced before it returns, so an ACK sent after a
  *   commit survives power loss (NORMAL would only survive a process crash);

@@ -1,6 +1,6 @@
-// The embedded Store: one SQLite file in the data dir (ARCHITECTURE.md "Backends").
+// The embedded Store: one SQLite file in the data dir (docs/architecture.md "Backends").
 //
-// Durability (RELIABILITY.md #1, #2). The database runs in WAL mode with synchronous=FULL
+// Durability (docs/reliability.md #1, #2). The database runs in WAL mode with synchronous=FULL
 // (sqlite-db.ts). WAL lets the admin API and the queue read while ingest writes; FULL makes
 // SQLite fsync the WAL at every commit, so once commitInbound resolves the message survives
 // a kill -9 *and* a power loss, and only then may the caller send AA / 2xx. With NORMAL a
@@ -16,7 +16,7 @@
 // constraint the transaction is rolled back and the batch runs again with a savepoint per
 // record, so that record alone fails.
 //
-// Dedupe and quarantine (RELIABILITY.md #3). A non-empty control id (MSH-10, FHIR event id)
+// Dedupe and quarantine (docs/reliability.md #3). A non-empty control id (MSH-10, FHIR event id)
 // is unique per sender among messages that are not quarantined — a partial UNIQUE index
 // over (sender, control_id) WHERE control_id <> '' AND status <> 'quarantined'. In one
 // transaction commitInbound looks that original up:

@@ -1,4 +1,4 @@
-// The Store interface (ARCHITECTURE.md "Interfaces"). Workers see only this; the embedded
+// The Store interface (docs/architecture.md "Interfaces"). Workers see only this; the embedded
 // SQLite backend and the PostgreSQL backend implement it and pass one conformance suite
 // (store/conformance.ts).
 import type { AckCode, Channel, Delivery, MessageStatus, Trigger } from '../types.ts';
@@ -149,7 +149,7 @@ export interface DeliveryWrite {
    * job of the current generation may send.
    */
   generation: number;
-  /** The appointment/encounter start the plan was made for (CONSENT.md rule 1 "still current"). */
+  /** The appointment/encounter start the plan was made for (docs/consent.md rule 1 "still current"). */
   subjectStart?: string;
   /** ISO instant of this change. */
   updatedAt: string;

@@ -1,16 +1,16 @@
-// The delivery worker: the queue's handler for delivery jobs (ARCHITECTURE.md "The flow", at
+// The delivery worker: the queue's handler for delivery jobs (docs/architecture.md "The flow", at
 // due time). For one job:
 //
 //   load the delivery ─▶ still pending with this job's generation? ─▶ still current?
 //     ─▶ not expired? ─▶ render ─▶ output.send ─▶ finishDelivery (finished + what was sent)
 //
 // A "no" at a check is a normal outcome, recorded as `suppressed` with its reason code
-// (ARCHITECTURE.md invariant 3), never an error. Failures keep the class they were given
+// (docs/architecture.md invariant 3), never an error. Failures keep the class they were given
 // where they happened (errors.ts): a render error is permanent, an adapter's error is its
 // own; the queue decides what each class means, and a dead-lettered job marks its delivery
 // `failed` (recordDeadDeliveries).
 //
-// Not here yet: CONSENT.md rules 2–7 (opt-outs, consent records, sensitive windows, caps,
+// Not here yet: docs/consent.md rules 2–7 (opt-outs, consent records, sensitive windows, caps,
 // quiet hours) — they slot in after the still-current check.
 import { PermanentError, TransientError } from '../errors.ts';
 import type { Logger } from '../log.ts';
@@ -21,15 +21,15 @@ import type { JobHandler, Queue } from '../queue/queue.ts';
 import type { OutboxEntry, Store, StoredDelivery, SubjectState } from '../store/store.ts';
 import { parseDeliveryJobId, type DeliveryJob } from './router.ts';
 
-/** Why a delivery was not sent (CONSENT.md reason codes) or not handled (safe to log). */
+/** Why a delivery was not sent (docs/consent.md reason codes) or not handled (safe to log). */
 export const DeliverReason = {
-  /** The appointment/encounter is no longer in the state the rule was for (CONSENT.md rule 1). */
+  /** The appointment/encounter is no longer in the state the rule was for (docs/consent.md rule 1). */
   Stale: 'stale',
   /** At or past its expiresAt. */
   Expired: 'expired',
   /** A retried job found its delivery replanned to a later time: it waits for it. */
   NotDueYet: 'not_due_yet',
-  /** An sms/email delivery without a recipient address (CONSENT.md rule 8). */
+  /** An sms/email delivery without a recipient address (docs/consent.md rule 8). */
   NoAddress: 'no_address',
   /** The job is for another generation, or the delivery is no longer pending: nothing to do. */
   NotCurrent: 'not_current',
@@ -38,7 +38,7 @@ export const DeliverReason = {
 } as const;
 export type DeliverReason = (typeof DeliverReason)[keyof typeof DeliverReason];
 
-/** Appointment statuses after which no appointment message may go (TRIGGER.md "Types"). */
+/** Appointment statuses after which no appointment message may go (docs/trigger.md "Types"). */
 const DEAD_APPOINTMENT = new Set(['cancelled', 'entered-in-error', 'noshow']);
 const DEAD_ENCOUNTER = new Set(['cancelled', 'entered-in-error']);
 
@@ -70,7 +70,7 @@ export type DeliverResult =
 const EARLY_SEND_SLACK_MS = 60_000;
 
 /**
- * CONSENT.md rule 1: undefined when the delivery is still about what its rule was for, else
+ * docs/consent.md rule 1: undefined when the delivery is still about what its rule was for, else
  * `stale`. Without a stored state there is nothing to contradict the plan.
  */
 export function staleness(stored: StoredDelivery, subject: SubjectState | undefined): typeof DeliverReason.Stale | undefined {

@@ -389,7 +389,7 @@ describe('gaps and recovery', () => {
 
       const fresh = accepted(await ingest.handle(body(eventsBundle([event(1, 'Appointment/a3', { timestamp: after(1) })]))));
       expect(fresh).toMatchObject({ stored: 1, duplicates: 0 });
-      // source.messageId keeps its TRIGGER.md form; the trigger id and the stored key tell it apart.
+      // source.messageId keeps its docs/trigger.md form; the trigger id and the stored key tell it apart.
       expect(fresh.triggers.map((t) => t.source.messageId)).toEqual(['sub1#1']);
       expect((await store.listMessages({ controlId: 'sub1@1#1' })).map((m) => m.status)).toEqual(['accepted']);
       expect(accepted(await ingest.handle(body(eventsBundle([event(1, 'Appointment/a3', { timestamp: after(1) })]))))).toMatchObject({

@@ -1,6 +1,6 @@
 // FHIR ingest: what a FHIR server POSTs (or what CareRelay searched for) in, triggers out —
 // and the 2xx only after the notification, its triggers and the subscription's position
-// are durably committed (ARCHITECTURE.md invariant 1, RELIABILITY.md promises 1, 3, 8).
+// are durably committed (docs/architecture.md invariant 1, docs/reliability.md promises 1, 3, 8).
 //
 //   parse (no __proto__/constructor keys) ─▶ readNotification ─▶ known subscription?
 //     ─▶ references only on the configured server? ─▶ gap? recover ─▶ per event: seen?
@@ -155,7 +155,7 @@ const RETRY_AFTER_SECONDS = 5;
 const FORBIDDEN_KEYS = new Set(['__proto__', 'constructor', 'prototype']);
 
 /**
- * JSON.parse that refuses prototype keys anywhere (RELIABILITY.md "Security defaults"): a
+ * JSON.parse that refuses prototype keys anywhere (docs/reliability.md "Security defaults"): a
  * `__proto__` or `constructor` member, even written with escapes, is an error, not data.
  */
 export function parseFhirJson(text: string): unknown {

@@ -1,4 +1,4 @@
-// Polling for FHIR servers without subscriptions (HL7-FHIR.md "No subscriptions at all"):
+// Polling for FHIR servers without subscriptions (docs/hl7-fhir.md "No subscriptions at all"):
 // every `intervalSeconds`, per resource type,
 //
 //   <Type>?_lastUpdated=ge<cursor>&_sort=_lastUpdated&_count=<pageSize>   (next links followed)

@@ -1,5 +1,5 @@
 // HL7v2 ingest: bytes in, ACK out — and the ACK only after the raw message, its status and
-// its triggers are durably committed (ARCHITECTURE.md invariant 1, RELIABILITY.md 1-3).
+// its triggers are durably committed (docs/architecture.md invariant 1, docs/reliability.md 1-3).
 //
 //   parse ─▶ sender allowed? ─▶ MSH-10 present? ─▶ resend? ─▶ normalize ─▶ stored state
 //         ─▶ commit (one transaction) ─▶ ACK

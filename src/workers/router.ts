@@ -1,4 +1,4 @@
-// Routing at run time (ARCHITECTURE.md invariant 2 "Route once, deliver many"): every
+// Routing at run time (docs/architecture.md invariant 2 "Route once, deliver many"): every
 // committed trigger goes through the current rules once; what it plans, moves and cancels is
 // written to the store, and the queue gets a timer per pending delivery.
 //

@@ -2,7 +2,7 @@
 // store's file, the outputs of the plan, the router (committed triggers → deliveries) and
 // the deliver worker (due deliveries → outputs), plus swapping mappings at run time.
 //
-// Reload. Rules and templates are data (ARCHITECTURE.md invariant 5): a reload loads the
+// Reload. Rules and templates are data (docs/architecture.md invariant 5): a reload loads the
 // whole configuration again and, only when it is valid, swaps rules and templates in one
 // assignment, so a trigger is routed and a delivery rendered with either the old plan or
 // the new one, never a mix. Connectors (inputs, outputs, server) are not swapped — sockets
@@ -101,7 +101,7 @@ export class DeliveryRuntime {
       store,
       queue: this.queue,
       rules: () => this.#mappings.rules,
-      // The organisation's zone until patient and site zones are known (CONSENT.md quiet hours order).
+      // The organisation's zone until patient and site zones are known (docs/consent.md quiet hours order).
       zoneFor: () => this.#mappings.timezone,
       log,
       now,

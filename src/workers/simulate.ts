@@ -1,10 +1,10 @@
 // Mapping tests and dry-run replay, in memory: the same steps as the running server —
 // normalize → stored appointment/encounter state → route → apply to deliveries (the ordering
 // rule of route.ts) → render — with Maps instead of the store and the queue, and a clock
-// that only moves when a test says so (STYLE.md habit 11: an integration engineer changes a
+// that only moves when a test says so (docs/contributing.md habit 11: an integration engineer changes a
 // rule and runs its test without touching TypeScript).
 //
-// What is NOT simulated: send-time consent and safety checks (CONSENT.md rules 2–8: opt-outs,
+// What is NOT simulated: send-time consent and safety checks (docs/consent.md rules 2–8: opt-outs,
 // caps, quiet hours, sensitive windows). A test shows what routing plans and what the
 // message says; consent has its own tests.
 //
@@ -395,7 +395,7 @@ export const mappingTestFileSchema = {
               properties: {
                 hl7: { type: 'string', description: 'Inline HL7v2 message(s), one segment per line.' },
                 file: { type: 'string', description: 'Path relative to the test file: .hl7 (HL7v2, batches allowed), .json or .ndjson (normalized triggers).' },
-                trigger: { type: 'object', description: 'A normalized trigger (TRIGGER.md); id, times, source and empty lists are filled in.' },
+                trigger: { type: 'object', description: 'A normalized trigger (docs/trigger.md); id, times, source and empty lists are filled in.' },
                 at: { ...instantSchema, description: 'Clock for this input (never before the previous one); default: the previous clock.' },
               },
             },

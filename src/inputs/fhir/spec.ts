@@ -1,4 +1,4 @@
-// Config schemas of the two FHIR input types (HL7-FHIR.md "FHIR inputs"):
+// Config schemas of the two FHIR input types (docs/hl7-fhir.md "FHIR inputs"):
 //
 // - `fhir-rest-hook`: a FHIR server POSTs to POST /ingest/fhir/<name> — R4 criteria
 //   rest-hooks (the resource itself, or an empty body) and topic-based notifications

@@ -1,4 +1,4 @@
-// Code tables the HL7v2 normalizer needs (TRIGGER.md, HL7-FHIR.md, v2-to-fhir concept maps).
+// Code tables the HL7v2 normalizer needs (docs/trigger.md, docs/hl7-fhir.md, v2-to-fhir concept maps).
 import type { ContactPoint, TriggerPatient } from '../../types.ts';
 
 /** PID-15.1 → lower-case ISO 639-1: the mapping every input shares. */
@@ -22,9 +22,9 @@ export type AppointmentStatus = (typeof AppointmentStatus)[keyof typeof Appointm
  * Filler status (HL7 table 0278 plus vendor values) → FHIR Appointment.status. Keys are
  * lower-case with spaces, dashes and underscores removed, so "Checked In", "CHECKED-IN"
  * and "checked_in" all match. Table 0278 per the v2-to-fhir FillerStatusCodes map;
- * Started → checked-in; vendor ARRIVED → arrived; Blocked/Overbook keep booked (TRIGGER.md).
+ * Started → checked-in; vendor ARRIVED → arrived; Blocked/Overbook keep booked (docs/trigger.md).
  * Discontinued has no FHIR target in v2-to-fhir; the appointment will not take place, so
- * it reads as cancelled (TRIGGER.md: "Cancelled / Discontinued → cancelled").
+ * it reads as cancelled (docs/trigger.md: "Cancelled / Discontinued → cancelled").
  */
 const FILLER_STATUS: Record<string, AppointmentStatus> = {
   pending: AppointmentStatus.Pending,
@@ -91,7 +91,7 @@ export function gender(code: string): NonNullable<TriggerPatient['gender']> {
 
 /**
  * XTN.2 telecommunication use (HL7 table 0201) → ContactPoint.use. PRN → home,
- * WPN → work, ORN → other (TRIGGER.md); VHN (vacation home) → home; PRS (personal,
+ * WPN → work, ORN → other (docs/trigger.md); VHN (vacation home) → home; PRS (personal,
  * typically a cell) → mobile; ASN, BPN, EMR → other. NET and unknown codes say nothing
  * about the use: undefined, so the field default (PID-13 home, PID-14 work) applies.
  */

@@ -3,7 +3,7 @@ import { TriggerType } from '../../types.ts';
 import { AppointmentStatus, fillerStatusToFhir } from './codes.ts';
 import { adtEncounterStatus, adtTriggerType, ARRIVAL_ONLY, siuAppointmentStatus, siuTriggerType } from './event-type.ts';
 
-// TRIGGER.md "Types" precedence list, one row per line.
+// docs/trigger.md "Types" precedence list, one row per line.
 describe('SIU trigger type (MSH-9 event, then filler status)', () => {
   const fixed: Array<[string, TriggerType]> = [
     ['S15', TriggerType.AppointmentCancelled],

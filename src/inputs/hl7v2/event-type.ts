@@ -1,4 +1,4 @@
-// MSH-9 trigger event → normalized trigger type (TRIGGER.md "Types", precedence list).
+// MSH-9 trigger event → normalized trigger type (docs/trigger.md "Types", precedence list).
 // The type comes from MSH-9.2 only, never from EVN-1: real feeds (and the GHH samples)
 // send EVN-1 = A01 whatever the event.
 import { TriggerType } from '../../types.ts';
@@ -17,7 +17,7 @@ const SIU_BY_EVENT: Record<string, TriggerType> = {
 /**
  * SIU events whose meaning the filler status decides: S14 (modification), S18–S22
  * (service/resource add, modify, cancel, discontinue, delete) and S23/S24 (slot
- * block/unblock) when they carry a patient ("or any SIU" in TRIGGER.md).
+ * block/unblock) when they carry a patient ("or any SIU" in docs/trigger.md).
  */
 const SIU_BY_STATUS = new Set(['S14', 'S18', 'S19', 'S20', 'S21', 'S22', 'S23', 'S24']);
 
@@ -77,7 +77,7 @@ export function siuAppointmentStatus(event: string, fillerStatus: AppointmentSta
 export const ARRIVAL_ONLY = 'arrival' as const;
 
 /**
- * The trigger type of an ADT event (TRIGGER.md: "by trigger event only"); A04 is
+ * The trigger type of an ADT event (docs/trigger.md: "by trigger event only"); A04 is
  * `encounter.planned` when PV1-2 = P. A10 gives no type of its own (ARRIVAL_ONLY).
  * Undefined: not an ADT event CareRelay handles.
  */

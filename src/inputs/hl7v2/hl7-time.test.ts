@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { addMinutes, hl7Date, hl7Instant, instantMs, minutesBetween } from './hl7-time.ts';
 
-describe('hl7Instant (TRIGGER.md "Times")', () => {
+describe('hl7Instant (docs/trigger.md "Times")', () => {
   it('keeps the sender offset and the precision', () => {
     expect(hl7Instant('20210924093000+0215', 'UTC')).toBe('2021-09-24T09:30:00+02:15');
     expect(hl7Instant('20210817151943.4+0200', 'UTC')).toBe('2021-08-17T15:19:43.4+02:00');

@@ -1,4 +1,4 @@
-// HL7v2 TS/DTM values → ISO-8601 (TRIGGER.md "Times").
+// HL7v2 TS/DTM values → ISO-8601 (docs/trigger.md "Times").
 //
 // Wire format: YYYY[MM[DD[HH[MM[SS[.S+]]]]]][+/-ZZZZ]. Output rules:
 // - instants always carry an explicit offset, written ±hh:mm (UTC is "+00:00", never "Z",

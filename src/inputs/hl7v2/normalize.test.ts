@@ -118,7 +118,7 @@ describe('stored state: reschedule (server only)', () => {
     expect(only(applied).appointment?.previousStart).toBe('2026-03-16T14:30:00+01:00');
   });
 
-  it('an S12 for a known appointment stays booked (rules replan, TRIGGER.md)', () => {
+  it('an S12 for a known appointment stays booked (rules replan, docs/trigger.md)', () => {
     expect(only(applyStoredState(run(siu('S12', { sch25: 'Booked' })), lookupOf([stored()]))).type).toBe('appointment.booked');
   });
 

@@ -1,4 +1,4 @@
-// HL7v2 SIU / ADT → normalized triggers (TRIGGER.md is the contract; HL7-FHIR.md gives the
+// HL7v2 SIU / ADT → normalized triggers (docs/trigger.md is the contract; docs/hl7-fhir.md gives the
 // field positions). Pure: no I/O, no clock, no logging. What a message does not say (the
 // start before an S14, the appointments of an arriving patient) comes from stored state
 // that the caller fetches and passes to applyStoredState.
@@ -261,7 +261,7 @@ function identifiers(seg: Hl7Segment, n: number, out: Identifier[], d: Hl7Delimi
 }
 
 /**
- * XTN repetitions → contact points (TRIGGER.md "Phones"). Email: XTN.3 Internet/X.400 or an
+ * XTN repetitions → contact points (docs/trigger.md "Phones"). Email: XTN.3 Internet/X.400 or an
  * XTN.4 with '@'; its value is XTN.4 (else XTN.1) and must contain '@', else it is not an
  * address anyone can write to and is left out. Phone: XTN.12, else XTN.1, else
  * +XTN.5 XTN.6 XTN.7. Use: CP → mobile; else XTN.2; else the field's default.
@@ -310,7 +310,7 @@ function readPatient(pid: Hl7Segment, d: Hl7Delimiters): TriggerPatient | undefi
   const pid3 = all.slice(before);
   if (pid3.length === 0) return undefined;
   identifiers(pid, 4, all, d);
-  // The MR-typed PID-3 repetition, else the first (TRIGGER.md patient.id).
+  // The MR-typed PID-3 repetition, else the first (docs/trigger.md patient.id).
   const primary = pid3.find((i) => i.type?.toUpperCase() === 'MR') ?? pid3[0]!;
 
   const patient: TriggerPatient = {
@@ -397,7 +397,7 @@ function occurredAt(s: Segments, ctx: Hl7NormalizeContext): string {
 function base(s: Segments, msg: Hl7Message, ctx: Hl7NormalizeContext, patient: TriggerPatient, sensitivity: string[] | undefined): Omit<Trigger, 'id' | 'type'> {
   const source: TriggerSource = {
     format: 'hl7v2',
-    // First components only: "EPIC^GHH", "EPIC^" when MSH-4 is empty (TRIGGER.md).
+    // First components only: "EPIC^GHH", "EPIC^" when MSH-4 is empty (docs/trigger.md).
     sender: `${field(s.msh, 3)}^${field(s.msh, 4)}`,
     messageType: msg.messageType,
     messageId: field(s.msh, 10),

@@ -1,5 +1,5 @@
 // Config schemas of the two HL7v2 input types. The behaviour they configure is in
-// RELIABILITY.md ("Bad inputs", "Security defaults"): TLS by default with client
+// docs/reliability.md ("Bad inputs", "Security defaults"): TLS by default with client
 // certificates mapped to allowed senders, plain MLLP only when asked for explicitly,
 // bounded frames, idle timeouts and connection counts.
 
@@ -9,7 +9,7 @@ import type { InputSpec } from '../spec.ts';
 
 /** What to answer for a message type CareRelay does not turn into triggers. */
 export const UnknownMessageTypes = {
-  /** `AA`, and the message is recorded as ignored (RELIABILITY.md default). */
+  /** `AA`, and the message is recorded as ignored (docs/reliability.md default). */
   Accept: 'accept',
   /** `AR` naming the unsupported type. */
   Reject: 'reject',

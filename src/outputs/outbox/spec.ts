@@ -58,7 +58,7 @@ export const outboxConfigSchema = {
       type: 'boolean',
       default: true,
       description:
-        'Covered by a BAA/DPA, so it may receive PHI (CONSENT.md rule 4). An outbox keeps messages in ' +
+        'Covered by a BAA/DPA, so it may receive PHI (docs/consent.md rule 4). An outbox keeps messages in ' +
         "CareRelay's own store, hence true by default; set false to rehearse a non-covered destination.",
     },
     allowedPurposes: {
