@@ -158,6 +158,31 @@ export interface QueueOptions {
   maxPollIntervalMs?: number;
 }
 
+/**
+ * Synchronous queue operations inside a transaction that another component of the same
+ * database opened (Queue.joinTransaction): they take effect, or not, with that transaction.
+ */
+export interface QueueTransaction<T> {
+  /** As Queue.add. */
+  add(job: NewJob<T>): AddResult;
+  /** As Queue.reschedule. */
+  reschedule(id: string, runAt: Date | string, data?: T): boolean;
+  /** As Queue.cancel. */
+  cancel(key: string, reason?: string): number;
+  /** The job's state; undefined when no job has the id. */
+  state(id: string): JobState | undefined;
+}
+
+/** Queue work for a store to run inside one of its own transactions (Queue.joinTransaction). */
+export interface JoinedWork {
+  /** The database the work must run in: a store accepts the work only on its own database. */
+  readonly database: object;
+  /** Runs inside the transaction. Runs again when the store retries the transaction. */
+  run(): void;
+  /** Called once the transaction committed (the queue looks for due jobs). */
+  committed?(): void;
+}
+
 export interface Queue<T> {
   /** Add one job; 'duplicate' when the id exists (in any state), nothing changed then. */
   add(job: NewJob<T>): Promise<AddResult>;
@@ -173,6 +198,15 @@ export interface Queue<T> {
    * Returns how many were cancelled.
    */
   cancel(key: string, reason?: string): Promise<number>;
+  /**
+   * Optional: only a backend whose jobs live in the store's own database has it (the embedded
+   * SQLite queue). Returns work that the store runs inside the transaction of one of its writes
+   * (Store.saveRouting's `joined`), so what `ops` does to the queue commits together with that
+   * write or not at all: routing and the timers it sets are one transaction. Backends without
+   * it (BullMQ on Redis) are driven through the methods above, and their callers repair a crash
+   * between the two by doing both again (adds of an existing id are duplicates).
+   */
+  joinTransaction?(ops: (tx: QueueTransaction<T>) => void): JoinedWork;
   /** Start taking due jobs. Call once per instance. */
   process(handler: JobHandler<T>, options: ProcessOptions): void;
   /**

@@ -50,6 +50,7 @@ import type {
   MessageQuery,
   OutboxEntry,
   OutboxQuery,
+  SaveRoutingOptions,
   SentMessage,
   Store,
   StoredDelivery,
@@ -292,6 +293,7 @@ export class SqliteStore implements Store {
   private readonly closeDatabase: boolean;
   private closed = false;
   private pending: PendingWrite[] = [];
+  #commits = 0;
   private flushScheduled = false;
   private readonly listStatements = new Map<string, BetterSqlite3.Statement>();
 
@@ -473,6 +475,20 @@ export class SqliteStore implements Store {
   }
 
   /**
+   * Runs `work` inside the next group commit and resolves with its result once that commit
+   * is durable (SqliteCommitter: the embedded queue's writes ride here). `work` only touches
+   * this database: it runs again when the batch is retried with a savepoint per write.
+   */
+  write<T>(work: () => T): Promise<T> {
+    return this.enqueueWrite(() => work);
+  }
+
+  /** Transactions committed so far by this store (benchmarks: commits per message). */
+  get commits(): number {
+    return this.#commits;
+  }
+
+  /**
    * Queues a write for the next group commit. `prepare` runs now (outside the transaction:
    * its exceptions reject at once) and returns the work to run inside the transaction.
    */
@@ -569,9 +585,9 @@ export class SqliteStore implements Store {
   }
 
   async setCursor(key: string, value: string): Promise<void> {
-    this.assertOpen();
-    // Its own transaction: synchronous=FULL makes it durable when run() returns.
-    this.setCursorStmt.run(key, value);
+    await this.write(() => {
+      this.setCursorStmt.run(key, value);
+    });
   }
 
   async listUnroutedTriggers(limit: number): Promise<Trigger[]> {
@@ -579,9 +595,13 @@ export class SqliteStore implements Store {
     return this.unroutedStmt.all(listLimit(limit)).map((r) => JSON.parse(r.json) as Trigger);
   }
 
-  saveRouting(triggerIds: string | readonly string[], deliveries: readonly DeliveryWrite[], routedAt: string): Promise<void> {
+  saveRouting(triggerIds: string | readonly string[], deliveries: readonly DeliveryWrite[], routedAt: string, options: SaveRoutingOptions = {}): Promise<void> {
     const ids = typeof triggerIds === 'string' ? [triggerIds] : triggerIds;
-    return this.enqueueWrite(() => {
+    const { joined } = options;
+    const saved = this.enqueueWrite(() => {
+      if (joined !== undefined && joined.database !== this.db) {
+        throw new Error('saveRouting: the joined work belongs to another database; run it through its own backend');
+      }
       // Checked before the transaction: a bad instant is a bug upstream, not a store fault.
       const rows = deliveries.map((write, i) => ({
         write,
@@ -589,8 +609,13 @@ export class SqliteStore implements Store {
         dueMs: instantMs(write.delivery.dueAt, `deliveries[${i}].delivery.dueAt`),
       }));
       const routedMs = instantMs(routedAt, 'routedAt');
-      return () => this.saveRoutingTx(ids, rows, routedMs);
+      return () => {
+        // First: the queue's work may give a delivery its next generation.
+        joined?.run();
+        this.saveRoutingTx(ids, rows, routedMs);
+      };
     });
+    return joined?.committed === undefined ? saved : saved.then(() => joined.committed!());
   }
 
   async getDelivery(id: string): Promise<StoredDelivery | undefined> {
@@ -624,36 +649,41 @@ export class SqliteStore implements Store {
     return (this.listStatement(sql).all(...params) as DeliveryRow[]).map(deliveryFromRow);
   }
 
-  async finishDelivery(id: string, generation: number, outcome: DeliveryOutcome): Promise<boolean> {
-    this.assertOpen();
-    instantMs(outcome.at, 'outcome.at');
-    const changed = this.finishDeliveryStmt.run({
-      id,
-      generation,
-      status: outcome.status,
-      reason: outcome.reason ?? null,
-      message: outcome.message === undefined ? null : JSON.stringify(outcome.message),
-      providerId: outcome.providerId ?? null,
-      at: outcome.at,
-    }).changes;
-    return changed > 0;
+  finishDelivery(id: string, generation: number, outcome: DeliveryOutcome): Promise<boolean> {
+    return this.enqueueWrite(() => {
+      const params = finishParams(id, generation, outcome);
+      return () => this.finishDeliveryStmt.run(params).changes > 0;
+    });
   }
 
-  async putOutboxEntry(entry: Omit<OutboxEntry, 'id'>): Promise<OutboxEntry> {
-    this.assertOpen();
-    instantMs(entry.keptAt, 'keptAt');
-    const row = this.putOutboxStmt.get(
-      entry.deliveryId,
-      entry.output,
-      entry.channel,
-      entry.to ?? null,
-      entry.language,
-      entry.subject ?? null,
-      entry.text,
-      entry.html ?? null,
-      entry.keptAt,
-    )!;
-    return outboxFromRow(row);
+  /**
+   * finishDelivery for work already running inside one of this store's transactions (a
+   * write() of the embedded queue: a job dead-lettered and its delivery marked failed commit
+   * together). Throws when called outside a transaction.
+   */
+  finishDeliveryInWrite(id: string, generation: number, outcome: DeliveryOutcome): boolean {
+    if (!this.db.inTransaction) throw new Error('finishDeliveryInWrite must run inside a write()');
+    return this.finishDeliveryStmt.run(finishParams(id, generation, outcome)).changes > 0;
+  }
+
+  putOutboxEntry(entry: Omit<OutboxEntry, 'id'>): Promise<OutboxEntry> {
+    return this.enqueueWrite(() => {
+      instantMs(entry.keptAt, 'keptAt');
+      return () =>
+        outboxFromRow(
+          this.putOutboxStmt.get(
+            entry.deliveryId,
+            entry.output,
+            entry.channel,
+            entry.to ?? null,
+            entry.language,
+            entry.subject ?? null,
+            entry.text,
+            entry.html ?? null,
+            entry.keptAt,
+          )!,
+        );
+    });
   }
 
   async listOutbox(query: OutboxQuery): Promise<OutboxEntry[]> {
@@ -717,6 +747,7 @@ export class SqliteStore implements Store {
         if (!isRecordFault(error) || !this.db.open) throw error;
         results = this.commitIsolated(batch);
       }
+      this.#commits++;
     } catch (error) {
       for (const p of batch) p.reject(error);
       return;
@@ -813,6 +844,20 @@ export class SqliteStore implements Store {
     }
     return stmt;
   }
+}
+
+/** finishDelivery's statement parameters; throws on a bad instant (a bug upstream). */
+function finishParams(id: string, generation: number, outcome: DeliveryOutcome) {
+  instantMs(outcome.at, 'outcome.at');
+  return {
+    id,
+    generation,
+    status: outcome.status,
+    reason: outcome.reason ?? null,
+    message: outcome.message === undefined ? null : JSON.stringify(outcome.message),
+    providerId: outcome.providerId ?? null,
+    at: outcome.at,
+  };
 }
 
 function toStored(row: MessageRow): StoredMessage {

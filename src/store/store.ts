@@ -155,6 +155,29 @@ export interface DeliveryWrite {
   updatedAt: string;
 }
 
+/**
+ * Work of another component on the store's own database, run inside the transaction of a
+ * store write (Queue.joinTransaction gives one: the embedded queue's timers of a routing).
+ */
+export interface JoinedWork {
+  /** The database it must run in; a store refuses work for another one. */
+  readonly database: object;
+  /** Runs inside the transaction, before the store's own writes; again if it is retried. */
+  run(): void;
+  /** Called once the transaction committed. */
+  committed?(): void;
+}
+
+export interface SaveRoutingOptions {
+  /**
+   * Work committed in the same transaction as the routing (all or nothing): the queue's
+   * timers for these deliveries. It runs first and may raise a write's `generation` (a
+   * delivery whose job id was taken gets the next one), which the store then saves. Only a
+   * store sharing the work's database accepts it: others reject the call.
+   */
+  joined?: JoinedWork;
+}
+
 /** The rendered message kept with a finished delivery (what left). */
 export interface SentMessage {
   language: string;
@@ -271,7 +294,12 @@ export interface Store {
    * (finished, suppressed, failed) is never overwritten. Idempotent: the same call again
    * changes nothing more.
    */
-  saveRouting(triggerIds: string | readonly string[], deliveries: readonly DeliveryWrite[], routedAt: string): Promise<void>;
+  saveRouting(
+    triggerIds: string | readonly string[],
+    deliveries: readonly DeliveryWrite[],
+    routedAt: string,
+    options?: SaveRoutingOptions,
+  ): Promise<void>;
   getDelivery(id: string): Promise<StoredDelivery | undefined>;
   /** Every delivery holding the cancel key (one index probe, whatever the number of deliveries). */
   deliveriesByCancelKey(key: string): Promise<StoredDelivery[]>;

@@ -12,7 +12,8 @@ import { testRecord } from '../store/conformance.ts';
 import { openSqliteDatabase, type Database } from '../store/sqlite-db.ts';
 import { SqliteStore } from '../store/sqlite.ts';
 import type { SubjectState } from '../store/store.ts';
-import { createDeliverHandler, recordDeadDeliveries, storeOutboxSink } from './deliver.ts';
+import { createDeliverHandler, storeOutboxSink } from './deliver.ts';
+import { createDeliveryQueue } from './runtime.ts';
 import { Router, deliveryJobId, type DeliveryJob } from './router.ts';
 
 const RULES = rules(
@@ -237,15 +238,19 @@ describe('deliver', () => {
     await expect(handler.run(job('reminder@appointment/NOT-YET#0'))).rejects.toMatchObject({ failureClass: 'transient', code: 'routing_pending' });
   });
 
-  it('a render failure is permanent: the job is dead-lettered and the delivery marked failed', async () => {
-    recordDeadDeliveries(queue, store, log, () => clock);
+  it('a render failure is permanent: the job is dead-lettered and the delivery marked failed in the same write', async () => {
+    // The queue as the server builds it: its writes in the store's group commit.
+    await queue.close();
+    await router.close();
+    queue = createDeliveryQueue(db, store, { now: () => clock, retry: { maxAttempts: 2 } });
+    router = new Router({ store, queue, rules: () => RULES, zoneFor: () => 'Europe/Paris', log, now: () => clock });
     const dead = new Promise<void>((resolve) => queue.subscribe((e) => e.type === 'dead' && resolve()));
     await ingest({ type: 'appointment.checked_in', appointment: { status: 'arrived' } });
     queue.process(handler, { concurrency: 1 });
     await dead;
     const id = 'broken@appointment/A100#0';
     expect(await queue.get(deliveryJobId(id, 1))).toMatchObject({ state: 'dead', lastError: { failureClass: 'permanent', code: 'render_failed' } });
-    // recordDeadDeliveries subscribed first, so its write ran before this listener resolved.
+    // Marked failed by the dead-letter's own transaction: nothing to wait for.
     expect(await store.getDelivery(id)).toMatchObject({ status: 'failed', reason: 'render_failed' });
     expect(await store.listOutbox({})).toEqual([]);
   });

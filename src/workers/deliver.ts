@@ -200,6 +200,19 @@ export function recordDeadDeliveries(queue: Queue<DeliveryJob>, store: Store, lo
   });
 }
 
+/**
+ * Logs dead-lettered delivery jobs whose delivery the queue already marked `failed` in the
+ * same write (the embedded queue on the store's database: runtime.ts createDeliveryQueue).
+ * Returns the unsubscribe function.
+ */
+export function logDeadDeliveries(queue: Queue<DeliveryJob>, log: Logger): () => void {
+  return queue.subscribe((event) => {
+    if (event.type !== 'dead') return;
+    const job = parseDeliveryJobId(event.id);
+    if (job) log.warn('deliver.failed', { deliveryId: job.deliveryId, reason: event.code, attempt: event.attempt });
+  });
+}
+
 /** An outbox sink that keeps messages in the store (durable when put resolves). */
 export function storeOutboxSink(store: Store): { put(entry: { output: string; message: OutboundMessage; keptAt: string }): Promise<void> } {
   return {

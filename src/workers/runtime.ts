@@ -21,11 +21,19 @@ import { openSqliteDatabase, type Database } from '../store/sqlite-db.ts';
 import { SqliteStore } from '../store/sqlite.ts';
 import type { OutboxEntry, OutboxQuery, Store } from '../store/store.ts';
 import type { Trigger } from '../types.ts';
-import { createDeliverHandler, recordDeadDeliveries, storeOutboxSink } from './deliver.ts';
+import { createDeliverHandler, logDeadDeliveries, recordDeadDeliveries, storeOutboxSink } from './deliver.ts';
 import { Router, parseDeliveryJobId, type DeliveryJob } from './router.ts';
 
 /** Name of the embedded queue holding delivery timers. */
 export const DELIVERY_QUEUE = 'deliveries';
+
+/**
+ * Delivery jobs running at once. A job waits for about four group commits (take, the
+ * output's write, finish, complete: a few ms each), so confirmations due at once keep up with
+ * ingest at thousands per second only with dozens in flight; each waiting job costs a
+ * promise, not a thread. Outputs that call a provider bound their own connections.
+ */
+export const DEFAULT_DELIVERY_CONCURRENCY = 64;
 
 /** Log reason codes of reloads. */
 export const ReloadReason = {
@@ -49,7 +57,7 @@ export interface DeliveryRuntimeOptions {
   outputSpecs: readonly OutputSpec[];
   /** Epoch ms for routing, the queue and send-time checks; injected by tests. Default Date.now. */
   now?: () => number;
-  /** Delivery jobs running at once. Default 4. */
+  /** Delivery jobs running at once. Default DEFAULT_DELIVERY_CONCURRENCY. */
   concurrency?: number;
   queue?: Omit<SqliteQueueOptions, 'name' | 'now'>;
 }
@@ -67,6 +75,30 @@ export function createOutputs(outputs: readonly InstancePlan[], specs: readonly 
     adapters.set(output.name, spec.create(output.config, deps));
   }
   return adapters;
+}
+
+function sharesCommit(store: Store, db: Database): store is SqliteStore {
+  return store instanceof SqliteStore && store.db === db;
+}
+
+/**
+ * The embedded delivery queue on the store's file. With the SQLite store on the same
+ * database, every queue write rides in the store's group commit, and a dead-lettered job's
+ * delivery is marked `failed` in the same transaction as the job (a crash between the two
+ * cannot leave a pending delivery without a timer).
+ */
+export function createDeliveryQueue(db: Database, store: Store, options: Omit<SqliteQueueOptions, 'name' | 'committer' | 'onDeadLetter'> = {}): SqliteQueue<DeliveryJob> {
+  if (!sharesCommit(store, db)) return new SqliteQueue<DeliveryJob>(db, { ...options, name: DELIVERY_QUEUE });
+  const now = options.now ?? Date.now;
+  return new SqliteQueue<DeliveryJob>(db, {
+    ...options,
+    name: DELIVERY_QUEUE,
+    committer: store,
+    onDeadLetter: ({ id, code }) => {
+      const job = parseDeliveryJobId(id);
+      if (job) store.finishDeliveryInWrite(job.deliveryId, job.generation, { status: 'failed', reason: code, at: new Date(now()).toISOString() });
+    },
+  });
 }
 
 function connectorsOf(plan: CarerelayPlan): string {
@@ -92,10 +124,10 @@ export class DeliveryRuntime {
     const { store, plan, log } = options;
     const now = options.now ?? Date.now;
     this.#log = log;
-    this.#concurrency = options.concurrency ?? 4;
+    this.#concurrency = options.concurrency ?? DEFAULT_DELIVERY_CONCURRENCY;
     this.#connectors = connectorsOf(plan);
     this.#mappings = { rules: plan.mappings, templates: plan.templates, timezone: plan.server.timezone };
-    this.queue = new SqliteQueue<DeliveryJob>(options.db, { ...options.queue, name: DELIVERY_QUEUE, now });
+    this.queue = createDeliveryQueue(options.db, store, { ...options.queue, now });
     this.outputs = createOutputs(plan.outputs, options.outputSpecs, { sink: storeOutboxSink(store), now: () => new Date(now()) });
     this.router = new Router({
       store,
@@ -116,7 +148,9 @@ export class DeliveryRuntime {
       now,
       routingSettled: () => this.router.settled(),
     });
-    this.#unsubscribe = recordDeadDeliveries(this.queue, store, log, now);
+    // The embedded store marks a dead-lettered delivery failed in the dead-letter's own write
+    // (createDeliveryQueue); any other store is told after the fact.
+    this.#unsubscribe = sharesCommit(store, options.db) ? logDeadDeliveries(this.queue, log) : recordDeadDeliveries(this.queue, store, log, now);
     this.queue.subscribe((event) => {
       if (event.type === 'error') log.error('queue.error', { code: event.code });
       // Ambiguous failure of a non-idempotent output: a person decides (retryDead).
