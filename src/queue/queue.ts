@@ -54,7 +54,11 @@ export interface NewJob<T> {
   data: T;
   /** Not run before this instant. A string must be ISO 8601 with a zone (`Z` or `±hh:mm`). */
   runAt: Date | string;
-  /** cancel(key) cancels every pending job carrying the key (e.g. `appointment:123`). */
+  /**
+   * cancel(key) cancels every pending job carrying the key (e.g. `appointment:123`). A job's
+   * own id always counts as one of its keys, without being listed: a caller that knows the
+   * id needs no key (and no storage for one).
+   */
   cancelKeys?: string[];
   /** Safe to repeat after an ambiguous failure (the receiver dedupes on the job id). */
   idempotent?: boolean;
@@ -194,8 +198,8 @@ export interface Queue<T> {
    */
   reschedule(id: string, runAt: Date | string, data?: T): Promise<boolean>;
   /**
-   * Cancel every pending job carrying `key`; running and finished jobs are not touched.
-   * Returns how many were cancelled.
+   * Cancel every pending job carrying `key`, and the pending job whose id is `key`; running
+   * and finished jobs are not touched. Returns how many were cancelled.
    */
   cancel(key: string, reason?: string): Promise<number>;
   /**

@@ -275,7 +275,8 @@ export class SqliteQueue<T> implements Queue<T> {
       ),
       cancel: db.prepare<{ queue: string; key: string; reason: string | null; now: number }>(
         `UPDATE queue_jobs SET state = 'cancelled', cancel_reason = @reason, updated_at = @now
-          WHERE seq IN (SELECT job_seq FROM queue_cancel_keys WHERE queue = @queue AND key = @key)
+          WHERE seq IN (SELECT job_seq FROM queue_cancel_keys WHERE queue = @queue AND key = @key
+                        UNION ALL SELECT seq FROM queue_jobs WHERE queue = @queue AND id = @key)
             AND state = 'pending'`,
       ),
       reschedule: db.prepare<{ queue: string; id: string; runAt: number; data: string | null; now: number }>(

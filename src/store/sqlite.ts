@@ -39,10 +39,22 @@
 // deletions) as a decimal string: stable and URL-safe.
 import BetterSqlite3 from 'better-sqlite3';
 import { MessageStatus, type Channel, type Delivery, type Trigger } from '../types.ts';
-import { StoreReason, instantMs, listLimit, storedMessageOf } from './common.ts';
+import {
+  StoreReason,
+  cancelKeyProbes,
+  compactDeliveryJson,
+  expandDeliveryJson,
+  instantMs,
+  listLimit,
+  packCancelKeys,
+  packedKeyNeedsRow,
+  storedMessageOf,
+} from './common.ts';
 import { migrate, openSqliteDatabase, type Database } from './sqlite-db.ts';
+import { STORED_DELIVERY_STATUSES } from './store.ts';
 import type {
   CommitOutcome,
+  DeliveryCause,
   DeliveryOutcome,
   DeliveryQuery,
   DeliveryWrite,
@@ -50,6 +62,7 @@ import type {
   MessageQuery,
   OutboxEntry,
   OutboxQuery,
+  RoutingExplanation,
   SaveRoutingOptions,
   SentMessage,
   Store,
@@ -183,6 +196,48 @@ export const SQLITE_STORE_MIGRATIONS: readonly string[] = [
   );
   CREATE INDEX outbox_output ON outbox (output, seq);
   `,
+  // Compact deliveries and counts without scans (benchmarks: bytes per message, admin totals).
+  // - A delivery's JSON leaves out what its columns hold and packs its cancel keys
+  //   (common.ts packCancelKeys); only keys that no column finds get a delivery_keys row
+  //   (rows written before stay valid). Older rows keep their full JSON and are read as is.
+  // - A finished delivery whose message is its outbox entry points to it (outbox_seq)
+  //   instead of keeping the text twice.
+  // - cause_trigger / cause: the trigger that last changed the delivery, and how.
+  // - triggers.routing: what routing did for the trigger, rule by rule (RoutingExplanation).
+  // - delivery_counts / message_counts: totals per status kept by triggers, so the admin
+  //   API counts without scanning millions of rows.
+  `
+  ALTER TABLE deliveries ADD COLUMN outbox_seq INTEGER;
+  ALTER TABLE deliveries ADD COLUMN cause_trigger TEXT;
+  ALTER TABLE deliveries ADD COLUMN cause TEXT;
+  ALTER TABLE triggers ADD COLUMN routing TEXT;
+
+  CREATE TABLE delivery_counts (status TEXT PRIMARY KEY, n INTEGER NOT NULL) WITHOUT ROWID;
+  INSERT INTO delivery_counts (status, n) SELECT status, COUNT(*) FROM deliveries GROUP BY status;
+  CREATE TRIGGER deliveries_counted_insert AFTER INSERT ON deliveries BEGIN
+    INSERT INTO delivery_counts (status, n) VALUES (NEW.status, 1) ON CONFLICT (status) DO UPDATE SET n = n + 1;
+  END;
+  CREATE TRIGGER deliveries_counted_update AFTER UPDATE OF status ON deliveries WHEN OLD.status <> NEW.status BEGIN
+    UPDATE delivery_counts SET n = n - 1 WHERE status = OLD.status;
+    INSERT INTO delivery_counts (status, n) VALUES (NEW.status, 1) ON CONFLICT (status) DO UPDATE SET n = n + 1;
+  END;
+  CREATE TRIGGER deliveries_counted_delete AFTER DELETE ON deliveries BEGIN
+    UPDATE delivery_counts SET n = n - 1 WHERE status = OLD.status;
+  END;
+
+  CREATE TABLE message_counts (status TEXT PRIMARY KEY, n INTEGER NOT NULL) WITHOUT ROWID;
+  INSERT INTO message_counts (status, n) SELECT status, COUNT(*) FROM messages GROUP BY status;
+  CREATE TRIGGER messages_counted_insert AFTER INSERT ON messages BEGIN
+    INSERT INTO message_counts (status, n) VALUES (NEW.status, 1) ON CONFLICT (status) DO UPDATE SET n = n + 1;
+  END;
+  CREATE TRIGGER messages_counted_update AFTER UPDATE OF status ON messages WHEN OLD.status <> NEW.status BEGIN
+    UPDATE message_counts SET n = n - 1 WHERE status = OLD.status;
+    INSERT INTO message_counts (status, n) VALUES (NEW.status, 1) ON CONFLICT (status) DO UPDATE SET n = n + 1;
+  END;
+  CREATE TRIGGER messages_counted_delete AFTER DELETE ON messages BEGIN
+    UPDATE message_counts SET n = n - 1 WHERE status = OLD.status;
+  END;
+  `,
 ];
 
 /** Most records committed in one transaction (bounds how long one flush blocks the loop). */
@@ -219,11 +274,17 @@ interface StateRow {
 }
 
 const DELIVERY_COLUMNS =
-  'seq, id, status, as_of, generation, subject_start, json, reason, message, provider_id, created_at, updated_at';
+  'seq, id, status, as_of, generation, subject_start, json, reason, message, provider_id, created_at, updated_at, rule, subject, patient_id, outbox_seq, cause_trigger, cause';
 
 interface DeliveryRow {
   seq: number;
   id: string;
+  rule: string;
+  subject: string;
+  patient_id: string;
+  outbox_seq: number | null;
+  cause_trigger: string | null;
+  cause: string | null;
   status: StoredDeliveryStatus;
   as_of: string;
   generation: number;
@@ -311,16 +372,26 @@ export class SqliteStore implements Store {
   private readonly getCursorStmt: BetterSqlite3.Statement<[string], { value: string }>;
   private readonly setCursorStmt: BetterSqlite3.Statement<[string, string]>;
   private readonly unroutedStmt: BetterSqlite3.Statement<[number], { json: string }>;
-  private readonly markRoutedStmt: BetterSqlite3.Statement<[number, string]>;
+  private readonly markRoutedStmt: BetterSqlite3.Statement<[number, string | null, string]>;
   private readonly upsertDeliveryStmt: BetterSqlite3.Statement<unknown[], { seq: number }>;
   private readonly insertDeliveryKeyStmt: BetterSqlite3.Statement<[string, number]>;
   private readonly deliveryByIdStmt: BetterSqlite3.Statement<[string], DeliveryRow>;
   private readonly deliveriesByKeyStmt: BetterSqlite3.Statement<[string], DeliveryRow>;
+  private readonly deliveriesBySubjectStmt: BetterSqlite3.Statement<[string], DeliveryRow>;
+  private readonly deliveriesByPatientStmt: BetterSqlite3.Statement<[string], DeliveryRow>;
+  private readonly deliveriesByRuleStmt: BetterSqlite3.Statement<[string], DeliveryRow>;
+  private readonly outboxByDeliveryStmt: BetterSqlite3.Statement<[string], OutboxRow>;
+  private readonly outboxBySeqStmt: BetterSqlite3.Statement<[number], OutboxRow>;
+  private readonly routingStmt: BetterSqlite3.Statement<[string], { routing: string | null }>;
+  private readonly unroutedAppointmentStmt: BetterSqlite3.Statement<[string], { one: number }>;
+  private readonly unroutedEncounterStmt: BetterSqlite3.Statement<[string], { one: number }>;
+  private readonly deliveryCountsStmt: BetterSqlite3.Statement<[], { status: StoredDeliveryStatus; n: number }>;
+  private readonly messageCountsStmt: BetterSqlite3.Statement<[], { status: MessageStatus; n: number }>;
   private readonly deliverySeqStmt: BetterSqlite3.Statement<[string], { seq: number }>;
   private readonly finishDeliveryStmt: BetterSqlite3.Statement;
   private readonly putOutboxStmt: BetterSqlite3.Statement<unknown[], OutboxRow>;
   private readonly outboxSeqStmt: BetterSqlite3.Statement<[number], { seq: number }>;
-  private readonly saveRoutingTx: (triggerIds: readonly string[], rows: Array<{ write: DeliveryWrite; asOfMs: number; dueMs: number }>, routedMs: number) => void;
+  private readonly saveRoutingTx: (triggerIds: readonly string[], rows: Array<{ write: DeliveryWrite; asOfMs: number; dueMs: number }>, routedMs: number, explanations: ReadonlyMap<string, string>) => void;
   private readonly commitGroup: (batch: PendingWrite[]) => Array<{ value: unknown }>;
   private readonly commitIsolated: (batch: PendingWrite[]) => Array<{ value: unknown } | { error: unknown }>;
   private readonly commitOne: (run: () => unknown) => unknown;
@@ -379,19 +450,25 @@ export class SqliteStore implements Store {
     );
 
     this.unroutedStmt = db.prepare('SELECT json FROM triggers WHERE routed_ms IS NULL ORDER BY rowid LIMIT ?');
-    this.markRoutedStmt = db.prepare('UPDATE triggers SET routed_ms = ? WHERE id = ?');
+    this.markRoutedStmt = db.prepare('UPDATE triggers SET routed_ms = ?, routing = ? WHERE id = ?');
+    this.routingStmt = db.prepare('SELECT routing FROM triggers WHERE id = ?');
+    this.unroutedAppointmentStmt = db.prepare('SELECT 1 AS one FROM triggers WHERE appointment_id = ? AND routed_ms IS NULL LIMIT 1');
+    this.unroutedEncounterStmt = db.prepare('SELECT 1 AS one FROM triggers WHERE encounter_id = ? AND routed_ms IS NULL LIMIT 1');
+    this.deliveryCountsStmt = db.prepare('SELECT status, n FROM delivery_counts');
+    this.messageCountsStmt = db.prepare('SELECT status, n FROM message_counts');
     // A final delivery (finished, suppressed, failed) is never overwritten: a replan that
     // raced with the send must not bring a sent message back to pending. RETURNING gives no
     // row then, and its keys are left alone.
     this.upsertDeliveryStmt = db.prepare(
       `INSERT INTO deliveries (id, status, as_of, as_of_ms, due_at, due_ms, rule, patient_id, subject, generation,
-         subject_start, json, created_at, updated_at)
-       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+         subject_start, json, created_at, updated_at, cause_trigger, cause)
+       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
        ON CONFLICT (id) DO UPDATE SET
          status = excluded.status, as_of = excluded.as_of, as_of_ms = excluded.as_of_ms,
          due_at = excluded.due_at, due_ms = excluded.due_ms, rule = excluded.rule,
          patient_id = excluded.patient_id, subject = excluded.subject, generation = excluded.generation,
-         subject_start = excluded.subject_start, json = excluded.json, updated_at = excluded.updated_at
+         subject_start = excluded.subject_start, json = excluded.json, updated_at = excluded.updated_at,
+         cause_trigger = excluded.cause_trigger, cause = excluded.cause
        WHERE deliveries.status IN ('pending', 'cancelled')
        RETURNING seq`,
     );
@@ -404,9 +481,15 @@ export class SqliteStore implements Store {
          FROM delivery_keys k CROSS JOIN deliveries d ON d.seq = k.delivery_seq
         WHERE k.key = ? ORDER BY d.seq`,
     );
+    this.deliveriesBySubjectStmt = db.prepare(`SELECT ${DELIVERY_COLUMNS} FROM deliveries WHERE subject = ?`);
+    this.deliveriesByPatientStmt = db.prepare(`SELECT ${DELIVERY_COLUMNS} FROM deliveries WHERE patient_id = ?`);
+    this.deliveriesByRuleStmt = db.prepare(`SELECT ${DELIVERY_COLUMNS} FROM deliveries WHERE rule = ?`);
+    this.outboxByDeliveryStmt = db.prepare(`SELECT ${OUTBOX_COLUMNS} FROM outbox WHERE delivery_id = ?`);
+    this.outboxBySeqStmt = db.prepare(`SELECT ${OUTBOX_COLUMNS} FROM outbox WHERE seq = ?`);
     this.deliverySeqStmt = db.prepare('SELECT seq FROM deliveries WHERE id = ?');
     this.finishDeliveryStmt = db.prepare(
-      `UPDATE deliveries SET status = @status, reason = @reason, message = @message, provider_id = @providerId, updated_at = @at
+      `UPDATE deliveries SET status = @status, reason = @reason, message = @message, outbox_seq = @outboxSeq,
+              provider_id = @providerId, updated_at = @at
         WHERE id = @id AND generation = @generation AND status IN ('pending', 'failed')`,
     );
     this.putOutboxStmt = db.prepare(
@@ -420,7 +503,7 @@ export class SqliteStore implements Store {
     );
     this.outboxSeqStmt = db.prepare('SELECT seq FROM outbox WHERE seq = ?');
     // Runs inside the group commit's transaction.
-    this.saveRoutingTx = ((triggerIds: readonly string[], rows: Array<{ write: DeliveryWrite; asOfMs: number; dueMs: number }>, routedMs: number) => {
+    this.saveRoutingTx = ((triggerIds: readonly string[], rows: Array<{ write: DeliveryWrite; asOfMs: number; dueMs: number }>, routedMs: number, explanations: ReadonlyMap<string, string>) => {
       for (const { write, asOfMs, dueMs } of rows) {
         const d = write.delivery;
         const row = this.upsertDeliveryStmt.get(
@@ -435,13 +518,18 @@ export class SqliteStore implements Store {
           d.subjectKey,
           write.generation,
           write.subjectStart ?? null,
-          JSON.stringify(d),
+          compactDeliveryJson(d),
           write.updatedAt,
           write.updatedAt,
+          write.cause?.triggerId ?? null,
+          write.cause === undefined ? null : write.cause.reason === undefined ? write.cause.change : `${write.cause.change}:${write.cause.reason}`,
         );
-        if (row !== undefined) for (const key of new Set(d.cancelKeys)) this.insertDeliveryKeyStmt.run(key, row.seq);
+        // Keys a column finds (its id, subject, patient, rule, a type on its subject) need no row.
+        if (row !== undefined) {
+          for (const key of new Set(d.cancelKeys)) if (packedKeyNeedsRow(packCancelKeys({ ...d, cancelKeys: [key] })[0]!)) this.insertDeliveryKeyStmt.run(key, row.seq);
+        }
       }
-      for (const triggerId of triggerIds) this.markRoutedStmt.run(routedMs, triggerId);
+      for (const triggerId of triggerIds) this.markRoutedStmt.run(routedMs, explanations.get(triggerId) ?? null, triggerId);
     });
 
     // A write's `run` only touches the database (no state outside it), so after a rollback
@@ -609,10 +697,11 @@ export class SqliteStore implements Store {
         dueMs: instantMs(write.delivery.dueAt, `deliveries[${i}].delivery.dueAt`),
       }));
       const routedMs = instantMs(routedAt, 'routedAt');
+      const explanations = new Map((options.explanations ?? []).map((e) => [e.triggerId, JSON.stringify({ routedAt: e.routedAt, rules: e.rules })]));
       return () => {
         // First: the queue's work may give a delivery its next generation.
         joined?.run();
-        this.saveRoutingTx(ids, rows, routedMs);
+        this.saveRoutingTx(ids, rows, routedMs, explanations);
       };
     });
     return joined?.committed === undefined ? saved : saved.then(() => joined.committed!());
@@ -621,14 +710,55 @@ export class SqliteStore implements Store {
   async getDelivery(id: string): Promise<StoredDelivery | undefined> {
     this.assertOpen();
     const row = this.deliveryByIdStmt.get(id);
-    return row === undefined ? undefined : deliveryFromRow(row);
+    return row === undefined ? undefined : this.deliveryFromRow(row);
+  }
+
+  async getRoutingExplanation(triggerId: string): Promise<RoutingExplanation | undefined> {
+    this.assertOpen();
+    const routing = this.routingStmt.get(triggerId)?.routing;
+    if (routing === undefined || routing === null) return undefined;
+    return { triggerId, ...(JSON.parse(routing) as Omit<RoutingExplanation, 'triggerId'>) };
+  }
+
+  async hasUnroutedTriggers(subject: { kind: SubjectState['kind']; id: string }): Promise<boolean> {
+    this.assertOpen();
+    const stmt = subject.kind === 'appointment' ? this.unroutedAppointmentStmt : this.unroutedEncounterStmt;
+    return stmt.get(subject.id) !== undefined;
+  }
+
+  async countDeliveries(): Promise<Record<StoredDeliveryStatus, number>> {
+    this.assertOpen();
+    const counts = Object.fromEntries(STORED_DELIVERY_STATUSES.map((status) => [status, 0])) as Record<StoredDeliveryStatus, number>;
+    for (const { status, n } of this.deliveryCountsStmt.all()) counts[status] = n;
+    return counts;
+  }
+
+  async countMessages(): Promise<Record<MessageStatus, number>> {
+    this.assertOpen();
+    const counts = Object.fromEntries(Object.values(MessageStatus).map((status) => [status, 0])) as Record<MessageStatus, number>;
+    for (const { status, n } of this.messageCountsStmt.all()) counts[status] = n;
+    return counts;
   }
 
   async deliveriesByCancelKey(key: string): Promise<StoredDelivery[]> {
     this.assertOpen();
-    // Keys are only ever added: a key a replan dropped may still point here, so the
-    // delivery's own list decides.
-    return this.deliveriesByKeyStmt.all(key).map(deliveryFromRow).filter((d) => d.delivery.cancelKeys.includes(key));
+    // Most keys are found through a column (common.ts packCancelKeys), the others through
+    // their rows. Keys are only ever added: a key a replan dropped may still point here, so
+    // the delivery's own list decides.
+    const probes = cancelKeyProbes(key);
+    const rows = new Map<number, DeliveryRow>();
+    const add = (list: Iterable<DeliveryRow | undefined>) => {
+      for (const row of list) if (row !== undefined) rows.set(row.seq, row);
+    };
+    add(this.deliveriesByKeyStmt.all(key));
+    add([this.deliveryByIdStmt.get(probes.id)]);
+    for (const subject of probes.subjects) add(this.deliveriesBySubjectStmt.all(subject));
+    if (probes.patientId !== undefined) add(this.deliveriesByPatientStmt.all(probes.patientId));
+    if (probes.ruleId !== undefined) add(this.deliveriesByRuleStmt.all(probes.ruleId));
+    return [...rows.values()]
+      .sort((a, b) => a.seq - b.seq)
+      .map((row) => this.deliveryFromRow(row))
+      .filter((d) => d.delivery.cancelKeys.includes(key));
   }
 
   async listDeliveries(query: DeliveryQuery): Promise<StoredDelivery[]> {
@@ -646,14 +776,21 @@ export class SqliteStore implements Store {
       filter.add('seq < ?', position.seq);
     }
     const { sql, params } = filter.select(DELIVERY_COLUMNS, 'deliveries', 'seq DESC', query.limit);
-    return (this.listStatement(sql).all(...params) as DeliveryRow[]).map(deliveryFromRow);
+    return (this.listStatement(sql).all(...params) as DeliveryRow[]).map((row) => this.deliveryFromRow(row));
   }
 
   finishDelivery(id: string, generation: number, outcome: DeliveryOutcome): Promise<boolean> {
     return this.enqueueWrite(() => {
       const params = finishParams(id, generation, outcome);
-      return () => this.finishDeliveryStmt.run(params).changes > 0;
+      return () => this.finish(params, outcome);
     });
+  }
+
+  /** The finish write; a message that is the delivery's outbox entry is kept once, there. */
+  private finish(params: ReturnType<typeof finishParams>, outcome: DeliveryOutcome): boolean {
+    const box = outcome.message === undefined ? undefined : this.outboxByDeliveryStmt.get(params.id);
+    const same = box !== undefined && sameMessage(outboxFromRow(box), outcome.message!);
+    return this.finishDeliveryStmt.run({ ...params, ...(same ? { message: null, outboxSeq: box.seq } : {}) }).changes > 0;
   }
 
   /**
@@ -663,7 +800,7 @@ export class SqliteStore implements Store {
    */
   finishDeliveryInWrite(id: string, generation: number, outcome: DeliveryOutcome): boolean {
     if (!this.db.inTransaction) throw new Error('finishDeliveryInWrite must run inside a write()');
-    return this.finishDeliveryStmt.run(finishParams(id, generation, outcome)).changes > 0;
+    return this.finish(finishParams(id, generation, outcome), outcome);
   }
 
   putOutboxEntry(entry: Omit<OutboxEntry, 'id'>): Promise<OutboxEntry> {
@@ -835,6 +972,10 @@ export class SqliteStore implements Store {
     return storedMessageOf(r, String(info.lastInsertRowid), { status, reason, ack, ackCode, triggerIds });
   }
 
+  private deliveryFromRow(row: DeliveryRow): StoredDelivery {
+    return deliveryFromRow(row, (seq) => this.outboxBySeqStmt.get(seq));
+  }
+
   private listStatement(sql: string): BetterSqlite3.Statement {
     // At most one statement per combination of filters (a few dozen): prepared once.
     let stmt = this.listStatements.get(sql);
@@ -855,8 +996,31 @@ function finishParams(id: string, generation: number, outcome: DeliveryOutcome) 
     status: outcome.status,
     reason: outcome.reason ?? null,
     message: outcome.message === undefined ? null : JSON.stringify(outcome.message),
+    outboxSeq: null as number | null,
     providerId: outcome.providerId ?? null,
     at: outcome.at,
+  };
+}
+
+/** Whether a sent message is exactly what the outbox entry keeps. */
+function sameMessage(entry: OutboxEntry, message: SentMessage): boolean {
+  return (
+    entry.language === message.language &&
+    entry.to === message.to &&
+    entry.subject === message.subject &&
+    entry.text === message.text &&
+    entry.html === message.html
+  );
+}
+
+/** The message an outbox entry keeps, as a finished delivery shows it. */
+function messageOfEntry(entry: OutboxEntry): SentMessage {
+  return {
+    language: entry.language,
+    ...(entry.to !== undefined ? { to: entry.to } : {}),
+    ...(entry.subject !== undefined ? { subject: entry.subject } : {}),
+    text: entry.text,
+    ...(entry.html !== undefined ? { html: entry.html } : {}),
   };
 }
 
@@ -903,9 +1067,9 @@ function stateFromRow(row: StateRow): SubjectState {
   return state;
 }
 
-function deliveryFromRow(row: DeliveryRow): StoredDelivery {
+function deliveryFromRow(row: DeliveryRow, outbox: (seq: number) => OutboxRow | undefined): StoredDelivery {
   const stored: StoredDelivery = {
-    delivery: JSON.parse(row.json) as Delivery,
+    delivery: expandDeliveryJson(row.json, row),
     status: row.status,
     asOf: row.as_of,
     generation: row.generation,
@@ -915,7 +1079,15 @@ function deliveryFromRow(row: DeliveryRow): StoredDelivery {
   if (row.subject_start !== null) stored.subjectStart = row.subject_start;
   if (row.reason !== null) stored.reason = row.reason;
   if (row.message !== null) stored.message = JSON.parse(row.message) as SentMessage;
+  else if (row.outbox_seq !== null) {
+    const entry = outbox(row.outbox_seq);
+    if (entry !== undefined) stored.message = messageOfEntry(outboxFromRow(entry));
+  }
   if (row.provider_id !== null) stored.providerId = row.provider_id;
+  if (row.cause_trigger !== null && row.cause !== null) {
+    const [change, reason] = row.cause.split(':') as [DeliveryCause['change'], string | undefined];
+    stored.cause = { triggerId: row.cause_trigger, change, ...(reason !== undefined ? { reason } : {}) };
+  }
   return stored;
 }
 

@@ -137,6 +137,55 @@ export const StoredDeliveryStatus = {
 export type StoredDeliveryStatus = (typeof StoredDeliveryStatus)[keyof typeof StoredDeliveryStatus];
 export const STORED_DELIVERY_STATUSES: readonly StoredDeliveryStatus[] = Object.values(StoredDeliveryStatus);
 
+/** Which trigger last changed a delivery, and how (routing's change). */
+export interface DeliveryCause {
+  triggerId: string;
+  change: 'added' | 'replanned' | 'revived' | 'cancelled';
+  /** For a cancel: `expired` when a replan found it could not go in time. */
+  reason?: string;
+}
+
+/**
+ * What routing did for one trigger, rule by rule: the data behind "why was nothing planned"
+ * (GET /api/triggers/:id). Written with the routing (saveRouting), in the same transaction.
+ * Only rules that name the trigger's type (in `on`, `replanOn` or `cancelOn`) are listed;
+ * codes and rule text only, never patient data.
+ */
+export interface RoutingExplanation {
+  triggerId: string;
+  /** ISO instant of the routing. */
+  routedAt: string;
+  rules: RuleOutcome[];
+}
+
+export const RuleOutcomeKind = {
+  /** A new delivery (or, for a cancelled one, `revived`). */
+  Planned: 'planned',
+  Replanned: 'replanned',
+  Revived: 'revived',
+  Cancelled: 'cancelled',
+  /** The rule matched but the stored delivery stayed as it was (`reason` says why). */
+  Unchanged: 'unchanged',
+  /** The rule planned nothing (`reason` says why). */
+  Skipped: 'skipped',
+} as const;
+export type RuleOutcomeKind = (typeof RuleOutcomeKind)[keyof typeof RuleOutcomeKind];
+
+export interface RuleOutcome {
+  rule: string;
+  outcome: RuleOutcomeKind;
+  /** The delivery planned, moved or cancelled (for skipped: the id it would have had). */
+  deliveryId?: string;
+  /**
+   * skipped: `condition_false` (with `condition`), `expired`, `holdout`, `no_anchor`;
+   * unchanged: `same`, `stale`, `finished`, `cancelled`, `not_found`; planned/replanned:
+   * `no_address` when the message has no recipient (it will be suppressed at send time).
+   */
+  reason?: string;
+  /** For condition_false: the part of the rule's `where` that did not hold, as written in the rule. */
+  condition?: string;
+}
+
 /** A delivery state as routing writes it (saveRouting). */
 export interface DeliveryWrite {
   delivery: Delivery;
@@ -153,6 +202,8 @@ export interface DeliveryWrite {
   subjectStart?: string;
   /** ISO instant of this change. */
   updatedAt: string;
+  /** The trigger that made this change (kept: "cancelled by", "moved by"). */
+  cause?: DeliveryCause;
 }
 
 /**
@@ -176,6 +227,8 @@ export interface SaveRoutingOptions {
    * store sharing the work's database accepts it: others reject the call.
    */
   joined?: JoinedWork;
+  /** What routing did for each trigger, rule by rule (getRoutingExplanation reads it back). */
+  explanations?: readonly RoutingExplanation[];
 }
 
 /** The rendered message kept with a finished delivery (what left). */
@@ -212,6 +265,8 @@ export interface StoredDelivery {
   /** When the delivery was first planned / last changed (ISO instants). */
   createdAt: string;
   updatedAt: string;
+  /** The trigger whose routing last changed it (planned, moved, cancelled, revived it). */
+  cause?: DeliveryCause;
 }
 
 export interface DeliveryQuery {
@@ -300,6 +355,20 @@ export interface Store {
     routedAt: string,
     options?: SaveRoutingOptions,
   ): Promise<void>;
+  /**
+   * What routing did for a trigger, rule by rule (saved with saveRouting's `explanations`);
+   * undefined when the trigger is not routed yet, or was routed without one.
+   */
+  getRoutingExplanation(triggerId: string): Promise<RoutingExplanation | undefined>;
+  /**
+   * Whether a committed trigger about this appointment or encounter is not routed yet: a
+   * send-time check that finds the subject changed waits for that routing (it may replan).
+   */
+  hasUnroutedTriggers(subject: { kind: SubjectState['kind']; id: string }): Promise<boolean>;
+  /** Deliveries per status, counted as they change: no scan, whatever the number stored. */
+  countDeliveries(): Promise<Record<StoredDeliveryStatus, number>>;
+  /** Messages per status, counted as they are stored. */
+  countMessages(): Promise<Record<MessageStatus, number>>;
   getDelivery(id: string): Promise<StoredDelivery | undefined>;
   /** Every delivery holding the cancel key (one index probe, whatever the number of deliveries). */
   deliveriesByCancelKey(key: string): Promise<StoredDelivery[]>;

@@ -17,8 +17,8 @@
 // cancel a no-op.
 //
 // Job ids are `<delivery id>~<generation>` (the queue refuses a reused id whatever the
-// state of the first job, so a delivery that needs a new timer gets generation + 1). Every
-// job of a delivery carries the delivery id as its cancel key.
+// state of the first job, so a delivery that needs a new timer gets generation + 1). A
+// delivery has at most one pending job, its current generation's, cancelled by its id.
 //
 // Triggers are routed in commit order, never two passes at once: applying a trigger reads the
 // stored deliveries it touches and writes them back, so concurrent passes could lose a
@@ -414,7 +414,7 @@ function timerJob(delivery: Delivery, generation: number, idempotent: boolean) {
     id: deliveryJobId(delivery.id, generation),
     data: { deliveryId: delivery.id, generation },
     runAt: delivery.dueAt,
-    cancelKeys: [delivery.id],
+    // No cancel key: a job is cancelled by its own id (the delivery's current generation).
     idempotent,
   };
 }
@@ -439,6 +439,8 @@ const MAX_GENERATION_STEPS = 100;
 function followSync(tx: QueueTransaction<DeliveryJob>, intents: readonly TimerIntent[], gens: Map<string, number>, warnings: string[], idempotent: (d: Delivery) => boolean): void {
   for (const intent of intents) {
     if (intent.op === 'cancel') {
+      tx.cancel(deliveryJobId(intent.deliveryId, gens.get(intent.deliveryId) ?? 0), intent.reason);
+      // Jobs added before the job id was their key carry the delivery id as one.
       tx.cancel(intent.deliveryId, intent.reason);
       continue;
     }
@@ -473,6 +475,7 @@ async function followAsync(queue: Queue<DeliveryJob>, intents: readonly TimerInt
   const warnings: string[] = [];
   for (const intent of intents) {
     if (intent.op === 'cancel') {
+      await queue.cancel(deliveryJobId(intent.deliveryId, gens.get(intent.deliveryId) ?? 0), intent.reason);
       await queue.cancel(intent.deliveryId, intent.reason);
       continue;
     }
