@@ -235,6 +235,8 @@ export function createApp(deps: ApiDeps): express.Express {
     res.json({
       items: items.map(messageSummary),
       ...(items.length === limit ? { next: items[items.length - 1]!.id } : {}),
+      // Every message stored, per status (kept as they are stored: no scan, no paging).
+      totals: await store.countMessages(),
     });
   });
 
@@ -300,6 +302,8 @@ export function createApp(deps: ApiDeps): express.Express {
     res.json({
       items: items.map(deliverySummary),
       ...(items.length === limit ? { next: items[items.length - 1]!.delivery.id } : {}),
+      // Every delivery stored, per status (kept as they change: no scan, no paging).
+      totals: await store.countDeliveries(),
     });
   });
 

@@ -130,6 +130,35 @@ describe('Router', () => {
     expect(await store.listUnroutedTriggers(10)).toEqual([]);
   });
 
+  it('explains every rule for the trigger and names the trigger that cancelled a delivery', async () => {
+    currentRules = [
+      ...REMINDER,
+      ...rules({
+        id: 'week-ahead',
+        on: 'appointment.booked',
+        where: { 'appointment.start': { gte: 'occurredAt + 7d' } },
+        purpose: 'care.logistics',
+        channel: 'sms',
+        send: { output: 'sms-main', template: 'reminder', fields: ['appointment.start'] },
+        at: 'appointment.start - 7d',
+      }),
+    ];
+    // Booked five days ahead: not a week.
+    const booking = await ingest(booked({ appointment: { start: '2025-06-06T14:30:00+02:00' } }));
+    expect(await store.getRoutingExplanation(booking.triggerId)).toEqual({
+      triggerId: booking.triggerId,
+      routedAt: new Date(clock).toISOString(),
+      rules: [
+        { rule: 'reminder', outcome: 'planned', deliveryId: ID() },
+        { rule: 'week-ahead', outcome: 'skipped', reason: 'condition_false', condition: 'appointment.start gte occurredAt + 7d' },
+      ],
+    });
+    expect((await store.getDelivery(ID()))!.cause).toEqual({ triggerId: booking.triggerId, change: 'added' });
+    const cancel = await ingest(cancelled());
+    expect((await store.getDelivery(ID()))!.cause).toEqual({ triggerId: cancel.triggerId, change: 'cancelled' });
+    expect((await store.getRoutingExplanation(cancel.triggerId))!.rules).toEqual([{ rule: 'reminder', outcome: 'cancelled', deliveryId: ID() }]);
+  });
+
   it('triggers committed together are routed in one pass, in order, and saved together', async () => {
     const triggers = [
       await commit(booked({ appointment: { id: 'B1' } })),

@@ -32,7 +32,7 @@ import { route, type DeliveryState } from '../pipeline/route.ts';
 import type { RouteResult } from '../pipeline/rule.ts';
 import type { Rule } from '../pipeline/rule.ts';
 import type { Queue, QueueTransaction } from '../queue/queue.ts';
-import type { DeliveryWrite, Store, StoredDelivery } from '../store/store.ts';
+import type { DeliveryCause, DeliveryWrite, RoutingExplanation, RuleOutcome, Store, StoredDelivery } from '../store/store.ts';
 import type { Delivery, Trigger } from '../types.ts';
 import { applyRouteResult, type AppliedChange } from './apply.ts';
 
@@ -99,6 +99,8 @@ interface Working {
   generation: number;
   subjectStart?: string;
   dirty: boolean;
+  /** The trigger of this pass that last changed it. */
+  cause?: DeliveryCause;
 }
 
 /**
@@ -279,11 +281,14 @@ export class Router {
     const work = new Map<string, Working>();
     const intents: TimerIntent[] = [];
     const results: Array<{ triggerId: string; changes: AppliedChange[] }> = [];
+    const explanations: RoutingExplanation[] = [];
+    const updatedAt = new Date(nowMs).toISOString();
     for (const trigger of triggers) {
-      results.push({ triggerId: trigger.id, changes: await this.#applyOne(trigger, nowMs, work, intents) });
+      const { changes, result } = await this.#applyOne(trigger, nowMs, work, intents);
+      results.push({ triggerId: trigger.id, changes });
+      explanations.push({ triggerId: trigger.id, routedAt: updatedAt, rules: explain(result, changes) });
     }
 
-    const updatedAt = new Date(nowMs).toISOString();
     const ids = triggers.map((t) => t.id);
     const generations = new Map([...work].map(([id, w]) => [id, w.generation]));
     let written: DeliveryWrite[];
@@ -303,12 +308,12 @@ export class Router {
             if (write) write.generation = Math.max(gen, 1);
           }
         });
-        await store.saveRouting(ids, written, updatedAt, { joined });
+        await store.saveRouting(ids, written, updatedAt, { joined, explanations });
       } else {
         warnings = await followAsync(queue, intents, generations, this.#idempotent);
         for (const [id, gen] of generations) work.get(id)!.generation = gen;
         written = writesOf(work, updatedAt);
-        await store.saveRouting(ids, written, updatedAt);
+        await store.saveRouting(ids, written, updatedAt, { explanations });
       }
     } catch (error) {
       if (error instanceof TransientError && error.code === 'queue_ids_exhausted') throw error;
@@ -325,7 +330,7 @@ export class Router {
   readonly #idempotent = (delivery: Delivery): boolean => this.#deps.idempotentOutput?.(delivery.output) ?? false;
 
   /** Routes one trigger into the working view and lists what the queue must do; returns its changes. */
-  async #applyOne(trigger: Trigger, nowMs: number, work: Map<string, Working>, intents: TimerIntent[]): Promise<AppliedChange[]> {
+  async #applyOne(trigger: Trigger, nowMs: number, work: Map<string, Working>, intents: TimerIntent[]): Promise<{ changes: AppliedChange[]; result: RouteResult }> {
     const { store } = this.#deps;
     let result: RouteResult;
     try {
@@ -374,6 +379,7 @@ export class Router {
       const w = work.get(change.delivery.id);
       if (!w || change.change === 'unchanged') continue;
       const delivery = change.delivery;
+      w.cause = { triggerId: trigger.id, change: change.change, ...(change.cause === 'expired' ? { reason: 'expired' } : {}) };
       switch (change.change) {
         case 'added':
         case 'revived':
@@ -388,8 +394,29 @@ export class Router {
           change.change satisfies never;
       }
     }
-    return changes;
+    return { changes, result };
   }
+}
+
+/**
+ * What each rule did for one trigger (store.ts RoutingExplanation): its plans and replans
+ * with their outcome, the deliveries its cancels changed, what it skipped and why, and the
+ * rules whose condition did not hold. Cancels that found nothing to change are left out (a
+ * cancel key reaches every delivery of the subject: listing them all says nothing).
+ */
+function explain(result: RouteResult, changes: readonly AppliedChange[]): RuleOutcome[] {
+  const rules: RuleOutcome[] = [];
+  for (const c of changes) {
+    if (c.op === 'cancel' && c.change === 'unchanged') continue;
+    const d = c.delivery;
+    const outcome = c.change === 'added' ? 'planned' : c.change;
+    const noAddress = c.change !== 'unchanged' && c.change !== 'cancelled' && (d.channel === 'sms' || d.channel === 'email') && (d.to === undefined || d.to === '');
+    const reason = c.change === 'cancelled' && c.cause === 'expired' ? 'expired' : noAddress ? 'no_address' : c.reason;
+    rules.push({ rule: d.ruleId, outcome, deliveryId: d.id, ...(reason !== undefined ? { reason } : {}) });
+  }
+  for (const s of result.skipped) rules.push({ rule: s.ruleId, outcome: 'skipped', deliveryId: s.id, reason: s.reason });
+  for (const u of result.unmatched ?? []) rules.push({ rule: u.ruleId, outcome: 'skipped', reason: u.reason, condition: u.condition });
+  return rules;
 }
 
 /** The delivery states a pass changed, as saveRouting writes them. */
@@ -404,6 +431,7 @@ function writesOf(work: Map<string, Working>, updatedAt: string): DeliveryWrite[
       generation: Math.max(w.generation, 1),
       ...(w.subjectStart ? { subjectStart: w.subjectStart } : {}),
       updatedAt,
+      ...(w.cause ? { cause: w.cause } : {}),
     });
   }
   return written;
