@@ -35,6 +35,11 @@ export const DeliverReason = {
   NotCurrent: 'not_current',
   /** The delivery names an output that is not running (a reload added it: restart needed). */
   OutputUnknown: 'output_unknown',
+  /**
+   * Not decided yet: the routing that planned the job, or of a newer trigger about its
+   * subject, is not saved yet (retried later).
+   */
+  RoutingPending: 'routing_pending',
 } as const;
 export type DeliverReason = (typeof DeliverReason)[keyof typeof DeliverReason];
 
@@ -114,19 +119,34 @@ export function createDeliverHandler(deps: DeliverDeps): JobHandler<DeliveryJob>
       stored = await store.getDelivery(deliveryId);
       // Still not saved (the routing failed and will be retried, or another process is
       // routing): try again later rather than drop the timer.
-      if (!stored || stored.generation < generation) throw new TransientError('routing_pending', `delivery ${deliveryId} generation ${generation} is not saved yet`);
+      if (!stored || stored.generation < generation) throw new TransientError(DeliverReason.RoutingPending, `delivery ${deliveryId} generation ${generation} is not saved yet`);
     }
-    // `failed` with this generation: a dead-lettered job replayed by a person (retryDead).
-    if (!stored || (stored.status !== 'pending' && stored.status !== 'failed') || stored.generation !== generation) {
+    const current = (s: StoredDelivery | undefined): s is StoredDelivery =>
+      // `failed` with this generation: a dead-lettered job replayed by a person (retryDead).
+      s !== undefined && (s.status === 'pending' || s.status === 'failed') && s.generation === generation;
+    if (!current(stored)) {
       // Cancelled, moved to another job, or already done by an earlier run of this job.
       log.debug('deliver.skipped', { deliveryId, reason: DeliverReason.NotCurrent, attempt: job.attempt });
       return { outcome: 'skipped', deliveryId, reason: DeliverReason.NotCurrent };
     }
-    const d = stored.delivery;
 
+    let d = stored.delivery;
     const kind = d.subjectKind === 'appointment' || d.subjectKind === 'encounter' ? d.subjectKind : undefined;
-    const subject = kind ? await store.getSubjectState(kind, d.subjectId) : undefined;
-    const stale = staleness(stored, subject);
+    let stale = staleness(stored, kind ? await store.getSubjectState(kind, d.subjectId) : undefined);
+    if (stale && kind) {
+      // The subject changed since this plan was made. The event that changed it may be
+      // committed but not routed yet, and its routing may move this delivery (a reschedule
+      // that keeps the rule's condition true replans the message: it must not be lost as
+      // stale). Decide on what that routing saves.
+      await deps.routingSettled?.();
+      if (await store.hasUnroutedTriggers({ kind, id: d.subjectId })) {
+        throw new TransientError(DeliverReason.RoutingPending, `a change of ${d.subjectKey} is not routed yet (delivery ${d.id})`);
+      }
+      stored = await store.getDelivery(deliveryId);
+      if (!current(stored)) return { outcome: 'skipped', deliveryId, reason: DeliverReason.NotCurrent };
+      d = stored.delivery;
+      stale = staleness(stored, await store.getSubjectState(kind, d.subjectId));
+    }
     if (stale) return suppress(stored, stale);
 
     const expires = d.expiresAt === undefined ? undefined : parseInstant(d.expiresAt);
