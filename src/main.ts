@@ -65,14 +65,15 @@ function ingestSettings(name: string, config: Hl7v2MllpConfig | Hl7v2HttpConfig)
 }
 
 /**
- * Test-only fault injection for the crash tests (docs/reliability.md promise 1):
+ * Test-only fault injection for the crash tests (docs/reliability.md promises 1 and 4):
  * CARERELAY_FAULT=kill-after-commit:N kills the process with SIGKILL right after the N-th
- * commit, before its ACK is written. Unset in every real deployment.
+ * commit, before its ACK is written; kill-after-send:N right after the N-th output accepted
+ * a message, before the delivery is recorded finished. Unset in every real deployment.
  */
-function faultInjector(env: Env): () => void {
-  const m = /^kill-after-commit:(\d+)$/.exec(env.CARERELAY_FAULT ?? '');
-  if (m === null) return () => {};
-  let remaining = Number(m[1]);
+function faultInjector(env: Env, point: 'commit' | 'send'): (() => void) | undefined {
+  const m = /^kill-after-(commit|send):(\d+)$/.exec(env.CARERELAY_FAULT ?? '');
+  if (m === null || m[1] !== point) return undefined;
+  let remaining = Number(m[2]);
   return () => {
     if (--remaining === 0) process.kill(process.pid, 'SIGKILL');
   };
@@ -158,9 +159,10 @@ export async function startCarerelay(options: StartOptions): Promise<RunningCare
 
   const db = openSqliteDatabase(path.join(plan.server.dataDir, 'carerelay.db'));
   const store = new SqliteStore(db, { closeDatabase: true });
-  const deliveries = new DeliveryRuntime({ db, store, plan, log, outputSpecs, ...(options.now ? { now: options.now } : {}) });
+  const afterSend = faultInjector(env, 'send');
+  const deliveries = new DeliveryRuntime({ db, store, plan, log, outputSpecs, ...(options.now ? { now: options.now } : {}), ...(afterSend ? { afterSend } : {}) });
   const ingest = new Hl7Ingest({ store, log, onCommitted: deliveries.onCommitted });
-  const afterCommit = faultInjector(env);
+  const afterCommit = faultInjector(env, 'commit') ?? (() => {});
 
   const mllpServers: Array<{ name: string; server: MllpServer }> = [];
   const httpInputs = new Map<string, HttpHl7Input>();

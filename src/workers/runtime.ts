@@ -60,6 +60,8 @@ export interface DeliveryRuntimeOptions {
   /** Delivery jobs running at once. Default DEFAULT_DELIVERY_CONCURRENCY. */
   concurrency?: number;
   queue?: Omit<SqliteQueueOptions, 'name' | 'now'>;
+  /** Test-only fault hook (main.ts CARERELAY_FAULT): called after each accepted send. */
+  afterSend?: () => void;
 }
 
 /**
@@ -129,6 +131,17 @@ export class DeliveryRuntime {
     this.#mappings = { rules: plan.mappings, templates: plan.templates, timezone: plan.server.timezone };
     this.queue = createDeliveryQueue(options.db, store, { ...options.queue, now });
     this.outputs = createOutputs(plan.outputs, options.outputSpecs, { sink: storeOutboxSink(store), now: () => new Date(now()) });
+    const afterSend = options.afterSend;
+    if (afterSend) {
+      for (const adapter of this.outputs.values()) {
+        const send = adapter.send.bind(adapter);
+        adapter.send = async (message, context) => {
+          const receipt = await send(message, context);
+          afterSend();
+          return receipt;
+        };
+      }
+    }
     this.router = new Router({
       store,
       queue: this.queue,
