@@ -8,6 +8,7 @@ import type { Logger } from '../log.ts';
 import { STORED_DELIVERY_STATUSES, type DeliveryQuery, type MessageQuery, type Store, type StoredDelivery, type StoredDeliveryStatus, type StoredMessage, type TriggerQuery } from '../store/store.ts';
 import { MessageStatus } from '../types.ts';
 import type { Hl7Ingest, Hl7IngestSettings } from '../workers/ingest.ts';
+import { sendItems } from './json-slices.ts';
 import { createFhirRouter, type FhirHttpInput } from './fhir-routes.ts';
 
 export interface HttpHl7Input {
@@ -232,8 +233,7 @@ export function createApp(deps: ApiDeps): express.Express {
     };
     const items = await store.listMessages(query);
     const limit = query.limit ?? 100;
-    res.json({
-      items: items.map(messageSummary),
+    await sendItems(res, items, messageSummary, {
       ...(items.length === limit ? { next: items[items.length - 1]!.id } : {}),
       // Every message stored, per status (kept as they are stored: no scan, no paging).
       totals: await store.countMessages(),
@@ -265,7 +265,7 @@ export function createApp(deps: ApiDeps): express.Express {
       until: queryInstant(req, 'until'),
       limit: queryLimit(req),
     };
-    res.json({ items: await store.listTriggers(query) });
+    await sendItems(res, await store.listTriggers(query), (item) => item, {});
   });
 
   admin.get('/triggers/:id', async (req, res) => {
@@ -299,8 +299,7 @@ export function createApp(deps: ApiDeps): express.Express {
     };
     const items = await store.listDeliveries(query);
     const limit = query.limit ?? 100;
-    res.json({
-      items: items.map(deliverySummary),
+    await sendItems(res, items, deliverySummary, {
       ...(items.length === limit ? { next: items[items.length - 1]!.delivery.id } : {}),
       // Every delivery stored, per status (kept as they change: no scan, no paging).
       totals: await store.countDeliveries(),
@@ -333,7 +332,7 @@ export function createApp(deps: ApiDeps): express.Express {
       limit,
       before: queryString(req, 'before'),
     });
-    res.json({ items, ...(items.length === (limit ?? 100) ? { next: items[items.length - 1]!.id } : {}) });
+    await sendItems(res, items, (item) => item, items.length === (limit ?? 100) ? { next: items[items.length - 1]!.id } : {});
   });
 
   app.use('/api', admin);

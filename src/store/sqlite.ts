@@ -35,6 +35,12 @@
 // different offsets do not sort as instants. A subject state is applied only when its asOf
 // is at or after the stored one, so a late, older message never rolls the state back.
 //
+// Admin reads. The store runs on the event loop, so a list that scans would hold every
+// connection's ACKs while it scans. Lists read in slices (readSliced): at most SLICE_ROWS
+// rows, and, unless a selective filter (a patient, a subject, a control id…) leads to its
+// own index, at most SLICE_SCAN entries of the list's order, yielding to the event loop
+// between slices. A rare filter over millions of rows takes longer in all, never long at once.
+//
 // Ids. Message ids are the SQLite rowid (AUTOINCREMENT: never reused, even after
 // deletions) as a decimal string: stable and URL-safe.
 import BetterSqlite3 from 'better-sqlite3';
@@ -212,6 +218,9 @@ export const SQLITE_STORE_MIGRATIONS: readonly string[] = [
   ALTER TABLE deliveries ADD COLUMN cause TEXT;
   ALTER TABLE triggers ADD COLUMN routing TEXT;
 
+  -- Listing messages of a status (rejected, quarantined: rare among millions) by index.
+  CREATE INDEX messages_status ON messages (status, received_ms, id);
+
   CREATE TABLE delivery_counts (status TEXT PRIMARY KEY, n INTEGER NOT NULL) WITHOUT ROWID;
   INSERT INTO delivery_counts (status, n) SELECT status, COUNT(*) FROM deliveries GROUP BY status;
   CREATE TRIGGER deliveries_counted_insert AFTER INSERT ON deliveries BEGIN
@@ -242,6 +251,13 @@ export const SQLITE_STORE_MIGRATIONS: readonly string[] = [
 
 /** Most records committed in one transaction (bounds how long one flush blocks the loop). */
 const MAX_BATCH = 256;
+/** Rows a list reads (and turns into objects) before it yields to the event loop. */
+const SLICE_ROWS = 100;
+/** Entries of a list's order a slice may walk past when no selective filter leads. */
+const SLICE_SCAN = 500;
+
+/** A position in a list's order: [seq] or [time ms, id]. */
+type Position = readonly number[];
 
 const MESSAGE_COLUMNS =
   'id, input, format, sender, control_id, message_type, content_hash, status, ack, ack_code, reason, received_at, trigger_ids';
@@ -620,6 +636,7 @@ export class SqliteStore implements Store {
       .eq('input', query.input)
       .atLeast('received_ms', query.since, 'since')
       .atMost('received_ms', query.until, 'until');
+    let start: Position | undefined;
     if (query.before !== undefined) {
       // The cursor is the id of the last message of the previous page; its position in
       // the (receivedAt, id) order is looked up so paging follows the same order.
@@ -630,10 +647,21 @@ export class SqliteStore implements Store {
           `before must be the id of a stored message (the last id of the previous page), got ${JSON.stringify(query.before)}`,
         );
       }
-      filter.add('(received_ms < ? OR (received_ms = ? AND id < ?))', position.received_ms, position.received_ms, position.id);
+      start = [position.received_ms, position.id];
     }
-    const { sql, params } = filter.select(MESSAGE_COLUMNS, 'messages', 'received_ms DESC, id DESC', query.limit);
-    return (this.listStatement(sql).all(...params) as MessageRow[]).map(toStored);
+    const rows = await this.readSliced<MessageRow & { received_ms: number }>({
+      table: 'messages',
+      columns: `${MESSAGE_COLUMNS}, received_ms`,
+      order: ['received_ms', 'id'],
+      orderIndex: 'messages_received',
+      filter,
+      // sender + control id lead to the dedupe index, a status to messages_status.
+      selective: (query.sender !== undefined && query.controlId !== undefined) || query.status !== undefined,
+      start,
+      limit: listLimit(query.limit),
+      position: (row) => [row.received_ms, row.id],
+    });
+    return rows.map(toStored);
   }
 
   async getTrigger(id: string): Promise<Trigger | undefined> {
@@ -644,15 +672,24 @@ export class SqliteStore implements Store {
 
   async listTriggers(query: TriggerQuery): Promise<Trigger[]> {
     this.assertOpen();
-    const { sql, params } = new ListFilter()
+    const filter = new ListFilter()
       .eq('type', query.type)
       .eq('patient_id', query.patientId)
       .eq('appointment_id', query.appointmentId)
       .eq('encounter_id', query.encounterId)
       .atLeast('occurred_ms', query.since, 'since')
-      .atMost('occurred_ms', query.until, 'until')
-      .select('json', 'triggers', 'occurred_ms DESC, rowid DESC', query.limit);
-    return (this.listStatement(sql).all(...params) as Array<{ json: string }>).map((r) => JSON.parse(r.json) as Trigger);
+      .atMost('occurred_ms', query.until, 'until');
+    const rows = await this.readSliced<{ json: string; occurred_ms: number; rowid: number }>({
+      table: 'triggers',
+      columns: 'json, occurred_ms, rowid',
+      order: ['occurred_ms', 'rowid'],
+      orderIndex: 'triggers_occurred',
+      filter,
+      selective: query.patientId !== undefined || query.appointmentId !== undefined || query.encounterId !== undefined,
+      limit: listLimit(query.limit),
+      position: (row) => [row.occurred_ms, row.rowid],
+    });
+    return rows.map((r) => JSON.parse(r.json) as Trigger);
   }
 
 
@@ -768,15 +805,25 @@ export class SqliteStore implements Store {
       .eq('rule', query.ruleId)
       .eq('patient_id', query.patientId)
       .eq('subject', query.subjectKey);
+    let start: Position | undefined;
     if (query.before !== undefined) {
       const position = this.deliverySeqStmt.get(query.before);
       if (position === undefined) {
         throw new RangeError(`before must be the id of a stored delivery (the last id of the previous page), got ${JSON.stringify(query.before)}`);
       }
-      filter.add('seq < ?', position.seq);
+      start = [position.seq];
     }
-    const { sql, params } = filter.select(DELIVERY_COLUMNS, 'deliveries', 'seq DESC', query.limit);
-    return (this.listStatement(sql).all(...params) as DeliveryRow[]).map((row) => this.deliveryFromRow(row));
+    const rows = await this.readSliced<DeliveryRow>({
+      table: 'deliveries',
+      columns: DELIVERY_COLUMNS,
+      order: ['seq'],
+      filter,
+      selective: query.patientId !== undefined || query.subjectKey !== undefined,
+      start,
+      limit: listLimit(query.limit),
+      position: (row) => [row.seq],
+    });
+    return rows.map((row) => this.deliveryFromRow(row));
   }
 
   finishDelivery(id: string, generation: number, outcome: DeliveryOutcome): Promise<boolean> {
@@ -826,15 +873,83 @@ export class SqliteStore implements Store {
   async listOutbox(query: OutboxQuery): Promise<OutboxEntry[]> {
     this.assertOpen();
     const filter = new ListFilter().eq('delivery_id', query.deliveryId).eq('output', query.output);
+    let start: Position | undefined;
     if (query.before !== undefined) {
       const seq = /^[1-9]\d{0,14}$/.test(query.before) ? this.outboxSeqStmt.get(Number(query.before)) : undefined;
       if (seq === undefined) {
         throw new RangeError(`before must be the id of an outbox entry (the last id of the previous page), got ${JSON.stringify(query.before)}`);
       }
-      filter.add('seq < ?', seq.seq);
+      start = [seq.seq];
     }
-    const { sql, params } = filter.select(OUTBOX_COLUMNS, 'outbox', 'seq DESC', query.limit);
-    return (this.listStatement(sql).all(...params) as OutboxRow[]).map(outboxFromRow);
+    const rows = await this.readSliced<OutboxRow>({
+      table: 'outbox',
+      columns: OUTBOX_COLUMNS,
+      order: ['seq'],
+      filter,
+      selective: query.deliveryId !== undefined,
+      start,
+      limit: listLimit(query.limit),
+      position: (row) => [row.seq],
+    });
+    return rows.map(outboxFromRow);
+  }
+
+  /**
+   * A page of a list, newest first, in slices (see "Admin reads" at the top): each slice
+   * reads at most SLICE_ROWS rows after the position reached; unless `selective`, it also
+   * stops at the entry SLICE_SCAN places further in the order (`seq` lists: that many seq
+   * numbers; others: found in `orderIndex`, which must cover the order's columns), and the
+   * next slice goes on from there. Yields to the event loop between slices.
+   */
+  private async readSliced<Row>(spec: {
+    table: string;
+    columns: string;
+    /** The order, newest first: ['seq'] or [time column, id column]. */
+    order: readonly string[];
+    orderIndex?: string;
+    filter: ListFilter;
+    selective: boolean;
+    start?: Position;
+    limit: number;
+    position: (row: Row) => Position;
+  }): Promise<Row[]> {
+    const key = spec.order.length === 1 ? spec.order[0]! : `(${spec.order.join(', ')})`;
+    const marks = spec.order.map(() => '?').join(', ');
+    const tuple = spec.order.length === 1 ? '?' : `(${marks})`;
+    const orderBy = spec.order.map((c) => `${c} DESC`).join(', ');
+    const out: Row[] = [];
+    let cursor = spec.start;
+    for (;;) {
+      const floor = spec.selective ? undefined : this.sliceFloor(spec.table, spec.order, spec.orderIndex, key, tuple, orderBy, cursor);
+      const n = Math.min(spec.limit - out.length, SLICE_ROWS);
+      const filter = spec.filter.copy();
+      if (cursor !== undefined) filter.add(`${key} < ${tuple}`, ...cursor);
+      if (floor !== undefined) filter.add(`${key} >= ${tuple}`, ...floor);
+      const { sql, params } = filter.select(spec.columns, spec.table, orderBy, n);
+      const rows = this.listStatement(sql).all(...params) as Row[];
+      out.push(...rows);
+      if (out.length >= spec.limit) break;
+      if (rows.length === n) cursor = spec.position(rows[n - 1]!);
+      else if (floor !== undefined) cursor = floor;
+      else break;
+      await new Promise<void>((resolve) => setImmediate(resolve));
+      this.assertOpen();
+    }
+    return out;
+  }
+
+  /** The position SLICE_SCAN entries after `cursor` (inclusive bound of a slice); undefined when fewer are left. */
+  private sliceFloor(table: string, order: readonly string[], orderIndex: string | undefined, key: string, tuple: string, orderBy: string, cursor: Position | undefined): Position | undefined {
+    if (order.length === 1) {
+      // seq lists: numbers are dense (AUTOINCREMENT / rowid), so the window is arithmetic.
+      const top = cursor?.[0] ?? ((this.listStatement(`SELECT MAX(${order[0]}) AS top FROM ${table}`).get() as { top: number | null }).top ?? 0) + 1;
+      const floor = top - SLICE_SCAN;
+      return floor > 0 ? [floor] : undefined;
+    }
+    const where = cursor === undefined ? '' : ` WHERE ${key} < ${tuple}`;
+    const sql = `SELECT ${order.join(', ')} FROM ${table} INDEXED BY ${orderIndex} ${where} ORDER BY ${orderBy} LIMIT 1 OFFSET ${SLICE_SCAN - 1}`;
+    const row = this.listStatement(sql).raw(true).get(...(cursor ?? [])) as number[] | undefined;
+    return row;
   }
 
   async ping(): Promise<void> {
@@ -1138,9 +1253,16 @@ class ListFilter {
     return this;
   }
 
+  copy(): ListFilter {
+    const copy = new ListFilter();
+    copy.where.push(...this.where);
+    copy.params.push(...this.params);
+    return copy;
+  }
+
   /** `SELECT <columns> FROM <table> [WHERE …] ORDER BY <order> LIMIT ?` and its parameters. */
-  select(columns: string, table: string, order: string, limit: number | undefined): { sql: string; params: unknown[] } {
+  select(columns: string, table: string, order: string, limit: number): { sql: string; params: unknown[] } {
     const where = this.where.length > 0 ? ` WHERE ${this.where.join(' AND ')}` : '';
-    return { sql: `SELECT ${columns} FROM ${table}${where} ORDER BY ${order} LIMIT ?`, params: [...this.params, listLimit(limit)] };
+    return { sql: `SELECT ${columns} FROM ${table}${where} ORDER BY ${order} LIMIT ?`, params: [...this.params, limit] };
   }
 }
