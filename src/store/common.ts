@@ -159,10 +159,10 @@ export function cancelKeyProbes(key: string): { id: string; subjects: string[]; 
 /** Fields a delivery row keeps as columns: left out of its JSON. */
 type ColumnFields = 'id' | 'ruleId' | 'subjectKey' | 'patientId' | 'cancelKeys';
 
-/** A delivery's JSON without what its columns hold, with its cancel keys packed (`k`). */
-export function compactDeliveryJson(d: Delivery): string {
+/** A delivery without what its row's columns hold, with its cancel keys packed (`k`). */
+export function compactDelivery(d: Delivery): Record<string, unknown> {
   const { id: _id, ruleId: _rule, subjectKey: _subject, patientId: _patient, cancelKeys: _keys, ...rest } = d;
-  return JSON.stringify({ ...rest, k: packCancelKeys(d) });
+  return { ...rest, k: packCancelKeys(d) };
 }
 
 /** The delivery a compact JSON (or a full one, written before it existed) stands for. */

@@ -649,7 +649,8 @@ export function storeConformanceSuite(name: string, makeStore: () => Promise<Sto
         const d = testDelivery();
         const explanation = {
           triggerId: 't-e1',
-          routedAt: '2024-01-01T09:30:02Z',
+          // saveRouting's routedAt, read back in UTC with milliseconds.
+          routedAt: '2024-01-01T09:30:02.000Z',
           rules: [
             { rule: 'reminder', outcome: 'planned' as const, deliveryId: d.id },
             { rule: 'week-ahead', outcome: 'skipped' as const, reason: 'condition_false', condition: 'appointment.start gte occurredAt + 7d' },

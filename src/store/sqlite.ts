@@ -48,7 +48,7 @@ import { MessageStatus, type Channel, type Delivery, type Trigger } from '../typ
 import {
   StoreReason,
   cancelKeyProbes,
-  compactDeliveryJson,
+  compactDelivery,
   expandDeliveryJson,
   instantMs,
   listLimit,
@@ -56,6 +56,7 @@ import {
   packedKeyNeedsRow,
   storedMessageOf,
 } from './common.ts';
+import { PackedKind, packJson, packRaw, unpackJson, unpackRaw } from './packed-json.ts';
 import { migrate, openSqliteDatabase, type Database } from './sqlite-db.ts';
 import { STORED_DELIVERY_STATUSES } from './store.ts';
 import type {
@@ -69,6 +70,7 @@ import type {
   OutboxEntry,
   OutboxQuery,
   RoutingExplanation,
+  RuleOutcome,
   SaveRoutingOptions,
   SentMessage,
   Store,
@@ -208,7 +210,8 @@ export const SQLITE_STORE_MIGRATIONS: readonly string[] = [
   //   (rows written before stay valid). Older rows keep their full JSON and are read as is.
   // - A finished delivery whose message is its outbox entry points to it (outbox_seq)
   //   instead of keeping the text twice.
-  // - cause_trigger / cause: the trigger that last changed the delivery, and how.
+  // - cause_trigger / cause: the trigger that last changed the delivery, and how
+  //   (cause_trigger NULL: the trigger that planned it, delivery.triggerId).
   // - triggers.routing: what routing did for the trigger, rule by rule (RoutingExplanation).
   // - delivery_counts / message_counts: totals per status kept by triggers, so the admin
   //   API counts without scanning millions of rows.
@@ -217,6 +220,9 @@ export const SQLITE_STORE_MIGRATIONS: readonly string[] = [
   ALTER TABLE deliveries ADD COLUMN cause_trigger TEXT;
   ALTER TABLE deliveries ADD COLUMN cause TEXT;
   ALTER TABLE triggers ADD COLUMN routing TEXT;
+
+  -- raw_packed = 1: raw holds the bytes compressed (packed-json.ts packRaw).
+  ALTER TABLE messages ADD COLUMN raw_packed INTEGER;
 
   -- Listing messages of a status (rejected, quarantined: rare among millions) by index.
   CREATE INDEX messages_status ON messages (status, received_ms, id);
@@ -305,7 +311,7 @@ interface DeliveryRow {
   as_of: string;
   generation: number;
   subject_start: string | null;
-  json: string;
+  json: string | Buffer;
   reason: string | null;
   message: string | null;
   provider_id: string | null;
@@ -323,7 +329,7 @@ interface OutboxRow {
   recipient: string | null;
   language: string;
   subject: string | null;
-  text: string;
+  text: string | Buffer;
   html: string | null;
   kept_at: string;
 }
@@ -379,15 +385,15 @@ export class SqliteStore implements Store {
   private readonly insertMessageStmt: BetterSqlite3.Statement;
   private readonly insertTriggerStmt: BetterSqlite3.Statement;
   private readonly upsertStateStmt: BetterSqlite3.Statement;
-  private readonly messageByIdStmt: BetterSqlite3.Statement<[number], MessageRow & { raw: Buffer }>;
+  private readonly messageByIdStmt: BetterSqlite3.Statement<[number], MessageRow & { raw: Buffer; raw_packed: number | null }>;
   private readonly positionByIdStmt: BetterSqlite3.Statement<[number], { received_ms: number; id: number }>;
-  private readonly triggerByIdStmt: BetterSqlite3.Statement<[string], { json: string }>;
+  private readonly triggerByIdStmt: BetterSqlite3.Statement<[string], { json: string | Buffer }>;
   private readonly stateStmt: BetterSqlite3.Statement<[string, string], StateRow>;
   private readonly statesOfPatientStmt: BetterSqlite3.Statement<[string, string], StateRow>;
   private readonly pingStmt: BetterSqlite3.Statement;
   private readonly getCursorStmt: BetterSqlite3.Statement<[string], { value: string }>;
   private readonly setCursorStmt: BetterSqlite3.Statement<[string, string]>;
-  private readonly unroutedStmt: BetterSqlite3.Statement<[number], { json: string }>;
+  private readonly unroutedStmt: BetterSqlite3.Statement<[number], { json: string | Buffer }>;
   private readonly markRoutedStmt: BetterSqlite3.Statement<[number, string | null, string]>;
   private readonly upsertDeliveryStmt: BetterSqlite3.Statement<unknown[], { seq: number }>;
   private readonly insertDeliveryKeyStmt: BetterSqlite3.Statement<[string, number]>;
@@ -398,7 +404,7 @@ export class SqliteStore implements Store {
   private readonly deliveriesByRuleStmt: BetterSqlite3.Statement<[string], DeliveryRow>;
   private readonly outboxByDeliveryStmt: BetterSqlite3.Statement<[string], OutboxRow>;
   private readonly outboxBySeqStmt: BetterSqlite3.Statement<[number], OutboxRow>;
-  private readonly routingStmt: BetterSqlite3.Statement<[string], { routing: string | null }>;
+  private readonly routingStmt: BetterSqlite3.Statement<[string], { routing: string | null; routed_ms: number | null }>;
   private readonly unroutedAppointmentStmt: BetterSqlite3.Statement<[string], { one: number }>;
   private readonly unroutedEncounterStmt: BetterSqlite3.Statement<[string], { one: number }>;
   private readonly deliveryCountsStmt: BetterSqlite3.Statement<[], { status: StoredDeliveryStatus; n: number }>;
@@ -430,9 +436,9 @@ export class SqliteStore implements Store {
     );
     this.insertMessageStmt = db.prepare(
       `INSERT INTO messages (input, format, sender, control_id, message_type, content_hash, status, ack, ack_code,
-         reason, received_at, received_ms, trigger_ids, raw)
+         reason, received_at, received_ms, trigger_ids, raw, raw_packed)
        VALUES (@input, @format, @sender, @controlId, @messageType, @contentHash, @status, @ack, @ackCode,
-         @reason, @receivedAt, @receivedMs, @triggerIds, @raw)`,
+         @reason, @receivedAt, @receivedMs, @triggerIds, @raw, 1)`,
     );
     this.insertTriggerStmt = db.prepare(
       `INSERT INTO triggers (id, message_id, type, patient_id, appointment_id, encounter_id, occurred_at, occurred_ms, json)
@@ -450,7 +456,7 @@ export class SqliteStore implements Store {
          data = excluded.data, message_id = excluded.message_id
        WHERE excluded.as_of_ms >= subject_states.as_of_ms`,
     );
-    this.messageByIdStmt = db.prepare(`SELECT ${MESSAGE_COLUMNS}, raw FROM messages WHERE id = ?`);
+    this.messageByIdStmt = db.prepare(`SELECT ${MESSAGE_COLUMNS}, raw, raw_packed FROM messages WHERE id = ?`);
     this.positionByIdStmt = db.prepare('SELECT received_ms, id FROM messages WHERE id = ?');
     this.triggerByIdStmt = db.prepare('SELECT json FROM triggers WHERE id = ?');
     this.stateStmt = db.prepare(
@@ -467,7 +473,7 @@ export class SqliteStore implements Store {
 
     this.unroutedStmt = db.prepare('SELECT json FROM triggers WHERE routed_ms IS NULL ORDER BY rowid LIMIT ?');
     this.markRoutedStmt = db.prepare('UPDATE triggers SET routed_ms = ?, routing = ? WHERE id = ?');
-    this.routingStmt = db.prepare('SELECT routing FROM triggers WHERE id = ?');
+    this.routingStmt = db.prepare('SELECT routing, routed_ms FROM triggers WHERE id = ?');
     this.unroutedAppointmentStmt = db.prepare('SELECT 1 AS one FROM triggers WHERE appointment_id = ? AND routed_ms IS NULL LIMIT 1');
     this.unroutedEncounterStmt = db.prepare('SELECT 1 AS one FROM triggers WHERE encounter_id = ? AND routed_ms IS NULL LIMIT 1');
     this.deliveryCountsStmt = db.prepare('SELECT status, n FROM delivery_counts');
@@ -534,10 +540,10 @@ export class SqliteStore implements Store {
           d.subjectKey,
           write.generation,
           write.subjectStart ?? null,
-          compactDeliveryJson(d),
+          packJson(PackedKind.Delivery, compactDelivery(d)),
           write.updatedAt,
           write.updatedAt,
-          write.cause?.triggerId ?? null,
+          write.cause === undefined || write.cause.triggerId === d.triggerId ? null : write.cause.triggerId,
           write.cause === undefined ? null : write.cause.reason === undefined ? write.cause.change : `${write.cause.change}:${write.cause.reason}`,
         );
         // Keys a column finds (its id, subject, patient, rule, a type on its subject) need no row.
@@ -622,9 +628,9 @@ export class SqliteStore implements Store {
     const triggers: Trigger[] = [];
     for (const triggerId of message.triggerIds) {
       const t = this.triggerByIdStmt.get(triggerId);
-      if (t !== undefined) triggers.push(JSON.parse(t.json) as Trigger);
+      if (t !== undefined) triggers.push(triggerOf(t.json));
     }
-    return { ...message, raw: row.raw, triggers };
+    return { ...message, raw: row.raw_packed === 1 ? unpackRaw(row.raw) : row.raw, triggers };
   }
 
   async listMessages(query: MessageQuery): Promise<StoredMessage[]> {
@@ -667,7 +673,7 @@ export class SqliteStore implements Store {
   async getTrigger(id: string): Promise<Trigger | undefined> {
     this.assertOpen();
     const row = this.triggerByIdStmt.get(id);
-    return row === undefined ? undefined : (JSON.parse(row.json) as Trigger);
+    return row === undefined ? undefined : (triggerOf(row.json));
   }
 
   async listTriggers(query: TriggerQuery): Promise<Trigger[]> {
@@ -679,7 +685,7 @@ export class SqliteStore implements Store {
       .eq('encounter_id', query.encounterId)
       .atLeast('occurred_ms', query.since, 'since')
       .atMost('occurred_ms', query.until, 'until');
-    const rows = await this.readSliced<{ json: string; occurred_ms: number; rowid: number }>({
+    const rows = await this.readSliced<{ json: string | Buffer; occurred_ms: number; rowid: number }>({
       table: 'triggers',
       columns: 'json, occurred_ms, rowid',
       order: ['occurred_ms', 'rowid'],
@@ -689,7 +695,7 @@ export class SqliteStore implements Store {
       limit: listLimit(query.limit),
       position: (row) => [row.occurred_ms, row.rowid],
     });
-    return rows.map((r) => JSON.parse(r.json) as Trigger);
+    return rows.map((r) => triggerOf(r.json));
   }
 
 
@@ -717,7 +723,7 @@ export class SqliteStore implements Store {
 
   async listUnroutedTriggers(limit: number): Promise<Trigger[]> {
     this.assertOpen();
-    return this.unroutedStmt.all(listLimit(limit)).map((r) => JSON.parse(r.json) as Trigger);
+    return this.unroutedStmt.all(listLimit(limit)).map((r) => triggerOf(r.json));
   }
 
   saveRouting(triggerIds: string | readonly string[], deliveries: readonly DeliveryWrite[], routedAt: string, options: SaveRoutingOptions = {}): Promise<void> {
@@ -734,7 +740,7 @@ export class SqliteStore implements Store {
         dueMs: instantMs(write.delivery.dueAt, `deliveries[${i}].delivery.dueAt`),
       }));
       const routedMs = instantMs(routedAt, 'routedAt');
-      const explanations = new Map((options.explanations ?? []).map((e) => [e.triggerId, JSON.stringify({ routedAt: e.routedAt, rules: e.rules })]));
+      const explanations = new Map((options.explanations ?? []).map((e) => [e.triggerId, packExplanation(e)]));
       return () => {
         // First: the queue's work may give a delivery its next generation.
         joined?.run();
@@ -752,9 +758,9 @@ export class SqliteStore implements Store {
 
   async getRoutingExplanation(triggerId: string): Promise<RoutingExplanation | undefined> {
     this.assertOpen();
-    const routing = this.routingStmt.get(triggerId)?.routing;
-    if (routing === undefined || routing === null) return undefined;
-    return { triggerId, ...(JSON.parse(routing) as Omit<RoutingExplanation, 'triggerId'>) };
+    const row = this.routingStmt.get(triggerId);
+    if (row === undefined || row.routing === null || row.routed_ms === null) return undefined;
+    return unpackExplanation(triggerId, row.routing, row.routed_ms);
   }
 
   async hasUnroutedTriggers(subject: { kind: SubjectState['kind']; id: string }): Promise<boolean> {
@@ -861,9 +867,10 @@ export class SqliteStore implements Store {
             entry.channel,
             entry.to ?? null,
             entry.language,
-            entry.subject ?? null,
-            entry.text,
-            entry.html ?? null,
+            // The parts in one packed value (packed-json.ts): subject and html columns stay empty.
+            null,
+            packJson(PackedKind.Message, { subject: entry.subject, text: entry.text, html: entry.html }),
+            null,
             entry.keptAt,
           )!,
         );
@@ -1038,7 +1045,7 @@ export class SqliteStore implements Store {
         t.encounter?.id ?? null,
         t.occurredAt,
         p.occurredMs[i],
-        JSON.stringify(t),
+        packJson(PackedKind.Trigger, t),
       );
     });
     r.subjectStates.forEach((s, i) => {
@@ -1082,7 +1089,7 @@ export class SqliteStore implements Store {
       receivedAt: r.receivedAt,
       receivedMs: p.receivedMs,
       triggerIds: JSON.stringify(triggerIds),
-      raw: r.raw,
+      raw: packRaw(r.raw),
     });
     return storedMessageOf(r, String(info.lastInsertRowid), { status, reason, ack, ackCode, triggerIds });
   }
@@ -1139,6 +1146,38 @@ function messageOfEntry(entry: OutboxEntry): SentMessage {
   };
 }
 
+/**
+ * A routing explanation as stored in triggers.routing: one array per rule,
+ * [rule, outcome, delivery id (without the leading rule id when it starts with it), reason,
+ * condition], trailing empty places left out; routedAt is the trigger's routed_ms.
+ */
+function packExplanation(e: RoutingExplanation): string {
+  return JSON.stringify(
+    e.rules.map((r) => {
+      const id = r.deliveryId === undefined ? null : r.deliveryId.startsWith(`${r.rule}@`) ? r.deliveryId.slice(r.rule.length) : r.deliveryId;
+      const entry: Array<string | null> = [r.rule, r.outcome, id, r.reason ?? null, r.condition ?? null];
+      while (entry[entry.length - 1] === null) entry.pop();
+      return entry;
+    }),
+  );
+}
+
+function unpackExplanation(triggerId: string, packed: string, routedMs: number): RoutingExplanation {
+  const rules = (JSON.parse(packed) as Array<Array<string | null>>).map(([rule, outcome, id, reason, condition]) => {
+    const r: RuleOutcome = { rule: rule!, outcome: outcome as RuleOutcome['outcome'] };
+    if (id != null) r.deliveryId = id.startsWith('@') ? `${rule}${id}` : id;
+    if (reason != null) r.reason = reason;
+    if (condition != null) r.condition = condition;
+    return r;
+  });
+  return { triggerId, routedAt: new Date(routedMs).toISOString(), rules };
+}
+
+/** A stored trigger's JSON (packed or plain) as the trigger. */
+function triggerOf(json: string | Buffer): Trigger {
+  return JSON.parse(unpackJson(json)) as Trigger;
+}
+
 function toStored(row: MessageRow): StoredMessage {
   const message: StoredMessage = {
     id: String(row.id),
@@ -1184,7 +1223,7 @@ function stateFromRow(row: StateRow): SubjectState {
 
 function deliveryFromRow(row: DeliveryRow, outbox: (seq: number) => OutboxRow | undefined): StoredDelivery {
   const stored: StoredDelivery = {
-    delivery: expandDeliveryJson(row.json, row),
+    delivery: expandDeliveryJson(unpackJson(row.json), row),
     status: row.status,
     asOf: row.as_of,
     generation: row.generation,
@@ -1199,26 +1238,31 @@ function deliveryFromRow(row: DeliveryRow, outbox: (seq: number) => OutboxRow | 
     if (entry !== undefined) stored.message = messageOfEntry(outboxFromRow(entry));
   }
   if (row.provider_id !== null) stored.providerId = row.provider_id;
-  if (row.cause_trigger !== null && row.cause !== null) {
+  if (row.cause !== null) {
     const [change, reason] = row.cause.split(':') as [DeliveryCause['change'], string | undefined];
-    stored.cause = { triggerId: row.cause_trigger, change, ...(reason !== undefined ? { reason } : {}) };
+    stored.cause = { triggerId: row.cause_trigger ?? stored.delivery.triggerId, change, ...(reason !== undefined ? { reason } : {}) };
   }
   return stored;
 }
 
 function outboxFromRow(row: OutboxRow): OutboxEntry {
+  // A packed row keeps subject, text and html together in `text`; a plain one in three columns.
+  const parts =
+    typeof row.text === 'string'
+      ? { subject: row.subject ?? undefined, text: row.text, html: row.html ?? undefined }
+      : (JSON.parse(unpackJson(row.text)) as { subject?: string; text: string; html?: string });
   const entry: OutboxEntry = {
     id: String(row.seq),
     deliveryId: row.delivery_id,
     output: row.output,
     channel: row.channel,
     language: row.language,
-    text: row.text,
+    text: parts.text,
     keptAt: row.kept_at,
   };
   if (row.recipient !== null) entry.to = row.recipient;
-  if (row.subject !== null) entry.subject = row.subject;
-  if (row.html !== null) entry.html = row.html;
+  if (parts.subject !== undefined) entry.subject = parts.subject;
+  if (parts.html !== undefined) entry.html = parts.html;
   return entry;
 }
 

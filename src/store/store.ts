@@ -153,7 +153,7 @@ export interface DeliveryCause {
  */
 export interface RoutingExplanation {
   triggerId: string;
-  /** ISO instant of the routing. */
+  /** The routing's instant (saveRouting's routedAt), read back as ISO 8601 UTC with milliseconds. */
   routedAt: string;
   rules: RuleOutcome[];
 }

@@ -19,7 +19,7 @@ import { parseInstant } from '../pipeline/values.ts';
 import { renderDelivery, type TemplateSet } from '../pipeline/render.ts';
 import type { JobHandler, Queue } from '../queue/queue.ts';
 import type { OutboxEntry, Store, StoredDelivery, SubjectState } from '../store/store.ts';
-import { parseDeliveryJobId, type DeliveryJob } from './router.ts';
+import { deliveryJobOf, parseDeliveryJobId, type DeliveryJob } from './router.ts';
 
 /** Why a delivery was not sent (docs/consent.md reason codes) or not handled (safe to log). */
 export const DeliverReason = {
@@ -111,7 +111,7 @@ export function createDeliverHandler(deps: DeliverDeps): JobHandler<DeliveryJob>
   };
 
   const run = async (job: Parameters<JobHandler<DeliveryJob>>[0]): Promise<DeliverResult> => {
-    const { deliveryId, generation } = job.data;
+    const { deliveryId, generation } = deliveryJobOf(job);
     let stored = await store.getDelivery(deliveryId);
     if (!stored || stored.generation < generation) {
       // The job is newer than what is stored: its routing is not saved yet.

@@ -126,7 +126,7 @@ describe('Router', () => {
     expect(stored).toMatchObject({ status: 'pending', generation: 1, subjectStart: '2025-06-10T14:30:00+02:00' });
     expect(stored!.delivery.dueAt).toBe('2025-06-09T14:30:00+02:00');
     const job = await queue.get(deliveryJobId(ID(), 1));
-    expect(job).toMatchObject({ state: 'pending', runAt: '2025-06-09T12:30:00.000Z', data: { deliveryId: ID(), generation: 1 }, cancelKeys: [] });
+    expect(job).toMatchObject({ state: 'pending', runAt: '2025-06-09T12:30:00.000Z', data: null, cancelKeys: [] });
     expect(await store.listUnroutedTriggers(10)).toEqual([]);
   });
 

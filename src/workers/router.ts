@@ -37,9 +37,23 @@ import type { Delivery, Trigger } from '../types.ts';
 import { applyRouteResult, type AppliedChange } from './apply.ts';
 
 /** What a delivery job carries (the queue stores it as JSON). */
-export interface DeliveryJob {
+/** The delivery a job is the timer of, and at which generation. */
+export interface DeliveryJobRef {
   deliveryId: string;
   generation: number;
+}
+
+/**
+ * What a delivery job carries (the queue stores it as JSON): nothing, since its id says it
+ * all (`<delivery id>~<generation>`); jobs added by earlier versions spell it out.
+ */
+export type DeliveryJob = DeliveryJobRef | null;
+
+/** The delivery and generation of a delivery job. */
+export function deliveryJobOf(job: { id: string; data: DeliveryJob }): DeliveryJobRef {
+  const ref = job.data ?? parseDeliveryJobId(job.id);
+  if (ref === undefined) throw new PermanentError('not_a_delivery_job', `job ${job.id} is not a delivery job`);
+  return ref;
 }
 
 /** `<delivery id>~<generation>`. */
@@ -48,7 +62,7 @@ export function deliveryJobId(deliveryId: string, generation: number): string {
 }
 
 /** The delivery id and generation of a job id; undefined when it is not a delivery job. */
-export function parseDeliveryJobId(jobId: string): DeliveryJob | undefined {
+export function parseDeliveryJobId(jobId: string): DeliveryJobRef | undefined {
   // Delivery ids may contain '~' (encodeURIComponent keeps it); the generation is after the last.
   const at = jobId.lastIndexOf('~');
   if (at <= 0 || !/^[1-9]\d*$/.test(jobId.slice(at + 1))) return undefined;
@@ -440,7 +454,7 @@ function writesOf(work: Map<string, Working>, updatedAt: string): DeliveryWrite[
 function timerJob(delivery: Delivery, generation: number, idempotent: boolean) {
   return {
     id: deliveryJobId(delivery.id, generation),
-    data: { deliveryId: delivery.id, generation },
+    data: null,
     runAt: delivery.dueAt,
     // No cancel key: a job is cancelled by its own id (the delivery's current generation).
     idempotent,
