@@ -19,6 +19,26 @@ export interface OutputInstanceInfo {
   readonly allowedPurposes: readonly Purpose[];
   /** The provider deduplicates by delivery id: an ambiguous failure may be retried. */
   readonly idempotent: boolean;
+  /**
+   * How fast the delivery engine may call this output: the provider's documented limits (or
+   * what the instance config narrows them to). Absent: the engine's defaults.
+   */
+  readonly limits?: OutputLimits;
+}
+
+/**
+ * Call limits the delivery engine enforces in front of an output (a token bucket per output
+ * plus a cap on calls in flight), so that an adapter never needs to slow itself down.
+ */
+export interface OutputLimits {
+  /** Sustained calls per second (token refill rate). */
+  readonly ratePerSecond?: number;
+  /** Calls that may go at once after a quiet period (bucket size). Default: ratePerSecond. */
+  readonly burst?: number;
+  /** Calls in flight at once (e.g. Mailchimp allows 10 connections per user). */
+  readonly concurrency?: number;
+  /** A daily quota (e.g. HubSpot's per-day limit), counted per UTC day. */
+  readonly perDay?: number;
 }
 
 /** A message ready to leave: rendered from the delivery's payload only (invariant 6). */
