@@ -418,6 +418,8 @@ export class SqliteStore implements Store {
   private closed = false;
   private pending: PendingWrite[] = [];
   #commits = 0;
+  /** Outbox entries kept by this process and not yet finished: finish compares them unpacked. */
+  readonly #recentOutbox = new Map<string, { entry: OutboxEntry; packed: Buffer }>();
   private flushScheduled = false;
   private readonly listStatements = new Map<string, BetterSqlite3.Statement>();
 
@@ -452,7 +454,7 @@ export class SqliteStore implements Store {
   private readonly messageCountsStmt: BetterSqlite3.Statement<[], { status: MessageStatus; n: number }>;
   private readonly deliverySeqStmt: BetterSqlite3.Statement<[string], { seq: number }>;
   private readonly finishDeliveryStmt: BetterSqlite3.Statement;
-  private readonly putOutboxStmt: BetterSqlite3.Statement<unknown[], OutboxRow>;
+  private readonly putOutboxStmt: BetterSqlite3.Statement<unknown[], { seq: number }>;
   private readonly outboxSeqStmt: BetterSqlite3.Statement<[number], { seq: number }>;
   private readonly addReceiptStmt: BetterSqlite3.Statement;
   private readonly receiptsOfDeliveryStmt: BetterSqlite3.Statement<[string], ReceiptRow>;
@@ -565,7 +567,7 @@ export class SqliteStore implements Store {
          output = excluded.output, channel = excluded.channel, recipient = excluded.recipient,
          language = excluded.language, subject = excluded.subject, text = excluded.text,
          html = excluded.html, kept_at = excluded.kept_at
-       RETURNING ${OUTBOX_COLUMNS}`,
+       RETURNING seq`,
     );
     this.outboxSeqStmt = db.prepare('SELECT seq FROM outbox WHERE seq = ?');
     this.addReceiptStmt = db.prepare(
@@ -894,9 +896,21 @@ export class SqliteStore implements Store {
 
   /** The finish write; a message that is the delivery's outbox entry is kept once, there. */
   private finish(params: ReturnType<typeof finishParams>, outcome: DeliveryOutcome): boolean {
-    const box = outcome.message === undefined ? undefined : this.outboxByDeliveryStmt.get(params.id);
-    const same = box !== undefined && sameMessage(outboxFromRow(box), outcome.message!);
-    return this.finishDeliveryStmt.run({ ...params, ...(same ? { message: null, outboxSeq: box.seq } : {}) }).changes > 0;
+    let outboxSeq: number | undefined;
+    if (outcome.message !== undefined) {
+      const box = this.outboxByDeliveryStmt.get(params.id);
+      if (box !== undefined) {
+        // The entry this process just kept for the delivery: compared without unpacking it.
+        const recent = this.#recentOutbox.get(params.id);
+        this.#recentOutbox.delete(params.id);
+        const same =
+          recent !== undefined && Buffer.isBuffer(box.text) && recent.packed.equals(box.text)
+            ? sameMessage(recent.entry, outcome.message)
+            : sameMessage(outboxFromRow(box), outcome.message);
+        if (same) outboxSeq = box.seq;
+      }
+    }
+    return this.finishDeliveryStmt.run({ ...params, ...(outboxSeq !== undefined ? { message: null, outboxSeq } : {}) }).changes > 0;
   }
 
   /**
@@ -912,21 +926,15 @@ export class SqliteStore implements Store {
   putOutboxEntry(entry: Omit<OutboxEntry, 'id'>): Promise<OutboxEntry> {
     return this.enqueueWrite(() => {
       instantMs(entry.keptAt, 'keptAt');
-      return () =>
-        outboxFromRow(
-          this.putOutboxStmt.get(
-            entry.deliveryId,
-            entry.output,
-            entry.channel,
-            entry.to ?? null,
-            entry.language,
-            // The parts in one packed value (packed-json.ts): subject and html columns stay empty.
-            null,
-            packJson(PackedKind.Message, { subject: entry.subject, text: entry.text, html: entry.html }),
-            null,
-            entry.keptAt,
-          )!,
-        );
+      // The parts in one packed value (packed-json.ts): subject and html columns stay empty.
+      const packed = packJson(PackedKind.Message, { subject: entry.subject, text: entry.text, html: entry.html });
+      return () => {
+        const { seq } = this.putOutboxStmt.get(entry.deliveryId, entry.output, entry.channel, entry.to ?? null, entry.language, null, packed, null, entry.keptAt)!;
+        const kept: OutboxEntry = { id: String(seq), ...entry };
+        if (this.#recentOutbox.size >= 10_000) this.#recentOutbox.clear();
+        this.#recentOutbox.set(entry.deliveryId, { entry: kept, packed });
+        return kept;
+      };
     });
   }
 
