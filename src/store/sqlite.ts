@@ -37,9 +37,10 @@
 //
 // Admin reads. The store runs on the event loop, so a list that scans would hold every
 // connection's ACKs while it scans. Lists read in slices (readSliced): at most SLICE_ROWS
-// rows, and, unless a selective filter (a patient, a subject, a control id…) leads to its
-// own index, at most SLICE_SCAN entries of the list's order, yielding to the event loop
-// between slices. A rare filter over millions of rows takes longer in all, never long at once.
+// rows, yielding to the event loop between slices; and when no index serves every filter
+// (a rule with a status, a message sender or input, a trigger type) at most SLICE_SCAN
+// entries of the list's order per slice. A rare combination over millions of rows takes
+// longer in all, never long at once.
 //
 // Ids. Message ids are the SQLite rowid (AUTOINCREMENT: never reused, even after
 // deletions) as a decimal string: stable and URL-safe.
@@ -275,9 +276,9 @@ export const SQLITE_STORE_MIGRATIONS: readonly string[] = [
 /** Most records committed in one transaction (bounds how long one flush blocks the loop). */
 const MAX_BATCH = 256;
 /** Rows a list reads (and turns into objects) before it yields to the event loop. */
-const SLICE_ROWS = 100;
+const SLICE_ROWS = 50;
 /** Entries of a list's order a slice may walk past when no selective filter leads. */
-const SLICE_SCAN = 500;
+const SLICE_SCAN = 200;
 
 /** A position in a list's order: [seq] or [time ms, id]. */
 type Position = readonly number[];
@@ -716,8 +717,11 @@ export class SqliteStore implements Store {
       order: ['received_ms', 'id'],
       orderIndex: 'messages_received',
       filter,
-      // sender + control id lead to the dedupe index, a status to messages_status.
-      selective: (query.sender !== undefined && query.controlId !== undefined) || query.status !== undefined,
+      // sender + control id lead to the dedupe index, a status alone to messages_status, no
+      // filter (or only times) to the order's own index; others are read in windows.
+      selective:
+        (query.sender !== undefined && query.controlId !== undefined) ||
+        (query.sender === undefined && query.controlId === undefined && query.input === undefined),
       start,
       limit: listLimit(query.limit),
       position: (row) => [row.received_ms, row.id],
@@ -746,7 +750,7 @@ export class SqliteStore implements Store {
       order: ['occurred_ms', 'rowid'],
       orderIndex: 'triggers_occurred',
       filter,
-      selective: query.patientId !== undefined || query.appointmentId !== undefined || query.encounterId !== undefined,
+      selective: query.patientId !== undefined || query.appointmentId !== undefined || query.encounterId !== undefined || query.type === undefined,
       limit: listLimit(query.limit),
       position: (row) => [row.occurred_ms, row.rowid],
     });
@@ -876,10 +880,12 @@ export class SqliteStore implements Store {
     }
     const rows = await this.readSliced<DeliveryRow>({
       table: 'deliveries',
+      // Only a rule with a status has no index of its own: its windows go through the rule's.
+      sliceIndex: 'deliveries_rule',
       columns: DELIVERY_COLUMNS,
       order: ['seq'],
       filter,
-      selective: query.patientId !== undefined || query.subjectKey !== undefined,
+      selective: query.patientId !== undefined || query.subjectKey !== undefined || query.status === undefined || query.ruleId === undefined,
       start,
       limit: listLimit(query.limit),
       position: (row) => [row.seq],
@@ -954,7 +960,8 @@ export class SqliteStore implements Store {
       columns: OUTBOX_COLUMNS,
       order: ['seq'],
       filter,
-      selective: query.deliveryId !== undefined,
+      // A delivery id or an output leads to its own index.
+      selective: true,
       start,
       limit: listLimit(query.limit),
       position: (row) => [row.seq],
@@ -975,6 +982,8 @@ export class SqliteStore implements Store {
     /** The order, newest first: ['seq'] or [time column, id column]. */
     order: readonly string[];
     orderIndex?: string;
+    /** The index the slices of a windowed read go through (when the planner would pick the rowid). */
+    sliceIndex?: string;
     filter: ListFilter;
     selective: boolean;
     start?: Position;
@@ -993,7 +1002,8 @@ export class SqliteStore implements Store {
       const filter = spec.filter.copy();
       if (cursor !== undefined) filter.add(`${key} < ${tuple}`, ...cursor);
       if (floor !== undefined) filter.add(`${key} >= ${tuple}`, ...floor);
-      const { sql, params } = filter.select(spec.columns, spec.table, orderBy, n);
+      const from = floor !== undefined && spec.sliceIndex !== undefined ? `${spec.table} INDEXED BY ${spec.sliceIndex}` : spec.table;
+      const { sql, params } = filter.select(spec.columns, from, orderBy, n);
       const rows = this.listStatement(sql).all(...params) as Row[];
       out.push(...rows);
       if (out.length >= spec.limit) break;
