@@ -235,6 +235,14 @@ describe('bad inputs get the ACK docs/reliability.md names', () => {
       text: /MSH-10/,
     },
     {
+      name: 'empty MSH-9 (message type)',
+      payload: S12.replace('SIU^S12^SIU_S12', '').replace('E2E-BAD-TEMPLATE', 'E2E-BAD-NOTYPE'),
+      code: 'AR',
+      reason: 'missing_message_type',
+      status: 'rejected',
+      text: /MSH-9/,
+    },
+    {
       name: 'SIU without an appointment id',
       payload: S12.replace('E2E-BAD-TEMPLATE', 'E2E-BAD-NOAPPT').replace('SCH|PL-AP-E2E-BAD|AP-E2E-BAD|', 'SCH|||'),
       code: 'AR',

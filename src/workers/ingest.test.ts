@@ -139,4 +139,17 @@ describe('Hl7Ingest batches and resends', () => {
     expect(ack.get('MSH-5')).toBe('EPIC');
     expect(ack.get('MSA-3')).toContain('KOI8-R');
   });
+
+  it('an empty MSH-9 is refused (AR, ERR 101 at MSH-9) and kept, not recorded as an ignored type', async () => {
+    const raw = Buffer.from(s12('T9', 'A11').replace('SIU^S12^SIU_S12', ''), 'utf8');
+    const result = await ingest.handle(raw, settings);
+    expect(result).toMatchObject({ ackCode: 'AR', committed: true, triggers: [] });
+    const ack = parseHl7(result.ack!);
+    expect(ack.get('MSA-2')).toBe('T9');
+    expect(ack.get('MSA-3')).toContain('MSH-9');
+    expect([ack.get('ERR-2.1'), ack.get('ERR-2.3')]).toEqual(['MSH', '9']);
+    expect(ack.get('ERR-3.1')).toBe('101');
+    const [stored] = await store.listMessages({ controlId: 'T9' });
+    expect(stored).toMatchObject({ status: 'rejected', reason: 'missing_message_type', ackCode: 'AR' });
+  });
 });

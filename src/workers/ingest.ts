@@ -5,7 +5,7 @@
 //         ─▶ commit (one transaction) ─▶ ACK
 //
 // Answers: AA accepted (or ignored: not a trigger type); AR refused for good (unparseable,
-// no MSH-10, SIU without appointment id…; the raw bytes are kept for review); AE when the
+// no MSH-10 or MSH-9, SIU without appointment id…; the raw bytes are kept for review); AE when the
 // sender may retry (commit failed, or a conflicting resend that was quarantined). In
 // enhanced mode (MSH-15/16 valued) the commit ACK codes CA/CR/CE are used and MSH-15
 // decides whether an accept ACK is sent at all.
@@ -105,6 +105,12 @@ function newAckControlId(): string {
 
 function conflictMessage(controlId: string): string {
   return `MSH-10 ${controlId} was already used by this sender for a different message; this one is quarantined for review`;
+}
+
+/** ERR-2 (ERL) of an MSH field: segment ^ sequence ^ field, in the message's own delimiters. */
+function mshLocation(msg: Hl7Message, field: number): string {
+  const c = msg.delimiters.component;
+  return `MSH${c}1${c}${field}`;
 }
 
 function senderOf(msg: Hl7Message): string {
@@ -222,6 +228,7 @@ export class Hl7Ingest {
     let reason: string | undefined;
     let text: string | undefined;
     let errorCode: string | undefined;
+    let errorLocation: string | undefined;
     let triggers: Trigger[] = [];
     let states: SubjectState[] = [];
 
@@ -245,6 +252,16 @@ export class Hl7Ingest {
       reason = 'missing_control_id';
       text = 'MSH-10 (message control id) is empty: the message cannot be deduplicated; resend it with a unique MSH-10';
       errorCode = ERR.requiredFieldMissing;
+      errorLocation = mshLocation(msg, 10);
+    } else if (msg.get('MSH-9.1') === '') {
+      // MSH-9 is required (v2.5.1 §2.14.9.9): without it nothing says what the message is,
+      // so it is refused like a missing MSH-10 rather than recorded as an ignored type.
+      outcome = 'reject';
+      status = MessageStatus.Rejected;
+      reason = 'missing_message_type';
+      text = 'MSH-9 (message type) is empty: resend the message with its type and trigger event, e.g. SIU^S12';
+      errorCode = ERR.requiredFieldMissing;
+      errorLocation = mshLocation(msg, 9);
     } else {
       let normalized;
       try {
@@ -288,12 +305,12 @@ export class Hl7Ingest {
     }
 
     const ackControlId = newAckControlId();
-    const ackFor = (o: Outcome, t?: string, e?: string): { code: AckCode; text: string | undefined } => {
+    const ackFor = (o: Outcome, t?: string, e?: string, at?: string): { code: AckCode; text: string | undefined } => {
       const code = ACK_CODES[mode.mode][o === 'ignore' ? 'accept' : o];
-      const built = buildAck(msg, { code, text: t, errorCode: e, controlId: ackControlId, now: receivedAt });
+      const built = buildAck(msg, { code, text: t, errorCode: e, errorLocation: at, controlId: ackControlId, now: receivedAt });
       return { code, text: shouldSendAcceptAck(msg, o === 'accept' || o === 'ignore') ? built : undefined };
     };
-    const ack = ackFor(outcome, text, errorCode);
+    const ack = ackFor(outcome, text, errorCode, errorLocation);
     // What a copy quarantined for reusing MSH-10 is answered (AE/CE, ERR 205).
     const conflictAck = () => ackFor('retry', conflictMessage(controlId), ERR.duplicateKey);
 
