@@ -107,6 +107,43 @@ function conflictMessage(controlId: string): string {
   return `MSH-10 ${controlId} was already used by this sender for a different message; this one is quarantined for review`;
 }
 
+/** Why a message is refused for its header alone (AR), with the ERR-3 code and ERR-2 location. */
+interface Refusal {
+  reason: string;
+  text: string;
+  errorCode: string;
+  errorLocation?: string;
+}
+
+/**
+ * A header that cannot be accepted whatever the message holds: a sender its client
+ * certificate may not use, no MSH-10 (no dedupe possible), or no MSH-9 (v2.5.1 §2.14.9.9:
+ * required; without it nothing says what the message is, so it is refused rather than
+ * recorded as an ignored type). Undefined when the header is usable.
+ */
+function headerRefusal(msg: Hl7Message, sender: string, controlId: string, senderRefused: boolean): Refusal | undefined {
+  if (senderRefused) {
+    return { reason: 'sender_not_allowed', text: `sender ${sender} is not allowed for the client certificate presented`, errorCode: ERR.unknownKey };
+  }
+  if (controlId === '') {
+    return {
+      reason: 'missing_control_id',
+      text: 'MSH-10 (message control id) is empty: the message cannot be deduplicated; resend it with a unique MSH-10',
+      errorCode: ERR.requiredFieldMissing,
+      errorLocation: mshLocation(msg, 10),
+    };
+  }
+  if (msg.get('MSH-9.1') === '') {
+    return {
+      reason: 'missing_message_type',
+      text: 'MSH-9 (message type) is empty: resend the message with its type and trigger event, e.g. SIU^S12',
+      errorCode: ERR.requiredFieldMissing,
+      errorLocation: mshLocation(msg, 9),
+    };
+  }
+  return undefined;
+}
+
 /** ERR-2 (ERL) of an MSH field: segment ^ sequence ^ field, in the message's own delimiters. */
 function mshLocation(msg: Hl7Message, field: number): string {
   const c = msg.delimiters.component;
@@ -232,6 +269,7 @@ export class Hl7Ingest {
     let triggers: Trigger[] = [];
     let states: SubjectState[] = [];
 
+    const refusal = headerRefusal(msg, sender, controlId, senderRefused);
     if (conflicting) {
       // Same sender + MSH-10, different bytes: kept in quarantine for review, never dropped
       // silently and never turned into triggers. AE: the sender should fix MSH-10.
@@ -240,28 +278,10 @@ export class Hl7Ingest {
       reason = 'conflicting_resend';
       text = conflictMessage(controlId);
       errorCode = ERR.duplicateKey;
-    } else if (senderRefused) {
+    } else if (refusal !== undefined) {
       outcome = 'reject';
       status = MessageStatus.Rejected;
-      reason = 'sender_not_allowed';
-      text = `sender ${sender} is not allowed for the client certificate presented`;
-      errorCode = ERR.unknownKey;
-    } else if (controlId === '') {
-      outcome = 'reject';
-      status = MessageStatus.Rejected;
-      reason = 'missing_control_id';
-      text = 'MSH-10 (message control id) is empty: the message cannot be deduplicated; resend it with a unique MSH-10';
-      errorCode = ERR.requiredFieldMissing;
-      errorLocation = mshLocation(msg, 10);
-    } else if (msg.get('MSH-9.1') === '') {
-      // MSH-9 is required (v2.5.1 §2.14.9.9): without it nothing says what the message is,
-      // so it is refused like a missing MSH-10 rather than recorded as an ignored type.
-      outcome = 'reject';
-      status = MessageStatus.Rejected;
-      reason = 'missing_message_type';
-      text = 'MSH-9 (message type) is empty: resend the message with its type and trigger event, e.g. SIU^S12';
-      errorCode = ERR.requiredFieldMissing;
-      errorLocation = mshLocation(msg, 9);
+      ({ reason, text, errorCode, errorLocation } = refusal);
     } else {
       let normalized;
       try {
