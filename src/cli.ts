@@ -4,9 +4,10 @@ import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { isIanaTimeZone } from './config/yaml.ts';
-import { ConfigError } from './errors.ts';
-import { Hl7ParseError, parseHl7Batch } from './hl7v2/parse.ts';
-import { MllpClient } from './hl7v2/mllp-client.ts';
+import { AmbiguousError, ConfigError } from './errors.ts';
+import { AckCondition, ackModeOf } from './hl7v2/ack.ts';
+import { Hl7ParseError, parseHl7, parseHl7Batch } from './hl7v2/parse.ts';
+import { MllpClient, MllpClientErrorCode } from './hl7v2/mllp-client.ts';
 import { normalizeHl7 } from './inputs/hl7v2/normalize.ts';
 import { FhirNormalizeError, normalizeNotification } from './fhir/normalize.ts';
 import { FhirNotificationError, readNotification } from './fhir/notification.ts';
@@ -25,7 +26,9 @@ Commands:
                                            ZONE (IANA, default UTC) reads HL7 times without offset
   send --to HOST:PORT [--tls] [--ca FILE] [--cert FILE --key FILE] [--servername NAME]
        [--timeout SECONDS] FILE...         send HL7v2 files over MLLP, one in flight, and print
-                                           each ACK code (exit 1 unless every ACK is AA/CA)
+                                           each ACK code (exit 1 unless every ACK is AA/CA);
+                                           MSH-15 NE: sent without waiting for an ACK; ER: no
+                                           ACK within the timeout counts as accepted
   test [DIR]                               run the mapping tests (*.test.yaml) of DIR
                                            (default: ./mappings); exit 1 on any failure
   replay --dry-run [--config-dir DIR] [--timezone ZONE] [--now INSTANT] FILE...
@@ -180,15 +183,32 @@ async function cmdSend(args: string[]): Promise<number> {
     for (const file of positionals) {
       const bytes = await readFile(file);
       for (const msg of splitForSending(bytes)) {
+        const { controlId, accept } = ackExpectation(msg);
+        const line = (rest: string): void => {
+          process.stdout.write(`${path.basename(file)} ${rest}\n`);
+        };
+        if (accept === AckCondition.Never) {
+          // MSH-15 NE: the receiver must not answer (HL7 table 0155); waiting would stall.
+          await client.sendWithoutAck(msg);
+          line(`${controlId} - no ACK expected (MSH-15 NE)`);
+          continue;
+        }
         try {
           const ack = parseHl7Batch(await client.send(msg, { timeoutMs }))[0]!;
           const code = ack.get('MSA-1');
           const text = ack.get('MSA-3');
-          process.stdout.write(`${path.basename(file)} ${ack.get('MSA-2')} ${code}${text ? ` ${text}` : ''}\n`);
+          line(`${ack.get('MSA-2')} ${code}${text ? ` ${text}` : ''}`);
           if (code !== 'AA' && code !== 'CA') failures++;
         } catch (error) {
-          process.stdout.write(`${path.basename(file)} - ERROR ${(error as Error).message}\n`);
-          failures++;
+          const timedOut = error instanceof AmbiguousError && error.code === MllpClientErrorCode.AckTimeout;
+          if (timedOut && accept === AckCondition.ErrorOnly) {
+            // MSH-15 ER: only an error is acknowledged, so silence until the timeout is success.
+            line(`${controlId} - no error ACK within ${values.timeout} s: accepted (MSH-15 ER)`);
+          } else {
+            const hint = timedOut && accept === AckCondition.SuccessOnly ? ' (MSH-15 SU: only an accepted message is acknowledged)' : '';
+            line(`- ERROR ${(error as Error).message}${hint}`);
+            failures++;
+          }
           // After a timeout the client has closed its connection: open a fresh one.
           await client.close();
           await client.connect();
@@ -202,6 +222,16 @@ async function cmdSend(args: string[]): Promise<number> {
     await client.close();
   }
   return failures === 0 ? 0 : 1;
+}
+
+/** MSH-10 and what MSH-15 asks of the receiver (AL when the message cannot be read here). */
+function ackExpectation(msg: Buffer): { controlId: string; accept: AckCondition } {
+  try {
+    const parsed = parseHl7(msg);
+    return { controlId: parsed.controlId || '-', accept: ackModeOf(parsed).accept };
+  } catch {
+    return { controlId: '-', accept: AckCondition.Always };
+  }
 }
 
 /** A file may hold several messages (one per MSH, or a batch): each is sent on its own. */

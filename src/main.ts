@@ -60,6 +60,7 @@ function ingestSettings(name: string, config: Hl7v2MllpConfig | Hl7v2HttpConfig)
     timezone: config.timezone,
     unknownMessageTypes: config.unknownMessageTypes,
     missingFieldAck: config.missingFieldAck,
+    ackMode: config.ackMode,
     ...(config.type === HL7V2_MLLP && config.tls?.allowedSenders ? { allowedSenders: config.tls.allowedSenders } : {}),
   };
 }

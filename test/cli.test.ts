@@ -134,6 +134,24 @@ describe('carerelay send', () => {
     expect((await server.store.findMessage('EPIC^NORTHCLINIC', 'CLI-1'))?.status).toBe('accepted');
   });
 
+  it('sends a message whose MSH-15 is NE without waiting for an ACK, and exits 0', async () => {
+    const file = path.join(config.dir, 'quiet.hl7');
+    writeFileSync(file, siuMessage({ controlId: 'CLI-NE', appointmentId: 'A-CLI-NE', acceptAck: 'NE', applicationAck: 'NE' }));
+    const { code, stdout } = await carerelay(['send', '--to', `127.0.0.1:${server.mllpPort()}`, file]);
+    expect(stdout.trim()).toBe('quiet.hl7 CLI-NE - no ACK expected (MSH-15 NE)');
+    expect(code).toBe(0);
+    // The client's graceful close waited for the server to finish the frame and close its side.
+    expect((await server.store.findMessage('EPIC^NORTHCLINIC', 'CLI-NE'))?.status).toBe('accepted');
+  });
+
+  it('counts silence until the timeout as accepted for MSH-15 ER (only errors are acknowledged)', async () => {
+    const file = path.join(config.dir, 'errors-only.hl7');
+    writeFileSync(file, siuMessage({ controlId: 'CLI-ER', appointmentId: 'A-CLI-ER', acceptAck: 'ER', applicationAck: 'NE' }));
+    const { code, stdout } = await carerelay(['send', '--to', `127.0.0.1:${server.mllpPort()}`, '--timeout', '0.5', file]);
+    expect(stdout.trim()).toBe('errors-only.hl7 CLI-ER - no error ACK within 0.5 s: accepted (MSH-15 ER)');
+    expect(code).toBe(0);
+  });
+
   it('exits 1 when a message is refused, printing the code and reason', async () => {
     const file = path.join(fixtures, 'hl7v2', 'cr-siu-s12-no-appointment-id.hl7');
     const { code, stdout } = await carerelay(['send', '--to', `127.0.0.1:${server.mllpPort()}`, file]);

@@ -96,6 +96,7 @@ describe('loadConfig', () => {
         timezone: 'UTC',
         unknownMessageTypes: 'accept',
         missingFieldAck: 'AR',
+        ackMode: 'standard',
         maxFrameBytes: 10485760,
         idleTimeoutSeconds: 300,
         maxConnections: 200,
@@ -161,7 +162,7 @@ describe('loadConfig', () => {
       ].join('\n'),
     });
     expect(await issuesOf(dir)).toEqual([
-      'connectors/a.yaml:9:5: unknown key "maxFrame" (allowed: name, timezone, unknownMessageTypes, missingFieldAck, type, host, port, tls, plain, maxFrameBytes, idleTimeoutSeconds, maxConnections)',
+      'connectors/a.yaml:9:5: unknown key "maxFrame" (allowed: name, timezone, unknownMessageTypes, missingFieldAck, ackMode, type, host, port, tls, plain, maxFrameBytes, idleTimeoutSeconds, maxConnections)',
       'connectors/a.yaml:10:11: "name" "Lab_1" is not valid: lower-case letters, digits and "-", starting with a letter',
       'connectors/a.yaml:12:11: "port" must be <= 65535 (got 99999)',
       'connectors/a.yaml:13:12: "plain" must be true or false, got a string',

@@ -10,10 +10,10 @@
 // enhanced mode (MSH-15/16 valued) the commit ACK codes CA/CR/CE are used and MSH-15
 // decides whether an accept ACK is sent at all.
 import { createHash, randomBytes } from 'node:crypto';
-import { buildAck, shouldSendAcceptAck, ackModeOf } from '../hl7v2/ack.ts';
-import { Hl7ParseError, Hl7ParseErrorCode, parseHl7, parseHl7Batch, type Hl7Message } from '../hl7v2/parse.ts';
+import { AckCondition, buildAck, buildBatchAck, shouldSendAcceptAck, ackModeOf, type NotAcknowledged } from '../hl7v2/ack.ts';
+import { Hl7ParseError, Hl7ParseErrorCode, batchHeaderOf, parseHl7, parseHl7Batch, type Hl7Message } from '../hl7v2/parse.ts';
 import { applyStoredState, normalizeHl7 } from '../inputs/hl7v2/normalize.ts';
-import { isSenderAllowed } from '../inputs/hl7v2/spec.ts';
+import { AckSetting, isSenderAllowed } from '../inputs/hl7v2/spec.ts';
 import { TransientError } from '../errors.ts';
 import type { Logger } from '../log.ts';
 import type { InboundRecord, Store, SubjectState } from '../store/store.ts';
@@ -28,6 +28,11 @@ export interface Hl7IngestSettings {
   unknownMessageTypes: 'accept' | 'reject';
   /** ACK code for a message missing a field a trigger needs. */
   missingFieldAck: 'AR' | 'AE';
+  /**
+   * `standard` (default): MSH-15 decides whether an enhanced-mode message gets its commit
+   * ACK (NE never, ER on error, SU on success); `always`: every message gets one.
+   */
+  ackMode?: AckSetting;
   /**
    * mTLS: client-certificate CN → allowed senders ("EPIC^GHH", "EPIC^*"). When set and the
    * peer presented a certificate, a sender not listed for its CN is refused.
@@ -144,6 +149,25 @@ function headerRefusal(msg: Hl7Message, sender: string, controlId: string, sende
   return undefined;
 }
 
+/** Why a message of a batch got no ACK: what its MSH-15 asked, and what became of it. */
+function unacknowledgedWhy(msg: Hl7Message, code: AckCode): string {
+  const { accept } = ackModeOf(msg);
+  const accepted = code === 'AA' || code === 'CA';
+  switch (accept) {
+    case AckCondition.Never:
+      return 'MSH-15 NE';
+    case AckCondition.ErrorOnly:
+      return `MSH-15 ER, ${accepted ? 'accepted' : code}`;
+    case AckCondition.SuccessOnly:
+      return `MSH-15 SU, ${accepted ? 'accepted' : `not accepted: ${code}`}`;
+    case AckCondition.Always:
+      return `MSH-15 AL, ${code}`;
+    default:
+      accept satisfies never;
+      return code;
+  }
+}
+
 /** ERR-2 (ERL) of an MSH field: segment ^ sequence ^ field, in the message's own delimiters. */
 function mshLocation(msg: Hl7Message, field: number): string {
   const c = msg.delimiters.component;
@@ -162,13 +186,16 @@ export class Hl7Ingest {
   }
 
   /**
-   * Ingests one MLLP frame or HTTP body. A batch (FHS/BHS) gives one ACK per inner message,
-   * joined with CR; the batch as a whole counts as committed only if every message was.
+   * Ingests one MLLP frame or HTTP body. An FHS/BHS batch is answered with a batch (BHS, one
+   * ACK per inner message that wants one, BTS naming those that do not); it counts as
+   * committed only if every message was.
    */
   async handle(raw: Buffer, settings: Hl7IngestSettings, peer: Hl7Peer = {}): Promise<Hl7IngestResult> {
     let messages: Hl7Message[];
+    let batch;
     try {
       messages = parseHl7Batch(raw);
+      batch = batchHeaderOf(raw);
     } catch (error) {
       if (!(error instanceof Hl7ParseError)) throw error;
       return this.refuseUnparseable(raw, settings, error);
@@ -177,17 +204,25 @@ export class Hl7Ingest {
       // A batch envelope with no MSH inside: nothing to acknowledge message by message.
       return this.refuseUnparseable(raw, settings, new Hl7ParseError(Hl7ParseErrorCode.NoMsh, 'the batch holds no message (no MSH segment)'));
     }
-    if (messages.length === 1) {
-      return this.handleMessage(messages[0]!, raw, settings, peer);
-    }
+    if (batch === undefined) return this.handleMessage(messages[0]!, raw, settings, peer);
     const results: Hl7IngestResult[] = [];
     for (const msg of messages) {
-      results.push(await this.handleMessage(msg, Buffer.from(msg.text, 'utf8'), settings, peer));
+      // A batch of one keeps its frame as it came; each message of a larger batch keeps its own text.
+      results.push(await this.handleMessage(msg, messages.length === 1 ? raw : Buffer.from(msg.text, 'utf8'), settings, peer));
     }
-    const acks = results.map((r) => r.ack).filter((a): a is string => a !== undefined);
+    const notAcknowledged: NotAcknowledged[] = [];
+    results.forEach((r, i) => {
+      if (r.ack === undefined) notAcknowledged.push({ controlId: messages[i]!.controlId, why: unacknowledgedWhy(messages[i]!, r.ackCode) });
+    });
     const worst = results.find((r) => !r.committed) ?? results.find((r) => r.ackCode !== 'AA' && r.ackCode !== 'CA');
     return {
-      ack: acks.length > 0 ? acks.join('') : undefined,
+      ack: buildBatchAck(batch, {
+        acks: results.map((r) => r.ack).filter((a): a is string => a !== undefined),
+        notAcknowledged,
+        messageCount: messages.length,
+        controlId: newAckControlId(),
+        now: this.now(),
+      }),
       ackCode: worst?.ackCode ?? results[0]?.ackCode ?? 'AA',
       committed: results.every((r) => r.committed),
       triggers: results.flatMap((r) => r.triggers),
@@ -328,7 +363,8 @@ export class Hl7Ingest {
     const ackFor = (o: Outcome, t?: string, e?: string, at?: string): { code: AckCode; text: string | undefined } => {
       const code = ACK_CODES[mode.mode][o === 'ignore' ? 'accept' : o];
       const built = buildAck(msg, { code, text: t, errorCode: e, errorLocation: at, controlId: ackControlId, now: receivedAt });
-      return { code, text: shouldSendAcceptAck(msg, o === 'accept' || o === 'ignore') ? built : undefined };
+      const wanted = settings.ackMode === AckSetting.Always || shouldSendAcceptAck(msg, o === 'accept' || o === 'ignore');
+      return { code, text: wanted ? built : undefined };
     };
     const ack = ackFor(outcome, text, errorCode, errorLocation);
     // What a copy quarantined for reusing MSH-10 is answered (AE/CE, ERR 205).

@@ -36,6 +36,8 @@ export interface ConfigDirOptions {
   adminTokenEnv?: string;
   unknownMessageTypes?: 'accept' | 'reject';
   missingFieldAck?: 'AR' | 'AE';
+  /** The inputs' ackMode; default: left out (standard). */
+  ackMode?: 'standard' | 'always';
   /** Seconds; default 300. */
   idleTimeoutSeconds?: number;
 }
@@ -60,6 +62,7 @@ export function writeConfigDir(options: ConfigDirOptions = {}): TestConfigDir {
     `    timezone: UTC`,
     `    unknownMessageTypes: ${options.unknownMessageTypes ?? 'accept'}`,
     `    missingFieldAck: ${options.missingFieldAck ?? 'AR'}`,
+    ...(options.ackMode ? [`    ackMode: ${options.ackMode}`] : []),
   ];
   const lines = [
     'server:',
@@ -376,6 +379,6 @@ export function hl7Field(message: Buffer | string, name: string, n: number): str
   const segment = text.split(/\r\n|\r|\n/).find((s) => s.startsWith(`${name}|`));
   if (segment === undefined) return '';
   const fields = segment.split('|');
-  // MSH-1 is the '|' itself, so MSH-n is fields[n - 1]; other segments: fields[n].
-  return (name === 'MSH' ? fields[n - 1] : fields[n]) ?? '';
+  // MSH-1 (and BHS-1, FHS-1) is the '|' itself, so MSH-n is fields[n - 1]; other segments: fields[n].
+  return (['MSH', 'BHS', 'FHS'].includes(name) ? fields[n - 1] : fields[n]) ?? '';
 }
