@@ -12,7 +12,7 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { AckCondition, buildAck, buildBatchAck, shouldSendAcceptAck, ackModeOf, type NotAcknowledged } from '../hl7v2/ack.ts';
 import { Hl7ParseError, Hl7ParseErrorCode, batchHeaderOf, parseHl7, parseHl7Batch, type Hl7Message } from '../hl7v2/parse.ts';
-import { applyStoredState, normalizeHl7 } from '../inputs/hl7v2/normalize.ts';
+import { applyStoredState, hl7PatientId, normalizeHl7 } from '../inputs/hl7v2/normalize.ts';
 import { AckSetting, isSenderAllowed } from '../inputs/hl7v2/spec.ts';
 import { TransientError } from '../errors.ts';
 import type { Logger } from '../log.ts';
@@ -386,6 +386,11 @@ export class Hl7Ingest {
       triggers,
       subjectStates: states,
     };
+    // A refused message has no trigger to say whose it is: searchable by the id it names.
+    if (triggers.length === 0 && !senderRefused) {
+      const patientId = hl7PatientId(msg);
+      if (patientId !== undefined) record.patientId = patientId;
+    }
     if (controlId !== '' && !conflicting) {
       // A twin with other bytes may commit first (a parallel connection): then this copy is
       // quarantined, and the ACK stored with it is the AE/CE the sender gets.
