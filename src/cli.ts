@@ -37,6 +37,13 @@ Commands:
   outbox [--config-dir DIR] [--output NAME] [--limit N] [--json]
                                            the messages the outbox outputs kept, newest first
                                            (reads the store; works beside a running server)
+  reprocess [--config-dir DIR] [--url URL] [--token-env NAME] ID...
+                                           try rejected messages again with their stored bytes
+                                           and today's configuration, through the running
+                                           server's admin API (audited under the token's name)
+  release [--config-dir DIR] [--url URL] [--token-env NAME] ID...
+                                           accept quarantined copies (same MSH-10, other bytes)
+                                           as messages of their own, after review
   fhir subscribe --input NAME --endpoint URL [--config-dir DIR]
                                            create (or update) the input's Subscriptions on its
                                            FHIR server, pointing at URL/ingest/fhir/NAME, and
@@ -335,6 +342,57 @@ async function cmdOutbox(args: string[]): Promise<number> {
   }
 }
 
+/**
+ * `reprocess` / `release`: asks the running server (its admin API), because the attempt must
+ * be routed by the running router and answered from its store; the data dir alone would
+ * store triggers nobody routes until the next start.
+ */
+async function cmdAttempt(kind: 'reprocess' | 'release', args: string[]): Promise<number> {
+  const { values, positionals } = parse(args, {
+    'config-dir': { type: 'string', default: '.' },
+    url: { type: 'string' },
+    'token-env': { type: 'string' },
+  });
+  if (positionals.length === 0) return fail(`${kind} needs at least one message ID (see GET /api/messages)`);
+  let base = values.url as string | undefined;
+  let tokenEnv = values['token-env'] as string | undefined;
+  if (base === undefined || tokenEnv === undefined) {
+    const { loadConfig } = await import('./config/load.ts');
+    try {
+      const plan = await loadConfig({ configDir: path.resolve(values['config-dir'] as string), env: process.env, checkSecrets: false });
+      const { host, port } = plan.server.http;
+      // A listener on every address is reached on loopback from here.
+      base ??= `http://${host === '0.0.0.0' || host === '::' ? '127.0.0.1' : host.includes(':') ? `[${host}]` : host}:${port}`;
+      tokenEnv ??= plan.server.admin.tokenEnv;
+    } catch (error) {
+      if (error instanceof ConfigError) return reportConfigError(error);
+      throw error;
+    }
+  }
+  const token = process.env[tokenEnv ?? 'CARERELAY_ADMIN_TOKEN'];
+  let failures = 0;
+  for (const id of positionals) {
+    let res: Response;
+    try {
+      res = await fetch(new URL(`/api/messages/${encodeURIComponent(id)}/${kind}`, base), {
+        method: 'POST',
+        headers: token ? { authorization: `Bearer ${token}` } : {},
+      });
+    } catch (error) {
+      process.stderr.write(`carerelay: cannot reach the admin API at ${base}: ${(error as Error).message} (is CareRelay running? --url sets where)\n`);
+      return 1;
+    }
+    const body = (await res.json().catch(() => ({}))) as { id?: string; status?: string; ackCode?: string; detail?: string; title?: string };
+    if (res.status === 201) {
+      process.stdout.write(`message ${id} ${kind === 'reprocess' ? 'reprocessed' : 'released'} as message ${body.id}: ${body.status}, ACK ${body.ackCode}\n`);
+    } else {
+      process.stderr.write(`message ${id}: not ${kind === 'reprocess' ? 'reprocessed' : 'released'} (${res.status}): ${body.detail ?? body.title ?? res.statusText}\n`);
+      failures++;
+    }
+  }
+  return failures === 0 ? 0 : 1;
+}
+
 async function cmdFhir(args: string[]): Promise<number> {
   const [sub, ...rest] = args;
   if (sub !== 'subscribe') return fail('usage: carerelay fhir subscribe --input NAME --endpoint URL [--config-dir DIR]');
@@ -400,6 +458,9 @@ export async function main(argv: string[]): Promise<number> {
         return await cmdReplay(rest);
       case 'outbox':
         return await cmdOutbox(rest);
+      case 'reprocess':
+      case 'release':
+        return await cmdAttempt(command, rest);
       case 'fhir':
         return await cmdFhir(rest);
       case undefined:

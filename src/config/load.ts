@@ -303,6 +303,7 @@ export async function loadConfig(options: LoadConfigOptions): Promise<CarerelayP
     });
   }
 
+  if (serverPlace) issues.push(...adminTokenIssues(serverConfig, files.find((f) => f.display === serverPlace!.display)!, configDir, env, options.checkSecrets !== false));
   issues.push(...portIssues(serverConfig, serverPlace, files, located));
   for (const { instance, file, base, spec } of located.filter((l) => l.valid)) {
     issues.push(...secretIssues(spec.configSchema, instance.config, file, base, configDir, env, options.checkSecrets !== false));
@@ -325,6 +326,29 @@ export async function loadConfig(options: LoadConfigOptions): Promise<CarerelayP
     mappings: mappings.rules,
     templates: mappings.templates,
   });
+}
+
+/** Token names reserved for the tokenEnv token ("admin") and for callers on loopback without a token ("local"). */
+const RESERVED_TOKEN_NAMES = new Set(['admin', 'local']);
+
+/** server.admin.tokens: each secret resolves, each name is unique and not reserved. */
+function adminTokenIssues(server: ServerConfig, file: YamlFile, configDir: string, env: Env, check: boolean): ConfigIssue[] {
+  const tokens = server.admin?.tokens;
+  if (!Array.isArray(tokens)) return [];
+  const issues = secretIssues(serverSchema, server as unknown as Record<string, unknown>, file, ['server'], configDir, env, check);
+  const seen = new Set<string>();
+  tokens.forEach((token, i) => {
+    if (!isRecord(token) || typeof token.name !== 'string') return; // reported by the schema
+    const at = ['server', 'admin', 'tokens', i, 'name'];
+    const problem = RESERVED_TOKEN_NAMES.has(token.name)
+      ? `token name "${token.name}" is reserved ("admin" is the tokenEnv token, "local" a caller on loopback without a token); choose another`
+      : seen.has(token.name)
+        ? `token name "${token.name}" is used twice; each token needs its own name for the audit log`
+        : undefined;
+    seen.add(token.name);
+    if (problem) issues.push({ file: file.display, ...file.doc.locate(at), path: toPointer(at), message: problem });
+  });
+  return issues;
 }
 
 /**

@@ -16,7 +16,8 @@ import { applyStoredState, hl7PatientId, normalizeHl7 } from '../inputs/hl7v2/no
 import { AckSetting, isSenderAllowed } from '../inputs/hl7v2/spec.ts';
 import { TransientError } from '../errors.ts';
 import type { Logger } from '../log.ts';
-import type { InboundRecord, Store, SubjectState } from '../store/store.ts';
+import { StaleAttemptError } from '../store/common.ts';
+import type { InboundRecord, MessageAttempt, Store, SubjectState } from '../store/store.ts';
 import { MessageStatus, type AckCode, type Trigger } from '../types.ts';
 
 /** Per-input settings the ingest needs (from the connector config). */
@@ -53,6 +54,8 @@ export interface Hl7IngestResult {
   committed: boolean;
   /** Triggers newly committed by this call (empty for resends). */
   triggers: Trigger[];
+  /** The stored message that answers (a single message only: not for batches). */
+  messageId?: string;
 }
 
 export interface Hl7IngestDeps {
@@ -229,7 +232,31 @@ export class Hl7Ingest {
     };
   }
 
-  private async refuseUnparseable(raw: Buffer, settings: Hl7IngestSettings, error: Hl7ParseError): Promise<Hl7IngestResult> {
+  /**
+   * An operator's new attempt at a stored message (reprocess a rejected one after a
+   * configuration fix, release a quarantined copy after review): its stored bytes go through
+   * the same steps with `settings` as they are now, without the resend look-up (the attempt
+   * is never a duplicate of the message it replaces) and without the client-certificate
+   * check (the peer is not stored; the original came through it). Nothing is sent to the
+   * sender; the ACK is stored and answers a later resend. Throws StaleAttemptError when the
+   * message is not (or no longer) one this attempt can replace.
+   */
+  async attempt(raw: Buffer, settings: Hl7IngestSettings, attempt: MessageAttempt): Promise<Hl7IngestResult> {
+    let messages: Hl7Message[];
+    try {
+      messages = parseHl7Batch(raw);
+    } catch (error) {
+      if (!(error instanceof Hl7ParseError)) throw error;
+      return this.refuseUnparseable(raw, settings, error, attempt);
+    }
+    if (messages.length !== 1) {
+      const error = new Hl7ParseError(Hl7ParseErrorCode.NoMsh, `the stored bytes hold ${messages.length} messages, not one`);
+      return this.refuseUnparseable(raw, settings, error, attempt);
+    }
+    return this.handleMessage(messages[0]!, raw, settings, {}, attempt);
+  }
+
+  private async refuseUnparseable(raw: Buffer, settings: Hl7IngestSettings, error: Hl7ParseError, attemptOf?: MessageAttempt): Promise<Hl7IngestResult> {
     const ack = buildAck(headerOnly(raw, error), {
       code: 'AR',
       text: error.message,
@@ -252,18 +279,21 @@ export class Hl7Ingest {
       receivedAt: this.now().toISOString(),
       triggers: [],
       subjectStates: [],
+      ...(attemptOf ? { attemptOf } : {}),
     };
+    let committed;
     try {
-      await this.deps.store.commitInbound(record);
-    } catch {
+      committed = await this.deps.store.commitInbound(record);
+    } catch (commitError) {
+      if (commitError instanceof StaleAttemptError) throw commitError;
       this.deps.log.error('ingest.commit_failed', { input: settings.input, reason: error.code });
       return { ack: undefined, ackCode: 'AE', committed: false, triggers: [] };
     }
     this.deps.log.warn('ingest.rejected', { input: settings.input, reason: error.code });
-    return { ack, ackCode: 'AR', committed: true, triggers: [] };
+    return { ack, ackCode: 'AR', committed: true, triggers: [], messageId: committed.message.id };
   }
 
-  private async handleMessage(msg: Hl7Message, raw: Buffer, settings: Hl7IngestSettings, peer: Hl7Peer): Promise<Hl7IngestResult> {
+  private async handleMessage(msg: Hl7Message, raw: Buffer, settings: Hl7IngestSettings, peer: Hl7Peer, attemptOf?: MessageAttempt): Promise<Hl7IngestResult> {
     const { store, log } = this.deps;
     const receivedAt = this.now();
     const sender = senderOf(msg);
@@ -276,12 +306,13 @@ export class Hl7Ingest {
     // A sender its client certificate may not use is refused before any look-up: it learns
     // nothing about stored control ids, and its record stays outside the dedupe key (an
     // empty control id) so it cannot take the real sender's MSH-10.
-    const senderRefused = !isSenderAllowed(settings.allowedSenders, peer.certificateCN, msg.get('MSH-3.1'), msg.get('MSH-4.1'));
+    const senderRefused =
+      attemptOf === undefined && !isSenderAllowed(settings.allowedSenders, peer.certificateCN, msg.get('MSH-3.1'), msg.get('MSH-4.1'));
     const controlId = senderRefused ? '' : msg.controlId;
     const logFields = { input: settings.input, sender, controlId, messageType };
 
     // A resend of exactly the same bytes gets the original ACK again and nothing new.
-    if (controlId !== '') {
+    if (controlId !== '' && attemptOf === undefined) {
       const previous = await this.findPrevious(sender, controlId, settings);
       if (previous === 'failed') return this.storeUnavailable(msg, mode);
       if (previous !== undefined && previous.contentHash === contentHash) {
@@ -290,6 +321,7 @@ export class Hl7Ingest {
           ackCode: previous.ackCode as AckCode,
           committed: true,
           triggers: [],
+          messageId: previous.id,
         };
       }
       if (previous !== undefined) conflicting = true;
@@ -391,7 +423,8 @@ export class Hl7Ingest {
       const patientId = hl7PatientId(msg);
       if (patientId !== undefined) record.patientId = patientId;
     }
-    if (controlId !== '' && !conflicting) {
+    if (attemptOf !== undefined) record.attemptOf = attemptOf;
+    else if (controlId !== '' && !conflicting) {
       // A twin with other bytes may commit first (a parallel connection): then this copy is
       // quarantined, and the ACK stored with it is the AE/CE the sender gets.
       record.conflictAck = () => {
@@ -403,7 +436,8 @@ export class Hl7Ingest {
     let committed;
     try {
       committed = await store.commitInbound(record);
-    } catch {
+    } catch (error) {
+      if (error instanceof StaleAttemptError) throw error;
       log.error('ingest.commit_failed', logFields);
       return this.storeUnavailable(msg, mode);
     }
@@ -414,7 +448,7 @@ export class Hl7Ingest {
         // An ignored message's reason names its type in words: log only the code.
         else if (status !== MessageStatus.Accepted) log.warn('ingest.not_accepted', { ...logFields, status, reason: status === MessageStatus.Ignored ? 'not_a_trigger' : reason });
         if (triggers.length > 0) await this.deps.onCommitted?.(triggers);
-        return { ack: ack.text, ackCode: ack.code, committed: true, triggers };
+        return { ack: ack.text, ackCode: ack.code, committed: true, triggers, messageId: committed.message.id };
       case 'duplicate':
         // Lost a race with a parallel resend of the same bytes: answer what was stored.
         return {
@@ -422,6 +456,7 @@ export class Hl7Ingest {
           ackCode: committed.message.ackCode as AckCode,
           committed: true,
           triggers: [],
+          messageId: committed.message.id,
         };
       case 'conflict': {
         // Normally caught by the look-up above; a conflicting message that raced its twin
@@ -430,12 +465,12 @@ export class Hl7Ingest {
         log.warn('ingest.quarantined', { ...logFields, reason: 'conflicting_resend', messageId: committed.message.id });
         const stored = committed.message;
         if (stored.ackCode !== 'AA' && stored.ackCode !== 'CA') {
-          return { ack: stored.ack === '' ? undefined : stored.ack, ackCode: stored.ackCode as AckCode, committed: true, triggers: [] };
+          return { ack: stored.ack === '' ? undefined : stored.ack, ackCode: stored.ackCode as AckCode, committed: true, triggers: [], messageId: stored.id };
         }
         // A quarantined copy is never accepted: a row stored with an accept code (by an
         // earlier version, or a store that ignores conflictAck) is answered with the AE/CE.
         const retry = conflictAck();
-        return { ack: retry.text, ackCode: retry.code, committed: true, triggers: [] };
+        return { ack: retry.text, ackCode: retry.code, committed: true, triggers: [], messageId: stored.id };
       }
       default:
         committed satisfies never;

@@ -34,6 +34,8 @@ export interface ConfigDirOptions {
   httpInputs?: HttpInputOptions[];
   /** Env var holding the admin token (server.admin.tokenEnv); default: CARERELAY_ADMIN_TOKEN. */
   adminTokenEnv?: string;
+  /** server.admin.tokens: each token's secret read from env var `env`. */
+  adminTokens?: Array<{ name: string; env: string; scopes: string[] }>;
   unknownMessageTypes?: 'accept' | 'reject';
   missingFieldAck?: 'AR' | 'AE';
   /** The inputs' ackMode; default: left out (standard). */
@@ -68,7 +70,9 @@ export function writeConfigDir(options: ConfigDirOptions = {}): TestConfigDir {
     'server:',
     '  http: { host: 127.0.0.1, port: 0 }',
     `  dataDir: ${JSON.stringify(dataDir)}`,
-    `  admin: {${options.adminTokenEnv ? ` tokenEnv: ${options.adminTokenEnv} ` : ''}}`,
+    '  admin:',
+    ...(options.adminTokenEnv ? [`    tokenEnv: ${options.adminTokenEnv}`] : []),
+    `    tokens: [${(options.adminTokens ?? []).map((t) => `{ name: ${t.name}, token: { env: ${t.env} }, scopes: [${t.scopes.join(', ')}] }`).join(', ')}]`,
     'inputs:',
   ];
   for (const name of options.mllpInputs ?? ['ehr-mllp']) {

@@ -3,7 +3,7 @@
 // certificates mapped to allowed senders, plain MLLP only when asked for explicitly,
 // bounded frames, idle timeouts and connection counts.
 
-import { secretRefSchema, type JsonSchema, type SecretRef } from '../../config/yaml.ts';
+import { nameSchema, secretRefSchema, type JsonSchema, type SecretRef } from '../../config/yaml.ts';
 import type { InstanceCheckIssue } from '../../config/load.ts';
 import type { InputSpec } from '../spec.ts';
 
@@ -75,16 +75,8 @@ export interface Hl7v2HttpConfig extends Hl7v2CommonConfig {
   readonly auth?: { readonly bearerToken: SecretRef };
 }
 
-const nameSchema = {
-  type: 'string',
-  pattern: '^[a-z][a-z0-9-]*$',
-  maxLength: 63,
-  'x-hint': 'lower-case letters, digits and "-", starting with a letter',
-  description: 'Unique name of this input; appears in logs, metrics, the store and (for HTTP) the URL.',
-} as const;
-
 const commonProperties = {
-  name: nameSchema,
+  name: nameSchema('Unique name of this input; appears in logs, metrics, the store and (for HTTP) the URL.'),
   timezone: {
     type: 'string',
     format: 'iana-timezone',
