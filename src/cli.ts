@@ -1,6 +1,6 @@
 // The `carerelay` command. Each subcommand returns its exit code; output goes to stdout
 // (results) and stderr (problems), never to the log.
-import { readFile } from 'node:fs/promises';
+import { readFile, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { isIanaTimeZone } from './config/yaml.ts';
@@ -18,7 +18,8 @@ const USAGE = `Usage: carerelay <command> [options]
 Commands:
   start [--config-dir DIR]                 run CareRelay with connectors/ (and mappings/) of DIR
                                            (default: the working directory)
-  validate [--config-dir DIR]              check the configuration; list every problem as
+  validate [--config-dir DIR]              check the configuration and the mapping tests
+                                           (*.test.yaml, not run); list every problem as
                                            file:line:column
   normalize [--timezone ZONE] [--fhir-sender URL] FILE...
                                            print the triggers each file gives (NDJSON): HL7v2
@@ -29,8 +30,8 @@ Commands:
                                            each ACK code (exit 1 unless every ACK is AA/CA);
                                            MSH-15 NE: sent without waiting for an ACK; ER: no
                                            ACK within the timeout counts as accepted
-  test [DIR]                               run the mapping tests (*.test.yaml) of DIR
-                                           (default: ./mappings); exit 1 on any failure
+  test [DIR | FILE]                        run the mapping tests (*.test.yaml) of DIR (default:
+                                           ./mappings), or the one FILE; exit 1 on any failure
   replay --dry-run [--config-dir DIR] [--timezone ZONE] [--now INSTANT] FILE...
                                            show which rules the files would fire and what would
                                            be sent when; nothing is stored or sent
@@ -255,8 +256,9 @@ function splitForSending(bytes: Buffer): Buffer[] {
 async function cmdValidate(args: string[]): Promise<number> {
   const { values } = parse(args, { 'config-dir': { type: 'string', default: '.' } });
   const { loadConfig } = await import('./config/load.ts');
+  const { checkMappingTestFiles } = await import('./workers/simulate.ts');
   try {
-    const plan = await loadConfig({ configDir: path.resolve(values['config-dir'] as string), env: process.env });
+    const plan = await loadConfig({ configDir: path.resolve(values['config-dir'] as string), env: process.env, mappingTests: checkMappingTestFiles });
     process.stdout.write(`configuration OK: ${plan.inputs.length} input(s)\n`);
     return 0;
   } catch (error) {
@@ -267,10 +269,24 @@ async function cmdValidate(args: string[]): Promise<number> {
 
 async function cmdTest(args: string[]): Promise<number> {
   const { positionals } = parse(args, {});
-  if (positionals.length > 1) return fail('test takes at most one DIR (a mappings directory)');
-  const dir = path.resolve(positionals[0] ?? 'mappings');
+  if (positionals.length > 1) return fail('test takes at most one DIR (a mappings directory) or FILE (a *.test.yaml)');
+  const given = positionals[0] ?? 'mappings';
+  const target = path.resolve(given);
+  let isDirectory: boolean;
+  try {
+    isDirectory = (await stat(target)).isDirectory();
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code;
+    return fail(`test: ${given} ${code === 'ENOENT' ? 'does not exist' : `cannot be read (${code ?? 'error'})`}: give a mappings directory or one of its *.test.yaml files`);
+  }
+  if (!isDirectory && !target.endsWith('.test.yaml')) {
+    return fail(`test: ${given} is not a mapping test: give a mappings directory or a file ending in .test.yaml`);
+  }
   const { runMappingTests } = await import('./workers/simulate.ts');
-  const results = await runMappingTests(dir, { env: process.env });
+  // One file runs against the mappings of its own directory.
+  const results = isDirectory
+    ? await runMappingTests(target, { env: process.env })
+    : await runMappingTests(path.dirname(target), { env: process.env, files: [target] });
   for (const r of results.results) process.stdout.write(`${r.ok ? 'ok  ' : 'FAIL'} ${r.file} › ${r.test}\n`);
   for (const f of results.failed) {
     process.stdout.write(`\n--- ${f.file} › ${f.test}\n${f.diff}\n`);

@@ -1,7 +1,7 @@
 // The `carerelay` command as a user runs it: a child process of bin/carerelay.mjs, exit
 // codes, stdout and stderr.
 import { execFile } from 'node:child_process';
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { cpSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
@@ -106,10 +106,67 @@ describe('carerelay validate', () => {
     expect(stderr).toContain('nothing was started');
   });
 
+  it('also checks the mapping tests (*.test.yaml) beside the mappings, without running them', async () => {
+    const repo = path.join(fixtures, '..');
+    const copy = mkdtempSync(path.join(tmpdir(), 'carerelay-validate-tests-'));
+    try {
+      cpSync(path.join(repo, 'connectors'), path.join(copy, 'connectors'), { recursive: true });
+      cpSync(path.join(repo, 'mappings'), path.join(copy, 'mappings'), { recursive: true });
+      writeFileSync(
+        path.join(copy, 'mappings', 'broken.test.yaml'),
+        [
+          'tests:',
+          '  - name: a test with a typo and a missing input file',
+          '    now: 2025-06-01T09:00:00+02:00',
+          '    timezone: Europe/Paris',
+          '    given:',
+          '      - file: no-such-file.hl7',
+          '    expect:',
+          '      deliveries: none',
+          '      skiped: []',
+          '',
+        ].join('\n'),
+      );
+      const { code, stderr } = await carerelay(['validate', '--config-dir', copy]);
+      expect(code).toBe(1);
+      expect(stderr).toMatch(/mappings\/broken\.test\.yaml:9:7: unknown key "skiped"/);
+      // The shape is checked first; once it is right, the input file is.
+      writeFileSync(path.join(copy, 'mappings', 'broken.test.yaml'), readFileSync(path.join(copy, 'mappings', 'broken.test.yaml'), 'utf8').replace('      skiped: []\n', ''));
+      const second = await carerelay(['validate', '--config-dir', copy]);
+      expect(second.code).toBe(1);
+      expect(second.stderr).toMatch(/mappings\/broken\.test\.yaml:6:9: input file no-such-file\.hl7 does not exist/);
+    } finally {
+      rmSync(copy, { recursive: true, force: true });
+    }
+  });
+
   it('accepts the shipped example', async () => {
     const { code, stdout } = await carerelay(['validate']);
     expect(code).toBe(0);
     expect(stdout).toContain('configuration OK');
+  });
+});
+
+describe('carerelay test', () => {
+  it('runs one *.test.yaml file against the mappings of its directory', async () => {
+    const file = path.join(fixtures, '..', 'mappings', 'discharge.test.yaml');
+    const { code, stdout } = await carerelay(['test', file]);
+    expect(code).toBe(0);
+    const lines = stdout.trim().split('\n');
+    expect(lines.filter((l) => l.startsWith('ok ')).every((l) => l.includes('discharge.test.yaml'))).toBe(true);
+    expect(lines.at(-1)).toMatch(/^[1-9]\d* passed, 0 failed$/);
+  });
+
+  it('says clearly that a path does not exist, or is not a mapping test, instead of a stack trace', async () => {
+    const missing = await carerelay(['test', 'mappings/nope.test.yaml']);
+    expect(missing).toEqual({
+      code: 2,
+      stdout: '',
+      stderr: 'carerelay: test: mappings/nope.test.yaml does not exist: give a mappings directory or one of its *.test.yaml files\n',
+    });
+    const notATest = await carerelay(['test', 'mappings/appointments.yaml']);
+    expect(notATest.code).toBe(2);
+    expect(notATest.stderr).toContain('is not a mapping test');
   });
 });
 

@@ -440,7 +440,7 @@ export function createApp(deps: ApiDeps): express.Express {
     });
   });
 
-  // Deliveries: what routing planned and what became of it (pending, cancelled, finished,
+  // Deliveries: what routing planned and what became of it (pending, cancelled, sent,
   // suppressed with a reason, failed with a code). Newest planned first.
   admin.get('/deliveries', async (req, res) => {
     knownQuery(req, ['status', 'rule', 'patientId', 'appointmentId', 'encounterId', 'limit', 'before']);

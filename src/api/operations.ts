@@ -93,7 +93,7 @@ export function createOperationsRouter(deps: OperationsDeps): express.Router {
       sendProblem(res, 503, 'Service unavailable', 'the store could not commit the attempt; try again later');
       return;
     }
-    log.info(`message.${kind}`, { messageId: m.id, newMessageId: created.id, actor: caller.name, status: created.status });
+    log.info(`message.${kind}`, { messageId: created.id, actor: caller.name, status: created.status });
     res
       .status(201)
       .location(`/api/messages/${created.id}`)

@@ -12,7 +12,7 @@ import { outputSpecs as registeredOutputSpecs } from '../outputs/index.ts';
 import { outputInfos, type OutputSpec } from '../outputs/spec.ts';
 import type { TemplateSet } from '../pipeline/render.ts';
 import type { Rule } from '../pipeline/rule.ts';
-import { loadMappings } from './mappings.ts';
+import { loadMappings, type MappingSet } from './mappings.ts';
 import { connectorFileSchema, serverSchema, type ServerConfig } from './server-schema.ts';
 import {
   createAjv,
@@ -82,6 +82,12 @@ export interface LoadConfigOptions {
    * false validates the shape only, e.g. in CI where the secrets do not exist.
    */
   checkSecrets?: boolean;
+  /**
+   * Also check the mapping tests beside the mappings (`carerelay validate` does; `start`
+   * does not: a broken test file must not keep the server from starting). Given the loaded
+   * mappings, returns the tests' problems, reported with the rest.
+   */
+  mappingTests?: (mappings: MappingSet) => Promise<ConfigIssue[]>;
 }
 
 /** Refuse absurd files before parsing: a config file is a few KiB. */
@@ -314,6 +320,7 @@ export async function loadConfig(options: LoadConfigOptions): Promise<CarerelayP
   const validOutputs = located.filter((l) => l.kind === 'outputs' && l.valid).map((l) => l.instance);
   const withInfo = specs.outputs.filter((s): s is OutputSpec => typeof (s as Partial<OutputSpec>).info === 'function');
   const mappings = await loadMappings({ configDir, env, outputs: outputInfos(validOutputs, withInfo), issues });
+  if (options.mappingTests) issues.push(...(await options.mappingTests(mappings)));
 
   if (issues.length > 0) throw new ConfigError(sortIssues(withoutEchoes(issues, files), files));
 

@@ -695,35 +695,35 @@ export function storeConformanceSuite(name: string, makeStore: () => Promise<Sto
         const moved = { ...d, dueAt: '2024-01-01T11:00:00+01:00' };
         await store.saveRouting('t3', [write(moved, { generation: 2, asOf: '2024-01-01T09:50:00Z' })], '2024-01-01T09:50:01Z');
         expect(await store.getDelivery(d.id)).toMatchObject({ status: 'pending', generation: 2, delivery: { dueAt: moved.dueAt } });
-        expect(await store.finishDelivery(d.id, 2, { status: 'finished', at: '2024-01-01T10:00:00Z', providerId: 'sms/x', message: { language: 'en', text: 'Hi' } })).toBe(true);
+        expect(await store.finishDelivery(d.id, 2, { status: 'sent', at: '2024-01-01T10:00:00Z', providerId: 'sms/x', message: { language: 'en', text: 'Hi' } })).toBe(true);
         await store.saveRouting('t4', [write(d, { generation: 3, asOf: '2024-01-01T09:55:00Z' })], '2024-01-01T10:00:01Z');
-        expect(await store.getDelivery(d.id)).toMatchObject({ status: 'finished', generation: 2, providerId: 'sms/x', message: { language: 'en', text: 'Hi' } });
+        expect(await store.getDelivery(d.id)).toMatchObject({ status: 'sent', generation: 2, providerId: 'sms/x', message: { language: 'en', text: 'Hi' } });
         expect((await store.getDelivery(d.id))!.delivery.dueAt).toBe(moved.dueAt);
       });
 
       it('finishes a delivery only while pending (or failed) with the same generation', async () => {
         const d = testDelivery();
         await store.saveRouting('t1', [write(d, { generation: 2 })], '2024-01-01T09:30:02Z');
-        expect(await store.finishDelivery(d.id, 1, { status: 'finished', at: '2024-01-01T10:00:00Z' })).toBe(false);
-        expect(await store.finishDelivery('other', 2, { status: 'finished', at: '2024-01-01T10:00:00Z' })).toBe(false);
+        expect(await store.finishDelivery(d.id, 1, { status: 'sent', at: '2024-01-01T10:00:00Z' })).toBe(false);
+        expect(await store.finishDelivery('other', 2, { status: 'sent', at: '2024-01-01T10:00:00Z' })).toBe(false);
         expect(await store.finishDelivery(d.id, 2, { status: 'suppressed', reason: 'stale', at: '2024-01-01T10:00:00Z' })).toBe(true);
-        expect(await store.finishDelivery(d.id, 2, { status: 'finished', at: '2024-01-01T10:00:01Z' })).toBe(false);
+        expect(await store.finishDelivery(d.id, 2, { status: 'sent', at: '2024-01-01T10:00:01Z' })).toBe(false);
         expect(await store.getDelivery(d.id)).toMatchObject({ status: 'suppressed', reason: 'stale', updatedAt: '2024-01-01T10:00:00Z' });
         const f = testDelivery({ appointmentId: 'A-f' });
         await store.saveRouting('t3', [write(f)], '2024-01-01T09:30:02Z');
         expect(await store.finishDelivery(f.id, 1, { status: 'failed', reason: 'http_500', at: '2024-01-01T10:00:00Z' })).toBe(true);
         // A replayed dead-letter job may still end it.
-        expect(await store.finishDelivery(f.id, 1, { status: 'finished', at: '2024-01-01T10:10:00Z' })).toBe(true);
+        expect(await store.finishDelivery(f.id, 1, { status: 'sent', at: '2024-01-01T10:10:00Z' })).toBe(true);
         expect(await store.finishDelivery(f.id, 1, { status: 'failed', at: '2024-01-01T10:20:00Z' })).toBe(false);
         const c = testDelivery({ appointmentId: 'A-c' });
         await store.saveRouting('t2', [write(c, { status: 'cancelled' })], '2024-01-01T09:30:02Z');
-        expect(await store.finishDelivery(c.id, 1, { status: 'finished', at: '2024-01-01T10:00:00Z' })).toBe(false);
+        expect(await store.finishDelivery(c.id, 1, { status: 'sent', at: '2024-01-01T10:00:00Z' })).toBe(false);
       });
 
       it('lists deliveries newest planned first, filtered, paged by the last id', async () => {
         const ds = ['A1', 'A2', 'A3', 'A4'].map((a, i) => testDelivery({ appointmentId: a, ruleId: i % 2 === 0 ? 'reminder' : 'confirm', patientId: i < 2 ? 'P1' : 'P2' }));
         for (const d of ds) await store.saveRouting('t', [write(d)], '2024-01-01T09:30:02Z');
-        await store.finishDelivery(ds[0]!.id, 1, { status: 'finished', at: '2024-01-01T10:00:00Z' });
+        await store.finishDelivery(ds[0]!.id, 1, { status: 'sent', at: '2024-01-01T10:00:00Z' });
         const ids = (list: { delivery: Delivery }[]) => list.map((d) => d.delivery.subjectId);
         expect(ids(await store.listDeliveries({}))).toEqual(['A4', 'A3', 'A2', 'A1']);
         expect(ids(await store.listDeliveries({ status: 'pending' }))).toEqual(['A4', 'A3', 'A2']);

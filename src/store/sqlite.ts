@@ -41,7 +41,7 @@ import BetterSqlite3 from 'better-sqlite3';
 import { MessageStatus, type Channel, type Delivery, type Trigger } from '../types.ts';
 import { StaleAttemptError, StoreReason, instantMs, listLimit, patientIdOf, storedMessageOf } from './common.ts';
 import { migrate, openSqliteDatabase, type Database } from './sqlite-db.ts';
-import { ATTEMPT_FROM_STATUS, AttemptKind, AuditAction } from './store.ts';
+import { ATTEMPT_FROM_STATUS, AttemptKind, AuditAction, StoredDeliveryStatus } from './store.ts';
 import type {
   AuditEntry,
   AuditQuery,
@@ -57,7 +57,6 @@ import type {
   SentMessage,
   Store,
   StoredDelivery,
-  StoredDeliveryStatus,
   StoredMessage,
   StoredMessageWithBody,
   SubjectState,
@@ -429,7 +428,7 @@ export class SqliteStore implements Store {
 
     this.unroutedStmt = db.prepare('SELECT json FROM triggers WHERE routed_ms IS NULL ORDER BY rowid LIMIT ?');
     this.markRoutedStmt = db.prepare('UPDATE triggers SET routed_ms = ? WHERE id = ?');
-    // A final delivery (finished, suppressed, failed) is never overwritten: a replan that
+    // A final delivery (sent, suppressed, failed) is never overwritten: a replan that
     // raced with the send must not bring a sent message back to pending. RETURNING gives no
     // row then, and its keys are left alone.
     this.upsertDeliveryStmt = db.prepare(
@@ -712,7 +711,7 @@ export class SqliteStore implements Store {
   async listDeliveries(query: DeliveryQuery): Promise<StoredDelivery[]> {
     this.assertOpen();
     const filter = new ListFilter()
-      .eq('status', query.status)
+      .eq('status', query.status === undefined ? undefined : rowStatus(query.status))
       .eq('rule', query.ruleId)
       .eq('patient_id', query.patientId)
       .eq('subject', query.subjectKey);
@@ -733,7 +732,7 @@ export class SqliteStore implements Store {
     const changed = this.finishDeliveryStmt.run({
       id,
       generation,
-      status: outcome.status,
+      status: rowStatus(outcome.status),
       reason: outcome.reason ?? null,
       message: outcome.message === undefined ? null : JSON.stringify(outcome.message),
       providerId: outcome.providerId ?? null,
@@ -1038,10 +1037,18 @@ function stateFromRow(row: StateRow): SubjectState {
   return state;
 }
 
+// The deliveries table (schema step 3) names a sent delivery 'finished', its CHECK
+// constraint says so; outside the store the word is 'sent'. Translated here only.
+const ROW_SENT = 'finished';
+
+function rowStatus(status: StoredDeliveryStatus): string {
+  return status === StoredDeliveryStatus.Sent ? ROW_SENT : status;
+}
+
 function deliveryFromRow(row: DeliveryRow): StoredDelivery {
   const stored: StoredDelivery = {
     delivery: JSON.parse(row.json) as Delivery,
-    status: row.status,
+    status: (row.status as string) === ROW_SENT ? StoredDeliveryStatus.Sent : row.status,
     asOf: row.as_of,
     generation: row.generation,
     createdAt: row.created_at,

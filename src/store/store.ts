@@ -187,15 +187,16 @@ export interface TriggerQuery {
 }
 
 /**
- * Where a delivery stands. `pending` waits for its due time (the queue holds a timer for
- * it); `cancelled` may come back when a strictly newer event plans it again; the last three
- * are final: nothing moves or revives them (no second message for the patient).
+ * Where a delivery stands — the one vocabulary of the admin API, the CLI, mapping tests and
+ * the docs. `pending` waits for its due time (the queue holds a timer for it); `cancelled`
+ * may come back when a strictly newer event plans it again; the last three are final:
+ * nothing moves or revives them (no second message for the patient).
  */
 export const StoredDeliveryStatus = {
   Pending: 'pending',
   Cancelled: 'cancelled',
   /** Handed to its output, which accepted it. */
-  Finished: 'finished',
+  Sent: 'sent',
   /** Not sent, on purpose: a send-time check said no (reason `stale`, `expired`, …). */
   Suppressed: 'suppressed',
   /** Dead-lettered: a permanent failure, or attempts exhausted (reason = the failure code). */
@@ -222,7 +223,7 @@ export interface DeliveryWrite {
   updatedAt: string;
 }
 
-/** The rendered message kept with a finished delivery (what left). */
+/** The rendered message kept with a sent delivery (what left). */
 export interface SentMessage {
   language: string;
   to?: string;
@@ -233,12 +234,12 @@ export interface SentMessage {
 
 /** How a delivery ended (finishDelivery). */
 export interface DeliveryOutcome {
-  status: 'finished' | 'suppressed' | 'failed';
+  status: 'sent' | 'suppressed' | 'failed';
   /** Reason code for suppressed and failed (safe to log). */
   reason?: string;
-  /** What was sent (finished only). */
+  /** What was sent (sent only). */
   message?: SentMessage;
-  /** The adapter's receipt id (finished only). */
+  /** The adapter's receipt id (sent only). */
   providerId?: string;
   /** ISO instant. */
   at: string;
@@ -396,7 +397,7 @@ export interface Store {
   /**
    * Writes the delivery states routing changed for one trigger (or for several routed in one
    * pass) and marks the trigger(s) routed, in one transaction. A delivery already final
-   * (finished, suppressed, failed) is never overwritten. Idempotent: the same call again
+   * (sent, suppressed, failed) is never overwritten. Idempotent: the same call again
    * changes nothing more.
    */
   saveRouting(triggerIds: string | readonly string[], deliveries: readonly DeliveryWrite[], routedAt: string): Promise<void>;
