@@ -110,8 +110,7 @@ describe('carerelay validate', () => {
     const repo = path.join(fixtures, '..');
     const copy = mkdtempSync(path.join(tmpdir(), 'carerelay-validate-tests-'));
     try {
-      cpSync(path.join(repo, 'connectors'), path.join(copy, 'connectors'), { recursive: true });
-      cpSync(path.join(repo, 'mappings'), path.join(copy, 'mappings'), { recursive: true });
+      for (const dir of ['connectors', 'mappings', 'fixtures/hl7v2']) cpSync(path.join(repo, dir), path.join(copy, dir), { recursive: true });
       writeFileSync(
         path.join(copy, 'mappings', 'broken.test.yaml'),
         [
@@ -134,7 +133,9 @@ describe('carerelay validate', () => {
       writeFileSync(path.join(copy, 'mappings', 'broken.test.yaml'), readFileSync(path.join(copy, 'mappings', 'broken.test.yaml'), 'utf8').replace('      skiped: []\n', ''));
       const second = await carerelay(['validate', '--config-dir', copy]);
       expect(second.code).toBe(1);
-      expect(second.stderr).toMatch(/mappings\/broken\.test\.yaml:6:9: input file no-such-file\.hl7 does not exist/);
+      expect(second.stderr.split('\n').filter((l) => l.includes('.test.yaml'))).toEqual([
+        expect.stringMatching(/mappings\/broken\.test\.yaml:6:9: input file no-such-file\.hl7 does not exist/),
+      ]);
     } finally {
       rmSync(copy, { recursive: true, force: true });
     }
@@ -144,6 +145,35 @@ describe('carerelay validate', () => {
     const { code, stdout } = await carerelay(['validate']);
     expect(code).toBe(0);
     expect(stdout).toContain('configuration OK');
+  });
+
+  it('checks the commented adapter blocks of the shipped example once they are uncommented', async () => {
+    const repo = path.join(path.dirname(CLI_PATH), '..');
+    const copy = mkdtempSync(path.join(tmpdir(), 'carerelay-adapters-'));
+    try {
+      cpSync(path.join(repo, 'connectors'), path.join(copy, 'connectors'), { recursive: true });
+      cpSync(path.join(repo, 'mappings'), path.join(copy, 'mappings'), { recursive: true });
+      // The mapping tests (validate checks them too) read their inputs from ../fixtures.
+      cpSync(path.join(repo, 'fixtures', 'hl7v2'), path.join(copy, 'fixtures', 'hl7v2'), { recursive: true });
+      const file = path.join(copy, 'connectors', 'adapters.yaml');
+      const lines = readFileSync(file, 'utf8').split('\n');
+      const from = lines.indexOf('# outputs:');
+      expect(from).toBeGreaterThan(0);
+      // What a user does: remove one "# " from each line of the blocks.
+      const uncommented = lines.map((l, i) => (i < from ? l : l.replace(/^# ?/, ''))).join('\n');
+      writeFileSync(file, uncommented);
+      const secrets = { TWILIO_AUTH_TOKEN: 't', SMTP_PASSWORD: 'p', SCHEDULING_WEBHOOK_SECRET: 'whsec_AAAA', EHR_FHIR_TOKEN: 'e' };
+      const ok = await carerelay(['validate', '--config-dir', copy], secrets);
+      expect(ok.stderr).toBe('');
+      expect(ok.stdout).toContain('configuration OK: 2 input(s), 6 output(s)');
+      // A mistake in a block is reported at its place.
+      writeFileSync(file, uncommented.replace('accountSid: AC00000000000000000000000000000000', 'accountSid: AC123'));
+      const bad = await carerelay(['validate', '--config-dir', copy], secrets);
+      expect(bad.code).toBe(1);
+      expect(bad.stderr).toMatch(/connectors\/adapters\.yaml:\d+:17: .*accountSid/);
+    } finally {
+      rmSync(copy, { recursive: true, force: true });
+    }
   });
 });
 

@@ -11,6 +11,7 @@ import { STORED_DELIVERY_STATUSES, type DeliveryQuery, type MessageQuery, type S
 import { MessageStatus, type Trigger } from '../types.ts';
 import type { Hl7Ingest, Hl7IngestSettings } from '../workers/ingest.ts';
 import { createFhirRouter, type FhirHttpInput } from './fhir-routes.ts';
+import { createHooksRouter, type TwilioStatusHook } from './hooks-routes.ts';
 import { createOperationsRouter } from './operations.ts';
 
 export interface HttpHl7Input {
@@ -39,6 +40,8 @@ export interface ApiDeps {
   hl7Settings?: ReadonlyMap<string, Hl7IngestSettings>;
   /** Clock of audit entries; default the system clock. */
   now?: () => Date;
+  /** twilio outputs taking status callbacks (POST /hooks/twilio/status/<name>), by name. */
+  twilioStatus?: ReadonlyMap<string, TwilioStatusHook>;
 }
 
 export interface AdminTokenSecret {
@@ -336,6 +339,8 @@ export function createApp(deps: ApiDeps): express.Express {
   });
 
   app.use('/ingest/fhir', createFhirRouter({ inputs: deps.fhirInputs ?? new Map(), log }));
+  // Provider callbacks about sent messages; each authenticates its own way (hooks-routes.ts).
+  app.use('/hooks', createHooksRouter({ twilioStatus: deps.twilioStatus ?? new Map(), store, log }));
 
   const admin = express.Router();
   admin.use(authenticateAdmin(deps));
