@@ -5,8 +5,8 @@
 //         ─▶ commit (one transaction) ─▶ ACK
 //
 // Answers: AA accepted (or ignored: not a trigger type); AR refused for good (unparseable,
-// no MSH-10 or MSH-9, SIU without appointment id…; the raw bytes are kept for review); AE when the
-// sender may retry (commit failed, or a conflicting resend that was quarantined). In
+// no MSH-10 or MSH-9, SIU without appointment id…; the raw bytes are kept for review); AE
+// when the sender may retry (commit failed, or a conflicting resend that was quarantined). In
 // enhanced mode (MSH-15/16 valued) the commit ACK codes CA/CR/CE are used and MSH-15
 // decides whether an accept ACK is sent at all.
 import { createHash, randomBytes } from 'node:crypto';
@@ -125,8 +125,8 @@ interface Refusal {
 
 /**
  * A header that cannot be accepted whatever the message holds: a sender its client
- * certificate may not use, no MSH-10 (no dedupe possible), or no MSH-9 (v2.5.1 §2.14.9.9:
- * required; without it nothing says what the message is, so it is refused rather than
+ * certificate may not use, no MSH-10 (no dedupe possible), or no MSH-9 (required in every
+ * v2.x version: without it nothing says what the message is, so it is refused rather than
  * recorded as an ignored type). Undefined when the header is usable.
  */
 function headerRefusal(msg: Hl7Message, sender: string, controlId: string, senderRefused: boolean): Refusal | undefined {
