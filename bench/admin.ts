@@ -72,7 +72,7 @@ export async function benchAdmin(): Promise<Record<string, number>> {
       return res.json();
     };
     const lastDelivery = (await get('/api/deliveries?limit=1')) as { items: Array<{ id: string }> };
-    const deep = (await store.listDeliveries({ limit: 1000, status: 'finished' })).at(-1)!.delivery.id;
+    const deep = (await store.listDeliveries({ limit: 1000, status: 'sent' })).at(-1)!.delivery.id;
     const requests = [
       '/api/deliveries',
       '/api/deliveries?status=pending',
@@ -83,7 +83,7 @@ export async function benchAdmin(): Promise<Record<string, number>> {
       '/api/deliveries?patientId=P4242',
       '/api/deliveries?patientId=P4242&status=failed',
       '/api/deliveries?appointmentId=A31337',
-      `/api/deliveries?status=finished&before=${encodeURIComponent(deep)}`,
+      `/api/deliveries?status=sent&before=${encodeURIComponent(deep)}`,
       '/api/deliveries?limit=1000',
       `/api/deliveries/${encodeURIComponent(lastDelivery.items[0]!.id)}`,
       '/api/messages',
