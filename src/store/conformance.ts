@@ -766,6 +766,12 @@ export function storeConformanceSuite(name: string, makeStore: () => Promise<Sto
         expect(await store.getRoutingExplanation('t-e1')).toBeUndefined();
         await store.saveRouting('t-e1', [write(d, { cause: { triggerId: 't-e1', change: 'added' } })], '2024-01-01T09:30:02Z', { explanations: [explanation] });
         expect(await store.getRoutingExplanation('t-e1')).toEqual(explanation);
+        // The admin view of the trigger's routing lists the rules that planned nothing.
+        expect(await store.getTriggerRouting('t-e1')).toEqual({
+          routed: true,
+          routedAt: '2024-01-01T09:30:02.000Z',
+          skipped: [{ ruleId: 'week-ahead', reason: 'condition_false', detail: 'appointment.start gte occurredAt + 7d' }],
+        });
         expect((await store.getDelivery(d.id))!.cause).toEqual({ triggerId: 't-e1', change: 'added' });
         await store.saveRouting('t-e2', [write(d, { status: 'cancelled', cause: { triggerId: 't-e2', change: 'cancelled', reason: 'expired' } })], '2024-01-01T09:40:00Z');
         expect((await store.getDelivery(d.id))!.cause).toEqual({ triggerId: 't-e2', change: 'cancelled', reason: 'expired' });

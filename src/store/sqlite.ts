@@ -78,6 +78,7 @@ import type {
   ReceiptQuery,
   RoutingExplanation,
   RuleOutcome,
+  SkippedRule,
   SaveRoutingOptions,
   SentMessage,
   Store,
@@ -838,8 +839,16 @@ export class SqliteStore implements Store {
     const row = this.triggerRoutingStmt.get(triggerId);
     if (row === undefined) return undefined;
     // routed_ms 0 marks triggers stored before routing existed (migration 3). Skipped rules
-    // are not recorded by this store yet: `skipped` stays undefined, not an empty list.
-    return row.routed_ms === null ? { routed: false } : row.routed_ms === 0 ? { routed: true } : { routed: true, routedAt: new Date(row.routed_ms).toISOString() };
+    // come from the routing explanation; a trigger routed before explanations were kept has
+    // none: `skipped` stays undefined, not an empty list.
+    if (row.routed_ms === null) return { routed: false };
+    if (row.routed_ms === 0) return { routed: true };
+    const explanation = await this.getRoutingExplanation(triggerId);
+    return {
+      routed: true,
+      routedAt: new Date(row.routed_ms).toISOString(),
+      ...(explanation !== undefined ? { skipped: skippedRulesOf(explanation) } : {}),
+    };
   }
 
   appendAudit(entry: Omit<AuditEntry, 'id'>): Promise<AuditEntry> {
@@ -1426,6 +1435,22 @@ function unpackExplanation(triggerId: string, packed: string, routedMs: number):
     return r;
   });
   return { triggerId, routedAt: new Date(routedMs).toISOString(), rules };
+}
+
+/** The rules of an explanation that planned nothing for the trigger (skipped, or a plan or move that changed nothing). */
+function skippedRulesOf(explanation: RoutingExplanation): SkippedRule[] {
+  return explanation.rules
+    .filter((r) => r.outcome === 'skipped' || (r.outcome === 'unchanged' && r.reason !== undefined))
+    .map((r) => {
+      const step = r.deliveryId === undefined ? undefined : /#(\d+)$/.exec(r.deliveryId)?.[1];
+      return {
+        ruleId: r.rule,
+        reason: r.reason ?? r.outcome,
+        ...(r.deliveryId !== undefined ? { deliveryId: r.deliveryId } : {}),
+        ...(step !== undefined ? { step: Number(step) } : {}),
+        ...(r.condition !== undefined ? { detail: r.condition } : {}),
+      };
+    });
 }
 
 /** A stored trigger's JSON (packed or plain) as the trigger. */
