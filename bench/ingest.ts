@@ -28,7 +28,7 @@
 // Set CARERELAY_BENCH_DIR to put the data dir on the disk to measure (default: os.tmpdir()).
 // Run alone with `node --expose-gc --import tsx bench/ingest.ts`, or through bench/run.ts.
 import { closeSync, fdatasyncSync, mkdtempSync, openSync, rmSync, writeSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { pathToFileURL } from 'node:url';
@@ -320,6 +320,8 @@ export async function benchIngest(): Promise<Record<string, number>> {
         `lag after the ACK p50 ${c.lagP50Ms} ms, p99 ${c.lagP99Ms} ms, max ${c.lagMaxMs} ms; later than 1 s or missing: ${c.lateOrMissing}`,
     );
   }
+  figures.ingest_load_average = Number(loadavg()[0]!.toFixed(1));
+  console.log(`load average on this machine at the end: ${figures.ingest_load_average} (other work takes cores from every target alike)`);
   console.log(
     `goals at 8 connections: none ${figures.ingest_none_vs_floor_8conn_pct} % of the floor (>= 70 %), ` +
       `shipped ${figures.ingest_shipped_vs_floor_8conn_pct} % (>= 30 %), shipped DB growth ${figures.ingest_shipped_8conn_db_growth_bytes_per_msg} B/msg (<= 5,120)\n`,
