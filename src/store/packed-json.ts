@@ -37,6 +37,15 @@ const DICTIONARIES: Readonly<Record<number, Buffer>> = {
   ),
 };
 
+/** Dictionary of raw inbound messages: HL7v2 segments and FHIR notification JSON. */
+const RAW_DICTIONARY = Buffer.from(
+  '{"resourceType":"Bundle","type":"history","entry":[{"fullUrl":"","resource":{"resourceType":"Parameters","parameter":[{"name":"subscription","valueReference":{"reference":""}},' +
+    '{"name":"topic","valueCanonical":""},{"name":"status","valueCode":"active"},{"name":"type","valueCode":"event-notification"},{"name":"notification-event","part":[{"name":"event-number","valueString":""},{"name":"focus","valueReference":{"reference":"Appointment/"}}]}]}},' +
+    '{"resourceType":"Appointment","id":"","meta":{"versionId":"1"},"status":"booked","start":"","end":"","participant":[{"actor":{"reference":"Patient/"},"status":"accepted"},{"actor":{"reference":"Location/"},"status":"accepted"}]},' +
+    '{"resourceType":"Patient","id":"","identifier":[{"type":{"coding":[{"system":"http://terminology.hl7.org/CodeSystem/v2-0203","code":"MR"}]},"system":"","value":""}],"name":[{"family":"","given":[""]}],"gender":"female","birthDate":"","telecom":[{"system":"phone","use":"mobile","value":""},{"system":"email","value":""}]}]}' +
+    '\rEVN|\rPV1|1|O|\rPV2|\rNTE|1||\rAIG|1||\rAIP|1||\rAIL|1||\rAIS|1||\rRGS|1\rTQ1|1||||||\rPID|1||^^^^MR||^||19|F|||^^^^^^||^PRN^PH~^NET^Internet^|||||\rSCH|||||||^^||30|MIN|||||||||||||||Booked\rMSH|^~\\&|||CARERELAY||20||SIU^S12^SIU_S12||P|2.5.1|||AL|NE\r',
+);
+
 export const PackedKind = {
   Trigger: 1,
   Delivery: 2,
@@ -59,3 +68,11 @@ export function unpackJson(stored: string | Buffer): string {
   return inflateRawSync(stored.subarray(1), { dictionary }).toString('utf8');
 }
 
+/** Raw inbound bytes, compressed (lossless: the exact bytes come back). */
+export function packRaw(raw: Buffer): Buffer {
+  return deflateRawSync(raw, { dictionary: RAW_DICTIONARY });
+}
+
+export function unpackRaw(packed: Buffer): Buffer {
+  return inflateRawSync(packed, { dictionary: RAW_DICTIONARY });
+}

@@ -59,7 +59,7 @@ import {
   patientIdOf,
   storedMessageOf,
 } from './common.ts';
-import { PackedKind, packJson, unpackJson } from './packed-json.ts';
+import { PackedKind, packJson, packRaw, unpackJson, unpackRaw } from './packed-json.ts';
 import { migrate, openSqliteDatabase, type Database } from './sqlite-db.ts';
 import { ATTEMPT_FROM_STATUS, AttemptKind, AuditAction, STORED_DELIVERY_STATUSES, StoredDeliveryStatus } from './store.ts';
 import type {
@@ -277,8 +277,8 @@ export const SQLITE_STORE_MIGRATIONS: readonly string[] = [
   ALTER TABLE deliveries ADD COLUMN cause TEXT;
   ALTER TABLE triggers ADD COLUMN routing TEXT;
 
-  -- Listing messages of a status (rejected, quarantined: rare among millions) by index.
-  CREATE INDEX messages_status ON messages (status, received_ms, id);
+  -- raw_packed = 1: raw holds the bytes compressed (packed-json.ts packRaw).
+  ALTER TABLE messages ADD COLUMN raw_packed INTEGER;
 
   CREATE TABLE delivery_counts (status TEXT PRIMARY KEY, n INTEGER NOT NULL) WITHOUT ROWID;
   INSERT INTO delivery_counts (status, n) SELECT status, COUNT(*) FROM deliveries GROUP BY status;
@@ -473,7 +473,7 @@ export class SqliteStore implements Store {
   private readonly insertMessageStmt: BetterSqlite3.Statement;
   private readonly insertTriggerStmt: BetterSqlite3.Statement;
   private readonly upsertStateStmt: BetterSqlite3.Statement;
-  private readonly messageByIdStmt: BetterSqlite3.Statement<[number], MessageRow & { raw: Buffer }>;
+  private readonly messageByIdStmt: BetterSqlite3.Statement<[number], MessageRow & { raw: Buffer; raw_packed: number | null }>;
   private readonly positionByIdStmt: BetterSqlite3.Statement<[number], { received_ms: number; id: number }>;
   private readonly triggerByIdStmt: BetterSqlite3.Statement<[string], { json: string | Buffer }>;
   private readonly stateStmt: BetterSqlite3.Statement<[string, string], StateRow>;
@@ -513,6 +513,8 @@ export class SqliteStore implements Store {
     this.db = db;
     this.closeDatabase = options.closeDatabase ?? false;
     migrate(db, SQLITE_STORE_COMPONENT, SQLITE_STORE_MIGRATIONS);
+    // The stored bytes of a message as received, for SQL that reads them (the text search).
+    db.function('raw_bytes', { deterministic: true }, (raw: unknown, packed: unknown) => (packed === 1 && Buffer.isBuffer(raw) ? unpackRaw(raw) : raw));
 
     // The literal `control_id <> '' AND status <> 'quarantined' AND keyed = 1` lets SQLite
     // use the partial unique index (it must see the index's WHERE terms in the query).
@@ -532,9 +534,9 @@ export class SqliteStore implements Store {
     this.triggerRoutingStmt = db.prepare('SELECT message_id, routed_ms FROM triggers WHERE id = ?');
     this.insertMessageStmt = db.prepare(
       `INSERT INTO messages (input, format, sender, control_id, message_type, content_hash, status, ack, ack_code,
-         reason, received_at, received_ms, trigger_ids, raw, patient_id, origin, replaces, keyed)
+         reason, received_at, received_ms, trigger_ids, raw, raw_packed, patient_id, origin, replaces, keyed)
        VALUES (@input, @format, @sender, @controlId, @messageType, @contentHash, @status, @ack, @ackCode,
-         @reason, @receivedAt, @receivedMs, @triggerIds, @raw, @patientId, @origin, @replaces, @keyed)`,
+         @reason, @receivedAt, @receivedMs, @triggerIds, @raw, 1, @patientId, @origin, @replaces, @keyed)`,
     );
     this.insertTriggerStmt = db.prepare(
       `INSERT INTO triggers (id, message_id, type, patient_id, appointment_id, encounter_id, occurred_at, occurred_ms, json)
@@ -552,7 +554,7 @@ export class SqliteStore implements Store {
          data = excluded.data, message_id = excluded.message_id
        WHERE excluded.as_of_ms >= subject_states.as_of_ms`,
     );
-    this.messageByIdStmt = db.prepare(`SELECT ${MESSAGE_COLUMNS}, raw FROM messages WHERE id = ?`);
+    this.messageByIdStmt = db.prepare(`SELECT ${MESSAGE_COLUMNS}, raw, raw_packed FROM messages WHERE id = ?`);
     this.positionByIdStmt = db.prepare('SELECT received_ms, id FROM messages WHERE id = ?');
     this.triggerByIdStmt = db.prepare('SELECT json FROM triggers WHERE id = ?');
     this.stateStmt = db.prepare(
@@ -735,7 +737,7 @@ export class SqliteStore implements Store {
       const t = this.triggerByIdStmt.get(triggerId);
       if (t !== undefined) triggers.push(triggerOf(t.json));
     }
-    return { ...message, raw: row.raw, triggers };
+    return { ...message, raw: row.raw_packed === 1 ? unpackRaw(row.raw) : row.raw, triggers };
   }
 
   async listMessages(query: MessageQuery): Promise<StoredMessage[]> {
@@ -757,7 +759,7 @@ export class SqliteStore implements Store {
     if (query.triggerType !== undefined) filter.add('id IN (SELECT message_id FROM triggers WHERE type = ?)', query.triggerType);
     if (query.text !== undefined) {
       // SQLite's upper() folds ASCII letters only, the same on both sides.
-      filter.add('instr(upper(CAST(raw AS TEXT)), upper(?)) > 0', query.text);
+      filter.add('instr(upper(CAST(raw_bytes(raw, raw_packed) AS TEXT)), upper(?)) > 0', query.text);
     }
     let start: Position | undefined;
     if (query.before !== undefined) {
@@ -778,9 +780,9 @@ export class SqliteStore implements Store {
       order: ['received_ms', 'id'],
       orderIndex: 'messages_received',
       filter,
-      // sender + control id lead to the dedupe index, a patient to messages_patient, a status
-      // or a message type alone to their index, no filter (or only times) to the order's own;
-      // the rest (an input, a trigger type, text…) is read in windows.
+      // sender + control id lead to the dedupe index, a patient to messages_patient, a message
+      // type to messages_type, no filter (or only times) to the order's own index; the rest (a
+      // status, an input, a trigger type, text…) is read in windows.
       selective:
         (query.sender !== undefined && query.controlId !== undefined) ||
         query.patientId !== undefined ||
@@ -789,7 +791,7 @@ export class SqliteStore implements Store {
           query.input === undefined &&
           query.triggerType === undefined &&
           query.text === undefined &&
-          (query.status === undefined || query.messageType === undefined)),
+          query.status === undefined),
       start,
       limit: listLimit(query.limit),
       position: (row) => [row.received_ms, row.id],
@@ -1349,7 +1351,7 @@ export class SqliteStore implements Store {
       receivedAt: r.receivedAt,
       receivedMs: p.receivedMs,
       triggerIds: JSON.stringify(triggerIds),
-      raw: r.raw,
+      raw: packRaw(r.raw),
       patientId: patientId ?? null,
       origin: r.attemptOf?.kind ?? 'received',
       replaces: r.attemptOf === undefined ? null : Number(r.attemptOf.messageId),
