@@ -742,11 +742,13 @@ export function storeConformanceSuite(name: string, makeStore: () => Promise<Sto
         await store.saveRouting('t', [write(d), write(other)], '2024-01-01T09:30:02Z');
         const message = { language: 'en', to: '+15550100', text: 'Hi', subject: 'S', html: '<p>Hi</p>' };
         await store.putOutboxEntry({ deliveryId: d.id, output: 'sms', channel: 'sms', keptAt: '2024-01-01T10:00:00Z', ...message });
-        expect(await store.finishDelivery(d.id, 1, { status: 'sent', at: '2024-01-01T10:00:00Z', providerId: 'box/x', message })).toBe(true);
+        // A provider id naming the delivery (an outbox's) comes back whole.
+        expect(await store.finishDelivery(d.id, 1, { status: 'sent', at: '2024-01-01T10:00:00Z', providerId: `box/${d.id}`, message })).toBe(true);
         // Not the outbox's text: kept as given.
         const own = { language: 'fr', text: 'Salut' };
         expect(await store.finishDelivery(other.id, 1, { status: 'sent', at: '2024-01-01T10:00:00Z', message: own })).toBe(true);
         expect((await store.getDelivery(d.id))!.message).toEqual(message);
+        expect((await store.getDelivery(d.id))!.providerId).toBe(`box/${d.id}`);
         expect((await store.getDelivery(other.id))!.message).toEqual(own);
         expect((await store.listDeliveries({ status: 'sent' })).map((x) => x.message)).toEqual([own, message]);
       });

@@ -35,6 +35,13 @@ const DICTIONARIES: Readonly<Record<number, Buffer>> = {
       'Monday, Tuesday, Wednesday, Thursday, Friday, Saturday, Sunday, January February March April May June July August September October November December ' +
       'lundi mardi mercredi jeudi vendredi samedi dimanche janvier février mars avril mai juin juillet août septembre octobre novembre décembre AM PM',
   ),
+  // 4: routing explanations, as store/sqlite.ts packExplanation writes them.
+  4: Buffer.from(
+    '[["booking-confirmation","planned","@appointment/#0"],["sms-reminder-24h","planned","@appointment/#0","no_address"],' +
+      '["email-reminder-7d","skipped",null,"condition_false","appointment.start gte occurredAt + 7d"],' +
+      '["first-visit-welcome","skipped",null,"condition_false","appointment.serviceType.code in [NEWPAT, FIRSTVISIT]"],' +
+      '["reminder","replanned","@encounter/#1","unchanged","same","stale","finished","not_found","cancelled","expired","revived","holdout","no_anchor"]]',
+  ),
 };
 
 /** Dictionary of raw inbound messages: HL7v2 segments and FHIR notification JSON. */
@@ -50,10 +57,11 @@ export const PackedKind = {
   Trigger: 1,
   Delivery: 2,
   Message: 3,
+  Explanation: 4,
 } as const;
 export type PackedKind = (typeof PackedKind)[keyof typeof PackedKind];
 
-/** `value` as JSON, compressed with the dictionary of its kind. */
+/** `value` as JSON, compressed with the dictionary of its kind (4: the dictionary holds the shipped rules' names). */
 export function packJson(kind: PackedKind, value: unknown): Buffer {
   const json = Buffer.from(JSON.stringify(value), 'utf8');
   const packed = deflateRawSync(json, { dictionary: DICTIONARIES[kind]! });

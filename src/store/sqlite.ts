@@ -482,7 +482,7 @@ export class SqliteStore implements Store {
   private readonly getCursorStmt: BetterSqlite3.Statement<[string], { value: string }>;
   private readonly setCursorStmt: BetterSqlite3.Statement<[string, string]>;
   private readonly unroutedStmt: BetterSqlite3.Statement<[number], { json: string | Buffer }>;
-  private readonly markRoutedStmt: BetterSqlite3.Statement<[number, string | null, string]>;
+  private readonly markRoutedStmt: BetterSqlite3.Statement<[number, Buffer | null, string]>;
   private readonly upsertDeliveryStmt: BetterSqlite3.Statement<unknown[], { seq: number }>;
   private readonly insertDeliveryKeyStmt: BetterSqlite3.Statement<[string, number]>;
   private readonly deliveryByIdStmt: BetterSqlite3.Statement<[string], DeliveryRow>;
@@ -492,7 +492,7 @@ export class SqliteStore implements Store {
   private readonly deliveriesByRuleStmt: BetterSqlite3.Statement<[string], DeliveryRow>;
   private readonly outboxByDeliveryStmt: BetterSqlite3.Statement<[string], OutboxRow>;
   private readonly outboxBySeqStmt: BetterSqlite3.Statement<[number], OutboxRow>;
-  private readonly routingStmt: BetterSqlite3.Statement<[string], { routing: string | null; routed_ms: number | null }>;
+  private readonly routingStmt: BetterSqlite3.Statement<[string], { routing: string | Buffer | null; routed_ms: number | null }>;
   private readonly unroutedAppointmentStmt: BetterSqlite3.Statement<[string], { one: number }>;
   private readonly unroutedEncounterStmt: BetterSqlite3.Statement<[string], { one: number }>;
   private readonly deliveryCountsStmt: BetterSqlite3.Statement<[], { status: StoredDeliveryStatus; n: number }>;
@@ -504,7 +504,7 @@ export class SqliteStore implements Store {
   private readonly addReceiptStmt: BetterSqlite3.Statement;
   private readonly receiptsOfDeliveryStmt: BetterSqlite3.Statement<[string], ReceiptRow>;
   private readonly receiptsOfProviderIdStmt: BetterSqlite3.Statement<[string, string], ReceiptRow>;
-  private readonly saveRoutingTx: (triggerIds: readonly string[], rows: Array<{ write: DeliveryWrite; asOfMs: number; dueMs: number }>, routedMs: number, explanations: ReadonlyMap<string, string>) => void;
+  private readonly saveRoutingTx: (triggerIds: readonly string[], rows: Array<{ write: DeliveryWrite; asOfMs: number; dueMs: number }>, routedMs: number, explanations: ReadonlyMap<string, Buffer>) => void;
   private readonly commitGroup: (batch: PendingWrite[]) => Array<{ value: unknown }>;
   private readonly commitIsolated: (batch: PendingWrite[]) => Array<{ value: unknown } | { error: unknown }>;
   private readonly commitOne: (run: () => unknown) => unknown;
@@ -632,7 +632,7 @@ export class SqliteStore implements Store {
       `SELECT ${RECEIPT_COLUMNS} FROM delivery_receipts WHERE output = ? AND provider_id = ? AND provider_id <> '' ORDER BY seq`,
     );
     // Runs inside the group commit's transaction.
-    this.saveRoutingTx = ((triggerIds: readonly string[], rows: Array<{ write: DeliveryWrite; asOfMs: number; dueMs: number }>, routedMs: number, explanations: ReadonlyMap<string, string>) => {
+    this.saveRoutingTx = ((triggerIds: readonly string[], rows: Array<{ write: DeliveryWrite; asOfMs: number; dueMs: number }>, routedMs: number, explanations: ReadonlyMap<string, Buffer>) => {
       for (const { write, asOfMs, dueMs } of rows) {
         const d = write.delivery;
         const row = this.upsertDeliveryStmt.get(
@@ -1385,9 +1385,21 @@ function finishParams(id: string, generation: number, outcome: DeliveryOutcome) 
     reason: outcome.reason ?? null,
     message: outcome.message === undefined ? null : JSON.stringify(outcome.message),
     outboxSeq: null as number | null,
-    providerId: outcome.providerId ?? null,
+    providerId: outcome.providerId === undefined ? null : packProviderId(outcome.providerId, id),
     at: outcome.at,
   };
+}
+
+/**
+ * A provider id that ends with its delivery's id (an outbox's `<output>/<delivery id>`) is
+ * kept as the part before it and a NUL, which no provider id holds.
+ */
+function packProviderId(providerId: string, deliveryId: string): string {
+  return providerId.length > deliveryId.length && providerId.endsWith(deliveryId) ? `${providerId.slice(0, -deliveryId.length)}\u0000` : providerId;
+}
+
+function unpackProviderId(stored: string, deliveryId: string): string {
+  return stored.endsWith('\u0000') ? `${stored.slice(0, -1)}${deliveryId}` : stored;
 }
 
 /** Whether a sent message is exactly what the outbox entry keeps. */
@@ -1417,8 +1429,9 @@ function messageOfEntry(entry: OutboxEntry): SentMessage {
  * [rule, outcome, delivery id (without the leading rule id when it starts with it), reason,
  * condition], trailing empty places left out; routedAt is the trigger's routed_ms.
  */
-function packExplanation(e: RoutingExplanation): string {
-  return JSON.stringify(
+function packExplanation(e: RoutingExplanation): Buffer {
+  return packJson(
+    PackedKind.Explanation,
     e.rules.map((r) => {
       const id = r.deliveryId === undefined ? null : r.deliveryId.startsWith(`${r.rule}@`) ? r.deliveryId.slice(r.rule.length) : r.deliveryId;
       const entry: Array<string | null> = [r.rule, r.outcome, id, r.reason ?? null, r.condition ?? null];
@@ -1428,8 +1441,8 @@ function packExplanation(e: RoutingExplanation): string {
   );
 }
 
-function unpackExplanation(triggerId: string, packed: string, routedMs: number): RoutingExplanation {
-  const rules = (JSON.parse(packed) as Array<Array<string | null>>).map(([rule, outcome, id, reason, condition]) => {
+function unpackExplanation(triggerId: string, packed: string | Buffer, routedMs: number): RoutingExplanation {
+  const rules = (JSON.parse(unpackJson(packed)) as Array<Array<string | null>>).map(([rule, outcome, id, reason, condition]) => {
     const r: RuleOutcome = { rule: rule!, outcome: outcome as RuleOutcome['outcome'] };
     if (id != null) r.deliveryId = id.startsWith('@') ? `${rule}${id}` : id;
     if (reason != null) r.reason = reason;
@@ -1554,7 +1567,7 @@ function deliveryFromRow(row: DeliveryRow, outbox: (seq: number) => OutboxRow | 
     const entry = outbox(row.outbox_seq);
     if (entry !== undefined) stored.message = messageOfEntry(outboxFromRow(entry));
   }
-  if (row.provider_id !== null) stored.providerId = row.provider_id;
+  if (row.provider_id !== null) stored.providerId = unpackProviderId(row.provider_id, row.id);
   if (row.cause !== null) {
     const [change, reason] = row.cause.split(':') as [DeliveryCause['change'], string | undefined];
     stored.cause = { triggerId: row.cause_trigger ?? stored.delivery.triggerId, change, ...(reason !== undefined ? { reason } : {}) };
