@@ -385,7 +385,7 @@ describe('MllpServer over a real socket', () => {
     await peer.framesReceived(1);
     peer.socket.end();
     const closed = await log.closed();
-    expect(peersSeen[0]).toEqual({ remoteAddress: '127.0.0.1', remotePort: peer.socket.localPort, connectionId: 1, tls: false });
+    expect(peersSeen[0]).toEqual({ remoteAddress: '127.0.0.1', remotePort: peer.socket.localPort, connectionId: 1, tls: false, trusted: false });
     expect(closed).toMatchObject({ reason: 'peer', messages: 1, connectionId: 1 });
     expect(log.events[0]).toMatchObject({ type: 'connection_opened', connectionId: 1, tls: false });
   });
