@@ -5,8 +5,15 @@
 //   byte-exact, and our own text is escaped with the same characters.
 // - Original mode (MSH-15 and MSH-16 both empty): one ACK, AA/AE/AR.
 // - Enhanced mode: commit ACK CA/CE/CR, sent or not per MSH-15 (table 0155).
+// - An ACK can always be framed: the MLLP block characters 0x0B/0x1C never reach it. Echoed
+//   wire text has them replaced by their \X0B\ / \X1C\ escapes (MSA-2 then carries the same
+//   MSH-10 value, escaped: a sender that compares decoded values still matches it, and one
+//   whose MSH-10 held a raw 0x1C could not have been answered with it at all), our own text
+//   is escaped, and a message whose delimiters are block characters is answered with the
+//   default delimiters and decoded, re-escaped values. Such messages are refused anyway
+//   (workers/ingest.ts); this is what makes the refusal deliverable.
 import type { AckCode } from '../types.ts';
-import { escapeHl7 } from './escape.ts';
+import { escapeHl7, hasBlockCharacter, withoutBlockCharacters } from './escape.ts';
 import { DEFAULT_DELIMITERS, type Hl7Delimiters, type Hl7Message } from './parse.ts';
 
 /** MSA-3 (text message) is 80 characters long (v2.5.1 §2.15.8.3). */
@@ -102,13 +109,21 @@ function isErrorCode(code: AckCode): boolean {
  * minimal ACK with default delimiters and an empty MSA-2). Segments end with CR.
  */
 export function buildAck(original: Hl7Message | undefined, options: AckOptions): string {
-  const d = original?.delimiters ?? DEFAULT_DELIMITERS;
+  const theirs = original?.delimiters;
+  // Delimiters that are block characters cannot be written: answer in the default ones.
+  const usable = theirs !== undefined && !hasBlockCharacter(Object.values(theirs).join(''));
+  const d = usable ? theirs : DEFAULT_DELIMITERS;
   const f = d.field;
   const msh = original?.segments[0];
-  const raw = (n: number): string => msh?.rawField(n) ?? '';
-  const encoding = msh ? msh.rawField(2) : `${d.component}${d.repetition}${d.escape}${d.subcomponent}`;
+  // Wire text of MSH-n, echoed: byte for byte (block characters escaped), or, when their
+  // delimiters are not usable, the decoded first component re-escaped in ours.
+  const raw = (n: number): string => {
+    if (msh === undefined) return '';
+    return usable ? withoutBlockCharacters(msh.rawField(n), d) : escapeHl7(msh.get(n), d);
+  };
+  const encoding = msh && usable ? msh.rawField(2) : `${d.component}${d.repetition}${d.escape}${d.subcomponent}`;
 
-  const trigger = msh?.repetitions(9)[0]?.rawComponent(2) ?? '';
+  const trigger = usable ? withoutBlockCharacters(msh?.repetitions(9)[0]?.rawComponent(2) ?? '', d) : escapeHl7(msh?.get(9, 2) ?? '', d);
   const messageType = trigger === '' ? 'ACK' : `ACK${d.component}${trigger}${d.component}ACK`;
 
   // MSH-1 is the separator itself, so the array below starts at MSH-2.
@@ -132,7 +147,8 @@ export function buildAck(original: Hl7Message | undefined, options: AckOptions):
 
   const segments = [`MSH${f}${mshFields.join(f)}`];
   const text = options.text ?? '';
-  // MSA-2 echoes the original MSH-10 wire text exactly (same delimiters, nothing re-escaped).
+  // MSA-2 echoes the original MSH-10 wire text exactly (same delimiters, nothing re-escaped
+  // but block characters).
   const msa = ['MSA', options.code, raw(10)];
   if (text !== '') msa.push(escapeAndTruncate(text, d, MSA_TEXT_MAX));
   segments.push(msa.join(f));
