@@ -1,7 +1,9 @@
 // The HTTP face of CareRelay (express): ingest endpoints, admin API, health.
 //
 // Authentication runs before any body is read (docs/reliability.md promise 11): routes that need
-// a token check it first, and only then does the size-limited body parser run.
+// a token check it first, and only then does the size-limited body reader run. A body that
+// passes the limit is answered 413 and its connection closed at once, whatever its framing
+// (a chunked body announces no length): the rest is never read.
 import { createHash, timingSafeEqual } from 'node:crypto';
 import express, { type NextFunction, type Request, type Response } from 'express';
 import type { Logger } from '../log.ts';
@@ -12,7 +14,10 @@ import { createFhirRouter, type FhirHttpInput } from './fhir-routes.ts';
 
 export interface HttpHl7Input {
   settings: Hl7IngestSettings;
-  /** Bearer token the sender must present; undefined = no auth (loopback-only deployments). */
+  /**
+   * Bearer token the sender must present; undefined = no auth (a loopback listener, or
+   * `auth: none`: config/load.ts refuses it otherwise).
+   */
   bearerToken?: string;
   /** Largest accepted body, bytes. */
   maxBodyBytes: number;
@@ -27,6 +32,8 @@ export interface ApiDeps {
   fhirInputs?: ReadonlyMap<string, FhirHttpInput>;
   /** CARERELAY_ADMIN_TOKEN; when undefined the server must be bound to loopback only. */
   adminToken?: string;
+  /** Undefined when ready to take traffic, else a reason code (workers/readiness.ts); default: the store answers. */
+  readiness?: () => Promise<string | undefined>;
 }
 
 /** RFC 9457 problem details. */
@@ -62,10 +69,58 @@ export function declaredOverLimit(req: Request, limit: number): boolean {
   return Number.isFinite(declared) && declared > limit;
 }
 
+/** `Bearer <token>`: the scheme name is case-insensitive (RFC 9110 §11.1), the token is not. */
+const BEARER = /^bearer[ \t]+(\S.*)$/i;
+
 /** Constant-time comparison of a presented bearer token with the expected one. */
 export function bearerMatches(header: string | undefined, expected: string): boolean {
-  if (header === undefined || !header.startsWith('Bearer ')) return false;
-  return secretsMatch(header.slice('Bearer '.length).trim(), expected);
+  const m = header === undefined ? null : BEARER.exec(header);
+  if (m === null) return false;
+  return secretsMatch(m[1]!.trim(), expected);
+}
+
+/**
+ * Reads a request body of at most `limit` bytes. Past the limit it stops reading at once and
+ * resolves 'too_large' (the caller answers 413 and the connection is closed: see
+ * refuseTooLarge), so a chunked body of any length costs at most the limit.
+ */
+export function readLimitedBody(req: Request, limit: number): Promise<Buffer | 'too_large'> {
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    const done = (): void => {
+      req.off('data', onData);
+      req.off('end', onEnd);
+      req.off('error', onError);
+    };
+    const onData = (chunk: Buffer): void => {
+      size += chunk.length;
+      if (size > limit) {
+        done();
+        req.pause();
+        resolve('too_large');
+        return;
+      }
+      chunks.push(chunk);
+    };
+    const onEnd = (): void => {
+      done();
+      resolve(Buffer.concat(chunks, size));
+    };
+    const onError = (error: Error): void => {
+      done();
+      reject(error);
+    };
+    req.on('data', onData);
+    req.on('end', onEnd);
+    req.on('error', onError);
+  });
+}
+
+/** 413 for a body read only up to the limit: answered, then the connection is destroyed. */
+export function refuseTooLarge(req: Request, res: Response, detail: string): void {
+  res.on('finish', () => req.socket.destroy());
+  refuseUnread(res, 413, 'Payload too large', detail);
 }
 
 function requireBearer(expected: string | undefined) {
@@ -81,6 +136,8 @@ function requireBearer(expected: string | undefined) {
 
 function queryString(req: Request, name: string): string | undefined {
   const v = req.query[name];
+  // `status=a&status=b` arrives as a list: refused rather than silently dropping the filter.
+  if (Array.isArray(v)) throw new BadQuery(`${name} may be given once (got ${v.length} values)`);
   return typeof v === 'string' && v !== '' ? v : undefined;
 }
 
@@ -106,6 +163,14 @@ class BadQuery extends Error {}
 const ISO_INSTANT = /^\d{4}-\d{2}-\d{2}(?:T\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:Z|[+-]\d{2}:\d{2})?)?$/;
 
 const MESSAGE_STATUSES = new Set<string>(Object.values(MessageStatus));
+
+/** /readyz detail per reason code (workers/readiness.ts NotReady). */
+const READINESS_TEXT: Record<string, string> = {
+  store_unreachable: 'the store is not reachable',
+  disk_full: "the data directory's disk is full",
+  read_only: 'the data directory is not writable',
+  store_cannot_write: 'the store cannot write',
+};
 
 function messageSummary(m: StoredMessage) {
   return {
@@ -148,8 +213,10 @@ function deliverySummary(d: StoredDelivery) {
   };
 }
 
-/** HL7 over HTTP answers with the ACK in ER7 (pipe) encoding. */
-const HL7_CONTENT_TYPE = 'x-application/hl7-v2+er7; charset=utf-8';
+/** HL7 over HTTP answers with the ACK in ER7 (pipe) encoding, in the message's character set. */
+function hl7ContentType(charset: string): string {
+  return `x-application/hl7-v2+er7; charset=${charset}`;
+}
 
 export function createApp(deps: ApiDeps): express.Express {
   const { store, log } = deps;
@@ -161,14 +228,24 @@ export function createApp(deps: ApiDeps): express.Express {
     res.json({ status: 'ok' });
   });
 
+  const readiness =
+    deps.readiness ??
+    (async (): Promise<string | undefined> => {
+      try {
+        await store.ping();
+        return undefined;
+      } catch {
+        return 'store_unreachable';
+      }
+    });
   app.get('/readyz', async (_req, res) => {
-    try {
-      await store.ping();
+    const reason = await readiness();
+    if (reason === undefined) {
       res.json({ status: 'ready' });
-    } catch {
-      res.setHeader('Retry-After', '5');
-      sendProblem(res, 503, 'Not ready', 'the store is not reachable');
+      return;
     }
+    res.setHeader('Retry-After', '5');
+    sendProblem(res, 503, 'Not ready', `${READINESS_TEXT[reason] ?? 'the store is not usable'} (${reason})`);
   });
 
   // HL7v2 over HTTP: POST the message (ER7) as the body, get the ACK back.
@@ -178,35 +255,34 @@ export function createApp(deps: ApiDeps): express.Express {
       refuseUnread(res, 404, 'Unknown input', `no hl7v2-http input named "${req.params.input}" is configured`);
       return;
     }
-    requireBearer(input.bearerToken)(req, res, () => {
+    requireBearer(input.bearerToken)(req, res, async () => {
       // A declared length over the limit is refused before a byte of the body is read.
       if (declaredOverLimit(req, input.maxBodyBytes)) {
         refuseUnread(res, 413, 'Payload too large', "the body exceeds the input's size limit");
         return;
       }
-      express.raw({ type: () => true, limit: input.maxBodyBytes })(req, res, async (err?: unknown) => {
-        if (err !== undefined) {
-          next(err);
+      try {
+        const body = await readLimitedBody(req, input.maxBodyBytes);
+        if (body === 'too_large') {
+          refuseTooLarge(req, res, "the body exceeds the input's size limit");
           return;
         }
-        const body = Buffer.isBuffer(req.body) ? req.body : Buffer.alloc(0);
         if (body.length === 0) {
           sendProblem(res, 400, 'Empty body', 'POST the HL7v2 message (ER7 encoding) as the request body');
           return;
         }
-        try {
-          const result = await deps.hl7Ingest.handle(body, input.settings);
-          if (!result.committed) {
-            // Nothing durable: tell the sender to retry (never a 2xx).
-            res.setHeader('Retry-After', '5');
-            res.status(503).type(HL7_CONTENT_TYPE).send(result.ack ?? '');
-            return;
-          }
-          res.status(200).type(HL7_CONTENT_TYPE).send(result.ack ?? '');
-        } catch (error) {
-          next(error);
+        const result = await deps.hl7Ingest.handle(body, input.settings, { remoteAddress: req.socket.remoteAddress ?? '' });
+        const answer = result.ackBytes ?? Buffer.alloc(0);
+        if (!result.committed) {
+          // Nothing durable: tell the sender to retry (never a 2xx).
+          res.setHeader('Retry-After', '5');
+          res.status(503).type(hl7ContentType(result.ackCharset)).send(answer);
+          return;
         }
-      });
+        res.status(200).type(hl7ContentType(result.ackCharset)).send(answer);
+      } catch (error) {
+        next(error);
+      }
     });
   });
 
@@ -248,6 +324,8 @@ export function createApp(deps: ApiDeps): express.Express {
       ...messageSummary(m),
       raw: m.raw.toString('utf8'),
       rawBase64: m.raw.toString('base64'),
+      // Set when raw holds only the first bytes (a rejected message past the raw-bytes quota).
+      ...(m.rawBytes !== undefined ? { rawBytes: m.rawBytes } : {}),
       ack: m.ack,
       triggers: m.triggers,
     });

@@ -48,6 +48,8 @@ describe('the shipped example (connectors/example.yaml)', () => {
       http: { host: '127.0.0.1', port: 8080 },
       dataDir: path.join(repoRoot, 'data'),
       timezone: 'UTC',
+      rejectedRaw: { totalBytes: 1073741824, perSenderBytes: 67108864, keepBytes: 4096 },
+      minFreeDiskBytes: 67108864,
       admin: {},
     });
     expect(plan.inputs.map((i) => [i.type, i.name])).toEqual([
@@ -80,7 +82,14 @@ describe('loadConfig', () => {
   it('returns a deeply frozen plan with defaults, dataDir relative to the config dir', async () => {
     const dir = await configDir({ 'a.yaml': `inputs:\n${mllp('lab', 2600)}` });
     const plan: CarerelayPlan = await loadConfig({ configDir: dir, env: {} });
-    expect(plan.server).toEqual({ http: { host: '127.0.0.1', port: 8080 }, dataDir: path.join(dir, 'data'), timezone: 'UTC', admin: {} });
+    expect(plan.server).toEqual({
+      http: { host: '127.0.0.1', port: 8080 },
+      dataDir: path.join(dir, 'data'),
+      timezone: 'UTC',
+      rejectedRaw: { totalBytes: 1073741824, perSenderBytes: 67108864, keepBytes: 4096 },
+      minFreeDiskBytes: 67108864,
+      admin: {},
+    });
     expect(plan.inputs[0]).toEqual({
       type: 'hl7v2-mllp',
       name: 'lab',
@@ -98,7 +107,12 @@ describe('loadConfig', () => {
         missingFieldAck: 'AR',
         maxFrameBytes: 10485760,
         idleTimeoutSeconds: 300,
+        firstByteTimeoutSeconds: 10,
+        tlsHandshakeTimeoutSeconds: 10,
         maxConnections: 200,
+        maxConnectionsPerAddress: 20,
+        reservedConnections: 20,
+        trustedSenders: { addresses: [], certificateCNs: [] },
       },
     });
     expect(Object.isFrozen(plan)).toBe(true);
@@ -161,7 +175,7 @@ describe('loadConfig', () => {
       ].join('\n'),
     });
     expect(await issuesOf(dir)).toEqual([
-      'connectors/a.yaml:9:5: unknown key "maxFrame" (allowed: name, timezone, unknownMessageTypes, missingFieldAck, type, host, port, tls, plain, maxFrameBytes, idleTimeoutSeconds, maxConnections)',
+      'connectors/a.yaml:9:5: unknown key "maxFrame" (allowed: name, timezone, unknownMessageTypes, missingFieldAck, type, host, port, tls, plain, maxFrameBytes, idleTimeoutSeconds, firstByteTimeoutSeconds, tlsHandshakeTimeoutSeconds, maxConnections, maxConnectionsPerAddress, reservedConnections, trustedSenders)',
       'connectors/a.yaml:10:11: "name" "Lab_1" is not valid: lower-case letters, digits and "-", starting with a letter',
       'connectors/a.yaml:12:11: "port" must be <= 65535 (got 99999)',
       'connectors/a.yaml:13:12: "plain" must be true or false, got a string',

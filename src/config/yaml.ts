@@ -414,7 +414,7 @@ export function validateWithSchema(
   if (validate(value)) return [];
   const issues: ConfigIssue[] = [];
   const seen = new Set<string>();
-  for (const error of validate.errors ?? []) {
+  for (const error of withoutUnrelatedAlternatives(validate.errors ?? [])) {
     const described = describe(error, basePath.map(String));
     if (!described) continue;
     const docPath = [...basePath, ...described.path];
@@ -427,6 +427,36 @@ export function validateWithSchema(
     issues.push({ file, ...position, path: toPointer(docPath), message });
   }
   return issues;
+}
+
+/**
+ * For a value that fails an `anyOf` (e.g. `auth: none` or `auth: { bearerToken: … }`), ajv
+ * reports every alternative's errors. Keep only those of the alternatives whose kind the value
+ * has (a mapping's errors for a mapping), so the message is about what was meant; when the
+ * value has the kind of none of them, keep the anyOf error alone (it carries the x-hint).
+ */
+function withoutUnrelatedAlternatives(errors: readonly ErrorObject[]): ErrorObject[] {
+  let kept = [...errors];
+  for (const alt of errors.filter((e) => e.keyword === 'anyOf')) {
+    const prefix = `${alt.schemaPath}/`;
+    const branchOf = (e: ErrorObject): string | undefined =>
+      e.schemaPath.startsWith(prefix) ? e.schemaPath.slice(prefix.length).split('/', 1)[0] : undefined;
+    // An alternative the value is not even the kind of fails at its own level on type/const/enum.
+    const unrelated = new Set(
+      kept
+        .filter((e) => e.instancePath === alt.instancePath && ['type', 'const', 'enum'].includes(e.keyword))
+        .map(branchOf)
+        .filter((b): b is string => b !== undefined),
+    );
+    const branches = new Set(kept.map(branchOf).filter((b): b is string => b !== undefined));
+    const related = [...branches].filter((b) => !unrelated.has(b));
+    kept = kept.filter((e) => {
+      const branch = branchOf(e);
+      if (e === alt) return related.length === 0;
+      return branch === undefined || related.includes(branch);
+    });
+  }
+  return kept;
 }
 
 interface Described {
@@ -523,6 +553,8 @@ function describe(error: ErrorObject, basePath: readonly string[]): Described | 
     case 'propertyNames':
       // Reported by the nested error on the name itself.
       return undefined;
+    case 'anyOf':
+      return { path, atKey: false, message: `${name} is not valid` };
     default:
       return { path, atKey: false, message: `${name} ${error.message ?? 'is invalid'}` };
   }

@@ -182,6 +182,11 @@ export const SQLITE_STORE_MIGRATIONS: readonly string[] = [
   );
   CREATE INDEX outbox_output ON outbox (output, seq);
   `,
+  // A rejected message past the raw-bytes quota keeps only its first bytes (workers/raw-quota.ts):
+  // raw_bytes is then its length as received; NULL when raw is whole.
+  `
+  ALTER TABLE messages ADD COLUMN raw_bytes INTEGER;
+  `,
 ];
 
 /** Most records committed in one transaction (bounds how long one flush blocks the loop). */
@@ -300,7 +305,7 @@ export class SqliteStore implements Store {
   private readonly insertMessageStmt: BetterSqlite3.Statement;
   private readonly insertTriggerStmt: BetterSqlite3.Statement;
   private readonly upsertStateStmt: BetterSqlite3.Statement;
-  private readonly messageByIdStmt: BetterSqlite3.Statement<[number], MessageRow & { raw: Buffer }>;
+  private readonly messageByIdStmt: BetterSqlite3.Statement<[number], MessageRow & { raw: Buffer; raw_bytes: number | null }>;
   private readonly positionByIdStmt: BetterSqlite3.Statement<[number], { received_ms: number; id: number }>;
   private readonly triggerByIdStmt: BetterSqlite3.Statement<[string], { json: string }>;
   private readonly stateStmt: BetterSqlite3.Statement<[string, string], StateRow>;
@@ -341,9 +346,9 @@ export class SqliteStore implements Store {
     );
     this.insertMessageStmt = db.prepare(
       `INSERT INTO messages (input, format, sender, control_id, message_type, content_hash, status, ack, ack_code,
-         reason, received_at, received_ms, trigger_ids, raw)
+         reason, received_at, received_ms, trigger_ids, raw, raw_bytes)
        VALUES (@input, @format, @sender, @controlId, @messageType, @contentHash, @status, @ack, @ackCode,
-         @reason, @receivedAt, @receivedMs, @triggerIds, @raw)`,
+         @reason, @receivedAt, @receivedMs, @triggerIds, @raw, @rawBytes)`,
     );
     this.insertTriggerStmt = db.prepare(
       `INSERT INTO triggers (id, message_id, type, patient_id, appointment_id, encounter_id, occurred_at, occurred_ms, json)
@@ -361,7 +366,7 @@ export class SqliteStore implements Store {
          data = excluded.data, message_id = excluded.message_id
        WHERE excluded.as_of_ms >= subject_states.as_of_ms`,
     );
-    this.messageByIdStmt = db.prepare(`SELECT ${MESSAGE_COLUMNS}, raw FROM messages WHERE id = ?`);
+    this.messageByIdStmt = db.prepare(`SELECT ${MESSAGE_COLUMNS}, raw, raw_bytes FROM messages WHERE id = ?`);
     this.positionByIdStmt = db.prepare('SELECT received_ms, id FROM messages WHERE id = ?');
     this.triggerByIdStmt = db.prepare('SELECT json FROM triggers WHERE id = ?');
     this.stateStmt = db.prepare(
@@ -504,7 +509,7 @@ export class SqliteStore implements Store {
       const t = this.triggerByIdStmt.get(triggerId);
       if (t !== undefined) triggers.push(JSON.parse(t.json) as Trigger);
     }
-    return { ...message, raw: row.raw, triggers };
+    return { ...message, raw: row.raw, ...(row.raw_bytes !== null ? { rawBytes: row.raw_bytes } : {}), triggers };
   }
 
   async listMessages(query: MessageQuery): Promise<StoredMessage[]> {
@@ -800,6 +805,7 @@ export class SqliteStore implements Store {
       receivedMs: p.receivedMs,
       triggerIds: JSON.stringify(triggerIds),
       raw: r.raw,
+      rawBytes: r.rawBytes ?? null,
     });
     return storedMessageOf(r, String(info.lastInsertRowid), { status, reason, ack, ackCode, triggerIds });
   }

@@ -5,12 +5,15 @@
 //         ─▶ commit (one transaction) ─▶ ACK
 //
 // Answers: AA accepted (or ignored: not a trigger type); AR refused for good (unparseable,
-// no MSH-10, SIU without appointment id…; the raw bytes are kept for review); AE when the
-// sender may retry (commit failed, or a conflicting resend that was quarantined). In
-// enhanced mode (MSH-15/16 valued) the commit ACK codes CA/CR/CE are used and MSH-15
-// decides whether an accept ACK is sent at all.
+// MLLP block characters inside, no MSH-10, SIU without appointment id…; the raw bytes are
+// kept for review, within the quota of raw-quota.ts); AE when the sender may retry (commit
+// failed, or a conflicting resend that was quarantined). In enhanced mode (MSH-15/16 valued)
+// the commit ACK codes CA/CR/CE are used and MSH-15 decides whether an accept ACK is sent at
+// all. The ACK is encoded in the character set the message was read in (MSH-18).
 import { createHash, randomBytes } from 'node:crypto';
 import { buildAck, shouldSendAcceptAck, ackModeOf } from '../hl7v2/ack.ts';
+import { encodableText, encodeHl7Text, ianaCharset } from '../hl7v2/charset.ts';
+import { hasBlockCharacter } from '../hl7v2/escape.ts';
 import { Hl7ParseError, Hl7ParseErrorCode, parseHl7, parseHl7Batch, type Hl7Message } from '../hl7v2/parse.ts';
 import { applyStoredState, normalizeHl7 } from '../inputs/hl7v2/normalize.ts';
 import { isSenderAllowed } from '../inputs/hl7v2/spec.ts';
@@ -18,6 +21,7 @@ import { TransientError } from '../errors.ts';
 import type { Logger } from '../log.ts';
 import type { InboundRecord, Store, SubjectState } from '../store/store.ts';
 import { MessageStatus, type AckCode, type Trigger } from '../types.ts';
+import { rawQuotaAccount, type RawCharge, type RejectedRawQuota } from './raw-quota.ts';
 
 /** Per-input settings the ingest needs (from the connector config). */
 export interface Hl7IngestSettings {
@@ -38,11 +42,17 @@ export interface Hl7IngestSettings {
 export interface Hl7Peer {
   /** Verified client-certificate CN (mutual TLS), if any. */
   certificateCN?: string;
+  /** The peer's address (MLLP socket, HTTP client): whom a message without MSH is counted to. */
+  remoteAddress?: string;
 }
 
 export interface Hl7IngestResult {
   /** ACK text to send back; undefined when MSH-15 says no accept ACK is wanted. */
   ack: string | undefined;
+  /** The ACK as it goes on the wire: encoded in the message's character set (MSH-18). */
+  ackBytes: Buffer | undefined;
+  /** IANA name of that character set, for an HTTP Content-Type. */
+  ackCharset: string;
   ackCode: AckCode;
   /** False when nothing could be committed: the caller must not claim success. */
   committed: boolean;
@@ -56,7 +66,12 @@ export interface Hl7IngestDeps {
   now?: () => Date;
   /** Called after a commit that created triggers (routing hooks in here). */
   onCommitted?: (triggers: Trigger[]) => void | Promise<void>;
+  /** Bounds the raw bytes kept with rejected messages; without it they are kept whole. */
+  rejectedRaw?: RejectedRawQuota;
 }
+
+/** A result before its ACK is encoded (handle() does that once, for the whole frame). */
+type Answer = Omit<Hl7IngestResult, 'ackBytes' | 'ackCharset'>;
 
 type Outcome = 'accept' | 'ignore' | 'reject' | 'retry';
 
@@ -68,6 +83,7 @@ const ACK_CODES: Record<'original' | 'enhanced', Record<'accept' | 'reject' | 'r
 /** HL7 table 0357 codes used in ERR-3. */
 const ERR = {
   requiredFieldMissing: '101',
+  dataTypeError: '102',
   unsupportedMessageType: '200',
   unknownKey: '204',
   duplicateKey: '205',
@@ -111,6 +127,45 @@ function senderOf(msg: Hl7Message): string {
   return `${msg.get('MSH-3.1')}^${msg.get('MSH-4.1')}`;
 }
 
+/**
+ * Where the first MLLP block character (0x0B, 0x1C) of a message is, as "MSH-10" or "PID",
+ * and which one. Undefined when there is none. The wire text is scanned, so an escaped
+ * \X1C\ (a valid HL7 way to carry the byte in a value) is not one.
+ */
+function blockCharacterAt(msg: Hl7Message): { where: string; byte: string } | undefined {
+  if (!hasBlockCharacter(msg.text)) return undefined;
+  for (const segment of msg.segments) {
+    const at = segment.raw.search(/[\x0b\x1c]/);
+    if (at === -1) continue;
+    const byte = segment.raw.charCodeAt(at) === 0x0b ? '0x0B' : '0x1C';
+    const name = /^[A-Z0-9]{3}$/.test(segment.name) ? segment.name : 'a segment';
+    if (at < 3 || name !== segment.name) return { where: name, byte };
+    // Field number: separators before it (MSH counts its MSH-1 separator as a field).
+    let field = 0;
+    for (let i = segment.raw.indexOf(msg.delimiters.field); i !== -1 && i < at; i = segment.raw.indexOf(msg.delimiters.field, i + 1)) field++;
+    const isHeader = name === 'MSH' || name === 'FHS' || name === 'BHS';
+    return { where: `${name}-${isHeader ? field + 1 : field}`, byte };
+  }
+  return { where: 'the message', byte: msg.text.includes('\x0b') ? '0x0B' : '0x1C' };
+}
+
+/**
+ * buildAck, as the ACK will read once encoded in `charset` (characters the set cannot carry,
+ * in our own text, become "?"): the ACK stored is then the ACK sent.
+ */
+function ackIn(charset: string, original: Hl7Message | undefined, options: Parameters<typeof buildAck>[1]): string {
+  return encodableText(buildAck(original, options), charset);
+}
+
+/** The ACK text of a result, encoded in `charset` (an HL7 character set name). */
+function encoded(answer: Answer, charset: string): Hl7IngestResult {
+  return {
+    ...answer,
+    ackBytes: answer.ack === undefined ? undefined : encodeHl7Text(answer.ack, charset),
+    ackCharset: ianaCharset(charset),
+  };
+}
+
 export class Hl7Ingest {
   private readonly now: () => Date;
 
@@ -128,16 +183,21 @@ export class Hl7Ingest {
       messages = parseHl7Batch(raw);
     } catch (error) {
       if (!(error instanceof Hl7ParseError)) throw error;
-      return this.refuseUnparseable(raw, settings, error);
+      return this.refuseUnparseable(raw, settings, error, peer);
     }
     if (messages.length === 0) {
       // A batch envelope with no MSH inside: nothing to acknowledge message by message.
-      return this.refuseUnparseable(raw, settings, new Hl7ParseError(Hl7ParseErrorCode.NoMsh, 'the batch holds no message (no MSH segment)'));
+      return this.refuseUnparseable(raw, settings, new Hl7ParseError(Hl7ParseErrorCode.NoMsh, 'the batch holds no message (no MSH segment)'), peer);
     }
+    // One decoding for the whole frame (a batch shares its first header's MSH-18).
+    return encoded(await this.handleMessages(messages, raw, settings, peer), messages[0]!.charset);
+  }
+
+  private async handleMessages(messages: Hl7Message[], raw: Buffer, settings: Hl7IngestSettings, peer: Hl7Peer): Promise<Answer> {
     if (messages.length === 1) {
       return this.handleMessage(messages[0]!, raw, settings, peer);
     }
-    const results: Hl7IngestResult[] = [];
+    const results: Answer[] = [];
     for (const msg of messages) {
       results.push(await this.handleMessage(msg, Buffer.from(msg.text, 'utf8'), settings, peer));
     }
@@ -151,14 +211,19 @@ export class Hl7Ingest {
     };
   }
 
-  private async refuseUnparseable(raw: Buffer, settings: Hl7IngestSettings, error: Hl7ParseError): Promise<Hl7IngestResult> {
-    const ack = buildAck(headerOnly(raw, error), {
+  private async refuseUnparseable(raw: Buffer, settings: Hl7IngestSettings, error: Hl7ParseError, peer: Hl7Peer): Promise<Hl7IngestResult> {
+    const header = headerOnly(raw, error);
+    // The header was read byte for byte (Latin-1): answered the same way, the fields the ACK
+    // echoes are the sender's own bytes whatever MSH-18 says.
+    const charset = header === undefined ? 'ASCII' : '8859/1';
+    const ack = ackIn(charset, header, {
       code: 'AR',
       text: error.message,
       errorCode: ERR.requiredFieldMissing,
       controlId: newAckControlId(),
       now: this.now(),
     });
+    const account = header !== undefined ? rawQuotaAccount('sender', senderOf(header)) : rawQuotaAccount('peer', peer.certificateCN ?? peer.remoteAddress ?? settings.input);
     const record: InboundRecord = {
       input: settings.input,
       format: 'hl7v2',
@@ -175,17 +240,40 @@ export class Hl7Ingest {
       triggers: [],
       subjectStates: [],
     };
+    let charge: RawCharge | undefined;
     try {
-      await this.deps.store.commitInbound(record);
+      charge = await this.chargeRaw(record, account);
+      const outcome = await this.deps.store.commitInbound(record);
+      if (outcome.outcome !== 'stored') charge?.refund();
     } catch {
+      charge?.refund();
       this.deps.log.error('ingest.commit_failed', { input: settings.input, reason: error.code });
-      return { ack: undefined, ackCode: 'AE', committed: false, triggers: [] };
+      return encoded({ ack: undefined, ackCode: 'AE', committed: false, triggers: [] }, charset);
     }
     this.deps.log.warn('ingest.rejected', { input: settings.input, reason: error.code });
-    return { ack, ackCode: 'AR', committed: true, triggers: [] };
+    return encoded({ ack, ackCode: 'AR', committed: true, triggers: [] }, charset);
   }
 
-  private async handleMessage(msg: Hl7Message, raw: Buffer, settings: Hl7IngestSettings, peer: Hl7Peer): Promise<Hl7IngestResult> {
+  /**
+   * Applies the raw-bytes quota to a rejected record (in place): loads the account's counter,
+   * then, with no await before the caller's commitInbound, decides what is kept. The caller
+   * refunds when nothing was stored.
+   */
+  private async chargeRaw(record: InboundRecord, account: string): Promise<RawCharge | undefined> {
+    const quota = this.deps.rejectedRaw;
+    if (quota === undefined || record.status !== MessageStatus.Rejected) return undefined;
+    await quota.load(account);
+    const charge = quota.charge(account, record.raw);
+    record.raw = charge.raw;
+    if (charge.receivedBytes !== undefined) {
+      record.rawBytes = charge.receivedBytes;
+      this.deps.log.warn('ingest.raw_truncated', { input: record.input, reason: 'rejected_raw_quota', count: charge.receivedBytes });
+    }
+    record.cursors = { ...record.cursors, ...charge.cursors };
+    return charge;
+  }
+
+  private async handleMessage(msg: Hl7Message, raw: Buffer, settings: Hl7IngestSettings, peer: Hl7Peer): Promise<Answer> {
     const { store, log } = this.deps;
     const receivedAt = this.now();
     const sender = senderOf(msg);
@@ -199,7 +287,10 @@ export class Hl7Ingest {
     // nothing about stored control ids, and its record stays outside the dedupe key (an
     // empty control id) so it cannot take the real sender's MSH-10.
     const senderRefused = !isSenderAllowed(settings.allowedSenders, peer.certificateCN, msg.get('MSH-3.1'), msg.get('MSH-4.1'));
-    const controlId = senderRefused ? '' : msg.controlId;
+    // MLLP block characters are not HL7 text, and an ACK echoing them could not be framed:
+    // refused before any look-up, outside the dedupe key (its MSH-10 may hold one).
+    const blocked = blockCharacterAt(msg);
+    const controlId = senderRefused || blocked !== undefined ? '' : msg.controlId;
     const logFields = { input: settings.input, sender, controlId, messageType };
 
     // A resend of exactly the same bytes gets the original ACK again and nothing new.
@@ -233,6 +324,12 @@ export class Hl7Ingest {
       reason = 'conflicting_resend';
       text = conflictMessage(controlId);
       errorCode = ERR.duplicateKey;
+    } else if (blocked !== undefined) {
+      outcome = 'reject';
+      status = MessageStatus.Rejected;
+      reason = 'mllp_block_character';
+      text = `MLLP block character ${blocked.byte} in ${blocked.where} is not valid HL7 text; remove it and resend`;
+      errorCode = ERR.dataTypeError;
     } else if (senderRefused) {
       outcome = 'reject';
       status = MessageStatus.Rejected;
@@ -290,7 +387,7 @@ export class Hl7Ingest {
     const ackControlId = newAckControlId();
     const ackFor = (o: Outcome, t?: string, e?: string): { code: AckCode; text: string | undefined } => {
       const code = ACK_CODES[mode.mode][o === 'ignore' ? 'accept' : o];
-      const built = buildAck(msg, { code, text: t, errorCode: e, controlId: ackControlId, now: receivedAt });
+      const built = ackIn(msg.charset, msg, { code, text: t, errorCode: e, controlId: ackControlId, now: receivedAt });
       return { code, text: shouldSendAcceptAck(msg, o === 'accept' || o === 'ignore') ? built : undefined };
     };
     const ack = ackFor(outcome, text, errorCode);
@@ -323,12 +420,16 @@ export class Hl7Ingest {
     }
 
     let committed;
+    let charge: RawCharge | undefined;
     try {
+      charge = await this.chargeRaw(record, rawQuotaAccount('sender', sender));
       committed = await store.commitInbound(record);
     } catch {
+      charge?.refund();
       log.error('ingest.commit_failed', logFields);
       return this.storeUnavailable(msg, mode);
     }
+    if (committed.outcome !== 'stored') charge?.refund();
 
     switch (committed.outcome) {
       case 'stored':
@@ -409,10 +510,10 @@ export class Hl7Ingest {
     });
   }
 
-  private storeUnavailable(msg: Hl7Message, mode: ReturnType<typeof ackModeOf>): Hl7IngestResult {
+  private storeUnavailable(msg: Hl7Message, mode: ReturnType<typeof ackModeOf>): Answer {
     // Never AA when nothing was committed. AE tells the sender to resend later.
     const code = ACK_CODES[mode.mode].retry;
-    const ack = buildAck(msg, {
+    const ack = ackIn(msg.charset, msg, {
       code,
       text: 'temporary storage failure; resend later',
       errorCode: ERR.internalError,
