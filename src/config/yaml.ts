@@ -67,7 +67,8 @@ export const MAX_YAML_CHARS = 1024 * 1024;
  * bounded. `${VAR}` / `${VAR:-default}` in string values are replaced from `env`
  * (`$${` writes a literal `${`). A plain (unquoted) value that is exactly one `${…}` and
  * yields an integer or `true`/`false` becomes that number or boolean, so `port:
- * ${MLLP_PORT:-2575}` is the number 2575; a quoted one stays a string.
+ * ${MLLP_PORT:-2575}` is the number 2575; a quoted one stays a string. References work in flow
+ * collections too (`http: { host: 127.0.0.1, port: ${HTTP_PORT:-8080} }`): see maskReferences.
  */
 export function readYamlDocument(file: string, text: string, env: Env): YamlDocument {
   if (text.length > MAX_YAML_CHARS) {
@@ -78,7 +79,8 @@ export function readYamlDocument(file: string, text: string, env: Env): YamlDocu
     };
   }
   const lineCounter = new LineCounter();
-  const doc = parseDocument(text, {
+  const masked = maskReferences(text);
+  const doc = parseDocument(masked.text, {
     lineCounter,
     prettyErrors: false,
     schema: 'core',
@@ -95,6 +97,7 @@ export function readYamlDocument(file: string, text: string, env: Env): YamlDocu
   };
   const issue = (offset: number, message: string): ConfigIssue => ({ file, ...at(offset), message });
   const issues: ConfigIssue[] = [];
+  masked.restore(doc);
 
   for (const error of doc.errors) {
     const message =
@@ -180,6 +183,55 @@ function findFirstAlias(doc: Document.Parsed): Alias | undefined {
     },
   });
   return found;
+}
+
+// Private-use characters stand in for `${…}` while YAML parses (maskReferences).
+const MASK_START = '\uE000';
+const MASK_PAD = '\uE001';
+const MASK_DIGIT0 = 0xe100;
+const MASK_DIGITS = 4096;
+const MASKED = /\uE000[\uE001\uE100-\uF0FF]*/g;
+const PRIVATE_USE = /[\uE000-\uF8FF]/;
+const REFERENCE_TEXT = /\$?\$\{[^}\r\n]*\}/g;
+
+/**
+ * `{` and `}` are flow indicators in YAML, so `port: ${HTTP_PORT:-8080}` inside a flow mapping
+ * (`{ host: …, port: ${HTTP_PORT:-8080} }`) does not parse as written. Before parsing, each
+ * reference (one line, up to its `}`) is replaced by a placeholder of the same length made of
+ * private-use characters, which YAML reads as part of a plain scalar; afterwards `restore`
+ * puts the references back into every scalar, where interpolation then works as for block
+ * style. Same length: every line:column stays true. A file already holding private-use
+ * characters is parsed as is.
+ */
+function maskReferences(text: string): { text: string; restore: (doc: Document.Parsed) => void } {
+  if (!text.includes('${') || PRIVATE_USE.test(text)) return { text, restore: () => {} };
+  const originals: string[] = [];
+  const out = text.replace(REFERENCE_TEXT, (reference) => {
+    const index = originals.length;
+    if (index >= MASK_DIGITS * MASK_DIGITS || reference.length < 3) return reference;
+    const digits = index < MASK_DIGITS ? [index] : [Math.floor(index / MASK_DIGITS), index % MASK_DIGITS];
+    const mark = MASK_START + digits.map((d) => String.fromCharCode(MASK_DIGIT0 + d)).join('');
+    if (mark.length > reference.length) return reference;
+    originals.push(reference);
+    return mark + MASK_PAD.repeat(reference.length - mark.length);
+  });
+  if (originals.length === 0) return { text, restore: () => {} };
+  const unmask = (value: string): string =>
+    value.replace(MASKED, (placeholder) => {
+      const digits = [...placeholder.slice(1)].filter((c) => c !== MASK_PAD).map((c) => c.charCodeAt(0) - MASK_DIGIT0);
+      const index = digits.length === 2 ? digits[0]! * MASK_DIGITS + digits[1]! : digits[0]!;
+      return originals[index] ?? placeholder;
+    });
+  return {
+    text: out,
+    restore: (doc) => {
+      visit(doc, {
+        Scalar(_, node) {
+          if (typeof node.value === 'string' && node.value.includes(MASK_START)) node.value = unmask(node.value);
+        },
+      });
+    },
+  };
 }
 
 const WHOLE_REFERENCE = /^\$\{[^}]*\}$/;
