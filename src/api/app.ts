@@ -117,9 +117,24 @@ export function readLimitedBody(req: Request, limit: number): Promise<Buffer | '
   });
 }
 
-/** 413 for a body read only up to the limit: answered, then the connection is destroyed. */
+/**
+ * How long a connection refused for its body's size stays open (not read) after the 413 and
+ * our FIN, so the client reads the answer before the reset its unread bytes then cause.
+ */
+const LINGER_MS = 1000;
+
+/**
+ * 413 for a body read only up to the limit. The rest is never read: Node closes a
+ * `Connection: close` answer's socket once it is written; the close is delayed by LINGER_MS
+ * (nothing more is read meanwhile), as HTTP servers do after an early error answer, because
+ * a client still sending would otherwise get a reset before it read the 413.
+ */
 export function refuseTooLarge(req: Request, res: Response, detail: string): void {
-  res.on('finish', () => req.socket.destroy());
+  const socket = req.socket;
+  socket.destroySoon = function lingeringClose(this: typeof socket): void {
+    this.end();
+    setTimeout(() => this.destroy(), LINGER_MS).unref();
+  };
   refuseUnread(res, 413, 'Payload too large', detail);
 }
 

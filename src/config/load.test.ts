@@ -274,6 +274,45 @@ describe('loadConfig', () => {
     ]);
   });
 
+  it('checks the MLLP admission settings: trusted addresses, certificate CNs only with mutual TLS, a reserve below the limit', async () => {
+    const dir = await configDir({
+      'a.yaml': [
+        'inputs:', // 1
+        '  - name: crowd', // 2
+        '    type: hl7v2-mllp', // 3
+        '    port: 2575', // 4
+        '    plain: true', // 5
+        '    maxConnections: 10', // 6
+        '    reservedConnections: 10', // 7
+        '    trustedSenders:', // 8
+        '      addresses: ["10.0.0.1", "10.1.0.0/16", "fd00::/8", "ehr.example.org", "10.0.0.0/33"]', // 9
+        '      certificateCNs: [epic]', // 10
+        '',
+      ].join('\n'),
+    });
+    expect(await issuesOf(dir)).toEqual([
+      'connectors/a.yaml:7:5: reservedConnections (10) must be below maxConnections (10), or nobody but the trusted senders could connect; lower it',
+      'connectors/a.yaml:9:58: "ehr.example.org" is not an IP address or CIDR subnet; write e.g. "10.20.0.5" or "10.21.0.0/24"',
+      'connectors/a.yaml:9:77: "10.0.0.0/33" is not an IP address or CIDR subnet; write e.g. "10.20.0.5" or "10.21.0.0/24"',
+      'connectors/a.yaml:10:7: a client certificate is only known with mutual TLS: certificateCNs needs tls.requireClientCert: true',
+    ]);
+  });
+
+  it('refuses an HTTP ingest input without auth when server.http.host is not loopback, unless it says auth: none', async () => {
+    const http = (name: string, auth = '') => `  - name: ${name}\n    type: hl7v2-http\n${auth ? `    auth: ${auth}\n` : ''}`;
+    const exposed = await configDir({
+      'a.yaml': `server:\n  http: { host: 0.0.0.0 }\ninputs:\n${http('open')}${http('said', 'none')}${http('token', '{ bearerToken: { env: T } }')}${http('bad', 'nothing')}`,
+    });
+    const issues = await issuesOf(exposed, { T: 'x' });
+    expect(issues).toHaveLength(2);
+    expect(issues[0]).toMatch(/^connectors\/a\.yaml:4:11: HTTP ingest input "open" has no auth, but server\.http\.host is 0\.0\.0\.0/);
+    expect(issues[1]).toBe('connectors/a.yaml:14:11: "auth" is not valid (write auth: { bearerToken: { env: NAME } } or auth: none)');
+    for (const host of ['127.0.0.1', 'localhost', '::1', '127.0.1.1']) {
+      const loopback = await configDir({ 'a.yaml': `server:\n  http: { host: "${host}" }\ninputs:\n${http('open')}` });
+      await expect(loadConfig({ configDir: loopback, env: {} }), host).resolves.toBeDefined();
+    }
+  });
+
   it('accepts a complete TLS block and stores secret files as absolute paths', async () => {
     const dir = await configDir(
       {

@@ -53,6 +53,11 @@ export interface AckOptions {
   controlId: string;
   /** MSH-7 of the ACK. */
   now: Date;
+  /**
+   * MSH-18 of the ACK when it must not echo the original's: '' for none (the original
+   * declared a set the ACK cannot be written in). Default: the original's MSH-18.
+   */
+  charset?: string;
 }
 
 function pad(n: number, width: number): string {
@@ -140,7 +145,7 @@ export function buildAck(original: Hl7Message | undefined, options: AckOptions):
     raw(11) || DEFAULT_PROCESSING_ID, // MSH-11
     raw(12) || DEFAULT_VERSION, // MSH-12
   ];
-  const charset = raw(18);
+  const charset = options.charset ?? raw(18);
   if (charset !== '') {
     mshFields.push('', '', '', '', '', charset); // MSH-13..17 empty, MSH-18 echoed
   }

@@ -493,15 +493,7 @@ class Connection {
           // The peer does not read its ACKs: handle nothing more until it does (or idles out).
           this.waitingDrain = true;
           this.updateFlow();
-          await new Promise<void>((resolve) => {
-            const done = (): void => {
-              this.socket.off('drain', done);
-              this.socket.off('close', done);
-              resolve();
-            };
-            this.socket.on('drain', done);
-            this.socket.on('close', done);
-          });
+          await writableAgain(this.socket);
           this.waitingDrain = false;
         }
       }
@@ -841,6 +833,19 @@ export class MllpServer {
     })();
     return this.closing;
   }
+}
+
+/** Resolves once `socket` drained its write buffer, or closed. */
+export function writableAgain(socket: net.Socket): Promise<void> {
+  return new Promise((resolve) => {
+    const done = (): void => {
+      socket.off('drain', done);
+      socket.off('close', done);
+      resolve();
+    };
+    socket.on('drain', done);
+    socket.on('close', done);
+  });
 }
 
 function peerKey(socket: net.Socket): string {

@@ -217,6 +217,8 @@ export class Hl7Ingest {
     // echoes are the sender's own bytes whatever MSH-18 says.
     const charset = header === undefined ? 'ASCII' : '8859/1';
     const ack = ackIn(charset, header, {
+      // The declared set is what could not be read: the ACK does not claim it (it is Latin-1).
+      charset: '',
       code: 'AR',
       text: error.message,
       errorCode: ERR.requiredFieldMissing,
