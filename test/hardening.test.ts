@@ -443,9 +443,12 @@ describe('7. logged values are bounded ids and codes', () => {
 });
 
 describe('8. an HTTP body past the limit is answered 413 and its connection closed, whatever its framing', () => {
-  it('a chunked body is cut at the limit: 413, and most of what the client tried to send is never read', async () => {
-    const { server } = await serverWith([...HEAD, 'inputs:', ...HTTP, '    maxBodyBytes: 65536', ''].join('\n'));
-    const socket = net.connect({ host: '127.0.0.1', port: server.httpPort });
+  /**
+   * POSTs a chunked body of up to 256 MiB as fast as the socket takes it; resolves with the
+   * answer and how much was written before the server closed the connection.
+   */
+  async function chunkedPastLimit(port: number, path: string, headers: string): Promise<{ answer: string; written: number; attempt: number }> {
+    const socket = net.connect({ host: '127.0.0.1', port });
     cleanups.push(() => {
       socket.destroy();
     });
@@ -456,7 +459,7 @@ describe('8. an HTTP body past the limit is answered 413 and its connection clos
     const closed = new Promise<void>((resolve) => socket.once('close', resolve));
     const attempt = 256 * 1024 * 1024;
     const chunk = Buffer.concat([Buffer.from('10000\r\n'), Buffer.alloc(0x10000, 0x41), Buffer.from('\r\n')]);
-    socket.write('POST /ingest/hl7v2/ehr-http HTTP/1.1\r\nHost: x\r\nContent-Type: x-application/hl7-v2+er7\r\nTransfer-Encoding: chunked\r\n\r\n');
+    socket.write(`POST ${path} HTTP/1.1\r\nHost: x\r\n${headers}Transfer-Encoding: chunked\r\n\r\n`);
     let written = 0;
     let gone = false;
     void closed.then(() => (gone = true));
@@ -466,10 +469,45 @@ describe('8. an HTTP body past the limit is answered 413 and its connection clos
         await Promise.race([new Promise<void>((resolve) => socket.once('drain', resolve)), closed]);
       }
     }
+    if (!gone) socket.end('0\r\n\r\n'); // the whole body went in: a server that read it all answers now
     await closed;
+    return { answer, written, attempt };
+  }
+
+  let server: InProcessServer;
+  beforeAll(async () => {
+    ({ server } = await serverWith(
+      [
+        ...HEAD,
+        'inputs:',
+        ...HTTP,
+        '    maxBodyBytes: 65536',
+        '  - name: ehr-fhir',
+        '    type: fhir-rest-hook',
+        '    server: { baseUrl: "http://127.0.0.1:9/fhir" }',
+        '    auth: { bearer: { token: { env: HOOK_TOKEN } } }',
+        '    maxBodyBytes: 65536',
+        '',
+      ].join('\n'),
+      { HOOK_TOKEN: 'hook-token' },
+    ));
+  });
+
+  it('HL7 over HTTP: a chunked body is cut at the limit: 413, and most of what the client tried to send is never read', async () => {
+    const { answer, written, attempt } = await chunkedPastLimit(server.httpPort, '/ingest/hl7v2/ehr-http', 'Content-Type: x-application/hl7-v2+er7\r\n');
     expect(answer).toMatch(/^HTTP\/1\.1 413 /);
     expect(answer).toMatch(/connection: close/i);
     // Kernel buffers on loopback hold a few MB; the server read at most the limit of them.
+    expect(written).toBeLessThan(attempt / 4);
+  });
+
+  it('FHIR notifications: the same', async () => {
+    const { answer, written, attempt } = await chunkedPastLimit(
+      server.httpPort,
+      '/ingest/fhir/ehr-fhir',
+      'Content-Type: application/fhir+json\r\nAuthorization: Bearer hook-token\r\n',
+    );
+    expect(answer).toMatch(/^HTTP\/1\.1 413 /);
     expect(written).toBeLessThan(attempt / 4);
   });
 });

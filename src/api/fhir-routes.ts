@@ -13,7 +13,7 @@ import express, { type Request } from 'express';
 import { hmacMatches, signatureBytes, standardWebhooksSignatureMatches } from '../inputs/fhir/signatures.ts';
 import type { Logger } from '../log.ts';
 import type { FhirIngestResult } from '../workers/fhir-ingest.ts';
-import { bearerMatches, declaredOverLimit, refuseUnread, secretsMatch, sendProblem } from './app.ts';
+import { bearerMatches, declaredOverLimit, limitedRawBody, refuseUnread, secretsMatch, sendProblem } from './app.ts';
 
 export type FhirInboundAuth =
   | { kind: 'bearer'; token: string }
@@ -151,7 +151,7 @@ export function createFhirRouter(deps: FhirRouterDeps): express.Router {
         return;
       }
     }
-    express.raw({ type: () => true, limit: input.maxBodyBytes })(req, res, async (err?: unknown) => {
+    limitedRawBody(input.maxBodyBytes)(req, res, async (err?: unknown) => {
       if (err !== undefined) {
         const status = typeof err === 'object' && err !== null && 'status' in err ? Number((err as { status: unknown }).status) : 400;
         if (status === 413) refuseUnread(res, 413, 'Payload too large', `the body exceeds this input's limit of ${input.maxBodyBytes} bytes`);

@@ -253,6 +253,8 @@ describe('buildAck never writes what MLLP cannot frame', () => {
       const ack = buildAck(original, { code: 'AE', text: `text${c}\x1c\r`, controlId: 'A1', now: NOW });
       expect(blockFree(ack), `0x${code.toString(16)}`).toBe(true);
       expect(() => encodeFrame(ack)).not.toThrow();
+      // And it reads back: its MSH-18 declares nothing it could not be written in.
+      expect(parseHl7(Buffer.from(ack, 'latin1')).get('MSA-2'), `0x${code.toString(16)}`).toBe(`X${c}`);
     }
   });
 

@@ -13,6 +13,7 @@
 //   default delimiters and decoded, re-escaped values. Such messages are refused anyway
 //   (workers/ingest.ts); this is what makes the refusal deliverable.
 import type { AckCode } from '../types.ts';
+import { isWritableCharset } from './charset.ts';
 import { escapeHl7, hasBlockCharacter, withoutBlockCharacters } from './escape.ts';
 import { DEFAULT_DELIMITERS, type Hl7Delimiters, type Hl7Message } from './parse.ts';
 
@@ -54,8 +55,8 @@ export interface AckOptions {
   /** MSH-7 of the ACK. */
   now: Date;
   /**
-   * MSH-18 of the ACK when it must not echo the original's: '' for none (the original
-   * declared a set the ACK cannot be written in). Default: the original's MSH-18.
+   * MSH-18 of the ACK when it must not echo the original's: '' for none. Default: the
+   * original's MSH-18 when it names a set the ACK can be written in, else none.
    */
   charset?: string;
 }
@@ -145,7 +146,10 @@ export function buildAck(original: Hl7Message | undefined, options: AckOptions):
     raw(11) || DEFAULT_PROCESSING_ID, // MSH-11
     raw(12) || DEFAULT_VERSION, // MSH-12
   ];
-  const charset = options.charset ?? raw(18);
+  // MSH-18 says what the ACK is written in: echoed only when it names a set one can write
+  // (an ACK to "KLINGON" or to a block character there declares nothing, and stays readable).
+  const declared = msh?.repetitions(18)[0]?.raw ?? '';
+  const charset = options.charset ?? (usable && isWritableCharset(declared) ? raw(18) : '');
   if (charset !== '') {
     mshFields.push('', '', '', '', '', charset); // MSH-13..17 empty, MSH-18 echoed
   }

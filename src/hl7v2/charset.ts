@@ -134,3 +134,15 @@ export function encodableText(text: string, charset: string): string {
   for (const ch of text) out += table.has(ch) ? ch : '?';
   return out;
 }
+
+/**
+ * True when `declaration` (MSH-18 wire text, first repetition) names a set an ACK can be
+ * written in: empty/ASCII, the UTF-8 names, 8859/1 to 8859/16 (those this runtime decodes).
+ * Escapes and control characters make it unknown: an ACK then declares nothing.
+ */
+export function isWritableCharset(declaration: string): boolean {
+  const name = declaration.toUpperCase();
+  if (name === '' || name === 'ASCII' || name === 'UNICODE UTF-8' || name === 'UTF-8' || name === 'UNICODE') return true;
+  const iso = ISO_8859.exec(name);
+  return iso !== null && (iso[1] === '1' || isoEncoder(iso[1]!) !== undefined);
+}
