@@ -3,6 +3,7 @@
 import type { Server } from 'node:http';
 import path from 'node:path';
 import { createApp, type HttpHl7Input } from './api/app.ts';
+import { twilioStatusHooks } from './api/hooks-routes.ts';
 import { loadConfig, type CarerelayPlan, type InstancePlan } from './config/load.ts';
 import { readSecret, type Env, type SecretRef } from './config/yaml.ts';
 import { MLLP_REFUSALS, MllpCloseReason, MllpServer, type MllpServerEvent, type MllpServerStats } from './hl7v2/mllp-server.ts';
@@ -68,6 +69,7 @@ function ingestSettings(name: string, config: Hl7v2MllpConfig | Hl7v2HttpConfig)
     timezone: config.timezone,
     unknownMessageTypes: config.unknownMessageTypes,
     missingFieldAck: config.missingFieldAck,
+    ackMode: config.ackMode,
     ...(config.type === HL7V2_MLLP && config.tls?.allowedSenders ? { allowedSenders: config.tls.allowedSenders } : {}),
   };
 }
@@ -179,8 +181,9 @@ export async function startCarerelay(options: StartOptions): Promise<RunningCare
   const plan = await loadConfig({ configDir: options.configDir, env });
 
   const adminToken = env[plan.server.admin.tokenEnv ?? 'CARERELAY_ADMIN_TOKEN'] || undefined;
+  const adminTokens = (plan.server.admin.tokens ?? []).map((t) => ({ name: t.name, token: readSecret(t.token, env, plan.configDir), scopes: t.scopes }));
   let httpHost = plan.server.http.host;
-  if (adminToken === undefined && httpHost !== '127.0.0.1' && httpHost !== 'localhost' && httpHost !== '::1') {
+  if (adminToken === undefined && adminTokens.length === 0 && httpHost !== '127.0.0.1' && httpHost !== 'localhost' && httpHost !== '::1') {
     // Without a token the admin API must not be reachable from the network.
     log.warn('api.loopback_only', { host: httpHost, reason: 'admin_token_unset' });
     httpHost = '127.0.0.1';
@@ -193,7 +196,16 @@ export async function startCarerelay(options: StartOptions): Promise<RunningCare
     minFreeDiskBytes: plan.server.minFreeDiskBytes,
   });
   const store = readiness.watch();
-  const deliveries = new DeliveryRuntime({ db, store, plan, log, outputSpecs, ...(options.now ? { now: options.now } : {}) });
+  let deliveries: DeliveryRuntime;
+  let twilioStatus: ReturnType<typeof twilioStatusHooks>;
+  try {
+    // Outputs start here: a secret that cannot be read, or is not what its output needs, stops the start.
+    deliveries = new DeliveryRuntime({ db, store, plan, log, outputSpecs, env, ...(options.now ? { now: options.now } : {}) });
+    twilioStatus = twilioStatusHooks(plan.outputs, (ref) => readSecret(ref, env, plan.configDir));
+  } catch (error) {
+    await store.close();
+    throw error;
+  }
   const rejectedRaw = new RejectedRawQuota(store, plan.server.rejectedRaw);
   const ingest = new Hl7Ingest({ store, log, onCommitted: deliveries.onCommitted, rejectedRaw });
   const afterCommit = faultInjector(env);
@@ -203,10 +215,12 @@ export async function startCarerelay(options: StartOptions): Promise<RunningCare
   const fhirInputs = new Map<string, FhirHttpInput>();
   const fhirIngests: FhirIngest[] = [];
   const fhirPollers: FhirPoller[] = [];
+  const hl7Settings = new Map<string, Hl7IngestSettings>();
   const fhirDeps = { store, log, env, configDir: plan.configDir, onCommitted: deliveries.onCommitted };
   for (const input of plan.inputs) {
     if (input.type === HL7V2_MLLP) {
       const typed = input as unknown as InstancePlan<Hl7v2MllpConfig>;
+      hl7Settings.set(input.name, ingestSettings(input.name, typed.config));
       mllpServers.push({ name: input.name, server: await startMllpInput(typed, ingest, env, plan.configDir, log, afterCommit) });
     } else if (input.type === HL7V2_HTTP) {
       const config = input.config as unknown as Hl7v2HttpConfig;
@@ -214,6 +228,7 @@ export async function startCarerelay(options: StartOptions): Promise<RunningCare
         // Deliberate (config/load.ts refuses a missing auth beyond loopback), and said at every start.
         log.warn('ingest.unauthenticated', { input: input.name, host: httpHost, reason: 'auth_none' });
       }
+      hl7Settings.set(input.name, ingestSettings(input.name, config));
       httpInputs.set(input.name, {
         settings: ingestSettings(input.name, config),
         ...(typeof config.auth === 'object' ? { bearerToken: readSecret(config.auth.bearerToken, env, plan.configDir) } : {}),
@@ -229,7 +244,18 @@ export async function startCarerelay(options: StartOptions): Promise<RunningCare
     }
   }
 
-  const app = createApp({ store, log, hl7Ingest: ingest, hl7Inputs: httpInputs, fhirInputs, adminToken, readiness: () => readiness.check() });
+  const app = createApp({
+    store,
+    log,
+    hl7Ingest: ingest,
+    hl7Inputs: httpInputs,
+    fhirInputs,
+    adminToken,
+    adminTokens,
+    hl7Settings,
+    twilioStatus,
+    readiness: () => readiness.check(),
+  });
   const mllpPorts = new Map<string, number>();
   let http: Server | undefined;
   try {

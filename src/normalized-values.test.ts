@@ -17,6 +17,11 @@ describe('values both inputs normalize the same way', () => {
     expect(languageCode('English')).toBeUndefined();
   });
 
+  it('ESP, a vendor code for Spanish in PID-15, is Spanish', () => {
+    expect(languageCode('ESP')).toBe('es');
+    expect(languageCode('SPA')).toBe('es');
+  });
+
   it('strings carry no control characters: each run becomes a space, in place through objects and arrays', () => {
     const value = { name: { family: 'DOE\r\nBcc: x', given: ['Te\u0000st', 'ok'] }, n: 3, ids: [{ value: 'A\u2028B\u0085' }], none: null };
     expect(withoutControlCharacters(value)).toBe(value);

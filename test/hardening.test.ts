@@ -318,6 +318,11 @@ describe('5. rejected raw bytes stay within their quota; /readyz reports a store
       expect(m.ackCode).toBe('AR');
     }
     expect(server.logs.filter((l) => l.message === 'ingest.raw_truncated')).toHaveLength(2);
+    // What was cut cannot be tried again by an operator: the sender must resend it.
+    const [a3] = (await api<{ items: Array<{ id: string }> }>(server, '/api/messages?controlId=Q-A3')).items;
+    const reprocess = await fetch(`http://127.0.0.1:${server.httpPort}/api/messages/${a3!.id}/reprocess`, { method: 'POST' });
+    expect(reprocess.status).toBe(409);
+    expect(await reprocess.text()).toMatch(/kept only its first 100 of 1400 bytes/);
 
     // The counters are durable: after a restart sender A is still past its quota.
     await server.stop();

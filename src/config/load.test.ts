@@ -41,6 +41,8 @@ describe('the shipped example (connectors/example.yaml)', () => {
   it('loads with an empty environment, defaults from ${VAR:-default}', async () => {
     const plan = await loadConfig({ configDir: repoRoot, env: {} });
     expect(plan.files).toEqual([
+      // All commented out: ready-to-fill adapter blocks.
+      path.join(repoRoot, 'connectors', 'adapters.yaml'),
       path.join(repoRoot, 'connectors', 'example.yaml'),
       path.join(repoRoot, 'connectors', 'outbox.yaml'),
     ]);
@@ -50,7 +52,7 @@ describe('the shipped example (connectors/example.yaml)', () => {
       timezone: 'UTC',
       rejectedRaw: { totalBytes: 1073741824, perSenderBytes: 67108864, keepBytes: 4096 },
       minFreeDiskBytes: 67108864,
-      admin: {},
+      admin: { tokens: [] },
     });
     expect(plan.inputs.map((i) => [i.type, i.name])).toEqual([
       ['hl7v2-mllp', 'ehr-mllp'],
@@ -88,7 +90,7 @@ describe('loadConfig', () => {
       timezone: 'UTC',
       rejectedRaw: { totalBytes: 1073741824, perSenderBytes: 67108864, keepBytes: 4096 },
       minFreeDiskBytes: 67108864,
-      admin: {},
+      admin: { tokens: [] },
     });
     expect(plan.inputs[0]).toEqual({
       type: 'hl7v2-mllp',
@@ -105,6 +107,7 @@ describe('loadConfig', () => {
         timezone: 'UTC',
         unknownMessageTypes: 'accept',
         missingFieldAck: 'AR',
+        ackMode: 'standard',
         maxFrameBytes: 10485760,
         idleTimeoutSeconds: 300,
         firstByteTimeoutSeconds: 10,
@@ -175,7 +178,7 @@ describe('loadConfig', () => {
       ].join('\n'),
     });
     expect(await issuesOf(dir)).toEqual([
-      'connectors/a.yaml:9:5: unknown key "maxFrame" (allowed: name, timezone, unknownMessageTypes, missingFieldAck, type, host, port, tls, plain, maxFrameBytes, idleTimeoutSeconds, firstByteTimeoutSeconds, tlsHandshakeTimeoutSeconds, maxConnections, maxConnectionsPerAddress, reservedConnections, trustedSenders)',
+      'connectors/a.yaml:9:5: unknown key "maxFrame" (allowed: name, timezone, unknownMessageTypes, missingFieldAck, ackMode, type, host, port, tls, plain, maxFrameBytes, idleTimeoutSeconds, firstByteTimeoutSeconds, tlsHandshakeTimeoutSeconds, maxConnections, maxConnectionsPerAddress, reservedConnections, trustedSenders)',
       'connectors/a.yaml:10:11: "name" "Lab_1" is not valid: lower-case letters, digits and "-", starting with a letter',
       'connectors/a.yaml:12:11: "port" must be <= 65535 (got 99999)',
       'connectors/a.yaml:13:12: "plain" must be true or false, got a string',
@@ -384,11 +387,11 @@ describe('loadConfig', () => {
 
   it('names the missing type and lists the known types', async () => {
     const dir = await configDir({
-      'a.yaml': 'inputs:\n  - name: x\n    port: 1\noutputs:\n  - name: sms\n    type: twilio\n',
+      'a.yaml': 'inputs:\n  - name: x\n    port: 1\noutputs:\n  - name: sms\n    type: pager\n',
     });
     expect(await issuesOf(dir)).toEqual([
       'connectors/a.yaml:2:5: input needs a "type" (known: hl7v2-mllp, hl7v2-http, fhir-rest-hook, fhir-poll)',
-      'connectors/a.yaml:6:11: unknown output type "twilio" (known: outbox)',
+      'connectors/a.yaml:6:11: unknown output type "pager" (known: outbox, webhook, smtp, twilio, fhir-communication)',
     ]);
   });
 
@@ -407,6 +410,27 @@ describe('loadConfig', () => {
       'connectors/a.yaml:2:38: unknown key "tls" (allowed: host, port)',
       'connectors/a.yaml:3:13: "timezone" "CEST" is not an IANA time zone name (e.g. "UTC", "Europe/Paris", "America/New_York")',
       'connectors/a.yaml:5:15: environment variable ADMIN_TOKEN (the admin token) is not set',
+    ]);
+  });
+
+  it('checks named admin tokens: their secrets, unique and unreserved names, known scopes', async () => {
+    const dir = await configDir({
+      'a.yaml': [
+        'server:',
+        '  admin:',
+        '    tokens:',
+        '      - { name: oncall, token: { env: ONCALL_TOKEN }, scopes: [read, operate] }',
+        '      - { name: oncall, token: { env: OTHER_TOKEN }, scopes: [read] }',
+        '      - { name: admin, token: { env: OTHER_TOKEN }, scopes: [read] }',
+        '      - { name: lead, token: { env: OTHER_TOKEN }, scopes: [read, everything] }',
+        '',
+      ].join('\n'),
+    });
+    expect(await issuesOf(dir, { OTHER_TOKEN: 'other-token-0123456789' })).toEqual([
+      'connectors/a.yaml:4:32: secret environment variable ONCALL_TOKEN is not set',
+      'connectors/a.yaml:5:17: token name "oncall" is used twice; each token needs its own name for the audit log',
+      'connectors/a.yaml:6:17: token name "admin" is reserved ("admin" is the tokenEnv token, "local" a caller on loopback without a token); choose another',
+      expect.stringMatching(/^connectors\/a\.yaml:7:\d+: .*everything/),
     ]);
   });
 

@@ -11,9 +11,10 @@
 import { existsSync, watch, type FSWatcher } from 'node:fs';
 import path from 'node:path';
 import type { CarerelayPlan, InstancePlan } from '../config/load.ts';
+import { readSecret, type Env } from '../config/yaml.ts';
 import { ConfigError, type ConfigIssue } from '../errors.ts';
 import type { Logger } from '../log.ts';
-import type { OutboundAdapter, OutputSpec } from '../outputs/spec.ts';
+import type { OutboundAdapter, OutputDeps, OutputSpec } from '../outputs/spec.ts';
 import type { TemplateSet } from '../pipeline/render.ts';
 import type { Rule } from '../pipeline/rule.ts';
 import { SqliteQueue, type SqliteQueueOptions } from '../queue/sqlite.ts';
@@ -52,13 +53,15 @@ export interface DeliveryRuntimeOptions {
   /** Delivery jobs running at once. Default 4. */
   concurrency?: number;
   queue?: Omit<SqliteQueueOptions, 'name' | 'now'>;
+  /** Where outputs' secret references ({ env: NAME }) are read. Default: process.env. */
+  env?: Env;
 }
 
 /**
  * Builds the running adapter of every output of the plan. Every adapter gets the same deps
- * (an outbox takes `sink`; adapters to come take what they need from here).
+ * (OutputDeps: secrets, the receipts ledger, the clock; an outbox also takes `sink`).
  */
-export function createOutputs(outputs: readonly InstancePlan[], specs: readonly OutputSpec[], deps: Record<string, unknown>): Map<string, OutboundAdapter> {
+export function createOutputs(outputs: readonly InstancePlan[], specs: readonly OutputSpec[], deps: object): Map<string, OutboundAdapter> {
   const adapters = new Map<string, OutboundAdapter>();
   for (const output of outputs) {
     const spec = specs.find((s) => s.type === output.type);
@@ -96,7 +99,13 @@ export class DeliveryRuntime {
     this.#connectors = connectorsOf(plan);
     this.#mappings = { rules: plan.mappings, templates: plan.templates, timezone: plan.server.timezone };
     this.queue = new SqliteQueue<DeliveryJob>(options.db, { ...options.queue, name: DELIVERY_QUEUE, now });
-    this.outputs = createOutputs(plan.outputs, options.outputSpecs, { sink: storeOutboxSink(store), now: () => new Date(now()) });
+    const outputDeps: OutputDeps & { sink: ReturnType<typeof storeOutboxSink> } = {
+      sink: storeOutboxSink(store),
+      now: () => new Date(now()),
+      secret: (ref) => readSecret(ref, options.env ?? process.env, plan.configDir),
+      receipts: store,
+    };
+    this.outputs = createOutputs(plan.outputs, options.outputSpecs, outputDeps);
     this.router = new Router({
       store,
       queue: this.queue,
@@ -150,8 +159,8 @@ export class DeliveryRuntime {
 
   /**
    * Loads the configuration again with `load` and swaps rules and templates when it is
-   * valid; otherwise keeps the running plan and logs `config.reload_failed` with the issue
-   * count (the issues are returned for the CLI to print).
+   * valid; otherwise keeps the running plan and logs each problem's place (the issues are
+   * returned for the CLI to print).
    */
   async reload(load: () => Promise<CarerelayPlan>): Promise<ReloadResult> {
     let next: CarerelayPlan;
@@ -159,8 +168,7 @@ export class DeliveryRuntime {
       next = await load();
     } catch (error) {
       if (!(error instanceof ConfigError)) throw error;
-      this.#log.error('config.reload_failed', { reason: ReloadReason.Invalid, issues: error.issues.length });
-      return { ok: false, issues: error.issues };
+      return this.#refuseReload(ReloadReason.Invalid, error.issues);
     }
     const missing = next.mappings.filter((r) => !this.outputs.has(r.send.output));
     if (missing.length > 0) {
@@ -168,8 +176,7 @@ export class DeliveryRuntime {
         file: 'mappings',
         message: `rule "${r.id}" sends through output "${r.send.output}", which is not running; restart CareRelay to start new outputs`,
       }));
-      this.#log.error('config.reload_failed', { reason: ReloadReason.OutputNotRunning, issues: issues.length });
-      return { ok: false, issues };
+      return this.#refuseReload(ReloadReason.OutputNotRunning, issues);
     }
     const restartNeeded = connectorsOf(next) !== this.#connectors;
     if (restartNeeded) this.#log.warn('config.restart_needed', { reason: ReloadReason.ConnectorsChanged });
@@ -177,6 +184,20 @@ export class DeliveryRuntime {
     this.#mappings = { rules: next.mappings, templates: next.templates, timezone: this.#mappings.timezone };
     this.#log.info('config.reloaded', { count: next.mappings.length });
     return { ok: true, rules: next.mappings.length, templates: next.templates.size, restartNeeded };
+  }
+
+  /**
+   * Keeps the running plan and logs why: one `config.reload_failed` with the count, then one
+   * `config.reload_issue` per problem with where it is (file, line, column, path in the
+   * document). The words of each problem stay out of the log (free text); `carerelay
+   * validate` prints them.
+   */
+  #refuseReload(reason: string, issues: ConfigIssue[]): ReloadResult {
+    this.#log.error('config.reload_failed', { reason, issues: issues.length });
+    for (const issue of issues) {
+      this.#log.error('config.reload_issue', { reason, file: issue.file, line: issue.line, column: issue.column, path: issue.path });
+    }
+    return { ok: false, issues };
   }
 
   /**
