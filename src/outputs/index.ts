@@ -2,6 +2,7 @@
 
 import { fhirCommunicationSpec } from './fhir-communication/spec.ts';
 import { outboxSpec } from './outbox/spec.ts';
+import { sfmcSpec } from './sfmc/spec.ts';
 import { smtpSpec } from './smtp/spec.ts';
 import type { OutputSpec } from './spec.ts';
 import { twilioSpec } from './twilio/spec.ts';
@@ -13,4 +14,5 @@ export const outputSpecs: readonly OutputSpec[] = [
   smtpSpec as OutputSpec,
   twilioSpec as OutputSpec,
   fhirCommunicationSpec as OutputSpec,
+  sfmcSpec as OutputSpec,
 ];
