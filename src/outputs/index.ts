@@ -2,6 +2,7 @@
 
 import { fhirCommunicationSpec } from './fhir-communication/spec.ts';
 import { outboxSpec } from './outbox/spec.ts';
+import { salesforceCrmSpec } from './salesforce-crm/spec.ts';
 import { sfmcSpec } from './sfmc/spec.ts';
 import { smtpSpec } from './smtp/spec.ts';
 import type { OutputSpec } from './spec.ts';
@@ -15,4 +16,5 @@ export const outputSpecs: readonly OutputSpec[] = [
   twilioSpec as OutputSpec,
   fhirCommunicationSpec as OutputSpec,
   sfmcSpec as OutputSpec,
+  salesforceCrmSpec as OutputSpec,
 ];

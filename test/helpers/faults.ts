@@ -2,6 +2,7 @@
 // answer (hang: take the request in full and never answer; reset: drop the connection after it)
 // handled here, any other kind handed back to the stand-in to answer in its provider's own way.
 import type http from 'node:http';
+import type { AddressInfo } from 'node:net';
 
 export type NoAnswerFault = { kind: 'hang' } | { kind: 'reset' };
 
@@ -34,4 +35,17 @@ export class FaultQueue<F extends { kind: string }> {
   releaseHanging(): void {
     for (const res of this.#hanging) res.destroy();
   }
+}
+
+/** Listens on 127.0.0.1 with an ephemeral port; `close` drops open connections first. */
+export async function listenOnLoopback(server: http.Server): Promise<{ baseUrl: string; close(): Promise<void> }> {
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const { port } = server.address() as AddressInfo;
+  return {
+    baseUrl: `http://127.0.0.1:${port}`,
+    async close() {
+      server.closeAllConnections();
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+    },
+  };
 }

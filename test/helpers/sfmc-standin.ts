@@ -14,9 +14,8 @@
 // with Retry-After and retryAfter, or 50200 without), any status, to hang or to reset.
 import { randomUUID } from 'node:crypto';
 import http from 'node:http';
-import type { AddressInfo } from 'node:net';
 import { Arrivals } from './arrivals.ts';
-import { FaultQueue } from './faults.ts';
+import { FaultQueue, listenOnLoopback } from './faults.ts';
 import { readBody, TokenIssuer } from './oauth-standin.ts';
 
 export interface SfmcRequest {
@@ -165,8 +164,8 @@ export async function startSfmcStandIn(options: SfmcStandInOptions = {}): Promis
       return error(404, 0, 'Not Found');
     });
   });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  baseUrl = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  const listener = await listenOnLoopback(server);
+  baseUrl = listener.baseUrl;
 
   return {
     baseUrl,
@@ -180,8 +179,7 @@ export async function startSfmcStandIn(options: SfmcStandInOptions = {}): Promis
     waitForRequests: (n) => arrivals.waitFor(n),
     async close() {
       faults.releaseHanging();
-      server.closeAllConnections();
-      await new Promise<void>((resolve) => server.close(() => resolve()));
+      await listener.close();
     },
   };
 }
