@@ -3,12 +3,14 @@
 // bucket (outputs/spec.ts OutputLimits), the per-call timeout, the token provider built from a
 // config, the API host the token answer names (checked before anything is sent to it), and
 // reading JSON answers.
+import { createHmac } from 'node:crypto';
 import type { InstanceCheckIssue } from '../config/load.ts';
 import type { JsonSchema } from '../config/yaml.ts';
 import { PermanentError } from '../errors.ts';
 import { OAuthTokenProvider, type OAuthGrant, type OAuthToken } from '../http/oauth-token.ts';
 import { destinationUrlIssues } from './common.ts';
-import type { OutputLimits } from './spec.ts';
+import { PURPOSES, type Channel, type Purpose } from '../types.ts';
+import type { OutputInstanceInfo, OutputLimits } from './spec.ts';
 
 /**
  * JSON Schema of an output's `limits`, with the provider's documented defaults (`source` says
@@ -32,6 +34,16 @@ export function limitsSchema(defaults: Required<Pick<OutputLimits, 'ratePerSecon
       },
     },
   };
+}
+
+/** What one of these outputs declares (OutputSpec.info): its channel, BAA, purposes, idempotency and limits. */
+export function apiOutputInfo(
+  config: { readonly baa?: boolean; readonly allowedPurposes?: readonly Purpose[]; readonly limits?: OutputLimits },
+  channel: Channel,
+  idempotent: boolean,
+  defaults: OutputLimits,
+): OutputInstanceInfo {
+  return { channel, baa: config.baa ?? false, allowedPurposes: config.allowedPurposes ?? PURPOSES, idempotent, limits: limitsOf(config.limits, defaults) };
 }
 
 /** The limits of a validated `limits` block, as OutputInstanceInfo carries them. */
@@ -103,6 +115,14 @@ export function parseJson(body: Buffer): unknown {
   } catch {
     return undefined;
   }
+}
+
+/**
+ * A contact key or identity that does not disclose `value` (a patient id) to the tool: "cr-" + the
+ * first 32 hex digits of HMAC-SHA256(secret, value). Stable while the secret is.
+ */
+export function pseudonym(secret: string, value: string): string {
+  return `cr-${createHmac('sha256', secret).update(value, 'utf8').digest('hex').slice(0, 32)}`;
 }
 
 export function isRecord(value: unknown): value is Record<string, unknown> {

@@ -1,5 +1,6 @@
 // The output types CareRelay knows: this list is the table of contents (docs/contributing.md habit 2).
 
+import { adobeAepSpec } from './adobe-aep/spec.ts';
 import { fhirCommunicationSpec } from './fhir-communication/spec.ts';
 import { outboxSpec } from './outbox/spec.ts';
 import { salesforceCrmSpec } from './salesforce-crm/spec.ts';
@@ -17,4 +18,5 @@ export const outputSpecs: readonly OutputSpec[] = [
   fhirCommunicationSpec as OutputSpec,
   sfmcSpec as OutputSpec,
   salesforceCrmSpec as OutputSpec,
+  adobeAepSpec as OutputSpec,
 ];

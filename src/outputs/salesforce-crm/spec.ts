@@ -54,7 +54,7 @@ import { AmbiguousError, PermanentError, RateLimitedError, TransientError } from
 import { sendWithToken, type OAuthGrant } from '../../http/oauth-token.ts';
 import { headerOf, type OutboundResponse } from '../../http/outbound.ts';
 import { PURPOSES, type Purpose, type Receipt } from '../../types.ts';
-import { baseUrlIssues, instanceUrl, isRecord, limitsOf, limitsSchema, parseJson, timeoutSecondsSchema, tokenProvider } from '../api-output.ts';
+import { apiOutputInfo, baseUrlIssues, instanceUrl, isRecord, limitsSchema, parseJson, timeoutSecondsSchema, tokenProvider } from '../api-output.ts';
 import { allowedPurposesSchema, outputNameSchema, providerBaaSchema } from '../common.ts';
 import { ConsentChannel, type ConsentMirror, type ToolConsentSignal } from '../consent-sync.ts';
 import { applyFieldMap, compileFieldMap, fieldMapIssues, fieldMapSchema, mappedValue, MessageValue } from '../field-map.ts';
@@ -261,14 +261,8 @@ export const salesforceCrmSpec: OutputSpec<SalesforceCrmConfig, OutputDeps> = {
   summary: 'Salesforce Health Cloud / CRM: patient upsert by external id (Contact or Person Account), consent mirrored to ContactPointTypeConsent.',
   configSchema: salesforceCrmConfigSchema,
   check,
-  info: (config) => ({
-    channel: 'crm',
-    baa: config.baa ?? false,
-    allowedPurposes: config.allowedPurposes ?? PURPOSES,
-    // Upserts by external id: a repeat updates the same record.
-    idempotent: true,
-    limits: limitsOf(config.limits, SALESFORCE_DEFAULT_LIMITS),
-  }),
+  // Idempotent: upserts by external id, a repeat updates the same record.
+  info: (config) => apiOutputInfo(config, 'crm', true, SALESFORCE_DEFAULT_LIMITS),
   create: (config, deps) => createSalesforceCrm(config, deps),
 };
 

@@ -3,7 +3,8 @@ import { startSfmcStandIn, type SfmcStandIn } from '../../../test/helpers/sfmc-s
 import { AmbiguousError, PermanentError, RateLimitedError } from '../../errors.ts';
 import { memoryReceiptLedger, outputConformanceSuite, StandInFault } from '../conformance.ts';
 import type { OutboundMessage, OutputDeps, SendContext } from '../spec.ts';
-import { createSfmc, pseudonym, sfmcMessageKey, sfmcSpec, type SfmcConfig } from './spec.ts';
+import { pseudonym } from '../api-output.ts';
+import { createSfmc, sfmcMessageKey, sfmcSpec, type SfmcConfig } from './spec.ts';
 
 const T0 = Date.UTC(2030, 2, 15, 9, 0, 0);
 

@@ -46,14 +46,14 @@
 //   401 after a new token, 403         → PermanentError sfmc_unauthorized / sfmc_forbidden
 //   404, other 4xx                     → PermanentError (the errorcode kept)
 //   token endpoint                     → as http/oauth-token.ts classifies it
-import { createHash, createHmac } from 'node:crypto';
+import { createHash } from 'node:crypto';
 import type { InstanceCheckIssue } from '../../config/load.ts';
 import { secretRefSchema, type JsonSchema, type SecretRef } from '../../config/yaml.ts';
 import { AmbiguousError, PermanentError, RateLimitedError, TransientError } from '../../errors.ts';
 import { sendWithToken, type OAuthTokenProvider } from '../../http/oauth-token.ts';
 import { headerOf, parseRetryAfter } from '../../http/outbound.ts';
-import { PURPOSES, type Channel, type Purpose, type Receipt } from '../../types.ts';
-import { baseUrlIssues, instanceUrl, isRecord, limitsOf, limitsSchema, parseJson, timeoutSecondsSchema, tokenProvider } from '../api-output.ts';
+import type { Channel, Purpose, Receipt } from '../../types.ts';
+import { apiOutputInfo, baseUrlIssues, instanceUrl, isRecord, limitsSchema, parseJson, pseudonym, timeoutSecondsSchema, tokenProvider } from '../api-output.ts';
 import { allowedPurposesSchema, outputNameSchema, providerBaaSchema } from '../common.ts';
 import { applyFieldMap, compileFieldMap, fieldMapIssues, fieldMapSchema, MessageValue, type CompiledFieldMap, mappedValue } from '../field-map.ts';
 import { sendRecorded } from '../send-ledger.ts';
@@ -232,25 +232,14 @@ export const sfmcSpec: OutputSpec<SfmcConfig, OutputDeps> = {
   summary: 'Salesforce Marketing Cloud: journey entry events, transactional email or SMS (message key from the delivery id).',
   configSchema: sfmcConfigSchema,
   check,
-  info: (config) => ({
-    channel: channelOf(config.mode ?? SfmcMode.JourneyEvent),
-    baa: config.baa ?? false,
-    allowedPurposes: config.allowedPurposes ?? PURPOSES,
-    // Transactional sends are deduplicated by their message key; entry events are not.
-    idempotent: (config.mode ?? SfmcMode.JourneyEvent) !== SfmcMode.JourneyEvent,
-    limits: limitsOf(config.limits, SFMC_DEFAULT_LIMITS),
-  }),
+  // Transactional sends are deduplicated by their message key; entry events are not.
+  info: (config) => apiOutputInfo(config, channelOf(config.mode ?? SfmcMode.JourneyEvent), (config.mode ?? SfmcMode.JourneyEvent) !== SfmcMode.JourneyEvent, SFMC_DEFAULT_LIMITS),
   create: (config, deps) => createSfmc(config, deps),
 };
 
 /** The transactional message key of a delivery: the same on every attempt, ≤ 100 characters. */
 export function sfmcMessageKey(deliveryId: string): string {
   return `cr-${createHash('sha256').update(deliveryId, 'utf8').digest('hex')}`;
-}
-
-/** A contact key that does not disclose `value`: "cr-" + 32 hex digits of HMAC-SHA256. */
-export function pseudonym(secret: string, value: string): string {
-  return `cr-${createHmac('sha256', secret).update(value, 'utf8').digest('hex').slice(0, 32)}`;
 }
 
 /** SFMC's error body ("Handle Errors in REST API"; transactional responses[]). */
