@@ -28,7 +28,7 @@ export function limitsSchema(defaults: Required<Pick<OutputLimits, 'ratePerSecon
       concurrency: { type: 'integer', minimum: 1, maximum: 100, default: defaults.concurrency, description: 'Calls in flight at once.' },
       perDay: {
         type: 'integer',
-        minimum: 1,
+        minimum: 0,
         default: defaults.perDay ?? 0,
         description: 'Calls per UTC day (the share of a daily allocation CareRelay may use); 0: no daily cap.',
       },

@@ -219,7 +219,7 @@ export const salesforceCrmConfigSchema = {
           additionalProperties: false,
           default: {},
           description: 'CareRelay purpose → the Name of its DataUsePurpose record (e.g. marketing: Marketing). A consent for an unmapped purpose is refused.',
-          properties: Object.fromEntries(PURPOSES.map((p) => [p, { type: 'string', minLength: 1, maxLength: 80, description: `DataUsePurpose Name for ${p}.` }])),
+          properties: Object.fromEntries(PURPOSES.map((p) => [p, { type: 'string', minLength: 1, maxLength: 80, description: `DataUsePurpose Name for ${p}. Absent: consent for ${p} is not mirrored.` }])),
         },
       },
     },
