@@ -94,6 +94,17 @@ export function fieldMapIssues(map: Readonly<Record<string, string>>, at: readon
   return issues;
 }
 
+/** Problems of a single source (a contact key's, an identity's), at `at`. */
+export function fieldSourceIssues(source: string, at: readonly (string | number)[]): InstanceCheckIssue[] {
+  const entry = compileEntry(source, 'value');
+  return typeof entry === 'string' ? [{ path: [...at], message: entry }] : [];
+}
+
+/** The compiled entry of a single source; throws on one fieldSourceIssues refuses. */
+export function compileFieldSource(source: string): CompiledEntry {
+  return compileFieldMap({ [source]: 'value' })[0]!;
+}
+
 /** The map ready to apply; throws on an entry fieldMapIssues refuses (the loader reported it). */
 export function compileFieldMap(map: Readonly<Record<string, string>>): CompiledFieldMap {
   return Object.entries(map).map(([source, target]) => {
@@ -136,9 +147,4 @@ export function applyFieldMap(map: CompiledFieldMap, message: OutboundMessage): 
     if (value !== undefined) out[entry.target] = value;
   }
   return out;
-}
-
-/** The sources of a map that read trigger paths (for checks on what reaches a tool). */
-export function mappedPaths(map: CompiledFieldMap): readonly FieldPath[] {
-  return map.flatMap((e) => (e.path ? [e.path] : []));
 }

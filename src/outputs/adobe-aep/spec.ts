@@ -56,7 +56,7 @@ import { headerOf, parseRetryAfter, sendOnce, type OutboundRequest } from '../..
 import type { Purpose, Receipt } from '../../types.ts';
 import { apiOutputInfo, baseUrlIssues, isRecord, limitsSchema, parseJson, pseudonym, timeoutSecondsSchema, tokenProvider } from '../api-output.ts';
 import { allowedPurposesSchema, outputNameSchema, providerBaaSchema } from '../common.ts';
-import { applyFieldMap, compileFieldMap, fieldMapIssues, fieldMapSchema, mappedValue, MessageValue } from '../field-map.ts';
+import { applyFieldMap, compileFieldMap, compileFieldSource, fieldMapIssues, fieldMapSchema, fieldSourceIssues, mappedValue, MessageValue } from '../field-map.ts';
 import type { OutboundAdapter, OutboundMessage, OutputDeps, OutputLimits, OutputSpec, SendContext } from '../spec.ts';
 
 export const ADOBE_AEP = 'adobe-aep';
@@ -198,7 +198,7 @@ export const adobeAepConfigSchema = {
 function check(config: AdobeAepConfig): InstanceCheckIssue[] {
   const issues: InstanceCheckIssue[] = [];
   const identity = config.identity ?? { source: MessageValue.PatientId };
-  issues.push(...fieldMapIssues({ [identity.source]: 'identity' }, ['identity', 'source']).map((i) => ({ ...i, path: ['identity', 'source'], atKey: false })));
+  issues.push(...fieldSourceIssues(identity.source, ['identity', 'source']));
   issues.push(...fieldMapIssues(config.data ?? {}, ['data']));
   if (config.baa) {
     // Healthcare Shield excludes government identifiers: no SSN, and no identifier without a type filter.
@@ -274,11 +274,11 @@ export function createAdobeAep(config: AdobeAepConfig, deps: OutputDeps): Outbou
   const inlet = new URL(config.inletUrl);
   const schemaRef = { id: config.schemaId, contentType: `application/vnd.adobe.xed-full+json;version=${config.schemaVersion}` };
   const data = compileFieldMap(config.data);
-  const [identitySource] = compileFieldMap({ [config.identity.source]: 'identity' });
+  const identitySource = compileFieldSource(config.identity.source);
   const pseudonymSecret = config.identity.pseudonymKey !== undefined ? deps.secret(config.identity.pseudonymKey) : undefined;
 
   const eventOf = (message: OutboundMessage): Record<string, unknown> => {
-    const value = mappedValue(identitySource!, message);
+    const value = mappedValue(identitySource, message);
     if (value === undefined) throw new PermanentError(AepCode.NoIdentity, `delivery ${message.deliveryId} has no ${config.identity.source} for the identity`);
     const id = pseudonymSecret !== undefined ? pseudonym(pseudonymSecret, String(value)) : String(value);
     const now = deps.now();

@@ -57,7 +57,7 @@ import { PURPOSES, type Purpose, type Receipt } from '../../types.ts';
 import { apiOutputInfo, baseUrlIssues, instanceUrl, isRecord, limitsSchema, parseJson, timeoutSecondsSchema, tokenProvider } from '../api-output.ts';
 import { allowedPurposesSchema, outputNameSchema, providerBaaSchema } from '../common.ts';
 import { ConsentChannel, type ConsentMirror, type ToolConsentSignal } from '../consent-sync.ts';
-import { applyFieldMap, compileFieldMap, fieldMapIssues, fieldMapSchema, mappedValue, MessageValue } from '../field-map.ts';
+import { applyFieldMap, compileFieldMap, compileFieldSource, fieldMapIssues, fieldMapSchema, fieldSourceIssues, mappedValue, MessageValue } from '../field-map.ts';
 import type { OutboundAdapter, OutboundMessage, OutputDeps, OutputLimits, OutputSpec, SendContext } from '../spec.ts';
 import { consentQuery, consentSignals, type ConsentPollCursor, type ConsentRecord } from './consent-poll.ts';
 
@@ -248,7 +248,7 @@ function check(config: SalesforceCrmConfig): InstanceCheckIssue[] {
   if (Number(config.apiVersion ?? '62.0') < 46) issues.push({ path: ['apiVersion'], message: 'use API version 46.0 or later (upsert answers say whether a record was created)' });
   const patient = config.patient;
   if (!Object.values(patient?.fields ?? {}).includes('LastName')) issues.push({ path: ['patient', 'fields'], message: 'fill LastName (required to create a Contact, a Person Account or an Individual), e.g. patient.name.family: LastName' });
-  issues.push(...fieldMapIssues({ [patient?.key ?? MessageValue.PatientId]: 'key' }, ['patient', 'key']).map((i) => ({ ...i, path: ['patient', 'key'], atKey: false })));
+  issues.push(...fieldSourceIssues(patient?.key ?? MessageValue.PatientId, ['patient', 'key']));
   issues.push(...fieldMapIssues(patient?.fields ?? {}, ['patient', 'fields']));
   if (config.consent !== undefined && config.individual === undefined) issues.push({ path: ['consent'], atKey: true, message: 'consent is kept per Individual: configure individual too' });
   issues.push(...baseUrlIssues(config.myDomainUrl, ['myDomainUrl']));
@@ -324,12 +324,12 @@ export function createSalesforceCrm(config: SalesforceCrmConfig, deps: OutputDep
   const data = `/services/data/${version}`;
   const patient = config.patient;
   const fields = compileFieldMap(patient.fields);
-  const [keySource] = compileFieldMap({ [patient.key]: 'key' });
+  const keySource = compileFieldSource(patient.key);
   const linkField = patient.object === PatientObject.PersonAccount ? 'PersonIndividualId' : 'IndividualId';
   let pausedUntil = 0;
 
   const keyOf = (message: OutboundMessage): string => {
-    const value = mappedValue(keySource!, message);
+    const value = mappedValue(keySource, message);
     if (value === undefined || value === '') throw new PermanentError(SalesforceCode.NoKey, `delivery ${message.deliveryId} has no ${patient.key} for ${patient.externalIdField}`);
     return String(value);
   };

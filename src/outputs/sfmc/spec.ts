@@ -55,7 +55,7 @@ import { headerOf, parseRetryAfter } from '../../http/outbound.ts';
 import type { Channel, Purpose, Receipt } from '../../types.ts';
 import { apiOutputInfo, baseUrlIssues, instanceUrl, isRecord, limitsSchema, parseJson, pseudonym, timeoutSecondsSchema, tokenProvider } from '../api-output.ts';
 import { allowedPurposesSchema, outputNameSchema, providerBaaSchema } from '../common.ts';
-import { applyFieldMap, compileFieldMap, fieldMapIssues, fieldMapSchema, MessageValue, type CompiledFieldMap, mappedValue } from '../field-map.ts';
+import { applyFieldMap, compileFieldMap, compileFieldSource, fieldMapIssues, fieldMapSchema, fieldSourceIssues, MessageValue, type CompiledFieldMap, mappedValue } from '../field-map.ts';
 import { sendRecorded } from '../send-ledger.ts';
 import type { OutboundAdapter, OutboundMessage, OutputDeps, OutputLimits, OutputSpec, SendContext } from '../spec.ts';
 
@@ -208,7 +208,7 @@ function check(config: SfmcConfig): InstanceCheckIssue[] {
   const mode = config.mode ?? SfmcMode.JourneyEvent;
   if (mode === SfmcMode.JourneyEvent && config.eventDefinitionKey === undefined) issues.push({ path: [], message: 'mode journey-event needs eventDefinitionKey' });
   if (mode !== SfmcMode.JourneyEvent && config.definitionKey === undefined) issues.push({ path: [], message: `mode ${mode} needs definitionKey (the transactional send definition)` });
-  issues.push(...fieldMapIssues({ [config.contactKey?.source ?? MessageValue.PatientId]: 'contactKey' }, ['contactKey', 'source']).map((i) => ({ ...i, path: ['contactKey', 'source'], atKey: false })));
+  issues.push(...fieldSourceIssues(config.contactKey?.source ?? MessageValue.PatientId, ['contactKey', 'source']));
   issues.push(...fieldMapIssues(config.data ?? {}, ['data']));
   issues.push(...baseUrlIssues(config.authBaseUrl, ['authBaseUrl']));
   return issues;
@@ -282,11 +282,11 @@ export function createSfmc(config: SfmcConfig, deps: OutputDeps): OutboundAdapte
     now: deps.now,
   });
   const data: CompiledFieldMap = compileFieldMap(config.data);
-  const [keySource] = compileFieldMap({ [config.contactKey.source]: 'contactKey' });
+  const keySource = compileFieldSource(config.contactKey.source);
   const pseudonymSecret = config.contactKey.pseudonymKey !== undefined ? deps.secret(config.contactKey.pseudonymKey) : undefined;
 
   const contactKeyOf = (message: OutboundMessage): string => {
-    const value = mappedValue(keySource!, message);
+    const value = mappedValue(keySource, message);
     if (value === undefined) throw new PermanentError(SfmcCode.NoContactKey, `delivery ${message.deliveryId} has no ${config.contactKey.source} for the contact key`);
     return pseudonymSecret !== undefined ? pseudonym(pseudonymSecret, String(value)) : String(value);
   };
