@@ -2,13 +2,13 @@
 //
 // Authentication runs before any body is read (docs/reliability.md promise 11): routes that need
 // a token check it first, and only then does the size-limited body parser run.
-import { createHash, timingSafeEqual } from 'node:crypto';
 import express, { type NextFunction, type Request, type Response } from 'express';
 import type { Logger } from '../log.ts';
 import { STORED_DELIVERY_STATUSES, type DeliveryQuery, type MessageQuery, type Store, type StoredDelivery, type StoredDeliveryStatus, type StoredMessage, type TriggerQuery } from '../store/store.ts';
 import { MessageStatus } from '../types.ts';
 import type { Hl7Ingest, Hl7IngestSettings } from '../workers/ingest.ts';
 import { createFhirRouter, type FhirHttpInput } from './fhir-routes.ts';
+import { bearerMatches, declaredOverLimit, refuseUnread, sendProblem } from './http.ts';
 
 export interface HttpHl7Input {
   settings: Hl7IngestSettings;
@@ -27,45 +27,6 @@ export interface ApiDeps {
   fhirInputs?: ReadonlyMap<string, FhirHttpInput>;
   /** CARERELAY_ADMIN_TOKEN; when undefined the server must be bound to loopback only. */
   adminToken?: string;
-}
-
-/** RFC 9457 problem details. */
-export function sendProblem(res: Response, status: number, title: string, detail?: string): void {
-  res
-    .status(status)
-    .type('application/problem+json')
-    .send(JSON.stringify({ type: 'about:blank', title, status, ...(detail ? { detail } : {}) }));
-}
-
-function digest(value: string): Buffer {
-  return createHash('sha256').update(value).digest();
-}
-
-/** Constant-time comparison of a presented secret with the expected one. */
-export function secretsMatch(presented: string, expected: string): boolean {
-  // Hashing first gives equal-length buffers, so the comparison leaks neither content nor length.
-  return timingSafeEqual(digest(presented), digest(expected));
-}
-
-/**
- * A problem answer to a request whose body was not (fully) read: the connection is closed
- * rather than kept with unread bytes of unknown length.
- */
-export function refuseUnread(res: Response, status: number, title: string, detail: string): void {
-  res.setHeader('Connection', 'close');
-  sendProblem(res, status, title, detail);
-}
-
-/** True when Content-Length announces more than `limit` bytes (refused before reading). */
-export function declaredOverLimit(req: Request, limit: number): boolean {
-  const declared = Number(req.headers['content-length']);
-  return Number.isFinite(declared) && declared > limit;
-}
-
-/** Constant-time comparison of a presented bearer token with the expected one. */
-export function bearerMatches(header: string | undefined, expected: string): boolean {
-  if (header === undefined || !header.startsWith('Bearer ')) return false;
-  return secretsMatch(header.slice('Bearer '.length).trim(), expected);
 }
 
 function requireBearer(expected: string | undefined) {

@@ -13,7 +13,7 @@ import express, { type Request } from 'express';
 import { hmacMatches, signatureBytes, standardWebhooksSignatureMatches } from '../inputs/fhir/signatures.ts';
 import type { Logger } from '../log.ts';
 import type { FhirIngestResult } from '../workers/fhir-ingest.ts';
-import { bearerMatches, declaredOverLimit, refuseUnread, secretsMatch, sendProblem } from './app.ts';
+import { bearerMatches, declaredOverLimit, refuseUnread, secretsMatch, sendProblem } from './http.ts';
 
 export type FhirInboundAuth =
   | { kind: 'bearer'; token: string }
