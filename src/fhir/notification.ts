@@ -484,6 +484,50 @@ export function topicEventKey(subscription: string, eventNumber: number, epoch =
   return `${id}@${epoch}#${eventNumber}`;
 }
 
+/**
+ * The part of a multi-event notification Bundle that concerns one event: the status with
+ * only this event, and the entries of its focus and context. Kept as that event's raw body.
+ */
+export function eventSlice(bundle: Record<string, unknown>, event: NotificationEvent): Buffer {
+  const entries = Array.isArray(bundle.entry) ? (bundle.entry as Array<Record<string, unknown>>) : [];
+  const [statusEntry, ...rest] = entries;
+  const statusResource = { ...((statusEntry?.resource as Record<string, unknown> | undefined) ?? {}) };
+  const numberOf = (value: unknown): number => Number(value);
+  if (Array.isArray(statusResource.parameter)) {
+    statusResource.parameter = (statusResource.parameter as Array<Record<string, unknown>>).filter((p) => {
+      if (p?.name !== 'notification-event') return true;
+      const parts = Array.isArray(p.part) ? (p.part as Array<Record<string, unknown>>) : [];
+      const numberPart = parts.find((x) => x?.name === 'event-number');
+      return numberOf(numberPart?.valueString ?? numberPart?.valueInteger64 ?? numberPart?.valueUnsignedInt ?? numberPart?.valueInteger) === event.eventNumber;
+    });
+  }
+  if (Array.isArray(statusResource.notificationEvent)) {
+    statusResource.notificationEvent = (statusResource.notificationEvent as Array<Record<string, unknown>>).filter(
+      (e) => numberOf(e?.eventNumber) === event.eventNumber,
+    );
+  }
+  const wanted = [event.focus, ...event.additionalContext]
+    .filter((r): r is string => r !== undefined)
+    .map((r) => referenceParts(r))
+    .filter((p) => p !== undefined)
+    .map((p) => `${p.type}/${p.id}`);
+  const related = rest.filter((entry) => {
+    const url = typeof entry?.fullUrl === 'string' ? entry.fullUrl : undefined;
+    const parts = url ? referenceParts(url) : undefined;
+    const resource = entry?.resource as FhirResource | undefined;
+    const key = parts ? `${parts.type}/${parts.id}` : resource ? `${resource.resourceType}/${String(resource.id)}` : '';
+    return wanted.includes(key);
+  });
+  return Buffer.from(
+    JSON.stringify({
+      resourceType: 'Bundle',
+      type: bundle.type,
+      ...(bundle.timestamp !== undefined ? { timestamp: bundle.timestamp } : {}),
+      entry: [{ ...statusEntry, resource: statusResource }, ...related],
+    }),
+  );
+}
+
 // --- small readers ------------------------------------------------------------------------
 
 function parseBody(body: unknown): unknown {

@@ -27,7 +27,9 @@
 // was stamped in: it is deduplicated there and moves nothing in the current one.
 //
 // Logs carry ids and reason codes only; refusal texts go to the caller, never to logs.
-import { createHash } from 'node:crypto';
+//
+// Beside this file: fhir-records.ts turns events and resources into stored records (fetch,
+// normalize, commit); fhir-state.ts is a subscription's durable position and its epochs.
 import { PermanentError, TransientError } from '../errors.ts';
 import {
   FhirReferenceRefused,
@@ -37,14 +39,10 @@ import {
   type SearchParams,
   type SearchResult,
 } from '../fhir/client.ts';
+import { parseFhirJson } from '../fhir/json.ts';
+import { resourceMessageId, TRIGGER_SOURCE_TYPES } from '../fhir/normalize.ts';
 import {
-  FhirNormalizeError,
-  normalizeNotification,
-  resourceMessageId,
-  TRIGGER_SOURCE_TYPES,
-  type NotificationNormalizeResult,
-} from '../fhir/normalize.ts';
-import {
+  eventSlice,
   FhirNotificationError,
   NotificationType,
   readNotification,
@@ -53,12 +51,13 @@ import {
   topicEventKey,
   type FhirResource,
   type Notification,
-  type NotificationEvent,
   type TopicNotification,
 } from '../fhir/notification.ts';
 import type { Logger } from '../log.ts';
-import type { InboundRecord, Store, SubjectState } from '../store/store.ts';
+import type { Store } from '../store/store.ts';
 import { MessageStatus, type Trigger } from '../types.ts';
+import { addResource, codeOf, CommitFailed, FhirRecords, Refusal, sha256, type Batch } from './fhir-records.ts';
+import { currentEpoch, cursorKeys, epochOf, instantMs, laterInstant, type SubscriptionState } from './fhir-state.ts';
 
 /** What the ingest needs of the FHIR client (src/fhir/client.ts FhirClient has it all). */
 export interface FhirServerClient {
@@ -108,106 +107,11 @@ export type FhirIngestResult =
   /** Nothing durable (store or FHIR server unavailable): 503 + Retry-After; the sender resends. */
   | { kind: 'unavailable'; retryAfterSeconds: number; reason: string };
 
-/** Durable per-subscription position (cursor value, JSON). */
-export interface SubscriptionState {
-  /** Highest event number handled (every number up to it handled or recovered). */
-  n?: number;
-  /** Time of the last event (notification timestamp, else when received): recovery searches start here. */
-  at?: string;
-  /** When CareRelay last heard from the subscription (any notification), ISO instant. */
-  seen?: string;
-  /** Last SubscriptionStatus.status. */
-  status?: string;
-  /** When the last silence recovery ran (silence is measured from here too). */
-  recoveredAt?: string;
-  /**
-   * How many times the server restarted this subscription's event numbering (absent: never).
-   * Events are stored under topicEventKey(subscription, number, epoch).
-   */
-  epoch?: number;
-  /**
-   * When each numbering after the first began: `epochStarts[k - 1]` is epoch k's restart
-   * handshake Bundle.timestamp (the server's clock), null when it had none.
-   */
-  epochStarts?: Array<string | null>;
-}
 
-/** Refusal of the notification as sent (4xx, nothing stored). */
-class Refusal extends Error {
-  constructor(
-    readonly status: 400 | 404 | 422,
-    readonly title: string,
-    readonly reason: string,
-    detail: string,
-  ) {
-    super(detail);
-  }
-}
-
-/** The store could not commit: nothing durable, the sender must resend. */
-class CommitFailed extends Error {}
-
-const FETCH_ROUNDS = 3;
 /** Resources read per search type at most in one recovery/changes search (pages × _count). */
 const SEARCH_PAGE_SIZE = 100;
 const SEARCH_MAX_PAGES = 20;
 const RETRY_AFTER_SECONDS = 5;
-const FORBIDDEN_KEYS = new Set(['__proto__', 'constructor', 'prototype']);
-
-/**
- * JSON.parse that refuses prototype keys anywhere (docs/reliability.md "Security defaults"): a
- * `__proto__` or `constructor` member, even written with escapes, is an error, not data.
- */
-export function parseFhirJson(text: string): unknown {
-  return JSON.parse(text, function (key, value: unknown) {
-    if (FORBIDDEN_KEYS.has(key)) throw new SyntaxError(`member "${key}" is not allowed in FHIR JSON`);
-    return value;
-  });
-}
-
-function sha256(data: string | Buffer): string {
-  return createHash('sha256').update(data).digest('hex');
-}
-
-function instantMs(value: string | undefined): number {
-  const ms = value === undefined ? Number.NaN : Date.parse(value);
-  return Number.isFinite(ms) ? ms : Number.NEGATIVE_INFINITY;
-}
-
-function currentEpoch(state: SubscriptionState): number {
-  return state.epoch ?? 0;
-}
-
-/**
- * The numbering a notification stamped `at` belongs to: the latest one that began at or
- * before the stamp. Without a stamp, or past a numbering whose start is unknown, the latest
- * one that can be told apart.
- */
-function epochOf(state: SubscriptionState, at: string | undefined): number {
-  const epoch = currentEpoch(state);
-  const stamped = at === undefined ? Number.NaN : Date.parse(at);
-  if (epoch === 0 || !Number.isFinite(stamped)) return epoch;
-  for (let k = epoch; k >= 1; k--) {
-    const start = state.epochStarts?.[k - 1];
-    if (start === undefined || start === null || stamped >= instantMs(start)) return k;
-  }
-  return 0;
-}
-
-/** Cursor keys in the store. */
-export const cursorKeys = {
-  subscription: (input: string, id: string) => `fhir:${input}:subscription:${id}`,
-  search: (input: string, type: string) => `fhir:${input}:search:${type}`,
-  poll: (input: string, type: string) => `fhir:${input}:poll:${type}`,
-};
-
-export interface Batch {
-  receivedAt: string;
-  /** Subject states produced earlier in this batch (not yet readable from the store). */
-  overlay: Map<string, SubjectState>;
-  records: InboundRecord[];
-  duplicates: number;
-}
 
 export interface IngestResourcesOptions {
   /** Cursor written with each record: that resource's meta.lastUpdated (resources are sorted). */
@@ -232,8 +136,7 @@ export class FhirIngest {
   private eventsSupport: Promise<boolean> | undefined;
   private readonly startedAt: string;
   private monitor: { clear(): void } | undefined;
-  /** Records whose commit already settled (a batch may be committed in steps). */
-  private readonly settled = new WeakSet<InboundRecord>();
+  private readonly records: FhirRecords;
 
   constructor(settings: FhirIngestSettings, deps: FhirIngestDeps) {
     this.settings = settings;
@@ -241,6 +144,7 @@ export class FhirIngest {
     this.now = deps.now ?? (() => new Date());
     this.subscriptions = new Map(settings.subscriptions.map((s) => [s.id, s]));
     this.startedAt = this.now().toISOString();
+    this.records = new FhirRecords(settings.input, { ...deps, now: this.now });
   }
 
   /** source.sender of everything this input stores: the configured server. */
@@ -342,7 +246,7 @@ export class FhirIngest {
     included: readonly FhirResource[],
     options: IngestResourcesOptions = {},
   ): Promise<Batch> {
-    const batch = this.newBatch();
+    const batch = this.records.newBatch();
     const fetched = new Map<string, FhirResource>();
     for (const r of included) addResource(fetched, r);
     const ordered = [...resources]
@@ -350,11 +254,11 @@ export class FhirIngest {
       .sort((a, b) => instantMs(a.meta?.lastUpdated) - instantMs(b.meta?.lastUpdated));
     for (const resource of ordered) {
       const controlId = resourceMessageId(resource);
-      if (await this.known(controlId)) {
+      if (await this.records.known(controlId)) {
         batch.duplicates += 1;
         continue;
       }
-      const record = this.baseRecord(batch, {
+      const record = this.records.baseRecord(batch, {
         controlId,
         contentHash: sha256(`fhir-resource\n${controlId}`),
         raw: ordered.length === 1 && options.raw !== undefined ? options.raw : Buffer.from(JSON.stringify(resource)),
@@ -369,13 +273,13 @@ export class FhirIngest {
         const resourceMap = new Map<string, FhirResource>();
         addResource(resourceMap, resource);
         const ref = { type: resource.resourceType, id: String(resource.id ?? '') };
-        await this.normalizeInto(record, batch, { kind: 'resource', resource, resources: resourceMap }, [ref], fetched, options.foreign ?? 'record');
+        await this.records.normalizeInto(record, batch, { kind: 'resource', resource, resources: resourceMap }, [ref], fetched, options.foreign ?? 'record');
       }
       batch.records.push(record);
     }
     // With a cursor, one record at a time: a record that fails must not be overtaken by a
     // later one whose cursor would then skip it.
-    await this.commit(batch, options.cursorKey !== undefined);
+    await this.records.commit(batch, options.cursorKey !== undefined);
     return batch;
   }
 
@@ -429,7 +333,7 @@ export class FhirIngest {
       const countsNow = since !== undefined && epochOf(state, n.timestamp) === currentEpoch(state);
       if (state.n === undefined) {
         state.n = since ?? 0;
-      } else if (n.type === NotificationType.Handshake && countsNow && since < state.n && !(await this.known(controlId))) {
+      } else if (n.type === NotificationType.Handshake && countsNow && since < state.n && !(await this.records.known(controlId))) {
         // A new handshake counting fewer events than already handled: the subscription was
         // (re)activated with a new numbering. Its events 1, 2… are new events, not resends.
         // (The same handshake resent is a resend; a heartbeat with a lower count is more
@@ -446,8 +350,8 @@ export class FhirIngest {
       }
       state.seen = receivedAt;
       if (n.status !== undefined) state.status = n.status;
-      const batch = this.newBatch(receivedAt);
-      const record = this.baseRecord(batch, {
+      const batch = this.records.newBatch(receivedAt);
+      const record = this.records.baseRecord(batch, {
         controlId,
         contentHash: sha256(raw),
         raw,
@@ -455,7 +359,7 @@ export class FhirIngest {
       });
       record.cursors = { [cursorKeys.subscription(this.settings.input, subscription.id)]: JSON.stringify(state) };
       batch.records.push(record);
-      await this.commit(batch);
+      await this.records.commit(batch);
       this.states.set(subscription.id, state);
       return batch;
     });
@@ -515,7 +419,7 @@ export class FhirIngest {
     receivedAt: string,
     recovered = false,
   ): Promise<Batch> {
-    const batch = this.newBatch(receivedAt);
+    const batch = this.records.newBatch(receivedAt);
     const fetched = new Map<string, FhirResource>();
     const events = [...n.events].sort((a, b) => a.eventNumber - b.eventNumber);
     const stateKey = cursorKeys.subscription(this.settings.input, subscription.id);
@@ -525,7 +429,7 @@ export class FhirIngest {
       // stamped in; what $events returns is always the server's current numbering.
       const epoch = recovered ? currentEpoch(state) : epochOf(state, event.timestamp ?? n.timestamp);
       const controlId = topicEventKey(n.subscription, event.eventNumber, epoch);
-      if (await this.known(controlId)) {
+      if (await this.records.known(controlId)) {
         batch.duplicates += 1;
         // A resent empty-payload event still asks for the search: the first delivery may have
         // been stored and then failed its search (and answered 503).
@@ -533,7 +437,7 @@ export class FhirIngest {
         continue;
       }
       const focusParts = event.focus === undefined ? undefined : referenceParts(event.focus);
-      const record = this.baseRecord(batch, {
+      const record = this.records.baseRecord(batch, {
         controlId,
         contentHash: sha256(JSON.stringify(['fhir-event', subscription.id, event.eventNumber, focusParts ? `${focusParts.type}/${focusParts.id}` : ''])),
         raw: n.events.length === 1 && raw.length > 0 ? raw : eventSlice(bundle, event),
@@ -547,7 +451,7 @@ export class FhirIngest {
         record.reason = 'not_a_trigger_source';
       } else {
         const single: TopicNotification = { ...n, events: [event] };
-        await this.normalizeInto(record, batch, single, [focusParts], fetched, 'refuse', epoch);
+        await this.records.normalizeInto(record, batch, single, [focusParts], fetched, 'refuse', epoch);
       }
       if (epoch === currentEpoch(state)) state.n = Math.max(state.n ?? 0, event.eventNumber);
       state.at = laterInstant(state.at, event.timestamp ?? receivedAt);
@@ -556,7 +460,7 @@ export class FhirIngest {
       record.cursors = { [stateKey]: JSON.stringify(state) };
       batch.records.push(record);
     }
-    await this.commit(batch);
+    await this.records.commit(batch);
     this.states.set(subscription.id, state);
     if (searchNeeded) {
       const found = await this.serial('search', () => this.searchChanges(undefined));
@@ -629,7 +533,7 @@ export class FhirIngest {
    * cursor, else now − look-back) and ingests it. Run under the 'search' lock.
    */
   private async searchChanges(since: string | undefined): Promise<Batch> {
-    const total = this.newBatch();
+    const total = this.records.newBatch();
     for (const type of this.settings.searchResources) {
       const cursorKey = cursorKeys.search(this.settings.input, type);
       const stored = await this.deps.store.getCursor(cursorKey);
@@ -757,175 +661,6 @@ export class FhirIngest {
 
   // --- plumbing ---------------------------------------------------------------------------
 
-  private newBatch(receivedAt = this.now().toISOString()): Batch {
-    return { receivedAt, overlay: new Map(), records: [], duplicates: 0 };
-  }
-
-  private baseRecord(
-    batch: Batch,
-    fields: Pick<InboundRecord, 'controlId' | 'contentHash' | 'raw' | 'messageType'>,
-  ): InboundRecord {
-    return {
-      input: this.settings.input,
-      format: 'fhir',
-      sender: this.sender,
-      ...fields,
-      status: MessageStatus.Accepted,
-      ack: '200',
-      ackCode: '200',
-      receivedAt: batch.receivedAt,
-      triggers: [],
-      subjectStates: [],
-    };
-  }
-
-  private async known(controlId: string): Promise<boolean> {
-    try {
-      return (await this.deps.store.findMessage(this.sender, controlId)) !== undefined;
-    } catch {
-      throw new CommitFailed();
-    }
-  }
-
-  /**
-   * Normalizes one notification (one event or one resource) into `record`, fetching from
-   * the configured server what it misses (id-only focus, patients): at most three rounds
-   * (focus → its patient → a merged patient's survivor). A resource that cannot give the
-   * trigger it should, or whose focus/patient the server no longer has (404, 410, 403), is
-   * recorded as rejected with the reason, not refused: resending would not change it.
-   */
-  private async normalizeInto(
-    record: InboundRecord,
-    batch: Batch,
-    notification: Notification,
-    subjects: ReadonlyArray<{ type: string; id: string }>,
-    fetched: Map<string, FhirResource>,
-    foreign: 'refuse' | 'record',
-    epoch = 0,
-  ): Promise<void> {
-    const previous = await this.previousStates(batch, subjects);
-    let result: NotificationNormalizeResult | undefined;
-    for (let round = 0; round < FETCH_ROUNDS; round++) {
-      try {
-        result = normalizeNotification(notification, {
-          receivedAt: batch.receivedAt,
-          sender: this.sender,
-          previous: (kind, id) => batch.overlay.get(`${kind}/${id}`) ?? previous.get(`${kind}/${id}`),
-          fetched,
-          epoch,
-        });
-      } catch (error) {
-        if (!(error instanceof FhirNormalizeError)) throw error;
-        record.status = MessageStatus.Rejected;
-        record.reason = error.code;
-        this.deps.log.warn('fhir.not_normalizable', { input: this.settings.input, controlId: record.controlId, reason: error.code });
-        return;
-      }
-      if (result.missing.length === 0) break;
-      try {
-        await this.fetchAll(result.missing, fetched);
-      } catch (error) {
-        if (error instanceof Refusal && foreign === 'refuse') throw error;
-        if (!(error instanceof Refusal) && !(error instanceof PermanentError)) throw error;
-        record.status = MessageStatus.Rejected;
-        record.reason = codeOf(error);
-        this.deps.log.warn('fhir.not_resolvable', { input: this.settings.input, controlId: record.controlId, reason: record.reason });
-        return;
-      }
-      result = undefined;
-    }
-    if (result === undefined) {
-      record.status = MessageStatus.Rejected;
-      record.reason = 'fhir_references_unresolved';
-      return;
-    }
-    record.triggers = result.triggers;
-    record.subjectStates = result.states;
-    for (const s of result.states) batch.overlay.set(`${s.kind}/${s.id}`, s);
-  }
-
-  /** Every reference is checked before the first request: one outside the server refuses all. */
-  private async fetchAll(references: readonly string[], fetched: Map<string, FhirResource>): Promise<void> {
-    for (const ref of references) {
-      try {
-        parseFhirReference(ref, this.sender);
-      } catch (error) {
-        if (error instanceof FhirReferenceRefused) {
-          throw new Refusal(422, 'Reference outside the configured server', error.code, error.message);
-        }
-        throw error;
-      }
-    }
-    for (const ref of references) {
-      const resource = await this.deps.client.readReference(ref);
-      fetched.set(ref, resource);
-      addResource(fetched, resource);
-    }
-  }
-
-  private async previousStates(
-    batch: Batch,
-    subjects: ReadonlyArray<{ type: string; id: string }>,
-  ): Promise<Map<string, SubjectState>> {
-    const out = new Map<string, SubjectState>();
-    for (const { type, id } of subjects) {
-      const kind = type === 'Appointment' ? 'appointment' : type === 'Encounter' ? 'encounter' : undefined;
-      if (kind === undefined || id === '' || batch.overlay.has(`${kind}/${id}`)) continue;
-      try {
-        const state = await this.deps.store.getSubjectState(kind, id);
-        if (state) out.set(`${kind}/${id}`, state);
-      } catch {
-        throw new CommitFailed();
-      }
-    }
-    return out;
-  }
-
-  private async commit(batch: Batch, sequential = false): Promise<void> {
-    let pending = batch.records.filter((r) => !this.settled.has(r));
-    if (pending.length === 0) return;
-    let outcomes: PromiseSettledResult<Awaited<ReturnType<Store['commitInbound']>>>[];
-    if (sequential) {
-      outcomes = [];
-      for (const record of pending) {
-        const [outcome] = await Promise.allSettled([this.deps.store.commitInbound(record)]);
-        outcomes.push(outcome!);
-        if (outcome!.status === 'rejected') break;
-      }
-      pending = pending.slice(0, outcomes.length);
-      batch.records = batch.records.filter((r) => this.settled.has(r) || pending.includes(r));
-    } else {
-      outcomes = await Promise.allSettled(pending.map((r) => this.deps.store.commitInbound(r)));
-    }
-    const fresh: Trigger[] = [];
-    const kept: InboundRecord[] = [];
-    let failed = false;
-    outcomes.forEach((o, i) => {
-      const record = pending[i]!;
-      if (o.status === 'rejected') {
-        failed = true;
-        return;
-      }
-      this.settled.add(record);
-      if (o.value.outcome === 'stored') {
-        kept.push(record);
-        if (record.status === MessageStatus.Accepted) fresh.push(...record.triggers);
-      } else {
-        // Lost a race with a parallel copy (duplicate), or same key with other content
-        // (quarantined by the store, triggers not applied).
-        batch.duplicates += 1;
-        if (o.value.outcome === 'conflict') {
-          this.deps.log.warn('fhir.quarantined', { input: this.settings.input, controlId: record.controlId, reason: 'conflicting_resend' });
-        }
-      }
-    });
-    // Records that did not store anything give no triggers to the caller.
-    const done = new Set(kept);
-    batch.records = batch.records.filter((r) => !pending.includes(r) || done.has(r));
-    if (failed) throw new CommitFailed();
-    if (fresh.length > 0) await this.deps.onCommitted?.(fresh);
-  }
-
   private async state(id: string): Promise<SubscriptionState> {
     const cached = this.states.get(id);
     if (cached) return cached;
@@ -985,64 +720,3 @@ export class FhirIngest {
   }
 }
 
-function addResource(map: Map<string, FhirResource>, resource: FhirResource): void {
-  if (typeof resource.id === 'string') map.set(`${resource.resourceType}/${resource.id}`, resource);
-}
-
-function laterInstant(a: string | undefined, b: string | undefined): string | undefined {
-  if (a === undefined) return b;
-  if (b === undefined) return a;
-  return instantMs(b) > instantMs(a) ? b : a;
-}
-
-function codeOf(error: unknown): string {
-  if (error instanceof Refusal) return error.reason;
-  if (typeof error === 'object' && error !== null && typeof (error as { code?: unknown }).code === 'string') {
-    return (error as { code: string }).code;
-  }
-  return 'unexpected_error';
-}
-
-/**
- * The part of a multi-event notification Bundle that concerns one event: the status with
- * only this event, and the entries of its focus and context. Kept as that event's raw body.
- */
-function eventSlice(bundle: Record<string, unknown>, event: NotificationEvent): Buffer {
-  const entries = Array.isArray(bundle.entry) ? (bundle.entry as Array<Record<string, unknown>>) : [];
-  const [statusEntry, ...rest] = entries;
-  const statusResource = { ...((statusEntry?.resource as Record<string, unknown> | undefined) ?? {}) };
-  const numberOf = (value: unknown): number => Number(value);
-  if (Array.isArray(statusResource.parameter)) {
-    statusResource.parameter = (statusResource.parameter as Array<Record<string, unknown>>).filter((p) => {
-      if (p?.name !== 'notification-event') return true;
-      const parts = Array.isArray(p.part) ? (p.part as Array<Record<string, unknown>>) : [];
-      const numberPart = parts.find((x) => x?.name === 'event-number');
-      return numberOf(numberPart?.valueString ?? numberPart?.valueInteger64 ?? numberPart?.valueUnsignedInt ?? numberPart?.valueInteger) === event.eventNumber;
-    });
-  }
-  if (Array.isArray(statusResource.notificationEvent)) {
-    statusResource.notificationEvent = (statusResource.notificationEvent as Array<Record<string, unknown>>).filter(
-      (e) => numberOf(e?.eventNumber) === event.eventNumber,
-    );
-  }
-  const wanted = [event.focus, ...event.additionalContext]
-    .filter((r): r is string => r !== undefined)
-    .map((r) => referenceParts(r))
-    .filter((p) => p !== undefined)
-    .map((p) => `${p.type}/${p.id}`);
-  const related = rest.filter((entry) => {
-    const url = typeof entry?.fullUrl === 'string' ? entry.fullUrl : undefined;
-    const parts = url ? referenceParts(url) : undefined;
-    const resource = entry?.resource as FhirResource | undefined;
-    const key = parts ? `${parts.type}/${parts.id}` : resource ? `${resource.resourceType}/${String(resource.id)}` : '';
-    return wanted.includes(key);
-  });
-  return Buffer.from(
-    JSON.stringify({
-      resourceType: 'Bundle',
-      type: bundle.type,
-      ...(bundle.timestamp !== undefined ? { timestamp: bundle.timestamp } : {}),
-      entry: [{ ...statusEntry, resource: statusResource }, ...related],
-    }),
-  );
-}

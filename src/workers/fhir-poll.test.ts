@@ -11,7 +11,8 @@ import { captureLogger } from '../../test/helpers/server.ts';
 import { FhirClient } from '../fhir/client.ts';
 import { SqliteStore } from '../store/sqlite.ts';
 import type { Store } from '../store/store.ts';
-import { cursorKeys, FhirIngest } from './fhir-ingest.ts';
+import { FhirIngest } from './fhir-ingest.ts';
+import { cursorKeys } from './fhir-state.ts';
 import { FhirPoller, type FhirPollSettings, type FhirPollTimer } from './fhir-poll.ts';
 
 let dir: string;

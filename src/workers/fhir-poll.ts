@@ -11,7 +11,8 @@
 // the same cursor.
 import type { Logger } from '../log.ts';
 import type { Store } from '../store/store.ts';
-import { cursorKeys, type FhirIngest } from './fhir-ingest.ts';
+import type { FhirIngest } from './fhir-ingest.ts';
+import { cursorKeys } from './fhir-state.ts';
 
 export interface FhirPollSettings {
   input: string;
