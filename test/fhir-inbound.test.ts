@@ -194,6 +194,18 @@ describe('the running server', () => {
     const cases: Array<{ what: string; status: number; send: () => Promise<Posted> }> = [
       { what: 'invalid JSON', status: 400, send: () => post(carerelay, '{"resourceType": "Appointment",') },
       { what: '__proto__ key', status: 400, send: () => post(carerelay, '{"resourceType":"Appointment","__proto__":{"polluted":true}}') },
+      { what: 'a JSON string holding a resource', status: 400, send: () => post(carerelay, JSON.stringify('{"resourceType":"Appointment","__proto__":{"polluted":true}}')) },
+      { what: 'null (not an empty body)', status: 400, send: () => post(carerelay, 'null') },
+      {
+        what: 'bytes that are not UTF-8',
+        status: 400,
+        send: () => post(carerelay, Buffer.from('{"resourceType":"Patient","id":"p1","name":[{"family":"M\u00fcller"}]}', 'latin1')),
+      },
+      {
+        what: 'an id-only focus with the id ".."',
+        status: 422,
+        send: () => post(carerelay, JSON.stringify(topicBundle({ subscription: sub(), type: 'event-notification', events: [{ number: 1, focus: 'Appointment/..' }] }))),
+      },
       { what: 'not a notification', status: 400, send: () => post(carerelay, JSON.stringify({ resourceType: 'Bundle', type: 'batch', entry: [{}] })) },
       { what: 'wrong content type', status: 415, send: () => post(carerelay, '<Appointment/>', { headers: { 'content-type': 'application/fhir+xml' } }) },
       { what: 'body over the limit', status: 413, send: () => post(carerelay, big) },

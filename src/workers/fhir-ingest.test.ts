@@ -156,6 +156,33 @@ describe('bad input', () => {
     expect(server.requests).toEqual([]);
   });
 
+  it('refuses a JSON string (never parsed a second time) and null (never a search) with 400', async () => {
+    const ingest = makeIngest();
+    const wrapped = JSON.stringify('{"resourceType":"Appointment","__proto__":{"polluted":true}}');
+    expect(await ingest.handle(Buffer.from(wrapped))).toMatchObject({ kind: 'refused', status: 400, reason: 'not_a_resource' });
+    expect(await ingest.handle(Buffer.from('null'))).toMatchObject({ kind: 'refused', status: 400, reason: 'not_a_resource' });
+    expect(await ingest.handle(Buffer.from(' 42 '))).toMatchObject({ kind: 'refused', status: 400, reason: 'not_a_resource' });
+    expect(({} as Record<string, unknown>).polluted).toBeUndefined();
+    expect(server.requests).toEqual([]);
+  });
+
+  it('refuses bytes that are not UTF-8 with 400 instead of reading U+FFFD into names', async () => {
+    server.put(testPatient('p1'));
+    // A Latin-1 "ü" (0xFC) where UTF-8 was due.
+    const latin1 = Buffer.from(JSON.stringify(testAppointment('a1', 'Patient/p1', { meta: { versionId: '1' }, comment: 'M\u00fcller' })), 'latin1');
+    expect(await makeIngest().handle(latin1)).toMatchObject({ kind: 'refused', status: 400, reason: 'invalid_utf8' });
+    expect(server.requests).toEqual([]);
+  });
+
+  it('an id-only focus or a patient reference with the id "." or ".." is refused, nothing fetched', async () => {
+    const ingest = makeIngest();
+    expect(await ingest.handle(body(eventsBundle([event(1, 'Appointment/..')])))).toMatchObject({ status: 422, reason: 'fhir_reference_malformed' });
+    // "Patient/." names no patient: the appointment is kept as rejected, nothing is fetched.
+    accepted(await ingest.handle(body(testAppointment('a1', 'Patient/.', { meta: { versionId: '1' } }))));
+    expect((await store.findMessage(server.baseUrl, 'Appointment/a1/_history/1'))).toMatchObject({ status: 'rejected', reason: 'fhir_not_normalizable' });
+    expect(server.requests).toEqual([]);
+  });
+
   it('accepts a body that starts with a UTF-8 byte order mark', async () => {
     const n = topicBundle({ subscription: sub(), type: 'heartbeat' });
     expect(await makeIngest().handle(Buffer.concat([Buffer.from([0xef, 0xbb, 0xbf]), body(n)]))).toMatchObject({ kind: 'accepted' });

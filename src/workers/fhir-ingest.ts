@@ -39,7 +39,7 @@ import {
   type SearchParams,
   type SearchResult,
 } from '../fhir/client.ts';
-import { parseFhirJson } from '../fhir/json.ts';
+import { decodeFhirJson, FhirEncodingError, parseFhirJson } from '../fhir/json.ts';
 import { resourceMessageId, TRIGGER_SOURCE_TYPES } from '../fhir/normalize.ts';
 import {
   eventSlice,
@@ -161,13 +161,25 @@ export class FhirIngest {
     const input = this.settings.input;
     try {
       let body: unknown;
-      // A UTF-8 byte order mark is allowed before JSON text (RFC 8259 §8.1 lets parsers ignore it).
-      const text = raw.toString('utf8').replace(/^\uFEFF/, '');
+      let text: string;
+      try {
+        text = decodeFhirJson(raw);
+      } catch (error) {
+        if (!(error instanceof FhirEncodingError)) throw error;
+        throw new Refusal(400, 'Invalid encoding', error.code, `the body ${error.message.slice('the bytes '.length)}`);
+      }
       if (text.trim() !== '') {
         try {
           body = parseFhirJson(text);
         } catch (error) {
           throw new Refusal(400, 'Invalid JSON', 'invalid_json', `the body is not acceptable JSON (${(error as Error).message})`);
+        }
+        // Only an object is a FHIR resource: a JSON string (which would be read again as
+        // JSON, past the checks above), null (which would read as "no body" and start a
+        // search), a number or an array is refused.
+        if (typeof body !== 'object' || body === null || Array.isArray(body)) {
+          const got = body === null ? 'null' : Array.isArray(body) ? 'an array' : `a ${typeof body}`;
+          throw new Refusal(400, 'Not a FHIR resource', 'not_a_resource', `the body is JSON ${got}; send a FHIR resource (a JSON object with resourceType)`);
         }
       }
       let notification: Notification;
