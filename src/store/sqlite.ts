@@ -26,7 +26,10 @@
 //                          index, so the original stays the dedupe key; its triggers and
 //                          subject states are NOT applied. The same conflicting bytes sent
 //                          again find that quarantined row and write nothing new;
-//   - no original        → message, triggers and subject states are written.
+//   - no original        → message, triggers and subject states are written;
+//   - a pending original  → (an accepted message waiting for its triggers, store.ts
+//                          PENDING_REASON) completed in place by a record that is not pending
+//                          itself: same row id, the record's content, triggers and states.
 // Empty control ids are never deduped. Trigger ids are idempotency keys too: a trigger id
 // that is already stored is skipped (the first version wins), not an error.
 //
@@ -41,23 +44,24 @@ import BetterSqlite3 from 'better-sqlite3';
 import { MessageStatus, type Channel, type Delivery, type Trigger } from '../types.ts';
 import { StoreReason, instantMs, listLimit, storedMessageOf } from './common.ts';
 import { migrate, openSqliteDatabase, type Database } from './sqlite-db.ts';
-import type {
-  CommitOutcome,
-  DeliveryOutcome,
-  DeliveryQuery,
-  DeliveryWrite,
-  InboundRecord,
-  MessageQuery,
-  OutboxEntry,
-  OutboxQuery,
-  SentMessage,
-  Store,
-  StoredDelivery,
-  StoredDeliveryStatus,
-  StoredMessage,
-  StoredMessageWithBody,
-  SubjectState,
-  TriggerQuery,
+import {
+  isPending,
+  type CommitOutcome,
+  type DeliveryOutcome,
+  type DeliveryQuery,
+  type DeliveryWrite,
+  type InboundRecord,
+  type MessageQuery,
+  type OutboxEntry,
+  type OutboxQuery,
+  type SentMessage,
+  type Store,
+  type StoredDelivery,
+  type StoredDeliveryStatus,
+  type StoredMessage,
+  type StoredMessageWithBody,
+  type SubjectState,
+  type TriggerQuery,
 } from './store.ts';
 
 /** Component name of the store's tables in schema_migrations. */
@@ -298,6 +302,7 @@ export class SqliteStore implements Store {
   private readonly findOriginalStmt: BetterSqlite3.Statement<[string, string], MessageRow>;
   private readonly findQuarantinedStmt: BetterSqlite3.Statement<[string, string, string], MessageRow>;
   private readonly insertMessageStmt: BetterSqlite3.Statement;
+  private readonly completeMessageStmt: BetterSqlite3.Statement;
   private readonly insertTriggerStmt: BetterSqlite3.Statement;
   private readonly upsertStateStmt: BetterSqlite3.Statement;
   private readonly messageByIdStmt: BetterSqlite3.Statement<[number], MessageRow & { raw: Buffer }>;
@@ -344,6 +349,11 @@ export class SqliteStore implements Store {
          reason, received_at, received_ms, trigger_ids, raw)
        VALUES (@input, @format, @sender, @controlId, @messageType, @contentHash, @status, @ack, @ackCode,
          @reason, @receivedAt, @receivedMs, @triggerIds, @raw)`,
+    );
+    this.completeMessageStmt = db.prepare(
+      `UPDATE messages SET message_type = @messageType, content_hash = @contentHash, status = @status, ack = @ack,
+         ack_code = @ackCode, reason = @reason, trigger_ids = @triggerIds, raw = @raw
+       WHERE id = @id`,
     );
     this.insertTriggerStmt = db.prepare(
       `INSERT INTO triggers (id, message_id, type, patient_id, appointment_id, encounter_id, occurred_at, occurred_ms, json)
@@ -731,19 +741,24 @@ export class SqliteStore implements Store {
   /** One record of a group commit (inside its own savepoint only when the group is retried). */
   private apply(p: Prepared): CommitOutcome {
     const r = p.record;
+    let message: StoredMessage | undefined;
     if (r.controlId !== '') {
       const originalRow = this.findOriginalStmt.get(r.sender, r.controlId);
       if (originalRow !== undefined) {
         const original = toStored(originalRow);
-        if (originalRow.content_hash === r.contentHash) return { outcome: 'duplicate', message: original };
-        const earlier = this.findQuarantinedStmt.get(r.sender, r.controlId, r.contentHash);
-        if (earlier !== undefined) return { outcome: 'conflict', message: toStored(earlier), original };
-        const message = this.insertMessage(p, MessageStatus.Quarantined, StoreReason.ConflictingResend, [], r.conflictAck?.());
-        return { outcome: 'conflict', message, original };
+        if (isPending(original)) {
+          if (isPending(r)) return { outcome: 'duplicate', message: original };
+          message = this.completeMessage(p, original);
+        } else {
+          if (originalRow.content_hash === r.contentHash) return { outcome: 'duplicate', message: original };
+          const earlier = this.findQuarantinedStmt.get(r.sender, r.controlId, r.contentHash);
+          if (earlier !== undefined) return { outcome: 'conflict', message: toStored(earlier), original };
+          const quarantined = this.insertMessage(p, MessageStatus.Quarantined, StoreReason.ConflictingResend, [], r.conflictAck?.());
+          return { outcome: 'conflict', message: quarantined, original };
+        }
       }
     }
-    const triggerIds = [...new Set(r.triggers.map((t) => t.id))];
-    const message = this.insertMessage(p, r.status, r.reason, triggerIds);
+    message ??= this.insertMessage(p, r.status, r.reason, triggerIdsOf(r));
     const messageId = Number(message.id);
     r.triggers.forEach((t, i) => {
       this.insertTriggerStmt.run(
@@ -774,6 +789,26 @@ export class SqliteStore implements Store {
     });
     for (const [key, value] of Object.entries(r.cursors ?? {})) this.setCursorStmt.run(key, value);
     return { outcome: 'stored', message };
+  }
+
+  /** A pending message's row takes the record's content (its id and receivedAt stay). */
+  private completeMessage(p: Prepared, pending: StoredMessage): StoredMessage {
+    const r = p.record;
+    const triggerIds = triggerIdsOf(r);
+    this.completeMessageStmt.run({
+      id: Number(pending.id),
+      messageType: r.messageType,
+      contentHash: r.contentHash,
+      status: r.status,
+      ack: r.ack,
+      ackCode: r.ackCode,
+      reason: r.reason ?? null,
+      triggerIds: JSON.stringify(triggerIds),
+      raw: r.raw,
+    });
+    const message = storedMessageOf(r, pending.id, { status: r.status, reason: r.reason, ack: r.ack, ackCode: r.ackCode, triggerIds });
+    message.receivedAt = pending.receivedAt;
+    return message;
   }
 
   private insertMessage(
@@ -813,6 +848,10 @@ export class SqliteStore implements Store {
     }
     return stmt;
   }
+}
+
+function triggerIdsOf(record: InboundRecord): string[] {
+  return [...new Set(record.triggers.map((t) => t.id))];
 }
 
 function toStored(row: MessageRow): StoredMessage {
