@@ -317,11 +317,81 @@ describe('the running server', () => {
 
     const three = JSON.stringify(topicBundle({ subscription: sub(), type: 'event-notification', events: [{ number: 3, focus: 'Appointment/a3' }] }));
     expect((await post(carerelay, three)).status).toBe(200);
+    // The gap is recovered in the background, right after the answer.
+    await carerelay.fhirIngests.get('ehr-fhir')!.recoveryIdle();
     expect(fhir.requests.filter((r) => r.path.endsWith('/$events')).map((r) => r.query)).toEqual([
       '?eventsSinceNumber=2&eventsUntilNumber=2&content=full-resource',
     ]);
     expect((await carerelay.store.listTriggers({})).map((t) => t.source.messageId).sort()).toEqual(['sub1#1', 'sub1#2', 'sub1#3']);
     expect(carerelay.logs.some((l) => l.message === 'fhir.gap_detected' && l.reason === 'event_gap')).toBe(true);
+  });
+
+  async function adminMessages(query = ''): Promise<Json[]> {
+    const res = await fetch(`http://127.0.0.1:${carerelay.httpPort}/api/messages${query}`);
+    return ((await res.json()) as { items: Json[] }).items;
+  }
+
+  it('an event whose FHIR server is unreachable is accepted pending (202), and its full-resource resend gives the trigger', async () => {
+    await start();
+    const patient = testPatient('p1');
+    const a1 = fhir.put(testAppointment('a1', 'Patient/p1'));
+    await fhir.close(); // the configured server is unreachable from here on
+    const empty = JSON.stringify(topicBundle({ subscription: sub(), type: 'event-notification', events: [{ number: 2 }] }));
+    for (let i = 0; i < 3; i++) {
+      const answer = await post(carerelay, empty);
+      expect(answer.status).toBe(202);
+      expect(JSON.stringify(answer.json)).toContain('1 event(s) pending');
+    }
+    expect((await adminMessages()).map((m) => [m.controlId, m.status, m.ackCode, m.reason])).toEqual([['sub1#2', 'accepted', '202', 'trigger_pending']]);
+    // What the subscription owes and its failing recovery are visible on the admin API.
+    await carerelay.fhirIngests.get('ehr-fhir')!.recoveryIdle();
+    const states = (await (await fetch(`http://127.0.0.1:${carerelay.httpPort}/api/fhir/subscriptions`)).json()) as { items: Json[] };
+    expect(states.items).toEqual([
+      expect.objectContaining({
+        input: 'ehr-fhir',
+        subscription: 'sub1',
+        lastEventNumber: 2,
+        owed: { search: {}, events: ['sub1#2'] },
+        recovery: expect.objectContaining({ attempts: 1, lastError: 'fhir_unreachable', nextAt: expect.any(String) }),
+      }),
+    ]);
+
+    const full = JSON.stringify(
+      topicBundle({
+        subscription: sub(),
+        type: 'event-notification',
+        events: [{ number: 2, focus: 'Appointment/a1', resource: a1 }],
+        extraEntries: [{ fullUrl: 'Patient/p1', resource: patient }],
+      }),
+    );
+    const answer = await post(carerelay, full);
+    expect(answer.status).toBe(200);
+    const triggers = await carerelay.store.listTriggers({});
+    expect(triggers.map((t) => [t.type, t.source.messageId])).toEqual([['appointment.booked', 'sub1#2']]);
+    expect((await adminMessages()).map((m) => [m.controlId, m.status, m.reason ?? null, m.triggerIds])).toEqual([
+      ['sub1#2', 'accepted', null, [triggers[0]!.id]],
+    ]);
+  });
+
+  it('a gap whose recovery gets 404 on /metadata: the event is accepted and the gap searched in the background', async () => {
+    await start();
+    fhir.put(testPatient('p1'));
+    const a1 = fhir.put(testAppointment('a1', 'Patient/p1'));
+    const patient = { fullUrl: 'Patient/p1', resource: fhir.get('Patient', 'p1')! };
+    const notify = (n: number, resource: TestFhirResource) =>
+      post(
+        carerelay,
+        JSON.stringify(topicBundle({ subscription: sub(), type: 'event-notification', events: [{ number: n, focus: `Appointment/${resource.id}`, resource, timestamp: resource.meta!.lastUpdated! }], extraEntries: [patient] })),
+      );
+    expect((await notify(1, a1)).status).toBe(200);
+    fhir.put(testAppointment('a2', 'Patient/p1'));
+    const a3 = fhir.put(testAppointment('a3', 'Patient/p1'));
+    fhir.failNext(404, 1); // GET /metadata
+    const answer = await notify(3, a3);
+    expect([answer.status, answer.json.resourceType]).toEqual([200, 'OperationOutcome']);
+    await carerelay.fhirIngests.get('ehr-fhir')!.recoveryIdle();
+    expect(fhir.requests.map((r) => r.path)).toEqual(expect.arrayContaining(['/fhir/metadata', '/fhir/Appointment']));
+    expect((await carerelay.store.listTriggers({})).map((t) => t.appointment?.id).sort()).toEqual(['a1', 'a2', 'a3']);
   });
 
   it('logs carry ids and reason codes, never patient data', async () => {

@@ -7,7 +7,7 @@ import type { Logger } from '../log.ts';
 import { STORED_DELIVERY_STATUSES, type DeliveryQuery, type MessageQuery, type Store, type StoredDelivery, type StoredDeliveryStatus, type StoredMessage, type TriggerQuery } from '../store/store.ts';
 import { MessageStatus } from '../types.ts';
 import type { Hl7Ingest, Hl7IngestSettings } from '../workers/ingest.ts';
-import { createFhirRouter, type FhirHttpInput } from './fhir-routes.ts';
+import { createFhirAdminRouter, createFhirRouter, type FhirHttpInput } from './fhir-routes.ts';
 import { bearerMatches, declaredOverLimit, refuseUnread, sendProblem } from './http.ts';
 
 export interface HttpHl7Input {
@@ -292,6 +292,8 @@ export function createApp(deps: ApiDeps): express.Express {
     });
     res.json({ items, ...(items.length === (limit ?? 100) ? { next: items[items.length - 1]!.id } : {}) });
   });
+
+  admin.use('/fhir', createFhirAdminRouter(deps.fhirInputs ?? new Map()));
 
   app.use('/api', admin);
 

@@ -13,6 +13,7 @@ import express, { type Request } from 'express';
 import { hmacMatches, signatureBytes, standardWebhooksSignatureMatches } from '../inputs/fhir/signatures.ts';
 import type { Logger } from '../log.ts';
 import type { FhirIngestResult } from '../workers/fhir-ingest.ts';
+import type { SubscriptionState } from '../workers/fhir-state.ts';
 import { bearerMatches, declaredOverLimit, refuseUnread, secretsMatch, sendProblem } from './http.ts';
 
 export type FhirInboundAuth =
@@ -28,8 +29,12 @@ export type FhirInboundAuth =
   | { kind: 'standardWebhooks'; key: Buffer; toleranceSeconds: number };
 
 export interface FhirHttpInput {
-  /** FhirIngest.handle, or anything with its contract. */
-  ingest: { handle(raw: Buffer): Promise<FhirIngestResult> };
+  /** FhirIngest, or anything with its contract. */
+  ingest: {
+    handle(raw: Buffer): Promise<FhirIngestResult>;
+    /** Each subscription's position, owed work and recovery state (GET /api/fhir/subscriptions). */
+    subscriptionStates(): Promise<Array<{ id: string; state: SubscriptionState }>>;
+  };
   auth: FhirInboundAuth;
   /** Largest accepted body, bytes. */
   maxBodyBytes: number;
@@ -169,8 +174,10 @@ export function createFhirRouter(deps: FhirRouterDeps): express.Router {
         const result = await input.ingest.handle(body);
         switch (result.kind) {
           case 'accepted':
+            // 202: accepted, but some events' triggers are still to be made (their resources
+            // could not be fetched yet); CareRelay makes them, nothing is to be resent.
             res
-              .status(200)
+              .status(result.pending > 0 ? 202 : 200)
               .type(FHIR_JSON)
               .send(
                 JSON.stringify({
@@ -179,7 +186,9 @@ export function createFhirRouter(deps: FhirRouterDeps): express.Router {
                     {
                       severity: 'information',
                       code: 'informational',
-                      diagnostics: `accepted: ${result.stored} record(s) stored, ${result.duplicates} already known, ${result.triggers.length} trigger(s)`,
+                      diagnostics:
+                        `accepted: ${result.stored} record(s) stored, ${result.duplicates} already known, ${result.triggers.length} trigger(s)` +
+                        (result.pending > 0 ? `, ${result.pending} event(s) pending until the FHIR server gives their resources` : ''),
                     },
                   ],
                 }),
@@ -202,5 +211,35 @@ export function createFhirRouter(deps: FhirRouterDeps): express.Router {
     });
   });
 
+  return router;
+}
+
+/**
+ * GET /api/fhir/subscriptions (behind the admin token): for every subscription of every
+ * fhir-rest-hook input, where its event numbering stands, what it still owes (missed
+ * events, a search, events whose triggers are pending) and its background recovery —
+ * attempts, the next one, the last reason code — so a stuck recovery is visible.
+ */
+export function createFhirAdminRouter(inputs: ReadonlyMap<string, FhirHttpInput>): express.Router {
+  const router = express.Router();
+  router.get('/subscriptions', async (_req, res) => {
+    const items: unknown[] = [];
+    for (const [input, { ingest }] of inputs) {
+      for (const { id, state } of await ingest.subscriptionStates()) {
+        items.push({
+          input,
+          subscription: id,
+          lastEventNumber: state.n ?? null,
+          numbering: state.epoch ?? 0,
+          lastEventAt: state.at ?? null,
+          lastHeardAt: state.seen ?? null,
+          status: state.status ?? null,
+          owed: state.owed ?? null,
+          recovery: state.recovery ?? null,
+        });
+      }
+    }
+    res.json({ items });
+  });
   return router;
 }

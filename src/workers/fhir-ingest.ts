@@ -2,9 +2,10 @@
 // and the 2xx only after the notification, its triggers and the subscription's position
 // are durably committed (docs/architecture.md invariant 1, docs/reliability.md promises 1, 3, 8).
 //
-//   parse (no __proto__/constructor keys) ─▶ readNotification ─▶ known subscription?
-//     ─▶ references only on the configured server? ─▶ gap? recover ─▶ per event: seen?
-//     ─▶ fetch what is missing (id-only focus, patients) ─▶ normalize ─▶ commit ─▶ 2xx
+//   strict UTF-8, parse (no __proto__/constructor keys, an object) ─▶ readNotification
+//     ─▶ known subscription? ─▶ references only on the configured server? ─▶ gap? owe it
+//     ─▶ per event: seen? ─▶ fetch what is missing (id-only focus, patients) ─▶ normalize
+//     ─▶ commit ─▶ 2xx (202 when an event is pending) ─▶ background recovery of what is owed
 //
 // One stored record per notification event (controlId `<subscription>#<event-number>`, see
 // numbering restarts below), per resource version (`Type/id/_history/v`: R4 criteria
@@ -14,9 +15,20 @@
 //
 // Gaps (Backport IG "Handling Errors": event numbers and events-since-subscription-start
 // are per subscription and monotonic): an event number past last seen + 1, or a heartbeat
-// counting more events than seen, runs a recovery first — `$events` when the server's
-// CapabilityStatement declares it, else a `_lastUpdated` search since the last event time —
-// through the same dedupe. Heartbeat silence past twice the period does the same.
+// counting more events than seen, is owed and recovered in the background right after the
+// answer (fhir-recovery.ts) — `$events` when the server's CapabilityStatement declares it,
+// else a `_lastUpdated` search since the last event time — through the same dedupe.
+// Heartbeat silence past twice the period does the same. A recovery that fails (server down,
+// no CapabilityStatement, a refused search) is CareRelay's problem, never the sender's: the
+// notification that revealed the gap is stored and answered 2xx, the recovery retries with
+// backoff, and its state is kept in the subscription's position (GET /api/fhir/subscriptions).
+//
+// Pending events: an event whose triggers cannot be made now because the configured server
+// does not answer (its focus or patient cannot be fetched, the search an empty payload asks
+// for fails) is stored pending (store.ts PENDING_REASON) and answered 202. Nothing about it
+// counts as done: a copy of it (resent, full-resource, from `$events`) completes it, and so
+// does the background recovery. A notification answered non-2xx leaves nothing behind that
+// would make its resend a duplicate.
 //
 // Numbering restarts: a server that re-creates a subscription, or loses its counters,
 // numbers events from 1 again and says so with a new handshake counting fewer events than
@@ -54,10 +66,27 @@ import {
   type TopicNotification,
 } from '../fhir/notification.ts';
 import type { Logger } from '../log.ts';
-import type { Store } from '../store/store.ts';
+import { isPending, type InboundRecord, type Store } from '../store/store.ts';
+import { retryDelayMs } from '../queue/backoff.ts';
 import { MessageStatus, type Trigger } from '../types.ts';
-import { addResource, codeOf, CommitFailed, FhirRecords, Refusal, sha256, type Batch } from './fhir-records.ts';
-import { currentEpoch, cursorKeys, epochOf, instantMs, laterInstant, type SubscriptionState } from './fhir-state.ts';
+import { addResource, codeOf, CommitFailed, FhirRecords, isServerProblem, Refusal, sha256, type Batch } from './fhir-records.ts';
+import { RECOVERY_RETRY, RecoveryScheduler, type RecoveryTarget } from './fhir-recovery.ts';
+import type { Timer } from './timer.ts';
+import {
+  currentEpoch,
+  cursorKeys,
+  epochOf,
+  instantMs,
+  laterInstant,
+  oweEvent,
+  oweGap,
+  oweSearch,
+  owesWork,
+  settleEvent,
+  settleNumbers,
+  tidyOwed,
+  type SubscriptionState,
+} from './fhir-state.ts';
 
 /** What the ingest needs of the FHIR client (src/fhir/client.ts FhirClient has it all). */
 export interface FhirServerClient {
@@ -97,15 +126,22 @@ export interface FhirIngestDeps {
   now?: () => Date;
   /** Called after a commit that created triggers (routing hooks in here). */
   onCommitted?: (triggers: Trigger[]) => void | Promise<void>;
+  /** Jitter source in [0, 1) for the recovery backoff; default Math.random. */
+  random?: () => number;
+  /** Timer of the background recovery; injected by tests. */
+  timer?: Timer;
 }
 
 export type FhirIngestResult =
-  /** Committed (or already known): answer 2xx. */
-  | { kind: 'accepted'; triggers: Trigger[]; stored: number; duplicates: number }
+  /**
+   * Committed (or already known): answer 2xx — 202 when `pending` events could not give
+   * their triggers yet (they are stored, and made by the background recovery).
+   */
+  | { kind: 'accepted'; triggers: Trigger[]; stored: number; duplicates: number; pending: number }
   /** Never acceptable as sent: 4xx with a problem body; nothing was stored. */
   | { kind: 'refused'; status: 400 | 404 | 422; title: string; detail: string; reason: string }
   /** Nothing durable (store or FHIR server unavailable): 503 + Retry-After; the sender resends. */
-  | { kind: 'unavailable'; retryAfterSeconds: number; reason: string };
+  | { kind: 'unavailable'; retryAfterSeconds: number; reason: string; detail: string };
 
 
 /** Resources read per search type at most in one recovery/changes search (pages × _count). */
@@ -126,7 +162,7 @@ export interface IngestResourcesOptions {
   foreign?: 'refuse' | 'record';
 }
 
-export class FhirIngest {
+export class FhirIngest implements RecoveryTarget {
   readonly settings: FhirIngestSettings;
   private readonly deps: FhirIngestDeps;
   private readonly now: () => Date;
@@ -137,6 +173,10 @@ export class FhirIngest {
   private readonly startedAt: string;
   private monitor: { clear(): void } | undefined;
   private readonly records: FhirRecords;
+  private readonly recovery: RecoveryScheduler;
+  private readonly random: () => number;
+  /** Recovery attempts that could not even record their failure: not before (ms). */
+  private readonly notBefore = new Map<string, number>();
 
   constructor(settings: FhirIngestSettings, deps: FhirIngestDeps) {
     this.settings = settings;
@@ -145,6 +185,8 @@ export class FhirIngest {
     this.subscriptions = new Map(settings.subscriptions.map((s) => [s.id, s]));
     this.startedAt = this.now().toISOString();
     this.records = new FhirRecords(settings.input, { ...deps, now: this.now });
+    this.random = deps.random ?? Math.random;
+    this.recovery = new RecoveryScheduler(this, () => this.now().getTime(), deps.timer);
   }
 
   /** source.sender of everything this input stores: the configured server. */
@@ -196,8 +238,12 @@ export class FhirIngest {
           return this.accepted(await this.serial('search', () => this.searchChanges(undefined)));
         case 'resource':
           return this.accepted(await this.handleResource(notification.resource, raw));
-        case 'topic':
-          return this.accepted(await this.handleTopic(notification, raw, body as Record<string, unknown>));
+        case 'topic': {
+          const batch = await this.handleTopic(notification, raw, body as Record<string, unknown>);
+          // What the notification left owed (a gap, a pending event) starts now, after the answer.
+          this.recovery.kick();
+          return this.accepted(batch);
+        }
         default:
           notification satisfies never;
           throw new Error('unreachable');
@@ -212,23 +258,32 @@ export class FhirIngest {
       }
       if (error instanceof CommitFailed) {
         log.error('fhir.commit_failed', { input });
-        return { kind: 'unavailable', retryAfterSeconds: RETRY_AFTER_SECONDS, reason: 'store_unavailable' };
+        return {
+          kind: 'unavailable',
+          retryAfterSeconds: RETRY_AFTER_SECONDS,
+          reason: 'store_unavailable',
+          detail: 'the notification could not be committed now (store_unavailable); resend it later',
+        };
       }
       if (error instanceof TransientError) {
         log.warn('fhir.server_unavailable', { input, code: error.code });
         const retry = error.retryAfterMs !== undefined ? Math.ceil(error.retryAfterMs / 1000) : RETRY_AFTER_SECONDS;
-        return { kind: 'unavailable', retryAfterSeconds: Math.max(1, retry), reason: error.code };
+        return {
+          kind: 'unavailable',
+          retryAfterSeconds: Math.max(1, retry),
+          reason: error.code,
+          detail: `the configured FHIR server did not answer what this notification needs (${error.code}); resend it later`,
+        };
       }
       if (error instanceof PermanentError) {
-        // The configured server refused a fetch CareRelay needs (404, 403…): the notification
-        // cannot be turned into triggers as sent; nothing was stored.
-        log.warn('fhir.refused', { input, reason: error.code, status: 422 });
+        // The configured server refused what CareRelay asked it (a search answered 400 or
+        // 403…): CareRelay's settings must change, not the notification, so never a 4xx.
+        log.error('fhir.server_refused', { input, reason: error.code });
         return {
-          kind: 'refused',
-          status: 422,
-          title: 'Cannot resolve the notification',
-          detail: `a resource the notification needs could not be read from the configured server (${error.code})`,
+          kind: 'unavailable',
+          retryAfterSeconds: RETRY_AFTER_SECONDS,
           reason: error.code,
+          detail: `the configured FHIR server refused what CareRelay asked to handle this notification (${error.code}); resend it later`,
         };
       }
       throw error;
@@ -237,7 +292,7 @@ export class FhirIngest {
 
   private accepted(batch: Batch): FhirIngestResult {
     const triggers = batch.records.flatMap((r) => r.triggers);
-    return { kind: 'accepted', triggers, stored: batch.records.length, duplicates: batch.duplicates };
+    return { kind: 'accepted', triggers, stored: batch.records.length, duplicates: batch.duplicates, pending: batch.pending };
   }
 
   // --- R4 criteria rest-hook: the resource itself ----------------------------------------
@@ -325,8 +380,10 @@ export class FhirIngest {
           // history from before CareRelay knew the subscription).
           if (first !== undefined) state.n = first - 1;
         } else if (first !== undefined && first > state.n + 1) {
-          await this.recover(subscription, state, state.n + 1, first - 1, 'event_gap');
+          this.oweGap(subscription, state, state.n + 1, first - 1, 'event_gap');
         }
+        // Late events (and resends) fill what an earlier gap left owed.
+        settleNumbers(state, numbers);
         const batch = await this.ingestEvents(subscription, state, n, raw, bundle, receivedAt);
         if (batch.records.length === 0) {
           // Only resends: the subscription is alive.
@@ -354,11 +411,14 @@ export class FhirIngest {
         // The server's own stamp, comparable with its event stamps (our clock may differ);
         // without one, nothing before this numbering can be told apart by time.
         state.epochStarts = [...(state.epochStarts ?? []), n.timestamp ?? null];
+        // Numbers still owed from the old numbering cannot be asked for by number any more.
+        for (const gap of state.owed?.gaps ?? []) oweSearch(state, gap.after ?? state.at);
+        if (state.owed?.gaps !== undefined) state.owed.gaps = [];
         state.n = 0;
         log.warn('fhir.numbering_restarted', { input, controlId: subscription.id, count: state.epoch });
-        if (since > 0) await this.recover(subscription, state, 1, since, 'handshake_gap');
+        if (since > 0) this.oweGap(subscription, state, 1, since, 'handshake_gap');
       } else if (countsNow && since > state.n) {
-        await this.recover(subscription, state, state.n + 1, since, n.type === NotificationType.Handshake ? 'handshake_gap' : 'heartbeat_gap');
+        this.oweGap(subscription, state, state.n + 1, since, n.type === NotificationType.Handshake ? 'handshake_gap' : 'heartbeat_gap');
       }
       state.seen = receivedAt;
       if (n.status !== undefined) state.status = n.status;
@@ -369,12 +429,29 @@ export class FhirIngest {
         raw,
         messageType: n.type,
       });
+      tidyOwed(state);
       record.cursors = { [cursorKeys.subscription(this.settings.input, subscription.id)]: JSON.stringify(state) };
       batch.records.push(record);
       await this.records.commit(batch);
       this.states.set(subscription.id, state);
       return batch;
     });
+  }
+
+  /**
+   * Event numbers `from`…`to` were missed: owed to the background recovery (fhir-recovery.ts),
+   * which runs right after this notification is answered. The position moves past them
+   * now: the notification that revealed the gap is valid and is stored as it came.
+   */
+  private oweGap(subscription: FhirSubscriptionSettings, state: SubscriptionState, from: number, to: number | undefined, reason: string): void {
+    this.deps.log.warn('fhir.gap_detected', {
+      input: this.settings.input,
+      controlId: subscription.id,
+      reason,
+      count: to === undefined ? undefined : to - from + 1,
+    });
+    oweGap(state, { from, ...(to !== undefined ? { to } : {}), ...(state.at !== undefined ? { after: state.at } : {}) });
+    if (to !== undefined) state.n = Math.max(state.n ?? 0, to);
   }
 
   /** The configured subscription a notification names, or a 404 refusal. */
@@ -421,7 +498,14 @@ export class FhirIngest {
     }
   }
 
-  /** One record per event (deduped by `<subscription>#<event-number>`), committed together. */
+  /**
+   * One record per event (deduped by `<subscription>#<event-number>`), committed together.
+   * An event whose triggers cannot be made now because the FHIR server does not answer
+   * (its focus or patient cannot be fetched; the search an empty payload asks for fails) is
+   * stored pending and owed (store.ts PENDING_REASON): the notification is still accepted
+   * (202), and a copy of that event — resent, or from `$events` — or the background
+   * recovery completes it. A pending event is never a duplicate of itself.
+   */
   private async ingestEvents(
     subscription: FhirSubscriptionSettings,
     state: SubscriptionState,
@@ -435,17 +519,36 @@ export class FhirIngest {
     const fetched = new Map<string, FhirResource>();
     const events = [...n.events].sort((a, b) => a.eventNumber - b.eventNumber);
     const stateKey = cursorKeys.subscription(this.settings.input, subscription.id);
-    let searchNeeded = false;
-    for (const event of events) {
-      // Late traffic stamped before a numbering restart belongs to the numbering it was
-      // stamped in; what $events returns is always the server's current numbering.
-      const epoch = recovered ? currentEpoch(state) : epochOf(state, event.timestamp ?? n.timestamp);
-      const controlId = topicEventKey(n.subscription, event.eventNumber, epoch);
-      if (await this.records.known(controlId)) {
+    // Late traffic stamped before a numbering restart belongs to the numbering it was
+    // stamped in; what $events returns is always the server's current numbering.
+    const keyed = await Promise.all(
+      events.map(async (event) => {
+        const epoch = recovered ? currentEpoch(state) : epochOf(state, event.timestamp ?? n.timestamp);
+        const controlId = topicEventKey(n.subscription, event.eventNumber, epoch);
+        return { event, epoch, controlId, stored: await this.records.find(controlId) };
+      }),
+    );
+    const open = keyed.filter((k) => k.stored === undefined || isPending(k.stored));
+    // Empty payload: something changed; the search says what. Run before the events are
+    // committed, so that a failed search leaves them pending rather than done.
+    let searchFailure: string | undefined;
+    if (open.some((k) => k.event.focus === undefined)) {
+      try {
+        const found = await this.serial('search', () => this.searchChanges(undefined));
+        batch.records.push(...found.records);
+        batch.duplicates += found.duplicates;
+        // An owed search from the types' cursors is the one just done.
+        if (state.owed?.search !== undefined && state.owed.search.since === undefined) delete state.owed.search;
+      } catch (error) {
+        if (!isServerProblem(error)) throw error;
+        searchFailure = codeOf(error);
+        oweSearch(state, undefined);
+      }
+    }
+    const eventRecords: InboundRecord[] = [];
+    for (const { event, epoch, controlId, stored } of keyed) {
+      if (stored !== undefined && !isPending(stored)) {
         batch.duplicates += 1;
-        // A resent empty-payload event still asks for the search: the first delivery may have
-        // been stored and then failed its search (and answered 503).
-        if (event.focus === undefined) searchNeeded = true;
         continue;
       }
       const focusParts = event.focus === undefined ? undefined : referenceParts(event.focus);
@@ -456,84 +559,206 @@ export class FhirIngest {
         messageType: focusParts?.type ?? 'event',
       });
       if (event.focus === undefined) {
-        // Empty payload: something changed; the search below says what.
-        searchNeeded = true;
+        if (searchFailure !== undefined) this.records.markPending(record, searchFailure);
       } else if (focusParts === undefined || !TRIGGER_SOURCE_TYPES.includes(focusParts.type)) {
         record.status = MessageStatus.Ignored;
         record.reason = 'not_a_trigger_source';
       } else {
         const single: TopicNotification = { ...n, events: [event] };
-        await this.records.normalizeInto(record, batch, single, [focusParts], fetched, 'refuse', epoch);
+        try {
+          await this.records.normalizeInto(record, batch, single, [focusParts], fetched, 'refuse', epoch);
+        } catch (error) {
+          if (!(error instanceof TransientError)) throw error;
+          this.records.markPending(record, codeOf(error));
+        }
       }
-      if (epoch === currentEpoch(state)) state.n = Math.max(state.n ?? 0, event.eventNumber);
-      state.at = laterInstant(state.at, event.timestamp ?? receivedAt);
+      if (isPending(record)) {
+        batch.pending += 1;
+        if (stored !== undefined) {
+          // Still pending: nothing new to store.
+          batch.duplicates += 1;
+          continue;
+        }
+        oweEvent(state, controlId);
+      } else if (stored !== undefined) {
+        settleEvent(state, controlId);
+      }
+      if (stored === undefined) {
+        if (epoch === currentEpoch(state)) state.n = Math.max(state.n ?? 0, event.eventNumber);
+        state.at = laterInstant(state.at, event.timestamp ?? receivedAt);
+      }
       state.seen = receivedAt;
       if (n.status !== undefined) state.status = n.status;
+      tidyOwed(state);
       record.cursors = { [stateKey]: JSON.stringify(state) };
       batch.records.push(record);
+      eventRecords.push(record);
+    }
+    if (batch.pending > 0) {
+      // The notification is answered 202 (accepted, processing not complete): its records say so.
+      for (const record of eventRecords) {
+        record.ack = '202';
+        record.ackCode = '202';
+      }
     }
     await this.records.commit(batch);
     this.states.set(subscription.id, state);
-    if (searchNeeded) {
-      const found = await this.serial('search', () => this.searchChanges(undefined));
-      batch.records.push(...found.records);
-      batch.duplicates += found.duplicates;
-    }
     return batch;
   }
 
-  // --- recovery ---------------------------------------------------------------------------
+  // --- recovery (in the background: fhir-recovery.ts) ----------------------------------
 
-  /**
-   * Missed events `from`…`to` (to undefined: everything after `from`): `$events` when the
-   * server supports it, else a `_lastUpdated` search since the last event time. Ingested
-   * through the same dedupe; the subscription's position then moves past them. A server
-   * that cannot answer now (TransientError) fails the whole notification (503: it resends);
-   * one that refuses for good is logged and skipped (nothing better can be done).
-   */
-  private async recover(
-    subscription: FhirSubscriptionSettings,
-    state: SubscriptionState,
-    from: number,
-    to: number | undefined,
-    reason: string,
-  ): Promise<void> {
-    const { log, client } = this.deps;
-    const input = this.settings.input;
-    log.warn('fhir.gap_detected', { input, controlId: subscription.id, reason, count: to === undefined ? undefined : to - from + 1 });
-    let recovered = false;
-    if (await this.supportsEvents()) {
-      try {
-        const bundle = await client.subscriptionEvents(subscription.id, from, to, { content: 'full-resource' });
-        const n = readNotification(bundle);
-        if (n.kind === 'topic') {
-          const numbers = new Set(n.events.map((e) => e.eventNumber));
-          this.checkReferences(n);
-          await this.ingestEvents(subscription, state, n, Buffer.alloc(0), bundle as Record<string, unknown>, this.now().toISOString(), true);
-          const expected = to === undefined ? 0 : to - from + 1;
-          recovered = numbers.size >= expected;
-          if (!recovered) log.warn('fhir.recovery_incomplete', { input, controlId: subscription.id, reason: 'events_expired', count: expected - numbers.size });
-        }
-      } catch (error) {
-        if (error instanceof TransientError || error instanceof CommitFailed) throw error;
-        log.warn('fhir.recovery_failed', { input, controlId: subscription.id, reason: codeOf(error) });
-      }
+  /** Subscriptions with owed work and when each is due (RecoveryTarget). */
+  async dueTimes(): Promise<Map<string, number>> {
+    const due = new Map<string, number>();
+    for (const id of this.subscriptions.keys()) {
+      const state = await this.state(id);
+      if (!owesWork(state)) continue;
+      const nextAt = state.recovery === undefined ? Number.NEGATIVE_INFINITY : instantMs(state.recovery.nextAt);
+      due.set(id, Math.max(nextAt, this.notBefore.get(id) ?? Number.NEGATIVE_INFINITY));
     }
-    if (!recovered) {
-      try {
-        await this.serial('search', () => this.searchChanges(state.at ?? state.seen));
-      } catch (error) {
-        if (error instanceof TransientError || error instanceof CommitFailed) throw error;
-        log.error('fhir.recovery_failed', { input, controlId: subscription.id, reason: codeOf(error) });
-      }
-    }
-    if (to !== undefined) state.n = Math.max(state.n ?? 0, to);
-    log.info('fhir.recovered', { input, controlId: subscription.id, reason, status: recovered ? 'events' : 'search' });
+    return due;
   }
 
+  /**
+   * Does what subscription `id` owes (RecoveryTarget), under its lock: missed events by
+   * `$events` when the server declares it (else a search from before the gap), then the
+   * owed search, then the events stored pending. Success clears the recovery state; a
+   * failure — whatever its class: the notification that revealed the work was valid — is
+   * recorded in the position with the next attempt's time (backoff) and logged. Never throws.
+   */
+  async recoverSubscription(id: string): Promise<void> {
+    const subscription = this.subscriptions.get(id);
+    if (subscription === undefined) return;
+    const { log } = this.deps;
+    const input = this.settings.input;
+    try {
+      await this.withSubscription(id, async () => {
+        const state = await this.state(id);
+        if (!owesWork(state)) return;
+        try {
+          await this.recoverOwed(subscription, state);
+          log.info('fhir.recovered', { input, controlId: id, attempt: (state.recovery?.attempts ?? 0) + 1 });
+          delete state.recovery;
+        } catch (error) {
+          const attempts = (state.recovery?.attempts ?? 0) + 1;
+          const now = this.now();
+          const retryAfterMs = error instanceof TransientError ? error.retryAfterMs : undefined;
+          const delay = retryDelayMs(RECOVERY_RETRY, attempts, this.random, retryAfterMs);
+          state.recovery = {
+            attempts,
+            nextAt: new Date(now.getTime() + delay).toISOString(),
+            lastError: codeOf(error),
+            failingSince: state.recovery?.failingSince ?? now.toISOString(),
+          };
+          log.warn('fhir.recovery_failed', { input, controlId: id, reason: codeOf(error), attempt: attempts });
+        }
+        tidyOwed(state);
+        await this.saveState(id, state);
+        this.notBefore.delete(id);
+      });
+    } catch (error) {
+      // Not even the failure could be recorded (the store is down): try again after the
+      // first backoff step, from the position as committed.
+      this.notBefore.set(id, this.now().getTime() + RECOVERY_RETRY.baseMs);
+      log.error('fhir.recovery_failed', { input, controlId: id, reason: codeOf(error) });
+    }
+  }
+
+  private async recoverOwed(subscription: FhirSubscriptionSettings, state: SubscriptionState): Promise<void> {
+    const { log, client } = this.deps;
+    const input = this.settings.input;
+    const id = subscription.id;
+    const owed = state.owed!;
+    while ((owed.gaps?.length ?? 0) > 0) {
+      const gap = owed.gaps![0]!;
+      let complete = false;
+      if (await this.supportsEvents()) {
+        try {
+          const bundle = await client.subscriptionEvents(id, gap.from, gap.to, { content: 'full-resource' });
+          const n = readNotification(bundle);
+          if (n.kind === 'topic') {
+            const numbers = new Set(n.events.map((e) => e.eventNumber));
+            this.checkReferences(n);
+            await this.ingestEvents(subscription, state, n, Buffer.alloc(0), bundle as Record<string, unknown>, this.now().toISOString(), true);
+            const expected = gap.to === undefined ? 0 : gap.to - gap.from + 1;
+            complete = numbers.size >= expected;
+            if (!complete) log.warn('fhir.recovery_incomplete', { input, controlId: id, reason: 'events_expired', count: expected - numbers.size });
+          }
+        } catch (error) {
+          if (error instanceof TransientError || error instanceof CommitFailed) throw error;
+          // Refused for good ($events unknown for this subscription, a bad Bundle): the search below.
+          log.warn('fhir.recovery_failed', { input, controlId: id, reason: codeOf(error) });
+        }
+      }
+      if (!complete) oweSearch(state, gap.after ?? state.at ?? state.seen);
+      owed.gaps!.shift();
+      await this.saveState(id, state);
+    }
+    if (owed.search !== undefined) {
+      const since = owed.search.since;
+      await this.serial('search', () => this.searchChanges(since));
+      delete owed.search;
+      await this.saveState(id, state);
+    }
+    for (const controlId of [...(owed.events ?? [])]) await this.completePendingEvent(subscription, state, controlId);
+  }
+
+  /**
+   * Makes the triggers of an event stored pending, from its stored bytes: its focus and
+   * patient fetched again (an empty payload's search has run by now). The stored record is
+   * completed in place (Store.commitInbound); a focus the server no longer has makes it
+   * rejected with the reason, as for any event.
+   */
+  private async completePendingEvent(subscription: FhirSubscriptionSettings, state: SubscriptionState, controlId: string): Promise<void> {
+    const stored = await this.records.find(controlId);
+    const message = stored !== undefined && isPending(stored) ? await this.deps.store.getMessage(stored.id) : undefined;
+    const batch = this.records.newBatch();
+    if (message === undefined) {
+      // Completed meanwhile (a resend, $events), or gone: nothing owed any more.
+      settleEvent(state, controlId);
+      tidyOwed(state);
+      await this.saveState(subscription.id, state);
+      return;
+    }
+    const n = readNotification(message.raw);
+    const epoch = Number(/@(\d+)#\d+$/.exec(controlId)?.[1] ?? 0);
+    const event = n.kind === 'topic' ? n.events.find((e) => topicEventKey(n.subscription, e.eventNumber, epoch) === controlId) : undefined;
+    const record = this.records.baseRecord(batch, {
+      controlId,
+      contentHash: message.contentHash,
+      raw: message.raw,
+      messageType: message.messageType,
+    });
+    record.ack = message.ack;
+    record.ackCode = message.ackCode;
+    const focusParts = event?.focus === undefined ? undefined : referenceParts(event.focus);
+    if (n.kind === 'topic' && event !== undefined && focusParts !== undefined) {
+      await this.records.normalizeInto(record, batch, { ...n, events: [event] }, [focusParts], new Map(), 'record', epoch);
+    }
+    settleEvent(state, controlId);
+    tidyOwed(state);
+    record.cursors = { [cursorKeys.subscription(this.settings.input, subscription.id)]: JSON.stringify(state) };
+    batch.records.push(record);
+    try {
+      await this.records.commit(batch);
+    } catch (error) {
+      oweEvent(state, controlId);
+      throw error;
+    }
+  }
+
+  /**
+   * Whether the server declares `$events` (asked once). A server without a readable
+   * CapabilityStatement (404, 401…) does not declare it: recovery searches instead. A server
+   * that does not answer now is asked again next time.
+   */
   private supportsEvents(): Promise<boolean> {
-    this.eventsSupport ??= this.deps.client.capabilities().then(supportsSubscriptionEvents);
-    // A failed look-up is asked again next time.
+    this.eventsSupport ??= this.deps.client.capabilities().then(supportsSubscriptionEvents, (error: unknown) => {
+      if (error instanceof TransientError) throw error;
+      this.deps.log.warn('fhir.capabilities_unreadable', { input: this.settings.input, reason: codeOf(error) });
+      return false;
+    });
     this.eventsSupport.catch(() => {
       this.eventsSupport = undefined;
     });
@@ -598,12 +823,12 @@ export class FhirIngest {
   /**
    * Checks every subscription with a heartbeat period: silent for more than twice the
    * period (measured from the last notification, the last silence recovery or the start of
-   * this process) → warning `heartbeat_silence` and a recovery of everything after the last
-   * event seen. Called by the monitor's timer; tests call it with an injected clock.
-   * Resolves with the ids of the subscriptions it recovered.
+   * this process) → warning `heartbeat_silence`, and everything after the last event seen
+   * is owed and recovered. Called by the monitor's timer; tests call it with an injected
+   * clock. Resolves with the ids of the subscriptions found silent.
    */
   async checkHeartbeats(): Promise<string[]> {
-    const recovered: string[] = [];
+    const silent: string[] = [];
     for (const subscription of this.subscriptions.values()) {
       if (subscription.heartbeatPeriodSeconds <= 0) continue;
       const state = await this.state(subscription.id);
@@ -625,16 +850,17 @@ export class FhirIngest {
       try {
         await this.withSubscription(subscription.id, async () => {
           const current = await this.state(subscription.id);
-          await this.recover(subscription, current, (current.n ?? 0) + 1, undefined, 'heartbeat_silence');
+          this.oweGap(subscription, current, (current.n ?? 0) + 1, undefined, 'heartbeat_silence');
           current.recoveredAt = this.now().toISOString();
           await this.saveState(subscription.id, current);
         });
-        recovered.push(subscription.id);
+        await this.recoverSubscription(subscription.id);
+        silent.push(subscription.id);
       } catch (error) {
         this.deps.log.error('fhir.recovery_failed', { input: this.settings.input, controlId: subscription.id, reason: codeOf(error) });
       }
     }
-    return recovered;
+    return silent;
   }
 
   /**
@@ -664,10 +890,34 @@ export class FhirIngest {
     );
   }
 
-  /** Stops the monitor and waits for work in progress. */
+  /** Starts the heartbeat monitor and resumes the work a previous run left owed. */
+  start(): void {
+    this.startHeartbeatMonitor();
+    this.recovery.kick();
+  }
+
+  /** Resolves once no recovery is running (work in backoff waits for its time). */
+  recoveryIdle(): Promise<void> {
+    return this.recovery.idle();
+  }
+
+  /** Runs every subscription's owed work now, backoff or not. */
+  recoverNow(): Promise<void> {
+    return this.recovery.runNow();
+  }
+
+  /** Each subscription's position, what it still owes and its recovery state (admin API). */
+  async subscriptionStates(): Promise<Array<{ id: string; state: SubscriptionState }>> {
+    const out: Array<{ id: string; state: SubscriptionState }> = [];
+    for (const id of this.subscriptions.keys()) out.push({ id, state: structuredClone(await this.state(id)) });
+    return out;
+  }
+
+  /** Stops the monitor and the recovery, and waits for work in progress. */
   async stop(): Promise<void> {
     this.monitor?.clear();
     this.monitor = undefined;
+    await this.recovery.stop();
     await Promise.allSettled([...this.locks.values()]);
   }
 

@@ -3,12 +3,12 @@
 // focus, patients), and committed so that the caller answers 2xx only after the store did
 // (docs/architecture.md invariant 1). FhirIngest decides what to store; this module stores it.
 import { createHash } from 'node:crypto';
-import { PermanentError } from '../errors.ts';
+import { PermanentError, TransientError } from '../errors.ts';
 import { FhirReferenceRefused, parseFhirReference } from '../fhir/client.ts';
 import { FhirNormalizeError, normalizeNotification, type NotificationNormalizeResult } from '../fhir/normalize.ts';
 import type { FhirResource, Notification } from '../fhir/notification.ts';
 import type { Logger } from '../log.ts';
-import type { InboundRecord, Store, SubjectState } from '../store/store.ts';
+import { PENDING_REASON, type InboundRecord, type Store, type StoredMessage, type SubjectState } from '../store/store.ts';
 import { MessageStatus, type Trigger } from '../types.ts';
 
 /** What the records need of the FHIR client. */
@@ -50,6 +50,8 @@ export interface Batch {
   overlay: Map<string, SubjectState>;
   records: InboundRecord[];
   duplicates: number;
+  /** Events left pending (stored now or before): their triggers are owed. */
+  pending: number;
 }
 
 export class FhirRecords {
@@ -70,7 +72,7 @@ export class FhirRecords {
   }
 
   newBatch(receivedAt = this.now().toISOString()): Batch {
-    return { receivedAt, overlay: new Map(), records: [], duplicates: 0 };
+    return { receivedAt, overlay: new Map(), records: [], duplicates: 0, pending: 0 };
   }
 
   baseRecord(
@@ -91,12 +93,31 @@ export class FhirRecords {
     };
   }
 
-  async known(controlId: string): Promise<boolean> {
+  /** The stored record with this control id, if any. */
+  async find(controlId: string): Promise<StoredMessage | undefined> {
     try {
-      return (await this.deps.store.findMessage(this.sender, controlId)) !== undefined;
+      return await this.deps.store.findMessage(this.sender, controlId);
     } catch {
       throw new CommitFailed();
     }
+  }
+
+  async known(controlId: string): Promise<boolean> {
+    return (await this.find(controlId)) !== undefined;
+  }
+
+  /**
+   * Keeps `record` as accepted before its triggers could be made (store.ts PENDING_REASON,
+   * answered 202): `code` says why (the FHIR client's reason code).
+   */
+  markPending(record: InboundRecord, code: string): void {
+    record.status = MessageStatus.Accepted;
+    record.reason = PENDING_REASON;
+    record.ack = '202';
+    record.ackCode = '202';
+    record.triggers = [];
+    record.subjectStates = [];
+    this.deps.log.warn('fhir.trigger_pending', { input: this.input, controlId: record.controlId, reason: code });
   }
 
   /**
@@ -245,6 +266,11 @@ export function sha256(data: string | Buffer): string {
 
 export function addResource(map: Map<string, FhirResource>, resource: FhirResource): void {
   if (typeof resource.id === 'string') map.set(`${resource.resourceType}/${resource.id}`, resource);
+}
+
+/** A failure of the configured FHIR server, or of a request to it (not of the store, not a refusal). */
+export function isServerProblem(error: unknown): boolean {
+  return error instanceof TransientError || error instanceof PermanentError;
 }
 
 export function codeOf(error: unknown): string {
