@@ -9,12 +9,20 @@
 // byte of the body is read. Then the body is read up to the limit (413 past it), a signature
 // verified over the raw bytes, and only then parsed. The 2xx comes from FhirIngest only
 // after the commit.
-import express, { type Request } from 'express';
+//
+// Every refusal of a configured input (400, 401, 413, 415, 404 unknown subscription, 422,
+// 503) is recorded like an HL7 reject — status `rejected`, the HTTP status as ACK code, the
+// problem body sent as ACK, the reason code — and listed by GET /api/messages; the body is
+// kept only when it was read and authenticated (an authentication failure is recorded
+// without it). The problem body names the reason (`reason`), so the sender need not read
+// our logs. Refused records have no control id: a refused resend is recorded again and is
+// never a duplicate of anything.
+import express, { type Request, type Response } from 'express';
 import { hmacMatches, signatureBytes, standardWebhooksSignatureMatches } from '../inputs/fhir/signatures.ts';
 import type { Logger } from '../log.ts';
-import type { FhirIngestResult } from '../workers/fhir-ingest.ts';
+import type { FhirIngestResult, FhirRefusalRecord } from '../workers/fhir-ingest.ts';
 import type { SubscriptionState } from '../workers/fhir-state.ts';
-import { bearerMatches, declaredOverLimit, refuseUnread, secretsMatch, sendProblem } from './http.ts';
+import { bearerMatches, declaredOverLimit, problemJson, refuseUnread, secretsMatch } from './http.ts';
 
 export type FhirInboundAuth =
   | { kind: 'bearer'; token: string }
@@ -32,6 +40,8 @@ export interface FhirHttpInput {
   /** FhirIngest, or anything with its contract. */
   ingest: {
     handle(raw: Buffer): Promise<FhirIngestResult>;
+    /** Stores a refused request (never throws; resolves once stored, or once the store failed). */
+    recordRefusal(refusal: FhirRefusalRecord): Promise<void>;
     /** Each subscription's position, owed work and recovery state (GET /api/fhir/subscriptions). */
     subscriptionStates(): Promise<Array<{ id: string; state: SubscriptionState }>>;
   };
@@ -128,46 +138,81 @@ function hasNoBody(req: Request): boolean {
   return (length === undefined || length === '0') && req.headers['transfer-encoding'] === undefined;
 }
 
+interface RefusalAnswer {
+  status: number;
+  title: string;
+  detail: string;
+  reason: string;
+  /** The body as read (authenticated requests only). */
+  raw?: Buffer;
+  messageType?: string;
+  /** The body was not (fully) read: close the connection after answering. */
+  unread?: boolean;
+  retryAfterSeconds?: number;
+}
+
 export function createFhirRouter(deps: FhirRouterDeps): express.Router {
   const router = express.Router();
 
+  /** Records the refusal, then answers it with a problem body naming the reason. */
+  async function refuse(res: Response, name: string, input: FhirHttpInput, answer: RefusalAnswer): Promise<void> {
+    const body = problemJson(answer.status, answer.title, answer.detail, { reason: answer.reason });
+    if (answer.status === 401 || answer.status === 413 || answer.status === 415) {
+      deps.log.warn(answer.status === 401 ? 'fhir.unauthorized' : 'fhir.refused', { input: name, reason: answer.reason, status: answer.status });
+    }
+    await input.ingest.recordRefusal({
+      status: answer.status,
+      reason: answer.reason,
+      ack: body,
+      ...(answer.raw !== undefined ? { raw: answer.raw } : {}),
+      ...(answer.messageType !== undefined ? { messageType: answer.messageType } : {}),
+    });
+    if (answer.unread) res.setHeader('Connection', 'close');
+    if (answer.retryAfterSeconds !== undefined) res.setHeader('Retry-After', String(answer.retryAfterSeconds));
+    res.status(answer.status).type('application/problem+json').send(body);
+  }
+
   router.post('/:input', (req, res, next) => {
-    const input = deps.inputs.get(req.params.input);
+    const name = req.params.input;
+    const input = deps.inputs.get(name);
     if (input === undefined) {
-      refuseUnread(res, 404, 'Unknown input', `no fhir-rest-hook input named "${req.params.input}" is configured`);
+      // Not one of ours: nothing to record it against.
+      refuseUnread(res, 404, 'Unknown input', `no fhir-rest-hook input named "${name}" is configured`);
       return;
     }
+    const unread = (status: number, title: string, detail: string, reason: string): void => {
+      refuse(res, name, input, { status, title, detail, reason, unread: true }).catch(next);
+    };
     const authProblem = headerAuthProblem(req, input.auth, Date.now());
     if (authProblem !== undefined) {
       if (input.auth.kind === 'bearer') res.setHeader('WWW-Authenticate', 'Bearer');
-      deps.log.warn('fhir.unauthorized', { input: req.params.input, reason: authProblem.reason });
-      refuseUnread(res, 401, 'Unauthorized', authProblem.detail);
+      unread(401, 'Unauthorized', authProblem.detail, authProblem.reason);
       return;
     }
     const empty = hasNoBody(req);
     if (!empty) {
       const type = (req.headers['content-type'] ?? '').split(';')[0]!.trim().toLowerCase();
       if (!ACCEPTED_TYPES.has(type)) {
-        refuseUnread(res, 415, 'Unsupported media type', 'send application/fhir+json (or application/json)');
+        unread(415, 'Unsupported media type', 'send application/fhir+json (or application/json)', 'unsupported_media_type');
         return;
       }
       if (declaredOverLimit(req, input.maxBodyBytes)) {
-        refuseUnread(res, 413, 'Payload too large', `the body exceeds this input's limit of ${input.maxBodyBytes} bytes`);
+        unread(413, 'Payload too large', `the body exceeds this input's limit of ${input.maxBodyBytes} bytes`, 'body_too_large');
         return;
       }
     }
     express.raw({ type: () => true, limit: input.maxBodyBytes })(req, res, async (err?: unknown) => {
       if (err !== undefined) {
         const status = typeof err === 'object' && err !== null && 'status' in err ? Number((err as { status: unknown }).status) : 400;
-        if (status === 413) refuseUnread(res, 413, 'Payload too large', `the body exceeds this input's limit of ${input.maxBodyBytes} bytes`);
-        else refuseUnread(res, 400, 'Bad request', 'the body could not be read');
+        if (status === 413) unread(413, 'Payload too large', `the body exceeds this input's limit of ${input.maxBodyBytes} bytes`, 'body_too_large');
+        else unread(400, 'Bad request', 'the body could not be read', 'unreadable_body');
         return;
       }
       const body = Buffer.isBuffer(req.body) ? req.body : Buffer.alloc(0);
       const signatureProblem = bodySignatureProblem(req, input.auth, body);
       if (signatureProblem !== undefined) {
-        deps.log.warn('fhir.unauthorized', { input: req.params.input, reason: 'bad_signature' });
-        refuseUnread(res, 401, 'Unauthorized', signatureProblem);
+        // Not authenticated: recorded without the body.
+        unread(401, 'Unauthorized', signatureProblem, 'bad_signature');
         return;
       }
       try {
@@ -195,12 +240,11 @@ export function createFhirRouter(deps: FhirRouterDeps): express.Router {
               );
             return;
           case 'refused':
-            sendProblem(res, result.status, result.title, result.detail);
+            await refuse(res, name, input, { ...result, raw: body });
             return;
           case 'unavailable':
             // Nothing durable: the server must resend (never a 2xx).
-            res.setHeader('Retry-After', String(result.retryAfterSeconds));
-            sendProblem(res, 503, 'Service unavailable', 'the notification could not be committed now; resend it later');
+            await refuse(res, name, input, { ...result, status: 503, title: 'Service unavailable', raw: body });
             return;
           default:
             result satisfies never;

@@ -4,12 +4,14 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
 import type { Request, Response } from 'express';
 
+/** RFC 9457 problem details as sent: `extensions` are extension members (e.g. a `reason` code). */
+export function problemJson(status: number, title: string, detail?: string, extensions: Record<string, string> = {}): string {
+  return JSON.stringify({ type: 'about:blank', title, status, ...(detail ? { detail } : {}), ...extensions });
+}
+
 /** RFC 9457 problem details. */
-export function sendProblem(res: Response, status: number, title: string, detail?: string): void {
-  res
-    .status(status)
-    .type('application/problem+json')
-    .send(JSON.stringify({ type: 'about:blank', title, status, ...(detail ? { detail } : {}) }));
+export function sendProblem(res: Response, status: number, title: string, detail?: string, extensions?: Record<string, string>): void {
+  res.status(status).type('application/problem+json').send(problemJson(status, title, detail, extensions));
 }
 
 function digest(value: string): Buffer {

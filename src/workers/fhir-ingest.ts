@@ -138,10 +138,27 @@ export type FhirIngestResult =
    * their triggers yet (they are stored, and made by the background recovery).
    */
   | { kind: 'accepted'; triggers: Trigger[]; stored: number; duplicates: number; pending: number }
-  /** Never acceptable as sent: 4xx with a problem body; nothing was stored. */
-  | { kind: 'refused'; status: 400 | 404 | 422; title: string; detail: string; reason: string }
+  /**
+   * Never acceptable as sent: 4xx with a problem body; nothing of it was stored (the caller
+   * records the refusal: recordRefusal).
+   */
+  | { kind: 'refused'; status: 400 | 404 | 422; title: string; detail: string; reason: string; messageType?: string }
   /** Nothing durable (store or FHIR server unavailable): 503 + Retry-After; the sender resends. */
-  | { kind: 'unavailable'; retryAfterSeconds: number; reason: string; detail: string };
+  | { kind: 'unavailable'; retryAfterSeconds: number; reason: string; detail: string; messageType?: string };
+
+/** A refused request as recorded (FhirIngest.recordRefusal). */
+export interface FhirRefusalRecord {
+  /** The HTTP status answered (kept as the ACK code). */
+  status: number;
+  /** Reason code (safe to log). */
+  reason: string;
+  /** The problem body answered. */
+  ack: string;
+  /** The body, when it was read and authenticated; absent otherwise. */
+  raw?: Buffer;
+  /** resourceType or notification type, when the body was read that far. */
+  messageType?: string;
+}
 
 
 /** Resources read per search type at most in one recovery/changes search (pages × _count). */
@@ -201,6 +218,7 @@ export class FhirIngest implements RecoveryTarget {
   async handle(raw: Buffer): Promise<FhirIngestResult> {
     const { log } = this.deps;
     const input = this.settings.input;
+    let messageType: string | undefined;
     try {
       let body: unknown;
       let text: string;
@@ -223,6 +241,8 @@ export class FhirIngest implements RecoveryTarget {
           const got = body === null ? 'null' : Array.isArray(body) ? 'an array' : `a ${typeof body}`;
           throw new Refusal(400, 'Not a FHIR resource', 'not_a_resource', `the body is JSON ${got}; send a FHIR resource (a JSON object with resourceType)`);
         }
+        const resourceType = (body as { resourceType?: unknown }).resourceType;
+        if (typeof resourceType === 'string') messageType = resourceType.slice(0, 64);
       }
       let notification: Notification;
       try {
@@ -233,6 +253,7 @@ export class FhirIngest implements RecoveryTarget {
         }
         throw error;
       }
+      if (notification.kind === 'topic') messageType = notification.type;
       switch (notification.kind) {
         case 'empty':
           return this.accepted(await this.serial('search', () => this.searchChanges(undefined)));
@@ -254,7 +275,7 @@ export class FhirIngest implements RecoveryTarget {
       this.states.clear();
       if (error instanceof Refusal) {
         log.warn('fhir.refused', { input, reason: error.reason, status: error.status });
-        return { kind: 'refused', status: error.status, title: error.title, detail: error.message, reason: error.reason };
+        return { kind: 'refused', status: error.status, title: error.title, detail: error.message, reason: error.reason, messageType };
       }
       if (error instanceof CommitFailed) {
         log.error('fhir.commit_failed', { input });
@@ -263,6 +284,7 @@ export class FhirIngest implements RecoveryTarget {
           retryAfterSeconds: RETRY_AFTER_SECONDS,
           reason: 'store_unavailable',
           detail: 'the notification could not be committed now (store_unavailable); resend it later',
+          messageType,
         };
       }
       if (error instanceof TransientError) {
@@ -273,6 +295,7 @@ export class FhirIngest implements RecoveryTarget {
           retryAfterSeconds: Math.max(1, retry),
           reason: error.code,
           detail: `the configured FHIR server did not answer what this notification needs (${error.code}); resend it later`,
+          messageType,
         };
       }
       if (error instanceof PermanentError) {
@@ -284,9 +307,31 @@ export class FhirIngest implements RecoveryTarget {
           retryAfterSeconds: RETRY_AFTER_SECONDS,
           reason: error.code,
           detail: `the configured FHIR server refused what CareRelay asked to handle this notification (${error.code}); resend it later`,
+          messageType,
         };
       }
       throw error;
+    }
+  }
+
+  /**
+   * Records a refused request (api/fhir-routes.ts): status `rejected`, the HTTP status as
+   * ACK code and the problem body as ACK, like an HL7 reject; no control id, so nothing
+   * about it makes a resend a duplicate. Never throws: when the store cannot write (the
+   * very reason of a 503, often), the refusal is answered all the same.
+   */
+  async recordRefusal(refusal: FhirRefusalRecord): Promise<void> {
+    const raw = refusal.raw ?? Buffer.alloc(0);
+    const batch = this.records.newBatch();
+    const record = this.records.baseRecord(batch, { controlId: '', contentHash: sha256(raw), raw, messageType: refusal.messageType ?? '' });
+    record.status = MessageStatus.Rejected;
+    record.reason = refusal.reason;
+    record.ack = refusal.ack;
+    record.ackCode = String(refusal.status);
+    try {
+      await this.deps.store.commitInbound(record);
+    } catch {
+      this.deps.log.error('fhir.refusal_not_recorded', { input: this.settings.input, status: refusal.status, reason: refusal.reason });
     }
   }
 
