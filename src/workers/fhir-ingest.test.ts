@@ -160,6 +160,13 @@ describe('R4 criteria rest-hook', () => {
     expect(await store.listTriggers({})).toHaveLength(2);
   });
 
+  it('a contained Patient is read inside the resource: nothing fetched', async () => {
+    const appointment = testAppointment('a1', '#p1', { meta: { versionId: '1' }, contained: [testPatient('p1')] });
+    const result = accepted(await makeIngest().handle(body(appointment)));
+    expect(result.triggers.map((t) => [t.type, t.patient.id])).toEqual([['appointment.booked', 'MRN-p1']]);
+    expect(server.requests).toEqual([]);
+  });
+
   it('a patient reference to another server is refused before any request', async () => {
     const appointment = testAppointment('a1', 'https://elsewhere.example.org/fhir/Patient/p1', { meta: { versionId: '1' } });
     const result = await makeIngest().handle(body(appointment));
