@@ -43,7 +43,8 @@ Commands:
   fhir subscribe --input NAME --endpoint URL [--config-dir DIR]
                                            create (or update) the input's Subscriptions on its
                                            FHIR server, pointing at URL/ingest/fhir/NAME, and
-                                           show their status
+                                           show each one's status or failure (exit 1 if any
+                                           failed; the others are still done)
   help                                     this text
 `;
 
@@ -350,14 +351,15 @@ async function cmdFhir(args: string[]): Promise<number> {
   }
   const { fhirSubscribe } = await import('./workers/fhir-subscribe.ts');
   try {
-    const status = await fhirSubscribe({
+    const outcomes = await fhirSubscribe({
       configDir: path.resolve(values['config-dir'] as string),
       env: process.env,
       input: values.input as string,
       endpointBaseUrl: values.endpoint as string,
     });
-    process.stdout.write(`${status}\n`);
-    return 0;
+    // Every subscription is reported, done or not; exit 1 when any failed.
+    for (const o of outcomes) (o.ok ? process.stdout : process.stderr).write(`${o.text}\n`);
+    return outcomes.every((o) => o.ok) ? 0 : 1;
   } catch (error) {
     if (error instanceof ConfigError) return reportConfigError(error);
     process.stderr.write(`carerelay: fhir subscribe failed: ${(error as Error).message}\n`);

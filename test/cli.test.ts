@@ -260,6 +260,16 @@ describe('carerelay fhir subscribe', () => {
     expect(subscription.channel.header).toEqual([`Authorization: Bearer ${token}`]);
   });
 
+  it('reports a subscription the server refuses on stderr and exits 1', async () => {
+    fhir.failNext(403, 1);
+    const { code, stdout, stderr } = await carerelay(
+      ['fhir', 'subscribe', '--config-dir', dir, '--input', 'ehr-fhir', '--endpoint', 'https://carerelay.example.org'],
+      { HOOK_TOKEN: 't' },
+    );
+    expect([code, stdout]).toEqual([1, '']);
+    expect(stderr).toMatch(/^Subscription\/appointments on http:\/\/127\.0\.0\.1:\d+\/fhir: failed: read Subscription\/appointments: HTTP 403 .*\(fhir_forbidden\)\n$/);
+  });
+
   it('names the fhir-rest-hook inputs when --input is wrong', async () => {
     const { code, stderr } = await carerelay(['fhir', 'subscribe', '--config-dir', dir, '--input', 'nope', '--endpoint', 'https://x.example.org'], {
       HOOK_TOKEN: 't',
