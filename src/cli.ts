@@ -252,7 +252,7 @@ async function cmdValidate(args: string[]): Promise<number> {
   const { loadConfig } = await import('./config/load.ts');
   try {
     const plan = await loadConfig({ configDir: path.resolve(values['config-dir'] as string), env: process.env });
-    process.stdout.write(`configuration OK: ${plan.inputs.length} input(s)\n`);
+    process.stdout.write(`configuration OK: ${plan.inputs.length} input(s), ${plan.outputs.length} output(s)\n`);
     return 0;
   } catch (error) {
     if (error instanceof ConfigError) return reportConfigError(error, '; nothing was started');

@@ -3,6 +3,7 @@
 import type { Server } from 'node:http';
 import path from 'node:path';
 import { createApp, type HttpHl7Input } from './api/app.ts';
+import { twilioStatusHooks } from './api/hooks-routes.ts';
 import { loadConfig, type CarerelayPlan, type InstancePlan } from './config/load.ts';
 import { readSecret, type Env, type SecretRef } from './config/yaml.ts';
 import { MllpServer, type MllpServerEvent } from './hl7v2/mllp-server.ts';
@@ -160,7 +161,16 @@ export async function startCarerelay(options: StartOptions): Promise<RunningCare
 
   const db = openSqliteDatabase(path.join(plan.server.dataDir, 'carerelay.db'));
   const store = new SqliteStore(db, { closeDatabase: true });
-  const deliveries = new DeliveryRuntime({ db, store, plan, log, outputSpecs, ...(options.now ? { now: options.now } : {}) });
+  let deliveries: DeliveryRuntime;
+  let twilioStatus: ReturnType<typeof twilioStatusHooks>;
+  try {
+    // Outputs start here: a secret that cannot be read, or is not what its output needs, stops the start.
+    deliveries = new DeliveryRuntime({ db, store, plan, log, outputSpecs, env, ...(options.now ? { now: options.now } : {}) });
+    twilioStatus = twilioStatusHooks(plan.outputs, (ref) => readSecret(ref, env, plan.configDir));
+  } catch (error) {
+    await store.close();
+    throw error;
+  }
   const ingest = new Hl7Ingest({ store, log, onCommitted: deliveries.onCommitted });
   const afterCommit = faultInjector(env);
 
@@ -191,7 +201,7 @@ export async function startCarerelay(options: StartOptions): Promise<RunningCare
     }
   }
 
-  const app = createApp({ store, log, hl7Ingest: ingest, hl7Inputs: httpInputs, fhirInputs, adminToken });
+  const app = createApp({ store, log, hl7Ingest: ingest, hl7Inputs: httpInputs, fhirInputs, adminToken, twilioStatus });
   const mllpPorts = new Map<string, number>();
   let http: Server | undefined;
   try {

@@ -1,7 +1,7 @@
 // The `carerelay` command as a user runs it: a child process of bin/carerelay.mjs, exit
 // codes, stdout and stderr.
 import { execFile } from 'node:child_process';
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { cpSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
@@ -173,6 +173,33 @@ describe('carerelay validate', () => {
     const { code, stdout } = await carerelay(['validate']);
     expect(code).toBe(0);
     expect(stdout).toContain('configuration OK');
+  });
+
+  it('checks the commented adapter blocks of the shipped example once they are uncommented', async () => {
+    const repo = path.join(path.dirname(CLI_PATH), '..');
+    const copy = mkdtempSync(path.join(tmpdir(), 'carerelay-adapters-'));
+    try {
+      cpSync(path.join(repo, 'connectors'), path.join(copy, 'connectors'), { recursive: true });
+      cpSync(path.join(repo, 'mappings'), path.join(copy, 'mappings'), { recursive: true });
+      const file = path.join(copy, 'connectors', 'adapters.yaml');
+      const lines = readFileSync(file, 'utf8').split('\n');
+      const from = lines.indexOf('# outputs:');
+      expect(from).toBeGreaterThan(0);
+      // What a user does: remove one "# " from each line of the blocks.
+      const uncommented = lines.map((l, i) => (i < from ? l : l.replace(/^# ?/, ''))).join('\n');
+      writeFileSync(file, uncommented);
+      const secrets = { TWILIO_AUTH_TOKEN: 't', SMTP_PASSWORD: 'p', SCHEDULING_WEBHOOK_SECRET: 'whsec_AAAA', EHR_FHIR_TOKEN: 'e' };
+      const ok = await carerelay(['validate', '--config-dir', copy], secrets);
+      expect(ok.stderr).toBe('');
+      expect(ok.stdout).toContain('configuration OK: 2 input(s), 6 output(s)');
+      // A mistake in a block is reported at its place.
+      writeFileSync(file, uncommented.replace('accountSid: AC00000000000000000000000000000000', 'accountSid: AC123'));
+      const bad = await carerelay(['validate', '--config-dir', copy], secrets);
+      expect(bad.code).toBe(1);
+      expect(bad.stderr).toMatch(/connectors\/adapters\.yaml:\d+:17: .*accountSid/);
+    } finally {
+      rmSync(copy, { recursive: true, force: true });
+    }
   });
 });
 

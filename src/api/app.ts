@@ -8,6 +8,7 @@ import { STORED_DELIVERY_STATUSES, type DeliveryQuery, type MessageQuery, type S
 import { MessageStatus } from '../types.ts';
 import type { Hl7Ingest, Hl7IngestSettings } from '../workers/ingest.ts';
 import { createFhirAdminRouter, createFhirRouter, type FhirHttpInput } from './fhir-routes.ts';
+import { createHooksRouter, type TwilioStatusHook } from './hooks-routes.ts';
 import { bearerMatches, declaredOverLimit, refuseUnread, sendProblem } from './http.ts';
 
 export interface HttpHl7Input {
@@ -27,6 +28,8 @@ export interface ApiDeps {
   fhirInputs?: ReadonlyMap<string, FhirHttpInput>;
   /** CARERELAY_ADMIN_TOKEN; when undefined the server must be bound to loopback only. */
   adminToken?: string;
+  /** twilio outputs taking status callbacks (POST /hooks/twilio/status/<name>), by name. */
+  twilioStatus?: ReadonlyMap<string, TwilioStatusHook>;
 }
 
 function requireBearer(expected: string | undefined) {
@@ -172,6 +175,8 @@ export function createApp(deps: ApiDeps): express.Express {
   });
 
   app.use('/ingest/fhir', createFhirRouter({ inputs: deps.fhirInputs ?? new Map(), log }));
+  // Provider callbacks about sent messages; each authenticates its own way (hooks-routes.ts).
+  app.use('/hooks', createHooksRouter({ twilioStatus: deps.twilioStatus ?? new Map(), store, log }));
 
   const admin = express.Router();
   admin.use(requireBearer(deps.adminToken));

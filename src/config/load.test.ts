@@ -41,6 +41,8 @@ describe('the shipped example (connectors/example.yaml)', () => {
   it('loads with an empty environment, defaults from ${VAR:-default}', async () => {
     const plan = await loadConfig({ configDir: repoRoot, env: {} });
     expect(plan.files).toEqual([
+      // All commented out: ready-to-fill adapter blocks.
+      path.join(repoRoot, 'connectors', 'adapters.yaml'),
       path.join(repoRoot, 'connectors', 'example.yaml'),
       path.join(repoRoot, 'connectors', 'outbox.yaml'),
     ]);
@@ -331,11 +333,11 @@ describe('loadConfig', () => {
 
   it('names the missing type and lists the known types', async () => {
     const dir = await configDir({
-      'a.yaml': 'inputs:\n  - name: x\n    port: 1\noutputs:\n  - name: sms\n    type: twilio\n',
+      'a.yaml': 'inputs:\n  - name: x\n    port: 1\noutputs:\n  - name: sms\n    type: pager\n',
     });
     expect(await issuesOf(dir)).toEqual([
       'connectors/a.yaml:2:5: input needs a "type" (known: hl7v2-mllp, hl7v2-http, fhir-rest-hook, fhir-poll)',
-      'connectors/a.yaml:6:11: unknown output type "twilio" (known: outbox)',
+      'connectors/a.yaml:6:11: unknown output type "pager" (known: outbox, webhook, smtp, twilio, fhir-communication)',
     ]);
   });
 

@@ -487,17 +487,27 @@ export class FhirClient {
   /**
    * FHIR create (POST). Not idempotent: only a 429/503 (nothing was processed) is retried;
    * a timeout, reset or other 5xx is an AmbiguousError (the resource may exist now).
+   *
+   * `ifNoneExist` makes it a conditional create (FHIR R4 §3.1.0.8.1, header If-None-Exist: a
+   * search query without "?"): a server that supports it answers 200 with the existing match
+   * instead of creating a second one, so a repeat after an ambiguous failure is safe.
+   * `signal` aborts the call (the queue's lease or shutdown).
    */
-  async create(resource: FhirResource): Promise<FhirResource> {
+  async create(resource: FhirResource, options: { ifNoneExist?: string; signal?: AbortSignal } = {}): Promise<FhirResource> {
     checkType(resource?.resourceType);
     const body = stripId(resource);
     const what = `create ${resource.resourceType}`;
-    const created = await this.call({ what, idempotent: false }, (options) =>
-      this.fhir.create({
-        resourceType: resource.resourceType,
-        body: body as FhirResource & Record<string, unknown>,
-        options: { ...options, headers: { ...options.headers, prefer: 'return=representation' } },
-      }),
+    const extraHeaders: Record<string, string> = { prefer: 'return=representation' };
+    if (options.ifNoneExist !== undefined) extraHeaders['if-none-exist'] = options.ifNoneExist;
+    const created = await this.call(
+      { what, idempotent: false },
+      (requestOptions) =>
+        this.fhir.create({
+          resourceType: resource.resourceType,
+          body: body as FhirResource & Record<string, unknown>,
+          options: { ...requestOptions, headers: { ...requestOptions.headers, ...extraHeaders } },
+        }),
+      options.signal,
     );
     if (created.resourceType !== undefined) return expectType(created, resource.resourceType, what);
     // A server may answer 201 with an empty body despite Prefer: return=representation;
@@ -538,15 +548,18 @@ export class FhirClient {
   // -------------------------------------------------------------------------------------
 
   /** One logical call: auth header, timeout, classification, bounded retries. */
-  private async call(kind: CallKind, send: (options: RequestOptions) => Promise<Record<string, unknown>>): Promise<FhirResource> {
+  private async call(kind: CallKind, send: (options: RequestOptions) => Promise<Record<string, unknown>>, signal?: AbortSignal): Promise<FhirResource> {
     let retries = 0;
     let renewed = false;
     for (;;) {
+      // Aborted before this attempt left: nothing can have happened.
+      if (signal?.aborted) throw new FhirUnavailableError('fhir_aborted', `${kind.what}: aborted before the request was made`);
       let error: Error;
       try {
         const headers: Record<string, string> = {};
         if (this.tokens !== undefined) headers.authorization = `Bearer ${await this.tokens.getToken()}`;
-        const result = await send({ headers, signal: AbortSignal.timeout(this.options.timeoutMs) });
+        const timeout = AbortSignal.timeout(this.options.timeoutMs);
+        const result = await send({ headers, signal: signal === undefined ? timeout : AbortSignal.any([timeout, signal]) });
         return result as FhirResource;
       } catch (raw) {
         error = this.classify(raw, kind);

@@ -696,6 +696,40 @@ export function storeConformanceSuite(name: string, makeStore: () => Promise<Sto
       });
     });
 
+    describe('delivery receipts', () => {
+      const at = '2024-01-02T09:00:00Z';
+
+      it('keeps receipts in the order recorded; the same word twice once', async () => {
+        expect(await store.addDeliveryReceipt({ deliveryId: 'd1', output: 'sms', status: 'sending', attempt: 1, at })).toBe(true);
+        expect(await store.addDeliveryReceipt({ deliveryId: 'd1', output: 'sms', status: 'accepted', providerId: 'SM1', attempt: 1, at })).toBe(true);
+        expect(await store.addDeliveryReceipt({ deliveryId: 'd1', output: 'sms', status: 'delivered', providerId: 'SM1', at })).toBe(true);
+        // A repeated callback: nothing new.
+        expect(await store.addDeliveryReceipt({ deliveryId: 'd1', output: 'sms', status: 'delivered', providerId: 'SM1', at: '2024-01-02T09:05:00Z' })).toBe(false);
+        // The same status from another attempt is another word.
+        expect(await store.addDeliveryReceipt({ deliveryId: 'd1', output: 'sms', status: 'sending', attempt: 2, at })).toBe(true);
+        await store.addDeliveryReceipt({ deliveryId: 'd2', output: 'mail', status: 'bounced', code: '550', attempt: 1, at });
+        expect((await store.listDeliveryReceipts({ deliveryId: 'd1' })).map((r) => `${r.status}/${r.attempt ?? '-'}`)).toEqual([
+          'sending/1',
+          'accepted/1',
+          'delivered/-',
+          'sending/2',
+        ]);
+        expect(await store.listDeliveryReceipts({ deliveryId: 'd2' })).toEqual([
+          { deliveryId: 'd2', output: 'mail', status: 'bounced', code: '550', attempt: 1, at },
+        ]);
+        expect(await store.listDeliveryReceipts({ deliveryId: 'd2', output: 'sms' })).toEqual([]);
+      });
+
+      it('finds the receipts naming a provider id of an output', async () => {
+        await store.addDeliveryReceipt({ deliveryId: 'd1', output: 'sms', status: 'accepted', providerId: 'SM1', attempt: 1, at });
+        await store.addDeliveryReceipt({ deliveryId: 'd2', output: 'sms', status: 'accepted', providerId: 'SM2', attempt: 1, at });
+        await store.addDeliveryReceipt({ deliveryId: 'd3', output: 'other', status: 'accepted', providerId: 'SM1', attempt: 1, at });
+        expect((await store.listDeliveryReceipts({ output: 'sms', providerId: 'SM1' })).map((r) => r.deliveryId)).toEqual(['d1']);
+        expect(await store.listDeliveryReceipts({ output: 'sms', providerId: '' })).toEqual([]);
+        await expect(store.addDeliveryReceipt({ deliveryId: 'd1', output: 'sms', status: 'sent', at: 'yesterday' })).rejects.toThrow();
+      });
+    });
+
     describe('closing', () => {
       it('after close, commits reject (so the caller NAKs) and close is idempotent', async () => {
         stored(await store.commitInbound(testRecord({ controlId: 'Z1' })));

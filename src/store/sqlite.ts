@@ -41,28 +41,29 @@
 // Ids. Message ids are the SQLite rowid (AUTOINCREMENT: never reused, even after
 // deletions) as a decimal string: stable and URL-safe.
 import BetterSqlite3 from 'better-sqlite3';
-import { MessageStatus, type Channel, type Delivery, type Trigger } from '../types.ts';
+import { MessageStatus, type Channel, type Delivery, type DeliveryReceipt, type Trigger } from '../types.ts';
 import { StoreReason, instantMs, listLimit, storedMessageOf } from './common.ts';
 import { migrate, openSqliteDatabase, type Database } from './sqlite-db.ts';
-import {
-  isPending,
-  type CommitOutcome,
-  type DeliveryOutcome,
-  type DeliveryQuery,
-  type DeliveryWrite,
-  type InboundRecord,
-  type MessageQuery,
-  type OutboxEntry,
-  type OutboxQuery,
-  type SentMessage,
-  type Store,
-  type StoredDelivery,
-  type StoredDeliveryStatus,
-  type StoredMessage,
-  type StoredMessageWithBody,
-  type SubjectState,
-  type TriggerQuery,
+import type {
+  CommitOutcome,
+  DeliveryOutcome,
+  DeliveryQuery,
+  DeliveryWrite,
+  InboundRecord,
+  MessageQuery,
+  OutboxEntry,
+  OutboxQuery,
+  ReceiptQuery,
+  SentMessage,
+  Store,
+  StoredDelivery,
+  StoredDeliveryStatus,
+  StoredMessage,
+  StoredMessageWithBody,
+  SubjectState,
+  TriggerQuery,
 } from './store.ts';
+import { isPending } from './store.ts';
 
 /** Component name of the store's tables in schema_migrations. */
 export const SQLITE_STORE_COMPONENT = 'store';
@@ -186,6 +187,22 @@ export const SQLITE_STORE_MIGRATIONS: readonly string[] = [
   );
   CREATE INDEX outbox_output ON outbox (output, seq);
   `,
+  // What providers said about deliveries (Store.addDeliveryReceipt). '' and 0 stand for "no
+  // provider id" and "not an adapter attempt" so the unique key can dedupe repeated callbacks.
+  `
+  CREATE TABLE delivery_receipts (
+    seq INTEGER PRIMARY KEY,
+    delivery_id TEXT NOT NULL,
+    output TEXT NOT NULL,
+    status TEXT NOT NULL,
+    provider_id TEXT NOT NULL,
+    code TEXT,
+    attempt INTEGER NOT NULL,
+    at TEXT NOT NULL,
+    UNIQUE (delivery_id, output, status, provider_id, attempt)
+  );
+  CREATE INDEX delivery_receipts_provider ON delivery_receipts (output, provider_id) WHERE provider_id <> '';
+  `,
 ];
 
 /** Most records committed in one transaction (bounds how long one flush blocks the loop). */
@@ -252,6 +269,30 @@ interface OutboxRow {
   text: string;
   html: string | null;
   kept_at: string;
+}
+
+const RECEIPT_COLUMNS = 'delivery_id, output, status, provider_id, code, attempt, at';
+
+interface ReceiptRow {
+  delivery_id: string;
+  output: string;
+  status: DeliveryReceipt['status'];
+  provider_id: string;
+  code: string | null;
+  attempt: number;
+  at: string;
+}
+
+function receiptFromRow(row: ReceiptRow): DeliveryReceipt {
+  return {
+    deliveryId: row.delivery_id,
+    output: row.output,
+    status: row.status,
+    ...(row.provider_id !== '' ? { providerId: row.provider_id } : {}),
+    ...(row.code !== null ? { code: row.code } : {}),
+    ...(row.attempt !== 0 ? { attempt: row.attempt } : {}),
+    at: row.at,
+  };
 }
 
 /** A record with its instants already checked and converted (outside the transaction). */
@@ -323,6 +364,9 @@ export class SqliteStore implements Store {
   private readonly finishDeliveryStmt: BetterSqlite3.Statement;
   private readonly putOutboxStmt: BetterSqlite3.Statement<unknown[], OutboxRow>;
   private readonly outboxSeqStmt: BetterSqlite3.Statement<[number], { seq: number }>;
+  private readonly addReceiptStmt: BetterSqlite3.Statement;
+  private readonly receiptsOfDeliveryStmt: BetterSqlite3.Statement<[string], ReceiptRow>;
+  private readonly receiptsOfProviderIdStmt: BetterSqlite3.Statement<[string, string], ReceiptRow>;
   private readonly saveRoutingTx: (triggerIds: readonly string[], rows: Array<{ write: DeliveryWrite; asOfMs: number; dueMs: number }>, routedMs: number) => void;
   private readonly commitGroup: (batch: PendingWrite[]) => Array<{ value: unknown }>;
   private readonly commitIsolated: (batch: PendingWrite[]) => Array<{ value: unknown } | { error: unknown }>;
@@ -427,6 +471,15 @@ export class SqliteStore implements Store {
        RETURNING ${OUTBOX_COLUMNS}`,
     );
     this.outboxSeqStmt = db.prepare('SELECT seq FROM outbox WHERE seq = ?');
+    this.addReceiptStmt = db.prepare(
+      `INSERT INTO delivery_receipts (delivery_id, output, status, provider_id, code, attempt, at)
+       VALUES (?, ?, ?, ?, ?, ?, ?)
+       ON CONFLICT (delivery_id, output, status, provider_id, attempt) DO NOTHING`,
+    );
+    this.receiptsOfDeliveryStmt = db.prepare(`SELECT ${RECEIPT_COLUMNS} FROM delivery_receipts WHERE delivery_id = ? ORDER BY seq`);
+    this.receiptsOfProviderIdStmt = db.prepare(
+      `SELECT ${RECEIPT_COLUMNS} FROM delivery_receipts WHERE output = ? AND provider_id = ? AND provider_id <> '' ORDER BY seq`,
+    );
     // Runs inside the group commit's transaction.
     this.saveRoutingTx = ((triggerIds: readonly string[], rows: Array<{ write: DeliveryWrite; asOfMs: number; dueMs: number }>, routedMs: number) => {
       for (const { write, asOfMs, dueMs } of rows) {
@@ -678,6 +731,31 @@ export class SqliteStore implements Store {
     }
     const { sql, params } = filter.select(OUTBOX_COLUMNS, 'outbox', 'seq DESC', query.limit);
     return (this.listStatement(sql).all(...params) as OutboxRow[]).map(outboxFromRow);
+  }
+
+  async addDeliveryReceipt(receipt: DeliveryReceipt): Promise<boolean> {
+    this.assertOpen();
+    instantMs(receipt.at, 'receipt.at');
+    // Its own transaction: synchronous=FULL makes it durable when run() returns.
+    const changes = this.addReceiptStmt.run(
+      receipt.deliveryId,
+      receipt.output,
+      receipt.status,
+      receipt.providerId ?? '',
+      receipt.code ?? null,
+      receipt.attempt ?? 0,
+      receipt.at,
+    ).changes;
+    return changes > 0;
+  }
+
+  async listDeliveryReceipts(query: ReceiptQuery): Promise<DeliveryReceipt[]> {
+    this.assertOpen();
+    if ('deliveryId' in query) {
+      const rows = this.receiptsOfDeliveryStmt.all(query.deliveryId).map(receiptFromRow);
+      return query.output === undefined ? rows : rows.filter((r) => r.output === query.output);
+    }
+    return this.receiptsOfProviderIdStmt.all(query.output, query.providerId).map(receiptFromRow);
   }
 
   async ping(): Promise<void> {

@@ -1,7 +1,7 @@
 // The Store interface (docs/architecture.md "Interfaces"). Workers see only this; the embedded
 // SQLite backend and the PostgreSQL backend implement it and pass one conformance suite
 // (store/conformance.ts).
-import type { AckCode, Channel, Delivery, MessageStatus, Trigger } from '../types.ts';
+import type { AckCode, Channel, Delivery, DeliveryReceipt, MessageStatus, Trigger } from '../types.ts';
 
 /** Everything about one inbound message that is committed before it is acknowledged. */
 export interface InboundRecord {
@@ -242,6 +242,9 @@ export interface OutboxQuery {
   before?: string;
 }
 
+/** Receipts of one delivery (optionally of one output), or those naming one provider id of an output. */
+export type ReceiptQuery = { deliveryId: string; output?: string } | { output: string; providerId: string };
+
 export interface Store {
   /**
    * Commits one inbound message atomically: raw bytes, ACK, status, reason, triggers and
@@ -303,6 +306,15 @@ export interface Store {
   /** Keeps an outbox message, durably; a second entry for the same delivery replaces the first. */
   putOutboxEntry(entry: Omit<OutboxEntry, 'id'>): Promise<OutboxEntry>;
   listOutbox(query: OutboxQuery): Promise<OutboxEntry[]>;
+
+  /**
+   * Records what a provider said about a delivery (types.ts DeliveryReceipt), durably when it
+   * resolves. The same word twice — same delivery, output, status, provider id and attempt,
+   * e.g. a status callback the provider repeats — is kept once: false then.
+   */
+  addDeliveryReceipt(receipt: DeliveryReceipt): Promise<boolean>;
+  /** Matching receipts, oldest first (the order they were recorded in). */
+  listDeliveryReceipts(query: ReceiptQuery): Promise<DeliveryReceipt[]>;
 
   /** Cheap liveness of the backing store for /readyz. */
   ping(): Promise<void>;

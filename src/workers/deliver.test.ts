@@ -4,7 +4,7 @@ import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import type { LogFields, Logger } from '../log.ts';
 import { createOutbox } from '../outputs/outbox/spec.ts';
-import type { OutboundAdapter } from '../outputs/spec.ts';
+import type { OutboundAdapter, OutboundMessage } from '../outputs/spec.ts';
 import { compileTemplate, TemplateSet } from '../pipeline/render.ts';
 import { makeTrigger, rules, type TriggerOverrides } from '../pipeline/test-helpers.ts';
 import { SqliteQueue } from '../queue/sqlite.ts';
@@ -248,5 +248,30 @@ describe('deliver', () => {
     // recordDeadDeliveries subscribed first, so its write ran before this listener resolved.
     expect(await store.getDelivery(id)).toMatchObject({ status: 'failed', reason: 'render_failed' });
     expect(await store.listOutbox({})).toEqual([]);
+  });
+
+  it('hands the adapter the mapped fields, the patient, what it is about, its expiry; unsubscribe links only off care', async () => {
+    await ingest({ type: 'appointment.booked' });
+    const seen: OutboundMessage[] = [];
+    const capture: OutboundAdapter = { ...outbox, send: async (message, context) => (seen.push(message), outbox.send(message, context)) };
+    const withLinks = createDeliverHandler({
+      store,
+      output: () => capture,
+      templates,
+      zone: () => 'Europe/Paris',
+      log,
+      now: () => clock,
+      unsubscribeLinks: (d) => ({ url: `https://carerelay.example.org/u/${encodeURIComponent(d.id)}` }),
+    });
+    clock = Date.parse('2025-06-09T14:30:00+02:00');
+    expect((await withLinks.run(job(REMINDER))).outcome).toBe('sent');
+    expect(seen[0]).toMatchObject({
+      fields: { appointment: { start: '2025-06-10T14:30:00+02:00' } },
+      patientId: 'MRN1',
+      about: { kind: 'appointment', id: 'A100' },
+      expiresAt: '2025-06-10T14:30:00+02:00',
+    });
+    // A care reminder carries no unsubscribe link (docs/consent.md: care email stops only with the channel).
+    expect(seen[0]!.unsubscribe).toBeUndefined();
   });
 });

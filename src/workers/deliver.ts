@@ -19,6 +19,7 @@ import { parseInstant } from '../pipeline/values.ts';
 import { renderDelivery, type TemplateSet } from '../pipeline/render.ts';
 import type { JobHandler, Queue } from '../queue/queue.ts';
 import type { OutboxEntry, Store, StoredDelivery, SubjectState } from '../store/store.ts';
+import type { Delivery } from '../types.ts';
 import { parseDeliveryJobId, type DeliveryJob } from './router.ts';
 
 /** Why a delivery was not sent (docs/consent.md reason codes) or not handled (safe to log). */
@@ -58,6 +59,8 @@ export interface DeliverDeps {
    * before the routing that added it is saved (queue ops come first, for crash safety).
    */
   routingSettled?: () => Promise<void>;
+  /** The signed unsubscribe links of a non-care delivery (the consent side builds them); none by default. */
+  unsubscribeLinks?: (delivery: Delivery) => OutboundMessage['unsubscribe'];
 }
 
 /** What handling one job did (for tests and the admin view). */
@@ -143,6 +146,7 @@ export function createDeliverHandler(deps: DeliverDeps): JobHandler<DeliveryJob>
     if (!adapter) throw new PermanentError(DeliverReason.OutputUnknown, `output "${d.output}" is not running (delivery ${d.id}); restart to start new outputs`);
     // Throws PermanentError render_failed: the mapping must be fixed, retrying cannot help.
     const rendered = renderDelivery(deps.templates(), d, { zone: deps.zone() });
+    const unsubscribe = d.purpose.startsWith('care.') ? undefined : deps.unsubscribeLinks?.(d);
     const message: OutboundMessage = {
       deliveryId: d.id,
       ruleId: d.ruleId,
@@ -153,6 +157,11 @@ export function createDeliverHandler(deps: DeliverDeps): JobHandler<DeliveryJob>
       ...(rendered.subject !== undefined ? { subject: rendered.subject } : {}),
       text: rendered.text,
       ...(rendered.html !== undefined ? { html: rendered.html } : {}),
+      fields: d.payload,
+      patientId: d.patientId,
+      ...(d.subjectKind === 'appointment' || d.subjectKind === 'encounter' ? { about: { kind: d.subjectKind, id: d.subjectId } } : {}),
+      ...(d.expiresAt !== undefined ? { expiresAt: d.expiresAt } : {}),
+      ...(unsubscribe !== undefined ? { unsubscribe } : {}),
     };
     const receipt = await adapter.send(message, { deliveryId: d.id, attempt: job.attempt, signal: job.signal });
     const finished = await store.finishDelivery(d.id, generation, {

@@ -11,9 +11,10 @@
 import { existsSync, watch, type FSWatcher } from 'node:fs';
 import path from 'node:path';
 import type { CarerelayPlan, InstancePlan } from '../config/load.ts';
+import { readSecret, type Env } from '../config/yaml.ts';
 import { ConfigError, type ConfigIssue } from '../errors.ts';
 import type { Logger } from '../log.ts';
-import type { OutboundAdapter, OutputSpec } from '../outputs/spec.ts';
+import type { OutboundAdapter, OutputDeps, OutputSpec } from '../outputs/spec.ts';
 import type { TemplateSet } from '../pipeline/render.ts';
 import type { Rule } from '../pipeline/rule.ts';
 import { SqliteQueue, type SqliteQueueOptions } from '../queue/sqlite.ts';
@@ -52,13 +53,15 @@ export interface DeliveryRuntimeOptions {
   /** Delivery jobs running at once. Default 4. */
   concurrency?: number;
   queue?: Omit<SqliteQueueOptions, 'name' | 'now'>;
+  /** Where outputs' secret references ({ env: NAME }) are read. Default: process.env. */
+  env?: Env;
 }
 
 /**
  * Builds the running adapter of every output of the plan. Every adapter gets the same deps
- * (an outbox takes `sink`; adapters to come take what they need from here).
+ * (OutputDeps: secrets, the receipts ledger, the clock; an outbox also takes `sink`).
  */
-export function createOutputs(outputs: readonly InstancePlan[], specs: readonly OutputSpec[], deps: Record<string, unknown>): Map<string, OutboundAdapter> {
+export function createOutputs(outputs: readonly InstancePlan[], specs: readonly OutputSpec[], deps: object): Map<string, OutboundAdapter> {
   const adapters = new Map<string, OutboundAdapter>();
   for (const output of outputs) {
     const spec = specs.find((s) => s.type === output.type);
@@ -96,7 +99,13 @@ export class DeliveryRuntime {
     this.#connectors = connectorsOf(plan);
     this.#mappings = { rules: plan.mappings, templates: plan.templates, timezone: plan.server.timezone };
     this.queue = new SqliteQueue<DeliveryJob>(options.db, { ...options.queue, name: DELIVERY_QUEUE, now });
-    this.outputs = createOutputs(plan.outputs, options.outputSpecs, { sink: storeOutboxSink(store), now: () => new Date(now()) });
+    const outputDeps: OutputDeps & { sink: ReturnType<typeof storeOutboxSink> } = {
+      sink: storeOutboxSink(store),
+      now: () => new Date(now()),
+      secret: (ref) => readSecret(ref, options.env ?? process.env, plan.configDir),
+      receipts: store,
+    };
+    this.outputs = createOutputs(plan.outputs, options.outputSpecs, outputDeps);
     this.router = new Router({
       store,
       queue: this.queue,
