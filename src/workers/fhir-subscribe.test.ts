@@ -127,6 +127,11 @@ describe('fhirSubscribe', () => {
     const assigned = /created as Subscription\/(\S+):/.exec(feed!.text)?.[1];
     expect(server.get('Subscription', assigned!)).toMatchObject({ criteria: 'http://hl7.org/fhir/us/core/SubscriptionTopic/patient-data-feed' });
     expect(feed!.text).toContain(`set \`id: ${assigned}\` for this subscription in the input`);
+    // Run again before the id is set: the same Subscription is found and updated, not created twice.
+    const [again] = await fhirSubscribe({ configDir: dir, env: { HOOK_TOKEN: TOKEN }, input: 'ehr-fhir', endpointBaseUrl: 'https://c.example.org' });
+    expect(again!.text).toContain(`updated as Subscription/${assigned}:`);
+    expect(server.requests.filter((r) => r.method === 'POST')).toHaveLength(2); // feed and appts, once each
+    expect(server.get('Subscription', assigned!)!.meta!.versionId).toBe('2');
   });
 
   it('goes on past a subscription the server refuses, reporting each', async () => {

@@ -206,14 +206,27 @@ async function writeSubscription(client: FhirClient, resource: FhirResource, id:
   } catch (error) {
     if (!(error instanceof FhirRequestError) || error.status === undefined || !CREATE_REFUSED.has(error.status)) throw error;
   }
-  const created = await client.create(resource);
-  const assigned = typeof created.id === 'string' ? created.id : undefined;
+  // R4 Subscription has no identifier for a conditional create: a run before the assigned id
+  // was put in the configuration finds its Subscription by topic and endpoint instead of
+  // creating a second one.
+  const channel = resource.channel as { endpoint: string };
+  const found = (await client.search('Subscription', { url: channel.endpoint })).resources.find(
+    (r) => r.criteria === resource.criteria && (r.channel as { endpoint?: unknown } | undefined)?.endpoint === channel.endpoint,
+  );
+  let assigned: string | undefined;
+  if (found !== undefined && typeof found.id === 'string') {
+    assigned = found.id;
+    await client.update({ ...resource, id: assigned });
+  } else {
+    const created = await client.create(resource);
+    assigned = typeof created.id === 'string' ? created.id : undefined;
+  }
   if (assigned === undefined) {
     return `Subscription/${id} on ${client.baseUrl}: created, but the server did not say its id; find it on the server and set it as this subscription's id`;
   }
   const held = await client.read('Subscription', assigned);
   return (
-    `${describeSubscription(held, client.baseUrl)}\n  created as Subscription/${assigned}: the server assigns ids itself, ` +
-    `and its notifications name Subscription/${assigned}; set \`id: ${assigned}\` for this subscription in the input`
+    `${describeSubscription(held, client.baseUrl)}\n  ${found !== undefined ? 'updated' : 'created'} as Subscription/${assigned}: ` +
+    `the server assigns ids itself, and its notifications name Subscription/${assigned}; set \`id: ${assigned}\` for this subscription in the input`
   );
 }
