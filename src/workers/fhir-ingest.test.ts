@@ -405,6 +405,7 @@ describe('topic-based notifications', () => {
     const recovered = await position();
     expect(recovered.owed).toBeUndefined();
     expect(recovered.recovery).toBeUndefined();
+    expect(log.lines.filter((l) => l.message === 'fhir.recovered').map((l) => l.attempt)).toEqual([2]);
     expect(await store.listMessages({})).toHaveLength(1);
   });
 

@@ -681,22 +681,22 @@ export class FhirIngest implements RecoveryTarget {
       await this.withSubscription(id, async () => {
         const state = await this.state(id);
         if (!owesWork(state)) return;
+        const attempt = (state.recovery?.attempts ?? 0) + 1;
         try {
           await this.recoverOwed(subscription, state);
-          log.info('fhir.recovered', { input, controlId: id, attempt: (state.recovery?.attempts ?? 0) + 1 });
+          log.info('fhir.recovered', { input, controlId: id, attempt });
           delete state.recovery;
         } catch (error) {
-          const attempts = (state.recovery?.attempts ?? 0) + 1;
           const now = this.now();
           const retryAfterMs = error instanceof TransientError ? error.retryAfterMs : undefined;
-          const delay = retryDelayMs(RECOVERY_RETRY, attempts, this.random, retryAfterMs);
+          const delay = retryDelayMs(RECOVERY_RETRY, attempt, this.random, retryAfterMs);
           state.recovery = {
-            attempts,
+            attempts: attempt,
             nextAt: new Date(now.getTime() + delay).toISOString(),
             lastError: codeOf(error),
             failingSince: state.recovery?.failingSince ?? now.toISOString(),
           };
-          log.warn('fhir.recovery_failed', { input, controlId: id, reason: codeOf(error), attempt: attempts });
+          log.warn('fhir.recovery_failed', { input, controlId: id, reason: codeOf(error), attempt });
         }
         tidyOwed(state);
         await this.saveState(id, state);
