@@ -141,8 +141,13 @@ export class FhirSubscriptions implements RecoveryTarget {
     this.states.clear();
   }
 
-  /** Starts what the notification left owed (a gap, a pending event), after its answer. */
+  /**
+   * Starts what a notification left owed (a gap, a pending event), after its answer. Cheap
+   * when nothing is owed (the usual case): the positions in memory say so without a run.
+   */
   kick(): void {
+    const positions = [...this.subscriptions.keys()].map((id) => this.states.get(id));
+    if (positions.every((state) => state !== undefined && !owesWork(state))) return;
     this.recovery.kick();
   }
 
