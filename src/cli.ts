@@ -1,12 +1,13 @@
 // The `carerelay` command. Each subcommand returns its exit code; output goes to stdout
 // (results) and stderr (problems), never to the log.
-import { readFile } from 'node:fs/promises';
+import { readFile, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { isIanaTimeZone } from './config/yaml.ts';
-import { ConfigError, PermanentError, TransientError } from './errors.ts';
-import { Hl7ParseError, parseHl7Batch } from './hl7v2/parse.ts';
-import { MllpClient } from './hl7v2/mllp-client.ts';
+import { AmbiguousError, ConfigError, PermanentError, TransientError } from './errors.ts';
+import { AckCondition, ackModeOf } from './hl7v2/ack.ts';
+import { Hl7ParseError, parseHl7, parseHl7Batch } from './hl7v2/parse.ts';
+import { MllpClient, MllpClientErrorCode } from './hl7v2/mllp-client.ts';
 import { normalizeHl7 } from './inputs/hl7v2/normalize.ts';
 import { FhirClient } from './fhir/client.ts';
 import { normalizeFhirDocument, readFhirDocument, type FhirDocument } from './fhir/document.ts';
@@ -19,7 +20,8 @@ const USAGE = `Usage: carerelay <command> [options]
 Commands:
   start [--config-dir DIR]                 run CareRelay with connectors/ (and mappings/) of DIR
                                            (default: the working directory)
-  validate [--config-dir DIR]              check the configuration; list every problem as
+  validate [--config-dir DIR]              check the configuration and the mapping tests
+                                           (*.test.yaml, not run); list every problem as
                                            file:line:column
   normalize [--timezone ZONE] [--fhir-base URL] [--fhir-sender URL] FILE...
                                            print the triggers each file gives (NDJSON): HL7v2
@@ -31,15 +33,24 @@ Commands:
                                            --fhir-base (also the triggers' sender)
   send --to HOST:PORT [--tls] [--ca FILE] [--cert FILE --key FILE] [--servername NAME]
        [--timeout SECONDS] FILE...         send HL7v2 files over MLLP, one in flight, and print
-                                           each ACK code (exit 1 unless every ACK is AA/CA)
-  test [DIR]                               run the mapping tests (*.test.yaml) of DIR
-                                           (default: ./mappings); exit 1 on any failure
+                                           each ACK code (exit 1 unless every ACK is AA/CA);
+                                           MSH-15 NE: sent without waiting for an ACK; ER: no
+                                           ACK within the timeout counts as accepted
+  test [DIR | FILE]                        run the mapping tests (*.test.yaml) of DIR (default:
+                                           ./mappings), or the one FILE; exit 1 on any failure
   replay --dry-run [--config-dir DIR] [--timezone ZONE] [--now INSTANT] FILE...
                                            show which rules the files would fire and what would
                                            be sent when; nothing is stored or sent
   outbox [--config-dir DIR] [--output NAME] [--limit N] [--json]
                                            the messages the outbox outputs kept, newest first
                                            (reads the store; works beside a running server)
+  reprocess [--config-dir DIR] [--url URL] [--token-env NAME] ID...
+                                           try rejected messages again with their stored bytes
+                                           and today's configuration, through the running
+                                           server's admin API (audited under the token's name)
+  release [--config-dir DIR] [--url URL] [--token-env NAME] ID...
+                                           accept quarantined copies (same MSH-10, other bytes)
+                                           as messages of their own, after review
   fhir subscribe --input NAME --endpoint URL [--config-dir DIR]
                                            create (or update) the input's Subscriptions on its
                                            FHIR server, pointing at URL/ingest/fhir/NAME, and
@@ -212,15 +223,32 @@ async function cmdSend(args: string[]): Promise<number> {
     for (const file of positionals) {
       const bytes = await readFile(file);
       for (const msg of splitForSending(bytes)) {
+        const { controlId, accept } = ackExpectation(msg);
+        const line = (rest: string): void => {
+          process.stdout.write(`${path.basename(file)} ${rest}\n`);
+        };
+        if (accept === AckCondition.Never) {
+          // MSH-15 NE: the receiver must not answer (HL7 table 0155); waiting would stall.
+          await client.sendWithoutAck(msg);
+          line(`${controlId} - no ACK expected (MSH-15 NE)`);
+          continue;
+        }
         try {
           const ack = parseHl7Batch(await client.send(msg, { timeoutMs }))[0]!;
           const code = ack.get('MSA-1');
           const text = ack.get('MSA-3');
-          process.stdout.write(`${path.basename(file)} ${ack.get('MSA-2')} ${code}${text ? ` ${text}` : ''}\n`);
+          line(`${ack.get('MSA-2')} ${code}${text ? ` ${text}` : ''}`);
           if (code !== 'AA' && code !== 'CA') failures++;
         } catch (error) {
-          process.stdout.write(`${path.basename(file)} - ERROR ${(error as Error).message}\n`);
-          failures++;
+          const timedOut = error instanceof AmbiguousError && error.code === MllpClientErrorCode.AckTimeout;
+          if (timedOut && accept === AckCondition.ErrorOnly) {
+            // MSH-15 ER: only an error is acknowledged, so silence until the timeout is success.
+            line(`${controlId} - no error ACK within ${values.timeout} s: accepted (MSH-15 ER)`);
+          } else {
+            const hint = timedOut && accept === AckCondition.SuccessOnly ? ' (MSH-15 SU: only an accepted message is acknowledged)' : '';
+            line(`- ERROR ${(error as Error).message}${hint}`);
+            failures++;
+          }
           // After a timeout the client has closed its connection: open a fresh one.
           await client.close();
           await client.connect();
@@ -234,6 +262,16 @@ async function cmdSend(args: string[]): Promise<number> {
     await client.close();
   }
   return failures === 0 ? 0 : 1;
+}
+
+/** MSH-10 and what MSH-15 asks of the receiver (AL when the message cannot be read here). */
+function ackExpectation(msg: Buffer): { controlId: string; accept: AckCondition } {
+  try {
+    const parsed = parseHl7(msg);
+    return { controlId: parsed.controlId || '-', accept: ackModeOf(parsed).accept };
+  } catch {
+    return { controlId: '-', accept: AckCondition.Always };
+  }
 }
 
 /** A file may hold several messages (one per MSH, or a batch): each is sent on its own. */
@@ -250,8 +288,9 @@ function splitForSending(bytes: Buffer): Buffer[] {
 async function cmdValidate(args: string[]): Promise<number> {
   const { values } = parse(args, { 'config-dir': { type: 'string', default: '.' } });
   const { loadConfig } = await import('./config/load.ts');
+  const { checkMappingTestFiles } = await import('./workers/simulate.ts');
   try {
-    const plan = await loadConfig({ configDir: path.resolve(values['config-dir'] as string), env: process.env });
+    const plan = await loadConfig({ configDir: path.resolve(values['config-dir'] as string), env: process.env, mappingTests: checkMappingTestFiles });
     process.stdout.write(`configuration OK: ${plan.inputs.length} input(s), ${plan.outputs.length} output(s)\n`);
     return 0;
   } catch (error) {
@@ -262,10 +301,24 @@ async function cmdValidate(args: string[]): Promise<number> {
 
 async function cmdTest(args: string[]): Promise<number> {
   const { positionals } = parse(args, {});
-  if (positionals.length > 1) return fail('test takes at most one DIR (a mappings directory)');
-  const dir = path.resolve(positionals[0] ?? 'mappings');
+  if (positionals.length > 1) return fail('test takes at most one DIR (a mappings directory) or FILE (a *.test.yaml)');
+  const given = positionals[0] ?? 'mappings';
+  const target = path.resolve(given);
+  let isDirectory: boolean;
+  try {
+    isDirectory = (await stat(target)).isDirectory();
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code;
+    return fail(`test: ${given} ${code === 'ENOENT' ? 'does not exist' : `cannot be read (${code ?? 'error'})`}: give a mappings directory or one of its *.test.yaml files`);
+  }
+  if (!isDirectory && !target.endsWith('.test.yaml')) {
+    return fail(`test: ${given} is not a mapping test: give a mappings directory or a file ending in .test.yaml`);
+  }
   const { runMappingTests } = await import('./workers/simulate.ts');
-  const results = await runMappingTests(dir, { env: process.env });
+  // One file runs against the mappings of its own directory.
+  const results = isDirectory
+    ? await runMappingTests(target, { env: process.env })
+    : await runMappingTests(path.dirname(target), { env: process.env, files: [target] });
   for (const r of results.results) process.stdout.write(`${r.ok ? 'ok  ' : 'FAIL'} ${r.file} › ${r.test}\n`);
   for (const f of results.failed) {
     process.stdout.write(`\n--- ${f.file} › ${f.test}\n${f.diff}\n`);
@@ -337,6 +390,57 @@ async function cmdOutbox(args: string[]): Promise<number> {
   }
 }
 
+/**
+ * `reprocess` / `release`: asks the running server (its admin API), because the attempt must
+ * be routed by the running router and answered from its store; the data dir alone would
+ * store triggers nobody routes until the next start.
+ */
+async function cmdAttempt(kind: 'reprocess' | 'release', args: string[]): Promise<number> {
+  const { values, positionals } = parse(args, {
+    'config-dir': { type: 'string', default: '.' },
+    url: { type: 'string' },
+    'token-env': { type: 'string' },
+  });
+  if (positionals.length === 0) return fail(`${kind} needs at least one message ID (see GET /api/messages)`);
+  let base = values.url as string | undefined;
+  let tokenEnv = values['token-env'] as string | undefined;
+  if (base === undefined || tokenEnv === undefined) {
+    const { loadConfig } = await import('./config/load.ts');
+    try {
+      const plan = await loadConfig({ configDir: path.resolve(values['config-dir'] as string), env: process.env, checkSecrets: false });
+      const { host, port } = plan.server.http;
+      // A listener on every address is reached on loopback from here.
+      base ??= `http://${host === '0.0.0.0' || host === '::' ? '127.0.0.1' : host.includes(':') ? `[${host}]` : host}:${port}`;
+      tokenEnv ??= plan.server.admin.tokenEnv;
+    } catch (error) {
+      if (error instanceof ConfigError) return reportConfigError(error);
+      throw error;
+    }
+  }
+  const token = process.env[tokenEnv ?? 'CARERELAY_ADMIN_TOKEN'];
+  let failures = 0;
+  for (const id of positionals) {
+    let res: Response;
+    try {
+      res = await fetch(new URL(`/api/messages/${encodeURIComponent(id)}/${kind}`, base), {
+        method: 'POST',
+        headers: token ? { authorization: `Bearer ${token}` } : {},
+      });
+    } catch (error) {
+      process.stderr.write(`carerelay: cannot reach the admin API at ${base}: ${(error as Error).message} (is CareRelay running? --url sets where)\n`);
+      return 1;
+    }
+    const body = (await res.json().catch(() => ({}))) as { id?: string; status?: string; ackCode?: string; detail?: string; title?: string };
+    if (res.status === 201) {
+      process.stdout.write(`message ${id} ${kind === 'reprocess' ? 'reprocessed' : 'released'} as message ${body.id}: ${body.status}, ACK ${body.ackCode}\n`);
+    } else {
+      process.stderr.write(`message ${id}: not ${kind === 'reprocess' ? 'reprocessed' : 'released'} (${res.status}): ${body.detail ?? body.title ?? res.statusText}\n`);
+      failures++;
+    }
+  }
+  return failures === 0 ? 0 : 1;
+}
+
 async function cmdFhir(args: string[]): Promise<number> {
   const [sub, ...rest] = args;
   if (sub !== 'subscribe') return fail('usage: carerelay fhir subscribe --input NAME --endpoint URL [--config-dir DIR]');
@@ -403,6 +507,9 @@ export async function main(argv: string[]): Promise<number> {
         return await cmdReplay(rest);
       case 'outbox':
         return await cmdOutbox(rest);
+      case 'reprocess':
+      case 'release':
+        return await cmdAttempt(command, rest);
       case 'fhir':
         return await cmdFhir(rest);
       case undefined:

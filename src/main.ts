@@ -63,6 +63,7 @@ function ingestSettings(name: string, config: Hl7v2MllpConfig | Hl7v2HttpConfig)
     timezone: config.timezone,
     unknownMessageTypes: config.unknownMessageTypes,
     missingFieldAck: config.missingFieldAck,
+    ackMode: config.ackMode,
     ...(config.type === HL7V2_MLLP && config.tls?.allowedSenders ? { allowedSenders: config.tls.allowedSenders } : {}),
   };
 }
@@ -152,8 +153,9 @@ export async function startCarerelay(options: StartOptions): Promise<RunningCare
   const plan = await loadConfig({ configDir: options.configDir, env });
 
   const adminToken = env[plan.server.admin.tokenEnv ?? 'CARERELAY_ADMIN_TOKEN'] || undefined;
+  const adminTokens = (plan.server.admin.tokens ?? []).map((t) => ({ name: t.name, token: readSecret(t.token, env, plan.configDir), scopes: t.scopes }));
   let httpHost = plan.server.http.host;
-  if (adminToken === undefined && httpHost !== '127.0.0.1' && httpHost !== 'localhost' && httpHost !== '::1') {
+  if (adminToken === undefined && adminTokens.length === 0 && httpHost !== '127.0.0.1' && httpHost !== 'localhost' && httpHost !== '::1') {
     // Without a token the admin API must not be reachable from the network.
     log.warn('api.loopback_only', { host: httpHost, reason: 'admin_token_unset' });
     httpHost = '127.0.0.1';
@@ -179,13 +181,16 @@ export async function startCarerelay(options: StartOptions): Promise<RunningCare
   const fhirInputs = new Map<string, FhirHttpInput>();
   const fhirIngests = new Map<string, FhirIngest>();
   const fhirPollers: FhirPoller[] = [];
+  const hl7Settings = new Map<string, Hl7IngestSettings>();
   const fhirDeps = { store, log, env, configDir: plan.configDir, onCommitted: deliveries.onCommitted };
   for (const input of plan.inputs) {
     if (input.type === HL7V2_MLLP) {
       const typed = input as unknown as InstancePlan<Hl7v2MllpConfig>;
+      hl7Settings.set(input.name, ingestSettings(input.name, typed.config));
       mllpServers.push({ name: input.name, server: await startMllpInput(typed, ingest, env, plan.configDir, log, afterCommit) });
     } else if (input.type === HL7V2_HTTP) {
       const config = input.config as unknown as Hl7v2HttpConfig;
+      hl7Settings.set(input.name, ingestSettings(input.name, config));
       httpInputs.set(input.name, {
         settings: ingestSettings(input.name, config),
         ...(config.auth ? { bearerToken: readSecret(config.auth.bearerToken, env, plan.configDir) } : {}),
@@ -201,7 +206,7 @@ export async function startCarerelay(options: StartOptions): Promise<RunningCare
     }
   }
 
-  const app = createApp({ store, log, hl7Ingest: ingest, hl7Inputs: httpInputs, fhirInputs, adminToken, twilioStatus });
+  const app = createApp({ store, log, hl7Ingest: ingest, hl7Inputs: httpInputs, fhirInputs, adminToken, adminTokens, hl7Settings, twilioStatus });
   const mllpPorts = new Map<string, number>();
   let http: Server | undefined;
   try {

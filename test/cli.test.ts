@@ -169,6 +169,41 @@ describe('carerelay validate', () => {
     expect(stderr).toContain('nothing was started');
   });
 
+  it('also checks the mapping tests (*.test.yaml) beside the mappings, without running them', async () => {
+    const repo = path.join(fixtures, '..');
+    const copy = mkdtempSync(path.join(tmpdir(), 'carerelay-validate-tests-'));
+    try {
+      for (const dir of ['connectors', 'mappings', 'fixtures/hl7v2']) cpSync(path.join(repo, dir), path.join(copy, dir), { recursive: true });
+      writeFileSync(
+        path.join(copy, 'mappings', 'broken.test.yaml'),
+        [
+          'tests:',
+          '  - name: a test with a typo and a missing input file',
+          '    now: 2025-06-01T09:00:00+02:00',
+          '    timezone: Europe/Paris',
+          '    given:',
+          '      - file: no-such-file.hl7',
+          '    expect:',
+          '      deliveries: none',
+          '      skiped: []',
+          '',
+        ].join('\n'),
+      );
+      const { code, stderr } = await carerelay(['validate', '--config-dir', copy]);
+      expect(code).toBe(1);
+      expect(stderr).toMatch(/mappings\/broken\.test\.yaml:9:7: unknown key "skiped"/);
+      // The shape is checked first; once it is right, the input file is.
+      writeFileSync(path.join(copy, 'mappings', 'broken.test.yaml'), readFileSync(path.join(copy, 'mappings', 'broken.test.yaml'), 'utf8').replace('      skiped: []\n', ''));
+      const second = await carerelay(['validate', '--config-dir', copy]);
+      expect(second.code).toBe(1);
+      expect(second.stderr.split('\n').filter((l) => l.includes('.test.yaml'))).toEqual([
+        expect.stringMatching(/mappings\/broken\.test\.yaml:6:9: input file no-such-file\.hl7 does not exist/),
+      ]);
+    } finally {
+      rmSync(copy, { recursive: true, force: true });
+    }
+  });
+
   it('accepts the shipped example', async () => {
     const { code, stdout } = await carerelay(['validate']);
     expect(code).toBe(0);
@@ -181,6 +216,8 @@ describe('carerelay validate', () => {
     try {
       cpSync(path.join(repo, 'connectors'), path.join(copy, 'connectors'), { recursive: true });
       cpSync(path.join(repo, 'mappings'), path.join(copy, 'mappings'), { recursive: true });
+      // The mapping tests (validate checks them too) read their inputs from ../fixtures.
+      cpSync(path.join(repo, 'fixtures', 'hl7v2'), path.join(copy, 'fixtures', 'hl7v2'), { recursive: true });
       const file = path.join(copy, 'connectors', 'adapters.yaml');
       const lines = readFileSync(file, 'utf8').split('\n');
       const from = lines.indexOf('# outputs:');
@@ -203,6 +240,29 @@ describe('carerelay validate', () => {
   });
 });
 
+describe('carerelay test', () => {
+  it('runs one *.test.yaml file against the mappings of its directory', async () => {
+    const file = path.join(fixtures, '..', 'mappings', 'discharge.test.yaml');
+    const { code, stdout } = await carerelay(['test', file]);
+    expect(code).toBe(0);
+    const lines = stdout.trim().split('\n');
+    expect(lines.filter((l) => l.startsWith('ok ')).every((l) => l.includes('discharge.test.yaml'))).toBe(true);
+    expect(lines.at(-1)).toMatch(/^[1-9]\d* passed, 0 failed$/);
+  });
+
+  it('says clearly that a path does not exist, or is not a mapping test, instead of a stack trace', async () => {
+    const missing = await carerelay(['test', 'mappings/nope.test.yaml']);
+    expect(missing).toEqual({
+      code: 2,
+      stdout: '',
+      stderr: 'carerelay: test: mappings/nope.test.yaml does not exist: give a mappings directory or one of its *.test.yaml files\n',
+    });
+    const notATest = await carerelay(['test', 'mappings/appointments.yaml']);
+    expect(notATest.code).toBe(2);
+    expect(notATest.stderr).toContain('is not a mapping test');
+  });
+});
+
 describe('carerelay send', () => {
   let config: TestConfigDir;
   let server: InProcessServer;
@@ -222,6 +282,24 @@ describe('carerelay send', () => {
     expect(stdout.trim()).toBe('booking.hl7 CLI-1 AA');
     expect(code).toBe(0);
     expect((await server.store.findMessage('EPIC^NORTHCLINIC', 'CLI-1'))?.status).toBe('accepted');
+  });
+
+  it('sends a message whose MSH-15 is NE without waiting for an ACK, and exits 0', async () => {
+    const file = path.join(config.dir, 'quiet.hl7');
+    writeFileSync(file, siuMessage({ controlId: 'CLI-NE', appointmentId: 'A-CLI-NE', acceptAck: 'NE', applicationAck: 'NE' }));
+    const { code, stdout } = await carerelay(['send', '--to', `127.0.0.1:${server.mllpPort()}`, file]);
+    expect(stdout.trim()).toBe('quiet.hl7 CLI-NE - no ACK expected (MSH-15 NE)');
+    expect(code).toBe(0);
+    // The client's graceful close waited for the server to finish the frame and close its side.
+    expect((await server.store.findMessage('EPIC^NORTHCLINIC', 'CLI-NE'))?.status).toBe('accepted');
+  });
+
+  it('counts silence until the timeout as accepted for MSH-15 ER (only errors are acknowledged)', async () => {
+    const file = path.join(config.dir, 'errors-only.hl7');
+    writeFileSync(file, siuMessage({ controlId: 'CLI-ER', appointmentId: 'A-CLI-ER', acceptAck: 'ER', applicationAck: 'NE' }));
+    const { code, stdout } = await carerelay(['send', '--to', `127.0.0.1:${server.mllpPort()}`, '--timeout', '0.5', file]);
+    expect(stdout.trim()).toBe('errors-only.hl7 CLI-ER - no error ACK within 0.5 s: accepted (MSH-15 ER)');
+    expect(code).toBe(0);
   });
 
   it('exits 1 when a message is refused, printing the code and reason', async () => {

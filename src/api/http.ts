@@ -14,7 +14,8 @@ export function sendProblem(res: Response, status: number, title: string, detail
   res.status(status).type('application/problem+json').send(problemJson(status, title, detail, extensions));
 }
 
-function digest(value: string): Buffer {
+/** sha256 of a secret: equal-length buffers to compare in constant time (and a token kept only as this). */
+export function digest(value: string): Buffer {
   return createHash('sha256').update(value).digest();
 }
 
