@@ -2,7 +2,7 @@
 //
 // Authentication runs before any body is read (docs/reliability.md promise 11): routes that need
 // a token check it first, and only then does the size-limited body parser run.
-import { createHash, timingSafeEqual } from 'node:crypto';
+import { timingSafeEqual } from 'node:crypto';
 import express, { type NextFunction, type Request, type Response } from 'express';
 import { ADMIN_SCOPES, AdminScope } from '../config/server-schema.ts';
 import type { Logger } from '../log.ts';
@@ -10,8 +10,9 @@ import { subjectOf } from '../pipeline/route.ts';
 import { STORED_DELIVERY_STATUSES, type DeliveryQuery, type MessageQuery, type Store, type StoredDelivery, type StoredDeliveryStatus, type StoredMessage, type TriggerQuery } from '../store/store.ts';
 import { MessageStatus, type Trigger } from '../types.ts';
 import type { Hl7Ingest, Hl7IngestSettings } from '../workers/ingest.ts';
-import { createFhirRouter, type FhirHttpInput } from './fhir-routes.ts';
+import { createFhirAdminRouter, createFhirRouter, type FhirHttpInput } from './fhir-routes.ts';
 import { createHooksRouter, type TwilioStatusHook } from './hooks-routes.ts';
+import { bearerMatches, declaredOverLimit, digest, refuseUnread, sendProblem } from './http.ts';
 import { createOperationsRouter } from './operations.ts';
 
 export interface HttpHl7Input {
@@ -54,45 +55,6 @@ export interface AdminTokenSecret {
 export interface AdminCaller {
   name: string;
   scopes: ReadonlySet<AdminScope>;
-}
-
-/** RFC 9457 problem details. */
-export function sendProblem(res: Response, status: number, title: string, detail?: string): void {
-  res
-    .status(status)
-    .type('application/problem+json')
-    .send(JSON.stringify({ type: 'about:blank', title, status, ...(detail ? { detail } : {}) }));
-}
-
-function digest(value: string): Buffer {
-  return createHash('sha256').update(value).digest();
-}
-
-/** Constant-time comparison of a presented secret with the expected one. */
-export function secretsMatch(presented: string, expected: string): boolean {
-  // Hashing first gives equal-length buffers, so the comparison leaks neither content nor length.
-  return timingSafeEqual(digest(presented), digest(expected));
-}
-
-/**
- * A problem answer to a request whose body was not (fully) read: the connection is closed
- * rather than kept with unread bytes of unknown length.
- */
-export function refuseUnread(res: Response, status: number, title: string, detail: string): void {
-  res.setHeader('Connection', 'close');
-  sendProblem(res, status, title, detail);
-}
-
-/** True when Content-Length announces more than `limit` bytes (refused before reading). */
-export function declaredOverLimit(req: Request, limit: number): boolean {
-  const declared = Number(req.headers['content-length']);
-  return Number.isFinite(declared) && declared > limit;
-}
-
-/** Constant-time comparison of a presented bearer token with the expected one. */
-export function bearerMatches(header: string | undefined, expected: string): boolean {
-  if (header === undefined || !header.startsWith('Bearer ')) return false;
-  return secretsMatch(header.slice('Bearer '.length).trim(), expected);
 }
 
 function requireBearer(expected: string | undefined) {
@@ -508,6 +470,7 @@ export function createApp(deps: ApiDeps): express.Express {
     res.json({ items, ...(items.length === (limit ?? 100) ? { next: items[items.length - 1]!.id } : {}) });
   });
 
+  admin.use('/fhir', createFhirAdminRouter(deps.fhirInputs ?? new Map()));
   admin.use(createOperationsRouter({ store, log, hl7Ingest: deps.hl7Ingest, hl7Settings: deps.hl7Settings ?? new Map(), now: deps.now ?? (() => new Date()) }));
 
   app.use('/api', admin);
