@@ -50,6 +50,8 @@ export interface RunningCarerelay {
   mllpPorts: ReadonlyMap<string, number>;
   /** Connection counters and buffered bytes of an MLLP input (MllpServer.stats). */
   mllpStats(input: string): MllpServerStats | undefined;
+  /** Each fhir-rest-hook input's ingest, by input name (recoveryIdle() waits for its background recovery). */
+  fhirIngests: ReadonlyMap<string, FhirIngest>;
   /** Router, delivery queue and outputs (deliveries.idle() waits for routing and due sends). */
   deliveries: DeliveryRuntime;
   /**
@@ -213,7 +215,7 @@ export async function startCarerelay(options: StartOptions): Promise<RunningCare
   const mllpServers: Array<{ name: string; server: MllpServer }> = [];
   const httpInputs = new Map<string, HttpHl7Input>();
   const fhirInputs = new Map<string, FhirHttpInput>();
-  const fhirIngests: FhirIngest[] = [];
+  const fhirIngests = new Map<string, FhirIngest>();
   const fhirPollers: FhirPoller[] = [];
   const hl7Settings = new Map<string, Hl7IngestSettings>();
   const fhirDeps = { store, log, env, configDir: plan.configDir, onCommitted: deliveries.onCommitted };
@@ -237,7 +239,7 @@ export async function startCarerelay(options: StartOptions): Promise<RunningCare
     } else if (input.type === FHIR_REST_HOOK) {
       const config = input.config as unknown as FhirRestHookConfig;
       const fhirIngest = restHookIngest(config, fhirDeps);
-      fhirIngests.push(fhirIngest);
+      fhirIngests.set(input.name, fhirIngest);
       fhirInputs.set(input.name, { ingest: fhirIngest, auth: inboundAuthFor(config.auth, env, plan.configDir), maxBodyBytes: config.maxBodyBytes });
     } else if (input.type === FHIR_POLL) {
       fhirPollers.push(fhirPoller(input.config as unknown as FhirPollConfig, fhirDeps));
@@ -282,7 +284,7 @@ export async function startCarerelay(options: StartOptions): Promise<RunningCare
   const httpPort = typeof address === 'object' && address !== null ? address.port : plan.server.http.port;
   log.info('http.listening', { host: httpHost, port: httpPort });
   // FHIR: heartbeat-silence monitors and pollers start once the endpoint can receive.
-  for (const fhirIngest of fhirIngests) fhirIngest.startHeartbeatMonitor();
+  for (const fhirIngest of fhirIngests.values()) fhirIngest.start();
   for (const p of fhirPollers) p.start();
   deliveries.start();
   const reloadMappings = async (): Promise<ReloadResult> =>
@@ -302,7 +304,7 @@ export async function startCarerelay(options: StartOptions): Promise<RunningCare
         http!.close(() => resolve());
         http!.closeAllConnections();
       });
-      await Promise.allSettled(fhirIngests.map((i) => i.stop()));
+      await Promise.allSettled([...fhirIngests.values()].map((i) => i.stop()));
       // Queue before store: running sends finish and record their outcome first.
       await deliveries.stop();
       await store.close();
@@ -327,5 +329,5 @@ export async function startCarerelay(options: StartOptions): Promise<RunningCare
 
   log.info('carerelay.started', { dataDir: plan.server.dataDir, count: plan.inputs.length });
   const mllpStats = (name: string): MllpServerStats | undefined => mllpServers.find((m) => m.name === name)?.server.stats();
-  return { plan, store, httpPort, mllpPorts, mllpStats, deliveries, reloadMappings, stop, stopped };
+  return { plan, store, httpPort, mllpPorts, mllpStats, fhirIngests, deliveries, reloadMappings, stop, stopped };
 }

@@ -18,7 +18,8 @@ import type { Logger } from '../log.ts';
 import { StaleAttemptError } from '../store/common.ts';
 import { ATTEMPT_FROM_STATUS, AttemptKind, AuditAction, type Store } from '../store/store.ts';
 import type { Hl7Ingest, Hl7IngestSettings } from '../workers/ingest.ts';
-import { callerOf, knownQuery, messageSummary, queryLimit, queryString, requireScope, sendProblem } from './app.ts';
+import { callerOf, knownQuery, messageSummary, queryLimit, queryString, requireScope } from './app.ts';
+import { sendProblem } from './http.ts';
 
 export interface OperationsDeps {
   store: Store;

@@ -26,7 +26,10 @@
 //                          index, so the original stays the dedupe key; its triggers and
 //                          subject states are NOT applied. The same conflicting bytes sent
 //                          again find that quarantined row and write nothing new;
-//   - no original        → message, triggers and subject states are written.
+//   - no original        → message, triggers and subject states are written;
+//   - a pending original  → (an accepted message waiting for its triggers, store.ts
+//                          PENDING_REASON) completed in place by a record that is not pending
+//                          itself: same row id, the record's content, triggers and states.
 // Empty control ids are never deduped. Trigger ids are idempotency keys too: a trigger id
 // that is already stored is skipped (the first version wins), not an error.
 //
@@ -64,6 +67,7 @@ import type {
   TriggerQuery,
   TriggerRouting,
 } from './store.ts';
+import { isPending } from './store.ts';
 
 /** Component name of the store's tables in schema_migrations. */
 export const SQLITE_STORE_COMPONENT = 'store';
@@ -389,6 +393,7 @@ export class SqliteStore implements Store {
   private readonly insertAuditStmt: BetterSqlite3.Statement<[string, string, string, string, string, string | null]>;
   private readonly triggerRoutingStmt: BetterSqlite3.Statement<[string], { message_id: number; routed_ms: number | null }>;
   private readonly insertMessageStmt: BetterSqlite3.Statement;
+  private readonly completeMessageStmt: BetterSqlite3.Statement;
   private readonly insertTriggerStmt: BetterSqlite3.Statement;
   private readonly upsertStateStmt: BetterSqlite3.Statement;
   private readonly messageByIdStmt: BetterSqlite3.Statement<[number], MessageRow & { raw: Buffer; raw_bytes: number | null }>;
@@ -443,6 +448,11 @@ export class SqliteStore implements Store {
          reason, received_at, received_ms, trigger_ids, raw, patient_id, origin, replaces, keyed, raw_bytes)
        VALUES (@input, @format, @sender, @controlId, @messageType, @contentHash, @status, @ack, @ackCode,
          @reason, @receivedAt, @receivedMs, @triggerIds, @raw, @patientId, @origin, @replaces, @keyed, @rawBytes)`,
+    );
+    this.completeMessageStmt = db.prepare(
+      `UPDATE messages SET message_type = @messageType, content_hash = @contentHash, status = @status, ack = @ack,
+         ack_code = @ackCode, reason = @reason, trigger_ids = @triggerIds, raw = @raw, patient_id = @patientId
+       WHERE id = @id`,
     );
     this.insertTriggerStmt = db.prepare(
       `INSERT INTO triggers (id, message_id, type, patient_id, appointment_id, encounter_id, occurred_at, occurred_ms, json)
@@ -917,23 +927,28 @@ export class SqliteStore implements Store {
   private apply(p: Prepared): CommitOutcome {
     const r = p.record;
     let keyed = true;
+    let message: StoredMessage | undefined;
     if (r.attemptOf !== undefined) {
       keyed = this.startAttempt(r);
     } else if (r.controlId !== '') {
       const originalRow = this.findOriginalStmt.get(r.sender, r.controlId);
       if (originalRow !== undefined) {
         const original = toStored(originalRow);
-        if (originalRow.content_hash === r.contentHash) return { outcome: 'duplicate', message: original };
-        const earlier = this.findQuarantinedStmt.get(r.sender, r.controlId, r.contentHash);
-        // A released copy sent again: answered as a resend of what its release stored.
-        if (earlier !== undefined && earlier.replaced_by !== null) return { outcome: 'duplicate', message: toStored(this.latestAttempt(earlier)) };
-        if (earlier !== undefined) return { outcome: 'conflict', message: toStored(earlier), original };
-        const message = this.insertMessage(p, MessageStatus.Quarantined, StoreReason.ConflictingResend, [], r.conflictAck?.());
-        return { outcome: 'conflict', message, original };
+        if (isPending(original)) {
+          if (isPending(r)) return { outcome: 'duplicate', message: original };
+          message = this.completeMessage(p, original);
+        } else {
+          if (originalRow.content_hash === r.contentHash) return { outcome: 'duplicate', message: original };
+          const earlier = this.findQuarantinedStmt.get(r.sender, r.controlId, r.contentHash);
+          // A released copy sent again: answered as a resend of what its release stored.
+          if (earlier !== undefined && earlier.replaced_by !== null) return { outcome: 'duplicate', message: toStored(this.latestAttempt(earlier)) };
+          if (earlier !== undefined) return { outcome: 'conflict', message: toStored(earlier), original };
+          const quarantined = this.insertMessage(p, MessageStatus.Quarantined, StoreReason.ConflictingResend, [], r.conflictAck?.());
+          return { outcome: 'conflict', message: quarantined, original };
+        }
       }
     }
-    const triggerIds = [...new Set(r.triggers.map((t) => t.id))];
-    const message = this.insertMessage(p, r.status, r.reason, triggerIds, p.record, keyed);
+    message ??= this.insertMessage(p, r.status, r.reason, triggerIdsOf(r), p.record, keyed);
     const messageId = Number(message.id);
     if (r.attemptOf !== undefined) {
       const { kind, messageId: replaced, actor } = r.attemptOf;
@@ -969,6 +984,28 @@ export class SqliteStore implements Store {
     });
     for (const [key, value] of Object.entries(r.cursors ?? {})) this.setCursorStmt.run(key, value);
     return { outcome: 'stored', message };
+  }
+
+  /** A pending message's row takes the record's content (its id and receivedAt stay). */
+  private completeMessage(p: Prepared, pending: StoredMessage): StoredMessage {
+    const r = p.record;
+    const triggerIds = triggerIdsOf(r);
+    const patientId = patientIdOf(r);
+    this.completeMessageStmt.run({
+      id: Number(pending.id),
+      patientId: patientId ?? null,
+      messageType: r.messageType,
+      contentHash: r.contentHash,
+      status: r.status,
+      ack: r.ack,
+      ackCode: r.ackCode,
+      reason: r.reason ?? null,
+      triggerIds: JSON.stringify(triggerIds),
+      raw: r.raw,
+    });
+    const message = storedMessageOf(r, pending.id, { status: r.status, reason: r.reason, ack: r.ack, ackCode: r.ackCode, triggerIds, patientId });
+    message.receivedAt = pending.receivedAt;
+    return message;
   }
 
   /**
@@ -1049,6 +1086,10 @@ export class SqliteStore implements Store {
     }
     return stmt;
   }
+}
+
+function triggerIdsOf(record: InboundRecord): string[] {
+  return [...new Set(record.triggers.map((t) => t.id))];
 }
 
 function toStored(row: MessageRow): StoredMessage {

@@ -64,6 +64,20 @@ export interface InboundRecord {
 }
 
 /**
+ * The reason of a message committed before its triggers could be made (status `accepted`):
+ * a FHIR event whose resources the server could not give yet, accepted and kept until a
+ * recovery makes them (docs/reliability.md "FHIR events not yet triggered"). Such a
+ * message is pending: the next commit of the same sender + control id that is not pending
+ * itself completes it (Store.commitInbound).
+ */
+export const PENDING_REASON = 'trigger_pending';
+
+/** Whether a record or stored message is pending (see PENDING_REASON). */
+export function isPending(message: { status: MessageStatus | string; reason?: string }): boolean {
+  return message.status === 'accepted' && message.reason === PENDING_REASON;
+}
+
+/**
  * How an operator made a new attempt at a stored message:
  * - `reprocess`: a rejected message tried again with its stored bytes (after a configuration
  *   fix). The attempt takes over the message's place as the answer to a resend of those bytes.
@@ -364,6 +378,10 @@ export interface Store {
    * Commits one inbound message atomically: raw bytes, ACK, status, reason, triggers and
    * subject-state updates, in one transaction, durable when the promise resolves.
    * Dedupe: a non-empty `controlId` is unique per `sender` (see CommitOutcome).
+   * A pending original (isPending) is completed, not deduped, by a record that is not
+   * pending: the row keeps its id and receivedAt and takes the record's message type, hash,
+   * bytes, status, ACK and reason; the record's triggers, subject states and cursors are
+   * applied (outcome `stored`). A pending record over a pending original is a `duplicate`.
    * A subject state is applied only if its `asOf` is not older than the stored one, so a
    * late, older message never rolls the state back.
    * Rejects (throws) only when the commit itself failed: the caller must then NAK.
