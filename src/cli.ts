@@ -4,13 +4,15 @@ import { readFile, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { isIanaTimeZone } from './config/yaml.ts';
-import { AmbiguousError, ConfigError } from './errors.ts';
+import { AmbiguousError, ConfigError, PermanentError, TransientError } from './errors.ts';
 import { AckCondition, ackModeOf } from './hl7v2/ack.ts';
 import { Hl7ParseError, parseHl7, parseHl7Batch } from './hl7v2/parse.ts';
 import { MllpClient, MllpClientErrorCode } from './hl7v2/mllp-client.ts';
 import { normalizeHl7 } from './inputs/hl7v2/normalize.ts';
-import { FhirNormalizeError, normalizeNotification } from './fhir/normalize.ts';
-import { FhirNotificationError, readNotification } from './fhir/notification.ts';
+import { FhirClient } from './fhir/client.ts';
+import { normalizeFhirDocument, readFhirDocument, type FhirDocument } from './fhir/document.ts';
+import { FhirNormalizeError } from './fhir/normalize.ts';
+import { FhirNotificationError } from './fhir/notification.ts';
 import type { Trigger } from './types.ts';
 
 const USAGE = `Usage: carerelay <command> [options]
@@ -21,10 +23,14 @@ Commands:
   validate [--config-dir DIR]              check the configuration and the mapping tests
                                            (*.test.yaml, not run); list every problem as
                                            file:line:column
-  normalize [--timezone ZONE] [--fhir-sender URL] FILE...
+  normalize [--timezone ZONE] [--fhir-base URL] [--fhir-sender URL] FILE...
                                            print the triggers each file gives (NDJSON): HL7v2
-                                           messages, FHIR resources or notification Bundles;
-                                           ZONE (IANA, default UTC) reads HL7 times without offset
+                                           messages; FHIR notifications, Appointment/Encounter
+                                           resources or Bundles of them (collection, searchset,
+                                           transaction, batch, history); ZONE (IANA, default
+                                           UTC) reads HL7 times without offset; what a FHIR
+                                           file refers to and does not include is fetched from
+                                           --fhir-base (also the triggers' sender)
   send --to HOST:PORT [--tls] [--ca FILE] [--cert FILE --key FILE] [--servername NAME]
        [--timeout SECONDS] FILE...         send HL7v2 files over MLLP, one in flight, and print
                                            each ACK code (exit 1 unless every ACK is AA/CA);
@@ -48,7 +54,8 @@ Commands:
   fhir subscribe --input NAME --endpoint URL [--config-dir DIR]
                                            create (or update) the input's Subscriptions on its
                                            FHIR server, pointing at URL/ingest/fhir/NAME, and
-                                           show their status
+                                           show each one's status or failure (exit 1 if any
+                                           failed; the others are still done)
   help                                     this text
 `;
 
@@ -91,27 +98,41 @@ function normalizeHl7File(bytes: Buffer, timezone: string, receivedAt: string): 
 }
 
 /**
- * A FHIR resource or notification Bundle. Offline: only what the file holds is used, so an
- * id-only or empty payload (or an Appointment without its Patient) cannot give triggers.
+ * A FHIR file: a notification, a bare resource or a Bundle of them (fhir/document.ts).
+ * Offline, only what the file holds is used (contained resources and Bundle entries);
+ * with `client` (--fhir-base), what it refers to and does not hold is fetched from there.
  */
-function normalizeFhirFile(bytes: Buffer, sender: string, receivedAt: string): FileResult {
+async function normalizeFhirFile(bytes: Buffer, sender: string, receivedAt: string, client: FhirClient | undefined): Promise<FileResult> {
   try {
-    const notification = readNotification(bytes);
-    const result = normalizeNotification(notification, { receivedAt, sender });
-    if (result.missing.length > 0) {
-      return {
-        rejected: [
-          `needs ${result.missing.join(', ')}, which the file does not include (normalize works offline: ` +
-            'give a full-resource notification or a Bundle that includes the referenced resources)',
-        ],
-      };
-    }
+    const document = readFhirDocument(bytes);
+    const result = await normalizeFhirDocument(document, {
+      receivedAt,
+      sender,
+      ...(client !== undefined ? { fetch: (reference: string) => client.readReference(reference) } : {}),
+    });
+    if (result.missing.length > 0) return { rejected: result.missing.map((reference) => missingHint(reference, document, client)) };
     return { triggers: result.triggers };
   } catch (error) {
     if (error instanceof FhirNotificationError || error instanceof FhirNormalizeError) return { rejected: [error.message] };
-    if (error instanceof SyntaxError) return { rejected: [`invalid JSON: ${error.message}`] };
+    // A fetch from --fhir-base that failed (not found, refused, unreachable).
+    if (error instanceof PermanentError || error instanceof TransientError) return { rejected: [`${error.message} (${error.code})`] };
     throw error;
   }
+}
+
+/** Why a reference the file needs is not there, and what would give it (true for this kind of file). */
+function missingHint(reference: string, document: FhirDocument, client: FhirClient | undefined): string {
+  if (reference.startsWith('#')) return `refers to ${reference}, which is not among the resource's contained resources`;
+  if (/^urn:/i.test(reference)) return `refers to ${reference}, which is the fullUrl of no entry in the Bundle`;
+  const notification = document.kind === 'notification' ? document.notification : undefined;
+  const add =
+    notification === undefined
+      ? 'add it as an entry of the Bundle'
+      : notification.kind === 'topic'
+        ? 'add it to the notification Bundle as an entry whose fullUrl is that reference'
+        : 'add it as a contained resource, or give a collection or transaction Bundle holding both';
+  const fetch = client === undefined ? 'give --fhir-base URL to fetch it from the FHIR server that has it' : `it was not fetched from ${client.baseUrl}`;
+  return `needs ${reference}, which the file does not include: ${add}, or ${fetch}`;
 }
 
 function looksLikeJson(bytes: Buffer): boolean {
@@ -125,11 +146,22 @@ function looksLikeJson(bytes: Buffer): boolean {
 async function cmdNormalize(args: string[]): Promise<number> {
   const { values, positionals } = parse(args, {
     timezone: { type: 'string', default: 'UTC' },
-    'fhir-sender': { type: 'string', default: 'urn:carerelay:cli' },
+    'fhir-sender': { type: 'string' },
+    'fhir-base': { type: 'string' },
   });
   const timezone = values.timezone as string;
   if (!isIanaTimeZone(timezone)) return fail(`--timezone ${timezone} is not an IANA time zone (e.g. Europe/Paris)`);
   if (positionals.length === 0) return fail('normalize needs at least one FILE');
+  let client: FhirClient | undefined;
+  if (values['fhir-base'] !== undefined) {
+    try {
+      client = new FhirClient({ baseUrl: values['fhir-base'] as string });
+    } catch (error) {
+      return fail(`--fhir-base: ${(error as Error).message}`);
+    }
+  }
+  // As the running server does: the triggers' source.sender is the FHIR server's base URL.
+  const sender = (values['fhir-sender'] as string | undefined) ?? client?.baseUrl ?? 'urn:carerelay:cli';
   let rejectedFiles = 0;
   const receivedAt = new Date().toISOString();
   for (const file of positionals) {
@@ -142,7 +174,7 @@ async function cmdNormalize(args: string[]): Promise<number> {
       continue;
     }
     const result = looksLikeJson(bytes)
-      ? normalizeFhirFile(bytes, values['fhir-sender'] as string, receivedAt)
+      ? await normalizeFhirFile(bytes, sender, receivedAt, client)
       : normalizeHl7File(bytes, timezone, receivedAt);
     if ('rejected' in result) {
       for (const reason of result.rejected) process.stderr.write(`${file}: ${reason}\n`);
@@ -423,14 +455,15 @@ async function cmdFhir(args: string[]): Promise<number> {
   }
   const { fhirSubscribe } = await import('./workers/fhir-subscribe.ts');
   try {
-    const status = await fhirSubscribe({
+    const outcomes = await fhirSubscribe({
       configDir: path.resolve(values['config-dir'] as string),
       env: process.env,
       input: values.input as string,
       endpointBaseUrl: values.endpoint as string,
     });
-    process.stdout.write(`${status}\n`);
-    return 0;
+    // Every subscription is reported, done or not; exit 1 when any failed.
+    for (const o of outcomes) (o.ok ? process.stdout : process.stderr).write(`${o.text}\n`);
+    return outcomes.every((o) => o.ok) ? 0 : 1;
   } catch (error) {
     if (error instanceof ConfigError) return reportConfigError(error);
     process.stderr.write(`carerelay: fhir subscribe failed: ${(error as Error).message}\n`);

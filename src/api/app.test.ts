@@ -9,7 +9,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { silentLogger } from '../log.ts';
 import { SqliteStore } from '../store/sqlite.ts';
 import { Hl7Ingest } from '../workers/ingest.ts';
-import { bearerMatches, createApp } from './app.ts';
+import { createApp } from './app.ts';
+import { bearerMatches } from './http.ts';
 
 const TOKEN = 'admin-token-3f9a';
 let dir: string;
@@ -47,6 +48,14 @@ describe('bearerMatches', () => {
     expect(bearerMatches(`Bearer ${TOKEN}x`, TOKEN)).toBe(false);
     expect(bearerMatches(`Basic ${TOKEN}`, TOKEN)).toBe(false);
     expect(bearerMatches(undefined, TOKEN)).toBe(false);
+  });
+
+  it('matches the scheme name whatever its case (RFC 9110 §11.1), never the token', () => {
+    expect(bearerMatches(`bearer ${TOKEN}`, TOKEN)).toBe(true);
+    expect(bearerMatches(`BEARER\t${TOKEN}`, TOKEN)).toBe(true);
+    expect(bearerMatches(`bearer ${TOKEN.toUpperCase()}`, TOKEN)).toBe(false);
+    expect(bearerMatches(`Bearer`, TOKEN)).toBe(false);
+    expect(bearerMatches(`Bearer${TOKEN}`, TOKEN)).toBe(false);
   });
 });
 

@@ -4,7 +4,7 @@
 import { createHash } from 'node:crypto';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { MessageStatus, type Delivery, type Trigger } from '../types.ts';
-import type { DeliveryWrite, InboundRecord, Store, StoredMessage, SubjectState } from './store.ts';
+import { isPending, PENDING_REASON, type DeliveryWrite, type InboundRecord, type Store, type StoredMessage, type SubjectState } from './store.ts';
 
 export interface StoreHandle {
   store: Store;
@@ -300,6 +300,61 @@ export function storeConformanceSuite(name: string, makeStore: () => Promise<Sto
         expect(new Set(outcomes.map((o) => o.message.id))).toEqual(new Set([id]));
         expect(await store.listMessages({ controlId: 'P1' })).toHaveLength(1);
         expect(await store.listTriggers({})).toHaveLength(1);
+      });
+    });
+
+    describe('pending messages (accepted before their triggers could be made)', () => {
+      const pending = (overrides: Partial<InboundRecord> = {}): InboundRecord =>
+        testRecord({ controlId: 'N1', format: 'fhir', ackCode: '202', ack: '202', reason: PENDING_REASON, raw: Buffer.from('{"event":"empty"}'), ...overrides });
+
+      it('a record that is not pending completes it in place: same id, its content, triggers, states and cursors', async () => {
+        const first = stored(await store.commitInbound(pending()));
+        expect(isPending(first)).toBe(true);
+        expect(await store.findMessage('EPIC^GHH', 'N1')).toEqual(first);
+
+        const state = appointmentState({ asOf: '2024-01-01T09:30:00Z' });
+        const completion = testRecord({
+          controlId: 'N1',
+          format: 'fhir',
+          raw: Buffer.from('{"event":"full"}'),
+          ack: '200',
+          ackCode: '200',
+          receivedAt: '2024-01-01T12:00:00Z',
+          triggers: [testTrigger({ id: 't-n1' })],
+          subjectStates: [state],
+          cursors: { 'k-n1': 'done' },
+        });
+        const outcome = await store.commitInbound(completion);
+        expect(outcome.outcome).toBe('stored');
+        expect(outcome.message).toMatchObject({ id: first.id, status: 'accepted', ackCode: '200', triggerIds: ['t-n1'], receivedAt: first.receivedAt });
+        expect(outcome.message.reason).toBeUndefined();
+        const read = await store.getMessage(first.id);
+        expect(read!.raw.toString()).toBe('{"event":"full"}');
+        expect(read!.triggers.map((t) => t.id)).toEqual(['t-n1']);
+        expect(read!.contentHash).toBe(completion.contentHash);
+        expect(await store.getSubjectState('appointment', 'APT-1')).toEqual(state);
+        expect(await store.getCursor('k-n1')).toBe('done');
+        expect(await store.listMessages({ controlId: 'N1' })).toHaveLength(1);
+        // Found by its patient now that its triggers name one.
+        expect((await store.listMessages({ patientId: 'MRN-1' })).map((m) => m.id)).toEqual([first.id]);
+
+        // Completed: from now on the usual dedupe.
+        expect((await store.commitInbound({ ...completion, triggers: [] })).outcome).toBe('duplicate');
+        expect((await store.commitInbound(pending())).outcome).toBe('conflict');
+      });
+
+      it('a pending record over a pending original is a duplicate that writes nothing', async () => {
+        const first = stored(await store.commitInbound(pending({ cursors: { k: '1' } })));
+        const again = await store.commitInbound(pending({ raw: Buffer.from('{"event":"other"}'), cursors: { k: '2' } }));
+        expect(again).toEqual({ outcome: 'duplicate', message: first });
+        expect(await store.getCursor('k')).toBe('1');
+      });
+
+      it('a rejected completion keeps its reason', async () => {
+        const first = stored(await store.commitInbound(pending()));
+        const outcome = await store.commitInbound(testRecord({ controlId: 'N1', format: 'fhir', status: 'rejected', ack: '202', ackCode: '202', reason: 'fhir_not_found' }));
+        expect(outcome.message).toMatchObject({ id: first.id, status: 'rejected', reason: 'fhir_not_found' });
+        expect(await store.listMessages({ status: 'rejected' })).toHaveLength(1);
       });
     });
 

@@ -26,7 +26,10 @@
 //                          index, so the original stays the dedupe key; its triggers and
 //                          subject states are NOT applied. The same conflicting bytes sent
 //                          again find that quarantined row and write nothing new;
-//   - no original        → message, triggers and subject states are written.
+//   - no original        → message, triggers and subject states are written;
+//   - a pending original  → (an accepted message waiting for its triggers, store.ts
+//                          PENDING_REASON) completed in place by a record that is not pending
+//                          itself: same row id, the record's content, triggers and states.
 // Empty control ids are never deduped. Trigger ids are idempotency keys too: a trigger id
 // that is already stored is skipped (the first version wins), not an error.
 //
@@ -89,6 +92,7 @@ import type {
   TriggerQuery,
   TriggerRouting,
 } from './store.ts';
+import { isPending } from './store.ts';
 
 /** Component name of the store's tables in schema_migrations. */
 export const SQLITE_STORE_COMPONENT = 'store';
@@ -259,6 +263,11 @@ export const SQLITE_STORE_MIGRATIONS: readonly string[] = [
     result TEXT
   );
   CREATE INDEX audit_target ON audit (target, seq);
+  `,
+  // A rejected message past the raw-bytes quota keeps only its first bytes (workers/raw-quota.ts):
+  // raw_bytes is then its length as received; NULL when raw is whole.
+  `
+  ALTER TABLE messages ADD COLUMN raw_bytes INTEGER;
   `,
   // Compact deliveries and counts without scans (benchmarks: bytes per message, admin totals).
   // - A delivery's JSON leaves out what its columns hold and packs its cancel keys
@@ -471,9 +480,10 @@ export class SqliteStore implements Store {
   private readonly insertAuditStmt: BetterSqlite3.Statement<[string, string, string, string, string, string | null]>;
   private readonly triggerRoutingStmt: BetterSqlite3.Statement<[string], { message_id: number; routed_ms: number | null }>;
   private readonly insertMessageStmt: BetterSqlite3.Statement;
+  private readonly completeMessageStmt: BetterSqlite3.Statement;
   private readonly insertTriggerStmt: BetterSqlite3.Statement;
   private readonly upsertStateStmt: BetterSqlite3.Statement;
-  private readonly messageByIdStmt: BetterSqlite3.Statement<[number], MessageRow & { raw: Buffer; raw_packed: number | null }>;
+  private readonly messageByIdStmt: BetterSqlite3.Statement<[number], MessageRow & { raw: Buffer; raw_packed: number | null; raw_bytes: number | null }>;
   private readonly positionByIdStmt: BetterSqlite3.Statement<[number], { received_ms: number; id: number }>;
   private readonly triggerByIdStmt: BetterSqlite3.Statement<[string], { json: string | Buffer }>;
   private readonly stateStmt: BetterSqlite3.Statement<[string, string], StateRow>;
@@ -514,7 +524,7 @@ export class SqliteStore implements Store {
     this.closeDatabase = options.closeDatabase ?? false;
     migrate(db, SQLITE_STORE_COMPONENT, SQLITE_STORE_MIGRATIONS);
     // The stored bytes of a message as received, for SQL that reads them (the text search).
-    db.function('raw_bytes', { deterministic: true }, (raw: unknown, packed: unknown) => (packed === 1 && Buffer.isBuffer(raw) ? unpackRaw(raw) : raw));
+    db.function('raw_unpacked', { deterministic: true }, (raw: unknown, packed: unknown) => (packed === 1 && Buffer.isBuffer(raw) ? unpackRaw(raw) : raw));
 
     // The literal `control_id <> '' AND status <> 'quarantined' AND keyed = 1` lets SQLite
     // use the partial unique index (it must see the index's WHERE terms in the query).
@@ -534,9 +544,14 @@ export class SqliteStore implements Store {
     this.triggerRoutingStmt = db.prepare('SELECT message_id, routed_ms FROM triggers WHERE id = ?');
     this.insertMessageStmt = db.prepare(
       `INSERT INTO messages (input, format, sender, control_id, message_type, content_hash, status, ack, ack_code,
-         reason, received_at, received_ms, trigger_ids, raw, raw_packed, patient_id, origin, replaces, keyed)
+         reason, received_at, received_ms, trigger_ids, raw, raw_packed, patient_id, origin, replaces, keyed, raw_bytes)
        VALUES (@input, @format, @sender, @controlId, @messageType, @contentHash, @status, @ack, @ackCode,
-         @reason, @receivedAt, @receivedMs, @triggerIds, @raw, 1, @patientId, @origin, @replaces, @keyed)`,
+         @reason, @receivedAt, @receivedMs, @triggerIds, @raw, 1, @patientId, @origin, @replaces, @keyed, @rawBytes)`,
+    );
+    this.completeMessageStmt = db.prepare(
+      `UPDATE messages SET message_type = @messageType, content_hash = @contentHash, status = @status, ack = @ack,
+         ack_code = @ackCode, reason = @reason, trigger_ids = @triggerIds, raw = @raw, raw_packed = 1, patient_id = @patientId
+       WHERE id = @id`,
     );
     this.insertTriggerStmt = db.prepare(
       `INSERT INTO triggers (id, message_id, type, patient_id, appointment_id, encounter_id, occurred_at, occurred_ms, json)
@@ -554,7 +569,7 @@ export class SqliteStore implements Store {
          data = excluded.data, message_id = excluded.message_id
        WHERE excluded.as_of_ms >= subject_states.as_of_ms`,
     );
-    this.messageByIdStmt = db.prepare(`SELECT ${MESSAGE_COLUMNS}, raw, raw_packed FROM messages WHERE id = ?`);
+    this.messageByIdStmt = db.prepare(`SELECT ${MESSAGE_COLUMNS}, raw, raw_packed, raw_bytes FROM messages WHERE id = ?`);
     this.positionByIdStmt = db.prepare('SELECT received_ms, id FROM messages WHERE id = ?');
     this.triggerByIdStmt = db.prepare('SELECT json FROM triggers WHERE id = ?');
     this.stateStmt = db.prepare(
@@ -737,7 +752,7 @@ export class SqliteStore implements Store {
       const t = this.triggerByIdStmt.get(triggerId);
       if (t !== undefined) triggers.push(triggerOf(t.json));
     }
-    return { ...message, raw: row.raw_packed === 1 ? unpackRaw(row.raw) : row.raw, triggers };
+    return { ...message, raw: row.raw_packed === 1 ? unpackRaw(row.raw) : row.raw, ...(row.raw_bytes !== null ? { rawBytes: row.raw_bytes } : {}), triggers };
   }
 
   async listMessages(query: MessageQuery): Promise<StoredMessage[]> {
@@ -759,7 +774,7 @@ export class SqliteStore implements Store {
     if (query.triggerType !== undefined) filter.add('id IN (SELECT message_id FROM triggers WHERE type = ?)', query.triggerType);
     if (query.text !== undefined) {
       // SQLite's upper() folds ASCII letters only, the same on both sides.
-      filter.add('instr(upper(CAST(raw_bytes(raw, raw_packed) AS TEXT)), upper(?)) > 0', query.text);
+      filter.add('instr(upper(CAST(raw_unpacked(raw, raw_packed) AS TEXT)), upper(?)) > 0', query.text);
     }
     let start: Position | undefined;
     if (query.before !== undefined) {
@@ -1238,23 +1253,28 @@ export class SqliteStore implements Store {
   private apply(p: Prepared): CommitOutcome {
     const r = p.record;
     let keyed = true;
+    let message: StoredMessage | undefined;
     if (r.attemptOf !== undefined) {
       keyed = this.startAttempt(r);
     } else if (r.controlId !== '') {
       const originalRow = this.findOriginalStmt.get(r.sender, r.controlId);
       if (originalRow !== undefined) {
         const original = toStored(originalRow);
-        if (originalRow.content_hash === r.contentHash) return { outcome: 'duplicate', message: original };
-        const earlier = this.findQuarantinedStmt.get(r.sender, r.controlId, r.contentHash);
-        // A released copy sent again: answered as a resend of what its release stored.
-        if (earlier !== undefined && earlier.replaced_by !== null) return { outcome: 'duplicate', message: toStored(this.latestAttempt(earlier)) };
-        if (earlier !== undefined) return { outcome: 'conflict', message: toStored(earlier), original };
-        const message = this.insertMessage(p, MessageStatus.Quarantined, StoreReason.ConflictingResend, [], r.conflictAck?.());
-        return { outcome: 'conflict', message, original };
+        if (isPending(original)) {
+          if (isPending(r)) return { outcome: 'duplicate', message: original };
+          message = this.completeMessage(p, original);
+        } else {
+          if (originalRow.content_hash === r.contentHash) return { outcome: 'duplicate', message: original };
+          const earlier = this.findQuarantinedStmt.get(r.sender, r.controlId, r.contentHash);
+          // A released copy sent again: answered as a resend of what its release stored.
+          if (earlier !== undefined && earlier.replaced_by !== null) return { outcome: 'duplicate', message: toStored(this.latestAttempt(earlier)) };
+          if (earlier !== undefined) return { outcome: 'conflict', message: toStored(earlier), original };
+          const quarantined = this.insertMessage(p, MessageStatus.Quarantined, StoreReason.ConflictingResend, [], r.conflictAck?.());
+          return { outcome: 'conflict', message: quarantined, original };
+        }
       }
     }
-    const triggerIds = [...new Set(r.triggers.map((t) => t.id))];
-    const message = this.insertMessage(p, r.status, r.reason, triggerIds, p.record, keyed);
+    message ??= this.insertMessage(p, r.status, r.reason, triggerIdsOf(r), p.record, keyed);
     const messageId = Number(message.id);
     if (r.attemptOf !== undefined) {
       const { kind, messageId: replaced, actor } = r.attemptOf;
@@ -1290,6 +1310,28 @@ export class SqliteStore implements Store {
     });
     for (const [key, value] of Object.entries(r.cursors ?? {})) this.setCursorStmt.run(key, value);
     return { outcome: 'stored', message };
+  }
+
+  /** A pending message's row takes the record's content (its id and receivedAt stay). */
+  private completeMessage(p: Prepared, pending: StoredMessage): StoredMessage {
+    const r = p.record;
+    const triggerIds = triggerIdsOf(r);
+    const patientId = patientIdOf(r);
+    this.completeMessageStmt.run({
+      id: Number(pending.id),
+      patientId: patientId ?? null,
+      messageType: r.messageType,
+      contentHash: r.contentHash,
+      status: r.status,
+      ack: r.ack,
+      ackCode: r.ackCode,
+      reason: r.reason ?? null,
+      triggerIds: JSON.stringify(triggerIds),
+      raw: packRaw(r.raw),
+    });
+    const message = storedMessageOf(r, pending.id, { status: r.status, reason: r.reason, ack: r.ack, ackCode: r.ackCode, triggerIds, patientId });
+    message.receivedAt = pending.receivedAt;
+    return message;
   }
 
   /**
@@ -1356,6 +1398,7 @@ export class SqliteStore implements Store {
       origin: r.attemptOf?.kind ?? 'received',
       replaces: r.attemptOf === undefined ? null : Number(r.attemptOf.messageId),
       keyed: keyed ? 1 : 0,
+      rawBytes: r.rawBytes ?? null,
     });
     return storedMessageOf(r, String(info.lastInsertRowid), { status, reason, ack, ackCode, triggerIds, patientId });
   }
@@ -1471,6 +1514,10 @@ function skippedRulesOf(explanation: RoutingExplanation): SkippedRule[] {
 /** A stored trigger's JSON (packed or plain) as the trigger. */
 function triggerOf(json: string | Buffer): Trigger {
   return JSON.parse(unpackJson(json)) as Trigger;
+}
+
+function triggerIdsOf(record: InboundRecord): string[] {
+  return [...new Set(record.triggers.map((t) => t.id))];
 }
 
 function toStored(row: MessageRow): StoredMessage {

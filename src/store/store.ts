@@ -17,6 +17,11 @@ export interface InboundRecord {
   /** sha256 hex of the raw bytes: same sender + controlId + hash = the same message. */
   contentHash: string;
   raw: Buffer;
+  /**
+   * The length as received when `raw` holds only the message's first bytes (a rejected
+   * message past the raw-bytes quota, workers/raw-quota.ts); absent when `raw` is whole.
+   */
+  rawBytes?: number;
   status: MessageStatus;
   /** The acknowledgment sent back (HL7 ACK text, or an HTTP status summary for FHIR). */
   ack: string;
@@ -56,6 +61,20 @@ export interface InboundRecord {
    * triggers and the position after it commit together.
    */
   cursors?: Readonly<Record<string, string>>;
+}
+
+/**
+ * The reason of a message committed before its triggers could be made (status `accepted`):
+ * a FHIR event whose resources the server could not give yet, accepted and kept until a
+ * recovery makes them (docs/reliability.md "FHIR events not yet triggered"). Such a
+ * message is pending: the next commit of the same sender + control id that is not pending
+ * itself completes it (Store.commitInbound).
+ */
+export const PENDING_REASON = 'trigger_pending';
+
+/** Whether a record or stored message is pending (see PENDING_REASON). */
+export function isPending(message: { status: MessageStatus | string; reason?: string }): boolean {
+  return message.status === 'accepted' && message.reason === PENDING_REASON;
 }
 
 /**
@@ -116,6 +135,8 @@ export interface StoredMessage {
 
 export interface StoredMessageWithBody extends StoredMessage {
   raw: Buffer;
+  /** Length as received when `raw` holds only the first bytes (InboundRecord.rawBytes). */
+  rawBytes?: number;
   triggers: Trigger[];
 }
 
@@ -435,6 +456,10 @@ export interface Store {
    * Commits one inbound message atomically: raw bytes, ACK, status, reason, triggers and
    * subject-state updates, in one transaction, durable when the promise resolves.
    * Dedupe: a non-empty `controlId` is unique per `sender` (see CommitOutcome).
+   * A pending original (isPending) is completed, not deduped, by a record that is not
+   * pending: the row keeps its id and receivedAt and takes the record's message type, hash,
+   * bytes, status, ACK and reason; the record's triggers, subject states and cursors are
+   * applied (outcome `stored`). A pending record over a pending original is a `duplicate`.
    * A subject state is applied only if its `asOf` is not older than the stored one, so a
    * late, older message never rolls the state back.
    * Rejects (throws) only when the commit itself failed: the caller must then NAK.
