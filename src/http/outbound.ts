@@ -129,7 +129,8 @@ export class AddressPolicy {
 
 export interface OutboundRequest {
   url: URL;
-  method?: 'POST' | 'PUT';
+  /** Default POST. */
+  method?: 'GET' | 'POST' | 'PUT' | 'PATCH' | 'DELETE';
   headers: Record<string, string>;
   body: Buffer;
   /** Deadline for the whole exchange (connect, send, answer), ms. */

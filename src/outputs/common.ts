@@ -1,10 +1,14 @@
 // Config schema pieces every output type shares (docs/contributing.md habit 1): the instance
 // name, the BAA declaration and the purposes it may carry (docs/consent.md rule 4), so each
 // adapter documents them the same way.
+import { createHash, timingSafeEqual } from 'node:crypto';
 import type { InstanceCheckIssue } from '../config/load.ts';
-import type { JsonSchema } from '../config/yaml.ts';
+import type { JsonSchema, SecretRef } from '../config/yaml.ts';
+import { AmbiguousError, PermanentError, RateLimitedError, TransientError } from '../errors.ts';
 import { AddressPolicy, isLoopbackUrl } from '../http/outbound.ts';
-import { PURPOSES } from '../types.ts';
+import { compilePath } from '../pipeline/conditions.ts';
+import { PURPOSES, type DeliveryReceipt, type Purpose, type Receipt } from '../types.ts';
+import type { ContactHoldingsLedger, OptOutScope, OutboundMessage, OutputDeps, SendContext } from './spec.ts';
 
 export const outputNameSchema = {
   type: 'string',
@@ -73,3 +77,231 @@ export function allowListIssues(entries: readonly string[], at: readonly (string
   });
   return issues;
 }
+
+// ---------------------------------------------------------------------------------------
+// What the marketing and CRM outputs share (hubspot, mailchimp, brevo, activecampaign).
+
+/** Failure reasons of a provider's answer (suffixes of `<type>_…`, safe to log). */
+export const ProviderFailure = {
+  /** 429, or the provider's own way of saying "slow down". */
+  RateLimited: 'rate_limited',
+  /** 408, 502, 503, 504 (and the provider's own "try later"): not processed. */
+  Unavailable: 'unavailable',
+  /** Another 5xx: the provider may have acted on the call. */
+  ServerError: 'server_error',
+  /** 401: the credentials are wrong or revoked. */
+  Unauthorized: 'unauthorized',
+  /** 403: the credentials lack a permission (scope). */
+  Forbidden: 'forbidden',
+  /** 404: the list, event or contact named does not exist at the provider. */
+  NotFound: 'not_found',
+  /** 3xx: not followed to another host. */
+  Redirect: 'redirect_refused',
+  /** Any other refusal of the call as it is. */
+  Rejected: 'rejected',
+  /** The rule gave no address for the contact (send.to). */
+  NoContact: 'no_contact',
+} as const;
+
+/** A classified error for a provider's non-2xx answer; `what` names the call (no body, no address). */
+export function providerFailure(type: string, status: number, what: string, retryAfterMs: number | undefined): Error {
+  const code = (reason: string) => `${type}_${reason}`;
+  const text = `${what}: HTTP ${status}`;
+  if (status === 429) return new RateLimitedError(code(ProviderFailure.RateLimited), text, { retryAfterMs });
+  if (status === 408 || status === 502 || status === 503 || status === 504) return new TransientError(code(ProviderFailure.Unavailable), text, { retryAfterMs });
+  if (status >= 500) return new AmbiguousError(code(ProviderFailure.ServerError), `${text}; the provider may have acted on it`);
+  if (status >= 300 && status < 400) return new PermanentError(code(ProviderFailure.Redirect), `${text} (a redirect, not followed): check the API base URL`);
+  if (status === 401) return new PermanentError(code(ProviderFailure.Unauthorized), `${text}: check the credentials`);
+  if (status === 403) return new PermanentError(code(ProviderFailure.Forbidden), `${text}: the credentials lack a permission this call needs`);
+  if (status === 404) return new PermanentError(code(ProviderFailure.NotFound), `${text}: what the call names does not exist there`);
+  return new PermanentError(code(ProviderFailure.Rejected), text);
+}
+
+/** A CRM output's map from CareRelay fields (trigger paths the rule's send.fields names) to the tool's property names. */
+export type PropertyMap = Readonly<Record<string, string>>;
+
+/** The `properties` config of a CRM output; `target` describes the tool's names. */
+export function propertiesSchema(description: string, target: { pattern: string; hint: string }): JsonSchema {
+  return {
+    type: 'object',
+    default: {},
+    description:
+      `${description} Keys are CareRelay fields (trigger paths, e.g. patient.name.given), values the tool's names. A rule may ` +
+      'send only fields listed here (checked at load); nothing else of the trigger leaves.',
+    propertyNames: { pattern: '^[A-Za-z][A-Za-z0-9_]*(\\.[A-Za-z][A-Za-z0-9_]*)*$' },
+    additionalProperties: { type: 'string', pattern: target.pattern, 'x-hint': target.hint, description: "The tool's property name." },
+  };
+}
+
+/** Problems of a property map: a key that is not a trigger path, two fields sent to one property. */
+export function propertyMapIssues(map: PropertyMap, at: readonly (string | number)[]): InstanceCheckIssue[] {
+  const issues: InstanceCheckIssue[] = [];
+  const seen = new Map<string, string>();
+  for (const [field, target] of Object.entries(map)) {
+    const path = compilePath(field);
+    if (typeof path === 'string') issues.push({ path: [...at, field], atKey: true, message: path });
+    const first = seen.get(target);
+    if (first !== undefined) issues.push({ path: [...at, field], message: `${field} and ${first} both go to "${target}": one field per property` });
+    else seen.set(target, field);
+  }
+  return issues;
+}
+
+/** A field of the delivery's payload by its dotted path (`patient.name.given`). */
+export function fieldValue(fields: Readonly<Record<string, unknown>> | undefined, path: string): unknown {
+  let value: unknown = fields;
+  for (const part of path.split('.')) {
+    if (typeof value !== 'object' || value === null || Array.isArray(value)) return undefined;
+    value = (value as Record<string, unknown>)[part];
+  }
+  return value;
+}
+
+/** A field as the text a tool property takes: lists joined by spaces, a name as "given family"; undefined when empty or not text. */
+export function fieldText(value: unknown): string | undefined {
+  let text: string | undefined;
+  if (typeof value === 'string') text = value;
+  else if (typeof value === 'number' || typeof value === 'boolean') text = String(value);
+  else if (Array.isArray(value)) text = value.filter((v) => typeof v === 'string').join(' ');
+  else if (typeof value === 'object' && value !== null) {
+    const { given, family } = value as { given?: unknown; family?: unknown };
+    text = [fieldText(given), fieldText(family)].filter((v) => v !== undefined).join(' ');
+  }
+  const trimmed = text?.trim();
+  return trimmed === undefined || trimmed === '' ? undefined : trimmed;
+}
+
+/** The mapped fields as tool properties (fields without a value are left out). */
+export function mappedProperties(fields: Readonly<Record<string, unknown>> | undefined, map: PropertyMap): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const [field, target] of Object.entries(map)) {
+    const text = fieldText(fieldValue(fields, field));
+    if (text !== undefined) out[target] = text;
+  }
+  return out;
+}
+
+// RFC 9562 §5.5 name-based UUID (SHA-1), in a namespace of CareRelay's own.
+const DELIVERY_NAMESPACE = Buffer.from('6f0d3c2e8a4b4e1f9c7a5d2b1e0f3a4c', 'hex');
+
+/**
+ * A UUID that stands for a delivery at a provider (HubSpot's event uuid, Brevo's idempotencyKey):
+ * the same on every attempt, and unlike the delivery id it says nothing about the rule or the
+ * appointment it came from.
+ */
+export function deliveryUuid(deliveryId: string): string {
+  const hash = createHash('sha1').update(DELIVERY_NAMESPACE).update(deliveryId, 'utf8').digest();
+  hash[6] = (hash[6]! & 0x0f) | 0x50;
+  hash[8] = (hash[8]! & 0x3f) | 0x80;
+  const hex = hash.subarray(0, 16).toString('hex');
+  return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20)}`;
+}
+
+/** A secret reference as text (`env:NAME`, `file:PATH`): names an account in limit declarations without reading the secret. */
+export function secretRefKey(ref: SecretRef): string {
+  return 'env' in ref ? `env:${ref.env}` : `file:${ref.file}`;
+}
+
+/** How a tool knows a contact: a lower-cased email address, or a phone number (digits, leading +). */
+export function contactKeyOf(address: string): string {
+  const trimmed = address.trim();
+  return trimmed.includes('@') ? trimmed.toLowerCase() : trimmed.replace(/[^\d+]/g, '');
+}
+
+/** The message's address as a contact key, or a PermanentError when the rule gave none. */
+export function contactOf(type: string, message: OutboundMessage): string {
+  const key = message.to === undefined ? '' : contactKeyOf(message.to);
+  if (key === '') {
+    throw new PermanentError(`${type}_${ProviderFailure.NoContact}`, `delivery ${message.deliveryId} has no address for the contact: the rule needs send.to (e.g. patient.telecom[system=email].value)`);
+  }
+  return key;
+}
+
+/**
+ * Records that the output's tool holds this patient's contact, before the call that hands it
+ * over (a crash after the tool took it cannot leave it unrecorded; a holding for a call that
+ * then failed is harmless: optOut answers not_held). Nothing is sent when it cannot be recorded.
+ */
+export async function recordHolding(holdings: ContactHoldingsLedger, output: string, message: OutboundMessage, contactKey: string, now: Date): Promise<void> {
+  if (message.patientId === undefined || message.patientId === '') return;
+  try {
+    await holdings.recordContactHolding({ output, patientId: message.patientId, contactKey, firstSentAt: now.toISOString() });
+  } catch (error) {
+    throw new TransientError('holdings_unavailable', `the contact of ${message.deliveryId} cannot be recorded; nothing sent`, { cause: error });
+  }
+}
+
+/** The holdings ledger of a CRM output, which refuses to start without one. */
+export function holdingsOf(deps: OutputDeps, output: string): ContactHoldingsLedger {
+  if (deps.holdings === undefined) throw new Error(`output "${output}": no contact holdings ledger was given (OutputDeps.holdings)`);
+  return deps.holdings;
+}
+
+/** Whether an opt-out's scope reaches what an output carries: its channel family and at least one of its purposes. */
+export function optOutReaches(scope: OptOutScope, channel: 'email' | 'sms', purposes: readonly Purpose[]): boolean {
+  if (scope.channel !== undefined && scope.channel !== channel) return false;
+  return scope.purposes.some((p) => purposes.includes(p));
+}
+
+/** Constant-time comparison of a secret carried by a request (a URL path segment, a bearer token) with the configured one. */
+export function secretMatches(given: string | undefined, expected: string): boolean {
+  if (given === undefined || expected === '') return false;
+  const a = createHash('sha256').update(given, 'utf8').digest();
+  const b = createHash('sha256').update(expected, 'utf8').digest();
+  return timingSafeEqual(a, b);
+}
+
+/**
+ * Sends through a provider call that has no idempotency key CareRelay can rely on, at most once
+ * per delivery, with the receipts ledger as CareRelay's own key: before the call a `sending`
+ * receipt, after it `accepted` with the provider's id, `refused` or `unknown`. An attempt that
+ * finds `accepted` calls nothing and answers with it; one that finds `sending` as the last word
+ * knows an earlier attempt died during its call (a crash) and reports AmbiguousError without
+ * calling, so the queue parks it (such outputs are not idempotent). A person who replays a
+ * parked delivery finds `unknown` last and sends once more, knowingly.
+ *
+ * `call` makes the one provider call and returns the receipt (with the provider's id) or
+ * throws a classified error (a `providerCode` property on it is recorded).
+ */
+export async function sendRecordedOnce(
+  deps: Pick<OutputDeps, 'receipts' | 'now'>,
+  output: string,
+  message: OutboundMessage,
+  context: SendContext,
+  provider: { name: string; outcomeUnknown: string },
+  call: () => Promise<Receipt & { providerId: string }>,
+): Promise<Receipt> {
+  const record = (fields: Omit<DeliveryReceipt, 'deliveryId' | 'output' | 'attempt' | 'at'>) =>
+    deps.receipts.addDeliveryReceipt({ deliveryId: message.deliveryId, output, attempt: context.attempt, at: deps.now().toISOString(), ...fields });
+  let earlier: DeliveryReceipt[];
+  try {
+    earlier = await deps.receipts.listDeliveryReceipts({ deliveryId: message.deliveryId, output });
+  } catch (error) {
+    throw new TransientError(RECEIPTS_UNAVAILABLE, `receipts of ${message.deliveryId} cannot be read; nothing sent`, { cause: error });
+  }
+  const accepted = earlier.find((r) => r.status === 'accepted' && r.providerId !== undefined);
+  if (accepted) return { providerId: accepted.providerId, acceptedAt: accepted.at, detail: { resent: false } };
+  const last = earlier.filter((r) => r.attempt !== undefined).at(-1);
+  if (last?.status === 'sending') {
+    await record({ status: 'unknown' }).catch(() => undefined);
+    throw new AmbiguousError(provider.outcomeUnknown, `an earlier attempt of ${message.deliveryId} stopped during its call to ${provider.name}; it may have been taken`);
+  }
+  try {
+    await record({ status: 'sending' });
+  } catch (error) {
+    throw new TransientError(RECEIPTS_UNAVAILABLE, `the send of ${message.deliveryId} cannot be recorded; nothing sent`, { cause: error });
+  }
+  let receipt: Receipt & { providerId: string };
+  try {
+    receipt = await call();
+  } catch (error) {
+    const providerCode = (error as { providerCode?: unknown }).providerCode;
+    await record({ status: error instanceof AmbiguousError ? 'unknown' : 'refused', ...(typeof providerCode === 'string' ? { code: providerCode } : {}) }).catch(() => undefined);
+    throw error;
+  }
+  await record({ status: 'accepted', providerId: receipt.providerId }).catch(() => undefined);
+  return receipt;
+}
+
+/** Failure code when the receipts ledger cannot be read or written (nothing was sent). */
+export const RECEIPTS_UNAVAILABLE = 'receipts_unavailable';

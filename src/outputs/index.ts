@@ -1,6 +1,7 @@
 // The output types CareRelay knows: this list is the table of contents (docs/contributing.md habit 2).
 
 import { fhirCommunicationSpec } from './fhir-communication/spec.ts';
+import { hubspotSpec } from './hubspot/spec.ts';
 import { outboxSpec } from './outbox/spec.ts';
 import { smtpSpec } from './smtp/spec.ts';
 import type { OutputSpec } from './spec.ts';
@@ -13,4 +14,5 @@ export const outputSpecs: readonly OutputSpec[] = [
   smtpSpec as OutputSpec,
   twilioSpec as OutputSpec,
   fhirCommunicationSpec as OutputSpec,
+  hubspotSpec as OutputSpec,
 ];

@@ -35,8 +35,8 @@ import type { InstanceCheckIssue } from '../../config/load.ts';
 import { secretRefSchema, type JsonSchema, type SecretRef } from '../../config/yaml.ts';
 import { AmbiguousError, PermanentError, RateLimitedError, RecipientError, RecipientSignal, TransientError } from '../../errors.ts';
 import { headerOf, parseRetryAfter, sendOnce } from '../../http/outbound.ts';
-import { PURPOSES, type DeliveryReceipt, type Purpose, type Receipt } from '../../types.ts';
-import { allowedPurposesSchema, destinationUrlIssues, outputNameSchema, providerBaaSchema } from '../common.ts';
+import { PURPOSES, type Purpose, type Receipt } from '../../types.ts';
+import { allowedPurposesSchema, destinationUrlIssues, outputNameSchema, providerBaaSchema, RECEIPTS_UNAVAILABLE, sendRecordedOnce } from '../common.ts';
 import type { OutboundAdapter, OutboundMessage, OutputDeps, OutputSpec, SendContext } from '../spec.ts';
 
 export const TWILIO = 'twilio';
@@ -58,7 +58,7 @@ export const TwilioCode = {
   Expired: 'expired',
   NoRecipient: 'twilio_no_recipient',
   BodyTooLong: 'twilio_body_too_long',
-  LedgerUnavailable: 'receipts_unavailable',
+  LedgerUnavailable: RECEIPTS_UNAVAILABLE,
 } as const;
 
 /** Twilio error codes with a meaning for the recipient's address ("Error and Warning Dictionary"). */
@@ -230,9 +230,6 @@ export function createTwilio(config: TwilioConfig, deps: OutputDeps): OutboundAd
   const statusCallback = twilioStatusCallbackUrl(config);
   const output = config.name;
 
-  const record = (message: OutboundMessage, context: SendContext, fields: Omit<DeliveryReceipt, 'deliveryId' | 'output' | 'attempt' | 'at'>) =>
-    deps.receipts.addDeliveryReceipt({ deliveryId: message.deliveryId, output, attempt: context.attempt, at: deps.now().toISOString(), ...fields });
-
   return {
     name: output,
     ...info,
@@ -244,36 +241,13 @@ export function createTwilio(config: TwilioConfig, deps: OutputDeps): OutboundAd
       const validity = validitySeconds(deps.now().getTime(), message.expiresAt, config.maxValiditySeconds);
       if (validity === undefined) throw new PermanentError(TwilioCode.Expired, `delivery ${message.deliveryId} can no longer arrive before it expires`);
 
-      // Our own idempotency key: what earlier attempts of this delivery left in the ledger.
-      let earlier: DeliveryReceipt[];
-      try {
-        earlier = await deps.receipts.listDeliveryReceipts({ deliveryId: message.deliveryId, output });
-      } catch (error) {
-        throw new TransientError(TwilioCode.LedgerUnavailable, `receipts of ${message.deliveryId} cannot be read; nothing sent`, { cause: error });
-      }
-      const accepted = earlier.find((r) => r.status === 'accepted' && r.providerId !== undefined);
-      if (accepted) return { providerId: accepted.providerId, acceptedAt: accepted.at, detail: { resent: false } };
-      const last = earlier.filter((r) => r.attempt !== undefined).at(-1);
-      if (last?.status === 'sending') {
-        await record(message, context, { status: 'unknown' }).catch(() => undefined);
-        throw new AmbiguousError(TwilioCode.OutcomeUnknown, `an earlier attempt of ${message.deliveryId} stopped during its call to Twilio; the SMS may exist`);
-      }
-      try {
-        await record(message, context, { status: 'sending' });
-      } catch (error) {
-        throw new TransientError(TwilioCode.LedgerUnavailable, `the send of ${message.deliveryId} cannot be recorded; nothing sent`, { cause: error });
-      }
-
-      const form = new URLSearchParams({ To: message.to, Body: message.text });
-      if (config.messagingServiceSid !== undefined) form.set('MessagingServiceSid', config.messagingServiceSid);
-      else form.set('From', config.from!);
-      form.set('ValidityPeriod', String(validity));
-      if (statusCallback !== undefined) form.set('StatusCallback', statusCallback);
-
-      let status: number;
-      let body: Buffer;
-      let retryAfter: string | undefined;
-      try {
+      // Twilio has no idempotency key: the receipts ledger is ours (common.ts sendRecordedOnce).
+      return sendRecordedOnce(deps, output, message, context, { name: 'Twilio', outcomeUnknown: TwilioCode.OutcomeUnknown }, async () => {
+        const form = new URLSearchParams({ To: message.to!, Body: message.text });
+        if (config.messagingServiceSid !== undefined) form.set('MessagingServiceSid', config.messagingServiceSid);
+        else form.set('From', config.from!);
+        form.set('ValidityPeriod', String(validity));
+        if (statusCallback !== undefined) form.set('StatusCallback', statusCallback);
         const response = await sendOnce({
           url,
           headers: { authorization, 'content-type': 'application/x-www-form-urlencoded', accept: 'application/json', 'user-agent': 'CareRelay' },
@@ -282,25 +256,15 @@ export function createTwilio(config: TwilioConfig, deps: OutputDeps): OutboundAd
           signal: context.signal,
           codePrefix: 'twilio',
         });
-        ({ status, body } = response);
-        retryAfter = headerOf(response.headers, 'retry-after');
-      } catch (error) {
-        await record(message, context, { status: error instanceof AmbiguousError ? 'unknown' : 'refused' }).catch(() => undefined);
-        throw error;
-      }
-      const json = parseJson(body);
-      if (status === 201 || status === 200) {
-        const sid = typeof json.sid === 'string' && /^(SM|MM)[0-9a-fA-F]{32}$/.test(json.sid) ? json.sid : undefined;
-        if (sid === undefined) {
-          await record(message, context, { status: 'unknown' }).catch(() => undefined);
-          throw new AmbiguousError(TwilioCode.OutcomeUnknown, `Twilio answered HTTP ${status} without a message SID`);
+        const { status } = response;
+        const json = parseJson(response.body);
+        if (status === 201 || status === 200) {
+          const sid = typeof json.sid === 'string' && /^(SM|MM)[0-9a-fA-F]{32}$/.test(json.sid) ? json.sid : undefined;
+          if (sid === undefined) throw new AmbiguousError(TwilioCode.OutcomeUnknown, `Twilio answered HTTP ${status} without a message SID`);
+          return { providerId: sid, acceptedAt: deps.now().toISOString(), detail: { validitySeconds: validity } };
         }
-        await record(message, context, { status: 'accepted', providerId: sid }).catch(() => undefined);
-        return { providerId: sid, acceptedAt: deps.now().toISOString(), detail: { validitySeconds: validity } };
-      }
-      const error = classifyAnswer(status, json, parseRetryAfter(retryAfter, deps.now().getTime()));
-      await record(message, context, { status: error instanceof AmbiguousError ? 'unknown' : 'refused', ...(error.providerCode ? { code: error.providerCode } : {}) }).catch(() => undefined);
-      throw error;
+        throw classifyAnswer(status, json, parseRetryAfter(headerOf(response.headers, 'retry-after'), deps.now().getTime()));
+      });
     },
   };
 }
