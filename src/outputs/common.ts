@@ -231,6 +231,17 @@ export async function recordHolding(holdings: ContactHoldingsLedger, output: str
   }
 }
 
+/**
+ * What every send of a CRM output does before its call: the contact's key from send.to, a signal
+ * already aborted refused before anything is recorded, then the holding recorded.
+ */
+export async function beginContactSend(type: string, holdings: ContactHoldingsLedger, output: string, message: OutboundMessage, context: SendContext, now: Date): Promise<string> {
+  const contactKey = contactOf(type, message);
+  if (context.signal.aborted) throw new TransientError(`${type}_aborted`, `send of ${message.deliveryId} aborted before it started`);
+  await recordHolding(holdings, output, message, contactKey, now);
+  return contactKey;
+}
+
 /** The holdings ledger of a CRM output, which refuses to start without one. */
 export function holdingsOf(deps: OutputDeps, output: string): ContactHoldingsLedger {
   if (deps.holdings === undefined) throw new Error(`output "${output}": no contact holdings ledger was given (OutputDeps.holdings)`);

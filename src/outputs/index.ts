@@ -2,6 +2,7 @@
 
 import { fhirCommunicationSpec } from './fhir-communication/spec.ts';
 import { hubspotSpec } from './hubspot/spec.ts';
+import { mailchimpSpec } from './mailchimp/spec.ts';
 import { outboxSpec } from './outbox/spec.ts';
 import { smtpSpec } from './smtp/spec.ts';
 import type { OutputSpec } from './spec.ts';
@@ -15,4 +16,5 @@ export const outputSpecs: readonly OutputSpec[] = [
   twilioSpec as OutputSpec,
   fhirCommunicationSpec as OutputSpec,
   hubspotSpec as OutputSpec,
+  mailchimpSpec as OutputSpec,
 ];

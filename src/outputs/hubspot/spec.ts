@@ -52,7 +52,7 @@ import { TokenCache } from '../../http/oauth-token.ts';
 import { PURPOSES, type Purpose, type Receipt } from '../../types.ts';
 import {
   allowedPurposesSchema,
-  contactOf,
+  beginContactSend,
   deliveryUuid,
   destinationUrlIssues,
   holdingsOf,
@@ -62,7 +62,6 @@ import {
   propertyMapIssues,
   providerBaaSchema,
   providerFailure,
-  recordHolding,
   type PropertyMap,
 } from '../common.ts';
 import { OptOutOutcome, type OptOutScope, type OutboundAdapter, type OutboundMessage, type OutputDeps, type OutputLimits, type OutputSpec, type SendContext } from '../spec.ts';
@@ -395,9 +394,7 @@ export function createHubspot(config: HubspotConfig, deps: OutputDeps): Outbound
     name: output,
     ...info,
     async send(message: OutboundMessage, context: SendContext): Promise<Receipt> {
-      const email = contactOf(HUBSPOT, message);
-      if (context.signal.aborted) throw new TransientError(`${HUBSPOT}_aborted`, `send of ${message.deliveryId} aborted before it started`);
-      await recordHolding(holdings, output, message, email, deps.now());
+      const email = await beginContactSend(HUBSPOT, holdings, output, message, context, deps.now());
       return config.action === HubspotAction.Event ? event(message, email, context) : upsert(message, email, context);
     },
     async optOut(contact, scope: OptOutScope, context) {
