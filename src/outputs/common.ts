@@ -78,6 +78,21 @@ export function allowListIssues(entries: readonly string[], at: readonly (string
   return issues;
 }
 
+/**
+ * The unsubscribe headers of a non-care email (RFC 2369 List-Unsubscribe, RFC 8058 one-click),
+ * from the message's links; undefined for care email or without links. `UnsubscribeMissing`
+ * is refused first when links are required and absent.
+ */
+export function listUnsubscribeHeaders(message: OutboundMessage, required: boolean, missingCode: string): Record<string, string> | undefined {
+  const care = message.purpose.startsWith('care.');
+  if (!care && message.unsubscribe === undefined && required) {
+    throw new PermanentError(missingCode, `delivery ${message.deliveryId} (${message.purpose}) has no unsubscribe link; non-care email needs one`);
+  }
+  if (care || message.unsubscribe === undefined) return undefined;
+  const links = [`<${message.unsubscribe.url}>`, ...(message.unsubscribe.mailto ? [`<${message.unsubscribe.mailto}>`] : [])];
+  return { 'List-Unsubscribe': links.join(', '), 'List-Unsubscribe-Post': 'List-Unsubscribe=One-Click' };
+}
+
 // ---------------------------------------------------------------------------------------
 // What the marketing and CRM outputs share (hubspot, mailchimp, brevo, activecampaign).
 

@@ -1,5 +1,6 @@
 // The output types CareRelay knows: this list is the table of contents (docs/contributing.md habit 2).
 
+import { brevoSpec } from './brevo/spec.ts';
 import { fhirCommunicationSpec } from './fhir-communication/spec.ts';
 import { hubspotSpec } from './hubspot/spec.ts';
 import { mailchimpSpec } from './mailchimp/spec.ts';
@@ -17,4 +18,5 @@ export const outputSpecs: readonly OutputSpec[] = [
   fhirCommunicationSpec as OutputSpec,
   hubspotSpec as OutputSpec,
   mailchimpSpec as OutputSpec,
+  brevoSpec as OutputSpec,
 ];
