@@ -1,5 +1,6 @@
 // The output types CareRelay knows: this list is the table of contents (docs/contributing.md habit 2).
 
+import { activeCampaignSpec } from './activecampaign/spec.ts';
 import { brevoSpec } from './brevo/spec.ts';
 import { fhirCommunicationSpec } from './fhir-communication/spec.ts';
 import { hubspotSpec } from './hubspot/spec.ts';
@@ -19,4 +20,5 @@ export const outputSpecs: readonly OutputSpec[] = [
   hubspotSpec as OutputSpec,
   mailchimpSpec as OutputSpec,
   brevoSpec as OutputSpec,
+  activeCampaignSpec as OutputSpec,
 ];

@@ -53,6 +53,11 @@ export interface OutputLimits {
    * among their declarations apply. Absent: the limits are this output's own.
    */
   readonly account?: string;
+  /**
+   * Provider calls one send makes, when more than one (ActiveCampaign's tag action: the contact
+   * sync, then the tag): the engine draws that many tokens per send. Default 1.
+   */
+  readonly callsPerSend?: number;
 }
 
 /** A message ready to leave: rendered from the delivery's payload only (invariant 6). */

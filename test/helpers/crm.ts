@@ -1,8 +1,9 @@
 // What the tests of the marketing and CRM outputs share: deps with in-memory receipts and
 // contact holdings, secrets from a map, a clock the test moves, and a marketing message of the
 // shape the deliver worker hands an adapter (the rule's send.to, its mapped fields).
-import { memoryHoldings, memoryReceiptLedger } from '../../src/outputs/conformance.ts';
+import { memoryHoldings, memoryReceiptLedger, StandInFault } from '../../src/outputs/conformance.ts';
 import type { OutboundMessage, OutputDeps, SendContext } from '../../src/outputs/spec.ts';
+import type { Answer, HttpStandIn } from './http-standin.ts';
 
 export interface CrmDeps extends OutputDeps {
   ledger: ReturnType<typeof memoryReceiptLedger>;
@@ -46,3 +47,17 @@ export const marketingMessage: OutboundMessage = {
 };
 
 export const sendContext = (attempt = 1, deliveryId = marketingMessage.deliveryId): SendContext => ({ deliveryId, attempt, signal: new AbortController().signal });
+
+/**
+ * The conformance suite's faults on an HTTP stand-in: the tool's own rate-limit answer and
+ * refusal, a 503 (or the tool's), a hang, a reset.
+ */
+export function standInFaults(standIn: HttpStandIn, tool: { rateLimit: () => void; rejected: Answer; unavailable?: Answer }): (fault: StandInFault) => void {
+  return (fault) => {
+    if (fault === StandInFault.RateLimited) tool.rateLimit();
+    else if (fault === StandInFault.Unavailable) standIn.failNext({ kind: 'answer', ...(tool.unavailable ?? { status: 503 }) });
+    else if (fault === StandInFault.Rejected) standIn.failNext({ kind: 'answer', ...tool.rejected });
+    else if (fault === StandInFault.Hang) standIn.failNext({ kind: 'hang' });
+    else standIn.failNext({ kind: 'reset' });
+  };
+}

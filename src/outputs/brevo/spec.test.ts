@@ -1,9 +1,9 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { startBrevoStandIn, type BrevoStandIn } from '../../../test/helpers/brevo-standin.ts';
-import { crmDeps, marketingMessage, sendContext as ctx } from '../../../test/helpers/crm.ts';
+import { crmDeps, marketingMessage, sendContext as ctx, standInFaults } from '../../../test/helpers/crm.ts';
 import { AmbiguousError, RateLimitedError } from '../../errors.ts';
 import { deliveryUuid } from '../common.ts';
-import { outputConformanceSuite, StandInFault } from '../conformance.ts';
+import { outputConformanceSuite } from '../conformance.ts';
 import { OptOutOutcome, type OutboundMessage } from '../spec.ts';
 import { brevoLimits, brevoSpec, createBrevo, isGsm7, type BrevoAction, type BrevoConfig } from './spec.ts';
 
@@ -63,13 +63,7 @@ for (const action of ['upsert', 'event', 'email', 'sms'] as const) {
             ? standIn.requests.map((r) => String((r.json as { email: string }).email))
             : deps.ledger.receipts.filter((r) => r.status === 'sending').map((r) => r.deliveryId),
         retryAfterMs: 1000,
-        fail(fault) {
-          if (fault === StandInFault.RateLimited) standIn.rateLimitNext(1);
-          else if (fault === StandInFault.Unavailable) standIn.failNext({ kind: 'answer', status: 503 });
-          else if (fault === StandInFault.Rejected) standIn.failNext({ kind: 'answer', status: 400, body: { code: 'invalid_parameter', message: 'bad' } });
-          else if (fault === StandInFault.Hang) standIn.failNext({ kind: 'hang' });
-          else standIn.failNext({ kind: 'reset' });
-        },
+        fail: standInFaults(standIn, { rateLimit: () => standIn.rateLimitNext(1), rejected: { status: 400, body: { code: 'invalid_parameter', message: 'bad' } } }),
         close: () => standIn.close(),
       };
     },

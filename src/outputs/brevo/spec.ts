@@ -146,7 +146,7 @@ export const brevoConfigSchema = {
           required: ['email'],
           properties: {
             email: { type: 'string', format: 'email', description: 'Sender address.' },
-            name: { type: 'string', minLength: 1, description: 'Sender name.' },
+            name: { type: 'string', default: '', description: 'Sender name shown to the patient; empty: the address alone.' },
           },
         },
         requireUnsubscribe: {
@@ -321,7 +321,7 @@ export function createBrevo(config: BrevoConfig, deps: OutputDeps): OutboundAdap
     const unsubscribe = listUnsubscribeHeaders(message, config.email!.requireUnsubscribe ?? true, BrevoCode.UnsubscribeMissing);
     return sendRecordedOnce(deps, output, message, context, once, async () => {
       const body = {
-        sender: config.email!.sender,
+        sender: config.email!.sender.name ? config.email!.sender : { email: config.email!.sender.email },
         to: [{ email: key }],
         subject: message.subject,
         // htmlContent is required without a Brevo template: the text, escaped, when the template has no HTML part.

@@ -1,9 +1,9 @@
 import { afterEach, describe, expect, it } from 'vitest';
-import { crmDeps, marketingMessage as message, sendContext as ctx } from '../../../test/helpers/crm.ts';
+import { crmDeps, marketingMessage as message, sendContext as ctx, standInFaults } from '../../../test/helpers/crm.ts';
 import { startHubspotStandIn, type HubspotStandIn, type HubspotStandInOptions } from '../../../test/helpers/hubspot-standin.ts';
 import { PermanentError, RateLimitedError, RecipientError, TransientError } from '../../errors.ts';
 import { deliveryUuid } from '../common.ts';
-import { outputConformanceSuite, StandInFault } from '../conformance.ts';
+import { outputConformanceSuite } from '../conformance.ts';
 import { OptOutOutcome } from '../spec.ts';
 import { createHubspot, hubspotLimits, hubspotSpec, msUntilMidnight, type HubspotConfig } from './spec.ts';
 
@@ -55,13 +55,11 @@ for (const action of ['upsert', 'event'] as const) {
         // Upserts are keyed by the unique property's value, events by their uuid.
         keys: () => api().map((r) => String(action === 'upsert' ? (r.json as { inputs: Array<{ id: string }> }).inputs[0]!.id : (r.json as { uuid: string }).uuid)),
         retryAfterMs: 10_000,
-        fail(fault) {
-          if (fault === StandInFault.RateLimited) standIn.rateLimitNext('TEN_SECONDLY_ROLLING');
-          else if (fault === StandInFault.Unavailable) standIn.failNext({ kind: 'answer', status: 503, body: { status: 'error', message: 'unavailable', category: 'SERVICE_UNAVAILABLE' } });
-          else if (fault === StandInFault.Rejected) standIn.failNext({ kind: 'answer', status: 400, body: { status: 'error', message: 'bad', category: 'VALIDATION_ERROR' } });
-          else if (fault === StandInFault.Hang) standIn.failNext({ kind: 'hang' });
-          else standIn.failNext({ kind: 'reset' });
-        },
+        fail: standInFaults(standIn, {
+          rateLimit: () => standIn.rateLimitNext('TEN_SECONDLY_ROLLING'),
+          unavailable: { status: 503, body: { status: 'error', message: 'unavailable', category: 'SERVICE_UNAVAILABLE' } },
+          rejected: { status: 400, body: { status: 'error', message: 'bad', category: 'VALIDATION_ERROR' } },
+        }),
         close: () => standIn.close(),
       };
     },

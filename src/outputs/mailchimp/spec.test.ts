@@ -1,8 +1,8 @@
 import { afterEach, describe, expect, it } from 'vitest';
-import { crmDeps, marketingMessage as message, sendContext as ctx } from '../../../test/helpers/crm.ts';
+import { crmDeps, marketingMessage as message, sendContext as ctx, standInFaults } from '../../../test/helpers/crm.ts';
 import { md5, startMailchimpStandIn, type MailchimpStandIn } from '../../../test/helpers/mailchimp-standin.ts';
 import { AmbiguousError, RateLimitedError, RecipientError } from '../../errors.ts';
-import { outputConformanceSuite, StandInFault } from '../conformance.ts';
+import { outputConformanceSuite } from '../conformance.ts';
 import { OptOutOutcome } from '../spec.ts';
 import { createMailchimp, dataCentreOf, mailchimpSpec, subscriberHash, type MailchimpConfig } from './spec.ts';
 
@@ -58,13 +58,10 @@ for (const action of ['upsert', 'tags', 'event'] as const) {
         // The member hash addresses upserts and tags; events have no key: CareRelay's ledger holds it.
         keys: () => (action === 'event' ? deps.ledger.receipts.filter((r) => r.status === 'sending').map((r) => r.deliveryId) : calls().map((r) => r.path.split('/')[6]!)),
         retryAfterMs: undefined,
-        fail(fault) {
-          if (fault === StandInFault.RateLimited) standIn.bare403Next();
-          else if (fault === StandInFault.Unavailable) standIn.failNext({ kind: 'answer', status: 503 });
-          else if (fault === StandInFault.Rejected) standIn.failNext({ kind: 'answer', status: 400, body: { type: 'x', title: 'Invalid Resource', status: 400, detail: 'bad', instance: 'i' } });
-          else if (fault === StandInFault.Hang) standIn.failNext({ kind: 'hang' });
-          else standIn.failNext({ kind: 'reset' });
-        },
+        fail: standInFaults(standIn, {
+          rateLimit: () => standIn.bare403Next(),
+          rejected: { status: 400, body: { type: 'x', title: 'Invalid Resource', status: 400, detail: 'bad', instance: 'i' } },
+        }),
         close: () => standIn.close(),
       };
     },
