@@ -128,7 +128,8 @@ describe('carerelay validate', () => {
       const secrets = { TWILIO_AUTH_TOKEN: 't', SMTP_PASSWORD: 'p', SCHEDULING_WEBHOOK_SECRET: 'whsec_AAAA', EHR_FHIR_TOKEN: 'e' };
       const ok = await carerelay(['validate', '--config-dir', copy], secrets);
       expect(ok.stderr).toBe('');
-      expect(ok.stdout).toContain('configuration OK: 2 input(s), 6 output(s)');
+      // The four of adapters.yaml, the two outboxes of outbox.yaml and two of marketing.yaml.
+      expect(ok.stdout).toContain('configuration OK: 2 input(s), 8 output(s)');
       // A mistake in a block is reported at its place.
       writeFileSync(file, uncommented.replace('accountSid: AC00000000000000000000000000000000', 'accountSid: AC123'));
       const bad = await carerelay(['validate', '--config-dir', copy], secrets);

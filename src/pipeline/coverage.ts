@@ -37,6 +37,7 @@ export function destinationIssues(rule: { id: string; purpose: string; fields: r
   const issues: RuleIssue[] = [];
   const where = `rule "${rule.id}"`;
   const fieldAt = (i: number): IssuePath => [...at, 'send', 'fields', i];
+  const refused = new Set<number>();
   if (!output.baa) {
     if (rule.purpose.startsWith('care.')) {
       issues.push({
@@ -52,6 +53,7 @@ export function destinationIssues(rule: { id: string; purpose: string; fields: r
           ? `${source} is about the patient's care, which with any patient identity is PHI`
           : `without a BAA a ${rule.purpose} rule may send only ${allowed.join(', ')}` +
             (allowed === NON_PHI_MARKETING_FIELDS ? ' (name and email alone: the email is send.to)' : ` (a ${rule.purpose} message already concerns the patient's care)`);
+        refused.add(i);
         issues.push({
           path: fieldAt(i),
           message: `${where}: field ${source} may not go to output "${output.name}", which is not declared baa: true: ${why} (docs/consent.md rule 4)`,
@@ -62,7 +64,8 @@ export function destinationIssues(rule: { id: string; purpose: string; fields: r
   if (output.fields !== undefined) {
     const sendable = output.fields;
     rule.fields.forEach((field, i) => {
-      if (sendable.includes(field.source)) return;
+      // A field refused above is not to be added to the output either: one issue is enough.
+      if (sendable.includes(field.source) || refused.has(i)) return;
       issues.push({
         path: fieldAt(i),
         message:
