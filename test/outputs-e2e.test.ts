@@ -178,7 +178,7 @@ it('MLLP SIU^S12 in: email, signed webhook, then SMS and a FHIR Communication th
     }),
   ]);
   const sms = await server.store.getDelivery('sms-reminder@appointment/A1#0');
-  expect(sms).toMatchObject({ status: 'finished', providerId: twilio.messages[0]!.sid });
+  expect(sms).toMatchObject({ status: 'sent', providerId: twilio.messages[0]!.sid });
   const communication = fhir.get('Communication', '1');
   expect(communication).toMatchObject({
     status: 'completed',

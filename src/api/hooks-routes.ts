@@ -17,7 +17,7 @@ import { TWILIO, twilioStatusCallbackUrl, type TwilioConfig } from '../outputs/t
 import type { Store } from '../store/store.ts';
 import { TWILIO_SIGNATURE_HEADER, twilioSignatureMatches } from '../twilio/signature.ts';
 import type { ReceiptStatus } from '../types.ts';
-import { declaredOverLimit, refuseUnread } from './app.ts';
+import { declaredOverLimit, refuseUnread } from './http.ts';
 
 /** A twilio output that asked for status callbacks. */
 export interface TwilioStatusHook {

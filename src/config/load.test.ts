@@ -52,7 +52,7 @@ describe('the shipped example (connectors/example.yaml)', () => {
       http: { host: '127.0.0.1', port: 8080 },
       dataDir: path.join(repoRoot, 'data'),
       timezone: 'UTC',
-      admin: {},
+      admin: { tokens: [] },
     });
     expect(plan.inputs.map((i) => [i.type, i.name])).toEqual([
       ['hl7v2-mllp', 'ehr-mllp'],
@@ -86,7 +86,7 @@ describe('loadConfig', () => {
   it('returns a deeply frozen plan with defaults, dataDir relative to the config dir', async () => {
     const dir = await configDir({ 'a.yaml': `inputs:\n${mllp('lab', 2600)}` });
     const plan: CarerelayPlan = await loadConfig({ configDir: dir, env: {} });
-    expect(plan.server).toEqual({ http: { host: '127.0.0.1', port: 8080 }, dataDir: path.join(dir, 'data'), timezone: 'UTC', admin: {} });
+    expect(plan.server).toEqual({ http: { host: '127.0.0.1', port: 8080 }, dataDir: path.join(dir, 'data'), timezone: 'UTC', admin: { tokens: [] } });
     expect(plan.inputs[0]).toEqual({
       type: 'hl7v2-mllp',
       name: 'lab',
@@ -102,6 +102,7 @@ describe('loadConfig', () => {
         timezone: 'UTC',
         unknownMessageTypes: 'accept',
         missingFieldAck: 'AR',
+        ackMode: 'standard',
         maxFrameBytes: 10485760,
         idleTimeoutSeconds: 300,
         maxConnections: 200,
@@ -167,7 +168,7 @@ describe('loadConfig', () => {
       ].join('\n'),
     });
     expect(await issuesOf(dir)).toEqual([
-      'connectors/a.yaml:9:5: unknown key "maxFrame" (allowed: name, timezone, unknownMessageTypes, missingFieldAck, type, host, port, tls, plain, maxFrameBytes, idleTimeoutSeconds, maxConnections)',
+      'connectors/a.yaml:9:5: unknown key "maxFrame" (allowed: name, timezone, unknownMessageTypes, missingFieldAck, ackMode, type, host, port, tls, plain, maxFrameBytes, idleTimeoutSeconds, maxConnections)',
       'connectors/a.yaml:10:11: "name" "Lab_1" is not valid: lower-case letters, digits and "-", starting with a letter',
       'connectors/a.yaml:12:11: "port" must be <= 65535 (got 99999)',
       'connectors/a.yaml:13:12: "plain" must be true or false, got a string',
@@ -341,7 +342,7 @@ describe('loadConfig', () => {
     });
     expect(await issuesOf(dir)).toEqual([
       'connectors/a.yaml:2:5: input needs a "type" (known: hl7v2-mllp, hl7v2-http, fhir-rest-hook, fhir-poll)',
-      'connectors/a.yaml:6:11: unknown output type "pager" (known: outbox, webhook, smtp, twilio, fhir-communication, hubspot, mailchimp, brevo, activecampaign)',
+      'connectors/a.yaml:6:11: unknown output type "pager" (known: outbox, webhook, smtp, twilio, fhir-communication, sfmc, salesforce-crm, adobe-aep, hubspot, mailchimp, brevo, activecampaign)',
     ]);
   });
 
@@ -360,6 +361,27 @@ describe('loadConfig', () => {
       'connectors/a.yaml:2:38: unknown key "tls" (allowed: host, port)',
       'connectors/a.yaml:3:13: "timezone" "CEST" is not an IANA time zone name (e.g. "UTC", "Europe/Paris", "America/New_York")',
       'connectors/a.yaml:5:15: environment variable ADMIN_TOKEN (the admin token) is not set',
+    ]);
+  });
+
+  it('checks named admin tokens: their secrets, unique and unreserved names, known scopes', async () => {
+    const dir = await configDir({
+      'a.yaml': [
+        'server:',
+        '  admin:',
+        '    tokens:',
+        '      - { name: oncall, token: { env: ONCALL_TOKEN }, scopes: [read, operate] }',
+        '      - { name: oncall, token: { env: OTHER_TOKEN }, scopes: [read] }',
+        '      - { name: admin, token: { env: OTHER_TOKEN }, scopes: [read] }',
+        '      - { name: lead, token: { env: OTHER_TOKEN }, scopes: [read, everything] }',
+        '',
+      ].join('\n'),
+    });
+    expect(await issuesOf(dir, { OTHER_TOKEN: 'other-token-0123456789' })).toEqual([
+      'connectors/a.yaml:4:32: secret environment variable ONCALL_TOKEN is not set',
+      'connectors/a.yaml:5:17: token name "oncall" is used twice; each token needs its own name for the audit log',
+      'connectors/a.yaml:6:17: token name "admin" is reserved ("admin" is the tokenEnv token, "local" a caller on loopback without a token); choose another',
+      expect.stringMatching(/^connectors\/a\.yaml:7:\d+: .*everything/),
     ]);
   });
 

@@ -15,7 +15,7 @@
 //   response bodies (they may hold patient data).
 import { Client, type RequestOptions, type SearchParams as FhirKitSearchParams } from 'fhir-kit-client';
 import { AmbiguousError, PermanentError, TransientError } from '../errors.ts';
-import type { FhirResource, PayloadContent } from './notification.ts';
+import { isFhirId, type FhirResource, type PayloadContent } from './notification.ts';
 import {
   checkServiceUrl,
   parseRetryAfter,
@@ -131,7 +131,6 @@ export interface ParsedReference {
 
 // FHIR R4 §2.24.0.1 (resource type names) and §2.1.27.5 id datatype: [A-Za-z0-9\-\.]{1,64}.
 const TYPE_PATTERN = /^[A-Z][A-Za-z]{1,63}$/;
-const ID_PATTERN = /^[A-Za-z0-9\-.]{1,64}$/;
 const RELATIVE_REFERENCE = /^([A-Z][A-Za-z]{1,63})\/([A-Za-z0-9\-.]{1,64})(?:\/_history\/([A-Za-z0-9\-.]{1,64}))?$/;
 const MAX_REFERENCE_LENGTH = 2048;
 
@@ -202,6 +201,9 @@ export function parseFhirReference(reference: string, baseUrl: string): ParsedRe
       ReferenceRefusal.Malformed,
       'reference is not of the form Type/id or Type/id/_history/vid (ids are 1-64 of A-Z a-z 0-9 - .)',
     );
+  }
+  if (!isFhirId(match[2]) || (match[3] !== undefined && !isFhirId(match[3]))) {
+    throw new FhirReferenceRefused(ReferenceRefusal.Malformed, 'a FHIR id is never "." or ".." (they would name another path on the server)');
   }
   const parsed: ParsedReference = { type: match[1], id: match[2] };
   if (match[3] !== undefined) parsed.versionId = match[3];
@@ -665,8 +667,8 @@ function checkType(type: unknown): asserts type is string {
 }
 
 function checkId(id: unknown, what: string): asserts id is string {
-  if (typeof id !== 'string' || !ID_PATTERN.test(id)) {
-    throw new PermanentError('fhir_request_invalid', `${what} must be a FHIR id (1-64 of A-Z a-z 0-9 - .)`);
+  if (typeof id !== 'string' || !isFhirId(id)) {
+    throw new PermanentError('fhir_request_invalid', `${what} must be a FHIR id (1-64 of A-Z a-z 0-9 - ., not "." or "..")`);
   }
 }
 

@@ -129,7 +129,7 @@ export class AddressPolicy {
 
 export interface OutboundRequest {
   url: URL;
-  /** Default POST. */
+  /** Default POST. A GET sends an empty body. */
   method?: 'GET' | 'POST' | 'PUT' | 'PATCH' | 'DELETE';
   headers: Record<string, string>;
   body: Buffer;

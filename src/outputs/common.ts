@@ -7,7 +7,8 @@ import type { JsonSchema, SecretRef } from '../config/yaml.ts';
 import { AmbiguousError, PermanentError, RateLimitedError, TransientError } from '../errors.ts';
 import { AddressPolicy, isLoopbackUrl } from '../http/outbound.ts';
 import { compilePath } from '../pipeline/conditions.ts';
-import { PURPOSES, type DeliveryReceipt, type Purpose, type Receipt } from '../types.ts';
+import { PURPOSES, type Purpose } from '../types.ts';
+import type { ConsentChannel, ToolConsentSignal } from './consent-sync.ts';
 import type { ContactHoldingsLedger, OptOutScope, OutboundMessage, OutputDeps, SendContext } from './spec.ts';
 
 export const outputNameSchema = {
@@ -263,10 +264,33 @@ export function holdingsOf(deps: OutputDeps, output: string): ContactHoldingsLed
   return deps.holdings;
 }
 
-/** Whether an opt-out's scope reaches what an output carries: its channel family and at least one of its purposes. */
+/** The purposes an opt-out stops among those an output carries (absent purpose: every one but care). */
+export function optOutPurposes(scope: OptOutScope, purposes: readonly Purpose[]): Purpose[] {
+  return purposes.filter((p) => (scope.purpose === undefined ? !p.startsWith('care.') : p === scope.purpose));
+}
+
+/** Whether an opt-out's scope reaches what an output carries: its channel and one of its purposes. */
 export function optOutReaches(scope: OptOutScope, channel: 'email' | 'sms', purposes: readonly Purpose[]): boolean {
   if (scope.channel !== undefined && scope.channel !== channel) return false;
-  return scope.purposes.some((p) => purposes.includes(p));
+  return optOutPurposes(scope, purposes).length > 0;
+}
+
+const NON_CARE_PURPOSES: readonly Purpose[] = PURPOSES.filter((p) => !p.startsWith('care.'));
+
+/**
+ * The consent signals of one report of a tool (an unsubscribe, a bounce): one per purpose it
+ * stops, or a single one without a purpose when it stops every purpose but care (a
+ * ToolConsentSignal's scope names one purpose at most). `purposes` absent: every one but care.
+ */
+export function consentSignals(
+  report: Omit<ToolConsentSignal, 'scope'> & { readonly channel?: ConsentChannel },
+  purposes?: readonly Purpose[],
+): ToolConsentSignal[] {
+  const { channel, ...signal } = report;
+  const stopped = (purposes ?? NON_CARE_PURPOSES).filter((p) => !p.startsWith('care.'));
+  const scope = channel === undefined ? {} : { channel };
+  if (NON_CARE_PURPOSES.every((p) => stopped.includes(p))) return [{ ...signal, scope }];
+  return stopped.map((purpose) => ({ ...signal, scope: { ...scope, purpose }, eventId: `${signal.eventId}#${purpose}` }));
 }
 
 /** Constant-time comparison of a secret carried by a request (a URL path segment, a bearer token) with the configured one. */
@@ -276,58 +300,3 @@ export function secretMatches(given: string | undefined, expected: string): bool
   const b = createHash('sha256').update(expected, 'utf8').digest();
   return timingSafeEqual(a, b);
 }
-
-/**
- * Sends through a provider call that has no idempotency key CareRelay can rely on, at most once
- * per delivery, with the receipts ledger as CareRelay's own key: before the call a `sending`
- * receipt, after it `accepted` with the provider's id, `refused` or `unknown`. An attempt that
- * finds `accepted` calls nothing and answers with it; one that finds `sending` as the last word
- * knows an earlier attempt died during its call (a crash) and reports AmbiguousError without
- * calling, so the queue parks it (such outputs are not idempotent). A person who replays a
- * parked delivery finds `unknown` last and sends once more, knowingly.
- *
- * `call` makes the one provider call and returns the receipt (with the provider's id) or
- * throws a classified error (a `providerCode` property on it is recorded).
- */
-export async function sendRecordedOnce(
-  deps: Pick<OutputDeps, 'receipts' | 'now'>,
-  output: string,
-  message: OutboundMessage,
-  context: SendContext,
-  provider: { name: string; outcomeUnknown: string },
-  call: () => Promise<Receipt & { providerId: string }>,
-): Promise<Receipt> {
-  const record = (fields: Omit<DeliveryReceipt, 'deliveryId' | 'output' | 'attempt' | 'at'>) =>
-    deps.receipts.addDeliveryReceipt({ deliveryId: message.deliveryId, output, attempt: context.attempt, at: deps.now().toISOString(), ...fields });
-  let earlier: DeliveryReceipt[];
-  try {
-    earlier = await deps.receipts.listDeliveryReceipts({ deliveryId: message.deliveryId, output });
-  } catch (error) {
-    throw new TransientError(RECEIPTS_UNAVAILABLE, `receipts of ${message.deliveryId} cannot be read; nothing sent`, { cause: error });
-  }
-  const accepted = earlier.find((r) => r.status === 'accepted' && r.providerId !== undefined);
-  if (accepted) return { providerId: accepted.providerId, acceptedAt: accepted.at, detail: { resent: false } };
-  const last = earlier.filter((r) => r.attempt !== undefined).at(-1);
-  if (last?.status === 'sending') {
-    await record({ status: 'unknown' }).catch(() => undefined);
-    throw new AmbiguousError(provider.outcomeUnknown, `an earlier attempt of ${message.deliveryId} stopped during its call to ${provider.name}; it may have been taken`);
-  }
-  try {
-    await record({ status: 'sending' });
-  } catch (error) {
-    throw new TransientError(RECEIPTS_UNAVAILABLE, `the send of ${message.deliveryId} cannot be recorded; nothing sent`, { cause: error });
-  }
-  let receipt: Receipt & { providerId: string };
-  try {
-    receipt = await call();
-  } catch (error) {
-    const providerCode = (error as { providerCode?: unknown }).providerCode;
-    await record({ status: error instanceof AmbiguousError ? 'unknown' : 'refused', ...(typeof providerCode === 'string' ? { code: providerCode } : {}) }).catch(() => undefined);
-    throw error;
-  }
-  await record({ status: 'accepted', providerId: receipt.providerId }).catch(() => undefined);
-  return receipt;
-}
-
-/** Failure code when the receipts ledger cannot be read or written (nothing was sent). */
-export const RECEIPTS_UNAVAILABLE = 'receipts_unavailable';

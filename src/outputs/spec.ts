@@ -10,6 +10,7 @@ import type { ComponentSpec, InstanceCheckIssue } from '../config/load.ts';
 import type { JsonSchema, SecretRef } from '../config/yaml.ts';
 import type { OutputInfo } from '../pipeline/rule.ts';
 import type { Channel, ContactHolding, DeliveryReceipt, Purpose, Receipt } from '../types.ts';
+import type { ConsentChannel, ConsentMirror } from './consent-sync.ts';
 
 /** What routing and the send-time checks know about one configured output. */
 export interface OutputInstanceInfo {
@@ -138,14 +139,14 @@ export interface OutputDeps {
 }
 
 /**
- * What an opt-out covers (docs/consent.md "Precise semantics", scope of an opt-out): a channel
- * and the purposes that stopped. A newsletter unsubscribe link stops marketing and service.info
- * by email; "unsubscribe from all" stops every non-care purpose by email; an SMS STOP stops SMS.
+ * What an opt-out covers (docs/consent.md "Precise semantics", scope of an opt-out), in the shape
+ * of ToolConsentSignal's scope (consent-sync.ts): a channel (absent: every channel) and a purpose
+ * (absent: every purpose but care — "unsubscribe from all"). A newsletter link stops marketing
+ * and service.info by email: two opt-outs, one per purpose.
  */
 export interface OptOutScope {
-  /** The channel that stopped; absent: every channel. */
-  readonly channel?: 'email' | 'sms';
-  readonly purposes: readonly Purpose[];
+  readonly channel?: ConsentChannel;
+  readonly purpose?: Purpose;
 }
 
 /** What pushing an opt-out to a tool did. */
@@ -178,41 +179,15 @@ export interface OutboundAdapter extends OutputInstanceInfo {
    * like send(), and the caller queues a retry.
    */
   optOut?(contact: HeldContact, scope: OptOutScope, context: { readonly signal: AbortSignal }): Promise<OptOutOutcome>;
+  /**
+   * Mirrors a consent decision of the ledger into the tool's own consent model (Salesforce:
+   * ContactPointTypeConsent for the patient's Individual and the purpose's DataUsePurpose), for
+   * tools that have one. Idempotent: the same decision mirrored twice leaves one record. One
+   * provider call; fails with the errors.ts classes like send().
+   */
+  mirrorConsent?(consent: ConsentMirror, context: { readonly signal: AbortSignal }): Promise<Receipt>;
   close?(): Promise<void>;
 }
-
-/** What a tool reported about one of its contacts (the "from the tool" direction of opt-outs). */
-export const ToolSignalKind = {
-  /** The person unsubscribed at the tool (a link in its email, its preference page, an SMS STOP it handled). */
-  Unsubscribe: 'unsubscribe',
-  /** The address bounced for good (the tool cleaned or blocked it). */
-  HardBounce: 'hard_bounce',
-  /** The person marked a message as spam. */
-  Complaint: 'complaint',
-} as const;
-export type ToolSignalKind = (typeof ToolSignalKind)[keyof typeof ToolSignalKind];
-
-/**
- * One opt-out or bounce a tool reported (its webhook, verified and parsed by the tool's folder),
- * in one shape whatever the tool, for the consent ledger to record.
- */
-export interface ToolSignal {
-  /** The output type that reported it (hubspot, mailchimp, brevo, activecampaign). */
-  readonly tool: string;
-  readonly kind: ToolSignalKind;
-  /** Lower-cased email address, when the report names one. */
-  readonly email?: string;
-  /** Phone number (digits, leading +), when the report names one. */
-  readonly phone?: string;
-  /** The tool's own contact id, when the report names no address (HubSpot's webhooks carry objectId only). */
-  readonly providerContactId?: string;
-  readonly scope: OptOutScope;
-  /** ISO-8601 instant the tool says it happened. */
-  readonly at: string;
-  /** The tool's id of the report, to drop repeats (webhooks are delivered at least once). */
-  readonly eventId?: string;
-}
-
 
 /**
  * @typeParam Config the instance config after validation and defaults (frozen).

@@ -140,7 +140,7 @@ describe('deliver', () => {
       expect.objectContaining({ deliveryId: REMINDER, output: 'sms-main', channel: 'sms', to: '+33612345678', language: 'en', text: 'See you at 2:30 PM', keptAt: '2025-06-09T12:30:00.000Z' }),
     ]);
     expect(await store.getDelivery(REMINDER)).toMatchObject({
-      status: 'finished',
+      status: 'sent',
       providerId: `sms-main/${REMINDER}`,
       message: { language: 'en', to: '+33612345678', text: 'See you at 2:30 PM' },
     });
@@ -185,7 +185,7 @@ describe('deliver', () => {
   });
 
   it('suppresses a post-discharge message once the discharge was cancelled (A13)', async () => {
-    await ingest({ type: 'encounter.finished', appointment: null, encounter: { id: 'V1', status: 'finished' } });
+    await ingest({ type: 'encounter.finished', appointment: null, encounter: { id: 'V1', status: 'sent' } });
     await setState({ kind: 'encounter', id: 'V1', patientId: 'MRN1', status: 'in-progress', asOf: '2025-06-01T10:00:00+02:00' });
     clock = Date.parse('2025-06-01T11:00:00+02:00');
     expect(await handler.run(job('followup@encounter/V1#0'))).toMatchObject({ outcome: 'suppressed', reason: 'stale' });

@@ -2,7 +2,7 @@
 // due time). For one job:
 //
 //   load the delivery ─▶ still pending with this job's generation? ─▶ still current?
-//     ─▶ not expired? ─▶ render ─▶ output.send ─▶ finishDelivery (finished + what was sent)
+//     ─▶ not expired? ─▶ render ─▶ output.send ─▶ finishDelivery (sent + what was sent)
 //
 // A "no" at a check is a normal outcome, recorded as `suppressed` with its reason code
 // (docs/architecture.md invariant 3), never an error. Failures keep the class they were given
@@ -165,7 +165,7 @@ export function createDeliverHandler(deps: DeliverDeps): JobHandler<DeliveryJob>
     };
     const receipt = await adapter.send(message, { deliveryId: d.id, attempt: job.attempt, signal: job.signal });
     const finished = await store.finishDelivery(d.id, generation, {
-      status: 'finished',
+      status: 'sent',
       message: {
         language: message.language,
         ...(message.to !== undefined ? { to: message.to } : {}),

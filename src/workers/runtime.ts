@@ -160,8 +160,8 @@ export class DeliveryRuntime {
 
   /**
    * Loads the configuration again with `load` and swaps rules and templates when it is
-   * valid; otherwise keeps the running plan and logs `config.reload_failed` with the issue
-   * count (the issues are returned for the CLI to print).
+   * valid; otherwise keeps the running plan and logs each problem's place (the issues are
+   * returned for the CLI to print).
    */
   async reload(load: () => Promise<CarerelayPlan>): Promise<ReloadResult> {
     let next: CarerelayPlan;
@@ -169,8 +169,7 @@ export class DeliveryRuntime {
       next = await load();
     } catch (error) {
       if (!(error instanceof ConfigError)) throw error;
-      this.#log.error('config.reload_failed', { reason: ReloadReason.Invalid, issues: error.issues.length });
-      return { ok: false, issues: error.issues };
+      return this.#refuseReload(ReloadReason.Invalid, error.issues);
     }
     const missing = next.mappings.filter((r) => !this.outputs.has(r.send.output));
     if (missing.length > 0) {
@@ -178,8 +177,7 @@ export class DeliveryRuntime {
         file: 'mappings',
         message: `rule "${r.id}" sends through output "${r.send.output}", which is not running; restart CareRelay to start new outputs`,
       }));
-      this.#log.error('config.reload_failed', { reason: ReloadReason.OutputNotRunning, issues: issues.length });
-      return { ok: false, issues };
+      return this.#refuseReload(ReloadReason.OutputNotRunning, issues);
     }
     const restartNeeded = connectorsOf(next) !== this.#connectors;
     if (restartNeeded) this.#log.warn('config.restart_needed', { reason: ReloadReason.ConnectorsChanged });
@@ -187,6 +185,20 @@ export class DeliveryRuntime {
     this.#mappings = { rules: next.mappings, templates: next.templates, timezone: this.#mappings.timezone };
     this.#log.info('config.reloaded', { count: next.mappings.length });
     return { ok: true, rules: next.mappings.length, templates: next.templates.size, restartNeeded };
+  }
+
+  /**
+   * Keeps the running plan and logs why: one `config.reload_failed` with the count, then one
+   * `config.reload_issue` per problem with where it is (file, line, column, path in the
+   * document). The words of each problem stay out of the log (free text); `carerelay
+   * validate` prints them.
+   */
+  #refuseReload(reason: string, issues: ConfigIssue[]): ReloadResult {
+    this.#log.error('config.reload_failed', { reason, issues: issues.length });
+    for (const issue of issues) {
+      this.#log.error('config.reload_issue', { reason, file: issue.file, line: issue.line, column: issue.column, path: issue.path });
+    }
+    return { ok: false, issues };
   }
 
   /**

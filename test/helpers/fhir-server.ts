@@ -31,6 +31,12 @@ export interface FhirTestServerOptions {
   supportsEvents?: boolean;
   /** Page size when the search has no _count. Default 10. */
   defaultPageSize?: number;
+  /**
+   * Accept a PUT to an id the server does not hold ("update as create", FHIR R4 §3.1.0.4.2,
+   * optional). When false, such a PUT is refused with 400 as HAPI does by default for
+   * client-assigned ids; POST still creates. Default true.
+   */
+  clientAssignedIds?: boolean;
 }
 
 export interface RecordedRequest {
@@ -343,6 +349,9 @@ export async function startFhirTestServer(options: FhirTestServerOptions = {}): 
       const body = await readResource(req, type);
       if (body.id !== id) throw new HttpProblem(400, 'invalid', `body id ${String(body.id)} does not match URL id ${id}`);
       const existed = store.get(type)?.has(id) ?? false;
+      if (!existed && options.clientAssignedIds === false) {
+        throw new HttpProblem(400, 'processing', `${type}/${id} does not exist and this server does not let clients assign ids; create it with POST`);
+      }
       const stored = storeVersion(body);
       res.setHeader('location', `${baseUrl}/${type}/${id}/_history/${stored.meta?.versionId}`);
       sendJson(res, existed ? 200 : 201, stored);

@@ -69,8 +69,8 @@ const nameSchema = {
   description: 'Unique name of this input; appears in logs, the store and (for rest-hook) the URL /ingest/fhir/<name>.',
 } as const;
 
-// FHIR R4 id datatype: [A-Za-z0-9\-\.]{1,64}.
-const FHIR_ID_PATTERN = '^[A-Za-z0-9\\-.]{1,64}$';
+// FHIR R4 id datatype: [A-Za-z0-9\-\.]{1,64}, never "." or ".." (path segments in a URL).
+const FHIR_ID_PATTERN = '^(?!\\.{1,2}$)[A-Za-z0-9\\-.]{1,64}$';
 // RFC 9110 token characters: what a header field name may be made of.
 const HEADER_NAME_PATTERN = "^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}$";
 
@@ -191,7 +191,7 @@ export const fhirRestHookSchema = {
           id: {
             type: 'string',
             pattern: FHIR_ID_PATTERN,
-            'x-hint': '1-64 of A-Z a-z 0-9 - .',
+            'x-hint': '1-64 of A-Z a-z 0-9 - . (not "." or "..")',
             description: 'Subscription id on the server (the last part of Subscription/<id> in notifications).',
           },
           topic: {

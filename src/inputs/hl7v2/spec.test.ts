@@ -1,7 +1,24 @@
 import { describe, expect, it } from 'vitest';
-import { undocumented } from '../../../test/helpers/schema-docs.ts';
+import type { JsonSchema } from '../../config/yaml.ts';
 import { inputSpecs } from '../index.ts';
 import { isSenderAllowed } from './spec.ts';
+
+/** Properties (dotted paths) lacking a description, or optional without a default. */
+function undocumented(schema: JsonSchema, at = ''): string[] {
+  const problems: string[] = [];
+  const properties = (schema.properties ?? {}) as Record<string, JsonSchema>;
+  const required = new Set((schema.required ?? []) as string[]);
+  for (const [key, child] of Object.entries(properties)) {
+    const where = `${at}${key}`;
+    if (typeof child.description !== 'string' || child.description.length < 10) problems.push(`${where}: description`);
+    // Optional blocks (tls, auth, a secret reference) are absent by default: nothing to default.
+    const isOptionalBlock = child.type === 'object';
+    if (!required.has(key) && !('default' in child) && !isOptionalBlock) problems.push(`${where}: default`);
+    // A secret reference's env/file are alternatives, documented by the reference itself.
+    if (child.type === 'object' && child['x-secret'] !== true) problems.push(...undocumented(child, `${where}.`));
+  }
+  return problems;
+}
 
 describe('input specs', () => {
   it('document every property (description, and a default when optional)', () => {

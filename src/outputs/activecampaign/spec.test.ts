@@ -148,14 +148,14 @@ describe('activecampaign output', () => {
     await adapter.send(message, ctx());
     const signal = new AbortController().signal;
     const contact = { patientId: 'P1', contactKey: 'pat.doe@example.org' };
-    expect(await adapter.optOut!(contact, { channel: 'email', purposes: ['marketing'] }, { signal })).toBe(OptOutOutcome.Applied);
+    expect(await adapter.optOut!(contact, { channel: 'email', purpose: 'marketing' }, { signal })).toBe(OptOutOutcome.Applied);
     expect(standIn.requests.slice(-2).map((r) => `${r.method} ${r.path}`)).toEqual(['GET /api/3/contacts', 'POST /api/3/contactLists']);
     expect(standIn.requests.at(-1)!.json).toEqual({ contactList: { list: '2', contact: '1', status: '2' } });
     expect(standIn.contacts[0]!.lists).toEqual({ '2': '2' });
     now += 1000;
-    expect(await adapter.optOut!({ patientId: 'P2', contactKey: 'nobody@example.org' }, { purposes: ['marketing'] }, { signal })).toBe(OptOutOutcome.NotHeld);
+    expect(await adapter.optOut!({ patientId: 'P2', contactKey: 'nobody@example.org' }, { purpose: 'marketing' }, { signal })).toBe(OptOutOutcome.NotHeld);
     const noList = createActiveCampaign(config(standIn, { listIds: [] }), depsFor(standIn));
-    expect(await noList.optOut!(contact, { purposes: ['marketing'] }, { signal })).toBe(OptOutOutcome.NotApplicable);
+    expect(await noList.optOut!(contact, { purpose: 'marketing' }, { signal })).toBe(OptOutOutcome.NotApplicable);
     expect(JSON.stringify(standIn.requests.map((r) => r.json))).not.toContain('"status":"1"');
   });
 

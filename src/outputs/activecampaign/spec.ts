@@ -48,9 +48,9 @@ import {
   propertyMapIssues,
   providerBaaSchema,
   providerFailure,
-  sendRecordedOnce,
   type PropertyMap,
 } from '../common.ts';
+import { sendRecorded } from '../send-ledger.ts';
 import { OptOutOutcome, type OutboundAdapter, type OutboundMessage, type OutputDeps, type OutputLimits, type OutputSpec, type SendContext } from '../spec.ts';
 
 export const ACTIVECAMPAIGN = 'activecampaign';
@@ -246,7 +246,7 @@ export function createActiveCampaign(config: ActiveCampaignConfig, deps: OutputD
   };
 
   const track = (message: OutboundMessage, email: string, context: SendContext): Promise<Receipt> =>
-    sendRecordedOnce(deps, output, message, context, { name: 'ActiveCampaign', outcomeUnknown: ActiveCampaignCode.OutcomeUnknown }, async () => {
+    sendRecorded(deps, { output, outcomeUnknownCode: ActiveCampaignCode.OutcomeUnknown, what: 'the event', provider: 'ActiveCampaign' }, message, context, async () => {
       const event = config.event!;
       const data = mappedProperties(message.fields, config.properties);
       const form = new URLSearchParams({ actid: event.accountId, key: eventKey!, event: event.name, visit: JSON.stringify({ email }) });
@@ -254,7 +254,7 @@ export function createActiveCampaign(config: ActiveCampaignConfig, deps: OutputD
       const answer = await callApi({ url: new URL(event.trackingUrl), method: 'POST', headers: {}, form, timeoutMs, signal: context.signal, codePrefix: ACTIVECAMPAIGN });
       if (answer.status !== 200) throw fail(answer, 'ActiveCampaign event');
       if (prop(answer.json, 'success') !== 1) throw new PermanentError(ActiveCampaignCode.EventRefused, 'ActiveCampaign refused the event (success 0): check event.accountId, event.key and that Event tracking is on');
-      return { providerId: deliveryUuid(message.deliveryId), acceptedAt: deps.now().toISOString() };
+      return { providerId: deliveryUuid(message.deliveryId) };
     });
 
   return {

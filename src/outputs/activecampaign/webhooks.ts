@@ -12,8 +12,8 @@
 // Other types give nothing. An unsubscribe from a list this output does not use (listIds) is
 // not CareRelay's business and gives nothing either.
 import type { Purpose } from '../../types.ts';
-import { contactKeyOf, secretMatches } from '../common.ts';
-import { ToolSignalKind, type ToolSignal } from '../spec.ts';
+import { consentSignals, contactKeyOf, secretMatches } from '../common.ts';
+import { ToolSignalKind, type ToolConsentSignal } from '../consent-sync.ts';
 
 /** Whether the secret in the webhook URL's path is the configured one. */
 export function activeCampaignWebhookSecretMatches(fromPath: string | undefined, configured: string): boolean {
@@ -21,30 +21,31 @@ export function activeCampaignWebhookSecretMatches(fromPath: string | undefined,
 }
 
 /**
- * The signal of one webhook POST, or undefined. `listIds`: the lists the output uses (empty:
- * any list); `purposes`: what an opt-out stops (care.* left out).
+ * The consent signals of one webhook POST of `output`. `listIds`: the lists the output uses
+ * (empty: any list); `purposes`: what an email unsubscribe stops (care.* never). An SMS STOP
+ * belongs to the number and stops every non-care SMS.
  */
-export function parseActiveCampaignWebhook(form: URLSearchParams, options: { listIds: readonly number[]; purposes: readonly Purpose[] }): ToolSignal | undefined {
+export function parseActiveCampaignWebhook(form: URLSearchParams, options: { output: string; listIds: readonly number[]; purposes: readonly Purpose[] }): ToolConsentSignal[] {
   const type = form.get('type');
   const list = form.get('list');
-  if (type === 'unsubscribe' && options.listIds.length > 0 && !options.listIds.some((id) => String(id) === list)) return undefined;
-  const purposes = options.purposes.filter((p) => !p.startsWith('care.'));
   const at = new Date(form.get('date_time') ?? '');
-  const common = {
+  const report = {
     tool: 'activecampaign',
-    kind: ToolSignalKind.Unsubscribe,
+    output: options.output,
+    kind: ToolSignalKind.OptedOut,
     at: Number.isNaN(at.getTime()) ? new Date(0).toISOString() : at.toISOString(),
     eventId: `${type}:${form.get('contact[id]') ?? ''}:${list ?? ''}:${form.get('date_time') ?? ''}`,
   } as const;
   if (type === 'unsubscribe') {
+    if (options.listIds.length > 0 && !options.listIds.some((id) => String(id) === list)) return [];
     const email = form.get('contact[email]')?.trim().toLowerCase();
-    if (email === undefined || email === '') return undefined;
-    return { ...common, email, scope: { channel: 'email', purposes } };
+    if (email === undefined || email === '') return [];
+    return consentSignals({ ...report, contact: { email }, channel: 'email' }, options.purposes);
   }
   if (type === 'sms_unsub') {
     const phone = contactKeyOf(form.get('contact[phone]') ?? '');
-    if (phone === '' || phone.includes('@')) return undefined;
-    return { ...common, phone, scope: { channel: 'sms', purposes } };
+    if (phone === '' || phone.includes('@')) return [];
+    return consentSignals({ ...report, contact: { phone }, channel: 'sms' });
   }
-  return undefined;
+  return [];
 }

@@ -96,7 +96,7 @@ describe('brevo output', () => {
     await adapter.send(marketingMessage, ctx());
     const signal = new AbortController().signal;
     const contact = { patientId: 'P1', contactKey: 'pat.doe@example.org' };
-    expect(await adapter.optOut!(contact, { channel: 'email', purposes: ['marketing', 'service.info'] }, { signal })).toBe(OptOutOutcome.Applied);
+    expect(await adapter.optOut!(contact, { channel: 'email' }, { signal })).toBe(OptOutOutcome.Applied);
     expect(standIn.requests.at(-1)).toMatchObject({ method: 'PUT', path: '/v3/contacts/pat.doe%40example.org', json: { emailBlacklisted: true } });
     expect(standIn.requests.at(-1)!.query.get('identifierType')).toBe('email_id');
     await adapter.send({ ...marketingMessage, fields: { patient: { name: { given: ['Patricia'] }, language: 'fr' } } }, ctx());
@@ -104,8 +104,8 @@ describe('brevo output', () => {
     expect(standIn.contacts[0]).toMatchObject({ emailBlacklisted: true, attributes: { FIRSTNAME: 'Patricia' } });
     // The stand-in does lift it, as Brevo warns, when the address is changed: CareRelay never does.
     expect(JSON.stringify(standIn.requests.map((r) => r.json))).not.toMatch(/"EMAIL"|Blacklisted":false/);
-    expect(await adapter.optOut!({ patientId: 'P2', contactKey: 'nobody@example.org' }, { purposes: ['marketing'] }, { signal })).toBe(OptOutOutcome.NotHeld);
-    expect(await adapter.optOut!(contact, { purposes: ['care.logistics'] }, { signal })).toBe(OptOutOutcome.NotApplicable);
+    expect(await adapter.optOut!({ patientId: 'P2', contactKey: 'nobody@example.org' }, { purpose: 'marketing' }, { signal })).toBe(OptOutOutcome.NotHeld);
+    expect(await adapter.optOut!(contact, { purpose: 'care.logistics' }, { signal })).toBe(OptOutOutcome.NotApplicable);
   });
 
   it('an SMS STOP blocklists the SMS of a contact known by phone', async () => {
@@ -113,7 +113,7 @@ describe('brevo output', () => {
     const adapter = createBrevo(config(standIn, { properties: {} }), depsFor(standIn));
     await adapter.send({ ...marketingMessage, to: '+33 6 12 34 56 78' }, ctx());
     expect(standIn.requests[0]!.json).toMatchObject({ attributes: { SMS: '+33612345678' } });
-    const outcome = await adapter.optOut!({ patientId: 'P1', contactKey: '+33612345678' }, { channel: 'sms', purposes: ['marketing'] }, { signal: new AbortController().signal });
+    const outcome = await adapter.optOut!({ patientId: 'P1', contactKey: '+33612345678' }, { channel: 'sms', purpose: 'marketing' }, { signal: new AbortController().signal });
     expect(outcome).toBe(OptOutOutcome.Applied);
     expect(standIn.requests.at(-1)).toMatchObject({ path: '/v3/contacts/33612345678', json: { smsBlacklisted: true } });
     expect(standIn.contacts[0]).toMatchObject({ smsBlacklisted: true, emailBlacklisted: false });

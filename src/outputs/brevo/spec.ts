@@ -26,7 +26,7 @@
 //     x-sib-ratelimit-limit, -remaining, -reset (seconds until the window resets) with a 429.
 //
 // Events, email and SMS have no idempotency Brevo documents the semantics of: CareRelay sends
-// each at most once per delivery through its receipts ledger (common.ts sendRecordedOnce).
+// each at most once per delivery through its receipts ledger (send-ledger.ts sendRecorded).
 //
 // Failures (one call per send, never retried here):
 //   429                           → RateLimitedError, after x-sib-ratelimit-reset (or Retry-After)
@@ -54,9 +54,9 @@ import {
   providerBaaSchema,
   providerFailure,
   secretRefKey,
-  sendRecordedOnce,
   type PropertyMap,
 } from '../common.ts';
+import { sendRecorded } from '../send-ledger.ts';
 import { OptOutOutcome, type OutboundAdapter, type OutboundMessage, type OutputDeps, type OutputLimits, type OutputSpec, type SendContext } from '../spec.ts';
 
 export const BREVO = 'brevo';
@@ -276,7 +276,7 @@ export function createBrevo(config: BrevoConfig, deps: OutputDeps): OutboundAdap
   const base = config.apiBaseUrl.replace(/\/+$/, '');
   const timeoutMs = config.timeoutSeconds * 1000;
   const output = config.name;
-  const once = { name: 'Brevo', outcomeUnknown: BrevoCode.OutcomeUnknown };
+  const once = (what: string) => ({ output, outcomeUnknownCode: BrevoCode.OutcomeUnknown, what, provider: 'Brevo' });
 
   const call = (method: 'POST' | 'PUT', path: string, body: unknown, signal: AbortSignal) =>
     callApi({ url: new URL(`${base}${path}`), method, headers: { 'api-key': apiKey }, body, timeoutMs, signal, codePrefix: BREVO });
@@ -304,7 +304,7 @@ export function createBrevo(config: BrevoConfig, deps: OutputDeps): OutboundAdap
   };
 
   const event = (message: OutboundMessage, key: string, context: SendContext): Promise<Receipt> =>
-    sendRecordedOnce(deps, output, message, context, once, async () => {
+    sendRecorded(deps, once('the event'), message, context, async () => {
       const body = {
         event_name: config.event!.name,
         identifiers: key.includes('@') ? { email_id: key } : { phone_id: key },
@@ -319,7 +319,7 @@ export function createBrevo(config: BrevoConfig, deps: OutputDeps): OutboundAdap
   const email = (message: OutboundMessage, key: string, context: SendContext): Promise<Receipt> => {
     if (message.subject === undefined) throw new PermanentError(BrevoCode.NoSubject, `delivery ${message.deliveryId}: the email template gave no subject`);
     const unsubscribe = listUnsubscribeHeaders(message, config.email!.requireUnsubscribe ?? true, BrevoCode.UnsubscribeMissing);
-    return sendRecordedOnce(deps, output, message, context, once, async () => {
+    return sendRecorded(deps, once('the email'), message, context, async () => {
       const body = {
         sender: config.email!.sender.name ? config.email!.sender : { email: config.email!.sender.email },
         to: [{ email: key }],
@@ -341,7 +341,7 @@ export function createBrevo(config: BrevoConfig, deps: OutputDeps): OutboundAdap
     if (message.expiresAt !== undefined && Date.parse(message.expiresAt) <= deps.now().getTime()) {
       throw new PermanentError(BrevoCode.Expired, `delivery ${message.deliveryId} can no longer arrive before it expires`);
     }
-    return sendRecordedOnce(deps, output, message, context, once, async () => {
+    return sendRecorded(deps, once('the SMS'), message, context, async () => {
       const body = {
         sender: config.sms!.sender,
         recipient: key.replace(/^\+/, ''),
@@ -380,8 +380,8 @@ export function createBrevo(config: BrevoConfig, deps: OutputDeps): OutboundAdap
       const isEmail = contact.contactKey.includes('@');
       // Only ever true: a blocklist is lifted in Brevo by a person, never by CareRelay.
       const flags = {
-        ...(scope.channel !== 'sms' ? { emailBlacklisted: true } : {}),
-        ...(scope.channel !== 'email' ? { smsBlacklisted: true } : {}),
+        ...(scope.channel === undefined || scope.channel === 'email' ? { emailBlacklisted: true } : {}),
+        ...(scope.channel === undefined || scope.channel === 'sms' ? { smsBlacklisted: true } : {}),
       };
       const identifier = encodeURIComponent(isEmail ? contact.contactKey : contact.contactKey.replace(/^\+/, ''));
       const answer = await call('PUT', `/v3/contacts/${identifier}?identifierType=${isEmail ? 'email_id' : 'phone_id'}`, flags, context.signal);

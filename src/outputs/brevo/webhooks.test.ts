@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { brevoWebhookAuthorized, parseBrevoWebhook } from './webhooks.ts';
 
-const purposes = ['service.info', 'marketing', 'care.followup'] as const;
+const purposes = ['service.info', 'care.followup'] as const;
 
 describe('Brevo webhooks', () => {
   it('reads a transactional unsubscribe and a hard bounce', () => {
@@ -10,22 +10,26 @@ describe('Brevo webhooks', () => {
         { event: 'unsubscribed', email: 'Pat@Example.org', id: 1, 'message-id': '<a@smtp-relay.mailin.fr>', ts_event: 1737363600, ts_epoch: 1737363600123 },
         { event: 'hard_bounce', email: 'old@example.org', id: 1, 'message-id': '<b@smtp-relay.mailin.fr>', ts_event: 1737363600, reason: '550 user unknown' },
       ],
+      'brevo-contacts',
       purposes,
     );
     expect(signals).toEqual([
       {
         tool: 'brevo',
-        kind: 'unsubscribe',
-        email: 'pat@example.org',
-        scope: { channel: 'email', purposes: ['service.info', 'marketing'] },
+        output: 'brevo-contacts',
+        kind: 'opted_out',
+        contact: { email: 'pat@example.org' },
+        // The output's purposes, care left out.
+        scope: { channel: 'email', purpose: 'service.info' },
         at: '2025-01-20T09:00:00.123Z',
-        eventId: 'unsubscribed:<a@smtp-relay.mailin.fr>:pat@example.org',
+        eventId: 'unsubscribed:<a@smtp-relay.mailin.fr>:pat@example.org#service.info',
       },
       {
         tool: 'brevo',
+        output: 'brevo-contacts',
         kind: 'hard_bounce',
-        email: 'old@example.org',
-        scope: { channel: 'email', purposes: ['care.logistics', 'care.followup', 'survey', 'service.info', 'marketing', 'research', 'fundraising'] },
+        contact: { email: 'old@example.org' },
+        scope: { channel: 'email' },
         at: '2025-01-20T09:00:00.000Z',
         eventId: 'hard_bounce:<b@smtp-relay.mailin.fr>:old@example.org',
       },
@@ -33,11 +37,11 @@ describe('Brevo webhooks', () => {
   });
 
   it('reads a marketing unsubscribe and a spam complaint; ignores other events', () => {
-    expect(parseBrevoWebhook({ event: 'unsubscribe', email: 'pat@example.org', camp_id: 7, ts_event: 1737363600 }, purposes)).toMatchObject([{ kind: 'unsubscribe', eventId: 'unsubscribe:7:pat@example.org' }]);
-    expect(parseBrevoWebhook({ event: 'spam', email: 'pat@example.org', ts_event: 1737363600 }, purposes)).toMatchObject([{ kind: 'complaint' }]);
-    expect(parseBrevoWebhook({ event: 'delivered', email: 'pat@example.org' }, purposes)).toEqual([]);
-    expect(parseBrevoWebhook({ event: 'unsubscribed' }, purposes)).toEqual([]);
-    expect(() => parseBrevoWebhook('unsubscribed', purposes)).toThrow(TypeError);
+    expect(parseBrevoWebhook({ event: 'unsubscribe', email: 'pat@example.org', camp_id: 7, ts_event: 1737363600 }, 'b', purposes)).toMatchObject([{ kind: 'opted_out', eventId: 'unsubscribe:7:pat@example.org#service.info' }]);
+    expect(parseBrevoWebhook({ event: 'spam', email: 'pat@example.org', ts_event: 1737363600 }, 'b', purposes)).toMatchObject([{ kind: 'opted_out', scope: { channel: 'email' } }]);
+    expect(parseBrevoWebhook({ event: 'delivered', email: 'pat@example.org' }, 'b', purposes)).toEqual([]);
+    expect(parseBrevoWebhook({ event: 'unsubscribed' }, 'b', purposes)).toEqual([]);
+    expect(() => parseBrevoWebhook('unsubscribed', 'b', purposes)).toThrow(TypeError);
   });
 
   it('checks the bearer token or the Basic credentials the webhook was created with', () => {

@@ -190,7 +190,7 @@ describe('hubspot output', () => {
     await start();
     const deps = crmDeps({ HUBSPOT_CLIENT_SECRET: standIn.oauth.clientSecret, HUBSPOT_REFRESH_TOKEN: 'revoked' }, NOW);
     const adapter = createHubspot(config(standIn, { auth: oauthAuth(standIn) }), deps);
-    await expect(adapter.send(message, ctx())).rejects.toMatchObject({ code: 'hubspot_oauth_refused', failureClass: 'permanent' });
+    await expect(adapter.send(message, ctx())).rejects.toMatchObject({ code: 'hubspot_token_rejected', failureClass: 'permanent' });
     standIn.failNext({ kind: 'reset' });
     const good = createHubspot(config(standIn, { auth: oauthAuth(standIn) }), depsFor(standIn));
     const lost = await good.send(message, ctx()).catch((e: unknown) => e);
@@ -204,7 +204,7 @@ describe('hubspot output', () => {
     const adapter = createHubspot(config(standIn), depsFor(standIn));
     const contact = { patientId: 'P1', contactKey: 'pat.doe@example.org' };
     const signal = new AbortController().signal;
-    expect(await adapter.optOut!(contact, { channel: 'email', purposes: ['marketing', 'service.info'] }, { signal })).toBe(OptOutOutcome.Applied);
+    expect(await adapter.optOut!(contact, { channel: 'email' }, { signal })).toBe(OptOutOutcome.Applied);
     expect(standIn.requests[0]).toMatchObject({ path: '/communication-preferences/v4/statuses/batch/write' });
     expect(standIn.statuses).toEqual(
       new Map([
@@ -213,13 +213,13 @@ describe('hubspot output', () => {
       ]),
     );
     // Again: nothing changes, still applied.
-    expect(await adapter.optOut!(contact, { channel: 'email', purposes: ['marketing'] }, { signal })).toBe(OptOutOutcome.Applied);
+    expect(await adapter.optOut!(contact, { channel: 'email', purpose: 'marketing' }, { signal })).toBe(OptOutOutcome.Applied);
     // An SMS STOP, or a purpose without a subscription: no call.
-    expect(await adapter.optOut!(contact, { channel: 'sms', purposes: ['marketing'] }, { signal })).toBe(OptOutOutcome.NotApplicable);
-    expect(await adapter.optOut!(contact, { purposes: ['survey'] }, { signal })).toBe(OptOutOutcome.NotApplicable);
+    expect(await adapter.optOut!(contact, { channel: 'sms', purpose: 'marketing' }, { signal })).toBe(OptOutOutcome.NotApplicable);
+    expect(await adapter.optOut!(contact, { purpose: 'survey' }, { signal })).toBe(OptOutOutcome.NotApplicable);
     expect(standIn.requests).toHaveLength(2);
     standIn.failNext({ kind: 'answer', status: 503 });
-    await expect(adapter.optOut!(contact, { purposes: ['marketing'] }, { signal })).rejects.toBeInstanceOf(TransientError);
+    await expect(adapter.optOut!(contact, { purpose: 'marketing' }, { signal })).rejects.toBeInstanceOf(TransientError);
   });
 
   it('declares the documented limits, shared by the outputs of one account', async () => {

@@ -45,10 +45,10 @@
 import { DateTime } from 'luxon';
 import type { InstanceCheckIssue } from '../../config/load.ts';
 import { secretRefSchema, type JsonSchema, type SecretRef } from '../../config/yaml.ts';
-import { AmbiguousError, PermanentError, RecipientError, RecipientSignal, TransientError } from '../../errors.ts';
+import { AmbiguousError, PermanentError, RecipientError, RecipientSignal } from '../../errors.ts';
 import { callApi, prop, type ApiAnswer } from '../../http/json.ts';
 import { headerOf, parseRetryAfter } from '../../http/outbound.ts';
-import { TokenCache } from '../../http/oauth-token.ts';
+import { OAuthTokenProvider } from '../../http/oauth-token.ts';
 import { PURPOSES, type Purpose, type Receipt } from '../../types.ts';
 import {
   allowedPurposesSchema,
@@ -57,6 +57,7 @@ import {
   destinationUrlIssues,
   holdingsOf,
   mappedProperties,
+  optOutPurposes,
   outputNameSchema,
   propertiesSchema,
   propertyMapIssues,
@@ -82,8 +83,6 @@ export type HubspotTier = (typeof HubspotTier)[keyof typeof HubspotTier];
 /** Failure codes of this output besides common.ts ProviderFailure's (safe to log). */
 export const HubspotCode = {
   NoId: 'hubspot_no_id',
-  OauthRefused: 'hubspot_oauth_refused',
-  OauthUnavailable: 'hubspot_oauth_unavailable',
   InvalidEmail: 'recipient_unfit',
 } as const;
 
@@ -399,8 +398,9 @@ export function createHubspot(config: HubspotConfig, deps: OutputDeps): Outbound
     },
     async optOut(contact, scope: OptOutScope, context) {
       // Email subscriptions only (channel EMAIL is the API's one channel), for the purposes mapped to one.
-      if (scope.channel === 'sms' || !contact.contactKey.includes('@')) return OptOutOutcome.NotApplicable;
-      const ids = [...new Set(scope.purposes.map((p) => config.subscriptions[p]).filter((id): id is number => id !== undefined))];
+      if ((scope.channel !== undefined && scope.channel !== 'email') || !contact.contactKey.includes('@')) return OptOutOutcome.NotApplicable;
+      const purposes = optOutPurposes(scope, Object.keys(config.subscriptions) as Purpose[]);
+      const ids = [...new Set(purposes.map((p) => config.subscriptions[p]).filter((id): id is number => id !== undefined))];
       if (ids.length === 0) return OptOutOutcome.NotApplicable;
       const inputs = ids.map((subscriptionId) => ({ subscriberIdString: contact.contactKey, channel: 'EMAIL', statusState: 'UNSUBSCRIBED', subscriptionId }));
       const answer = await call('/communication-preferences/v4/statuses/batch/write', { inputs }, context.signal);
@@ -419,33 +419,15 @@ function accessToken(config: HubspotConfig, deps: OutputDeps, timeoutMs: number)
     return async () => fixed;
   }
   const oauth = config.auth.oauth!;
-  const clientSecret = deps.secret(oauth.clientSecret);
-  const refreshToken = deps.secret(oauth.refreshToken);
-  const cache = new TokenCache(
-    async (signal) => {
-      const form = new URLSearchParams({ grant_type: 'refresh_token', client_id: oauth.clientId, client_secret: clientSecret, refresh_token: refreshToken });
-      const answer = await callApi({ url: new URL(oauth.tokenUrl), method: 'POST', headers: {}, form, timeoutMs, ...(signal ? { signal } : {}), codePrefix: `${HUBSPOT}_oauth` });
-      const accessToken = prop(answer.json, 'access_token');
-      const expiresIn = prop(answer.json, 'expires_in');
-      if (answer.status === 200 && typeof accessToken === 'string' && accessToken !== '' && typeof expiresIn === 'number' && expiresIn > 0) {
-        return { accessToken, expiresInSeconds: expiresIn };
-      }
-      if (answer.status === 400 || answer.status === 401 || answer.status === 403) {
-        throw new PermanentError(HubspotCode.OauthRefused, `HubSpot refused the refresh token (HTTP ${answer.status}): check clientId, clientSecret and refreshToken, or install the app again`);
-      }
-      throw new TransientError(HubspotCode.OauthUnavailable, `HubSpot's token endpoint answered HTTP ${answer.status}`, {
-        retryAfterMs: parseRetryAfter(headerOf(answer.headers, 'retry-after'), deps.now().getTime()),
-      });
-    },
-    { now: () => deps.now().getTime() },
-  );
-  return async (signal) => {
-    try {
-      return await cache.get(signal);
-    } catch (error) {
-      // No API call has left yet: whatever happened to the token request, the send is only delayed.
-      if (error instanceof PermanentError || error instanceof TransientError) throw error;
-      throw new TransientError(HubspotCode.OauthUnavailable, 'no access token from HubSpot; nothing sent', { cause: error });
-    }
-  };
+  const provider = new OAuthTokenProvider({
+    tokenUrl: new URL(oauth.tokenUrl),
+    grant: { kind: 'refresh_token', clientId: oauth.clientId, clientSecret: deps.secret(oauth.clientSecret), refreshToken: deps.secret(oauth.refreshToken) },
+    // HubSpot's access tokens live 30 minutes (expires_in says so); renewed a minute before.
+    defaultLifetimeSeconds: 1800,
+    refreshBeforeSeconds: 60,
+    timeoutMs,
+    codePrefix: HUBSPOT,
+    now: () => deps.now().getTime(),
+  });
+  return async (signal) => (await provider.token(signal)).accessToken;
 }

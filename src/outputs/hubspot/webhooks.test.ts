@@ -41,24 +41,20 @@ describe('HubSpot signature v3', () => {
 describe('HubSpot webhook events', () => {
   const subscriptions = { 'service.info': 111, marketing: 222 };
 
-  it('reads opt-outs of all email and of one subscription type', () => {
+  it('reads opt-outs of all email and of one subscription type as consent signals', () => {
     const signals = parseHubspotWebhook(
       [
         { eventId: 10, subscriptionType: 'contact.propertyChange', objectId: 101, propertyName: 'hs_email_optout', propertyValue: 'true', occurredAt: NOW },
         { eventId: 11, subscriptionType: 'contact.propertyChange', objectId: 102, propertyName: 'hs_email_optout_222', propertyValue: 'true', occurredAt: NOW },
       ],
+      'hubspot-contacts',
       subscriptions,
     );
+    const base = { tool: 'hubspot', output: 'hubspot-contacts', kind: 'opted_out', at: new Date(NOW).toISOString() };
     expect(signals).toEqual([
-      {
-        tool: 'hubspot',
-        kind: 'unsubscribe',
-        providerContactId: '101',
-        scope: { channel: 'email', purposes: ['survey', 'service.info', 'marketing', 'research', 'fundraising'] },
-        at: new Date(NOW).toISOString(),
-        eventId: '10',
-      },
-      { tool: 'hubspot', kind: 'unsubscribe', providerContactId: '102', scope: { channel: 'email', purposes: ['marketing'] }, at: new Date(NOW).toISOString(), eventId: '11' },
+      // Every email but care.
+      { ...base, contact: { toolId: '101' }, scope: { channel: 'email' }, eventId: '10:101:hs_email_optout' },
+      { ...base, contact: { toolId: '102' }, scope: { channel: 'email', purpose: 'marketing' }, eventId: '11:102:hs_email_optout_222#marketing' },
     ]);
   });
 
@@ -71,9 +67,10 @@ describe('HubSpot webhook events', () => {
           { subscriptionType: 'contact.propertyChange', objectId: 1, propertyName: 'hs_email_optout_999', propertyValue: 'true' },
           { subscriptionType: 'contact.creation', objectId: 1 },
         ],
+        'hubspot-contacts',
         subscriptions,
       ),
     ).toEqual([]);
-    expect(() => parseHubspotWebhook({ objectId: 1 }, subscriptions)).toThrow(TypeError);
+    expect(() => parseHubspotWebhook({ objectId: 1 }, 'hubspot-contacts', subscriptions)).toThrow(TypeError);
   });
 });

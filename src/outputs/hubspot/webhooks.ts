@@ -17,8 +17,9 @@
 // and hs_email_optout_<subscription id> (one per subscription type). Events carry the contact's
 // objectId, not its email: the signal names the contact by providerContactId.
 import { createHmac, timingSafeEqual } from 'node:crypto';
-import { PURPOSES, type Purpose } from '../../types.ts';
-import { ToolSignalKind, type ToolSignal } from '../spec.ts';
+import type { Purpose } from '../../types.ts';
+import { consentSignals } from '../common.ts';
+import { ToolSignalKind, type ToolConsentSignal } from '../consent-sync.ts';
 
 export const HUBSPOT_SIGNATURE_V3_HEADER = 'x-hubspot-signature-v3';
 export const HUBSPOT_TIMESTAMP_HEADER = 'x-hubspot-request-timestamp';
@@ -75,39 +76,42 @@ export function verifyHubspotSignatureV3(
   return given.length === expected.length && timingSafeEqual(given, expected) ? HubspotSignatureCheck.Valid : HubspotSignatureCheck.Mismatch;
 }
 
-const NON_CARE: readonly Purpose[] = PURPOSES.filter((p) => !p.startsWith('care.'));
-
 /**
- * The opt-outs in a webhook batch. `subscriptions` is the output's purpose → subscription type
- * id map: an opt-out of one type stops the purposes sent under it; hs_email_optout stops every
- * non-care email. Other events (and opt-ins: a value other than "true") give nothing. Throws a
- * TypeError when the body is not a HubSpot event batch.
+ * The opt-outs in a webhook batch, as consent signals of `output`. `subscriptions` is the
+ * output's purpose → subscription type id map: an opt-out of one type stops the purposes sent
+ * under it; hs_email_optout stops every non-care email. Other events (and opt-ins: a value other
+ * than "true") give nothing. Throws a TypeError when the body is not a HubSpot event batch.
  */
-export function parseHubspotWebhook(body: unknown, subscriptions: Readonly<Partial<Record<Purpose, number>>>): ToolSignal[] {
+export function parseHubspotWebhook(body: unknown, output: string, subscriptions: Readonly<Partial<Record<Purpose, number>>>): ToolConsentSignal[] {
   if (!Array.isArray(body)) throw new TypeError('a HubSpot webhook body is a JSON array of events');
-  const signals: ToolSignal[] = [];
+  const signals: ToolConsentSignal[] = [];
   for (const event of body as unknown[]) {
     if (typeof event !== 'object' || event === null) throw new TypeError('a HubSpot webhook event is a JSON object');
     const { subscriptionType, propertyName, propertyValue, objectId, occurredAt, eventId } = event as Record<string, unknown>;
     if (subscriptionType !== 'contact.propertyChange' || propertyValue !== 'true' || typeof propertyName !== 'string') continue;
     if (typeof objectId !== 'number' && typeof objectId !== 'string') continue;
-    let purposes: readonly Purpose[];
-    if (propertyName === 'hs_email_optout') purposes = NON_CARE;
-    else {
+    let purposes: readonly Purpose[] | undefined;
+    if (propertyName !== 'hs_email_optout') {
       const id = /^hs_email_optout_(\d+)$/.exec(propertyName)?.[1];
       if (id === undefined) continue;
       purposes = (Object.entries(subscriptions) as Array<[Purpose, number]>).filter(([, sub]) => String(sub) === id).map(([purpose]) => purpose);
       if (purposes.length === 0) continue;
     }
     const at = typeof occurredAt === 'number' ? new Date(occurredAt) : new Date(Number.NaN);
-    signals.push({
-      tool: 'hubspot',
-      kind: ToolSignalKind.Unsubscribe,
-      providerContactId: String(objectId),
-      scope: { channel: 'email', purposes },
-      at: Number.isNaN(at.getTime()) ? new Date(0).toISOString() : at.toISOString(),
-      ...(eventId !== undefined ? { eventId: String(eventId) } : {}),
-    });
+    signals.push(
+      ...consentSignals(
+        {
+          tool: 'hubspot',
+          output,
+          contact: { toolId: String(objectId) },
+          kind: ToolSignalKind.OptedOut,
+          channel: 'email',
+          at: Number.isNaN(at.getTime()) ? new Date(0).toISOString() : at.toISOString(),
+          eventId: `${String(eventId ?? '')}:${String(objectId)}:${propertyName}`,
+        },
+        purposes,
+      ),
+    );
   }
   return signals;
 }

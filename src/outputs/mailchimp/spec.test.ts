@@ -152,13 +152,13 @@ describe('mailchimp output', () => {
     await seedMember(standIn);
     const adapter = createMailchimp(config(standIn), depsFor(standIn));
     const signal = new AbortController().signal;
-    expect(await adapter.optOut!({ patientId: 'P1', contactKey: 'pat.doe@example.org' }, { channel: 'email', purposes: ['service.info', 'marketing'] }, { signal })).toBe(OptOutOutcome.Applied);
+    expect(await adapter.optOut!({ patientId: 'P1', contactKey: 'pat.doe@example.org' }, { channel: 'email' }, { signal })).toBe(OptOutOutcome.Applied);
     expect(standIn.requests.at(-1)).toMatchObject({ method: 'PATCH', json: { status: 'unsubscribed' } });
     expect(standIn.members.get(HASH)!.status).toBe('unsubscribed');
-    expect(await adapter.optOut!({ patientId: 'P2', contactKey: 'nobody@example.org' }, { purposes: ['marketing'] }, { signal })).toBe(OptOutOutcome.NotHeld);
+    expect(await adapter.optOut!({ patientId: 'P2', contactKey: 'nobody@example.org' }, { purpose: 'marketing' }, { signal })).toBe(OptOutOutcome.NotHeld);
     const calls = standIn.requests.length;
-    expect(await adapter.optOut!({ patientId: 'P1', contactKey: 'pat.doe@example.org' }, { channel: 'sms', purposes: ['marketing'] }, { signal })).toBe(OptOutOutcome.NotApplicable);
-    expect(await adapter.optOut!({ patientId: 'P1', contactKey: 'pat.doe@example.org' }, { channel: 'email', purposes: ['survey'] }, { signal })).toBe(OptOutOutcome.NotApplicable);
+    expect(await adapter.optOut!({ patientId: 'P1', contactKey: 'pat.doe@example.org' }, { channel: 'sms', purpose: 'marketing' }, { signal })).toBe(OptOutOutcome.NotApplicable);
+    expect(await adapter.optOut!({ patientId: 'P1', contactKey: 'pat.doe@example.org' }, { channel: 'email', purpose: 'survey' }, { signal })).toBe(OptOutOutcome.NotApplicable);
     expect(standIn.requests).toHaveLength(calls);
   });
 

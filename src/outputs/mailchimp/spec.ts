@@ -11,7 +11,7 @@
 //     is_syncing: false }, 204;
 //   - "Add event": POST …/members/{hash}/events { name (2–30 characters), properties,
 //     is_syncing: false }, 204. No idempotency key: CareRelay sends one at most once per
-//     delivery through its receipts ledger (common.ts sendRecordedOnce);
+//     delivery through its receipts ledger (send-ledger.ts sendRecorded);
 //   - "Update list member": PATCH …/members/{hash} { status: unsubscribed } (optOut);
 //   - "Fundamentals": HTTP Basic with any user name and the API key, whose suffix after the
 //     last "-" is the data centre of the host; "a limit of 10 simultaneous connections" per user
@@ -50,9 +50,9 @@ import {
   propertyMapIssues,
   providerFailure,
   secretRefKey,
-  sendRecordedOnce,
   type PropertyMap,
 } from '../common.ts';
+import { sendRecorded } from '../send-ledger.ts';
 import { OptOutOutcome, type OutboundAdapter, type OutboundMessage, type OutputDeps, type OutputSpec, type SendContext } from '../spec.ts';
 
 export const MAILCHIMP = 'mailchimp';
@@ -251,10 +251,10 @@ export function createMailchimp(config: MailchimpConfig, deps: OutputDeps): Outb
       if (answer.status !== 204 && answer.status !== 200) throw classify(answer, 'Mailchimp member tags');
       return { providerId: hash, acceptedAt: deps.now().toISOString() };
     }
-    return sendRecordedOnce(deps, output, message, context, { name: 'Mailchimp', outcomeUnknown: MailchimpCode.OutcomeUnknown }, async () => {
+    return sendRecorded(deps, { output, outcomeUnknownCode: MailchimpCode.OutcomeUnknown, what: 'the member event', provider: 'Mailchimp' }, message, context, async () => {
       const answer = await call('POST', `/${hash}/events`, { name: config.event!.name, properties: mapped, is_syncing: false }, context.signal);
       if (answer.status !== 204 && answer.status !== 200) throw classify(answer, 'Mailchimp member event');
-      return { providerId: deliveryUuid(message.deliveryId), acceptedAt: deps.now().toISOString() };
+      return { providerId: deliveryUuid(message.deliveryId) };
     });
   };
 
