@@ -48,7 +48,7 @@
 // Ids. Message ids are the SQLite rowid (AUTOINCREMENT: never reused, even after
 // deletions) as a decimal string: stable and URL-safe.
 import BetterSqlite3 from 'better-sqlite3';
-import { MessageStatus, type Channel, type Delivery, type DeliveryReceipt, type Trigger } from '../types.ts';
+import { MessageStatus, type Channel, type ContactHolding, type Delivery, type DeliveryReceipt, type Trigger } from '../types.ts';
 import {
   StaleAttemptError,
   StoreReason,
@@ -69,6 +69,7 @@ import type {
   AuditEntry,
   AuditQuery,
   CommitOutcome,
+  ContactHoldingQuery,
   DeliveryCause,
   DeliveryOutcome,
   DeliveryQuery,
@@ -269,6 +270,20 @@ export const SQLITE_STORE_MIGRATIONS: readonly string[] = [
   `
   ALTER TABLE messages ADD COLUMN raw_bytes INTEGER;
   `,
+  // Which marketing/CRM tool holds which patient's contact (Store.recordContactHolding): opt-outs
+  // are pushed to these outputs and no other.
+  `
+  CREATE TABLE contact_holdings (
+    seq INTEGER PRIMARY KEY,
+    output TEXT NOT NULL,
+    patient_id TEXT NOT NULL,
+    contact_key TEXT NOT NULL,
+    first_sent_at TEXT NOT NULL,
+    UNIQUE (output, patient_id, contact_key)
+  );
+  CREATE INDEX contact_holdings_patient ON contact_holdings (patient_id);
+  CREATE INDEX contact_holdings_contact ON contact_holdings (output, contact_key);
+  `,
   // Compact deliveries and counts without scans (benchmarks: bytes per message, admin totals).
   // - A delivery's JSON leaves out what its columns hold and packs its cancel keys
   //   (common.ts packCancelKeys); only keys that no column finds get a delivery_keys row
@@ -424,6 +439,19 @@ function receiptFromRow(row: ReceiptRow): DeliveryReceipt {
   };
 }
 
+const HOLDING_COLUMNS = 'output, patient_id, contact_key, first_sent_at';
+
+interface HoldingRow {
+  output: string;
+  patient_id: string;
+  contact_key: string;
+  first_sent_at: string;
+}
+
+function holdingFromRow(row: HoldingRow): ContactHolding {
+  return { output: row.output, patientId: row.patient_id, contactKey: row.contact_key, firstSentAt: row.first_sent_at };
+}
+
 /** A record with its instants already checked and converted (outside the transaction). */
 interface Prepared {
   record: InboundRecord;
@@ -514,6 +542,9 @@ export class SqliteStore implements Store {
   private readonly addReceiptStmt: BetterSqlite3.Statement;
   private readonly receiptsOfDeliveryStmt: BetterSqlite3.Statement<[string], ReceiptRow>;
   private readonly receiptsOfProviderIdStmt: BetterSqlite3.Statement<[string, string], ReceiptRow>;
+  private readonly addHoldingStmt: BetterSqlite3.Statement<[string, string, string, string]>;
+  private readonly holdingsOfPatientStmt: BetterSqlite3.Statement<[string], HoldingRow>;
+  private readonly holdingsOfContactStmt: BetterSqlite3.Statement<[string, string], HoldingRow>;
   private readonly saveRoutingTx: (triggerIds: readonly string[], rows: Array<{ write: DeliveryWrite; asOfMs: number; dueMs: number }>, routedMs: number, explanations: ReadonlyMap<string, Buffer>) => void;
   private readonly commitGroup: (batch: PendingWrite[]) => Array<{ value: unknown }>;
   private readonly commitIsolated: (batch: PendingWrite[]) => Array<{ value: unknown } | { error: unknown }>;
@@ -646,6 +677,12 @@ export class SqliteStore implements Store {
     this.receiptsOfProviderIdStmt = db.prepare(
       `SELECT ${RECEIPT_COLUMNS} FROM delivery_receipts WHERE output = ? AND provider_id = ? AND provider_id <> '' ORDER BY seq`,
     );
+    this.addHoldingStmt = db.prepare(
+      `INSERT INTO contact_holdings (output, patient_id, contact_key, first_sent_at) VALUES (?, ?, ?, ?)
+       ON CONFLICT (output, patient_id, contact_key) DO NOTHING`,
+    );
+    this.holdingsOfPatientStmt = db.prepare(`SELECT ${HOLDING_COLUMNS} FROM contact_holdings WHERE patient_id = ? ORDER BY seq`);
+    this.holdingsOfContactStmt = db.prepare(`SELECT ${HOLDING_COLUMNS} FROM contact_holdings WHERE output = ? AND contact_key = ? ORDER BY seq`);
     // Runs inside the group commit's transaction.
     this.saveRoutingTx = ((triggerIds: readonly string[], rows: Array<{ write: DeliveryWrite; asOfMs: number; dueMs: number }>, routedMs: number, explanations: ReadonlyMap<string, Buffer>) => {
       for (const { write, asOfMs, dueMs } of rows) {
@@ -1188,6 +1225,21 @@ export class SqliteStore implements Store {
       return query.output === undefined ? rows : rows.filter((r) => r.output === query.output);
     }
     return this.receiptsOfProviderIdStmt.all(query.output, query.providerId).map(receiptFromRow);
+  }
+
+  recordContactHolding(holding: ContactHolding): Promise<boolean> {
+    return this.enqueueWrite(() => {
+      instantMs(holding.firstSentAt, 'holding.firstSentAt');
+      if (holding.output === '' || holding.patientId === '' || holding.contactKey === '') throw new RangeError('a contact holding needs an output, a patient id and a contact key');
+      // In the group commit: durable when the promise resolves, one fsync for the cycle.
+      return () => this.addHoldingStmt.run(holding.output, holding.patientId, holding.contactKey, holding.firstSentAt).changes > 0;
+    });
+  }
+
+  async listContactHoldings(query: ContactHoldingQuery): Promise<ContactHolding[]> {
+    this.assertOpen();
+    const rows = 'patientId' in query ? this.holdingsOfPatientStmt.all(query.patientId) : this.holdingsOfContactStmt.all(query.output, query.contactKey);
+    return rows.map(holdingFromRow);
   }
 
   async ping(): Promise<void> {
