@@ -2,7 +2,8 @@
 //   (a) `none`: the real durable server (startCarerelay: parse, dedupe look-up, normalize,
 //       one SQLite commit with synchronous=FULL — an fsync — then the ACK) with no mappings,
 //       plain MLLP on 127.0.0.1:0, data dir in a fresh temp directory;
-//   (b) `shipped`: the same server with the repository's mappings/ and connectors/outbox.yaml
+//   (b) `shipped`: the same server with the repository's mappings/ and the connectors their
+//       outputs are declared in (connectors/outbox.yaml, connectors/marketing.yaml)
 //       (what every user runs): each booking plans its confirmation (due now, kept by the
 //       email outbox), the 24 h SMS and, for first visits and bookings a week ahead, more;
 //       reported too: how many confirmations reached the outbox and how long after the

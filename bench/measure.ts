@@ -64,14 +64,15 @@ export function perMessage(before: Meter, after: Meter, messages: number): { com
 
 /**
  * Lays out a configuration directory in `dir`: `connectors/bench.yaml` with `lines` (server
- * block and inputs), and with `shipped` the repository's mappings/ and connectors/outbox.yaml,
- * exactly as a user runs them.
+ * block and inputs), and with `shipped` the repository's mappings/ and the connectors holding
+ * the outputs they name (outbox.yaml, marketing.yaml), exactly as a user runs them.
  */
 export function writeConfig(dir: string, lines: readonly string[], shipped: boolean): void {
   mkdirSync(join(dir, 'connectors'), { recursive: true });
   writeFileSync(join(dir, 'connectors', 'bench.yaml'), [...lines, ...(shipped ? [] : ['outputs: []']), ''].join('\n'));
   if (shipped) {
-    cpSync(join(repoRoot, 'connectors', 'outbox.yaml'), join(dir, 'connectors', 'outbox.yaml'));
+    // The outputs the shipped mappings name (outbox stand-ins; the adapter blocks are commented out).
+    for (const file of ['outbox.yaml', 'marketing.yaml']) cpSync(join(repoRoot, 'connectors', file), join(dir, 'connectors', file));
     cpSync(join(repoRoot, 'mappings'), join(dir, 'mappings'), { recursive: true });
   }
 }
