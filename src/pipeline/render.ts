@@ -86,7 +86,8 @@ export interface CompiledTemplate {
 const RENDER_GLOBAL = '__carerelay_render';
 
 interface RenderLocale {
-  zone: string;
+  /** IANA zone times are shown in; undefined: each time in the offset it came with. */
+  zone?: string;
   language: string;
 }
 
@@ -115,7 +116,7 @@ function createEngine(escape: boolean): Liquid {
 }
 
 /**
- * Date filters in the patient's zone and language (the zone the delivery was routed in):
+ * Date filters in the zone of the place of the appointment and the file's language:
  *   {{ appointment.start | local_date }}        Friday, September 24, 2021 / vendredi 24 septembre 2021
  *   {{ appointment.start | local_date: "short" }}   9/24/2021 / 24/09/2021   ("medium": Sep 24, 2021)
  *   {{ appointment.start | local_time }}        9:15 AM / 09:15
@@ -125,12 +126,13 @@ function createEngine(escape: boolean): Liquid {
  */
 function registerDateFilters(liquid: Liquid): void {
   const at = (context: { globals: unknown }, value: unknown, filter: string): DateTime => {
-    const locale = (context.globals as Record<string, RenderLocale | undefined>)[RENDER_GLOBAL] ?? { zone: 'UTC', language: 'en' };
+    const locale = (context.globals as Record<string, RenderLocale | undefined>)[RENDER_GLOBAL] ?? { language: 'en' };
     const parsed = typeof value === 'string' ? DateTime.fromISO(value, { setZone: true }) : undefined;
     if (!parsed?.isValid || !/[zZ]|[+-]\d{2}:?\d{2}$/.test(value as string)) {
       throw new Error(`${filter} expects a time with offset such as appointment.start, got ${value === undefined || value === null ? 'nothing' : typeof value}`);
     }
-    return parsed.setZone(locale.zone).setLocale(locale.language);
+    // Without a zone the time keeps the offset it came with (parsed with setZone).
+    return (locale.zone === undefined ? parsed : parsed.setZone(locale.zone)).setLocale(locale.language);
   };
   const dateStyles = { short: DateTime.DATE_SHORT, medium: DateTime.DATE_MED, long: DateTime.DATE_HUGE } as const;
   liquid.registerFilter('local_date', function (value: unknown, style: unknown = 'long') {
@@ -378,8 +380,11 @@ export function languageOf(payload: Record<string, unknown>): string | undefined
 }
 
 export interface RenderOptions {
-  /** IANA zone the times are shown in: the zone the delivery was routed in. */
-  zone: string;
+  /**
+   * IANA zone the times are shown in: the place of the appointment (pipeline/zones.ts
+   * displayZone). Undefined: each time is shown in the offset it came with.
+   */
+  zone: string | undefined;
   /** Language when the payload has none and for the default file's formats; default `en`. */
   defaultLanguage?: string;
 }

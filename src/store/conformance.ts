@@ -302,6 +302,12 @@ export function storeConformanceSuite(name: string, makeStore: () => Promise<Sto
     });
 
     describe('triggers', () => {
+      it('names the input that received the message a trigger came from', async () => {
+        await store.commitInbound(testRecord({ controlId: 'C-IN', input: 'ehr-paris', triggers: [testTrigger({ id: 'T-IN' })] }));
+        expect(await store.triggerInput('T-IN')).toBe('ehr-paris');
+        expect(await store.triggerInput('T-UNKNOWN')).toBeUndefined();
+      });
+
       it('a trigger id that is already stored is skipped, not an error (the first version wins)', async () => {
         const original = testTrigger({ id: 'same-id' });
         stored(await store.commitInbound(testRecord({ controlId: 'T1', triggers: [original] })));

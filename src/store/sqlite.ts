@@ -303,6 +303,7 @@ export class SqliteStore implements Store {
   private readonly messageByIdStmt: BetterSqlite3.Statement<[number], MessageRow & { raw: Buffer }>;
   private readonly positionByIdStmt: BetterSqlite3.Statement<[number], { received_ms: number; id: number }>;
   private readonly triggerByIdStmt: BetterSqlite3.Statement<[string], { json: string }>;
+  private readonly triggerInputStmt: BetterSqlite3.Statement<[string], { input: string }>;
   private readonly stateStmt: BetterSqlite3.Statement<[string, string], StateRow>;
   private readonly statesOfPatientStmt: BetterSqlite3.Statement<[string, string], StateRow>;
   private readonly pingStmt: BetterSqlite3.Statement;
@@ -364,6 +365,7 @@ export class SqliteStore implements Store {
     this.messageByIdStmt = db.prepare(`SELECT ${MESSAGE_COLUMNS}, raw FROM messages WHERE id = ?`);
     this.positionByIdStmt = db.prepare('SELECT received_ms, id FROM messages WHERE id = ?');
     this.triggerByIdStmt = db.prepare('SELECT json FROM triggers WHERE id = ?');
+    this.triggerInputStmt = db.prepare('SELECT m.input FROM triggers t JOIN messages m ON m.id = t.message_id WHERE t.id = ?');
     this.stateStmt = db.prepare(
       'SELECT kind, id, patient_id, status, start, "end", as_of, data FROM subject_states WHERE kind = ? AND id = ?',
     );
@@ -536,6 +538,11 @@ export class SqliteStore implements Store {
     this.assertOpen();
     const row = this.triggerByIdStmt.get(id);
     return row === undefined ? undefined : (JSON.parse(row.json) as Trigger);
+  }
+
+  async triggerInput(triggerId: string): Promise<string | undefined> {
+    this.assertOpen();
+    return this.triggerInputStmt.get(triggerId)?.input;
   }
 
   async listTriggers(query: TriggerQuery): Promise<Trigger[]> {

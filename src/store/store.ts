@@ -246,6 +246,12 @@ export interface Store {
   listMessages(query: MessageQuery): Promise<StoredMessage[]>;
 
   getTrigger(id: string): Promise<Trigger | undefined>;
+  /**
+   * The input (connector instance name) that received the message a trigger came from, or
+   * undefined for an unknown trigger: times are shown in that input's zone when no site zone
+   * is configured (pipeline/zones.ts).
+   */
+  triggerInput(triggerId: string): Promise<string | undefined>;
   listTriggers(query: TriggerQuery): Promise<Trigger[]>;
 
   getSubjectState(kind: SubjectState['kind'], id: string): Promise<SubjectState | undefined>;

@@ -86,7 +86,7 @@ beforeEach(() => {
     store,
     output: (name) => (name === 'sms-main' ? outbox : undefined),
     templates,
-    zone: () => 'Europe/Paris',
+    displayZone: async () => 'Europe/Paris',
     log,
     now: () => clock,
   });
@@ -224,7 +224,7 @@ describe('deliver', () => {
       store,
       output: () => outbox,
       templates,
-      zone: () => 'Europe/Paris',
+      displayZone: async () => 'Europe/Paris',
       log,
       now: () => clock,
       // The routing that added the job is saved while the job waits.

@@ -19,6 +19,7 @@ import { parseInstant } from '../pipeline/values.ts';
 import { renderDelivery, type TemplateSet } from '../pipeline/render.ts';
 import type { JobHandler, Queue } from '../queue/queue.ts';
 import type { OutboxEntry, Store, StoredDelivery, SubjectState } from '../store/store.ts';
+import type { Delivery } from '../types.ts';
 import { parseDeliveryJobId, type DeliveryJob } from './router.ts';
 
 /** Why a delivery was not sent (docs/consent.md reason codes) or not handled (safe to log). */
@@ -48,8 +49,11 @@ export interface DeliverDeps {
   output: (name: string) => OutboundAdapter | undefined;
   /** The current plan's templates (swapped by a mappings reload). */
   templates: () => TemplateSet;
-  /** IANA zone times are shown in (the zone routing used: the server's). */
-  zone: () => string;
+  /**
+   * IANA zone a delivery's times are shown in: the site's, else the receiving input's
+   * (pipeline/zones.ts); undefined shows each time in the offset it came with.
+   */
+  displayZone: (delivery: Delivery) => Promise<string | undefined>;
   log: Logger;
   /** Epoch ms; injected by tests. Default Date.now. */
   now?: () => number;
@@ -142,7 +146,7 @@ export function createDeliverHandler(deps: DeliverDeps): JobHandler<DeliveryJob>
     const adapter = deps.output(d.output);
     if (!adapter) throw new PermanentError(DeliverReason.OutputUnknown, `output "${d.output}" is not running (delivery ${d.id}); restart to start new outputs`);
     // Throws PermanentError render_failed: the mapping must be fixed, retrying cannot help.
-    const rendered = renderDelivery(deps.templates(), d, { zone: deps.zone() });
+    const rendered = renderDelivery(deps.templates(), d, { zone: await deps.displayZone(d) });
     const message: OutboundMessage = {
       deliveryId: d.id,
       ruleId: d.ruleId,

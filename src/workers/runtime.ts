@@ -15,7 +15,9 @@ import { ConfigError, type ConfigIssue } from '../errors.ts';
 import type { Logger } from '../log.ts';
 import type { OutboundAdapter, OutputSpec } from '../outputs/spec.ts';
 import type { TemplateSet } from '../pipeline/render.ts';
+import type { PolicySettings } from '../pipeline/policy.ts';
 import type { Rule } from '../pipeline/rule.ts';
+import { displayZone, patientZone } from '../pipeline/zones.ts';
 import { SqliteQueue, type SqliteQueueOptions } from '../queue/sqlite.ts';
 import { openSqliteDatabase, type Database } from '../store/sqlite-db.ts';
 import { SqliteStore } from '../store/sqlite.ts';
@@ -71,7 +73,7 @@ export function createOutputs(outputs: readonly InstancePlan[], specs: readonly 
 
 function connectorsOf(plan: CarerelayPlan): string {
   const instances = (list: readonly InstancePlan[]) => list.map((i) => ({ type: i.type, name: i.name, config: i.config }));
-  return JSON.stringify({ server: plan.server, inputs: instances(plan.inputs), outputs: instances(plan.outputs) });
+  return JSON.stringify({ server: plan.server, policy: plan.policy, inputs: instances(plan.inputs), outputs: instances(plan.outputs) });
 }
 
 export class DeliveryRuntime {
@@ -81,7 +83,8 @@ export class DeliveryRuntime {
   readonly #log: Logger;
   readonly #concurrency: number;
   readonly #connectors: string;
-  #mappings: { rules: readonly Rule[]; templates: TemplateSet; timezone: string };
+  #mappings: { rules: readonly Rule[]; templates: TemplateSet };
+  readonly #policy: PolicySettings;
   readonly #handler: ReturnType<typeof createDeliverHandler>;
   #unsubscribe: (() => void) | undefined;
   #watcher: FSWatcher | undefined;
@@ -94,15 +97,17 @@ export class DeliveryRuntime {
     this.#log = log;
     this.#concurrency = options.concurrency ?? 4;
     this.#connectors = connectorsOf(plan);
-    this.#mappings = { rules: plan.mappings, templates: plan.templates, timezone: plan.server.timezone };
+    this.#mappings = { rules: plan.mappings, templates: plan.templates };
+    this.#policy = plan.policy.settings;
+    const inputZones = new Map(plan.inputs.map((i) => [i.name, typeof i.config.timezone === 'string' ? i.config.timezone : undefined]));
     this.queue = new SqliteQueue<DeliveryJob>(options.db, { ...options.queue, name: DELIVERY_QUEUE, now });
     this.outputs = createOutputs(plan.outputs, options.outputSpecs, { sink: storeOutboxSink(store), now: () => new Date(now()) });
     this.router = new Router({
       store,
       queue: this.queue,
       rules: () => this.#mappings.rules,
-      // The organisation's zone until patient and site zones are known (docs/consent.md quiet hours order).
-      zoneFor: () => this.#mappings.timezone,
+      // The patient's zone: site → organisation (pipeline/zones.ts; addresses are not mapped to zones yet).
+      zoneFor: (trigger) => patientZone(trigger, this.#policy),
       log,
       now,
       idempotentOutput: (name) => this.outputs.get(name)?.idempotent ?? false,
@@ -111,7 +116,11 @@ export class DeliveryRuntime {
       store,
       output: (name) => this.outputs.get(name),
       templates: () => this.#mappings.templates,
-      zone: () => this.#mappings.timezone,
+      // The place of the appointment: the site's zone, else the receiving input's, else each time's own offset.
+      displayZone: async (delivery) => {
+        const [trigger, input] = await Promise.all([store.getTrigger(delivery.triggerId), store.triggerInput(delivery.triggerId)]);
+        return trigger ? displayZone(trigger, this.#policy, input === undefined ? undefined : inputZones.get(input)) : undefined;
+      },
       log,
       now,
       routingSettled: () => this.router.settled(),
@@ -174,7 +183,7 @@ export class DeliveryRuntime {
     const restartNeeded = connectorsOf(next) !== this.#connectors;
     if (restartNeeded) this.#log.warn('config.restart_needed', { reason: ReloadReason.ConnectorsChanged });
     // One assignment: routing and rendering see the old plan or the new one, never half.
-    this.#mappings = { rules: next.mappings, templates: next.templates, timezone: this.#mappings.timezone };
+    this.#mappings = { rules: next.mappings, templates: next.templates };
     this.#log.info('config.reloaded', { count: next.mappings.length });
     return { ok: true, rules: next.mappings.length, templates: next.templates.size, restartNeeded };
   }

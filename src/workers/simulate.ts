@@ -17,6 +17,7 @@ import path from 'node:path';
 import type { ConfigIssue } from '../errors.ts';
 import { ConfigError, formatConfigIssue } from '../errors.ts';
 import { loadConfig, displayPath } from '../config/load.ts';
+import type { PolicyConfig } from '../config/policy-schema.ts';
 import { isMappingTestFile, loadMappings, type MappingSet } from '../config/mappings.ts';
 import { createAjv, readYamlDocument, validateWithSchema, type Env, type JsonSchema, type Locate } from '../config/yaml.ts';
 import { Hl7ParseError, parseHl7Batch } from '../hl7v2/parse.ts';
@@ -27,7 +28,9 @@ import { isRecord, parseInstant } from '../pipeline/values.ts';
 import { renderDelivery, type RenderedMessage } from '../pipeline/render.ts';
 import { route, type DeliveryChange, type DeliveryState } from '../pipeline/route.ts';
 import type { RouteResult, Rule, SkippedDelivery } from '../pipeline/rule.ts';
+import type { PolicySettings, Site } from '../pipeline/policy.ts';
 import { formatInstant, isValidZone } from '../pipeline/schedule.ts';
+import { displayZone, patientZone } from '../pipeline/zones.ts';
 import type { SubjectState } from '../store/store.ts';
 import { TRIGGER_TYPES, type Delivery, type Trigger } from '../types.ts';
 import { applyRouteResult } from './apply.ts';
@@ -94,15 +97,20 @@ export class Simulator {
   readonly #rules: readonly Rule[];
   readonly #zone: string;
   readonly #hl7Zone: string;
+  readonly #policy: Pick<PolicySettings, 'sites' | 'timezone'>;
+  /** Every trigger routed, with the zone of the input it came through (HL7 inputs: hl7Zone). */
+  readonly #triggers = new Map<string, { trigger: Trigger; inputZone?: string }>();
   readonly #states = new Map<string, SubjectState>();
   readonly #deliveries = new Map<string, Tracked>();
   readonly skipped: SkippedDelivery[] = [];
   #clock: number;
 
-  constructor(rules: readonly Rule[], options: { zone: string; hl7Zone?: string; now: number }) {
+  constructor(rules: readonly Rule[], options: { zone: string; hl7Zone?: string; now: number; sites?: readonly Site[] }) {
     this.#rules = rules;
     this.#zone = options.zone;
     this.#hl7Zone = options.hl7Zone ?? options.zone;
+    // `zone` stands for the organisation's zone; configured sites keep theirs (pipeline/zones.ts).
+    this.#policy = { timezone: options.zone, sites: options.sites ?? [] };
     this.#clock = options.now;
   }
 
@@ -137,6 +145,7 @@ export class Simulator {
       });
       if (applied.kind !== 'triggers') return { triggers: [], results: [] };
       for (const state of applied.states) this.#store(state);
+      for (const t of applied.triggers) this.#triggers.set(t.id, { trigger: t, inputZone: this.#hl7Zone });
       return { triggers: applied.triggers, results: applied.triggers.map((t) => this.route(t)) };
     });
   }
@@ -157,12 +166,19 @@ export class Simulator {
         });
       }
     }
+    if (!this.#triggers.has(trigger.id)) this.#triggers.set(trigger.id, { trigger });
     return { triggers: [trigger], results: [this.route(trigger)] };
+  }
+
+  /** The zone a delivery's times are shown in: its site's, else its input's, else each time's own offset. */
+  displayZoneOf(delivery: Delivery): string | undefined {
+    const origin = this.#triggers.get(delivery.triggerId);
+    return origin ? displayZone(origin.trigger, this.#policy, origin.inputZone) : undefined;
   }
 
   /** Routes a trigger at the current clock and applies the result to the deliveries. */
   route(trigger: Trigger): RoutedStep {
-    const result = route(trigger, this.#rules, this.#clock, { zoneFor: () => this.#zone });
+    const result = route(trigger, this.#rules, this.#clock, { zoneFor: (t) => patientZone(t, this.#policy) });
     const deliveries = this.#deliveries;
     const applied = applyRouteResult(result, {
       get: (id) => deliveries.get(id)?.state,
@@ -216,14 +232,14 @@ export class Simulator {
  * Loads connectors (for the outputs) and mappings from the configuration directory above
  * `mappingsDir`. Throws ConfigError with every issue.
  */
-export async function loadForSimulation(mappingsDir: string, env: Env): Promise<MappingSet> {
+export async function loadForSimulation(mappingsDir: string, env: Env): Promise<MappingSet & { policy: PolicyConfig }> {
   const dir = path.resolve(mappingsDir);
   const configDir = path.dirname(dir);
   const plan = await loadConfig({ configDir, env, outputSpecs, checkSecrets: false });
   const issues: ConfigIssue[] = [];
   const mappings = await loadMappings({ configDir, env, outputs: outputInfos(plan.outputs, outputSpecs), issues, mappingsDir: dir });
   if (issues.length > 0) throw new ConfigError(issues);
-  return mappings;
+  return { ...mappings, policy: plan.policy };
 }
 
 // ---------------------------------------------------------------------------------------
@@ -260,7 +276,7 @@ export async function runMappingTests(dir: string, options: RunMappingTestsOptio
     results.failed.push({ file, test, diff });
     results.results.push({ file, test, ok: false });
   };
-  let mappings: MappingSet;
+  let mappings: MappingSet & { policy: PolicyConfig };
   try {
     mappings = await loadForSimulation(mappingsDir, options.env ?? process.env);
   } catch (error) {
@@ -380,8 +396,8 @@ export const mappingTestFileSchema = {
         properties: {
           name: { type: 'string', minLength: 1, description: 'What the test shows, in words.' },
           now: { ...instantSchema, description: 'The clock when the first input arrives.' },
-          timezone: { type: 'string', format: 'iana-timezone', description: 'Patient/site zone: due times and template dates are in it.' },
-          hl7Timezone: { type: 'string', format: 'iana-timezone', description: 'Zone of HL7 times without an offset; default: timezone.' },
+          timezone: { type: 'string', format: 'iana-timezone', description: "The organisation's zone (sites configured in the policy keep theirs): due times are in it." },
+          hl7Timezone: { type: 'string', format: 'iana-timezone', description: 'The HL7 input\'s zone: HL7 times without an offset, and dates shown when no site zone applies; default: timezone.' },
           until: { ...instantSchema, description: 'Advance the clock to this instant at the end (deliveries due by then are sent); default: the last input time.' },
           given: {
             type: 'array',
@@ -533,8 +549,9 @@ function pick(source: Record<string, unknown>, keys: readonly string[]): Record<
 }
 
 /** Runs one test; undefined when it passes, else the diff. */
-async function runOne(test: TestCase, rules: readonly Rule[], mappings: MappingSet, testFile: string): Promise<string | undefined> {
-  const sim = new Simulator(rules, { zone: test.timezone, ...(test.hl7Timezone ? { hl7Zone: test.hl7Timezone } : {}), now: test.now });
+async function runOne(test: TestCase, rules: readonly Rule[], mappings: MappingSet & { policy: PolicyConfig }, testFile: string): Promise<string | undefined> {
+  const sites = mappings.policy.settings.sites;
+  const sim = new Simulator(rules, { zone: test.timezone, ...(test.hl7Timezone ? { hl7Zone: test.hl7Timezone } : {}), now: test.now, sites });
   const notes: string[] = [];
   for (const [i, item] of test.given.entries()) {
     if (item.at !== undefined) {
@@ -615,10 +632,10 @@ interface Actual {
   renderError?: string;
 }
 
-function renderAll(sim: Simulator, mappings: MappingSet, zone: string): Actual[] {
+function renderAll(sim: Simulator, mappings: MappingSet): Actual[] {
   return sim.deliveries().map((d) => {
     try {
-      return { sim: d, rendered: renderDelivery(mappings.templates, d.delivery, { zone }) };
+      return { sim: d, rendered: renderDelivery(mappings.templates, d.delivery, { zone: sim.displayZoneOf(d.delivery) }) };
     } catch (error) {
       return { sim: d, renderError: (error as Error).message };
     }
@@ -627,7 +644,7 @@ function renderAll(sim: Simulator, mappings: MappingSet, zone: string): Actual[]
 
 /** Readable diff of expected vs actual; undefined when they agree. */
 function compare(test: TestCase, sim: Simulator, mappings: MappingSet): string | undefined {
-  const actual = renderAll(sim, mappings, test.timezone);
+  const actual = renderAll(sim, mappings);
   const unmatched = new Set(actual);
   const lines: string[] = [];
   let failed = false;
@@ -751,7 +768,7 @@ export async function replayDryRun(files: readonly string[], options: ReplayOpti
   const now = options.now === undefined ? Date.now() : parseInstant(options.now);
   if (now === undefined) throw new RangeError(`"now" must be an ISO-8601 instant with offset, got "${options.now}"`);
   const mappings = await loadForSimulation(options.mappingsDir, options.env ?? process.env);
-  const sim = new Simulator(mappings.rules, { zone: options.timezone, now });
+  const sim = new Simulator(mappings.rules, { zone: options.timezone, now, sites: mappings.policy.settings.sites });
   const lines: string[] = [];
   for (const file of files) {
     const display = displayPath(path.resolve(file));
@@ -773,7 +790,7 @@ export async function replayDryRun(files: readonly string[], options: ReplayOpti
         const before = lines.length;
         const { result, changes } = step.results[j]!;
         for (const c of changes) {
-          const line = changeLine(c, mappings, options.timezone);
+          const line = changeLine(c, mappings, sim);
           if (line) lines.push(`  ${line}`);
         }
         for (const s of result.skipped) {
@@ -793,14 +810,14 @@ function describeSubject(trigger: Trigger): string {
 }
 
 /** One replay line per change that matters; undefined for non-events. */
-function changeLine(c: SimChange, mappings: MappingSet, zone: string): string | undefined {
+function changeLine(c: SimChange, mappings: MappingSet, sim: Simulator): string | undefined {
   switch (c.change) {
     case 'added':
-      return `plan    ${planLine(c.delivery, mappings, zone)}`;
+      return `plan    ${planLine(c.delivery, mappings, sim)}`;
     case 'revived':
-      return `plan    ${planLine(c.delivery, mappings, zone)} (again, after a cancel)`;
+      return `plan    ${planLine(c.delivery, mappings, sim)} (again, after a cancel)`;
     case 'replanned':
-      return `move    ${planLine(c.delivery, mappings, zone)}`;
+      return `move    ${planLine(c.delivery, mappings, sim)}`;
     case 'cancelled':
       return `cancel  ${describeDelivery(c.delivery)} (${c.cause ?? 'cancelled'})`;
     case 'unchanged':
@@ -814,10 +831,10 @@ function changeLine(c: SimChange, mappings: MappingSet, zone: string): string | 
   }
 }
 
-function planLine(d: Delivery, mappings: MappingSet, zone: string): string {
+function planLine(d: Delivery, mappings: MappingSet, sim: Simulator): string {
   let text: string;
   try {
-    const r = renderDelivery(mappings.templates, d, { zone });
+    const r = renderDelivery(mappings.templates, d, { zone: sim.displayZoneOf(d) });
     const shown = (r.subject ?? r.text).replace(/\s+/g, ' ').trim();
     text = `[${r.language}] ${JSON.stringify(shown.length > 100 ? `${shown.slice(0, 99)}…` : shown)}`;
   } catch (error) {
