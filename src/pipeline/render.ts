@@ -202,21 +202,27 @@ export interface TemplateRead {
 }
 
 /**
+ * The signed unsubscribe link of a non-care email (workers/unsubscribe.ts): a variable the
+ * renderer provides, not trigger data.
+ */
+export const UNSUBSCRIBE_URL = 'unsubscribe_url';
+
+/**
  * Every variable the template reads from outside itself (loop variables and assigns are
- * its own), and whether the rule's allow-list covers it. A read is allowed when it stays
+ * its own), and whether the rule's allow-list (or `provided`, variables the renderer gives) covers it. A read is allowed when it stays
  * inside an allowed field (`patient.name.given[0]`, `….first`, `….size` under
  * `patient.name.given`) or names an object above one (`appointment` when
  * `appointment.start` is allowed: the payload holds nothing else). A computed key
  * (`appointment[key]`) is allowed only inside an allowed field.
  */
-export function templateReads(template: CompiledTemplate, fields: readonly FieldPath[]): TemplateRead[] {
+export function templateReads(template: CompiledTemplate, fields: readonly FieldPath[], provided: readonly string[] = []): TemplateRead[] {
   const analysis = engineFor(template.part).analyzeSync(template.tpl, { partials: false });
   const reads: TemplateRead[] = [];
   const allowedPaths = fields.map((f) => f.segments.map((s) => s.name));
   for (const variables of Object.values(analysis.globals)) {
     for (const variable of variables) {
       const { names, dynamic } = fieldNames(variable);
-      const inside = allowedPaths.some((allowed) => startsWith(names, allowed));
+      const inside = allowedPaths.some((allowed) => startsWith(names, allowed)) || (names.length === 1 && provided.includes(names[0]!));
       const above = !dynamic && allowedPaths.some((allowed) => startsWith(allowed, names));
       reads.push({ text: String(variable), line: variable.location.row, column: variable.location.col, allowed: inside || above });
     }
@@ -387,6 +393,8 @@ export interface RenderOptions {
   zone: string | undefined;
   /** Language when the payload has none and for the default file's formats; default `en`. */
   defaultLanguage?: string;
+  /** Values the renderer provides besides the payload (UNSUBSCRIBE_URL). */
+  variables?: Readonly<Record<string, string>>;
 }
 
 /**
@@ -415,7 +423,7 @@ export function renderDelivery(templates: TemplateSet, delivery: Delivery, optio
       continue;
     }
     try {
-      out[part] = renderTemplate(template, delivery.payload, locale);
+      out[part] = renderTemplate(template, options.variables ? { ...delivery.payload, ...options.variables } : delivery.payload, locale);
     } catch (error) {
       const { line, column } = positionOf(error);
       throw new PermanentError('render_failed', `${template.file}${line ? `:${line}:${column}` : ''}: ${engineMessage(error)} (delivery ${delivery.id})`, { cause: error });

@@ -34,6 +34,12 @@ import { displayZone, patientZone } from '../pipeline/zones.ts';
 import type { SubjectState } from '../store/store.ts';
 import { TRIGGER_TYPES, type Delivery, type Trigger } from '../types.ts';
 import { applyRouteResult } from './apply.ts';
+import { renderVariables, unsubscribeLinks, type UnsubscribeLinks } from './unsubscribe.ts';
+
+/** Unsubscribe links in mapping tests and replays: signed with a fixed key (they are never served). */
+function testLinks(policy: PolicyConfig): UnsubscribeLinks {
+  return unsubscribeLinks({ key: Buffer.from('carerelay-mapping-tests'), publicUrl: policy.publicUrl, ttlDays: policy.unsubscribe.ttlDays });
+}
 
 // ---------------------------------------------------------------------------------------
 // The in-memory pipeline
@@ -632,10 +638,12 @@ interface Actual {
   renderError?: string;
 }
 
-function renderAll(sim: Simulator, mappings: MappingSet): Actual[] {
+function renderAll(sim: Simulator, mappings: MappingSet & { policy: PolicyConfig }): Actual[] {
+  const links = testLinks(mappings.policy);
   return sim.deliveries().map((d) => {
     try {
-      return { sim: d, rendered: renderDelivery(mappings.templates, d.delivery, { zone: sim.displayZoneOf(d.delivery) }) };
+      const variables = renderVariables(d.delivery, links, sim.clock);
+      return { sim: d, rendered: renderDelivery(mappings.templates, d.delivery, { zone: sim.displayZoneOf(d.delivery), ...(variables ? { variables } : {}) }) };
     } catch (error) {
       return { sim: d, renderError: (error as Error).message };
     }
@@ -643,7 +651,7 @@ function renderAll(sim: Simulator, mappings: MappingSet): Actual[] {
 }
 
 /** Readable diff of expected vs actual; undefined when they agree. */
-function compare(test: TestCase, sim: Simulator, mappings: MappingSet): string | undefined {
+function compare(test: TestCase, sim: Simulator, mappings: MappingSet & { policy: PolicyConfig }): string | undefined {
   const actual = renderAll(sim, mappings);
   const unmatched = new Set(actual);
   const lines: string[] = [];
@@ -810,7 +818,7 @@ function describeSubject(trigger: Trigger): string {
 }
 
 /** One replay line per change that matters; undefined for non-events. */
-function changeLine(c: SimChange, mappings: MappingSet, sim: Simulator): string | undefined {
+function changeLine(c: SimChange, mappings: MappingSet & { policy: PolicyConfig }, sim: Simulator): string | undefined {
   switch (c.change) {
     case 'added':
       return `plan    ${planLine(c.delivery, mappings, sim)}`;
@@ -831,10 +839,11 @@ function changeLine(c: SimChange, mappings: MappingSet, sim: Simulator): string 
   }
 }
 
-function planLine(d: Delivery, mappings: MappingSet, sim: Simulator): string {
+function planLine(d: Delivery, mappings: MappingSet & { policy: PolicyConfig }, sim: Simulator): string {
   let text: string;
   try {
-    const r = renderDelivery(mappings.templates, d, { zone: sim.displayZoneOf(d) });
+    const variables = renderVariables(d, testLinks(mappings.policy), sim.clock);
+    const r = renderDelivery(mappings.templates, d, { zone: sim.displayZoneOf(d), ...(variables ? { variables } : {}) });
     const shown = (r.subject ?? r.text).replace(/\s+/g, ' ').trim();
     text = `[${r.language}] ${JSON.stringify(shown.length > 100 ? `${shown.slice(0, 99)}…` : shown)}`;
   } catch (error) {
