@@ -4,6 +4,7 @@
 import { createHash } from 'node:crypto';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { MessageStatus, type Delivery, type Trigger } from '../types.ts';
+import { consentLedgerConformance } from './consent-conformance.ts';
 import type { DeliveryWrite, InboundRecord, Store, StoredMessage, SubjectState } from './store.ts';
 
 export interface StoreHandle {
@@ -648,6 +649,8 @@ export function storeConformanceSuite(name: string, makeStore: () => Promise<Sto
         await expect(store.listOutbox({ before: 'x' })).rejects.toThrow(RangeError);
       });
     });
+
+    consentLedgerConformance(() => store);
 
     describe('closing', () => {
       it('after close, commits reject (so the caller NAKs) and close is idempotent', async () => {

@@ -38,11 +38,18 @@
 // Ids. Message ids are the SQLite rowid (AUTOINCREMENT: never reused, even after
 // deletions) as a decimal string: stable and URL-safe.
 import BetterSqlite3 from 'better-sqlite3';
-import { MessageStatus, type Channel, type Delivery, type Trigger } from '../types.ts';
+import { MessageStatus, type Channel, type ConsentEvent, type Delivery, type Trigger } from '../types.ts';
 import { StoreReason, instantMs, listLimit, storedMessageOf } from './common.ts';
+import { CONSENT_TABLES, SqliteConsentLedger } from './sqlite-consent.ts';
 import { migrate, openSqliteDatabase, type Database } from './sqlite-db.ts';
 import type {
   CommitOutcome,
+  ConsentLedger,
+  DecisionRecord,
+  Disclosure,
+  ErasureRecord,
+  PatientFacts,
+  StoredFhirConsent,
   DeliveryOutcome,
   DeliveryQuery,
   DeliveryWrite,
@@ -182,6 +189,8 @@ export const SQLITE_STORE_MIGRATIONS: readonly string[] = [
   );
   CREATE INDEX outbox_output ON outbox (output, seq);
   `,
+  // The consent ledger and the evidence (sqlite-consent.ts).
+  CONSENT_TABLES,
 ];
 
 /** Most records committed in one transaction (bounds how long one flush blocks the loop). */
@@ -323,11 +332,13 @@ export class SqliteStore implements Store {
   private readonly commitGroup: (batch: PendingWrite[]) => Array<{ value: unknown }>;
   private readonly commitIsolated: (batch: PendingWrite[]) => Array<{ value: unknown } | { error: unknown }>;
   private readonly commitOne: (run: () => unknown) => unknown;
+  private readonly ledger: SqliteConsentLedger;
 
   constructor(db: Database, options: SqliteStoreOptions = {}) {
     this.db = db;
     this.closeDatabase = options.closeDatabase ?? false;
     migrate(db, SQLITE_STORE_COMPONENT, SQLITE_STORE_MIGRATIONS);
+    this.ledger = new SqliteConsentLedger(db);
 
     // The literal `control_id <> '' AND status <> 'quarantined'` lets SQLite use the
     // partial unique index (it must see the index's WHERE terms in the query).
@@ -682,6 +693,79 @@ export class SqliteStore implements Store {
     this.pingStmt.get();
   }
 
+  // The consent ledger (ConsentLedger; sqlite-consent.ts). Each call is its own transaction,
+  // durable when it resolves (synchronous=FULL).
+
+  async addConsentEvent(event: Omit<ConsentEvent, 'id'>): Promise<ConsentEvent> {
+    this.assertOpen();
+    return this.ledger.addConsentEvent(event);
+  }
+
+  async addFhirConsent(consent: Omit<StoredFhirConsent, 'id'>): Promise<StoredFhirConsent> {
+    this.assertOpen();
+    return this.ledger.addFhirConsent(consent);
+  }
+
+  async consentRecords(query: Parameters<ConsentLedger['consentRecords']>[0]): Promise<{ events: ConsentEvent[]; consents: StoredFhirConsent[] }> {
+    this.assertOpen();
+    return this.ledger.consentRecords(query);
+  }
+
+  async notePatientFacts(triggers: readonly Trigger[]): Promise<void> {
+    this.assertOpen();
+    this.ledger.notePatientFacts(triggers, Date.now());
+  }
+
+  async patientFacts(patientIds: readonly string[]): Promise<PatientFacts[]> {
+    this.assertOpen();
+    return this.ledger.patientFacts(patientIds);
+  }
+
+  async mergedGroup(patientId: string): Promise<string[]> {
+    this.assertOpen();
+    return this.ledger.mergedGroup(patientId);
+  }
+
+  async patientsAtAddress(address: string): Promise<string[]> {
+    this.assertOpen();
+    return this.ledger.patientsAtAddress(address);
+  }
+
+  async recordDecision(decision: Omit<DecisionRecord, 'id'>): Promise<void> {
+    this.assertOpen();
+    this.ledger.recordDecision(decision);
+  }
+
+  async listDecisions(query: Parameters<ConsentLedger['listDecisions']>[0]): Promise<DecisionRecord[]> {
+    this.assertOpen();
+    return this.ledger.listDecisions(query);
+  }
+
+  async recordDisclosure(disclosure: Disclosure): Promise<void> {
+    this.assertOpen();
+    this.ledger.recordDisclosure(disclosure);
+  }
+
+  async listDisclosures(query: Parameters<ConsentLedger['listDisclosures']>[0]): Promise<Disclosure[]> {
+    this.assertOpen();
+    return this.ledger.listDisclosures(query);
+  }
+
+  async noteInboundEvent(key: string, at: string): Promise<boolean> {
+    this.assertOpen();
+    return this.ledger.noteInboundEvent(key, at);
+  }
+
+  async erasePatient(patientId: string, at: string): Promise<ErasureRecord> {
+    this.assertOpen();
+    return this.ledger.erasePatient(patientId, at);
+  }
+
+  async listErasures(patientId: string): Promise<ErasureRecord[]> {
+    this.assertOpen();
+    return this.ledger.listErasures(patientId);
+  }
+
   /** Commits what is already queued, then stops; later calls reject. Idempotent. */
   async close(): Promise<void> {
     if (this.closed) return;
@@ -765,6 +849,9 @@ export class SqliteStore implements Store {
         JSON.stringify(t),
       );
     });
+    // What the triggers say about their patients (deceased, contact points, merges) commits
+    // with them: a death acknowledged AA is known to the send-time checks.
+    this.ledger.noteFacts(r.triggers, p.receivedMs);
     r.subjectStates.forEach((s, i) => {
       this.upsertStateStmt.run(
         s.kind,
