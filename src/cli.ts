@@ -11,6 +11,7 @@ import { normalizeHl7 } from './inputs/hl7v2/normalize.ts';
 import { FhirNormalizeError, normalizeNotification } from './fhir/normalize.ts';
 import { FhirNotificationError, readNotification } from './fhir/notification.ts';
 import type { Trigger } from './types.ts';
+import { CONSENT_USAGE } from './cli-consent.ts';
 
 const USAGE = `Usage: carerelay <command> [options]
 
@@ -38,7 +39,7 @@ Commands:
                                            create (or update) the input's Subscriptions on its
                                            FHIR server, pointing at URL/ingest/fhir/NAME, and
                                            show their status
-  help                                     this text
+${CONSENT_USAGE}  help                                     this text
 `;
 
 type Options = NonNullable<ParseArgsConfig['options']>;
@@ -372,6 +373,9 @@ export async function main(argv: string[]): Promise<number> {
         return await cmdOutbox(rest);
       case 'fhir':
         return await cmdFhir(rest);
+      case 'consent':
+      case 'patient':
+        return await (await import('./cli-consent.ts')).cmdConsent(command, rest);
       case undefined:
       case 'help':
       case '--help':

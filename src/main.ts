@@ -19,6 +19,7 @@ import type { Store } from './store/store.ts';
 import { Hl7Ingest, type Hl7IngestSettings } from './workers/ingest.ts';
 import { outputSpecs } from './outputs/index.ts';
 import { DeliveryRuntime, type ReloadResult } from './workers/runtime.ts';
+import { dataDirUnsubscribeKey, unsubscribeLinks } from './workers/unsubscribe.ts';
 
 export interface StartOptions {
   configDir: string;
@@ -158,7 +159,16 @@ export async function startCarerelay(options: StartOptions): Promise<RunningCare
 
   const db = openSqliteDatabase(path.join(plan.server.dataDir, 'carerelay.db'));
   const store = new SqliteStore(db, { closeDatabase: true });
-  const deliveries = new DeliveryRuntime({ db, store, plan, log, outputSpecs, ...(options.now ? { now: options.now } : {}) });
+  const policy = plan.policy;
+  // The default public URL names the listener's port, known once it is bound (port 0 in tests).
+  let publicUrl = policy.publicUrl;
+  const links = unsubscribeLinks({
+    key: policy.unsubscribe.secret ? Buffer.from(readSecret(policy.unsubscribe.secret, env, plan.configDir), 'utf8') : dataDirUnsubscribeKey(plan.server.dataDir),
+    publicUrl: () => publicUrl,
+    ttlDays: policy.unsubscribe.ttlDays,
+  });
+  const deliveries = new DeliveryRuntime({ db, store, plan, log, outputSpecs, links, ...(options.now ? { now: options.now } : {}) });
+  const consent = deliveries.consent;
   const ingest = new Hl7Ingest({ store, log, onCommitted: deliveries.onCommitted });
   const afterCommit = faultInjector(env);
 
@@ -167,7 +177,13 @@ export async function startCarerelay(options: StartOptions): Promise<RunningCare
   const fhirInputs = new Map<string, FhirHttpInput>();
   const fhirIngests: FhirIngest[] = [];
   const fhirPollers: FhirPoller[] = [];
-  const fhirDeps = { store, log, env, configDir: plan.configDir, onCommitted: deliveries.onCommitted };
+  // A Consent received on a FHIR input: kept and enforced before its record commits; one that
+  // cannot be used is recorded as rejected with the reason.
+  const onConsent = async (resource: Record<string, unknown>): Promise<{ rejected?: string }> => {
+    const outcome = await consent.fhirConsent(resource, 'fhir', false);
+    return outcome.kind === 'stored' ? {} : { rejected: outcome.kind === 'invalid' ? 'consent_invalid' : 'consent_unknown_patient' };
+  };
+  const fhirDeps = { store, log, env, configDir: plan.configDir, onCommitted: deliveries.onCommitted, onConsent };
   for (const input of plan.inputs) {
     if (input.type === HL7V2_MLLP) {
       const typed = input as unknown as InstancePlan<Hl7v2MllpConfig>;
@@ -189,7 +205,9 @@ export async function startCarerelay(options: StartOptions): Promise<RunningCare
     }
   }
 
-  const app = createApp({ store, log, hl7Ingest: ingest, hl7Inputs: httpInputs, fhirInputs, adminToken });
+  const smsWebhooks = new Map(policy.smsWebhooks.map((w) => [w.output, readSecret(w.authToken, env, plan.configDir)]));
+  const now = options.now ?? Date.now;
+  const app = createApp({ store, log, hl7Ingest: ingest, hl7Inputs: httpInputs, fhirInputs, adminToken, consent: { consent, links, smsWebhooks, publicUrl: () => publicUrl, now } });
   const mllpPorts = new Map<string, number>();
   let http: Server | undefined;
   try {
@@ -214,6 +232,7 @@ export async function startCarerelay(options: StartOptions): Promise<RunningCare
   http.keepAliveTimeout = 5_000;
   const address = http.address();
   const httpPort = typeof address === 'object' && address !== null ? address.port : plan.server.http.port;
+  if (!policy.publicUrlConfigured) publicUrl = `http://${httpHost.includes(':') ? `[${httpHost}]` : httpHost}:${httpPort}`;
   log.info('http.listening', { host: httpHost, port: httpPort });
   // FHIR: heartbeat-silence monitors and pollers start once the endpoint can receive.
   for (const fhirIngest of fhirIngests) fhirIngest.startHeartbeatMonitor();

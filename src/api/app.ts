@@ -8,6 +8,7 @@ import type { Logger } from '../log.ts';
 import { STORED_DELIVERY_STATUSES, type DeliveryQuery, type MessageQuery, type Store, type StoredDelivery, type StoredDeliveryStatus, type StoredMessage, type TriggerQuery } from '../store/store.ts';
 import { MessageStatus } from '../types.ts';
 import type { Hl7Ingest, Hl7IngestSettings } from '../workers/ingest.ts';
+import { createConsentRouter, type ConsentRoutesDeps } from './consent-routes.ts';
 import { createFhirRouter, type FhirHttpInput } from './fhir-routes.ts';
 
 export interface HttpHl7Input {
@@ -27,6 +28,8 @@ export interface ApiDeps {
   fhirInputs?: ReadonlyMap<string, FhirHttpInput>;
   /** CARERELAY_ADMIN_TOKEN; when undefined the server must be bound to loopback only. */
   adminToken?: string;
+  /** The consent ways in and patient views (consent-routes.ts); absent: not served. */
+  consent?: Omit<ConsentRoutesDeps, 'store' | 'log' | 'adminToken'>;
 }
 
 /** RFC 9457 problem details. */
@@ -68,7 +71,8 @@ export function bearerMatches(header: string | undefined, expected: string): boo
   return secretsMatch(header.slice('Bearer '.length).trim(), expected);
 }
 
-function requireBearer(expected: string | undefined) {
+/** Refuses (401, body unread) a request without the expected bearer token; none expected: loopback-only deployments. */
+export function requireBearer(expected: string | undefined) {
   return (req: Request, res: Response, next: NextFunction): void => {
     if (expected === undefined || bearerMatches(req.headers.authorization, expected)) {
       next();
@@ -212,6 +216,8 @@ export function createApp(deps: ApiDeps): express.Express {
 
   app.use('/ingest/fhir', createFhirRouter({ inputs: deps.fhirInputs ?? new Map(), log }));
 
+  if (deps.consent) app.use(createConsentRouter({ ...deps.consent, store, log, ...(deps.adminToken !== undefined ? { adminToken: deps.adminToken } : {}) }));
+
   const admin = express.Router();
   admin.use(requireBearer(deps.adminToken));
 
@@ -317,6 +323,8 @@ export function createApp(deps: ApiDeps): express.Express {
       ...(d.message ? { message: d.message } : {}),
       ...(d.providerId ? { providerId: d.providerId } : {}),
       ...(outbox ? { outbox } : {}),
+      // Evidence: every run of the send-time checks (docs/consent.md), newest first.
+      decisions: await store.listDecisions({ deliveryId: d.delivery.id }),
     });
   });
 

@@ -231,6 +231,8 @@ export interface PolicyConfig {
   readonly unsubscribe: PolicyBlock['unsubscribe'];
   /** Without a trailing slash. */
   readonly publicUrl: string;
+  /** False when publicUrl is the default (http://host:port of the listener: its bound port then). */
+  readonly publicUrlConfigured: boolean;
 }
 
 /** Builds the plan's policy from a validated block (defaults applied) and the server block. */
@@ -257,5 +259,6 @@ export function policyConfigOf(block: PolicyBlock, server: { timezone?: string; 
     smsWebhooks: block.smsWebhooks,
     unsubscribe: block.unsubscribe,
     publicUrl: (block.publicUrl ?? `http://${host}:${server.http.port}`).replace(/\/+$/, ''),
+    publicUrlConfigured: block.publicUrl !== undefined,
   };
 }

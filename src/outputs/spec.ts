@@ -33,6 +33,8 @@ export interface OutboundMessage {
   readonly subject?: string;
   readonly text: string;
   readonly html?: string;
+  /** Headers the message must carry (email: List-Unsubscribe and RFC 8058 List-Unsubscribe-Post). */
+  readonly headers?: Readonly<Record<string, string>>;
 }
 
 export interface SendContext {

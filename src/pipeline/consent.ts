@@ -111,12 +111,15 @@ export type ConsentDecision =
       records: string[];
     };
 
-/** Reasons that hold whenever the message is sent (enforced at once when a consent changes). */
-export const STANDING_REASONS: ReadonlySet<ConsentReason> = new Set([
+/**
+ * Denials a change of consent enforces at once on pending deliveries: they come from a record
+ * and hold whenever the message would be sent. `no_consent` (the default matrix) is left to
+ * send time: a grant may still come before then.
+ */
+export const ENFORCED_REASONS: ReadonlySet<ConsentReason> = new Set([
   ConsentReason.Deceased,
   ConsentReason.OptedOut,
   ConsentReason.NoContact,
-  ConsentReason.NoConsent,
   ConsentReason.ConsentDenied,
 ]);
 
@@ -129,39 +132,45 @@ const CARE_KEYS = ['appointment', 'encounter', 'sensitivity', 'type', 'source'];
 /** The state one patient's records give a purpose on a channel. */
 type State = { kind: 'opt_out' | 'deny' | 'permit'; records: string[]; basis: string };
 
+function denial(rule: number, reason: ConsentReason, basis: string, records: string[] = [], retryAt?: string): ConsentDecision {
+  return { allow: false, rule, reason, basis, records, ...(retryAt !== undefined ? { retryAt } : {}) };
+}
+
+/**
+ * Rules 2 and 3 only: what the patient's records (and the default matrix) say about the
+ * delivery's purpose and channel, whatever the time, output or address count. The patient
+ * views show it per purpose and channel; a change of consent suppresses at once the pending
+ * deliveries it now denies.
+ */
+export function consentStanding(c: ConsentCheck, policy: PolicySettings): ConsentDecision {
+  const d = c.delivery;
+  // Rule 2: deceased, then opted_out, then no_contact.
+  const dead = c.patients.find((p) => p.deceased);
+  if (dead) return denial(2, ConsentReason.Deceased, 'the patient is recorded as deceased');
+  const keyword = keywordOptOut(c);
+  if (keyword) return denial(2, ConsentReason.OptedOut, `SMS keyword opt-out of ${keyword.method.replace(/^keyword:/, '')} for this number`, [keyword.id]);
+  const states = c.patients.map((p) => patientState(p, c)).filter((s): s is State => s !== undefined);
+  const strictest = (['opt_out', 'deny', 'permit'] as const).map((k) => states.find((s) => s.kind === k)).find((s) => s !== undefined);
+  if (strictest?.kind === 'opt_out') return denial(2, ConsentReason.OptedOut, strictest.basis, strictest.records);
+  const flagged = c.patients.map((p) => latest(p.events.filter((e) => e.action === 'no_contact' || e.action === 'contact_allowed'))).find((e) => e?.action === 'no_contact');
+  if (flagged) return denial(2, ConsentReason.NoContact, 'the organisation set a no-contact flag', [flagged.id]);
+
+  // Rule 3: the consent state, else the default matrix.
+  if (strictest?.kind === 'deny') return denial(3, ConsentReason.ConsentDenied, strictest.basis, strictest.records);
+  if (strictest?.kind === 'permit') return { allow: true, basis: strictest.basis, records: strictest.records, noName: false };
+  if (defaultVerdict(policy.defaults, d.purpose, d.channel) === 'deny') {
+    return denial(3, ConsentReason.NoConsent, `no consent record; the ${policy.region} default denies ${d.purpose} by ${d.channel}`);
+  }
+  return { allow: true, basis: `no consent record; the ${policy.region} default allows ${d.purpose} by ${d.channel}`, records: [], noName: false };
+}
+
 /** Runs rules 2–8 in order; the first denial wins. */
 export function checkConsent(c: ConsentCheck, policy: PolicySettings): ConsentDecision {
   const d = c.delivery;
-  const deny = (rule: number, reason: ConsentReason, basis: string, records: string[] = [], retryAt?: string): ConsentDecision => ({
-    allow: false,
-    rule,
-    reason,
-    basis,
-    records,
-    ...(retryAt !== undefined ? { retryAt } : {}),
-  });
-
-  // Rule 2: deceased, then opted_out, then no_contact.
-  const dead = c.patients.find((p) => p.deceased);
-  if (dead) return deny(2, ConsentReason.Deceased, 'the patient is recorded as deceased');
-  const keyword = keywordOptOut(c);
-  if (keyword) return deny(2, ConsentReason.OptedOut, `SMS keyword opt-out of ${keyword.method.replace(/^keyword:/, '')} for this number`, [keyword.id]);
-  const states = c.patients.map((p) => patientState(p, c)).filter((s): s is State => s !== undefined);
-  const strictest = (['opt_out', 'deny', 'permit'] as const).map((k) => states.find((s) => s.kind === k)).find((s) => s !== undefined);
-  if (strictest?.kind === 'opt_out') return deny(2, ConsentReason.OptedOut, strictest.basis, strictest.records);
-  const flagged = c.patients.map((p) => latest(p.events.filter((e) => e.action === 'no_contact' || e.action === 'contact_allowed'))).find((e) => e?.action === 'no_contact');
-  if (flagged) return deny(2, ConsentReason.NoContact, 'the organisation set a no-contact flag', [flagged.id]);
-
-  // Rule 3: the consent state, else the default matrix.
-  let basis: string;
-  let records: string[] = [];
-  if (strictest?.kind === 'deny') return deny(3, ConsentReason.ConsentDenied, strictest.basis, strictest.records);
-  if (strictest?.kind === 'permit') {
-    basis = strictest.basis;
-    records = strictest.records;
-  } else if (defaultVerdict(policy.defaults, d.purpose, d.channel) === 'deny') {
-    return deny(3, ConsentReason.NoConsent, `no consent record; the ${policy.region} default denies ${d.purpose} by ${d.channel}`);
-  } else basis = `no consent record; the ${policy.region} default allows ${d.purpose} by ${d.channel}`;
+  const deny = denial;
+  const standing = consentStanding(c, policy);
+  if (!standing.allow) return standing;
+  const { basis, records } = standing;
 
   // Rule 4: the destination as declared now (also refused when mappings load).
   if (c.output && !c.output.allowedPurposes.includes(d.purpose)) {

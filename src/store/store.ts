@@ -162,6 +162,8 @@ export interface SentMessage {
   subject?: string;
   text: string;
   html?: string;
+  /** Email headers sent with it (List-Unsubscribe, List-Unsubscribe-Post). */
+  headers?: Record<string, string>;
 }
 
 /** How a delivery ended (finishDelivery). */

@@ -23,8 +23,10 @@ import { openSqliteDatabase, type Database } from '../store/sqlite-db.ts';
 import { SqliteStore } from '../store/sqlite.ts';
 import type { OutboxEntry, OutboxQuery, Store } from '../store/store.ts';
 import type { Trigger } from '../types.ts';
+import { ConsentService } from './consent.ts';
 import { createDeliverHandler, recordDeadDeliveries, storeOutboxSink } from './deliver.ts';
 import { Router, parseDeliveryJobId, type DeliveryJob } from './router.ts';
+import type { UnsubscribeLinks } from './unsubscribe.ts';
 
 /** Name of the embedded queue holding delivery timers. */
 export const DELIVERY_QUEUE = 'deliveries';
@@ -54,6 +56,8 @@ export interface DeliveryRuntimeOptions {
   /** Delivery jobs running at once. Default 4. */
   concurrency?: number;
   queue?: Omit<SqliteQueueOptions, 'name' | 'now'>;
+  /** Signed unsubscribe links of non-care emails (workers/unsubscribe.ts). */
+  links: UnsubscribeLinks;
 }
 
 /**
@@ -80,6 +84,8 @@ export class DeliveryRuntime {
   readonly queue: SqliteQueue<DeliveryJob>;
   readonly router: Router;
   readonly outputs: ReadonlyMap<string, OutboundAdapter>;
+  /** Consent checks, evidence and ways in (workers/consent.ts). */
+  readonly consent: ConsentService;
   readonly #log: Logger;
   readonly #concurrency: number;
   readonly #connectors: string;
@@ -102,18 +108,32 @@ export class DeliveryRuntime {
     const inputZones = new Map(plan.inputs.map((i) => [i.name, typeof i.config.timezone === 'string' ? i.config.timezone : undefined]));
     this.queue = new SqliteQueue<DeliveryJob>(options.db, { ...options.queue, name: DELIVERY_QUEUE, now });
     this.outputs = createOutputs(plan.outputs, options.outputSpecs, { sink: storeOutboxSink(store), now: () => new Date(now()) });
+    this.consent = new ConsentService({
+      store,
+      policy: this.#policy,
+      output: (name) => this.outputs.get(name),
+      // Every job of a delivery carries its id as a cancel key.
+      cancelTimer: async (deliveryId, reason) => {
+        await this.queue.cancel(deliveryId, reason);
+      },
+      log,
+      now,
+      links: options.links,
+    });
     this.router = new Router({
       store,
       queue: this.queue,
       rules: () => this.#mappings.rules,
       // The patient's zone: site → organisation (pipeline/zones.ts; addresses are not mapped to zones yet).
       zoneFor: (trigger) => patientZone(trigger, this.#policy),
+      quietHours: this.#policy.quietHours,
       log,
       now,
       idempotentOutput: (name) => this.outputs.get(name)?.idempotent ?? false,
     });
     const handler = createDeliverHandler({
       store,
+      gate: this.consent,
       output: (name) => this.outputs.get(name),
       templates: () => this.#mappings.templates,
       // The place of the appointment: the site's zone, else the receiving input's, else each time's own offset.

@@ -27,14 +27,16 @@ export interface UnsubscribeLinks {
   verify(token: string, now: number): TokenCheck;
 }
 
-export function unsubscribeLinks(options: { key: Buffer; publicUrl: string; ttlDays: number }): UnsubscribeLinks {
+/** `publicUrl` may be a function: the default one is known once the listener has its port. */
+export function unsubscribeLinks(options: { key: Buffer; publicUrl: string | (() => string); ttlDays: number }): UnsubscribeLinks {
+  const base = typeof options.publicUrl === 'string' ? () => options.publicUrl as string : options.publicUrl;
   const mac = (payload: string) => createHmac('sha256', options.key).update(`${CONTEXT}.${payload}`).digest();
   const pathPrefix = '/unsubscribe/';
   return {
     pathPrefix,
     url(deliveryId, now) {
       const payload = Buffer.from(JSON.stringify({ d: deliveryId, e: Math.floor(now / 1000) + options.ttlDays * 86_400 })).toString('base64url');
-      return `${options.publicUrl}${pathPrefix}${payload}.${mac(payload).toString('base64url')}`;
+      return `${base()}${pathPrefix}${payload}.${mac(payload).toString('base64url')}`;
     },
     verify(token, now) {
       const m = /^([A-Za-z0-9_-]{1,2048})\.([A-Za-z0-9_-]{43})$/.exec(token);

@@ -38,6 +38,12 @@ export interface ConfigDirOptions {
   missingFieldAck?: 'AR' | 'AE';
   /** Seconds; default 300. */
   idleTimeoutSeconds?: number;
+  /**
+   * The `policy` block's lines (indented two spaces). Default: no quiet hours and no US
+   * exempt-SMS limit, so tests that are not about them do not depend on the time of day they
+   * run at or on how many messages they send one patient.
+   */
+  policy?: string[];
 }
 
 export interface TestConfigDir {
@@ -66,6 +72,8 @@ export function writeConfigDir(options: ConfigDirOptions = {}): TestConfigDir {
     '  http: { host: 127.0.0.1, port: 0 }',
     `  dataDir: ${JSON.stringify(dataDir)}`,
     `  admin: {${options.adminTokenEnv ? ` tokenEnv: ${options.adminTokenEnv} ` : ''}}`,
+    'policy:',
+    ...(options.policy ?? ['  quietHours: { channels: [] }', '  usExemptSms: { perDay: 1000, perWeek: 1000 }']),
     'inputs:',
   ];
   for (const name of options.mllpInputs ?? ['ehr-mllp']) {
