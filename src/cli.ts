@@ -27,8 +27,10 @@ Commands:
   send --to HOST:PORT [--tls] [--ca FILE] [--cert FILE --key FILE] [--servername NAME]
        [--timeout SECONDS] FILE...         send HL7v2 files over MLLP, one in flight, and print
                                            each ACK code (exit 1 unless every ACK is AA/CA)
-  test [DIR]                               run the mapping tests (*.test.yaml) of DIR
-                                           (default: ./mappings); exit 1 on any failure
+  test [DIR] [--json]                      run the mapping tests (*.test.yaml) of DIR
+                                           (default: ./mappings); exit 1 on any failure;
+                                           --json: one line per test with every delivery
+                                           (status, reason, due and sent times) and reply
   replay --dry-run [--config-dir DIR] [--timezone ZONE] [--now INSTANT] FILE...
                                            show which rules the files would fire and what would
                                            be sent when; nothing is stored or sent
@@ -230,11 +232,20 @@ async function cmdValidate(args: string[]): Promise<number> {
 }
 
 async function cmdTest(args: string[]): Promise<number> {
-  const { positionals } = parse(args, {});
+  const { values, positionals } = parse(args, { json: { type: 'boolean', default: false } });
   if (positionals.length > 1) return fail('test takes at most one DIR (a mappings directory)');
   const dir = path.resolve(positionals[0] ?? 'mappings');
-  const { runMappingTests } = await import('./workers/simulate.ts');
+  const { runMappingTests } = await import('./workers/mapping-tests.ts');
   const results = await runMappingTests(dir, { env: process.env });
+  if (values.json === true) {
+    // One line per test: every delivery (rule, subject, patient, channel, to, status, reason,
+    // due and sent times) and the keyword replies, with the diff of a failed test.
+    for (const r of results.results) {
+      const diff = r.ok ? undefined : results.failed.find((f) => f.file === r.file && f.test === r.test)?.diff;
+      process.stdout.write(`${JSON.stringify({ ...r, ...(diff !== undefined ? { diff } : {}) })}\n`);
+    }
+    return results.failed.length === 0 ? 0 : 1;
+  }
   for (const r of results.results) process.stdout.write(`${r.ok ? 'ok  ' : 'FAIL'} ${r.file} › ${r.test}\n`);
   for (const f of results.failed) {
     process.stdout.write(`\n--- ${f.file} › ${f.test}\n${f.diff}\n`);

@@ -229,14 +229,24 @@ export class ConsentService implements SendGate {
     return this.#enforce(pending);
   }
 
+  /**
+   * Rules 2–3 for a pending delivery now: a denial a change of consent enforces at once
+   * (ENFORCED_REASONS), else undefined. The in-memory pipeline of mapping tests uses it too.
+   */
+  async enforcedDenial(stored: StoredDelivery): Promise<{ decision: ConsentDecision & { allow: false }; check: ConsentCheck } | undefined> {
+    const check = await this.#checkFor(stored, this.#deps.now(), false);
+    const decision = consentStanding(check, this.#deps.policy);
+    return !decision.allow && ENFORCED_REASONS.has(decision.reason) ? { decision, check } : undefined;
+  }
+
   async #enforce(pending: readonly StoredDelivery[]): Promise<Enforced> {
     this.#cache.clear();
     const suppressed: Enforced['suppressed'] = [];
     const now = this.#deps.now();
     for (const stored of pending) {
-      const check = await this.#checkFor(stored, now, false);
-      const decision = consentStanding(check, this.#deps.policy);
-      if (decision.allow || !ENFORCED_REASONS.has(decision.reason)) continue;
+      const denial = await this.enforcedDenial(stored);
+      if (!denial) continue;
+      const { decision, check } = denial;
       const at = new Date(now).toISOString();
       const written = await this.#deps.store.finishDelivery(stored.delivery.id, stored.generation, { status: 'suppressed', reason: decision.reason, at });
       if (!written) continue; // sent, moved or suppressed meanwhile
