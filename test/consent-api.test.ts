@@ -2,13 +2,14 @@
 // admin API, POST /api/consents, Twilio's inbound SMS webhook and the unsubscribe links. Each
 // change takes effect before its answer: the pending deliveries it forbids are suppressed with
 // the reason, and bad input (unsigned, forged, expired, malformed, unknown patient) changes nothing.
-import { readFileSync, writeFileSync, mkdirSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { startCarerelay, type RunningCarerelay } from '../src/main.ts';
 import { twilioSignature } from '../src/twilio/signature.ts';
 import { unsubscribeLinks } from '../src/workers/unsubscribe.ts';
-import { captureLogger, hl7Field, mllpExchange, siuMessage, writeConfigDir, type TestConfigDir } from './helpers/server.ts';
+import { consentConfigDir, http } from './helpers/consent.ts';
+import { captureLogger, hl7Field, mllpExchange, siuMessage, type TestConfigDir } from './helpers/server.ts';
 
 const TOKEN = 'twilio-test-token';
 const PUBLIC = 'https://carerelay.example.org';
@@ -39,28 +40,20 @@ let logs: ReturnType<typeof captureLogger>;
 let clock: number;
 
 beforeEach(async () => {
-  config = writeConfigDir({
+  config = consentConfigDir({
     policy: ['  region: us', '  quietHours: { channels: [] }', `  publicUrl: ${PUBLIC}`, '  smsWebhooks: [{ output: sms, authToken: { env: TWILIO_TOKEN } }]'],
+    // A FHIR rest-hook input: Consent resources arrive on it too.
+    inputs: '  - name: ehr-fhir\n    type: fhir-rest-hook\n    server: { baseUrl: "http://127.0.0.1:9/fhir" }\n    auth: { bearer: { token: { env: FHIR_HOOK_TOKEN } } }\n',
+    outputs: ['{ name: sms, type: outbox, channel: sms, allowedPurposes: [care.logistics] }', '{ name: mail, type: outbox, channel: email, allowedPurposes: [marketing, survey] }'],
+    rules: RULES,
+    templates: {
+      'reminder.liquid': 'See you {{ appointment.start | local_time }}\n',
+      'promo.subject.liquid': 'promo',
+      'promo.text.liquid': 'Hello. Unsubscribe: {{ unsubscribe_url }}\n',
+      'survey.subject.liquid': 'survey',
+      'survey.text.liquid': 'Hello. Unsubscribe: {{ unsubscribe_url }}\n',
+    },
   });
-  const connectors = path.join(config.dir, 'connectors', 'test.yaml');
-  writeFileSync(
-    connectors,
-    readFileSync(connectors, 'utf8')
-      // A FHIR rest-hook input: Consent resources arrive on it too.
-      .replace('inputs:\n', 'inputs:\n  - name: ehr-fhir\n    type: fhir-rest-hook\n    server: { baseUrl: "http://127.0.0.1:9/fhir" }\n    auth: { bearer: { token: { env: FHIR_HOOK_TOKEN } } }\n')
-      .replace(
-      'outputs: []',
-      'outputs:\n  - { name: sms, type: outbox, channel: sms, allowedPurposes: [care.logistics] }\n  - { name: mail, type: outbox, channel: email, allowedPurposes: [marketing, survey] }',
-    ),
-  );
-  const mappings = path.join(config.dir, 'mappings');
-  mkdirSync(path.join(mappings, 'templates'), { recursive: true });
-  writeFileSync(path.join(mappings, 'rules.yaml'), RULES);
-  writeFileSync(path.join(mappings, 'templates', 'reminder.liquid'), 'See you {{ appointment.start | local_time }}\n');
-  for (const name of ['promo', 'survey']) {
-    writeFileSync(path.join(mappings, 'templates', `${name}.subject.liquid`), name);
-    writeFileSync(path.join(mappings, 'templates', `${name}.text.liquid`), 'Hello. Unsubscribe: {{ unsubscribe_url }}\n');
-  }
   logs = captureLogger();
   clock = Date.parse('2030-03-01T09:30:00Z');
   server = await startCarerelay({ configDir: config.dir, env: { TWILIO_TOKEN: TOKEN, FHIR_HOOK_TOKEN: 'fhir-token' }, log: logs, watchMappings: false, now: () => clock });
@@ -72,20 +65,7 @@ afterEach(async () => {
 
 const base = () => `http://127.0.0.1:${server.httpPort}`;
 
-async function api(method: string, pathAndQuery: string, body?: unknown, type = 'application/json'): Promise<{ status: number; json: any; text: string; headers: Headers }> {
-  const res = await fetch(`${base()}${pathAndQuery}`, {
-    method,
-    ...(body !== undefined ? { body: typeof body === 'string' ? body : JSON.stringify(body), headers: { 'content-type': type } } : {}),
-  });
-  const text = await res.text();
-  let json: unknown;
-  try {
-    json = JSON.parse(text);
-  } catch {
-    json = undefined;
-  }
-  return { status: res.status, json, text, headers: res.headers };
-}
+const api = (method: string, pathAndQuery: string, body?: unknown, type?: string) => http(base(), method, pathAndQuery, body, type);
 
 /** A booking for E200001 with a mobile and an email, over MLLP, routed. */
 async function book(appointmentId: string, controlId = `C-${appointmentId}`, patientId = 'E200001'): Promise<void> {
