@@ -2,11 +2,13 @@
 // planned, the ways in used as a patient and an EHR would use them, and what is sent or
 // suppressed read back through the admin API — with a canary patient whose name, number and
 // address must appear in no log line, whatever path they took.
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { startCarerelay, type RunningCarerelay } from '../src/main.ts';
 import { twilioSignature } from '../src/twilio/signature.ts';
 import { consentConfigDir, http } from './helpers/consent.ts';
-import { captureLogger, hl7Field, mllpExchange, siuMessage, type TestConfigDir } from './helpers/server.ts';
+import { CLI_PATH, captureLogger, hl7Field, mllpExchange, siuMessage, type TestConfigDir } from './helpers/server.ts';
 
 const TOKEN = 'twilio-e2e-token';
 const CANARY = { family: 'ZANZIBARIUS', given: 'Quintilla', phone: '+33699887766', email: 'quintilla.canary@example.org', id: 'CANARY-0042' };
@@ -184,5 +186,17 @@ describe('consent end to end', () => {
     ]);
     for (const value of [CANARY.family, CANARY.given, CANARY.phone, CANARY.email]) expect(everything, value).not.toContain(value);
     expectNoCanaryInLogs();
+  });
+
+  it('the CLI records an opt-out through the running server and shows the effective consent', async () => {
+    await book('A1', 'E2E-1');
+    const cli = (...args: string[]) => promisify(execFile)(process.execPath, [CLI_PATH, ...args, '--url', publicUrl], { env: { ...process.env, CARERELAY_ADMIN_TOKEN: '' } });
+    const optOut = await cli('patient', 'opt-out', CANARY.id, '--channel', 'email', '--purpose', 'service.info');
+    expect(optOut.stdout).toMatch(/^recorded opt_out ce-\d+; 1 pending message\(s\) suppressed$/m);
+    expect(await delivery('news@appointment/A1#0')).toMatchObject({ status: 'suppressed', reason: 'opted_out' });
+    const { stdout } = await cli('patient', 'consent', CANARY.id);
+    expect(stdout).toMatch(/service\.info\s+email\s+denied \(opted_out\) — opted out \(admin, api\)/);
+    expect(stdout).toMatch(/care\.logistics\s+sms\s+allowed/);
+    await expect(cli('patient', 'consent', 'NOBODY')).rejects.toMatchObject({ code: 1, stderr: expect.stringContaining('404 no patient NOBODY is known') });
   });
 });
