@@ -1,15 +1,18 @@
 // The `carerelay` command. Each subcommand returns its exit code; output goes to stdout
 // (results) and stderr (problems), never to the log.
-import { readFile } from 'node:fs/promises';
+import { readFile, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { isIanaTimeZone } from './config/yaml.ts';
-import { ConfigError } from './errors.ts';
-import { Hl7ParseError, parseHl7Batch } from './hl7v2/parse.ts';
-import { MllpClient } from './hl7v2/mllp-client.ts';
+import { AmbiguousError, ConfigError, PermanentError, TransientError } from './errors.ts';
+import { AckCondition, ackModeOf } from './hl7v2/ack.ts';
+import { Hl7ParseError, parseHl7, parseHl7Batch } from './hl7v2/parse.ts';
+import { MllpClient, MllpClientErrorCode } from './hl7v2/mllp-client.ts';
 import { normalizeHl7 } from './inputs/hl7v2/normalize.ts';
-import { FhirNormalizeError, normalizeNotification } from './fhir/normalize.ts';
-import { FhirNotificationError, readNotification } from './fhir/notification.ts';
+import { FhirClient } from './fhir/client.ts';
+import { normalizeFhirDocument, readFhirDocument, type FhirDocument } from './fhir/document.ts';
+import { FhirNormalizeError } from './fhir/normalize.ts';
+import { FhirNotificationError } from './fhir/notification.ts';
 import type { Trigger } from './types.ts';
 import { CONSENT_USAGE } from './cli-consent.ts';
 
@@ -18,17 +21,24 @@ const USAGE = `Usage: carerelay <command> [options]
 Commands:
   start [--config-dir DIR]                 run CareRelay with connectors/ (and mappings/) of DIR
                                            (default: the working directory)
-  validate [--config-dir DIR]              check the configuration; list every problem as
+  validate [--config-dir DIR]              check the configuration and the mapping tests
+                                           (*.test.yaml, not run); list every problem as
                                            file:line:column
-  normalize [--timezone ZONE] [--fhir-sender URL] FILE...
+  normalize [--timezone ZONE] [--fhir-base URL] [--fhir-sender URL] FILE...
                                            print the triggers each file gives (NDJSON): HL7v2
-                                           messages, FHIR resources or notification Bundles;
-                                           ZONE (IANA, default UTC) reads HL7 times without offset
+                                           messages; FHIR notifications, Appointment/Encounter
+                                           resources or Bundles of them (collection, searchset,
+                                           transaction, batch, history); ZONE (IANA, default
+                                           UTC) reads HL7 times without offset; what a FHIR
+                                           file refers to and does not include is fetched from
+                                           --fhir-base (also the triggers' sender)
   send --to HOST:PORT [--tls] [--ca FILE] [--cert FILE --key FILE] [--servername NAME]
        [--timeout SECONDS] FILE...         send HL7v2 files over MLLP, one in flight, and print
-                                           each ACK code (exit 1 unless every ACK is AA/CA)
-  test [DIR] [--json]                      run the mapping tests (*.test.yaml) of DIR
-                                           (default: ./mappings); exit 1 on any failure;
+                                           each ACK code (exit 1 unless every ACK is AA/CA);
+                                           MSH-15 NE: sent without waiting for an ACK; ER: no
+                                           ACK within the timeout counts as accepted
+  test [DIR | FILE] [--json]               run the mapping tests (*.test.yaml) of DIR (default:
+                                           ./mappings), or the one FILE; exit 1 on any failure;
                                            --json: one line per test with every delivery
                                            (status, reason, due and sent times) and reply
   replay --dry-run [--config-dir DIR] [--timezone ZONE] [--now INSTANT] FILE...
@@ -37,10 +47,18 @@ Commands:
   outbox [--config-dir DIR] [--output NAME] [--limit N] [--json]
                                            the messages the outbox outputs kept, newest first
                                            (reads the store; works beside a running server)
+  reprocess [--config-dir DIR] [--url URL] [--token-env NAME] ID...
+                                           try rejected messages again with their stored bytes
+                                           and today's configuration, through the running
+                                           server's admin API (audited under the token's name)
+  release [--config-dir DIR] [--url URL] [--token-env NAME] ID...
+                                           accept quarantined copies (same MSH-10, other bytes)
+                                           as messages of their own, after review
   fhir subscribe --input NAME --endpoint URL [--config-dir DIR]
                                            create (or update) the input's Subscriptions on its
                                            FHIR server, pointing at URL/ingest/fhir/NAME, and
-                                           show their status
+                                           show each one's status or failure (exit 1 if any
+                                           failed; the others are still done)
 ${CONSENT_USAGE}  help                                     this text
 `;
 
@@ -83,27 +101,41 @@ function normalizeHl7File(bytes: Buffer, timezone: string, receivedAt: string): 
 }
 
 /**
- * A FHIR resource or notification Bundle. Offline: only what the file holds is used, so an
- * id-only or empty payload (or an Appointment without its Patient) cannot give triggers.
+ * A FHIR file: a notification, a bare resource or a Bundle of them (fhir/document.ts).
+ * Offline, only what the file holds is used (contained resources and Bundle entries);
+ * with `client` (--fhir-base), what it refers to and does not hold is fetched from there.
  */
-function normalizeFhirFile(bytes: Buffer, sender: string, receivedAt: string): FileResult {
+async function normalizeFhirFile(bytes: Buffer, sender: string, receivedAt: string, client: FhirClient | undefined): Promise<FileResult> {
   try {
-    const notification = readNotification(bytes);
-    const result = normalizeNotification(notification, { receivedAt, sender });
-    if (result.missing.length > 0) {
-      return {
-        rejected: [
-          `needs ${result.missing.join(', ')}, which the file does not include (normalize works offline: ` +
-            'give a full-resource notification or a Bundle that includes the referenced resources)',
-        ],
-      };
-    }
+    const document = readFhirDocument(bytes);
+    const result = await normalizeFhirDocument(document, {
+      receivedAt,
+      sender,
+      ...(client !== undefined ? { fetch: (reference: string) => client.readReference(reference) } : {}),
+    });
+    if (result.missing.length > 0) return { rejected: result.missing.map((reference) => missingHint(reference, document, client)) };
     return { triggers: result.triggers };
   } catch (error) {
     if (error instanceof FhirNotificationError || error instanceof FhirNormalizeError) return { rejected: [error.message] };
-    if (error instanceof SyntaxError) return { rejected: [`invalid JSON: ${error.message}`] };
+    // A fetch from --fhir-base that failed (not found, refused, unreachable).
+    if (error instanceof PermanentError || error instanceof TransientError) return { rejected: [`${error.message} (${error.code})`] };
     throw error;
   }
+}
+
+/** Why a reference the file needs is not there, and what would give it (true for this kind of file). */
+function missingHint(reference: string, document: FhirDocument, client: FhirClient | undefined): string {
+  if (reference.startsWith('#')) return `refers to ${reference}, which is not among the resource's contained resources`;
+  if (/^urn:/i.test(reference)) return `refers to ${reference}, which is the fullUrl of no entry in the Bundle`;
+  const notification = document.kind === 'notification' ? document.notification : undefined;
+  const add =
+    notification === undefined
+      ? 'add it as an entry of the Bundle'
+      : notification.kind === 'topic'
+        ? 'add it to the notification Bundle as an entry whose fullUrl is that reference'
+        : 'add it as a contained resource, or give a collection or transaction Bundle holding both';
+  const fetch = client === undefined ? 'give --fhir-base URL to fetch it from the FHIR server that has it' : `it was not fetched from ${client.baseUrl}`;
+  return `needs ${reference}, which the file does not include: ${add}, or ${fetch}`;
 }
 
 function looksLikeJson(bytes: Buffer): boolean {
@@ -117,11 +149,22 @@ function looksLikeJson(bytes: Buffer): boolean {
 async function cmdNormalize(args: string[]): Promise<number> {
   const { values, positionals } = parse(args, {
     timezone: { type: 'string', default: 'UTC' },
-    'fhir-sender': { type: 'string', default: 'urn:carerelay:cli' },
+    'fhir-sender': { type: 'string' },
+    'fhir-base': { type: 'string' },
   });
   const timezone = values.timezone as string;
   if (!isIanaTimeZone(timezone)) return fail(`--timezone ${timezone} is not an IANA time zone (e.g. Europe/Paris)`);
   if (positionals.length === 0) return fail('normalize needs at least one FILE');
+  let client: FhirClient | undefined;
+  if (values['fhir-base'] !== undefined) {
+    try {
+      client = new FhirClient({ baseUrl: values['fhir-base'] as string });
+    } catch (error) {
+      return fail(`--fhir-base: ${(error as Error).message}`);
+    }
+  }
+  // As the running server does: the triggers' source.sender is the FHIR server's base URL.
+  const sender = (values['fhir-sender'] as string | undefined) ?? client?.baseUrl ?? 'urn:carerelay:cli';
   let rejectedFiles = 0;
   const receivedAt = new Date().toISOString();
   for (const file of positionals) {
@@ -134,7 +177,7 @@ async function cmdNormalize(args: string[]): Promise<number> {
       continue;
     }
     const result = looksLikeJson(bytes)
-      ? normalizeFhirFile(bytes, values['fhir-sender'] as string, receivedAt)
+      ? await normalizeFhirFile(bytes, sender, receivedAt, client)
       : normalizeHl7File(bytes, timezone, receivedAt);
     if ('rejected' in result) {
       for (const reason of result.rejected) process.stderr.write(`${file}: ${reason}\n`);
@@ -183,15 +226,32 @@ async function cmdSend(args: string[]): Promise<number> {
     for (const file of positionals) {
       const bytes = await readFile(file);
       for (const msg of splitForSending(bytes)) {
+        const { controlId, accept } = ackExpectation(msg);
+        const line = (rest: string): void => {
+          process.stdout.write(`${path.basename(file)} ${rest}\n`);
+        };
+        if (accept === AckCondition.Never) {
+          // MSH-15 NE: the receiver must not answer (HL7 table 0155); waiting would stall.
+          await client.sendWithoutAck(msg);
+          line(`${controlId} - no ACK expected (MSH-15 NE)`);
+          continue;
+        }
         try {
           const ack = parseHl7Batch(await client.send(msg, { timeoutMs }))[0]!;
           const code = ack.get('MSA-1');
           const text = ack.get('MSA-3');
-          process.stdout.write(`${path.basename(file)} ${ack.get('MSA-2')} ${code}${text ? ` ${text}` : ''}\n`);
+          line(`${ack.get('MSA-2')} ${code}${text ? ` ${text}` : ''}`);
           if (code !== 'AA' && code !== 'CA') failures++;
         } catch (error) {
-          process.stdout.write(`${path.basename(file)} - ERROR ${(error as Error).message}\n`);
-          failures++;
+          const timedOut = error instanceof AmbiguousError && error.code === MllpClientErrorCode.AckTimeout;
+          if (timedOut && accept === AckCondition.ErrorOnly) {
+            // MSH-15 ER: only an error is acknowledged, so silence until the timeout is success.
+            line(`${controlId} - no error ACK within ${values.timeout} s: accepted (MSH-15 ER)`);
+          } else {
+            const hint = timedOut && accept === AckCondition.SuccessOnly ? ' (MSH-15 SU: only an accepted message is acknowledged)' : '';
+            line(`- ERROR ${(error as Error).message}${hint}`);
+            failures++;
+          }
           // After a timeout the client has closed its connection: open a fresh one.
           await client.close();
           await client.connect();
@@ -205,6 +265,16 @@ async function cmdSend(args: string[]): Promise<number> {
     await client.close();
   }
   return failures === 0 ? 0 : 1;
+}
+
+/** MSH-10 and what MSH-15 asks of the receiver (AL when the message cannot be read here). */
+function ackExpectation(msg: Buffer): { controlId: string; accept: AckCondition } {
+  try {
+    const parsed = parseHl7(msg);
+    return { controlId: parsed.controlId || '-', accept: ackModeOf(parsed).accept };
+  } catch {
+    return { controlId: '-', accept: AckCondition.Always };
+  }
 }
 
 /** A file may hold several messages (one per MSH, or a batch): each is sent on its own. */
@@ -221,9 +291,10 @@ function splitForSending(bytes: Buffer): Buffer[] {
 async function cmdValidate(args: string[]): Promise<number> {
   const { values } = parse(args, { 'config-dir': { type: 'string', default: '.' } });
   const { loadConfig } = await import('./config/load.ts');
+  const { checkMappingTestFiles } = await import('./workers/mapping-tests.ts');
   try {
-    const plan = await loadConfig({ configDir: path.resolve(values['config-dir'] as string), env: process.env });
-    process.stdout.write(`configuration OK: ${plan.inputs.length} input(s)\n`);
+    const plan = await loadConfig({ configDir: path.resolve(values['config-dir'] as string), env: process.env, mappingTests: checkMappingTestFiles });
+    process.stdout.write(`configuration OK: ${plan.inputs.length} input(s), ${plan.outputs.length} output(s)\n`);
     return 0;
   } catch (error) {
     if (error instanceof ConfigError) return reportConfigError(error, '; nothing was started');
@@ -233,10 +304,24 @@ async function cmdValidate(args: string[]): Promise<number> {
 
 async function cmdTest(args: string[]): Promise<number> {
   const { values, positionals } = parse(args, { json: { type: 'boolean', default: false } });
-  if (positionals.length > 1) return fail('test takes at most one DIR (a mappings directory)');
-  const dir = path.resolve(positionals[0] ?? 'mappings');
+  if (positionals.length > 1) return fail('test takes at most one DIR (a mappings directory) or FILE (a *.test.yaml)');
+  const given = positionals[0] ?? 'mappings';
+  const target = path.resolve(given);
+  let isDirectory: boolean;
+  try {
+    isDirectory = (await stat(target)).isDirectory();
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code;
+    return fail(`test: ${given} ${code === 'ENOENT' ? 'does not exist' : `cannot be read (${code ?? 'error'})`}: give a mappings directory or one of its *.test.yaml files`);
+  }
+  if (!isDirectory && !target.endsWith('.test.yaml')) {
+    return fail(`test: ${given} is not a mapping test: give a mappings directory or a file ending in .test.yaml`);
+  }
   const { runMappingTests } = await import('./workers/mapping-tests.ts');
-  const results = await runMappingTests(dir, { env: process.env });
+  // One file runs against the mappings of its own directory.
+  const results = isDirectory
+    ? await runMappingTests(target, { env: process.env })
+    : await runMappingTests(path.dirname(target), { env: process.env, files: [target] });
   if (values.json === true) {
     // One line per test: every delivery (rule, subject, patient, channel, to, status, reason,
     // due and sent times) and the keyword replies, with the diff of a failed test.
@@ -317,6 +402,57 @@ async function cmdOutbox(args: string[]): Promise<number> {
   }
 }
 
+/**
+ * `reprocess` / `release`: asks the running server (its admin API), because the attempt must
+ * be routed by the running router and answered from its store; the data dir alone would
+ * store triggers nobody routes until the next start.
+ */
+async function cmdAttempt(kind: 'reprocess' | 'release', args: string[]): Promise<number> {
+  const { values, positionals } = parse(args, {
+    'config-dir': { type: 'string', default: '.' },
+    url: { type: 'string' },
+    'token-env': { type: 'string' },
+  });
+  if (positionals.length === 0) return fail(`${kind} needs at least one message ID (see GET /api/messages)`);
+  let base = values.url as string | undefined;
+  let tokenEnv = values['token-env'] as string | undefined;
+  if (base === undefined || tokenEnv === undefined) {
+    const { loadConfig } = await import('./config/load.ts');
+    try {
+      const plan = await loadConfig({ configDir: path.resolve(values['config-dir'] as string), env: process.env, checkSecrets: false });
+      const { host, port } = plan.server.http;
+      // A listener on every address is reached on loopback from here.
+      base ??= `http://${host === '0.0.0.0' || host === '::' ? '127.0.0.1' : host.includes(':') ? `[${host}]` : host}:${port}`;
+      tokenEnv ??= plan.server.admin.tokenEnv;
+    } catch (error) {
+      if (error instanceof ConfigError) return reportConfigError(error);
+      throw error;
+    }
+  }
+  const token = process.env[tokenEnv ?? 'CARERELAY_ADMIN_TOKEN'];
+  let failures = 0;
+  for (const id of positionals) {
+    let res: Response;
+    try {
+      res = await fetch(new URL(`/api/messages/${encodeURIComponent(id)}/${kind}`, base), {
+        method: 'POST',
+        headers: token ? { authorization: `Bearer ${token}` } : {},
+      });
+    } catch (error) {
+      process.stderr.write(`carerelay: cannot reach the admin API at ${base}: ${(error as Error).message} (is CareRelay running? --url sets where)\n`);
+      return 1;
+    }
+    const body = (await res.json().catch(() => ({}))) as { id?: string; status?: string; ackCode?: string; detail?: string; title?: string };
+    if (res.status === 201) {
+      process.stdout.write(`message ${id} ${kind === 'reprocess' ? 'reprocessed' : 'released'} as message ${body.id}: ${body.status}, ACK ${body.ackCode}\n`);
+    } else {
+      process.stderr.write(`message ${id}: not ${kind === 'reprocess' ? 'reprocessed' : 'released'} (${res.status}): ${body.detail ?? body.title ?? res.statusText}\n`);
+      failures++;
+    }
+  }
+  return failures === 0 ? 0 : 1;
+}
+
 async function cmdFhir(args: string[]): Promise<number> {
   const [sub, ...rest] = args;
   if (sub !== 'subscribe') return fail('usage: carerelay fhir subscribe --input NAME --endpoint URL [--config-dir DIR]');
@@ -331,14 +467,15 @@ async function cmdFhir(args: string[]): Promise<number> {
   }
   const { fhirSubscribe } = await import('./workers/fhir-subscribe.ts');
   try {
-    const status = await fhirSubscribe({
+    const outcomes = await fhirSubscribe({
       configDir: path.resolve(values['config-dir'] as string),
       env: process.env,
       input: values.input as string,
       endpointBaseUrl: values.endpoint as string,
     });
-    process.stdout.write(`${status}\n`);
-    return 0;
+    // Every subscription is reported, done or not; exit 1 when any failed.
+    for (const o of outcomes) (o.ok ? process.stdout : process.stderr).write(`${o.text}\n`);
+    return outcomes.every((o) => o.ok) ? 0 : 1;
   } catch (error) {
     if (error instanceof ConfigError) return reportConfigError(error);
     process.stderr.write(`carerelay: fhir subscribe failed: ${(error as Error).message}\n`);
@@ -382,6 +519,9 @@ export async function main(argv: string[]): Promise<number> {
         return await cmdReplay(rest);
       case 'outbox':
         return await cmdOutbox(rest);
+      case 'reprocess':
+      case 'release':
+        return await cmdAttempt(command, rest);
       case 'fhir':
         return await cmdFhir(rest);
       case 'consent':

@@ -3,6 +3,8 @@
 import type { Server } from 'node:http';
 import path from 'node:path';
 import { createApp, type HttpHl7Input } from './api/app.ts';
+import { inboundSmsTokens } from './api/consent-routes.ts';
+import { twilioStatusHooks } from './api/hooks-routes.ts';
 import { loadConfig, type CarerelayPlan, type InstancePlan } from './config/load.ts';
 import { readSecret, type Env, type SecretRef } from './config/yaml.ts';
 import { MllpServer, type MllpServerEvent } from './hl7v2/mllp-server.ts';
@@ -39,6 +41,8 @@ export interface RunningCarerelay {
   httpPort: number;
   /** Bound port of each MLLP input, by input name. */
   mllpPorts: ReadonlyMap<string, number>;
+  /** Each fhir-rest-hook input's ingest, by input name (recoveryIdle() waits for its background recovery). */
+  fhirIngests: ReadonlyMap<string, FhirIngest>;
   /** Router, delivery queue and outputs (deliveries.idle() waits for routing and due sends). */
   deliveries: DeliveryRuntime;
   /**
@@ -61,6 +65,7 @@ function ingestSettings(name: string, config: Hl7v2MllpConfig | Hl7v2HttpConfig)
     timezone: config.timezone,
     unknownMessageTypes: config.unknownMessageTypes,
     missingFieldAck: config.missingFieldAck,
+    ackMode: config.ackMode,
     ...(config.type === HL7V2_MLLP && config.tls?.allowedSenders ? { allowedSenders: config.tls.allowedSenders } : {}),
   };
 }
@@ -150,8 +155,9 @@ export async function startCarerelay(options: StartOptions): Promise<RunningCare
   const plan = await loadConfig({ configDir: options.configDir, env });
 
   const adminToken = env[plan.server.admin.tokenEnv ?? 'CARERELAY_ADMIN_TOKEN'] || undefined;
+  const adminTokens = (plan.server.admin.tokens ?? []).map((t) => ({ name: t.name, token: readSecret(t.token, env, plan.configDir), scopes: t.scopes }));
   let httpHost = plan.server.http.host;
-  if (adminToken === undefined && httpHost !== '127.0.0.1' && httpHost !== 'localhost' && httpHost !== '::1') {
+  if (adminToken === undefined && adminTokens.length === 0 && httpHost !== '127.0.0.1' && httpHost !== 'localhost' && httpHost !== '::1') {
     // Without a token the admin API must not be reachable from the network.
     log.warn('api.loopback_only', { host: httpHost, reason: 'admin_token_unset' });
     httpHost = '127.0.0.1';
@@ -162,12 +168,23 @@ export async function startCarerelay(options: StartOptions): Promise<RunningCare
   const policy = plan.policy;
   // The default public URL names the listener's port, known once it is bound (port 0 in tests).
   let publicUrl = policy.publicUrl;
-  const links = unsubscribeLinks({
-    key: policy.unsubscribe.secret ? Buffer.from(readSecret(policy.unsubscribe.secret, env, plan.configDir), 'utf8') : dataDirUnsubscribeKey(plan.server.dataDir),
-    publicUrl: () => publicUrl,
-    ttlDays: policy.unsubscribe.ttlDays,
-  });
-  const deliveries = new DeliveryRuntime({ db, store, plan, log, outputSpecs, links, ...(options.now ? { now: options.now } : {}) });
+  let deliveries: DeliveryRuntime;
+  let twilioStatus: ReturnType<typeof twilioStatusHooks>;
+  let smsWebhooks: Map<string, string>;
+  try {
+    const links = unsubscribeLinks({
+      key: policy.unsubscribe.secret ? Buffer.from(readSecret(policy.unsubscribe.secret, env, plan.configDir), 'utf8') : dataDirUnsubscribeKey(plan.server.dataDir),
+      publicUrl: () => publicUrl,
+      ttlDays: policy.unsubscribe.ttlDays,
+    });
+    // Outputs start here: a secret that cannot be read, or is not what its output needs, stops the start.
+    deliveries = new DeliveryRuntime({ db, store, plan, log, outputSpecs, env, links, ...(options.now ? { now: options.now } : {}) });
+    twilioStatus = twilioStatusHooks(plan.outputs, (ref) => readSecret(ref, env, plan.configDir));
+    smsWebhooks = inboundSmsTokens(plan, (ref) => readSecret(ref, env, plan.configDir));
+  } catch (error) {
+    await store.close();
+    throw error;
+  }
   const consent = deliveries.consent;
   const ingest = new Hl7Ingest({ store, log, onCommitted: deliveries.onCommitted });
   const afterCommit = faultInjector(env);
@@ -175,8 +192,9 @@ export async function startCarerelay(options: StartOptions): Promise<RunningCare
   const mllpServers: Array<{ name: string; server: MllpServer }> = [];
   const httpInputs = new Map<string, HttpHl7Input>();
   const fhirInputs = new Map<string, FhirHttpInput>();
-  const fhirIngests: FhirIngest[] = [];
+  const fhirIngests = new Map<string, FhirIngest>();
   const fhirPollers: FhirPoller[] = [];
+  const hl7Settings = new Map<string, Hl7IngestSettings>();
   // A Consent received on a FHIR input: kept and enforced before its record commits; one that
   // cannot be used is recorded as rejected with the reason.
   const onConsent = async (resource: Record<string, unknown>): Promise<{ rejected?: string }> => {
@@ -187,9 +205,11 @@ export async function startCarerelay(options: StartOptions): Promise<RunningCare
   for (const input of plan.inputs) {
     if (input.type === HL7V2_MLLP) {
       const typed = input as unknown as InstancePlan<Hl7v2MllpConfig>;
+      hl7Settings.set(input.name, ingestSettings(input.name, typed.config));
       mllpServers.push({ name: input.name, server: await startMllpInput(typed, ingest, env, plan.configDir, log, afterCommit) });
     } else if (input.type === HL7V2_HTTP) {
       const config = input.config as unknown as Hl7v2HttpConfig;
+      hl7Settings.set(input.name, ingestSettings(input.name, config));
       httpInputs.set(input.name, {
         settings: ingestSettings(input.name, config),
         ...(config.auth ? { bearerToken: readSecret(config.auth.bearerToken, env, plan.configDir) } : {}),
@@ -198,16 +218,26 @@ export async function startCarerelay(options: StartOptions): Promise<RunningCare
     } else if (input.type === FHIR_REST_HOOK) {
       const config = input.config as unknown as FhirRestHookConfig;
       const fhirIngest = restHookIngest(config, fhirDeps);
-      fhirIngests.push(fhirIngest);
+      fhirIngests.set(input.name, fhirIngest);
       fhirInputs.set(input.name, { ingest: fhirIngest, auth: inboundAuthFor(config.auth, env, plan.configDir), maxBodyBytes: config.maxBodyBytes });
     } else if (input.type === FHIR_POLL) {
       fhirPollers.push(fhirPoller(input.config as unknown as FhirPollConfig, fhirDeps));
     }
   }
 
-  const smsWebhooks = new Map(policy.smsWebhooks.map((w) => [w.output, readSecret(w.authToken, env, plan.configDir)]));
   const now = options.now ?? Date.now;
-  const app = createApp({ store, log, hl7Ingest: ingest, hl7Inputs: httpInputs, fhirInputs, adminToken, consent: { consent, links, smsWebhooks, publicUrl: () => publicUrl, now } });
+  const app = createApp({
+    store,
+    log,
+    hl7Ingest: ingest,
+    hl7Inputs: httpInputs,
+    fhirInputs,
+    adminToken,
+    adminTokens,
+    hl7Settings,
+    twilioStatus,
+    consent: { consent, links: deliveries.links, smsWebhooks, publicUrl: () => publicUrl, now },
+  });
   const mllpPorts = new Map<string, number>();
   let http: Server | undefined;
   try {
@@ -235,7 +265,7 @@ export async function startCarerelay(options: StartOptions): Promise<RunningCare
   if (!policy.publicUrlConfigured) publicUrl = `http://${httpHost.includes(':') ? `[${httpHost}]` : httpHost}:${httpPort}`;
   log.info('http.listening', { host: httpHost, port: httpPort });
   // FHIR: heartbeat-silence monitors and pollers start once the endpoint can receive.
-  for (const fhirIngest of fhirIngests) fhirIngest.startHeartbeatMonitor();
+  for (const fhirIngest of fhirIngests.values()) fhirIngest.start();
   for (const p of fhirPollers) p.start();
   deliveries.start();
   const reloadMappings = async (): Promise<ReloadResult> =>
@@ -255,7 +285,7 @@ export async function startCarerelay(options: StartOptions): Promise<RunningCare
         http!.close(() => resolve());
         http!.closeAllConnections();
       });
-      await Promise.allSettled(fhirIngests.map((i) => i.stop()));
+      await Promise.allSettled([...fhirIngests.values()].map((i) => i.stop()));
       // Queue before store: running sends finish and record their outcome first.
       await deliveries.stop();
       await store.close();
@@ -279,5 +309,5 @@ export async function startCarerelay(options: StartOptions): Promise<RunningCare
   }
 
   log.info('carerelay.started', { dataDir: plan.server.dataDir, count: plan.inputs.length });
-  return { plan, store, httpPort, mllpPorts, deliveries, reloadMappings, stop, stopped };
+  return { plan, store, httpPort, mllpPorts, fhirIngests, deliveries, reloadMappings, stop, stopped };
 }

@@ -16,4 +16,9 @@ describe('values both inputs normalize the same way', () => {
     expect(languageCode(' en-US ')).toBe('en');
     expect(languageCode('English')).toBeUndefined();
   });
+
+  it('ESP, a vendor code for Spanish in PID-15, is Spanish', () => {
+    expect(languageCode('ESP')).toBe('es');
+    expect(languageCode('SPA')).toBe('es');
+  });
 });

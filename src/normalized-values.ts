@@ -20,10 +20,19 @@ const ISO_639_2_TO_1: Record<string, string> = {
 };
 
 /**
+ * Three-letter codes HL7 feeds send for PID-15 that are not ISO 639-2 at all: table 0296 is
+ * user-defined, and some EHRs fill it with abbreviations of the language's own name. Only
+ * codes that name no other ISO 639-2 language belong here.
+ */
+const VENDOR_LANGUAGE_CODES: Record<string, string> = {
+  esp: 'es', // "Español": Spanish (ISO 639-2 spa)
+};
+
+/**
  * A language code → lower-case ISO 639-1 ("fr", "en"), as docs/trigger.md's patient.language
  * wants it: the region is dropped ("en-US", "pt_BR" → "en", "pt"), three-letter codes are
- * mapped (ENG → en, FRA/FRE → fr). A three-letter code with no two-letter equivalent stays
- * as sent, lower-cased. Anything else ("English") → undefined.
+ * mapped (ENG → en, FRA/FRE → fr, and the vendor code ESP → es). A three-letter code with
+ * no two-letter equivalent stays as sent, lower-cased. Anything else ("English") → undefined.
  */
 export function languageCode(raw: string): string | undefined {
   const code = raw.trim();
@@ -41,7 +50,7 @@ export function languageCode(raw: string): string | undefined {
     const c = primary.charCodeAt(i);
     if (c < 97 || c > 122) return undefined;
   }
-  return primary.length === 3 ? (ISO_639_2_TO_1[primary] ?? primary) : primary;
+  return primary.length === 3 ? (ISO_639_2_TO_1[primary] ?? VENDOR_LANGUAGE_CODES[primary] ?? primary) : primary;
 }
 
 /**

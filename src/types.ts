@@ -163,6 +163,47 @@ export interface Receipt {
   detail?: Record<string, unknown>;
 }
 
+/**
+ * What a provider said about one delivery, recorded beside it (Store.addDeliveryReceipt): the
+ * provider's id when it took the message, then what it reported later (status callbacks,
+ * bounces). Statuses are an allow-list; provider codes are numbers or short codes, never text.
+ */
+export const ReceiptStatus = {
+  /** Written by an adapter just before a non-idempotent create call (Twilio): if a crash
+   * leaves it as the last word, the next attempt knows the call may have gone through. */
+  Sending: 'sending',
+  /** The call's outcome stayed unknown (timeout, reset, abort after the request left). */
+  Unknown: 'unknown',
+  /** The call was answered with a refusal: nothing was created. */
+  Refused: 'refused',
+  /** The provider took the message (`providerId` is its id). */
+  Accepted: 'accepted',
+  /** Provider callbacks (Twilio MessageStatus): handed to the carrier, delivered, not delivered, failed. */
+  Sent: 'sent',
+  Delivered: 'delivered',
+  Undelivered: 'undelivered',
+  Failed: 'failed',
+  /** The recipient's mail server refused the address for good (SMTP 5xx to RCPT TO). */
+  Bounced: 'bounced',
+} as const;
+export type ReceiptStatus = (typeof ReceiptStatus)[keyof typeof ReceiptStatus];
+export const RECEIPT_STATUSES: readonly ReceiptStatus[] = Object.values(ReceiptStatus);
+
+export interface DeliveryReceipt {
+  deliveryId: string;
+  /** Output instance name. */
+  output: string;
+  status: ReceiptStatus;
+  /** The provider's message id (Twilio SM…, Communication/<id>…). */
+  providerId?: string;
+  /** The provider's error or answer code (Twilio ErrorCode, SMTP reply code); safe to log. */
+  code?: string;
+  /** The attempt that wrote it (adapter records); absent for provider callbacks. */
+  attempt?: number;
+  /** ISO instant. */
+  at: string;
+}
+
 /** What a delivery is about; its identity is rule + subject (+ step). */
 export const SubjectKind = {
   Appointment: 'appointment',
@@ -286,6 +327,8 @@ export const ConsentSource = {
   Sms: 'sms',
   EmailLink: 'email-link',
   Import: 'import',
+  /** What a provider reported about an address (opted out at the provider, a hard bounce). */
+  Provider: 'provider',
 } as const;
 export type ConsentSource = (typeof ConsentSource)[keyof typeof ConsentSource];
 

@@ -90,7 +90,7 @@ describe('deliveries end to end', () => {
       expect.objectContaining({ deliveryId: 'confirm@appointment/A1#0', output: 'sms', channel: 'sms', to: '+15550100', text: BOOKED }),
     ]);
     const confirm = await api(`/api/deliveries/${encodeURIComponent('confirm@appointment/A1#0')}`);
-    expect(confirm).toMatchObject({ status: 'finished', message: { text: BOOKED }, outbox: { text: BOOKED } });
+    expect(confirm).toMatchObject({ status: 'sent', message: { text: BOOKED }, outbox: { text: BOOKED } });
 
     await send({ controlId: 'C2', appointmentId: 'A1', event: 'S15', start: START, sentAt: at('2030-03-02T09:00:00Z') });
     expect((await api(`/api/deliveries?appointmentId=A1&rule=reminder`)).items[0]).toMatchObject({ status: 'cancelled' });
@@ -104,7 +104,9 @@ describe('deliveries end to end', () => {
 
     expect((await api('/api/deliveries?status=pending')).items.map((d: { id: string }) => d.id)).toEqual(['reminder@appointment/A2#0']);
     expect((await api('/api/outbox')).items).toHaveLength(2);
-    await api('/api/deliveries?status=sent', 400);
+    // One vocabulary (README, API, CLI, mapping tests): pending, cancelled, sent, suppressed, failed.
+    expect((await api('/api/deliveries?status=sent')).items.map((d: { id: string }) => d.id).sort()).toEqual(['confirm@appointment/A1#0', 'confirm@appointment/A2#0']);
+    await api('/api/deliveries?status=finished', 400);
     await api(`/api/deliveries/${encodeURIComponent('nope@appointment/X#0')}`, 404);
 
     // The CLI's reader sees the same entries in the store file.

@@ -187,34 +187,92 @@ describe('the running server', () => {
 
   const sub = (): string => `${fhir.baseUrl}/Subscription/sub1`;
 
-  it('bad input: 4xx with a problem body, nothing stored, no outgoing request', async () => {
+  async function adminMessages(query = ''): Promise<Json[]> {
+    const res = await fetch(`http://127.0.0.1:${carerelay.httpPort}/api/messages${query}`);
+    return ((await res.json()) as { items: Json[] }).items;
+  }
+
+  it('bad input: 4xx with a problem body naming the reason, recorded like an HL7 reject (no body when not authenticated), no outgoing request', async () => {
     await start();
     const big = Buffer.alloc(100_000, 0x20);
     const hmacBody = JSON.stringify(topicBundle({ subscription: sub(), type: 'heartbeat' }));
-    const cases: Array<{ what: string; status: number; send: () => Promise<Posted> }> = [
-      { what: 'invalid JSON', status: 400, send: () => post(carerelay, '{"resourceType": "Appointment",') },
-      { what: '__proto__ key', status: 400, send: () => post(carerelay, '{"resourceType":"Appointment","__proto__":{"polluted":true}}') },
-      { what: 'not a notification', status: 400, send: () => post(carerelay, JSON.stringify({ resourceType: 'Bundle', type: 'batch', entry: [{}] })) },
-      { what: 'wrong content type', status: 415, send: () => post(carerelay, '<Appointment/>', { headers: { 'content-type': 'application/fhir+xml' } }) },
-      { what: 'body over the limit', status: 413, send: () => post(carerelay, big) },
-      { what: 'no token', status: 401, send: () => post(carerelay, big, { headers: { authorization: 'Bearer wrong' } }) },
-      { what: 'unknown input', status: 404, send: () => post(carerelay, '{}', { input: 'nope' }) },
-      { what: 'unknown subscription', status: 404, send: () => post(carerelay, JSON.stringify(topicBundle({ subscription: `${fhir.baseUrl}/Subscription/other`, type: 'heartbeat' }))) },
+    const latin1 = Buffer.from('{"resourceType":"Patient","id":"p1","name":[{"family":"M\u00fcller"}]}', 'latin1');
+    /** `kept`: the body is recorded; `recorded: false`: nothing to record it against. */
+    const cases: Array<{ what: string; status: number; reason: string; kept?: boolean; recorded?: false; send: () => Promise<Posted> }> = [
+      { what: 'invalid JSON', status: 400, reason: 'invalid_json', kept: true, send: () => post(carerelay, '{"resourceType": "Appointment",') },
+      { what: '__proto__ key', status: 400, reason: 'invalid_json', kept: true, send: () => post(carerelay, '{"resourceType":"Appointment","__proto__":{"polluted":true}}') },
+      {
+        what: 'a JSON string holding a resource',
+        status: 400,
+        reason: 'not_a_resource',
+        kept: true,
+        send: () => post(carerelay, JSON.stringify('{"resourceType":"Appointment","__proto__":{"polluted":true}}')),
+      },
+      { what: 'null (not an empty body)', status: 400, reason: 'not_a_resource', kept: true, send: () => post(carerelay, 'null') },
+      { what: 'bytes that are not UTF-8', status: 400, reason: 'invalid_utf8', kept: true, send: () => post(carerelay, latin1) },
+      {
+        what: 'an id-only focus with the id ".."',
+        status: 422,
+        reason: 'fhir_reference_malformed',
+        kept: true,
+        send: () => post(carerelay, JSON.stringify(topicBundle({ subscription: sub(), type: 'event-notification', events: [{ number: 1, focus: 'Appointment/..' }] }))),
+      },
+      {
+        what: 'not a notification',
+        status: 400,
+        reason: 'fhir_notification_invalid',
+        kept: true,
+        send: () => post(carerelay, JSON.stringify({ resourceType: 'Bundle', type: 'batch', entry: [{}] })),
+      },
+      {
+        what: 'wrong content type',
+        status: 415,
+        reason: 'unsupported_media_type',
+        send: () => post(carerelay, '<Appointment/>', { headers: { 'content-type': 'application/fhir+xml' } }),
+      },
+      { what: 'body over the limit', status: 413, reason: 'body_too_large', send: () => post(carerelay, big) },
+      { what: 'no token', status: 401, reason: 'auth_failed', send: () => post(carerelay, big, { headers: { authorization: 'Bearer wrong' } }) },
+      { what: 'unknown input', status: 404, reason: '', recorded: false, send: () => post(carerelay, '{}', { input: 'nope' }) },
+      {
+        what: 'unknown subscription',
+        status: 404,
+        reason: 'unknown_subscription',
+        kept: true,
+        send: () => post(carerelay, JSON.stringify(topicBundle({ subscription: `${fhir.baseUrl}/Subscription/other`, type: 'heartbeat' }))),
+      },
       {
         what: 'focus on another server',
         status: 422,
+        reason: 'fhir_reference_outside_base',
+        kept: true,
         send: () => post(carerelay, JSON.stringify(topicBundle({ subscription: sub(), type: 'event-notification', events: [{ number: 1, focus: 'https://attacker.example.net/fhir/Appointment/a1' }] }))),
       },
-      { what: 'bad signature', status: 401, send: () => post(carerelay, hmacBody, { input: 'ehr-medplum', headers: { 'x-signature': 'a'.repeat(64) } }) },
-      { what: 'no signature', status: 401, send: () => post(carerelay, hmacBody, { input: 'ehr-medplum' }) },
+      { what: 'bad signature', status: 401, reason: 'bad_signature', send: () => post(carerelay, hmacBody, { input: 'ehr-medplum', headers: { 'x-signature': 'a'.repeat(64) } }) },
+      { what: 'no signature', status: 401, reason: 'auth_failed', send: () => post(carerelay, hmacBody, { input: 'ehr-medplum' }) },
     ];
+    let recorded = 0;
     for (const c of cases) {
       const answer = await c.send();
       expect([c.what, answer.status]).toEqual([c.what, c.status]);
       expect([c.what, answer.type]).toEqual([c.what, 'application/problem+json; charset=utf-8']);
-      expect(answer.json).toMatchObject({ status: c.status, title: expect.any(String) });
+      expect(answer.json).toMatchObject({ status: c.status, title: expect.any(String), detail: expect.any(String) });
+      const listed = await adminMessages();
+      if (c.recorded === false) {
+        expect([c.what, listed.length]).toEqual([c.what, recorded]);
+        continue;
+      }
+      recorded += 1;
+      // The reason is said in the answer, and recorded with it.
+      expect([c.what, answer.json.reason]).toEqual([c.what, c.reason]);
+      expect([c.what, listed.length]).toEqual([c.what, recorded]);
+      const [newest] = listed;
+      expect([c.what, newest]).toEqual([c.what, expect.objectContaining({ status: 'rejected', ackCode: String(c.status), reason: c.reason, controlId: '', triggerIds: [] })]);
+      const detail = (await (await fetch(`http://127.0.0.1:${carerelay.httpPort}/api/messages/${String(newest!.id)}`)).json()) as Json;
+      expect([c.what, JSON.parse(String(detail.ack))]).toEqual([c.what, answer.json]);
+      expect([c.what, String(detail.rawBase64).length > 0]).toEqual([c.what, c.kept === true]);
     }
-    expect(await carerelay.store.listMessages({})).toEqual([]);
+    const bytes = (await carerelay.store.listMessages({ status: 'rejected', limit: 1000 })).find((m) => m.reason === 'invalid_utf8');
+    expect((await carerelay.store.getMessage(bytes!.id))!.raw.equals(latin1)).toBe(true);
     expect(fhir.requests).toEqual([]);
     expect(({} as Record<string, unknown>).polluted).toBeUndefined();
   });
@@ -233,7 +291,7 @@ describe('the running server', () => {
     expect((await carerelay.store.listTriggers({})).map((t) => t.type)).toEqual(['appointment.booked']);
   });
 
-  it('Standard Webhooks: a fresh valid signature is accepted; stale, future, forged or unsigned requests get 401 and store nothing', async () => {
+  it('Standard Webhooks: a fresh valid signature is accepted; stale, future, forged or unsigned requests get 401, recorded without their body', async () => {
     await start();
     fhir.put(testPatient('p1'));
     const appointment = JSON.stringify(fhir.put(testAppointment('a1', 'Patient/p1')));
@@ -259,7 +317,10 @@ describe('the running server', () => {
       expect([r.what, answer.status]).toEqual([r.what, 401]);
       expect([r.what, String(answer.json.detail)]).toEqual([r.what, expect.stringMatching(r.detail)]);
     }
-    expect(await carerelay.store.listMessages({})).toEqual([]);
+    const refusals = await carerelay.store.listMessages({});
+    expect(refusals.map((m) => [m.status, m.ackCode, m.triggerIds.length])).toEqual(Array(refused.length).fill(['rejected', '401', 0]));
+    expect(refusals.map((m) => m.reason).sort()).toEqual(['auth_failed', 'auth_failed', 'bad_signature', 'bad_signature', 'stale_signature', 'stale_signature']);
+    for (const m of refusals) expect((await carerelay.store.getMessage(m.id))!.raw).toHaveLength(0);
     expect(fhir.requests).toEqual([]);
 
     // Within the tolerance (4 minutes old), with a rotated key's signature listed first.
@@ -305,11 +366,77 @@ describe('the running server', () => {
 
     const three = JSON.stringify(topicBundle({ subscription: sub(), type: 'event-notification', events: [{ number: 3, focus: 'Appointment/a3' }] }));
     expect((await post(carerelay, three)).status).toBe(200);
+    // The gap is recovered in the background, right after the answer.
+    await carerelay.fhirIngests.get('ehr-fhir')!.recoveryIdle();
     expect(fhir.requests.filter((r) => r.path.endsWith('/$events')).map((r) => r.query)).toEqual([
       '?eventsSinceNumber=2&eventsUntilNumber=2&content=full-resource',
     ]);
     expect((await carerelay.store.listTriggers({})).map((t) => t.source.messageId).sort()).toEqual(['sub1#1', 'sub1#2', 'sub1#3']);
     expect(carerelay.logs.some((l) => l.message === 'fhir.gap_detected' && l.reason === 'event_gap')).toBe(true);
+  });
+
+  it('an event whose FHIR server is unreachable is accepted pending (202), and its full-resource resend gives the trigger', async () => {
+    await start();
+    const patient = testPatient('p1');
+    const a1 = fhir.put(testAppointment('a1', 'Patient/p1'));
+    await fhir.close(); // the configured server is unreachable from here on
+    const empty = JSON.stringify(topicBundle({ subscription: sub(), type: 'event-notification', events: [{ number: 2 }] }));
+    for (let i = 0; i < 3; i++) {
+      const answer = await post(carerelay, empty);
+      expect(answer.status).toBe(202);
+      expect(JSON.stringify(answer.json)).toContain('1 event(s) pending');
+    }
+    expect((await adminMessages()).map((m) => [m.controlId, m.status, m.ackCode, m.reason])).toEqual([['sub1#2', 'accepted', '202', 'trigger_pending']]);
+    // What the subscription owes and its failing recovery are visible on the admin API.
+    await carerelay.fhirIngests.get('ehr-fhir')!.recoveryIdle();
+    const states = (await (await fetch(`http://127.0.0.1:${carerelay.httpPort}/api/fhir/subscriptions`)).json()) as { items: Json[] };
+    expect(states.items).toEqual([
+      expect.objectContaining({
+        input: 'ehr-fhir',
+        subscription: 'sub1',
+        lastEventNumber: 2,
+        owed: { search: {}, events: ['sub1#2'] },
+        // (Its backoff timer may already have tried again by now.)
+        recovery: expect.objectContaining({ attempts: expect.any(Number), lastError: 'fhir_unreachable', nextAt: expect.any(String) }),
+      }),
+    ]);
+
+    const full = JSON.stringify(
+      topicBundle({
+        subscription: sub(),
+        type: 'event-notification',
+        events: [{ number: 2, focus: 'Appointment/a1', resource: a1 }],
+        extraEntries: [{ fullUrl: 'Patient/p1', resource: patient }],
+      }),
+    );
+    const answer = await post(carerelay, full);
+    expect(answer.status).toBe(200);
+    const triggers = await carerelay.store.listTriggers({});
+    expect(triggers.map((t) => [t.type, t.source.messageId])).toEqual([['appointment.booked', 'sub1#2']]);
+    expect((await adminMessages()).map((m) => [m.controlId, m.status, m.reason ?? null, m.triggerIds])).toEqual([
+      ['sub1#2', 'accepted', null, [triggers[0]!.id]],
+    ]);
+  });
+
+  it('a gap whose recovery gets 404 on /metadata: the event is accepted and the gap searched in the background', async () => {
+    await start();
+    fhir.put(testPatient('p1'));
+    const a1 = fhir.put(testAppointment('a1', 'Patient/p1'));
+    const patient = { fullUrl: 'Patient/p1', resource: fhir.get('Patient', 'p1')! };
+    const notify = (n: number, resource: TestFhirResource) =>
+      post(
+        carerelay,
+        JSON.stringify(topicBundle({ subscription: sub(), type: 'event-notification', events: [{ number: n, focus: `Appointment/${resource.id}`, resource, timestamp: resource.meta!.lastUpdated! }], extraEntries: [patient] })),
+      );
+    expect((await notify(1, a1)).status).toBe(200);
+    fhir.put(testAppointment('a2', 'Patient/p1'));
+    const a3 = fhir.put(testAppointment('a3', 'Patient/p1'));
+    fhir.failNext(404, 1); // GET /metadata
+    const answer = await notify(3, a3);
+    expect([answer.status, answer.json.resourceType]).toEqual([200, 'OperationOutcome']);
+    await carerelay.fhirIngests.get('ehr-fhir')!.recoveryIdle();
+    expect(fhir.requests.map((r) => r.path)).toEqual(expect.arrayContaining(['/fhir/metadata', '/fhir/Appointment']));
+    expect((await carerelay.store.listTriggers({})).map((t) => t.appointment?.id).sort()).toEqual(['a1', 'a2', 'a3']);
   });
 
   it('logs carry ids and reason codes, never patient data', async () => {

@@ -65,6 +65,12 @@ describe('SIGHUP', () => {
     const reloading = await nextLog(from, (l) => l.message === 'config.reloading' && l.signal === 'SIGHUP');
     const failed = await nextLog(server.logs.indexOf(reloading), (l) => l.message === 'config.reload_failed');
     expect(failed.issues).toBeGreaterThan(0);
+    // Each problem is logged with where it is, so an operator can go and fix it.
+    const issueLines = () => server.logs.slice(server.logs.indexOf(failed)).filter((l) => l.message === 'config.reload_issue');
+    await nextLog(server.logs.indexOf(failed), () => issueLines().length >= Number(failed.issues));
+    expect(issueLines()).toHaveLength(Number(failed.issues));
+    expect(issueLines()).toContainEqual(expect.objectContaining({ file: expect.stringMatching(/mappings\/broken\.yaml$/), line: 4, column: 5 }));
+    for (const line of issueLines()) expect(Object.keys(line).sort()).toEqual(expect.arrayContaining(['file', 'level', 'message', 'reason', 'timestamp']));
     const ack = await mllpExchange(server.mllpPorts.get('ehr-mllp')!, siuMessage({ controlId: 'HUP-1', appointmentId: 'A-HUP' }));
     expect(ack?.toString('latin1')).toMatch(/MSA\|AA\|HUP-1/);
   });

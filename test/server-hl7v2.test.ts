@@ -196,6 +196,38 @@ describe('durable HL7v2 ingest over MLLP', () => {
   });
 });
 
+describe('acknowledgment modes over MLLP', () => {
+  it('ackMode always answers a message whose MSH-15 is NE, so a sender that waits for an ACK does not stall', async () => {
+    const always = writeConfigDir({ ackMode: 'always' });
+    const running = await startServer(always);
+    try {
+      const client = new MllpClient({ host: '127.0.0.1', port: running.mllpPort(), ackTimeoutMs: 10_000 });
+      await client.connect();
+      try {
+        const quiet = siuMessage({ controlId: 'E2E-ALWAYS-NE', appointmentId: 'AP-E2E-ALWAYS', acceptAck: 'NE', applicationAck: 'NE' });
+        expect(msa(await client.send(quiet))).toMatchObject({ code: 'CA', controlId: 'E2E-ALWAYS-NE' });
+      } finally {
+        await client.close();
+      }
+    } finally {
+      await running.stop();
+      always.remove();
+    }
+  });
+
+  it('a batch gets a batch reply that the client matches on BHS-12, naming the message MSH-15 NE left unacknowledged', async () => {
+    const quiet = siuMessage({ controlId: 'E2E-BATCH-NE', appointmentId: 'AP-E2E-B1', acceptAck: 'NE', applicationAck: 'NE' });
+    const loud = siuMessage({ controlId: 'E2E-BATCH-AL', appointmentId: 'AP-E2E-B2', acceptAck: 'AL', applicationAck: 'NE' });
+    const batch = `BHS|^~\\&|EPIC|NORTHCLINIC|CARERELAY|CR|20300301091500||||E2E-BATCH-1\r${quiet}${loud}BTS|2\r`;
+    const reply = (await sendOnce(batch)).toString('utf8');
+    const segments = reply.split('\r');
+    expect(hl7Field(reply, 'BHS', 12)).toBe('E2E-BATCH-1');
+    expect(segments.filter((x) => x.startsWith('MSA|'))).toEqual([expect.stringMatching(/^MSA\|CA\|E2E-BATCH-AL/)]);
+    expect(hl7Field(reply, 'BTS', 2)).toBe('E2E-BATCH-NE (MSH-15 NE)');
+    expect((await messagesWith('E2E-BATCH-NE'))[0]).toMatchObject({ status: 'accepted' });
+  });
+});
+
 describe('bad inputs get the ACK docs/reliability.md names', () => {
   const S12 = siuMessage({ controlId: 'E2E-BAD-TEMPLATE', appointmentId: 'AP-E2E-BAD' });
   const cases: Array<{ name: string; payload: string | Buffer; code: string; reason: string; status: string; text: RegExp }> = [
@@ -233,6 +265,14 @@ describe('bad inputs get the ACK docs/reliability.md names', () => {
       reason: 'missing_control_id',
       status: 'rejected',
       text: /MSH-10/,
+    },
+    {
+      name: 'empty MSH-9 (message type)',
+      payload: S12.replace('SIU^S12^SIU_S12', '').replace('E2E-BAD-TEMPLATE', 'E2E-BAD-NOTYPE'),
+      code: 'AR',
+      reason: 'missing_message_type',
+      status: 'rejected',
+      text: /MSH-9/,
     },
     {
       name: 'SIU without an appointment id',

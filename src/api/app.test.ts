@@ -9,7 +9,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { silentLogger } from '../log.ts';
 import { SqliteStore } from '../store/sqlite.ts';
 import { Hl7Ingest } from '../workers/ingest.ts';
-import { bearerMatches, createApp } from './app.ts';
+import { createApp } from './app.ts';
+import { bearerMatches } from './http.ts';
 
 const TOKEN = 'admin-token-3f9a';
 let dir: string;

@@ -2,14 +2,19 @@
 //
 // Authentication runs before any body is read (docs/reliability.md promise 11): routes that need
 // a token check it first, and only then does the size-limited body parser run.
-import { createHash, timingSafeEqual } from 'node:crypto';
+import { timingSafeEqual } from 'node:crypto';
 import express, { type NextFunction, type Request, type Response } from 'express';
+import { ADMIN_SCOPES, AdminScope } from '../config/server-schema.ts';
 import type { Logger } from '../log.ts';
+import { subjectOf } from '../pipeline/route.ts';
 import { STORED_DELIVERY_STATUSES, type DeliveryQuery, type MessageQuery, type Store, type StoredDelivery, type StoredDeliveryStatus, type StoredMessage, type TriggerQuery } from '../store/store.ts';
-import { MessageStatus } from '../types.ts';
+import { MessageStatus, type Trigger } from '../types.ts';
 import type { Hl7Ingest, Hl7IngestSettings } from '../workers/ingest.ts';
+import { createFhirAdminRouter, createFhirRouter, type FhirHttpInput } from './fhir-routes.ts';
+import { createHooksRouter, type TwilioStatusHook } from './hooks-routes.ts';
+import { bearerMatches, declaredOverLimit, digest, refuseUnread, sendProblem } from './http.ts';
+import { createOperationsRouter } from './operations.ts';
 import { createConsentRouter, type ConsentRoutesDeps } from './consent-routes.ts';
-import { createFhirRouter, type FhirHttpInput } from './fhir-routes.ts';
 
 export interface HttpHl7Input {
   settings: Hl7IngestSettings;
@@ -26,53 +31,36 @@ export interface ApiDeps {
   hl7Inputs: ReadonlyMap<string, HttpHl7Input>;
   /** fhir-rest-hook inputs by name (POST /ingest/fhir/<name>). */
   fhirInputs?: ReadonlyMap<string, FhirHttpInput>;
-  /** CARERELAY_ADMIN_TOKEN; when undefined the server must be bound to loopback only. */
+  /**
+   * CARERELAY_ADMIN_TOKEN (or server.admin.tokenEnv): every scope, named "admin". When no
+   * token at all is given the server must be bound to loopback only.
+   */
   adminToken?: string;
+  /** server.admin.tokens, their secrets read: each with its name and scopes. */
+  adminTokens?: readonly AdminTokenSecret[];
+  /** Every HL7v2 input (MLLP and HTTP) by name, as configured now: reprocess and release use it. */
+  hl7Settings?: ReadonlyMap<string, Hl7IngestSettings>;
+  /** Clock of audit entries; default the system clock. */
+  now?: () => Date;
+  /** twilio outputs taking status callbacks (POST /hooks/twilio/status/<name>), by name. */
+  twilioStatus?: ReadonlyMap<string, TwilioStatusHook>;
   /** The consent ways in and patient views (consent-routes.ts); absent: not served. */
-  consent?: Omit<ConsentRoutesDeps, 'store' | 'log' | 'adminToken'>;
+  consent?: Omit<ConsentRoutesDeps, 'store' | 'log' | 'authenticate' | 'requireScope'>;
 }
 
-/** RFC 9457 problem details. */
-export function sendProblem(res: Response, status: number, title: string, detail?: string): void {
-  res
-    .status(status)
-    .type('application/problem+json')
-    .send(JSON.stringify({ type: 'about:blank', title, status, ...(detail ? { detail } : {}) }));
+export interface AdminTokenSecret {
+  name: string;
+  token: string;
+  scopes: readonly AdminScope[];
 }
 
-function digest(value: string): Buffer {
-  return createHash('sha256').update(value).digest();
+/** Who calls the admin API: the token's name and scopes ("local" with every scope when no token is configured). */
+export interface AdminCaller {
+  name: string;
+  scopes: ReadonlySet<AdminScope>;
 }
 
-/** Constant-time comparison of a presented secret with the expected one. */
-export function secretsMatch(presented: string, expected: string): boolean {
-  // Hashing first gives equal-length buffers, so the comparison leaks neither content nor length.
-  return timingSafeEqual(digest(presented), digest(expected));
-}
-
-/**
- * A problem answer to a request whose body was not (fully) read: the connection is closed
- * rather than kept with unread bytes of unknown length.
- */
-export function refuseUnread(res: Response, status: number, title: string, detail: string): void {
-  res.setHeader('Connection', 'close');
-  sendProblem(res, status, title, detail);
-}
-
-/** True when Content-Length announces more than `limit` bytes (refused before reading). */
-export function declaredOverLimit(req: Request, limit: number): boolean {
-  const declared = Number(req.headers['content-length']);
-  return Number.isFinite(declared) && declared > limit;
-}
-
-/** Constant-time comparison of a presented bearer token with the expected one. */
-export function bearerMatches(header: string | undefined, expected: string): boolean {
-  if (header === undefined || !header.startsWith('Bearer ')) return false;
-  return secretsMatch(header.slice('Bearer '.length).trim(), expected);
-}
-
-/** Refuses (401, body unread) a request without the expected bearer token; none expected: loopback-only deployments. */
-export function requireBearer(expected: string | undefined) {
+function requireBearer(expected: string | undefined) {
   return (req: Request, res: Response, next: NextFunction): void => {
     if (expected === undefined || bearerMatches(req.headers.authorization, expected)) {
       next();
@@ -83,12 +71,81 @@ export function requireBearer(expected: string | undefined) {
   };
 }
 
-function queryString(req: Request, name: string): string | undefined {
+/** Name of the tokenEnv token, and of a caller on loopback when no token is configured. */
+const ADMIN_TOKEN_NAME = 'admin';
+const LOCAL_CALLER: AdminCaller = { name: 'local', scopes: new Set(ADMIN_SCOPES) };
+
+/**
+ * Authenticates an admin caller (before any body is read) and keeps who it is in
+ * res.locals.caller. Tokens are kept as sha256 digests only, and every configured token is
+ * compared (in constant time) whichever matches, so the answer time does not tell which.
+ */
+function authenticateAdmin(deps: Pick<ApiDeps, 'adminToken' | 'adminTokens'>) {
+  const tokens = [
+    ...(deps.adminToken !== undefined ? [{ name: ADMIN_TOKEN_NAME, token: deps.adminToken, scopes: ADMIN_SCOPES }] : []),
+    ...(deps.adminTokens ?? []),
+  ].map((t) => ({ name: t.name, digest: digest(t.token), scopes: new Set(t.scopes) }));
+  return (req: Request, res: Response, next: NextFunction): void => {
+    if (tokens.length === 0) {
+      res.locals.caller = LOCAL_CALLER;
+      next();
+      return;
+    }
+    const header = req.headers.authorization;
+    const presented = header?.startsWith('Bearer ') ? digest(header.slice('Bearer '.length).trim()) : undefined;
+    let caller: AdminCaller | undefined;
+    for (const t of tokens) {
+      if (presented !== undefined && timingSafeEqual(presented, t.digest) && caller === undefined) caller = { name: t.name, scopes: t.scopes };
+    }
+    if (caller === undefined) {
+      res.setHeader('WWW-Authenticate', 'Bearer');
+      refuseUnread(res, 401, 'Unauthorized', 'a valid bearer token is required');
+      return;
+    }
+    res.locals.caller = caller;
+    next();
+  };
+}
+
+/** The authenticated admin caller of this request. */
+export function callerOf(res: Response): AdminCaller {
+  return res.locals.caller as AdminCaller;
+}
+
+/** Whether the caller holds `scope`. */
+export function allowed(res: Response, scope: AdminScope): boolean {
+  return callerOf(res).scopes.has(scope);
+}
+
+/** A route middleware refusing callers without `scope` (403 naming what is missing). */
+export function requireScope(scope: AdminScope) {
+  return (_req: Request, res: Response, next: NextFunction): void => {
+    if (allowed(res, scope)) {
+      next();
+      return;
+    }
+    forbidden(res, scope, 'this request');
+  };
+}
+
+export function forbidden(res: Response, scope: AdminScope, what: string): void {
+  const caller = callerOf(res);
+  sendProblem(res, 403, 'Forbidden', `${what} needs the "${scope}" scope; token "${caller.name}" has ${[...caller.scopes].join(', ') || 'none'}`);
+}
+
+/** Refuses a query parameter the endpoint does not know (a typo must not silently widen a search). */
+export function knownQuery(req: Request, known: readonly string[]): void {
+  for (const name of Object.keys(req.query)) {
+    if (!known.includes(name)) throw new BadQuery(`unknown filter "${name}"; this endpoint takes ${known.join(', ')}`);
+  }
+}
+
+export function queryString(req: Request, name: string): string | undefined {
   const v = req.query[name];
   return typeof v === 'string' && v !== '' ? v : undefined;
 }
 
-function queryLimit(req: Request): number | undefined {
+export function queryLimit(req: Request): number | undefined {
   const raw = queryString(req, 'limit');
   if (raw === undefined) return undefined;
   const n = Number(raw);
@@ -111,7 +168,7 @@ const ISO_INSTANT = /^\d{4}-\d{2}-\d{2}(?:T\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:Z|
 
 const MESSAGE_STATUSES = new Set<string>(Object.values(MessageStatus));
 
-function messageSummary(m: StoredMessage) {
+export function messageSummary(m: StoredMessage) {
   return {
     id: m.id,
     input: m.input,
@@ -124,7 +181,39 @@ function messageSummary(m: StoredMessage) {
     reason: m.reason,
     receivedAt: m.receivedAt,
     triggerIds: m.triggerIds,
+    ...(m.patientId !== undefined ? { patientId: m.patientId } : {}),
+    ...(m.origin !== undefined ? { origin: m.origin } : {}),
+    ...(m.replaces !== undefined ? { replaces: m.replaces } : {}),
+    ...(m.replacedBy !== undefined ? { replacedBy: m.replacedBy } : {}),
   };
+}
+
+/** A trigger without patient content (ids, type, times, source): what `read` alone sees. */
+export function triggerSummary(t: Trigger) {
+  return {
+    id: t.id,
+    type: t.type,
+    occurredAt: t.occurredAt,
+    receivedAt: t.receivedAt,
+    source: t.source,
+    patientId: t.patient.id,
+    ...(t.appointment?.id !== undefined ? { appointmentId: t.appointment.id } : {}),
+    ...(t.encounter?.id !== undefined ? { encounterId: t.encounter.id } : {}),
+  };
+}
+
+/** The whole trigger for callers allowed patient content, its summary otherwise. */
+function triggerFor(res: Response, t: Trigger) {
+  return allowed(res, AdminScope.Phi) ? t : triggerSummary(t);
+}
+
+/**
+ * The deliveries a trigger planned or last moved (their delivery.triggerId is the trigger):
+ * read through the subject's index, newest first.
+ */
+export async function deliveriesOfTrigger(store: Store, t: Trigger): Promise<StoredDelivery[]> {
+  const all = await store.listDeliveries({ subjectKey: subjectOf(t).key, limit: 1000 });
+  return all.filter((d) => d.delivery.triggerId === t.id);
 }
 
 function deliverySummary(d: StoredDelivery) {
@@ -215,22 +304,37 @@ export function createApp(deps: ApiDeps): express.Express {
   });
 
   app.use('/ingest/fhir', createFhirRouter({ inputs: deps.fhirInputs ?? new Map(), log }));
+  // Provider callbacks about sent messages; each authenticates its own way (hooks-routes.ts).
+  app.use('/hooks', createHooksRouter({ twilioStatus: deps.twilioStatus ?? new Map(), store, log }));
 
-  if (deps.consent) app.use(createConsentRouter({ ...deps.consent, store, log, ...(deps.adminToken !== undefined ? { adminToken: deps.adminToken } : {}) }));
+  // Consent: ways in and patient views (consent-routes.ts), admin routes behind the same tokens.
+  if (deps.consent) app.use(createConsentRouter({ ...deps.consent, store, log, authenticate: authenticateAdmin(deps), requireScope }));
 
   const admin = express.Router();
-  admin.use(requireBearer(deps.adminToken));
+  admin.use(authenticateAdmin(deps));
+  admin.use(requireScope(AdminScope.Read));
 
   admin.get('/messages', async (req, res) => {
+    knownQuery(req, ['sender', 'controlId', 'status', 'input', 'patientId', 'messageType', 'triggerType', 'q', 'since', 'until', 'limit', 'before']);
     const status = queryString(req, 'status');
     if (status !== undefined && !MESSAGE_STATUSES.has(status)) {
       throw new BadQuery(`status must be one of ${[...MESSAGE_STATUSES].join(', ')}`);
     }
+    const text = queryString(req, 'q');
+    if (text !== undefined && !allowed(res, AdminScope.Phi)) {
+      forbidden(res, AdminScope.Phi, 'searching the raw messages (q)');
+      return;
+    }
+    if (text !== undefined && text.length > 200) throw new BadQuery('q is at most 200 characters');
     const query: MessageQuery = {
       sender: queryString(req, 'sender'),
       controlId: queryString(req, 'controlId'),
       status: status as MessageStatus | undefined,
       input: queryString(req, 'input'),
+      patientId: queryString(req, 'patientId'),
+      messageType: queryString(req, 'messageType'),
+      triggerType: queryString(req, 'triggerType'),
+      text,
       since: queryInstant(req, 'since'),
       until: queryInstant(req, 'until'),
       limit: queryLimit(req),
@@ -250,40 +354,69 @@ export function createApp(deps: ApiDeps): express.Express {
       sendProblem(res, 404, 'Not found', `no message with id ${req.params.id}`);
       return;
     }
+    const phi = allowed(res, AdminScope.Phi);
+    // Each trigger with the deliveries it planned or last moved: the way from a message to
+    // what it caused, without a search.
+    const deliveries = await Promise.all(m.triggers.map(async (t) => (await deliveriesOfTrigger(store, t)).map(deliverySummary)));
     res.json({
       ...messageSummary(m),
-      raw: m.raw.toString('utf8'),
-      rawBase64: m.raw.toString('base64'),
+      ...(phi ? { raw: m.raw.toString('utf8'), rawBase64: m.raw.toString('base64') } : {}),
       ack: m.ack,
-      triggers: m.triggers,
+      triggers: m.triggers.map((t, i) => ({ ...triggerFor(res, t), deliveries: deliveries[i]! })),
+      audit: await store.listAudit({ target: `message/${m.id}` }),
+      links: {
+        triggers: m.triggerIds.map((id) => `/api/triggers/${encodeURIComponent(id)}`),
+        ...(m.replaces !== undefined ? { replaces: `/api/messages/${m.replaces}` } : {}),
+        ...(m.replacedBy !== undefined ? { replacedBy: `/api/messages/${m.replacedBy}` } : {}),
+      },
     });
   });
 
   admin.get('/triggers', async (req, res) => {
+    knownQuery(req, ['type', 'patientId', 'appointmentId', 'encounterId', 'messageId', 'since', 'until', 'limit']);
     const query: TriggerQuery = {
       type: queryString(req, 'type'),
       patientId: queryString(req, 'patientId'),
       appointmentId: queryString(req, 'appointmentId'),
       encounterId: queryString(req, 'encounterId'),
+      messageId: queryString(req, 'messageId'),
       since: queryInstant(req, 'since'),
       until: queryInstant(req, 'until'),
       limit: queryLimit(req),
     };
-    res.json({ items: await store.listTriggers(query) });
+    res.json({ items: (await store.listTriggers(query)).map((t) => triggerFor(res, t)) });
   });
 
+  // One trigger and why it planned what it did: the rules that matched (the deliveries it
+  // planned or last moved) and the rules that matched its type but planned nothing, with
+  // the reason the store recorded (null when this store records none).
   admin.get('/triggers/:id', async (req, res) => {
     const t = await store.getTrigger(req.params.id);
     if (t === undefined) {
       sendProblem(res, 404, 'Not found', `no trigger with id ${req.params.id}`);
       return;
     }
-    res.json(t);
+    const [messageId, routing, deliveries] = await Promise.all([store.messageOfTrigger(t.id), store.getTriggerRouting(t.id), deliveriesOfTrigger(store, t)]);
+    res.json({
+      trigger: triggerFor(res, t),
+      ...(messageId !== undefined ? { messageId } : {}),
+      routing: {
+        routed: routing?.routed ?? false,
+        ...(routing?.routedAt !== undefined ? { routedAt: routing.routedAt } : {}),
+        matched: deliveries.map((d) => ({ ruleId: d.delivery.ruleId, step: d.delivery.step, delivery: deliverySummary(d) })),
+        skipped: routing?.skipped ?? null,
+      },
+      links: {
+        ...(messageId !== undefined ? { message: `/api/messages/${messageId}` } : {}),
+        deliveries: deliveries.map((d) => `/api/deliveries/${encodeURIComponent(d.delivery.id)}`),
+      },
+    });
   });
 
-  // Deliveries: what routing planned and what became of it (pending, cancelled, finished,
+  // Deliveries: what routing planned and what became of it (pending, cancelled, sent,
   // suppressed with a reason, failed with a code). Newest planned first.
   admin.get('/deliveries', async (req, res) => {
+    knownQuery(req, ['status', 'rule', 'patientId', 'appointmentId', 'encounterId', 'limit', 'before']);
     const status = queryString(req, 'status');
     if (status !== undefined && !(STORED_DELIVERY_STATUSES as readonly string[]).includes(status)) {
       throw new BadQuery(`status must be one of ${STORED_DELIVERY_STATUSES.join(', ')}`);
@@ -316,20 +449,25 @@ export function createApp(deps: ApiDeps): express.Express {
       sendProblem(res, 404, 'Not found', `no delivery with id ${req.params.id}`);
       return;
     }
-    const [outbox] = await store.listOutbox({ deliveryId: d.delivery.id, limit: 1 });
+    // The delivery itself holds the address and the payload, the message what was sent:
+    // patient content, for callers with the phi scope.
+    const phi = allowed(res, AdminScope.Phi);
+    const [outbox] = phi ? await store.listOutbox({ deliveryId: d.delivery.id, limit: 1 }) : [];
     res.json({
       ...deliverySummary(d),
-      delivery: d.delivery,
-      ...(d.message ? { message: d.message } : {}),
+      ...(phi ? { delivery: d.delivery } : {}),
+      ...(phi && d.message ? { message: d.message } : {}),
       ...(d.providerId ? { providerId: d.providerId } : {}),
       ...(outbox ? { outbox } : {}),
+      links: { trigger: `/api/triggers/${encodeURIComponent(d.delivery.triggerId)}` },
       // Evidence: every run of the send-time checks (docs/consent.md), newest first.
       decisions: await store.listDecisions({ deliveryId: d.delivery.id }),
     });
   });
 
   // Messages kept by `outbox` outputs instead of being sent. Newest first.
-  admin.get('/outbox', async (req, res) => {
+  admin.get('/outbox', requireScope(AdminScope.Phi), async (req, res) => {
+    knownQuery(req, ['output', 'deliveryId', 'limit', 'before']);
     const limit = queryLimit(req);
     const items = await store.listOutbox({
       output: queryString(req, 'output'),
@@ -339,6 +477,9 @@ export function createApp(deps: ApiDeps): express.Express {
     });
     res.json({ items, ...(items.length === (limit ?? 100) ? { next: items[items.length - 1]!.id } : {}) });
   });
+
+  admin.use('/fhir', createFhirAdminRouter(deps.fhirInputs ?? new Map()));
+  admin.use(createOperationsRouter({ store, log, hl7Ingest: deps.hl7Ingest, hl7Settings: deps.hl7Settings ?? new Map(), now: deps.now ?? (() => new Date()) }));
 
   app.use('/api', admin);
 

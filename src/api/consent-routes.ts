@@ -14,14 +14,18 @@
 // suppressed with their reason (workers/consent.ts). Authentication comes before any body is
 // read (docs/reliability.md promise 11); bad input gets a problem document naming what is wrong.
 import express, { type Request, type Response } from 'express';
+import type { CarerelayPlan } from '../config/load.ts';
+import type { SecretRef } from '../config/yaml.ts';
 import type { Logger } from '../log.ts';
+import { TWILIO, type TwilioConfig } from '../outputs/twilio/spec.ts';
 import { isRecord } from '../pipeline/values.ts';
 import type { Store } from '../store/store.ts';
-import { formParams, TWILIO_SIGNATURE_HEADER, twilioSignatureMatches } from '../twilio/signature.ts';
+import { TWILIO_SIGNATURE_HEADER, twilioSignatureMatches } from '../twilio/signature.ts';
 import { CHANNELS, PURPOSES, type Channel, type Purpose } from '../types.ts';
 import type { ConsentService } from '../workers/consent.ts';
 import type { UnsubscribeLinks } from '../workers/unsubscribe.ts';
-import { declaredOverLimit, refuseUnread, requireBearer, sendProblem } from './app.ts';
+import { AdminScope } from '../config/server-schema.ts';
+import { declaredOverLimit, refuseUnread, sendProblem } from './http.ts';
 
 export interface ConsentRoutesDeps {
   consent: ConsentService;
@@ -31,7 +35,10 @@ export interface ConsentRoutesDeps {
   smsWebhooks: ReadonlyMap<string, string>;
   /** Base URL Twilio calls (the signature covers the full URL). */
   publicUrl: () => string;
-  adminToken?: string;
+  /** The admin API's authentication (app.ts): who calls, with which scopes. */
+  authenticate: express.RequestHandler;
+  /** Refuses a caller without a scope (app.ts requireScope). */
+  requireScope: (scope: AdminScope) => express.RequestHandler;
   log: Logger;
   now: () => number;
 }
@@ -42,6 +49,19 @@ const FHIR_JSON = 'application/fhir+json; charset=utf-8';
 
 class BadBody extends Error {}
 
+/**
+ * The Auth Token each SMS output's inbound webhook is verified with: policy.smsWebhooks, and
+ * for a `twilio` output not listed there, its own Auth Token (the one its status callbacks use).
+ */
+export function inboundSmsTokens(plan: Pick<CarerelayPlan, 'policy' | 'outputs'>, secret: (ref: SecretRef) => string): Map<string, string> {
+  const tokens = new Map(plan.policy.smsWebhooks.map((w) => [w.output, secret(w.authToken)]));
+  for (const output of plan.outputs) {
+    const config = output.config as unknown as Partial<TwilioConfig>;
+    if (output.type === TWILIO && !tokens.has(output.name) && config.authToken !== undefined) tokens.set(output.name, secret(config.authToken));
+  }
+  return tokens;
+}
+
 export function createConsentRouter(deps: ConsentRoutesDeps): express.Router {
   const { consent, store } = deps;
   const router = express.Router();
@@ -49,13 +69,16 @@ export function createConsentRouter(deps: ConsentRoutesDeps): express.Router {
   // --- admin --------------------------------------------------------------------------------
   // Only these paths: the rest of /api is app.ts's.
   const admin = express.Router();
-  router.use(['/api/consents', '/api/patients'], requireBearer(deps.adminToken));
+  router.use(['/api/consents', '/api/patients'], deps.authenticate);
+  // Consent changes act on patients (operate); the views show their records and contacts (phi).
+  const operate = deps.requireScope(AdminScope.Operate);
+  const phi = deps.requireScope(AdminScope.Phi);
   const json: express.RequestHandler = (req, res, next) => {
     if (declaredOverLimit(req, JSON_LIMIT)) return refuseUnread(res, 413, 'Payload too large', `bodies are limited to ${JSON_LIMIT} bytes`);
     express.json({ limit: JSON_LIMIT, type: ['application/json', 'application/fhir+json'], strict: true })(req, res, next);
   };
 
-  admin.post('/consents', json, async (req, res) => {
+  admin.post('/consents', operate, json, async (req, res) => {
     const outcome = await consent.fhirConsent(req.body, 'admin');
     if (outcome.kind === 'invalid') {
       res
@@ -84,7 +107,7 @@ export function createConsentRouter(deps: ConsentRoutesDeps): express.Router {
     return undefined;
   };
 
-  admin.post('/patients/:id/opt-outs', json, async (req, res) => {
+  admin.post('/patients/:id/opt-outs', operate, json, async (req, res) => {
     const body = record(req.body);
     const channel = optionalChannel(body.channel);
     const purposes = purposeList(body.purposes, false);
@@ -94,7 +117,7 @@ export function createConsentRouter(deps: ConsentRoutesDeps): express.Router {
   });
 
   for (const [path, action] of [['grants', 'grant'], ['revocations', 'revoke']] as const) {
-    admin.post(`/patients/:id/${path}`, json, async (req, res) => {
+    admin.post(`/patients/:id/${path}`, operate, json, async (req, res) => {
       const body = record(req.body);
       const purposes = purposeList(body.purposes ?? (body.purpose === undefined ? undefined : [body.purpose]), true);
       const channel = optionalChannel(body.channel);
@@ -108,26 +131,26 @@ export function createConsentRouter(deps: ConsentRoutesDeps): express.Router {
     });
   }
 
-  admin.put('/patients/:id/no-contact', async (req, res) => {
+  admin.put('/patients/:id/no-contact', operate, async (req, res) => {
     const id = await patient(req, res);
     if (id === undefined) return;
     res.status(201).json(await consent.record({ patientId: id, action: 'no_contact', purposes: [], source: 'admin', method: 'api' }));
   });
 
-  admin.delete('/patients/:id/no-contact', async (req, res) => {
+  admin.delete('/patients/:id/no-contact', operate, async (req, res) => {
     const id = await patient(req, res);
     if (id === undefined) return;
     res.status(201).json(await consent.record({ patientId: id, action: 'contact_allowed', purposes: [], source: 'admin', method: 'api' }));
   });
 
-  admin.get('/patients/:id/consent', async (req, res) => {
+  admin.get('/patients/:id/consent', phi, async (req, res) => {
     const id = await patient(req, res);
     if (id === undefined) return;
     const [state, records] = await Promise.all([consent.effectiveConsent(id), store.consentRecords({ patientIds: [id] })]);
     res.json({ patientId: id, ...state, events: records.events, consents: records.consents });
   });
 
-  admin.get('/patients/:id/decisions', async (req, res) => {
+  admin.get('/patients/:id/decisions', phi, async (req, res) => {
     const id = await patient(req, res);
     if (id === undefined) return;
     const group = await store.mergedGroup(id);
@@ -135,7 +158,7 @@ export function createConsentRouter(deps: ConsentRoutesDeps): express.Router {
     res.json({ patientId: id, patientIds: group, items });
   });
 
-  admin.get('/patients/:id/disclosures', async (req, res) => {
+  admin.get('/patients/:id/disclosures', phi, async (req, res) => {
     const id = await patient(req, res);
     if (id === undefined) return;
     const group = await store.mergedGroup(id);
@@ -143,7 +166,7 @@ export function createConsentRouter(deps: ConsentRoutesDeps): express.Router {
     res.json({ patientId: id, patientIds: group, items: await store.listDisclosures({ patientIds: group, limit: 1000 }), erasures: await store.listErasures(id) });
   });
 
-  admin.post('/patients/:id/erase', async (req, res) => {
+  admin.post('/patients/:id/erase', operate, async (req, res) => {
     const id = await patient(req, res);
     if (id === undefined) return;
     res.json({ patientId: id, erasures: await consent.erase(id) });
@@ -162,13 +185,13 @@ export function createConsentRouter(deps: ConsentRoutesDeps): express.Router {
     express.text({ type: () => true, limit: FORM_LIMIT })(req, res, async (err?: unknown) => {
       if (err !== undefined) return next(err);
       try {
-        const params = formParams(typeof req.body === 'string' ? req.body : '');
+        const params = new URLSearchParams(typeof req.body === 'string' ? req.body : '');
         const url = `${deps.publicUrl()}${req.originalUrl}`;
-        if (!twilioSignatureMatches(token, signature, url, params)) {
+        if (!twilioSignatureMatches(token, url, params, signature)) {
           deps.log.warn('sms.refused', { output: req.params.output, reason: 'bad_signature' });
           return sendProblem(res, 403, 'Forbidden', `the X-Twilio-Signature does not match this request to ${url} (check policy.publicUrl and the auth token)`);
         }
-        const one = (name: string) => (typeof params[name] === 'string' ? (params[name] as string) : undefined);
+        const one = (name: string) => params.get(name) ?? undefined;
         const from = one('From');
         const messageId = one('MessageSid') ?? one('SmsSid');
         if (from === undefined || messageId === undefined) return sendProblem(res, 400, 'Bad request', 'an inbound SMS has From and MessageSid');

@@ -9,11 +9,20 @@
 // byte of the body is read. Then the body is read up to the limit (413 past it), a signature
 // verified over the raw bytes, and only then parsed. The 2xx comes from FhirIngest only
 // after the commit.
-import express, { type Request } from 'express';
+//
+// Every refusal of a configured input (400, 401, 413, 415, 404 unknown subscription, 422,
+// 503) is recorded like an HL7 reject — status `rejected`, the HTTP status as ACK code, the
+// problem body sent as ACK, the reason code — and listed by GET /api/messages; the body is
+// kept only when it was read and authenticated (an authentication failure is recorded
+// without it). The problem body names the reason (`reason`), so the sender need not read
+// our logs. Refused records have no control id: a refused resend is recorded again and is
+// never a duplicate of anything.
+import express, { type Request, type Response } from 'express';
 import { hmacMatches, signatureBytes, standardWebhooksSignatureMatches } from '../inputs/fhir/signatures.ts';
 import type { Logger } from '../log.ts';
-import type { FhirIngestResult } from '../workers/fhir-ingest.ts';
-import { bearerMatches, declaredOverLimit, refuseUnread, secretsMatch, sendProblem } from './app.ts';
+import type { FhirIngestResult, FhirRefusalRecord } from '../workers/fhir-ingest.ts';
+import type { SubscriptionState } from '../workers/fhir-state.ts';
+import { bearerMatches, declaredOverLimit, problemJson, refuseUnread, secretsMatch } from './http.ts';
 
 export type FhirInboundAuth =
   | { kind: 'bearer'; token: string }
@@ -28,8 +37,14 @@ export type FhirInboundAuth =
   | { kind: 'standardWebhooks'; key: Buffer; toleranceSeconds: number };
 
 export interface FhirHttpInput {
-  /** FhirIngest.handle, or anything with its contract. */
-  ingest: { handle(raw: Buffer): Promise<FhirIngestResult> };
+  /** FhirIngest, or anything with its contract. */
+  ingest: {
+    handle(raw: Buffer): Promise<FhirIngestResult>;
+    /** Stores a refused request (never throws; resolves once stored, or once the store failed). */
+    recordRefusal(refusal: FhirRefusalRecord): Promise<void>;
+    /** Each subscription's position, owed work and recovery state (GET /api/fhir/subscriptions). */
+    subscriptionStates(): Promise<Array<{ id: string; state: SubscriptionState }>>;
+  };
   auth: FhirInboundAuth;
   /** Largest accepted body, bytes. */
   maxBodyBytes: number;
@@ -123,54 +138,91 @@ function hasNoBody(req: Request): boolean {
   return (length === undefined || length === '0') && req.headers['transfer-encoding'] === undefined;
 }
 
+interface RefusalAnswer {
+  status: number;
+  title: string;
+  detail: string;
+  reason: string;
+  /** The body as read (authenticated requests only). */
+  raw?: Buffer;
+  messageType?: string;
+  /** The body was not (fully) read: close the connection after answering. */
+  unread?: boolean;
+  retryAfterSeconds?: number;
+}
+
 export function createFhirRouter(deps: FhirRouterDeps): express.Router {
   const router = express.Router();
 
+  /** Records the refusal, then answers it with a problem body naming the reason. */
+  async function refuse(res: Response, name: string, input: FhirHttpInput, answer: RefusalAnswer): Promise<void> {
+    const body = problemJson(answer.status, answer.title, answer.detail, { reason: answer.reason });
+    if (answer.status === 401 || answer.status === 413 || answer.status === 415) {
+      deps.log.warn(answer.status === 401 ? 'fhir.unauthorized' : 'fhir.refused', { input: name, reason: answer.reason, status: answer.status });
+    }
+    await input.ingest.recordRefusal({
+      status: answer.status,
+      reason: answer.reason,
+      ack: body,
+      ...(answer.raw !== undefined ? { raw: answer.raw } : {}),
+      ...(answer.messageType !== undefined ? { messageType: answer.messageType } : {}),
+    });
+    if (answer.unread) res.setHeader('Connection', 'close');
+    if (answer.retryAfterSeconds !== undefined) res.setHeader('Retry-After', String(answer.retryAfterSeconds));
+    res.status(answer.status).type('application/problem+json').send(body);
+  }
+
   router.post('/:input', (req, res, next) => {
-    const input = deps.inputs.get(req.params.input);
+    const name = req.params.input;
+    const input = deps.inputs.get(name);
     if (input === undefined) {
-      refuseUnread(res, 404, 'Unknown input', `no fhir-rest-hook input named "${req.params.input}" is configured`);
+      // Not one of ours: nothing to record it against.
+      refuseUnread(res, 404, 'Unknown input', `no fhir-rest-hook input named "${name}" is configured`);
       return;
     }
+    const unread = (status: number, title: string, detail: string, reason: string): void => {
+      refuse(res, name, input, { status, title, detail, reason, unread: true }).catch(next);
+    };
     const authProblem = headerAuthProblem(req, input.auth, Date.now());
     if (authProblem !== undefined) {
       if (input.auth.kind === 'bearer') res.setHeader('WWW-Authenticate', 'Bearer');
-      deps.log.warn('fhir.unauthorized', { input: req.params.input, reason: authProblem.reason });
-      refuseUnread(res, 401, 'Unauthorized', authProblem.detail);
+      unread(401, 'Unauthorized', authProblem.detail, authProblem.reason);
       return;
     }
     const empty = hasNoBody(req);
     if (!empty) {
       const type = (req.headers['content-type'] ?? '').split(';')[0]!.trim().toLowerCase();
       if (!ACCEPTED_TYPES.has(type)) {
-        refuseUnread(res, 415, 'Unsupported media type', 'send application/fhir+json (or application/json)');
+        unread(415, 'Unsupported media type', 'send application/fhir+json (or application/json)', 'unsupported_media_type');
         return;
       }
       if (declaredOverLimit(req, input.maxBodyBytes)) {
-        refuseUnread(res, 413, 'Payload too large', `the body exceeds this input's limit of ${input.maxBodyBytes} bytes`);
+        unread(413, 'Payload too large', `the body exceeds this input's limit of ${input.maxBodyBytes} bytes`, 'body_too_large');
         return;
       }
     }
     express.raw({ type: () => true, limit: input.maxBodyBytes })(req, res, async (err?: unknown) => {
       if (err !== undefined) {
         const status = typeof err === 'object' && err !== null && 'status' in err ? Number((err as { status: unknown }).status) : 400;
-        if (status === 413) refuseUnread(res, 413, 'Payload too large', `the body exceeds this input's limit of ${input.maxBodyBytes} bytes`);
-        else refuseUnread(res, 400, 'Bad request', 'the body could not be read');
+        if (status === 413) unread(413, 'Payload too large', `the body exceeds this input's limit of ${input.maxBodyBytes} bytes`, 'body_too_large');
+        else unread(400, 'Bad request', 'the body could not be read', 'unreadable_body');
         return;
       }
       const body = Buffer.isBuffer(req.body) ? req.body : Buffer.alloc(0);
       const signatureProblem = bodySignatureProblem(req, input.auth, body);
       if (signatureProblem !== undefined) {
-        deps.log.warn('fhir.unauthorized', { input: req.params.input, reason: 'bad_signature' });
-        refuseUnread(res, 401, 'Unauthorized', signatureProblem);
+        // Not authenticated: recorded without the body.
+        unread(401, 'Unauthorized', signatureProblem, 'bad_signature');
         return;
       }
       try {
         const result = await input.ingest.handle(body);
         switch (result.kind) {
           case 'accepted':
+            // 202: accepted, but some events' triggers are still to be made (their resources
+            // could not be fetched yet); CareRelay makes them, nothing is to be resent.
             res
-              .status(200)
+              .status(result.pending > 0 ? 202 : 200)
               .type(FHIR_JSON)
               .send(
                 JSON.stringify({
@@ -179,19 +231,20 @@ export function createFhirRouter(deps: FhirRouterDeps): express.Router {
                     {
                       severity: 'information',
                       code: 'informational',
-                      diagnostics: `accepted: ${result.stored} record(s) stored, ${result.duplicates} already known, ${result.triggers.length} trigger(s)`,
+                      diagnostics:
+                        `accepted: ${result.stored} record(s) stored, ${result.duplicates} already known, ${result.triggers.length} trigger(s)` +
+                        (result.pending > 0 ? `, ${result.pending} event(s) pending until the FHIR server gives their resources` : ''),
                     },
                   ],
                 }),
               );
             return;
           case 'refused':
-            sendProblem(res, result.status, result.title, result.detail);
+            await refuse(res, name, input, { ...result, raw: body });
             return;
           case 'unavailable':
             // Nothing durable: the server must resend (never a 2xx).
-            res.setHeader('Retry-After', String(result.retryAfterSeconds));
-            sendProblem(res, 503, 'Service unavailable', 'the notification could not be committed now; resend it later');
+            await refuse(res, name, input, { ...result, status: 503, title: 'Service unavailable', raw: body });
             return;
           default:
             result satisfies never;
@@ -202,5 +255,35 @@ export function createFhirRouter(deps: FhirRouterDeps): express.Router {
     });
   });
 
+  return router;
+}
+
+/**
+ * GET /api/fhir/subscriptions (behind the admin token): for every subscription of every
+ * fhir-rest-hook input, where its event numbering stands, what it still owes (missed
+ * events, a search, events whose triggers are pending) and its background recovery —
+ * attempts, the next one, the last reason code — so a stuck recovery is visible.
+ */
+export function createFhirAdminRouter(inputs: ReadonlyMap<string, FhirHttpInput>): express.Router {
+  const router = express.Router();
+  router.get('/subscriptions', async (_req, res) => {
+    const items: unknown[] = [];
+    for (const [input, { ingest }] of inputs) {
+      for (const { id, state } of await ingest.subscriptionStates()) {
+        items.push({
+          input,
+          subscription: id,
+          lastEventNumber: state.n ?? null,
+          numbering: state.epoch ?? 0,
+          lastEventAt: state.at ?? null,
+          lastHeardAt: state.seen ?? null,
+          status: state.status ?? null,
+          owed: state.owed ?? null,
+          recovery: state.recovery ?? null,
+        });
+      }
+    }
+    res.json({ items });
+  });
   return router;
 }

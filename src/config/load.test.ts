@@ -41,6 +41,8 @@ describe('the shipped example (connectors/example.yaml)', () => {
   it('loads with an empty environment, defaults from ${VAR:-default}', async () => {
     const plan = await loadConfig({ configDir: repoRoot, env: {} });
     expect(plan.files).toEqual([
+      // All commented out: ready-to-fill adapter blocks.
+      path.join(repoRoot, 'connectors', 'adapters.yaml'),
       path.join(repoRoot, 'connectors', 'example.yaml'),
       path.join(repoRoot, 'connectors', 'outbox.yaml'),
       path.join(repoRoot, 'connectors', 'policy.yaml'),
@@ -48,7 +50,7 @@ describe('the shipped example (connectors/example.yaml)', () => {
     expect(plan.server).toEqual({
       http: { host: '127.0.0.1', port: 8080 },
       dataDir: path.join(repoRoot, 'data'),
-      admin: {},
+      admin: { tokens: [] },
     });
     // The French example: EU defaults, Paris for the organisation and its site.
     expect(plan.policy.settings).toMatchObject({ region: 'eu', timezone: 'Europe/Paris', sites: [{ id: 'NORTHCLINIC', timezone: 'Europe/Paris' }] });
@@ -82,7 +84,7 @@ describe('loadConfig', () => {
   it('returns a deeply frozen plan with defaults, dataDir relative to the config dir', async () => {
     const dir = await configDir({ 'a.yaml': `inputs:\n${mllp('lab', 2600)}` });
     const plan: CarerelayPlan = await loadConfig({ configDir: dir, env: {} });
-    expect(plan.server).toEqual({ http: { host: '127.0.0.1', port: 8080 }, dataDir: path.join(dir, 'data'), admin: {} });
+    expect(plan.server).toEqual({ http: { host: '127.0.0.1', port: 8080 }, dataDir: path.join(dir, 'data'), admin: { tokens: [] } });
     // No policy block: every default, the organisation in UTC.
     expect(plan.policy.settings).toMatchObject({ region: 'us', timezone: 'UTC', sites: [], quietHours: { start: '08:00', end: '21:00', channels: ['sms'] } });
     expect(plan.policy.publicUrl).toBe('http://127.0.0.1:8080');
@@ -101,6 +103,7 @@ describe('loadConfig', () => {
         timezone: 'UTC',
         unknownMessageTypes: 'accept',
         missingFieldAck: 'AR',
+        ackMode: 'standard',
         maxFrameBytes: 10485760,
         idleTimeoutSeconds: 300,
         maxConnections: 200,
@@ -166,7 +169,7 @@ describe('loadConfig', () => {
       ].join('\n'),
     });
     expect(await issuesOf(dir)).toEqual([
-      'connectors/a.yaml:9:5: unknown key "maxFrame" (allowed: name, timezone, unknownMessageTypes, missingFieldAck, type, host, port, tls, plain, maxFrameBytes, idleTimeoutSeconds, maxConnections)',
+      'connectors/a.yaml:9:5: unknown key "maxFrame" (allowed: name, timezone, unknownMessageTypes, missingFieldAck, ackMode, type, host, port, tls, plain, maxFrameBytes, idleTimeoutSeconds, maxConnections)',
       'connectors/a.yaml:10:11: "name" "Lab_1" is not valid: lower-case letters, digits and "-", starting with a letter',
       'connectors/a.yaml:12:11: "port" must be <= 65535 (got 99999)',
       'connectors/a.yaml:13:12: "plain" must be true or false, got a string',
@@ -336,11 +339,11 @@ describe('loadConfig', () => {
 
   it('names the missing type and lists the known types', async () => {
     const dir = await configDir({
-      'a.yaml': 'inputs:\n  - name: x\n    port: 1\noutputs:\n  - name: sms\n    type: twilio\n',
+      'a.yaml': 'inputs:\n  - name: x\n    port: 1\noutputs:\n  - name: sms\n    type: pager\n',
     });
     expect(await issuesOf(dir)).toEqual([
       'connectors/a.yaml:2:5: input needs a "type" (known: hl7v2-mllp, hl7v2-http, fhir-rest-hook, fhir-poll)',
-      'connectors/a.yaml:6:11: unknown output type "twilio" (known: outbox)',
+      'connectors/a.yaml:6:11: unknown output type "pager" (known: outbox, webhook, smtp, twilio, fhir-communication)',
     ]);
   });
 
@@ -410,6 +413,27 @@ describe('loadConfig', () => {
       'connectors/a.yaml:7:47: secret environment variable TWILIO_TOKEN is not set',
       'connectors/b.yaml:1:1: policy is already configured at connectors/a.yaml:3:1; keep a single policy block',
       'connectors/b.yaml:2:24: "start" "8:00" is not valid: a time of day as HH:MM, e.g. 08:00',
+    ]);
+  });
+
+  it('checks named admin tokens: their secrets, unique and unreserved names, known scopes', async () => {
+    const dir = await configDir({
+      'a.yaml': [
+        'server:',
+        '  admin:',
+        '    tokens:',
+        '      - { name: oncall, token: { env: ONCALL_TOKEN }, scopes: [read, operate] }',
+        '      - { name: oncall, token: { env: OTHER_TOKEN }, scopes: [read] }',
+        '      - { name: admin, token: { env: OTHER_TOKEN }, scopes: [read] }',
+        '      - { name: lead, token: { env: OTHER_TOKEN }, scopes: [read, everything] }',
+        '',
+      ].join('\n'),
+    });
+    expect(await issuesOf(dir, { OTHER_TOKEN: 'other-token-0123456789' })).toEqual([
+      'connectors/a.yaml:4:32: secret environment variable ONCALL_TOKEN is not set',
+      'connectors/a.yaml:5:17: token name "oncall" is used twice; each token needs its own name for the audit log',
+      'connectors/a.yaml:6:17: token name "admin" is reserved ("admin" is the tokenEnv token, "local" a caller on loopback without a token); choose another',
+      expect.stringMatching(/^connectors\/a\.yaml:7:\d+: .*everything/),
     ]);
   });
 

@@ -12,7 +12,7 @@ import { outputSpecs as registeredOutputSpecs } from '../outputs/index.ts';
 import { outputInfos, type OutputSpec } from '../outputs/spec.ts';
 import type { TemplateSet } from '../pipeline/render.ts';
 import type { Rule } from '../pipeline/rule.ts';
-import { loadMappings } from './mappings.ts';
+import { loadMappings, type MappingSet } from './mappings.ts';
 import { policyConfigOf, policySchema, type PolicyBlock, type PolicyConfig } from './policy-schema.ts';
 import { connectorFileSchema, serverSchema, type ServerConfig } from './server-schema.ts';
 import {
@@ -85,6 +85,12 @@ export interface LoadConfigOptions {
    * false validates the shape only, e.g. in CI where the secrets do not exist.
    */
   checkSecrets?: boolean;
+  /**
+   * Also check the mapping tests beside the mappings (`carerelay validate` does; `start`
+   * does not: a broken test file must not keep the server from starting). Given the loaded
+   * mappings, returns the tests' problems, reported with the rest.
+   */
+  mappingTests?: (mappings: MappingSet) => Promise<ConfigIssue[]>;
 }
 
 /** Refuse absurd files before parsing: a config file is a few KiB. */
@@ -347,6 +353,7 @@ export async function loadConfig(options: LoadConfigOptions): Promise<CarerelayP
     issues.push(...secretIssues(policySchema, policyValue, policyFile, ['policy'], configDir, env, options.checkSecrets !== false));
   }
 
+  if (serverPlace) issues.push(...adminTokenIssues(serverConfig, files.find((f) => f.display === serverPlace!.display)!, configDir, env, options.checkSecrets !== false));
   issues.push(...portIssues(serverConfig, serverPlace, files, located));
   for (const { instance, file, base, spec } of located.filter((l) => l.valid)) {
     issues.push(...secretIssues(spec.configSchema, instance.config, file, base, configDir, env, options.checkSecrets !== false));
@@ -357,6 +364,7 @@ export async function loadConfig(options: LoadConfigOptions): Promise<CarerelayP
   const validOutputs = located.filter((l) => l.kind === 'outputs' && l.valid).map((l) => l.instance);
   const withInfo = specs.outputs.filter((s): s is OutputSpec => typeof (s as Partial<OutputSpec>).info === 'function');
   const mappings = await loadMappings({ configDir, env, outputs: outputInfos(validOutputs, withInfo), issues });
+  if (options.mappingTests) issues.push(...(await options.mappingTests(mappings)));
 
   if (issues.length > 0) throw new ConfigError(sortIssues(withoutEchoes(issues, files), files));
 
@@ -370,6 +378,29 @@ export async function loadConfig(options: LoadConfigOptions): Promise<CarerelayP
     mappings: mappings.rules,
     templates: mappings.templates,
   });
+}
+
+/** Token names reserved for the tokenEnv token ("admin") and for callers on loopback without a token ("local"). */
+const RESERVED_TOKEN_NAMES = new Set(['admin', 'local']);
+
+/** server.admin.tokens: each secret resolves, each name is unique and not reserved. */
+function adminTokenIssues(server: ServerConfig, file: YamlFile, configDir: string, env: Env, check: boolean): ConfigIssue[] {
+  const tokens = server.admin?.tokens;
+  if (!Array.isArray(tokens)) return [];
+  const issues = secretIssues(serverSchema, server as unknown as Record<string, unknown>, file, ['server'], configDir, env, check);
+  const seen = new Set<string>();
+  tokens.forEach((token, i) => {
+    if (!isRecord(token) || typeof token.name !== 'string') return; // reported by the schema
+    const at = ['server', 'admin', 'tokens', i, 'name'];
+    const problem = RESERVED_TOKEN_NAMES.has(token.name)
+      ? `token name "${token.name}" is reserved ("admin" is the tokenEnv token, "local" a caller on loopback without a token); choose another`
+      : seen.has(token.name)
+        ? `token name "${token.name}" is used twice; each token needs its own name for the audit log`
+        : undefined;
+    seen.add(token.name);
+    if (problem) issues.push({ file: file.display, ...file.doc.locate(at), path: toPointer(at), message: problem });
+  });
+  return issues;
 }
 
 /**

@@ -2,9 +2,26 @@
 // description (and a default when optional): `carerelay validate` and the docs use them.
 
 import { policySchema } from './policy-schema.ts';
-import type { JsonSchema } from './yaml.ts';
+import { nameSchema, secretRefSchema, type JsonSchema, type SecretRef } from './yaml.ts';
 
 export const ENV_NAME_PATTERN = '^[A-Za-z_][A-Za-z0-9_]*$';
+
+/**
+ * What an admin token may do. Ids (message, trigger, delivery, patient and appointment ids),
+ * types, statuses, times and reason codes are `read`; patient content — message bodies,
+ * names, birth dates, addresses and contact points in triggers, rendered messages — needs
+ * `phi` as well.
+ */
+export const AdminScope = {
+  /** List and look up messages, triggers, deliveries and the audit log: ids, types, statuses, reasons. */
+  Read: 'read',
+  /** Patient content: raw messages, trigger bodies, rendered messages, the outbox, search in raw text. */
+  Phi: 'phi',
+  /** Act on stored messages: reprocess a rejected one, release a quarantined copy (audited). */
+  Operate: 'operate',
+} as const;
+export type AdminScope = (typeof AdminScope)[keyof typeof AdminScope];
+export const ADMIN_SCOPES: readonly AdminScope[] = Object.values(AdminScope);
 
 export const serverSchema = {
   type: 'object',
@@ -61,13 +78,45 @@ export const serverSchema = {
           pattern: ENV_NAME_PATTERN,
           'x-hint': 'the name of an environment variable, not the token itself',
           description:
-            'Name of the environment variable holding the admin bearer token. Without it the admin API ' +
-            'answers on localhost only.',
+            'Name of the environment variable holding the admin bearer token (default CARERELAY_ADMIN_TOKEN). ' +
+            'That token has every scope and is named "admin" in the audit log. Without any token the admin ' +
+            'API answers on localhost only.',
+        },
+        tokens: {
+          type: 'array',
+          default: [],
+          description:
+            'Further admin tokens, each with a name (recorded in the audit log for what it does) and the scopes ' +
+            'it grants: read (ids, types, statuses, reasons), phi (patient content: raw messages, trigger ' +
+            'bodies, rendered messages, raw-text search), operate (reprocess and release messages).',
+          items: {
+            type: 'object',
+            description: 'One admin token.',
+            required: ['name', 'token', 'scopes'],
+            additionalProperties: false,
+            properties: {
+              name: nameSchema('Who holds it, e.g. "oncall"; shown in the audit log. "admin" and "local" are taken.'),
+              token: { ...secretRefSchema, description: 'The bearer token, by reference.' },
+              scopes: {
+                type: 'array',
+                minItems: 1,
+                uniqueItems: true,
+                description: 'What the token may do.',
+                items: { type: 'string', enum: ADMIN_SCOPES, description: 'read, phi or operate.' },
+              },
+            },
+          },
         },
       },
     },
   },
 } as const satisfies JsonSchema;
+
+export interface AdminTokenConfig {
+  readonly name: string;
+  readonly token: SecretRef;
+  readonly scopes: readonly AdminScope[];
+}
 
 /** The `server` block after defaults; `dataDir` is made absolute by the loader. */
 export interface ServerConfig {
@@ -75,7 +124,7 @@ export interface ServerConfig {
   readonly dataDir: string;
   /** Superseded by policy.timezone (read only when that is not set). */
   readonly timezone?: string;
-  readonly admin: { readonly tokenEnv?: string };
+  readonly admin: { readonly tokenEnv?: string; readonly tokens: readonly AdminTokenConfig[] };
 }
 
 /**

@@ -302,6 +302,20 @@ function makeLocate(doc: Document.Parsed, at: (offset: number) => SourcePosition
 export type SecretRef = { env: string } | { file: string };
 
 /**
+ * JSON Schema of a configured name (an input, an output, an admin token): safe in URLs, logs
+ * and the audit log. `description` says what the name is for.
+ */
+export function nameSchema(description: string) {
+  return {
+    type: 'string',
+    pattern: '^[a-z][a-z0-9-]*$',
+    maxLength: 63,
+    'x-hint': 'lower-case letters, digits and "-", starting with a letter',
+    description,
+  } as const;
+}
+
+/**
  * JSON Schema of a secret reference. `x-secret` marks it so validation errors can explain
  * how to fix an inline value, and so the loader can check every reference resolves.
  */

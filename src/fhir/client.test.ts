@@ -104,6 +104,12 @@ describe('read, vread, readReference', () => {
     ['a relative path with ..', () => '../Patient/1', 'malformed'],
     ['an encoded slash in the id', () => 'Patient/1%2F..%2F2', 'malformed'],
     ['an empty reference', () => '', 'malformed'],
+    // The id pattern lets "." and ".." through; as path segments they fetch [base]/Patient/ or [base]/.
+    ['the id "."', () => 'Patient/.', 'malformed'],
+    ['the id ".."', () => 'Patient/..', 'malformed'],
+    ['the version id ".."', () => 'Patient/p1/_history/..', 'malformed'],
+    ['an absolute reference ending in ..', (base: string) => `${base}/Patient/..`, 'malformed'],
+    ['an absolute reference ending in an encoded ..', (base: string) => `${base}/Patient/%2e%2e`, 'malformed'],
   ])('refuses %s without a request', async (_name, make, reason) => {
     const reference = make(server.baseUrl);
     const error = await rejection(client().readReference(reference));
@@ -136,6 +142,8 @@ describe('read, vread, readReference', () => {
     const c = client();
     await expect(c.read('appointment', '1')).rejects.toMatchObject({ code: 'fhir_request_invalid' });
     await expect(c.read('Appointment', '../metadata')).rejects.toMatchObject({ code: 'fhir_request_invalid' });
+    await expect(c.read('Appointment', '..')).rejects.toMatchObject({ code: 'fhir_request_invalid' });
+    await expect(c.vread('Appointment', 'a1', '.')).rejects.toMatchObject({ code: 'fhir_request_invalid' });
     await expect(c.read('HttpFoo:', '1')).rejects.toMatchObject({ code: 'fhir_request_invalid' });
     expect(server.requests).toEqual([]);
   });

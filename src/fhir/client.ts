@@ -15,7 +15,7 @@
 //   response bodies (they may hold patient data).
 import { Client, type RequestOptions, type SearchParams as FhirKitSearchParams } from 'fhir-kit-client';
 import { AmbiguousError, PermanentError, TransientError } from '../errors.ts';
-import type { FhirResource, PayloadContent } from './notification.ts';
+import { isFhirId, type FhirResource, type PayloadContent } from './notification.ts';
 import {
   checkServiceUrl,
   parseRetryAfter,
@@ -131,7 +131,6 @@ export interface ParsedReference {
 
 // FHIR R4 §2.24.0.1 (resource type names) and §2.1.27.5 id datatype: [A-Za-z0-9\-\.]{1,64}.
 const TYPE_PATTERN = /^[A-Z][A-Za-z]{1,63}$/;
-const ID_PATTERN = /^[A-Za-z0-9\-.]{1,64}$/;
 const RELATIVE_REFERENCE = /^([A-Z][A-Za-z]{1,63})\/([A-Za-z0-9\-.]{1,64})(?:\/_history\/([A-Za-z0-9\-.]{1,64}))?$/;
 const MAX_REFERENCE_LENGTH = 2048;
 
@@ -202,6 +201,9 @@ export function parseFhirReference(reference: string, baseUrl: string): ParsedRe
       ReferenceRefusal.Malformed,
       'reference is not of the form Type/id or Type/id/_history/vid (ids are 1-64 of A-Z a-z 0-9 - .)',
     );
+  }
+  if (!isFhirId(match[2]) || (match[3] !== undefined && !isFhirId(match[3]))) {
+    throw new FhirReferenceRefused(ReferenceRefusal.Malformed, 'a FHIR id is never "." or ".." (they would name another path on the server)');
   }
   const parsed: ParsedReference = { type: match[1], id: match[2] };
   if (match[3] !== undefined) parsed.versionId = match[3];
@@ -485,17 +487,27 @@ export class FhirClient {
   /**
    * FHIR create (POST). Not idempotent: only a 429/503 (nothing was processed) is retried;
    * a timeout, reset or other 5xx is an AmbiguousError (the resource may exist now).
+   *
+   * `ifNoneExist` makes it a conditional create (FHIR R4 §3.1.0.8.1, header If-None-Exist: a
+   * search query without "?"): a server that supports it answers 200 with the existing match
+   * instead of creating a second one, so a repeat after an ambiguous failure is safe.
+   * `signal` aborts the call (the queue's lease or shutdown).
    */
-  async create(resource: FhirResource): Promise<FhirResource> {
+  async create(resource: FhirResource, options: { ifNoneExist?: string; signal?: AbortSignal } = {}): Promise<FhirResource> {
     checkType(resource?.resourceType);
     const body = stripId(resource);
     const what = `create ${resource.resourceType}`;
-    const created = await this.call({ what, idempotent: false }, (options) =>
-      this.fhir.create({
-        resourceType: resource.resourceType,
-        body: body as FhirResource & Record<string, unknown>,
-        options: { ...options, headers: { ...options.headers, prefer: 'return=representation' } },
-      }),
+    const extraHeaders: Record<string, string> = { prefer: 'return=representation' };
+    if (options.ifNoneExist !== undefined) extraHeaders['if-none-exist'] = options.ifNoneExist;
+    const created = await this.call(
+      { what, idempotent: false },
+      (requestOptions) =>
+        this.fhir.create({
+          resourceType: resource.resourceType,
+          body: body as FhirResource & Record<string, unknown>,
+          options: { ...requestOptions, headers: { ...requestOptions.headers, ...extraHeaders } },
+        }),
+      options.signal,
     );
     if (created.resourceType !== undefined) return expectType(created, resource.resourceType, what);
     // A server may answer 201 with an empty body despite Prefer: return=representation;
@@ -536,15 +548,18 @@ export class FhirClient {
   // -------------------------------------------------------------------------------------
 
   /** One logical call: auth header, timeout, classification, bounded retries. */
-  private async call(kind: CallKind, send: (options: RequestOptions) => Promise<Record<string, unknown>>): Promise<FhirResource> {
+  private async call(kind: CallKind, send: (options: RequestOptions) => Promise<Record<string, unknown>>, signal?: AbortSignal): Promise<FhirResource> {
     let retries = 0;
     let renewed = false;
     for (;;) {
+      // Aborted before this attempt left: nothing can have happened.
+      if (signal?.aborted) throw new FhirUnavailableError('fhir_aborted', `${kind.what}: aborted before the request was made`);
       let error: Error;
       try {
         const headers: Record<string, string> = {};
         if (this.tokens !== undefined) headers.authorization = `Bearer ${await this.tokens.getToken()}`;
-        const result = await send({ headers, signal: AbortSignal.timeout(this.options.timeoutMs) });
+        const timeout = AbortSignal.timeout(this.options.timeoutMs);
+        const result = await send({ headers, signal: signal === undefined ? timeout : AbortSignal.any([timeout, signal]) });
         return result as FhirResource;
       } catch (raw) {
         error = this.classify(raw, kind);
@@ -652,8 +667,8 @@ function checkType(type: unknown): asserts type is string {
 }
 
 function checkId(id: unknown, what: string): asserts id is string {
-  if (typeof id !== 'string' || !ID_PATTERN.test(id)) {
-    throw new PermanentError('fhir_request_invalid', `${what} must be a FHIR id (1-64 of A-Z a-z 0-9 - .)`);
+  if (typeof id !== 'string' || !isFhirId(id)) {
+    throw new PermanentError('fhir_request_invalid', `${what} must be a FHIR id (1-64 of A-Z a-z 0-9 - ., not "." or "..")`);
   }
 }
 

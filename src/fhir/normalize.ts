@@ -198,8 +198,20 @@ export function normalizeNotification(
   const out: NotificationNormalizeResult = { triggers: [], states: [], missing: [] };
 
   const run = (resource: FhirResource, base: Omit<NormalizeContext, 'previous' | 'patient'>): void => {
-    const patientRef = patientReferenceOf(resource);
-    const patient = patientRef !== undefined ? find(patientRef) : undefined;
+    // A contained (#id) reference resolves inside the resource (FHIR R4 §2.36.0.7.4); any
+    // other inside the Bundle (fullUrl, urn:uuid: included) or among what was fetched.
+    const lookup = (ref: string) => (ref.startsWith('#') ? containedResource(resource, ref) : find(ref));
+    const patientRef = patientReferenceOf(resource, (ref) => lookup(ref)?.resourceType);
+    if (patientRef === undefined && resource.resourceType === 'Appointment') {
+      // A participant that may be the patient but says neither its type nor resolves here
+      // (a #contained or urn: reference the document does not define): that is what is missing.
+      const unknown = untypedActors(resource).filter((ref) => /^(#|urn:)/i.test(ref) && lookup(ref) === undefined);
+      if (unknown.length > 0) {
+        out.missing.push(...unknown);
+        return;
+      }
+    }
+    const patient = patientRef !== undefined ? lookup(patientRef) : undefined;
     if (patientRef !== undefined && !patient) {
       out.missing.push(patientRef);
       return;
@@ -291,10 +303,10 @@ export function resourceMessageId(resource: FhirResource): string {
  * normalizing: Appointment Patient participant, Encounter.subject, or the surviving
  * patient of a Patient `replaced-by` link. Undefined when none is needed or none exists.
  */
-export function patientReferenceOf(resource: FhirResource): string | undefined {
+export function patientReferenceOf(resource: FhirResource, typeOf?: (reference: string) => string | undefined): string | undefined {
   switch (resource.resourceType) {
     case 'Appointment':
-      return patientParticipant(resource as Appointment)?.reference;
+      return patientParticipant(resource as Appointment, typeOf)?.reference;
     case 'Encounter': {
       const subject = (resource as Encounter).subject ?? (resource as Encounter).patient;
       return isObject(subject) && typeof subject.reference === 'string' ? subject.reference : undefined;
@@ -494,12 +506,37 @@ function relevantChange(data: Record<string, unknown> | undefined, now: Appointm
   return known.some((key) => (data![key] ?? null) !== now[key]);
 }
 
-function patientParticipant(res: Appointment): Reference | undefined {
+/**
+ * The participant whose actor is a Patient. A reference that does not say its type
+ * (`#contained`, `urn:uuid:` in a transaction Bundle) is typed by what it resolves to, when
+ * the caller can resolve it (`typeOf`).
+ */
+function patientParticipant(res: Appointment, typeOf?: (reference: string) => string | undefined): Reference | undefined {
   if (!Array.isArray(res.participant)) return undefined;
   for (const p of res.participant) {
-    if (isObject(p) && isObject(p.actor) && referenceType(p.actor) === 'Patient') return p.actor;
+    if (!isObject(p) || !isObject(p.actor)) continue;
+    const type = referenceType(p.actor) ?? (typeof p.actor.reference === 'string' ? typeOf?.(p.actor.reference) : undefined);
+    if (type === 'Patient') return p.actor;
   }
   return undefined;
+}
+
+/** References of Appointment participants that do not say their type. */
+function untypedActors(resource: FhirResource): string[] {
+  const participants = Array.isArray(resource.participant) ? (resource.participant as unknown[]) : [];
+  return participants
+    .map((p) => (isObject(p) && isObject(p.actor) ? (p.actor as Reference) : undefined))
+    .filter((actor): actor is Reference => actor !== undefined && referenceType(actor) === undefined && typeof actor.reference === 'string')
+    .map((actor) => actor.reference!);
+}
+
+/** The resource a `#id` reference names among `resource.contained`. */
+function containedResource(resource: FhirResource, reference: string): FhirResource | undefined {
+  if (!Array.isArray(resource.contained)) return undefined;
+  const id = reference.slice(1);
+  return (resource.contained as unknown[]).find(
+    (c): c is FhirResource => isObject(c) && typeof c.resourceType === 'string' && c.id === id,
+  );
 }
 
 /** The first participant whose actor is of the first type found (types in preference order). */

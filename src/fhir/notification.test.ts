@@ -179,6 +179,20 @@ describe('readNotification: body forms', () => {
     expect(fromBytes).toEqual(fromJson);
   });
 
+  it('a JSON text holding a string or null is not a body, and its content is never parsed again', () => {
+    const inner = '{"resourceType":"Appointment","__proto__":{"polluted":true}}';
+    expect(() => readNotification(JSON.stringify(inner))).toThrow(/body: expected a JSON object \(a FHIR resource\), got a string/);
+    expect(() => readNotification(Buffer.from('null'))).toThrow(/got null/);
+    expect(() => readNotification(inner)).toThrow(/"__proto__" is not allowed/);
+    expect(({} as Record<string, unknown>).polluted).toBeUndefined();
+  });
+
+  it('bytes that are not UTF-8 are refused, saying where', () => {
+    // "Müller" in Latin-1: 0xFC is not UTF-8.
+    const latin1 = Buffer.concat([Buffer.from('{"resourceType":"Patient","name":[{"family":"M'), Buffer.from([0xfc]), Buffer.from('ller"}]}')]);
+    expect(() => readNotification(latin1)).toThrow(/body: the bytes are not valid UTF-8 \(byte 46\)/);
+  });
+
   it('a criteria rest-hook resource is returned as is', () => {
     const n = readNotification({ resourceType: 'Appointment', id: 'a1', status: 'booked' });
     expect(n).toMatchObject({ kind: 'resource', resource: { id: 'a1' } });
@@ -306,6 +320,8 @@ describe('references', () => {
     expect(referenceParts('Appointment/7/_history/3')).toEqual({ type: 'Appointment', id: '7' });
     expect(referenceParts('urn:uuid:1234')).toBeUndefined();
     expect(referenceParts('#contained')).toBeUndefined();
+    expect(referenceParts('Patient/.')).toBeUndefined();
+    expect(referenceParts('https://h.example/fhir/Patient/..')).toBeUndefined();
   });
 
   it('topicEventKey is topicMessageId in the first numbering, <id>@<epoch>#<n> after a restart', () => {

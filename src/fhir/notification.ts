@@ -9,6 +9,7 @@
 // - an empty body (the subscriber is expected to search).
 // Only the shape is read here; turning resources into triggers is normalize.ts.
 import { PermanentError } from '../errors.ts';
+import { decodeFhirJson, FhirEncodingError, parseFhirJson } from './json.ts';
 
 /** Any FHIR resource as JSON. Only `resourceType` is guaranteed (checked on read). */
 export interface FhirResource {
@@ -138,8 +139,9 @@ const BACKPORT_STATUS_PROFILE_HINT =
   'expected Parameters (R4 Subscriptions Backport) or SubscriptionStatus (R4B/R5)';
 
 /**
- * Reads a POSTed FHIR body. `body` may be the parsed JSON, a JSON string or the raw bytes;
- * undefined, null, an empty string/buffer or `{}` count as an empty body.
+ * Reads a POSTed FHIR body. `body` may be the parsed JSON (an object), a JSON text or the raw
+ * bytes (strict UTF-8, prototype keys refused); undefined, null, an empty text/buffer or `{}`
+ * count as an empty body. A JSON text holding a string, null, a number or an array is not.
  * Throws FhirNotificationError naming what is wrong and where.
  */
 export function readNotification(body: unknown): Notification {
@@ -462,7 +464,16 @@ export function resolveReference(
 export function referenceParts(reference: string): { type: string; id: string } | undefined {
   const withoutHistory = reference.replace(/\/_history\/[^/]+$/, '');
   const match = /(?:^|\/)([A-Z][A-Za-z]+)\/([A-Za-z0-9\-.]{1,64})$/.exec(withoutHistory);
-  return match ? { type: match[1]!, id: match[2]! } : undefined;
+  return match && isFhirId(match[2]!) ? { type: match[1]!, id: match[2]! } : undefined;
+}
+
+/**
+ * FHIR R4 §2.1.27.5 id: 1-64 of `A-Z a-z 0-9 - .`. The pattern lets `.` and `..` through,
+ * but in a URL they are path segments that name another resource (`[base]/Patient/..` is
+ * `[base]/`): never an id.
+ */
+export function isFhirId(value: string): boolean {
+  return /^[A-Za-z0-9\-.]{1,64}$/.test(value) && value !== '.' && value !== '..';
 }
 
 /** `<subscription id>#<event number>`: FHIR source.messageId for topic notifications (docs/trigger.md). */
@@ -484,17 +495,70 @@ export function topicEventKey(subscription: string, eventNumber: number, epoch =
   return `${id}@${epoch}#${eventNumber}`;
 }
 
+/**
+ * The part of a multi-event notification Bundle that concerns one event: the status with
+ * only this event, and the entries of its focus and context. Kept as that event's raw body.
+ */
+export function eventSlice(bundle: Record<string, unknown>, event: NotificationEvent): Buffer {
+  const entries = Array.isArray(bundle.entry) ? (bundle.entry as Array<Record<string, unknown>>) : [];
+  const [statusEntry, ...rest] = entries;
+  const statusResource = { ...((statusEntry?.resource as Record<string, unknown> | undefined) ?? {}) };
+  const numberOf = (value: unknown): number => Number(value);
+  if (Array.isArray(statusResource.parameter)) {
+    statusResource.parameter = (statusResource.parameter as Array<Record<string, unknown>>).filter((p) => {
+      if (p?.name !== 'notification-event') return true;
+      const parts = Array.isArray(p.part) ? (p.part as Array<Record<string, unknown>>) : [];
+      const numberPart = parts.find((x) => x?.name === 'event-number');
+      return numberOf(numberPart?.valueString ?? numberPart?.valueInteger64 ?? numberPart?.valueUnsignedInt ?? numberPart?.valueInteger) === event.eventNumber;
+    });
+  }
+  if (Array.isArray(statusResource.notificationEvent)) {
+    statusResource.notificationEvent = (statusResource.notificationEvent as Array<Record<string, unknown>>).filter(
+      (e) => numberOf(e?.eventNumber) === event.eventNumber,
+    );
+  }
+  const wanted = [event.focus, ...event.additionalContext]
+    .filter((r): r is string => r !== undefined)
+    .map((r) => referenceParts(r))
+    .filter((p) => p !== undefined)
+    .map((p) => `${p.type}/${p.id}`);
+  const related = rest.filter((entry) => {
+    const url = typeof entry?.fullUrl === 'string' ? entry.fullUrl : undefined;
+    const parts = url ? referenceParts(url) : undefined;
+    const resource = entry?.resource as FhirResource | undefined;
+    const key = parts ? `${parts.type}/${parts.id}` : resource ? `${resource.resourceType}/${String(resource.id)}` : '';
+    return wanted.includes(key);
+  });
+  return Buffer.from(
+    JSON.stringify({
+      resourceType: 'Bundle',
+      type: bundle.type,
+      ...(bundle.timestamp !== undefined ? { timestamp: bundle.timestamp } : {}),
+      entry: [{ ...statusEntry, resource: statusResource }, ...related],
+    }),
+  );
+}
+
 // --- small readers ------------------------------------------------------------------------
 
 function parseBody(body: unknown): unknown {
   if (body === undefined || body === null) return undefined;
   let text: string | undefined;
-  if (typeof body === 'string') text = body;
-  else if (body instanceof Uint8Array) text = Buffer.from(body.buffer, body.byteOffset, body.byteLength).toString('utf8');
+  if (typeof body === 'string') text = body.replace(/^\uFEFF/, '');
+  else if (body instanceof Uint8Array) {
+    try {
+      text = decodeFhirJson(body);
+    } catch (error) {
+      if (error instanceof FhirEncodingError) throw new FhirNotificationError('body', error.message);
+      throw error;
+    }
+  }
   if (text === undefined) return body;
   if (text.trim() === '') return undefined;
   try {
-    return JSON.parse(text) as unknown;
+    // A JSON text that is a string or null is not a resource: the caller sees it as such
+    // (never parsed a second time, never read as "no body").
+    return parseFhirJson(text);
   } catch (error) {
     throw new FhirNotificationError('body', `not valid JSON (${(error as Error).message}); send application/fhir+json`);
   }

@@ -14,6 +14,7 @@
 // support). JWS compact serialization is done here with node:crypto: no JOSE dependency.
 import { createHash, createPrivateKey, createPublicKey, randomUUID, sign, type KeyObject } from 'node:crypto';
 import { PermanentError, TransientError } from '../errors.ts';
+import { isLoopbackUrl, parseRetryAfter } from '../http/outbound.ts';
 
 export const SmartAlgorithm = {
   RS384: 'RS384',
@@ -213,25 +214,8 @@ export function signClientAssertion(
 // ---------------------------------------------------------------------------------------
 // Shared HTTP helpers (used by client.ts too)
 
-/**
- * Retry-After (RFC 9110 §10.2.3): delay-seconds or an HTTP-date. Returns ms from `nowMs`,
- * or undefined when absent or unreadable. Never negative.
- */
-export function parseRetryAfter(value: string | null | undefined, nowMs: number): number | undefined {
-  if (value === null || value === undefined) return undefined;
-  const trimmed = value.trim();
-  if (/^\d+$/.test(trimmed)) return Number(trimmed) * 1000;
-  const date = Date.parse(trimmed);
-  if (Number.isNaN(date)) return undefined;
-  return Math.max(0, date - nowMs);
-}
-
-const LOOPBACK_HOSTS = new Set(['localhost', '[::1]']);
-
-/** True for http(s) URLs on a loopback address (127.0.0.0/8, ::1, localhost). */
-export function isLoopbackUrl(url: URL): boolean {
-  return LOOPBACK_HOSTS.has(url.hostname) || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(url.hostname);
-}
+// Retry-After and loopback checks are shared with the outbound adapters (http/outbound.ts).
+export { isLoopbackUrl, parseRetryAfter } from '../http/outbound.ts';
 
 /**
  * Parses a configured URL and refuses credentials-in-URL and, unless allowed, plain http off

@@ -7,7 +7,7 @@
 // - Enhanced mode: commit ACK CA/CE/CR, sent or not per MSH-15 (table 0155).
 import type { AckCode } from '../types.ts';
 import { escapeHl7 } from './escape.ts';
-import { DEFAULT_DELIMITERS, type Hl7Delimiters, type Hl7Message } from './parse.ts';
+import { DEFAULT_DELIMITERS, type Hl7BatchHeader, type Hl7Delimiters, type Hl7Message } from './parse.ts';
 
 /** MSA-3 (text message) is 80 characters long (v2.5.1 §2.15.8.3). */
 export const MSA_TEXT_MAX = 80;
@@ -216,4 +216,73 @@ export function shouldSendAcceptAck(msg: Hl7Message, accepted: boolean): boolean
       accept satisfies never;
       return true;
   }
+}
+
+/** BHS-10 and BTS-2 (batch comments) are ST of 80 characters (v2.5.1 chapter 2, BHS and BTS). */
+export const BATCH_COMMENT_MAX = 80;
+
+/** A message of a batch that gets no ACK of its own, and why (e.g. "MSH-15 NE"). */
+export interface NotAcknowledged {
+  /** Its MSH-10. */
+  controlId: string;
+  why: string;
+}
+
+export interface BatchAckOptions {
+  /** The ACK messages due, in batch order (each ends with CR). */
+  acks: readonly string[];
+  /** The messages that get none (their MSH-15 said so). */
+  notAcknowledged: readonly NotAcknowledged[];
+  /** Number of messages in the batch answered. */
+  messageCount: number;
+  /** The reply batch's own BHS-11. */
+  controlId: string;
+  /** BHS-7. */
+  now: Date;
+}
+
+/**
+ * Answers an FHS/BHS batch with a batch (v2.x chapter 2, "HL7 batch protocol"): BHS, the ACKs due,
+ * BTS. The header is written with the batch's delimiters, sender and receiver swapped, and
+ * BHS-12 (reference batch control id) echoing the batch's BHS-11 so the sender can match
+ * the reply. Messages whose MSH-15 asks for no ACK get none; the reply still names them:
+ * BHS-10 counts them, BTS-2 lists their MSH-10 and why, as far as its 80 characters allow.
+ * BTS-1 is the number of ACK messages in the reply.
+ */
+export function buildBatchAck(batch: Hl7BatchHeader, options: BatchAckOptions): string {
+  const d = batch.delimiters;
+  const f = d.field;
+  const raw = (n: number): string => batch.segment.rawField(n);
+  const missing = options.notAcknowledged;
+  const summary =
+    missing.length === 0 ? '' : `${missing.length} of ${options.messageCount} message(s) not acknowledged, as their MSH-15 asked`;
+  const bhs = [
+    'BHS',
+    raw(2),
+    raw(5), // BHS-3 sending application ← the batch's receiving application
+    raw(6),
+    raw(3), // BHS-5 receiving application ← the batch's sending application
+    raw(4),
+    hl7Timestamp(options.now), // BHS-7
+    '', // BHS-8 security
+    '', // BHS-9 name/id/type
+    escapeAndTruncate(summary, d, BATCH_COMMENT_MAX), // BHS-10 comment
+    escapeHl7(options.controlId, d), // BHS-11
+    raw(11), // BHS-12 reference batch control id ← the batch's BHS-11, wire text as sent
+  ];
+  while (bhs.length > 3 && bhs[bhs.length - 1] === '') bhs.pop();
+  const bts = ['BTS', String(options.acks.length), notAcknowledgedList(missing, d)];
+  while (bts.length > 2 && bts[bts.length - 1] === '') bts.pop();
+  return `${bhs.join(f)}\r${options.acks.join('')}${bts.join(f)}\r`;
+}
+
+/** "M2 (MSH-15 NE), M4 (MSH-15 ER, accepted)", escaped, cut at a whole entry with "+N more". */
+function notAcknowledgedList(missing: readonly NotAcknowledged[], d: Hl7Delimiters): string {
+  const entries = missing.map((m) => escapeHl7(`${m.controlId} (${m.why})`, d));
+  for (let shown = entries.length; shown >= 0; shown--) {
+    const rest = entries.length - shown;
+    const text = [...entries.slice(0, shown), ...(rest > 0 ? [`+${rest} more`] : [])].join(', ');
+    if ([...text].length <= BATCH_COMMENT_MAX) return text;
+  }
+  return escapeAndTruncate(`${missing.length} not acknowledged`, d, BATCH_COMMENT_MAX);
 }

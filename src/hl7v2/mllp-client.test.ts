@@ -124,6 +124,18 @@ describe('MllpClient', () => {
     expect(client.discardedAcks).toBe(1);
   });
 
+  it('sendWithoutAck writes a message that asks for no ACK and waits for none; an ACK sent anyway is discarded', async () => {
+    const receiver = await fakeReceiver((id, conn) => {
+      conn.socket.write(ack(id)); // a receiver that acknowledges every message anyway
+    });
+    const client = await connectedClient(receiver.port);
+    await client.sendWithoutAck(hl7('QUIET-1'));
+    const reply = parseHl7(await client.send(hl7('LOUD-2'), { timeoutMs: 5000 }));
+    expect(reply.get('MSA-2')).toBe('LOUD-2');
+    expect(receiver.connections[0]!.received).toEqual(['QUIET-1', 'LOUD-2']);
+    expect(client.discardedAcks).toBe(1);
+  });
+
   it('keeps one message in flight: a second send waits for the first ACK', async () => {
     let outstanding = 0;
     let maxOutstanding = 0;

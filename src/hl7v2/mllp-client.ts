@@ -1,8 +1,11 @@
 // MLLP sender: one message in flight per connection, the ACK matched to the message.
 //
 // - The ACK is the frame whose MSA-2 equals the sent message's MSH-10 (HL7 v2 chapter 2,
-//   "MSA-2 message control ID"). Any other frame (a stale ACK of an earlier message, an
-//   unparseable frame, a frame nobody waits for) is discarded and counted, never returned.
+//   "MSA-2 message control ID"); the reply to an FHS/BHS batch is the batch whose BHS-12
+//   (reference batch control id) equals the sent BHS-11 (any batch when that is empty). Any
+//   other frame (a stale ACK of an earlier message, an unparseable frame, a frame nobody
+//   waits for) is discarded and counted, never returned.
+// - A message whose MSH-15 is NE asks for no ACK: sendWithoutAck writes it and waits for none.
 // - A timeout closes the connection: an ACK arriving late on it must never be taken for
 //   the next message's ACK. The caller reconnects with connect().
 // - A timeout or a connection lost while waiting is ambiguous (the receiver may have
@@ -12,7 +15,7 @@ import net from 'node:net';
 import tls from 'node:tls';
 import { AmbiguousError, TransientError } from '../errors.ts';
 import { DEFAULT_MAX_FRAME_BYTES, MllpFrameTooLargeError, MllpFramer, encodeFrame } from './mllp.ts';
-import { parseHl7, parseHl7Batch } from './parse.ts';
+import { batchHeaderOf, parseHl7 } from './parse.ts';
 
 export interface MllpClientTlsOptions {
   /** PEM CA certificate(s) trusted for the server; default: Node's bundled roots. */
@@ -61,22 +64,55 @@ export const MLLP_CLIENT_DEFAULTS = {
 const CLOSE_GRACE_MS = 2_000;
 
 interface Waiter {
+  /** What the ACK must answer, for errors: `MSH-10 "X"` or `batch BHS-11 "Y"`. */
   expected: string;
+  matches: (frame: Buffer) => boolean;
   resolve: (ack: Buffer) => void;
   reject: (error: Error) => void;
 }
 
 /**
- * MSH-10 of the message being sent ('' when it has none or cannot be parsed: only an ACK
- * with an empty MSA-2, as a receiver sends for an unreadable message, matches then).
- * A batch (FHS/BHS) is matched on its first message's MSH-10, the first ACK returned.
+ * Which frame answers `payload`. A message: the frame whose MSA-2 is its MSH-10 ('' when it
+ * has none or cannot be parsed: only an ACK with an empty MSA-2, as a receiver sends for an
+ * unreadable message, matches then). A batch: the batch reply whose BHS-12 is its BHS-11.
  */
-function controlIdOf(payload: Buffer): string {
+function replyMatcher(payload: Buffer): Pick<Waiter, 'expected' | 'matches'> {
+  let batch;
   try {
-    return parseHl7Batch(payload)[0]?.get('MSH-10') ?? '';
+    batch = batchHeaderOf(payload);
   } catch {
-    return '';
+    batch = undefined;
   }
+  if (batch !== undefined) {
+    const batchId = batch.segment.rawField(11);
+    return {
+      expected: `batch BHS-11 ${JSON.stringify(batchId)}`,
+      matches: (frame) => {
+        try {
+          const reply = batchHeaderOf(frame);
+          return reply !== undefined && (batchId === '' || reply.segment.rawField(12) === batchId);
+        } catch {
+          return false;
+        }
+      },
+    };
+  }
+  let controlId = '';
+  try {
+    controlId = parseHl7(payload).get('MSH-10');
+  } catch {
+    // unparseable: only an ACK with an empty MSA-2 answers it
+  }
+  return {
+    expected: `MSH-10 ${JSON.stringify(controlId)}`,
+    matches: (frame) => {
+      try {
+        return parseHl7(frame).get('MSA-2') === controlId;
+      } catch {
+        return false;
+      }
+    },
+  };
 }
 
 function positiveInteger(name: string, value: number): number {
@@ -198,17 +234,41 @@ export class MllpClient {
     return run;
   }
 
+  /**
+   * Sends one message that asks for no ACK (MSH-15 NE) and resolves once it is handed to
+   * the socket: nothing tells whether the receiver committed it. Queued like send(); a frame
+   * the receiver sends anyway is discarded.
+   */
+  sendWithoutAck(message: Buffer | string): Promise<void> {
+    const run = this.turn.then(
+      () =>
+        new Promise<void>((resolve, reject) => {
+          const socket = this.socket;
+          if (socket === undefined || socket.destroyed) {
+            reject(this.notConnected());
+            return;
+          }
+          const payload = typeof message === 'string' ? Buffer.from(message, 'utf8') : message;
+          socket.write(encodeFrame(payload), (error) => {
+            if (error) reject(new AmbiguousError(MllpClientErrorCode.ConnectionClosed, `MLLP write to ${this.host}:${this.port} failed: ${error.message}`, { cause: error }));
+            else resolve();
+          });
+        }),
+    );
+    this.turn = run.then(
+      () => {},
+      () => {},
+    );
+    return run;
+  }
+
   private sendNow(message: Buffer | string, options: MllpSendOptions): Promise<Buffer> {
     const timeoutMs = positiveInteger('timeoutMs', options.timeoutMs ?? this.ackTimeoutMs);
     const payload = typeof message === 'string' ? Buffer.from(message, 'utf8') : message;
     const frame = encodeFrame(payload);
     const socket = this.socket;
-    if (socket === undefined || socket.destroyed) {
-      return Promise.reject(
-        new TransientError(MllpClientErrorCode.NotConnected, `MLLP client for ${this.host}:${this.port} is not connected: call connect() first`),
-      );
-    }
-    const expected = controlIdOf(payload);
+    if (socket === undefined || socket.destroyed) return Promise.reject(this.notConnected());
+    const { expected, matches } = replyMatcher(payload);
     return new Promise<Buffer>((resolve, reject) => {
       const timer = setTimeout(() => {
         this.waiter = undefined;
@@ -218,12 +278,13 @@ export class MllpClient {
         reject(
           new AmbiguousError(
             MllpClientErrorCode.AckTimeout,
-            `no ACK for MSH-10 ${JSON.stringify(expected)} from ${this.host}:${this.port} within ${timeoutMs} ms; the connection was closed (the message may have been received)`,
+            `no ACK for ${expected} from ${this.host}:${this.port} within ${timeoutMs} ms; the connection was closed (the message may have been received)`,
           ),
         );
       }, timeoutMs);
       this.waiter = {
         expected,
+        matches,
         resolve: (ack) => {
           clearTimeout(timer);
           resolve(ack);
@@ -235,6 +296,10 @@ export class MllpClient {
       };
       socket.write(frame);
     });
+  }
+
+  private notConnected(): TransientError {
+    return new TransientError(MllpClientErrorCode.NotConnected, `MLLP client for ${this.host}:${this.port} is not connected: call connect() first`);
   }
 
   private onData(socket: net.Socket, framer: MllpFramer, chunk: Buffer): void {
@@ -253,14 +318,7 @@ export class MllpClient {
         this.discarded++;
         continue;
       }
-      let ackFor: string;
-      try {
-        ackFor = parseHl7(frame).get('MSA-2');
-      } catch {
-        this.discarded++;
-        continue;
-      }
-      if (ackFor !== waiter.expected) {
+      if (!waiter.matches(frame)) {
         this.discarded++;
         continue;
       }
@@ -279,7 +337,7 @@ export class MllpClient {
     waiter.reject(
       new AmbiguousError(
         MllpClientErrorCode.ConnectionClosed,
-        `MLLP connection to ${this.host}:${this.port} closed${why} before the ACK for MSH-10 ${JSON.stringify(waiter.expected)} arrived (the message may have been received)`,
+        `MLLP connection to ${this.host}:${this.port} closed${why} before the ACK for ${waiter.expected} arrived (the message may have been received)`,
       ),
     );
   }

@@ -373,7 +373,7 @@ export function parseHl7(input: Buffer | string): Hl7Message {
 export function parseHl7Batch(input: Buffer | string): Hl7Message[] {
   const { text: decoded, charset } = typeof input === 'string' ? { text: input, charset: 'UTF-16' } : decodeHl7Bytes(input);
   const text = stripLeadingNoise(decoded);
-  if (!text.startsWith('FHS') && !text.startsWith('BHS')) return [parseHl7(input)];
+  if (!isBatch(text)) return [parseHl7(input)];
   readDelimiters(text); // the batch header must itself be well-formed
   const messages: Hl7Message[] = [];
   let current: string[] = [];
@@ -398,4 +398,28 @@ export function parseHl7Batch(input: Buffer | string): Hl7Message[] {
   }
   flush();
   return messages;
+}
+
+function isBatch(text: string): boolean {
+  return text.startsWith('FHS') || text.startsWith('BHS');
+}
+
+/** The header segment of an FHS/BHS batch and the delimiters it declares. */
+export interface Hl7BatchHeader {
+  segment: Hl7Segment;
+  delimiters: Hl7Delimiters;
+}
+
+/**
+ * The header of an FHS/BHS batch, to answer it with a batch (the BHS, else the FHS: both
+ * carry sender, receiver and a control id at the same positions up to field 11);
+ * undefined for a plain message. Throws Hl7ParseError as parseHl7Batch does.
+ */
+export function batchHeaderOf(input: Buffer | string): Hl7BatchHeader | undefined {
+  const text = stripLeadingNoise(typeof input === 'string' ? input : decodeHl7Bytes(input).text);
+  if (!isBatch(text)) return undefined;
+  const headers = splitSegments(text).filter((seg) => seg.startsWith('BHS') || seg.startsWith('FHS'));
+  const header = headers.find((seg) => seg.startsWith('BHS')) ?? headers[0]!;
+  const delimiters = readDelimiters(header);
+  return { segment: new Hl7Segment(header, delimiters), delimiters };
 }

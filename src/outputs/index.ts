@@ -1,6 +1,16 @@
 // The output types CareRelay knows: this list is the table of contents (docs/contributing.md habit 2).
 
+import { fhirCommunicationSpec } from './fhir-communication/spec.ts';
 import { outboxSpec } from './outbox/spec.ts';
+import { smtpSpec } from './smtp/spec.ts';
 import type { OutputSpec } from './spec.ts';
+import { twilioSpec } from './twilio/spec.ts';
+import { webhookSpec } from './webhook/spec.ts';
 
-export const outputSpecs: readonly OutputSpec[] = [outboxSpec as OutputSpec];
+export const outputSpecs: readonly OutputSpec[] = [
+  outboxSpec as OutputSpec,
+  webhookSpec as OutputSpec,
+  smtpSpec as OutputSpec,
+  twilioSpec as OutputSpec,
+  fhirCommunicationSpec as OutputSpec,
+];

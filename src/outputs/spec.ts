@@ -7,9 +7,9 @@
 // provider).
 
 import type { ComponentSpec, InstanceCheckIssue } from '../config/load.ts';
-import type { JsonSchema } from '../config/yaml.ts';
+import type { JsonSchema, SecretRef } from '../config/yaml.ts';
 import type { OutputInfo } from '../pipeline/rule.ts';
-import type { Channel, Purpose, Receipt } from '../types.ts';
+import type { Channel, DeliveryReceipt, Purpose, Receipt } from '../types.ts';
 
 /** What routing and the send-time checks know about one configured output. */
 export interface OutputInstanceInfo {
@@ -19,6 +19,26 @@ export interface OutputInstanceInfo {
   readonly allowedPurposes: readonly Purpose[];
   /** The provider deduplicates by delivery id: an ambiguous failure may be retried. */
   readonly idempotent: boolean;
+  /**
+   * How fast the delivery engine may call this output: the provider's documented limits (or
+   * what the instance config narrows them to). Absent: the engine's defaults.
+   */
+  readonly limits?: OutputLimits;
+}
+
+/**
+ * Call limits the delivery engine enforces in front of an output (a token bucket per output
+ * plus a cap on calls in flight), so that an adapter never needs to slow itself down.
+ */
+export interface OutputLimits {
+  /** Sustained calls per second (token refill rate). */
+  readonly ratePerSecond?: number;
+  /** Calls that may go at once after a quiet period (bucket size). Default: ratePerSecond. */
+  readonly burst?: number;
+  /** Calls in flight at once (e.g. Mailchimp allows 10 connections per user). */
+  readonly concurrency?: number;
+  /** A daily quota (e.g. HubSpot's per-day limit), counted per UTC day. */
+  readonly perDay?: number;
 }
 
 /** A message ready to leave: rendered from the delivery's payload only (invariant 6). */
@@ -33,8 +53,34 @@ export interface OutboundMessage {
   readonly subject?: string;
   readonly text: string;
   readonly html?: string;
-  /** Headers the message must carry (email: List-Unsubscribe and RFC 8058 List-Unsubscribe-Post). */
-  readonly headers?: Readonly<Record<string, string>>;
+  /**
+   * The mapped fields: the delivery's payload, i.e. only the trigger fields the rule's
+   * `send.fields` names (invariant 6), nested as in the trigger (`{ appointment: { start } }`).
+   * Webhook and CRM outputs send these; message outputs send `text`.
+   */
+  readonly fields?: Readonly<Record<string, unknown>>;
+  /** The patient's id (docs/trigger.md patient.id): FHIR Communication.subject. */
+  readonly patientId?: string;
+  /**
+   * What the delivery is about, when it is an appointment or an encounter (its id as the
+   * trigger gave it): FHIR Communication.about / basedOn.
+   */
+  readonly about?: { readonly kind: 'appointment' | 'encounter'; readonly id: string };
+  /**
+   * Never to arrive at or after this instant (Delivery.expiresAt, ISO-8601): an SMS provider's
+   * validity period is cut so a late message is dropped by the provider, not delivered.
+   */
+  readonly expiresAt?: string;
+  /**
+   * Unsubscribe links for non-care email (List-Unsubscribe, RFC 2369; one-click, RFC 8058).
+   * Built and signed by the consent side; an adapter only puts them into headers.
+   */
+  readonly unsubscribe?: {
+    /** https URL that unsubscribes on a POST of `List-Unsubscribe=One-Click` (RFC 8058 §3.1). */
+    readonly url: string;
+    /** Optional mailto: alternative for mail clients without one-click. */
+    readonly mailto?: string;
+  };
 }
 
 export interface SendContext {
@@ -42,6 +88,23 @@ export interface SendContext {
   /** 1 for the first try. */
   readonly attempt: number;
   readonly signal: AbortSignal;
+}
+
+/**
+ * Where adapters record what a provider said about a delivery (types.ts DeliveryReceipt): the
+ * Store's receipts, handed over by the composition root (outputs never import the store).
+ */
+export interface ReceiptLedger {
+  addDeliveryReceipt(receipt: DeliveryReceipt): Promise<boolean>;
+  listDeliveryReceipts(query: { deliveryId: string; output?: string }): Promise<DeliveryReceipt[]>;
+}
+
+/** What the composition root hands every adapter's create() (besides type-specific deps such as the outbox sink). */
+export interface OutputDeps {
+  /** Reads a secret reference of the output's config (environment or file, config/yaml.ts). */
+  secret: (ref: SecretRef) => string;
+  receipts: ReceiptLedger;
+  now: () => Date;
 }
 
 /**

@@ -147,8 +147,8 @@ export function consentStanding(c: ConsentCheck, policy: PolicySettings): Consen
   // Rule 2: deceased, then opted_out, then no_contact.
   const dead = c.patients.find((p) => p.deceased);
   if (dead) return denial(2, ConsentReason.Deceased, 'the patient is recorded as deceased');
-  const keyword = keywordOptOut(c);
-  if (keyword) return denial(2, ConsentReason.OptedOut, `SMS keyword opt-out of ${keyword.method.replace(/^keyword:/, '')} for this number`, [keyword.id]);
+  const stopped = addressOptOut(c);
+  if (stopped) return denial(2, ConsentReason.OptedOut, `${stopped.source === 'sms' ? 'SMS keyword' : 'provider-reported'} opt-out (${stopped.method}) of this ${d.channel === 'email' ? 'address' : 'number'}`, [stopped.id]);
   const states = c.patients.map((p) => patientState(p, c)).filter((s): s is State => s !== undefined);
   const strictest = (['opt_out', 'deny', 'permit'] as const).map((k) => states.find((s) => s.kind === k)).find((s) => s !== undefined);
   if (strictest?.kind === 'opt_out') return denial(2, ConsentReason.OptedOut, strictest.basis, strictest.records);
@@ -239,16 +239,16 @@ function latest<T extends { at: string; recordedAt?: string }>(items: readonly T
 }
 
 /**
- * An SMS keyword opt-out of the delivery's number for its output, not lifted by a later
- * START/UNSTOP (docs/consent.md: a keyword belongs to the number; START re-grants only what a
- * keyword revoked).
+ * An opt-out of the delivery's address not lifted since: an SMS keyword (it belongs to the
+ * number and the output it was sent to; START/UNSTOP re-grants only what a keyword revoked), or
+ * a provider's report (opted out at the provider, a hard bounce of the mailbox).
  */
-function keywordOptOut(c: ConsentCheck): ConsentEvent | undefined {
+function addressOptOut(c: ConsentCheck): ConsentEvent | undefined {
   const d = c.delivery;
-  if (d.channel !== 'sms' || d.to === undefined) return undefined;
-  const number = normalizeAddress(d.to);
+  if (d.to === undefined || d.to === '') return undefined;
+  const address = normalizeAddress(d.to);
   const relevant = c.addressEvents.filter(
-    (e) => e.address === number && (e.output === undefined || e.output === d.output) && (e.action === 'opt_out' || e.action === 'opt_in') && (e.channel === undefined || e.channel === 'sms'),
+    (e) => e.address === address && (e.output === undefined || e.output === d.output) && (e.action === 'opt_out' || e.action === 'opt_in') && (e.channel === undefined || e.channel === d.channel),
   );
   const last = latest(relevant);
   return last?.action === 'opt_out' ? last : undefined;

@@ -11,6 +11,26 @@ export const StoreReason = {
 } as const;
 export type StoreReason = (typeof StoreReason)[keyof typeof StoreReason];
 
+/**
+ * A reprocess or release whose message is not (or no longer) as the attempt expects: unknown,
+ * in another status, or already tried again. `reason` is a code safe to log and to answer.
+ */
+export class StaleAttemptError extends Error {
+  constructor(
+    readonly reason: 'unknown_message' | 'wrong_status' | 'already_replaced',
+    message: string,
+  ) {
+    super(message);
+    this.name = 'StaleAttemptError';
+  }
+}
+
+/** The patient id a record is searched by (InboundRecord.patientId, else its first trigger's). */
+export function patientIdOf(record: InboundRecord): string | undefined {
+  const id = record.patientId ?? record.triggers.find((t) => t.patient?.id)?.patient.id;
+  return id === '' ? undefined : id;
+}
+
 /** listMessages / listTriggers page size when the query gives none. */
 export const DEFAULT_LIST_LIMIT = 100;
 /** Largest page a list call returns; larger limits are capped, not refused. */
@@ -67,7 +87,7 @@ function offsetMinutes(zone: string): number {
 export function storedMessageOf(
   record: InboundRecord,
   id: string,
-  written: { status: MessageStatus; reason: string | undefined; ack: string; ackCode: string; triggerIds: string[] },
+  written: { status: MessageStatus; reason: string | undefined; ack: string; ackCode: string; triggerIds: string[]; patientId?: string | undefined },
 ): StoredMessage {
   const message: StoredMessage = {
     id,
@@ -84,5 +104,10 @@ export function storedMessageOf(
     triggerIds: written.triggerIds,
   };
   if (written.reason !== undefined) message.reason = written.reason;
+  if (written.patientId !== undefined) message.patientId = written.patientId;
+  if (record.attemptOf !== undefined) {
+    message.origin = record.attemptOf.kind;
+    message.replaces = record.attemptOf.messageId;
+  }
   return message;
 }

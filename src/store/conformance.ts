@@ -5,7 +5,7 @@ import { createHash } from 'node:crypto';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { MessageStatus, type Delivery, type Trigger } from '../types.ts';
 import { consentLedgerConformance } from './consent-conformance.ts';
-import type { DeliveryWrite, InboundRecord, Store, StoredMessage, SubjectState } from './store.ts';
+import { isPending, PENDING_REASON, type DeliveryWrite, type InboundRecord, type Store, type StoredMessage, type SubjectState } from './store.ts';
 
 export interface StoreHandle {
   store: Store;
@@ -69,6 +69,8 @@ export function testRecord(overrides: Partial<InboundRecord> & { controlId: stri
 function appointmentState(overrides: Partial<SubjectState> & { asOf: string }): SubjectState {
   return { kind: 'appointment', id: 'APT-1', patientId: 'MRN-1', status: 'booked', start: '2024-01-02T10:00:00+01:00', ...overrides };
 }
+
+const ids = (list: StoredMessage[]): string[] => list.map((m) => m.controlId);
 
 function stored(outcome: Awaited<ReturnType<Store['commitInbound']>>): StoredMessage {
   expect(outcome.outcome).toBe('stored');
@@ -302,6 +304,61 @@ export function storeConformanceSuite(name: string, makeStore: () => Promise<Sto
       });
     });
 
+    describe('pending messages (accepted before their triggers could be made)', () => {
+      const pending = (overrides: Partial<InboundRecord> = {}): InboundRecord =>
+        testRecord({ controlId: 'N1', format: 'fhir', ackCode: '202', ack: '202', reason: PENDING_REASON, raw: Buffer.from('{"event":"empty"}'), ...overrides });
+
+      it('a record that is not pending completes it in place: same id, its content, triggers, states and cursors', async () => {
+        const first = stored(await store.commitInbound(pending()));
+        expect(isPending(first)).toBe(true);
+        expect(await store.findMessage('EPIC^GHH', 'N1')).toEqual(first);
+
+        const state = appointmentState({ asOf: '2024-01-01T09:30:00Z' });
+        const completion = testRecord({
+          controlId: 'N1',
+          format: 'fhir',
+          raw: Buffer.from('{"event":"full"}'),
+          ack: '200',
+          ackCode: '200',
+          receivedAt: '2024-01-01T12:00:00Z',
+          triggers: [testTrigger({ id: 't-n1' })],
+          subjectStates: [state],
+          cursors: { 'k-n1': 'done' },
+        });
+        const outcome = await store.commitInbound(completion);
+        expect(outcome.outcome).toBe('stored');
+        expect(outcome.message).toMatchObject({ id: first.id, status: 'accepted', ackCode: '200', triggerIds: ['t-n1'], receivedAt: first.receivedAt });
+        expect(outcome.message.reason).toBeUndefined();
+        const read = await store.getMessage(first.id);
+        expect(read!.raw.toString()).toBe('{"event":"full"}');
+        expect(read!.triggers.map((t) => t.id)).toEqual(['t-n1']);
+        expect(read!.contentHash).toBe(completion.contentHash);
+        expect(await store.getSubjectState('appointment', 'APT-1')).toEqual(state);
+        expect(await store.getCursor('k-n1')).toBe('done');
+        expect(await store.listMessages({ controlId: 'N1' })).toHaveLength(1);
+        // Found by its patient now that its triggers name one.
+        expect((await store.listMessages({ patientId: 'MRN-1' })).map((m) => m.id)).toEqual([first.id]);
+
+        // Completed: from now on the usual dedupe.
+        expect((await store.commitInbound({ ...completion, triggers: [] })).outcome).toBe('duplicate');
+        expect((await store.commitInbound(pending())).outcome).toBe('conflict');
+      });
+
+      it('a pending record over a pending original is a duplicate that writes nothing', async () => {
+        const first = stored(await store.commitInbound(pending({ cursors: { k: '1' } })));
+        const again = await store.commitInbound(pending({ raw: Buffer.from('{"event":"other"}'), cursors: { k: '2' } }));
+        expect(again).toEqual({ outcome: 'duplicate', message: first });
+        expect(await store.getCursor('k')).toBe('1');
+      });
+
+      it('a rejected completion keeps its reason', async () => {
+        const first = stored(await store.commitInbound(pending()));
+        const outcome = await store.commitInbound(testRecord({ controlId: 'N1', format: 'fhir', status: 'rejected', ack: '202', ackCode: '202', reason: 'fhir_not_found' }));
+        expect(outcome.message).toMatchObject({ id: first.id, status: 'rejected', reason: 'fhir_not_found' });
+        expect(await store.listMessages({ status: 'rejected' })).toHaveLength(1);
+      });
+    });
+
     describe('triggers', () => {
       it('names the input that received the message a trigger came from', async () => {
         await store.commitInbound(testRecord({ controlId: 'C-IN', input: 'ehr-paris', triggers: [testTrigger({ id: 'T-IN' })] }));
@@ -419,8 +476,6 @@ export function storeConformanceSuite(name: string, makeStore: () => Promise<Sto
         for (const spec of specs) out[spec.controlId] = stored(await store.commitInbound(testRecord(spec)));
         return out;
       }
-      const ids = (list: StoredMessage[]): string[] => list.map((m) => m.controlId);
-
       it('lists newest first by receivedAt instant, ties newest-stored first', async () => {
         await seed();
         expect(ids(await store.listMessages({}))).toEqual(['L5', 'L4', 'L3', 'L2', 'L1']);
@@ -496,6 +551,113 @@ export function storeConformanceSuite(name: string, makeStore: () => Promise<Sto
         expect(tid(await store.listTriggers({ since: '2024-03-01T10:30:00+01:00' }))).toEqual(['d', 'c']);
         expect(tid(await store.listTriggers({ until: '2024-03-01T09:00:00Z' }))).toEqual(['b', 'a']);
         expect(tid(await store.listTriggers({ limit: 1 }))).toEqual(['d']);
+      });
+    });
+
+    describe('search (admin API filters)', () => {
+      it('finds messages by patient id: the triggers\' patient, else the id a refused message names', async () => {
+        const other = testTrigger({ id: 's-2', patient: { id: 'MRN-2', identifiers: [{ value: 'MRN-2' }], deceased: false, telecom: [] } });
+        stored(await store.commitInbound(testRecord({ controlId: 'P1', triggers: [testTrigger({ id: 's-1' })] })));
+        stored(await store.commitInbound(testRecord({ controlId: 'P2', triggers: [other] })));
+        stored(await store.commitInbound(testRecord({ controlId: 'P3', status: 'rejected', reason: 'missing_field', patientId: 'MRN-1' })));
+        stored(await store.commitInbound(testRecord({ controlId: 'P4', status: 'rejected', reason: 'missing_field' })));
+        expect(ids(await store.listMessages({ patientId: 'MRN-1' }))).toEqual(['P3', 'P1']);
+        expect(ids(await store.listMessages({ patientId: 'MRN-2' }))).toEqual(['P2']);
+        expect((await store.getMessage((await store.listMessages({ controlId: 'P3' }))[0]!.id))?.patientId).toBe('MRN-1');
+      });
+
+      it('finds messages by message type (exactly, or every event of a type), by trigger type and by text', async () => {
+        stored(await store.commitInbound(testRecord({ controlId: 'T1', messageType: 'SIU^S12', triggers: [testTrigger({ id: 'tt-1' })] })));
+        stored(await store.commitInbound(testRecord({ controlId: 'T2', messageType: 'SIU^S15', triggers: [testTrigger({ id: 'tt-2', type: 'appointment.cancelled' })] })));
+        stored(await store.commitInbound(testRecord({ controlId: 'T3', messageType: 'SIUX^S12' })));
+        stored(await store.commitInbound(testRecord({ controlId: 'T4', messageType: 'SIU', raw: Buffer.from('MSH|^~\\&|X|Y|||20240101||SIU|T4|P|2.5\rPID|1||Q9||Smith^Ann\r') })));
+        expect(ids(await store.listMessages({ messageType: 'SIU^S15' }))).toEqual(['T2']);
+        expect(ids(await store.listMessages({ messageType: 'SIU' }))).toEqual(['T4', 'T2', 'T1']);
+        expect(ids(await store.listMessages({ triggerType: 'appointment.cancelled' }))).toEqual(['T2']);
+        expect(ids(await store.listMessages({ text: 'smith^ANN' }))).toEqual(['T4']);
+        expect(ids(await store.listMessages({ text: 'TESTPATIENT^ALEX', messageType: 'SIU' }))).toEqual(['T2', 'T1']);
+        expect(await store.listMessages({ text: 'nobody-has-this' })).toEqual([]);
+      });
+
+      it('lists the triggers of one stored message, and says which message a trigger came from', async () => {
+        const first = stored(await store.commitInbound(testRecord({ controlId: 'MT1', triggers: [testTrigger({ id: 'mt-a' }), testTrigger({ id: 'mt-b' })] })));
+        stored(await store.commitInbound(testRecord({ controlId: 'MT2', triggers: [testTrigger({ id: 'mt-c' })] })));
+        expect((await store.listTriggers({ messageId: first.id })).map((t) => t.id).sort()).toEqual(['mt-a', 'mt-b']);
+        expect(await store.messageOfTrigger('mt-b')).toBe(first.id);
+        expect(await store.messageOfTrigger('nope')).toBeUndefined();
+        await expect(store.listTriggers({ messageId: 'x1' })).rejects.toThrow(RangeError);
+      });
+    });
+
+    describe('reprocess and release (operator attempts)', () => {
+      const rejected = (controlId: string) => testRecord({ controlId, status: 'rejected', reason: 'missing_field', ackCode: 'AR', ack: `MSA|AR|${controlId}\r` });
+      const attempt = (messageId: string, kind: 'reprocess' | 'release', overrides: Partial<InboundRecord> & { controlId: string }) =>
+        testRecord({ ...overrides, attemptOf: { kind, messageId, actor: 'oncall' }, receivedAt: '2024-01-02T08:00:00Z' });
+
+      it('a reprocess of a rejected message is stored beside it, takes over its resends, and is audited', async () => {
+        const original = stored(await store.commitInbound(rejected('RP1')));
+        const retry = stored(await store.commitInbound(attempt(original.id, 'reprocess', { controlId: 'RP1', triggers: [testTrigger({ id: 'rp-1' })] })));
+        expect(retry).toMatchObject({ status: 'accepted', origin: 'reprocess', replaces: original.id, triggerIds: ['rp-1'] });
+        expect(await store.getMessage(original.id)).toMatchObject({ status: 'rejected', replacedBy: retry.id });
+        expect((await store.listMessages({ controlId: 'RP1' })).map((m) => m.id)).toEqual([retry.id, original.id]);
+        // The sender resending the same bytes gets the new answer, and nothing new is stored.
+        const resent = await store.commitInbound(testRecord({ controlId: 'RP1' }));
+        expect(resent).toMatchObject({ outcome: 'duplicate', message: { id: retry.id, ackCode: 'AA' } });
+        expect((await store.findMessage('EPIC^GHH', 'RP1'))?.id).toBe(retry.id);
+        expect(await store.listAudit({ target: `message/${original.id}` })).toEqual([
+          { id: expect.any(String), at: '2024-01-02T08:00:00Z', actor: 'oncall', action: 'message.reprocess', target: `message/${original.id}`, outcome: 'stored', result: `message/${retry.id}` },
+        ]);
+      });
+
+      it('refuses an attempt at an unknown message, a message in another status, or one already tried again', async () => {
+        const original = stored(await store.commitInbound(rejected('RP2')));
+        const accepted = stored(await store.commitInbound(testRecord({ controlId: 'RP3' })));
+        const reason = (p: Promise<unknown>) => p.then(() => 'stored', (e: unknown) => (e as { reason?: string }).reason);
+        expect(await reason(store.commitInbound(attempt('987654', 'reprocess', { controlId: 'RP2' })))).toBe('unknown_message');
+        expect(await reason(store.commitInbound(attempt(accepted.id, 'reprocess', { controlId: 'RP3' })))).toBe('wrong_status');
+        expect(await reason(store.commitInbound(attempt(original.id, 'release', { controlId: 'RP2' })))).toBe('wrong_status');
+        stored(await store.commitInbound(attempt(original.id, 'reprocess', { controlId: 'RP2', status: 'rejected', reason: 'missing_field' })));
+        expect(await reason(store.commitInbound(attempt(original.id, 'reprocess', { controlId: 'RP2' })))).toBe('already_replaced');
+        // Nothing of the refused attempts was written.
+        expect(await store.listMessages({ controlId: 'RP2' })).toHaveLength(2);
+        expect(await store.listAudit({})).toHaveLength(1);
+      });
+
+      it('a released quarantined copy becomes a message of its own; the original keeps the key, resends of either get their own answer', async () => {
+        const original = stored(await store.commitInbound(testRecord({ controlId: 'RL1' })));
+        const copy = await store.commitInbound(testRecord({ controlId: 'RL1', raw: hl7Bytes('RL1', 'B'), ackCode: 'AE' }));
+        expect(copy.outcome).toBe('conflict');
+        const released = stored(
+          await store.commitInbound(attempt(copy.message.id, 'release', { controlId: 'RL1', raw: hl7Bytes('RL1', 'B'), triggers: [testTrigger({ id: 'rl-1' })] })),
+        );
+        expect(released).toMatchObject({ status: 'accepted', origin: 'release', replaces: copy.message.id, ackCode: 'AA' });
+        expect(await store.getMessage(copy.message.id)).toMatchObject({ status: 'quarantined', replacedBy: released.id });
+        expect((await store.findMessage('EPIC^GHH', 'RL1'))?.id).toBe(original.id);
+        expect(await store.commitInbound(testRecord({ controlId: 'RL1' }))).toMatchObject({ outcome: 'duplicate', message: { id: original.id } });
+        expect(await store.commitInbound(testRecord({ controlId: 'RL1', raw: hl7Bytes('RL1', 'B') }))).toMatchObject({
+          outcome: 'duplicate',
+          message: { id: released.id },
+        });
+        expect((await store.listAudit({}))[0]).toMatchObject({ action: 'message.release', actor: 'oncall', result: `message/${released.id}` });
+      });
+    });
+
+    describe('audit and routing explanations', () => {
+      it('appends audit entries and lists them newest first, by target', async () => {
+        await store.appendAudit({ at: '2024-01-01T10:00:00Z', actor: 'a', action: 'message.reprocess', target: 'message/1', outcome: 'refused:wrong_status' });
+        await store.appendAudit({ at: '2024-01-01T10:01:00Z', actor: 'b', action: 'message.release', target: 'message/2', outcome: 'stored', result: 'message/3' });
+        expect((await store.listAudit({})).map((e) => e.actor)).toEqual(['b', 'a']);
+        expect(await store.listAudit({ target: 'message/1' })).toEqual([
+          { id: expect.any(String), at: '2024-01-01T10:00:00Z', actor: 'a', action: 'message.reprocess', target: 'message/1', outcome: 'refused:wrong_status' },
+        ]);
+      });
+
+      it('says whether and when a trigger was routed', async () => {
+        stored(await store.commitInbound(testRecord({ controlId: 'RT1', triggers: [testTrigger({ id: 'rt-1' })] })));
+        expect(await store.getTriggerRouting('rt-1')).toMatchObject({ routed: false });
+        await store.saveRouting('rt-1', [], '2024-01-01T09:30:02Z');
+        expect(await store.getTriggerRouting('rt-1')).toMatchObject({ routed: true, routedAt: '2024-01-01T09:30:02.000Z' });
+        expect(await store.getTriggerRouting('nope')).toBeUndefined();
       });
     });
 
@@ -595,35 +757,35 @@ export function storeConformanceSuite(name: string, makeStore: () => Promise<Sto
         const moved = { ...d, dueAt: '2024-01-01T11:00:00+01:00' };
         await store.saveRouting('t3', [write(moved, { generation: 2, asOf: '2024-01-01T09:50:00Z' })], '2024-01-01T09:50:01Z');
         expect(await store.getDelivery(d.id)).toMatchObject({ status: 'pending', generation: 2, delivery: { dueAt: moved.dueAt } });
-        expect(await store.finishDelivery(d.id, 2, { status: 'finished', at: '2024-01-01T10:00:00Z', providerId: 'sms/x', message: { language: 'en', text: 'Hi' } })).toBe(true);
+        expect(await store.finishDelivery(d.id, 2, { status: 'sent', at: '2024-01-01T10:00:00Z', providerId: 'sms/x', message: { language: 'en', text: 'Hi' } })).toBe(true);
         await store.saveRouting('t4', [write(d, { generation: 3, asOf: '2024-01-01T09:55:00Z' })], '2024-01-01T10:00:01Z');
-        expect(await store.getDelivery(d.id)).toMatchObject({ status: 'finished', generation: 2, providerId: 'sms/x', message: { language: 'en', text: 'Hi' } });
+        expect(await store.getDelivery(d.id)).toMatchObject({ status: 'sent', generation: 2, providerId: 'sms/x', message: { language: 'en', text: 'Hi' } });
         expect((await store.getDelivery(d.id))!.delivery.dueAt).toBe(moved.dueAt);
       });
 
       it('finishes a delivery only while pending (or failed) with the same generation', async () => {
         const d = testDelivery();
         await store.saveRouting('t1', [write(d, { generation: 2 })], '2024-01-01T09:30:02Z');
-        expect(await store.finishDelivery(d.id, 1, { status: 'finished', at: '2024-01-01T10:00:00Z' })).toBe(false);
-        expect(await store.finishDelivery('other', 2, { status: 'finished', at: '2024-01-01T10:00:00Z' })).toBe(false);
+        expect(await store.finishDelivery(d.id, 1, { status: 'sent', at: '2024-01-01T10:00:00Z' })).toBe(false);
+        expect(await store.finishDelivery('other', 2, { status: 'sent', at: '2024-01-01T10:00:00Z' })).toBe(false);
         expect(await store.finishDelivery(d.id, 2, { status: 'suppressed', reason: 'stale', at: '2024-01-01T10:00:00Z' })).toBe(true);
-        expect(await store.finishDelivery(d.id, 2, { status: 'finished', at: '2024-01-01T10:00:01Z' })).toBe(false);
+        expect(await store.finishDelivery(d.id, 2, { status: 'sent', at: '2024-01-01T10:00:01Z' })).toBe(false);
         expect(await store.getDelivery(d.id)).toMatchObject({ status: 'suppressed', reason: 'stale', updatedAt: '2024-01-01T10:00:00Z' });
         const f = testDelivery({ appointmentId: 'A-f' });
         await store.saveRouting('t3', [write(f)], '2024-01-01T09:30:02Z');
         expect(await store.finishDelivery(f.id, 1, { status: 'failed', reason: 'http_500', at: '2024-01-01T10:00:00Z' })).toBe(true);
         // A replayed dead-letter job may still end it.
-        expect(await store.finishDelivery(f.id, 1, { status: 'finished', at: '2024-01-01T10:10:00Z' })).toBe(true);
+        expect(await store.finishDelivery(f.id, 1, { status: 'sent', at: '2024-01-01T10:10:00Z' })).toBe(true);
         expect(await store.finishDelivery(f.id, 1, { status: 'failed', at: '2024-01-01T10:20:00Z' })).toBe(false);
         const c = testDelivery({ appointmentId: 'A-c' });
         await store.saveRouting('t2', [write(c, { status: 'cancelled' })], '2024-01-01T09:30:02Z');
-        expect(await store.finishDelivery(c.id, 1, { status: 'finished', at: '2024-01-01T10:00:00Z' })).toBe(false);
+        expect(await store.finishDelivery(c.id, 1, { status: 'sent', at: '2024-01-01T10:00:00Z' })).toBe(false);
       });
 
       it('lists deliveries newest planned first, filtered, paged by the last id', async () => {
         const ds = ['A1', 'A2', 'A3', 'A4'].map((a, i) => testDelivery({ appointmentId: a, ruleId: i % 2 === 0 ? 'reminder' : 'confirm', patientId: i < 2 ? 'P1' : 'P2' }));
         for (const d of ds) await store.saveRouting('t', [write(d)], '2024-01-01T09:30:02Z');
-        await store.finishDelivery(ds[0]!.id, 1, { status: 'finished', at: '2024-01-01T10:00:00Z' });
+        await store.finishDelivery(ds[0]!.id, 1, { status: 'sent', at: '2024-01-01T10:00:00Z' });
         const ids = (list: { delivery: Delivery }[]) => list.map((d) => d.delivery.subjectId);
         expect(ids(await store.listDeliveries({}))).toEqual(['A4', 'A3', 'A2', 'A1']);
         expect(ids(await store.listDeliveries({ status: 'pending' }))).toEqual(['A4', 'A3', 'A2']);
@@ -647,6 +809,40 @@ export function storeConformanceSuite(name: string, makeStore: () => Promise<Sto
         expect((await store.listOutbox({ output: 'sms' })).map((e) => e.deliveryId)).toEqual(['d1']);
         expect((await store.listOutbox({ limit: 1, before: e2.id })).map((e) => e.deliveryId)).toEqual(['d1']);
         await expect(store.listOutbox({ before: 'x' })).rejects.toThrow(RangeError);
+      });
+    });
+
+    describe('delivery receipts', () => {
+      const at = '2024-01-02T09:00:00Z';
+
+      it('keeps receipts in the order recorded; the same word twice once', async () => {
+        expect(await store.addDeliveryReceipt({ deliveryId: 'd1', output: 'sms', status: 'sending', attempt: 1, at })).toBe(true);
+        expect(await store.addDeliveryReceipt({ deliveryId: 'd1', output: 'sms', status: 'accepted', providerId: 'SM1', attempt: 1, at })).toBe(true);
+        expect(await store.addDeliveryReceipt({ deliveryId: 'd1', output: 'sms', status: 'delivered', providerId: 'SM1', at })).toBe(true);
+        // A repeated callback: nothing new.
+        expect(await store.addDeliveryReceipt({ deliveryId: 'd1', output: 'sms', status: 'delivered', providerId: 'SM1', at: '2024-01-02T09:05:00Z' })).toBe(false);
+        // The same status from another attempt is another word.
+        expect(await store.addDeliveryReceipt({ deliveryId: 'd1', output: 'sms', status: 'sending', attempt: 2, at })).toBe(true);
+        await store.addDeliveryReceipt({ deliveryId: 'd2', output: 'mail', status: 'bounced', code: '550', attempt: 1, at });
+        expect((await store.listDeliveryReceipts({ deliveryId: 'd1' })).map((r) => `${r.status}/${r.attempt ?? '-'}`)).toEqual([
+          'sending/1',
+          'accepted/1',
+          'delivered/-',
+          'sending/2',
+        ]);
+        expect(await store.listDeliveryReceipts({ deliveryId: 'd2' })).toEqual([
+          { deliveryId: 'd2', output: 'mail', status: 'bounced', code: '550', attempt: 1, at },
+        ]);
+        expect(await store.listDeliveryReceipts({ deliveryId: 'd2', output: 'sms' })).toEqual([]);
+      });
+
+      it('finds the receipts naming a provider id of an output', async () => {
+        await store.addDeliveryReceipt({ deliveryId: 'd1', output: 'sms', status: 'accepted', providerId: 'SM1', attempt: 1, at });
+        await store.addDeliveryReceipt({ deliveryId: 'd2', output: 'sms', status: 'accepted', providerId: 'SM2', attempt: 1, at });
+        await store.addDeliveryReceipt({ deliveryId: 'd3', output: 'other', status: 'accepted', providerId: 'SM1', attempt: 1, at });
+        expect((await store.listDeliveryReceipts({ output: 'sms', providerId: 'SM1' })).map((r) => r.deliveryId)).toEqual(['d1']);
+        expect(await store.listDeliveryReceipts({ output: 'sms', providerId: '' })).toEqual([]);
+        await expect(store.addDeliveryReceipt({ deliveryId: 'd1', output: 'sms', status: 'sent', at: 'yesterday' })).rejects.toThrow();
       });
     });
 

@@ -99,7 +99,7 @@ export function consentLedgerConformance(getStore: () => Store): void {
       const theirs = testDelivery({ appointmentId: 'APT-3', patientId: 'MRN-OTHER', triggerId: 'T2' });
       const w = (delivery: typeof pending) => ({ delivery, status: 'pending' as const, asOf: delivery.asOf, generation: 2, updatedAt: AT });
       await store.saveRouting(['T1', 'T2'], [w(pending), w(sent), w(theirs)], AT);
-      await store.finishDelivery(sent.id, 2, { status: 'finished', message: { language: 'en', to: '+15550100', text: 'Hello Alex' }, at: AT });
+      await store.finishDelivery(sent.id, 2, { status: 'sent', message: { language: 'en', to: '+15550100', text: 'Hello Alex' }, at: AT });
       await store.putOutboxEntry({ deliveryId: sent.id, output: 'sms', channel: 'sms', to: '+15550100', language: 'en', text: 'Hello Alex', keptAt: AT });
       await store.recordDisclosure({ deliveryId: sent.id, patientId: 'MRN-1', rule: 'r', purpose: 'care.logistics', channel: 'sms', output: 'sms', at: AT });
       await store.addConsentEvent(entry({ action: 'opt_out', channel: 'email' }));
@@ -112,7 +112,7 @@ export function consentLedgerConformance(getStore: () => Store): void {
       expect(after!.delivery.payload).toEqual({});
       expect(after!.delivery.to).toBeUndefined();
       const done = await store.getDelivery(sent.id);
-      expect(done).toMatchObject({ status: 'finished' });
+      expect(done).toMatchObject({ status: 'sent' });
       expect(done!.message).toBeUndefined();
       expect(await store.listOutbox({ deliveryId: sent.id })).toEqual([]);
       expect(await store.listDisclosures({ patientIds: ['MRN-1'] })).toEqual([]);

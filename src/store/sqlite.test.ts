@@ -4,7 +4,7 @@ import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { storeConformanceSuite, testRecord, testTrigger } from './conformance.ts';
 import { migrate, openSqliteDatabase, type Database } from './sqlite-db.ts';
-import { SqliteStore } from './sqlite.ts';
+import { SQLITE_STORE_COMPONENT, SQLITE_STORE_MIGRATIONS, SqliteStore } from './sqlite.ts';
 
 const tempDirs: string[] = [];
 function tempDir(): string {
@@ -250,6 +250,28 @@ describe('SqliteStore on a file', () => {
       expect(plan.map((p) => p.detail).join(' ')).toMatch(/USING INDEX messages_dedupe/);
     } finally {
       void store.close();
+    }
+  });
+
+  it('an upgraded store keeps its dedupe key and finds its messages by the patient of their triggers', async () => {
+    const db = openSqliteDatabase(path.join(tempDir(), 'carerelay.db'));
+    try {
+      // A database as the version before search and attempts left it.
+      migrate(db, SQLITE_STORE_COMPONENT, SQLITE_STORE_MIGRATIONS.slice(0, SQLITE_STORE_MIGRATIONS.findIndex((step) => step.includes('ADD COLUMN patient_id'))));
+      db.prepare(
+        `INSERT INTO messages (input, format, sender, control_id, message_type, content_hash, status, ack, ack_code, received_at, received_ms, trigger_ids, raw)
+         VALUES ('ehr', 'hl7v2', 'EPIC^GHH', 'OLD-1', 'SIU^S12', 'h1', 'accepted', 'A', 'AA', '2024-01-01T00:00:00Z', 0, '["t-old"]', x'00')`,
+      ).run();
+      db.prepare(
+        `INSERT INTO triggers (id, message_id, type, patient_id, occurred_at, occurred_ms, json, routed_ms)
+         VALUES ('t-old', 1, 'appointment.booked', 'MRN-9', '2024-01-01T00:00:00Z', 0, '{}', 0)`,
+      ).run();
+      const store = new SqliteStore(db);
+      expect((await store.listMessages({ patientId: 'MRN-9' })).map((m) => m.controlId)).toEqual(['OLD-1']);
+      expect((await store.findMessage('EPIC^GHH', 'OLD-1'))?.id).toBe('1');
+      await store.close();
+    } finally {
+      db.close();
     }
   });
 });

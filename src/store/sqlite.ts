@@ -26,7 +26,10 @@
 //                          index, so the original stays the dedupe key; its triggers and
 //                          subject states are NOT applied. The same conflicting bytes sent
 //                          again find that quarantined row and write nothing new;
-//   - no original        → message, triggers and subject states are written.
+//   - no original        → message, triggers and subject states are written;
+//   - a pending original  → (an accepted message waiting for its triggers, store.ts
+//                          PENDING_REASON) completed in place by a record that is not pending
+//                          itself: same row id, the record's content, triggers and states.
 // Empty control ids are never deduped. Trigger ids are idempotency keys too: a trigger id
 // that is already stored is skipped (the first version wins), not an error.
 //
@@ -38,11 +41,14 @@
 // Ids. Message ids are the SQLite rowid (AUTOINCREMENT: never reused, even after
 // deletions) as a decimal string: stable and URL-safe.
 import BetterSqlite3 from 'better-sqlite3';
-import { MessageStatus, type Channel, type ConsentEvent, type Delivery, type Trigger } from '../types.ts';
-import { StoreReason, instantMs, listLimit, storedMessageOf } from './common.ts';
+import { MessageStatus, type Channel, type ConsentEvent, type Delivery, type DeliveryReceipt, type Trigger } from '../types.ts';
+import { StaleAttemptError, StoreReason, instantMs, listLimit, patientIdOf, storedMessageOf } from './common.ts';
 import { CONSENT_TABLES, SqliteConsentLedger } from './sqlite-consent.ts';
 import { migrate, openSqliteDatabase, type Database } from './sqlite-db.ts';
+import { ATTEMPT_FROM_STATUS, AttemptKind, AuditAction, StoredDeliveryStatus } from './store.ts';
 import type {
+  AuditEntry,
+  AuditQuery,
   CommitOutcome,
   ConsentLedger,
   DecisionRecord,
@@ -54,18 +60,21 @@ import type {
   DeliveryQuery,
   DeliveryWrite,
   InboundRecord,
+  MessageOrigin,
   MessageQuery,
   OutboxEntry,
   OutboxQuery,
+  ReceiptQuery,
   SentMessage,
   Store,
   StoredDelivery,
-  StoredDeliveryStatus,
   StoredMessage,
   StoredMessageWithBody,
   SubjectState,
   TriggerQuery,
+  TriggerRouting,
 } from './store.ts';
+import { isPending } from './store.ts';
 
 /** Component name of the store's tables in schema_migrations. */
 export const SQLITE_STORE_COMPONENT = 'store';
@@ -189,6 +198,54 @@ export const SQLITE_STORE_MIGRATIONS: readonly string[] = [
   );
   CREATE INDEX outbox_output ON outbox (output, seq);
   `,
+  // What providers said about deliveries (Store.addDeliveryReceipt). '' and 0 stand for "no
+  // provider id" and "not an adapter attempt" so the unique key can dedupe repeated callbacks.
+  `
+  CREATE TABLE delivery_receipts (
+    seq INTEGER PRIMARY KEY,
+    delivery_id TEXT NOT NULL,
+    output TEXT NOT NULL,
+    status TEXT NOT NULL,
+    provider_id TEXT NOT NULL,
+    code TEXT,
+    attempt INTEGER NOT NULL,
+    at TEXT NOT NULL,
+    UNIQUE (delivery_id, output, status, provider_id, attempt)
+  );
+  CREATE INDEX delivery_receipts_provider ON delivery_receipts (output, provider_id) WHERE provider_id <> '';
+  `,
+  // Search and operator attempts (admin API). patient_id: the patient a message is about,
+  // also for refused ones (backfilled from the triggers). An operator's reprocess or release
+  // stores a new row that `replaces` the earlier one (`replaced_by` points forward); `keyed`
+  // says whether a row holds its (sender, control id) dedupe key, so a reprocess takes the
+  // key over from the message it replaces and a released copy stays outside it.
+  `
+  ALTER TABLE messages ADD COLUMN patient_id TEXT;
+  ALTER TABLE messages ADD COLUMN origin TEXT NOT NULL DEFAULT 'received' CHECK (origin IN ('received', 'reprocess', 'release'));
+  ALTER TABLE messages ADD COLUMN replaces INTEGER REFERENCES messages (id);
+  ALTER TABLE messages ADD COLUMN replaced_by INTEGER;
+  ALTER TABLE messages ADD COLUMN keyed INTEGER NOT NULL DEFAULT 1;
+  DROP INDEX messages_dedupe;
+  CREATE UNIQUE INDEX messages_dedupe ON messages (sender, control_id)
+    WHERE control_id <> '' AND status <> 'quarantined' AND keyed = 1;
+  UPDATE messages SET patient_id = (
+    SELECT t.patient_id FROM triggers t WHERE t.message_id = messages.id AND t.patient_id <> '' ORDER BY t.rowid LIMIT 1
+  );
+  CREATE INDEX messages_patient ON messages (patient_id, received_ms) WHERE patient_id IS NOT NULL;
+  CREATE INDEX messages_type ON messages (message_type, received_ms);
+  CREATE INDEX triggers_type ON triggers (type, occurred_ms);
+
+  CREATE TABLE audit (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    at TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    action TEXT NOT NULL,
+    target TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    result TEXT
+  );
+  CREATE INDEX audit_target ON audit (target, seq);
+  `,
   // The consent ledger and the evidence (sqlite-consent.ts).
   CONSENT_TABLES,
 ];
@@ -197,7 +254,7 @@ export const SQLITE_STORE_MIGRATIONS: readonly string[] = [
 const MAX_BATCH = 256;
 
 const MESSAGE_COLUMNS =
-  'id, input, format, sender, control_id, message_type, content_hash, status, ack, ack_code, reason, received_at, trigger_ids';
+  'id, input, format, sender, control_id, message_type, content_hash, status, ack, ack_code, reason, received_at, trigger_ids, patient_id, origin, replaces, replaced_by';
 
 interface MessageRow {
   id: number;
@@ -213,6 +270,10 @@ interface MessageRow {
   reason: string | null;
   received_at: string;
   trigger_ids: string;
+  patient_id: string | null;
+  origin: MessageOrigin;
+  replaces: number | null;
+  replaced_by: number | null;
 }
 
 interface StateRow {
@@ -257,6 +318,30 @@ interface OutboxRow {
   text: string;
   html: string | null;
   kept_at: string;
+}
+
+const RECEIPT_COLUMNS = 'delivery_id, output, status, provider_id, code, attempt, at';
+
+interface ReceiptRow {
+  delivery_id: string;
+  output: string;
+  status: DeliveryReceipt['status'];
+  provider_id: string;
+  code: string | null;
+  attempt: number;
+  at: string;
+}
+
+function receiptFromRow(row: ReceiptRow): DeliveryReceipt {
+  return {
+    deliveryId: row.delivery_id,
+    output: row.output,
+    status: row.status,
+    ...(row.provider_id !== '' ? { providerId: row.provider_id } : {}),
+    ...(row.code !== null ? { code: row.code } : {}),
+    ...(row.attempt !== 0 ? { attempt: row.attempt } : {}),
+    at: row.at,
+  };
 }
 
 /** A record with its instants already checked and converted (outside the transaction). */
@@ -306,7 +391,13 @@ export class SqliteStore implements Store {
 
   private readonly findOriginalStmt: BetterSqlite3.Statement<[string, string], MessageRow>;
   private readonly findQuarantinedStmt: BetterSqlite3.Statement<[string, string, string], MessageRow>;
+  private readonly messageRowStmt: BetterSqlite3.Statement<[number], MessageRow & { keyed: number }>;
+  private readonly unkeyStmt: BetterSqlite3.Statement<[number]>;
+  private readonly setReplacedByStmt: BetterSqlite3.Statement<[number, number]>;
+  private readonly insertAuditStmt: BetterSqlite3.Statement<[string, string, string, string, string, string | null]>;
+  private readonly triggerRoutingStmt: BetterSqlite3.Statement<[string], { message_id: number; routed_ms: number | null }>;
   private readonly insertMessageStmt: BetterSqlite3.Statement;
+  private readonly completeMessageStmt: BetterSqlite3.Statement;
   private readonly insertTriggerStmt: BetterSqlite3.Statement;
   private readonly upsertStateStmt: BetterSqlite3.Statement;
   private readonly messageByIdStmt: BetterSqlite3.Statement<[number], MessageRow & { raw: Buffer }>;
@@ -328,6 +419,9 @@ export class SqliteStore implements Store {
   private readonly finishDeliveryStmt: BetterSqlite3.Statement;
   private readonly putOutboxStmt: BetterSqlite3.Statement<unknown[], OutboxRow>;
   private readonly outboxSeqStmt: BetterSqlite3.Statement<[number], { seq: number }>;
+  private readonly addReceiptStmt: BetterSqlite3.Statement;
+  private readonly receiptsOfDeliveryStmt: BetterSqlite3.Statement<[string], ReceiptRow>;
+  private readonly receiptsOfProviderIdStmt: BetterSqlite3.Statement<[string, string], ReceiptRow>;
   private readonly saveRoutingTx: (triggerIds: readonly string[], rows: Array<{ write: DeliveryWrite; asOfMs: number; dueMs: number }>, routedMs: number) => void;
   private readonly commitGroup: (batch: PendingWrite[]) => Array<{ value: unknown }>;
   private readonly commitIsolated: (batch: PendingWrite[]) => Array<{ value: unknown } | { error: unknown }>;
@@ -340,22 +434,32 @@ export class SqliteStore implements Store {
     migrate(db, SQLITE_STORE_COMPONENT, SQLITE_STORE_MIGRATIONS);
     this.ledger = new SqliteConsentLedger(db);
 
-    // The literal `control_id <> '' AND status <> 'quarantined'` lets SQLite use the
-    // partial unique index (it must see the index's WHERE terms in the query).
+    // The literal `control_id <> '' AND status <> 'quarantined' AND keyed = 1` lets SQLite
+    // use the partial unique index (it must see the index's WHERE terms in the query).
     this.findOriginalStmt = db.prepare(
       `SELECT ${MESSAGE_COLUMNS} FROM messages
-       WHERE sender = ? AND control_id = ? AND control_id <> '' AND status <> 'quarantined'`,
+       WHERE sender = ? AND control_id = ? AND control_id <> '' AND status <> 'quarantined' AND keyed = 1`,
     );
     this.findQuarantinedStmt = db.prepare(
       `SELECT ${MESSAGE_COLUMNS} FROM messages
        WHERE sender = ? AND control_id = ? AND content_hash = ? AND status = 'quarantined'
        ORDER BY id LIMIT 1`,
     );
+    this.messageRowStmt = db.prepare(`SELECT ${MESSAGE_COLUMNS}, keyed FROM messages WHERE id = ?`);
+    this.unkeyStmt = db.prepare('UPDATE messages SET keyed = 0 WHERE id = ?');
+    this.setReplacedByStmt = db.prepare('UPDATE messages SET replaced_by = ?, keyed = 0 WHERE id = ?');
+    this.insertAuditStmt = db.prepare('INSERT INTO audit (at, actor, action, target, outcome, result) VALUES (?, ?, ?, ?, ?, ?)');
+    this.triggerRoutingStmt = db.prepare('SELECT message_id, routed_ms FROM triggers WHERE id = ?');
     this.insertMessageStmt = db.prepare(
       `INSERT INTO messages (input, format, sender, control_id, message_type, content_hash, status, ack, ack_code,
-         reason, received_at, received_ms, trigger_ids, raw)
+         reason, received_at, received_ms, trigger_ids, raw, patient_id, origin, replaces, keyed)
        VALUES (@input, @format, @sender, @controlId, @messageType, @contentHash, @status, @ack, @ackCode,
-         @reason, @receivedAt, @receivedMs, @triggerIds, @raw)`,
+         @reason, @receivedAt, @receivedMs, @triggerIds, @raw, @patientId, @origin, @replaces, @keyed)`,
+    );
+    this.completeMessageStmt = db.prepare(
+      `UPDATE messages SET message_type = @messageType, content_hash = @contentHash, status = @status, ack = @ack,
+         ack_code = @ackCode, reason = @reason, trigger_ids = @triggerIds, raw = @raw, patient_id = @patientId
+       WHERE id = @id`,
     );
     this.insertTriggerStmt = db.prepare(
       `INSERT INTO triggers (id, message_id, type, patient_id, appointment_id, encounter_id, occurred_at, occurred_ms, json)
@@ -391,7 +495,7 @@ export class SqliteStore implements Store {
 
     this.unroutedStmt = db.prepare('SELECT json FROM triggers WHERE routed_ms IS NULL ORDER BY rowid LIMIT ?');
     this.markRoutedStmt = db.prepare('UPDATE triggers SET routed_ms = ? WHERE id = ?');
-    // A final delivery (finished, suppressed, failed) is never overwritten: a replan that
+    // A final delivery (sent, suppressed, failed) is never overwritten: a replan that
     // raced with the send must not bring a sent message back to pending. RETURNING gives no
     // row then, and its keys are left alone.
     this.upsertDeliveryStmt = db.prepare(
@@ -430,6 +534,15 @@ export class SqliteStore implements Store {
        RETURNING ${OUTBOX_COLUMNS}`,
     );
     this.outboxSeqStmt = db.prepare('SELECT seq FROM outbox WHERE seq = ?');
+    this.addReceiptStmt = db.prepare(
+      `INSERT INTO delivery_receipts (delivery_id, output, status, provider_id, code, attempt, at)
+       VALUES (?, ?, ?, ?, ?, ?, ?)
+       ON CONFLICT (delivery_id, output, status, provider_id, attempt) DO NOTHING`,
+    );
+    this.receiptsOfDeliveryStmt = db.prepare(`SELECT ${RECEIPT_COLUMNS} FROM delivery_receipts WHERE delivery_id = ? ORDER BY seq`);
+    this.receiptsOfProviderIdStmt = db.prepare(
+      `SELECT ${RECEIPT_COLUMNS} FROM delivery_receipts WHERE output = ? AND provider_id = ? AND provider_id <> '' ORDER BY seq`,
+    );
     // Runs inside the group commit's transaction.
     this.saveRoutingTx = ((triggerIds: readonly string[], rows: Array<{ write: DeliveryWrite; asOfMs: number; dueMs: number }>, routedMs: number) => {
       for (const { write, asOfMs, dueMs } of rows) {
@@ -527,8 +640,20 @@ export class SqliteStore implements Store {
       .eq('control_id', query.controlId)
       .eq('status', query.status)
       .eq('input', query.input)
+      .eq('patient_id', query.patientId)
       .atLeast('received_ms', query.since, 'since')
       .atMost('received_ms', query.until, 'until');
+    if (query.messageType !== undefined) {
+      const type = query.messageType;
+      // "SIU" also finds every "SIU^…": a range on the index ('_' follows '^').
+      if (type.includes('^')) filter.add('message_type = ?', type);
+      else filter.add('(message_type = ? OR (message_type >= ? AND message_type < ?))', type, `${type}^`, `${type}_`);
+    }
+    if (query.triggerType !== undefined) filter.add('id IN (SELECT message_id FROM triggers WHERE type = ?)', query.triggerType);
+    if (query.text !== undefined) {
+      // SQLite's upper() folds ASCII letters only, the same on both sides.
+      filter.add('instr(upper(CAST(raw AS TEXT)), upper(?)) > 0', query.text);
+    }
     if (query.before !== undefined) {
       // The cursor is the id of the last message of the previous page; its position in
       // the (receivedAt, id) order is looked up so paging follows the same order.
@@ -563,12 +688,52 @@ export class SqliteStore implements Store {
       .eq('patient_id', query.patientId)
       .eq('appointment_id', query.appointmentId)
       .eq('encounter_id', query.encounterId)
+      .eq('message_id', query.messageId === undefined ? undefined : messageIdFilter(query.messageId))
       .atLeast('occurred_ms', query.since, 'since')
       .atMost('occurred_ms', query.until, 'until')
       .select('json', 'triggers', 'occurred_ms DESC, rowid DESC', query.limit);
     return (this.listStatement(sql).all(...params) as Array<{ json: string }>).map((r) => JSON.parse(r.json) as Trigger);
   }
 
+
+  async messageOfTrigger(triggerId: string): Promise<string | undefined> {
+    this.assertOpen();
+    const row = this.triggerRoutingStmt.get(triggerId);
+    return row === undefined ? undefined : String(row.message_id);
+  }
+
+  async getTriggerRouting(triggerId: string): Promise<TriggerRouting | undefined> {
+    this.assertOpen();
+    const row = this.triggerRoutingStmt.get(triggerId);
+    if (row === undefined) return undefined;
+    // routed_ms 0 marks triggers stored before routing existed (migration 3). Skipped rules
+    // are not recorded by this store yet: `skipped` stays undefined, not an empty list.
+    return row.routed_ms === null ? { routed: false } : row.routed_ms === 0 ? { routed: true } : { routed: true, routedAt: new Date(row.routed_ms).toISOString() };
+  }
+
+  appendAudit(entry: Omit<AuditEntry, 'id'>): Promise<AuditEntry> {
+    return this.enqueueWrite(() => {
+      instantMs(entry.at, 'at');
+      return () => {
+        const info = this.insertAuditStmt.run(entry.at, entry.actor, entry.action, entry.target, entry.outcome, entry.result ?? null);
+        return { id: String(info.lastInsertRowid), ...entry };
+      };
+    });
+  }
+
+  async listAudit(query: AuditQuery): Promise<AuditEntry[]> {
+    this.assertOpen();
+    const { sql, params } = new ListFilter().eq('target', query.target).select('seq, at, actor, action, target, outcome, result', 'audit', 'seq DESC', query.limit);
+    return (this.listStatement(sql).all(...params) as AuditRow[]).map((row) => ({
+      id: String(row.seq),
+      at: row.at,
+      actor: row.actor,
+      action: row.action,
+      target: row.target,
+      outcome: row.outcome,
+      ...(row.result !== null ? { result: row.result } : {}),
+    }));
+  }
 
   async getSubjectState(kind: SubjectState['kind'], id: string): Promise<SubjectState | undefined> {
     this.assertOpen();
@@ -627,7 +792,7 @@ export class SqliteStore implements Store {
   async listDeliveries(query: DeliveryQuery): Promise<StoredDelivery[]> {
     this.assertOpen();
     const filter = new ListFilter()
-      .eq('status', query.status)
+      .eq('status', query.status === undefined ? undefined : rowStatus(query.status))
       .eq('rule', query.ruleId)
       .eq('patient_id', query.patientId)
       .eq('subject', query.subjectKey);
@@ -648,7 +813,7 @@ export class SqliteStore implements Store {
     const changed = this.finishDeliveryStmt.run({
       id,
       generation,
-      status: outcome.status,
+      status: rowStatus(outcome.status),
       reason: outcome.reason ?? null,
       message: outcome.message === undefined ? null : JSON.stringify(outcome.message),
       providerId: outcome.providerId ?? null,
@@ -686,6 +851,31 @@ export class SqliteStore implements Store {
     }
     const { sql, params } = filter.select(OUTBOX_COLUMNS, 'outbox', 'seq DESC', query.limit);
     return (this.listStatement(sql).all(...params) as OutboxRow[]).map(outboxFromRow);
+  }
+
+  async addDeliveryReceipt(receipt: DeliveryReceipt): Promise<boolean> {
+    this.assertOpen();
+    instantMs(receipt.at, 'receipt.at');
+    // Its own transaction: synchronous=FULL makes it durable when run() returns.
+    const changes = this.addReceiptStmt.run(
+      receipt.deliveryId,
+      receipt.output,
+      receipt.status,
+      receipt.providerId ?? '',
+      receipt.code ?? null,
+      receipt.attempt ?? 0,
+      receipt.at,
+    ).changes;
+    return changes > 0;
+  }
+
+  async listDeliveryReceipts(query: ReceiptQuery): Promise<DeliveryReceipt[]> {
+    this.assertOpen();
+    if ('deliveryId' in query) {
+      const rows = this.receiptsOfDeliveryStmt.all(query.deliveryId).map(receiptFromRow);
+      return query.output === undefined ? rows : rows.filter((r) => r.output === query.output);
+    }
+    return this.receiptsOfProviderIdStmt.all(query.output, query.providerId).map(receiptFromRow);
   }
 
   async ping(): Promise<void> {
@@ -822,20 +1012,35 @@ export class SqliteStore implements Store {
   /** One record of a group commit (inside its own savepoint only when the group is retried). */
   private apply(p: Prepared): CommitOutcome {
     const r = p.record;
-    if (r.controlId !== '') {
+    let keyed = true;
+    let message: StoredMessage | undefined;
+    if (r.attemptOf !== undefined) {
+      keyed = this.startAttempt(r);
+    } else if (r.controlId !== '') {
       const originalRow = this.findOriginalStmt.get(r.sender, r.controlId);
       if (originalRow !== undefined) {
         const original = toStored(originalRow);
-        if (originalRow.content_hash === r.contentHash) return { outcome: 'duplicate', message: original };
-        const earlier = this.findQuarantinedStmt.get(r.sender, r.controlId, r.contentHash);
-        if (earlier !== undefined) return { outcome: 'conflict', message: toStored(earlier), original };
-        const message = this.insertMessage(p, MessageStatus.Quarantined, StoreReason.ConflictingResend, [], r.conflictAck?.());
-        return { outcome: 'conflict', message, original };
+        if (isPending(original)) {
+          if (isPending(r)) return { outcome: 'duplicate', message: original };
+          message = this.completeMessage(p, original);
+        } else {
+          if (originalRow.content_hash === r.contentHash) return { outcome: 'duplicate', message: original };
+          const earlier = this.findQuarantinedStmt.get(r.sender, r.controlId, r.contentHash);
+          // A released copy sent again: answered as a resend of what its release stored.
+          if (earlier !== undefined && earlier.replaced_by !== null) return { outcome: 'duplicate', message: toStored(this.latestAttempt(earlier)) };
+          if (earlier !== undefined) return { outcome: 'conflict', message: toStored(earlier), original };
+          const quarantined = this.insertMessage(p, MessageStatus.Quarantined, StoreReason.ConflictingResend, [], r.conflictAck?.());
+          return { outcome: 'conflict', message: quarantined, original };
+        }
       }
     }
-    const triggerIds = [...new Set(r.triggers.map((t) => t.id))];
-    const message = this.insertMessage(p, r.status, r.reason, triggerIds);
+    message ??= this.insertMessage(p, r.status, r.reason, triggerIdsOf(r), p.record, keyed);
     const messageId = Number(message.id);
+    if (r.attemptOf !== undefined) {
+      const { kind, messageId: replaced, actor } = r.attemptOf;
+      this.setReplacedByStmt.run(messageId, Number(replaced));
+      this.insertAuditStmt.run(r.receivedAt, actor, ATTEMPT_AUDIT_ACTION[kind], `message/${replaced}`, 'stored', `message/${message.id}`);
+    }
     r.triggers.forEach((t, i) => {
       this.insertTriggerStmt.run(
         t.id,
@@ -870,15 +1075,73 @@ export class SqliteStore implements Store {
     return { outcome: 'stored', message };
   }
 
+  /** A pending message's row takes the record's content (its id and receivedAt stay). */
+  private completeMessage(p: Prepared, pending: StoredMessage): StoredMessage {
+    const r = p.record;
+    const triggerIds = triggerIdsOf(r);
+    const patientId = patientIdOf(r);
+    this.completeMessageStmt.run({
+      id: Number(pending.id),
+      patientId: patientId ?? null,
+      messageType: r.messageType,
+      contentHash: r.contentHash,
+      status: r.status,
+      ack: r.ack,
+      ackCode: r.ackCode,
+      reason: r.reason ?? null,
+      triggerIds: JSON.stringify(triggerIds),
+      raw: r.raw,
+    });
+    const message = storedMessageOf(r, pending.id, { status: r.status, reason: r.reason, ack: r.ack, ackCode: r.ackCode, triggerIds, patientId });
+    message.receivedAt = pending.receivedAt;
+    return message;
+  }
+
+  /**
+   * Checks the message an attempt replaces (InboundRecord.attemptOf) and takes it out of the
+   * dedupe key when the attempt is a reprocess. Returns whether the attempt's own row holds
+   * the key: a reprocess does when the replaced row did and its (sender, control id) is not
+   * held by another row; a released copy never does (its original keeps the key).
+   */
+  private startAttempt(r: InboundRecord): boolean {
+    const { kind, messageId } = r.attemptOf!;
+    const id = parseMessageId(messageId);
+    const row = id === undefined ? undefined : this.messageRowStmt.get(id);
+    if (row === undefined) throw new StaleAttemptError('unknown_message', `no stored message ${messageId}`);
+    if (row.status !== ATTEMPT_FROM_STATUS[kind]) {
+      throw new StaleAttemptError('wrong_status', `message ${messageId} is ${row.status}; a ${kind} needs a ${ATTEMPT_FROM_STATUS[kind]} message`);
+    }
+    if (row.replaced_by !== null) {
+      throw new StaleAttemptError('already_replaced', `message ${messageId} was already tried again as message ${row.replaced_by}`);
+    }
+    if (kind === AttemptKind.Release || row.keyed !== 1) return false;
+    this.unkeyStmt.run(row.id);
+    return r.controlId !== '' && this.findOriginalStmt.get(r.sender, r.controlId) === undefined;
+  }
+
+  /** The last of the attempts made at a message (following replaced_by). */
+  private latestAttempt(row: MessageRow): MessageRow {
+    let current = row;
+    // Bounded: each attempt is a new row that replaces one without an attempt.
+    for (let hops = 0; current.replaced_by !== null && hops < 1000; hops++) {
+      const next = this.messageRowStmt.get(current.replaced_by);
+      if (next === undefined) break;
+      current = next;
+    }
+    return current;
+  }
+
   private insertMessage(
     p: Prepared,
     status: MessageStatus,
     reason: string | undefined,
     triggerIds: string[],
     answered: { ack: string; ackCode: string } = p.record,
+    keyed = true,
   ): StoredMessage {
     const r = p.record;
     const { ack, ackCode } = answered;
+    const patientId = patientIdOf(r);
     const info = this.insertMessageStmt.run({
       input: r.input,
       format: r.format,
@@ -894,8 +1157,12 @@ export class SqliteStore implements Store {
       receivedMs: p.receivedMs,
       triggerIds: JSON.stringify(triggerIds),
       raw: r.raw,
+      patientId: patientId ?? null,
+      origin: r.attemptOf?.kind ?? 'received',
+      replaces: r.attemptOf === undefined ? null : Number(r.attemptOf.messageId),
+      keyed: keyed ? 1 : 0,
     });
-    return storedMessageOf(r, String(info.lastInsertRowid), { status, reason, ack, ackCode, triggerIds });
+    return storedMessageOf(r, String(info.lastInsertRowid), { status, reason, ack, ackCode, triggerIds, patientId });
   }
 
   private listStatement(sql: string): BetterSqlite3.Statement {
@@ -907,6 +1174,10 @@ export class SqliteStore implements Store {
     }
     return stmt;
   }
+}
+
+function triggerIdsOf(record: InboundRecord): string[] {
+  return [...new Set(record.triggers.map((t) => t.id))];
 }
 
 function toStored(row: MessageRow): StoredMessage {
@@ -925,13 +1196,40 @@ function toStored(row: MessageRow): StoredMessage {
     triggerIds: JSON.parse(row.trigger_ids) as string[],
   };
   if (row.reason !== null) message.reason = row.reason;
+  if (row.patient_id !== null) message.patientId = row.patient_id;
+  if (row.origin !== 'received') message.origin = row.origin;
+  if (row.replaces !== null) message.replaces = String(row.replaces);
+  if (row.replaced_by !== null) message.replacedBy = String(row.replaced_by);
   return message;
 }
+
+/** The audit action of each kind of attempt. */
+const ATTEMPT_AUDIT_ACTION = {
+  reprocess: AuditAction.Reprocess,
+  release: AuditAction.Release,
+} as const satisfies Record<AttemptKind, AuditAction>;
 
 /** A message id as the rowid it stands for, or undefined when it cannot be one. */
 function parseMessageId(id: string): number | undefined {
   if (!/^[1-9]\d{0,14}$/.test(id)) return undefined;
   return Number(id);
+}
+
+/** A messageId filter value as its rowid; RangeError (a 400) when it cannot be a message id. */
+function messageIdFilter(id: string): number {
+  const rowid = parseMessageId(id);
+  if (rowid === undefined) throw new RangeError(`messageId must be the id of a stored message (digits), got ${JSON.stringify(id)}`);
+  return rowid;
+}
+
+interface AuditRow {
+  seq: number;
+  at: string;
+  actor: string;
+  action: AuditEntry['action'];
+  target: string;
+  outcome: string;
+  result: string | null;
 }
 
 /**
@@ -952,10 +1250,18 @@ function stateFromRow(row: StateRow): SubjectState {
   return state;
 }
 
+// The deliveries table (schema step 3) names a sent delivery 'finished', its CHECK
+// constraint says so; outside the store the word is 'sent'. Translated here only.
+const ROW_SENT = 'finished';
+
+function rowStatus(status: StoredDeliveryStatus): string {
+  return status === StoredDeliveryStatus.Sent ? ROW_SENT : status;
+}
+
 function deliveryFromRow(row: DeliveryRow): StoredDelivery {
   const stored: StoredDelivery = {
     delivery: JSON.parse(row.json) as Delivery,
-    status: row.status,
+    status: (row.status as string) === ROW_SENT ? StoredDeliveryStatus.Sent : row.status,
     asOf: row.as_of,
     generation: row.generation,
     createdAt: row.created_at,
@@ -992,7 +1298,7 @@ class ListFilter {
   private readonly where: string[] = [];
   private readonly params: unknown[] = [];
 
-  eq(column: string, value: string | undefined): this {
+  eq(column: string, value: string | number | undefined): this {
     if (value !== undefined) this.add(`${column} = ?`, value);
     return this;
   }

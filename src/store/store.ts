@@ -1,7 +1,7 @@
 // The Store interface (docs/architecture.md "Interfaces"). Workers see only this; the embedded
 // SQLite backend and the PostgreSQL backend implement it and pass one conformance suite
 // (store/conformance.ts).
-import type { AckCode, Channel, ConsentEvent, ConsentSource, Delivery, MessageStatus, Purpose, Trigger } from '../types.ts';
+import { MessageStatus, type AckCode, type Channel, type ConsentEvent, type ConsentSource, type Delivery, type DeliveryReceipt, type Purpose, type Trigger } from '../types.ts';
 
 /** Everything about one inbound message that is committed before it is acknowledged. */
 export interface InboundRecord {
@@ -37,12 +37,71 @@ export interface InboundRecord {
   /** State of appointments/encounters after this message (see SubjectState). */
   subjectStates: SubjectState[];
   /**
+   * The patient the message is about, kept for search (GET /api/messages?patientId=).
+   * Default: the first trigger's patient.id. A refused message has no trigger: its input
+   * gives the id its sender wrote (HL7 PID-3), when there is one.
+   */
+  patientId?: string;
+  /**
+   * Set when this record is a new attempt at a stored message, made by an operator after
+   * review (docs/reliability.md "Reprocess and release"). In the same transaction the store
+   * checks that message is still as the attempt expects (see MessageAttempt), marks it
+   * replaced by this record and writes the audit entry; this record is never deduplicated
+   * against it. When the check fails the commit rejects with StaleAttemptError.
+   */
+  attemptOf?: MessageAttempt;
+  /**
    * Durable cursors (see Store.setCursor) written in the same transaction as this record,
    * only when it is stored (not for a duplicate or a quarantined conflict): a poll page's
    * triggers and the position after it commit together.
    */
   cursors?: Readonly<Record<string, string>>;
 }
+
+/**
+ * The reason of a message committed before its triggers could be made (status `accepted`):
+ * a FHIR event whose resources the server could not give yet, accepted and kept until a
+ * recovery makes them (docs/reliability.md "FHIR events not yet triggered"). Such a
+ * message is pending: the next commit of the same sender + control id that is not pending
+ * itself completes it (Store.commitInbound).
+ */
+export const PENDING_REASON = 'trigger_pending';
+
+/** Whether a record or stored message is pending (see PENDING_REASON). */
+export function isPending(message: { status: MessageStatus | string; reason?: string }): boolean {
+  return message.status === 'accepted' && message.reason === PENDING_REASON;
+}
+
+/**
+ * How an operator made a new attempt at a stored message:
+ * - `reprocess`: a rejected message tried again with its stored bytes (after a configuration
+ *   fix). The attempt takes over the message's place as the answer to a resend of those bytes.
+ * - `release`: a quarantined copy (same sender and MSH-10 as an original, other bytes)
+ *   accepted as a message of its own. The original keeps the dedupe key; a resend of the
+ *   released bytes is answered with the attempt's ACK.
+ */
+export const AttemptKind = {
+  Reprocess: 'reprocess',
+  Release: 'release',
+} as const;
+export type AttemptKind = (typeof AttemptKind)[keyof typeof AttemptKind];
+
+/** The status a message must have for each kind of attempt. */
+export const ATTEMPT_FROM_STATUS: Readonly<Record<AttemptKind, MessageStatus>> = {
+  reprocess: MessageStatus.Rejected,
+  release: MessageStatus.Quarantined,
+};
+
+export interface MessageAttempt {
+  kind: AttemptKind;
+  /** The stored message tried again; it must have ATTEMPT_FROM_STATUS[kind] and no attempt yet. */
+  messageId: string;
+  /** Who asked (the admin token's name), for the audit log. */
+  actor: string;
+}
+
+/** How a stored message came to be. */
+export type MessageOrigin = 'received' | AttemptKind;
 
 export interface StoredMessage {
   /** Store-assigned id, stable, used by GET /api/messages/:id. */
@@ -59,6 +118,14 @@ export interface StoredMessage {
   reason?: string;
   receivedAt: string;
   triggerIds: string[];
+  /** See InboundRecord.patientId. */
+  patientId?: string;
+  /** Absent for a message as received; `reprocess` / `release` for an operator's attempt. */
+  origin?: AttemptKind;
+  /** The message this one is an attempt at. */
+  replaces?: string;
+  /** The attempt made at this message, if any. */
+  replacedBy?: string;
 }
 
 export interface StoredMessageWithBody extends StoredMessage {
@@ -101,6 +168,18 @@ export interface MessageQuery {
   controlId?: string;
   status?: MessageStatus;
   input?: string;
+  /** StoredMessage.patientId. */
+  patientId?: string;
+  /** "SIU^S12" exactly, or "SIU" for every SIU (and a message typed "SIU" alone). */
+  messageType?: string;
+  /** Messages that gave a trigger of this type. */
+  triggerType?: string;
+  /**
+   * Text the raw message contains: matched against the bytes as received, ASCII letters
+   * without regard to case. Reads message bodies (PHI): the API offers it only to callers
+   * allowed to see them. Scans the messages in range, newest first, until `limit` match.
+   */
+  text?: string;
   /** ISO instants, inclusive bounds on receivedAt. */
   since?: string;
   until?: string;
@@ -112,6 +191,8 @@ export interface MessageQuery {
 export interface TriggerQuery {
   type?: string;
   patientId?: string;
+  /** The stored message (StoredMessage.id) the triggers came from. */
+  messageId?: string;
   appointmentId?: string;
   encounterId?: string;
   since?: string;
@@ -120,15 +201,16 @@ export interface TriggerQuery {
 }
 
 /**
- * Where a delivery stands. `pending` waits for its due time (the queue holds a timer for
- * it); `cancelled` may come back when a strictly newer event plans it again; the last three
- * are final: nothing moves or revives them (no second message for the patient).
+ * Where a delivery stands — the one vocabulary of the admin API, the CLI, mapping tests and
+ * the docs. `pending` waits for its due time (the queue holds a timer for it); `cancelled`
+ * may come back when a strictly newer event plans it again; the last three are final:
+ * nothing moves or revives them (no second message for the patient).
  */
 export const StoredDeliveryStatus = {
   Pending: 'pending',
   Cancelled: 'cancelled',
   /** Handed to its output, which accepted it. */
-  Finished: 'finished',
+  Sent: 'sent',
   /** Not sent, on purpose: a send-time check said no (reason `stale`, `expired`, …). */
   Suppressed: 'suppressed',
   /** Dead-lettered: a permanent failure, or attempts exhausted (reason = the failure code). */
@@ -155,25 +237,25 @@ export interface DeliveryWrite {
   updatedAt: string;
 }
 
-/** The rendered message kept with a finished delivery (what left). */
+/** The rendered message kept with a sent delivery (what left). */
 export interface SentMessage {
   language: string;
   to?: string;
   subject?: string;
   text: string;
   html?: string;
-  /** Email headers sent with it (List-Unsubscribe, List-Unsubscribe-Post). */
-  headers?: Record<string, string>;
+  /** The signed unsubscribe link it carried (non-care email: in its text and List-Unsubscribe). */
+  unsubscribe?: string;
 }
 
 /** How a delivery ended (finishDelivery). */
 export interface DeliveryOutcome {
-  status: 'finished' | 'suppressed' | 'failed';
+  status: 'sent' | 'suppressed' | 'failed';
   /** Reason code for suppressed and failed (safe to log). */
   reason?: string;
-  /** What was sent (finished only). */
+  /** What was sent (sent only). */
   message?: SentMessage;
-  /** The adapter's receipt id (finished only). */
+  /** The adapter's receipt id (sent only). */
   providerId?: string;
   /** ISO instant. */
   at: string;
@@ -338,11 +420,71 @@ export interface ConsentLedger {
   listErasures(patientId: string): Promise<ErasureRecord[]>;
 }
 
+/** Actions recorded in the audit log (who did what to which record, and when). */
+export const AuditAction = {
+  /** POST /api/messages/:id/reprocess. */
+  Reprocess: 'message.reprocess',
+  /** POST /api/messages/:id/release. */
+  Release: 'message.release',
+} as const;
+export type AuditAction = (typeof AuditAction)[keyof typeof AuditAction];
+
+export interface AuditEntry {
+  /** Store-assigned, increasing. */
+  id: string;
+  /** ISO instant. */
+  at: string;
+  /** Who: the admin token's name. */
+  actor: string;
+  action: AuditAction;
+  /** What it was done to, e.g. "message/12". */
+  target: string;
+  /** `stored` when it took effect, else the reason code it was refused with. */
+  outcome: string;
+  /** The record the action made (e.g. "message/13"). */
+  result?: string;
+}
+
+export interface AuditQuery {
+  target?: string;
+  /** Default 100, capped at 1000. Newest first. */
+  limit?: number;
+}
+
+/** A rule that matched a trigger's type but planned nothing, and why (reason code). */
+export interface SkippedRule {
+  ruleId: string;
+  /** `holdout`, `expired`, `no_anchor`, `condition_false`… */
+  reason: string;
+  /** The delivery it would have been. */
+  deliveryId?: string;
+  step?: number;
+  /** Reason detail safe to show an operator (which condition, which time). */
+  detail?: string;
+}
+
+/** What routing did with one trigger, as far as the store records it. */
+export interface TriggerRouting {
+  /** False while the trigger waits to be routed. */
+  routed: boolean;
+  /** ISO instant; absent for triggers routed before routing times were kept. */
+  routedAt?: string;
+  /** Undefined when this store does not record skipped rules. */
+  skipped?: SkippedRule[];
+}
+
+/** Receipts of one delivery (optionally of one output), or those naming one provider id of an output. */
+export type ReceiptQuery = { deliveryId: string; output?: string } | { output: string; providerId: string };
+
 export interface Store extends ConsentLedger {
   /**
    * Commits one inbound message atomically: raw bytes, ACK, status, reason, triggers and
    * subject-state updates, in one transaction, durable when the promise resolves.
    * Dedupe: a non-empty `controlId` is unique per `sender` (see CommitOutcome).
+   * A pending original (isPending) is completed, not deduped, by a record that is not
+   * pending: the row keeps its id and receivedAt and takes the record's message type, hash,
+   * bytes, status, ACK and reason; the record's triggers, subject states and cursors are
+   * applied (outcome `stored`). A pending record over a pending original is a `duplicate`.
    * A subject state is applied only if its `asOf` is not older than the stored one, so a
    * late, older message never rolls the state back.
    * Rejects (throws) only when the commit itself failed: the caller must then NAK.
@@ -363,6 +505,14 @@ export interface Store extends ConsentLedger {
    */
   triggerInput(triggerId: string): Promise<string | undefined>;
   listTriggers(query: TriggerQuery): Promise<Trigger[]>;
+  /** The stored message a trigger came from (its id), undefined for an unknown trigger. */
+  messageOfTrigger(triggerId: string): Promise<string | undefined>;
+  /** What routing did with a trigger; undefined for an unknown trigger. */
+  getTriggerRouting(triggerId: string): Promise<TriggerRouting | undefined>;
+
+  /** Appends an entry to the audit log, durably (an attempt writes its own, see MessageAttempt). */
+  appendAudit(entry: Omit<AuditEntry, 'id'>): Promise<AuditEntry>;
+  listAudit(query: AuditQuery): Promise<AuditEntry[]>;
 
   getSubjectState(kind: SubjectState['kind'], id: string): Promise<SubjectState | undefined>;
   /** Every stored state of one kind for a patient (e.g. appointments, for an arrival check-in). */
@@ -384,7 +534,7 @@ export interface Store extends ConsentLedger {
   /**
    * Writes the delivery states routing changed for one trigger (or for several routed in one
    * pass) and marks the trigger(s) routed, in one transaction. A delivery already final
-   * (finished, suppressed, failed) is never overwritten. Idempotent: the same call again
+   * (sent, suppressed, failed) is never overwritten. Idempotent: the same call again
    * changes nothing more.
    */
   saveRouting(triggerIds: string | readonly string[], deliveries: readonly DeliveryWrite[], routedAt: string): Promise<void>;
@@ -401,6 +551,15 @@ export interface Store extends ConsentLedger {
   /** Keeps an outbox message, durably; a second entry for the same delivery replaces the first. */
   putOutboxEntry(entry: Omit<OutboxEntry, 'id'>): Promise<OutboxEntry>;
   listOutbox(query: OutboxQuery): Promise<OutboxEntry[]>;
+
+  /**
+   * Records what a provider said about a delivery (types.ts DeliveryReceipt), durably when it
+   * resolves. The same word twice — same delivery, output, status, provider id and attempt,
+   * e.g. a status callback the provider repeats — is kept once: false then.
+   */
+  addDeliveryReceipt(receipt: DeliveryReceipt): Promise<boolean>;
+  /** Matching receipts, oldest first (the order they were recorded in). */
+  listDeliveryReceipts(query: ReceiptQuery): Promise<DeliveryReceipt[]>;
 
   /** Cheap liveness of the backing store for /readyz. */
   ping(): Promise<void>;

@@ -1,80 +1,67 @@
-// Twilio webhook request validation, exactly as Twilio documents it ("Validating requests",
-// https://www.twilio.com/docs/usage/security#validating-requests) and as its Node library
-// implements it (twilio-node src/webhooks/webhooks.ts, validateRequest):
+// X-Twilio-Signature (Twilio docs, "Webhooks security" → "Validating signatures from Twilio";
+// the algorithm of twilio-node's src/webhooks/webhooks.ts): for a form-encoded POST, the full
+// URL Twilio requested (scheme, host, path, query) followed by every POST parameter — names
+// sorted, each name immediately followed by its value, a repeated name once per distinct value
+// in sorted order — HMAC-SHA1 with the account's Auth Token, base64. Twilio is inconsistent
+// about the default port (":443") in the signed URL, so a request is valid when either form
+// matches. An API key signs nothing: callbacks are always signed with the Auth Token.
 //
-//   1. the full URL Twilio requested, with its query string;
-//   2. for a form-encoded POST, every parameter sorted by name, each appended as name + value
-//      with no separator (a repeated name: each distinct value, sorted);
-//   3. HMAC-SHA1 of that string with the account's auth token, base64;
-//   4. compared in constant time with X-Twilio-Signature. Twilio's own signing is not
-//      consistent about the port, so the URL is tried with and without it (:443 / :80 added
-//      when absent, removed when present), as the library does.
-//
-// A JSON body is signed through the URL instead: Twilio adds `bodySHA256=<hex sha256 of the
-// body>` to the query string and signs the URL alone. Protocol code only: used by the inbound
-// SMS webhook and, later, by a Twilio output's status callbacks.
-import { createHash, createHmac, timingSafeEqual } from 'node:crypto';
+// Protocol code only: the SMS output's status callback and the inbound SMS webhook both use it.
+import { createHmac, timingSafeEqual } from 'node:crypto';
 
 export const TWILIO_SIGNATURE_HEADER = 'x-twilio-signature';
 
-/** Form parameters as received: a repeated name holds every value. */
-export type TwilioParams = Readonly<Record<string, string | readonly string[]>>;
+/** Form parameters as received: a name may repeat. */
+export type TwilioParams = URLSearchParams | Readonly<Record<string, string | readonly string[]>>;
 
-/** The signature Twilio would send for this URL and these form parameters. */
+function entriesOf(params: TwilioParams): Map<string, string[]> {
+  const byName = new Map<string, string[]>();
+  const add = (name: string, value: string): void => {
+    const values = byName.get(name) ?? [];
+    values.push(value);
+    byName.set(name, values);
+  };
+  if (params instanceof URLSearchParams) {
+    for (const [name, value] of params) add(name, value);
+  } else {
+    for (const [name, value] of Object.entries(params)) {
+      for (const v of typeof value === 'string' ? [value] : value) add(name, v);
+    }
+  }
+  return byName;
+}
+
+/** The expected X-Twilio-Signature of a POST to `url` with form `params`. */
 export function twilioSignature(authToken: string, url: string, params: TwilioParams): string {
+  const byName = entriesOf(params);
   let data = url;
-  for (const name of Object.keys(params).sort()) {
-    const value = params[name]!;
-    const values = typeof value === 'string' ? [value] : [...new Set(value)].sort();
-    for (const v of values) data += name + v;
+  for (const name of [...byName.keys()].sort()) {
+    for (const value of [...new Set(byName.get(name))].sort()) data += name + value;
   }
   return createHmac('sha1', authToken).update(Buffer.from(data, 'utf8')).digest('base64');
 }
 
-/** The URL with its scheme's default port written out, and without any port. */
-function portVariants(url: string): string[] {
+/** `url` with and without its scheme's default port, as Twilio may have signed either. */
+function urlForms(url: string): string[] {
   const parsed = new URL(url);
-  const withoutPort = new URL(url);
-  withoutPort.port = '';
-  let withPort = parsed.toString();
-  if (parsed.port === '') {
-    const port = parsed.protocol === 'https:' ? '443' : '80';
-    // URL normalizes a default port away; splice it into the authority by hand.
-    withPort = `${parsed.protocol}//${parsed.username}${parsed.password ? `:${parsed.password}` : ''}${parsed.username || parsed.password ? '@' : ''}${parsed.host}:${port}${parsed.pathname}${parsed.search}${parsed.hash}`;
-  }
-  return [withoutPort.toString(), withPort];
-}
-
-function equalSignatures(presented: string, expected: string): boolean {
-  const a = Buffer.from(presented);
-  const b = Buffer.from(expected);
-  return a.length === b.length && timingSafeEqual(a, b);
-}
-
-/** Whether `header` is Twilio's signature of a form-encoded request to `url` with `params`. */
-export function twilioSignatureMatches(authToken: string, header: string | undefined, url: string, params: TwilioParams): boolean {
-  if (header === undefined || header === '') return false;
-  return portVariants(url).some((u) => equalSignatures(header, twilioSignature(authToken, u, params)));
+  const defaultPort = parsed.protocol === 'https:' ? '443' : '80';
+  if (parsed.port !== '' && parsed.port !== defaultPort) return [parsed.href];
+  const without = parsed.href;
+  const withPort = `${parsed.protocol}//${parsed.username}${parsed.password ? `:${parsed.password}` : ''}${parsed.username || parsed.password ? '@' : ''}${parsed.hostname}:${defaultPort}${parsed.pathname}${parsed.search}`;
+  return [without, withPort];
 }
 
 /**
- * Whether a request with a raw (JSON) body is Twilio's: the URL (carrying bodySHA256) is
- * signed with no parameters, and bodySHA256 is the hex SHA-256 of the body.
+ * Whether `signature` (the X-Twilio-Signature header) signs a POST of `params` to `url` (the
+ * public URL Twilio was given, not the one a proxy forwarded) with `authToken`.
  */
-export function twilioBodySignatureMatches(authToken: string, header: string | undefined, url: string, body: Buffer): boolean {
-  const hash = new URL(url).searchParams.get('bodySHA256');
-  if (hash === null) return false;
-  const actual = createHash('sha256').update(body).digest('hex');
-  return twilioSignatureMatches(authToken, header, url, {}) && equalSignatures(hash, actual);
-}
-
-/** Form parameters of an application/x-www-form-urlencoded body, repeated names kept. */
-export function formParams(body: string): Record<string, string | string[]> {
-  const out: Record<string, string | string[]> = Object.create(null) as Record<string, string | string[]>;
-  for (const [name, value] of new URLSearchParams(body)) {
-    const existing = out[name];
-    if (existing === undefined) out[name] = value;
-    else out[name] = Array.isArray(existing) ? [...existing, value] : [existing, value];
+export function twilioSignatureMatches(authToken: string, url: string, params: TwilioParams, signature: string | undefined): boolean {
+  if (signature === undefined || signature === '') return false;
+  const presented = Buffer.from(signature);
+  let matched = false;
+  for (const form of urlForms(url)) {
+    const expected = Buffer.from(twilioSignature(authToken, form, params));
+    if (presented.length === expected.length && timingSafeEqual(presented, expected)) matched = true;
   }
-  return out;
+  return matched;
 }

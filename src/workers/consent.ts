@@ -13,7 +13,7 @@
 //
 // Logs carry delivery ids and reason codes only (docs/architecture.md invariant 7): never a
 // patient id, a name, an address or a body.
-import { TransientError } from '../errors.ts';
+import { TransientError, type RecipientSignal } from '../errors.ts';
 import type { Logger } from '../log.ts';
 import { checkConsent, consentStanding, nonCarePurposes, normalizeAddress, ENFORCED_REASONS, unsubscribeScope, type CareEpisode, type CheckedDelivery, type ConsentCheck, type ConsentDecision, type LedgerConsent, type PatientRecord } from '../pipeline/consent.ts';
 import { dateTimeMs, readConsent, type ConsentProblem } from '../pipeline/fhir-consent.ts';
@@ -21,10 +21,10 @@ import { KeywordKind, classifyKeyword } from '../pipeline/keywords.ts';
 import { isCare, type PolicySettings } from '../pipeline/policy.ts';
 import { patientZone } from '../pipeline/zones.ts';
 import type { DecisionRecord, DeliveryRef, Store, StoredDelivery, StoredFhirConsent } from '../store/store.ts';
-import { UNSUBSCRIBE_URL } from '../pipeline/render.ts';
+import type { OutboundMessage } from '../outputs/spec.ts';
 import { ConsentReason, PURPOSES, type Channel, type ConsentEvent, type Delivery, type Purpose, type Trigger } from '../types.ts';
 import type { SendGate } from './deliver.ts';
-import { renderVariables, unsubscribeHeaders, type UnsubscribeLinks } from './unsubscribe.ts';
+import { needsUnsubscribe, type UnsubscribeLinks } from './unsubscribe.ts';
 
 const DAY_MS = 86_400_000;
 /** Caps count a day and an ISO week: eight days of sends cover both. */
@@ -99,10 +99,12 @@ export class ConsentService implements SendGate {
     return this.checkAtSend(stored);
   }
 
-  /** SendGate: the unsubscribe link (template variable and RFC 8058 headers) of a non-care email. */
-  extras(delivery: Delivery): { variables?: Record<string, string>; headers?: Record<string, string> } {
-    const variables = this.#deps.links ? renderVariables(delivery, this.#deps.links, this.#deps.now()) : undefined;
-    return variables ? { variables, headers: unsubscribeHeaders(variables[UNSUBSCRIBE_URL]!) } : {};
+  /**
+   * The signed unsubscribe link of a non-care email (its text shows it as {{ unsubscribe_url }};
+   * the adapter puts it in List-Unsubscribe with RFC 8058 one-click); undefined otherwise.
+   */
+  unsubscribeLinks(delivery: Delivery): OutboundMessage['unsubscribe'] {
+    return this.#deps.links && needsUnsubscribe(delivery) ? { url: this.#deps.links.url(delivery.id, this.#deps.now()) } : undefined;
   }
 
   /** Records a message the output accepted (the accounting of disclosures; the caps' count). */
@@ -111,6 +113,26 @@ export class ConsentService implements SendGate {
       ...refOf(stored),
       ...(to !== undefined ? { recipient: to } : {}),
       at: new Date(at).toISOString(),
+    });
+  }
+
+  /**
+   * SendGate: a provider refused the message because of its address. An opt-out at the
+   * provider (Twilio 21610: the number replied STOP to that sender) stops that output's SMS to
+   * the number; a hard bounce stops email to the mailbox; an unfit address is left to rule 8.
+   */
+  async refused(stored: StoredDelivery, signal: RecipientSignal, providerCode: string | undefined): Promise<void> {
+    const d = stored.delivery;
+    if (d.to === undefined || (signal !== 'opted_out' && signal !== 'hard_bounce')) return;
+    await this.record({
+      address: d.to,
+      ...(signal === 'opted_out' ? { output: d.output } : {}),
+      action: 'opt_out',
+      channel: d.channel,
+      purposes: [],
+      source: 'provider',
+      method: `${signal}${providerCode !== undefined ? `:${providerCode}` : ''}`,
+      reference: d.id,
     });
   }
 

@@ -4,7 +4,7 @@ import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import type { LogFields, Logger } from '../log.ts';
 import { createOutbox } from '../outputs/outbox/spec.ts';
-import type { OutboundAdapter } from '../outputs/spec.ts';
+import type { OutboundAdapter, OutboundMessage } from '../outputs/spec.ts';
 import { compileTemplate, TemplateSet } from '../pipeline/render.ts';
 import { makeTrigger, rules, type TriggerOverrides } from '../pipeline/test-helpers.ts';
 import { SqliteQueue } from '../queue/sqlite.ts';
@@ -12,6 +12,7 @@ import { testRecord } from '../store/conformance.ts';
 import { openSqliteDatabase, type Database } from '../store/sqlite-db.ts';
 import { SqliteStore } from '../store/sqlite.ts';
 import type { SubjectState } from '../store/store.ts';
+import { RecipientError } from '../errors.ts';
 import { defaultPolicy } from '../pipeline/policy.ts';
 import { ConsentService } from './consent.ts';
 import { createDeliverHandler, recordDeadDeliveries, storeOutboxSink } from './deliver.ts';
@@ -142,7 +143,7 @@ describe('deliver', () => {
       expect.objectContaining({ deliveryId: REMINDER, output: 'sms-main', channel: 'sms', to: '+33612345678', language: 'en', text: 'See you at 2:30 PM', keptAt: '2025-06-09T12:30:00.000Z' }),
     ]);
     expect(await store.getDelivery(REMINDER)).toMatchObject({
-      status: 'finished',
+      status: 'sent',
       providerId: `sms-main/${REMINDER}`,
       message: { language: 'en', to: '+33612345678', text: 'See you at 2:30 PM' },
     });
@@ -187,7 +188,7 @@ describe('deliver', () => {
   });
 
   it('suppresses a post-discharge message once the discharge was cancelled (A13)', async () => {
-    await ingest({ type: 'encounter.finished', appointment: null, encounter: { id: 'V1', status: 'finished' } });
+    await ingest({ type: 'encounter.finished', appointment: null, encounter: { id: 'V1', status: 'sent' } });
     await setState({ kind: 'encounter', id: 'V1', patientId: 'MRN1', status: 'in-progress', asOf: '2025-06-01T10:00:00+02:00' });
     clock = Date.parse('2025-06-01T11:00:00+02:00');
     expect(await handler.run(job('followup@encounter/V1#0'))).toMatchObject({ outcome: 'suppressed', reason: 'stale' });
@@ -251,6 +252,31 @@ describe('deliver', () => {
     expect(await store.getDelivery(id)).toMatchObject({ status: 'failed', reason: 'render_failed' });
     expect(await store.listOutbox({})).toEqual([]);
   });
+
+  it('hands the adapter the mapped fields, the patient, what it is about, its expiry; unsubscribe links only off care', async () => {
+    await ingest({ type: 'appointment.booked' });
+    const seen: OutboundMessage[] = [];
+    const capture: OutboundAdapter = { ...outbox, send: async (message, context) => (seen.push(message), outbox.send(message, context)) };
+    const withLinks = createDeliverHandler({
+      store,
+      output: () => capture,
+      templates,
+      displayZone: async () => 'Europe/Paris',
+      log,
+      now: () => clock,
+      unsubscribeLinks: (d) => ({ url: `https://carerelay.example.org/u/${encodeURIComponent(d.id)}` }),
+    });
+    clock = Date.parse('2025-06-09T14:30:00+02:00');
+    expect((await withLinks.run(job(REMINDER))).outcome).toBe('sent');
+    expect(seen[0]).toMatchObject({
+      fields: { appointment: { start: '2025-06-10T14:30:00+02:00' } },
+      patientId: 'MRN1',
+      about: { kind: 'appointment', id: 'A100' },
+      expiresAt: '2025-06-10T14:30:00+02:00',
+    });
+    // A care reminder carries no unsubscribe link (docs/consent.md: care email stops only with the channel).
+    expect(seen[0]!.unsubscribe).toBeUndefined();
+  });
 });
 
 describe('deliver with the consent gate (docs/consent.md rules 2–8)', () => {
@@ -296,7 +322,7 @@ describe('deliver with the consent gate (docs/consent.md rules 2–8)', () => {
     clock = Date.parse('2025-06-02T08:00:00+02:00');
     await queue.poke();
     await queue.idle();
-    expect(await store.getDelivery(id)).toMatchObject({ status: 'finished' });
+    expect(await store.getDelivery(id)).toMatchObject({ status: 'sent' });
     expect(await store.listDisclosures({ patientIds: ['MRN1'] })).toEqual([expect.objectContaining({ deliveryId: id, purpose: 'care.followup', channel: 'sms', recipient: '+33612345678', at: '2025-06-02T06:00:00.000Z' })]);
   });
 
@@ -307,6 +333,24 @@ describe('deliver with the consent gate (docs/consent.md rules 2–8)', () => {
     clock = Date.parse('2025-06-09T14:30:00+02:00');
     expect((await gated.run(job(REMINDER))).outcome).toBe('sent');
     expect((await store.listOutbox({}))[0]!.text).toMatch(/^An appointment at 2:30\sPM$/);
+  });
+
+  it("a provider's opt-out (RecipientError opted_out) stops that output's SMS to the number from then on", async () => {
+    const refusing: OutboundAdapter = {
+      ...outbox,
+      send: async () => {
+        throw new RecipientError('opted_out', 'recipient_opted_out', 'the number replied STOP to this sender', { providerCode: '21610' });
+      },
+    };
+    const refused = createDeliverHandler({ store, gate: consent, output: () => refusing, templates: withNoName, displayZone: async () => 'Europe/Paris', log, now: () => clock });
+    await ingest({ type: 'appointment.booked' });
+    await ingest({ type: 'appointment.booked', appointment: { id: 'A102', start: '2025-06-12T14:30:00+02:00' } });
+    clock = Date.parse('2025-06-09T14:30:00+02:00');
+    await expect(refused.run(job(REMINDER))).rejects.toBeInstanceOf(RecipientError);
+    const { events } = await store.consentRecords({ patientIds: [], addresses: ['+33612345678'] });
+    expect(events).toEqual([expect.objectContaining({ action: 'opt_out', channel: 'sms', output: 'sms-main', source: 'provider', method: 'opted_out:21610', reference: REMINDER })]);
+    // The other pending reminder to that number was suppressed at once.
+    expect(await store.getDelivery('reminder@appointment/A102#0')).toMatchObject({ status: 'suppressed', reason: 'opted_out' });
   });
 
   it('fails closed: without the ledger only care goes, and only on a fresh suppression cache', async () => {

@@ -3,7 +3,7 @@
 //
 //   load the delivery ─▶ still pending with this job's generation? ─▶ still current?
 //     ─▶ not expired? ─▶ consent and safety (docs/consent.md rules 2–8, the gate)
-//     ─▶ render ─▶ output.send ─▶ finishDelivery (finished + what was sent) ─▶ disclosure
+//     ─▶ render ─▶ output.send ─▶ finishDelivery (sent + what was sent) ─▶ disclosure
 //
 // A "no" at a check is a normal outcome, recorded as `suppressed` with its reason code
 // (docs/architecture.md invariant 3), never an error. Failures keep the class they were given
@@ -14,7 +14,7 @@
 // The gate (workers/consent.ts) decides rules 2–8 and records each decision: a denial
 // suppresses with its reason, quiet hours retry the job at retryAt (the queue's retryAfter),
 // a shared address renders the rule's no-name variant.
-import { PermanentError, TransientError } from '../errors.ts';
+import { PermanentError, RecipientError, TransientError, type RecipientSignal } from '../errors.ts';
 import type { Logger } from '../log.ts';
 import type { OutboundAdapter, OutboundMessage } from '../outputs/spec.ts';
 import { parseInstant } from '../pipeline/values.ts';
@@ -22,6 +22,7 @@ import { renderDelivery, type TemplateSet } from '../pipeline/render.ts';
 import type { JobHandler, Queue } from '../queue/queue.ts';
 import type { OutboxEntry, Store, StoredDelivery, SubjectState } from '../store/store.ts';
 import type { ConsentDecision } from '../pipeline/consent.ts';
+import { UNSUBSCRIBE_URL } from '../pipeline/render.ts';
 import type { ConsentReason, Delivery } from '../types.ts';
 import { parseDeliveryJobId, type DeliveryJob } from './router.ts';
 
@@ -50,10 +51,10 @@ const DEAD_ENCOUNTER = new Set(['cancelled', 'entered-in-error']);
 export interface SendGate {
   /** Rules 2–8 for a delivery still current and not expired; the decision is recorded. */
   check(stored: StoredDelivery): Promise<ConsentDecision>;
-  /** What a message carries besides its payload: {{ unsubscribe_url }} and its headers for non-care email. */
-  extras(delivery: Delivery): { variables?: Record<string, string>; headers?: Record<string, string> };
   /** Records the disclosure of a message the output accepted. */
   sent(stored: StoredDelivery, to: string | undefined, at: number): Promise<void>;
+  /** Records what a provider's refusal says about the delivery's address (RecipientError). */
+  refused(stored: StoredDelivery, signal: RecipientSignal, providerCode: string | undefined): Promise<void>;
 }
 
 export interface DeliverDeps {
@@ -77,6 +78,8 @@ export interface DeliverDeps {
    * before the routing that added it is saved (queue ops come first, for crash safety).
    */
   routingSettled?: () => Promise<void>;
+  /** The signed unsubscribe links of a non-care delivery (the consent side builds them); none by default. */
+  unsubscribeLinks?: (delivery: Delivery) => OutboundMessage['unsubscribe'];
 }
 
 /** What handling one job did (for tests and the admin view). */
@@ -166,11 +169,13 @@ export function createDeliverHandler(deps: DeliverDeps): JobHandler<DeliveryJob>
       throw new TransientError(verdict.reason, `delivery ${d.id} waits for quiet hours to end`, { retryAfterMs: Math.max(0, Date.parse(verdict.retryAt) - now()) });
     }
     if (!verdict && (d.channel === 'sms' || d.channel === 'email') && (d.to === undefined || d.to === '')) return suppress(stored, DeliverReason.NoAddress);
-    const extras = deps.gate?.extras(d) ?? {};
-    // A shared address gets the rule's variant that names no one.
+    // A shared address gets the rule's variant that names no one; a non-care email its signed
+    // unsubscribe link, in the text ({{ unsubscribe_url }}) and for the adapter's headers.
     const template = verdict?.allow && verdict.noName ? { ...d, template: d.noNameTemplate! } : d;
+    const unsubscribe = d.purpose.startsWith('care.') ? undefined : deps.unsubscribeLinks?.(d);
+    const variables = unsubscribe ? { [UNSUBSCRIBE_URL]: unsubscribe.url } : undefined;
     // Throws PermanentError render_failed: the mapping must be fixed, retrying cannot help.
-    const rendered = renderDelivery(deps.templates(), template, { zone: await deps.displayZone(d), ...(extras.variables ? { variables: extras.variables } : {}) });
+    const rendered = renderDelivery(deps.templates(), template, { zone: await deps.displayZone(d), ...(variables ? { variables } : {}) });
     const message: OutboundMessage = {
       deliveryId: d.id,
       ruleId: d.ruleId,
@@ -181,18 +186,29 @@ export function createDeliverHandler(deps: DeliverDeps): JobHandler<DeliveryJob>
       ...(rendered.subject !== undefined ? { subject: rendered.subject } : {}),
       text: rendered.text,
       ...(rendered.html !== undefined ? { html: rendered.html } : {}),
-      ...(extras.headers ? { headers: extras.headers } : {}),
+      fields: d.payload,
+      patientId: d.patientId,
+      ...(d.subjectKind === 'appointment' || d.subjectKind === 'encounter' ? { about: { kind: d.subjectKind, id: d.subjectId } } : {}),
+      ...(d.expiresAt !== undefined ? { expiresAt: d.expiresAt } : {}),
+      ...(unsubscribe !== undefined ? { unsubscribe } : {}),
     };
-    const receipt = await adapter.send(message, { deliveryId: d.id, attempt: job.attempt, signal: job.signal });
+    let receipt;
+    try {
+      receipt = await adapter.send(message, { deliveryId: d.id, attempt: job.attempt, signal: job.signal });
+    } catch (error) {
+      // The provider says the address opted out or bounced: the ledger learns it for the next messages.
+      if (error instanceof RecipientError) await deps.gate?.refused(stored, error.signal, error.providerCode).catch(() => log.error('deliver.refusal_not_recorded', { deliveryId: d.id }));
+      throw error;
+    }
     const finished = await store.finishDelivery(d.id, generation, {
-      status: 'finished',
+      status: 'sent',
       message: {
         language: message.language,
         ...(message.to !== undefined ? { to: message.to } : {}),
         ...(message.subject !== undefined ? { subject: message.subject } : {}),
         text: message.text,
         ...(message.html !== undefined ? { html: message.html } : {}),
-        ...(message.headers !== undefined ? { headers: message.headers } : {}),
+        ...(message.unsubscribe !== undefined ? { unsubscribe: message.unsubscribe.url } : {}),
       },
       ...(receipt.providerId !== undefined ? { providerId: receipt.providerId } : {}),
       at: new Date(now()).toISOString(),

@@ -19,7 +19,8 @@ import { captureLogger } from '../../test/helpers/server.ts';
 import { FhirClient } from '../fhir/client.ts';
 import { SqliteStore } from '../store/sqlite.ts';
 import type { Store } from '../store/store.ts';
-import { cursorKeys, FhirIngest, parseFhirJson, type FhirIngestResult, type FhirIngestSettings } from './fhir-ingest.ts';
+import { FhirIngest, type FhirIngestResult, type FhirIngestSettings } from './fhir-ingest.ts';
+import { cursorKeys } from './fhir-state.ts';
 
 let dir: string;
 let store: SqliteStore;
@@ -27,9 +28,14 @@ let server: FhirTestServer;
 let clock: number;
 let log: ReturnType<typeof captureLogger>;
 
+/** Ingests made by a test, stopped after it. */
+let ingests: FhirIngest[];
+/** Delays the recovery's backoff timer was armed with (it never fires by itself here: tests call recoverNow). */
+let armed: number[];
+
 function makeIngest(overrides: Partial<FhirIngestSettings> = {}, deps: { store?: Store } = {}): FhirIngest {
   const client = new FhirClient({ baseUrl: server.baseUrl, maxRetries: 0, timeoutMs: 5_000 });
-  return new FhirIngest(
+  const ingest = new FhirIngest(
     {
       input: 'ehr-fhir',
       subscriptions: [{ id: 'sub1', heartbeatPeriodSeconds: 60 }],
@@ -37,8 +43,28 @@ function makeIngest(overrides: Partial<FhirIngestSettings> = {}, deps: { store?:
       searchLookbackSeconds: 3600,
       ...overrides,
     },
-    { store: deps.store ?? store, log, client, now: () => new Date(clock) },
+    {
+      store: deps.store ?? store,
+      log,
+      client,
+      now: () => new Date(clock),
+      random: () => 0.5,
+      timer: { setTimeout: (_fn, ms) => armed.push(ms), clearTimeout: () => {} },
+    },
   );
+  ingests.push(ingest);
+  return ingest;
+}
+
+/** Handles a notification, then waits for the background recovery it started. */
+async function handled(ingest: FhirIngest, raw: Buffer): Promise<FhirIngestResult> {
+  const result = await ingest.handle(raw);
+  await ingest.recoveryIdle();
+  return result;
+}
+
+async function position(): Promise<Record<string, any>> {
+  return JSON.parse((await store.getCursor(cursorKeys.subscription('ehr-fhir', 'sub1')))!) as Record<string, any>;
 }
 
 function body(json: unknown): Buffer {
@@ -68,9 +94,12 @@ beforeEach(async () => {
   server = await startFhirTestServer();
   clock = Date.now();
   log = captureLogger();
+  ingests = [];
+  armed = [];
 });
 
 afterEach(async () => {
+  await Promise.all(ingests.map((i) => i.stop()));
   await server.close();
   await store.close();
   fs.rmSync(dir, { recursive: true, force: true });
@@ -131,6 +160,13 @@ describe('R4 criteria rest-hook', () => {
     expect(await store.listTriggers({})).toHaveLength(2);
   });
 
+  it('a contained Patient is read inside the resource: nothing fetched', async () => {
+    const appointment = testAppointment('a1', '#p1', { meta: { versionId: '1' }, contained: [testPatient('p1')] });
+    const result = accepted(await makeIngest().handle(body(appointment)));
+    expect(result.triggers.map((t) => [t.type, t.patient.id])).toEqual([['appointment.booked', 'MRN-p1']]);
+    expect(server.requests).toEqual([]);
+  });
+
   it('a patient reference to another server is refused before any request', async () => {
     const appointment = testAppointment('a1', 'https://elsewhere.example.org/fhir/Patient/p1', { meta: { versionId: '1' } });
     const result = await makeIngest().handle(body(appointment));
@@ -155,13 +191,36 @@ describe('bad input', () => {
     expect(server.requests).toEqual([]);
   });
 
+  it('refuses a JSON string (never parsed a second time) and null (never a search) with 400', async () => {
+    const ingest = makeIngest();
+    const wrapped = JSON.stringify('{"resourceType":"Appointment","__proto__":{"polluted":true}}');
+    expect(await ingest.handle(Buffer.from(wrapped))).toMatchObject({ kind: 'refused', status: 400, reason: 'not_a_resource' });
+    expect(await ingest.handle(Buffer.from('null'))).toMatchObject({ kind: 'refused', status: 400, reason: 'not_a_resource' });
+    expect(await ingest.handle(Buffer.from(' 42 '))).toMatchObject({ kind: 'refused', status: 400, reason: 'not_a_resource' });
+    expect(({} as Record<string, unknown>).polluted).toBeUndefined();
+    expect(server.requests).toEqual([]);
+  });
+
+  it('refuses bytes that are not UTF-8 with 400 instead of reading U+FFFD into names', async () => {
+    server.put(testPatient('p1'));
+    // A Latin-1 "ü" (0xFC) where UTF-8 was due.
+    const latin1 = Buffer.from(JSON.stringify(testAppointment('a1', 'Patient/p1', { meta: { versionId: '1' }, comment: 'M\u00fcller' })), 'latin1');
+    expect(await makeIngest().handle(latin1)).toMatchObject({ kind: 'refused', status: 400, reason: 'invalid_utf8' });
+    expect(server.requests).toEqual([]);
+  });
+
+  it('an id-only focus or a patient reference with the id "." or ".." is refused, nothing fetched', async () => {
+    const ingest = makeIngest();
+    expect(await ingest.handle(body(eventsBundle([event(1, 'Appointment/..')])))).toMatchObject({ status: 422, reason: 'fhir_reference_malformed' });
+    // "Patient/." names no patient: the appointment is kept as rejected, nothing is fetched.
+    accepted(await ingest.handle(body(testAppointment('a1', 'Patient/.', { meta: { versionId: '1' } }))));
+    expect((await store.findMessage(server.baseUrl, 'Appointment/a1/_history/1'))).toMatchObject({ status: 'rejected', reason: 'fhir_not_normalizable' });
+    expect(server.requests).toEqual([]);
+  });
+
   it('accepts a body that starts with a UTF-8 byte order mark', async () => {
     const n = topicBundle({ subscription: sub(), type: 'heartbeat' });
     expect(await makeIngest().handle(Buffer.concat([Buffer.from([0xef, 0xbb, 0xbf]), body(n)]))).toMatchObject({ kind: 'accepted' });
-  });
-
-  it('parseFhirJson keeps ordinary documents intact', () => {
-    expect(parseFhirJson('{"resourceType":"Patient","name":[{"given":["A"]}]}')).toEqual({ resourceType: 'Patient', name: [{ given: ['A'] }] });
   });
 
   it('refuses a notification for a subscription that is not configured, or on another server', async () => {
@@ -199,10 +258,10 @@ describe('bad input', () => {
     expect(accepted(await ingest.handle(body(appointment))).triggers).toHaveLength(1);
   });
 
-  it('a FHIR server that is down answers unavailable with its Retry-After', async () => {
+  it('a rest-hook resource whose patient cannot be fetched now answers unavailable with the server\'s Retry-After', async () => {
     server.failNext(503, 1, 7);
-    const n = eventsBundle([event(1, 'Appointment/a1')]);
-    expect(await makeIngest().handle(body(n))).toMatchObject({ kind: 'unavailable', retryAfterSeconds: 7 });
+    const appointment = testAppointment('a1', 'Patient/p1', { meta: { versionId: '1' } });
+    expect(await makeIngest().handle(body(appointment))).toMatchObject({ kind: 'unavailable', retryAfterSeconds: 7, reason: 'fhir_unavailable' });
     expect(await store.listMessages({})).toEqual([]);
   });
 });
@@ -282,16 +341,72 @@ describe('topic-based notifications', () => {
     expect(server.requests.some((r) => r.path === '/fhir/Appointment' && r.query.includes('_lastUpdated'))).toBe(true);
   });
 
-  it('an empty-payload event whose search failed is searched again when the notification is resent', async () => {
+  it('an empty-payload event whose search failed stays pending: its resend searches again and completes it', async () => {
     server.put(testPatient('p1'));
     server.put(testAppointment('a1', 'Patient/p1'));
     const ingest = makeIngest();
-    server.failNext(503, 1); // the search (this client does not retry by itself)
-    const first = await ingest.handle(body(eventsBundle([event(1)])));
-    expect(first.kind).toBe('unavailable');
-    // The event itself was stored; the resend must still run the search.
-    const again = accepted(await ingest.handle(body(eventsBundle([event(1)]))));
+    server.failNext(503, 2); // the search, then the background recovery's (no retries in this client)
+    const first = accepted(await handled(ingest, body(eventsBundle([event(1)]))));
+    expect(first).toMatchObject({ stored: 1, pending: 1, triggers: [] });
+    expect(await store.findMessage(server.baseUrl, 'sub1#1')).toMatchObject({ status: 'accepted', reason: 'trigger_pending', ackCode: '202' });
+    expect((await position()).owed).toEqual({ search: {}, events: ['sub1#1'] });
+    // The resend is not a duplicate of the pending event: it searches again and completes it.
+    const again = accepted(await handled(ingest, body(eventsBundle([event(1)]))));
     expect(again.triggers.map((t) => t.type)).toEqual(['appointment.booked']);
+    expect(again.pending).toBe(0);
+    const m = await store.findMessage(server.baseUrl, 'sub1#1');
+    expect(m).toMatchObject({ status: 'accepted', triggerIds: [] });
+    expect(m!.reason).toBeUndefined();
+    expect((await position()).owed).toBeUndefined();
+  });
+
+  it('an event answered while its FHIR server is unreachable is never lost: pending, then made by the resend', async () => {
+    // Issue: an empty payload answered 503 was stored as accepted, and the full-resource
+    // resend of the same event was "already known" and never gave a trigger.
+    server.put(testPatient('p1'));
+    const a1 = server.put(testAppointment('a1', 'Patient/p1'));
+    const ingest = makeIngest();
+    await server.close(); // unreachable: nothing answers on its port
+    const first = accepted(await handled(ingest, body(eventsBundle([event(2)]))));
+    expect(first).toMatchObject({ pending: 1, triggers: [] });
+    const pending = await store.findMessage(server.baseUrl, 'sub1#2');
+    expect(pending).toMatchObject({ status: 'accepted', reason: 'trigger_pending', ackCode: '202' });
+    expect((await position()).recovery).toMatchObject({ attempts: 1, lastError: 'fhir_unreachable' });
+    // The same event with its resource: completes the pending record (same id) with its trigger.
+    const full = accepted(await handled(ingest, body(eventsBundle([event(2, 'Appointment/a1', { resource: a1 })], { extraEntries: [{ fullUrl: 'Patient/p1', resource: testPatient('p1') }] }))));
+    expect(full.triggers.map((t) => [t.type, t.source.messageId])).toEqual([['appointment.booked', 'sub1#2']]);
+    const done = await store.findMessage(server.baseUrl, 'sub1#2');
+    expect(done).toMatchObject({ id: pending!.id, status: 'accepted', triggerIds: [full.triggers[0]!.id] });
+    expect((await position()).owed).toEqual({ search: {} });
+  });
+
+  it('an id-only event whose focus cannot be fetched now is accepted pending; the recovery makes its trigger later', async () => {
+    server.put(testPatient('p1'));
+    server.put(testAppointment('a1', 'Patient/p1'));
+    const ingest = makeIngest();
+    server.failNext(503, 2, 7); // the fetch, and the recovery's first try right after the answer
+    const result = accepted(await handled(ingest, body(eventsBundle([event(1, 'Appointment/a1')]))));
+    expect(result).toMatchObject({ stored: 1, pending: 1, triggers: [] });
+    expect(log.lines.filter((l) => l.message === 'fhir.trigger_pending').map((l) => l.reason)).toEqual(['fhir_unavailable']);
+    // The recovery failed too: its state says when it tries again (not before the Retry-After).
+    const failing = await position();
+    expect(failing.owed).toEqual({ events: ['sub1#1'] });
+    expect(failing.recovery).toMatchObject({ attempts: 1, lastError: 'fhir_unavailable' });
+    expect(Date.parse(failing.recovery.nextAt) - clock).toBeGreaterThanOrEqual(7000);
+    expect(armed.at(-1)).toBeGreaterThanOrEqual(7000);
+    // The same event resent while pending: still pending, nothing stored twice.
+    server.failNext(503, 1);
+    expect(accepted(await ingest.handle(body(eventsBundle([event(1, 'Appointment/a1')]))))).toMatchObject({ stored: 0, duplicates: 1, pending: 1 });
+    // Later the server answers: the recovery completes the stored event.
+    await ingest.recoverNow();
+    const triggers = await store.listTriggers({});
+    expect(triggers.map((t) => [t.type, t.source.messageId])).toEqual([['appointment.booked', 'sub1#1']]);
+    expect(await store.findMessage(server.baseUrl, 'sub1#1')).toMatchObject({ status: 'accepted', triggerIds: [triggers[0]!.id] });
+    const recovered = await position();
+    expect(recovered.owed).toBeUndefined();
+    expect(recovered.recovery).toBeUndefined();
+    expect(log.lines.filter((l) => l.message === 'fhir.recovered').map((l) => l.attempt)).toEqual([2]);
+    expect(await store.listMessages({})).toHaveLength(1);
   });
 
   it('a multi-event notification stores one record per event, each with its own slice of the Bundle', async () => {
@@ -324,7 +439,7 @@ describe('gaps and recovery', () => {
     const ingest = makeIngest();
     await prime(ingest);
     accepted(await ingest.handle(body(eventsBundle([event(1, 'Appointment/a1')]))));
-    const result = accepted(await ingest.handle(body(eventsBundle([event(3, 'Appointment/a3')]))));
+    const result = accepted(await handled(ingest, body(eventsBundle([event(3, 'Appointment/a3')]))));
     const events = server.requests.filter((r) => r.path.endsWith('/$events'));
     expect(events.map((r) => r.query)).toEqual(['?eventsSinceNumber=2&eventsUntilNumber=2&content=full-resource']);
     expect((await store.listTriggers({})).map((t) => t.source.messageId).sort()).toEqual(['sub1#1', 'sub1#2', 'sub1#3']);
@@ -333,6 +448,58 @@ describe('gaps and recovery', () => {
     // Event 2 arriving late is now a duplicate.
     const late = accepted(await ingest.handle(body(eventsBundle([event(2, 'Appointment/a2')]))));
     expect(late).toMatchObject({ stored: 0, duplicates: 1 });
+  });
+
+  it('a gap whose recovery cannot read /metadata is not the sender\'s fault: the event is accepted, the gap searched', async () => {
+    server.put(testPatient('p1'));
+    const ingest = makeIngest({ searchResources: ['Appointment'] });
+    await prime(ingest);
+    const a1 = server.put(testAppointment('a1', 'Patient/p1'));
+    accepted(await ingest.handle(body(eventsBundle([event(1, 'Appointment/a1', { resource: a1, timestamp: a1.meta!.lastUpdated! })]))));
+    server.put(testAppointment('a2', 'Patient/p1'));
+    const a3 = server.put(testAppointment('a3', 'Patient/p1'));
+    server.failNext(404, 1); // GET /metadata, the recovery's first request
+    const patient = { fullUrl: 'Patient/p1', resource: server.get('Patient', 'p1')! };
+    const before = server.requests.length;
+    const result = await handled(ingest, body(eventsBundle([event(3, 'Appointment/a3', { resource: a3 })], { extraEntries: [patient] })));
+    expect(result).toMatchObject({ kind: 'accepted', stored: 1, pending: 0 });
+    // After the answer: the CapabilityStatement (404), then the search from event 1's time (and a2's patient).
+    expect(server.requests.slice(before).map((r) => r.path)).toEqual(['/fhir/metadata', '/fhir/Appointment', '/fhir/Patient/p1']);
+    expect(log.lines.filter((l) => l.message === 'fhir.capabilities_unreadable').map((l) => l.reason)).toEqual(['fhir_not_found']);
+    expect((await store.listTriggers({})).map((t) => t.appointment?.id).sort()).toEqual(['a1', 'a2', 'a3']);
+    expect((await position()).owed).toBeUndefined();
+  });
+
+  it('a recovery that keeps failing backs off, says so in the position, and recovers when the server answers', async () => {
+    server.put(testPatient('p1'));
+    for (const id of ['a1', 'a2']) {
+      server.put(testAppointment(id, 'Patient/p1'));
+      server.pushEvent('sub1', `Appointment/${id}`);
+    }
+    const ingest = makeIngest();
+    await prime(ingest);
+    server.failNext(503, 3);
+    const a2 = { resource: server.get('Appointment', 'a2')! };
+    accepted(await handled(ingest, body(eventsBundle([event(2, 'Appointment/a2', a2)], { extraEntries: [{ fullUrl: 'Patient/p1', resource: server.get('Patient', 'p1')! }] }))));
+    const first = await position();
+    expect(first).toMatchObject({ n: 2, owed: { gaps: [{ from: 1, to: 1 }] }, recovery: { attempts: 1, lastError: 'fhir_unavailable' } });
+    // Backoff: 5 s ceiling after one failure (random 0.5 of it), 10 s after two.
+    expect(Date.parse(first.recovery.nextAt) - clock).toBe(2500);
+    // Not due yet: another notification does not make it run early.
+    accepted(await handled(ingest, body(topicBundle({ subscription: sub(), type: 'heartbeat', eventsSinceSubscriptionStart: 2 }))));
+    expect(server.countRequests('/fhir/metadata')).toBe(1);
+    clock += 2500;
+    await ingest.recoverNow();
+    expect((await position()).recovery).toMatchObject({ attempts: 2, failingSince: first.recovery.failingSince });
+    expect(Date.parse((await position()).recovery.nextAt) - clock).toBe(5000);
+    await ingest.recoverNow(); // the third 503
+    await ingest.recoverNow();
+    expect((await store.listTriggers({})).map((t) => t.source.messageId).sort()).toEqual(['sub1#1', 'sub1#2']);
+    const done = await position();
+    expect(done.owed).toBeUndefined();
+    expect(done.recovery).toBeUndefined();
+    expect(log.lines.filter((l) => l.message === 'fhir.recovery_failed').map((l) => l.attempt)).toEqual([1, 2, 3]);
+    expect(log.lines.filter((l) => l.message === 'fhir.recovered').map((l) => l.attempt)).toEqual([4]);
   });
 
   it('a refused notification does not move the subscription position: the gap it leaves is recovered', async () => {
@@ -347,7 +514,7 @@ describe('gaps and recovery', () => {
     // Events 2 and 3 in one notification; 3 points at another server: refused, nothing stored.
     const refused = await ingest.handle(body(eventsBundle([event(2, 'Appointment/a2'), event(3, 'https://evil.example/fhir/Appointment/a3')])));
     expect(refused.kind).toBe('refused');
-    accepted(await ingest.handle(body(eventsBundle([event(4, 'Appointment/a4')]))));
+    accepted(await handled(ingest, body(eventsBundle([event(4, 'Appointment/a4')]))));
     const events = server.requests.filter((r) => r.path.endsWith('/$events'));
     expect(events.map((r) => r.query)).toEqual(['?eventsSinceNumber=2&eventsUntilNumber=3&content=full-resource']);
     expect((await store.listTriggers({})).map((t) => t.source.messageId).sort()).toEqual(['sub1#1', 'sub1#2', 'sub1#3', 'sub1#4']);
@@ -363,7 +530,7 @@ describe('gaps and recovery', () => {
     accepted(await ingest.handle(body(eventsBundle([event(1, 'Appointment/a1', { timestamp: e1.meta!.lastUpdated! })]))));
     server.put(testAppointment('a2', 'Patient/p1'));
     server.put(testAppointment('a3', 'Patient/p1'));
-    accepted(await ingest.handle(body(eventsBundle([event(3, 'Appointment/a3')]))));
+    accepted(await handled(ingest, body(eventsBundle([event(3, 'Appointment/a3')]))));
     const search = server.requests.find((r) => r.path === '/fhir/Appointment');
     expect(decodeURIComponent(search!.query)).toContain(`_lastUpdated=ge${e1.meta!.lastUpdated}`);
     expect(server.requests.some((r) => r.path.endsWith('$events'))).toBe(false);
@@ -436,28 +603,32 @@ describe('gaps and recovery', () => {
       expect(JSON.parse((await store.getCursor(cursorKeys.subscription('ehr-fhir', 'sub1')))!)).toMatchObject({ epoch: 2, n: 0 });
     });
 
-    it('a restart whose recovery fails moves nothing, not even for the notification queued behind it', async () => {
+    it('a restart whose recovery fails is still accepted, with the event behind it; the recovery retries and recovers once', async () => {
       server.put(testPatient('p1'));
       for (const id of ['a1', 'a2', 'a3', 'a4', 'a5', 'a6']) server.put(testAppointment(id, 'Patient/p1'));
       const ingest = makeIngest();
       await prime(ingest);
       accepted(await ingest.handle(body(eventsBundle([event(1, 'Appointment/a1'), event(2, 'Appointment/a2'), event(3, 'Appointment/a3')]))));
       for (const id of ['a4', 'a5']) server.pushEvent('sub1', `Appointment/${id}`);
-      server.failNext(503, 1);
-      // The restart handshake's $events fails; a new event waits behind it on the same subscription.
-      const [handshake] = await Promise.all([
+      server.failNext(503, 1); // the recovery's first request
+      // The restart handshake and a new event (full resource: nothing to fetch) behind it on the same subscription.
+      const a6 = { resource: server.get('Appointment', 'a6')!, timestamp: after(5) };
+      const [handshake, next] = await Promise.all([
         ingest.handle(restartHandshake(2)),
-        ingest.handle(body(eventsBundle([event(3, 'Appointment/a6', { timestamp: after(5) })]))),
+        ingest.handle(body(eventsBundle([event(3, 'Appointment/a6', a6)], { extraEntries: [{ fullUrl: 'Patient/p1', resource: server.get('Patient', 'p1')! }] }))),
       ]);
-      expect(handshake.kind).toBe('unavailable');
-      const cursor = JSON.parse((await store.getCursor(cursorKeys.subscription('ehr-fhir', 'sub1')))!);
-      expect(cursor.epoch).toBeUndefined();
-      expect(await store.listMessages({ controlId: 'sub1@1#3' })).toEqual([]);
-      // The server resends the handshake: one restart, its events recovered once.
+      await ingest.recoveryIdle();
+      expect([handshake.kind, next.kind]).toEqual(['accepted', 'accepted']);
+      expect((await store.listMessages({ controlId: 'sub1@1#3' })).map((m) => m.status)).toEqual(['accepted']);
+      expect(await position()).toMatchObject({ epoch: 1, n: 3, owed: { gaps: [{ from: 1, to: 2 }] }, recovery: { attempts: 1, lastError: 'fhir_unavailable' } });
+      // The server resends the handshake: a resend, not another restart.
       accepted(await ingest.handle(restartHandshake(2)));
-      expect(log.lines.filter((l) => l.message === 'fhir.numbering_restarted')).toHaveLength(2);
-      expect(JSON.parse((await store.getCursor(cursorKeys.subscription('ehr-fhir', 'sub1')))!)).toMatchObject({ epoch: 1, n: 2 });
+      await ingest.recoverNow();
+      expect(log.lines.filter((l) => l.message === 'fhir.numbering_restarted')).toHaveLength(1);
+      expect(await position()).toMatchObject({ epoch: 1, n: 3 });
+      expect((await position()).owed).toBeUndefined();
       expect((await store.listMessages({ controlId: 'sub1@1#2' })).map((m) => m.status)).toEqual(['accepted']);
+      expect((await store.listTriggers({})).map((t) => t.appointment?.id).sort()).toEqual(['a1', 'a2', 'a3', 'a4', 'a5', 'a6']);
     });
 
     it('events the restart handshake counts are recovered in the new numbering; late heartbeats and events from before move nothing', async () => {
@@ -472,7 +643,7 @@ describe('gaps and recovery', () => {
       // reached us, stamped (09:59) before the handshake (10:00): they belong to the new numbering.
       server.pushEvent('sub1', 'Appointment/a4');
       server.pushEvent('sub1', 'Appointment/a5');
-      accepted(await ingest.handle(restartHandshake(2)));
+      accepted(await handled(ingest, restartHandshake(2)));
       expect(server.requests.filter((r) => r.path.endsWith('$events')).map((r) => r.query)).toEqual([
         '?eventsSinceNumber=1&eventsUntilNumber=2&content=full-resource',
       ]);
@@ -494,7 +665,7 @@ describe('gaps and recovery', () => {
     server.pushEvent('sub1', 'Appointment/a1');
     const ingest = makeIngest();
     await prime(ingest);
-    accepted(await ingest.handle(body(topicBundle({ subscription: sub(), type: 'heartbeat', eventsSinceSubscriptionStart: 1 }))));
+    accepted(await handled(ingest, body(topicBundle({ subscription: sub(), type: 'heartbeat', eventsSinceSubscriptionStart: 1 }))));
     expect(server.requests.filter((r) => r.path.endsWith('$events')).map((r) => r.query)).toEqual([
       '?eventsSinceNumber=1&eventsUntilNumber=1&content=full-resource',
     ]);
@@ -552,7 +723,7 @@ describe('gaps and recovery', () => {
     await prime(first);
     accepted(await first.handle(body(eventsBundle([event(1, 'Appointment/a1')]))));
     const second = makeIngest();
-    accepted(await second.handle(body(topicBundle({ subscription: sub(), type: 'heartbeat', eventsSinceSubscriptionStart: 2 }))));
+    accepted(await handled(second, body(topicBundle({ subscription: sub(), type: 'heartbeat', eventsSinceSubscriptionStart: 2 }))));
     expect(server.requests.filter((r) => r.path.endsWith('$events')).map((r) => r.query)).toEqual([
       '?eventsSinceNumber=2&eventsUntilNumber=2&content=full-resource',
     ]);

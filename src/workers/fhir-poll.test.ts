@@ -11,8 +11,10 @@ import { captureLogger } from '../../test/helpers/server.ts';
 import { FhirClient } from '../fhir/client.ts';
 import { SqliteStore } from '../store/sqlite.ts';
 import type { Store } from '../store/store.ts';
-import { cursorKeys, FhirIngest } from './fhir-ingest.ts';
-import { FhirPoller, type FhirPollSettings, type FhirPollTimer } from './fhir-poll.ts';
+import { FhirIngest } from './fhir-ingest.ts';
+import { cursorKeys } from './fhir-state.ts';
+import { FhirPoller, type FhirPollSettings } from './fhir-poll.ts';
+import type { Timer } from './timer.ts';
 
 let dir: string;
 let store: SqliteStore;
@@ -20,7 +22,7 @@ let server: FhirTestServer;
 let clock: number;
 let log: ReturnType<typeof captureLogger>;
 
-function makePoller(settings: Partial<FhirPollSettings> = {}, options: { store?: Store; timer?: FhirPollTimer } = {}): FhirPoller {
+function makePoller(settings: Partial<FhirPollSettings> = {}, options: { store?: Store; timer?: Timer } = {}): FhirPoller {
   const client = new FhirClient({ baseUrl: server.baseUrl, maxRetries: 0, timeoutMs: 5_000 });
   const s = options.store ?? store;
   const ingest = new FhirIngest(
@@ -119,7 +121,7 @@ describe('FhirPoller', () => {
     server.put(testPatient('p1'));
     server.put(testAppointment('a1', 'Patient/p1'));
     const scheduled: Array<{ fn: () => void; ms: number }> = [];
-    const timer: FhirPollTimer = {
+    const timer: Timer = {
       setTimeout: (fn, ms) => scheduled.push({ fn, ms }),
       clearTimeout: () => {},
     };

@@ -11,7 +11,9 @@
 // the same cursor.
 import type { Logger } from '../log.ts';
 import type { Store } from '../store/store.ts';
-import { cursorKeys, type FhirIngest } from './fhir-ingest.ts';
+import type { FhirIngest } from './fhir-ingest.ts';
+import { cursorKeys } from './fhir-state.ts';
+import { BACKGROUND_TIMER, type Timer } from './timer.ts';
 
 export interface FhirPollSettings {
   input: string;
@@ -24,18 +26,13 @@ export interface FhirPollSettings {
   maxPagesPerPoll?: number;
 }
 
-export interface FhirPollTimer {
-  setTimeout(fn: () => void, ms: number): unknown;
-  clearTimeout(handle: unknown): void;
-}
-
 export interface FhirPollDeps {
   ingest: FhirIngest;
   store: Store;
   log: Logger;
   now?: () => Date;
   /** Injectable for tests; the default timer does not keep the process alive. */
-  timer?: FhirPollTimer;
+  timer?: Timer;
 }
 
 export interface FhirPollResult {
@@ -46,20 +43,9 @@ export interface FhirPollResult {
   triggers: number;
 }
 
-const DEFAULT_TIMER: FhirPollTimer = {
-  setTimeout(fn, ms) {
-    const handle = setTimeout(fn, ms);
-    handle.unref();
-    return handle;
-  },
-  clearTimeout(handle) {
-    clearTimeout(handle as NodeJS.Timeout);
-  },
-};
-
 export class FhirPoller {
   private readonly now: () => Date;
-  private readonly timer: FhirPollTimer;
+  private readonly timer: Timer;
   private handle: unknown;
   private running: Promise<unknown> | undefined;
   private stopped = true;
@@ -69,7 +55,7 @@ export class FhirPoller {
     private readonly deps: FhirPollDeps,
   ) {
     this.now = deps.now ?? (() => new Date());
-    this.timer = deps.timer ?? DEFAULT_TIMER;
+    this.timer = deps.timer ?? BACKGROUND_TIMER;
   }
 
   /** Polls every type once, in order; rejects on the first failure (nothing skipped). */

@@ -3,7 +3,8 @@
 // Used by the composition root and by `carerelay fhir subscribe`.
 import type { FhirInboundAuth } from '../api/fhir-routes.ts';
 import { readSecret, type Env } from '../config/yaml.ts';
-import { FhirClient, type FhirAuthConfig } from '../fhir/client.ts';
+import type { FhirClient } from '../fhir/client.ts';
+import { fhirClientFor as clientForServer } from '../fhir/server-config.ts';
 import type { FhirInboundAuthConfig, FhirPollConfig, FhirRestHookConfig, FhirServerConfig } from '../inputs/fhir/spec.ts';
 import { standardWebhooksKey } from '../inputs/fhir/signatures.ts';
 import type { Logger } from '../log.ts';
@@ -13,26 +14,7 @@ import { FhirIngest, type FhirIngestDeps } from './fhir-ingest.ts';
 import { FhirPoller } from './fhir-poll.ts';
 
 export function fhirClientFor(server: FhirServerConfig, env: Env, configDir: string): FhirClient {
-  let auth: FhirAuthConfig | undefined;
-  if (server.auth?.bearer) {
-    auth = { kind: 'bearer', token: readSecret(server.auth.bearer.token, env, configDir) };
-  } else if (server.auth?.smart) {
-    const smart = server.auth.smart;
-    auth = {
-      kind: 'smart',
-      tokenUrl: smart.tokenUrl,
-      clientId: smart.clientId,
-      privateKey: readSecret(smart.privateKey, env, configDir),
-      algorithm: smart.algorithm,
-      scope: smart.scope,
-    };
-  }
-  return new FhirClient({
-    baseUrl: server.baseUrl,
-    ...(auth ? { auth } : {}),
-    timeoutMs: server.timeoutSeconds * 1000,
-    allowInsecureHttp: server.allowInsecureHttp,
-  });
+  return clientForServer(server, (ref) => readSecret(ref, env, configDir));
 }
 
 export function inboundAuthFor(auth: FhirInboundAuthConfig, env: Env, configDir: string): FhirInboundAuth {

@@ -56,7 +56,9 @@ afterEach(async () => {
 describe('fhirSubscribe', () => {
   it('writes Backport rest-hook Subscriptions with our endpoint, auth header, payload and heartbeat', async () => {
     writeConfig('{ bearer: { token: { env: HOOK_TOKEN } } }');
-    const text = await fhirSubscribe({ configDir: dir, env: { HOOK_TOKEN: TOKEN }, input: 'ehr-fhir', endpointBaseUrl: 'https://carerelay.example.org/' });
+    const outcomes = await fhirSubscribe({ configDir: dir, env: { HOOK_TOKEN: TOKEN }, input: 'ehr-fhir', endpointBaseUrl: 'https://carerelay.example.org/' });
+    expect(outcomes.map((o) => [o.id, o.ok])).toEqual([['feed', true], ['appts', true]]);
+    const text = outcomes.map((o) => o.text).join('\n');
     const feed = server.get('Subscription', 'feed')!;
     expect(feed).toMatchObject({
       meta: { profile: ['http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/backport-subscription'] },
@@ -102,6 +104,47 @@ describe('fhirSubscribe', () => {
     writeConfig('{ header: { name: X-Api-Key, value: { env: HOOK_KEY } } }');
     await fhirSubscribe({ configDir: dir, env: { HOOK_KEY: 'k-1' }, input: 'ehr-fhir', endpointBaseUrl: 'https://c.example.org' });
     expect((server.get('Subscription', 'feed')!.channel as { header: string[] }).header).toEqual(['x-api-key: k-1']);
+  });
+
+  it('creates a Subscription the server does not hold (PUT, keeping the id); one that exists is updated', async () => {
+    writeConfig('{ bearer: { token: { env: HOOK_TOKEN } } }');
+    const env = { HOOK_TOKEN: TOKEN };
+    const first = await fhirSubscribe({ configDir: dir, env, input: 'ehr-fhir', endpointBaseUrl: 'https://c.example.org' });
+    expect(first.map((o) => o.text.endsWith('\n  created'))).toEqual([true, true]);
+    expect(server.requests.filter((r) => r.path === '/fhir/Subscription/feed').map((r) => r.method)).toEqual(['GET', 'PUT', 'GET']);
+    const again = await fhirSubscribe({ configDir: dir, env, input: 'ehr-fhir', endpointBaseUrl: 'https://c.example.org' });
+    expect(again.map((o) => [o.ok, o.text.includes('created')])).toEqual([[true, false], [true, false]]);
+  });
+
+  it('a server that does not let clients assign ids gets a POST, and the id it assigned is reported', async () => {
+    await server.close();
+    server = await startFhirTestServer({ clientAssignedIds: false });
+    writeConfig('{ bearer: { token: { env: HOOK_TOKEN } } }');
+    const [feed] = await fhirSubscribe({ configDir: dir, env: { HOOK_TOKEN: TOKEN }, input: 'ehr-fhir', endpointBaseUrl: 'https://c.example.org' });
+    const created = server.requests.find((r) => r.method === 'POST');
+    expect(created?.path).toBe('/fhir/Subscription');
+    expect(feed!.ok).toBe(true);
+    const assigned = /created as Subscription\/(\S+):/.exec(feed!.text)?.[1];
+    expect(server.get('Subscription', assigned!)).toMatchObject({ criteria: 'http://hl7.org/fhir/us/core/SubscriptionTopic/patient-data-feed' });
+    expect(feed!.text).toContain(`set \`id: ${assigned}\` for this subscription in the input`);
+    // Run again before the id is set: the same Subscription is found and updated, not created twice.
+    const [again] = await fhirSubscribe({ configDir: dir, env: { HOOK_TOKEN: TOKEN }, input: 'ehr-fhir', endpointBaseUrl: 'https://c.example.org' });
+    expect(again!.text).toContain(`updated as Subscription/${assigned}:`);
+    expect(server.requests.filter((r) => r.method === 'POST')).toHaveLength(2); // feed and appts, once each
+    expect(server.get('Subscription', assigned!)!.meta!.versionId).toBe('2');
+  });
+
+  it('goes on past a subscription the server refuses, reporting each', async () => {
+    writeConfig('{ bearer: { token: { env: HOOK_TOKEN } } }');
+    server.failNext(403, 1); // the first subscription's first request
+    const outcomes = await fhirSubscribe({ configDir: dir, env: { HOOK_TOKEN: TOKEN }, input: 'ehr-fhir', endpointBaseUrl: 'https://c.example.org' });
+    expect(outcomes.map((o) => [o.id, o.ok])).toEqual([['feed', false], ['appts', true]]);
+    expect(outcomes[0]!.text).toBe(
+      `Subscription/feed on ${server.baseUrl}: failed: read Subscription/feed: HTTP 403 (transient); check the SMART scopes granted to the client (fhir_forbidden)`,
+    );
+    expect(outcomes[0]!.text).not.toContain(TOKEN);
+    expect(server.get('Subscription', 'feed')).toBeUndefined();
+    expect(server.get('Subscription', 'appts')).toBeDefined();
   });
 
   it('refuses an input that does not exist or is not a fhir-rest-hook, naming the ones that are', async () => {

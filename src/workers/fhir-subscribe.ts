@@ -9,9 +9,16 @@
 // extension. It is written with PUT Subscription/<id> so that the id in the config is the
 // id the server puts in every notification (and running it again updates, never
 // duplicates). The status text names no secret.
+//
+// Each subscription is done on its own: one the server refuses does not stop the others,
+// and each gets its own line (the status as the server holds it, or what went wrong).
+// A subscription the server does not hold yet is created with PUT (FHIR "update as
+// create", which keeps the configured id); a server that refuses client-assigned ids gets a
+// POST create instead, and the id it assigned is reported, to be set in the configuration.
 import { ConfigError } from '../errors.ts';
 import { loadConfig } from '../config/load.ts';
 import type { Env } from '../config/yaml.ts';
+import { FhirRequestError, type FhirClient } from '../fhir/client.ts';
 import type { FhirResource } from '../fhir/notification.ts';
 import { FHIR_REST_HOOK, type FhirRestHookConfig, type FhirSubscriptionConfig } from '../inputs/fhir/spec.ts';
 import { fhirClientFor, inboundAuthFor } from './fhir-setup.ts';
@@ -124,13 +131,26 @@ function describeSubscription(resource: FhirResource, baseUrl: string): string {
   return lines.join('\n');
 }
 
+/** One configured subscription's outcome: the server's status text, or what went wrong. */
+export interface FhirSubscribeOutcome {
+  id: string;
+  ok: boolean;
+  text: string;
+}
+
 /**
- * Creates or updates every subscription of the fhir-rest-hook input `input` on its server
- * and returns the status text (one block per subscription, as the server holds it).
- * Throws ConfigError for a missing/wrong input, and the FHIR client's classified errors
- * when the server refuses (e.g. 405 when it does not accept client-assigned ids).
+ * HTTP statuses a server answers a PUT to an id it does not hold with when it does not let
+ * clients choose ids (FHIR R4 §3.1.0.4.2 "update as create" is optional): 405 (no such
+ * interaction), 400/409/412/422 (HAPI, Medplum and others refuse the id itself).
  */
-export async function fhirSubscribe(options: FhirSubscribeOptions): Promise<string> {
+const CREATE_REFUSED = new Set([400, 405, 409, 412, 422]);
+
+/**
+ * Creates or updates every subscription of the fhir-rest-hook input `input` on its server,
+ * each on its own, and returns one outcome per subscription (the status text as the server
+ * holds it, or the failure). Throws ConfigError for a missing/wrong input only.
+ */
+export async function fhirSubscribe(options: FhirSubscribeOptions): Promise<FhirSubscribeOutcome[]> {
   const plan = await loadConfig({ configDir: options.configDir, env: options.env });
   const instance = plan.inputs.find((i) => i.name === options.input);
   const restHooks = plan.inputs.filter((i) => i.type === FHIR_REST_HOOK).map((i) => i.name);
@@ -153,11 +173,60 @@ export async function fhirSubscribe(options: FhirSubscribeOptions): Promise<stri
   const client = fhirClientFor(config.server, options.env, plan.configDir);
   const auth = inboundAuthFor(config.auth, options.env, plan.configDir);
   const endpoint = endpointFor(options.endpointBaseUrl, config.name);
-  const blocks: string[] = [];
+  const outcomes: FhirSubscribeOutcome[] = [];
   for (const subscription of config.subscriptions) {
-    await client.update(backportSubscription(subscription, endpoint, auth, `CareRelay input ${config.name}`));
-    const held = await client.read('Subscription', subscription.id);
-    blocks.push(describeSubscription(held, client.baseUrl));
+    const resource = backportSubscription(subscription, endpoint, auth, `CareRelay input ${config.name}`);
+    try {
+      outcomes.push({ id: subscription.id, ok: true, text: await writeSubscription(client, resource, subscription.id) });
+    } catch (error) {
+      // Error texts of the FHIR client carry types, ids and statuses only (no secret, no body).
+      const code = typeof (error as { code?: unknown }).code === 'string' ? ` (${(error as { code: string }).code})` : '';
+      outcomes.push({ id: subscription.id, ok: false, text: `Subscription/${subscription.id} on ${client.baseUrl}: failed: ${(error as Error).message}${code}` });
+    }
   }
-  return blocks.join('\n');
+  return outcomes;
+}
+
+/** Updates the subscription, or creates it; returns the status text of what the server holds. */
+async function writeSubscription(client: FhirClient, resource: FhirResource, id: string): Promise<string> {
+  let exists = true;
+  try {
+    await client.read('Subscription', id);
+  } catch (error) {
+    if (!(error instanceof FhirRequestError) || (error.status !== 404 && error.status !== 410)) throw error;
+    exists = false;
+  }
+  if (exists) {
+    await client.update(resource);
+    return describeSubscription(await client.read('Subscription', id), client.baseUrl);
+  }
+  try {
+    await client.update(resource);
+    return `${describeSubscription(await client.read('Subscription', id), client.baseUrl)}\n  created`;
+  } catch (error) {
+    if (!(error instanceof FhirRequestError) || error.status === undefined || !CREATE_REFUSED.has(error.status)) throw error;
+  }
+  // R4 Subscription has no identifier for a conditional create: a run before the assigned id
+  // was put in the configuration finds its Subscription by topic and endpoint instead of
+  // creating a second one.
+  const channel = resource.channel as { endpoint: string };
+  const found = (await client.search('Subscription', { url: channel.endpoint })).resources.find(
+    (r) => r.criteria === resource.criteria && (r.channel as { endpoint?: unknown } | undefined)?.endpoint === channel.endpoint,
+  );
+  let assigned: string | undefined;
+  if (found !== undefined && typeof found.id === 'string') {
+    assigned = found.id;
+    await client.update({ ...resource, id: assigned });
+  } else {
+    const created = await client.create(resource);
+    assigned = typeof created.id === 'string' ? created.id : undefined;
+  }
+  if (assigned === undefined) {
+    return `Subscription/${id} on ${client.baseUrl}: created, but the server did not say its id; find it on the server and set it as this subscription's id`;
+  }
+  const held = await client.read('Subscription', assigned);
+  return (
+    `${describeSubscription(held, client.baseUrl)}\n  ${found !== undefined ? 'updated' : 'created'} as Subscription/${assigned}: ` +
+    `the server assigns ids itself, and its notifications name Subscription/${assigned}; set \`id: ${assigned}\` for this subscription in the input`
+  );
 }

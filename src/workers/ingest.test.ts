@@ -25,12 +25,19 @@ function s12(controlId: string, appointmentId: string): string {
 const batch = (stamp: string, ...messages: string[]): Buffer =>
   Buffer.from([`BHS|^~\\&|EPIC|NORTH|||${stamp}`, ...messages, `BTS|${messages.length}`].join('\r'), 'utf8');
 
+/** The ACK messages of a reply (a batch reply's BHS/BTS left out), as "code MSA-2". */
 const acks = (text: string | undefined) =>
   (text ?? '')
-    .split(/(?=MSH\|)/)
-    .filter((a) => a !== '')
+    .split(/(?=MSH\||BTS\|)/)
+    .filter((a) => a.startsWith('MSH'))
     .map((a) => parseHl7(a))
     .map((a) => `${a.get('MSA-1')} ${a.get('MSA-2')}`);
+
+/** The segments of a batch reply other than the ACKs' own: BHS and BTS. */
+const envelope = (text: string | undefined) => {
+  const segments = (text ?? '').split('\r');
+  return { bhs: segments.find((x) => x.startsWith('BHS|'))!.split('|'), bts: segments.find((x) => x.startsWith('BTS|'))!.split('|') };
+};
 
 let dir: string;
 let store: SqliteStore;
@@ -51,7 +58,10 @@ describe('Hl7Ingest batches and resends', () => {
     const first = await ingest.handle(batch('20270601101500', s12('B1', 'A1')), settings);
     expect(acks(first.ack)).toEqual(['AA B1']);
     const again = await ingest.handle(batch('20270601111500', s12('B1', 'A1')), settings);
-    expect(again).toMatchObject({ ack: first.ack, committed: true, triggers: [] });
+    expect(again).toMatchObject({ committed: true, triggers: [] });
+    // The same ACK inside a new batch reply.
+    const inner = (reply: string | undefined) => reply!.slice(reply!.indexOf('MSH|'), reply!.indexOf('BTS|'));
+    expect(inner(again.ack)).toBe(inner(first.ack));
     expect(await store.listMessages({ status: 'quarantined' })).toEqual([]);
   });
 
@@ -138,5 +148,72 @@ describe('Hl7Ingest batches and resends', () => {
     expect(ack.get('MSA-2')).toBe('K1');
     expect(ack.get('MSH-5')).toBe('EPIC');
     expect(ack.get('MSA-3')).toContain('KOI8-R');
+  });
+
+  it('an empty MSH-9 is refused (AR, ERR 101 at MSH-9) and kept, not recorded as an ignored type', async () => {
+    const raw = Buffer.from(s12('T9', 'A11').replace('SIU^S12^SIU_S12', ''), 'utf8');
+    const result = await ingest.handle(raw, settings);
+    expect(result).toMatchObject({ ackCode: 'AR', committed: true, triggers: [] });
+    const ack = parseHl7(result.ack!);
+    expect(ack.get('MSA-2')).toBe('T9');
+    expect(ack.get('MSA-3')).toContain('MSH-9');
+    expect([ack.get('ERR-2.1'), ack.get('ERR-2.3')]).toEqual(['MSH', '9']);
+    expect(ack.get('ERR-3.1')).toBe('101');
+    const [stored] = await store.listMessages({ controlId: 'T9' });
+    expect(stored).toMatchObject({ status: 'rejected', reason: 'missing_message_type', ackCode: 'AR' });
+  });
+});
+
+describe('Hl7Ingest acknowledgment modes', () => {
+  const enhanced = (controlId: string, appointmentId: string, accept: string) =>
+    s12(controlId, appointmentId).replace('|P|2.5.1', `|P|2.5.1|||${accept}|NE`);
+
+  it('a batch is answered with a batch: BHS-12 echoes its BHS-11, BTS-1 counts the ACKs', async () => {
+    const raw = Buffer.from(['BHS|^~\\&|EPIC|NORTH|CARERELAY|CR|20270601101500||||BATCH-7', s12('Q1', 'B1'), s12('Q2', 'B2'), 'BTS|2'].join('\r'), 'utf8');
+    const result = await ingest.handle(raw, settings);
+    expect(acks(result.ack)).toEqual(['AA Q1', 'AA Q2']);
+    const { bhs, bts } = envelope(result.ack);
+    expect(bhs.slice(2, 6)).toEqual(['CARERELAY', 'CR', 'EPIC', 'NORTH']);
+    expect(bhs[11]).toBe('BATCH-7'); // BHS-12 (bhs[n] is BHS-(n+1))
+    expect(bts.slice(1)).toEqual(['2']);
+  });
+
+  it('a batch reply names the messages MSH-15 kept from being acknowledged, and why', async () => {
+    const raw = batch('20270601101500', enhanced('N1', 'C1', 'NE'), enhanced('N2', 'C2', 'AL'), enhanced('N3', 'C3', 'ER'), enhanced('N4', 'C4', 'SU'));
+    const result = await ingest.handle(raw, settings);
+    expect(result).toMatchObject({ committed: true, ackCode: 'CA' });
+    expect(acks(result.ack)).toEqual(['CA N2', 'CA N4']);
+    const { bhs, bts } = envelope(result.ack);
+    expect(bhs[9]).toBe('2 of 4 message(s) not acknowledged, as their MSH-15 asked');
+    expect(bts[1]).toBe('2');
+    expect(bts[2]).toBe('N1 (MSH-15 NE), N3 (MSH-15 ER, accepted)');
+  });
+
+  it('a batch whose every message says NE still gets a reply, so a sender waiting for one does not stall', async () => {
+    const result = await ingest.handle(batch('20270601101500', enhanced('Z1', 'D1', 'NE')), settings);
+    expect(acks(result.ack)).toEqual([]);
+    expect(envelope(result.ack).bts.slice(1)).toEqual(['0', 'Z1 (MSH-15 NE)']);
+  });
+
+  it('a long list of unacknowledged messages is cut at a whole entry with the count of the rest', async () => {
+    const many = Array.from({ length: 9 }, (_, i) => enhanced(`LONG-CONTROL-ID-${i}`, `E${i}`, 'NE'));
+    const result = await ingest.handle(batch('20270601101500', ...many), settings);
+    const list = envelope(result.ack).bts[2]!;
+    expect(list.length).toBeLessThanOrEqual(80);
+    expect(list).toMatch(/^LONG-CONTROL-ID-0 \(MSH-15 NE\), .*, \+\d more$/);
+  });
+
+  it('ackMode always acknowledges a message whose MSH-15 is NE (CA), and stores that ACK', async () => {
+    const standard = await ingest.handle(Buffer.from(enhanced('A1', 'F1', 'NE'), 'utf8'), settings);
+    expect(standard).toMatchObject({ ack: undefined, ackCode: 'CA', committed: true });
+    const always = await ingest.handle(Buffer.from(enhanced('A2', 'F2', 'NE'), 'utf8'), { ...settings, ackMode: 'always' });
+    expect(always.ackCode).toBe('CA');
+    expect(parseHl7(always.ack!).get('MSA-2')).toBe('A2');
+    const [stored] = await store.listMessages({ controlId: 'A2' });
+    expect(stored!.ack).toBe(always.ack);
+    // In a batch nothing is left unacknowledged then.
+    const batched = await ingest.handle(batch('20270601101500', enhanced('A3', 'F3', 'NE')), { ...settings, ackMode: 'always' });
+    expect(acks(batched.ack)).toEqual(['CA A3']);
+    expect(envelope(batched.ack).bts.slice(1)).toEqual(['1']);
   });
 });

@@ -5,18 +5,19 @@
 //         ─▶ commit (one transaction) ─▶ ACK
 //
 // Answers: AA accepted (or ignored: not a trigger type); AR refused for good (unparseable,
-// no MSH-10, SIU without appointment id…; the raw bytes are kept for review); AE when the
-// sender may retry (commit failed, or a conflicting resend that was quarantined). In
+// no MSH-10 or MSH-9, SIU without appointment id…; the raw bytes are kept for review); AE
+// when the sender may retry (commit failed, or a conflicting resend that was quarantined). In
 // enhanced mode (MSH-15/16 valued) the commit ACK codes CA/CR/CE are used and MSH-15
 // decides whether an accept ACK is sent at all.
 import { createHash, randomBytes } from 'node:crypto';
-import { buildAck, shouldSendAcceptAck, ackModeOf } from '../hl7v2/ack.ts';
-import { Hl7ParseError, Hl7ParseErrorCode, parseHl7, parseHl7Batch, type Hl7Message } from '../hl7v2/parse.ts';
-import { applyStoredState, normalizeHl7 } from '../inputs/hl7v2/normalize.ts';
-import { isSenderAllowed } from '../inputs/hl7v2/spec.ts';
+import { AckCondition, buildAck, buildBatchAck, shouldSendAcceptAck, ackModeOf, type NotAcknowledged } from '../hl7v2/ack.ts';
+import { Hl7ParseError, Hl7ParseErrorCode, batchHeaderOf, parseHl7, parseHl7Batch, type Hl7Message } from '../hl7v2/parse.ts';
+import { applyStoredState, hl7PatientId, normalizeHl7 } from '../inputs/hl7v2/normalize.ts';
+import { AckSetting, isSenderAllowed } from '../inputs/hl7v2/spec.ts';
 import { TransientError } from '../errors.ts';
 import type { Logger } from '../log.ts';
-import type { InboundRecord, Store, SubjectState } from '../store/store.ts';
+import { StaleAttemptError } from '../store/common.ts';
+import type { InboundRecord, MessageAttempt, Store, SubjectState } from '../store/store.ts';
 import { MessageStatus, type AckCode, type Trigger } from '../types.ts';
 
 /** Per-input settings the ingest needs (from the connector config). */
@@ -28,6 +29,11 @@ export interface Hl7IngestSettings {
   unknownMessageTypes: 'accept' | 'reject';
   /** ACK code for a message missing a field a trigger needs. */
   missingFieldAck: 'AR' | 'AE';
+  /**
+   * `standard` (default): MSH-15 decides whether an enhanced-mode message gets its commit
+   * ACK (NE never, ER on error, SU on success); `always`: every message gets one.
+   */
+  ackMode?: AckSetting;
   /**
    * mTLS: client-certificate CN → allowed senders ("EPIC^GHH", "EPIC^*"). When set and the
    * peer presented a certificate, a sender not listed for its CN is refused.
@@ -48,6 +54,8 @@ export interface Hl7IngestResult {
   committed: boolean;
   /** Triggers newly committed by this call (empty for resends). */
   triggers: Trigger[];
+  /** The stored message that answers (a single message only: not for batches). */
+  messageId?: string;
 }
 
 export interface Hl7IngestDeps {
@@ -107,6 +115,68 @@ function conflictMessage(controlId: string): string {
   return `MSH-10 ${controlId} was already used by this sender for a different message; this one is quarantined for review`;
 }
 
+/** Why a message is refused for its header alone (AR), with the ERR-3 code and ERR-2 location. */
+interface Refusal {
+  reason: string;
+  text: string;
+  errorCode: string;
+  errorLocation?: string;
+}
+
+/**
+ * A header that cannot be accepted whatever the message holds: a sender its client
+ * certificate may not use, no MSH-10 (no dedupe possible), or no MSH-9 (required in every
+ * v2.x version: without it nothing says what the message is, so it is refused rather than
+ * recorded as an ignored type). Undefined when the header is usable.
+ */
+function headerRefusal(msg: Hl7Message, sender: string, controlId: string, senderRefused: boolean): Refusal | undefined {
+  if (senderRefused) {
+    return { reason: 'sender_not_allowed', text: `sender ${sender} is not allowed for the client certificate presented`, errorCode: ERR.unknownKey };
+  }
+  if (controlId === '') {
+    return {
+      reason: 'missing_control_id',
+      text: 'MSH-10 (message control id) is empty: the message cannot be deduplicated; resend it with a unique MSH-10',
+      errorCode: ERR.requiredFieldMissing,
+      errorLocation: mshLocation(msg, 10),
+    };
+  }
+  if (msg.get('MSH-9.1') === '') {
+    return {
+      reason: 'missing_message_type',
+      text: 'MSH-9 (message type) is empty: resend the message with its type and trigger event, e.g. SIU^S12',
+      errorCode: ERR.requiredFieldMissing,
+      errorLocation: mshLocation(msg, 9),
+    };
+  }
+  return undefined;
+}
+
+/** Why a message of a batch got no ACK: what its MSH-15 asked, and what became of it. */
+function unacknowledgedWhy(msg: Hl7Message, code: AckCode): string {
+  const { accept } = ackModeOf(msg);
+  const accepted = code === 'AA' || code === 'CA';
+  switch (accept) {
+    case AckCondition.Never:
+      return 'MSH-15 NE';
+    case AckCondition.ErrorOnly:
+      return `MSH-15 ER, ${accepted ? 'accepted' : code}`;
+    case AckCondition.SuccessOnly:
+      return `MSH-15 SU, ${accepted ? 'accepted' : `not accepted: ${code}`}`;
+    case AckCondition.Always:
+      return `MSH-15 AL, ${code}`;
+    default:
+      accept satisfies never;
+      return code;
+  }
+}
+
+/** ERR-2 (ERL) of an MSH field: segment ^ sequence ^ field, in the message's own delimiters. */
+function mshLocation(msg: Hl7Message, field: number): string {
+  const c = msg.delimiters.component;
+  return `MSH${c}1${c}${field}`;
+}
+
 function senderOf(msg: Hl7Message): string {
   return `${msg.get('MSH-3.1')}^${msg.get('MSH-4.1')}`;
 }
@@ -119,13 +189,16 @@ export class Hl7Ingest {
   }
 
   /**
-   * Ingests one MLLP frame or HTTP body. A batch (FHS/BHS) gives one ACK per inner message,
-   * joined with CR; the batch as a whole counts as committed only if every message was.
+   * Ingests one MLLP frame or HTTP body. An FHS/BHS batch is answered with a batch (BHS, one
+   * ACK per inner message that wants one, BTS naming those that do not); it counts as
+   * committed only if every message was.
    */
   async handle(raw: Buffer, settings: Hl7IngestSettings, peer: Hl7Peer = {}): Promise<Hl7IngestResult> {
     let messages: Hl7Message[];
+    let batch;
     try {
       messages = parseHl7Batch(raw);
+      batch = batchHeaderOf(raw);
     } catch (error) {
       if (!(error instanceof Hl7ParseError)) throw error;
       return this.refuseUnparseable(raw, settings, error);
@@ -134,24 +207,56 @@ export class Hl7Ingest {
       // A batch envelope with no MSH inside: nothing to acknowledge message by message.
       return this.refuseUnparseable(raw, settings, new Hl7ParseError(Hl7ParseErrorCode.NoMsh, 'the batch holds no message (no MSH segment)'));
     }
-    if (messages.length === 1) {
-      return this.handleMessage(messages[0]!, raw, settings, peer);
-    }
+    if (batch === undefined) return this.handleMessage(messages[0]!, raw, settings, peer);
     const results: Hl7IngestResult[] = [];
     for (const msg of messages) {
-      results.push(await this.handleMessage(msg, Buffer.from(msg.text, 'utf8'), settings, peer));
+      // A batch of one keeps its frame as it came; each message of a larger batch keeps its own text.
+      results.push(await this.handleMessage(msg, messages.length === 1 ? raw : Buffer.from(msg.text, 'utf8'), settings, peer));
     }
-    const acks = results.map((r) => r.ack).filter((a): a is string => a !== undefined);
+    const notAcknowledged: NotAcknowledged[] = [];
+    results.forEach((r, i) => {
+      if (r.ack === undefined) notAcknowledged.push({ controlId: messages[i]!.controlId, why: unacknowledgedWhy(messages[i]!, r.ackCode) });
+    });
     const worst = results.find((r) => !r.committed) ?? results.find((r) => r.ackCode !== 'AA' && r.ackCode !== 'CA');
     return {
-      ack: acks.length > 0 ? acks.join('') : undefined,
+      ack: buildBatchAck(batch, {
+        acks: results.map((r) => r.ack).filter((a): a is string => a !== undefined),
+        notAcknowledged,
+        messageCount: messages.length,
+        controlId: newAckControlId(),
+        now: this.now(),
+      }),
       ackCode: worst?.ackCode ?? results[0]?.ackCode ?? 'AA',
       committed: results.every((r) => r.committed),
       triggers: results.flatMap((r) => r.triggers),
     };
   }
 
-  private async refuseUnparseable(raw: Buffer, settings: Hl7IngestSettings, error: Hl7ParseError): Promise<Hl7IngestResult> {
+  /**
+   * An operator's new attempt at a stored message (reprocess a rejected one after a
+   * configuration fix, release a quarantined copy after review): its stored bytes go through
+   * the same steps with `settings` as they are now, without the resend look-up (the attempt
+   * is never a duplicate of the message it replaces) and without the client-certificate
+   * check (the peer is not stored; the original came through it). Nothing is sent to the
+   * sender; the ACK is stored and answers a later resend. Throws StaleAttemptError when the
+   * message is not (or no longer) one this attempt can replace.
+   */
+  async attempt(raw: Buffer, settings: Hl7IngestSettings, attempt: MessageAttempt): Promise<Hl7IngestResult> {
+    let messages: Hl7Message[];
+    try {
+      messages = parseHl7Batch(raw);
+    } catch (error) {
+      if (!(error instanceof Hl7ParseError)) throw error;
+      return this.refuseUnparseable(raw, settings, error, attempt);
+    }
+    if (messages.length !== 1) {
+      const error = new Hl7ParseError(Hl7ParseErrorCode.NoMsh, `the stored bytes hold ${messages.length} messages, not one`);
+      return this.refuseUnparseable(raw, settings, error, attempt);
+    }
+    return this.handleMessage(messages[0]!, raw, settings, {}, attempt);
+  }
+
+  private async refuseUnparseable(raw: Buffer, settings: Hl7IngestSettings, error: Hl7ParseError, attemptOf?: MessageAttempt): Promise<Hl7IngestResult> {
     const ack = buildAck(headerOnly(raw, error), {
       code: 'AR',
       text: error.message,
@@ -174,18 +279,21 @@ export class Hl7Ingest {
       receivedAt: this.now().toISOString(),
       triggers: [],
       subjectStates: [],
+      ...(attemptOf ? { attemptOf } : {}),
     };
+    let committed;
     try {
-      await this.deps.store.commitInbound(record);
-    } catch {
+      committed = await this.deps.store.commitInbound(record);
+    } catch (commitError) {
+      if (commitError instanceof StaleAttemptError) throw commitError;
       this.deps.log.error('ingest.commit_failed', { input: settings.input, reason: error.code });
       return { ack: undefined, ackCode: 'AE', committed: false, triggers: [] };
     }
     this.deps.log.warn('ingest.rejected', { input: settings.input, reason: error.code });
-    return { ack, ackCode: 'AR', committed: true, triggers: [] };
+    return { ack, ackCode: 'AR', committed: true, triggers: [], messageId: committed.message.id };
   }
 
-  private async handleMessage(msg: Hl7Message, raw: Buffer, settings: Hl7IngestSettings, peer: Hl7Peer): Promise<Hl7IngestResult> {
+  private async handleMessage(msg: Hl7Message, raw: Buffer, settings: Hl7IngestSettings, peer: Hl7Peer, attemptOf?: MessageAttempt): Promise<Hl7IngestResult> {
     const { store, log } = this.deps;
     const receivedAt = this.now();
     const sender = senderOf(msg);
@@ -198,12 +306,13 @@ export class Hl7Ingest {
     // A sender its client certificate may not use is refused before any look-up: it learns
     // nothing about stored control ids, and its record stays outside the dedupe key (an
     // empty control id) so it cannot take the real sender's MSH-10.
-    const senderRefused = !isSenderAllowed(settings.allowedSenders, peer.certificateCN, msg.get('MSH-3.1'), msg.get('MSH-4.1'));
+    const senderRefused =
+      attemptOf === undefined && !isSenderAllowed(settings.allowedSenders, peer.certificateCN, msg.get('MSH-3.1'), msg.get('MSH-4.1'));
     const controlId = senderRefused ? '' : msg.controlId;
     const logFields = { input: settings.input, sender, controlId, messageType };
 
     // A resend of exactly the same bytes gets the original ACK again and nothing new.
-    if (controlId !== '') {
+    if (controlId !== '' && attemptOf === undefined) {
       const previous = await this.findPrevious(sender, controlId, settings);
       if (previous === 'failed') return this.storeUnavailable(msg, mode);
       if (previous !== undefined && previous.contentHash === contentHash) {
@@ -212,6 +321,7 @@ export class Hl7Ingest {
           ackCode: previous.ackCode as AckCode,
           committed: true,
           triggers: [],
+          messageId: previous.id,
         };
       }
       if (previous !== undefined) conflicting = true;
@@ -222,9 +332,11 @@ export class Hl7Ingest {
     let reason: string | undefined;
     let text: string | undefined;
     let errorCode: string | undefined;
+    let errorLocation: string | undefined;
     let triggers: Trigger[] = [];
     let states: SubjectState[] = [];
 
+    const refusal = headerRefusal(msg, sender, controlId, senderRefused);
     if (conflicting) {
       // Same sender + MSH-10, different bytes: kept in quarantine for review, never dropped
       // silently and never turned into triggers. AE: the sender should fix MSH-10.
@@ -233,18 +345,10 @@ export class Hl7Ingest {
       reason = 'conflicting_resend';
       text = conflictMessage(controlId);
       errorCode = ERR.duplicateKey;
-    } else if (senderRefused) {
+    } else if (refusal !== undefined) {
       outcome = 'reject';
       status = MessageStatus.Rejected;
-      reason = 'sender_not_allowed';
-      text = `sender ${sender} is not allowed for the client certificate presented`;
-      errorCode = ERR.unknownKey;
-    } else if (controlId === '') {
-      outcome = 'reject';
-      status = MessageStatus.Rejected;
-      reason = 'missing_control_id';
-      text = 'MSH-10 (message control id) is empty: the message cannot be deduplicated; resend it with a unique MSH-10';
-      errorCode = ERR.requiredFieldMissing;
+      ({ reason, text, errorCode, errorLocation } = refusal);
     } else {
       let normalized;
       try {
@@ -288,12 +392,13 @@ export class Hl7Ingest {
     }
 
     const ackControlId = newAckControlId();
-    const ackFor = (o: Outcome, t?: string, e?: string): { code: AckCode; text: string | undefined } => {
+    const ackFor = (o: Outcome, t?: string, e?: string, at?: string): { code: AckCode; text: string | undefined } => {
       const code = ACK_CODES[mode.mode][o === 'ignore' ? 'accept' : o];
-      const built = buildAck(msg, { code, text: t, errorCode: e, controlId: ackControlId, now: receivedAt });
-      return { code, text: shouldSendAcceptAck(msg, o === 'accept' || o === 'ignore') ? built : undefined };
+      const built = buildAck(msg, { code, text: t, errorCode: e, errorLocation: at, controlId: ackControlId, now: receivedAt });
+      const wanted = settings.ackMode === AckSetting.Always || shouldSendAcceptAck(msg, o === 'accept' || o === 'ignore');
+      return { code, text: wanted ? built : undefined };
     };
-    const ack = ackFor(outcome, text, errorCode);
+    const ack = ackFor(outcome, text, errorCode, errorLocation);
     // What a copy quarantined for reusing MSH-10 is answered (AE/CE, ERR 205).
     const conflictAck = () => ackFor('retry', conflictMessage(controlId), ERR.duplicateKey);
 
@@ -313,7 +418,13 @@ export class Hl7Ingest {
       triggers,
       subjectStates: states,
     };
-    if (controlId !== '' && !conflicting) {
+    // A refused message has no trigger to say whose it is: searchable by the id it names.
+    if (triggers.length === 0 && !senderRefused) {
+      const patientId = hl7PatientId(msg);
+      if (patientId !== undefined) record.patientId = patientId;
+    }
+    if (attemptOf !== undefined) record.attemptOf = attemptOf;
+    else if (controlId !== '' && !conflicting) {
       // A twin with other bytes may commit first (a parallel connection): then this copy is
       // quarantined, and the ACK stored with it is the AE/CE the sender gets.
       record.conflictAck = () => {
@@ -325,7 +436,8 @@ export class Hl7Ingest {
     let committed;
     try {
       committed = await store.commitInbound(record);
-    } catch {
+    } catch (error) {
+      if (error instanceof StaleAttemptError) throw error;
       log.error('ingest.commit_failed', logFields);
       return this.storeUnavailable(msg, mode);
     }
@@ -336,7 +448,7 @@ export class Hl7Ingest {
         // An ignored message's reason names its type in words: log only the code.
         else if (status !== MessageStatus.Accepted) log.warn('ingest.not_accepted', { ...logFields, status, reason: status === MessageStatus.Ignored ? 'not_a_trigger' : reason });
         if (triggers.length > 0) await this.deps.onCommitted?.(triggers);
-        return { ack: ack.text, ackCode: ack.code, committed: true, triggers };
+        return { ack: ack.text, ackCode: ack.code, committed: true, triggers, messageId: committed.message.id };
       case 'duplicate':
         // Lost a race with a parallel resend of the same bytes: answer what was stored.
         return {
@@ -344,6 +456,7 @@ export class Hl7Ingest {
           ackCode: committed.message.ackCode as AckCode,
           committed: true,
           triggers: [],
+          messageId: committed.message.id,
         };
       case 'conflict': {
         // Normally caught by the look-up above; a conflicting message that raced its twin
@@ -352,12 +465,12 @@ export class Hl7Ingest {
         log.warn('ingest.quarantined', { ...logFields, reason: 'conflicting_resend', messageId: committed.message.id });
         const stored = committed.message;
         if (stored.ackCode !== 'AA' && stored.ackCode !== 'CA') {
-          return { ack: stored.ack === '' ? undefined : stored.ack, ackCode: stored.ackCode as AckCode, committed: true, triggers: [] };
+          return { ack: stored.ack === '' ? undefined : stored.ack, ackCode: stored.ackCode as AckCode, committed: true, triggers: [], messageId: stored.id };
         }
         // A quarantined copy is never accepted: a row stored with an accept code (by an
         // earlier version, or a store that ignores conflictAck) is answered with the AE/CE.
         const retry = conflictAck();
-        return { ack: retry.text, ackCode: retry.code, committed: true, triggers: [] };
+        return { ack: retry.text, ackCode: retry.code, committed: true, triggers: [], messageId: stored.id };
       }
       default:
         committed satisfies never;

@@ -4,12 +4,12 @@
 // inputs and consent events on a clock, and compares what was planned, sent, suppressed (and
 // why) and replied with `expect`. The format is documented in mappings/README.md and at the top
 // of every shipped mappings/*.test.yaml; its JSON Schema is below.
-import { readdir, readFile } from 'node:fs/promises';
+import { readdir, readFile, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { displayPath } from '../config/load.ts';
 import { isMappingTestFile, type MappingSet } from '../config/mappings.ts';
 import { policyConfigOf, policySchema, type PolicyBlock } from '../config/policy-schema.ts';
-import { createAjv, readYamlDocument, validateWithSchema, type Env, type JsonSchema, type Locate } from '../config/yaml.ts';
+import { createAjv, readYamlDocument, validateWithSchema, type Env, type JsonSchema, type Locate, type SourcePosition } from '../config/yaml.ts';
 import type { ConfigIssue } from '../errors.ts';
 import { ConfigError, formatConfigIssue } from '../errors.ts';
 import type { PolicySettings } from '../pipeline/policy.ts';
@@ -132,6 +132,49 @@ export async function runMappingTests(dir: string, options: RunMappingTestsOptio
   return results;
 }
 
+/**
+ * The problems of the mapping tests (`*.test.yaml`) of `mappings`' directory, found without
+ * running them — for `carerelay validate`, which checks them with the rest of the
+ * configuration: the file's shape, zones and inputs (as `carerelay test` reads them), the
+ * files its inputs name, and the mapping file it targets.
+ */
+export async function checkMappingTestFiles(mappings: MappingSet): Promise<ConfigIssue[]> {
+  const issues: ConfigIssue[] = [];
+  let names: string[];
+  try {
+    names = (await readdir(mappings.dir)).filter(isMappingTestFile).sort();
+  } catch {
+    return issues; // no mappings directory: reported by the mappings loader
+  }
+  for (const name of names) {
+    const file = path.join(mappings.dir, name);
+    const display = displayPath(file);
+    let parsed: ParsedTestFile;
+    try {
+      parsed = await readTestFile(file);
+    } catch (error) {
+      if (error instanceof ConfigError) issues.push(...error.issues);
+      else issues.push({ file: display, message: `cannot read the file (${(error as NodeJS.ErrnoException).code ?? 'error'})` });
+      continue;
+    }
+    if (parsed.mapping !== undefined && !mappings.files.some((f) => f.path === path.resolve(mappings.dir, parsed.mapping!))) {
+      issues.push({ file: display, message: `mapping file ${parsed.mapping} is not in ${displayPath(mappings.dir)} (or it has errors)` });
+    }
+    for (const test of parsed.tests) {
+      for (const item of test.given) {
+        if (item.file === undefined) continue;
+        try {
+          await stat(path.resolve(mappings.dir, item.file));
+        } catch (error) {
+          const code = (error as NodeJS.ErrnoException).code;
+          issues.push({ file: display, ...item.position, message: `input file ${item.file} ${code === 'ENOENT' ? 'does not exist' : `cannot be read (${code ?? 'error'})`} (paths are relative to the test file)` });
+        }
+      }
+    }
+  }
+  return issues;
+}
+
 /** The rules of `mapping:` (or the sibling x.yaml of x.test.yaml), else every rule. */
 function rulesFor(mappings: MappingSet, testFile: string, mapping: string | undefined): readonly Rule[] {
   const target = path.resolve(path.dirname(testFile), mapping ?? path.basename(testFile).replace(/\.test\.yaml$/, '.yaml'));
@@ -149,6 +192,8 @@ const INPUT_KINDS = ['hl7', 'file', 'trigger', ...EVENT_KINDS] as const;
 
 interface GivenItem {
   where: string;
+  /** Where the item is in its test file (for issues). */
+  position?: SourcePosition;
   at?: number;
   hl7?: string;
   file?: string;
@@ -408,8 +453,10 @@ function readTest(raw: Record<string, unknown>, index: number, display: string, 
     if (kinds.length !== 1) {
       issues.push({ file: display, ...locate(['tests', index, 'given', i]), message: `an input has exactly one of ${INPUT_KINDS.join(', ')} (got ${kinds.join(', ') || 'none'})` });
     }
+    const position = locate(['tests', index, 'given', i]);
     return {
       where: at(['given', i]),
+      ...(position ? { position } : {}),
       ...(typeof item.at === 'string' ? { at: Date.parse(item.at) } : {}),
       ...(typeof item.hl7 === 'string' ? { hl7: item.hl7 } : {}),
       ...(typeof item.file === 'string' ? { file: item.file } : {}),

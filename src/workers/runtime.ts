@@ -11,9 +11,10 @@
 import { existsSync, watch, type FSWatcher } from 'node:fs';
 import path from 'node:path';
 import type { CarerelayPlan, InstancePlan } from '../config/load.ts';
+import { readSecret, type Env } from '../config/yaml.ts';
 import { ConfigError, type ConfigIssue } from '../errors.ts';
 import type { Logger } from '../log.ts';
-import type { OutboundAdapter, OutputSpec } from '../outputs/spec.ts';
+import type { OutboundAdapter, OutputDeps, OutputSpec } from '../outputs/spec.ts';
 import type { TemplateSet } from '../pipeline/render.ts';
 import type { PolicySettings } from '../pipeline/policy.ts';
 import type { Rule } from '../pipeline/rule.ts';
@@ -58,13 +59,15 @@ export interface DeliveryRuntimeOptions {
   queue?: Omit<SqliteQueueOptions, 'name' | 'now'>;
   /** Signed unsubscribe links of non-care emails (workers/unsubscribe.ts). */
   links: UnsubscribeLinks;
+  /** Where outputs' secret references ({ env: NAME }) are read. Default: process.env. */
+  env?: Env;
 }
 
 /**
  * Builds the running adapter of every output of the plan. Every adapter gets the same deps
- * (an outbox takes `sink`; adapters to come take what they need from here).
+ * (OutputDeps: secrets, the receipts ledger, the clock; an outbox also takes `sink`).
  */
-export function createOutputs(outputs: readonly InstancePlan[], specs: readonly OutputSpec[], deps: Record<string, unknown>): Map<string, OutboundAdapter> {
+export function createOutputs(outputs: readonly InstancePlan[], specs: readonly OutputSpec[], deps: object): Map<string, OutboundAdapter> {
   const adapters = new Map<string, OutboundAdapter>();
   for (const output of outputs) {
     const spec = specs.find((s) => s.type === output.type);
@@ -86,6 +89,8 @@ export class DeliveryRuntime {
   readonly outputs: ReadonlyMap<string, OutboundAdapter>;
   /** Consent checks, evidence and ways in (workers/consent.ts). */
   readonly consent: ConsentService;
+  /** The signed unsubscribe links of non-care email (the API verifies them). */
+  readonly links: UnsubscribeLinks;
   readonly #log: Logger;
   readonly #concurrency: number;
   readonly #connectors: string;
@@ -107,7 +112,14 @@ export class DeliveryRuntime {
     this.#policy = plan.policy.settings;
     const inputZones = new Map(plan.inputs.map((i) => [i.name, typeof i.config.timezone === 'string' ? i.config.timezone : undefined]));
     this.queue = new SqliteQueue<DeliveryJob>(options.db, { ...options.queue, name: DELIVERY_QUEUE, now });
-    this.outputs = createOutputs(plan.outputs, options.outputSpecs, { sink: storeOutboxSink(store), now: () => new Date(now()) });
+    const outputDeps: OutputDeps & { sink: ReturnType<typeof storeOutboxSink> } = {
+      sink: storeOutboxSink(store),
+      now: () => new Date(now()),
+      secret: (ref) => readSecret(ref, options.env ?? process.env, plan.configDir),
+      receipts: store,
+    };
+    this.outputs = createOutputs(plan.outputs, options.outputSpecs, outputDeps);
+    this.links = options.links;
     this.consent = new ConsentService({
       store,
       policy: this.#policy,
@@ -144,6 +156,7 @@ export class DeliveryRuntime {
       log,
       now,
       routingSettled: () => this.router.settled(),
+      unsubscribeLinks: (delivery) => this.consent.unsubscribeLinks(delivery),
     });
     this.#unsubscribe = recordDeadDeliveries(this.queue, store, log, now);
     this.queue.subscribe((event) => {
@@ -179,8 +192,8 @@ export class DeliveryRuntime {
 
   /**
    * Loads the configuration again with `load` and swaps rules and templates when it is
-   * valid; otherwise keeps the running plan and logs `config.reload_failed` with the issue
-   * count (the issues are returned for the CLI to print).
+   * valid; otherwise keeps the running plan and logs each problem's place (the issues are
+   * returned for the CLI to print).
    */
   async reload(load: () => Promise<CarerelayPlan>): Promise<ReloadResult> {
     let next: CarerelayPlan;
@@ -188,8 +201,7 @@ export class DeliveryRuntime {
       next = await load();
     } catch (error) {
       if (!(error instanceof ConfigError)) throw error;
-      this.#log.error('config.reload_failed', { reason: ReloadReason.Invalid, issues: error.issues.length });
-      return { ok: false, issues: error.issues };
+      return this.#refuseReload(ReloadReason.Invalid, error.issues);
     }
     const missing = next.mappings.filter((r) => !this.outputs.has(r.send.output));
     if (missing.length > 0) {
@@ -197,8 +209,7 @@ export class DeliveryRuntime {
         file: 'mappings',
         message: `rule "${r.id}" sends through output "${r.send.output}", which is not running; restart CareRelay to start new outputs`,
       }));
-      this.#log.error('config.reload_failed', { reason: ReloadReason.OutputNotRunning, issues: issues.length });
-      return { ok: false, issues };
+      return this.#refuseReload(ReloadReason.OutputNotRunning, issues);
     }
     const restartNeeded = connectorsOf(next) !== this.#connectors;
     if (restartNeeded) this.#log.warn('config.restart_needed', { reason: ReloadReason.ConnectorsChanged });
@@ -206,6 +217,20 @@ export class DeliveryRuntime {
     this.#mappings = { rules: next.mappings, templates: next.templates };
     this.#log.info('config.reloaded', { count: next.mappings.length });
     return { ok: true, rules: next.mappings.length, templates: next.templates.size, restartNeeded };
+  }
+
+  /**
+   * Keeps the running plan and logs why: one `config.reload_failed` with the count, then one
+   * `config.reload_issue` per problem with where it is (file, line, column, path in the
+   * document). The words of each problem stay out of the log (free text); `carerelay
+   * validate` prints them.
+   */
+  #refuseReload(reason: string, issues: ConfigIssue[]): ReloadResult {
+    this.#log.error('config.reload_failed', { reason, issues: issues.length });
+    for (const issue of issues) {
+      this.#log.error('config.reload_issue', { reason, file: issue.file, line: issue.line, column: issue.column, path: issue.path });
+    }
+    return { ok: false, issues };
   }
 
   /**

@@ -2,7 +2,7 @@ import { mkdtempSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { dataDirUnsubscribeKey, renderVariables, unsubscribeHeaders, unsubscribeLinks } from './unsubscribe.ts';
+import { dataDirUnsubscribeKey, renderVariables, unsubscribeLinks } from './unsubscribe.ts';
 
 const NOW = Date.parse('2025-06-10T10:00:00Z');
 const links = unsubscribeLinks({ key: Buffer.from('k1'), publicUrl: 'https://cr.example.org', ttlDays: 60 });
@@ -26,11 +26,10 @@ describe('unsubscribe links', () => {
     expect(links.verify('../../etc/passwd', NOW)).toEqual({ ok: false, reason: 'malformed' });
   });
 
-  it('go in every non-care email, with RFC 8058 one-click headers', () => {
+  it('go in every non-care email', () => {
     expect(renderVariables({ id: 'd', channel: 'email', purpose: 'survey' }, links, NOW)).toEqual({ unsubscribe_url: expect.stringContaining('/unsubscribe/') });
     expect(renderVariables({ id: 'd', channel: 'email', purpose: 'care.logistics' }, links, NOW)).toBeUndefined();
     expect(renderVariables({ id: 'd', channel: 'sms', purpose: 'survey' }, links, NOW)).toBeUndefined();
-    expect(unsubscribeHeaders('https://x/u/t')).toEqual({ 'List-Unsubscribe': '<https://x/u/t>', 'List-Unsubscribe-Post': 'List-Unsubscribe=One-Click' });
   });
 
   it('without a configured secret, a key kept in the data dir (mode 600), the same on every start', () => {

@@ -1,6 +1,6 @@
 // Signed, expiring unsubscribe links (docs/consent.md "Scope of an opt-out"): one per non-care
-// email delivery, in its text (`{{ unsubscribe_url }}`) and in its List-Unsubscribe header with
-// RFC 8058 one-click (List-Unsubscribe-Post). The token names the delivery and when it expires,
+// email delivery, in its text (`{{ unsubscribe_url }}`) and handed to the output
+// (OutboundMessage.unsubscribe), which puts it in List-Unsubscribe with RFC 8058 one-click. The token names the delivery and when it expires,
 // and carries an HMAC-SHA256 over both with the policy's unsubscribe key, so a link cannot be
 // forged for another delivery or kept working past its expiry; what it stops (the delivery's
 // purpose, or every non-care email) is read from the stored delivery when it is used.
@@ -85,9 +85,4 @@ export function needsUnsubscribe(delivery: Pick<Delivery, 'channel' | 'purpose'>
 /** The values a template may read besides its payload ({{ unsubscribe_url }} for non-care email). */
 export function renderVariables(delivery: Pick<Delivery, 'id' | 'channel' | 'purpose'>, links: UnsubscribeLinks, now: number): Record<string, string> | undefined {
   return needsUnsubscribe(delivery) ? { [UNSUBSCRIBE_URL]: links.url(delivery.id, now) } : undefined;
-}
-
-/** RFC 2369 List-Unsubscribe and RFC 8058 one-click headers for a link. */
-export function unsubscribeHeaders(url: string): Record<string, string> {
-  return { 'List-Unsubscribe': `<${url}>`, 'List-Unsubscribe-Post': 'List-Unsubscribe=One-Click' };
 }

@@ -157,4 +157,28 @@ describe('FHIR endpoints and knobs', () => {
     const events = bundle.entry[0].resource!.parameter.filter((p) => p.name === 'notification-event');
     expect(events).toHaveLength(1);
   });
+
+  it('conditional create: If-None-Exist on identifier creates once, answers 200 with the match, 412 on several', async () => {
+    const create = (identifier: string) =>
+      fetch(`${server.baseUrl}/Communication`, {
+        method: 'POST',
+        headers: {
+          'content-type': 'application/fhir+json',
+          'if-none-exist': `identifier=${encodeURIComponent('urn:x')}|${encodeURIComponent(identifier)}`,
+        },
+        body: JSON.stringify({ resourceType: 'Communication', status: 'completed', identifier: [{ system: 'urn:x', value: identifier }] }),
+      });
+    const first = await create('d#1');
+    const created = (await first.json()) as { id: string };
+    expect(first.status).toBe(201);
+    const again = await create('d#1');
+    expect(again.status).toBe(200);
+    expect(((await again.json()) as { id: string }).id).toBe(created.id);
+    server.put({ resourceType: 'Communication', identifier: [{ system: 'urn:x', value: 'dup' }] });
+    server.put({ resourceType: 'Communication', identifier: [{ system: 'urn:x', value: 'dup' }] });
+    const several = await create('dup');
+    expect(several.status).toBe(412);
+    await several.arrayBuffer();
+    expect(server.countRequests('/fhir/Communication')).toBe(3);
+  });
 });

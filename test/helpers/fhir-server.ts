@@ -1,6 +1,6 @@
 // A small FHIR R4 server for tests, on 127.0.0.1 with an ephemeral port. It implements
 // only what CareRelay's FHIR client uses: read, vread, search by _lastUpdated with paging,
-// create/update, the Subscriptions Backport `$events` operation, the CapabilityStatement,
+// create (conditional on If-None-Exist: identifier=…) and update, the Subscriptions Backport `$events` operation, the CapabilityStatement,
 // and a SMART backend-services token endpoint that really verifies the client assertion.
 // Tests steer it with fault-injection knobs and read back every request it saw.
 //
@@ -9,6 +9,7 @@
 import { createPublicKey, randomUUID, verify, type KeyObject } from 'node:crypto';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { Arrivals } from './arrivals.ts';
 
 export interface TestFhirResource {
   resourceType: string;
@@ -30,6 +31,12 @@ export interface FhirTestServerOptions {
   supportsEvents?: boolean;
   /** Page size when the search has no _count. Default 10. */
   defaultPageSize?: number;
+  /**
+   * Accept a PUT to an id the server does not hold ("update as create", FHIR R4 §3.1.0.4.2,
+   * optional). When false, such a PUT is refused with 400 as HAPI does by default for
+   * client-assigned ids; POST still creates. Default true.
+   */
+  clientAssignedIds?: boolean;
 }
 
 export interface RecordedRequest {
@@ -40,6 +47,8 @@ export interface RecordedRequest {
   query: string;
   /** Whether an Authorization header came with it. */
   authorized: boolean;
+  /** The If-None-Exist header of a conditional create. */
+  ifNoneExist?: string;
 }
 
 export interface PushedEvent {
@@ -70,6 +79,10 @@ export interface FhirTestServer {
   redirectNext(location: string, count: number): void;
   /** The next `count` FHIR requests get no answer at all (until close): for timeout tests. */
   hangNext(count: number): void;
+  /** The next `count` FHIR requests are read in full, then their connection is closed unanswered. */
+  resetNext(count: number): void;
+  /** The next `count` FHIR requests are carried out, then their connection is closed instead of answered. */
+  loseAnswerNext(count: number): void;
   /** Absolute base used in paging links; default the server's own base. */
   linkBaseUrl: string;
   /**
@@ -83,6 +96,8 @@ export interface FhirTestServer {
   revokeTokens(): void;
   /** Requests whose path starts with `prefix` (default: all). */
   countRequests(prefix?: string): number;
+  /** Resolves once `n` requests (of any kind) have arrived. */
+  waitForRequests(n: number): Promise<void>;
   close(): Promise<void>;
 }
 
@@ -95,7 +110,7 @@ const CLIENT_ASSERTION_TYPE = 'urn:ietf:params:oauth:client-assertion-type:jwt-b
 const EVENTS_DEFINITION = 'http://hl7.org/fhir/uv/subscriptions-backport/OperationDefinition/backport-subscription-events';
 
 interface Fault {
-  kind: 'status' | 'redirect' | 'hang';
+  kind: 'status' | 'redirect' | 'hang' | 'reset' | 'lose-answer';
   status: number;
   retryAfter?: string;
   location?: string;
@@ -129,6 +144,7 @@ export async function startFhirTestServer(options: FhirTestServerOptions = {}): 
   const requests: RecordedRequest[] = [];
   const tokenRejections: string[] = [];
   const hanging = new Set<http.ServerResponse>();
+  const arrivals = new Arrivals();
   let nextId = 1;
 
   const server = http.createServer((req, res) => {
@@ -180,6 +196,12 @@ export async function startFhirTestServer(options: FhirTestServerOptions = {}): 
     hangNext(count) {
       for (let i = 0; i < count; i++) faults.push({ kind: 'hang', status: 0 });
     },
+    resetNext(count) {
+      for (let i = 0; i < count; i++) faults.push({ kind: 'reset', status: 0 });
+    },
+    loseAnswerNext(count) {
+      for (let i = 0; i < count; i++) faults.push({ kind: 'lose-answer', status: 0 });
+    },
     registerClient(clientId, publicKeyPem, kid) {
       clients.set(clientId, { key: createPublicKey(publicKeyPem), kid });
     },
@@ -189,6 +211,7 @@ export async function startFhirTestServer(options: FhirTestServerOptions = {}): 
     countRequests(prefix = '') {
       return requests.filter((r) => r.path.startsWith(prefix)).length;
     },
+    waitForRequests: (n) => arrivals.waitFor(n),
     async close() {
       for (const res of hanging) res.destroy();
       hanging.clear();
@@ -223,7 +246,15 @@ export async function startFhirTestServer(options: FhirTestServerOptions = {}): 
   async function handle(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
     const url = new URL(req.url ?? '/', origin);
     const method = req.method ?? 'GET';
-    requests.push({ method, path: url.pathname, query: url.search, authorized: req.headers.authorization !== undefined });
+    const ifNoneExist = req.headers['if-none-exist'];
+    requests.push({
+      method,
+      path: url.pathname,
+      query: url.search,
+      authorized: req.headers.authorization !== undefined,
+      ...(typeof ifNoneExist === 'string' ? { ifNoneExist } : {}),
+    });
+    arrivals.arrive();
 
     if (url.pathname === '/auth/token') {
       if (method !== 'POST') throw new HttpProblem(405, 'not-supported', 'POST only');
@@ -235,9 +266,15 @@ export async function startFhirTestServer(options: FhirTestServerOptions = {}): 
     }
 
     const fault = faults.shift();
-    if (fault !== undefined) {
+    if (fault?.kind === 'lose-answer') LOST_ANSWERS.add(res);
+    else if (fault !== undefined) {
       if (fault.kind === 'hang') {
         hanging.add(res);
+        return;
+      }
+      if (fault.kind === 'reset') {
+        await readBody(req);
+        req.socket.destroy();
         return;
       }
       if (fault.kind === 'redirect') {
@@ -286,6 +323,19 @@ export async function startFhirTestServer(options: FhirTestServerOptions = {}): 
     if (segments.length === 1 && method === 'POST') {
       const body = await readResource(req, type);
       delete body.id;
+      // Conditional create (FHIR R4 §3.1.0.8.1): If-None-Exist holds a search; one match is
+      // answered 200 with it and nothing is created, several are 412.
+      const condition = req.headers['if-none-exist'];
+      if (typeof condition === 'string') {
+        const matches = conditionalMatches(type, condition);
+        if (matches.length > 1) throw new HttpProblem(412, 'multiple-matches', `If-None-Exist matches ${matches.length} ${type} resources`);
+        if (matches.length === 1) {
+          const existing = matches[0]!;
+          res.setHeader('location', `${baseUrl}/${type}/${existing.id}/_history/${existing.meta?.versionId}`);
+          sendJson(res, 200, existing);
+          return;
+        }
+      }
       const stored = storeVersion(body);
       res.setHeader('location', `${baseUrl}/${type}/${stored.id}/_history/${stored.meta?.versionId}`);
       sendJson(res, 201, stored);
@@ -299,6 +349,9 @@ export async function startFhirTestServer(options: FhirTestServerOptions = {}): 
       const body = await readResource(req, type);
       if (body.id !== id) throw new HttpProblem(400, 'invalid', `body id ${String(body.id)} does not match URL id ${id}`);
       const existed = store.get(type)?.has(id) ?? false;
+      if (!existed && options.clientAssignedIds === false) {
+        throw new HttpProblem(400, 'processing', `${type}/${id} does not exist and this server does not let clients assign ids; create it with POST`);
+      }
       const stored = storeVersion(body);
       res.setHeader('location', `${baseUrl}/${type}/${id}/_history/${stored.meta?.versionId}`);
       sendJson(res, existed ? 200 : 201, stored);
@@ -312,6 +365,25 @@ export async function startFhirTestServer(options: FhirTestServerOptions = {}): 
       return;
     }
     throw new HttpProblem(404, 'not-supported', `${method} ${url.pathname} is not implemented by the test server`);
+  }
+
+  /** Current resources of `type` matching an If-None-Exist query (identifier=[system]|value only). */
+  function conditionalMatches(type: string, condition: string): TestFhirResource[] {
+    const params = new URLSearchParams(condition);
+    const names = [...new Set(params.keys())];
+    if (names.length !== 1 || names[0] !== 'identifier') {
+      throw new HttpProblem(400, 'not-supported', 'the test server supports If-None-Exist on identifier only');
+    }
+    const wanted = params.get('identifier')!;
+    const bar = wanted.indexOf('|');
+    const system = bar === -1 ? undefined : wanted.slice(0, bar);
+    const value = bar === -1 ? wanted : wanted.slice(bar + 1);
+    return [...(store.get(type)?.values() ?? [])]
+      .map((versions) => versions.at(-1)!)
+      .filter((r) =>
+        Array.isArray(r.identifier) &&
+        (r.identifier as Array<{ system?: string; value?: string }>).some((i) => i.value === value && (system === undefined || (i.system ?? '') === system)),
+      );
   }
 
   function current(type: string, id: string): TestFhirResource {
@@ -442,10 +514,11 @@ export async function startFhirTestServer(options: FhirTestServerOptions = {}): 
   }
 
   function capabilityStatement(): TestFhirResource {
-    const resources = ['Appointment', 'Encounter', 'Patient', 'Subscription'].map((type) => {
+    const resources = ['Appointment', 'Communication', 'Encounter', 'Patient', 'Subscription'].map((type) => {
       const entry: Record<string, unknown> = {
         type,
         interaction: [{ code: 'read' }, { code: 'vread' }, { code: 'search-type' }, { code: 'create' }, { code: 'update' }],
+        conditionalCreate: true,
         searchParam: [{ name: '_lastUpdated', type: 'date' }],
       };
       if (type === 'Subscription' && supportsEvents) entry.operation = [{ name: 'events', definition: EVENTS_DEFINITION }];
@@ -578,7 +651,14 @@ async function readResource(req: http.IncomingMessage, type: string): Promise<Te
   return body as TestFhirResource;
 }
 
+/** Responses whose request is carried out but whose answer is lost (loseAnswerNext). */
+const LOST_ANSWERS = new WeakSet<http.ServerResponse>();
+
 function sendJson(res: http.ServerResponse, status: number, body: unknown, contentType = FHIR_JSON): void {
+  if (LOST_ANSWERS.has(res)) {
+    res.socket?.destroy();
+    return;
+  }
   const text = JSON.stringify(body);
   res.writeHead(status, { 'content-type': contentType, 'content-length': Buffer.byteLength(text) });
   res.end(text);

@@ -34,8 +34,12 @@ export interface ConfigDirOptions {
   httpInputs?: HttpInputOptions[];
   /** Env var holding the admin token (server.admin.tokenEnv); default: CARERELAY_ADMIN_TOKEN. */
   adminTokenEnv?: string;
+  /** server.admin.tokens: each token's secret read from env var `env`. */
+  adminTokens?: Array<{ name: string; env: string; scopes: string[] }>;
   unknownMessageTypes?: 'accept' | 'reject';
   missingFieldAck?: 'AR' | 'AE';
+  /** The inputs' ackMode; default: left out (standard). */
+  ackMode?: 'standard' | 'always';
   /** Seconds; default 300. */
   idleTimeoutSeconds?: number;
   /**
@@ -66,12 +70,15 @@ export function writeConfigDir(options: ConfigDirOptions = {}): TestConfigDir {
     `    timezone: UTC`,
     `    unknownMessageTypes: ${options.unknownMessageTypes ?? 'accept'}`,
     `    missingFieldAck: ${options.missingFieldAck ?? 'AR'}`,
+    ...(options.ackMode ? [`    ackMode: ${options.ackMode}`] : []),
   ];
   const lines = [
     'server:',
     '  http: { host: 127.0.0.1, port: 0 }',
     `  dataDir: ${JSON.stringify(dataDir)}`,
-    `  admin: {${options.adminTokenEnv ? ` tokenEnv: ${options.adminTokenEnv} ` : ''}}`,
+    '  admin:',
+    ...(options.adminTokenEnv ? [`    tokenEnv: ${options.adminTokenEnv}`] : []),
+    `    tokens: [${(options.adminTokens ?? []).map((t) => `{ name: ${t.name}, token: { env: ${t.env} }, scopes: [${t.scopes.join(', ')}] }`).join(', ')}]`,
     'policy:',
     ...(options.policy ?? ['  quietHours: { channels: [] }', '  usExemptSms: { perDay: 1000, perWeek: 1000 }']),
     'inputs:',
@@ -384,6 +391,6 @@ export function hl7Field(message: Buffer | string, name: string, n: number): str
   const segment = text.split(/\r\n|\r|\n/).find((s) => s.startsWith(`${name}|`));
   if (segment === undefined) return '';
   const fields = segment.split('|');
-  // MSH-1 is the '|' itself, so MSH-n is fields[n - 1]; other segments: fields[n].
-  return (name === 'MSH' ? fields[n - 1] : fields[n]) ?? '';
+  // MSH-1 (and BHS-1, FHS-1) is the '|' itself, so MSH-n is fields[n - 1]; other segments: fields[n].
+  return (['MSH', 'BHS', 'FHS'].includes(name) ? fields[n - 1] : fields[n]) ?? '';
 }

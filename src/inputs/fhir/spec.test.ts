@@ -69,6 +69,9 @@ describe('fhir-rest-hook and fhir-poll configs', () => {
     expect(await issues(`  - { ${base}, auth: { bearer: { token: { env: T } } }, ${subs} }`)).toEqual([
       expect.stringMatching(/subscription id "a" is already listed/),
     ]);
+    expect(await issues(`  - { ${base}, auth: { bearer: { token: { env: T } } }, subscriptions: [{ id: "..", topic: "http://x.org/t" }] }`)).toEqual([
+      expect.stringMatching(/"id" "\.\." is not valid: .*not "\." or "\.\."/),
+    ]);
     const bothServerAuth =
       'name: poll, type: fhir-poll, server: { baseUrl: "https://ehr.example.org/fhir", auth: { bearer: { token: { env: T } }, ' +
       'smart: { tokenUrl: "https://ehr.example.org/token", clientId: c, privateKey: { env: T }, scope: "system/Appointment.rs" } } }';

@@ -15,6 +15,7 @@ import type { InstanceCheckIssue } from '../../config/load.ts';
 import { secretRefSchema, type JsonSchema, type SecretRef } from '../../config/yaml.ts';
 import { FhirTriggerResource } from '../../fhir/normalize.ts';
 import { PayloadContent } from '../../fhir/notification.ts';
+import { fhirServerSchema as sharedFhirServerSchema, type FhirServerConfig } from '../../fhir/server-config.ts';
 import type { InputSpec } from '../spec.ts';
 
 export const FHIR_REST_HOOK = 'fhir-rest-hook';
@@ -22,25 +23,7 @@ export const FHIR_POLL = 'fhir-poll';
 
 export { PayloadContent } from '../../fhir/notification.ts';
 export { FhirTriggerResource } from '../../fhir/normalize.ts';
-
-export const SmartAlgorithmName = { RS384: 'RS384', ES384: 'ES384' } as const;
-export type SmartAlgorithmName = (typeof SmartAlgorithmName)[keyof typeof SmartAlgorithmName];
-
-export interface FhirServerConfig {
-  readonly baseUrl: string;
-  readonly auth?: {
-    readonly bearer?: { readonly token: SecretRef };
-    readonly smart?: {
-      readonly tokenUrl: string;
-      readonly clientId: string;
-      readonly privateKey: SecretRef;
-      readonly algorithm: SmartAlgorithmName;
-      readonly scope: string;
-    };
-  };
-  readonly timeoutSeconds: number;
-  readonly allowInsecureHttp: boolean;
-}
+export { SmartAlgorithmName, type FhirServerConfig } from '../../fhir/server-config.ts';
 
 export interface FhirSubscriptionConfig {
   readonly id: string;
@@ -86,8 +69,8 @@ const nameSchema = {
   description: 'Unique name of this input; appears in logs, the store and (for rest-hook) the URL /ingest/fhir/<name>.',
 } as const;
 
-// FHIR R4 id datatype: [A-Za-z0-9\-\.]{1,64}.
-const FHIR_ID_PATTERN = '^[A-Za-z0-9\\-.]{1,64}$';
+// FHIR R4 id datatype: [A-Za-z0-9\-\.]{1,64}, never "." or ".." (path segments in a URL).
+const FHIR_ID_PATTERN = '^(?!\\.{1,2}$)[A-Za-z0-9\\-.]{1,64}$';
 // RFC 9110 token characters: what a header field name may be made of.
 const HEADER_NAME_PATTERN = "^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}$";
 
@@ -102,72 +85,10 @@ const resourceListSchema = (description: string, defaults: FhirTriggerResource[]
   }) as const;
 
 export const fhirServerSchema = {
-  type: 'object',
+  ...sharedFhirServerSchema,
   description:
     'The FHIR server this input reads from: the only host CareRelay fetches from for id-only payloads, patients, ' +
     'recovery searches and $events. A reference anywhere else is refused without a request.',
-  required: ['baseUrl'],
-  additionalProperties: false,
-  properties: {
-    baseUrl: {
-      type: 'string',
-      format: 'uri',
-      pattern: '^https?://',
-      description: 'FHIR base URL, e.g. https://ehr.example.org/fhir/R4 (https; http only on loopback or with allowInsecureHttp).',
-    },
-    auth: {
-      type: 'object',
-      description: 'How CareRelay authenticates to the server: one of bearer or smart. Absent: no auth.',
-      additionalProperties: false,
-      properties: {
-        bearer: {
-          type: 'object',
-          description: 'A fixed access token sent as "Authorization: Bearer <token>".',
-          required: ['token'],
-          additionalProperties: false,
-          properties: { token: { ...secretRefSchema, description: 'The access token, by reference.' } },
-        },
-        smart: {
-          type: 'object',
-          description:
-            'SMART backend services (client credentials with a signed JWT assertion, SMART App Launch IG "Backend Services").',
-          required: ['tokenUrl', 'clientId', 'privateKey', 'scope'],
-          additionalProperties: false,
-          properties: {
-            tokenUrl: { type: 'string', format: 'uri', description: 'Token endpoint (smart-configuration token_endpoint).' },
-            clientId: { type: 'string', minLength: 1, description: 'Client id the EHR registered for CareRelay.' },
-            privateKey: {
-              ...secretRefSchema,
-              description: 'PEM private key (RSA >= 2048 bits for RS384, EC P-384 for ES384), by reference.',
-            },
-            algorithm: {
-              type: 'string',
-              enum: Object.values(SmartAlgorithmName),
-              default: SmartAlgorithmName.RS384,
-              description: 'Signing algorithm of the client assertion.',
-            },
-            scope: {
-              type: 'string',
-              minLength: 1,
-              description: 'Space-separated SMART scopes, e.g. "system/Appointment.rs system/Encounter.rs system/Patient.rs".',
-            },
-          },
-        },
-      },
-    },
-    timeoutSeconds: {
-      type: 'integer',
-      minimum: 1,
-      maximum: 300,
-      default: 15,
-      description: 'Seconds to wait for one answer from the server.',
-    },
-    allowInsecureHttp: {
-      type: 'boolean',
-      default: false,
-      description: 'Allow plain http to a server that is not on a loopback address (lab setups only: FHIR carries patient data).',
-    },
-  },
 } as const satisfies JsonSchema;
 
 export const fhirRestHookSchema = {
@@ -270,7 +191,7 @@ export const fhirRestHookSchema = {
           id: {
             type: 'string',
             pattern: FHIR_ID_PATTERN,
-            'x-hint': '1-64 of A-Z a-z 0-9 - .',
+            'x-hint': '1-64 of A-Z a-z 0-9 - . (not "." or "..")',
             description: 'Subscription id on the server (the last part of Subscription/<id> in notifications).',
           },
           topic: {

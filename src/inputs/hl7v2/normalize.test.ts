@@ -281,7 +281,7 @@ describe('field rules', () => {
     expect(p.gender).toBe('other');
     expect(p.deceased).toBe(true); // PID-29 valued
     expect(p.language).toBeUndefined();
-    for (const [code, lang] of [['en-US', 'en'], ['ENG', 'en'], ['FRE', 'fr'], ['fra', 'fr'], ['spa', 'es'], ['DEU', 'de'], ['ger', 'de'], ['fr_CA', 'fr']] as const) {
+    for (const [code, lang] of [['en-US', 'en'], ['ENG', 'en'], ['FRE', 'fr'], ['fra', 'fr'], ['spa', 'es'], ['ESP', 'es'], ['DEU', 'de'], ['ger', 'de'], ['fr_CA', 'fr']] as const) {
       const withLang = text.replace('|20001231|N||||||||', `|20001231|N|||||||${code}|`);
       expect(only(run(withLang)).patient.language, code).toBe(lang);
     }

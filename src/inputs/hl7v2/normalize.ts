@@ -301,6 +301,15 @@ function humanName(seg: Hl7Segment, d: Hl7Delimiters): HumanName | undefined {
   return family === '' ? { given } : { family, given };
 }
 
+/**
+ * The patient id a message names (docs/trigger.md patient.id: the MR-typed PID-3 repetition,
+ * else the first), also for a message that gives no trigger: a refused message is searched by it.
+ */
+export function hl7PatientId(msg: Hl7Message): string | undefined {
+  const pid = msg.segments.find((seg) => seg.name === 'PID');
+  return pid === undefined ? undefined : readPatient(pid, msg.delimiters)?.id;
+}
+
 /** PID → patient.*; undefined when PID-3 holds no identifier. */
 function readPatient(pid: Hl7Segment, d: Hl7Delimiters): TriggerPatient | undefined {
   const all: Identifier[] = [];

@@ -3,7 +3,7 @@
 // certificates mapped to allowed senders, plain MLLP only when asked for explicitly,
 // bounded frames, idle timeouts and connection counts.
 
-import { secretRefSchema, type JsonSchema, type SecretRef } from '../../config/yaml.ts';
+import { nameSchema, secretRefSchema, type JsonSchema, type SecretRef } from '../../config/yaml.ts';
 import type { InstanceCheckIssue } from '../../config/load.ts';
 import type { InputSpec } from '../spec.ts';
 
@@ -25,6 +25,20 @@ export const MissingFieldAck = {
 } as const;
 export type MissingFieldAck = (typeof MissingFieldAck)[keyof typeof MissingFieldAck];
 
+/**
+ * Whether MSH-15 may switch an ACK off. HL7 v2.x chapter 2 (table 0155): in enhanced mode a
+ * message with MSH-15 NE gets no commit ACK, ER one only on error, SU one only on success.
+ * Many senders wait for an ACK whatever they wrote there, and stall; engines offer to
+ * acknowledge every message for them.
+ */
+export const AckSetting = {
+  /** MSH-15 is honoured: NE gets no ACK, ER only on error, SU only on success. */
+  Standard: 'standard',
+  /** Every message gets its ACK (CA/CE/CR in enhanced mode), whatever MSH-15 says. */
+  Always: 'always',
+} as const;
+export type AckSetting = (typeof AckSetting)[keyof typeof AckSetting];
+
 export const HL7V2_MLLP = 'hl7v2-mllp';
 export const HL7V2_HTTP = 'hl7v2-http';
 
@@ -42,6 +56,7 @@ interface Hl7v2CommonConfig {
   readonly timezone: string;
   readonly unknownMessageTypes: UnknownMessageTypes;
   readonly missingFieldAck: MissingFieldAck;
+  readonly ackMode: AckSetting;
 }
 
 export interface Hl7v2MllpConfig extends Hl7v2CommonConfig {
@@ -60,16 +75,8 @@ export interface Hl7v2HttpConfig extends Hl7v2CommonConfig {
   readonly auth?: { readonly bearerToken: SecretRef };
 }
 
-const nameSchema = {
-  type: 'string',
-  pattern: '^[a-z][a-z0-9-]*$',
-  maxLength: 63,
-  'x-hint': 'lower-case letters, digits and "-", starting with a letter',
-  description: 'Unique name of this input; appears in logs, metrics, the store and (for HTTP) the URL.',
-} as const;
-
 const commonProperties = {
-  name: nameSchema,
+  name: nameSchema('Unique name of this input; appears in logs, metrics, the store and (for HTTP) the URL.'),
   timezone: {
     type: 'string',
     format: 'iana-timezone',
@@ -93,6 +100,16 @@ const commonProperties = {
     description:
       'ACK for a message missing a required field (e.g. no appointment id): "AR" (reject, do not resend) ' +
       'or "AE" (error; the sender may fix and resend). The raw message is kept for review either way.',
+  },
+  ackMode: {
+    type: 'string',
+    enum: Object.values(AckSetting),
+    default: AckSetting.Standard,
+    description:
+      'Enhanced-mode messages (MSH-15/16 valued): "standard" honours MSH-15 — NE gets no ACK, ER one only on ' +
+      'error, SU one only on success; "always" answers every message (CA, CE or CR), for senders that wait ' +
+      'for an ACK whatever MSH-15 says. Original-mode messages always get their ACK. In a batch, the reply ' +
+      'names the messages that got none and why.',
   },
 } as const;
 

@@ -5,6 +5,7 @@
 
 import type { JsonSchema } from '../../config/yaml.ts';
 import { PURPOSES, type Purpose, type Receipt } from '../../types.ts';
+import { allowedPurposesSchema, outputNameSchema } from '../common.ts';
 import type { OutboundAdapter, OutboundMessage, OutputSpec, SendContext } from '../spec.ts';
 
 export const OUTBOX = 'outbox';
@@ -42,13 +43,7 @@ export const outboxConfigSchema = {
   additionalProperties: false,
   required: ['name', 'type', 'channel'],
   properties: {
-    name: {
-      type: 'string',
-      pattern: '^[a-z][a-z0-9-]*$',
-      maxLength: 63,
-      'x-hint': 'lower-case letters, digits and "-", starting with a letter',
-      description: 'Unique name of this output; mapping rules name it in send.output.',
-    },
+    name: outputNameSchema,
     type: { const: OUTBOX, description: 'Output type: outbox.' },
     channel: {
       enum: Object.values(OutboxChannel),
@@ -61,13 +56,7 @@ export const outboxConfigSchema = {
         'Covered by a BAA/DPA, so it may receive PHI (docs/consent.md rule 4). An outbox keeps messages in ' +
         "CareRelay's own store, hence true by default; set false to rehearse a non-covered destination.",
     },
-    allowedPurposes: {
-      type: 'array',
-      items: { enum: [...PURPOSES] },
-      uniqueItems: true,
-      default: [...PURPOSES],
-      description: `Purposes this output may carry (${PURPOSES.join(', ')}); a rule with another purpose is refused at load. Default: all.`,
-    },
+    allowedPurposes: allowedPurposesSchema,
   },
 } as const satisfies JsonSchema;
 
