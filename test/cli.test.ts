@@ -225,10 +225,19 @@ describe('carerelay validate', () => {
       // What a user does: remove one "# " from each line of the blocks.
       const uncommented = lines.map((l, i) => (i < from ? l : l.replace(/^# ?/, ''))).join('\n');
       writeFileSync(file, uncommented);
-      const secrets = { TWILIO_AUTH_TOKEN: 't', SMTP_PASSWORD: 'p', SCHEDULING_WEBHOOK_SECRET: 'whsec_AAAA', EHR_FHIR_TOKEN: 'e' };
+      const secrets = {
+        TWILIO_AUTH_TOKEN: 't',
+        SMTP_PASSWORD: 'p',
+        SCHEDULING_WEBHOOK_SECRET: 'whsec_AAAA',
+        EHR_FHIR_TOKEN: 'e',
+        SFMC_CLIENT_SECRET: 's',
+        SFMC_CONTACT_KEY_SECRET: 'k',
+        SALESFORCE_CLIENT_SECRET: 'c',
+        AEP_CLIENT_SECRET: 'a',
+      };
       const ok = await carerelay(['validate', '--config-dir', copy], secrets);
       expect(ok.stderr).toBe('');
-      expect(ok.stdout).toContain('configuration OK: 2 input(s), 6 output(s)');
+      expect(ok.stdout).toContain('configuration OK: 2 input(s), 9 output(s)');
       // A mistake in a block is reported at its place.
       writeFileSync(file, uncommented.replace('accountSid: AC00000000000000000000000000000000', 'accountSid: AC123'));
       const bad = await carerelay(['validate', '--config-dir', copy], secrets);

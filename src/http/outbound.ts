@@ -129,7 +129,8 @@ export class AddressPolicy {
 
 export interface OutboundRequest {
   url: URL;
-  method?: 'POST' | 'PUT';
+  /** Default POST. A GET sends an empty body. */
+  method?: 'POST' | 'PUT' | 'PATCH' | 'GET';
   headers: Record<string, string>;
   body: Buffer;
   /** Deadline for the whole exchange (connect, send, answer), ms. */

@@ -1,7 +1,10 @@
 // The output types CareRelay knows: this list is the table of contents (docs/contributing.md habit 2).
 
+import { adobeAepSpec } from './adobe-aep/spec.ts';
 import { fhirCommunicationSpec } from './fhir-communication/spec.ts';
 import { outboxSpec } from './outbox/spec.ts';
+import { salesforceCrmSpec } from './salesforce-crm/spec.ts';
+import { sfmcSpec } from './sfmc/spec.ts';
 import { smtpSpec } from './smtp/spec.ts';
 import type { OutputSpec } from './spec.ts';
 import { twilioSpec } from './twilio/spec.ts';
@@ -13,4 +16,7 @@ export const outputSpecs: readonly OutputSpec[] = [
   smtpSpec as OutputSpec,
   twilioSpec as OutputSpec,
   fhirCommunicationSpec as OutputSpec,
+  sfmcSpec as OutputSpec,
+  salesforceCrmSpec as OutputSpec,
+  adobeAepSpec as OutputSpec,
 ];

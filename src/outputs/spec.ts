@@ -10,6 +10,7 @@ import type { ComponentSpec, InstanceCheckIssue } from '../config/load.ts';
 import type { JsonSchema, SecretRef } from '../config/yaml.ts';
 import type { OutputInfo } from '../pipeline/rule.ts';
 import type { Channel, DeliveryReceipt, Purpose, Receipt } from '../types.ts';
+import type { ConsentMirror } from './consent-sync.ts';
 
 /** What routing and the send-time checks know about one configured output. */
 export interface OutputInstanceInfo {
@@ -114,6 +115,13 @@ export interface OutputDeps {
 export interface OutboundAdapter extends OutputInstanceInfo {
   readonly name: string;
   send(message: OutboundMessage, context: SendContext): Promise<Receipt>;
+  /**
+   * Mirrors a consent decision of the ledger into the tool's own consent model (Salesforce:
+   * ContactPointTypeConsent for the patient's Individual and the purpose's DataUsePurpose), for
+   * tools that have one. Idempotent: the same decision mirrored twice leaves one record. One
+   * provider call; fails with the errors.ts classes like send().
+   */
+  mirrorConsent?(consent: ConsentMirror, context: { readonly signal: AbortSignal }): Promise<Receipt>;
   close?(): Promise<void>;
 }
 

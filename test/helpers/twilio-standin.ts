@@ -17,6 +17,7 @@ import { createHmac, randomBytes } from 'node:crypto';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { Arrivals } from './arrivals.ts';
+import { FaultQueue } from './faults.ts';
 
 export interface StandInMessage {
   sid: string;
@@ -81,8 +82,7 @@ export async function startTwilioStandIn(): Promise<TwilioStandIn> {
   const apiKey = { sid: `SK${hex(16)}`, secret: hex(16) };
   const requests: StandInRequest[] = [];
   const messages: StandInMessage[] = [];
-  const faults: TwilioFault[] = [];
-  const hanging = new Set<http.ServerResponse>();
+  const faults = new FaultQueue<TwilioFault>();
   const arrivals = new Arrivals();
   const path = `/2010-04-01/Accounts/${accountSid}/Messages.json`;
   const valid = new Set([`${accountSid}:${authToken}`, `${apiKey.sid}:${apiKey.secret}`]);
@@ -105,15 +105,8 @@ export async function startTwilioStandIn(): Promise<TwilioStandIn> {
       const error = (status: number, code: number, message: string, headers: Record<string, string> = {}) =>
         answer(status, { code, message, more_info: `https://www.twilio.com/docs/errors/${code}`, status }, headers);
 
-      const fault = faults.shift();
-      if (fault?.kind === 'hang') {
-        hanging.add(res);
-        return;
-      }
-      if (fault?.kind === 'reset') {
-        req.socket.destroy();
-        return;
-      }
+      const fault = faults.take(req, res);
+      if (fault === 'handled') return;
       if (req.method !== 'POST' || req.url !== path) return error(404, 20404, 'The requested resource was not found');
       if (!authorized) return error(401, 20003, 'Authentication Error - invalid username');
       if (fault?.kind === 'status') {
@@ -178,9 +171,7 @@ export async function startTwilioStandIn(): Promise<TwilioStandIn> {
     apiKey,
     requests,
     messages,
-    failNext(fault, count = 1) {
-      for (let i = 0; i < count; i++) faults.push(fault);
-    },
+    failNext: (fault, count) => faults.push(fault, count),
     waitForRequests: (n) => arrivals.waitFor(n),
     async sendStatus(sid, status, options = {}) {
       const message = messages.find((m) => m.sid === sid);
@@ -209,7 +200,7 @@ export async function startTwilioStandIn(): Promise<TwilioStandIn> {
       return response.status;
     },
     async close() {
-      for (const res of hanging) res.destroy();
+      faults.releaseHanging();
       server.closeAllConnections();
       await new Promise<void>((resolve) => server.close(() => resolve()));
     },

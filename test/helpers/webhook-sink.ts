@@ -10,6 +10,7 @@ import { createHmac, timingSafeEqual } from 'node:crypto';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { Arrivals } from './arrivals.ts';
+import { FaultQueue } from './faults.ts';
 
 export interface SinkRequest {
   id?: string;
@@ -47,9 +48,8 @@ export async function startWebhookSink(options: { secrets: string[]; now?: () =>
   const keys = options.secrets.map((s) => Buffer.from(s.replace(/^whsec_/, ''), 'base64'));
   const now = options.now ?? Date.now;
   const requests: SinkRequest[] = [];
-  const faults: SinkFault[] = [];
+  const faults = new FaultQueue<SinkFault>();
   const accepted = new Map<string, unknown>();
-  const hanging = new Set<http.ServerResponse>();
   const arrivals = new Arrivals();
 
   const verify = (id: string, timestamp: string, signature: string, body: Buffer): boolean => {
@@ -88,15 +88,8 @@ export async function startWebhookSink(options: { secrets: string[]; now?: () =>
         record.status = status;
         res.writeHead(status, { 'content-type': 'text/plain', ...headers }).end(String(status));
       };
-      const fault = faults.shift();
-      if (fault?.kind === 'hang') {
-        hanging.add(res);
-        return;
-      }
-      if (fault?.kind === 'reset') {
-        req.socket.destroy();
-        return;
-      }
+      const fault = faults.take(req, res);
+      if (fault === 'handled') return;
       if (fault?.kind === 'redirect') return answer(fault.status, { location: fault.location });
       if (req.method !== 'POST' || (options.path !== undefined && req.url !== options.path)) return answer(404);
       if (!(record.contentType ?? '').startsWith('application/json') || size > MAX_BODY) return answer(415);
@@ -117,12 +110,10 @@ export async function startWebhookSink(options: { secrets: string[]; now?: () =>
     url: `http://127.0.0.1:${port}${options.path ?? '/hooks/carerelay'}`,
     requests,
     accepted: () => accepted,
-    failNext(fault, count = 1) {
-      for (let i = 0; i < count; i++) faults.push(fault);
-    },
+    failNext: (fault, count) => faults.push(fault, count),
     waitFor: (n) => arrivals.waitFor(n),
     async close() {
-      for (const res of hanging) res.destroy();
+      faults.releaseHanging();
       server.closeAllConnections();
       await new Promise<void>((resolve) => server.close(() => resolve()));
     },

@@ -14,12 +14,12 @@
 // recorded as receipts of the delivery.
 //
 // Twilio has no idempotency key on create, so CareRelay keeps its own (the receipts ledger,
-// keyed by delivery id): before the call a `sending` receipt, after it `accepted` with the
-// message SID, `refused` or `unknown`. An attempt that finds an `accepted` SID sends nothing
-// and answers with it; one that finds `sending` as the last word knows an earlier attempt
-// died in the middle of its call (a crash) and reports AmbiguousError without calling: the
-// queue parks it (this output is not idempotent). A person who replays a parked delivery
-// finds `unknown` last and sends once more, knowingly.
+// keyed by delivery id, outputs/send-ledger.ts): before the call a `sending` receipt, after it
+// `accepted` with the message SID, `refused` or `unknown`. An attempt that finds an `accepted`
+// SID sends nothing and answers with it; one that finds `sending` as the last word knows an
+// earlier attempt died in the middle of its call (a crash) and reports AmbiguousError without
+// calling: the queue parks it (this output is not idempotent). A person who replays a parked
+// delivery finds `unknown` last and sends once more, knowingly.
 //
 // Failures (one call, never retried here):
 //   HTTP 429 or error 20429                  → RateLimitedError (Retry-After honoured)
@@ -35,8 +35,9 @@ import type { InstanceCheckIssue } from '../../config/load.ts';
 import { secretRefSchema, type JsonSchema, type SecretRef } from '../../config/yaml.ts';
 import { AmbiguousError, PermanentError, RateLimitedError, RecipientError, RecipientSignal, TransientError } from '../../errors.ts';
 import { headerOf, parseRetryAfter, sendOnce } from '../../http/outbound.ts';
-import { PURPOSES, type DeliveryReceipt, type Purpose, type Receipt } from '../../types.ts';
+import { PURPOSES, type Purpose, type Receipt } from '../../types.ts';
 import { allowedPurposesSchema, destinationUrlIssues, outputNameSchema, providerBaaSchema } from '../common.ts';
+import { LEDGER_UNAVAILABLE, sendRecorded } from '../send-ledger.ts';
 import type { OutboundAdapter, OutboundMessage, OutputDeps, OutputSpec, SendContext } from '../spec.ts';
 
 export const TWILIO = 'twilio';
@@ -58,7 +59,7 @@ export const TwilioCode = {
   Expired: 'expired',
   NoRecipient: 'twilio_no_recipient',
   BodyTooLong: 'twilio_body_too_long',
-  LedgerUnavailable: 'receipts_unavailable',
+  LedgerUnavailable: LEDGER_UNAVAILABLE,
 } as const;
 
 /** Twilio error codes with a meaning for the recipient's address ("Error and Warning Dictionary"). */
@@ -230,9 +231,6 @@ export function createTwilio(config: TwilioConfig, deps: OutputDeps): OutboundAd
   const statusCallback = twilioStatusCallbackUrl(config);
   const output = config.name;
 
-  const record = (message: OutboundMessage, context: SendContext, fields: Omit<DeliveryReceipt, 'deliveryId' | 'output' | 'attempt' | 'at'>) =>
-    deps.receipts.addDeliveryReceipt({ deliveryId: message.deliveryId, output, attempt: context.attempt, at: deps.now().toISOString(), ...fields });
-
   return {
     name: output,
     ...info,
@@ -243,37 +241,16 @@ export function createTwilio(config: TwilioConfig, deps: OutputDeps): OutboundAd
       }
       const validity = validitySeconds(deps.now().getTime(), message.expiresAt, config.maxValiditySeconds);
       if (validity === undefined) throw new PermanentError(TwilioCode.Expired, `delivery ${message.deliveryId} can no longer arrive before it expires`);
+      const to = message.to;
 
-      // Our own idempotency key: what earlier attempts of this delivery left in the ledger.
-      let earlier: DeliveryReceipt[];
-      try {
-        earlier = await deps.receipts.listDeliveryReceipts({ deliveryId: message.deliveryId, output });
-      } catch (error) {
-        throw new TransientError(TwilioCode.LedgerUnavailable, `receipts of ${message.deliveryId} cannot be read; nothing sent`, { cause: error });
-      }
-      const accepted = earlier.find((r) => r.status === 'accepted' && r.providerId !== undefined);
-      if (accepted) return { providerId: accepted.providerId, acceptedAt: accepted.at, detail: { resent: false } };
-      const last = earlier.filter((r) => r.attempt !== undefined).at(-1);
-      if (last?.status === 'sending') {
-        await record(message, context, { status: 'unknown' }).catch(() => undefined);
-        throw new AmbiguousError(TwilioCode.OutcomeUnknown, `an earlier attempt of ${message.deliveryId} stopped during its call to Twilio; the SMS may exist`);
-      }
-      try {
-        await record(message, context, { status: 'sending' });
-      } catch (error) {
-        throw new TransientError(TwilioCode.LedgerUnavailable, `the send of ${message.deliveryId} cannot be recorded; nothing sent`, { cause: error });
-      }
+      // Our own idempotency key: the receipts ledger (outputs/send-ledger.ts).
+      return sendRecorded(deps, { output, outcomeUnknownCode: TwilioCode.OutcomeUnknown, what: 'the SMS', provider: 'Twilio' }, message, context, async () => {
+        const form = new URLSearchParams({ To: to, Body: message.text });
+        if (config.messagingServiceSid !== undefined) form.set('MessagingServiceSid', config.messagingServiceSid);
+        else form.set('From', config.from!);
+        form.set('ValidityPeriod', String(validity));
+        if (statusCallback !== undefined) form.set('StatusCallback', statusCallback);
 
-      const form = new URLSearchParams({ To: message.to, Body: message.text });
-      if (config.messagingServiceSid !== undefined) form.set('MessagingServiceSid', config.messagingServiceSid);
-      else form.set('From', config.from!);
-      form.set('ValidityPeriod', String(validity));
-      if (statusCallback !== undefined) form.set('StatusCallback', statusCallback);
-
-      let status: number;
-      let body: Buffer;
-      let retryAfter: string | undefined;
-      try {
         const response = await sendOnce({
           url,
           headers: { authorization, 'content-type': 'application/x-www-form-urlencoded', accept: 'application/json', 'user-agent': 'CareRelay' },
@@ -282,25 +259,15 @@ export function createTwilio(config: TwilioConfig, deps: OutputDeps): OutboundAd
           signal: context.signal,
           codePrefix: 'twilio',
         });
-        ({ status, body } = response);
-        retryAfter = headerOf(response.headers, 'retry-after');
-      } catch (error) {
-        await record(message, context, { status: error instanceof AmbiguousError ? 'unknown' : 'refused' }).catch(() => undefined);
-        throw error;
-      }
-      const json = parseJson(body);
-      if (status === 201 || status === 200) {
-        const sid = typeof json.sid === 'string' && /^(SM|MM)[0-9a-fA-F]{32}$/.test(json.sid) ? json.sid : undefined;
-        if (sid === undefined) {
-          await record(message, context, { status: 'unknown' }).catch(() => undefined);
-          throw new AmbiguousError(TwilioCode.OutcomeUnknown, `Twilio answered HTTP ${status} without a message SID`);
+        const { status, body } = response;
+        const json = parseJson(body);
+        if (status === 201 || status === 200) {
+          const sid = typeof json.sid === 'string' && /^(SM|MM)[0-9a-fA-F]{32}$/.test(json.sid) ? json.sid : undefined;
+          if (sid === undefined) throw new AmbiguousError(TwilioCode.OutcomeUnknown, `Twilio answered HTTP ${status} without a message SID`);
+          return { providerId: sid, detail: { validitySeconds: validity } };
         }
-        await record(message, context, { status: 'accepted', providerId: sid }).catch(() => undefined);
-        return { providerId: sid, acceptedAt: deps.now().toISOString(), detail: { validitySeconds: validity } };
-      }
-      const error = classifyAnswer(status, json, parseRetryAfter(retryAfter, deps.now().getTime()));
-      await record(message, context, { status: error instanceof AmbiguousError ? 'unknown' : 'refused', ...(error.providerCode ? { code: error.providerCode } : {}) }).catch(() => undefined);
-      throw error;
+        throw classifyAnswer(status, json, parseRetryAfter(headerOf(response.headers, 'retry-after'), deps.now().getTime()));
+      });
     },
   };
 }
