@@ -344,7 +344,10 @@ export interface ConsentEvent {
   patientId?: string;
   /** One address it is limited to (the number of a keyword; optional for grants). */
   address?: string;
-  /** For SMS keywords: the output (the sender's number) the keyword was sent to. */
+  /**
+   * For SMS keywords: the output (the sender's number) the keyword was sent to. For a tool's
+   * report (source `provider`): the output it came through, never pushed back there.
+   */
   output?: string;
   action: ConsentAction;
   /** The purposes it covers; empty = every purpose. */

@@ -32,6 +32,22 @@ export function consentLedgerConformance(getStore: () => Store): void {
       await expect(store.addConsentEvent({ ...entry({ action: 'opt_out' }), patientId: undefined })).rejects.toThrow(RangeError);
     });
 
+    it('keeps the pushes of an entry to the tools holding the contact until they are queued', async () => {
+      const store = getStore();
+      expect(await store.unqueuedConsentMirrors(10)).toEqual([]);
+      const optOut = await store.addConsentEvent(entry({ action: 'opt_out', channel: 'email', purposes: ['marketing'] }), ['crm', 'mail-tool']);
+      await store.addConsentEvent(entry({ action: 'grant', channel: 'sms' }));
+      const pending = await store.unqueuedConsentMirrors(10);
+      expect(pending).toEqual([
+        { event: optOut, output: 'crm' },
+        { event: optOut, output: 'mail-tool' },
+      ]);
+      expect(await store.unqueuedConsentMirrors(1)).toHaveLength(1);
+      await store.consentMirrorQueued(optOut.id, 'crm');
+      await store.consentMirrorQueued(optOut.id, 'crm');
+      expect(await store.unqueuedConsentMirrors(10)).toEqual([{ event: optOut, output: 'mail-tool' }]);
+    });
+
     it('keeps FHIR Consents as given, once per patient and resource', async () => {
       const store = getStore();
       const resource = { resourceType: 'Consent', id: 'c1', status: 'active', patient: { reference: 'Patient/MRN-1' }, extension: [{ url: 'urn:x', valueString: 'kept' }] };

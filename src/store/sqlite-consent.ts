@@ -113,6 +113,14 @@ export const CONSENT_TABLES = `
     cancelled TEXT NOT NULL
   );
   CREATE INDEX erasures_patient ON erasures (patient_id);
+
+  -- Ledger entries to push to a tool that holds the contact (outputs/consent-sync.ts), written
+  -- with the entry; the row goes once its mirror job is on the queue.
+  CREATE TABLE consent_mirrors (
+    event_seq INTEGER NOT NULL,
+    output TEXT NOT NULL,
+    PRIMARY KEY (event_seq, output)
+  ) WITHOUT ROWID;
 `;
 
 /** Most ids a merge group is followed to (a chain of A40s is short; this bounds a bad feed). */
@@ -181,6 +189,11 @@ function prepare(db: Database) {
       `INSERT OR IGNORE INTO disclosures (delivery_id, patient_id, rule, purpose, channel, output, recipient, at, at_ms)
        VALUES (@deliveryId, @patientId, @rule, @purpose, @channel, @output, @recipient, @at, @atMs)`,
     ),
+    insertMirror: db.prepare('INSERT OR IGNORE INTO consent_mirrors (event_seq, output) VALUES (?, ?)'),
+    unqueuedMirrors: db.prepare(
+      `SELECT e.*, m.output AS mirror_output FROM consent_mirrors m JOIN consent_events e ON e.seq = m.event_seq ORDER BY m.event_seq, m.output LIMIT ?`,
+    ) as BetterSqlite3.Statement<[number], EventRow & { mirror_output: string }>,
+    deleteMirror: db.prepare('DELETE FROM consent_mirrors WHERE event_seq = ? AND output = ?'),
     insertInbound: db.prepare('INSERT OR IGNORE INTO inbound_events (key, at) VALUES (?, ?)'),
     insertErasure: db.prepare('INSERT INTO erasures (patient_id, at, cancelled) VALUES (?, ?, ?)'),
     erasures: db.prepare('SELECT patient_id, at, cancelled FROM erasures WHERE patient_id = ? ORDER BY seq') as BetterSqlite3.Statement<[string], { patient_id: string; at: string; cancelled: string }>,
@@ -193,14 +206,20 @@ export class SqliteConsentLedger {
   /** Statements built from a list's length (IN (?, ?…)), prepared once each. */
   readonly #prepared = new Map<string, BetterSqlite3.Statement>();
   readonly #erase: (patientId: string, at: string) => ErasureRecord;
+  readonly #addEvent: (event: Omit<ConsentEvent, 'id'>, mirrorTo: readonly string[]) => ConsentEvent;
 
   constructor(db: Database) {
     this.#db = db;
     this.#s = prepare(db);
+    this.#addEvent = db.transaction((event: Omit<ConsentEvent, 'id'>, mirrorTo: readonly string[]) => this.#addEventInTransaction(event, mirrorTo)).immediate;
     this.#erase = db.transaction((patientId: string, at: string) => this.#eraseInTransaction(patientId, at)).immediate;
   }
 
-  addConsentEvent(event: Omit<ConsentEvent, 'id'>): ConsentEvent {
+  addConsentEvent(event: Omit<ConsentEvent, 'id'>, mirrorTo: readonly string[] = []): ConsentEvent {
+    return this.#addEvent(event, mirrorTo);
+  }
+
+  #addEventInTransaction(event: Omit<ConsentEvent, 'id'>, mirrorTo: readonly string[]): ConsentEvent {
     const atMs = instantMs(event.at, 'event.at');
     instantMs(event.recordedAt, 'event.recordedAt');
     if (event.patientId === undefined && event.address === undefined) throw new RangeError('a consent entry belongs to a patient or to an address');
@@ -220,7 +239,19 @@ export class SqliteConsentLedger {
       reference: event.reference ?? null,
       recordedAt: event.recordedAt,
     });
+    for (const output of mirrorTo) this.#s.insertMirror.run(info.lastInsertRowid, output);
     return { ...event, ...(address !== undefined ? { address } : {}), id: `ce-${info.lastInsertRowid}` };
+  }
+
+  /** Mirrors recorded with their entries and not yet on the queue, oldest first. */
+  unqueuedConsentMirrors(limit: number): Array<{ event: ConsentEvent; output: string }> {
+    return this.#s.unqueuedMirrors.all(limit).map((row) => ({ event: eventFromRow(row), output: row.mirror_output }));
+  }
+
+  consentMirrorQueued(eventId: string, output: string): void {
+    const seq = /^ce-(\d+)$/.exec(eventId)?.[1];
+    if (seq === undefined) throw new RangeError(`"${eventId}" is not a consent entry id`);
+    this.#s.deleteMirror.run(Number(seq), output);
   }
 
   addFhirConsent(consent: Omit<StoredFhirConsent, 'id'>): StoredFhirConsent {

@@ -886,9 +886,19 @@ export class SqliteStore implements Store {
   // The consent ledger (ConsentLedger; sqlite-consent.ts). Each call is its own transaction,
   // durable when it resolves (synchronous=FULL).
 
-  async addConsentEvent(event: Omit<ConsentEvent, 'id'>): Promise<ConsentEvent> {
+  async addConsentEvent(event: Omit<ConsentEvent, 'id'>, mirrorTo?: readonly string[]): Promise<ConsentEvent> {
     this.assertOpen();
-    return this.ledger.addConsentEvent(event);
+    return this.ledger.addConsentEvent(event, mirrorTo);
+  }
+
+  async unqueuedConsentMirrors(limit: number): Promise<Array<{ event: ConsentEvent; output: string }>> {
+    this.assertOpen();
+    return this.ledger.unqueuedConsentMirrors(limit);
+  }
+
+  async consentMirrorQueued(eventId: string, output: string): Promise<void> {
+    this.assertOpen();
+    this.ledger.consentMirrorQueued(eventId, output);
   }
 
   async addFhirConsent(consent: Omit<StoredFhirConsent, 'id'>): Promise<StoredFhirConsent> {

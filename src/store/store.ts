@@ -382,8 +382,16 @@ export interface ErasureRecord {
  * Ids and instants only in what it logs; what it stores is the audit itself.
  */
 export interface ConsentLedger {
-  /** Appends a grant, revocation, opt-out, opt-in or no-contact entry; resolves with its id once durable. */
-  addConsentEvent(event: Omit<ConsentEvent, 'id'>): Promise<ConsentEvent>;
+  /**
+   * Appends a grant, revocation, opt-out, opt-in or no-contact entry; resolves with its id once
+   * durable. `mirrorTo`: outputs (tools holding the contact) the entry is to be pushed to,
+   * recorded in the same transaction so a crash cannot drop the push (unqueuedConsentMirrors).
+   */
+  addConsentEvent(event: Omit<ConsentEvent, 'id'>, mirrorTo?: readonly string[]): Promise<ConsentEvent>;
+  /** Pushes recorded with their entries whose job is not yet queued, oldest first. */
+  unqueuedConsentMirrors(limit: number): Promise<Array<{ event: ConsentEvent; output: string }>>;
+  /** The push of an entry to an output is on the queue: forget it here. */
+  consentMirrorQueued(eventId: string, output: string): Promise<void>;
   /** Keeps a FHIR Consent as given; the same resource for the same patient again is not kept twice. */
   addFhirConsent(consent: Omit<StoredFhirConsent, 'id'>): Promise<StoredFhirConsent>;
   /** Entries of these patients, and keyword entries of these addresses (normalized: pipeline/consent.ts normalizeAddress). */

@@ -19,10 +19,13 @@ import { checkConsent, consentStanding, nonCarePurposes, normalizeAddress, ENFOR
 import { dateTimeMs, readConsent, type ConsentProblem } from '../pipeline/fhir-consent.ts';
 import { KeywordKind, classifyKeyword } from '../pipeline/keywords.ts';
 import { isCare, type PolicySettings } from '../pipeline/policy.ts';
+import { parseInstant } from '../pipeline/values.ts';
 import { patientZone } from '../pipeline/zones.ts';
 import type { DecisionRecord, DeliveryRef, Store, StoredDelivery, StoredFhirConsent } from '../store/store.ts';
+import { ConsentChannel, ToolSignalKind, type ToolConsentSignal } from '../outputs/consent-sync.ts';
 import type { OutboundMessage } from '../outputs/spec.ts';
 import { ConsentReason, PURPOSES, type Channel, type ConsentEvent, type Delivery, type Purpose, type Trigger } from '../types.ts';
+import { mirrorsOf } from './consent-sync.ts';
 import type { SendGate } from './deliver.ts';
 import { needsUnsubscribe, type UnsubscribeLinks } from './unsubscribe.ts';
 
@@ -51,6 +54,11 @@ export interface ConsentServiceDeps {
   now: () => number;
   /** Signs the unsubscribe link of every non-care email; absent: none (tests of the checks alone). */
   links?: UnsubscribeLinks;
+  /**
+   * The tools a patient's entries are pushed to (workers/consent-sync.ts): which outputs keep
+   * consent, and what queues a recorded entry's pushes. Absent: nothing is pushed.
+   */
+  mirrors?: { outputs: () => readonly string[]; queue: (event: ConsentEvent, outputs: readonly string[]) => Promise<void> };
 }
 
 /** What the ledger and the store say about a patient, without the delivery itself. */
@@ -142,9 +150,52 @@ export class ConsentService implements SendGate {
   async record(entry: Omit<ConsentEvent, 'id' | 'recordedAt' | 'policyVersion' | 'at'> & { at?: string }): Promise<{ event: ConsentEvent } & Enforced> {
     const now = this.#deps.now();
     const at = entry.at ?? new Date(now).toISOString();
-    const event = await this.#deps.store.addConsentEvent({ ...entry, at, policyVersion: this.#deps.policy.version, recordedAt: new Date(now).toISOString() });
+    const mirrorTo = await this.#mirrorTargets({ ...entry, at });
+    const event = await this.#deps.store.addConsentEvent({ ...entry, at, policyVersion: this.#deps.policy.version, recordedAt: new Date(now).toISOString() }, mirrorTo);
+    if (mirrorTo.length > 0) {
+      // Recorded with the entry: a push not queued now is queued at the next start.
+      await this.#deps.mirrors!.queue(event, mirrorTo).catch(() => this.#deps.log.error('consent.mirror_not_queued', { entry: event.id }));
+    }
     const enforced = entry.patientId !== undefined ? await this.enforcePatients([entry.patientId]) : await this.enforceAddress(event.address!, event.output);
     return { event, ...enforced };
+  }
+
+  /**
+   * A tool's report about a contact's consent (outputs/consent-sync.ts: a Salesforce consent
+   * change, a Marketing Cloud unsubscribe or hard bounce), recorded once per event id. An
+   * opt-out or opt-in becomes a patient entry (source `provider`) for the patient the tool names,
+   * else for the patients whose triggers carried the address; it covers what the tool said
+   * (a channel, a purpose; none said: every channel, every purpose but care). A hard bounce
+   * stops email (or SMS) to the address itself, for every output. `recorded`: entries written.
+   */
+  async toolSignal(signal: ToolConsentSignal): Promise<{ recorded: number } & Enforced> {
+    const nothing = { recorded: 0, suppressed: [] };
+    if (!(await this.#deps.store.noteInboundEvent(`tool:${signal.output}:${signal.eventId}`, new Date(this.#deps.now()).toISOString()))) return nothing;
+    const channel: Channel | undefined = signal.scope.channel === undefined ? undefined : signal.scope.channel === ConsentChannel.Email ? 'email' : 'sms';
+    const at = parseInstant(signal.at) !== undefined ? signal.at : undefined;
+    const base = { source: 'provider' as const, method: `${signal.tool}:${signal.kind}`, reference: signal.eventId, ...(at !== undefined ? { at } : {}) };
+    const { contact } = signal;
+    if (signal.kind === ToolSignalKind.HardBounce) {
+      const address = channel === 'sms' ? contact.phone : (contact.email ?? contact.phone);
+      if (address === undefined) return nothing;
+      const { suppressed } = await this.record({ ...base, address, action: 'opt_out', channel: channel ?? (address === contact.email ? 'email' : 'sms'), purposes: [] });
+      return { recorded: 1, suppressed };
+    }
+    const patients = contact.patientId !== undefined && (await this.knownPatient(contact.patientId))
+      ? [contact.patientId]
+      : [...new Set((await Promise.all([contact.email, contact.phone].filter((a) => a !== undefined).map((a) => this.#deps.store.patientsAtAddress(normalizeAddress(a))))).flat())];
+    if (patients.length === 0) {
+      this.#deps.log.info('consent.tool_signal_unmatched', { output: signal.output, kind: signal.kind });
+      return nothing;
+    }
+    const purposes = signal.scope.purpose !== undefined ? [signal.scope.purpose] : nonCarePurposes(PURPOSES);
+    const suppressed: Enforced['suppressed'] = [];
+    for (const patientId of patients) {
+      // `output`: where it came from — never pushed back there.
+      const result = await this.record({ ...base, patientId, output: signal.output, action: signal.kind === ToolSignalKind.OptedIn ? 'grant' : 'opt_out', ...(channel ? { channel } : {}), purposes });
+      suppressed.push(...result.suppressed);
+    }
+    return { recorded: patients.length, suppressed };
   }
 
   /**
@@ -226,6 +277,15 @@ export class ConsentService implements SendGate {
     if ((await this.#deps.store.patientFacts([patientId])).length > 0) return true;
     const { events, consents } = await this.#deps.store.consentRecords({ patientIds: [patientId] });
     return events.length + consents.length > 0;
+  }
+
+  /** The tools holding the patient's contact that this entry is pushed to (workers/consent-sync.ts). */
+  async #mirrorTargets(entry: Omit<ConsentEvent, 'id' | 'recordedAt' | 'policyVersion'>): Promise<string[]> {
+    const tools = this.#deps.mirrors?.outputs() ?? [];
+    if (tools.length === 0 || entry.patientId === undefined || mirrorsOf(entry).length === 0) return [];
+    const group = await this.#deps.store.mergedGroup(entry.patientId);
+    const held = new Set((await this.#deps.store.listDisclosures({ patientIds: group, limit: 1000 })).map((d) => d.output));
+    return tools.filter((name) => held.has(name) && name !== entry.output);
   }
 
   // --- enforcement ----------------------------------------------------------------------

@@ -25,6 +25,7 @@ import { SqliteStore } from '../store/sqlite.ts';
 import type { OutboxEntry, OutboxQuery, Store } from '../store/store.ts';
 import type { Trigger } from '../types.ts';
 import { ConsentService } from './consent.ts';
+import { CONSENT_MIRROR_QUEUE, ConsentSync, type ConsentTool, type MirrorJob } from './consent-sync.ts';
 import { createDeliverHandler, recordDeadDeliveries, storeOutboxSink } from './deliver.ts';
 import { Router, parseDeliveryJobId, type DeliveryJob } from './router.ts';
 import type { UnsubscribeLinks } from './unsubscribe.ts';
@@ -61,6 +62,8 @@ export interface DeliveryRuntimeOptions {
   links: UnsubscribeLinks;
   /** Where outputs' secret references ({ env: NAME }) are read. Default: process.env. */
   env?: Env;
+  /** How often tools' consent changes are read (workers/consent-sync.ts). Default 60 s. */
+  consentPollEveryMs?: number;
 }
 
 /**
@@ -91,6 +94,8 @@ export class DeliveryRuntime {
   readonly consent: ConsentService;
   /** The signed unsubscribe links of non-care email (the API verifies them). */
   readonly links: UnsubscribeLinks;
+  /** Consent kept in step with the tools holding the contact (workers/consent-sync.ts). */
+  readonly consentSync: ConsentSync;
   readonly #log: Logger;
   readonly #concurrency: number;
   readonly #connectors: string;
@@ -120,6 +125,13 @@ export class DeliveryRuntime {
     };
     this.outputs = createOutputs(plan.outputs, options.outputSpecs, outputDeps);
     this.links = options.links;
+    // An output keeps consent when its configuration has a `consent` block (salesforce-crm).
+    const tools = new Map<string, ConsentTool>();
+    for (const output of plan.outputs) {
+      const adapter = this.outputs.get(output.name) as (OutboundAdapter & ConsentTool) | undefined;
+      if (adapter && output.config.consent !== undefined && (adapter.mirrorConsent || adapter.pollConsent)) tools.set(output.name, adapter);
+    }
+    let consentSync: ConsentSync | undefined;
     this.consent = new ConsentService({
       store,
       policy: this.#policy,
@@ -131,7 +143,18 @@ export class DeliveryRuntime {
       log,
       now,
       links: options.links,
+      mirrors: { outputs: () => consentSync!.mirrorOutputs, queue: (event, outputs) => consentSync!.queue(event, outputs) },
     });
+    consentSync = new ConsentSync({
+      store,
+      consent: this.consent,
+      queue: new SqliteQueue<MirrorJob>(options.db, { name: CONSENT_MIRROR_QUEUE, now }),
+      tools,
+      log,
+      now,
+      ...(options.consentPollEveryMs !== undefined ? { pollEveryMs: options.consentPollEveryMs } : {}),
+    });
+    this.consentSync = consentSync;
     this.router = new Router({
       store,
       queue: this.queue,
@@ -172,6 +195,7 @@ export class DeliveryRuntime {
     // Recovery is queued before any new trigger; timers run meanwhile.
     void this.router.routeUnrouted().catch((error: unknown) => this.#log.error('route.failed', { code: (error as Error).name }));
     this.queue.process(this.#handler, { concurrency: this.#concurrency });
+    void this.consentSync.start().catch((error: unknown) => this.#log.error('consent.sync_failed', { code: (error as Error).name }));
   }
 
   /** The ingest hook (Hl7Ingest / FhirIngest onCommitted). */
@@ -263,6 +287,7 @@ export class DeliveryRuntime {
     if (this.#debounce) clearTimeout(this.#debounce);
     await this.router.close();
     await this.queue.close();
+    await this.consentSync.stop();
     this.#unsubscribe?.();
     await Promise.allSettled([...this.outputs.values()].map((o) => o.close?.()));
   }
