@@ -2,7 +2,9 @@
 // event and passes fields; only fields on the allow-list below are written, anything else
 // is dropped before it reaches a transport. Values of allowed fields must be ids, codes,
 // counts or addresses of peers — never names, phones, message bodies or free text taken
-// from a message.
+// from a message. Ids taken from a message (MSH-3/4/9/10) are the sender's to choose, so
+// every string value is bounded here: control characters replaced, and cut at
+// MAX_LOGGED_CHARS (a 1 MB MSH-10 once made a 1 MB log line).
 import winston from 'winston';
 
 const ALLOWED_FIELDS = new Set([
@@ -41,6 +43,21 @@ const ALLOWED_FIELDS = new Set([
 
 export type LogFields = Record<string, string | number | boolean | undefined>;
 
+/** Longest logged string value, in characters; ids and codes are far shorter. */
+export const MAX_LOGGED_CHARS = 64;
+/** Fields that hold paths or URLs of our own configuration: allowed longer. */
+const LONG_FIELDS: Readonly<Record<string, number>> = { url: 256, file: 256, dataDir: 256 };
+
+/**
+ * A string value as logged: C0/C1 control characters (and the Unicode line separators) become
+ * "?", and a value longer than `max` is cut, ending in "…(+N)" with N the characters left out.
+ */
+export function boundedLogValue(value: string, max: number = MAX_LOGGED_CHARS): string {
+  let out = /[\u0000-\u001f\u007f-\u009f\u2028\u2029]/.test(value) ? value.replace(/[\u0000-\u001f\u007f-\u009f\u2028\u2029]/g, '?') : value;
+  if (out.length > max) out = `${out.slice(0, max)}…(+${out.length - max})`;
+  return out;
+}
+
 export interface Logger {
   info(event: string, fields?: LogFields): void;
   warn(event: string, fields?: LogFields): void;
@@ -52,7 +69,9 @@ function pickAllowed(fields: LogFields | undefined): LogFields {
   const out: LogFields = {};
   if (fields === undefined) return out;
   for (const key of Object.keys(fields)) {
-    if (ALLOWED_FIELDS.has(key) && fields[key] !== undefined) out[key] = fields[key];
+    const value = fields[key];
+    if (!ALLOWED_FIELDS.has(key) || value === undefined) continue;
+    out[key] = typeof value === 'string' ? boundedLogValue(value, LONG_FIELDS[key] ?? MAX_LOGGED_CHARS) : value;
   }
   return out;
 }

@@ -7,8 +7,15 @@ import { inboundSmsTokens } from './api/consent-routes.ts';
 import { twilioStatusHooks } from './api/hooks-routes.ts';
 import { loadConfig, type CarerelayPlan, type InstancePlan } from './config/load.ts';
 import { readSecret, type Env, type SecretRef } from './config/yaml.ts';
-import { MllpServer, type MllpServerEvent } from './hl7v2/mllp-server.ts';
-import { HL7V2_HTTP, HL7V2_MLLP, type Hl7v2HttpConfig, type Hl7v2MllpConfig } from './inputs/hl7v2/spec.ts';
+import { MLLP_REFUSALS, MllpCloseReason, MllpServer, type MllpServerEvent, type MllpServerStats } from './hl7v2/mllp-server.ts';
+import {
+  HL7V2_HTTP,
+  HL7V2_MLLP,
+  NO_AUTH,
+  mllpTrustedCertificateCNs,
+  type Hl7v2HttpConfig,
+  type Hl7v2MllpConfig,
+} from './inputs/hl7v2/spec.ts';
 import { FHIR_POLL, FHIR_REST_HOOK, type FhirPollConfig, type FhirRestHookConfig } from './inputs/fhir/spec.ts';
 import type { FhirHttpInput } from './api/fhir-routes.ts';
 import type { FhirIngest } from './workers/fhir-ingest.ts';
@@ -19,6 +26,8 @@ import { openSqliteDatabase } from './store/sqlite-db.ts';
 import { SqliteStore } from './store/sqlite.ts';
 import type { Store } from './store/store.ts';
 import { Hl7Ingest, type Hl7IngestSettings } from './workers/ingest.ts';
+import { RejectedRawQuota } from './workers/raw-quota.ts';
+import { StoreReadiness } from './workers/readiness.ts';
 import { outputSpecs } from './outputs/index.ts';
 import { DeliveryRuntime, type ReloadResult } from './workers/runtime.ts';
 import { dataDirUnsubscribeKey, unsubscribeLinks } from './workers/unsubscribe.ts';
@@ -41,6 +50,8 @@ export interface RunningCarerelay {
   httpPort: number;
   /** Bound port of each MLLP input, by input name. */
   mllpPorts: ReadonlyMap<string, number>;
+  /** Connection counters and buffered bytes of an MLLP input (MllpServer.stats). */
+  mllpStats(input: string): MllpServerStats | undefined;
   /** Each fhir-rest-hook input's ingest, by input name (recoveryIdle() waits for its background recovery). */
   fhirIngests: ReadonlyMap<string, FhirIngest>;
   /** Router, delivery queue and outputs (deliveries.idle() waits for routing and due sends). */
@@ -55,9 +66,6 @@ export interface RunningCarerelay {
   /** Resolves once stop() has completed, whoever called it. */
   stopped: Promise<void>;
 }
-
-/** HTTP ingest bodies are single messages or small batches. */
-const HTTP_MAX_BODY_BYTES = 10 * 1024 * 1024;
 
 function ingestSettings(name: string, config: Hl7v2MllpConfig | Hl7v2HttpConfig): Hl7IngestSettings {
   return {
@@ -84,17 +92,31 @@ function faultInjector(env: Env): () => void {
   };
 }
 
-function logMllpEvent(log: Logger, input: string, event: MllpServerEvent): void {
-  if (event.type === 'connection_closed' && event.reason !== 'peer' && event.reason !== 'server_close') {
-    // Peer address and reason only: never message content.
-    log.warn('mllp.connection_closed', {
-      input,
-      peer: event.remoteAddress,
-      connectionId: event.connectionId,
-      reason: event.reason,
-      code: event.errorCode,
-    });
-  }
+/** Refusals and first-byte timeouts come by the thousand in a flood: one line per reason per interval (ms). */
+const REFUSAL_LOG_INTERVAL_MS = 10_000;
+const THROTTLED_REASONS = new Set<string>([...MLLP_REFUSALS, MllpCloseReason.FirstByte]);
+
+/**
+ * Logs an MLLP input's closes (peer address, ids and reason codes only: never message content).
+ * Refusals are counted; in a flood one line per reason per interval carries the running count.
+ */
+function mllpEventLogger(log: Logger, input: string): (event: MllpServerEvent) => void {
+  const counts = new Map<string, number>();
+  const lastLogged = new Map<string, number>();
+  return (event) => {
+    if (event.type !== 'connection_closed' || event.reason === 'peer' || event.reason === 'server_close') return;
+    const fields = { input, peer: event.remoteAddress, connectionId: event.connectionId, reason: event.reason, code: event.errorCode };
+    if (!THROTTLED_REASONS.has(event.reason)) {
+      log.warn('mllp.connection_closed', fields);
+      return;
+    }
+    const count = (counts.get(event.reason) ?? 0) + 1;
+    counts.set(event.reason, count);
+    const now = Date.now();
+    if (now - (lastLogged.get(event.reason) ?? -Infinity) < REFUSAL_LOG_INTERVAL_MS) return;
+    lastLogged.set(event.reason, now);
+    log.warn('mllp.connection_refused', { ...fields, count });
+  };
 }
 
 async function startMllpInput(
@@ -108,12 +130,19 @@ async function startMllpInput(
   const config = input.config;
   const settings = ingestSettings(input.name, config);
   const secret = (ref: SecretRef): string => readSecret(ref, env, configDir);
+  const certificateCNs = config.tls?.requireClientCert ? mllpTrustedCertificateCNs(config) : [];
+  const anyTrusted = config.trustedSenders.addresses.length > 0 || certificateCNs.length > 0;
   const server = new MllpServer({
     host: config.host,
     port: config.port,
     maxFrameBytes: config.maxFrameBytes,
     idleTimeoutMs: config.idleTimeoutSeconds * 1000,
+    firstByteTimeoutMs: config.firstByteTimeoutSeconds * 1000,
+    tlsHandshakeTimeoutMs: config.tlsHandshakeTimeoutSeconds * 1000,
     maxConnections: config.maxConnections,
+    maxConnectionsPerAddress: config.maxConnectionsPerAddress,
+    reservedConnections: anyTrusted ? config.reservedConnections : 0,
+    trustedSenders: { addresses: config.trustedSenders.addresses, certificateCNs },
     ...(config.tls
       ? {
           tls: {
@@ -124,9 +153,9 @@ async function startMllpInput(
           },
         }
       : {}),
-    onEvent: (event) => logMllpEvent(log, input.name, event),
+    onEvent: mllpEventLogger(log, input.name),
     handler: async (message, peer) => {
-      const result = await ingest.handle(message, settings, { certificateCN: peer.certificate?.subjectCN });
+      const result = await ingest.handle(message, settings, { certificateCN: peer.certificate?.subjectCN, remoteAddress: peer.remoteAddress });
       if (result.committed) afterCommit();
       // Not committed: the ingest answers AE so the sender keeps the message and resends
       // it. When it has no ACK to give (an unparseable frame that could not be recorded),
@@ -134,7 +163,8 @@ async function startMllpInput(
       // waiting for an ACK that never comes.
       if (result.ack === undefined) return result.committed ? '' : null;
       // Enhanced mode may ask for no accept ACK at all (MSH-15 NE/ER/SU): '' sends nothing.
-      return result.ack;
+      // The bytes are the ACK in the message's own character set (MSH-18).
+      return result.ackBytes ?? null;
     },
   });
   return server;
@@ -164,7 +194,12 @@ export async function startCarerelay(options: StartOptions): Promise<RunningCare
   }
 
   const db = openSqliteDatabase(path.join(plan.server.dataDir, 'carerelay.db'));
-  const store = new SqliteStore(db, { closeDatabase: true });
+  // Every component writes through the watched store: a failed write makes /readyz say so.
+  const readiness = new StoreReadiness(new SqliteStore(db, { closeDatabase: true }), {
+    dataDir: plan.server.dataDir,
+    minFreeDiskBytes: plan.server.minFreeDiskBytes,
+  });
+  const store = readiness.watch();
   const policy = plan.policy;
   // The default public URL names the listener's port, known once it is bound (port 0 in tests).
   let publicUrl = policy.publicUrl;
@@ -186,7 +221,8 @@ export async function startCarerelay(options: StartOptions): Promise<RunningCare
     throw error;
   }
   const consent = deliveries.consent;
-  const ingest = new Hl7Ingest({ store, log, onCommitted: deliveries.onCommitted });
+  const rejectedRaw = new RejectedRawQuota(store, plan.server.rejectedRaw);
+  const ingest = new Hl7Ingest({ store, log, onCommitted: deliveries.onCommitted, rejectedRaw });
   const afterCommit = faultInjector(env);
 
   const mllpServers: Array<{ name: string; server: MllpServer }> = [];
@@ -209,11 +245,15 @@ export async function startCarerelay(options: StartOptions): Promise<RunningCare
       mllpServers.push({ name: input.name, server: await startMllpInput(typed, ingest, env, plan.configDir, log, afterCommit) });
     } else if (input.type === HL7V2_HTTP) {
       const config = input.config as unknown as Hl7v2HttpConfig;
+      if (config.auth === NO_AUTH) {
+        // Deliberate (config/load.ts refuses a missing auth beyond loopback), and said at every start.
+        log.warn('ingest.unauthenticated', { input: input.name, host: httpHost, reason: 'auth_none' });
+      }
       hl7Settings.set(input.name, ingestSettings(input.name, config));
       httpInputs.set(input.name, {
         settings: ingestSettings(input.name, config),
-        ...(config.auth ? { bearerToken: readSecret(config.auth.bearerToken, env, plan.configDir) } : {}),
-        maxBodyBytes: HTTP_MAX_BODY_BYTES,
+        ...(typeof config.auth === 'object' ? { bearerToken: readSecret(config.auth.bearerToken, env, plan.configDir) } : {}),
+        maxBodyBytes: config.maxBodyBytes,
       });
     } else if (input.type === FHIR_REST_HOOK) {
       const config = input.config as unknown as FhirRestHookConfig;
@@ -236,6 +276,7 @@ export async function startCarerelay(options: StartOptions): Promise<RunningCare
     adminTokens,
     hl7Settings,
     twilioStatus,
+    readiness: () => readiness.check(),
     consent: { consent, links: deliveries.links, smsWebhooks, publicUrl: () => publicUrl, now },
   });
   const mllpPorts = new Map<string, number>();
@@ -309,5 +350,6 @@ export async function startCarerelay(options: StartOptions): Promise<RunningCare
   }
 
   log.info('carerelay.started', { dataDir: plan.server.dataDir, count: plan.inputs.length });
-  return { plan, store, httpPort, mllpPorts, fhirIngests, deliveries, reloadMappings, stop, stopped };
+  const mllpStats = (name: string): MllpServerStats | undefined => mllpServers.find((m) => m.name === name)?.server.stats();
+  return { plan, store, httpPort, mllpPorts, mllpStats, fhirIngests, deliveries, reloadMappings, stop, stopped };
 }

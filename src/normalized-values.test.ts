@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { languageCode, phoneValue } from './normalized-values.ts';
+import { languageCode, phoneValue, withoutControlCharacters } from './normalized-values.ts';
 
 describe('values both inputs normalize the same way', () => {
   it('phones keep the digits and a leading "+", whatever the formatting or scheme', () => {
@@ -20,5 +20,13 @@ describe('values both inputs normalize the same way', () => {
   it('ESP, a vendor code for Spanish in PID-15, is Spanish', () => {
     expect(languageCode('ESP')).toBe('es');
     expect(languageCode('SPA')).toBe('es');
+  });
+
+  it('strings carry no control characters: each run becomes a space, in place through objects and arrays', () => {
+    const value = { name: { family: 'DOE\r\nBcc: x', given: ['Te\u0000st', 'ok'] }, n: 3, ids: [{ value: 'A\u2028B\u0085' }], none: null };
+    expect(withoutControlCharacters(value)).toBe(value);
+    expect(value).toEqual({ name: { family: 'DOE Bcc: x', given: ['Te st', 'ok'] }, n: 3, ids: [{ value: 'A B' }], none: null });
+    expect(withoutControlCharacters('\tpadded\n')).toBe('padded');
+    expect(withoutControlCharacters('Zoë Müller')).toBe('Zoë Müller');
   });
 });

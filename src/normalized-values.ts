@@ -66,3 +66,25 @@ export function phoneValue(raw: string): string {
   }
   return out === '+' ? '' : out;
 }
+
+/** C0 and C1 control characters and the Unicode line and paragraph separators, in runs. */
+const CONTROL_RUNS = /[\u0000-\u001f\u007f-\u009f\u2028\u2029]+/g;
+const CONTROL = /[\u0000-\u001f\u007f-\u009f\u2028\u2029]/;
+
+/**
+ * Every string of a normalized result (triggers, subject states) without control characters:
+ * each run becomes one space, and the value is trimmed. An HL7 `\X0D0A\` escape or a FHIR
+ * string with a newline must not put CR/LF into a name that a template writes into an SMS
+ * or an e-mail header (docs/trigger.md). Changes strings in place, in plain objects and
+ * arrays, and returns the same value; a string alone is returned cleaned.
+ */
+export function withoutControlCharacters<T>(value: T): T {
+  if (typeof value === 'string') return (CONTROL.test(value) ? value.replace(CONTROL_RUNS, ' ').trim() : value) as T;
+  if (Array.isArray(value)) {
+    for (let i = 0; i < value.length; i++) value[i] = withoutControlCharacters(value[i]);
+  } else if (typeof value === 'object' && value !== null) {
+    const record = value as Record<string, unknown>;
+    for (const key of Object.keys(record)) record[key] = withoutControlCharacters(record[key]);
+  }
+  return value;
+}

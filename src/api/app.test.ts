@@ -49,6 +49,14 @@ describe('bearerMatches', () => {
     expect(bearerMatches(`Basic ${TOKEN}`, TOKEN)).toBe(false);
     expect(bearerMatches(undefined, TOKEN)).toBe(false);
   });
+
+  it('matches the scheme name whatever its case (RFC 9110 §11.1), never the token', () => {
+    expect(bearerMatches(`bearer ${TOKEN}`, TOKEN)).toBe(true);
+    expect(bearerMatches(`BEARER\t${TOKEN}`, TOKEN)).toBe(true);
+    expect(bearerMatches(`bearer ${TOKEN.toUpperCase()}`, TOKEN)).toBe(false);
+    expect(bearerMatches(`Bearer`, TOKEN)).toBe(false);
+    expect(bearerMatches(`Bearer${TOKEN}`, TOKEN)).toBe(false);
+  });
 });
 
 describe('the express app', () => {

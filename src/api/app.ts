@@ -1,7 +1,9 @@
 // The HTTP face of CareRelay (express): ingest endpoints, admin API, health.
 //
 // Authentication runs before any body is read (docs/reliability.md promise 11): routes that need
-// a token check it first, and only then does the size-limited body parser run.
+// a token check it first, and only then does the size-limited body reader run. A body that
+// passes the limit is answered 413 and its connection closed at once, whatever its framing
+// (a chunked body announces no length): the rest is never read (http.ts limitedRawBody).
 import { timingSafeEqual } from 'node:crypto';
 import express, { type NextFunction, type Request, type Response } from 'express';
 import { ADMIN_SCOPES, AdminScope } from '../config/server-schema.ts';
@@ -12,13 +14,16 @@ import { MessageStatus, type Trigger } from '../types.ts';
 import type { Hl7Ingest, Hl7IngestSettings } from '../workers/ingest.ts';
 import { createFhirAdminRouter, createFhirRouter, type FhirHttpInput } from './fhir-routes.ts';
 import { createHooksRouter, type TwilioStatusHook } from './hooks-routes.ts';
-import { bearerMatches, declaredOverLimit, digest, refuseUnread, sendProblem } from './http.ts';
+import { bearerMatches, bearerToken, declaredOverLimit, digest, limitedRawBody, refuseUnread, sendProblem } from './http.ts';
 import { createOperationsRouter } from './operations.ts';
 import { createConsentRouter, type ConsentRoutesDeps } from './consent-routes.ts';
 
 export interface HttpHl7Input {
   settings: Hl7IngestSettings;
-  /** Bearer token the sender must present; undefined = no auth (loopback-only deployments). */
+  /**
+   * Bearer token the sender must present; undefined = no auth (a loopback listener, or
+   * `auth: none`: config/load.ts refuses it otherwise).
+   */
   bearerToken?: string;
   /** Largest accepted body, bytes. */
   maxBodyBytes: number;
@@ -44,6 +49,8 @@ export interface ApiDeps {
   now?: () => Date;
   /** twilio outputs taking status callbacks (POST /hooks/twilio/status/<name>), by name. */
   twilioStatus?: ReadonlyMap<string, TwilioStatusHook>;
+  /** Undefined when ready to take traffic, else a reason code (workers/readiness.ts); default: the store answers. */
+  readiness?: () => Promise<string | undefined>;
   /** The consent ways in and patient views (consent-routes.ts); absent: not served. */
   consent?: Omit<ConsentRoutesDeps, 'store' | 'log' | 'authenticate' | 'requireScope'>;
 }
@@ -92,7 +99,8 @@ function authenticateAdmin(deps: Pick<ApiDeps, 'adminToken' | 'adminTokens'>) {
       return;
     }
     const header = req.headers.authorization;
-    const presented = header?.startsWith('Bearer ') ? digest(header.slice('Bearer '.length).trim()) : undefined;
+    const token = bearerToken(header);
+    const presented = token === undefined ? undefined : digest(token);
     let caller: AdminCaller | undefined;
     for (const t of tokens) {
       if (presented !== undefined && timingSafeEqual(presented, t.digest) && caller === undefined) caller = { name: t.name, scopes: t.scopes };
@@ -142,6 +150,8 @@ export function knownQuery(req: Request, known: readonly string[]): void {
 
 export function queryString(req: Request, name: string): string | undefined {
   const v = req.query[name];
+  // `status=a&status=b` arrives as a list: refused rather than silently dropping the filter.
+  if (Array.isArray(v)) throw new BadQuery(`${name} may be given once (got ${v.length} values)`);
   return typeof v === 'string' && v !== '' ? v : undefined;
 }
 
@@ -167,6 +177,14 @@ class BadQuery extends Error {}
 const ISO_INSTANT = /^\d{4}-\d{2}-\d{2}(?:T\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:Z|[+-]\d{2}:\d{2})?)?$/;
 
 const MESSAGE_STATUSES = new Set<string>(Object.values(MessageStatus));
+
+/** /readyz detail per reason code (workers/readiness.ts NotReady). */
+const READINESS_TEXT: Record<string, string> = {
+  store_unreachable: 'the store is not reachable',
+  disk_full: "the data directory's disk is full",
+  read_only: 'the data directory is not writable',
+  store_cannot_write: 'the store cannot write',
+};
 
 export function messageSummary(m: StoredMessage) {
   return {
@@ -241,8 +259,10 @@ function deliverySummary(d: StoredDelivery) {
   };
 }
 
-/** HL7 over HTTP answers with the ACK in ER7 (pipe) encoding. */
-const HL7_CONTENT_TYPE = 'x-application/hl7-v2+er7; charset=utf-8';
+/** HL7 over HTTP answers with the ACK in ER7 (pipe) encoding, in the message's character set. */
+function hl7ContentType(charset: string): string {
+  return `x-application/hl7-v2+er7; charset=${charset}`;
+}
 
 export function createApp(deps: ApiDeps): express.Express {
   const { store, log } = deps;
@@ -254,14 +274,24 @@ export function createApp(deps: ApiDeps): express.Express {
     res.json({ status: 'ok' });
   });
 
+  const readiness =
+    deps.readiness ??
+    (async (): Promise<string | undefined> => {
+      try {
+        await store.ping();
+        return undefined;
+      } catch {
+        return 'store_unreachable';
+      }
+    });
   app.get('/readyz', async (_req, res) => {
-    try {
-      await store.ping();
+    const reason = await readiness();
+    if (reason === undefined) {
       res.json({ status: 'ready' });
-    } catch {
-      res.setHeader('Retry-After', '5');
-      sendProblem(res, 503, 'Not ready', 'the store is not reachable');
+      return;
     }
+    res.setHeader('Retry-After', '5');
+    sendProblem(res, 503, 'Not ready', `${READINESS_TEXT[reason] ?? 'the store is not usable'} (${reason})`);
   });
 
   // HL7v2 over HTTP: POST the message (ER7) as the body, get the ACK back.
@@ -277,7 +307,7 @@ export function createApp(deps: ApiDeps): express.Express {
         refuseUnread(res, 413, 'Payload too large', "the body exceeds the input's size limit");
         return;
       }
-      express.raw({ type: () => true, limit: input.maxBodyBytes })(req, res, async (err?: unknown) => {
+      limitedRawBody(input.maxBodyBytes)(req, res, async (err?: unknown) => {
         if (err !== undefined) {
           next(err);
           return;
@@ -288,14 +318,15 @@ export function createApp(deps: ApiDeps): express.Express {
           return;
         }
         try {
-          const result = await deps.hl7Ingest.handle(body, input.settings);
+          const result = await deps.hl7Ingest.handle(body, input.settings, { remoteAddress: req.socket.remoteAddress ?? '' });
+          const answer = result.ackBytes ?? Buffer.alloc(0);
           if (!result.committed) {
             // Nothing durable: tell the sender to retry (never a 2xx).
             res.setHeader('Retry-After', '5');
-            res.status(503).type(HL7_CONTENT_TYPE).send(result.ack ?? '');
+            res.status(503).type(hl7ContentType(result.ackCharset)).send(answer);
             return;
           }
-          res.status(200).type(HL7_CONTENT_TYPE).send(result.ack ?? '');
+          res.status(200).type(hl7ContentType(result.ackCharset)).send(answer);
         } catch (error) {
           next(error);
         }
@@ -361,6 +392,8 @@ export function createApp(deps: ApiDeps): express.Express {
     res.json({
       ...messageSummary(m),
       ...(phi ? { raw: m.raw.toString('utf8'), rawBase64: m.raw.toString('base64') } : {}),
+      // Set when raw holds only the first bytes (a rejected message past the raw-bytes quota).
+      ...(m.rawBytes !== undefined ? { rawBytes: m.rawBytes } : {}),
       ack: m.ack,
       triggers: m.triggers.map((t, i) => ({ ...triggerFor(res, t), deliveries: deliveries[i]! })),
       audit: await store.listAudit({ target: `message/${m.id}` }),

@@ -22,7 +22,7 @@ import { hmacMatches, signatureBytes, standardWebhooksSignatureMatches } from '.
 import type { Logger } from '../log.ts';
 import type { FhirIngestResult, FhirRefusalRecord } from '../workers/fhir-ingest.ts';
 import type { SubscriptionState } from '../workers/fhir-state.ts';
-import { bearerMatches, declaredOverLimit, problemJson, refuseUnread, secretsMatch } from './http.ts';
+import { bearerMatches, declaredOverLimit, limitedRawBody, problemJson, refuseUnread, secretsMatch } from './http.ts';
 
 export type FhirInboundAuth =
   | { kind: 'bearer'; token: string }
@@ -201,7 +201,7 @@ export function createFhirRouter(deps: FhirRouterDeps): express.Router {
         return;
       }
     }
-    express.raw({ type: () => true, limit: input.maxBodyBytes })(req, res, async (err?: unknown) => {
+    limitedRawBody(input.maxBodyBytes)(req, res, async (err?: unknown) => {
       if (err !== undefined) {
         const status = typeof err === 'object' && err !== null && 'status' in err ? Number((err as { status: unknown }).status) : 400;
         if (status === 413) unread(413, 'Payload too large', `the body exceeds this input's limit of ${input.maxBodyBytes} bytes`, 'body_too_large');

@@ -50,6 +50,8 @@ describe('the shipped example (connectors/example.yaml)', () => {
     expect(plan.server).toEqual({
       http: { host: '127.0.0.1', port: 8080 },
       dataDir: path.join(repoRoot, 'data'),
+      rejectedRaw: { totalBytes: 1073741824, perSenderBytes: 67108864, keepBytes: 4096 },
+      minFreeDiskBytes: 67108864,
       admin: { tokens: [] },
     });
     // The French example: EU defaults, Paris for the organisation and its site.
@@ -84,7 +86,13 @@ describe('loadConfig', () => {
   it('returns a deeply frozen plan with defaults, dataDir relative to the config dir', async () => {
     const dir = await configDir({ 'a.yaml': `inputs:\n${mllp('lab', 2600)}` });
     const plan: CarerelayPlan = await loadConfig({ configDir: dir, env: {} });
-    expect(plan.server).toEqual({ http: { host: '127.0.0.1', port: 8080 }, dataDir: path.join(dir, 'data'), admin: { tokens: [] } });
+    expect(plan.server).toEqual({
+      http: { host: '127.0.0.1', port: 8080 },
+      dataDir: path.join(dir, 'data'),
+      rejectedRaw: { totalBytes: 1073741824, perSenderBytes: 67108864, keepBytes: 4096 },
+      minFreeDiskBytes: 67108864,
+      admin: { tokens: [] },
+    });
     // No policy block: every default, the organisation in UTC.
     expect(plan.policy.settings).toMatchObject({ region: 'us', timezone: 'UTC', sites: [], quietHours: { start: '08:00', end: '21:00', channels: ['sms'] } });
     expect(plan.policy.publicUrl).toBe('http://127.0.0.1:8080');
@@ -106,7 +114,12 @@ describe('loadConfig', () => {
         ackMode: 'standard',
         maxFrameBytes: 10485760,
         idleTimeoutSeconds: 300,
+        firstByteTimeoutSeconds: 10,
+        tlsHandshakeTimeoutSeconds: 10,
         maxConnections: 200,
+        maxConnectionsPerAddress: 20,
+        reservedConnections: 20,
+        trustedSenders: { addresses: [], certificateCNs: [] },
       },
     });
     expect(Object.isFrozen(plan)).toBe(true);
@@ -169,7 +182,7 @@ describe('loadConfig', () => {
       ].join('\n'),
     });
     expect(await issuesOf(dir)).toEqual([
-      'connectors/a.yaml:9:5: unknown key "maxFrame" (allowed: name, timezone, unknownMessageTypes, missingFieldAck, ackMode, type, host, port, tls, plain, maxFrameBytes, idleTimeoutSeconds, maxConnections)',
+      'connectors/a.yaml:9:5: unknown key "maxFrame" (allowed: name, timezone, unknownMessageTypes, missingFieldAck, ackMode, type, host, port, tls, plain, maxFrameBytes, idleTimeoutSeconds, firstByteTimeoutSeconds, tlsHandshakeTimeoutSeconds, maxConnections, maxConnectionsPerAddress, reservedConnections, trustedSenders)',
       'connectors/a.yaml:10:11: "name" "Lab_1" is not valid: lower-case letters, digits and "-", starting with a letter',
       'connectors/a.yaml:12:11: "port" must be <= 65535 (got 99999)',
       'connectors/a.yaml:13:12: "plain" must be true or false, got a string',
@@ -266,6 +279,45 @@ describe('loadConfig', () => {
       'connectors/a.yaml:26:7: allowedSenders maps client certificates to senders, so it needs requireClientCert: true',
       "connectors/a.yaml:34:7: requireClientCert: true needs tls.ca, the CA that signs the senders' client certificates (trusting every public CA would admit anyone holding a publicly issued certificate)",
     ]);
+  });
+
+  it('checks the MLLP admission settings: trusted addresses, certificate CNs only with mutual TLS, a reserve below the limit', async () => {
+    const dir = await configDir({
+      'a.yaml': [
+        'inputs:', // 1
+        '  - name: crowd', // 2
+        '    type: hl7v2-mllp', // 3
+        '    port: 2575', // 4
+        '    plain: true', // 5
+        '    maxConnections: 10', // 6
+        '    reservedConnections: 10', // 7
+        '    trustedSenders:', // 8
+        '      addresses: ["10.0.0.1", "10.1.0.0/16", "fd00::/8", "ehr.example.org", "10.0.0.0/33"]', // 9
+        '      certificateCNs: [epic]', // 10
+        '',
+      ].join('\n'),
+    });
+    expect(await issuesOf(dir)).toEqual([
+      'connectors/a.yaml:7:5: reservedConnections (10) must be below maxConnections (10), or nobody but the trusted senders could connect; lower it',
+      'connectors/a.yaml:9:58: "ehr.example.org" is not an IP address or CIDR subnet; write e.g. "10.20.0.5" or "10.21.0.0/24"',
+      'connectors/a.yaml:9:77: "10.0.0.0/33" is not an IP address or CIDR subnet; write e.g. "10.20.0.5" or "10.21.0.0/24"',
+      'connectors/a.yaml:10:7: a client certificate is only known with mutual TLS: certificateCNs needs tls.requireClientCert: true',
+    ]);
+  });
+
+  it('refuses an HTTP ingest input without auth when server.http.host is not loopback, unless it says auth: none', async () => {
+    const http = (name: string, auth = '') => `  - name: ${name}\n    type: hl7v2-http\n${auth ? `    auth: ${auth}\n` : ''}`;
+    const exposed = await configDir({
+      'a.yaml': `server:\n  http: { host: 0.0.0.0 }\ninputs:\n${http('open')}${http('said', 'none')}${http('token', '{ bearerToken: { env: T } }')}${http('bad', 'nothing')}`,
+    });
+    const issues = await issuesOf(exposed, { T: 'x' });
+    expect(issues).toHaveLength(2);
+    expect(issues[0]).toMatch(/^connectors\/a\.yaml:4:11: HTTP ingest input "open" has no auth, but server\.http\.host is 0\.0\.0\.0/);
+    expect(issues[1]).toBe('connectors/a.yaml:14:11: "auth" is not valid (write auth: { bearerToken: { env: NAME } } or auth: none)');
+    for (const host of ['127.0.0.1', 'localhost', '::1', '127.0.1.1']) {
+      const loopback = await configDir({ 'a.yaml': `server:\n  http: { host: "${host}" }\ninputs:\n${http('open')}` });
+      await expect(loadConfig({ configDir: loopback, env: {} }), host).resolves.toBeDefined();
+    }
   });
 
   it('accepts a complete TLS block and stores secret files as absolute paths', async () => {

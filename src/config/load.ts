@@ -41,6 +41,11 @@ export interface ComponentSpec {
   readonly summary: string;
   readonly configSchema: JsonSchema;
   check?(config: unknown): InstanceCheckIssue[];
+  /**
+   * Rules that also depend on the server block (e.g. an HTTP ingest input reachable beyond
+   * loopback must authenticate). Runs on a config that passed its schema.
+   */
+  checkServer?(config: unknown, server: ServerConfig): InstanceCheckIssue[];
 }
 
 /** One configured input or output. `config` is validated, defaulted and frozen. */
@@ -355,6 +360,14 @@ export async function loadConfig(options: LoadConfigOptions): Promise<CarerelayP
 
   if (serverPlace) issues.push(...adminTokenIssues(serverConfig, files.find((f) => f.display === serverPlace!.display)!, configDir, env, options.checkSecrets !== false));
   issues.push(...portIssues(serverConfig, serverPlace, files, located));
+  if (typeof serverConfig.http?.host === 'string') {
+    for (const { instance, file, base, spec } of located.filter((l) => l.valid && l.spec.checkServer !== undefined)) {
+      for (const found of spec.checkServer!(instance.config, serverConfig)) {
+        const at = [...base, ...found.path];
+        issues.push({ file: file.display, ...file.doc.locate(at, { key: found.atKey }), path: toPointer(at), message: found.message });
+      }
+    }
+  }
   for (const { instance, file, base, spec } of located.filter((l) => l.valid)) {
     issues.push(...secretIssues(spec.configSchema, instance.config, file, base, configDir, env, options.checkSecrets !== false));
   }

@@ -67,6 +67,46 @@ export const serverSchema = {
         'Former place of the organisation time zone, still read when policy.timezone is not set. ' +
         'Prefer policy.timezone (connectors/policy.yaml), beside the sites\' zones.',
     },
+    rejectedRaw: {
+      type: 'object',
+      description:
+        'How many raw bytes rejected messages (AR) may keep for review. Past either limit a rejected message keeps ' +
+        'only its first keepBytes bytes, with the SHA-256 of the whole and its length as received, so a flood of ' +
+        'refused frames cannot fill the disk. Accepted messages are always kept whole.',
+      default: {},
+      additionalProperties: false,
+      properties: {
+        totalBytes: {
+          type: 'integer',
+          minimum: 0,
+          default: 1073741824,
+          description: 'Raw bytes kept whole over all rejected messages (default 1 GiB).',
+        },
+        perSenderBytes: {
+          type: 'integer',
+          minimum: 0,
+          default: 67108864,
+          description:
+            'Raw bytes kept whole per sender: MSH-3^MSH-4, or the peer address for a message without a readable MSH ' +
+            '(default 64 MiB).',
+        },
+        keepBytes: {
+          type: 'integer',
+          minimum: 0,
+          maximum: 1048576,
+          default: 4096,
+          description: 'Bytes kept of a rejected message past either limit (default 4 KiB: the header and first segments).',
+        },
+      },
+    },
+    minFreeDiskBytes: {
+      type: 'integer',
+      minimum: 0,
+      default: 67108864,
+      description:
+        'GET /readyz answers 503 when the data directory\'s file system has less free space than this (default ' +
+        '64 MiB), as it does when the store cannot write (read-only, full).',
+    },
     admin: {
       type: 'object',
       description: 'Admin API settings.',
@@ -124,6 +164,8 @@ export interface ServerConfig {
   readonly dataDir: string;
   /** Superseded by policy.timezone (read only when that is not set). */
   readonly timezone?: string;
+  readonly rejectedRaw: { readonly totalBytes: number; readonly perSenderBytes: number; readonly keepBytes: number };
+  readonly minFreeDiskBytes: number;
   readonly admin: { readonly tokenEnv?: string; readonly tokens: readonly AdminTokenConfig[] };
 }
 

@@ -135,6 +135,15 @@ describe('environment interpolation', () => {
     expect(doc.value).toEqual({ port: 2575, set: 3000, flag: true, quoted: '3000', mixed: '30000', num: '1.5', zero: '007' });
   });
 
+  it('works inside flow mappings and sequences, where { } are YAML syntax, keeping every line:column', () => {
+    const text = 'server:\n  http: { host: 127.0.0.1, port: ${HTTP_PORT:-8080} }\n  list: [${A:-a}, "${B}", $${LIT}]\n  gone: { x: ${NOPE} }\n';
+    const doc = readYamlDocument('f.yaml', text, { B: 'b' });
+    expect(doc.value).toEqual({ server: { http: { host: '127.0.0.1', port: 8080 }, list: ['a', 'b', '${LIT}'], gone: { x: '${NOPE}' } } });
+    expect(doc.issues).toEqual([expect.objectContaining({ line: 4, column: 14, message: expect.stringMatching(/NOPE is not set/) })]);
+    expect(doc.locate(['server', 'http', 'port'])).toEqual({ line: 2, column: 34 });
+    expect(readYamlDocument('f.yaml', 'http: { port: ${P:-1} }', { P: '2575' }).value).toEqual({ http: { port: 2575 } });
+  });
+
   it('does not interpolate keys', () => {
     expect(read('${KEY}: 1\n', { KEY: 'k' }).value).toEqual({ '${KEY}': 1 });
   });

@@ -67,7 +67,8 @@ export const MAX_YAML_CHARS = 1024 * 1024;
  * bounded. `${VAR}` / `${VAR:-default}` in string values are replaced from `env`
  * (`$${` writes a literal `${`). A plain (unquoted) value that is exactly one `${…}` and
  * yields an integer or `true`/`false` becomes that number or boolean, so `port:
- * ${MLLP_PORT:-2575}` is the number 2575; a quoted one stays a string.
+ * ${MLLP_PORT:-2575}` is the number 2575; a quoted one stays a string. References work in flow
+ * collections too (`http: { host: 127.0.0.1, port: ${HTTP_PORT:-8080} }`): see maskReferences.
  */
 export function readYamlDocument(file: string, text: string, env: Env): YamlDocument {
   if (text.length > MAX_YAML_CHARS) {
@@ -78,7 +79,8 @@ export function readYamlDocument(file: string, text: string, env: Env): YamlDocu
     };
   }
   const lineCounter = new LineCounter();
-  const doc = parseDocument(text, {
+  const masked = maskReferences(text);
+  const doc = parseDocument(masked.text, {
     lineCounter,
     prettyErrors: false,
     schema: 'core',
@@ -95,6 +97,7 @@ export function readYamlDocument(file: string, text: string, env: Env): YamlDocu
   };
   const issue = (offset: number, message: string): ConfigIssue => ({ file, ...at(offset), message });
   const issues: ConfigIssue[] = [];
+  masked.restore(doc);
 
   for (const error of doc.errors) {
     const message =
@@ -180,6 +183,55 @@ function findFirstAlias(doc: Document.Parsed): Alias | undefined {
     },
   });
   return found;
+}
+
+// Private-use characters stand in for `${…}` while YAML parses (maskReferences).
+const MASK_START = '\uE000';
+const MASK_PAD = '\uE001';
+const MASK_DIGIT0 = 0xe100;
+const MASK_DIGITS = 4096;
+const MASKED = /\uE000[\uE001\uE100-\uF0FF]*/g;
+const PRIVATE_USE = /[\uE000-\uF8FF]/;
+const REFERENCE_TEXT = /\$?\$\{[^}\r\n]*\}/g;
+
+/**
+ * `{` and `}` are flow indicators in YAML, so `port: ${HTTP_PORT:-8080}` inside a flow mapping
+ * (`{ host: …, port: ${HTTP_PORT:-8080} }`) does not parse as written. Before parsing, each
+ * reference (one line, up to its `}`) is replaced by a placeholder of the same length made of
+ * private-use characters, which YAML reads as part of a plain scalar; afterwards `restore`
+ * puts the references back into every scalar, where interpolation then works as for block
+ * style. Same length: every line:column stays true. A file already holding private-use
+ * characters is parsed as is.
+ */
+function maskReferences(text: string): { text: string; restore: (doc: Document.Parsed) => void } {
+  if (!text.includes('${') || PRIVATE_USE.test(text)) return { text, restore: () => {} };
+  const originals: string[] = [];
+  const out = text.replace(REFERENCE_TEXT, (reference) => {
+    const index = originals.length;
+    if (index >= MASK_DIGITS * MASK_DIGITS || reference.length < 3) return reference;
+    const digits = index < MASK_DIGITS ? [index] : [Math.floor(index / MASK_DIGITS), index % MASK_DIGITS];
+    const mark = MASK_START + digits.map((d) => String.fromCharCode(MASK_DIGIT0 + d)).join('');
+    if (mark.length > reference.length) return reference;
+    originals.push(reference);
+    return mark + MASK_PAD.repeat(reference.length - mark.length);
+  });
+  if (originals.length === 0) return { text, restore: () => {} };
+  const unmask = (value: string): string =>
+    value.replace(MASKED, (placeholder) => {
+      const digits = [...placeholder.slice(1)].filter((c) => c !== MASK_PAD).map((c) => c.charCodeAt(0) - MASK_DIGIT0);
+      const index = digits.length === 2 ? digits[0]! * MASK_DIGITS + digits[1]! : digits[0]!;
+      return originals[index] ?? placeholder;
+    });
+  return {
+    text: out,
+    restore: (doc) => {
+      visit(doc, {
+        Scalar(_, node) {
+          if (typeof node.value === 'string' && node.value.includes(MASK_START)) node.value = unmask(node.value);
+        },
+      });
+    },
+  };
 }
 
 const WHOLE_REFERENCE = /^\$\{[^}]*\}$/;
@@ -428,7 +480,7 @@ export function validateWithSchema(
   if (validate(value)) return [];
   const issues: ConfigIssue[] = [];
   const seen = new Set<string>();
-  for (const error of validate.errors ?? []) {
+  for (const error of withoutUnrelatedAlternatives(validate.errors ?? [])) {
     const described = describe(error, basePath.map(String));
     if (!described) continue;
     const docPath = [...basePath, ...described.path];
@@ -441,6 +493,36 @@ export function validateWithSchema(
     issues.push({ file, ...position, path: toPointer(docPath), message });
   }
   return issues;
+}
+
+/**
+ * For a value that fails an `anyOf` (e.g. `auth: none` or `auth: { bearerToken: … }`), ajv
+ * reports every alternative's errors. Keep only those of the alternatives whose kind the value
+ * has (a mapping's errors for a mapping), so the message is about what was meant; when the
+ * value has the kind of none of them, keep the anyOf error alone (it carries the x-hint).
+ */
+function withoutUnrelatedAlternatives(errors: readonly ErrorObject[]): ErrorObject[] {
+  let kept = [...errors];
+  for (const alt of errors.filter((e) => e.keyword === 'anyOf')) {
+    const prefix = `${alt.schemaPath}/`;
+    const branchOf = (e: ErrorObject): string | undefined =>
+      e.schemaPath.startsWith(prefix) ? e.schemaPath.slice(prefix.length).split('/', 1)[0] : undefined;
+    // An alternative the value is not even the kind of fails at its own level on type/const/enum.
+    const unrelated = new Set(
+      kept
+        .filter((e) => e.instancePath === alt.instancePath && ['type', 'const', 'enum'].includes(e.keyword))
+        .map(branchOf)
+        .filter((b): b is string => b !== undefined),
+    );
+    const branches = new Set(kept.map(branchOf).filter((b): b is string => b !== undefined));
+    const related = [...branches].filter((b) => !unrelated.has(b));
+    kept = kept.filter((e) => {
+      const branch = branchOf(e);
+      if (e === alt) return related.length === 0;
+      return branch === undefined || related.includes(branch);
+    });
+  }
+  return kept;
 }
 
 interface Described {
@@ -537,6 +619,8 @@ function describe(error: ErrorObject, basePath: readonly string[]): Described | 
     case 'propertyNames':
       // Reported by the nested error on the name itself.
       return undefined;
+    case 'anyOf':
+      return { path, atKey: false, message: `${name} is not valid` };
     default:
       return { path, atKey: false, message: `${name} ${error.message ?? 'is invalid'}` };
   }

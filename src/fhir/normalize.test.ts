@@ -374,6 +374,11 @@ describe('Patient', () => {
     expect(norm({}).type).toBe('patient.updated');
   });
 
+  it('no string of the trigger holds a control character (a newline in a name included), as from HL7', () => {
+    const t = norm({ name: [{ family: 'Durand\r\nBcc: x@example.org', given: ['Cl\u0000aire'] }] });
+    expect(t.patient.name).toEqual({ family: 'Durand Bcc: x@example.org', given: ['Cl aire'] });
+  });
+
   it('patient.id: MR identifier, else the first identifier, else the resource id', () => {
     expect(norm({ identifier: patient.identifier }).patient.id).toBe('MRN-1');
     expect(norm({ identifier: [{ value: 'X1' }, { value: 'X2' }] }).patient.id).toBe('X1');

@@ -8,7 +8,7 @@
 import { createHash } from 'node:crypto';
 import { DateTime } from 'luxon';
 import { PermanentError } from '../errors.ts';
-import { languageCode, phoneValue } from '../normalized-values.ts';
+import { languageCode, phoneValue, withoutControlCharacters } from '../normalized-values.ts';
 import type { SubjectState } from '../store/store.ts';
 import {
   TriggerType,
@@ -106,6 +106,11 @@ const BCP_47 = 'urn:ietf:bcp:47';
  * cannot be built (no patient, no id, no status).
  */
 export function normalizeFhir(resource: FhirResource, context: NormalizeContext): NormalizeResult {
+  // No control characters in any string (normalized-values.ts), as from HL7.
+  return withoutControlCharacters(normalizeResource(resource, context));
+}
+
+function normalizeResource(resource: FhirResource, context: NormalizeContext): NormalizeResult {
   switch (resource.resourceType) {
     case 'Appointment':
       return normalizeAppointment(resource as Appointment, context);
@@ -154,7 +159,7 @@ export function normalizeFhirDeletion(reference: string, context: NormalizeConte
   if (appointment.start !== undefined) state.start = appointment.start;
   if (appointment.end !== undefined) state.end = appointment.end;
   if (previous?.data) state.data = previous.data;
-  return { triggers: [trigger], states: [state] };
+  return withoutControlCharacters({ triggers: [trigger], states: [state] });
 }
 
 export interface NotificationNormalizeOptions {

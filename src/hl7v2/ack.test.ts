@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { AckCondition, AckMode, ackModeOf, buildAck, ERR_TEXT_MAX, escapeAndTruncate, MSA_TEXT_MAX, shouldSendAcceptAck } from './ack.ts';
 import { unescapeHl7 } from './escape.ts';
+import { encodeFrame } from './mllp.ts';
 import { DEFAULT_DELIMITERS, parseHl7 } from './parse.ts';
 
 const NOW = new Date('2024-03-05T06:07:08.900Z');
@@ -219,5 +220,46 @@ describe('ackModeOf / shouldSendAcceptAck (MSH-15/16, HL7 table 0155)', () => {
       expect(ack.get('MSA-1')).toBe(code);
       expect(ack.get('MSA-2')).toBe('CTRL-42');
     }
+  });
+});
+
+describe('buildAck never writes what MLLP cannot frame', () => {
+  const blockFree = (ack: string): boolean => !/[\x0b\x1c]/.test(ack);
+
+  it('escapes 0x1C / 0x0B in echoed fields; MSA-2 then decodes to the same MSH-10', () => {
+    const original = parseHl7(adt({ controlId: 'ID\x1c' }).replace('|EPIC|', '|EP\x0bIC|'));
+    const ack = buildAck(original, { code: 'AR', text: 'refused', controlId: 'A1', now: NOW });
+    expect(blockFree(ack)).toBe(true);
+    expect(ack).toContain('MSA|AR|ID\\X1C\\|refused');
+    expect(ack).toContain('|EP\\X0B\\IC|'); // MSH-5 of the ACK echoes MSH-3
+    expect(parseHl7(ack).get('MSA-2')).toBe('ID\x1c');
+    expect(() => encodeFrame(ack)).not.toThrow();
+  });
+
+  it('answers in the default delimiters when the original uses block characters as delimiters', () => {
+    const original = parseHl7(adt({ header: 'MSH\x1c^~\\&', controlId: 'C|9' }));
+    const ack = buildAck(original, { code: 'AR', text: 'refused', controlId: 'A1', now: NOW });
+    expect(blockFree(ack)).toBe(true);
+    expect(ack.startsWith('MSH|^~\\&|')).toBe(true);
+    // Decoded values, re-escaped in the default delimiters.
+    expect(parseHl7(ack).get('MSA-2')).toBe('C|9');
+  });
+
+  it('holds for any control character anywhere in the header and in our text', () => {
+    for (let code = 0; code < 0x20; code++) {
+      if (code === 0x0d || code === 0x0a) continue; // segment ends: never inside a parsed field
+      const c = String.fromCharCode(code);
+      const original = parseHl7(adt({ controlId: `X${c}`, msh18: `8859/1${c}` }).replace('CARERELAY', `CR${c}`));
+      const ack = buildAck(original, { code: 'AE', text: `text${c}\x1c\r`, controlId: 'A1', now: NOW });
+      expect(blockFree(ack), `0x${code.toString(16)}`).toBe(true);
+      expect(() => encodeFrame(ack)).not.toThrow();
+      // And it reads back: its MSH-18 declares nothing it could not be written in.
+      expect(parseHl7(Buffer.from(ack, 'latin1')).get('MSA-2'), `0x${code.toString(16)}`).toBe(`X${c}`);
+    }
+  });
+
+  it('leaves MSH-18 out when told to (a declared set the ACK is not written in)', () => {
+    const ack = buildAck(parseHl7(adt({ msh18: 'KLINGON' })), { code: 'AR', controlId: 'A1', now: NOW, charset: '' });
+    expect(parseHl7(ack).get('MSH-18')).toBe('');
   });
 });

@@ -5,8 +5,16 @@
 //   byte-exact, and our own text is escaped with the same characters.
 // - Original mode (MSH-15 and MSH-16 both empty): one ACK, AA/AE/AR.
 // - Enhanced mode: commit ACK CA/CE/CR, sent or not per MSH-15 (table 0155).
+// - An ACK can always be framed: the MLLP block characters 0x0B/0x1C never reach it. Echoed
+//   wire text has them replaced by their \X0B\ / \X1C\ escapes (MSA-2 then carries the same
+//   MSH-10 value, escaped: a sender that compares decoded values still matches it, and one
+//   whose MSH-10 held a raw 0x1C could not have been answered with it at all), our own text
+//   is escaped, and a message whose delimiters are block characters is answered with the
+//   default delimiters and decoded, re-escaped values. Such messages are refused anyway
+//   (workers/ingest.ts); this is what makes the refusal deliverable.
 import type { AckCode } from '../types.ts';
-import { escapeHl7 } from './escape.ts';
+import { isWritableCharset } from './charset.ts';
+import { escapeHl7, hasBlockCharacter, withoutBlockCharacters } from './escape.ts';
 import { DEFAULT_DELIMITERS, type Hl7BatchHeader, type Hl7Delimiters, type Hl7Message } from './parse.ts';
 
 /** MSA-3 (text message) is 80 characters long (v2.5.1 §2.15.8.3). */
@@ -46,6 +54,11 @@ export interface AckOptions {
   controlId: string;
   /** MSH-7 of the ACK. */
   now: Date;
+  /**
+   * MSH-18 of the ACK when it must not echo the original's: '' for none. Default: the
+   * original's MSH-18 when it names a set the ACK can be written in, else none.
+   */
+  charset?: string;
 }
 
 function pad(n: number, width: number): string {
@@ -102,13 +115,21 @@ function isErrorCode(code: AckCode): boolean {
  * minimal ACK with default delimiters and an empty MSA-2). Segments end with CR.
  */
 export function buildAck(original: Hl7Message | undefined, options: AckOptions): string {
-  const d = original?.delimiters ?? DEFAULT_DELIMITERS;
+  const theirs = original?.delimiters;
+  // Delimiters that are block characters cannot be written: answer in the default ones.
+  const usable = theirs !== undefined && !hasBlockCharacter(Object.values(theirs).join(''));
+  const d = usable ? theirs : DEFAULT_DELIMITERS;
   const f = d.field;
   const msh = original?.segments[0];
-  const raw = (n: number): string => msh?.rawField(n) ?? '';
-  const encoding = msh ? msh.rawField(2) : `${d.component}${d.repetition}${d.escape}${d.subcomponent}`;
+  // Wire text of MSH-n, echoed: byte for byte (block characters escaped), or, when their
+  // delimiters are not usable, the decoded first component re-escaped in ours.
+  const raw = (n: number): string => {
+    if (msh === undefined) return '';
+    return usable ? withoutBlockCharacters(msh.rawField(n), d) : escapeHl7(msh.get(n), d);
+  };
+  const encoding = msh && usable ? msh.rawField(2) : `${d.component}${d.repetition}${d.escape}${d.subcomponent}`;
 
-  const trigger = msh?.repetitions(9)[0]?.rawComponent(2) ?? '';
+  const trigger = usable ? withoutBlockCharacters(msh?.repetitions(9)[0]?.rawComponent(2) ?? '', d) : escapeHl7(msh?.get(9, 2) ?? '', d);
   const messageType = trigger === '' ? 'ACK' : `ACK${d.component}${trigger}${d.component}ACK`;
 
   // MSH-1 is the separator itself, so the array below starts at MSH-2.
@@ -125,14 +146,18 @@ export function buildAck(original: Hl7Message | undefined, options: AckOptions):
     raw(11) || DEFAULT_PROCESSING_ID, // MSH-11
     raw(12) || DEFAULT_VERSION, // MSH-12
   ];
-  const charset = raw(18);
+  // MSH-18 says what the ACK is written in: echoed only when it names a set one can write
+  // (an ACK to "KLINGON" or to a block character there declares nothing, and stays readable).
+  const declared = msh?.repetitions(18)[0]?.raw ?? '';
+  const charset = options.charset ?? (usable && isWritableCharset(declared) ? raw(18) : '');
   if (charset !== '') {
     mshFields.push('', '', '', '', '', charset); // MSH-13..17 empty, MSH-18 echoed
   }
 
   const segments = [`MSH${f}${mshFields.join(f)}`];
   const text = options.text ?? '';
-  // MSA-2 echoes the original MSH-10 wire text exactly (same delimiters, nothing re-escaped).
+  // MSA-2 echoes the original MSH-10 wire text exactly (same delimiters, nothing re-escaped
+  // but block characters).
   const msa = ['MSA', options.code, raw(10)];
   if (text !== '') msa.push(escapeAndTruncate(text, d, MSA_TEXT_MAX));
   segments.push(msa.join(f));
@@ -141,7 +166,7 @@ export function buildAck(original: Hl7Message | undefined, options: AckOptions):
     const code = options.errorCode ?? ErrorCondition.ApplicationInternalError;
     const condition = [escapeHl7(code, d), escapeAndTruncate(text, d, ERR_TEXT_MAX), 'HL70357'].join(d.component);
     // v2.5 ERR: ERR-1 (v2.4 error code and location) empty, ERR-2 location, ERR-3 condition, ERR-4 severity.
-    segments.push(['ERR', '', options.errorLocation ?? '', condition, 'E'].join(f));
+    segments.push(['ERR', '', withoutBlockCharacters(options.errorLocation ?? '', d), condition, 'E'].join(f));
   }
   return segments.map((s) => `${s}\r`).join('');
 }
@@ -250,9 +275,16 @@ export interface BatchAckOptions {
  * BTS-1 is the number of ACK messages in the reply.
  */
 export function buildBatchAck(batch: Hl7BatchHeader, options: BatchAckOptions): string {
-  const d = batch.delimiters;
+  // Framed like every ACK: block characters escaped, or default delimiters (see buildAck).
+  const usable = !hasBlockCharacter(Object.values(batch.delimiters).join(''));
+  const d = usable ? batch.delimiters : DEFAULT_DELIMITERS;
   const f = d.field;
-  const raw = (n: number): string => batch.segment.rawField(n);
+  const raw = (n: number): string =>
+    n === 2 && !usable
+      ? `${d.component}${d.repetition}${d.escape}${d.subcomponent}`
+      : usable
+        ? withoutBlockCharacters(batch.segment.rawField(n), d)
+        : escapeHl7(batch.segment.get(n), d);
   const missing = options.notAcknowledged;
   const summary =
     missing.length === 0 ? '' : `${missing.length} of ${options.messageCount} message(s) not acknowledged, as their MSH-15 asked`;

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { declaredCharset, decodeHl7Bytes } from './charset.ts';
+import { declaredCharset, decodeHl7Bytes, encodableText, encodeHl7Text, ianaCharset } from './charset.ts';
 import { Hl7ParseError, Hl7ParseErrorCode, parseHl7 } from './parse.ts';
 
 /** An ADT whose MSH-18 is `charset` and whose PID-5.1 is `name` (raw bytes). */
@@ -115,5 +115,32 @@ describe('decodeHl7Bytes / parseHl7 on bytes (MSH-18, HL7 table 0211)', () => {
   it('a string input is taken as already decoded', () => {
     const msg = parseHl7('MSH|^~\\&|A|F|||20240101||ADT^A01|C1|P|2.5||||||8859/1\rPID|1||M1||Rémy');
     expect(msg.get('PID-5')).toBe('Rémy');
+  });
+});
+
+describe('encodeHl7Text / encodableText / ianaCharset (ACKs in the message\'s set)', () => {
+  it('writes 8859/1 as Latin-1 and 8859/15 with its own table; UTF-8 otherwise', () => {
+    expect([...encodeHl7Text('HÔPITAL', '8859/1')]).toEqual([0x48, 0xd4, 0x50, 0x49, 0x54, 0x41, 0x4c]);
+    expect([...encodeHl7Text('€', '8859/15')]).toEqual([0xa4]);
+    expect(encodeHl7Text('Zoë', 'UNICODE UTF-8').equals(Buffer.from('Zoë', 'utf8'))).toBe(true);
+    expect(encodeHl7Text('Zoë', 'ASCII').equals(Buffer.from('Zoë', 'utf8'))).toBe(true);
+  });
+
+  it('replaces what the set cannot carry with "?", and says so in encodableText', () => {
+    expect(encodeHl7Text('a…b€', '8859/1').toString('latin1')).toBe('a?b?');
+    expect(encodableText('a…b€', '8859/1')).toBe('a?b?');
+    expect(encodableText('a…b€', '8859/15')).toBe('a?b€');
+    expect(encodableText('a…b', 'UNICODE UTF-8')).toBe('a…b');
+    // Round trip: what is stored is what is sent.
+    const text = 'MSH|^~\\&|É|…';
+    expect(decodeHl7Bytes(Buffer.concat([encodeHl7Text(text, '8859/1')])).text).toBe(encodableText(text, '8859/1'));
+  });
+
+  it('names the set for an HTTP Content-Type', () => {
+    expect(ianaCharset('8859/1')).toBe('iso-8859-1');
+    expect(ianaCharset('8859/15')).toBe('iso-8859-15');
+    expect(ianaCharset('UNICODE UTF-8')).toBe('utf-8');
+    expect(ianaCharset('ASCII')).toBe('utf-8');
+    expect(ianaCharset('8859/99')).toBe('utf-8');
   });
 });

@@ -69,3 +69,80 @@ export function decodeHl7Bytes(bytes: Buffer): { text: string; charset: string }
     `MSH-18 character set ${JSON.stringify(declared)} is not supported (use empty/ASCII, 8859/1…8859/15 or UNICODE UTF-8)`,
   );
 }
+
+/** Character → byte of each ISO-8859-n (n ≠ 1) set, built on first use from its decoder. */
+const isoEncoders = new Map<string, Map<string, number>>();
+
+function isoEncoder(part: string): Map<string, number> | undefined {
+  let table = isoEncoders.get(part);
+  if (table === undefined) {
+    let decoded: string;
+    try {
+      decoded = new TextDecoder(`iso-8859-${part}`).decode(Uint8Array.from({ length: 256 }, (_, i) => i));
+    } catch {
+      return undefined;
+    }
+    table = new Map();
+    for (let byte = 0; byte < 256; byte++) {
+      const ch = decoded[byte]!;
+      if (ch !== '\uFFFD' && !table.has(ch)) table.set(ch, byte);
+    }
+    isoEncoders.set(part, table);
+  }
+  return table;
+}
+
+/**
+ * Encodes `text` (an ACK) in the character set a message was decoded with (Hl7Message.charset,
+ * or a declared MSH-18), so an ACK that declares 8859/1 is 8859/1 on the wire and the
+ * fields it echoes are the sender's own bytes. UTF-8 for UTF-8, ASCII and anything this module
+ * cannot encode; a character the set cannot represent becomes "?".
+ */
+export function encodeHl7Text(text: string, charset: string): Buffer {
+  const iso = ISO_8859.exec(charset.trim().toUpperCase());
+  if (iso === null) return Buffer.from(text, 'utf8');
+  if (iso[1] === '1') {
+    // Buffer's latin1 keeps only the low byte of a wider character: replace those first.
+    return Buffer.from(/[^\u0000-\u00ff]/.test(text) ? text.replace(/[^\u0000-\u00ff]/gu, '?') : text, 'latin1');
+  }
+  const table = isoEncoder(iso[1]!);
+  if (table === undefined) return Buffer.from(text, 'utf8');
+  const out = Buffer.allocUnsafe(text.length);
+  let n = 0;
+  for (const ch of text) out[n++] = table.get(ch) ?? 0x3f;
+  return out.subarray(0, n);
+}
+
+/** The IANA charset name (HTTP Content-Type) of an HL7 character set, as encodeHl7Text writes it. */
+export function ianaCharset(charset: string): string {
+  const iso = ISO_8859.exec(charset.trim().toUpperCase());
+  if (iso === null || (iso[1] !== '1' && isoEncoder(iso[1]!) === undefined)) return 'utf-8';
+  return `iso-8859-${iso[1]}`;
+}
+
+/**
+ * `text` as it reads once encoded in `charset` (encodeHl7Text): characters the set cannot
+ * represent become "?". A stored ACK is kept in this form, so it is the one that was sent.
+ */
+export function encodableText(text: string, charset: string): string {
+  const iso = ISO_8859.exec(charset.trim().toUpperCase());
+  if (iso === null) return text;
+  if (iso[1] === '1') return /[^\u0000-\u00ff]/.test(text) ? text.replace(/[^\u0000-\u00ff]/gu, '?') : text;
+  const table = isoEncoder(iso[1]!);
+  if (table === undefined) return text;
+  let out = '';
+  for (const ch of text) out += table.has(ch) ? ch : '?';
+  return out;
+}
+
+/**
+ * True when `declaration` (MSH-18 wire text, first repetition) names a set an ACK can be
+ * written in: empty/ASCII, the UTF-8 names, 8859/1 to 8859/16 (those this runtime decodes).
+ * Escapes and control characters make it unknown: an ACK then declares nothing.
+ */
+export function isWritableCharset(declaration: string): boolean {
+  const name = declaration.toUpperCase();
+  if (name === '' || name === 'ASCII' || name === 'UNICODE UTF-8' || name === 'UTF-8' || name === 'UNICODE') return true;
+  const iso = ISO_8859.exec(name);
+  return iso !== null && (iso[1] === '1' || isoEncoder(iso[1]!) !== undefined);
+}

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { escapeHl7, unescapeHl7 } from './escape.ts';
+import { escapeHl7, hasBlockCharacter, unescapeHl7, withoutBlockCharacters } from './escape.ts';
 import { DEFAULT_DELIMITERS, parseHl7, type Hl7Delimiters } from './parse.ts';
 
 const D: Hl7Delimiters = { ...DEFAULT_DELIMITERS };
@@ -70,5 +70,19 @@ describe('escapeHl7', () => {
     expect(msg.segments).toHaveLength(2);
     expect(msg.get('NTE-3')).toBe(value);
     expect(msg.get('NTE-4')).toBe('next');
+  });
+});
+
+describe('control characters and MLLP block characters', () => {
+  it('escapeHl7 writes C0 controls (tab excepted) as \\Xhh\\, which unescape back', () => {
+    expect(escapeHl7('a\x1cb\x0bc\x00d\te', D)).toBe('a\\X1C\\b\\X0B\\c\\X00\\d\te');
+    expect(unescapeHl7(escapeHl7('a\x1cb\x0b', D), D)).toBe('a\x1cb\x0b');
+  });
+
+  it('withoutBlockCharacters escapes only 0x0B and 0x1C, leaving wire text otherwise byte for byte', () => {
+    expect(withoutBlockCharacters('ID\x1c^X\\F\\', D)).toBe('ID\\X1C\\^X\\F\\');
+    expect(withoutBlockCharacters('plain', D)).toBe('plain');
+    expect(hasBlockCharacter('a\x0b')).toBe(true);
+    expect(hasBlockCharacter('a\\X1C\\')).toBe(false);
   });
 });

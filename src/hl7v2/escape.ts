@@ -65,7 +65,17 @@ function decodeSequence(seq: string, d: Hl7Delimiters, original: string): string
   return original;
 }
 
-/** Escapes delimiter characters (and CR/LF) in free text put into a field. */
+/** `\Xhh\` for one character below U+0100, in the delimiters' escape character. */
+function hexEscape(code: number, d: Hl7Delimiters): string {
+  return `${d.escape}X${code.toString(16).toUpperCase().padStart(2, '0')}${d.escape}`;
+}
+
+/**
+ * Escapes delimiter characters, CR/LF and the other C0 control characters (tab excepted) in
+ * free text put into a field. Control characters become `\Xhh\`: the MLLP block characters
+ * 0x0B and 0x1C in particular must never reach the wire inside a message, where 0x1C 0x0D
+ * would end the frame (mllp.ts).
+ */
 export function escapeHl7(text: string, d: Hl7Delimiters): string {
   let out = '';
   for (const ch of text) {
@@ -92,8 +102,28 @@ export function escapeHl7(text: string, d: Hl7Delimiters): string {
         out += `${d.escape}.br${d.escape}`;
         break;
       default:
-        out += ch === d.truncation ? `${d.escape}P${d.escape}` : ch;
+        if (ch === d.truncation) out += `${d.escape}P${d.escape}`;
+        else if (ch < ' ' && ch !== '\t') out += hexEscape(ch.charCodeAt(0), d);
+        else out += ch;
     }
   }
   return out;
+}
+
+/** The MLLP block characters (mllp.ts): start block 0x0B, end block 0x1C. */
+const BLOCK_CHARACTER = /[\x0b\x1c]/;
+const BLOCK_CHARACTERS = /[\x0b\x1c]/g;
+
+/**
+ * Wire text copied from a message (an echoed field) with the MLLP block characters 0x0B and
+ * 0x1C replaced by their `\Xhh\` escapes: the same value once decoded, and text that can be
+ * framed. Everything else is left byte for byte.
+ */
+export function withoutBlockCharacters(wire: string, d: Hl7Delimiters): string {
+  return BLOCK_CHARACTER.test(wire) ? wire.replace(BLOCK_CHARACTERS, (c) => hexEscape(c.charCodeAt(0), d)) : wire;
+}
+
+/** True when `text` holds 0x0B or 0x1C, which MLLP reserves and HL7 text may not contain. */
+export function hasBlockCharacter(text: string): boolean {
+  return BLOCK_CHARACTER.test(text);
 }

@@ -80,8 +80,8 @@ class RawPeer {
     this.closed = new Promise((resolve) => socket.once('close', () => resolve()));
   }
 
-  static async connect(port: number): Promise<RawPeer> {
-    const socket = net.connect({ host: '127.0.0.1', port });
+  static async connect(port: number, localAddress?: string): Promise<RawPeer> {
+    const socket = net.connect({ host: '127.0.0.1', port, ...(localAddress !== undefined ? { localAddress } : {}) });
     await new Promise<void>((resolve, reject) => {
       socket.once('connect', resolve);
       socket.once('error', reject);
@@ -385,7 +385,7 @@ describe('MllpServer over a real socket', () => {
     await peer.framesReceived(1);
     peer.socket.end();
     const closed = await log.closed();
-    expect(peersSeen[0]).toEqual({ remoteAddress: '127.0.0.1', remotePort: peer.socket.localPort, connectionId: 1, tls: false });
+    expect(peersSeen[0]).toEqual({ remoteAddress: '127.0.0.1', remotePort: peer.socket.localPort, connectionId: 1, tls: false, trusted: false });
     expect(closed).toMatchObject({ reason: 'peer', messages: 1, connectionId: 1 });
     expect(log.events[0]).toMatchObject({ type: 'connection_opened', connectionId: 1, tls: false });
   });
@@ -420,6 +420,31 @@ describe('MllpServer over a real socket', () => {
     expect(() => new MllpServer({ handler: ackHandler, idleTimeoutMs: -1 })).toThrow(/idleTimeoutMs must be a positive whole number/);
     expect(() => new MllpServer({ handler: ackHandler, port: 70000 })).toThrow(/port must be 0-65535/);
     expect(() => new MllpServer({ handler: ackHandler, tls: { key: 'k', cert: 'c', requestClientCert: true } })).toThrow(/requestClientCert needs tls.ca/);
+    expect(() => new MllpServer({ handler: ackHandler, maxConnections: 5, reservedConnections: 5 })).toThrow(/reservedConnections must be a whole number from 0 to maxConnections - 1 \(4\)/);
+    expect(() => new MllpServer({ handler: ackHandler, trustedSenders: { addresses: ['ehr.example.org'] } })).toThrow(/not an IP address or CIDR subnet/);
+  });
+
+  it('exempts a trusted subnet from the per-address limit and the first-byte deadline; reports both in stats()', async () => {
+    const { server, port, log } = await startServer(ackHandler, {
+      maxConnectionsPerAddress: 1,
+      firstByteTimeoutMs: 100,
+      trustedSenders: { addresses: ['127.0.0.0/30'] }, // 127.0.0.0-127.0.0.3
+    });
+    const connectFrom = (localAddress: string): Promise<RawPeer> => RawPeer.connect(port, localAddress);
+    const trusted = [await connectFrom('127.0.0.2'), await connectFrom('127.0.0.2')];
+    peers.push(...trusted);
+    const untrusted = await connectFrom('127.0.0.9');
+    peers.push(untrusted);
+    const second = await connectFrom('127.0.0.9');
+    peers.push(second);
+    await second.closed;
+    expect(server.stats().refused.per_address_limit).toBe(1);
+    await untrusted.closed; // the first-byte deadline
+    expect((await log.waitFor((e) => e.type === 'connection_closed' && e.reason === 'first_byte_timeout')).remoteAddress).toBe('127.0.0.9');
+    // The trusted ones are still open, and answered.
+    await trusted[1]!.write(encodeFrame(hl7('T2')));
+    expect(parseHl7((await trusted[1]!.framesReceived(1))[0]!).get('MSA-2')).toBe('T2');
+    expect(server.stats()).toMatchObject({ trusted: 2, connections: 2, bufferedBytes: 0 });
   });
 });
 

@@ -13,6 +13,24 @@
 //   its previous frame, or of its previous ACK. Silent sockets, senders stuck mid-frame and
 //   slowloris senders trickling a byte at a time are all closed by the same rule. The clock
 //   stops while the handler runs (our time, not the peer's).
+// - Memory: a frame spanning reads is copied into one buffer per connection (mllp.ts), so
+//   what a connection holds is a small multiple of the bytes it sent, however it split them.
+//
+// Admission (who gets a slot; docs/reliability.md "Bad inputs"):
+// - `maxConnections` sockets at most, TLS handshakes in progress included. The last
+//   `reservedConnections` of them are kept for trusted senders (a configured address, or a
+//   client certificate whose CN is trusted), so peers that open sockets and send nothing
+//   cannot lock out the EHR. A TLS handshake from an unknown address may use the reserve
+//   (only the certificate says who it is); once done, an untrusted peer must fit outside it.
+// - `maxConnectionsPerAddress` sockets per remote address (trusted addresses exempt).
+// - A TLS handshake must finish within `tlsHandshakeTimeoutMs`, and an untrusted peer must
+//   send its first byte within `firstByteTimeoutMs` of being connected; trusted senders may
+//   hold an idle connection open ahead of their first message (idle timeout only).
+// - The TLS listener is not half-open until the handshake is done: a peer that connects and
+//   closes at once is closed at once (a half-open socket waiting for a handshake that never
+//   comes sat in CLOSE-WAIT, holding a slot, for the whole handshake timeout). After the
+//   handshake a half-close still gets the ACKs of the frames already sent, then we close.
+// Refusals are counted (`stats()`) and reported as connection_closed events.
 // Events carry peer addresses, ids, counts and reason codes only, never message content.
 import net from 'node:net';
 import tls from 'node:tls';
@@ -51,6 +69,8 @@ export interface MllpPeer {
   tls: boolean;
   /** The verified client certificate (mutual TLS only). */
   certificate?: MllpPeerCertificate;
+  /** A configured sender: trusted address, or client certificate with a trusted CN. */
+  trusted: boolean;
 }
 
 /**
@@ -64,12 +84,18 @@ export type MllpHandler = (message: Buffer, peer: MllpPeer) => Promise<Buffer | 
 export const MllpCloseReason = {
   /** The peer closed the connection. */
   Peer: 'peer',
-  /** No complete frame within idleTimeoutMs (or a TLS handshake that long). */
+  /** No complete frame within idleTimeoutMs, or no TLS handshake within tlsHandshakeTimeoutMs. */
   Idle: 'idle',
+  /** An untrusted peer sent nothing within firstByteTimeoutMs of connecting. */
+  FirstByte: 'first_byte_timeout',
   /** A frame passed maxFrameBytes. */
   TooLarge: 'too_large',
   /** maxConnections were already open; closed on accept. */
   MaxConnections: 'max_connections',
+  /** maxConnectionsPerAddress were already open from this address; closed on accept. */
+  PerAddress: 'per_address_limit',
+  /** Only the reserved slots were left, and the peer is not a trusted sender. */
+  Reserved: 'reserved_for_trusted',
   /** Socket error (reset, broken pipe…); `errorCode` says which. */
   Error: 'error',
   /** The handler answered null: no ACK (e.g. the store could not commit). */
@@ -115,6 +141,18 @@ export type MllpServerEvent =
 /** An event minus the peer fields the connection fills in. */
 type EventWithoutPeer = MllpServerEvent extends infer E ? (E extends unknown ? Omit<E, keyof PeerAddress> : never) : never;
 
+/** Refusals on accept (or right after the TLS handshake): counted in MllpServer.stats(). */
+export const MLLP_REFUSALS = [MllpCloseReason.MaxConnections, MllpCloseReason.PerAddress, MllpCloseReason.Reserved] as const;
+export type MllpRefusal = (typeof MLLP_REFUSALS)[number];
+
+/** Who may use the reserved slots and keep an idle connection open before their first message. */
+export interface MllpTrustedSenders {
+  /** IPv4/IPv6 addresses or CIDR subnets ("10.1.2.3", "10.1.0.0/16", "fd00::/8"). */
+  addresses?: readonly string[];
+  /** Client-certificate subject CNs (mutual TLS). */
+  certificateCNs?: readonly string[];
+}
+
 export interface MllpServerOptions {
   handler: MllpHandler;
   /** Interface to bind. Default 127.0.0.1 (loopback only; set 0.0.0.0 to accept others). */
@@ -129,6 +167,16 @@ export interface MllpServerOptions {
   idleTimeoutMs?: number;
   /** Open connections (including TLS handshakes in progress). Default 200; extra ones are closed at once. */
   maxConnections?: number;
+  /** Open connections per remote address (trusted addresses exempt). Default 20. */
+  maxConnectionsPerAddress?: number;
+  /** Of maxConnections, slots only trusted senders may use. Default a tenth of maxConnections (none without trusted senders). */
+  reservedConnections?: number;
+  /** An untrusted peer must send a byte within this of connecting (ms). Default 10,000. */
+  firstByteTimeoutMs?: number;
+  /** A TLS handshake must finish within this (ms). Default 10,000. */
+  tlsHandshakeTimeoutMs?: number;
+  /** Configured senders: see MllpTrustedSenders. Default none. */
+  trustedSenders?: MllpTrustedSenders;
   /** Connection and noise events; must not throw (errors are swallowed). */
   onEvent?: (event: MllpServerEvent) => void;
 }
@@ -141,6 +189,13 @@ export interface NormalizedMllpServerOptions {
   maxFrameBytes: number;
   idleTimeoutMs: number;
   maxConnections: number;
+  maxConnectionsPerAddress: number;
+  /** 0 when no trusted sender is configured: nobody could use the reserve. */
+  reservedConnections: number;
+  firstByteTimeoutMs: number;
+  tlsHandshakeTimeoutMs: number;
+  trustedAddresses: net.BlockList;
+  trustedCertificateCNs: ReadonlySet<string>;
   onEvent: (event: MllpServerEvent) => void;
 }
 
@@ -150,6 +205,11 @@ export const MLLP_SERVER_DEFAULTS = {
   maxFrameBytes: DEFAULT_MAX_FRAME_BYTES,
   idleTimeoutMs: 300_000,
   maxConnections: 200,
+  maxConnectionsPerAddress: 20,
+  /** reservedConnections defaults to this share of maxConnections (20 of 200). */
+  reservedShare: 0.1,
+  firstByteTimeoutMs: 10_000,
+  tlsHandshakeTimeoutMs: 10_000,
 } as const;
 
 /** How long a gracefully ended connection may take to close before it is destroyed (ms). */
@@ -181,6 +241,16 @@ export function normalizeMllpServerOptions(options: MllpServerOptions): Normaliz
     }
   }
   const onEvent = options.onEvent;
+  const maxConnections = positiveInteger('maxConnections', options.maxConnections ?? MLLP_SERVER_DEFAULTS.maxConnections, 'connections');
+  const trustedAddresses = trustedAddressList(options.trustedSenders?.addresses ?? []);
+  const trustedCertificateCNs = new Set(options.trustedSenders?.certificateCNs ?? []);
+  const anyTrusted = (options.trustedSenders?.addresses ?? []).length > 0 || trustedCertificateCNs.size > 0;
+  const reserved = options.reservedConnections ?? Math.floor(maxConnections * MLLP_SERVER_DEFAULTS.reservedShare);
+  if (!Number.isSafeInteger(reserved) || reserved < 0 || reserved >= maxConnections) {
+    throw new RangeError(
+      `MllpServer option reservedConnections must be a whole number from 0 to maxConnections - 1 (${maxConnections - 1}), got ${String(reserved)}`,
+    );
+  }
   return {
     handler: options.handler,
     host: options.host ?? MLLP_SERVER_DEFAULTS.host,
@@ -188,7 +258,21 @@ export function normalizeMllpServerOptions(options: MllpServerOptions): Normaliz
     tls: tlsOptions,
     maxFrameBytes: positiveInteger('maxFrameBytes', options.maxFrameBytes ?? MLLP_SERVER_DEFAULTS.maxFrameBytes, 'bytes'),
     idleTimeoutMs: positiveInteger('idleTimeoutMs', options.idleTimeoutMs ?? MLLP_SERVER_DEFAULTS.idleTimeoutMs, 'milliseconds'),
-    maxConnections: positiveInteger('maxConnections', options.maxConnections ?? MLLP_SERVER_DEFAULTS.maxConnections, 'connections'),
+    maxConnections,
+    maxConnectionsPerAddress: positiveInteger(
+      'maxConnectionsPerAddress',
+      options.maxConnectionsPerAddress ?? MLLP_SERVER_DEFAULTS.maxConnectionsPerAddress,
+      'connections',
+    ),
+    reservedConnections: anyTrusted ? reserved : 0,
+    firstByteTimeoutMs: positiveInteger('firstByteTimeoutMs', options.firstByteTimeoutMs ?? MLLP_SERVER_DEFAULTS.firstByteTimeoutMs, 'milliseconds'),
+    tlsHandshakeTimeoutMs: positiveInteger(
+      'tlsHandshakeTimeoutMs',
+      options.tlsHandshakeTimeoutMs ?? MLLP_SERVER_DEFAULTS.tlsHandshakeTimeoutMs,
+      'milliseconds',
+    ),
+    trustedAddresses,
+    trustedCertificateCNs,
     onEvent:
       onEvent === undefined
         ? () => {}
@@ -200,6 +284,37 @@ export function normalizeMllpServerOptions(options: MllpServerOptions): Normaliz
             }
           },
   };
+}
+
+/** A BlockList (used as an allow-list) of addresses and CIDR subnets; throws naming a bad entry. */
+function trustedAddressList(entries: readonly string[]): net.BlockList {
+  const list = new net.BlockList();
+  for (const entry of entries) {
+    const [address, bits, ...rest] = entry.trim().split('/');
+    const family = net.isIPv4(address ?? '') ? 'ipv4' : net.isIPv6(address ?? '') ? 'ipv6' : undefined;
+    const prefix = bits === undefined ? undefined : Number(bits);
+    const maxPrefix = family === 'ipv4' ? 32 : 128;
+    if (
+      family === undefined ||
+      rest.length > 0 ||
+      (prefix !== undefined && (!/^\d{1,3}$/.test(bits!) || prefix > maxPrefix))
+    ) {
+      throw new RangeError(
+        `MllpServer trusted address ${JSON.stringify(entry)} is not an IP address or CIDR subnet (e.g. "10.1.2.3", "10.1.0.0/16", "fd00::/8")`,
+      );
+    }
+    if (prefix === undefined) list.addAddress(address!, family);
+    else list.addSubnet(address!, prefix, family);
+  }
+  return list;
+}
+
+/** Whether `address` (as a socket reports it, IPv4-mapped IPv6 included) is in `list`. */
+function isListed(list: net.BlockList, address: string): boolean {
+  if (address === '') return false;
+  const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(address);
+  if (mapped !== null) return list.check(mapped[1]!, 'ipv4');
+  return list.check(address, net.isIPv6(address) ? 'ipv6' : 'ipv4');
 }
 
 function describeSubject(subject: Record<string, string | string[]> | undefined): string {
@@ -233,10 +348,25 @@ class Connection {
   get queuedFrames(): number {
     return this.queue.length;
   }
+
+  /** Payload bytes of the unfinished frame. */
+  get bufferedBytes(): number {
+    return this.framer.bufferedBytes;
+  }
+
+  /** Memory held for the unfinished frame (MllpFramer.retainedBytes). */
+  get retainedBytes(): number {
+    return this.framer.retainedBytes;
+  }
   private pumping = false;
   private socketClosed = false;
   /** Set once we decided to close; later frames are ignored. */
   private closeReason: MllpCloseReason | undefined;
+
+  /** Why the connection closed (once it did). */
+  get closedFor(): MllpCloseReason | undefined {
+    return this.closeReason;
+  }
   private errorCode: string | undefined;
   /** server.close(): finish the frame in flight, then end. */
   private draining = false;
@@ -244,23 +374,30 @@ class Connection {
   private waitingDrain = false;
   private messages = 0;
   private idleTimer: NodeJS.Timeout | undefined;
+  /** Running until the first byte arrives (untrusted peers only). */
+  private firstByteTimer: NodeJS.Timeout | undefined;
   private resolveFinished!: () => void;
 
   constructor(
     private readonly socket: net.Socket,
     private readonly options: NormalizedMllpServerOptions,
     connectionId: number,
+    trusted: boolean,
+    certificate: MllpPeerCertificate | undefined,
     private readonly onGone: (c: Connection) => void,
   ) {
     const isTls = socket instanceof tls.TLSSocket;
-    const certificate = isTls ? peerCertificate(socket) : undefined;
     this.peer = Object.freeze({
       remoteAddress: socket.remoteAddress ?? '',
       remotePort: socket.remotePort ?? 0,
       connectionId,
       tls: isTls,
       ...(certificate !== undefined ? { certificate: Object.freeze(certificate) } : {}),
+      trusted,
     });
+    // Half-open from here on (see the module comment): a sender that half-closes after its
+    // last frame still gets the ACKs, and onEnd closes our side once they are written.
+    socket.allowHalfOpen = true;
     this.framer = new MllpFramer({ maxFrameBytes: options.maxFrameBytes });
     this.finished = new Promise((resolve) => {
       this.resolveFinished = resolve;
@@ -274,6 +411,12 @@ class Connection {
     socket.on('close', () => this.onClose());
     this.emit({ type: MllpServerEventType.ConnectionOpened, tls: isTls });
     this.armIdle();
+    if (!trusted) {
+      this.firstByteTimer = setTimeout(() => {
+        this.firstByteTimer = undefined;
+        this.abort(MllpCloseReason.FirstByte);
+      }, options.firstByteTimeoutMs);
+    }
   }
 
   private emit(event: EventWithoutPeer): void {
@@ -286,6 +429,10 @@ class Connection {
   }
 
   private onData(chunk: Buffer): void {
+    if (this.firstByteTimer !== undefined) {
+      clearTimeout(this.firstByteTimer);
+      this.firstByteTimer = undefined;
+    }
     if (this.closeReason !== undefined || this.draining) return; // discard: no more frames accepted
     const noiseBefore = this.framer.noiseBytes;
     let frames: Buffer[];
@@ -346,15 +493,7 @@ class Connection {
           // The peer does not read its ACKs: handle nothing more until it does (or idles out).
           this.waitingDrain = true;
           this.updateFlow();
-          await new Promise<void>((resolve) => {
-            const done = (): void => {
-              this.socket.off('drain', done);
-              this.socket.off('close', done);
-              resolve();
-            };
-            this.socket.on('drain', done);
-            this.socket.on('close', done);
-          });
+          await writableAgain(this.socket);
           this.waitingDrain = false;
         }
       }
@@ -384,6 +523,8 @@ class Connection {
   private stopIdle(): void {
     if (this.idleTimer !== undefined) clearTimeout(this.idleTimer);
     this.idleTimer = undefined;
+    if (this.firstByteTimer !== undefined) clearTimeout(this.firstByteTimer);
+    this.firstByteTimer = undefined;
   }
 
   /** Close now, dropping frames not yet handled (they were never ACKed). */
@@ -438,6 +579,35 @@ class Connection {
   }
 }
 
+/** What MllpServer.stats() reports. */
+export interface MllpServerStats {
+  /** Open sockets, TLS handshakes in progress included. */
+  sockets: number;
+  /** Of those, trusted senders. */
+  trusted: number;
+  /** Connections past the TCP (and TLS) handshake. */
+  connections: number;
+  /** Payload bytes of unfinished frames, over all connections. */
+  bufferedBytes: number;
+  /** Memory held for those frames (MllpFramer.retainedBytes summed). */
+  retainedBytes: number;
+  /** Connections refused since the server started, by reason. */
+  refused: Record<MllpRefusal, number>;
+  /** Untrusted connections closed for sending nothing within firstByteTimeoutMs. */
+  firstByteTimeouts: number;
+}
+
+/** Admission state of one accepted TCP socket (see the module comment). */
+interface Slot {
+  readonly address: string;
+  /** Trusted address, or (after the TLS handshake) a trusted certificate CN. */
+  trusted: boolean;
+  /** Admitted into the reserved slots pending its TLS handshake. */
+  inReserve: boolean;
+  /** Counted in the per-address table (untrusted address). */
+  readonly perAddress: boolean;
+}
+
 /**
  * MLLP listener. `listen()` binds; `close()` stops accepting, lets in-flight handlers finish
  * and their ACKs go out, then ends every connection.
@@ -445,9 +615,19 @@ class Connection {
 export class MllpServer {
   readonly options: NormalizedMllpServerOptions;
   private readonly server: net.Server;
+  /** Does the TLS handshakes of admitted sockets (never listens itself). */
+  private readonly tlsServer: tls.Server | undefined;
   private readonly connections = new Set<Connection>();
   /** Every accepted TCP socket, including TLS handshakes not yet finished. */
-  private readonly rawSockets = new Set<net.Socket>();
+  private readonly rawSockets = new Map<net.Socket, Slot>();
+  /** Admission slots by "address|port" (how a TLS socket finds its TCP socket's slot). */
+  private readonly slotsByPeer = new Map<string, Slot>();
+  private readonly perAddress = new Map<string, number>();
+  /** Untrusted sockets outside the reserve (at most maxConnections - reservedConnections). */
+  private unreserved = 0;
+  private trustedCount = 0;
+  private readonly refused: Record<MllpRefusal, number> = { max_connections: 0, per_address_limit: 0, reserved_for_trusted: 0 };
+  private firstByteTimeouts = 0;
   private nextConnectionId = 1;
   private boundPort: number | undefined;
   private closing: Promise<void> | undefined;
@@ -455,61 +635,137 @@ export class MllpServer {
   constructor(options: MllpServerOptions) {
     this.options = normalizeMllpServerOptions(options);
     const o = this.options;
-    if (o.tls === undefined) {
-      this.server = net.createServer({ allowHalfOpen: true }, (socket) => this.accept(socket));
-    } else {
+    // Admission runs on every TCP socket before any TLS byte is read; an admitted socket is
+    // then handed to the TLS server (emit('connection'), the documented way to give a server
+    // a socket), so a refused one costs no handshake. Not half-open until a Connection takes
+    // the socket (module comment).
+    this.server = net.createServer({ allowHalfOpen: false }, (socket) => this.admit(socket));
+    if (o.tls !== undefined) {
       const mutual = o.tls.requestClientCert === true;
-      const server = tls.createServer({
+      const tlsServer = tls.createServer({
         key: o.tls.key,
         cert: o.tls.cert,
         ...(o.tls.ca !== undefined ? { ca: o.tls.ca } : {}),
         requestCert: mutual,
         rejectUnauthorized: mutual,
         minVersion: 'TLSv1.2',
-        // A handshake is held to the same clock as an idle connection.
-        handshakeTimeout: o.idleTimeoutMs,
-        allowHalfOpen: true,
+        handshakeTimeout: Math.min(o.tlsHandshakeTimeoutMs, o.idleTimeoutMs),
+        allowHalfOpen: false,
       });
-      server.on('secureConnection', (socket: tls.TLSSocket) => this.accept(socket));
-      server.on('tlsClientError', (error: NodeJS.ErrnoException, socket: tls.TLSSocket) => {
+      tlsServer.on('secureConnection', (socket: tls.TLSSocket) => this.acceptSecure(socket));
+      tlsServer.on('tlsClientError', (error: NodeJS.ErrnoException, socket: tls.TLSSocket) => {
+        const code = error.code ?? 'unknown';
         o.onEvent({
           type: MllpServerEventType.ConnectionClosed,
           connectionId: this.nextConnectionId++,
           remoteAddress: socket.remoteAddress ?? '',
           remotePort: socket.remotePort ?? 0,
-          reason: error.code === 'ERR_TLS_HANDSHAKE_TIMEOUT' ? MllpCloseReason.Idle : MllpCloseReason.TlsHandshake,
+          reason: code === 'ERR_TLS_HANDSHAKE_TIMEOUT' ? MllpCloseReason.Idle : MllpCloseReason.TlsHandshake,
           messages: 0,
-          errorCode: error.code ?? 'unknown',
+          errorCode: code,
         });
         socket.destroy();
       });
-      this.server = server;
+      this.tlsServer = tlsServer;
     }
-    // Node closes connections past this count on accept and reports them as 'drop'.
-    this.server.maxConnections = o.maxConnections;
-    this.server.on('drop', (data?: net.DropArgument) => {
-      o.onEvent({
-        type: MllpServerEventType.ConnectionClosed,
-        connectionId: this.nextConnectionId++,
-        remoteAddress: data?.remoteAddress ?? '',
-        remotePort: data?.remotePort ?? 0,
-        reason: MllpCloseReason.MaxConnections,
-        messages: 0,
-      });
-    });
-    this.server.on('connection', (socket: net.Socket) => {
-      this.rawSockets.add(socket);
-      socket.once('close', () => this.rawSockets.delete(socket));
-      socket.on('error', () => {}); // reported through the TLS socket / Connection
-    });
   }
 
-  private accept(socket: net.Socket): void {
-    if (this.closing !== undefined) {
+  private admit(socket: net.Socket): void {
+    socket.on('error', () => {}); // reported through the TLS socket / Connection
+    const o = this.options;
+    const address = socket.remoteAddress ?? '';
+    const trusted = isListed(o.trustedAddresses, address);
+    let refusal: MllpRefusal | undefined;
+    let inReserve = false;
+    if (this.rawSockets.size >= o.maxConnections) {
+      refusal = MllpCloseReason.MaxConnections;
+    } else if (!trusted && (this.perAddress.get(address) ?? 0) >= o.maxConnectionsPerAddress) {
+      refusal = MllpCloseReason.PerAddress;
+    } else if (!trusted && this.unreserved >= o.maxConnections - o.reservedConnections) {
+      // Only the reserve is left. A TLS peer may still hold a trusted certificate: let it
+      // try, held to the handshake deadline, and decide once the certificate is known.
+      if (o.tls !== undefined && o.trustedCertificateCNs.size > 0) inReserve = true;
+      else refusal = MllpCloseReason.Reserved;
+    }
+    if (refusal !== undefined || this.closing !== undefined) {
+      if (refusal !== undefined) this.refuse(socket, address, refusal);
       socket.destroy();
       return;
     }
-    const connection = new Connection(socket, this.options, this.nextConnectionId++, (c) => this.connections.delete(c));
+    const slot: Slot = { address, trusted, inReserve, perAddress: !trusted };
+    this.rawSockets.set(socket, slot);
+    const key = peerKey(socket);
+    this.slotsByPeer.set(key, slot);
+    if (trusted) this.trustedCount++;
+    else {
+      this.perAddress.set(address, (this.perAddress.get(address) ?? 0) + 1);
+      if (!inReserve) this.unreserved++;
+    }
+    socket.once('close', () => {
+      this.rawSockets.delete(socket);
+      if (this.slotsByPeer.get(key) === slot) this.slotsByPeer.delete(key);
+      if (slot.trusted) this.trustedCount--;
+      else if (!slot.inReserve) this.unreserved--;
+      if (slot.perAddress) {
+        const left = (this.perAddress.get(address) ?? 1) - 1;
+        if (left > 0) this.perAddress.set(address, left);
+        else this.perAddress.delete(address);
+      }
+    });
+    if (this.tlsServer !== undefined) this.tlsServer.emit('connection', socket);
+    else this.accept(socket, slot, undefined);
+  }
+
+  private refuse(socket: net.Socket, address: string, reason: MllpRefusal): void {
+    this.refused[reason]++;
+    this.options.onEvent({
+      type: MllpServerEventType.ConnectionClosed,
+      connectionId: this.nextConnectionId++,
+      remoteAddress: address,
+      remotePort: socket.remotePort ?? 0,
+      reason,
+      messages: 0,
+    });
+  }
+
+  private slotOf(socket: net.Socket): Slot | undefined {
+    return this.slotsByPeer.get(peerKey(socket));
+  }
+
+  /** After the TLS handshake: a trusted certificate moves the peer to the trusted side. */
+  private acceptSecure(socket: tls.TLSSocket): void {
+    const slot = this.slotOf(socket);
+    const certificate = peerCertificate(socket);
+    if (slot !== undefined && !slot.trusted) {
+      const cn = certificate?.subjectCN;
+      if (cn !== undefined && this.options.trustedCertificateCNs.has(cn)) {
+        if (!slot.inReserve) this.unreserved--;
+        slot.trusted = true;
+        slot.inReserve = false;
+        this.trustedCount++;
+      } else if (slot.inReserve) {
+        // Not a trusted sender: it may stay only if a slot outside the reserve is free now.
+        if (this.unreserved >= this.options.maxConnections - this.options.reservedConnections) {
+          this.refuse(socket, slot.address, MllpCloseReason.Reserved);
+          socket.destroy();
+          return;
+        }
+        slot.inReserve = false;
+        this.unreserved++;
+      }
+    }
+    this.accept(socket, slot, certificate);
+  }
+
+  private accept(socket: net.Socket, slot: Slot | undefined, certificate: MllpPeerCertificate | undefined): void {
+    if (this.closing !== undefined || socket.destroyed) {
+      socket.destroy();
+      return;
+    }
+    const connection = new Connection(socket, this.options, this.nextConnectionId++, slot?.trusted ?? false, certificate, (c) => {
+      this.connections.delete(c);
+      if (c.closedFor === MllpCloseReason.FirstByte) this.firstByteTimeouts++;
+    });
     this.connections.add(connection);
   }
 
@@ -544,6 +800,25 @@ export class MllpServer {
     return n;
   }
 
+  /** Counters and memory accounting: what an operator (or the fuzzer) watches. */
+  stats(): MllpServerStats {
+    let bufferedBytes = 0;
+    let retainedBytes = 0;
+    for (const c of this.connections) {
+      bufferedBytes += c.bufferedBytes;
+      retainedBytes += c.retainedBytes;
+    }
+    return {
+      sockets: this.rawSockets.size,
+      trusted: this.trustedCount,
+      connections: this.connections.size,
+      bufferedBytes,
+      retainedBytes,
+      refused: { ...this.refused },
+      firstByteTimeouts: this.firstByteTimeouts,
+    };
+  }
+
   close(): Promise<void> {
     this.closing ??= (async () => {
       const stopped = new Promise<void>((resolve) => {
@@ -553,11 +828,28 @@ export class MllpServer {
       for (const c of this.connections) c.shutdown();
       await Promise.all([...this.connections].map((c) => c.finished));
       // What is left are TLS handshakes that never completed: nothing to finish there.
-      for (const socket of this.rawSockets) socket.destroy();
+      for (const socket of this.rawSockets.keys()) socket.destroy();
       await stopped;
     })();
     return this.closing;
   }
+}
+
+/** Resolves once `socket` drained its write buffer, or closed. */
+export function writableAgain(socket: net.Socket): Promise<void> {
+  return new Promise((resolve) => {
+    const done = (): void => {
+      socket.off('drain', done);
+      socket.off('close', done);
+      resolve();
+    };
+    socket.on('drain', done);
+    socket.on('close', done);
+  });
+}
+
+function peerKey(socket: net.Socket): string {
+  return `${socket.remoteAddress ?? ''}|${socket.remotePort ?? 0}`;
 }
 
 /**

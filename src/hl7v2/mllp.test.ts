@@ -3,6 +3,7 @@ import {
   CARRIAGE_RETURN,
   END_BLOCK,
   MllpFrameTooLargeError,
+  FRAMER_INITIAL_CAPACITY,
   MllpFramer,
   START_BLOCK,
   encodeFrame,
@@ -154,5 +155,30 @@ describe('MllpFramer', () => {
 
   it('rejects a nonsensical limit with a clear message', () => {
     expect(() => new MllpFramer({ maxFrameBytes: 0 })).toThrow(/maxFrameBytes must be a positive whole number/);
+  });
+
+  it('holds one buffer of at most twice the bytes of a frame trickled one byte per read, never past the limit', () => {
+    const framer = new MllpFramer({ maxFrameBytes: 100_000 });
+    framer.push(Buffer.from([START_BLOCK]));
+    expect(framer.retainedBytes).toBe(0);
+    for (let i = 1; i <= 50_000; i++) {
+      framer.push(Buffer.from([0x41]));
+      expect(framer.retainedBytes).toBeLessThanOrEqual(Math.max(FRAMER_INITIAL_CAPACITY, 2 * framer.bufferedBytes));
+    }
+    expect(framer.bufferedBytes).toBe(50_000);
+    for (let i = 0; i < 49_999; i++) framer.push(Buffer.from([0x41]));
+    expect(framer.retainedBytes).toBeLessThanOrEqual(100_001);
+    const [payload] = framer.push(Buffer.from([0x41, END_BLOCK, CARRIAGE_RETURN]));
+    expect(payload!.length).toBe(100_000);
+    // Between frames a connection holds nothing.
+    expect(framer.retainedBytes).toBe(0);
+  });
+
+  it('copies what it keeps: a small tail of a large read does not keep the read alive', () => {
+    const framer = new MllpFramer();
+    const read = Buffer.concat([encodeFrame(msg('A')), Buffer.from([START_BLOCK, 0x42])]);
+    framer.push(read);
+    read.fill(0); // a reused read buffer must not change the frame in progress
+    expect(framer.push(Buffer.from([END_BLOCK, CARRIAGE_RETURN]))).toEqual([Buffer.from('B')]);
   });
 });

@@ -74,21 +74,33 @@ export interface MllpFramerOptions {
 }
 
 /**
+ * First capacity of the buffer a frame spanning several reads is copied into (bytes); it
+ * doubles as the frame grows, so its capacity stays below twice the bytes held.
+ */
+export const FRAMER_INITIAL_CAPACITY = 4096;
+
+/**
  * Incremental MLLP decoder: feed it socket chunks, get complete payloads back.
  *
  * Linear in the bytes pushed: each byte is scanned once (the scan position survives between
- * chunks) and a frame's pieces are kept as a list of slices, copied once when it completes.
+ * chunks). Memory is bounded by what is held, not by how it arrived: a frame that fits in
+ * one read is returned as a view of that read (no copy); a frame spanning reads is copied
+ * into one buffer owned by the framer, whose capacity doubles as needed (at most twice the
+ * bytes held, never past the limit). Keeping each read as its own slice instead cost about
+ * a hundred bytes of object overhead per read, so a sender trickling one byte per write made
+ * the listener hold ~100 bytes per byte received (and a small slice of a large read kept
+ * the whole read alive, uncounted).
  * After a MllpFrameTooLargeError the framer has dropped its buffer and refuses further
  * input: the stream position is lost and the connection must be closed.
  */
 export class MllpFramer {
   readonly maxFrameBytes: number;
   private inFrame = false;
-  /** Payload slices of the current frame, not yet joined. */
-  private parts: Buffer[] = [];
-  /** Bytes held in `parts`. */
-  private partsBytes = 0;
-  /** The previous chunk ended with an EB inside a frame (held in `parts`): CR may follow. */
+  /** The unfinished frame's bytes (owned copy), or undefined while none is held. */
+  private buffer: Buffer | undefined;
+  /** Bytes used in `buffer`. */
+  private held = 0;
+  /** The previous chunk ended with an EB inside a frame (held in `buffer`): CR may follow. */
   private endBlockPending = false;
   private failure: MllpFrameTooLargeError | undefined;
   private noise = 0;
@@ -113,7 +125,16 @@ export class MllpFramer {
 
   /** Payload bytes buffered for the unfinished frame. */
   get bufferedBytes(): number {
-    return this.partsBytes;
+    return this.held;
+  }
+
+  /**
+   * Memory the framer keeps for the unfinished frame, in bytes: the capacity of its one
+   * buffer (0 between frames). At most max(FRAMER_INITIAL_CAPACITY, 2 × bufferedBytes) and
+   * never more than maxFrameBytes + 1.
+   */
+  get retainedBytes(): number {
+    return this.buffer === undefined ? 0 : this.buffer.length;
   }
 
   /**
@@ -133,7 +154,7 @@ export class MllpFramer {
     if (this.endBlockPending && len > 0) {
       this.endBlockPending = false;
       if (chunk[0] === CARRIAGE_RETURN) {
-        // EB was the last byte of the previous chunk and is in `parts`: drop it.
+        // EB was the last byte of the previous chunk and is in `buffer`: drop it.
         out.push(this.finish(null, 0, 0, 1));
         pos = 1;
       }
@@ -185,16 +206,29 @@ export class MllpFramer {
   }
 
   /**
-   * Adds chunk[from, to) to the current frame, enforcing the size limit before buffering.
-   * `heldEndBlock` is 1 when the last byte is an EB that may yet turn out to be the end marker.
+   * Copies chunk[from, to) into the current frame's buffer, enforcing the size limit before
+   * buffering. `heldEndBlock` is 1 when the last byte is an EB that may yet turn out to be
+   * the end marker (held, but not counted against the limit).
    */
   private store(chunk: Buffer, from: number, to: number, heldEndBlock = 0): void {
-    const size = this.partsBytes + (to - from);
+    const size = this.held + (to - from);
     this.checkSize(size - heldEndBlock);
     if (to > from) {
-      this.parts.push(chunk.subarray(from, to));
-      this.partsBytes = size;
+      this.reserve(size);
+      chunk.copy(this.buffer!, this.held, from, to);
+      this.held = size;
     }
+  }
+
+  /** Makes `buffer` hold at least `size` bytes: doubling, capped at the limit (+1 held EB). */
+  private reserve(size: number): void {
+    const capacity = this.buffer === undefined ? 0 : this.buffer.length;
+    if (size <= capacity) return;
+    const cap = this.maxFrameBytes + 1;
+    const next = Math.min(cap, Math.max(size, FRAMER_INITIAL_CAPACITY, capacity * 2));
+    const grown = Buffer.allocUnsafe(next);
+    if (this.buffer !== undefined && this.held > 0) this.buffer.copy(grown, 0, 0, this.held);
+    this.buffer = grown;
   }
 
   /**
@@ -202,26 +236,31 @@ export class MllpFramer {
    * `trim` bytes from the end (the held EB when the CR came in a later chunk).
    */
   private finish(chunk: Buffer | null, from: number, to: number, trim: number): Buffer {
-    const size = this.partsBytes + (to - from) - trim;
+    const size = this.held + (to - from) - trim;
     this.checkSize(size);
     let payload: Buffer;
-    if (this.parts.length === 0) {
+    if (this.held === 0) {
       // Whole frame inside one chunk: a view, no copy.
       payload = chunk === null ? Buffer.alloc(0) : chunk.subarray(from, to);
     } else {
-      if (chunk !== null && to > from) this.parts.push(chunk.subarray(from, to));
-      payload = Buffer.concat(this.parts, this.partsBytes + (to - from)).subarray(0, size);
+      if (chunk !== null && to > from) {
+        this.reserve(this.held + (to - from));
+        chunk.copy(this.buffer!, this.held, from, to);
+      }
+      // The buffer goes with the payload: the next frame starts a new one, and a connection
+      // between frames holds nothing.
+      payload = this.buffer!.subarray(0, size);
     }
-    this.parts = [];
-    this.partsBytes = 0;
+    this.buffer = undefined;
+    this.held = 0;
     this.inFrame = false;
     return payload;
   }
 
   private checkSize(size: number): void {
     if (size > this.maxFrameBytes) {
-      this.parts = [];
-      this.partsBytes = 0;
+      this.buffer = undefined;
+      this.held = 0;
       this.inFrame = false;
       this.endBlockPending = false;
       this.failure = new MllpFrameTooLargeError(this.maxFrameBytes, size);

@@ -3,6 +3,7 @@
 // description on every property, a default on every optional one), and how to create it.
 
 import type { ComponentSpec, InstanceCheckIssue } from '../config/load.ts';
+import type { ServerConfig } from '../config/server-schema.ts';
 import type { JsonSchema } from '../config/yaml.ts';
 
 /** A running inbound connector: it only turns received bytes into triggers. */
@@ -29,6 +30,8 @@ export interface InputSpec<Config = unknown, Deps = unknown> extends ComponentSp
    * config that passed the schema; paths are relative to the instance.
    */
   check?(config: Config): InstanceCheckIssue[];
+  /** Rules that depend on the server block too (ComponentSpec.checkServer). */
+  checkServer?(config: Config, server: ServerConfig): InstanceCheckIssue[];
   /** Builds the connector; nothing listens until `start()`. */
   create?(config: Config, deps: Deps): InboundConnector;
 }

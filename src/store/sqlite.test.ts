@@ -257,7 +257,7 @@ describe('SqliteStore on a file', () => {
     const db = openSqliteDatabase(path.join(tempDir(), 'carerelay.db'));
     try {
       // A database as the version before search and attempts left it.
-      migrate(db, SQLITE_STORE_COMPONENT, SQLITE_STORE_MIGRATIONS.slice(0, SQLITE_STORE_MIGRATIONS.findIndex((step) => step.includes('ADD COLUMN patient_id'))));
+      migrate(db, SQLITE_STORE_COMPONENT, SQLITE_STORE_MIGRATIONS.slice(0, SQLITE_STORE_MIGRATIONS.findIndex((m) => m.includes('ADD COLUMN patient_id'))));
       db.prepare(
         `INSERT INTO messages (input, format, sender, control_id, message_type, content_hash, status, ack, ack_code, received_at, received_ms, trigger_ids, raw)
          VALUES ('ehr', 'hl7v2', 'EPIC^GHH', 'OLD-1', 'SIU^S12', 'h1', 'accepted', 'A', 'AA', '2024-01-01T00:00:00Z', 0, '["t-old"]', x'00')`,

@@ -246,6 +246,11 @@ export const SQLITE_STORE_MIGRATIONS: readonly string[] = [
   );
   CREATE INDEX audit_target ON audit (target, seq);
   `,
+  // A rejected message past the raw-bytes quota keeps only its first bytes (workers/raw-quota.ts):
+  // raw_bytes is then its length as received; NULL when raw is whole.
+  `
+  ALTER TABLE messages ADD COLUMN raw_bytes INTEGER;
+  `,
   // The consent ledger and the evidence (sqlite-consent.ts).
   CONSENT_TABLES,
 ];
@@ -400,7 +405,7 @@ export class SqliteStore implements Store {
   private readonly completeMessageStmt: BetterSqlite3.Statement;
   private readonly insertTriggerStmt: BetterSqlite3.Statement;
   private readonly upsertStateStmt: BetterSqlite3.Statement;
-  private readonly messageByIdStmt: BetterSqlite3.Statement<[number], MessageRow & { raw: Buffer }>;
+  private readonly messageByIdStmt: BetterSqlite3.Statement<[number], MessageRow & { raw: Buffer; raw_bytes: number | null }>;
   private readonly positionByIdStmt: BetterSqlite3.Statement<[number], { received_ms: number; id: number }>;
   private readonly triggerByIdStmt: BetterSqlite3.Statement<[string], { json: string }>;
   private readonly triggerInputStmt: BetterSqlite3.Statement<[string], { input: string }>;
@@ -452,9 +457,9 @@ export class SqliteStore implements Store {
     this.triggerRoutingStmt = db.prepare('SELECT message_id, routed_ms FROM triggers WHERE id = ?');
     this.insertMessageStmt = db.prepare(
       `INSERT INTO messages (input, format, sender, control_id, message_type, content_hash, status, ack, ack_code,
-         reason, received_at, received_ms, trigger_ids, raw, patient_id, origin, replaces, keyed)
+         reason, received_at, received_ms, trigger_ids, raw, patient_id, origin, replaces, keyed, raw_bytes)
        VALUES (@input, @format, @sender, @controlId, @messageType, @contentHash, @status, @ack, @ackCode,
-         @reason, @receivedAt, @receivedMs, @triggerIds, @raw, @patientId, @origin, @replaces, @keyed)`,
+         @reason, @receivedAt, @receivedMs, @triggerIds, @raw, @patientId, @origin, @replaces, @keyed, @rawBytes)`,
     );
     this.completeMessageStmt = db.prepare(
       `UPDATE messages SET message_type = @messageType, content_hash = @contentHash, status = @status, ack = @ack,
@@ -477,7 +482,7 @@ export class SqliteStore implements Store {
          data = excluded.data, message_id = excluded.message_id
        WHERE excluded.as_of_ms >= subject_states.as_of_ms`,
     );
-    this.messageByIdStmt = db.prepare(`SELECT ${MESSAGE_COLUMNS}, raw FROM messages WHERE id = ?`);
+    this.messageByIdStmt = db.prepare(`SELECT ${MESSAGE_COLUMNS}, raw, raw_bytes FROM messages WHERE id = ?`);
     this.positionByIdStmt = db.prepare('SELECT received_ms, id FROM messages WHERE id = ?');
     this.triggerByIdStmt = db.prepare('SELECT json FROM triggers WHERE id = ?');
     this.triggerInputStmt = db.prepare('SELECT m.input FROM triggers t JOIN messages m ON m.id = t.message_id WHERE t.id = ?');
@@ -630,7 +635,7 @@ export class SqliteStore implements Store {
       const t = this.triggerByIdStmt.get(triggerId);
       if (t !== undefined) triggers.push(JSON.parse(t.json) as Trigger);
     }
-    return { ...message, raw: row.raw, triggers };
+    return { ...message, raw: row.raw, ...(row.raw_bytes !== null ? { rawBytes: row.raw_bytes } : {}), triggers };
   }
 
   async listMessages(query: MessageQuery): Promise<StoredMessage[]> {
@@ -1171,6 +1176,7 @@ export class SqliteStore implements Store {
       origin: r.attemptOf?.kind ?? 'received',
       replaces: r.attemptOf === undefined ? null : Number(r.attemptOf.messageId),
       keyed: keyed ? 1 : 0,
+      rawBytes: r.rawBytes ?? null,
     });
     return storedMessageOf(r, String(info.lastInsertRowid), { status, reason, ack, ackCode, triggerIds, patientId });
   }

@@ -17,6 +17,11 @@ export interface InboundRecord {
   /** sha256 hex of the raw bytes: same sender + controlId + hash = the same message. */
   contentHash: string;
   raw: Buffer;
+  /**
+   * The length as received when `raw` holds only the message's first bytes (a rejected
+   * message past the raw-bytes quota, workers/raw-quota.ts); absent when `raw` is whole.
+   */
+  rawBytes?: number;
   status: MessageStatus;
   /** The acknowledgment sent back (HL7 ACK text, or an HTTP status summary for FHIR). */
   ack: string;
@@ -130,6 +135,8 @@ export interface StoredMessage {
 
 export interface StoredMessageWithBody extends StoredMessage {
   raw: Buffer;
+  /** Length as received when `raw` holds only the first bytes (InboundRecord.rawBytes). */
+  rawBytes?: number;
   triggers: Trigger[];
 }
 

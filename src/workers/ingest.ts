@@ -5,12 +5,15 @@
 //         ─▶ commit (one transaction) ─▶ ACK
 //
 // Answers: AA accepted (or ignored: not a trigger type); AR refused for good (unparseable,
-// no MSH-10 or MSH-9, SIU without appointment id…; the raw bytes are kept for review); AE
-// when the sender may retry (commit failed, or a conflicting resend that was quarantined). In
-// enhanced mode (MSH-15/16 valued) the commit ACK codes CA/CR/CE are used and MSH-15
-// decides whether an accept ACK is sent at all.
+// MLLP block characters inside, no MSH-10 or MSH-9, SIU without appointment id…; the raw
+// bytes are kept for review, within the quota of raw-quota.ts); AE when the sender may retry
+// (commit failed, or a conflicting resend that was quarantined). In enhanced mode (MSH-15/16
+// valued) the commit ACK codes CA/CR/CE are used and MSH-15 decides whether an accept ACK is
+// sent at all. The ACK is encoded in the character set the message was read in (MSH-18).
 import { createHash, randomBytes } from 'node:crypto';
 import { AckCondition, buildAck, buildBatchAck, shouldSendAcceptAck, ackModeOf, type NotAcknowledged } from '../hl7v2/ack.ts';
+import { encodableText, encodeHl7Text, ianaCharset } from '../hl7v2/charset.ts';
+import { hasBlockCharacter } from '../hl7v2/escape.ts';
 import { Hl7ParseError, Hl7ParseErrorCode, batchHeaderOf, parseHl7, parseHl7Batch, type Hl7Message } from '../hl7v2/parse.ts';
 import { applyStoredState, hl7PatientId, normalizeHl7 } from '../inputs/hl7v2/normalize.ts';
 import { AckSetting, isSenderAllowed } from '../inputs/hl7v2/spec.ts';
@@ -19,6 +22,7 @@ import type { Logger } from '../log.ts';
 import { StaleAttemptError } from '../store/common.ts';
 import type { InboundRecord, MessageAttempt, Store, SubjectState } from '../store/store.ts';
 import { MessageStatus, type AckCode, type Trigger } from '../types.ts';
+import { rawQuotaAccount, type RawCharge, type RejectedRawQuota } from './raw-quota.ts';
 
 /** Per-input settings the ingest needs (from the connector config). */
 export interface Hl7IngestSettings {
@@ -44,11 +48,17 @@ export interface Hl7IngestSettings {
 export interface Hl7Peer {
   /** Verified client-certificate CN (mutual TLS), if any. */
   certificateCN?: string;
+  /** The peer's address (MLLP socket, HTTP client): whom a message without MSH is counted to. */
+  remoteAddress?: string;
 }
 
 export interface Hl7IngestResult {
   /** ACK text to send back; undefined when MSH-15 says no accept ACK is wanted. */
   ack: string | undefined;
+  /** The ACK as it goes on the wire: encoded in the message's character set (MSH-18). */
+  ackBytes: Buffer | undefined;
+  /** IANA name of that character set, for an HTTP Content-Type. */
+  ackCharset: string;
   ackCode: AckCode;
   /** False when nothing could be committed: the caller must not claim success. */
   committed: boolean;
@@ -64,7 +74,12 @@ export interface Hl7IngestDeps {
   now?: () => Date;
   /** Called after a commit that created triggers (routing hooks in here). */
   onCommitted?: (triggers: Trigger[]) => void | Promise<void>;
+  /** Bounds the raw bytes kept with rejected messages; without it they are kept whole. */
+  rejectedRaw?: RejectedRawQuota;
 }
+
+/** A result before its ACK is encoded (handle() does that once, for the whole frame). */
+type Answer = Omit<Hl7IngestResult, 'ackBytes' | 'ackCharset'>;
 
 type Outcome = 'accept' | 'ignore' | 'reject' | 'retry';
 
@@ -76,6 +91,7 @@ const ACK_CODES: Record<'original' | 'enhanced', Record<'accept' | 'reject' | 'r
 /** HL7 table 0357 codes used in ERR-3. */
 const ERR = {
   requiredFieldMissing: '101',
+  dataTypeError: '102',
   unsupportedMessageType: '200',
   unknownKey: '204',
   duplicateKey: '205',
@@ -124,12 +140,46 @@ interface Refusal {
 }
 
 /**
- * A header that cannot be accepted whatever the message holds: a sender its client
+ * Where the first MLLP block character (0x0B, 0x1C) of a message is, and which one; undefined
+ * when there is none. The wire text is scanned, so an escaped \X1C\ (a valid HL7 way to
+ * carry the byte in a value) is not one.
+ */
+function blockCharacterAt(msg: Hl7Message): { byte: string; segment: string; field?: number } | undefined {
+  if (!hasBlockCharacter(msg.text)) return undefined;
+  for (const segment of msg.segments) {
+    const at = segment.raw.search(/[\x0b\x1c]/);
+    if (at === -1) continue;
+    const byte = segment.raw.charCodeAt(at) === 0x0b ? '0x0B' : '0x1C';
+    if (at < 3 || !/^[A-Z0-9]{3}$/.test(segment.name)) return { byte, segment: 'a segment' };
+    // Field number: separators before it (a header counts its MSH-1 separator as a field).
+    const f = msg.delimiters.field;
+    let field = 0;
+    for (let i = segment.raw.indexOf(f); i !== -1 && i < at; i = segment.raw.indexOf(f, i + 1)) field++;
+    const isHeader = segment.name === 'MSH' || segment.name === 'FHS' || segment.name === 'BHS';
+    return { byte, segment: segment.name, field: isHeader ? field + 1 : field };
+  }
+  return { byte: msg.text.includes('\x0b') ? '0x0B' : '0x1C', segment: 'the message' };
+}
+
+/**
+ * A header that cannot be accepted whatever the message holds: MLLP block characters inside
+ * (not HL7 text, and an ACK echoing them could not be framed), a sender its client
  * certificate may not use, no MSH-10 (no dedupe possible), or no MSH-9 (required in every
  * v2.x version: without it nothing says what the message is, so it is refused rather than
  * recorded as an ignored type). Undefined when the header is usable.
  */
 function headerRefusal(msg: Hl7Message, sender: string, controlId: string, senderRefused: boolean): Refusal | undefined {
+  const blocked = blockCharacterAt(msg);
+  if (blocked !== undefined) {
+    const where = blocked.field === undefined ? blocked.segment : `${blocked.segment}-${blocked.field}`;
+    const c = msg.delimiters.component;
+    return {
+      reason: 'mllp_block_character',
+      text: `MLLP block character ${blocked.byte} in ${where} is not valid HL7 text; remove it and resend`,
+      errorCode: ERR.dataTypeError,
+      ...(blocked.field !== undefined && !hasBlockCharacter(c) ? { errorLocation: `${blocked.segment}${c}1${c}${blocked.field}` } : {}),
+    };
+  }
   if (senderRefused) {
     return { reason: 'sender_not_allowed', text: `sender ${sender} is not allowed for the client certificate presented`, errorCode: ERR.unknownKey };
   }
@@ -181,6 +231,23 @@ function senderOf(msg: Hl7Message): string {
   return `${msg.get('MSH-3.1')}^${msg.get('MSH-4.1')}`;
 }
 
+/**
+ * buildAck, as the ACK will read once encoded in `charset` (characters the set cannot carry,
+ * in our own text, become "?"): the ACK stored is then the ACK sent.
+ */
+function ackIn(charset: string, original: Hl7Message | undefined, options: Parameters<typeof buildAck>[1]): string {
+  return encodableText(buildAck(original, options), charset);
+}
+
+/** The ACK text of a result, encoded in `charset` (an HL7 character set name). */
+function encoded(answer: Answer, charset: string): Hl7IngestResult {
+  return {
+    ...answer,
+    ackBytes: answer.ack === undefined ? undefined : encodeHl7Text(answer.ack, charset),
+    ackCharset: ianaCharset(charset),
+  };
+}
+
 export class Hl7Ingest {
   private readonly now: () => Date;
 
@@ -201,14 +268,16 @@ export class Hl7Ingest {
       batch = batchHeaderOf(raw);
     } catch (error) {
       if (!(error instanceof Hl7ParseError)) throw error;
-      return this.refuseUnparseable(raw, settings, error);
+      return this.refuseUnparseable(raw, settings, error, { peer });
     }
     if (messages.length === 0) {
       // A batch envelope with no MSH inside: nothing to acknowledge message by message.
-      return this.refuseUnparseable(raw, settings, new Hl7ParseError(Hl7ParseErrorCode.NoMsh, 'the batch holds no message (no MSH segment)'));
+      return this.refuseUnparseable(raw, settings, new Hl7ParseError(Hl7ParseErrorCode.NoMsh, 'the batch holds no message (no MSH segment)'), { peer });
     }
-    if (batch === undefined) return this.handleMessage(messages[0]!, raw, settings, peer);
-    const results: Hl7IngestResult[] = [];
+    // One decoding for the whole frame (a batch shares its first header's MSH-18).
+    const charset = messages[0]!.charset;
+    if (batch === undefined) return encoded(await this.handleMessage(messages[0]!, raw, settings, peer), charset);
+    const results: Answer[] = [];
     for (const msg of messages) {
       // A batch of one keeps its frame as it came; each message of a larger batch keeps its own text.
       results.push(await this.handleMessage(msg, messages.length === 1 ? raw : Buffer.from(msg.text, 'utf8'), settings, peer));
@@ -218,18 +287,22 @@ export class Hl7Ingest {
       if (r.ack === undefined) notAcknowledged.push({ controlId: messages[i]!.controlId, why: unacknowledgedWhy(messages[i]!, r.ackCode) });
     });
     const worst = results.find((r) => !r.committed) ?? results.find((r) => r.ackCode !== 'AA' && r.ackCode !== 'CA');
-    return {
-      ack: buildBatchAck(batch, {
-        acks: results.map((r) => r.ack).filter((a): a is string => a !== undefined),
-        notAcknowledged,
-        messageCount: messages.length,
-        controlId: newAckControlId(),
-        now: this.now(),
-      }),
-      ackCode: worst?.ackCode ?? results[0]?.ackCode ?? 'AA',
-      committed: results.every((r) => r.committed),
-      triggers: results.flatMap((r) => r.triggers),
-    };
+    const batchAck = buildBatchAck(batch, {
+      acks: results.map((r) => r.ack).filter((a): a is string => a !== undefined),
+      notAcknowledged,
+      messageCount: messages.length,
+      controlId: newAckControlId(),
+      now: this.now(),
+    });
+    return encoded(
+      {
+        ack: encodableText(batchAck, charset),
+        ackCode: worst?.ackCode ?? results[0]?.ackCode ?? 'AA',
+        committed: results.every((r) => r.committed),
+        triggers: results.flatMap((r) => r.triggers),
+      },
+      charset,
+    );
   }
 
   /**
@@ -247,17 +320,28 @@ export class Hl7Ingest {
       messages = parseHl7Batch(raw);
     } catch (error) {
       if (!(error instanceof Hl7ParseError)) throw error;
-      return this.refuseUnparseable(raw, settings, error, attempt);
+      return this.refuseUnparseable(raw, settings, error, { attemptOf: attempt });
     }
     if (messages.length !== 1) {
       const error = new Hl7ParseError(Hl7ParseErrorCode.NoMsh, `the stored bytes hold ${messages.length} messages, not one`);
-      return this.refuseUnparseable(raw, settings, error, attempt);
+      return this.refuseUnparseable(raw, settings, error, { attemptOf: attempt });
     }
-    return this.handleMessage(messages[0]!, raw, settings, {}, attempt);
+    return encoded(await this.handleMessage(messages[0]!, raw, settings, {}, attempt), messages[0]!.charset);
   }
 
-  private async refuseUnparseable(raw: Buffer, settings: Hl7IngestSettings, error: Hl7ParseError, attemptOf?: MessageAttempt): Promise<Hl7IngestResult> {
-    const ack = buildAck(headerOnly(raw, error), {
+  private async refuseUnparseable(
+    raw: Buffer,
+    settings: Hl7IngestSettings,
+    error: Hl7ParseError,
+    { peer = {}, attemptOf }: { peer?: Hl7Peer; attemptOf?: MessageAttempt },
+  ): Promise<Hl7IngestResult> {
+    const header = headerOnly(raw, error);
+    // The header was read byte for byte (Latin-1): answered the same way, the fields the ACK
+    // echoes are the sender's own bytes whatever MSH-18 says.
+    const charset = header === undefined ? 'ASCII' : '8859/1';
+    const ack = ackIn(charset, header, {
+      // The declared set is what could not be read: the ACK does not claim it (it is Latin-1).
+      charset: '',
       code: 'AR',
       text: error.message,
       errorCode: ERR.requiredFieldMissing,
@@ -281,19 +365,44 @@ export class Hl7Ingest {
       subjectStates: [],
       ...(attemptOf ? { attemptOf } : {}),
     };
+    const account =
+      header !== undefined ? rawQuotaAccount('sender', senderOf(header)) : rawQuotaAccount('peer', peer.certificateCN ?? peer.remoteAddress ?? settings.input);
     let committed;
+    let charge: RawCharge | undefined;
     try {
+      charge = await this.chargeRaw(record, account);
       committed = await this.deps.store.commitInbound(record);
     } catch (commitError) {
+      charge?.refund();
       if (commitError instanceof StaleAttemptError) throw commitError;
       this.deps.log.error('ingest.commit_failed', { input: settings.input, reason: error.code });
-      return { ack: undefined, ackCode: 'AE', committed: false, triggers: [] };
+      return encoded({ ack: undefined, ackCode: 'AE', committed: false, triggers: [] }, charset);
     }
+    if (committed.outcome !== 'stored') charge?.refund();
     this.deps.log.warn('ingest.rejected', { input: settings.input, reason: error.code });
-    return { ack, ackCode: 'AR', committed: true, triggers: [], messageId: committed.message.id };
+    return encoded({ ack, ackCode: 'AR', committed: true, triggers: [], messageId: committed.message.id }, charset);
   }
 
-  private async handleMessage(msg: Hl7Message, raw: Buffer, settings: Hl7IngestSettings, peer: Hl7Peer, attemptOf?: MessageAttempt): Promise<Hl7IngestResult> {
+  /**
+   * Applies the raw-bytes quota to a rejected record (in place): loads the account's counter,
+   * then, with no await before the caller's commitInbound, decides what is kept. The caller
+   * refunds when nothing was stored.
+   */
+  private async chargeRaw(record: InboundRecord, account: string): Promise<RawCharge | undefined> {
+    const quota = this.deps.rejectedRaw;
+    if (quota === undefined || record.status !== MessageStatus.Rejected) return undefined;
+    await quota.load(account);
+    const charge = quota.charge(account, record.raw);
+    record.raw = charge.raw;
+    if (charge.receivedBytes !== undefined) {
+      record.rawBytes = charge.receivedBytes;
+      this.deps.log.warn('ingest.raw_truncated', { input: record.input, reason: 'rejected_raw_quota', count: charge.receivedBytes });
+    }
+    record.cursors = { ...record.cursors, ...charge.cursors };
+    return charge;
+  }
+
+  private async handleMessage(msg: Hl7Message, raw: Buffer, settings: Hl7IngestSettings, peer: Hl7Peer, attemptOf?: MessageAttempt): Promise<Answer> {
     const { store, log } = this.deps;
     const receivedAt = this.now();
     const sender = senderOf(msg);
@@ -308,7 +417,9 @@ export class Hl7Ingest {
     // empty control id) so it cannot take the real sender's MSH-10.
     const senderRefused =
       attemptOf === undefined && !isSenderAllowed(settings.allowedSenders, peer.certificateCN, msg.get('MSH-3.1'), msg.get('MSH-4.1'));
-    const controlId = senderRefused ? '' : msg.controlId;
+    // A message holding MLLP block characters stays outside the dedupe key too: its MSH-10
+    // may hold one, and it is refused (headerRefusal) before any look-up.
+    const controlId = senderRefused || hasBlockCharacter(msg.text) ? '' : msg.controlId;
     const logFields = { input: settings.input, sender, controlId, messageType };
 
     // A resend of exactly the same bytes gets the original ACK again and nothing new.
@@ -394,7 +505,7 @@ export class Hl7Ingest {
     const ackControlId = newAckControlId();
     const ackFor = (o: Outcome, t?: string, e?: string, at?: string): { code: AckCode; text: string | undefined } => {
       const code = ACK_CODES[mode.mode][o === 'ignore' ? 'accept' : o];
-      const built = buildAck(msg, { code, text: t, errorCode: e, errorLocation: at, controlId: ackControlId, now: receivedAt });
+      const built = ackIn(msg.charset, msg, { code, text: t, errorCode: e, errorLocation: at, controlId: ackControlId, now: receivedAt });
       const wanted = settings.ackMode === AckSetting.Always || shouldSendAcceptAck(msg, o === 'accept' || o === 'ignore');
       return { code, text: wanted ? built : undefined };
     };
@@ -434,13 +545,17 @@ export class Hl7Ingest {
     }
 
     let committed;
+    let charge: RawCharge | undefined;
     try {
+      charge = await this.chargeRaw(record, rawQuotaAccount('sender', sender));
       committed = await store.commitInbound(record);
     } catch (error) {
+      charge?.refund();
       if (error instanceof StaleAttemptError) throw error;
       log.error('ingest.commit_failed', logFields);
       return this.storeUnavailable(msg, mode);
     }
+    if (committed.outcome !== 'stored') charge?.refund();
 
     switch (committed.outcome) {
       case 'stored':
@@ -522,10 +637,10 @@ export class Hl7Ingest {
     });
   }
 
-  private storeUnavailable(msg: Hl7Message, mode: ReturnType<typeof ackModeOf>): Hl7IngestResult {
+  private storeUnavailable(msg: Hl7Message, mode: ReturnType<typeof ackModeOf>): Answer {
     // Never AA when nothing was committed. AE tells the sender to resend later.
     const code = ACK_CODES[mode.mode].retry;
-    const ack = buildAck(msg, {
+    const ack = ackIn(msg.charset, msg, {
       code,
       text: 'temporary storage failure; resend later',
       errorCode: ERR.internalError,

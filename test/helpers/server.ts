@@ -11,7 +11,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Env } from '../../src/config/yaml.ts';
-import { MllpFramer, encodeFrame } from '../../src/hl7v2/mllp.ts';
+import { MllpFramer } from '../../src/hl7v2/mllp.ts';
 import type { LogFields, Logger } from '../../src/log.ts';
 import { startCarerelay, type RunningCarerelay } from '../../src/main.ts';
 
@@ -108,6 +108,24 @@ export function writeConfigDir(options: ConfigDirOptions = {}): TestConfigDir {
   };
 }
 
+/**
+ * Writes `connectors/test.yaml` with the given text into a fresh temp directory; `{dataDir}`
+ * in the text is replaced by the quoted data directory.
+ */
+export function writeYamlConfig(yaml: string, files: Record<string, string> = {}): TestConfigDir {
+  const dir = mkdtempSync(path.join(tmpdir(), 'carerelay-e2e-'));
+  const dataDir = path.join(dir, 'data');
+  mkdirSync(path.join(dir, 'connectors'));
+  writeFileSync(path.join(dir, 'connectors', 'test.yaml'), yaml.replaceAll('{dataDir}', JSON.stringify(dataDir)));
+  for (const [name, text] of Object.entries(files)) writeFileSync(path.join(dir, name), text);
+  return {
+    dir,
+    dataDir,
+    dbFile: path.join(dataDir, 'carerelay.db'),
+    remove: () => rmSync(dir, { recursive: true, force: true }),
+  };
+}
+
 // ---------------------------------------------------------------------------------------
 // Logs
 
@@ -156,6 +174,22 @@ export async function startServer(config: TestConfigDir | string, env: Env = {})
 // ---------------------------------------------------------------------------------------
 // Child-process server
 
+/** Calls `onLine` with each complete line (without its LF) a text stream writes. */
+export function onLines(stream: NodeJS.ReadableStream, onLine: (line: string) => void): void {
+  let buffered = '';
+  stream.setEncoding('utf8');
+  stream.on('data', (chunk: string) => {
+    buffered += chunk;
+    let nl = buffered.indexOf('\n');
+    while (nl !== -1) {
+      const line = buffered.slice(0, nl);
+      buffered = buffered.slice(nl + 1);
+      nl = buffered.indexOf('\n');
+      onLine(line);
+    }
+  });
+}
+
 export interface ChildServer {
   child: ChildProcess;
   pid: number;
@@ -202,7 +236,6 @@ export function startChildServer(config: TestConfigDir | string, options: StartC
   return new Promise<ChildServer>((resolve, reject) => {
     const mllpPorts = new Map<string, number>();
     let httpPort: number | undefined;
-    let buffered = '';
     let settled = false;
     const timer = setTimeout(() => {
       fail(new Error(`carerelay did not start within ${options.startTimeoutMs ?? 20_000} ms`));
@@ -214,45 +247,37 @@ export function startChildServer(config: TestConfigDir | string, options: StartC
       clearTimeout(timer);
       reject(new Error(`${error.message}\nstderr:\n${stderr.join('').slice(-4000)}`));
     };
-    child.stderr!.setEncoding('utf8');
-    child.stderr!.on('data', (chunk: string) => {
-      stderr.push(chunk);
-      buffered += chunk;
-      let nl = buffered.indexOf('\n');
-      while (nl !== -1) {
-        const line = buffered.slice(0, nl);
-        buffered = buffered.slice(nl + 1);
-        nl = buffered.indexOf('\n');
-        let parsed: LogLine;
-        try {
-          parsed = JSON.parse(line) as LogLine;
-        } catch {
-          continue; // not a log line (e.g. a Node warning)
-        }
-        logs.push(parsed);
-        if (parsed.message === 'mllp.listening') mllpPorts.set(String(parsed.input), Number(parsed.port));
-        if (parsed.message === 'http.listening') httpPort = Number(parsed.port);
-        // main.ts binds every MLLP input before the HTTP listener, so http.listening is last.
-        if (!settled && httpPort !== undefined) {
-          settled = true;
-          clearTimeout(timer);
-          const port = httpPort;
-          resolve({
-            child,
-            pid: child.pid!,
-            httpPort: port,
-            mllpPorts,
-            logs,
-            exited,
-            kill: () => {
-              child.kill('SIGKILL');
-            },
-            stop: async () => {
-              if (child.exitCode === null && child.signalCode === null) child.kill('SIGTERM');
-              await exited;
-            },
-          });
-        }
+    child.stderr!.on('data', (chunk: Buffer | string) => stderr.push(String(chunk)));
+    onLines(child.stderr!, (line) => {
+      let parsed: LogLine;
+      try {
+        parsed = JSON.parse(line) as LogLine;
+      } catch {
+        return; // not a log line (e.g. a Node warning)
+      }
+      logs.push(parsed);
+      if (parsed.message === 'mllp.listening') mllpPorts.set(String(parsed.input), Number(parsed.port));
+      if (parsed.message === 'http.listening') httpPort = Number(parsed.port);
+      // main.ts binds every MLLP input before the HTTP listener, so http.listening is last.
+      if (!settled && httpPort !== undefined) {
+        settled = true;
+        clearTimeout(timer);
+        const port = httpPort;
+        resolve({
+          child,
+          pid: child.pid!,
+          httpPort: port,
+          mllpPorts,
+          logs,
+          exited,
+          kill: () => {
+            child.kill('SIGKILL');
+          },
+          stop: async () => {
+            if (child.exitCode === null && child.signalCode === null) child.kill('SIGTERM');
+            await exited;
+          },
+        });
       }
     });
     void exited.then(({ code, signal }) => fail(new Error(`carerelay exited before listening (code ${code}, signal ${signal})`)));
@@ -361,9 +386,9 @@ export function adtMessage(o: AdtOptions): string {
  * back, or null when the server closes the connection without answering. Independent of
  * MllpClient's MSA-2 matching, so ACKs to unparseable messages can be read too.
  */
-export function mllpExchange(port: number, payload: Buffer | string, timeoutMs = 10_000): Promise<Buffer | null> {
+export function mllpExchange(port: number, payload: Buffer | string, timeoutMs = 10_000, localAddress?: string): Promise<Buffer | null> {
   return new Promise<Buffer | null>((resolve, reject) => {
-    const socket = net.connect({ host: '127.0.0.1', port });
+    const socket = net.connect({ host: '127.0.0.1', port, ...(localAddress !== undefined ? { localAddress } : {}) });
     const framer = new MllpFramer({});
     let done = false;
     const finish = (error: Error | null, frame: Buffer | null): void => {
@@ -375,7 +400,9 @@ export function mllpExchange(port: number, payload: Buffer | string, timeoutMs =
       else resolve(frame);
     };
     const timer = setTimeout(() => finish(new Error(`no MLLP answer from port ${port} within ${timeoutMs} ms`), null), timeoutMs);
-    socket.on('connect', () => socket.write(encodeFrame(typeof payload === 'string' ? Buffer.from(payload, 'utf8') : payload)));
+    // A payload may hold a lone 0x1C on purpose: framed by hand, not by encodeFrame's check.
+    const bytes = typeof payload === 'string' ? Buffer.from(payload, 'utf8') : payload;
+    socket.on('connect', () => socket.write(Buffer.concat([Buffer.from([0x0b]), bytes, Buffer.from([0x1c, 0x0d])])));
     socket.on('data', (chunk: Buffer) => {
       const frames = framer.push(chunk);
       if (frames.length > 0) finish(null, frames[0]!);

@@ -9,7 +9,7 @@
 import { hash } from 'node:crypto';
 import { unescapeHl7 } from '../../hl7v2/escape.ts';
 import type { Hl7Delimiters, Hl7Message, Hl7Segment } from '../../hl7v2/parse.ts';
-import { phoneValue } from '../../normalized-values.ts';
+import { phoneValue, withoutControlCharacters } from '../../normalized-values.ts';
 import type { SubjectState } from '../../store/store.ts';
 import {
   TriggerType,
@@ -430,8 +430,16 @@ function makeTrigger(type: TriggerType, b: Omit<Trigger, 'id' | 'type'>, key: Hl
 const QUERY_TYPES = new Set(['QRY', 'QBP', 'QSB', 'QCN', 'QVR', 'VXQ', 'SQM', 'SQR', 'RSP', 'RTB', 'RDY', 'RQA', 'ERP']);
 const ACK_TYPES = new Set(['ACK', 'MCF']);
 
-/** One HL7v2 message → triggers (stateless: what the message alone says). */
+/**
+ * One HL7v2 message → triggers (stateless: what the message alone says). No string of the
+ * result holds a control character (a decoded \X0D0A\ included): see withoutControlCharacters.
+ */
 export function normalizeHl7(msg: Hl7Message, ctx: Hl7NormalizeContext): Hl7Normalized {
+  const result = normalizeMessage(msg, ctx);
+  return result.kind === 'triggers' ? withoutControlCharacters(result) : result;
+}
+
+function normalizeMessage(msg: Hl7Message, ctx: Hl7NormalizeContext): Hl7Normalized {
   const msh = msg.segments[0]!;
   const code = field(msh, 9, 1).toUpperCase();
   const event = field(msh, 9, 2).toUpperCase();

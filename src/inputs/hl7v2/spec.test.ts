@@ -12,7 +12,8 @@ function undocumented(schema: JsonSchema, at = ''): string[] {
     const where = `${at}${key}`;
     if (typeof child.description !== 'string' || child.description.length < 10) problems.push(`${where}: description`);
     // Optional blocks (tls, auth, a secret reference) are absent by default: nothing to default.
-    const isOptionalBlock = child.type === 'object';
+    const alternatives = (child.anyOf ?? []) as JsonSchema[];
+    const isOptionalBlock = child.type === 'object' || alternatives.some((a) => a.type === 'object');
     if (!required.has(key) && !('default' in child) && !isOptionalBlock) problems.push(`${where}: default`);
     // A secret reference's env/file are alternatives, documented by the reference itself.
     if (child.type === 'object' && child['x-secret'] !== true) problems.push(...undocumented(child, `${where}.`));

@@ -1,10 +1,14 @@
 // Config schemas of the two HL7v2 input types. The behaviour they configure is in
 // docs/reliability.md ("Bad inputs", "Security defaults"): TLS by default with client
 // certificates mapped to allowed senders, plain MLLP only when asked for explicitly,
-// bounded frames, idle timeouts and connection counts.
+// bounded frames, idle and first-byte timeouts, connection counts per listener and per
+// address with slots reserved for trusted senders; HTTP ingest authenticated unless it is
+// reachable from loopback only or says `auth: none`.
 
+import net from 'node:net';
 import { nameSchema, secretRefSchema, type JsonSchema, type SecretRef } from '../../config/yaml.ts';
 import type { InstanceCheckIssue } from '../../config/load.ts';
+import type { ServerConfig } from '../../config/server-schema.ts';
 import type { InputSpec } from '../spec.ts';
 
 /** What to answer for a message type CareRelay does not turn into triggers. */
@@ -67,12 +71,21 @@ export interface Hl7v2MllpConfig extends Hl7v2CommonConfig {
   readonly plain: boolean;
   readonly maxFrameBytes: number;
   readonly idleTimeoutSeconds: number;
+  readonly firstByteTimeoutSeconds: number;
+  readonly tlsHandshakeTimeoutSeconds: number;
   readonly maxConnections: number;
+  readonly maxConnectionsPerAddress: number;
+  readonly reservedConnections: number;
+  readonly trustedSenders: { readonly addresses: readonly string[]; readonly certificateCNs: readonly string[] };
 }
+
+/** `auth: none`: an HTTP ingest input that is knowingly unauthenticated. */
+export const NO_AUTH = 'none';
 
 export interface Hl7v2HttpConfig extends Hl7v2CommonConfig {
   readonly type: typeof HL7V2_HTTP;
-  readonly auth?: { readonly bearerToken: SecretRef };
+  readonly auth?: { readonly bearerToken: SecretRef } | typeof NO_AUTH;
+  readonly maxBodyBytes: number;
 }
 
 const commonProperties = {
@@ -198,12 +211,72 @@ export const hl7v2MllpSchema = {
       default: 300,
       description: 'Seconds without a byte, or without completing a frame, before a connection is closed.',
     },
+    firstByteTimeoutSeconds: {
+      type: 'integer',
+      minimum: 1,
+      maximum: 86400,
+      default: 10,
+      description:
+        'Seconds a new connection may stay silent before its first byte (counted after the TLS handshake); ' +
+        'sockets opened and left silent are closed, logged and counted. Trusted senders (trustedSenders) are ' +
+        'exempt and may open their connection ahead of their first message; idleTimeoutSeconds still applies.',
+    },
+    tlsHandshakeTimeoutSeconds: {
+      type: 'integer',
+      minimum: 1,
+      maximum: 600,
+      default: 10,
+      description: 'Seconds a TLS handshake may take before the connection is closed (tls only).',
+    },
     maxConnections: {
       type: 'integer',
       minimum: 1,
       maximum: 100000,
       default: 200,
-      description: 'Simultaneous connections accepted; further ones are closed at once.',
+      description:
+        'Simultaneous connections accepted, TLS handshakes in progress included; further ones are refused at once ' +
+        '(logged and counted).',
+    },
+    maxConnectionsPerAddress: {
+      type: 'integer',
+      minimum: 1,
+      maximum: 100000,
+      default: 20,
+      description:
+        'Simultaneous connections from one IP address; further ones are refused at once (logged and counted). ' +
+        'Addresses in trustedSenders are exempt.',
+    },
+    reservedConnections: {
+      type: 'integer',
+      minimum: 0,
+      maximum: 99999,
+      default: 20,
+      description:
+        'Of maxConnections, the slots only trusted senders may use, so that other peers holding sockets cannot ' +
+        'lock the EHR out. Must be below maxConnections; has no effect without trusted senders.',
+    },
+    trustedSenders: {
+      type: 'object',
+      description:
+        'The configured senders, which can always connect: they may use the reserved slots and keep an idle ' +
+        'connection open before their first message, and their addresses are exempt from ' +
+        'maxConnectionsPerAddress. Client certificates named in tls.allowedSenders are trusted too.',
+      default: {},
+      additionalProperties: false,
+      properties: {
+        addresses: {
+          type: 'array',
+          default: [],
+          description: 'IPv4/IPv6 addresses or CIDR subnets of senders, e.g. ["10.20.0.5", "10.21.0.0/24"].',
+          items: { type: 'string', minLength: 1, description: 'An IP address or a CIDR subnet.' },
+        },
+        certificateCNs: {
+          type: 'array',
+          default: [],
+          description: 'Subject CNs of client certificates (mutual TLS) that are trusted, in addition to those of tls.allowedSenders.',
+          items: { type: 'string', minLength: 1, description: 'A client-certificate subject CN.' },
+        },
+      },
     },
   },
 } as const satisfies JsonSchema;
@@ -217,18 +290,37 @@ export const hl7v2HttpSchema = {
     ...commonProperties,
     type: { type: 'string', const: HL7V2_HTTP, description: 'Input type.' },
     auth: {
-      type: 'object',
       description:
-        'Caller authentication. Without it any caller that reaches server.http may post: keep server.http.host ' +
-        'on 127.0.0.1 behind an authenticating proxy then.',
-      required: ['bearerToken'],
-      additionalProperties: false,
-      properties: {
-        bearerToken: {
-          ...secretRefSchema,
-          description: 'Token callers send as "Authorization: Bearer <token>", by reference.',
+        'Caller authentication: { bearerToken: { env: NAME } }, or "none". Required when server.http.host is ' +
+        'not a loopback address (anyone who reaches the listener could otherwise post messages that make ' +
+        'CareRelay write to patients): `validate` and `start` refuse such a configuration. "none" says it is ' +
+        'deliberate (an authenticating proxy in front): allowed, with a warning at every start. Without auth ' +
+        'on a loopback listener, any local process may post.',
+      'x-hint': 'write auth: { bearerToken: { env: NAME } } or auth: none',
+      anyOf: [
+        { type: 'string', const: NO_AUTH, description: 'No authentication, deliberately.' },
+        {
+          type: 'object',
+          description: 'Bearer-token authentication.',
+          required: ['bearerToken'],
+          additionalProperties: false,
+          properties: {
+            bearerToken: {
+              ...secretRefSchema,
+              description: 'Token callers send as "Authorization: Bearer <token>", by reference.',
+            },
+          },
         },
-      },
+      ],
+    },
+    maxBodyBytes: {
+      type: 'integer',
+      minimum: 1024,
+      maximum: 67108864,
+      default: 10485760,
+      description:
+        'Largest request body in bytes (default 10 MiB). A larger one is answered 413 and the connection closed ' +
+        'without reading the rest.',
     },
   },
 } as const satisfies JsonSchema;
@@ -263,7 +355,49 @@ function checkMllp(config: Hl7v2MllpConfig): InstanceCheckIssue[] {
       message: 'allowedSenders maps client certificates to senders, so it needs requireClientCert: true',
     });
   }
+  const trusted = config.trustedSenders;
+  trusted.addresses.forEach((entry, i) => {
+    if (!isAddressOrSubnet(entry)) {
+      issues.push({
+        path: ['trustedSenders', 'addresses', i],
+        message: `"${entry}" is not an IP address or CIDR subnet; write e.g. "10.20.0.5" or "10.21.0.0/24"`,
+      });
+    }
+  });
+  if (trusted.certificateCNs.length > 0 && !config.tls?.requireClientCert) {
+    issues.push({
+      path: ['trustedSenders', 'certificateCNs'],
+      atKey: true,
+      message: 'a client certificate is only known with mutual TLS: certificateCNs needs tls.requireClientCert: true',
+    });
+  }
+  if (trustedSenderCount(config) > 0 && config.reservedConnections >= config.maxConnections) {
+    issues.push({
+      path: ['reservedConnections'],
+      atKey: true,
+      message:
+        `reservedConnections (${config.reservedConnections}) must be below maxConnections (${config.maxConnections}), ` +
+        'or nobody but the trusted senders could connect; lower it',
+    });
+  }
   return issues;
+}
+
+function isAddressOrSubnet(entry: string): boolean {
+  const [address, bits, ...rest] = entry.split('/');
+  const family = net.isIP(address ?? '');
+  if (family === 0 || rest.length > 0) return false;
+  return bits === undefined || (/^\d{1,3}$/.test(bits) && Number(bits) <= (family === 4 ? 32 : 128));
+}
+
+/** Configured senders of an MLLP input (addresses, certificate CNs, tls.allowedSenders CNs). */
+function trustedSenderCount(config: Hl7v2MllpConfig): number {
+  return config.trustedSenders.addresses.length + mllpTrustedCertificateCNs(config).length;
+}
+
+/** Certificate CNs an MLLP input trusts: trustedSenders.certificateCNs and the keys of tls.allowedSenders. */
+export function mllpTrustedCertificateCNs(config: Hl7v2MllpConfig): string[] {
+  return [...new Set([...config.trustedSenders.certificateCNs, ...Object.keys(config.tls?.allowedSenders ?? {})])];
 }
 
 export const hl7v2MllpSpec: InputSpec<Hl7v2MllpConfig> = {
@@ -273,10 +407,30 @@ export const hl7v2MllpSpec: InputSpec<Hl7v2MllpConfig> = {
   check: checkMllp,
 };
 
+/** True for an address that only this machine can reach (127.0.0.0/8, ::1, localhost). */
+export function isLoopbackHost(host: string): boolean {
+  const h = host.trim().toLowerCase().replace(/^\[(.*)\]$/, '$1');
+  return h === 'localhost' || h === '::1' || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(h) || /^::ffff:127\./.test(h);
+}
+
+function checkHttpExposure(config: Hl7v2HttpConfig, server: ServerConfig): InstanceCheckIssue[] {
+  if (config.auth !== undefined || isLoopbackHost(server.http.host)) return [];
+  return [
+    {
+      path: ['name'],
+      message:
+        `HTTP ingest input "${config.name}" has no auth, but server.http.host is ${server.http.host}, so anyone who ` +
+        'reaches it could post messages that make CareRelay write to patients. Add auth: { bearerToken: { env: NAME } }, ' +
+        'keep server.http.host on 127.0.0.1, or write auth: none if a proxy in front authenticates callers',
+    },
+  ];
+}
+
 export const hl7v2HttpSpec: InputSpec<Hl7v2HttpConfig> = {
   type: HL7V2_HTTP,
   summary: 'HL7v2 posted to POST /ingest/hl7v2/<name>; the HTTP answer carries the ACK.',
   configSchema: hl7v2HttpSchema,
+  checkServer: checkHttpExposure,
 };
 
 /**
