@@ -375,7 +375,8 @@ export async function runFuzz(options: FuzzOptions): Promise<FuzzReport> {
   const dir = mkdtempSync(path.join(tmpdir(), 'carerelay-fuzz-'));
   mkdirSync(path.join(dir, 'connectors'));
   writeFileSync(path.join(dir, 'connectors', 'fuzz.yaml'), configText());
-  cpSync(path.join(REPO_ROOT, 'connectors', 'outbox.yaml'), path.join(dir, 'connectors', 'outbox.yaml'));
+  // The outputs the shipped mappings name.
+  for (const file of ['outbox.yaml', 'marketing.yaml']) cpSync(path.join(REPO_ROOT, 'connectors', file), path.join(dir, 'connectors', file));
   cpSync(path.join(REPO_ROOT, 'mappings'), path.join(dir, 'mappings'), { recursive: true });
 
   const tally: Tally = {

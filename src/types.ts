@@ -156,6 +156,22 @@ export type Decision =
   | { allow: true; basis: string }
   | { allow: false; reason: string; retryAt?: string };
 
+/**
+ * A marketing or CRM tool holds a contact of a patient (Store.recordContactHolding). The output
+ * writes it before its first call naming the contact, so a crash after the tool took the contact
+ * cannot leave it unrecorded; an opt-out recorded later is pushed to every output holding the
+ * patient and to no other (docs/consent.md "Opt-outs").
+ */
+export interface ContactHolding {
+  /** Output instance name. */
+  output: string;
+  patientId: string;
+  /** What the tool knows the contact by, and its optOut needs: a lower-cased email address or a phone number. */
+  contactKey: string;
+  /** ISO instant of the first call naming the contact; recording it again keeps the first. */
+  firstSentAt: string;
+}
+
 /** What an outbound adapter returns when the provider accepted a message. */
 export interface Receipt {
   providerId?: string;

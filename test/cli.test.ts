@@ -237,7 +237,8 @@ describe('carerelay validate', () => {
       };
       const ok = await carerelay(['validate', '--config-dir', copy], secrets);
       expect(ok.stderr).toBe('');
-      expect(ok.stdout).toContain('configuration OK: 2 input(s), 9 output(s)');
+      // The seven of adapters.yaml, the two outboxes of outbox.yaml and the two of marketing.yaml.
+      expect(ok.stdout).toContain('configuration OK: 2 input(s), 11 output(s)');
       // A mistake in a block is reported at its place.
       writeFileSync(file, uncommented.replace('accountSid: AC00000000000000000000000000000000', 'accountSid: AC123'));
       const bad = await carerelay(['validate', '--config-dir', copy], secrets);

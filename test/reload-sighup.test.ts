@@ -37,7 +37,8 @@ function nextLog(from: number, match: (line: LogLine) => boolean, timeoutMs = 15
 beforeAll(async () => {
   config = writeConfigDir();
   cpSync(path.join(repo, 'mappings'), path.join(config.dir, 'mappings'), { recursive: true });
-  cpSync(path.join(repo, 'connectors', 'outbox.yaml'), path.join(config.dir, 'connectors', 'outbox.yaml'));
+  // The outputs the shipped mappings name.
+  for (const file of ['outbox.yaml', 'marketing.yaml']) cpSync(path.join(repo, 'connectors', file), path.join(config.dir, 'connectors', file));
   server = await startChildServer(config);
   // A SIGHUP during start-up is ignored (never fatal); reloads work once it has finished.
   server.child.kill('SIGHUP');

@@ -44,6 +44,8 @@ describe('the shipped example (connectors/example.yaml)', () => {
       // All commented out: ready-to-fill adapter blocks.
       path.join(repoRoot, 'connectors', 'adapters.yaml'),
       path.join(repoRoot, 'connectors', 'example.yaml'),
+      // Marketing outputs: outboxes standing in for HubSpot, the tools' blocks commented.
+      path.join(repoRoot, 'connectors', 'marketing.yaml'),
       path.join(repoRoot, 'connectors', 'outbox.yaml'),
       path.join(repoRoot, 'connectors', 'policy.yaml'),
     ]);
@@ -64,6 +66,8 @@ describe('the shipped example (connectors/example.yaml)', () => {
     expect(mllpConfig).toMatchObject({ host: '127.0.0.1', port: 2575, plain: true, maxFrameBytes: 10485760 });
     expect(plan.inputs[0]).toMatchObject({ file: path.join(repoRoot, 'connectors', 'example.yaml'), column: 5 });
     expect(plan.outputs.map((o) => [o.type, o.name])).toEqual([
+      ['outbox', 'hubspot-contacts'],
+      ['outbox', 'hubspot-events'],
       ['outbox', 'outbox-sms'],
       ['outbox', 'outbox-email'],
     ]);
@@ -395,7 +399,7 @@ describe('loadConfig', () => {
     });
     expect(await issuesOf(dir)).toEqual([
       'connectors/a.yaml:2:5: input needs a "type" (known: hl7v2-mllp, hl7v2-http, fhir-rest-hook, fhir-poll)',
-      'connectors/a.yaml:6:11: unknown output type "pager" (known: outbox, webhook, smtp, twilio, fhir-communication, sfmc, salesforce-crm, adobe-aep)',
+      'connectors/a.yaml:6:11: unknown output type "pager" (known: outbox, webhook, smtp, twilio, fhir-communication, sfmc, salesforce-crm, adobe-aep, hubspot, mailchimp, brevo, activecampaign)',
     ]);
   });
 

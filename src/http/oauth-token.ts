@@ -1,6 +1,7 @@
 // OAuth 2.0 access tokens for server-to-server API calls, one provider per configured output:
 // the client credentials grant (RFC 6749 §4.4: Salesforce Marketing Cloud, Salesforce, Adobe
-// IMS server-to-server) and the JWT bearer grant (RFC 7523 §2.1: Salesforce's "OAuth 2.0 JWT
+// IMS server-to-server), the refresh token grant (RFC 6749 §6: a HubSpot public app's
+// installation) and the JWT bearer grant (RFC 7523 §2.1: Salesforce's "OAuth 2.0 JWT
 // Bearer Flow", an RS256 assertion with iss = the connected app's consumer key, sub = the
 // integration user's username, aud = the login host, exp within three minutes).
 //
@@ -67,7 +68,18 @@ export interface JwtBearerGrant {
   readonly lifetimeSeconds?: number;
 }
 
-export type OAuthGrant = ClientCredentialsGrant | JwtBearerGrant;
+/**
+ * RFC 6749 §6, refreshing an access token: what a public app installed by an OAuth
+ * authorization (HubSpot) holds. The refresh token itself is long-lived and kept in the config.
+ */
+export interface RefreshTokenGrant {
+  readonly kind: 'refresh_token';
+  readonly clientId: string;
+  readonly clientSecret: string;
+  readonly refreshToken: string;
+}
+
+export type OAuthGrant = ClientCredentialsGrant | JwtBearerGrant | RefreshTokenGrant;
 
 export interface OAuthTokenOptions {
   readonly tokenUrl: URL;
@@ -203,6 +215,10 @@ export class OAuthTokenProvider {
     const grant = this.#options.grant;
     if (grant.kind === 'jwt_bearer') {
       const form = new URLSearchParams({ grant_type: JWT_BEARER_GRANT_TYPE, assertion: jwtBearerAssertion(grant, this.#key!, requestedAt) });
+      return { body: Buffer.from(form.toString()), contentType: 'application/x-www-form-urlencoded' };
+    }
+    if (grant.kind === 'refresh_token') {
+      const form = new URLSearchParams({ grant_type: 'refresh_token', client_id: grant.clientId, client_secret: grant.clientSecret, refresh_token: grant.refreshToken });
       return { body: Buffer.from(form.toString()), contentType: 'application/x-www-form-urlencoded' };
     }
     const params: Record<string, string> = {

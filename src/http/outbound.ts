@@ -130,7 +130,7 @@ export class AddressPolicy {
 export interface OutboundRequest {
   url: URL;
   /** Default POST. A GET sends an empty body. */
-  method?: 'POST' | 'PUT' | 'PATCH' | 'GET';
+  method?: 'GET' | 'POST' | 'PUT' | 'PATCH' | 'DELETE';
   headers: Record<string, string>;
   body: Buffer;
   /** Deadline for the whole exchange (connect, send, answer), ms. */

@@ -10,8 +10,8 @@
 //     delivery the provider already took leaves the provider with one identity for it.
 import { afterEach, describe, expect, it } from 'vitest';
 import { AmbiguousError, PermanentError, RateLimitedError, TransientError } from '../errors.ts';
-import type { DeliveryReceipt } from '../types.ts';
-import type { OutboundAdapter, OutboundMessage, ReceiptLedger, SendContext } from './spec.ts';
+import type { ContactHolding, DeliveryReceipt } from '../types.ts';
+import type { ContactHoldingsLedger, OutboundAdapter, OutboundMessage, ReceiptLedger, SendContext } from './spec.ts';
 
 /** What a stand-in can be told to do to the next provider call. */
 export const StandInFault = {
@@ -62,6 +62,19 @@ export function memoryReceiptLedger(): ReceiptLedger & { receipts: DeliveryRecei
     },
     async listDeliveryReceipts(query) {
       return receipts.filter((r) => r.deliveryId === query.deliveryId && (query.output === undefined || r.output === query.output)).map((r) => ({ ...r }));
+    },
+  };
+}
+
+/** An in-memory contact holdings ledger with the Store's semantics (one per output, patient and contact; the first kept). */
+export function memoryHoldings(): ContactHoldingsLedger & { holdings: ContactHolding[] } {
+  const holdings: ContactHolding[] = [];
+  return {
+    holdings,
+    async recordContactHolding(holding) {
+      if (holdings.some((h) => h.output === holding.output && h.patientId === holding.patientId && h.contactKey === holding.contactKey)) return false;
+      holdings.push({ ...holding });
+      return true;
     },
   };
 }

@@ -25,11 +25,12 @@ describe('output specs', () => {
   it('have unique type names and a summary each', () => {
     const types = outputSpecs.map((s) => s.type);
     expect(new Set(types).size).toBe(types.length);
+    expect(types).toEqual(expect.arrayContaining(['hubspot', 'mailchimp', 'brevo', 'activecampaign']));
     for (const spec of outputSpecs) expect(spec.summary.length, spec.type).toBeGreaterThan(10);
   });
 
   it('document every property: a description, and (the API outputs) a default when optional', () => {
-    const withDefaults = ['sfmc', 'salesforce-crm', 'adobe-aep'];
+    const withDefaults = ['sfmc', 'salesforce-crm', 'adobe-aep', 'hubspot', 'mailchimp', 'brevo', 'activecampaign'];
     const problems = outputSpecs.flatMap((spec) => undocumented(spec.configSchema, withDefaults.includes(spec.type)).map((p) => `${spec.type}.${p}`));
     expect(problems).toEqual([]);
   });

@@ -1,7 +1,11 @@
 // The output types CareRelay knows: this list is the table of contents (docs/contributing.md habit 2).
 
+import { activeCampaignSpec } from './activecampaign/spec.ts';
 import { adobeAepSpec } from './adobe-aep/spec.ts';
+import { brevoSpec } from './brevo/spec.ts';
 import { fhirCommunicationSpec } from './fhir-communication/spec.ts';
+import { hubspotSpec } from './hubspot/spec.ts';
+import { mailchimpSpec } from './mailchimp/spec.ts';
 import { outboxSpec } from './outbox/spec.ts';
 import { salesforceCrmSpec } from './salesforce-crm/spec.ts';
 import { sfmcSpec } from './sfmc/spec.ts';
@@ -19,4 +23,8 @@ export const outputSpecs: readonly OutputSpec[] = [
   sfmcSpec as OutputSpec,
   salesforceCrmSpec as OutputSpec,
   adobeAepSpec as OutputSpec,
+  hubspotSpec as OutputSpec,
+  mailchimpSpec as OutputSpec,
+  brevoSpec as OutputSpec,
+  activeCampaignSpec as OutputSpec,
 ];

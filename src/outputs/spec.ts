@@ -9,8 +9,8 @@
 import type { ComponentSpec, InstanceCheckIssue } from '../config/load.ts';
 import type { JsonSchema, SecretRef } from '../config/yaml.ts';
 import type { OutputInfo } from '../pipeline/rule.ts';
-import type { Channel, DeliveryReceipt, Purpose, Receipt } from '../types.ts';
-import type { ConsentMirror } from './consent-sync.ts';
+import type { Channel, ContactHolding, DeliveryReceipt, Purpose, Receipt } from '../types.ts';
+import type { ConsentChannel, ConsentMirror } from './consent-sync.ts';
 
 /** What routing and the send-time checks know about one configured output. */
 export interface OutputInstanceInfo {
@@ -25,6 +25,12 @@ export interface OutputInstanceInfo {
    * what the instance config narrows them to). Absent: the engine's defaults.
    */
   readonly limits?: OutputLimits;
+  /**
+   * The only trigger paths this output can send (a CRM output's property map), when it has
+   * such a list: a rule naming another field in send.fields is refused at load instead of the
+   * field being dropped silently. Absent: every field the rule names is sent.
+   */
+  readonly fields?: readonly string[];
 }
 
 /**
@@ -40,6 +46,19 @@ export interface OutputLimits {
   readonly concurrency?: number;
   /** A daily quota (e.g. HubSpot's per-day limit), counted per UTC day. */
   readonly perDay?: number;
+  /**
+   * The provider account the limits belong to, when the provider counts per account rather
+   * than per caller (ActiveCampaign: 5 requests/s per account whatever the key; HubSpot's
+   * daily limit; Mailchimp's 10 connections per user). Outputs declaring the same `account`
+   * draw from one bucket, one in-flight cap and one daily count, and the strictest figures
+   * among their declarations apply. Absent: the limits are this output's own.
+   */
+  readonly account?: string;
+  /**
+   * Provider calls one send makes, when more than one (ActiveCampaign's tag action: the contact
+   * sync, then the tag): the engine draws that many tokens per send. Default 1.
+   */
+  readonly callsPerSend?: number;
 }
 
 /** A message ready to leave: rendered from the delivery's payload only (invariant 6). */
@@ -100,13 +119,49 @@ export interface ReceiptLedger {
   listDeliveryReceipts(query: { deliveryId: string; output?: string }): Promise<DeliveryReceipt[]>;
 }
 
+/**
+ * Where marketing and CRM outputs record which contact they handed to their tool (types.ts
+ * ContactHolding): the Store, handed over by the composition root. An opt-out recorded later
+ * is pushed to the outputs holding the patient, and to no other.
+ */
+export interface ContactHoldingsLedger {
+  recordContactHolding(holding: ContactHolding): Promise<boolean>;
+}
+
 /** What the composition root hands every adapter's create() (besides type-specific deps such as the outbox sink). */
 export interface OutputDeps {
   /** Reads a secret reference of the output's config (environment or file, config/yaml.ts). */
   secret: (ref: SecretRef) => string;
   receipts: ReceiptLedger;
   now: () => Date;
+  /** Contact holdings: required by outputs that create contacts in a tool (they refuse to start without it). */
+  holdings?: ContactHoldingsLedger;
 }
+
+/**
+ * What an opt-out covers (docs/consent.md "Precise semantics", scope of an opt-out), in the shape
+ * of ToolConsentSignal's scope (consent-sync.ts): a channel (absent: every channel) and a purpose
+ * (absent: every purpose but care — "unsubscribe from all"). A newsletter link stops marketing
+ * and service.info by email: two opt-outs, one per purpose.
+ */
+export interface OptOutScope {
+  readonly channel?: ConsentChannel;
+  readonly purpose?: Purpose;
+}
+
+/** What pushing an opt-out to a tool did. */
+export const OptOutOutcome = {
+  /** The tool now has the contact opted out for the scope (or already had). */
+  Applied: 'applied',
+  /** The tool does not know the contact (it was never created there, or was deleted). */
+  NotHeld: 'not_held',
+  /** Nothing this output carries falls in the scope: another channel, other purposes, no list or subscription configured for them. */
+  NotApplicable: 'not_applicable',
+} as const;
+export type OptOutOutcome = (typeof OptOutOutcome)[keyof typeof OptOutOutcome];
+
+/** The contact an opt-out is pushed for: a holding of this output (Store.listContactHoldings). */
+export type HeldContact = Pick<ContactHolding, 'patientId' | 'contactKey'>;
 
 /**
  * A running outbound adapter. It only sends and classifies its failures (TransientError,
@@ -115,6 +170,15 @@ export interface OutputDeps {
 export interface OutboundAdapter extends OutputInstanceInfo {
   readonly name: string;
   send(message: OutboundMessage, context: SendContext): Promise<Receipt>;
+  /**
+   * Marketing and CRM outputs: applies an opt-out the consent ledger recorded to a contact this
+   * output handed to its tool (the "to the tool" direction of docs/consent.md "Opt-outs"): HubSpot
+   * subscription status, Mailchimp member status, Brevo blocklist, ActiveCampaign list status.
+   * Only ever sets an opt-out, never clears one. Idempotent (the same opt-out again changes
+   * nothing), one or two provider calls, never retried here: failures throw the errors.ts classes
+   * like send(), and the caller queues a retry.
+   */
+  optOut?(contact: HeldContact, scope: OptOutScope, context: { readonly signal: AbortSignal }): Promise<OptOutOutcome>;
   /**
    * Mirrors a consent decision of the ledger into the tool's own consent model (Salesforce:
    * ContactPointTypeConsent for the patient's Individual and the purpose's DataUsePurpose), for
@@ -158,7 +222,13 @@ export function outputInfos(outputs: readonly ConfiguredOutput[], specs: readonl
     const spec = specs.find((s) => s.type === output.type);
     if (!spec) continue;
     const info = spec.info(output.config);
-    infos.push({ name: output.name, channel: info.channel, baa: info.baa, allowedPurposes: info.allowedPurposes });
+    infos.push({
+      name: output.name,
+      channel: info.channel,
+      baa: info.baa,
+      allowedPurposes: info.allowedPurposes,
+      ...(info.fields !== undefined ? { fields: info.fields } : {}),
+    });
   }
   return infos;
 }

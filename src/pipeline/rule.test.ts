@@ -88,7 +88,9 @@ describe('compileRules', () => {
 
   it('refuses PHI to an output not covered by a BAA', () => {
     const crm = { channel: 'crm', purpose: 'marketing', send: { output: 'crm', fields: ['patient.name.given', 'appointment.serviceType.code'] } };
-    expect(messages(crm)).toEqual([{ path: '0.send.fields', message: expect.stringContaining('appointment.serviceType.code would disclose care information') }]);
+    expect(messages(crm)).toEqual([
+      { path: '0.send.fields.1', message: expect.stringContaining('rule "reminder-24h": field appointment.serviceType.code may not go to output "crm"') },
+    ]);
     expect(messages({ ...crm, send: { output: 'crm', fields: ['patient.name.given'] } })).toEqual([]);
   });
 

@@ -28,6 +28,7 @@ import { CHANNELS, PURPOSES, TRIGGER_TYPES } from '../types.ts';
 import type { Condition, ConditionIssue, FieldPath, IssuePath } from './conditions.ts';
 import { compileCondition, compilePath, timeExpressionsOf } from './conditions.ts';
 import type { TimeExpr } from './schedule.ts';
+import { destinationIssues } from './coverage.ts';
 import { compileTimeExpr } from './schedule.ts';
 import { closest, describe, isRecord } from './values.ts';
 
@@ -80,6 +81,8 @@ export interface OutputInfo {
   /** Declared covered by a BAA/DPA: may receive PHI (docs/consent.md rule 4). */
   baa: boolean;
   allowedPurposes: readonly string[];
+  /** When set: the only send.fields this output can send (its property map); coverage.ts. */
+  fields?: readonly string[];
 }
 
 /** Why a match produced no delivery; recorded so every non-send has a reason. */
@@ -178,9 +181,6 @@ export const DEFAULT_RECIPIENT: Partial<Record<Channel, string>> = {
   email: 'patient.telecom[system=email].value',
 };
 
-/** Paths that say something about care: with any patient identity they are PHI (docs/consent.md). */
-const CARE_PATH_PREFIXES = ['appointment', 'encounter', 'sensitivity', 'type', 'source'];
-
 // ---------------------------------------------------------------------------------------
 // Compilation
 
@@ -250,7 +250,10 @@ export function compileRule(raw: unknown, at: IssuePath, context: { outputs: rea
   }
   const isCare = typeof purpose === 'string' && purpose.startsWith('care.');
 
-  const send = compileSend(raw.send, [...at, 'send'], channel as Channel, purpose as string, isCare, context, issues);
+  const send = compileSend(raw.send, [...at, 'send'], channel as Channel, purpose as string, context, issues);
+  // docs/consent.md rule 4 (BAA coverage, PHI) and the fields the output can send: coverage.ts.
+  const output = send && typeof id === 'string' ? context.outputs.find((o) => o.name === send.output) : undefined;
+  if (output && send) issues.push(...destinationIssues({ id: id as string, purpose: purpose as string, fields: send.fields }, output, at));
   const steps = compileCadence(raw.at, [...at, 'at'], on, issues, true);
   let expires: TimeExpr | undefined;
   if (raw.expires !== undefined) {
@@ -306,7 +309,6 @@ function compileSend(
   at: IssuePath,
   channel: Channel,
   purpose: string,
-  isCare: boolean,
   context: { outputs: readonly OutputInfo[] },
   issues: RuleIssue[],
 ): Rule['send'] | undefined {
@@ -372,13 +374,6 @@ function compileSend(
     if (output.channel !== channel) add([...at, 'output'], `output "${output.name}" is a ${output.channel} output, but the rule's channel is ${channel}`);
     if (!output.allowedPurposes.includes(purpose)) {
       add([...at, 'output'], `output "${output.name}" does not allow purpose ${purpose} (allowed: ${output.allowedPurposes.join(', ') || 'none'}) (docs/consent.md rule 4)`);
-    }
-    if (!output.baa) {
-      // docs/consent.md rule 4, checked at load: a message about care is PHI once it reaches the
-      // patient's address, and care fields with any identity are PHI.
-      if (isCare) add([...at, 'output'], `output "${output.name}" is not declared baa: true, so it may not carry ${purpose} messages (they are about the patient's care)`);
-      const care = fields.filter((f) => CARE_PATH_PREFIXES.includes(f.segments[0].name));
-      if (care.length > 0) add([...at, 'fields'], `output "${output.name}" is not declared baa: true; ${care.map((f) => f.source).join(', ')} would disclose care information (PHI)`);
     }
   }
   if (issues.length > before) return undefined;

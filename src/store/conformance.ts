@@ -846,6 +846,21 @@ export function storeConformanceSuite(name: string, makeStore: () => Promise<Sto
       });
     });
 
+    describe('contact holdings', () => {
+      it('keeps one holding per output, patient and contact, the first time kept', async () => {
+        const first = { output: 'hubspot', patientId: 'P1', contactKey: 'pat@example.org', firstSentAt: '2024-01-02T09:00:00Z' };
+        expect(await store.recordContactHolding(first)).toBe(true);
+        expect(await store.recordContactHolding({ ...first, firstSentAt: '2024-02-01T09:00:00Z' })).toBe(false);
+        await store.recordContactHolding({ ...first, output: 'mailchimp' });
+        await store.recordContactHolding({ ...first, patientId: 'P2', contactKey: 'other@example.org' });
+        expect(await store.listContactHoldings({ patientId: 'P1' })).toEqual([first, { ...first, output: 'mailchimp' }]);
+        expect(await store.listContactHoldings({ output: 'hubspot', contactKey: 'pat@example.org' })).toEqual([first]);
+        expect(await store.listContactHoldings({ output: 'brevo', contactKey: 'pat@example.org' })).toEqual([]);
+        await expect(store.recordContactHolding({ ...first, firstSentAt: 'yesterday' })).rejects.toThrow();
+        await expect(store.recordContactHolding({ ...first, contactKey: '' })).rejects.toThrow(RangeError);
+      });
+    });
+
     consentLedgerConformance(() => store);
 
     describe('closing', () => {

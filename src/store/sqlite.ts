@@ -41,7 +41,7 @@
 // Ids. Message ids are the SQLite rowid (AUTOINCREMENT: never reused, even after
 // deletions) as a decimal string: stable and URL-safe.
 import BetterSqlite3 from 'better-sqlite3';
-import { MessageStatus, type Channel, type ConsentEvent, type Delivery, type DeliveryReceipt, type Trigger } from '../types.ts';
+import { MessageStatus, type Channel, type ConsentEvent, type ContactHolding, type Delivery, type DeliveryReceipt, type Trigger } from '../types.ts';
 import { StaleAttemptError, StoreReason, instantMs, listLimit, patientIdOf, storedMessageOf } from './common.ts';
 import { CONSENT_TABLES, SqliteConsentLedger } from './sqlite-consent.ts';
 import { migrate, openSqliteDatabase, type Database } from './sqlite-db.ts';
@@ -51,6 +51,7 @@ import type {
   AuditQuery,
   CommitOutcome,
   ConsentLedger,
+  ContactHoldingQuery,
   DecisionRecord,
   Disclosure,
   ErasureRecord,
@@ -251,6 +252,20 @@ export const SQLITE_STORE_MIGRATIONS: readonly string[] = [
   `
   ALTER TABLE messages ADD COLUMN raw_bytes INTEGER;
   `,
+  // Which marketing/CRM tool holds which patient's contact (Store.recordContactHolding): opt-outs
+  // are pushed to these outputs and no other.
+  `
+  CREATE TABLE contact_holdings (
+    seq INTEGER PRIMARY KEY,
+    output TEXT NOT NULL,
+    patient_id TEXT NOT NULL,
+    contact_key TEXT NOT NULL,
+    first_sent_at TEXT NOT NULL,
+    UNIQUE (output, patient_id, contact_key)
+  );
+  CREATE INDEX contact_holdings_patient ON contact_holdings (patient_id);
+  CREATE INDEX contact_holdings_contact ON contact_holdings (output, contact_key);
+  `,
   // The consent ledger and the evidence (sqlite-consent.ts).
   CONSENT_TABLES,
 ];
@@ -349,6 +364,19 @@ function receiptFromRow(row: ReceiptRow): DeliveryReceipt {
   };
 }
 
+const HOLDING_COLUMNS = 'output, patient_id, contact_key, first_sent_at';
+
+interface HoldingRow {
+  output: string;
+  patient_id: string;
+  contact_key: string;
+  first_sent_at: string;
+}
+
+function holdingFromRow(row: HoldingRow): ContactHolding {
+  return { output: row.output, patientId: row.patient_id, contactKey: row.contact_key, firstSentAt: row.first_sent_at };
+}
+
 /** A record with its instants already checked and converted (outside the transaction). */
 interface Prepared {
   record: InboundRecord;
@@ -427,6 +455,9 @@ export class SqliteStore implements Store {
   private readonly addReceiptStmt: BetterSqlite3.Statement;
   private readonly receiptsOfDeliveryStmt: BetterSqlite3.Statement<[string], ReceiptRow>;
   private readonly receiptsOfProviderIdStmt: BetterSqlite3.Statement<[string, string], ReceiptRow>;
+  private readonly addHoldingStmt: BetterSqlite3.Statement<[string, string, string, string]>;
+  private readonly holdingsOfPatientStmt: BetterSqlite3.Statement<[string], HoldingRow>;
+  private readonly holdingsOfContactStmt: BetterSqlite3.Statement<[string, string], HoldingRow>;
   private readonly saveRoutingTx: (triggerIds: readonly string[], rows: Array<{ write: DeliveryWrite; asOfMs: number; dueMs: number }>, routedMs: number) => void;
   private readonly commitGroup: (batch: PendingWrite[]) => Array<{ value: unknown }>;
   private readonly commitIsolated: (batch: PendingWrite[]) => Array<{ value: unknown } | { error: unknown }>;
@@ -548,6 +579,12 @@ export class SqliteStore implements Store {
     this.receiptsOfProviderIdStmt = db.prepare(
       `SELECT ${RECEIPT_COLUMNS} FROM delivery_receipts WHERE output = ? AND provider_id = ? AND provider_id <> '' ORDER BY seq`,
     );
+    this.addHoldingStmt = db.prepare(
+      `INSERT INTO contact_holdings (output, patient_id, contact_key, first_sent_at) VALUES (?, ?, ?, ?)
+       ON CONFLICT (output, patient_id, contact_key) DO NOTHING`,
+    );
+    this.holdingsOfPatientStmt = db.prepare(`SELECT ${HOLDING_COLUMNS} FROM contact_holdings WHERE patient_id = ? ORDER BY seq`);
+    this.holdingsOfContactStmt = db.prepare(`SELECT ${HOLDING_COLUMNS} FROM contact_holdings WHERE output = ? AND contact_key = ? ORDER BY seq`);
     // Runs inside the group commit's transaction.
     this.saveRoutingTx = ((triggerIds: readonly string[], rows: Array<{ write: DeliveryWrite; asOfMs: number; dueMs: number }>, routedMs: number) => {
       for (const { write, asOfMs, dueMs } of rows) {
@@ -881,6 +918,20 @@ export class SqliteStore implements Store {
       return query.output === undefined ? rows : rows.filter((r) => r.output === query.output);
     }
     return this.receiptsOfProviderIdStmt.all(query.output, query.providerId).map(receiptFromRow);
+  }
+
+  async recordContactHolding(holding: ContactHolding): Promise<boolean> {
+    this.assertOpen();
+    instantMs(holding.firstSentAt, 'holding.firstSentAt');
+    if (holding.output === '' || holding.patientId === '' || holding.contactKey === '') throw new RangeError('a contact holding needs an output, a patient id and a contact key');
+    // Its own transaction: synchronous=FULL makes it durable when run() returns.
+    return this.addHoldingStmt.run(holding.output, holding.patientId, holding.contactKey, holding.firstSentAt).changes > 0;
+  }
+
+  async listContactHoldings(query: ContactHoldingQuery): Promise<ContactHolding[]> {
+    this.assertOpen();
+    const rows = 'patientId' in query ? this.holdingsOfPatientStmt.all(query.patientId) : this.holdingsOfContactStmt.all(query.output, query.contactKey);
+    return rows.map(holdingFromRow);
   }
 
   async ping(): Promise<void> {

@@ -1,7 +1,7 @@
 // The Store interface (docs/architecture.md "Interfaces"). Workers see only this; the embedded
 // SQLite backend and the PostgreSQL backend implement it and pass one conformance suite
 // (store/conformance.ts).
-import { MessageStatus, type AckCode, type Channel, type ConsentEvent, type ConsentSource, type Delivery, type DeliveryReceipt, type Purpose, type Trigger } from '../types.ts';
+import { MessageStatus, type AckCode, type Channel, type ConsentEvent, type ConsentSource, type ContactHolding, type Delivery, type DeliveryReceipt, type Purpose, type Trigger } from '../types.ts';
 
 /** Everything about one inbound message that is committed before it is acknowledged. */
 export interface InboundRecord {
@@ -491,6 +491,9 @@ export interface TriggerRouting {
 /** Receipts of one delivery (optionally of one output), or those naming one provider id of an output. */
 export type ReceiptQuery = { deliveryId: string; output?: string } | { output: string; providerId: string };
 
+/** The tools holding a patient (to push an opt-out), or the patients a tool's contact stands for (a tool's own opt-out report). */
+export type ContactHoldingQuery = { patientId: string } | { output: string; contactKey: string };
+
 export interface Store extends ConsentLedger {
   /**
    * Commits one inbound message atomically: raw bytes, ACK, status, reason, triggers and
@@ -575,6 +578,15 @@ export interface Store extends ConsentLedger {
   addDeliveryReceipt(receipt: DeliveryReceipt): Promise<boolean>;
   /** Matching receipts, oldest first (the order they were recorded in). */
   listDeliveryReceipts(query: ReceiptQuery): Promise<DeliveryReceipt[]>;
+
+  /**
+   * Records that an output's tool holds a contact of a patient (types.ts ContactHolding),
+   * durably when it resolves. Once per output, patient and contact key: recording it again
+   * keeps the first firstSentAt and answers false.
+   */
+  recordContactHolding(holding: ContactHolding): Promise<boolean>;
+  /** Matching holdings, in the order first recorded. */
+  listContactHoldings(query: ContactHoldingQuery): Promise<ContactHolding[]>;
 
   /** Cheap liveness of the backing store for /readyz. */
   ping(): Promise<void>;

@@ -68,7 +68,7 @@ export interface DeliveryRuntimeOptions {
 
 /**
  * Builds the running adapter of every output of the plan. Every adapter gets the same deps
- * (OutputDeps: secrets, the receipts ledger, the clock; an outbox also takes `sink`).
+ * (OutputDeps: secrets, the receipts ledger, the contact holdings, the clock; an outbox also takes `sink`).
  */
 export function createOutputs(outputs: readonly InstancePlan[], specs: readonly OutputSpec[], deps: object): Map<string, OutboundAdapter> {
   const adapters = new Map<string, OutboundAdapter>();
@@ -122,6 +122,7 @@ export class DeliveryRuntime {
       now: () => new Date(now()),
       secret: (ref) => readSecret(ref, options.env ?? process.env, plan.configDir),
       receipts: store,
+      holdings: store,
     };
     this.outputs = createOutputs(plan.outputs, options.outputSpecs, outputDeps);
     this.links = options.links;

@@ -31,7 +31,7 @@ import type { InstanceCheckIssue } from '../../config/load.ts';
 import { secretRefSchema, type JsonSchema, type SecretRef } from '../../config/yaml.ts';
 import { AmbiguousError, PermanentError, RateLimitedError, RecipientError, RecipientSignal, TransientError } from '../../errors.ts';
 import { PURPOSES, type Purpose, type Receipt } from '../../types.ts';
-import { allowedPurposesSchema, outputNameSchema, providerBaaSchema } from '../common.ts';
+import { allowedPurposesSchema, listUnsubscribeHeaders, outputNameSchema, providerBaaSchema } from '../common.ts';
 import type { OutboundAdapter, OutboundMessage, OutputDeps, OutputSpec, SendContext } from '../spec.ts';
 
 export const SMTP = 'smtp';
@@ -236,19 +236,12 @@ export function createSmtp(config: SmtpConfig, deps: OutputDeps): OutboundAdapte
     async send(message: OutboundMessage, context: SendContext): Promise<Receipt> {
       if (message.to === undefined || message.to === '') throw new PermanentError(SmtpCode.NoRecipient, `delivery ${message.deliveryId} has no email address`);
       if (message.subject === undefined) throw new PermanentError(SmtpCode.NoSubject, `delivery ${message.deliveryId}: the email template gave no subject`);
-      const care = message.purpose.startsWith('care.');
-      if (!care && message.unsubscribe === undefined && config.requireUnsubscribe) {
-        throw new PermanentError(SmtpCode.UnsubscribeMissing, `delivery ${message.deliveryId} (${message.purpose}) has no unsubscribe link; non-care email needs one`);
-      }
+      const unsubscribe = listUnsubscribeHeaders(message, config.requireUnsubscribe, SmtpCode.UnsubscribeMissing);
       const headers: Record<string, { prepared: true; value: string }> = {
         // RFC 3834: keeps out-of-office replies away from the sending address.
         'Auto-Submitted': { prepared: true, value: 'auto-generated' },
       };
-      if (!care && message.unsubscribe !== undefined) {
-        const links = [`<${message.unsubscribe.url}>`, ...(message.unsubscribe.mailto ? [`<${message.unsubscribe.mailto}>`] : [])];
-        headers['List-Unsubscribe'] = { prepared: true, value: links.join(', ') };
-        headers['List-Unsubscribe-Post'] = { prepared: true, value: 'List-Unsubscribe=One-Click' };
-      }
+      for (const [name, value] of Object.entries(unsubscribe ?? {})) headers[name] = { prepared: true, value };
       // The transaction log tells how far the conversation got (354: the server took DATA);
       // only that marker is kept, nothing of what is logged.
       let dataStarted = false;

@@ -1,0 +1,156 @@
+// A stand-in for the Mailchimp Marketing API 3.0 parts the `mailchimp` output uses, on 127.0.0.1.
+// Its base URL carries the data centre as a path segment (http://127.0.0.1:<port>/dc-<dc>, given
+// to the output as apiBaseUrl http://127.0.0.1:<port>/dc-{dc}), so the stand-in can check what
+// Mailchimp's host does: the API key's suffix names this data centre. It enforces:
+//   - HTTP Basic, any user, the API key as password; a wrong key or data centre → 401 "API Key
+//     Invalid";
+//   - PUT /3.0/lists/{list}/members/{hash}: hash = MD5 of the lower-cased email_address;
+//     email_address and status_if_new required; merge_fields only of the audience's merge tags;
+//     a new member takes status_if_new, an existing one keeps its status unless `status` says
+//     otherwise — and a member who unsubscribed cannot be subscribed again by the API (400
+//     "Member In Compliance State"); a permanently deleted address → 400 "Forgotten Email Not
+//     Subscribed"; a fake-looking address → 400 "Invalid Resource"; 200 with the member;
+//   - POST …/members/{hash}/tags { tags: [{ name, status: active|inactive }] } → 204;
+//   - POST …/members/{hash}/events { name 2–30 characters, properties (strings) } → 204;
+//   - PATCH …/members/{hash} { status } → 200; a member that does not exist → 404;
+//   - errors as application/problem+json { type, title, status, detail, instance };
+//   - at most 10 simultaneous connections per API key: the 11th gets 429.
+import { createHash, randomBytes, randomUUID } from 'node:crypto';
+import { header, startHttpStandIn, type Answer, type HttpStandIn, type RecordedRequest } from './http-standin.ts';
+
+export interface MailchimpMember {
+  email_address: string;
+  status: string;
+  merge_fields: Record<string, string>;
+  language?: string;
+  tags: string[];
+  events: Array<{ name: string; properties: Record<string, string> }>;
+}
+
+export interface MailchimpStandIn extends HttpStandIn {
+  readonly apiKey: string;
+  readonly listId: string;
+  /** For the output's apiBaseUrl. */
+  readonly apiBaseUrl: string;
+  readonly members: Map<string, MailchimpMember>;
+  /** Addresses permanently deleted (GDPR): they cannot be added again by the API. */
+  readonly forgotten: Set<string>;
+  /** The next `n` calls are held in flight (not answered) until release(). */
+  holdNext(n: number): void;
+  /** Answers the next call with a 403 without a body, as Mailchimp does under load. */
+  bare403Next(): void;
+}
+
+const MERGE_TAGS = new Set(['FNAME', 'LNAME', 'ADDRESS', 'PHONE', 'BIRTHDAY']);
+const STATUSES = ['subscribed', 'unsubscribed', 'cleaned', 'pending', 'transactional'];
+const MAX_CONNECTIONS = 10;
+
+export const md5 = (text: string) => createHash('md5').update(text.toLowerCase(), 'utf8').digest('hex');
+
+export async function startMailchimpStandIn(): Promise<MailchimpStandIn> {
+  const dc = 'us14';
+  const apiKey = `${randomBytes(16).toString('hex')}-${dc}`;
+  const listId = randomBytes(5).toString('hex');
+  const members = new Map<string, MailchimpMember>();
+  const forgotten = new Set<string>();
+  let hold = 0;
+
+  const problem = (status: number, title: string, detail: string): Answer => ({
+    status,
+    headers: { 'content-type': 'application/problem+json; charset=utf-8', 'x-request-id': randomUUID() },
+    body: { type: 'https://mailchimp.com/developer/marketing/docs/errors/', title, status, detail, instance: randomUUID() },
+  });
+  const isStrings = (value: unknown): value is Record<string, string> =>
+    typeof value === 'object' && value !== null && !Array.isArray(value) && Object.values(value).every((v) => typeof v === 'string');
+
+  let standIn: HttpStandIn;
+  const handle = (request: RecordedRequest): Answer | 'hang' => {
+    // Requests in flight include this one.
+    if (standIn.inFlight() > MAX_CONNECTIONS) return problem(429, 'Too Many Requests', 'You have exceeded the limit of 10 simultaneous connections.');
+    const auth = /^Basic (.+)$/.exec(header(request, 'authorization') ?? '')?.[1];
+    const password = auth === undefined ? undefined : Buffer.from(auth, 'base64').toString('utf8').split(':').slice(1).join(':');
+    const match = /^\/dc-([a-z0-9]+)\/3\.0(\/.*)$/.exec(request.path);
+    if (password !== apiKey || match?.[1] !== dc) {
+      return problem(401, 'API Key Invalid', "Your API key may be invalid, or you've attempted to access the wrong datacenter.");
+    }
+    if (hold > 0) {
+      hold--;
+      return 'hang';
+    }
+    const path = match[2]!;
+    const member = new RegExp(`^/lists/${listId}/members/([0-9a-f]{32})(/tags|/events)?$`).exec(path);
+    if (member === null) return problem(404, 'Resource Not Found', 'The requested resource could not be found.');
+    if (request.method !== 'GET' && !(header(request, 'content-type') ?? '').startsWith('application/json')) return problem(400, 'Invalid Resource', 'The request body must be JSON.');
+    const hash = member[1]!;
+    const existing = members.get(hash);
+    const body = (request.json ?? {}) as Record<string, unknown>;
+
+    if (member[2] === undefined && request.method === 'PUT') {
+      const { email_address: email, status_if_new: statusIfNew, status, merge_fields: mergeFields, language } = body;
+      if (typeof email !== 'string' || typeof statusIfNew !== 'string' || !STATUSES.includes(statusIfNew)) {
+        return problem(400, 'Invalid Resource', 'The resource submitted could not be validated: email_address and status_if_new are required.');
+      }
+      if (md5(email) !== hash) return problem(400, 'Invalid Resource', 'The subscriber hash does not match the email address.');
+      if (!/^[^\s@]+@[^\s@]+\.[a-z]{2,}$/i.test(email)) return problem(400, 'Invalid Resource', `${email} looks fake or invalid, please enter a real email address.`);
+      if (forgotten.has(email.toLowerCase())) return problem(400, 'Forgotten Email Not Subscribed', `${email} was permanently deleted and cannot be re-imported.`);
+      if (mergeFields !== undefined && (!isStrings(mergeFields) || Object.keys(mergeFields).some((k) => !MERGE_TAGS.has(k)))) {
+        return problem(400, 'Invalid Resource', 'Your merge fields were invalid.');
+      }
+      if (status !== undefined && (typeof status !== 'string' || !STATUSES.includes(status))) return problem(400, 'Invalid Resource', 'status is invalid.');
+      if (existing?.status === 'unsubscribed' && status === 'subscribed') {
+        return problem(400, 'Member In Compliance State', `${email} is in a compliance state due to unsubscribe, bounce, or compliance review and cannot be subscribed.`);
+      }
+      const next: MailchimpMember = {
+        email_address: email,
+        status: existing ? (typeof status === 'string' ? status : existing.status) : statusIfNew,
+        merge_fields: { ...existing?.merge_fields, ...(mergeFields as Record<string, string> | undefined) },
+        ...(typeof language === 'string' ? { language } : existing?.language !== undefined ? { language: existing.language } : {}),
+        tags: existing?.tags ?? [],
+        events: existing?.events ?? [],
+      };
+      members.set(hash, next);
+      return { status: 200, body: { id: hash, email_address: email, unique_email_id: hash.slice(0, 10), status: next.status, merge_fields: next.merge_fields, language: next.language ?? '', list_id: listId } };
+    }
+    if (existing === undefined) return problem(404, 'Resource Not Found', 'The requested resource could not be found.');
+    if (member[2] === '/tags' && request.method === 'POST') {
+      const tags = body.tags;
+      if (!Array.isArray(tags) || tags.some((t) => typeof t?.name !== 'string' || !['active', 'inactive'].includes(t?.status))) {
+        return problem(400, 'Invalid Resource', 'tags: [{ name, status: active | inactive }] required.');
+      }
+      for (const tag of tags as Array<{ name: string; status: string }>) {
+        existing.tags = existing.tags.filter((t) => t !== tag.name);
+        if (tag.status === 'active') existing.tags.push(tag.name);
+      }
+      return { status: 204 };
+    }
+    if (member[2] === '/events' && request.method === 'POST') {
+      const { name, properties } = body;
+      if (typeof name !== 'string' || name.length < 2 || name.length > 30) return problem(400, 'Invalid Resource', 'name must be 2-30 characters.');
+      if (properties !== undefined && !isStrings(properties)) return problem(400, 'Invalid Resource', 'properties must be strings.');
+      existing.events.push({ name, properties: (properties as Record<string, string> | undefined) ?? {} });
+      return { status: 204 };
+    }
+    if (member[2] === undefined && request.method === 'PATCH') {
+      if (typeof body.status !== 'string' || !STATUSES.includes(body.status)) return problem(400, 'Invalid Resource', 'status is invalid.');
+      existing.status = body.status;
+      return { status: 200, body: { id: hash, email_address: existing.email_address, status: existing.status, list_id: listId } };
+    }
+    return problem(405, 'Method Not Allowed', 'The requested method and resource are not compatible.');
+  };
+
+  standIn = await startHttpStandIn(handle);
+  const base = standIn.baseUrl;
+  return Object.assign(standIn, {
+    apiKey,
+    listId,
+    apiBaseUrl: `${base}/dc-{dc}`,
+    members,
+    forgotten,
+    holdNext(n: number) {
+      hold += n;
+    },
+    bare403Next() {
+      standIn.failNext({ kind: 'answer', status: 403 });
+    },
+  });
+}
