@@ -2,6 +2,7 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { PermanentError, TransientError } from '../errors.ts';
 import type { LogFields, Logger } from '../log.ts';
 import type { ConsentMirror, ToolConsentSignal } from '../outputs/consent-sync.ts';
+import type { HeldContact, OptOutScope } from '../outputs/spec.ts';
 import { defaultPolicy } from '../pipeline/policy.ts';
 import { SqliteQueue } from '../queue/sqlite.ts';
 import { testTrigger } from '../store/conformance.ts';
@@ -83,7 +84,7 @@ describe('consent kept in step with tools (workers/consent-sync.ts)', () => {
       output: () => undefined,
       log,
       now: () => T0,
-      mirrors: { outputs: () => s!.mirrorOutputs, queue: (event, outputs) => s!.queue(event, outputs) },
+      mirrors: { targets: (entry) => s!.targets(entry), queue: (event, outputs) => s!.queue(event, outputs) },
     });
     s = new ConsentSync({ store, consent, queue, tools, log, now: () => T0 });
     sync = s;
@@ -138,6 +139,40 @@ describe('consent kept in step with tools (workers/consent-sync.ts)', () => {
     await sync.idle();
     expect(pushed.map((p) => [p.output, p.mirror.status])).toEqual([['other-crm', 'opted_in']]);
     expect(await store.unqueuedConsentMirrors(10)).toEqual([]);
+  });
+
+  it('a marketing tool gets the opt-outs of the contacts it holds for the patient or a merged id, never a grant', async () => {
+    const optOuts: Array<{ output: string; contact: HeldContact; scope: OptOutScope }> = [];
+    const marketing = (name: string): ConsentTool => ({
+      async optOut(contact, scope) {
+        optOuts.push({ output: name, contact, scope });
+        return 'applied';
+      },
+    });
+    build(new Map([['hubspot', marketing('hubspot')], ['brevo', marketing('brevo')]]));
+    await sync.start();
+    await store.notePatientFacts([{ ...testTrigger({ id: 'm' }), type: 'patient.merged', patient: { ...testTrigger({ id: 'x' }).patient, id: 'MRN-1', mergedFrom: [{ value: 'MRN-OLD' }] }, appointment: undefined }]);
+    await store.recordContactHolding({ output: 'hubspot', patientId: 'MRN-1', contactKey: 'alex@example.org', firstSentAt: '2030-03-01T09:00:00Z' });
+    await store.recordContactHolding({ output: 'hubspot', patientId: 'MRN-OLD', contactKey: 'old@example.org', firstSentAt: '2030-03-01T09:00:00Z' });
+    await store.recordContactHolding({ output: 'brevo', patientId: 'MRN-2', contactKey: 'alex@example.org', firstSentAt: '2030-03-01T09:00:00Z' });
+    await consent.record({ patientId: 'MRN-1', action: 'grant', channel: 'email', purposes: ['marketing'], source: 'admin', method: 'api' });
+    await consent.record({ patientId: 'MRN-1', action: 'opt_out', channel: 'email', purposes: ['marketing', 'service.info'], source: 'email-link', method: 'link' });
+    await sync.idle();
+    expect(optOuts.map((o) => [o.output, o.contact.contactKey, o.scope.purpose]).sort()).toEqual([
+      ['hubspot', 'alex@example.org', 'marketing'],
+      ['hubspot', 'alex@example.org', 'service.info'],
+      ['hubspot', 'old@example.org', 'marketing'],
+      ['hubspot', 'old@example.org', 'service.info'],
+    ]);
+    expect(optOuts.every((o) => o.scope.channel === 'email')).toBe(true);
+  });
+
+  it('a tool signal by address reaches the patients whose contact that output holds', async () => {
+    build(new Map());
+    await store.recordContactHolding({ output: 'mailchimp', patientId: 'MRN-2', contactKey: 'alex@example.org', firstSentAt: '2030-03-01T09:00:00Z' });
+    expect(await consent.toolSignal(signal({ tool: 'mailchimp', output: 'mailchimp', contact: { email: 'Alex@Example.org' }, scope: { channel: 'email' }, eventId: 'mc-1' }))).toMatchObject({ recorded: 1 });
+    expect((await store.consentRecords({ patientIds: ['MRN-2'] })).events).toHaveLength(1);
+    expect((await store.consentRecords({ patientIds: ['MRN-1'] })).events).toHaveLength(0);
   });
 
   it('a purpose the tool refuses for good is logged and skipped; a transient failure retries the entry', async () => {

@@ -3,23 +3,28 @@
 // for the data), both ways:
 //
 //   ledger entry ─▶ (same transaction) consent_mirrors row ─▶ queue job `mirror:<entry>:<output>`
-//                ─▶ adapter.mirrorConsent() per channel × purpose     (retried by the queue)
+//                ─▶ adapter.mirrorConsent() per channel × purpose      (a tool with a consent model)
+//                ─▶ adapter.optOut() per held contact × channel × purpose   (a marketing tool)
+//                                                                    (retried by the queue)
 //   tool ─▶ adapter.pollConsent(cursor) ─▶ ToolConsentSignal ─▶ ConsentService.toolSignal()
 //        ─▶ ledger entry (once per event id) ─▶ pending deliveries it forbids suppressed
 //
 // What is pushed: a patient's grant, revocation or opt-out (an SMS keyword belongs to a number,
-// a no-contact flag is the organisation's, neither is a person's consent a tool keeps), to the
-// outputs that declare consent (a `consent` block and an adapter with mirrorConsent) and were
+// a no-contact flag is the organisation's, neither is a person's consent a tool keeps). To an
+// output with a consent model (a `consent` block and mirrorConsent: salesforce-crm) that was
 // sent something about the patient or a merged id (the accounting of disclosures says which),
-// never back to the output that reported it. FHIR Consents are evaluated by their provisions
-// and not pushed. A tool refusing one push for good (a purpose it does not map) is logged with
-// its code and the rest of the entry still goes; a transient failure retries the whole entry
-// (the tool upserts by a key: repeating is harmless).
+// grants and opt-outs alike; to a marketing tool (optOut: HubSpot, Mailchimp, Brevo,
+// ActiveCampaign) holding the patient's contact (Store contact holdings), revocations and
+// opt-outs only — CareRelay never lifts an opt-out there. Never back to the output that
+// reported the entry. FHIR Consents are evaluated by their provisions and not pushed. A tool
+// refusing one push for good (a purpose it does not map) is logged with its code and the rest
+// of the entry still goes; a transient failure retries the whole entry (pushes are idempotent).
 //
-// Logs: output names, entry ids and codes only.
+// Logs: output names, entry ids, codes and counts only.
 import { failureClassOf } from '../errors.ts';
 import type { Logger } from '../log.ts';
 import type { ConsentMirror, ToolConsentSignal } from '../outputs/consent-sync.ts';
+import type { HeldContact, OptOutOutcome, OptOutScope } from '../outputs/spec.ts';
 import type { JobContext, Queue } from '../queue/queue.ts';
 import type { Store } from '../store/store.ts';
 import type { ConsentEvent, Receipt } from '../types.ts';
@@ -38,9 +43,10 @@ export interface MirrorJob {
   mirrors: ConsentMirror[];
 }
 
-/** What an output offers to keep consent in step (salesforce-crm: both). */
+/** What an output offers to keep consent in step (salesforce-crm: mirror and poll; marketing tools: optOut). */
 export interface ConsentTool {
   mirrorConsent?(consent: ConsentMirror, context: { readonly signal: AbortSignal }): Promise<Receipt>;
+  optOut?(contact: HeldContact, scope: OptOutScope, context: { readonly signal: AbortSignal }): Promise<OptOutOutcome>;
   pollConsent?(cursor: PollCursor, context: { readonly signal: AbortSignal }): Promise<{ signals: ToolConsentSignal[]; cursor: PollCursor; more: boolean }>;
 }
 
@@ -79,7 +85,7 @@ export interface ConsentSyncDeps {
   store: Store;
   consent: ConsentService;
   queue: Queue<MirrorJob>;
-  /** The outputs that declare consent (a `consent` block), by name. */
+  /** The outputs that keep consent: a `consent` block with mirrorConsent/pollConsent, or optOut. */
   tools: ReadonlyMap<string, ConsentTool>;
   log: Logger;
   now: () => number;
@@ -98,9 +104,23 @@ export class ConsentSync {
     this.#deps = deps;
   }
 
-  /** The outputs a ledger entry may be pushed to. */
-  get mirrorOutputs(): string[] {
-    return [...this.#deps.tools].filter(([, tool]) => typeof tool.mirrorConsent === 'function').map(([name]) => name);
+  /**
+   * The outputs an entry about to be recorded is pushed to (ConsentService.record writes them
+   * with the entry): see the top of this file.
+   */
+  async targets(entry: Omit<ConsentEvent, 'id' | 'recordedAt' | 'policyVersion'>): Promise<string[]> {
+    if (entry.patientId === undefined || this.#deps.tools.size === 0 || mirrorsOf(entry).length === 0) return [];
+    const stops = entry.action === 'opt_out' || entry.action === 'revoke';
+    const group = await this.#deps.store.mergedGroup(entry.patientId);
+    const sent = new Set((await this.#deps.store.listDisclosures({ patientIds: group, limit: 1000 })).map((d) => d.output));
+    const holding = new Set<string>();
+    if (stops) for (const id of group) for (const h of await this.#deps.store.listContactHoldings({ patientId: id })) holding.add(h.output);
+    const targets: string[] = [];
+    for (const [name, tool] of this.#deps.tools) {
+      if (name === entry.output) continue; // where it came from
+      if (tool.mirrorConsent ? sent.has(name) : tool.optOut && holding.has(name)) targets.push(name);
+    }
+    return targets;
   }
 
   /** Puts the pushes of a recorded entry on the queue (ConsentService calls it after the entry). */
@@ -200,18 +220,39 @@ export class ConsentSync {
   async #push(job: JobContext<MirrorJob>): Promise<void> {
     const { output, mirrors, eventId } = job.data;
     const tool = this.#deps.tools.get(output);
-    if (!tool?.mirrorConsent) {
+    const calls: Array<() => Promise<unknown>> = [];
+    if (tool?.mirrorConsent) {
+      for (const mirror of mirrors) calls.push(() => tool.mirrorConsent!(mirror, { signal: job.signal }));
+    } else if (tool?.optOut) {
+      // Every contact the tool holds for the patient or a merged id, as it is known there now.
+      const patientId = mirrors[0]?.patientId;
+      const held = new Map<string, HeldContact>();
+      for (const id of patientId === undefined ? [] : await this.#deps.store.mergedGroup(patientId)) {
+        for (const h of await this.#deps.store.listContactHoldings({ patientId: id })) {
+          if (h.output === output) held.set(`${h.patientId}\u0000${h.contactKey}`, { patientId: h.patientId, contactKey: h.contactKey });
+        }
+      }
+      for (const contact of held.values()) {
+        for (const m of mirrors) {
+          if (m.status !== 'opted_out') continue;
+          const scope: OptOutScope = { channel: m.channel, ...(m.purpose !== undefined ? { purpose: m.purpose } : {}) };
+          calls.push(() => tool.optOut!(contact, scope, { signal: job.signal }));
+        }
+      }
+    } else {
       this.#deps.log.warn('consent.mirror_skipped', { output, entry: eventId, reason: 'output_not_running' });
       return;
     }
-    for (const mirror of mirrors) {
+    let refused = 0;
+    for (const call of calls) {
       try {
-        await tool.mirrorConsent(mirror, { signal: job.signal });
+        await call();
       } catch (error) {
         if (failureClassOf(error) !== 'permanent') throw error;
+        refused++;
         this.#deps.log.warn('consent.mirror_refused', { output, entry: eventId, code: (error as { code?: string }).code ?? 'permanent' });
       }
     }
-    this.#deps.log.info('consent.mirrored', { output, entry: eventId, count: mirrors.length });
+    this.#deps.log.info('consent.mirrored', { output, entry: eventId, count: calls.length - refused });
   }
 }

@@ -25,7 +25,6 @@ import type { DecisionRecord, DeliveryRef, Store, StoredDelivery, StoredFhirCons
 import { ConsentChannel, ToolSignalKind, type ToolConsentSignal } from '../outputs/consent-sync.ts';
 import type { OutboundMessage } from '../outputs/spec.ts';
 import { ConsentReason, PURPOSES, type Channel, type ConsentEvent, type Delivery, type Purpose, type Trigger } from '../types.ts';
-import { mirrorsOf } from './consent-sync.ts';
 import type { SendGate } from './deliver.ts';
 import { needsUnsubscribe, type UnsubscribeLinks } from './unsubscribe.ts';
 
@@ -58,7 +57,11 @@ export interface ConsentServiceDeps {
    * The tools a patient's entries are pushed to (workers/consent-sync.ts): which outputs keep
    * consent, and what queues a recorded entry's pushes. Absent: nothing is pushed.
    */
-  mirrors?: { outputs: () => readonly string[]; queue: (event: ConsentEvent, outputs: readonly string[]) => Promise<void> };
+  mirrors?: {
+    /** The outputs an entry about to be recorded is to be pushed to. */
+    targets: (entry: Omit<ConsentEvent, 'id' | 'recordedAt' | 'policyVersion'>) => Promise<string[]>;
+    queue: (event: ConsentEvent, outputs: readonly string[]) => Promise<void>;
+  };
 }
 
 /** What the ledger and the store say about a patient, without the delivery itself. */
@@ -150,7 +153,7 @@ export class ConsentService implements SendGate {
   async record(entry: Omit<ConsentEvent, 'id' | 'recordedAt' | 'policyVersion' | 'at'> & { at?: string }): Promise<{ event: ConsentEvent } & Enforced> {
     const now = this.#deps.now();
     const at = entry.at ?? new Date(now).toISOString();
-    const mirrorTo = await this.#mirrorTargets({ ...entry, at });
+    const mirrorTo = (await this.#deps.mirrors?.targets({ ...entry, at })) ?? [];
     const event = await this.#deps.store.addConsentEvent({ ...entry, at, policyVersion: this.#deps.policy.version, recordedAt: new Date(now).toISOString() }, mirrorTo);
     if (mirrorTo.length > 0) {
       // Recorded with the entry: a push not queued now is queued at the next start.
@@ -181,9 +184,7 @@ export class ConsentService implements SendGate {
       const { suppressed } = await this.record({ ...base, address, action: 'opt_out', channel: channel ?? (address === contact.email ? 'email' : 'sms'), purposes: [] });
       return { recorded: 1, suppressed };
     }
-    const patients = contact.patientId !== undefined && (await this.knownPatient(contact.patientId))
-      ? [contact.patientId]
-      : [...new Set((await Promise.all([contact.email, contact.phone].filter((a) => a !== undefined).map((a) => this.#deps.store.patientsAtAddress(normalizeAddress(a))))).flat())];
+    const patients = contact.patientId !== undefined && (await this.knownPatient(contact.patientId)) ? [contact.patientId] : await this.#patientsOfContact(signal);
     if (patients.length === 0) {
       this.#deps.log.info('consent.tool_signal_unmatched', { output: signal.output, kind: signal.kind });
       return nothing;
@@ -196,6 +197,22 @@ export class ConsentService implements SendGate {
       suppressed.push(...result.suppressed);
     }
     return { recorded: patients.length, suppressed };
+  }
+
+  /**
+   * The patients a tool's contact stands for: those this output handed the tool under that
+   * address (contact holdings), else those whose triggers carried the address.
+   */
+  async #patientsOfContact(signal: ToolConsentSignal): Promise<string[]> {
+    const found = new Set<string>();
+    for (const address of [signal.contact.email, signal.contact.phone]) {
+      if (address === undefined) continue;
+      const key = normalizeAddress(address);
+      const held = await this.#deps.store.listContactHoldings({ output: signal.output, contactKey: key });
+      const ids = held.length > 0 ? held.map((h) => h.patientId) : await this.#deps.store.patientsAtAddress(key);
+      for (const id of ids) found.add(id);
+    }
+    return [...found];
   }
 
   /**
@@ -277,15 +294,6 @@ export class ConsentService implements SendGate {
     if ((await this.#deps.store.patientFacts([patientId])).length > 0) return true;
     const { events, consents } = await this.#deps.store.consentRecords({ patientIds: [patientId] });
     return events.length + consents.length > 0;
-  }
-
-  /** The tools holding the patient's contact that this entry is pushed to (workers/consent-sync.ts). */
-  async #mirrorTargets(entry: Omit<ConsentEvent, 'id' | 'recordedAt' | 'policyVersion'>): Promise<string[]> {
-    const tools = this.#deps.mirrors?.outputs() ?? [];
-    if (tools.length === 0 || entry.patientId === undefined || mirrorsOf(entry).length === 0) return [];
-    const group = await this.#deps.store.mergedGroup(entry.patientId);
-    const held = new Set((await this.#deps.store.listDisclosures({ patientIds: group, limit: 1000 })).map((d) => d.output));
-    return tools.filter((name) => held.has(name) && name !== entry.output);
   }
 
   // --- enforcement ----------------------------------------------------------------------

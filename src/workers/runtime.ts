@@ -126,11 +126,15 @@ export class DeliveryRuntime {
     };
     this.outputs = createOutputs(plan.outputs, options.outputSpecs, outputDeps);
     this.links = options.links;
-    // An output keeps consent when its configuration has a `consent` block (salesforce-crm).
+    // Outputs that keep consent (workers/consent-sync.ts): a tool with a consent model when its
+    // configuration has a `consent` block (salesforce-crm), a marketing tool taking optOut.
     const tools = new Map<string, ConsentTool>();
     for (const output of plan.outputs) {
       const adapter = this.outputs.get(output.name) as (OutboundAdapter & ConsentTool) | undefined;
-      if (adapter && output.config.consent !== undefined && (adapter.mirrorConsent || adapter.pollConsent)) tools.set(output.name, adapter);
+      if (!adapter) continue;
+      const consentModel = output.config.consent !== undefined && (adapter.mirrorConsent || adapter.pollConsent);
+      if (consentModel) tools.set(output.name, adapter);
+      else if (adapter.optOut) tools.set(output.name, { optOut: adapter.optOut.bind(adapter) });
     }
     let consentSync: ConsentSync | undefined;
     this.consent = new ConsentService({
@@ -144,7 +148,7 @@ export class DeliveryRuntime {
       log,
       now,
       links: options.links,
-      mirrors: { outputs: () => consentSync!.mirrorOutputs, queue: (event, outputs) => consentSync!.queue(event, outputs) },
+      mirrors: { targets: (entry) => consentSync!.targets(entry), queue: (event, outputs) => consentSync!.queue(event, outputs) },
     });
     consentSync = new ConsentSync({
       store,
