@@ -14,6 +14,7 @@ import { normalizeFhirDocument, readFhirDocument, type FhirDocument } from './fh
 import { FhirNormalizeError } from './fhir/normalize.ts';
 import { FhirNotificationError } from './fhir/notification.ts';
 import type { Trigger } from './types.ts';
+import { CONSENT_USAGE } from './cli-consent.ts';
 
 const USAGE = `Usage: carerelay <command> [options]
 
@@ -36,8 +37,10 @@ Commands:
                                            each ACK code (exit 1 unless every ACK is AA/CA);
                                            MSH-15 NE: sent without waiting for an ACK; ER: no
                                            ACK within the timeout counts as accepted
-  test [DIR | FILE]                        run the mapping tests (*.test.yaml) of DIR (default:
-                                           ./mappings), or the one FILE; exit 1 on any failure
+  test [DIR | FILE] [--json]               run the mapping tests (*.test.yaml) of DIR (default:
+                                           ./mappings), or the one FILE; exit 1 on any failure;
+                                           --json: one line per test with every delivery
+                                           (status, reason, due and sent times) and reply
   replay --dry-run [--config-dir DIR] [--timezone ZONE] [--now INSTANT] FILE...
                                            show which rules the files would fire and what would
                                            be sent when; nothing is stored or sent
@@ -56,7 +59,7 @@ Commands:
                                            FHIR server, pointing at URL/ingest/fhir/NAME, and
                                            show each one's status or failure (exit 1 if any
                                            failed; the others are still done)
-  help                                     this text
+${CONSENT_USAGE}  help                                     this text
 `;
 
 type Options = NonNullable<ParseArgsConfig['options']>;
@@ -288,7 +291,7 @@ function splitForSending(bytes: Buffer): Buffer[] {
 async function cmdValidate(args: string[]): Promise<number> {
   const { values } = parse(args, { 'config-dir': { type: 'string', default: '.' } });
   const { loadConfig } = await import('./config/load.ts');
-  const { checkMappingTestFiles } = await import('./workers/simulate.ts');
+  const { checkMappingTestFiles } = await import('./workers/mapping-tests.ts');
   try {
     const plan = await loadConfig({ configDir: path.resolve(values['config-dir'] as string), env: process.env, mappingTests: checkMappingTestFiles });
     process.stdout.write(`configuration OK: ${plan.inputs.length} input(s), ${plan.outputs.length} output(s)\n`);
@@ -300,7 +303,7 @@ async function cmdValidate(args: string[]): Promise<number> {
 }
 
 async function cmdTest(args: string[]): Promise<number> {
-  const { positionals } = parse(args, {});
+  const { values, positionals } = parse(args, { json: { type: 'boolean', default: false } });
   if (positionals.length > 1) return fail('test takes at most one DIR (a mappings directory) or FILE (a *.test.yaml)');
   const given = positionals[0] ?? 'mappings';
   const target = path.resolve(given);
@@ -314,11 +317,20 @@ async function cmdTest(args: string[]): Promise<number> {
   if (!isDirectory && !target.endsWith('.test.yaml')) {
     return fail(`test: ${given} is not a mapping test: give a mappings directory or a file ending in .test.yaml`);
   }
-  const { runMappingTests } = await import('./workers/simulate.ts');
+  const { runMappingTests } = await import('./workers/mapping-tests.ts');
   // One file runs against the mappings of its own directory.
   const results = isDirectory
     ? await runMappingTests(target, { env: process.env })
     : await runMappingTests(path.dirname(target), { env: process.env, files: [target] });
+  if (values.json === true) {
+    // One line per test: every delivery (rule, subject, patient, channel, to, status, reason,
+    // due and sent times) and the keyword replies, with the diff of a failed test.
+    for (const r of results.results) {
+      const diff = r.ok ? undefined : results.failed.find((f) => f.file === r.file && f.test === r.test)?.diff;
+      process.stdout.write(`${JSON.stringify({ ...r, ...(diff !== undefined ? { diff } : {}) })}\n`);
+    }
+    return results.failed.length === 0 ? 0 : 1;
+  }
   for (const r of results.results) process.stdout.write(`${r.ok ? 'ok  ' : 'FAIL'} ${r.file} › ${r.test}\n`);
   for (const f of results.failed) {
     process.stdout.write(`\n--- ${f.file} › ${f.test}\n${f.diff}\n`);
@@ -512,6 +524,9 @@ export async function main(argv: string[]): Promise<number> {
         return await cmdAttempt(command, rest);
       case 'fhir':
         return await cmdFhir(rest);
+      case 'consent':
+      case 'patient':
+        return await (await import('./cli-consent.ts')).cmdConsent(command, rest);
       case undefined:
       case 'help':
       case '--help':

@@ -3,6 +3,7 @@
 import type { Server } from 'node:http';
 import path from 'node:path';
 import { createApp, type HttpHl7Input } from './api/app.ts';
+import { inboundSmsTokens } from './api/consent-routes.ts';
 import { twilioStatusHooks } from './api/hooks-routes.ts';
 import { loadConfig, type CarerelayPlan, type InstancePlan } from './config/load.ts';
 import { readSecret, type Env, type SecretRef } from './config/yaml.ts';
@@ -29,6 +30,7 @@ import { RejectedRawQuota } from './workers/raw-quota.ts';
 import { StoreReadiness } from './workers/readiness.ts';
 import { outputSpecs } from './outputs/index.ts';
 import { DeliveryRuntime, type ReloadResult } from './workers/runtime.ts';
+import { dataDirUnsubscribeKey, unsubscribeLinks } from './workers/unsubscribe.ts';
 
 export interface StartOptions {
   configDir: string;
@@ -200,16 +202,27 @@ export async function startCarerelay(options: StartOptions): Promise<RunningCare
   });
   const store = readiness.watch();
   const afterSend = faultInjector(env, 'send');
+  const policy = plan.policy;
+  // The default public URL names the listener's port, known once it is bound (port 0 in tests).
+  let publicUrl = policy.publicUrl;
   let deliveries: DeliveryRuntime;
   let twilioStatus: ReturnType<typeof twilioStatusHooks>;
+  let smsWebhooks: Map<string, string>;
   try {
+    const links = unsubscribeLinks({
+      key: policy.unsubscribe.secret ? Buffer.from(readSecret(policy.unsubscribe.secret, env, plan.configDir), 'utf8') : dataDirUnsubscribeKey(plan.server.dataDir),
+      publicUrl: () => publicUrl,
+      ttlDays: policy.unsubscribe.ttlDays,
+    });
     // Outputs start here: a secret that cannot be read, or is not what its output needs, stops the start.
-    deliveries = new DeliveryRuntime({ db, store, plan, log, outputSpecs, env, ...(options.now ? { now: options.now } : {}), ...(afterSend ? { afterSend } : {}) });
+    deliveries = new DeliveryRuntime({ db, store, plan, log, outputSpecs, env, links, ...(options.now ? { now: options.now } : {}), ...(afterSend ? { afterSend } : {}) });
     twilioStatus = twilioStatusHooks(plan.outputs, (ref) => readSecret(ref, env, plan.configDir));
+    smsWebhooks = inboundSmsTokens(plan, (ref) => readSecret(ref, env, plan.configDir));
   } catch (error) {
     await store.close();
     throw error;
   }
+  const consent = deliveries.consent;
   const rejectedRaw = new RejectedRawQuota(store, plan.server.rejectedRaw);
   const ingest = new Hl7Ingest({ store, log, onCommitted: deliveries.onCommitted, rejectedRaw });
   const afterCommit = faultInjector(env, 'commit') ?? (() => {});
@@ -220,7 +233,13 @@ export async function startCarerelay(options: StartOptions): Promise<RunningCare
   const fhirIngests = new Map<string, FhirIngest>();
   const fhirPollers: FhirPoller[] = [];
   const hl7Settings = new Map<string, Hl7IngestSettings>();
-  const fhirDeps = { store, log, env, configDir: plan.configDir, onCommitted: deliveries.onCommitted };
+  // A Consent received on a FHIR input: kept and enforced before its record commits; one that
+  // cannot be used is recorded as rejected with the reason.
+  const onConsent = async (resource: Record<string, unknown>): Promise<{ rejected?: string }> => {
+    const outcome = await consent.fhirConsent(resource, 'fhir', false);
+    return outcome.kind === 'stored' ? {} : { rejected: outcome.kind === 'invalid' ? 'consent_invalid' : 'consent_unknown_patient' };
+  };
+  const fhirDeps = { store, log, env, configDir: plan.configDir, onCommitted: deliveries.onCommitted, onConsent };
   for (const input of plan.inputs) {
     if (input.type === HL7V2_MLLP) {
       const typed = input as unknown as InstancePlan<Hl7v2MllpConfig>;
@@ -248,6 +267,7 @@ export async function startCarerelay(options: StartOptions): Promise<RunningCare
     }
   }
 
+  const now = options.now ?? Date.now;
   const app = createApp({
     store,
     log,
@@ -259,6 +279,7 @@ export async function startCarerelay(options: StartOptions): Promise<RunningCare
     hl7Settings,
     twilioStatus,
     readiness: () => readiness.check(),
+    consent: { consent, links: deliveries.links, smsWebhooks, publicUrl: () => publicUrl, now },
   });
   const mllpPorts = new Map<string, number>();
   let http: Server | undefined;
@@ -284,6 +305,7 @@ export async function startCarerelay(options: StartOptions): Promise<RunningCare
   http.keepAliveTimeout = 5_000;
   const address = http.address();
   const httpPort = typeof address === 'object' && address !== null ? address.port : plan.server.http.port;
+  if (!policy.publicUrlConfigured) publicUrl = `http://${httpHost.includes(':') ? `[${httpHost}]` : httpHost}:${httpPort}`;
   log.info('http.listening', { host: httpHost, port: httpPort });
   // FHIR: heartbeat-silence monitors and pollers start once the endpoint can receive.
   for (const fhirIngest of fhirIngests.values()) fhirIngest.start();

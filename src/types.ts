@@ -270,8 +270,115 @@ export interface Delivery {
   template?: string;
   /** Recipient address picked by the rule's `send.to` (absent: the send-time check says `no_address`). */
   to?: string;
+  /**
+   * The rule's template variant that names no one, used when the address is shared by several
+   * patients (docs/consent.md rule 8); without one such a delivery is suppressed `shared_address`.
+   */
+  noNameTemplate?: string;
+  /** The due time before a quiet-hours move made it earlier (pipeline/quiet-hours.ts). */
+  quietHoursFrom?: string;
   /** Queue cancel keys: the delivery id, `<subjectKey>`, `patient/<id>`, and `<trigger type>@<subjectKey>` per cancelling type. */
   cancelKeys: string[];
   /** Only the trigger fields the rule's `send.fields` allow-list names (invariant 6). */
   payload: Record<string, unknown>;
+}
+
+/**
+ * Why a delivery did not go (docs/consent.md reason codes, in rule order), plus the two codes
+ * from a delivery's life (`expired`, `erased`). Safe to log: codes only.
+ */
+export const ConsentReason = {
+  /** Rule 1: the appointment/encounter is no longer what the rule was for. */
+  Stale: 'stale',
+  /** Rule 2: the patient died (PID-29/30, Patient.deceased). */
+  Deceased: 'deceased',
+  /** Rule 2: an opt-out covers the channel (SMS keyword, unsubscribe link, admin, FHIR OPTOUT). */
+  OptedOut: 'opted_out',
+  /** Rule 2: the organisation's no-contact flag. */
+  NoContact: 'no_contact',
+  /** Rule 3: no consent record, and the default matrix denies. */
+  NoConsent: 'no_consent',
+  /** Rule 3: an active deny (a revocation, a Consent deny provision). */
+  ConsentDenied: 'consent_denied',
+  /** Rule 4: the output may not carry this purpose or this PHI. */
+  DestinationNotCovered: 'destination_not_covered',
+  /** Rule 5: within the window after sensitive care. */
+  SensitiveWindow: 'sensitive_window',
+  /** Rule 6: a tenant cap or the US exempt-SMS limit is reached. */
+  FrequencyCap: 'frequency_cap',
+  /** Rule 7: in quiet hours; moved to `retryAt`. */
+  QuietHours: 'quiet_hours',
+  /** Rule 8: no address for the channel. */
+  NoAddress: 'no_address',
+  /** Rule 8: the address is shared by several patients and the rule has no no-name variant. */
+  SharedAddress: 'shared_address',
+  /** It can no longer go out before its `expires`. */
+  Expired: 'expired',
+  /** The patient's data was erased. */
+  Erased: 'erased',
+} as const;
+export type ConsentReason = (typeof ConsentReason)[keyof typeof ConsentReason];
+
+/** What a consent ledger entry does (docs/consent.md rules 2–3). */
+export const ConsentAction = {
+  /** Permits a purpose on a channel. */
+  Grant: 'grant',
+  /** Denies a purpose on a channel (`consent_denied`). */
+  Revoke: 'revoke',
+  /** Stops a channel, or some purposes on it (`opted_out`). */
+  OptOut: 'opt_out',
+  /** START / UNSTOP: lifts what a keyword opt-out stopped for the number, nothing more. */
+  OptIn: 'opt_in',
+  /** The organisation's no-contact flag set (`no_contact`). */
+  NoContact: 'no_contact',
+  /** The no-contact flag cleared. */
+  ContactAllowed: 'contact_allowed',
+} as const;
+export type ConsentAction = (typeof ConsentAction)[keyof typeof ConsentAction];
+
+/** Where a consent ledger entry came from. */
+export const ConsentSource = {
+  Fhir: 'fhir',
+  Admin: 'admin',
+  Sms: 'sms',
+  EmailLink: 'email-link',
+  Import: 'import',
+  /** What a provider reported about an address (opted out at the provider, a hard bounce). */
+  Provider: 'provider',
+} as const;
+export type ConsentSource = (typeof ConsentSource)[keyof typeof ConsentSource];
+
+/**
+ * One entry of the consent ledger: a grant or revocation, an opt-out or its lifting, a
+ * no-contact flag. Scoped to a patient (admin, FHIR, email link) or to an address (an SMS
+ * keyword belongs to the number: docs/consent.md "Scope of an opt-out").
+ */
+export interface ConsentEvent {
+  /** Store-assigned. */
+  id: string;
+  /** The patient it belongs to; absent for an SMS keyword (it belongs to the number). */
+  patientId?: string;
+  /** One address it is limited to (the number of a keyword; optional for grants). */
+  address?: string;
+  /**
+   * For SMS keywords: the output (the sender's number) the keyword was sent to. For a tool's
+   * report (source `provider`): the output it came through, never pushed back there.
+   */
+  output?: string;
+  action: ConsentAction;
+  /** The purposes it covers; empty = every purpose. */
+  purposes: Purpose[];
+  /** The channel it covers; absent = every channel. */
+  channel?: Channel;
+  source: ConsentSource;
+  /** How it was given: `keyword:STOP`, `api`, `one-click`, `link`, `fhir`… (no patient data). */
+  method: string;
+  /** When it takes effect (ISO-8601 with offset): the latest applicable entry wins. */
+  at: string;
+  /** The policy version in force when it was recorded (policy.version). */
+  policyVersion: string;
+  /** What it refers to: a delivery id (email link), a message id (SMS), a Consent id. */
+  reference?: string;
+  /** When it was stored. */
+  recordedAt: string;
 }

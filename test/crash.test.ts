@@ -19,6 +19,7 @@ import { silentLogger } from '../src/log.ts';
 import { startCarerelay } from '../src/main.ts';
 import { SqliteStore } from '../src/store/sqlite.ts';
 import { siuMessage, startChildServer, writeConfigDir, type ChildServer, type TestConfigDir } from './helpers/server.ts';
+import { prng } from './helpers/random.ts';
 
 const SENDER = 'EPIC^NORTHCLINIC';
 const dirs: TestConfigDir[] = [];
@@ -62,18 +63,6 @@ function within<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
     timer = setTimeout(() => reject(new Error(`${what}: not within ${ms} ms`)), ms);
   });
   return Promise.race([promise, limit]).finally(() => clearTimeout(timer));
-}
-
-/** Small seeded PRNG (mulberry32): the kill schedule is the same on every run. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4_294_967_296;
-  };
 }
 
 describe('kill -9 between commit and ACK (fixed point)', () => {

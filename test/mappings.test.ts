@@ -4,7 +4,7 @@
 import { readdirSync } from 'node:fs';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { runMappingTests } from '../src/workers/simulate.ts';
+import { runMappingTests } from '../src/workers/mapping-tests.ts';
 
 const MAPPINGS = path.resolve(import.meta.dirname, '..', 'mappings');
 const files = readdirSync(MAPPINGS).filter((name) => name.endsWith('.test.yaml')).sort();

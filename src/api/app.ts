@@ -17,6 +17,7 @@ import { createFhirAdminRouter, createFhirRouter, type FhirHttpInput } from './f
 import { createHooksRouter, type TwilioStatusHook } from './hooks-routes.ts';
 import { bearerMatches, bearerToken, declaredOverLimit, digest, limitedRawBody, refuseUnread, sendProblem } from './http.ts';
 import { createOperationsRouter } from './operations.ts';
+import { createConsentRouter, type ConsentRoutesDeps } from './consent-routes.ts';
 
 export interface HttpHl7Input {
   settings: Hl7IngestSettings;
@@ -51,6 +52,8 @@ export interface ApiDeps {
   twilioStatus?: ReadonlyMap<string, TwilioStatusHook>;
   /** Undefined when ready to take traffic, else a reason code (workers/readiness.ts); default: the store answers. */
   readiness?: () => Promise<string | undefined>;
+  /** The consent ways in and patient views (consent-routes.ts); absent: not served. */
+  consent?: Omit<ConsentRoutesDeps, 'store' | 'log' | 'authenticate' | 'requireScope'>;
 }
 
 export interface AdminTokenSecret {
@@ -336,6 +339,9 @@ export function createApp(deps: ApiDeps): express.Express {
   // Provider callbacks about sent messages; each authenticates its own way (hooks-routes.ts).
   app.use('/hooks', createHooksRouter({ twilioStatus: deps.twilioStatus ?? new Map(), store, log }));
 
+  // Consent: ways in and patient views (consent-routes.ts), admin routes behind the same tokens.
+  if (deps.consent) app.use(createConsentRouter({ ...deps.consent, store, log, authenticate: authenticateAdmin(deps), requireScope }));
+
   const admin = express.Router();
   admin.use(authenticateAdmin(deps));
   admin.use(requireScope(AdminScope.Read));
@@ -490,6 +496,8 @@ export function createApp(deps: ApiDeps): express.Express {
       ...(d.providerId ? { providerId: d.providerId } : {}),
       ...(outbox ? { outbox } : {}),
       links: { trigger: `/api/triggers/${encodeURIComponent(d.delivery.triggerId)}` },
+      // Evidence: every run of the send-time checks (docs/consent.md), newest first.
+      decisions: await store.listDecisions({ deliveryId: d.delivery.id }),
     });
   });
 

@@ -47,15 +47,17 @@ describe('the shipped example (connectors/example.yaml)', () => {
       // Marketing outputs: outboxes standing in for HubSpot, the tools' blocks commented.
       path.join(repoRoot, 'connectors', 'marketing.yaml'),
       path.join(repoRoot, 'connectors', 'outbox.yaml'),
+      path.join(repoRoot, 'connectors', 'policy.yaml'),
     ]);
     expect(plan.server).toEqual({
       http: { host: '127.0.0.1', port: 8080 },
       dataDir: path.join(repoRoot, 'data'),
-      timezone: 'UTC',
       rejectedRaw: { totalBytes: 1073741824, perSenderBytes: 67108864, keepBytes: 4096 },
       minFreeDiskBytes: 67108864,
       admin: { tokens: [] },
     });
+    // The French example: EU defaults, Paris for the organisation and its site.
+    expect(plan.policy.settings).toMatchObject({ region: 'eu', timezone: 'Europe/Paris', sites: [{ id: 'NORTHCLINIC', timezone: 'Europe/Paris' }] });
     expect(plan.inputs.map((i) => [i.type, i.name])).toEqual([
       ['hl7v2-mllp', 'ehr-mllp'],
       ['hl7v2-http', 'ehr-http'],
@@ -91,11 +93,13 @@ describe('loadConfig', () => {
     expect(plan.server).toEqual({
       http: { host: '127.0.0.1', port: 8080 },
       dataDir: path.join(dir, 'data'),
-      timezone: 'UTC',
       rejectedRaw: { totalBytes: 1073741824, perSenderBytes: 67108864, keepBytes: 4096 },
       minFreeDiskBytes: 67108864,
       admin: { tokens: [] },
     });
+    // No policy block: every default, the organisation in UTC.
+    expect(plan.policy.settings).toMatchObject({ region: 'us', timezone: 'UTC', sites: [], quietHours: { start: '08:00', end: '21:00', channels: ['sms'] } });
+    expect(plan.policy.publicUrl).toBe('http://127.0.0.1:8080');
     expect(plan.inputs[0]).toEqual({
       type: 'hl7v2-mllp',
       name: 'lab',
@@ -192,7 +196,7 @@ describe('loadConfig', () => {
       'connectors/b.yaml:10:11: port 8080 is already used by server.http at connectors/a.yaml:3:11; give each listener its own port',
       'connectors/b.yaml:12:26: "unknownMessageTypes" must be one of "accept", "reject" (got "drop")',
       'connectors/b.yaml:15:11: port 2575 is already used by input "ehr" at connectors/a.yaml:7:11; give each listener its own port',
-      'connectors/b.yaml:17:1: unknown key "extras" (allowed: server, inputs, outputs)',
+      'connectors/b.yaml:17:1: unknown key "extras" (allowed: server, policy, inputs, outputs)',
     ]);
   });
 
@@ -414,6 +418,57 @@ describe('loadConfig', () => {
       'connectors/a.yaml:2:38: unknown key "tls" (allowed: host, port)',
       'connectors/a.yaml:3:13: "timezone" "CEST" is not an IANA time zone name (e.g. "UTC", "Europe/Paris", "America/New_York")',
       'connectors/a.yaml:5:15: environment variable ADMIN_TOKEN (the admin token) is not set',
+    ]);
+  });
+
+  it('reads the policy block: region defaults, zones, overrides; one block only, one organisation zone', async () => {
+    const dir = await configDir({
+      'a.yaml': [
+        'server:',
+        '  timezone: Europe/Paris',
+        'policy:',
+        '  region: eu',
+        '  sites:',
+        '    - { id: NORTH, timezone: Europe/Paris, locations: [CARDIO1] }',
+        '  defaults:',
+        '    survey: { email: allow }',
+        '  caps:',
+        '    - { purpose: survey, channel: email, perWeek: 1 }',
+        '',
+      ].join('\n'),
+    });
+    const plan = await loadConfig({ configDir: dir, env: {} });
+    const settings = plan.policy.settings;
+    // server.timezone is still read when policy.timezone is not set.
+    expect(settings.timezone).toBe('Europe/Paris');
+    expect(settings.sites).toEqual([{ id: 'NORTH', timezone: 'Europe/Paris', locations: ['CARDIO1'] }]);
+    expect(settings.defaults.survey).toEqual({ sms: 'deny', email: 'allow' });
+    expect(settings.defaults.marketing).toEqual({ sms: 'deny', email: 'deny' });
+    expect(settings.defaults['care.logistics']).toEqual({ sms: 'allow', email: 'allow' });
+    expect(settings.caps).toEqual([{ purpose: 'survey', channel: 'email', perWeek: 1 }]);
+    expect(settings.sensitive.windowDays).toBe(90);
+
+    const bad = await configDir({
+      'a.yaml': [
+        'server:',
+        '  timezone: Europe/Paris',
+        'policy:',
+        '  timezone: America/New_York',
+        '  region: mars',
+        '  caps: [{ purpose: survey, channel: email }]',
+        '  smsWebhooks: [{ output: nowhere, authToken: { env: TWILIO_TOKEN } }]',
+        '',
+      ].join('\n'),
+      'b.yaml': ['policy:', '  quietHours: { start: "8:00" }', '  smsWebhooks: [{ output: nowhere, authToken: { env: TWILIO_TOKEN } }]', ''].join('\n'),
+    });
+    expect(await issuesOf(bad)).toEqual([
+      'connectors/a.yaml:2:13: server.timezone (Europe/Paris) disagrees with policy.timezone (America/New_York): the organisation zone is set once, in policy.timezone; remove server.timezone',
+      'connectors/a.yaml:5:11: "region" must be one of "us", "eu" (got "mars")',
+      'connectors/a.yaml:6:10: a cap needs perDay, perWeek or both',
+      'connectors/a.yaml:7:27: no output named "nowhere": an SMS webhook belongs to a configured SMS output',
+      'connectors/a.yaml:7:47: secret environment variable TWILIO_TOKEN is not set',
+      'connectors/b.yaml:1:1: policy is already configured at connectors/a.yaml:3:1; keep a single policy block',
+      'connectors/b.yaml:2:24: "start" "8:00" is not valid: a time of day as HH:MM, e.g. 08:00',
     ]);
   });
 

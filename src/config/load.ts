@@ -13,6 +13,7 @@ import { outputInfos, type OutputSpec } from '../outputs/spec.ts';
 import type { TemplateSet } from '../pipeline/render.ts';
 import type { Rule } from '../pipeline/rule.ts';
 import { loadMappings, type MappingSet } from './mappings.ts';
+import { policyConfigOf, policySchema, type PolicyBlock, type PolicyConfig } from './policy-schema.ts';
 import { connectorFileSchema, serverSchema, type ServerConfig } from './server-schema.ts';
 import {
   createAjv,
@@ -65,6 +66,8 @@ export interface CarerelayPlan {
   readonly files: readonly string[];
   /** Defaults applied; `dataDir` is absolute. */
   readonly server: ServerConfig;
+  /** Consent and safety settings, organisation and site zones (connectors `policy` block, config/policy-schema.ts). */
+  readonly policy: PolicyConfig;
   readonly inputs: readonly InstancePlan[];
   readonly outputs: readonly InstancePlan[];
   /** Routing rules from mappings/*.yaml (config/mappings.ts); empty without a mappings/ directory. */
@@ -208,6 +211,7 @@ export async function loadConfig(options: LoadConfigOptions): Promise<CarerelayP
 
   let server: Record<string, unknown> | undefined;
   let serverPlace: Place | undefined;
+  const blocks: Record<'policy', { value?: Record<string, unknown>; place?: Place }> = { policy: {} };
   const instances: Record<Kind, InstancePlan<Record<string, unknown>>[]> = { inputs: [], outputs: [] };
   // Every instance of a known type with where it is, for the checks across instances.
   const located: Located[] = [];
@@ -231,6 +235,18 @@ export async function loadConfig(options: LoadConfigOptions): Promise<CarerelayP
       } else {
         serverPlace = here;
         if (isRecord(value.server)) server = value.server;
+      }
+    }
+
+    // Like server: at most one file holds the policy block.
+    for (const name of ['policy'] as const) {
+      if (!(name in value)) continue;
+      const here = { display: file.display, position: locate([name], { key: true }) };
+      const first = blocks[name].place;
+      if (first) {
+        issues.push({ file: file.display, ...here.position, path: `/${name}`, message: `${name} is already configured at ${where(first)}; keep a single ${name} block` });
+      } else {
+        blocks[name] = { place: here, ...(isRecord(value[name]) ? { value: value[name] as Record<string, unknown> } : {}) };
       }
     }
 
@@ -314,6 +330,34 @@ export async function loadConfig(options: LoadConfigOptions): Promise<CarerelayP
     });
   }
 
+  const policyValue = blocks.policy.value ?? {};
+  if (!blocks.policy.value) issues.push(...validateWithSchema(ajv(), policySchema, policyValue, '(defaults)', () => undefined));
+  const policyBlock = policyValue as unknown as PolicyBlock;
+  if (policyBlock.timezone !== undefined && serverConfig.timezone !== undefined && policyBlock.timezone !== serverConfig.timezone) {
+    const serverFile = files.find((f) => f.display === serverPlace?.display);
+    issues.push({
+      file: serverPlace!.display,
+      ...serverFile?.doc.locate(['server', 'timezone']),
+      path: '/server/timezone',
+      message: `server.timezone (${serverConfig.timezone}) disagrees with policy.timezone (${policyBlock.timezone}): the organisation zone is set once, in policy.timezone; remove server.timezone`,
+    });
+  }
+  const policyFile = files.find((f) => f.display === blocks.policy.place?.display);
+  const policyIssue = (at: DocPath, message: string): void => {
+    if (policyFile) issues.push({ file: policyFile.display, ...policyFile.doc.locate(at), path: toPointer(at), message });
+  };
+  for (const [i, hook] of (Array.isArray(policyBlock.smsWebhooks) ? policyBlock.smsWebhooks : []).entries()) {
+    if (!located.some((l) => l.kind === 'outputs' && l.instance.name === hook.output)) {
+      policyIssue(['policy', 'smsWebhooks', i, 'output'], `no output named "${hook.output}": an SMS webhook belongs to a configured SMS output`);
+    }
+  }
+  for (const [i, cap] of (Array.isArray(policyBlock.caps) ? policyBlock.caps : []).entries()) {
+    if (isRecord(cap) && cap.perDay === undefined && cap.perWeek === undefined) policyIssue(['policy', 'caps', i], 'a cap needs perDay, perWeek or both');
+  }
+  if (blocks.policy.value && policyFile) {
+    issues.push(...secretIssues(policySchema, policyValue, policyFile, ['policy'], configDir, env, options.checkSecrets !== false));
+  }
+
   if (serverPlace) issues.push(...adminTokenIssues(serverConfig, files.find((f) => f.display === serverPlace!.display)!, configDir, env, options.checkSecrets !== false));
   issues.push(...portIssues(serverConfig, serverPlace, files, located));
   if (typeof serverConfig.http?.host === 'string') {
@@ -341,6 +385,7 @@ export async function loadConfig(options: LoadConfigOptions): Promise<CarerelayP
     configDir,
     files: files.map((f) => f.path),
     server: serverConfig,
+    policy: policyConfigOf(policyBlock, serverConfig),
     inputs: instances.inputs,
     outputs: instances.outputs,
     mappings: mappings.rules,

@@ -153,4 +153,35 @@ rules:
     expect(issues).toEqual([]);
     expect(set.rules).toEqual([]);
   });
+
+  it('a no-name variant may not read the name; a non-care email must carry its unsubscribe link, care templates cannot read it', async () => {
+    await write({
+      'rules.yaml': `rules:
+  - id: reminder
+    on: appointment.booked
+    purpose: care.logistics
+    channel: sms
+    send: { output: sms, template: reminder, noNameTemplate: reminder-noname, fields: [patient.name.given, appointment.start] }
+    at: appointment.start - 24h
+  - id: survey
+    on: appointment.fulfilled
+    purpose: survey
+    channel: email
+    send: { output: mail, template: survey, fields: [patient.name.given] }
+    at: now
+`,
+      'templates/reminder.liquid': 'Hello {{ patient.name.given.first }} {{ unsubscribe_url }}',
+      'templates/reminder-noname.liquid': 'Hello {{ patient.name.given.first }}, see you {{ appointment.start | local_time }}',
+      'templates/survey.subject.liquid': 'How was it?',
+      'templates/survey.text.liquid': 'Hello {{ patient.name.given.first }}',
+    });
+    const { lines } = await load();
+    expect(lines).toEqual([
+      expect.stringMatching(/^templates\/reminder-noname\.liquid:1:10: reads "patient\.name\.given\.first", but it is the no-name variant of rule "reminder"/),
+      'templates/reminder.liquid:1:41: reads "unsubscribe_url", which only non-care emails have (rule "reminder" is sms care.logistics)',
+      'templates/survey.text.liquid:1:1: rule "survey" sends survey email: its text must carry the unsubscribe link, {{ unsubscribe_url }} (docs/consent.md rule 2)',
+    ]);
+    await write({ 'templates/survey.text.liquid': 'Hello {{ patient.name.given.first }}. Unsubscribe: {{ unsubscribe_url }}', 'templates/reminder.liquid': 'Hi', 'templates/reminder-noname.liquid': 'Hi' });
+    expect((await load()).lines).toEqual([]);
+  });
 });

@@ -25,6 +25,7 @@ import { compilePath, type FieldPath } from '../pipeline/conditions.ts';
 import { isRecord } from '../pipeline/values.ts';
 import {
   TemplateSet,
+  UNSUBSCRIBE_URL,
   compileTemplate,
   matchTemplateFile,
   renderTemplate,
@@ -125,6 +126,12 @@ const ruleSchema = {
           type: 'string',
           description: 'Template name in mappings/templates/ (sms: <name>[.<lang>].liquid; email: <name>[.<lang>].subject/.text/.html.liquid).',
         },
+        noNameTemplate: {
+          type: 'string',
+          description:
+            'The variant that names no one (it may not read patient.name), sent when the address is shared by several patients; ' +
+            'without it such a message is suppressed (docs/consent.md rule 8).',
+        },
         fields: {
           type: 'array',
           items: { type: 'string' },
@@ -195,6 +202,10 @@ interface TemplateUse {
   name: string;
   ruleId: string;
   channel: Channel;
+  /** The rule's purpose: a non-care email must carry its unsubscribe link. */
+  purpose: string;
+  /** The rule's no-name variant: it may not read patient.name. */
+  noName: boolean;
   fields: FieldPath[];
   languages: readonly string[];
   file: ParsedFile;
@@ -329,9 +340,13 @@ function templateUses(raw: Record<string, unknown>, index: number, languages: re
       if (compiled !== undefined && typeof compiled !== 'string') fields.push(compiled);
     }
   }
-  const base = { ruleId: String(raw.id), channel: channel as Channel, fields, languages, file };
+  const purpose = typeof raw.purpose === 'string' ? raw.purpose : '';
+  const base = { ruleId: String(raw.id), channel: channel as Channel, purpose, noName: false, fields, languages, file };
   const out: TemplateUse[] = [];
   if (typeof send.template === 'string' && send.template !== '') out.push({ ...base, name: send.template, at: ['rules', index, 'send', 'template'] });
+  if (typeof send.noNameTemplate === 'string' && send.noNameTemplate !== '') {
+    out.push({ ...base, noName: true, name: send.noNameTemplate, at: ['rules', index, 'send', 'noNameTemplate'] });
+  }
   if (Array.isArray(raw.variants)) {
     raw.variants.forEach((variant, i) => {
       if (isRecord(variant) && typeof variant.template === 'string' && variant.template !== '') {
@@ -418,20 +433,36 @@ async function loadTemplates(dir: string, uses: readonly TemplateUse[], sources:
       });
     }
 
-    const sample = samplePayload(use.fields);
+    // A non-care email carries a signed unsubscribe link (docs/consent.md): its text part shows it.
+    const unsubscribe = use.channel === 'email' && use.purpose !== '' && !use.purpose.startsWith('care.');
+    const sample = { ...samplePayload(use.fields), ...(unsubscribe ? { [UNSUBSCRIBE_URL]: 'https://carerelay.example.org/unsubscribe/sample' } : {}) };
     for (const { fileName, match } of found) {
       const template = await compileFile(use.name, fileName, match.part, match.language);
       if (!template) continue;
       used.push(template);
       let denied = 0;
-      for (const read of templateReads(template, use.fields)) {
-        if (read.allowed) continue;
+      const reads = templateReads(template, use.fields, unsubscribe ? [UNSUBSCRIBE_URL] : []);
+      for (const read of reads) {
+        if (read.allowed && !(use.noName && /^patient\.name\b/.test(read.text))) continue;
         denied++;
         issues.push({
           file: template.file,
           line: read.line,
           column: read.column,
-          message: `reads "${read.text}", which rule "${use.ruleId}" (${ruleWhere}) does not allow: add the field to its send.fields, or remove it from the template`,
+          message: read.allowed
+            ? `reads "${read.text}", but it is the no-name variant of rule "${use.ruleId}" (${ruleWhere}), sent to addresses shared by several patients: it may name no one`
+            : read.text.startsWith(UNSUBSCRIBE_URL)
+              ? `reads "${read.text}", which only non-care emails have (rule "${use.ruleId}" is ${use.channel} ${use.purpose})`
+              : `reads "${read.text}", which rule "${use.ruleId}" (${ruleWhere}) does not allow: add the field to its send.fields, or remove it from the template`,
+        });
+      }
+      if (unsubscribe && match.part === 'text' && !reads.some((r) => r.text === UNSUBSCRIBE_URL)) {
+        denied++;
+        issues.push({
+          file: template.file,
+          line: 1,
+          column: 1,
+          message: `rule "${use.ruleId}" sends ${use.purpose} email: its text must carry the unsubscribe link, {{ ${UNSUBSCRIBE_URL} }} (docs/consent.md rule 2)`,
         });
       }
       if (denied > 0) continue;

@@ -1,6 +1,7 @@
 // Schemas of a connectors/*.yaml file and of its `server` block. Each property carries a
 // description (and a default when optional): `carerelay validate` and the docs use them.
 
+import { policySchema } from './policy-schema.ts';
 import { nameSchema, secretRefSchema, type JsonSchema, type SecretRef } from './yaml.ts';
 
 export const ENV_NAME_PATTERN = '^[A-Za-z_][A-Za-z0-9_]*$';
@@ -62,8 +63,9 @@ export const serverSchema = {
     timezone: {
       type: 'string',
       format: 'iana-timezone',
-      default: 'UTC',
-      description: 'IANA time zone of the organisation, used for schedules and quiet hours (e.g. "Europe/Paris").',
+      description:
+        'Former place of the organisation time zone, still read when policy.timezone is not set. ' +
+        'Prefer policy.timezone (connectors/policy.yaml), beside the sites\' zones.',
     },
     rejectedRaw: {
       type: 'object',
@@ -160,7 +162,8 @@ export interface AdminTokenConfig {
 export interface ServerConfig {
   readonly http: { readonly host: string; readonly port: number };
   readonly dataDir: string;
-  readonly timezone: string;
+  /** Superseded by policy.timezone (read only when that is not set). */
+  readonly timezone?: string;
   readonly rejectedRaw: { readonly totalBytes: number; readonly perSenderBytes: number; readonly keepBytes: number };
   readonly minFreeDiskBytes: number;
   readonly admin: { readonly tokenEnv?: string; readonly tokens: readonly AdminTokenConfig[] };
@@ -176,6 +179,7 @@ export const connectorFileSchema = {
   additionalProperties: false,
   properties: {
     server: serverSchema,
+    policy: policySchema,
     inputs: {
       type: 'array',
       description: 'Inbound connectors (what the EHR sends to CareRelay). Each has a unique name and a type.',

@@ -86,7 +86,8 @@ export interface CompiledTemplate {
 const RENDER_GLOBAL = '__carerelay_render';
 
 interface RenderLocale {
-  zone: string;
+  /** IANA zone times are shown in; undefined: each time in the offset it came with. */
+  zone?: string;
   language: string;
 }
 
@@ -115,7 +116,7 @@ function createEngine(escape: boolean): Liquid {
 }
 
 /**
- * Date filters in the patient's zone and language (the zone the delivery was routed in):
+ * Date filters in the zone of the place of the appointment and the file's language:
  *   {{ appointment.start | local_date }}        Friday, September 24, 2021 / vendredi 24 septembre 2021
  *   {{ appointment.start | local_date: "short" }}   9/24/2021 / 24/09/2021   ("medium": Sep 24, 2021)
  *   {{ appointment.start | local_time }}        9:15 AM / 09:15
@@ -125,12 +126,13 @@ function createEngine(escape: boolean): Liquid {
  */
 function registerDateFilters(liquid: Liquid): void {
   const at = (context: { globals: unknown }, value: unknown, filter: string): DateTime => {
-    const locale = (context.globals as Record<string, RenderLocale | undefined>)[RENDER_GLOBAL] ?? { zone: 'UTC', language: 'en' };
+    const locale = (context.globals as Record<string, RenderLocale | undefined>)[RENDER_GLOBAL] ?? { language: 'en' };
     const parsed = typeof value === 'string' ? DateTime.fromISO(value, { setZone: true }) : undefined;
     if (!parsed?.isValid || !/[zZ]|[+-]\d{2}:?\d{2}$/.test(value as string)) {
       throw new Error(`${filter} expects a time with offset such as appointment.start, got ${value === undefined || value === null ? 'nothing' : typeof value}`);
     }
-    return parsed.setZone(locale.zone).setLocale(locale.language);
+    // Without a zone the time keeps the offset it came with (parsed with setZone).
+    return (locale.zone === undefined ? parsed : parsed.setZone(locale.zone)).setLocale(locale.language);
   };
   const dateStyles = { short: DateTime.DATE_SHORT, medium: DateTime.DATE_MED, long: DateTime.DATE_HUGE } as const;
   liquid.registerFilter('local_date', function (value: unknown, style: unknown = 'long') {
@@ -200,21 +202,27 @@ export interface TemplateRead {
 }
 
 /**
+ * The signed unsubscribe link of a non-care email (workers/unsubscribe.ts): a variable the
+ * renderer provides, not trigger data.
+ */
+export const UNSUBSCRIBE_URL = 'unsubscribe_url';
+
+/**
  * Every variable the template reads from outside itself (loop variables and assigns are
- * its own), and whether the rule's allow-list covers it. A read is allowed when it stays
+ * its own), and whether the rule's allow-list (or `provided`, variables the renderer gives) covers it. A read is allowed when it stays
  * inside an allowed field (`patient.name.given[0]`, `….first`, `….size` under
  * `patient.name.given`) or names an object above one (`appointment` when
  * `appointment.start` is allowed: the payload holds nothing else). A computed key
  * (`appointment[key]`) is allowed only inside an allowed field.
  */
-export function templateReads(template: CompiledTemplate, fields: readonly FieldPath[]): TemplateRead[] {
+export function templateReads(template: CompiledTemplate, fields: readonly FieldPath[], provided: readonly string[] = []): TemplateRead[] {
   const analysis = engineFor(template.part).analyzeSync(template.tpl, { partials: false });
   const reads: TemplateRead[] = [];
   const allowedPaths = fields.map((f) => f.segments.map((s) => s.name));
   for (const variables of Object.values(analysis.globals)) {
     for (const variable of variables) {
       const { names, dynamic } = fieldNames(variable);
-      const inside = allowedPaths.some((allowed) => startsWith(names, allowed));
+      const inside = allowedPaths.some((allowed) => startsWith(names, allowed)) || (names.length === 1 && provided.includes(names[0]!));
       const above = !dynamic && allowedPaths.some((allowed) => startsWith(allowed, names));
       reads.push({ text: String(variable), line: variable.location.row, column: variable.location.col, allowed: inside || above });
     }
@@ -378,10 +386,15 @@ export function languageOf(payload: Record<string, unknown>): string | undefined
 }
 
 export interface RenderOptions {
-  /** IANA zone the times are shown in: the zone the delivery was routed in. */
-  zone: string;
+  /**
+   * IANA zone the times are shown in: the place of the appointment (pipeline/zones.ts
+   * displayZone). Undefined: each time is shown in the offset it came with.
+   */
+  zone: string | undefined;
   /** Language when the payload has none and for the default file's formats; default `en`. */
   defaultLanguage?: string;
+  /** Values the renderer provides besides the payload (UNSUBSCRIBE_URL). */
+  variables?: Readonly<Record<string, string>>;
 }
 
 /**
@@ -410,7 +423,7 @@ export function renderDelivery(templates: TemplateSet, delivery: Delivery, optio
       continue;
     }
     try {
-      out[part] = renderTemplate(template, delivery.payload, locale);
+      out[part] = renderTemplate(template, options.variables ? { ...delivery.payload, ...options.variables } : delivery.payload, locale);
     } catch (error) {
       const { line, column } = positionOf(error);
       throw new PermanentError('render_failed', `${template.file}${line ? `:${line}:${column}` : ''}: ${engineMessage(error)} (delivery ${delivery.id})`, { cause: error });

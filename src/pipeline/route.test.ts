@@ -441,3 +441,24 @@ function rawReminder(): Record<string, unknown> {
   };
 }
 
+
+describe('route: quiet hours at planning', () => {
+  const quiet = { start: '08:00', end: '21:00', channels: ['sms' as const] };
+  const [late] = rules({
+    id: 'late-reminder',
+    on: ['appointment.booked'],
+    purpose: 'care.logistics',
+    channel: 'sms',
+    send: { output: 'sms-main', template: 'reminder', noNameTemplate: 'reminder-noname', fields: ['appointment.start'] },
+    at: 'appointment.start - 1d at 22:30',
+    expires: 'appointment.start',
+  });
+
+  it('plans a care.logistics SMS due in quiet hours at 20:59 the same evening, keeping the due time it replaced', () => {
+    const [d] = route(booked(), [late!], NOW, { ...PARIS, quietHours: quiet }).deliveries;
+    expect(d).toMatchObject({ plannedAt: '2025-06-09T22:30:00+02:00', dueAt: '2025-06-09T20:59:00+02:00', quietHoursFrom: '2025-06-09T22:30:00+02:00', noNameTemplate: 'reminder-noname' });
+    // Without quiet hours, or for a purpose that only moves later (at send time), nothing moves.
+    expect(route(booked(), [late!], NOW, PARIS).deliveries[0]!.dueAt).toBe('2025-06-09T22:30:00+02:00');
+    expect(route(booked(), [{ ...late!, purpose: 'care.followup' }], NOW, { ...PARIS, quietHours: quiet }).deliveries[0]).not.toHaveProperty('quietHoursFrom');
+  });
+});

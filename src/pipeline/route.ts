@@ -25,12 +25,20 @@ import type { FieldPath, PathSegment } from './conditions.ts';
 import { evaluate, failingPart, resolvePath } from './conditions.ts';
 import type { CancelOrder, Rule, RuleVariant, RouteResult, SkippedDelivery } from './rule.ts';
 import { subjectKindOf } from './rule.ts';
+import type { QuietHours } from './policy.ts';
+import { quietHours } from './quiet-hours.ts';
 import { formatInstant, isValidZone, resolveInstant } from './schedule.ts';
 import { parseInstant } from './values.ts';
 
 export interface RouteOptions {
   /** IANA zone of the patient / site / tenant for this trigger (docs/consent.md quiet hours order). */
   zoneFor(trigger: Trigger): string;
+  /**
+   * Quiet hours (policy.quietHours): a care.logistics message due in them is planned at the
+   * latest allowed minute before its due time when that is still useful (pipeline/quiet-hours.ts).
+   * Later moves happen at send time, where they are recorded.
+   */
+  quietHours?: QuietHours;
 }
 
 export interface Subject {
@@ -100,14 +108,33 @@ export function route(trigger: Trigger, rules: readonly Rule[], now: string | Da
         return;
       }
       // Already past at routing time: goes now, unless that is at or after expiry.
-      const due = Math.max(planned, nowMs);
+      let due = Math.max(planned, nowMs);
       if (expires !== undefined && due >= expires) {
         skip('expired', { plannedAt: formatInstant(planned, zone), expiresAt: formatInstant(expires, zone) });
         // A pending delivery from an earlier plan must not go at its old time either.
         result.cancels.push({ key: id, reason: 'expired', triggerId: trigger.id, triggerType: trigger.type, asOf: trigger.occurredAt });
         return;
       }
+      // Quiet hours can only move a message earlier while there is time to: now, at planning.
+      let quietHoursFrom: number | undefined;
+      if (options.quietHours) {
+        const start = trigger.appointment?.start === undefined ? undefined : parseInstant(trigger.appointment.start);
+        const answer = quietHours(options.quietHours, {
+          purpose: rule.purpose,
+          channel: rule.channel,
+          due,
+          now: nowMs,
+          zone,
+          ...(start !== undefined && subject.kind === 'appointment' ? { appointmentStart: start } : {}),
+          ...(expires !== undefined ? { expires } : {}),
+        });
+        if (answer.kind === 'move' && answer.at < due) {
+          quietHoursFrom = due;
+          due = answer.at;
+        }
+      }
       const delivery = buildDelivery(rule, variant, trigger, subject, step, id, planned, due, expires, zone);
+      if (quietHoursFrom !== undefined) delivery.quietHoursFrom = formatInstant(quietHoursFrom, zone);
       (mode === 'plan' ? result.deliveries : result.replans).push(delivery);
     });
   }
@@ -152,6 +179,7 @@ function buildDelivery(
     channel: rule.channel,
     output: rule.send.output,
     ...(template !== undefined ? { template } : {}),
+    ...(rule.send.noNameTemplate !== undefined ? { noNameTemplate: rule.send.noNameTemplate } : {}),
     ...(to !== undefined ? { to } : {}),
     cancelKeys: [...new Set(cancelKeys)],
     payload: pickFields(trigger, rule.send.fields),
@@ -323,7 +351,7 @@ export function applyToDelivery(
 /** Same message at the same time. dueAt is left out: it depends on when routing ran. */
 function samePlan(a: Delivery, b: Delivery): boolean {
   const key = (d: Delivery) =>
-    JSON.stringify([d.plannedAt, d.expiresAt, d.variant, d.template, d.to, d.output, d.cancelKeys, d.payload]);
+    JSON.stringify([d.plannedAt, d.expiresAt, d.variant, d.template, d.noNameTemplate, d.to, d.output, d.cancelKeys, d.payload]);
   return key(a) === key(b);
 }
 

@@ -56,6 +56,8 @@ export interface Rule {
     /** Recipient selector; absent for channels without a patient address (webhook, crm, fhir). */
     to?: FieldPath;
     template?: string;
+    /** The variant that names no one, for an address shared by several patients (docs/consent.md rule 8). */
+    noNameTemplate?: string;
     /** The allow-list: nothing else from the trigger leaves (invariant 6). */
     fields: FieldPath[];
   };
@@ -193,7 +195,7 @@ export const DEFAULT_RECIPIENT: Partial<Record<Channel, string>> = {
 // Compilation
 
 const RULE_KEYS = ['id', 'on', 'where', 'purpose', 'channel', 'send', 'at', 'expires', 'cancelOn', 'replanOn', 'variants', 'holdout', 'description'] as const;
-const SEND_KEYS = ['output', 'to', 'template', 'fields'] as const;
+const SEND_KEYS = ['output', 'to', 'template', 'noNameTemplate', 'fields'] as const;
 const VARIANT_KEYS = ['id', 'weight', 'at', 'template'] as const;
 const ID = /^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$/;
 const MAX_CADENCE = 10;
@@ -357,6 +359,10 @@ function compileSend(
   } else if (template === undefined && (channel === 'sms' || channel === 'email')) {
     add([...at, 'template'], `a ${channel} rule needs a template`);
   }
+  const noNameTemplate = raw.noNameTemplate;
+  if (noNameTemplate !== undefined && (typeof noNameTemplate !== 'string' || noNameTemplate === '')) {
+    add([...at, 'noNameTemplate'], `noNameTemplate must be a template name (the variant that names no one, for a shared address); got ${describe(noNameTemplate)}`);
+  }
 
   const fields: FieldPath[] = [];
   if (raw.fields !== undefined && !Array.isArray(raw.fields)) {
@@ -381,7 +387,13 @@ function compileSend(
     }
   }
   if (issues.length > before) return undefined;
-  return { output: outputName as string, ...(to ? { to } : {}), ...(template !== undefined ? { template: template as string } : {}), fields };
+  return {
+    output: outputName as string,
+    ...(to ? { to } : {}),
+    ...(template !== undefined ? { template: template as string } : {}),
+    ...(noNameTemplate !== undefined ? { noNameTemplate: noNameTemplate as string } : {}),
+    fields,
+  };
 }
 
 function compileCadence(raw: unknown, at: IssuePath, on: TriggerType[], issues: RuleIssue[], required: boolean): TimeExpr[] | undefined {

@@ -4,6 +4,7 @@
 import { createHash } from 'node:crypto';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { MessageStatus, type Delivery, type Trigger } from '../types.ts';
+import { consentLedgerConformance } from './consent-conformance.ts';
 import { isPending, PENDING_REASON, type DeliveryWrite, type InboundRecord, type Store, type StoredMessage, type SubjectState } from './store.ts';
 
 export interface StoreHandle {
@@ -359,6 +360,12 @@ export function storeConformanceSuite(name: string, makeStore: () => Promise<Sto
     });
 
     describe('triggers', () => {
+      it('names the input that received the message a trigger came from', async () => {
+        await store.commitInbound(testRecord({ controlId: 'C-IN', input: 'ehr-paris', triggers: [testTrigger({ id: 'T-IN' })] }));
+        expect(await store.triggerInput('T-IN')).toBe('ehr-paris');
+        expect(await store.triggerInput('T-UNKNOWN')).toBeUndefined();
+      });
+
       it('a trigger id that is already stored is skipped, not an error (the first version wins)', async () => {
         const original = testTrigger({ id: 'same-id' });
         stored(await store.commitInbound(testRecord({ controlId: 'T1', triggers: [original] })));
@@ -920,6 +927,8 @@ export function storeConformanceSuite(name: string, makeStore: () => Promise<Sto
         await expect(store.recordContactHolding({ ...first, contactKey: '' })).rejects.toThrow(RangeError);
       });
     });
+
+    consentLedgerConformance(() => store);
 
     describe('closing', () => {
       it('after close, commits reject (so the caller NAKs) and close is idempotent', async () => {

@@ -48,7 +48,7 @@
 // Ids. Message ids are the SQLite rowid (AUTOINCREMENT: never reused, even after
 // deletions) as a decimal string: stable and URL-safe.
 import BetterSqlite3 from 'better-sqlite3';
-import { MessageStatus, type Channel, type ContactHolding, type Delivery, type DeliveryReceipt, type Trigger } from '../types.ts';
+import { MessageStatus, type Channel, type ConsentEvent, type ContactHolding, type Delivery, type DeliveryReceipt, type Trigger } from '../types.ts';
 import {
   StaleAttemptError,
   StoreReason,
@@ -63,14 +63,21 @@ import {
   storedMessageOf,
 } from './common.ts';
 import { PackedKind, packJson, packRaw, unpackJson, unpackRaw } from './packed-json.ts';
+import { CONSENT_TABLES, SqliteConsentLedger } from './sqlite-consent.ts';
 import { migrate, openSqliteDatabase, type Database } from './sqlite-db.ts';
 import { ATTEMPT_FROM_STATUS, AttemptKind, AuditAction, STORED_DELIVERY_STATUSES, StoredDeliveryStatus } from './store.ts';
 import type {
   AuditEntry,
   AuditQuery,
   CommitOutcome,
+  ConsentLedger,
   ContactHoldingQuery,
   DeliveryCause,
+  DecisionRecord,
+  Disclosure,
+  ErasureRecord,
+  PatientFacts,
+  StoredFhirConsent,
   DeliveryOutcome,
   DeliveryQuery,
   DeliveryWrite,
@@ -284,6 +291,8 @@ export const SQLITE_STORE_MIGRATIONS: readonly string[] = [
   CREATE INDEX contact_holdings_patient ON contact_holdings (patient_id);
   CREATE INDEX contact_holdings_contact ON contact_holdings (output, contact_key);
   `,
+  // The consent ledger and the evidence (sqlite-consent.ts).
+  CONSENT_TABLES,
   // Compact deliveries and counts without scans (benchmarks: bytes per message, admin totals).
   // - A delivery's JSON leaves out what its columns hold and packs its cancel keys
   //   (common.ts packCancelKeys); only keys that no column finds get a delivery_keys row
@@ -514,6 +523,7 @@ export class SqliteStore implements Store {
   private readonly messageByIdStmt: BetterSqlite3.Statement<[number], MessageRow & { raw: Buffer; raw_packed: number | null; raw_bytes: number | null }>;
   private readonly positionByIdStmt: BetterSqlite3.Statement<[number], { received_ms: number; id: number }>;
   private readonly triggerByIdStmt: BetterSqlite3.Statement<[string], { json: string | Buffer }>;
+  private readonly triggerInputStmt: BetterSqlite3.Statement<[string], { input: string }>;
   private readonly stateStmt: BetterSqlite3.Statement<[string, string], StateRow>;
   private readonly statesOfPatientStmt: BetterSqlite3.Statement<[string, string], StateRow>;
   private readonly pingStmt: BetterSqlite3.Statement;
@@ -549,6 +559,7 @@ export class SqliteStore implements Store {
   private readonly commitGroup: (batch: PendingWrite[]) => Array<{ value: unknown }>;
   private readonly commitIsolated: (batch: PendingWrite[]) => Array<{ value: unknown } | { error: unknown }>;
   private readonly commitOne: (run: () => unknown) => unknown;
+  private readonly ledger: SqliteConsentLedger;
 
   constructor(db: Database, options: SqliteStoreOptions = {}) {
     this.db = db;
@@ -556,6 +567,7 @@ export class SqliteStore implements Store {
     migrate(db, SQLITE_STORE_COMPONENT, SQLITE_STORE_MIGRATIONS);
     // The stored bytes of a message as received, for SQL that reads them (the text search).
     db.function('raw_unpacked', { deterministic: true }, (raw: unknown, packed: unknown) => (packed === 1 && Buffer.isBuffer(raw) ? unpackRaw(raw) : raw));
+    this.ledger = new SqliteConsentLedger(db);
 
     // The literal `control_id <> '' AND status <> 'quarantined' AND keyed = 1` lets SQLite
     // use the partial unique index (it must see the index's WHERE terms in the query).
@@ -603,6 +615,7 @@ export class SqliteStore implements Store {
     this.messageByIdStmt = db.prepare(`SELECT ${MESSAGE_COLUMNS}, raw, raw_packed, raw_bytes FROM messages WHERE id = ?`);
     this.positionByIdStmt = db.prepare('SELECT received_ms, id FROM messages WHERE id = ?');
     this.triggerByIdStmt = db.prepare('SELECT json FROM triggers WHERE id = ?');
+    this.triggerInputStmt = db.prepare('SELECT m.input FROM triggers t JOIN messages m ON m.id = t.message_id WHERE t.id = ?');
     this.stateStmt = db.prepare(
       'SELECT kind, id, patient_id, status, start, "end", as_of, data FROM subject_states WHERE kind = ? AND id = ?',
     );
@@ -855,6 +868,11 @@ export class SqliteStore implements Store {
     this.assertOpen();
     const row = this.triggerByIdStmt.get(id);
     return row === undefined ? undefined : (triggerOf(row.json));
+  }
+
+  async triggerInput(triggerId: string): Promise<string | undefined> {
+    this.assertOpen();
+    return this.triggerInputStmt.get(triggerId)?.input;
   }
 
   async listTriggers(query: TriggerQuery): Promise<Trigger[]> {
@@ -1247,6 +1265,89 @@ export class SqliteStore implements Store {
     this.pingStmt.get();
   }
 
+  // The consent ledger (ConsentLedger; sqlite-consent.ts). Each call is its own transaction,
+  // durable when it resolves (synchronous=FULL).
+
+  async addConsentEvent(event: Omit<ConsentEvent, 'id'>, mirrorTo?: readonly string[]): Promise<ConsentEvent> {
+    this.assertOpen();
+    return this.ledger.addConsentEvent(event, mirrorTo);
+  }
+
+  async unqueuedConsentMirrors(limit: number): Promise<Array<{ event: ConsentEvent; output: string }>> {
+    this.assertOpen();
+    return this.ledger.unqueuedConsentMirrors(limit);
+  }
+
+  async consentMirrorQueued(eventId: string, output: string): Promise<void> {
+    this.assertOpen();
+    this.ledger.consentMirrorQueued(eventId, output);
+  }
+
+  async addFhirConsent(consent: Omit<StoredFhirConsent, 'id'>): Promise<StoredFhirConsent> {
+    this.assertOpen();
+    return this.ledger.addFhirConsent(consent);
+  }
+
+  async consentRecords(query: Parameters<ConsentLedger['consentRecords']>[0]): Promise<{ events: ConsentEvent[]; consents: StoredFhirConsent[] }> {
+    this.assertOpen();
+    return this.ledger.consentRecords(query);
+  }
+
+  async notePatientFacts(triggers: readonly Trigger[]): Promise<void> {
+    this.assertOpen();
+    this.ledger.notePatientFacts(triggers, Date.now());
+  }
+
+  async patientFacts(patientIds: readonly string[]): Promise<PatientFacts[]> {
+    this.assertOpen();
+    return this.ledger.patientFacts(patientIds);
+  }
+
+  async mergedGroup(patientId: string): Promise<string[]> {
+    this.assertOpen();
+    return this.ledger.mergedGroup(patientId);
+  }
+
+  async patientsAtAddress(address: string): Promise<string[]> {
+    this.assertOpen();
+    return this.ledger.patientsAtAddress(address);
+  }
+
+  async recordDecision(decision: Omit<DecisionRecord, 'id'>): Promise<void> {
+    this.assertOpen();
+    this.ledger.recordDecision(decision);
+  }
+
+  async listDecisions(query: Parameters<ConsentLedger['listDecisions']>[0]): Promise<DecisionRecord[]> {
+    this.assertOpen();
+    return this.ledger.listDecisions(query);
+  }
+
+  async recordDisclosure(disclosure: Disclosure): Promise<void> {
+    this.assertOpen();
+    this.ledger.recordDisclosure(disclosure);
+  }
+
+  async listDisclosures(query: Parameters<ConsentLedger['listDisclosures']>[0]): Promise<Disclosure[]> {
+    this.assertOpen();
+    return this.ledger.listDisclosures(query);
+  }
+
+  async noteInboundEvent(key: string, at: string): Promise<boolean> {
+    this.assertOpen();
+    return this.ledger.noteInboundEvent(key, at);
+  }
+
+  async erasePatient(patientId: string, at: string): Promise<ErasureRecord> {
+    this.assertOpen();
+    return this.ledger.erasePatient(patientId, at);
+  }
+
+  async listErasures(patientId: string): Promise<ErasureRecord[]> {
+    this.assertOpen();
+    return this.ledger.listErasures(patientId);
+  }
+
   /** Commits what is already queued, then stops; later calls reject. Idempotent. */
   async close(): Promise<void> {
     if (this.closed) return;
@@ -1346,6 +1447,9 @@ export class SqliteStore implements Store {
         packJson(PackedKind.Trigger, t),
       );
     });
+    // What the triggers say about their patients (deceased, contact points, merges) commits
+    // with them: a death acknowledged AA is known to the send-time checks.
+    this.ledger.noteFacts(r.triggers, p.receivedMs);
     r.subjectStates.forEach((s, i) => {
       this.upsertStateStmt.run(
         s.kind,

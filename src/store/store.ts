@@ -1,7 +1,7 @@
 // The Store interface (docs/architecture.md "Interfaces"). Workers see only this; the embedded
 // SQLite backend and the PostgreSQL backend implement it and pass one conformance suite
 // (store/conformance.ts).
-import { MessageStatus, type AckCode, type Channel, type ContactHolding, type Delivery, type DeliveryReceipt, type Trigger } from '../types.ts';
+import { MessageStatus, type AckCode, type Channel, type ConsentEvent, type ConsentSource, type ContactHolding, type Delivery, type DeliveryReceipt, type Purpose, type Trigger } from '../types.ts';
 
 /** Everything about one inbound message that is committed before it is acknowledged. */
 export interface InboundRecord {
@@ -327,6 +327,8 @@ export interface SentMessage {
   subject?: string;
   text: string;
   html?: string;
+  /** The signed unsubscribe link it carried (non-care email: in its text and List-Unsubscribe). */
+  unsubscribe?: string;
 }
 
 /** How a delivery ended (finishDelivery). */
@@ -395,6 +397,122 @@ export interface OutboxQuery {
   before?: string;
 }
 
+/** A FHIR Consent kept as given, for one patient (docs/consent.md rule 3). */
+export interface StoredFhirConsent {
+  /** Store-assigned. */
+  id: string;
+  patientId: string;
+  /** The resource exactly as received. */
+  resource: Record<string, unknown>;
+  /** When it takes effect for "the latest wins": Consent.dateTime, else when it was received (ISO). */
+  effectiveAt: string;
+  source: ConsentSource;
+  recordedAt: string;
+}
+
+/** What the triggers said about a patient (kept from every commit; docs/consent.md rule 2). */
+export interface PatientFacts {
+  id: string;
+  /** Sticky: once a trigger says deceased, the patient stays deceased. */
+  deceased: boolean;
+  /** Set by an erasure (POST /api/patients/:id/erase). */
+  erasedAt?: string;
+}
+
+/** Which message a decision or a disclosure is about. */
+export interface DeliveryRef {
+  deliveryId: string;
+  patientId: string;
+  rule: string;
+  purpose: Purpose;
+  channel: Channel;
+  output: string;
+}
+
+/** The outcome of one run of the send-time checks for a delivery (evidence, docs/consent.md). */
+export interface DecisionRecord extends DeliveryRef {
+  /** Store-assigned. */
+  id: string;
+  /** allow: it may go; deny: suppressed; move: quiet hours, tried again at retryAt. */
+  result: 'allow' | 'deny' | 'move';
+  /** The docs/consent.md rule that decided (1–8), absent for an allow. */
+  checkRule?: number;
+  reason?: string;
+  retryAt?: string;
+  /** Why, for people (ids, purposes and settings only — no patient data). */
+  basis: string;
+  /** Ledger entry and Consent ids the decision used. */
+  records: string[];
+  /** The settings it was decided with (region, quiet hours, caps, sensitive window…). */
+  settings: Record<string, unknown>;
+  at: string;
+}
+
+/** A message handed to an output: the accounting of disclosures (HIPAA) and the caps' count. */
+export interface Disclosure extends DeliveryRef {
+  recipient?: string;
+  at: string;
+}
+
+/** What an erasure did (GDPR art. 17): the record that stays once the patient's data is gone. */
+export interface ErasureRecord {
+  patientId: string;
+  at: string;
+  /** Deliveries that were still pending: now suppressed `erased`. */
+  cancelled: Array<{ deliveryId: string; generation: number; reason: 'erased' }>;
+}
+
+/**
+ * The consent ledger and the evidence (docs/consent.md "Evidence"), part of every Store.
+ * Ids and instants only in what it logs; what it stores is the audit itself.
+ */
+export interface ConsentLedger {
+  /**
+   * Appends a grant, revocation, opt-out, opt-in or no-contact entry; resolves with its id once
+   * durable. `mirrorTo`: outputs (tools holding the contact) the entry is to be pushed to,
+   * recorded in the same transaction so a crash cannot drop the push (unqueuedConsentMirrors).
+   */
+  addConsentEvent(event: Omit<ConsentEvent, 'id'>, mirrorTo?: readonly string[]): Promise<ConsentEvent>;
+  /** Pushes recorded with their entries whose job is not yet queued, oldest first. */
+  unqueuedConsentMirrors(limit: number): Promise<Array<{ event: ConsentEvent; output: string }>>;
+  /** The push of an entry to an output is on the queue: forget it here. */
+  consentMirrorQueued(eventId: string, output: string): Promise<void>;
+  /** Keeps a FHIR Consent as given; the same resource for the same patient again is not kept twice. */
+  addFhirConsent(consent: Omit<StoredFhirConsent, 'id'>): Promise<StoredFhirConsent>;
+  /** Entries of these patients, and keyword entries of these addresses (normalized: pipeline/consent.ts normalizeAddress). */
+  consentRecords(query: { patientIds: readonly string[]; addresses?: readonly string[] }): Promise<{ events: ConsentEvent[]; consents: StoredFhirConsent[] }>;
+  /**
+   * Records what triggers say about their patients: known, deceased (sticky), contact points,
+   * merges (patient.merged: mergedFrom → the surviving id). commitInbound does this in its own
+   * transaction; this is the same for callers without a commit (mapping tests).
+   */
+  notePatientFacts(triggers: readonly Trigger[]): Promise<void>;
+  /** Facts of these patients; unknown ids are left out. */
+  patientFacts(patientIds: readonly string[]): Promise<PatientFacts[]>;
+  /** The patient and every id merged with them, in either direction (A40 chains), the given id first. */
+  mergedGroup(patientId: string): Promise<string[]>;
+  /** The patients whose triggers carried this address (normalized). */
+  patientsAtAddress(address: string): Promise<string[]>;
+  recordDecision(decision: Omit<DecisionRecord, 'id'>): Promise<void>;
+  /** Newest first; by delivery or by patient. Default 100, capped at 1000. */
+  listDecisions(query: { deliveryId?: string; patientId?: string; limit?: number }): Promise<DecisionRecord[]>;
+  /** Once per delivery (a second call for the same delivery changes nothing). */
+  recordDisclosure(disclosure: Disclosure): Promise<void>;
+  /** Newest first, for patients, optionally since an instant. Default 100, capped at 1000. */
+  listDisclosures(query: { patientIds: readonly string[]; since?: string; limit?: number }): Promise<Disclosure[]>;
+  /** Remembers an inbound event key (an SMS provider's message id); false when it was already seen. */
+  noteInboundEvent(key: string, at: string): Promise<boolean>;
+  /**
+   * GDPR erasure of one patient, in one transaction: pending deliveries suppressed `erased`;
+   * raw messages, personal trigger fields, delivery payloads, recipients, sent texts and outbox
+   * entries of the patient removed; decisions and disclosures deleted; contact points dropped.
+   * The consent ledger stays (it holds no contact details of the patient and keeps objections
+   * honoured), and the erasure record is kept. The caller cancels the queue timers.
+   */
+  erasePatient(patientId: string, at: string): Promise<ErasureRecord>;
+  listErasures(patientId: string): Promise<ErasureRecord[]>;
+}
+
 /** Actions recorded in the audit log (who did what to which record, and when). */
 export const AuditAction = {
   /** POST /api/messages/:id/reprocess. */
@@ -454,7 +572,7 @@ export type ReceiptQuery = { deliveryId: string; output?: string } | { output: s
 /** The tools holding a patient (to push an opt-out), or the patients a tool's contact stands for (a tool's own opt-out report). */
 export type ContactHoldingQuery = { patientId: string } | { output: string; contactKey: string };
 
-export interface Store {
+export interface Store extends ConsentLedger {
   /**
    * Commits one inbound message atomically: raw bytes, ACK, status, reason, triggers and
    * subject-state updates, in one transaction, durable when the promise resolves.
@@ -476,6 +594,12 @@ export interface Store {
   listMessages(query: MessageQuery): Promise<StoredMessage[]>;
 
   getTrigger(id: string): Promise<Trigger | undefined>;
+  /**
+   * The input (connector instance name) that received the message a trigger came from, or
+   * undefined for an unknown trigger: times are shown in that input's zone when no site zone
+   * is configured (pipeline/zones.ts).
+   */
+  triggerInput(triggerId: string): Promise<string | undefined>;
   listTriggers(query: TriggerQuery): Promise<Trigger[]>;
   /** The stored message a trigger came from (its id), undefined for an unknown trigger. */
   messageOfTrigger(triggerId: string): Promise<string | undefined>;

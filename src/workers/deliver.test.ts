@@ -12,7 +12,10 @@ import { testRecord } from '../store/conformance.ts';
 import { openSqliteDatabase, type Database } from '../store/sqlite-db.ts';
 import { SqliteStore } from '../store/sqlite.ts';
 import type { SubjectState } from '../store/store.ts';
-import { createDeliverHandler, storeOutboxSink } from './deliver.ts';
+import { RecipientError } from '../errors.ts';
+import { defaultPolicy } from '../pipeline/policy.ts';
+import { ConsentService } from './consent.ts';
+import { createDeliverHandler, recordDeadDeliveries, storeOutboxSink } from './deliver.ts';
 import { createDeliveryQueue } from './runtime.ts';
 import { Router, deliveryJobId, type DeliveryJob } from './router.ts';
 
@@ -87,7 +90,7 @@ beforeEach(() => {
     store,
     output: (name) => (name === 'sms-main' ? outbox : undefined),
     templates,
-    zone: () => 'Europe/Paris',
+    displayZone: async () => 'Europe/Paris',
     log,
     now: () => clock,
   });
@@ -207,7 +210,7 @@ describe('deliver', () => {
       store,
       output: () => outbox,
       templates,
-      zone: () => 'Europe/Paris',
+      displayZone: async () => 'Europe/Paris',
       log,
       now: () => clock,
       routingSettled: async () => {
@@ -261,7 +264,7 @@ describe('deliver', () => {
       store,
       output: () => outbox,
       templates,
-      zone: () => 'Europe/Paris',
+      displayZone: async () => 'Europe/Paris',
       log,
       now: () => clock,
       // The routing that added the job is saved while the job waits.
@@ -299,7 +302,7 @@ describe('deliver', () => {
       store,
       output: () => capture,
       templates,
-      zone: () => 'Europe/Paris',
+      displayZone: async () => 'Europe/Paris',
       log,
       now: () => clock,
       unsubscribeLinks: (d) => ({ url: `https://carerelay.example.org/u/${encodeURIComponent(d.id)}` }),
@@ -316,3 +319,107 @@ describe('deliver', () => {
     expect(seen[0]!.unsubscribe).toBeUndefined();
   });
 });
+
+describe('deliver with the consent gate (docs/consent.md rules 2–8)', () => {
+  let gated: ReturnType<typeof createDeliverHandler>;
+  let consent: ConsentService;
+  const rulesWithNoName = () =>
+    rules({
+      id: 'reminder',
+      on: 'appointment.booked',
+      purpose: 'care.logistics',
+      channel: 'sms',
+      send: { output: 'sms-main', template: 'reminder', noNameTemplate: 'reminder-noname', fields: ['appointment.start'] },
+      at: 'appointment.start - 24h',
+      expires: 'appointment.start',
+    });
+  const withNoName = () =>
+    new TemplateSet([...templates().all(), compileTemplate({ name: 'reminder-noname', part: 'body', file: 'n.liquid', text: 'An appointment at {{ appointment.start | local_time }}' }).template!]);
+
+  beforeEach(() => {
+    consent = new ConsentService({ store, policy: defaultPolicy({ region: 'eu', timezone: 'Europe/Paris' }), output: () => outbox, log, now: () => clock });
+    gated = createDeliverHandler({ store, gate: consent, output: () => outbox, templates: withNoName, displayZone: async () => 'Europe/Paris', log, now: () => clock });
+  });
+
+  it('revoked between planning and sending: nothing sent, decision suppressed opted_out recorded', async () => {
+    await ingest({ type: 'appointment.booked' });
+    await store.addConsentEvent({ patientId: 'MRN1', action: 'opt_out', purposes: [], channel: 'sms', source: 'admin', method: 'api', at: '2025-06-05T10:00:00+02:00', policyVersion: '1', recordedAt: '2025-06-05T08:00:00Z' });
+    clock = Date.parse('2025-06-09T14:30:00+02:00');
+    expect(await gated.run(job(REMINDER))).toEqual({ outcome: 'suppressed', deliveryId: REMINDER, reason: 'opted_out' });
+    expect(await store.listOutbox({})).toEqual([]);
+    expect(await store.listDecisions({ deliveryId: REMINDER })).toEqual([expect.objectContaining({ result: 'deny', checkRule: 2, reason: 'opted_out', settings: expect.objectContaining({ region: 'eu', zone: 'Europe/Paris' }) })]);
+  });
+
+  it('in quiet hours the job is retried at 08:00 (move recorded), then sent and disclosed', async () => {
+    router = new Router({ store, queue, rules: () => rules({ ...RULE_AT_NIGHT }), zoneFor: () => 'Europe/Paris', log, now: () => clock });
+    await ingest({ type: 'encounter.finished', appointment: null, encounter: { id: 'V9', status: 'finished', end: '2025-06-01T20:30:00+02:00' } });
+    queue.process(gated, { concurrency: 1 });
+    clock = Date.parse('2025-06-01T22:30:00+02:00');
+    await queue.poke();
+    await queue.idle();
+    const id = 'night@encounter/V9#0';
+    expect(await queue.get(deliveryJobId(id, 1))).toMatchObject({ state: 'pending', runAt: '2025-06-02T06:00:00.000Z', lastError: { code: 'quiet_hours' } });
+    expect(await store.listDecisions({ deliveryId: id })).toEqual([expect.objectContaining({ result: 'move', reason: 'quiet_hours', retryAt: '2025-06-02T08:00:00+02:00' })]);
+    clock = Date.parse('2025-06-02T08:00:00+02:00');
+    await queue.poke();
+    await queue.idle();
+    expect(await store.getDelivery(id)).toMatchObject({ status: 'sent' });
+    expect(await store.listDisclosures({ patientIds: ['MRN1'] })).toEqual([expect.objectContaining({ deliveryId: id, purpose: 'care.followup', channel: 'sms', recipient: '+33612345678', at: '2025-06-02T06:00:00.000Z' })]);
+  });
+
+  it('an address shared with another patient gets the no-name variant', async () => {
+    router = new Router({ store, queue, rules: rulesWithNoName, zoneFor: () => 'Europe/Paris', log, now: () => clock });
+    await ingest({ type: 'appointment.booked' });
+    await store.notePatientFacts([makeTrigger({ id: 'sibling', patient: { id: 'MRN2' } })]);
+    clock = Date.parse('2025-06-09T14:30:00+02:00');
+    expect((await gated.run(job(REMINDER))).outcome).toBe('sent');
+    expect((await store.listOutbox({}))[0]!.text).toMatch(/^An appointment at 2:30\sPM$/);
+  });
+
+  it("a provider's opt-out (RecipientError opted_out) stops that output's SMS to the number from then on", async () => {
+    const refusing: OutboundAdapter = {
+      ...outbox,
+      send: async () => {
+        throw new RecipientError('opted_out', 'recipient_opted_out', 'the number replied STOP to this sender', { providerCode: '21610' });
+      },
+    };
+    const refused = createDeliverHandler({ store, gate: consent, output: () => refusing, templates: withNoName, displayZone: async () => 'Europe/Paris', log, now: () => clock });
+    await ingest({ type: 'appointment.booked' });
+    await ingest({ type: 'appointment.booked', appointment: { id: 'A102', start: '2025-06-12T14:30:00+02:00' } });
+    clock = Date.parse('2025-06-09T14:30:00+02:00');
+    await expect(refused.run(job(REMINDER))).rejects.toBeInstanceOf(RecipientError);
+    const { events } = await store.consentRecords({ patientIds: [], addresses: ['+33612345678'] });
+    expect(events).toEqual([expect.objectContaining({ action: 'opt_out', channel: 'sms', output: 'sms-main', source: 'provider', method: 'opted_out:21610', reference: REMINDER })]);
+    // The other pending reminder to that number was suppressed at once.
+    expect(await store.getDelivery('reminder@appointment/A102#0')).toMatchObject({ status: 'suppressed', reason: 'opted_out' });
+  });
+
+  it('fails closed: without the ledger only care goes, and only on a fresh suppression cache', async () => {
+    await ingest({ type: 'appointment.booked' });
+    await ingest({ type: 'appointment.booked', appointment: { id: 'A102' } });
+    clock = Date.parse('2025-06-09T14:30:00+02:00');
+    // A first check reads the ledger (and fills the cache) — then the ledger goes away.
+    expect((await gated.run(job(REMINDER))).outcome).toBe('sent');
+    const original = store.consentRecords.bind(store);
+    store.consentRecords = async () => {
+      throw new Error('SQLITE_IOERR');
+    };
+    try {
+      expect((await gated.run(job('reminder@appointment/A102#0'))).outcome).toBe('sent');
+      clock += 16 * 60_000; // older than failClosed.cacheMaxAgeSeconds (900 s)
+      await ingest({ type: 'appointment.booked', appointment: { id: 'A103', start: '2025-06-10T14:40:00+02:00' } });
+      await expect(gated.run(job('reminder@appointment/A103#0'))).rejects.toMatchObject({ failureClass: 'transient', code: 'ledger_unavailable' });
+    } finally {
+      store.consentRecords = original;
+    }
+  });
+});
+
+const RULE_AT_NIGHT = {
+  id: 'night',
+  on: 'encounter.finished',
+  purpose: 'care.followup',
+  channel: 'sms',
+  send: { output: 'sms-main', template: 'followup', fields: [] },
+  at: 'encounter.end + 2h',
+} as const;

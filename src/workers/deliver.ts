@@ -2,7 +2,8 @@
 // due time). For one job:
 //
 //   load the delivery ─▶ still pending with this job's generation? ─▶ still current?
-//     ─▶ not expired? ─▶ render ─▶ output.send ─▶ finishDelivery (sent + what was sent)
+//     ─▶ not expired? ─▶ consent and safety (docs/consent.md rules 2–8, the gate)
+//     ─▶ render ─▶ output.send ─▶ finishDelivery (sent + what was sent) ─▶ disclosure
 //
 // A "no" at a check is a normal outcome, recorded as `suppressed` with its reason code
 // (docs/architecture.md invariant 3), never an error. Failures keep the class they were given
@@ -10,16 +11,19 @@
 // own; the queue decides what each class means, and a dead-lettered job marks its delivery
 // `failed` (recordDeadDeliveries).
 //
-// Not here yet: docs/consent.md rules 2–7 (opt-outs, consent records, sensitive windows, caps,
-// quiet hours) — they slot in after the still-current check.
-import { PermanentError, TransientError } from '../errors.ts';
+// The gate (workers/consent.ts) decides rules 2–8 and records each decision: a denial
+// suppresses with its reason, quiet hours retry the job at retryAt (the queue's retryAfter),
+// a shared address renders the rule's no-name variant.
+import { PermanentError, RecipientError, TransientError, type RecipientSignal } from '../errors.ts';
 import type { Logger } from '../log.ts';
 import type { OutboundAdapter, OutboundMessage } from '../outputs/spec.ts';
 import { parseInstant } from '../pipeline/values.ts';
 import { renderDelivery, type TemplateSet } from '../pipeline/render.ts';
 import type { JobHandler, Queue } from '../queue/queue.ts';
 import type { OutboxEntry, Store, StoredDelivery, SubjectState } from '../store/store.ts';
-import type { Delivery } from '../types.ts';
+import type { ConsentDecision } from '../pipeline/consent.ts';
+import { UNSUBSCRIBE_URL } from '../pipeline/render.ts';
+import type { ConsentReason, Delivery } from '../types.ts';
 import { deliveryJobOf, parseDeliveryJobId, type DeliveryJob } from './router.ts';
 
 /** Why a delivery was not sent (docs/consent.md reason codes) or not handled (safe to log). */
@@ -48,14 +52,29 @@ export type DeliverReason = (typeof DeliverReason)[keyof typeof DeliverReason];
 const DEAD_APPOINTMENT = new Set(['cancelled', 'entered-in-error', 'noshow']);
 const DEAD_ENCOUNTER = new Set(['cancelled', 'entered-in-error']);
 
+/** The send-time consent and safety checks (workers/consent.ts ConsentService). */
+export interface SendGate {
+  /** Rules 2–8 for a delivery still current and not expired; the decision is recorded. */
+  check(stored: StoredDelivery): Promise<ConsentDecision>;
+  /** Records the disclosure of a message the output accepted. */
+  sent(stored: StoredDelivery, to: string | undefined, at: number): Promise<void>;
+  /** Records what a provider's refusal says about the delivery's address (RecipientError). */
+  refused(stored: StoredDelivery, signal: RecipientSignal, providerCode: string | undefined): Promise<void>;
+}
+
 export interface DeliverDeps {
   store: Store;
+  /** Consent and safety at send time; absent: only rule 1, expiry and the address are checked. */
+  gate?: SendGate;
   /** The running adapter of an output instance, by name. */
   output: (name: string) => OutboundAdapter | undefined;
   /** The current plan's templates (swapped by a mappings reload). */
   templates: () => TemplateSet;
-  /** IANA zone times are shown in (the zone routing used: the server's). */
-  zone: () => string;
+  /**
+   * IANA zone a delivery's times are shown in: the site's, else the receiving input's
+   * (pipeline/zones.ts); undefined shows each time in the offset it came with.
+   */
+  displayZone: (delivery: Delivery) => Promise<string | undefined>;
   log: Logger;
   /** Epoch ms; injected by tests. Default Date.now. */
   now?: () => number;
@@ -71,7 +90,7 @@ export interface DeliverDeps {
 /** What handling one job did (for tests and the admin view). */
 export type DeliverResult =
   | { outcome: 'sent'; deliveryId: string; providerId?: string }
-  | { outcome: 'suppressed'; deliveryId: string; reason: DeliverReason }
+  | { outcome: 'suppressed'; deliveryId: string; reason: DeliverReason | ConsentReason }
   | { outcome: 'skipped'; deliveryId: string; reason: typeof DeliverReason.NotCurrent };
 
 /** A job may run this much before its delivery's due time (timers and clocks drift). */
@@ -105,7 +124,7 @@ export function createDeliverHandler(deps: DeliverDeps): JobHandler<DeliveryJob>
   const now = deps.now ?? Date.now;
   const { store, log } = deps;
 
-  const suppress = async (stored: StoredDelivery, reason: DeliverReason): Promise<DeliverResult> => {
+  const suppress = async (stored: StoredDelivery, reason: DeliverReason | ConsentReason): Promise<DeliverResult> => {
     const id = stored.delivery.id;
     const written = await store.finishDelivery(id, stored.generation, { status: 'suppressed', reason, at: new Date(now()).toISOString() });
     if (!written) return { outcome: 'skipped', deliveryId: id, reason: DeliverReason.NotCurrent };
@@ -160,13 +179,23 @@ export function createDeliverHandler(deps: DeliverDeps): JobHandler<DeliveryJob>
     if (due !== undefined && due - now() > EARLY_SEND_SLACK_MS) {
       throw new TransientError(DeliverReason.NotDueYet, `delivery ${d.id} is due later`, { retryAfterMs: due - now() });
     }
-    if ((d.channel === 'sms' || d.channel === 'email') && (d.to === undefined || d.to === '')) return suppress(stored, DeliverReason.NoAddress);
-
     const adapter = deps.output(d.output);
     if (!adapter) throw new PermanentError(DeliverReason.OutputUnknown, `output "${d.output}" is not running (delivery ${d.id}); restart to start new outputs`);
-    // Throws PermanentError render_failed: the mapping must be fixed, retrying cannot help.
-    const rendered = renderDelivery(deps.templates(), d, { zone: deps.zone() });
+
+    // docs/consent.md rules 2–8, first denial wins (the gate records the decision).
+    const verdict = deps.gate ? await deps.gate.check(stored) : undefined;
+    if (verdict && !verdict.allow) {
+      if (verdict.retryAt === undefined) return suppress(stored, verdict.reason);
+      throw new TransientError(verdict.reason, `delivery ${d.id} waits for quiet hours to end`, { retryAfterMs: Math.max(0, Date.parse(verdict.retryAt) - now()) });
+    }
+    if (!verdict && (d.channel === 'sms' || d.channel === 'email') && (d.to === undefined || d.to === '')) return suppress(stored, DeliverReason.NoAddress);
+    // A shared address gets the rule's variant that names no one; a non-care email its signed
+    // unsubscribe link, in the text ({{ unsubscribe_url }}) and for the adapter's headers.
+    const template = verdict?.allow && verdict.noName ? { ...d, template: d.noNameTemplate! } : d;
     const unsubscribe = d.purpose.startsWith('care.') ? undefined : deps.unsubscribeLinks?.(d);
+    const variables = unsubscribe ? { [UNSUBSCRIBE_URL]: unsubscribe.url } : undefined;
+    // Throws PermanentError render_failed: the mapping must be fixed, retrying cannot help.
+    const rendered = renderDelivery(deps.templates(), template, { zone: await deps.displayZone(d), ...(variables ? { variables } : {}) });
     const message: OutboundMessage = {
       deliveryId: d.id,
       ruleId: d.ruleId,
@@ -183,7 +212,14 @@ export function createDeliverHandler(deps: DeliverDeps): JobHandler<DeliveryJob>
       ...(d.expiresAt !== undefined ? { expiresAt: d.expiresAt } : {}),
       ...(unsubscribe !== undefined ? { unsubscribe } : {}),
     };
-    const receipt = await adapter.send(message, { deliveryId: d.id, attempt: job.attempt, signal: job.signal });
+    let receipt;
+    try {
+      receipt = await adapter.send(message, { deliveryId: d.id, attempt: job.attempt, signal: job.signal });
+    } catch (error) {
+      // The provider says the address opted out or bounced: the ledger learns it for the next messages.
+      if (error instanceof RecipientError) await deps.gate?.refused(stored, error.signal, error.providerCode).catch(() => log.error('deliver.refusal_not_recorded', { deliveryId: d.id }));
+      throw error;
+    }
     const finished = await store.finishDelivery(d.id, generation, {
       status: 'sent',
       message: {
@@ -192,10 +228,13 @@ export function createDeliverHandler(deps: DeliverDeps): JobHandler<DeliveryJob>
         ...(message.subject !== undefined ? { subject: message.subject } : {}),
         text: message.text,
         ...(message.html !== undefined ? { html: message.html } : {}),
+        ...(message.unsubscribe !== undefined ? { unsubscribe: message.unsubscribe.url } : {}),
       },
       ...(receipt.providerId !== undefined ? { providerId: receipt.providerId } : {}),
       at: new Date(now()).toISOString(),
     });
+    // The accounting of disclosures (and the caps' count). Never a reason to send again.
+    await deps.gate?.sent(stored, message.to, now()).catch(() => log.error('deliver.disclosure_not_recorded', { deliveryId: d.id }));
     // Sent, but the delivery changed meanwhile (a replan while sending): the send stands.
     if (!finished) log.warn('deliver.finish_lost', { deliveryId: d.id, output: d.output, reason: DeliverReason.NotCurrent });
     else log.debug('deliver.sent', { deliveryId: d.id, rule: d.ruleId, output: d.output, attempt: job.attempt });

@@ -52,6 +52,12 @@ export interface FhirIngestDeps {
   now?: () => Date;
   /** Called after a commit that created triggers (routing hooks in here). */
   onCommitted?: (triggers: Trigger[]) => void | Promise<void>;
+  /**
+   * A Consent resource received (rest-hook or poll), before its record is committed, so that a
+   * failure (thrown) leaves it unknown and the sender's resend brings it again. Answers why it
+   * cannot be used (invalid, unknown patient): the record is then kept as rejected.
+   */
+  onConsent?: (resource: FhirResource) => Promise<{ rejected?: string }>;
   /** Jitter source in [0, 1) for the recovery backoff; default Math.random. */
   random?: () => number;
   /** Timer of the background recovery; injected by tests. */
@@ -303,7 +309,13 @@ export class FhirIngest {
       });
       const lastUpdated = resource.meta?.lastUpdated;
       if (options.cursorKey !== undefined && lastUpdated !== undefined) record.cursors = { [options.cursorKey]: lastUpdated };
-      if (!TRIGGER_SOURCE_TYPES.includes(resource.resourceType)) {
+      if (resource.resourceType === 'Consent' && this.deps.onConsent) {
+        const { rejected } = await this.deps.onConsent(resource);
+        if (rejected !== undefined) {
+          record.status = MessageStatus.Rejected;
+          record.reason = rejected;
+        }
+      } else if (!TRIGGER_SOURCE_TYPES.includes(resource.resourceType)) {
         record.status = MessageStatus.Ignored;
         record.reason = 'not_a_trigger_source';
       } else {

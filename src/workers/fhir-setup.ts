@@ -10,7 +10,7 @@ import { standardWebhooksKey } from '../inputs/fhir/signatures.ts';
 import type { Logger } from '../log.ts';
 import type { Store } from '../store/store.ts';
 import type { Trigger } from '../types.ts';
-import { FhirIngest } from './fhir-ingest.ts';
+import { FhirIngest, type FhirIngestDeps } from './fhir-ingest.ts';
 import { FhirPoller } from './fhir-poll.ts';
 
 export function fhirClientFor(server: FhirServerConfig, env: Env, configDir: string): FhirClient {
@@ -41,6 +41,8 @@ export interface FhirRuntimeDeps {
   env: Env;
   configDir: string;
   onCommitted?: (triggers: Trigger[]) => void | Promise<void>;
+  /** FHIR Consent resources received (docs/consent.md ways in): FhirIngestDeps.onConsent. */
+  onConsent?: FhirIngestDeps['onConsent'];
 }
 
 export function restHookIngest(config: FhirRestHookConfig, deps: FhirRuntimeDeps): FhirIngest {
@@ -56,6 +58,7 @@ export function restHookIngest(config: FhirRestHookConfig, deps: FhirRuntimeDeps
       log: deps.log,
       client: fhirClientFor(config.server, deps.env, deps.configDir),
       ...(deps.onCommitted ? { onCommitted: deps.onCommitted } : {}),
+      ...(deps.onConsent ? { onConsent: deps.onConsent } : {}),
     },
   );
 }
@@ -68,6 +71,7 @@ export function poller(config: FhirPollConfig, deps: FhirRuntimeDeps): FhirPolle
       log: deps.log,
       client: fhirClientFor(config.server, deps.env, deps.configDir),
       ...(deps.onCommitted ? { onCommitted: deps.onCommitted } : {}),
+      ...(deps.onConsent ? { onConsent: deps.onConsent } : {}),
     },
   );
   return new FhirPoller(

@@ -28,6 +28,7 @@
 // per trigger.
 import { PermanentError, TransientError } from '../errors.ts';
 import type { Logger } from '../log.ts';
+import type { QuietHours } from '../pipeline/policy.ts';
 import { route, type DeliveryState } from '../pipeline/route.ts';
 import type { RouteResult } from '../pipeline/rule.ts';
 import type { Rule } from '../pipeline/rule.ts';
@@ -83,8 +84,10 @@ export interface RouterDeps {
   queue: Queue<DeliveryJob>;
   /** The current plan's rules: read for every trigger, so a reload applies to the next one. */
   rules: () => readonly Rule[];
-  /** IANA zone for a trigger's due times (the organisation's zone until patient zones exist). */
+  /** IANA zone for a trigger's due times (the patient's zone: pipeline/zones.ts). */
   zoneFor: (trigger: Trigger) => string;
+  /** Quiet hours: a care.logistics message due in them is planned earlier when still useful (pipeline/quiet-hours.ts). */
+  quietHours?: QuietHours;
   log: Logger;
   /** Epoch ms; injected by tests. Default Date.now. */
   now?: () => number;
@@ -349,7 +352,7 @@ export class Router {
     let result: RouteResult;
     try {
       const zone = this.#deps.zoneFor(trigger);
-      result = route(trigger, this.#deps.rules(), nowMs, { zoneFor: () => zone });
+      result = route(trigger, this.#deps.rules(), nowMs, { zoneFor: () => zone, ...(this.#deps.quietHours ? { quietHours: this.#deps.quietHours } : {}) });
     } catch (error) {
       // Pure computation: trying again gives the same failure until the rules change.
       throw new PermanentError('route_failed', `trigger ${trigger.id} cannot be routed by the current rules`, { cause: error });

@@ -16,14 +16,19 @@ import { ConfigError, type ConfigIssue } from '../errors.ts';
 import type { Logger } from '../log.ts';
 import type { OutboundAdapter, OutputDeps, OutputSpec } from '../outputs/spec.ts';
 import type { TemplateSet } from '../pipeline/render.ts';
+import type { PolicySettings } from '../pipeline/policy.ts';
 import type { Rule } from '../pipeline/rule.ts';
+import { displayZone, patientZone } from '../pipeline/zones.ts';
 import { SqliteQueue, type SqliteQueueOptions } from '../queue/sqlite.ts';
 import { openSqliteDatabase, type Database } from '../store/sqlite-db.ts';
 import { SqliteStore } from '../store/sqlite.ts';
 import type { OutboxEntry, OutboxQuery, Store } from '../store/store.ts';
 import type { Trigger } from '../types.ts';
+import { ConsentService } from './consent.ts';
+import { CONSENT_MIRROR_QUEUE, ConsentSync, type ConsentTool, type MirrorJob } from './consent-sync.ts';
 import { createDeliverHandler, logDeadDeliveries, recordDeadDeliveries, storeOutboxSink } from './deliver.ts';
-import { Router, parseDeliveryJobId, type DeliveryJob } from './router.ts';
+import { Router, deliveryJobId, parseDeliveryJobId, type DeliveryJob } from './router.ts';
+import type { UnsubscribeLinks } from './unsubscribe.ts';
 
 /** Name of the embedded queue holding delivery timers. */
 export const DELIVERY_QUEUE = 'deliveries';
@@ -61,8 +66,12 @@ export interface DeliveryRuntimeOptions {
   /** Delivery jobs running at once. Default DEFAULT_DELIVERY_CONCURRENCY. */
   concurrency?: number;
   queue?: Omit<SqliteQueueOptions, 'name' | 'now'>;
+  /** Signed unsubscribe links of non-care emails (workers/unsubscribe.ts). */
+  links: UnsubscribeLinks;
   /** Where outputs' secret references ({ env: NAME }) are read. Default: process.env. */
   env?: Env;
+  /** How often tools' consent changes are read (workers/consent-sync.ts). Default 60 s. */
+  consentPollEveryMs?: number;
   /** Test-only fault hook (main.ts CARERELAY_FAULT): called after each accepted send. */
   afterSend?: () => void;
 }
@@ -108,17 +117,24 @@ export function createDeliveryQueue(db: Database, store: Store, options: Omit<Sq
 
 function connectorsOf(plan: CarerelayPlan): string {
   const instances = (list: readonly InstancePlan[]) => list.map((i) => ({ type: i.type, name: i.name, config: i.config }));
-  return JSON.stringify({ server: plan.server, inputs: instances(plan.inputs), outputs: instances(plan.outputs) });
+  return JSON.stringify({ server: plan.server, policy: plan.policy, inputs: instances(plan.inputs), outputs: instances(plan.outputs) });
 }
 
 export class DeliveryRuntime {
   readonly queue: SqliteQueue<DeliveryJob>;
   readonly router: Router;
   readonly outputs: ReadonlyMap<string, OutboundAdapter>;
+  /** Consent checks, evidence and ways in (workers/consent.ts). */
+  readonly consent: ConsentService;
+  /** The signed unsubscribe links of non-care email (the API verifies them). */
+  readonly links: UnsubscribeLinks;
+  /** Consent kept in step with the tools holding the contact (workers/consent-sync.ts). */
+  readonly consentSync: ConsentSync;
   readonly #log: Logger;
   readonly #concurrency: number;
   readonly #connectors: string;
-  #mappings: { rules: readonly Rule[]; templates: TemplateSet; timezone: string };
+  #mappings: { rules: readonly Rule[]; templates: TemplateSet };
+  readonly #policy: PolicySettings;
   readonly #handler: ReturnType<typeof createDeliverHandler>;
   #unsubscribe: (() => void) | undefined;
   #watcher: FSWatcher | undefined;
@@ -131,7 +147,9 @@ export class DeliveryRuntime {
     this.#log = log;
     this.#concurrency = options.concurrency ?? DEFAULT_DELIVERY_CONCURRENCY;
     this.#connectors = connectorsOf(plan);
-    this.#mappings = { rules: plan.mappings, templates: plan.templates, timezone: plan.server.timezone };
+    this.#mappings = { rules: plan.mappings, templates: plan.templates };
+    this.#policy = plan.policy.settings;
+    const inputZones = new Map(plan.inputs.map((i) => [i.name, typeof i.config.timezone === 'string' ? i.config.timezone : undefined]));
     this.queue = createDeliveryQueue(options.db, store, { ...options.queue, now });
     const outputDeps: OutputDeps & { sink: ReturnType<typeof storeOutboxSink> } = {
       sink: storeOutboxSink(store),
@@ -152,24 +170,69 @@ export class DeliveryRuntime {
         };
       }
     }
+    this.links = options.links;
+    // Outputs that keep consent (workers/consent-sync.ts): a tool with a consent model when its
+    // configuration has a `consent` block (salesforce-crm), a marketing tool taking optOut.
+    const tools = new Map<string, ConsentTool>();
+    for (const output of plan.outputs) {
+      const adapter = this.outputs.get(output.name) as (OutboundAdapter & ConsentTool) | undefined;
+      if (!adapter) continue;
+      const consentModel = output.config.consent !== undefined && (adapter.mirrorConsent || adapter.pollConsent);
+      if (consentModel) tools.set(output.name, adapter);
+      else if (adapter.optOut) tools.set(output.name, { optOut: adapter.optOut.bind(adapter) });
+    }
+    let consentSync: ConsentSync | undefined;
+    this.consent = new ConsentService({
+      store,
+      policy: this.#policy,
+      output: (name) => this.outputs.get(name),
+      // A delivery's one pending job is its current generation's, cancelled by its id; jobs
+      // added by earlier versions carry the delivery id as a cancel key.
+      cancelTimer: async (deliveryId, reason) => {
+        const stored = await store.getDelivery(deliveryId);
+        if (stored) await this.queue.cancel(deliveryJobId(deliveryId, stored.generation), reason);
+        await this.queue.cancel(deliveryId, reason);
+      },
+      log,
+      now,
+      links: options.links,
+      mirrors: { targets: (entry) => consentSync!.targets(entry), queue: (event, outputs) => consentSync!.queue(event, outputs) },
+    });
+    consentSync = new ConsentSync({
+      store,
+      consent: this.consent,
+      queue: new SqliteQueue<MirrorJob>(options.db, { name: CONSENT_MIRROR_QUEUE, now }),
+      tools,
+      log,
+      now,
+      ...(options.consentPollEveryMs !== undefined ? { pollEveryMs: options.consentPollEveryMs } : {}),
+    });
+    this.consentSync = consentSync;
     this.router = new Router({
       store,
       queue: this.queue,
       rules: () => this.#mappings.rules,
-      // The organisation's zone until patient and site zones are known (docs/consent.md quiet hours order).
-      zoneFor: () => this.#mappings.timezone,
+      // The patient's zone: site → organisation (pipeline/zones.ts; addresses are not mapped to zones yet).
+      zoneFor: (trigger) => patientZone(trigger, this.#policy),
+      quietHours: this.#policy.quietHours,
       log,
       now,
       idempotentOutput: (name) => this.outputs.get(name)?.idempotent ?? false,
     });
     const handler = createDeliverHandler({
       store,
+      gate: this.consent,
       output: (name) => this.outputs.get(name),
       templates: () => this.#mappings.templates,
-      zone: () => this.#mappings.timezone,
+      // The place of the appointment: the site's zone, else the receiving input's, else each time's own offset.
+      displayZone: async (delivery) => {
+        const [trigger, input] = await Promise.all([store.getTrigger(delivery.triggerId), store.triggerInput(delivery.triggerId)]);
+        return trigger ? displayZone(trigger, this.#policy, input === undefined ? undefined : inputZones.get(input)) : undefined;
+      },
       log,
       now,
       routingSettled: () => this.router.settled(),
+      unsubscribeLinks: (delivery) => this.consent.unsubscribeLinks(delivery),
     });
     // The embedded store marks a dead-lettered delivery failed in the dead-letter's own write
     // (createDeliveryQueue); any other store is told after the fact.
@@ -187,6 +250,7 @@ export class DeliveryRuntime {
     // Recovery is queued before any new trigger; timers run meanwhile.
     void this.router.routeUnrouted().catch((error: unknown) => this.#log.error('route.failed', { code: (error as Error).name }));
     this.queue.process(this.#handler, { concurrency: this.#concurrency });
+    void this.consentSync.start().catch((error: unknown) => this.#log.error('consent.sync_failed', { code: (error as Error).name }));
   }
 
   /** The ingest hook (Hl7Ingest / FhirIngest onCommitted). */
@@ -229,7 +293,7 @@ export class DeliveryRuntime {
     const restartNeeded = connectorsOf(next) !== this.#connectors;
     if (restartNeeded) this.#log.warn('config.restart_needed', { reason: ReloadReason.ConnectorsChanged });
     // One assignment: routing and rendering see the old plan or the new one, never half.
-    this.#mappings = { rules: next.mappings, templates: next.templates, timezone: this.#mappings.timezone };
+    this.#mappings = { rules: next.mappings, templates: next.templates };
     this.#log.info('config.reloaded', { count: next.mappings.length });
     return { ok: true, rules: next.mappings.length, templates: next.templates.size, restartNeeded };
   }
@@ -278,6 +342,7 @@ export class DeliveryRuntime {
     if (this.#debounce) clearTimeout(this.#debounce);
     await this.router.close();
     await this.queue.close();
+    await this.consentSync.stop();
     this.#unsubscribe?.();
     await Promise.allSettled([...this.outputs.values()].map((o) => o.close?.()));
   }

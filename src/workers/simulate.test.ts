@@ -2,7 +2,8 @@ import { mkdtemp, mkdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { replayDryRun, runMappingTests } from './simulate.ts';
+import { runMappingTests } from './mapping-tests.ts';
+import { replayDryRun } from './simulate.ts';
 
 let dir: string;
 const env = {};

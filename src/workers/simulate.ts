@@ -1,36 +1,50 @@
-// Mapping tests and dry-run replay, in memory: the same steps as the running server —
-// normalize → stored appointment/encounter state → route → apply to deliveries (the ordering
-// rule of route.ts) → render — with Maps instead of the store and the queue, and a clock
-// that only moves when a test says so (docs/contributing.md habit 11: an integration engineer changes a
+// The in-memory pipeline behind mapping tests (workers/mapping-tests.ts) and dry-run replay:
+// the same steps as the running server — normalize → stored appointment/encounter state →
+// route → apply to deliveries (the ordering rule of route.ts) → at the due time: still
+// current, not expired, the send-time consent and safety checks (docs/consent.md rules 2–8,
+// the same ConsentService the server runs) → render — with Maps for deliveries and the queue,
+// an in-memory SQLite store for the consent ledger and patient facts, and a clock that only
+// moves when a test says so (docs/contributing.md habit 11: an integration engineer changes a
 // rule and runs its test without touching TypeScript).
 //
-// What is NOT simulated: send-time consent and safety checks (docs/consent.md rules 2–8: opt-outs,
-// caps, quiet hours, sensitive windows). A test shows what routing plans and what the
-// message says; consent has its own tests.
-//
-// The test file format is documented in mappings/README.md ("Mapping tests") and at the top
-// of every shipped mappings/*.test.yaml.
+// Consent events (a FHIR Consent, an SMS keyword, an unsubscribe link, an opt-out, a grant or
+// revocation, a no-contact flag, an erasure) go through the ConsentService's ways in, and the
+// pending deliveries they forbid are suppressed at once, as the server does.
 
 import { createHash } from 'node:crypto';
-import { readdir, readFile, stat } from 'node:fs/promises';
+import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import type { ConfigIssue } from '../errors.ts';
-import { ConfigError, formatConfigIssue } from '../errors.ts';
+import { ConfigError } from '../errors.ts';
 import { loadConfig, displayPath } from '../config/load.ts';
-import { isMappingTestFile, loadMappings, type MappingSet } from '../config/mappings.ts';
-import { createAjv, readYamlDocument, validateWithSchema, type Env, type JsonSchema, type Locate, type SourcePosition } from '../config/yaml.ts';
+import type { PolicyConfig } from '../config/policy-schema.ts';
+import { loadMappings, type MappingSet } from '../config/mappings.ts';
+import type { Env } from '../config/yaml.ts';
 import { Hl7ParseError, parseHl7Batch } from '../hl7v2/parse.ts';
 import { applyStoredState, normalizeHl7 } from '../inputs/hl7v2/normalize.ts';
+import { silentLogger } from '../log.ts';
 import { outputSpecs } from '../outputs/index.ts';
 import { outputInfos } from '../outputs/spec.ts';
-import { isRecord, parseInstant } from '../pipeline/values.ts';
-import { renderDelivery, type RenderedMessage } from '../pipeline/render.ts';
+import { nonCarePurposes, normalizeAddress, unsubscribeScope } from '../pipeline/consent.ts';
+import type { PolicySettings, Site } from '../pipeline/policy.ts';
+import { renderDelivery, type RenderedMessage, type TemplateSet } from '../pipeline/render.ts';
 import { route, type DeliveryChange, type DeliveryState } from '../pipeline/route.ts';
-import type { RouteResult, Rule, SkippedDelivery } from '../pipeline/rule.ts';
+import type { OutputInfo, RouteResult, Rule, SkippedDelivery } from '../pipeline/rule.ts';
 import { formatInstant, isValidZone } from '../pipeline/schedule.ts';
-import type { SubjectState } from '../store/store.ts';
-import { TRIGGER_TYPES, type Delivery, type Trigger } from '../types.ts';
+import { isRecord, parseInstant } from '../pipeline/values.ts';
+import { displayZone, patientZone } from '../pipeline/zones.ts';
+import { SqliteStore } from '../store/sqlite.ts';
+import type { InboundRecord, Store, StoredDelivery, SubjectState } from '../store/store.ts';
+import { MessageStatus, PURPOSES, TRIGGER_TYPES, type Channel, type Delivery, type Purpose, type Trigger } from '../types.ts';
 import { applyRouteResult } from './apply.ts';
+import { ConsentService } from './consent.ts';
+import { staleness } from './deliver.ts';
+import { renderVariables, unsubscribeLinks, type UnsubscribeLinks } from './unsubscribe.ts';
+
+/** Unsubscribe links in mapping tests and replays: signed with a fixed key (they are never served). */
+export function testLinks(policy: PolicyConfig): UnsubscribeLinks {
+  return unsubscribeLinks({ key: Buffer.from('carerelay-mapping-tests'), publicUrl: policy.publicUrl, ttlDays: policy.unsubscribe.ttlDays });
+}
 
 // ---------------------------------------------------------------------------------------
 // The in-memory pipeline
@@ -41,9 +55,11 @@ export const SimStatus = {
   Pending: 'pending',
   /** Planned, then moved to another time by a later event (e.g. a reschedule); not yet due. */
   Moved: 'moved',
-  /** Its due time came while the clock advanced: it would have been handed to the output. */
+  /** Its due time came while the clock advanced, every check passed: handed to the output. */
   Sent: 'sent',
   Cancelled: 'cancelled',
+  /** Not sent on purpose: a send-time check or a consent change said no (see its reason). */
+  Suppressed: 'suppressed',
 } as const;
 export type SimStatus = (typeof SimStatus)[keyof typeof SimStatus];
 
@@ -52,13 +68,23 @@ export interface SimDelivery {
   status: SimStatus;
   /** The first plannedAt, to tell a move. */
   firstPlannedAt: string;
+  /** Why it was suppressed (docs/consent.md reason codes). */
+  reason?: string;
+  /** When it actually left (after any quiet-hours move), epoch ms. */
+  sentAt?: number;
+  /** Sent with the rule's no-name variant (a shared address). */
+  noName?: boolean;
 }
 
 interface Tracked {
   state: DeliveryState;
-  sent: boolean;
   moved: boolean;
   firstPlannedAt: string;
+  /** The appointment/encounter start the plan was made for (rule 1 at send time). */
+  subjectStart?: string;
+  /** A quiet-hours move: the next attempt, epoch ms (else the due time). */
+  retryAt?: number;
+  outcome?: { status: 'sent' | 'suppressed'; reason?: string; at: number; noName?: boolean };
 }
 
 /** What applying one op did to one delivery. */
@@ -86,84 +112,299 @@ export interface SimStep {
   results: RoutedStep[];
 }
 
+/** A consent event of a mapping test (mappings/README.md "Mapping tests"). */
+export type SimConsentEvent =
+  | { kind: 'consent'; resource: Record<string, unknown> }
+  | { kind: 'sms'; from: string; body: string; to?: string }
+  | { kind: 'unsubscribe'; email: string; purpose: Purpose | 'all' }
+  | { kind: 'optOut'; patient: string; channel?: Channel; purposes?: Purpose[] }
+  | { kind: 'grant' | 'revoke'; patient: string; purpose: Purpose; channel: Channel }
+  | { kind: 'noContact'; patient: string }
+  | { kind: 'erase'; patient: string }
+  /** The ledger cannot be read (fail-closed tests), or can again. */
+  | { kind: 'ledger'; available: boolean };
+
+export interface SimulatorOptions {
+  /** The organisation's zone (configured sites keep theirs). */
+  zone: string;
+  /** The HL7 input's zone: HL7 times without an offset, and shown times when no site zone applies. */
+  hl7Zone?: string;
+  now: number;
+  sites?: readonly Site[];
+  /** Run the send-time checks with this policy and these outputs; absent: every due delivery is sent. */
+  consent?: { policy: PolicySettings; outputs: readonly OutputInfo[]; links: UnsubscribeLinks };
+}
+
+/** Ledger reads that fail while a test says the ledger is down. */
+const LEDGER_READS = new Set(['consentRecords', 'patientFacts', 'mergedGroup', 'patientsAtAddress', 'listDisclosures']);
+
 /**
- * The pipeline with Maps for the store and the queue. `zone` is the patient/site zone
- * routing and templates use; `hl7Zone` reads HL7 times without an offset.
+ * The pipeline with Maps for deliveries and the queue, and an in-memory store for the ledger.
+ * `zone` is the organisation's zone routing and templates use; `hl7Zone` reads HL7 times
+ * without an offset. close() frees the in-memory store.
  */
 export class Simulator {
   readonly #rules: readonly Rule[];
   readonly #zone: string;
   readonly #hl7Zone: string;
+  readonly #policy: Pick<PolicySettings, 'sites' | 'timezone'> & Partial<PolicySettings>;
   readonly #states = new Map<string, SubjectState>();
   readonly #deliveries = new Map<string, Tracked>();
+  /** Every trigger routed, with the zone of the input it came through (HL7 inputs: hl7Zone). */
+  readonly #triggers = new Map<string, { trigger: Trigger; inputZone?: string }>();
+  readonly #store: SqliteStore;
+  readonly #consent?: ConsentService;
+  readonly #smsOutputs: string[];
+  #ledgerDown = false;
+  #inputs = 0;
   readonly skipped: SkippedDelivery[] = [];
+  /** Keyword confirmations sent, in order. */
+  readonly replies: Array<{ to: string; text: string }> = [];
   #clock: number;
 
-  constructor(rules: readonly Rule[], options: { zone: string; hl7Zone?: string; now: number }) {
+  constructor(rules: readonly Rule[], options: SimulatorOptions) {
     this.#rules = rules;
     this.#zone = options.zone;
     this.#hl7Zone = options.hl7Zone ?? options.zone;
+    // `zone` stands for the organisation's zone; configured sites keep theirs (pipeline/zones.ts).
+    this.#policy = { ...options.consent?.policy, timezone: options.zone, sites: options.sites ?? options.consent?.policy.sites ?? [] };
     this.#clock = options.now;
+    this.#store = SqliteStore.open(':memory:');
+    this.#smsOutputs = (options.consent?.outputs ?? []).filter((o) => o.channel === 'sms').map((o) => o.name);
+    if (options.consent) {
+      const outputs = options.consent.outputs;
+      // The ledger as the checks see it: reads fail while a test says it is down.
+      const ledger = new Proxy(this.#store, {
+        get: (target, prop, receiver) => {
+          const value = Reflect.get(target, prop, receiver) as unknown;
+          if (typeof value !== 'function') return value;
+          if (this.#ledgerDown && LEDGER_READS.has(String(prop))) return () => Promise.reject(new Error('the ledger is unavailable (mapping test)'));
+          return (value as (...a: unknown[]) => unknown).bind(target);
+        },
+      }) as Store;
+      this.#consent = new ConsentService({
+        store: ledger,
+        policy: { ...options.consent.policy, timezone: options.zone },
+        output: (name) => outputs.find((o) => o.name === name),
+        log: silentLogger,
+        now: () => this.#clock,
+        links: options.consent.links,
+      });
+    }
   }
 
   get clock(): number {
     return this.#clock;
   }
 
-  /** Moves the clock forward (never back) and "sends" every pending delivery now due. */
-  advance(to: number): void {
-    if (to > this.#clock) this.#clock = to;
-    for (const tracked of this.#deliveries.values()) {
-      if (tracked.state.status !== 'pending' || tracked.sent) continue;
-      const due = parseInstant(tracked.state.delivery.dueAt);
-      if (due !== undefined && due <= this.#clock) {
-        tracked.sent = true;
-        tracked.state = { ...tracked.state, status: 'finished' };
+  /** Frees the in-memory store. */
+  async close(): Promise<void> {
+    await this.#store.close();
+  }
+
+  /**
+   * Moves the clock forward (never back). Every pending delivery whose time comes on the way
+   * is attempted at that time, in time order, as the queue would: still current? expired?
+   * the consent checks (a quiet-hours move sets the next attempt) — then sent or suppressed.
+   */
+  async advance(to: number): Promise<void> {
+    for (let guard = 0; guard < 10_000; guard++) {
+      let next: { tracked: Tracked; at: number } | undefined;
+      for (const tracked of this.#deliveries.values()) {
+        if (tracked.state.status !== 'pending' || tracked.outcome) continue;
+        const at = tracked.retryAt ?? parseInstant(tracked.state.delivery.dueAt);
+        if (at !== undefined && at <= Math.max(to, this.#clock) && (next === undefined || at < next.at)) next = { tracked, at };
       }
+      if (!next) break;
+      if (next.at > this.#clock) this.#clock = next.at;
+      await this.#attempt(next.tracked);
     }
+    if (to > this.#clock) this.#clock = to;
+  }
+
+  async #attempt(tracked: Tracked): Promise<void> {
+    const d = tracked.state.delivery;
+    const stored = this.#stored(tracked);
+    const subject = d.subjectKind === 'appointment' || d.subjectKind === 'encounter' ? this.#states.get(`${d.subjectKind}/${d.subjectId}`) : undefined;
+    const stale = staleness(stored, subject);
+    if (stale) return this.#finish(tracked, 'suppressed', stale);
+    const expires = d.expiresAt === undefined ? undefined : parseInstant(d.expiresAt);
+    if (expires !== undefined && this.#clock >= expires) return this.#finish(tracked, 'suppressed', 'expired');
+    if (!this.#consent) return this.#finish(tracked, 'sent');
+    let decision;
+    try {
+      decision = await this.#consent.check(stored);
+    } catch {
+      // Fail closed: the job is retried later; in a test, once the ledger is back.
+      tracked.retryAt = this.#clock + 60_000;
+      return;
+    }
+    if (!decision.allow) {
+      if (decision.retryAt === undefined) return this.#finish(tracked, 'suppressed', decision.reason);
+      tracked.retryAt = Math.max(Date.parse(decision.retryAt), this.#clock + 1);
+      return;
+    }
+    await this.#consent.sent(stored, d.to, this.#clock);
+    return this.#finish(tracked, 'sent', undefined, decision.noName);
+  }
+
+  #finish(tracked: Tracked, status: 'sent' | 'suppressed', reason?: string, noName?: boolean): void {
+    tracked.outcome = { status, at: this.#clock, ...(reason !== undefined ? { reason } : {}), ...(noName ? { noName } : {}) };
+    tracked.state = { ...tracked.state, status: 'finished' };
+  }
+
+  #stored(tracked: Tracked): StoredDelivery {
+    const at = new Date(this.#clock).toISOString();
+    return { delivery: tracked.state.delivery, status: 'pending', asOf: tracked.state.asOf, generation: 1, ...(tracked.subjectStart ? { subjectStart: tracked.subjectStart } : {}), createdAt: at, updatedAt: at };
   }
 
   /** One HL7 message or batch, received at the current clock. */
-  hl7(text: string | Buffer): SimStep[] {
+  async hl7(text: string | Buffer): Promise<SimStep[]> {
     const receivedAt = formatInstant(this.#clock, this.#zone);
-    return parseHl7Batch(text).map((message) => {
+    const steps: SimStep[] = [];
+    for (const message of parseHl7Batch(text)) {
       const normalized = normalizeHl7(message, { receivedAt, timezone: this.#hl7Zone });
-      if (normalized.kind === 'ignored') return { triggers: [], note: `ignored: ${normalized.reason}`, results: [] };
-      if (normalized.kind === 'rejected') return { triggers: [], note: `rejected: ${normalized.reason}`, results: [] };
-      const applied = applyStoredState(normalized, {
-        appointment: (id) => this.#states.get(`appointment/${id}`),
-        encounter: (id) => this.#states.get(`encounter/${id}`),
-        appointmentsOfPatient: (patientId) => [...this.#states.values()].filter((s) => s.kind === 'appointment' && s.patientId === patientId),
-      });
-      if (applied.kind !== 'triggers') return { triggers: [], results: [] };
-      for (const state of applied.states) this.#store(state);
-      return { triggers: applied.triggers, results: applied.triggers.map((t) => this.route(t)) };
-    });
+      if (normalized.kind === 'ignored') steps.push({ triggers: [], note: `ignored: ${normalized.reason}`, results: [] });
+      else if (normalized.kind === 'rejected') steps.push({ triggers: [], note: `rejected: ${normalized.reason}`, results: [] });
+      else {
+        const applied = applyStoredState(normalized, {
+          appointment: (id) => this.#states.get(`appointment/${id}`),
+          encounter: (id) => this.#states.get(`encounter/${id}`),
+          appointmentsOfPatient: (patientId) => [...this.#states.values()].filter((s) => s.kind === 'appointment' && s.patientId === patientId),
+        });
+        if (applied.kind !== 'triggers') {
+          steps.push({ triggers: [], results: [] });
+          continue;
+        }
+        for (const state of applied.states) this.#keep(state);
+        await this.#commit(applied.triggers, applied.states, 'hl7v2', Buffer.isBuffer(text) ? text : Buffer.from(text));
+        for (const t of applied.triggers) this.#triggers.set(t.id, { trigger: t, inputZone: this.#hl7Zone });
+        steps.push({ triggers: applied.triggers, results: applied.triggers.map((t) => this.route(t)) });
+      }
+    }
+    return steps;
   }
 
   /** A normalized trigger (e.g. from FHIR), received at the current clock. */
-  trigger(trigger: Trigger): SimStep {
+  async trigger(trigger: Trigger): Promise<SimStep> {
+    const states: SubjectState[] = [];
     for (const kind of ['appointment', 'encounter'] as const) {
       const subject = trigger[kind];
-      if (subject?.id) {
-        this.#store({
-          kind,
-          id: subject.id,
-          patientId: trigger.patient.id,
-          asOf: trigger.occurredAt,
-          ...(subject.status ? { status: subject.status } : {}),
-          ...(subject.start ? { start: subject.start } : {}),
-          ...(subject.end ? { end: subject.end } : {}),
-        });
-      }
+      if (!subject?.id) continue;
+      // The data a FHIR input keeps with the state (fhir/normalize.ts): service, location, and
+      // on encounters the sensitivity that sticks to them.
+      const previous = this.#states.get(`${kind}/${subject.id}`)?.data?.sensitivity;
+      const sensitivity = [...new Set([...(Array.isArray(previous) ? (previous as string[]) : []), ...(trigger.sensitivity ?? [])])];
+      const service = trigger.appointment?.serviceType;
+      const data: Record<string, unknown> = { locationId: subject.location?.id ?? null };
+      if (kind === 'appointment') data.serviceType = service ? `${service.system ?? ''}|${service.code}` : null;
+      else if (sensitivity.length > 0) data.sensitivity = sensitivity;
+      const state: SubjectState = {
+        kind,
+        id: subject.id,
+        patientId: trigger.patient.id,
+        asOf: trigger.occurredAt,
+        ...(subject.status ? { status: subject.status } : {}),
+        ...(subject.start ? { start: subject.start } : {}),
+        ...(subject.end ? { end: subject.end } : {}),
+        data,
+      };
+      this.#keep(state);
+      states.push(state);
     }
+    await this.#commit([trigger], states, 'fhir', Buffer.from(JSON.stringify(trigger)));
+    if (!this.#triggers.has(trigger.id)) this.#triggers.set(trigger.id, { trigger });
     return { triggers: [trigger], results: [this.route(trigger)] };
+  }
+
+  /** Commits what an input gave to the in-memory store: patient facts (deceased, contact points, merges) and states. */
+  async #commit(triggers: Trigger[], subjectStates: SubjectState[], format: 'hl7v2' | 'fhir', raw: Buffer): Promise<void> {
+    const receivedAt = new Date(this.#clock).toISOString();
+    const record: InboundRecord = {
+      input: 'mapping-test',
+      format,
+      sender: 'mapping-test',
+      controlId: '',
+      messageType: triggers[0]?.source.messageType ?? '',
+      contentHash: createHash('sha256').update(`${++this.#inputs}`).digest('hex'),
+      raw,
+      status: MessageStatus.Accepted,
+      ack: '',
+      ackCode: 'AA',
+      receivedAt,
+      triggers,
+      subjectStates,
+    };
+    await this.#store.commitInbound(record);
+  }
+
+  /** A consent event of a test, at the current clock; the pending deliveries it forbids are suppressed. */
+  async consentEvent(event: SimConsentEvent): Promise<void> {
+    const consent = this.#consent;
+    if (!consent) throw new Error('consent events need the send-time checks (a policy)');
+    switch (event.kind) {
+      case 'ledger':
+        this.#ledgerDown = !event.available;
+        return;
+      case 'consent': {
+        const outcome = await consent.fhirConsent(event.resource, 'fhir', false);
+        if (outcome.kind === 'invalid') throw new Error(`the Consent is not valid: ${outcome.problems.map((p) => `${p.expression}: ${p.message}`).join('; ')}`);
+        break;
+      }
+      case 'sms': {
+        const output = event.to ?? this.#smsOutputs[0];
+        if (output === undefined || !this.#smsOutputs.includes(output)) throw new Error(`sms: "to" must name the SMS output the reply came to (one of ${this.#smsOutputs.join(', ') || 'none: configure an SMS output'})`);
+        const { reply } = await consent.inboundSms({ output, from: event.from, body: event.body, messageId: `SM-test-${++this.#inputs}` });
+        if (reply !== undefined) this.replies.push({ to: event.from, text: reply });
+        break;
+      }
+      case 'unsubscribe': {
+        const purposes = event.purpose === 'all' ? nonCarePurposes(PURPOSES) : unsubscribeScope(event.purpose);
+        for (const patientId of await this.#store.patientsAtAddress(normalizeAddress(event.email))) {
+          await consent.record({ patientId, action: 'opt_out', channel: 'email', purposes, source: 'email-link', method: 'link' });
+        }
+        break;
+      }
+      case 'optOut':
+        await consent.record({ patientId: event.patient, action: 'opt_out', ...(event.channel ? { channel: event.channel } : {}), purposes: event.purposes ?? [], source: 'admin', method: 'api' });
+        break;
+      case 'grant':
+      case 'revoke':
+        await consent.record({ patientId: event.patient, action: event.kind, purposes: [event.purpose], channel: event.channel, source: 'admin', method: 'api' });
+        break;
+      case 'noContact':
+        await consent.record({ patientId: event.patient, action: 'no_contact', purposes: [], source: 'admin', method: 'api' });
+        break;
+      case 'erase': {
+        const erased = new Set((await consent.erase(event.patient)).map((r) => r.patientId));
+        for (const tracked of this.#deliveries.values()) {
+          if (tracked.state.status === 'pending' && !tracked.outcome && erased.has(tracked.state.delivery.patientId)) this.#finish(tracked, 'suppressed', 'erased');
+        }
+        return;
+      }
+      default:
+        event satisfies never;
+    }
+    // What the change forbids is suppressed now, as the server's enforcement does.
+    for (const tracked of this.#deliveries.values()) {
+      if (tracked.state.status !== 'pending' || tracked.outcome) continue;
+      const denial = await consent.enforcedDenial(this.#stored(tracked));
+      if (denial) this.#finish(tracked, 'suppressed', denial.decision.reason);
+    }
+  }
+
+  /** The zone a delivery's times are shown in: its site's, else its input's, else each time's own offset. */
+  displayZoneOf(delivery: Delivery): string | undefined {
+    const origin = this.#triggers.get(delivery.triggerId);
+    return origin ? displayZone(origin.trigger, this.#policy, origin.inputZone) : undefined;
   }
 
   /** Routes a trigger at the current clock and applies the result to the deliveries. */
   route(trigger: Trigger): RoutedStep {
-    const result = route(trigger, this.#rules, this.#clock, { zoneFor: () => this.#zone });
+    const quiet = this.#consent?.policy.quietHours;
+    const result = route(trigger, this.#rules, this.#clock, { zoneFor: (t) => patientZone(t, this.#policy), ...(quiet ? { quietHours: quiet } : {}) });
     const deliveries = this.#deliveries;
+    const start = (d: Delivery) => (d.subjectKind === 'appointment' ? trigger.appointment?.start : d.subjectKind === 'encounter' ? trigger.encounter?.start : undefined);
     const applied = applyRouteResult(result, {
       get: (id) => deliveries.get(id)?.state,
       *byCancelKey(key) {
@@ -171,14 +412,19 @@ export class Simulator {
       },
       put: (state, change) => {
         const tracked = deliveries.get(state.delivery.id);
+        const subjectStart = start(state.delivery);
         if (!tracked) {
-          deliveries.set(state.delivery.id, { state, sent: false, moved: false, firstPlannedAt: state.delivery.plannedAt });
+          deliveries.set(state.delivery.id, { state, moved: false, firstPlannedAt: state.delivery.plannedAt, ...(subjectStart ? { subjectStart } : {}) });
           return;
         }
         if (change === 'replanned' && parseInstant(state.delivery.plannedAt) !== parseInstant(tracked.state.delivery.plannedAt)) tracked.moved = true;
         if (change === 'revived') {
           tracked.moved = false;
           tracked.firstPlannedAt = state.delivery.plannedAt;
+        }
+        if (change === 'replanned' || change === 'revived') {
+          tracked.subjectStart = subjectStart;
+          delete tracked.retryAt;
         }
         tracked.state = state;
       },
@@ -195,12 +441,22 @@ export class Simulator {
   deliveries(): SimDelivery[] {
     return [...this.#deliveries.values()].map((t) => ({
       delivery: t.state.delivery,
-      status: t.sent ? 'sent' : t.state.status === 'cancelled' ? 'cancelled' : t.moved ? 'moved' : 'pending',
+      status: t.outcome?.status ?? (t.state.status === 'cancelled' ? 'cancelled' : t.moved ? 'moved' : 'pending'),
       firstPlannedAt: t.firstPlannedAt,
+      ...(t.outcome?.reason !== undefined ? { reason: t.outcome.reason } : {}),
+      ...(t.outcome?.status === 'sent' ? { sentAt: t.outcome.at } : {}),
+      ...(t.outcome?.noName ? { noName: true } : {}),
     }));
   }
 
-  #store(state: SubjectState): void {
+  /** Renders a delivery as it went (or would go): its zone, its unsubscribe link, its no-name variant. */
+  render(d: SimDelivery, templates: TemplateSet, links: UnsubscribeLinks): RenderedMessage {
+    const variables = renderVariables(d.delivery, links, d.sentAt ?? this.#clock);
+    const delivery = d.noName && d.delivery.noNameTemplate ? { ...d.delivery, template: d.delivery.noNameTemplate } : d.delivery;
+    return renderDelivery(templates, delivery, { zone: this.displayZoneOf(d.delivery), ...(variables ? { variables } : {}) });
+  }
+
+  #keep(state: SubjectState): void {
     const key = `${state.kind}/${state.id}`;
     const old = this.#states.get(key);
     // As the store does: a state applies unless the stored one reflects a newer event.
@@ -212,417 +468,35 @@ export class Simulator {
 // ---------------------------------------------------------------------------------------
 // Loading the mappings the way the server does
 
+/** The mappings, the policy and the outputs' declarations, as the server would load them. */
+export type SimulationConfig = MappingSet & { policy: PolicyConfig; outputs: readonly OutputInfo[] };
+
 /**
- * Loads connectors (for the outputs) and mappings from the configuration directory above
- * `mappingsDir`. Throws ConfigError with every issue.
+ * Loads connectors (for the outputs and the policy) and mappings from the configuration
+ * directory above `mappingsDir`. Throws ConfigError with every issue.
  */
-export async function loadForSimulation(mappingsDir: string, env: Env): Promise<MappingSet> {
+export async function loadForSimulation(mappingsDir: string, env: Env): Promise<SimulationConfig> {
   const dir = path.resolve(mappingsDir);
   const configDir = path.dirname(dir);
   const plan = await loadConfig({ configDir, env, outputSpecs, checkSecrets: false });
   const issues: ConfigIssue[] = [];
-  const mappings = await loadMappings({ configDir, env, outputs: outputInfos(plan.outputs, outputSpecs), issues, mappingsDir: dir });
+  const outputs = outputInfos(plan.outputs, outputSpecs);
+  const mappings = await loadMappings({ configDir, env, outputs, issues, mappingsDir: dir });
   if (issues.length > 0) throw new ConfigError(issues);
-  return mappings;
+  return { ...mappings, policy: plan.policy, outputs };
 }
 
-// ---------------------------------------------------------------------------------------
-// Mapping tests
-
-export interface MappingTestFailure {
-  /** The test file, as shown. */
-  file: string;
-  /** The test name, or "(file)" / "(configuration)" when the file or config cannot be used. */
-  test: string;
-  /** Readable, line by line: "- " expected, "+ " actual, "  " same. */
-  diff: string;
-}
-
-export interface MappingTestResults {
-  passed: number;
-  failed: MappingTestFailure[];
-  /** Every test run, in order. */
-  results: { file: string; test: string; ok: boolean }[];
-}
-
-export interface RunMappingTestsOptions {
-  /** ${VAR} interpolation for the connectors and mappings; default process.env. */
-  env?: Env;
-  /** Run only these test files (paths); default every *.test.yaml of the directory. */
-  files?: string[];
-}
-
-/** Runs every `*.test.yaml` in `dir` (a mappings directory) against the mappings there. */
-export async function runMappingTests(dir: string, options: RunMappingTestsOptions = {}): Promise<MappingTestResults> {
-  const results: MappingTestResults = { passed: 0, failed: [], results: [] };
-  const mappingsDir = path.resolve(dir);
-  const fail = (file: string, test: string, diff: string): void => {
-    results.failed.push({ file, test, diff });
-    results.results.push({ file, test, ok: false });
-  };
-  let mappings: MappingSet;
+/** Reads HL7 into the simulator, turning a parse failure into an error naming the input. */
+export async function hl7Steps(sim: Simulator, text: string | Buffer, where: string): Promise<SimStep[]> {
   try {
-    mappings = await loadForSimulation(mappingsDir, options.env ?? process.env);
-  } catch (error) {
-    if (!(error instanceof ConfigError)) throw error;
-    fail(displayPath(mappingsDir), '(configuration)', error.issues.map(formatConfigIssue).join('\n'));
-    return results;
-  }
-  const files = options.files?.map((f) => path.resolve(f)) ?? (await readdir(mappingsDir)).filter(isMappingTestFile).sort().map((n) => path.join(mappingsDir, n));
-  for (const file of files) {
-    const display = displayPath(file);
-    let parsed: ParsedTestFile;
-    try {
-      parsed = await readTestFile(file);
-    } catch (error) {
-      fail(display, '(file)', error instanceof ConfigError ? error.issues.map(formatConfigIssue).join('\n') : String((error as Error).message));
-      continue;
-    }
-    const rules = rulesFor(mappings, file, parsed.mapping);
-    for (const test of parsed.tests) {
-      let diff: string | undefined;
-      try {
-        diff = await runOne(test, rules, mappings, file);
-      } catch (error) {
-        diff = `${test.where}: ${(error as Error).message}`;
-      }
-      if (diff === undefined) {
-        results.passed++;
-        results.results.push({ file: display, test: test.name, ok: true });
-      } else fail(display, test.name, diff);
-    }
-  }
-  return results;
-}
-
-/**
- * The problems of the mapping tests (`*.test.yaml`) of `mappings`' directory, found without
- * running them — for `carerelay validate`, which checks them with the rest of the
- * configuration: the file's shape, zones and inputs (as `carerelay test` reads them), the
- * files its inputs name, and the mapping file it targets.
- */
-export async function checkMappingTestFiles(mappings: MappingSet): Promise<ConfigIssue[]> {
-  const issues: ConfigIssue[] = [];
-  let names: string[];
-  try {
-    names = (await readdir(mappings.dir)).filter(isMappingTestFile).sort();
-  } catch {
-    return issues; // no mappings directory: reported by the mappings loader
-  }
-  for (const name of names) {
-    const file = path.join(mappings.dir, name);
-    const display = displayPath(file);
-    let parsed: ParsedTestFile;
-    try {
-      parsed = await readTestFile(file);
-    } catch (error) {
-      if (error instanceof ConfigError) issues.push(...error.issues);
-      else issues.push({ file: display, message: `cannot read the file (${(error as NodeJS.ErrnoException).code ?? 'error'})` });
-      continue;
-    }
-    if (parsed.mapping !== undefined && !mappings.files.some((f) => f.path === path.resolve(mappings.dir, parsed.mapping!))) {
-      issues.push({ file: display, message: `mapping file ${parsed.mapping} is not in ${displayPath(mappings.dir)} (or it has errors)` });
-    }
-    for (const test of parsed.tests) {
-      for (const item of test.given) {
-        if (item.file === undefined) continue;
-        try {
-          await stat(path.resolve(mappings.dir, item.file));
-        } catch (error) {
-          const code = (error as NodeJS.ErrnoException).code;
-          issues.push({ file: display, ...item.position, message: `input file ${item.file} ${code === 'ENOENT' ? 'does not exist' : `cannot be read (${code ?? 'error'})`} (paths are relative to the test file)` });
-        }
-      }
-    }
-  }
-  return issues;
-}
-
-/** The rules of `mapping:` (or the sibling x.yaml of x.test.yaml), else every rule. */
-function rulesFor(mappings: MappingSet, testFile: string, mapping: string | undefined): readonly Rule[] {
-  const target = path.resolve(path.dirname(testFile), mapping ?? path.basename(testFile).replace(/\.test\.yaml$/, '.yaml'));
-  const info = mappings.files.find((f) => f.path === target);
-  if (!info) {
-    if (mapping !== undefined) throw new Error(`mapping file ${mapping} is not loaded (not in ${displayPath(mappings.dir)}, or it has errors)`);
-    return mappings.rules;
-  }
-  return mappings.rules.filter((r) => info.ruleIds.includes(r.id));
-}
-
-interface GivenItem {
-  where: string;
-  /** Where the item is in its test file (for issues). */
-  position?: SourcePosition;
-  at?: number;
-  hl7?: string;
-  file?: string;
-  trigger?: Record<string, unknown>;
-}
-
-interface ExpectedDelivery {
-  where: string;
-  rule: string;
-  about?: string;
-  step?: number;
-  status?: SimStatus;
-  due?: string;
-  planned?: string;
-  expires?: string;
-  to?: string;
-  channel?: string;
-  output?: string;
-  purpose?: string;
-  variant?: string;
-  language?: string;
-  text?: string;
-  textContains: string[];
-  subjectContains: string[];
-  htmlContains: string[];
-}
-
-interface TestCase {
-  name: string;
-  /** file:line:column of the test, for errors in its inputs. */
-  where: string;
-  now: number;
-  timezone: string;
-  hl7Timezone?: string;
-  until?: number;
-  given: GivenItem[];
-  deliveries: ExpectedDelivery[];
-  skipped?: { rule: string; reason: string; about?: string }[];
-}
-
-interface ParsedTestFile {
-  mapping?: string;
-  tests: TestCase[];
-}
-
-const instantSchema = {
-  type: 'string',
-  pattern: '^\\d{4}-\\d{2}-\\d{2}T\\d{2}:\\d{2}(:\\d{2}(\\.\\d+)?)?(Z|[+-]\\d{2}:?\\d{2})$',
-  'x-hint': 'an ISO-8601 instant with its offset, e.g. 2025-06-01T09:00:00+02:00',
-} as const;
-const containsSchema = (description: string): JsonSchema => ({ description, anyOf: [{ type: 'string' }, { type: 'array', items: { type: 'string' } }] });
-
-/** JSON Schema of a mapping test file (documents the format; mappings/README.md explains it). */
-export const mappingTestFileSchema = {
-  type: 'object',
-  description: 'A mapping test file: tests run against the rules of the mapping file beside it.',
-  additionalProperties: false,
-  required: ['tests'],
-  properties: {
-    mapping: { type: 'string', description: 'Mapping file whose rules are routed, relative to this file; default: x.yaml for x.test.yaml (else all rules).' },
-    tests: {
-      type: 'array',
-      minItems: 1,
-      description: 'The tests; each starts from empty state.',
-      items: {
-        type: 'object',
-        description: 'One test.',
-        additionalProperties: false,
-        required: ['name', 'now', 'timezone', 'given', 'expect'],
-        properties: {
-          name: { type: 'string', minLength: 1, description: 'What the test shows, in words.' },
-          now: { ...instantSchema, description: 'The clock when the first input arrives.' },
-          timezone: { type: 'string', format: 'iana-timezone', description: 'Patient/site zone: due times and template dates are in it.' },
-          hl7Timezone: { type: 'string', format: 'iana-timezone', description: 'Zone of HL7 times without an offset; default: timezone.' },
-          until: { ...instantSchema, description: 'Advance the clock to this instant at the end (deliveries due by then are sent); default: the last input time.' },
-          given: {
-            type: 'array',
-            minItems: 1,
-            description: 'Inputs, in order.',
-            items: {
-              type: 'object',
-              description: 'One input: exactly one of hl7, file, trigger; optionally at.',
-              additionalProperties: false,
-              minProperties: 1,
-              properties: {
-                hl7: { type: 'string', description: 'Inline HL7v2 message(s), one segment per line.' },
-                file: { type: 'string', description: 'Path relative to the test file: .hl7 (HL7v2, batches allowed), .json or .ndjson (normalized triggers).' },
-                trigger: { type: 'object', description: 'A normalized trigger (docs/trigger.md); id, times, source and empty lists are filled in.' },
-                at: { ...instantSchema, description: 'Clock for this input (never before the previous one); default: the previous clock.' },
-              },
-            },
-          },
-          expect: {
-            type: 'object',
-            description: 'What must have happened by the end.',
-            additionalProperties: false,
-            required: ['deliveries'],
-            properties: {
-              deliveries: {
-                description: 'Every delivery ever planned during the test (any status), or "none".',
-                anyOf: [
-                  { const: 'none' },
-                  {
-                    type: 'array',
-                    items: {
-                      type: 'object',
-                      description: 'One expected delivery; keys left out are not compared.',
-                      additionalProperties: false,
-                      required: ['rule'],
-                      properties: {
-                        rule: { type: 'string', description: 'Rule id.' },
-                        about: { type: 'string', description: 'Subject key, e.g. appointment/A-1001.' },
-                        step: { type: 'integer', minimum: 0, description: 'Cadence step (0 for single-time rules).' },
-                        status: { enum: Object.values(SimStatus), description: 'pending, moved (replanned to another time), sent (due time passed), cancelled.' },
-                        due: { ...instantSchema, description: 'Due time (compared as an instant).' },
-                        planned: { ...instantSchema, description: "The rule's at, resolved (compared as an instant)." },
-                        expires: { ...instantSchema, description: 'Expiry (compared as an instant).' },
-                        to: { type: 'string', description: 'Recipient address.' },
-                        channel: { type: 'string', description: 'sms, email, webhook, crm.' },
-                        output: { type: 'string', description: 'Output name.' },
-                        purpose: { type: 'string', description: 'Rule purpose.' },
-                        variant: { type: 'string', description: 'A/B variant id.' },
-                        language: { type: 'string', description: 'Language of the template file used (default file: en).' },
-                        text: { type: 'string', description: 'The whole rendered text (sms body / email text part).' },
-                        'text contains': containsSchema('Text(s) the rendered body must contain.'),
-                        'subject contains': containsSchema('Text(s) the email subject must contain.'),
-                        'html contains': containsSchema('Text(s) the email HTML part must contain.'),
-                      },
-                    },
-                  },
-                ],
-              },
-              skipped: {
-                type: 'array',
-                description: 'Matches routing chose not to plan (holdout, expired, no_anchor); compared when given.',
-                items: {
-                  type: 'object',
-                  description: 'One skipped match.',
-                  additionalProperties: false,
-                  required: ['rule', 'reason'],
-                  properties: {
-                    rule: { type: 'string', description: 'Rule id.' },
-                    reason: { enum: ['expired', 'holdout', 'no_anchor'], description: 'Why it was not planned.' },
-                    about: { type: 'string', description: 'Subject key.' },
-                  },
-                },
-              },
-            },
-          },
-        },
-      },
-    },
-  },
-} as const satisfies JsonSchema;
-
-let sharedAjv: ReturnType<typeof createAjv> | undefined;
-
-async function readTestFile(file: string): Promise<ParsedTestFile> {
-  const display = displayPath(file);
-  const doc = readYamlDocument(display, await readFile(file, 'utf8'), {});
-  const issues = [...doc.issues];
-  if (doc.value !== undefined) {
-    sharedAjv ??= createAjv();
-    issues.push(...validateWithSchema(sharedAjv, mappingTestFileSchema, doc.value, display, doc.locate));
-  }
-  const value = doc.value as { mapping?: string; tests?: unknown[] } | undefined;
-  const tests: TestCase[] = [];
-  for (const [index, raw] of (issues.length === 0 ? value?.tests ?? [] : []).entries()) {
-    tests.push(readTest(raw as Record<string, unknown>, index, display, doc.locate, issues));
-  }
-  if (issues.length > 0) throw new ConfigError(issues);
-  return { ...(value?.mapping ? { mapping: value.mapping } : {}), tests };
-}
-
-function readTest(raw: Record<string, unknown>, index: number, display: string, locate: Locate, issues: ConfigIssue[]): TestCase {
-  const at = (p: (string | number)[]): string => {
-    const position = locate(['tests', index, ...p]);
-    return position ? `${display}:${position.line}:${position.column}` : display;
-  };
-  const list = (v: unknown): string[] => (v === undefined ? [] : Array.isArray(v) ? v.map(String) : [String(v)]);
-  const timezone = raw.timezone as string;
-  if (!isValidZone(timezone)) issues.push({ file: display, ...locate(['tests', index, 'timezone']), message: `unknown time zone "${timezone}"` });
-  const given = (raw.given as Record<string, unknown>[]).map((item, i): GivenItem => {
-    const kinds = ['hl7', 'file', 'trigger'].filter((k) => item[k] !== undefined);
-    if (kinds.length !== 1) {
-      issues.push({ file: display, ...locate(['tests', index, 'given', i]), message: `an input has exactly one of hl7, file or trigger (got ${kinds.join(', ') || 'none'})` });
-    }
-    const position = locate(['tests', index, 'given', i]);
-    return {
-      where: at(['given', i]),
-      ...(position ? { position } : {}),
-      ...(typeof item.at === 'string' ? { at: Date.parse(item.at) } : {}),
-      ...(typeof item.hl7 === 'string' ? { hl7: item.hl7 } : {}),
-      ...(typeof item.file === 'string' ? { file: item.file } : {}),
-      ...(isRecord(item.trigger) ? { trigger: item.trigger } : {}),
-    };
-  });
-  const expect = raw.expect as { deliveries: 'none' | Record<string, unknown>[]; skipped?: { rule: string; reason: string; about?: string }[] };
-  const deliveries = expect.deliveries === 'none' ? [] : expect.deliveries.map((d, i): ExpectedDelivery => ({
-    where: at(['expect', 'deliveries', i]),
-    rule: d.rule as string,
-    ...pick(d, ['about', 'status', 'due', 'planned', 'expires', 'to', 'channel', 'output', 'purpose', 'variant', 'language', 'text']),
-    ...(typeof d.step === 'number' ? { step: d.step } : {}),
-    textContains: list(d['text contains']),
-    subjectContains: list(d['subject contains']),
-    htmlContains: list(d['html contains']),
-  }));
-  return {
-    name: raw.name as string,
-    where: at([]),
-    now: Date.parse(raw.now as string),
-    timezone,
-    ...(typeof raw.hl7Timezone === 'string' ? { hl7Timezone: raw.hl7Timezone } : {}),
-    ...(typeof raw.until === 'string' ? { until: Date.parse(raw.until) } : {}),
-    given,
-    deliveries,
-    ...(expect.skipped ? { skipped: expect.skipped } : {}),
-  };
-}
-
-function pick(source: Record<string, unknown>, keys: readonly string[]): Record<string, string> {
-  const out: Record<string, string> = {};
-  for (const key of keys) if (source[key] !== undefined) out[key] = String(source[key]);
-  return out;
-}
-
-/** Runs one test; undefined when it passes, else the diff. */
-async function runOne(test: TestCase, rules: readonly Rule[], mappings: MappingSet, testFile: string): Promise<string | undefined> {
-  const sim = new Simulator(rules, { zone: test.timezone, ...(test.hl7Timezone ? { hl7Zone: test.hl7Timezone } : {}), now: test.now });
-  const notes: string[] = [];
-  for (const [i, item] of test.given.entries()) {
-    if (item.at !== undefined) {
-      if (item.at < sim.clock) throw new Error(`given ${i + 1} (${item.where}): at is before the previous input's time; inputs are in time order`);
-      sim.advance(item.at);
-    }
-    const steps = await feed(sim, item, path.dirname(testFile), i, test.timezone);
-    for (const step of steps) if (step.note?.startsWith('rejected')) notes.push(`given ${i + 1} (${item.where}): ${step.note}`);
-  }
-  if (test.until !== undefined) sim.advance(test.until);
-  else sim.advance(sim.clock);
-  if (notes.length > 0) return notes.join('\n');
-  return compare(test, sim, mappings);
-}
-
-async function feed(sim: Simulator, item: GivenItem, baseDir: string, index: number, zone: string): Promise<SimStep[]> {
-  if (item.hl7 !== undefined) return hl7Steps(sim, item.hl7.trim(), item.where);
-  if (item.trigger !== undefined) return [sim.trigger(completeTrigger(item.trigger, sim, `given ${index + 1} (${item.where})`, zone))];
-  const file = path.resolve(baseDir, item.file!);
-  let bytes: Buffer;
-  try {
-    bytes = await readFile(file);
-  } catch (error) {
-    throw new Error(`given ${index + 1} (${item.where}): cannot read ${displayPath(file)} (${(error as NodeJS.ErrnoException).code ?? 'error'})`);
-  }
-  if (/\.(nd)?json$/i.test(file)) {
-    return triggersFromJson(bytes.toString('utf8'), displayPath(file)).map((t) => sim.trigger(completeTrigger(t, sim, displayPath(file), zone)));
-  }
-  return hl7Steps(sim, bytes, item.where);
-}
-
-function hl7Steps(sim: Simulator, text: string | Buffer, where: string): SimStep[] {
-  try {
-    return sim.hl7(text);
+    return await sim.hl7(text);
   } catch (error) {
     if (error instanceof Hl7ParseError) throw new Error(`${where}: HL7 cannot be parsed: ${error.message}`);
     throw error;
   }
 }
 
-function triggersFromJson(text: string, display: string): Record<string, unknown>[] {
+export function triggersFromJson(text: string, display: string): Record<string, unknown>[] {
   const trimmed = text.trim();
   const values: unknown[] = [];
   try {
@@ -656,122 +530,8 @@ export function completeTrigger(raw: Record<string, unknown>, sim: Pick<Simulato
   } as unknown as Trigger;
 }
 
-interface Actual {
-  sim: SimDelivery;
-  rendered?: RenderedMessage;
-  renderError?: string;
-}
-
-function renderAll(sim: Simulator, mappings: MappingSet, zone: string): Actual[] {
-  return sim.deliveries().map((d) => {
-    try {
-      return { sim: d, rendered: renderDelivery(mappings.templates, d.delivery, { zone }) };
-    } catch (error) {
-      return { sim: d, renderError: (error as Error).message };
-    }
-  });
-}
-
-/** Readable diff of expected vs actual; undefined when they agree. */
-function compare(test: TestCase, sim: Simulator, mappings: MappingSet): string | undefined {
-  const actual = renderAll(sim, mappings, test.timezone);
-  const unmatched = new Set(actual);
-  const lines: string[] = [];
-  let failed = false;
-  for (const expected of test.deliveries) {
-    const match = [...unmatched].find(
-      (a) => a.sim.delivery.ruleId === expected.rule && (expected.about === undefined || a.sim.delivery.subjectKey === expected.about) && (expected.step === undefined || a.sim.delivery.step === expected.step),
-    );
-    if (!match) {
-      failed = true;
-      lines.push(`- delivery ${expected.rule}${expected.about ? ` @ ${expected.about}` : ''} (expected at ${expected.where}; not planned)`);
-      continue;
-    }
-    unmatched.delete(match);
-    const fieldLines = compareDelivery(expected, match);
-    if (fieldLines.some((l) => !l.startsWith(' '))) failed = true;
-    lines.push(`  delivery ${describeDelivery(match.sim.delivery)}`, ...fieldLines);
-  }
-  for (const extra of unmatched) {
-    failed = true;
-    lines.push(`+ delivery ${describeDelivery(extra.sim.delivery)} (planned, not expected)`, ...actualLines(extra).map((l) => `+   ${l}`));
-  }
-  if (test.skipped) {
-    const skippedLeft = [...sim.skipped];
-    for (const expected of test.skipped) {
-      const i = skippedLeft.findIndex((s) => s.ruleId === expected.rule && s.reason === expected.reason && (expected.about === undefined || s.subjectKey === expected.about));
-      if (i < 0) {
-        failed = true;
-        lines.push(`- skipped ${expected.rule} (${expected.reason})`);
-      } else {
-        lines.push(`  skipped ${expected.rule} (${expected.reason})`);
-        skippedLeft.splice(i, 1);
-      }
-    }
-    for (const extra of skippedLeft) {
-      failed = true;
-      lines.push(`+ skipped ${extra.ruleId} @ ${extra.subjectKey} (${extra.reason})`);
-    }
-  }
-  return failed ? lines.join('\n') : undefined;
-}
-
-function describeDelivery(d: Pick<Delivery, 'ruleId' | 'subjectKey' | 'step'>): string {
+export function describeDelivery(d: Pick<Delivery, 'ruleId' | 'subjectKey' | 'step'>): string {
   return `${d.ruleId} @ ${d.subjectKey}${d.step > 0 ? ` #${d.step}` : ''}`;
-}
-
-function actualLines(a: Actual): string[] {
-  const d = a.sim.delivery;
-  return [
-    `status: ${a.sim.status}`,
-    `due: ${d.dueAt}`,
-    `channel: ${d.channel}`,
-    ...(d.to ? [`to: ${d.to}`] : []),
-    ...(d.variant ? [`variant: ${d.variant}`] : []),
-    ...(a.rendered ? [...(a.rendered.subject !== undefined ? [`subject: ${JSON.stringify(a.rendered.subject)}`] : []), `text: ${JSON.stringify(a.rendered.text)}`] : [`render error: ${a.renderError}`]),
-  ];
-}
-
-function compareDelivery(expected: ExpectedDelivery, a: Actual): string[] {
-  const d = a.sim.delivery;
-  const out: string[] = [];
-  const same = (key: string, value: string) => out.push(`    ${key}: ${value}`);
-  const differ = (key: string, want: string, got: string | undefined) => out.push(`-   ${key}: ${want}`, `+   ${key}: ${got ?? '(none)'}`);
-  const check = (key: string, want: string | undefined, got: string | undefined, instant = false) => {
-    if (want === undefined) return;
-    const equal = instant ? got !== undefined && parseInstant(got) === parseInstant(want) : got === want;
-    if (equal) same(key, got!);
-    else differ(key, want, got);
-  };
-  check('status', expected.status, a.sim.status);
-  check('due', expected.due, d.dueAt, true);
-  check('planned', expected.planned, d.plannedAt, true);
-  check('expires', expected.expires, d.expiresAt, true);
-  check('to', expected.to, d.to);
-  check('channel', expected.channel, d.channel);
-  check('output', expected.output, d.output);
-  check('purpose', expected.purpose, d.purpose);
-  check('variant', expected.variant, d.variant);
-  const needsText = expected.language !== undefined || expected.text !== undefined || expected.textContains.length + expected.subjectContains.length + expected.htmlContains.length > 0;
-  if (needsText && !a.rendered) {
-    out.push(`+   render error: ${a.renderError}`);
-    out.push('-   (a rendered message)');
-    return out;
-  }
-  const r = a.rendered;
-  check('language', expected.language, r?.language);
-  check('text', expected.text, r?.text);
-  for (const [key, wants, got] of [
-    ['text', expected.textContains, r?.text],
-    ['subject', expected.subjectContains, r?.subject],
-    ['html', expected.htmlContains, r?.html],
-  ] as const) {
-    for (const want of wants) {
-      if (got !== undefined && got.includes(want)) same(`${key} contains`, JSON.stringify(want));
-      else out.push(`-   ${key} contains: ${JSON.stringify(want)}`, `+   ${key}: ${got === undefined ? '(none)' : JSON.stringify(got)}`);
-    }
-  }
-  return out;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -782,7 +542,7 @@ export interface ReplayOptions {
   mappingsDir: string;
   /** Routing clock (ISO instant); default the current time. Messages are replayed as if received then. */
   now?: string;
-  /** Patient/site zone for due times and templates; also read HL7 times without an offset in it. */
+  /** The organisation's zone for due times (sites keep theirs); also read HL7 times without an offset in it. */
   timezone: string;
   env?: Env;
 }
@@ -798,20 +558,32 @@ export async function replayDryRun(files: readonly string[], options: ReplayOpti
   const now = options.now === undefined ? Date.now() : parseInstant(options.now);
   if (now === undefined) throw new RangeError(`"now" must be an ISO-8601 instant with offset, got "${options.now}"`);
   const mappings = await loadForSimulation(options.mappingsDir, options.env ?? process.env);
-  const sim = new Simulator(mappings.rules, { zone: options.timezone, now });
+  // What routing plans, moved by quiet hours as it would be; consent itself is decided at send time.
+  const sim = new Simulator(mappings.rules, { zone: options.timezone, now, sites: mappings.policy.settings.sites });
   const lines: string[] = [];
-  for (const file of files) {
-    const display = displayPath(path.resolve(file));
-    let steps: SimStep[];
-    try {
-      const bytes = await readFile(file);
-      steps = /\.(nd)?json$/i.test(file)
-        ? triggersFromJson(bytes.toString('utf8'), display).map((t) => sim.trigger(completeTrigger(t, sim, display, options.timezone)))
-        : sim.hl7(bytes);
-    } catch (error) {
-      lines.push(`${display}: ${error instanceof Hl7ParseError ? 'HL7 cannot be parsed: ' : ''}${(error as Error).message}`);
-      continue;
+  try {
+    for (const file of files) {
+      const display = displayPath(path.resolve(file));
+      let steps: SimStep[];
+      try {
+        const bytes = await readFile(file);
+        steps = [];
+        if (/\.(nd)?json$/i.test(file)) for (const t of triggersFromJson(bytes.toString('utf8'), display)) steps.push(await sim.trigger(completeTrigger(t, sim, display, options.timezone)));
+        else steps = await sim.hl7(bytes);
+      } catch (error) {
+        lines.push(`${display}: ${error instanceof Hl7ParseError ? 'HL7 cannot be parsed: ' : ''}${(error as Error).message}`);
+        continue;
+      }
+      describeSteps(steps, display, lines, mappings, sim);
     }
+  } finally {
+    await sim.close();
+  }
+  return lines;
+}
+
+function describeSteps(steps: SimStep[], display: string, lines: string[], mappings: SimulationConfig, sim: Simulator): void {
+  {
     steps.forEach((step, i) => {
       const label = `${display}${steps.length > 1 ? ` #${i + 1}` : ''}`;
       if (step.triggers.length === 0) lines.push(`${label}: no trigger (${step.note ?? 'nothing to do'})`);
@@ -820,7 +592,7 @@ export async function replayDryRun(files: readonly string[], options: ReplayOpti
         const before = lines.length;
         const { result, changes } = step.results[j]!;
         for (const c of changes) {
-          const line = changeLine(c, mappings, options.timezone);
+          const line = changeLine(c, mappings, sim);
           if (line) lines.push(`  ${line}`);
         }
         for (const s of result.skipped) {
@@ -830,7 +602,6 @@ export async function replayDryRun(files: readonly string[], options: ReplayOpti
       });
     });
   }
-  return lines;
 }
 
 function describeSubject(trigger: Trigger): string {
@@ -840,14 +611,14 @@ function describeSubject(trigger: Trigger): string {
 }
 
 /** One replay line per change that matters; undefined for non-events. */
-function changeLine(c: SimChange, mappings: MappingSet, zone: string): string | undefined {
+function changeLine(c: SimChange, mappings: SimulationConfig, sim: Simulator): string | undefined {
   switch (c.change) {
     case 'added':
-      return `plan    ${planLine(c.delivery, mappings, zone)}`;
+      return `plan    ${planLine(c.delivery, mappings, sim)}`;
     case 'revived':
-      return `plan    ${planLine(c.delivery, mappings, zone)} (again, after a cancel)`;
+      return `plan    ${planLine(c.delivery, mappings, sim)} (again, after a cancel)`;
     case 'replanned':
-      return `move    ${planLine(c.delivery, mappings, zone)}`;
+      return `move    ${planLine(c.delivery, mappings, sim)}`;
     case 'cancelled':
       return `cancel  ${describeDelivery(c.delivery)} (${c.cause ?? 'cancelled'})`;
     case 'unchanged':
@@ -861,10 +632,10 @@ function changeLine(c: SimChange, mappings: MappingSet, zone: string): string | 
   }
 }
 
-function planLine(d: Delivery, mappings: MappingSet, zone: string): string {
+function planLine(d: Delivery, mappings: SimulationConfig, sim: Simulator): string {
   let text: string;
   try {
-    const r = renderDelivery(mappings.templates, d, { zone });
+    const r = sim.render({ delivery: d, status: 'pending', firstPlannedAt: d.plannedAt }, mappings.templates, testLinks(mappings.policy));
     const shown = (r.subject ?? r.text).replace(/\s+/g, ' ').trim();
     text = `[${r.language}] ${JSON.stringify(shown.length > 100 ? `${shown.slice(0, 99)}…` : shown)}`;
   } catch (error) {

@@ -42,6 +42,12 @@ export interface ConfigDirOptions {
   ackMode?: 'standard' | 'always';
   /** Seconds; default 300. */
   idleTimeoutSeconds?: number;
+  /**
+   * The `policy` block's lines (indented two spaces). Default: no quiet hours and no US
+   * exempt-SMS limit, so tests that are not about them do not depend on the time of day they
+   * run at or on how many messages they send one patient.
+   */
+  policy?: string[];
 }
 
 export interface TestConfigDir {
@@ -73,6 +79,8 @@ export function writeConfigDir(options: ConfigDirOptions = {}): TestConfigDir {
     '  admin:',
     ...(options.adminTokenEnv ? [`    tokenEnv: ${options.adminTokenEnv}`] : []),
     `    tokens: [${(options.adminTokens ?? []).map((t) => `{ name: ${t.name}, token: { env: ${t.env} }, scopes: [${t.scopes.join(', ')}] }`).join(', ')}]`,
+    'policy:',
+    ...(options.policy ?? ['  quietHours: { channels: [] }', '  usExemptSms: { perDay: 1000, perWeek: 1000 }']),
     'inputs:',
   ];
   for (const name of options.mllpInputs ?? ['ehr-mllp']) {
