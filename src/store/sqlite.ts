@@ -1601,9 +1601,13 @@ function unpackProviderId(stored: string, deliveryId: string): string {
   return stored.endsWith('\u0000') ? `${stored.slice(0, -1)}${deliveryId}` : stored;
 }
 
-/** Whether a sent message is exactly what the outbox entry keeps. */
+/** The parts of a sent message an outbox entry keeps. */
+const OUTBOX_PARTS = new Set(['language', 'to', 'subject', 'text', 'html']);
+
+/** Whether a sent message is exactly what the outbox entry keeps (and holds nothing more). */
 function sameMessage(entry: OutboxEntry, message: SentMessage): boolean {
   return (
+    Object.keys(message).every((key) => OUTBOX_PARTS.has(key)) &&
     entry.language === message.language &&
     entry.to === message.to &&
     entry.subject === message.subject &&
