@@ -1,7 +1,7 @@
 // Routing benchmark: the router over a temp-file SQLite store and queue (WAL,
 // synchronous=FULL, as in production).
 //   - routed deliveries per second: booked triggers routed one by one (route() + store reads
-//     + queue add + saveRouting, two fsynced commits each), on an empty file and again with
+//     + queue timers and saveRouting in one fsynced transaction each), on an empty file and again with
 //     1,000,000 pending deliveries in it;
 //   - cancel-by-appointment latency, median and p99 over 1,000 cancels among 1,000,000
 //     pending deliveries, through the router's cancel path (route the cancel trigger, find

@@ -2,10 +2,11 @@
 // measures alone on the machine), and prints all figures at the end. A module is imported
 // only when its file exists, so a checkout without one of them still runs the others.
 //   bench/parse.ts   benchParse   parse + normalize µs/message (ours and node-hl7-client's)
-//   bench/ingest.ts  benchIngest  durable MLLP ingest vs a bare echo listener, 1 and 8 connections
+//   bench/ingest.ts  benchIngest  durable ingest (no mappings, shipped mappings, FHIR) vs the fsync floor
 //   bench/queue.ts   benchQueue   embedded queue: 1,000,000 pending jobs, cancel, restart, drain
 //   bench/route.ts   benchRoute   router + store + queue: deliveries/s, cancel among 1,000,000, restart
 //   bench/fhir.ts    benchFhir    full-resource FHIR notifications/s with 2xx after commit
+//   bench/admin.ts   benchAdmin   admin API: longest event-loop stall per request, 1,000,000 deliveries
 // Run with `node --expose-gc --import tsx bench/run.ts` so each module can collect garbage
 // between phases. `node … bench/run.ts ingest queue` runs only the named ones.
 import { existsSync } from 'node:fs';
@@ -19,6 +20,7 @@ const MODULES: ReadonlyArray<{ name: string; file: string; exportName: string }>
   { name: 'queue', file: 'queue.ts', exportName: 'benchQueue' },
   { name: 'route', file: 'route.ts', exportName: 'benchRoute' },
   { name: 'fhir', file: 'fhir.ts', exportName: 'benchFhir' },
+  { name: 'admin', file: 'admin.ts', exportName: 'benchAdmin' },
 ];
 
 const benchDir = fileURLToPath(new URL('.', import.meta.url));

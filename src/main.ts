@@ -79,14 +79,15 @@ function ingestSettings(name: string, config: Hl7v2MllpConfig | Hl7v2HttpConfig)
 }
 
 /**
- * Test-only fault injection for the crash tests (docs/reliability.md promise 1):
+ * Test-only fault injection for the crash tests (docs/reliability.md promises 1 and 4):
  * CARERELAY_FAULT=kill-after-commit:N kills the process with SIGKILL right after the N-th
- * commit, before its ACK is written. Unset in every real deployment.
+ * commit, before its ACK is written; kill-after-send:N right after the N-th output accepted
+ * a message, before the delivery is recorded finished. Unset in every real deployment.
  */
-function faultInjector(env: Env): () => void {
-  const m = /^kill-after-commit:(\d+)$/.exec(env.CARERELAY_FAULT ?? '');
-  if (m === null) return () => {};
-  let remaining = Number(m[1]);
+function faultInjector(env: Env, point: 'commit' | 'send'): (() => void) | undefined {
+  const m = /^kill-after-(commit|send):(\d+)$/.exec(env.CARERELAY_FAULT ?? '');
+  if (m === null || m[1] !== point) return undefined;
+  let remaining = Number(m[2]);
   return () => {
     if (--remaining === 0) process.kill(process.pid, 'SIGKILL');
   };
@@ -200,6 +201,7 @@ export async function startCarerelay(options: StartOptions): Promise<RunningCare
     minFreeDiskBytes: plan.server.minFreeDiskBytes,
   });
   const store = readiness.watch();
+  const afterSend = faultInjector(env, 'send');
   const policy = plan.policy;
   // The default public URL names the listener's port, known once it is bound (port 0 in tests).
   let publicUrl = policy.publicUrl;
@@ -213,7 +215,7 @@ export async function startCarerelay(options: StartOptions): Promise<RunningCare
       ttlDays: policy.unsubscribe.ttlDays,
     });
     // Outputs start here: a secret that cannot be read, or is not what its output needs, stops the start.
-    deliveries = new DeliveryRuntime({ db, store, plan, log, outputSpecs, env, links, ...(options.now ? { now: options.now } : {}) });
+    deliveries = new DeliveryRuntime({ db, store, plan, log, outputSpecs, env, links, ...(options.now ? { now: options.now } : {}), ...(afterSend ? { afterSend } : {}) });
     twilioStatus = twilioStatusHooks(plan.outputs, (ref) => readSecret(ref, env, plan.configDir));
     smsWebhooks = inboundSmsTokens(plan, (ref) => readSecret(ref, env, plan.configDir));
   } catch (error) {
@@ -223,7 +225,7 @@ export async function startCarerelay(options: StartOptions): Promise<RunningCare
   const consent = deliveries.consent;
   const rejectedRaw = new RejectedRawQuota(store, plan.server.rejectedRaw);
   const ingest = new Hl7Ingest({ store, log, onCommitted: deliveries.onCommitted, rejectedRaw });
-  const afterCommit = faultInjector(env);
+  const afterCommit = faultInjector(env, 'commit') ?? (() => {});
 
   const mllpServers: Array<{ name: string; server: MllpServer }> = [];
   const httpInputs = new Map<string, HttpHl7Input>();

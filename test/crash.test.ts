@@ -6,10 +6,17 @@
 // killed with a real SIGKILL: either by itself at a fixed point (CARERELAY_FAULT=
 // kill-after-commit:N, right after the N-th commit and before its ACK is written) or by the
 // test at a random moment. The store is then inspected by opening the SQLite file directly.
+// The delivery side (docs/reliability.md promise 4) is killed the same way while confirmations
+// are being sent: right after an output accepted a message and before it is recorded
+// (CARERELAY_FAULT=kill-after-send:N), or a few milliseconds after an ACK.
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { AmbiguousError, TransientError } from '../src/errors.ts';
 import { MllpClient } from '../src/hl7v2/mllp-client.ts';
 import { parseHl7 } from '../src/hl7v2/parse.ts';
+import { silentLogger } from '../src/log.ts';
+import { startCarerelay } from '../src/main.ts';
 import { SqliteStore } from '../src/store/sqlite.ts';
 import { siuMessage, startChildServer, writeConfigDir, type ChildServer, type TestConfigDir } from './helpers/server.ts';
 import { prng } from './helpers/random.ts';
@@ -232,5 +239,97 @@ describe('random kill/restart loop', () => {
       `crash loop: ${STREAM} messages, ${lives} lives, ${kills} SIGKILLs, ${ambiguous} ambiguous sends, ` +
         `${committedInFlight} committed-but-unACKed resends, ${Date.now() - started} ms`,
     );
+  });
+});
+
+describe('kill -9 during delivery', () => {
+  /** A confirmation due at once for every booking, kept by an outbox (idempotent by delivery id). */
+  function withConfirmations(config: TestConfigDir): void {
+    const connectors = path.join(config.dir, 'connectors', 'test.yaml');
+    writeFileSync(connectors, readFileSync(connectors, 'utf8').replace('outputs: []', 'outputs:\n  - { name: hook, type: outbox, channel: webhook }'));
+    mkdirSync(path.join(config.dir, 'mappings'));
+    writeFileSync(
+      path.join(config.dir, 'mappings', 'confirm.yaml'),
+      ['rules:', '  - id: confirm', '    on: appointment.booked', '    purpose: care.logistics', '    channel: webhook', '    send: { output: hook, fields: [appointment.start] }', '    at: now', ''].join('\n'),
+    );
+  }
+
+  const TOTAL = 400;
+
+  it(`sends each of ${TOTAL} confirmations once, finished once, across SIGKILLs between a send and its record and while sends are in flight`, { timeout: 120_000 }, async () => {
+    const config = writeConfigDir();
+    dirs.push(config);
+    withConfirmations(config);
+    const messages = Array.from({ length: TOTAL }, (_, i) =>
+      siuMessage({ controlId: `DLV-${i}`, appointmentId: `AP-DLV-${i}`, patientId: `P-${i % 31}`, start: new Date(Date.UTC(2030, 0, 1, 8) + i * 900_000) }),
+    );
+    let next = 0;
+    // Each life dies with deliveries in flight (64 at once): by itself right after the N-th
+    // output accepted a message and before the delivery is recorded finished, or by the test
+    // a few milliseconds after the M-th ACK (routing, takes, sends and finishes under way).
+    const lives: Array<{ fault?: string; killAfterAck?: number }> = [
+      { fault: 'kill-after-send:40' },
+      { killAfterAck: 60 },
+      { fault: 'kill-after-send:5' },
+      { killAfterAck: 120 },
+      { fault: 'kill-after-send:150' },
+    ];
+    let selfKills = 0;
+    for (const life of lives) {
+      const child = await start(config, life.fault ? { CARERELAY_FAULT: life.fault } : {});
+      const client = clientFor(child);
+      let lost = false;
+      try {
+        await client.connect();
+        for (let acked = 0; next < TOTAL; acked++) {
+          if (acked === life.killAfterAck) setTimeout(() => child.kill(), 3);
+          const ack = await client.send(messages[next]!);
+          expect(ackCode(ack)).toBe('AA');
+          next++;
+        }
+      } catch (error) {
+        if (!(error instanceof AmbiguousError || error instanceof TransientError)) throw error;
+        lost = true;
+      } finally {
+        await client.close();
+      }
+      // A fault life is never killed by the test before here: a lost connection was its own kill.
+      const selfKilled = lost && life.fault !== undefined;
+      child.kill();
+      const exit = await within(child.exited, 10_000, 'delivery life exit');
+      expect(exit.signal).toBe('SIGKILL');
+      if (selfKilled) selfKills++;
+    }
+    expect(selfKills, 'lives that died between a send and its record').toBeGreaterThanOrEqual(1);
+
+    // The last life runs in this process, its clock past the dead processes' leases: what they
+    // held is taken again (attempt 2), the rest of the stream is sent, and everything due runs.
+    const running = await startCarerelay({ configDir: config.dir, env: {}, log: silentLogger, watchMappings: false, now: () => Date.now() + 120_000 });
+    try {
+      const client = new MllpClient({ host: '127.0.0.1', port: running.mllpPorts.get('ehr-mllp')!, ackTimeoutMs: 10_000 });
+      await client.connect();
+      // The message in flight at a kill may or may not be committed: resent, it is AA either way.
+      for (next = Math.max(0, next - 1); next < TOTAL; next++) expect(ackCode(await client.send(messages[next]!))).toBe('AA');
+      await client.close();
+      await running.deliveries.idle();
+    } finally {
+      await running.stop();
+    }
+
+    await withStore(config, (store) => {
+      const db = store.db;
+      const one = (sql: string) => (db.prepare(sql).get() as { n: number }).n;
+      expect(one('SELECT COUNT(*) AS n FROM messages')).toBe(TOTAL);
+      expect(one("SELECT COUNT(*) AS n FROM deliveries WHERE rule = 'confirm' AND status = 'finished'")).toBe(TOTAL);
+      expect(one("SELECT COUNT(*) AS n FROM deliveries WHERE status <> 'finished'")).toBe(0);
+      // One kept message per delivery, each for a finished delivery.
+      expect(one('SELECT COUNT(DISTINCT delivery_id) AS n FROM outbox')).toBe(TOTAL);
+      expect(one("SELECT COUNT(*) AS n FROM outbox o JOIN deliveries d ON d.id = o.delivery_id WHERE d.status = 'finished'")).toBe(TOTAL);
+      // Nothing left to run; a job ran at most twice (once more only after its worker died).
+      expect(one("SELECT COUNT(*) AS n FROM queue_jobs WHERE state <> 'done'")).toBe(0);
+      expect(one('SELECT MAX(attempts) AS n FROM queue_jobs')).toBeLessThanOrEqual(2);
+      expect(one("SELECT COUNT(*) AS n FROM queue_jobs WHERE attempts = 2 AND error_code <> 'lease_expired'")).toBe(0);
+      expect(one('SELECT COUNT(*) AS n FROM queue_jobs WHERE attempts = 2')).toBeGreaterThanOrEqual(1);
+    });
   });
 });

@@ -102,7 +102,11 @@ describe('deliveries end to end', () => {
     const after = (await api(`/api/deliveries?appointmentId=A2&rule=reminder`)).items[0];
     expect(after).toMatchObject({ id: before.id, status: 'pending', generation: 1, dueAt: '2030-03-19T08:00:00+00:00' });
 
-    expect((await api('/api/deliveries?status=pending')).items.map((d: { id: string }) => d.id)).toEqual(['reminder@appointment/A2#0']);
+    const pending = await api('/api/deliveries?status=pending');
+    expect(pending.items.map((d: { id: string }) => d.id)).toEqual(['reminder@appointment/A2#0']);
+    // Totals per status come with any page, whatever its filter.
+    expect(pending.totals).toEqual({ pending: 1, cancelled: 1, sent: 2, suppressed: 0, failed: 0 });
+    expect((await api('/api/messages?limit=1')).totals).toMatchObject({ accepted: 4 });
     expect((await api('/api/outbox')).items).toHaveLength(2);
     // One vocabulary (README, API, CLI, mapping tests): pending, cancelled, sent, suppressed, failed.
     expect((await api('/api/deliveries?status=sent')).items.map((d: { id: string }) => d.id).sort()).toEqual(['confirm@appointment/A1#0', 'confirm@appointment/A2#0']);

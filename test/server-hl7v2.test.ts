@@ -1,6 +1,7 @@
 // The running server end to end, HL7v2 over real MLLP sockets and HTTP (docs/architecture.md
 // invariant 1; docs/reliability.md promises 1-3 and "Bad inputs"). One in-process server on a
 // fresh temp data dir for the whole file; each test uses its own MSH-10s and appointment ids.
+import { randomBytes } from 'node:crypto';
 import net from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { MllpClient } from '../src/hl7v2/mllp-client.ts';
@@ -390,8 +391,9 @@ describe('a store that cannot commit never gives AA', () => {
   });
 
   it('full disk (max_page_count reached): AE, then the resend lands once when space is back', async () => {
-    // A 64 KiB note needs new (overflow) pages, which the capped file cannot grow into.
-    const note = `NTE|1||${'Bring the referral letter. '.repeat(2_500)}\r`;
+    // A 64 KiB note needs new (overflow) pages, which the capped file cannot grow into. Random
+    // text: the store compresses raw messages, and a repeated sentence would shrink to nothing.
+    const note = `NTE|1||${randomBytes(48_000).toString('base64')}\r`;
     const message = siuMessage({ controlId: 'E2E-FULL-1', appointmentId: 'AP-E2E-FULL-1', extra: note });
     const db = sqliteDb();
     const pages = db.pragma('page_count', { simple: true }) as number;

@@ -67,7 +67,7 @@ describe('the express app', () => {
     expect(refused.headers['content-type']).toContain('application/problem+json');
     expect(refused.headers['www-authenticate']).toBe('Bearer');
     expect(JSON.parse(refused.text)).toMatchObject({ status: 401, title: 'Unauthorized' });
-    await request(app).get('/api/messages').set('Authorization', `Bearer ${TOKEN}`).expect(200, { items: [] });
+    await request(app).get('/api/messages').set('Authorization', `Bearer ${TOKEN}`).expect(200, { items: [], totals: { accepted: 0, ignored: 0, rejected: 0, quarantined: 0 } });
   });
 
   it('refuses an unauthenticated admin call with a JSON body before parsing it', async () => {

@@ -12,6 +12,7 @@ import { subjectOf } from '../pipeline/route.ts';
 import { STORED_DELIVERY_STATUSES, type DeliveryQuery, type MessageQuery, type Store, type StoredDelivery, type StoredDeliveryStatus, type StoredMessage, type TriggerQuery } from '../store/store.ts';
 import { MessageStatus, type Trigger } from '../types.ts';
 import type { Hl7Ingest, Hl7IngestSettings } from '../workers/ingest.ts';
+import { sendItems } from './json-slices.ts';
 import { createFhirAdminRouter, createFhirRouter, type FhirHttpInput } from './fhir-routes.ts';
 import { createHooksRouter, type TwilioStatusHook } from './hooks-routes.ts';
 import { bearerMatches, bearerToken, declaredOverLimit, digest, limitedRawBody, refuseUnread, sendProblem } from './http.ts';
@@ -373,9 +374,10 @@ export function createApp(deps: ApiDeps): express.Express {
     };
     const items = await store.listMessages(query);
     const limit = query.limit ?? 100;
-    res.json({
-      items: items.map(messageSummary),
+    await sendItems(res, items, messageSummary, {
       ...(items.length === limit ? { next: items[items.length - 1]!.id } : {}),
+      // Every message stored, per status (kept as they are stored: no scan, no paging).
+      totals: await store.countMessages(),
     });
   });
 
@@ -417,7 +419,7 @@ export function createApp(deps: ApiDeps): express.Express {
       until: queryInstant(req, 'until'),
       limit: queryLimit(req),
     };
-    res.json({ items: (await store.listTriggers(query)).map((t) => triggerFor(res, t)) });
+    await sendItems(res, await store.listTriggers(query), (t) => triggerFor(res, t), {});
   });
 
   // One trigger and why it planned what it did: the rules that matched (the deliveries it
@@ -469,9 +471,10 @@ export function createApp(deps: ApiDeps): express.Express {
     };
     const items = await store.listDeliveries(query);
     const limit = query.limit ?? 100;
-    res.json({
-      items: items.map(deliverySummary),
+    await sendItems(res, items, deliverySummary, {
       ...(items.length === limit ? { next: items[items.length - 1]!.delivery.id } : {}),
+      // Every delivery stored, per status (kept as they change: no scan, no paging).
+      totals: await store.countDeliveries(),
     });
   });
 
@@ -508,7 +511,7 @@ export function createApp(deps: ApiDeps): express.Express {
       limit,
       before: queryString(req, 'before'),
     });
-    res.json({ items, ...(items.length === (limit ?? 100) ? { next: items[items.length - 1]!.id } : {}) });
+    await sendItems(res, items, (item) => item, items.length === (limit ?? 100) ? { next: items[items.length - 1]!.id } : {});
   });
 
   admin.use('/fhir', createFhirAdminRouter(deps.fhirInputs ?? new Map()));

@@ -683,6 +683,57 @@ export function evaluate(condition: Condition, trigger: Trigger, zone = 'UTC'): 
   }
 }
 
+/** Longest condition text kept in a routing explanation. */
+const MAX_DESCRIPTION = 200;
+
+/**
+ * The part of a condition that does not hold for the trigger, as the rule says it (for
+ * routing explanations: rule text, never trigger values); undefined when it holds. In an
+ * `all`, the first item that fails; otherwise the whole node.
+ */
+export function failingPart(condition: Condition, trigger: Trigger, zone = 'UTC'): string | undefined {
+  if (evaluate(condition, trigger, zone)) return undefined;
+  if (condition.op === 'all') {
+    for (const item of condition.of) {
+      const failing = failingPart(item, trigger, zone);
+      if (failing !== undefined) return failing;
+    }
+  }
+  const text = describeCondition(condition);
+  return text.length <= MAX_DESCRIPTION ? text : `${text.slice(0, MAX_DESCRIPTION - 1)}…`;
+}
+
+/** A condition in words close to the YAML it came from: `appointment.start gte occurredAt + 7d`. */
+export function describeCondition(condition: Condition): string {
+  switch (condition.op) {
+    case 'all':
+      return condition.of.map(describeCondition).join(' and ');
+    case 'any':
+      return `any of (${condition.of.map(describeCondition).join('; ')})`;
+    case 'not':
+      return `not (${describeCondition(condition.of)})`;
+    case 'exists':
+      return `${condition.path.source} exists: ${condition.value}`;
+    case 'in':
+      return `${condition.path.source} in [${condition.values.map(String).join(', ')}]`;
+    case 'matches':
+      return `${condition.path.source} matches /${condition.regex.source}/`;
+    case 'eq':
+    case 'ne':
+      return `${condition.path.source} ${condition.op} ${String(condition.value)}`;
+    case 'gt':
+    case 'gte':
+    case 'lt':
+    case 'lte': {
+      const value = 'expr' in condition ? condition.expr.source : condition.path.spec.kind === 'time' && typeof condition.value === 'number' ? new Date(condition.value).toISOString() : String(condition.value);
+      return `${condition.path.source} ${condition.op} ${value}`;
+    }
+    default:
+      condition satisfies never;
+      return '';
+  }
+}
+
 function comparable(path: FieldPath, value: unknown): number | string | undefined {
   switch (path.spec.kind) {
     case 'number':

@@ -103,7 +103,15 @@ describe('route: planning', () => {
 
   it('where that does not hold → nothing', () => {
     const result = route(booked({ appointment: { serviceType: { code: 'DERM' } } }), [reminder], NOW, PARIS);
-    expect(result).toEqual({ triggerId: 'trg-1', deliveries: [], replans: [], cancels: [], skipped: [] });
+    expect(result).toEqual({
+      triggerId: 'trg-1',
+      deliveries: [],
+      replans: [],
+      cancels: [],
+      skipped: [],
+      // Which part of `where` failed, as the rule says it (for the routing explanation).
+      unmatched: [{ ruleId: 'reminder-24h', reason: 'condition_false', condition: 'appointment.serviceType.code in [CARDIO, ONCO]' }],
+    });
   });
 
   it('the same trigger twice gives the same result (same ids)', () => {

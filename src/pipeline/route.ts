@@ -22,7 +22,7 @@
 // newer than a cancel to bring the delivery back (a re-booking of the same appointment).
 import type { Delivery, SubjectKind, Trigger } from '../types.ts';
 import type { FieldPath, PathSegment } from './conditions.ts';
-import { evaluate, resolvePath } from './conditions.ts';
+import { evaluate, failingPart, resolvePath } from './conditions.ts';
 import type { CancelOrder, Rule, RuleVariant, RouteResult, SkippedDelivery } from './rule.ts';
 import { subjectKindOf } from './rule.ts';
 import type { QuietHours } from './policy.ts';
@@ -81,7 +81,10 @@ export function route(trigger: Trigger, rules: readonly Rule[], now: string | Da
   for (const rule of rules) {
     let mode: 'plan' | 'replan';
     if (rule.on.includes(trigger.type)) {
-      if (rule.where && !evaluate(rule.where, trigger, zone)) continue;
+      if (rule.where && !evaluate(rule.where, trigger, zone)) {
+        (result.unmatched ??= []).push({ ruleId: rule.id, reason: 'condition_false', condition: failingPart(rule.where, trigger, zone) ?? '' });
+        continue;
+      }
       mode = 'plan';
     } else if (rule.replanOn.includes(trigger.type)) mode = 'replan';
     else continue;

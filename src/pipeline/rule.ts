@@ -109,6 +109,14 @@ export interface SkippedDelivery {
   expiresAt?: string;
 }
 
+/** A rule whose `on` names the trigger's type but whose `where` does not hold for it. */
+export interface UnmatchedRule {
+  ruleId: string;
+  reason: 'condition_false';
+  /** The part of `where` that did not hold, as the rule says it (conditions.ts failingPart). */
+  condition: string;
+}
+
 export const CancelReason = {
   /** A cancelling trigger for the subject (cancelOn). */
   Trigger: 'trigger',
@@ -135,6 +143,8 @@ export interface RouteResult {
   replans: Delivery[];
   cancels: CancelOrder[];
   skipped: SkippedDelivery[];
+  /** Rules listening to the type whose condition did not hold (absent when none). */
+  unmatched?: UnmatchedRule[];
 }
 
 // ---------------------------------------------------------------------------------------

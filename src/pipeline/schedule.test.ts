@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
+import { DateTime, IANAZone } from 'luxon';
 import type { TimeExpr } from './schedule.ts';
-import { compileTimeExpr, instantOfWallTime, resolveTime } from './schedule.ts';
+import { compileTimeExpr, formatInstant, instantOfWallTime, resolveTime } from './schedule.ts';
 import { makeTrigger } from './test-helpers.ts';
 
 const PARIS = 'Europe/Paris';
@@ -136,5 +137,21 @@ describe('anchors', () => {
 
   it('an unknown zone is a RangeError', () => {
     expect(() => resolveTime(expr('occurredAt'), trigger, 'Europe/Pariss')).toThrow(RangeError);
+  });
+});
+
+describe('formatInstant without luxon on the hot path', () => {
+  it('writes what luxon writes, across zones, DST transitions and odd offsets', () => {
+    const zones = ['UTC', 'Europe/Paris', 'America/New_York', 'Asia/Kathmandu', 'Australia/Lord_Howe', 'America/St_Johns', 'Pacific/Chatham', 'Europe/Dublin'];
+    // Compared with luxon as routing used it (an IANA zone: UTC is +00:00, not Z). Every 37 minutes and 13.5 seconds across two years: lands on both sides of every transition.
+    const step = 37 * 60_000 + 13_500;
+    for (const zone of zones) {
+      for (let t = Date.parse('2024-01-01T00:00:00Z'); t < Date.parse('2026-01-01T00:00:00Z'); t += step) {
+        const expected = DateTime.fromMillis(t, { zone: IANAZone.create(zone) }).toISO({ suppressMilliseconds: true });
+        if (formatInstant(t, zone) !== expected) expect(formatInstant(t, zone)).toBe(expected);
+      }
+    }
+    // Before 1970 (local mean time, offsets in seconds): luxon's own answer.
+    expect(formatInstant(Date.parse('1890-06-01T12:00:00Z'), 'Europe/Paris')).toBe(DateTime.fromMillis(Date.parse('1890-06-01T12:00:00Z'), { zone: IANAZone.create('Europe/Paris') }).toISO({ suppressMilliseconds: true }));
   });
 });

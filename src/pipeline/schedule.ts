@@ -170,22 +170,70 @@ export function resolveInstant(expr: TimeExpr, trigger: Trigger, zone: string, n
       t += step.sign * step.amount * MS[step.unit];
     } else {
       const days = step.sign * step.amount * (step.unit === 'w' ? 7 : 1);
-      const wall = DateTime.fromMillis(t, { zone: tz });
-      const date = DateTime.utc(wall.year, wall.month, wall.day).plus({ days });
-      t = instantOfWallTime(tz, date.year, date.month, date.day, wall.hour, wall.minute, wall.second, wall.millisecond);
+      const wall = wallTime(tz, t);
+      // Date.UTC rolls the day over months and years: a calendar step on the wall date.
+      const date = new Date(Date.UTC(wall.getUTCFullYear(), wall.getUTCMonth(), wall.getUTCDate() + days));
+      t = instantOfWallTime(tz, date.getUTCFullYear(), date.getUTCMonth() + 1, date.getUTCDate(), wall.getUTCHours(), wall.getUTCMinutes(), wall.getUTCSeconds(), wall.getUTCMilliseconds());
     }
   }
   if (expr.at) {
-    const wall = DateTime.fromMillis(t, { zone: tz });
-    t = instantOfWallTime(tz, wall.year, wall.month, wall.day, expr.at.hour, expr.at.minute, 0, 0);
+    const wall = wallTime(tz, t);
+    t = instantOfWallTime(tz, wall.getUTCFullYear(), wall.getUTCMonth() + 1, wall.getUTCDate(), expr.at.hour, expr.at.minute, 0, 0);
   }
   return t;
 }
 
-/** ISO-8601 in the zone's offset: 2025-03-30T09:00:00+02:00. */
-export function formatInstant(ms: number, zone: string): string {
-  return DateTime.fromMillis(ms, { zone: zoneOf(zone) }).toISO({ suppressMilliseconds: true })!;
+/** The wall-clock time of instant `ms` in the zone, as a Date whose UTC fields are it. */
+function wallTime(tz: IANAZone, ms: number): Date {
+  return new Date(ms + zoneOffsetMinutes(tz, ms) * 60_000);
 }
+
+/** ISO-8601 in the zone's offset: 2025-03-30T09:00:00+02:00 (milliseconds only when not zero). */
+export function formatInstant(ms: number, zone: string): string {
+  const tz = zoneOf(zone);
+  const offset = zoneOffsetMinutes(tz, ms);
+  const wall = new Date(ms + offset * 60_000);
+  const year = wall.getUTCFullYear();
+  // Offsets in seconds (local mean time before ~1900) and years outside 0–9999: luxon's form.
+  if (!Number.isInteger(offset) || year < 0 || year > 9999) return DateTime.fromMillis(ms, { zone: tz }).toISO({ suppressMilliseconds: true })!;
+  const millis = wall.getUTCMilliseconds();
+  const abs = Math.abs(offset);
+  return (
+    `${String(year).padStart(4, '0')}-${pad2(wall.getUTCMonth() + 1)}-${pad2(wall.getUTCDate())}` +
+    `T${pad2(wall.getUTCHours())}:${pad2(wall.getUTCMinutes())}:${pad2(wall.getUTCSeconds())}` +
+    `${millis === 0 ? '' : `.${String(millis).padStart(3, '0')}`}${offset < 0 ? '-' : '+'}${pad2(Math.floor(abs / 60))}:${pad2(abs % 60)}`
+  );
+}
+
+function pad2(n: number): string {
+  return n < 10 ? `0${n}` : String(n);
+}
+
+/**
+ * The zone's offset from UTC at instant `ms`, in minutes. luxon asks Intl for it (about
+ * 10 µs); routing asks for it several times per rule, so offsets are kept by zone and
+ * 15-minute slot: a slot whose two ends have the same offset has it throughout (no zone
+ * changes its offset twice within 15 minutes). Slots with a transition inside, and instants
+ * before 1970 (local mean times with odd seconds), are not kept.
+ */
+export function zoneOffsetMinutes(tz: IANAZone, ms: number): number {
+  if (tz.name === 'UTC' || tz.name === 'Etc/UTC') return 0;
+  if (!(ms >= 0)) return tz.offset(ms);
+  const slot = Math.floor(ms / SLOT_MS);
+  const key = `${tz.name}|${slot}`;
+  const cached = slotOffsets.get(key);
+  if (cached !== undefined) return cached;
+  const start = tz.offset(slot * SLOT_MS);
+  if (tz.offset(slot * SLOT_MS + SLOT_MS - 1) !== start) return tz.offset(ms);
+  if (slotOffsets.size >= MAX_SLOTS) slotOffsets.clear();
+  slotOffsets.set(key, start);
+  return start;
+}
+
+const SLOT_MS = 15 * 60_000;
+/** About 100 days of slots for one zone, or a few days each for dozens. */
+const MAX_SLOTS = 10_000;
+const slotOffsets = new Map<string, number>();
 
 /**
  * The instant a local wall time denotes in the zone, with the gap/overlap rule described at
@@ -196,11 +244,11 @@ export function instantOfWallTime(zone: IANAZone | string, year: number, month: 
   const tz = typeof zone === 'string' ? zoneOf(zone) : zone;
   const asUtc = Date.UTC(year, month - 1, day, hour, minute, second, millisecond);
   const DAY = 86_400_000;
-  const offsetBefore = tz.offset(asUtc - DAY); // minutes
-  const offsetAfter = tz.offset(asUtc + DAY);
+  const offsetBefore = zoneOffsetMinutes(tz, asUtc - DAY); // minutes
+  const offsetAfter = zoneOffsetMinutes(tz, asUtc + DAY);
   const candidates = [...new Set([offsetBefore, offsetAfter])]
     .map((offset) => asUtc - offset * 60_000)
-    .filter((t) => tz.offset(t) * 60_000 === asUtc - t);
+    .filter((t) => zoneOffsetMinutes(tz, t) * 60_000 === asUtc - t);
   // Overlap: two candidates, the first occurrence wins. Gap: none; read the wall time with
   // the offset in effect before the gap, which lands after it by the gap's length.
   return candidates.length > 0 ? Math.min(...candidates) : asUtc - offsetBefore * 60_000;

@@ -319,6 +319,17 @@ export function queueConformanceSuite(name: string, makeBackend: () => Promise<Q
         expect(await q.cancel('patient:9')).toBe(0);
       });
 
+      it("cancels a pending job by its own id, which is a key it carries without listing it", async () => {
+        const q = await open();
+        await q.add({ id: 'own', data: { n: 1 }, runAt: new Date(T0 + 60_000) });
+        await q.add({ id: 'other', data: { n: 2 }, runAt: new Date(T0 + 60_000), cancelKeys: ['k'] });
+        expect((await q.get('own'))?.cancelKeys).toEqual([]);
+        expect(await q.cancel('own', 'replaced')).toBe(1);
+        expect(await q.cancel('own')).toBe(0);
+        expect(await q.get('own')).toMatchObject({ state: 'cancelled', cancelReason: 'replaced' });
+        expect(await state(q, 'other')).toBe('pending');
+      });
+
       it('leaves running and finished jobs alone', async () => {
         const q = await open();
         const g = gate();

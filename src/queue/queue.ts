@@ -54,7 +54,11 @@ export interface NewJob<T> {
   data: T;
   /** Not run before this instant. A string must be ISO 8601 with a zone (`Z` or `±hh:mm`). */
   runAt: Date | string;
-  /** cancel(key) cancels every pending job carrying the key (e.g. `appointment:123`). */
+  /**
+   * cancel(key) cancels every pending job carrying the key (e.g. `appointment:123`). A job's
+   * own id always counts as one of its keys, without being listed: a caller that knows the
+   * id needs no key (and no storage for one).
+   */
   cancelKeys?: string[];
   /** Safe to repeat after an ambiguous failure (the receiver dedupes on the job id). */
   idempotent?: boolean;
@@ -158,6 +162,31 @@ export interface QueueOptions {
   maxPollIntervalMs?: number;
 }
 
+/**
+ * Synchronous queue operations inside a transaction that another component of the same
+ * database opened (Queue.joinTransaction): they take effect, or not, with that transaction.
+ */
+export interface QueueTransaction<T> {
+  /** As Queue.add. */
+  add(job: NewJob<T>): AddResult;
+  /** As Queue.reschedule. */
+  reschedule(id: string, runAt: Date | string, data?: T): boolean;
+  /** As Queue.cancel. */
+  cancel(key: string, reason?: string): number;
+  /** The job's state; undefined when no job has the id. */
+  state(id: string): JobState | undefined;
+}
+
+/** Queue work for a store to run inside one of its own transactions (Queue.joinTransaction). */
+export interface JoinedWork {
+  /** The database the work must run in: a store accepts the work only on its own database. */
+  readonly database: object;
+  /** Runs inside the transaction. Runs again when the store retries the transaction. */
+  run(): void;
+  /** Called once the transaction committed (the queue looks for due jobs). */
+  committed?(): void;
+}
+
 export interface Queue<T> {
   /** Add one job; 'duplicate' when the id exists (in any state), nothing changed then. */
   add(job: NewJob<T>): Promise<AddResult>;
@@ -169,10 +198,19 @@ export interface Queue<T> {
    */
   reschedule(id: string, runAt: Date | string, data?: T): Promise<boolean>;
   /**
-   * Cancel every pending job carrying `key`; running and finished jobs are not touched.
-   * Returns how many were cancelled.
+   * Cancel every pending job carrying `key`, and the pending job whose id is `key`; running
+   * and finished jobs are not touched. Returns how many were cancelled.
    */
   cancel(key: string, reason?: string): Promise<number>;
+  /**
+   * Optional: only a backend whose jobs live in the store's own database has it (the embedded
+   * SQLite queue). Returns work that the store runs inside the transaction of one of its writes
+   * (Store.saveRouting's `joined`), so what `ops` does to the queue commits together with that
+   * write or not at all: routing and the timers it sets are one transaction. Backends without
+   * it (BullMQ on Redis) are driven through the methods above, and their callers repair a crash
+   * between the two by doing both again (adds of an existing id are duplicates).
+   */
+  joinTransaction?(ops: (tx: QueueTransaction<T>) => void): JoinedWork;
   /** Start taking due jobs. Call once per instance. */
   process(handler: JobHandler<T>, options: ProcessOptions): void;
   /**

@@ -5,7 +5,16 @@
 // while its handler runs; when the worker vanishes the lease lapses and any instance on the
 // file takes the job again (docs/reliability.md promise 4).
 //
-// Costs, with n pending jobs: taking the next due job, finding the next due time and
+// Commits. Every write (add, reschedule, cancel, retryDead, take, complete, retry, dead-letter,
+// lease renewal and reclaim) goes through a committer. Alone, each write is its own
+// transaction. Given the store's group commit (SqliteStore is a SqliteCommitter), the writes
+// ride in the store's transactions: one fsync covers a cycle's ingest commits, routing and
+// delivery outcomes, and a handler starts only once its take is durable (a crash after a send
+// then always finds the job active, so the next run knows it may be a repeat). Due jobs are
+// taken in batches, up to the free concurrency, with one write. joinTransaction() gives the
+// synchronous operations a store runs inside its own transaction (a routing and its timers).
+//
+// Costs, with n pending jobs: taking the next due jobs, finding the next due time and
 // cancelling by key are each one index probe, O(log n); nothing scans the job table except
 // counts() and list() without a state.
 import { randomUUID } from 'node:crypto';
@@ -20,17 +29,54 @@ import {
   type AddResult,
   type JobHandler,
   type JobInfo,
+  type JoinedWork,
   type ListFilter,
   type NewJob,
   type ProcessOptions,
   type Queue,
   type QueueEvent,
   type QueueOptions,
+  type QueueTransaction,
 } from './queue.ts';
+
+/**
+ * Commits writes to one database. `write` runs `work` inside a transaction on `db` and
+ * resolves with its result once the transaction is durable; when it rejects, nothing `work`
+ * did is kept. `work` only touches the database, so it may run again on a retry.
+ */
+export interface SqliteCommitter {
+  readonly db: Database;
+  write<R>(work: () => R): Promise<R>;
+}
+
+/** Each write in its own transaction, at once (a queue used without the store). */
+export function ownTransactions(db: Database): SqliteCommitter {
+  return {
+    db,
+    write<R>(work: () => R): Promise<R> {
+      try {
+        return Promise.resolve(db.transaction(work).immediate());
+      } catch (error) {
+        return Promise.reject(error);
+      }
+    },
+  };
+}
 
 export interface SqliteQueueOptions extends QueueOptions {
   /** Queue name: several queues can share the tables. Default 'default'. */
   name?: string;
+  /**
+   * Who commits the queue's writes: default ownTransactions(db). Pass the store
+   * (SqliteStore.committer) so queue writes share its group commit; it must be on the same db.
+   */
+  committer?: SqliteCommitter;
+  /**
+   * Runs inside the write that dead-letters a job (a permanent failure, attempts used up, or
+   * a lapsed lease on its last attempt), so what it writes commits with the job's new state:
+   * the delivery worker marks the delivery failed there. The 'dead' event follows the commit.
+   */
+  onDeadLetter?: (job: { id: string; attempt: number; code: string }) => void;
 }
 
 /**
@@ -95,6 +141,7 @@ interface JobRow {
 
 interface TakenRow {
   seq: number;
+  run_at: number;
   id: string;
   data: string;
   attempts: number;
@@ -102,6 +149,16 @@ interface TakenRow {
   idempotent: number;
   error_code: string | null;
 }
+
+/** A job checked and serialized, ready to insert. */
+interface PreparedJob {
+  job: NewJob<unknown>;
+  runAtMs: number;
+  data: string;
+  keys: string[];
+}
+
+type NextDue = { run: number | null; lease: number | null };
 
 interface Running {
   seq: number;
@@ -122,6 +179,8 @@ function iso(ms: number): string {
 export class SqliteQueue<T> implements Queue<T> {
   readonly name: string;
   private readonly db: Database;
+  private readonly committer: SqliteCommitter;
+  private readonly onDeadLetter: SqliteQueueOptions['onDeadLetter'];
   private readonly opts: NormalizedQueueOptions;
   private readonly instanceId = randomUUID();
   private takeCounter = 0;
@@ -133,21 +192,31 @@ export class SqliteQueue<T> implements Queue<T> {
   private readonly running = new Map<number, Running>();
   private readonly listeners = new Set<(event: QueueEvent) => void>();
   private idleWaiters: (() => void)[] = [];
-  private pumping = false;
+  /** The poll under way (one at a time); pumpAgain asks it for one more round. */
+  private pumpLoop: Promise<void> | undefined;
   private pumpAgain = false;
   private pollTimer: NodeJS.Timeout | undefined;
   private renewTimer: NodeJS.Timeout | undefined;
 
   private readonly stmt: ReturnType<SqliteQueue<T>['prepare']>;
-  private readonly insertMany: (jobs: NewJob<T>[]) => AddResult[];
+  /** The synchronous operations joinTransaction hands out. */
+  private readonly tx: QueueTransaction<T>;
 
   constructor(db: Database, options: SqliteQueueOptions = {}) {
     this.db = db;
     this.name = options.name ?? 'default';
     this.opts = normalizeQueueOptions(options);
+    this.committer = options.committer ?? ownTransactions(db);
+    this.onDeadLetter = options.onDeadLetter;
+    if (this.committer.db !== db) throw new Error(`queue ${this.name}: the committer must write to the queue's own database`);
     migrateQueueSchema(db);
     this.stmt = this.prepare();
-    this.insertMany = db.transaction((jobs: NewJob<T>[]) => jobs.map((job) => this.insertOne(job)));
+    this.tx = {
+      add: (job) => this.insert(this.prepareJob(job)),
+      reschedule: (id, runAt, data) => this.move(id, toEpochMs(runAt, `queue.reschedule(${JSON.stringify(id)})`), data === undefined ? null : this.serialize(data, `queue.reschedule(${JSON.stringify(id)})`)),
+      cancel: (key, reason) => this.stmt.cancel.run({ queue: this.name, key, reason: reason ?? null, now: this.opts.now() }).changes,
+      state: (id) => this.stmt.state.get(this.name, id)?.state,
+    };
   }
 
   private prepare() {
@@ -162,13 +231,14 @@ export class SqliteQueue<T> implements Queue<T> {
       insertKey: db.prepare<[string, string, number]>(
         'INSERT OR IGNORE INTO queue_cancel_keys (queue, key, job_seq) VALUES (?, ?, ?)',
       ),
-      take: db.prepare<{ queue: string; now: number; owner: string; leaseUntil: number }, TakenRow>(
+      // Up to @limit due jobs in one write, earliest first (the caller sorts what RETURNING gives).
+      take: db.prepare<{ queue: string; now: number; owner: string; leaseUntil: number; limit: number }, TakenRow>(
         `UPDATE queue_jobs
             SET state = 'active', attempts = attempts + 1, lease_owner = @owner, lease_until = @leaseUntil, updated_at = @now
-          WHERE seq = (SELECT seq FROM queue_jobs
-                        WHERE queue = @queue AND state = 'pending' AND run_at <= @now
-                        ORDER BY run_at LIMIT 1)
-         RETURNING seq, id, data, attempts, max_attempts, idempotent, error_code`,
+          WHERE seq IN (SELECT seq FROM queue_jobs
+                         WHERE queue = @queue AND state = 'pending' AND run_at <= @now
+                         ORDER BY run_at LIMIT @limit)
+         RETURNING seq, run_at, id, data, attempts, max_attempts, idempotent, error_code`,
       ),
       // A lapsed lease: the worker vanished. Back to pending at once, or dead when it has
       // used all its attempts (a job that kills its worker every time must not loop forever).
@@ -184,7 +254,7 @@ export class SqliteQueue<T> implements Queue<T> {
       // The poll: one read answering "when is the next job due, when does the next lease
       // lapse" from the two indexes. Only when something is due does a write (take/reclaim)
       // follow, so an idle poll never holds the file's write lock.
-      next: db.prepare<[string, string], { run: number | null; lease: number | null }>(
+      next: db.prepare<[string, string], NextDue>(
         `SELECT (SELECT MIN(run_at) FROM queue_jobs WHERE queue = ? AND state = 'pending') AS run,
                 (SELECT MIN(lease_until) FROM queue_jobs WHERE queue = ? AND state = 'active') AS lease`,
       ),
@@ -205,7 +275,8 @@ export class SqliteQueue<T> implements Queue<T> {
       ),
       cancel: db.prepare<{ queue: string; key: string; reason: string | null; now: number }>(
         `UPDATE queue_jobs SET state = 'cancelled', cancel_reason = @reason, updated_at = @now
-          WHERE seq IN (SELECT job_seq FROM queue_cancel_keys WHERE queue = @queue AND key = @key)
+          WHERE seq IN (SELECT job_seq FROM queue_cancel_keys WHERE queue = @queue AND key = @key
+                        UNION ALL SELECT seq FROM queue_jobs WHERE queue = @queue AND id = @key)
             AND state = 'pending'`,
       ),
       reschedule: db.prepare<{ queue: string; id: string; runAt: number; data: string | null; now: number }>(
@@ -217,6 +288,7 @@ export class SqliteQueue<T> implements Queue<T> {
           WHERE queue = @queue AND id = @id AND state IN ('dead', 'parked')`,
       ),
       get: db.prepare<[string, string], JobRow>(`SELECT ${JOB_COLUMNS} FROM queue_jobs WHERE queue = ? AND id = ?`),
+      state: db.prepare<[string, string], { state: JobState }>('SELECT state FROM queue_jobs WHERE queue = ? AND id = ?'),
       counts: db.prepare<[string], { state: JobState; n: number }>(
         'SELECT state, COUNT(*) AS n FROM queue_jobs WHERE queue = ? GROUP BY state',
       ),
@@ -231,46 +303,59 @@ export class SqliteQueue<T> implements Queue<T> {
   }
 
   async addMany(jobs: NewJob<T>[]): Promise<AddResult[]> {
-    const results = this.insertMany(jobs);
+    // Every job is checked before anything is written: one bad job adds none.
+    const prepared = jobs.map((job) => this.prepareJob(job));
+    const results = await this.committer.write(() => prepared.map((p) => this.insert(p)));
     if (results.includes('added')) this.wake();
     return results;
   }
 
-  private insertOne(job: NewJob<T>): AddResult {
+  joinTransaction(ops: (tx: QueueTransaction<T>) => void): JoinedWork {
+    return { database: this.db, run: () => ops(this.tx), committed: () => this.wake() };
+  }
+
+  private prepareJob(job: NewJob<T>): PreparedJob {
     const { runAtMs } = validateNewJob(job);
     const data = this.serialize(job.data, `queue.add(${JSON.stringify(job.id)})`);
-    const keys = [...new Set(job.cancelKeys ?? [])];
+    return { job, runAtMs, data, keys: [...new Set(job.cancelKeys ?? [])] };
+  }
+
+  private insert(p: PreparedJob): AddResult {
     const now = this.opts.now();
     const row = this.stmt.insert.get(
       this.name,
-      job.id,
-      data,
-      runAtMs,
-      job.maxAttempts ?? this.opts.retry.maxAttempts,
-      job.idempotent ? 1 : 0,
-      JSON.stringify(keys),
+      p.job.id,
+      p.data,
+      p.runAtMs,
+      p.job.maxAttempts ?? this.opts.retry.maxAttempts,
+      p.job.idempotent ? 1 : 0,
+      JSON.stringify(p.keys),
       now,
       now,
     );
     if (!row) return 'duplicate';
-    for (const key of keys) this.stmt.insertKey.run(this.name, key, row.seq);
+    for (const key of p.keys) this.stmt.insertKey.run(this.name, key, row.seq);
     return 'added';
+  }
+
+  private move(id: string, runAtMs: number, data: string | null): boolean {
+    return this.stmt.reschedule.run({ queue: this.name, id, runAt: runAtMs, data, now: this.opts.now() }).changes > 0;
   }
 
   async reschedule(id: string, runAt: Date | string, data?: T): Promise<boolean> {
     const runAtMs = toEpochMs(runAt, `queue.reschedule(${JSON.stringify(id)})`);
     const json = data === undefined ? null : this.serialize(data, `queue.reschedule(${JSON.stringify(id)})`);
-    const changed = this.stmt.reschedule.run({ queue: this.name, id, runAt: runAtMs, data: json, now: this.opts.now() }).changes;
-    if (changed > 0) this.wake();
-    return changed > 0;
+    const moved = await this.committer.write(() => this.move(id, runAtMs, json));
+    if (moved) this.wake();
+    return moved;
   }
 
   async cancel(key: string, reason?: string): Promise<number> {
-    return this.stmt.cancel.run({ queue: this.name, key, reason: reason ?? null, now: this.opts.now() }).changes;
+    return this.committer.write(() => this.tx.cancel(key, reason));
   }
 
   async retryDead(id: string): Promise<boolean> {
-    const changed = this.stmt.retryDead.run({ queue: this.name, id, now: this.opts.now() }).changes;
+    const changed = await this.committer.write(() => this.stmt.retryDead.run({ queue: this.name, id, now: this.opts.now() }).changes);
     if (changed > 0) this.wake();
     return changed > 0;
   }
@@ -374,75 +459,96 @@ export class SqliteQueue<T> implements Queue<T> {
     }
     this.handler = handler;
     this.concurrency = options.concurrency;
-    this.pump();
+    void this.pump();
   }
 
-  async poke(): Promise<void> {
-    this.pump();
+  poke(): Promise<void> {
+    return this.pump();
   }
 
   idle(): Promise<void> {
     if (!this.handler || this.closing) return Promise.resolve();
     const promise = new Promise<void>((resolve) => this.idleWaiters.push(resolve));
-    this.pump();
+    void this.pump();
     return promise;
   }
 
   /** Something changed in this instance: look again now rather than at the next timer. */
   private wake(): void {
-    if (this.handler && !this.closing) this.pump();
+    if (this.handler && !this.closing) void this.pump();
   }
 
-  /** Take due jobs up to the concurrency limit, then arm the timer for the next due time. */
-  private pump(): void {
-    if (!this.handler || this.closing) return;
-    if (this.pumping) {
-      this.pumpAgain = true;
-      return;
-    }
-    this.pumping = true;
-    let next: { run: number | null; lease: number | null } | undefined;
+  /**
+   * Take due jobs up to the concurrency limit, then arm the timer for the next due time.
+   * One poll runs at a time; a call while one runs asks it for another round, and resolves
+   * when that round is done.
+   */
+  private pump(): Promise<void> {
+    if (!this.handler || this.closing) return Promise.resolve();
+    this.pumpAgain = true;
+    this.pumpLoop ??= this.runPump();
+    return this.pumpLoop;
+  }
+
+  private async runPump(): Promise<void> {
+    let next: NextDue | undefined;
     try {
-      do {
+      while (this.pumpAgain && !this.closing) {
         this.pumpAgain = false;
-        const now = this.opts.now();
-        next = this.stmt.next.get(this.name, this.name)!;
-        if (next.lease !== null && next.lease <= now) {
-          this.reclaimExpired(now);
-          next = this.stmt.next.get(this.name, this.name)!;
-        }
-        while (this.running.size < this.concurrency && !this.closing && next.run !== null && next.run <= now) {
-          const owner = `${this.instanceId}:${++this.takeCounter}`;
-          const row = this.stmt.take.get({ queue: this.name, now, owner, leaseUntil: now + this.opts.leaseMs });
-          if (row) this.start(row, owner);
-          next = this.stmt.next.get(this.name, this.name)!;
-          // Another instance took it between the read and the write: the timer looks again.
-          if (!row) break;
-        }
-      } while (this.pumpAgain && !this.closing);
+        next = await this.pollOnce();
+      }
     } catch (error) {
       // SQLITE_BUSY past the busy timeout, disk full…: keep the process up and try again.
       this.emit({ type: 'error', code: errorCodeOf(error), message: 'queue poll failed' });
       next = undefined;
     } finally {
-      this.pumping = false;
+      // In the same synchronous step as the loop's last check: a pump() from now on starts anew.
+      this.pumpLoop = undefined;
     }
     this.armPollTimer(next);
     if (this.running.size === 0 && next !== undefined) this.resolveIdle();
   }
 
-  private reclaimExpired(now: number): void {
-    for (const row of this.stmt.reclaim.all({ queue: this.name, now })) {
-      if (row.state === JobState.Dead) {
-        this.emit({ type: 'dead', id: row.id, attempt: row.attempts, code: QueueErrorCode.LeaseExpired });
-      } else {
-        this.emit({ type: 'retry', id: row.id, attempt: row.attempts, code: QueueErrorCode.LeaseExpired, runAt: iso(now) });
+  /** One round: give lapsed leases back, take what is due (one write), read the next due time. */
+  private async pollOnce(): Promise<NextDue> {
+    const now = this.opts.now();
+    let next = this.stmt.next.get(this.name, this.name)!;
+    if (next.lease !== null && next.lease <= now) {
+      const reclaimed = await this.committer.write(() => {
+        const rows = this.stmt.reclaim.all({ queue: this.name, now });
+        for (const row of rows) {
+          if (row.state === JobState.Dead) this.onDeadLetter?.({ id: row.id, attempt: row.attempts, code: QueueErrorCode.LeaseExpired });
+        }
+        return rows;
+      });
+      for (const row of reclaimed) {
+        if (row.state === JobState.Dead) {
+          this.emit({ type: 'dead', id: row.id, attempt: row.attempts, code: QueueErrorCode.LeaseExpired });
+        } else {
+          this.emit({ type: 'retry', id: row.id, attempt: row.attempts, code: QueueErrorCode.LeaseExpired, runAt: iso(now) });
+        }
       }
+      next = this.stmt.next.get(this.name, this.name)!;
     }
+    const free = this.concurrency - this.running.size;
+    if (free > 0 && !this.closing && next.run !== null && next.run <= now) {
+      const owner = `${this.instanceId}:${++this.takeCounter}`;
+      const rows = await this.committer.write(() =>
+        this.stmt.take.all({ queue: this.name, now, owner, leaseUntil: now + this.opts.leaseMs, limit: free }),
+      );
+      rows.sort((a, b) => a.run_at - b.run_at || a.seq - b.seq);
+      // Taken (durably) even when close() began meanwhile: close waits for the poll first.
+      for (const row of rows) this.start(row, owner);
+      // More may be due than there was room for, or than another instance left: look again.
+      // Nothing taken (another instance holds the write lock): the timer looks again.
+      if (rows.length > 0) this.pumpAgain = true;
+      next = this.stmt.next.get(this.name, this.name)!;
+    }
+    return next;
   }
 
   /** Sleep until the next due time or lease end, at most maxPollIntervalMs (other writers). */
-  private armPollTimer(next: { run: number | null; lease: number | null } | undefined): void {
+  private armPollTimer(next: NextDue | undefined): void {
     if (this.pollTimer) clearTimeout(this.pollTimer);
     this.pollTimer = undefined;
     if (this.closing || this.running.size >= this.concurrency) return; // a finishing handler pumps
@@ -455,7 +561,7 @@ export class SqliteQueue<T> implements Queue<T> {
         if (t !== null) delay = Math.min(delay, Math.max(t - now, 5));
       }
     }
-    this.pollTimer = setTimeout(() => this.pump(), delay);
+    this.pollTimer = setTimeout(() => void this.pump(), delay);
     this.pollTimer.unref();
   }
 
@@ -489,15 +595,19 @@ export class SqliteQueue<T> implements Queue<T> {
       } catch (error) {
         outcome = { ok: false, error };
       }
-      this.finish(job, outcome, row);
+      await this.finish(job, outcome, row);
     })();
   }
 
-  private finish(job: Running, outcome: { ok: true } | { ok: false; error: unknown }, row: TakenRow): void {
+  /**
+   * Records a job's outcome (complete, retry, park or dead-letter) through the committer:
+   * outcomes of jobs that end together share a commit.
+   */
+  private async finish(job: Running, outcome: { ok: true } | { ok: false; error: unknown }, row: TakenRow): Promise<void> {
     const now = this.opts.now();
     try {
       if (outcome.ok) {
-        const changed = this.stmt.complete.run(now, job.seq, job.owner).changes;
+        const changed = await this.committer.write(() => this.stmt.complete.run(now, job.seq, job.owner).changes);
         this.emit(changed > 0 ? { type: 'done', id: job.id, attempt: job.attempt } : { type: 'lease-lost', id: job.id, attempt: job.attempt });
       } else {
         const interrupted = this.closing && job.controller.signal.aborted;
@@ -511,7 +621,7 @@ export class SqliteQueue<T> implements Queue<T> {
         );
         const state =
           decision.next === 'retry' ? JobState.Pending : decision.next === 'parked' ? JobState.Parked : JobState.Dead;
-        const changed = this.stmt.fail.run({
+        const params = {
           state,
           runAt: decision.next === 'retry' ? decision.runAtMs : null,
           errorClass: decision.failureClass,
@@ -519,7 +629,12 @@ export class SqliteQueue<T> implements Queue<T> {
           now,
           seq: job.seq,
           owner: job.owner,
-        }).changes;
+        };
+        const changed = await this.committer.write(() => {
+          const n = this.stmt.fail.run(params).changes;
+          if (n > 0 && state === JobState.Dead) this.onDeadLetter?.({ id: job.id, attempt: job.attempt, code: decision.code });
+          return n;
+        });
         if (changed === 0) this.emit({ type: 'lease-lost', id: job.id, attempt: job.attempt });
         else if (decision.next === 'retry') {
           this.emit({ type: 'retry', id: job.id, attempt: job.attempt, code: decision.code, runAt: iso(decision.runAtMs) });
@@ -532,14 +647,14 @@ export class SqliteQueue<T> implements Queue<T> {
     }
     this.running.delete(job.seq);
     if (this.running.size === 0) this.stopRenewTimer();
-    this.pump();
+    void this.pump();
     if (this.closing && this.running.size === 0) this.resolveIdle();
   }
 
-  /** One timer renews every lease this instance holds (one small transaction per tick). */
+  /** One timer renews every lease this instance holds (one small write per tick). */
   private armRenewTimer(): void {
     if (this.renewTimer) return;
-    this.renewTimer = setInterval(() => this.renewLeases(), this.opts.leaseRenewMs);
+    this.renewTimer = setInterval(() => void this.renewLeases(), this.opts.leaseRenewMs);
     this.renewTimer.unref();
   }
 
@@ -551,16 +666,17 @@ export class SqliteQueue<T> implements Queue<T> {
   /**
    * Extend the lease of every job this instance is running to now + leaseMs; a job whose
    * lease another instance took over gets its signal aborted. Runs on a timer every
-   * leaseRenewMs; public so a test with a fake clock can run it at a chosen instant.
+   * leaseRenewMs; public so a test with a fake clock can run it at a chosen instant (alone,
+   * without the store's committer, the write is made before this returns).
    */
-  renewLeases(): void {
+  async renewLeases(): Promise<void> {
     const now = this.opts.now();
+    const jobs = [...this.running.values()];
+    if (jobs.length === 0) return;
     try {
-      const lost = this.db.transaction(() =>
-        [...this.running.values()].filter(
-          (job) => this.stmt.renew.run(now + this.opts.leaseMs, now, job.seq, job.owner).changes === 0,
-        ),
-      )();
+      const lost = await this.committer.write(() =>
+        jobs.filter((job) => this.stmt.renew.run(now + this.opts.leaseMs, now, job.seq, job.owner).changes === 0),
+      );
       // Another instance took these over (our lease lapsed): stop the work if it listens.
       for (const job of lost) job.controller.abort(new Error('queue lease lost'));
     } catch (error) {
@@ -575,6 +691,8 @@ export class SqliteQueue<T> implements Queue<T> {
     this.pollTimer = undefined;
     const graceMs = options.graceMs ?? 10_000;
     this.closed = (async () => {
+      // A take under way starts its jobs: they are waited for like the others.
+      await this.pumpLoop;
       const settled = Promise.all([...this.running.values()].map((job) => job.settled));
       if (this.running.size > 0) {
         let graceTimer: NodeJS.Timeout | undefined;

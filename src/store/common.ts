@@ -1,7 +1,7 @@
 // Rules every Store backend applies the same way (limits, instants, reason codes), so the
 // SQLite and PostgreSQL backends cannot drift apart on them.
 import { DateTime } from 'luxon';
-import type { MessageStatus } from '../types.ts';
+import type { Delivery, MessageStatus } from '../types.ts';
 import type { InboundRecord, StoredMessage } from './store.ts';
 
 /** Reason codes a store writes itself (safe to log). */
@@ -110,4 +110,91 @@ export function storedMessageOf(
     message.replaces = record.attemptOf.messageId;
   }
   return message;
+}
+
+// ---------------------------------------------------------------------------------------
+// Compact delivery rows (docs/architecture.md invariant 2: a booking plans several
+// deliveries, each with about seven cancel keys; storing each key as a row, and the fields a
+// row already has as columns a second time in its JSON, made most of a message's bytes).
+
+/** The patient cancel key route.ts gives every delivery. */
+export function patientCancelKey(patientId: string): string {
+  return `patient/${encodeURIComponent(patientId)}`;
+}
+
+/**
+ * A delivery's cancel keys in a short form, relative to its own fields: `#` its id, `s` its
+ * subject key, `p` its patient key, `r` its rule key, `<type>@` a trigger type on its
+ * subject (`appointment.cancelled@appointment/A1`), `=<key>` any other key as is.
+ */
+export function packCancelKeys(d: Pick<Delivery, 'id' | 'subjectKey' | 'patientId' | 'ruleId' | 'cancelKeys'>): string[] {
+  return d.cancelKeys.map((key) => {
+    if (key === d.id) return '#';
+    if (key === d.subjectKey) return 's';
+    if (key === patientCancelKey(d.patientId)) return 'p';
+    if (key === `rule/${d.ruleId}`) return 'r';
+    const type = typeKeyPrefix(key, d.subjectKey);
+    return type !== undefined ? `${type}@` : `=${key}`;
+  });
+}
+
+/** The inverse of packCancelKeys. */
+export function unpackCancelKeys(packed: readonly string[], d: Pick<Delivery, 'id' | 'subjectKey' | 'patientId' | 'ruleId'>): string[] {
+  return packed.map((p) => {
+    if (p === '#') return d.id;
+    if (p === 's') return d.subjectKey;
+    if (p === 'p') return patientCancelKey(d.patientId);
+    if (p === 'r') return `rule/${d.ruleId}`;
+    if (p.startsWith('=')) return p.slice(1);
+    return `${p}${d.subjectKey}`;
+  });
+}
+
+/** Whether a packed key needs a row of its own to be found (the others are found through a column). */
+export function packedKeyNeedsRow(packed: string): boolean {
+  return packed.startsWith('=');
+}
+
+/** `<type>` of a `<type>@<subjectKey>` key (subject keys hold no '@': route.ts encodes ids). */
+function typeKeyPrefix(key: string, subjectKey: string): string | undefined {
+  if (!key.endsWith(`@${subjectKey}`)) return undefined;
+  const type = key.slice(0, key.length - subjectKey.length - 1);
+  return type !== '' && !type.includes('@') && !type.startsWith('=') && !['#', 's', 'p', 'r'].includes(type) ? type : undefined;
+}
+
+/**
+ * Where to look for the deliveries that may hold `key` besides the rows of explicit keys:
+ * the delivery id itself, a subject, a patient, a rule (see packCancelKeys).
+ */
+export function cancelKeyProbes(key: string): { id: string; subjects: string[]; patientId?: string; ruleId?: string } {
+  const subjects = [key];
+  const at = key.indexOf('@');
+  if (at > 0 && !key.includes('#', at)) subjects.push(key.slice(at + 1));
+  let patientId: string | undefined;
+  if (key.startsWith('patient/')) {
+    try {
+      patientId = decodeURIComponent(key.slice('patient/'.length));
+    } catch {
+      patientId = undefined;
+    }
+  }
+  return { id: key, subjects, ...(patientId !== undefined ? { patientId } : {}), ...(key.startsWith('rule/') ? { ruleId: key.slice('rule/'.length) } : {}) };
+}
+
+/** Fields a delivery row keeps as columns: left out of its JSON. */
+type ColumnFields = 'id' | 'ruleId' | 'subjectKey' | 'patientId' | 'cancelKeys';
+
+/** A delivery without what its row's columns hold, with its cancel keys packed (`k`). */
+export function compactDelivery(d: Delivery): Record<string, unknown> {
+  const { id: _id, ruleId: _rule, subjectKey: _subject, patientId: _patient, cancelKeys: _keys, ...rest } = d;
+  return { ...rest, k: packCancelKeys(d) };
+}
+
+/** The delivery a compact JSON (or a full one, written before it existed) stands for. */
+export function expandDeliveryJson(json: string, columns: { id: string; rule: string; subject: string; patient_id: string }): Delivery {
+  const parsed = JSON.parse(json) as Omit<Delivery, ColumnFields> & { k?: string[] } & Partial<Pick<Delivery, ColumnFields>>;
+  if (parsed.k === undefined) return parsed as Delivery;
+  const { k, ...rest } = parsed;
+  const head = { id: columns.id, ruleId: columns.rule, subjectKey: columns.subject, patientId: columns.patient_id };
+  return { ...head, ...rest, cancelKeys: unpackCancelKeys(k, head) } as Delivery;
 }

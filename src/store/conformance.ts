@@ -798,6 +798,73 @@ export function storeConformanceSuite(name: string, makeStore: () => Promise<Sto
         await expect(store.listDeliveries({ before: 'unknown' })).rejects.toThrow(RangeError);
       });
 
+      it('keeps a finished message that is also its outbox entry, read back the same either way', async () => {
+        const d = testDelivery();
+        const other = testDelivery({ appointmentId: 'A-2' });
+        await store.saveRouting('t', [write(d), write(other)], '2024-01-01T09:30:02Z');
+        const message = { language: 'en', to: '+15550100', text: 'Hi', subject: 'S', html: '<p>Hi</p>' };
+        await store.putOutboxEntry({ deliveryId: d.id, output: 'sms', channel: 'sms', keptAt: '2024-01-01T10:00:00Z', ...message });
+        // A provider id naming the delivery (an outbox's) comes back whole.
+        expect(await store.finishDelivery(d.id, 1, { status: 'sent', at: '2024-01-01T10:00:00Z', providerId: `box/${d.id}`, message })).toBe(true);
+        // Not the outbox's text: kept as given.
+        const own = { language: 'fr', text: 'Salut' };
+        expect(await store.finishDelivery(other.id, 1, { status: 'sent', at: '2024-01-01T10:00:00Z', message: own })).toBe(true);
+        expect((await store.getDelivery(d.id))!.message).toEqual(message);
+        expect((await store.getDelivery(d.id))!.providerId).toBe(`box/${d.id}`);
+        expect((await store.getDelivery(other.id))!.message).toEqual(own);
+        expect((await store.listDeliveries({ status: 'sent' })).map((x) => x.message)).toEqual([own, message]);
+      });
+
+      it('names the trigger that last changed a delivery, and keeps routing explanations', async () => {
+        stored(await store.commitInbound(testRecord({ controlId: 'E1', triggers: [testTrigger({ id: 't-e1' })] })));
+        const d = testDelivery();
+        const explanation = {
+          triggerId: 't-e1',
+          // saveRouting's routedAt, read back in UTC with milliseconds.
+          routedAt: '2024-01-01T09:30:02.000Z',
+          rules: [
+            { rule: 'reminder', outcome: 'planned' as const, deliveryId: d.id },
+            { rule: 'week-ahead', outcome: 'skipped' as const, reason: 'condition_false', condition: 'appointment.start gte occurredAt + 7d' },
+          ],
+        };
+        expect(await store.getRoutingExplanation('t-e1')).toBeUndefined();
+        await store.saveRouting('t-e1', [write(d, { cause: { triggerId: 't-e1', change: 'added' } })], '2024-01-01T09:30:02Z', { explanations: [explanation] });
+        expect(await store.getRoutingExplanation('t-e1')).toEqual(explanation);
+        // The admin view of the trigger's routing lists the rules that planned nothing.
+        expect(await store.getTriggerRouting('t-e1')).toEqual({
+          routed: true,
+          routedAt: '2024-01-01T09:30:02.000Z',
+          skipped: [{ ruleId: 'week-ahead', reason: 'condition_false', detail: 'appointment.start gte occurredAt + 7d' }],
+        });
+        expect((await store.getDelivery(d.id))!.cause).toEqual({ triggerId: 't-e1', change: 'added' });
+        await store.saveRouting('t-e2', [write(d, { status: 'cancelled', cause: { triggerId: 't-e2', change: 'cancelled', reason: 'expired' } })], '2024-01-01T09:40:00Z');
+        expect((await store.getDelivery(d.id))!.cause).toEqual({ triggerId: 't-e2', change: 'cancelled', reason: 'expired' });
+        expect(await store.getRoutingExplanation('unknown')).toBeUndefined();
+      });
+
+      it('says whether an appointment or encounter has a trigger not routed yet', async () => {
+        stored(await store.commitInbound(testRecord({ controlId: 'U1', triggers: [testTrigger({ id: 't-u1' })] })));
+        expect(await store.hasUnroutedTriggers({ kind: 'appointment', id: 'APT-1' })).toBe(true);
+        expect(await store.hasUnroutedTriggers({ kind: 'appointment', id: 'APT-2' })).toBe(false);
+        expect(await store.hasUnroutedTriggers({ kind: 'encounter', id: 'APT-1' })).toBe(false);
+        await store.saveRouting('t-u1', [], '2024-01-01T09:30:02Z');
+        expect(await store.hasUnroutedTriggers({ kind: 'appointment', id: 'APT-1' })).toBe(false);
+      });
+
+      it('counts deliveries and messages per status as they change', async () => {
+        const zero = { pending: 0, cancelled: 0, sent: 0, suppressed: 0, failed: 0 };
+        expect(await store.countDeliveries()).toEqual(zero);
+        const [a, b, c] = ['A1', 'A2', 'A3'].map((id) => testDelivery({ appointmentId: id }));
+        await store.saveRouting('t', [write(a!), write(b!), write(c!)], '2024-01-01T09:30:02Z');
+        await store.saveRouting('t2', [write(b!, { status: 'cancelled' })], '2024-01-01T09:30:03Z');
+        await store.finishDelivery(c!.id, 1, { status: 'suppressed', reason: 'stale', at: '2024-01-01T10:00:00Z' });
+        expect(await store.countDeliveries()).toEqual({ ...zero, pending: 1, cancelled: 1, suppressed: 1 });
+        stored(await store.commitInbound(testRecord({ controlId: 'C1' })));
+        stored(await store.commitInbound(testRecord({ controlId: 'C2', status: 'rejected', ackCode: 'AR', reason: 'missing_field' })));
+        await store.commitInbound(testRecord({ controlId: 'C1' })); // a duplicate counts nothing
+        expect(await store.countMessages()).toEqual({ accepted: 1, ignored: 0, rejected: 1, quarantined: 0 });
+      });
+
       it('keeps one outbox entry per delivery (a resend replaces it), newest first, paged', async () => {
         const base = { output: 'sms', channel: 'sms' as const, language: 'en', keptAt: '2024-01-01T10:00:00Z' };
         const e1 = await store.putOutboxEntry({ ...base, deliveryId: 'd1', to: '+15550100', text: 'first' });

@@ -6,6 +6,7 @@
 // Times are stored as given (ISO with offset) and, beside them, epoch ms for ordering.
 // Addresses are stored normalized (pipeline/consent.ts normalizeAddress) so a number written
 // "+33 6 12 34 56 78" in one feed and "+33612345678" in another is one contact point.
+import { unpackJson } from './packed-json.ts';
 import type BetterSqlite3 from 'better-sqlite3';
 import { normalizeAddress } from '../pipeline/consent.ts';
 import type { Channel, ConsentAction, ConsentEvent, ConsentSource, Purpose, Trigger } from '../types.ts';
@@ -415,7 +416,7 @@ export class SqliteConsentLedger {
 
   #eraseInTransaction(patientId: string, at: string): ErasureRecord {
     const db = this.#db;
-    const deliveries = db.prepare('SELECT seq, id, status, generation, json FROM deliveries WHERE patient_id = ?').all(patientId) as Array<{ seq: number; id: string; status: string; generation: number; json: string }>;
+    const deliveries = db.prepare('SELECT seq, id, status, generation, json FROM deliveries WHERE patient_id = ?').all(patientId) as Array<{ seq: number; id: string; status: string; generation: number; json: string | Buffer }>;
     const cancelled: ErasureRecord['cancelled'] = [];
     const updateDelivery = db.prepare(
       `UPDATE deliveries SET status = CASE WHEN status IN ('pending', 'cancelled') THEN 'suppressed' ELSE status END,
@@ -425,7 +426,8 @@ export class SqliteConsentLedger {
     const deleteOutbox = db.prepare('DELETE FROM outbox WHERE delivery_id = ?');
     for (const d of deliveries) {
       if (d.status === 'pending') cancelled.push({ deliveryId: d.id, generation: d.generation, reason: 'erased' });
-      const json = JSON.parse(d.json) as Record<string, unknown>;
+      // Stored packed (packed-json.ts); written back as plain JSON text, which the store reads too.
+      const json = JSON.parse(unpackJson(d.json)) as Record<string, unknown>;
       delete json.to;
       json.payload = {};
       updateDelivery.run(JSON.stringify(json), at, d.seq);
@@ -434,15 +436,15 @@ export class SqliteConsentLedger {
     // Triggers keep what the still-current checks and routing need (ids, types, times, status);
     // the patient's personal fields go. Their messages lose their bytes, and so do quarantined
     // copies of those messages (same sender and control id).
-    const triggers = db.prepare('SELECT id, message_id, json FROM triggers WHERE patient_id = ?').all(patientId) as Array<{ id: string; message_id: number; json: string }>;
+    const triggers = db.prepare('SELECT id, message_id, json FROM triggers WHERE patient_id = ?').all(patientId) as Array<{ id: string; message_id: number; json: string | Buffer }>;
     const updateTrigger = db.prepare('UPDATE triggers SET json = ? WHERE id = ?');
     const messageIds = new Set<number>();
     for (const t of triggers) {
-      updateTrigger.run(JSON.stringify(withoutPersonalFields(JSON.parse(t.json) as Trigger)), t.id);
+      updateTrigger.run(JSON.stringify(withoutPersonalFields(JSON.parse(unpackJson(t.json)) as Trigger)), t.id);
       messageIds.add(t.message_id);
     }
     const eraseMessage = db.prepare(
-      `UPDATE messages SET raw = X'' WHERE id = ? OR (status = 'quarantined' AND control_id <> '' AND (sender, control_id) = (SELECT sender, control_id FROM messages WHERE id = ?))`,
+      `UPDATE messages SET raw = X'', raw_packed = NULL WHERE id = ? OR (status = 'quarantined' AND control_id <> '' AND (sender, control_id) = (SELECT sender, control_id FROM messages WHERE id = ?))`,
     );
     for (const id of messageIds) eraseMessage.run(id, id);
     db.prepare('DELETE FROM decisions WHERE patient_id = ?').run(patientId);

@@ -1,3 +1,4 @@
+import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -162,7 +163,8 @@ describe('SqliteStore on a file', () => {
       // max_page_count caps the file at its current size: the same SQLITE_FULL a full disk gives.
       const pages = store.db.pragma('page_count', { simple: true }) as number;
       store.db.pragma(`max_page_count = ${pages}`);
-      const big = testRecord({ controlId: 'big', raw: Buffer.alloc(256 * 1024, 0x41), triggers: [testTrigger({ id: 'big-t' })] });
+      // Random bytes: the store compresses raw messages, and these must still not fit.
+      const big = testRecord({ controlId: 'big', raw: randomBytes(256 * 1024), triggers: [testTrigger({ id: 'big-t' })] });
       const parallel = testRecord({ controlId: 'neighbour' });
       const results = await Promise.allSettled([store.commitInbound(big), store.commitInbound(parallel)]);
       // A store-level fault fails the whole group commit: both callers NAK and resend.

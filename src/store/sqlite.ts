@@ -38,20 +38,41 @@
 // different offsets do not sort as instants. A subject state is applied only when its asOf
 // is at or after the stored one, so a late, older message never rolls the state back.
 //
+// Admin reads. The store runs on the event loop, so a list that scans would hold every
+// connection's ACKs while it scans. Lists read in slices (readSliced): at most SLICE_ROWS
+// rows, yielding to the event loop between slices; and when no index serves every filter
+// (a rule with a status, a message sender or input, a trigger type) at most SLICE_SCAN
+// entries of the list's order per slice. A rare combination over millions of rows takes
+// longer in all, never long at once.
+//
 // Ids. Message ids are the SQLite rowid (AUTOINCREMENT: never reused, even after
 // deletions) as a decimal string: stable and URL-safe.
 import BetterSqlite3 from 'better-sqlite3';
 import { MessageStatus, type Channel, type ConsentEvent, type ContactHolding, type Delivery, type DeliveryReceipt, type Trigger } from '../types.ts';
-import { StaleAttemptError, StoreReason, instantMs, listLimit, patientIdOf, storedMessageOf } from './common.ts';
+import {
+  StaleAttemptError,
+  StoreReason,
+  cancelKeyProbes,
+  compactDelivery,
+  expandDeliveryJson,
+  instantMs,
+  listLimit,
+  packCancelKeys,
+  packedKeyNeedsRow,
+  patientIdOf,
+  storedMessageOf,
+} from './common.ts';
+import { PackedKind, packJson, packRaw, unpackJson, unpackRaw } from './packed-json.ts';
 import { CONSENT_TABLES, SqliteConsentLedger } from './sqlite-consent.ts';
 import { migrate, openSqliteDatabase, type Database } from './sqlite-db.ts';
-import { ATTEMPT_FROM_STATUS, AttemptKind, AuditAction, StoredDeliveryStatus } from './store.ts';
+import { ATTEMPT_FROM_STATUS, AttemptKind, AuditAction, STORED_DELIVERY_STATUSES, StoredDeliveryStatus } from './store.ts';
 import type {
   AuditEntry,
   AuditQuery,
   CommitOutcome,
   ConsentLedger,
   ContactHoldingQuery,
+  DeliveryCause,
   DecisionRecord,
   Disclosure,
   ErasureRecord,
@@ -66,6 +87,10 @@ import type {
   OutboxEntry,
   OutboxQuery,
   ReceiptQuery,
+  RoutingExplanation,
+  RuleOutcome,
+  SkippedRule,
+  SaveRoutingOptions,
   SentMessage,
   Store,
   StoredDelivery,
@@ -268,10 +293,63 @@ export const SQLITE_STORE_MIGRATIONS: readonly string[] = [
   `,
   // The consent ledger and the evidence (sqlite-consent.ts).
   CONSENT_TABLES,
+  // Compact deliveries and counts without scans (benchmarks: bytes per message, admin totals).
+  // - A delivery's JSON leaves out what its columns hold and packs its cancel keys
+  //   (common.ts packCancelKeys); only keys that no column finds get a delivery_keys row
+  //   (rows written before stay valid). Older rows keep their full JSON and are read as is.
+  // - A finished delivery whose message is its outbox entry points to it (outbox_seq)
+  //   instead of keeping the text twice.
+  // - cause_trigger / cause: the trigger that last changed the delivery, and how
+  //   (cause_trigger NULL: the trigger that planned it, delivery.triggerId).
+  // - triggers.routing: what routing did for the trigger, rule by rule (RoutingExplanation).
+  // - delivery_counts / message_counts: totals per status kept by triggers, so the admin
+  //   API counts without scanning millions of rows.
+  `
+  ALTER TABLE deliveries ADD COLUMN outbox_seq INTEGER;
+  ALTER TABLE deliveries ADD COLUMN cause_trigger TEXT;
+  ALTER TABLE deliveries ADD COLUMN cause TEXT;
+  ALTER TABLE triggers ADD COLUMN routing TEXT;
+
+  -- raw_packed = 1: raw holds the bytes compressed (packed-json.ts packRaw).
+  ALTER TABLE messages ADD COLUMN raw_packed INTEGER;
+
+  CREATE TABLE delivery_counts (status TEXT PRIMARY KEY, n INTEGER NOT NULL) WITHOUT ROWID;
+  INSERT INTO delivery_counts (status, n) SELECT status, COUNT(*) FROM deliveries GROUP BY status;
+  CREATE TRIGGER deliveries_counted_insert AFTER INSERT ON deliveries BEGIN
+    INSERT INTO delivery_counts (status, n) VALUES (NEW.status, 1) ON CONFLICT (status) DO UPDATE SET n = n + 1;
+  END;
+  CREATE TRIGGER deliveries_counted_update AFTER UPDATE OF status ON deliveries WHEN OLD.status <> NEW.status BEGIN
+    UPDATE delivery_counts SET n = n - 1 WHERE status = OLD.status;
+    INSERT INTO delivery_counts (status, n) VALUES (NEW.status, 1) ON CONFLICT (status) DO UPDATE SET n = n + 1;
+  END;
+  CREATE TRIGGER deliveries_counted_delete AFTER DELETE ON deliveries BEGIN
+    UPDATE delivery_counts SET n = n - 1 WHERE status = OLD.status;
+  END;
+
+  CREATE TABLE message_counts (status TEXT PRIMARY KEY, n INTEGER NOT NULL) WITHOUT ROWID;
+  INSERT INTO message_counts (status, n) SELECT status, COUNT(*) FROM messages GROUP BY status;
+  CREATE TRIGGER messages_counted_insert AFTER INSERT ON messages BEGIN
+    INSERT INTO message_counts (status, n) VALUES (NEW.status, 1) ON CONFLICT (status) DO UPDATE SET n = n + 1;
+  END;
+  CREATE TRIGGER messages_counted_update AFTER UPDATE OF status ON messages WHEN OLD.status <> NEW.status BEGIN
+    UPDATE message_counts SET n = n - 1 WHERE status = OLD.status;
+    INSERT INTO message_counts (status, n) VALUES (NEW.status, 1) ON CONFLICT (status) DO UPDATE SET n = n + 1;
+  END;
+  CREATE TRIGGER messages_counted_delete AFTER DELETE ON messages BEGIN
+    UPDATE message_counts SET n = n - 1 WHERE status = OLD.status;
+  END;
+  `,
 ];
 
 /** Most records committed in one transaction (bounds how long one flush blocks the loop). */
 const MAX_BATCH = 256;
+/** Rows a list reads (and turns into objects) before it yields to the event loop. */
+const SLICE_ROWS = 50;
+/** Entries of a list's order a slice may walk past when no selective filter leads. */
+const SLICE_SCAN = 200;
+
+/** A position in a list's order: [seq] or [time ms, id]. */
+type Position = readonly number[];
 
 const MESSAGE_COLUMNS =
   'id, input, format, sender, control_id, message_type, content_hash, status, ack, ack_code, reason, received_at, trigger_ids, patient_id, origin, replaces, replaced_by';
@@ -308,16 +386,22 @@ interface StateRow {
 }
 
 const DELIVERY_COLUMNS =
-  'seq, id, status, as_of, generation, subject_start, json, reason, message, provider_id, created_at, updated_at';
+  'seq, id, status, as_of, generation, subject_start, json, reason, message, provider_id, created_at, updated_at, rule, subject, patient_id, outbox_seq, cause_trigger, cause';
 
 interface DeliveryRow {
   seq: number;
   id: string;
+  rule: string;
+  subject: string;
+  patient_id: string;
+  outbox_seq: number | null;
+  cause_trigger: string | null;
+  cause: string | null;
   status: StoredDeliveryStatus;
   as_of: string;
   generation: number;
   subject_start: string | null;
-  json: string;
+  json: string | Buffer;
   reason: string | null;
   message: string | null;
   provider_id: string | null;
@@ -335,7 +419,7 @@ interface OutboxRow {
   recipient: string | null;
   language: string;
   subject: string | null;
-  text: string;
+  text: string | Buffer;
   html: string | null;
   kept_at: string;
 }
@@ -419,6 +503,9 @@ export class SqliteStore implements Store {
   private readonly closeDatabase: boolean;
   private closed = false;
   private pending: PendingWrite[] = [];
+  #commits = 0;
+  /** Outbox entries kept by this process and not yet finished: finish compares them unpacked. */
+  readonly #recentOutbox = new Map<string, { entry: OutboxEntry; packed: Buffer }>();
   private flushScheduled = false;
   private readonly listStatements = new Map<string, BetterSqlite3.Statement>();
 
@@ -433,24 +520,34 @@ export class SqliteStore implements Store {
   private readonly completeMessageStmt: BetterSqlite3.Statement;
   private readonly insertTriggerStmt: BetterSqlite3.Statement;
   private readonly upsertStateStmt: BetterSqlite3.Statement;
-  private readonly messageByIdStmt: BetterSqlite3.Statement<[number], MessageRow & { raw: Buffer; raw_bytes: number | null }>;
+  private readonly messageByIdStmt: BetterSqlite3.Statement<[number], MessageRow & { raw: Buffer; raw_packed: number | null; raw_bytes: number | null }>;
   private readonly positionByIdStmt: BetterSqlite3.Statement<[number], { received_ms: number; id: number }>;
-  private readonly triggerByIdStmt: BetterSqlite3.Statement<[string], { json: string }>;
+  private readonly triggerByIdStmt: BetterSqlite3.Statement<[string], { json: string | Buffer }>;
   private readonly triggerInputStmt: BetterSqlite3.Statement<[string], { input: string }>;
   private readonly stateStmt: BetterSqlite3.Statement<[string, string], StateRow>;
   private readonly statesOfPatientStmt: BetterSqlite3.Statement<[string, string], StateRow>;
   private readonly pingStmt: BetterSqlite3.Statement;
   private readonly getCursorStmt: BetterSqlite3.Statement<[string], { value: string }>;
   private readonly setCursorStmt: BetterSqlite3.Statement<[string, string]>;
-  private readonly unroutedStmt: BetterSqlite3.Statement<[number], { json: string }>;
-  private readonly markRoutedStmt: BetterSqlite3.Statement<[number, string]>;
+  private readonly unroutedStmt: BetterSqlite3.Statement<[number], { json: string | Buffer }>;
+  private readonly markRoutedStmt: BetterSqlite3.Statement<[number, Buffer | null, string]>;
   private readonly upsertDeliveryStmt: BetterSqlite3.Statement<unknown[], { seq: number }>;
   private readonly insertDeliveryKeyStmt: BetterSqlite3.Statement<[string, number]>;
   private readonly deliveryByIdStmt: BetterSqlite3.Statement<[string], DeliveryRow>;
   private readonly deliveriesByKeyStmt: BetterSqlite3.Statement<[string], DeliveryRow>;
+  private readonly deliveriesBySubjectStmt: BetterSqlite3.Statement<[string], DeliveryRow>;
+  private readonly deliveriesByPatientStmt: BetterSqlite3.Statement<[string], DeliveryRow>;
+  private readonly deliveriesByRuleStmt: BetterSqlite3.Statement<[string], DeliveryRow>;
+  private readonly outboxByDeliveryStmt: BetterSqlite3.Statement<[string], OutboxRow>;
+  private readonly outboxBySeqStmt: BetterSqlite3.Statement<[number], OutboxRow>;
+  private readonly routingStmt: BetterSqlite3.Statement<[string], { routing: string | Buffer | null; routed_ms: number | null }>;
+  private readonly unroutedAppointmentStmt: BetterSqlite3.Statement<[string], { one: number }>;
+  private readonly unroutedEncounterStmt: BetterSqlite3.Statement<[string], { one: number }>;
+  private readonly deliveryCountsStmt: BetterSqlite3.Statement<[], { status: StoredDeliveryStatus; n: number }>;
+  private readonly messageCountsStmt: BetterSqlite3.Statement<[], { status: MessageStatus; n: number }>;
   private readonly deliverySeqStmt: BetterSqlite3.Statement<[string], { seq: number }>;
   private readonly finishDeliveryStmt: BetterSqlite3.Statement;
-  private readonly putOutboxStmt: BetterSqlite3.Statement<unknown[], OutboxRow>;
+  private readonly putOutboxStmt: BetterSqlite3.Statement<unknown[], { seq: number }>;
   private readonly outboxSeqStmt: BetterSqlite3.Statement<[number], { seq: number }>;
   private readonly addReceiptStmt: BetterSqlite3.Statement;
   private readonly receiptsOfDeliveryStmt: BetterSqlite3.Statement<[string], ReceiptRow>;
@@ -458,7 +555,7 @@ export class SqliteStore implements Store {
   private readonly addHoldingStmt: BetterSqlite3.Statement<[string, string, string, string]>;
   private readonly holdingsOfPatientStmt: BetterSqlite3.Statement<[string], HoldingRow>;
   private readonly holdingsOfContactStmt: BetterSqlite3.Statement<[string, string], HoldingRow>;
-  private readonly saveRoutingTx: (triggerIds: readonly string[], rows: Array<{ write: DeliveryWrite; asOfMs: number; dueMs: number }>, routedMs: number) => void;
+  private readonly saveRoutingTx: (triggerIds: readonly string[], rows: Array<{ write: DeliveryWrite; asOfMs: number; dueMs: number }>, routedMs: number, explanations: ReadonlyMap<string, Buffer>) => void;
   private readonly commitGroup: (batch: PendingWrite[]) => Array<{ value: unknown }>;
   private readonly commitIsolated: (batch: PendingWrite[]) => Array<{ value: unknown } | { error: unknown }>;
   private readonly commitOne: (run: () => unknown) => unknown;
@@ -468,6 +565,8 @@ export class SqliteStore implements Store {
     this.db = db;
     this.closeDatabase = options.closeDatabase ?? false;
     migrate(db, SQLITE_STORE_COMPONENT, SQLITE_STORE_MIGRATIONS);
+    // The stored bytes of a message as received, for SQL that reads them (the text search).
+    db.function('raw_unpacked', { deterministic: true }, (raw: unknown, packed: unknown) => (packed === 1 && Buffer.isBuffer(raw) ? unpackRaw(raw) : raw));
     this.ledger = new SqliteConsentLedger(db);
 
     // The literal `control_id <> '' AND status <> 'quarantined' AND keyed = 1` lets SQLite
@@ -488,13 +587,13 @@ export class SqliteStore implements Store {
     this.triggerRoutingStmt = db.prepare('SELECT message_id, routed_ms FROM triggers WHERE id = ?');
     this.insertMessageStmt = db.prepare(
       `INSERT INTO messages (input, format, sender, control_id, message_type, content_hash, status, ack, ack_code,
-         reason, received_at, received_ms, trigger_ids, raw, patient_id, origin, replaces, keyed, raw_bytes)
+         reason, received_at, received_ms, trigger_ids, raw, raw_packed, patient_id, origin, replaces, keyed, raw_bytes)
        VALUES (@input, @format, @sender, @controlId, @messageType, @contentHash, @status, @ack, @ackCode,
-         @reason, @receivedAt, @receivedMs, @triggerIds, @raw, @patientId, @origin, @replaces, @keyed, @rawBytes)`,
+         @reason, @receivedAt, @receivedMs, @triggerIds, @raw, 1, @patientId, @origin, @replaces, @keyed, @rawBytes)`,
     );
     this.completeMessageStmt = db.prepare(
       `UPDATE messages SET message_type = @messageType, content_hash = @contentHash, status = @status, ack = @ack,
-         ack_code = @ackCode, reason = @reason, trigger_ids = @triggerIds, raw = @raw, patient_id = @patientId
+         ack_code = @ackCode, reason = @reason, trigger_ids = @triggerIds, raw = @raw, raw_packed = 1, patient_id = @patientId
        WHERE id = @id`,
     );
     this.insertTriggerStmt = db.prepare(
@@ -513,7 +612,7 @@ export class SqliteStore implements Store {
          data = excluded.data, message_id = excluded.message_id
        WHERE excluded.as_of_ms >= subject_states.as_of_ms`,
     );
-    this.messageByIdStmt = db.prepare(`SELECT ${MESSAGE_COLUMNS}, raw, raw_bytes FROM messages WHERE id = ?`);
+    this.messageByIdStmt = db.prepare(`SELECT ${MESSAGE_COLUMNS}, raw, raw_packed, raw_bytes FROM messages WHERE id = ?`);
     this.positionByIdStmt = db.prepare('SELECT received_ms, id FROM messages WHERE id = ?');
     this.triggerByIdStmt = db.prepare('SELECT json FROM triggers WHERE id = ?');
     this.triggerInputStmt = db.prepare('SELECT m.input FROM triggers t JOIN messages m ON m.id = t.message_id WHERE t.id = ?');
@@ -530,19 +629,25 @@ export class SqliteStore implements Store {
     );
 
     this.unroutedStmt = db.prepare('SELECT json FROM triggers WHERE routed_ms IS NULL ORDER BY rowid LIMIT ?');
-    this.markRoutedStmt = db.prepare('UPDATE triggers SET routed_ms = ? WHERE id = ?');
+    this.markRoutedStmt = db.prepare('UPDATE triggers SET routed_ms = ?, routing = ? WHERE id = ?');
+    this.routingStmt = db.prepare('SELECT routing, routed_ms FROM triggers WHERE id = ?');
+    this.unroutedAppointmentStmt = db.prepare('SELECT 1 AS one FROM triggers WHERE appointment_id = ? AND routed_ms IS NULL LIMIT 1');
+    this.unroutedEncounterStmt = db.prepare('SELECT 1 AS one FROM triggers WHERE encounter_id = ? AND routed_ms IS NULL LIMIT 1');
+    this.deliveryCountsStmt = db.prepare('SELECT status, n FROM delivery_counts');
+    this.messageCountsStmt = db.prepare('SELECT status, n FROM message_counts');
     // A final delivery (sent, suppressed, failed) is never overwritten: a replan that
     // raced with the send must not bring a sent message back to pending. RETURNING gives no
     // row then, and its keys are left alone.
     this.upsertDeliveryStmt = db.prepare(
       `INSERT INTO deliveries (id, status, as_of, as_of_ms, due_at, due_ms, rule, patient_id, subject, generation,
-         subject_start, json, created_at, updated_at)
-       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+         subject_start, json, created_at, updated_at, cause_trigger, cause)
+       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
        ON CONFLICT (id) DO UPDATE SET
          status = excluded.status, as_of = excluded.as_of, as_of_ms = excluded.as_of_ms,
          due_at = excluded.due_at, due_ms = excluded.due_ms, rule = excluded.rule,
          patient_id = excluded.patient_id, subject = excluded.subject, generation = excluded.generation,
-         subject_start = excluded.subject_start, json = excluded.json, updated_at = excluded.updated_at
+         subject_start = excluded.subject_start, json = excluded.json, updated_at = excluded.updated_at,
+         cause_trigger = excluded.cause_trigger, cause = excluded.cause
        WHERE deliveries.status IN ('pending', 'cancelled')
        RETURNING seq`,
     );
@@ -555,9 +660,15 @@ export class SqliteStore implements Store {
          FROM delivery_keys k CROSS JOIN deliveries d ON d.seq = k.delivery_seq
         WHERE k.key = ? ORDER BY d.seq`,
     );
+    this.deliveriesBySubjectStmt = db.prepare(`SELECT ${DELIVERY_COLUMNS} FROM deliveries WHERE subject = ?`);
+    this.deliveriesByPatientStmt = db.prepare(`SELECT ${DELIVERY_COLUMNS} FROM deliveries WHERE patient_id = ?`);
+    this.deliveriesByRuleStmt = db.prepare(`SELECT ${DELIVERY_COLUMNS} FROM deliveries WHERE rule = ?`);
+    this.outboxByDeliveryStmt = db.prepare(`SELECT ${OUTBOX_COLUMNS} FROM outbox WHERE delivery_id = ?`);
+    this.outboxBySeqStmt = db.prepare(`SELECT ${OUTBOX_COLUMNS} FROM outbox WHERE seq = ?`);
     this.deliverySeqStmt = db.prepare('SELECT seq FROM deliveries WHERE id = ?');
     this.finishDeliveryStmt = db.prepare(
-      `UPDATE deliveries SET status = @status, reason = @reason, message = @message, provider_id = @providerId, updated_at = @at
+      `UPDATE deliveries SET status = @status, reason = @reason, message = @message, outbox_seq = @outboxSeq,
+              provider_id = @providerId, updated_at = @at
         WHERE id = @id AND generation = @generation AND status IN ('pending', 'failed')`,
     );
     this.putOutboxStmt = db.prepare(
@@ -567,7 +678,7 @@ export class SqliteStore implements Store {
          output = excluded.output, channel = excluded.channel, recipient = excluded.recipient,
          language = excluded.language, subject = excluded.subject, text = excluded.text,
          html = excluded.html, kept_at = excluded.kept_at
-       RETURNING ${OUTBOX_COLUMNS}`,
+       RETURNING seq`,
     );
     this.outboxSeqStmt = db.prepare('SELECT seq FROM outbox WHERE seq = ?');
     this.addReceiptStmt = db.prepare(
@@ -586,7 +697,7 @@ export class SqliteStore implements Store {
     this.holdingsOfPatientStmt = db.prepare(`SELECT ${HOLDING_COLUMNS} FROM contact_holdings WHERE patient_id = ? ORDER BY seq`);
     this.holdingsOfContactStmt = db.prepare(`SELECT ${HOLDING_COLUMNS} FROM contact_holdings WHERE output = ? AND contact_key = ? ORDER BY seq`);
     // Runs inside the group commit's transaction.
-    this.saveRoutingTx = ((triggerIds: readonly string[], rows: Array<{ write: DeliveryWrite; asOfMs: number; dueMs: number }>, routedMs: number) => {
+    this.saveRoutingTx = ((triggerIds: readonly string[], rows: Array<{ write: DeliveryWrite; asOfMs: number; dueMs: number }>, routedMs: number, explanations: ReadonlyMap<string, Buffer>) => {
       for (const { write, asOfMs, dueMs } of rows) {
         const d = write.delivery;
         const row = this.upsertDeliveryStmt.get(
@@ -601,13 +712,18 @@ export class SqliteStore implements Store {
           d.subjectKey,
           write.generation,
           write.subjectStart ?? null,
-          JSON.stringify(d),
+          packJson(PackedKind.Delivery, compactDelivery(d)),
           write.updatedAt,
           write.updatedAt,
+          write.cause === undefined || write.cause.triggerId === d.triggerId ? null : write.cause.triggerId,
+          write.cause === undefined ? null : write.cause.reason === undefined ? write.cause.change : `${write.cause.change}:${write.cause.reason}`,
         );
-        if (row !== undefined) for (const key of new Set(d.cancelKeys)) this.insertDeliveryKeyStmt.run(key, row.seq);
+        // Keys a column finds (its id, subject, patient, rule, a type on its subject) need no row.
+        if (row !== undefined) {
+          for (const key of new Set(d.cancelKeys)) if (packedKeyNeedsRow(packCancelKeys({ ...d, cancelKeys: [key] })[0]!)) this.insertDeliveryKeyStmt.run(key, row.seq);
+        }
       }
-      for (const triggerId of triggerIds) this.markRoutedStmt.run(routedMs, triggerId);
+      for (const triggerId of triggerIds) this.markRoutedStmt.run(routedMs, explanations.get(triggerId) ?? null, triggerId);
     });
 
     // A write's `run` only touches the database (no state outside it), so after a rollback
@@ -641,6 +757,20 @@ export class SqliteStore implements Store {
   }
 
   /**
+   * Runs `work` inside the next group commit and resolves with its result once that commit
+   * is durable (SqliteCommitter: the embedded queue's writes ride here). `work` only touches
+   * this database: it runs again when the batch is retried with a savepoint per write.
+   */
+  write<T>(work: () => T): Promise<T> {
+    return this.enqueueWrite(() => work);
+  }
+
+  /** Transactions committed so far by this store (benchmarks: commits per message). */
+  get commits(): number {
+    return this.#commits;
+  }
+
+  /**
    * Queues a write for the next group commit. `prepare` runs now (outside the transaction:
    * its exceptions reject at once) and returns the work to run inside the transaction.
    */
@@ -670,9 +800,9 @@ export class SqliteStore implements Store {
     const triggers: Trigger[] = [];
     for (const triggerId of message.triggerIds) {
       const t = this.triggerByIdStmt.get(triggerId);
-      if (t !== undefined) triggers.push(JSON.parse(t.json) as Trigger);
+      if (t !== undefined) triggers.push(triggerOf(t.json));
     }
-    return { ...message, raw: row.raw, ...(row.raw_bytes !== null ? { rawBytes: row.raw_bytes } : {}), triggers };
+    return { ...message, raw: row.raw_packed === 1 ? unpackRaw(row.raw) : row.raw, ...(row.raw_bytes !== null ? { rawBytes: row.raw_bytes } : {}), triggers };
   }
 
   async listMessages(query: MessageQuery): Promise<StoredMessage[]> {
@@ -694,8 +824,9 @@ export class SqliteStore implements Store {
     if (query.triggerType !== undefined) filter.add('id IN (SELECT message_id FROM triggers WHERE type = ?)', query.triggerType);
     if (query.text !== undefined) {
       // SQLite's upper() folds ASCII letters only, the same on both sides.
-      filter.add('instr(upper(CAST(raw AS TEXT)), upper(?)) > 0', query.text);
+      filter.add('instr(upper(CAST(raw_unpacked(raw, raw_packed) AS TEXT)), upper(?)) > 0', query.text);
     }
+    let start: Position | undefined;
     if (query.before !== undefined) {
       // The cursor is the id of the last message of the previous page; its position in
       // the (receivedAt, id) order is looked up so paging follows the same order.
@@ -706,16 +837,37 @@ export class SqliteStore implements Store {
           `before must be the id of a stored message (the last id of the previous page), got ${JSON.stringify(query.before)}`,
         );
       }
-      filter.add('(received_ms < ? OR (received_ms = ? AND id < ?))', position.received_ms, position.received_ms, position.id);
+      start = [position.received_ms, position.id];
     }
-    const { sql, params } = filter.select(MESSAGE_COLUMNS, 'messages', 'received_ms DESC, id DESC', query.limit);
-    return (this.listStatement(sql).all(...params) as MessageRow[]).map(toStored);
+    const rows = await this.readSliced<MessageRow & { received_ms: number }>({
+      table: 'messages',
+      columns: `${MESSAGE_COLUMNS}, received_ms`,
+      order: ['received_ms', 'id'],
+      orderIndex: 'messages_received',
+      filter,
+      // sender + control id lead to the dedupe index, a patient to messages_patient, a message
+      // type to messages_type, no filter (or only times) to the order's own index; the rest (a
+      // status, an input, a trigger type, text…) is read in windows.
+      selective:
+        (query.sender !== undefined && query.controlId !== undefined) ||
+        query.patientId !== undefined ||
+        (query.sender === undefined &&
+          query.controlId === undefined &&
+          query.input === undefined &&
+          query.triggerType === undefined &&
+          query.text === undefined &&
+          query.status === undefined),
+      start,
+      limit: listLimit(query.limit),
+      position: (row) => [row.received_ms, row.id],
+    });
+    return rows.map(toStored);
   }
 
   async getTrigger(id: string): Promise<Trigger | undefined> {
     this.assertOpen();
     const row = this.triggerByIdStmt.get(id);
-    return row === undefined ? undefined : (JSON.parse(row.json) as Trigger);
+    return row === undefined ? undefined : (triggerOf(row.json));
   }
 
   async triggerInput(triggerId: string): Promise<string | undefined> {
@@ -725,16 +877,26 @@ export class SqliteStore implements Store {
 
   async listTriggers(query: TriggerQuery): Promise<Trigger[]> {
     this.assertOpen();
-    const { sql, params } = new ListFilter()
+    const filter = new ListFilter()
       .eq('type', query.type)
       .eq('patient_id', query.patientId)
       .eq('appointment_id', query.appointmentId)
       .eq('encounter_id', query.encounterId)
       .eq('message_id', query.messageId === undefined ? undefined : messageIdFilter(query.messageId))
       .atLeast('occurred_ms', query.since, 'since')
-      .atMost('occurred_ms', query.until, 'until')
-      .select('json', 'triggers', 'occurred_ms DESC, rowid DESC', query.limit);
-    return (this.listStatement(sql).all(...params) as Array<{ json: string }>).map((r) => JSON.parse(r.json) as Trigger);
+      .atMost('occurred_ms', query.until, 'until');
+    const rows = await this.readSliced<{ json: string | Buffer; occurred_ms: number; rowid: number }>({
+      table: 'triggers',
+      columns: 'json, occurred_ms, rowid',
+      order: ['occurred_ms', 'rowid'],
+      orderIndex: 'triggers_occurred',
+      filter,
+      // Every filter leads to an index of its own (a type: triggers_type): no windows needed.
+      selective: true,
+      limit: listLimit(query.limit),
+      position: (row) => [row.occurred_ms, row.rowid],
+    });
+    return rows.map((r) => triggerOf(r.json));
   }
 
 
@@ -749,8 +911,16 @@ export class SqliteStore implements Store {
     const row = this.triggerRoutingStmt.get(triggerId);
     if (row === undefined) return undefined;
     // routed_ms 0 marks triggers stored before routing existed (migration 3). Skipped rules
-    // are not recorded by this store yet: `skipped` stays undefined, not an empty list.
-    return row.routed_ms === null ? { routed: false } : row.routed_ms === 0 ? { routed: true } : { routed: true, routedAt: new Date(row.routed_ms).toISOString() };
+    // come from the routing explanation; a trigger routed before explanations were kept has
+    // none: `skipped` stays undefined, not an empty list.
+    if (row.routed_ms === null) return { routed: false };
+    if (row.routed_ms === 0) return { routed: true };
+    const explanation = await this.getRoutingExplanation(triggerId);
+    return {
+      routed: true,
+      routedAt: new Date(row.routed_ms).toISOString(),
+      ...(explanation !== undefined ? { skipped: skippedRulesOf(explanation) } : {}),
+    };
   }
 
   appendAudit(entry: Omit<AuditEntry, 'id'>): Promise<AuditEntry> {
@@ -765,7 +935,7 @@ export class SqliteStore implements Store {
 
   async listAudit(query: AuditQuery): Promise<AuditEntry[]> {
     this.assertOpen();
-    const { sql, params } = new ListFilter().eq('target', query.target).select('seq, at, actor, action, target, outcome, result', 'audit', 'seq DESC', query.limit);
+    const { sql, params } = new ListFilter().eq('target', query.target).select('seq, at, actor, action, target, outcome, result', 'audit', 'seq DESC', listLimit(query.limit));
     return (this.listStatement(sql).all(...params) as AuditRow[]).map((row) => ({
       id: String(row.seq),
       at: row.at,
@@ -794,19 +964,23 @@ export class SqliteStore implements Store {
   }
 
   async setCursor(key: string, value: string): Promise<void> {
-    this.assertOpen();
-    // Its own transaction: synchronous=FULL makes it durable when run() returns.
-    this.setCursorStmt.run(key, value);
+    await this.write(() => {
+      this.setCursorStmt.run(key, value);
+    });
   }
 
   async listUnroutedTriggers(limit: number): Promise<Trigger[]> {
     this.assertOpen();
-    return this.unroutedStmt.all(listLimit(limit)).map((r) => JSON.parse(r.json) as Trigger);
+    return this.unroutedStmt.all(listLimit(limit)).map((r) => triggerOf(r.json));
   }
 
-  saveRouting(triggerIds: string | readonly string[], deliveries: readonly DeliveryWrite[], routedAt: string): Promise<void> {
+  saveRouting(triggerIds: string | readonly string[], deliveries: readonly DeliveryWrite[], routedAt: string, options: SaveRoutingOptions = {}): Promise<void> {
     const ids = typeof triggerIds === 'string' ? [triggerIds] : triggerIds;
-    return this.enqueueWrite(() => {
+    const { joined } = options;
+    const saved = this.enqueueWrite(() => {
+      if (joined !== undefined && joined.database !== this.db) {
+        throw new Error('saveRouting: the joined work belongs to another database; run it through its own backend');
+      }
       // Checked before the transaction: a bad instant is a bug upstream, not a store fault.
       const rows = deliveries.map((write, i) => ({
         write,
@@ -814,21 +988,68 @@ export class SqliteStore implements Store {
         dueMs: instantMs(write.delivery.dueAt, `deliveries[${i}].delivery.dueAt`),
       }));
       const routedMs = instantMs(routedAt, 'routedAt');
-      return () => this.saveRoutingTx(ids, rows, routedMs);
+      const explanations = new Map((options.explanations ?? []).map((e) => [e.triggerId, packExplanation(e)]));
+      return () => {
+        // First: the queue's work may give a delivery its next generation.
+        joined?.run();
+        this.saveRoutingTx(ids, rows, routedMs, explanations);
+      };
     });
+    return joined?.committed === undefined ? saved : saved.then(() => joined.committed!());
   }
 
   async getDelivery(id: string): Promise<StoredDelivery | undefined> {
     this.assertOpen();
     const row = this.deliveryByIdStmt.get(id);
-    return row === undefined ? undefined : deliveryFromRow(row);
+    return row === undefined ? undefined : this.deliveryFromRow(row);
+  }
+
+  async getRoutingExplanation(triggerId: string): Promise<RoutingExplanation | undefined> {
+    this.assertOpen();
+    const row = this.routingStmt.get(triggerId);
+    if (row === undefined || row.routing === null || row.routed_ms === null) return undefined;
+    return unpackExplanation(triggerId, row.routing, row.routed_ms);
+  }
+
+  async hasUnroutedTriggers(subject: { kind: SubjectState['kind']; id: string }): Promise<boolean> {
+    this.assertOpen();
+    const stmt = subject.kind === 'appointment' ? this.unroutedAppointmentStmt : this.unroutedEncounterStmt;
+    return stmt.get(subject.id) !== undefined;
+  }
+
+  async countDeliveries(): Promise<Record<StoredDeliveryStatus, number>> {
+    this.assertOpen();
+    const counts = Object.fromEntries(STORED_DELIVERY_STATUSES.map((status) => [status, 0])) as Record<StoredDeliveryStatus, number>;
+    for (const { status, n } of this.deliveryCountsStmt.all()) counts[(status as string) === ROW_SENT ? StoredDeliveryStatus.Sent : status] = n;
+    return counts;
+  }
+
+  async countMessages(): Promise<Record<MessageStatus, number>> {
+    this.assertOpen();
+    const counts = Object.fromEntries(Object.values(MessageStatus).map((status) => [status, 0])) as Record<MessageStatus, number>;
+    for (const { status, n } of this.messageCountsStmt.all()) counts[status] = n;
+    return counts;
   }
 
   async deliveriesByCancelKey(key: string): Promise<StoredDelivery[]> {
     this.assertOpen();
-    // Keys are only ever added: a key a replan dropped may still point here, so the
-    // delivery's own list decides.
-    return this.deliveriesByKeyStmt.all(key).map(deliveryFromRow).filter((d) => d.delivery.cancelKeys.includes(key));
+    // Most keys are found through a column (common.ts packCancelKeys), the others through
+    // their rows. Keys are only ever added: a key a replan dropped may still point here, so
+    // the delivery's own list decides.
+    const probes = cancelKeyProbes(key);
+    const rows = new Map<number, DeliveryRow>();
+    const add = (list: Iterable<DeliveryRow | undefined>) => {
+      for (const row of list) if (row !== undefined) rows.set(row.seq, row);
+    };
+    add(this.deliveriesByKeyStmt.all(key));
+    add([this.deliveryByIdStmt.get(probes.id)]);
+    for (const subject of probes.subjects) add(this.deliveriesBySubjectStmt.all(subject));
+    if (probes.patientId !== undefined) add(this.deliveriesByPatientStmt.all(probes.patientId));
+    if (probes.ruleId !== undefined) add(this.deliveriesByRuleStmt.all(probes.ruleId));
+    return [...rows.values()]
+      .sort((a, b) => a.seq - b.seq)
+      .map((row) => this.deliveryFromRow(row))
+      .filter((d) => d.delivery.cancelKeys.includes(key));
   }
 
   async listDeliveries(query: DeliveryQuery): Promise<StoredDelivery[]> {
@@ -838,77 +1059,181 @@ export class SqliteStore implements Store {
       .eq('rule', query.ruleId)
       .eq('patient_id', query.patientId)
       .eq('subject', query.subjectKey);
+    let start: Position | undefined;
     if (query.before !== undefined) {
       const position = this.deliverySeqStmt.get(query.before);
       if (position === undefined) {
         throw new RangeError(`before must be the id of a stored delivery (the last id of the previous page), got ${JSON.stringify(query.before)}`);
       }
-      filter.add('seq < ?', position.seq);
+      start = [position.seq];
     }
-    const { sql, params } = filter.select(DELIVERY_COLUMNS, 'deliveries', 'seq DESC', query.limit);
-    return (this.listStatement(sql).all(...params) as DeliveryRow[]).map(deliveryFromRow);
+    const rows = await this.readSliced<DeliveryRow>({
+      table: 'deliveries',
+      // Only a rule with a status has no index of its own: its windows go through the rule's.
+      sliceIndex: 'deliveries_rule',
+      columns: DELIVERY_COLUMNS,
+      order: ['seq'],
+      filter,
+      selective: query.patientId !== undefined || query.subjectKey !== undefined || query.status === undefined || query.ruleId === undefined,
+      start,
+      limit: listLimit(query.limit),
+      position: (row) => [row.seq],
+    });
+    return rows.map((row) => this.deliveryFromRow(row));
   }
 
-  async finishDelivery(id: string, generation: number, outcome: DeliveryOutcome): Promise<boolean> {
-    this.assertOpen();
-    instantMs(outcome.at, 'outcome.at');
-    const changed = this.finishDeliveryStmt.run({
-      id,
-      generation,
-      status: rowStatus(outcome.status),
-      reason: outcome.reason ?? null,
-      message: outcome.message === undefined ? null : JSON.stringify(outcome.message),
-      providerId: outcome.providerId ?? null,
-      at: outcome.at,
-    }).changes;
-    return changed > 0;
+  finishDelivery(id: string, generation: number, outcome: DeliveryOutcome): Promise<boolean> {
+    return this.enqueueWrite(() => {
+      const params = finishParams(id, generation, outcome);
+      return () => this.finish(params, outcome);
+    });
   }
 
-  async putOutboxEntry(entry: Omit<OutboxEntry, 'id'>): Promise<OutboxEntry> {
-    this.assertOpen();
-    instantMs(entry.keptAt, 'keptAt');
-    const row = this.putOutboxStmt.get(
-      entry.deliveryId,
-      entry.output,
-      entry.channel,
-      entry.to ?? null,
-      entry.language,
-      entry.subject ?? null,
-      entry.text,
-      entry.html ?? null,
-      entry.keptAt,
-    )!;
-    return outboxFromRow(row);
+  /** The finish write; a message that is the delivery's outbox entry is kept once, there. */
+  private finish(params: ReturnType<typeof finishParams>, outcome: DeliveryOutcome): boolean {
+    let outboxSeq: number | undefined;
+    if (outcome.message !== undefined) {
+      const box = this.outboxByDeliveryStmt.get(params.id);
+      if (box !== undefined) {
+        // The entry this process just kept for the delivery: compared without unpacking it.
+        const recent = this.#recentOutbox.get(params.id);
+        this.#recentOutbox.delete(params.id);
+        const same =
+          recent !== undefined && Buffer.isBuffer(box.text) && recent.packed.equals(box.text)
+            ? sameMessage(recent.entry, outcome.message)
+            : sameMessage(outboxFromRow(box), outcome.message);
+        if (same) outboxSeq = box.seq;
+      }
+    }
+    return this.finishDeliveryStmt.run({ ...params, ...(outboxSeq !== undefined ? { message: null, outboxSeq } : {}) }).changes > 0;
+  }
+
+  /**
+   * finishDelivery for work already running inside one of this store's transactions (a
+   * write() of the embedded queue: a job dead-lettered and its delivery marked failed commit
+   * together). Throws when called outside a transaction.
+   */
+  finishDeliveryInWrite(id: string, generation: number, outcome: DeliveryOutcome): boolean {
+    if (!this.db.inTransaction) throw new Error('finishDeliveryInWrite must run inside a write()');
+    return this.finish(finishParams(id, generation, outcome), outcome);
+  }
+
+  putOutboxEntry(entry: Omit<OutboxEntry, 'id'>): Promise<OutboxEntry> {
+    return this.enqueueWrite(() => {
+      instantMs(entry.keptAt, 'keptAt');
+      // The parts in one packed value (packed-json.ts): subject and html columns stay empty.
+      const packed = packJson(PackedKind.Message, { subject: entry.subject, text: entry.text, html: entry.html });
+      return () => {
+        const { seq } = this.putOutboxStmt.get(entry.deliveryId, entry.output, entry.channel, entry.to ?? null, entry.language, null, packed, null, entry.keptAt)!;
+        const kept: OutboxEntry = { id: String(seq), ...entry };
+        if (this.#recentOutbox.size >= 10_000) this.#recentOutbox.clear();
+        this.#recentOutbox.set(entry.deliveryId, { entry: kept, packed });
+        return kept;
+      };
+    });
   }
 
   async listOutbox(query: OutboxQuery): Promise<OutboxEntry[]> {
     this.assertOpen();
     const filter = new ListFilter().eq('delivery_id', query.deliveryId).eq('output', query.output);
+    let start: Position | undefined;
     if (query.before !== undefined) {
       const seq = /^[1-9]\d{0,14}$/.test(query.before) ? this.outboxSeqStmt.get(Number(query.before)) : undefined;
       if (seq === undefined) {
         throw new RangeError(`before must be the id of an outbox entry (the last id of the previous page), got ${JSON.stringify(query.before)}`);
       }
-      filter.add('seq < ?', seq.seq);
+      start = [seq.seq];
     }
-    const { sql, params } = filter.select(OUTBOX_COLUMNS, 'outbox', 'seq DESC', query.limit);
-    return (this.listStatement(sql).all(...params) as OutboxRow[]).map(outboxFromRow);
+    const rows = await this.readSliced<OutboxRow>({
+      table: 'outbox',
+      columns: OUTBOX_COLUMNS,
+      order: ['seq'],
+      filter,
+      // A delivery id or an output leads to its own index.
+      selective: true,
+      start,
+      limit: listLimit(query.limit),
+      position: (row) => [row.seq],
+    });
+    return rows.map(outboxFromRow);
   }
 
-  async addDeliveryReceipt(receipt: DeliveryReceipt): Promise<boolean> {
-    this.assertOpen();
-    instantMs(receipt.at, 'receipt.at');
-    // Its own transaction: synchronous=FULL makes it durable when run() returns.
-    const changes = this.addReceiptStmt.run(
-      receipt.deliveryId,
-      receipt.output,
-      receipt.status,
-      receipt.providerId ?? '',
-      receipt.code ?? null,
-      receipt.attempt ?? 0,
-      receipt.at,
-    ).changes;
-    return changes > 0;
+  /**
+   * A page of a list, newest first, in slices (see "Admin reads" at the top): each slice
+   * reads at most SLICE_ROWS rows after the position reached; unless `selective`, it also
+   * stops at the entry SLICE_SCAN places further in the order (`seq` lists: that many seq
+   * numbers; others: found in `orderIndex`, which must cover the order's columns), and the
+   * next slice goes on from there. Yields to the event loop between slices.
+   */
+  private async readSliced<Row>(spec: {
+    table: string;
+    columns: string;
+    /** The order, newest first: ['seq'] or [time column, id column]. */
+    order: readonly string[];
+    orderIndex?: string;
+    /** The index the slices of a windowed read go through (when the planner would pick the rowid). */
+    sliceIndex?: string;
+    filter: ListFilter;
+    selective: boolean;
+    start?: Position;
+    limit: number;
+    position: (row: Row) => Position;
+  }): Promise<Row[]> {
+    const key = spec.order.length === 1 ? spec.order[0]! : `(${spec.order.join(', ')})`;
+    const marks = spec.order.map(() => '?').join(', ');
+    const tuple = spec.order.length === 1 ? '?' : `(${marks})`;
+    const orderBy = spec.order.map((c) => `${c} DESC`).join(', ');
+    const out: Row[] = [];
+    let cursor = spec.start;
+    for (;;) {
+      const floor = spec.selective ? undefined : this.sliceFloor(spec.table, spec.order, spec.orderIndex, key, tuple, orderBy, cursor);
+      const n = Math.min(spec.limit - out.length, SLICE_ROWS);
+      const filter = spec.filter.copy();
+      if (cursor !== undefined) filter.add(`${key} < ${tuple}`, ...cursor);
+      if (floor !== undefined) filter.add(`${key} >= ${tuple}`, ...floor);
+      const from = floor !== undefined && spec.sliceIndex !== undefined ? `${spec.table} INDEXED BY ${spec.sliceIndex}` : spec.table;
+      const { sql, params } = filter.select(spec.columns, from, orderBy, n);
+      const rows = this.listStatement(sql).all(...params) as Row[];
+      out.push(...rows);
+      if (out.length >= spec.limit) break;
+      if (rows.length === n) cursor = spec.position(rows[n - 1]!);
+      else if (floor !== undefined) cursor = floor;
+      else break;
+      await new Promise<void>((resolve) => setImmediate(resolve));
+      this.assertOpen();
+    }
+    return out;
+  }
+
+  /** The position SLICE_SCAN entries after `cursor` (inclusive bound of a slice); undefined when fewer are left. */
+  private sliceFloor(table: string, order: readonly string[], orderIndex: string | undefined, key: string, tuple: string, orderBy: string, cursor: Position | undefined): Position | undefined {
+    if (order.length === 1) {
+      // seq lists: numbers are dense (AUTOINCREMENT / rowid), so the window is arithmetic.
+      const top = cursor?.[0] ?? ((this.listStatement(`SELECT MAX(${order[0]}) AS top FROM ${table}`).get() as { top: number | null }).top ?? 0) + 1;
+      const floor = top - SLICE_SCAN;
+      return floor > 0 ? [floor] : undefined;
+    }
+    const where = cursor === undefined ? '' : ` WHERE ${key} < ${tuple}`;
+    const sql = `SELECT ${order.join(', ')} FROM ${table} INDEXED BY ${orderIndex} ${where} ORDER BY ${orderBy} LIMIT 1 OFFSET ${SLICE_SCAN - 1}`;
+    const row = this.listStatement(sql).raw(true).get(...(cursor ?? [])) as number[] | undefined;
+    return row;
+  }
+
+  addDeliveryReceipt(receipt: DeliveryReceipt): Promise<boolean> {
+    return this.enqueueWrite(() => {
+      instantMs(receipt.at, 'receipt.at');
+      // In the group commit: durable when the promise resolves, one fsync for the cycle.
+      return () =>
+        this.addReceiptStmt.run(
+          receipt.deliveryId,
+          receipt.output,
+          receipt.status,
+          receipt.providerId ?? '',
+          receipt.code ?? null,
+          receipt.attempt ?? 0,
+          receipt.at,
+        ).changes > 0;
+    });
   }
 
   async listDeliveryReceipts(query: ReceiptQuery): Promise<DeliveryReceipt[]> {
@@ -920,12 +1245,13 @@ export class SqliteStore implements Store {
     return this.receiptsOfProviderIdStmt.all(query.output, query.providerId).map(receiptFromRow);
   }
 
-  async recordContactHolding(holding: ContactHolding): Promise<boolean> {
-    this.assertOpen();
-    instantMs(holding.firstSentAt, 'holding.firstSentAt');
-    if (holding.output === '' || holding.patientId === '' || holding.contactKey === '') throw new RangeError('a contact holding needs an output, a patient id and a contact key');
-    // Its own transaction: synchronous=FULL makes it durable when run() returns.
-    return this.addHoldingStmt.run(holding.output, holding.patientId, holding.contactKey, holding.firstSentAt).changes > 0;
+  recordContactHolding(holding: ContactHolding): Promise<boolean> {
+    return this.enqueueWrite(() => {
+      instantMs(holding.firstSentAt, 'holding.firstSentAt');
+      if (holding.output === '' || holding.patientId === '' || holding.contactKey === '') throw new RangeError('a contact holding needs an output, a patient id and a contact key');
+      // In the group commit: durable when the promise resolves, one fsync for the cycle.
+      return () => this.addHoldingStmt.run(holding.output, holding.patientId, holding.contactKey, holding.firstSentAt).changes > 0;
+    });
   }
 
   async listContactHoldings(query: ContactHoldingQuery): Promise<ContactHolding[]> {
@@ -1064,6 +1390,7 @@ export class SqliteStore implements Store {
         if (!isRecordFault(error) || !this.db.open) throw error;
         results = this.commitIsolated(batch);
       }
+      this.#commits++;
     } catch (error) {
       for (const p of batch) p.reject(error);
       return;
@@ -1117,7 +1444,7 @@ export class SqliteStore implements Store {
         t.encounter?.id ?? null,
         t.occurredAt,
         p.occurredMs[i],
-        JSON.stringify(t),
+        packJson(PackedKind.Trigger, t),
       );
     });
     // What the triggers say about their patients (deceased, contact points, merges) commits
@@ -1156,7 +1483,7 @@ export class SqliteStore implements Store {
       ackCode: r.ackCode,
       reason: r.reason ?? null,
       triggerIds: JSON.stringify(triggerIds),
-      raw: r.raw,
+      raw: packRaw(r.raw),
     });
     const message = storedMessageOf(r, pending.id, { status: r.status, reason: r.reason, ack: r.ack, ackCode: r.ackCode, triggerIds, patientId });
     message.receivedAt = pending.receivedAt;
@@ -1222,7 +1549,7 @@ export class SqliteStore implements Store {
       receivedAt: r.receivedAt,
       receivedMs: p.receivedMs,
       triggerIds: JSON.stringify(triggerIds),
-      raw: r.raw,
+      raw: packRaw(r.raw),
       patientId: patientId ?? null,
       origin: r.attemptOf?.kind ?? 'received',
       replaces: r.attemptOf === undefined ? null : Number(r.attemptOf.messageId),
@@ -1230,6 +1557,10 @@ export class SqliteStore implements Store {
       rawBytes: r.rawBytes ?? null,
     });
     return storedMessageOf(r, String(info.lastInsertRowid), { status, reason, ack, ackCode, triggerIds, patientId });
+  }
+
+  private deliveryFromRow(row: DeliveryRow): StoredDelivery {
+    return deliveryFromRow(row, (seq) => this.outboxBySeqStmt.get(seq));
   }
 
   private listStatement(sql: string): BetterSqlite3.Statement {
@@ -1241,6 +1572,108 @@ export class SqliteStore implements Store {
     }
     return stmt;
   }
+}
+
+/** finishDelivery's statement parameters; throws on a bad instant (a bug upstream). */
+function finishParams(id: string, generation: number, outcome: DeliveryOutcome) {
+  instantMs(outcome.at, 'outcome.at');
+  return {
+    id,
+    generation,
+    status: rowStatus(outcome.status),
+    reason: outcome.reason ?? null,
+    message: outcome.message === undefined ? null : JSON.stringify(outcome.message),
+    outboxSeq: null as number | null,
+    providerId: outcome.providerId === undefined ? null : packProviderId(outcome.providerId, id),
+    at: outcome.at,
+  };
+}
+
+/**
+ * A provider id that ends with its delivery's id (an outbox's `<output>/<delivery id>`) is
+ * kept as the part before it and a NUL, which no provider id holds.
+ */
+function packProviderId(providerId: string, deliveryId: string): string {
+  return providerId.length > deliveryId.length && providerId.endsWith(deliveryId) ? `${providerId.slice(0, -deliveryId.length)}\u0000` : providerId;
+}
+
+function unpackProviderId(stored: string, deliveryId: string): string {
+  return stored.endsWith('\u0000') ? `${stored.slice(0, -1)}${deliveryId}` : stored;
+}
+
+/** The parts of a sent message an outbox entry keeps. */
+const OUTBOX_PARTS = new Set(['language', 'to', 'subject', 'text', 'html']);
+
+/** Whether a sent message is exactly what the outbox entry keeps (and holds nothing more). */
+function sameMessage(entry: OutboxEntry, message: SentMessage): boolean {
+  return (
+    Object.keys(message).every((key) => OUTBOX_PARTS.has(key)) &&
+    entry.language === message.language &&
+    entry.to === message.to &&
+    entry.subject === message.subject &&
+    entry.text === message.text &&
+    entry.html === message.html
+  );
+}
+
+/** The message an outbox entry keeps, as a finished delivery shows it. */
+function messageOfEntry(entry: OutboxEntry): SentMessage {
+  return {
+    language: entry.language,
+    ...(entry.to !== undefined ? { to: entry.to } : {}),
+    ...(entry.subject !== undefined ? { subject: entry.subject } : {}),
+    text: entry.text,
+    ...(entry.html !== undefined ? { html: entry.html } : {}),
+  };
+}
+
+/**
+ * A routing explanation as stored in triggers.routing: one array per rule,
+ * [rule, outcome, delivery id (without the leading rule id when it starts with it), reason,
+ * condition], trailing empty places left out; routedAt is the trigger's routed_ms.
+ */
+function packExplanation(e: RoutingExplanation): Buffer {
+  return packJson(
+    PackedKind.Explanation,
+    e.rules.map((r) => {
+      const id = r.deliveryId === undefined ? null : r.deliveryId.startsWith(`${r.rule}@`) ? r.deliveryId.slice(r.rule.length) : r.deliveryId;
+      const entry: Array<string | null> = [r.rule, r.outcome, id, r.reason ?? null, r.condition ?? null];
+      while (entry[entry.length - 1] === null) entry.pop();
+      return entry;
+    }),
+  );
+}
+
+function unpackExplanation(triggerId: string, packed: string | Buffer, routedMs: number): RoutingExplanation {
+  const rules = (JSON.parse(unpackJson(packed)) as Array<Array<string | null>>).map(([rule, outcome, id, reason, condition]) => {
+    const r: RuleOutcome = { rule: rule!, outcome: outcome as RuleOutcome['outcome'] };
+    if (id != null) r.deliveryId = id.startsWith('@') ? `${rule}${id}` : id;
+    if (reason != null) r.reason = reason;
+    if (condition != null) r.condition = condition;
+    return r;
+  });
+  return { triggerId, routedAt: new Date(routedMs).toISOString(), rules };
+}
+
+/** The rules of an explanation that planned nothing for the trigger (skipped, or a plan or move that changed nothing). */
+function skippedRulesOf(explanation: RoutingExplanation): SkippedRule[] {
+  return explanation.rules
+    .filter((r) => r.outcome === 'skipped' || (r.outcome === 'unchanged' && r.reason !== undefined))
+    .map((r) => {
+      const step = r.deliveryId === undefined ? undefined : /#(\d+)$/.exec(r.deliveryId)?.[1];
+      return {
+        ruleId: r.rule,
+        reason: r.reason ?? r.outcome,
+        ...(r.deliveryId !== undefined ? { deliveryId: r.deliveryId } : {}),
+        ...(step !== undefined ? { step: Number(step) } : {}),
+        ...(r.condition !== undefined ? { detail: r.condition } : {}),
+      };
+    });
+}
+
+/** A stored trigger's JSON (packed or plain) as the trigger. */
+function triggerOf(json: string | Buffer): Trigger {
+  return JSON.parse(unpackJson(json)) as Trigger;
 }
 
 function triggerIdsOf(record: InboundRecord): string[] {
@@ -1325,9 +1758,9 @@ function rowStatus(status: StoredDeliveryStatus): string {
   return status === StoredDeliveryStatus.Sent ? ROW_SENT : status;
 }
 
-function deliveryFromRow(row: DeliveryRow): StoredDelivery {
+function deliveryFromRow(row: DeliveryRow, outbox: (seq: number) => OutboxRow | undefined): StoredDelivery {
   const stored: StoredDelivery = {
-    delivery: JSON.parse(row.json) as Delivery,
+    delivery: expandDeliveryJson(unpackJson(row.json), row),
     status: (row.status as string) === ROW_SENT ? StoredDeliveryStatus.Sent : row.status,
     asOf: row.as_of,
     generation: row.generation,
@@ -1337,23 +1770,36 @@ function deliveryFromRow(row: DeliveryRow): StoredDelivery {
   if (row.subject_start !== null) stored.subjectStart = row.subject_start;
   if (row.reason !== null) stored.reason = row.reason;
   if (row.message !== null) stored.message = JSON.parse(row.message) as SentMessage;
-  if (row.provider_id !== null) stored.providerId = row.provider_id;
+  else if (row.outbox_seq !== null) {
+    const entry = outbox(row.outbox_seq);
+    if (entry !== undefined) stored.message = messageOfEntry(outboxFromRow(entry));
+  }
+  if (row.provider_id !== null) stored.providerId = unpackProviderId(row.provider_id, row.id);
+  if (row.cause !== null) {
+    const [change, reason] = row.cause.split(':') as [DeliveryCause['change'], string | undefined];
+    stored.cause = { triggerId: row.cause_trigger ?? stored.delivery.triggerId, change, ...(reason !== undefined ? { reason } : {}) };
+  }
   return stored;
 }
 
 function outboxFromRow(row: OutboxRow): OutboxEntry {
+  // A packed row keeps subject, text and html together in `text`; a plain one in three columns.
+  const parts =
+    typeof row.text === 'string'
+      ? { subject: row.subject ?? undefined, text: row.text, html: row.html ?? undefined }
+      : (JSON.parse(unpackJson(row.text)) as { subject?: string; text: string; html?: string });
   const entry: OutboxEntry = {
     id: String(row.seq),
     deliveryId: row.delivery_id,
     output: row.output,
     channel: row.channel,
     language: row.language,
-    text: row.text,
+    text: parts.text,
     keptAt: row.kept_at,
   };
   if (row.recipient !== null) entry.to = row.recipient;
-  if (row.subject !== null) entry.subject = row.subject;
-  if (row.html !== null) entry.html = row.html;
+  if (parts.subject !== undefined) entry.subject = parts.subject;
+  if (parts.html !== undefined) entry.html = parts.html;
   return entry;
 }
 
@@ -1388,9 +1834,16 @@ class ListFilter {
     return this;
   }
 
+  copy(): ListFilter {
+    const copy = new ListFilter();
+    copy.where.push(...this.where);
+    copy.params.push(...this.params);
+    return copy;
+  }
+
   /** `SELECT <columns> FROM <table> [WHERE …] ORDER BY <order> LIMIT ?` and its parameters. */
-  select(columns: string, table: string, order: string, limit: number | undefined): { sql: string; params: unknown[] } {
+  select(columns: string, table: string, order: string, limit: number): { sql: string; params: unknown[] } {
     const where = this.where.length > 0 ? ` WHERE ${this.where.join(' AND ')}` : '';
-    return { sql: `SELECT ${columns} FROM ${table}${where} ORDER BY ${order} LIMIT ?`, params: [...this.params, listLimit(limit)] };
+    return { sql: `SELECT ${columns} FROM ${table}${where} ORDER BY ${order} LIMIT ?`, params: [...this.params, limit] };
   }
 }

@@ -226,6 +226,55 @@ export const StoredDeliveryStatus = {
 export type StoredDeliveryStatus = (typeof StoredDeliveryStatus)[keyof typeof StoredDeliveryStatus];
 export const STORED_DELIVERY_STATUSES: readonly StoredDeliveryStatus[] = Object.values(StoredDeliveryStatus);
 
+/** Which trigger last changed a delivery, and how (routing's change). */
+export interface DeliveryCause {
+  triggerId: string;
+  change: 'added' | 'replanned' | 'revived' | 'cancelled';
+  /** For a cancel: `expired` when a replan found it could not go in time. */
+  reason?: string;
+}
+
+/**
+ * What routing did for one trigger, rule by rule: the data behind "why was nothing planned"
+ * (GET /api/triggers/:id). Written with the routing (saveRouting), in the same transaction.
+ * Only rules that name the trigger's type (in `on`, `replanOn` or `cancelOn`) are listed;
+ * codes and rule text only, never patient data.
+ */
+export interface RoutingExplanation {
+  triggerId: string;
+  /** The routing's instant (saveRouting's routedAt), read back as ISO 8601 UTC with milliseconds. */
+  routedAt: string;
+  rules: RuleOutcome[];
+}
+
+export const RuleOutcomeKind = {
+  /** A new delivery (or, for a cancelled one, `revived`). */
+  Planned: 'planned',
+  Replanned: 'replanned',
+  Revived: 'revived',
+  Cancelled: 'cancelled',
+  /** The rule matched but the stored delivery stayed as it was (`reason` says why). */
+  Unchanged: 'unchanged',
+  /** The rule planned nothing (`reason` says why). */
+  Skipped: 'skipped',
+} as const;
+export type RuleOutcomeKind = (typeof RuleOutcomeKind)[keyof typeof RuleOutcomeKind];
+
+export interface RuleOutcome {
+  rule: string;
+  outcome: RuleOutcomeKind;
+  /** The delivery planned, moved or cancelled (for skipped: the id it would have had). */
+  deliveryId?: string;
+  /**
+   * skipped: `condition_false` (with `condition`), `expired`, `holdout`, `no_anchor`;
+   * unchanged: `same`, `stale`, `finished`, `cancelled`, `not_found`; planned/replanned:
+   * `no_address` when the message has no recipient (it will be suppressed at send time).
+   */
+  reason?: string;
+  /** For condition_false: the part of the rule's `where` that did not hold, as written in the rule. */
+  condition?: string;
+}
+
 /** A delivery state as routing writes it (saveRouting). */
 export interface DeliveryWrite {
   delivery: Delivery;
@@ -242,6 +291,33 @@ export interface DeliveryWrite {
   subjectStart?: string;
   /** ISO instant of this change. */
   updatedAt: string;
+  /** The trigger that made this change (kept: "cancelled by", "moved by"). */
+  cause?: DeliveryCause;
+}
+
+/**
+ * Work of another component on the store's own database, run inside the transaction of a
+ * store write (Queue.joinTransaction gives one: the embedded queue's timers of a routing).
+ */
+export interface JoinedWork {
+  /** The database it must run in; a store refuses work for another one. */
+  readonly database: object;
+  /** Runs inside the transaction, before the store's own writes; again if it is retried. */
+  run(): void;
+  /** Called once the transaction committed. */
+  committed?(): void;
+}
+
+export interface SaveRoutingOptions {
+  /**
+   * Work committed in the same transaction as the routing (all or nothing): the queue's
+   * timers for these deliveries. It runs first and may raise a write's `generation` (a
+   * delivery whose job id was taken gets the next one), which the store then saves. Only a
+   * store sharing the work's database accepts it: others reject the call.
+   */
+  joined?: JoinedWork;
+  /** What routing did for each trigger, rule by rule (getRoutingExplanation reads it back). */
+  explanations?: readonly RoutingExplanation[];
 }
 
 /** The rendered message kept with a sent delivery (what left). */
@@ -280,6 +356,8 @@ export interface StoredDelivery {
   /** When the delivery was first planned / last changed (ISO instants). */
   createdAt: string;
   updatedAt: string;
+  /** The trigger whose routing last changed it (planned, moved, cancelled, revived it). */
+  cause?: DeliveryCause;
 }
 
 export interface DeliveryQuery {
@@ -555,7 +633,26 @@ export interface Store extends ConsentLedger {
    * (sent, suppressed, failed) is never overwritten. Idempotent: the same call again
    * changes nothing more.
    */
-  saveRouting(triggerIds: string | readonly string[], deliveries: readonly DeliveryWrite[], routedAt: string): Promise<void>;
+  saveRouting(
+    triggerIds: string | readonly string[],
+    deliveries: readonly DeliveryWrite[],
+    routedAt: string,
+    options?: SaveRoutingOptions,
+  ): Promise<void>;
+  /**
+   * What routing did for a trigger, rule by rule (saved with saveRouting's `explanations`);
+   * undefined when the trigger is not routed yet, or was routed without one.
+   */
+  getRoutingExplanation(triggerId: string): Promise<RoutingExplanation | undefined>;
+  /**
+   * Whether a committed trigger about this appointment or encounter is not routed yet: a
+   * send-time check that finds the subject changed waits for that routing (it may replan).
+   */
+  hasUnroutedTriggers(subject: { kind: SubjectState['kind']; id: string }): Promise<boolean>;
+  /** Deliveries per status, counted as they change: no scan, whatever the number stored. */
+  countDeliveries(): Promise<Record<StoredDeliveryStatus, number>>;
+  /** Messages per status, counted as they are stored. */
+  countMessages(): Promise<Record<MessageStatus, number>>;
   getDelivery(id: string): Promise<StoredDelivery | undefined>;
   /** Every delivery holding the cancel key (one index probe, whatever the number of deliveries). */
   deliveriesByCancelKey(key: string): Promise<StoredDelivery[]>;

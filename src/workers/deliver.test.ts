@@ -16,6 +16,7 @@ import { RecipientError } from '../errors.ts';
 import { defaultPolicy } from '../pipeline/policy.ts';
 import { ConsentService } from './consent.ts';
 import { createDeliverHandler, recordDeadDeliveries, storeOutboxSink } from './deliver.ts';
+import { createDeliveryQueue } from './runtime.ts';
 import { Router, deliveryJobId, type DeliveryJob } from './router.ts';
 
 const RULES = rules(
@@ -187,6 +188,42 @@ describe('deliver', () => {
     expect((await handler.run(job('reminder@appointment/A101#0'))).outcome).toBe('suppressed');
   });
 
+  it('a reschedule committed but not routed yet when the job runs moves the reminder instead of losing it as stale', async () => {
+    await ingest({ type: 'appointment.booked' });
+    // Moved by a day: committed (the subject state says the new start), routing still to come.
+    const moved = makeTrigger({
+      id: `t${++seq}`,
+      type: 'appointment.rescheduled',
+      occurredAt: '2025-06-02T09:00:00+02:00',
+      appointment: { start: '2025-06-11T14:30:00+02:00', previousStart: '2025-06-10T14:30:00+02:00' },
+    });
+    const state: SubjectState = { kind: 'appointment', id: 'A100', patientId: moved.patient.id, status: 'booked', start: '2025-06-11T14:30:00+02:00', asOf: moved.occurredAt };
+    await store.commitInbound(testRecord({ controlId: moved.id, triggers: [moved], subjectStates: [state] }));
+    clock = Date.parse('2025-06-09T14:30:00+02:00');
+
+    // Routing elsewhere (another process, a retry): try again later, nothing decided.
+    await expect(handler.run(job(REMINDER))).rejects.toMatchObject({ failureClass: 'transient', code: 'routing_pending' });
+    expect(await store.getDelivery(REMINDER)).toMatchObject({ status: 'pending' });
+
+    // Routing under way in this process: the job waits for it and follows the new plan.
+    const waiting = createDeliverHandler({
+      store,
+      output: () => outbox,
+      templates,
+      displayZone: async () => 'Europe/Paris',
+      log,
+      now: () => clock,
+      routingSettled: async () => {
+        await router.route(moved);
+      },
+    });
+    await expect(waiting.run(job(REMINDER))).rejects.toMatchObject({ code: 'not_due_yet' });
+    expect(await store.getDelivery(REMINDER)).toMatchObject({ status: 'pending', subjectStart: '2025-06-11T14:30:00+02:00', delivery: { dueAt: '2025-06-10T14:30:00+02:00' } });
+    clock = Date.parse('2025-06-10T14:30:00+02:00');
+    expect((await waiting.run(job(REMINDER))).outcome).toBe('sent');
+    expect(log.lines.filter((l) => l.message === 'deliver.suppressed')).toEqual([]);
+  });
+
   it('suppresses a post-discharge message once the discharge was cancelled (A13)', async () => {
     await ingest({ type: 'encounter.finished', appointment: null, encounter: { id: 'V1', status: 'sent' } });
     await setState({ kind: 'encounter', id: 'V1', patientId: 'MRN1', status: 'in-progress', asOf: '2025-06-01T10:00:00+02:00' });
@@ -240,15 +277,19 @@ describe('deliver', () => {
     await expect(handler.run(job('reminder@appointment/NOT-YET#0'))).rejects.toMatchObject({ failureClass: 'transient', code: 'routing_pending' });
   });
 
-  it('a render failure is permanent: the job is dead-lettered and the delivery marked failed', async () => {
-    recordDeadDeliveries(queue, store, log, () => clock);
+  it('a render failure is permanent: the job is dead-lettered and the delivery marked failed in the same write', async () => {
+    // The queue as the server builds it: its writes in the store's group commit.
+    await queue.close();
+    await router.close();
+    queue = createDeliveryQueue(db, store, { now: () => clock, retry: { maxAttempts: 2 } });
+    router = new Router({ store, queue, rules: () => RULES, zoneFor: () => 'Europe/Paris', log, now: () => clock });
     const dead = new Promise<void>((resolve) => queue.subscribe((e) => e.type === 'dead' && resolve()));
     await ingest({ type: 'appointment.checked_in', appointment: { status: 'arrived' } });
     queue.process(handler, { concurrency: 1 });
     await dead;
     const id = 'broken@appointment/A100#0';
     expect(await queue.get(deliveryJobId(id, 1))).toMatchObject({ state: 'dead', lastError: { failureClass: 'permanent', code: 'render_failed' } });
-    // recordDeadDeliveries subscribed first, so its write ran before this listener resolved.
+    // Marked failed by the dead-letter's own transaction: nothing to wait for.
     expect(await store.getDelivery(id)).toMatchObject({ status: 'failed', reason: 'render_failed' });
     expect(await store.listOutbox({})).toEqual([]);
   });

@@ -24,7 +24,7 @@ import type { OutboxEntry, Store, StoredDelivery, SubjectState } from '../store/
 import type { ConsentDecision } from '../pipeline/consent.ts';
 import { UNSUBSCRIBE_URL } from '../pipeline/render.ts';
 import type { ConsentReason, Delivery } from '../types.ts';
-import { parseDeliveryJobId, type DeliveryJob } from './router.ts';
+import { deliveryJobOf, parseDeliveryJobId, type DeliveryJob } from './router.ts';
 
 /** Why a delivery was not sent (docs/consent.md reason codes) or not handled (safe to log). */
 export const DeliverReason = {
@@ -40,6 +40,11 @@ export const DeliverReason = {
   NotCurrent: 'not_current',
   /** The delivery names an output that is not running (a reload added it: restart needed). */
   OutputUnknown: 'output_unknown',
+  /**
+   * Not decided yet: the routing that planned the job, or of a newer trigger about its
+   * subject, is not saved yet (retried later).
+   */
+  RoutingPending: 'routing_pending',
 } as const;
 export type DeliverReason = (typeof DeliverReason)[keyof typeof DeliverReason];
 
@@ -128,7 +133,7 @@ export function createDeliverHandler(deps: DeliverDeps): JobHandler<DeliveryJob>
   };
 
   const run = async (job: Parameters<JobHandler<DeliveryJob>>[0]): Promise<DeliverResult> => {
-    const { deliveryId, generation } = job.data;
+    const { deliveryId, generation } = deliveryJobOf(job);
     let stored = await store.getDelivery(deliveryId);
     if (!stored || stored.generation < generation) {
       // The job is newer than what is stored: its routing is not saved yet.
@@ -136,19 +141,34 @@ export function createDeliverHandler(deps: DeliverDeps): JobHandler<DeliveryJob>
       stored = await store.getDelivery(deliveryId);
       // Still not saved (the routing failed and will be retried, or another process is
       // routing): try again later rather than drop the timer.
-      if (!stored || stored.generation < generation) throw new TransientError('routing_pending', `delivery ${deliveryId} generation ${generation} is not saved yet`);
+      if (!stored || stored.generation < generation) throw new TransientError(DeliverReason.RoutingPending, `delivery ${deliveryId} generation ${generation} is not saved yet`);
     }
-    // `failed` with this generation: a dead-lettered job replayed by a person (retryDead).
-    if (!stored || (stored.status !== 'pending' && stored.status !== 'failed') || stored.generation !== generation) {
+    const current = (s: StoredDelivery | undefined): s is StoredDelivery =>
+      // `failed` with this generation: a dead-lettered job replayed by a person (retryDead).
+      s !== undefined && (s.status === 'pending' || s.status === 'failed') && s.generation === generation;
+    if (!current(stored)) {
       // Cancelled, moved to another job, or already done by an earlier run of this job.
       log.debug('deliver.skipped', { deliveryId, reason: DeliverReason.NotCurrent, attempt: job.attempt });
       return { outcome: 'skipped', deliveryId, reason: DeliverReason.NotCurrent };
     }
-    const d = stored.delivery;
 
+    let d = stored.delivery;
     const kind = d.subjectKind === 'appointment' || d.subjectKind === 'encounter' ? d.subjectKind : undefined;
-    const subject = kind ? await store.getSubjectState(kind, d.subjectId) : undefined;
-    const stale = staleness(stored, subject);
+    let stale = staleness(stored, kind ? await store.getSubjectState(kind, d.subjectId) : undefined);
+    if (stale && kind) {
+      // The subject changed since this plan was made. The event that changed it may be
+      // committed but not routed yet, and its routing may move this delivery (a reschedule
+      // that keeps the rule's condition true replans the message: it must not be lost as
+      // stale). Decide on what that routing saves.
+      await deps.routingSettled?.();
+      if (await store.hasUnroutedTriggers({ kind, id: d.subjectId })) {
+        throw new TransientError(DeliverReason.RoutingPending, `a change of ${d.subjectKey} is not routed yet (delivery ${d.id})`);
+      }
+      stored = await store.getDelivery(deliveryId);
+      if (!current(stored)) return { outcome: 'skipped', deliveryId, reason: DeliverReason.NotCurrent };
+      d = stored.delivery;
+      stale = staleness(stored, await store.getSubjectState(kind, d.subjectId));
+    }
     if (stale) return suppress(stored, stale);
 
     const expires = d.expiresAt === undefined ? undefined : parseInstant(d.expiresAt);
@@ -245,6 +265,19 @@ export function recordDeadDeliveries(queue: Queue<DeliveryJob>, store: Store, lo
         if (written) log.warn('deliver.failed', { deliveryId: job.deliveryId, reason: event.code, attempt: event.attempt });
       })
       .catch(() => log.error('deliver.record_failed', { deliveryId: job.deliveryId, reason: event.code }));
+  });
+}
+
+/**
+ * Logs dead-lettered delivery jobs whose delivery the queue already marked `failed` in the
+ * same write (the embedded queue on the store's database: runtime.ts createDeliveryQueue).
+ * Returns the unsubscribe function.
+ */
+export function logDeadDeliveries(queue: Queue<DeliveryJob>, log: Logger): () => void {
+  return queue.subscribe((event) => {
+    if (event.type !== 'dead') return;
+    const job = parseDeliveryJobId(event.id);
+    if (job) log.warn('deliver.failed', { deliveryId: job.deliveryId, reason: event.code, attempt: event.attempt });
   });
 }
 

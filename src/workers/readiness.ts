@@ -31,7 +31,8 @@ export const NotReady = {
 export type NotReady = (typeof NotReady)[keyof typeof NotReady];
 
 /** Store methods that write; their failures are watched. */
-const WRITE_METHODS = new Set<PropertyKey>(['commitInbound', 'setCursor', 'saveRouting', 'finishDelivery', 'putOutboxEntry']);
+// 'write': the embedded queue's writes, which ride in the SQLite store's group commit.
+const WRITE_METHODS = new Set<PropertyKey>(['commitInbound', 'setCursor', 'saveRouting', 'finishDelivery', 'putOutboxEntry', 'write']);
 
 /**
  * Error codes of a store that cannot write (SQLite result codes as better-sqlite3 reports them,

@@ -126,8 +126,37 @@ describe('Router', () => {
     expect(stored).toMatchObject({ status: 'pending', generation: 1, subjectStart: '2025-06-10T14:30:00+02:00' });
     expect(stored!.delivery.dueAt).toBe('2025-06-09T14:30:00+02:00');
     const job = await queue.get(deliveryJobId(ID(), 1));
-    expect(job).toMatchObject({ state: 'pending', runAt: '2025-06-09T12:30:00.000Z', data: { deliveryId: ID(), generation: 1 }, cancelKeys: [ID()] });
+    expect(job).toMatchObject({ state: 'pending', runAt: '2025-06-09T12:30:00.000Z', data: null, cancelKeys: [] });
     expect(await store.listUnroutedTriggers(10)).toEqual([]);
+  });
+
+  it('explains every rule for the trigger and names the trigger that cancelled a delivery', async () => {
+    currentRules = [
+      ...REMINDER,
+      ...rules({
+        id: 'week-ahead',
+        on: 'appointment.booked',
+        where: { 'appointment.start': { gte: 'occurredAt + 7d' } },
+        purpose: 'care.logistics',
+        channel: 'sms',
+        send: { output: 'sms-main', template: 'reminder', fields: ['appointment.start'] },
+        at: 'appointment.start - 7d',
+      }),
+    ];
+    // Booked five days ahead: not a week.
+    const booking = await ingest(booked({ appointment: { start: '2025-06-06T14:30:00+02:00' } }));
+    expect(await store.getRoutingExplanation(booking.triggerId)).toEqual({
+      triggerId: booking.triggerId,
+      routedAt: new Date(clock).toISOString(),
+      rules: [
+        { rule: 'reminder', outcome: 'planned', deliveryId: ID() },
+        { rule: 'week-ahead', outcome: 'skipped', reason: 'condition_false', condition: 'appointment.start gte occurredAt + 7d' },
+      ],
+    });
+    expect((await store.getDelivery(ID()))!.cause).toEqual({ triggerId: booking.triggerId, change: 'added' });
+    const cancel = await ingest(cancelled());
+    expect((await store.getDelivery(ID()))!.cause).toEqual({ triggerId: cancel.triggerId, change: 'cancelled' });
+    expect((await store.getRoutingExplanation(cancel.triggerId))!.rules).toEqual([{ rule: 'reminder', outcome: 'cancelled', deliveryId: ID() }]);
   });
 
   it('triggers committed together are routed in one pass, in order, and saved together', async () => {
@@ -265,7 +294,7 @@ describe('Router', () => {
   it('a replan whose job is gone gets a new generation rather than no timer', async () => {
     await ingest(booked());
     // The timer was lost (e.g. dead-lettered or cancelled by hand) while the delivery stayed pending.
-    expect(await queue.cancel(ID(), 'test')).toBe(1);
+    expect(await queue.cancel(deliveryJobId(ID(), 1), 'test')).toBe(1);
     await ingest(rescheduled('2025-06-12T10:00:00+02:00'));
     expect(await store.getDelivery(ID())).toMatchObject({ status: 'pending', generation: 2 });
     expect(await queue.get(deliveryJobId(ID(), 2))).toMatchObject({ state: 'pending', runAt: '2025-06-11T08:00:00.000Z' });

@@ -7,13 +7,18 @@
 //
 // The store is the source of truth, the queue only a timer: a job carries the delivery id and
 // its generation, and the deliver worker sends only when the stored delivery is still pending
-// with that generation. Queue ops come before saveRouting so a crash between the two is
-// repaired by routing the trigger again (it is still unrouted): an add of an existing job id
-// is a duplicate, a reschedule or a cancel a no-op.
+// with that generation.
+//
+// Atomicity. With the embedded queue (Queue.joinTransaction), the queue ops run inside the
+// saveRouting transaction: a routing and its timers commit together or not at all, in the
+// store's group commit. With a queue on another system (BullMQ), they cannot: the queue ops
+// come before saveRouting, so a crash between the two is repaired by routing the trigger
+// again (it is still unrouted): an add of an existing job id is a duplicate, a reschedule or a
+// cancel a no-op.
 //
 // Job ids are `<delivery id>~<generation>` (the queue refuses a reused id whatever the
-// state of the first job, so a delivery that needs a new timer gets generation + 1). Every
-// job of a delivery carries the delivery id as its cancel key.
+// state of the first job, so a delivery that needs a new timer gets generation + 1). A
+// delivery has at most one pending job, its current generation's, cancelled by its id.
 //
 // Triggers are routed in commit order, never two passes at once: applying a trigger reads the
 // stored deliveries it touches and writes them back, so concurrent passes could lose a
@@ -27,15 +32,29 @@ import type { QuietHours } from '../pipeline/policy.ts';
 import { route, type DeliveryState } from '../pipeline/route.ts';
 import type { RouteResult } from '../pipeline/rule.ts';
 import type { Rule } from '../pipeline/rule.ts';
-import type { Queue } from '../queue/queue.ts';
-import type { DeliveryWrite, Store, StoredDelivery } from '../store/store.ts';
+import type { Queue, QueueTransaction } from '../queue/queue.ts';
+import type { DeliveryCause, DeliveryWrite, RoutingExplanation, RuleOutcome, Store, StoredDelivery } from '../store/store.ts';
 import type { Delivery, Trigger } from '../types.ts';
 import { applyRouteResult, type AppliedChange } from './apply.ts';
 
 /** What a delivery job carries (the queue stores it as JSON). */
-export interface DeliveryJob {
+/** The delivery a job is the timer of, and at which generation. */
+export interface DeliveryJobRef {
   deliveryId: string;
   generation: number;
+}
+
+/**
+ * What a delivery job carries (the queue stores it as JSON): nothing, since its id says it
+ * all (`<delivery id>~<generation>`); jobs added by earlier versions spell it out.
+ */
+export type DeliveryJob = DeliveryJobRef | null;
+
+/** The delivery and generation of a delivery job. */
+export function deliveryJobOf(job: { id: string; data: DeliveryJob }): DeliveryJobRef {
+  const ref = job.data ?? parseDeliveryJobId(job.id);
+  if (ref === undefined) throw new PermanentError('not_a_delivery_job', `job ${job.id} is not a delivery job`);
+  return ref;
 }
 
 /** `<delivery id>~<generation>`. */
@@ -44,7 +63,7 @@ export function deliveryJobId(deliveryId: string, generation: number): string {
 }
 
 /** The delivery id and generation of a job id; undefined when it is not a delivery job. */
-export function parseDeliveryJobId(jobId: string): DeliveryJob | undefined {
+export function parseDeliveryJobId(jobId: string): DeliveryJobRef | undefined {
   // Delivery ids may contain '~' (encodeURIComponent keeps it); the generation is after the last.
   const at = jobId.lastIndexOf('~');
   if (at <= 0 || !/^[1-9]\d*$/.test(jobId.slice(at + 1))) return undefined;
@@ -97,7 +116,15 @@ interface Working {
   generation: number;
   subjectStart?: string;
   dirty: boolean;
+  /** The trigger of this pass that last changed it. */
+  cause?: DeliveryCause;
 }
+
+/**
+ * What the queue must do for one change, in order: a timer for a delivery added, revived or
+ * replanned (`move`: reschedule its current job first), or a cancel of its pending job.
+ */
+type TimerIntent = { op: 'timer'; delivery: Delivery; move: boolean } | { op: 'cancel'; deliveryId: string; reason: 'expired' | 'cancelled' };
 
 export class Router {
   readonly #deps: RouterDeps;
@@ -266,41 +293,62 @@ export class Router {
    * the routed marks in one saveRouting.
    */
   async #routeBatch(triggers: readonly Trigger[]): Promise<RoutedTrigger[]> {
-    const { store, log } = this.#deps;
+    const { store, queue, log } = this.#deps;
     const nowMs = this.#now();
     const work = new Map<string, Working>();
+    const intents: TimerIntent[] = [];
     const results: Array<{ triggerId: string; changes: AppliedChange[] }> = [];
+    const explanations: RoutingExplanation[] = [];
+    const updatedAt = new Date(nowMs).toISOString();
     for (const trigger of triggers) {
-      results.push({ triggerId: trigger.id, changes: await this.#applyOne(trigger, nowMs, work) });
+      const { changes, result } = await this.#applyOne(trigger, nowMs, work, intents);
+      results.push({ triggerId: trigger.id, changes });
+      explanations.push({ triggerId: trigger.id, routedAt: updatedAt, rules: explain(result, changes) });
     }
 
-    const updatedAt = new Date(nowMs).toISOString();
-    const written: DeliveryWrite[] = [];
-    for (const w of work.values()) {
-      if (!w.dirty || w.state.status === 'finished') continue;
-      written.push({
-        delivery: w.state.delivery,
-        status: w.state.status,
-        asOf: w.state.asOf,
-        generation: Math.max(w.generation, 1),
-        ...(w.subjectStart ? { subjectStart: w.subjectStart } : {}),
-        updatedAt,
-      });
-    }
     const ids = triggers.map((t) => t.id);
+    const generations = new Map([...work].map(([id, w]) => [id, w.generation]));
+    let written: DeliveryWrite[];
+    let warnings: string[] = [];
     try {
-      await store.saveRouting(ids, written, updatedAt);
+      if (queue.joinTransaction) {
+        // The timers ride in the saveRouting transaction; they set the generations it saves.
+        written = writesOf(work, updatedAt);
+        const byId = new Map(written.map((w) => [w.delivery.id, w]));
+        const joined = queue.joinTransaction((tx) => {
+          // Runs again from the same start when the store retries its transaction.
+          const gens = new Map(generations);
+          warnings = [];
+          followSync(tx, intents, gens, warnings, this.#idempotent);
+          for (const [id, gen] of gens) {
+            const write = byId.get(id);
+            if (write) write.generation = Math.max(gen, 1);
+          }
+        });
+        await store.saveRouting(ids, written, updatedAt, { joined, explanations });
+      } else {
+        warnings = await followAsync(queue, intents, generations, this.#idempotent);
+        for (const [id, gen] of generations) work.get(id)!.generation = gen;
+        written = writesOf(work, updatedAt);
+        await store.saveRouting(ids, written, updatedAt, { explanations });
+      }
     } catch (error) {
-      // Unrouted still: the retry routes them again and the queue ops repeat harmlessly.
+      if (error instanceof TransientError && error.code === 'queue_ids_exhausted') throw error;
+      // Unrouted still: the retry routes them again (the queue ops repeat harmlessly when
+      // they were not in the same transaction).
       throw new TransientError('store_failed', `routing of ${ids.length} trigger(s) could not be saved`, { cause: error });
     }
+    for (const write of written) work.get(write.delivery.id)!.generation = write.generation;
+    for (const deliveryId of warnings) log.warn('route.replan_while_sending', { deliveryId, reason: RouterReason.ReplanWhileSending });
     if (written.length > 0) log.debug('route.routed', { count: written.length, triggerId: ids.length === 1 ? ids[0] : undefined });
     return results.map((r) => ({ ...r, written }));
   }
 
-  /** Routes one trigger into the working view and makes the queue follow; returns its changes. */
-  async #applyOne(trigger: Trigger, nowMs: number, work: Map<string, Working>): Promise<AppliedChange[]> {
-    const { store, queue, log } = this.#deps;
+  readonly #idempotent = (delivery: Delivery): boolean => this.#deps.idempotentOutput?.(delivery.output) ?? false;
+
+  /** Routes one trigger into the working view and lists what the queue must do; returns its changes. */
+  async #applyOne(trigger: Trigger, nowMs: number, work: Map<string, Working>, intents: TimerIntent[]): Promise<{ changes: AppliedChange[]; result: RouteResult }> {
+    const { store } = this.#deps;
     let result: RouteResult;
     try {
       const zone = this.#deps.zoneFor(trigger);
@@ -348,68 +396,159 @@ export class Router {
       const w = work.get(change.delivery.id);
       if (!w || change.change === 'unchanged') continue;
       const delivery = change.delivery;
+      w.cause = { triggerId: trigger.id, change: change.change, ...(change.cause === 'expired' ? { reason: 'expired' } : {}) };
       switch (change.change) {
         case 'added':
         case 'revived':
-          w.generation = await this.#addJob(delivery, w.generation + 1);
+        case 'replanned':
+          intents.push({ op: 'timer', delivery, move: change.change === 'replanned' });
           setStart(w, subjectStartOf(trigger, delivery));
           break;
-        case 'replanned': {
-          const moved = await queue.reschedule(deliveryJobId(delivery.id, w.generation), delivery.dueAt);
-          if (!moved) {
-            const job = await queue.get(deliveryJobId(delivery.id, w.generation));
-            if (job?.state === 'active' || job?.state === 'parked') {
-              // Being sent right now, or parked after an ambiguous failure (the message may
-              // have gone out): a second timer could send it twice. A retry of that job reads
-              // the new plan from the store; a parked one waits for a person.
-              log.warn('route.replan_while_sending', { deliveryId: delivery.id, reason: RouterReason.ReplanWhileSending });
-            } else {
-              // Its job is gone (ran while the delivery was elsewhere, dead-lettered, lost).
-              w.generation = await this.#addJob(delivery, w.generation + 1);
-            }
-          }
-          setStart(w, subjectStartOf(trigger, delivery));
-          break;
-        }
         case 'cancelled':
-          await queue.cancel(delivery.id, change.cause === 'expired' ? 'expired' : 'cancelled');
+          intents.push({ op: 'cancel', deliveryId: delivery.id, reason: change.cause === 'expired' ? 'expired' : 'cancelled' });
           break;
         default:
           change.change satisfies never;
       }
     }
-
-    return changes;
+    return { changes, result };
   }
+}
 
-  /**
-   * Adds the delivery's timer at `generation` and returns the generation it ended at. A job
-   * with that id may exist already: from an earlier attempt at this same routing (a crash or a
-   * failed save in between), in which case a pending or running one is this timer; but one
-   * that was cancelled, finished or failed meanwhile is not a timer any more, so the next
-   * generation gets a new one.
-   */
-  async #addJob(delivery: Delivery, generation: number): Promise<number> {
-    const { queue } = this.#deps;
-    // Bounded: each round either adds a job or steps past a job id already used.
-    for (let gen = generation; gen < generation + 100; gen++) {
-      const id = deliveryJobId(delivery.id, gen);
-      const added = await queue.add({
-        id,
-        data: { deliveryId: delivery.id, generation: gen },
-        runAt: delivery.dueAt,
-        cancelKeys: [delivery.id],
-        idempotent: this.#deps.idempotentOutput?.(delivery.output) ?? false,
-      });
-      if (added === 'added') return gen;
-      const existing = await queue.get(id);
-      if (existing?.state === 'pending' || existing?.state === 'active') {
-        if (existing.state === 'pending') await queue.reschedule(id, delivery.dueAt);
-        return gen;
+/**
+ * What each rule did for one trigger (store.ts RoutingExplanation): its plans and replans
+ * with their outcome, the deliveries its cancels changed, what it skipped and why, and the
+ * rules whose condition did not hold. Cancels that found nothing to change are left out (a
+ * cancel key reaches every delivery of the subject: listing them all says nothing).
+ */
+function explain(result: RouteResult, changes: readonly AppliedChange[]): RuleOutcome[] {
+  const rules: RuleOutcome[] = [];
+  for (const c of changes) {
+    if (c.op === 'cancel' && c.change === 'unchanged') continue;
+    const d = c.delivery;
+    const outcome = c.change === 'added' ? 'planned' : c.change;
+    const noAddress = c.change !== 'unchanged' && c.change !== 'cancelled' && (d.channel === 'sms' || d.channel === 'email') && (d.to === undefined || d.to === '');
+    const reason = c.change === 'cancelled' && c.cause === 'expired' ? 'expired' : noAddress ? 'no_address' : c.reason;
+    rules.push({ rule: d.ruleId, outcome, deliveryId: d.id, ...(reason !== undefined ? { reason } : {}) });
+  }
+  for (const s of result.skipped) rules.push({ rule: s.ruleId, outcome: 'skipped', deliveryId: s.id, reason: s.reason });
+  for (const u of result.unmatched ?? []) rules.push({ rule: u.ruleId, outcome: 'skipped', reason: u.reason, condition: u.condition });
+  return rules;
+}
+
+/** The delivery states a pass changed, as saveRouting writes them. */
+function writesOf(work: Map<string, Working>, updatedAt: string): DeliveryWrite[] {
+  const written: DeliveryWrite[] = [];
+  for (const w of work.values()) {
+    if (!w.dirty || w.state.status === 'finished') continue;
+    written.push({
+      delivery: w.state.delivery,
+      status: w.state.status,
+      asOf: w.state.asOf,
+      generation: Math.max(w.generation, 1),
+      ...(w.subjectStart ? { subjectStart: w.subjectStart } : {}),
+      updatedAt,
+      ...(w.cause ? { cause: w.cause } : {}),
+    });
+  }
+  return written;
+}
+
+function timerJob(delivery: Delivery, generation: number, idempotent: boolean) {
+  return {
+    id: deliveryJobId(delivery.id, generation),
+    data: null,
+    runAt: delivery.dueAt,
+    // No cancel key: a job is cancelled by its own id (the delivery's current generation).
+    idempotent,
+  };
+}
+
+/** Most job ids stepped over for one delivery before giving up (bounds the loops below). */
+const MAX_GENERATION_STEPS = 100;
+
+/**
+ * The queue follows the intents inside the store's transaction (embedded queue). `gens` holds
+ * each delivery's current generation and is updated; replans that found their job running or
+ * parked are listed in `warnings`.
+ *
+ * A timer: a replan moves the current job when it is still pending. When it is running, or
+ * parked after an ambiguous failure (the message may have gone out), a second timer could
+ * send it twice: a retry of that job reads the new plan from the store, a parked one waits
+ * for a person. Otherwise (new, revived, or its job is gone: ran while the delivery was
+ * elsewhere, dead-lettered) the delivery gets a job at its next generation. That id may be
+ * taken already (a routing repeated after a crash with a queue outside the transaction): a
+ * pending or running job with it is this timer; a cancelled, finished or failed one is not,
+ * so the next generation is tried.
+ */
+function followSync(tx: QueueTransaction<DeliveryJob>, intents: readonly TimerIntent[], gens: Map<string, number>, warnings: string[], idempotent: (d: Delivery) => boolean): void {
+  for (const intent of intents) {
+    if (intent.op === 'cancel') {
+      tx.cancel(deliveryJobId(intent.deliveryId, gens.get(intent.deliveryId) ?? 0), intent.reason);
+      // Jobs added before the job id was their key carry the delivery id as one.
+      tx.cancel(intent.deliveryId, intent.reason);
+      continue;
+    }
+    const d = intent.delivery;
+    const current = gens.get(d.id) ?? 0;
+    if (intent.move && current > 0) {
+      const id = deliveryJobId(d.id, current);
+      if (tx.reschedule(id, d.dueAt)) continue;
+      const state = tx.state(id);
+      if (state === 'active' || state === 'parked') {
+        warnings.push(d.id);
+        continue;
       }
     }
-    throw new TransientError('queue_ids_exhausted', `no free job id for delivery ${delivery.id}`);
+    gens.set(d.id, addTimerSync(tx, d, current + 1, idempotent(d)));
   }
+}
+
+function addTimerSync(tx: QueueTransaction<DeliveryJob>, delivery: Delivery, from: number, idempotent: boolean): number {
+  for (let gen = from; gen < from + MAX_GENERATION_STEPS; gen++) {
+    const job = timerJob(delivery, gen, idempotent);
+    if (tx.add(job) === 'added') return gen;
+    const state = tx.state(job.id);
+    if (state === 'pending') tx.reschedule(job.id, delivery.dueAt);
+    if (state === 'pending' || state === 'active') return gen;
+  }
+  throw new TransientError('queue_ids_exhausted', `no free job id for delivery ${delivery.id}`);
+}
+
+/** followSync for a queue outside the store's transaction (the same decisions, awaited). */
+async function followAsync(queue: Queue<DeliveryJob>, intents: readonly TimerIntent[], gens: Map<string, number>, idempotent: (d: Delivery) => boolean): Promise<string[]> {
+  const warnings: string[] = [];
+  for (const intent of intents) {
+    if (intent.op === 'cancel') {
+      await queue.cancel(deliveryJobId(intent.deliveryId, gens.get(intent.deliveryId) ?? 0), intent.reason);
+      await queue.cancel(intent.deliveryId, intent.reason);
+      continue;
+    }
+    const d = intent.delivery;
+    const current = gens.get(d.id) ?? 0;
+    if (intent.move && current > 0) {
+      const id = deliveryJobId(d.id, current);
+      if (await queue.reschedule(id, d.dueAt)) continue;
+      const state = (await queue.get(id))?.state;
+      if (state === 'active' || state === 'parked') {
+        warnings.push(d.id);
+        continue;
+      }
+    }
+    gens.set(d.id, await addTimerAsync(queue, d, current + 1, idempotent(d)));
+  }
+  return warnings;
+}
+
+async function addTimerAsync(queue: Queue<DeliveryJob>, delivery: Delivery, from: number, idempotent: boolean): Promise<number> {
+  for (let gen = from; gen < from + MAX_GENERATION_STEPS; gen++) {
+    const job = timerJob(delivery, gen, idempotent);
+    if ((await queue.add(job)) === 'added') return gen;
+    const state = (await queue.get(job.id))?.state;
+    if (state === 'pending') await queue.reschedule(job.id, delivery.dueAt);
+    if (state === 'pending' || state === 'active') return gen;
+  }
+  throw new TransientError('queue_ids_exhausted', `no free job id for delivery ${delivery.id}`);
 }
 
 function toState(stored: StoredDelivery): DeliveryState {

@@ -26,12 +26,20 @@ import type { OutboxEntry, OutboxQuery, Store } from '../store/store.ts';
 import type { Trigger } from '../types.ts';
 import { ConsentService } from './consent.ts';
 import { CONSENT_MIRROR_QUEUE, ConsentSync, type ConsentTool, type MirrorJob } from './consent-sync.ts';
-import { createDeliverHandler, recordDeadDeliveries, storeOutboxSink } from './deliver.ts';
-import { Router, parseDeliveryJobId, type DeliveryJob } from './router.ts';
+import { createDeliverHandler, logDeadDeliveries, recordDeadDeliveries, storeOutboxSink } from './deliver.ts';
+import { Router, deliveryJobId, parseDeliveryJobId, type DeliveryJob } from './router.ts';
 import type { UnsubscribeLinks } from './unsubscribe.ts';
 
 /** Name of the embedded queue holding delivery timers. */
 export const DELIVERY_QUEUE = 'deliveries';
+
+/**
+ * Delivery jobs running at once. A job waits for about four group commits (take, the
+ * output's write, finish, complete: a few ms each), so confirmations due at once keep up with
+ * ingest at thousands per second only with dozens in flight; each waiting job costs a
+ * promise, not a thread. Outputs that call a provider bound their own connections.
+ */
+export const DEFAULT_DELIVERY_CONCURRENCY = 64;
 
 /** Log reason codes of reloads. */
 export const ReloadReason = {
@@ -55,7 +63,7 @@ export interface DeliveryRuntimeOptions {
   outputSpecs: readonly OutputSpec[];
   /** Epoch ms for routing, the queue and send-time checks; injected by tests. Default Date.now. */
   now?: () => number;
-  /** Delivery jobs running at once. Default 4. */
+  /** Delivery jobs running at once. Default DEFAULT_DELIVERY_CONCURRENCY. */
   concurrency?: number;
   queue?: Omit<SqliteQueueOptions, 'name' | 'now'>;
   /** Signed unsubscribe links of non-care emails (workers/unsubscribe.ts). */
@@ -64,6 +72,8 @@ export interface DeliveryRuntimeOptions {
   env?: Env;
   /** How often tools' consent changes are read (workers/consent-sync.ts). Default 60 s. */
   consentPollEveryMs?: number;
+  /** Test-only fault hook (main.ts CARERELAY_FAULT): called after each accepted send. */
+  afterSend?: () => void;
 }
 
 /**
@@ -79,6 +89,30 @@ export function createOutputs(outputs: readonly InstancePlan[], specs: readonly 
     adapters.set(output.name, spec.create(output.config, deps));
   }
   return adapters;
+}
+
+function sharesCommit(store: Store, db: Database): store is SqliteStore {
+  return store instanceof SqliteStore && store.db === db;
+}
+
+/**
+ * The embedded delivery queue on the store's file. With the SQLite store on the same
+ * database, every queue write rides in the store's group commit, and a dead-lettered job's
+ * delivery is marked `failed` in the same transaction as the job (a crash between the two
+ * cannot leave a pending delivery without a timer).
+ */
+export function createDeliveryQueue(db: Database, store: Store, options: Omit<SqliteQueueOptions, 'name' | 'committer' | 'onDeadLetter'> = {}): SqliteQueue<DeliveryJob> {
+  if (!sharesCommit(store, db)) return new SqliteQueue<DeliveryJob>(db, { ...options, name: DELIVERY_QUEUE });
+  const now = options.now ?? Date.now;
+  return new SqliteQueue<DeliveryJob>(db, {
+    ...options,
+    name: DELIVERY_QUEUE,
+    committer: store,
+    onDeadLetter: ({ id, code }) => {
+      const job = parseDeliveryJobId(id);
+      if (job) store.finishDeliveryInWrite(job.deliveryId, job.generation, { status: 'failed', reason: code, at: new Date(now()).toISOString() });
+    },
+  });
 }
 
 function connectorsOf(plan: CarerelayPlan): string {
@@ -111,12 +145,12 @@ export class DeliveryRuntime {
     const { store, plan, log } = options;
     const now = options.now ?? Date.now;
     this.#log = log;
-    this.#concurrency = options.concurrency ?? 4;
+    this.#concurrency = options.concurrency ?? DEFAULT_DELIVERY_CONCURRENCY;
     this.#connectors = connectorsOf(plan);
     this.#mappings = { rules: plan.mappings, templates: plan.templates };
     this.#policy = plan.policy.settings;
     const inputZones = new Map(plan.inputs.map((i) => [i.name, typeof i.config.timezone === 'string' ? i.config.timezone : undefined]));
-    this.queue = new SqliteQueue<DeliveryJob>(options.db, { ...options.queue, name: DELIVERY_QUEUE, now });
+    this.queue = createDeliveryQueue(options.db, store, { ...options.queue, now });
     const outputDeps: OutputDeps & { sink: ReturnType<typeof storeOutboxSink> } = {
       sink: storeOutboxSink(store),
       now: () => new Date(now()),
@@ -125,6 +159,17 @@ export class DeliveryRuntime {
       holdings: store,
     };
     this.outputs = createOutputs(plan.outputs, options.outputSpecs, outputDeps);
+    const afterSend = options.afterSend;
+    if (afterSend) {
+      for (const adapter of this.outputs.values()) {
+        const send = adapter.send.bind(adapter);
+        adapter.send = async (message, context) => {
+          const receipt = await send(message, context);
+          afterSend();
+          return receipt;
+        };
+      }
+    }
     this.links = options.links;
     // Outputs that keep consent (workers/consent-sync.ts): a tool with a consent model when its
     // configuration has a `consent` block (salesforce-crm), a marketing tool taking optOut.
@@ -141,8 +186,11 @@ export class DeliveryRuntime {
       store,
       policy: this.#policy,
       output: (name) => this.outputs.get(name),
-      // Every job of a delivery carries its id as a cancel key.
+      // A delivery's one pending job is its current generation's, cancelled by its id; jobs
+      // added by earlier versions carry the delivery id as a cancel key.
       cancelTimer: async (deliveryId, reason) => {
+        const stored = await store.getDelivery(deliveryId);
+        if (stored) await this.queue.cancel(deliveryJobId(deliveryId, stored.generation), reason);
         await this.queue.cancel(deliveryId, reason);
       },
       log,
@@ -186,7 +234,9 @@ export class DeliveryRuntime {
       routingSettled: () => this.router.settled(),
       unsubscribeLinks: (delivery) => this.consent.unsubscribeLinks(delivery),
     });
-    this.#unsubscribe = recordDeadDeliveries(this.queue, store, log, now);
+    // The embedded store marks a dead-lettered delivery failed in the dead-letter's own write
+    // (createDeliveryQueue); any other store is told after the fact.
+    this.#unsubscribe = sharesCommit(store, options.db) ? logDeadDeliveries(this.queue, log) : recordDeadDeliveries(this.queue, store, log, now);
     this.queue.subscribe((event) => {
       if (event.type === 'error') log.error('queue.error', { code: event.code });
       // Ambiguous failure of a non-idempotent output: a person decides (retryDead).

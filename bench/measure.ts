@@ -1,0 +1,114 @@
+// What the ingest benchmarks measure besides speed, and the configuration they run: shared by
+// bench/ingest.ts (MLLP) and bench/fhir.ts (FHIR notifications).
+//   - commits: SQLite transactions the store committed (SqliteStore.commits: every store and
+//     embedded-queue write goes through its group commit);
+//   - bytes written: what this process sent to the storage layer (/proc/self/io write_bytes:
+//     WAL frames and checkpoints; sockets are not counted), 0 where the kernel does not say;
+//   - growth: the database's used pages (page_count − freelist_count, WAL included).
+import { cpSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import type { RunningCarerelay } from '../src/main.ts';
+import { SqliteStore } from '../src/store/sqlite.ts';
+
+const repoRoot = fileURLToPath(new URL('..', import.meta.url));
+
+/** Bytes this process has written to storage so far (0 when /proc/self/io is unavailable). */
+export function storageWrites(): number {
+  try {
+    const m = /^write_bytes:\s*(\d+)$/m.exec(readFileSync('/proc/self/io', 'utf8'));
+    return m ? Number(m[1]) : 0;
+  } catch {
+    return 0;
+  }
+}
+
+/** Used bytes of the running server's database (WAL included). */
+export function databaseBytes(running: RunningCarerelay): number {
+  const db = sqliteOf(running).db;
+  const pageSize = db.pragma('page_size', { simple: true }) as number;
+  const pages = db.pragma('page_count', { simple: true }) as number;
+  const free = db.pragma('freelist_count', { simple: true }) as number;
+  return (pages - free) * pageSize;
+}
+
+export function commitsOf(running: RunningCarerelay): number {
+  return sqliteOf(running).commits;
+}
+
+function sqliteOf(running: RunningCarerelay): SqliteStore {
+  if (!(running.store instanceof SqliteStore)) throw new Error('the benchmark measures the embedded SQLite store');
+  return running.store;
+}
+
+/** Counters read before and after a phase. */
+export interface Meter {
+  commits: number;
+  writes: number;
+  bytes: number;
+}
+
+export function meter(running: RunningCarerelay | undefined): Meter {
+  return { commits: running ? commitsOf(running) : 0, writes: storageWrites(), bytes: running ? databaseBytes(running) : 0 };
+}
+
+/** Per-message figures between two meters. */
+export function perMessage(before: Meter, after: Meter, messages: number): { commitsPerMsg: number; writtenPerMsg: number; growthPerMsg: number } {
+  const per = (a: number, b: number, digits: number) => Number(((b - a) / Math.max(messages, 1)).toFixed(digits));
+  return {
+    commitsPerMsg: per(before.commits, after.commits, 3),
+    writtenPerMsg: Math.round(per(before.writes, after.writes, 0)),
+    growthPerMsg: Math.round(per(before.bytes, after.bytes, 0)),
+  };
+}
+
+/**
+ * Lays out a configuration directory in `dir`: `connectors/bench.yaml` with `lines` (server
+ * block and inputs), and with `shipped` the repository's mappings/ and the connectors holding
+ * the outputs they name (outbox.yaml, marketing.yaml), exactly as a user runs them.
+ */
+export function writeConfig(dir: string, lines: readonly string[], shipped: boolean): void {
+  mkdirSync(join(dir, 'connectors'), { recursive: true });
+  writeFileSync(join(dir, 'connectors', 'bench.yaml'), [...lines, ...(shipped ? [] : ['outputs: []']), ''].join('\n'));
+  if (shipped) {
+    // The outputs the shipped mappings name (outbox stand-ins; the adapter blocks are commented out).
+    for (const file of ['outbox.yaml', 'marketing.yaml']) cpSync(join(repoRoot, 'connectors', file), join(dir, 'connectors', file));
+    cpSync(join(repoRoot, 'mappings'), join(dir, 'mappings'), { recursive: true });
+  }
+}
+
+/** Figures of the confirmations (rule booking-confirmation, `at: now`) kept by the outbox. */
+export interface ConfirmationFigures {
+  confirmations: number;
+  lagP50Ms: number;
+  lagP99Ms: number;
+  lagMaxMs: number;
+  /** Confirmations kept more than a second after their booking's ACK, or never. */
+  lateOrMissing: number;
+}
+
+/**
+ * Matches every outbox entry of rule booking-confirmation to the ACK time of the booking
+ * (by appointment id) and reports the lag; `acked` maps appointment id → ACK wall time (ms).
+ */
+export async function confirmationFigures(running: RunningCarerelay, acked: ReadonlyMap<string, number>): Promise<ConfirmationFigures> {
+  const db = sqliteOf(running).db;
+  const rows = db
+    .prepare("SELECT delivery_id AS id, kept_at AS keptAt FROM outbox WHERE delivery_id LIKE 'booking-confirmation@appointment/%'")
+    .all() as Array<{ id: string; keptAt: string }>;
+  const lags: number[] = [];
+  for (const row of rows) {
+    const appointment = decodeURIComponent(row.id.slice('booking-confirmation@appointment/'.length, row.id.lastIndexOf('#')));
+    const ackMs = acked.get(appointment);
+    if (ackMs !== undefined) lags.push(Date.parse(row.keptAt) - ackMs);
+  }
+  lags.sort((a, b) => a - b);
+  const at = (p: number) => (lags.length === 0 ? 0 : lags[Math.min(lags.length - 1, Math.floor(p * lags.length))]!);
+  return {
+    confirmations: lags.length,
+    lagP50Ms: at(0.5),
+    lagP99Ms: at(0.99),
+    lagMaxMs: lags.length === 0 ? 0 : lags[lags.length - 1]!,
+    lateOrMissing: acked.size - lags.filter((l) => l <= 1000).length,
+  };
+}
