@@ -481,7 +481,7 @@ export async function loadForSimulation(mappingsDir: string, env: Env): Promise<
   const plan = await loadConfig({ configDir, env, outputSpecs, checkSecrets: false });
   const issues: ConfigIssue[] = [];
   const outputs = outputInfos(plan.outputs, outputSpecs);
-  const mappings = await loadMappings({ configDir, env, outputs, issues, mappingsDir: dir });
+  const mappings = await loadMappings({ configDir, env, outputs, issues, mappingsDir: dir, optOutWords: plan.policy.settings.keywords.optOut });
   if (issues.length > 0) throw new ConfigError(issues);
   return { ...mappings, policy: plan.policy, outputs };
 }
