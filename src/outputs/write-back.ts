@@ -21,7 +21,9 @@
 // freed slot for a patient: FHIR create / $book, SRM^S01, a webhook) adds its own member to
 // WriteBackOperation with what it needs (the slot, the service, the patient) and returns the
 // appointment it made in `appointmentId`; outputs declare it in `writeBackKinds` when they can.
+import { PermanentError } from '../errors.ts';
 import type { Identifier } from '../types.ts';
+import type { OutboundAdapter } from './spec.ts';
 
 export const WriteBackKind = {
   /** The patient will come: FHIR patient participant `accepted`, SRM^S03, `carerelay.appointment.confirm`. */
@@ -94,6 +96,13 @@ export type WriteBackResult =
       readonly code: string;
     };
 
+/**
+ * What a write-back-only output declares (fhir-appointment, oracle-health-appointment,
+ * hl7v2-srm): it sends no messages — no purposes, so pipeline/rule.ts refuses it in send.output
+ * — and performs confirm and cancel, idempotently.
+ */
+export const WRITE_BACK_ONLY = { channel: 'fhir', baa: false, allowedPurposes: [], idempotent: true, writeBackKinds: [WriteBackKind.Confirm, WriteBackKind.Cancel] } as const;
+
 export interface WriteBackContext {
   readonly signal: AbortSignal;
   /** 1 for the first attempt. */
@@ -111,3 +120,33 @@ export const WriteBackDenial = {
   /** The EHR does not know the appointment. */
   NotFound: 'appointment_not_found',
 } as const;
+
+/**
+ * The adapter of a write-back-only output: `writeBack` with failures passed through `failure`
+ * (the output's own classification), and a send() that refuses (the rule compiler already keeps
+ * rules from naming it in send.output).
+ */
+export function writeBackOnlyAdapter(
+  name: string,
+  writeBack: (op: WriteBackOperation, context: WriteBackContext) => Promise<WriteBackResult>,
+  failure: (error: unknown) => WriteBackResult = (error) => {
+    throw error;
+  },
+  close?: () => Promise<void>,
+): OutboundAdapter {
+  return {
+    name,
+    ...WRITE_BACK_ONLY,
+    async send() {
+      throw new PermanentError('not_a_message_output', `output "${name}" writes answers back and sends no messages`);
+    },
+    async writeBack(op, context) {
+      try {
+        return await writeBack(op, context);
+      } catch (error) {
+        return failure(error);
+      }
+    },
+    ...(close ? { close } : {}),
+  };
+}
