@@ -18,6 +18,7 @@ import { createHooksRouter, type TwilioStatusHook } from './hooks-routes.ts';
 import { bearerMatches, bearerToken, declaredOverLimit, digest, limitedRawBody, refuseUnread, sendProblem } from './http.ts';
 import { createOperationsRouter } from './operations.ts';
 import { createConsentRouter, type ConsentRoutesDeps } from './consent-routes.ts';
+import { createTaskRouter } from './task-routes.ts';
 
 export interface HttpHl7Input {
   settings: Hl7IngestSettings;
@@ -515,6 +516,8 @@ export function createApp(deps: ApiDeps): express.Express {
   });
 
   admin.use('/fhir', createFhirAdminRouter(deps.fhirInputs ?? new Map()));
+  // Staff tasks: answers for a person, write-backs the EHR refused (task-routes.ts).
+  admin.use(createTaskRouter({ store, requireScope, callerName: (res) => callerOf(res).name, now: () => (deps.now?.() ?? new Date()).getTime() }));
   admin.use(createOperationsRouter({ store, log, hl7Ingest: deps.hl7Ingest, hl7Settings: deps.hl7Settings ?? new Map(), now: deps.now ?? (() => new Date()) }));
 
   app.use('/api', admin);

@@ -18,7 +18,7 @@ function config(standIn: AppointmentStandIn, over: Partial<FhirAppointmentConfig
   };
 }
 
-export function faultOn(standIn: AppointmentStandIn, fault: WriteBackFault): void {
+function faultOn(standIn: AppointmentStandIn, fault: WriteBackFault): void {
   if (fault === WriteBackFault.Hang) standIn.http.failNext({ kind: 'hang' });
   else if (fault === WriteBackFault.RateLimited) standIn.http.failNext({ kind: 'answer', status: 429, headers: { 'retry-after': '7' } });
   else standIn.http.failNext({ kind: 'answer', status: 503 });
