@@ -111,9 +111,10 @@ export class ReplyService {
 
   /**
    * After a send (SendGate.sent): a message of a rule with `reply:` opens a prompt on its
-   * number, with the answers of the language it went out in. Closes at the appointment start.
+   * number, with the answers of the language it went out in (`language`, else the stored
+   * message's). Closes at the appointment start.
    */
-  async sent(stored: StoredDelivery, to: string | undefined, at: number): Promise<void> {
+  async sent(stored: StoredDelivery, to: string | undefined, at: number, language?: string): Promise<void> {
     const d = stored.delivery;
     if (d.channel !== 'sms' || d.subjectKind !== 'appointment' || to === undefined || to === '') return;
     const rule = this.#deps.rules().find((r) => r.id === d.ruleId);
@@ -131,7 +132,7 @@ export class ReplyService {
       appointmentId: d.subjectId,
       ...(start !== undefined ? { appointmentStart: start } : {}),
       triggerId: d.triggerId,
-      offer: offerFor(rule.reply, finished?.message?.language ?? 'en'),
+      offer: offerFor(rule.reply, language ?? finished?.message?.language ?? 'en'),
       sentAt: new Date(at).toISOString(),
       closesAt: new Date(startMs ?? at + PROMPT_WITHOUT_START_MS).toISOString(),
     };
