@@ -519,6 +519,8 @@ export const AuditAction = {
   Reprocess: 'message.reprocess',
   /** POST /api/messages/:id/release. */
   Release: 'message.release',
+  /** A dead-lettered or parked delivery queued again (the dashboard's replay). */
+  Replay: 'delivery.replay',
 } as const;
 export type AuditAction = (typeof AuditAction)[keyof typeof AuditAction];
 
