@@ -52,6 +52,8 @@ export interface MailchimpStandIn extends HttpStandIn {
   memberUnsubscribes(email: string): Promise<number[]>;
   /** The member's address is cleaned (a hard bounce, or abuse): posted to the webhooks; their statuses. */
   memberCleaned(email: string, reason: 'hard' | 'abuse'): Promise<number[]>;
+  /** Posts the last webhook call again, as it was (Mailchimp retries a call that failed); the statuses. */
+  redeliverLast(): Promise<number[]>;
 }
 
 const MERGE_TAGS = new Set(['FNAME', 'LNAME', 'ADDRESS', 'PHONE', 'BIRTHDAY']);
@@ -160,6 +162,17 @@ export async function startMailchimpStandIn(): Promise<MailchimpStandIn> {
   const base = standIn.baseUrl;
   const webhooks: string[] = [];
   let fired = 0;
+  let last: URLSearchParams | undefined;
+  const deliver = async (form: URLSearchParams): Promise<number[]> => {
+    last = form;
+    const statuses: number[] = [];
+    for (const url of webhooks) {
+      const res = await fetch(url, { method: 'POST', body: form.toString(), headers: { 'content-type': 'application/x-www-form-urlencoded' } });
+      await res.arrayBuffer();
+      statuses.push(res.status);
+    }
+    return statuses;
+  };
   const post = async (email: string, fields: Record<string, string>): Promise<number[]> => {
     const hash = md5(email);
     const member = members.get(hash);
@@ -175,13 +188,7 @@ export async function startMailchimpStandIn(): Promise<MailchimpStandIn> {
       'data[merges][EMAIL]': member?.email_address ?? email,
       ...Object.fromEntries(Object.entries(member?.merge_fields ?? {}).map(([k, v]) => [`data[merges][${k}]`, v])),
     });
-    const statuses: number[] = [];
-    for (const url of webhooks) {
-      const res = await fetch(url, { method: 'POST', body: form.toString(), headers: { 'content-type': 'application/x-www-form-urlencoded' } });
-      await res.arrayBuffer();
-      statuses.push(res.status);
-    }
-    return statuses;
+    return deliver(form);
   };
   return Object.assign(standIn, {
     apiKey,
@@ -205,6 +212,10 @@ export async function startMailchimpStandIn(): Promise<MailchimpStandIn> {
       const member = members.get(md5(email));
       if (member) member.status = 'unsubscribed';
       return post(email, { type: 'unsubscribe', 'data[action]': 'unsub', 'data[reason]': 'manual', 'data[campaign_id]': 'cb398d21d2' });
+    },
+    async redeliverLast() {
+      if (last === undefined) throw new Error('no webhook call to deliver again');
+      return deliver(last);
     },
     async memberCleaned(email: string, reason: 'hard' | 'abuse') {
       const member = members.get(md5(email));
