@@ -31,6 +31,12 @@ export interface OutputInstanceInfo {
    * field being dropped silently. Absent: every field the rule names is sent.
    */
   readonly fields?: readonly string[];
+  /**
+   * Trigger paths every rule routed to this output must send, each with why: what the adapter
+   * reads to refuse what it may not carry (Adobe AEP under Healthcare Shield: sensitivity and
+   * patient.birthDate). A rule without them is refused at load (pipeline/coverage.ts).
+   */
+  readonly requiredFields?: Readonly<Record<string, string>>;
 }
 
 /**
@@ -245,6 +251,7 @@ export function outputInfos(outputs: readonly ConfiguredOutput[], specs: readonl
       baa: info.baa,
       allowedPurposes: info.allowedPurposes,
       ...(info.fields !== undefined ? { fields: info.fields } : {}),
+      ...(info.requiredFields !== undefined ? { requiredFields: info.requiredFields } : {}),
     });
   }
   return infos;
