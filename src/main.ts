@@ -7,6 +7,7 @@ import { inboundSmsTokens } from './api/consent-routes.ts';
 import type { FlowInfo, FlowsInfo } from './api/dashboard/flows.ts';
 import { queueReplay } from './api/dashboard/queue-replay.ts';
 import { twilioStatusHooks } from './api/hooks-routes.ts';
+import { toolHooks as toolWebhooks } from './api/tool-hooks.ts';
 import { loadConfig, type CarerelayPlan, type InstancePlan } from './config/load.ts';
 import { readSecret, type Env, type SecretRef } from './config/yaml.ts';
 import { MLLP_REFUSALS, MllpCloseReason, MllpServer, type MllpServerEvent, type MllpServerStats } from './hl7v2/mllp-server.ts';
@@ -239,6 +240,7 @@ export async function startCarerelay(options: StartOptions): Promise<RunningCare
   let deliveries: DeliveryRuntime;
   let twilioStatus: ReturnType<typeof twilioStatusHooks>;
   let smsWebhooks: Map<string, string>;
+  let toolHooks: ReturnType<typeof toolWebhooks>;
   try {
     const links = unsubscribeLinks({
       key: policy.unsubscribe.secret ? Buffer.from(readSecret(policy.unsubscribe.secret, env, plan.configDir), 'utf8') : dataDirUnsubscribeKey(plan.server.dataDir),
@@ -249,6 +251,7 @@ export async function startCarerelay(options: StartOptions): Promise<RunningCare
     deliveries = new DeliveryRuntime({ db, store, plan, log, outputSpecs, env, links, ...(options.now ? { now: options.now } : {}), ...(afterSend ? { afterSend } : {}) });
     twilioStatus = twilioStatusHooks(plan.outputs, (ref) => readSecret(ref, env, plan.configDir));
     smsWebhooks = inboundSmsTokens(plan, (ref) => readSecret(ref, env, plan.configDir));
+    toolHooks = toolWebhooks(plan.outputs, (ref) => readSecret(ref, env, plan.configDir), deliveries.outputs);
   } catch (error) {
     await store.close();
     throw error;
@@ -319,6 +322,7 @@ export async function startCarerelay(options: StartOptions): Promise<RunningCare
       rules: () => deliveries.rules,
       replay: queueReplay({ store, queue: deliveries.queue, log, now: () => new Date(now()) }),
     },
+    toolHooks: { hooks: toolHooks, consent, publicUrl: () => publicUrl, now },
   });
   const mllpPorts = new Map<string, number>();
   let http: Server | undefined;
