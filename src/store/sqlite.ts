@@ -63,6 +63,7 @@ import {
   storedMessageOf,
 } from './common.ts';
 import { PackedKind, packJson, packRaw, unpackJson, unpackRaw } from './packed-json.ts';
+import { ACTIVITY_TABLES, SqliteActivity } from './sqlite-activity.ts';
 import { CONSENT_TABLES, SqliteConsentLedger } from './sqlite-consent.ts';
 import { migrate, openSqliteDatabase, type Database } from './sqlite-db.ts';
 import { ATTEMPT_FROM_STATUS, AttemptKind, AuditAction, STORED_DELIVERY_STATUSES, StoredDeliveryStatus } from './store.ts';
@@ -73,9 +74,11 @@ import type {
   ConsentLedger,
   ContactHoldingQuery,
   DeliveryCause,
+  DeliveryTally,
   DecisionRecord,
   Disclosure,
   ErasureRecord,
+  FlowActivity,
   PatientFacts,
   StoredFhirConsent,
   DeliveryOutcome,
@@ -347,6 +350,9 @@ export const SQLITE_STORE_MIGRATIONS: readonly string[] = [
   CREATE INDEX contact_holdings_tool_id ON contact_holdings (output, tool_id) WHERE tool_id IS NOT NULL;
   ALTER TABLE erasures ADD COLUMN tools TEXT NOT NULL DEFAULT '[]';
   `,
+  // The dashboard's counts without scans (sqlite-activity.ts): activity per minute of inputs and
+  // outputs, deliveries per rule, variant, output, status and reason.
+  ACTIVITY_TABLES,
 ];
 
 /** Most records committed in one transaction (bounds how long one flush blocks the loop). */
@@ -571,6 +577,7 @@ export class SqliteStore implements Store {
   private readonly commitIsolated: (batch: PendingWrite[]) => Array<{ value: unknown } | { error: unknown }>;
   private readonly commitOne: (run: () => unknown) => unknown;
   private readonly ledger: SqliteConsentLedger;
+  private readonly activity: SqliteActivity;
 
   constructor(db: Database, options: SqliteStoreOptions = {}) {
     this.db = db;
@@ -579,6 +586,7 @@ export class SqliteStore implements Store {
     // The stored bytes of a message as received, for SQL that reads them (the text search).
     db.function('raw_unpacked', { deterministic: true }, (raw: unknown, packed: unknown) => (packed === 1 && Buffer.isBuffer(raw) ? unpackRaw(raw) : raw));
     this.ledger = new SqliteConsentLedger(db);
+    this.activity = new SqliteActivity(db);
 
     // The literal `control_id <> '' AND status <> 'quarantined' AND keyed = 1` lets SQLite
     // use the partial unique index (it must see the index's WHERE terms in the query).
@@ -651,14 +659,14 @@ export class SqliteStore implements Store {
     // row then, and its keys are left alone.
     this.upsertDeliveryStmt = db.prepare(
       `INSERT INTO deliveries (id, status, as_of, as_of_ms, due_at, due_ms, rule, patient_id, subject, generation,
-         subject_start, json, created_at, updated_at, cause_trigger, cause)
-       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+         subject_start, json, created_at, updated_at, cause_trigger, cause, output, variant)
+       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
        ON CONFLICT (id) DO UPDATE SET
          status = excluded.status, as_of = excluded.as_of, as_of_ms = excluded.as_of_ms,
          due_at = excluded.due_at, due_ms = excluded.due_ms, rule = excluded.rule,
          patient_id = excluded.patient_id, subject = excluded.subject, generation = excluded.generation,
          subject_start = excluded.subject_start, json = excluded.json, updated_at = excluded.updated_at,
-         cause_trigger = excluded.cause_trigger, cause = excluded.cause
+         cause_trigger = excluded.cause_trigger, cause = excluded.cause, output = excluded.output, variant = excluded.variant
        WHERE deliveries.status IN ('pending', 'cancelled')
        RETURNING seq`,
     );
@@ -730,6 +738,8 @@ export class SqliteStore implements Store {
           write.updatedAt,
           write.cause === undefined || write.cause.triggerId === d.triggerId ? null : write.cause.triggerId,
           write.cause === undefined ? null : write.cause.reason === undefined ? write.cause.change : `${write.cause.change}:${write.cause.reason}`,
+          d.output,
+          d.variant ?? null,
         );
         // Keys a column finds (its id, subject, patient, rule, a type on its subject) need no row.
         if (row !== undefined) {
@@ -1042,6 +1052,16 @@ export class SqliteStore implements Store {
     const counts = Object.fromEntries(Object.values(MessageStatus).map((status) => [status, 0])) as Record<MessageStatus, number>;
     for (const { status, n } of this.messageCountsStmt.all()) counts[status] = n;
     return counts;
+  }
+
+  async flowActivity(since: string): Promise<FlowActivity[]> {
+    this.assertOpen();
+    return this.activity.flowActivity(instantMs(since, 'since'));
+  }
+
+  async deliveryTallies(): Promise<DeliveryTally[]> {
+    this.assertOpen();
+    return this.activity.deliveryTallies();
   }
 
   async deliveriesByCancelKey(key: string): Promise<StoredDelivery[]> {

@@ -528,6 +528,8 @@ export const AuditAction = {
   Reprocess: 'message.reprocess',
   /** POST /api/messages/:id/release. */
   Release: 'message.release',
+  /** A dead-lettered or parked delivery queued again (the dashboard's replay). */
+  Replay: 'delivery.replay',
 } as const;
 export type AuditAction = (typeof AuditAction)[keyof typeof AuditAction];
 
@@ -583,6 +585,42 @@ export type ReceiptQuery = { deliveryId: string; output?: string } | { output: s
  * tool's own opt-out report), named by its address or by the tool's own id of it (ContactHolding.toolId).
  */
 export type ContactHoldingQuery = { patientId: string } | { output: string; contactKey: string } | { output: string; toolId: string };
+
+/**
+ * What one input or output did per minute (Store.flowActivity), for the dashboard's Flows view.
+ * Codes only: an input's ACK codes (AA, AR… or a FHIR request's HTTP status), an output's
+ * delivery ends (sent, suppressed, failed).
+ */
+export interface FlowActivity {
+  kind: 'input' | 'output';
+  /** The input or output instance name (connectors/*.yaml). */
+  name: string;
+  /**
+   * ISO 8601 UTC instant of its newest event: a message received (input), a delivery ended
+   * (output) — also when that was before the window.
+   */
+  lastAt: string;
+  /** Events per minute and code within the window, oldest first; `minute` is the minute's start (ISO 8601 UTC). */
+  minutes: Array<{ minute: string; code: string; count: number }>;
+}
+
+/** Minutes of activity Store.flowActivity keeps: an hour. */
+export const FLOW_ACTIVITY_MINUTES = 60;
+
+/**
+ * Deliveries counted by rule, variant, output, status and reason (Store.deliveryTallies), for
+ * the dashboard's Rules and Flows views. `output` and `variant` are absent for deliveries
+ * stored before they were counted (and `variant` for rules without variants).
+ */
+export interface DeliveryTally {
+  rule: string;
+  variant?: string;
+  output?: string;
+  status: StoredDeliveryStatus;
+  /** suppressed: the check that said no; failed: the failure code; cancelled: why, when known. */
+  reason?: string;
+  count: number;
+}
 
 export interface Store extends ConsentLedger {
   /**
@@ -665,6 +703,16 @@ export interface Store extends ConsentLedger {
   countDeliveries(): Promise<Record<StoredDeliveryStatus, number>>;
   /** Messages per status, counted as they are stored. */
   countMessages(): Promise<Record<MessageStatus, number>>;
+  /**
+   * Messages received per input and deliveries ended per output, per minute and code, since
+   * `since` (ISO instant; the store keeps the last FLOW_ACTIVITY_MINUTES minutes, so an earlier
+   * `since` gives those), with each one's newest event. Kept as they happen: the answer costs
+   * what the window holds, not what is stored. Inputs and outputs that never had an event are
+   * left out.
+   */
+  flowActivity(since: string): Promise<FlowActivity[]>;
+  /** Deliveries per rule, variant, output, status and reason, kept as they change (no scan); counts of 0 left out. */
+  deliveryTallies(): Promise<DeliveryTally[]>;
   getDelivery(id: string): Promise<StoredDelivery | undefined>;
   /** Every delivery holding the cancel key (one index probe, whatever the number of deliveries). */
   deliveriesByCancelKey(key: string): Promise<StoredDelivery[]>;
