@@ -4,7 +4,10 @@ import type { Server } from 'node:http';
 import path from 'node:path';
 import { createApp, type HttpHl7Input } from './api/app.ts';
 import { inboundSmsTokens } from './api/consent-routes.ts';
+import type { FlowInfo, FlowsInfo } from './api/dashboard/flows.ts';
+import { queueReplay } from './api/dashboard/queue-replay.ts';
 import { twilioStatusHooks } from './api/hooks-routes.ts';
+import { toolHooks as toolWebhooks } from './api/tool-hooks.ts';
 import { loadConfig, type CarerelayPlan, type InstancePlan } from './config/load.ts';
 import { readSecret, type Env, type SecretRef } from './config/yaml.ts';
 import { MLLP_REFUSALS, MllpCloseReason, MllpServer, type MllpServerEvent, type MllpServerStats } from './hl7v2/mllp-server.ts';
@@ -171,6 +174,35 @@ async function startMllpInput(
   return server;
 }
 
+/** What the dashboard's Flows page shows of each input and output (api/dashboard/flows.ts). */
+function flowsInfo(
+  plan: CarerelayPlan,
+  httpHost: string,
+  mllpPorts: ReadonlyMap<string, number>,
+  mllpStats: (name: string) => MllpServerStats | undefined,
+  deliveries: DeliveryRuntime,
+): FlowsInfo {
+  const inputs = plan.inputs.map((input): FlowInfo => {
+    if (input.type === HL7V2_MLLP) {
+      const port = mllpPorts.get(input.name);
+      const stats = mllpStats(input.name);
+      const host = (input.config as unknown as Hl7v2MllpConfig).host;
+      return {
+        name: input.name,
+        type: input.type,
+        listening: port !== undefined,
+        detail: port === undefined ? 'not listening' : `${host}:${port} · ${stats?.connections ?? 0} connection${stats?.connections === 1 ? '' : 's'}`,
+      };
+    }
+    if (input.type === HL7V2_HTTP) return { name: input.name, type: input.type, listening: true, detail: `POST /ingest/hl7v2/${input.name} on ${httpHost}` };
+    if (input.type === FHIR_REST_HOOK) return { name: input.name, type: input.type, listening: true, detail: `POST /ingest/fhir/${input.name} on ${httpHost}` };
+    if (input.type === FHIR_POLL) return { name: input.name, type: input.type, listening: true, detail: `polls every ${(input.config as unknown as FhirPollConfig).intervalSeconds} s` };
+    return { name: input.name, type: input.type };
+  });
+  const outputs = plan.outputs.map((output): FlowInfo => ({ name: output.name, type: output.type, ...(deliveries.outputs.get(output.name) ? { channel: deliveries.outputs.get(output.name)!.channel } : {}) }));
+  return { inputs, outputs };
+}
+
 export async function startCarerelay(options: StartOptions): Promise<RunningCarerelay> {
   const log = options.log ?? createLogger();
   const env = options.env;
@@ -208,6 +240,7 @@ export async function startCarerelay(options: StartOptions): Promise<RunningCare
   let deliveries: DeliveryRuntime;
   let twilioStatus: ReturnType<typeof twilioStatusHooks>;
   let smsWebhooks: Map<string, string>;
+  let toolHooks: ReturnType<typeof toolWebhooks>;
   try {
     const links = unsubscribeLinks({
       key: policy.unsubscribe.secret ? Buffer.from(readSecret(policy.unsubscribe.secret, env, plan.configDir), 'utf8') : dataDirUnsubscribeKey(plan.server.dataDir),
@@ -218,6 +251,7 @@ export async function startCarerelay(options: StartOptions): Promise<RunningCare
     deliveries = new DeliveryRuntime({ db, store, plan, log, outputSpecs, env, links, ...(options.now ? { now: options.now } : {}), ...(afterSend ? { afterSend } : {}) });
     twilioStatus = twilioStatusHooks(plan.outputs, (ref) => readSecret(ref, env, plan.configDir));
     smsWebhooks = inboundSmsTokens(plan, (ref) => readSecret(ref, env, plan.configDir));
+    toolHooks = toolWebhooks(plan.outputs, (ref) => readSecret(ref, env, plan.configDir), deliveries.outputs);
   } catch (error) {
     await store.close();
     throw error;
@@ -280,6 +314,15 @@ export async function startCarerelay(options: StartOptions): Promise<RunningCare
     twilioStatus,
     readiness: () => readiness.check(),
     consent: { consent, links: deliveries.links, smsWebhooks, publicUrl: () => publicUrl, now, inboundSms: (message) => deliveries.replies.service.inboundSms(message) },
+    dashboard: {
+      zone: policy.settings.timezone,
+      now: () => new Date(now()),
+      flows: () => flowsInfo(plan, httpHost, mllpPorts, (name) => mllpServers.find((m) => m.name === name)?.server.stats(), deliveries),
+      queue: deliveries.queue,
+      rules: () => deliveries.rules,
+      replay: queueReplay({ store, queue: deliveries.queue, log, now: () => new Date(now()) }),
+    },
+    toolHooks: { hooks: toolHooks, consent, publicUrl: () => publicUrl, now },
   });
   const mllpPorts = new Map<string, number>();
   let http: Server | undefined;

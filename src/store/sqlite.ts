@@ -63,6 +63,7 @@ import {
   storedMessageOf,
 } from './common.ts';
 import { PackedKind, packJson, packRaw, unpackJson, unpackRaw } from './packed-json.ts';
+import { ACTIVITY_TABLES, SqliteActivity } from './sqlite-activity.ts';
 import { CONSENT_TABLES, SqliteConsentLedger } from './sqlite-consent.ts';
 import { migrate, openSqliteDatabase, type Database, type MigrationStep } from './sqlite-db.ts';
 import { REPLY_TABLES, SqliteReplyLedger, widenMessageFormats } from './sqlite-replies.ts';
@@ -74,9 +75,11 @@ import type {
   ConsentLedger,
   ContactHoldingQuery,
   DeliveryCause,
+  DeliveryTally,
   DecisionRecord,
   Disclosure,
   ErasureRecord,
+  FlowActivity,
   PatientFacts,
   StoredFhirConsent,
   DeliveryOutcome,
@@ -344,6 +347,17 @@ export const SQLITE_STORE_MIGRATIONS: readonly MigrationStep[] = [
     UPDATE message_counts SET n = n - 1 WHERE status = OLD.status;
   END;
   `,
+  // The tool's own id of a held contact (a tool's webhook naming the contact by it finds the
+  // patient: ContactHolding.toolId); an erasure's record of the tools that held the patient's
+  // contact and what asking each to forget it gave (ErasureRecord.tools).
+  `
+  ALTER TABLE contact_holdings ADD COLUMN tool_id TEXT;
+  CREATE INDEX contact_holdings_tool_id ON contact_holdings (output, tool_id) WHERE tool_id IS NOT NULL;
+  ALTER TABLE erasures ADD COLUMN tools TEXT NOT NULL DEFAULT '[]';
+  `,
+  // The dashboard's counts without scans (sqlite-activity.ts): activity per minute of inputs and
+  // outputs, deliveries per rule, variant, output, status and reason.
+  ACTIVITY_TABLES,
   // Replies to reminders and staff tasks (sqlite-replies.ts); SMS replies stored as messages.
   REPLY_TABLES,
   widenMessageFormats,
@@ -456,17 +470,18 @@ function receiptFromRow(row: ReceiptRow): DeliveryReceipt {
   };
 }
 
-const HOLDING_COLUMNS = 'output, patient_id, contact_key, first_sent_at';
+const HOLDING_COLUMNS = 'output, patient_id, contact_key, first_sent_at, tool_id';
 
 interface HoldingRow {
   output: string;
   patient_id: string;
   contact_key: string;
   first_sent_at: string;
+  tool_id: string | null;
 }
 
 function holdingFromRow(row: HoldingRow): ContactHolding {
-  return { output: row.output, patientId: row.patient_id, contactKey: row.contact_key, firstSentAt: row.first_sent_at };
+  return { output: row.output, patientId: row.patient_id, contactKey: row.contact_key, firstSentAt: row.first_sent_at, ...(row.tool_id !== null ? { toolId: row.tool_id } : {}) };
 }
 
 /** A record with its instants already checked and converted (outside the transaction). */
@@ -563,13 +578,16 @@ export class SqliteStore implements Store {
   private readonly addHoldingStmt: BetterSqlite3.Statement<[string, string, string, string]>;
   private readonly holdingsOfPatientStmt: BetterSqlite3.Statement<[string], HoldingRow>;
   private readonly holdingsOfContactStmt: BetterSqlite3.Statement<[string, string], HoldingRow>;
+  private readonly holdingsOfToolIdStmt: BetterSqlite3.Statement<[string, string], HoldingRow>;
+  private readonly setHoldingToolIdStmt: BetterSqlite3.Statement<[string, string, string, string]>;
   private readonly saveRoutingTx: (triggerIds: readonly string[], rows: Array<{ write: DeliveryWrite; asOfMs: number; dueMs: number }>, routedMs: number, explanations: ReadonlyMap<string, Buffer>) => void;
   private readonly commitGroup: (batch: PendingWrite[]) => Array<{ value: unknown }>;
   private readonly commitIsolated: (batch: PendingWrite[]) => Array<{ value: unknown } | { error: unknown }>;
   private readonly commitOne: (run: () => unknown) => unknown;
   private readonly ledger: SqliteConsentLedger;
   private readonly replies: SqliteReplyLedger;
-  private readonly eraseTx: (patientId: string, at: string) => ErasureRecord;
+  private readonly eraseTx: (patientId: string, at: string, outcomes?: Readonly<Record<string, string>>) => ErasureRecord;
+  private readonly activity: SqliteActivity;
 
   constructor(db: Database, options: SqliteStoreOptions = {}) {
     this.db = db;
@@ -580,11 +598,12 @@ export class SqliteStore implements Store {
     this.ledger = new SqliteConsentLedger(db);
     this.replies = new SqliteReplyLedger(db);
     // The ledger's erasure nests as a savepoint: the patient's reply prompts go in the same transaction.
-    this.eraseTx = db.transaction((patientId: string, at: string) => {
-      const record = this.ledger.erasePatient(patientId, at);
+    this.eraseTx = db.transaction((patientId: string, at: string, outcomes?: Readonly<Record<string, string>>) => {
+      const record = this.ledger.erasePatient(patientId, at, outcomes);
       this.replies.erase(patientId);
       return record;
     }).immediate;
+    this.activity = new SqliteActivity(db);
 
     // The literal `control_id <> '' AND status <> 'quarantined' AND keyed = 1` lets SQLite
     // use the partial unique index (it must see the index's WHERE terms in the query).
@@ -657,14 +676,14 @@ export class SqliteStore implements Store {
     // row then, and its keys are left alone.
     this.upsertDeliveryStmt = db.prepare(
       `INSERT INTO deliveries (id, status, as_of, as_of_ms, due_at, due_ms, rule, patient_id, subject, generation,
-         subject_start, json, created_at, updated_at, cause_trigger, cause)
-       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+         subject_start, json, created_at, updated_at, cause_trigger, cause, output, variant)
+       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
        ON CONFLICT (id) DO UPDATE SET
          status = excluded.status, as_of = excluded.as_of, as_of_ms = excluded.as_of_ms,
          due_at = excluded.due_at, due_ms = excluded.due_ms, rule = excluded.rule,
          patient_id = excluded.patient_id, subject = excluded.subject, generation = excluded.generation,
          subject_start = excluded.subject_start, json = excluded.json, updated_at = excluded.updated_at,
-         cause_trigger = excluded.cause_trigger, cause = excluded.cause
+         cause_trigger = excluded.cause_trigger, cause = excluded.cause, output = excluded.output, variant = excluded.variant
        WHERE deliveries.status IN ('pending', 'cancelled')
        RETURNING seq`,
     );
@@ -713,6 +732,8 @@ export class SqliteStore implements Store {
     );
     this.holdingsOfPatientStmt = db.prepare(`SELECT ${HOLDING_COLUMNS} FROM contact_holdings WHERE patient_id = ? ORDER BY seq`);
     this.holdingsOfContactStmt = db.prepare(`SELECT ${HOLDING_COLUMNS} FROM contact_holdings WHERE output = ? AND contact_key = ? ORDER BY seq`);
+    this.holdingsOfToolIdStmt = db.prepare(`SELECT ${HOLDING_COLUMNS} FROM contact_holdings WHERE output = ? AND tool_id = ? ORDER BY seq`);
+    this.setHoldingToolIdStmt = db.prepare('UPDATE contact_holdings SET tool_id = ? WHERE output = ? AND patient_id = ? AND contact_key = ?');
     // Runs inside the group commit's transaction.
     this.saveRoutingTx = ((triggerIds: readonly string[], rows: Array<{ write: DeliveryWrite; asOfMs: number; dueMs: number }>, routedMs: number, explanations: ReadonlyMap<string, Buffer>) => {
       for (const { write, asOfMs, dueMs } of rows) {
@@ -734,6 +755,8 @@ export class SqliteStore implements Store {
           write.updatedAt,
           write.cause === undefined || write.cause.triggerId === d.triggerId ? null : write.cause.triggerId,
           write.cause === undefined ? null : write.cause.reason === undefined ? write.cause.change : `${write.cause.change}:${write.cause.reason}`,
+          d.output,
+          d.variant ?? null,
         );
         // Keys a column finds (its id, subject, patient, rule, a type on its subject) need no row.
         if (row !== undefined) {
@@ -1049,6 +1072,16 @@ export class SqliteStore implements Store {
     return counts;
   }
 
+  async flowActivity(since: string): Promise<FlowActivity[]> {
+    this.assertOpen();
+    return this.activity.flowActivity(instantMs(since, 'since'));
+  }
+
+  async deliveryTallies(): Promise<DeliveryTally[]> {
+    this.assertOpen();
+    return this.activity.deliveryTallies();
+  }
+
   async deliveriesByCancelKey(key: string): Promise<StoredDelivery[]> {
     this.assertOpen();
     // Most keys are found through a column (common.ts packCancelKeys), the others through
@@ -1267,14 +1300,24 @@ export class SqliteStore implements Store {
     return this.enqueueWrite(() => {
       instantMs(holding.firstSentAt, 'holding.firstSentAt');
       if (holding.output === '' || holding.patientId === '' || holding.contactKey === '') throw new RangeError('a contact holding needs an output, a patient id and a contact key');
+      if (holding.toolId === '') throw new RangeError('a contact holding\'s toolId is absent or not empty');
       // In the group commit: durable when the promise resolves, one fsync for the cycle.
-      return () => this.addHoldingStmt.run(holding.output, holding.patientId, holding.contactKey, holding.firstSentAt).changes > 0;
+      return () => {
+        const added = this.addHoldingStmt.run(holding.output, holding.patientId, holding.contactKey, holding.firstSentAt).changes > 0;
+        if (holding.toolId !== undefined) this.setHoldingToolIdStmt.run(holding.toolId, holding.output, holding.patientId, holding.contactKey);
+        return added;
+      };
     });
   }
 
   async listContactHoldings(query: ContactHoldingQuery): Promise<ContactHolding[]> {
     this.assertOpen();
-    const rows = 'patientId' in query ? this.holdingsOfPatientStmt.all(query.patientId) : this.holdingsOfContactStmt.all(query.output, query.contactKey);
+    const rows =
+      'patientId' in query
+        ? this.holdingsOfPatientStmt.all(query.patientId)
+        : 'toolId' in query
+          ? this.holdingsOfToolIdStmt.all(query.output, query.toolId)
+          : this.holdingsOfContactStmt.all(query.output, query.contactKey);
     return rows.map(holdingFromRow);
   }
 
@@ -1356,9 +1399,9 @@ export class SqliteStore implements Store {
     return this.ledger.noteInboundEvent(key, at);
   }
 
-  async erasePatient(patientId: string, at: string): Promise<ErasureRecord> {
+  async erasePatient(patientId: string, at: string, outcomes?: Readonly<Record<string, string>>): Promise<ErasureRecord> {
     this.assertOpen();
-    return this.eraseTx(patientId, at);
+    return this.eraseTx(patientId, at, outcomes);
   }
 
   // --- replies and staff tasks (sqlite-replies.ts) ------------------------------------------

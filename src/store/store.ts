@@ -476,6 +476,13 @@ export interface ErasureRecord {
   at: string;
   /** Deliveries that were still pending: now suppressed `erased`. */
   cancelled: Array<{ deliveryId: string; generation: number; reason: 'erased' }>;
+  /**
+   * The outputs whose tool held a contact of the patient (their contact holdings, deleted with
+   * the rest), each with what asking the tool to forget the contact gave — an operator acts on
+   * what is not `forgotten` / `not_held` (outputs/spec.ts ForgetOutcome; `failed`, `unsupported`,
+   * `not_running`, or `not_asked` when the caller gave no outcome). No address: output names only.
+   */
+  tools: Array<{ output: string; outcome: string }>;
 }
 
 /**
@@ -523,9 +530,11 @@ export interface ConsentLedger {
    * raw messages, personal trigger fields, delivery payloads, recipients, sent texts and outbox
    * entries of the patient removed; decisions and disclosures deleted; contact points dropped.
    * The consent ledger stays (it holds no contact details of the patient and keeps objections
-   * honoured), and the erasure record is kept. The caller cancels the queue timers.
+   * honoured), and the erasure record is kept. The contact holdings of the patient are deleted
+   * and the record's `tools` lists each output that held one, once, with its outcome from
+   * `outcomes` (by output name; absent: `not_asked`). The caller cancels the queue timers.
    */
-  erasePatient(patientId: string, at: string): Promise<ErasureRecord>;
+  erasePatient(patientId: string, at: string, outcomes?: Readonly<Record<string, string>>): Promise<ErasureRecord>;
   listErasures(patientId: string): Promise<ErasureRecord[]>;
 }
 
@@ -647,6 +656,8 @@ export const AuditAction = {
   Reprocess: 'message.reprocess',
   /** POST /api/messages/:id/release. */
   Release: 'message.release',
+  /** A dead-lettered or parked delivery queued again (the dashboard's replay). */
+  Replay: 'delivery.replay',
 } as const;
 export type AuditAction = (typeof AuditAction)[keyof typeof AuditAction];
 
@@ -697,8 +708,47 @@ export interface TriggerRouting {
 /** Receipts of one delivery (optionally of one output), or those naming one provider id of an output. */
 export type ReceiptQuery = { deliveryId: string; output?: string } | { output: string; providerId: string };
 
-/** The tools holding a patient (to push an opt-out), or the patients a tool's contact stands for (a tool's own opt-out report). */
-export type ContactHoldingQuery = { patientId: string } | { output: string; contactKey: string };
+/**
+ * The tools holding a patient (to push an opt-out), or the patients a tool's contact stands for (a
+ * tool's own opt-out report), named by its address or by the tool's own id of it (ContactHolding.toolId).
+ */
+export type ContactHoldingQuery = { patientId: string } | { output: string; contactKey: string } | { output: string; toolId: string };
+
+/**
+ * What one input or output did per minute (Store.flowActivity), for the dashboard's Flows view.
+ * Codes only: an input's ACK codes (AA, AR… or a FHIR request's HTTP status), an output's
+ * delivery ends (sent, suppressed, failed).
+ */
+export interface FlowActivity {
+  kind: 'input' | 'output';
+  /** The input or output instance name (connectors/*.yaml). */
+  name: string;
+  /**
+   * ISO 8601 UTC instant of its newest event: a message received (input), a delivery ended
+   * (output) — also when that was before the window.
+   */
+  lastAt: string;
+  /** Events per minute and code within the window, oldest first; `minute` is the minute's start (ISO 8601 UTC). */
+  minutes: Array<{ minute: string; code: string; count: number }>;
+}
+
+/** Minutes of activity Store.flowActivity keeps: an hour. */
+export const FLOW_ACTIVITY_MINUTES = 60;
+
+/**
+ * Deliveries counted by rule, variant, output, status and reason (Store.deliveryTallies), for
+ * the dashboard's Rules and Flows views. `output` and `variant` are absent for deliveries
+ * stored before they were counted (and `variant` for rules without variants).
+ */
+export interface DeliveryTally {
+  rule: string;
+  variant?: string;
+  output?: string;
+  status: StoredDeliveryStatus;
+  /** suppressed: the check that said no; failed: the failure code; cancelled: why, when known. */
+  reason?: string;
+  count: number;
+}
 
 export interface Store extends ConsentLedger, ReplyLedger {
   /**
@@ -781,6 +831,16 @@ export interface Store extends ConsentLedger, ReplyLedger {
   countDeliveries(): Promise<Record<StoredDeliveryStatus, number>>;
   /** Messages per status, counted as they are stored. */
   countMessages(): Promise<Record<MessageStatus, number>>;
+  /**
+   * Messages received per input and deliveries ended per output, per minute and code, since
+   * `since` (ISO instant; the store keeps the last FLOW_ACTIVITY_MINUTES minutes, so an earlier
+   * `since` gives those), with each one's newest event. Kept as they happen: the answer costs
+   * what the window holds, not what is stored. Inputs and outputs that never had an event are
+   * left out.
+   */
+  flowActivity(since: string): Promise<FlowActivity[]>;
+  /** Deliveries per rule, variant, output, status and reason, kept as they change (no scan); counts of 0 left out. */
+  deliveryTallies(): Promise<DeliveryTally[]>;
   getDelivery(id: string): Promise<StoredDelivery | undefined>;
   /** Every delivery holding the cancel key (one index probe, whatever the number of deliveries). */
   deliveriesByCancelKey(key: string): Promise<StoredDelivery[]>;
@@ -807,7 +867,8 @@ export interface Store extends ConsentLedger, ReplyLedger {
   /**
    * Records that an output's tool holds a contact of a patient (types.ts ContactHolding),
    * durably when it resolves. Once per output, patient and contact key: recording it again
-   * keeps the first firstSentAt and answers false.
+   * keeps the first firstSentAt and answers false; a `toolId` given then is kept (it replaces
+   * an earlier one), an absent one leaves the stored one as it is.
    */
   recordContactHolding(holding: ContactHolding): Promise<boolean>;
   /** Matching holdings, in the order first recorded. */
