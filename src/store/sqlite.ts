@@ -64,6 +64,8 @@ import {
 } from './common.ts';
 import { PackedKind, packJson, packRaw, unpackJson, unpackRaw } from './packed-json.ts';
 import { CONSENT_TABLES, SqliteConsentLedger } from './sqlite-consent.ts';
+import { OUTCOME_TABLES, SqliteOutcomes } from './sqlite-outcomes.ts';
+import { RETENTION_SCHEMA, SqliteRetention } from './sqlite-retention.ts';
 import { migrate, openSqliteDatabase, type Database } from './sqlite-db.ts';
 import { ATTEMPT_FROM_STATUS, AttemptKind, AuditAction, STORED_DELIVERY_STATUSES, StoredDeliveryStatus } from './store.ts';
 import type {
@@ -83,6 +85,13 @@ import type {
   DeliveryWrite,
   InboundRecord,
   MessageOrigin,
+  OutcomeCount,
+  OutcomeLink,
+  OutcomeObservation,
+  OutcomeQuery,
+  PruneBatch,
+  PruneOptions,
+  RetentionKind,
   MessageQuery,
   OutboxEntry,
   OutboxQuery,
@@ -339,6 +348,9 @@ export const SQLITE_STORE_MIGRATIONS: readonly string[] = [
     UPDATE message_counts SET n = n - 1 WHERE status = OLD.status;
   END;
   `,
+  // Operations: outcome observations and their links (sqlite-outcomes.ts), what retention
+  // walks (sqlite-retention.ts).
+  OUTCOME_TABLES + RETENTION_SCHEMA,
 ];
 
 /** Most records committed in one transaction (bounds how long one flush blocks the loop). */
@@ -560,6 +572,8 @@ export class SqliteStore implements Store {
   private readonly commitIsolated: (batch: PendingWrite[]) => Array<{ value: unknown } | { error: unknown }>;
   private readonly commitOne: (run: () => unknown) => unknown;
   private readonly ledger: SqliteConsentLedger;
+  private readonly outcomes: SqliteOutcomes;
+  private readonly retention: SqliteRetention;
 
   constructor(db: Database, options: SqliteStoreOptions = {}) {
     this.db = db;
@@ -568,6 +582,8 @@ export class SqliteStore implements Store {
     // The stored bytes of a message as received, for SQL that reads them (the text search).
     db.function('raw_unpacked', { deterministic: true }, (raw: unknown, packed: unknown) => (packed === 1 && Buffer.isBuffer(raw) ? unpackRaw(raw) : raw));
     this.ledger = new SqliteConsentLedger(db);
+    this.outcomes = new SqliteOutcomes(db);
+    this.retention = new SqliteRetention(db);
 
     // The literal `control_id <> '' AND status <> 'quarantined' AND keyed = 1` lets SQLite
     // use the partial unique index (it must see the index's WHERE terms in the query).
@@ -1260,6 +1276,28 @@ export class SqliteStore implements Store {
     return rows.map(holdingFromRow);
   }
 
+  async outcomeLinksDue(limit: number): Promise<OutcomeLink[]> {
+    this.assertOpen();
+    return this.outcomes.due(listLimit(limit));
+  }
+
+  saveOutcomes(link: OutcomeLink, observations: readonly OutcomeObservation[]): Promise<void> {
+    return this.write(() => this.outcomes.save(link, observations));
+  }
+
+  async countOutcomes(query: OutcomeQuery): Promise<OutcomeCount[]> {
+    this.assertOpen();
+    return this.outcomes.count(query);
+  }
+
+  async prune(kind: RetentionKind, before: string, options: PruneOptions): Promise<PruneBatch> {
+    this.assertOpen();
+    const beforeMs = instantMs(before, 'before');
+    // A dry run only reads; a real batch is one write among the group commit's.
+    if (options.dryRun) return this.retention.batch(kind, beforeMs, options);
+    return this.write(() => this.retention.batch(kind, beforeMs, options));
+  }
+
   async ping(): Promise<void> {
     this.assertOpen();
     this.pingStmt.get();
@@ -1450,6 +1488,7 @@ export class SqliteStore implements Store {
     // What the triggers say about their patients (deceased, contact points, merges) commits
     // with them: a death acknowledged AA is known to the send-time checks.
     this.ledger.noteFacts(r.triggers, p.receivedMs);
+    this.outcomes.noteTriggers(r.triggers);
     r.subjectStates.forEach((s, i) => {
       this.upsertStateStmt.run(
         s.kind,
