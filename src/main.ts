@@ -29,6 +29,7 @@ import { Hl7Ingest, type Hl7IngestSettings } from './workers/ingest.ts';
 import { RejectedRawQuota } from './workers/raw-quota.ts';
 import { StoreReadiness } from './workers/readiness.ts';
 import { outputSpecs } from './outputs/index.ts';
+import { OutcomeLinker } from './workers/outcomes.ts';
 import { DeliveryRuntime, type ReloadResult } from './workers/runtime.ts';
 import { dataDirUnsubscribeKey, unsubscribeLinks } from './workers/unsubscribe.ts';
 
@@ -268,6 +269,8 @@ export async function startCarerelay(options: StartOptions): Promise<RunningCare
   }
 
   const now = options.now ?? Date.now;
+  // Outcome triggers linked to the arms routing assigned (workers/outcomes.ts).
+  const outcomes = new OutcomeLinker({ store, log, policy: policy.settings });
   const app = createApp({
     store,
     log,
@@ -280,6 +283,7 @@ export async function startCarerelay(options: StartOptions): Promise<RunningCare
     twilioStatus,
     readiness: () => readiness.check(),
     consent: { consent, links: deliveries.links, smsWebhooks, publicUrl: () => publicUrl, now },
+    outcomes: { linker: outcomes },
   });
   const mllpPorts = new Map<string, number>();
   let http: Server | undefined;
@@ -311,6 +315,7 @@ export async function startCarerelay(options: StartOptions): Promise<RunningCare
   for (const fhirIngest of fhirIngests.values()) fhirIngest.start();
   for (const p of fhirPollers) p.start();
   deliveries.start();
+  outcomes.start();
   const reloadMappings = async (): Promise<ReloadResult> =>
     deliveries.reload(() => loadConfig({ configDir: options.configDir, env }));
   if (options.watchMappings ?? true) deliveries.watchMappings(path.join(plan.configDir, 'mappings'), reloadMappings);
@@ -331,6 +336,7 @@ export async function startCarerelay(options: StartOptions): Promise<RunningCare
       await Promise.allSettled([...fhirIngests.values()].map((i) => i.stop()));
       // Queue before store: running sends finish and record their outcome first.
       await deliveries.stop();
+      await outcomes.stop();
       await store.close();
       log.info('carerelay.stopped');
       resolveStopped();

@@ -18,6 +18,7 @@ import { createHooksRouter, type TwilioStatusHook } from './hooks-routes.ts';
 import { bearerMatches, bearerToken, declaredOverLimit, digest, limitedRawBody, refuseUnread, sendProblem } from './http.ts';
 import { createOperationsRouter } from './operations.ts';
 import { createConsentRouter, type ConsentRoutesDeps } from './consent-routes.ts';
+import { createOutcomesRouter, type OutcomesRoutesDeps } from './outcomes-routes.ts';
 
 export interface HttpHl7Input {
   settings: Hl7IngestSettings;
@@ -54,6 +55,10 @@ export interface ApiDeps {
   readiness?: () => Promise<string | undefined>;
   /** The consent ways in and patient views (consent-routes.ts); absent: not served. */
   consent?: Omit<ConsentRoutesDeps, 'store' | 'log' | 'authenticate' | 'requireScope'>;
+  /** Outcome reports (outcomes-routes.ts): the linker that brings them up to date first. */
+  outcomes?: Omit<OutcomesRoutesDeps, 'store'>;
+  /** GET /metrics (workers/metrics.ts): authenticates on its own (its token, or loopback only). */
+  metrics?: express.RequestHandler;
 }
 
 export interface AdminTokenSecret {
@@ -515,9 +520,11 @@ export function createApp(deps: ApiDeps): express.Express {
   });
 
   admin.use('/fhir', createFhirAdminRouter(deps.fhirInputs ?? new Map()));
+  admin.use(createOutcomesRouter({ store, ...deps.outcomes }));
   admin.use(createOperationsRouter({ store, log, hl7Ingest: deps.hl7Ingest, hl7Settings: deps.hl7Settings ?? new Map(), now: deps.now ?? (() => new Date()) }));
 
   app.use('/api', admin);
+  if (deps.metrics) app.get('/metrics', deps.metrics);
 
   app.use((_req: Request, res: Response) => {
     sendProblem(res, 404, 'Not found');
