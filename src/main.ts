@@ -29,8 +29,11 @@ import { Hl7Ingest, type Hl7IngestSettings } from './workers/ingest.ts';
 import { RejectedRawQuota } from './workers/raw-quota.ts';
 import { StoreReadiness } from './workers/readiness.ts';
 import { outputSpecs } from './outputs/index.ts';
+import { metricsHandler } from './api/metrics-route.ts';
+import { Metrics } from './workers/metrics.ts';
+import { OpsEvents, observeOutputs, observeStore } from './workers/ops-events.ts';
 import { OutcomeLinker } from './workers/outcomes.ts';
-import { DeliveryRuntime, type ReloadResult } from './workers/runtime.ts';
+import { DELIVERY_QUEUE, DeliveryRuntime, type ReloadResult } from './workers/runtime.ts';
 import { dataDirUnsubscribeKey, unsubscribeLinks } from './workers/unsubscribe.ts';
 
 export interface StartOptions {
@@ -201,7 +204,9 @@ export async function startCarerelay(options: StartOptions): Promise<RunningCare
     dataDir: plan.server.dataDir,
     minFreeDiskBytes: plan.server.minFreeDiskBytes,
   });
-  const store = readiness.watch();
+  // What the components write is observed for metrics and alerts (workers/ops-events.ts).
+  const events = new OpsEvents();
+  const store = observeStore(readiness.watch(), events);
   const afterSend = faultInjector(env, 'send');
   const policy = plan.policy;
   // The default public URL names the listener's port, known once it is bound (port 0 in tests).
@@ -223,9 +228,11 @@ export async function startCarerelay(options: StartOptions): Promise<RunningCare
     await store.close();
     throw error;
   }
+  observeOutputs(deliveries.outputs, events);
+  events.watchQueue(deliveries.queue, DELIVERY_QUEUE);
   const consent = deliveries.consent;
   const rejectedRaw = new RejectedRawQuota(store, plan.server.rejectedRaw);
-  const ingest = new Hl7Ingest({ store, log, onCommitted: deliveries.onCommitted, rejectedRaw });
+  const ingest = new Hl7Ingest({ store, log, onCommitted: deliveries.onCommitted, rejectedRaw, onResend: events.resend });
   const afterCommit = faultInjector(env, 'commit') ?? (() => {});
 
   const mllpServers: Array<{ name: string; server: MllpServer }> = [];
@@ -271,6 +278,17 @@ export async function startCarerelay(options: StartOptions): Promise<RunningCare
   const now = options.now ?? Date.now;
   // Outcome triggers linked to the arms routing assigned (workers/outcomes.ts).
   const outcomes = new OutcomeLinker({ store, log, policy: policy.settings });
+  const metrics = new Metrics({
+    events,
+    store,
+    inputs: plan.inputs.map((i) => i.name),
+    outputs: plan.outputs.map((o) => o.name),
+    rules: () => deliveries.rules,
+    deliveryQueue: deliveries.queue,
+    fhir: async () =>
+      (await Promise.all([...fhirIngests].map(async ([input, ingest]) => (await ingest.subscriptionStates()).map(({ id, state }) => ({ input, subscription: id, owedGaps: state.owed?.gaps?.length ?? 0, ...(state.seen !== undefined ? { lastHeardAt: state.seen } : {}) }))))).flat(),
+    now,
+  });
   const app = createApp({
     store,
     log,
@@ -284,6 +302,7 @@ export async function startCarerelay(options: StartOptions): Promise<RunningCare
     readiness: () => readiness.check(),
     consent: { consent, links: deliveries.links, smsWebhooks, publicUrl: () => publicUrl, now },
     outcomes: { linker: outcomes },
+    metrics: metricsHandler(metrics, env[plan.server.metrics.tokenEnv] || undefined),
   });
   const mllpPorts = new Map<string, number>();
   let http: Server | undefined;
@@ -337,6 +356,7 @@ export async function startCarerelay(options: StartOptions): Promise<RunningCare
       // Queue before store: running sends finish and record their outcome first.
       await deliveries.stop();
       await outcomes.stop();
+      metrics.close();
       await store.close();
       log.info('carerelay.stopped');
       resolveStopped();

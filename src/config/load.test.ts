@@ -54,6 +54,7 @@ describe('the shipped example (connectors/example.yaml)', () => {
       dataDir: path.join(repoRoot, 'data'),
       rejectedRaw: { totalBytes: 1073741824, perSenderBytes: 67108864, keepBytes: 4096 },
       minFreeDiskBytes: 67108864,
+      metrics: { tokenEnv: 'CARERELAY_METRICS_TOKEN' },
       admin: { tokens: [] },
     });
     // The French example: EU defaults, Paris for the organisation and its site.
@@ -95,6 +96,7 @@ describe('loadConfig', () => {
       dataDir: path.join(dir, 'data'),
       rejectedRaw: { totalBytes: 1073741824, perSenderBytes: 67108864, keepBytes: 4096 },
       minFreeDiskBytes: 67108864,
+      metrics: { tokenEnv: 'CARERELAY_METRICS_TOKEN' },
       admin: { tokens: [] },
     });
     // No policy block: every default, the organisation in UTC.
