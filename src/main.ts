@@ -31,7 +31,9 @@ import { StoreReadiness } from './workers/readiness.ts';
 import { outputSpecs } from './outputs/index.ts';
 import { metricsHandler } from './api/metrics-route.ts';
 import { Metrics } from './workers/metrics.ts';
-import { OpsEvents, observeOutputs, observeStore } from './workers/ops-events.ts';
+import { ALERT_QUEUE, Alerts, type AlertJob } from './workers/alerts.ts';
+import { OpsEvents, observeOutputs, observeStore, subscriptionStatuses } from './workers/ops-events.ts';
+import { SqliteQueue } from './queue/sqlite.ts';
 import { OutcomeLinker } from './workers/outcomes.ts';
 import { DELIVERY_QUEUE, DeliveryRuntime, type ReloadResult } from './workers/runtime.ts';
 import { dataDirUnsubscribeKey, unsubscribeLinks } from './workers/unsubscribe.ts';
@@ -60,6 +62,8 @@ export interface RunningCarerelay {
   fhirIngests: ReadonlyMap<string, FhirIngest>;
   /** Router, delivery queue and outputs (deliveries.idle() waits for routing and due sends). */
   deliveries: DeliveryRuntime;
+  /** Alert conditions and notifications (check() checks now; idle() waits for the notices to go). */
+  alerts: Alerts;
   /**
    * Loads the configuration again and swaps rules and templates when it is valid; on
    * errors the running plan stays and the issues are returned. Connector changes need a restart.
@@ -278,15 +282,19 @@ export async function startCarerelay(options: StartOptions): Promise<RunningCare
   const now = options.now ?? Date.now;
   // Outcome triggers linked to the arms routing assigned (workers/outcomes.ts).
   const outcomes = new OutcomeLinker({ store, log, policy: policy.settings });
-  const metrics = new Metrics({
+  // Metrics and alerts (docs/operations.md) on the operations events.
+  const fhir = subscriptionStatuses(fhirIngests, plan.inputs);
+  const inputNames = plan.inputs.map((i) => i.name);
+  const metrics = new Metrics({ events, store, inputs: inputNames, outputs: plan.outputs.map((o) => o.name), rules: () => deliveries.rules, deliveryQueue: deliveries.queue, fhir, now });
+  const alerts = new Alerts({
+    config: plan.alerts,
     events,
-    store,
-    inputs: plan.inputs.map((i) => i.name),
-    outputs: plan.outputs.map((o) => o.name),
-    rules: () => deliveries.rules,
-    deliveryQueue: deliveries.queue,
-    fhir: async () =>
-      (await Promise.all([...fhirIngests].map(async ([input, ingest]) => (await ingest.subscriptionStates()).map(({ id, state }) => ({ input, subscription: id, owedGaps: state.owed?.gaps?.length ?? 0, ...(state.seen !== undefined ? { lastHeardAt: state.seen } : {}) }))))).flat(),
+    inputs: inputNames,
+    outputs: deliveries.outputs,
+    queue: new SqliteQueue<AlertJob>(db, { name: ALERT_QUEUE, now }),
+    oldestDue: async () => (await deliveries.queue.list({ state: 'pending', limit: 1 }))[0]?.runAt,
+    fhir,
+    log,
     now,
   });
   const app = createApp({
@@ -335,6 +343,7 @@ export async function startCarerelay(options: StartOptions): Promise<RunningCare
   for (const p of fhirPollers) p.start();
   deliveries.start();
   outcomes.start();
+  alerts.start();
   const reloadMappings = async (): Promise<ReloadResult> =>
     deliveries.reload(() => loadConfig({ configDir: options.configDir, env }));
   if (options.watchMappings ?? true) deliveries.watchMappings(path.join(plan.configDir, 'mappings'), reloadMappings);
@@ -356,6 +365,7 @@ export async function startCarerelay(options: StartOptions): Promise<RunningCare
       // Queue before store: running sends finish and record their outcome first.
       await deliveries.stop();
       await outcomes.stop();
+      await alerts.stop();
       metrics.close();
       await store.close();
       log.info('carerelay.stopped');
@@ -379,5 +389,5 @@ export async function startCarerelay(options: StartOptions): Promise<RunningCare
 
   log.info('carerelay.started', { dataDir: plan.server.dataDir, count: plan.inputs.length });
   const mllpStats = (name: string): MllpServerStats | undefined => mllpServers.find((m) => m.name === name)?.server.stats();
-  return { plan, store, httpPort, mllpPorts, mllpStats, fhirIngests, deliveries, reloadMappings, stop, stopped };
+  return { plan, store, httpPort, mllpPorts, mllpStats, fhirIngests, deliveries, alerts, reloadMappings, stop, stopped };
 }

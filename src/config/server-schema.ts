@@ -1,6 +1,7 @@
 // Schemas of a connectors/*.yaml file and of its `server` block. Each property carries a
 // description (and a default when optional): `carerelay validate` and the docs use them.
 
+import { alertsSchema, retentionSchema } from './operations-schema.ts';
 import { policySchema } from './policy-schema.ts';
 import { nameSchema, secretRefSchema, type JsonSchema, type SecretRef } from './yaml.ts';
 
@@ -198,6 +199,8 @@ export const connectorFileSchema = {
   properties: {
     server: serverSchema,
     policy: policySchema,
+    alerts: alertsSchema,
+    retention: retentionSchema,
     inputs: {
       type: 'array',
       description: 'Inbound connectors (what the EHR sends to CareRelay). Each has a unique name and a type.',

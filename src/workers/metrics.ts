@@ -13,7 +13,7 @@ import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom
 import type { Rule } from '../pipeline/rule.ts';
 import { STORED_DELIVERY_STATUSES, type Store } from '../store/store.ts';
 import { ConsentReason, MessageStatus, TRIGGER_TYPES } from '../types.ts';
-import { DELIVERY_EVENTS, SEND_RESULTS, type OpsEvents } from './ops-events.ts';
+import { DELIVERY_EVENTS, SEND_RESULTS, type OpsEvents, type SubscriptionStatus } from './ops-events.ts';
 
 /** The label value of anything not on a label's allow-list. */
 export const OTHER = 'other';
@@ -54,7 +54,7 @@ export interface MetricsOptions {
   /** The delivery queue: the oldest due job. */
   deliveryQueue?: { list(filter: { state: 'pending'; limit: number }): Promise<Array<{ runAt: string }>> };
   /** FHIR subscriptions of the fhir-rest-hook inputs: what each still owes, when it was last heard. */
-  fhir?: () => Promise<Array<{ input: string; subscription: string; owedGaps: number; lastHeardAt?: string }>>;
+  fhir?: () => Promise<SubscriptionStatus[]>;
   /** Epoch ms; injected by tests. */
   now?: () => number;
 }
@@ -121,6 +121,12 @@ export class Metrics {
       buckets: SECONDS_BUCKETS,
       registers,
     });
+    const circuits = new Gauge({
+      name: 'carerelay_output_circuit_open',
+      help: "1 while an output's circuit breaker is open (sends held), 0 otherwise.",
+      labelNames: ['output'],
+      registers,
+    });
     const jobs = new Counter({
       name: 'carerelay_queue_job_events_total',
       help: 'Queue job events by queue and event: retry, parked (an ambiguous failure waits for a person), dead (dead-lettered), lease-lost, error.',
@@ -162,6 +168,9 @@ export class Metrics {
           return;
         case 'job':
           jobs.labels(event.queue, event.event).inc();
+          return;
+        case 'circuit':
+          circuits.labels(output(event.output)).set(event.state === 'open' ? 1 : 0);
           return;
         default:
           return event satisfies never;

@@ -8,11 +8,14 @@
 //
 // Events carry configured names (inputs, outputs, rules), codes and counts only — never patient
 // data; the consumers map every value onto an allow-list before it becomes a label.
+import type { InstancePlan } from '../config/load.ts';
 import { failureClassOf, RateLimitedError } from '../errors.ts';
+import { FHIR_REST_HOOK, type FhirRestHookConfig } from '../inputs/fhir/spec.ts';
 import type { OutboundAdapter } from '../outputs/spec.ts';
 import type { QueueEvent } from '../queue/queue.ts';
 import type { CommitOutcome, DecisionRecord, DeliveryOutcome, DeliveryWrite, InboundRecord, Store } from '../store/store.ts';
 import type { TriggerType } from '../types.ts';
+import type { SubscriptionState } from './fhir-state.ts';
 
 /** How a send ended, for metrics and the error-rate alert. */
 export const SendResult = {
@@ -45,7 +48,9 @@ export type OpsEvent =
   | { type: 'delivery'; deliveryId: string; rule: string; output?: string; status: DeliveryEvent }
   | { type: 'decision'; rule: string; output: string; result: DecisionRecord['result']; reason?: string }
   | { type: 'send'; output: string; result: SendResult; ms: number }
-  | { type: 'job'; queue: string; event: QueueEvent['type']; code?: string };
+  | { type: 'job'; queue: string; event: QueueEvent['type']; code?: string }
+  /** An output's circuit breaker changed state (the delivery engine's; open: sends are held). */
+  | { type: 'circuit'; output: string; state: 'open' | 'half_open' | 'closed' };
 
 /** A small typed event hub: listeners run synchronously, and one that throws never stops the others. */
 export class OpsEvents {
@@ -174,4 +179,41 @@ export function observeOutputs(outputs: ReadonlyMap<string, OutboundAdapter>, ev
       }
     };
   }
+}
+
+/** Where a FHIR subscription stands, for metrics and alerts (GET /api/fhir/subscriptions has it all). */
+export interface SubscriptionStatus {
+  input: string;
+  subscription: string;
+  /** Ranges of missed event numbers still owed. */
+  owedGaps: number;
+  /** When it was last heard from (ISO); absent: never. */
+  lastHeardAt?: string;
+  /** Its configured heartbeat period, seconds (0: none expected). */
+  heartbeatPeriodSeconds: number;
+}
+
+/** Reads every subscription of the fhir-rest-hook inputs (their ingest, by input name). */
+export function subscriptionStatuses(
+  ingests: ReadonlyMap<string, { subscriptionStates(): Promise<Array<{ id: string; state: SubscriptionState }>> }>,
+  inputs: readonly InstancePlan[],
+): () => Promise<SubscriptionStatus[]> {
+  const period = (input: string, id: string): number => {
+    const config = inputs.find((i) => i.name === input && i.type === FHIR_REST_HOOK)?.config as unknown as FhirRestHookConfig | undefined;
+    return config?.subscriptions.find((s) => s.id === id)?.heartbeatPeriodSeconds ?? 0;
+  };
+  return async () =>
+    (
+      await Promise.all(
+        [...ingests].map(async ([input, ingest]) =>
+          (await ingest.subscriptionStates()).map(({ id, state }) => ({
+            input,
+            subscription: id,
+            owedGaps: state.owed?.gaps?.length ?? 0,
+            ...(state.seen !== undefined ? { lastHeardAt: state.seen } : {}),
+            heartbeatPeriodSeconds: period(input, id),
+          })),
+        ),
+      )
+    ).flat();
 }
