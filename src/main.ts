@@ -35,6 +35,7 @@ import { ALERT_QUEUE, Alerts, type AlertJob } from './workers/alerts.ts';
 import { OpsEvents, observeOutputs, observeStore, subscriptionStatuses } from './workers/ops-events.ts';
 import { SqliteQueue } from './queue/sqlite.ts';
 import { OutcomeLinker } from './workers/outcomes.ts';
+import { RetentionJob } from './workers/retention.ts';
 import { DELIVERY_QUEUE, DeliveryRuntime, type ReloadResult } from './workers/runtime.ts';
 import { dataDirUnsubscribeKey, unsubscribeLinks } from './workers/unsubscribe.ts';
 
@@ -202,9 +203,11 @@ export async function startCarerelay(options: StartOptions): Promise<RunningCare
     httpHost = '127.0.0.1';
   }
 
-  const db = openSqliteDatabase(path.join(plan.server.dataDir, 'carerelay.db'));
+  const dbFile = path.join(plan.server.dataDir, 'carerelay.db');
+  const db = openSqliteDatabase(dbFile);
+  const sqliteStore = new SqliteStore(db, { closeDatabase: true });
   // Every component writes through the watched store: a failed write makes /readyz say so.
-  const readiness = new StoreReadiness(new SqliteStore(db, { closeDatabase: true }), {
+  const readiness = new StoreReadiness(sqliteStore, {
     dataDir: plan.server.dataDir,
     minFreeDiskBytes: plan.server.minFreeDiskBytes,
   });
@@ -286,6 +289,7 @@ export async function startCarerelay(options: StartOptions): Promise<RunningCare
   const fhir = subscriptionStatuses(fhirIngests, plan.inputs);
   const inputNames = plan.inputs.map((i) => i.name);
   const metrics = new Metrics({ events, store, inputs: inputNames, outputs: plan.outputs.map((o) => o.name), rules: () => deliveries.rules, deliveryQueue: deliveries.queue, fhir, now });
+  const retention = new RetentionJob({ store, config: plan.retention, sqlite: { db, write: (work) => sqliteStore.write(work), file: dbFile }, log, now });
   const alerts = new Alerts({
     config: plan.alerts,
     events,
@@ -344,6 +348,7 @@ export async function startCarerelay(options: StartOptions): Promise<RunningCare
   deliveries.start();
   outcomes.start();
   alerts.start();
+  retention.start();
   const reloadMappings = async (): Promise<ReloadResult> =>
     deliveries.reload(() => loadConfig({ configDir: options.configDir, env }));
   if (options.watchMappings ?? true) deliveries.watchMappings(path.join(plan.configDir, 'mappings'), reloadMappings);
@@ -366,6 +371,7 @@ export async function startCarerelay(options: StartOptions): Promise<RunningCare
       await deliveries.stop();
       await outcomes.stop();
       await alerts.stop();
+      await retention.stop();
       metrics.close();
       await store.close();
       log.info('carerelay.stopped');

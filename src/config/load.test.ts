@@ -46,6 +46,7 @@ describe('the shipped example (connectors/example.yaml)', () => {
       path.join(repoRoot, 'connectors', 'example.yaml'),
       // Marketing outputs: outboxes standing in for HubSpot, the tools' blocks commented.
       path.join(repoRoot, 'connectors', 'marketing.yaml'),
+      path.join(repoRoot, 'connectors', 'operations.yaml'),
       path.join(repoRoot, 'connectors', 'outbox.yaml'),
       path.join(repoRoot, 'connectors', 'policy.yaml'),
     ]);

@@ -19,6 +19,7 @@ import type { Logger } from '../log.ts';
 import type { OutboundAdapter, OutboundMessage } from '../outputs/spec.ts';
 import type { JobContext, Queue } from '../queue/queue.ts';
 import { SendResult, type OpsEvents, type SubscriptionStatus } from './ops-events.ts';
+import { BACKGROUND_TIMER, repeat } from './timer.ts';
 
 /** What an alert is about (its `kind`, with the subject it names). */
 export const AlertKind = {
@@ -126,7 +127,7 @@ export class Alerts {
   /** Conditions firing now, by key, with when they started. */
   readonly #firing = new Map<string, { alert: Alert; since: number }>();
   #sequence = 0;
-  #timer: NodeJS.Timeout | undefined;
+  #repeating: { stop(): void } | undefined;
   #checking: Promise<AlertNotice[]> | undefined;
   readonly #unsubscribe: () => void;
 
@@ -314,19 +315,14 @@ export class Alerts {
   /** Checks every checkEverySeconds (a timer that does not keep the process alive) and sends queued notices. */
   start(): void {
     this.#options.queue.process(this.send, { concurrency: 2 });
-    const tick = () => {
-      void this.check()
-        .catch((error: unknown) => this.#options.log.error('alert.check_failed', { code: (error as Error).name }))
-        .finally(() => {
-          if (this.#timer !== undefined) this.#timer = setTimeout(tick, this.#options.config.checkEverySeconds * 1000).unref();
-        });
-    };
-    this.#timer = setTimeout(tick, this.#options.config.checkEverySeconds * 1000).unref();
+    const every = this.#options.config.checkEverySeconds * 1000;
+    this.#repeating = repeat(BACKGROUND_TIMER, every, every, () => this.check(), (error) =>
+      this.#options.log.error('alert.check_failed', { code: (error as Error).name }),
+    );
   }
 
   async stop(): Promise<void> {
-    if (this.#timer !== undefined) clearTimeout(this.#timer);
-    this.#timer = undefined;
+    this.#repeating?.stop();
     this.#unsubscribe();
     await this.#checking?.catch(() => []);
     await this.#options.queue.close();

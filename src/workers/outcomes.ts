@@ -26,7 +26,7 @@ import type { PolicySettings } from '../pipeline/policy.ts';
 import { patientZone } from '../pipeline/zones.ts';
 import { OutcomeKind, type OutcomeCount, type OutcomeLink, type OutcomeObservation, type Store } from '../store/store.ts';
 import { TriggerType, type Trigger } from '../types.ts';
-import { BACKGROUND_TIMER, type Timer } from './timer.ts';
+import { BACKGROUND_TIMER, repeat, type Timer } from './timer.ts';
 
 /** A cancellation at least this long before the start frees the slot for someone else. */
 export const ADVANCE_LEAD_MS = 24 * 3_600_000;
@@ -83,8 +83,7 @@ export class OutcomeLinker {
   readonly #options: OutcomeLinkerOptions;
   readonly #timer: Timer;
   #running: Promise<number> | undefined;
-  #handle: unknown;
-  #stopped = false;
+  #repeating: { stop(): void } | undefined;
 
   constructor(options: OutcomeLinkerOptions) {
     this.#options = options;
@@ -107,20 +106,13 @@ export class OutcomeLinker {
 
   /** Links in the background now and every minute (what waited for its routing is tried again). */
   start(): void {
-    const tick = (): void => {
-      if (this.#stopped) return;
-      void this.linkDue()
-        .catch((error: unknown) => this.#options.log.error('outcomes.link_failed', { code: (error as Error).name }))
-        .finally(() => {
-          if (!this.#stopped) this.#handle = this.#timer.setTimeout(tick, RETRY_MS);
-        });
-    };
-    tick();
+    this.#repeating = repeat(this.#timer, 0, RETRY_MS, () => this.linkDue(), (error) =>
+      this.#options.log.error('outcomes.link_failed', { code: (error as Error).name }),
+    );
   }
 
   async stop(): Promise<void> {
-    this.#stopped = true;
-    if (this.#handle !== undefined) this.#timer.clearTimeout(this.#handle);
+    this.#repeating?.stop();
     await this.#running?.catch(() => 0);
   }
 
