@@ -5,6 +5,7 @@ import path from 'node:path';
 import { createApp, type HttpHl7Input } from './api/app.ts';
 import { inboundSmsTokens } from './api/consent-routes.ts';
 import { twilioStatusHooks } from './api/hooks-routes.ts';
+import { toolHooks as toolWebhooks } from './api/tool-hooks.ts';
 import { loadConfig, type CarerelayPlan, type InstancePlan } from './config/load.ts';
 import { readSecret, type Env, type SecretRef } from './config/yaml.ts';
 import { MLLP_REFUSALS, MllpCloseReason, MllpServer, type MllpServerEvent, type MllpServerStats } from './hl7v2/mllp-server.ts';
@@ -221,6 +222,7 @@ export async function startCarerelay(options: StartOptions): Promise<RunningCare
   let deliveries: DeliveryRuntime;
   let twilioStatus: ReturnType<typeof twilioStatusHooks>;
   let smsWebhooks: Map<string, string>;
+  let toolHooks: ReturnType<typeof toolWebhooks>;
   try {
     const links = unsubscribeLinks({
       key: policy.unsubscribe.secret ? Buffer.from(readSecret(policy.unsubscribe.secret, env, plan.configDir), 'utf8') : dataDirUnsubscribeKey(plan.server.dataDir),
@@ -231,6 +233,7 @@ export async function startCarerelay(options: StartOptions): Promise<RunningCare
     deliveries = new DeliveryRuntime({ db, store, plan, log, outputSpecs, env, links, ...(options.now ? { now: options.now } : {}), ...(afterSend ? { afterSend } : {}) });
     twilioStatus = twilioStatusHooks(plan.outputs, (ref) => readSecret(ref, env, plan.configDir));
     smsWebhooks = inboundSmsTokens(plan, (ref) => readSecret(ref, env, plan.configDir));
+    toolHooks = toolWebhooks(plan.outputs, (ref) => readSecret(ref, env, plan.configDir), deliveries.outputs);
   } catch (error) {
     await store.close();
     throw error;
@@ -313,6 +316,7 @@ export async function startCarerelay(options: StartOptions): Promise<RunningCare
     twilioStatus,
     readiness: () => readiness.check(),
     consent: { consent, links: deliveries.links, smsWebhooks, publicUrl: () => publicUrl, now },
+    toolHooks: { hooks: toolHooks, consent, publicUrl: () => publicUrl, now },
     outcomes: { linker: outcomes },
     metrics: metricsHandler(metrics, env[plan.server.metrics.tokenEnv] || undefined),
   });

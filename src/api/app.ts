@@ -18,6 +18,7 @@ import { createHooksRouter, type TwilioStatusHook } from './hooks-routes.ts';
 import { bearerMatches, bearerToken, declaredOverLimit, digest, limitedRawBody, refuseUnread, sendProblem } from './http.ts';
 import { createOperationsRouter } from './operations.ts';
 import { createConsentRouter, type ConsentRoutesDeps } from './consent-routes.ts';
+import { createToolHooksRouter, type ToolHooksDeps } from './tool-hooks.ts';
 import { createOutcomesRouter, type OutcomesRoutesDeps } from './outcomes-routes.ts';
 
 export interface HttpHl7Input {
@@ -55,6 +56,8 @@ export interface ApiDeps {
   readiness?: () => Promise<string | undefined>;
   /** The consent ways in and patient views (consent-routes.ts); absent: not served. */
   consent?: Omit<ConsentRoutesDeps, 'store' | 'log' | 'authenticate' | 'requireScope'>;
+  /** The marketing tools' opt-out and bounce webhooks (tool-hooks.ts); absent: not served. */
+  toolHooks?: Omit<ToolHooksDeps, 'log'>;
   /** Outcome reports (outcomes-routes.ts): the linker that brings them up to date first. */
   outcomes?: Omit<OutcomesRoutesDeps, 'store'>;
   /** GET /metrics (workers/metrics.ts): authenticates on its own (its token, or loopback only). */
@@ -343,6 +346,7 @@ export function createApp(deps: ApiDeps): express.Express {
   app.use('/ingest/fhir', createFhirRouter({ inputs: deps.fhirInputs ?? new Map(), log }));
   // Provider callbacks about sent messages; each authenticates its own way (hooks-routes.ts).
   app.use('/hooks', createHooksRouter({ twilioStatus: deps.twilioStatus ?? new Map(), store, log }));
+  if (deps.toolHooks) app.use('/hooks', createToolHooksRouter({ ...deps.toolHooks, log }));
 
   // Consent: ways in and patient views (consent-routes.ts), admin routes behind the same tokens.
   if (deps.consent) app.use(createConsentRouter({ ...deps.consent, store, log, authenticate: authenticateAdmin(deps), requireScope }));
