@@ -20,6 +20,7 @@ import { createOperationsRouter } from './operations.ts';
 import { createConsentRouter, type ConsentRoutesDeps } from './consent-routes.ts';
 import { createDashboardRouter, type DashboardDeps } from './dashboard/dashboard.ts';
 import { createToolHooksRouter, type ToolHooksDeps } from './tool-hooks.ts';
+import { createOutcomesRouter, type OutcomesRoutesDeps } from './outcomes-routes.ts';
 
 export interface HttpHl7Input {
   settings: Hl7IngestSettings;
@@ -60,6 +61,10 @@ export interface ApiDeps {
   dashboard?: Omit<DashboardDeps, 'store' | 'log' | 'identity' | 'operations'>;
   /** The marketing tools' opt-out and bounce webhooks (tool-hooks.ts); absent: not served. */
   toolHooks?: Omit<ToolHooksDeps, 'log'>;
+  /** Outcome reports (outcomes-routes.ts): the linker that brings them up to date first. */
+  outcomes?: Omit<OutcomesRoutesDeps, 'store'>;
+  /** GET /metrics (workers/metrics.ts): authenticates on its own (its token, or loopback only). */
+  metrics?: express.RequestHandler;
 }
 
 export interface AdminTokenSecret {
@@ -532,9 +537,11 @@ export function createApp(deps: ApiDeps): express.Express {
 
   const operations = { store, log, hl7Ingest: deps.hl7Ingest, hl7Settings: deps.hl7Settings ?? new Map<string, Hl7IngestSettings>(), now: deps.now ?? (() => new Date()) };
   admin.use('/fhir', createFhirAdminRouter(deps.fhirInputs ?? new Map()));
+  admin.use(createOutcomesRouter({ store, ...deps.outcomes }));
   admin.use(createOperationsRouter(operations));
 
   app.use('/api', admin);
+  if (deps.metrics) app.get('/metrics', deps.metrics);
   // The dashboard: the same tokens and scopes, kept in a session cookie (dashboard/session.ts).
   if (deps.dashboard) app.use('/ui', createDashboardRouter({ ...deps.dashboard, store, log, identity: adminIdentity(deps), operations }));
 

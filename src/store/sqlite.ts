@@ -65,6 +65,8 @@ import {
 import { PackedKind, packJson, packRaw, unpackJson, unpackRaw } from './packed-json.ts';
 import { ACTIVITY_TABLES, SqliteActivity } from './sqlite-activity.ts';
 import { CONSENT_TABLES, SqliteConsentLedger } from './sqlite-consent.ts';
+import { OUTCOME_TABLES, SqliteOutcomes } from './sqlite-outcomes.ts';
+import { RETENTION_SCHEMA, SqliteRetention } from './sqlite-retention.ts';
 import { migrate, openSqliteDatabase, type Database } from './sqlite-db.ts';
 import { ATTEMPT_FROM_STATUS, AttemptKind, AuditAction, STORED_DELIVERY_STATUSES, StoredDeliveryStatus } from './store.ts';
 import type {
@@ -86,6 +88,13 @@ import type {
   DeliveryWrite,
   InboundRecord,
   MessageOrigin,
+  OutcomeCount,
+  OutcomeLink,
+  OutcomeObservation,
+  OutcomeQuery,
+  PruneBatch,
+  PruneOptions,
+  RetentionKind,
   MessageQuery,
   OutboxEntry,
   OutboxQuery,
@@ -353,6 +362,9 @@ export const SQLITE_STORE_MIGRATIONS: readonly string[] = [
   // The dashboard's counts without scans (sqlite-activity.ts): activity per minute of inputs and
   // outputs, deliveries per rule, variant, output, status and reason.
   ACTIVITY_TABLES,
+  // Operations: outcome observations and their links (sqlite-outcomes.ts), what retention
+  // walks (sqlite-retention.ts).
+  OUTCOME_TABLES + RETENTION_SCHEMA,
 ];
 
 /** Most records committed in one transaction (bounds how long one flush blocks the loop). */
@@ -578,6 +590,8 @@ export class SqliteStore implements Store {
   private readonly commitOne: (run: () => unknown) => unknown;
   private readonly ledger: SqliteConsentLedger;
   private readonly activity: SqliteActivity;
+  private readonly outcomes: SqliteOutcomes;
+  private readonly retention: SqliteRetention;
 
   constructor(db: Database, options: SqliteStoreOptions = {}) {
     this.db = db;
@@ -587,6 +601,8 @@ export class SqliteStore implements Store {
     db.function('raw_unpacked', { deterministic: true }, (raw: unknown, packed: unknown) => (packed === 1 && Buffer.isBuffer(raw) ? unpackRaw(raw) : raw));
     this.ledger = new SqliteConsentLedger(db);
     this.activity = new SqliteActivity(db);
+    this.outcomes = new SqliteOutcomes(db);
+    this.retention = new SqliteRetention(db);
 
     // The literal `control_id <> '' AND status <> 'quarantined' AND keyed = 1` lets SQLite
     // use the partial unique index (it must see the index's WHERE terms in the query).
@@ -1303,6 +1319,28 @@ export class SqliteStore implements Store {
     return rows.map(holdingFromRow);
   }
 
+  async outcomeLinksDue(limit: number): Promise<OutcomeLink[]> {
+    this.assertOpen();
+    return this.outcomes.due(listLimit(limit));
+  }
+
+  saveOutcomes(link: OutcomeLink, observations: readonly OutcomeObservation[]): Promise<void> {
+    return this.write(() => this.outcomes.save(link, observations));
+  }
+
+  async countOutcomes(query: OutcomeQuery): Promise<OutcomeCount[]> {
+    this.assertOpen();
+    return this.outcomes.count(query);
+  }
+
+  async prune(kind: RetentionKind, before: string, options: PruneOptions): Promise<PruneBatch> {
+    this.assertOpen();
+    const beforeMs = instantMs(before, 'before');
+    // A dry run only reads; a real batch is one write among the group commit's.
+    if (options.dryRun) return this.retention.batch(kind, beforeMs, options);
+    return this.write(() => this.retention.batch(kind, beforeMs, options));
+  }
+
   async ping(): Promise<void> {
     this.assertOpen();
     this.pingStmt.get();
@@ -1493,6 +1531,7 @@ export class SqliteStore implements Store {
     // What the triggers say about their patients (deceased, contact points, merges) commits
     // with them: a death acknowledged AA is known to the send-time checks.
     this.ledger.noteFacts(r.triggers, p.receivedMs);
+    this.outcomes.noteTriggers(r.triggers);
     r.subjectStates.forEach((s, i) => {
       this.upsertStateStmt.run(
         s.kind,

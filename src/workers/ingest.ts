@@ -76,6 +76,8 @@ export interface Hl7IngestDeps {
   onCommitted?: (triggers: Trigger[]) => void | Promise<void>;
   /** Bounds the raw bytes kept with rejected messages; without it they are kept whole. */
   rejectedRaw?: RejectedRawQuota;
+  /** Told of each resend answered with its stored ACK before any commit (metrics: workers/ops-events.ts). */
+  onResend?: (resend: { input: string; messageType: string; ackCode: string }) => void;
 }
 
 /** A result before its ACK is encoded (handle() does that once, for the whole frame). */
@@ -427,6 +429,7 @@ export class Hl7Ingest {
       const previous = await this.findPrevious(sender, controlId, settings);
       if (previous === 'failed') return this.storeUnavailable(msg, mode);
       if (previous !== undefined && previous.contentHash === contentHash) {
+        this.deps.onResend?.({ input: settings.input, messageType, ackCode: previous.ackCode });
         return {
           ack: previous.ack === '' ? undefined : previous.ack,
           ackCode: previous.ackCode as AckCode,
