@@ -18,6 +18,7 @@ import { createHooksRouter, type TwilioStatusHook } from './hooks-routes.ts';
 import { bearerMatches, bearerToken, declaredOverLimit, digest, limitedRawBody, refuseUnread, sendProblem } from './http.ts';
 import { createOperationsRouter } from './operations.ts';
 import { createConsentRouter, type ConsentRoutesDeps } from './consent-routes.ts';
+import { createVideoRouter, type VideoRoutesDeps } from './video-routes.ts';
 
 export interface HttpHl7Input {
   settings: Hl7IngestSettings;
@@ -54,6 +55,8 @@ export interface ApiDeps {
   readiness?: () => Promise<string | undefined>;
   /** The consent ways in and patient views (consent-routes.ts); absent: not served. */
   consent?: Omit<ConsentRoutesDeps, 'store' | 'log' | 'authenticate' | 'requireScope'>;
+  /** The patients' video-visit links, GET/POST /v/<token> (video-routes.ts); absent: not served. */
+  video?: Omit<VideoRoutesDeps, 'log'>;
 }
 
 export interface AdminTokenSecret {
@@ -341,6 +344,7 @@ export function createApp(deps: ApiDeps): express.Express {
 
   // Consent: ways in and patient views (consent-routes.ts), admin routes behind the same tokens.
   if (deps.consent) app.use(createConsentRouter({ ...deps.consent, store, log, authenticate: authenticateAdmin(deps), requireScope }));
+  if (deps.video) app.use(createVideoRouter({ ...deps.video, log }));
 
   const admin = express.Router();
   admin.use(authenticateAdmin(deps));

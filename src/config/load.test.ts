@@ -54,6 +54,7 @@ describe('the shipped example (connectors/example.yaml)', () => {
       dataDir: path.join(repoRoot, 'data'),
       rejectedRaw: { totalBytes: 1073741824, perSenderBytes: 67108864, keepBytes: 4096 },
       minFreeDiskBytes: 67108864,
+      video: { keyId: 'k1', previousKeys: [], opensMinutesBefore: 60, closesMinutesAfter: 30 },
       admin: { tokens: [] },
     });
     // The French example: EU defaults, Paris for the organisation and its site.
@@ -95,6 +96,7 @@ describe('loadConfig', () => {
       dataDir: path.join(dir, 'data'),
       rejectedRaw: { totalBytes: 1073741824, perSenderBytes: 67108864, keepBytes: 4096 },
       minFreeDiskBytes: 67108864,
+      video: { keyId: 'k1', previousKeys: [], opensMinutesBefore: 60, closesMinutesAfter: 30 },
       admin: { tokens: [] },
     });
     // No policy block: every default, the organisation in UTC.
@@ -186,7 +188,7 @@ describe('loadConfig', () => {
       ].join('\n'),
     });
     expect(await issuesOf(dir)).toEqual([
-      'connectors/a.yaml:9:5: unknown key "maxFrame" (allowed: name, timezone, unknownMessageTypes, missingFieldAck, ackMode, type, host, port, tls, plain, maxFrameBytes, idleTimeoutSeconds, firstByteTimeoutSeconds, tlsHandshakeTimeoutSeconds, maxConnections, maxConnectionsPerAddress, reservedConnections, trustedSenders)',
+      'connectors/a.yaml:9:5: unknown key "maxFrame" (allowed: name, timezone, unknownMessageTypes, missingFieldAck, ackMode, virtualVisit, type, host, port, tls, plain, maxFrameBytes, idleTimeoutSeconds, firstByteTimeoutSeconds, tlsHandshakeTimeoutSeconds, maxConnections, maxConnectionsPerAddress, reservedConnections, trustedSenders)',
       'connectors/a.yaml:10:11: "name" "Lab_1" is not valid: lower-case letters, digits and "-", starting with a letter',
       'connectors/a.yaml:12:11: "port" must be <= 65535 (got 99999)',
       'connectors/a.yaml:13:12: "plain" must be true or false, got a string',

@@ -15,8 +15,10 @@ import type { Rule } from '../pipeline/rule.ts';
 import { loadMappings, type MappingSet } from './mappings.ts';
 import { policyConfigOf, policySchema, type PolicyBlock, type PolicyConfig } from './policy-schema.ts';
 import { connectorFileSchema, serverSchema, type ServerConfig } from './server-schema.ts';
+import { videoKeyProblems } from './video-schema.ts';
 import {
   createAjv,
+  readSecret,
   readYamlDocument,
   toPointer,
   validateWithSchema,
@@ -359,6 +361,12 @@ export async function loadConfig(options: LoadConfigOptions): Promise<CarerelayP
   }
 
   if (serverPlace) issues.push(...adminTokenIssues(serverConfig, files.find((f) => f.display === serverPlace!.display)!, configDir, env, options.checkSecrets !== false));
+  if (serverPlace && serverConfig.video && options.checkSecrets !== false) {
+    const doc = files.find((f) => f.display === serverPlace!.display)!.doc;
+    for (const p of videoKeyProblems(serverConfig.video, (ref) => readSecret(ref, env, configDir))) {
+      issues.push({ file: serverPlace.display, ...doc.locate(['server', 'video', ...p.path]), path: toPointer(['server', 'video', ...p.path]), message: p.message });
+    }
+  }
   issues.push(...portIssues(serverConfig, serverPlace, files, located));
   if (typeof serverConfig.http?.host === 'string') {
     for (const { instance, file, base, spec } of located.filter((l) => l.valid && l.spec.checkServer !== undefined)) {

@@ -2,6 +2,7 @@
 // description (and a default when optional): `carerelay validate` and the docs use them.
 
 import { policySchema } from './policy-schema.ts';
+import { videoSchema, type VideoConfig } from './video-schema.ts';
 import { nameSchema, secretRefSchema, type JsonSchema, type SecretRef } from './yaml.ts';
 
 export const ENV_NAME_PATTERN = '^[A-Za-z_][A-Za-z0-9_]*$';
@@ -107,6 +108,7 @@ export const serverSchema = {
         'GET /readyz answers 503 when the data directory\'s file system has less free space than this (default ' +
         '64 MiB), as it does when the store cannot write (read-only, full).',
     },
+    video: videoSchema,
     admin: {
       type: 'object',
       description: 'Admin API settings.',
@@ -167,6 +169,7 @@ export interface ServerConfig {
   readonly rejectedRaw: { readonly totalBytes: number; readonly perSenderBytes: number; readonly keepBytes: number };
   readonly minFreeDiskBytes: number;
   readonly admin: { readonly tokenEnv?: string; readonly tokens: readonly AdminTokenConfig[] };
+  readonly video: VideoConfig;
 }
 
 /**

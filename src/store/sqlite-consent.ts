@@ -450,6 +450,8 @@ export class SqliteConsentLedger {
     db.prepare('DELETE FROM decisions WHERE patient_id = ?').run(patientId);
     db.prepare('DELETE FROM disclosures WHERE patient_id = ?').run(patientId);
     db.prepare('DELETE FROM contact_points WHERE patient_id = ?').run(patientId);
+    db.prepare('DELETE FROM video_joins WHERE patient_id = ?').run(patientId);
+    db.prepare('DELETE FROM video_links WHERE patient_id = ?').run(patientId);
     db.prepare(`INSERT INTO patients (id, deceased, first_seen_ms, erased_at) VALUES (?, 0, ?, ?) ON CONFLICT (id) DO UPDATE SET erased_at = excluded.erased_at`).run(
       patientId,
       instantMs(at, 'at'),
