@@ -209,6 +209,11 @@ describe('video visits end to end', () => {
       expect(join.status).toBe(410);
       expect(join.headers.get('location')).toBeNull();
     }
+    // A video visit without join information gets no link message: suppressed no_join_info.
+    const noJoin = JSON.parse(fhirAppointment('F3', 'booked', 25, '1')) as Record<string, unknown>;
+    noJoin.virtualService = [{ channelType: { code: 'whatsapp' }, addressString: '+33612345678' }];
+    await viaFhir(JSON.stringify(noJoin));
+    expect(await (await lead('GET', `/api/deliveries/${encodeURIComponent('video-join@appointment/F3#0')}`)).json()).toMatchObject({ status: 'suppressed', reason: 'no_join_info' });
     // The cancel dropped the FHIR appointment's join URL from the store.
     expect(await server.store.getVideoJoin('F2')).toBeUndefined();
     expect((await fetch(`${base}/v/${'A'.repeat(22)}`)).status).toBe(404);

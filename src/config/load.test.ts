@@ -495,6 +495,30 @@ describe('loadConfig', () => {
     ]);
   });
 
+  it('checks the video keys (docs/video.md): each reads to 32 bytes, ids unique, without repeating a value', async () => {
+    const dir = await configDir({
+      'a.yaml': [
+        'server:',
+        '  video:',
+        '    key: { env: VIDEO_KEY }',
+        '    keyId: k2',
+        '    previousKeys:',
+        '      - { id: k1, key: { env: OLD_KEY } }',
+        '      - { id: k2, key: { env: MISSING_KEY } }',
+        '',
+      ].join('\n'),
+    });
+    const issues = await issuesOf(dir, { VIDEO_KEY: 'not-a-key-at-all', OLD_KEY: 'ab'.repeat(32) });
+    expect(issues).toEqual([
+      'connectors/a.yaml:3:10: server.video.key must be 32 random bytes written as 64 hex digits or 44 base64 characters (got 16 characters); make one with: openssl rand -hex 32',
+      'connectors/a.yaml:7:15: key id "k2" is used twice; every key needs its own id (the current key is "k2")',
+      'connectors/a.yaml:7:24: secret environment variable MISSING_KEY is not set',
+    ]);
+    expect(issues.join('\n')).not.toContain('not-a-key-at-all');
+    const plan = await loadConfig({ configDir: await configDir({ 'a.yaml': 'server:\n  video: { key: { env: VIDEO_KEY }, opensMinutesBefore: 15 }\n' }), env: { VIDEO_KEY: 'ab'.repeat(32) } });
+    expect(plan.server.video).toEqual({ key: { env: 'VIDEO_KEY' }, keyId: 'k1', previousKeys: [], opensMinutesBefore: 15, closesMinutesAfter: 30 });
+  });
+
   it('reports a missing connectors directory and .yml files', async () => {
     const empty = await mkdtemp(path.join(os.tmpdir(), 'carerelay-config-'));
     made.push(empty);

@@ -363,7 +363,14 @@ export async function loadConfig(options: LoadConfigOptions): Promise<CarerelayP
   if (serverPlace) issues.push(...adminTokenIssues(serverConfig, files.find((f) => f.display === serverPlace!.display)!, configDir, env, options.checkSecrets !== false));
   if (serverPlace && serverConfig.video && options.checkSecrets !== false) {
     const doc = files.find((f) => f.display === serverPlace!.display)!.doc;
-    for (const p of videoKeyProblems(serverConfig.video, (ref) => readSecret(ref, env, configDir))) {
+    const read = (ref: Parameters<typeof readSecret>[0]): string | undefined => {
+      try {
+        return readSecret(ref, env, configDir);
+      } catch {
+        return undefined; // reported with the server block's other secrets
+      }
+    };
+    for (const p of videoKeyProblems(serverConfig.video, read)) {
       issues.push({ file: serverPlace.display, ...doc.locate(['server', 'video', ...p.path]), path: toPointer(['server', 'video', ...p.path]), message: p.message });
     }
   }

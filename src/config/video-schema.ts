@@ -67,13 +67,16 @@ export interface VideoConfig {
 
 /**
  * What is wrong with the configured keys: each reads to 32 bytes, and no key id is used twice.
- * `read` resolves a reference (throws when it cannot); paths are relative to `server.video`.
+ * `read` resolves a reference, undefined when it cannot (the loader reports unreadable secrets
+ * of the server block on its own); paths are relative to `server.video`.
  */
-export function videoKeyProblems(video: VideoConfig, read: (ref: SecretRef) => string): Array<{ path: Array<string | number>; message: string }> {
+export function videoKeyProblems(video: VideoConfig, read: (ref: SecretRef) => string | undefined): Array<{ path: Array<string | number>; message: string }> {
   const problems: Array<{ path: Array<string | number>; message: string }> = [];
   const check = (ref: SecretRef, path: Array<string | number>): void => {
+    const text = read(ref);
+    if (text === undefined) return;
     try {
-      parseJoinKey(read(ref), `server.video.${path.join('.')}`);
+      parseJoinKey(text, `server.video.${path.join('.')}`);
     } catch (error) {
       problems.push({ path, message: (error as Error).message });
     }

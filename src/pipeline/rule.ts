@@ -268,7 +268,7 @@ export function compileRule(raw: unknown, at: IssuePath, context: { outputs: rea
   const send = compileSend(raw.send, [...at, 'send'], channel as Channel, purpose as string, context, issues);
   // A link into a visit is care logistics about an appointment (docs/video.md): it goes only
   // where care messages may go (BAA, rule 4), and each delivery names the appointment it joins.
-  if (send?.videoLink) {
+  if (isRecord(raw.send) && raw.send.videoLink === true) {
     if (typeof purpose === 'string' && !purpose.startsWith('care.')) add([...at, 'send', 'videoLink'], `a video link is sent for care only; purpose ${purpose} cannot carry one (use care.logistics)`);
     const others = on.filter((t) => subjectKindOf(t) !== 'appointment');
     if (others.length > 0) add([...at, 'send', 'videoLink'], `a video link joins an appointment; ${others.join(', ')} ${others.length === 1 ? 'is' : 'are'} not about one`);
