@@ -159,7 +159,7 @@ describe('video visits end to end', () => {
       expect(forged.headers.get('location')).toBeNull();
       expect((await post(link, { origin: 'https://evil.example' })).status).toBe(403);
       // The button: to the vendor, with no Referer; and again (a patient who dropped out).
-      for (const headers of [{ 'sec-fetch-site': 'same-origin' }, {}]) {
+      for (const headers of [{ 'sec-fetch-site': 'same-origin' }, {}] as Array<Record<string, string>>) {
         const join = await post(link, headers);
         expect(join.status).toBe(303);
         expect(join.headers.get('location')).toBe(vendor);

@@ -102,14 +102,16 @@ describe('video link pages', () => {
   });
 
   it('the button joins from our own page (or a client that says nothing), never from another site', async () => {
-    for (const headers of [{}, { 'sec-fetch-site': 'same-origin' }, { 'sec-fetch-site': 'none' }, { origin: publicUrl }, { origin: 'null' }, { origin: base }]) {
+    const allowed: Array<Record<string, string>> = [{}, { 'sec-fetch-site': 'same-origin' }, { 'sec-fetch-site': 'none' }, { origin: publicUrl }, { origin: 'null' }, { origin: base }];
+    for (const headers of allowed) {
       const res = await post('open', headers);
       expect(res.status, JSON.stringify(headers)).toBe(303);
       expect(res.headers.get('location')).toBe(VENDOR);
       expect(res.headers.get('referrer-policy')).toBe('no-referrer');
       expect(res.headers.get('cache-control')).toBe('no-store');
     }
-    for (const headers of [{ 'sec-fetch-site': 'cross-site' }, { 'sec-fetch-site': 'same-site' }, { origin: 'https://evil.example' }]) {
+    const refused: Array<Record<string, string>> = [{ 'sec-fetch-site': 'cross-site' }, { 'sec-fetch-site': 'same-site' }, { origin: 'https://evil.example' }];
+    for (const headers of refused) {
       const res = await post('open', headers);
       expect(res.status, JSON.stringify(headers)).toBe(403);
       expect(res.headers.get('location')).toBeNull();
