@@ -5,6 +5,7 @@ import path from 'node:path';
 import { createApp, type HttpHl7Input } from './api/app.ts';
 import { inboundSmsTokens } from './api/consent-routes.ts';
 import { twilioStatusHooks } from './api/hooks-routes.ts';
+import { toolHooks as toolWebhooks } from './api/tool-hooks.ts';
 import { loadConfig, type CarerelayPlan, type InstancePlan } from './config/load.ts';
 import { readSecret, type Env, type SecretRef } from './config/yaml.ts';
 import { MLLP_REFUSALS, MllpCloseReason, MllpServer, type MllpServerEvent, type MllpServerStats } from './hl7v2/mllp-server.ts';
@@ -213,6 +214,7 @@ export async function startCarerelay(options: StartOptions): Promise<RunningCare
   let smsWebhooks: Map<string, string>;
   let vault: JoinVault;
   let videoLinks: VideoLinks;
+  let toolHooks: ReturnType<typeof toolWebhooks>;
   try {
     // Video visits (docs/video.md): join URLs are sealed with server.video.key, else with a key
     // kept in the data directory (which protects a copy of the database alone).
@@ -233,6 +235,7 @@ export async function startCarerelay(options: StartOptions): Promise<RunningCare
     deliveries = new DeliveryRuntime({ db, store, plan, log, outputSpecs, env, links, video: videoLinks, ...(options.now ? { now: options.now } : {}), ...(afterSend ? { afterSend } : {}) });
     twilioStatus = twilioStatusHooks(plan.outputs, (ref) => readSecret(ref, env, plan.configDir));
     smsWebhooks = inboundSmsTokens(plan, (ref) => readSecret(ref, env, plan.configDir));
+    toolHooks = toolWebhooks(plan.outputs, (ref) => readSecret(ref, env, plan.configDir), deliveries.outputs);
   } catch (error) {
     await store.close();
     throw error;
@@ -296,6 +299,7 @@ export async function startCarerelay(options: StartOptions): Promise<RunningCare
     readiness: () => readiness.check(),
     consent: { consent, links: deliveries.links, smsWebhooks, publicUrl: () => publicUrl, now },
     video: { links: videoLinks, publicUrl: () => publicUrl },
+    toolHooks: { hooks: toolHooks, consent, publicUrl: () => publicUrl, now },
   });
   const mllpPorts = new Map<string, number>();
   let http: Server | undefined;

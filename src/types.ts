@@ -198,6 +198,11 @@ export interface ContactHolding {
   contactKey: string;
   /** ISO instant of the first call naming the contact; recording it again keeps the first. */
   firstSentAt: string;
+  /**
+   * The tool's own id of the contact, once its API answered with one (HubSpot's contact id):
+   * the tool's webhooks name the contact by it. Recording the holding again with a toolId sets it.
+   */
+  toolId?: string;
 }
 
 /** What an outbound adapter returns when the provider accepted a message. */

@@ -19,6 +19,7 @@ import { bearerMatches, bearerToken, declaredOverLimit, digest, limitedRawBody, 
 import { createOperationsRouter } from './operations.ts';
 import { createConsentRouter, type ConsentRoutesDeps } from './consent-routes.ts';
 import { createVideoRouter, type VideoRoutesDeps } from './video-routes.ts';
+import { createToolHooksRouter, type ToolHooksDeps } from './tool-hooks.ts';
 
 export interface HttpHl7Input {
   settings: Hl7IngestSettings;
@@ -57,6 +58,8 @@ export interface ApiDeps {
   consent?: Omit<ConsentRoutesDeps, 'store' | 'log' | 'authenticate' | 'requireScope'>;
   /** The patients' video-visit links, GET/POST /v/<token> (video-routes.ts); absent: not served. */
   video?: Omit<VideoRoutesDeps, 'log'>;
+  /** The marketing tools' opt-out and bounce webhooks (tool-hooks.ts); absent: not served. */
+  toolHooks?: Omit<ToolHooksDeps, 'log'>;
 }
 
 export interface AdminTokenSecret {
@@ -341,6 +344,7 @@ export function createApp(deps: ApiDeps): express.Express {
   app.use('/ingest/fhir', createFhirRouter({ inputs: deps.fhirInputs ?? new Map(), log }));
   // Provider callbacks about sent messages; each authenticates its own way (hooks-routes.ts).
   app.use('/hooks', createHooksRouter({ twilioStatus: deps.twilioStatus ?? new Map(), store, log }));
+  if (deps.toolHooks) app.use('/hooks', createToolHooksRouter({ ...deps.toolHooks, log }));
 
   // Consent: ways in and patient views (consent-routes.ts), admin routes behind the same tokens.
   if (deps.consent) app.use(createConsentRouter({ ...deps.consent, store, log, authenticate: authenticateAdmin(deps), requireScope }));

@@ -88,6 +88,11 @@ export interface OutputInfo {
   allowedPurposes: readonly string[];
   /** When set: the only send.fields this output can send (its property map); coverage.ts. */
   fields?: readonly string[];
+  /**
+   * When set: the send.fields every rule routed here must name, each with why (what the adapter
+   * reads them for); coverage.ts refuses a rule without them.
+   */
+  requiredFields?: Readonly<Record<string, string>>;
 }
 
 /** Why a match produced no delivery; recorded so every non-send has a reason. */

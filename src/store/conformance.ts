@@ -927,6 +927,20 @@ export function storeConformanceSuite(name: string, makeStore: () => Promise<Sto
         await expect(store.recordContactHolding({ ...first, firstSentAt: 'yesterday' })).rejects.toThrow();
         await expect(store.recordContactHolding({ ...first, contactKey: '' })).rejects.toThrow(RangeError);
       });
+
+      it("keeps the tool's own id of a contact once its API gave one, and finds the holdings by it", async () => {
+        const held = { output: 'hubspot', patientId: 'P1', contactKey: 'pat@example.org', firstSentAt: '2024-01-02T09:00:00Z' };
+        await store.recordContactHolding(held);
+        expect(await store.listContactHoldings({ output: 'hubspot', toolId: '901' })).toEqual([]);
+        // Recorded again with the id the tool answered: not a new holding, the id kept.
+        expect(await store.recordContactHolding({ ...held, firstSentAt: '2024-02-01T09:00:00Z', toolId: '901' })).toBe(false);
+        expect(await store.listContactHoldings({ output: 'hubspot', toolId: '901' })).toEqual([{ ...held, toolId: '901' }]);
+        // Without an id the stored one stays; another output's id space is its own.
+        await store.recordContactHolding(held);
+        expect(await store.listContactHoldings({ patientId: 'P1' })).toEqual([{ ...held, toolId: '901' }]);
+        expect(await store.listContactHoldings({ output: 'other', toolId: '901' })).toEqual([]);
+        await expect(store.recordContactHolding({ ...held, toolId: '' })).rejects.toThrow(RangeError);
+      });
     });
 
     consentLedgerConformance(() => store);

@@ -341,6 +341,14 @@ export const SQLITE_STORE_MIGRATIONS: readonly string[] = [
     UPDATE message_counts SET n = n - 1 WHERE status = OLD.status;
   END;
   `,
+  // The tool's own id of a held contact (a tool's webhook naming the contact by it finds the
+  // patient: ContactHolding.toolId); an erasure's record of the tools that held the patient's
+  // contact and what asking each to forget it gave (ErasureRecord.tools).
+  `
+  ALTER TABLE contact_holdings ADD COLUMN tool_id TEXT;
+  CREATE INDEX contact_holdings_tool_id ON contact_holdings (output, tool_id) WHERE tool_id IS NOT NULL;
+  ALTER TABLE erasures ADD COLUMN tools TEXT NOT NULL DEFAULT '[]';
+  `,
   // Video visits (docs/video.md): the vendor's join URL of an appointment, sealed by the ingest
   // (never in clear), and CareRelay's own patient links, kept by the SHA-256 of their token.
   `
@@ -475,17 +483,18 @@ function receiptFromRow(row: ReceiptRow): DeliveryReceipt {
   };
 }
 
-const HOLDING_COLUMNS = 'output, patient_id, contact_key, first_sent_at';
+const HOLDING_COLUMNS = 'output, patient_id, contact_key, first_sent_at, tool_id';
 
 interface HoldingRow {
   output: string;
   patient_id: string;
   contact_key: string;
   first_sent_at: string;
+  tool_id: string | null;
 }
 
 function holdingFromRow(row: HoldingRow): ContactHolding {
-  return { output: row.output, patientId: row.patient_id, contactKey: row.contact_key, firstSentAt: row.first_sent_at };
+  return { output: row.output, patientId: row.patient_id, contactKey: row.contact_key, firstSentAt: row.first_sent_at, ...(row.tool_id !== null ? { toolId: row.tool_id } : {}) };
 }
 
 const VIDEO_LINK_COLUMNS = 'token_hash, appointment_id, patient_id, delivery_id, start, zone, language, minted_at';
@@ -601,6 +610,8 @@ export class SqliteStore implements Store {
   private readonly videoJoinStmt: BetterSqlite3.Statement<[string], { appointment_id: string; patient_id: string; as_of: string; key_id: string; sealed: Buffer }>;
   private readonly putVideoLinkStmt: BetterSqlite3.Statement<[string, string, string, string, string, string | null, string | null, string]>;
   private readonly videoLinkStmt: BetterSqlite3.Statement<[string], VideoLinkRow>;
+  private readonly holdingsOfToolIdStmt: BetterSqlite3.Statement<[string, string], HoldingRow>;
+  private readonly setHoldingToolIdStmt: BetterSqlite3.Statement<[string, string, string, string]>;
   private readonly saveRoutingTx: (triggerIds: readonly string[], rows: Array<{ write: DeliveryWrite; asOfMs: number; dueMs: number }>, routedMs: number, explanations: ReadonlyMap<string, Buffer>) => void;
   private readonly commitGroup: (batch: PendingWrite[]) => Array<{ value: unknown }>;
   private readonly commitIsolated: (batch: PendingWrite[]) => Array<{ value: unknown } | { error: unknown }>;
@@ -760,6 +771,8 @@ export class SqliteStore implements Store {
        VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (token_hash) DO NOTHING`,
     );
     this.videoLinkStmt = db.prepare(`SELECT ${VIDEO_LINK_COLUMNS} FROM video_links WHERE token_hash = ?`);
+    this.holdingsOfToolIdStmt = db.prepare(`SELECT ${HOLDING_COLUMNS} FROM contact_holdings WHERE output = ? AND tool_id = ? ORDER BY seq`);
+    this.setHoldingToolIdStmt = db.prepare('UPDATE contact_holdings SET tool_id = ? WHERE output = ? AND patient_id = ? AND contact_key = ?');
     // Runs inside the group commit's transaction.
     this.saveRoutingTx = ((triggerIds: readonly string[], rows: Array<{ write: DeliveryWrite; asOfMs: number; dueMs: number }>, routedMs: number, explanations: ReadonlyMap<string, Buffer>) => {
       for (const { write, asOfMs, dueMs } of rows) {
@@ -1314,14 +1327,24 @@ export class SqliteStore implements Store {
     return this.enqueueWrite(() => {
       instantMs(holding.firstSentAt, 'holding.firstSentAt');
       if (holding.output === '' || holding.patientId === '' || holding.contactKey === '') throw new RangeError('a contact holding needs an output, a patient id and a contact key');
+      if (holding.toolId === '') throw new RangeError('a contact holding\'s toolId is absent or not empty');
       // In the group commit: durable when the promise resolves, one fsync for the cycle.
-      return () => this.addHoldingStmt.run(holding.output, holding.patientId, holding.contactKey, holding.firstSentAt).changes > 0;
+      return () => {
+        const added = this.addHoldingStmt.run(holding.output, holding.patientId, holding.contactKey, holding.firstSentAt).changes > 0;
+        if (holding.toolId !== undefined) this.setHoldingToolIdStmt.run(holding.toolId, holding.output, holding.patientId, holding.contactKey);
+        return added;
+      };
     });
   }
 
   async listContactHoldings(query: ContactHoldingQuery): Promise<ContactHolding[]> {
     this.assertOpen();
-    const rows = 'patientId' in query ? this.holdingsOfPatientStmt.all(query.patientId) : this.holdingsOfContactStmt.all(query.output, query.contactKey);
+    const rows =
+      'patientId' in query
+        ? this.holdingsOfPatientStmt.all(query.patientId)
+        : 'toolId' in query
+          ? this.holdingsOfToolIdStmt.all(query.output, query.toolId)
+          : this.holdingsOfContactStmt.all(query.output, query.contactKey);
     return rows.map(holdingFromRow);
   }
 
@@ -1436,9 +1459,9 @@ export class SqliteStore implements Store {
     };
   }
 
-  async erasePatient(patientId: string, at: string): Promise<ErasureRecord> {
+  async erasePatient(patientId: string, at: string, outcomes?: Readonly<Record<string, string>>): Promise<ErasureRecord> {
     this.assertOpen();
-    return this.ledger.erasePatient(patientId, at);
+    return this.ledger.erasePatient(patientId, at, outcomes);
   }
 
   async listErasures(patientId: string): Promise<ErasureRecord[]> {

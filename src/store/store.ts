@@ -512,6 +512,13 @@ export interface ErasureRecord {
   at: string;
   /** Deliveries that were still pending: now suppressed `erased`. */
   cancelled: Array<{ deliveryId: string; generation: number; reason: 'erased' }>;
+  /**
+   * The outputs whose tool held a contact of the patient (their contact holdings, deleted with
+   * the rest), each with what asking the tool to forget the contact gave — an operator acts on
+   * what is not `forgotten` / `not_held` (outputs/spec.ts ForgetOutcome; `failed`, `unsupported`,
+   * `not_running`, or `not_asked` when the caller gave no outcome). No address: output names only.
+   */
+  tools: Array<{ output: string; outcome: string }>;
 }
 
 /**
@@ -560,9 +567,11 @@ export interface ConsentLedger {
    * entries of the patient removed; decisions and disclosures deleted; contact points, video
    * join URLs and video links dropped.
    * The consent ledger stays (it holds no contact details of the patient and keeps objections
-   * honoured), and the erasure record is kept. The caller cancels the queue timers.
+   * honoured), and the erasure record is kept. The contact holdings of the patient are deleted
+   * and the record's `tools` lists each output that held one, once, with its outcome from
+   * `outcomes` (by output name; absent: `not_asked`). The caller cancels the queue timers.
    */
-  erasePatient(patientId: string, at: string): Promise<ErasureRecord>;
+  erasePatient(patientId: string, at: string, outcomes?: Readonly<Record<string, string>>): Promise<ErasureRecord>;
   listErasures(patientId: string): Promise<ErasureRecord[]>;
 }
 
@@ -622,8 +631,11 @@ export interface TriggerRouting {
 /** Receipts of one delivery (optionally of one output), or those naming one provider id of an output. */
 export type ReceiptQuery = { deliveryId: string; output?: string } | { output: string; providerId: string };
 
-/** The tools holding a patient (to push an opt-out), or the patients a tool's contact stands for (a tool's own opt-out report). */
-export type ContactHoldingQuery = { patientId: string } | { output: string; contactKey: string };
+/**
+ * The tools holding a patient (to push an opt-out), or the patients a tool's contact stands for (a
+ * tool's own opt-out report), named by its address or by the tool's own id of it (ContactHolding.toolId).
+ */
+export type ContactHoldingQuery = { patientId: string } | { output: string; contactKey: string } | { output: string; toolId: string };
 
 export interface Store extends ConsentLedger {
   /**
@@ -732,7 +744,8 @@ export interface Store extends ConsentLedger {
   /**
    * Records that an output's tool holds a contact of a patient (types.ts ContactHolding),
    * durably when it resolves. Once per output, patient and contact key: recording it again
-   * keeps the first firstSentAt and answers false.
+   * keeps the first firstSentAt and answers false; a `toolId` given then is kept (it replaces
+   * an earlier one), an absent one leaves the stored one as it is.
    */
   recordContactHolding(holding: ContactHolding): Promise<boolean>;
   /** Matching holdings, in the order first recorded. */
