@@ -41,6 +41,8 @@ import { OutcomeLinker } from './workers/outcomes.ts';
 import { RetentionJob } from './workers/retention.ts';
 import { DELIVERY_QUEUE, DeliveryRuntime, type ReloadResult } from './workers/runtime.ts';
 import { dataDirUnsubscribeKey, unsubscribeLinks } from './workers/unsubscribe.ts';
+import { VideoLinks } from './workers/video.ts';
+import { dataDirJoinKey, JoinVault, parseJoinKey } from './video/seal.ts';
 
 export interface StartOptions {
   configDir: string;
@@ -86,6 +88,7 @@ function ingestSettings(name: string, config: Hl7v2MllpConfig | Hl7v2HttpConfig)
     unknownMessageTypes: config.unknownMessageTypes,
     missingFieldAck: config.missingFieldAck,
     ackMode: config.ackMode,
+    ...(config.virtualVisit !== undefined ? { virtualVisit: config.virtualVisit } : {}),
     ...(config.type === HL7V2_MLLP && config.tls?.allowedSenders ? { allowedSenders: config.tls.allowedSenders } : {}),
   };
 }
@@ -253,15 +256,27 @@ export async function startCarerelay(options: StartOptions): Promise<RunningCare
   let deliveries: DeliveryRuntime;
   let twilioStatus: ReturnType<typeof twilioStatusHooks>;
   let smsWebhooks: Map<string, string>;
+  let vault: JoinVault;
+  let videoLinks: VideoLinks;
   let toolHooks: ReturnType<typeof toolWebhooks>;
   try {
+    // Video visits (docs/video.md): join URLs are sealed with server.video.key, else with a key
+    // kept in the data directory (which protects a copy of the database alone).
+    const video = plan.server.video;
+    const keyOf = (ref: Parameters<typeof readSecret>[0], what: string) => parseJoinKey(readSecret(ref, env, plan.configDir), what);
+    vault = new JoinVault(
+      video.key ? { id: video.keyId, key: keyOf(video.key, 'server.video.key') } : dataDirJoinKey(plan.server.dataDir),
+      video.previousKeys.map((k, i) => ({ id: k.id, key: keyOf(k.key, `server.video.previousKeys[${i}].key`) })),
+    );
+    if (!video.key) log.warn('video.key_in_data_dir', { reason: 'key_not_configured' });
+    videoLinks = new VideoLinks({ store, vault, window: video, publicUrl: () => publicUrl, log, ...(options.now ? { now: options.now } : {}) });
     const links = unsubscribeLinks({
       key: policy.unsubscribe.secret ? Buffer.from(readSecret(policy.unsubscribe.secret, env, plan.configDir), 'utf8') : dataDirUnsubscribeKey(plan.server.dataDir),
       publicUrl: () => publicUrl,
       ttlDays: policy.unsubscribe.ttlDays,
     });
     // Outputs start here: a secret that cannot be read, or is not what its output needs, stops the start.
-    deliveries = new DeliveryRuntime({ db, store, plan, log, outputSpecs, env, links, ...(options.now ? { now: options.now } : {}), ...(afterSend ? { afterSend } : {}) });
+    deliveries = new DeliveryRuntime({ db, store, plan, log, outputSpecs, env, links, video: videoLinks, ...(options.now ? { now: options.now } : {}), ...(afterSend ? { afterSend } : {}) });
     twilioStatus = twilioStatusHooks(plan.outputs, (ref) => readSecret(ref, env, plan.configDir));
     smsWebhooks = inboundSmsTokens(plan, (ref) => readSecret(ref, env, plan.configDir));
     toolHooks = toolWebhooks(plan.outputs, (ref) => readSecret(ref, env, plan.configDir), deliveries.outputs);
@@ -273,7 +288,7 @@ export async function startCarerelay(options: StartOptions): Promise<RunningCare
   events.watchQueue(deliveries.queue, DELIVERY_QUEUE);
   const consent = deliveries.consent;
   const rejectedRaw = new RejectedRawQuota(store, plan.server.rejectedRaw);
-  const ingest = new Hl7Ingest({ store, log, onCommitted: deliveries.onCommitted, rejectedRaw, onResend: events.resend });
+  const ingest = new Hl7Ingest({ store, log, onCommitted: deliveries.onCommitted, rejectedRaw, onResend: events.resend, video: vault });
   const afterCommit = faultInjector(env, 'commit') ?? (() => {});
 
   const mllpServers: Array<{ name: string; server: MllpServer }> = [];
@@ -288,7 +303,7 @@ export async function startCarerelay(options: StartOptions): Promise<RunningCare
     const outcome = await consent.fhirConsent(resource, 'fhir', false);
     return outcome.kind === 'stored' ? {} : { rejected: outcome.kind === 'invalid' ? 'consent_invalid' : 'consent_unknown_patient' };
   };
-  const fhirDeps = { store, log, env, configDir: plan.configDir, onCommitted: deliveries.onCommitted, onConsent };
+  const fhirDeps = { store, log, env, configDir: plan.configDir, onCommitted: deliveries.onCommitted, onConsent, video: vault };
   for (const input of plan.inputs) {
     if (input.type === HL7V2_MLLP) {
       const typed = input as unknown as InstancePlan<Hl7v2MllpConfig>;
@@ -355,6 +370,7 @@ export async function startCarerelay(options: StartOptions): Promise<RunningCare
       rules: () => deliveries.rules,
       replay: queueReplay({ store, queue: deliveries.queue, log, now: () => new Date(now()) }),
     },
+    video: { links: videoLinks, publicUrl: () => publicUrl },
     toolHooks: { hooks: toolHooks, consent, publicUrl: () => publicUrl, now },
     outcomes: { linker: outcomes },
     metrics: metricsHandler(metrics, env[plan.server.metrics.tokenEnv] || undefined),

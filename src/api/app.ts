@@ -19,6 +19,7 @@ import { bearerMatches, bearerToken, declaredOverLimit, digest, limitedRawBody, 
 import { createOperationsRouter } from './operations.ts';
 import { createConsentRouter, type ConsentRoutesDeps } from './consent-routes.ts';
 import { createDashboardRouter, type DashboardDeps } from './dashboard/dashboard.ts';
+import { createVideoRouter, type VideoRoutesDeps } from './video-routes.ts';
 import { createToolHooksRouter, type ToolHooksDeps } from './tool-hooks.ts';
 import { createOutcomesRouter, type OutcomesRoutesDeps } from './outcomes-routes.ts';
 
@@ -59,6 +60,8 @@ export interface ApiDeps {
   consent?: Omit<ConsentRoutesDeps, 'store' | 'log' | 'authenticate' | 'requireScope'>;
   /** The operations dashboard at /ui (dashboard/dashboard.ts); absent: not served. */
   dashboard?: Omit<DashboardDeps, 'store' | 'log' | 'identity' | 'operations'>;
+  /** The patients' video-visit links, GET/POST /v/<token> (video-routes.ts); absent: not served. */
+  video?: Omit<VideoRoutesDeps, 'log'>;
   /** The marketing tools' opt-out and bounce webhooks (tool-hooks.ts); absent: not served. */
   toolHooks?: Omit<ToolHooksDeps, 'log'>;
   /** Outcome reports (outcomes-routes.ts): the linker that brings them up to date first. */
@@ -362,6 +365,7 @@ export function createApp(deps: ApiDeps): express.Express {
 
   // Consent: ways in and patient views (consent-routes.ts), admin routes behind the same tokens.
   if (deps.consent) app.use(createConsentRouter({ ...deps.consent, store, log, authenticate: authenticateAdmin(deps), requireScope }));
+  if (deps.video) app.use(createVideoRouter({ ...deps.video, log }));
 
   const admin = express.Router();
   admin.use(authenticateAdmin(deps));

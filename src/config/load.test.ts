@@ -56,6 +56,7 @@ describe('the shipped example (connectors/example.yaml)', () => {
       rejectedRaw: { totalBytes: 1073741824, perSenderBytes: 67108864, keepBytes: 4096 },
       minFreeDiskBytes: 67108864,
       metrics: { tokenEnv: 'CARERELAY_METRICS_TOKEN' },
+      video: { keyId: 'k1', previousKeys: [], opensMinutesBefore: 60, closesMinutesAfter: 30 },
       admin: { tokens: [] },
     });
     // The French example: EU defaults, Paris for the organisation and its site.
@@ -98,6 +99,7 @@ describe('loadConfig', () => {
       rejectedRaw: { totalBytes: 1073741824, perSenderBytes: 67108864, keepBytes: 4096 },
       minFreeDiskBytes: 67108864,
       metrics: { tokenEnv: 'CARERELAY_METRICS_TOKEN' },
+      video: { keyId: 'k1', previousKeys: [], opensMinutesBefore: 60, closesMinutesAfter: 30 },
       admin: { tokens: [] },
     });
     // No policy block: every default, the organisation in UTC.
@@ -189,7 +191,7 @@ describe('loadConfig', () => {
       ].join('\n'),
     });
     expect(await issuesOf(dir)).toEqual([
-      'connectors/a.yaml:9:5: unknown key "maxFrame" (allowed: name, timezone, unknownMessageTypes, missingFieldAck, ackMode, type, host, port, tls, plain, maxFrameBytes, idleTimeoutSeconds, firstByteTimeoutSeconds, tlsHandshakeTimeoutSeconds, maxConnections, maxConnectionsPerAddress, reservedConnections, trustedSenders)',
+      'connectors/a.yaml:9:5: unknown key "maxFrame" (allowed: name, timezone, unknownMessageTypes, missingFieldAck, ackMode, virtualVisit, type, host, port, tls, plain, maxFrameBytes, idleTimeoutSeconds, firstByteTimeoutSeconds, tlsHandshakeTimeoutSeconds, maxConnections, maxConnectionsPerAddress, reservedConnections, trustedSenders)',
       'connectors/a.yaml:10:11: "name" "Lab_1" is not valid: lower-case letters, digits and "-", starting with a letter',
       'connectors/a.yaml:12:11: "port" must be <= 65535 (got 99999)',
       'connectors/a.yaml:13:12: "plain" must be true or false, got a string',
@@ -494,6 +496,30 @@ describe('loadConfig', () => {
       'connectors/a.yaml:6:17: token name "admin" is reserved ("admin" is the tokenEnv token, "local" a caller on loopback without a token); choose another',
       expect.stringMatching(/^connectors\/a\.yaml:7:\d+: .*everything/),
     ]);
+  });
+
+  it('checks the video keys (docs/video.md): each reads to 32 bytes, ids unique, without repeating a value', async () => {
+    const dir = await configDir({
+      'a.yaml': [
+        'server:',
+        '  video:',
+        '    key: { env: VIDEO_KEY }',
+        '    keyId: k2',
+        '    previousKeys:',
+        '      - { id: k1, key: { env: OLD_KEY } }',
+        '      - { id: k2, key: { env: MISSING_KEY } }',
+        '',
+      ].join('\n'),
+    });
+    const issues = await issuesOf(dir, { VIDEO_KEY: 'not-a-key-at-all', OLD_KEY: 'ab'.repeat(32) });
+    expect(issues).toEqual([
+      'connectors/a.yaml:3:10: server.video.key must be 32 random bytes written as 64 hex digits or 44 base64 characters (got 16 characters); make one with: openssl rand -hex 32',
+      'connectors/a.yaml:7:15: key id "k2" is used twice; every key needs its own id (the current key is "k2")',
+      'connectors/a.yaml:7:24: secret environment variable MISSING_KEY is not set',
+    ]);
+    expect(issues.join('\n')).not.toContain('not-a-key-at-all');
+    const plan = await loadConfig({ configDir: await configDir({ 'a.yaml': 'server:\n  video: { key: { env: VIDEO_KEY }, opensMinutesBefore: 15 }\n' }), env: { VIDEO_KEY: 'ab'.repeat(32) } });
+    expect(plan.server.video).toEqual({ key: { env: 'VIDEO_KEY' }, keyId: 'k1', previousKeys: [], opensMinutesBefore: 15, closesMinutesAfter: 30 });
   });
 
   it('reports a missing connectors directory and .yml files', async () => {

@@ -16,8 +16,10 @@ import { loadMappings, type MappingSet } from './mappings.ts';
 import { alertsSchema, retentionSchema, type AlertsConfig, type RetentionConfig } from './operations-schema.ts';
 import { policyConfigOf, policySchema, type PolicyBlock, type PolicyConfig } from './policy-schema.ts';
 import { connectorFileSchema, serverSchema, type ServerConfig } from './server-schema.ts';
+import { videoKeyProblems } from './video-schema.ts';
 import {
   createAjv,
+  readSecret,
   readYamlDocument,
   toPointer,
   validateWithSchema,
@@ -366,6 +368,19 @@ export async function loadConfig(options: LoadConfigOptions): Promise<CarerelayP
   const operations = operationsBlocks(blocks, files, located, policyBlock, (more) => issues.push(...more));
 
   if (serverPlace) issues.push(...adminTokenIssues(serverConfig, files.find((f) => f.display === serverPlace!.display)!, configDir, env, options.checkSecrets !== false));
+  if (serverPlace && serverConfig.video && options.checkSecrets !== false) {
+    const doc = files.find((f) => f.display === serverPlace!.display)!.doc;
+    const read = (ref: Parameters<typeof readSecret>[0]): string | undefined => {
+      try {
+        return readSecret(ref, env, configDir);
+      } catch {
+        return undefined; // reported with the server block's other secrets
+      }
+    };
+    for (const p of videoKeyProblems(serverConfig.video, read)) {
+      issues.push({ file: serverPlace.display, ...doc.locate(['server', 'video', ...p.path]), path: toPointer(['server', 'video', ...p.path]), message: p.message });
+    }
+  }
   issues.push(...portIssues(serverConfig, serverPlace, files, located));
   if (typeof serverConfig.http?.host === 'string') {
     for (const { instance, file, base, spec } of located.filter((l) => l.valid && l.spec.checkServer !== undefined)) {

@@ -3,6 +3,7 @@
 
 import { alertsSchema, retentionSchema } from './operations-schema.ts';
 import { policySchema } from './policy-schema.ts';
+import { videoSchema, type VideoConfig } from './video-schema.ts';
 import { nameSchema, secretRefSchema, type JsonSchema, type SecretRef } from './yaml.ts';
 
 export const ENV_NAME_PATTERN = '^[A-Za-z_][A-Za-z0-9_]*$';
@@ -125,6 +126,7 @@ export const serverSchema = {
         },
       },
     },
+    video: videoSchema,
     admin: {
       type: 'object',
       description: 'Admin API settings.',
@@ -186,6 +188,7 @@ export interface ServerConfig {
   readonly minFreeDiskBytes: number;
   readonly admin: { readonly tokenEnv?: string; readonly tokens: readonly AdminTokenConfig[] };
   readonly metrics: { readonly tokenEnv: string };
+  readonly video: VideoConfig;
 }
 
 /**

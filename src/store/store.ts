@@ -61,6 +61,13 @@ export interface InboundRecord {
    * triggers and the position after it commit together.
    */
   cursors?: Readonly<Record<string, string>>;
+  /**
+   * Video-visit join information the message gave (docs/video.md), sealed by the caller: written
+   * in the same transaction, only when the record is stored (not for a duplicate or a
+   * quarantined copy). A write applies unless what is kept, or the appointment's stored state,
+   * reflects a newer event (the asOf rule of subject states); one without `join` deletes it.
+   */
+  videoJoins?: VideoJoinWrite[];
 }
 
 /**
@@ -157,6 +164,51 @@ export interface SubjectState {
   asOf: string;
   /** Free-form extra state (e.g. sensitivity labels that stick to an encounter). */
   data?: Record<string, unknown>;
+}
+
+/** A video-visit join URL as the store keeps it: sealed by the ingest (video/seal.ts), never in clear. */
+export interface SealedJoin {
+  /** The key it was sealed with (server.video.keyId): keys rotate without rewriting rows. */
+  keyId: string;
+  /** Version, IV, tag and ciphertext; opaque to the store. */
+  sealed: Buffer;
+}
+
+/** The join information of one appointment, as a message gave it (InboundRecord.videoJoins). */
+export interface VideoJoinWrite {
+  appointmentId: string;
+  patientId: string;
+  /** The event time it reflects (the appointment state's asOf in the same record). */
+  asOf: string;
+  /** Absent: the appointment has no join URL now (dropped, or the appointment closed): delete it. */
+  join?: SealedJoin;
+}
+
+export interface StoredVideoJoin {
+  appointmentId: string;
+  patientId: string;
+  asOf: string;
+  join: SealedJoin;
+}
+
+/**
+ * CareRelay's own link to a video visit, minted when a message showing it is rendered
+ * (docs/video.md). Only the SHA-256 of its token is kept: the link cannot be rebuilt from the store.
+ */
+export interface VideoLink {
+  /** SHA-256 of the token, lower-case hex. */
+  tokenHash: string;
+  appointmentId: string;
+  patientId: string;
+  /** The delivery whose message carried it. */
+  deliveryId: string;
+  /** The appointment start it was minted for: once the visit moves, the link is dead. */
+  start: string;
+  /** IANA zone and language its pages show times and words in. */
+  zone?: string;
+  language?: string;
+  /** ISO instant. */
+  mintedAt: string;
 }
 
 export type CommitOutcome =
@@ -512,7 +564,8 @@ export interface ConsentLedger {
   /**
    * GDPR erasure of one patient, in one transaction: pending deliveries suppressed `erased`;
    * raw messages, personal trigger fields, delivery payloads, recipients, sent texts and outbox
-   * entries of the patient removed; decisions and disclosures deleted; contact points dropped.
+   * entries of the patient removed; decisions and disclosures deleted; contact points, video
+   * join URLs and video links dropped.
    * The consent ledger stays (it holds no contact details of the patient and keeps objections
    * honoured), and the erasure record is kept. The contact holdings of the patient are deleted
    * and the record's `tools` lists each output that held one, once, with its outcome from
@@ -890,6 +943,12 @@ export interface Store extends ConsentLedger {
    * longer needed (only counts them with dryRun), in one short write.
    */
   prune(kind: RetentionKind, before: string, options: PruneOptions): Promise<PruneBatch>;
+  /** The sealed join URL kept for an appointment (InboundRecord.videoJoins); undefined when none is. */
+  getVideoJoin(appointmentId: string): Promise<StoredVideoJoin | undefined>;
+  /** Keeps a patient's video link, durably when it resolves; the same token hash again changes nothing. */
+  putVideoLink(link: VideoLink): Promise<void>;
+  /** The link of a token hash, undefined when unknown. */
+  getVideoLink(tokenHash: string): Promise<VideoLink | undefined>;
 
   /** Cheap liveness of the backing store for /readyz. */
   ping(): Promise<void>;
