@@ -32,8 +32,17 @@ import { Hl7Ingest, type Hl7IngestSettings } from './workers/ingest.ts';
 import { RejectedRawQuota } from './workers/raw-quota.ts';
 import { StoreReadiness } from './workers/readiness.ts';
 import { outputSpecs } from './outputs/index.ts';
-import { DeliveryRuntime, type ReloadResult } from './workers/runtime.ts';
+import { metricsHandler } from './api/metrics-route.ts';
+import { Metrics } from './workers/metrics.ts';
+import { ALERT_QUEUE, Alerts, type AlertJob } from './workers/alerts.ts';
+import { OpsEvents, observeOutputs, observeStore, subscriptionStatuses } from './workers/ops-events.ts';
+import { SqliteQueue } from './queue/sqlite.ts';
+import { OutcomeLinker } from './workers/outcomes.ts';
+import { RetentionJob } from './workers/retention.ts';
+import { DELIVERY_QUEUE, DeliveryRuntime, type ReloadResult } from './workers/runtime.ts';
 import { dataDirUnsubscribeKey, unsubscribeLinks } from './workers/unsubscribe.ts';
+import { VideoLinks } from './workers/video.ts';
+import { dataDirJoinKey, JoinVault, parseJoinKey } from './video/seal.ts';
 
 export interface StartOptions {
   configDir: string;
@@ -59,6 +68,8 @@ export interface RunningCarerelay {
   fhirIngests: ReadonlyMap<string, FhirIngest>;
   /** Router, delivery queue and outputs (deliveries.idle() waits for routing and due sends). */
   deliveries: DeliveryRuntime;
+  /** Alert conditions and notifications (check() checks now; idle() waits for the notices to go). */
+  alerts: Alerts;
   /**
    * Loads the configuration again and swaps rules and templates when it is valid; on
    * errors the running plan stays and the issues are returned. Connector changes need a restart.
@@ -77,6 +88,7 @@ function ingestSettings(name: string, config: Hl7v2MllpConfig | Hl7v2HttpConfig)
     unknownMessageTypes: config.unknownMessageTypes,
     missingFieldAck: config.missingFieldAck,
     ackMode: config.ackMode,
+    ...(config.virtualVisit !== undefined ? { virtualVisit: config.virtualVisit } : {}),
     ...(config.type === HL7V2_MLLP && config.tls?.allowedSenders ? { allowedSenders: config.tls.allowedSenders } : {}),
   };
 }
@@ -226,13 +238,17 @@ export async function startCarerelay(options: StartOptions): Promise<RunningCare
     httpHost = '127.0.0.1';
   }
 
-  const db = openSqliteDatabase(path.join(plan.server.dataDir, 'carerelay.db'));
+  const dbFile = path.join(plan.server.dataDir, 'carerelay.db');
+  const db = openSqliteDatabase(dbFile);
+  const sqliteStore = new SqliteStore(db, { closeDatabase: true });
   // Every component writes through the watched store: a failed write makes /readyz say so.
-  const readiness = new StoreReadiness(new SqliteStore(db, { closeDatabase: true }), {
+  const readiness = new StoreReadiness(sqliteStore, {
     dataDir: plan.server.dataDir,
     minFreeDiskBytes: plan.server.minFreeDiskBytes,
   });
-  const store = readiness.watch();
+  // What the components write is observed for metrics and alerts (workers/ops-events.ts).
+  const events = new OpsEvents();
+  const store = observeStore(readiness.watch(), events);
   const afterSend = faultInjector(env, 'send');
   const policy = plan.policy;
   // The default public URL names the listener's port, known once it is bound (port 0 in tests).
@@ -240,15 +256,27 @@ export async function startCarerelay(options: StartOptions): Promise<RunningCare
   let deliveries: DeliveryRuntime;
   let twilioStatus: ReturnType<typeof twilioStatusHooks>;
   let smsWebhooks: Map<string, string>;
+  let vault: JoinVault;
+  let videoLinks: VideoLinks;
   let toolHooks: ReturnType<typeof toolWebhooks>;
   try {
+    // Video visits (docs/video.md): join URLs are sealed with server.video.key, else with a key
+    // kept in the data directory (which protects a copy of the database alone).
+    const video = plan.server.video;
+    const keyOf = (ref: Parameters<typeof readSecret>[0], what: string) => parseJoinKey(readSecret(ref, env, plan.configDir), what);
+    vault = new JoinVault(
+      video.key ? { id: video.keyId, key: keyOf(video.key, 'server.video.key') } : dataDirJoinKey(plan.server.dataDir),
+      video.previousKeys.map((k, i) => ({ id: k.id, key: keyOf(k.key, `server.video.previousKeys[${i}].key`) })),
+    );
+    if (!video.key) log.warn('video.key_in_data_dir', { reason: 'key_not_configured' });
+    videoLinks = new VideoLinks({ store, vault, window: video, publicUrl: () => publicUrl, log, ...(options.now ? { now: options.now } : {}) });
     const links = unsubscribeLinks({
       key: policy.unsubscribe.secret ? Buffer.from(readSecret(policy.unsubscribe.secret, env, plan.configDir), 'utf8') : dataDirUnsubscribeKey(plan.server.dataDir),
       publicUrl: () => publicUrl,
       ttlDays: policy.unsubscribe.ttlDays,
     });
     // Outputs start here: a secret that cannot be read, or is not what its output needs, stops the start.
-    deliveries = new DeliveryRuntime({ db, store, plan, log, outputSpecs, env, links, ...(options.now ? { now: options.now } : {}), ...(afterSend ? { afterSend } : {}) });
+    deliveries = new DeliveryRuntime({ db, store, plan, log, outputSpecs, env, links, video: videoLinks, ...(options.now ? { now: options.now } : {}), ...(afterSend ? { afterSend } : {}) });
     twilioStatus = twilioStatusHooks(plan.outputs, (ref) => readSecret(ref, env, plan.configDir));
     smsWebhooks = inboundSmsTokens(plan, (ref) => readSecret(ref, env, plan.configDir));
     toolHooks = toolWebhooks(plan.outputs, (ref) => readSecret(ref, env, plan.configDir), deliveries.outputs);
@@ -256,9 +284,11 @@ export async function startCarerelay(options: StartOptions): Promise<RunningCare
     await store.close();
     throw error;
   }
+  observeOutputs(deliveries.outputs, events);
+  events.watchQueue(deliveries.queue, DELIVERY_QUEUE);
   const consent = deliveries.consent;
   const rejectedRaw = new RejectedRawQuota(store, plan.server.rejectedRaw);
-  const ingest = new Hl7Ingest({ store, log, onCommitted: deliveries.onCommitted, rejectedRaw });
+  const ingest = new Hl7Ingest({ store, log, onCommitted: deliveries.onCommitted, rejectedRaw, onResend: events.resend, video: vault });
   const afterCommit = faultInjector(env, 'commit') ?? (() => {});
 
   const mllpServers: Array<{ name: string; server: MllpServer }> = [];
@@ -273,7 +303,7 @@ export async function startCarerelay(options: StartOptions): Promise<RunningCare
     const outcome = await consent.fhirConsent(resource, 'fhir', false);
     return outcome.kind === 'stored' ? {} : { rejected: outcome.kind === 'invalid' ? 'consent_invalid' : 'consent_unknown_patient' };
   };
-  const fhirDeps = { store, log, env, configDir: plan.configDir, onCommitted: deliveries.onCommitted, onConsent };
+  const fhirDeps = { store, log, env, configDir: plan.configDir, onCommitted: deliveries.onCommitted, onConsent, video: vault };
   for (const input of plan.inputs) {
     if (input.type === HL7V2_MLLP) {
       const typed = input as unknown as InstancePlan<Hl7v2MllpConfig>;
@@ -302,6 +332,24 @@ export async function startCarerelay(options: StartOptions): Promise<RunningCare
   }
 
   const now = options.now ?? Date.now;
+  // Outcome triggers linked to the arms routing assigned (workers/outcomes.ts).
+  const outcomes = new OutcomeLinker({ store, log, policy: policy.settings });
+  // Metrics and alerts (docs/operations.md) on the operations events.
+  const fhir = subscriptionStatuses(fhirIngests, plan.inputs);
+  const inputNames = plan.inputs.map((i) => i.name);
+  const metrics = new Metrics({ events, store, inputs: inputNames, outputs: plan.outputs.map((o) => o.name), rules: () => deliveries.rules, deliveryQueue: deliveries.queue, fhir, now });
+  const retention = new RetentionJob({ store, config: plan.retention, sqlite: { db, write: (work) => sqliteStore.write(work), file: dbFile }, log, now });
+  const alerts = new Alerts({
+    config: plan.alerts,
+    events,
+    inputs: inputNames,
+    outputs: deliveries.outputs,
+    queue: new SqliteQueue<AlertJob>(db, { name: ALERT_QUEUE, now }),
+    oldestDue: async () => (await deliveries.queue.list({ state: 'pending', limit: 1 }))[0]?.runAt,
+    fhir,
+    log,
+    now,
+  });
   const app = createApp({
     store,
     log,
@@ -322,7 +370,10 @@ export async function startCarerelay(options: StartOptions): Promise<RunningCare
       rules: () => deliveries.rules,
       replay: queueReplay({ store, queue: deliveries.queue, log, now: () => new Date(now()) }),
     },
+    video: { links: videoLinks, publicUrl: () => publicUrl },
     toolHooks: { hooks: toolHooks, consent, publicUrl: () => publicUrl, now },
+    outcomes: { linker: outcomes },
+    metrics: metricsHandler(metrics, env[plan.server.metrics.tokenEnv] || undefined),
   });
   const mllpPorts = new Map<string, number>();
   let http: Server | undefined;
@@ -354,6 +405,9 @@ export async function startCarerelay(options: StartOptions): Promise<RunningCare
   for (const fhirIngest of fhirIngests.values()) fhirIngest.start();
   for (const p of fhirPollers) p.start();
   deliveries.start();
+  outcomes.start();
+  alerts.start();
+  retention.start();
   const reloadMappings = async (): Promise<ReloadResult> =>
     deliveries.reload(() => loadConfig({ configDir: options.configDir, env }));
   if (options.watchMappings ?? true) deliveries.watchMappings(path.join(plan.configDir, 'mappings'), reloadMappings);
@@ -374,6 +428,10 @@ export async function startCarerelay(options: StartOptions): Promise<RunningCare
       await Promise.allSettled([...fhirIngests.values()].map((i) => i.stop()));
       // Queue before store: running sends finish and record their outcome first.
       await deliveries.stop();
+      await outcomes.stop();
+      await alerts.stop();
+      await retention.stop();
+      metrics.close();
       await store.close();
       log.info('carerelay.stopped');
       resolveStopped();
@@ -396,5 +454,5 @@ export async function startCarerelay(options: StartOptions): Promise<RunningCare
 
   log.info('carerelay.started', { dataDir: plan.server.dataDir, count: plan.inputs.length });
   const mllpStats = (name: string): MllpServerStats | undefined => mllpServers.find((m) => m.name === name)?.server.stats();
-  return { plan, store, httpPort, mllpPorts, mllpStats, fhirIngests, deliveries, reloadMappings, stop, stopped };
+  return { plan, store, httpPort, mllpPorts, mllpStats, fhirIngests, deliveries, alerts, reloadMappings, stop, stopped };
 }

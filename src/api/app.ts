@@ -19,7 +19,9 @@ import { bearerMatches, bearerToken, declaredOverLimit, digest, limitedRawBody, 
 import { createOperationsRouter } from './operations.ts';
 import { createConsentRouter, type ConsentRoutesDeps } from './consent-routes.ts';
 import { createDashboardRouter, type DashboardDeps } from './dashboard/dashboard.ts';
+import { createVideoRouter, type VideoRoutesDeps } from './video-routes.ts';
 import { createToolHooksRouter, type ToolHooksDeps } from './tool-hooks.ts';
+import { createOutcomesRouter, type OutcomesRoutesDeps } from './outcomes-routes.ts';
 import { createTaskRouter } from './task-routes.ts';
 
 export interface HttpHl7Input {
@@ -59,8 +61,14 @@ export interface ApiDeps {
   consent?: Omit<ConsentRoutesDeps, 'store' | 'log' | 'authenticate' | 'requireScope'>;
   /** The operations dashboard at /ui (dashboard/dashboard.ts); absent: not served. */
   dashboard?: Omit<DashboardDeps, 'store' | 'log' | 'identity' | 'operations'>;
+  /** The patients' video-visit links, GET/POST /v/<token> (video-routes.ts); absent: not served. */
+  video?: Omit<VideoRoutesDeps, 'log'>;
   /** The marketing tools' opt-out and bounce webhooks (tool-hooks.ts); absent: not served. */
   toolHooks?: Omit<ToolHooksDeps, 'log'>;
+  /** Outcome reports (outcomes-routes.ts): the linker that brings them up to date first. */
+  outcomes?: Omit<OutcomesRoutesDeps, 'store'>;
+  /** GET /metrics (workers/metrics.ts): authenticates on its own (its token, or loopback only). */
+  metrics?: express.RequestHandler;
 }
 
 export interface AdminTokenSecret {
@@ -358,6 +366,7 @@ export function createApp(deps: ApiDeps): express.Express {
 
   // Consent: ways in and patient views (consent-routes.ts), admin routes behind the same tokens.
   if (deps.consent) app.use(createConsentRouter({ ...deps.consent, store, log, authenticate: authenticateAdmin(deps), requireScope }));
+  if (deps.video) app.use(createVideoRouter({ ...deps.video, log }));
 
   const admin = express.Router();
   admin.use(authenticateAdmin(deps));
@@ -535,9 +544,11 @@ export function createApp(deps: ApiDeps): express.Express {
   admin.use('/fhir', createFhirAdminRouter(deps.fhirInputs ?? new Map()));
   // Staff tasks: answers for a person, write-backs the EHR refused (task-routes.ts).
   admin.use(createTaskRouter({ store, requireScope, callerName: (res) => callerOf(res).name, now: () => (deps.now?.() ?? new Date()).getTime() }));
+  admin.use(createOutcomesRouter({ store, ...deps.outcomes }));
   admin.use(createOperationsRouter(operations));
 
   app.use('/api', admin);
+  if (deps.metrics) app.get('/metrics', deps.metrics);
   // The dashboard: the same tokens and scopes, kept in a session cookie (dashboard/session.ts).
   if (deps.dashboard) app.use('/ui', createDashboardRouter({ ...deps.dashboard, store, log, identity: adminIdentity(deps), operations }));
 

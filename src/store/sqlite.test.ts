@@ -2,6 +2,7 @@ import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import BetterSqlite3 from 'better-sqlite3';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { storeConformanceSuite, testRecord, testTrigger } from './conformance.ts';
 import { migrate, openSqliteDatabase, type Database } from './sqlite-db.ts';
@@ -45,6 +46,20 @@ describe('openSqliteDatabase', () => {
     } finally {
       db.close();
     }
+  });
+
+  it('creates a new file with incremental auto-vacuum, and leaves an existing file as it was', () => {
+    const file = path.join(tempDir(), 'carerelay.db');
+    const db = openSqliteDatabase(file);
+    expect(db.pragma('auto_vacuum', { simple: true })).toBe(2); // 2 = INCREMENTAL
+    db.close();
+    const old = path.join(tempDir(), 'old.db');
+    const plain = new BetterSqlite3(old);
+    plain.exec('CREATE TABLE t (x)');
+    plain.close();
+    const reopened = openSqliteDatabase(old);
+    expect(reopened.pragma('auto_vacuum', { simple: true })).toBe(0);
+    reopened.close();
   });
 
   it('refuses a data path whose parent is not a directory, naming the path and the fix', () => {
