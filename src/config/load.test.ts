@@ -201,7 +201,7 @@ describe('loadConfig', () => {
       'connectors/b.yaml:10:11: port 8080 is already used by server.http at connectors/a.yaml:3:11; give each listener its own port',
       'connectors/b.yaml:12:26: "unknownMessageTypes" must be one of "accept", "reject" (got "drop")',
       'connectors/b.yaml:15:11: port 2575 is already used by input "ehr" at connectors/a.yaml:7:11; give each listener its own port',
-      'connectors/b.yaml:17:1: unknown key "extras" (allowed: server, policy, alerts, retention, inputs, outputs)',
+      'connectors/b.yaml:17:1: unknown key "extras" (allowed: server, policy, alerts, retention, waitlist, inputs, outputs)',
     ]);
   });
 

@@ -3,6 +3,7 @@
 
 import { alertsSchema, retentionSchema } from './operations-schema.ts';
 import { policySchema } from './policy-schema.ts';
+import { waitlistSchema } from './waitlist-schema.ts';
 import { videoSchema, type VideoConfig } from './video-schema.ts';
 import { nameSchema, secretRefSchema, type JsonSchema, type SecretRef } from './yaml.ts';
 
@@ -204,6 +205,7 @@ export const connectorFileSchema = {
     policy: policySchema,
     alerts: alertsSchema,
     retention: retentionSchema,
+    waitlist: waitlistSchema,
     inputs: {
       type: 'array',
       description: 'Inbound connectors (what the EHR sends to CareRelay). Each has a unique name and a type.',

@@ -28,6 +28,7 @@ import { ConsentService } from './consent.ts';
 import { CONSENT_MIRROR_QUEUE, ConsentSync, type ConsentTool, type MirrorJob } from './consent-sync.ts';
 import { createDeliverHandler, DeliverReason, logDeadDeliveries, recordDeadDeliveries, storeOutboxSink } from './deliver.ts';
 import { ReplyRuntime, WRITE_BACK_QUEUE, type WriteBackJob } from './replies.ts';
+import { OFFER_PURPOSE, WAITLIST_QUEUE, WaitlistRuntime, type WaitlistJob } from './waitlist.ts';
 import { Router, deliveryJobId, parseDeliveryJobId, type DeliveryJob } from './router.ts';
 import type { UnsubscribeLinks } from './unsubscribe.ts';
 import type { VideoLinks } from './video.ts';
@@ -121,7 +122,7 @@ export function createDeliveryQueue(db: Database, store: Store, options: Omit<Sq
 
 function connectorsOf(plan: CarerelayPlan): string {
   const instances = (list: readonly InstancePlan[]) => list.map((i) => ({ type: i.type, name: i.name, config: i.config }));
-  return JSON.stringify({ server: plan.server, policy: plan.policy, inputs: instances(plan.inputs), outputs: instances(plan.outputs) });
+  return JSON.stringify({ server: plan.server, policy: plan.policy, waitlist: plan.waitlist, inputs: instances(plan.inputs), outputs: instances(plan.outputs) });
 }
 
 export class DeliveryRuntime {
@@ -136,6 +137,8 @@ export class DeliveryRuntime {
   readonly consentSync: ConsentSync;
   /** Patients' answers to reminders and their write-backs (workers/replies.ts). */
   readonly replies: ReplyRuntime;
+  /** Freed slots offered to the waitlist (workers/waitlist.ts); absent without a `waitlist` block. */
+  readonly waitlist?: WaitlistRuntime;
   readonly #log: Logger;
   readonly #concurrency: number;
   readonly #connectors: string;
@@ -225,6 +228,22 @@ export class DeliveryRuntime {
       now,
       idempotentOutput: (name) => this.outputs.get(name)?.idempotent ?? false,
     });
+    if (options.plan.waitlist !== undefined) {
+      this.waitlist = new WaitlistRuntime(new SqliteQueue<WaitlistJob>(options.db, { name: WAITLIST_QUEUE, now }), {
+        store,
+        config: options.plan.waitlist,
+        policy: this.#policy,
+        output: (name) => this.outputs.get(name),
+        onOffered: (triggers) => this.router.onCommitted(triggers),
+        // A patient whose ledger says no to care texts is not offered a slot (the send-time check would stop it anyway).
+        smsAllowed: async (patientId) => {
+          const consent = await this.consent.effectiveConsent(patientId);
+          return !consent.deceased && (consent.states.find((c) => c.purpose === OFFER_PURPOSE && c.channel === 'sms')?.allowed ?? true);
+        },
+        log,
+        now,
+      });
+    }
     this.replies = new ReplyRuntime(new SqliteQueue<WriteBackJob>(options.db, { name: WRITE_BACK_QUEUE, now }), {
       store,
       keywords: this.consent,
@@ -232,6 +251,7 @@ export class DeliveryRuntime {
       rules: () => this.#mappings.rules,
       onAnswer: (triggers) => this.router.onCommitted(triggers),
       output: (name) => this.outputs.get(name),
+      ...(this.waitlist !== undefined ? { waitlist: this.waitlist.service } : {}),
       log,
       now,
     });
@@ -273,11 +293,14 @@ export class DeliveryRuntime {
     this.queue.process(this.#handler, { concurrency: this.#concurrency });
     void this.consentSync.start().catch((error: unknown) => this.#log.error('consent.sync_failed', { code: (error as Error).name }));
     this.replies.start();
+    this.waitlist?.start();
   }
 
   /** The ingest hook (Hl7Ingest / FhirIngest onCommitted). */
   readonly onCommitted = (triggers: Trigger[]): void => {
     this.router.onCommitted(triggers);
+    // Its failures are logged by the service; the triggers are committed and routed regardless.
+    void this.waitlist?.service.onCommitted(triggers).catch(() => undefined);
   };
 
   /** The rules in force now. */
@@ -287,9 +310,14 @@ export class DeliveryRuntime {
 
   /** Resolves once routing is done and no delivery is due or running (tests, shutdown). */
   async idle(): Promise<void> {
-    await this.router.idle();
-    await this.queue.idle();
-    await this.replies.idle();
+    // A waitlist step (a wave, a booking) routes new triggers, and an answer queues a booking: a
+    // few passes until all of them are quiet.
+    for (let pass = 0; pass < (this.waitlist !== undefined ? 3 : 1); pass++) {
+      await this.waitlist?.idle();
+      await this.router.idle();
+      await this.queue.idle();
+      await this.replies.idle();
+    }
   }
 
   /**
@@ -367,6 +395,7 @@ export class DeliveryRuntime {
     await this.queue.close();
     await this.consentSync.stop();
     await this.replies.stop();
+    await this.waitlist?.stop();
     this.#unsubscribe?.();
     await Promise.allSettled([...this.outputs.values()].map((o) => o.close?.()));
   }
