@@ -137,8 +137,8 @@ export class ReplyService {
       triggerId: d.triggerId,
       offer: offerFor(rule.reply, language ?? finished?.message?.language ?? 'en'),
       sentAt: new Date(at).toISOString(),
-      // A waitlist offer closes when it expires; a reminder at the appointment start.
-      closesAt: trigger?.waitlist?.expiresAt ?? new Date(startMs ?? at + PROMPT_WITHOUT_START_MS).toISOString(),
+      // A waitlist offer too (its slot's start): a yes after the offer expired is told so (workers/waitlist.ts claimFor).
+      closesAt: new Date(startMs ?? at + PROMPT_WITHOUT_START_MS).toISOString(),
     };
     await store.addReplyPrompt(prompt);
   }

@@ -177,9 +177,10 @@ export class WaitlistService {
     await this.#queueWave(slot.id, now);
   }
 
-  #queueWave(slotId: string, at: number): Promise<unknown> {
-    // One job per slot and run time: a wave brought forward (a failed booking) and the regular next one are distinct jobs.
-    return this.#deps.queue({ id: `wl-wave~${slotId}~${at}`, data: { kind: 'wave', slotId }, runAt: new Date(at) });
+  #queueWave(slotId: string, at: number, after?: string): Promise<unknown> {
+    // One job per slot and run time; a wave brought forward after a failed booking is named by
+    // that offer, so it is never taken for a job already there.
+    return this.#deps.queue({ id: `wl-wave~${slotId}~${at}${after !== undefined ? `~${after}` : ''}`, data: { kind: 'wave', slotId }, runAt: new Date(at) });
   }
 
   // --- waves ------------------------------------------------------------------------------------
@@ -381,7 +382,7 @@ export class WaitlistService {
     await this.#task(StaffTaskKind.WaitlistBookingFailed, offer, code, slot.id.slice(0, slot.id.lastIndexOf('@')));
     log.warn('waitlist.book', { slotId: slot.id, offerId: offer.id, reason: WaitlistReason.BookingFailed, code });
     // The claim given back: the slot is offered on, from now.
-    if (await store.releaseWaitlistClaim(slot.id, offer.id)) await this.#queueWave(slot.id, this.#deps.now());
+    if (await store.releaseWaitlistClaim(slot.id, offer.id)) await this.#queueWave(slot.id, this.#deps.now(), offer.id);
   }
 
   async #cancelLater(slot: WaitlistSlot, offer: WaitlistOffer, job: Pick<JobContext<WaitlistJob>, 'attempt' | 'signal'>): Promise<void> {
