@@ -580,6 +580,25 @@ describe('alerts and retention blocks', () => {
     ]);
   });
 
+  it('checks the waitlist block (docs/waitlist.md): a booking output that books, a rule that sends the offers, valid waves', async () => {
+    const outputs = 'outputs:\n  - { name: sms, type: twilio, accountSid: AC0123456789abcdef0123456789abcdef, authToken: { env: TOKEN }, from: "+15005550006", baa: true }\n';
+    const dir = await configDir({
+      'a.yaml': `${outputs}waitlist:\n  book: sms\n  waves: { size: 0, everyMinutes: 15 }\n  sources: { laterAppointments: { optIn: some } }\n`,
+    });
+    expect(await issuesOf(dir, { TOKEN: 't' })).toEqual([
+      'connectors/a.yaml:3:1: no rule sends the offers: add an sms rule on appointment.waitlist_offered with a reply offering accept (and decline) answers (docs/waitlist.md)',
+      'connectors/a.yaml:4:9: output "sms" (twilio) cannot book a slot; use a fhir-appointment output',
+      'connectors/a.yaml:5:18: "size" must be >= 1 (got 0)',
+      'connectors/a.yaml:6:42: "optIn" must be one of "all", "listed" (got "some")',
+    ]);
+    const unknown = await configDir({ 'a.yaml': `${outputs}waitlist:\n  book: ehr\n  sources: { laterAppointments: { optIn: listed } }\n` });
+    expect(await issuesOf(unknown, { TOKEN: 't' })).toEqual([
+      'connectors/a.yaml:3:1: no rule sends the offers: add an sms rule on appointment.waitlist_offered with a reply offering accept (and decline) answers (docs/waitlist.md)',
+      'connectors/a.yaml:4:9: no output named "ehr"; known: sms: the waitlist books accepted slots through a fhir-appointment output',
+      'connectors/a.yaml:5:42: optIn: listed offers slots to the patients in `patients` only, and the list is empty: list the patient ids that opted in, or use optIn: all',
+    ]);
+  });
+
   it('keeps triggers at least as long as the sensitive-care window', async () => {
     const dir = await configDir({ 'a.yaml': `inputs:\n${mllp('lab', 2601)}policy:\n  sensitive: { windowDays: 120 }\nretention:\n  days: { triggers: 90, deliveryBodies: 0 }\n` });
     expect(await issuesOf(dir)).toEqual([

@@ -441,10 +441,14 @@ function waitlistBlock(
   if (block.value === undefined || block.place === undefined) return undefined;
   const file = files.find((f) => f.display === block.place!.display)!;
   const issues: ConfigIssue[] = [];
-  const issueAt = (at: DocPath, message: string): void => {
-    issues.push({ file: file.display, ...file.doc.locate(at), path: toPointer(at), message });
+  const issueAt = (at: DocPath, message: string, key = false): void => {
+    issues.push({ file: file.display, ...file.doc.locate(at, { key }), path: toPointer(at), message });
   };
   const config = block.value as unknown as WaitlistConfig;
+  const later = config.sources?.laterAppointments;
+  if (later?.optIn === 'listed' && Array.isArray(later.patients) && later.patients.length === 0) {
+    issueAt(['waitlist', 'sources', 'laterAppointments', 'optIn'], 'optIn: listed offers slots to the patients in `patients` only, and the list is empty: list the patient ids that opted in, or use optIn: all');
+  }
   if (typeof config.book === 'string') {
     const output = outputs.find((o) => o.name === config.book);
     const info = output ? outputInfos([output], specs)[0] : undefined;
@@ -453,7 +457,7 @@ function waitlistBlock(
   }
   const offerRules = rules.filter((r) => r.on.includes(TriggerType.AppointmentWaitlistOffered));
   if (offerRules.length === 0) {
-    issueAt(['waitlist'], 'no rule sends the offers: add an sms rule on appointment.waitlist_offered with a reply offering accept (and decline) answers (docs/waitlist.md)');
+    issueAt(['waitlist'], 'no rule sends the offers: add an sms rule on appointment.waitlist_offered with a reply offering accept (and decline) answers (docs/waitlist.md)', true);
   }
   for (const [i, group] of (Array.isArray(config.equivalents?.services) ? config.equivalents.services : []).entries()) {
     const dup = group.find((code: string, j: number) => group.indexOf(code) !== j);

@@ -49,13 +49,11 @@ export const waitlistSchema = {
           description: 'Patients with a later booked appointment of the same service and practitioner (or an equivalent), as the feed told CareRelay.',
           properties: {
             optIn: {
-              description: 'Who may be offered an earlier slot: all (every such patient; consent is still checked at send time) or patients: [ids] (the patient ids that opted in).',
-              oneOf: [
-                { const: 'all' },
-                { type: 'object', additionalProperties: false, required: ['patients'], properties: { patients: { type: 'array', items: { type: 'string', minLength: 1 } } } },
-              ],
+              enum: ['all', 'listed'],
               default: 'all',
+              description: 'Who may be offered an earlier slot: all (every such patient; consent is still checked at send time) or listed (the patients in `patients`, who opted in).',
             },
+            patients: { type: 'array', default: [], items: { type: 'string', minLength: 1 }, description: 'With optIn: listed, the ids (patient.id) of the patients who opted in.' },
           },
         },
       },
@@ -97,7 +95,7 @@ export const waitlistSchema = {
 export interface WaitlistConfig {
   readonly book: string;
   readonly on: readonly TriggerType[];
-  readonly sources: { readonly laterAppointments: { readonly optIn: 'all' | { readonly patients: readonly string[] } } };
+  readonly sources: { readonly laterAppointments: { readonly optIn: 'all' | 'listed'; readonly patients: readonly string[] } };
   readonly equivalents: { readonly services: readonly (readonly string[])[]; readonly practitioners: readonly (readonly string[])[] };
   readonly minNoticeMinutes: number;
   readonly waves: { readonly size: number; readonly everyMinutes: number; readonly expiresMinutes: number; readonly stopMinutesBefore: number };

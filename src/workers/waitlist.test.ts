@@ -32,7 +32,7 @@ function config(over: Partial<WaitlistConfig> = {}): WaitlistConfig {
   return {
     book: 'ehr',
     on: ['appointment.cancelled', 'appointment.deleted', 'appointment.noshow'],
-    sources: { laterAppointments: { optIn: 'all' } },
+    sources: { laterAppointments: { optIn: 'all', patients: [] } },
     equivalents: { services: [], practitioners: [] },
     minNoticeMinutes: 60,
     waves: { size: 2, everyMinutes: 15, expiresMinutes: 30, stopMinutesBefore: 120 },
@@ -315,7 +315,7 @@ describe('filters', () => {
   });
 
   it('opt-in: only the listed patients; and never one without a mobile number', async () => {
-    start({ sources: { laterAppointments: { optIn: { patients: ['P-2', 'P-3'] } } } });
+    start({ sources: { laterAppointments: { optIn: 'listed', patients: ['P-2', 'P-3'] } } });
     await later('L-1', 'P-1', '2030-04-20T09:00:00Z');
     await later('L-2', 'P-2', '2030-04-19T09:00:00Z', { mobile: false });
     await later('L-3', 'P-3', '2030-04-18T09:00:00Z');

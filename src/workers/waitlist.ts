@@ -250,8 +250,8 @@ export class WaitlistService {
     const practitioners = equivalents(slot.practitioner?.id ?? '', config.equivalents.practitioners);
     const later = await store.laterWaitlistAppointments({ services, practitioners, after: slot.start, limit: CANDIDATES_READ });
     const offered = new Set((await store.listWaitlistOffers(slot.id)).map((o) => o.patientId));
-    const optIn = config.sources.laterAppointments.optIn;
-    const optedIn = optIn === 'all' ? undefined : new Set(optIn.patients);
+    const { optIn, patients } = config.sources.laterAppointments;
+    const optedIn = optIn === 'all' ? undefined : new Set(patients);
     const capSince = new Date(now - config.maxOffersPerPatient.days * DAY).toISOString();
     const chosen: Array<{ appointment: (typeof later)[number]; base: Trigger }> = [];
     const filtered: Partial<Record<CandidateFilter, number>> = {};
