@@ -5,7 +5,7 @@ import { createHash } from 'node:crypto';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { MessageStatus, type Delivery, type Trigger } from '../types.ts';
 import { consentLedgerConformance } from './consent-conformance.ts';
-import { isPending, PENDING_REASON, type DeliveryWrite, type InboundRecord, type Store, type StoredMessage, type SubjectState } from './store.ts';
+import { isPending, PENDING_REASON, RAW_QUOTA_CURSOR, type DeliveryWrite, type InboundRecord, type Store, type StoredMessage, type SubjectState } from './store.ts';
 
 export interface StoreHandle {
   store: Store;
@@ -686,6 +686,73 @@ export function storeConformanceSuite(name: string, makeStore: () => Promise<Sto
         });
         await expect(store.commitInbound(bad)).rejects.toThrow();
         expect(await store.getCursor('k')).toBe('2');
+      });
+    });
+
+    describe('raw-bytes quota of rejected and quarantined rows (InboundRecord.rawQuota)', () => {
+      const limits = { totalBytes: 1000, perSenderBytes: 500, keepBytes: 20 };
+      const quotaOf = (account: string) => ({ rawQuota: { account, ...limits } });
+      const bytes = (n: number, fill = 0x41): Buffer => Buffer.alloc(n, fill);
+      const rejected = (controlId: string, raw: Buffer, sender = 'A'): InboundRecord =>
+        testRecord({ controlId, raw, sender, status: MessageStatus.Rejected, ackCode: 'AR', reason: 'missing_field', ...quotaOf(`sender:${sender}`) });
+      const counters = async (account: string): Promise<[string | undefined, string | undefined]> => [
+        await store.getCursor(RAW_QUOTA_CURSOR),
+        await store.getCursor(`${RAW_QUOTA_CURSOR}:${account}`),
+      ];
+
+      it('keeps rows whole and counted within both limits; past either, the first keepBytes and the length as received', async () => {
+        expect(stored(await store.commitInbound(rejected('R1', bytes(200))))).toMatchObject({ status: 'rejected' });
+        const r2 = await store.commitInbound(rejected('R2', bytes(200)));
+        expect(r2).not.toHaveProperty('rawBytes');
+        expect(await counters('sender:A')).toEqual(['400', '400']);
+        // Sender A: 600 > 500.
+        const r3 = await store.commitInbound(rejected('R3', bytes(200, 0x42)));
+        expect(r3).toMatchObject({ outcome: 'stored', rawBytes: 200 });
+        const cut = await store.getMessage(r3.message.id);
+        expect(cut!.raw.equals(bytes(20, 0x42))).toBe(true);
+        expect(cut!.rawBytes).toBe(200);
+        expect(cut!.contentHash).toBe(sha256(bytes(200, 0x42)));
+        expect(await counters('sender:A')).toEqual(['400', '400']);
+        // Sender B up to its own limit (total 900), then sender C, within its own, passes the total.
+        for (const id of ['B1', 'B2']) expect(await store.commitInbound(rejected(id, bytes(250), 'B'))).not.toHaveProperty('rawBytes');
+        expect(await store.commitInbound(rejected('C1', bytes(200), 'C'))).toMatchObject({ outcome: 'stored', rawBytes: 200 });
+        expect(await counters('sender:C')).toEqual(['900', undefined]);
+        // A row no longer than keepBytes stays whole (and counted) even past the limits.
+        const small = await store.commitInbound(rejected('R4', bytes(20)));
+        expect(small).not.toHaveProperty('rawBytes');
+        expect(await counters('sender:A')).toEqual(['920', '420']);
+      });
+
+      it('never cuts an accepted row, and counts nothing for a duplicate or a failed commit', async () => {
+        const accepted = stored(await store.commitInbound(testRecord({ controlId: 'OK1', raw: bytes(5000), sender: 'A', ...quotaOf('sender:A') })));
+        expect((await store.getMessage(accepted.id))!.raw.length).toBe(5000);
+        expect(await counters('sender:A')).toEqual([undefined, undefined]);
+        stored(await store.commitInbound(rejected('R1', bytes(300))));
+        expect((await store.commitInbound(rejected('R1', bytes(300)))).outcome).toBe('duplicate');
+        const bad = {
+          ...rejected('R2', bytes(100)),
+          subjectStates: [{ ...appointmentState({ asOf: '2024-01-01T09:30:00Z' }), kind: 'bogus' as SubjectState['kind'] }],
+        };
+        await expect(store.commitInbound(bad)).rejects.toThrow();
+        expect(await counters('sender:A')).toEqual(['300', '300']);
+      });
+
+      it('counts a quarantined copy, also one the store quarantines itself, and cuts it past the quota', async () => {
+        stored(await store.commitInbound(testRecord({ controlId: 'Q1', raw: bytes(100), sender: 'A' })));
+        // Accepted as far as the caller knew: the store finds the twin and quarantines it.
+        const first = await store.commitInbound(testRecord({ controlId: 'Q1', raw: bytes(400, 0x42), sender: 'A', ...quotaOf('sender:A') }));
+        expect(first).toMatchObject({ outcome: 'conflict', message: { status: 'quarantined' } });
+        expect(first).not.toHaveProperty('rawBytes');
+        expect(await counters('sender:A')).toEqual(['400', '400']);
+        const second = await store.commitInbound(testRecord({ controlId: 'Q1', raw: bytes(400, 0x43), sender: 'A', ...quotaOf('sender:A') }));
+        expect(second).toMatchObject({ outcome: 'conflict', rawBytes: 400 });
+        const kept = await store.getMessage(second.message.id);
+        expect(kept!.raw.equals(bytes(20, 0x43))).toBe(true);
+        expect(kept!.rawBytes).toBe(400);
+        // A copy quarantined by its caller (status quarantined) counts the same way.
+        const third = await store.commitInbound(testRecord({ controlId: '', raw: bytes(400, 0x44), sender: 'A', status: MessageStatus.Quarantined, ...quotaOf('sender:A') }));
+        expect(third).toMatchObject({ outcome: 'stored', rawBytes: 400 });
+        expect(await counters('sender:A')).toEqual(['400', '400']);
       });
     });
 

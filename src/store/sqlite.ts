@@ -54,12 +54,14 @@ import {
   StoreReason,
   cancelKeyProbes,
   compactDelivery,
+  counterValue,
   expandDeliveryJson,
   instantMs,
   listLimit,
   packCancelKeys,
   packedKeyNeedsRow,
   patientIdOf,
+  rawQuotaPlan,
   storedMessageOf,
 } from './common.ts';
 import { PackedKind, packJson, packRaw, unpackJson, unpackRaw } from './packed-json.ts';
@@ -471,6 +473,11 @@ function holdingFromRow(row: HoldingRow): ContactHolding {
 }
 
 /** A record with its instants already checked and converted (outside the transaction). */
+/** CommitOutcome.rawBytes when a row kept only its first bytes. */
+function rawCut(rawBytes: number | undefined): { rawBytes?: number } {
+  return rawBytes === undefined ? {} : { rawBytes };
+}
+
 interface Prepared {
   record: InboundRecord;
   receivedMs: number;
@@ -1446,11 +1453,12 @@ export class SqliteStore implements Store {
           if (earlier !== undefined && earlier.replaced_by !== null) return { outcome: 'duplicate', message: toStored(this.latestAttempt(earlier)) };
           if (earlier !== undefined) return { outcome: 'conflict', message: toStored(earlier), original };
           const quarantined = this.insertMessage(p, MessageStatus.Quarantined, StoreReason.ConflictingResend, [], r.conflictAck?.());
-          return { outcome: 'conflict', message: quarantined, original };
+          return { outcome: 'conflict', message: quarantined.message, original, ...rawCut(quarantined.rawBytes) };
         }
       }
     }
-    message ??= this.insertMessage(p, r.status, r.reason, triggerIdsOf(r), p.record, keyed);
+    let rawBytes: number | undefined;
+    if (message === undefined) ({ message, rawBytes } = this.insertMessage(p, r.status, r.reason, triggerIdsOf(r), p.record, keyed));
     const messageId = Number(message.id);
     if (r.attemptOf !== undefined) {
       const { kind, messageId: replaced, actor } = r.attemptOf;
@@ -1488,7 +1496,7 @@ export class SqliteStore implements Store {
       );
     });
     for (const [key, value] of Object.entries(r.cursors ?? {})) this.setCursorStmt.run(key, value);
-    return { outcome: 'stored', message };
+    return { outcome: 'stored', message, ...rawCut(rawBytes) };
   }
 
   /** A pending message's row takes the record's content (its id and receivedAt stay). */
@@ -1554,9 +1562,10 @@ export class SqliteStore implements Store {
     triggerIds: string[],
     answered: { ack: string; ackCode: string } = p.record,
     keyed = true,
-  ): StoredMessage {
+  ): { message: StoredMessage; rawBytes: number | undefined } {
     const r = p.record;
     const { ack, ackCode } = answered;
+    const kept = this.rawKept(r, status);
     const patientId = patientIdOf(r);
     const info = this.insertMessageStmt.run({
       input: r.input,
@@ -1572,14 +1581,30 @@ export class SqliteStore implements Store {
       receivedAt: r.receivedAt,
       receivedMs: p.receivedMs,
       triggerIds: JSON.stringify(triggerIds),
-      raw: packRaw(r.raw),
+      raw: packRaw(kept.raw),
       patientId: patientId ?? null,
       origin: r.attemptOf?.kind ?? 'received',
       replaces: r.attemptOf === undefined ? null : Number(r.attemptOf.messageId),
       keyed: keyed ? 1 : 0,
-      rawBytes: r.rawBytes ?? null,
+      rawBytes: kept.rawBytes ?? null,
     });
-    return storedMessageOf(r, String(info.lastInsertRowid), { status, reason, ack, ackCode, triggerIds, patientId });
+    return { message: storedMessageOf(r, String(info.lastInsertRowid), { status, reason, ack, ackCode, triggerIds, patientId }), rawBytes: kept.rawBytes };
+  }
+
+  /**
+   * The raw bytes a row keeps under its record's quota (InboundRecord.rawQuota), counted in
+   * this transaction: the counters are read and written under the write lock every process
+   * sharing the file takes (BEGIN IMMEDIATE), and roll back with the row, so the quota holds
+   * across restarts and processes, and nothing is counted for a row not stored.
+   */
+  private rawKept(r: InboundRecord, status: MessageStatus): { raw: Buffer; rawBytes: number | undefined } {
+    const plan = rawQuotaPlan(r.rawQuota, status);
+    if (plan === undefined) return { raw: r.raw, rawBytes: r.rawBytes };
+    const used = plan.counters.map((key) => counterValue(this.getCursorStmt.get(key)?.value)) as [number, number];
+    const decision = plan.decide(used, r.raw.length);
+    if (!decision.whole) return { raw: r.raw.subarray(0, decision.keep), rawBytes: r.rawBytes ?? r.raw.length };
+    plan.counters.forEach((key, i) => this.setCursorStmt.run(key, decision.counters[i]!));
+    return { raw: r.raw, rawBytes: r.rawBytes };
   }
 
   private deliveryFromRow(row: DeliveryRow): StoredDelivery {
