@@ -45,6 +45,8 @@ export interface FhirRuntimeDeps {
   onConsent?: FhirIngestDeps['onConsent'];
   /** The raw-bytes quota of refused requests and rejected records (server.rejectedRaw). */
   rejectedRaw?: FhirIngestDeps['rejectedRaw'];
+  /** Seals video-visit join URLs (docs/video.md): FhirIngestDeps.video. */
+  video?: FhirIngestDeps['video'];
 }
 
 export function restHookIngest(config: FhirRestHookConfig, deps: FhirRuntimeDeps): FhirIngest {
@@ -62,6 +64,7 @@ export function restHookIngest(config: FhirRestHookConfig, deps: FhirRuntimeDeps
       ...(deps.onCommitted ? { onCommitted: deps.onCommitted } : {}),
       ...(deps.onConsent ? { onConsent: deps.onConsent } : {}),
       ...(deps.rejectedRaw ? { rejectedRaw: deps.rejectedRaw } : {}),
+      ...(deps.video ? { video: deps.video } : {}),
     },
   );
 }
@@ -76,6 +79,7 @@ export function poller(config: FhirPollConfig, deps: FhirRuntimeDeps): FhirPolle
       ...(deps.onCommitted ? { onCommitted: deps.onCommitted } : {}),
       ...(deps.onConsent ? { onConsent: deps.onConsent } : {}),
       ...(deps.rejectedRaw ? { rejectedRaw: deps.rejectedRaw } : {}),
+      ...(deps.video ? { video: deps.video } : {}),
     },
   );
   return new FhirPoller(
