@@ -758,6 +758,37 @@ export function storeConformanceSuite(name: string, makeStore: () => Promise<Sto
       });
     });
 
+    describe('raw-bytes quota given back when counted bytes go', () => {
+      const quota = { account: 'sender:A', totalBytes: 10_000, perSenderBytes: 500, keepBytes: 20 };
+      const rejected = (controlId: string, receivedAt: string, raw = Buffer.alloc(300, 0x41)): InboundRecord =>
+        testRecord({ controlId, raw, sender: 'A', receivedAt, status: MessageStatus.Rejected, ackCode: 'AR', reason: 'missing_field', rawQuota: quota });
+      const used = async (): Promise<Array<string | undefined>> => [await store.getCursor(RAW_QUOTA_CURSOR), await store.getCursor(`${RAW_QUOTA_CURSOR}:sender:A`)];
+
+      it('by retention clearing old bodies, and by pruning old records: a later refusal is kept whole again', async () => {
+        stored(await store.commitInbound(rejected('OLD1', '2024-01-01T09:00:00Z')));
+        expect(await store.commitInbound(rejected('OLD2', '2024-01-01T09:01:00Z'))).toMatchObject({ rawBytes: 300 });
+        expect(await used()).toEqual(['300', '300']);
+        // The cut row was not counted: clearing both gives back only the whole one's 300.
+        expect(await store.prune('rawMessages', '2024-02-01T00:00:00Z', { limit: 10 })).toMatchObject({ removed: 2 });
+        expect(await used()).toEqual(['0', '0']);
+        stored(await store.commitInbound(rejected('NEW1', '2024-03-01T09:00:00Z')));
+        expect(await used()).toEqual(['300', '300']);
+        // A rejected record pruned whole gives its bytes back too.
+        expect((await store.prune('triggers', '2024-04-01T00:00:00Z', { limit: 10 })).removed).toBeGreaterThanOrEqual(1);
+        expect(await used()).toEqual(['0', '0']);
+        expect(await store.commitInbound(rejected('NEW2', '2024-05-01T09:00:00Z'))).not.toHaveProperty('rawBytes');
+      });
+
+      it('by an erasure clearing a quarantined copy of the patient\'s message', async () => {
+        stored(await store.commitInbound(testRecord({ controlId: 'E1', sender: 'A', triggers: [testTrigger({ id: 't-e1' })] })));
+        const copy = await store.commitInbound(testRecord({ controlId: 'E1', sender: 'A', raw: Buffer.alloc(300, 0x42), rawQuota: quota }));
+        expect(copy.outcome).toBe('conflict');
+        expect(await used()).toEqual(['300', '300']);
+        await store.erasePatient('MRN-1', '2024-01-02T00:00:00Z');
+        expect(await used()).toEqual(['0', '0']);
+      });
+    });
+
     describe('routing and deliveries', () => {
       it('lists unrouted triggers in commit order until saveRouting marks them routed', async () => {
         stored(await store.commitInbound(testRecord({ controlId: 'R1', triggers: [testTrigger({ id: 't-b', occurredAt: '2024-01-01T10:00:00Z' })] })));

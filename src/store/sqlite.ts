@@ -68,6 +68,7 @@ import { PackedKind, packJson, packRaw, unpackJson, unpackRaw } from './packed-j
 import { ACTIVITY_TABLES, SqliteActivity } from './sqlite-activity.ts';
 import { CONSENT_TABLES, SqliteConsentLedger } from './sqlite-consent.ts';
 import { OUTCOME_TABLES, SqliteOutcomes } from './sqlite-outcomes.ts';
+import { RAW_QUOTA_SCHEMA } from './sqlite-raw-quota.ts';
 import { RETENTION_SCHEMA, SqliteRetention } from './sqlite-retention.ts';
 import { migrate, openSqliteDatabase, type Database } from './sqlite-db.ts';
 import { ATTEMPT_FROM_STATUS, AttemptKind, AuditAction, STORED_DELIVERY_STATUSES, StoredDeliveryStatus } from './store.ts';
@@ -394,6 +395,9 @@ export const SQLITE_STORE_MIGRATIONS: readonly string[] = [
   ) WITHOUT ROWID;
   CREATE INDEX video_links_patient ON video_links (patient_id);
   `,
+  // The raw-bytes quota's account of a row counted under it, given back when its bytes go
+  // (sqlite-raw-quota.ts).
+  RAW_QUOTA_SCHEMA,
 ];
 
 /** Most records committed in one transaction (bounds how long one flush blocks the loop). */
@@ -675,9 +679,9 @@ export class SqliteStore implements Store {
     this.triggerRoutingStmt = db.prepare('SELECT message_id, routed_ms FROM triggers WHERE id = ?');
     this.insertMessageStmt = db.prepare(
       `INSERT INTO messages (input, format, sender, control_id, message_type, content_hash, status, ack, ack_code,
-         reason, received_at, received_ms, trigger_ids, raw, raw_packed, patient_id, origin, replaces, keyed, raw_bytes)
+         reason, received_at, received_ms, trigger_ids, raw, raw_packed, patient_id, origin, replaces, keyed, raw_bytes, raw_quota)
        VALUES (@input, @format, @sender, @controlId, @messageType, @contentHash, @status, @ack, @ackCode,
-         @reason, @receivedAt, @receivedMs, @triggerIds, @raw, 1, @patientId, @origin, @replaces, @keyed, @rawBytes)`,
+         @reason, @receivedAt, @receivedMs, @triggerIds, @raw, 1, @patientId, @origin, @replaces, @keyed, @rawBytes, @rawQuota)`,
     );
     this.completeMessageStmt = db.prepare(
       `UPDATE messages SET message_type = @messageType, content_hash = @contentHash, status = @status, ack = @ack,
@@ -1749,6 +1753,7 @@ export class SqliteStore implements Store {
       replaces: r.attemptOf === undefined ? null : Number(r.attemptOf.messageId),
       keyed: keyed ? 1 : 0,
       rawBytes: kept.rawBytes ?? null,
+      rawQuota: kept.account ?? null,
     });
     return { message: storedMessageOf(r, String(info.lastInsertRowid), { status, reason, ack, ackCode, triggerIds, patientId }), rawBytes: kept.rawBytes };
   }
@@ -1759,14 +1764,15 @@ export class SqliteStore implements Store {
    * sharing the file takes (BEGIN IMMEDIATE), and roll back with the row, so the quota holds
    * across restarts and processes, and nothing is counted for a row not stored.
    */
-  private rawKept(r: InboundRecord, status: MessageStatus): { raw: Buffer; rawBytes: number | undefined } {
+  private rawKept(r: InboundRecord, status: MessageStatus): { raw: Buffer; rawBytes: number | undefined; account?: string } {
     const plan = rawQuotaPlan(r.rawQuota, status);
     if (plan === undefined) return { raw: r.raw, rawBytes: r.rawBytes };
     const used = plan.counters.map((key) => counterValue(this.getCursorStmt.get(key)?.value)) as [number, number];
     const decision = plan.decide(used, r.raw.length);
     if (!decision.whole) return { raw: r.raw.subarray(0, decision.keep), rawBytes: r.rawBytes ?? r.raw.length };
     plan.counters.forEach((key, i) => this.setCursorStmt.run(key, decision.counters[i]!));
-    return { raw: r.raw, rawBytes: r.rawBytes };
+    // The row names its account, so retention and erasure give the bytes back (sqlite-raw-quota.ts).
+    return { raw: r.raw, rawBytes: r.rawBytes, account: r.rawQuota!.account };
   }
 
   private deliveryFromRow(row: DeliveryRow): StoredDelivery {

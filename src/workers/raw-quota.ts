@@ -12,7 +12,8 @@
 // store decides and counts in the transaction that writes the row (store/common.ts
 // rawQuotaPlan), from durable counters shared by every process using it. So the quota holds
 // across restarts and processes, and a row not stored (a duplicate, a failed commit) counts
-// nothing.
+// nothing. Bytes go back to the counters when retention or an erasure clears them
+// (store/sqlite-raw-quota.ts).
 import { createHash } from 'node:crypto';
 import type { RawQuota } from '../store/store.ts';
 
