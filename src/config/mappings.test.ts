@@ -210,3 +210,42 @@ rules:
     expect((await load(aep(false))).lines).toEqual([expect.stringContaining('is not declared baa: true, so it may not carry care.followup messages')]);
   });
 });
+
+describe('send.videoLink (docs/video.md)', () => {
+  const rule = (extra: string, on = 'appointment.booked', purpose = 'care.logistics', template = 'join') => `rules:
+  - id: join
+    on: ${on}
+    purpose: ${purpose}
+    channel: sms
+    send: { output: sms, template: ${template}, fields: [appointment.start]${extra} }
+    at: appointment.start - 30m
+`;
+
+  it('gives the templates {{ video.link }} and checks a trial render with it', async () => {
+    await write({ 'v.yaml': rule(', videoLink: true'), 'templates/join.liquid': 'Join at {{ appointment.start | local_time }}: {{ video.link }}' });
+    const { issues, set } = await load();
+    expect(issues).toEqual([]);
+    expect(set.rules[0]!.send.videoLink).toBe(true);
+  });
+
+  it('refuses the link where a rule does not declare it, and a declared link its template never shows', async () => {
+    await write({ 'a.yaml': rule(''), 'templates/join.liquid': 'Join: {{ video.link }}' });
+    expect((await load()).lines).toEqual([
+      'templates/join.liquid:1:10: reads "video.link", which only rules with send.videoLink: true have (rule "join", a.yaml:2:5; docs/video.md)',
+    ]);
+    await write({ 'a.yaml': rule(', videoLink: true'), 'templates/join.liquid': 'Your visit is at {{ appointment.start | local_time }}.' });
+    expect((await load()).lines).toEqual(['templates/join.liquid:1:1: rule "join" has send.videoLink: true: its message must show the link, {{ video.link }} (docs/video.md)']);
+  });
+
+  it('keeps the link to care rules about appointments, with a template', async () => {
+    await write({
+      'a.yaml': rule(', videoLink: true', 'encounter.finished', 'care.followup'),
+      'templates/join.liquid': '{{ video.link }}',
+    });
+    expect((await load()).lines).toContain('a.yaml:6:82: a video link joins an appointment; encounter.finished is not about one');
+    await write({ 'a.yaml': rule(', videoLink: true', 'appointment.booked', 'care.followup').replace('care.followup', 'survey'), 'templates/join.liquid': '{{ video.link }}' });
+    expect((await load()).lines).toContain('a.yaml:6:82: a video link is sent for care only; purpose survey cannot carry one (use care.logistics)');
+    await write({ 'a.yaml': rule(', videoLink: "yes"'), 'templates/join.liquid': '{{ video.link }}' });
+    expect((await load()).lines.some((l) => l.includes('videoLink is true'))).toBe(true);
+  });
+});

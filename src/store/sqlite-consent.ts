@@ -460,6 +460,8 @@ export class SqliteConsentLedger {
     const held = db.prepare('SELECT DISTINCT output FROM contact_holdings WHERE patient_id = ? ORDER BY output').all(patientId) as Array<{ output: string }>;
     const tools: ErasureRecord['tools'] = held.map(({ output }) => ({ output, outcome: outcomes[output] ?? 'not_asked' }));
     db.prepare('DELETE FROM contact_holdings WHERE patient_id = ?').run(patientId);
+    db.prepare('DELETE FROM video_joins WHERE patient_id = ?').run(patientId);
+    db.prepare('DELETE FROM video_links WHERE patient_id = ?').run(patientId);
     db.prepare(`INSERT INTO patients (id, deceased, first_seen_ms, erased_at) VALUES (?, 0, ?, ?) ON CONFLICT (id) DO UPDATE SET erased_at = excluded.erased_at`).run(
       patientId,
       instantMs(at, 'at'),
