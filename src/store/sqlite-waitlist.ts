@@ -160,6 +160,12 @@ export class SqliteWaitlistLedger {
     return statement.all(...query.services, ...query.practitioners, instantMs(query.after, 'after'), query.limit).map((r) => JSON.parse(r.json) as WaitlistAppointment);
   }
 
+  slotsIn(states: readonly WaitlistSlotState[], limit: number): WaitlistSlot[] {
+    if (states.length === 0) return [];
+    const statement = this.#db.prepare<unknown[], { id: string }>(`SELECT id FROM waitlist_slots WHERE state IN (${states.map(() => '?').join(', ')}) ORDER BY opened_ms, id LIMIT ?`);
+    return statement.all(...states, limit).map((r) => this.slot(r.id)!);
+  }
+
   figures(from: string, to: string): WaitlistFigures {
     const [fromMs, toMs] = [instantMs(from, 'from'), instantMs(to, 'to')];
     const offers = this.#s.offersIn.all(fromMs, toMs).map((r) => ({ ...(JSON.parse(r.json) as WaitlistOffer), state: r.state }));

@@ -1643,6 +1643,11 @@ export class SqliteStore implements Store {
     return this.waitlist.laterAppointments(query);
   }
 
+  async listWaitlistSlots(query: { states: readonly WaitlistSlotState[]; limit?: number }): Promise<WaitlistSlot[]> {
+    this.assertOpen();
+    return this.waitlist.slotsIn(query.states, Math.min(Math.max(query.limit ?? 1000, 1), 10_000));
+  }
+
   async waitlistFigures(from: string, to: string): Promise<WaitlistFigures> {
     this.assertOpen();
     return this.waitlist.figures(from, to);

@@ -864,6 +864,8 @@ export interface WaitlistLedger {
   noteWaitlistAppointment(appointment: WaitlistAppointment | { id: string; removed: true }): Promise<void>;
   /** Appointments of these services and practitioners starting after `after`, latest first. */
   laterWaitlistAppointments(query: { services: readonly string[]; practitioners: readonly string[]; after: string; limit: number }): Promise<WaitlistAppointment[]>;
+  /** Slots in these states, oldest freed first (the start-up repair). Default limit 1000. */
+  listWaitlistSlots(query: { states: readonly WaitlistSlotState[]; limit?: number }): Promise<WaitlistSlot[]>;
   /** Slots freed and offers made in [from, to). */
   waitlistFigures(from: string, to: string): Promise<WaitlistFigures>;
 }

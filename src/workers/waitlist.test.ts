@@ -221,6 +221,26 @@ describe('the later appointment is cancelled only after the booking succeeded', 
   });
 });
 
+describe('start-up repair', () => {
+  it('a crash between the yes and its booking job: the repair books it once, then cancels the later appointment', async () => {
+    start();
+    await later('L-1', 'P-1', '2030-04-20T09:00:00Z');
+    await free();
+    await runDue();
+    await send(offered);
+    await answer('P-1', '1');
+    // The booking job was lost with the process: the slot is claimed and nothing was booked.
+    jobs = jobs.filter((j) => j.data.kind !== 'book');
+    await runDue();
+    expect(calls).toEqual([]);
+    await waitlist.repair();
+    await waitlist.repair();
+    expect(jobs.filter((j) => j.data.kind === 'book').map((j) => j.id)).toEqual([`wl-book~${offered[0]!.appointment!.id}`, `wl-book~${offered[0]!.appointment!.id}`]);
+    await runDue();
+    expect(calls.map((c) => c.kind)).toEqual(['book', 'cancel']);
+  });
+});
+
 describe('waves on the clock', () => {
   it('k per wave, the next after the interval, offers expire, none after the stop', async () => {
     start({ waves: { size: 1, everyMinutes: 15, expiresMinutes: 30, stopMinutesBefore: 120 } });

@@ -177,6 +177,24 @@ export class WaitlistService {
     await this.#queueWave(slot.id, now);
   }
 
+  /**
+   * At start: what a crash may have left between a commit and its job — an open slot's first
+   * wave, a claimed slot's booking, a booked slot's cancellation of the later appointment — is
+   * queued again. The ids are the ones first used, so a job that exists is a duplicate.
+   */
+  async repair(): Promise<void> {
+    const { store } = this.#deps;
+    for (const slot of await store.listWaitlistSlots({ states: [WaitlistSlotState.Open, WaitlistSlotState.Claimed, WaitlistSlotState.Booked] })) {
+      if (slot.state === WaitlistSlotState.Open && slot.waves === 0) await this.#queueWave(slot.id, instant(slot.openedAt));
+      if (slot.claimedBy === undefined) continue;
+      if (slot.state === WaitlistSlotState.Claimed) await this.accepted({ slotId: slot.id, offerId: slot.claimedBy });
+      if (slot.state === WaitlistSlotState.Booked) {
+        const offer = await store.getWaitlistOffer(slot.claimedBy);
+        if (offer?.current !== undefined && !offer.currentCancelled) await this.#queueCancel(slot.id, offer.id);
+      }
+    }
+  }
+
   #queueWave(slotId: string, at: number, after?: string): Promise<unknown> {
     // One job per slot and run time; a wave brought forward after a failed booking is named by
     // that offer, so it is never taken for a job already there.
@@ -371,9 +389,11 @@ export class WaitlistService {
     await store.setWaitlistSlot(slot.id, WaitlistSlotState.Booked, bookedAs !== undefined ? { bookedAs } : {});
     log.info('waitlist.book', { slotId: slot.id, offerId: offer.id, reason: WaitlistReason.Booked });
     // Only now, with the new appointment made, is the later one given up.
-    if (offer.current !== undefined) {
-      await this.#deps.queue({ id: `wl-cancel~${offer.id}`, data: { kind: 'cancel', slotId: slot.id, offerId: offer.id }, runAt: new Date(this.#deps.now()), idempotent: true, maxAttempts: WAITLIST_ATTEMPTS });
-    }
+    if (offer.current !== undefined) await this.#queueCancel(slot.id, offer.id);
+  }
+
+  #queueCancel(slotId: string, offerId: string): Promise<unknown> {
+    return this.#deps.queue({ id: `wl-cancel~${offerId}`, data: { kind: 'cancel', slotId, offerId }, runAt: new Date(this.#deps.now()), idempotent: true, maxAttempts: WAITLIST_ATTEMPTS });
   }
 
   async #bookingFailed(slot: WaitlistSlot, offer: WaitlistOffer, code: string): Promise<void> {
@@ -503,6 +523,7 @@ export class WaitlistRuntime {
         .then((job) => (job ? this.service.failed(job.data, event.code) : undefined))
         .catch(() => this.#log.error('waitlist.task_not_recorded', { code: event.code }));
     });
+    void this.service.repair().catch((error: unknown) => this.#log.error('waitlist.repair_failed', { code: failureClassOf(error) }));
   }
 
   async idle(): Promise<void> {
