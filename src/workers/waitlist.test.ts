@@ -157,6 +157,16 @@ function answer(patientId: string, body: string) {
 
 const offeredTo = () => offered.map((t) => t.patient.id);
 
+/** One patient with a later appointment, the slot freed, the offer sent and answered with `body`. */
+async function oneOffer(body: string): Promise<void> {
+  start();
+  await later('L-1', 'P-1', '2030-04-20T09:00:00Z');
+  await free();
+  await runDue();
+  await send(offered);
+  await answer('P-1', body);
+}
+
 describe('the first yes claims the slot', () => {
   it('two yeses within a millisecond: exactly one claims and one booking is made; the other is told the slot is taken', async () => {
     start();
@@ -184,12 +194,7 @@ describe('the first yes claims the slot', () => {
 
 describe('the later appointment is cancelled only after the booking succeeded', () => {
   it('book applied → then cancel with pat-swl; nothing is cancelled before', async () => {
-    start();
-    await later('L-1', 'P-1', '2030-04-20T09:00:00Z');
-    await free();
-    await runDue();
-    await send(offered);
-    await answer('P-1', '1');
+    await oneOffer('1');
     // Claimed, booking queued: nothing written yet, no cancellation queued.
     expect(calls).toEqual([]);
     expect(jobs.map((j) => j.data.kind)).not.toContain('cancel');
@@ -223,12 +228,7 @@ describe('the later appointment is cancelled only after the booking succeeded', 
 
 describe('start-up repair', () => {
   it('a crash between the yes and its booking job: the repair books it once, then cancels the later appointment', async () => {
-    start();
-    await later('L-1', 'P-1', '2030-04-20T09:00:00Z');
-    await free();
-    await runDue();
-    await send(offered);
-    await answer('P-1', '1');
+    await oneOffer('1');
     // The booking job was lost with the process: the slot is claimed and nothing was booked.
     jobs = jobs.filter((j) => j.data.kind !== 'book');
     await runDue();
@@ -345,12 +345,7 @@ describe('filters', () => {
   });
 
   it('a declined offer leaves the appointment as it is', async () => {
-    start();
-    await later('L-1', 'P-1', '2030-04-20T09:00:00Z');
-    await free();
-    await runDue();
-    await send(offered);
-    await answer('P-1', '2');
+    await oneOffer('2');
     await runDue();
     expect(answered.map((t) => t.type)).toEqual(['appointment.waitlist_declined']);
     expect(calls).toEqual([]);
