@@ -452,8 +452,8 @@ function waitlistBlock(
   if (typeof config.book === 'string') {
     const output = outputs.find((o) => o.name === config.book);
     const info = output ? outputInfos([output], specs)[0] : undefined;
-    if (output === undefined) issueAt(['waitlist', 'book'], `no output named "${config.book}"${outputs.length ? `; known: ${outputs.map((o) => o.name).join(', ')}` : ''}: the waitlist books accepted slots through a fhir-appointment output`);
-    else if (!info?.writeBackKinds?.includes(WriteBackKind.Book)) issueAt(['waitlist', 'book'], `output "${config.book}" (${output.type}) cannot book a slot; use a fhir-appointment output`);
+    if (output === undefined) issueAt(['waitlist', 'book'], `no output named "${config.book}"${outputs.length ? `; known: ${outputs.map((o) => o.name).join(', ')}` : ''}: the waitlist books accepted slots through a fhir-appointment output or a webhook output with writeBack: true`);
+    else if (!info?.writeBackKinds?.includes(WriteBackKind.Book)) issueAt(['waitlist', 'book'], `output "${config.book}" (${output.type}) cannot book a slot; use a fhir-appointment output, or a webhook output with writeBack: true`);
   }
   const offerRules = rules.filter((r) => r.on.includes(TriggerType.AppointmentWaitlistOffered));
   if (offerRules.length === 0) {
