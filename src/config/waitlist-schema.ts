@@ -42,6 +42,25 @@ export const waitlistSchema = {
       default: {},
       description: 'Where candidates come from.',
       properties: {
+        list: {
+          type: 'array',
+          default: [],
+          description: 'A configured waitlist, offered before the later appointments: patients who asked for a slot of these services (no appointment of theirs is cancelled).',
+          items: {
+            type: 'object',
+            additionalProperties: false,
+            required: ['patient', 'phone', 'services'],
+            properties: {
+              patient: { type: 'string', minLength: 1, description: 'The patient id (patient.id: the MRN).' },
+              phone: { type: 'string', pattern: '^\\+[1-9][0-9]{6,14}$', 'x-hint': 'an E.164 number such as +33612345678', description: 'Their mobile number, E.164.' },
+              language: { type: 'string', pattern: '^[a-z]{2,3}$', 'x-hint': 'a lower-case language code such as fr', description: 'The language of their messages (default: the default templates).' },
+              services: { type: 'array', minItems: 1, items: { type: 'string', minLength: 1 }, description: 'Service type codes they wait for (equivalents count).' },
+              practitioners: { type: 'array', minItems: 1, items: { type: 'string', minLength: 1 }, description: 'Practitioner ids they wait for (absent: any).' },
+              from: { type: 'string', format: 'date-time', description: 'Requested period: slots starting at or after this.' },
+              until: { type: 'string', format: 'date-time', description: 'Requested period: slots starting before this.' },
+            },
+          },
+        },
         laterAppointments: {
           type: 'object',
           additionalProperties: false,
@@ -91,11 +110,22 @@ export const waitlistSchema = {
   },
 } as const satisfies JsonSchema;
 
+/** One entry of `sources.list`. */
+export interface WaitlistListEntry {
+  readonly patient: string;
+  readonly phone: string;
+  readonly language?: string;
+  readonly services: readonly string[];
+  readonly practitioners?: readonly string[];
+  readonly from?: string;
+  readonly until?: string;
+}
+
 /** The `waitlist` block after defaults. */
 export interface WaitlistConfig {
   readonly book: string;
   readonly on: readonly TriggerType[];
-  readonly sources: { readonly laterAppointments: { readonly optIn: 'all' | 'listed'; readonly patients: readonly string[] } };
+  readonly sources: { readonly list?: readonly WaitlistListEntry[]; readonly laterAppointments: { readonly optIn: 'all' | 'listed'; readonly patients: readonly string[] } };
   readonly equivalents: { readonly services: readonly (readonly string[])[]; readonly practitioners: readonly (readonly string[])[] };
   readonly minNoticeMinutes: number;
   readonly waves: { readonly size: number; readonly everyMinutes: number; readonly expiresMinutes: number; readonly stopMinutesBefore: number };

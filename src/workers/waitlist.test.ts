@@ -344,6 +344,33 @@ describe('filters', () => {
     expect(offeredTo()).toEqual(['P-3']);
   });
 
+  it('a configured list: its entries for this service, practitioner and requested period come first; booking one cancels nothing', async () => {
+    const entry = (patient: string, over: object = {}) => ({ patient, phone: phoneOf(patient), services: ['CHK-LONG'], ...over });
+    start({
+      equivalents: { services: [['CHK', 'CHK-LONG']], practitioners: [] },
+      waves: { size: 2, everyMinutes: 15, expiresMinutes: 30, stopMinutesBefore: 120 },
+      sources: {
+        list: [
+          entry('P-7', { practitioners: ['DR-99'] }), // another practitioner
+          entry('P-8', { from: '2030-03-13T00:00:00Z' }), // wants later than the slot
+          entry('P-9', { from: '2030-03-11T00:00:00Z', until: '2030-03-14T00:00:00Z', language: 'fr' }),
+        ],
+        laterAppointments: { optIn: 'all', patients: [] },
+      },
+    });
+    await later('L-1', 'P-1', '2030-04-20T09:00:00Z');
+    await later('L-2', 'P-2', '2030-04-19T09:00:00Z');
+    await free();
+    await runDue();
+    expect(offeredTo()).toEqual(['P-9', 'P-1']);
+    expect(offered[0]).toMatchObject({ patient: { id: 'P-9', language: 'fr', telecom: [{ system: 'phone', use: 'mobile', value: phoneOf('P-9') }] } });
+    expect(offered[0]!.waitlist!.current).toBeUndefined();
+    await send(offered);
+    await answer('P-9', '1');
+    await runDue();
+    expect(calls.map((c) => [c.kind, c.patient.id])).toEqual([['book', 'P-9']]);
+  });
+
   it('a declined offer leaves the appointment as it is', async () => {
     await oneOffer('2');
     await runDue();

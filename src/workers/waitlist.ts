@@ -22,7 +22,7 @@
 // Nothing is cancelled before the booking succeeded. Logs carry slot, offer and job ids and reason
 // codes only (slot and offer ids name appointments, never a patient).
 import { createHash } from 'node:crypto';
-import type { WaitlistConfig } from '../config/waitlist-schema.ts';
+import type { WaitlistConfig, WaitlistListEntry } from '../config/waitlist-schema.ts';
 import { failureClassOf, PermanentError } from '../errors.ts';
 import type { Logger } from '../log.ts';
 import type { OutboundAdapter } from '../outputs/spec.ts';
@@ -218,21 +218,17 @@ export class WaitlistService {
     const wave = slot.waves + 1;
     const { chosen, filtered } = await this.#candidates(slot, now);
     const expiresAt = new Date(Math.min(now + config.waves.expiresMinutes * MINUTE, stopAt)).toISOString();
-    const offers: WaitlistOffer[] = chosen.map(({ appointment }) => {
-      const gained = (instant(appointment.start) - instant(slot.start)) / DAY;
-      return {
-        id: offerIdOf(slot.id, appointment.patientId),
-        slotId: slot.id,
-        patientId: appointment.patientId,
-        wave,
-        state: WaitlistOfferState.Offered,
-        offeredAt: new Date(now).toISOString(),
-        expiresAt,
-        current: { id: appointment.id, start: appointment.start, ...(appointment.placerId !== undefined ? { placerId: appointment.placerId } : {}) },
-        daysGained: Math.round(gained * 10) / 10,
-        triggerId: appointment.triggerId,
-      };
-    });
+    const offers: WaitlistOffer[] = chosen.map((c) => ({
+      id: offerIdOf(slot.id, c.patientId),
+      slotId: slot.id,
+      patientId: c.patientId,
+      wave,
+      state: WaitlistOfferState.Offered,
+      offeredAt: new Date(now).toISOString(),
+      expiresAt,
+      ...(c.current !== undefined ? { current: c.current, daysGained: Math.round(((instant(c.current.start) - instant(slot.start)) / DAY) * 10) / 10 } : {}),
+      ...(c.triggerId !== undefined ? { triggerId: c.triggerId } : {}),
+    }));
     if (offers.length > 0) {
       await store.addWaitlistOffers(offers);
       const triggers = offers.map((o, i) => offerTrigger(slot, o, chosen[i]!.base, now));
@@ -261,26 +257,40 @@ export class WaitlistService {
     return offers;
   }
 
-  /** The patients offered the slot in this wave, and how many each filter left out. */
-  async #candidates(slot: WaitlistSlot, now: number): Promise<{ chosen: Array<{ appointment: Awaited<ReturnType<Store['laterWaitlistAppointments']>>[number]; base: Trigger }>; filtered: Partial<Record<CandidateFilter, number>> }> {
+  /**
+   * The patients offered the slot in this wave, and how many each filter left out: first the
+   * configured list's entries that want this service (and practitioner, and time), then patients
+   * with a later appointment, latest first.
+   */
+  async #candidates(slot: WaitlistSlot, now: number): Promise<{ chosen: Candidate[]; filtered: Partial<Record<CandidateFilter, number>> }> {
     const { store, config, policy } = this.#deps;
     const services = equivalents(slot.serviceType?.code ?? '', config.equivalents.services);
     const practitioners = equivalents(slot.practitioner?.id ?? '', config.equivalents.practitioners);
+    const slotMs = instant(slot.start);
+    const listed: Candidate[] = (config.sources.list ?? [])
+      .filter((e) => e.services.some((c) => services.includes(c)))
+      .filter((e) => e.practitioners === undefined || e.practitioners.some((p) => practitioners.includes(p)))
+      .filter((e) => (e.from === undefined || instant(e.from) <= slotMs) && (e.until === undefined || slotMs < instant(e.until)))
+      .map((e) => ({ patientId: e.patient, base: listedPatient(e), optedIn: true }));
     const later = await store.laterWaitlistAppointments({ services, practitioners, after: slot.start, limit: CANDIDATES_READ });
     const offered = new Set((await store.listWaitlistOffers(slot.id)).map((o) => o.patientId));
     const { optIn, patients } = config.sources.laterAppointments;
     const optedIn = optIn === 'all' ? undefined : new Set(patients);
     const capSince = new Date(now - config.maxOffersPerPatient.days * DAY).toISOString();
-    const chosen: Array<{ appointment: (typeof later)[number]; base: Trigger }> = [];
+    const chosen: Candidate[] = [];
     const filtered: Partial<Record<CandidateFilter, number>> = {};
     const skip = (why: CandidateFilter) => {
       filtered[why] = (filtered[why] ?? 0) + 1;
     };
-    for (const appointment of later) {
+    const fromLater = async function* (): AsyncGenerator<Candidate | { patientId: string; appointment: (typeof later)[number] }> {
+      yield* listed;
+      for (const appointment of later) yield { patientId: appointment.patientId, appointment };
+    };
+    for await (const found of fromLater()) {
       if (chosen.length >= config.waves.size) break;
-      const patientId = appointment.patientId;
-      if (patientId === slot.patientId || offered.has(patientId) || chosen.some((c) => c.appointment.patientId === patientId)) continue;
-      if (optedIn !== undefined && !optedIn.has(patientId)) {
+      const patientId = found.patientId;
+      if (patientId === slot.patientId || offered.has(patientId) || chosen.some((c) => c.patientId === patientId)) continue;
+      if (!('base' in found) && optedIn !== undefined && !optedIn.has(patientId)) {
         skip(CandidateFilter.NotOptedIn);
         continue;
       }
@@ -288,8 +298,20 @@ export class WaitlistService {
         skip(CandidateFilter.Capped);
         continue;
       }
-      const base = await store.getTrigger(appointment.triggerId);
-      if (base === undefined || !base.patient.telecom.some((c) => c.system === 'phone' && c.use === 'mobile')) {
+      const candidate: Candidate | undefined =
+        'base' in found
+          ? found
+          : await store.getTrigger(found.appointment.triggerId).then((base) =>
+              base === undefined
+                ? undefined
+                : {
+                    patientId,
+                    base,
+                    triggerId: found.appointment.triggerId,
+                    current: { id: found.appointment.id, start: found.appointment.start, ...(found.appointment.placerId !== undefined ? { placerId: found.appointment.placerId } : {}) },
+                  },
+            );
+      if (candidate === undefined || !candidate.base.patient.telecom.some((c) => c.system === 'phone' && c.use === 'mobile')) {
         skip(CandidateFilter.NoMobile);
         continue;
       }
@@ -298,11 +320,11 @@ export class WaitlistService {
         continue;
       }
       // An offer must be answerable now: a patient in their quiet hours is left for a later wave.
-      if (quietHoursApply(policy.quietHours, 'sms') && !isAllowedTime(policy.quietHours, now, patientZone(base, policy))) {
+      if (quietHoursApply(policy.quietHours, 'sms') && !isAllowedTime(policy.quietHours, now, patientZone(candidate.base, policy))) {
         skip(CandidateFilter.QuietHours);
         continue;
       }
-      chosen.push({ appointment, base });
+      chosen.push(candidate);
     }
     return { chosen, filtered };
   }
@@ -448,6 +470,36 @@ function slotAppointment(slot: WaitlistSlot): WriteBackSlot {
     ...(slot.serviceType !== undefined ? { serviceType: slot.serviceType } : {}),
     ...(slot.practitioner !== undefined ? { practitioner: slot.practitioner } : {}),
     ...(slot.location !== undefined ? { location: slot.location } : {}),
+  };
+}
+
+/** A patient the slot can be offered to, with what the offer says about them. */
+interface Candidate {
+  patientId: string;
+  /** Their name, number, language (the latest trigger of their later appointment, or the list entry). */
+  base: Trigger;
+  /** The trigger `base` is (absent for a list entry). */
+  triggerId?: string;
+  /** Their later appointment, cancelled after the booking (absent for a list entry: nothing to cancel). */
+  current?: { id: string; start: string; placerId?: string };
+  optedIn?: true;
+}
+
+/** A configured list entry as the trigger an offer is made from (docs/waitlist.md "Sources"). */
+function listedPatient(entry: WaitlistListEntry): Trigger {
+  return {
+    id: `waitlist-list-${entry.patient}`,
+    type: TriggerType.AppointmentWaitlistOffered,
+    occurredAt: '1970-01-01T00:00:00Z',
+    receivedAt: '1970-01-01T00:00:00Z',
+    source: { format: 'waitlist', sender: 'waitlist', messageType: 'WAITLIST^LIST', messageId: entry.patient },
+    patient: {
+      id: entry.patient,
+      identifiers: [{ value: entry.patient }],
+      deceased: false,
+      telecom: [{ system: 'phone', use: 'mobile', value: entry.phone }],
+      ...(entry.language !== undefined ? { language: entry.language } : {}),
+    },
   };
 }
 
