@@ -241,6 +241,25 @@ describe('start-up repair', () => {
   });
 });
 
+describe('a wave run again', () => {
+  it('after a crash between its commit and the slot noting it: no second offer, the next wave as planned', async () => {
+    start({ waves: { size: 1, everyMinutes: 15, expiresMinutes: 30, stopMinutesBefore: 120 } });
+    await later('L-1', 'P-1', '2030-04-20T09:00:00Z');
+    await later('L-2', 'P-2', '2030-04-19T09:00:00Z');
+    await free();
+    await runDue();
+    const slotId = offered[0]!.waitlist!.slot;
+    await store.setWaitlistSlot(slotId, 'open', { waves: 0 });
+    expect(await waitlist.wave(slotId)).toEqual([]);
+    expect(offeredTo()).toEqual(['P-1']);
+    expect((await store.getWaitlistSlot(slotId))?.waves).toBe(1);
+    clock = T0 + 15 * MINUTE;
+    await runDue();
+    expect(offeredTo()).toEqual(['P-1', 'P-2']);
+    expect(offered[1]!.waitlist!.wave).toBe(2);
+  });
+});
+
 describe('waves on the clock', () => {
   it('k per wave, the next after the interval, offers expire, none after the stop', async () => {
     start({ waves: { size: 1, everyMinutes: 15, expiresMinutes: 30, stopMinutesBefore: 120 } });

@@ -216,6 +216,12 @@ export class WaitlistService {
       return [];
     }
     const wave = slot.waves + 1;
+    // This wave committed already (a crash before the slot noted it): note it, and on to the next.
+    if (await store.findMessage('waitlist', waveMessageId(slot.id, wave))) {
+      await store.setWaitlistSlot(slot.id, WaitlistSlotState.Open, { waves: wave });
+      await this.#queueWave(slot.id, Math.min(now + config.waves.everyMinutes * MINUTE, stopAt));
+      return [];
+    }
     const { chosen, filtered } = await this.#candidates(slot, now);
     const expiresAt = new Date(Math.min(now + config.waves.expiresMinutes * MINUTE, stopAt)).toISOString();
     const offers: WaitlistOffer[] = chosen.map((c) => ({
@@ -237,7 +243,7 @@ export class WaitlistService {
         input: 'waitlist',
         format: 'waitlist',
         sender: 'waitlist',
-        controlId: `${slot.id}#${wave}`,
+        controlId: waveMessageId(slot.id, wave),
         messageType: 'WAITLIST^OFFER',
         contentHash: createHash('sha256').update(raw).digest('hex'),
         raw,
@@ -508,6 +514,11 @@ export function slotIdOf(appointmentId: string, start: string): string {
   return `${appointmentId}@${new Date(instant(start)).toISOString()}`;
 }
 
+/** The stored message of a wave: `<slot>#<wave>` (its dedupe key with the sender `waitlist`). */
+export function waveMessageId(slotId: string, wave: number): string {
+  return `${slotId}#${wave}`;
+}
+
 /** One offer per slot and patient. */
 export function offerIdOf(slotId: string, patientId: string): string {
   return `wl-${createHash('sha256').update(`${slotId}\u0000${patientId}`).digest('hex').slice(0, 24)}`;
@@ -528,7 +539,7 @@ export function offerTrigger(slot: WaitlistSlot, offer: WaitlistOffer, base: Tri
     type: TriggerType.AppointmentWaitlistOffered,
     occurredAt: at,
     receivedAt: at,
-    source: { format: 'waitlist', sender: 'waitlist', messageType: 'WAITLIST^OFFER', messageId: `${slot.id}#${offer.wave}` },
+    source: { format: 'waitlist', sender: 'waitlist', messageType: 'WAITLIST^OFFER', messageId: waveMessageId(slot.id, offer.wave) },
     patient: base.patient,
     appointment: {
       id: offer.id,
