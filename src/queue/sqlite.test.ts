@@ -4,50 +4,12 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { queueConformanceSuite, type ConformanceJobData } from './conformance.ts';
 import type { JobContext } from './queue.ts';
 import { openSqliteDatabase, type Database } from '../store/sqlite-db.ts';
 import { SqliteStore } from '../store/sqlite.ts';
 import { createSqliteQueue, type SqliteQueue } from './sqlite.ts';
 
 const repoRoot = join(import.meta.dirname, '..', '..');
-
-queueConformanceSuite('sqlite', async () => {
-  const dir = mkdtempSync(join(tmpdir(), 'carerelay-queue-'));
-  const file = join(dir, 'carerelay.db');
-  const dbs: Database[] = [];
-  return {
-    async open(options) {
-      // One connection per instance, as two processes on one data dir would have.
-      const db = openSqliteDatabase(file);
-      dbs.push(db);
-      return createSqliteQueue<ConformanceJobData>(db, { ...options, name: 'deliveries' });
-    },
-    async destroy() {
-      for (const db of dbs) db.close();
-      rmSync(dir, { recursive: true, force: true });
-    },
-  };
-});
-
-// The same suite with every queue write riding in the store's group commit (as the server
-// runs it): the queue's promises must keep their meaning when commits are batched.
-queueConformanceSuite('sqlite in the store group commit', async () => {
-  const dir = mkdtempSync(join(tmpdir(), 'carerelay-queue-'));
-  const file = join(dir, 'carerelay.db');
-  const stores: SqliteStore[] = [];
-  return {
-    async open(options) {
-      const store = new SqliteStore(openSqliteDatabase(file), { closeDatabase: true });
-      stores.push(store);
-      return createSqliteQueue<ConformanceJobData>(store.db, { ...options, name: 'deliveries', committer: store });
-    },
-    async destroy() {
-      for (const store of stores) await store.close();
-      rmSync(dir, { recursive: true, force: true });
-    },
-  };
-});
 
 describe('SQLite queue', () => {
   let dir: string;
