@@ -188,6 +188,8 @@ export class BullMqQueue<T> implements Queue<T> {
   private renewTimer: NodeJS.Timeout | undefined;
   private lastPrune = 0;
   private waking: Promise<void> | undefined;
+  /** The hand-over of dead letters a crash left (close waits for it). */
+  private leftovers: Promise<void> | undefined;
 
   constructor(options: BullMqQueueOptions) {
     this.name = options.name ?? 'default';
@@ -387,7 +389,7 @@ export class BullMqQueue<T> implements Queue<T> {
     this.worker.on('error', (error) => this.emit({ type: 'error', code: errorCodeOf(error), message: 'queue worker error' }));
     this.worker.on('stalled', (bullId: string) => void this.stalled(bullId));
     void this.worker.startStalledCheckTimer().catch(() => {});
-    void this.recordLeftoverDeadLetters();
+    this.leftovers = this.recordLeftoverDeadLetters();
     void this.pump();
     this.blocking = this.workerClient.duplicate({ maxRetriesPerRequest: null });
     this.blocking.on('error', () => {});
@@ -654,6 +656,7 @@ export class BullMqQueue<T> implements Queue<T> {
     const graceMs = options.graceMs ?? 10_000;
     this.closed = (async () => {
       await this.polls.current;
+      await this.leftovers;
       await settleRunning(() => this.running.values(), graceMs);
       this.stopRenewTimer();
       this.blocking?.disconnect();

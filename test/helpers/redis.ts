@@ -67,13 +67,16 @@ export function throwawayRedisArgs(port: number, dir: string): string[] {
   ];
 }
 
-/** A redis-server child on a free port; resolves once it answers PING. */
-export async function spawnRedis(dir: string, port?: number): Promise<{ url: string; port: number; child: ChildProcess }> {
+/**
+ * A redis-server child on a free port (or `port`), with the durable settings and then `extraArgs`
+ * (which win: `--appendonly no` makes a Redis CareRelay must refuse); resolves once it answers PING.
+ */
+export async function spawnRedis(dir: string, port?: number, extraArgs: string[] = []): Promise<{ url: string; port: number; child: ChildProcess }> {
   const binary = which('redis-server');
   if (binary === undefined) throw new Error(noRedisMessage());
   for (let attempt = 0; ; attempt++) {
     const chosen = port ?? (await freePort());
-    const child = spawn(binary, throwawayRedisArgs(chosen, dir), { stdio: ['ignore', 'ignore', 'pipe'] });
+    const child = spawn(binary, [...throwawayRedisArgs(chosen, dir), ...extraArgs], { stdio: ['ignore', 'ignore', 'pipe'] });
     let stderr = '';
     child.stderr!.setEncoding('utf8').on('data', (chunk: string) => (stderr += chunk));
     const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
