@@ -2,19 +2,15 @@
 // worker process really killed, jobs shared by instances, ids BullMQ would refuse, dead letters
 // kept until recorded, wake-ups from another process, and BullMQ's own view of the jobs.
 // Real Redis (test/helpers/redis.ts), a fresh key prefix per test.
-import { spawn } from 'node:child_process';
-import { once } from 'node:events';
-import { join } from 'node:path';
 import { Queue as BullQueue } from 'bullmq';
 import type { Redis } from 'ioredis';
 import { afterEach, beforeEach, expect, it } from 'vitest';
+import { startCrashWorker } from '../../test/helpers/crash-worker.ts';
 import { describeWithRedis, dropPrefix, redisPrefix, testRedisClient, testRedisUrl } from '../../test/helpers/redis.ts';
 import { PermanentError } from '../errors.ts';
 import { BullMqQueue, fromBullId, toBullId, type BullMqQueueOptions } from './bullmq.ts';
 import { connectRedis } from './redis.ts';
 import type { JobContext, QueueEvent } from './queue.ts';
-
-const repoRoot = join(import.meta.dirname, '..', '..');
 
 describeWithRedis('BullMQ queue', () => {
   let url: string;
@@ -62,27 +58,10 @@ describeWithRedis('BullMQ queue', () => {
     const setup = open();
     await setup.add({ id: 'crash-1', data: { appointment: 'A1' }, runAt: new Date(Date.now() - 1_000) });
 
-    const child = spawn(process.execPath, ['--import', 'tsx', join('test', 'fixtures', 'bullmq-crash-worker.ts'), url, prefix, String(leaseMs)], {
-      cwd: repoRoot,
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    let stdout = '';
-    let stderr = '';
-    child.stderr.setEncoding('utf8').on('data', (chunk: string) => (stderr += chunk));
-    const exited = once(child, 'exit');
-    await new Promise<void>((resolve, reject) => {
-      child.stdout.setEncoding('utf8').on('data', (chunk: string) => {
-        stdout += chunk;
-        if (stdout.includes('\n')) resolve();
-      });
-      child.on('exit', (code) => reject(new Error(`worker exited early (${code}): ${stderr}`)));
-    });
-    expect(stdout).toBe('started crash-1 1\n');
+    const worker = await startCrashWorker('bullmq-crash-worker.ts', [url, prefix, String(leaseMs)]);
+    expect(worker.firstLine).toBe('started crash-1 1\n');
     expect(await setup.get('crash-1')).toMatchObject({ state: 'active', attempts: 1 });
-
-    child.kill('SIGKILL');
-    const [code, signal] = await exited;
-    expect([code, signal]).toEqual([null, 'SIGKILL']);
+    expect(await worker.kill()).toEqual([null, 'SIGKILL']);
 
     // Another process's worker: its stalled check finds the dead worker's lock lapsed.
     const later = open({ leaseMs });
