@@ -22,7 +22,7 @@ import type { FhirIngest } from './workers/fhir-ingest.ts';
 import type { FhirPoller } from './workers/fhir-poll.ts';
 import { inboundAuthFor, poller as fhirPoller, restHookIngest } from './workers/fhir-setup.ts';
 import { createLogger, type Logger } from './log.ts';
-import { openSqliteDatabase } from './store/sqlite-db.ts';
+import { DataDirUse, lockDataDir, openSqliteDatabase } from './store/sqlite-db.ts';
 import { SqliteStore } from './store/sqlite.ts';
 import type { Store } from './store/store.ts';
 import { Hl7Ingest, type Hl7IngestSettings } from './workers/ingest.ts';
@@ -212,7 +212,21 @@ export async function startCarerelay(options: StartOptions): Promise<RunningCare
     httpHost = '127.0.0.1';
   }
 
-  const db = openSqliteDatabase(path.join(plan.server.dataDir, 'carerelay.db'));
+  // One process per data directory with the embedded queue; several with the queue on Redis.
+  let dataDirLock: { release(): void };
+  let db: ReturnType<typeof openSqliteDatabase>;
+  try {
+    dataDirLock = lockDataDir(plan.server.dataDir, redis ? DataDirUse.Shared : DataDirUse.Alone);
+    try {
+      db = openSqliteDatabase(path.join(plan.server.dataDir, 'carerelay.db'));
+    } catch (error) {
+      dataDirLock.release();
+      throw error;
+    }
+  } catch (error) {
+    await redis?.close();
+    throw error;
+  }
   // Every component writes through the watched store: a failed write makes /readyz say so.
   const readiness = new StoreReadiness(new SqliteStore(db, { closeDatabase: true }), {
     dataDir: plan.server.dataDir,
@@ -241,6 +255,7 @@ export async function startCarerelay(options: StartOptions): Promise<RunningCare
     smsWebhooks = inboundSmsTokens(plan, (ref) => readSecret(ref, env, plan.configDir));
   } catch (error) {
     await store.close();
+    dataDirLock.release();
     await redis?.close();
     throw error;
   }
@@ -338,6 +353,7 @@ export async function startCarerelay(options: StartOptions): Promise<RunningCare
     await Promise.allSettled(mllpServers.map(({ server }) => server.close()));
     await deliveries.stop();
     await store.close();
+    dataDirLock.release();
     await redis?.close();
     throw error;
   }
@@ -390,7 +406,8 @@ export async function startCarerelay(options: StartOptions): Promise<RunningCare
       // Queue before store: running sends finish and record their outcome first.
       await deliveries.stop();
       await store.close();
-        await redis?.close();
+      dataDirLock.release();
+      await redis?.close();
       log.info('carerelay.stopped');
       resolveStopped();
     })();

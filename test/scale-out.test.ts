@@ -147,6 +147,22 @@ describeWithRedis('scale-out on Redis', () => {
     );
 
     const url = await startRedis();
+    // One data directory: a process with the embedded queue is alone on it (test/data-dir-lock.test.ts),
+    // so one with the queue on Redis is refused beside it, and the other way round.
+    const switchable = writeConfigDir({ queue: ['    type: ${CARERELAY_QUEUE}', '    url: { env: REDIS_URL }', `    prefix: scale-${process.pid}-${++prefixes}`] });
+    dirs.push(switchable);
+    const alone = await startCarerelay({ configDir: switchable.dir, env: { REDIS_URL: url, CARERELAY_QUEUE: 'sqlite' }, log: silentLogger, watchMappings: false });
+    running.push(alone);
+    await expect(startCarerelay({ configDir: switchable.dir, env: { REDIS_URL: url, CARERELAY_QUEUE: 'bullmq' }, log: silentLogger, role: 'ingest', watchMappings: false })).rejects.toThrow(
+      /a CareRelay process with the embedded queue \(server.queue type sqlite\) is using the data directory/,
+    );
+    await alone.stop();
+    running.push(await startCarerelay({ configDir: switchable.dir, env: { REDIS_URL: url, CARERELAY_QUEUE: 'bullmq' }, log: silentLogger, role: 'worker', watchMappings: false }));
+    running.push(await startCarerelay({ configDir: switchable.dir, env: { REDIS_URL: url, CARERELAY_QUEUE: 'bullmq' }, log: silentLogger, role: 'ingest', watchMappings: false }));
+    await expect(startCarerelay({ configDir: switchable.dir, env: { REDIS_URL: url, CARERELAY_QUEUE: 'sqlite' }, log: silentLogger, watchMappings: false })).rejects.toThrow(
+      /another CareRelay process is using the data directory/,
+    );
+
     const dir = config();
     const client = new Redis(url);
     try {
