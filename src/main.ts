@@ -4,7 +4,10 @@ import type { Server } from 'node:http';
 import path from 'node:path';
 import { createApp, createProbeApp, type HttpHl7Input } from './api/app.ts';
 import { inboundSmsTokens } from './api/consent-routes.ts';
+import type { FlowInfo, FlowsInfo } from './api/dashboard/flows.ts';
+import { queueReplay } from './api/dashboard/queue-replay.ts';
 import { twilioStatusHooks } from './api/hooks-routes.ts';
+import { toolHooks as toolWebhooks } from './api/tool-hooks.ts';
 import { loadConfig, type CarerelayPlan, type InstancePlan } from './config/load.ts';
 import { readSecret, type Env, type SecretRef } from './config/yaml.ts';
 import { MLLP_REFUSALS, MllpCloseReason, MllpServer, type MllpServerEvent, type MllpServerStats } from './hl7v2/mllp-server.ts';
@@ -29,11 +32,20 @@ import { Hl7Ingest, type Hl7IngestSettings } from './workers/ingest.ts';
 import { RejectedRawQuota } from './workers/raw-quota.ts';
 import { StoreReadiness } from './workers/readiness.ts';
 import { outputSpecs } from './outputs/index.ts';
-import { DeliveryRuntime, Role, type ReloadResult } from './workers/runtime.ts';
+import { metricsHandler } from './api/metrics-route.ts';
+import { Metrics } from './workers/metrics.ts';
+import { ALERT_QUEUE, Alerts, type AlertJob } from './workers/alerts.ts';
+import { OpsEvents, observeOutputs, observeStore, subscriptionStatuses } from './workers/ops-events.ts';
+import { SqliteQueue } from './queue/sqlite.ts';
+import { OutcomeLinker } from './workers/outcomes.ts';
+import { RetentionJob } from './workers/retention.ts';
+import { DELIVERY_QUEUE, DeliveryRuntime, Role, type ReloadResult } from './workers/runtime.ts';
 import { QueueType } from './config/queue-schema.ts';
 import { redactRedisUrl, redisUrlProblem } from './queue/redis.ts';
 import { ClusterSignal, RedisLease, RedisQueues, RedisSignals } from './queue/redis-cluster.ts';
 import { dataDirUnsubscribeKey, unsubscribeLinks } from './workers/unsubscribe.ts';
+import { VideoLinks } from './workers/video.ts';
+import { dataDirJoinKey, JoinVault, parseJoinKey } from './video/seal.ts';
 
 export interface StartOptions {
   configDir: string;
@@ -65,6 +77,8 @@ export interface RunningCarerelay {
   fhirIngests: ReadonlyMap<string, FhirIngest>;
   /** Router, delivery queue and outputs (deliveries.idle() waits for routing and due sends). */
   deliveries: DeliveryRuntime;
+  /** Alert conditions and notifications (check() checks now; idle() waits for the notices to go). */
+  alerts: Alerts;
   /**
    * Loads the configuration again and swaps rules and templates when it is valid; on
    * errors the running plan stays and the issues are returned. Connector changes need a restart.
@@ -90,6 +104,7 @@ function ingestSettings(name: string, config: Hl7v2MllpConfig | Hl7v2HttpConfig)
     unknownMessageTypes: config.unknownMessageTypes,
     missingFieldAck: config.missingFieldAck,
     ackMode: config.ackMode,
+    ...(config.virtualVisit !== undefined ? { virtualVisit: config.virtualVisit } : {}),
     ...(config.type === HL7V2_MLLP && config.tls?.allowedSenders ? { allowedSenders: config.tls.allowedSenders } : {}),
   };
 }
@@ -187,6 +202,35 @@ async function startMllpInput(
   return server;
 }
 
+/** What the dashboard's Flows page shows of each input and output (api/dashboard/flows.ts). */
+function flowsInfo(
+  plan: CarerelayPlan,
+  httpHost: string,
+  mllpPorts: ReadonlyMap<string, number>,
+  mllpStats: (name: string) => MllpServerStats | undefined,
+  deliveries: DeliveryRuntime,
+): FlowsInfo {
+  const inputs = plan.inputs.map((input): FlowInfo => {
+    if (input.type === HL7V2_MLLP) {
+      const port = mllpPorts.get(input.name);
+      const stats = mllpStats(input.name);
+      const host = (input.config as unknown as Hl7v2MllpConfig).host;
+      return {
+        name: input.name,
+        type: input.type,
+        listening: port !== undefined,
+        detail: port === undefined ? 'not listening' : `${host}:${port} · ${stats?.connections ?? 0} connection${stats?.connections === 1 ? '' : 's'}`,
+      };
+    }
+    if (input.type === HL7V2_HTTP) return { name: input.name, type: input.type, listening: true, detail: `POST /ingest/hl7v2/${input.name} on ${httpHost}` };
+    if (input.type === FHIR_REST_HOOK) return { name: input.name, type: input.type, listening: true, detail: `POST /ingest/fhir/${input.name} on ${httpHost}` };
+    if (input.type === FHIR_POLL) return { name: input.name, type: input.type, listening: true, detail: `polls every ${(input.config as unknown as FhirPollConfig).intervalSeconds} s` };
+    return { name: input.name, type: input.type };
+  });
+  const outputs = plan.outputs.map((output): FlowInfo => ({ name: output.name, type: output.type, ...(deliveries.outputs.get(output.name) ? { channel: deliveries.outputs.get(output.name)!.channel } : {}) }));
+  return { inputs, outputs };
+}
+
 export async function startCarerelay(options: StartOptions): Promise<RunningCarerelay> {
   const log = options.log ?? createLogger();
   const env = options.env;
@@ -213,12 +257,13 @@ export async function startCarerelay(options: StartOptions): Promise<RunningCare
   }
 
   // One process per data directory with the embedded queue; several with the queue on Redis.
+  const dbFile = path.join(plan.server.dataDir, 'carerelay.db');
   let dataDirLock: { release(): void };
   let db: ReturnType<typeof openSqliteDatabase>;
   try {
     dataDirLock = lockDataDir(plan.server.dataDir, redis ? DataDirUse.Shared : DataDirUse.Alone);
     try {
-      db = openSqliteDatabase(path.join(plan.server.dataDir, 'carerelay.db'));
+      db = openSqliteDatabase(dbFile);
     } catch (error) {
       dataDirLock.release();
       throw error;
@@ -227,12 +272,15 @@ export async function startCarerelay(options: StartOptions): Promise<RunningCare
     await redis?.close();
     throw error;
   }
+  const sqliteStore = new SqliteStore(db, { closeDatabase: true });
   // Every component writes through the watched store: a failed write makes /readyz say so.
-  const readiness = new StoreReadiness(new SqliteStore(db, { closeDatabase: true }), {
+  const readiness = new StoreReadiness(sqliteStore, {
     dataDir: plan.server.dataDir,
     minFreeDiskBytes: plan.server.minFreeDiskBytes,
   });
-  const store = readiness.watch();
+  // What the components write is observed for metrics and alerts (workers/ops-events.ts).
+  const events = new OpsEvents();
+  const store = observeStore(readiness.watch(), events);
   const afterSend = faultInjector(env, 'send');
   const policy = plan.policy;
   // The default public URL names the listener's port, known once it is bound (port 0 in tests).
@@ -240,7 +288,20 @@ export async function startCarerelay(options: StartOptions): Promise<RunningCare
   let deliveries: DeliveryRuntime;
   let twilioStatus: ReturnType<typeof twilioStatusHooks>;
   let smsWebhooks: Map<string, string>;
+  let vault: JoinVault;
+  let videoLinks: VideoLinks;
+  let toolHooks: ReturnType<typeof toolWebhooks>;
   try {
+    // Video visits (docs/video.md): join URLs are sealed with server.video.key, else with a key
+    // kept in the data directory (which protects a copy of the database alone).
+    const video = plan.server.video;
+    const keyOf = (ref: Parameters<typeof readSecret>[0], what: string) => parseJoinKey(readSecret(ref, env, plan.configDir), what);
+    vault = new JoinVault(
+      video.key ? { id: video.keyId, key: keyOf(video.key, 'server.video.key') } : dataDirJoinKey(plan.server.dataDir),
+      video.previousKeys.map((k, i) => ({ id: k.id, key: keyOf(k.key, `server.video.previousKeys[${i}].key`) })),
+    );
+    if (!video.key) log.warn('video.key_in_data_dir', { reason: 'key_not_configured' });
+    videoLinks = new VideoLinks({ store, vault, window: video, publicUrl: () => publicUrl, log, ...(options.now ? { now: options.now } : {}) });
     const links = unsubscribeLinks({
       key: policy.unsubscribe.secret ? Buffer.from(readSecret(policy.unsubscribe.secret, env, plan.configDir), 'utf8') : dataDirUnsubscribeKey(plan.server.dataDir),
       publicUrl: () => publicUrl,
@@ -250,18 +311,21 @@ export async function startCarerelay(options: StartOptions): Promise<RunningCare
     deliveries = new DeliveryRuntime({
       db,
       ...(redis ? { redis: { queues: redis.queues, cluster: { lease: redis.lease, signals: redis.signals } }, queue: { leaseMs: plan.server.queue.leaseSeconds * 1000 } } : {}),
-      store, plan, log, outputSpecs, env, links, ...(options.now ? { now: options.now } : {}), ...(afterSend ? { afterSend } : {}) });
+      store, plan, log, outputSpecs, env, links, video: videoLinks, ...(options.now ? { now: options.now } : {}), ...(afterSend ? { afterSend } : {}) });
     twilioStatus = twilioStatusHooks(plan.outputs, (ref) => readSecret(ref, env, plan.configDir));
     smsWebhooks = inboundSmsTokens(plan, (ref) => readSecret(ref, env, plan.configDir));
+    toolHooks = toolWebhooks(plan.outputs, (ref) => readSecret(ref, env, plan.configDir), deliveries.outputs);
   } catch (error) {
     await store.close();
     dataDirLock.release();
     await redis?.close();
     throw error;
   }
+  observeOutputs(deliveries.outputs, events);
+  events.watchQueue(deliveries.queue, DELIVERY_QUEUE);
   const consent = deliveries.consent;
   const rejectedRaw = new RejectedRawQuota(store, plan.server.rejectedRaw);
-  const ingest = new Hl7Ingest({ store, log, onCommitted: deliveries.onCommitted, rejectedRaw });
+  const ingest = new Hl7Ingest({ store, log, onCommitted: deliveries.onCommitted, rejectedRaw, onResend: events.resend, video: vault });
   const afterCommit = faultInjector(env, 'commit') ?? (() => {});
 
   const mllpServers: Array<{ name: string; server: MllpServer }> = [];
@@ -276,7 +340,7 @@ export async function startCarerelay(options: StartOptions): Promise<RunningCare
     const outcome = await consent.fhirConsent(resource, 'fhir', false);
     return outcome.kind === 'stored' ? {} : { rejected: outcome.kind === 'invalid' ? 'consent_invalid' : 'consent_unknown_patient' };
   };
-  const fhirDeps = { store, log, env, configDir: plan.configDir, onCommitted: deliveries.onCommitted, onConsent };
+  const fhirDeps = { store, log, env, configDir: plan.configDir, onCommitted: deliveries.onCommitted, onConsent, video: vault };
   // A worker takes no messages in: its listeners are the ingest processes'.
   for (const input of role === Role.Worker ? [] : plan.inputs) {
     if (input.type === HL7V2_MLLP) {
@@ -324,7 +388,27 @@ export async function startCarerelay(options: StartOptions): Promise<RunningCare
     }
     return undefined;
   };
-  const app = role === Role.Worker ? createProbeApp(ready) : createApp({
+  // Outcome triggers linked to the arms routing assigned (workers/outcomes.ts).
+  const outcomes = new OutcomeLinker({ store, log, policy: policy.settings });
+  // Metrics and alerts (docs/operations.md) on the operations events.
+  const fhir = subscriptionStatuses(fhirIngests, plan.inputs);
+  const inputNames = plan.inputs.map((i) => i.name);
+  const metrics = new Metrics({ events, store, inputs: inputNames, outputs: plan.outputs.map((o) => o.name), rules: () => deliveries.rules, deliveryQueue: deliveries.queue, fhir, now });
+  const retention = new RetentionJob({ store, config: plan.retention, sqlite: { db, write: (work) => sqliteStore.write(work), file: dbFile }, log, now });
+  const alerts = new Alerts({
+    config: plan.alerts,
+    events,
+    inputs: inputNames,
+    outputs: deliveries.outputs,
+    // Several processes: notices wait on Redis with the deliveries, sent once by whichever process takes them.
+    queue: redis ? redis.queues.open<AlertJob>(ALERT_QUEUE, { now }) : new SqliteQueue<AlertJob>(db, { name: ALERT_QUEUE, now }),
+    oldestDue: async () => (await deliveries.queue.list({ state: 'pending', limit: 1 }))[0]?.runAt,
+    fhir,
+    log,
+    now,
+  });
+  const metricsRoute = metricsHandler(metrics, env[plan.server.metrics.tokenEnv] || undefined);
+  const app = role === Role.Worker ? createProbeApp(ready, metricsRoute) : createApp({
     store,
     log,
     hl7Ingest: ingest,
@@ -336,6 +420,18 @@ export async function startCarerelay(options: StartOptions): Promise<RunningCare
     twilioStatus,
     readiness: ready,
     consent: { consent, links: deliveries.links, smsWebhooks, publicUrl: () => publicUrl, now },
+    dashboard: {
+      zone: policy.settings.timezone,
+      now: () => new Date(now()),
+      flows: () => flowsInfo(plan, httpHost, mllpPorts, (name) => mllpServers.find((m) => m.name === name)?.server.stats(), deliveries),
+      queue: deliveries.queue,
+      rules: () => deliveries.rules,
+      replay: queueReplay({ store, queue: deliveries.queue, log, now: () => new Date(now()) }),
+    },
+    video: { links: videoLinks, publicUrl: () => publicUrl },
+    toolHooks: { hooks: toolHooks, consent, publicUrl: () => publicUrl, now },
+    outcomes: { linker: outcomes },
+    metrics: metricsRoute,
   });
   const mllpPorts = new Map<string, number>();
   let http: Server | undefined;
@@ -388,6 +484,12 @@ export async function startCarerelay(options: StartOptions): Promise<RunningCare
     void reloadMappings().catch((error: unknown) => log.error('config.reload_failed', { code: (error as Error).name }));
   });
   if (options.watchMappings ?? true) deliveries.watchMappings(path.join(plan.configDir, 'mappings'), reloadEverywhere);
+  alerts.start();
+  // Linking outcomes and retention work on the shared store: the processes that route do them.
+  if (role !== Role.Ingest) {
+    outcomes.start();
+    retention.start();
+  }
 
   let resolveStopped!: () => void;
   const stopped = new Promise<void>((resolve) => {
@@ -405,6 +507,10 @@ export async function startCarerelay(options: StartOptions): Promise<RunningCare
       await Promise.allSettled([...fhirIngests.values()].map((i) => i.stop()));
       // Queue before store: running sends finish and record their outcome first.
       await deliveries.stop();
+      await outcomes.stop();
+      await alerts.stop();
+      await retention.stop();
+      metrics.close();
       await store.close();
       dataDirLock.release();
       await redis?.close();
@@ -429,7 +535,7 @@ export async function startCarerelay(options: StartOptions): Promise<RunningCare
 
   log.info('carerelay.started', { dataDir: plan.server.dataDir, count: plan.inputs.length, role, pid: process.pid });
   const mllpStats = (name: string): MllpServerStats | undefined => mllpServers.find((m) => m.name === name)?.server.stats();
-  return { plan, store, httpPort, mllpPorts, mllpStats, fhirIngests, deliveries, role, reloadMappings: reloadEverywhere, stop, stopped };
+  return { plan, store, httpPort, mllpPorts, mllpStats, fhirIngests, deliveries, alerts, role, reloadMappings: reloadEverywhere, stop, stopped };
 }
 
 /** How long in-flight HTTP requests may take to finish when stopping, ms. */
