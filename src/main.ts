@@ -480,7 +480,7 @@ export async function startCarerelay(options: StartOptions): Promise<RunningCare
   };
   redis?.signals.on(ClusterSignal.Reload, () => {
     if (Date.now() - lastReload < 1_000) return;
-    log.info('config.reloading', { reason: 'cluster_signal' });
+    log.info('config.reloading', { reason: 'cluster_signal', pid: process.pid });
     void reloadMappings().catch((error: unknown) => log.error('config.reload_failed', { code: (error as Error).name }));
   });
   if (options.watchMappings ?? true) deliveries.watchMappings(path.join(plan.configDir, 'mappings'), reloadEverywhere);

@@ -1,8 +1,8 @@
 // `carerelay start --processes N`: N processes of one role on this host, sharing its listening
 // sockets (node:cluster). The primary process only supervises: it starts the N processes,
 // starts a process again when one dies (after 1 s, doubling to 30 s while they keep dying
-// within a minute of starting), passes SIGHUP on (each reloads; with Redis the reload is also
-// announced to the other hosts), and on SIGTERM/SIGINT stops them all gracefully and waits.
+// within a minute of starting), passes SIGHUP on to the processes that are running (each
+// reloads; with Redis the reload is also announced to the other hosts), and on SIGTERM/SIGINT stops them all gracefully and waits.
 //
 // Sharing sockets: each process listens on the configured MLLP and HTTP ports as if alone;
 // node's cluster module makes the primary hold the listening socket and hand each new
@@ -38,14 +38,20 @@ export function runProcesses(options: ProcessesOptions): Promise<number> {
   let stopping = false;
   let restartMs = RESTART_MIN_MS;
   const started = new Map<Worker, number>();
+  // Processes that are listening: their SIGHUP handler is in place (a process still loading
+  // its modules would be ended by a SIGHUP, whose default action is to exit; it reads the
+  // configuration as it starts anyway).
+  const listening = new Set<Worker>();
   const fork = (): void => {
     const worker = cluster.fork();
     started.set(worker, Date.now());
+    worker.once('listening', () => listening.add(worker));
   };
   return new Promise<number>((resolve) => {
     cluster.on('exit', (worker, code, signal) => {
       const lived = Date.now() - (started.get(worker) ?? Date.now());
       started.delete(worker);
+      listening.delete(worker);
       if (stopping) {
         if (started.size === 0) {
           log.info('processes.stopped', { count });
@@ -70,8 +76,8 @@ export function runProcesses(options: ProcessesOptions): Promise<number> {
     process.once('SIGTERM', () => stop('SIGTERM'));
     process.once('SIGINT', () => stop('SIGINT'));
     process.on('SIGHUP', () => {
-      log.info('config.reloading', { signal: 'SIGHUP', count: started.size });
-      for (const worker of started.keys()) worker.process.kill('SIGHUP');
+      log.info('config.reloading', { signal: 'SIGHUP', count: listening.size });
+      for (const worker of listening) worker.process.kill('SIGHUP');
     });
     for (let i = 0; i < count; i++) fork();
     log.info('processes.started', { count });

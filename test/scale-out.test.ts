@@ -254,6 +254,7 @@ describeWithRedis('scale-out on Redis', () => {
       await stopRedis();
       const workerPids = workers.logs.filter((l) => l.message === 'carerelay.started').map((l) => Number(l.pid));
       expect(new Set(workerPids).size).toBe(2);
+      const restarted = workers.nextLog((l) => l.message === 'carerelay.started');
       process.kill(workerPids[0]!, 'SIGKILL');
       await startRedis();
       const secondHalf = await Promise.all([0, 1, 2, 3].map((s) => send(port, stream.slice(s * quarter + quarter / 2, (s + 1) * quarter))));
@@ -261,6 +262,15 @@ describeWithRedis('scale-out on Redis', () => {
 
       // Both ingest processes took connections: each logged its start, and both answered.
       expect(new Set(ingest.logs.filter((l) => l.message === 'carerelay.started').map((l) => l.pid)).size).toBe(2);
+
+      // SIGHUP to the ingest processes' supervisor: each of them reloads, and the worker
+      // processes (other process trees, here as on other hosts) hear it over Redis and reload too.
+      const live = [workerPids[1], (await restarted).pid].sort();
+      const heard = new Set<unknown>();
+      const bothHeard = workers.nextLog((l) => l.message === 'config.reloading' && l.reason === 'cluster_signal' && heard.add(l.pid).size === 2);
+      process.kill(ingest.pid, 'SIGHUP');
+      await bothHeard;
+      expect([...heard].sort()).toEqual(live);
 
       // Graceful stops: the primaries pass SIGTERM on and exit once their processes have.
       await ingest.stop();

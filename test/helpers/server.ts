@@ -216,6 +216,8 @@ export interface ChildServer {
   logs: LogLine[];
   /** Resolves when the process has exited (whatever the cause). */
   exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+  /** Resolves with the first log line from now on that `match` accepts. */
+  nextLog(match: (line: LogLine) => boolean): Promise<LogLine>;
   /** SIGKILL: the crash under test. */
   kill(): void;
   /** SIGTERM, then wait for the exit. */
@@ -259,6 +261,7 @@ export function startChildServer(config: TestConfigDir | string, options: StartC
     let httpPort: number | undefined;
     let started = 0;
     let settled = false;
+    let waiters: Array<{ match: (line: LogLine) => boolean; resolve: (line: LogLine) => void }> = [];
     const timer = setTimeout(() => {
       fail(new Error(`carerelay did not start within ${options.startTimeoutMs ?? 20_000} ms`));
       child.kill('SIGKILL');
@@ -278,6 +281,7 @@ export function startChildServer(config: TestConfigDir | string, options: StartC
         return; // not a log line (e.g. a Node warning)
       }
       logs.push(parsed);
+      waiters = waiters.filter((w) => !(w.match(parsed) && (w.resolve(parsed), true)));
       if (parsed.message === 'mllp.listening') mllpPorts.set(String(parsed.input), Number(parsed.port));
       if (parsed.message === 'http.listening') httpPort = Number(parsed.port);
       if (parsed.message === 'carerelay.started') started++;
@@ -294,6 +298,7 @@ export function startChildServer(config: TestConfigDir | string, options: StartC
           mllpPorts,
           logs,
           exited,
+          nextLog: (match) => new Promise((resolveLine) => waiters.push({ match, resolve: resolveLine })),
           kill: () => {
             child.kill('SIGKILL');
           },
