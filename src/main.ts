@@ -22,8 +22,8 @@ import type { FhirIngest } from './workers/fhir-ingest.ts';
 import type { FhirPoller } from './workers/fhir-poll.ts';
 import { inboundAuthFor, poller as fhirPoller, restHookIngest } from './workers/fhir-setup.ts';
 import { createLogger, type Logger } from './log.ts';
+import { StoreType } from './config/store-schema.ts';
 import { openSqliteDatabase } from './store/sqlite-db.ts';
-import { SqliteStore } from './store/sqlite.ts';
 import type { Store } from './store/store.ts';
 import { Hl7Ingest, type Hl7IngestSettings } from './workers/ingest.ts';
 import { RejectedRawQuota } from './workers/raw-quota.ts';
@@ -31,6 +31,7 @@ import { StoreReadiness } from './workers/readiness.ts';
 import { outputSpecs } from './outputs/index.ts';
 import { DeliveryRuntime, type ReloadResult } from './workers/runtime.ts';
 import { dataDirUnsubscribeKey, unsubscribeLinks } from './workers/unsubscribe.ts';
+import { openStore, storeFile, storeLocation, storeLogFields } from './workers/store-setup.ts';
 
 export interface StartOptions {
   configDir: string;
@@ -194,9 +195,24 @@ export async function startCarerelay(options: StartOptions): Promise<RunningCare
     httpHost = '127.0.0.1';
   }
 
-  const db = openSqliteDatabase(path.join(plan.server.dataDir, 'carerelay.db'));
+  // The data dir's SQLite file holds the embedded queue, and the store unless server.store
+  // names PostgreSQL (workers/store-setup.ts).
+  const location = storeLocation(plan, env);
+  const db = openSqliteDatabase(storeFile(plan.server.dataDir));
+  let opened: Store;
+  try {
+    opened = await openStore(location, location.type === StoreType.Sqlite ? db : undefined);
+  } catch (error) {
+    db.close();
+    throw error;
+  }
+  const closeStore = async (): Promise<void> => {
+    await opened.close();
+    if (location.type !== StoreType.Sqlite) db.close();
+  };
+  if (location.type === StoreType.Postgres) log.info('store.opened', storeLogFields(location));
   // Every component writes through the watched store: a failed write makes /readyz say so.
-  const readiness = new StoreReadiness(new SqliteStore(db, { closeDatabase: true }), {
+  const readiness = new StoreReadiness(opened, {
     dataDir: plan.server.dataDir,
     minFreeDiskBytes: plan.server.minFreeDiskBytes,
   });
@@ -219,7 +235,7 @@ export async function startCarerelay(options: StartOptions): Promise<RunningCare
     twilioStatus = twilioStatusHooks(plan.outputs, (ref) => readSecret(ref, env, plan.configDir));
     smsWebhooks = inboundSmsTokens(plan, (ref) => readSecret(ref, env, plan.configDir));
   } catch (error) {
-    await store.close();
+    await closeStore();
     throw error;
   }
   const consent = deliveries.consent;
@@ -296,7 +312,7 @@ export async function startCarerelay(options: StartOptions): Promise<RunningCare
   } catch (error) {
     await Promise.allSettled(mllpServers.map(({ server }) => server.close()));
     await deliveries.stop();
-    await store.close();
+    await closeStore();
     throw error;
   }
   // Slow or silent HTTP clients must not hold sockets (docs/reliability.md promise 10).
@@ -331,7 +347,7 @@ export async function startCarerelay(options: StartOptions): Promise<RunningCare
       await Promise.allSettled([...fhirIngests.values()].map((i) => i.stop()));
       // Queue before store: running sends finish and record their outcome first.
       await deliveries.stop();
-      await store.close();
+      await closeStore();
       log.info('carerelay.stopped');
       resolveStopped();
     })();

@@ -2,6 +2,7 @@
 // description (and a default when optional): `carerelay validate` and the docs use them.
 
 import { policySchema } from './policy-schema.ts';
+import { storeSchema, type StoreConfig } from './store-schema.ts';
 import { nameSchema, secretRefSchema, type JsonSchema, type SecretRef } from './yaml.ts';
 
 export const ENV_NAME_PATTERN = '^[A-Za-z_][A-Za-z0-9_]*$';
@@ -99,6 +100,7 @@ export const serverSchema = {
         },
       },
     },
+    store: storeSchema,
     minFreeDiskBytes: {
       type: 'integer',
       minimum: 0,
@@ -166,6 +168,8 @@ export interface ServerConfig {
   readonly timezone?: string;
   readonly rejectedRaw: { readonly totalBytes: number; readonly perSenderBytes: number; readonly keepBytes: number };
   readonly minFreeDiskBytes: number;
+  /** Where messages, deliveries and the ledger are kept (config/store-schema.ts). */
+  readonly store: StoreConfig;
   readonly admin: { readonly tokenEnv?: string; readonly tokens: readonly AdminTokenConfig[] };
 }
 
