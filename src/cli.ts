@@ -15,15 +15,17 @@ import { FhirNormalizeError } from './fhir/normalize.ts';
 import { FhirNotificationError } from './fhir/notification.ts';
 import type { Trigger } from './types.ts';
 import { CONSENT_USAGE } from './cli-consent.ts';
+import { STORE_USAGE } from './cli-store.ts';
 
 const USAGE = `Usage: carerelay <command> [options]
 
 Commands:
   start [--config-dir DIR]                 run CareRelay with connectors/ (and mappings/) of DIR
                                            (default: the working directory)
-  validate [--config-dir DIR]              check the configuration and the mapping tests
+  validate [--config-dir DIR] [--connect]  check the configuration and the mapping tests
                                            (*.test.yaml, not run); list every problem as
-                                           file:line:column
+                                           file:line:column; --connect also opens a connection
+                                           to the configured store (server.store)
   normalize [--timezone ZONE] [--fhir-base URL] [--fhir-sender URL] FILE...
                                            print the triggers each file gives (NDJSON): HL7v2
                                            messages; FHIR notifications, Appointment/Encounter
@@ -59,7 +61,7 @@ Commands:
                                            FHIR server, pointing at URL/ingest/fhir/NAME, and
                                            show each one's status or failure (exit 1 if any
                                            failed; the others are still done)
-${CONSENT_USAGE}  help                                     this text
+${STORE_USAGE}${CONSENT_USAGE}  help                                     this text
 `;
 
 type Options = NonNullable<ParseArgsConfig['options']>;
@@ -289,12 +291,13 @@ function splitForSending(bytes: Buffer): Buffer[] {
 }
 
 async function cmdValidate(args: string[]): Promise<number> {
-  const { values } = parse(args, { 'config-dir': { type: 'string', default: '.' } });
+  const { values } = parse(args, { 'config-dir': { type: 'string', default: '.' }, connect: { type: 'boolean', default: false } });
   const { loadConfig } = await import('./config/load.ts');
   const { checkMappingTestFiles } = await import('./workers/mapping-tests.ts');
   try {
     const plan = await loadConfig({ configDir: path.resolve(values['config-dir'] as string), env: process.env, mappingTests: checkMappingTestFiles });
     process.stdout.write(`configuration OK: ${plan.inputs.length} input(s), ${plan.outputs.length} output(s)\n`);
+    if (values.connect === true) return await (await import('./cli-store.ts')).connectCheck(plan);
     return 0;
   } catch (error) {
     if (error instanceof ConfigError) return reportConfigError(error, '; nothing was started');
@@ -384,6 +387,7 @@ async function cmdOutbox(args: string[]): Promise<number> {
       dataDir: plan.server.dataDir,
       limit,
       ...(values.output !== undefined ? { output: values.output as string } : {}),
+      location: (await import('./workers/store-setup.ts')).storeLocation(plan, process.env),
     });
     for (const e of entries) {
       if (values.json === true) {
@@ -524,6 +528,12 @@ export async function main(argv: string[]): Promise<number> {
         return await cmdAttempt(command, rest);
       case 'fhir':
         return await cmdFhir(rest);
+      case 'migrate':
+        return await (await import('./cli-store.ts')).cmdMigrate(rest);
+      case 'export':
+        return await (await import('./cli-store.ts')).cmdExport(rest);
+      case 'import':
+        return await (await import('./cli-store.ts')).cmdImport(rest);
       case 'consent':
       case 'patient':
         return await (await import('./cli-consent.ts')).cmdConsent(command, rest);

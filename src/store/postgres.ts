@@ -345,14 +345,16 @@ const MAX_BATCH = 256;
 /** Unique constraints a concurrent transaction can take first: losing the race is retried. */
 const RACED = new Set(['messages_dedupe']);
 
-/** A delivery with the outbox entry its message is kept in (o_*), if any. */
-export const DELIVERY_SELECT = `SELECT d.seq, d.id, d.status, d.as_of, d.generation, d.subject_start, d.json, d.reason, d.message, d.provider_id,
+/** A delivery's columns, with the outbox entry its message is kept in (o_*), if any … */
+export const DELIVERY_COLUMNS = `d.seq, d.id, d.status, d.as_of, d.generation, d.subject_start, d.json, d.reason, d.message, d.provider_id,
     d.created_at, d.updated_at, d.rule, d.subject, d.patient_id, d.cause_trigger, d.cause,
     o.seq AS o_seq, o.delivery_id AS o_delivery_id, o.output AS o_output, o.channel AS o_channel, o.recipient AS o_recipient,
-    o.language AS o_language, o.subject AS o_subject, o.text AS o_text, o.html AS o_html, o.kept_at AS o_kept_at
-  FROM deliveries d LEFT JOIN outbox o ON o.seq = d.outbox_seq`;
+    o.language AS o_language, o.subject AS o_subject, o.text AS o_text, o.html AS o_html, o.kept_at AS o_kept_at`;
+/** … read from these. */
+export const DELIVERY_FROM = 'deliveries d LEFT JOIN outbox o ON o.seq = d.outbox_seq';
+const DELIVERY_SELECT = `SELECT ${DELIVERY_COLUMNS} FROM ${DELIVERY_FROM}`;
 
-interface DeliveryRow extends DeliveryRowBase {
+export interface DeliveryRow extends DeliveryRowBase {
   seq: number;
   id: string;
   status: StoredDeliveryStatus;
@@ -1432,7 +1434,7 @@ function routingRows(triggerIds: readonly string[], writes: readonly DeliveryWri
   };
 }
 
-function deliveryFromRow(row: DeliveryRow): StoredDelivery {
+export function deliveryFromRow(row: DeliveryRow): StoredDelivery {
   const delivery = expandDeliveryJson(row.json, row);
   let message = row.message !== null ? (JSON.parse(row.message) as SentMessage) : undefined;
   if (message === undefined && row.o_seq !== null) {

@@ -379,10 +379,10 @@ const SLICE_SCAN = 200;
 /** A position in a list's order: [seq] or [time ms, id]. */
 type Position = readonly number[];
 
-const DELIVERY_COLUMNS =
+export const DELIVERY_COLUMNS =
   'seq, id, status, as_of, generation, subject_start, json, reason, message, provider_id, created_at, updated_at, rule, subject, patient_id, outbox_seq, cause_trigger, cause';
 
-interface DeliveryRow {
+export interface DeliveryRow {
   seq: number;
   id: string;
   rule: string;
@@ -1546,12 +1546,12 @@ function packExplanation(e: RoutingExplanation): Buffer {
   return packJson(PackedKind.Explanation, compactExplanation(e));
 }
 
-function unpackExplanation(triggerId: string, packed: string | Buffer, routedMs: number): RoutingExplanation {
+export function unpackExplanation(triggerId: string, packed: string | Buffer, routedMs: number): RoutingExplanation {
   return expandExplanation(triggerId, unpackJson(packed), routedMs);
 }
 
 /** A stored trigger's JSON (packed or plain) as the trigger. */
-function triggerOf(json: string | Buffer): Trigger {
+export function triggerOf(json: string | Buffer): Trigger {
   return JSON.parse(unpackJson(json)) as Trigger;
 }
 
@@ -1572,7 +1572,7 @@ function rowStatus(status: StoredDeliveryStatus): string {
   return status === StoredDeliveryStatus.Sent ? ROW_SENT : status;
 }
 
-function deliveryFromRow(row: DeliveryRow, outbox: (seq: number) => OutboxRow<string | Buffer> | undefined): StoredDelivery {
+export function deliveryFromRow(row: DeliveryRow, outbox: (seq: number) => OutboxRow<string | Buffer> | undefined): StoredDelivery {
   const delivery = expandDeliveryJson(unpackJson(row.json), row);
   let message = row.message !== null ? (JSON.parse(row.message) as SentMessage) : undefined;
   if (message === undefined && row.outbox_seq !== null) {
@@ -1588,6 +1588,6 @@ function deliveryFromRow(row: DeliveryRow, outbox: (seq: number) => OutboxRow<st
 }
 
 /** An outbox row: a packed one keeps subject, text and html together in `text`; a plain one in three columns. */
-function outboxFromRow(row: OutboxRow<string | Buffer>): OutboxEntry {
+export function outboxFromRow(row: OutboxRow<string | Buffer>): OutboxEntry {
   return typeof row.text === 'string' ? outboxEntryOf(row as OutboxRow) : outboxEntryOf(row, JSON.parse(unpackJson(row.text)) as { subject?: string; text: string; html?: string });
 }
