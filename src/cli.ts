@@ -16,6 +16,7 @@ import { FhirNotificationError } from './fhir/notification.ts';
 import type { Trigger } from './types.ts';
 import { CONSENT_USAGE } from './cli-consent.ts';
 import { STORE_USAGE } from './cli-store.ts';
+import { PRUNE_USAGE } from './cli-prune.ts';
 
 const USAGE = `Usage: carerelay <command> [options]
 
@@ -61,7 +62,7 @@ Commands:
                                            FHIR server, pointing at URL/ingest/fhir/NAME, and
                                            show each one's status or failure (exit 1 if any
                                            failed; the others are still done)
-${STORE_USAGE}${CONSENT_USAGE}  help                                     this text
+${STORE_USAGE}${PRUNE_USAGE}${CONSENT_USAGE}  help                                     this text
 `;
 
 type Options = NonNullable<ParseArgsConfig['options']>;
@@ -534,6 +535,8 @@ export async function main(argv: string[]): Promise<number> {
         return await (await import('./cli-store.ts')).cmdExport(rest);
       case 'import':
         return await (await import('./cli-store.ts')).cmdImport(rest);
+      case 'prune':
+        return await (await import('./cli-prune.ts')).cmdPrune(rest);
       case 'consent':
       case 'patient':
         return await (await import('./cli-consent.ts')).cmdConsent(command, rest);

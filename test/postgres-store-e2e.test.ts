@@ -7,6 +7,7 @@ import path from 'node:path';
 import pg from 'pg';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { startCarerelay, type RunningCarerelay } from '../src/main.ts';
+import { POSTGRES_STORE_MIGRATIONS } from '../src/store/postgres.ts';
 import { createTestDatabase, postgresSkipped, type TestDatabase } from './helpers/postgres.ts';
 import { captureLogger, runCli, hl7Field, mllpExchange, siuMessage, writeYamlConfig, type TestConfigDir } from './helpers/server.ts';
 
@@ -145,8 +146,9 @@ describe.skipIf(postgresSkipped())('CareRelay on PostgreSQL', () => {
   it('migrate creates the tables once; export of an embedded store imports into PostgreSQL, once', async () => {
     const env = { DATABASE_URL: db.url };
     const first = await carerelay(['migrate', '--config-dir', dir.dir], env);
-    expect(first.stdout).toMatch(/database ".*": schema version 1 \(1 step\(s\) applied now\)/);
-    expect((await carerelay(['migrate', '--config-dir', dir.dir], env)).stdout).toMatch(/schema version 1 \(up to date\)/);
+    const steps = POSTGRES_STORE_MIGRATIONS.length;
+    expect(first.stdout).toMatch(new RegExp(`database ".*": schema version ${steps} \\(${steps} step\\(s\\) applied now\\)`));
+    expect((await carerelay(['migrate', '--config-dir', dir.dir], env)).stdout).toMatch(new RegExp(`schema version ${steps} \\(up to date\\)`));
 
     // An embedded site with a few messages, moved.
     const embedded = config('sqlite');

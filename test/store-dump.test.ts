@@ -60,7 +60,17 @@ async function fill(store: Store): Promise<void> {
   await store.finishDelivery(own.id, 2, { status: 'sent', at: AT, providerId: 'SM1', message: { language: 'fr', text: 'Salut', unsubscribe: 'https://x/u' } });
   await store.addDeliveryReceipt({ deliveryId: own.id, output: 'sms', status: 'accepted', providerId: 'SM1', attempt: 1, at: AT });
   await store.addDeliveryReceipt({ deliveryId: own.id, output: 'sms', status: 'delivered', providerId: 'SM1', at: AT });
-  await store.recordContactHolding({ output: 'hubspot', patientId: 'MRN-1', contactKey: 'pat@example.org', firstSentAt: AT });
+  await store.recordContactHolding({ output: 'hubspot', patientId: 'MRN-1', contactKey: 'pat@example.org', firstSentAt: AT, toolId: '501' });
+  // A video visit: the sealed join URL with its message, a patient link; outcomes, one linked.
+  await store.commitInbound(
+    testRecord({
+      controlId: 'V1',
+      triggers: [testTrigger({ id: 'T-V', type: 'appointment.noshow', appointment: { id: 'APT-V', status: 'noshow', start: '2024-01-02T10:00:00+01:00' } })],
+      videoJoins: [{ appointmentId: 'APT-V', patientId: 'MRN-1', asOf: AT, join: { keyId: 'k1', sealed: Buffer.from([1, 0, 255]) } }],
+    }),
+  );
+  await store.putVideoLink({ tokenHash: 'a'.repeat(64), appointmentId: 'APT-V', patientId: 'MRN-1', deliveryId: 'v@appointment/APT-V#0', start: '2024-01-02T10:00:00+01:00', mintedAt: AT });
+  await store.saveOutcomes({ appointmentId: 'APT-DONE', version: 0 }, [{ rule: 'reminder', variant: 'b', holdout: false, sent: true, outcome: 'showed', day: '2024-01-02' }]);
 
   // The consent ledger and the evidence.
   await store.addConsentEvent({ patientId: 'MRN-1', action: 'opt_out', purposes: ['marketing'], channel: 'email', source: 'admin', method: 'api', at: AT, policyVersion: '1', recordedAt: AT }, ['hubspot']);
@@ -102,7 +112,7 @@ describe.skipIf(postgresSkipped())('export and import of a store', () => {
   });
 
   it('SQLite → file → PostgreSQL → file gives the same file, and the store answers the same', async () => {
-    expect(counts).toMatchObject({ message: 1108, trigger: 4, delivery: 4, outbox: 1, consentEvent: 2, erasure: 1 });
+    expect(counts).toMatchObject({ message: 1109, trigger: 5, delivery: 4, outbox: 1, consentEvent: 2, erasure: 1, videoJoin: 1, videoLink: 1, outcomeLink: 1, outcome: 1 });
     const db = await testDatabase();
     await truncateAll(db.url).catch(() => {});
     const pg = await PostgresStore.open({ url: db.url });
@@ -133,6 +143,13 @@ describe.skipIf(postgresSkipped())('export and import of a store', () => {
         (s: Store) => s.listAudit({}),
         (s: Store) => s.getSubjectState('appointment', 'APT-1'),
         (s: Store) => s.getCursor('poll:ehr'),
+        (s: Store) => s.listContactHoldings({ output: 'hubspot', toolId: '501' }),
+        (s: Store) => s.getVideoJoin('APT-V'),
+        (s: Store) => s.getVideoLink('a'.repeat(64)),
+        (s: Store) => s.outcomeLinksDue(10),
+        (s: Store) => s.countOutcomes({}),
+        // The same counts (each backend orders statuses by how its rows spell them).
+        async (s: Store) => (await s.deliveryTallies()).map((t) => JSON.stringify(t)).sort(),
       ]) {
         expect(await read(pg)).toEqual(await read(sqlite));
       }
@@ -144,7 +161,7 @@ describe.skipIf(postgresSkipped())('export and import of a store', () => {
       expect(resend.outcome).toBe('duplicate');
       expect(resend.message.id).toBe((await sqlite.findMessage('EPIC^GHH', 'C1'))!.id);
       const fresh = await pg.commitInbound(testRecord({ controlId: 'NEW-1' }));
-      expect(Number(fresh.message.id)).toBeGreaterThan(1108);
+      expect(Number(fresh.message.id)).toBeGreaterThan(1109);
       const entry = await pg.addConsentEvent({ patientId: 'MRN-2', action: 'grant', purposes: [], source: 'admin', method: 'api', at: AT, policyVersion: '1', recordedAt: AT });
       expect(entry.id).toBe('ce-3');
       await expect(target.assertEmpty()).rejects.toThrow(/already holds data .*an import goes into an empty store/);
@@ -164,7 +181,7 @@ describe.skipIf(postgresSkipped())('export and import of a store', () => {
       await expect(postgresDumpTarget(pg).load(readDump(createReadStream(cut)))).rejects.toThrow(/ends before its end record: it was cut short/);
       expect(await pg.listMessages({})).toEqual([]);
       const lost = [...lines.slice(0, 3), ...lines.slice(4)].join('\n');
-      await expect(postgresDumpTarget(pg).load(readDump(Readable.from([lost])))).rejects.toThrow(/holds 1107 message record\(s\) where the export wrote 1108/);
+      await expect(postgresDumpTarget(pg).load(readDump(Readable.from([lost])))).rejects.toThrow(/holds 1108 message record\(s\) where the export wrote 1109/);
       await expect(postgresDumpTarget(pg).load(readDump(Readable.from(['{"hello":1}\n'])))).rejects.toThrow(/line 1: not a CareRelay store export/);
       expect(await pg.countMessages()).toMatchObject({ accepted: 0 });
     } finally {

@@ -1,8 +1,10 @@
 // Schemas of a connectors/*.yaml file and of its `server` block. Each property carries a
 // description (and a default when optional): `carerelay validate` and the docs use them.
 
+import { alertsSchema, retentionSchema } from './operations-schema.ts';
 import { policySchema } from './policy-schema.ts';
 import { storeSchema, type StoreConfig } from './store-schema.ts';
+import { videoSchema, type VideoConfig } from './video-schema.ts';
 import { nameSchema, secretRefSchema, type JsonSchema, type SecretRef } from './yaml.ts';
 
 export const ENV_NAME_PATTERN = '^[A-Za-z_][A-Za-z0-9_]*$';
@@ -109,6 +111,24 @@ export const serverSchema = {
         'GET /readyz answers 503 when the data directory\'s file system has less free space than this (default ' +
         '64 MiB), as it does when the store cannot write (read-only, full).',
     },
+    metrics: {
+      type: 'object',
+      description: 'GET /metrics (Prometheus text format): metrics without patient data (docs/operations.md "Metrics").',
+      default: {},
+      additionalProperties: false,
+      properties: {
+        tokenEnv: {
+          type: 'string',
+          pattern: ENV_NAME_PATTERN,
+          default: 'CARERELAY_METRICS_TOKEN',
+          'x-hint': 'the name of an environment variable, not the token itself',
+          description:
+            'Name of the environment variable holding the bearer token a scraper presents (default CARERELAY_METRICS_TOKEN). ' +
+            'It grants metrics only, not the admin API. While the variable is unset, /metrics answers loopback callers only.',
+        },
+      },
+    },
+    video: videoSchema,
     admin: {
       type: 'object',
       description: 'Admin API settings.',
@@ -171,6 +191,8 @@ export interface ServerConfig {
   /** Where messages, deliveries and the ledger are kept (config/store-schema.ts). */
   readonly store: StoreConfig;
   readonly admin: { readonly tokenEnv?: string; readonly tokens: readonly AdminTokenConfig[] };
+  readonly metrics: { readonly tokenEnv: string };
+  readonly video: VideoConfig;
 }
 
 /**
@@ -184,6 +206,8 @@ export const connectorFileSchema = {
   properties: {
     server: serverSchema,
     policy: policySchema,
+    alerts: alertsSchema,
+    retention: retentionSchema,
     inputs: {
       type: 'array',
       description: 'Inbound connectors (what the EHR sends to CareRelay). Each has a unique name and a type.',

@@ -12,6 +12,7 @@ import type {
   OutboxRecord,
   SubjectStateRecord,
   TriggerRecord,
+  VideoJoinRecord,
 } from './dump.ts';
 import {
   AUDIT_COLUMNS,
@@ -28,7 +29,7 @@ import {
   type ReceiptRow,
   type StateRow,
 } from './rows.ts';
-import type { ErasureRecord, StoredDelivery } from './store.ts';
+import type { ErasureRecord, OutcomeKind, StoredDelivery } from './store.ts';
 import type { Channel, ConsentSource, Purpose } from '../types.ts';
 
 /** Rows per page read. */
@@ -136,11 +137,43 @@ export function dumpSource(b: BackendRows): DumpSource {
         at: String(row.at),
       }));
       yield* each('inbound_events', 'key, at', ['key'], (row) => ({ kind: 'inboundEvent' as const, key: String(row.key), at: String(row.at) }));
-      yield* each('erasures', 'seq, patient_id, at, cancelled', ['seq'], (row) => ({
+      yield* each('erasures', 'seq, patient_id, at, cancelled, tools', ['seq'], (row) => ({
         kind: 'erasure' as const,
         patientId: String(row.patient_id),
         at: String(row.at),
         cancelled: JSON.parse(String(row.cancelled)) as ErasureRecord['cancelled'],
+        tools: JSON.parse(String(row.tools)) as ErasureRecord['tools'],
+      }));
+      yield* each('video_joins', 'appointment_id, patient_id, as_of, key_id, sealed, message_id', ['appointment_id'], (row): VideoJoinRecord => ({
+        kind: 'videoJoin',
+        appointmentId: String(row.appointment_id),
+        patientId: String(row.patient_id),
+        asOf: String(row.as_of),
+        keyId: String(row.key_id),
+        sealed: Buffer.from(row.sealed as Buffer).toString('base64'),
+        ...(row.message_id !== null ? { messageId: String(row.message_id) } : {}),
+      }));
+      yield* each('video_links', 'token_hash, appointment_id, patient_id, delivery_id, start, zone, language, minted_at', ['token_hash'], (row) => ({
+        kind: 'videoLink' as const,
+        tokenHash: String(row.token_hash),
+        appointmentId: String(row.appointment_id),
+        patientId: String(row.patient_id),
+        deliveryId: String(row.delivery_id),
+        start: String(row.start),
+        ...(row.zone !== null ? { zone: String(row.zone) } : {}),
+        ...(row.language !== null ? { language: String(row.language) } : {}),
+        mintedAt: String(row.minted_at),
+      }));
+      yield* each('outcome_links', 'seq, appointment_id', ['seq'], (row) => ({ kind: 'outcomeLink' as const, appointmentId: String(row.appointment_id) }));
+      yield* each('outcomes', 'appointment_id, rule, variant, holdout, sent, outcome, day', ['appointment_id', 'rule'], (row) => ({
+        kind: 'outcome' as const,
+        appointmentId: String(row.appointment_id),
+        rule: String(row.rule),
+        ...(row.variant !== '' ? { variant: String(row.variant) } : {}),
+        holdout: b.bool(row.holdout),
+        sent: b.bool(row.sent),
+        outcome: row.outcome as OutcomeKind,
+        day: String(row.day),
       }));
     },
   };

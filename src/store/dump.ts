@@ -22,7 +22,9 @@ import type {
   ErasureRecord,
   OutboxEntry,
   RuleOutcome,
+  OutcomeObservation,
   StoredDelivery,
+  VideoLink,
   StoredFhirConsent,
   StoredMessage,
   SubjectState,
@@ -135,6 +137,33 @@ export interface ErasureDumpRecord extends ErasureRecord {
   kind: 'erasure';
 }
 
+/** A kept video join URL (store.ts StoredVideoJoin), sealed as stored. */
+export interface VideoJoinRecord {
+  kind: 'videoJoin';
+  appointmentId: string;
+  patientId: string;
+  asOf: string;
+  keyId: string;
+  /** The sealed bytes, base64. */
+  sealed: string;
+  /** The message that gave it. */
+  messageId?: string;
+}
+
+export interface VideoLinkRecord extends VideoLink {
+  kind: 'videoLink';
+}
+
+export interface OutcomeLinkRecord {
+  kind: 'outcomeLink';
+  appointmentId: string;
+}
+
+export interface OutcomeRecord extends OutcomeObservation {
+  kind: 'outcome';
+  appointmentId: string;
+}
+
 export type DumpRecord =
   | MessageRecord
   | TriggerRecord
@@ -153,7 +182,11 @@ export type DumpRecord =
   | DecisionDumpRecord
   | DisclosureRecord
   | InboundEventRecord
-  | ErasureDumpRecord;
+  | ErasureDumpRecord
+  | VideoJoinRecord
+  | VideoLinkRecord
+  | OutcomeLinkRecord
+  | OutcomeRecord;
 
 export type DumpKind = DumpRecord['kind'];
 
@@ -177,6 +210,10 @@ export const KINDS: readonly DumpKind[] = [
   'disclosure',
   'inboundEvent',
   'erasure',
+  'videoJoin',
+  'videoLink',
+  'outcomeLink',
+  'outcome',
 ];
 
 /** What a backend gives to export and takes to import. */

@@ -327,8 +327,8 @@ export async function noteInboundEvent(tx: Sql, key: string, at: string): Promis
 }
 
 export async function listErasures(sql: Sql, patientId: string): Promise<ErasureRecord[]> {
-  const rows = await sql.rows<{ patient_id: string; at: string; cancelled: string }>('SELECT patient_id, at, cancelled FROM erasures WHERE patient_id = $1 ORDER BY seq', [patientId]);
-  return rows.map((r) => ({ patientId: r.patient_id, at: r.at, cancelled: JSON.parse(r.cancelled) as ErasureRecord['cancelled'] }));
+  const rows = await sql.rows<{ patient_id: string; at: string; cancelled: string; tools: string }>('SELECT patient_id, at, cancelled, tools FROM erasures WHERE patient_id = $1 ORDER BY seq', [patientId]);
+  return rows.map((r) => ({ patientId: r.patient_id, at: r.at, cancelled: JSON.parse(r.cancelled) as ErasureRecord['cancelled'], tools: JSON.parse(r.tools) as ErasureRecord['tools'] }));
 }
 
 /**
@@ -336,7 +336,7 @@ export async function listErasures(sql: Sql, patientId: string): Promise<Erasure
  * patient's deliveries and triggers are locked (FOR UPDATE) so that a routing or a send of
  * another process waits for the erasure, then reads what it left.
  */
-export async function erasePatient(tx: Sql, patientId: string, at: string): Promise<ErasureRecord> {
+export async function erasePatient(tx: Sql, patientId: string, at: string, outcomes: Readonly<Record<string, string>>): Promise<ErasureRecord> {
   const atMs = instantMs(at, 'at');
   const deliveries = await tx.rows<{ seq: number; id: string; status: string; generation: number; json: string }>(
     'SELECT seq, id, status, generation, json FROM deliveries WHERE patient_id = $1 ORDER BY seq FOR UPDATE',
@@ -372,7 +372,15 @@ export async function erasePatient(tx: Sql, patientId: string, at: string): Prom
       ),
     );
   }
+  // The tools that held the patient's contact: named in the record (an operator acts on what
+  // they did not forget), their holdings gone with the addresses.
+  const held = await tx.rows<{ output: string }>('SELECT output FROM contact_holdings WHERE patient_id = $1 GROUP BY output ORDER BY output COLLATE "C"', [patientId]);
+  const tools: ErasureRecord['tools'] = held.map(({ output }) => ({ output, outcome: outcomes[output] ?? 'not_asked' }));
   writes.push(
+    tx.count('DELETE FROM contact_holdings WHERE patient_id = $1', [patientId]),
+    // Video visits: the patient's sealed join URLs and links.
+    tx.count('DELETE FROM video_joins WHERE patient_id = $1', [patientId]),
+    tx.count('DELETE FROM video_links WHERE patient_id = $1', [patientId]),
     tx.count('DELETE FROM decisions WHERE patient_id = $1', [patientId]),
     tx.count('DELETE FROM disclosures WHERE patient_id = $1', [patientId]),
     tx.count('DELETE FROM contact_points WHERE patient_id = $1', [patientId]),
@@ -381,8 +389,8 @@ export async function erasePatient(tx: Sql, patientId: string, at: string): Prom
        ON CONFLICT (id) DO UPDATE SET erased_at = excluded.erased_at`,
       [patientId, atMs, at],
     ),
-    tx.count('INSERT INTO erasures (patient_id, at, cancelled) VALUES ($1, $2, $3)', [patientId, at, JSON.stringify(cancelled)]),
+    tx.count('INSERT INTO erasures (patient_id, at, cancelled, tools) VALUES ($1, $2, $3, $4)', [patientId, at, JSON.stringify(cancelled), JSON.stringify(tools)]),
   );
   await settleAll(writes);
-  return { patientId, at, cancelled };
+  return { patientId, at, cancelled, tools };
 }

@@ -95,6 +95,10 @@ const TABLES = [
   'inbound_events',
   'erasures',
   'consent_mirrors',
+  'video_joins',
+  'video_links',
+  'outcome_links',
+  'outcomes',
 ];
 
 /** Identity columns moved past the largest imported id. */
@@ -278,6 +282,8 @@ const INSERTS: { [K in DumpKind]: Insert<K> } = {
       ['cause', 'text', (r) => causeColumns(r).cause],
       ['created_at', 'text', (r) => r.createdAt],
       ['updated_at', 'text', (r) => r.updatedAt],
+      ['output', 'text', (r) => r.delivery.output],
+      ['variant', 'text', (r) => orNull(r.delivery.variant)],
     ],
   },
   receipt: {
@@ -299,6 +305,7 @@ const INSERTS: { [K in DumpKind]: Insert<K> } = {
       ['patient_id', 'text', (r) => r.patientId],
       ['contact_key', 'text', (r) => r.contactKey],
       ['first_sent_at', 'text', (r) => r.firstSentAt],
+      ['tool_id', 'text', (r) => orNull(r.toolId)],
     ],
   },
   audit: {
@@ -415,6 +422,45 @@ const INSERTS: { [K in DumpKind]: Insert<K> } = {
       ['patient_id', 'text', (r) => r.patientId],
       ['at', 'text', (r) => r.at],
       ['cancelled', 'text', (r) => JSON.stringify(r.cancelled)],
+      ['tools', 'text', (r) => JSON.stringify(r.tools)],
+    ],
+  },
+  videoJoin: {
+    table: 'video_joins',
+    columns: [
+      ['appointment_id', 'text', (r) => r.appointmentId],
+      ['patient_id', 'text', (r) => r.patientId],
+      ['as_of', 'text', (r) => r.asOf],
+      ['as_of_ms', 'bigint', (r) => instantMs(r.asOf, 'asOf')],
+      ['key_id', 'text', (r) => r.keyId],
+      ['sealed', 'bytea', (r) => Buffer.from(r.sealed, 'base64')],
+      ['message_id', 'bigint', (r) => idOrNull(r.messageId)],
+    ],
+  },
+  videoLink: {
+    table: 'video_links',
+    columns: [
+      ['token_hash', 'text', (r) => r.tokenHash],
+      ['appointment_id', 'text', (r) => r.appointmentId],
+      ['patient_id', 'text', (r) => r.patientId],
+      ['delivery_id', 'text', (r) => r.deliveryId],
+      ['start', 'text', (r) => r.start],
+      ['zone', 'text', (r) => orNull(r.zone)],
+      ['language', 'text', (r) => orNull(r.language)],
+      ['minted_at', 'text', (r) => r.mintedAt],
+    ],
+  },
+  outcomeLink: { table: 'outcome_links', columns: [['appointment_id', 'text', (r) => r.appointmentId]] },
+  outcome: {
+    table: 'outcomes',
+    columns: [
+      ['appointment_id', 'text', (r) => r.appointmentId],
+      ['rule', 'text', (r) => r.rule],
+      ['variant', 'text', (r) => r.variant ?? ''],
+      ['holdout', 'boolean', (r) => r.holdout],
+      ['sent', 'boolean', (r) => r.sent],
+      ['outcome', 'text', (r) => r.outcome],
+      ['day', 'text', (r) => r.day],
     ],
   },
 };

@@ -92,6 +92,7 @@ import {
 } from './rows.ts';
 import { GroupCommitter, settleAll, sqlOf, type BatchRunner, type Sql } from './postgres-commit.ts';
 import * as ledger from './postgres-consent.ts';
+import * as ops from './postgres-operations.ts';
 import {
   LOCK_SPACE,
   checkPostgres,
@@ -104,6 +105,19 @@ import {
   type PostgresTarget,
 } from './postgres-db.ts';
 import { ATTEMPT_FROM_STATUS, AttemptKind, STORED_DELIVERY_STATUSES, StoredDeliveryStatus, isPending } from './store.ts';
+import type {
+  DeliveryTally,
+  FlowActivity,
+  OutcomeCount,
+  OutcomeLink,
+  OutcomeObservation,
+  OutcomeQuery,
+  PruneBatch,
+  PruneOptions,
+  RetentionKind,
+  StoredVideoJoin,
+  VideoLink,
+} from './store.ts';
 import type {
   AuditEntry,
   AuditQuery,
@@ -310,6 +324,9 @@ export const POSTGRES_STORE_MIGRATIONS: readonly string[] = [
   ${countTriggers('messages', 'message_counts', 'id')}
   ${countTriggers('deliveries', 'delivery_counts', 'seq')}
   `,
+  // Holdings by the tool's own id, the erasure record's tools, the dashboard's counts, outcomes
+  // and video visits (postgres-operations.ts).
+  ops.POSTGRES_OPERATIONS_TABLES,
 ];
 
 /** Statement triggers keeping `counts` (status, slot, n) in step with `table`'s status column. */
@@ -383,6 +400,7 @@ interface Prepared {
   receivedMs: number;
   occurredMs: number[];
   asOfMs: number[];
+  joinAsOfMs: number[];
 }
 
 /** What the group commit runs: an inbound record (multi-row path) or any other write. */
@@ -462,7 +480,8 @@ export class PostgresStore implements Store {
       const receivedMs = instantMs(record.receivedAt, 'receivedAt');
       const occurredMs = record.triggers.map((t, i) => instantMs(t.occurredAt, `triggers[${i}].occurredAt`));
       const asOfMs = record.subjectStates.map((s, i) => instantMs(s.asOf, `subjectStates[${i}].asOf`));
-      return { kind: 'inbound', p: { record, key: dedupeKey(record.sender, record.controlId), receivedMs, occurredMs, asOfMs } };
+      const joinAsOfMs = (record.videoJoins ?? []).map((j, i) => instantMs(j.asOf, `videoJoins[${i}].asOf`));
+      return { kind: 'inbound', p: { record, key: dedupeKey(record.sender, record.controlId), receivedMs, occurredMs, asOfMs, joinAsOfMs } };
     }) as Promise<CommitOutcome>;
   }
 
@@ -650,25 +669,25 @@ export class PostgresStore implements Store {
               // no row then, and its keys are left alone.
               `WITH up AS (
                  INSERT INTO deliveries (id, status, as_of, as_of_ms, due_at, due_ms, rule, patient_id, subject, generation,
-                   subject_start, json, created_at, updated_at, cause_trigger, cause)
-                 SELECT id, status, as_of, as_of_ms, due_at, due_ms, rule, patient_id, subject, generation, subject_start, json, created_at, updated_at, cause_trigger, cause
+                   subject_start, json, created_at, updated_at, cause_trigger, cause, output, variant)
+                 SELECT id, status, as_of, as_of_ms, due_at, due_ms, rule, patient_id, subject, generation, subject_start, json, created_at, updated_at, cause_trigger, cause, output, variant
                    FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::bigint[], $7::text[], $8::text[],
-                     $9::text[], $10::integer[], $11::text[], $12::text[], $13::text[], $13::text[], $14::text[], $15::text[])
-                     WITH ORDINALITY AS u (id, status, as_of, as_of_ms, due_at, due_ms, rule, patient_id, subject, generation, subject_start, json, created_at, updated_at, cause_trigger, cause, ord)
+                     $9::text[], $10::integer[], $11::text[], $12::text[], $13::text[], $13::text[], $14::text[], $15::text[], $18::text[], $19::text[])
+                     WITH ORDINALITY AS u (id, status, as_of, as_of_ms, due_at, due_ms, rule, patient_id, subject, generation, subject_start, json, created_at, updated_at, cause_trigger, cause, output, variant, ord)
                    ORDER BY ord
                  ON CONFLICT (id) DO UPDATE SET
                    status = excluded.status, as_of = excluded.as_of, as_of_ms = excluded.as_of_ms,
                    due_at = excluded.due_at, due_ms = excluded.due_ms, rule = excluded.rule,
                    patient_id = excluded.patient_id, subject = excluded.subject, generation = excluded.generation,
                    subject_start = excluded.subject_start, json = excluded.json, updated_at = excluded.updated_at,
-                   cause_trigger = excluded.cause_trigger, cause = excluded.cause
+                   cause_trigger = excluded.cause_trigger, cause = excluded.cause, output = excluded.output, variant = excluded.variant
                  WHERE deliveries.status IN ('pending', 'cancelled')
                  RETURNING seq, id
                )
                INSERT INTO delivery_keys (key, delivery_seq)
                  SELECT k.key, up.seq FROM up JOIN unnest($16::text[], $17::text[]) AS k (id, key) ON k.id = up.id
                ON CONFLICT DO NOTHING`,
-              [...r.deliveries.columns, r.keys.ids, r.keys.keys],
+              [...r.deliveries.columns, r.keys.ids, r.keys.keys, ...r.deliveries.more],
             ),
         tx.count('UPDATE triggers t SET routed_ms = $1, routing = u.routing FROM unnest($2::text[], $3::text[]) AS u (id, routing) WHERE t.id = u.id', [
           r.routedMs,
@@ -844,18 +863,17 @@ export class PostgresStore implements Store {
     try {
       instantMs(holding.firstSentAt, 'holding.firstSentAt');
       if (holding.output === '' || holding.patientId === '' || holding.contactKey === '') throw new RangeError('a contact holding needs an output, a patient id and a contact key');
+      if (holding.toolId === '') throw new RangeError("a contact holding's toolId is absent or not empty");
     } catch (error) {
       return Promise.reject(error);
     }
-    return this.#write(
-      async (tx) =>
-        (await tx.count('INSERT INTO contact_holdings (output, patient_id, contact_key, first_sent_at) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING', [
-          holding.output,
-          holding.patientId,
-          holding.contactKey,
-          holding.firstSentAt,
-        ])) > 0,
-    );
+    return this.#write(async (tx) => {
+      const h = [holding.output, holding.patientId, holding.contactKey];
+      const added = (await tx.count('INSERT INTO contact_holdings (output, patient_id, contact_key, first_sent_at) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING', [...h, holding.firstSentAt])) > 0;
+      // A tool id given replaces the kept one; an absent one leaves it.
+      if (holding.toolId !== undefined) await tx.count('UPDATE contact_holdings SET tool_id = $4 WHERE output = $1 AND patient_id = $2 AND contact_key = $3', [...h, holding.toolId]);
+      return added;
+    });
   }
 
   async listContactHoldings(query: ContactHoldingQuery): Promise<ContactHolding[]> {
@@ -863,8 +881,63 @@ export class PostgresStore implements Store {
     const rows =
       'patientId' in query
         ? await this.#read<HoldingRow>(`SELECT ${HOLDING_COLUMNS} FROM contact_holdings WHERE patient_id = $1 ORDER BY seq`, [query.patientId])
-        : await this.#read<HoldingRow>(`SELECT ${HOLDING_COLUMNS} FROM contact_holdings WHERE output = $1 AND contact_key = $2 ORDER BY seq`, [query.output, query.contactKey]);
+        : 'toolId' in query
+          ? await this.#read<HoldingRow>(`SELECT ${HOLDING_COLUMNS} FROM contact_holdings WHERE output = $1 AND tool_id = $2 ORDER BY seq`, [query.output, query.toolId])
+          : await this.#read<HoldingRow>(`SELECT ${HOLDING_COLUMNS} FROM contact_holdings WHERE output = $1 AND contact_key = $2 ORDER BY seq`, [query.output, query.contactKey]);
     return rows.map(holdingFromRow);
+  }
+
+  async flowActivity(since: string): Promise<FlowActivity[]> {
+    this.#assertOpen();
+    return ops.flowActivity(this.#sql, instantMs(since, 'since'));
+  }
+
+  async deliveryTallies(): Promise<DeliveryTally[]> {
+    this.#assertOpen();
+    return ops.deliveryTallies(this.#sql);
+  }
+
+  async outcomeLinksDue(limit: number): Promise<OutcomeLink[]> {
+    this.#assertOpen();
+    return ops.outcomeLinksDue(this.#sql, listLimit(limit));
+  }
+
+  saveOutcomes(link: OutcomeLink, observations: readonly OutcomeObservation[]): Promise<void> {
+    return this.#write((tx) => ops.saveOutcomes(tx, link, observations));
+  }
+
+  async countOutcomes(query: OutcomeQuery): Promise<OutcomeCount[]> {
+    this.#assertOpen();
+    return ops.countOutcomes(this.#sql, query);
+  }
+
+  /**
+   * Retention is not built for PostgreSQL yet: refused with the reason, never a silent no-op
+   * (main.ts does not start the retention job on this store; docs/scale-out.md).
+   */
+  async prune(_kind: RetentionKind, _before: string, _options: PruneOptions): Promise<PruneBatch> {
+    throw new Error('retention (prune) is not available on the PostgreSQL store yet: the records stay; remove old rows with SQL if needed (docs/scale-out.md "Limits")');
+  }
+
+  async getVideoJoin(appointmentId: string): Promise<StoredVideoJoin | undefined> {
+    this.#assertOpen();
+    return ops.getVideoJoin(this.#sql, appointmentId);
+  }
+
+  putVideoLink(link: VideoLink): Promise<void> {
+    try {
+      ops.checkVideoLink(link);
+    } catch (error) {
+      return Promise.reject(error);
+    }
+    return this.#write(async (tx) => {
+      await ops.putVideoLink(tx, link);
+    });
+  }
+
+  async getVideoLink(tokenHash: string): Promise<VideoLink | undefined> {
+    this.#assertOpen();
+    return ops.getVideoLink(this.#sql, tokenHash);
   }
 
   async ping(): Promise<void> {
@@ -992,8 +1065,8 @@ export class PostgresStore implements Store {
     return this.#write((tx) => ledger.noteInboundEvent(tx, key, at));
   }
 
-  erasePatient(patientId: string, at: string): Promise<ErasureRecord> {
-    return this.#write((tx) => ledger.erasePatient(tx, patientId, at));
+  erasePatient(patientId: string, at: string, outcomes: Readonly<Record<string, string>> = {}): Promise<ErasureRecord> {
+    return this.#write((tx) => ledger.erasePatient(tx, patientId, at, outcomes));
   }
 
   async listErasures(patientId: string): Promise<ErasureRecord[]> {
@@ -1335,6 +1408,8 @@ function recordRows(tx: Sql, rows: readonly NewRow[]): Array<Promise<unknown>> {
     // What the triggers say about their patients commits with them: a death acknowledged AA
     // is known to the send-time checks.
     out.push(...ledger.writeFacts(tx, factsOf([...triggers.values()].map((x) => x.t)), seenMs));
+    const noted = ops.noteOutcomeTriggers(tx, [...triggers.values()].map((x) => x.t));
+    if (noted !== undefined) out.push(noted);
   }
   if (states.size > 0) {
     const list = [...states.values()].sort((a, b) => cmp(a.s.kind, b.s.kind) || cmp(a.s.id, b.s.id));
@@ -1363,6 +1438,8 @@ function recordRows(tx: Sql, rows: readonly NewRow[]): Array<Promise<unknown>> {
       ),
     );
   }
+  // After the subject states (statements of one transaction run in the order sent).
+  out.push(...ops.writeVideoJoins(tx, rows.flatMap(({ p, id }) => (p.record.videoJoins ?? []).map((join, i) => ({ join, asOfMs: p.joinAsOfMs[i]!, messageId: id })))));
   if (cursors.size > 0) {
     const keys = [...cursors.keys()].sort();
     out.push(
@@ -1428,6 +1505,8 @@ function routingRows(triggerIds: readonly string[], writes: readonly DeliveryWri
         col((r) => causeColumns(r.write).trigger),
         col((r) => causeColumns(r.write).cause),
       ],
+      /** $18, $19: after the keys' parameters. */
+      more: [col((r) => r.write.delivery.output), col((r) => r.write.delivery.variant ?? null)],
     },
     keys,
     triggers: { ids, routings: ids.map((id) => byTrigger.get(id) ?? null) },

@@ -134,17 +134,18 @@ export function receiptFromRow(row: ReceiptRow): DeliveryReceipt {
   };
 }
 
-export const HOLDING_COLUMNS = 'output, patient_id, contact_key, first_sent_at';
+export const HOLDING_COLUMNS = 'output, patient_id, contact_key, first_sent_at, tool_id';
 
 export interface HoldingRow {
   output: string;
   patient_id: string;
   contact_key: string;
   first_sent_at: string;
+  tool_id: string | null;
 }
 
 export function holdingFromRow(row: HoldingRow): ContactHolding {
-  return { output: row.output, patientId: row.patient_id, contactKey: row.contact_key, firstSentAt: row.first_sent_at };
+  return { output: row.output, patientId: row.patient_id, contactKey: row.contact_key, firstSentAt: row.first_sent_at, ...(row.tool_id !== null ? { toolId: row.tool_id } : {}) };
 }
 
 export const AUDIT_COLUMNS = 'seq, at, actor, action, target, outcome, result';

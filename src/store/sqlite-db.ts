@@ -26,7 +26,8 @@ const DEFAULT_BUSY_TIMEOUT_MS = 5000;
  * - `journal_mode=WAL`: readers (admin API, queue polling) never block the writer;
  * - `synchronous=FULL`: every commit is fsynced before it returns, so an ACK sent after a
  *   commit survives power loss (NORMAL would only survive a process crash);
- * - `busy_timeout`, and `foreign_keys=ON` (off by default in SQLite).
+ * - `busy_timeout`, and `foreign_keys=ON` (off by default in SQLite);
+ * - `auto_vacuum=INCREMENTAL` on a new file (space freed by retention can be given back).
  * Throws an Error naming the path and the fix when the directory cannot be created or
  * written. `':memory:'` opens a private in-memory database (tests only: not durable).
  */
@@ -47,6 +48,13 @@ export function openSqliteDatabase(file: string, options: OpenSqliteOptions = {}
   }
   try {
     db.pragma(`busy_timeout = ${Math.max(0, Math.trunc(options.busyTimeoutMs ?? DEFAULT_BUSY_TIMEOUT_MS))}`);
+    if (!readonly && !inMemory && (db.prepare('SELECT COUNT(*) AS n FROM sqlite_master').get() as { n: number }).n === 0) {
+      // A new file: auto_vacuum can only be chosen before the first table exists. INCREMENTAL
+      // lets the retention job hand pages freed by pruning back to the file system in short
+      // steps (PRAGMA incremental_vacuum). A file created before keeps its mode: freed pages
+      // are reused, and `carerelay prune --vacuum` (a full VACUUM, server stopped) converts it.
+      db.pragma('auto_vacuum = INCREMENTAL');
+    }
     if (!readonly && !inMemory) {
       // journal_mode is persistent in the file; a read-only connection just reads it.
       const mode = db.pragma('journal_mode = WAL', { simple: true });

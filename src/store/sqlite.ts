@@ -95,7 +95,10 @@ import {
   type ReceiptRow,
   type StateRow,
 } from './rows.ts';
+import { ACTIVITY_TABLES, SqliteActivity } from './sqlite-activity.ts';
 import { CONSENT_TABLES, SqliteConsentLedger } from './sqlite-consent.ts';
+import { OUTCOME_TABLES, SqliteOutcomes } from './sqlite-outcomes.ts';
+import { RETENTION_SCHEMA, SqliteRetention } from './sqlite-retention.ts';
 import { migrate, openSqliteDatabase, type Database } from './sqlite-db.ts';
 import { ATTEMPT_FROM_STATUS, AttemptKind, STORED_DELIVERY_STATUSES, StoredDeliveryStatus } from './store.ts';
 import type {
@@ -104,15 +107,26 @@ import type {
   CommitOutcome,
   ConsentLedger,
   ContactHoldingQuery,
+  DeliveryCause,
+  DeliveryTally,
   DecisionRecord,
   Disclosure,
   ErasureRecord,
+  FlowActivity,
   PatientFacts,
   StoredFhirConsent,
   DeliveryOutcome,
   DeliveryQuery,
   DeliveryWrite,
   InboundRecord,
+  MessageOrigin,
+  OutcomeCount,
+  OutcomeLink,
+  OutcomeObservation,
+  OutcomeQuery,
+  PruneBatch,
+  PruneOptions,
+  RetentionKind,
   MessageQuery,
   OutboxEntry,
   OutboxQuery,
@@ -124,9 +138,11 @@ import type {
   StoredDelivery,
   StoredMessage,
   StoredMessageWithBody,
+  StoredVideoJoin,
   SubjectState,
   TriggerQuery,
   TriggerRouting,
+  VideoLink,
 } from './store.ts';
 import { isPending } from './store.ts';
 
@@ -367,6 +383,45 @@ export const SQLITE_STORE_MIGRATIONS: readonly string[] = [
     UPDATE message_counts SET n = n - 1 WHERE status = OLD.status;
   END;
   `,
+  // The tool's own id of a held contact (a tool's webhook naming the contact by it finds the
+  // patient: ContactHolding.toolId); an erasure's record of the tools that held the patient's
+  // contact and what asking each to forget it gave (ErasureRecord.tools).
+  `
+  ALTER TABLE contact_holdings ADD COLUMN tool_id TEXT;
+  CREATE INDEX contact_holdings_tool_id ON contact_holdings (output, tool_id) WHERE tool_id IS NOT NULL;
+  ALTER TABLE erasures ADD COLUMN tools TEXT NOT NULL DEFAULT '[]';
+  `,
+  // The dashboard's counts without scans (sqlite-activity.ts): activity per minute of inputs and
+  // outputs, deliveries per rule, variant, output, status and reason.
+  ACTIVITY_TABLES,
+  // Operations: outcome observations and their links (sqlite-outcomes.ts), what retention
+  // walks (sqlite-retention.ts).
+  OUTCOME_TABLES + RETENTION_SCHEMA,
+  // Video visits (docs/video.md): the vendor's join URL of an appointment, sealed by the ingest
+  // (never in clear), and CareRelay's own patient links, kept by the SHA-256 of their token.
+  `
+  CREATE TABLE video_joins (
+    appointment_id TEXT PRIMARY KEY,
+    patient_id TEXT NOT NULL,
+    as_of TEXT NOT NULL,
+    as_of_ms INTEGER NOT NULL,
+    key_id TEXT NOT NULL,
+    sealed BLOB NOT NULL,
+    message_id INTEGER
+  ) WITHOUT ROWID;
+  CREATE INDEX video_joins_patient ON video_joins (patient_id);
+  CREATE TABLE video_links (
+    token_hash TEXT PRIMARY KEY,
+    appointment_id TEXT NOT NULL,
+    patient_id TEXT NOT NULL,
+    delivery_id TEXT NOT NULL,
+    start TEXT NOT NULL,
+    zone TEXT,
+    language TEXT,
+    minted_at TEXT NOT NULL
+  ) WITHOUT ROWID;
+  CREATE INDEX video_links_patient ON video_links (patient_id);
+  `,
 ];
 
 /** Most records committed in one transaction (bounds how long one flush blocks the loop). */
@@ -403,12 +458,26 @@ export interface DeliveryRow {
   updated_at: string;
 }
 
+const VIDEO_LINK_COLUMNS = 'token_hash, appointment_id, patient_id, delivery_id, start, zone, language, minted_at';
+
+interface VideoLinkRow {
+  token_hash: string;
+  appointment_id: string;
+  patient_id: string;
+  delivery_id: string;
+  start: string;
+  zone: string | null;
+  language: string | null;
+  minted_at: string;
+}
+
 /** A record with its instants already checked and converted (outside the transaction). */
 interface Prepared {
   record: InboundRecord;
   receivedMs: number;
   occurredMs: number[];
   asOfMs: number[];
+  joinAsOfMs: number[];
 }
 
 /**
@@ -497,11 +566,21 @@ export class SqliteStore implements Store {
   private readonly addHoldingStmt: BetterSqlite3.Statement<[string, string, string, string]>;
   private readonly holdingsOfPatientStmt: BetterSqlite3.Statement<[string], HoldingRow>;
   private readonly holdingsOfContactStmt: BetterSqlite3.Statement<[string, string], HoldingRow>;
+  private readonly upsertVideoJoinStmt: BetterSqlite3.Statement<[{ appointmentId: string; patientId: string; asOf: string; asOfMs: number; keyId: string; sealed: Buffer; messageId: number }]>;
+  private readonly clearVideoJoinStmt: BetterSqlite3.Statement<[string, number]>;
+  private readonly videoJoinStmt: BetterSqlite3.Statement<[string], { appointment_id: string; patient_id: string; as_of: string; key_id: string; sealed: Buffer }>;
+  private readonly putVideoLinkStmt: BetterSqlite3.Statement<[string, string, string, string, string, string | null, string | null, string]>;
+  private readonly videoLinkStmt: BetterSqlite3.Statement<[string], VideoLinkRow>;
+  private readonly holdingsOfToolIdStmt: BetterSqlite3.Statement<[string, string], HoldingRow>;
+  private readonly setHoldingToolIdStmt: BetterSqlite3.Statement<[string, string, string, string]>;
   private readonly saveRoutingTx: (triggerIds: readonly string[], rows: Array<{ write: DeliveryWrite; asOfMs: number; dueMs: number }>, routedMs: number, explanations: ReadonlyMap<string, Buffer>) => void;
   private readonly commitGroup: (batch: PendingWrite[]) => Array<{ value: unknown }>;
   private readonly commitIsolated: (batch: PendingWrite[]) => Array<{ value: unknown } | { error: unknown }>;
   private readonly commitOne: (run: () => unknown) => unknown;
   private readonly ledger: SqliteConsentLedger;
+  private readonly activity: SqliteActivity;
+  private readonly outcomes: SqliteOutcomes;
+  private readonly retention: SqliteRetention;
 
   constructor(db: Database, options: SqliteStoreOptions = {}) {
     this.db = db;
@@ -510,6 +589,9 @@ export class SqliteStore implements Store {
     // The stored bytes of a message as received, for SQL that reads them (the text search).
     db.function('raw_unpacked', { deterministic: true }, (raw: unknown, packed: unknown) => (packed === 1 && Buffer.isBuffer(raw) ? unpackRaw(raw) : raw));
     this.ledger = new SqliteConsentLedger(db);
+    this.activity = new SqliteActivity(db);
+    this.outcomes = new SqliteOutcomes(db);
+    this.retention = new SqliteRetention(db);
 
     // The literal `control_id <> '' AND status <> 'quarantined' AND keyed = 1` lets SQLite
     // use the partial unique index (it must see the index's WHERE terms in the query).
@@ -582,14 +664,14 @@ export class SqliteStore implements Store {
     // row then, and its keys are left alone.
     this.upsertDeliveryStmt = db.prepare(
       `INSERT INTO deliveries (id, status, as_of, as_of_ms, due_at, due_ms, rule, patient_id, subject, generation,
-         subject_start, json, created_at, updated_at, cause_trigger, cause)
-       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+         subject_start, json, created_at, updated_at, cause_trigger, cause, output, variant)
+       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
        ON CONFLICT (id) DO UPDATE SET
          status = excluded.status, as_of = excluded.as_of, as_of_ms = excluded.as_of_ms,
          due_at = excluded.due_at, due_ms = excluded.due_ms, rule = excluded.rule,
          patient_id = excluded.patient_id, subject = excluded.subject, generation = excluded.generation,
          subject_start = excluded.subject_start, json = excluded.json, updated_at = excluded.updated_at,
-         cause_trigger = excluded.cause_trigger, cause = excluded.cause
+         cause_trigger = excluded.cause_trigger, cause = excluded.cause, output = excluded.output, variant = excluded.variant
        WHERE deliveries.status IN ('pending', 'cancelled')
        RETURNING seq`,
     );
@@ -638,6 +720,26 @@ export class SqliteStore implements Store {
     );
     this.holdingsOfPatientStmt = db.prepare(`SELECT ${HOLDING_COLUMNS} FROM contact_holdings WHERE patient_id = ? ORDER BY seq`);
     this.holdingsOfContactStmt = db.prepare(`SELECT ${HOLDING_COLUMNS} FROM contact_holdings WHERE output = ? AND contact_key = ? ORDER BY seq`);
+    // A join applies unless the kept one, or the appointment's stored state, reflects a newer
+    // event (the same rule as subject states: a late message never brings an old URL back).
+    this.upsertVideoJoinStmt = db.prepare(
+      `INSERT INTO video_joins (appointment_id, patient_id, as_of, as_of_ms, key_id, sealed, message_id)
+       SELECT @appointmentId, @patientId, @asOf, @asOfMs, @keyId, @sealed, @messageId
+       WHERE NOT EXISTS (SELECT 1 FROM subject_states WHERE kind = 'appointment' AND id = @appointmentId AND as_of_ms > @asOfMs)
+       ON CONFLICT (appointment_id) DO UPDATE SET
+         patient_id = excluded.patient_id, as_of = excluded.as_of, as_of_ms = excluded.as_of_ms,
+         key_id = excluded.key_id, sealed = excluded.sealed, message_id = excluded.message_id
+       WHERE excluded.as_of_ms >= video_joins.as_of_ms`,
+    );
+    this.clearVideoJoinStmt = db.prepare('DELETE FROM video_joins WHERE appointment_id = ? AND as_of_ms <= ?');
+    this.videoJoinStmt = db.prepare('SELECT appointment_id, patient_id, as_of, key_id, sealed FROM video_joins WHERE appointment_id = ?');
+    this.putVideoLinkStmt = db.prepare(
+      `INSERT INTO video_links (token_hash, appointment_id, patient_id, delivery_id, start, zone, language, minted_at)
+       VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (token_hash) DO NOTHING`,
+    );
+    this.videoLinkStmt = db.prepare(`SELECT ${VIDEO_LINK_COLUMNS} FROM video_links WHERE token_hash = ?`);
+    this.holdingsOfToolIdStmt = db.prepare(`SELECT ${HOLDING_COLUMNS} FROM contact_holdings WHERE output = ? AND tool_id = ? ORDER BY seq`);
+    this.setHoldingToolIdStmt = db.prepare('UPDATE contact_holdings SET tool_id = ? WHERE output = ? AND patient_id = ? AND contact_key = ?');
     // Runs inside the group commit's transaction.
     this.saveRoutingTx = ((triggerIds: readonly string[], rows: Array<{ write: DeliveryWrite; asOfMs: number; dueMs: number }>, routedMs: number, explanations: ReadonlyMap<string, Buffer>) => {
       for (const { write, asOfMs, dueMs } of rows) {
@@ -659,6 +761,8 @@ export class SqliteStore implements Store {
           write.updatedAt,
           causeColumns(write).trigger,
           causeColumns(write).cause,
+          d.output,
+          d.variant ?? null,
         );
         // Keys a column finds (its id, subject, patient, rule, a type on its subject) need no row.
         if (row !== undefined) {
@@ -693,7 +797,8 @@ export class SqliteStore implements Store {
       const receivedMs = instantMs(record.receivedAt, 'receivedAt');
       const occurredMs = record.triggers.map((t, i) => instantMs(t.occurredAt, `triggers[${i}].occurredAt`));
       const asOfMs = record.subjectStates.map((s, i) => instantMs(s.asOf, `subjectStates[${i}].asOf`));
-      const prepared: Prepared = { record, receivedMs, occurredMs, asOfMs };
+      const joinAsOfMs = (record.videoJoins ?? []).map((j, i) => instantMs(j.asOf, `videoJoins[${i}].asOf`));
+      const prepared: Prepared = { record, receivedMs, occurredMs, asOfMs, joinAsOfMs };
       return () => this.apply(prepared);
     });
   }
@@ -965,6 +1070,16 @@ export class SqliteStore implements Store {
     return counts;
   }
 
+  async flowActivity(since: string): Promise<FlowActivity[]> {
+    this.assertOpen();
+    return this.activity.flowActivity(instantMs(since, 'since'));
+  }
+
+  async deliveryTallies(): Promise<DeliveryTally[]> {
+    this.assertOpen();
+    return this.activity.deliveryTallies();
+  }
+
   async deliveriesByCancelKey(key: string): Promise<StoredDelivery[]> {
     this.assertOpen();
     // Most keys are found through a column (common.ts packCancelKeys), the others through
@@ -1183,15 +1298,47 @@ export class SqliteStore implements Store {
     return this.enqueueWrite(() => {
       instantMs(holding.firstSentAt, 'holding.firstSentAt');
       if (holding.output === '' || holding.patientId === '' || holding.contactKey === '') throw new RangeError('a contact holding needs an output, a patient id and a contact key');
+      if (holding.toolId === '') throw new RangeError('a contact holding\'s toolId is absent or not empty');
       // In the group commit: durable when the promise resolves, one fsync for the cycle.
-      return () => this.addHoldingStmt.run(holding.output, holding.patientId, holding.contactKey, holding.firstSentAt).changes > 0;
+      return () => {
+        const added = this.addHoldingStmt.run(holding.output, holding.patientId, holding.contactKey, holding.firstSentAt).changes > 0;
+        if (holding.toolId !== undefined) this.setHoldingToolIdStmt.run(holding.toolId, holding.output, holding.patientId, holding.contactKey);
+        return added;
+      };
     });
   }
 
   async listContactHoldings(query: ContactHoldingQuery): Promise<ContactHolding[]> {
     this.assertOpen();
-    const rows = 'patientId' in query ? this.holdingsOfPatientStmt.all(query.patientId) : this.holdingsOfContactStmt.all(query.output, query.contactKey);
+    const rows =
+      'patientId' in query
+        ? this.holdingsOfPatientStmt.all(query.patientId)
+        : 'toolId' in query
+          ? this.holdingsOfToolIdStmt.all(query.output, query.toolId)
+          : this.holdingsOfContactStmt.all(query.output, query.contactKey);
     return rows.map(holdingFromRow);
+  }
+
+  async outcomeLinksDue(limit: number): Promise<OutcomeLink[]> {
+    this.assertOpen();
+    return this.outcomes.due(listLimit(limit));
+  }
+
+  saveOutcomes(link: OutcomeLink, observations: readonly OutcomeObservation[]): Promise<void> {
+    return this.write(() => this.outcomes.save(link, observations));
+  }
+
+  async countOutcomes(query: OutcomeQuery): Promise<OutcomeCount[]> {
+    this.assertOpen();
+    return this.outcomes.count(query);
+  }
+
+  async prune(kind: RetentionKind, before: string, options: PruneOptions): Promise<PruneBatch> {
+    this.assertOpen();
+    const beforeMs = instantMs(before, 'before');
+    // A dry run only reads; a real batch is one write among the group commit's.
+    if (options.dryRun) return this.retention.batch(kind, beforeMs, options);
+    return this.write(() => this.retention.batch(kind, beforeMs, options));
   }
 
   async ping(): Promise<void> {
@@ -1278,9 +1425,42 @@ export class SqliteStore implements Store {
     return this.ledger.noteInboundEvent(key, at);
   }
 
-  async erasePatient(patientId: string, at: string): Promise<ErasureRecord> {
+  async getVideoJoin(appointmentId: string): Promise<StoredVideoJoin | undefined> {
     this.assertOpen();
-    return this.ledger.erasePatient(patientId, at);
+    const row = this.videoJoinStmt.get(appointmentId);
+    return row === undefined ? undefined : { appointmentId: row.appointment_id, patientId: row.patient_id, asOf: row.as_of, join: { keyId: row.key_id, sealed: row.sealed } };
+  }
+
+  putVideoLink(link: VideoLink): Promise<void> {
+    return this.enqueueWrite(() => {
+      instantMs(link.mintedAt, 'mintedAt');
+      instantMs(link.start, 'start');
+      if (!/^[0-9a-f]{64}$/.test(link.tokenHash)) throw new RangeError('tokenHash must be a SHA-256 in lower-case hex');
+      return () => {
+        this.putVideoLinkStmt.run(link.tokenHash, link.appointmentId, link.patientId, link.deliveryId, link.start, link.zone ?? null, link.language ?? null, link.mintedAt);
+      };
+    });
+  }
+
+  async getVideoLink(tokenHash: string): Promise<VideoLink | undefined> {
+    this.assertOpen();
+    const row = this.videoLinkStmt.get(tokenHash);
+    if (row === undefined) return undefined;
+    return {
+      tokenHash: row.token_hash,
+      appointmentId: row.appointment_id,
+      patientId: row.patient_id,
+      deliveryId: row.delivery_id,
+      start: row.start,
+      ...(row.zone !== null ? { zone: row.zone } : {}),
+      ...(row.language !== null ? { language: row.language } : {}),
+      mintedAt: row.minted_at,
+    };
+  }
+
+  async erasePatient(patientId: string, at: string, outcomes?: Readonly<Record<string, string>>): Promise<ErasureRecord> {
+    this.assertOpen();
+    return this.ledger.erasePatient(patientId, at, outcomes);
   }
 
   async listErasures(patientId: string): Promise<ErasureRecord[]> {
@@ -1390,6 +1570,7 @@ export class SqliteStore implements Store {
     // What the triggers say about their patients (deceased, contact points, merges) commits
     // with them: a death acknowledged AA is known to the send-time checks.
     this.ledger.noteFacts(r.triggers, p.receivedMs);
+    this.outcomes.noteTriggers(r.triggers);
     r.subjectStates.forEach((s, i) => {
       this.upsertStateStmt.run(
         s.kind,
@@ -1403,6 +1584,11 @@ export class SqliteStore implements Store {
         s.data === undefined ? null : JSON.stringify(s.data),
         messageId,
       );
+    });
+    (r.videoJoins ?? []).forEach((j, i) => {
+      const asOfMs = p.joinAsOfMs[i]!;
+      if (j.join === undefined) this.clearVideoJoinStmt.run(j.appointmentId, asOfMs);
+      else this.upsertVideoJoinStmt.run({ appointmentId: j.appointmentId, patientId: j.patientId, asOf: j.asOf, asOfMs, keyId: j.join.keyId, sealed: j.join.sealed, messageId });
     });
     for (const [key, value] of Object.entries(r.cursors ?? {})) this.setCursorStmt.run(key, value);
     return { outcome: 'stored', message };
