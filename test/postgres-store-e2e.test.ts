@@ -9,7 +9,7 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { startCarerelay, type RunningCarerelay } from '../src/main.ts';
 import { POSTGRES_STORE_MIGRATIONS } from '../src/store/postgres.ts';
 import { createTestDatabase, postgresSkipped, type TestDatabase } from './helpers/postgres.ts';
-import { captureLogger, runCli, hl7Field, mllpExchange, siuMessage, writeYamlConfig, type TestConfigDir } from './helpers/server.ts';
+import { captureLogger, runCli, startChildServer, hl7Field, mllpExchange, siuMessage, writeYamlConfig, type TestConfigDir } from './helpers/server.ts';
 
 const carerelay = runCli;
 
@@ -123,6 +123,46 @@ describe.skipIf(postgresSkipped())('CareRelay on PostgreSQL', () => {
     }
   });
 
+  it('two carerelay processes on one database, one killed (SIGKILL) mid-stream: every message acknowledged AA is stored once', async () => {
+    const other = config('postgres');
+    const env = { DATABASE_URL: db.url };
+    const [a, b] = await Promise.all([startChildServer(dir, { env }), startChildServer(other, { env })]);
+    try {
+      const [pa, pb] = [[...a.mllpPorts.values()][0]!, [...b.mllpPorts.values()][0]!];
+      const acked = new Map<string, string>();
+      let killed = false;
+      // A sender that resends to the other process what was not acknowledged (as a sender
+      // behind a load balancer does when its connection drops).
+      const send = async (i: number) => {
+        const id = `K${i}`;
+        for (const port of i % 2 === 0 ? [pa, pb] : [pb]) {
+          const ack = await mllpExchange(port, booking(id, `KA${i}`), 15_000).catch(() => null);
+          if (ack !== null) {
+            acked.set(id, hl7Field(ack, 'MSA', 1));
+            // Process a dies once a third of the messages are in, others to it still on the way.
+            if (acked.size === 10 && !killed) {
+              killed = true;
+              a.kill();
+            }
+            return;
+          }
+        }
+      };
+      await Promise.all(Array.from({ length: 30 }, (_, i) => send(i)));
+      expect(killed).toBe(true);
+      await a.exited;
+      expect([...acked.values()].every((code) => code === 'AA')).toBe(true);
+      expect(acked.size).toBe(30);
+      const stored = await rows(db.url, "SELECT control_id, COUNT(*)::int AS n FROM messages WHERE control_id LIKE 'K%' GROUP BY control_id ORDER BY control_id");
+      expect(stored.map((r) => r.control_id).sort()).toEqual([...acked.keys()].sort());
+      expect(stored.every((r) => r.n === 1)).toBe(true);
+    } finally {
+      a.kill();
+      await b.stop();
+      other.remove();
+    }
+  });
+
   it('validate --connect names the server it reached, or the one it could not reach and the fix', async () => {
     const ok = await carerelay(['validate', '--config-dir', dir.dir, '--connect'], { DATABASE_URL: db.url });
     expect(ok.stderr).toBe('');
@@ -165,6 +205,11 @@ describe.skipIf(postgresSkipped())('CareRelay on PostgreSQL', () => {
       expect((await carerelay(['export', '--config-dir', embedded.dir, '--out', file])).stderr).toMatch(/exists already/);
       const imported = await carerelay(['import', '--config-dir', dir.dir, file], env);
       expect(imported.stdout).toMatch(/imported \d+ record\(s\) into PostgreSQL at .*: 3 message, 3 trigger/);
+      // Import goes into PostgreSQL only; prune works on the embedded store only.
+      expect((await carerelay(['import', '--config-dir', embedded.dir, file])).stderr).toMatch(/import writes into a PostgreSQL store/);
+      const prune = await carerelay(['prune', '--config-dir', dir.dir], env);
+      expect(prune.code).toBe(1);
+      expect(prune.stderr).toMatch(/retention is not available on the PostgreSQL store yet.*nothing was pruned/);
       const twice = await carerelay(['import', '--config-dir', dir.dir, file], env);
       expect(twice.code).toBe(1);
       expect(twice.stderr).toMatch(/already holds data .*nothing was imported/);
