@@ -70,6 +70,13 @@ async function fill(store: Store): Promise<void> {
     }),
   );
   await store.putVideoLink({ tokenHash: 'a'.repeat(64), appointmentId: 'APT-V', patientId: 'MRN-1', deliveryId: 'v@appointment/APT-V#0', start: '2024-01-02T10:00:00+01:00', mintedAt: AT });
+  // A reply prompt still open, a staff task done.
+  await store.addReplyPrompt({
+    id: 'p1', output: 'sms', address: '+33 6 12 34 56 78', patientId: 'MRN-1', ruleId: 'reminder', appointmentId: 'APT-1', triggerId: 'T1',
+    offer: { language: 'en', answers: [{ action: 'confirm', words: ['1'] }], writeBack: 'ehr' }, sentAt: AT, closesAt: '2030-01-01T00:00:00Z',
+  });
+  const task = await store.addStaffTask({ key: 'wb:p0', kind: 'write_back_denied', createdAt: AT, patientId: 'MRN-1', appointmentId: 'APT-1', output: 'ehr', code: 'appointment_fulfilled' });
+  await store.finishStaffTask(task.id, { at: AT, by: 'oncall' });
   await store.saveOutcomes({ appointmentId: 'APT-DONE', version: 0 }, [{ rule: 'reminder', variant: 'b', holdout: false, sent: true, outcome: 'showed', day: '2024-01-02' }]);
 
   // The consent ledger and the evidence.
@@ -112,7 +119,7 @@ describe.skipIf(postgresSkipped())('export and import of a store', () => {
   });
 
   it('SQLite → file → PostgreSQL → file gives the same file, and the store answers the same', async () => {
-    expect(counts).toMatchObject({ message: 1109, trigger: 5, delivery: 4, outbox: 1, consentEvent: 2, erasure: 1, videoJoin: 1, videoLink: 1, outcomeLink: 1, outcome: 1 });
+    expect(counts).toMatchObject({ message: 1109, trigger: 5, delivery: 4, outbox: 1, consentEvent: 2, erasure: 1, videoJoin: 1, videoLink: 1, outcomeLink: 1, outcome: 1, replyPrompt: 1, staffTask: 1 });
     const db = await testDatabase();
     await truncateAll(db.url).catch(() => {});
     const pg = await PostgresStore.open({ url: db.url });
@@ -145,6 +152,8 @@ describe.skipIf(postgresSkipped())('export and import of a store', () => {
         (s: Store) => s.getCursor('poll:ehr'),
         (s: Store) => s.listContactHoldings({ output: 'hubspot', toolId: '501' }),
         (s: Store) => s.getVideoJoin('APT-V'),
+        (s: Store) => s.openReplyPrompts({ output: 'sms', address: '+33612345678', at: AT }),
+        (s: Store) => s.listStaffTasks({}),
         (s: Store) => s.getVideoLink('a'.repeat(64)),
         (s: Store) => s.outcomeLinksDue(10),
         (s: Store) => s.countOutcomes({}),

@@ -29,7 +29,7 @@ import {
   type ReceiptRow,
   type StateRow,
 } from './rows.ts';
-import type { ErasureRecord, OutcomeKind, StoredDelivery } from './store.ts';
+import type { ErasureRecord, NewStaffTask, OutcomeKind, ReplyPrompt, StaffTaskStatus, StoredDelivery } from './store.ts';
 import type { Channel, ConsentSource, Purpose } from '../types.ts';
 
 /** Rows per page read. */
@@ -163,6 +163,11 @@ export function dumpSource(b: BackendRows): DumpSource {
         ...(row.zone !== null ? { zone: String(row.zone) } : {}),
         ...(row.language !== null ? { language: String(row.language) } : {}),
         mintedAt: String(row.minted_at),
+      }));
+      yield* each('reply_prompts', 'seq, json', ['seq'], (row) => ({ kind: 'replyPrompt' as const, prompt: JSON.parse(String(row.json)) as ReplyPrompt }));
+      yield* each('staff_tasks', 'seq, status, json', ['seq'], (row) => ({
+        kind: 'staffTask' as const,
+        task: { ...(JSON.parse(String(row.json)) as NewStaffTask), id: `task-${Number(row.seq)}`, status: row.status as StaffTaskStatus },
       }));
       yield* each('outcome_links', 'seq, appointment_id', ['seq'], (row) => ({ kind: 'outcomeLink' as const, appointmentId: String(row.appointment_id) }));
       yield* each('outcomes', 'appointment_id, rule, variant, holdout, sent, outcome, day', ['appointment_id', 'rule'], (row) => ({

@@ -23,6 +23,8 @@ import type {
   OutboxEntry,
   RuleOutcome,
   OutcomeObservation,
+  ReplyPrompt,
+  StaffTask,
   StoredDelivery,
   VideoLink,
   StoredFhirConsent,
@@ -164,6 +166,17 @@ export interface OutcomeRecord extends OutcomeObservation {
   appointmentId: string;
 }
 
+export interface ReplyPromptRecord {
+  kind: 'replyPrompt';
+  /** As stored: its answer once answered. */
+  prompt: ReplyPrompt;
+}
+
+export interface StaffTaskRecord {
+  kind: 'staffTask';
+  task: StaffTask;
+}
+
 export type DumpRecord =
   | MessageRecord
   | TriggerRecord
@@ -186,7 +199,9 @@ export type DumpRecord =
   | VideoJoinRecord
   | VideoLinkRecord
   | OutcomeLinkRecord
-  | OutcomeRecord;
+  | OutcomeRecord
+  | ReplyPromptRecord
+  | StaffTaskRecord;
 
 export type DumpKind = DumpRecord['kind'];
 
@@ -212,6 +227,8 @@ export const KINDS: readonly DumpKind[] = [
   'erasure',
   'videoJoin',
   'videoLink',
+  'replyPrompt',
+  'staffTask',
   'outcomeLink',
   'outcome',
 ];

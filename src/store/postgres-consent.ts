@@ -381,6 +381,8 @@ export async function erasePatient(tx: Sql, patientId: string, at: string, outco
     // Video visits: the patient's sealed join URLs and links.
     tx.count('DELETE FROM video_joins WHERE patient_id = $1', [patientId]),
     tx.count('DELETE FROM video_links WHERE patient_id = $1', [patientId]),
+    // Reply prompts hold the patient's number; staff tasks keep ids and codes only.
+    tx.count('DELETE FROM reply_prompts WHERE patient_id = $1', [patientId]),
     tx.count('DELETE FROM decisions WHERE patient_id = $1', [patientId]),
     tx.count('DELETE FROM disclosures WHERE patient_id = $1', [patientId]),
     tx.count('DELETE FROM contact_points WHERE patient_id = $1', [patientId]),

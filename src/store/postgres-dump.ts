@@ -99,6 +99,8 @@ const TABLES = [
   'video_links',
   'outcome_links',
   'outcomes',
+  'reply_prompts',
+  'staff_tasks',
 ];
 
 /** Identity columns moved past the largest imported id. */
@@ -115,6 +117,7 @@ const IDENTITIES: ReadonlyArray<[string, string]> = [
   ['decisions', 'seq'],
   ['disclosures', 'seq'],
   ['erasures', 'seq'],
+  ['staff_tasks', 'seq'],
 ];
 
 /** The import side of a PostgreSQL store. */
@@ -448,6 +451,30 @@ const INSERTS: { [K in DumpKind]: Insert<K> } = {
       ['zone', 'text', (r) => orNull(r.zone)],
       ['language', 'text', (r) => orNull(r.language)],
       ['minted_at', 'text', (r) => r.mintedAt],
+    ],
+  },
+  replyPrompt: {
+    table: 'reply_prompts',
+    columns: [
+      ['id', 'text', (r) => r.prompt.id],
+      ['output', 'text', (r) => r.prompt.output],
+      ['address', 'text', (r) => r.prompt.address],
+      ['patient_id', 'text', (r) => r.prompt.patientId],
+      ['sent_ms', 'bigint', (r) => instantMs(r.prompt.sentAt, 'sentAt')],
+      ['closes_ms', 'bigint', (r) => instantMs(r.prompt.closesAt, 'closesAt')],
+      ['answered', 'boolean', (r) => r.prompt.answer !== undefined],
+      ['json', 'text', (r) => JSON.stringify(r.prompt)],
+    ],
+  },
+  staffTask: {
+    table: 'staff_tasks',
+    columns: [
+      ['seq', 'bigint', (r) => seqOf(r.task.id)],
+      ['key', 'text', (r) => r.task.key],
+      ['kind', 'text', (r) => r.task.kind],
+      ['status', 'text', (r) => r.task.status],
+      ['patient_id', 'text', (r) => orNull(r.task.patientId)],
+      ['json', 'text', (r) => JSON.stringify((({ id: _id, status: _status, ...task }) => task)(r.task))],
     ],
   },
   outcomeLink: { table: 'outcome_links', columns: [['appointment_id', 'text', (r) => r.appointmentId]] },

@@ -93,6 +93,7 @@ import {
 import { GroupCommitter, settleAll, sqlOf, type BatchRunner, type Sql } from './postgres-commit.ts';
 import * as ledger from './postgres-consent.ts';
 import * as ops from './postgres-operations.ts';
+import * as replies from './postgres-replies.ts';
 import {
   LOCK_SPACE,
   checkPostgres,
@@ -104,8 +105,12 @@ import {
   type PostgresSettings,
   type PostgresTarget,
 } from './postgres-db.ts';
-import { ATTEMPT_FROM_STATUS, AttemptKind, STORED_DELIVERY_STATUSES, StoredDeliveryStatus, isPending } from './store.ts';
+import { ATTEMPT_FROM_STATUS, AttemptKind, PromptClosedError, STORED_DELIVERY_STATUSES, StoredDeliveryStatus, isPending } from './store.ts';
 import type {
+  NewStaffTask,
+  ReplyPrompt,
+  StaffTask,
+  StaffTaskStatus,
   DeliveryTally,
   FlowActivity,
   OutcomeCount,
@@ -327,6 +332,8 @@ export const POSTGRES_STORE_MIGRATIONS: readonly string[] = [
   // Holdings by the tool's own id, the erasure record's tools, the dashboard's counts, outcomes
   // and video visits (postgres-operations.ts).
   ops.POSTGRES_OPERATIONS_TABLES,
+  // Replies to reminders and staff tasks; SMS replies stored as messages (postgres-replies.ts).
+  replies.POSTGRES_REPLY_TABLES,
 ];
 
 /** Statement triggers keeping `counts` (status, slot, n) in step with `table`'s status column. */
@@ -481,6 +488,7 @@ export class PostgresStore implements Store {
       const occurredMs = record.triggers.map((t, i) => instantMs(t.occurredAt, `triggers[${i}].occurredAt`));
       const asOfMs = record.subjectStates.map((s, i) => instantMs(s.asOf, `subjectStates[${i}].asOf`));
       const joinAsOfMs = (record.videoJoins ?? []).map((j, i) => instantMs(j.asOf, `videoJoins[${i}].asOf`));
+      for (const task of record.tasks ?? []) replies.checkTask(task);
       return { kind: 'inbound', p: { record, key: dedupeKey(record.sender, record.controlId), receivedMs, occurredMs, asOfMs, joinAsOfMs } };
     }) as Promise<CommitOutcome>;
   }
@@ -919,6 +927,44 @@ export class PostgresStore implements Store {
     throw new Error('retention (prune) is not available on the PostgreSQL store yet: the records stay; remove old rows with SQL if needed (docs/scale-out.md "Limits")');
   }
 
+  addReplyPrompt(prompt: ReplyPrompt): Promise<boolean> {
+    let checked: ReturnType<typeof replies.checkPrompt>;
+    try {
+      checked = replies.checkPrompt(prompt);
+    } catch (error) {
+      return Promise.reject(error);
+    }
+    return this.#write((tx) => replies.addPrompt(tx, prompt, checked));
+  }
+
+  async openReplyPrompts(query: { output: string; address: string; at: string }): Promise<ReplyPrompt[]> {
+    this.#assertOpen();
+    return replies.openPrompts(this.#sql, query);
+  }
+
+  addStaffTask(task: NewStaffTask): Promise<StaffTask> {
+    try {
+      replies.checkTask(task);
+    } catch (error) {
+      return Promise.reject(error);
+    }
+    return this.#write((tx) => replies.addTask(tx, task));
+  }
+
+  async listStaffTasks(query: { status?: StaffTaskStatus; limit?: number; before?: string }): Promise<StaffTask[]> {
+    this.#assertOpen();
+    return replies.listTasks(this.#sql, query);
+  }
+
+  finishStaffTask(id: string, done: { at: string; by: string }): Promise<StaffTask | undefined> {
+    try {
+      instantMs(done.at, 'done.at');
+    } catch (error) {
+      return Promise.reject(error);
+    }
+    return this.#write((tx) => replies.finishTask(tx, id, done));
+  }
+
   async getVideoJoin(appointmentId: string): Promise<StoredVideoJoin | undefined> {
     this.#assertOpen();
     return ops.getVideoJoin(this.#sql, appointmentId);
@@ -1138,7 +1184,8 @@ export class PostgresStore implements Store {
     let next = 0;
     ps.forEach((p, i) => {
       const r = p.record;
-      if (r.attemptOf !== undefined) {
+      // An operator's attempt, an SMS answer (it takes its prompt) or tasks: one by one.
+      if (r.attemptOf !== undefined || r.answers !== undefined || (r.tasks?.length ?? 0) > 0) {
         later.push(i);
         return;
       }
@@ -1207,7 +1254,10 @@ export class PostgresStore implements Store {
         }
       }
     }
+    // An SMS answer takes its prompt in this transaction, or nothing is stored.
+    if (r.answers !== undefined && !(await replies.answerPrompt(tx, r.answers.promptId, r.answers.answer))) throw new PromptClosedError(r.answers.promptId);
     message ??= await insertOne(tx, p, r.status, r.reason, triggerIdsOf(r), r, keyed);
+    for (const task of r.tasks ?? []) await replies.addTask(tx, { ...task, messageId: message.id });
     const rows: NewRow[] = [{ p, id: Number(message.id), message, repeats: [] }];
     const writes: Array<Promise<unknown>> = recordRows(tx, rows);
     if (r.attemptOf !== undefined) {

@@ -11,7 +11,7 @@ export const MESSAGE_COLUMNS =
 export interface MessageRow {
   id: number;
   input: string;
-  format: 'hl7v2' | 'fhir';
+  format: StoredMessage['format'];
   sender: string;
   control_id: string;
   message_type: string;
