@@ -43,6 +43,8 @@ export interface MessageRecord extends StoredMessage {
   rawBytes?: number;
   /** Whether the row holds its (sender, control id) dedupe key (false for a replaced original, a released copy). */
   keyed: boolean;
+  /** The raw-bytes quota account its whole bytes were counted under (InboundRecord.rawQuota). */
+  rawQuota?: string;
 }
 
 export interface TriggerRecord {

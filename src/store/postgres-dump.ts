@@ -42,13 +42,14 @@ function backendRows(sql: Sql): BackendRows {
       return sql.rows<Record<string, unknown>>(text, [...(after ?? []), limit]);
     },
     triggerOrder: 'seq',
-    messageColumns: 'raw, raw_bytes, keyed',
+    messageColumns: 'raw, raw_bytes, keyed, raw_quota',
     message: (row): MessageRecord => ({
       kind: 'message',
       ...messageFromRow(row as unknown as MessageRow),
       raw: (row.raw as Buffer).toString('base64'),
       ...(row.raw_bytes !== null ? { rawBytes: Number(row.raw_bytes) } : {}),
       keyed: row.keyed === true,
+      ...(row.raw_quota !== null ? { rawQuota: String(row.raw_quota) } : {}),
     }),
     triggerColumns: 'json, routing',
     trigger(row): TriggerRecord {
@@ -207,6 +208,7 @@ const INSERTS: { [K in DumpKind]: Insert<K> } = {
       ['replaces', 'bigint', (m) => idOrNull(m.replaces)],
       ['replaced_by', 'bigint', (m) => idOrNull(m.replacedBy)],
       ['keyed', 'boolean', (m) => m.keyed],
+      ['raw_quota', 'text', (m) => orNull(m.rawQuota)],
     ],
   },
   trigger: {

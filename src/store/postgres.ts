@@ -63,6 +63,8 @@ import {
   packedKeyNeedsRow,
   parseMessageId,
   patientIdOf,
+  rawQuotaPlan,
+  counterValue,
   skippedRulesOf,
   storedMessageOf,
   triggerIdsOf,
@@ -105,7 +107,7 @@ import {
   type PostgresSettings,
   type PostgresTarget,
 } from './postgres-db.ts';
-import { ATTEMPT_FROM_STATUS, AttemptKind, PromptClosedError, STORED_DELIVERY_STATUSES, StoredDeliveryStatus, isPending } from './store.ts';
+import { ATTEMPT_FROM_STATUS, AttemptKind, PromptClosedError, RAW_QUOTA_CURSOR, STORED_DELIVERY_STATUSES, StoredDeliveryStatus, isPending } from './store.ts';
 import type {
   NewStaffTask,
   ReplyPrompt,
@@ -334,6 +336,8 @@ export const POSTGRES_STORE_MIGRATIONS: readonly string[] = [
   ops.POSTGRES_OPERATIONS_TABLES,
   // Replies to reminders and staff tasks; SMS replies stored as messages (postgres-replies.ts).
   replies.POSTGRES_REPLY_TABLES,
+  // The raw-bytes quota's account a row's whole bytes were counted under (given back by erasure).
+  'ALTER TABLE messages ADD COLUMN raw_quota TEXT;',
 ];
 
 /** Statement triggers keeping `counts` (status, slot, n) in step with `table`'s status column. */
@@ -1184,8 +1188,9 @@ export class PostgresStore implements Store {
     let next = 0;
     ps.forEach((p, i) => {
       const r = p.record;
-      // An operator's attempt, an SMS answer (it takes its prompt) or tasks: one by one.
-      if (r.attemptOf !== undefined || r.answers !== undefined || (r.tasks?.length ?? 0) > 0) {
+      // An operator's attempt, an SMS answer (it takes its prompt), tasks, or a refusal counted
+      // under the raw-bytes quota: one by one.
+      if (r.attemptOf !== undefined || r.answers !== undefined || (r.tasks?.length ?? 0) > 0 || rawQuotaPlan(r.rawQuota, r.status) !== undefined) {
         later.push(i);
         return;
       }
@@ -1250,13 +1255,14 @@ export class PostgresStore implements Store {
           if (earlier !== undefined && earlier.replaced_by !== null) return { outcome: 'duplicate', message: messageFromRow(await latestAttempt(tx, earlier)) };
           if (earlier !== undefined) return { outcome: 'conflict', message: messageFromRow(earlier), original };
           const quarantined = await insertOne(tx, p, MessageStatus.Quarantined, StoreReason.ConflictingResend, [], r.conflictAck?.(), true);
-          return { outcome: 'conflict', message: quarantined, original };
+          return { outcome: 'conflict', message: quarantined.message, original, ...rawCut(quarantined.rawBytes) };
         }
       }
     }
     // An SMS answer takes its prompt in this transaction, or nothing is stored.
     if (r.answers !== undefined && !(await replies.answerPrompt(tx, r.answers.promptId, r.answers.answer))) throw new PromptClosedError(r.answers.promptId);
-    message ??= await insertOne(tx, p, r.status, r.reason, triggerIdsOf(r), r, keyed);
+    let rawBytes: number | undefined;
+    if (message === undefined) ({ message, rawBytes } = await insertOne(tx, p, r.status, r.reason, triggerIdsOf(r), r, keyed));
     for (const task of r.tasks ?? []) await replies.addTask(tx, { ...task, messageId: message.id });
     const rows: NewRow[] = [{ p, id: Number(message.id), message, repeats: [] }];
     const writes: Array<Promise<unknown>> = recordRows(tx, rows);
@@ -1275,7 +1281,7 @@ export class PostgresStore implements Store {
       );
     }
     await settleAll(writes);
-    return { outcome: 'stored', message };
+    return { outcome: 'stored', message, ...rawCut(rawBytes) };
   }
 
   /**
@@ -1339,6 +1345,11 @@ function insertMessages(tx: Sql, rows: readonly NewRow[]): Promise<number> {
 }
 
 /** One message row (the rare paths): its id from the identity column. */
+/** CommitOutcome.rawBytes when a row kept only its first bytes. */
+function rawCut(rawBytes: number | undefined): { rawBytes?: number } {
+  return rawBytes === undefined ? {} : { rawBytes };
+}
+
 async function insertOne(
   tx: Sql,
   p: Prepared,
@@ -1347,13 +1358,14 @@ async function insertOne(
   triggerIds: string[],
   answered: { ack: string; ackCode: string } = p.record,
   keyed: boolean,
-): Promise<StoredMessage> {
+): Promise<{ message: StoredMessage; rawBytes: number | undefined }> {
   const r = p.record;
   const patientId = patientIdOf(r);
+  const kept = await rawKept(tx, r, status);
   const [row] = await tx.rows<{ id: number }>(
     `INSERT INTO messages (input, format, sender, control_id, dedupe_key, message_type, content_hash, status, ack, ack_code,
-       reason, received_at, received_ms, trigger_ids, raw, raw_bytes, patient_id, origin, replaces, keyed)
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20) RETURNING id`,
+       reason, received_at, received_ms, trigger_ids, raw, raw_bytes, patient_id, origin, replaces, keyed, raw_quota)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21) RETURNING id`,
     [
       r.input,
       r.format,
@@ -1369,15 +1381,37 @@ async function insertOne(
       r.receivedAt,
       p.receivedMs,
       JSON.stringify(triggerIds),
-      r.raw,
-      r.rawBytes ?? null,
+      kept.raw,
+      kept.rawBytes ?? null,
       patientId ?? null,
       r.attemptOf?.kind ?? 'received',
       r.attemptOf === undefined ? null : Number(r.attemptOf.messageId),
       keyed,
+      kept.account ?? null,
     ],
   );
-  return storedMessageOf(r, String(row!.id), { status, reason, ack: answered.ack, ackCode: answered.ackCode, triggerIds, patientId });
+  return { message: storedMessageOf(r, String(row!.id), { status, reason, ack: answered.ack, ackCode: answered.ackCode, triggerIds, patientId }), rawBytes: kept.rawBytes };
+}
+
+/**
+ * The raw bytes a row keeps under its record's quota (InboundRecord.rawQuota), counted in this
+ * transaction under an advisory lock, so processes sharing the database count one after the
+ * other; the counters (cursors) roll back with the row.
+ */
+async function rawKept(tx: Sql, r: InboundRecord, status: MessageStatus): Promise<{ raw: Buffer; rawBytes: number | undefined; account?: string }> {
+  const plan = rawQuotaPlan(r.rawQuota, status);
+  if (plan === undefined) return { raw: r.raw, rawBytes: r.rawBytes };
+  // One counting transaction at a time across processes (refusals are rare); held to the commit.
+  await tx.rows('SELECT pg_advisory_xact_lock($1, hashtext($2))', [LOCK_SPACE, RAW_QUOTA_CURSOR]);
+  const rows = await tx.rows<{ key: string; value: string }>('SELECT key, value FROM cursors WHERE key = ANY($1::text[])', [[...plan.counters]]);
+  const value = new Map(rows.map((row) => [row.key, row.value]));
+  const decision = plan.decide([counterValue(value.get(plan.counters[0])), counterValue(value.get(plan.counters[1]))], r.raw.length);
+  if (!decision.whole) return { raw: r.raw.subarray(0, decision.keep), rawBytes: r.rawBytes ?? r.raw.length };
+  await tx.count('INSERT INTO cursors (key, value) SELECT * FROM unnest($1::text[], $2::text[]) ON CONFLICT (key) DO UPDATE SET value = excluded.value', [
+    [...plan.counters],
+    [...decision.counters],
+  ]);
+  return { raw: r.raw, rawBytes: r.rawBytes, account: r.rawQuota!.account };
 }
 
 /** A pending message's row takes the record's content (its id and receivedAt stay). */

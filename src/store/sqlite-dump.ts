@@ -18,7 +18,7 @@ export function sqliteDumpSource(db: Database): DumpSource {
       return db.prepare(`SELECT ${columns} FROM ${table}${where} ORDER BY ${keys.join(', ')} LIMIT ?`).all(...(after ?? []), limit) as Array<Record<string, unknown>>;
     },
     triggerOrder: 'rowid',
-    messageColumns: 'raw, raw_packed, raw_bytes, keyed',
+    messageColumns: 'raw, raw_packed, raw_bytes, keyed, raw_quota',
     message(row): MessageRecord {
       const raw = row.raw_packed === 1 && Buffer.isBuffer(row.raw) ? unpackRaw(row.raw) : Buffer.from(row.raw as Buffer);
       return {
@@ -27,6 +27,7 @@ export function sqliteDumpSource(db: Database): DumpSource {
         raw: raw.toString('base64'),
         ...(row.raw_bytes !== null ? { rawBytes: Number(row.raw_bytes) } : {}),
         keyed: row.keyed === 1,
+      ...(row.raw_quota !== null ? { rawQuota: String(row.raw_quota) } : {}),
       };
     },
     triggerColumns: 'json, routing',
