@@ -4,6 +4,7 @@
 import { alertsSchema, retentionSchema } from './operations-schema.ts';
 import { policySchema } from './policy-schema.ts';
 import { storeSchema, type StoreConfig } from './store-schema.ts';
+import { queueSchema, type QueueConfig } from './queue-schema.ts';
 import { videoSchema, type VideoConfig } from './video-schema.ts';
 import { nameSchema, secretRefSchema, type JsonSchema, type SecretRef } from './yaml.ts';
 
@@ -105,6 +106,7 @@ export const serverSchema = {
       },
     },
     store: storeSchema,
+    queue: queueSchema,
     minFreeDiskBytes: {
       type: 'integer',
       minimum: 0,
@@ -192,6 +194,8 @@ export interface ServerConfig {
   readonly minFreeDiskBytes: number;
   /** Where messages, deliveries and the ledger are kept (config/store-schema.ts). */
   readonly store: StoreConfig;
+  /** Where delivery jobs wait (config/queue-schema.ts). */
+  readonly queue: QueueConfig;
   readonly admin: { readonly tokenEnv?: string; readonly tokens: readonly AdminTokenConfig[] };
   readonly metrics: { readonly tokenEnv: string };
   readonly video: VideoConfig;

@@ -1429,9 +1429,14 @@ export class SqliteStore implements Store {
     return this.ledger.patientsAtAddress(address);
   }
 
+  /**
+   * In the group commit, like every other write: one fsync carries the decisions of all the
+   * sends under way (on its own, each was an fsync on the event loop — the ceiling of delivery,
+   * and, with several processes on the file, a write lock taken once per decision).
+   */
   async recordDecision(decision: Omit<DecisionRecord, 'id'>): Promise<void> {
     this.assertOpen();
-    this.ledger.recordDecision(decision);
+    await this.enqueueWrite(() => () => this.ledger.recordDecision(decision));
   }
 
   async listDecisions(query: Parameters<ConsentLedger['listDecisions']>[0]): Promise<DecisionRecord[]> {
@@ -1439,9 +1444,10 @@ export class SqliteStore implements Store {
     return this.ledger.listDecisions(query);
   }
 
+  /** In the group commit (recordDecision). */
   async recordDisclosure(disclosure: Disclosure): Promise<void> {
     this.assertOpen();
-    this.ledger.recordDisclosure(disclosure);
+    await this.enqueueWrite(() => () => this.ledger.recordDisclosure(disclosure));
   }
 
   async listDisclosures(query: Parameters<ConsentLedger['listDisclosures']>[0]): Promise<Disclosure[]> {
