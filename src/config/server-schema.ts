@@ -3,6 +3,7 @@
 
 import { alertsSchema, retentionSchema } from './operations-schema.ts';
 import { policySchema } from './policy-schema.ts';
+import { storeSchema, type StoreConfig } from './store-schema.ts';
 import { queueSchema, type QueueConfig } from './queue-schema.ts';
 import { videoSchema, type VideoConfig } from './video-schema.ts';
 import { nameSchema, secretRefSchema, type JsonSchema, type SecretRef } from './yaml.ts';
@@ -104,6 +105,7 @@ export const serverSchema = {
         },
       },
     },
+    store: storeSchema,
     queue: queueSchema,
     minFreeDiskBytes: {
       type: 'integer',
@@ -190,6 +192,8 @@ export interface ServerConfig {
   readonly timezone?: string;
   readonly rejectedRaw: { readonly totalBytes: number; readonly perSenderBytes: number; readonly keepBytes: number };
   readonly minFreeDiskBytes: number;
+  /** Where messages, deliveries and the ledger are kept (config/store-schema.ts). */
+  readonly store: StoreConfig;
   /** Where delivery jobs wait (config/queue-schema.ts). */
   readonly queue: QueueConfig;
   readonly admin: { readonly tokenEnv?: string; readonly tokens: readonly AdminTokenConfig[] };

@@ -4,7 +4,7 @@ import os from 'node:os';
 import path from 'node:path';
 import BetterSqlite3 from 'better-sqlite3';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { storeConformanceSuite, testRecord, testTrigger } from './conformance.ts';
+import { testRecord, testTrigger } from './conformance.ts';
 import { migrate, openSqliteDatabase, type Database } from './sqlite-db.ts';
 import { SQLITE_STORE_COMPONENT, SQLITE_STORE_MIGRATIONS, SqliteStore } from './sqlite.ts';
 import { widenMessageFormats } from './sqlite-replies.ts';
@@ -22,16 +22,7 @@ afterEach(() => {
   }
 });
 
-storeConformanceSuite('sqlite', async () => {
-  const dir = tempDir();
-  const store = SqliteStore.open(path.join(dir, 'data', 'carerelay.db'));
-  return {
-    store,
-    cleanup: async () => {
-      await store.close();
-    },
-  };
-});
+// The conformance suite runs over every backend in conformance.test.ts.
 
 describe('openSqliteDatabase', () => {
   it('creates the directory and sets WAL, synchronous=FULL, busy_timeout and foreign keys', () => {
