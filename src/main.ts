@@ -361,7 +361,7 @@ export async function startCarerelay(options: StartOptions): Promise<RunningCare
     hl7Settings,
     twilioStatus,
     readiness: () => readiness.check(),
-    consent: { consent, links: deliveries.links, smsWebhooks, publicUrl: () => publicUrl, now },
+    consent: { consent, links: deliveries.links, smsWebhooks, publicUrl: () => publicUrl, now, inboundSms: (message) => deliveries.replies.service.inboundSms(message) },
     dashboard: {
       zone: policy.settings.timezone,
       now: () => new Date(now()),

@@ -128,7 +128,13 @@ const MIGRATIONS_TABLE = `CREATE TABLE IF NOT EXISTS schema_migrations (
  * Returns the number of steps applied now. Throws when the database was written by a newer
  * CareRelay (more versions recorded than `steps` knows).
  */
-export function migrate(db: Database, name: string, steps: readonly string[]): number {
+/**
+ * One schema version: SQL, or a function for a change SQL alone cannot express (it runs in the
+ * migration's transaction like SQL does).
+ */
+export type MigrationStep = string | ((db: Database) => void);
+
+export function migrate(db: Database, name: string, steps: readonly MigrationStep[]): number {
   if (name === '') throw new Error('migrate: the component name must not be empty');
   const current = (): number =>
     (db.prepare('SELECT MAX(version) AS v FROM schema_migrations WHERE component = ?').get(name) as { v: number | null })
@@ -152,7 +158,9 @@ export function migrate(db: Database, name: string, steps: readonly string[]): n
     }
     const record = db.prepare('INSERT INTO schema_migrations (component, version, applied_at) VALUES (?, ?, ?)');
     for (let v = from + 1; v <= steps.length; v++) {
-      db.exec(steps[v - 1]!);
+      const step = steps[v - 1]!;
+      if (typeof step === 'string') db.exec(step);
+      else step(db);
       record.run(name, v, new Date().toISOString());
     }
     return steps.length - from;
