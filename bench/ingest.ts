@@ -42,7 +42,7 @@ import { SqliteStore } from '../src/store/sqlite.ts';
 import type { CommitOutcome, InboundRecord, Store } from '../src/store/store.ts';
 import { Hl7Ingest } from '../src/workers/ingest.ts';
 import { startFhirTarget } from './fhir.ts';
-import { confirmationFigures, meter, perMessage, storageWrites, writeConfig, type ConfirmationFigures, type Meter } from './measure.ts';
+import { benchConnectorLines, bookingSiu, confirmationFigures, meter, perMessage, storageWrites, writeConfig, type ConfirmationFigures, type Meter } from './measure.ts';
 
 const DURATION_S = Number(process.env.BENCH_INGEST_SECONDS ?? 10);
 const MAX_MESSAGES = Number(process.env.BENCH_INGEST_MESSAGES ?? 20_000);
@@ -61,22 +61,6 @@ function percentile(sorted: Float64Array, p: number): number {
   return sorted[Math.min(sorted.length - 1, Math.floor(p * sorted.length))]!;
 }
 
-/** A real-shaped SIU^S12 (booking) with its own MSH-10 and appointment id. */
-function siu(controlId: string, n: number): string {
-  const start = new Date(Date.UTC(2030, 0, 1, 8) + (n % 100_000) * 900_000).toISOString().replace(/[-:T]/g, '').slice(0, 14);
-  return (
-    [
-      `MSH|^~\\&|EPIC|NORTHCLINIC|CARERELAY|CR|20300101080000+0000||SIU^S12^SIU_S12|${controlId}|P|2.5.1`,
-      `SCH|PL-${controlId}|AP-${controlId}||||NEW|CHK^Annual check-up^LOCAL||30|MIN|||||||||||||||Booked`,
-      `TQ1|1||||||${start}+0000`,
-      `PID|1||P${n % 5_000}^^^NORTHCLINIC^MR||DOE^Test||19600101|M|||||0478000000^PRN^PH~^NET^Internet^p${n % 5_000}@example.org`,
-      'RGS|1',
-      'AIL|1||CARDIO1^^^NORTHCLINIC',
-      'AIP|1||DR-22^PETIT^Jean',
-    ].join('\r') + '\r'
-  );
-}
-
 /**
  * Drives `port` with `connections` senders, one message in flight each, until the time or
  * message budget is spent. `prefix` keeps MSH-10s distinct across runs.
@@ -88,7 +72,7 @@ async function drive(port: number, connections: number, prefix: string, acked?: 
     // Warm-up, not measured.
     await Promise.all(
       clients.map(async (client, c) => {
-        for (let i = 0; i < WARMUP_PER_CONNECTION; i++) await client.send(siu(`${prefix}W${c}-${i}`, i));
+        for (let i = 0; i < WARMUP_PER_CONNECTION; i++) await client.send(bookingSiu(`${prefix}W${c}-${i}`, i));
       }),
     );
     (globalThis as { gc?: () => void }).gc?.();
@@ -103,7 +87,7 @@ async function drive(port: number, connections: number, prefix: string, acked?: 
         while (performance.now() < deadline) {
           const n = seq++;
           if (n >= MAX_MESSAGES) break;
-          const message = siu(`${prefix}${n}`, n);
+          const message = bookingSiu(`${prefix}${n}`, n);
           const t0 = performance.now();
           const ack = await client.send(message);
           latencies[count++] = performance.now() - t0;
@@ -194,22 +178,7 @@ function fsyncedLogCommit(file: string): { commit: CommitStrategy; close: () => 
 
 /** A server with one plain MLLP input, with or without the shipped mappings. */
 async function startServer(dir: string, shipped: boolean): Promise<{ running: RunningCarerelay; port: number }> {
-  writeConfig(
-    dir,
-    [
-      'server:',
-      '  http: { host: 127.0.0.1, port: 0 }',
-      `  dataDir: ${JSON.stringify(join(dir, 'data'))}`,
-      'inputs:',
-      '  - name: bench-mllp',
-      '    type: hl7v2-mllp',
-      '    host: 127.0.0.1',
-      '    port: 0',
-      '    plain: true',
-      '    timezone: UTC',
-    ],
-    shipped,
-  );
+  writeConfig(dir, benchConnectorLines(dir), shipped);
   const running = await startCarerelay({ configDir: dir, env: {}, log: silentLogger, watchMappings: false });
   return { running, port: running.mllpPorts.get('bench-mllp')! };
 }

@@ -3,7 +3,7 @@
 import { readFile, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
-import { isIanaTimeZone } from './config/yaml.ts';
+import { isIanaTimeZone, readSecret } from './config/yaml.ts';
 import { AmbiguousError, ConfigError, PermanentError, TransientError } from './errors.ts';
 import { AckCondition, ackModeOf } from './hl7v2/ack.ts';
 import { Hl7ParseError, parseHl7, parseHl7Batch } from './hl7v2/parse.ts';
@@ -20,11 +20,17 @@ import { PRUNE_USAGE } from './cli-prune.ts';
 const USAGE = `Usage: carerelay <command> [options]
 
 Commands:
-  start [--config-dir DIR]                 run CareRelay with connectors/ (and mappings/) of DIR
-                                           (default: the working directory)
-  validate [--config-dir DIR]              check the configuration and the mapping tests
+  start [--config-dir DIR] [--role ingest|worker|all] [--processes N]
+                                           run CareRelay with connectors/ (and mappings/) of DIR
+                                           (default: the working directory); --role: ingest
+                                           (listeners: commit and ACK), worker (route and
+                                           deliver) or all (default); --processes N: N such
+                                           processes sharing the listening ports (a split or
+                                           N > 1 needs server.queue type bullmq)
+  validate [--config-dir DIR] [--connect]  check the configuration and the mapping tests
                                            (*.test.yaml, not run); list every problem as
-                                           file:line:column
+                                           file:line:column; --connect: also reach the queue's
+                                           Redis and check it keeps jobs (AOF, noeviction)
   normalize [--timezone ZONE] [--fhir-base URL] [--fhir-sender URL] FILE...
                                            print the triggers each file gives (NDJSON): HL7v2
                                            messages; FHIR notifications, Appointment/Encounter
@@ -290,12 +296,18 @@ function splitForSending(bytes: Buffer): Buffer[] {
 }
 
 async function cmdValidate(args: string[]): Promise<number> {
-  const { values } = parse(args, { 'config-dir': { type: 'string', default: '.' } });
+  const { values } = parse(args, { 'config-dir': { type: 'string', default: '.' }, connect: { type: 'boolean', default: false } });
   const { loadConfig } = await import('./config/load.ts');
   const { checkMappingTestFiles } = await import('./workers/mapping-tests.ts');
   try {
     const plan = await loadConfig({ configDir: path.resolve(values['config-dir'] as string), env: process.env, mappingTests: checkMappingTestFiles });
     process.stdout.write(`configuration OK: ${plan.inputs.length} input(s), ${plan.outputs.length} output(s)\n`);
+    if (values.connect === true) {
+      const { checkQueueConnection } = await import('./queue/connect-check.ts');
+      const queue = await checkQueueConnection(plan.server.queue, (ref) => readSecret(ref, process.env, plan.configDir));
+      process.stdout.write(`${queue.message}\n`);
+      if (!queue.ok) return 1;
+    }
     return 0;
   } catch (error) {
     if (error instanceof ConfigError) return reportConfigError(error, '; nothing was started');
@@ -485,15 +497,42 @@ async function cmdFhir(args: string[]): Promise<number> {
 }
 
 async function cmdStart(args: string[]): Promise<number> {
-  const { values } = parse(args, { 'config-dir': { type: 'string', default: '.' } });
+  const { values } = parse(args, {
+    'config-dir': { type: 'string', default: '.' },
+    role: { type: 'string', default: 'all' },
+    processes: { type: 'string', default: '1' },
+  });
+  const { ROLES } = await import('./workers/runtime.ts');
+  const role = values.role as string;
+  if (!(ROLES as readonly string[]).includes(role)) return fail(`--role ${role}: expected one of ${ROLES.join(', ')}`);
+  const processes = Number(values.processes);
+  if (!Number.isInteger(processes) || processes < 1 || processes > 256) return fail(`--processes ${values.processes as string}: expected a whole number from 1 to 256`);
+  const configDir = path.resolve(values['config-dir'] as string);
+  if (processes > 1) {
+    // Checked once here, so a configuration error is reported once and nothing starts.
+    const { loadConfig } = await import('./config/load.ts');
+    try {
+      const plan = await loadConfig({ configDir, env: process.env });
+      if (plan.server.queue.type !== 'bullmq') return fail('--processes N needs the queue on Redis: set server.queue type: bullmq (the embedded queue serves one process)');
+    } catch (error) {
+      if (error instanceof ConfigError) return reportConfigError(error, '; nothing was started');
+      throw error;
+    }
+    const { runProcesses } = await import('./processes.ts');
+    const { createLogger } = await import('./log.ts');
+    return runProcesses({ count: processes, args: ['start', '--config-dir', configDir, '--role', role], log: createLogger() });
+  }
   const { startCarerelay } = await import('./main.ts');
   try {
     const running = await startCarerelay({
-      configDir: path.resolve(values['config-dir'] as string),
+      configDir,
       env: process.env,
       handleSignals: true,
+      role: role as (typeof ROLES)[number],
     });
     await running.stopped;
+    // One of `--processes N`: the channel to the supervising process would keep it alive.
+    if (process.connected) process.disconnect();
     return 0;
   } catch (error) {
     if (error instanceof ConfigError) return reportConfigError(error, '; nothing was started');

@@ -54,6 +54,7 @@ describe('the shipped example (connectors/example.yaml)', () => {
       http: { host: '127.0.0.1', port: 8080 },
       dataDir: path.join(repoRoot, 'data'),
       rejectedRaw: { totalBytes: 1073741824, perSenderBytes: 67108864, keepBytes: 4096 },
+      queue: { type: 'sqlite', url: { env: 'REDIS_URL' }, prefix: 'carerelay', leaseSeconds: 30, durable: true },
       minFreeDiskBytes: 67108864,
       metrics: { tokenEnv: 'CARERELAY_METRICS_TOKEN' },
       video: { keyId: 'k1', previousKeys: [], opensMinutesBefore: 60, closesMinutesAfter: 30 },
@@ -97,6 +98,7 @@ describe('loadConfig', () => {
       http: { host: '127.0.0.1', port: 8080 },
       dataDir: path.join(dir, 'data'),
       rejectedRaw: { totalBytes: 1073741824, perSenderBytes: 67108864, keepBytes: 4096 },
+      queue: { type: 'sqlite', prefix: 'carerelay', leaseSeconds: 30, durable: true },
       minFreeDiskBytes: 67108864,
       metrics: { tokenEnv: 'CARERELAY_METRICS_TOKEN' },
       video: { keyId: 'k1', previousKeys: [], opensMinutesBefore: 60, closesMinutesAfter: 30 },
@@ -496,6 +498,47 @@ describe('loadConfig', () => {
       'connectors/a.yaml:6:17: token name "admin" is reserved ("admin" is the tokenEnv token, "local" a caller on loopback without a token); choose another',
       expect.stringMatching(/^connectors\/a\.yaml:7:\d+: .*everything/),
     ]);
+  });
+
+  it('reads the queue block: bullmq with its Redis URL by reference, checked like every secret', async () => {
+    const ok = await configDir({
+      'a.yaml': ['server:', '  queue:', '    type: bullmq', '    url: { env: REDIS_URL }', '    prefix: north', ''].join('\n'),
+    });
+    const plan = await loadConfig({ configDir: ok, env: { REDIS_URL: 'redis://127.0.0.1:6379' } });
+    expect(plan.server.queue).toEqual({ type: 'bullmq', url: { env: 'REDIS_URL' }, prefix: 'north', leaseSeconds: 30, durable: true });
+    const embedded = await configDir({ 'a.yaml': 'server: {}\n' });
+    expect((await loadConfig({ configDir: embedded, env: {} })).server.queue).toEqual({ type: 'sqlite', prefix: 'carerelay', leaseSeconds: 30, durable: true });
+
+    const bad = await configDir({
+      'a.yaml': [
+        'server:',
+        '  queue:',
+        '    type: bullmq',
+        '    url: redis://:hunter2@redis:6379',
+        '    prefix: "a:b"',
+        '',
+      ].join('\n'),
+      'b.yaml': '',
+    });
+    const issues = await issuesOf(bad);
+    expect(issues).toEqual([
+      expect.stringMatching(/^connectors\/a\.yaml:4:10: .*secrets are never written inline/),
+      expect.stringMatching(/^connectors\/a\.yaml:5:13: .*no ":"/),
+    ]);
+    expect(issues.join('\n')).not.toContain('hunter2');
+
+    const missing = await configDir({ 'a.yaml': ['server:', '  queue: { type: bullmq }', ''].join('\n') });
+    expect(await issuesOf(missing)).toEqual([
+      'connectors/a.yaml:2:12: queue type bullmq needs the Redis URL: add url: { env: REDIS_URL } (or { file: PATH })',
+    ]);
+    // One configuration switches its queue by environment: embedded, the URL is not needed.
+    const switchable = await configDir({
+      'a.yaml': ['server:', '  queue:', '    type: ${CARERELAY_QUEUE:-sqlite}', '    url: { env: REDIS_URL }', ''].join('\n'),
+    });
+    expect((await loadConfig({ configDir: switchable, env: {} })).server.queue.type).toBe('sqlite');
+    expect(await issuesOf(switchable, { CARERELAY_QUEUE: 'bullmq' })).toEqual(['connectors/a.yaml:4:10: secret environment variable REDIS_URL is not set']);
+    const unset = await configDir({ 'a.yaml': ['server:', '  queue:', '    type: bullmq', '    url: { env: REDIS_URL }', ''].join('\n') });
+    expect(await issuesOf(unset)).toEqual(['connectors/a.yaml:4:10: secret environment variable REDIS_URL is not set']);
   });
 
   it('checks the video keys (docs/video.md): each reads to 32 bytes, ids unique, without repeating a value', async () => {

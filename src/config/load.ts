@@ -15,6 +15,7 @@ import type { Rule } from '../pipeline/rule.ts';
 import { loadMappings, type MappingSet } from './mappings.ts';
 import { alertsSchema, retentionSchema, type AlertsConfig, type RetentionConfig } from './operations-schema.ts';
 import { policyConfigOf, policySchema, type PolicyBlock, type PolicyConfig } from './policy-schema.ts';
+import { queueConfigIssues, queueSecretsInUse } from './queue-schema.ts';
 import { connectorFileSchema, serverSchema, type ServerConfig } from './server-schema.ts';
 import { videoKeyProblems } from './video-schema.ts';
 import {
@@ -365,6 +366,13 @@ export async function loadConfig(options: LoadConfigOptions): Promise<CarerelayP
     issues.push(...secretIssues(policySchema, policyValue, policyFile, ['policy'], configDir, env, options.checkSecrets !== false));
   }
 
+  if (serverPlace && serverConfig.queue) {
+    const serverFile = files.find((f) => f.display === serverPlace!.display)!;
+    for (const found of queueConfigIssues(serverConfig.queue)) {
+      const at = ['server', 'queue', ...found.path];
+      issues.push({ file: serverFile.display, ...serverFile.doc.locate(at, { key: true }), path: toPointer(at), message: found.message });
+    }
+  }
   const operations = operationsBlocks(blocks, files, located, policyBlock, (more) => issues.push(...more));
 
   if (serverPlace) issues.push(...adminTokenIssues(serverConfig, files.find((f) => f.display === serverPlace!.display)!, configDir, env, options.checkSecrets !== false));
@@ -478,7 +486,8 @@ const RESERVED_TOKEN_NAMES = new Set(['admin', 'local']);
 function adminTokenIssues(server: ServerConfig, file: YamlFile, configDir: string, env: Env, check: boolean): ConfigIssue[] {
   const tokens = server.admin?.tokens;
   if (!Array.isArray(tokens)) return [];
-  const issues = secretIssues(serverSchema, server as unknown as Record<string, unknown>, file, ['server'], configDir, env, check);
+  const checked = { ...server, queue: queueSecretsInUse(server.queue) };
+  const issues = secretIssues(serverSchema, checked as unknown as Record<string, unknown>, file, ['server'], configDir, env, check);
   const seen = new Set<string>();
   tokens.forEach((token, i) => {
     if (!isRecord(token) || typeof token.name !== 'string') return; // reported by the schema

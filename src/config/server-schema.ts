@@ -3,6 +3,7 @@
 
 import { alertsSchema, retentionSchema } from './operations-schema.ts';
 import { policySchema } from './policy-schema.ts';
+import { queueSchema, type QueueConfig } from './queue-schema.ts';
 import { videoSchema, type VideoConfig } from './video-schema.ts';
 import { nameSchema, secretRefSchema, type JsonSchema, type SecretRef } from './yaml.ts';
 
@@ -103,6 +104,7 @@ export const serverSchema = {
         },
       },
     },
+    queue: queueSchema,
     minFreeDiskBytes: {
       type: 'integer',
       minimum: 0,
@@ -188,6 +190,8 @@ export interface ServerConfig {
   readonly timezone?: string;
   readonly rejectedRaw: { readonly totalBytes: number; readonly perSenderBytes: number; readonly keepBytes: number };
   readonly minFreeDiskBytes: number;
+  /** Where delivery jobs wait (config/queue-schema.ts). */
+  readonly queue: QueueConfig;
   readonly admin: { readonly tokenEnv?: string; readonly tokens: readonly AdminTokenConfig[] };
   readonly metrics: { readonly tokenEnv: string };
   readonly video: VideoConfig;

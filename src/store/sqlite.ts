@@ -1488,9 +1488,12 @@ export class SqliteStore implements Store {
     return this.ledger.patientsAtAddress(address);
   }
 
-  // Decisions and disclosures ride the group commit like every other write: on their own
-  // (autocommit) each was an fsync of its own, two per delivery sent — the largest item of
-  // the delivery side's profile (bench/ingest.ts shipped).
+  /**
+   * In the group commit, like every other write: one fsync carries the decisions of all the
+   * sends under way (on its own, each was an fsync on the event loop — the ceiling of delivery,
+   * and, with several processes on the file, a write lock taken once per decision). The time
+   * is checked before the transaction: a bad one fails this call, not the group.
+   */
   recordDecision(decision: Omit<DecisionRecord, 'id'>): Promise<void> {
     return this.enqueueWrite(() => {
       instantMs(decision.at, 'decision.at');
@@ -1503,6 +1506,7 @@ export class SqliteStore implements Store {
     return this.ledger.listDecisions(query);
   }
 
+  /** In the group commit (recordDecision). */
   recordDisclosure(disclosure: Disclosure): Promise<void> {
     return this.enqueueWrite(() => {
       instantMs(disclosure.at, 'disclosure.at');

@@ -95,6 +95,20 @@ export interface RouterDeps {
   idempotentOutput?: (output: string) => boolean;
   /** First delay before routing failed triggers again, ms (doubles to 60 s). Default 1,000. */
   retryMs?: number;
+  /**
+   * Several processes (workers/cluster.ts): false while another process holds the routing
+   * duty. Checked before each pass is saved; a sweep that finds it false stops quietly.
+   */
+  mayRoute?: () => boolean;
+  /** Called after each routing pass was saved (several processes: announce it). */
+  onSaved?: () => void;
+}
+
+/** This process lost the routing duty: another one routes now (nothing of the pass was saved). */
+class NotRouting extends TransientError {
+  constructor() {
+    super('not_routing', 'another process holds the routing duty');
+  }
 }
 
 /** What routing one trigger did. */
@@ -156,7 +170,16 @@ export class Router {
    * and its routing loses nothing). Resolves with the number routed.
    */
   routeUnrouted(): Promise<number> {
-    return this.#enqueue(() => this.#sweep());
+    return this.#enqueue(() => this.#sweep('recovery'));
+  }
+
+  /**
+   * Routes every unrouted trigger in commit order, in passes (several processes: triggers
+   * committed by any of them, routed by the one holding the routing duty). Quiet when all
+   * goes well; failures are logged and retried like the start-up sweep's.
+   */
+  routeCommitted(): Promise<number> {
+    return this.#enqueue(() => this.#sweep('committed'));
   }
 
   /** The ingest hook: routes the triggers of one commit, in order, after what is queued. */
@@ -228,7 +251,7 @@ export class Router {
     return run;
   }
 
-  async #sweep(): Promise<number> {
+  async #sweep(mode: 'recovery' | 'committed'): Promise<number> {
     let routed = 0;
     let stopped = false;
     const skipped = new Set<string>();
@@ -237,27 +260,44 @@ export class Router {
     // and tries again later from there. A trigger the rules themselves cannot route (a
     // PermanentError: a bad zone, say) would block every later one forever: it is skipped,
     // logged, and retried on every sweep. Bounded: each pass routes, skips or stops.
+    // Triggers go in passes of PASS_BATCH (one saveRouting each); a pass that fails is
+    // routed again one trigger at a time, to route what can be and find the one that cannot.
     outer: for (;;) {
+      if (this.#deps.mayRoute?.() === false) break;
       const batch = await this.#deps.store.listUnroutedTriggers(SWEEP_BATCH);
       const todo = batch.filter((t) => !skipped.has(t.id));
       if (todo.length === 0) break;
-      for (const trigger of todo) {
-        try {
-          await this.#routeBatch([trigger]);
-          routed++;
-        } catch (error) {
-          this.#logFailure(trigger.id, error);
-          if (error instanceof PermanentError) {
-            skipped.add(trigger.id);
+      for (let at = 0; at < todo.length; at += PASS_BATCH) {
+        const pass = todo.slice(at, at + PASS_BATCH);
+        if (pass.length > 1) {
+          try {
+            await this.#routeBatch(pass);
+            routed += pass.length;
             continue;
+          } catch (error) {
+            if (error instanceof NotRouting) break outer;
+            // One by one below: what failed the pass fails again there, and is logged.
           }
-          stopped = true;
-          break outer;
+        }
+        for (const trigger of pass) {
+          try {
+            await this.#routeBatch([trigger]);
+            routed++;
+          } catch (error) {
+            if (error instanceof NotRouting) break outer;
+            this.#logFailure(trigger.id, error);
+            if (error instanceof PermanentError) {
+              skipped.add(trigger.id);
+              continue;
+            }
+            stopped = true;
+            break outer;
+          }
         }
       }
       if (batch.length < SWEEP_BATCH) break;
     }
-    if (routed > 0) this.#deps.log.info('route.recovered', { count: routed });
+    if (routed > 0 && mode === 'recovery') this.#deps.log.info('route.recovered', { count: routed });
     // Live routing resumes once nothing older is left unrouted but the skipped ones.
     this.#recovering = stopped;
     if (stopped || skipped.size > 0) this.#scheduleRetry();
@@ -310,6 +350,7 @@ export class Router {
     const generations = new Map([...work].map(([id, w]) => [id, w.generation]));
     let written: DeliveryWrite[];
     let warnings: string[] = [];
+    if (this.#deps.mayRoute?.() === false) throw new NotRouting();
     try {
       if (queue.joinTransaction) {
         // The timers ride in the saveRouting transaction; they set the generations it saves.
@@ -334,11 +375,13 @@ export class Router {
       }
     } catch (error) {
       if (error instanceof TransientError && error.code === 'queue_ids_exhausted') throw error;
+      if (error instanceof NotRouting) throw error;
       // Unrouted still: the retry routes them again (the queue ops repeat harmlessly when
       // they were not in the same transaction).
       throw new TransientError('store_failed', `routing of ${ids.length} trigger(s) could not be saved`, { cause: error });
     }
     for (const write of written) work.get(write.delivery.id)!.generation = write.generation;
+    this.#deps.onSaved?.();
     for (const deliveryId of warnings) log.warn('route.replan_while_sending', { deliveryId, reason: RouterReason.ReplanWhileSending });
     if (written.length > 0) log.debug('route.routed', { count: written.length, triggerId: ids.length === 1 ? ids[0] : undefined });
     return results.map((r) => ({ ...r, written }));
