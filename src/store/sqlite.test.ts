@@ -250,6 +250,34 @@ describe('SqliteStore on a file', () => {
     }
   });
 
+  it('records send-time decisions and disclosures in the group commit, not an fsync each', async () => {
+    const store = SqliteStore.open(path.join(tempDir(), 'carerelay.db'));
+    try {
+      const at = '2025-06-02T08:00:00+02:00';
+      const ref = { patientId: 'MRN-1', rule: 'r', purpose: 'care.logistics', channel: 'sms', output: 'sms' } as const;
+      const before = store.commits;
+      await Promise.all(
+        Array.from({ length: 10 }, (_, i) => [
+          store.recordDecision({ ...ref, deliveryId: `d${i}`, result: 'allow', basis: 'care', records: [], settings: {}, at }),
+          store.recordDisclosure({ ...ref, deliveryId: `d${i}`, at }),
+        ]).flat(),
+      );
+      // One transaction for all twenty (autocommits would not count here: 0).
+      expect(store.commits - before).toBe(1);
+      expect(await store.listDecisions({ patientId: 'MRN-1' })).toHaveLength(10);
+      expect(await store.listDisclosures({ patientIds: ['MRN-1'] })).toHaveLength(10);
+      // A bad time fails its own call only, not the writes of its group.
+      const [bad, good] = await Promise.allSettled([
+        store.recordDecision({ ...ref, deliveryId: 'd', result: 'allow', basis: 'care', records: [], settings: {}, at: 'soon' }),
+        store.recordDisclosure({ ...ref, deliveryId: 'd10', at }),
+      ]);
+      expect(bad).toMatchObject({ status: 'rejected', reason: expect.objectContaining({ message: expect.stringMatching(/decision\.at/) }) });
+      expect(good.status).toBe('fulfilled');
+    } finally {
+      await store.close();
+    }
+  });
+
   it('finds the dedupe original through the partial unique index, not a table scan', () => {
     const store = SqliteStore.open(path.join(tempDir(), 'carerelay.db'));
     try {

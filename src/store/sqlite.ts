@@ -1432,11 +1432,14 @@ export class SqliteStore implements Store {
   /**
    * In the group commit, like every other write: one fsync carries the decisions of all the
    * sends under way (on its own, each was an fsync on the event loop — the ceiling of delivery,
-   * and, with several processes on the file, a write lock taken once per decision).
+   * and, with several processes on the file, a write lock taken once per decision). The time
+   * is checked before the transaction: a bad one fails this call, not the group.
    */
-  async recordDecision(decision: Omit<DecisionRecord, 'id'>): Promise<void> {
-    this.assertOpen();
-    await this.enqueueWrite(() => () => this.ledger.recordDecision(decision));
+  recordDecision(decision: Omit<DecisionRecord, 'id'>): Promise<void> {
+    return this.enqueueWrite(() => {
+      instantMs(decision.at, 'decision.at');
+      return () => this.ledger.recordDecision(decision);
+    });
   }
 
   async listDecisions(query: Parameters<ConsentLedger['listDecisions']>[0]): Promise<DecisionRecord[]> {
@@ -1445,9 +1448,11 @@ export class SqliteStore implements Store {
   }
 
   /** In the group commit (recordDecision). */
-  async recordDisclosure(disclosure: Disclosure): Promise<void> {
-    this.assertOpen();
-    await this.enqueueWrite(() => () => this.ledger.recordDisclosure(disclosure));
+  recordDisclosure(disclosure: Disclosure): Promise<void> {
+    return this.enqueueWrite(() => {
+      instantMs(disclosure.at, 'disclosure.at');
+      return () => this.ledger.recordDisclosure(disclosure);
+    });
   }
 
   async listDisclosures(query: Parameters<ConsentLedger['listDisclosures']>[0]): Promise<Disclosure[]> {
