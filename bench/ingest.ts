@@ -47,7 +47,7 @@ import { benchConnectorLines, bookingSiu, confirmationFigures, meter, perMessage
 const DURATION_S = Number(process.env.BENCH_INGEST_SECONDS ?? 10);
 const MAX_MESSAGES = Number(process.env.BENCH_INGEST_MESSAGES ?? 20_000);
 /** Messages per connection before measuring (JIT, SQLite page cache, socket buffers). */
-const WARMUP_PER_CONNECTION = 100;
+export const WARMUP_PER_CONNECTION = 100;
 const CONNECTIONS = [1, 8] as const;
 
 export interface RunResult {
@@ -65,7 +65,7 @@ function percentile(sorted: Float64Array, p: number): number {
  * Drives `port` with `connections` senders, one message in flight each, until the time or
  * message budget is spent. `prefix` keeps MSH-10s distinct across runs.
  */
-async function drive(port: number, connections: number, prefix: string, acked?: Map<string, number>): Promise<RunResult> {
+export async function drive(port: number, connections: number, prefix: string, acked?: Map<string, number>): Promise<RunResult> {
   const clients = Array.from({ length: connections }, () => new MllpClient({ host: '127.0.0.1', port, ackTimeoutMs: 30_000 }));
   await Promise.all(clients.map((c) => c.connect()));
   try {
@@ -116,7 +116,7 @@ type CommitStrategy = (record: InboundRecord, stored: () => CommitOutcome) => Pr
  * Targets (c) and (d): HL7 ingest over MLLP with a store whose look-ups find nothing and
  * whose commits are `commit` (the other Store methods are an in-memory SQLite store's).
  */
-async function startPipeline(commit: CommitStrategy): Promise<{ port: number; close: () => Promise<void> }> {
+export async function startPipeline(commit: CommitStrategy): Promise<{ port: number; close: () => Promise<void> }> {
   const memory = SqliteStore.open(':memory:');
   let id = 0;
   const store: Store = Object.assign(Object.create(memory) as SqliteStore, {
@@ -153,7 +153,7 @@ const freeCommit: CommitStrategy = async (_record, stored) => stored();
  * (d): the least a durable commit can cost — the raw bytes appended to a file and one
  * fdatasync per group (the store's grouping: two event-loop turns), nothing else.
  */
-function fsyncedLogCommit(file: string): { commit: CommitStrategy; close: () => void; syncs: () => number } {
+export function fsyncedLogCommit(file: string): { commit: CommitStrategy; close: () => void; syncs: () => number } {
   const fd = openSync(file, 'a');
   let syncs = 0;
   let group: Array<{ record: InboundRecord; stored: () => CommitOutcome; resolve: (o: CommitOutcome) => void }> = [];
@@ -176,10 +176,13 @@ function fsyncedLogCommit(file: string): { commit: CommitStrategy; close: () => 
   };
 }
 
-/** A server with one plain MLLP input, with or without the shipped mappings. */
-async function startServer(dir: string, shipped: boolean): Promise<{ running: RunningCarerelay; port: number }> {
-  writeConfig(dir, benchConnectorLines(dir), shipped);
-  const running = await startCarerelay({ configDir: dir, env: {}, log: silentLogger, watchMappings: false });
+/**
+ * A server with one plain MLLP input, with or without the shipped mappings; `store`: lines of
+ * a server.store block (default: the embedded store) and the environment they read.
+ */
+export async function startServer(dir: string, shipped: boolean, store: { lines: readonly string[]; env: Record<string, string> } = { lines: [], env: {} }): Promise<{ running: RunningCarerelay; port: number }> {
+  writeConfig(dir, benchConnectorLines(dir, store.lines), shipped);
+  const running = await startCarerelay({ configDir: dir, env: store.env, log: silentLogger, watchMappings: false });
   return { running, port: running.mllpPorts.get('bench-mllp')! };
 }
 

@@ -15,6 +15,7 @@ import { FhirNormalizeError } from './fhir/normalize.ts';
 import { FhirNotificationError } from './fhir/notification.ts';
 import type { Trigger } from './types.ts';
 import { CONSENT_USAGE } from './cli-consent.ts';
+import { STORE_USAGE } from './cli-store.ts';
 import { PRUNE_USAGE } from './cli-prune.ts';
 
 const USAGE = `Usage: carerelay <command> [options]
@@ -29,8 +30,9 @@ Commands:
                                            N > 1 needs server.queue type bullmq)
   validate [--config-dir DIR] [--connect]  check the configuration and the mapping tests
                                            (*.test.yaml, not run); list every problem as
-                                           file:line:column; --connect: also reach the queue's
-                                           Redis and check it keeps jobs (AOF, noeviction)
+                                           file:line:column; --connect: also connect to the
+                                           configured store (server.store) and the queue's Redis
+                                           and check it keeps jobs (AOF, noeviction)
   normalize [--timezone ZONE] [--fhir-base URL] [--fhir-sender URL] FILE...
                                            print the triggers each file gives (NDJSON): HL7v2
                                            messages; FHIR notifications, Appointment/Encounter
@@ -66,7 +68,7 @@ Commands:
                                            FHIR server, pointing at URL/ingest/fhir/NAME, and
                                            show each one's status or failure (exit 1 if any
                                            failed; the others are still done)
-${PRUNE_USAGE}${CONSENT_USAGE}  help                                     this text
+${STORE_USAGE}${PRUNE_USAGE}${CONSENT_USAGE}  help                                     this text
 `;
 
 type Options = NonNullable<ParseArgsConfig['options']>;
@@ -303,10 +305,11 @@ async function cmdValidate(args: string[]): Promise<number> {
     const plan = await loadConfig({ configDir: path.resolve(values['config-dir'] as string), env: process.env, mappingTests: checkMappingTestFiles });
     process.stdout.write(`configuration OK: ${plan.inputs.length} input(s), ${plan.outputs.length} output(s)\n`);
     if (values.connect === true) {
+      const storeCode = await (await import('./cli-store.ts')).connectCheck(plan);
       const { checkQueueConnection } = await import('./queue/connect-check.ts');
       const queue = await checkQueueConnection(plan.server.queue, (ref) => readSecret(ref, process.env, plan.configDir));
       process.stdout.write(`${queue.message}\n`);
-      if (!queue.ok) return 1;
+      if (storeCode !== 0 || !queue.ok) return 1;
     }
     return 0;
   } catch (error) {
@@ -397,6 +400,7 @@ async function cmdOutbox(args: string[]): Promise<number> {
       dataDir: plan.server.dataDir,
       limit,
       ...(values.output !== undefined ? { output: values.output as string } : {}),
+      location: (await import('./workers/store-setup.ts')).storeLocation(plan, process.env),
     });
     for (const e of entries) {
       if (values.json === true) {
@@ -564,6 +568,12 @@ export async function main(argv: string[]): Promise<number> {
         return await cmdAttempt(command, rest);
       case 'fhir':
         return await cmdFhir(rest);
+      case 'migrate':
+        return await (await import('./cli-store.ts')).cmdMigrate(rest);
+      case 'export':
+        return await (await import('./cli-store.ts')).cmdExport(rest);
+      case 'import':
+        return await (await import('./cli-store.ts')).cmdImport(rest);
       case 'prune':
         return await (await import('./cli-prune.ts')).cmdPrune(rest);
       case 'consent':

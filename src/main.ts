@@ -25,8 +25,8 @@ import type { FhirIngest } from './workers/fhir-ingest.ts';
 import type { FhirPoller } from './workers/fhir-poll.ts';
 import { inboundAuthFor, poller as fhirPoller, restHookIngest } from './workers/fhir-setup.ts';
 import { createLogger, type Logger } from './log.ts';
+import { StoreType } from './config/store-schema.ts';
 import { DataDirUse, lockDataDir, openSqliteDatabase } from './store/sqlite-db.ts';
-import { SqliteStore } from './store/sqlite.ts';
 import type { Store } from './store/store.ts';
 import { Hl7Ingest, type Hl7IngestSettings } from './workers/ingest.ts';
 import { StoreReadiness } from './workers/readiness.ts';
@@ -35,7 +35,8 @@ import { metricsHandler } from './api/metrics-route.ts';
 import { Metrics } from './workers/metrics.ts';
 import { ALERT_QUEUE, Alerts, type AlertJob } from './workers/alerts.ts';
 import { OpsEvents, observeOutputs, observeStore, subscriptionStatuses } from './workers/ops-events.ts';
-import { SqliteQueue } from './queue/sqlite.ts';
+import { SqliteQueue, ownTransactions, type SqliteCommitter } from './queue/sqlite.ts';
+import { SqliteStore } from './store/sqlite.ts';
 import { OutcomeLinker } from './workers/outcomes.ts';
 import { RetentionJob } from './workers/retention.ts';
 import { DELIVERY_QUEUE, DeliveryRuntime, Role, type ReloadResult } from './workers/runtime.ts';
@@ -43,6 +44,7 @@ import { QueueType } from './config/queue-schema.ts';
 import { redactRedisUrl, redisUrlProblem } from './queue/redis.ts';
 import { ClusterSignal, RedisLease, RedisQueues, RedisSignals } from './queue/redis-cluster.ts';
 import { dataDirUnsubscribeKey, unsubscribeLinks } from './workers/unsubscribe.ts';
+import { openStore, storeFile, storeLocation, storeLogFields } from './workers/store-setup.ts';
 import { VideoLinks } from './workers/video.ts';
 import { dataDirJoinKey, JoinVault, parseJoinKey } from './video/seal.ts';
 
@@ -256,14 +258,24 @@ export async function startCarerelay(options: StartOptions): Promise<RunningCare
   }
 
   // One process per data directory with the embedded queue; several with the queue on Redis.
-  const dbFile = path.join(plan.server.dataDir, 'carerelay.db');
+  // The data dir's SQLite file holds the embedded queue, and the store unless server.store
+  // names PostgreSQL (workers/store-setup.ts).
+  const location = storeLocation(plan, env);
   let dataDirLock: { release(): void };
   let db: ReturnType<typeof openSqliteDatabase>;
+  let opened: Store;
   try {
     dataDirLock = lockDataDir(plan.server.dataDir, redis ? DataDirUse.Shared : DataDirUse.Alone);
     try {
-      db = openSqliteDatabase(dbFile);
+      db = openSqliteDatabase(storeFile(plan.server.dataDir));
     } catch (error) {
+      dataDirLock.release();
+      throw error;
+    }
+    try {
+      opened = await openStore(location, location.type === StoreType.Sqlite ? db : undefined);
+    } catch (error) {
+      db.close();
       dataDirLock.release();
       throw error;
     }
@@ -271,9 +283,18 @@ export async function startCarerelay(options: StartOptions): Promise<RunningCare
     await redis?.close();
     throw error;
   }
-  const sqliteStore = new SqliteStore(db, { closeDatabase: true });
+  const closeStore = async (): Promise<void> => {
+    await opened.close();
+    if (location.type !== StoreType.Sqlite) db.close();
+    dataDirLock.release();
+    await redis?.close();
+  };
+  if (location.type === StoreType.Postgres) log.info('store.opened', storeLogFields(location));
   // Every component writes through the watched store: a failed write makes /readyz say so.
-  const readiness = new StoreReadiness(sqliteStore, {
+  // The retention job prunes the embedded queue's finished jobs in the store's group commit when
+  // the store is the same file, else in transactions of their own.
+  const sqliteWrites: SqliteCommitter = opened instanceof SqliteStore ? { db, write: (work) => opened.write(work) } : ownTransactions(db);
+  const readiness = new StoreReadiness(opened, {
     dataDir: plan.server.dataDir,
     minFreeDiskBytes: plan.server.minFreeDiskBytes,
   });
@@ -315,9 +336,7 @@ export async function startCarerelay(options: StartOptions): Promise<RunningCare
     smsWebhooks = inboundSmsTokens(plan, (ref) => readSecret(ref, env, plan.configDir));
     toolHooks = toolWebhooks(plan.outputs, (ref) => readSecret(ref, env, plan.configDir), deliveries.outputs);
   } catch (error) {
-    await store.close();
-    dataDirLock.release();
-    await redis?.close();
+    await closeStore();
     throw error;
   }
   observeOutputs(deliveries.outputs, events);
@@ -393,7 +412,7 @@ export async function startCarerelay(options: StartOptions): Promise<RunningCare
   const fhir = subscriptionStatuses(fhirIngests, plan.inputs);
   const inputNames = plan.inputs.map((i) => i.name);
   const metrics = new Metrics({ events, store, inputs: inputNames, outputs: plan.outputs.map((o) => o.name), rules: () => deliveries.rules, deliveryQueue: deliveries.queue, fhir, now });
-  const retention = new RetentionJob({ store, config: plan.retention, sqlite: { db, write: (work) => sqliteStore.write(work), file: dbFile }, log, now });
+  const retention = new RetentionJob({ store, config: plan.retention, sqlite: { ...sqliteWrites, file: storeFile(plan.server.dataDir) }, log, now });
   const alerts = new Alerts({
     config: plan.alerts,
     events,
@@ -447,9 +466,7 @@ export async function startCarerelay(options: StartOptions): Promise<RunningCare
   } catch (error) {
     await Promise.allSettled(mllpServers.map(({ server }) => server.close()));
     await deliveries.stop();
-    await store.close();
-    dataDirLock.release();
-    await redis?.close();
+    await closeStore();
     throw error;
   }
   listening = true;
@@ -487,7 +504,9 @@ export async function startCarerelay(options: StartOptions): Promise<RunningCare
   // Linking outcomes and retention work on the shared store: the processes that route do them.
   if (role !== Role.Ingest) {
     outcomes.start();
-    retention.start();
+    // Retention runs on the embedded store only (PostgresStore.prune; docs/scale-out.md "Limits").
+    if (location.type === StoreType.Sqlite) retention.start();
+    else log.warn('retention.unavailable', { store: location.type });
   }
 
   let resolveStopped!: () => void;
@@ -510,9 +529,7 @@ export async function startCarerelay(options: StartOptions): Promise<RunningCare
       await alerts.stop();
       await retention.stop();
       metrics.close();
-      await store.close();
-      dataDirLock.release();
-      await redis?.close();
+      await closeStore();
       log.info('carerelay.stopped');
       resolveStopped();
     })();

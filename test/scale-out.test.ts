@@ -279,9 +279,25 @@ describeWithRedis('scale-out on Redis', () => {
       expect(await workers.exited).toEqual({ code: 0, signal: null });
       expect(workers.logs).toContainEqual(expect.objectContaining({ message: 'processes.exited', pid: workerPids[0] }));
 
-      // A last worker finishes what is due (the killed process's job, if it held one, comes back).
+      // A last worker finishes what is due. The jobs the killed process held come back once
+      // their leases lapse (the stalled check runs every leaseSeconds), after which idle() may
+      // already have returned: wait on the queue's events until no job is held or due.
       const last = await start(dir, 'worker', url);
-      await last.deliveries.idle();
+      const queue = last.deliveries.queue;
+      for (;;) {
+        const ended = new Promise<void>((resolve) => {
+          const off = queue.subscribe((event) => {
+            if (event.type === 'done' || event.type === 'dead' || event.type === 'parked') {
+              off();
+              resolve();
+            }
+          });
+        });
+        await last.deliveries.idle();
+        const counts = await queue.counts();
+        if (counts.active === 0 && counts.pending === 0) break;
+        await ended;
+      }
       await last.stop();
       expect(await outcome(dir)).toEqual({ messages: TOTAL, finished: TOTAL, notFinished: 0, outboxDeliveries: TOTAL, outboxRows: TOTAL });
     },

@@ -59,6 +59,7 @@ describe('the shipped example (connectors/example.yaml)', () => {
       rejectedRaw: { totalBytes: 1073741824, perSenderBytes: 67108864, keepBytes: 4096 },
       queue: { type: 'sqlite', url: { env: 'REDIS_URL' }, prefix: 'carerelay', leaseSeconds: 30, durable: true },
       minFreeDiskBytes: 67108864,
+      store: { type: 'sqlite', pool: { max: 10, connectionTimeoutSeconds: 10, idleTimeoutSeconds: 30 } },
       metrics: { tokenEnv: 'CARERELAY_METRICS_TOKEN' },
       video: { keyId: 'k1', previousKeys: [], opensMinutesBefore: 60, closesMinutesAfter: 30 },
       admin: { tokens: [] },
@@ -103,6 +104,7 @@ describe('loadConfig', () => {
       rejectedRaw: { totalBytes: 1073741824, perSenderBytes: 67108864, keepBytes: 4096 },
       queue: { type: 'sqlite', prefix: 'carerelay', leaseSeconds: 30, durable: true },
       minFreeDiskBytes: 67108864,
+      store: { type: 'sqlite', pool: { max: 10, connectionTimeoutSeconds: 10, idleTimeoutSeconds: 30 } },
       metrics: { tokenEnv: 'CARERELAY_METRICS_TOKEN' },
       video: { keyId: 'k1', previousKeys: [], opensMinutesBefore: 60, closesMinutesAfter: 30 },
       admin: { tokens: [] },
@@ -429,6 +431,27 @@ describe('loadConfig', () => {
       'connectors/a.yaml:3:13: "timezone" "CEST" is not an IANA time zone name (e.g. "UTC", "Europe/Paris", "America/New_York")',
       'connectors/a.yaml:5:15: environment variable ADMIN_TOKEN (the admin token) is not set',
     ]);
+  });
+
+  it('reads the store block: postgres needs its URL, read as a secret only when the store is postgres', async () => {
+    const store = (lines: string[]) => configDir({ 'a.yaml': ['server:', '  store:', ...lines.map((l) => `    ${l}`), ''].join('\n') });
+    expect(await issuesOf(await store(['type: postgres']))).toEqual([
+      'connectors/a.yaml:3:5: store type postgres needs the database URL: add url: { env: DATABASE_URL } (or { file: PATH })',
+    ]);
+    expect(await issuesOf(await store(['type: postgres', 'url: postgres://u:pw@db/carerelay']))).toEqual([
+      expect.stringMatching(/^connectors\/a\.yaml:4:\d+: .*url.* (env|file)/),
+    ]);
+    expect(await issuesOf(await store(['type: postgres', 'url: { env: DATABASE_URL }', 'tls: { cert: { file: c.pem } }', 'pool: { max: 2 }']), { DATABASE_URL: 'postgres://db/x' })).toEqual([
+      expect.stringMatching(/^connectors\/a\.yaml:5:\d+: a client certificate needs its key: give both tls\.cert and tls\.key, or neither$/),
+      expect.stringMatching(/^connectors\/a\.yaml:5:\d+: .*c\.pem/),
+      expect.stringMatching(/^connectors\/a\.yaml:6:\d+: .*max.* 3/),
+    ]);
+    expect(await issuesOf(await store(['type: postgres', 'url: { env: DATABASE_URL }']))).toEqual(['connectors/a.yaml:4:10: secret environment variable DATABASE_URL is not set']);
+    // sqlite: the same block loads without the variable (a configuration switched by environment).
+    const embedded = await loadConfig({ configDir: await store(['type: sqlite', 'url: { env: DATABASE_URL }']), env: {} });
+    expect(embedded.server.store.type).toBe('sqlite');
+    const pg = await loadConfig({ configDir: await store(['type: postgres', 'url: { env: DATABASE_URL }', 'pool: { max: 4 }']), env: { DATABASE_URL: 'postgres://db/x' } });
+    expect(pg.server.store).toEqual({ type: 'postgres', url: { env: 'DATABASE_URL' }, pool: { max: 4, connectionTimeoutSeconds: 10, idleTimeoutSeconds: 30 } });
   });
 
   it('reads the policy block: region defaults, zones, overrides; one block only, one organisation zone', async () => {

@@ -17,6 +17,7 @@ import { alertsSchema, retentionSchema, type AlertsConfig, type RetentionConfig 
 import { policyConfigOf, policySchema, type PolicyBlock, type PolicyConfig } from './policy-schema.ts';
 import { queueConfigIssues, queueSecretsInUse } from './queue-schema.ts';
 import { connectorFileSchema, serverSchema, type ServerConfig } from './server-schema.ts';
+import { storeConfigIssues, storeSecretsInUse } from './store-schema.ts';
 import { videoKeyProblems } from './video-schema.ts';
 import type { WaitlistConfig } from './waitlist-schema.ts';
 import { WriteBackKind } from '../outputs/write-back.ts';
@@ -371,11 +372,14 @@ export async function loadConfig(options: LoadConfigOptions): Promise<CarerelayP
     issues.push(...secretIssues(policySchema, policyValue, policyFile, ['policy'], configDir, env, options.checkSecrets !== false));
   }
 
-  if (serverPlace && serverConfig.queue) {
+  if (serverPlace) {
     const serverFile = files.find((f) => f.display === serverPlace!.display)!;
-    for (const found of queueConfigIssues(serverConfig.queue)) {
-      const at = ['server', 'queue', ...found.path];
-      issues.push({ file: serverFile.display, ...serverFile.doc.locate(at, { key: true }), path: toPointer(at), message: found.message });
+    const backendIssues = [
+      ...(serverConfig.store ? storeConfigIssues(serverConfig.store).map((found) => ({ at: ['server', 'store', ...found.path], message: found.message })) : []),
+      ...(serverConfig.queue ? queueConfigIssues(serverConfig.queue).map((found) => ({ at: ['server', 'queue', ...found.path], message: found.message })) : []),
+    ];
+    for (const { at, message } of backendIssues) {
+      issues.push({ file: serverFile.display, ...serverFile.doc.locate(at, { key: true }), path: toPointer(at), message });
     }
   }
   const operations = operationsBlocks(blocks, files, located, policyBlock, (more) => issues.push(...more));
@@ -535,7 +539,7 @@ const RESERVED_TOKEN_NAMES = new Set(['admin', 'local']);
 function adminTokenIssues(server: ServerConfig, file: YamlFile, configDir: string, env: Env, check: boolean): ConfigIssue[] {
   const tokens = server.admin?.tokens;
   if (!Array.isArray(tokens)) return [];
-  const checked = { ...server, queue: queueSecretsInUse(server.queue) };
+  const checked = { ...server, store: storeSecretsInUse(server.store), queue: queueSecretsInUse(server.queue) };
   const issues = secretIssues(serverSchema, checked as unknown as Record<string, unknown>, file, ['server'], configDir, env, check);
   const seen = new Set<string>();
   tokens.forEach((token, i) => {

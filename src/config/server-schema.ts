@@ -3,6 +3,7 @@
 
 import { alertsSchema, retentionSchema } from './operations-schema.ts';
 import { policySchema } from './policy-schema.ts';
+import { storeSchema, type StoreConfig } from './store-schema.ts';
 import { queueSchema, type QueueConfig } from './queue-schema.ts';
 import { waitlistSchema } from './waitlist-schema.ts';
 import { videoSchema, type VideoConfig } from './video-schema.ts';
@@ -105,6 +106,7 @@ export const serverSchema = {
         },
       },
     },
+    store: storeSchema,
     queue: queueSchema,
     minFreeDiskBytes: {
       type: 'integer',
@@ -191,6 +193,8 @@ export interface ServerConfig {
   readonly timezone?: string;
   readonly rejectedRaw: { readonly totalBytes: number; readonly perSenderBytes: number; readonly keepBytes: number };
   readonly minFreeDiskBytes: number;
+  /** Where messages, deliveries and the ledger are kept (config/store-schema.ts). */
+  readonly store: StoreConfig;
   /** Where delivery jobs wait (config/queue-schema.ts). */
   readonly queue: QueueConfig;
   readonly admin: { readonly tokenEnv?: string; readonly tokens: readonly AdminTokenConfig[] };

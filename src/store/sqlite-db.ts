@@ -3,6 +3,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import BetterSqlite3 from 'better-sqlite3';
+import { SCHEMA_MIGRATIONS_TABLE } from './common.ts';
 
 export type Database = BetterSqlite3.Database;
 
@@ -112,12 +113,6 @@ function checkLocation(file: string, readonly: boolean): void {
   }
 }
 
-const MIGRATIONS_TABLE = `CREATE TABLE IF NOT EXISTS schema_migrations (
-  component TEXT NOT NULL,
-  version INTEGER NOT NULL,
-  applied_at TEXT NOT NULL,
-  PRIMARY KEY (component, version)
-)`;
 
 /**
  * Brings component `name`'s tables up to date: `steps[i]` is the SQL of version i + 1 and
@@ -142,7 +137,7 @@ export function migrate(db: Database, name: string, steps: readonly MigrationSte
 
   const ensureTable = (): void => {
     const exists = db.prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'").get();
-    if (exists === undefined) db.exec(MIGRATIONS_TABLE);
+    if (exists === undefined) db.exec(SCHEMA_MIGRATIONS_TABLE);
   };
 
   // IMMEDIATE takes the write lock before reading the version, so two processes starting

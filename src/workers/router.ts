@@ -20,9 +20,11 @@
 // state of the first job, so a delivery that needs a new timer gets generation + 1). A
 // delivery has at most one pending job, its current generation's, cancelled by its id.
 //
-// Triggers are routed in commit order, never two passes at once: applying a trigger reads the
-// stored deliveries it touches and writes them back, so concurrent passes could lose a
-// change. Triggers committed while a pass runs wait and are routed together in the next one,
+// Triggers are routed in commit order, never two passes at once — in this process nor, on a
+// shared store, in any other (Store.withLock): applying a trigger reads the stored deliveries
+// it touches and writes them back, so concurrent passes could lose a change. A trigger another
+// process routed meanwhile may be routed again: the ordering rule then finds its plans the
+// same (or moves a due-now plan to a new timer), never a second message. Triggers committed while a pass runs wait and are routed together in the next one,
 // against one in-memory view of the deliveries they touch, and saved with one saveRouting
 // (one transaction) — under load, routing keeps up with ingest instead of paying a commit
 // per trigger.
@@ -118,6 +120,9 @@ export interface RoutedTrigger {
   /** Delivery states written (changed ones only). */
   written: DeliveryWrite[];
 }
+
+/** The store lock routing passes hold (Store.withLock). */
+export const ROUTING_LOCK = 'routing';
 
 /** Unrouted triggers read per store call at start-up. */
 const SWEEP_BATCH = 500;
@@ -244,7 +249,9 @@ export class Router {
   #enqueue<T>(work: () => Promise<T>): Promise<T> {
     if (this.#closed) return Promise.reject(new Error('the router is closed'));
     this.#pending++;
-    const run = this.#chain.catch(() => {}).then(work);
+    // Across processes sharing a store (PostgreSQL), one router at a time: a pass reads the
+    // deliveries it changes before writing them (Store.withLock; at once for the embedded store).
+    const run = this.#chain.catch(() => {}).then(() => this.#deps.store.withLock(ROUTING_LOCK, work));
     this.#chain = run.finally(() => {
       this.#pending--;
     });

@@ -32,6 +32,7 @@ import { SqliteStore } from '../store/sqlite.ts';
 import type { OutboxEntry, OutboxQuery, Store } from '../store/store.ts';
 import type { Trigger } from '../types.ts';
 import { ConsentService } from './consent.ts';
+import { openStore, storeFile, type StoreLocation } from './store-setup.ts';
 import { CONSENT_MIRROR_QUEUE, ConsentSync, type ConsentTool, type MirrorJob } from './consent-sync.ts';
 import { ClusterRouting, type ClusterLink } from './cluster.ts';
 import { createDeliverHandler, DeliverReason, logDeadDeliveries, recordDeadDeliveries, storeOutboxSink } from './deliver.ts';
@@ -130,7 +131,13 @@ function sharesCommit(store: Store, db: Database): store is SqliteStore {
  * cannot leave a pending delivery without a timer).
  */
 export function createDeliveryQueue(db: Database, store: Store, options: Omit<SqliteQueueOptions, 'name' | 'committer' | 'onDeadLetter'> = {}): SqliteQueue<DeliveryJob> {
-  if (!sharesCommit(store, db)) return new SqliteQueue<DeliveryJob>(db, { ...options, name: DELIVERY_QUEUE });
+  if (!sharesCommit(store, db)) {
+    // Its writes cannot commit in the store's transactions (another database, PostgreSQL): the
+    // router drives it through its plain methods, queue ops before saveRouting (workers/router.ts).
+    const queue = new SqliteQueue<DeliveryJob>(db, { ...options, name: DELIVERY_QUEUE });
+    Object.defineProperty(queue, 'joinTransaction', { value: undefined });
+    return queue;
+  }
   const now = options.now ?? Date.now;
   return new SqliteQueue<DeliveryJob>(db, {
     ...options,
@@ -465,17 +472,24 @@ export class DeliveryRuntime {
   }
 }
 
-/** The embedded store's file in a data directory (as main.ts opens it). */
-export function storeFile(dataDir: string): string {
-  return path.join(path.resolve(dataDir), 'carerelay.db');
-}
-
 /**
- * Outbox entries of the embedded store in `dataDir`, newest first (for `carerelay outbox`).
- * Opens the file read-only, so it works beside a running server. Throws a clear error when
- * there is no store there yet.
+ * Outbox entries of the configured store, newest first (for `carerelay outbox`): the
+ * PostgreSQL store named by `location`, else the embedded store in `dataDir`, opened read-only
+ * so it works beside a running server. Throws a clear error when there is no store there yet.
  */
-export async function listOutbox(options: { dataDir: string } & Omit<OutboxQuery, 'deliveryId'> & { deliveryId?: string }): Promise<OutboxEntry[]> {
+export async function listOutbox(
+  options: { dataDir: string; location?: StoreLocation } & Omit<OutboxQuery, 'deliveryId'> & { deliveryId?: string },
+): Promise<OutboxEntry[]> {
+  const { dataDir: _dir, location, ...query } = options;
+  if (location !== undefined && location.type !== 'sqlite') {
+    // The configured PostgreSQL store (workers/store-setup.ts).
+    const store = await openStore(location);
+    try {
+      return await store.listOutbox(query);
+    } finally {
+      await store.close();
+    }
+  }
   const file = storeFile(options.dataDir);
   if (!existsSync(file)) {
     throw new Error(`no CareRelay store at ${file}: check --data / CARERELAY_DATA, or start CareRelay once to create it`);
@@ -489,7 +503,6 @@ export async function listOutbox(options: { dataDir: string } & Omit<OutboxQuery
       // Read-only: a store written by an older CareRelay cannot be migrated from here.
       throw new Error(`cannot read the store at ${file} (${(error as Error).message}): start this CareRelay version once to update it`, { cause: error });
     }
-    const { dataDir: _dataDir, ...query } = options;
     return await store.listOutbox(query);
   } finally {
     db.close();

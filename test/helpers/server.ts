@@ -4,12 +4,13 @@
 //
 // Everything listens on 127.0.0.1 with port 0; bound ports are read back from the running
 // server (in-process) or from its "mllp.listening" / "http.listening" log lines (child).
-import { spawn, type ChildProcess } from 'node:child_process';
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
 import type { Env } from '../../src/config/yaml.ts';
 import { MllpFramer } from '../../src/hl7v2/mllp.ts';
 import type { LogFields, Logger } from '../../src/log.ts';
@@ -17,6 +18,17 @@ import { startCarerelay, type RunningCarerelay } from '../../src/main.ts';
 
 const REPO_ROOT = fileURLToPath(new URL('../../', import.meta.url));
 export const CLI_PATH = path.join(REPO_ROOT, 'bin', 'carerelay.mjs');
+
+/** Runs `carerelay ARGS` as a user does (a child process, `env` over this one's); never throws on an exit code. */
+export async function runCli(args: string[], env: Record<string, string> = {}): Promise<{ code: number; stdout: string; stderr: string }> {
+  try {
+    const { stdout, stderr } = await promisify(execFile)(process.execPath, [CLI_PATH, ...args], { env: { ...process.env, ...env } });
+    return { code: 0, stdout, stderr };
+  } catch (error) {
+    const e = error as { code: number; stdout: string; stderr: string };
+    return { code: e.code, stdout: e.stdout, stderr: e.stderr };
+  }
+}
 
 // ---------------------------------------------------------------------------------------
 // Configuration directory
