@@ -169,23 +169,28 @@ export class SqliteWaitlistLedger {
   figures(from: string, to: string): WaitlistFigures {
     const [fromMs, toMs] = [instantMs(from, 'from'), instantMs(to, 'to')];
     const offers = this.#s.offersIn.all(fromMs, toMs).map((r) => ({ ...(JSON.parse(r.json) as WaitlistOffer), state: r.state }));
-    const booked = offers.filter((o) => o.state === WaitlistOfferState.Booked);
-    const days = booked.map((o) => o.daysGained).filter((d): d is number => d !== undefined).sort((a, b) => a - b);
-    return {
-      slotsFreed: this.#s.slotsOpened.get(fromMs, toMs)!.n,
-      offers: offers.length,
-      accepted: offers.filter((o) => o.acceptedAt !== undefined).length,
-      booked: booked.length,
-      declined: offers.filter((o) => o.state === WaitlistOfferState.Declined).length,
-      bookingFailed: offers.filter((o) => o.state === WaitlistOfferState.Failed).length,
-      daysGained: { total: round1(days.reduce((a, b) => a + b, 0)), ...(days.length > 0 ? { median: round1(median(days)) } : {}) },
-    };
+    return figuresOf(this.#s.slotsOpened.get(fromMs, toMs)!.n, offers);
   }
 
   erase(patientId: string): void {
     this.#s.eraseAppointments.run(patientId);
     this.#s.eraseOffers.run(patientId);
   }
+}
+
+/** The outcomes view's figures of the slots freed and the offers made in a range (both backends). */
+export function figuresOf(slotsFreed: number, offers: readonly WaitlistOffer[]): WaitlistFigures {
+  const booked = offers.filter((o) => o.state === WaitlistOfferState.Booked);
+  const days = booked.map((o) => o.daysGained).filter((d): d is number => d !== undefined).sort((a, b) => a - b);
+  return {
+    slotsFreed,
+    offers: offers.length,
+    accepted: offers.filter((o) => o.acceptedAt !== undefined).length,
+    booked: booked.length,
+    declined: offers.filter((o) => o.state === WaitlistOfferState.Declined).length,
+    bookingFailed: offers.filter((o) => o.state === WaitlistOfferState.Failed).length,
+    daysGained: { total: round1(days.reduce((a, b) => a + b, 0)), ...(days.length > 0 ? { median: round1(median(days)) } : {}) },
+  };
 }
 
 function median(sorted: readonly number[]): number {
