@@ -276,4 +276,32 @@ describe('SqliteStore on a file', () => {
       db.close();
     }
   });
+
+  it('keeps every delivery, its counts and indexes when the deliveries table is rebuilt for status review', async () => {
+    const db = openSqliteDatabase(path.join(tempDir(), 'carerelay.db'));
+    try {
+      migrate(db, SQLITE_STORE_COMPONENT, SQLITE_STORE_MIGRATIONS.slice(0, SQLITE_STORE_MIGRATIONS.findIndex((m) => m.includes('deliveries_next'))));
+      const insert = db.prepare(
+        `INSERT INTO deliveries (id, status, as_of, as_of_ms, due_at, due_ms, rule, patient_id, subject, generation, json, reason, created_at, updated_at, cause)
+         VALUES (?, ?, '2024-01-01T00:00:00Z', 0, '2024-01-02T00:00:00Z', 86400000, 'r', 'P1', ?, 1, '{}', ?, '2024-01-01T00:00:00Z', '2024-01-01T00:00:00Z', 'c')`,
+      );
+      insert.run('r@appointment/A1#0', 'pending', 'appointment/A1', null);
+      insert.run('r@appointment/A2#0', 'failed', 'appointment/A2', 'webhook_rejected');
+      new SqliteStore(db);
+      const rows = db.prepare('SELECT id, status, reason, cause FROM deliveries ORDER BY seq').all();
+      expect(rows).toEqual([
+        { id: 'r@appointment/A1#0', status: 'pending', reason: null, cause: 'c' },
+        { id: 'r@appointment/A2#0', status: 'failed', reason: 'webhook_rejected', cause: 'c' },
+      ]);
+      db.prepare("UPDATE deliveries SET status = 'review' WHERE id = 'r@appointment/A1#0'").run();
+      expect(db.prepare('SELECT status, n FROM delivery_counts WHERE n > 0 ORDER BY status').all()).toEqual([
+        { status: 'failed', n: 1 },
+        { status: 'review', n: 1 },
+      ]);
+      const indexes = (db.prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'deliveries' AND name LIKE 'deliveries_%'").all() as { name: string }[]).map((r) => r.name).sort();
+      expect(indexes).toEqual(['deliveries_patient', 'deliveries_rule', 'deliveries_status', 'deliveries_subject']);
+    } finally {
+      db.close();
+    }
+  });
 });

@@ -339,6 +339,55 @@ export const SQLITE_STORE_MIGRATIONS: readonly string[] = [
     UPDATE message_counts SET n = n - 1 WHERE status = OLD.status;
   END;
   `,
+  // Status `review`: an ambiguous failure of a non-idempotent output waits for a person
+  // (store.ts StoredDeliveryStatus). SQLite cannot change a CHECK in place: the table is
+  // rebuilt with the same rows (its indexes and count triggers made again; counts unchanged).
+  `
+  CREATE TABLE deliveries_next (
+    seq INTEGER PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
+    status TEXT NOT NULL CHECK (status IN ('pending', 'cancelled', 'finished', 'suppressed', 'failed', 'review')),
+    as_of TEXT NOT NULL,
+    as_of_ms INTEGER NOT NULL,
+    due_at TEXT NOT NULL,
+    due_ms INTEGER NOT NULL,
+    rule TEXT NOT NULL,
+    patient_id TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    generation INTEGER NOT NULL,
+    subject_start TEXT,
+    json TEXT NOT NULL,
+    reason TEXT,
+    message TEXT,
+    provider_id TEXT,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    outbox_seq INTEGER,
+    cause_trigger TEXT,
+    cause TEXT
+  );
+  INSERT INTO deliveries_next (seq, id, status, as_of, as_of_ms, due_at, due_ms, rule, patient_id, subject, generation,
+      subject_start, json, reason, message, provider_id, created_at, updated_at, outbox_seq, cause_trigger, cause)
+    SELECT seq, id, status, as_of, as_of_ms, due_at, due_ms, rule, patient_id, subject, generation,
+      subject_start, json, reason, message, provider_id, created_at, updated_at, outbox_seq, cause_trigger, cause
+    FROM deliveries;
+  DROP TABLE deliveries;
+  ALTER TABLE deliveries_next RENAME TO deliveries;
+  CREATE INDEX deliveries_status ON deliveries (status, seq);
+  CREATE INDEX deliveries_rule ON deliveries (rule, seq);
+  CREATE INDEX deliveries_patient ON deliveries (patient_id, seq);
+  CREATE INDEX deliveries_subject ON deliveries (subject, seq);
+  CREATE TRIGGER deliveries_counted_insert AFTER INSERT ON deliveries BEGIN
+    INSERT INTO delivery_counts (status, n) VALUES (NEW.status, 1) ON CONFLICT (status) DO UPDATE SET n = n + 1;
+  END;
+  CREATE TRIGGER deliveries_counted_update AFTER UPDATE OF status ON deliveries WHEN OLD.status <> NEW.status BEGIN
+    UPDATE delivery_counts SET n = n - 1 WHERE status = OLD.status;
+    INSERT INTO delivery_counts (status, n) VALUES (NEW.status, 1) ON CONFLICT (status) DO UPDATE SET n = n + 1;
+  END;
+  CREATE TRIGGER deliveries_counted_delete AFTER DELETE ON deliveries BEGIN
+    UPDATE delivery_counts SET n = n - 1 WHERE status = OLD.status;
+  END;
+  `,
 ];
 
 /** Most records committed in one transaction (bounds how long one flush blocks the loop). */
@@ -669,7 +718,7 @@ export class SqliteStore implements Store {
     this.finishDeliveryStmt = db.prepare(
       `UPDATE deliveries SET status = @status, reason = @reason, message = @message, outbox_seq = @outboxSeq,
               provider_id = @providerId, updated_at = @at
-        WHERE id = @id AND generation = @generation AND status IN ('pending', 'failed')`,
+        WHERE id = @id AND generation = @generation AND status IN ('pending', 'failed', 'review')`,
     );
     this.putOutboxStmt = db.prepare(
       `INSERT INTO outbox (delivery_id, output, channel, recipient, language, subject, text, html, kept_at)
