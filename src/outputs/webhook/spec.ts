@@ -19,6 +19,9 @@
 //   other 5xx, no answer     → AmbiguousError (the receiver may have acted; retried because
 //                              receivers dedupe on webhook-id: `idempotent` follows
 //                              receiverDedupes)
+// A receiver that does not dedupe (receiverDedupes: false) gets each delivery at most once
+// through the receipts ledger (send-ledger.ts sendRecorded): after a crash in the middle of
+// the call, the delivery is parked for review instead of posted again.
 //   3xx, other 4xx           → PermanentError (the receiver refuses it as is)
 import type { InstanceCheckIssue } from '../../config/load.ts';
 import { secretRefSchema, type JsonSchema, type SecretRef } from '../../config/yaml.ts';
@@ -27,6 +30,7 @@ import { AddressPolicy, headerOf, parseRetryAfter, sendOnce } from '../../http/o
 import { PURPOSES, type Purpose, type Receipt } from '../../types.ts';
 import { standardWebhooksKey, standardWebhooksSignature, WEBHOOK_ID, WEBHOOK_SIGNATURE, WEBHOOK_TIMESTAMP } from '../../webhooks/standard-webhooks.ts';
 import { allowedPurposesSchema, allowListIssues, allowPrivateAddressesSchema, destinationUrlIssues, outputNameSchema, providerBaaSchema } from '../common.ts';
+import { sendRecorded } from '../send-ledger.ts';
 import type { OutboundAdapter, OutboundMessage, OutputDeps, OutputSpec, SendContext } from '../spec.ts';
 
 export const WEBHOOK = 'webhook';
@@ -41,6 +45,8 @@ export const WebhookCode = {
   NotFound: 'webhook_not_found',
   TooLarge: 'webhook_too_large',
   Rejected: 'webhook_rejected',
+  /** An earlier attempt stopped during its call (a crash): a receiver that does not dedupe may have it. */
+  OutcomeUnknown: 'webhook_outcome_unknown',
 } as const;
 
 export const WebhookChannel = { Webhook: 'webhook', Crm: 'crm' } as const;
@@ -168,31 +174,42 @@ export function createWebhook(config: WebhookConfig, deps: OutputDeps): Outbound
     name: config.name,
     ...info,
     async send(message: OutboundMessage, context: SendContext): Promise<Receipt> {
-      const body = webhookBody(message, config.includeMessage);
-      const now = deps.now();
-      const timestamp = String(Math.floor(now.getTime() / 1000));
-      const id = message.deliveryId;
-      const response = await sendOnce({
-        url,
-        headers: {
-          'content-type': 'application/json',
-          'user-agent': 'CareRelay',
-          [WEBHOOK_ID]: id,
-          [WEBHOOK_TIMESTAMP]: timestamp,
-          [WEBHOOK_SIGNATURE]: standardWebhooksSignature(keys, id, timestamp, body),
-        },
-        body,
-        timeoutMs: config.timeoutSeconds * 1000,
-        signal: context.signal,
-        addresses,
-        codePrefix: 'webhook',
-        maxResponseBytes: 1024,
-      });
-      const status = response.status;
-      if (status >= 200 && status < 300) return { providerId: id, acceptedAt: now.toISOString(), detail: { status } };
-      throw classifyAnswer(status, headerOf(response.headers, 'retry-after'), now.getTime(), url.host);
+      if (!info.idempotent) {
+        const recorded = { output: config.name, outcomeUnknownCode: WebhookCode.OutcomeUnknown, what: 'the webhook', provider: url.host };
+        return sendRecorded(deps, recorded, message, context, async () => {
+          const receipt = await post(message, context);
+          return { providerId: receipt.providerId!, ...(receipt.detail ? { detail: receipt.detail } : {}) };
+        });
+      }
+      return post(message, context);
     },
   };
+
+  async function post(message: OutboundMessage, context: SendContext): Promise<Receipt> {
+    const body = webhookBody(message, config.includeMessage);
+    const now = deps.now();
+    const timestamp = String(Math.floor(now.getTime() / 1000));
+    const id = message.deliveryId;
+    const response = await sendOnce({
+      url,
+      headers: {
+        'content-type': 'application/json',
+        'user-agent': 'CareRelay',
+        [WEBHOOK_ID]: id,
+        [WEBHOOK_TIMESTAMP]: timestamp,
+        [WEBHOOK_SIGNATURE]: standardWebhooksSignature(keys, id, timestamp, body),
+      },
+      body,
+      timeoutMs: config.timeoutSeconds * 1000,
+      signal: context.signal,
+      addresses,
+      codePrefix: 'webhook',
+      maxResponseBytes: 1024,
+    });
+    const status = response.status;
+    if (status >= 200 && status < 300) return { providerId: id, acceptedAt: now.toISOString(), detail: { status } };
+    throw classifyAnswer(status, headerOf(response.headers, 'retry-after'), now.getTime(), url.host);
+  }
 }
 
 function classifyAnswer(status: number, retryAfter: string | undefined, nowMs: number, host: string): Error {
