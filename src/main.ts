@@ -280,6 +280,7 @@ export async function startCarerelay(options: StartOptions): Promise<RunningCare
     twilioStatus,
     readiness: () => readiness.check(),
     consent: { consent, links: deliveries.links, smsWebhooks, publicUrl: () => publicUrl, now },
+    deliveries: deliveries.admin,
   });
   const mllpPorts = new Map<string, number>();
   let http: Server | undefined;

@@ -527,6 +527,8 @@ export const AuditAction = {
   Reprocess: 'message.reprocess',
   /** POST /api/messages/:id/release. */
   Release: 'message.release',
+  /** POST /api/deliveries/replay (target `delivery/<id>`). */
+  DeliveryReplay: 'delivery.replay',
 } as const;
 export type AuditAction = (typeof AuditAction)[keyof typeof AuditAction];
 
