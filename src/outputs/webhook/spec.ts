@@ -11,8 +11,9 @@
 //   { "type": "carerelay.delivery", "deliveryId", "rule", "purpose", "fields": { …the rule's
 //     send.fields… } }  plus "message": { language, subject?, text } with includeMessage.
 //
-// One POST per send, never retried here; redirects are not followed to another host; private
-// and loopback addresses are refused unless allow-listed (http/outbound.ts). Answers:
+// One POST per send, never retried here, on a connection kept alive between sends; redirects are
+// not followed to another host; private and loopback addresses are refused unless allow-listed,
+// checked when a connection is made and each time one is reused (http/outbound.ts). Answers:
 //   2xx                      → accepted
 //   429                      → RateLimitedError (Retry-After honoured)
 //   408, 502, 503, 504       → TransientError (not processed; Retry-After honoured on 503)
@@ -26,7 +27,7 @@
 import type { InstanceCheckIssue } from '../../config/load.ts';
 import { secretRefSchema, type JsonSchema, type SecretRef } from '../../config/yaml.ts';
 import { AmbiguousError, PermanentError, RateLimitedError, TransientError } from '../../errors.ts';
-import { AddressPolicy, headerOf, parseRetryAfter, sendOnce } from '../../http/outbound.ts';
+import { AddressPolicy, headerOf, KeepAlive, parseRetryAfter, sendOnce } from '../../http/outbound.ts';
 import { PURPOSES, type Purpose, type Receipt } from '../../types.ts';
 import { standardWebhooksKey, standardWebhooksSignature, WEBHOOK_ID, WEBHOOK_SIGNATURE, WEBHOOK_TIMESTAMP } from '../../webhooks/standard-webhooks.ts';
 import { allowedPurposesSchema, allowListIssues, allowPrivateAddressesSchema, destinationUrlIssues, outputNameSchema, providerBaaSchema } from '../common.ts';
@@ -170,9 +171,14 @@ export function createWebhook(config: WebhookConfig, deps: OutputDeps): Outbound
   });
   const url = new URL(config.url);
   const addresses = new AddressPolicy(config.allowPrivateAddresses);
+  // This output's own kept-alive connections (their addresses checked at connect and reuse).
+  const keepAlive = new KeepAlive();
   return {
     name: config.name,
     ...info,
+    async close() {
+      keepAlive.close();
+    },
     async send(message: OutboundMessage, context: SendContext): Promise<Receipt> {
       if (!info.idempotent) {
         const recorded = { output: config.name, outcomeUnknownCode: WebhookCode.OutcomeUnknown, what: 'the webhook', provider: url.host };
@@ -205,6 +211,7 @@ export function createWebhook(config: WebhookConfig, deps: OutputDeps): Outbound
       addresses,
       codePrefix: 'webhook',
       maxResponseBytes: 1024,
+      keepAlive,
     });
     const status = response.status;
     if (status >= 200 && status < 300) return { providerId: id, acceptedAt: now.toISOString(), detail: { status } };
