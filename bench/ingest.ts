@@ -62,7 +62,7 @@ function percentile(sorted: Float64Array, p: number): number {
 }
 
 /** A real-shaped SIU^S12 (booking) with its own MSH-10 and appointment id. */
-function siu(controlId: string, n: number): string {
+export function siu(controlId: string, n: number): string {
   const start = new Date(Date.UTC(2030, 0, 1, 8) + (n % 100_000) * 900_000).toISOString().replace(/[-:T]/g, '').slice(0, 14);
   return (
     [
