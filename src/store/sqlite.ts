@@ -1362,9 +1362,13 @@ export class SqliteStore implements Store {
     return this.ledger.patientsAtAddress(address);
   }
 
-  async recordDecision(decision: Omit<DecisionRecord, 'id'>): Promise<void> {
-    this.assertOpen();
-    this.ledger.recordDecision(decision);
+  recordDecision(decision: Omit<DecisionRecord, 'id'>): Promise<void> {
+    return this.enqueueWrite(() => {
+      instantMs(decision.at, 'decision.at');
+      // In the group commit (one fsync for the cycle, not one per decision on the event loop):
+      // durable when the promise resolves.
+      return () => this.ledger.recordDecision(decision);
+    });
   }
 
   async listDecisions(query: Parameters<ConsentLedger['listDecisions']>[0]): Promise<DecisionRecord[]> {
@@ -1372,9 +1376,12 @@ export class SqliteStore implements Store {
     return this.ledger.listDecisions(query);
   }
 
-  async recordDisclosure(disclosure: Disclosure): Promise<void> {
-    this.assertOpen();
-    this.ledger.recordDisclosure(disclosure);
+  recordDisclosure(disclosure: Disclosure): Promise<void> {
+    return this.enqueueWrite(() => {
+      instantMs(disclosure.at, 'disclosure.at');
+      // In the group commit, like the decision before it: durable when the promise resolves.
+      return () => this.ledger.recordDisclosure(disclosure);
+    });
   }
 
   async listDisclosures(query: Parameters<ConsentLedger['listDisclosures']>[0]): Promise<Disclosure[]> {
