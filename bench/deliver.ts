@@ -118,6 +118,8 @@ interface Run {
   perS: number;
   routedPerS: number;
   commitsPerDelivery: number;
+  /** Times a delivery went back to the queue to wait for its output (a call slot, the rate). */
+  deferralsPerDelivery: number;
 }
 
 /** Stages COUNT deliveries with the clock held, then lets them all fall due and times the drain. */
@@ -150,15 +152,38 @@ async function run(dir: string, output: string[], received?: () => number): Prom
 
     const commits = commitsOf(running);
     const before = received?.() ?? 0;
+    // Done when every job is done: Queue.idle alone would also resolve while jobs wait for
+    // their output (a deferral: pending until a later time).
+    let deferrals = 0;
+    const drained = new Promise<void>((resolve, reject) => {
+      let done = 0;
+      const unsubscribe = running.deliveries.queue.subscribe((event) => {
+        if (event.type === 'deferred') deferrals++;
+        if (event.type === 'dead' || event.type === 'parked' || event.type === 'retry') {
+          unsubscribe();
+          reject(new Error(`a delivery failed: ${event.type} ${event.code}`));
+        }
+        if (event.type === 'done' && ++done === COUNT) {
+          unsubscribe();
+          resolve();
+        }
+      });
+    });
     const started = performance.now();
     shift += 2 * 3_600_000;
     await running.deliveries.queue.poke();
-    await running.deliveries.idle();
+    await drained;
     const seconds = (performance.now() - started) / 1000;
     const counts = await running.store.countDeliveries();
     const got = received === undefined ? COUNT : received() - before;
     if (counts.sent !== COUNT || got < COUNT) throw new Error(`not every delivery was sent: ${JSON.stringify(counts)}, receiver got ${got}`);
-    return { deliveries: COUNT, perS: Math.round(COUNT / seconds), routedPerS: Math.round(routedPerS), commitsPerDelivery: Number(((commitsOf(running) - commits) / COUNT).toFixed(3)) };
+    return {
+      deliveries: COUNT,
+      perS: Math.round(COUNT / seconds),
+      routedPerS: Math.round(routedPerS),
+      commitsPerDelivery: Number(((commitsOf(running) - commits) / COUNT).toFixed(3)),
+      deferralsPerDelivery: Number((deferrals / COUNT).toFixed(3)),
+    };
   } finally {
     await running.stop();
   }
@@ -232,6 +257,7 @@ export async function benchDeliver(): Promise<Record<string, number>> {
       deliver_webhook_per_s: webhook.perS,
       deliver_webhook_vs_floor_pct: Math.round((webhook.perS / floor) * 1000) / 10,
       deliver_webhook_commits_per_delivery: webhook.commitsPerDelivery,
+      deliver_webhook_deferrals_per_delivery: webhook.deferralsPerDelivery,
       deliver_outbox_per_s: outbox.perS,
       deliver_outbox_commits_per_delivery: outbox.commitsPerDelivery,
       deliver_routed_per_s: webhook.routedPerS,
