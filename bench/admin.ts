@@ -1,5 +1,5 @@
 // Admin API benchmark: with 1,000,000 deliveries stored (and 100,000 messages), how long
-// does each admin request hold the event loop? The store is synchronous SQLite on the event
+// does each admin request — and each dashboard page (/ui) — hold the event loop? The store is synchronous SQLite on the event
 // loop, so a request that scans holds every connection's ACKs for as long as it scans; the
 // goal is at most 10 ms for every request an admin can make: lists with each filter and
 // their combinations, deep pages, totals, one delivery, one message.
@@ -17,6 +17,7 @@ import { join } from 'node:path';
 import { monitorEventLoopDelay, performance } from 'node:perf_hooks';
 import { pathToFileURL } from 'node:url';
 import { createApp } from '../src/api/app.ts';
+import { newSession, sessionCookie } from '../src/api/dashboard/session.ts';
 import { silentLogger } from '../src/log.ts';
 import { SqliteStore } from '../src/store/sqlite.ts';
 import type { DeliveryWrite } from '../src/store/store.ts';
@@ -61,15 +62,17 @@ export async function benchAdmin(): Promise<Record<string, number>> {
     await Promise.all(commits);
     const fillS = (performance.now() - fillStarted) / 1000;
 
-    const app = createApp({ store, log: silentLogger, hl7Ingest: undefined as never, hl7Inputs: new Map(), adminToken: TOKEN });
+    const app = createApp({ store, log: silentLogger, hl7Ingest: undefined as never, hl7Inputs: new Map(), adminToken: TOKEN, dashboard: { zone: 'Europe/Paris', now: () => new Date() } });
     server = await new Promise<Server>((resolve) => {
       const s = app.listen(0, '127.0.0.1', () => resolve(s));
     });
     const port = (server.address() as { port: number }).port;
+    // The dashboard (/ui) reads the same token from its session cookie (api/dashboard/session.ts).
+    const cookie = sessionCookie(newSession(TOKEN), false).split(';')[0]!;
     const get = async (path: string): Promise<unknown> => {
-      const res = await fetch(`http://127.0.0.1:${port}${path}`, { headers: { authorization: `Bearer ${TOKEN}` } });
+      const res = await fetch(`http://127.0.0.1:${port}${path}`, { headers: path.startsWith('/ui/') ? { cookie } : { authorization: `Bearer ${TOKEN}` } });
       if (res.status !== 200) throw new Error(`${path} answered ${res.status}`);
-      return res.json();
+      return path.startsWith('/ui/') ? res.text() : res.json();
     };
     const lastDelivery = (await get('/api/deliveries?limit=1')) as { items: Array<{ id: string }> };
     const deep = (await store.listDeliveries({ limit: 1000, status: 'sent' })).at(-1)!.delivery.id;
@@ -93,6 +96,15 @@ export async function benchAdmin(): Promise<Record<string, number>> {
       '/api/triggers?patientId=P4242',
       '/api/triggers?type=appointment.noshow',
       '/api/outbox',
+      '/ui/flows',
+      '/ui/rules',
+      '/ui/messages',
+      '/ui/messages/1',
+      '/ui/deliveries',
+      '/ui/deliveries?status=all',
+      `/ui/deliveries/${encodeURIComponent(lastDelivery.items[0]!.id)}`,
+      '/ui/patients/P4242',
+      '/ui/appointments/A31337',
     ];
     const histogram = monitorEventLoopDelay({ resolution: 1 });
     histogram.enable();

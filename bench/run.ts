@@ -7,6 +7,7 @@
 //   bench/route.ts   benchRoute   router + store + queue: deliveries/s, cancel among 1,000,000, restart
 //   bench/fhir.ts    benchFhir    full-resource FHIR notifications/s with 2xx after commit
 //   bench/admin.ts   benchAdmin   admin API: longest event-loop stall per request, 1,000,000 deliveries
+//   bench/retention.ts benchRetention  100,000 bookings of history pruned: size before/after, commits meanwhile
 //   bench/deliver.ts benchDeliver due deliveries/s: checks, render, signed webhook or outbox, vs an HTTP echo floor
 // Run with `node --expose-gc --import tsx bench/run.ts` so each module can collect garbage
 // between phases. `node … bench/run.ts ingest queue` runs only the named ones.
@@ -22,6 +23,7 @@ const MODULES: ReadonlyArray<{ name: string; file: string; exportName: string }>
   { name: 'route', file: 'route.ts', exportName: 'benchRoute' },
   { name: 'fhir', file: 'fhir.ts', exportName: 'benchFhir' },
   { name: 'admin', file: 'admin.ts', exportName: 'benchAdmin' },
+  { name: 'retention', file: 'retention.ts', exportName: 'benchRetention' },
   { name: 'deliver', file: 'deliver.ts', exportName: 'benchDeliver' },
 ];
 

@@ -15,6 +15,7 @@ import { FhirNormalizeError } from './fhir/normalize.ts';
 import { FhirNotificationError } from './fhir/notification.ts';
 import type { Trigger } from './types.ts';
 import { CONSENT_USAGE } from './cli-consent.ts';
+import { PRUNE_USAGE } from './cli-prune.ts';
 
 const USAGE = `Usage: carerelay <command> [options]
 
@@ -64,7 +65,7 @@ Commands:
                                            FHIR server, pointing at URL/ingest/fhir/NAME, and
                                            show each one's status or failure (exit 1 if any
                                            failed; the others are still done)
-${CONSENT_USAGE}  help                                     this text
+${PRUNE_USAGE}${CONSENT_USAGE}  help                                     this text
 `;
 
 type Options = NonNullable<ParseArgsConfig['options']>;
@@ -603,6 +604,8 @@ export async function main(argv: string[]): Promise<number> {
         return await cmdDeliveries(rest);
       case 'fhir':
         return await cmdFhir(rest);
+      case 'prune':
+        return await (await import('./cli-prune.ts')).cmdPrune(rest);
       case 'consent':
       case 'patient':
         return await (await import('./cli-consent.ts')).cmdConsent(command, rest);

@@ -4,7 +4,10 @@ import type { Server } from 'node:http';
 import path from 'node:path';
 import { createApp, type HttpHl7Input } from './api/app.ts';
 import { inboundSmsTokens } from './api/consent-routes.ts';
+import type { FlowInfo, FlowsInfo } from './api/dashboard/flows.ts';
+import { REPLAY_MAX_LIMIT } from './workers/replay.ts';
 import { twilioStatusHooks } from './api/hooks-routes.ts';
+import { toolHooks as toolWebhooks } from './api/tool-hooks.ts';
 import { loadConfig, type CarerelayPlan, type InstancePlan } from './config/load.ts';
 import { readSecret, type Env, type SecretRef } from './config/yaml.ts';
 import { MLLP_REFUSALS, MllpCloseReason, MllpServer, type MllpServerEvent, type MllpServerStats } from './hl7v2/mllp-server.ts';
@@ -29,8 +32,17 @@ import { Hl7Ingest, type Hl7IngestSettings } from './workers/ingest.ts';
 import { RejectedRawQuota } from './workers/raw-quota.ts';
 import { StoreReadiness } from './workers/readiness.ts';
 import { outputSpecs } from './outputs/index.ts';
-import { DeliveryRuntime, type ReloadResult } from './workers/runtime.ts';
+import { metricsHandler } from './api/metrics-route.ts';
+import { Metrics } from './workers/metrics.ts';
+import { ALERT_QUEUE, Alerts, type AlertJob } from './workers/alerts.ts';
+import { OpsEvents, observeOutputs, observeStore, subscriptionStatuses } from './workers/ops-events.ts';
+import { SqliteQueue } from './queue/sqlite.ts';
+import { OutcomeLinker } from './workers/outcomes.ts';
+import { RetentionJob } from './workers/retention.ts';
+import { DELIVERY_QUEUE, DeliveryRuntime, type ReloadResult } from './workers/runtime.ts';
 import { dataDirUnsubscribeKey, unsubscribeLinks } from './workers/unsubscribe.ts';
+import { VideoLinks } from './workers/video.ts';
+import { dataDirJoinKey, JoinVault, parseJoinKey } from './video/seal.ts';
 
 export interface StartOptions {
   configDir: string;
@@ -56,6 +68,8 @@ export interface RunningCarerelay {
   fhirIngests: ReadonlyMap<string, FhirIngest>;
   /** Router, delivery queue and outputs (deliveries.idle() waits for routing and due sends). */
   deliveries: DeliveryRuntime;
+  /** Alert conditions and notifications (check() checks now; idle() waits for the notices to go). */
+  alerts: Alerts;
   /**
    * Loads the configuration again and swaps rules and templates when it is valid; on
    * errors the running plan stays and the issues are returned. Connector changes need a restart.
@@ -74,6 +88,7 @@ function ingestSettings(name: string, config: Hl7v2MllpConfig | Hl7v2HttpConfig)
     unknownMessageTypes: config.unknownMessageTypes,
     missingFieldAck: config.missingFieldAck,
     ackMode: config.ackMode,
+    ...(config.virtualVisit !== undefined ? { virtualVisit: config.virtualVisit } : {}),
     ...(config.type === HL7V2_MLLP && config.tls?.allowedSenders ? { allowedSenders: config.tls.allowedSenders } : {}),
   };
 }
@@ -171,6 +186,35 @@ async function startMllpInput(
   return server;
 }
 
+/** What the dashboard's Flows page shows of each input and output (api/dashboard/flows.ts). */
+function flowsInfo(
+  plan: CarerelayPlan,
+  httpHost: string,
+  mllpPorts: ReadonlyMap<string, number>,
+  mllpStats: (name: string) => MllpServerStats | undefined,
+  deliveries: DeliveryRuntime,
+): FlowsInfo {
+  const inputs = plan.inputs.map((input): FlowInfo => {
+    if (input.type === HL7V2_MLLP) {
+      const port = mllpPorts.get(input.name);
+      const stats = mllpStats(input.name);
+      const host = (input.config as unknown as Hl7v2MllpConfig).host;
+      return {
+        name: input.name,
+        type: input.type,
+        listening: port !== undefined,
+        detail: port === undefined ? 'not listening' : `${host}:${port} · ${stats?.connections ?? 0} connection${stats?.connections === 1 ? '' : 's'}`,
+      };
+    }
+    if (input.type === HL7V2_HTTP) return { name: input.name, type: input.type, listening: true, detail: `POST /ingest/hl7v2/${input.name} on ${httpHost}` };
+    if (input.type === FHIR_REST_HOOK) return { name: input.name, type: input.type, listening: true, detail: `POST /ingest/fhir/${input.name} on ${httpHost}` };
+    if (input.type === FHIR_POLL) return { name: input.name, type: input.type, listening: true, detail: `polls every ${(input.config as unknown as FhirPollConfig).intervalSeconds} s` };
+    return { name: input.name, type: input.type };
+  });
+  const outputs = plan.outputs.map((output): FlowInfo => ({ name: output.name, type: output.type, ...(deliveries.outputs.get(output.name) ? { channel: deliveries.outputs.get(output.name)!.channel } : {}) }));
+  return { inputs, outputs };
+}
+
 export async function startCarerelay(options: StartOptions): Promise<RunningCarerelay> {
   const log = options.log ?? createLogger();
   const env = options.env;
@@ -194,13 +238,17 @@ export async function startCarerelay(options: StartOptions): Promise<RunningCare
     httpHost = '127.0.0.1';
   }
 
-  const db = openSqliteDatabase(path.join(plan.server.dataDir, 'carerelay.db'));
+  const dbFile = path.join(plan.server.dataDir, 'carerelay.db');
+  const db = openSqliteDatabase(dbFile);
+  const sqliteStore = new SqliteStore(db, { closeDatabase: true });
   // Every component writes through the watched store: a failed write makes /readyz say so.
-  const readiness = new StoreReadiness(new SqliteStore(db, { closeDatabase: true }), {
+  const readiness = new StoreReadiness(sqliteStore, {
     dataDir: plan.server.dataDir,
     minFreeDiskBytes: plan.server.minFreeDiskBytes,
   });
-  const store = readiness.watch();
+  // What the components write is observed for metrics and alerts (workers/ops-events.ts).
+  const events = new OpsEvents();
+  const store = observeStore(readiness.watch(), events);
   const afterSend = faultInjector(env, 'send');
   const policy = plan.policy;
   // The default public URL names the listener's port, known once it is bound (port 0 in tests).
@@ -208,23 +256,39 @@ export async function startCarerelay(options: StartOptions): Promise<RunningCare
   let deliveries: DeliveryRuntime;
   let twilioStatus: ReturnType<typeof twilioStatusHooks>;
   let smsWebhooks: Map<string, string>;
+  let vault: JoinVault;
+  let videoLinks: VideoLinks;
+  let toolHooks: ReturnType<typeof toolWebhooks>;
   try {
+    // Video visits (docs/video.md): join URLs are sealed with server.video.key, else with a key
+    // kept in the data directory (which protects a copy of the database alone).
+    const video = plan.server.video;
+    const keyOf = (ref: Parameters<typeof readSecret>[0], what: string) => parseJoinKey(readSecret(ref, env, plan.configDir), what);
+    vault = new JoinVault(
+      video.key ? { id: video.keyId, key: keyOf(video.key, 'server.video.key') } : dataDirJoinKey(plan.server.dataDir),
+      video.previousKeys.map((k, i) => ({ id: k.id, key: keyOf(k.key, `server.video.previousKeys[${i}].key`) })),
+    );
+    if (!video.key) log.warn('video.key_in_data_dir', { reason: 'key_not_configured' });
+    videoLinks = new VideoLinks({ store, vault, window: video, publicUrl: () => publicUrl, log, ...(options.now ? { now: options.now } : {}) });
     const links = unsubscribeLinks({
       key: policy.unsubscribe.secret ? Buffer.from(readSecret(policy.unsubscribe.secret, env, plan.configDir), 'utf8') : dataDirUnsubscribeKey(plan.server.dataDir),
       publicUrl: () => publicUrl,
       ttlDays: policy.unsubscribe.ttlDays,
     });
     // Outputs start here: a secret that cannot be read, or is not what its output needs, stops the start.
-    deliveries = new DeliveryRuntime({ db, store, plan, log, outputSpecs, env, links, ...(options.now ? { now: options.now } : {}), ...(afterSend ? { afterSend } : {}) });
+    deliveries = new DeliveryRuntime({ db, store, plan, log, outputSpecs, env, links, video: videoLinks, ...(options.now ? { now: options.now } : {}), ...(afterSend ? { afterSend } : {}) });
     twilioStatus = twilioStatusHooks(plan.outputs, (ref) => readSecret(ref, env, plan.configDir));
     smsWebhooks = inboundSmsTokens(plan, (ref) => readSecret(ref, env, plan.configDir));
+    toolHooks = toolWebhooks(plan.outputs, (ref) => readSecret(ref, env, plan.configDir), deliveries.outputs);
   } catch (error) {
     await store.close();
     throw error;
   }
+  observeOutputs(deliveries.outputs, events);
+  events.watchQueue(deliveries.queue, DELIVERY_QUEUE);
   const consent = deliveries.consent;
   const rejectedRaw = new RejectedRawQuota(store, plan.server.rejectedRaw);
-  const ingest = new Hl7Ingest({ store, log, onCommitted: deliveries.onCommitted, rejectedRaw });
+  const ingest = new Hl7Ingest({ store, log, onCommitted: deliveries.onCommitted, rejectedRaw, onResend: events.resend, video: vault });
   const afterCommit = faultInjector(env, 'commit') ?? (() => {});
 
   const mllpServers: Array<{ name: string; server: MllpServer }> = [];
@@ -239,7 +303,7 @@ export async function startCarerelay(options: StartOptions): Promise<RunningCare
     const outcome = await consent.fhirConsent(resource, 'fhir', false);
     return outcome.kind === 'stored' ? {} : { rejected: outcome.kind === 'invalid' ? 'consent_invalid' : 'consent_unknown_patient' };
   };
-  const fhirDeps = { store, log, env, configDir: plan.configDir, onCommitted: deliveries.onCommitted, onConsent };
+  const fhirDeps = { store, log, env, configDir: plan.configDir, onCommitted: deliveries.onCommitted, onConsent, video: vault };
   for (const input of plan.inputs) {
     if (input.type === HL7V2_MLLP) {
       const typed = input as unknown as InstancePlan<Hl7v2MllpConfig>;
@@ -268,6 +332,24 @@ export async function startCarerelay(options: StartOptions): Promise<RunningCare
   }
 
   const now = options.now ?? Date.now;
+  // Outcome triggers linked to the arms routing assigned (workers/outcomes.ts).
+  const outcomes = new OutcomeLinker({ store, log, policy: policy.settings });
+  // Metrics and alerts (docs/operations.md) on the operations events.
+  const fhir = subscriptionStatuses(fhirIngests, plan.inputs);
+  const inputNames = plan.inputs.map((i) => i.name);
+  const metrics = new Metrics({ events, store, inputs: inputNames, outputs: plan.outputs.map((o) => o.name), rules: () => deliveries.rules, deliveryQueue: deliveries.queue, fhir, now });
+  const retention = new RetentionJob({ store, config: plan.retention, sqlite: { db, write: (work) => sqliteStore.write(work), file: dbFile }, log, now });
+  const alerts = new Alerts({
+    config: plan.alerts,
+    events,
+    inputs: inputNames,
+    outputs: deliveries.outputs,
+    queue: new SqliteQueue<AlertJob>(db, { name: ALERT_QUEUE, now }),
+    oldestDue: async () => (await deliveries.queue.list({ state: 'pending', limit: 1 }))[0]?.runAt,
+    fhir,
+    log,
+    now,
+  });
   const app = createApp({
     store,
     log,
@@ -281,6 +363,23 @@ export async function startCarerelay(options: StartOptions): Promise<RunningCare
     readiness: () => readiness.check(),
     consent: { consent, links: deliveries.links, smsWebhooks, publicUrl: () => publicUrl, now },
     deliveries: deliveries.admin,
+    dashboard: {
+      zone: policy.settings.timezone,
+      now: () => new Date(now()),
+      flows: () => flowsInfo(plan, httpHost, mllpPorts, (name) => mllpServers.find((m) => m.name === name)?.server.stats(), deliveries),
+      queue: deliveries.queue,
+      rules: () => deliveries.rules,
+      // The engine's replay (the same idempotency key, audited) and its outputs' circuits.
+      replay: (request, caller) =>
+        deliveries.admin
+          .replay('ids' in request ? request : { status: request.filter.status, ...(request.filter.rule !== undefined ? { rule: request.filter.rule } : {}), limit: REPLAY_MAX_LIMIT }, caller.name)
+          .then((r) => ({ replayed: r.replayed.map((x) => x.id), refused: r.refused })),
+      outputStates: async () => new Map(deliveries.admin.outputs().map((o) => [o.name, { state: o.circuit.state, ...(o.circuit.lastError !== undefined ? { detail: o.circuit.lastError } : {}) }])),
+    },
+    video: { links: videoLinks, publicUrl: () => publicUrl },
+    toolHooks: { hooks: toolHooks, consent, publicUrl: () => publicUrl, now },
+    outcomes: { linker: outcomes },
+    metrics: metricsHandler(metrics, env[plan.server.metrics.tokenEnv] || undefined),
   });
   const mllpPorts = new Map<string, number>();
   let http: Server | undefined;
@@ -312,6 +411,9 @@ export async function startCarerelay(options: StartOptions): Promise<RunningCare
   for (const fhirIngest of fhirIngests.values()) fhirIngest.start();
   for (const p of fhirPollers) p.start();
   deliveries.start();
+  outcomes.start();
+  alerts.start();
+  retention.start();
   const reloadMappings = async (): Promise<ReloadResult> =>
     deliveries.reload(() => loadConfig({ configDir: options.configDir, env }));
   if (options.watchMappings ?? true) deliveries.watchMappings(path.join(plan.configDir, 'mappings'), reloadMappings);
@@ -332,6 +434,10 @@ export async function startCarerelay(options: StartOptions): Promise<RunningCare
       await Promise.allSettled([...fhirIngests.values()].map((i) => i.stop()));
       // Queue before store: running sends finish and record their outcome first.
       await deliveries.stop();
+      await outcomes.stop();
+      await alerts.stop();
+      await retention.stop();
+      metrics.close();
       await store.close();
       log.info('carerelay.stopped');
       resolveStopped();
@@ -354,5 +460,5 @@ export async function startCarerelay(options: StartOptions): Promise<RunningCare
 
   log.info('carerelay.started', { dataDir: plan.server.dataDir, count: plan.inputs.length });
   const mllpStats = (name: string): MllpServerStats | undefined => mllpServers.find((m) => m.name === name)?.server.stats();
-  return { plan, store, httpPort, mllpPorts, mllpStats, fhirIngests, deliveries, reloadMappings, stop, stopped };
+  return { plan, store, httpPort, mllpPorts, mllpStats, fhirIngests, deliveries, alerts, reloadMappings, stop, stopped };
 }

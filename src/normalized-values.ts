@@ -88,3 +88,27 @@ export function withoutControlCharacters<T>(value: T): T {
   }
   return value;
 }
+
+/** Longest video-visit join URL accepted, characters (docs/video.md). */
+export const MAX_JOIN_URL_LENGTH = 2048;
+
+/**
+ * `value` when it is a video-visit join URL CareRelay may send a patient to (docs/video.md): an
+ * absolute https URL with a host, no spaces or control characters, at most MAX_JOIN_URL_LENGTH
+ * characters. Anything else (a phone number, a meeting id, an http:// link) is not one.
+ */
+export function joinUrl(value: unknown): string | undefined {
+  if (typeof value !== 'string') return undefined;
+  const text = value.trim();
+  if (text.length === 0 || text.length > MAX_JOIN_URL_LENGTH || /[\s\u0000-\u001f\u007f]/.test(text)) return undefined;
+  if (!/^https:\/\//i.test(text)) return undefined;
+  try {
+    const url = new URL(text);
+    return url.protocol === 'https:' && url.hostname !== '' ? text : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** What a join URL is replaced with in a stored raw message (docs/video.md "Raw messages"): not a URL, no HL7 delimiter. */
+export const REDACTED_JOIN_URL = 'urn:carerelay:redacted-join-url';

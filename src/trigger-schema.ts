@@ -122,6 +122,13 @@ export const triggerSchema = {
         },
         location: reference,
         practitioner: reference,
+        // A video visit (docs/video.md). Closed: the vendor's join URL never rides in a trigger.
+        virtual: {
+          type: 'object',
+          required: ['hasJoinInfo'],
+          additionalProperties: false,
+          properties: { channel: { type: 'string', minLength: 1 }, hasJoinInfo: { type: 'boolean' } },
+        },
       },
     },
     encounter: {

@@ -69,6 +69,18 @@ export interface TriggerPatient {
   mergedFrom?: Identifier[];
 }
 
+/**
+ * A video visit, as far as rules and templates may know it (docs/video.md): the channel and
+ * whether the sender gave join information. The vendor's join URL itself never enters a
+ * trigger: the normalizers return it apart (VideoJoin) and the ingest stores it sealed.
+ */
+export interface TriggerVirtual {
+  /** VirtualServiceDetail.channelType code (zoom, ms-teams, whatsapp, or the sender's own), or the HL7 input's `channel`. */
+  channel?: string;
+  /** True when the sender gave an https join URL (CareRelay can send its own link to it). */
+  hasJoinInfo: boolean;
+}
+
 export interface TriggerAppointment {
   id: string;
   placerId?: string;
@@ -80,6 +92,22 @@ export interface TriggerAppointment {
   serviceType?: CodedValue;
   location?: LocationRef;
   practitioner?: PractitionerRef;
+  /** Present for a video visit (docs/video.md); never holds the join URL. */
+  virtual?: TriggerVirtual;
+}
+
+/**
+ * The join information of a video visit as an input read it (docs/video.md), returned by the
+ * normalizers beside the triggers and never inside them. The ingest seals the URL and commits
+ * it with the message; nothing else keeps it in clear.
+ */
+export interface VideoJoin {
+  appointmentId: string;
+  patientId: string;
+  /** The event time it reflects: the appointment state's asOf (a late, older message never overrides it). */
+  asOf: string;
+  /** The vendor's https join URL; absent: the appointment has none now (a FHIR update that dropped it). */
+  url?: string;
 }
 
 export interface TriggerEncounter {
@@ -170,6 +198,11 @@ export interface ContactHolding {
   contactKey: string;
   /** ISO instant of the first call naming the contact; recording it again keeps the first. */
   firstSentAt: string;
+  /**
+   * The tool's own id of the contact, once its API answered with one (HubSpot's contact id):
+   * the tool's webhooks name the contact by it. Recording the holding again with a toolId sets it.
+   */
+  toolId?: string;
 }
 
 /** What an outbound adapter returns when the provider accepted a message. */

@@ -103,7 +103,7 @@ interface FixtureContext {
 
 const fixtureNames = fs
   .readdirSync(FIXTURES)
-  .filter((f) => f.endsWith('.json') && !f.endsWith('.context.json'))
+  .filter((f) => f.endsWith('.json') && !f.endsWith('.context.json') && !f.endsWith('.joins.json'))
   .map((f) => f.slice(0, -'.json'.length))
   .sort();
 

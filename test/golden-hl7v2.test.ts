@@ -5,7 +5,8 @@
 //   <name>.triggers.ndjson  the triggers, one JSON per line (possibly none)
 //   <name>.result.json      { kind: "rejected" | "ignored", reason, field? }
 // Optional:
-//   <name>.context.json     { timezone } (default UTC)
+//   <name>.context.json     { timezone, virtualVisit? } (default UTC, no virtual visit place)
+//   <name>.joins.json       the video-visit join information returned apart from the triggers
 //   <name>.stored.json      { appointments: SubjectState[] } → applyStoredState, compared
 //                           with <name>.stateful.ndjson
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
@@ -14,6 +15,7 @@ import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
 import { parseHl7 } from '../src/hl7v2/parse.ts';
 import { applyStoredState, normalizeHl7, type Hl7Normalized } from '../src/inputs/hl7v2/normalize.ts';
+import type { VirtualVisitSetting } from '../src/inputs/hl7v2/virtual-visit.ts';
 import type { SubjectState } from '../src/store/store.ts';
 import type { Trigger } from '../src/types.ts';
 
@@ -38,8 +40,8 @@ function ndjson(text: string): Trigger[] {
 
 function normalizeFixture(name: string): Hl7Normalized {
   const context = sidecar(name, 'context.json');
-  const timezone = context ? (JSON.parse(context) as { timezone: string }).timezone : 'UTC';
-  return normalizeHl7(parseHl7(readFileSync(path.join(DIR, `${name}.hl7`))), { receivedAt: RECEIVED_AT, timezone });
+  const { timezone, virtualVisit } = context ? (JSON.parse(context) as { timezone: string; virtualVisit?: VirtualVisitSetting }) : { timezone: 'UTC', virtualVisit: undefined };
+  return normalizeHl7(parseHl7(readFileSync(path.join(DIR, `${name}.hl7`))), { receivedAt: RECEIVED_AT, timezone, ...(virtualVisit ? { virtualVisit } : {}) });
 }
 
 describe('HL7v2 golden fixtures', () => {
@@ -58,6 +60,8 @@ describe('HL7v2 golden fixtures', () => {
       if (triggers !== undefined) {
         expect(actual.kind, actual.kind !== 'triggers' ? JSON.stringify(actual) : '').toBe('triggers');
         if (actual.kind === 'triggers') expect(actual.triggers).toEqual(ndjson(triggers));
+        const joins = sidecar(name, 'joins.json');
+        if (joins !== undefined && actual.kind === 'triggers') expect(actual.joins ?? []).toEqual(JSON.parse(joins));
       } else {
         expect(actual).toEqual(JSON.parse(result!));
       }

@@ -44,3 +44,18 @@ describe('trigger JSON Schema', () => {
     expect(validate({ ...base, patient })).toBe(false);
   });
 });
+
+describe('appointment.virtual', () => {
+  const [, sample] = goldenTriggers().find(([n]) => n.startsWith('hl7v2/cr-siu-s12-video-zvv'))!;
+  const base = sample as { appointment: Record<string, unknown> };
+
+  it('carries the channel and whether join information was given, and never a URL', () => {
+    expect(base.appointment.virtual).toEqual({ channel: 'zoom', hasJoinInfo: true });
+    expect(validate(base)).toBe(true);
+    // The schema is closed: a join URL cannot ride in a trigger under any name.
+    for (const key of ['url', 'addressUrl', 'joinUrl']) {
+      expect(validate({ ...base, appointment: { ...base.appointment, virtual: { hasJoinInfo: true, [key]: 'https://vendor.example/j/1' } } })).toBe(false);
+    }
+    expect(validate({ ...base, appointment: { ...base.appointment, virtual: { channel: 'zoom' } } })).toBe(false);
+  });
+});

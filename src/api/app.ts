@@ -19,6 +19,10 @@ import { bearerMatches, bearerToken, declaredOverLimit, digest, limitedRawBody, 
 import { createOperationsRouter } from './operations.ts';
 import { createConsentRouter, type ConsentRoutesDeps } from './consent-routes.ts';
 import { createDeliveryRouter, type DeliveryAdmin } from './delivery-routes.ts';
+import { createDashboardRouter, type DashboardDeps } from './dashboard/dashboard.ts';
+import { createVideoRouter, type VideoRoutesDeps } from './video-routes.ts';
+import { createToolHooksRouter, type ToolHooksDeps } from './tool-hooks.ts';
+import { createOutcomesRouter, type OutcomesRoutesDeps } from './outcomes-routes.ts';
 
 export interface HttpHl7Input {
   settings: Hl7IngestSettings;
@@ -57,6 +61,16 @@ export interface ApiDeps {
   consent?: Omit<ConsentRoutesDeps, 'store' | 'log' | 'authenticate' | 'requireScope'>;
   /** The delivery engine: outputs' circuits, jobs, replay (delivery-routes.ts); absent: not served. */
   deliveries?: DeliveryAdmin;
+  /** The operations dashboard at /ui (dashboard/dashboard.ts); absent: not served. */
+  dashboard?: Omit<DashboardDeps, 'store' | 'log' | 'identity' | 'operations'>;
+  /** The patients' video-visit links, GET/POST /v/<token> (video-routes.ts); absent: not served. */
+  video?: Omit<VideoRoutesDeps, 'log'>;
+  /** The marketing tools' opt-out and bounce webhooks (tool-hooks.ts); absent: not served. */
+  toolHooks?: Omit<ToolHooksDeps, 'log'>;
+  /** Outcome reports (outcomes-routes.ts): the linker that brings them up to date first. */
+  outcomes?: Omit<OutcomesRoutesDeps, 'store'>;
+  /** GET /metrics (workers/metrics.ts): authenticates on its own (its token, or loopback only). */
+  metrics?: express.RequestHandler;
 }
 
 export interface AdminTokenSecret {
@@ -87,28 +101,36 @@ const ADMIN_TOKEN_NAME = 'admin';
 const LOCAL_CALLER: AdminCaller = { name: 'local', scopes: new Set(ADMIN_SCOPES) };
 
 /**
- * Authenticates an admin caller (before any body is read) and keeps who it is in
- * res.locals.caller. Tokens are kept as sha256 digests only, and every configured token is
- * compared (in constant time) whichever matches, so the answer time does not tell which.
+ * Who presents a token: the configured token it matches with its name and scopes, `local`
+ * with every scope when no token is configured at all, undefined otherwise. Tokens are kept
+ * as sha256 digests only, and every configured token is compared (in constant time) whichever
+ * matches, so the answer time does not tell which. The admin API reads the token from the
+ * Authorization header, the dashboard from its session cookie.
  */
-function authenticateAdmin(deps: Pick<ApiDeps, 'adminToken' | 'adminTokens'>) {
+export function adminIdentity(deps: Pick<ApiDeps, 'adminToken' | 'adminTokens'>): { identify(token: string | undefined): AdminCaller | undefined; tokensConfigured: boolean } {
   const tokens = [
     ...(deps.adminToken !== undefined ? [{ name: ADMIN_TOKEN_NAME, token: deps.adminToken, scopes: ADMIN_SCOPES }] : []),
     ...(deps.adminTokens ?? []),
   ].map((t) => ({ name: t.name, digest: digest(t.token), scopes: new Set(t.scopes) }));
+  return {
+    tokensConfigured: tokens.length > 0,
+    identify(token) {
+      if (tokens.length === 0) return LOCAL_CALLER;
+      const presented = token === undefined ? undefined : digest(token);
+      let caller: AdminCaller | undefined;
+      for (const t of tokens) {
+        if (presented !== undefined && timingSafeEqual(presented, t.digest) && caller === undefined) caller = { name: t.name, scopes: t.scopes };
+      }
+      return caller;
+    },
+  };
+}
+
+/** Authenticates an admin caller (before any body is read) and keeps who it is in res.locals.caller. */
+function authenticateAdmin(deps: Pick<ApiDeps, 'adminToken' | 'adminTokens'>) {
+  const { identify } = adminIdentity(deps);
   return (req: Request, res: Response, next: NextFunction): void => {
-    if (tokens.length === 0) {
-      res.locals.caller = LOCAL_CALLER;
-      next();
-      return;
-    }
-    const header = req.headers.authorization;
-    const token = bearerToken(header);
-    const presented = token === undefined ? undefined : digest(token);
-    let caller: AdminCaller | undefined;
-    for (const t of tokens) {
-      if (presented !== undefined && timingSafeEqual(presented, t.digest) && caller === undefined) caller = { name: t.name, scopes: t.scopes };
-    }
+    const caller = identify(bearerToken(req.headers.authorization));
     if (caller === undefined) {
       res.setHeader('WWW-Authenticate', 'Bearer');
       refuseUnread(res, 401, 'Unauthorized', 'a valid bearer token is required');
@@ -167,7 +189,7 @@ export function queryLimit(req: Request): number | undefined {
   return n;
 }
 
-function queryInstant(req: Request, name: string): string | undefined {
+export function queryInstant(req: Request, name: string): string | undefined {
   const raw = queryString(req, name);
   if (raw === undefined) return undefined;
   if (!ISO_INSTANT.test(raw) || Number.isNaN(Date.parse(raw))) {
@@ -176,7 +198,8 @@ function queryInstant(req: Request, name: string): string | undefined {
   return raw;
 }
 
-class BadQuery extends Error {}
+/** A query the API cannot use: answered 400 with its message. */
+export class BadQuery extends Error {}
 
 const ISO_INSTANT = /^\d{4}-\d{2}-\d{2}(?:T\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:Z|[+-]\d{2}:\d{2})?)?$/;
 
@@ -341,9 +364,11 @@ export function createApp(deps: ApiDeps): express.Express {
   app.use('/ingest/fhir', createFhirRouter({ inputs: deps.fhirInputs ?? new Map(), log }));
   // Provider callbacks about sent messages; each authenticates its own way (hooks-routes.ts).
   app.use('/hooks', createHooksRouter({ twilioStatus: deps.twilioStatus ?? new Map(), store, log }));
+  if (deps.toolHooks) app.use('/hooks', createToolHooksRouter({ ...deps.toolHooks, log }));
 
   // Consent: ways in and patient views (consent-routes.ts), admin routes behind the same tokens.
   if (deps.consent) app.use(createConsentRouter({ ...deps.consent, store, log, authenticate: authenticateAdmin(deps), requireScope }));
+  if (deps.video) app.use(createVideoRouter({ ...deps.video, log }));
 
   const admin = express.Router();
   admin.use(authenticateAdmin(deps));
@@ -530,10 +555,15 @@ export function createApp(deps: ApiDeps): express.Express {
   });
 
   if (deps.deliveries) admin.use(createDeliveryRouter(deps.deliveries));
+  const operations = { store, log, hl7Ingest: deps.hl7Ingest, hl7Settings: deps.hl7Settings ?? new Map<string, Hl7IngestSettings>(), now: deps.now ?? (() => new Date()) };
   admin.use('/fhir', createFhirAdminRouter(deps.fhirInputs ?? new Map()));
-  admin.use(createOperationsRouter({ store, log, hl7Ingest: deps.hl7Ingest, hl7Settings: deps.hl7Settings ?? new Map(), now: deps.now ?? (() => new Date()) }));
+  admin.use(createOutcomesRouter({ store, ...deps.outcomes }));
+  admin.use(createOperationsRouter(operations));
 
   app.use('/api', admin);
+  if (deps.metrics) app.get('/metrics', deps.metrics);
+  // The dashboard: the same tokens and scopes, kept in a session cookie (dashboard/session.ts).
+  if (deps.dashboard) app.use('/ui', createDashboardRouter({ ...deps.dashboard, store, log, identity: adminIdentity(deps), operations }));
 
   app.use((_req: Request, res: Response) => {
     sendProblem(res, 404, 'Not found');

@@ -47,6 +47,7 @@ describe('the shipped example (connectors/example.yaml)', () => {
       path.join(repoRoot, 'connectors', 'example.yaml'),
       // Marketing outputs: outboxes standing in for HubSpot, the tools' blocks commented.
       path.join(repoRoot, 'connectors', 'marketing.yaml'),
+      path.join(repoRoot, 'connectors', 'operations.yaml'),
       path.join(repoRoot, 'connectors', 'outbox.yaml'),
       path.join(repoRoot, 'connectors', 'policy.yaml'),
     ]);
@@ -55,6 +56,8 @@ describe('the shipped example (connectors/example.yaml)', () => {
       dataDir: path.join(repoRoot, 'data'),
       rejectedRaw: { totalBytes: 1073741824, perSenderBytes: 67108864, keepBytes: 4096 },
       minFreeDiskBytes: 67108864,
+      metrics: { tokenEnv: 'CARERELAY_METRICS_TOKEN' },
+      video: { keyId: 'k1', previousKeys: [], opensMinutesBefore: 60, closesMinutesAfter: 30 },
       admin: { tokens: [] },
       deliveries: DEFAULT_DELIVERIES,
     });
@@ -97,6 +100,8 @@ describe('loadConfig', () => {
       dataDir: path.join(dir, 'data'),
       rejectedRaw: { totalBytes: 1073741824, perSenderBytes: 67108864, keepBytes: 4096 },
       minFreeDiskBytes: 67108864,
+      metrics: { tokenEnv: 'CARERELAY_METRICS_TOKEN' },
+      video: { keyId: 'k1', previousKeys: [], opensMinutesBefore: 60, closesMinutesAfter: 30 },
       admin: { tokens: [] },
       deliveries: DEFAULT_DELIVERIES,
     });
@@ -206,7 +211,7 @@ describe('loadConfig', () => {
       ].join('\n'),
     });
     expect(await issuesOf(dir)).toEqual([
-      'connectors/a.yaml:9:5: unknown key "maxFrame" (allowed: name, timezone, unknownMessageTypes, missingFieldAck, ackMode, type, host, port, tls, plain, maxFrameBytes, idleTimeoutSeconds, firstByteTimeoutSeconds, tlsHandshakeTimeoutSeconds, maxConnections, maxConnectionsPerAddress, reservedConnections, trustedSenders)',
+      'connectors/a.yaml:9:5: unknown key "maxFrame" (allowed: name, timezone, unknownMessageTypes, missingFieldAck, ackMode, virtualVisit, type, host, port, tls, plain, maxFrameBytes, idleTimeoutSeconds, firstByteTimeoutSeconds, tlsHandshakeTimeoutSeconds, maxConnections, maxConnectionsPerAddress, reservedConnections, trustedSenders)',
       'connectors/a.yaml:10:11: "name" "Lab_1" is not valid: lower-case letters, digits and "-", starting with a letter',
       'connectors/a.yaml:12:11: "port" must be <= 65535 (got 99999)',
       'connectors/a.yaml:13:12: "plain" must be true or false, got a string',
@@ -216,7 +221,7 @@ describe('loadConfig', () => {
       'connectors/b.yaml:10:11: port 8080 is already used by server.http at connectors/a.yaml:3:11; give each listener its own port',
       'connectors/b.yaml:12:26: "unknownMessageTypes" must be one of "accept", "reject" (got "drop")',
       'connectors/b.yaml:15:11: port 2575 is already used by input "ehr" at connectors/a.yaml:7:11; give each listener its own port',
-      'connectors/b.yaml:17:1: unknown key "extras" (allowed: server, policy, inputs, outputs)',
+      'connectors/b.yaml:17:1: unknown key "extras" (allowed: server, policy, alerts, retention, inputs, outputs)',
     ]);
   });
 
@@ -513,6 +518,30 @@ describe('loadConfig', () => {
     ]);
   });
 
+  it('checks the video keys (docs/video.md): each reads to 32 bytes, ids unique, without repeating a value', async () => {
+    const dir = await configDir({
+      'a.yaml': [
+        'server:',
+        '  video:',
+        '    key: { env: VIDEO_KEY }',
+        '    keyId: k2',
+        '    previousKeys:',
+        '      - { id: k1, key: { env: OLD_KEY } }',
+        '      - { id: k2, key: { env: MISSING_KEY } }',
+        '',
+      ].join('\n'),
+    });
+    const issues = await issuesOf(dir, { VIDEO_KEY: 'not-a-key-at-all', OLD_KEY: 'ab'.repeat(32) });
+    expect(issues).toEqual([
+      'connectors/a.yaml:3:10: server.video.key must be 32 random bytes written as 64 hex digits or 44 base64 characters (got 16 characters); make one with: openssl rand -hex 32',
+      'connectors/a.yaml:7:15: key id "k2" is used twice; every key needs its own id (the current key is "k2")',
+      'connectors/a.yaml:7:24: secret environment variable MISSING_KEY is not set',
+    ]);
+    expect(issues.join('\n')).not.toContain('not-a-key-at-all');
+    const plan = await loadConfig({ configDir: await configDir({ 'a.yaml': 'server:\n  video: { key: { env: VIDEO_KEY }, opensMinutesBefore: 15 }\n' }), env: { VIDEO_KEY: 'ab'.repeat(32) } });
+    expect(plan.server.video).toEqual({ key: { env: 'VIDEO_KEY' }, keyId: 'k1', previousKeys: [], opensMinutesBefore: 15, closesMinutesAfter: 30 });
+  });
+
   it('reports a missing connectors directory and .yml files', async () => {
     const empty = await mkdtemp(path.join(os.tmpdir(), 'carerelay-config-'));
     made.push(empty);
@@ -529,6 +558,53 @@ describe('loadConfig', () => {
       'connectors/a.yaml:1:1: the document must be a mapping, got a list',
       'connectors/b.yaml:2:5: item 1 of "inputs" must be a mapping, got an integer',
       'connectors/c.yaml:1:9: "inputs" must be a list, got a mapping',
+    ]);
+  });
+});
+
+describe('alerts and retention blocks', () => {
+  const outputs = [
+    'outputs:',
+    '  - { name: box, type: outbox, channel: sms }',
+    '  - { name: hook, type: webhook, url: "http://127.0.0.1:9/h", secrets: [{ env: HOOK_SECRET }], allowPrivateAddresses: [127.0.0.1] }',
+    '  - { name: mail, type: smtp, host: 127.0.0.1, port: 25, security: none, from: "ops@example.org" }',
+    '',
+  ].join('\n');
+
+  it('defaults every setting when the blocks are left out', async () => {
+    const plan = await loadConfig({ configDir: await configDir({ 'a.yaml': `inputs:\n${mllp('lab', 2601)}` }), env: {} });
+    expect(plan.alerts).toMatchObject({ notify: [], checkEverySeconds: 30, silentInput: { afterMinutes: 60 }, errorRate: { threshold: 0.2 } });
+    expect(plan.retention.days).toEqual({ rawMessages: 30, triggers: 90, deliveryBodies: 7, outbox: 7, deliveries: 365, doneJobs: 7, decisions: 2190, audit: 2190, outcomes: 730 });
+  });
+
+  it('sends alerts only through configured webhook or smtp outputs, an smtp one with an address; names known inputs', async () => {
+    const dir = await configDir({
+      'a.yaml': `inputs:\n${mllp('lab', 2601)}${outputs}`,
+      'ops.yaml': [
+        'alerts:',
+        '  notify:',
+        '    - { output: nowhere }',
+        '    - { output: box }',
+        '    - { output: mail }',
+        '    - { output: hook }',
+        '    - { output: mail, to: oncall@example.org }',
+        '  silentInput: { inputs: { labb: 10 } }',
+        '',
+      ].join('\n'),
+    });
+    expect(await issuesOf(dir, { HOOK_SECRET: 'whsec_dGVzdA==' })).toEqual([
+      'connectors/ops.yaml:3:17: no output named "nowhere": alerts go to a configured webhook or smtp output',
+      'connectors/ops.yaml:4:17: output "box" is of type outbox; alerts go through webhook or smtp outputs',
+      'connectors/ops.yaml:5:7: output "mail" sends email: give the address alerts are written to (to: oncall@example.org)',
+      'connectors/ops.yaml:8:34: no input named "labb"',
+    ]);
+  });
+
+  it('keeps triggers at least as long as the sensitive-care window', async () => {
+    const dir = await configDir({ 'a.yaml': `inputs:\n${mllp('lab', 2601)}policy:\n  sensitive: { windowDays: 120 }\nretention:\n  days: { triggers: 90, deliveryBodies: 0 }\n` });
+    expect(await issuesOf(dir)).toEqual([
+      'connectors/a.yaml:9:21: triggers are kept 90 days, fewer than policy.sensitive.windowDays (120): the appointment and encounter states that hold a sensitive episode must outlive its window; keep them at least 120 days',
+      'connectors/a.yaml:9:41: "deliveryBodies" must be >= 1 (got 0)',
     ]);
   });
 });

@@ -13,10 +13,13 @@ import { outputInfos, type OutputSpec } from '../outputs/spec.ts';
 import type { TemplateSet } from '../pipeline/render.ts';
 import type { Rule } from '../pipeline/rule.ts';
 import { loadMappings, type MappingSet } from './mappings.ts';
+import { alertsSchema, retentionSchema, type AlertsConfig, type RetentionConfig } from './operations-schema.ts';
 import { policyConfigOf, policySchema, type PolicyBlock, type PolicyConfig } from './policy-schema.ts';
 import { connectorFileSchema, serverSchema, type ServerConfig } from './server-schema.ts';
+import { videoKeyProblems } from './video-schema.ts';
 import {
   createAjv,
+  readSecret,
   readYamlDocument,
   toPointer,
   validateWithSchema,
@@ -68,6 +71,10 @@ export interface CarerelayPlan {
   readonly server: ServerConfig;
   /** Consent and safety settings, organisation and site zones (connectors `policy` block, config/policy-schema.ts). */
   readonly policy: PolicyConfig;
+  /** Alert conditions and where alerts go (connectors `alerts` block, config/operations-schema.ts). */
+  readonly alerts: AlertsConfig;
+  /** How long each kind of data is kept (connectors `retention` block, config/operations-schema.ts). */
+  readonly retention: RetentionConfig;
   readonly inputs: readonly InstancePlan[];
   readonly outputs: readonly InstancePlan[];
   /** Routing rules from mappings/*.yaml (config/mappings.ts); empty without a mappings/ directory. */
@@ -211,7 +218,7 @@ export async function loadConfig(options: LoadConfigOptions): Promise<CarerelayP
 
   let server: Record<string, unknown> | undefined;
   let serverPlace: Place | undefined;
-  const blocks: Record<'policy', { value?: Record<string, unknown>; place?: Place }> = { policy: {} };
+  const blocks: Record<'policy' | 'alerts' | 'retention', { value?: Record<string, unknown>; place?: Place }> = { policy: {}, alerts: {}, retention: {} };
   const instances: Record<Kind, InstancePlan<Record<string, unknown>>[]> = { inputs: [], outputs: [] };
   // Every instance of a known type with where it is, for the checks across instances.
   const located: Located[] = [];
@@ -238,8 +245,8 @@ export async function loadConfig(options: LoadConfigOptions): Promise<CarerelayP
       }
     }
 
-    // Like server: at most one file holds the policy block.
-    for (const name of ['policy'] as const) {
+    // Like server: at most one file holds each of these blocks.
+    for (const name of ['policy', 'alerts', 'retention'] as const) {
       if (!(name in value)) continue;
       const here = { display: file.display, position: locate([name], { key: true }) };
       const first = blocks[name].place;
@@ -358,7 +365,22 @@ export async function loadConfig(options: LoadConfigOptions): Promise<CarerelayP
     issues.push(...secretIssues(policySchema, policyValue, policyFile, ['policy'], configDir, env, options.checkSecrets !== false));
   }
 
+  const operations = operationsBlocks(blocks, files, located, policyBlock, (more) => issues.push(...more));
+
   if (serverPlace) issues.push(...adminTokenIssues(serverConfig, files.find((f) => f.display === serverPlace!.display)!, configDir, env, options.checkSecrets !== false));
+  if (serverPlace && serverConfig.video && options.checkSecrets !== false) {
+    const doc = files.find((f) => f.display === serverPlace!.display)!.doc;
+    const read = (ref: Parameters<typeof readSecret>[0]): string | undefined => {
+      try {
+        return readSecret(ref, env, configDir);
+      } catch {
+        return undefined; // reported with the server block's other secrets
+      }
+    };
+    for (const p of videoKeyProblems(serverConfig.video, read)) {
+      issues.push({ file: serverPlace.display, ...doc.locate(['server', 'video', ...p.path]), path: toPointer(['server', 'video', ...p.path]), message: p.message });
+    }
+  }
   issues.push(...portIssues(serverConfig, serverPlace, files, located));
   if (typeof serverConfig.http?.host === 'string') {
     for (const { instance, file, base, spec } of located.filter((l) => l.valid && l.spec.checkServer !== undefined)) {
@@ -386,11 +408,66 @@ export async function loadConfig(options: LoadConfigOptions): Promise<CarerelayP
     files: files.map((f) => f.path),
     server: serverConfig,
     policy: policyConfigOf(policyBlock, serverConfig),
+    alerts: operations.alerts,
+    retention: operations.retention,
     inputs: instances.inputs,
     outputs: instances.outputs,
     mappings: mappings.rules,
     templates: mappings.templates,
   });
+}
+
+/** Output types alerts can go through (workers/alerts.ts). */
+const ALERT_OUTPUT_TYPES = ['webhook', 'smtp'];
+
+/**
+ * The `alerts` and `retention` blocks with their defaults, and what their schemas cannot say:
+ * alerts go to configured webhook or smtp outputs (an smtp one with an address), and triggers are
+ * kept at least as long as the sensitive-care window (their appointment/encounter states hold it).
+ */
+function operationsBlocks(
+  blocks: Record<'alerts' | 'retention', { value?: Record<string, unknown>; place?: Place }>,
+  files: readonly YamlFile[],
+  located: readonly Located[],
+  policy: PolicyBlock,
+  report: (issues: ConfigIssue[]) => void,
+): { alerts: AlertsConfig; retention: RetentionConfig } {
+  const issues: ConfigIssue[] = [];
+  const value = (name: 'alerts' | 'retention', schema: JsonSchema): Record<string, unknown> => {
+    const given = blocks[name].value ?? {};
+    if (blocks[name].value === undefined) issues.push(...validateWithSchema(ajv(), schema, given, '(defaults)', () => undefined));
+    return given;
+  };
+  const issueAt = (name: 'alerts' | 'retention', at: DocPath, message: string): void => {
+    const file = files.find((f) => f.display === blocks[name].place?.display);
+    if (file) issues.push({ file: file.display, ...file.doc.locate(at), path: toPointer(at), message });
+  };
+  const alerts = value('alerts', alertsSchema) as unknown as AlertsConfig;
+  const retention = value('retention', retentionSchema) as unknown as RetentionConfig;
+  for (const [i, target] of (Array.isArray(alerts.notify) ? alerts.notify : []).entries()) {
+    if (!isRecord(target) || typeof target.output !== 'string') continue;
+    const output = located.find((l) => l.kind === 'outputs' && l.instance.name === target.output);
+    if (output === undefined) issueAt('alerts', ['alerts', 'notify', i, 'output'], `no output named "${target.output}": alerts go to a configured webhook or smtp output`);
+    else if (!ALERT_OUTPUT_TYPES.includes(output.instance.type)) {
+      issueAt('alerts', ['alerts', 'notify', i, 'output'], `output "${target.output}" is of type ${output.instance.type}; alerts go through ${ALERT_OUTPUT_TYPES.join(' or ')} outputs`);
+    } else if (output.instance.type === 'smtp' && target.to === undefined) {
+      issueAt('alerts', ['alerts', 'notify', i], `output "${target.output}" sends email: give the address alerts are written to (to: oncall@example.org)`);
+    }
+  }
+  for (const name of Object.keys(isRecord(alerts.silentInput?.inputs) ? alerts.silentInput.inputs : {})) {
+    if (!located.some((l) => l.kind === 'inputs' && l.instance.name === name)) issueAt('alerts', ['alerts', 'silentInput', 'inputs', name], `no input named "${name}"`);
+  }
+  const windowDays = policy.sensitive?.windowDays;
+  const triggerDays = retention.days?.triggers;
+  if (typeof windowDays === 'number' && typeof triggerDays === 'number' && triggerDays < windowDays) {
+    issueAt(
+      'retention',
+      ['retention', 'days', 'triggers'],
+      `triggers are kept ${triggerDays} days, fewer than policy.sensitive.windowDays (${windowDays}): the appointment and encounter states that hold a sensitive episode must outlive its window; keep them at least ${windowDays} days`,
+    );
+  }
+  report(issues);
+  return { alerts, retention };
 }
 
 /** Token names reserved for the tokenEnv token ("admin") and for callers on loopback without a token ("local"). */

@@ -1,8 +1,10 @@
-import { mkdtemp, mkdir, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { formatConfigIssue, type ConfigIssue } from '../errors.ts';
+import { outputSpecs } from '../outputs/index.ts';
+import { outputInfos } from '../outputs/spec.ts';
 import type { OutputInfo } from '../pipeline/rule.ts';
 import { loadMappings } from './mappings.ts';
 
@@ -24,9 +26,9 @@ async function write(files: Record<string, string>): Promise<void> {
   for (const [name, text] of Object.entries(files)) await writeFile(path.join(dir, 'mappings', name), text);
 }
 
-async function load(): Promise<{ issues: ConfigIssue[]; lines: string[]; set: Awaited<ReturnType<typeof loadMappings>> }> {
+async function load(outputs: readonly OutputInfo[] = OUTPUTS): Promise<{ issues: ConfigIssue[]; lines: string[]; set: Awaited<ReturnType<typeof loadMappings>> }> {
   const issues: ConfigIssue[] = [];
-  const set = await loadMappings({ configDir: dir, env: {}, outputs: OUTPUTS, issues });
+  const set = await loadMappings({ configDir: dir, env: {}, outputs, issues });
   // Paths as shown are relative to the working directory or absolute: keep the tail only.
   const base = path.join(dir, 'mappings');
   const lines = issues
@@ -183,5 +185,67 @@ rules:
     ]);
     await write({ 'templates/survey.text.liquid': 'Hello {{ patient.name.given.first }}. Unsubscribe: {{ unsubscribe_url }}', 'templates/reminder.liquid': 'Hi', 'templates/reminder-noname.liquid': 'Hi' });
     expect((await load()).lines).toEqual([]);
+  });
+
+  it('a rule to Adobe AEP under Healthcare Shield (baa: true) must send sensitivity and patient.birthDate: refused at the rule\'s fields', async () => {
+    const aep = (baa: boolean) => outputInfos([{ type: 'adobe-aep', name: 'aep', config: { name: 'aep', type: 'adobe-aep', baa, allowedPurposes: ['care.followup'] } }], outputSpecs);
+    await write({
+      'rules.yaml': `rules:
+  - id: followup-journey
+    on: encounter.finished
+    purpose: care.followup
+    channel: crm
+    send: { output: aep, fields: [patient.id, encounter.class] }
+    at: now
+`,
+    });
+    expect((await load(aep(true))).lines).toEqual([
+      // At the rule's send.fields (line 6, column 34), sorted.
+      expect.stringMatching(/^rules\.yaml:6:34: rule "followup-journey": output "aep" needs patient\.birthDate in send\.fields: .*minors' records/),
+      expect.stringMatching(/^rules\.yaml:6:34: rule "followup-journey": output "aep" needs sensitivity in send\.fields: under Healthcare Shield .*sensitivity labels$/),
+    ]);
+    await write({ 'rules.yaml': (await readFile(path.join(dir, 'mappings', 'rules.yaml'), 'utf8')).replace('encounter.class]', 'encounter.class, sensitivity, patient.birthDate]') });
+    expect((await load(aep(true))).lines).toEqual([]);
+    // Without the BAA a care rule may not go there at all; the Shield's fields are not asked for.
+    expect((await load(aep(false))).lines).toEqual([expect.stringContaining('is not declared baa: true, so it may not carry care.followup messages')]);
+  });
+});
+
+describe('send.videoLink (docs/video.md)', () => {
+  const rule = (extra: string, on = 'appointment.booked', purpose = 'care.logistics', template = 'join') => `rules:
+  - id: join
+    on: ${on}
+    purpose: ${purpose}
+    channel: sms
+    send: { output: sms, template: ${template}, fields: [appointment.start]${extra} }
+    at: appointment.start - 30m
+`;
+
+  it('gives the templates {{ video.link }} and checks a trial render with it', async () => {
+    await write({ 'v.yaml': rule(', videoLink: true'), 'templates/join.liquid': 'Join at {{ appointment.start | local_time }}: {{ video.link }}' });
+    const { issues, set } = await load();
+    expect(issues).toEqual([]);
+    expect(set.rules[0]!.send.videoLink).toBe(true);
+  });
+
+  it('refuses the link where a rule does not declare it, and a declared link its template never shows', async () => {
+    await write({ 'a.yaml': rule(''), 'templates/join.liquid': 'Join: {{ video.link }}' });
+    expect((await load()).lines).toEqual([
+      'templates/join.liquid:1:10: reads "video.link", which only rules with send.videoLink: true have (rule "join", a.yaml:2:5; docs/video.md)',
+    ]);
+    await write({ 'a.yaml': rule(', videoLink: true'), 'templates/join.liquid': 'Your visit is at {{ appointment.start | local_time }}.' });
+    expect((await load()).lines).toEqual(['templates/join.liquid:1:1: rule "join" has send.videoLink: true: its message must show the link, {{ video.link }} (docs/video.md)']);
+  });
+
+  it('keeps the link to care rules about appointments, with a template', async () => {
+    await write({
+      'a.yaml': rule(', videoLink: true', 'encounter.finished', 'care.followup'),
+      'templates/join.liquid': '{{ video.link }}',
+    });
+    expect((await load()).lines).toContain('a.yaml:6:82: a video link joins an appointment; encounter.finished is not about one');
+    await write({ 'a.yaml': rule(', videoLink: true', 'appointment.booked', 'care.followup').replace('care.followup', 'survey'), 'templates/join.liquid': '{{ video.link }}' });
+    expect((await load()).lines).toContain('a.yaml:6:82: a video link is sent for care only; purpose survey cannot carry one (use care.logistics)');
+    await write({ 'a.yaml': rule(', videoLink: "yes"'), 'templates/join.liquid': '{{ video.link }}' });
+    expect((await load()).lines.some((l) => l.includes('videoLink is true'))).toBe(true);
   });
 });

@@ -26,6 +26,7 @@ import { isRecord } from '../pipeline/values.ts';
 import {
   TemplateSet,
   UNSUBSCRIBE_URL,
+  VIDEO_LINK,
   compileTemplate,
   matchTemplateFile,
   renderTemplate,
@@ -137,6 +138,12 @@ const ruleSchema = {
           items: { type: 'string' },
           description: 'The allow-list of trigger paths the template and the destination may see; nothing else leaves.',
         },
+        videoLink: {
+          type: 'boolean',
+          description:
+            "The templates show CareRelay's own link to the video visit, {{ video.link }}, minted when the message is rendered; " +
+            'without join information for the appointment the message is suppressed (no_join_info). Care rules about appointments only (docs/video.md).',
+        },
       },
     },
     at: stringOrList('When to send: a time expression such as "appointment.start - 24h", or a list (a cadence, one message per step).'),
@@ -206,6 +213,8 @@ interface TemplateUse {
   purpose: string;
   /** The rule's no-name variant: it may not read patient.name. */
   noName: boolean;
+  /** The rule shows CareRelay's video link (send.videoLink): its templates may, and must, read {{ video.link }}. */
+  videoLink: boolean;
   fields: FieldPath[];
   languages: readonly string[];
   file: ParsedFile;
@@ -341,7 +350,7 @@ function templateUses(raw: Record<string, unknown>, index: number, languages: re
     }
   }
   const purpose = typeof raw.purpose === 'string' ? raw.purpose : '';
-  const base = { ruleId: String(raw.id), channel: channel as Channel, purpose, noName: false, fields, languages, file };
+  const base = { ruleId: String(raw.id), channel: channel as Channel, purpose, noName: false, videoLink: send.videoLink === true, fields, languages, file };
   const out: TemplateUse[] = [];
   if (typeof send.template === 'string' && send.template !== '') out.push({ ...base, name: send.template, at: ['rules', index, 'send', 'template'] });
   if (typeof send.noNameTemplate === 'string' && send.noNameTemplate !== '') {
@@ -435,13 +444,18 @@ async function loadTemplates(dir: string, uses: readonly TemplateUse[], sources:
 
     // A non-care email carries a signed unsubscribe link (docs/consent.md): its text part shows it.
     const unsubscribe = use.channel === 'email' && use.purpose !== '' && !use.purpose.startsWith('care.');
-    const sample = { ...samplePayload(use.fields), ...(unsubscribe ? { [UNSUBSCRIBE_URL]: 'https://carerelay.example.org/unsubscribe/sample' } : {}) };
+    const sample = {
+      ...samplePayload(use.fields),
+      ...(unsubscribe ? { [UNSUBSCRIBE_URL]: 'https://carerelay.example.org/unsubscribe/sample' } : {}),
+      ...(use.videoLink ? { video: { link: 'https://carerelay.example.org/v/sample' } } : {}),
+    };
+    const provided = [...(unsubscribe ? [UNSUBSCRIBE_URL] : []), ...(use.videoLink ? [VIDEO_LINK] : [])];
     for (const { fileName, match } of found) {
       const template = await compileFile(use.name, fileName, match.part, match.language);
       if (!template) continue;
       used.push(template);
       let denied = 0;
-      const reads = templateReads(template, use.fields, unsubscribe ? [UNSUBSCRIBE_URL] : []);
+      const reads = templateReads(template, use.fields, provided);
       for (const read of reads) {
         if (read.allowed && !(use.noName && /^patient\.name\b/.test(read.text))) continue;
         denied++;
@@ -453,7 +467,9 @@ async function loadTemplates(dir: string, uses: readonly TemplateUse[], sources:
             ? `reads "${read.text}", but it is the no-name variant of rule "${use.ruleId}" (${ruleWhere}), sent to addresses shared by several patients: it may name no one`
             : read.text.startsWith(UNSUBSCRIBE_URL)
               ? `reads "${read.text}", which only non-care emails have (rule "${use.ruleId}" is ${use.channel} ${use.purpose})`
-              : `reads "${read.text}", which rule "${use.ruleId}" (${ruleWhere}) does not allow: add the field to its send.fields, or remove it from the template`,
+              : /^video\b/.test(read.text)
+                ? `reads "${read.text}", which only rules with send.videoLink: true have (rule "${use.ruleId}", ${ruleWhere}; docs/video.md)`
+                : `reads "${read.text}", which rule "${use.ruleId}" (${ruleWhere}) does not allow: add the field to its send.fields, or remove it from the template`,
         });
       }
       if (unsubscribe && match.part === 'text' && !reads.some((r) => r.text === UNSUBSCRIBE_URL)) {
@@ -463,6 +479,15 @@ async function loadTemplates(dir: string, uses: readonly TemplateUse[], sources:
           line: 1,
           column: 1,
           message: `rule "${use.ruleId}" sends ${use.purpose} email: its text must carry the unsubscribe link, {{ ${UNSUBSCRIBE_URL} }} (docs/consent.md rule 2)`,
+        });
+      }
+      if (use.videoLink && (match.part === 'body' || match.part === 'text') && !reads.some((r) => r.text === VIDEO_LINK)) {
+        denied++;
+        issues.push({
+          file: template.file,
+          line: 1,
+          column: 1,
+          message: `rule "${use.ruleId}" has send.videoLink: true: its ${match.part === 'body' ? 'message' : 'text'} must show the link, {{ ${VIDEO_LINK} }} (docs/video.md)`,
         });
       }
       if (denied > 0) continue;

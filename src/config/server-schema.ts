@@ -1,7 +1,9 @@
 // Schemas of a connectors/*.yaml file and of its `server` block. Each property carries a
 // description (and a default when optional): `carerelay validate` and the docs use them.
 
+import { alertsSchema, retentionSchema } from './operations-schema.ts';
 import { policySchema } from './policy-schema.ts';
+import { videoSchema, type VideoConfig } from './video-schema.ts';
 import { nameSchema, secretRefSchema, type JsonSchema, type SecretRef } from './yaml.ts';
 
 export const ENV_NAME_PATTERN = '^[A-Za-z_][A-Za-z0-9_]*$';
@@ -212,6 +214,24 @@ export const serverSchema = {
         '64 MiB), as it does when the store cannot write (read-only, full).',
     },
     deliveries: deliveriesSchema,
+    metrics: {
+      type: 'object',
+      description: 'GET /metrics (Prometheus text format): metrics without patient data (docs/operations.md "Metrics").',
+      default: {},
+      additionalProperties: false,
+      properties: {
+        tokenEnv: {
+          type: 'string',
+          pattern: ENV_NAME_PATTERN,
+          default: 'CARERELAY_METRICS_TOKEN',
+          'x-hint': 'the name of an environment variable, not the token itself',
+          description:
+            'Name of the environment variable holding the bearer token a scraper presents (default CARERELAY_METRICS_TOKEN). ' +
+            'It grants metrics only, not the admin API. While the variable is unset, /metrics answers loopback callers only.',
+        },
+      },
+    },
+    video: videoSchema,
     admin: {
       type: 'object',
       description: 'Admin API settings.',
@@ -273,6 +293,8 @@ export interface ServerConfig {
   readonly minFreeDiskBytes: number;
   readonly admin: { readonly tokenEnv?: string; readonly tokens: readonly AdminTokenConfig[] };
   readonly deliveries: DeliveriesConfig;
+  readonly metrics: { readonly tokenEnv: string };
+  readonly video: VideoConfig;
 }
 
 /** The `server.deliveries` block after defaults (deliveriesSchema). */
@@ -313,6 +335,8 @@ export const connectorFileSchema = {
   properties: {
     server: serverSchema,
     policy: policySchema,
+    alerts: alertsSchema,
+    retention: retentionSchema,
     inputs: {
       type: 'array',
       description: 'Inbound connectors (what the EHR sends to CareRelay). Each has a unique name and a type.',

@@ -1,8 +1,9 @@
 // Golden files: fixtures/fhir/<name>.json (the POSTed body), optional <name>.context.json
 // (receivedAt, sender, stored states, resources fetched back from the server) and
 // <name>.triggers.ndjson (the expected triggers, one per line, reviewed by hand against
-// docs/trigger.md). CARERELAY_UPDATE_GOLDEN=1 rewrites the .ndjson files from the code: review
-// the diff before committing it.
+// docs/trigger.md); optional <name>.joins.json: the video-visit join information returned apart
+// from the triggers (docs/video.md). CARERELAY_UPDATE_GOLDEN=1 rewrites the .ndjson files (and
+// the .joins.json files that exist) from the code: review the diff before committing it.
 import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
@@ -23,6 +24,10 @@ interface FixtureContext {
 const DEFAULT_CONTEXT: FixtureContext = { receivedAt: '2021-09-23T09:30:05Z', sender: 'https://example.org/fhir' };
 
 function run(name: string): string {
+  return outputOf(name).triggers;
+}
+
+function outputOf(name: string): { triggers: string; joins: string } {
   const body = readFileSync(`${dir}${name}.json`);
   const contextFile = `${dir}${name}.context.json`;
   const context: FixtureContext = existsSync(contextFile)
@@ -35,11 +40,11 @@ function run(name: string): string {
     previous: (kind, id) => states.find((s) => s.kind === kind && s.id === id),
     fetched: new Map(Object.entries(context.fetched ?? {})),
   });
-  return result.triggers.map((t) => `${JSON.stringify(t)}\n`).join('');
+  return { triggers: result.triggers.map((t) => `${JSON.stringify(t)}\n`).join(''), joins: `${JSON.stringify(result.joins ?? [], null, 2)}\n` };
 }
 
 const names = readdirSync(dir)
-  .filter((f) => f.endsWith('.json') && !f.endsWith('.context.json'))
+  .filter((f) => f.endsWith('.json') && !f.endsWith('.context.json') && !f.endsWith('.joins.json'))
   .map((f) => f.slice(0, -'.json'.length))
   .sort();
 
@@ -83,5 +88,11 @@ describe('FHIR golden fixtures', () => {
     expect(actual).toBe(readFileSync(expectedFile, 'utf8'));
     // Deterministic: the same input twice gives byte-identical triggers (same ids).
     expect(run(name)).toBe(actual);
+    const joinsFile = `${dir}${name}.joins.json`;
+    if (existsSync(joinsFile)) {
+      const joins = outputOf(name).joins;
+      if (update) writeFileSync(joinsFile, joins);
+      expect(joins).toBe(readFileSync(joinsFile, 'utf8'));
+    }
   });
 });

@@ -58,7 +58,7 @@ function apptState(extra: Partial<SubjectState> = {}): SubjectState {
     start: '2024-03-10T09:00:00+01:00',
     end: '2024-03-10T09:30:00+01:00',
     asOf: '2024-02-01T00:00:00Z',
-    data: { serviceType: 'urn:svc|CARDIO', locationId: 'L1', practitionerId: 'D1' },
+    data: { serviceType: 'urn:svc|CARDIO', locationId: 'L1', practitionerId: 'D1', virtual: null },
     ...extra,
   };
 }
@@ -164,7 +164,7 @@ describe('Appointment fields', () => {
         start: '2024-03-12T14:00:00+01:00',
         end: '2024-03-12T14:45:00+01:00',
         asOf: '2024-03-01T09:00:05+01:00',
-        data: { serviceType: 'urn:svc|CARDIO', locationId: 'L1', practitionerId: 'D1', patientReference: 'Patient/p1' },
+        data: { serviceType: 'urn:svc|CARDIO', locationId: 'L1', practitionerId: 'D1', virtual: null, patientReference: 'Patient/p1' },
       },
     ]);
   });
@@ -559,5 +559,37 @@ describe('normalizeNotification', () => {
   it('a rest-hook resource uses Type/id/_history/version as message id', () => {
     const result = normalizeNotification(readNotification(appointment()), { ...opts, fetched: new Map([['Patient/p1', patient]]) });
     expect(result.triggers[0]!.source.messageId).toBe('Appointment/a1/_history/2');
+  });
+});
+
+describe('video visits (docs/video.md)', () => {
+  const JOIN = 'https://vendor.example/j/9?pwd=x';
+  const virtual = (url = JOIN) => ({ virtualService: [{ channelType: { code: 'zoom' }, addressUrl: url }] });
+
+  it('puts appointment.virtual in the trigger and the URL only in joins', () => {
+    const result = normalizeFhir(appointment(virtual()), ctx());
+    expect(only(result).appointment!.virtual).toEqual({ channel: 'zoom', hasJoinInfo: true });
+    expect(JSON.stringify([result.triggers, result.states])).not.toContain('vendor.example');
+    expect(result.joins).toEqual([{ appointmentId: 'a1', patientId: 'MRN-1', asOf: '2024-03-01T09:00:00+01:00', url: JOIN }]);
+  });
+
+  it('a visit going online is a modification; a new join URL alone is not news, but its join is kept', () => {
+    const previous = apptState();
+    expect(only(normalizeFhir(appointment(virtual()), ctx({ previous }))).type).toBe('appointment.modified');
+    const online = apptState({ data: { ...previous.data, virtual: 'zoom|true' } });
+    const renewed = normalizeFhir(appointment(virtual('https://vendor.example/j/10')), ctx({ previous: online }));
+    expect(renewed.triggers).toEqual([]);
+    expect(renewed.joins).toEqual([{ appointmentId: 'a1', patientId: 'MRN-1', asOf: '2024-03-01T09:00:00+01:00', url: 'https://vendor.example/j/10' }]);
+    // States written before video visits were read cannot be compared on it: no change.
+    const older = apptState({ data: { serviceType: 'urn:svc|CARDIO', locationId: 'L1', practitionerId: 'D1' } });
+    expect(normalizeFhir(appointment(virtual()), ctx({ previous: older })).triggers).toEqual([]);
+  });
+
+  it('clears the join when the resource has none, when it closes, and when it is deleted', () => {
+    const clear = [{ appointmentId: 'a1', patientId: 'MRN-1', asOf: '2024-03-01T09:00:00+01:00' }];
+    expect(normalizeFhir(appointment(), ctx()).joins).toEqual(clear);
+    expect(normalizeFhir(appointment({ ...virtual(), status: 'cancelled' }), ctx({ previous: apptState() })).joins).toEqual(clear);
+    const deleted = normalizeFhirDeletion('Appointment/a1', ctx({ previous: apptState(), occurredAt: '2024-03-01T09:00:00+01:00' }));
+    expect(deleted.joins).toEqual(clear);
   });
 });

@@ -22,6 +22,7 @@ import {
   type TriggerAppointment,
   type TriggerEncounter,
   type TriggerPatient,
+  type VideoJoin,
 } from '../types.ts';
 import {
   referenceParts,
@@ -33,6 +34,7 @@ import {
   type FhirResource,
   type Notification,
 } from './notification.ts';
+import { virtualServiceOf } from './virtual-service.ts';
 
 export interface NormalizeContext {
   /** ISO-8601 instant with offset: when CareRelay received the message. */
@@ -73,6 +75,12 @@ export interface NormalizeContext {
 export interface NormalizeResult {
   triggers: Trigger[];
   states: SubjectState[];
+  /**
+   * The video-visit join information of each Appointment read (docs/video.md), apart from the
+   * triggers: the caller seals and stores it. A FHIR Appointment is whole, so one without a join
+   * URL (or closed: cancelled, finished…) clears what was kept. Absent when none was read.
+   */
+  joins?: VideoJoin[];
 }
 
 /** A resource that parses but cannot give the trigger it should (docs/trigger.md "What is not a trigger"). */
@@ -159,7 +167,8 @@ export function normalizeFhirDeletion(reference: string, context: NormalizeConte
   if (appointment.start !== undefined) state.start = appointment.start;
   if (appointment.end !== undefined) state.end = appointment.end;
   if (previous?.data) state.data = previous.data;
-  return withoutControlCharacters({ triggers: [trigger], states: [state] });
+  const joins: VideoJoin[] = [{ appointmentId: parts.id, patientId: patient.id, asOf: occurredAt }];
+  return withoutControlCharacters({ triggers: [trigger], states: [state], joins });
 }
 
 export interface NotificationNormalizeOptions {
@@ -201,6 +210,7 @@ export function normalizeNotification(
   const states = new Map<string, SubjectState>();
   const previousOf = (kind: SubjectState['kind'], id: string) => states.get(`${kind}/${id}`) ?? options.previous?.(kind, id);
   const out: NotificationNormalizeResult = { triggers: [], states: [], missing: [] };
+  const joins: VideoJoin[] = [];
 
   const run = (resource: FhirResource, base: Omit<NormalizeContext, 'previous' | 'patient'>): void => {
     // A contained (#id) reference resolves inside the resource (FHIR R4 §2.36.0.7.4); any
@@ -231,6 +241,7 @@ export function normalizeNotification(
   };
   const collect = (result: NormalizeResult): void => {
     out.triggers.push(...result.triggers);
+    if (result.joins) joins.push(...result.joins);
     for (const state of result.states) {
       states.set(`${state.kind}/${state.id}`, state);
       out.states.push(state);
@@ -285,7 +296,7 @@ export function normalizeNotification(
     }
   }
   if (out.missing.length > 0) return { triggers: [], states: [], missing: [...new Set(out.missing)] };
-  return out;
+  return joins.length > 0 ? { ...out, joins } : out;
 }
 
 function sameReference(a: string, b: string): boolean {
@@ -438,11 +449,13 @@ function normalizeAppointment(res: Appointment, context: NormalizeContext): Norm
   const serviceType = appointmentService(res);
   const location = participantOf(res, ['Location']);
   const practitioner = participantOf(res, ['Practitioner', 'PractitionerRole']);
+  const video = virtualServiceOf(res);
 
   const compared: AppointmentCompare = {
     serviceType: serviceType ? codeKey(serviceType) : null,
     locationId: location?.id ?? null,
     practitionerId: practitioner?.id ?? null,
+    virtual: video ? `${video.virtual.channel ?? ''}|${video.virtual.hasJoinInfo}` : null,
   };
   const startChanged =
     previous?.start !== undefined && start !== undefined && !sameInstant(previous.start, start);
@@ -453,17 +466,22 @@ function normalizeAppointment(res: Appointment, context: NormalizeContext): Norm
   const state: SubjectState = { kind: 'appointment', id, patientId: patient.id, status, asOf: occurredAt, data };
   if (start !== undefined) state.start = start;
   if (end !== undefined) state.end = end;
-  if (type === undefined) return { triggers: [], states: [state] };
+  // The join URL is kept while the appointment is open; the resource is whole, so an update
+  // without one (or a closed appointment) clears it.
+  const url = APPOINTMENT_CLOSED.has(status) ? undefined : video?.url;
+  const joins: VideoJoin[] = [{ appointmentId: id, patientId: patient.id, asOf: occurredAt, ...(url !== undefined ? { url } : {}) }];
+  if (type === undefined) return { triggers: [], states: [state], joins };
 
   if (type === TriggerType.AppointmentRescheduled) appointment.previousStart = previous!.start;
   if (serviceType) appointment.serviceType = serviceType;
   if (location) appointment.location = location;
   if (practitioner) appointment.practitioner = practitioner;
+  if (video) appointment.virtual = video.virtual;
 
   const trigger = buildTrigger(type, 'Appointment', occurredAt, context, patient);
   trigger.appointment = appointment;
   addSensitivity(trigger, [...securityCodes(res), ...securityCodes(context.patient)]);
-  return { triggers: [trigger], states: [state] };
+  return { triggers: [trigger], states: [state], joins };
 }
 
 interface AppointmentCompare {
@@ -471,8 +489,10 @@ interface AppointmentCompare {
   serviceType: string | null;
   locationId: string | null;
   practitionerId: string | null;
+  /** `<channel>|<hasJoinInfo>` of a video visit, null in person: a visit going online (or back) is news. */
+  virtual: string | null;
 }
-const COMPARE_KEYS = ['serviceType', 'locationId', 'practitionerId'] as const;
+const COMPARE_KEYS = ['serviceType', 'locationId', 'practitionerId', 'virtual'] as const;
 
 function appointmentType(
   status: string,

@@ -237,11 +237,13 @@ export function contactOf(type: string, message: OutboundMessage): string {
  * Records that the output's tool holds this patient's contact, before the call that hands it
  * over (a crash after the tool took it cannot leave it unrecorded; a holding for a call that
  * then failed is harmless: optOut answers not_held). Nothing is sent when it cannot be recorded.
+ * Called again with `toolId` once the tool answered with its own id of the contact (its
+ * webhooks name the contact by it).
  */
-export async function recordHolding(holdings: ContactHoldingsLedger, output: string, message: OutboundMessage, contactKey: string, now: Date): Promise<void> {
+export async function recordHolding(holdings: ContactHoldingsLedger, output: string, message: OutboundMessage, contactKey: string, now: Date, toolId?: string): Promise<void> {
   if (message.patientId === undefined || message.patientId === '') return;
   try {
-    await holdings.recordContactHolding({ output, patientId: message.patientId, contactKey, firstSentAt: now.toISOString() });
+    await holdings.recordContactHolding({ output, patientId: message.patientId, contactKey, firstSentAt: now.toISOString(), ...(toolId !== undefined ? { toolId } : {}) });
   } catch (error) {
     throw new TransientError('holdings_unavailable', `the contact of ${message.deliveryId} cannot be recorded; nothing sent`, { cause: error });
   }

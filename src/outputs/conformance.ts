@@ -72,9 +72,14 @@ export function memoryHoldings(): ContactHoldingsLedger & { holdings: ContactHol
   return {
     holdings,
     async recordContactHolding(holding) {
-      if (holdings.some((h) => h.output === holding.output && h.patientId === holding.patientId && h.contactKey === holding.contactKey)) return false;
-      holdings.push({ ...holding });
-      return true;
+      // As the Store does: once per output, patient and contact; a toolId given later is kept.
+      const held = holdings.find((h) => h.output === holding.output && h.patientId === holding.patientId && h.contactKey === holding.contactKey);
+      if (held === undefined) {
+        holdings.push({ ...holding });
+        return true;
+      }
+      if (holding.toolId !== undefined) held.toolId = holding.toolId;
+      return false;
     },
   };
 }

@@ -38,6 +38,12 @@ export interface OutputInstanceInfo {
    * field being dropped silently. Absent: every field the rule names is sent.
    */
   readonly fields?: readonly string[];
+  /**
+   * Trigger paths every rule routed to this output must send, each with why: what the adapter
+   * reads to refuse what it may not carry (Adobe AEP under Healthcare Shield: sensitivity and
+   * patient.birthDate). A rule without them is refused at load (pipeline/coverage.ts).
+   */
+  readonly requiredFields?: Readonly<Record<string, string>>;
 }
 
 /**
@@ -170,6 +176,15 @@ export type OptOutOutcome = (typeof OptOutOutcome)[keyof typeof OptOutOutcome];
 /** The contact an opt-out is pushed for: a holding of this output (Store.listContactHoldings). */
 export type HeldContact = Pick<ContactHolding, 'patientId' | 'contactKey'>;
 
+/** What asking a tool to forget a contact did (GDPR erasure; the erasure record keeps it). */
+export const ForgetOutcome = {
+  /** The tool deleted the contact for good (and, where it does so, keeps the address from coming back). */
+  Forgotten: 'forgotten',
+  /** The tool does not know the contact (never created there, or deleted already). */
+  NotHeld: 'not_held',
+} as const;
+export type ForgetOutcome = (typeof ForgetOutcome)[keyof typeof ForgetOutcome];
+
 /**
  * A running outbound adapter. It only sends and classifies its failures (TransientError,
  * AmbiguousError, PermanentError from errors.ts); it never retries by itself.
@@ -193,6 +208,14 @@ export interface OutboundAdapter extends OutputInstanceInfo {
    * provider call; fails with the errors.ts classes like send().
    */
   mirrorConsent?(consent: ConsentMirror, context: { readonly signal: AbortSignal }): Promise<Receipt>;
+  /**
+   * Marketing and CRM outputs whose tool has a documented delete: permanently deletes a contact
+   * this output handed to its tool (GDPR erasure, docs/consent.md "Erasure": HubSpot GDPR delete,
+   * Mailchimp permanent delete, Brevo and ActiveCampaign contact delete). Idempotent, one or two
+   * provider calls, never retried here: failures throw the errors.ts classes like send(); the
+   * erasure records them for an operator.
+   */
+  forget?(contact: HeldContact, context: { readonly signal: AbortSignal }): Promise<ForgetOutcome>;
   close?(): Promise<void>;
 }
 
@@ -235,6 +258,7 @@ export function outputInfos(outputs: readonly ConfiguredOutput[], specs: readonl
       baa: info.baa,
       allowedPurposes: info.allowedPurposes,
       ...(info.fields !== undefined ? { fields: info.fields } : {}),
+      ...(info.requiredFields !== undefined ? { requiredFields: info.requiredFields } : {}),
     });
   }
   return infos;

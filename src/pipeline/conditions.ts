@@ -106,6 +106,7 @@ export const TRIGGER_FIELDS: Record<string, FieldSpec> = {
       serviceType: { kind: 'object', fields: { code: str, display: str, system: str } },
       location,
       practitioner: { kind: 'object', fields: { id: str, name: str } },
+      virtual: { kind: 'object', fields: { channel: str, hasJoinInfo: { kind: 'boolean' } } },
     },
   },
   encounter: {

@@ -67,4 +67,11 @@ describe('destination fitness at load (docs/consent.md rule 4)', () => {
       },
     ]);
   });
+
+  it("refuses a rule that does not send what the output requires, once per missing field, at send.fields", () => {
+    const shielded: OutputInfo = { name: 'cdp', channel: 'crm', baa: true, allowedPurposes: ['care.followup'], requiredFields: { sensitivity: 'the labels refused', 'patient.birthDate': 'minors refused' } };
+    const found = compileRules([rule('care.followup', 'cdp', ['patient.id', 'sensitivity'])], { outputs: [shielded] }).issues;
+    expect(found.map((i) => [i.path.join('.'), i.message])).toEqual([['0.send.fields', 'rule "crm-rule": output "cdp" needs patient.birthDate in send.fields: minors refused']]);
+    expect(compileRules([rule('care.followup', 'cdp', ['patient.id', 'sensitivity', 'patient.birthDate'])], { outputs: [shielded] }).issues).toEqual([]);
+  });
 });

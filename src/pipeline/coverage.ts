@@ -16,6 +16,11 @@
 //
 // No appointment, encounter, department, provider, diagnosis or date of care ever reaches an
 // output without a BAA, whatever the purpose.
+//
+// An output may also require fields of every rule routed to it (OutputInfo.requiredFields): what
+// its adapter reads to refuse what even its BAA excludes — Adobe AEP under Healthcare Shield
+// refuses substance-use, mental-health and genetic records by their sensitivity labels, and
+// minors by their birth date, so a rule that does not send them could slip those through.
 import type { FieldPath, IssuePath } from './conditions.ts';
 import type { OutputInfo, RuleIssue } from './rule.ts';
 
@@ -60,6 +65,13 @@ export function destinationIssues(rule: { id: string; purpose: string; fields: r
         });
       });
     }
+  }
+  for (const [required, why] of Object.entries(output.requiredFields ?? {})) {
+    if (rule.fields.some((field) => field.source === required)) continue;
+    issues.push({
+      path: [...at, 'send', 'fields'],
+      message: `${where}: output "${output.name}" needs ${required} in send.fields: ${why}`,
+    });
   }
   if (output.fields !== undefined) {
     const sendable = output.fields;

@@ -208,6 +208,12 @@ export interface TemplateRead {
 export const UNSUBSCRIBE_URL = 'unsubscribe_url';
 
 /**
+ * CareRelay's own link to a video visit (docs/video.md), minted when the message is rendered:
+ * a variable the renderer provides to rules with `send.videoLink: true`, not trigger data.
+ */
+export const VIDEO_LINK = 'video.link';
+
+/**
  * Every variable the template reads from outside itself (loop variables and assigns are
  * its own), and whether the rule's allow-list (or `provided`, variables the renderer gives) covers it. A read is allowed when it stays
  * inside an allowed field (`patient.name.given[0]`, `….first`, `….size` under
@@ -222,7 +228,7 @@ export function templateReads(template: CompiledTemplate, fields: readonly Field
   for (const variables of Object.values(analysis.globals)) {
     for (const variable of variables) {
       const { names, dynamic } = fieldNames(variable);
-      const inside = allowedPaths.some((allowed) => startsWith(names, allowed)) || (names.length === 1 && provided.includes(names[0]!));
+      const inside = allowedPaths.some((allowed) => startsWith(names, allowed)) || provided.some((p) => startsWith(names, p.split('.')));
       const above = !dynamic && allowedPaths.some((allowed) => startsWith(allowed, names));
       reads.push({ text: String(variable), line: variable.location.row, column: variable.location.col, allowed: inside || above });
     }
@@ -393,8 +399,8 @@ export interface RenderOptions {
   zone: string | undefined;
   /** Language when the payload has none and for the default file's formats; default `en`. */
   defaultLanguage?: string;
-  /** Values the renderer provides besides the payload (UNSUBSCRIBE_URL). */
-  variables?: Readonly<Record<string, string>>;
+  /** Values the renderer provides besides the payload (UNSUBSCRIBE_URL, `video: { link }`). */
+  variables?: Readonly<Record<string, unknown>>;
 }
 
 /**

@@ -423,6 +423,14 @@ describe('variants and holdout', () => {
     expect(result.skipped.map((s) => s.reason)).toEqual(['holdout']);
   });
 
+  it('a holdout is recorded only where the message would have been planned (same appointments in both arms)', () => {
+    const [rule] = rules({ ...base, holdout: 0.2 });
+    const patient = Array.from({ length: 100 }, (_, i) => `P${i}`).find((p) => assignVariant(rule, p).holdout)!;
+    // Routed only after its expiry (the appointment start): no message for anyone, so no holdout either.
+    const late = route(booked({ patient: { id: patient }, appointment: { start: '2025-06-01T09:00:00+02:00' } }), [rule], NOW, PARIS);
+    expect(late.skipped.map((s) => s.reason)).toEqual(['expired']);
+  });
+
   it('holdout is refused for care.* rules', () => {
     expect(() => rules({ ...rawReminder(), holdout: 0.05 })).toThrow(/holdout is refused for care.logistics/);
   });

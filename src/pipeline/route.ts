@@ -96,11 +96,6 @@ export function route(trigger: Trigger, rules: readonly Rule[], now: string | Da
       const skip = (reason: SkippedDelivery['reason'], extra: Partial<SkippedDelivery> = {}): void => {
         result.skipped.push({ id, ruleId: rule.id, subjectKey: subject.key, step, triggerId: trigger.id, reason, ...(variant ? { variant: variant.id } : {}), ...extra });
       };
-      if (holdout) {
-        // Recorded so outcomes can be compared with the patients who got the message.
-        if (mode === 'plan') skip('holdout');
-        return;
-      }
       const planned = resolveInstant(expr, trigger, zone, nowMs);
       const expires = rule.expires ? resolveInstant(rule.expires, trigger, zone, nowMs) : undefined;
       if (planned === undefined || (rule.expires && expires === undefined)) {
@@ -113,6 +108,15 @@ export function route(trigger: Trigger, rules: readonly Rule[], now: string | Da
         skip('expired', { plannedAt: formatInstant(planned, zone), expiresAt: formatInstant(expires, zone) });
         // A pending delivery from an earlier plan must not go at its old time either.
         result.cancels.push({ key: id, reason: 'expired', triggerId: trigger.id, triggerType: trigger.type, asOf: trigger.occurredAt });
+        return;
+      }
+      if (holdout) {
+        // Recorded so outcomes can be compared with the patients who got the message: only
+        // where the message would have been planned (anchored, not expired), so that the
+        // holdout and the patients messaged are the same kind of appointments — a holdout
+        // that also counted same-day bookings, which get no reminder, would compare unlike
+        // with like (workers/outcomes.ts).
+        if (mode === 'plan') skip('holdout');
         return;
       }
       // Quiet hours can only move a message earlier while there is time to: now, at planning.

@@ -60,6 +60,11 @@ export interface Rule {
     noNameTemplate?: string;
     /** The allow-list: nothing else from the trigger leaves (invariant 6). */
     fields: FieldPath[];
+    /**
+     * The templates show CareRelay's own video-visit link ({{ video.link }}), minted when the
+     * message is rendered (docs/video.md); appointment rules with a care purpose only.
+     */
+    videoLink?: true;
   };
   /** One expression per step of the cadence (usually one). */
   at: TimeExpr[];
@@ -83,6 +88,11 @@ export interface OutputInfo {
   allowedPurposes: readonly string[];
   /** When set: the only send.fields this output can send (its property map); coverage.ts. */
   fields?: readonly string[];
+  /**
+   * When set: the send.fields every rule routed here must name, each with why (what the adapter
+   * reads them for); coverage.ts refuses a rule without them.
+   */
+  requiredFields?: Readonly<Record<string, string>>;
 }
 
 /** Why a match produced no delivery; recorded so every non-send has a reason. */
@@ -195,7 +205,7 @@ export const DEFAULT_RECIPIENT: Partial<Record<Channel, string>> = {
 // Compilation
 
 const RULE_KEYS = ['id', 'on', 'where', 'purpose', 'channel', 'send', 'at', 'expires', 'cancelOn', 'replanOn', 'variants', 'holdout', 'description'] as const;
-const SEND_KEYS = ['output', 'to', 'template', 'noNameTemplate', 'fields'] as const;
+const SEND_KEYS = ['output', 'to', 'template', 'noNameTemplate', 'fields', 'videoLink'] as const;
 const VARIANT_KEYS = ['id', 'weight', 'at', 'template'] as const;
 const ID = /^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$/;
 const MAX_CADENCE = 10;
@@ -261,6 +271,13 @@ export function compileRule(raw: unknown, at: IssuePath, context: { outputs: rea
   const isCare = typeof purpose === 'string' && purpose.startsWith('care.');
 
   const send = compileSend(raw.send, [...at, 'send'], channel as Channel, purpose as string, context, issues);
+  // A link into a visit is care logistics about an appointment (docs/video.md): it goes only
+  // where care messages may go (BAA, rule 4), and each delivery names the appointment it joins.
+  if (isRecord(raw.send) && raw.send.videoLink === true) {
+    if (typeof purpose === 'string' && !purpose.startsWith('care.')) add([...at, 'send', 'videoLink'], `a video link is sent for care only; purpose ${purpose} cannot carry one (use care.logistics)`);
+    const others = on.filter((t) => subjectKindOf(t) !== 'appointment');
+    if (others.length > 0) add([...at, 'send', 'videoLink'], `a video link joins an appointment; ${others.join(', ')} ${others.length === 1 ? 'is' : 'are'} not about one`);
+  }
   // docs/consent.md rule 4 (BAA coverage, PHI) and the fields the output can send: coverage.ts.
   const output = send && typeof id === 'string' ? context.outputs.find((o) => o.name === send.output) : undefined;
   if (output && send) issues.push(...destinationIssues({ id: id as string, purpose: purpose as string, fields: send.fields }, output, at));
@@ -380,6 +397,10 @@ function compileSend(
     }
   }
 
+  const videoLink = raw.videoLink;
+  if (videoLink !== undefined && typeof videoLink !== 'boolean') add([...at, 'videoLink'], `videoLink is true (the templates show {{ video.link }}) or false; got ${describe(videoLink)}`);
+  else if (videoLink === true && template === undefined) add([...at, 'videoLink'], 'videoLink needs a template: the link is shown by it, as {{ video.link }}');
+
   if (output && typeof purpose === 'string') {
     if (output.channel !== channel) add([...at, 'output'], `output "${output.name}" is a ${output.channel} output, but the rule's channel is ${channel}`);
     if (!output.allowedPurposes.includes(purpose)) {
@@ -393,6 +414,7 @@ function compileSend(
     ...(template !== undefined ? { template: template as string } : {}),
     ...(noNameTemplate !== undefined ? { noNameTemplate: noNameTemplate as string } : {}),
     fields,
+    ...(videoLink === true ? { videoLink: true as const } : {}),
   };
 }
 

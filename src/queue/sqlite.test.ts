@@ -8,7 +8,7 @@ import { queueConformanceSuite, type ConformanceJobData } from './conformance.ts
 import type { JobContext } from './queue.ts';
 import { openSqliteDatabase, type Database } from '../store/sqlite-db.ts';
 import { SqliteStore } from '../store/sqlite.ts';
-import { createSqliteQueue, type SqliteQueue } from './sqlite.ts';
+import { createSqliteQueue, ownTransactions, pruneFinishedJobs, type SqliteQueue } from './sqlite.ts';
 
 const repoRoot = join(import.meta.dirname, '..', '..');
 
@@ -257,5 +257,55 @@ describe('SQLite queue', () => {
     expect(() => q.process(async () => undefined, { concurrency: 0 })).toThrow(/concurrency must be an integer/);
     q.process(async () => undefined, { concurrency: 1 });
     expect(() => q.process(async () => undefined, { concurrency: 1 })).toThrow(/already called/);
+  });
+});
+
+describe('pruneFinishedJobs (retention of done jobs)', () => {
+  it('deletes done and cancelled jobs finished before the cutoff, with their keys; keeps dead, pending and newer ones', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'carerelay-queue-'));
+    const db = openSqliteDatabase(join(dir, 'carerelay.db'));
+    try {
+      let now = Date.parse('2024-01-01T00:00:00Z');
+      const clock = () => now;
+      const a = createSqliteQueue<string>(db, { name: 'a', now: clock, retry: { maxAttempts: 1 } });
+      const b = createSqliteQueue<string>(db, { name: 'b', now: clock });
+      const runAt = new Date(now);
+      await a.addMany(['done', 'dead', 'cancelled', 'pending'].map((id) => ({ id, data: id, runAt: id === 'pending' ? new Date(now + 86_400_000 * 30) : runAt, cancelKeys: [`key/${id}`] })));
+      await b.add({ id: 'other-done', data: 'x', runAt });
+      await a.cancel('key/cancelled');
+      const ran = new Promise<void>((resolve) => {
+        let seen = 0;
+        a.subscribe((e) => {
+          if ((e.type === 'done' || e.type === 'dead') && ++seen === 2) resolve();
+        });
+      });
+      a.process(async (job) => {
+        if (job.id === 'dead') throw new Error('no');
+      }, { concurrency: 2 });
+      b.process(async () => {}, { concurrency: 1 });
+      await ran;
+      await b.idle();
+      now += 86_400_000;
+      await a.add({ id: 'late', data: 'late', runAt: new Date(now + 86_400_000), cancelKeys: ['key/late'] });
+      await a.cancel('key/late');
+      const cutoff = now - 1000;
+      expect(await pruneFinishedJobs(ownTransactions(db), cutoff, { limit: 100, dryRun: true })).toEqual({ removed: 3 });
+      let removed = 0;
+      let after: string | undefined;
+      do {
+        const batch = await pruneFinishedJobs(ownTransactions(db), cutoff, { limit: 2, ...(after ? { after } : {}) });
+        removed += batch.removed;
+        after = batch.next;
+      } while (after !== undefined);
+      expect(removed).toBe(3);
+      expect((await a.list({ limit: 100 })).map((j) => `${j.id}:${j.state}`).sort()).toEqual(['dead:dead', 'late:cancelled', 'pending:pending']);
+      expect(await b.list()).toEqual([]);
+      expect(db.prepare("SELECT key FROM queue_cancel_keys WHERE queue = 'a' ORDER BY key").all()).toEqual([{ key: 'key/dead' }, { key: 'key/late' }, { key: 'key/pending' }]);
+      await a.close();
+      await b.close();
+    } finally {
+      db.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });

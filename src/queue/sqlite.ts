@@ -762,3 +762,38 @@ export class SqliteQueue<T> implements Queue<T> {
 export function createSqliteQueue<T>(db: Database, options: SqliteQueueOptions = {}): SqliteQueue<T> {
   return new SqliteQueue<T>(db, options);
 }
+
+/**
+ * Retention of finished jobs (workers/retention.ts, "done jobs"): one batch over every queue of
+ * the file, oldest first — up to `limit` jobs created before `beforeMs`, of which those done or
+ * cancelled before it are deleted with their cancel keys (only counted with dryRun). Dead and
+ * parked jobs wait for a person and are kept, as are pending and active ones. `after` / `next`:
+ * where the walk stands (a job seq); `next` absent when no job older than the cutoff is left.
+ */
+export async function pruneFinishedJobs(
+  committer: SqliteCommitter,
+  beforeMs: number,
+  options: { limit: number; after?: string; dryRun?: boolean },
+): Promise<{ removed: number; next?: string }> {
+  const db = committer.db;
+  migrateQueueSchema(db);
+  const work = () => {
+    const rows = db
+      .prepare('SELECT seq, queue, state, cancel_keys, created_at, updated_at FROM queue_jobs WHERE seq > ? ORDER BY seq LIMIT ?')
+      .all(Number(options.after ?? 0), Math.max(1, Math.trunc(options.limit))) as Array<{ seq: number; queue: string; state: JobState; cancel_keys: string; created_at: number; updated_at: number }>;
+    const deleteKey = db.prepare('DELETE FROM queue_cancel_keys WHERE queue = ? AND key = ? AND job_seq = ?');
+    const deleteJob = db.prepare('DELETE FROM queue_jobs WHERE seq = ?');
+    let removed = 0;
+    for (const row of rows) {
+      // Jobs are numbered as they are added: past the cutoff, every later one is newer.
+      if (row.created_at >= beforeMs) return { removed };
+      if ((row.state !== JobState.Done && row.state !== JobState.Cancelled) || row.updated_at >= beforeMs) continue;
+      removed++;
+      if (options.dryRun) continue;
+      for (const key of JSON.parse(row.cancel_keys) as string[]) deleteKey.run(row.queue, key, row.seq);
+      deleteJob.run(row.seq);
+    }
+    return { removed, ...(rows.length === options.limit ? { next: String(rows[rows.length - 1]!.seq) } : {}) };
+  };
+  return options.dryRun ? work() : committer.write(work);
+}

@@ -5,6 +5,8 @@ import { createHash } from 'node:crypto';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { MessageStatus, type Delivery, type Trigger } from '../types.ts';
 import { consentLedgerConformance } from './consent-conformance.ts';
+import { operationsConformance } from './operations-conformance.ts';
+import { videoConformance } from './video-conformance.ts';
 import { isPending, PENDING_REASON, type DeliveryWrite, type InboundRecord, type Store, type StoredMessage, type SubjectState } from './store.ts';
 
 export interface StoreHandle {
@@ -942,9 +944,84 @@ export function storeConformanceSuite(name: string, makeStore: () => Promise<Sto
         await expect(store.recordContactHolding({ ...first, firstSentAt: 'yesterday' })).rejects.toThrow();
         await expect(store.recordContactHolding({ ...first, contactKey: '' })).rejects.toThrow(RangeError);
       });
+
+      it("keeps the tool's own id of a contact once its API gave one, and finds the holdings by it", async () => {
+        const held = { output: 'hubspot', patientId: 'P1', contactKey: 'pat@example.org', firstSentAt: '2024-01-02T09:00:00Z' };
+        await store.recordContactHolding(held);
+        expect(await store.listContactHoldings({ output: 'hubspot', toolId: '901' })).toEqual([]);
+        // Recorded again with the id the tool answered: not a new holding, the id kept.
+        expect(await store.recordContactHolding({ ...held, firstSentAt: '2024-02-01T09:00:00Z', toolId: '901' })).toBe(false);
+        expect(await store.listContactHoldings({ output: 'hubspot', toolId: '901' })).toEqual([{ ...held, toolId: '901' }]);
+        // Without an id the stored one stays; another output's id space is its own.
+        await store.recordContactHolding(held);
+        expect(await store.listContactHoldings({ patientId: 'P1' })).toEqual([{ ...held, toolId: '901' }]);
+        expect(await store.listContactHoldings({ output: 'other', toolId: '901' })).toEqual([]);
+        await expect(store.recordContactHolding({ ...held, toolId: '' })).rejects.toThrow(RangeError);
+      });
+    });
+
+    describe('dashboard counts (flow activity, delivery tallies)', () => {
+      it('counts messages per input, minute and ACK code within the window, and keeps each input\'s last message', async () => {
+        const at = (hhmmss: string) => `2024-01-01T${hhmmss}Z`;
+        stored(await store.commitInbound(testRecord({ controlId: 'F1', receivedAt: at('08:00:10') })));
+        stored(await store.commitInbound(testRecord({ controlId: 'F2', receivedAt: at('09:58:05') })));
+        stored(await store.commitInbound(testRecord({ controlId: 'F3', receivedAt: at('09:58:40') })));
+        stored(await store.commitInbound(testRecord({ controlId: 'F4', receivedAt: at('09:58:59'), status: 'rejected', ackCode: 'AR', reason: 'missing_field' })));
+        stored(await store.commitInbound(testRecord({ controlId: 'F5', receivedAt: at('09:59:30') })));
+        stored(await store.commitInbound(testRecord({ controlId: 'F6', input: 'fhir-hook', format: 'fhir', ackCode: '200', receivedAt: at('07:15:00.250') })));
+        await store.commitInbound(testRecord({ controlId: 'F5', receivedAt: at('09:59:31') })); // a duplicate: nothing new
+        const flows = await store.flowActivity(at('09:00:00'));
+        const byName = new Map(flows.map((f) => [`${f.kind}/${f.name}`, f]));
+        expect(byName.get('input/mllp-main')).toEqual({
+          kind: 'input',
+          name: 'mllp-main',
+          lastAt: '2024-01-01T09:59:30.000Z',
+          minutes: [
+            { minute: '2024-01-01T09:58:00.000Z', code: 'AA', count: 2 },
+            { minute: '2024-01-01T09:58:00.000Z', code: 'AR', count: 1 },
+            { minute: '2024-01-01T09:59:00.000Z', code: 'AA', count: 1 },
+          ],
+        });
+        // Silent within the window: still known, with its last message.
+        expect(byName.get('input/fhir-hook')).toEqual({ kind: 'input', name: 'fhir-hook', lastAt: '2024-01-01T07:15:00.250Z', minutes: [] });
+        // An earlier `since` gives what the store keeps (at least the minutes since 09:00 here).
+        expect((await store.flowActivity(at('08:59:00'))).find((f) => f.name === 'mllp-main')!.minutes.length).toBeGreaterThanOrEqual(3);
+        await expect(store.flowActivity('soon')).rejects.toThrow(RangeError);
+      });
+
+      it('counts delivery ends per output and minute, and deliveries per rule, variant, output, status and reason', async () => {
+        const a = testDelivery({ appointmentId: 'A1', variant: 'short' });
+        const b = testDelivery({ appointmentId: 'A2', variant: 'long' });
+        const c = testDelivery({ appointmentId: 'A3', variant: 'short' });
+        const d = testDelivery({ appointmentId: 'A4', ruleId: 'confirm', output: 'mail', channel: 'email' });
+        await store.saveRouting('t', [write(a), write(b), write(c), write(d)], '2024-01-01T09:30:02Z');
+        await store.finishDelivery(a.id, 1, { status: 'sent', at: '2024-01-01T10:00:05Z', message: { language: 'en', text: 'Hi' } });
+        await store.finishDelivery(b.id, 1, { status: 'suppressed', reason: 'opted_out', at: '2024-01-01T10:00:20Z' });
+        await store.finishDelivery(c.id, 1, { status: 'suppressed', reason: 'opted_out', at: '2024-01-01T10:01:00+01:00' });
+        await store.saveRouting('t2', [write(d, { status: 'cancelled', asOf: '2024-01-01T09:40:00Z', updatedAt: '2024-01-01T09:40:01Z' })], '2024-01-01T09:40:01Z');
+        expect(await store.deliveryTallies()).toEqual([
+          { rule: 'confirm', output: 'mail', status: 'cancelled', count: 1 },
+          { rule: 'reminder', variant: 'long', output: 'sms', status: 'suppressed', reason: 'opted_out', count: 1 },
+          { rule: 'reminder', variant: 'short', output: 'sms', status: 'sent', count: 1 },
+          { rule: 'reminder', variant: 'short', output: 'sms', status: 'suppressed', reason: 'opted_out', count: 1 },
+        ]);
+        const sms = (await store.flowActivity('2024-01-01T09:00:00Z')).find((f) => f.kind === 'output' && f.name === 'sms');
+        expect(sms).toEqual({
+          kind: 'output',
+          name: 'sms',
+          lastAt: '2024-01-01T10:00:20.000Z',
+          minutes: [
+            { minute: '2024-01-01T09:01:00.000Z', code: 'suppressed', count: 1 },
+            { minute: '2024-01-01T10:00:00.000Z', code: 'sent', count: 1 },
+            { minute: '2024-01-01T10:00:00.000Z', code: 'suppressed', count: 1 },
+          ],
+        });
+      });
     });
 
     consentLedgerConformance(() => store);
+    operationsConformance(() => store);
+    videoConformance(() => store);
 
     describe('closing', () => {
       it('after close, commits reject (so the caller NAKs) and close is idempotent', async () => {

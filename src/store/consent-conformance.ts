@@ -119,9 +119,26 @@ export function consentLedgerConformance(getStore: () => Store): void {
       await store.putOutboxEntry({ deliveryId: sent.id, output: 'sms', channel: 'sms', to: '+15550100', language: 'en', text: 'Hello Alex', keptAt: AT });
       await store.recordDisclosure({ deliveryId: sent.id, patientId: 'MRN-1', rule: 'r', purpose: 'care.logistics', channel: 'sms', output: 'sms', at: AT });
       await store.addConsentEvent(entry({ action: 'opt_out', channel: 'email' }));
+      const held = { patientId: 'MRN-1', contactKey: 'alex@example.org', firstSentAt: AT };
+      await store.recordContactHolding({ ...held, output: 'mailchimp' });
+      await store.recordContactHolding({ ...held, output: 'hubspot', toolId: '501' });
+      await store.recordContactHolding({ ...held, output: 'hubspot', contactKey: 'alex.work@example.org' });
+      await store.recordContactHolding({ ...held, output: 'hubspot', patientId: 'MRN-OTHER' });
 
-      const record = await store.erasePatient('MRN-1', '2025-06-05T10:00:00+02:00');
-      expect(record).toEqual({ patientId: 'MRN-1', at: '2025-06-05T10:00:00+02:00', cancelled: [{ deliveryId: pending.id, generation: 2, reason: 'erased' }] });
+      const record = await store.erasePatient('MRN-1', '2025-06-05T10:00:00+02:00', { hubspot: 'forgotten' });
+      expect(record).toEqual({
+        patientId: 'MRN-1',
+        at: '2025-06-05T10:00:00+02:00',
+        cancelled: [{ deliveryId: pending.id, generation: 2, reason: 'erased' }],
+        // Each output once, by name; its holdings are gone, another patient's stay.
+        tools: [
+          { output: 'hubspot', outcome: 'forgotten' },
+          { output: 'mailchimp', outcome: 'not_asked' },
+        ],
+      });
+      expect(await store.listContactHoldings({ patientId: 'MRN-1' })).toEqual([]);
+      expect(await store.listContactHoldings({ output: 'hubspot', toolId: '501' })).toEqual([]);
+      expect(await store.listContactHoldings({ patientId: 'MRN-OTHER' })).toHaveLength(1);
       expect(await store.listErasures('MRN-1')).toEqual([record]);
       const after = await store.getDelivery(pending.id);
       expect(after).toMatchObject({ status: 'suppressed', reason: 'erased' });

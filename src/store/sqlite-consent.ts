@@ -196,8 +196,8 @@ function prepare(db: Database) {
     ) as BetterSqlite3.Statement<[number], EventRow & { mirror_output: string }>,
     deleteMirror: db.prepare('DELETE FROM consent_mirrors WHERE event_seq = ? AND output = ?'),
     insertInbound: db.prepare('INSERT OR IGNORE INTO inbound_events (key, at) VALUES (?, ?)'),
-    insertErasure: db.prepare('INSERT INTO erasures (patient_id, at, cancelled) VALUES (?, ?, ?)'),
-    erasures: db.prepare('SELECT patient_id, at, cancelled FROM erasures WHERE patient_id = ? ORDER BY seq') as BetterSqlite3.Statement<[string], { patient_id: string; at: string; cancelled: string }>,
+    insertErasure: db.prepare('INSERT INTO erasures (patient_id, at, cancelled, tools) VALUES (?, ?, ?, ?)'),
+    erasures: db.prepare('SELECT patient_id, at, cancelled, tools FROM erasures WHERE patient_id = ? ORDER BY seq') as BetterSqlite3.Statement<[string], { patient_id: string; at: string; cancelled: string; tools: string }>,
   };
 }
 
@@ -206,14 +206,14 @@ export class SqliteConsentLedger {
   readonly #s: Statements;
   /** Statements built from a list's length (IN (?, ?…)), prepared once each. */
   readonly #prepared = new Map<string, BetterSqlite3.Statement>();
-  readonly #erase: (patientId: string, at: string) => ErasureRecord;
+  readonly #erase: (patientId: string, at: string, outcomes: Readonly<Record<string, string>>) => ErasureRecord;
   readonly #addEvent: (event: Omit<ConsentEvent, 'id'>, mirrorTo: readonly string[]) => ConsentEvent;
 
   constructor(db: Database) {
     this.#db = db;
     this.#s = prepare(db);
     this.#addEvent = db.transaction((event: Omit<ConsentEvent, 'id'>, mirrorTo: readonly string[]) => this.#addEventInTransaction(event, mirrorTo)).immediate;
-    this.#erase = db.transaction((patientId: string, at: string) => this.#eraseInTransaction(patientId, at)).immediate;
+    this.#erase = db.transaction((patientId: string, at: string, outcomes: Readonly<Record<string, string>>) => this.#eraseInTransaction(patientId, at, outcomes)).immediate;
   }
 
   addConsentEvent(event: Omit<ConsentEvent, 'id'>, mirrorTo: readonly string[] = []): ConsentEvent {
@@ -405,16 +405,21 @@ export class SqliteConsentLedger {
     return this.#s.insertInbound.run(key, at).changes > 0;
   }
 
-  erasePatient(patientId: string, at: string): ErasureRecord {
+  erasePatient(patientId: string, at: string, outcomes: Readonly<Record<string, string>> = {}): ErasureRecord {
     instantMs(at, 'at');
-    return this.#erase(patientId, at);
+    return this.#erase(patientId, at, outcomes);
   }
 
   listErasures(patientId: string): ErasureRecord[] {
-    return this.#s.erasures.all(patientId).map((r) => ({ patientId: r.patient_id, at: r.at, cancelled: JSON.parse(r.cancelled) as ErasureRecord['cancelled'] }));
+    return this.#s.erasures.all(patientId).map((r) => ({
+      patientId: r.patient_id,
+      at: r.at,
+      cancelled: JSON.parse(r.cancelled) as ErasureRecord['cancelled'],
+      tools: JSON.parse(r.tools) as ErasureRecord['tools'],
+    }));
   }
 
-  #eraseInTransaction(patientId: string, at: string): ErasureRecord {
+  #eraseInTransaction(patientId: string, at: string, outcomes: Readonly<Record<string, string>>): ErasureRecord {
     const db = this.#db;
     const deliveries = db.prepare('SELECT seq, id, status, generation, json FROM deliveries WHERE patient_id = ?').all(patientId) as Array<{ seq: number; id: string; status: string; generation: number; json: string | Buffer }>;
     const cancelled: ErasureRecord['cancelled'] = [];
@@ -450,13 +455,20 @@ export class SqliteConsentLedger {
     db.prepare('DELETE FROM decisions WHERE patient_id = ?').run(patientId);
     db.prepare('DELETE FROM disclosures WHERE patient_id = ?').run(patientId);
     db.prepare('DELETE FROM contact_points WHERE patient_id = ?').run(patientId);
+    // The tools that held the patient's contact: named in the record (an operator acts on what
+    // they did not forget), their holdings gone with the addresses.
+    const held = db.prepare('SELECT DISTINCT output FROM contact_holdings WHERE patient_id = ? ORDER BY output').all(patientId) as Array<{ output: string }>;
+    const tools: ErasureRecord['tools'] = held.map(({ output }) => ({ output, outcome: outcomes[output] ?? 'not_asked' }));
+    db.prepare('DELETE FROM contact_holdings WHERE patient_id = ?').run(patientId);
+    db.prepare('DELETE FROM video_joins WHERE patient_id = ?').run(patientId);
+    db.prepare('DELETE FROM video_links WHERE patient_id = ?').run(patientId);
     db.prepare(`INSERT INTO patients (id, deceased, first_seen_ms, erased_at) VALUES (?, 0, ?, ?) ON CONFLICT (id) DO UPDATE SET erased_at = excluded.erased_at`).run(
       patientId,
       instantMs(at, 'at'),
       at,
     );
-    this.#s.insertErasure.run(patientId, at, JSON.stringify(cancelled));
-    return { patientId, at, cancelled };
+    this.#s.insertErasure.run(patientId, at, JSON.stringify(cancelled), JSON.stringify(tools));
+    return { patientId, at, cancelled, tools };
   }
 
   #rows(sql: string, params: readonly unknown[]): unknown[] {

@@ -25,7 +25,8 @@ const DEFAULT_BUSY_TIMEOUT_MS = 5000;
  * - `journal_mode=WAL`: readers (admin API, queue polling) never block the writer;
  * - `synchronous=FULL`: every commit is fsynced before it returns, so an ACK sent after a
  *   commit survives power loss (NORMAL would only survive a process crash);
- * - `busy_timeout`, and `foreign_keys=ON` (off by default in SQLite).
+ * - `busy_timeout`, and `foreign_keys=ON` (off by default in SQLite);
+ * - `auto_vacuum=INCREMENTAL` on a new file (space freed by retention can be given back).
  * Throws an Error naming the path and the fix when the directory cannot be created or
  * written. `':memory:'` opens a private in-memory database (tests only: not durable).
  */
@@ -46,6 +47,13 @@ export function openSqliteDatabase(file: string, options: OpenSqliteOptions = {}
   }
   try {
     db.pragma(`busy_timeout = ${Math.max(0, Math.trunc(options.busyTimeoutMs ?? DEFAULT_BUSY_TIMEOUT_MS))}`);
+    if (!readonly && !inMemory && (db.prepare('SELECT COUNT(*) AS n FROM sqlite_master').get() as { n: number }).n === 0) {
+      // A new file: auto_vacuum can only be chosen before the first table exists. INCREMENTAL
+      // lets the retention job hand pages freed by pruning back to the file system in short
+      // steps (PRAGMA incremental_vacuum). A file created before keeps its mode: freed pages
+      // are reused, and `carerelay prune --vacuum` (a full VACUUM, server stopped) converts it.
+      db.pragma('auto_vacuum = INCREMENTAL');
+    }
     if (!readonly && !inMemory) {
       // journal_mode is persistent in the file; a read-only connection just reads it.
       const mode = db.pragma('journal_mode = WAL', { simple: true });
@@ -112,6 +120,12 @@ const MIGRATIONS_TABLE = `CREATE TABLE IF NOT EXISTS schema_migrations (
 )`;
 
 /**
+ * One schema version: its SQL, or a function for a change SQL alone cannot say (a table rebuilt
+ * from the schema it has), run inside the migration's transaction.
+ */
+export type MigrationStep = string | ((db: Database) => void);
+
+/**
  * Brings component `name`'s tables up to date: `steps[i]` is the SQL of version i + 1 and
  * runs once per database. The pending steps and their rows in `schema_migrations` commit
  * in one transaction (all or nothing). Versions are kept per component name, so the store
@@ -120,7 +134,7 @@ const MIGRATIONS_TABLE = `CREATE TABLE IF NOT EXISTS schema_migrations (
  * Returns the number of steps applied now. Throws when the database was written by a newer
  * CareRelay (more versions recorded than `steps` knows).
  */
-export function migrate(db: Database, name: string, steps: readonly string[]): number {
+export function migrate(db: Database, name: string, steps: readonly MigrationStep[]): number {
   if (name === '') throw new Error('migrate: the component name must not be empty');
   const current = (): number =>
     (db.prepare('SELECT MAX(version) AS v FROM schema_migrations WHERE component = ?').get(name) as { v: number | null })
@@ -144,7 +158,9 @@ export function migrate(db: Database, name: string, steps: readonly string[]): n
     }
     const record = db.prepare('INSERT INTO schema_migrations (component, version, applied_at) VALUES (?, ?, ?)');
     for (let v = from + 1; v <= steps.length; v++) {
-      db.exec(steps[v - 1]!);
+      const step = steps[v - 1]!;
+      if (typeof step === 'string') db.exec(step);
+      else step(db);
       record.run(name, v, new Date().toISOString());
     }
     return steps.length - from;

@@ -2,10 +2,11 @@ import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import BetterSqlite3 from 'better-sqlite3';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { storeConformanceSuite, testRecord, testTrigger } from './conformance.ts';
 import { migrate, openSqliteDatabase, type Database } from './sqlite-db.ts';
-import { SQLITE_STORE_COMPONENT, SQLITE_STORE_MIGRATIONS, SqliteStore } from './sqlite.ts';
+import { allowDeliveryReview, SQLITE_STORE_COMPONENT, SQLITE_STORE_MIGRATIONS, SqliteStore } from './sqlite.ts';
 
 const tempDirs: string[] = [];
 function tempDir(): string {
@@ -44,6 +45,20 @@ describe('openSqliteDatabase', () => {
     } finally {
       db.close();
     }
+  });
+
+  it('creates a new file with incremental auto-vacuum, and leaves an existing file as it was', () => {
+    const file = path.join(tempDir(), 'carerelay.db');
+    const db = openSqliteDatabase(file);
+    expect(db.pragma('auto_vacuum', { simple: true })).toBe(2); // 2 = INCREMENTAL
+    db.close();
+    const old = path.join(tempDir(), 'old.db');
+    const plain = new BetterSqlite3(old);
+    plain.exec('CREATE TABLE t (x)');
+    plain.close();
+    const reopened = openSqliteDatabase(old);
+    expect(reopened.pragma('auto_vacuum', { simple: true })).toBe(0);
+    reopened.close();
   });
 
   it('refuses a data path whose parent is not a directory, naming the path and the fix', () => {
@@ -259,7 +274,7 @@ describe('SqliteStore on a file', () => {
     const db = openSqliteDatabase(path.join(tempDir(), 'carerelay.db'));
     try {
       // A database as the version before search and attempts left it.
-      migrate(db, SQLITE_STORE_COMPONENT, SQLITE_STORE_MIGRATIONS.slice(0, SQLITE_STORE_MIGRATIONS.findIndex((m) => m.includes('ADD COLUMN patient_id'))));
+      migrate(db, SQLITE_STORE_COMPONENT, SQLITE_STORE_MIGRATIONS.slice(0, SQLITE_STORE_MIGRATIONS.findIndex((m) => typeof m === 'string' && m.includes('ADD COLUMN patient_id'))));
       db.prepare(
         `INSERT INTO messages (input, format, sender, control_id, message_type, content_hash, status, ack, ack_code, received_at, received_ms, trigger_ids, raw)
          VALUES ('ehr', 'hl7v2', 'EPIC^GHH', 'OLD-1', 'SIU^S12', 'h1', 'accepted', 'A', 'AA', '2024-01-01T00:00:00Z', 0, '["t-old"]', x'00')`,
@@ -280,14 +295,18 @@ describe('SqliteStore on a file', () => {
   it('keeps every delivery, its counts and indexes when the deliveries table is rebuilt for status review', async () => {
     const db = openSqliteDatabase(path.join(tempDir(), 'carerelay.db'));
     try {
-      migrate(db, SQLITE_STORE_COMPONENT, SQLITE_STORE_MIGRATIONS.slice(0, SQLITE_STORE_MIGRATIONS.findIndex((m) => m.includes('deliveries_next'))));
+      migrate(db, SQLITE_STORE_COMPONENT, SQLITE_STORE_MIGRATIONS.slice(0, SQLITE_STORE_MIGRATIONS.indexOf(allowDeliveryReview)));
       const insert = db.prepare(
         `INSERT INTO deliveries (id, status, as_of, as_of_ms, due_at, due_ms, rule, patient_id, subject, generation, json, reason, created_at, updated_at, cause)
          VALUES (?, ?, '2024-01-01T00:00:00Z', 0, '2024-01-02T00:00:00Z', 86400000, 'r', 'P1', ?, 1, '{}', ?, '2024-01-01T00:00:00Z', '2024-01-01T00:00:00Z', 'c')`,
       );
       insert.run('r@appointment/A1#0', 'pending', 'appointment/A1', null);
       insert.run('r@appointment/A2#0', 'failed', 'appointment/A2', 'webhook_rejected');
+      const dependents = () => db.prepare("SELECT type, name FROM sqlite_master WHERE tbl_name = 'deliveries' AND type IN ('index', 'trigger') ORDER BY name").all();
+      const before = dependents();
       new SqliteStore(db);
+      // Indexes and triggers made again as they were (counts, the dashboard's tallies, retention's index).
+      expect(dependents()).toEqual(before);
       const rows = db.prepare('SELECT id, status, reason, cause FROM deliveries ORDER BY seq').all();
       expect(rows).toEqual([
         { id: 'r@appointment/A1#0', status: 'pending', reason: null, cause: 'c' },
@@ -299,9 +318,41 @@ describe('SqliteStore on a file', () => {
         { status: 'review', n: 1 },
       ]);
       const indexes = (db.prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'deliveries' AND name LIKE 'deliveries_%'").all() as { name: string }[]).map((r) => r.name).sort();
-      expect(indexes).toEqual(['deliveries_patient', 'deliveries_rule', 'deliveries_status', 'deliveries_subject']);
+      expect(indexes).toEqual(['deliveries_bodies', 'deliveries_patient', 'deliveries_rule', 'deliveries_status', 'deliveries_subject']);
+      expect(db.prepare("SELECT status, n FROM delivery_tallies WHERE n > 0 ORDER BY status").all()).toEqual([
+        { status: 'failed', n: 1 },
+        { status: 'review', n: 1 },
+      ]);
     } finally {
       db.close();
     }
   });
+
+  it('an upgraded store starts its dashboard counts from what it holds: the last hour of messages, every delivery', async () => {
+    const db = openSqliteDatabase(path.join(tempDir(), 'carerelay.db'));
+    try {
+      // A database as the version before the dashboard's counts left it.
+      migrate(db, SQLITE_STORE_COMPONENT, SQLITE_STORE_MIGRATIONS.slice(0, SQLITE_STORE_MIGRATIONS.findIndex((m) => typeof m === 'string' && m.includes('CREATE TABLE flow_minutes'))));
+      const message = db.prepare(
+        `INSERT INTO messages (input, format, sender, control_id, message_type, content_hash, status, ack, ack_code, received_at, received_ms, trigger_ids, raw)
+         VALUES ('ehr', 'hl7v2', 'EPIC^GHH', ?, 'SIU^S12', ?, 'accepted', 'A', 'AA', ?, ?, '[]', x'00')`,
+      );
+      const hour = Date.parse('2024-01-01T10:00:00Z');
+      for (const [id, ms] of [['E1', hour - 2 * 3_600_000], ['E2', hour - 30 * 60_000], ['E3', hour]] as const) message.run(id, id, new Date(ms).toISOString(), ms);
+      db.prepare(
+        `INSERT INTO deliveries (id, status, as_of, as_of_ms, due_at, due_ms, rule, patient_id, subject, generation, json, reason, created_at, updated_at)
+         VALUES ('r@appointment/A1#0', 'suppressed', 'x', 0, 'x', 0, 'reminder', 'MRN-1', 'appointment/A1', 1, '{}', 'opted_out', 'x', 'x')`,
+      ).run();
+      const store = new SqliteStore(db);
+      const [input] = await store.flowActivity('2024-01-01T08:00:00Z');
+      expect(input).toMatchObject({ name: 'ehr', lastAt: '2024-01-01T10:00:00.000Z' });
+      // E1 is older than the hour kept.
+      expect(input!.minutes.map((m) => m.minute)).toEqual(['2024-01-01T09:30:00.000Z', '2024-01-01T10:00:00.000Z']);
+      expect(await store.deliveryTallies()).toEqual([{ rule: 'reminder', status: 'suppressed', reason: 'opted_out', count: 1 }]);
+      await store.close();
+    } finally {
+      db.close();
+    }
+  });
+
 });

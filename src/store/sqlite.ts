@@ -63,8 +63,11 @@ import {
   storedMessageOf,
 } from './common.ts';
 import { PackedKind, packJson, packRaw, unpackJson, unpackRaw } from './packed-json.ts';
+import { ACTIVITY_TABLES, SqliteActivity } from './sqlite-activity.ts';
 import { CONSENT_TABLES, SqliteConsentLedger } from './sqlite-consent.ts';
-import { migrate, openSqliteDatabase, type Database } from './sqlite-db.ts';
+import { OUTCOME_TABLES, SqliteOutcomes } from './sqlite-outcomes.ts';
+import { RETENTION_SCHEMA, SqliteRetention } from './sqlite-retention.ts';
+import { migrate, openSqliteDatabase, type Database, type MigrationStep } from './sqlite-db.ts';
 import { ATTEMPT_FROM_STATUS, AttemptKind, AuditAction, STORED_DELIVERY_STATUSES, StoredDeliveryStatus } from './store.ts';
 import type {
   AuditEntry,
@@ -73,9 +76,11 @@ import type {
   ConsentLedger,
   ContactHoldingQuery,
   DeliveryCause,
+  DeliveryTally,
   DecisionRecord,
   Disclosure,
   ErasureRecord,
+  FlowActivity,
   PatientFacts,
   StoredFhirConsent,
   DeliveryOutcome,
@@ -83,6 +88,13 @@ import type {
   DeliveryWrite,
   InboundRecord,
   MessageOrigin,
+  OutcomeCount,
+  OutcomeLink,
+  OutcomeObservation,
+  OutcomeQuery,
+  PruneBatch,
+  PruneOptions,
+  RetentionKind,
   MessageQuery,
   OutboxEntry,
   OutboxQuery,
@@ -96,17 +108,35 @@ import type {
   StoredDelivery,
   StoredMessage,
   StoredMessageWithBody,
+  StoredVideoJoin,
   SubjectState,
   TriggerQuery,
   TriggerRouting,
+  VideoLink,
 } from './store.ts';
 import { isPending } from './store.ts';
 
 /** Component name of the store's tables in schema_migrations. */
 export const SQLITE_STORE_COMPONENT = 'store';
 
+/**
+ * Adds `review` to the statuses a delivery row may have. SQLite cannot change a CHECK in place:
+ * the table is rebuilt with the same columns and rows, and its indexes and triggers (counts,
+ * the dashboard's tallies, retention's index…) made again as they were — SQLite's documented
+ * way ("ALTER TABLE", making other kinds of table schema changes). Counts are unchanged.
+ */
+export function allowDeliveryReview(db: Database): void {
+  const statuses = "'suppressed', 'failed')";
+  const table = db.prepare("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'deliveries'").get() as { sql: string };
+  if (!table.sql.includes(statuses)) throw new Error('the deliveries table is not the one this step knows: restore a backup made by this version');
+  const dependents = db.prepare("SELECT sql FROM sqlite_master WHERE tbl_name = 'deliveries' AND type IN ('index', 'trigger') AND sql IS NOT NULL").all() as Array<{ sql: string }>;
+  db.exec(table.sql.replace(/^CREATE TABLE "?deliveries"?/, 'CREATE TABLE deliveries_next').replace(statuses, "'suppressed', 'failed', 'review')"));
+  db.exec('INSERT INTO deliveries_next SELECT * FROM deliveries; DROP TABLE deliveries; ALTER TABLE deliveries_next RENAME TO deliveries;');
+  for (const { sql } of dependents) db.exec(sql);
+}
+
 /** Schema versions of the store's tables: append-only (see migrate). */
-export const SQLITE_STORE_MIGRATIONS: readonly string[] = [
+export const SQLITE_STORE_MIGRATIONS: readonly MigrationStep[] = [
   `
   CREATE TABLE messages (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -339,55 +369,48 @@ export const SQLITE_STORE_MIGRATIONS: readonly string[] = [
     UPDATE message_counts SET n = n - 1 WHERE status = OLD.status;
   END;
   `,
-  // Status `review`: an ambiguous failure of a non-idempotent output waits for a person
-  // (store.ts StoredDeliveryStatus). SQLite cannot change a CHECK in place: the table is
-  // rebuilt with the same rows (its indexes and count triggers made again; counts unchanged).
+  // The tool's own id of a held contact (a tool's webhook naming the contact by it finds the
+  // patient: ContactHolding.toolId); an erasure's record of the tools that held the patient's
+  // contact and what asking each to forget it gave (ErasureRecord.tools).
   `
-  CREATE TABLE deliveries_next (
-    seq INTEGER PRIMARY KEY,
-    id TEXT NOT NULL UNIQUE,
-    status TEXT NOT NULL CHECK (status IN ('pending', 'cancelled', 'finished', 'suppressed', 'failed', 'review')),
+  ALTER TABLE contact_holdings ADD COLUMN tool_id TEXT;
+  CREATE INDEX contact_holdings_tool_id ON contact_holdings (output, tool_id) WHERE tool_id IS NOT NULL;
+  ALTER TABLE erasures ADD COLUMN tools TEXT NOT NULL DEFAULT '[]';
+  `,
+  // The dashboard's counts without scans (sqlite-activity.ts): activity per minute of inputs and
+  // outputs, deliveries per rule, variant, output, status and reason.
+  ACTIVITY_TABLES,
+  // Operations: outcome observations and their links (sqlite-outcomes.ts), what retention
+  // walks (sqlite-retention.ts).
+  OUTCOME_TABLES + RETENTION_SCHEMA,
+  // Video visits (docs/video.md): the vendor's join URL of an appointment, sealed by the ingest
+  // (never in clear), and CareRelay's own patient links, kept by the SHA-256 of their token.
+  `
+  CREATE TABLE video_joins (
+    appointment_id TEXT PRIMARY KEY,
+    patient_id TEXT NOT NULL,
     as_of TEXT NOT NULL,
     as_of_ms INTEGER NOT NULL,
-    due_at TEXT NOT NULL,
-    due_ms INTEGER NOT NULL,
-    rule TEXT NOT NULL,
+    key_id TEXT NOT NULL,
+    sealed BLOB NOT NULL,
+    message_id INTEGER
+  ) WITHOUT ROWID;
+  CREATE INDEX video_joins_patient ON video_joins (patient_id);
+  CREATE TABLE video_links (
+    token_hash TEXT PRIMARY KEY,
+    appointment_id TEXT NOT NULL,
     patient_id TEXT NOT NULL,
-    subject TEXT NOT NULL,
-    generation INTEGER NOT NULL,
-    subject_start TEXT,
-    json TEXT NOT NULL,
-    reason TEXT,
-    message TEXT,
-    provider_id TEXT,
-    created_at TEXT NOT NULL,
-    updated_at TEXT NOT NULL,
-    outbox_seq INTEGER,
-    cause_trigger TEXT,
-    cause TEXT
-  );
-  INSERT INTO deliveries_next (seq, id, status, as_of, as_of_ms, due_at, due_ms, rule, patient_id, subject, generation,
-      subject_start, json, reason, message, provider_id, created_at, updated_at, outbox_seq, cause_trigger, cause)
-    SELECT seq, id, status, as_of, as_of_ms, due_at, due_ms, rule, patient_id, subject, generation,
-      subject_start, json, reason, message, provider_id, created_at, updated_at, outbox_seq, cause_trigger, cause
-    FROM deliveries;
-  DROP TABLE deliveries;
-  ALTER TABLE deliveries_next RENAME TO deliveries;
-  CREATE INDEX deliveries_status ON deliveries (status, seq);
-  CREATE INDEX deliveries_rule ON deliveries (rule, seq);
-  CREATE INDEX deliveries_patient ON deliveries (patient_id, seq);
-  CREATE INDEX deliveries_subject ON deliveries (subject, seq);
-  CREATE TRIGGER deliveries_counted_insert AFTER INSERT ON deliveries BEGIN
-    INSERT INTO delivery_counts (status, n) VALUES (NEW.status, 1) ON CONFLICT (status) DO UPDATE SET n = n + 1;
-  END;
-  CREATE TRIGGER deliveries_counted_update AFTER UPDATE OF status ON deliveries WHEN OLD.status <> NEW.status BEGIN
-    UPDATE delivery_counts SET n = n - 1 WHERE status = OLD.status;
-    INSERT INTO delivery_counts (status, n) VALUES (NEW.status, 1) ON CONFLICT (status) DO UPDATE SET n = n + 1;
-  END;
-  CREATE TRIGGER deliveries_counted_delete AFTER DELETE ON deliveries BEGIN
-    UPDATE delivery_counts SET n = n - 1 WHERE status = OLD.status;
-  END;
+    delivery_id TEXT NOT NULL,
+    start TEXT NOT NULL,
+    zone TEXT,
+    language TEXT,
+    minted_at TEXT NOT NULL
+  ) WITHOUT ROWID;
+  CREATE INDEX video_links_patient ON video_links (patient_id);
   `,
+  // Status `review`: an ambiguous failure of a non-idempotent output waits for a person
+  // (store.ts StoredDeliveryStatus).
+  allowDeliveryReview,
 ];
 
 /** Most records committed in one transaction (bounds how long one flush blocks the loop). */
@@ -497,17 +520,31 @@ function receiptFromRow(row: ReceiptRow): DeliveryReceipt {
   };
 }
 
-const HOLDING_COLUMNS = 'output, patient_id, contact_key, first_sent_at';
+const HOLDING_COLUMNS = 'output, patient_id, contact_key, first_sent_at, tool_id';
 
 interface HoldingRow {
   output: string;
   patient_id: string;
   contact_key: string;
   first_sent_at: string;
+  tool_id: string | null;
 }
 
 function holdingFromRow(row: HoldingRow): ContactHolding {
-  return { output: row.output, patientId: row.patient_id, contactKey: row.contact_key, firstSentAt: row.first_sent_at };
+  return { output: row.output, patientId: row.patient_id, contactKey: row.contact_key, firstSentAt: row.first_sent_at, ...(row.tool_id !== null ? { toolId: row.tool_id } : {}) };
+}
+
+const VIDEO_LINK_COLUMNS = 'token_hash, appointment_id, patient_id, delivery_id, start, zone, language, minted_at';
+
+interface VideoLinkRow {
+  token_hash: string;
+  appointment_id: string;
+  patient_id: string;
+  delivery_id: string;
+  start: string;
+  zone: string | null;
+  language: string | null;
+  minted_at: string;
 }
 
 /** A record with its instants already checked and converted (outside the transaction). */
@@ -516,6 +553,7 @@ interface Prepared {
   receivedMs: number;
   occurredMs: number[];
   asOfMs: number[];
+  joinAsOfMs: number[];
 }
 
 /**
@@ -604,11 +642,21 @@ export class SqliteStore implements Store {
   private readonly addHoldingStmt: BetterSqlite3.Statement<[string, string, string, string]>;
   private readonly holdingsOfPatientStmt: BetterSqlite3.Statement<[string], HoldingRow>;
   private readonly holdingsOfContactStmt: BetterSqlite3.Statement<[string, string], HoldingRow>;
+  private readonly upsertVideoJoinStmt: BetterSqlite3.Statement<[{ appointmentId: string; patientId: string; asOf: string; asOfMs: number; keyId: string; sealed: Buffer; messageId: number }]>;
+  private readonly clearVideoJoinStmt: BetterSqlite3.Statement<[string, number]>;
+  private readonly videoJoinStmt: BetterSqlite3.Statement<[string], { appointment_id: string; patient_id: string; as_of: string; key_id: string; sealed: Buffer }>;
+  private readonly putVideoLinkStmt: BetterSqlite3.Statement<[string, string, string, string, string, string | null, string | null, string]>;
+  private readonly videoLinkStmt: BetterSqlite3.Statement<[string], VideoLinkRow>;
+  private readonly holdingsOfToolIdStmt: BetterSqlite3.Statement<[string, string], HoldingRow>;
+  private readonly setHoldingToolIdStmt: BetterSqlite3.Statement<[string, string, string, string]>;
   private readonly saveRoutingTx: (triggerIds: readonly string[], rows: Array<{ write: DeliveryWrite; asOfMs: number; dueMs: number }>, routedMs: number, explanations: ReadonlyMap<string, Buffer>) => void;
   private readonly commitGroup: (batch: PendingWrite[]) => Array<{ value: unknown }>;
   private readonly commitIsolated: (batch: PendingWrite[]) => Array<{ value: unknown } | { error: unknown }>;
   private readonly commitOne: (run: () => unknown) => unknown;
   private readonly ledger: SqliteConsentLedger;
+  private readonly activity: SqliteActivity;
+  private readonly outcomes: SqliteOutcomes;
+  private readonly retention: SqliteRetention;
 
   constructor(db: Database, options: SqliteStoreOptions = {}) {
     this.db = db;
@@ -617,6 +665,9 @@ export class SqliteStore implements Store {
     // The stored bytes of a message as received, for SQL that reads them (the text search).
     db.function('raw_unpacked', { deterministic: true }, (raw: unknown, packed: unknown) => (packed === 1 && Buffer.isBuffer(raw) ? unpackRaw(raw) : raw));
     this.ledger = new SqliteConsentLedger(db);
+    this.activity = new SqliteActivity(db);
+    this.outcomes = new SqliteOutcomes(db);
+    this.retention = new SqliteRetention(db);
 
     // The literal `control_id <> '' AND status <> 'quarantined' AND keyed = 1` lets SQLite
     // use the partial unique index (it must see the index's WHERE terms in the query).
@@ -689,14 +740,14 @@ export class SqliteStore implements Store {
     // row then, and its keys are left alone.
     this.upsertDeliveryStmt = db.prepare(
       `INSERT INTO deliveries (id, status, as_of, as_of_ms, due_at, due_ms, rule, patient_id, subject, generation,
-         subject_start, json, created_at, updated_at, cause_trigger, cause)
-       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+         subject_start, json, created_at, updated_at, cause_trigger, cause, output, variant)
+       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
        ON CONFLICT (id) DO UPDATE SET
          status = excluded.status, as_of = excluded.as_of, as_of_ms = excluded.as_of_ms,
          due_at = excluded.due_at, due_ms = excluded.due_ms, rule = excluded.rule,
          patient_id = excluded.patient_id, subject = excluded.subject, generation = excluded.generation,
          subject_start = excluded.subject_start, json = excluded.json, updated_at = excluded.updated_at,
-         cause_trigger = excluded.cause_trigger, cause = excluded.cause
+         cause_trigger = excluded.cause_trigger, cause = excluded.cause, output = excluded.output, variant = excluded.variant
        WHERE deliveries.status IN ('pending', 'cancelled')
        RETURNING seq`,
     );
@@ -745,6 +796,26 @@ export class SqliteStore implements Store {
     );
     this.holdingsOfPatientStmt = db.prepare(`SELECT ${HOLDING_COLUMNS} FROM contact_holdings WHERE patient_id = ? ORDER BY seq`);
     this.holdingsOfContactStmt = db.prepare(`SELECT ${HOLDING_COLUMNS} FROM contact_holdings WHERE output = ? AND contact_key = ? ORDER BY seq`);
+    // A join applies unless the kept one, or the appointment's stored state, reflects a newer
+    // event (the same rule as subject states: a late message never brings an old URL back).
+    this.upsertVideoJoinStmt = db.prepare(
+      `INSERT INTO video_joins (appointment_id, patient_id, as_of, as_of_ms, key_id, sealed, message_id)
+       SELECT @appointmentId, @patientId, @asOf, @asOfMs, @keyId, @sealed, @messageId
+       WHERE NOT EXISTS (SELECT 1 FROM subject_states WHERE kind = 'appointment' AND id = @appointmentId AND as_of_ms > @asOfMs)
+       ON CONFLICT (appointment_id) DO UPDATE SET
+         patient_id = excluded.patient_id, as_of = excluded.as_of, as_of_ms = excluded.as_of_ms,
+         key_id = excluded.key_id, sealed = excluded.sealed, message_id = excluded.message_id
+       WHERE excluded.as_of_ms >= video_joins.as_of_ms`,
+    );
+    this.clearVideoJoinStmt = db.prepare('DELETE FROM video_joins WHERE appointment_id = ? AND as_of_ms <= ?');
+    this.videoJoinStmt = db.prepare('SELECT appointment_id, patient_id, as_of, key_id, sealed FROM video_joins WHERE appointment_id = ?');
+    this.putVideoLinkStmt = db.prepare(
+      `INSERT INTO video_links (token_hash, appointment_id, patient_id, delivery_id, start, zone, language, minted_at)
+       VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (token_hash) DO NOTHING`,
+    );
+    this.videoLinkStmt = db.prepare(`SELECT ${VIDEO_LINK_COLUMNS} FROM video_links WHERE token_hash = ?`);
+    this.holdingsOfToolIdStmt = db.prepare(`SELECT ${HOLDING_COLUMNS} FROM contact_holdings WHERE output = ? AND tool_id = ? ORDER BY seq`);
+    this.setHoldingToolIdStmt = db.prepare('UPDATE contact_holdings SET tool_id = ? WHERE output = ? AND patient_id = ? AND contact_key = ?');
     // Runs inside the group commit's transaction.
     this.saveRoutingTx = ((triggerIds: readonly string[], rows: Array<{ write: DeliveryWrite; asOfMs: number; dueMs: number }>, routedMs: number, explanations: ReadonlyMap<string, Buffer>) => {
       for (const { write, asOfMs, dueMs } of rows) {
@@ -766,6 +837,8 @@ export class SqliteStore implements Store {
           write.updatedAt,
           write.cause === undefined || write.cause.triggerId === d.triggerId ? null : write.cause.triggerId,
           write.cause === undefined ? null : write.cause.reason === undefined ? write.cause.change : `${write.cause.change}:${write.cause.reason}`,
+          d.output,
+          d.variant ?? null,
         );
         // Keys a column finds (its id, subject, patient, rule, a type on its subject) need no row.
         if (row !== undefined) {
@@ -800,7 +873,8 @@ export class SqliteStore implements Store {
       const receivedMs = instantMs(record.receivedAt, 'receivedAt');
       const occurredMs = record.triggers.map((t, i) => instantMs(t.occurredAt, `triggers[${i}].occurredAt`));
       const asOfMs = record.subjectStates.map((s, i) => instantMs(s.asOf, `subjectStates[${i}].asOf`));
-      const prepared: Prepared = { record, receivedMs, occurredMs, asOfMs };
+      const joinAsOfMs = (record.videoJoins ?? []).map((j, i) => instantMs(j.asOf, `videoJoins[${i}].asOf`));
+      const prepared: Prepared = { record, receivedMs, occurredMs, asOfMs, joinAsOfMs };
       return () => this.apply(prepared);
     });
   }
@@ -1080,6 +1154,16 @@ export class SqliteStore implements Store {
     return counts;
   }
 
+  async flowActivity(since: string): Promise<FlowActivity[]> {
+    this.assertOpen();
+    return this.activity.flowActivity(instantMs(since, 'since'));
+  }
+
+  async deliveryTallies(): Promise<DeliveryTally[]> {
+    this.assertOpen();
+    return this.activity.deliveryTallies();
+  }
+
   async deliveriesByCancelKey(key: string): Promise<StoredDelivery[]> {
     this.assertOpen();
     // Most keys are found through a column (common.ts packCancelKeys), the others through
@@ -1298,15 +1382,47 @@ export class SqliteStore implements Store {
     return this.enqueueWrite(() => {
       instantMs(holding.firstSentAt, 'holding.firstSentAt');
       if (holding.output === '' || holding.patientId === '' || holding.contactKey === '') throw new RangeError('a contact holding needs an output, a patient id and a contact key');
+      if (holding.toolId === '') throw new RangeError('a contact holding\'s toolId is absent or not empty');
       // In the group commit: durable when the promise resolves, one fsync for the cycle.
-      return () => this.addHoldingStmt.run(holding.output, holding.patientId, holding.contactKey, holding.firstSentAt).changes > 0;
+      return () => {
+        const added = this.addHoldingStmt.run(holding.output, holding.patientId, holding.contactKey, holding.firstSentAt).changes > 0;
+        if (holding.toolId !== undefined) this.setHoldingToolIdStmt.run(holding.toolId, holding.output, holding.patientId, holding.contactKey);
+        return added;
+      };
     });
   }
 
   async listContactHoldings(query: ContactHoldingQuery): Promise<ContactHolding[]> {
     this.assertOpen();
-    const rows = 'patientId' in query ? this.holdingsOfPatientStmt.all(query.patientId) : this.holdingsOfContactStmt.all(query.output, query.contactKey);
+    const rows =
+      'patientId' in query
+        ? this.holdingsOfPatientStmt.all(query.patientId)
+        : 'toolId' in query
+          ? this.holdingsOfToolIdStmt.all(query.output, query.toolId)
+          : this.holdingsOfContactStmt.all(query.output, query.contactKey);
     return rows.map(holdingFromRow);
+  }
+
+  async outcomeLinksDue(limit: number): Promise<OutcomeLink[]> {
+    this.assertOpen();
+    return this.outcomes.due(listLimit(limit));
+  }
+
+  saveOutcomes(link: OutcomeLink, observations: readonly OutcomeObservation[]): Promise<void> {
+    return this.write(() => this.outcomes.save(link, observations));
+  }
+
+  async countOutcomes(query: OutcomeQuery): Promise<OutcomeCount[]> {
+    this.assertOpen();
+    return this.outcomes.count(query);
+  }
+
+  async prune(kind: RetentionKind, before: string, options: PruneOptions): Promise<PruneBatch> {
+    this.assertOpen();
+    const beforeMs = instantMs(before, 'before');
+    // A dry run only reads; a real batch is one write among the group commit's.
+    if (options.dryRun) return this.retention.batch(kind, beforeMs, options);
+    return this.write(() => this.retention.batch(kind, beforeMs, options));
   }
 
   async ping(): Promise<void> {
@@ -1394,9 +1510,42 @@ export class SqliteStore implements Store {
     return this.ledger.noteInboundEvent(key, at);
   }
 
-  async erasePatient(patientId: string, at: string): Promise<ErasureRecord> {
+  async getVideoJoin(appointmentId: string): Promise<StoredVideoJoin | undefined> {
     this.assertOpen();
-    return this.ledger.erasePatient(patientId, at);
+    const row = this.videoJoinStmt.get(appointmentId);
+    return row === undefined ? undefined : { appointmentId: row.appointment_id, patientId: row.patient_id, asOf: row.as_of, join: { keyId: row.key_id, sealed: row.sealed } };
+  }
+
+  putVideoLink(link: VideoLink): Promise<void> {
+    return this.enqueueWrite(() => {
+      instantMs(link.mintedAt, 'mintedAt');
+      instantMs(link.start, 'start');
+      if (!/^[0-9a-f]{64}$/.test(link.tokenHash)) throw new RangeError('tokenHash must be a SHA-256 in lower-case hex');
+      return () => {
+        this.putVideoLinkStmt.run(link.tokenHash, link.appointmentId, link.patientId, link.deliveryId, link.start, link.zone ?? null, link.language ?? null, link.mintedAt);
+      };
+    });
+  }
+
+  async getVideoLink(tokenHash: string): Promise<VideoLink | undefined> {
+    this.assertOpen();
+    const row = this.videoLinkStmt.get(tokenHash);
+    if (row === undefined) return undefined;
+    return {
+      tokenHash: row.token_hash,
+      appointmentId: row.appointment_id,
+      patientId: row.patient_id,
+      deliveryId: row.delivery_id,
+      start: row.start,
+      ...(row.zone !== null ? { zone: row.zone } : {}),
+      ...(row.language !== null ? { language: row.language } : {}),
+      mintedAt: row.minted_at,
+    };
+  }
+
+  async erasePatient(patientId: string, at: string, outcomes?: Readonly<Record<string, string>>): Promise<ErasureRecord> {
+    this.assertOpen();
+    return this.ledger.erasePatient(patientId, at, outcomes);
   }
 
   async listErasures(patientId: string): Promise<ErasureRecord[]> {
@@ -1506,6 +1655,7 @@ export class SqliteStore implements Store {
     // What the triggers say about their patients (deceased, contact points, merges) commits
     // with them: a death acknowledged AA is known to the send-time checks.
     this.ledger.noteFacts(r.triggers, p.receivedMs);
+    this.outcomes.noteTriggers(r.triggers);
     r.subjectStates.forEach((s, i) => {
       this.upsertStateStmt.run(
         s.kind,
@@ -1519,6 +1669,11 @@ export class SqliteStore implements Store {
         s.data === undefined ? null : JSON.stringify(s.data),
         messageId,
       );
+    });
+    (r.videoJoins ?? []).forEach((j, i) => {
+      const asOfMs = p.joinAsOfMs[i]!;
+      if (j.join === undefined) this.clearVideoJoinStmt.run(j.appointmentId, asOfMs);
+      else this.upsertVideoJoinStmt.run({ appointmentId: j.appointmentId, patientId: j.patientId, asOf: j.asOf, asOfMs, keyId: j.join.keyId, sealed: j.join.sealed, messageId });
     });
     for (const [key, value] of Object.entries(r.cursors ?? {})) this.setCursorStmt.run(key, value);
     return { outcome: 'stored', message };

@@ -1,7 +1,7 @@
 // The Store interface (docs/architecture.md "Interfaces"). Workers see only this; the embedded
 // SQLite backend and the PostgreSQL backend implement it and pass one conformance suite
 // (store/conformance.ts).
-import { MessageStatus, type AckCode, type Channel, type ConsentEvent, type ConsentSource, type ContactHolding, type Delivery, type DeliveryReceipt, type Purpose, type Trigger } from '../types.ts';
+import { MessageStatus, TriggerType, type AckCode, type Channel, type ConsentEvent, type ConsentSource, type ContactHolding, type Delivery, type DeliveryReceipt, type Purpose, type Trigger } from '../types.ts';
 
 /** Everything about one inbound message that is committed before it is acknowledged. */
 export interface InboundRecord {
@@ -61,6 +61,13 @@ export interface InboundRecord {
    * triggers and the position after it commit together.
    */
   cursors?: Readonly<Record<string, string>>;
+  /**
+   * Video-visit join information the message gave (docs/video.md), sealed by the caller: written
+   * in the same transaction, only when the record is stored (not for a duplicate or a
+   * quarantined copy). A write applies unless what is kept, or the appointment's stored state,
+   * reflects a newer event (the asOf rule of subject states); one without `join` deletes it.
+   */
+  videoJoins?: VideoJoinWrite[];
 }
 
 /**
@@ -157,6 +164,51 @@ export interface SubjectState {
   asOf: string;
   /** Free-form extra state (e.g. sensitivity labels that stick to an encounter). */
   data?: Record<string, unknown>;
+}
+
+/** A video-visit join URL as the store keeps it: sealed by the ingest (video/seal.ts), never in clear. */
+export interface SealedJoin {
+  /** The key it was sealed with (server.video.keyId): keys rotate without rewriting rows. */
+  keyId: string;
+  /** Version, IV, tag and ciphertext; opaque to the store. */
+  sealed: Buffer;
+}
+
+/** The join information of one appointment, as a message gave it (InboundRecord.videoJoins). */
+export interface VideoJoinWrite {
+  appointmentId: string;
+  patientId: string;
+  /** The event time it reflects (the appointment state's asOf in the same record). */
+  asOf: string;
+  /** Absent: the appointment has no join URL now (dropped, or the appointment closed): delete it. */
+  join?: SealedJoin;
+}
+
+export interface StoredVideoJoin {
+  appointmentId: string;
+  patientId: string;
+  asOf: string;
+  join: SealedJoin;
+}
+
+/**
+ * CareRelay's own link to a video visit, minted when a message showing it is rendered
+ * (docs/video.md). Only the SHA-256 of its token is kept: the link cannot be rebuilt from the store.
+ */
+export interface VideoLink {
+  /** SHA-256 of the token, lower-case hex. */
+  tokenHash: string;
+  appointmentId: string;
+  patientId: string;
+  /** The delivery whose message carried it. */
+  deliveryId: string;
+  /** The appointment start it was minted for: once the visit moves, the link is dead. */
+  start: string;
+  /** IANA zone and language its pages show times and words in. */
+  zone?: string;
+  language?: string;
+  /** ISO instant. */
+  mintedAt: string;
 }
 
 export type CommitOutcome =
@@ -468,6 +520,13 @@ export interface ErasureRecord {
   at: string;
   /** Deliveries that were still pending: now suppressed `erased`. */
   cancelled: Array<{ deliveryId: string; generation: number; reason: 'erased' }>;
+  /**
+   * The outputs whose tool held a contact of the patient (their contact holdings, deleted with
+   * the rest), each with what asking the tool to forget the contact gave — an operator acts on
+   * what is not `forgotten` / `not_held` (outputs/spec.ts ForgetOutcome; `failed`, `unsupported`,
+   * `not_running`, or `not_asked` when the caller gave no outcome). No address: output names only.
+   */
+  tools: Array<{ output: string; outcome: string }>;
 }
 
 /**
@@ -513,11 +572,14 @@ export interface ConsentLedger {
   /**
    * GDPR erasure of one patient, in one transaction: pending deliveries suppressed `erased`;
    * raw messages, personal trigger fields, delivery payloads, recipients, sent texts and outbox
-   * entries of the patient removed; decisions and disclosures deleted; contact points dropped.
+   * entries of the patient removed; decisions and disclosures deleted; contact points, video
+   * join URLs and video links dropped.
    * The consent ledger stays (it holds no contact details of the patient and keeps objections
-   * honoured), and the erasure record is kept. The caller cancels the queue timers.
+   * honoured), and the erasure record is kept. The contact holdings of the patient are deleted
+   * and the record's `tools` lists each output that held one, once, with its outcome from
+   * `outcomes` (by output name; absent: `not_asked`). The caller cancels the queue timers.
    */
-  erasePatient(patientId: string, at: string): Promise<ErasureRecord>;
+  erasePatient(patientId: string, at: string, outcomes?: Readonly<Record<string, string>>): Promise<ErasureRecord>;
   listErasures(patientId: string): Promise<ErasureRecord[]>;
 }
 
@@ -527,8 +589,8 @@ export const AuditAction = {
   Reprocess: 'message.reprocess',
   /** POST /api/messages/:id/release. */
   Release: 'message.release',
-  /** POST /api/deliveries/replay (target `delivery/<id>`). */
-  DeliveryReplay: 'delivery.replay',
+  /** A dead-lettered or parked delivery queued again (the dashboard's replay). */
+  Replay: 'delivery.replay',
 } as const;
 export type AuditAction = (typeof AuditAction)[keyof typeof AuditAction];
 
@@ -579,8 +641,169 @@ export interface TriggerRouting {
 /** Receipts of one delivery (optionally of one output), or those naming one provider id of an output. */
 export type ReceiptQuery = { deliveryId: string; output?: string } | { output: string; providerId: string };
 
-/** The tools holding a patient (to push an opt-out), or the patients a tool's contact stands for (a tool's own opt-out report). */
-export type ContactHoldingQuery = { patientId: string } | { output: string; contactKey: string };
+/**
+ * The tools holding a patient (to push an opt-out), or the patients a tool's contact stands for (a
+ * tool's own opt-out report), named by its address or by the tool's own id of it (ContactHolding.toolId).
+ */
+export type ContactHoldingQuery = { patientId: string } | { output: string; contactKey: string } | { output: string; toolId: string };
+
+/**
+ * What one input or output did per minute (Store.flowActivity), for the dashboard's Flows view.
+ * Codes only: an input's ACK codes (AA, AR… or a FHIR request's HTTP status), an output's
+ * delivery ends (sent, suppressed, failed).
+ */
+export interface FlowActivity {
+  kind: 'input' | 'output';
+  /** The input or output instance name (connectors/*.yaml). */
+  name: string;
+  /**
+   * ISO 8601 UTC instant of its newest event: a message received (input), a delivery ended
+   * (output) — also when that was before the window.
+   */
+  lastAt: string;
+  /** Events per minute and code within the window, oldest first; `minute` is the minute's start (ISO 8601 UTC). */
+  minutes: Array<{ minute: string; code: string; count: number }>;
+}
+
+/** Minutes of activity Store.flowActivity keeps: an hour. */
+export const FLOW_ACTIVITY_MINUTES = 60;
+
+/**
+ * Deliveries counted by rule, variant, output, status and reason (Store.deliveryTallies), for
+ * the dashboard's Rules and Flows views. `output` and `variant` are absent for deliveries
+ * stored before they were counted (and `variant` for rules without variants).
+ */
+export interface DeliveryTally {
+  rule: string;
+  variant?: string;
+  output?: string;
+  status: StoredDeliveryStatus;
+  /** suppressed: the check that said no; failed: the failure code; cancelled: why, when known. */
+  reason?: string;
+  count: number;
+}
+
+/**
+ * Trigger types that tell how an appointment ended (and `deleted`, which takes it out of the
+ * outcomes): commitInbound notes the appointment of each such trigger it stores, for the
+ * outcome linker (workers/outcomes.ts, Store.outcomeLinksDue).
+ */
+export const OUTCOME_TRIGGER_TYPES: readonly TriggerType[] = [
+  TriggerType.AppointmentCheckedIn,
+  TriggerType.AppointmentFulfilled,
+  TriggerType.AppointmentNoshow,
+  TriggerType.AppointmentCancelled,
+  TriggerType.AppointmentDeleted,
+];
+
+/** How an appointment ended, for outcome reports (docs/operations.md "Outcomes"). */
+export const OutcomeKind = {
+  /** The patient came: checked in (arrived) or the visit was completed. */
+  Showed: 'showed',
+  NoShow: 'noshow',
+  /** Cancelled at least the advance lead (24 h) before the start: a slot that can be given again. */
+  CancelledAdvance: 'cancelled_advance',
+  /** Cancelled later than that. */
+  CancelledLate: 'cancelled_late',
+} as const;
+export type OutcomeKind = (typeof OutcomeKind)[keyof typeof OutcomeKind];
+export const OUTCOME_KINDS: readonly OutcomeKind[] = Object.values(OutcomeKind);
+
+/**
+ * One rule's arm for one appointment that has an outcome: the unit outcome reports count. The
+ * arm is what routing assigned (the variant of the rule's deliveries for the appointment, or
+ * its holdout), whether or not a message was sent in the end.
+ */
+export interface OutcomeObservation {
+  rule: string;
+  /** The variant of the rule's deliveries; absent when the rule has no variants, or held out. */
+  variant?: string;
+  /** The appointment fell in the rule's holdout: nothing was planned, by design. */
+  holdout: boolean;
+  /** A message of the rule about the appointment was sent (delivery status `sent`). */
+  sent: boolean;
+  outcome: OutcomeKind;
+  /** The calendar day of the appointment's start in the organisation's zone (YYYY-MM-DD): the period key. */
+  day: string;
+}
+
+/** An appointment whose outcome triggers are committed and not linked yet (Store.outcomeLinksDue). */
+export interface OutcomeLink {
+  appointmentId: string;
+  /** Changes each time a new outcome trigger is noted: saveOutcomes forgets only the version it linked. */
+  version: number;
+}
+
+export interface OutcomeQuery {
+  rule?: string;
+  /** Inclusive bounds on OutcomeObservation.day (YYYY-MM-DD). */
+  fromDay?: string;
+  toDay?: string;
+}
+
+/** Observations counted by rule, arm, day and outcome (Store.countOutcomes). */
+export interface OutcomeCount {
+  rule: string;
+  variant?: string;
+  holdout: boolean;
+  day: string;
+  outcome: OutcomeKind;
+  count: number;
+  /** How many of them were sent a message of the rule. */
+  sent: number;
+}
+
+/**
+ * What the retention job removes (workers/retention.ts; docs/operations.md "Retention"), one
+ * kind at a time, oldest first. What is still needed is never removed, whatever its age:
+ * - `rawMessages`: the bytes of received messages (received before `before`) are cleared; the
+ *   record stays (ids, status, ACK) with `rawBytes` its length. Kept whole: quarantined copies
+ *   awaiting review (no `replacedBy`) and pending FHIR events. Counted in messages.
+ * - `triggers`: message records received before `before`, with their triggers, and the
+ *   appointment/encounter states their last trigger leaves behind. Kept: quarantined copies
+ *   awaiting review, pending events, unrouted triggers, triggers of a subject with a pending
+ *   delivery, of an appointment whose outcome is not linked yet or whose stored start is not
+ *   before `before` (its holdout assignment is read when its outcome comes). Counted in records.
+ * - `deliveryBodies`: the address, payload and sent message of deliveries no longer pending,
+ *   last changed before `before` (the record stays: rule, status, times, reason). Counted in deliveries.
+ * - `outbox`: outbox entries kept before `before`. Counted in entries.
+ * - `deliveries`: delivery records no longer pending, created and last changed before
+ *   `before`, with their receipts. Counted in deliveries.
+ * - `decisions`: send-time consent decisions made before `before`.
+ * - `audit`: audit entries, disclosures (the accounting of disclosures) and erasure records
+ *   made before `before`. Counted in rows.
+ * - `outcomes`: outcome observations of appointments that started before `before`'s day.
+ * The consent ledger (entries, FHIR Consents, patient facts, contact points) and the contact
+ * holdings are never removed by age: they keep objections honoured.
+ */
+export const RetentionKind = {
+  RawMessages: 'rawMessages',
+  Triggers: 'triggers',
+  DeliveryBodies: 'deliveryBodies',
+  Outbox: 'outbox',
+  Deliveries: 'deliveries',
+  Decisions: 'decisions',
+  Audit: 'audit',
+  Outcomes: 'outcomes',
+} as const;
+export type RetentionKind = (typeof RetentionKind)[keyof typeof RetentionKind];
+export const RETENTION_KINDS: readonly RetentionKind[] = Object.values(RetentionKind);
+
+export interface PruneOptions {
+  /** Most records examined in this batch (removed or kept). */
+  limit: number;
+  /** Where the previous batch stopped (PruneBatch.next); absent: the oldest. */
+  after?: string;
+  /** Count what would be removed; change nothing. */
+  dryRun?: boolean;
+}
+
+export interface PruneBatch {
+  /** Records removed (or, dry, that would be), in the kind's unit (RetentionKind). */
+  removed: number;
+  /** Opaque position to continue from; absent when nothing older is left to examine. */
+  next?: string;
+}
 
 export interface Store extends ConsentLedger {
   /**
@@ -592,7 +815,8 @@ export interface Store extends ConsentLedger {
    * bytes, status, ACK and reason; the record's triggers, subject states and cursors are
    * applied (outcome `stored`). A pending record over a pending original is a `duplicate`.
    * A subject state is applied only if its `asOf` is not older than the stored one, so a
-   * late, older message never rolls the state back.
+   * late, older message never rolls the state back. The appointment of each stored trigger of
+   * an OUTCOME_TRIGGER_TYPES type is noted for outcome linking (outcomeLinksDue).
    * Rejects (throws) only when the commit itself failed: the caller must then NAK.
    */
   commitInbound(record: InboundRecord): Promise<CommitOutcome>;
@@ -663,6 +887,16 @@ export interface Store extends ConsentLedger {
   countDeliveries(): Promise<Record<StoredDeliveryStatus, number>>;
   /** Messages per status, counted as they are stored. */
   countMessages(): Promise<Record<MessageStatus, number>>;
+  /**
+   * Messages received per input and deliveries ended per output, per minute and code, since
+   * `since` (ISO instant; the store keeps the last FLOW_ACTIVITY_MINUTES minutes, so an earlier
+   * `since` gives those), with each one's newest event. Kept as they happen: the answer costs
+   * what the window holds, not what is stored. Inputs and outputs that never had an event are
+   * left out.
+   */
+  flowActivity(since: string): Promise<FlowActivity[]>;
+  /** Deliveries per rule, variant, output, status and reason, kept as they change (no scan); counts of 0 left out. */
+  deliveryTallies(): Promise<DeliveryTally[]>;
   getDelivery(id: string): Promise<StoredDelivery | undefined>;
   /** Every delivery holding the cancel key (one index probe, whatever the number of deliveries). */
   deliveriesByCancelKey(key: string): Promise<StoredDelivery[]>;
@@ -689,11 +923,40 @@ export interface Store extends ConsentLedger {
   /**
    * Records that an output's tool holds a contact of a patient (types.ts ContactHolding),
    * durably when it resolves. Once per output, patient and contact key: recording it again
-   * keeps the first firstSentAt and answers false.
+   * keeps the first firstSentAt and answers false; a `toolId` given then is kept (it replaces
+   * an earlier one), an absent one leaves the stored one as it is.
    */
   recordContactHolding(holding: ContactHolding): Promise<boolean>;
   /** Matching holdings, in the order first recorded. */
   listContactHoldings(query: ContactHoldingQuery): Promise<ContactHolding[]>;
+
+  /**
+   * Appointments whose outcome triggers (OUTCOME_TRIGGER_TYPES) were committed and are not
+   * linked to their arms yet, oldest note first. commitInbound notes each in the commit of the
+   * trigger, so a crash loses none.
+   */
+  outcomeLinksDue(limit: number): Promise<OutcomeLink[]>;
+  /**
+   * Replaces every observation of the link's appointment with `observations` (none: it has no
+   * outcome, or no rule had an arm for it), and forgets the link when its version is still the
+   * one given (a newer note stays due) — in one transaction.
+   */
+  saveOutcomes(link: OutcomeLink, observations: readonly OutcomeObservation[]): Promise<void>;
+  /** Observations counted by rule, arm, day and outcome; days in the query's bounds. */
+  countOutcomes(query: OutcomeQuery): Promise<OutcomeCount[]>;
+
+  /**
+   * One batch of retention for `kind` (RetentionKind says what it removes and keeps): walks at
+   * most `limit` records older than `before` (ISO instant) from `after`, removes those no
+   * longer needed (only counts them with dryRun), in one short write.
+   */
+  prune(kind: RetentionKind, before: string, options: PruneOptions): Promise<PruneBatch>;
+  /** The sealed join URL kept for an appointment (InboundRecord.videoJoins); undefined when none is. */
+  getVideoJoin(appointmentId: string): Promise<StoredVideoJoin | undefined>;
+  /** Keeps a patient's video link, durably when it resolves; the same token hash again changes nothing. */
+  putVideoLink(link: VideoLink): Promise<void>;
+  /** The link of a token hash, undefined when unknown. */
+  getVideoLink(tokenHash: string): Promise<VideoLink | undefined>;
 
   /** Cheap liveness of the backing store for /readyz. */
   ping(): Promise<void>;

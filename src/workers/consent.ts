@@ -23,7 +23,7 @@ import { parseInstant } from '../pipeline/values.ts';
 import { patientZone } from '../pipeline/zones.ts';
 import type { DecisionRecord, DeliveryRef, Store, StoredDelivery, StoredFhirConsent } from '../store/store.ts';
 import { ConsentChannel, ToolSignalKind, type ToolConsentSignal } from '../outputs/consent-sync.ts';
-import type { OutboundMessage } from '../outputs/spec.ts';
+import { ForgetOutcome, type OutboundAdapter, type OutboundMessage } from '../outputs/spec.ts';
 import { ConsentReason, PURPOSES, type Channel, type ConsentEvent, type Delivery, type Purpose, type Trigger } from '../types.ts';
 import type { SendGate } from './deliver.ts';
 import { needsUnsubscribe, type UnsubscribeLinks } from './unsubscribe.ts';
@@ -36,13 +36,33 @@ const CACHE_ENTRIES = 10_000;
 /** Pending deliveries a change of consent re-checks per patient at once (the rest at send time). */
 const ENFORCE_LIMIT = 1000;
 
-/** What the consent service needs to know about an output: what it may carry. */
+/** What the consent service needs to know about an output: what it may carry, and whether its tool can forget a contact. */
 export interface OutputDeclaration {
   baa: boolean;
   allowedPurposes: readonly string[];
   /** Sends nothing without the delivery's address (outputs/spec.ts needsAddress). */
   needsAddress?: boolean;
+  forget?: OutboundAdapter['forget'];
 }
+
+/**
+ * What an erasure did at each tool holding a contact of the patient (ErasureRecord.tools): the
+ * adapter's answer (ForgetOutcome), or why it was not asked or did not answer. An operator acts on
+ * every outcome but `forgotten` and `not_held`.
+ */
+export const ToolErasure = {
+  ...ForgetOutcome,
+  /** The call failed (logged with its code): ask again, or delete the contact in the tool by hand. */
+  Failed: 'failed',
+  /** The tool offers no delete CareRelay calls: delete the contact there by hand. */
+  Unsupported: 'unsupported',
+  /** The output is no longer configured: delete the contact in the tool by hand. */
+  NotRunning: 'not_running',
+} as const;
+export type ToolErasure = (typeof ToolErasure)[keyof typeof ToolErasure];
+
+/** How long asking one tool to forget a contact may take during an erasure. */
+const FORGET_TIMEOUT_MS = 30_000;
 
 export interface ConsentServiceDeps {
   store: Store;
@@ -202,11 +222,16 @@ export class ConsentService implements SendGate {
   }
 
   /**
-   * The patients a tool's contact stands for: those this output handed the tool under that
-   * address (contact holdings), else those whose triggers carried the address.
+   * The patients a tool's contact stands for: those whose contact the tool knows by its own id
+   * (a HubSpot contact id this output recorded), else those this output handed the tool under
+   * that address (contact holdings), else those whose triggers carried the address.
    */
   async #patientsOfContact(signal: ToolConsentSignal): Promise<string[]> {
     const found = new Set<string>();
+    if (signal.contact.toolId !== undefined) {
+      for (const h of await this.#deps.store.listContactHoldings({ output: signal.output, toolId: signal.contact.toolId })) found.add(h.patientId);
+      if (found.size > 0) return [...found];
+    }
     for (const address of [signal.contact.email, signal.contact.phone]) {
       if (address === undefined) continue;
       const key = normalizeAddress(address);
@@ -277,18 +302,45 @@ export class ConsentService implements SendGate {
     return this.record({ patientId: stored.delivery.patientId, action: 'opt_out', channel: 'email', purposes, source: 'email-link', method, reference: deliveryId });
   }
 
-  /** GDPR erasure of a patient and every id merged with them; their timers are cancelled. */
+  /**
+   * GDPR erasure of a patient and every id merged with them; their timers are cancelled. Each
+   * tool holding a contact of theirs is first asked to forget it (art. 17(2): the processors are
+   * told), and the erasure record names every such output with what it answered (ToolErasure).
+   */
   async erase(patientId: string): Promise<Array<Awaited<ReturnType<Store['erasePatient']>>>> {
     const at = new Date(this.#deps.now()).toISOString();
     const records = [];
     for (const id of await this.#deps.store.mergedGroup(patientId)) {
-      const record = await this.#deps.store.erasePatient(id, at);
+      const record = await this.#deps.store.erasePatient(id, at, await this.#forget(id));
       for (const c of record.cancelled) await this.#deps.cancelTimer?.(c.deliveryId, ConsentReason.Erased);
       records.push(record);
     }
     this.#cache.clear();
     this.#deps.log.info('consent.erased', { count: records.reduce((n, r) => n + r.cancelled.length, 0) });
     return records;
+  }
+
+  /** Asks each tool holding a contact of the patient to forget it; per output, the first outcome that needs a person wins. */
+  async #forget(patientId: string): Promise<Record<string, ToolErasure>> {
+    const outcomes: Record<string, ToolErasure> = {};
+    for (const held of await this.#deps.store.listContactHoldings({ patientId })) {
+      const adapter = this.#deps.output(held.output);
+      let outcome: ToolErasure;
+      if (adapter === undefined) outcome = ToolErasure.NotRunning;
+      else if (adapter.forget === undefined) outcome = ToolErasure.Unsupported;
+      else {
+        try {
+          outcome = await adapter.forget({ patientId: held.patientId, contactKey: held.contactKey }, { signal: AbortSignal.timeout(FORGET_TIMEOUT_MS) });
+        } catch (error) {
+          this.#deps.log.warn('consent.forget_failed', { output: held.output, code: (error as { code?: string }).code ?? (error as Error).name });
+          outcome = ToolErasure.Failed;
+        }
+      }
+      const before = outcomes[held.output];
+      if (before === undefined || before === ToolErasure.Forgotten || before === ToolErasure.NotHeld) outcomes[held.output] = outcome;
+    }
+    for (const [output, outcome] of Object.entries(outcomes)) this.#deps.log.info('consent.tool_erasure', { output, outcome });
+    return outcomes;
   }
 
   /** Whether CareRelay knows the patient: a trigger named them, or the ledger holds something. */

@@ -25,7 +25,7 @@ import type { Logger } from '../log.ts';
 import type { OutboundAdapter, OutboundMessage } from '../outputs/spec.ts';
 import type { Admission } from './output-gate.ts';
 import { parseInstant } from '../pipeline/values.ts';
-import { renderDelivery, type TemplateSet } from '../pipeline/render.ts';
+import { languageOf, renderDelivery, type TemplateSet } from '../pipeline/render.ts';
 import type { JobHandler, Queue } from '../queue/queue.ts';
 import type { OutboxEntry, Store, StoredDelivery, SubjectState } from '../store/store.ts';
 import type { ConsentDecision } from '../pipeline/consent.ts';
@@ -52,6 +52,8 @@ export const DeliverReason = {
    * subject, is not saved yet (retried later).
    */
   RoutingPending: 'routing_pending',
+  /** Its rule shows a video link, and no join URL is kept for the appointment (docs/video.md). */
+  NoJoinInfo: 'no_join_info',
 } as const;
 export type DeliverReason = (typeof DeliverReason)[keyof typeof DeliverReason];
 
@@ -100,6 +102,12 @@ export interface DeliverDeps {
   routingSettled?: () => Promise<void>;
   /** The signed unsubscribe links of a non-care delivery (the consent side builds them); none by default. */
   unsubscribeLinks?: (delivery: Delivery) => OutboundMessage['unsubscribe'];
+  /**
+   * CareRelay's video link for a delivery whose rule shows one (workers/video.ts VideoLinks.mint),
+   * minted as it is rendered; undefined when its rule shows none. `page`: the zone and language
+   * of the link's pages.
+   */
+  videoLink?: (delivery: Delivery, page: { zone?: string; language?: string }) => Promise<{ link: string; kept: string } | { unavailable: typeof DeliverReason.NoJoinInfo } | undefined>;
 }
 
 /** What handling one job did (for tests and the admin view). */
@@ -210,6 +218,7 @@ export function createDeliverHandler(deps: DeliverDeps): JobHandler<DeliveryJob>
     let called = false;
     let receipt;
     let message: OutboundMessage;
+    let video: { link: string; kept: string } | undefined;
     try {
       // docs/consent.md rules 2–8, first denial wins (the gate records the decision).
       const verdict = deps.gate ? await deps.gate.check(stored) : undefined;
@@ -222,9 +231,15 @@ export function createDeliverHandler(deps: DeliverDeps): JobHandler<DeliveryJob>
       // unsubscribe link, in the text ({{ unsubscribe_url }}) and for the adapter's headers.
       const template = verdict?.allow && verdict.noName ? { ...d, template: d.noNameTemplate! } : d;
       const unsubscribe = d.purpose.startsWith('care.') ? undefined : deps.unsubscribeLinks?.(d);
-      const variables = unsubscribe ? { [UNSUBSCRIBE_URL]: unsubscribe.url } : undefined;
+      const zone = await deps.displayZone(d);
+      // A rule showing CareRelay's video link: minted now, for the visit as it stands (docs/video.md).
+      const language = languageOf(d.payload);
+      const link = await deps.videoLink?.(d, { ...(zone !== undefined ? { zone } : {}), ...(language !== undefined ? { language } : {}) });
+      if (link !== undefined && 'unavailable' in link) return await suppress(stored, link.unavailable);
+      video = link;
+      const variables = unsubscribe || video ? { ...(unsubscribe ? { [UNSUBSCRIBE_URL]: unsubscribe.url } : {}), ...(video ? { video: { link: video.link } } : {}) } : undefined;
       // Throws PermanentError render_failed: the mapping must be fixed, retrying cannot help.
-      const rendered = renderDelivery(deps.templates(), template, { zone: await deps.displayZone(d), ...(variables ? { variables } : {}) });
+      const rendered = renderDelivery(deps.templates(), template, { zone, ...(variables ? { variables } : {}) });
       message = {
         deliveryId: d.id,
         ruleId: d.ruleId,
@@ -253,14 +268,16 @@ export function createDeliverHandler(deps: DeliverDeps): JobHandler<DeliveryJob>
       // A suppression (a return above) made no call: its slot and token go back.
       if (!called) admission?.end({ called: false });
     }
+    // The kept copy does not hold a working video link: the store keeps only its token's hash.
+    const kept = (text: string): string => (video === undefined ? text : text.split(video.link).join(video.kept));
     const finished = await store.finishDelivery(d.id, generation, {
       status: 'sent',
       message: {
         language: message.language,
         ...(message.to !== undefined ? { to: message.to } : {}),
-        ...(message.subject !== undefined ? { subject: message.subject } : {}),
-        text: message.text,
-        ...(message.html !== undefined ? { html: message.html } : {}),
+        ...(message.subject !== undefined ? { subject: kept(message.subject) } : {}),
+        text: kept(message.text),
+        ...(message.html !== undefined ? { html: kept(message.html) } : {}),
         ...(message.unsubscribe !== undefined ? { unsubscribe: message.unsubscribe.url } : {}),
       },
       ...(receipt.providerId !== undefined ? { providerId: receipt.providerId } : {}),

@@ -30,6 +30,7 @@ import { FhirNotificationError, readNotification, type FhirResource, type Notifi
 import type { Logger } from '../log.ts';
 import type { Store } from '../store/store.ts';
 import { MessageStatus, type Trigger } from '../types.ts';
+import type { JoinVault } from '../video/seal.ts';
 import { addResource, CommitFailed, FhirRecords, Refusal, sha256, type Batch } from './fhir-records.ts';
 import { cursorKeys, instantMs, laterInstant, type SubscriptionState } from './fhir-state.ts';
 import { FhirSubscriptions, type FhirServerClient, type FhirSubscriptionSettings } from './fhir-subscriptions.ts';
@@ -58,6 +59,8 @@ export interface FhirIngestDeps {
    * cannot be used (invalid, unknown patient): the record is then kept as rejected.
    */
   onConsent?: (resource: FhirResource) => Promise<{ rejected?: string }>;
+  /** Seals video-visit join URLs for the store (docs/video.md); without it they are not kept. */
+  video?: JoinVault;
   /** Jitter source in [0, 1) for the recovery backoff; default Math.random. */
   random?: () => number;
   /** Timer of the background recovery; injected by tests. */

@@ -7,9 +7,11 @@ import { PermanentError, TransientError } from '../errors.ts';
 import { FhirReferenceRefused, parseFhirReference } from '../fhir/client.ts';
 import { FhirNormalizeError, normalizeNotification, type NotificationNormalizeResult } from '../fhir/normalize.ts';
 import type { FhirResource, Notification } from '../fhir/notification.ts';
+import { redactJoinUrlsIn } from '../fhir/virtual-service.ts';
 import type { Logger } from '../log.ts';
 import { PENDING_REASON, type InboundRecord, type Store, type StoredMessage, type SubjectState } from '../store/store.ts';
 import { MessageStatus, type Trigger } from '../types.ts';
+import { joinUrls, sealJoins, type JoinVault } from '../video/seal.ts';
 
 /** What the records need of the FHIR client. */
 export interface FhirReader {
@@ -24,6 +26,8 @@ export interface FhirRecordsDeps {
   now: () => Date;
   /** Called after a commit that created triggers (routing hooks in here). */
   onCommitted?: (triggers: Trigger[]) => void | Promise<void>;
+  /** Seals video-visit join URLs for the store (docs/video.md); without it they are not kept. */
+  video?: JoinVault;
 }
 
 /** Refusal of the notification as sent (4xx, nothing stored). */
@@ -117,6 +121,7 @@ export class FhirRecords {
     record.ackCode = '202';
     record.triggers = [];
     record.subjectStates = [];
+    delete record.videoJoins;
     this.deps.log.warn('fhir.trigger_pending', { input: this.input, controlId: record.controlId, reason: code });
   }
 
@@ -174,6 +179,12 @@ export class FhirRecords {
     }
     record.triggers = result.triggers;
     record.subjectStates = result.states;
+    if (result.joins !== undefined && result.joins.length > 0) {
+      // docs/video.md: join URLs are committed sealed, with the record, and the stored copy of
+      // the message is redacted of them (FHIR dedupe keys are ids, not these bytes).
+      record.videoJoins = sealJoins(this.deps.video, result.joins);
+      record.raw = redactJoinUrlsIn(record.raw, joinUrls(result.joins));
+    }
     for (const s of result.states) batch.overlay.set(`${s.kind}/${s.id}`, s);
   }
 

@@ -43,6 +43,8 @@ export interface FhirRuntimeDeps {
   onCommitted?: (triggers: Trigger[]) => void | Promise<void>;
   /** FHIR Consent resources received (docs/consent.md ways in): FhirIngestDeps.onConsent. */
   onConsent?: FhirIngestDeps['onConsent'];
+  /** Seals video-visit join URLs (docs/video.md): FhirIngestDeps.video. */
+  video?: FhirIngestDeps['video'];
 }
 
 export function restHookIngest(config: FhirRestHookConfig, deps: FhirRuntimeDeps): FhirIngest {
@@ -59,6 +61,7 @@ export function restHookIngest(config: FhirRestHookConfig, deps: FhirRuntimeDeps
       client: fhirClientFor(config.server, deps.env, deps.configDir),
       ...(deps.onCommitted ? { onCommitted: deps.onCommitted } : {}),
       ...(deps.onConsent ? { onConsent: deps.onConsent } : {}),
+      ...(deps.video ? { video: deps.video } : {}),
     },
   );
 }
@@ -72,6 +75,7 @@ export function poller(config: FhirPollConfig, deps: FhirRuntimeDeps): FhirPolle
       client: fhirClientFor(config.server, deps.env, deps.configDir),
       ...(deps.onCommitted ? { onCommitted: deps.onCommitted } : {}),
       ...(deps.onConsent ? { onConsent: deps.onConsent } : {}),
+      ...(deps.video ? { video: deps.video } : {}),
     },
   );
   return new FhirPoller(

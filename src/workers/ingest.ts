@@ -17,11 +17,13 @@ import { hasBlockCharacter } from '../hl7v2/escape.ts';
 import { Hl7ParseError, Hl7ParseErrorCode, batchHeaderOf, parseHl7, parseHl7Batch, type Hl7Message } from '../hl7v2/parse.ts';
 import { applyStoredState, hl7PatientId, normalizeHl7 } from '../inputs/hl7v2/normalize.ts';
 import { AckSetting, isSenderAllowed } from '../inputs/hl7v2/spec.ts';
+import { redactVirtualVisit, type VirtualVisitSetting } from '../inputs/hl7v2/virtual-visit.ts';
 import { TransientError } from '../errors.ts';
 import type { Logger } from '../log.ts';
 import { StaleAttemptError } from '../store/common.ts';
 import type { InboundRecord, MessageAttempt, Store, SubjectState } from '../store/store.ts';
-import { MessageStatus, type AckCode, type Trigger } from '../types.ts';
+import { MessageStatus, type AckCode, type Trigger, type VideoJoin } from '../types.ts';
+import { joinUrls, sealJoins, type JoinVault } from '../video/seal.ts';
 import { rawQuotaAccount, type RawCharge, type RejectedRawQuota } from './raw-quota.ts';
 
 /** Per-input settings the ingest needs (from the connector config). */
@@ -43,6 +45,8 @@ export interface Hl7IngestSettings {
    * peer presented a certificate, a sender not listed for its CN is refused.
    */
   allowedSenders?: Readonly<Record<string, readonly string[]>>;
+  /** Where this sender puts a video visit's join URL (docs/video.md); default: not read. */
+  virtualVisit?: VirtualVisitSetting;
 }
 
 export interface Hl7Peer {
@@ -76,6 +80,10 @@ export interface Hl7IngestDeps {
   onCommitted?: (triggers: Trigger[]) => void | Promise<void>;
   /** Bounds the raw bytes kept with rejected messages; without it they are kept whole. */
   rejectedRaw?: RejectedRawQuota;
+  /** Told of each resend answered with its stored ACK before any commit (metrics: workers/ops-events.ts). */
+  onResend?: (resend: { input: string; messageType: string; ackCode: string }) => void;
+  /** Seals video-visit join URLs for the store (docs/video.md); without it they are not kept. */
+  video?: JoinVault;
 }
 
 /** A result before its ACK is encoded (handle() does that once, for the whole frame). */
@@ -427,6 +435,7 @@ export class Hl7Ingest {
       const previous = await this.findPrevious(sender, controlId, settings);
       if (previous === 'failed') return this.storeUnavailable(msg, mode);
       if (previous !== undefined && previous.contentHash === contentHash) {
+        this.deps.onResend?.({ input: settings.input, messageType, ackCode: previous.ackCode });
         return {
           ack: previous.ack === '' ? undefined : previous.ack,
           ackCode: previous.ackCode as AckCode,
@@ -446,6 +455,7 @@ export class Hl7Ingest {
     let errorLocation: string | undefined;
     let triggers: Trigger[] = [];
     let states: SubjectState[] = [];
+    let joins: VideoJoin[] = [];
 
     const refusal = headerRefusal(msg, sender, controlId, senderRefused);
     if (conflicting) {
@@ -476,6 +486,7 @@ export class Hl7Ingest {
           status = MessageStatus.Accepted;
           triggers = normalized.triggers;
           states = normalized.states;
+          joins = normalized.joins ?? [];
           break;
         case 'ignored':
           if (settings.unknownMessageTypes === 'reject' && normalized.reason.startsWith('unsupported')) {
@@ -533,6 +544,12 @@ export class Hl7Ingest {
     if (triggers.length === 0 && !senderRefused) {
       const patientId = hl7PatientId(msg);
       if (patientId !== undefined) record.patientId = patientId;
+    }
+    if (joins.length > 0) {
+      // docs/video.md: the join URL is committed sealed, with the message, and the stored copy
+      // of the message is redacted of it (the dedupe hash above is of the bytes as received).
+      record.videoJoins = sealJoins(this.deps.video, joins);
+      if (settings.virtualVisit !== undefined && joinUrls(joins).length > 0) record.raw = redactVirtualVisit(raw, msg, settings.virtualVisit);
     }
     if (attemptOf !== undefined) record.attemptOf = attemptOf;
     else if (controlId !== '' && !conflicting) {
@@ -609,7 +626,11 @@ export class Hl7Ingest {
    */
   private async normalize(msg: Hl7Message, receivedAt: Date, settings: Hl7IngestSettings) {
     const { store } = this.deps;
-    const normalized = normalizeHl7(msg, { receivedAt: receivedAt.toISOString(), timezone: settings.timezone });
+    const normalized = normalizeHl7(msg, {
+      receivedAt: receivedAt.toISOString(),
+      timezone: settings.timezone,
+      ...(settings.virtualVisit !== undefined ? { virtualVisit: settings.virtualVisit } : {}),
+    });
     if (normalized.kind !== 'triggers') return normalized;
     const appointments = new Map<string, SubjectState | undefined>();
     const encounters = new Map<string, SubjectState | undefined>();

@@ -18,6 +18,7 @@ import type { Rule } from '../pipeline/rule.ts';
 import { isValidZone } from '../pipeline/schedule.ts';
 import { isRecord, parseInstant } from '../pipeline/values.ts';
 import { CHANNELS, ConsentReason, PURPOSES, type Delivery } from '../types.ts';
+import { NO_JOIN_INFO } from './video.ts';
 import {
   SimStatus,
   Simulator,
@@ -361,7 +362,10 @@ export const mappingTestFileSchema = {
                         about: { type: 'string', description: 'Subject key, e.g. appointment/A-1001.' },
                         step: { type: 'integer', minimum: 0, description: 'Cadence step (0 for single-time rules).' },
                         status: { enum: Object.values(SimStatus), description: 'pending, moved (replanned to another time), sent (handed to its output), cancelled, suppressed (see reason).' },
-                        reason: { enum: Object.values(ConsentReason), description: 'Why it was suppressed (docs/consent.md reason codes).' },
+                        reason: {
+                          enum: [...Object.values(ConsentReason), NO_JOIN_INFO],
+                          description: 'Why it was suppressed (docs/consent.md reason codes; no_join_info: a video link with no join URL kept, docs/video.md).',
+                        },
                         due: { ...instantSchema, description: 'Due time (compared as an instant).' },
                         sent: { ...instantSchema, description: 'When it actually left, after any quiet-hours move (compared as an instant).' },
                         planned: { ...instantSchema, description: "The rule's at, resolved (compared as an instant)." },
@@ -532,6 +536,7 @@ async function runOne(test: TestCase, rules: readonly Rule[], config: Simulation
     now: test.now,
     sites: policy.sites,
     consent: { policy, outputs: config.outputs, links: testLinks(config.policy) },
+    video: { publicUrl: config.policy.publicUrl, ...(config.virtualVisit ? { virtualVisit: config.virtualVisit } : {}) },
   });
   try {
     const notes: string[] = [];

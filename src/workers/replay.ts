@@ -109,7 +109,7 @@ export class DeliveryReplay {
   async #one(id: string, stored: StoredDelivery | undefined, actor: string, result: ReplayResult): Promise<void> {
     const { store, queue, log } = this.#deps;
     const at = new Date(this.#deps.now()).toISOString();
-    const audit = (outcome: string) => store.appendAudit({ at, actor, action: AuditAction.DeliveryReplay, target: `delivery/${id}`, outcome });
+    const audit = (outcome: string) => store.appendAudit({ at, actor, action: AuditAction.Replay, target: `delivery/${id}`, outcome });
     const refuse = async (reason: ReplayRefusal): Promise<void> => {
       await audit(`refused:${reason}`);
       log.warn('delivery.replay_refused', { deliveryId: id, actor, reason });

@@ -28,11 +28,12 @@ import type { OutboxEntry, OutboxQuery, Store } from '../store/store.ts';
 import type { Trigger } from '../types.ts';
 import { ConsentService } from './consent.ts';
 import { CONSENT_MIRROR_QUEUE, ConsentSync, type ConsentTool, type MirrorJob } from './consent-sync.ts';
-import { createDeliverHandler, logDeadDeliveries, recordDeadDeliveries, storeOutboxSink } from './deliver.ts';
+import { createDeliverHandler, DeliverReason, logDeadDeliveries, recordDeadDeliveries, storeOutboxSink } from './deliver.ts';
 import { OutputGates } from './output-gate.ts';
 import { DeliveryReplay } from './replay.ts';
 import { Router, deliveryJobId, parseDeliveryJobId, type DeliveryJob } from './router.ts';
 import type { UnsubscribeLinks } from './unsubscribe.ts';
+import type { VideoLinks } from './video.ts';
 
 /** Name of the embedded queue holding delivery timers. */
 export const DELIVERY_QUEUE = 'deliveries';
@@ -74,6 +75,8 @@ export interface DeliveryRuntimeOptions {
   queue?: Omit<SqliteQueueOptions, 'name' | 'now'>;
   /** Signed unsubscribe links of non-care emails (workers/unsubscribe.ts). */
   links: UnsubscribeLinks;
+  /** Video-visit links, for rules with send.videoLink (workers/video.ts); without it such messages are suppressed no_join_info. */
+  video?: VideoLinks;
   /** Where outputs' secret references ({ env: NAME }) are read. Default: process.env. */
   env?: Env;
   /** How often tools' consent changes are read (workers/consent-sync.ts). Default 60 s. */
@@ -278,6 +281,11 @@ export class DeliveryRuntime {
       now,
       routingSettled: () => this.router.settled(),
       unsubscribeLinks: (delivery) => this.consent.unsubscribeLinks(delivery),
+      // The rule as the current plan says it (templates come from the same plan).
+      videoLink: async (delivery, page) => {
+        if (!this.#mappings.rules.find((r) => r.id === delivery.ruleId)?.send.videoLink) return undefined;
+        return options.video === undefined ? { unavailable: DeliverReason.NoJoinInfo } : options.video.mint(delivery, page);
+      },
     });
     // The embedded store marks a dead-lettered delivery failed in the dead-letter's own write
     // (createDeliveryQueue); any other store is told after the fact.

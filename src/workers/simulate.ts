@@ -22,6 +22,7 @@ import { loadMappings, type MappingSet } from '../config/mappings.ts';
 import type { Env } from '../config/yaml.ts';
 import { Hl7ParseError, parseHl7Batch } from '../hl7v2/parse.ts';
 import { applyStoredState, normalizeHl7 } from '../inputs/hl7v2/normalize.ts';
+import type { VirtualVisitSetting } from '../inputs/hl7v2/virtual-visit.ts';
 import { silentLogger } from '../log.ts';
 import { outputSpecs } from '../outputs/index.ts';
 import { outputInfos } from '../outputs/spec.ts';
@@ -40,6 +41,16 @@ import { applyRouteResult } from './apply.ts';
 import { ConsentService } from './consent.ts';
 import { staleness } from './deliver.ts';
 import { renderVariables, unsubscribeLinks, type UnsubscribeLinks } from './unsubscribe.ts';
+import { NO_JOIN_INFO } from './video.ts';
+import { linkUrl } from '../video/link.ts';
+
+/**
+ * The video link shown in mapping tests and replays (docs/video.md): the same for the same
+ * delivery, so tests can compare whole texts; never served.
+ */
+export function testVideoLink(publicUrl: string, deliveryId: string): string {
+  return linkUrl(publicUrl, createHash('sha256').update(`carerelay-mapping-tests\u0000${deliveryId}`).digest('base64url').slice(0, 22));
+}
 
 /** Unsubscribe links in mapping tests and replays: signed with a fixed key (they are never served). */
 export function testLinks(policy: PolicyConfig): UnsubscribeLinks {
@@ -133,6 +144,8 @@ export interface SimulatorOptions {
   sites?: readonly Site[];
   /** Run the send-time checks with this policy and these outputs; absent: every due delivery is sent. */
   consent?: { policy: PolicySettings; outputs: readonly OutputInfo[]; links: UnsubscribeLinks };
+  /** Video visits (docs/video.md): where HL7 messages carry the join URL, and the base of the links shown. */
+  video?: { publicUrl: string; virtualVisit?: VirtualVisitSetting };
 }
 
 /** Ledger reads that fail while a test says the ledger is down. */
@@ -155,6 +168,9 @@ export class Simulator {
   readonly #store: SqliteStore;
   readonly #consent?: ConsentService;
   readonly #smsOutputs: string[];
+  readonly #video: SimulatorOptions['video'];
+  /** Appointment id → whether a join URL is kept for it (what the server's store would hold). */
+  readonly #joins = new Map<string, boolean>();
   #ledgerDown = false;
   #inputs = 0;
   readonly skipped: SkippedDelivery[] = [];
@@ -171,6 +187,7 @@ export class Simulator {
     this.#clock = options.now;
     this.#store = SqliteStore.open(':memory:');
     this.#smsOutputs = (options.consent?.outputs ?? []).filter((o) => o.channel === 'sms').map((o) => o.name);
+    this.#video = options.video;
     if (options.consent) {
       const outputs = options.consent.outputs;
       // The ledger as the checks see it: reads fail while a test says it is down.
@@ -230,7 +247,9 @@ export class Simulator {
     if (stale) return this.#finish(tracked, 'suppressed', stale);
     const expires = d.expiresAt === undefined ? undefined : parseInstant(d.expiresAt);
     if (expires !== undefined && this.#clock >= expires) return this.#finish(tracked, 'suppressed', 'expired');
-    if (!this.#consent) return this.#finish(tracked, 'sent');
+    // After the consent checks, as the server mints a video link only for a message that goes.
+    const noJoin = this.#showsVideoLink(d) && this.#joins.get(d.subjectId) !== true;
+    if (!this.#consent) return noJoin ? this.#finish(tracked, 'suppressed', NO_JOIN_INFO) : this.#finish(tracked, 'sent');
     let decision;
     try {
       decision = await this.#consent.check(stored);
@@ -244,6 +263,7 @@ export class Simulator {
       tracked.retryAt = Math.max(Date.parse(decision.retryAt), this.#clock + 1);
       return;
     }
+    if (noJoin) return this.#finish(tracked, 'suppressed', NO_JOIN_INFO);
     await this.#consent.sent(stored, d.to, this.#clock);
     return this.#finish(tracked, 'sent', undefined, decision.noName);
   }
@@ -263,7 +283,8 @@ export class Simulator {
     const receivedAt = formatInstant(this.#clock, this.#zone);
     const steps: SimStep[] = [];
     for (const message of parseHl7Batch(text)) {
-      const normalized = normalizeHl7(message, { receivedAt, timezone: this.#hl7Zone });
+      const virtualVisit = this.#video?.virtualVisit;
+      const normalized = normalizeHl7(message, { receivedAt, timezone: this.#hl7Zone, ...(virtualVisit ? { virtualVisit } : {}) });
       if (normalized.kind === 'ignored') steps.push({ triggers: [], note: `ignored: ${normalized.reason}`, results: [] });
       else if (normalized.kind === 'rejected') steps.push({ triggers: [], note: `rejected: ${normalized.reason}`, results: [] });
       else {
@@ -277,6 +298,7 @@ export class Simulator {
           continue;
         }
         for (const state of applied.states) this.#keep(state);
+        for (const j of applied.joins ?? []) this.#joins.set(j.appointmentId, j.url !== undefined);
         await this.#commit(applied.triggers, applied.states, 'hl7v2', Buffer.isBuffer(text) ? text : Buffer.from(text));
         for (const t of applied.triggers) this.#triggers.set(t.id, { trigger: t, inputZone: this.#hl7Zone });
         steps.push({ triggers: applied.triggers, results: applied.triggers.map((t) => this.route(t)) });
@@ -288,6 +310,10 @@ export class Simulator {
   /** A normalized trigger (e.g. from FHIR), received at the current clock. */
   async trigger(trigger: Trigger): Promise<SimStep> {
     const states: SubjectState[] = [];
+    // What a FHIR input keeps of a video visit's join URL: the trigger says whether there is one.
+    const appointment = trigger.appointment;
+    if (appointment?.virtual !== undefined) this.#joins.set(appointment.id, appointment.virtual.hasJoinInfo);
+    if (appointment?.status !== undefined && ['cancelled', 'entered-in-error', 'noshow', 'fulfilled'].includes(appointment.status)) this.#joins.set(appointment.id, false);
     for (const kind of ['appointment', 'encounter'] as const) {
       const subject = trigger[kind];
       if (!subject?.id) continue;
@@ -451,9 +477,15 @@ export class Simulator {
 
   /** Renders a delivery as it went (or would go): its zone, its unsubscribe link, its no-name variant. */
   render(d: SimDelivery, templates: TemplateSet, links: UnsubscribeLinks): RenderedMessage {
-    const variables = renderVariables(d.delivery, links, d.sentAt ?? this.#clock);
+    const unsubscribe = renderVariables(d.delivery, links, d.sentAt ?? this.#clock);
+    const video = this.#showsVideoLink(d.delivery) ? { video: { link: testVideoLink(this.#video?.publicUrl ?? 'http://127.0.0.1:8080', d.delivery.id) } } : undefined;
+    const variables = unsubscribe || video ? { ...unsubscribe, ...video } : undefined;
     const delivery = d.noName && d.delivery.noNameTemplate ? { ...d.delivery, template: d.delivery.noNameTemplate } : d.delivery;
     return renderDelivery(templates, delivery, { zone: this.displayZoneOf(d.delivery), ...(variables ? { variables } : {}) });
+  }
+
+  #showsVideoLink(d: Delivery): boolean {
+    return this.#rules.find((r) => r.id === d.ruleId)?.send.videoLink === true;
   }
 
   #keep(state: SubjectState): void {
@@ -469,7 +501,12 @@ export class Simulator {
 // Loading the mappings the way the server does
 
 /** The mappings, the policy and the outputs' declarations, as the server would load them. */
-export type SimulationConfig = MappingSet & { policy: PolicyConfig; outputs: readonly OutputInfo[] };
+export type SimulationConfig = MappingSet & {
+  policy: PolicyConfig;
+  outputs: readonly OutputInfo[];
+  /** Where HL7 messages carry a video visit's join URL: the first HL7 input that says (docs/video.md). */
+  virtualVisit?: VirtualVisitSetting;
+};
 
 /**
  * Loads connectors (for the outputs and the policy) and mappings from the configuration
@@ -483,7 +520,8 @@ export async function loadForSimulation(mappingsDir: string, env: Env): Promise<
   const outputs = outputInfos(plan.outputs, outputSpecs);
   const mappings = await loadMappings({ configDir, env, outputs, issues, mappingsDir: dir });
   if (issues.length > 0) throw new ConfigError(issues);
-  return { ...mappings, policy: plan.policy, outputs };
+  const virtualVisit = plan.inputs.map((i) => (i.config as { virtualVisit?: VirtualVisitSetting }).virtualVisit).find((v) => v !== undefined);
+  return { ...mappings, policy: plan.policy, outputs, ...(virtualVisit ? { virtualVisit } : {}) };
 }
 
 /** Reads HL7 into the simulator, turning a parse failure into an error naming the input. */
@@ -559,7 +597,12 @@ export async function replayDryRun(files: readonly string[], options: ReplayOpti
   if (now === undefined) throw new RangeError(`"now" must be an ISO-8601 instant with offset, got "${options.now}"`);
   const mappings = await loadForSimulation(options.mappingsDir, options.env ?? process.env);
   // What routing plans, moved by quiet hours as it would be; consent itself is decided at send time.
-  const sim = new Simulator(mappings.rules, { zone: options.timezone, now, sites: mappings.policy.settings.sites });
+  const sim = new Simulator(mappings.rules, {
+    zone: options.timezone,
+    now,
+    sites: mappings.policy.settings.sites,
+    video: { publicUrl: mappings.policy.publicUrl, ...(mappings.virtualVisit ? { virtualVisit: mappings.virtualVisit } : {}) },
+  });
   const lines: string[] = [];
   try {
     for (const file of files) {

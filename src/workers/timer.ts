@@ -15,3 +15,27 @@ export const BACKGROUND_TIMER: Timer = {
     clearTimeout(handle as NodeJS.Timeout);
   },
 };
+
+/**
+ * Runs `work` after `firstMs`, then `everyMs` after each run ends (runs never overlap), until
+ * stop(). A failed run is handed to `onError` and the next one still comes.
+ */
+export function repeat(timer: Timer, firstMs: number, everyMs: number, work: () => Promise<unknown>, onError: (error: unknown) => void): { stop(): void } {
+  let stopped = false;
+  let handle: unknown;
+  const tick = (): void => {
+    if (stopped) return;
+    void work()
+      .catch(onError)
+      .finally(() => {
+        if (!stopped) handle = timer.setTimeout(tick, everyMs);
+      });
+  };
+  handle = timer.setTimeout(tick, firstMs);
+  return {
+    stop() {
+      stopped = true;
+      timer.clearTimeout(handle);
+    },
+  };
+}

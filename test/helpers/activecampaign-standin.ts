@@ -9,6 +9,10 @@
 //     exist (404 / 422); 201 { contactTag } (adding a tag the contact has returns that one);
 //   - GET /api/3/contacts?email=…: { contacts: [...], meta: { total } };
 //   - POST /api/3/contactLists { contactList: { list, contact, status } } → 200;
+//   - DELETE /api/3/contacts/{id} → 200 {}, 404 for an unknown id;
+//   - webhooks ("Webhooks"): postWebhook() posts an event as ActiveCampaign does, form-encoded
+//     with PHP-style keys (type, date_time, initiated_by, initiated_from, list, contact[id],
+//     contact[email], contact[phone], …), to a URL that carries the secret (it signs nothing);
 //   - POST /event (form-encoded actid, key, event ≤ 32 characters, visit = JSON with an email,
 //     eventdata?) → 200 { success: 1, message } or { success: 0, message } for a wrong key;
 //   - "5 requests per second per account": a token bucket of 5 refilled at 5 per second on the
@@ -39,6 +43,8 @@ export interface ActiveCampaignStandIn extends HttpStandIn {
   readonly admitted: number[];
   /** Answers the next call with ActiveCampaign's 429 and Retry-After (seconds). */
   rateLimitNext(retryAfterSeconds: number): void;
+  /** The contact unsubscribes from `list` (type unsubscribe) or replies STOP to an SMS (sms_unsub): posted to `url`; its status. */
+  postWebhook(url: string, type: 'unsubscribe' | 'sms_unsub', email: string, list?: string): Promise<number>;
 }
 
 export interface ActiveCampaignStandInOptions {
@@ -110,6 +116,13 @@ export async function startActiveCampaignStandIn(options: ActiveCampaignStandInO
       const found = contacts.filter((c) => email === undefined || c.email === email);
       return { status: 200, body: { contacts: found.map(view), meta: { total: String(found.length) } } };
     }
+    const remove = /^\/api\/3\/contacts\/([^/]+)$/.exec(request.path);
+    if (request.method === 'DELETE' && remove) {
+      const contact = contacts.find((c) => c.id === decodeURIComponent(remove[1]!));
+      if (contact === undefined) return { status: 404, body: { message: `No Result found for Subscriber with id ${remove[1]}` } };
+      contacts.splice(contacts.indexOf(contact), 1);
+      return { status: 200, body: {} };
+    }
     if (request.method !== 'POST') return { status: 404, body: { message: 'Not Found' } };
     if (!(header(request, 'content-type') ?? '').startsWith('application/json')) return { status: 400, body: {} };
     const body = (request.json ?? {}) as Record<string, unknown>;
@@ -167,6 +180,25 @@ export async function startActiveCampaignStandIn(options: ActiveCampaignStandInO
     admitted,
     rateLimitNext(retryAfterSeconds: number) {
       standIn.failNext({ kind: 'answer', ...rateLimited(retryAfterSeconds) });
+    },
+    async postWebhook(url: string, type: 'unsubscribe' | 'sms_unsub', email: string, list = '1') {
+      const contact = contacts.find((c) => c.email === email.toLowerCase());
+      if (contact && type === 'unsubscribe') contact.lists[list] = '2';
+      const form = new URLSearchParams({
+        type,
+        date_time: new Date(now()).toISOString().replace('Z', '+00:00'),
+        initiated_by: 'customer',
+        initiated_from: 'web',
+        list,
+        'contact[id]': contact?.id ?? '0',
+        'contact[email]': email,
+        'contact[phone]': contact?.phone ?? '',
+        'contact[first_name]': contact?.firstName ?? '',
+        'contact[tags]': contact?.tags.join(', ') ?? '',
+      });
+      const res = await fetch(url, { method: 'POST', body: form.toString(), headers: { 'content-type': 'application/x-www-form-urlencoded' } });
+      await res.arrayBuffer();
+      return res.status;
     },
   });
 }

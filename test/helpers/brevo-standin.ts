@@ -7,6 +7,9 @@
 //   - PUT /v3/contacts/{identifier}?identifierType=email_id|phone_id: 404 document_not_found
 //     for an unknown contact, 204 otherwise — and, as the reference warns, a blocklisted
 //     contact whose EMAIL attribute is updated loses its blocklisting;
+//   - DELETE /v3/contacts/{identifier}?identifierType=email_id|phone_id → 204, 404 document_not_found;
+//   - webhooks ("Transactional webhooks", "Secured webhooks"): postWebhook() posts events as Brevo
+//     does (JSON, one event or an array when batched) with the webhook's bearer token;
 //   - POST /v3/events { event_name, identifiers (≥ 1 of contact_id, email_id, ext_id, phone_id),
 //     event_date?, event_properties? } → 204;
 //   - POST /v3/smtp/email { sender.email, to[].email, subject, htmlContent, headers? } → 201
@@ -35,6 +38,8 @@ export interface BrevoStandIn extends HttpStandIn {
   readonly sms: Array<{ messageId: number; recipient: string; content: string; type: string }>;
   /** Answers the next call with Brevo's 429 and its headers (reset in `resetSeconds`). */
   rateLimitNext(resetSeconds: number): void;
+  /** Posts transactional webhook events (`unsubscribed`, `hard_bounce`, …) to `url` with Authorization: Bearer `token`; the receiver's status. */
+  postWebhook(url: string, token: string, events: Array<{ event: string; email: string }>): Promise<number>;
 }
 
 export interface BrevoStandInOptions {
@@ -85,6 +90,13 @@ export async function startBrevoStandIn(options: BrevoStandInOptions = {}): Prom
     windows.set(group, { second, count: count + 1 });
     const limits = { 'x-sib-ratelimit-limit': String(limit), 'x-sib-ratelimit-remaining': String(limit - count - 1), 'x-sib-ratelimit-reset': resetSeconds };
     const answer = (a: Answer): Answer => ({ ...a, headers: { ...limits, ...a.headers } });
+    const remove = /^\/v3\/contacts\/([^/]+)$/.exec(request.path);
+    if (request.method === 'DELETE' && remove) {
+      const contact = find(decodeURIComponent(remove[1]!), request.query.get('identifierType'));
+      if (contact === undefined) return answer(error(404, 'document_not_found', 'Contact does not exist'));
+      contacts.splice(contacts.indexOf(contact), 1);
+      return answer({ status: 204 });
+    }
     if (!(header(request, 'content-type') ?? '').startsWith('application/json')) return answer(error(415, 'not_acceptable', 'Content-Type must be application/json'));
     const body = (request.json ?? {}) as Record<string, unknown>;
 
@@ -164,6 +176,13 @@ export async function startBrevoStandIn(options: BrevoStandInOptions = {}): Prom
     sms,
     rateLimitNext(resetSeconds: number) {
       standIn.failNext({ kind: 'answer', ...rateLimited(10, resetSeconds) });
+    },
+    async postWebhook(url: string, token: string, list: Array<{ event: string; email: string }>) {
+      const at = now();
+      const body = list.map((e, i) => ({ ...e, id: 1, date: new Date(at).toISOString(), ts: Math.floor(at / 1000), ts_event: Math.floor(at / 1000), ts_epoch: at, 'message-id': `<${at}.${i}@smtp-relay.mailin.fr>`, subject: 'News', tag: '' }));
+      const res = await fetch(url, { method: 'POST', body: JSON.stringify(body.length === 1 ? body[0] : body), headers: { 'content-type': 'application/json', authorization: `Bearer ${token}` } });
+      await res.arrayBuffer();
+      return res.status;
     },
   });
 }

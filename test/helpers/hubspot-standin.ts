@@ -9,6 +9,12 @@
 //     already taken for the event type is dropped (the first is kept);
 //   - POST /communication-preferences/v4/statuses/batch/write: { inputs: [{ subscriberIdString,
 //     channel: EMAIL, statusState, subscriptionId (a defined subscription type) }] }; 200;
+//   - POST /crm/v3/objects/contacts/gdpr-delete { objectId, idProperty? }: the contact deleted for
+//     good, 204; an email it does not know is blocklisted all the same (204), an unknown id 404;
+//   - webhooks (Webhooks API v3, "Validating requests"): postWebhook() sends a batch of
+//     contact.propertyChange events to a URL the way HubSpot does — JSON array, signed with the
+//     app's client secret: X-HubSpot-Signature-v3 = base64 HMAC-SHA256 of method + URI + body +
+//     X-HubSpot-Request-Timestamp (epoch ms);
 //   - POST /oauth/v1/token (refresh_token grant, form-encoded): access tokens that expire after
 //     `tokenLifetimeSeconds` of the stand-in's clock; an expired or unknown token → 401;
 //   - Authorization: Bearer <private app token | live OAuth token>; JSON bodies only (415);
@@ -17,7 +23,7 @@
 //     per day, each refused with 429 + { errorType: RATE_LIMIT, policyName: TEN_SECONDLY_ROLLING |
 //     DAILY }; X-HubSpot-RateLimit-Max/-Remaining/-Interval-Milliseconds on every answer, and
 //     -Daily/-Daily-Remaining for private app calls (HubSpot omits them for OAuth).
-import { randomBytes, randomUUID } from 'node:crypto';
+import { createHmac, randomBytes, randomUUID } from 'node:crypto';
 import { header, startHttpStandIn, type Answer, type HttpStandIn, type RecordedRequest } from './http-standin.ts';
 
 export interface HubspotStandIn extends HttpStandIn {
@@ -32,6 +38,13 @@ export interface HubspotStandIn extends HttpStandIn {
   readonly statuses: Map<string, string>;
   /** Access tokens issued by the token endpoint, in order. */
   readonly issuedTokens: string[];
+  /** Emails blocklisted by a GDPR delete. */
+  readonly gdprBlocked: Set<string>;
+  /**
+   * As HubSpot's webhooks: a contact.propertyChange event per change (a contact's property set to
+   * `value`), posted signed to `url`; resolves with the receiver's status.
+   */
+  postWebhook(url: string, changes: Array<{ contactId: string; property: string; value?: string }>, options?: { clientSecret?: string; timestamp?: number }): Promise<number>;
   /** Answers the next call with HubSpot's 429 for the policy. */
   rateLimitNext(policy: 'TEN_SECONDLY_ROLLING' | 'DAILY'): void;
 }
@@ -66,6 +79,8 @@ export async function startHubspotStandIn(options: HubspotStandInOptions = {}): 
   const events: HubspotStandIn['events'] = [];
   const uuids = new Set<string>();
   const statuses = new Map<string, string>();
+  const gdprBlocked = new Set<string>();
+  let webhookEventId = 1000;
   const tokens = new Map<string, number>();
   const issuedTokens: string[] = [];
   const window: number[] = [];
@@ -183,6 +198,23 @@ export async function startHubspotStandIn(options: HubspotStandInOptions = {}): 
       return withLimits({ status: 204 });
     }
 
+    if (request.path === '/crm/v3/objects/contacts/gdpr-delete') {
+      const { objectId, idProperty } = body ?? {};
+      if (typeof objectId !== 'string' || objectId === '') return withLimits(error(400, 'VALIDATION_ERROR', 'objectId required'));
+      if (idProperty !== undefined && idProperty !== 'email') return withLimits(error(400, 'VALIDATION_ERROR', 'idProperty must be email'));
+      const id = idProperty === 'email' ? byKey.get(`email\u0000${objectId}`) : contacts.has(objectId) ? objectId : undefined;
+      if (id === undefined) {
+        if (idProperty !== 'email') return withLimits(error(404, 'OBJECT_NOT_FOUND', 'resource not found'));
+        gdprBlocked.add(objectId);
+        return withLimits({ status: 204 });
+      }
+      const email = contacts.get(id)?.email;
+      contacts.delete(id);
+      for (const [key, value] of byKey) if (value === id) byKey.delete(key);
+      if (email !== undefined) gdprBlocked.add(email);
+      return withLimits({ status: 204 });
+    }
+
     if (request.path === '/communication-preferences/v4/statuses/batch/write') {
       const inputs = body?.inputs;
       if (!Array.isArray(inputs) || inputs.length === 0) return withLimits(error(400, 'VALIDATION_ERROR', 'inputs required'));
@@ -220,6 +252,31 @@ export async function startHubspotStandIn(options: HubspotStandInOptions = {}): 
     events,
     statuses,
     issuedTokens,
+    gdprBlocked,
+    async postWebhook(url: string, changes: Array<{ contactId: string; property: string; value?: string }>, o: { clientSecret?: string; timestamp?: number } = {}) {
+      const occurredAt = now();
+      const body = JSON.stringify(
+        changes.map((c) => ({
+          eventId: webhookEventId++,
+          subscriptionId: 4242,
+          portalId,
+          appId: 777,
+          occurredAt,
+          subscriptionType: 'contact.propertyChange',
+          attemptNumber: 0,
+          objectId: Number(c.contactId),
+          propertyName: c.property,
+          propertyValue: c.value ?? 'true',
+          changeSource: 'EMAIL',
+          sourceId: 'unsubscribe-link',
+        })),
+      );
+      const timestamp = String(o.timestamp ?? now());
+      const signature = createHmac('sha256', o.clientSecret ?? oauth.clientSecret).update(`POST${url}${body}${timestamp}`, 'utf8').digest('base64');
+      const res = await fetch(url, { method: 'POST', body, headers: { 'content-type': 'application/json', 'x-hubspot-signature-v3': signature, 'x-hubspot-request-timestamp': timestamp } });
+      await res.arrayBuffer();
+      return res.status;
+    },
     rateLimitNext(policy: 'TEN_SECONDLY_ROLLING' | 'DAILY') {
       standIn.failNext({ kind: 'answer', ...rateLimited(policy) });
     },

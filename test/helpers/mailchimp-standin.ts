@@ -13,6 +13,13 @@
 //   - POST …/members/{hash}/tags { tags: [{ name, status: active|inactive }] } → 204;
 //   - POST …/members/{hash}/events { name 2–30 characters, properties (strings) } → 204;
 //   - PATCH …/members/{hash} { status } → 200; a member that does not exist → 404;
+//   - POST …/members/{hash}/actions/delete-permanent → 204 (the address is then "forgotten": it
+//     cannot be added again), 404 for a member that does not exist;
+//   - audience webhooks ("Sync audience data with webhooks"): createWebhook(url) checks the URL
+//     with a GET as Mailchimp does when a webhook is created (it must answer 200); a member who
+//     unsubscribes (memberUnsubscribes) or is cleaned (memberCleaned) is then posted to every
+//     webhook as Mailchimp posts it: form-encoded type, fired_at ("YYYY-MM-DD HH:MM:SS", UTC),
+//     data[id], data[list_id], data[email], data[action] / data[reason], data[merges][…];
 //   - errors as application/problem+json { type, title, status, detail, instance };
 //   - at most 10 simultaneous connections per API key: the 11th gets 429.
 import { createHash, randomBytes, randomUUID } from 'node:crypto';
@@ -39,6 +46,14 @@ export interface MailchimpStandIn extends HttpStandIn {
   holdNext(n: number): void;
   /** Answers the next call with a 403 without a body, as Mailchimp does under load. */
   bare403Next(): void;
+  /** Registers an audience webhook after Mailchimp's GET check of the URL (rejects when it does not answer 200). */
+  createWebhook(url: string): Promise<void>;
+  /** The member unsubscribes (from a campaign's link): status unsubscribed, posted to the webhooks; their statuses. */
+  memberUnsubscribes(email: string): Promise<number[]>;
+  /** The member's address is cleaned (a hard bounce, or abuse): posted to the webhooks; their statuses. */
+  memberCleaned(email: string, reason: 'hard' | 'abuse'): Promise<number[]>;
+  /** Posts the last webhook call again, as it was (Mailchimp retries a call that failed); the statuses. */
+  redeliverLast(): Promise<number[]>;
 }
 
 const MERGE_TAGS = new Set(['FNAME', 'LNAME', 'ADDRESS', 'PHONE', 'BIRTHDAY']);
@@ -78,9 +93,9 @@ export async function startMailchimpStandIn(): Promise<MailchimpStandIn> {
       return 'hang';
     }
     const path = match[2]!;
-    const member = new RegExp(`^/lists/${listId}/members/([0-9a-f]{32})(/tags|/events)?$`).exec(path);
+    const member = new RegExp(`^/lists/${listId}/members/([0-9a-f]{32})(/tags|/events|/actions/delete-permanent)?$`).exec(path);
     if (member === null) return problem(404, 'Resource Not Found', 'The requested resource could not be found.');
-    if (request.method !== 'GET' && !(header(request, 'content-type') ?? '').startsWith('application/json')) return problem(400, 'Invalid Resource', 'The request body must be JSON.');
+    if (request.method !== 'GET' && request.text !== '' && !(header(request, 'content-type') ?? '').startsWith('application/json')) return problem(400, 'Invalid Resource', 'The request body must be JSON.');
     const hash = member[1]!;
     const existing = members.get(hash);
     const body = (request.json ?? {}) as Record<string, unknown>;
@@ -112,6 +127,11 @@ export async function startMailchimpStandIn(): Promise<MailchimpStandIn> {
       return { status: 200, body: { id: hash, email_address: email, unique_email_id: hash.slice(0, 10), status: next.status, merge_fields: next.merge_fields, language: next.language ?? '', list_id: listId } };
     }
     if (existing === undefined) return problem(404, 'Resource Not Found', 'The requested resource could not be found.');
+    if (member[2] === '/actions/delete-permanent' && request.method === 'POST') {
+      members.delete(hash);
+      forgotten.add(existing.email_address.toLowerCase());
+      return { status: 204 };
+    }
     if (member[2] === '/tags' && request.method === 'POST') {
       const tags = body.tags;
       if (!Array.isArray(tags) || tags.some((t) => typeof t?.name !== 'string' || !['active', 'inactive'].includes(t?.status))) {
@@ -140,6 +160,36 @@ export async function startMailchimpStandIn(): Promise<MailchimpStandIn> {
 
   standIn = await startHttpStandIn(handle);
   const base = standIn.baseUrl;
+  const webhooks: string[] = [];
+  let fired = 0;
+  let last: URLSearchParams | undefined;
+  const deliver = async (form: URLSearchParams): Promise<number[]> => {
+    last = form;
+    const statuses: number[] = [];
+    for (const url of webhooks) {
+      const res = await fetch(url, { method: 'POST', body: form.toString(), headers: { 'content-type': 'application/x-www-form-urlencoded' } });
+      await res.arrayBuffer();
+      statuses.push(res.status);
+    }
+    return statuses;
+  };
+  const post = async (email: string, fields: Record<string, string>): Promise<number[]> => {
+    const hash = md5(email);
+    const member = members.get(hash);
+    // Each webhook call is a second later (fired_at has whole seconds).
+    const firedAt = new Date(Date.now() + 1000 * fired++).toISOString().replace('T', ' ').slice(0, 19);
+    const form = new URLSearchParams({
+      ...fields,
+      fired_at: firedAt,
+      'data[id]': hash.slice(0, 10),
+      'data[list_id]': listId,
+      'data[email]': member?.email_address ?? email,
+      'data[email_type]': 'html',
+      'data[merges][EMAIL]': member?.email_address ?? email,
+      ...Object.fromEntries(Object.entries(member?.merge_fields ?? {}).map(([k, v]) => [`data[merges][${k}]`, v])),
+    });
+    return deliver(form);
+  };
   return Object.assign(standIn, {
     apiKey,
     listId,
@@ -151,6 +201,26 @@ export async function startMailchimpStandIn(): Promise<MailchimpStandIn> {
     },
     bare403Next() {
       standIn.failNext({ kind: 'answer', status: 403 });
+    },
+    async createWebhook(url: string) {
+      const res = await fetch(url, { method: 'GET' });
+      await res.arrayBuffer();
+      if (res.status !== 200) throw new Error(`Mailchimp could not validate the webhook URL: GET answered ${res.status}`);
+      webhooks.push(url);
+    },
+    async memberUnsubscribes(email: string) {
+      const member = members.get(md5(email));
+      if (member) member.status = 'unsubscribed';
+      return post(email, { type: 'unsubscribe', 'data[action]': 'unsub', 'data[reason]': 'manual', 'data[campaign_id]': 'cb398d21d2' });
+    },
+    async redeliverLast() {
+      if (last === undefined) throw new Error('no webhook call to deliver again');
+      return deliver(last);
+    },
+    async memberCleaned(email: string, reason: 'hard' | 'abuse') {
+      const member = members.get(md5(email));
+      if (member) member.status = 'cleaned';
+      return post(email, { type: 'cleaned', 'data[reason]': reason, 'data[campaign_id]': 'cb398d21d2' });
     },
   });
 }

@@ -10,9 +10,15 @@
 //     business unit for 2 days (400 with responses [{ errorcode: 109110 }] otherwise), { definitionKey
 //     (a known one), recipient: { contactKey, to (an email address; digits for SMS), attributes } }
 //     and no `recipients` beside it → 202 { requestId, errorcode: 0, responses: [{ messageKey }] }.
+//   - Event Notification Service ("Get Started with ENS", "Verify a Callback", "Notification
+//     Signing"): registerCallback(url) answers as POST /platform/v1/ens-callbacks does (callbackId,
+//     signatureKey) and posts the unsigned { callbackId, verificationKey } to the URL; POST
+//     /platform/v1/ens-verify { callbackId, verificationKey } verifies it (400 for a key it did
+//     not issue); postEvents() sends a batch to a verified callback, signed x-sfmc-ens-signature =
+//     base64 HMAC-SHA256 of the body with the signatureKey (as its UTF-8 text).
 // Errors use SFMC's body { message, errorcode, documentation }. It can be told to answer 429 (50100
 // with Retry-After and retryAfter, or 50200 without), any status, to hang or to reset.
-import { randomUUID } from 'node:crypto';
+import { createHmac, randomBytes, randomUUID } from 'node:crypto';
 import http from 'node:http';
 import { Arrivals } from './arrivals.ts';
 import { FaultQueue, listenOnLoopback } from './faults.ts';
@@ -46,6 +52,12 @@ export interface SfmcStandIn {
   readonly messages: Map<string, { channel: 'email' | 'sms'; definitionKey: string; recipient: Record<string, unknown>; at: number }>;
   failNext(fault: SfmcFault, count?: number): void;
   waitForRequests(n: number): Promise<void>;
+  /** Registers an ENS callback for `url` and posts its verification there; the registration's answer and the receiver's status. */
+  registerCallback(url: string): Promise<{ callbackId: string; signatureKey: string; status: number }>;
+  /** Callback ids verified through /platform/v1/ens-verify. */
+  readonly verifiedCallbacks: Set<string>;
+  /** Posts a signed batch of ENS events to a verified callback; the receiver's status. */
+  postEvents(callbackId: string, events: unknown[]): Promise<number>;
   close(): Promise<void>;
 }
 
@@ -71,6 +83,8 @@ export async function startSfmcStandIn(options: SfmcStandInOptions = {}): Promis
   const sendDefinitions = new Set(options.sendDefinitions ?? ['carerelay-newsletter', 'carerelay-sms']);
   const requests: SfmcRequest[] = [];
   const events: SfmcStandIn['events'] = [];
+  const callbacks = new Map<string, { url: string; signatureKey: string; verificationKey: string }>();
+  const verifiedCallbacks = new Set<string>();
   const messages: SfmcStandIn['messages'] = new Map();
   const faults = new FaultQueue<SfmcFault>();
   const arrivals = new Arrivals();
@@ -127,6 +141,13 @@ export async function startSfmcStandIn(options: SfmcStandInOptions = {}): Promis
       if (typeof body !== 'object' || body === null || Array.isArray(body)) return error(400, 10004, 'Invalid Message Format');
       const b = body as Record<string, unknown>;
 
+      if (path === '/platform/v1/ens-verify') {
+        const callback = typeof b.callbackId === 'string' ? callbacks.get(b.callbackId) : undefined;
+        if (callback === undefined || b.verificationKey !== callback.verificationKey) return error(400, 10002, 'Invalid callbackId or verificationKey');
+        verifiedCallbacks.add(b.callbackId as string);
+        return answer(200, { callbackId: b.callbackId, verified: true });
+      }
+
       if (path === '/interaction/v1/events') {
         if (typeof b.ContactKey !== 'string' || b.ContactKey === '') return error(400, 10002, 'ContactKey is required');
         if (typeof b.EventDefinitionKey !== 'string' || b.EventDefinitionKey.includes('.')) return error(400, 10002, 'EventDefinitionKey is required and has no period');
@@ -176,6 +197,25 @@ export async function startSfmcStandIn(options: SfmcStandInOptions = {}): Promis
     events,
     messages,
     failNext: (fault, count) => faults.push(fault, count),
+    verifiedCallbacks,
+    async registerCallback(url: string) {
+      const callbackId = randomUUID();
+      const signatureKey = randomBytes(32).toString('base64');
+      const verificationKey = randomUUID();
+      callbacks.set(callbackId, { url, signatureKey, verificationKey });
+      const res = await fetch(url, { method: 'POST', body: JSON.stringify({ callbackId, verificationKey }), headers: { 'content-type': 'application/json' } });
+      await res.arrayBuffer();
+      return { callbackId, signatureKey, status: res.status };
+    },
+    async postEvents(callbackId: string, list: unknown[]) {
+      const callback = callbacks.get(callbackId);
+      if (callback === undefined || !verifiedCallbacks.has(callbackId)) throw new Error('ENS sends nothing to a callback that is not verified');
+      const body = JSON.stringify(list);
+      const signature = createHmac('sha256', Buffer.from(callback.signatureKey, 'utf8')).update(body).digest('base64');
+      const res = await fetch(callback.url, { method: 'POST', body, headers: { 'content-type': 'application/json', 'x-sfmc-ens-signature': signature } });
+      await res.arrayBuffer();
+      return res.status;
+    },
     waitForRequests: (n) => arrivals.waitFor(n),
     async close() {
       faults.releaseHanging();

@@ -24,6 +24,7 @@ import {
   type TriggerEncounter,
   type TriggerPatient,
   type TriggerSource,
+  type VideoJoin,
 } from '../../types.ts';
 import {
   AppointmentStatus,
@@ -43,12 +44,15 @@ import {
   siuTriggerType,
 } from './event-type.ts';
 import { addMinutes, hl7Date, hl7Instant, instantMs, minutesBetween } from './hl7-time.ts';
+import { virtualVisitOf, type VirtualVisitSetting } from './virtual-visit.ts';
 
 export interface Hl7NormalizeContext {
   /** ISO-8601 instant with offset: when CareRelay received the message. */
   receivedAt: string;
   /** IANA zone of the sender, for times without an offset (connector setting / --timezone). */
   timezone: string;
+  /** Where this sender puts a video visit's join URL (the input's `virtualVisit`); default: not read. */
+  virtualVisit?: VirtualVisitSetting;
 }
 
 /**
@@ -64,8 +68,12 @@ export interface Hl7Arrival {
 }
 
 export type Hl7Normalized =
-  /** Zero or more triggers, and the appointment/encounter states to store. */
-  | { kind: 'triggers'; triggers: Trigger[]; states: SubjectState[]; message: Hl7MessageKey; arrival?: Hl7Arrival }
+  /**
+   * Zero or more triggers, and the appointment/encounter states to store; `joins`: video-visit
+   * join information read at the input's `virtualVisit` place, apart from the triggers (the
+   * caller seals and stores it: docs/video.md).
+   */
+  | { kind: 'triggers'; triggers: Trigger[]; states: SubjectState[]; message: Hl7MessageKey; arrival?: Hl7Arrival; joins?: VideoJoin[] }
   /** Not a trigger source (ACK, query, slot block without patient…). A reason starting with "unsupported" means an unknown message type. */
   | { kind: 'ignored'; reason: string }
   /** A trigger source without what a trigger needs; `field` names the missing HL7 field. */
@@ -513,6 +521,8 @@ function normalizeSiu(msg: Hl7Message, event: string, ctx: Hl7NormalizeContext):
   if (loc !== undefined) appointment.location = loc;
   const who = practitioner(s.aip.find((a) => field(a, 3) !== ''), 3, s.d) ?? practitioner(s.sch, 16, s.d) ?? practitioner(s.pv1, 7, s.d);
   if (who !== undefined) appointment.practitioner = who;
+  const video = ctx.virtualVisit === undefined ? undefined : virtualVisitOf(msg, ctx.virtualVisit);
+  if (video !== undefined) appointment.virtual = video.virtual;
 
   const b = base(s, msg, ctx, patient, sensitivityOf(s));
   const key = messageKey(msg, b.source.sender, b.source.messageId);
@@ -534,8 +544,17 @@ function normalizeSiu(msg: Hl7Message, event: string, ctx: Hl7NormalizeContext):
   if (status !== undefined) state.status = status;
   if (start !== undefined) state.start = start;
   if (end !== undefined) state.end = end;
-  return { kind: 'triggers', triggers: [trigger], states: [state], message: key };
+  // A message without the configured place says nothing about the join (SIU messages often
+  // leave it out of a cancel): the stored one stays. With it, its URL replaces the stored one
+  // (none: cleared); a closed appointment clears it.
+  const closed = status !== undefined && CLOSED_STATUSES.has(status);
+  const url = closed ? undefined : video?.url;
+  const joins: VideoJoin[] = video !== undefined || closed ? [{ appointmentId, patientId: patient.id, asOf: b.occurredAt, ...(url !== undefined ? { url } : {}) }] : [];
+  return { kind: 'triggers', triggers: [trigger], states: [state], message: key, ...(joins.length > 0 ? { joins } : {}) };
 }
+
+/** Statuses after which a video visit's join URL is no longer kept (docs/video.md). */
+const CLOSED_STATUSES = new Set<string>([AppointmentStatus.Fulfilled, AppointmentStatus.Cancelled, AppointmentStatus.EnteredInError, AppointmentStatus.Noshow]);
 
 /**
  * SCH-9 duration with SCH-10 units → whole minutes (nearest). Units, case-insensitive:

@@ -10,6 +10,7 @@ import { nameSchema, secretRefSchema, type JsonSchema, type SecretRef } from '..
 import type { InstanceCheckIssue } from '../../config/load.ts';
 import type { ServerConfig } from '../../config/server-schema.ts';
 import type { InputSpec } from '../spec.ts';
+import { virtualVisitSchema, type VirtualVisitSetting } from './virtual-visit.ts';
 
 /** What to answer for a message type CareRelay does not turn into triggers. */
 export const UnknownMessageTypes = {
@@ -61,6 +62,7 @@ interface Hl7v2CommonConfig {
   readonly unknownMessageTypes: UnknownMessageTypes;
   readonly missingFieldAck: MissingFieldAck;
   readonly ackMode: AckSetting;
+  readonly virtualVisit?: VirtualVisitSetting;
 }
 
 export interface Hl7v2MllpConfig extends Hl7v2CommonConfig {
@@ -124,6 +126,7 @@ const commonProperties = {
       'for an ACK whatever MSH-15 says. Original-mode messages always get their ACK. In a batch, the reply ' +
       'names the messages that got none and why.',
   },
+  virtualVisit: virtualVisitSchema,
 } as const;
 
 const senderPattern = '^(?:\\*|[^^*\\s][^^*]*)\\^(?:\\*|[^^*\\s][^^*]*)$';

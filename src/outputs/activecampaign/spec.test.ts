@@ -3,7 +3,7 @@ import { startActiveCampaignStandIn, type ActiveCampaignStandIn } from '../../..
 import { crmDeps, marketingMessage as message, sendContext as ctx, standInFaults } from '../../../test/helpers/crm.ts';
 import { RateLimitedError, RecipientError } from '../../errors.ts';
 import { outputConformanceSuite } from '../conformance.ts';
-import { OptOutOutcome } from '../spec.ts';
+import { ForgetOutcome, OptOutOutcome } from '../spec.ts';
 import { activeCampaignLimits, activeCampaignSpec, createActiveCampaign, type ActiveCampaignAction, type ActiveCampaignConfig } from './spec.ts';
 
 const NOW = Date.parse('2030-03-15T13:30:00Z');
@@ -157,6 +157,20 @@ describe('activecampaign output', () => {
     const noList = createActiveCampaign(config(standIn, { listIds: [] }), depsFor(standIn));
     expect(await noList.optOut!(contact, { purpose: 'marketing' }, { signal })).toBe(OptOutOutcome.NotApplicable);
     expect(JSON.stringify(standIn.requests.map((r) => r.json))).not.toContain('"status":"1"');
+  });
+
+  it('forgets a contact: found by email, then deleted; one it does not hold is not_held', async () => {
+    let now = NOW;
+    standIn = await startActiveCampaignStandIn({ now: () => now });
+    const adapter = createActiveCampaign(config(standIn), depsFor(standIn));
+    await adapter.send(message, ctx());
+    const signal = new AbortController().signal;
+    now += 1000;
+    expect(await adapter.forget!({ patientId: 'P1', contactKey: 'pat.doe@example.org' }, { signal })).toBe(ForgetOutcome.Forgotten);
+    expect(standIn.requests.slice(-2).map((r) => `${r.method} ${r.path}`)).toEqual(['GET /api/3/contacts', 'DELETE /api/3/contacts/1']);
+    expect(standIn.contacts).toEqual([]);
+    now += 1000;
+    expect(await adapter.forget!({ patientId: 'P1', contactKey: 'pat.doe@example.org' }, { signal })).toBe(ForgetOutcome.NotHeld);
   });
 
   it('refuses at load: a property that is no contact field, a tag or event action without its settings', async () => {

@@ -17,6 +17,10 @@
 //     (POST /api/3/contactLists { contactList: { list, contact, status: 2 } }) for optOut.
 //     Status 1 would subscribe again, even someone who unsubscribed by hand (the reference's
 //     warning): CareRelay never sends it — it subscribes nobody to a list;
+//   - "Delete a contact": DELETE /api/3/contacts/{id} → 200, after the lookup by email (forget,
+//     on a GDPR erasure);
+//   - webhooks (webhooks.ts): unsubscribe and sms_unsub events posted to
+//     /hooks/activecampaign/<output>/<webhookSecret> (ActiveCampaign signs nothing);
 //   - auth: header Api-Token (a bad one gets 403 { message: Forbidden });
 //   - "Rate limits": "5 requests per second per account", shared by every key and integration;
 //     429 with Retry-After, RateLimit-Limit, RateLimit-Remaining.
@@ -51,7 +55,7 @@ import {
   type PropertyMap,
 } from '../common.ts';
 import { sendRecorded } from '../send-ledger.ts';
-import { OptOutOutcome, type OutboundAdapter, type OutboundMessage, type OutputDeps, type OutputLimits, type OutputSpec, type SendContext } from '../spec.ts';
+import { ForgetOutcome, OptOutOutcome, type OutboundAdapter, type OutboundMessage, type OutputDeps, type OutputLimits, type OutputSpec, type SendContext } from '../spec.ts';
 
 export const ACTIVECAMPAIGN = 'activecampaign';
 
@@ -87,6 +91,7 @@ export interface ActiveCampaignConfig {
   readonly tag?: { readonly id: number };
   readonly event?: { readonly name: string; readonly accountId: string; readonly key: SecretRef; readonly trackingUrl: string };
   readonly listIds: readonly number[];
+  readonly webhookSecret?: SecretRef;
   readonly ratePerSecond: number;
   readonly timeoutSeconds: number;
   readonly baa: boolean;
@@ -155,6 +160,13 @@ export const activeCampaignConfigSchema = {
         'CareRelay processes or other integrations use the account, give each its share (e.g. 2.5 for two processes).',
     },
     timeoutSeconds: { type: 'integer', minimum: 1, maximum: 120, default: 15, description: 'Seconds for the whole API call; no answer in time is an ambiguous failure.' },
+    webhookSecret: {
+      ...secretRefSchema,
+      description:
+        'Unsubscribes (and SMS STOPs) made in ActiveCampaign: a random secret (16 characters or more), by reference, that is the ' +
+        'last segment of the webhook URL (<publicUrl>/hooks/activecampaign/<name>/<secret>; ActiveCampaign signs nothing). Absent: no ' +
+        'webhook is taken for this output (404).',
+    },
     baa: providerBaaSchema,
     allowedPurposes: allowedPurposesSchema,
   },
@@ -226,7 +238,7 @@ export function createActiveCampaign(config: ActiveCampaignConfig, deps: OutputD
   const timeoutMs = config.timeoutSeconds * 1000;
   const output = config.name;
 
-  const call = (method: 'GET' | 'POST', path: string, body: unknown, signal: AbortSignal) =>
+  const call = (method: 'GET' | 'POST' | 'DELETE', path: string, body: unknown, signal: AbortSignal) =>
     callApi({ url: new URL(`${api}${path}`), method, headers: { 'api-token': apiToken }, body, timeoutMs, signal, codePrefix: ACTIVECAMPAIGN });
   const fail = (answer: ApiAnswer, what: string) => classify(answer, what, deps.now().getTime());
 
@@ -245,6 +257,15 @@ export function createActiveCampaign(config: ActiveCampaignConfig, deps: OutputD
     const id = prop(prop(answer.json, 'contact'), 'id');
     if ((typeof id !== 'string' && typeof id !== 'number') || String(id) === '') throw new AmbiguousError(ActiveCampaignCode.OutcomeUnknown, `ActiveCampaign answered HTTP ${answer.status} without a contact id`);
     return String(id);
+  };
+
+  /** The id of the contact with this email ("List contacts"), undefined when the account has none. */
+  const contactIdOf = async (email: string, signal: AbortSignal): Promise<string | undefined> => {
+    const found = await call('GET', `/contacts?email=${encodeURIComponent(email)}`, undefined, signal);
+    if (found.status !== 200) throw fail(found, 'ActiveCampaign contact lookup');
+    const [first] = (prop(found.json, 'contacts') as unknown[] | undefined) ?? [];
+    const id = prop(first, 'id');
+    return id === undefined ? undefined : String(id);
   };
 
   const track = (message: OutboundMessage, email: string, context: SendContext): Promise<Receipt> =>
@@ -275,16 +296,22 @@ export function createActiveCampaign(config: ActiveCampaignConfig, deps: OutputD
     },
     async optOut(contact, scope, context) {
       if (config.listIds.length === 0 || !contact.contactKey.includes('@') || !optOutReaches(scope, 'email', info.allowedPurposes)) return OptOutOutcome.NotApplicable;
-      const found = await call('GET', `/contacts?email=${encodeURIComponent(contact.contactKey)}`, undefined, context.signal);
-      if (found.status !== 200) throw fail(found, 'ActiveCampaign contact lookup');
-      const [first] = (prop(found.json, 'contacts') as unknown[] | undefined) ?? [];
-      const id = prop(first, 'id');
+      const id = await contactIdOf(contact.contactKey, context.signal);
       if (id === undefined) return OptOutOutcome.NotHeld;
       for (const list of config.listIds) {
-        const answer = await call('POST', '/contactLists', { contactList: { list: String(list), contact: String(id), status: '2' } }, context.signal);
+        const answer = await call('POST', '/contactLists', { contactList: { list: String(list), contact: id, status: '2' } }, context.signal);
         if (answer.status !== 200 && answer.status !== 201) throw fail(answer, 'ActiveCampaign list status');
       }
       return OptOutOutcome.Applied;
+    },
+    async forget(contact, context) {
+      if (!contact.contactKey.includes('@')) return ForgetOutcome.NotHeld;
+      const id = await contactIdOf(contact.contactKey, context.signal);
+      if (id === undefined) return ForgetOutcome.NotHeld;
+      const answer = await call('DELETE', `/contacts/${encodeURIComponent(id)}`, undefined, context.signal);
+      if (answer.status === 200 || answer.status === 204) return ForgetOutcome.Forgotten;
+      if (answer.status === 404) return ForgetOutcome.NotHeld;
+      throw fail(answer, 'ActiveCampaign contact delete');
     },
   };
 }

@@ -4,7 +4,7 @@ import { AmbiguousError, PermanentError } from '../../errors.ts';
 import { pseudonym } from '../api-output.ts';
 import { memoryReceiptLedger, outputConformanceSuite, StandInFault } from '../conformance.ts';
 import type { OutboundMessage, OutputDeps, SendContext } from '../spec.ts';
-import { adobeAepSpec, ageInYears, createAdobeAep, type AdobeAepConfig } from './spec.ts';
+import { adobeAepSpec, ageInYears, createAdobeAep, SHIELD_REQUIRED_FIELDS, type AdobeAepConfig } from './spec.ts';
 
 const T0 = Date.UTC(2030, 2, 15, 9, 0, 0);
 
@@ -189,7 +189,17 @@ describe('adobe-aep output', () => {
   it('declares crm, idempotent on _id, 1,000 calls a second; refuses SSNs in the data map under a BAA', async () => {
     await start();
     const base = config(standIn);
-    expect(adobeAepSpec.info(base)).toEqual({ channel: 'crm', baa: true, allowedPurposes: ['care.followup', 'marketing'], idempotent: true, limits: { ratePerSecond: 1000, burst: 1000, concurrency: 20 } });
+    expect(adobeAepSpec.info(base)).toEqual({
+      channel: 'crm',
+      baa: true,
+      allowedPurposes: ['care.followup', 'marketing'],
+      idempotent: true,
+      limits: { ratePerSecond: 1000, burst: 1000, concurrency: 20 },
+      // Under the BAA every rule must send what the Shield's refusals read (pipeline/coverage.ts).
+      requiredFields: SHIELD_REQUIRED_FIELDS,
+    });
+    expect(Object.keys(SHIELD_REQUIRED_FIELDS)).toEqual(['sensitivity', 'patient.birthDate']);
+    expect(adobeAepSpec.info({ ...base, baa: false }).requiredFields).toBeUndefined();
     const data = { 'patient.identifiers[type=SS].value': '_n.ssn', 'patient.identifiers.value': '_n.ids', 'patient.identifiers[type=MR].value': '_n.mrn' };
     expect(adobeAepSpec.check!({ ...base, data }).map((i) => i.path.join('.'))).toEqual(['data.patient.identifiers[type=SS].value', 'data.patient.identifiers.value']);
     expect(adobeAepSpec.check!({ ...base, baa: false, data })).toEqual([]);

@@ -36,7 +36,8 @@
 // delivery whose `sensitivity` carries an excluded label, a patient under `minorAgeYears` or
 // whose age is unknown (the rule must send patient.birthDate; it is read, not sent unless
 // mapped), and refuses at load a map that would read an SSN (see check()). It can only see the
-// labels the rule sends: rules to such an output must list `sensitivity` in send.fields.
+// labels the rule sends: a rule routed to such an output without `sensitivity` and
+// `patient.birthDate` in send.fields is refused at load (SHIELD_REQUIRED_FIELDS).
 //
 // What is sent: the envelope above, the identity (the patient id by default, or an HMAC
 // pseudonym), eventType (`carerelay.<rule id>` unless configured) and the `data` map
@@ -82,6 +83,15 @@ export const AepCode = {
 /** Labels (docs/trigger.md sensitivity; HL7 v3 ActCode) of what Healthcare Shield excludes: substance use, mental health, genetics. */
 export const SHIELD_EXCLUDED_LABELS = ['ETH', 'SUD', 'PSY', 'PSYTHPN', 'MH', 'GDIS'] as const;
 const SSN_SYSTEM = 'http://hl7.org/fhir/sid/us-ssn';
+
+/**
+ * With baa: true, what every rule routed here must send, and why: the adapter refuses the kinds
+ * Healthcare Shield excludes by what the rule hands it (checked at load, pipeline/coverage.ts).
+ */
+export const SHIELD_REQUIRED_FIELDS: Readonly<Record<string, string>> = {
+  sensitivity: "under Healthcare Shield Adobe's BAA excludes substance-use, mental-health and genetic records, which CareRelay refuses by their sensitivity labels",
+  'patient.birthDate': "under Healthcare Shield Adobe's BAA excludes minors' records, which CareRelay refuses by the patient's age (it is read, not sent unless mapped)",
+};
 
 /** 1,000 requests per second per org ("Streaming ingestion overview"); concurrency is CareRelay's choice. */
 export const AEP_DEFAULT_LIMITS = { ratePerSecond: 1000, burst: 1000, concurrency: 20 } as const satisfies OutputLimits;
@@ -221,7 +231,7 @@ export const adobeAepSpec: OutputSpec<AdobeAepConfig, OutputDeps> = {
   configSchema: adobeAepConfigSchema,
   check,
   // Idempotent: `_id` is the delivery id, which Adobe uses to prevent duplicate records.
-  info: (config) => apiOutputInfo(config, 'crm', true, AEP_DEFAULT_LIMITS),
+  info: (config) => ({ ...apiOutputInfo(config, 'crm', true, AEP_DEFAULT_LIMITS), ...(config.baa === true ? { requiredFields: SHIELD_REQUIRED_FIELDS } : {}) }),
   create: (config, deps) => createAdobeAep(config, deps),
 };
 

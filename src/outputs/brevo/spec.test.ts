@@ -4,7 +4,7 @@ import { crmDeps, marketingMessage, sendContext as ctx, standInFaults } from '..
 import { AmbiguousError, RateLimitedError } from '../../errors.ts';
 import { deliveryUuid } from '../common.ts';
 import { outputConformanceSuite } from '../conformance.ts';
-import { OptOutOutcome, type OutboundMessage } from '../spec.ts';
+import { ForgetOutcome, OptOutOutcome, type OutboundMessage } from '../spec.ts';
 import { brevoLimits, brevoSpec, createBrevo, isGsm7, type BrevoAction, type BrevoConfig } from './spec.ts';
 
 const NOW = Date.parse('2030-03-15T13:30:00.250Z');
@@ -106,6 +106,20 @@ describe('brevo output', () => {
     expect(JSON.stringify(standIn.requests.map((r) => r.json))).not.toMatch(/"EMAIL"|Blacklisted":false/);
     expect(await adapter.optOut!({ patientId: 'P2', contactKey: 'nobody@example.org' }, { purpose: 'marketing' }, { signal })).toBe(OptOutOutcome.NotHeld);
     expect(await adapter.optOut!(contact, { purpose: 'care.logistics' }, { signal })).toBe(OptOutOutcome.NotApplicable);
+  });
+
+  it('forgets a contact by deleting it (by email or by phone); one it does not hold is not_held', async () => {
+    standIn = await startBrevoStandIn({ now: () => NOW });
+    const adapter = createBrevo(config(standIn, { properties: {} }), depsFor(standIn));
+    await adapter.send(marketingMessage, ctx());
+    await adapter.send({ ...marketingMessage, to: '+33 6 12 34 56 78' }, ctx());
+    const signal = new AbortController().signal;
+    expect(await adapter.forget!({ patientId: 'P1', contactKey: 'pat.doe@example.org' }, { signal })).toBe(ForgetOutcome.Forgotten);
+    expect(standIn.requests.at(-1)).toMatchObject({ method: 'DELETE', path: '/v3/contacts/pat.doe%40example.org' });
+    expect(await adapter.forget!({ patientId: 'P1', contactKey: '+33612345678' }, { signal })).toBe(ForgetOutcome.Forgotten);
+    expect(standIn.requests.at(-1)!.query.get('identifierType')).toBe('phone_id');
+    expect(standIn.contacts).toEqual([]);
+    expect(await adapter.forget!({ patientId: 'P1', contactKey: 'pat.doe@example.org' }, { signal })).toBe(ForgetOutcome.NotHeld);
   });
 
   it('an SMS STOP blocklists the SMS of a contact known by phone', async () => {

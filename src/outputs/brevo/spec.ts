@@ -12,6 +12,11 @@
 //     CareRelay never sends EMAIL or SMS as attributes (the address is the key the contact is
 //     matched on, refused in properties) and never sends a blocklist flag other than true, so no
 //     call of this output can lift a blocklist;
+//   - "Delete a contact": DELETE /v3/contacts/{identifier}?identifierType=email_id|phone_id → 204,
+//     404 for a contact Brevo does not have (forget, on a GDPR erasure);
+//   - webhooks ("Transactional webhooks", "Marketing webhooks", webhooks.ts): unsubscribed,
+//     hard_bounce and spam events posted to /hooks/brevo/<output>, created with auth { type:
+//     bearer, token: <webhookSecret> } (or the secret as the password of credentials in the URL);
 //   - "Create an event": POST /v3/events { event_name, identifiers { email_id | phone_id },
 //     event_date, event_properties } → 204;
 //   - "Send a transactional email": POST /v3/smtp/email { sender, to, subject, htmlContent,
@@ -57,7 +62,7 @@ import {
   type PropertyMap,
 } from '../common.ts';
 import { sendRecorded } from '../send-ledger.ts';
-import { OptOutOutcome, type OutboundAdapter, type OutboundMessage, type OutputDeps, type OutputLimits, type OutputSpec, type SendContext } from '../spec.ts';
+import { ForgetOutcome, OptOutOutcome, type OutboundAdapter, type OutboundMessage, type OutputDeps, type OutputLimits, type OutputSpec, type SendContext } from '../spec.ts';
 
 export const BREVO = 'brevo';
 
@@ -96,6 +101,7 @@ export interface BrevoConfig {
   readonly email?: { readonly sender: { readonly email: string; readonly name?: string }; readonly requireUnsubscribe: boolean };
   readonly sms?: { readonly sender: string };
   readonly ratePerSecond: number;
+  readonly webhookSecret?: SecretRef;
   readonly apiBaseUrl: string;
   readonly timeoutSeconds: number;
   readonly baa: boolean;
@@ -186,6 +192,13 @@ export const brevoConfigSchema = {
       description: 'API base URL (a local stand-in in tests: http on loopback only).',
     },
     timeoutSeconds: { type: 'integer', minimum: 1, maximum: 120, default: 15, description: 'Seconds for the whole API call; no answer in time is an ambiguous failure.' },
+    webhookSecret: {
+      ...secretRefSchema,
+      description:
+        'Unsubscribes, hard bounces and spam complaints reported by Brevo: a random secret (16 characters or more), by reference, ' +
+        'given to Brevo as the webhook\'s bearer token (auth { type: bearer, token }) for <publicUrl>/hooks/brevo/<name> — or as the ' +
+        'password of the URL\'s credentials (user carerelay). Absent: no webhook is taken for this output (404).',
+    },
     baa: providerBaaSchema,
     allowedPurposes: allowedPurposesSchema,
   },
@@ -280,7 +293,7 @@ export function createBrevo(config: BrevoConfig, deps: OutputDeps): OutboundAdap
   const output = config.name;
   const once = (what: string) => ({ output, outcomeUnknownCode: BrevoCode.OutcomeUnknown, what, provider: 'Brevo' });
 
-  const call = (method: 'POST' | 'PUT', path: string, body: unknown, signal: AbortSignal) =>
+  const call = (method: 'POST' | 'PUT' | 'DELETE', path: string, body: unknown, signal: AbortSignal) =>
     callApi({ url: new URL(`${base}${path}`), method, headers: { 'api-key': apiKey }, body, timeoutMs, signal, codePrefix: BREVO });
   const fail = (answer: ApiAnswer, what: string) => classify(answer, what, deps.now().getTime());
   const accepted = (providerId: string, detail?: Record<string, unknown>): Receipt & { providerId: string } => ({
@@ -390,6 +403,14 @@ export function createBrevo(config: BrevoConfig, deps: OutputDeps): OutboundAdap
       if (answer.status === 204 || answer.status === 200) return OptOutOutcome.Applied;
       if (answer.status === 404) return OptOutOutcome.NotHeld;
       throw fail(answer, 'Brevo contact blocklist');
+    },
+    async forget(contact, context) {
+      const isEmail = contact.contactKey.includes('@');
+      const identifier = encodeURIComponent(isEmail ? contact.contactKey : contact.contactKey.replace(/^\+/, ''));
+      const answer = await call('DELETE', `/v3/contacts/${identifier}?identifierType=${isEmail ? 'email_id' : 'phone_id'}`, undefined, context.signal);
+      if (answer.status === 204 || answer.status === 200) return ForgetOutcome.Forgotten;
+      if (answer.status === 404) return ForgetOutcome.NotHeld;
+      throw fail(answer, 'Brevo contact delete');
     },
   };
 }

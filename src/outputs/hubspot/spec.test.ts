@@ -4,7 +4,7 @@ import { startHubspotStandIn, type HubspotStandIn, type HubspotStandInOptions } 
 import { PermanentError, RateLimitedError, RecipientError, TransientError } from '../../errors.ts';
 import { deliveryUuid } from '../common.ts';
 import { outputConformanceSuite } from '../conformance.ts';
-import { OptOutOutcome } from '../spec.ts';
+import { ForgetOutcome, OptOutOutcome } from '../spec.ts';
 import { createHubspot, hubspotLimits, hubspotSpec, msUntilMidnight, type HubspotConfig } from './spec.ts';
 
 const NOW = Date.parse('2030-03-15T13:30:00Z');
@@ -76,7 +76,7 @@ describe('hubspot output', () => {
     await standIn?.close();
   });
 
-  it('upserts the contact by email with the mapped properties only, and records the holding first', async () => {
+  it("upserts the contact by email with the mapped properties only, records the holding first, then HubSpot's id of it", async () => {
     await start();
     const deps = depsFor(standIn);
     const adapter = createHubspot(config(standIn), deps);
@@ -96,7 +96,8 @@ describe('hubspot output', () => {
       ],
     });
     expect(receipt).toMatchObject({ providerId: '100', detail: { created: true, rateLimitRemaining: 99, dailyRemaining: 249_999 } });
-    expect(deps.holdingsLedger.holdings).toEqual([{ output: 'hubspot-contacts', patientId: 'P1', contactKey: 'pat.doe@example.org', firstSentAt: new Date(NOW).toISOString() }]);
+    // The id HubSpot's webhooks will name the contact by.
+    expect(deps.holdingsLedger.holdings).toEqual([{ output: 'hubspot-contacts', patientId: 'P1', contactKey: 'pat.doe@example.org', firstSentAt: new Date(NOW).toISOString(), toolId: '100' }]);
     // Again: the same contact, updated.
     expect((await adapter.send(message, ctx(2))).providerId).toBe('100');
     expect(standIn.contacts.size).toBe(1);
@@ -220,6 +221,21 @@ describe('hubspot output', () => {
     expect(standIn.requests).toHaveLength(2);
     standIn.failNext({ kind: 'answer', status: 503 });
     await expect(adapter.optOut!(contact, { purpose: 'marketing' }, { signal })).rejects.toBeInstanceOf(TransientError);
+  });
+
+  it('forgets a contact it created with a GDPR delete by email (HubSpot blocklists the address)', async () => {
+    await start();
+    const adapter = createHubspot(config(standIn), depsFor(standIn));
+    await adapter.send(message, ctx());
+    const signal = new AbortController().signal;
+    expect(await adapter.forget!({ patientId: 'P1', contactKey: 'pat.doe@example.org' }, { signal })).toBe(ForgetOutcome.Forgotten);
+    expect(standIn.requests.at(-1)).toMatchObject({ path: '/crm/v3/objects/contacts/gdpr-delete', json: { objectId: 'pat.doe@example.org', idProperty: 'email' } });
+    expect(standIn.contacts.size).toBe(0);
+    expect(standIn.gdprBlocked).toEqual(new Set(['pat.doe@example.org']));
+    // Again: nothing left to delete, HubSpot answers the same.
+    expect(await adapter.forget!({ patientId: 'P1', contactKey: 'pat.doe@example.org' }, { signal })).toBe(ForgetOutcome.Forgotten);
+    standIn.failNext({ kind: 'answer', status: 403, body: { status: 'error', message: 'missing scopes', category: 'MISSING_SCOPES' } });
+    await expect(adapter.forget!({ patientId: 'P1', contactKey: 'pat.doe@example.org' }, { signal })).rejects.toBeInstanceOf(PermanentError);
   });
 
   it('declares the documented limits, shared by the outputs of one account', async () => {

@@ -16,6 +16,14 @@
 //     POST /communication-preferences/v4/statuses/batch/write, { inputs: [{ subscriberIdString,
 //     channel: EMAIL, statusState: UNSUBSCRIBED, subscriptionId }] } (optOut). Never
 //     "unsubscribe from all": HubSpot cannot undo it, and CareRelay's ledger could not either;
+//   - CRM contacts v3, "Permanently delete a contact (GDPR-compliant)": POST
+//     /crm/v3/objects/contacts/gdpr-delete { objectId: <email>, idProperty: email } → 204; an
+//     address HubSpot does not know is blocklisted all the same (forget, on a GDPR erasure);
+//   - Webhooks v3 (webhooks.ts): the app's contact.propertyChange events for hs_email_optout and
+//     hs_email_optout_<subscription id>, signed with the app's client secret (webhookSecret),
+//     received at POST /hooks/hubspot/<output> (api/tool-hooks.ts). They name the contact by
+//     HubSpot's id only: an upsert records the id HubSpot answered with in the contact holdings
+//     (ContactHolding.toolId), and the webhook's contact is found by it — no lookup call;
 //   - OAuth v1 token endpoint (refresh_token grant, POST /oauth/v1/token) for public apps; a
 //     private app's access token otherwise ("Authorization: Bearer"). Tokens are refreshed on
 //     their lifetime, not on a 401 (usage guidelines);
@@ -58,6 +66,7 @@ import {
   holdingsOf,
   mappedProperties,
   optOutPurposes,
+  recordHolding,
   outputNameSchema,
   propertiesSchema,
   propertyMapIssues,
@@ -65,7 +74,7 @@ import {
   providerFailure,
   type PropertyMap,
 } from '../common.ts';
-import { OptOutOutcome, type OptOutScope, type OutboundAdapter, type OutboundMessage, type OutputDeps, type OutputLimits, type OutputSpec, type SendContext } from '../spec.ts';
+import { ForgetOutcome, OptOutOutcome, type OptOutScope, type OutboundAdapter, type OutboundMessage, type OutputDeps, type OutputLimits, type OutputSpec, type SendContext } from '../spec.ts';
 
 export const HUBSPOT = 'hubspot';
 
@@ -108,6 +117,7 @@ export interface HubspotConfig {
   readonly event?: { readonly name: string };
   readonly properties: PropertyMap;
   readonly subscriptions: Readonly<Partial<Record<Purpose, number>>>;
+  readonly webhookSecret?: SecretRef;
   readonly tier: HubspotTier;
   readonly apiLimitIncreasePacks: number;
   readonly timeZone: string;
@@ -194,6 +204,13 @@ export const hubspotConfigSchema = {
       propertyNames: { enum: [...PURPOSES] },
       additionalProperties: { type: 'integer', minimum: 1, description: 'A subscription type id.' },
     },
+    webhookSecret: {
+      ...secretRefSchema,
+      description:
+        "Opt-outs made in HubSpot: the client secret of the app whose webhooks are sent to POST /hooks/hubspot/<name> (HubSpot signs " +
+        'them with it, X-HubSpot-Signature-v3), by reference. Default: auth.oauth.clientSecret. Without either, no webhook is taken ' +
+        'for this output (404). Point the webhook at the output that upserts contacts: it knows their HubSpot ids.',
+    },
     tier: {
       enum: Object.values(HubspotTier),
       default: HubspotTier.Starter,
@@ -229,6 +246,11 @@ export const hubspotConfigSchema = {
     allowedPurposes: allowedPurposesSchema,
   },
 } as const satisfies JsonSchema;
+
+/** The secret HubSpot signs this output's webhooks with: webhookSecret, else the OAuth app's client secret; undefined: none taken. */
+export function hubspotWebhookSecret(config: Pick<HubspotConfig, 'webhookSecret' | 'auth'>): SecretRef | undefined {
+  return config.webhookSecret ?? config.auth.oauth?.clientSecret;
+}
 
 /** The event's fully qualified name (pe<HubID>_<name>). */
 export function hubspotEventName(portalId: number, name: string): string {
@@ -374,6 +396,9 @@ export function createHubspot(config: HubspotConfig, deps: OutputDeps): Outbound
     const [result] = (prop(answer.json, 'results') as unknown[] | undefined) ?? [];
     const contactId = prop(result, 'id');
     if (typeof contactId !== 'string' || contactId === '') throw new AmbiguousError(`${HUBSPOT}_outcome_unknown`, `${what}: HTTP ${answer.status} without a contact id`);
+    // HubSpot's webhooks name the contact by this id only: kept with the holding to find the
+    // patient again (not recorded: TransientError, and the upsert, idempotent, goes again).
+    await recordHolding(holdings, output, message, email, deps.now(), contactId);
     return { providerId: contactId, acceptedAt: deps.now().toISOString(), detail: { created: prop(result, 'new') === true, ...rateDetail(answer) } };
   };
 
@@ -410,6 +435,14 @@ export function createHubspot(config: HubspotConfig, deps: OutputDeps): Outbound
       if ((answer.status === 200 || answer.status === 207) && errors.length === 0) return OptOutOutcome.Applied;
       if (answer.status === 207) throw new PermanentError(`${HUBSPOT}_rejected`, `HubSpot subscription status: HTTP 207, ${String(prop(errors[0], 'category') ?? 'error')}`);
       throw classify(answer, 'HubSpot subscription status', deps.now().getTime(), config.timeZone);
+    },
+    async forget(contact, context) {
+      // The holdings' key is the contact's email (send.to), whatever property upserts match on.
+      if (!contact.contactKey.includes('@')) return ForgetOutcome.NotHeld;
+      const answer = await call('/crm/v3/objects/contacts/gdpr-delete', { objectId: contact.contactKey, idProperty: 'email' }, context.signal);
+      if (answer.status === 204 || answer.status === 200) return ForgetOutcome.Forgotten;
+      if (answer.status === 404) return ForgetOutcome.NotHeld;
+      throw classify(answer, 'HubSpot GDPR delete', deps.now().getTime(), config.timeZone);
     },
   };
 }

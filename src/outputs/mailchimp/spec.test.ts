@@ -3,7 +3,7 @@ import { crmDeps, marketingMessage as message, sendContext as ctx, standInFaults
 import { md5, startMailchimpStandIn, type MailchimpStandIn } from '../../../test/helpers/mailchimp-standin.ts';
 import { AmbiguousError, RateLimitedError, RecipientError } from '../../errors.ts';
 import { outputConformanceSuite } from '../conformance.ts';
-import { OptOutOutcome } from '../spec.ts';
+import { ForgetOutcome, OptOutOutcome } from '../spec.ts';
 import { createMailchimp, dataCentreOf, mailchimpSpec, subscriberHash, type MailchimpConfig } from './spec.ts';
 
 function config(standIn: MailchimpStandIn, overrides: Partial<MailchimpConfig> = {}): MailchimpConfig {
@@ -160,6 +160,18 @@ describe('mailchimp output', () => {
     expect(await adapter.optOut!({ patientId: 'P1', contactKey: 'pat.doe@example.org' }, { channel: 'sms', purpose: 'marketing' }, { signal })).toBe(OptOutOutcome.NotApplicable);
     expect(await adapter.optOut!({ patientId: 'P1', contactKey: 'pat.doe@example.org' }, { channel: 'email', purpose: 'survey' }, { signal })).toBe(OptOutOutcome.NotApplicable);
     expect(standIn.requests).toHaveLength(calls);
+  });
+
+  it('forgets a member with a permanent delete (the address can then not be added again); one it does not hold is not_held', async () => {
+    standIn = await startMailchimpStandIn();
+    await seedMember(standIn);
+    const adapter = createMailchimp(config(standIn), depsFor(standIn));
+    const signal = new AbortController().signal;
+    expect(await adapter.forget!({ patientId: 'P1', contactKey: 'pat.doe@example.org' }, { signal })).toBe(ForgetOutcome.Forgotten);
+    expect(standIn.requests.at(-1)).toMatchObject({ method: 'POST', path: `/dc-us14/3.0/lists/${standIn.listId}/members/${HASH}/actions/delete-permanent` });
+    expect(standIn.members.has(HASH)).toBe(false);
+    expect(await adapter.forget!({ patientId: 'P1', contactKey: 'pat.doe@example.org' }, { signal })).toBe(ForgetOutcome.NotHeld);
+    await expect(adapter.send(message, ctx())).rejects.toMatchObject({ signal: 'opted_out', providerCode: 'forgotten_email' });
   });
 
   it('is never declared baa: true', async () => {

@@ -13,6 +13,11 @@
 //     is_syncing: false }, 204. No idempotency key: CareRelay sends one at most once per
 //     delivery through its receipts ledger (send-ledger.ts sendRecorded);
 //   - "Update list member": PATCH …/members/{hash} { status: unsubscribed } (optOut);
+//   - "Delete list member": POST …/members/{hash}/actions/delete-permanent → 204, 404 for a
+//     member the audience does not have (forget, on a GDPR erasure: the address can then not be
+//     imported again);
+//   - audience webhooks (webhooks.ts): unsubscribe and cleaned events posted to
+//     /hooks/mailchimp/<output>/<webhookSecret>, which also answers Mailchimp's validating GET;
 //   - "Fundamentals": HTTP Basic with any user name and the API key, whose suffix after the
 //     last "-" is the data centre of the host; "a limit of 10 simultaneous connections" per user
 //     (429 past it); "at exceptionally high volumes, you may receive an HTTP 429 or 403 without a
@@ -53,7 +58,7 @@ import {
   type PropertyMap,
 } from '../common.ts';
 import { sendRecorded } from '../send-ledger.ts';
-import { OptOutOutcome, type OutboundAdapter, type OutboundMessage, type OutputDeps, type OutputSpec, type SendContext } from '../spec.ts';
+import { ForgetOutcome, OptOutOutcome, type OutboundAdapter, type OutboundMessage, type OutputDeps, type OutputSpec, type SendContext } from '../spec.ts';
 
 export const MAILCHIMP = 'mailchimp';
 
@@ -90,6 +95,7 @@ export interface MailchimpConfig {
   readonly properties: PropertyMap;
   readonly tags: readonly string[];
   readonly event?: { readonly name: string };
+  readonly webhookSecret?: SecretRef;
   readonly maxConnections: number;
   readonly apiBaseUrl: string;
   readonly timeoutSeconds: number;
@@ -153,6 +159,13 @@ export const mailchimpConfigSchema = {
       description: 'API base URL; {dc} is the data centre taken from the API key (a local stand-in in tests).',
     },
     timeoutSeconds: { type: 'integer', minimum: 1, maximum: 120, default: 15, description: 'Seconds for the whole call (Mailchimp stops calls at 120 s); no answer in time is an ambiguous failure.' },
+    webhookSecret: {
+      ...secretRefSchema,
+      description:
+        "Unsubscribes and cleaned addresses made in Mailchimp: a random secret (16 characters or more), by reference, that is the last " +
+        'segment of the webhook URL given to Mailchimp (<publicUrl>/hooks/mailchimp/<name>/<secret>; Mailchimp signs nothing). ' +
+        'Absent: no webhook is taken for this output (404).',
+    },
     baa: { type: 'boolean', default: false, description: 'Always false: Mailchimp signs no BAA, so it never receives PHI (true is refused).' },
     allowedPurposes: allowedPurposesSchema,
   },
@@ -274,6 +287,13 @@ export function createMailchimp(config: MailchimpConfig, deps: OutputDeps): Outb
       if (answer.status === 200) return OptOutOutcome.Applied;
       if (answer.status === 404) return OptOutOutcome.NotHeld;
       throw classify(answer, 'Mailchimp member status');
+    },
+    async forget(contact, context) {
+      if (!contact.contactKey.includes('@')) return ForgetOutcome.NotHeld;
+      const answer = await call('POST', `/${subscriberHash(contact.contactKey)}/actions/delete-permanent`, undefined, context.signal);
+      if (answer.status === 204 || answer.status === 200) return ForgetOutcome.Forgotten;
+      if (answer.status === 404) return ForgetOutcome.NotHeld;
+      throw classify(answer, 'Mailchimp permanent delete');
     },
   };
 }

@@ -17,6 +17,11 @@
 //     { definitionKey, recipient: { contactKey, to, attributes } } → 202 { requestId, errorcode: 0,
 //     responses: [{ messageKey }] }; SMS the same at /messaging/v1/sms/messages/{messageKey}
 //     ("sendSMSMessageSingleRecipient", `to` a number in digits).
+//   - Event Notification Service (ens.ts): opt-outs and hard bounces posted to /hooks/sfmc/<output>
+//     (api/tool-hooks.ts). A callback registered there is verified as "Verify a Callback"
+//     documents: its one-time { callbackId, verificationKey } is returned at once to POST
+//     /platform/v1/ens-verify (confirmEnsCallback), and its batches are checked with the
+//     signatureKey of `ens`;
 //   - errors: "Handle Errors in REST API" ({ message, errorcode, documentation }), "Rate Limiting
 //     Errors" (429 with errorcode 50100, Retry-After and retryAfter seconds; 50200 "temporarily
 //     blocked" without), "Transactional API Response Level Error Codes" (109110
@@ -115,6 +120,7 @@ export interface SfmcConfig {
   readonly contactKey: { readonly source: string; readonly pseudonymKey?: SecretRef };
   readonly data: Readonly<Record<string, string>>;
   readonly authBaseUrl?: string;
+  readonly ens?: { readonly signatureKey?: SecretRef };
   readonly timeoutSeconds: number;
   readonly limits: OutputLimits;
   readonly baa: boolean;
@@ -192,6 +198,21 @@ export const sfmcConfigSchema = {
       pattern: '^https?://',
       description: 'Authentication base URI; default https://<subdomain>.auth.marketingcloudapis.com (a local stand-in in tests, http on loopback only).',
     },
+    ens: {
+      type: 'object',
+      additionalProperties: false,
+      description:
+        'Unsubscribes and hard bounces reported by the Event Notification Service to <publicUrl>/hooks/sfmc/<name>. Set `ens: {}` ' +
+        'before registering the callback (POST /platform/v1/ens-callbacks): CareRelay answers its verification at once (POST ' +
+        '/platform/v1/ens-verify). Then set signatureKey from the registration\'s answer and restart; event batches are refused ' +
+        '(401) until it is set. Absent: no callback is taken for this output (404).',
+      properties: {
+        signatureKey: {
+          ...secretRefSchema,
+          description: "The callback's signatureKey (shown once, in the answer to its registration), by reference: batches are signed with it (x-sfmc-ens-signature).",
+        },
+      },
+    },
     timeoutSeconds: timeoutSecondsSchema,
     limits: limitsSchema(SFMC_DEFAULT_LIMITS, 'Marketing Cloud publishes no per-second rate (it answers 429 when it throttles and sells yearly API volumes by edition); the defaults are CareRelay\'s own.'),
     baa: {
@@ -237,6 +258,17 @@ export const sfmcSpec: OutputSpec<SfmcConfig, OutputDeps> = {
   create: (config, deps) => createSfmc(config, deps),
 };
 
+/** A running sfmc output: it also confirms the Event Notification Service callbacks registered for it. */
+export interface SfmcAdapter extends OutboundAdapter {
+  /** POST /platform/v1/ens-verify with what the callback's verification message carried; throws the errors.ts classes. */
+  confirmEnsCallback(verification: { callbackId: string; verificationKey: string }, context: { readonly signal: AbortSignal }): Promise<void>;
+}
+
+/** Whether the contact key SFMC knows (an ENS subscriberKey) is the patient id itself (no pseudonym). */
+export function sfmcContactKeyIsPatientId(config: Pick<SfmcConfig, 'contactKey'>): boolean {
+  return (config.contactKey?.source ?? MessageValue.PatientId) === MessageValue.PatientId && config.contactKey?.pseudonymKey === undefined;
+}
+
 /** The transactional message key of a delivery: the same on every attempt, ≤ 100 characters. */
 export function sfmcMessageKey(deliveryId: string): string {
   return `cr-${createHash('sha256').update(deliveryId, 'utf8').digest('hex')}`;
@@ -261,7 +293,7 @@ function errorCodes(json: SfmcAnswer): number[] {
   return codes;
 }
 
-export function createSfmc(config: SfmcConfig, deps: OutputDeps): OutboundAdapter {
+export function createSfmc(config: SfmcConfig, deps: OutputDeps): SfmcAdapter {
   const info = sfmcSpec.info(config);
   const mode = config.mode;
   const authBase = (config.authBaseUrl ?? `https://${config.subdomain}.auth.marketingcloudapis.com`).replace(/\/+$/, '');
@@ -292,7 +324,7 @@ export function createSfmc(config: SfmcConfig, deps: OutputDeps): OutboundAdapte
   };
 
   /** One call: the request for a token, and the classified answer. */
-  const call = async (context: SendContext, path: string, body: unknown) => {
+  const call = async (context: { readonly signal: AbortSignal }, path: string, body: unknown) => {
     const { response } = await sendWithToken(tokens, context.signal, (token) => ({
       url: new URL(path, instanceUrl(token, 'rest_instance_url', SfmcCode.InstanceUrl)),
       headers: {
@@ -368,5 +400,9 @@ export function createSfmc(config: SfmcConfig, deps: OutputDeps): OutboundAdapte
     name: config.name,
     ...info,
     send: (message, context) => (mode === SfmcMode.JourneyEvent ? journeyEntry(message, context) : transactional(message, context)),
+    async confirmEnsCallback(verification, context) {
+      const { status, json, retryAfter } = await call(context, 'platform/v1/ens-verify', { callbackId: verification.callbackId, verificationKey: verification.verificationKey });
+      if (status < 200 || status >= 300) throw refusal(status, json, retryAfter);
+    },
   };
 }
