@@ -285,6 +285,7 @@ export async function startCarerelay(options: StartOptions): Promise<RunningCare
     throw error;
   }
   observeOutputs(deliveries.outputs, events);
+  deliveries.gates.onCircuitChange((output, state) => events.emit({ type: 'circuit', output, state }));
   events.watchQueue(deliveries.queue, DELIVERY_QUEUE);
   const consent = deliveries.consent;
   const rejectedRaw = new RejectedRawQuota(store, plan.server.rejectedRaw);

@@ -270,6 +270,9 @@ describe('delivery engine', () => {
     const open = (await engine.api('/api/outputs')).json.items[0];
     expect(open).toMatchObject({ name: 'flaky', type: 'webhook', circuit: { state: 'open', lastError: 'webhook_unavailable', openUntil: new Date(T0 + 30_000).toISOString() } });
     expect(engine.logs).toContainEqual(expect.objectContaining({ message: 'output.circuit_opened', output: 'flaky', reason: 'webhook_unavailable', count: 3 }));
+    // The metric and the alert condition follow the circuit (docs/operations.md).
+    const metric = async () => (await (await fetch(`http://127.0.0.1:${engine.running.httpPort}/metrics`)).text()).match(/^carerelay_output_circuit_open\{output="flaky"\} (\d)$/m)?.[1];
+    expect(await metric()).toBe('1');
     // While it is open nothing calls it, whatever is due (retries included).
     await engine.drive(() => false, 1_000, 25);
     expect(flaky.requests).toHaveLength(3);
@@ -277,6 +280,7 @@ describe('delivery engine', () => {
     expect(flaky.accepted().size).toBe(10);
     expect(flaky.requests).toHaveLength(13);
     expect((await engine.api('/api/outputs')).json.items[0].circuit.state).toBe('closed');
+    expect(await metric()).toBe('0');
     const changes = engine.logs.filter((l) => l.message.startsWith('output.circuit_')).map((l) => l.message);
     expect(changes).toEqual(['output.circuit_opened', 'output.circuit_half_open', 'output.circuit_closed']);
     // A delivery that waited for the circuit used up no attempt doing so.

@@ -138,6 +138,7 @@ export function mergeLimits(declared: ReadonlyArray<OutputLimits | undefined>, o
 
 export class OutputGates {
   readonly #gates = new Map<string, Gate>();
+  readonly #circuitListeners = new Set<(output: string, state: CircuitState) => void>();
   readonly #settings: OutputGateSettings;
   readonly #random: () => number;
 
@@ -285,7 +286,14 @@ export class OutputGates {
     return this.states().find((s) => s.name === output);
   }
 
+  /** Calls `listener` on every change of an output's circuit (metrics, alerts); returns the unsubscribe function. */
+  onCircuitChange(listener: (output: string, state: CircuitState) => void): () => void {
+    this.#circuitListeners.add(listener);
+    return () => this.#circuitListeners.delete(listener);
+  }
+
   #logChange(output: string, state: CircuitState, snapshot: CircuitSnapshot): void {
+    for (const listener of this.#circuitListeners) listener(output, state);
     const log = this.#settings.log;
     if (state === CircuitState.Open) log.warn('output.circuit_opened', { output, status: state, reason: snapshot.lastError, count: snapshot.failuresInARow });
     else if (state === CircuitState.HalfOpen) log.info('output.circuit_half_open', { output, status: state });
