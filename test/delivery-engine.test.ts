@@ -53,6 +53,8 @@ interface EngineOptions {
   outputs: string[];
   /** rules lines (indented two spaces). */
   rules: string[];
+  /** The server.deliveries.retry line (indented four spaces); default: 1 s, at most 4 s, for an hour. */
+  retry?: string;
 }
 
 interface Engine {
@@ -81,7 +83,7 @@ async function startEngine(options: EngineOptions): Promise<Engine> {
       '      - { name: viewer, token: { env: VIEWER_TOKEN }, scopes: [read] }',
       '  deliveries:',
       ...(options.deliveries ?? []),
-      '    retry: { firstDelaySeconds: 1, maxDelaySeconds: 4, spanHours: 1 }',
+      options.retry ?? '    retry: { firstDelaySeconds: 1, maxDelaySeconds: 4, spanHours: 1 }',
       'policy:',
       '  region: us',
       '  quietHours: { channels: [] }',
@@ -158,8 +160,8 @@ function within<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
   return Promise.race([promise, limit]).finally(() => clearTimeout(timer));
 }
 
-async function sink(): Promise<WebhookSink> {
-  const s = await startWebhookSink({ secrets: [SECRET], now: () => clock });
+async function sink(answer?: Parameters<typeof startWebhookSink>[0]['answer']): Promise<WebhookSink> {
+  const s = await startWebhookSink({ secrets: [SECRET], now: () => clock, ...(answer ? { answer } : {}) });
   closers.push(() => s.close());
   return s;
 }
@@ -235,6 +237,30 @@ describe('delivery engine', () => {
     // Waiting for the rate used up no attempt: each job ran once as a counted attempt.
     const last = (await engine.api(`/api/deliveries/${encodeURIComponent(json.items[0].id)}`)).json;
     expect(last.job.attempts - last.job.deferrals).toBe(1);
+  });
+
+  it('one always-failing delivery among 1,000 blocks none: the others go at once, it is dead-lettered with its code at the end of its span', { timeout: 120_000 }, async () => {
+    const BAD = 'confirm@appointment/AP-500#0';
+    const receiver = await sink((id) => (id === BAD ? { kind: 'status', status: 503 } : undefined));
+    const engine = await startEngine({
+      outputs: webhook('hook', receiver.url),
+      rules: confirm('confirm', 'hook'),
+      retry: '    retry: { firstDelaySeconds: 1, maxDelaySeconds: 4, spanHours: 0.01 }',
+    });
+    await engine.book(range(0, 1_000));
+    await engine.settle();
+    // Without the clock moving: every other delivery went, the bad one waits for its retry.
+    expect(receiver.accepted().size).toBe(999);
+    expect(receiver.accepted().has(BAD)).toBe(false);
+    const bad = async () => (await engine.api(`/api/deliveries/${encodeURIComponent(BAD)}`)).json;
+    expect((await bad()).status).toBe('pending');
+    await engine.drive(() => false, 2_000, 30);
+    const failed = await bad();
+    // Its last error, or the circuit its own failures opened once it was alone (both codes).
+    expect(failed).toMatchObject({ status: 'failed', job: { state: 'dead' } });
+    expect(['webhook_unavailable', 'circuit_open']).toContain(failed.reason);
+    expect(receiver.requests.filter((r) => r.id === BAD).length).toBeGreaterThan(1);
+    expect((await engine.api('/api/deliveries?status=sent&limit=1')).json.totals).toMatchObject({ sent: 999, failed: 1, pending: 0 });
   });
 
   it('a hanging output holds only its own call slots: the other output\'s deliveries all go', { timeout: 60_000 }, async () => {
