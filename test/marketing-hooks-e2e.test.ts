@@ -130,7 +130,7 @@ describe('marketing tools kept in step with the ledger, over real sockets', () =
     await start(
       [
         `{ name: hubspot, type: hubspot, portalId: ${hubspot.portalId}, auth: { privateAppToken: { env: HUBSPOT_TOKEN } }, webhookSecret: { env: HUBSPOT_APP_SECRET }, action: upsert, properties: { patient.name.given: firstname }, subscriptions: { service.info: 111, marketing: 222 }, apiBaseUrl: "${hubspot.baseUrl}", allowedPurposes: [service.info, marketing] }`,
-        `{ name: mailchimp, type: mailchimp, apiKey: { env: MC_KEY }, listId: ${mailchimp.listId}, action: upsert, statusIfNew: subscribed, properties: { patient.name.given: FNAME }, apiBaseUrl: "${mailchimp.apiBaseUrl}", webhookSecret: { env: MC_HOOK }, allowedPurposes: [survey, service.info, marketing] }`,
+        `{ name: mailchimp, type: mailchimp, apiKey: { env: MC_KEY }, listId: "${mailchimp.listId}", action: upsert, statusIfNew: subscribed, properties: { patient.name.given: FNAME }, apiBaseUrl: "${mailchimp.apiBaseUrl}", webhookSecret: { env: MC_HOOK }, allowedPurposes: [survey, service.info, marketing] }`,
         `{ name: brevo, type: brevo, apiKey: { env: BREVO_KEY }, action: upsert, apiBaseUrl: "${brevo.baseUrl}", webhookSecret: { env: BREVO_HOOK }, allowedPurposes: [service.info, marketing] }`,
         `{ name: ac, type: activecampaign, apiUrl: "${ac.baseUrl}", apiToken: { env: AC_TOKEN }, action: upsert, listIds: [2], webhookSecret: { env: AC_HOOK }, allowedPurposes: [service.info, marketing] }`,
       ],
