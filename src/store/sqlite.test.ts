@@ -270,6 +270,19 @@ describe('SqliteStore on a file', () => {
     }
   });
 
+  it("reads a patient's appointments through the patient index, not every appointment in id order", () => {
+    const store = SqliteStore.open(path.join(tempDir(), 'carerelay.db'));
+    try {
+      // The statement of listSubjectStates (each send-time check), planned as SQLite will run it.
+      const sql = (store as unknown as { statesOfPatientStmt: { source: string } }).statesOfPatientStmt.source;
+      const plan = (store.db.prepare(`EXPLAIN QUERY PLAN ${sql}`).all('MRN-1', 'appointment') as Array<{ detail: string }>).map((p) => p.detail).join(' ');
+      expect(plan).toMatch(/USING INDEX subject_states_patient \(patient_id=\? AND kind=\?\)/);
+      expect(plan).not.toMatch(/TEMP B-TREE/);
+    } finally {
+      void store.close();
+    }
+  });
+
   it('an upgraded store keeps its dedupe key and finds its messages by the patient of their triggers', async () => {
     const db = openSqliteDatabase(path.join(tempDir(), 'carerelay.db'));
     try {

@@ -719,8 +719,11 @@ export class SqliteStore implements Store {
     this.stateStmt = db.prepare(
       'SELECT kind, id, patient_id, status, start, "end", as_of, data FROM subject_states WHERE kind = ? AND id = ?',
     );
+    // INDEXED BY: without it SQLite walks the primary key (kind = ?) in id order to spare a sort
+    // — every appointment of every patient, at each send-time check. The patient index holds
+    // the key's id after (patient_id, kind), so it gives the order as well.
     this.statesOfPatientStmt = db.prepare(
-      'SELECT kind, id, patient_id, status, start, "end", as_of, data FROM subject_states WHERE patient_id = ? AND kind = ? ORDER BY id',
+      'SELECT kind, id, patient_id, status, start, "end", as_of, data FROM subject_states INDEXED BY subject_states_patient WHERE patient_id = ? AND kind = ? ORDER BY id',
     );
     this.pingStmt = db.prepare('SELECT 1');
     this.getCursorStmt = db.prepare('SELECT value FROM cursors WHERE key = ?');
