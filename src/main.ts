@@ -362,7 +362,7 @@ export async function startCarerelay(options: StartOptions): Promise<RunningCare
     hl7Settings,
     twilioStatus,
     readiness: () => readiness.check(),
-    consent: { consent, links: deliveries.links, smsWebhooks, publicUrl: () => publicUrl, now },
+    consent: { consent, links: deliveries.links, smsWebhooks, publicUrl: () => publicUrl, now, inboundSms: (message) => deliveries.replies.service.inboundSms(message) },
     deliveries: deliveries.admin,
     dashboard: {
       zone: policy.settings.timezone,

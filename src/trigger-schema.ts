@@ -59,6 +59,9 @@ export const triggerSchema = {
         'encounter.discharge_cancelled',
         'patient.updated',
         'patient.merged',
+        'appointment.confirmed',
+        'appointment.cancel_requested',
+        'appointment.reschedule_requested',
       ],
     },
     occurredAt: { ...isoInstant, description: 'EVN-6, else EVN-2, else MSH-7; FHIR: notification timestamp, else meta.lastUpdated.' },
@@ -67,7 +70,7 @@ export const triggerSchema = {
       type: 'object',
       required: ['format', 'sender', 'messageType', 'messageId'],
       properties: {
-        format: { enum: ['hl7v2', 'fhir'] },
+        format: { enum: ['hl7v2', 'fhir', 'sms'] },
         sender: { type: 'string' },
         messageType: { type: 'string', minLength: 1 },
         messageId: { type: 'string', minLength: 1 },
@@ -144,5 +147,16 @@ export const triggerSchema = {
       },
     },
     sensitivity: { type: 'array', items: { type: 'string' } },
+    reply: {
+      type: 'object',
+      description: 'Answer triggers only: what the patient answered to the reminder that asked.',
+      required: ['action', 'answer', 'prompt'],
+      additionalProperties: false,
+      properties: {
+        action: { enum: ['confirm', 'cancel', 'reschedule'] },
+        answer: { type: 'string', minLength: 1 },
+        prompt: { type: 'string', minLength: 1 },
+      },
+    },
   },
 } as const;

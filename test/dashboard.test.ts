@@ -275,6 +275,43 @@ describe('pages', () => {
   });
 });
 
+describe('tasks', () => {
+  it("Tasks: what the replies left for staff, linked by id; closed by a token with operate, under its name", async () => {
+    const task = await seeded.server.store.addStaffTask({
+      key: 'reply:seeded',
+      kind: 'write_back_denied',
+      createdAt: new Date().toISOString(),
+      patientId: 'MRN-TASK',
+      appointmentId: 'APPT-TASK',
+      promptId: 'sms-reminder-24h@appointment/APPT-TASK#0',
+      output: 'ehr-fhir',
+      code: 'appointment_fulfilled',
+    });
+    const viewer = new UiClient(seeded.baseUrl);
+    await viewer.login(TOKENS.viewer);
+    const open = await viewer.get('/ui/tasks');
+    expect(open.status).toBe(200);
+    expect(open.text).toContain('<a href="/ui/tasks" class="current" aria-current="page">Tasks</a>');
+    expect(open.text).toContain('The EHR refused the answer as written back');
+    expect(open.text).toContain('<code>appointment_fulfilled</code>');
+    expect(open.text).toContain('href="/ui/appointments/APPT-TASK"');
+    expect(open.text).toContain('Closing a task needs the <code>operate</code> scope.');
+    expect(open.text).not.toContain(`action="/ui/tasks/${task.id}/done"`);
+    expect((await viewer.post(`/ui/tasks/${task.id}/done`, {})).status).toBe(403);
+    expect((await seeded.server.store.listStaffTasks({ status: 'open' })).map((t) => t.id)).toContain(task.id);
+
+    const oncall = new UiClient(seeded.baseUrl);
+    await oncall.login(TOKENS.oncall);
+    expect((await oncall.get('/ui/tasks')).text).toContain(`action="/ui/tasks/${task.id}/done"`);
+    const done = await oncall.post(`/ui/tasks/${task.id}/done`, {});
+    expect(done.status).toBe(303);
+    expect((await oncall.get(done.res.headers.get('location')!)).text).toContain(`Task ${task.id} closed.`);
+    expect((await seeded.server.store.listStaffTasks({ status: 'done' })).find((t) => t.id === task.id)).toMatchObject({ doneBy: 'oncall' });
+    expect((await oncall.get('/ui/tasks?status=done')).text).toContain('oncall');
+    expect((await oncall.get('/ui/tasks?status=later')).status).toBe(400);
+  });
+});
+
 describe('without any token configured', () => {
   it('lets the local caller in without a sign-in, and still wants the CSRF token on actions', async () => {
     const config = writeConfigDir();

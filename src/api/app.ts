@@ -23,6 +23,7 @@ import { createDashboardRouter, type DashboardDeps } from './dashboard/dashboard
 import { createVideoRouter, type VideoRoutesDeps } from './video-routes.ts';
 import { createToolHooksRouter, type ToolHooksDeps } from './tool-hooks.ts';
 import { createOutcomesRouter, type OutcomesRoutesDeps } from './outcomes-routes.ts';
+import { createTaskRouter } from './task-routes.ts';
 
 export interface HttpHl7Input {
   settings: Hl7IngestSettings;
@@ -557,6 +558,8 @@ export function createApp(deps: ApiDeps): express.Express {
   if (deps.deliveries) admin.use(createDeliveryRouter(deps.deliveries));
   const operations = { store, log, hl7Ingest: deps.hl7Ingest, hl7Settings: deps.hl7Settings ?? new Map<string, Hl7IngestSettings>(), now: deps.now ?? (() => new Date()) };
   admin.use('/fhir', createFhirAdminRouter(deps.fhirInputs ?? new Map()));
+  // Staff tasks: answers for a person, write-backs the EHR refused (task-routes.ts).
+  admin.use(createTaskRouter({ store, requireScope, callerName: (res) => callerOf(res).name, now: () => (deps.now?.() ?? new Date()).getTime() }));
   admin.use(createOutcomesRouter({ store, ...deps.outcomes }));
   admin.use(createOperationsRouter(operations));
 

@@ -7,7 +7,8 @@
 //                          PUT|DELETE /api/patients/:id/no-contact
 //                          GET  /api/patients/:id/consent|decisions|disclosures
 //                          POST /api/patients/:id/erase
-//   signed                 POST /hooks/sms/:output                  Twilio's inbound SMS (X-Twilio-Signature)
+//   signed                 POST /hooks/sms/:output                  Twilio's inbound SMS (X-Twilio-Signature): keywords,
+//                                                                   then answers to reminders (workers/replies.ts)
 //                          GET|POST /unsubscribe/:token             signed, expiring link; RFC 8058 one-click
 //
 // Every change takes effect before the answer: the pending deliveries it forbids are
@@ -33,6 +34,11 @@ export interface ConsentRoutesDeps {
   links: UnsubscribeLinks;
   /** Twilio auth token of each SMS output with an inbound webhook. */
   smsWebhooks: ReadonlyMap<string, string>;
+  /**
+   * What handles a verified inbound SMS: the replies worker (keywords first, then answers and the
+   * staff inbox: workers/replies.ts). Absent: the keywords alone (consent.inboundSms).
+   */
+  inboundSms?: (message: { output: string; from: string; body: string; messageId: string; raw: Buffer }) => Promise<{ reply?: string }>;
   /** Base URL Twilio calls (the signature covers the full URL). */
   publicUrl: () => string;
   /** The admin API's authentication (app.ts): who calls, with which scopes. */
@@ -195,7 +201,8 @@ export function createConsentRouter(deps: ConsentRoutesDeps): express.Router {
         const from = one('From');
         const messageId = one('MessageSid') ?? one('SmsSid');
         if (from === undefined || messageId === undefined) return sendProblem(res, 400, 'Bad request', 'an inbound SMS has From and MessageSid');
-        const result = await consent.inboundSms({ output: req.params.output, from, body: one('Body') ?? '', messageId });
+        const message = { output: req.params.output, from, body: one('Body') ?? '', messageId, raw: Buffer.from(typeof req.body === 'string' ? req.body : '', 'utf8') };
+        const result = await (deps.inboundSms ?? ((m: typeof message) => consent.inboundSms(m)))(message);
         // TwiML: the one confirmation (no patient data in it), or nothing.
         res.status(200).type('text/xml').send(`<?xml version="1.0" encoding="UTF-8"?><Response>${result.reply ? `<Message>${xml(result.reply)}</Message>` : ''}</Response>`);
       } catch (error) {

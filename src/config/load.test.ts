@@ -424,7 +424,7 @@ describe('loadConfig', () => {
     });
     expect(await issuesOf(dir)).toEqual([
       'connectors/a.yaml:2:5: input needs a "type" (known: hl7v2-mllp, hl7v2-http, fhir-rest-hook, fhir-poll)',
-      'connectors/a.yaml:6:11: unknown output type "pager" (known: outbox, webhook, smtp, twilio, fhir-communication, sfmc, salesforce-crm, adobe-aep, hubspot, mailchimp, brevo, activecampaign)',
+      'connectors/a.yaml:6:11: unknown output type "pager" (known: outbox, webhook, smtp, twilio, fhir-communication, sfmc, salesforce-crm, adobe-aep, hubspot, mailchimp, brevo, activecampaign, fhir-appointment, oracle-health-appointment, hl7v2-srm)',
     ]);
   });
 

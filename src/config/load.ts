@@ -398,7 +398,8 @@ export async function loadConfig(options: LoadConfigOptions): Promise<CarerelayP
   // rule 4); outputs that failed their own schema are left out, already reported.
   const validOutputs = located.filter((l) => l.kind === 'outputs' && l.valid).map((l) => l.instance);
   const withInfo = specs.outputs.filter((s): s is OutputSpec => typeof (s as Partial<OutputSpec>).info === 'function');
-  const mappings = await loadMappings({ configDir, env, outputs: outputInfos(validOutputs, withInfo), issues });
+  const optOutWords = Array.isArray(policyBlock.keywords?.optOut) ? policyBlock.keywords.optOut : [];
+  const mappings = await loadMappings({ configDir, env, outputs: outputInfos(validOutputs, withInfo), issues, optOutWords });
   if (options.mappingTests) issues.push(...(await options.mappingTests(mappings)));
 
   if (issues.length > 0) throw new ConfigError(sortIssues(withoutEchoes(issues, files), files));

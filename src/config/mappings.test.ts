@@ -10,6 +10,7 @@ import { loadMappings } from './mappings.ts';
 
 const OUTPUTS: OutputInfo[] = [
   { name: 'sms', channel: 'sms', baa: true, allowedPurposes: ['care.logistics', 'care.followup'] },
+  { name: 'ehr', channel: 'fhir', baa: true, allowedPurposes: [], writeBackKinds: ['confirm', 'cancel'] },
   { name: 'mail', channel: 'email', baa: true, allowedPurposes: ['care.logistics', 'care.followup', 'survey'] },
 ];
 
@@ -116,7 +117,7 @@ rules:
     const { lines } = await load();
     expect(lines).toEqual([
       'a.yaml:10:9: unknown time unit "x" in "appointment.start - 24x"; use m (minutes), h (hours), d (calendar days) or w (weeks)',
-      'a.yaml:11:5: unknown key "colour"; did you mean holdout? (known: id, on, where, purpose, channel, send, at, expires, cancelOn, replanOn, variants, holdout, description)',
+      'a.yaml:11:5: unknown key "colour"; did you mean holdout? (known: id, on, where, purpose, channel, send, at, expires, cancelOn, replanOn, variants, holdout, reply, description)',
       'a.yaml:16:21: output "sms" does not allow purpose survey (allowed: care.logistics, care.followup) (docs/consent.md rule 4)',
       'a.yaml:24:14: a holdout is refused for care.followup: care messages are not withheld to build a control group (docs/consent.md "Measuring outcomes"); use variants, or a non-care purpose',
       'b.yaml:3:9: duplicate rule id "reminder" (first used at a.yaml:2:5); ids must be unique across all mapping files',
@@ -185,6 +186,53 @@ rules:
     ]);
     await write({ 'templates/survey.text.liquid': 'Hello {{ patient.name.given.first }}. Unsubscribe: {{ unsubscribe_url }}', 'templates/reminder.liquid': 'Hi', 'templates/reminder-noname.liquid': 'Hi' });
     expect((await load()).lines).toEqual([]);
+  });
+
+  describe('replies', () => {
+    const RULES = `rules:
+  - id: reminder
+    on: appointment.booked
+    purpose: care.logistics
+    channel: sms
+    send: { output: sms, template: reminder, fields: [patient.language, appointment.start] }
+    at: appointment.start - 24h
+    reply:
+      writeBack: ehr
+      answers:
+        - { action: confirm, words: ["1", YES], languages: { fr: [OUI] } }
+        - { action: cancel, words: ["2", CANCEL] }
+        - { action: reschedule, words: ["3"], via: link }
+`;
+
+    it('refuses opt-out answers at the word, opt-out words in the reply instructions at the template line, and a link nobody sends', async () => {
+      await write({
+        'rules.yaml': RULES,
+        'templates/reminder.liquid': 'See you {{ appointment.start | local_time }}.\nReply 1 to confirm, CANCEL to cancel, 3 for another time.',
+        'templates/reminder.fr.liquid': 'A demain. Répondez OUI pour confirmer, 2 pour annuler.',
+      });
+      const { lines } = await load();
+      expect(lines).toEqual([
+        expect.stringMatching(/^rules\.yaml:12:42: "CANCEL" cannot be an answer: it is an opt-out keyword/),
+      ]);
+      // The rule compiles once its answers are fixed: then its wording and its link are checked.
+      await write({ 'rules.yaml': RULES.replace(', CANCEL]', ']') });
+      expect((await load()).lines).toEqual([
+        expect.stringMatching(/^rules\.yaml:13:52: rule "reminder" answers 3 with a rebooking link, but no rule listens to appointment\.reschedule_requested/),
+        expect.stringMatching(/^templates\/reminder\.liquid:2:21: rule "reminder" asks for a reply, and this text tells the patient to send "CANCEL"/),
+      ]);
+      await write({
+        'rules.yaml': RULES.replace(', CANCEL]', ']').replace('via: link', 'via: task'),
+        'templates/reminder.liquid': 'See you {{ appointment.start | local_time }}.\nReply 1 to confirm, 2 to cancel, 3 for another time. Reply STOP to opt out.',
+      });
+      const loaded = await load();
+      expect(loaded.lines).toEqual([]);
+      expect(loaded.set.rules[0]!.reply).toMatchObject({ writeBack: 'ehr', answers: [{ action: 'confirm' }, { action: 'cancel' }, { action: 'reschedule', via: 'task' }] });
+    });
+
+    it('a write-back output is not a message output', async () => {
+      await write({ 'rules.yaml': RULES.replace('output: sms', 'output: ehr'), 'templates/reminder.liquid': 'Reply 1' });
+      expect((await load()).lines).toContainEqual(expect.stringMatching(/^rules\.yaml:6:21: output "ehr" writes answers back to the EHR and sends no messages/));
+    });
   });
 
   it('a rule to Adobe AEP under Healthcare Shield (baa: true) must send sensitivity and patient.birthDate: refused at the rule\'s fields', async () => {

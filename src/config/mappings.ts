@@ -37,6 +37,7 @@ import {
   type CompiledTemplate,
   type TemplatePart,
 } from '../pipeline/render.ts';
+import { offerFor, replyWordingIssues, RescheduleVia, type ReplySpec } from '../pipeline/reply.ts';
 import { compileRules, type OutputInfo, type Rule } from '../pipeline/rule.ts';
 import { CHANNELS, PURPOSES, type Channel } from '../types.ts';
 import { MAX_CONFIG_FILE_BYTES, displayPath } from './load.ts';
@@ -82,6 +83,8 @@ export interface LoadMappingsOptions {
   issues: ConfigIssue[];
   /** Default `<configDir>/mappings`. */
   mappingsDir?: string;
+  /** policy.keywords.optOut: the tenant's own opt-out words, never offered as answers (pipeline/reply.ts). */
+  optOutWords?: readonly string[];
 }
 
 /** Test files sit beside the mappings but hold tests, not rules. */
@@ -169,6 +172,33 @@ const ruleSchema = {
       type: 'number',
       description: 'Share of patients (0 to below 1) who get no message, to measure outcomes; refused for care.* purposes.',
     },
+    reply: {
+      type: 'object',
+      description:
+        'An sms rule about appointments may ask for a reply: the answers it offers and what each does (pipeline/reply.ts). ' +
+        'No answer may be an opt-out word (STOP, CANCEL…: FCC 24-24), and the templates may not tell the patient to send one.',
+      additionalProperties: false,
+      required: ['answers'],
+      properties: {
+        writeBack: { type: 'string', description: 'The output that writes confirm and cancel back to the EHR (a fhir-appointment, oracle-health-appointment, hl7v2-srm or webhook output with writeBack: true). Without it a cancel request is a staff task and a confirmation is only an event.' },
+        answers: {
+          type: 'array',
+          description: 'What the patient may send, and what it does.',
+          items: {
+            type: 'object',
+            description: 'One answer.',
+            additionalProperties: false,
+            required: ['action', 'words'],
+            properties: {
+              action: { enum: ['confirm', 'cancel', 'reschedule'], description: 'confirm (appointment.confirmed, written back), cancel (appointment.cancel_requested, written back), reschedule (appointment.reschedule_requested: a link or a staff task).' },
+              words: { description: 'What the patient may send for it, in every language (e.g. ["1", Y, YES]); matched like keywords (case and punctuation ignored).', anyOf: [{ type: 'string' }, { type: 'number' }, { type: 'array', items: { anyOf: [{ type: 'string' }, { type: 'number' }] } }] },
+              languages: { type: 'object', description: 'Extra words per language of the message, e.g. { fr: [OUI] }.', additionalProperties: { type: 'array', items: { anyOf: [{ type: 'string' }, { type: 'number' }] } } },
+              via: { enum: ['link', 'task'], description: 'reschedule only: link (a rule on appointment.reschedule_requested sends one) or task (default: staff call the patient).' },
+            },
+          },
+        },
+      },
+    },
   },
 } as const satisfies JsonSchema;
 
@@ -220,6 +250,8 @@ interface TemplateUse {
   file: ParsedFile;
   /** Document path of the `template:` value. */
   at: DocPath;
+  /** The rule's reply, when it asks for one (compiled): its templates' wording is checked. */
+  reply?: ReplySpec;
 }
 
 /**
@@ -241,7 +273,7 @@ export async function loadMappings(options: LoadMappingsOptions): Promise<Mappin
     const { value, locate, display } = file;
     const schemaIssues = validateWithSchema(ajv(), mappingFileSchema, value, display, locate);
     const rawRules = Array.isArray(value.rules) ? (value.rules as unknown[]) : [];
-    const compiled = compileRules(rawRules, { outputs: options.outputs });
+    const compiled = compileRules(rawRules, { outputs: options.outputs, optOutWords: options.optOutWords ?? [] });
     const ruleIssues: ConfigIssue[] = compiled.issues.map((issue) => {
       const at: DocPath = ['rules', ...issue.path];
       return { file: display, ...locate(at, { key: issue.message.startsWith('unknown key') }), path: toPointer(at), message: issue.message };
@@ -267,7 +299,8 @@ export async function loadMappings(options: LoadMappingsOptions): Promise<Mappin
         sources[raw.id] = { file: display, ...position };
       }
       ids.push(raw.id);
-      uses.push(...templateUses(raw, index, languages, file));
+      const reply = compiled.rules.find((r) => r.id === raw.id)?.reply;
+      uses.push(...templateUses(raw, index, languages, file).map((u) => (reply ? { ...u, reply } : u)));
     });
     rules.push(...compiled.rules.filter((r) => sources[r.id]?.file === display));
     infos.push({
@@ -279,7 +312,8 @@ export async function loadMappings(options: LoadMappingsOptions): Promise<Mappin
     });
   }
 
-  const templates = await loadTemplates(path.join(dir, 'templates'), uses, sources, issues);
+  issues.push(...rescheduleLinkIssues(files, rules));
+  const templates = await loadTemplates(path.join(dir, 'templates'), uses, sources, issues, options.optOutWords ?? []);
   return Object.freeze({
     dir,
     rules: deepFreezeRules(rules),
@@ -373,7 +407,7 @@ const TEMPLATE_NAME = /^[A-Za-z0-9][A-Za-z0-9_-]{0,99}$/;
  * use: the parts exist for the default and each language, the template reads only allowed
  * fields, and a trial render against a sample payload works.
  */
-async function loadTemplates(dir: string, uses: readonly TemplateUse[], sources: Record<string, RuleSource>, issues: ConfigIssue[]): Promise<TemplateSet> {
+async function loadTemplates(dir: string, uses: readonly TemplateUse[], sources: Record<string, RuleSource>, issues: ConfigIssue[], optOutWords: readonly string[]): Promise<TemplateSet> {
   let names: string[] = [];
   try {
     names = (await readdir(dir, { withFileTypes: true })).filter((e) => e.isFile()).map((e) => e.name).sort();
@@ -383,6 +417,8 @@ async function loadTemplates(dir: string, uses: readonly TemplateUse[], sources:
   }
 
   const compiled = new Map<string, CompiledTemplate | null>();
+  /** The text of each template file read, for the reply wording check. */
+  const texts = new Map<string, string>();
   const compileFile = async (name: string, fileName: string, part: TemplatePart, language?: string): Promise<CompiledTemplate | undefined> => {
     const cacheKey = `${fileName}\u0000${part}`;
     if (compiled.has(cacheKey)) return compiled.get(cacheKey) ?? undefined;
@@ -391,6 +427,7 @@ async function loadTemplates(dir: string, uses: readonly TemplateUse[], sources:
     let result: CompiledTemplate | undefined;
     try {
       const text = await readFile(file, 'utf8');
+      texts.set(display, text);
       if (Buffer.byteLength(text) > MAX_CONFIG_FILE_BYTES) issues.push({ file: display, message: `template is larger than ${MAX_CONFIG_FILE_BYTES} bytes` });
       else {
         const out = compileTemplate({ name, part, ...(language ? { language } : {}), file: display, text });
@@ -454,6 +491,13 @@ async function loadTemplates(dir: string, uses: readonly TemplateUse[], sources:
       const template = await compileFile(use.name, fileName, match.part, match.language);
       if (!template) continue;
       used.push(template);
+      // A rule asking for a reply: its text names its answers, and never an opt-out word as an action.
+      if (use.reply && match.part !== 'subject' && match.part !== 'html') {
+        const offer = offerFor(use.reply, match.language ?? 'en');
+        for (const problem of replyWordingIssues(texts.get(template.file) ?? '', offer, optOutWords, use.ruleId)) {
+          issues.push({ file: template.file, line: problem.line, column: problem.column, message: problem.message });
+        }
+      }
       let denied = 0;
       const reads = templateReads(template, use.fields, provided);
       for (const read of reads) {
@@ -505,6 +549,33 @@ async function loadTemplates(dir: string, uses: readonly TemplateUse[], sources:
     }
   }
   return new TemplateSet([...new Set(used)]);
+}
+
+/**
+ * A reschedule answer sent `via: link` needs a rule that sends the link: one listening to
+ * appointment.reschedule_requested, in any mapping file. Without one the patient would get
+ * nothing, so the answer is refused at load (via: task is the alternative).
+ */
+function rescheduleLinkIssues(files: readonly ParsedFile[], rules: readonly Rule[]): ConfigIssue[] {
+  if (rules.some((r) => r.on.includes('appointment.reschedule_requested'))) return [];
+  const issues: ConfigIssue[] = [];
+  for (const file of files) {
+    const raws = Array.isArray(file.value.rules) ? (file.value.rules as unknown[]) : [];
+    raws.forEach((raw, index) => {
+      const rule = isRecord(raw) ? rules.find((r) => r.id === raw.id) : undefined;
+      rule?.reply?.answers.forEach((a, i) => {
+        if (a.via !== RescheduleVia.Link) return;
+        const at: DocPath = ['rules', index, 'reply', 'answers', i, 'via'];
+        issues.push({
+          file: file.display,
+          ...file.locate(at),
+          path: toPointer(at),
+          message: `rule "${rule.id}" answers ${a.words[0]} with a rebooking link, but no rule listens to appointment.reschedule_requested to send it: add one, or use via: task`,
+        });
+      });
+    });
+  }
+  return issues;
 }
 
 function deepFreezeRules(rules: Rule[]): readonly Rule[] {

@@ -526,23 +526,69 @@ export class FhirClient {
     return result;
   }
 
-  /** FHIR update (PUT `type/id`); `resource.id` is required. Idempotent, so retried like a read. */
-  async update(resource: FhirResource): Promise<FhirResource> {
+  /**
+   * FHIR update (PUT `type/id`); `resource.id` is required. Idempotent, so retried like a read.
+   * `ifMatch` makes it a version-aware update (FHIR R4 §3.1.0.5 "Managing resource contention":
+   * a server whose current version differs answers 412, some 409): the caller re-reads.
+   */
+  async update(resource: FhirResource, options: { ifMatch?: string; signal?: AbortSignal } = {}): Promise<FhirResource> {
     checkType(resource?.resourceType);
     if (typeof resource.id !== 'string') {
       throw new PermanentError('fhir_request_invalid', `update ${resource.resourceType}: the resource has no id (use create)`);
     }
     checkId(resource.id, 'id');
     const what = `update ${resource.resourceType}/${resource.id}`;
-    const updated = await this.call({ what, idempotent: true }, (options) =>
-      this.fhir.update({
-        resourceType: resource.resourceType,
-        id: resource.id,
-        body: resource as FhirResource & Record<string, unknown>,
-        options: { ...options, headers: { ...options.headers, prefer: 'return=representation' } },
-      }),
+    const extra: Record<string, string> = { prefer: 'return=representation', ...(options.ifMatch !== undefined ? { 'if-match': options.ifMatch } : {}) };
+    const updated = await this.call(
+      { what, idempotent: true },
+      (requestOptions) =>
+        this.fhir.update({
+          resourceType: resource.resourceType,
+          id: resource.id,
+          body: resource as FhirResource & Record<string, unknown>,
+          options: { ...requestOptions, headers: { ...requestOptions.headers, ...extra } },
+        }),
+      options.signal,
     );
-    return updated.resourceType === undefined ? { ...resource } : expectType(updated, resource.resourceType, what);
+    if (updated.resourceType !== undefined) return expectType(updated, resource.resourceType, what);
+    // No body (Prefer ignored): the ETag still says which version was written.
+    const version = versionOf(updated);
+    return version === undefined ? { ...resource } : { ...resource, meta: { ...resource.meta, versionId: version } };
+  }
+
+  /**
+   * FHIR read that also gives the version to write against: the ETag header, else
+   * W/"<meta.versionId>" (servers SHALL send one or the other: FHIR R4 §3.1.0.5).
+   */
+  async readForUpdate(type: string, id: string, options: { signal?: AbortSignal } = {}): Promise<{ resource: FhirResource; etag?: string }> {
+    checkType(type);
+    checkId(id, 'id');
+    const resource = expectType(
+      await this.call({ what: `read ${type}/${id}`, idempotent: true }, (requestOptions) => this.fhir.read({ resourceType: type, id, options: requestOptions }), options.signal),
+      type,
+      `read ${type}/${id}`,
+    );
+    const etag = etagOf(resource) ?? (typeof resource.meta?.versionId === 'string' ? `W/"${resource.meta.versionId}"` : undefined);
+    return { resource, ...(etag !== undefined ? { etag } : {}) };
+  }
+
+  /**
+   * JSON Patch (RFC 6902) on `type/id` (FHIR R4 §3.1.0.6, Content-Type
+   * application/json-patch+json), version-aware with `ifMatch`. Some servers answer 200 with an
+   * empty body (Oracle Health Millennium): the new version then comes from the ETag header.
+   * Replace operations are idempotent, so it is retried like a read.
+   */
+  async patch(type: string, id: string, operations: ReadonlyArray<Record<string, unknown>>, options: { ifMatch?: string; signal?: AbortSignal } = {}): Promise<{ etag?: string }> {
+    checkType(type);
+    checkId(id, 'id');
+    const headers: Record<string, string> = options.ifMatch !== undefined ? { 'if-match': options.ifMatch } : {};
+    const patched = await this.call(
+      { what: `patch ${type}/${id}`, idempotent: true },
+      (requestOptions) => this.fhir.patch({ resourceType: type, id, jsonPatch: operations as never, options: { ...requestOptions, headers: { ...requestOptions.headers, ...headers } } }),
+      options.signal,
+    );
+    const etag = etagOf(patched);
+    return etag !== undefined ? { etag } : {};
   }
 
   // -------------------------------------------------------------------------------------
@@ -653,6 +699,17 @@ export class FhirClient {
           : '';
     return new FhirRequestError(code, `${kind.what}: HTTP ${status}${detail}${hint}`, { status, outcomeCode });
   }
+}
+
+/** The ETag header of the response a result came with, when the server sent one. */
+function etagOf(result: Record<string, unknown>): string | undefined {
+  const headers = Client.httpFor(result as Record<string, unknown> & { resourceType: string }).response?.headers;
+  return headers?.get('etag') ?? undefined;
+}
+
+/** The version an ETag names (W/"3" → 3). */
+function versionOf(result: Record<string, unknown>): string | undefined {
+  return /^(?:W\/)?"([^"]+)"$/.exec(etagOf(result) ?? '')?.[1];
 }
 
 function connectionRefused(error: unknown): boolean {

@@ -3,9 +3,12 @@
 import { activeCampaignSpec } from './activecampaign/spec.ts';
 import { adobeAepSpec } from './adobe-aep/spec.ts';
 import { brevoSpec } from './brevo/spec.ts';
+import { fhirAppointmentSpec } from './fhir-appointment/spec.ts';
 import { fhirCommunicationSpec } from './fhir-communication/spec.ts';
+import { hl7v2SrmSpec } from './hl7v2-srm/spec.ts';
 import { hubspotSpec } from './hubspot/spec.ts';
 import { mailchimpSpec } from './mailchimp/spec.ts';
+import { oracleHealthAppointmentSpec } from './oracle-health-appointment/spec.ts';
 import { outboxSpec } from './outbox/spec.ts';
 import { salesforceCrmSpec } from './salesforce-crm/spec.ts';
 import { sfmcSpec } from './sfmc/spec.ts';
@@ -27,4 +30,8 @@ export const outputSpecs: readonly OutputSpec[] = [
   mailchimpSpec as OutputSpec,
   brevoSpec as OutputSpec,
   activeCampaignSpec as OutputSpec,
+  // Write-back only: patients' answers to the EHR's schedule (outputs/write-back.ts).
+  fhirAppointmentSpec as OutputSpec,
+  oracleHealthAppointmentSpec as OutputSpec,
+  hl7v2SrmSpec as OutputSpec,
 ];

@@ -11,6 +11,7 @@ import type { JsonSchema, SecretRef } from '../config/yaml.ts';
 import type { OutputInfo } from '../pipeline/rule.ts';
 import type { Channel, ContactHolding, DeliveryReceipt, Purpose, Receipt } from '../types.ts';
 import type { ConsentChannel, ConsentMirror } from './consent-sync.ts';
+import type { WriteBackContext, WriteBackKind, WriteBackOperation, WriteBackResult } from './write-back.ts';
 
 /** What routing and the send-time checks know about one configured output. */
 export interface OutputInstanceInfo {
@@ -38,6 +39,12 @@ export interface OutputInstanceInfo {
    * field being dropped silently. Absent: every field the rule names is sent.
    */
   readonly fields?: readonly string[];
+  /**
+   * The write-back operations this output performs on the EHR's schedule (write-back.ts), when
+   * it has any: a rule's reply.writeBack may name it (the adapter then has writeBack()). An output that only writes back declares
+   * no allowedPurposes.
+   */
+  readonly writeBackKinds?: readonly WriteBackKind[];
   /**
    * Trigger paths every rule routed to this output must send, each with why: what the adapter
    * reads to refuse what it may not carry (Adobe AEP under Healthcare Shield: sensitivity and
@@ -209,6 +216,12 @@ export interface OutboundAdapter extends OutputInstanceInfo {
    */
   mirrorConsent?(consent: ConsentMirror, context: { readonly signal: AbortSignal }): Promise<Receipt>;
   /**
+   * Outputs declaring `writeBackKinds`: performs one operation on the EHR's schedule (write-back.ts) —
+   * applied, or denied by the EHR (a staff task) — and throws the errors.ts classes like send()
+   * otherwise. Idempotent; never retried here.
+   */
+  writeBack?(operation: WriteBackOperation, context: WriteBackContext): Promise<WriteBackResult>;
+  /**
    * Marketing and CRM outputs whose tool has a documented delete: permanently deletes a contact
    * this output handed to its tool (GDPR erasure, docs/consent.md "Erasure": HubSpot GDPR delete,
    * Mailchimp permanent delete, Brevo and ActiveCampaign contact delete). Idempotent, one or two
@@ -258,6 +271,7 @@ export function outputInfos(outputs: readonly ConfiguredOutput[], specs: readonl
       baa: info.baa,
       allowedPurposes: info.allowedPurposes,
       ...(info.fields !== undefined ? { fields: info.fields } : {}),
+      ...(info.writeBackKinds !== undefined ? { writeBackKinds: info.writeBackKinds } : {}),
       ...(info.requiredFields !== undefined ? { requiredFields: info.requiredFields } : {}),
     });
   }

@@ -122,6 +122,7 @@ export const TRIGGER_FIELDS: Record<string, FieldSpec> = {
     },
   },
   sensitivity: { kind: 'string', array: true },
+  reply: { kind: 'object', fields: { action: str, answer: str, prompt: str } },
 };
 
 /** Every known dot path (objects included), for "did you mean" hints and docs. */

@@ -25,7 +25,7 @@ import type { FieldPath, IssuePath } from './conditions.ts';
 import type { OutputInfo, RuleIssue } from './rule.ts';
 
 /** Trigger paths that say something about care: with any patient identity they are PHI. */
-const CARE_PATH_PREFIXES = ['appointment', 'encounter', 'sensitivity', 'type', 'source', 'occurredAt', 'receivedAt'];
+const CARE_PATH_PREFIXES = ['appointment', 'encounter', 'sensitivity', 'type', 'source', 'occurredAt', 'receivedAt', 'reply'];
 
 /** What an output without a BAA may receive for marketing and service.info: identity without care. */
 export const NON_PHI_MARKETING_FIELDS: readonly string[] = ['patient.name', 'patient.name.given', 'patient.name.family', 'patient.language'];

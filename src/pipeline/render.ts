@@ -409,15 +409,24 @@ export interface RenderOptions {
  * Throws PermanentError `render_failed` (no patient data in its message): retrying cannot
  * help, the mapping must be fixed.
  */
-export function renderDelivery(templates: TemplateSet, delivery: Delivery, options: RenderOptions): RenderedMessage {
+/**
+ * The language a delivery goes out in: the patient's (patient.language in its payload) when its
+ * template exists in it, else undefined (the default file, written in the default language).
+ */
+export function templateLanguage(templates: TemplateSet, delivery: Pick<Delivery, 'payload' | 'template'>): string | undefined {
   const wanted = languageOf(delivery.payload);
+  if (delivery.template === undefined) return wanted;
+  return wanted !== undefined && templates.languages(delivery.template).includes(wanted) ? wanted : undefined;
+}
+
+export function renderDelivery(templates: TemplateSet, delivery: Delivery, options: RenderOptions): RenderedMessage {
   const fallback = options.defaultLanguage ?? 'en';
   if (delivery.template === undefined) {
-    return { language: wanted ?? fallback, text: JSON.stringify(delivery.payload) };
+    return { language: templateLanguage(templates, delivery) ?? fallback, text: JSON.stringify(delivery.payload) };
   }
   const name = delivery.template;
   const { required, optional } = templateParts(delivery.channel);
-  const language = wanted !== undefined && templates.languages(name).includes(wanted) ? wanted : undefined;
+  const language = templateLanguage(templates, delivery);
   // Dates follow the file's language: a French file shows French dates, the default file
   // (written in defaultLanguage) shows dates in that language.
   const locale = { zone: options.zone, language: language ?? fallback };

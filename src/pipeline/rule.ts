@@ -23,6 +23,7 @@
 //       - { id: a, weight: 1 }
 //       - { id: b, weight: 1, at: appointment.start - 48h, template: reminder-48h }
 //     holdout: 0.1                          # optional share with no message; refused for care.*
+//     reply: { writeBack: ehr, answers: [...] }   # optional (sms, appointments): reply.ts
 import type { Channel, Delivery, Purpose, SubjectKind, TriggerType } from '../types.ts';
 import { CHANNELS, PURPOSES, TRIGGER_TYPES } from '../types.ts';
 import type { Condition, ConditionIssue, FieldPath, IssuePath } from './conditions.ts';
@@ -31,6 +32,7 @@ import type { TimeExpr } from './schedule.ts';
 import { destinationIssues } from './coverage.ts';
 import { compileTimeExpr } from './schedule.ts';
 import { closest, describe, isRecord } from './values.ts';
+import { compileReply, type ReplySpec } from './reply.ts';
 
 export type { Delivery } from '../types.ts';
 export type RuleIssue = ConditionIssue;
@@ -77,6 +79,8 @@ export interface Rule {
   variants: RuleVariant[];
   /** Share of patients (0 ≤ holdout < 1) who get no message, for outcome measurement. */
   holdout: number;
+  /** The answers the message offers (pipeline/reply.ts); absent: it asks for none. */
+  reply?: ReplySpec;
 }
 
 /** What compileRules needs to know about output connector instances. */
@@ -93,6 +97,15 @@ export interface OutputInfo {
    * reads them for); coverage.ts refuses a rule without them.
    */
   requiredFields?: Readonly<Record<string, string>>;
+  /** The write-back operations it performs for answers (outputs/write-back.ts); absent: none. */
+  writeBackKinds?: readonly string[];
+}
+
+/** What compiling rules needs besides the rules: the outputs, and the tenant's localized opt-out words. */
+export interface RuleContext {
+  outputs: readonly OutputInfo[];
+  /** policy.keywords.optOut: never an answer a rule may offer (reply.ts). */
+  optOutWords?: readonly string[];
 }
 
 /** Why a match produced no delivery; recorded so every non-send has a reason. */
@@ -204,7 +217,7 @@ export const DEFAULT_RECIPIENT: Partial<Record<Channel, string>> = {
 // ---------------------------------------------------------------------------------------
 // Compilation
 
-const RULE_KEYS = ['id', 'on', 'where', 'purpose', 'channel', 'send', 'at', 'expires', 'cancelOn', 'replanOn', 'variants', 'holdout', 'description'] as const;
+const RULE_KEYS = ['id', 'on', 'where', 'purpose', 'channel', 'send', 'at', 'expires', 'cancelOn', 'replanOn', 'variants', 'holdout', 'reply', 'description'] as const;
 const SEND_KEYS = ['output', 'to', 'template', 'noNameTemplate', 'fields', 'videoLink'] as const;
 const VARIANT_KEYS = ['id', 'weight', 'at', 'template'] as const;
 const ID = /^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$/;
@@ -215,10 +228,7 @@ const MAX_CADENCE = 10;
  * every rule with its path from the list down (`[2, 'send', 'output']`). The caller refuses
  * to start when `issues` is non-empty.
  */
-export function compileRules(
-  rawRules: unknown[],
-  context: { outputs: readonly OutputInfo[] },
-): { rules: Rule[]; issues: RuleIssue[] } {
+export function compileRules(rawRules: unknown[], context: RuleContext): { rules: Rule[]; issues: RuleIssue[] } {
   const rules: Rule[] = [];
   const issues: RuleIssue[] = [];
   const seen = new Map<string, number>();
@@ -237,7 +247,7 @@ export function compileRules(
 }
 
 /** Compiles one rule; issues are appended to `issues` with paths under `at`. */
-export function compileRule(raw: unknown, at: IssuePath, context: { outputs: readonly OutputInfo[] }, issues: RuleIssue[]): Rule | undefined {
+export function compileRule(raw: unknown, at: IssuePath, context: RuleContext, issues: RuleIssue[]): Rule | undefined {
   const before = issues.length;
   const add = (path: IssuePath, message: string) => issues.push({ path, message });
   if (!isRecord(raw)) {
@@ -314,6 +324,8 @@ export function compileRule(raw: unknown, at: IssuePath, context: { outputs: rea
     } else holdout = raw.holdout;
   }
 
+  const reply = raw.reply === undefined ? undefined : compileReply(raw.reply, [...at, 'reply'], { on, channel }, { outputs: context.outputs, optOutWords: context.optOutWords ?? [] }, issues);
+
   if (issues.length > before || !send || !steps) return undefined;
   return {
     id: id as string,
@@ -328,6 +340,7 @@ export function compileRule(raw: unknown, at: IssuePath, context: { outputs: rea
     replanOn,
     variants,
     holdout,
+    ...(reply ? { reply } : {}),
   };
 }
 
@@ -336,7 +349,7 @@ function compileSend(
   at: IssuePath,
   channel: Channel,
   purpose: string,
-  context: { outputs: readonly OutputInfo[] },
+  context: RuleContext,
   issues: RuleIssue[],
 ): Rule['send'] | undefined {
   const before = issues.length;
@@ -401,7 +414,9 @@ function compileSend(
   if (videoLink !== undefined && typeof videoLink !== 'boolean') add([...at, 'videoLink'], `videoLink is true (the templates show {{ video.link }}) or false; got ${describe(videoLink)}`);
   else if (videoLink === true && template === undefined) add([...at, 'videoLink'], 'videoLink needs a template: the link is shown by it, as {{ video.link }}');
 
-  if (output && typeof purpose === 'string') {
+  if (output && output.allowedPurposes.length === 0 && output.writeBackKinds !== undefined) {
+    add([...at, 'output'], `output "${output.name}" writes answers back to the EHR and sends no messages: name it in a rule's reply.writeBack, not in send.output`);
+  } else if (output && typeof purpose === 'string') {
     if (output.channel !== channel) add([...at, 'output'], `output "${output.name}" is a ${output.channel} output, but the rule's channel is ${channel}`);
     if (!output.allowedPurposes.includes(purpose)) {
       add([...at, 'output'], `output "${output.name}" does not allow purpose ${purpose} (allowed: ${output.allowedPurposes.join(', ') || 'none'}) (docs/consent.md rule 4)`);

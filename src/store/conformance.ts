@@ -5,6 +5,7 @@ import { createHash } from 'node:crypto';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { MessageStatus, type Delivery, type Trigger } from '../types.ts';
 import { consentLedgerConformance } from './consent-conformance.ts';
+import { replyLedgerConformance } from './reply-conformance.ts';
 import { operationsConformance } from './operations-conformance.ts';
 import { videoConformance } from './video-conformance.ts';
 import { isPending, PENDING_REASON, type DeliveryWrite, type InboundRecord, type Store, type StoredMessage, type SubjectState } from './store.ts';
@@ -1020,6 +1021,7 @@ export function storeConformanceSuite(name: string, makeStore: () => Promise<Sto
     });
 
     consentLedgerConformance(() => store);
+    replyLedgerConformance(() => store);
     operationsConformance(() => store);
     videoConformance(() => store);
 

@@ -120,12 +120,6 @@ const MIGRATIONS_TABLE = `CREATE TABLE IF NOT EXISTS schema_migrations (
 )`;
 
 /**
- * One schema version: its SQL, or a function for a change SQL alone cannot say (a table rebuilt
- * from the schema it has), run inside the migration's transaction.
- */
-export type MigrationStep = string | ((db: Database) => void);
-
-/**
  * Brings component `name`'s tables up to date: `steps[i]` is the SQL of version i + 1 and
  * runs once per database. The pending steps and their rows in `schema_migrations` commit
  * in one transaction (all or nothing). Versions are kept per component name, so the store
@@ -134,6 +128,12 @@ export type MigrationStep = string | ((db: Database) => void);
  * Returns the number of steps applied now. Throws when the database was written by a newer
  * CareRelay (more versions recorded than `steps` knows).
  */
+/**
+ * One schema version: SQL, or a function for a change SQL alone cannot express (it runs in the
+ * migration's transaction like SQL does).
+ */
+export type MigrationStep = string | ((db: Database) => void);
+
 export function migrate(db: Database, name: string, steps: readonly MigrationStep[]): number {
   if (name === '') throw new Error('migrate: the component name must not be empty');
   const current = (): number =>

@@ -7,6 +7,7 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { storeConformanceSuite, testRecord, testTrigger } from './conformance.ts';
 import { migrate, openSqliteDatabase, type Database } from './sqlite-db.ts';
 import { allowDeliveryReview, SQLITE_STORE_COMPONENT, SQLITE_STORE_MIGRATIONS, SqliteStore } from './sqlite.ts';
+import { widenMessageFormats } from './sqlite-replies.ts';
 
 const tempDirs: string[] = [];
 function tempDir(): string {
@@ -302,6 +303,37 @@ describe('SqliteStore on a file', () => {
       await store.close();
     } finally {
       db.close();
+    }
+  });
+  it('an upgraded store takes SMS replies: the messages table is widened in place, its rows and links untouched', async () => {
+    const file = path.join(tempDir(), 'carerelay.db');
+    const db = openSqliteDatabase(file);
+    try {
+      migrate(db, SQLITE_STORE_COMPONENT, SQLITE_STORE_MIGRATIONS.slice(0, SQLITE_STORE_MIGRATIONS.indexOf(widenMessageFormats)));
+      db.prepare(
+        `INSERT INTO messages (input, format, sender, control_id, message_type, content_hash, status, ack, ack_code, received_at, received_ms, trigger_ids, raw)
+         VALUES ('ehr', 'hl7v2', 'EPIC^GHH', 'OLD-1', 'SIU^S12', 'h1', 'accepted', 'A', 'AA', '2024-01-01T00:00:00Z', 0, '["trg-old"]', x'00')`,
+      ).run();
+      db.prepare(
+        `INSERT INTO triggers (id, message_id, type, patient_id, occurred_at, occurred_ms, json, routed_ms)
+         VALUES ('trg-old', 1, 'appointment.booked', 'MRN-9', '2024-01-01T00:00:00Z', 0, ?, 0)`,
+      ).run(JSON.stringify(testTrigger({ id: 'trg-old' })));
+      expect(() => db.prepare("UPDATE messages SET format = 'sms' WHERE id = 1").run()).toThrow(/CHECK/);
+    } finally {
+      db.close();
+    }
+    const store = SqliteStore.open(file);
+    try {
+      const sms = testRecord({ controlId: 'SM1', format: 'sms', input: 'sms', sender: 'sms', messageType: 'SMS', raw: Buffer.from('Body=1') });
+      expect((await store.commitInbound(sms)).outcome).toBe('stored');
+      expect((await store.findMessage('sms', 'SM1'))?.format).toBe('sms');
+      expect((await store.getMessage('1'))?.triggers.map((t) => t.id)).toEqual(['trg-old']);
+      expect(store.db.pragma('integrity_check', { simple: true })).toBe('ok');
+      expect(store.db.pragma('foreign_key_check')).toEqual([]);
+      // Still a check: an unknown format is refused.
+      expect(() => store.db.prepare("UPDATE messages SET format = 'fax' WHERE id = 1").run()).toThrow(/CHECK/);
+    } finally {
+      await store.close();
     }
   });
 

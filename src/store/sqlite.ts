@@ -68,7 +68,8 @@ import { CONSENT_TABLES, SqliteConsentLedger } from './sqlite-consent.ts';
 import { OUTCOME_TABLES, SqliteOutcomes } from './sqlite-outcomes.ts';
 import { RETENTION_SCHEMA, SqliteRetention } from './sqlite-retention.ts';
 import { migrate, openSqliteDatabase, type Database, type MigrationStep } from './sqlite-db.ts';
-import { ATTEMPT_FROM_STATUS, AttemptKind, AuditAction, STORED_DELIVERY_STATUSES, StoredDeliveryStatus } from './store.ts';
+import { REPLY_TABLES, SqliteReplyLedger, widenMessageFormats } from './sqlite-replies.ts';
+import { ATTEMPT_FROM_STATUS, AttemptKind, AuditAction, PromptClosedError, STORED_DELIVERY_STATUSES, StoredDeliveryStatus } from './store.ts';
 import type {
   AuditEntry,
   AuditQuery,
@@ -96,14 +97,18 @@ import type {
   PruneOptions,
   RetentionKind,
   MessageQuery,
+  NewStaffTask,
   OutboxEntry,
   OutboxQuery,
   ReceiptQuery,
+  ReplyPrompt,
   RoutingExplanation,
   RuleOutcome,
   SkippedRule,
   SaveRoutingOptions,
   SentMessage,
+  StaffTask,
+  StaffTaskStatus,
   Store,
   StoredDelivery,
   StoredMessage,
@@ -408,6 +413,9 @@ export const SQLITE_STORE_MIGRATIONS: readonly MigrationStep[] = [
   ) WITHOUT ROWID;
   CREATE INDEX video_links_patient ON video_links (patient_id);
   `,
+  // Replies to reminders and staff tasks (sqlite-replies.ts); SMS replies stored as messages.
+  REPLY_TABLES,
+  widenMessageFormats,
   // Status `review`: an ambiguous failure of a non-idempotent output waits for a person
   // (store.ts StoredDeliveryStatus).
   allowDeliveryReview,
@@ -429,7 +437,7 @@ const MESSAGE_COLUMNS =
 interface MessageRow {
   id: number;
   input: string;
-  format: 'hl7v2' | 'fhir';
+  format: StoredMessage['format'];
   sender: string;
   control_id: string;
   message_type: string;
@@ -654,6 +662,8 @@ export class SqliteStore implements Store {
   private readonly commitIsolated: (batch: PendingWrite[]) => Array<{ value: unknown } | { error: unknown }>;
   private readonly commitOne: (run: () => unknown) => unknown;
   private readonly ledger: SqliteConsentLedger;
+  private readonly replies: SqliteReplyLedger;
+  private readonly eraseTx: (patientId: string, at: string, outcomes?: Readonly<Record<string, string>>) => ErasureRecord;
   private readonly activity: SqliteActivity;
   private readonly outcomes: SqliteOutcomes;
   private readonly retention: SqliteRetention;
@@ -665,6 +675,13 @@ export class SqliteStore implements Store {
     // The stored bytes of a message as received, for SQL that reads them (the text search).
     db.function('raw_unpacked', { deterministic: true }, (raw: unknown, packed: unknown) => (packed === 1 && Buffer.isBuffer(raw) ? unpackRaw(raw) : raw));
     this.ledger = new SqliteConsentLedger(db);
+    this.replies = new SqliteReplyLedger(db);
+    // The ledger's erasure nests as a savepoint: the patient's reply prompts go in the same transaction.
+    this.eraseTx = db.transaction((patientId: string, at: string, outcomes?: Readonly<Record<string, string>>) => {
+      const record = this.ledger.erasePatient(patientId, at, outcomes);
+      this.replies.erase(patientId);
+      return record;
+    }).immediate;
     this.activity = new SqliteActivity(db);
     this.outcomes = new SqliteOutcomes(db);
     this.retention = new SqliteRetention(db);
@@ -876,6 +893,7 @@ export class SqliteStore implements Store {
       const receivedMs = instantMs(record.receivedAt, 'receivedAt');
       const occurredMs = record.triggers.map((t, i) => instantMs(t.occurredAt, `triggers[${i}].occurredAt`));
       const asOfMs = record.subjectStates.map((s, i) => instantMs(s.asOf, `subjectStates[${i}].asOf`));
+      for (const task of record.tasks ?? []) SqliteReplyLedger.checkTask(task);
       const joinAsOfMs = (record.videoJoins ?? []).map((j, i) => instantMs(j.asOf, `videoJoins[${i}].asOf`));
       const prepared: Prepared = { record, receivedMs, occurredMs, asOfMs, joinAsOfMs };
       return () => this.apply(prepared);
@@ -1548,7 +1566,40 @@ export class SqliteStore implements Store {
 
   async erasePatient(patientId: string, at: string, outcomes?: Readonly<Record<string, string>>): Promise<ErasureRecord> {
     this.assertOpen();
-    return this.ledger.erasePatient(patientId, at, outcomes);
+    return this.eraseTx(patientId, at, outcomes);
+  }
+
+  // --- replies and staff tasks (sqlite-replies.ts) ------------------------------------------
+
+  addReplyPrompt(prompt: ReplyPrompt): Promise<boolean> {
+    return this.enqueueWrite(() => {
+      const checked = SqliteReplyLedger.check(prompt);
+      return () => this.replies.addPrompt(prompt, checked);
+    });
+  }
+
+  async openReplyPrompts(query: { output: string; address: string; at: string }): Promise<ReplyPrompt[]> {
+    this.assertOpen();
+    return this.replies.openPrompts(query);
+  }
+
+  addStaffTask(task: NewStaffTask): Promise<StaffTask> {
+    return this.enqueueWrite(() => {
+      SqliteReplyLedger.checkTask(task);
+      return () => this.replies.addTask(task);
+    });
+  }
+
+  async listStaffTasks(query: { status?: StaffTaskStatus; limit?: number; before?: string }): Promise<StaffTask[]> {
+    this.assertOpen();
+    return this.replies.listTasks(query);
+  }
+
+  finishStaffTask(id: string, done: { at: string; by: string }): Promise<StaffTask | undefined> {
+    return this.enqueueWrite(() => {
+      instantMs(done.at, 'done.at');
+      return () => this.replies.finishTask(id, done);
+    });
   }
 
   async listErasures(patientId: string): Promise<ErasureRecord[]> {
@@ -1635,8 +1686,11 @@ export class SqliteStore implements Store {
         }
       }
     }
+    // An SMS answer takes its prompt in this transaction, or nothing is stored.
+    if (r.answers !== undefined && !this.replies.answerPrompt(r.answers.promptId, r.answers.answer)) throw new PromptClosedError(r.answers.promptId);
     message ??= this.insertMessage(p, r.status, r.reason, triggerIdsOf(r), p.record, keyed);
     const messageId = Number(message.id);
+    for (const task of r.tasks ?? []) this.replies.addTask({ ...task, messageId: message.id });
     if (r.attemptOf !== undefined) {
       const { kind, messageId: replaced, actor } = r.attemptOf;
       this.setReplacedByStmt.run(messageId, Number(replaced));

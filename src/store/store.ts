@@ -1,13 +1,15 @@
 // The Store interface (docs/architecture.md "Interfaces"). Workers see only this; the embedded
 // SQLite backend and the PostgreSQL backend implement it and pass one conformance suite
 // (store/conformance.ts).
-import { MessageStatus, TriggerType, type AckCode, type Channel, type ConsentEvent, type ConsentSource, type ContactHolding, type Delivery, type DeliveryReceipt, type Purpose, type Trigger } from '../types.ts';
+import type { ReplyOffer } from '../pipeline/reply.ts';
+import { MessageStatus, TriggerType, type AckCode, type Channel, type ConsentEvent, type ConsentSource, type ContactHolding, type Delivery, type DeliveryReceipt, type Purpose, type ReplyAction, type Trigger } from '../types.ts';
 
 /** Everything about one inbound message that is committed before it is acknowledged. */
 export interface InboundRecord {
-  /** Connector instance name (connectors/*.yaml). */
+  /** Connector instance name (connectors/*.yaml); for an SMS reply, the SMS output it came to. */
   input: string;
-  format: 'hl7v2' | 'fhir';
+  /** `sms`: a patient's SMS reply that is not a keyword (workers/replies.ts). */
+  format: InboundFormat;
   /** HL7: MSH-3^MSH-4 ("EPIC^GHH"); FHIR: base URL or subscription id. Empty when unparseable. */
   sender: string;
   /** HL7: MSH-10; FHIR: subscription#event-number or Type/id/_history/v. Empty when absent. */
@@ -62,6 +64,17 @@ export interface InboundRecord {
    */
   cursors?: Readonly<Record<string, string>>;
   /**
+   * An SMS answer to a reply prompt: the store marks the prompt answered in the same
+   * transaction, only if it is still open — otherwise the commit rejects with
+   * PromptClosedError and nothing is stored (another answer took it first).
+   */
+  answers?: { promptId: string; answer: ReplyAnswer };
+  /**
+   * Staff tasks opened in the same transaction (an SMS for the staff inbox); each takes the
+   * stored message's id as its `messageId`. A task whose key exists is not opened twice.
+   */
+  tasks?: ReadonlyArray<NewStaffTask>;
+  /**
    * Video-visit join information the message gave (docs/video.md), sealed by the caller: written
    * in the same transaction, only when the record is stored (not for a duplicate or a
    * quarantined copy). A write applies unless what is kept, or the appointment's stored state,
@@ -69,6 +82,9 @@ export interface InboundRecord {
    */
   videoJoins?: VideoJoinWrite[];
 }
+
+/** Wire formats of stored inbound messages. */
+export type InboundFormat = 'hl7v2' | 'fhir' | 'sms';
 
 /**
  * The reason of a message committed before its triggers could be made (status `accepted`):
@@ -119,7 +135,7 @@ export interface StoredMessage {
   /** Store-assigned id, stable, used by GET /api/messages/:id. */
   id: string;
   input: string;
-  format: 'hl7v2' | 'fhir';
+  format: InboundFormat;
   sender: string;
   controlId: string;
   messageType: string;
@@ -583,6 +599,118 @@ export interface ConsentLedger {
   listErasures(patientId: string): Promise<ErasureRecord[]>;
 }
 
+/**
+ * A message that asked the patient for a reply (pipeline/reply.ts), kept from its send until it
+ * is answered or the appointment starts (workers/replies.ts): an SMS answer is matched to the
+ * latest open prompt sent to its number through its output.
+ */
+export interface ReplyPrompt {
+  /** The delivery that asked (its id): one prompt per delivery. */
+  id: string;
+  /** The SMS output it went through: answers come back to that number. */
+  output: string;
+  /** The number it went to, normalized (pipeline/consent.ts normalizeAddress). */
+  address: string;
+  patientId: string;
+  ruleId: string;
+  appointmentId: string;
+  /** The appointment start the message spoke of: an answer after a move goes to staff. */
+  appointmentStart?: string;
+  /** The trigger the message was planned from: what the answer and the write-back are about. */
+  triggerId: string;
+  /** What the message offered, in its language. */
+  offer: ReplyOffer;
+  /** ISO instant of the send. */
+  sentAt: string;
+  /** No answer is matched to it at or after this instant (the appointment start). */
+  closesAt: string;
+  /** Set with the answer's commit (InboundRecord.answers). */
+  answer?: ReplyAnswer;
+}
+
+/** How a prompt was answered. */
+export interface ReplyAnswer {
+  action: ReplyAction;
+  /** The offered word matched, as the rule lists it. */
+  answer: string;
+  /** The SMS provider's message id (Twilio MessageSid). */
+  messageId: string;
+  /** ISO instant. */
+  at: string;
+}
+
+/** A prompt is no longer open (answered meanwhile): the commit that would answer it stored nothing. */
+export class PromptClosedError extends Error {
+  constructor(readonly promptId: string) {
+    super(`reply prompt ${promptId} is no longer open`);
+    this.name = 'PromptClosedError';
+  }
+}
+
+/** What a staff task asks a person to do (the admin API and dashboard list them). */
+export const StaffTaskKind = {
+  /** An SMS that is neither a keyword nor an offered answer: the staff inbox (no automatic reply). */
+  SmsUnmatched: 'sms_unmatched',
+  /** An answer from a number shared by several patients with open prompts: whose is it? */
+  SharedNumber: 'shared_number',
+  /** An answer about an appointment cancelled or moved since the reminder: nothing was written. */
+  StaleAnswer: 'stale_answer',
+  /** A patient asked to cancel and no write-back output is configured: staff cancel it. */
+  CancelRequested: 'cancel_requested',
+  /** A patient asked for another time (reschedule via task). */
+  RescheduleRequested: 'reschedule_requested',
+  /** The EHR refused the write-back (`code` says why). */
+  WriteBackDenied: 'write_back_denied',
+  /** The write-back failed for good or ran out of attempts (`code`: the last failure). */
+  WriteBackFailed: 'write_back_failed',
+} as const;
+export type StaffTaskKind = (typeof StaffTaskKind)[keyof typeof StaffTaskKind];
+export const STAFF_TASK_KINDS: readonly StaffTaskKind[] = Object.values(StaffTaskKind);
+
+export const StaffTaskStatus = { Open: 'open', Done: 'done' } as const;
+export type StaffTaskStatus = (typeof StaffTaskStatus)[keyof typeof StaffTaskStatus];
+
+/** Something a person must do; ids and codes only (the SMS itself is the stored message `messageId`). */
+export interface StaffTask {
+  /** Store-assigned. */
+  id: string;
+  /** Deterministic: the same key twice opens one task (a retried write-back, a resent SMS). */
+  key: string;
+  kind: StaffTaskKind;
+  status: StaffTaskStatus;
+  /** ISO instant. */
+  createdAt: string;
+  patientId?: string;
+  appointmentId?: string;
+  /** The reminder (delivery id) the task is about, for answers and write-backs. */
+  promptId?: string;
+  /** The stored inbound SMS (GET /api/messages/:id), when the task is about one. */
+  messageId?: string;
+  /** The output involved: the SMS output, or the write-back output. */
+  output?: string;
+  /** A reason code (safe to log): the EHR's refusal, the last failure… */
+  code?: string;
+  doneAt?: string;
+  /** Who closed it (the admin token's name). */
+  doneBy?: string;
+}
+
+export type NewStaffTask = Omit<StaffTask, 'id' | 'status' | 'doneAt' | 'doneBy'>;
+
+/** Replies and staff tasks (workers/replies.ts), part of every Store. */
+export interface ReplyLedger {
+  /** Keeps a prompt once sent (false when that delivery's prompt was already kept). */
+  addReplyPrompt(prompt: ReplyPrompt): Promise<boolean>;
+  /** The prompts to this number through this output still open at `at` (not answered, not closed), newest sent first. */
+  openReplyPrompts(query: { output: string; address: string; at: string }): Promise<ReplyPrompt[]>;
+  /** Opens a task, once per key: an existing key gives the task already there. */
+  addStaffTask(task: NewStaffTask): Promise<StaffTask>;
+  /** Newest first; `before` is the id of the last task of the previous page. Default 100, capped at 1000. */
+  listStaffTasks(query: { status?: StaffTaskStatus; limit?: number; before?: string }): Promise<StaffTask[]>;
+  /** Marks a task done (once: a done task stays as it was); undefined for an unknown id. */
+  finishStaffTask(id: string, done: { at: string; by: string }): Promise<StaffTask | undefined>;
+}
+
 /** Actions recorded in the audit log (who did what to which record, and when). */
 export const AuditAction = {
   /** POST /api/messages/:id/reprocess. */
@@ -805,7 +933,7 @@ export interface PruneBatch {
   next?: string;
 }
 
-export interface Store extends ConsentLedger {
+export interface Store extends ConsentLedger, ReplyLedger {
   /**
    * Commits one inbound message atomically: raw bytes, ACK, status, reason, triggers and
    * subject-state updates, in one transaction, durable when the promise resolves.

@@ -31,8 +31,11 @@ import {
   type SimConsentEvent,
   type SimDelivery,
   type SimStep,
+  type SimWriteBack,
   type SimulationConfig,
 } from './simulate.ts';
+import type { WriteBackOperation, WriteBackResult } from '../outputs/write-back.ts';
+import { STAFF_TASK_KINDS, type StaffTask } from '../store/store.ts';
 
 export interface MappingTestFailure {
   /** The test file, as shown. */
@@ -65,6 +68,10 @@ export interface MappingTestResult {
   deliveries?: MappingTestDelivery[];
   /** Keyword confirmations sent. */
   replies?: Array<{ to: string; text: string }>;
+  /** Write-backs of answers. */
+  writeBacks?: SimWriteBack[];
+  /** Staff tasks opened (kind, code, appointment). */
+  tasks?: Array<{ kind: string; code?: string; appointment?: string }>;
 }
 
 export interface MappingTestResults {
@@ -79,6 +86,11 @@ export interface RunMappingTestsOptions {
   env?: Env;
   /** Run only these test files (paths); default every *.test.yaml of the directory. */
   files?: string[];
+  /**
+   * Performs the answers' write-backs (an integration test plugging a real output against its
+   * stand-in); default: the simulated EHR, answering as the tests' `ehr` events say.
+   */
+  writeBack?: (output: string, operation: WriteBackOperation) => Promise<WriteBackResult>;
 }
 
 /** Runs every `*.test.yaml` in `dir` (a mappings directory) against the mappings there. */
@@ -118,12 +130,12 @@ export async function runMappingTests(dir: string, options: RunMappingTestsOptio
       let outcome: Outcome | undefined;
       let diff: string | undefined;
       try {
-        outcome = await runOne(test, rules, config, file);
+        outcome = await runOne(test, rules, config, file, options);
         diff = outcome.diff;
       } catch (error) {
         diff = `${test.where}: ${(error as Error).message}`;
       }
-      const details = outcome ? { deliveries: outcome.deliveries, replies: outcome.replies } : undefined;
+      const details = outcome ? { deliveries: outcome.deliveries, replies: outcome.replies, writeBacks: outcome.writeBacks, tasks: outcome.tasks } : undefined;
       if (diff === undefined) {
         results.passed++;
         results.results.push({ file: display, test: test.name, ok: true, ...details });
@@ -188,7 +200,7 @@ function rulesFor(mappings: MappingSet, testFile: string, mapping: string | unde
 }
 
 /** The consent event kinds of `given` (besides the inputs hl7, file, trigger). */
-const EVENT_KINDS = ['consent', 'sms', 'unsubscribe', 'optOut', 'grant', 'revoke', 'noContact', 'erase', 'ledger'] as const;
+const EVENT_KINDS = ['consent', 'sms', 'unsubscribe', 'optOut', 'grant', 'revoke', 'noContact', 'erase', 'ledger', 'ehr'] as const;
 const INPUT_KINDS = ['hl7', 'file', 'trigger', ...EVENT_KINDS] as const;
 
 interface GivenItem {
@@ -231,6 +243,9 @@ interface ExpectedReply {
   textContains: string[];
 }
 
+/** Keys of an expected write-back or staff task: each compared when given. */
+type Expected = Record<string, string>;
+
 interface TestCase {
   name: string;
   /** file:line:column of the test, for errors in its inputs. */
@@ -245,6 +260,8 @@ interface TestCase {
   deliveries: ExpectedDelivery[];
   skipped?: { rule: string; reason: string; about?: string }[];
   replies?: ExpectedReply[];
+  writeBacks?: Expected[];
+  tasks?: Expected[];
 }
 
 interface ParsedTestFile {
@@ -336,6 +353,13 @@ export const mappingTestFileSchema = {
                 noContact: { type: 'object', description: "The organisation's no-contact flag.", additionalProperties: false, required: ['patient'], properties: { patient: patientRef } },
                 erase: { type: 'object', description: 'A GDPR erasure.', additionalProperties: false, required: ['patient'], properties: { patient: patientRef } },
                 ledger: { enum: ['unavailable', 'available'], description: 'The consent ledger cannot be read from now on (fail closed), or can again.' },
+                ehr: {
+                  type: 'object',
+                  description: 'How the EHR answers write-backs from now on (the simulated EHR; default applied).',
+                  additionalProperties: false,
+                  required: ['writeBacks'],
+                  properties: { writeBacks: { enum: ['applied', 'denied', 'failed'], description: 'applied, denied (refused as asked), failed (for good).' } },
+                },
                 at: { ...instantSchema, description: 'Clock for this input (never before the previous one); default: the previous clock.' },
               },
             },
@@ -400,9 +424,39 @@ export const mappingTestFileSchema = {
                   },
                 },
               },
+              writeBacks: {
+                type: 'array',
+                description: 'Every write-back of an answer, in order (compared when given; [] for none).',
+                items: {
+                  type: 'object',
+                  description: 'One write-back; keys left out are not compared.',
+                  additionalProperties: false,
+                  properties: {
+                    output: { type: 'string', description: 'The write-back output.' },
+                    action: { enum: ['confirm', 'cancel'], description: 'What was written.' },
+                    appointment: { type: 'string', description: 'The appointment id.' },
+                    outcome: { enum: ['applied', 'denied', 'failed'], description: 'What the EHR did.' },
+                    code: { type: 'string', description: 'The denial or failure code.' },
+                  },
+                },
+              },
+              tasks: {
+                type: 'array',
+                description: 'Every staff task opened, in order (compared when given; [] for none).',
+                items: {
+                  type: 'object',
+                  description: 'One task; keys left out are not compared.',
+                  additionalProperties: false,
+                  properties: {
+                    kind: { enum: [...STAFF_TASK_KINDS], description: 'What it asks staff to do.' },
+                    code: { type: 'string', description: 'Its reason code.' },
+                    appointment: { type: 'string', description: 'The appointment id.' },
+                  },
+                },
+              },
               replies: {
                 type: 'array',
-                description: 'Every keyword confirmation sent, in order (compared when given; [] for none).',
+                description: 'Every keyword confirmation sent, in order (compared when given; [] for none). Answers and anything for staff get none.',
                 items: {
                   anyOf: [
                     { type: 'string', description: 'The whole text.' },
@@ -468,7 +522,7 @@ function readTest(raw: Record<string, unknown>, index: number, display: string, 
       ...(kinds.length === 1 && (EVENT_KINDS as readonly string[]).includes(kinds[0]!) ? { event: consentEvent(kinds[0] as (typeof EVENT_KINDS)[number], item[kinds[0]!]) } : {}),
     };
   });
-  const expect = raw.expect as { deliveries: 'none' | Record<string, unknown>[]; skipped?: { rule: string; reason: string; about?: string }[]; replies?: unknown[] };
+  const expect = raw.expect as { deliveries: 'none' | Record<string, unknown>[]; skipped?: { rule: string; reason: string; about?: string }[]; replies?: unknown[]; writeBacks?: Expected[]; tasks?: Expected[] };
   const deliveries = expect.deliveries === 'none' ? [] : expect.deliveries.map((d, i): ExpectedDelivery => ({
     where: at(['expect', 'deliveries', i]),
     rule: d.rule as string,
@@ -499,6 +553,8 @@ function readTest(raw: Record<string, unknown>, index: number, display: string, 
     deliveries,
     ...(expect.skipped ? { skipped: expect.skipped } : {}),
     ...(replies ? { replies } : {}),
+    ...(expect.writeBacks ? { writeBacks: expect.writeBacks } : {}),
+    ...(expect.tasks ? { tasks: expect.tasks } : {}),
   };
 }
 
@@ -525,17 +581,19 @@ interface Outcome {
   diff?: string;
   deliveries: MappingTestDelivery[];
   replies: Array<{ to: string; text: string }>;
+  writeBacks: SimWriteBack[];
+  tasks: NonNullable<MappingTestResult['tasks']>;
 }
 
 /** Runs one test; its diff is undefined when it passes. */
-async function runOne(test: TestCase, rules: readonly Rule[], config: SimulationConfig, testFile: string): Promise<Outcome> {
+async function runOne(test: TestCase, rules: readonly Rule[], config: SimulationConfig, testFile: string, options: RunMappingTestsOptions): Promise<Outcome> {
   const policy: PolicySettings = { ...config.policy.settings, ...test.settings, timezone: test.timezone };
   const sim = new Simulator(rules, {
     zone: test.timezone,
     ...(test.hl7Timezone ? { hl7Zone: test.hl7Timezone } : {}),
     now: test.now,
     sites: policy.sites,
-    consent: { policy, outputs: config.outputs, links: testLinks(config.policy) },
+    consent: { policy, outputs: config.outputs, links: testLinks(config.policy), templates: config.templates, ...(options.writeBack ? { writeBack: options.writeBack } : {}) },
     video: { publicUrl: config.policy.publicUrl, ...(config.virtualVisit ? { virtualVisit: config.virtualVisit } : {}) },
   });
   try {
@@ -558,12 +616,18 @@ async function runOne(test: TestCase, rules: readonly Rule[], config: Simulation
     }
     await sim.advance(test.until ?? sim.clock);
     const deliveries = sim.deliveries().map(summary);
-    if (notes.length > 0) return { diff: notes.join('\n'), deliveries, replies: sim.replies };
-    const diff = compare(test, sim, config);
-    return { ...(diff !== undefined ? { diff } : {}), deliveries, replies: sim.replies };
+    const tasks = (await sim.tasks()).map(taskSummary);
+    const seen = { deliveries, replies: sim.replies, writeBacks: sim.writeBacks, tasks };
+    if (notes.length > 0) return { diff: notes.join('\n'), ...seen };
+    const diff = compare(test, sim, config, tasks);
+    return { ...(diff !== undefined ? { diff } : {}), ...seen };
   } finally {
     await sim.close();
   }
+}
+
+function taskSummary(t: StaffTask): { kind: string; code?: string; appointment?: string } {
+  return { kind: t.kind, ...(t.code !== undefined ? { code: t.code } : {}), ...(t.appointmentId !== undefined ? { appointment: t.appointmentId } : {}) };
 }
 
 function summary(d: SimDelivery): MappingTestDelivery {
@@ -617,7 +681,7 @@ function renderAll(sim: Simulator, config: SimulationConfig): Actual[] {
 }
 
 /** Readable diff of expected vs actual; undefined when they agree. */
-function compare(test: TestCase, sim: Simulator, config: SimulationConfig): string | undefined {
+function compare(test: TestCase, sim: Simulator, config: SimulationConfig, tasks: ReadonlyArray<Record<string, unknown>>): string | undefined {
   const actual = renderAll(sim, config);
   const unmatched = new Set(actual);
   const lines: string[] = [];
@@ -672,6 +736,26 @@ function compare(test: TestCase, sim: Simulator, config: SimulationConfig): stri
     for (const extra of got.slice(test.replies.length)) {
       failed = true;
       lines.push(`+ reply to ${extra.to}: ${JSON.stringify(extra.text)} (not expected)`);
+    }
+  }
+  for (const [name, wanted, got] of [
+    ['write-back', test.writeBacks, sim.writeBacks as unknown as ReadonlyArray<Record<string, unknown>>],
+    ['task', test.tasks, tasks],
+  ] as const) {
+    if (wanted === undefined) continue;
+    wanted.forEach((want, i) => {
+      const have = got[i];
+      const line = (x: Record<string, unknown>) => Object.entries(x).map(([k, v]) => `${k}: ${String(v)}`).join(', ');
+      if (have !== undefined && Object.entries(want).every(([k, v]) => String(have[k]) === v)) lines.push(`  ${name} ${line(have)}`);
+      else {
+        failed = true;
+        lines.push(`- ${name} ${i + 1}: ${line(want)}`);
+        if (have) lines.push(`+ ${name} ${i + 1}: ${line(have)}`);
+      }
+    });
+    for (const extra of got.slice(wanted.length)) {
+      failed = true;
+      lines.push(`+ ${name}: ${Object.entries(extra).map(([k, v]) => `${k}: ${String(v)}`).join(', ')} (not expected)`);
     }
   }
   return failed ? lines.join('\n') : undefined;

@@ -31,6 +31,7 @@ import { CONSENT_MIRROR_QUEUE, ConsentSync, type ConsentTool, type MirrorJob } f
 import { createDeliverHandler, DeliverReason, logDeadDeliveries, recordDeadDeliveries, storeOutboxSink } from './deliver.ts';
 import { OutputGates } from './output-gate.ts';
 import { DeliveryReplay } from './replay.ts';
+import { ReplyRuntime, WRITE_BACK_QUEUE, type WriteBackJob } from './replies.ts';
 import { Router, deliveryJobId, parseDeliveryJobId, type DeliveryJob } from './router.ts';
 import type { UnsubscribeLinks } from './unsubscribe.ts';
 import type { VideoLinks } from './video.ts';
@@ -157,6 +158,8 @@ export class DeliveryRuntime {
   readonly links: UnsubscribeLinks;
   /** Consent kept in step with the tools holding the contact (workers/consent-sync.ts). */
   readonly consentSync: ConsentSync;
+  /** Patients' answers to reminders and their write-backs (workers/replies.ts). */
+  readonly replies: ReplyRuntime;
   readonly #log: Logger;
   readonly #concurrency: number;
   readonly #connectors: string;
@@ -266,9 +269,19 @@ export class DeliveryRuntime {
       idempotentOutput: (name) => this.outputs.get(name)?.idempotent ?? false,
       needsAddress: (name) => this.outputs.get(name)?.needsAddress,
     });
+    this.replies = new ReplyRuntime(new SqliteQueue<WriteBackJob>(options.db, { name: WRITE_BACK_QUEUE, now }), {
+      store,
+      keywords: this.consent,
+      policy: this.#policy,
+      rules: () => this.#mappings.rules,
+      onAnswer: (triggers) => this.router.onCommitted(triggers),
+      output: (name) => this.outputs.get(name),
+      log,
+      now,
+    });
     const handler = createDeliverHandler({
       store,
-      gate: this.consent,
+      gate: this.replies.gate(this.consent),
       admission: this.gates,
       output: (name) => this.outputs.get(name),
       templates: () => this.#mappings.templates,
@@ -321,6 +334,7 @@ export class DeliveryRuntime {
     void this.router.routeUnrouted().catch((error: unknown) => this.#log.error('route.failed', { code: (error as Error).name }));
     this.queue.process(this.#handler, { concurrency: this.#concurrency });
     void this.consentSync.start().catch((error: unknown) => this.#log.error('consent.sync_failed', { code: (error as Error).name }));
+    this.replies.start();
   }
 
   /** The ingest hook (Hl7Ingest / FhirIngest onCommitted). */
@@ -337,6 +351,7 @@ export class DeliveryRuntime {
   async idle(): Promise<void> {
     await this.router.idle();
     await this.queue.idle();
+    await this.replies.idle();
   }
 
   /**
@@ -413,6 +428,7 @@ export class DeliveryRuntime {
     await this.router.close();
     await this.queue.close();
     await this.consentSync.stop();
+    await this.replies.stop();
     this.#unsubscribe?.();
     await Promise.allSettled([...this.outputs.values()].map((o) => o.close?.()));
   }

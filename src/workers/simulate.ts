@@ -28,17 +28,20 @@ import { outputSpecs } from '../outputs/index.ts';
 import { outputInfos } from '../outputs/spec.ts';
 import { nonCarePurposes, normalizeAddress, unsubscribeScope } from '../pipeline/consent.ts';
 import type { PolicySettings, Site } from '../pipeline/policy.ts';
-import { renderDelivery, type RenderedMessage, type TemplateSet } from '../pipeline/render.ts';
+import { renderDelivery, templateLanguage, type RenderedMessage, type TemplateSet } from '../pipeline/render.ts';
 import { route, type DeliveryChange, type DeliveryState } from '../pipeline/route.ts';
 import type { OutputInfo, RouteResult, Rule, SkippedDelivery } from '../pipeline/rule.ts';
 import { formatInstant, isValidZone } from '../pipeline/schedule.ts';
 import { isRecord, parseInstant } from '../pipeline/values.ts';
 import { displayZone, patientZone } from '../pipeline/zones.ts';
 import { SqliteStore } from '../store/sqlite.ts';
-import type { InboundRecord, Store, StoredDelivery, SubjectState } from '../store/store.ts';
+import type { InboundRecord, StaffTask, Store, StoredDelivery, SubjectState } from '../store/store.ts';
+import { PermanentError } from '../errors.ts';
+import { WriteBackOutcome, type WriteBackOperation, type WriteBackResult } from '../outputs/write-back.ts';
 import { MessageStatus, PURPOSES, TRIGGER_TYPES, type Channel, type Delivery, type Purpose, type Trigger } from '../types.ts';
 import { applyRouteResult } from './apply.ts';
 import { ConsentService } from './consent.ts';
+import { ReplyService, WRITE_BACK_ATTEMPTS } from './replies.ts';
 import { staleness } from './deliver.ts';
 import { renderVariables, unsubscribeLinks, type UnsubscribeLinks } from './unsubscribe.ts';
 import { NO_JOIN_INFO } from './video.ts';
@@ -133,7 +136,21 @@ export type SimConsentEvent =
   | { kind: 'noContact'; patient: string }
   | { kind: 'erase'; patient: string }
   /** The ledger cannot be read (fail-closed tests), or can again. */
-  | { kind: 'ledger'; available: boolean };
+  | { kind: 'ledger'; available: boolean }
+  /** How the (simulated) EHR answers the write-backs from now on (default applied). */
+  | { kind: 'ehr'; writeBacks: SimEhrAnswer };
+
+/** How the simulated EHR answers a write-back: as asked, refused (a denial), or failing for good. */
+export type SimEhrAnswer = 'applied' | 'denied' | 'failed';
+
+/** A write-back a test made (mapping tests' `expect.writeBacks`). */
+export interface SimWriteBack {
+  output: string;
+  action: WriteBackOperation['kind'];
+  appointment: string;
+  outcome: 'applied' | 'denied' | 'failed';
+  code?: string;
+}
 
 export interface SimulatorOptions {
   /** The organisation's zone (configured sites keep theirs). */
@@ -143,7 +160,15 @@ export interface SimulatorOptions {
   now: number;
   sites?: readonly Site[];
   /** Run the send-time checks with this policy and these outputs; absent: every due delivery is sent. */
-  consent?: { policy: PolicySettings; outputs: readonly OutputInfo[]; links: UnsubscribeLinks };
+  consent?: {
+    policy: PolicySettings;
+    outputs: readonly OutputInfo[];
+    links: UnsubscribeLinks;
+    /** The templates: the language a reply-asking message went out in (its offer's words). */
+    templates?: TemplateSet;
+    /** Performs a write-back (an integration test's real output); default: the simulated EHR (`ehr` events). */
+    writeBack?: (output: string, operation: WriteBackOperation) => Promise<WriteBackResult>;
+  };
   /** Video visits (docs/video.md): where HL7 messages carry the join URL, and the base of the links shown. */
   video?: { publicUrl: string; virtualVisit?: VirtualVisitSetting };
 }
@@ -167,6 +192,9 @@ export class Simulator {
   readonly #triggers = new Map<string, { trigger: Trigger; inputZone?: string }>();
   readonly #store: SqliteStore;
   readonly #consent?: ConsentService;
+  readonly #replies?: ReplyService;
+  readonly #templates?: TemplateSet;
+  #ehr: SimEhrAnswer = 'applied';
   readonly #smsOutputs: string[];
   readonly #video: SimulatorOptions['video'];
   /** Appointment id → whether a join URL is kept for it (what the server's store would hold). */
@@ -176,6 +204,8 @@ export class Simulator {
   readonly skipped: SkippedDelivery[] = [];
   /** Keyword confirmations sent, in order. */
   readonly replies: Array<{ to: string; text: string }> = [];
+  /** Write-backs of answers, in order. */
+  readonly writeBacks: SimWriteBack[] = [];
   #clock: number;
 
   constructor(rules: readonly Rule[], options: SimulatorOptions) {
@@ -207,7 +237,49 @@ export class Simulator {
         now: () => this.#clock,
         links: options.consent.links,
       });
+      this.#templates = options.consent.templates;
+      // Answers as the server reads them (workers/replies.ts): the same service on the in-memory
+      // store; answer triggers routed here, write-backs performed at once, on their last attempt.
+      const perform = options.consent.writeBack ?? ((_output: string, operation: WriteBackOperation) => this.#simulatedEhr(operation));
+      const consent = this.#consent;
+      this.#replies = new ReplyService({
+        store: this.#store,
+        keywords: consent,
+        policy: { keywords: options.consent.policy.keywords },
+        rules: () => this.#rules,
+        onAnswer: (triggers) => {
+          for (const t of triggers) {
+            this.#triggers.set(t.id, { trigger: t });
+            this.route(t);
+          }
+        },
+        queueWriteBack: async (job) => {
+          const entry: SimWriteBack = { output: job.data.output, action: job.data.operation.kind, appointment: job.data.operation.appointment.id, outcome: 'applied' };
+          this.writeBacks.push(entry);
+          try {
+            const result = await this.#replies!.writeBack({ id: job.id, data: job.data, attempt: WRITE_BACK_ATTEMPTS, signal: new AbortController().signal });
+            if (result?.outcome === WriteBackOutcome.Denied) Object.assign(entry, { outcome: 'denied', code: result.code });
+          } catch (error) {
+            Object.assign(entry, { outcome: 'failed', code: String((error as { code?: unknown }).code ?? 'error') });
+          }
+        },
+        output: (name) => (outputs.some((o) => o.name === name && o.writeBackKinds !== undefined) ? { writeBack: (operation) => perform(name, operation) } : undefined),
+        log: silentLogger,
+        now: () => this.#clock,
+      });
     }
+  }
+
+  /** The write-back as the test's `ehr` events say the EHR answers it. */
+  async #simulatedEhr(operation: WriteBackOperation): Promise<WriteBackResult> {
+    if (this.#ehr === 'denied') return { outcome: WriteBackOutcome.Denied, code: 'ehr_denied' };
+    if (this.#ehr === 'failed') throw new PermanentError('ehr_failed', `the simulated EHR fails the ${operation.kind}`);
+    return { outcome: WriteBackOutcome.Applied, appointmentId: operation.appointment.id };
+  }
+
+  /** Staff tasks opened so far, oldest first. */
+  async tasks(): Promise<StaffTask[]> {
+    return (await this.#store.listStaffTasks({ limit: 1000 })).reverse();
   }
 
   get clock(): number {
@@ -265,7 +337,9 @@ export class Simulator {
     }
     if (noJoin) return this.#finish(tracked, 'suppressed', NO_JOIN_INFO);
     await this.#consent.sent(stored, d.to, this.#clock);
-    return this.#finish(tracked, 'sent', undefined, decision.noName);
+    this.#finish(tracked, 'sent', undefined, decision.noName);
+    const sentAs = decision.noName && d.noNameTemplate ? { ...d, template: d.noNameTemplate } : d;
+    await this.#replies?.sent(stored, d.to, this.#clock, (this.#templates ? templateLanguage(this.#templates, sentAs) : undefined) ?? 'en');
   }
 
   #finish(tracked: Tracked, status: 'sent' | 'suppressed', reason?: string, noName?: boolean): void {
@@ -372,6 +446,9 @@ export class Simulator {
       case 'ledger':
         this.#ledgerDown = !event.available;
         return;
+      case 'ehr':
+        this.#ehr = event.writeBacks;
+        return;
       case 'consent': {
         const outcome = await consent.fhirConsent(event.resource, 'fhir', false);
         if (outcome.kind === 'invalid') throw new Error(`the Consent is not valid: ${outcome.problems.map((p) => `${p.expression}: ${p.message}`).join('; ')}`);
@@ -380,7 +457,9 @@ export class Simulator {
       case 'sms': {
         const output = event.to ?? this.#smsOutputs[0];
         if (output === undefined || !this.#smsOutputs.includes(output)) throw new Error(`sms: "to" must name the SMS output the reply came to (one of ${this.#smsOutputs.join(', ') || 'none: configure an SMS output'})`);
-        const { reply } = await consent.inboundSms({ output, from: event.from, body: event.body, messageId: `SM-test-${++this.#inputs}` });
+        const messageId = `SM-test-${++this.#inputs}`;
+        const message = { output, from: event.from, body: event.body, messageId, raw: Buffer.from(new URLSearchParams({ From: event.from, Body: event.body, MessageSid: messageId }).toString()) };
+        const { reply } = await (this.#replies ?? consent).inboundSms(message);
         if (reply !== undefined) this.replies.push({ to: event.from, text: reply });
         break;
       }
@@ -518,7 +597,7 @@ export async function loadForSimulation(mappingsDir: string, env: Env): Promise<
   const plan = await loadConfig({ configDir, env, outputSpecs, checkSecrets: false });
   const issues: ConfigIssue[] = [];
   const outputs = outputInfos(plan.outputs, outputSpecs);
-  const mappings = await loadMappings({ configDir, env, outputs, issues, mappingsDir: dir });
+  const mappings = await loadMappings({ configDir, env, outputs, issues, mappingsDir: dir, optOutWords: plan.policy.settings.keywords.optOut });
   if (issues.length > 0) throw new ConfigError(issues);
   const virtualVisit = plan.inputs.map((i) => (i.config as { virtualVisit?: VirtualVisitSetting }).virtualVisit).find((v) => v !== undefined);
   return { ...mappings, policy: plan.policy, outputs, ...(virtualVisit ? { virtualVisit } : {}) };

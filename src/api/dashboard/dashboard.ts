@@ -9,6 +9,7 @@
 //   GET  /ui/deliveries, /ui/deliveries/:id            dead letters and review items; one delivery
 //   POST /ui/deliveries/replay                         replay one, several, or a filter
 //   GET  /ui/rules                                     per rule and variant: sent, suppressed by reason, outcomes
+//   GET  /ui/tasks, POST /ui/tasks/:id/done            staff tasks of patients' answers (tasks.ts); close one
 //
 // The same tokens and scopes as the admin API (app.ts adminIdentity): `read` for every page,
 // `phi` to see patient content (masked otherwise), `operate` for actions, each audited with the
@@ -32,6 +33,7 @@ import { messagesRoutes } from './messages.ts';
 import { rulesRoutes, type OutcomesService } from './rules.ts';
 import { CSRF_FIELD, clearedSessionCookie, cookieValue, csrfMatches, csrfToken, newSession, sameOrigin, servedOverTls, sessionCookie, sessionOf, type UiSession } from './session.ts';
 import { serveStatic } from './static.ts';
+import { tasksRoutes } from './tasks.ts';
 import { timelineRoutes } from './timeline.ts';
 
 export interface DashboardDeps {
@@ -290,6 +292,7 @@ export function createDashboardRouter(deps: DashboardDeps): express.Router {
   timelineRoutes(router, deps);
   deliveriesRoutes(router, deps);
   rulesRoutes(router, deps);
+  tasksRoutes(router, deps);
 
   router.use((_req, res) => {
     sendPage(res, errorPage(res.locals.ui ? contextOf(res, deps) : undefined, 'Not found', 'There is no such page.'), 404);

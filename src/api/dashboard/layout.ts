@@ -30,6 +30,7 @@ export const NAV = [
   { path: '/ui/patients', label: 'Timeline' },
   { path: '/ui/deliveries', label: 'Deliveries' },
   { path: '/ui/rules', label: 'Rules' },
+  { path: '/ui/tasks', label: 'Tasks' },
 ] as const;
 
 export type Flash = { kind: 'notice' | 'error'; text: string };

@@ -4,6 +4,8 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { startWebhookSink, type WebhookSink } from '../../../test/helpers/webhook-sink.ts';
 import { PermanentError } from '../../errors.ts';
 import { memoryReceiptLedger, outputConformanceSuite, StandInFault } from '../conformance.ts';
+import { writeBackConformanceSuite, WriteBackFault } from '../write-back-conformance.ts';
+import { CANCELLED_BY_REMINDER } from '../write-back.ts';
 import type { OutboundMessage, OutputDeps } from '../spec.ts';
 import { createWebhook, webhookSpec, type WebhookConfig } from './spec.ts';
 
@@ -150,5 +152,71 @@ describe('webhook output', () => {
     const issues = webhookSpec.check!(config({ url: 'http://crm.example.org/h' } as WebhookSink, { allowPrivateAddresses: ['intranet'] }));
     expect(issues.map((i) => i.path.join('.'))).toEqual(['url', 'allowPrivateAddresses.0']);
     expect(webhookSpec.info(config({ url: 'https://x' } as WebhookSink, { receiverDedupes: false })).idempotent).toBe(false);
+  });
+});
+
+/** A scheduling system behind a webhook: what it accepted, by webhook-id, is what it did. */
+writeBackConformanceSuite('webhook (writeBack: true)', {
+  async start({ timeoutSeconds }) {
+    const sink = await startWebhookSink({ secrets: [SECRET] });
+    const adapter = createWebhook(config(sink, { timeoutSeconds, writeBack: true }), deps({ WEBHOOK_SECRET: SECRET }));
+    const done = (type: string) => [...sink.accepted().values()].some((b) => (b as { type: string }).type === type);
+    return {
+      adapter,
+      appointment: { id: 'A-1', placerId: 'P-1' },
+      patient: { id: 'MRN-1', identifiers: [{ value: 'MRN-1', type: 'MR' }] },
+      state: async () => ({
+        confirmed: done('carerelay.appointment.confirm'),
+        cancelled: done('carerelay.appointment.cancel'),
+        ...(done('carerelay.appointment.cancel') ? { cancelReason: 'pat-crs' } : {}),
+      }),
+      // The system refuses every change now (the appointment was fulfilled on its side).
+      refuse: () => sink.failNext({ kind: 'status', status: 409 }, 10),
+      fail(fault) {
+        if (fault === WriteBackFault.RateLimited) sink.failNext({ kind: 'status', status: 429, retryAfter: '7' });
+        else if (fault === WriteBackFault.Unavailable) sink.failNext({ kind: 'status', status: 503 });
+        else sink.failNext({ kind: 'hang' });
+      },
+      retryAfterMs: 7000,
+      keys: () => sink.requests.map((r) => r.id ?? ''),
+      close: () => sink.close(),
+    };
+  },
+});
+
+describe('webhook write-back', () => {
+  let sink: WebhookSink | undefined;
+  afterEach(async () => {
+    await sink?.close();
+    sink = undefined;
+  });
+  const signal = new AbortController().signal;
+
+  it('posts a signed carerelay.appointment.cancel with the pat-crs reason; webhook-id is the request id', async () => {
+    sink = await startWebhookSink({ secrets: [SECRET] });
+    const adapter = createWebhook(config(sink, { writeBack: true }), deps({ WEBHOOK_SECRET: SECRET }));
+    const result = await adapter.writeBack!(
+      { kind: 'cancel', requestId: 'wb~r@appointment/A-1#0', appointment: { id: 'A-1' }, patient: { id: 'MRN-1', identifiers: [{ value: 'MRN-1' }] }, reason: CANCELLED_BY_REMINDER },
+      { signal, attempt: 1 },
+    );
+    expect(result).toEqual({ outcome: 'applied', appointmentId: 'A-1' });
+    expect(sink.requests[0]).toMatchObject({ id: 'wb~r@appointment/A-1#0', signed: true, status: 204 });
+    expect(JSON.parse(sink.requests[0]!.body)).toEqual({
+      type: 'carerelay.appointment.cancel',
+      requestId: 'wb~r@appointment/A-1#0',
+      appointment: { id: 'A-1' },
+      patient: { id: 'MRN-1', identifiers: [{ value: 'MRN-1' }] },
+      reason: { system: 'http://terminology.hl7.org/CodeSystem/appointment-cancellation-reason', code: 'pat-crs', display: 'Patient: Canceled via automated reminder system' },
+    });
+  });
+
+  it('422 is denied; a webhook output without writeBack offers none', async () => {
+    sink = await startWebhookSink({ secrets: [SECRET] });
+    sink.failNext({ kind: 'status', status: 422 });
+    const adapter = createWebhook(config(sink, { writeBack: true }), deps({ WEBHOOK_SECRET: SECRET }));
+    expect(await adapter.writeBack!({ kind: 'confirm', requestId: 'x', appointment: { id: 'A' }, patient: { id: 'P', identifiers: [] } }, { signal, attempt: 1 })).toEqual({ outcome: 'denied', code: 'webhook_422' });
+    const plain = createWebhook(config(sink), deps({ WEBHOOK_SECRET: SECRET }));
+    expect(plain.writeBack).toBeUndefined();
+    expect(plain.writeBackKinds).toBeUndefined();
   });
 });

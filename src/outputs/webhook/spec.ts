@@ -24,6 +24,14 @@
 // through the receipts ledger (send-ledger.ts sendRecorded): after a crash in the middle of
 // the call, the delivery is parked for review instead of posted again.
 //   3xx, other 4xx           → PermanentError (the receiver refuses it as is)
+//
+// With `writeBack: true` it is also a write-back output (outputs/write-back.ts) for a
+// scheduling system behind a webhook: a patient's answer is POSTed, signed the same way, with
+// webhook-id = the operation's request id (the same on every attempt), as
+//   { "type": "carerelay.appointment.confirm" | "carerelay.appointment.cancel", "requestId",
+//     "appointment": { id, placerId? }, "patient": { id, identifiers }, "reason"? (cancel: pat-crs) }
+// 2xx → applied; 409 or 422 → denied (`webhook_409`, `webhook_422`: the system refuses the change
+// as asked, a staff task); every other answer as above.
 import type { InstanceCheckIssue } from '../../config/load.ts';
 import { secretRefSchema, type JsonSchema, type SecretRef } from '../../config/yaml.ts';
 import { AmbiguousError, PermanentError, RateLimitedError, TransientError } from '../../errors.ts';
@@ -33,6 +41,7 @@ import { standardWebhooksKey, standardWebhooksSignature, WEBHOOK_ID, WEBHOOK_SIG
 import { allowedPurposesSchema, allowListIssues, allowPrivateAddressesSchema, destinationUrlIssues, outputNameSchema, providerBaaSchema } from '../common.ts';
 import { sendRecorded } from '../send-ledger.ts';
 import type { OutboundAdapter, OutboundMessage, OutputDeps, OutputSpec, SendContext } from '../spec.ts';
+import { WriteBackKind, WriteBackOutcome, type WriteBackOperation } from '../write-back.ts';
 
 export const WEBHOOK = 'webhook';
 
@@ -66,6 +75,7 @@ export interface WebhookConfig {
   readonly allowInsecureHttp: boolean;
   readonly baa: boolean;
   readonly allowedPurposes: readonly Purpose[];
+  readonly writeBack?: boolean;
 }
 
 export const webhookConfigSchema = {
@@ -123,6 +133,13 @@ export const webhookConfigSchema = {
     },
     baa: providerBaaSchema,
     allowedPurposes: allowedPurposesSchema,
+    writeBack: {
+      type: 'boolean',
+      default: false,
+      description:
+        "The endpoint is a scheduling system that takes patients' answers: a rule's reply.writeBack may name this output, and confirm / cancel " +
+        'are POSTed as carerelay.appointment.confirm / .cancel (409 or 422 in answer: refused, a staff task).',
+    },
   },
 } as const satisfies JsonSchema;
 
@@ -140,9 +157,23 @@ export const webhookSpec: OutputSpec<WebhookConfig, OutputDeps> = {
     baa: config.baa ?? false,
     allowedPurposes: config.allowedPurposes ?? PURPOSES,
     idempotent: config.receiverDedupes ?? true,
+    ...(config.writeBack ? { writeBackKinds: [WriteBackKind.Confirm, WriteBackKind.Cancel] } : {}),
   }),
   create: (config, deps) => createWebhook(config, deps),
 };
+
+/** The JSON body of a write-back (see the top of this file). */
+export function writeBackBody(op: WriteBackOperation): Buffer {
+  return Buffer.from(
+    JSON.stringify({
+      type: `carerelay.appointment.${op.kind}`,
+      requestId: op.requestId,
+      appointment: { id: op.appointment.id, ...(op.appointment.placerId !== undefined ? { placerId: op.appointment.placerId } : {}) },
+      patient: { id: op.patient.id, identifiers: op.patient.identifiers },
+      ...(op.kind === WriteBackKind.Cancel ? { reason: op.reason } : {}),
+    }),
+  );
+}
 
 /** The JSON body of a delivery (see the top of this file). */
 export function webhookBody(message: OutboundMessage, includeMessage: boolean): Buffer {
@@ -173,30 +204,10 @@ export function createWebhook(config: WebhookConfig, deps: OutputDeps): Outbound
   const addresses = new AddressPolicy(config.allowPrivateAddresses);
   // This output's own kept-alive connections (their addresses checked at connect and reuse).
   const keepAlive = new KeepAlive();
-  return {
-    name: config.name,
-    ...info,
-    async close() {
-      keepAlive.close();
-    },
-    async send(message: OutboundMessage, context: SendContext): Promise<Receipt> {
-      if (!info.idempotent) {
-        const recorded = { output: config.name, outcomeUnknownCode: WebhookCode.OutcomeUnknown, what: 'the webhook', provider: url.host };
-        return sendRecorded(deps, recorded, message, context, async () => {
-          const receipt = await post(message, context);
-          return { providerId: receipt.providerId!, ...(receipt.detail ? { detail: receipt.detail } : {}) };
-        });
-      }
-      return post(message, context);
-    },
-  };
-
-  async function post(message: OutboundMessage, context: SendContext): Promise<Receipt> {
-    const body = webhookBody(message, config.includeMessage);
-    const now = deps.now();
+  /** One signed POST; `id` is the webhook-id (the same on every attempt). */
+  const post = (id: string, body: Buffer, signal: AbortSignal, now: Date) => {
     const timestamp = String(Math.floor(now.getTime() / 1000));
-    const id = message.deliveryId;
-    const response = await sendOnce({
+    return sendOnce({
       url,
       headers: {
         'content-type': 'application/json',
@@ -207,16 +218,52 @@ export function createWebhook(config: WebhookConfig, deps: OutputDeps): Outbound
       },
       body,
       timeoutMs: config.timeoutSeconds * 1000,
-      signal: context.signal,
+      signal,
       addresses,
       codePrefix: 'webhook',
       maxResponseBytes: 1024,
       keepAlive,
     });
+  };
+  /** A delivery's POST: accepted, or the failure its answer means. */
+  const deliver = async (message: OutboundMessage, context: SendContext): Promise<Receipt> => {
+    const body = webhookBody(message, config.includeMessage);
+    const now = deps.now();
+    const id = message.deliveryId;
+    const response = await post(id, body, context.signal, now);
     const status = response.status;
     if (status >= 200 && status < 300) return { providerId: id, acceptedAt: now.toISOString(), detail: { status } };
     throw classifyAnswer(status, headerOf(response.headers, 'retry-after'), now.getTime(), url.host);
-  }
+  };
+  return {
+    name: config.name,
+    ...info,
+    async close() {
+      keepAlive.close();
+    },
+    ...(config.writeBack
+      ? {
+          async writeBack(op, context) {
+            const now = deps.now();
+            const response = await post(op.requestId, writeBackBody(op), context.signal, now);
+            const status = response.status;
+            if (status >= 200 && status < 300) return { outcome: WriteBackOutcome.Applied, appointmentId: op.appointment.id };
+            if (status === 409 || status === 422) return { outcome: WriteBackOutcome.Denied, code: `webhook_${status}` };
+            throw classifyAnswer(status, headerOf(response.headers, 'retry-after'), now.getTime(), url.host);
+          },
+        }
+      : {}),
+    async send(message: OutboundMessage, context: SendContext): Promise<Receipt> {
+      if (!info.idempotent) {
+        const recorded = { output: config.name, outcomeUnknownCode: WebhookCode.OutcomeUnknown, what: 'the webhook', provider: url.host };
+        return sendRecorded(deps, recorded, message, context, async () => {
+          const receipt = await deliver(message, context);
+          return { providerId: receipt.providerId!, ...(receipt.detail ? { detail: receipt.detail } : {}) };
+        });
+      }
+      return deliver(message, context);
+    },
+  };
 }
 
 function classifyAnswer(status: number, retryAfter: string | undefined, nowMs: number, host: string): Error {

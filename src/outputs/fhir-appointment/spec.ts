@@ -1,0 +1,126 @@
+// The `fhir-appointment` output: writes a patient's answer back to a FHIR R4 server's Appointment
+// (https://hl7.org/fhir/R4/appointment.html) through CareRelay's FHIR client (one base URL, no
+// redirects, bearer or SMART backend-services auth with system/Appointment.rs and .u).
+//
+//   confirm  the patient's participant (Appointment.participant.actor = the Patient) gets
+//            status `accepted` (participationstatus value set)
+//   cancel   Appointment.status `cancelled` with cancelationReason `pat-crs` "Patient: Canceled
+//            via automated reminder system" (appointment-cancellation-reason code system)
+//
+// Each is a read, then a version-aware update: PUT with If-Match: W/"<version>" (FHIR R4
+// RESTful API §3.1.0.5 "Managing resource contention": a server whose version differs answers
+// 412 Precondition Failed, some 409 Conflict). On 412/409 the appointment is read again and,
+// when the operation still applies, written once more; a second conflict is denied
+// (`version_conflict`) for staff to look at: two writers racing on one appointment twice in a
+// row is not something to settle blindly. That one re-read is part of the optimistic-locking
+// protocol, not a retry: transient failures are never retried here (the queue does).
+//
+// Already done (participant accepted, appointment cancelled): applied without a write. A status
+// the answer cannot change (arrived, checked-in, fulfilled, noshow, entered-in-error; cancelled
+// for a confirm) is denied `appointment_<status>`; an appointment without a participant that is
+// the patient, `no_patient_participant`; an unknown one, `appointment_not_found`; 422, the
+// server refusing the change, `fhir_unprocessable`. 429 → RateLimitedError with Retry-After;
+// 408/5xx/timeouts → TransientError (the update is idempotent); other 4xx → PermanentError.
+import type { InstanceCheckIssue } from '../../config/load.ts';
+import type { JsonSchema } from '../../config/yaml.ts';
+import type { FhirClient } from '../../fhir/client.ts';
+import type { FhirResource } from '../../fhir/notification.ts';
+import { fhirClientFor, fhirServerSchema, type FhirServerConfig } from '../../fhir/server-config.ts';
+import { outputNameSchema } from '../common.ts';
+import type { OutboundAdapter, OutputDeps, OutputSpec } from '../spec.ts';
+import { WRITE_BACK_ONLY, WriteBackDenial, WriteBackKind, WriteBackOutcome, writeBackOnlyAdapter, type WriteBackOperation, type WriteBackResult } from '../write-back.ts';
+import { AppointmentLookup, locate, planFor, versionConflict, writeBackFailure, type Participant } from './appointment.ts';
+
+export const FHIR_APPOINTMENT = 'fhir-appointment';
+
+export interface FhirAppointmentConfig {
+  readonly name: string;
+  readonly type: typeof FHIR_APPOINTMENT;
+  readonly server: FhirServerConfig;
+  readonly appointments: AppointmentLookup;
+  readonly identifierSystem?: string;
+}
+
+/** The config keys the FHIR appointment outputs share (this one and oracle-health-appointment). */
+export const appointmentServerProperties = {
+  name: outputNameSchema,
+  server: {
+    ...fhirServerSchema,
+    description: "The EHR's FHIR server holding the appointments (auth: bearer, or SMART backend services with system/Appointment.rs and system/Appointment.u).",
+  },
+} as const;
+
+export const fhirAppointmentConfigSchema = {
+  type: 'object',
+  description: "Writes patients' answers back to FHIR R4 Appointments: the patient participant accepted, or the appointment cancelled (pat-crs); version-aware (If-Match).",
+  additionalProperties: false,
+  required: ['name', 'type', 'server'],
+  properties: {
+    ...appointmentServerProperties,
+    type: { const: FHIR_APPOINTMENT, description: 'Output type: fhir-appointment.' },
+    appointments: {
+      enum: Object.values(AppointmentLookup),
+      default: AppointmentLookup.Id,
+      description:
+        'How appointment.id finds the Appointment: id (it is the resource id: the appointments came from this FHIR server) or ' +
+        'identifier (a search by identifier: they came from an HL7v2 feed, appointment.id being the filler appointment id).',
+    },
+    identifierSystem: {
+      type: 'string',
+      format: 'uri',
+      description: 'With appointments: identifier, the system of the filler appointment ids (absent: the value alone is searched).',
+    },
+  },
+} as const satisfies JsonSchema;
+
+function check(config: FhirAppointmentConfig): InstanceCheckIssue[] {
+  const issues: InstanceCheckIssue[] = [];
+  if (config.server.auth?.bearer !== undefined && config.server.auth.smart !== undefined) issues.push({ path: ['server', 'auth'], atKey: true, message: 'server.auth: give only one of bearer, smart' });
+  if (config.identifierSystem !== undefined && config.appointments !== AppointmentLookup.Identifier) issues.push({ path: ['identifierSystem'], atKey: true, message: 'identifierSystem is used with appointments: identifier only' });
+  return issues;
+}
+
+export const fhirAppointmentSpec: OutputSpec<FhirAppointmentConfig, OutputDeps> = {
+  type: FHIR_APPOINTMENT,
+  summary: "Writes patients' answers to FHIR R4 Appointments (participant accepted; cancelled with pat-crs), with If-Match.",
+  configSchema: fhirAppointmentConfigSchema,
+  check,
+  info: () => WRITE_BACK_ONLY,
+  create: (config, deps) => createFhirAppointment(config, deps),
+};
+
+/** The appointment as it should be after the operation (a copy). */
+export function applied(appointment: FhirResource, op: WriteBackOperation, participant: number | undefined): FhirResource {
+  if (op.kind === WriteBackKind.Cancel) {
+    return { ...appointment, status: 'cancelled', cancelationReason: { coding: [{ system: op.reason.system, code: op.reason.code, display: op.reason.display }], text: op.reason.display } };
+  }
+  const participants = (appointment.participant as Participant[]).map((p, i) => (i === participant ? { ...p, status: 'accepted' } : p));
+  return { ...appointment, participant: participants };
+}
+
+export function createFhirAppointment(config: FhirAppointmentConfig, deps: OutputDeps): OutboundAdapter {
+  // No retries inside: the queue retries (invariant 4).
+  const client: FhirClient = fhirClientFor(config.server, deps.secret, { maxRetries: 0 });
+  const lookup = config.appointments ?? AppointmentLookup.Id;
+
+  /** One read-decide-write round; `again` after a version conflict. */
+  const round = async (op: WriteBackOperation, signal: AbortSignal, again: boolean): Promise<WriteBackResult> => {
+    const found = await locate(client, lookup, config.identifierSystem, op.appointment, signal);
+    if (!found) return { outcome: WriteBackOutcome.Denied, code: WriteBackDenial.NotFound };
+    const plan = planFor(found.resource, op);
+    if (plan.kind === 'done') return { outcome: WriteBackOutcome.Applied, unchanged: true, appointmentId: String(found.resource.id) };
+    if (plan.kind === 'denied') return { outcome: WriteBackOutcome.Denied, code: plan.code };
+    try {
+      const written = await client.update(applied(found.resource, op, plan.participant), { ...(found.etag !== undefined ? { ifMatch: found.etag } : {}), signal });
+      return { outcome: WriteBackOutcome.Applied, appointmentId: String(found.resource.id), ...(typeof written.meta?.versionId === 'string' ? { version: written.meta.versionId } : {}) };
+    } catch (error) {
+      if (versionConflict(error, [409, 412])) {
+        if (again) return { outcome: WriteBackOutcome.Denied, code: WriteBackDenial.VersionConflict };
+        return round(op, signal, true);
+      }
+      return writeBackFailure(error, 'fhir');
+    }
+  };
+
+  return writeBackOnlyAdapter(config.name, (op, context) => round(op, context.signal, false), (error) => writeBackFailure(error, 'fhir'));
+}

@@ -1,0 +1,216 @@
+// Stand-ins for the two FHIR styles of writing answers back to an EHR's Appointment, on
+// 127.0.0.1 with an ephemeral port (test/helpers/http-standin.ts). Both hold appointments,
+// version them (meta.versionId, ETag W/"n") and serve read and search; each enforces its own
+// write as documented, written here independently of src/outputs:
+//
+// Generic FHIR R4 (https://hl7.org/fhir/R4/http.html#update, §3.1.0.5 "Managing resource
+// contention"): PUT /fhir/Appointment/:id, Content-Type application/fhir+json, the body an
+// Appointment with the same id and valid codes (Appointment.status, participant.status,
+// cancelationReason as a CodeableConcept); this server requires If-Match (412 without it, as R4
+// allows) and answers a stale one 412 (or 409 when told to); 200 with the new version and ETag.
+//
+// Oracle Health Millennium R4 ("Patch an appointment", PATCH /Appointment/:id): Content-Type
+// application/json-patch+json; If-Match required (412 without it), a stale version 409; 423 when
+// told the appointment is locked; only the documented operations: replace /status (arrived,
+// checked-in, cancelled, booked, fulfilled, along Millennium's status sequences), add
+// /cancelationReason (with replace /status cancelled, exactly one coding), replace
+// /patient-status (value accepted only, on a booked appointment whose Patient participant is
+// tentative) — anything else 422; 200 with an empty body and the new ETag.
+//
+// Both: a bearer token when configured (401), and faults (429 + Retry-After, 503, hang, reset);
+// `interfere(n)` changes the appointment behind the client's back before each of the next n
+// writes, so the client's If-Match is stale.
+import { header, startHttpStandIn, type Answer, type HttpStandIn, type RecordedRequest } from './http-standin.ts';
+
+export interface StandInAppointment {
+  resourceType: 'Appointment';
+  id: string;
+  meta: { versionId: string; lastUpdated?: string };
+  status: string;
+  participant: Array<{ actor: { reference: string }; status: string }>;
+  cancelationReason?: { coding?: Array<{ system?: string; code?: string; display?: string }>; text?: string };
+  identifier?: Array<{ system?: string; value: string }>;
+  [key: string]: unknown;
+}
+
+export interface AppointmentStandIn {
+  readonly http: HttpStandIn;
+  /** The FHIR base URL. */
+  readonly baseUrl: string;
+  readonly token: string;
+  appointments: Map<string, StandInAppointment>;
+  /** Adds a booked appointment of patient `patientId` (Patient participant tentative) and returns it. */
+  book(id: string, patientId: string, identifier?: { system?: string; value: string }): StandInAppointment;
+  /** Changes the appointment before each of the next `n` writes (another writer): If-Match goes stale. */
+  interfere(n: number): void;
+  /** Writes (PUT / PATCH) received so far. */
+  writes(): RecordedRequest[];
+  /** What the appointment says now: its patient confirmed (participant accepted), cancelled and why. */
+  state(id: string): { confirmed: boolean; cancelled: boolean; cancelReason?: string };
+  close(): Promise<void>;
+}
+
+const APPOINTMENT_STATUS = new Set(['proposed', 'pending', 'booked', 'arrived', 'fulfilled', 'cancelled', 'noshow', 'entered-in-error', 'checked-in', 'waitlist']);
+const PARTICIPANT_STATUS = new Set(['accepted', 'declined', 'tentative', 'needs-action']);
+
+function outcome(status: number, code: string, text: string): Answer {
+  return { status, headers: { 'content-type': 'application/fhir+json' }, body: { resourceType: 'OperationOutcome', issue: [{ severity: 'error', code, diagnostics: text }] } };
+}
+
+function bump(a: StandInAppointment): void {
+  a.meta = { versionId: String(Number(a.meta.versionId) + 1), lastUpdated: new Date().toISOString() };
+}
+
+function withEtag(a: StandInAppointment, body = true): Answer {
+  return { status: 200, headers: { etag: `W/"${a.meta.versionId}"`, ...(body ? { 'content-type': 'application/fhir+json' } : {}) }, ...(body ? { body: a } : {}) };
+}
+
+/** Shared: auth, read, search, versioning. `write` handles the style's own write and returns the stored result. */
+async function startAppointmentServer(options: { token?: string; write: (request: RecordedRequest, current: StandInAppointment) => Answer | StandInAppointment }): Promise<AppointmentStandIn> {
+  const token = options.token ?? 'standin-token';
+  const appointments = new Map<string, StandInAppointment>();
+  let interfering = 0;
+  const http = await startHttpStandIn((request) => {
+    if (header(request, 'authorization') !== `Bearer ${token}`) return outcome(401, 'login', 'a valid bearer token is required');
+    const m = /^\/fhir\/Appointment(?:\/([A-Za-z0-9\-.]{1,64}))?$/.exec(request.path);
+    if (!m) return outcome(404, 'not-found', 'unknown path');
+    if (request.method === 'GET' && m[1] === undefined) {
+      const [system, value] = (request.query.get('identifier') ?? '').includes('|') ? request.query.get('identifier')!.split('|') : [undefined, request.query.get('identifier')];
+      const found = [...appointments.values()].filter((a) => a.identifier?.some((i) => i.value === value && (system === undefined || i.system === system)));
+      return { status: 200, headers: { 'content-type': 'application/fhir+json' }, body: { resourceType: 'Bundle', type: 'searchset', total: found.length, entry: found.map((a) => ({ resource: a, search: { mode: 'match' } })) } };
+    }
+    const current = m[1] === undefined ? undefined : appointments.get(m[1]);
+    if (!current) return outcome(404, 'not-found', `Appointment/${m[1]} is not known`);
+    if (request.method === 'GET') return withEtag(current);
+    if (request.method !== 'PUT' && request.method !== 'PATCH') return outcome(405, 'not-supported', 'method not allowed');
+    if (interfering > 0) {
+      interfering--;
+      bump(current);
+    }
+    const written = options.write(request, current);
+    if (!('resourceType' in written)) return written;
+    bump(written);
+    appointments.set(current.id, written);
+    // Millennium answers a PATCH with an empty body and the new version in ETag.
+    return withEtag(written, request.method === 'PUT');
+  });
+  return {
+    http,
+    baseUrl: `${http.baseUrl}/fhir`,
+    token,
+    appointments,
+    book(id, patientId, identifier) {
+      const a: StandInAppointment = {
+        resourceType: 'Appointment',
+        id,
+        meta: { versionId: '1' },
+        status: 'booked',
+        participant: [
+          { actor: { reference: 'Practitioner/PR1' }, status: 'accepted' },
+          { actor: { reference: `Patient/${patientId}` }, status: 'tentative' },
+        ],
+        ...(identifier ? { identifier: [identifier] } : {}),
+        start: '2030-03-16T13:30:00Z',
+      };
+      appointments.set(id, a);
+      return a;
+    },
+    interfere(n) {
+      interfering = n;
+    },
+    writes: () => http.requests.filter((r) => r.method === 'PUT' || r.method === 'PATCH'),
+    state(id) {
+      const a = appointments.get(id)!;
+      const reason = a.cancelationReason?.coding?.[0]?.code;
+      return {
+        confirmed: a.participant.find((p) => p.actor.reference.startsWith('Patient/'))?.status === 'accepted',
+        cancelled: a.status === 'cancelled',
+        ...(reason !== undefined ? { cancelReason: reason } : {}),
+      };
+    },
+    close: () => http.close(),
+  };
+}
+
+/** A generic FHIR R4 server: version-aware PUT. `conflictStatus`: what a stale If-Match gets (412, or 409). */
+export function startFhirAppointmentStandIn(options: { conflictStatus?: 409 | 412 } = {}): Promise<AppointmentStandIn> {
+  return startAppointmentServer({
+    write(request, current) {
+      if (request.method !== 'PUT') return outcome(405, 'not-supported', 'use PUT (update)');
+      if (!(header(request, 'content-type') ?? '').startsWith('application/fhir+json')) return outcome(415, 'not-supported', 'Content-Type must be application/fhir+json');
+      const ifMatch = header(request, 'if-match');
+      if (ifMatch === undefined) return outcome(412, 'conflict', 'this server requires If-Match on update');
+      if (ifMatch !== `W/"${current.meta.versionId}"` && ifMatch !== `"${current.meta.versionId}"`) return outcome(options.conflictStatus ?? 412, 'conflict', `version ${ifMatch} is not the current one`);
+      let body: StandInAppointment;
+      try {
+        body = JSON.parse(request.text) as StandInAppointment;
+      } catch {
+        return outcome(400, 'structure', 'the body is not JSON');
+      }
+      if (body.resourceType !== 'Appointment' || body.id !== current.id) return outcome(400, 'invalid', 'the body must be the Appointment with the id of the URL');
+      if (!APPOINTMENT_STATUS.has(body.status)) return outcome(422, 'code-invalid', `Appointment.status ${String(body.status)} is not in the value set`);
+      if (!Array.isArray(body.participant) || body.participant.length === 0 || body.participant.some((p) => !PARTICIPANT_STATUS.has(p.status))) {
+        return outcome(422, 'code-invalid', 'Appointment.participant.status must be accepted, declined, tentative or needs-action');
+      }
+      if (body.cancelationReason !== undefined && !Array.isArray(body.cancelationReason.coding)) return outcome(422, 'structure', 'cancelationReason is a CodeableConcept');
+      return { ...body, meta: { ...current.meta } };
+    },
+  });
+}
+
+/** Millennium's status sequences ("From Proposed to Booked or Cancelled…"). */
+const ORACLE_TRANSITIONS: Record<string, string[]> = {
+  proposed: ['booked', 'cancelled'],
+  booked: ['arrived', 'checked-in', 'cancelled'],
+  arrived: ['checked-in', 'cancelled'],
+  'checked-in': ['fulfilled', 'cancelled'],
+};
+
+/** An Oracle Health Millennium R4 server: JSON Patch on the documented paths, If-Match required, 423 while `lock()`ed. */
+export async function startOracleAppointmentStandIn(): Promise<AppointmentStandIn & { lock(n: number): void }> {
+  let locked = 0;
+  const server = await startAppointmentServer({
+    write(request, current) {
+      if (request.method !== 'PATCH') return outcome(405, 'not-supported', 'use PATCH');
+      if (!(header(request, 'content-type') ?? '').startsWith('application/json-patch+json')) return outcome(415, 'not-supported', 'Content-Type must be application/json-patch+json');
+      const ifMatch = header(request, 'if-match');
+      if (ifMatch === undefined) return outcome(412, 'conflict', 'If-Match is required');
+      if (ifMatch !== `W/"${current.meta.versionId}"`) return outcome(409, 'conflict', 'incorrect version');
+      if (locked > 0) {
+        locked--;
+        return outcome(423, 'lock-error', 'the appointment is being modified');
+      }
+      let ops: Array<{ op?: string; path?: string; value?: unknown }>;
+      try {
+        ops = JSON.parse(request.text) as typeof ops;
+      } catch {
+        return outcome(400, 'structure', 'the body is not JSON');
+      }
+      if (!Array.isArray(ops) || ops.length === 0) return outcome(422, 'structure', 'a JSON Patch is a non-empty array');
+      const next = structuredClone(current);
+      const status = ops.find((o) => o.path === '/status');
+      for (const o of ops) {
+        if (o.op === 'replace' && o.path === '/status') {
+          if (!(ORACLE_TRANSITIONS[current.status] ?? []).includes(String(o.value))) return outcome(422, 'business-rule', `status ${current.status} cannot become ${String(o.value)}`);
+          next.status = String(o.value);
+        } else if (o.op === 'add' && o.path === '/cancelationReason') {
+          const coding = (o.value as { coding?: unknown[] } | undefined)?.coding;
+          if (status?.value !== 'cancelled') return outcome(422, 'business-rule', 'add /cancelationReason must come with replace /status cancelled');
+          if (!Array.isArray(coding) || coding.length !== 1) return outcome(422, 'business-rule', 'only one coding may be provided');
+          next.cancelationReason = o.value as StandInAppointment['cancelationReason'];
+        } else if (o.op === 'replace' && o.path === '/patient-status') {
+          if (o.value !== 'accepted') return outcome(422, 'business-rule', 'a participant status other than accepted');
+          const patient = next.participant.find((p) => p.actor.reference.startsWith('Patient/'));
+          if (current.status !== 'booked' || patient?.status !== 'tentative') return outcome(422, 'business-rule', 'only for a booked appointment whose Patient participant is tentative');
+          patient.status = 'accepted';
+        } else return outcome(422, 'not-supported', `${String(o.op)} ${String(o.path)} is not a supported patch operation`);
+      }
+      return next;
+    },
+  });
+  return Object.assign(server, {
+    lock(n: number) {
+      locked = n;
+    },
+  });
+}
