@@ -29,7 +29,6 @@ import { openSqliteDatabase } from './store/sqlite-db.ts';
 import { SqliteStore } from './store/sqlite.ts';
 import type { Store } from './store/store.ts';
 import { Hl7Ingest, type Hl7IngestSettings } from './workers/ingest.ts';
-import { RejectedRawQuota } from './workers/raw-quota.ts';
 import { StoreReadiness } from './workers/readiness.ts';
 import { outputSpecs } from './outputs/index.ts';
 import { metricsHandler } from './api/metrics-route.ts';
@@ -288,7 +287,7 @@ export async function startCarerelay(options: StartOptions): Promise<RunningCare
   deliveries.gates.onCircuitChange((output, state) => events.emit({ type: 'circuit', output, state }));
   events.watchQueue(deliveries.queue, DELIVERY_QUEUE);
   const consent = deliveries.consent;
-  const rejectedRaw = new RejectedRawQuota(store, plan.server.rejectedRaw);
+  const rejectedRaw = plan.server.rejectedRaw;
   const ingest = new Hl7Ingest({ store, log, onCommitted: deliveries.onCommitted, rejectedRaw, onResend: events.resend, video: vault });
   const afterCommit = faultInjector(env, 'commit') ?? (() => {});
 
@@ -304,7 +303,7 @@ export async function startCarerelay(options: StartOptions): Promise<RunningCare
     const outcome = await consent.fhirConsent(resource, 'fhir', false);
     return outcome.kind === 'stored' ? {} : { rejected: outcome.kind === 'invalid' ? 'consent_invalid' : 'consent_unknown_patient' };
   };
-  const fhirDeps = { store, log, env, configDir: plan.configDir, onCommitted: deliveries.onCommitted, onConsent, video: vault };
+  const fhirDeps = { store, log, env, configDir: plan.configDir, onCommitted: deliveries.onCommitted, onConsent, rejectedRaw, video: vault };
   for (const input of plan.inputs) {
     if (input.type === HL7V2_MLLP) {
       const typed = input as unknown as InstancePlan<Hl7v2MllpConfig>;

@@ -336,6 +336,94 @@ describe('5. rejected raw bytes stay within their quota; /readyz reports a store
     expect((await server.store.getMessage(a4!.id))!.contentHash).toBe(createHash('sha256').update(sent.slice(0, -1)).digest('hex'));
   });
 
+  /** The stored messages of a listing, oldest first, with how many raw bytes each kept and of how many. */
+  async function keptOf(s: InProcessServer, query: string): Promise<Array<{ kept: number; rawBytes?: number; ackCode: string }>> {
+    const { items } = await api<{ items: Array<{ id: string }> }>(s, `/api/messages?${query}`);
+    const out = [];
+    for (const { id } of items.reverse()) {
+      const m = await api<{ rawBase64: string; rawBytes?: number; ackCode: string }>(s, `/api/messages/${id}`);
+      out.push({ kept: Buffer.from(m.rawBase64, 'base64').length, ackCode: m.ackCode, ...(m.rawBytes !== undefined ? { rawBytes: m.rawBytes } : {}) });
+    }
+    return out;
+  }
+
+  it('counts quarantined copies (same MSH-10, other bytes) against the same quota', async () => {
+    const { server: own } = await serverWith(yaml);
+    const port = own.mllpPort();
+    const original = siuMessage({ controlId: 'QC-1', appointmentId: 'AP-QC-1' });
+    expect(msa((await mllpExchange(port, original))!).code).toBe('AA');
+    // Three corrections sent under the same MSH-10, each 1,400 bytes: AE, kept for review.
+    const copy = (n: number): string => {
+      const base = siuMessage({ controlId: 'QC-1', appointmentId: 'AP-QC-1', extra: `NTE|1||${n}` });
+      return `${base}${'x'.repeat(1400 - base.length - 1)}\r`;
+    };
+    for (const n of [1, 2, 3]) {
+      expect(Buffer.byteLength(copy(n))).toBe(1400);
+      expect(msa((await mllpExchange(port, copy(n)))!).code).toBe('AE');
+    }
+    // Per sender 3,000: two whole, the third cut. The accepted original is not counted.
+    expect(await keptOf(own, 'controlId=QC-1&status=quarantined')).toEqual([
+      { kept: 1400, ackCode: 'AE' },
+      { kept: 1400, ackCode: 'AE' },
+      { kept: 100, rawBytes: 1400, ackCode: 'AE' },
+    ]);
+    expect(own.logs.filter((l) => l.message === 'ingest.raw_truncated')).toHaveLength(1);
+    // What was cut cannot be released: the sender resends it.
+    const [, , cut] = (await api<{ items: Array<{ id: string }> }>(own, '/api/messages?controlId=QC-1&status=quarantined')).items.reverse();
+    const release = await fetch(`http://127.0.0.1:${own.httpPort}/api/messages/${cut!.id}/release`, { method: 'POST' });
+    expect(release.status).toBe(409);
+  });
+
+  it('counts the bodies of refused FHIR requests against the same quota, over HTTP', async () => {
+    const { server: own } = await serverWith(
+      [
+        ...HEAD,
+        '  rejectedRaw: { totalBytes: 100000, perSenderBytes: 3000, keepBytes: 100 }',
+        'inputs:',
+        '  - name: ehr-fhir',
+        '    type: fhir-rest-hook',
+        // Never asked: every request here is refused before anything is fetched.
+        '    server: { baseUrl: "http://127.0.0.1:9/fhir" }',
+        '    auth: { bearer: { token: { env: FHIR_HOOK_TOKEN } } }',
+        '',
+      ].join('\n'),
+      { FHIR_HOOK_TOKEN: 'hook-secret' },
+    );
+    // Authenticated bodies that are not JSON: 400, recorded with the body as read.
+    const body = (n: number): string => `{"n":${n},"junk":${'x'.repeat(1400 - 14)}`;
+    for (const n of [1, 2, 3]) {
+      expect(Buffer.byteLength(body(n))).toBe(1400);
+      const res = await fetch(`http://127.0.0.1:${own.httpPort}/ingest/fhir/ehr-fhir`, {
+        method: 'POST',
+        headers: { authorization: 'Bearer hook-secret', 'content-type': 'application/fhir+json' },
+        body: body(n),
+      });
+      expect(res.status).toBe(400);
+      expect(await res.json()).toMatchObject({ reason: 'invalid_json' });
+    }
+    expect(await keptOf(own, 'input=ehr-fhir&status=rejected')).toEqual([
+      { kept: 1400, ackCode: '400' },
+      { kept: 1400, ackCode: '400' },
+      { kept: 100, rawBytes: 1400, ackCode: '400' },
+    ]);
+    expect(own.logs.filter((l) => l.message === 'fhir.raw_truncated')).toMatchObject([{ input: 'ehr-fhir', reason: 'rejected_raw_quota', count: 1400 }]);
+  });
+
+  it('holds as a whole for processes sharing one store: the accounting is the store\'s, in the commit', async () => {
+    const { server: first, config: shared } = await serverWith(yaml);
+    const second = await startServer(shared);
+    cleanups.push(() => second.stop());
+    // Sender CLINIC-S through one process, then the other, then the first again: 4,200 > 3,000.
+    expect(msa((await mllpExchange(first.mllpPort(), refused('S-1', 'CLINIC-S')))!).code).toBe('AR');
+    expect(msa((await mllpExchange(second.mllpPort(), refused('S-2', 'CLINIC-S')))!).code).toBe('AR');
+    expect(msa((await mllpExchange(first.mllpPort(), refused('S-3', 'CLINIC-S')))!).code).toBe('AR');
+    expect(await keptOf(second, 'sender=EPIC%5ECLINIC-S')).toEqual([
+      { kept: 1400, ackCode: 'AR' },
+      { kept: 1400, ackCode: 'AR' },
+      { kept: 100, rawBytes: 1400, ackCode: 'AR' },
+    ]);
+  });
+
   it('/readyz: 503 while the disk is full (a commit failed and a message-sized probe cannot write), ready again once it can', async () => {
     const db = (server.store as SqliteStore).db;
     const ready = async (): Promise<{ status: number; body: string }> => {

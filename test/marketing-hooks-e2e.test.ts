@@ -1,6 +1,7 @@
 // The marketing tools' opt-outs both ways over real sockets (docs/consent.md "Tools that hold the
 // contact"): an SIU^S12 over MLLP makes HubSpot and Mailchimp hold the patient's contact; an
-// opt-out recorded in CareRelay reaches those two stand-ins and no other; what the tools report
+// opt-out recorded in CareRelay reaches those two stand-ins and no other, an SMS STOP (signed
+// Twilio webhook) only the one of them that keeps an SMS status (Mailchimp); what the tools report
 // back on their own webhooks (posted by the stand-ins as each tool posts them) stops the pending
 // messages it forbids before the webhook is answered, is recorded once however often it comes,
 // and is pushed on to the other tools holding the contact — never back to where it came from.
@@ -153,9 +154,12 @@ describe('marketing tools kept in step with the ledger, over real sockets', () =
     expect(await delivery('survey@appointment/A1#0')).toMatchObject({ status: 'pending' });
   });
 
-  it('an opt-out of the patient reaches the HubSpot and Mailchimp stand-ins that hold the contact and no other; an SMS STOP stays with its number', async () => {
+  it('an SMS STOP reaches, as an SMS opt-out of that number, the tool holding the contact that keeps an SMS status; an email opt-out reaches HubSpot and Mailchimp and no other', async () => {
+    // The patient signed up for Mailchimp's SMS marketing with the same number (CareRelay never
+    // hands Mailchimp a number).
+    mailchimp.memberSmsSignup(EMAIL, PHONE);
     // STOP: the number opts out of this sender's SMS (docs/consent.md "Scope of an opt-out") —
-    // the pending SMS stops at once; the email tools are not told (it is not about email).
+    // the pending SMS stops at once — and of SMS marketing at the tools holding the contact.
     const params = { MessageSid: 'SMhooks1', AccountSid: 'AChooks', From: PHONE, To: '+33700000000', Body: 'STOP' };
     const stop = await fetch(`${base}/hooks/sms/sms`, {
       method: 'POST',
@@ -165,8 +169,20 @@ describe('marketing tools kept in step with the ledger, over real sockets', () =
     expect(stop.status).toBe(200);
     expect(await delivery('sms-reminder@appointment/A1#0')).toMatchObject({ status: 'suppressed', reason: 'opted_out' });
     await server!.deliveries.consentSync.idle();
+    // Mailchimp: the member's SMS marketing consent, by its contact id — never its email status.
+    const member = mailchimp.members.get(md5(EMAIL))!;
+    expect(optOutWrites(mailchimp).map((r) => [r.path, r.json])).toEqual([
+      [`/dc-us14/3.0/audiences/${mailchimp.listId}/contacts/${member.contact_id}`, { sms_channel: { marketing_consent: { status: 'denied' } } }],
+    ]);
+    expect(member).toMatchObject({ status: 'subscribed', sms_subscription_status: 'unsubscribed' });
+    // HubSpot holds the contact but its API keeps no SMS status: not told (nor of email).
     expect(hubspot.statuses.size).toBe(0);
-    expect(optOutWrites(mailchimp)).toEqual([]);
+    expect(hubspot.requests.filter((r) => r.path.startsWith('/communication-preferences'))).toEqual([]);
+    // Brevo and ActiveCampaign do not hold the contact: nothing.
+    expect(brevo.requests).toEqual([]);
+    expect(ac.requests).toEqual([]);
+    // The surveys and newsletters by email go on.
+    expect(await delivery('survey@appointment/A1#0')).toMatchObject({ status: 'pending' });
 
     // The patient opts out of email: pushed to the two tools holding the contact, and only them.
     const res = await http(base, 'POST', `/api/patients/${PATIENT}/opt-outs`, { channel: 'email' });
@@ -174,6 +190,7 @@ describe('marketing tools kept in step with the ledger, over real sockets', () =
     await server!.deliveries.consentSync.idle();
     expect(Object.fromEntries(hubspot.statuses)).toEqual({ [`${EMAIL}|111`]: 'UNSUBSCRIBED', [`${EMAIL}|222`]: 'UNSUBSCRIBED' });
     expect(mailchimp.members.get(md5(EMAIL))!.status).toBe('unsubscribed');
+    expect(optOutWrites(mailchimp)).toHaveLength(2);
     expect(brevo.requests).toEqual([]);
     expect(ac.requests).toEqual([]);
     expect(await delivery('survey@appointment/A1#0')).toMatchObject({ status: 'suppressed', reason: 'opted_out' });

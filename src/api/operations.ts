@@ -39,7 +39,7 @@ export const AttemptRefusal = {
   NotHl7v2: 'not_hl7v2',
   /** The peer's client certificate is not stored, so the sender check cannot be made again. */
   SenderNotAllowed: 'sender_not_allowed',
-  /** Only the first bytes were kept (the raw-bytes quota of refused messages, workers/raw-quota.ts). */
+  /** Only the first bytes were kept (the raw-bytes quota of refused and quarantined messages, workers/raw-quota.ts). */
   RawIncomplete: 'raw_incomplete',
   InputNotConfigured: 'input_not_configured',
   StoreUnavailable: 'store_unavailable',
@@ -85,7 +85,7 @@ export async function attemptMessage(deps: OperationsDeps, kind: AttemptKind, id
     return refuse(409, AttemptRefusal.SenderNotAllowed, `message ${id} was refused for its sender's client certificate, which is not stored: have the sender resend it over an allowed connection`);
   }
   if (m.rawBytes !== undefined) {
-    return refuse(409, AttemptRefusal.RawIncomplete, `message ${id} kept only its first ${m.raw.length} of ${m.rawBytes} bytes (the raw-bytes quota of refused messages): have the sender resend it`);
+    return refuse(409, AttemptRefusal.RawIncomplete, `message ${id} kept only its first ${m.raw.length} of ${m.rawBytes} bytes (the raw-bytes quota of refused and quarantined messages): have the sender resend it`);
   }
   const settings = deps.hl7Settings.get(m.input);
   if (settings === undefined) {

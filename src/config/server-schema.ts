@@ -176,9 +176,11 @@ export const serverSchema = {
     rejectedRaw: {
       type: 'object',
       description:
-        'How many raw bytes rejected messages (AR) may keep for review. Past either limit a rejected message keeps ' +
-        'only its first keepBytes bytes, with the SHA-256 of the whole and its length as received, so a flood of ' +
-        'refused frames cannot fill the disk. Accepted messages are always kept whole.',
+        'How many raw bytes refused messages may keep for review: HL7 messages answered AR, quarantined copies (same ' +
+        'MSH-10 or FHIR event, other bytes; answered AE) and the bodies of refused FHIR requests and rejected FHIR ' +
+        'records. Past either limit such a message keeps only its first keepBytes bytes, with the SHA-256 of the ' +
+        'whole and its length as received, so a flood of refused frames cannot fill the disk. Counted by the store in ' +
+        'the commit (durable, shared by every process using the data directory). Accepted messages are always kept whole.',
       default: {},
       additionalProperties: false,
       properties: {
@@ -186,22 +188,22 @@ export const serverSchema = {
           type: 'integer',
           minimum: 0,
           default: 1073741824,
-          description: 'Raw bytes kept whole over all rejected messages (default 1 GiB).',
+          description: 'Raw bytes kept whole over all refused and quarantined messages (default 1 GiB).',
         },
         perSenderBytes: {
           type: 'integer',
           minimum: 0,
           default: 67108864,
           description:
-            'Raw bytes kept whole per sender: MSH-3^MSH-4, or the peer address for a message without a readable MSH ' +
-            '(default 64 MiB).',
+            'Raw bytes kept whole per sender: MSH-3^MSH-4, or the peer address for a message without a readable MSH, ' +
+            'or a FHIR input\'s server base URL (default 64 MiB).',
         },
         keepBytes: {
           type: 'integer',
           minimum: 0,
           maximum: 1048576,
           default: 4096,
-          description: 'Bytes kept of a rejected message past either limit (default 4 KiB: the header and first segments).',
+          description: 'Bytes kept of a refused or quarantined message past either limit (default 4 KiB: the header and first segments).',
         },
       },
     },

@@ -33,6 +33,8 @@ export interface ConsentMirror {
   readonly capturedVia?: ConsentChannel | 'web';
   readonly effectiveFrom?: string;
   readonly effectiveTo?: string;
+  /** An SMS keyword's opt-out: the number that sent it (OptOutScope.address). */
+  readonly address?: string;
 }
 
 export const ToolSignalKind = {

@@ -167,6 +167,12 @@ export interface OutputDeps {
 export interface OptOutScope {
   readonly channel?: ConsentChannel;
   readonly purpose?: Purpose;
+  /**
+   * An SMS keyword's opt-out (STOP): the number that sent it (E.164). It belongs to that number
+   * (docs/consent.md "Scope of an opt-out"): the tool's SMS status of that number is set, never an
+   * email status and never another number's.
+   */
+  readonly address?: string;
 }
 
 /** What pushing an opt-out to a tool did. */
@@ -208,6 +214,12 @@ export interface OutboundAdapter extends OutputInstanceInfo {
    * like send(), and the caller queues a retry.
    */
   optOut?(contact: HeldContact, scope: OptOutScope, context: { readonly signal: AbortSignal }): Promise<OptOutOutcome>;
+  /**
+   * The channels optOut can set a status for in the tool (absent: email only). An SMS STOP is
+   * pushed only to outputs listing `sms` (HubSpot's and ActiveCampaign's APIs have no SMS status:
+   * docs/consent.md "Tools that hold the contact").
+   */
+  readonly optOutChannels?: readonly ConsentChannel[];
   /**
    * Mirrors a consent decision of the ledger into the tool's own consent model (Salesforce:
    * ContactPointTypeConsent for the patient's Individual and the purpose's DataUsePurpose), for

@@ -1,5 +1,7 @@
 import { describe, expect, it } from 'vitest';
-import { DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT, instantMs, listLimit } from './common.ts';
+import { MessageStatus } from '../types.ts';
+import { DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT, counterValue, instantMs, listLimit, rawQuotaPlan } from './common.ts';
+import { RAW_QUOTA_CURSOR } from './store.ts';
 
 describe('instantMs', () => {
   it('compares instants across offsets', () => {
@@ -39,5 +41,32 @@ describe('listLimit', () => {
     expect(() => listLimit(0)).toThrow(/limit/);
     expect(() => listLimit(2.5)).toThrow(/limit/);
     expect(() => listLimit(Number.NaN)).toThrow(/limit/);
+  });
+});
+
+describe('rawQuotaPlan', () => {
+  const quota = { account: 'sender:EPIC^A', totalBytes: 250, perSenderBytes: 150, keepBytes: 10 };
+
+  it('applies to rows stored rejected or quarantined only', () => {
+    expect(rawQuotaPlan(quota, MessageStatus.Accepted)).toBeUndefined();
+    expect(rawQuotaPlan(quota, MessageStatus.Ignored)).toBeUndefined();
+    expect(rawQuotaPlan(undefined, MessageStatus.Rejected)).toBeUndefined();
+    expect(rawQuotaPlan(quota, MessageStatus.Quarantined)?.counters).toEqual([RAW_QUOTA_CURSOR, `${RAW_QUOTA_CURSOR}:sender:EPIC^A`]);
+  });
+
+  it('keeps whole within both limits, counting; past either, the first keepBytes; small rows always whole', () => {
+    const { decide } = rawQuotaPlan(quota, MessageStatus.Rejected)!;
+    expect(decide([0, 0], 100)).toEqual({ whole: true, counters: ['100', '100'] });
+    expect(decide([100, 100], 100)).toEqual({ whole: false, keep: 10 }); // per sender: 200 > 150
+    expect(decide([200, 0], 100)).toEqual({ whole: false, keep: 10 }); // total: 300 > 250
+    expect(decide([200, 100], 10)).toEqual({ whole: true, counters: ['210', '110'] });
+    expect(decide([150, 50], 100)).toEqual({ whole: true, counters: ['250', '150'] }); // exactly at both limits
+  });
+
+  it('reads an absent or foreign counter as 0', () => {
+    expect(counterValue(undefined)).toBe(0);
+    expect(counterValue('x')).toBe(0);
+    expect(counterValue('-5')).toBe(0);
+    expect(counterValue('42')).toBe(42);
   });
 });

@@ -1,8 +1,8 @@
 // Rules every Store backend applies the same way (limits, instants, reason codes), so the
 // SQLite and PostgreSQL backends cannot drift apart on them.
 import { DateTime } from 'luxon';
-import type { Delivery, MessageStatus } from '../types.ts';
-import type { InboundRecord, StoredMessage } from './store.ts';
+import { MessageStatus, type Delivery } from '../types.ts';
+import { RAW_QUOTA_CURSOR, type InboundRecord, type RawQuota, type StoredMessage } from './store.ts';
 
 /** Reason codes a store writes itself (safe to log). */
 export const StoreReason = {
@@ -23,6 +23,34 @@ export class StaleAttemptError extends Error {
     super(message);
     this.name = 'StaleAttemptError';
   }
+}
+
+/**
+ * The raw-bytes quota of a row (InboundRecord.rawQuota), for a backend to apply inside the
+ * transaction that writes it: `counters` are the durable cursors to read (their absence is
+ * 0) and, when the row keeps its bytes whole, to write back with the values `decide` gives.
+ * Undefined when the quota does not apply (no quota, or a row stored with another status).
+ */
+export function rawQuotaPlan(quota: RawQuota | undefined, status: MessageStatus): { counters: [total: string, account: string]; decide: (used: readonly [number, number], size: number) => RawQuotaDecision } | undefined {
+  if (quota === undefined || (status !== MessageStatus.Rejected && status !== MessageStatus.Quarantined)) return undefined;
+  return {
+    counters: [RAW_QUOTA_CURSOR, `${RAW_QUOTA_CURSOR}:${quota.account}`],
+    decide: ([total, mine], size) => {
+      // A row no longer than keepBytes is kept whole (cutting it would keep the same), and
+      // counted: a flood of small refusals fills the quota for the large ones that follow.
+      const over = total + size > quota.totalBytes || mine + size > quota.perSenderBytes;
+      if (over && size > quota.keepBytes) return { whole: false, keep: quota.keepBytes };
+      return { whole: true, counters: [String(total + size), String(mine + size)] };
+    },
+  };
+}
+
+export type RawQuotaDecision = { whole: true; counters: [total: string, account: string] } | { whole: false; keep: number };
+
+/** A durable counter's value as read back (absent, or written by something else: 0). */
+export function counterValue(value: string | undefined): number {
+  const n = Number(value ?? '0');
+  return Number.isSafeInteger(n) && n >= 0 ? n : 0;
 }
 
 /** The patient id a record is searched by (InboundRecord.patientId, else its first trigger's). */

@@ -8,7 +8,7 @@ import { consentLedgerConformance } from './consent-conformance.ts';
 import { replyLedgerConformance } from './reply-conformance.ts';
 import { operationsConformance } from './operations-conformance.ts';
 import { videoConformance } from './video-conformance.ts';
-import { isPending, PENDING_REASON, type DeliveryWrite, type InboundRecord, type Store, type StoredMessage, type SubjectState } from './store.ts';
+import { isPending, PENDING_REASON, RAW_QUOTA_CURSOR, type DeliveryWrite, type InboundRecord, type Store, type StoredMessage, type SubjectState } from './store.ts';
 
 export interface StoreHandle {
   store: Store;
@@ -689,6 +689,104 @@ export function storeConformanceSuite(name: string, makeStore: () => Promise<Sto
         });
         await expect(store.commitInbound(bad)).rejects.toThrow();
         expect(await store.getCursor('k')).toBe('2');
+      });
+    });
+
+    describe('raw-bytes quota of rejected and quarantined rows (InboundRecord.rawQuota)', () => {
+      const limits = { totalBytes: 1000, perSenderBytes: 500, keepBytes: 20 };
+      const quotaOf = (account: string) => ({ rawQuota: { account, ...limits } });
+      const bytes = (n: number, fill = 0x41): Buffer => Buffer.alloc(n, fill);
+      const rejected = (controlId: string, raw: Buffer, sender = 'A'): InboundRecord =>
+        testRecord({ controlId, raw, sender, status: MessageStatus.Rejected, ackCode: 'AR', reason: 'missing_field', ...quotaOf(`sender:${sender}`) });
+      const counters = async (account: string): Promise<[string | undefined, string | undefined]> => [
+        await store.getCursor(RAW_QUOTA_CURSOR),
+        await store.getCursor(`${RAW_QUOTA_CURSOR}:${account}`),
+      ];
+
+      it('keeps rows whole and counted within both limits; past either, the first keepBytes and the length as received', async () => {
+        expect(stored(await store.commitInbound(rejected('R1', bytes(200))))).toMatchObject({ status: 'rejected' });
+        const r2 = await store.commitInbound(rejected('R2', bytes(200)));
+        expect(r2).not.toHaveProperty('rawBytes');
+        expect(await counters('sender:A')).toEqual(['400', '400']);
+        // Sender A: 600 > 500.
+        const r3 = await store.commitInbound(rejected('R3', bytes(200, 0x42)));
+        expect(r3).toMatchObject({ outcome: 'stored', rawBytes: 200 });
+        const cut = await store.getMessage(r3.message.id);
+        expect(cut!.raw.equals(bytes(20, 0x42))).toBe(true);
+        expect(cut!.rawBytes).toBe(200);
+        expect(cut!.contentHash).toBe(sha256(bytes(200, 0x42)));
+        expect(await counters('sender:A')).toEqual(['400', '400']);
+        // Sender B up to its own limit (total 900), then sender C, within its own, passes the total.
+        for (const id of ['B1', 'B2']) expect(await store.commitInbound(rejected(id, bytes(250), 'B'))).not.toHaveProperty('rawBytes');
+        expect(await store.commitInbound(rejected('C1', bytes(200), 'C'))).toMatchObject({ outcome: 'stored', rawBytes: 200 });
+        expect(await counters('sender:C')).toEqual(['900', undefined]);
+        // A row no longer than keepBytes stays whole (and counted) even past the limits.
+        const small = await store.commitInbound(rejected('R4', bytes(20)));
+        expect(small).not.toHaveProperty('rawBytes');
+        expect(await counters('sender:A')).toEqual(['920', '420']);
+      });
+
+      it('never cuts an accepted row, and counts nothing for a duplicate or a failed commit', async () => {
+        const accepted = stored(await store.commitInbound(testRecord({ controlId: 'OK1', raw: bytes(5000), sender: 'A', ...quotaOf('sender:A') })));
+        expect((await store.getMessage(accepted.id))!.raw.length).toBe(5000);
+        expect(await counters('sender:A')).toEqual([undefined, undefined]);
+        stored(await store.commitInbound(rejected('R1', bytes(300))));
+        expect((await store.commitInbound(rejected('R1', bytes(300)))).outcome).toBe('duplicate');
+        const bad = {
+          ...rejected('R2', bytes(100)),
+          subjectStates: [{ ...appointmentState({ asOf: '2024-01-01T09:30:00Z' }), kind: 'bogus' as SubjectState['kind'] }],
+        };
+        await expect(store.commitInbound(bad)).rejects.toThrow();
+        expect(await counters('sender:A')).toEqual(['300', '300']);
+      });
+
+      it('counts a quarantined copy, also one the store quarantines itself, and cuts it past the quota', async () => {
+        stored(await store.commitInbound(testRecord({ controlId: 'Q1', raw: bytes(100), sender: 'A' })));
+        // Accepted as far as the caller knew: the store finds the twin and quarantines it.
+        const first = await store.commitInbound(testRecord({ controlId: 'Q1', raw: bytes(400, 0x42), sender: 'A', ...quotaOf('sender:A') }));
+        expect(first).toMatchObject({ outcome: 'conflict', message: { status: 'quarantined' } });
+        expect(first).not.toHaveProperty('rawBytes');
+        expect(await counters('sender:A')).toEqual(['400', '400']);
+        const second = await store.commitInbound(testRecord({ controlId: 'Q1', raw: bytes(400, 0x43), sender: 'A', ...quotaOf('sender:A') }));
+        expect(second).toMatchObject({ outcome: 'conflict', rawBytes: 400 });
+        const kept = await store.getMessage(second.message.id);
+        expect(kept!.raw.equals(bytes(20, 0x43))).toBe(true);
+        expect(kept!.rawBytes).toBe(400);
+        // A copy quarantined by its caller (status quarantined) counts the same way.
+        const third = await store.commitInbound(testRecord({ controlId: '', raw: bytes(400, 0x44), sender: 'A', status: MessageStatus.Quarantined, ...quotaOf('sender:A') }));
+        expect(third).toMatchObject({ outcome: 'stored', rawBytes: 400 });
+        expect(await counters('sender:A')).toEqual(['400', '400']);
+      });
+    });
+
+    describe('raw-bytes quota given back when counted bytes go', () => {
+      const quota = { account: 'sender:A', totalBytes: 10_000, perSenderBytes: 500, keepBytes: 20 };
+      const rejected = (controlId: string, receivedAt: string, raw = Buffer.alloc(300, 0x41)): InboundRecord =>
+        testRecord({ controlId, raw, sender: 'A', receivedAt, status: MessageStatus.Rejected, ackCode: 'AR', reason: 'missing_field', rawQuota: quota });
+      const used = async (): Promise<Array<string | undefined>> => [await store.getCursor(RAW_QUOTA_CURSOR), await store.getCursor(`${RAW_QUOTA_CURSOR}:sender:A`)];
+
+      it('by retention clearing old bodies, and by pruning old records: a later refusal is kept whole again', async () => {
+        stored(await store.commitInbound(rejected('OLD1', '2024-01-01T09:00:00Z')));
+        expect(await store.commitInbound(rejected('OLD2', '2024-01-01T09:01:00Z'))).toMatchObject({ rawBytes: 300 });
+        expect(await used()).toEqual(['300', '300']);
+        // The cut row was not counted: clearing both gives back only the whole one's 300.
+        expect(await store.prune('rawMessages', '2024-02-01T00:00:00Z', { limit: 10 })).toMatchObject({ removed: 2 });
+        expect(await used()).toEqual(['0', '0']);
+        stored(await store.commitInbound(rejected('NEW1', '2024-03-01T09:00:00Z')));
+        expect(await used()).toEqual(['300', '300']);
+        // A rejected record pruned whole gives its bytes back too.
+        expect((await store.prune('triggers', '2024-04-01T00:00:00Z', { limit: 10 })).removed).toBeGreaterThanOrEqual(1);
+        expect(await used()).toEqual(['0', '0']);
+        expect(await store.commitInbound(rejected('NEW2', '2024-05-01T09:00:00Z'))).not.toHaveProperty('rawBytes');
+      });
+
+      it('by an erasure clearing a quarantined copy of the patient\'s message', async () => {
+        stored(await store.commitInbound(testRecord({ controlId: 'E1', sender: 'A', triggers: [testTrigger({ id: 't-e1' })] })));
+        const copy = await store.commitInbound(testRecord({ controlId: 'E1', sender: 'A', raw: Buffer.alloc(300, 0x42), rawQuota: quota }));
+        expect(copy.outcome).toBe('conflict');
+        expect(await used()).toEqual(['300', '300']);
+        await store.erasePatient('MRN-1', '2024-01-02T00:00:00Z');
+        expect(await used()).toEqual(['0', '0']);
       });
     });
 

@@ -12,6 +12,7 @@ import { normalizeAddress } from '../pipeline/consent.ts';
 import type { Channel, ConsentAction, ConsentEvent, ConsentSource, Purpose, Trigger } from '../types.ts';
 import { instantMs, listLimit } from './common.ts';
 import type { Database } from './sqlite-db.ts';
+import { rawQuotaGiveBack } from './sqlite-raw-quota.ts';
 import type { DecisionRecord, Disclosure, ErasureRecord, PatientFacts, StoredFhirConsent } from './store.ts';
 
 /** The ledger's tables: one append-only migration step of the store (sqlite.ts). */
@@ -448,10 +449,18 @@ export class SqliteConsentLedger {
       updateTrigger.run(JSON.stringify(withoutPersonalFields(JSON.parse(unpackJson(t.json)) as Trigger)), t.id);
       messageIds.add(t.message_id);
     }
-    const eraseMessage = db.prepare(
-      `UPDATE messages SET raw = X'', raw_packed = NULL WHERE id = ? OR (status = 'quarantined' AND control_id <> '' AND (sender, control_id) = (SELECT sender, control_id FROM messages WHERE id = ?))`,
+    const erasedWith = db.prepare<[number, number], { id: number }>(
+      `SELECT id FROM messages WHERE id = ? OR (status = 'quarantined' AND control_id <> '' AND (sender, control_id) = (SELECT sender, control_id FROM messages WHERE id = ?))`,
     );
-    for (const id of messageIds) eraseMessage.run(id, id);
+    const eraseMessage = db.prepare<[number]>(`UPDATE messages SET raw = X'', raw_packed = NULL WHERE id = ?`);
+    // A quarantined copy counted under the raw-bytes quota gives its bytes back (sqlite-raw-quota.ts).
+    const giveBack = rawQuotaGiveBack(db);
+    for (const id of messageIds) {
+      for (const row of erasedWith.all(id, id)) {
+        giveBack(row.id);
+        eraseMessage.run(row.id);
+      }
+    }
     db.prepare('DELETE FROM decisions WHERE patient_id = ?').run(patientId);
     db.prepare('DELETE FROM disclosures WHERE patient_id = ?').run(patientId);
     db.prepare('DELETE FROM contact_points WHERE patient_id = ?').run(patientId);

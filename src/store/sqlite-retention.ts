@@ -18,6 +18,7 @@ import type { TriggerType } from '../types.ts';
 import { expandDeliveryJson } from './common.ts';
 import { PackedKind, packJson, unpackJson } from './packed-json.ts';
 import type { Database } from './sqlite-db.ts';
+import { rawQuotaGiveBack } from './sqlite-raw-quota.ts';
 import { PENDING_REASON, RetentionKind, type PruneBatch, type PruneOptions } from './store.ts';
 
 /** Columns and indexes retention walks (part of one append-only migration step of the store). */
@@ -71,9 +72,12 @@ const position = (...values: Array<string | number>): string => values.join('\u0
 export class SqliteRetention {
   readonly #db: Database;
   readonly #s;
+  /** Gives a row's bytes back to the raw-bytes quota before they go (sqlite-raw-quota.ts). */
+  readonly #giveBack: (id: number) => void;
 
   constructor(db: Database) {
     this.#db = db;
+    this.#giveBack = rawQuotaGiveBack(db);
     this.#s = {
       messages: db.prepare(
         `SELECT id, received_ms, status, reason, replaced_by, length(raw) AS stored FROM messages
@@ -126,7 +130,10 @@ export class SqliteRetention {
       case RetentionKind.RawMessages:
         return this.#messages(beforeMs, limit, options.after, (m) => {
           if (awaitsSomeone(m) || m.stored === 0) return false;
-          if (!dry) this.#s.clearRaw.run(m.id);
+          if (!dry) {
+            this.#giveBack(m.id);
+            this.#s.clearRaw.run(m.id);
+          }
           return true;
         });
       case RetentionKind.Triggers:
@@ -191,6 +198,7 @@ export class SqliteRetention {
           else s.deleteState.run(kind, id);
         }
         s.releaseAttempt.run(m.id, m.id);
+        this.#giveBack(m.id);
         s.deleteMessage.run(m.id);
       })();
     } catch (error) {

@@ -54,18 +54,21 @@ import {
   StoreReason,
   cancelKeyProbes,
   compactDelivery,
+  counterValue,
   expandDeliveryJson,
   instantMs,
   listLimit,
   packCancelKeys,
   packedKeyNeedsRow,
   patientIdOf,
+  rawQuotaPlan,
   storedMessageOf,
 } from './common.ts';
 import { PackedKind, packJson, packRaw, unpackJson, unpackRaw } from './packed-json.ts';
 import { ACTIVITY_TABLES, SqliteActivity } from './sqlite-activity.ts';
 import { CONSENT_TABLES, SqliteConsentLedger } from './sqlite-consent.ts';
 import { OUTCOME_TABLES, SqliteOutcomes } from './sqlite-outcomes.ts';
+import { RAW_QUOTA_SCHEMA } from './sqlite-raw-quota.ts';
 import { RETENTION_SCHEMA, SqliteRetention } from './sqlite-retention.ts';
 import { migrate, openSqliteDatabase, type Database, type MigrationStep } from './sqlite-db.ts';
 import { REPLY_TABLES, SqliteReplyLedger, widenMessageFormats } from './sqlite-replies.ts';
@@ -416,6 +419,9 @@ export const SQLITE_STORE_MIGRATIONS: readonly MigrationStep[] = [
   // Replies to reminders and staff tasks (sqlite-replies.ts); SMS replies stored as messages.
   REPLY_TABLES,
   widenMessageFormats,
+  // The raw-bytes quota's account of a row counted under it, given back when its bytes go
+  // (sqlite-raw-quota.ts).
+  RAW_QUOTA_SCHEMA,
   // Status `review`: an ambiguous failure of a non-idempotent output waits for a person
   // (store.ts StoredDeliveryStatus).
   allowDeliveryReview,
@@ -556,6 +562,11 @@ interface VideoLinkRow {
 }
 
 /** A record with its instants already checked and converted (outside the transaction). */
+/** CommitOutcome.rawBytes when a row kept only its first bytes. */
+function rawCut(rawBytes: number | undefined): { rawBytes?: number } {
+  return rawBytes === undefined ? {} : { rawBytes };
+}
+
 interface Prepared {
   record: InboundRecord;
   receivedMs: number;
@@ -704,9 +715,9 @@ export class SqliteStore implements Store {
     this.triggerRoutingStmt = db.prepare('SELECT message_id, routed_ms FROM triggers WHERE id = ?');
     this.insertMessageStmt = db.prepare(
       `INSERT INTO messages (input, format, sender, control_id, message_type, content_hash, status, ack, ack_code,
-         reason, received_at, received_ms, trigger_ids, raw, raw_packed, patient_id, origin, replaces, keyed, raw_bytes)
+         reason, received_at, received_ms, trigger_ids, raw, raw_packed, patient_id, origin, replaces, keyed, raw_bytes, raw_quota)
        VALUES (@input, @format, @sender, @controlId, @messageType, @contentHash, @status, @ack, @ackCode,
-         @reason, @receivedAt, @receivedMs, @triggerIds, @raw, 1, @patientId, @origin, @replaces, @keyed, @rawBytes)`,
+         @reason, @receivedAt, @receivedMs, @triggerIds, @raw, 1, @patientId, @origin, @replaces, @keyed, @rawBytes, @rawQuota)`,
     );
     this.completeMessageStmt = db.prepare(
       `UPDATE messages SET message_type = @messageType, content_hash = @contentHash, status = @status, ack = @ack,
@@ -1682,13 +1693,14 @@ export class SqliteStore implements Store {
           if (earlier !== undefined && earlier.replaced_by !== null) return { outcome: 'duplicate', message: toStored(this.latestAttempt(earlier)) };
           if (earlier !== undefined) return { outcome: 'conflict', message: toStored(earlier), original };
           const quarantined = this.insertMessage(p, MessageStatus.Quarantined, StoreReason.ConflictingResend, [], r.conflictAck?.());
-          return { outcome: 'conflict', message: quarantined, original };
+          return { outcome: 'conflict', message: quarantined.message, original, ...rawCut(quarantined.rawBytes) };
         }
       }
     }
     // An SMS answer takes its prompt in this transaction, or nothing is stored.
     if (r.answers !== undefined && !this.replies.answerPrompt(r.answers.promptId, r.answers.answer)) throw new PromptClosedError(r.answers.promptId);
-    message ??= this.insertMessage(p, r.status, r.reason, triggerIdsOf(r), p.record, keyed);
+    let rawBytes: number | undefined;
+    if (message === undefined) ({ message, rawBytes } = this.insertMessage(p, r.status, r.reason, triggerIdsOf(r), p.record, keyed));
     const messageId = Number(message.id);
     for (const task of r.tasks ?? []) this.replies.addTask({ ...task, messageId: message.id });
     if (r.attemptOf !== undefined) {
@@ -1733,7 +1745,7 @@ export class SqliteStore implements Store {
       else this.upsertVideoJoinStmt.run({ appointmentId: j.appointmentId, patientId: j.patientId, asOf: j.asOf, asOfMs, keyId: j.join.keyId, sealed: j.join.sealed, messageId });
     });
     for (const [key, value] of Object.entries(r.cursors ?? {})) this.setCursorStmt.run(key, value);
-    return { outcome: 'stored', message };
+    return { outcome: 'stored', message, ...rawCut(rawBytes) };
   }
 
   /** A pending message's row takes the record's content (its id and receivedAt stay). */
@@ -1799,9 +1811,10 @@ export class SqliteStore implements Store {
     triggerIds: string[],
     answered: { ack: string; ackCode: string } = p.record,
     keyed = true,
-  ): StoredMessage {
+  ): { message: StoredMessage; rawBytes: number | undefined } {
     const r = p.record;
     const { ack, ackCode } = answered;
+    const kept = this.rawKept(r, status);
     const patientId = patientIdOf(r);
     const info = this.insertMessageStmt.run({
       input: r.input,
@@ -1817,14 +1830,32 @@ export class SqliteStore implements Store {
       receivedAt: r.receivedAt,
       receivedMs: p.receivedMs,
       triggerIds: JSON.stringify(triggerIds),
-      raw: packRaw(r.raw),
+      raw: packRaw(kept.raw),
       patientId: patientId ?? null,
       origin: r.attemptOf?.kind ?? 'received',
       replaces: r.attemptOf === undefined ? null : Number(r.attemptOf.messageId),
       keyed: keyed ? 1 : 0,
-      rawBytes: r.rawBytes ?? null,
+      rawBytes: kept.rawBytes ?? null,
+      rawQuota: kept.account ?? null,
     });
-    return storedMessageOf(r, String(info.lastInsertRowid), { status, reason, ack, ackCode, triggerIds, patientId });
+    return { message: storedMessageOf(r, String(info.lastInsertRowid), { status, reason, ack, ackCode, triggerIds, patientId }), rawBytes: kept.rawBytes };
+  }
+
+  /**
+   * The raw bytes a row keeps under its record's quota (InboundRecord.rawQuota), counted in
+   * this transaction: the counters are read and written under the write lock every process
+   * sharing the file takes (BEGIN IMMEDIATE), and roll back with the row, so the quota holds
+   * across restarts and processes, and nothing is counted for a row not stored.
+   */
+  private rawKept(r: InboundRecord, status: MessageStatus): { raw: Buffer; rawBytes: number | undefined; account?: string } {
+    const plan = rawQuotaPlan(r.rawQuota, status);
+    if (plan === undefined) return { raw: r.raw, rawBytes: r.rawBytes };
+    const used = plan.counters.map((key) => counterValue(this.getCursorStmt.get(key)?.value)) as [number, number];
+    const decision = plan.decide(used, r.raw.length);
+    if (!decision.whole) return { raw: r.raw.subarray(0, decision.keep), rawBytes: r.rawBytes ?? r.raw.length };
+    plan.counters.forEach((key, i) => this.setCursorStmt.run(key, decision.counters[i]!));
+    // The row names its account, so retention and erasure give the bytes back (sqlite-raw-quota.ts).
+    return { raw: r.raw, rawBytes: r.rawBytes, account: r.rawQuota!.account };
   }
 
   private deliveryFromRow(row: DeliveryRow): StoredDelivery {

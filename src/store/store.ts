@@ -24,6 +24,16 @@ export interface InboundRecord {
    * message past the raw-bytes quota, workers/raw-quota.ts); absent when `raw` is whole.
    */
   rawBytes?: number;
+  /**
+   * The quota this record's raw bytes count against if the store keeps it as `rejected` or
+   * `quarantined` (docs/reliability.md "Bad inputs"; workers/raw-quota.ts). The store does the
+   * accounting in the commit's own transaction, from durable counters (RAW_QUOTA_CURSOR), so
+   * the quota holds across restarts and across processes sharing the store: a row that fits
+   * both the total and its account keeps its bytes whole and adds them to both counters;
+   * past either it keeps its first `keepBytes` bytes and its length as received (`rawBytes`).
+   * Ignored for rows stored with any other status: nothing accepted is ever cut.
+   */
+  rawQuota?: RawQuota;
   status: MessageStatus;
   /** The acknowledgment sent back (HL7 ACK text, or an HTTP status summary for FHIR). */
   ack: string;
@@ -85,6 +95,21 @@ export interface InboundRecord {
 
 /** Wire formats of stored inbound messages. */
 export type InboundFormat = 'hl7v2' | 'fhir' | 'sms';
+
+/** See InboundRecord.rawQuota. */
+export interface RawQuota {
+  /** The sender's account (`sender:EPIC^GHH`, `peer:10.0.0.7`), bounded in length. */
+  account: string;
+  /** Raw bytes kept whole over all rejected and quarantined rows. */
+  totalBytes: number;
+  /** Raw bytes kept whole per account. */
+  perSenderBytes: number;
+  /** Bytes kept of a row past either limit. */
+  keepBytes: number;
+}
+
+/** Durable cursor holding the bytes kept whole under the raw quota; an account's adds `:<account>`. */
+export const RAW_QUOTA_CURSOR = 'quota.rejected-raw-bytes';
 
 /**
  * The reason of a message committed before its triggers could be made (status `accepted`):
@@ -228,15 +253,18 @@ export interface VideoLink {
 }
 
 export type CommitOutcome =
-  /** Stored now. */
-  | { outcome: 'stored'; message: StoredMessage }
+  /**
+   * Stored now. `rawBytes`: the row keeps only its first bytes (InboundRecord.rawQuota), this
+   * is the length as received.
+   */
+  | { outcome: 'stored'; message: StoredMessage; rawBytes?: number }
   /** Same sender + controlId + contentHash already stored: nothing new written. */
   | { outcome: 'duplicate'; message: StoredMessage }
   /**
    * Same sender + controlId, different bytes: the new record was stored with status
    * `quarantined` (its triggers and subject states were NOT applied).
    */
-  | { outcome: 'conflict'; message: StoredMessage; original: StoredMessage };
+  | { outcome: 'conflict'; message: StoredMessage; original: StoredMessage; rawBytes?: number };
 
 export interface MessageQuery {
   sender?: string;

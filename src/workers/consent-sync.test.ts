@@ -167,6 +167,69 @@ describe('consent kept in step with tools (workers/consent-sync.ts)', () => {
     expect(optOuts.every((o) => o.scope.channel === 'email')).toBe(true);
   });
 
+  it("an SMS STOP is pushed as an SMS opt-out of its number to the tools holding the contact of the patients at that number that keep an SMS status; START never", async () => {
+    const optOuts: Array<{ output: string; contact: HeldContact; scope: OptOutScope }> = [];
+    const marketing = (name: string, optOutChannels?: Array<'email' | 'sms'>): ConsentTool => ({
+      ...(optOutChannels ? { optOutChannels } : {}),
+      async optOut(contact, scope) {
+        optOuts.push({ output: name, contact, scope });
+        return 'applied';
+      },
+    });
+    build(
+      new Map([
+        ['mailchimp', marketing('mailchimp', ['email', 'sms'])],
+        ['hubspot', marketing('hubspot', ['email'])],
+        ['legacy', marketing('legacy')],
+        ['brevo', marketing('brevo', ['email', 'sms'])],
+        ['crm', tool('crm')],
+      ]),
+    );
+    await sync.start();
+    // MRN-1 and MRN-3 were both given the number; MRN-2 another one.
+    const withPhone = (id: string, patientId: string, value: string) =>
+      testTrigger({ id, patient: { ...testTrigger({ id: 'x' }).patient, id: patientId, telecom: [{ system: 'phone', use: 'mobile', value }] } });
+    await store.notePatientFacts([withPhone('p1', 'MRN-1', '+1 (555) 010-0222'), withPhone('p3', 'MRN-3', '+15550100222'), withPhone('p2', 'MRN-2', '+15550100999')]);
+    for (const output of ['mailchimp', 'hubspot', 'legacy']) await store.recordContactHolding({ output, patientId: 'MRN-1', contactKey: 'alex@example.org', firstSentAt: '2030-03-01T09:00:00Z' });
+    await store.recordContactHolding({ output: 'mailchimp', patientId: 'MRN-3', contactKey: 'sam@example.org', firstSentAt: '2030-03-01T09:00:00Z' });
+    await store.recordContactHolding({ output: 'brevo', patientId: 'MRN-2', contactKey: 'alex@example.org', firstSentAt: '2030-03-01T09:00:00Z' });
+    await sentTo('crm', 'MRN-3');
+
+    const stop = await consent.inboundSms({ output: 'sms', from: '+15550100222', body: 'STOP', messageId: 'SM1' });
+    expect(stop.reply).toBeDefined();
+    await sync.idle();
+    expect(optOuts.map((o) => [o.output, o.contact.patientId, o.contact.contactKey]).sort()).toEqual([
+      ['mailchimp', 'MRN-1', 'alex@example.org'],
+      ['mailchimp', 'MRN-3', 'sam@example.org'],
+    ]);
+    // The SMS channel of that number, every non-care purpose: never an email unsubscribe.
+    expect(optOuts.every((o) => o.scope.channel === 'sms' && o.scope.address === '+15550100222' && o.scope.purpose === undefined)).toBe(true);
+    expect(pushed).toEqual([{ output: 'crm', mirror: expect.objectContaining({ patientId: 'MRN-3', channel: 'sms', status: 'opted_out', source: 'sms', capturedVia: 'sms' }) }]);
+
+    optOuts.length = 0;
+    pushed = [];
+    await consent.inboundSms({ output: 'sms', from: '+15550100222', body: 'START', messageId: 'SM2' });
+    await sync.idle();
+    expect(optOuts).toEqual([]);
+    expect(pushed).toEqual([]);
+    expect(await store.unqueuedConsentMirrors(10)).toEqual([]);
+  });
+
+  it("a STOP's push recorded with the entry but not queued (a crash between) is queued at the next start, for the number's patients", async () => {
+    const optOuts: Array<{ output: string; scope: OptOutScope }> = [];
+    build(new Map([['mailchimp', { optOutChannels: ['email', 'sms'], optOut: async (_contact, scope) => (optOuts.push({ output: 'mailchimp', scope }), 'applied') } satisfies ConsentTool]]));
+    await store.notePatientFacts([testTrigger({ id: 'p1', patient: { ...testTrigger({ id: 'x' }).patient, id: 'MRN-1', telecom: [{ system: 'phone', use: 'mobile', value: '+15550100222' }] } })]);
+    await store.recordContactHolding({ output: 'mailchimp', patientId: 'MRN-1', contactKey: 'alex@example.org', firstSentAt: '2030-03-01T09:00:00Z' });
+    await store.addConsentEvent(
+      { ...entry({ action: 'opt_out', patientId: undefined, address: '+15550100222', output: 'sms', channel: 'sms', source: 'sms', method: 'keyword:STOP' }), policyVersion: '1', recordedAt: '2030-03-15T09:00:00Z' },
+      ['mailchimp'],
+    );
+    await sync.start();
+    await sync.idle();
+    expect(optOuts).toEqual([{ output: 'mailchimp', scope: { channel: 'sms', address: '+15550100222' } }]);
+    expect(await store.unqueuedConsentMirrors(10)).toEqual([]);
+  });
+
   it('a tool signal by address reaches the patients whose contact that output holds', async () => {
     build(new Map());
     await store.recordContactHolding({ output: 'mailchimp', patientId: 'MRN-2', contactKey: 'alex@example.org', firstSentAt: '2030-03-01T09:00:00Z' });

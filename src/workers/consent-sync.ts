@@ -9,8 +9,13 @@
 //   tool ─▶ adapter.pollConsent(cursor) ─▶ ToolConsentSignal ─▶ ConsentService.toolSignal()
 //        ─▶ ledger entry (once per event id) ─▶ pending deliveries it forbids suppressed
 //
-// What is pushed: a patient's grant, revocation or opt-out (an SMS keyword belongs to a number,
-// a no-contact flag is the organisation's, neither is a person's consent a tool keeps). To an
+// What is pushed: a patient's grant, revocation or opt-out (a no-contact flag is the
+// organisation's, not a person's consent a tool keeps). An SMS STOP belongs to its number
+// (docs/consent.md "Scope of an opt-out"): it is pushed as an SMS opt-out of that number — never
+// an email unsubscribe — for the patients whose triggers carried the number, to the marketing
+// tools holding their contact that keep an SMS status (adapter.optOutChannels: Mailchimp, Brevo;
+// not HubSpot or ActiveCampaign, whose APIs have none) and to a tool with a consent model that was
+// sent something about them; START is never pushed. To an
 // output with a consent model (a `consent` block and mirrorConsent: salesforce-crm) that was
 // sent something about the patient or a merged id (the accounting of disclosures says which),
 // grants and opt-outs alike; to a marketing tool (optOut: HubSpot, Mailchimp, Brevo,
@@ -23,7 +28,8 @@
 // Logs: output names, entry ids, codes and counts only.
 import { failureClassOf } from '../errors.ts';
 import type { Logger } from '../log.ts';
-import type { ConsentMirror, ToolConsentSignal } from '../outputs/consent-sync.ts';
+import { normalizeAddress } from '../pipeline/consent.ts';
+import type { ConsentChannel, ConsentMirror, ToolConsentSignal } from '../outputs/consent-sync.ts';
 import type { HeldContact, OptOutOutcome, OptOutScope } from '../outputs/spec.ts';
 import type { JobContext, Queue } from '../queue/queue.ts';
 import type { Store } from '../store/store.ts';
@@ -47,6 +53,8 @@ export interface MirrorJob {
 export interface ConsentTool {
   mirrorConsent?(consent: ConsentMirror, context: { readonly signal: AbortSignal }): Promise<Receipt>;
   optOut?(contact: HeldContact, scope: OptOutScope, context: { readonly signal: AbortSignal }): Promise<OptOutOutcome>;
+  /** The channels optOut sets a status for (OutboundAdapter.optOutChannels; absent: email only). */
+  readonly optOutChannels?: readonly ConsentChannel[];
   pollConsent?(cursor: PollCursor, context: { readonly signal: AbortSignal }): Promise<{ signals: ToolConsentSignal[]; cursor: PollCursor; more: boolean }>;
 }
 
@@ -81,6 +89,22 @@ export function mirrorsOf(event: Omit<ConsentEvent, 'id' | 'recordedAt' | 'polic
   );
 }
 
+type NewEntry = Omit<ConsentEvent, 'id' | 'recordedAt' | 'policyVersion'>;
+
+/** An SMS keyword's opt-out (STOP): an entry of the number, not of a patient (inboundSms). */
+export function isKeywordOptOut(entry: NewEntry): entry is NewEntry & { address: string } {
+  return entry.patientId === undefined && entry.source === 'sms' && entry.action === 'opt_out' && entry.address !== undefined;
+}
+
+/**
+ * The pushes of an SMS keyword's opt-out: one per patient whose triggers carried the number, for
+ * the SMS channel as a whole and that number only.
+ */
+export function keywordMirrors(event: NewEntry & { address: string }, patientIds: readonly string[]): ConsentMirror[] {
+  const address = normalizeAddress(event.address);
+  return patientIds.map((patientId) => ({ patientId, channel: 'sms', status: 'opted_out', capturedAt: event.at, source: event.source, capturedVia: 'sms', effectiveFrom: event.at, address }));
+}
+
 export interface ConsentSyncDeps {
   store: Store;
   consent: ConsentService;
@@ -108,25 +132,63 @@ export class ConsentSync {
    * The outputs an entry about to be recorded is pushed to (ConsentService.record writes them
    * with the entry): see the top of this file.
    */
-  async targets(entry: Omit<ConsentEvent, 'id' | 'recordedAt' | 'policyVersion'>): Promise<string[]> {
-    if (entry.patientId === undefined || this.#deps.tools.size === 0 || mirrorsOf(entry).length === 0) return [];
+  async targets(entry: NewEntry): Promise<string[]> {
+    if (this.#deps.tools.size === 0) return [];
+    const keyword = isKeywordOptOut(entry);
+    if (!keyword && (entry.patientId === undefined || mirrorsOf(entry).length === 0)) return [];
     const stops = entry.action === 'opt_out' || entry.action === 'revoke';
-    const group = await this.#deps.store.mergedGroup(entry.patientId);
+    const group = await this.#group(keyword ? await this.#patientsAt(entry.address) : [entry.patientId!]);
+    if (group.length === 0) return [];
     const sent = new Set((await this.#deps.store.listDisclosures({ patientIds: group, limit: 1000 })).map((d) => d.output));
     const holding = new Set<string>();
     if (stops) for (const id of group) for (const h of await this.#deps.store.listContactHoldings({ patientId: id })) holding.add(h.output);
     const targets: string[] = [];
     for (const [name, tool] of this.#deps.tools) {
-      if (name === entry.output) continue; // where it came from
-      if (tool.mirrorConsent ? sent.has(name) : tool.optOut && holding.has(name)) targets.push(name);
+      if (!keyword && name === entry.output) continue; // where it came from (a keyword's output is the SMS sender)
+      // A STOP goes only where the tool keeps an SMS status: the others are skipped, not told of email.
+      const smsStatus = !keyword || (tool.optOutChannels ?? ['email']).includes('sms');
+      if (tool.mirrorConsent ? sent.has(name) : tool.optOut && smsStatus && holding.has(name)) targets.push(name);
     }
     return targets;
   }
 
+  /** The pushes of a recorded entry (a keyword's: for the patients at its number now). */
+  async #mirrors(event: ConsentEvent): Promise<ConsentMirror[]> {
+    return isKeywordOptOut(event) ? keywordMirrors(event, await this.#patientsAt(event.address)) : mirrorsOf(event);
+  }
+
+  /**
+   * A keyword's pushes an output may have: a tool with a consent model only hears of the patients
+   * it was sent something about (never of another patient at the number); a marketing tool's are
+   * narrowed to the contacts it holds when pushed.
+   */
+  async #toldOf(output: string, mirrors: readonly ConsentMirror[]): Promise<ConsentMirror[]> {
+    if (!this.#deps.tools.get(output)?.mirrorConsent) return [...mirrors];
+    const told: ConsentMirror[] = [];
+    for (const mirror of mirrors) {
+      const group = await this.#group([mirror.patientId]);
+      if ((await this.#deps.store.listDisclosures({ patientIds: group, limit: 1000 })).some((d) => d.output === output)) told.push(mirror);
+    }
+    return told;
+  }
+
+  /** The patients whose triggers carried an address. */
+  async #patientsAt(address: string): Promise<string[]> {
+    return this.#deps.store.patientsAtAddress(normalizeAddress(address));
+  }
+
+  /** The patients and every id merged with them. */
+  async #group(patientIds: readonly string[]): Promise<string[]> {
+    const ids = new Set<string>();
+    for (const id of patientIds) for (const member of await this.#deps.store.mergedGroup(id)) ids.add(member);
+    return [...ids];
+  }
+
   /** Puts the pushes of a recorded entry on the queue (ConsentService calls it after the entry). */
   async queue(event: ConsentEvent, outputs: readonly string[]): Promise<void> {
-    const mirrors = mirrorsOf(event);
+    const all = outputs.length > 0 ? await this.#mirrors(event) : [];
     for (const output of outputs) {
+      const mirrors = isKeywordOptOut(event) ? await this.#toldOf(output, all) : all;
       if (mirrors.length > 0) {
         await this.#deps.queue.add({ id: `mirror:${event.id}:${output}`, data: { eventId: event.id, output, mirrors }, runAt: new Date(this.#deps.now()), idempotent: true });
       }
@@ -224,18 +286,21 @@ export class ConsentSync {
     if (tool?.mirrorConsent) {
       for (const mirror of mirrors) calls.push(() => tool.mirrorConsent!(mirror, { signal: job.signal }));
     } else if (tool?.optOut) {
-      // Every contact the tool holds for the patient or a merged id, as it is known there now.
-      const patientId = mirrors[0]?.patientId;
-      const held = new Map<string, HeldContact>();
-      for (const id of patientId === undefined ? [] : await this.#deps.store.mergedGroup(patientId)) {
-        for (const h of await this.#deps.store.listContactHoldings({ patientId: id })) {
-          if (h.output === output) held.set(`${h.patientId}\u0000${h.contactKey}`, { patientId: h.patientId, contactKey: h.contactKey });
+      // Every contact the tool holds for the patients (or a merged id), as it is known there now:
+      // each with the pushes of its own patient (a keyword's name one patient each).
+      const patients = [...new Set(mirrors.map((m) => m.patientId))];
+      const held = new Map<string, { contact: HeldContact; of: string }>();
+      for (const patientId of patients) {
+        for (const id of await this.#deps.store.mergedGroup(patientId)) {
+          for (const h of await this.#deps.store.listContactHoldings({ patientId: id })) {
+            if (h.output === output) held.set(`${h.patientId}\u0000${h.contactKey}`, { contact: { patientId: h.patientId, contactKey: h.contactKey }, of: patientId });
+          }
         }
       }
-      for (const contact of held.values()) {
+      for (const { contact, of } of held.values()) {
         for (const m of mirrors) {
-          if (m.status !== 'opted_out') continue;
-          const scope: OptOutScope = { channel: m.channel, ...(m.purpose !== undefined ? { purpose: m.purpose } : {}) };
+          if (m.status !== 'opted_out' || m.patientId !== of) continue;
+          const scope: OptOutScope = { channel: m.channel, ...(m.purpose !== undefined ? { purpose: m.purpose } : {}), ...(m.address !== undefined ? { address: m.address } : {}) };
           calls.push(() => tool.optOut!(contact, scope, { signal: job.signal }));
         }
       }

@@ -34,6 +34,7 @@ import type { JoinVault } from '../video/seal.ts';
 import { addResource, CommitFailed, FhirRecords, Refusal, sha256, type Batch } from './fhir-records.ts';
 import { cursorKeys, instantMs, laterInstant, type SubscriptionState } from './fhir-state.ts';
 import { FhirSubscriptions, type FhirServerClient, type FhirSubscriptionSettings } from './fhir-subscriptions.ts';
+import type { RejectedRawLimits } from './raw-quota.ts';
 import type { Timer } from './timer.ts';
 
 export interface FhirIngestSettings {
@@ -65,6 +66,8 @@ export interface FhirIngestDeps {
   random?: () => number;
   /** Timer of the background recovery; injected by tests. */
   timer?: Timer;
+  /** Bounds the raw bytes kept by refused requests and rejected records (raw-quota.ts). */
+  rejectedRaw?: RejectedRawLimits;
 }
 
 export type FhirIngestResult =
@@ -263,7 +266,7 @@ export class FhirIngest {
     record.ack = refusal.ack;
     record.ackCode = String(refusal.status);
     try {
-      await this.deps.store.commitInbound(record);
+      this.records.logRawCut(await this.deps.store.commitInbound(record));
     } catch {
       this.deps.log.error('fhir.refusal_not_recorded', { input: this.settings.input, status: refusal.status, reason: refusal.reason });
     }

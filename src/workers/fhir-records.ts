@@ -12,6 +12,7 @@ import type { Logger } from '../log.ts';
 import { PENDING_REASON, type InboundRecord, type Store, type StoredMessage, type SubjectState } from '../store/store.ts';
 import { MessageStatus, type Trigger } from '../types.ts';
 import { joinUrls, sealJoins, type JoinVault } from '../video/seal.ts';
+import { rawQuotaFor, type RejectedRawLimits } from './raw-quota.ts';
 
 /** What the records need of the FHIR client. */
 export interface FhirReader {
@@ -26,6 +27,8 @@ export interface FhirRecordsDeps {
   now: () => Date;
   /** Called after a commit that created triggers (routing hooks in here). */
   onCommitted?: (triggers: Trigger[]) => void | Promise<void>;
+  /** Bounds the raw bytes kept by records stored rejected or quarantined (raw-quota.ts). */
+  rejectedRaw?: RejectedRawLimits;
   /** Seals video-visit join URLs for the store (docs/video.md); without it they are not kept. */
   video?: JoinVault;
 }
@@ -94,7 +97,17 @@ export class FhirRecords {
       receivedAt: batch.receivedAt,
       triggers: [],
       subjectStates: [],
+      // Counted against the server's raw-bytes quota when the store keeps it rejected (a
+      // refused request, a record without its trigger) or quarantined; accepted: never.
+      ...rawQuotaFor(this.deps.rejectedRaw, 'sender', this.sender),
     };
+  }
+
+  /** Says when the store kept only the first bytes of a record (the raw-bytes quota). */
+  logRawCut(committed: Awaited<ReturnType<Store['commitInbound']>>): void {
+    if (committed.outcome !== 'duplicate' && committed.rawBytes !== undefined) {
+      this.deps.log.warn('fhir.raw_truncated', { input: this.input, reason: 'rejected_raw_quota', count: committed.rawBytes });
+    }
   }
 
   /** The stored record with this control id, if any. */
@@ -251,6 +264,7 @@ export class FhirRecords {
         return;
       }
       this.settled.add(record);
+      this.logRawCut(o.value);
       if (o.value.outcome === 'stored') {
         kept.push(record);
         if (record.status === MessageStatus.Accepted) fresh.push(...record.triggers);

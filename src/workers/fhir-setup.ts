@@ -43,6 +43,8 @@ export interface FhirRuntimeDeps {
   onCommitted?: (triggers: Trigger[]) => void | Promise<void>;
   /** FHIR Consent resources received (docs/consent.md ways in): FhirIngestDeps.onConsent. */
   onConsent?: FhirIngestDeps['onConsent'];
+  /** The raw-bytes quota of refused requests and rejected records (server.rejectedRaw). */
+  rejectedRaw?: FhirIngestDeps['rejectedRaw'];
   /** Seals video-visit join URLs (docs/video.md): FhirIngestDeps.video. */
   video?: FhirIngestDeps['video'];
 }
@@ -61,6 +63,7 @@ export function restHookIngest(config: FhirRestHookConfig, deps: FhirRuntimeDeps
       client: fhirClientFor(config.server, deps.env, deps.configDir),
       ...(deps.onCommitted ? { onCommitted: deps.onCommitted } : {}),
       ...(deps.onConsent ? { onConsent: deps.onConsent } : {}),
+      ...(deps.rejectedRaw ? { rejectedRaw: deps.rejectedRaw } : {}),
       ...(deps.video ? { video: deps.video } : {}),
     },
   );
@@ -75,6 +78,7 @@ export function poller(config: FhirPollConfig, deps: FhirRuntimeDeps): FhirPolle
       client: fhirClientFor(config.server, deps.env, deps.configDir),
       ...(deps.onCommitted ? { onCommitted: deps.onCommitted } : {}),
       ...(deps.onConsent ? { onConsent: deps.onConsent } : {}),
+      ...(deps.rejectedRaw ? { rejectedRaw: deps.rejectedRaw } : {}),
       ...(deps.video ? { video: deps.video } : {}),
     },
   );

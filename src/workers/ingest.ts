@@ -7,7 +7,7 @@
 // Answers: AA accepted (or ignored: not a trigger type); AR refused for good (unparseable,
 // MLLP block characters inside, no MSH-10 or MSH-9, SIU without appointment id…; the raw
 // bytes are kept for review, within the quota of raw-quota.ts); AE when the sender may retry
-// (commit failed, or a conflicting resend that was quarantined). In enhanced mode (MSH-15/16
+// (commit failed, or a conflicting resend that was quarantined, within the same quota). In enhanced mode (MSH-15/16
 // valued) the commit ACK codes CA/CR/CE are used and MSH-15 decides whether an accept ACK is
 // sent at all. The ACK is encoded in the character set the message was read in (MSH-18).
 import { createHash, randomBytes } from 'node:crypto';
@@ -21,10 +21,10 @@ import { redactVirtualVisit, type VirtualVisitSetting } from '../inputs/hl7v2/vi
 import { TransientError } from '../errors.ts';
 import type { Logger } from '../log.ts';
 import { StaleAttemptError } from '../store/common.ts';
-import type { InboundRecord, MessageAttempt, Store, SubjectState } from '../store/store.ts';
+import type { CommitOutcome, InboundRecord, MessageAttempt, Store, SubjectState } from '../store/store.ts';
 import { MessageStatus, type AckCode, type Trigger, type VideoJoin } from '../types.ts';
 import { joinUrls, sealJoins, type JoinVault } from '../video/seal.ts';
-import { rawQuotaAccount, type RawCharge, type RejectedRawQuota } from './raw-quota.ts';
+import { rawQuotaFor, type RejectedRawLimits } from './raw-quota.ts';
 
 /** Per-input settings the ingest needs (from the connector config). */
 export interface Hl7IngestSettings {
@@ -78,8 +78,8 @@ export interface Hl7IngestDeps {
   now?: () => Date;
   /** Called after a commit that created triggers (routing hooks in here). */
   onCommitted?: (triggers: Trigger[]) => void | Promise<void>;
-  /** Bounds the raw bytes kept with rejected messages; without it they are kept whole. */
-  rejectedRaw?: RejectedRawQuota;
+  /** Bounds the raw bytes kept with rejected and quarantined messages; without it they are kept whole. */
+  rejectedRaw?: RejectedRawLimits;
   /** Told of each resend answered with its stored ACK before any commit (metrics: workers/ops-events.ts). */
   onResend?: (resend: { input: string; messageType: string; ackCode: string }) => void;
   /** Seals video-visit join URLs for the store (docs/video.md); without it they are not kept. */
@@ -372,42 +372,26 @@ export class Hl7Ingest {
       triggers: [],
       subjectStates: [],
       ...(attemptOf ? { attemptOf } : {}),
+      ...(header !== undefined
+        ? rawQuotaFor(this.deps.rejectedRaw, 'sender', senderOf(header))
+        : rawQuotaFor(this.deps.rejectedRaw, 'peer', peer.certificateCN ?? peer.remoteAddress ?? settings.input)),
     };
-    const account =
-      header !== undefined ? rawQuotaAccount('sender', senderOf(header)) : rawQuotaAccount('peer', peer.certificateCN ?? peer.remoteAddress ?? settings.input);
     let committed;
-    let charge: RawCharge | undefined;
     try {
-      charge = await this.chargeRaw(record, account);
       committed = await this.deps.store.commitInbound(record);
     } catch (commitError) {
-      charge?.refund();
       if (commitError instanceof StaleAttemptError) throw commitError;
       this.deps.log.error('ingest.commit_failed', { input: settings.input, reason: error.code });
       return encoded({ ack: undefined, ackCode: 'AE', committed: false, triggers: [] }, charset);
     }
-    if (committed.outcome !== 'stored') charge?.refund();
+    this.logRawCut(settings.input, committed);
     this.deps.log.warn('ingest.rejected', { input: settings.input, reason: error.code });
     return encoded({ ack, ackCode: 'AR', committed: true, triggers: [], messageId: committed.message.id }, charset);
   }
 
-  /**
-   * Applies the raw-bytes quota to a rejected record (in place): loads the account's counter,
-   * then, with no await before the caller's commitInbound, decides what is kept. The caller
-   * refunds when nothing was stored.
-   */
-  private async chargeRaw(record: InboundRecord, account: string): Promise<RawCharge | undefined> {
-    const quota = this.deps.rejectedRaw;
-    if (quota === undefined || record.status !== MessageStatus.Rejected) return undefined;
-    await quota.load(account);
-    const charge = quota.charge(account, record.raw);
-    record.raw = charge.raw;
-    if (charge.receivedBytes !== undefined) {
-      record.rawBytes = charge.receivedBytes;
-      this.deps.log.warn('ingest.raw_truncated', { input: record.input, reason: 'rejected_raw_quota', count: charge.receivedBytes });
-    }
-    record.cursors = { ...record.cursors, ...charge.cursors };
-    return charge;
+  /** Says when the store kept only the first bytes of a row (the raw-bytes quota, raw-quota.ts). */
+  private logRawCut(input: string, committed: CommitOutcome): void {
+    if (committed.outcome !== 'duplicate' && committed.rawBytes !== undefined) this.deps.log.warn('ingest.raw_truncated', { input, reason: 'rejected_raw_quota', count: committed.rawBytes });
   }
 
   private async handleMessage(msg: Hl7Message, raw: Buffer, settings: Hl7IngestSettings, peer: Hl7Peer, attemptOf?: MessageAttempt): Promise<Answer> {
@@ -561,18 +545,18 @@ export class Hl7Ingest {
       };
     }
 
+    // Counted against the sender's raw-bytes quota if the store keeps it rejected or
+    // quarantined (also a copy that raced its twin): the store decides in the commit.
+    Object.assign(record, rawQuotaFor(this.deps.rejectedRaw, 'sender', sender));
     let committed;
-    let charge: RawCharge | undefined;
     try {
-      charge = await this.chargeRaw(record, rawQuotaAccount('sender', sender));
       committed = await store.commitInbound(record);
     } catch (error) {
-      charge?.refund();
       if (error instanceof StaleAttemptError) throw error;
       log.error('ingest.commit_failed', logFields);
       return this.storeUnavailable(msg, mode);
     }
-    if (committed.outcome !== 'stored') charge?.refund();
+    this.logRawCut(settings.input, committed);
 
     switch (committed.outcome) {
       case 'stored':

@@ -228,7 +228,7 @@ export class DeliveryRuntime {
       if (!adapter) continue;
       const consentModel = output.config.consent !== undefined && (adapter.mirrorConsent || adapter.pollConsent);
       if (consentModel) tools.set(output.name, adapter);
-      else if (adapter.optOut) tools.set(output.name, { optOut: adapter.optOut.bind(adapter) });
+      else if (adapter.optOut) tools.set(output.name, { optOut: adapter.optOut.bind(adapter), ...(adapter.optOutChannels ? { optOutChannels: adapter.optOutChannels } : {}) });
     }
     let consentSync: ConsentSync | undefined;
     this.consent = new ConsentService({

@@ -12,7 +12,16 @@
 //     Subscribed"; a fake-looking address → 400 "Invalid Resource"; 200 with the member;
 //   - POST …/members/{hash}/tags { tags: [{ name, status: active|inactive }] } → 204;
 //   - POST …/members/{hash}/events { name 2–30 characters, properties (strings) } → 204;
-//   - PATCH …/members/{hash} { status } → 200; a member that does not exist → 404;
+//   - GET …/members/{hash}[?fields=a,b] → 200 with the member (contact_id, status,
+//     sms_phone_number, sms_subscription_status… — the SMS fields are read-only here, as in the
+//     reference), only the listed fields when `fields` is given;
+//   - PATCH …/members/{hash} { status } → 200; a member that does not exist → 404; a body naming
+//     fields the "Update list member" body does not have (the SMS fields among them) → 400;
+//   - Audiences (BETA): PATCH /3.0/audiences/{audience_id = list id}/contacts/{contact_id} with
+//     only the documented members (email_channel, sms_channel { sms_phone, marketing_consent
+//     { status: consented|confirmed|denied|unknown, source, captured_at } }, language,
+//     merge_fields, tags) → 200; `denied` unsubscribes the contact from SMS marketing; an unknown
+//     contact → 404;
 //   - POST …/members/{hash}/actions/delete-permanent → 204 (the address is then "forgotten": it
 //     cannot be added again), 404 for a member that does not exist;
 //   - audience webhooks ("Sync audience data with webhooks"): createWebhook(url) checks the URL
@@ -27,11 +36,16 @@ import { header, startHttpStandIn, type Answer, type HttpStandIn, type RecordedR
 
 export interface MailchimpMember {
   email_address: string;
+  /** Mailchimp's id of the contact, channel-agnostic (the Audiences endpoints address it by this). */
+  contact_id: string;
   status: string;
   merge_fields: Record<string, string>;
   language?: string;
   tags: string[];
   events: Array<{ name: string; properties: Record<string, string> }>;
+  /** Set when the person signed up for SMS marketing in Mailchimp (memberSmsSignup). */
+  sms_phone_number?: string;
+  sms_subscription_status?: 'subscribed' | 'unsubscribed' | 'nonsubscribed' | 'pending';
 }
 
 export interface MailchimpStandIn extends HttpStandIn {
@@ -52,12 +66,18 @@ export interface MailchimpStandIn extends HttpStandIn {
   memberUnsubscribes(email: string): Promise<number[]>;
   /** The member's address is cleaned (a hard bounce, or abuse): posted to the webhooks; their statuses. */
   memberCleaned(email: string, reason: 'hard' | 'abuse'): Promise<number[]>;
+  /** The member signs up for SMS marketing with this number in Mailchimp (an SMS signup form). */
+  memberSmsSignup(email: string, phone: string): void;
   /** Posts the last webhook call again, as it was (Mailchimp retries a call that failed); the statuses. */
   redeliverLast(): Promise<number[]>;
 }
 
 const MERGE_TAGS = new Set(['FNAME', 'LNAME', 'ADDRESS', 'PHONE', 'BIRTHDAY']);
 const STATUSES = ['subscribed', 'unsubscribed', 'cleaned', 'pending', 'transactional'];
+/** The "Update list member" body (v3.0.55): nothing else is accepted. */
+const PATCH_MEMBER_FIELDS = new Set(['email_address', 'email_type', 'status', 'merge_fields', 'interests', 'language', 'vip', 'location', 'marketing_permissions', 'ip_signup', 'timestamp_signup', 'ip_opt', 'timestamp_opt']);
+const CONTACT_FIELDS = new Set(['email_channel', 'sms_channel', 'language', 'merge_fields', 'tags']);
+const CONSENT_STATUSES = ['consented', 'confirmed', 'denied', 'unknown'];
 const MAX_CONNECTIONS = 10;
 
 export const md5 = (text: string) => createHash('md5').update(text.toLowerCase(), 'utf8').digest('hex');
@@ -93,6 +113,25 @@ export async function startMailchimpStandIn(): Promise<MailchimpStandIn> {
       return 'hang';
     }
     const path = match[2]!;
+    const audienceContact = new RegExp(`^/audiences/${listId}/contacts/([^/]+)$`).exec(path);
+    if (audienceContact !== null) {
+      if (request.method !== 'PATCH') return problem(405, 'Method Not Allowed', 'The requested method and resource are not compatible.');
+      if (!(header(request, 'content-type') ?? '').startsWith('application/json')) return problem(400, 'Invalid Resource', 'The request body must be JSON.');
+      const target = [...members.values()].find((m) => m.contact_id === decodeURIComponent(audienceContact[1]!));
+      if (target === undefined) return problem(404, 'Resource Not Found', 'The requested resource could not be found.');
+      const body = (request.json ?? {}) as Record<string, unknown>;
+      const sms = body.sms_channel as Record<string, unknown> | undefined;
+      const consent = sms?.marketing_consent as Record<string, unknown> | undefined;
+      if (
+        Object.keys(body).some((k) => !CONTACT_FIELDS.has(k)) ||
+        (sms !== undefined && (typeof sms !== 'object' || Object.keys(sms).some((k) => k !== 'sms_phone' && k !== 'marketing_consent'))) ||
+        (consent !== undefined && (typeof consent !== 'object' || Object.keys(consent).some((k) => !['status', 'source', 'captured_at'].includes(k)) || !CONSENT_STATUSES.includes(String(consent.status))))
+      ) {
+        return problem(400, 'Invalid Resource', 'The resource submitted could not be validated.');
+      }
+      if (consent?.status === 'denied') target.sms_subscription_status = 'unsubscribed';
+      return { status: 200, body: { id: target.contact_id, audience_id: listId, sms_channel: { sms_phone: target.sms_phone_number ?? '', marketing_consent: { status: target.sms_subscription_status === 'unsubscribed' ? 'denied' : 'unknown' } } } };
+    }
     const member = new RegExp(`^/lists/${listId}/members/([0-9a-f]{32})(/tags|/events|/actions/delete-permanent)?$`).exec(path);
     if (member === null) return problem(404, 'Resource Not Found', 'The requested resource could not be found.');
     if (request.method !== 'GET' && request.text !== '' && !(header(request, 'content-type') ?? '').startsWith('application/json')) return problem(400, 'Invalid Resource', 'The request body must be JSON.');
@@ -116,7 +155,9 @@ export async function startMailchimpStandIn(): Promise<MailchimpStandIn> {
         return problem(400, 'Member In Compliance State', `${email} is in a compliance state due to unsubscribe, bounce, or compliance review and cannot be subscribed.`);
       }
       const next: MailchimpMember = {
+        ...existing,
         email_address: email,
+        contact_id: existing?.contact_id ?? randomBytes(16).toString('hex'),
         status: existing ? (typeof status === 'string' ? status : existing.status) : statusIfNew,
         merge_fields: { ...existing?.merge_fields, ...(mergeFields as Record<string, string> | undefined) },
         ...(typeof language === 'string' ? { language } : existing?.language !== undefined ? { language: existing.language } : {}),
@@ -150,7 +191,13 @@ export async function startMailchimpStandIn(): Promise<MailchimpStandIn> {
       existing.events.push({ name, properties: (properties as Record<string, string> | undefined) ?? {} });
       return { status: 204 };
     }
+    if (member[2] === undefined && request.method === 'GET') {
+      const all: Record<string, unknown> = { id: hash, list_id: listId, ...existing };
+      const fields = request.query.get('fields');
+      return { status: 200, body: fields === null ? all : Object.fromEntries(fields.split(',').filter((f) => f in all).map((f) => [f, all[f]])) };
+    }
     if (member[2] === undefined && request.method === 'PATCH') {
+      if (Object.keys(body).some((k) => !PATCH_MEMBER_FIELDS.has(k))) return problem(400, 'Invalid Resource', 'The resource submitted could not be validated.');
       if (typeof body.status !== 'string' || !STATUSES.includes(body.status)) return problem(400, 'Invalid Resource', 'status is invalid.');
       existing.status = body.status;
       return { status: 200, body: { id: hash, email_address: existing.email_address, status: existing.status, list_id: listId } };
@@ -212,6 +259,12 @@ export async function startMailchimpStandIn(): Promise<MailchimpStandIn> {
       const member = members.get(md5(email));
       if (member) member.status = 'unsubscribed';
       return post(email, { type: 'unsubscribe', 'data[action]': 'unsub', 'data[reason]': 'manual', 'data[campaign_id]': 'cb398d21d2' });
+    },
+    memberSmsSignup(email: string, phone: string) {
+      const member = members.get(md5(email));
+      if (!member) throw new Error('no such member');
+      member.sms_phone_number = phone;
+      member.sms_subscription_status = 'subscribed';
     },
     async redeliverLast() {
       if (last === undefined) throw new Error('no webhook call to deliver again');

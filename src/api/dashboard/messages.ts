@@ -109,7 +109,7 @@ ${pager(next)}`,
           ['Patient', m.patientId !== undefined ? html`<a href="/ui/patients/${segment(m.patientId)}"><code>${m.patientId}</code></a>` : html`<span class="muted">—</span>`],
           ...(m.replaces !== undefined ? ([['Tries again', html`<a href="/ui/messages/${segment(m.replaces)}">message #${m.replaces}</a> (${m.origin ?? 'received'})`]] as const) : []),
           ...(m.replacedBy !== undefined ? ([['Tried again as', html`<a href="/ui/messages/${segment(m.replacedBy)}">message #${m.replacedBy}</a>`]] as const) : []),
-          ...(m.rawBytes !== undefined ? ([['Kept', `the first ${m.raw.length} of ${m.rawBytes} bytes (the raw-bytes quota of refused messages)`]] as const) : []),
+          ...(m.rawBytes !== undefined ? ([['Kept', `the first ${m.raw.length} of ${m.rawBytes} bytes (the raw-bytes quota of refused and quarantined messages)`]] as const) : []),
         ])}
 ${canReprocess && ctx.operate && html`<form method="post" action="/ui/messages/${segment(m.id)}/reprocess" class="actions" data-confirm="Reprocess message ${m.controlId} with today's configuration?">${csrfField(ctx)}<button type="submit">Reprocess</button><span class="hint">tries the stored bytes again with the input's settings as configured now (after a fix); audited</span></form>`}
 ${canReprocess && !ctx.operate && html`<p class="hint">Reprocessing needs the <code>operate</code> scope.</p>`}

@@ -16,7 +16,9 @@
 //   - "List contacts" (GET /api/3/contacts?email=) and "Update list status for a contact"
 //     (POST /api/3/contactLists { contactList: { list, contact, status: 2 } }) for optOut.
 //     Status 1 would subscribe again, even someone who unsubscribed by hand (the reference's
-//     warning): CareRelay never sends it — it subscribes nobody to a list;
+//     warning): CareRelay never sends it — it subscribes nobody to a list. The v3 API documents
+//     no SMS status CareRelay could set (SMS unsubscribes only come back, as the sms_unsub
+//     webhook): an SMS STOP is not pushed to ActiveCampaign (optOutChannels: email);
 //   - "Delete a contact": DELETE /api/3/contacts/{id} → 200, after the lookup by email (forget,
 //     on a GDPR erasure);
 //   - webhooks (webhooks.ts): unsubscribe and sms_unsub events posted to
@@ -294,6 +296,7 @@ export function createActiveCampaign(config: ActiveCampaignConfig, deps: OutputD
       if (answer.status !== 201 && answer.status !== 200) throw fail(answer, 'ActiveCampaign contact tag');
       return { providerId: `${contactId}:${tag}`, acceptedAt: deps.now().toISOString() };
     },
+    optOutChannels: ['email'],
     async optOut(contact, scope, context) {
       if (config.listIds.length === 0 || !contact.contactKey.includes('@') || !optOutReaches(scope, 'email', info.allowedPurposes)) return OptOutOutcome.NotApplicable;
       const id = await contactIdOf(contact.contactKey, context.signal);

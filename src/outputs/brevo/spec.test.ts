@@ -133,6 +133,26 @@ describe('brevo output', () => {
     expect(standIn.contacts[0]).toMatchObject({ smsBlacklisted: true, emailBlacklisted: false });
   });
 
+  it("a keyword's STOP blocklists the SMS of the contact Brevo holds under that number, whatever key the output holds; never email", async () => {
+    standIn = await startBrevoStandIn({ now: () => NOW });
+    const adapter = createBrevo(config(standIn, { properties: {} }), depsFor(standIn));
+    expect(adapter.optOutChannels).toEqual(['email', 'sms']);
+    await adapter.send(marketingMessage, ctx());
+    const signal = new AbortController().signal;
+    const held = { patientId: 'P1', contactKey: 'pat.doe@example.org' };
+    // Brevo has no contact under the number: not_held, nothing changes.
+    expect(await adapter.optOut!(held, { channel: 'sms', address: '+33611223344' }, { signal })).toBe(OptOutOutcome.NotHeld);
+    expect(standIn.requests.at(-1)!.query.get('identifierType')).toBe('phone_id');
+    expect(standIn.contacts[0]).toMatchObject({ smsBlacklisted: false, emailBlacklisted: false });
+    await adapter.send({ ...marketingMessage, to: '+33 6 11 22 33 44' }, ctx());
+    expect(await adapter.optOut!(held, { channel: 'sms', address: '+33611223344' }, { signal })).toBe(OptOutOutcome.Applied);
+    expect(standIn.requests.at(-1)).toMatchObject({ method: 'PUT', path: '/v3/contacts/33611223344', json: { smsBlacklisted: true } });
+    expect(standIn.contacts.map((c) => [c.email ?? c.attributes.SMS, c.smsBlacklisted, c.emailBlacklisted])).toEqual([
+      ['pat.doe@example.org', false, false],
+      ['+33611223344', true, false],
+    ]);
+  });
+
   it('records a custom event once per delivery', async () => {
     standIn = await startBrevoStandIn({ now: () => NOW });
     const adapter = createBrevo(config(standIn, { action: 'event', ...ACTION_CONFIG.event }), depsFor(standIn));

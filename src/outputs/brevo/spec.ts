@@ -7,7 +7,11 @@
 //     names that exist in the account), listIds, updateEnabled: true } → 201 { id } created,
 //     204 updated;
 //   - "Update a contact": PUT /v3/contacts/{identifier}?identifierType=email_id|phone_id
-//     { emailBlacklisted: true } / { smsBlacklisted: true } (optOut). The page warns: "If a
+//     { emailBlacklisted: true } / { smsBlacklisted: true } (optOut). An SMS STOP
+//     (workers/consent-sync.ts) names the number that sent it: the contact Brevo holds under that
+//     number is blocklisted for SMS — PUT /v3/contacts/{number}?identifierType=phone_id
+//     { smsBlacklisted: true }, 404 when Brevo has no contact with it — never for email, never
+//     another number. The page warns: "If a
 //     blocklisted contact's email address is updated, it is going to remove that blocklisting":
 //     CareRelay never sends EMAIL or SMS as attributes (the address is the key the contact is
 //     matched on, refused in properties) and never sends a blocklist flag other than true, so no
@@ -390,15 +394,18 @@ export function createBrevo(config: BrevoConfig, deps: OutputDeps): OutboundAdap
           return config.action satisfies never;
       }
     },
+    optOutChannels: ['email', 'sms'],
     async optOut(contact, scope, context) {
       if (!optOutReaches(scope, 'email', info.allowedPurposes) && !optOutReaches(scope, 'sms', info.allowedPurposes)) return OptOutOutcome.NotApplicable;
-      const isEmail = contact.contactKey.includes('@');
+      // A keyword's SMS opt-out belongs to its number: the contact under that number, whatever key this output holds.
+      const key = scope.channel === 'sms' && scope.address !== undefined ? scope.address : contact.contactKey;
+      const isEmail = key.includes('@');
       // Only ever true: a blocklist is lifted in Brevo by a person, never by CareRelay.
       const flags = {
         ...(scope.channel === undefined || scope.channel === 'email' ? { emailBlacklisted: true } : {}),
         ...(scope.channel === undefined || scope.channel === 'sms' ? { smsBlacklisted: true } : {}),
       };
-      const identifier = encodeURIComponent(isEmail ? contact.contactKey : contact.contactKey.replace(/^\+/, ''));
+      const identifier = encodeURIComponent(isEmail ? key : key.replace(/^\+/, ''));
       const answer = await call('PUT', `/v3/contacts/${identifier}?identifierType=${isEmail ? 'email_id' : 'phone_id'}`, flags, context.signal);
       if (answer.status === 204 || answer.status === 200) return OptOutOutcome.Applied;
       if (answer.status === 404) return OptOutOutcome.NotHeld;

@@ -217,8 +217,11 @@ describe('hubspot output', () => {
     expect(await adapter.optOut!(contact, { channel: 'email', purpose: 'marketing' }, { signal })).toBe(OptOutOutcome.Applied);
     // An SMS STOP, or a purpose without a subscription: no call.
     expect(await adapter.optOut!(contact, { channel: 'sms', purpose: 'marketing' }, { signal })).toBe(OptOutOutcome.NotApplicable);
+    expect(await adapter.optOut!(contact, { channel: 'sms', address: '+33611223344' }, { signal })).toBe(OptOutOutcome.NotApplicable);
     expect(await adapter.optOut!(contact, { purpose: 'survey' }, { signal })).toBe(OptOutOutcome.NotApplicable);
     expect(standIn.requests).toHaveLength(2);
+    // The communication preferences API keeps EMAIL statuses only: a STOP is never routed here.
+    expect(adapter.optOutChannels).toEqual(['email']);
     standIn.failNext({ kind: 'answer', status: 503 });
     await expect(adapter.optOut!(contact, { purpose: 'marketing' }, { signal })).rejects.toBeInstanceOf(TransientError);
   });

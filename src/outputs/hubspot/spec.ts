@@ -15,7 +15,11 @@
 //   - Communication preferences v4, "batch update subscription statuses":
 //     POST /communication-preferences/v4/statuses/batch/write, { inputs: [{ subscriberIdString,
 //     channel: EMAIL, statusState: UNSUBSCRIBED, subscriptionId }] } (optOut). Never
-//     "unsubscribe from all": HubSpot cannot undo it, and CareRelay's ledger could not either;
+//     "unsubscribe from all": HubSpot cannot undo it, and CareRelay's ledger could not either.
+//     The API keeps email statuses only: `channel` is an enum of EMAIL alone in v4 and in the
+//     date-versioned 2026-03 and 2026-09 versions (PublicStatusRequest: "Currently, only EMAIL is
+//     supported"), and HubSpot's SMS subscription statuses change only through its own SMS tool's
+//     keywords — so an SMS STOP is not pushed to HubSpot (optOutChannels: email);
 //   - CRM contacts v3, "Permanently delete a contact (GDPR-compliant)": POST
 //     /crm/v3/objects/contacts/gdpr-delete { objectId: <email>, idProperty: email } → 204; an
 //     address HubSpot does not know is blocklisted all the same (forget, on a GDPR erasure);
@@ -423,6 +427,7 @@ export function createHubspot(config: HubspotConfig, deps: OutputDeps): Outbound
       const email = await beginContactSend(HUBSPOT, holdings, output, message, context, deps.now());
       return config.action === HubspotAction.Event ? event(message, email, context) : upsert(message, email, context);
     },
+    optOutChannels: ['email'],
     async optOut(contact, scope: OptOutScope, context) {
       // Email subscriptions only (channel EMAIL is the API's one channel), for the purposes mapped to one.
       if ((scope.channel !== undefined && scope.channel !== 'email') || !contact.contactKey.includes('@')) return OptOutOutcome.NotApplicable;

@@ -1,10 +1,10 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { crmDeps, marketingMessage as message, sendContext as ctx, standInFaults } from '../../../test/helpers/crm.ts';
 import { md5, startMailchimpStandIn, type MailchimpStandIn } from '../../../test/helpers/mailchimp-standin.ts';
-import { AmbiguousError, RateLimitedError, RecipientError } from '../../errors.ts';
+import { AmbiguousError, RateLimitedError, RecipientError, TransientError } from '../../errors.ts';
 import { outputConformanceSuite } from '../conformance.ts';
 import { ForgetOutcome, OptOutOutcome } from '../spec.ts';
-import { createMailchimp, dataCentreOf, mailchimpSpec, subscriberHash, type MailchimpConfig } from './spec.ts';
+import { createMailchimp, dataCentreOf, mailchimpSpec, sameSmsNumber, subscriberHash, type MailchimpConfig } from './spec.ts';
 
 function config(standIn: MailchimpStandIn, overrides: Partial<MailchimpConfig> = {}): MailchimpConfig {
   return {
@@ -160,6 +160,48 @@ describe('mailchimp output', () => {
     expect(await adapter.optOut!({ patientId: 'P1', contactKey: 'pat.doe@example.org' }, { channel: 'sms', purpose: 'marketing' }, { signal })).toBe(OptOutOutcome.NotApplicable);
     expect(await adapter.optOut!({ patientId: 'P1', contactKey: 'pat.doe@example.org' }, { channel: 'email', purpose: 'survey' }, { signal })).toBe(OptOutOutcome.NotApplicable);
     expect(standIn.requests).toHaveLength(calls);
+  });
+
+  it("an SMS STOP sets the member's SMS marketing consent to denied when its SMS number is the one that said STOP, never its email status", async () => {
+    standIn = await startMailchimpStandIn();
+    await seedMember(standIn);
+    const adapter = createMailchimp(config(standIn), depsFor(standIn));
+    expect(adapter.optOutChannels).toEqual(['email', 'sms']);
+    const signal = new AbortController().signal;
+    const contact = { patientId: 'P1', contactKey: 'pat.doe@example.org' };
+    const stop = { channel: 'sms', address: '+15550100222' } as const;
+    // No SMS number in Mailchimp (CareRelay never hands it one): nothing to stop there, one read.
+    expect(await adapter.optOut!(contact, stop, { signal })).toBe(OptOutOutcome.NotApplicable);
+    expect(standIn.requests.at(-1)).toMatchObject({ method: 'GET', path: `/dc-us14/3.0/lists/${standIn.listId}/members/${HASH}` });
+    expect(standIn.requests.at(-1)!.query.get('fields')).toBe('contact_id,sms_phone_number');
+    // Another number signed up in Mailchimp: not the one that said STOP.
+    standIn.memberSmsSignup('pat.doe@example.org', '+15550100999');
+    expect(await adapter.optOut!(contact, stop, { signal })).toBe(OptOutOutcome.NotApplicable);
+    expect(standIn.requests.filter((r) => r.method === 'PATCH')).toEqual([]);
+
+    standIn.memberSmsSignup('pat.doe@example.org', '(555) 010-0222');
+    expect(await adapter.optOut!(contact, stop, { signal })).toBe(OptOutOutcome.Applied);
+    const member = standIn.members.get(HASH)!;
+    expect(standIn.requests.at(-1)).toMatchObject({
+      method: 'PATCH',
+      path: `/dc-us14/3.0/audiences/${standIn.listId}/contacts/${member.contact_id}`,
+      json: { sms_channel: { marketing_consent: { status: 'denied' } } },
+    });
+    expect(member).toMatchObject({ sms_subscription_status: 'unsubscribed', status: 'pending' });
+    expect(standIn.requests.filter((r) => r.method === 'PATCH')).toHaveLength(1);
+    // A member the audience does not have; an SMS opt-out naming no number (an admin's): no write.
+    expect(await adapter.optOut!({ patientId: 'P2', contactKey: 'nobody@example.org' }, stop, { signal })).toBe(OptOutOutcome.NotHeld);
+    expect(await adapter.optOut!(contact, { channel: 'sms' }, { signal })).toBe(OptOutOutcome.NotApplicable);
+    standIn.failNext({ kind: 'answer', status: 503 });
+    await expect(adapter.optOut!(contact, stop, { signal })).rejects.toBeInstanceOf(TransientError);
+  });
+
+  it('compares SMS numbers as Mailchimp keeps them (a US number may lack +1)', () => {
+    expect(sameSmsNumber('+1 (555) 010-0222', '+15550100222')).toBe(true);
+    expect(sameSmsNumber('5550100222', '+15550100222')).toBe(true);
+    expect(sameSmsNumber('+33611223344', '+33611223344')).toBe(true);
+    expect(sameSmsNumber('5550100222', '+445550100222')).toBe(false);
+    expect(sameSmsNumber('', '+15550100222')).toBe(false);
   });
 
   it('forgets a member with a permanent delete (the address can then not be added again); one it does not hold is not_held', async () => {

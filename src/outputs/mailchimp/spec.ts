@@ -12,7 +12,19 @@
 //   - "Add event": POST …/members/{hash}/events { name (2–30 characters), properties,
 //     is_syncing: false }, 204. No idempotency key: CareRelay sends one at most once per
 //     delivery through its receipts ledger (send-ledger.ts sendRecorded);
-//   - "Update list member": PATCH …/members/{hash} { status: unsubscribed } (optOut);
+//   - "Update list member": PATCH …/members/{hash} { status: unsubscribed } (optOut, email);
+//   - an SMS STOP (optOut, channel sms, workers/consent-sync.ts): the list member API only reads
+//     SMS marketing status (sms_phone_number, sms_subscription_status are response fields of
+//     "Get member info"; the PUT/PATCH bodies of v3.0.55 and of the official
+//     mailchimp-marketing-typescript-sdk have none), so the member's contact_id and SMS number are
+//     read with GET …/members/{hash}?fields=contact_id,sms_phone_number, and the status is set by
+//     the Audiences endpoints (BETA, release note 2025-08-07; typescript SDK
+//     PatchAudienceContactRequest): PATCH /3.0/audiences/{audience_id = list id}/contacts/
+//     {contact_id} { sms_channel: { marketing_consent: { status: denied } } } → 200 — "denied is
+//     accepted on PATCH/PUT only … and drives an API-initiated unsubscribe". Only when the
+//     member's SMS number is the number that sent STOP: no number (Mailchimp cannot text them) or
+//     another one → not_applicable; the member's email status is never touched by a STOP, and
+//     CareRelay never sends Mailchimp a phone number;
 //   - "Delete list member": POST …/members/{hash}/actions/delete-permanent → 204, 404 for a
 //     member the audience does not have (forget, on a GDPR erasure: the address can then not be
 //     imported again);
@@ -39,12 +51,13 @@
 import { createHash } from 'node:crypto';
 import type { InstanceCheckIssue } from '../../config/load.ts';
 import { secretRefSchema, type JsonSchema, type SecretRef } from '../../config/yaml.ts';
-import { PermanentError, RecipientError, RecipientSignal } from '../../errors.ts';
+import { AmbiguousError, PermanentError, RecipientError, RecipientSignal } from '../../errors.ts';
 import { callApi, prop, type ApiAnswer } from '../../http/json.ts';
 import { PURPOSES, type Purpose, type Receipt } from '../../types.ts';
 import {
   allowedPurposesSchema,
   beginContactSend,
+  contactKeyOf,
   deliveryUuid,
   destinationUrlIssues,
   holdingsOf,
@@ -216,6 +229,16 @@ export function subscriberHash(email: string): string {
   return createHash('md5').update(email.trim().toLowerCase(), 'utf8').digest('hex');
 }
 
+/**
+ * Whether the SMS number Mailchimp holds for a member is the number that sent STOP (E.164).
+ * Mailchimp's is "a US phone number", which may come without its country code: +1 is assumed then.
+ */
+export function sameSmsNumber(held: string, number: string): boolean {
+  const digits = (text: string) => contactKeyOf(text).replace(/^\+/, '');
+  const mine = digits(held);
+  return mine !== '' && (mine === digits(number) || (mine.length === 10 && `1${mine}` === digits(number)));
+}
+
 /** The data centre an API key ends with (`…-us14` → `us14`); undefined when the key has none. */
 export function dataCentreOf(apiKey: string): string | undefined {
   return /^[0-9a-f]{32}-([a-z]{2,4}[0-9]{1,3})$/.exec(apiKey.trim())?.[1];
@@ -243,13 +266,30 @@ export function createMailchimp(config: MailchimpConfig, deps: OutputDeps): Outb
   const apiKey = deps.secret(config.apiKey);
   const dc = dataCentreOf(apiKey);
   if (dc === undefined) throw new Error(`output "${config.name}": the Mailchimp API key does not end with its data centre (…-us14); copy the whole key`);
-  const base = `${config.apiBaseUrl.replace('{dc}', dc).replace(/\/+$/, '')}/3.0/lists/${encodeURIComponent(config.listId)}/members`;
+  const root = `${config.apiBaseUrl.replace('{dc}', dc).replace(/\/+$/, '')}/3.0`;
+  const base = `${root}/lists/${encodeURIComponent(config.listId)}/members`;
   const authorization = `Basic ${Buffer.from(`carerelay:${apiKey}`).toString('base64')}`;
   const timeoutMs = config.timeoutSeconds * 1000;
   const output = config.name;
 
-  const call = (method: 'PUT' | 'POST' | 'PATCH', path: string, body: unknown, signal: AbortSignal) =>
-    callApi({ url: new URL(`${base}${path}`), method, headers: { authorization }, body, timeoutMs, signal, codePrefix: MAILCHIMP });
+  const call = (method: 'GET' | 'PUT' | 'POST' | 'PATCH', path: string, body: unknown, signal: AbortSignal, url = `${base}${path}`) =>
+    callApi({ url: new URL(url), method, headers: { authorization }, body, timeoutMs, signal, codePrefix: MAILCHIMP });
+
+  /** An SMS STOP: the member's SMS marketing status, when its SMS number is the one that sent it (see the top of this file). */
+  const smsOptOut = async (email: string, number: string, signal: AbortSignal): Promise<OptOutOutcome> => {
+    const read = await call('GET', `/${subscriberHash(email)}?fields=contact_id,sms_phone_number`, undefined, signal);
+    if (read.status === 404) return OptOutOutcome.NotHeld;
+    if (read.status !== 200) throw classify(read, 'Mailchimp member');
+    const contactId = prop(read.json, 'contact_id');
+    const smsNumber = prop(read.json, 'sms_phone_number');
+    if (typeof smsNumber !== 'string' || !sameSmsNumber(smsNumber, number)) return OptOutOutcome.NotApplicable;
+    if (typeof contactId !== 'string' || contactId === '') throw new AmbiguousError(`${MAILCHIMP}_no_contact_id`, 'Mailchimp member: HTTP 200 without a contact_id');
+    const url = `${root}/audiences/${encodeURIComponent(config.listId)}/contacts/${encodeURIComponent(contactId)}`;
+    const answer = await call('PATCH', '', { sms_channel: { marketing_consent: { status: 'denied' } } }, signal, url);
+    if (answer.status === 200) return OptOutOutcome.Applied;
+    if (answer.status === 404) return OptOutOutcome.NotHeld;
+    throw classify(answer, 'Mailchimp SMS marketing consent');
+  };
 
   const send = async (message: OutboundMessage, email: string, hash: string, context: SendContext): Promise<Receipt> => {
     const mapped = mappedProperties(message.fields, config.properties);
@@ -281,8 +321,15 @@ export function createMailchimp(config: MailchimpConfig, deps: OutputDeps): Outb
       const email = await beginContactSend(MAILCHIMP, holdings, output, message, context, deps.now());
       return send(message, email, subscriberHash(email), context);
     },
+    optOutChannels: ['email', 'sms'],
     async optOut(contact, scope, context) {
-      if (!contact.contactKey.includes('@') || !optOutReaches(scope, 'email', info.allowedPurposes)) return OptOutOutcome.NotApplicable;
+      if (!contact.contactKey.includes('@')) return OptOutOutcome.NotApplicable;
+      if (scope.channel === 'sms') {
+        // SMS marketing only ever reaches the number that said STOP; an opt-out without one (admin) has no number to stop.
+        if (scope.address === undefined || !optOutReaches(scope, 'sms', info.allowedPurposes)) return OptOutOutcome.NotApplicable;
+        return smsOptOut(contact.contactKey, scope.address, context.signal);
+      }
+      if (!optOutReaches(scope, 'email', info.allowedPurposes)) return OptOutOutcome.NotApplicable;
       const answer = await call('PATCH', `/${subscriberHash(contact.contactKey)}`, { status: 'unsubscribed' }, context.signal);
       if (answer.status === 200) return OptOutOutcome.Applied;
       if (answer.status === 404) return OptOutOutcome.NotHeld;
