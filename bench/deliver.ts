@@ -31,7 +31,7 @@ import { silentLogger } from '../src/log.ts';
 import { startCarerelay, type RunningCarerelay } from '../src/main.ts';
 import { DEFAULT_DELIVERIES } from '../src/config/server-schema.ts';
 import { standardWebhooksKey, standardWebhooksSignature } from '../src/webhooks/standard-webhooks.ts';
-import { siu } from './ingest.ts';
+import { bookingSiu as siu } from './measure.ts';
 import { commitsOf } from './measure.ts';
 
 const COUNT = Number(process.env.BENCH_DELIVERIES ?? 10_000);

@@ -42,12 +42,12 @@ import { SqliteStore } from '../src/store/sqlite.ts';
 import type { CommitOutcome, InboundRecord, Store } from '../src/store/store.ts';
 import { Hl7Ingest } from '../src/workers/ingest.ts';
 import { startFhirTarget } from './fhir.ts';
-import { confirmationFigures, meter, perMessage, storageWrites, writeConfig, type ConfirmationFigures, type Meter } from './measure.ts';
+import { benchConnectorLines, bookingSiu, confirmationFigures, meter, perMessage, storageWrites, writeConfig, type ConfirmationFigures, type Meter } from './measure.ts';
 
 const DURATION_S = Number(process.env.BENCH_INGEST_SECONDS ?? 10);
 const MAX_MESSAGES = Number(process.env.BENCH_INGEST_MESSAGES ?? 20_000);
 /** Messages per connection before measuring (JIT, SQLite page cache, socket buffers). */
-const WARMUP_PER_CONNECTION = 100;
+export const WARMUP_PER_CONNECTION = 100;
 const CONNECTIONS = [1, 8] as const;
 
 export interface RunResult {
@@ -61,34 +61,18 @@ function percentile(sorted: Float64Array, p: number): number {
   return sorted[Math.min(sorted.length - 1, Math.floor(p * sorted.length))]!;
 }
 
-/** A real-shaped SIU^S12 (booking) with its own MSH-10 and appointment id. */
-export function siu(controlId: string, n: number): string {
-  const start = new Date(Date.UTC(2030, 0, 1, 8) + (n % 100_000) * 900_000).toISOString().replace(/[-:T]/g, '').slice(0, 14);
-  return (
-    [
-      `MSH|^~\\&|EPIC|NORTHCLINIC|CARERELAY|CR|20300101080000+0000||SIU^S12^SIU_S12|${controlId}|P|2.5.1`,
-      `SCH|PL-${controlId}|AP-${controlId}||||NEW|CHK^Annual check-up^LOCAL||30|MIN|||||||||||||||Booked`,
-      `TQ1|1||||||${start}+0000`,
-      `PID|1||P${n % 5_000}^^^NORTHCLINIC^MR||DOE^Test||19600101|M|||||0478000000^PRN^PH~^NET^Internet^p${n % 5_000}@example.org`,
-      'RGS|1',
-      'AIL|1||CARDIO1^^^NORTHCLINIC',
-      'AIP|1||DR-22^PETIT^Jean',
-    ].join('\r') + '\r'
-  );
-}
-
 /**
  * Drives `port` with `connections` senders, one message in flight each, until the time or
  * message budget is spent. `prefix` keeps MSH-10s distinct across runs.
  */
-async function drive(port: number, connections: number, prefix: string, acked?: Map<string, number>): Promise<RunResult> {
+export async function drive(port: number, connections: number, prefix: string, acked?: Map<string, number>): Promise<RunResult> {
   const clients = Array.from({ length: connections }, () => new MllpClient({ host: '127.0.0.1', port, ackTimeoutMs: 30_000 }));
   await Promise.all(clients.map((c) => c.connect()));
   try {
     // Warm-up, not measured.
     await Promise.all(
       clients.map(async (client, c) => {
-        for (let i = 0; i < WARMUP_PER_CONNECTION; i++) await client.send(siu(`${prefix}W${c}-${i}`, i));
+        for (let i = 0; i < WARMUP_PER_CONNECTION; i++) await client.send(bookingSiu(`${prefix}W${c}-${i}`, i));
       }),
     );
     (globalThis as { gc?: () => void }).gc?.();
@@ -103,7 +87,7 @@ async function drive(port: number, connections: number, prefix: string, acked?: 
         while (performance.now() < deadline) {
           const n = seq++;
           if (n >= MAX_MESSAGES) break;
-          const message = siu(`${prefix}${n}`, n);
+          const message = bookingSiu(`${prefix}${n}`, n);
           const t0 = performance.now();
           const ack = await client.send(message);
           latencies[count++] = performance.now() - t0;
@@ -132,7 +116,7 @@ type CommitStrategy = (record: InboundRecord, stored: () => CommitOutcome) => Pr
  * Targets (c) and (d): HL7 ingest over MLLP with a store whose look-ups find nothing and
  * whose commits are `commit` (the other Store methods are an in-memory SQLite store's).
  */
-async function startPipeline(commit: CommitStrategy): Promise<{ port: number; close: () => Promise<void> }> {
+export async function startPipeline(commit: CommitStrategy): Promise<{ port: number; close: () => Promise<void> }> {
   const memory = SqliteStore.open(':memory:');
   let id = 0;
   const store: Store = Object.assign(Object.create(memory) as SqliteStore, {
@@ -169,7 +153,7 @@ const freeCommit: CommitStrategy = async (_record, stored) => stored();
  * (d): the least a durable commit can cost — the raw bytes appended to a file and one
  * fdatasync per group (the store's grouping: two event-loop turns), nothing else.
  */
-function fsyncedLogCommit(file: string): { commit: CommitStrategy; close: () => void; syncs: () => number } {
+export function fsyncedLogCommit(file: string): { commit: CommitStrategy; close: () => void; syncs: () => number } {
   const fd = openSync(file, 'a');
   let syncs = 0;
   let group: Array<{ record: InboundRecord; stored: () => CommitOutcome; resolve: (o: CommitOutcome) => void }> = [];
@@ -192,25 +176,13 @@ function fsyncedLogCommit(file: string): { commit: CommitStrategy; close: () => 
   };
 }
 
-/** A server with one plain MLLP input, with or without the shipped mappings. */
-async function startServer(dir: string, shipped: boolean): Promise<{ running: RunningCarerelay; port: number }> {
-  writeConfig(
-    dir,
-    [
-      'server:',
-      '  http: { host: 127.0.0.1, port: 0 }',
-      `  dataDir: ${JSON.stringify(join(dir, 'data'))}`,
-      'inputs:',
-      '  - name: bench-mllp',
-      '    type: hl7v2-mllp',
-      '    host: 127.0.0.1',
-      '    port: 0',
-      '    plain: true',
-      '    timezone: UTC',
-    ],
-    shipped,
-  );
-  const running = await startCarerelay({ configDir: dir, env: {}, log: silentLogger, watchMappings: false });
+/**
+ * A server with one plain MLLP input, with or without the shipped mappings; `store`: lines of
+ * a server.store block (default: the embedded store) and the environment they read.
+ */
+export async function startServer(dir: string, shipped: boolean, store: { lines: readonly string[]; env: Record<string, string> } = { lines: [], env: {} }): Promise<{ running: RunningCarerelay; port: number }> {
+  writeConfig(dir, benchConnectorLines(dir, store.lines), shipped);
+  const running = await startCarerelay({ configDir: dir, env: store.env, log: silentLogger, watchMappings: false });
   return { running, port: running.mllpPorts.get('bench-mllp')! };
 }
 

@@ -63,6 +63,26 @@ export function perMessage(before: Meter, after: Meter, messages: number): { com
 }
 
 /**
+ * The benchmarks' connectors lines: a server on free ports with its data in `dir`/data (and
+ * `serverLines` more), one plain MLLP input `bench-mllp` in UTC.
+ */
+export function benchConnectorLines(dir: string, serverLines: readonly string[] = []): string[] {
+  return [
+    'server:',
+    '  http: { host: 127.0.0.1, port: 0 }',
+    `  dataDir: ${JSON.stringify(join(dir, 'data'))}`,
+    ...serverLines,
+    'inputs:',
+    '  - name: bench-mllp',
+    '    type: hl7v2-mllp',
+    '    host: 127.0.0.1',
+    '    port: 0',
+    '    plain: true',
+    '    timezone: UTC',
+  ];
+}
+
+/**
  * Lays out a configuration directory in `dir`: `connectors/bench.yaml` with `lines` (server
  * block and inputs), and with `shipped` the repository's mappings/ and the connectors holding
  * the outputs they name (outbox.yaml, marketing.yaml), exactly as a user runs them.
@@ -111,4 +131,23 @@ export async function confirmationFigures(running: RunningCarerelay, acked: Read
     lagMaxMs: lags.length === 0 ? 0 : lags[lags.length - 1]!,
     lateOrMissing: acked.size - lags.filter((l) => l <= 1000).length,
   };
+}
+
+/**
+ * A real-shaped SIU^S12 (booking) with its own MSH-10 and appointment id, for 2030: the
+ * shipped confirmation is due at once, the reminders are not.
+ */
+export function bookingSiu(controlId: string, n: number): string {
+  const start = new Date(Date.UTC(2030, 0, 1, 8) + (n % 100_000) * 900_000).toISOString().replace(/[-:T]/g, '').slice(0, 14);
+  return (
+    [
+      `MSH|^~\\&|EPIC|NORTHCLINIC|CARERELAY|CR|20300101080000+0000||SIU^S12^SIU_S12|${controlId}|P|2.5.1`,
+      `SCH|PL-${controlId}|AP-${controlId}||||NEW|CHK^Annual check-up^LOCAL||30|MIN|||||||||||||||Booked`,
+      `TQ1|1||||||${start}+0000`,
+      `PID|1||P${n % 5_000}^^^NORTHCLINIC^MR||DOE^Test||19600101|M|||||0478000000^PRN^PH~^NET^Internet^p${n % 5_000}@example.org`,
+      'RGS|1',
+      'AIL|1||CARDIO1^^^NORTHCLINIC',
+      'AIP|1||DR-22^PETIT^Jean',
+    ].join('\r') + '\r'
+  );
 }

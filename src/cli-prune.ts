@@ -34,7 +34,7 @@ export async function cmdPrune(args: string[]): Promise<number> {
   const { openSqliteDatabase } = await import('./store/sqlite-db.ts');
   const { SqliteStore } = await import('./store/sqlite.ts');
   const { RetentionJob, fileSize } = await import('./workers/retention.ts');
-  const { storeFile } = await import('./workers/runtime.ts');
+  const { storeFile } = await import('./workers/store-setup.ts');
   const { silentLogger } = await import('./log.ts');
   const dryRun = values['dry-run'] === true;
   let plan;
@@ -43,6 +43,10 @@ export async function cmdPrune(args: string[]): Promise<number> {
   } catch (error) {
     if (!(error instanceof ConfigError)) throw error;
     process.stderr.write(`${error.message}\n${error.issues.length} problem(s) found; nothing was pruned.\n`);
+    return 1;
+  }
+  if (plan.server.store.type !== 'sqlite') {
+    process.stderr.write('carerelay: prune works on the embedded store only; retention is not available on the PostgreSQL store yet (docs/scale-out.md "Limits"); nothing was pruned\n');
     return 1;
   }
   const file = storeFile(plan.server.dataDir);

@@ -3,7 +3,7 @@
 import { readFile, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
-import { isIanaTimeZone } from './config/yaml.ts';
+import { isIanaTimeZone, readSecret } from './config/yaml.ts';
 import { AmbiguousError, ConfigError, PermanentError, TransientError } from './errors.ts';
 import { AckCondition, ackModeOf } from './hl7v2/ack.ts';
 import { Hl7ParseError, parseHl7, parseHl7Batch } from './hl7v2/parse.ts';
@@ -15,16 +15,24 @@ import { FhirNormalizeError } from './fhir/normalize.ts';
 import { FhirNotificationError } from './fhir/notification.ts';
 import type { Trigger } from './types.ts';
 import { CONSENT_USAGE } from './cli-consent.ts';
+import { STORE_USAGE } from './cli-store.ts';
 import { PRUNE_USAGE } from './cli-prune.ts';
 
 const USAGE = `Usage: carerelay <command> [options]
 
 Commands:
-  start [--config-dir DIR]                 run CareRelay with connectors/ (and mappings/) of DIR
-                                           (default: the working directory)
-  validate [--config-dir DIR]              check the configuration and the mapping tests
+  start [--config-dir DIR] [--role ingest|worker|all] [--processes N]
+                                           run CareRelay with connectors/ (and mappings/) of DIR
+                                           (default: the working directory); --role: ingest
+                                           (listeners: commit and ACK), worker (route and
+                                           deliver) or all (default); --processes N: N such
+                                           processes sharing the listening ports (a split or
+                                           N > 1 needs server.queue type bullmq)
+  validate [--config-dir DIR] [--connect]  check the configuration and the mapping tests
                                            (*.test.yaml, not run); list every problem as
-                                           file:line:column
+                                           file:line:column; --connect: also connect to the
+                                           configured store (server.store) and the queue's Redis
+                                           and check it keeps jobs (AOF, noeviction)
   normalize [--timezone ZONE] [--fhir-base URL] [--fhir-sender URL] FILE...
                                            print the triggers each file gives (NDJSON): HL7v2
                                            messages; FHIR notifications, Appointment/Encounter
@@ -65,7 +73,7 @@ Commands:
                                            FHIR server, pointing at URL/ingest/fhir/NAME, and
                                            show each one's status or failure (exit 1 if any
                                            failed; the others are still done)
-${PRUNE_USAGE}${CONSENT_USAGE}  help                                     this text
+${STORE_USAGE}${PRUNE_USAGE}${CONSENT_USAGE}  help                                     this text
 `;
 
 type Options = NonNullable<ParseArgsConfig['options']>;
@@ -295,12 +303,19 @@ function splitForSending(bytes: Buffer): Buffer[] {
 }
 
 async function cmdValidate(args: string[]): Promise<number> {
-  const { values } = parse(args, { 'config-dir': { type: 'string', default: '.' } });
+  const { values } = parse(args, { 'config-dir': { type: 'string', default: '.' }, connect: { type: 'boolean', default: false } });
   const { loadConfig } = await import('./config/load.ts');
   const { checkMappingTestFiles } = await import('./workers/mapping-tests.ts');
   try {
     const plan = await loadConfig({ configDir: path.resolve(values['config-dir'] as string), env: process.env, mappingTests: checkMappingTestFiles });
     process.stdout.write(`configuration OK: ${plan.inputs.length} input(s), ${plan.outputs.length} output(s)\n`);
+    if (values.connect === true) {
+      const storeCode = await (await import('./cli-store.ts')).connectCheck(plan);
+      const { checkQueueConnection } = await import('./queue/connect-check.ts');
+      const queue = await checkQueueConnection(plan.server.queue, (ref) => readSecret(ref, process.env, plan.configDir));
+      process.stdout.write(`${queue.message}\n`);
+      if (storeCode !== 0 || !queue.ok) return 1;
+    }
     return 0;
   } catch (error) {
     if (error instanceof ConfigError) return reportConfigError(error, '; nothing was started');
@@ -390,6 +405,7 @@ async function cmdOutbox(args: string[]): Promise<number> {
       dataDir: plan.server.dataDir,
       limit,
       ...(values.output !== undefined ? { output: values.output as string } : {}),
+      location: (await import('./workers/store-setup.ts')).storeLocation(plan, process.env),
     });
     for (const e of entries) {
       if (values.json === true) {
@@ -562,15 +578,42 @@ async function cmdFhir(args: string[]): Promise<number> {
 }
 
 async function cmdStart(args: string[]): Promise<number> {
-  const { values } = parse(args, { 'config-dir': { type: 'string', default: '.' } });
+  const { values } = parse(args, {
+    'config-dir': { type: 'string', default: '.' },
+    role: { type: 'string', default: 'all' },
+    processes: { type: 'string', default: '1' },
+  });
+  const { ROLES } = await import('./workers/runtime.ts');
+  const role = values.role as string;
+  if (!(ROLES as readonly string[]).includes(role)) return fail(`--role ${role}: expected one of ${ROLES.join(', ')}`);
+  const processes = Number(values.processes);
+  if (!Number.isInteger(processes) || processes < 1 || processes > 256) return fail(`--processes ${values.processes as string}: expected a whole number from 1 to 256`);
+  const configDir = path.resolve(values['config-dir'] as string);
+  if (processes > 1) {
+    // Checked once here, so a configuration error is reported once and nothing starts.
+    const { loadConfig } = await import('./config/load.ts');
+    try {
+      const plan = await loadConfig({ configDir, env: process.env });
+      if (plan.server.queue.type !== 'bullmq') return fail('--processes N needs the queue on Redis: set server.queue type: bullmq (the embedded queue serves one process)');
+    } catch (error) {
+      if (error instanceof ConfigError) return reportConfigError(error, '; nothing was started');
+      throw error;
+    }
+    const { runProcesses } = await import('./processes.ts');
+    const { createLogger } = await import('./log.ts');
+    return runProcesses({ count: processes, args: ['start', '--config-dir', configDir, '--role', role], log: createLogger() });
+  }
   const { startCarerelay } = await import('./main.ts');
   try {
     const running = await startCarerelay({
-      configDir: path.resolve(values['config-dir'] as string),
+      configDir,
       env: process.env,
       handleSignals: true,
+      role: role as (typeof ROLES)[number],
     });
     await running.stopped;
+    // One of `--processes N`: the channel to the supervising process would keep it alive.
+    if (process.connected) process.disconnect();
     return 0;
   } catch (error) {
     if (error instanceof ConfigError) return reportConfigError(error, '; nothing was started');
@@ -604,6 +647,12 @@ export async function main(argv: string[]): Promise<number> {
         return await cmdDeliveries(rest);
       case 'fhir':
         return await cmdFhir(rest);
+      case 'migrate':
+        return await (await import('./cli-store.ts')).cmdMigrate(rest);
+      case 'export':
+        return await (await import('./cli-store.ts')).cmdExport(rest);
+      case 'import':
+        return await (await import('./cli-store.ts')).cmdImport(rest);
       case 'prune':
         return await (await import('./cli-prune.ts')).cmdPrune(rest);
       case 'consent':

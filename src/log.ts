@@ -39,6 +39,9 @@ const ALLOWED_FIELDS = new Set([
   'signal',
   'version',
   'url',
+  'role',
+  'pid',
+  'prefix',
 ]);
 
 export type LogFields = Record<string, string | number | boolean | undefined>;

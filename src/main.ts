@@ -2,7 +2,7 @@
 // that knows every other one (docs/architecture.md, dependency rule).
 import type { Server } from 'node:http';
 import path from 'node:path';
-import { createApp, type HttpHl7Input } from './api/app.ts';
+import { createApp, createProbeApp, type HttpHl7Input } from './api/app.ts';
 import { inboundSmsTokens } from './api/consent-routes.ts';
 import type { FlowInfo, FlowsInfo } from './api/dashboard/flows.ts';
 import { REPLAY_MAX_LIMIT } from './workers/replay.ts';
@@ -25,8 +25,8 @@ import type { FhirIngest } from './workers/fhir-ingest.ts';
 import type { FhirPoller } from './workers/fhir-poll.ts';
 import { inboundAuthFor, poller as fhirPoller, restHookIngest } from './workers/fhir-setup.ts';
 import { createLogger, type Logger } from './log.ts';
-import { openSqliteDatabase } from './store/sqlite-db.ts';
-import { SqliteStore } from './store/sqlite.ts';
+import { StoreType } from './config/store-schema.ts';
+import { DataDirUse, lockDataDir, openSqliteDatabase } from './store/sqlite-db.ts';
 import type { Store } from './store/store.ts';
 import { Hl7Ingest, type Hl7IngestSettings } from './workers/ingest.ts';
 import { StoreReadiness } from './workers/readiness.ts';
@@ -35,11 +35,16 @@ import { metricsHandler } from './api/metrics-route.ts';
 import { Metrics } from './workers/metrics.ts';
 import { ALERT_QUEUE, Alerts, type AlertJob } from './workers/alerts.ts';
 import { OpsEvents, observeOutputs, observeStore, subscriptionStatuses } from './workers/ops-events.ts';
-import { SqliteQueue } from './queue/sqlite.ts';
+import { SqliteQueue, ownTransactions, type SqliteCommitter } from './queue/sqlite.ts';
+import { SqliteStore } from './store/sqlite.ts';
 import { OutcomeLinker } from './workers/outcomes.ts';
 import { RetentionJob } from './workers/retention.ts';
-import { DELIVERY_QUEUE, DeliveryRuntime, type ReloadResult } from './workers/runtime.ts';
+import { DELIVERY_QUEUE, DeliveryRuntime, Role, type ReloadResult } from './workers/runtime.ts';
+import { QueueType } from './config/queue-schema.ts';
+import { redactRedisUrl, redisUrlProblem } from './queue/redis.ts';
+import { ClusterSignal, RedisLease, RedisQueues, RedisSignals } from './queue/redis-cluster.ts';
 import { dataDirUnsubscribeKey, unsubscribeLinks } from './workers/unsubscribe.ts';
+import { openStore, storeFile, storeLocation, storeLogFields } from './workers/store-setup.ts';
 import { VideoLinks } from './workers/video.ts';
 import { dataDirJoinKey, JoinVault, parseJoinKey } from './video/seal.ts';
 
@@ -53,6 +58,12 @@ export interface StartOptions {
   watchMappings?: boolean;
   /** Epoch-ms clock for routing, delivery timers and send-time checks; injected by tests. */
   now?: () => number;
+  /**
+   * What this process does (`carerelay start --role`): ingest (listeners: commit and ACK),
+   * worker (route and deliver; /healthz and /readyz only on HTTP), or all (default). A split
+   * needs the queue on Redis (server.queue type bullmq).
+   */
+  role?: Role;
 }
 
 export interface RunningCarerelay {
@@ -72,9 +83,16 @@ export interface RunningCarerelay {
   /**
    * Loads the configuration again and swaps rules and templates when it is valid; on
    * errors the running plan stays and the issues are returned. Connector changes need a restart.
+   * With the queue on Redis the other processes are told to reload too.
    */
   reloadMappings(): Promise<ReloadResult>;
-  /** Stops listeners (in-flight messages finish and are ACKed), then closes the store. */
+  /** This process's role. */
+  role: Role;
+  /**
+   * Stops taking traffic (/readyz answers 503 at once; listeners stop accepting), lets
+   * in-flight messages finish and their ACKs go out (HTTP requests get `graceMs`, default
+   * 10 s), stops the delivery side (running sends finish), then closes the store and Redis.
+   */
   stop(): Promise<void>;
   /** Resolves once stop() has completed, whoever called it. */
   stopped: Promise<void>;
@@ -227,6 +245,8 @@ export async function startCarerelay(options: StartOptions): Promise<RunningCare
     });
   }
   const plan = await loadConfig({ configDir: options.configDir, env });
+  const role = options.role ?? Role.All;
+  const redis = await openRedisQueue(plan, env, log, role);
 
   const adminToken = env[plan.server.admin.tokenEnv ?? 'CARERELAY_ADMIN_TOKEN'] || undefined;
   const adminTokens = (plan.server.admin.tokens ?? []).map((t) => ({ name: t.name, token: readSecret(t.token, env, plan.configDir), scopes: t.scopes }));
@@ -237,11 +257,44 @@ export async function startCarerelay(options: StartOptions): Promise<RunningCare
     httpHost = '127.0.0.1';
   }
 
-  const dbFile = path.join(plan.server.dataDir, 'carerelay.db');
-  const db = openSqliteDatabase(dbFile);
-  const sqliteStore = new SqliteStore(db, { closeDatabase: true });
+  // One process per data directory with the embedded queue; several with the queue on Redis.
+  // The data dir's SQLite file holds the embedded queue, and the store unless server.store
+  // names PostgreSQL (workers/store-setup.ts).
+  const location = storeLocation(plan, env);
+  let dataDirLock: { release(): void };
+  let db: ReturnType<typeof openSqliteDatabase>;
+  let opened: Store;
+  try {
+    dataDirLock = lockDataDir(plan.server.dataDir, redis ? DataDirUse.Shared : DataDirUse.Alone);
+    try {
+      db = openSqliteDatabase(storeFile(plan.server.dataDir));
+    } catch (error) {
+      dataDirLock.release();
+      throw error;
+    }
+    try {
+      opened = await openStore(location, location.type === StoreType.Sqlite ? db : undefined);
+    } catch (error) {
+      db.close();
+      dataDirLock.release();
+      throw error;
+    }
+  } catch (error) {
+    await redis?.close();
+    throw error;
+  }
+  const closeStore = async (): Promise<void> => {
+    await opened.close();
+    if (location.type !== StoreType.Sqlite) db.close();
+    dataDirLock.release();
+    await redis?.close();
+  };
+  if (location.type === StoreType.Postgres) log.info('store.opened', storeLogFields(location));
   // Every component writes through the watched store: a failed write makes /readyz say so.
-  const readiness = new StoreReadiness(sqliteStore, {
+  // The retention job prunes the embedded queue's finished jobs in the store's group commit when
+  // the store is the same file, else in transactions of their own.
+  const sqliteWrites: SqliteCommitter = opened instanceof SqliteStore ? { db, write: (work) => opened.write(work) } : ownTransactions(db);
+  const readiness = new StoreReadiness(opened, {
     dataDir: plan.server.dataDir,
     minFreeDiskBytes: plan.server.minFreeDiskBytes,
   });
@@ -275,12 +328,15 @@ export async function startCarerelay(options: StartOptions): Promise<RunningCare
       ttlDays: policy.unsubscribe.ttlDays,
     });
     // Outputs start here: a secret that cannot be read, or is not what its output needs, stops the start.
-    deliveries = new DeliveryRuntime({ db, store, plan, log, outputSpecs, env, links, video: videoLinks, ...(options.now ? { now: options.now } : {}), ...(afterSend ? { afterSend } : {}) });
+    deliveries = new DeliveryRuntime({
+      db,
+      ...(redis ? { redis: { queues: redis.queues, cluster: { lease: redis.lease, signals: redis.signals } }, queue: { leaseMs: plan.server.queue.leaseSeconds * 1000 } } : {}),
+      store, plan, log, outputSpecs, env, links, video: videoLinks, ...(options.now ? { now: options.now } : {}), ...(afterSend ? { afterSend } : {}) });
     twilioStatus = twilioStatusHooks(plan.outputs, (ref) => readSecret(ref, env, plan.configDir));
     smsWebhooks = inboundSmsTokens(plan, (ref) => readSecret(ref, env, plan.configDir));
     toolHooks = toolWebhooks(plan.outputs, (ref) => readSecret(ref, env, plan.configDir), deliveries.outputs);
   } catch (error) {
-    await store.close();
+    await closeStore();
     throw error;
   }
   observeOutputs(deliveries.outputs, events);
@@ -304,7 +360,8 @@ export async function startCarerelay(options: StartOptions): Promise<RunningCare
     return outcome.kind === 'stored' ? {} : { rejected: outcome.kind === 'invalid' ? 'consent_invalid' : 'consent_unknown_patient' };
   };
   const fhirDeps = { store, log, env, configDir: plan.configDir, onCommitted: deliveries.onCommitted, onConsent, rejectedRaw, video: vault };
-  for (const input of plan.inputs) {
+  // A worker takes no messages in: its listeners are the ingest processes'.
+  for (const input of role === Role.Worker ? [] : plan.inputs) {
     if (input.type === HL7V2_MLLP) {
       const typed = input as unknown as InstancePlan<Hl7v2MllpConfig>;
       hl7Settings.set(input.name, ingestSettings(input.name, typed.config));
@@ -332,25 +389,45 @@ export async function startCarerelay(options: StartOptions): Promise<RunningCare
   }
 
   const now = options.now ?? Date.now;
+  let stopping = false;
+  let listening = false;
+  // /readyz per role: an ingest process needs its listeners and the store (it commits and ACKs
+  // without Redis); a worker the store and the queue; all both.
+  const ready = async (): Promise<string | undefined> => {
+    if (stopping) return 'stopping';
+    if (role !== Role.Worker && !listening) return 'not_listening';
+    const store = await readiness.check();
+    if (store !== undefined) return store;
+    if (redis && role !== Role.Ingest) {
+      try {
+        await redis.queues.ping();
+      } catch {
+        return 'queue_unreachable';
+      }
+    }
+    return undefined;
+  };
   // Outcome triggers linked to the arms routing assigned (workers/outcomes.ts).
   const outcomes = new OutcomeLinker({ store, log, policy: policy.settings });
   // Metrics and alerts (docs/operations.md) on the operations events.
   const fhir = subscriptionStatuses(fhirIngests, plan.inputs);
   const inputNames = plan.inputs.map((i) => i.name);
   const metrics = new Metrics({ events, store, inputs: inputNames, outputs: plan.outputs.map((o) => o.name), rules: () => deliveries.rules, deliveryQueue: deliveries.queue, fhir, now });
-  const retention = new RetentionJob({ store, config: plan.retention, sqlite: { db, write: (work) => sqliteStore.write(work), file: dbFile }, log, now });
+  const retention = new RetentionJob({ store, config: plan.retention, sqlite: { ...sqliteWrites, file: storeFile(plan.server.dataDir) }, log, now });
   const alerts = new Alerts({
     config: plan.alerts,
     events,
     inputs: inputNames,
     outputs: deliveries.outputs,
-    queue: new SqliteQueue<AlertJob>(db, { name: ALERT_QUEUE, now }),
+    // Several processes: notices wait on Redis with the deliveries, sent once by whichever process takes them.
+    queue: redis ? redis.queues.open<AlertJob>(ALERT_QUEUE, { now }) : new SqliteQueue<AlertJob>(db, { name: ALERT_QUEUE, now }),
     oldestDue: async () => (await deliveries.queue.list({ state: 'pending', limit: 1 }))[0]?.runAt,
     fhir,
     log,
     now,
   });
-  const app = createApp({
+  const metricsRoute = metricsHandler(metrics, env[plan.server.metrics.tokenEnv] || undefined);
+  const app = role === Role.Worker ? createProbeApp(ready, metricsRoute) : createApp({
     store,
     log,
     hl7Ingest: ingest,
@@ -360,7 +437,7 @@ export async function startCarerelay(options: StartOptions): Promise<RunningCare
     adminTokens,
     hl7Settings,
     twilioStatus,
-    readiness: () => readiness.check(),
+    readiness: ready,
     consent: { consent, links: deliveries.links, smsWebhooks, publicUrl: () => publicUrl, now, inboundSms: (message) => deliveries.replies.service.inboundSms(message) },
     deliveries: deliveries.admin,
     dashboard: {
@@ -379,7 +456,7 @@ export async function startCarerelay(options: StartOptions): Promise<RunningCare
     video: { links: videoLinks, publicUrl: () => publicUrl },
     toolHooks: { hooks: toolHooks, consent, publicUrl: () => publicUrl, now },
     outcomes: { linker: outcomes },
-    metrics: metricsHandler(metrics, env[plan.server.metrics.tokenEnv] || undefined),
+    metrics: metricsRoute,
   });
   const mllpPorts = new Map<string, number>();
   let http: Server | undefined;
@@ -396,9 +473,10 @@ export async function startCarerelay(options: StartOptions): Promise<RunningCare
   } catch (error) {
     await Promise.allSettled(mllpServers.map(({ server }) => server.close()));
     await deliveries.stop();
-    await store.close();
+    await closeStore();
     throw error;
   }
+  listening = true;
   // Slow or silent HTTP clients must not hold sockets (docs/reliability.md promise 10).
   http.headersTimeout = 20_000;
   http.requestTimeout = 60_000;
@@ -410,27 +488,47 @@ export async function startCarerelay(options: StartOptions): Promise<RunningCare
   // FHIR: heartbeat-silence monitors and pollers start once the endpoint can receive.
   for (const fhirIngest of fhirIngests.values()) fhirIngest.start();
   for (const p of fhirPollers) p.start();
-  deliveries.start();
-  outcomes.start();
+  deliveries.start(role);
+  let lastReload = 0;
+  const reloadMappings = async (): Promise<ReloadResult> => {
+    lastReload = Date.now();
+    return deliveries.reload(() => loadConfig({ configDir: options.configDir, env }));
+  };
+  // Several processes: a reload here (SIGHUP, a mapping change) is announced, and each process
+  // reloads its own files; one that reloaded within the last second skips the announcement.
+  const reloadEverywhere = async (): Promise<ReloadResult> => {
+    const result = await reloadMappings();
+    redis?.signals.publish(ClusterSignal.Reload);
+    return result;
+  };
+  redis?.signals.on(ClusterSignal.Reload, () => {
+    if (Date.now() - lastReload < 1_000) return;
+    log.info('config.reloading', { reason: 'cluster_signal', pid: process.pid });
+    void reloadMappings().catch((error: unknown) => log.error('config.reload_failed', { code: (error as Error).name }));
+  });
+  if (options.watchMappings ?? true) deliveries.watchMappings(path.join(plan.configDir, 'mappings'), reloadEverywhere);
   alerts.start();
-  retention.start();
-  const reloadMappings = async (): Promise<ReloadResult> =>
-    deliveries.reload(() => loadConfig({ configDir: options.configDir, env }));
-  if (options.watchMappings ?? true) deliveries.watchMappings(path.join(plan.configDir, 'mappings'), reloadMappings);
+  // Linking outcomes and retention work on the shared store: the processes that route do them.
+  if (role !== Role.Ingest) {
+    outcomes.start();
+    // Retention runs on the embedded store only (PostgresStore.prune; docs/scale-out.md "Limits").
+    if (location.type === StoreType.Sqlite) retention.start();
+    else log.warn('retention.unavailable', { store: location.type });
+  }
 
   let resolveStopped!: () => void;
   const stopped = new Promise<void>((resolve) => {
     resolveStopped = resolve;
   });
-  let stopping: Promise<void> | undefined;
+  let stopRun: Promise<void> | undefined;
   const stop = (): Promise<void> => {
-    stopping ??= (async () => {
-      await Promise.allSettled(mllpServers.map(({ server }) => server.close()));
-      await Promise.allSettled(fhirPollers.map((p) => p.stop()));
-      await new Promise<void>((resolve) => {
-        http!.close(() => resolve());
-        http!.closeAllConnections();
-      });
+    stopRun ??= (async () => {
+      // Not ready from now on: a load balancer stops sending while in-flight work finishes.
+      stopping = true;
+      // Every listener stops accepting at once; then in-flight messages finish and get their
+      // ACK (MLLP: the frame in flight; HTTP: requests under way, idle keep-alives closed now).
+      const httpClosed = closeHttpGracefully(http!, HTTP_DRAIN_MS);
+      await Promise.allSettled([...mllpServers.map(({ server }) => server.close()), ...fhirPollers.map((p) => p.stop()), httpClosed]);
       await Promise.allSettled([...fhirIngests.values()].map((i) => i.stop()));
       // Queue before store: running sends finish and record their outcome first.
       await deliveries.stop();
@@ -438,11 +536,11 @@ export async function startCarerelay(options: StartOptions): Promise<RunningCare
       await alerts.stop();
       await retention.stop();
       metrics.close();
-      await store.close();
+      await closeStore();
       log.info('carerelay.stopped');
       resolveStopped();
     })();
-    return stopping;
+    return stopRun;
   };
 
   if (options.handleSignals) {
@@ -454,11 +552,93 @@ export async function startCarerelay(options: StartOptions): Promise<RunningCare
     }
     onReloadSignal = () => {
       log.info('config.reloading', { signal: 'SIGHUP' });
-      void reloadMappings().catch((error: unknown) => log.error('config.reload_failed', { code: (error as Error).name }));
+      void reloadEverywhere().catch((error: unknown) => log.error('config.reload_failed', { code: (error as Error).name }));
     };
   }
 
-  log.info('carerelay.started', { dataDir: plan.server.dataDir, count: plan.inputs.length });
+  log.info('carerelay.started', { dataDir: plan.server.dataDir, count: plan.inputs.length, role, pid: process.pid });
   const mllpStats = (name: string): MllpServerStats | undefined => mllpServers.find((m) => m.name === name)?.server.stats();
-  return { plan, store, httpPort, mllpPorts, mllpStats, fhirIngests, deliveries, alerts, reloadMappings, stop, stopped };
+  return { plan, store, httpPort, mllpPorts, mllpStats, fhirIngests, deliveries, alerts, role, reloadMappings: reloadEverywhere, stop, stopped };
+}
+
+/** How long in-flight HTTP requests may take to finish when stopping, ms. */
+const HTTP_DRAIN_MS = 10_000;
+
+/**
+ * Stops accepting, closes idle keep-alive connections at once, lets requests under way finish
+ * (an HTTP ingest's 2xx after its commit) for up to `graceMs`, then closes what is left.
+ */
+function closeHttpGracefully(server: Server, graceMs: number): Promise<void> {
+  return new Promise<void>((resolve) => {
+    const timer = setTimeout(() => server.closeAllConnections(), graceMs);
+    timer.unref();
+    server.close(() => {
+      clearTimeout(timer);
+      resolve();
+    });
+    server.closeIdleConnections();
+  });
+}
+
+/** The Redis side of server.queue type bullmq, opened for one process. */
+interface RedisQueue {
+  queues: RedisQueues;
+  signals: RedisSignals;
+  lease: RedisLease;
+  close(): Promise<void>;
+}
+
+/**
+ * Opens the queue's Redis when server.queue says bullmq, and checks it keeps what it is given
+ * (queue/redis.ts). A process that routes or delivers needs Redis now; an ingest process starts
+ * without it (it commits and ACKs through the store), and says so. Undefined: embedded queue.
+ */
+async function openRedisQueue(plan: CarerelayPlan, env: Env, log: Logger, role: Role): Promise<RedisQueue | undefined> {
+  const config = plan.server.queue;
+  if (config.type !== QueueType.BullMq) {
+    if (role !== Role.All) {
+      throw new Error(`--role ${role} needs the queue on Redis: set server.queue type: bullmq (the embedded queue serves one process, --role all)`);
+    }
+    return undefined;
+  }
+  const url = readSecret(config.url!, env, plan.configDir);
+  const problem = redisUrlProblem(url);
+  if (problem !== undefined) throw new Error(`server.queue.url ${problem}`);
+  const settings = { url, ...(config.password ? { password: readSecret(config.password, env, plan.configDir) } : {}) };
+  const queues = new RedisQueues(settings, { prefix: config.prefix, name: `carerelay-${role}` });
+  const where = redactRedisUrl(url);
+  let reachable = true;
+  try {
+    await queues.ping();
+  } catch (error) {
+    reachable = false;
+    if (role !== Role.Ingest) {
+      await queues.close();
+      throw new Error(`the queue's Redis at ${where} is not reachable (${(error as Error).message}); start Redis or fix server.queue.url`, { cause: error });
+    }
+    log.warn('queue.unreachable', { url: where, role, reason: 'redis_unreachable' });
+  }
+  if (!config.durable) log.warn('queue.not_durable', { url: where, reason: 'durable_false' });
+  else if (reachable) {
+    try {
+      await queues.assertDurable();
+    } catch (error) {
+      await queues.close();
+      throw error;
+    }
+  }
+  const signals = new RedisSignals(queues.connection, config.prefix);
+  // Subscribed before anything starts, so no announcement made after the start is missed.
+  if (reachable) await signals.ready();
+  const lease = new RedisLease(queues.connection, `${config.prefix}:routing-lease`, config.leaseSeconds * 1000);
+  log.info('queue.redis', { url: where, prefix: config.prefix, role });
+  return {
+    queues,
+    signals,
+    lease,
+    async close() {
+      signals.close();
+      await queues.close();
+    },
+  };
 }

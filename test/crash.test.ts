@@ -9,8 +9,6 @@
 // The delivery side (docs/reliability.md promise 4) is killed the same way while confirmations
 // are being sent: right after an output accepted a message and before it is recorded
 // (CARERELAY_FAULT=kill-after-send:N), or a few milliseconds after an ACK.
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
-import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { AmbiguousError, TransientError } from '../src/errors.ts';
 import { MllpClient } from '../src/hl7v2/mllp-client.ts';
@@ -18,7 +16,7 @@ import { parseHl7 } from '../src/hl7v2/parse.ts';
 import { silentLogger } from '../src/log.ts';
 import { startCarerelay } from '../src/main.ts';
 import { SqliteStore } from '../src/store/sqlite.ts';
-import { siuMessage, startChildServer, writeConfigDir, type ChildServer, type TestConfigDir } from './helpers/server.ts';
+import { addConfirmations, siuMessage, startChildServer, writeConfigDir, type ChildServer, type TestConfigDir } from './helpers/server.ts';
 import { prng } from './helpers/random.ts';
 
 const SENDER = 'EPIC^NORTHCLINIC';
@@ -241,23 +239,12 @@ describe('random kill/restart loop', () => {
 });
 
 describe('kill -9 during delivery', () => {
-  /** A confirmation due at once for every booking, kept by an outbox (idempotent by delivery id). */
-  function withConfirmations(config: TestConfigDir): void {
-    const connectors = path.join(config.dir, 'connectors', 'test.yaml');
-    writeFileSync(connectors, readFileSync(connectors, 'utf8').replace('outputs: []', 'outputs:\n  - { name: hook, type: outbox, channel: webhook }'));
-    mkdirSync(path.join(config.dir, 'mappings'));
-    writeFileSync(
-      path.join(config.dir, 'mappings', 'confirm.yaml'),
-      ['rules:', '  - id: confirm', '    on: appointment.booked', '    purpose: care.logistics', '    channel: webhook', '    send: { output: hook, fields: [appointment.start] }', '    at: now', ''].join('\n'),
-    );
-  }
-
   const TOTAL = 400;
 
   it(`sends each of ${TOTAL} confirmations once, finished once, across SIGKILLs between a send and its record and while sends are in flight`, { timeout: 120_000 }, async () => {
     const config = writeConfigDir();
     dirs.push(config);
-    withConfirmations(config);
+    addConfirmations(config);
     const messages = Array.from({ length: TOTAL }, (_, i) =>
       siuMessage({ controlId: `DLV-${i}`, appointmentId: `AP-DLV-${i}`, patientId: `P-${i % 31}`, start: new Date(Date.UTC(2030, 0, 1, 8) + i * 900_000) }),
     );

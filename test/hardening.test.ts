@@ -15,10 +15,11 @@ import { loadConfig } from '../src/config/load.ts';
 import { ConfigError } from '../src/errors.ts';
 import { MllpFramer } from '../src/hl7v2/mllp.ts';
 import { parseHl7 } from '../src/hl7v2/parse.ts';
-import { createLogger } from '../src/log.ts';
+import { createLogger, silentLogger } from '../src/log.ts';
 import { startCarerelay } from '../src/main.ts';
 import type { SqliteStore } from '../src/store/sqlite.ts';
 import type { Trigger } from '../src/types.ts';
+import { redisPrefix, redisSkipped, testRedisUrl } from './helpers/redis.ts';
 import {
   adtMessage,
   hl7Field,
@@ -409,10 +410,19 @@ describe('5. rejected raw bytes stay within their quota; /readyz reports a store
     expect(own.logs.filter((l) => l.message === 'fhir.raw_truncated')).toMatchObject([{ input: 'ehr-fhir', reason: 'rejected_raw_quota', count: 1400 }]);
   });
 
-  it('holds as a whole for processes sharing one store: the accounting is the store\'s, in the commit', async () => {
-    const { server: first, config: shared } = await serverWith(yaml);
-    const second = await startServer(shared);
-    cleanups.push(() => second.stop());
+  it.skipIf(redisSkipped)('holds as a whole for processes sharing one store: the accounting is the store\'s, in the commit', async () => {
+    // Processes share a store with the queue on Redis (an embedded-queue process is alone on its
+    // data directory, test/data-dir-lock.test.ts): two ingest processes here.
+    const url = await testRedisUrl();
+    const shared = writeYamlConfig(yaml.replace('  rejectedRaw:', `  queue: { type: bullmq, url: { env: REDIS_URL }, prefix: ${redisPrefix('quota')} }\n  rejectedRaw:`));
+    cleanups.push(() => shared.remove());
+    const ingest = async (): Promise<InProcessServer> => {
+      const running = await startCarerelay({ configDir: shared.dir, env: { REDIS_URL: url }, log: silentLogger, role: 'ingest', watchMappings: false });
+      cleanups.push(() => running.stop());
+      return { ...running, logs: [], mllpPort: () => running.mllpPorts.get('ehr-mllp')! };
+    };
+    const first = await ingest();
+    const second = await ingest();
     // Sender CLINIC-S through one process, then the other, then the first again: 4,200 > 3,000.
     expect(msa((await mllpExchange(first.mllpPort(), refused('S-1', 'CLINIC-S')))!).code).toBe('AR');
     expect(msa((await mllpExchange(second.mllpPort(), refused('S-2', 'CLINIC-S')))!).code).toBe('AR');

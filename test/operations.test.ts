@@ -3,15 +3,11 @@
 // quarantined copy, each audited under the token's name; token scopes (read, phi, operate);
 // search by patient, message type and trigger type, raw text for phi only; unknown filters
 // refused.
-import { execFile } from 'node:child_process';
 import { writeFileSync, readFileSync } from 'node:fs';
 import path from 'node:path';
-import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseHl7 } from '../src/hl7v2/parse.ts';
-import { CLI_PATH, adtMessage, mllpExchange, siuMessage, startServer, writeConfigDir, type InProcessServer, type TestConfigDir } from './helpers/server.ts';
-
-const run = promisify(execFile);
+import { adtMessage, runCli, mllpExchange, siuMessage, startServer, writeConfigDir, type InProcessServer, type TestConfigDir } from './helpers/server.ts';
 
 const TOKENS = {
   VIEWER_TOKEN: 'viewer-token-0123456789abcdef',
@@ -147,15 +143,7 @@ describe('release a quarantined copy', () => {
 });
 
 describe('the CLI acts through the running server', () => {
-  async function cli(args: string[], env: Record<string, string>): Promise<{ code: number; stdout: string; stderr: string }> {
-    try {
-      const { stdout, stderr } = await run(process.execPath, [CLI_PATH, ...args], { env: { ...process.env, ...env } });
-      return { code: 0, stdout, stderr };
-    } catch (error) {
-      const e = error as { code: number; stdout: string; stderr: string };
-      return { code: e.code, stdout: e.stdout, stderr: e.stderr };
-    }
-  }
+  const cli = runCli;
 
   it('carerelay reprocess ID talks to the admin API with the named token, and says why one is refused', async () => {
     await restartWith('missingFieldAck: AR', 'missingFieldAck: AE');

@@ -206,13 +206,45 @@ const ISO_INSTANT = /^\d{4}-\d{2}-\d{2}(?:T\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:Z|
 
 const MESSAGE_STATUSES = new Set<string>(Object.values(MessageStatus));
 
-/** /readyz detail per reason code (workers/readiness.ts NotReady). */
+/** /readyz detail per reason code (workers/readiness.ts NotReady, main.ts per role). */
 const READINESS_TEXT: Record<string, string> = {
   store_unreachable: 'the store is not reachable',
   disk_full: "the data directory's disk is full",
   read_only: 'the data directory is not writable',
   store_cannot_write: 'the store cannot write',
+  queue_unreachable: "the queue's Redis is not reachable",
+  not_listening: 'the listeners are not bound yet',
+  stopping: 'shutting down: finishing what is in flight',
 };
+
+/** GET /healthz (the process answers) and GET /readyz (it can take traffic: `readiness`). */
+function probeRoutes(app: express.Express, readiness: () => Promise<string | undefined>): void {
+  app.get('/healthz', (_req, res) => {
+    res.json({ status: 'ok' });
+  });
+  app.get('/readyz', async (_req, res) => {
+    const reason = await readiness();
+    if (reason === undefined) {
+      res.json({ status: 'ready' });
+      return;
+    }
+    res.setHeader('Retry-After', '5');
+    sendProblem(res, 503, 'Not ready', `${READINESS_TEXT[reason] ?? 'the store is not usable'} (${reason})`);
+  });
+}
+
+/**
+ * The HTTP listener of a worker process (`--role worker`): probes and its own /metrics only.
+ * The ingest endpoints, provider callbacks, admin API and dashboard are the ingest processes'.
+ */
+export function createProbeApp(readiness: () => Promise<string | undefined>, metrics?: express.RequestHandler): express.Express {
+  const app = express();
+  app.disable('x-powered-by');
+  probeRoutes(app, readiness);
+  if (metrics) app.get('/metrics', metrics);
+  app.use((_req, res) => sendProblem(res, 404, 'Not found', 'a worker process answers /healthz, /readyz and /metrics only; the API is on the ingest processes'));
+  return app;
+}
 
 export function messageSummary(m: StoredMessage) {
   return {
@@ -298,29 +330,18 @@ export function createApp(deps: ApiDeps): express.Express {
   app.disable('x-powered-by');
   app.set('query parser', 'simple');
 
-  app.get('/healthz', (_req, res) => {
-    res.json({ status: 'ok' });
-  });
-
-  const readiness =
+  probeRoutes(
+    app,
     deps.readiness ??
-    (async (): Promise<string | undefined> => {
-      try {
-        await store.ping();
-        return undefined;
-      } catch {
-        return 'store_unreachable';
-      }
-    });
-  app.get('/readyz', async (_req, res) => {
-    const reason = await readiness();
-    if (reason === undefined) {
-      res.json({ status: 'ready' });
-      return;
-    }
-    res.setHeader('Retry-After', '5');
-    sendProblem(res, 503, 'Not ready', `${READINESS_TEXT[reason] ?? 'the store is not usable'} (${reason})`);
-  });
+      (async (): Promise<string | undefined> => {
+        try {
+          await store.ping();
+          return undefined;
+        } catch {
+          return 'store_unreachable';
+        }
+      }),
+  );
 
   // HL7v2 over HTTP: POST the message (ER7) as the body, get the ACK back.
   app.post('/ingest/hl7v2/:input', (req, res, next) => {

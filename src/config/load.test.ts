@@ -55,7 +55,9 @@ describe('the shipped example (connectors/example.yaml)', () => {
       http: { host: '127.0.0.1', port: 8080 },
       dataDir: path.join(repoRoot, 'data'),
       rejectedRaw: { totalBytes: 1073741824, perSenderBytes: 67108864, keepBytes: 4096 },
+      queue: { type: 'sqlite', url: { env: 'REDIS_URL' }, prefix: 'carerelay', leaseSeconds: 30, durable: true },
       minFreeDiskBytes: 67108864,
+      store: { type: 'sqlite', pool: { max: 10, connectionTimeoutSeconds: 10, idleTimeoutSeconds: 30 } },
       metrics: { tokenEnv: 'CARERELAY_METRICS_TOKEN' },
       video: { keyId: 'k1', previousKeys: [], opensMinutesBefore: 60, closesMinutesAfter: 30 },
       admin: { tokens: [] },
@@ -99,7 +101,9 @@ describe('loadConfig', () => {
       http: { host: '127.0.0.1', port: 8080 },
       dataDir: path.join(dir, 'data'),
       rejectedRaw: { totalBytes: 1073741824, perSenderBytes: 67108864, keepBytes: 4096 },
+      queue: { type: 'sqlite', prefix: 'carerelay', leaseSeconds: 30, durable: true },
       minFreeDiskBytes: 67108864,
+      store: { type: 'sqlite', pool: { max: 10, connectionTimeoutSeconds: 10, idleTimeoutSeconds: 30 } },
       metrics: { tokenEnv: 'CARERELAY_METRICS_TOKEN' },
       video: { keyId: 'k1', previousKeys: [], opensMinutesBefore: 60, closesMinutesAfter: 30 },
       admin: { tokens: [] },
@@ -446,6 +450,27 @@ describe('loadConfig', () => {
     ]);
   });
 
+  it('reads the store block: postgres needs its URL, read as a secret only when the store is postgres', async () => {
+    const store = (lines: string[]) => configDir({ 'a.yaml': ['server:', '  store:', ...lines.map((l) => `    ${l}`), ''].join('\n') });
+    expect(await issuesOf(await store(['type: postgres']))).toEqual([
+      'connectors/a.yaml:3:5: store type postgres needs the database URL: add url: { env: DATABASE_URL } (or { file: PATH })',
+    ]);
+    expect(await issuesOf(await store(['type: postgres', 'url: postgres://u:pw@db/carerelay']))).toEqual([
+      expect.stringMatching(/^connectors\/a\.yaml:4:\d+: .*url.* (env|file)/),
+    ]);
+    expect(await issuesOf(await store(['type: postgres', 'url: { env: DATABASE_URL }', 'tls: { cert: { file: c.pem } }', 'pool: { max: 2 }']), { DATABASE_URL: 'postgres://db/x' })).toEqual([
+      expect.stringMatching(/^connectors\/a\.yaml:5:\d+: a client certificate needs its key: give both tls\.cert and tls\.key, or neither$/),
+      expect.stringMatching(/^connectors\/a\.yaml:5:\d+: .*c\.pem/),
+      expect.stringMatching(/^connectors\/a\.yaml:6:\d+: .*max.* 3/),
+    ]);
+    expect(await issuesOf(await store(['type: postgres', 'url: { env: DATABASE_URL }']))).toEqual(['connectors/a.yaml:4:10: secret environment variable DATABASE_URL is not set']);
+    // sqlite: the same block loads without the variable (a configuration switched by environment).
+    const embedded = await loadConfig({ configDir: await store(['type: sqlite', 'url: { env: DATABASE_URL }']), env: {} });
+    expect(embedded.server.store.type).toBe('sqlite');
+    const pg = await loadConfig({ configDir: await store(['type: postgres', 'url: { env: DATABASE_URL }', 'pool: { max: 4 }']), env: { DATABASE_URL: 'postgres://db/x' } });
+    expect(pg.server.store).toEqual({ type: 'postgres', url: { env: 'DATABASE_URL' }, pool: { max: 4, connectionTimeoutSeconds: 10, idleTimeoutSeconds: 30 } });
+  });
+
   it('reads the policy block: region defaults, zones, overrides; one block only, one organisation zone', async () => {
     const dir = await configDir({
       'a.yaml': [
@@ -516,6 +541,47 @@ describe('loadConfig', () => {
       'connectors/a.yaml:6:17: token name "admin" is reserved ("admin" is the tokenEnv token, "local" a caller on loopback without a token); choose another',
       expect.stringMatching(/^connectors\/a\.yaml:7:\d+: .*everything/),
     ]);
+  });
+
+  it('reads the queue block: bullmq with its Redis URL by reference, checked like every secret', async () => {
+    const ok = await configDir({
+      'a.yaml': ['server:', '  queue:', '    type: bullmq', '    url: { env: REDIS_URL }', '    prefix: north', ''].join('\n'),
+    });
+    const plan = await loadConfig({ configDir: ok, env: { REDIS_URL: 'redis://127.0.0.1:6379' } });
+    expect(plan.server.queue).toEqual({ type: 'bullmq', url: { env: 'REDIS_URL' }, prefix: 'north', leaseSeconds: 30, durable: true });
+    const embedded = await configDir({ 'a.yaml': 'server: {}\n' });
+    expect((await loadConfig({ configDir: embedded, env: {} })).server.queue).toEqual({ type: 'sqlite', prefix: 'carerelay', leaseSeconds: 30, durable: true });
+
+    const bad = await configDir({
+      'a.yaml': [
+        'server:',
+        '  queue:',
+        '    type: bullmq',
+        '    url: redis://:hunter2@redis:6379',
+        '    prefix: "a:b"',
+        '',
+      ].join('\n'),
+      'b.yaml': '',
+    });
+    const issues = await issuesOf(bad);
+    expect(issues).toEqual([
+      expect.stringMatching(/^connectors\/a\.yaml:4:10: .*secrets are never written inline/),
+      expect.stringMatching(/^connectors\/a\.yaml:5:13: .*no ":"/),
+    ]);
+    expect(issues.join('\n')).not.toContain('hunter2');
+
+    const missing = await configDir({ 'a.yaml': ['server:', '  queue: { type: bullmq }', ''].join('\n') });
+    expect(await issuesOf(missing)).toEqual([
+      'connectors/a.yaml:2:12: queue type bullmq needs the Redis URL: add url: { env: REDIS_URL } (or { file: PATH })',
+    ]);
+    // One configuration switches its queue by environment: embedded, the URL is not needed.
+    const switchable = await configDir({
+      'a.yaml': ['server:', '  queue:', '    type: ${CARERELAY_QUEUE:-sqlite}', '    url: { env: REDIS_URL }', ''].join('\n'),
+    });
+    expect((await loadConfig({ configDir: switchable, env: {} })).server.queue.type).toBe('sqlite');
+    expect(await issuesOf(switchable, { CARERELAY_QUEUE: 'bullmq' })).toEqual(['connectors/a.yaml:4:10: secret environment variable REDIS_URL is not set']);
+    const unset = await configDir({ 'a.yaml': ['server:', '  queue:', '    type: bullmq', '    url: { env: REDIS_URL }', ''].join('\n') });
+    expect(await issuesOf(unset)).toEqual(['connectors/a.yaml:4:10: secret environment variable REDIS_URL is not set']);
   });
 
   it('checks the video keys (docs/video.md): each reads to 32 bytes, ids unique, without repeating a value', async () => {

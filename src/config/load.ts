@@ -15,7 +15,9 @@ import type { Rule } from '../pipeline/rule.ts';
 import { loadMappings, type MappingSet } from './mappings.ts';
 import { alertsSchema, retentionSchema, type AlertsConfig, type RetentionConfig } from './operations-schema.ts';
 import { policyConfigOf, policySchema, type PolicyBlock, type PolicyConfig } from './policy-schema.ts';
+import { queueConfigIssues, queueSecretsInUse } from './queue-schema.ts';
 import { connectorFileSchema, serverSchema, type ServerConfig } from './server-schema.ts';
+import { storeConfigIssues, storeSecretsInUse } from './store-schema.ts';
 import { videoKeyProblems } from './video-schema.ts';
 import {
   createAjv,
@@ -365,6 +367,16 @@ export async function loadConfig(options: LoadConfigOptions): Promise<CarerelayP
     issues.push(...secretIssues(policySchema, policyValue, policyFile, ['policy'], configDir, env, options.checkSecrets !== false));
   }
 
+  if (serverPlace) {
+    const serverFile = files.find((f) => f.display === serverPlace!.display)!;
+    const backendIssues = [
+      ...(serverConfig.store ? storeConfigIssues(serverConfig.store).map((found) => ({ at: ['server', 'store', ...found.path], message: found.message })) : []),
+      ...(serverConfig.queue ? queueConfigIssues(serverConfig.queue).map((found) => ({ at: ['server', 'queue', ...found.path], message: found.message })) : []),
+    ];
+    for (const { at, message } of backendIssues) {
+      issues.push({ file: serverFile.display, ...serverFile.doc.locate(at, { key: true }), path: toPointer(at), message });
+    }
+  }
   const operations = operationsBlocks(blocks, files, located, policyBlock, (more) => issues.push(...more));
 
   if (serverPlace) issues.push(...adminTokenIssues(serverConfig, files.find((f) => f.display === serverPlace!.display)!, configDir, env, options.checkSecrets !== false));
@@ -478,7 +490,8 @@ const RESERVED_TOKEN_NAMES = new Set(['admin', 'local']);
 function adminTokenIssues(server: ServerConfig, file: YamlFile, configDir: string, env: Env, check: boolean): ConfigIssue[] {
   const tokens = server.admin?.tokens;
   if (!Array.isArray(tokens)) return [];
-  const issues = secretIssues(serverSchema, server as unknown as Record<string, unknown>, file, ['server'], configDir, env, check);
+  const checked = { ...server, store: storeSecretsInUse(server.store), queue: queueSecretsInUse(server.queue) };
+  const issues = secretIssues(serverSchema, checked as unknown as Record<string, unknown>, file, ['server'], configDir, env, check);
   const seen = new Set<string>();
   tokens.forEach((token, i) => {
     if (!isRecord(token) || typeof token.name !== 'string') return; // reported by the schema

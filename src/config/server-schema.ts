@@ -3,6 +3,8 @@
 
 import { alertsSchema, retentionSchema } from './operations-schema.ts';
 import { policySchema } from './policy-schema.ts';
+import { storeSchema, type StoreConfig } from './store-schema.ts';
+import { queueSchema, type QueueConfig } from './queue-schema.ts';
 import { videoSchema, type VideoConfig } from './video-schema.ts';
 import { nameSchema, secretRefSchema, type JsonSchema, type SecretRef } from './yaml.ts';
 
@@ -207,6 +209,8 @@ export const serverSchema = {
         },
       },
     },
+    store: storeSchema,
+    queue: queueSchema,
     minFreeDiskBytes: {
       type: 'integer',
       minimum: 0,
@@ -293,6 +297,10 @@ export interface ServerConfig {
   readonly timezone?: string;
   readonly rejectedRaw: { readonly totalBytes: number; readonly perSenderBytes: number; readonly keepBytes: number };
   readonly minFreeDiskBytes: number;
+  /** Where messages, deliveries and the ledger are kept (config/store-schema.ts). */
+  readonly store: StoreConfig;
+  /** Where delivery jobs wait (config/queue-schema.ts). */
+  readonly queue: QueueConfig;
   readonly admin: { readonly tokenEnv?: string; readonly tokens: readonly AdminTokenConfig[] };
   readonly deliveries: DeliveriesConfig;
   readonly metrics: { readonly tokenEnv: string };

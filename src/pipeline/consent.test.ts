@@ -165,6 +165,16 @@ describe('send-time checks (docs/consent.md rules 2–8)', () => {
     expect(reason(check({ sent: ['2025-06-09', '2025-06-09', '2025-06-09'].map((d, i) => careSms(`${d}T1${i}:00:00+02:00`)) }, sms), us)).toBe('frequency_cap');
   });
 
+  it('rule 6: the day and week of a cap follow the check from one day to the next in the same zone', () => {
+    const capped = { ...us, caps: [{ purpose: 'survey' as const, channel: 'email' as const, perDay: 1 }] };
+    const sent = [{ at: Date.parse('2025-06-10T08:00:00+02:00'), purpose: 'survey' as const, channel: 'email' as const }];
+    const on = (iso: string) => check({ sent, now: Date.parse(iso) }, { dueAt: iso });
+    expect(reason(on('2025-06-10T10:00:00+02:00'), capped)).toBe('frequency_cap');
+    expect(reason(on('2025-06-11T10:00:00+02:00'), capped)).toBe('allow');
+    expect(reason(on('2025-06-10T23:30:00+02:00'), capped)).toBe('frequency_cap');
+    expect(reason(on('2025-06-09T10:00:00+02:00'), capped)).toBe('allow');
+  });
+
   it('rule 7: at night an SMS moves to 08:00 with retryAt, or expires; the cap counts the day it would go', () => {
     const night = Date.parse('2025-06-10T23:00:00+02:00');
     const sms = { purpose: 'care.followup' as const, channel: 'sms' as const, to: '+33612345678', dueAt: '2025-06-10T23:00:00+02:00' };

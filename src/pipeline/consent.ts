@@ -310,11 +310,34 @@ export function inSensitiveWindow(e: CareEpisode, policy: PolicySettings, now: n
 }
 
 /** A reached cap on the day / ISO week of `at` in the patient's zone, described; else undefined. */
+interface CapBounds {
+  day: { from: number; to: number };
+  week: { from: number; to: number };
+}
+
+/**
+ * The local day and (ISO) week around `at` in `zone`, kept per zone while `at` stays in the
+ * same local day: the zone work was most of a send-time check's luxon cost, and a day's
+ * sends all share the same bounds.
+ */
+const capBoundsByZone = new Map<string, CapBounds>();
+
+function capBounds(zone: string, at: number): CapBounds {
+  const kept = capBoundsByZone.get(zone);
+  if (kept !== undefined && at >= kept.day.from && at < kept.day.to) return kept;
+  const local = DateTime.fromMillis(at, { zone });
+  const bounds = {
+    day: { from: local.startOf('day').toMillis(), to: local.startOf('day').plus({ days: 1 }).toMillis() },
+    week: { from: local.startOf('week').toMillis(), to: local.startOf('week').plus({ weeks: 1 }).toMillis() },
+  };
+  if (capBoundsByZone.size >= 256) capBoundsByZone.clear();
+  capBoundsByZone.set(zone, bounds);
+  return bounds;
+}
+
 function capReached(c: ConsentCheck, policy: PolicySettings, at: number): string | undefined {
   const d = c.delivery;
-  const local = DateTime.fromMillis(at, { zone: c.zone });
-  const day = { from: local.startOf('day').toMillis(), to: local.startOf('day').plus({ days: 1 }).toMillis() };
-  const week = { from: local.startOf('week').toMillis(), to: local.startOf('week').plus({ weeks: 1 }).toMillis() };
+  const { day, week } = capBounds(c.zone, at);
   const count = (range: { from: number; to: number }, match: (s: SentRecord) => boolean) => c.sent.filter((s) => s.at >= range.from && s.at < range.to && match(s)).length;
   for (const cap of policy.caps) {
     if (cap.purpose !== d.purpose || cap.channel !== d.channel) continue;

@@ -157,6 +157,26 @@ describe('renderTemplate / renderDelivery', () => {
     expect(() => renderTemplate(d, { appointment: { start: '2025-06-10T14:30' } }, { zone: 'UTC', language: 'en' })).toThrow(/time with offset/);
   });
 
+  it('gives each date filter, style, zone and language its own text when the same time comes again', () => {
+    const t = compile('{{ appointment.start | local_date }}|{{ appointment.start | local_date: "short" }}|{{ appointment.start | local_time }}|{{ appointment.start | local_format: "HH:mm" }}');
+    const payload = { appointment: { start: '2025-06-10T23:30:00+02:00' } };
+    for (let i = 0; i < 2; i++) {
+      expect(renderTemplate(t, payload, { zone: 'Europe/Paris', language: 'en' })).toBe('Tuesday, June 10, 2025|6/10/2025|11:30 PM|23:30');
+      expect(renderTemplate(t, payload, { zone: 'Europe/Paris', language: 'fr' })).toBe('mardi 10 juin 2025|10/06/2025|23:30|23:30');
+      expect(renderTemplate(t, payload, { zone: 'America/New_York', language: 'en' })).toBe('Tuesday, June 10, 2025|6/10/2025|5:30 PM|17:30');
+      expect(renderTemplate(t, payload, { zone: 'Asia/Tokyo', language: 'en' })).toBe('Wednesday, June 11, 2025|6/11/2025|6:30 AM|06:30');
+    }
+  });
+
+  it('leaves stack traces on after a render, failed or not', () => {
+    const limit = Error.stackTraceLimit;
+    const t = compile('{% if appointment.location.name %}{{ appointment.location.name }}{% endif %}{{ patient.name.family }}');
+    expect(renderTemplate(t, { patient: { name: { family: 'X' } } }, { zone: 'UTC', language: 'en' })).toBe('X');
+    expect(Error.stackTraceLimit).toBe(limit);
+    expect(() => renderTemplate(t, {}, { zone: 'UTC', language: 'en' })).toThrow(/undefined variable: patient/);
+    expect(Error.stackTraceLimit).toBe(limit);
+  });
+
   it('builds a sample payload in the payload shape for the load-time trial render', () => {
     const sample = samplePayload(paths('patient.name.given', 'patient.telecom.value', 'appointment.start', 'appointment.location'));
     expect(sample).toEqual({

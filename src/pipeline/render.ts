@@ -125,8 +125,7 @@ function createEngine(escape: boolean): Liquid {
  * A value that is not an ISO-8601 instant with offset is a render error (never a silent blank).
  */
 function registerDateFilters(liquid: Liquid): void {
-  const at = (context: { globals: unknown }, value: unknown, filter: string): DateTime => {
-    const locale = (context.globals as Record<string, RenderLocale | undefined>)[RENDER_GLOBAL] ?? { language: 'en' };
+  const at = (locale: RenderLocale, value: unknown, filter: string): DateTime => {
     const parsed = typeof value === 'string' ? DateTime.fromISO(value, { setZone: true }) : undefined;
     if (!parsed?.isValid || !/[zZ]|[+-]\d{2}:?\d{2}$/.test(value as string)) {
       throw new Error(`${filter} expects a time with offset such as appointment.start, got ${value === undefined || value === null ? 'nothing' : typeof value}`);
@@ -134,23 +133,45 @@ function registerDateFilters(liquid: Liquid): void {
     // Without a zone the time keeps the offset it came with (parsed with setZone).
     return (locale.zone === undefined ? parsed : parsed.setZone(locale.zone)).setLocale(locale.language);
   };
+  /** A filter's text for (value, style, zone, language), from the memo or computed by `format`. */
+  const formatted = (context: { globals: unknown }, filter: string, value: unknown, style: string, format: (t: DateTime) => string): string => {
+    const locale = (context.globals as Record<string, RenderLocale | undefined>)[RENDER_GLOBAL] ?? { language: 'en' };
+    if (typeof value !== 'string') return format(at(locale, value, filter));
+    const key = `${filter}\u0000${style}\u0000${value}\u0000${locale.zone ?? ''}\u0000${locale.language}`;
+    let text = dateMemo.get(key);
+    if (text === undefined) {
+      text = format(at(locale, value, filter));
+      if (dateMemo.size >= DATE_MEMO_ENTRIES) dateMemo.clear();
+      dateMemo.set(key, text);
+    }
+    return text;
+  };
   const dateStyles = { short: DateTime.DATE_SHORT, medium: DateTime.DATE_MED, long: DateTime.DATE_HUGE } as const;
   liquid.registerFilter('local_date', function (value: unknown, style: unknown = 'long') {
     const format = dateStyles[String(style) as keyof typeof dateStyles];
     if (!format) throw new Error(`local_date takes "short", "medium" or "long", got "${String(style)}"`);
-    return at(this.context, value, 'local_date').toLocaleString(format);
+    return formatted(this.context, 'local_date', value, String(style), (t) => t.toLocaleString(format));
   });
   liquid.registerFilter('local_time', function (value: unknown) {
-    return at(this.context, value, 'local_time').toLocaleString(DateTime.TIME_SIMPLE);
+    return formatted(this.context, 'local_time', value, '', (t) => t.toLocaleString(DateTime.TIME_SIMPLE));
   });
   liquid.registerFilter('local_datetime', function (value: unknown) {
-    return at(this.context, value, 'local_datetime').toLocaleString({ ...DateTime.DATE_HUGE, ...DateTime.TIME_SIMPLE });
+    return formatted(this.context, 'local_datetime', value, '', (t) => t.toLocaleString({ ...DateTime.DATE_HUGE, ...DateTime.TIME_SIMPLE }));
   });
   liquid.registerFilter('local_format', function (value: unknown, format: unknown) {
     if (typeof format !== 'string' || format === '') throw new Error('local_format takes a luxon format string, e.g. "dd/LL/yyyy HH:mm"');
-    return at(this.context, value, 'local_format').toFormat(format);
+    return formatted(this.context, 'local_format', value, format, (t) => t.toFormat(format));
   });
 }
+
+/**
+ * The date filters' texts already computed (luxon's parse, zone and locale work was the
+ * largest part of a render): a message's parts show the same times, and one appointment's
+ * messages too. A text depends only on its key (the zone and locale data do not change
+ * while the process runs). Bounded: emptied when full.
+ */
+const dateMemo = new Map<string, string>();
+const DATE_MEMO_ENTRIES = 4_096;
 
 const textEngine = createEngine(false);
 const htmlEngine = createEngine(true);
@@ -324,7 +345,18 @@ function sampleValue(spec: FieldSpec, name: string): unknown {
  * callers turn it into an issue (load time) or a PermanentError (send time).
  */
 export function renderTemplate(template: CompiledTemplate, payload: Record<string, unknown>, locale: RenderLocale): string {
-  return engineFor(template.part).renderSync(template.tpl, payload, { globals: { [RENDER_GLOBAL]: locale } }) as string;
+  // The engine reads an absent optional field (`{% if appointment.location.name %}`, lenientIf)
+  // by throwing and catching an error inside: capturing its stack was about a sixth of a
+  // render (the booking confirmation's three parts). Errors that escape carry their message and token
+  // position (what a template author needs), not a stack. The render is synchronous: no
+  // other code runs while the limit is 0.
+  const limit = Error.stackTraceLimit;
+  Error.stackTraceLimit = 0;
+  try {
+    return engineFor(template.part).renderSync(template.tpl, payload, { globals: { [RENDER_GLOBAL]: locale } }) as string;
+  } finally {
+    Error.stackTraceLimit = limit;
+  }
 }
 
 /** The message an adapter receives (besides the recipient and ids). */

@@ -1,53 +1,12 @@
-import { spawn } from 'node:child_process';
-import { once } from 'node:events';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { queueConformanceSuite, type ConformanceJobData } from './conformance.ts';
+import { startCrashWorker } from '../../test/helpers/crash-worker.ts';
 import type { JobContext } from './queue.ts';
 import { openSqliteDatabase, type Database } from '../store/sqlite-db.ts';
 import { SqliteStore } from '../store/sqlite.ts';
 import { createSqliteQueue, ownTransactions, pruneFinishedJobs, type SqliteQueue } from './sqlite.ts';
-
-const repoRoot = join(import.meta.dirname, '..', '..');
-
-queueConformanceSuite('sqlite', async () => {
-  const dir = mkdtempSync(join(tmpdir(), 'carerelay-queue-'));
-  const file = join(dir, 'carerelay.db');
-  const dbs: Database[] = [];
-  return {
-    async open(options) {
-      // One connection per instance, as two processes on one data dir would have.
-      const db = openSqliteDatabase(file);
-      dbs.push(db);
-      return createSqliteQueue<ConformanceJobData>(db, { ...options, name: 'deliveries' });
-    },
-    async destroy() {
-      for (const db of dbs) db.close();
-      rmSync(dir, { recursive: true, force: true });
-    },
-  };
-});
-
-// The same suite with every queue write riding in the store's group commit (as the server
-// runs it): the queue's promises must keep their meaning when commits are batched.
-queueConformanceSuite('sqlite in the store group commit', async () => {
-  const dir = mkdtempSync(join(tmpdir(), 'carerelay-queue-'));
-  const file = join(dir, 'carerelay.db');
-  const stores: SqliteStore[] = [];
-  return {
-    async open(options) {
-      const store = new SqliteStore(openSqliteDatabase(file), { closeDatabase: true });
-      stores.push(store);
-      return createSqliteQueue<ConformanceJobData>(store.db, { ...options, name: 'deliveries', committer: store });
-    },
-    async destroy() {
-      for (const store of stores) await store.close();
-      rmSync(dir, { recursive: true, force: true });
-    },
-  };
-});
 
 describe('SQLite queue', () => {
   let dir: string;
@@ -81,28 +40,11 @@ describe('SQLite queue', () => {
     const setup = open();
     await setup.add({ id: 'crash-1', data: { appointment: 'A1' }, runAt: new Date(Date.now() - 1_000) });
 
-    const child = spawn(
-      process.execPath,
-      ['--import', 'tsx', join('test', 'fixtures', 'queue-crash-worker.ts'), file, String(leaseMs)],
-      { cwd: repoRoot, stdio: ['ignore', 'pipe', 'pipe'] },
-    );
-    let stdout = '';
-    let stderr = '';
-    child.stderr.setEncoding('utf8').on('data', (chunk: string) => (stderr += chunk));
-    const exited = once(child, 'exit');
-    await new Promise<void>((resolve, reject) => {
-      child.stdout.setEncoding('utf8').on('data', (chunk: string) => {
-        stdout += chunk;
-        if (stdout.includes('\n')) resolve();
-      });
-      child.on('exit', (code) => reject(new Error(`worker exited early (${code}): ${stderr}`)));
-    });
-    expect(stdout).toBe('started crash-1 1\n');
+    const worker = await startCrashWorker('queue-crash-worker.ts', [file, String(leaseMs)]);
+    expect(worker.firstLine).toBe('started crash-1 1\n');
     expect(await setup.get('crash-1')).toMatchObject({ state: 'active', attempts: 1 });
 
-    child.kill('SIGKILL');
-    const [code, signal] = await exited;
-    expect([code, signal]).toEqual([null, 'SIGKILL']);
+    expect(await worker.kill()).toEqual([null, 'SIGKILL']);
     expect(await setup.get('crash-1')).toMatchObject({ state: 'active', attempts: 1 });
 
     // A new process on the same file, its clock past the dead worker's lease.

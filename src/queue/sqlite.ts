@@ -20,6 +20,7 @@
 import { randomUUID } from 'node:crypto';
 import { migrate, type Database } from '../store/sqlite-db.ts';
 import { decideFailure, errorCodeOf, normalizeQueueOptions, type NormalizedQueueOptions } from './backoff.ts';
+import { checkProcessCall, listArguments, PollLoop, QueueListeners, serializeJobData, settleRunning } from './common.ts';
 import {
   Deferral,
   JOB_STATES,
@@ -206,11 +207,16 @@ export class SqliteQueue<T> implements Queue<T> {
   private closing = false;
   private closed: Promise<void> | undefined;
   private readonly running = new Map<number, Running>();
-  private readonly listeners = new Set<(event: QueueEvent) => void>();
-  private idleWaiters: (() => void)[] = [];
-  /** The poll under way (one at a time); pumpAgain asks it for one more round. */
-  private pumpLoop: Promise<void> | undefined;
-  private pumpAgain = false;
+  private readonly listeners = new QueueListeners();
+  /** The poll (one round at a time). */
+  private readonly polls = new PollLoop<NextDue>({
+    canRun: () => this.handler !== undefined && !this.closing,
+    round: () => this.pollOnce(),
+    // SQLITE_BUSY past the busy timeout, disk full…: keep the process up and try again.
+    failed: (error) => this.emit({ type: 'error', code: errorCodeOf(error), message: 'queue poll failed' }),
+    done: (next) => this.armPollTimer(next),
+    busy: () => this.running.size > 0,
+  });
   private pollTimer: NodeJS.Timeout | undefined;
   private renewTimer: NodeJS.Timeout | undefined;
 
@@ -230,7 +236,7 @@ export class SqliteQueue<T> implements Queue<T> {
     this.stmt = this.prepare();
     this.tx = {
       add: (job) => this.insert(this.prepareJob(job)),
-      reschedule: (id, runAt, data) => this.move(id, toEpochMs(runAt, `queue.reschedule(${JSON.stringify(id)})`), data === undefined ? null : this.serialize(data, `queue.reschedule(${JSON.stringify(id)})`)),
+      reschedule: (id, runAt, data) => this.move(id, toEpochMs(runAt, `queue.reschedule(${JSON.stringify(id)})`), data === undefined ? null : serializeJobData(data, `queue.reschedule(${JSON.stringify(id)})`)),
       cancel: (key, reason) => this.stmt.cancel.run({ queue: this.name, key, reason: reason ?? null, now: this.opts.now() }).changes,
       state: (id) => this.stmt.state.get(this.name, id)?.state,
     };
@@ -349,7 +355,7 @@ export class SqliteQueue<T> implements Queue<T> {
 
   private prepareJob(job: NewJob<T>): PreparedJob {
     const { runAtMs } = validateNewJob(job);
-    const data = this.serialize(job.data, `queue.add(${JSON.stringify(job.id)})`);
+    const data = serializeJobData(job.data, `queue.add(${JSON.stringify(job.id)})`);
     return { job, runAtMs, data, keys: [...new Set(job.cancelKeys ?? [])] };
   }
 
@@ -377,7 +383,7 @@ export class SqliteQueue<T> implements Queue<T> {
 
   async reschedule(id: string, runAt: Date | string, data?: T): Promise<boolean> {
     const runAtMs = toEpochMs(runAt, `queue.reschedule(${JSON.stringify(id)})`);
-    const json = data === undefined ? null : this.serialize(data, `queue.reschedule(${JSON.stringify(id)})`);
+    const json = data === undefined ? null : serializeJobData(data, `queue.reschedule(${JSON.stringify(id)})`);
     const moved = await this.committer.write(() => this.move(id, runAtMs, json));
     if (moved) this.wake();
     return moved;
@@ -393,16 +399,6 @@ export class SqliteQueue<T> implements Queue<T> {
     return changed > 0;
   }
 
-  private serialize(data: T, what: string): string {
-    let json: string | undefined;
-    try {
-      json = JSON.stringify(data);
-    } catch (error) {
-      throw new TypeError(`${what}: data cannot be stored as JSON (${(error as Error).message})`);
-    }
-    if (json === undefined) throw new TypeError(`${what}: data cannot be stored as JSON`);
-    return json;
-  }
 
   // ── reading ─────────────────────────────────────────────────────────────────────────
 
@@ -412,13 +408,7 @@ export class SqliteQueue<T> implements Queue<T> {
   }
 
   async list(filter: ListFilter = {}): Promise<JobInfo<T>[]> {
-    const limit = Math.min(Math.max(Math.trunc(filter.limit ?? 100), 1), 1_000);
-    const states = filter.state === undefined ? [] : Array.isArray(filter.state) ? filter.state : [filter.state];
-    for (const state of states) {
-      if (!JOB_STATES.includes(state)) {
-        throw new RangeError(`queue.list: unknown state ${JSON.stringify(state)}; expected one of ${JOB_STATES.join(', ')}`);
-      }
-    }
+    const { limit, states } = listArguments(filter);
     const columns = JOB_COLUMNS.split(', ').map((c) => `j.${c}`).join(', ');
     let sql: string;
     const params: (string | number)[] = [];
@@ -470,28 +460,17 @@ export class SqliteQueue<T> implements Queue<T> {
   }
 
   subscribe(listener: (event: QueueEvent) => void): () => void {
-    this.listeners.add(listener);
-    return () => this.listeners.delete(listener);
+    return this.listeners.subscribe(listener);
   }
 
   private emit(event: QueueEvent): void {
-    for (const listener of this.listeners) {
-      try {
-        listener(event);
-      } catch {
-        // A failing listener (metrics, logging) must not change what happens to jobs.
-      }
-    }
+    this.listeners.emit(event);
   }
 
   // ── processing ──────────────────────────────────────────────────────────────────────
 
   process(handler: JobHandler<T>, options: ProcessOptions): void {
-    if (this.handler) throw new Error(`queue ${this.name}: process() was already called on this instance`);
-    if (this.closing) throw new Error(`queue ${this.name}: process() called after close()`);
-    if (!(Number.isInteger(options?.concurrency) && options.concurrency >= 1)) {
-      throw new RangeError(`queue ${this.name}: concurrency must be an integer ≥ 1, got ${options?.concurrency}`);
-    }
+    checkProcessCall(this.name, { started: this.handler !== undefined, closing: this.closing }, options);
     this.handler = handler;
     this.concurrency = options.concurrency;
     void this.pump();
@@ -502,10 +481,7 @@ export class SqliteQueue<T> implements Queue<T> {
   }
 
   idle(): Promise<void> {
-    if (!this.handler || this.closing) return Promise.resolve();
-    const promise = new Promise<void>((resolve) => this.idleWaiters.push(resolve));
-    void this.pump();
-    return promise;
+    return this.polls.idle();
   }
 
   /** Something changed in this instance: look again now rather than at the next timer. */
@@ -513,35 +489,9 @@ export class SqliteQueue<T> implements Queue<T> {
     if (this.handler && !this.closing) void this.pump();
   }
 
-  /**
-   * Take due jobs up to the concurrency limit, then arm the timer for the next due time.
-   * One poll runs at a time; a call while one runs asks it for another round, and resolves
-   * when that round is done.
-   */
+  /** Take due jobs up to the concurrency limit, then arm the timer for the next due time. */
   private pump(): Promise<void> {
-    if (!this.handler || this.closing) return Promise.resolve();
-    this.pumpAgain = true;
-    this.pumpLoop ??= this.runPump();
-    return this.pumpLoop;
-  }
-
-  private async runPump(): Promise<void> {
-    let next: NextDue | undefined;
-    try {
-      while (this.pumpAgain && !this.closing) {
-        this.pumpAgain = false;
-        next = await this.pollOnce();
-      }
-    } catch (error) {
-      // SQLITE_BUSY past the busy timeout, disk full…: keep the process up and try again.
-      this.emit({ type: 'error', code: errorCodeOf(error), message: 'queue poll failed' });
-      next = undefined;
-    } finally {
-      // In the same synchronous step as the loop's last check: a pump() from now on starts anew.
-      this.pumpLoop = undefined;
-    }
-    this.armPollTimer(next);
-    if (this.running.size === 0 && next !== undefined) this.resolveIdle();
+    return this.polls.run();
   }
 
   /** One round: give lapsed leases back, take what is due (one write), read the next due time. */
@@ -576,7 +526,7 @@ export class SqliteQueue<T> implements Queue<T> {
       for (const row of rows) this.start(row, owner);
       // More may be due than there was room for, or than another instance left: look again.
       // Nothing taken (another instance holds the write lock): the timer looks again.
-      if (rows.length > 0) this.pumpAgain = true;
+      if (rows.length > 0) this.polls.more();
       next = this.stmt.next.get(this.name, this.name)!;
     }
     return next;
@@ -598,12 +548,6 @@ export class SqliteQueue<T> implements Queue<T> {
     }
     this.pollTimer = setTimeout(() => void this.pump(), delay);
     this.pollTimer.unref();
-  }
-
-  private resolveIdle(): void {
-    const waiters = this.idleWaiters;
-    this.idleWaiters = [];
-    for (const resolve of waiters) resolve();
   }
 
   private start(row: TakenRow, owner: string): void {
@@ -696,7 +640,7 @@ export class SqliteQueue<T> implements Queue<T> {
     this.running.delete(job.seq);
     if (this.running.size === 0) this.stopRenewTimer();
     void this.pump();
-    if (this.closing && this.running.size === 0) this.resolveIdle();
+    if (this.closing && this.running.size === 0) this.polls.resolveIdle();
   }
 
   /** One timer renews every lease this instance holds (one small write per tick). */
@@ -740,20 +684,10 @@ export class SqliteQueue<T> implements Queue<T> {
     const graceMs = options.graceMs ?? 10_000;
     this.closed = (async () => {
       // A take under way starts its jobs: they are waited for like the others.
-      await this.pumpLoop;
-      const settled = Promise.all([...this.running.values()].map((job) => job.settled));
-      if (this.running.size > 0) {
-        let graceTimer: NodeJS.Timeout | undefined;
-        const grace = new Promise<void>((resolve) => {
-          graceTimer = setTimeout(resolve, graceMs);
-        });
-        await Promise.race([settled, grace]);
-        clearTimeout(graceTimer);
-        for (const job of this.running.values()) job.controller.abort(new Error('queue closing'));
-        await settled;
-      }
+      await this.polls.current;
+      await settleRunning(() => this.running.values(), graceMs);
       this.stopRenewTimer();
-      this.resolveIdle();
+      this.polls.resolveIdle();
     })();
     return this.closed;
   }

@@ -2,7 +2,18 @@
 // SQLite and PostgreSQL backends cannot drift apart on them.
 import { DateTime } from 'luxon';
 import { MessageStatus, type Delivery } from '../types.ts';
-import { RAW_QUOTA_CURSOR, type InboundRecord, type RawQuota, type StoredMessage } from './store.ts';
+import { AuditAction, RAW_QUOTA_CURSOR, type RawQuota, type AttemptKind, type DeliveryCause, type DeliveryWrite, type InboundRecord, type OutboxEntry, type RoutingExplanation, type RuleOutcome, type SentMessage, type SkippedRule, type StoredMessage } from './store.ts';
+
+/**
+ * The table of applied schema versions, per component (the store, the embedded queue): the same
+ * in SQLite and PostgreSQL (sqlite-db.ts migrate, postgres-db.ts migratePostgres).
+ */
+export const SCHEMA_MIGRATIONS_TABLE = `CREATE TABLE IF NOT EXISTS schema_migrations (
+  component TEXT NOT NULL,
+  version INTEGER NOT NULL,
+  applied_at TEXT NOT NULL,
+  PRIMARY KEY (component, version)
+)`;
 
 /** Reason codes a store writes itself (safe to log). */
 export const StoreReason = {
@@ -225,4 +236,174 @@ export function expandDeliveryJson(json: string, columns: { id: string; rule: st
   const { k, ...rest } = parsed;
   const head = { id: columns.id, ruleId: columns.rule, subjectKey: columns.subject, patientId: columns.patient_id };
   return { ...head, ...rest, cancelKeys: unpackCancelKeys(k, head) } as Delivery;
+}
+
+// ---------------------------------------------------------------------------------------
+// Shapes both backends store the same way.
+
+/** The distinct trigger ids of a record, in order (StoredMessage.triggerIds). */
+export function triggerIdsOf(record: InboundRecord): string[] {
+  return [...new Set(record.triggers.map((t) => t.id))];
+}
+
+/** The audit action of each kind of attempt. */
+export const ATTEMPT_AUDIT_ACTION = {
+  reprocess: AuditAction.Reprocess,
+  release: AuditAction.Release,
+} as const satisfies Record<AttemptKind, AuditAction>;
+
+/** A message id as the row id it stands for, or undefined when it cannot be one. */
+export function parseMessageId(id: string): number | undefined {
+  if (!/^[1-9]\d{0,14}$/.test(id)) return undefined;
+  return Number(id);
+}
+
+/** A messageId filter value as its row id; RangeError (a 400) when it cannot be a message id. */
+export function messageIdFilter(id: string): number {
+  const rowid = parseMessageId(id);
+  if (rowid === undefined) throw new RangeError(`messageId must be the id of a stored message (digits), got ${JSON.stringify(id)}`);
+  return rowid;
+}
+
+/** The parts of a sent message an outbox entry keeps. */
+const OUTBOX_PARTS = new Set(['language', 'to', 'subject', 'text', 'html']);
+
+/** Whether a sent message is exactly what the outbox entry keeps (and holds nothing more). */
+export function sameMessage(entry: OutboxEntry, message: SentMessage): boolean {
+  return (
+    Object.keys(message).every((key) => OUTBOX_PARTS.has(key)) &&
+    entry.language === message.language &&
+    entry.to === message.to &&
+    entry.subject === message.subject &&
+    entry.text === message.text &&
+    entry.html === message.html
+  );
+}
+
+/** The message an outbox entry keeps, as a finished delivery shows it. */
+export function messageOfEntry(entry: OutboxEntry): SentMessage {
+  return {
+    language: entry.language,
+    ...(entry.to !== undefined ? { to: entry.to } : {}),
+    ...(entry.subject !== undefined ? { subject: entry.subject } : {}),
+    text: entry.text,
+    ...(entry.html !== undefined ? { html: entry.html } : {}),
+  };
+}
+
+/**
+ * A routing explanation in its stored form: one array per rule, [rule, outcome, delivery id
+ * (without the leading rule id when it starts with it), reason, condition], trailing empty
+ * places left out; routedAt is kept apart (the trigger's routed time).
+ */
+export function compactExplanation(e: RoutingExplanation): Array<Array<string | null>> {
+  return e.rules.map((r) => {
+    const id = r.deliveryId === undefined ? null : r.deliveryId.startsWith(`${r.rule}@`) ? r.deliveryId.slice(r.rule.length) : r.deliveryId;
+    const entry: Array<string | null> = [r.rule, r.outcome, id, r.reason ?? null, r.condition ?? null];
+    while (entry[entry.length - 1] === null) entry.pop();
+    return entry;
+  });
+}
+
+/** The inverse of compactExplanation, from its JSON text. */
+export function expandExplanation(triggerId: string, json: string, routedMs: number): RoutingExplanation {
+  const rules = (JSON.parse(json) as Array<Array<string | null>>).map(([rule, outcome, id, reason, condition]) => {
+    const r: RuleOutcome = { rule: rule!, outcome: outcome as RuleOutcome['outcome'] };
+    if (id != null) r.deliveryId = id.startsWith('@') ? `${rule}${id}` : id;
+    if (reason != null) r.reason = reason;
+    if (condition != null) r.condition = condition;
+    return r;
+  });
+  return { triggerId, routedAt: new Date(routedMs).toISOString(), rules };
+}
+
+/** The rules of an explanation that planned nothing for the trigger (skipped, or a plan or move that changed nothing). */
+export function skippedRulesOf(explanation: RoutingExplanation): SkippedRule[] {
+  return explanation.rules
+    .filter((r) => r.outcome === 'skipped' || (r.outcome === 'unchanged' && r.reason !== undefined))
+    .map((r) => {
+      const step = r.deliveryId === undefined ? undefined : /#(\d+)$/.exec(r.deliveryId)?.[1];
+      return {
+        ruleId: r.rule,
+        reason: r.reason ?? r.outcome,
+        ...(r.deliveryId !== undefined ? { deliveryId: r.deliveryId } : {}),
+        ...(step !== undefined ? { step: Number(step) } : {}),
+        ...(r.condition !== undefined ? { detail: r.condition } : {}),
+      };
+    });
+}
+
+/**
+ * A delivery's cause as stored: `<change>` or `<change>:<reason>`, beside the trigger id
+ * (left empty when it is the trigger that planned the delivery).
+ */
+export function causeColumns(write: Pick<DeliveryWrite, 'cause' | 'delivery'>): { trigger: string | null; cause: string | null } {
+  const c = write.cause;
+  return {
+    trigger: c === undefined || c.triggerId === write.delivery.triggerId ? null : c.triggerId,
+    cause: c === undefined ? null : c.reason === undefined ? c.change : `${c.change}:${c.reason}`,
+  };
+}
+
+/** The inverse of causeColumns. */
+export function causeOf(trigger: string | null, cause: string | null, delivery: Delivery): DeliveryCause | undefined {
+  if (cause === null) return undefined;
+  const [change, reason] = cause.split(':') as [DeliveryCause['change'], string | undefined];
+  return { triggerId: trigger ?? delivery.triggerId, change, ...(reason !== undefined ? { reason } : {}) };
+}
+
+/**
+ * The WHERE clause of a list query, built from optional filters: each `eq`/`atLeast`/
+ * `atMost` with an undefined value adds nothing. `select` appends the order and the limit.
+ * Conditions are written with `?` placeholders; `numbered` (PostgreSQL) turns them into
+ * `$1`, `$2`… in the order the parameters come.
+ */
+export class ListFilter {
+  private readonly where: string[] = [];
+  private readonly params: unknown[] = [];
+
+  constructor(private readonly numbered = false) {}
+
+  eq(column: string, value: string | number | undefined): this {
+    if (value !== undefined) this.add(`${column} = ?`, value);
+    return this;
+  }
+
+  /** Inclusive lower bound on an epoch-ms column, from an ISO instant named `what`. */
+  atLeast(column: string, instant: string | undefined, what: string): this {
+    if (instant !== undefined) this.add(`${column} >= ?`, instantMs(instant, what));
+    return this;
+  }
+
+  /** Inclusive upper bound on an epoch-ms column. */
+  atMost(column: string, instant: string | undefined, what: string): this {
+    if (instant !== undefined) this.add(`${column} <= ?`, instantMs(instant, what));
+    return this;
+  }
+
+  add(condition: string, ...params: unknown[]): this {
+    let n = this.params.length;
+    this.where.push(this.numbered ? condition.replace(/\?/g, () => `$${++n}`) : condition);
+    this.params.push(...params);
+    return this;
+  }
+
+  copy(): ListFilter {
+    const copy = new ListFilter(this.numbered);
+    copy.where.push(...this.where);
+    copy.params.push(...this.params);
+    return copy;
+  }
+
+  /** `SELECT <columns> FROM <table> [WHERE …] ORDER BY <order> LIMIT ?` and its parameters. */
+  select(columns: string, table: string, order: string, limit: number): { sql: string; params: unknown[] } {
+    return this.selectFrom(`SELECT ${columns} FROM ${table}`, order, limit);
+  }
+
+  /** `<head> [WHERE …] ORDER BY <order> LIMIT ?` and its parameters. */
+  selectFrom(head: string, order: string, limit: number): { sql: string; params: unknown[] } {
+    const where = this.where.length > 0 ? ` WHERE ${this.where.join(' AND ')}` : '';
+    const mark = this.numbered ? `$${this.params.length + 1}` : '?';
+    return { sql: `${head}${where} ORDER BY ${order} LIMIT ${mark}`, params: [...this.params, limit] };
+  }
 }

@@ -9,8 +9,9 @@
 import { unpackJson } from './packed-json.ts';
 import type BetterSqlite3 from 'better-sqlite3';
 import { normalizeAddress } from '../pipeline/consent.ts';
-import type { Channel, ConsentAction, ConsentEvent, ConsentSource, Purpose, Trigger } from '../types.ts';
+import type { Channel, ConsentEvent, ConsentSource, Purpose, Trigger } from '../types.ts';
 import { instantMs, listLimit } from './common.ts';
+import { MAX_GROUP, consentEventSeq, decisionFromRow, eventFromRow, factsOf, withoutPersonalFields, withoutRecipient, type DecisionRow, type EventRow } from './consent-rows.ts';
 import type { Database } from './sqlite-db.ts';
 import { rawQuotaGiveBack } from './sqlite-raw-quota.ts';
 import type { DecisionRecord, Disclosure, ErasureRecord, PatientFacts, StoredFhirConsent } from './store.ts';
@@ -125,43 +126,6 @@ export const CONSENT_TABLES = `
   ) WITHOUT ROWID;
 `;
 
-/** Most ids a merge group is followed to (a chain of A40s is short; this bounds a bad feed). */
-const MAX_GROUP = 64;
-
-interface EventRow {
-  seq: number;
-  patient_id: string | null;
-  address: string | null;
-  output: string | null;
-  action: ConsentAction;
-  purposes: string;
-  channel: Channel | null;
-  source: ConsentSource;
-  method: string;
-  at: string;
-  policy_version: string;
-  reference: string | null;
-  recorded_at: string;
-}
-
-interface DecisionRow {
-  seq: number;
-  delivery_id: string;
-  patient_id: string;
-  rule: string;
-  purpose: Purpose;
-  channel: Channel;
-  output: string;
-  result: DecisionRecord['result'];
-  check_rule: number | null;
-  reason: string | null;
-  retry_at: string | null;
-  basis: string;
-  records: string;
-  settings: string;
-  at: string;
-}
-
 type Statements = ReturnType<typeof prepare>;
 
 function prepare(db: Database) {
@@ -251,9 +215,7 @@ export class SqliteConsentLedger {
   }
 
   consentMirrorQueued(eventId: string, output: string): void {
-    const seq = /^ce-(\d+)$/.exec(eventId)?.[1];
-    if (seq === undefined) throw new RangeError(`"${eventId}" is not a consent entry id`);
-    this.#s.deleteMirror.run(Number(seq), output);
+    this.#s.deleteMirror.run(consentEventSeq(eventId), output);
   }
 
   addFhirConsent(consent: Omit<StoredFhirConsent, 'id'>): StoredFhirConsent {
@@ -289,19 +251,10 @@ export class SqliteConsentLedger {
 
   /** Inside the caller's transaction (commitInbound) or its own statement (notePatientFacts). */
   noteFacts(triggers: readonly Trigger[], seenMs: number): void {
-    for (const t of triggers) {
-      const id = t.patient?.id;
-      if (!id) continue;
-      this.#s.upsertPatient.run(id, t.patient.deceased === true ? 1 : 0, seenMs);
-      for (const point of t.patient.telecom ?? []) {
-        if (typeof point?.value !== 'string' || point.value === '') continue;
-        const address = normalizeAddress(point.value);
-        if (address !== '' && address !== '+') this.#s.insertContact.run(address, id);
-      }
-      if (t.type === 'patient.merged') {
-        for (const from of t.patient.mergedFrom ?? []) if (from.value && from.value !== id) this.#s.insertLink.run(from.value, id);
-      }
-    }
+    const facts = factsOf(triggers);
+    for (const [id, deceased] of facts.patients) this.#s.upsertPatient.run(id, deceased ? 1 : 0, seenMs);
+    for (const { address, patientId } of facts.contacts) this.#s.insertContact.run(address, patientId);
+    for (const { from, to } of facts.links) this.#s.insertLink.run(from, to);
   }
 
   notePatientFacts(triggers: readonly Trigger[], nowMs: number): void {
@@ -367,23 +320,7 @@ export class SqliteConsentLedger {
       params.push(query.patientId);
     }
     const sql = `SELECT * FROM decisions${where.length ? ` WHERE ${where.join(' AND ')}` : ''} ORDER BY seq DESC LIMIT ?`;
-    return (this.#rows(sql, [...params, listLimit(query.limit)]) as DecisionRow[]).map((r) => ({
-      id: `dc-${r.seq}`,
-      deliveryId: r.delivery_id,
-      patientId: r.patient_id,
-      rule: r.rule,
-      purpose: r.purpose,
-      channel: r.channel,
-      output: r.output,
-      result: r.result,
-      ...(r.check_rule !== null ? { checkRule: r.check_rule } : {}),
-      ...(r.reason !== null ? { reason: r.reason } : {}),
-      ...(r.retry_at !== null ? { retryAt: r.retry_at } : {}),
-      basis: r.basis,
-      records: JSON.parse(r.records) as string[],
-      settings: JSON.parse(r.settings) as Record<string, unknown>,
-      at: r.at,
-    }));
+    return (this.#rows(sql, [...params, listLimit(query.limit)]) as DecisionRow[]).map(decisionFromRow);
   }
 
   recordDisclosure(d: Disclosure): void {
@@ -433,10 +370,7 @@ export class SqliteConsentLedger {
     for (const d of deliveries) {
       if (d.status === 'pending') cancelled.push({ deliveryId: d.id, generation: d.generation, reason: 'erased' });
       // Stored packed (packed-json.ts); written back as plain JSON text, which the store reads too.
-      const json = JSON.parse(unpackJson(d.json)) as Record<string, unknown>;
-      delete json.to;
-      json.payload = {};
-      updateDelivery.run(JSON.stringify(json), at, d.seq);
+      updateDelivery.run(JSON.stringify(withoutRecipient(JSON.parse(unpackJson(d.json)) as Record<string, unknown>)), at, d.seq);
       deleteOutbox.run(d.id);
     }
     // Triggers keep what the still-current checks and routing need (ids, types, times, status);
@@ -494,30 +428,4 @@ export class SqliteConsentLedger {
 /** `?, ?, ?` for a list of parameters. */
 function marks(list: readonly unknown[]): string {
   return list.map(() => '?').join(', ');
-}
-
-function eventFromRow(r: EventRow): ConsentEvent {
-  return {
-    id: `ce-${r.seq}`,
-    ...(r.patient_id !== null ? { patientId: r.patient_id } : {}),
-    ...(r.address !== null ? { address: r.address } : {}),
-    ...(r.output !== null ? { output: r.output } : {}),
-    action: r.action,
-    purposes: JSON.parse(r.purposes) as Purpose[],
-    ...(r.channel !== null ? { channel: r.channel } : {}),
-    source: r.source,
-    method: r.method,
-    at: r.at,
-    policyVersion: r.policy_version,
-    ...(r.reference !== null ? { reference: r.reference } : {}),
-    recordedAt: r.recorded_at,
-  };
-}
-
-/** A trigger without the patient's personal fields (erasure): ids, types, times and status stay. */
-export function withoutPersonalFields(t: Trigger): Trigger {
-  return {
-    ...t,
-    patient: { id: t.patient.id, identifiers: [{ value: t.patient.id }], deceased: t.patient.deceased, telecom: [] },
-  };
 }

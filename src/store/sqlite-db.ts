@@ -3,6 +3,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import BetterSqlite3 from 'better-sqlite3';
+import { SCHEMA_MIGRATIONS_TABLE } from './common.ts';
 
 export type Database = BetterSqlite3.Database;
 
@@ -112,12 +113,6 @@ function checkLocation(file: string, readonly: boolean): void {
   }
 }
 
-const MIGRATIONS_TABLE = `CREATE TABLE IF NOT EXISTS schema_migrations (
-  component TEXT NOT NULL,
-  version INTEGER NOT NULL,
-  applied_at TEXT NOT NULL,
-  PRIMARY KEY (component, version)
-)`;
 
 /**
  * Brings component `name`'s tables up to date: `steps[i]` is the SQL of version i + 1 and
@@ -142,7 +137,7 @@ export function migrate(db: Database, name: string, steps: readonly MigrationSte
 
   const ensureTable = (): void => {
     const exists = db.prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'").get();
-    if (exists === undefined) db.exec(MIGRATIONS_TABLE);
+    if (exists === undefined) db.exec(SCHEMA_MIGRATIONS_TABLE);
   };
 
   // IMMEDIATE takes the write lock before reading the version, so two processes starting
@@ -171,4 +166,77 @@ export function migrate(db: Database, name: string, steps: readonly MigrationSte
   const hasTable = db.prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'").get();
   if (hasTable !== undefined && current() === steps.length) return 0;
   return run.immediate();
+}
+
+/** How the processes of one data directory share it (lockDataDir). */
+export const DataDirUse = {
+  /** The embedded queue: routing and delivery state in this process only — it must be alone. */
+  Alone: 'alone',
+  /** The queue on Redis: any number of processes of this host share the store's file. */
+  Shared: 'shared',
+} as const;
+export type DataDirUse = (typeof DataDirUse)[keyof typeof DataDirUse];
+
+/** The lock file beside the store's database. */
+export const DATA_DIR_LOCK_FILE = 'carerelay.lock';
+
+/**
+ * Claims the data directory for the life of this process (release() ends the claim; the OS
+ * ends it when the process dies, even by SIGKILL). SQLite in WAL mode lets several processes
+ * of one host write one file safely, but the embedded queue is not made for it: two processes
+ * would each route the same triggers and run the same jobs. So an `alone` process holds an
+ * exclusive lock on a small SQLite file beside the store, and a `shared` one (queue on Redis)
+ * holds an open read transaction on it: alone refuses while anyone holds it, shared refuses
+ * while an alone process does. The locks are SQLite's own (POSIX advisory locks), which also
+ * tell two connections of one process apart. Throws an Error saying what to do.
+ */
+export function lockDataDir(dataDir: string, use: DataDirUse): { release(): void } {
+  const file = path.join(dataDir, DATA_DIR_LOCK_FILE);
+  const db = openSqliteLock(file);
+  try {
+    if (use === DataDirUse.Alone) {
+      // EXCLUSIVE locking mode keeps the lock the first write takes until the connection closes.
+      db.pragma('locking_mode = EXCLUSIVE');
+      db.exec('CREATE TABLE IF NOT EXISTS holder (one INTEGER PRIMARY KEY CHECK (one = 1), pid INTEGER NOT NULL)');
+      db.prepare('INSERT OR REPLACE INTO holder (one, pid) VALUES (1, ?)').run(process.pid);
+    } else {
+      db.exec('CREATE TABLE IF NOT EXISTS holder (one INTEGER PRIMARY KEY CHECK (one = 1), pid INTEGER NOT NULL)');
+      // A read transaction left open keeps its SHARED lock: an `alone` process cannot write.
+      db.exec('BEGIN');
+      db.prepare('SELECT COUNT(*) FROM holder').get();
+    }
+  } catch (error) {
+    db.close();
+    if ((error as { code?: string }).code?.startsWith('SQLITE_BUSY')) {
+      throw new Error(
+        use === DataDirUse.Alone
+          ? `another CareRelay process is using the data directory ${dataDir} (${DATA_DIR_LOCK_FILE} is locked). ` +
+              'With the embedded queue (server.queue type sqlite) one process serves a data directory: stop the other ' +
+              'process, give this one another data directory, or put the queue on Redis (server.queue type: bullmq) ' +
+              'to run several processes on it.'
+          : `a CareRelay process with the embedded queue (server.queue type sqlite) is using the data directory ${dataDir} ` +
+              `(${DATA_DIR_LOCK_FILE} is locked): it must be alone there. Stop it, or give every process of this ` +
+              'data directory the same server.queue (type: bullmq).',
+        { cause: error },
+      );
+    }
+    throw error;
+  }
+  let released = false;
+  return {
+    release() {
+      if (released) return;
+      released = true;
+      db.close();
+    },
+  };
+}
+
+function openSqliteLock(file: string): Database {
+  checkLocation(file, false);
+  const db = new BetterSqlite3(file);
+  // Waits out another process creating the file's table at the same moment; a holder keeps
+  // its lock for its whole life, so waiting longer would not help.
+  db.pragma('busy_timeout = 1000');
+  return db;
 }

@@ -4,7 +4,7 @@ import os from 'node:os';
 import path from 'node:path';
 import BetterSqlite3 from 'better-sqlite3';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { storeConformanceSuite, testRecord, testTrigger } from './conformance.ts';
+import { testRecord, testTrigger } from './conformance.ts';
 import { migrate, openSqliteDatabase, type Database } from './sqlite-db.ts';
 import { allowDeliveryReview, SQLITE_STORE_COMPONENT, SQLITE_STORE_MIGRATIONS, SqliteStore } from './sqlite.ts';
 import { widenMessageFormats } from './sqlite-replies.ts';
@@ -22,16 +22,7 @@ afterEach(() => {
   }
 });
 
-storeConformanceSuite('sqlite', async () => {
-  const dir = tempDir();
-  const store = SqliteStore.open(path.join(dir, 'data', 'carerelay.db'));
-  return {
-    store,
-    cleanup: async () => {
-      await store.close();
-    },
-  };
-});
+// The conformance suite runs over every backend in conformance.test.ts.
 
 describe('openSqliteDatabase', () => {
   it('creates the directory and sets WAL, synchronous=FULL, busy_timeout and foreign keys', () => {
@@ -254,6 +245,34 @@ describe('SqliteStore on a file', () => {
       expect(outcomes.filter((o) => o.outcome === 'stored')).toHaveLength(300);
       expect(outcomes.filter((o) => o.outcome === 'duplicate')).toHaveLength(300);
       expect(await store.listTriggers({ limit: 1000 })).toHaveLength(300);
+    } finally {
+      await store.close();
+    }
+  });
+
+  it('records send-time decisions and disclosures in the group commit, not an fsync each', async () => {
+    const store = SqliteStore.open(path.join(tempDir(), 'carerelay.db'));
+    try {
+      const at = '2025-06-02T08:00:00+02:00';
+      const ref = { patientId: 'MRN-1', rule: 'r', purpose: 'care.logistics', channel: 'sms', output: 'sms' } as const;
+      const before = store.commits;
+      await Promise.all(
+        Array.from({ length: 10 }, (_, i) => [
+          store.recordDecision({ ...ref, deliveryId: `d${i}`, result: 'allow', basis: 'care', records: [], settings: {}, at }),
+          store.recordDisclosure({ ...ref, deliveryId: `d${i}`, at }),
+        ]).flat(),
+      );
+      // One transaction for all twenty (autocommits would not count here: 0).
+      expect(store.commits - before).toBe(1);
+      expect(await store.listDecisions({ patientId: 'MRN-1' })).toHaveLength(10);
+      expect(await store.listDisclosures({ patientIds: ['MRN-1'] })).toHaveLength(10);
+      // A bad time fails its own call only, not the writes of its group.
+      const [bad, good] = await Promise.allSettled([
+        store.recordDecision({ ...ref, deliveryId: 'd', result: 'allow', basis: 'care', records: [], settings: {}, at: 'soon' }),
+        store.recordDisclosure({ ...ref, deliveryId: 'd10', at }),
+      ]);
+      expect(bad).toMatchObject({ status: 'rejected', reason: expect.objectContaining({ message: expect.stringMatching(/decision\.at/) }) });
+      expect(good.status).toBe('fulfilled');
     } finally {
       await store.close();
     }

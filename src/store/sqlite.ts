@@ -48,14 +48,25 @@
 // Ids. Message ids are the SQLite rowid (AUTOINCREMENT: never reused, even after
 // deletions) as a decimal string: stable and URL-safe.
 import BetterSqlite3 from 'better-sqlite3';
-import { MessageStatus, type Channel, type ConsentEvent, type ContactHolding, type Delivery, type DeliveryReceipt, type Trigger } from '../types.ts';
+import { MessageStatus, type ConsentEvent, type ContactHolding, type DeliveryReceipt, type Trigger } from '../types.ts';
 import {
+  ATTEMPT_AUDIT_ACTION,
   StaleAttemptError,
   StoreReason,
   cancelKeyProbes,
+  causeColumns,
+  compactExplanation,
+  expandExplanation,
+  messageIdFilter,
+  messageOfEntry,
+  parseMessageId,
+  sameMessage,
+  skippedRulesOf,
+  triggerIdsOf,
   compactDelivery,
   counterValue,
   expandDeliveryJson,
+  ListFilter,
   instantMs,
   listLimit,
   packCancelKeys,
@@ -65,6 +76,27 @@ import {
   storedMessageOf,
 } from './common.ts';
 import { PackedKind, packJson, packRaw, unpackJson, unpackRaw } from './packed-json.ts';
+import {
+  AUDIT_COLUMNS,
+  HOLDING_COLUMNS,
+  MESSAGE_COLUMNS,
+  OUTBOX_COLUMNS,
+  RECEIPT_COLUMNS,
+  STATE_COLUMNS,
+  auditFromRow,
+  holdingFromRow,
+  messageFromRow,
+  outboxEntryOf,
+  receiptFromRow,
+  stateFromRow,
+  storedDeliveryOf,
+  type AuditRow,
+  type HoldingRow,
+  type MessageRow,
+  type OutboxRow,
+  type ReceiptRow,
+  type StateRow,
+} from './rows.ts';
 import { ACTIVITY_TABLES, SqliteActivity } from './sqlite-activity.ts';
 import { CONSENT_TABLES, SqliteConsentLedger } from './sqlite-consent.ts';
 import { OUTCOME_TABLES, SqliteOutcomes } from './sqlite-outcomes.ts';
@@ -106,8 +138,6 @@ import type {
   ReceiptQuery,
   ReplyPrompt,
   RoutingExplanation,
-  RuleOutcome,
-  SkippedRule,
   SaveRoutingOptions,
   SentMessage,
   StaffTask,
@@ -437,44 +467,10 @@ const SLICE_SCAN = 200;
 /** A position in a list's order: [seq] or [time ms, id]. */
 type Position = readonly number[];
 
-const MESSAGE_COLUMNS =
-  'id, input, format, sender, control_id, message_type, content_hash, status, ack, ack_code, reason, received_at, trigger_ids, patient_id, origin, replaces, replaced_by';
-
-interface MessageRow {
-  id: number;
-  input: string;
-  format: StoredMessage['format'];
-  sender: string;
-  control_id: string;
-  message_type: string;
-  content_hash: string;
-  status: MessageStatus;
-  ack: string;
-  ack_code: string;
-  reason: string | null;
-  received_at: string;
-  trigger_ids: string;
-  patient_id: string | null;
-  origin: MessageOrigin;
-  replaces: number | null;
-  replaced_by: number | null;
-}
-
-interface StateRow {
-  kind: SubjectState['kind'];
-  id: string;
-  patient_id: string;
-  status: string | null;
-  start: string | null;
-  end: string | null;
-  as_of: string;
-  data: string | null;
-}
-
-const DELIVERY_COLUMNS =
+export const DELIVERY_COLUMNS =
   'seq, id, status, as_of, generation, subject_start, json, reason, message, provider_id, created_at, updated_at, rule, subject, patient_id, outbox_seq, cause_trigger, cause';
 
-interface DeliveryRow {
+export interface DeliveryRow {
   seq: number;
   id: string;
   rule: string;
@@ -493,59 +489,6 @@ interface DeliveryRow {
   provider_id: string | null;
   created_at: string;
   updated_at: string;
-}
-
-const OUTBOX_COLUMNS = 'seq, delivery_id, output, channel, recipient, language, subject, text, html, kept_at';
-
-interface OutboxRow {
-  seq: number;
-  delivery_id: string;
-  output: string;
-  channel: Channel;
-  recipient: string | null;
-  language: string;
-  subject: string | null;
-  text: string | Buffer;
-  html: string | null;
-  kept_at: string;
-}
-
-const RECEIPT_COLUMNS = 'delivery_id, output, status, provider_id, code, attempt, at';
-
-interface ReceiptRow {
-  delivery_id: string;
-  output: string;
-  status: DeliveryReceipt['status'];
-  provider_id: string;
-  code: string | null;
-  attempt: number;
-  at: string;
-}
-
-function receiptFromRow(row: ReceiptRow): DeliveryReceipt {
-  return {
-    deliveryId: row.delivery_id,
-    output: row.output,
-    status: row.status,
-    ...(row.provider_id !== '' ? { providerId: row.provider_id } : {}),
-    ...(row.code !== null ? { code: row.code } : {}),
-    ...(row.attempt !== 0 ? { attempt: row.attempt } : {}),
-    at: row.at,
-  };
-}
-
-const HOLDING_COLUMNS = 'output, patient_id, contact_key, first_sent_at, tool_id';
-
-interface HoldingRow {
-  output: string;
-  patient_id: string;
-  contact_key: string;
-  first_sent_at: string;
-  tool_id: string | null;
-}
-
-function holdingFromRow(row: HoldingRow): ContactHolding {
-  return { output: row.output, patientId: row.patient_id, contactKey: row.contact_key, firstSentAt: row.first_sent_at, ...(row.tool_id !== null ? { toolId: row.tool_id } : {}) };
 }
 
 const VIDEO_LINK_COLUMNS = 'token_hash, appointment_id, patient_id, delivery_id, start, zone, language, minted_at';
@@ -644,8 +587,8 @@ export class SqliteStore implements Store {
   private readonly deliveriesBySubjectStmt: BetterSqlite3.Statement<[string], DeliveryRow>;
   private readonly deliveriesByPatientStmt: BetterSqlite3.Statement<[string], DeliveryRow>;
   private readonly deliveriesByRuleStmt: BetterSqlite3.Statement<[string], DeliveryRow>;
-  private readonly outboxByDeliveryStmt: BetterSqlite3.Statement<[string], OutboxRow>;
-  private readonly outboxBySeqStmt: BetterSqlite3.Statement<[number], OutboxRow>;
+  private readonly outboxByDeliveryStmt: BetterSqlite3.Statement<[string], OutboxRow<string | Buffer>>;
+  private readonly outboxBySeqStmt: BetterSqlite3.Statement<[number], OutboxRow<string | Buffer>>;
   private readonly routingStmt: BetterSqlite3.Statement<[string], { routing: string | Buffer | null; routed_ms: number | null }>;
   private readonly unroutedAppointmentStmt: BetterSqlite3.Statement<[string], { one: number }>;
   private readonly unroutedEncounterStmt: BetterSqlite3.Statement<[string], { one: number }>;
@@ -745,13 +688,13 @@ export class SqliteStore implements Store {
     this.triggerByIdStmt = db.prepare('SELECT json FROM triggers WHERE id = ?');
     this.triggerInputStmt = db.prepare('SELECT m.input FROM triggers t JOIN messages m ON m.id = t.message_id WHERE t.id = ?');
     this.stateStmt = db.prepare(
-      'SELECT kind, id, patient_id, status, start, "end", as_of, data FROM subject_states WHERE kind = ? AND id = ?',
+      `SELECT ${STATE_COLUMNS} FROM subject_states WHERE kind = ? AND id = ?`,
     );
     // INDEXED BY: without it SQLite walks the primary key (kind = ?) in id order to spare a sort
     // — every appointment of every patient, at each send-time check. The patient index holds
     // the key's id after (patient_id, kind), so it gives the order as well.
     this.statesOfPatientStmt = db.prepare(
-      'SELECT kind, id, patient_id, status, start, "end", as_of, data FROM subject_states INDEXED BY subject_states_patient WHERE patient_id = ? AND kind = ? ORDER BY id',
+      `SELECT ${STATE_COLUMNS} FROM subject_states INDEXED BY subject_states_patient WHERE patient_id = ? AND kind = ? ORDER BY id`,
     );
     this.pingStmt = db.prepare('SELECT 1');
     this.getCursorStmt = db.prepare('SELECT value FROM cursors WHERE key = ?');
@@ -866,8 +809,8 @@ export class SqliteStore implements Store {
           packJson(PackedKind.Delivery, compactDelivery(d)),
           write.updatedAt,
           write.updatedAt,
-          write.cause === undefined || write.cause.triggerId === d.triggerId ? null : write.cause.triggerId,
-          write.cause === undefined ? null : write.cause.reason === undefined ? write.cause.change : `${write.cause.change}:${write.cause.reason}`,
+          causeColumns(write).trigger,
+          causeColumns(write).cause,
           d.output,
           d.variant ?? null,
         );
@@ -942,7 +885,7 @@ export class SqliteStore implements Store {
     this.assertOpen();
     if (controlId === '') return undefined;
     const row = this.findOriginalStmt.get(sender, controlId);
-    return row === undefined ? undefined : toStored(row);
+    return row === undefined ? undefined : messageFromRow(row);
   }
 
   async getMessage(id: string): Promise<StoredMessageWithBody | undefined> {
@@ -951,7 +894,7 @@ export class SqliteStore implements Store {
     if (rowid === undefined) return undefined;
     const row = this.messageByIdStmt.get(rowid);
     if (row === undefined) return undefined;
-    const message = toStored(row);
+    const message = messageFromRow(row);
     const triggers: Trigger[] = [];
     for (const triggerId of message.triggerIds) {
       const t = this.triggerByIdStmt.get(triggerId);
@@ -1016,7 +959,7 @@ export class SqliteStore implements Store {
       limit: listLimit(query.limit),
       position: (row) => [row.received_ms, row.id],
     });
-    return rows.map(toStored);
+    return rows.map(messageFromRow);
   }
 
   async getTrigger(id: string): Promise<Trigger | undefined> {
@@ -1090,16 +1033,8 @@ export class SqliteStore implements Store {
 
   async listAudit(query: AuditQuery): Promise<AuditEntry[]> {
     this.assertOpen();
-    const { sql, params } = new ListFilter().eq('target', query.target).select('seq, at, actor, action, target, outcome, result', 'audit', 'seq DESC', listLimit(query.limit));
-    return (this.listStatement(sql).all(...params) as AuditRow[]).map((row) => ({
-      id: String(row.seq),
-      at: row.at,
-      actor: row.actor,
-      action: row.action,
-      target: row.target,
-      outcome: row.outcome,
-      ...(row.result !== null ? { result: row.result } : {}),
-    }));
+    const { sql, params } = new ListFilter().eq('target', query.target).select(AUDIT_COLUMNS, 'audit', 'seq DESC', listLimit(query.limit));
+    return (this.listStatement(sql).all(...params) as AuditRow[]).map(auditFromRow);
   }
 
   async getSubjectState(kind: SubjectState['kind'], id: string): Promise<SubjectState | undefined> {
@@ -1309,7 +1244,7 @@ export class SqliteStore implements Store {
       }
       start = [seq.seq];
     }
-    const rows = await this.readSliced<OutboxRow>({
+    const rows = await this.readSliced<OutboxRow<string | Buffer>>({
       table: 'outbox',
       columns: OUTBOX_COLUMNS,
       order: ['seq'],
@@ -1462,6 +1397,12 @@ export class SqliteStore implements Store {
     this.pingStmt.get();
   }
 
+  /** One process per file (the embedded store): nothing to wait for. */
+  async withLock<T>(_name: string, work: () => Promise<T>): Promise<T> {
+    this.assertOpen();
+    return work();
+  }
+
   // The consent ledger (ConsentLedger; sqlite-consent.ts). Each call is its own transaction,
   // durable when it resolves (synchronous=FULL).
 
@@ -1510,11 +1451,15 @@ export class SqliteStore implements Store {
     return this.ledger.patientsAtAddress(address);
   }
 
+  /**
+   * In the group commit, like every other write: one fsync carries the decisions of all the
+   * sends under way (on its own, each was an fsync on the event loop — the ceiling of delivery,
+   * and, with several processes on the file, a write lock taken once per decision). The time
+   * is checked before the transaction: a bad one fails this call, not the group.
+   */
   recordDecision(decision: Omit<DecisionRecord, 'id'>): Promise<void> {
     return this.enqueueWrite(() => {
       instantMs(decision.at, 'decision.at');
-      // In the group commit (one fsync for the cycle, not one per decision on the event loop):
-      // durable when the promise resolves.
       return () => this.ledger.recordDecision(decision);
     });
   }
@@ -1524,10 +1469,10 @@ export class SqliteStore implements Store {
     return this.ledger.listDecisions(query);
   }
 
+  /** In the group commit (recordDecision). */
   recordDisclosure(disclosure: Disclosure): Promise<void> {
     return this.enqueueWrite(() => {
       instantMs(disclosure.at, 'disclosure.at');
-      // In the group commit, like the decision before it: durable when the promise resolves.
       return () => this.ledger.recordDisclosure(disclosure);
     });
   }
@@ -1682,7 +1627,7 @@ export class SqliteStore implements Store {
     } else if (r.controlId !== '') {
       const originalRow = this.findOriginalStmt.get(r.sender, r.controlId);
       if (originalRow !== undefined) {
-        const original = toStored(originalRow);
+        const original = messageFromRow(originalRow);
         if (isPending(original)) {
           if (isPending(r)) return { outcome: 'duplicate', message: original };
           message = this.completeMessage(p, original);
@@ -1690,8 +1635,8 @@ export class SqliteStore implements Store {
           if (originalRow.content_hash === r.contentHash) return { outcome: 'duplicate', message: original };
           const earlier = this.findQuarantinedStmt.get(r.sender, r.controlId, r.contentHash);
           // A released copy sent again: answered as a resend of what its release stored.
-          if (earlier !== undefined && earlier.replaced_by !== null) return { outcome: 'duplicate', message: toStored(this.latestAttempt(earlier)) };
-          if (earlier !== undefined) return { outcome: 'conflict', message: toStored(earlier), original };
+          if (earlier !== undefined && earlier.replaced_by !== null) return { outcome: 'duplicate', message: messageFromRow(this.latestAttempt(earlier)) };
+          if (earlier !== undefined) return { outcome: 'conflict', message: messageFromRow(earlier), original };
           const quarantined = this.insertMessage(p, MessageStatus.Quarantined, StoreReason.ConflictingResend, [], r.conflictAck?.());
           return { outcome: 'conflict', message: quarantined.message, original, ...rawCut(quarantined.rawBytes) };
         }
@@ -1900,135 +1845,18 @@ function unpackProviderId(stored: string, deliveryId: string): string {
   return stored.endsWith('\u0000') ? `${stored.slice(0, -1)}${deliveryId}` : stored;
 }
 
-/** The parts of a sent message an outbox entry keeps. */
-const OUTBOX_PARTS = new Set(['language', 'to', 'subject', 'text', 'html']);
-
-/** Whether a sent message is exactly what the outbox entry keeps (and holds nothing more). */
-function sameMessage(entry: OutboxEntry, message: SentMessage): boolean {
-  return (
-    Object.keys(message).every((key) => OUTBOX_PARTS.has(key)) &&
-    entry.language === message.language &&
-    entry.to === message.to &&
-    entry.subject === message.subject &&
-    entry.text === message.text &&
-    entry.html === message.html
-  );
-}
-
-/** The message an outbox entry keeps, as a finished delivery shows it. */
-function messageOfEntry(entry: OutboxEntry): SentMessage {
-  return {
-    language: entry.language,
-    ...(entry.to !== undefined ? { to: entry.to } : {}),
-    ...(entry.subject !== undefined ? { subject: entry.subject } : {}),
-    text: entry.text,
-    ...(entry.html !== undefined ? { html: entry.html } : {}),
-  };
-}
-
-/**
- * A routing explanation as stored in triggers.routing: one array per rule,
- * [rule, outcome, delivery id (without the leading rule id when it starts with it), reason,
- * condition], trailing empty places left out; routedAt is the trigger's routed_ms.
- */
+/** A routing explanation as stored in triggers.routing (common.ts compactExplanation, packed). */
 function packExplanation(e: RoutingExplanation): Buffer {
-  return packJson(
-    PackedKind.Explanation,
-    e.rules.map((r) => {
-      const id = r.deliveryId === undefined ? null : r.deliveryId.startsWith(`${r.rule}@`) ? r.deliveryId.slice(r.rule.length) : r.deliveryId;
-      const entry: Array<string | null> = [r.rule, r.outcome, id, r.reason ?? null, r.condition ?? null];
-      while (entry[entry.length - 1] === null) entry.pop();
-      return entry;
-    }),
-  );
+  return packJson(PackedKind.Explanation, compactExplanation(e));
 }
 
-function unpackExplanation(triggerId: string, packed: string | Buffer, routedMs: number): RoutingExplanation {
-  const rules = (JSON.parse(unpackJson(packed)) as Array<Array<string | null>>).map(([rule, outcome, id, reason, condition]) => {
-    const r: RuleOutcome = { rule: rule!, outcome: outcome as RuleOutcome['outcome'] };
-    if (id != null) r.deliveryId = id.startsWith('@') ? `${rule}${id}` : id;
-    if (reason != null) r.reason = reason;
-    if (condition != null) r.condition = condition;
-    return r;
-  });
-  return { triggerId, routedAt: new Date(routedMs).toISOString(), rules };
-}
-
-/** The rules of an explanation that planned nothing for the trigger (skipped, or a plan or move that changed nothing). */
-function skippedRulesOf(explanation: RoutingExplanation): SkippedRule[] {
-  return explanation.rules
-    .filter((r) => r.outcome === 'skipped' || (r.outcome === 'unchanged' && r.reason !== undefined))
-    .map((r) => {
-      const step = r.deliveryId === undefined ? undefined : /#(\d+)$/.exec(r.deliveryId)?.[1];
-      return {
-        ruleId: r.rule,
-        reason: r.reason ?? r.outcome,
-        ...(r.deliveryId !== undefined ? { deliveryId: r.deliveryId } : {}),
-        ...(step !== undefined ? { step: Number(step) } : {}),
-        ...(r.condition !== undefined ? { detail: r.condition } : {}),
-      };
-    });
+export function unpackExplanation(triggerId: string, packed: string | Buffer, routedMs: number): RoutingExplanation {
+  return expandExplanation(triggerId, unpackJson(packed), routedMs);
 }
 
 /** A stored trigger's JSON (packed or plain) as the trigger. */
-function triggerOf(json: string | Buffer): Trigger {
+export function triggerOf(json: string | Buffer): Trigger {
   return JSON.parse(unpackJson(json)) as Trigger;
-}
-
-function triggerIdsOf(record: InboundRecord): string[] {
-  return [...new Set(record.triggers.map((t) => t.id))];
-}
-
-function toStored(row: MessageRow): StoredMessage {
-  const message: StoredMessage = {
-    id: String(row.id),
-    input: row.input,
-    format: row.format,
-    sender: row.sender,
-    controlId: row.control_id,
-    messageType: row.message_type,
-    contentHash: row.content_hash,
-    status: row.status,
-    ack: row.ack,
-    ackCode: row.ack_code,
-    receivedAt: row.received_at,
-    triggerIds: JSON.parse(row.trigger_ids) as string[],
-  };
-  if (row.reason !== null) message.reason = row.reason;
-  if (row.patient_id !== null) message.patientId = row.patient_id;
-  if (row.origin !== 'received') message.origin = row.origin;
-  if (row.replaces !== null) message.replaces = String(row.replaces);
-  if (row.replaced_by !== null) message.replacedBy = String(row.replaced_by);
-  return message;
-}
-
-/** The audit action of each kind of attempt. */
-const ATTEMPT_AUDIT_ACTION = {
-  reprocess: AuditAction.Reprocess,
-  release: AuditAction.Release,
-} as const satisfies Record<AttemptKind, AuditAction>;
-
-/** A message id as the rowid it stands for, or undefined when it cannot be one. */
-function parseMessageId(id: string): number | undefined {
-  if (!/^[1-9]\d{0,14}$/.test(id)) return undefined;
-  return Number(id);
-}
-
-/** A messageId filter value as its rowid; RangeError (a 400) when it cannot be a message id. */
-function messageIdFilter(id: string): number {
-  const rowid = parseMessageId(id);
-  if (rowid === undefined) throw new RangeError(`messageId must be the id of a stored message (digits), got ${JSON.stringify(id)}`);
-  return rowid;
-}
-
-interface AuditRow {
-  seq: number;
-  at: string;
-  actor: string;
-  action: AuditEntry['action'];
-  target: string;
-  outcome: string;
-  result: string | null;
 }
 
 /**
@@ -2040,15 +1868,6 @@ function isRecordFault(error: unknown): boolean {
   return !(error instanceof Error && /database connection is not open/.test(error.message));
 }
 
-function stateFromRow(row: StateRow): SubjectState {
-  const state: SubjectState = { kind: row.kind, id: row.id, patientId: row.patient_id, asOf: row.as_of };
-  if (row.status !== null) state.status = row.status;
-  if (row.start !== null) state.start = row.start;
-  if (row.end !== null) state.end = row.end;
-  if (row.data !== null) state.data = JSON.parse(row.data) as Record<string, unknown>;
-  return state;
-}
-
 // The deliveries table (schema step 3) names a sent delivery 'finished', its CHECK
 // constraint says so; outside the store the word is 'sent'. Translated here only.
 const ROW_SENT = 'finished';
@@ -2057,92 +1876,22 @@ function rowStatus(status: StoredDeliveryStatus): string {
   return status === StoredDeliveryStatus.Sent ? ROW_SENT : status;
 }
 
-function deliveryFromRow(row: DeliveryRow, outbox: (seq: number) => OutboxRow | undefined): StoredDelivery {
-  const stored: StoredDelivery = {
-    delivery: expandDeliveryJson(unpackJson(row.json), row),
-    status: (row.status as string) === ROW_SENT ? StoredDeliveryStatus.Sent : row.status,
-    asOf: row.as_of,
-    generation: row.generation,
-    createdAt: row.created_at,
-    updatedAt: row.updated_at,
-  };
-  if (row.subject_start !== null) stored.subjectStart = row.subject_start;
-  if (row.reason !== null) stored.reason = row.reason;
-  if (row.message !== null) stored.message = JSON.parse(row.message) as SentMessage;
-  else if (row.outbox_seq !== null) {
+export function deliveryFromRow(row: DeliveryRow, outbox: (seq: number) => OutboxRow<string | Buffer> | undefined): StoredDelivery {
+  const delivery = expandDeliveryJson(unpackJson(row.json), row);
+  let message = row.message !== null ? (JSON.parse(row.message) as SentMessage) : undefined;
+  if (message === undefined && row.outbox_seq !== null) {
     const entry = outbox(row.outbox_seq);
-    if (entry !== undefined) stored.message = messageOfEntry(outboxFromRow(entry));
+    if (entry !== undefined) message = messageOfEntry(outboxFromRow(entry));
   }
-  if (row.provider_id !== null) stored.providerId = unpackProviderId(row.provider_id, row.id);
-  if (row.cause !== null) {
-    const [change, reason] = row.cause.split(':') as [DeliveryCause['change'], string | undefined];
-    stored.cause = { triggerId: row.cause_trigger ?? stored.delivery.triggerId, change, ...(reason !== undefined ? { reason } : {}) };
-  }
-  return stored;
+  return storedDeliveryOf(row, {
+    delivery,
+    status: (row.status as string) === ROW_SENT ? StoredDeliveryStatus.Sent : row.status,
+    message,
+    providerId: row.provider_id === null ? undefined : unpackProviderId(row.provider_id, row.id),
+  });
 }
 
-function outboxFromRow(row: OutboxRow): OutboxEntry {
-  // A packed row keeps subject, text and html together in `text`; a plain one in three columns.
-  const parts =
-    typeof row.text === 'string'
-      ? { subject: row.subject ?? undefined, text: row.text, html: row.html ?? undefined }
-      : (JSON.parse(unpackJson(row.text)) as { subject?: string; text: string; html?: string });
-  const entry: OutboxEntry = {
-    id: String(row.seq),
-    deliveryId: row.delivery_id,
-    output: row.output,
-    channel: row.channel,
-    language: row.language,
-    text: parts.text,
-    keptAt: row.kept_at,
-  };
-  if (row.recipient !== null) entry.to = row.recipient;
-  if (parts.subject !== undefined) entry.subject = parts.subject;
-  if (parts.html !== undefined) entry.html = parts.html;
-  return entry;
-}
-
-/**
- * The WHERE clause of a list query, built from optional filters: each `eq`/`atLeast`/
- * `atMost` with an undefined value adds nothing. `select` appends the order and the limit.
- */
-class ListFilter {
-  private readonly where: string[] = [];
-  private readonly params: unknown[] = [];
-
-  eq(column: string, value: string | number | undefined): this {
-    if (value !== undefined) this.add(`${column} = ?`, value);
-    return this;
-  }
-
-  /** Inclusive lower bound on an epoch-ms column, from an ISO instant named `what`. */
-  atLeast(column: string, instant: string | undefined, what: string): this {
-    if (instant !== undefined) this.add(`${column} >= ?`, instantMs(instant, what));
-    return this;
-  }
-
-  /** Inclusive upper bound on an epoch-ms column. */
-  atMost(column: string, instant: string | undefined, what: string): this {
-    if (instant !== undefined) this.add(`${column} <= ?`, instantMs(instant, what));
-    return this;
-  }
-
-  add(condition: string, ...params: unknown[]): this {
-    this.where.push(condition);
-    this.params.push(...params);
-    return this;
-  }
-
-  copy(): ListFilter {
-    const copy = new ListFilter();
-    copy.where.push(...this.where);
-    copy.params.push(...this.params);
-    return copy;
-  }
-
-  /** `SELECT <columns> FROM <table> [WHERE …] ORDER BY <order> LIMIT ?` and its parameters. */
-  select(columns: string, table: string, order: string, limit: number): { sql: string; params: unknown[] } {
-    const where = this.where.length > 0 ? ` WHERE ${this.where.join(' AND ')}` : '';
-    return { sql: `SELECT ${columns} FROM ${table}${where} ORDER BY ${order} LIMIT ?`, params: [...this.params, limit] };
-  }
+/** An outbox row: a packed one keeps subject, text and html together in `text`; a plain one in three columns. */
+export function outboxFromRow(row: OutboxRow<string | Buffer>): OutboxEntry {
+  return typeof row.text === 'string' ? outboxEntryOf(row as OutboxRow) : outboxEntryOf(row, JSON.parse(unpackJson(row.text)) as { subject?: string; text: string; html?: string });
 }

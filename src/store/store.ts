@@ -1116,5 +1116,11 @@ export interface Store extends ConsentLedger, ReplyLedger {
 
   /** Cheap liveness of the backing store for /readyz. */
   ping(): Promise<void>;
+  /**
+   * Runs `work` while no other holder of the lock `name` runs, in any process sharing this
+   * store (routing: workers/router.ts reads deliveries, then writes them). A store only one
+   * process uses (the embedded one) runs `work` at once.
+   */
+  withLock<T>(name: string, work: () => Promise<T>): Promise<T>;
   close(): Promise<void>;
 }

@@ -2,6 +2,8 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
+import { adminQuery, createTestDatabase, postgresSkipped, withDatabase } from '../../test/helpers/postgres.ts';
+import { PostgresStore } from '../store/postgres.ts';
 import { SqliteStore } from '../store/sqlite.ts';
 import { NotReady, StoreReadiness } from './readiness.ts';
 
@@ -50,6 +52,39 @@ describe('StoreReadiness', () => {
       expect(await new StoreReadiness(store, { dataDir: path.join(dir, 'missing'), minFreeDiskBytes: 0 }).check()).toBe(NotReady.ReadOnly);
     } finally {
       await store.close();
+    }
+  });
+});
+
+describe.skipIf(postgresSkipped())('StoreReadiness on PostgreSQL', () => {
+  it('a server that refuses writes (read-only, SQLSTATE 25006) makes it not ready until a probe write passes', async () => {
+    const db = await createTestDatabase();
+    const store = await PostgresStore.open({ url: db.url, pool: { max: 3 } });
+    const readiness = new StoreReadiness(store, { minFreeDiskBytes: 0 });
+    const watched = readiness.watch();
+    // New connections of the database are read-only; the open ones are closed by the server.
+    const readOnly = async (on: boolean) => {
+      await adminQuery(withDatabase(db.url, 'postgres'), `ALTER DATABASE ${db.name} SET default_transaction_read_only = ${on ? 'on' : 'off'}`);
+      await adminQuery(withDatabase(db.url, 'postgres'), `SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '${db.name}' AND pid <> pg_backend_pid()`);
+    };
+    try {
+      expect(await readiness.check()).toBeUndefined();
+      await readOnly(true);
+      // The first write may meet a connection the server just closed (57P01): a fault too.
+      for (let i = 0; readiness.lastWriteFailure !== '25006'; i++) {
+        await expect(watched.setCursor('k', 'v')).rejects.toMatchObject({ code: expect.stringMatching(/^(25006|57P01)$/) });
+        expect(i).toBeLessThan(5);
+      }
+      expect(await readiness.check()).toBe(NotReady.StoreCannotWrite);
+      await readOnly(false);
+      // The probe write may meet a closed connection once more; then it passes.
+      let ready = await readiness.check();
+      if (ready !== undefined) ready = await readiness.check();
+      expect(ready).toBeUndefined();
+      expect(readiness.lastWriteFailure).toBeUndefined();
+    } finally {
+      await store.close();
+      await db.drop();
     }
   });
 });

@@ -36,9 +36,12 @@ const WRITE_METHODS = new Set<PropertyKey>(['commitInbound', 'setCursor', 'saveR
 
 /**
  * Error codes of a store that cannot write (SQLite result codes as better-sqlite3 reports them,
- * file-system errno codes). A record's own fault (a constraint, a bad instant) is not one.
+ * file-system and network errno codes, PostgreSQL SQLSTATEs: insufficient resources 53xxx such
+ * as disk_full, a read-only server 25006, connection exceptions 08xxx, shutdowns 57P01–57P03,
+ * I/O errors 58030). A record's own fault (a constraint, a bad instant) is not one.
  */
-const STORAGE_FAULT = /^(?:SQLITE_(?:FULL|READONLY|IOERR|CANTOPEN|BUSY|LOCKED|CORRUPT|NOTADB|PERM|PROTOCOL)|ENOSPC|EROFS|EIO|EDQUOT|EACCES|EPERM)/;
+const STORAGE_FAULT =
+  /^(?:SQLITE_(?:FULL|READONLY|IOERR|CANTOPEN|BUSY|LOCKED|CORRUPT|NOTADB|PERM|PROTOCOL)|ENOSPC|EROFS|EIO|EDQUOT|EACCES|EPERM|ECONNREFUSED|ECONNRESET|ETIMEDOUT|EHOSTUNREACH|53\d{3}$|25006$|08[0-9A-Z]{3}$|57P0[1-3]$|58030$)/;
 
 const PROBE_KEY = 'readyz.probe';
 /** Size of the probe write, bytes: about a large HL7 message. */

@@ -20,9 +20,11 @@
 // state of the first job, so a delivery that needs a new timer gets generation + 1). A
 // delivery has at most one pending job, its current generation's, cancelled by its id.
 //
-// Triggers are routed in commit order, never two passes at once: applying a trigger reads the
-// stored deliveries it touches and writes them back, so concurrent passes could lose a
-// change. Triggers committed while a pass runs wait and are routed together in the next one,
+// Triggers are routed in commit order, never two passes at once — in this process nor, on a
+// shared store, in any other (Store.withLock): applying a trigger reads the stored deliveries
+// it touches and writes them back, so concurrent passes could lose a change. A trigger another
+// process routed meanwhile may be routed again: the ordering rule then finds its plans the
+// same (or moves a due-now plan to a new timer), never a second message. Triggers committed while a pass runs wait and are routed together in the next one,
 // against one in-memory view of the deliveries they touch, and saved with one saveRouting
 // (one transaction) — under load, routing keeps up with ingest instead of paying a commit
 // per trigger.
@@ -97,6 +99,20 @@ export interface RouterDeps {
   needsAddress?: (output: string) => boolean | undefined;
   /** First delay before routing failed triggers again, ms (doubles to 60 s). Default 1,000. */
   retryMs?: number;
+  /**
+   * Several processes (workers/cluster.ts): false while another process holds the routing
+   * duty. Checked before each pass is saved; a sweep that finds it false stops quietly.
+   */
+  mayRoute?: () => boolean;
+  /** Called after each routing pass was saved (several processes: announce it). */
+  onSaved?: () => void;
+}
+
+/** This process lost the routing duty: another one routes now (nothing of the pass was saved). */
+class NotRouting extends TransientError {
+  constructor() {
+    super('not_routing', 'another process holds the routing duty');
+  }
 }
 
 /** What routing one trigger did. */
@@ -106,6 +122,9 @@ export interface RoutedTrigger {
   /** Delivery states written (changed ones only). */
   written: DeliveryWrite[];
 }
+
+/** The store lock routing passes hold (Store.withLock). */
+export const ROUTING_LOCK = 'routing';
 
 /** Unrouted triggers read per store call at start-up. */
 const SWEEP_BATCH = 500;
@@ -158,7 +177,16 @@ export class Router {
    * and its routing loses nothing). Resolves with the number routed.
    */
   routeUnrouted(): Promise<number> {
-    return this.#enqueue(() => this.#sweep());
+    return this.#enqueue(() => this.#sweep('recovery'));
+  }
+
+  /**
+   * Routes every unrouted trigger in commit order, in passes (several processes: triggers
+   * committed by any of them, routed by the one holding the routing duty). Quiet when all
+   * goes well; failures are logged and retried like the start-up sweep's.
+   */
+  routeCommitted(): Promise<number> {
+    return this.#enqueue(() => this.#sweep('committed'));
   }
 
   /** The ingest hook: routes the triggers of one commit, in order, after what is queued. */
@@ -223,14 +251,16 @@ export class Router {
   #enqueue<T>(work: () => Promise<T>): Promise<T> {
     if (this.#closed) return Promise.reject(new Error('the router is closed'));
     this.#pending++;
-    const run = this.#chain.catch(() => {}).then(work);
+    // Across processes sharing a store (PostgreSQL), one router at a time: a pass reads the
+    // deliveries it changes before writing them (Store.withLock; at once for the embedded store).
+    const run = this.#chain.catch(() => {}).then(() => this.#deps.store.withLock(ROUTING_LOCK, work));
     this.#chain = run.finally(() => {
       this.#pending--;
     });
     return run;
   }
 
-  async #sweep(): Promise<number> {
+  async #sweep(mode: 'recovery' | 'committed'): Promise<number> {
     let routed = 0;
     let stopped = false;
     const skipped = new Set<string>();
@@ -239,27 +269,44 @@ export class Router {
     // and tries again later from there. A trigger the rules themselves cannot route (a
     // PermanentError: a bad zone, say) would block every later one forever: it is skipped,
     // logged, and retried on every sweep. Bounded: each pass routes, skips or stops.
+    // Triggers go in passes of PASS_BATCH (one saveRouting each); a pass that fails is
+    // routed again one trigger at a time, to route what can be and find the one that cannot.
     outer: for (;;) {
+      if (this.#deps.mayRoute?.() === false) break;
       const batch = await this.#deps.store.listUnroutedTriggers(SWEEP_BATCH);
       const todo = batch.filter((t) => !skipped.has(t.id));
       if (todo.length === 0) break;
-      for (const trigger of todo) {
-        try {
-          await this.#routeBatch([trigger]);
-          routed++;
-        } catch (error) {
-          this.#logFailure(trigger.id, error);
-          if (error instanceof PermanentError) {
-            skipped.add(trigger.id);
+      for (let at = 0; at < todo.length; at += PASS_BATCH) {
+        const pass = todo.slice(at, at + PASS_BATCH);
+        if (pass.length > 1) {
+          try {
+            await this.#routeBatch(pass);
+            routed += pass.length;
             continue;
+          } catch (error) {
+            if (error instanceof NotRouting) break outer;
+            // One by one below: what failed the pass fails again there, and is logged.
           }
-          stopped = true;
-          break outer;
+        }
+        for (const trigger of pass) {
+          try {
+            await this.#routeBatch([trigger]);
+            routed++;
+          } catch (error) {
+            if (error instanceof NotRouting) break outer;
+            this.#logFailure(trigger.id, error);
+            if (error instanceof PermanentError) {
+              skipped.add(trigger.id);
+              continue;
+            }
+            stopped = true;
+            break outer;
+          }
         }
       }
       if (batch.length < SWEEP_BATCH) break;
     }
-    if (routed > 0) this.#deps.log.info('route.recovered', { count: routed });
+    if (routed > 0 && mode === 'recovery') this.#deps.log.info('route.recovered', { count: routed });
     // Live routing resumes once nothing older is left unrouted but the skipped ones.
     this.#recovering = stopped;
     if (stopped || skipped.size > 0) this.#scheduleRetry();
@@ -312,6 +359,7 @@ export class Router {
     const generations = new Map([...work].map(([id, w]) => [id, w.generation]));
     let written: DeliveryWrite[];
     let warnings: string[] = [];
+    if (this.#deps.mayRoute?.() === false) throw new NotRouting();
     try {
       if (queue.joinTransaction) {
         // The timers ride in the saveRouting transaction; they set the generations it saves.
@@ -336,11 +384,13 @@ export class Router {
       }
     } catch (error) {
       if (error instanceof TransientError && error.code === 'queue_ids_exhausted') throw error;
+      if (error instanceof NotRouting) throw error;
       // Unrouted still: the retry routes them again (the queue ops repeat harmlessly when
       // they were not in the same transaction).
       throw new TransientError('store_failed', `routing of ${ids.length} trigger(s) could not be saved`, { cause: error });
     }
     for (const write of written) work.get(write.delivery.id)!.generation = write.generation;
+    this.#deps.onSaved?.();
     for (const deliveryId of warnings) log.warn('route.replan_while_sending', { deliveryId, reason: RouterReason.ReplanWhileSending });
     if (written.length > 0) log.debug('route.routed', { count: written.length, triggerId: ids.length === 1 ? ids[0] : undefined });
     return results.map((r) => ({ ...r, written }));

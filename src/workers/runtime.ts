@@ -1,6 +1,11 @@
-// The delivery side of a running CareRelay, wired once by main.ts: the embedded queue on the
-// store's file, the outputs of the plan, the router (committed triggers → deliveries) and
-// the deliver worker (due deliveries → outputs), plus swapping mappings at run time.
+// The delivery side of a running CareRelay, wired once by main.ts: the queue (embedded on the
+// store's file, or BullMQ on Redis shared by several processes), the outputs of the plan, the
+// router (committed triggers → deliveries) and the deliver worker (due deliveries → outputs),
+// plus swapping mappings at run time.
+//
+// Roles (main.ts `--role`): an ingest process only commits (its consent API still cancels
+// timers and queues consent pushes); a worker routes and delivers; `all` does both. With
+// several processes on Redis, one worker at a time routes (workers/cluster.ts).
 //
 // Reload. Rules and templates are data (docs/architecture.md invariant 5): a reload loads the
 // whole configuration again and, only when it is valid, swaps rules and templates in one
@@ -21,13 +26,17 @@ import type { TemplateSet } from '../pipeline/render.ts';
 import type { PolicySettings } from '../pipeline/policy.ts';
 import type { Rule } from '../pipeline/rule.ts';
 import { displayZone, patientZone } from '../pipeline/zones.ts';
+import type { Queue, QueueOptions } from '../queue/queue.ts';
+import type { RedisQueues } from '../queue/redis-cluster.ts';
 import { SqliteQueue, type SqliteQueueOptions } from '../queue/sqlite.ts';
 import { openSqliteDatabase, type Database } from '../store/sqlite-db.ts';
 import { SqliteStore } from '../store/sqlite.ts';
 import type { OutboxEntry, OutboxQuery, Store } from '../store/store.ts';
 import type { Trigger } from '../types.ts';
 import { ConsentService } from './consent.ts';
+import { openStore, storeFile, type StoreLocation } from './store-setup.ts';
 import { CONSENT_MIRROR_QUEUE, ConsentSync, type ConsentTool, type MirrorJob } from './consent-sync.ts';
+import { ClusterRouting, type ClusterLink } from './cluster.ts';
 import { createDeliverHandler, DeliverReason, logDeadDeliveries, recordDeadDeliveries, storeOutboxSink } from './deliver.ts';
 import { OutputGates } from './output-gate.ts';
 import { DeliveryReplay } from './replay.ts';
@@ -63,8 +72,23 @@ export type ReloadResult =
   | { ok: true; rules: number; templates: number; restartNeeded: boolean }
   | { ok: false; issues: ConfigIssue[] };
 
+/** What a process does: take messages in, route and deliver, or both (one process). */
+export const Role = {
+  Ingest: 'ingest',
+  Worker: 'worker',
+  All: 'all',
+} as const;
+export type Role = (typeof Role)[keyof typeof Role];
+export const ROLES: readonly Role[] = Object.values(Role);
+
+/** How long a worker waits for another process's routing of a job it took, ms. */
+const ROUTED_WAIT_MS = 2_000;
+
 export interface DeliveryRuntimeOptions {
-  db: Database;
+  /** The embedded store's database: the embedded queue lives there. Not needed with `redis`. */
+  db?: Database;
+  /** BullMQ on Redis instead of the embedded queue, and the link to the other processes. */
+  redis?: { queues: RedisQueues; cluster: ClusterLink };
   store: Store;
   plan: CarerelayPlan;
   log: Logger;
@@ -73,7 +97,7 @@ export interface DeliveryRuntimeOptions {
   now?: () => number;
   /** Delivery jobs running at once. Default server.deliveries.concurrency of the plan. */
   concurrency?: number;
-  queue?: Omit<SqliteQueueOptions, 'name' | 'now'>;
+  queue?: Omit<QueueOptions, 'now'>;
   /** Signed unsubscribe links of non-care emails (workers/unsubscribe.ts). */
   links: UnsubscribeLinks;
   /** Video-visit links, for rules with send.videoLink (workers/video.ts); without it such messages are suppressed no_join_info. */
@@ -112,7 +136,13 @@ function sharesCommit(store: Store, db: Database): store is SqliteStore {
  * cannot leave a pending delivery without a timer).
  */
 export function createDeliveryQueue(db: Database, store: Store, options: Omit<SqliteQueueOptions, 'name' | 'committer' | 'onDeadLetter' | 'onParked'> = {}): SqliteQueue<DeliveryJob> {
-  if (!sharesCommit(store, db)) return new SqliteQueue<DeliveryJob>(db, { ...options, name: DELIVERY_QUEUE });
+  if (!sharesCommit(store, db)) {
+    // Its writes cannot commit in the store's transactions (another database, PostgreSQL): the
+    // router drives it through its plain methods, queue ops before saveRouting (workers/router.ts).
+    const queue = new SqliteQueue<DeliveryJob>(db, { ...options, name: DELIVERY_QUEUE });
+    Object.defineProperty(queue, 'joinTransaction', { value: undefined });
+    return queue;
+  }
   const now = options.now ?? Date.now;
   const mark = (status: 'failed' | 'review') => ({ id, code }: { id: string; code: string }) => {
     const job = parseDeliveryJobId(id);
@@ -145,8 +175,10 @@ function connectorsOf(plan: CarerelayPlan): string {
 }
 
 export class DeliveryRuntime {
-  readonly queue: SqliteQueue<DeliveryJob>;
+  readonly queue: Queue<DeliveryJob>;
   readonly router: Router;
+  /** Several processes: who routes (undefined with the embedded queue). */
+  readonly cluster: ClusterRouting | undefined;
   readonly outputs: ReadonlyMap<string, OutboundAdapter>;
   /** What stands in front of each output: circuit, limits, call slots (GET /api/outputs). */
   readonly gates: OutputGates;
@@ -181,7 +213,25 @@ export class DeliveryRuntime {
     this.#mappings = { rules: plan.mappings, templates: plan.templates };
     this.#policy = plan.policy.settings;
     const inputZones = new Map(plan.inputs.map((i) => [i.name, typeof i.config.timezone === 'string' ? i.config.timezone : undefined]));
-    this.queue = createDeliveryQueue(options.db, store, { ...deliveryQueueOptions(settings), ...options.queue, now });
+    const redis = options.redis;
+    if (!redis && !options.db) throw new Error('DeliveryRuntime needs the embedded database (db) or Redis (redis)');
+    this.queue = redis
+      ? redis.queues.open<DeliveryJob>(DELIVERY_QUEUE, {
+          ...deliveryQueueOptions(settings),
+          ...options.queue,
+          now,
+          // Kept in Redis until the store has it: a crash between the two loses no failure.
+          onDeadLetter: async ({ id, code }) => {
+            const job = parseDeliveryJobId(id);
+            if (job) await store.finishDelivery(job.deliveryId, job.generation, { status: 'failed', reason: code, at: new Date(now()).toISOString() });
+          },
+          // An ambiguous failure of an output that does not dedupe: the delivery waits for review.
+          onParked: async ({ id, code }) => {
+            const job = parseDeliveryJobId(id);
+            if (job) await store.finishDelivery(job.deliveryId, job.generation, { status: 'review', reason: code, at: new Date(now()).toISOString() });
+          },
+        })
+      : createDeliveryQueue(options.db!, store, { ...deliveryQueueOptions(settings), ...options.queue, now });
     const outputDeps: OutputDeps & { sink: ReturnType<typeof storeOutboxSink> } = {
       sink: storeOutboxSink(store),
       now: () => new Date(now()),
@@ -250,16 +300,18 @@ export class DeliveryRuntime {
     consentSync = new ConsentSync({
       store,
       consent: this.consent,
-      queue: new SqliteQueue<MirrorJob>(options.db, { name: CONSENT_MIRROR_QUEUE, now }),
+      queue: redis ? redis.queues.open<MirrorJob>(CONSENT_MIRROR_QUEUE, { now }) : new SqliteQueue<MirrorJob>(options.db!, { name: CONSENT_MIRROR_QUEUE, now }),
       tools,
       log,
       now,
       ...(options.consentPollEveryMs !== undefined ? { pollEveryMs: options.consentPollEveryMs } : {}),
     });
     this.consentSync = consentSync;
+    let cluster: ClusterRouting | undefined;
     this.router = new Router({
       store,
       queue: this.queue,
+      ...(redis ? { mayRoute: () => cluster!.mayRoute(), onSaved: () => cluster!.onSaved() } : {}),
       rules: () => this.#mappings.rules,
       // The patient's zone: site → organisation (pipeline/zones.ts; addresses are not mapped to zones yet).
       zoneFor: (trigger) => patientZone(trigger, this.#policy),
@@ -269,16 +321,21 @@ export class DeliveryRuntime {
       idempotentOutput: (name) => this.outputs.get(name)?.idempotent ?? false,
       needsAddress: (name) => this.outputs.get(name)?.needsAddress,
     });
-    this.replies = new ReplyRuntime(new SqliteQueue<WriteBackJob>(options.db, { name: WRITE_BACK_QUEUE, now }), {
-      store,
-      keywords: this.consent,
-      policy: this.#policy,
-      rules: () => this.#mappings.rules,
-      onAnswer: (triggers) => this.router.onCommitted(triggers),
-      output: (name) => this.outputs.get(name),
-      log,
-      now,
-    });
+    this.cluster = cluster = redis ? new ClusterRouting({ router: this.router, link: redis.cluster, log }) : undefined;
+    this.replies = new ReplyRuntime(
+      redis ? redis.queues.open<WriteBackJob>(WRITE_BACK_QUEUE, { now }) : new SqliteQueue<WriteBackJob>(options.db!, { name: WRITE_BACK_QUEUE, now }),
+      {
+        store,
+        keywords: this.consent,
+        policy: this.#policy,
+        rules: () => this.#mappings.rules,
+        // Through onCommitted: with several processes the routing lease holder routes them.
+        onAnswer: (triggers) => this.onCommitted(triggers),
+        output: (name) => this.outputs.get(name),
+        log,
+        now,
+      },
+    );
     const handler = createDeliverHandler({
       store,
       gate: this.replies.gate(this.consent),
@@ -292,7 +349,11 @@ export class DeliveryRuntime {
       },
       log,
       now,
-      routingSettled: () => this.router.settled(),
+      // Another process may be routing (several processes): its announcement, or a short wait.
+      routingSettled: async () => {
+        await this.router.settled();
+        if (this.cluster && !this.cluster.leader) await this.cluster.routedOrAfter(ROUTED_WAIT_MS);
+      },
       unsubscribeLinks: (delivery) => this.consent.unsubscribeLinks(delivery),
       // The rule as the current plan says it (templates come from the same plan).
       videoLink: async (delivery, page) => {
@@ -301,8 +362,9 @@ export class DeliveryRuntime {
       },
     });
     // The embedded store marks a dead-lettered delivery failed in the dead-letter's own write
-    // (createDeliveryQueue); any other store is told after the fact.
-    this.#unsubscribe = sharesCommit(store, options.db) ? logDeadDeliveries(this.queue, log) : recordDeadDeliveries(this.queue, store, log, now);
+    // (createDeliveryQueue), BullMQ through onDeadLetter (above); any other pair is told after the fact.
+    this.#unsubscribe =
+      redis || (options.db && sharesCommit(store, options.db)) ? logDeadDeliveries(this.queue, log) : recordDeadDeliveries(this.queue, store, log, now);
     this.queue.subscribe((event) => {
       if (event.type === 'error') log.error('queue.error', { code: event.code });
       // Ambiguous failure of a non-idempotent output: the delivery is in `review`, a person decides (replay).
@@ -328,10 +390,16 @@ export class DeliveryRuntime {
     };
   }
 
-  /** Routes what a crash left unrouted, then starts running due deliveries. */
-  start(): void {
+  /**
+   * Routes what a crash left unrouted, then starts running due deliveries. With several
+   * processes, routing is the lease holder's (workers/cluster.ts). An ingest process only
+   * commits: it starts nothing here.
+   */
+  start(role: Role = Role.All): void {
+    if (role === Role.Ingest) return;
+    if (this.cluster) this.cluster.start();
     // Recovery is queued before any new trigger; timers run meanwhile.
-    void this.router.routeUnrouted().catch((error: unknown) => this.#log.error('route.failed', { code: (error as Error).name }));
+    else void this.router.routeUnrouted().catch((error: unknown) => this.#log.error('route.failed', { code: (error as Error).name }));
     this.queue.process(this.#handler, { concurrency: this.#concurrency });
     void this.consentSync.start().catch((error: unknown) => this.#log.error('consent.sync_failed', { code: (error as Error).name }));
     this.replies.start();
@@ -339,7 +407,9 @@ export class DeliveryRuntime {
 
   /** The ingest hook (Hl7Ingest / FhirIngest onCommitted). */
   readonly onCommitted = (triggers: Trigger[]): void => {
-    this.router.onCommitted(triggers);
+    // Several processes: the holder of the routing lease sweeps what was committed.
+    if (this.cluster) this.cluster.committed();
+    else this.router.onCommitted(triggers);
   };
 
   /** The rules in force now. */
@@ -349,6 +419,8 @@ export class DeliveryRuntime {
 
   /** Resolves once routing is done and no delivery is due or running (tests, shutdown). */
   async idle(): Promise<void> {
+    // Several processes: route what any of them committed, when this one holds the duty.
+    await this.cluster?.settle();
     await this.router.idle();
     await this.queue.idle();
     await this.replies.idle();
@@ -425,6 +497,7 @@ export class DeliveryRuntime {
     this.#stopped = true;
     this.#watcher?.close();
     if (this.#debounce) clearTimeout(this.#debounce);
+    await this.cluster?.stop();
     await this.router.close();
     await this.queue.close();
     await this.consentSync.stop();
@@ -434,17 +507,24 @@ export class DeliveryRuntime {
   }
 }
 
-/** The embedded store's file in a data directory (as main.ts opens it). */
-export function storeFile(dataDir: string): string {
-  return path.join(path.resolve(dataDir), 'carerelay.db');
-}
-
 /**
- * Outbox entries of the embedded store in `dataDir`, newest first (for `carerelay outbox`).
- * Opens the file read-only, so it works beside a running server. Throws a clear error when
- * there is no store there yet.
+ * Outbox entries of the configured store, newest first (for `carerelay outbox`): the
+ * PostgreSQL store named by `location`, else the embedded store in `dataDir`, opened read-only
+ * so it works beside a running server. Throws a clear error when there is no store there yet.
  */
-export async function listOutbox(options: { dataDir: string } & Omit<OutboxQuery, 'deliveryId'> & { deliveryId?: string }): Promise<OutboxEntry[]> {
+export async function listOutbox(
+  options: { dataDir: string; location?: StoreLocation } & Omit<OutboxQuery, 'deliveryId'> & { deliveryId?: string },
+): Promise<OutboxEntry[]> {
+  const { dataDir: _dir, location, ...query } = options;
+  if (location !== undefined && location.type !== 'sqlite') {
+    // The configured PostgreSQL store (workers/store-setup.ts).
+    const store = await openStore(location);
+    try {
+      return await store.listOutbox(query);
+    } finally {
+      await store.close();
+    }
+  }
   const file = storeFile(options.dataDir);
   if (!existsSync(file)) {
     throw new Error(`no CareRelay store at ${file}: check --data / CARERELAY_DATA, or start CareRelay once to create it`);
@@ -458,7 +538,6 @@ export async function listOutbox(options: { dataDir: string } & Omit<OutboxQuery
       // Read-only: a store written by an older CareRelay cannot be migrated from here.
       throw new Error(`cannot read the store at ${file} (${(error as Error).message}): start this CareRelay version once to update it`, { cause: error });
     }
-    const { dataDir: _dataDir, ...query } = options;
     return await store.listOutbox(query);
   } finally {
     db.close();

@@ -4,12 +4,13 @@
 //
 // Everything listens on 127.0.0.1 with port 0; bound ports are read back from the running
 // server (in-process) or from its "mllp.listening" / "http.listening" log lines (child).
-import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
 import type { Env } from '../../src/config/yaml.ts';
 import { MllpFramer } from '../../src/hl7v2/mllp.ts';
 import type { LogFields, Logger } from '../../src/log.ts';
@@ -17,6 +18,17 @@ import { startCarerelay, type RunningCarerelay } from '../../src/main.ts';
 
 const REPO_ROOT = fileURLToPath(new URL('../../', import.meta.url));
 export const CLI_PATH = path.join(REPO_ROOT, 'bin', 'carerelay.mjs');
+
+/** Runs `carerelay ARGS` as a user does (a child process, `env` over this one's); never throws on an exit code. */
+export async function runCli(args: string[], env: Record<string, string> = {}): Promise<{ code: number; stdout: string; stderr: string }> {
+  try {
+    const { stdout, stderr } = await promisify(execFile)(process.execPath, [CLI_PATH, ...args], { env: { ...process.env, ...env } });
+    return { code: 0, stdout, stderr };
+  } catch (error) {
+    const e = error as { code: number; stdout: string; stderr: string };
+    return { code: e.code, stdout: e.stdout, stderr: e.stderr };
+  }
+}
 
 // ---------------------------------------------------------------------------------------
 // Configuration directory
@@ -48,6 +60,8 @@ export interface ConfigDirOptions {
    * run at or on how many messages they send one patient.
    */
   policy?: string[];
+  /** The `server.queue` block's lines (indented four spaces); default: none (embedded queue). */
+  queue?: string[];
 }
 
 export interface TestConfigDir {
@@ -76,6 +90,7 @@ export function writeConfigDir(options: ConfigDirOptions = {}): TestConfigDir {
     'server:',
     '  http: { host: 127.0.0.1, port: 0 }',
     `  dataDir: ${JSON.stringify(dataDir)}`,
+    ...(options.queue ? ['  queue:', ...options.queue] : []),
     '  admin:',
     ...(options.adminTokenEnv ? [`    tokenEnv: ${options.adminTokenEnv}`] : []),
     `    tokens: [${(options.adminTokens ?? []).map((t) => `{ name: ${t.name}, token: { env: ${t.env} }, scopes: [${t.scopes.join(', ')}] }`).join(', ')}]`,
@@ -171,6 +186,20 @@ export async function startServer(config: TestConfigDir | string, env: Env = {})
   };
 }
 
+/**
+ * Adds a confirmation due at once for every booking to a config dir, kept by an outbox
+ * (idempotent by delivery id): output `hook`, rule `confirm`.
+ */
+export function addConfirmations(config: TestConfigDir): void {
+  const connectors = path.join(config.dir, 'connectors', 'test.yaml');
+  writeFileSync(connectors, readFileSync(connectors, 'utf8').replace('outputs: []', 'outputs:\n  - { name: hook, type: outbox, channel: webhook }'));
+  mkdirSync(path.join(config.dir, 'mappings'), { recursive: true });
+  writeFileSync(
+    path.join(config.dir, 'mappings', 'confirm.yaml'),
+    ['rules:', '  - id: confirm', '    on: appointment.booked', '    purpose: care.logistics', '    channel: webhook', '    send: { output: hook, fields: [appointment.start] }', '    at: now', ''].join('\n'),
+  );
+}
+
 // ---------------------------------------------------------------------------------------
 // Child-process server
 
@@ -199,6 +228,8 @@ export interface ChildServer {
   logs: LogLine[];
   /** Resolves when the process has exited (whatever the cause). */
   exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+  /** Resolves with the first log line from now on that `match` accepts. */
+  nextLog(match: (line: LogLine) => boolean): Promise<LogLine>;
   /** SIGKILL: the crash under test. */
   kill(): void;
   /** SIGTERM, then wait for the exit. */
@@ -210,6 +241,10 @@ export interface StartChildOptions {
   env?: Record<string, string>;
   /** Give up when the listeners are not up within this time, ms. Default 20,000. */
   startTimeoutMs?: number;
+  /** More `start` arguments (e.g. --role worker --processes 2). */
+  args?: string[];
+  /** Resolve only once this many processes logged carerelay.started (`--processes N`). Default 1. */
+  processes?: number;
 }
 
 /**
@@ -222,7 +257,7 @@ export function startChildServer(config: TestConfigDir | string, options: StartC
   const env: Record<string, string | undefined> = { ...process.env, ...options.env };
   // A stray fault setting from the parent must never leak into a run that did not ask for it.
   if (options.env?.CARERELAY_FAULT === undefined) delete env.CARERELAY_FAULT;
-  const child = spawn(process.execPath, [CLI_PATH, 'start', '--config-dir', configDir], {
+  const child = spawn(process.execPath, [CLI_PATH, 'start', '--config-dir', configDir, ...(options.args ?? [])], {
     cwd: REPO_ROOT,
     env,
     stdio: ['ignore', 'ignore', 'pipe'],
@@ -236,7 +271,9 @@ export function startChildServer(config: TestConfigDir | string, options: StartC
   return new Promise<ChildServer>((resolve, reject) => {
     const mllpPorts = new Map<string, number>();
     let httpPort: number | undefined;
+    let started = 0;
     let settled = false;
+    let waiters: Array<{ match: (line: LogLine) => boolean; resolve: (line: LogLine) => void }> = [];
     const timer = setTimeout(() => {
       fail(new Error(`carerelay did not start within ${options.startTimeoutMs ?? 20_000} ms`));
       child.kill('SIGKILL');
@@ -256,10 +293,13 @@ export function startChildServer(config: TestConfigDir | string, options: StartC
         return; // not a log line (e.g. a Node warning)
       }
       logs.push(parsed);
+      waiters = waiters.filter((w) => !(w.match(parsed) && (w.resolve(parsed), true)));
       if (parsed.message === 'mllp.listening') mllpPorts.set(String(parsed.input), Number(parsed.port));
       if (parsed.message === 'http.listening') httpPort = Number(parsed.port);
-      // main.ts binds every MLLP input before the HTTP listener, so http.listening is last.
-      if (!settled && httpPort !== undefined) {
+      if (parsed.message === 'carerelay.started') started++;
+      // main.ts binds every MLLP input before the HTTP listener, so http.listening is last;
+      // with several processes, each logs carerelay.started once it runs.
+      if (!settled && httpPort !== undefined && (options.processes === undefined || started >= options.processes)) {
         settled = true;
         clearTimeout(timer);
         const port = httpPort;
@@ -270,6 +310,7 @@ export function startChildServer(config: TestConfigDir | string, options: StartC
           mllpPorts,
           logs,
           exited,
+          nextLog: (match) => new Promise((resolveLine) => waiters.push({ match, resolve: resolveLine })),
           kill: () => {
             child.kill('SIGKILL');
           },
