@@ -8,6 +8,7 @@
 //   bench/fhir.ts    benchFhir    full-resource FHIR notifications/s with 2xx after commit
 //   bench/admin.ts   benchAdmin   admin API: longest event-loop stall per request, 1,000,000 deliveries
 //   bench/retention.ts benchRetention  100,000 bookings of history pruned: size before/after, commits meanwhile
+//   bench/deliver.ts benchDeliver due deliveries/s: checks, render, signed webhook or outbox, vs an HTTP echo floor
 //   bench/postgres.ts benchPostgres  ingest msgs/s at 1 and 8 connections: embedded vs PostgreSQL vs the fsync floor
 //   bench/scale.ts   benchScale   queue on Redis: deliveries/s with 1 and 2 worker processes beside BullMQ's no-op floor
 // Run with `node --expose-gc --import tsx bench/run.ts` so each module can collect garbage
@@ -25,6 +26,7 @@ const MODULES: ReadonlyArray<{ name: string; file: string; exportName: string }>
   { name: 'fhir', file: 'fhir.ts', exportName: 'benchFhir' },
   { name: 'admin', file: 'admin.ts', exportName: 'benchAdmin' },
   { name: 'retention', file: 'retention.ts', exportName: 'benchRetention' },
+  { name: 'deliver', file: 'deliver.ts', exportName: 'benchDeliver' },
   { name: 'postgres', file: 'postgres.ts', exportName: 'benchPostgres' },
   { name: 'scale', file: 'scale.ts', exportName: 'benchScale' },
 ];

@@ -63,6 +63,11 @@ Commands:
   release [--config-dir DIR] [--url URL] [--token-env NAME] ID...
                                            accept quarantined copies (same MSH-10, other bytes)
                                            as messages of their own, after review
+  deliveries replay [--url URL] [--token-env NAME] ID... |
+       --status failed|review [--output NAME] [--rule ID] [--since INSTANT] [--limit N]
+                                           run failed (dead-lettered) or review deliveries once
+                                           more with the same idempotency key, through the
+                                           running server's admin API (audited)
   fhir subscribe --input NAME --endpoint URL [--config-dir DIR]
                                            create (or update) the input's Subscriptions on its
                                            FHIR server, pointing at URL/ingest/fhir/NAME, and
@@ -424,13 +429,19 @@ async function cmdOutbox(args: string[]): Promise<number> {
  * be routed by the running router and answered from its store; the data dir alone would
  * store triggers nobody routes until the next start.
  */
-async function cmdAttempt(kind: 'reprocess' | 'release', args: string[]): Promise<number> {
-  const { values, positionals } = parse(args, {
-    'config-dir': { type: 'string', default: '.' },
-    url: { type: 'string' },
-    'token-env': { type: 'string' },
-  });
-  if (positionals.length === 0) return fail(`${kind} needs at least one message ID (see GET /api/messages)`);
+/** Options of the commands that act through the running server's admin API. */
+const ADMIN_OPTIONS = {
+  'config-dir': { type: 'string', default: '.' },
+  url: { type: 'string' },
+  'token-env': { type: 'string' },
+} as const;
+
+/**
+ * Where the running server's admin API is and the token to use: --url, else `server.http` of
+ * the configuration; the variable --token-env names, else `server.admin.tokenEnv`, else
+ * CARERELAY_ADMIN_TOKEN. An exit code when the configuration cannot be read.
+ */
+async function adminApi(values: { 'config-dir'?: unknown; url?: unknown; 'token-env'?: unknown }): Promise<{ base: string; token: string | undefined } | number> {
   let base = values.url as string | undefined;
   let tokenEnv = values['token-env'] as string | undefined;
   if (base === undefined || tokenEnv === undefined) {
@@ -446,7 +457,15 @@ async function cmdAttempt(kind: 'reprocess' | 'release', args: string[]): Promis
       throw error;
     }
   }
-  const token = process.env[tokenEnv ?? 'CARERELAY_ADMIN_TOKEN'];
+  return { base, token: process.env[tokenEnv ?? 'CARERELAY_ADMIN_TOKEN'] };
+}
+
+async function cmdAttempt(kind: 'reprocess' | 'release', args: string[]): Promise<number> {
+  const { values, positionals } = parse(args, ADMIN_OPTIONS);
+  if (positionals.length === 0) return fail(`${kind} needs at least one message ID (see GET /api/messages)`);
+  const api = await adminApi(values);
+  if (typeof api === 'number') return api;
+  const { base, token } = api;
   let failures = 0;
   for (const id of positionals) {
     let res: Response;
@@ -468,6 +487,64 @@ async function cmdAttempt(kind: 'reprocess' | 'release', args: string[]): Promis
     }
   }
   return failures === 0 ? 0 : 1;
+}
+
+/**
+ * `deliveries replay ID… | --status S --output X --rule R --since T --limit N`: runs failed (or
+ * review) deliveries once more through the running server (POST /api/deliveries/replay), with
+ * the same idempotency key; audited under the token's name.
+ */
+async function cmdDeliveries(args: string[]): Promise<number> {
+  const [sub, ...rest] = args;
+  const usage = 'usage: carerelay deliveries replay ID... | --status failed|review [--output NAME] [--rule ID] [--since INSTANT] [--limit N]';
+  if (sub !== 'replay') return fail(usage);
+  const { values, positionals } = parse(rest, {
+    ...ADMIN_OPTIONS,
+    status: { type: 'string' },
+    output: { type: 'string' },
+    rule: { type: 'string' },
+    since: { type: 'string' },
+    limit: { type: 'string' },
+  });
+  const filter = { status: values.status, output: values.output, rule: values.rule, since: values.since, limit: values.limit };
+  const filtered = Object.values(filter).some((v) => v !== undefined);
+  if (positionals.length > 0 && filtered) return fail(`give delivery IDs or a filter, not both\n${usage}`);
+  if (positionals.length === 0 && !filtered) return fail(`give delivery IDs (see GET /api/deliveries?status=failed) or a filter such as --status failed\n${usage}`);
+  let limit: number | undefined;
+  if (values.limit !== undefined) {
+    limit = Number(values.limit);
+    if (!Number.isInteger(limit)) return fail('--limit must be a whole number between 1 and 1000');
+  }
+  const body = positionals.length > 0 ? { ids: positionals } : { ...filter, ...(limit !== undefined ? { limit } : {}) };
+  const api = await adminApi(values);
+  if (typeof api === 'number') return api;
+  let res: Response;
+  try {
+    res = await fetch(new URL('/api/deliveries/replay', api.base), {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', ...(api.token ? { authorization: `Bearer ${api.token}` } : {}) },
+      body: JSON.stringify(body),
+    });
+  } catch (error) {
+    process.stderr.write(`carerelay: cannot reach the admin API at ${api.base}: ${(error as Error).message} (is CareRelay running? --url sets where)\n`);
+    return 1;
+  }
+  const answer = (await res.json().catch(() => ({}))) as {
+    replayed?: Array<{ id: string; status: string; reason?: string }>;
+    refused?: Array<{ id: string; reason: string }>;
+    more?: boolean;
+    detail?: string;
+    title?: string;
+  };
+  if (res.status !== 200) {
+    process.stderr.write(`carerelay: replay refused (${res.status}): ${answer.detail ?? answer.title ?? res.statusText}\n`);
+    return 1;
+  }
+  for (const r of answer.replayed ?? []) process.stdout.write(`delivery ${r.id} replayed (was ${r.status}${r.reason ? `: ${r.reason}` : ''})\n`);
+  for (const r of answer.refused ?? []) process.stderr.write(`delivery ${r.id}: not replayed (${r.reason})\n`);
+  if ((answer.replayed ?? []).length === 0 && (answer.refused ?? []).length === 0) process.stdout.write('no delivery matches\n');
+  if (answer.more) process.stdout.write('more deliveries match: run the command again for the next ones\n');
+  return (answer.refused ?? []).length === 0 ? 0 : 1;
 }
 
 async function cmdFhir(args: string[]): Promise<number> {
@@ -566,6 +643,8 @@ export async function main(argv: string[]): Promise<number> {
       case 'reprocess':
       case 'release':
         return await cmdAttempt(command, rest);
+      case 'deliveries':
+        return await cmdDeliveries(rest);
       case 'fhir':
         return await cmdFhir(rest);
       case 'migrate':

@@ -5,7 +5,7 @@ import path from 'node:path';
 import { createApp, createProbeApp, type HttpHl7Input } from './api/app.ts';
 import { inboundSmsTokens } from './api/consent-routes.ts';
 import type { FlowInfo, FlowsInfo } from './api/dashboard/flows.ts';
-import { queueReplay } from './api/dashboard/queue-replay.ts';
+import { REPLAY_MAX_LIMIT } from './workers/replay.ts';
 import { twilioStatusHooks } from './api/hooks-routes.ts';
 import { toolHooks as toolWebhooks } from './api/tool-hooks.ts';
 import { loadConfig, type CarerelayPlan, type InstancePlan } from './config/load.ts';
@@ -340,6 +340,7 @@ export async function startCarerelay(options: StartOptions): Promise<RunningCare
     throw error;
   }
   observeOutputs(deliveries.outputs, events);
+  deliveries.gates.onCircuitChange((output, state) => events.emit({ type: 'circuit', output, state }));
   events.watchQueue(deliveries.queue, DELIVERY_QUEUE);
   const consent = deliveries.consent;
   const rejectedRaw = plan.server.rejectedRaw;
@@ -438,13 +439,19 @@ export async function startCarerelay(options: StartOptions): Promise<RunningCare
     twilioStatus,
     readiness: ready,
     consent: { consent, links: deliveries.links, smsWebhooks, publicUrl: () => publicUrl, now, inboundSms: (message) => deliveries.replies.service.inboundSms(message) },
+    deliveries: deliveries.admin,
     dashboard: {
       zone: policy.settings.timezone,
       now: () => new Date(now()),
       flows: () => flowsInfo(plan, httpHost, mllpPorts, (name) => mllpServers.find((m) => m.name === name)?.server.stats(), deliveries),
       queue: deliveries.queue,
       rules: () => deliveries.rules,
-      replay: queueReplay({ store, queue: deliveries.queue, log, now: () => new Date(now()) }),
+      // The engine's replay (the same idempotency key, audited) and its outputs' circuits.
+      replay: (request, caller) =>
+        deliveries.admin
+          .replay('ids' in request ? request : { status: request.filter.status, ...(request.filter.rule !== undefined ? { rule: request.filter.rule } : {}), limit: REPLAY_MAX_LIMIT }, caller.name)
+          .then((r) => ({ replayed: r.replayed.map((x) => x.id), refused: r.refused })),
+      outputStates: async () => new Map(deliveries.admin.outputs().map((o) => [o.name, { state: o.circuit.state, ...(o.circuit.lastError !== undefined ? { detail: o.circuit.lastError } : {}) }])),
     },
     video: { links: videoLinks, publicUrl: () => publicUrl },
     toolHooks: { hooks: toolHooks, consent, publicUrl: () => publicUrl, now },

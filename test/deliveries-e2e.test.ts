@@ -105,7 +105,7 @@ describe('deliveries end to end', () => {
     const pending = await api('/api/deliveries?status=pending');
     expect(pending.items.map((d: { id: string }) => d.id)).toEqual(['reminder@appointment/A2#0']);
     // Totals per status come with any page, whatever its filter.
-    expect(pending.totals).toEqual({ pending: 1, cancelled: 1, sent: 2, suppressed: 0, failed: 0 });
+    expect(pending.totals).toEqual({ pending: 1, cancelled: 1, sent: 2, suppressed: 0, failed: 0, review: 0 });
     expect((await api('/api/messages?limit=1')).totals).toMatchObject({ accepted: 4 });
     expect((await api('/api/outbox')).items).toHaveLength(2);
     // One vocabulary (README, API, CLI, mapping tests): pending, cancelled, sent, suppressed, failed.

@@ -18,6 +18,7 @@ import { createHooksRouter, type TwilioStatusHook } from './hooks-routes.ts';
 import { bearerMatches, bearerToken, declaredOverLimit, digest, limitedRawBody, refuseUnread, sendProblem } from './http.ts';
 import { createOperationsRouter } from './operations.ts';
 import { createConsentRouter, type ConsentRoutesDeps } from './consent-routes.ts';
+import { createDeliveryRouter, type DeliveryAdmin } from './delivery-routes.ts';
 import { createDashboardRouter, type DashboardDeps } from './dashboard/dashboard.ts';
 import { createVideoRouter, type VideoRoutesDeps } from './video-routes.ts';
 import { createToolHooksRouter, type ToolHooksDeps } from './tool-hooks.ts';
@@ -59,6 +60,8 @@ export interface ApiDeps {
   readiness?: () => Promise<string | undefined>;
   /** The consent ways in and patient views (consent-routes.ts); absent: not served. */
   consent?: Omit<ConsentRoutesDeps, 'store' | 'log' | 'authenticate' | 'requireScope'>;
+  /** The delivery engine: outputs' circuits, jobs, replay (delivery-routes.ts); absent: not served. */
+  deliveries?: DeliveryAdmin;
   /** The operations dashboard at /ui (dashboard/dashboard.ts); absent: not served. */
   dashboard?: Omit<DashboardDeps, 'store' | 'log' | 'identity' | 'operations'>;
   /** The patients' video-visit links, GET/POST /v/<token> (video-routes.ts); absent: not served. */
@@ -291,7 +294,7 @@ export async function deliveriesOfTrigger(store: Store, t: Trigger): Promise<Sto
   return all.filter((d) => d.delivery.triggerId === t.id);
 }
 
-function deliverySummary(d: StoredDelivery) {
+export function deliverySummary(d: StoredDelivery) {
   const x = d.delivery;
   return {
     id: x.id,
@@ -535,16 +538,28 @@ export function createApp(deps: ApiDeps): express.Express {
     // The delivery itself holds the address and the payload, the message what was sent:
     // patient content, for callers with the phi scope.
     const phi = allowed(res, AdminScope.Phi);
-    const [outbox] = phi ? await store.listOutbox({ deliveryId: d.delivery.id, limit: 1 }) : [];
+    const [[outbox], decisions, receipts, job] = await Promise.all([
+      phi ? store.listOutbox({ deliveryId: d.delivery.id, limit: 1 }) : Promise.resolve([]),
+      store.listDecisions({ deliveryId: d.delivery.id }),
+      store.listDeliveryReceipts({ deliveryId: d.delivery.id }),
+      deps.deliveries?.job(d),
+    ]);
     res.json({
       ...deliverySummary(d),
       ...(phi ? { delivery: d.delivery } : {}),
       ...(phi && d.message ? { message: d.message } : {}),
       ...(d.providerId ? { providerId: d.providerId } : {}),
       ...(outbox ? { outbox } : {}),
-      links: { trigger: `/api/triggers/${encodeURIComponent(d.delivery.triggerId)}` },
+      // Its queue job: attempts, the last error, when its retry span ends.
+      ...(job ? { job } : {}),
+      links: {
+        trigger: `/api/triggers/${encodeURIComponent(d.delivery.triggerId)}`,
+        ...(d.status === 'failed' || d.status === 'review' ? { replay: '/api/deliveries/replay' } : {}),
+      },
       // Evidence: every run of the send-time checks (docs/consent.md), newest first.
-      decisions: await store.listDecisions({ deliveryId: d.delivery.id }),
+      decisions,
+      // What the provider said (its id, status callbacks, bounces), oldest first; codes only.
+      receipts,
     });
   });
 
@@ -561,6 +576,7 @@ export function createApp(deps: ApiDeps): express.Express {
     await sendItems(res, items, (item) => item, items.length === (limit ?? 100) ? { next: items[items.length - 1]!.id } : {});
   });
 
+  if (deps.deliveries) admin.use(createDeliveryRouter(deps.deliveries));
   const operations = { store, log, hl7Ingest: deps.hl7Ingest, hl7Settings: deps.hl7Settings ?? new Map<string, Hl7IngestSettings>(), now: deps.now ?? (() => new Date()) };
   admin.use('/fhir', createFhirAdminRouter(deps.fhirInputs ?? new Map()));
   // Staff tasks: answers for a person, write-backs the EHR refused (task-routes.ts).

@@ -5,6 +5,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { ConfigError, formatConfigIssue } from '../errors.ts';
 import type { Hl7v2MllpConfig } from '../inputs/hl7v2/spec.ts';
 import { loadConfig, type CarerelayPlan } from './load.ts';
+import { DEFAULT_DELIVERIES } from './server-schema.ts';
 
 const repoRoot = path.resolve(import.meta.dirname, '../..');
 const made: string[] = [];
@@ -63,6 +64,7 @@ describe('the shipped example (connectors/example.yaml)', () => {
       metrics: { tokenEnv: 'CARERELAY_METRICS_TOKEN' },
       video: { keyId: 'k1', previousKeys: [], opensMinutesBefore: 60, closesMinutesAfter: 30 },
       admin: { tokens: [] },
+      deliveries: DEFAULT_DELIVERIES,
     });
     // The French example: EU defaults, Paris for the organisation and its site.
     expect(plan.policy.settings).toMatchObject({ region: 'eu', timezone: 'Europe/Paris', sites: [{ id: 'NORTHCLINIC', timezone: 'Europe/Paris' }] });
@@ -108,6 +110,7 @@ describe('loadConfig', () => {
       metrics: { tokenEnv: 'CARERELAY_METRICS_TOKEN' },
       video: { keyId: 'k1', previousKeys: [], opensMinutesBefore: 60, closesMinutesAfter: 30 },
       admin: { tokens: [] },
+      deliveries: DEFAULT_DELIVERIES,
     });
     // No policy block: every default, the organisation in UTC.
     expect(plan.policy.settings).toMatchObject({ region: 'us', timezone: 'UTC', sites: [], quietHours: { start: '08:00', end: '21:00', channels: ['sms'] } });
@@ -145,6 +148,23 @@ describe('loadConfig', () => {
     expect(() => {
       (plan.inputs[0]!.config as Record<string, unknown>).port = 1;
     }).toThrow(TypeError);
+  });
+
+  it('reads server.deliveries with its defaults, fractions of seconds and hours allowed, and refuses nonsense where it is', async () => {
+    const dir = await configDir({ 'a.yaml': 'server:\n  deliveries:\n    outputConcurrency: 4\n    retry: { spanHours: 0.5, firstDelaySeconds: 0.25 }\n    circuit: { failures: 3 }\n' });
+    const plan = await loadConfig({ configDir: dir, env: {} });
+    expect(plan.server.deliveries).toEqual({
+      ...DEFAULT_DELIVERIES,
+      outputConcurrency: 4,
+      retry: { ...DEFAULT_DELIVERIES.retry, spanHours: 0.5, firstDelaySeconds: 0.25 },
+      circuit: { ...DEFAULT_DELIVERIES.circuit, failures: 3 },
+    });
+    const bad = await configDir({ 'a.yaml': 'server:\n  deliveries:\n    retry: { spanHours: 0 }\n    circuit: { failureRate: 2 }\n    workers: 8\n' });
+    const issues = await issuesOf(bad);
+    expect(issues).toHaveLength(3);
+    expect(issues.join('\n')).toMatch(/a\.yaml:3:\d+: .*spanHours/);
+    expect(issues.join('\n')).toMatch(/a\.yaml:4:\d+: .*failureRate/);
+    expect(issues.join('\n')).toMatch(/workers/);
   });
 
   it('reads files in name order and merges their inputs', async () => {

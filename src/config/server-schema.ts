@@ -28,6 +28,110 @@ export const AdminScope = {
 export type AdminScope = (typeof AdminScope)[keyof typeof AdminScope];
 export const ADMIN_SCOPES: readonly AdminScope[] = Object.values(AdminScope);
 
+/**
+ * How the delivery engine (workers/deliver.ts, workers/output-gate.ts) runs delivery jobs:
+ * workers, each output's share of them, retries, and when an output counts as failing.
+ */
+export const deliveriesSchema = {
+  type: 'object',
+  description:
+    'The delivery engine: how many deliveries run at once, how long failures are retried, and when an output is ' +
+    'treated as down (its circuit opens and its deliveries wait instead of holding workers).',
+  default: {},
+  additionalProperties: false,
+  properties: {
+    concurrency: {
+      type: 'integer',
+      minimum: 1,
+      maximum: 1024,
+      default: 64,
+      description:
+        'Deliveries handled at once (checks, rendering, the call to the output, recording the outcome). A waiting ' +
+        'delivery costs memory, not a thread.',
+    },
+    outputConcurrency: {
+      type: 'integer',
+      minimum: 1,
+      maximum: 1024,
+      default: 16,
+      description:
+        'Calls one output may have in flight at once (its declared provider limit applies when lower): a slow or ' +
+        'hanging provider holds at most this many of the workers; its other deliveries wait off the workers.',
+    },
+    leaseSeconds: {
+      type: 'number',
+      exclusiveMinimum: 0,
+      maximum: 3600,
+      default: 30,
+      description:
+        'How long a delivery taken by a process that died (kill -9, power loss) waits before it is taken again. ' +
+        'A running process renews its leases every third of this.',
+    },
+    retry: {
+      type: 'object',
+      description:
+        'Exponential backoff with full jitter: after the n-th failed attempt the next one comes at a random time ' +
+        'between now and min(maxDelaySeconds, firstDelaySeconds · 2^(n−1)) later, never before a provider\'s ' +
+        'Retry-After. A provider\'s "slow down" (429) and the engine\'s own waits do not use up an attempt.',
+      default: {},
+      additionalProperties: false,
+      properties: {
+        firstDelaySeconds: {
+          type: 'number',
+          exclusiveMinimum: 0,
+          default: 5,
+          description: 'Longest wait after the first failure, seconds (the backoff base).',
+        },
+        maxDelaySeconds: {
+          type: 'number',
+          exclusiveMinimum: 0,
+          default: 3600,
+          description: 'Longest wait between two attempts, seconds (the backoff cap).',
+        },
+        spanHours: {
+          type: 'number',
+          exclusiveMinimum: 0,
+          maximum: 720,
+          default: 24,
+          description:
+            'How long a failing delivery is retried, from its first failure: the last attempt is at the end of the ' +
+            'span at the latest, then the delivery is failed (dead-lettered) with its last error, to be replayed by ' +
+            'an operator (carerelay deliveries replay).',
+        },
+      },
+    },
+    circuit: {
+      type: 'object',
+      description:
+        'A circuit breaker per output. It opens after `failures` transient or ambiguous failures in a row, or when ' +
+        'at least `failureRate` of its last `window` calls failed; while open, the output\'s deliveries wait ' +
+        '(counted in their retry span) instead of calling it. After openSeconds one delivery goes as a probe: ' +
+        'its success closes the circuit, its failure opens it again for twice as long, up to maxOpenSeconds. ' +
+        'Refusals of one message (4xx) and rate limits do not count. GET /api/outputs shows each circuit.',
+      default: {},
+      additionalProperties: false,
+      properties: {
+        failures: { type: 'integer', minimum: 1, default: 5, description: 'Failures in a row that open the circuit.' },
+        failureRate: {
+          type: 'number',
+          exclusiveMinimum: 0,
+          maximum: 1,
+          default: 0.5,
+          description: 'Share of failed calls among the last `window` that opens the circuit (checked once `window` calls were made).',
+        },
+        window: { type: 'integer', minimum: 2, default: 20, description: 'Calls the failure rate is measured over.' },
+        openSeconds: { type: 'number', exclusiveMinimum: 0, default: 30, description: 'How long the circuit stays open the first time, seconds.' },
+        maxOpenSeconds: {
+          type: 'number',
+          exclusiveMinimum: 0,
+          default: 600,
+          description: 'Longest open period (it doubles after each failed probe), seconds.',
+        },
+      },
+    },
+  },
+} as const satisfies JsonSchema;
+
 export const serverSchema = {
   type: 'object',
   description: 'Process-wide settings. At most one connectors file may contain a server block.',
@@ -116,6 +220,7 @@ export const serverSchema = {
         'GET /readyz answers 503 when the data directory\'s file system has less free space than this (default ' +
         '64 MiB), as it does when the store cannot write (read-only, full).',
     },
+    deliveries: deliveriesSchema,
     metrics: {
       type: 'object',
       description: 'GET /metrics (Prometheus text format): metrics without patient data (docs/operations.md "Metrics").',
@@ -198,8 +303,36 @@ export interface ServerConfig {
   /** Where delivery jobs wait (config/queue-schema.ts). */
   readonly queue: QueueConfig;
   readonly admin: { readonly tokenEnv?: string; readonly tokens: readonly AdminTokenConfig[] };
+  readonly deliveries: DeliveriesConfig;
   readonly metrics: { readonly tokenEnv: string };
   readonly video: VideoConfig;
+}
+
+/** The `server.deliveries` block after defaults (deliveriesSchema). */
+export interface DeliveriesConfig {
+  readonly concurrency: number;
+  readonly outputConcurrency: number;
+  readonly leaseSeconds: number;
+  readonly retry: { readonly firstDelaySeconds: number; readonly maxDelaySeconds: number; readonly spanHours: number };
+  readonly circuit: CircuitConfig;
+}
+
+/** The defaults of deliveriesSchema (a plan without a server block, tests building plans by hand). */
+export const DEFAULT_DELIVERIES: DeliveriesConfig = Object.freeze({
+  concurrency: 64,
+  outputConcurrency: 16,
+  leaseSeconds: 30,
+  retry: Object.freeze({ firstDelaySeconds: 5, maxDelaySeconds: 3600, spanHours: 24 }),
+  circuit: Object.freeze({ failures: 5, failureRate: 0.5, window: 20, openSeconds: 30, maxOpenSeconds: 600 }),
+});
+
+/** `server.deliveries.circuit` after defaults. */
+export interface CircuitConfig {
+  readonly failures: number;
+  readonly failureRate: number;
+  readonly window: number;
+  readonly openSeconds: number;
+  readonly maxOpenSeconds: number;
 }
 
 /**

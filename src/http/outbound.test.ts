@@ -1,8 +1,9 @@
 import http from 'node:http';
+import type net from 'node:net';
 import type { AddressInfo } from 'node:net';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { AmbiguousError, PermanentError, TransientError } from '../errors.ts';
-import { AddressPolicy, parseRetryAfter, sendOnce, type OutboundRequest } from './outbound.ts';
+import { AddressPolicy, KeepAlive, parseRetryAfter, sendOnce, type OutboundRequest } from './outbound.ts';
 
 describe('AddressPolicy', () => {
   it('refuses non-public addresses unless allow-listed', () => {
@@ -112,6 +113,42 @@ describe('sendOnce', () => {
   it('a connection reset after the request left is ambiguous', async () => {
     behaviour = (req) => req.socket.destroy();
     await expect(sendOnce(request('/reset'))).rejects.toMatchObject({ code: 'test_connection_lost', failureClass: 'ambiguous' });
+  });
+
+  describe('with kept-alive connections', () => {
+    let pool: KeepAlive;
+    let connections: net.Socket[];
+    beforeEach(() => {
+      connections = [];
+      server.on('connection', (socket) => connections.push(socket));
+    });
+    afterEach(() => pool.close());
+
+    it('sends one request after the other on one connection', async () => {
+      pool = new KeepAlive();
+      for (const path of ['/a', '/b', '/c']) expect((await sendOnce(request(path, { keepAlive: pool }))).status).toBe(200);
+      expect(requests).toEqual(['POST /a', 'POST /b', 'POST /c']);
+      expect(connections).toHaveLength(1);
+    });
+
+    it('checks the address of a kept connection each time it is reused', async () => {
+      pool = new KeepAlive();
+      const byName = `http://localhost:${new URL(base).port}`;
+      expect((await sendOnce(request(`${byName}/a`, { keepAlive: pool }))).status).toBe(200);
+      // The same pool, a request whose allow-list does not have the address the connection goes to.
+      const refused = sendOnce(request(`${byName}/b`, { keepAlive: pool, addresses: new AddressPolicy() }));
+      await expect(refused).rejects.toMatchObject({ code: 'test_address_refused', failureClass: 'permanent' });
+      expect(requests).toEqual(['POST /a']);
+      expect(connections).toHaveLength(1);
+    });
+
+    it('closes an idle connection after its idle time and opens a new one for the next request', async () => {
+      pool = new KeepAlive({ idleMs: 50 });
+      await sendOnce(request('/a', { keepAlive: pool }));
+      await new Promise<void>((resolve) => connections[0]!.once('close', () => resolve()));
+      await sendOnce(request('/b', { keepAlive: pool }));
+      expect(connections).toHaveLength(2);
+    });
   });
 
   it('honours the abort signal', async () => {

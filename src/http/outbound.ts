@@ -10,7 +10,12 @@
 //   most 3 times; any other redirect comes back as the answer, never followed to another host;
 // - one deadline for the whole exchange and the caller's AbortSignal;
 // - every failure says whether the request had fully left: a failure before that is
-//   transient (nothing can have happened), after it ambiguous (the server may have acted).
+//   transient (nothing can have happened), after it ambiguous (the server may have acted);
+// - connections kept alive between requests of one destination when its caller keeps them
+//   (KeepAlive, one per output): the address check runs when a connection is made and again
+//   each time one is reused; an idle connection is closed after a few seconds (sooner when the
+//   server's Keep-Alive header says so), well before servers close theirs, so a request rarely
+//   meets a connection the server is closing.
 //
 // Error codes are `<prefix>_<reason>` from the allow-list below; messages carry the host and
 // the HTTP status, never bodies.
@@ -127,6 +132,35 @@ export class AddressPolicy {
   }
 }
 
+/** Idle kept-alive connections are closed after this long, ms (a server's Keep-Alive hint shortens it). */
+export const KEEP_ALIVE_IDLE_MS = 4_000;
+
+/**
+ * The kept-alive connections of one destination's requests (an output's). Connections are not
+ * shared between outputs, so one output's allow-list never lets another's request through.
+ */
+export class KeepAlive {
+  readonly #http: http.Agent;
+  readonly #https: https.Agent;
+
+  constructor(options: { idleMs?: number; maxSockets?: number } = {}) {
+    // lifo: the connection used last goes first, the ones left idle age out.
+    const agentOptions = { keepAlive: true, timeout: options.idleMs ?? KEEP_ALIVE_IDLE_MS, scheduling: 'lifo' as const, ...(options.maxSockets ? { maxSockets: options.maxSockets } : {}) };
+    this.#http = new http.Agent(agentOptions);
+    this.#https = new https.Agent(agentOptions);
+  }
+
+  agentFor(url: URL): http.Agent {
+    return url.protocol === 'https:' ? this.#https : this.#http;
+  }
+
+  /** Closes every kept connection (the output stops). */
+  close(): void {
+    this.#http.destroy();
+    this.#https.destroy();
+  }
+}
+
 export interface OutboundRequest {
   url: URL;
   /** Default POST. A GET sends an empty body. */
@@ -142,6 +176,8 @@ export interface OutboundRequest {
   codePrefix: string;
   /** Answer bytes kept (the rest is not read). Default 65,536. */
   maxResponseBytes?: number;
+  /** Keep connections between requests (the caller's own pool); default a fresh connection per request. */
+  keepAlive?: KeepAlive;
 }
 
 export interface OutboundResponse {
@@ -228,9 +264,8 @@ function exchange(request: OutboundRequest): Promise<OutboundResponse> {
       method: request.method ?? 'POST',
       headers: { ...request.headers, 'content-length': String(request.body.length) },
       lookup,
-      // A fresh connection per request: a kept-alive socket the server already closed would
-      // turn into a "connection lost" for a request that never left.
-      agent: false,
+      // Without the caller's pool, a fresh connection per request.
+      agent: request.keepAlive?.agentFor(url) ?? false,
     });
     const timer = setTimeout(() => {
       fail(
@@ -253,7 +288,8 @@ function exchange(request: OutboundRequest): Promise<OutboundResponse> {
     };
     req.on('socket', (socket) => {
       if (policy === undefined) return;
-      // The address actually connected, whatever resolved it.
+      // The address actually connected, whatever resolved it: when the connection is made, and
+      // for a kept-alive one at every reuse.
       const check = (): void => {
         const remote = socket.remoteAddress;
         if (remote !== undefined && !policy.permits(remote)) {

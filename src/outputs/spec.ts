@@ -22,6 +22,13 @@ export interface OutputInstanceInfo {
   /** The provider deduplicates by delivery id: an ambiguous failure may be retried. */
   readonly idempotent: boolean;
   /**
+   * Whether a delivery needs the rule's recipient address (`send.to`) to be sent: one without
+   * is suppressed `no_address` at send time (docs/consent.md rule 8). Absent: SMS and email
+   * outputs need one; webhook, CRM and FHIR outputs (keyed by the patient's id) do not. A
+   * marketing tool that keys its contacts by email address declares true.
+   */
+  readonly needsAddress?: boolean;
+  /**
    * How fast the delivery engine may call this output: the provider's documented limits (or
    * what the instance config narrows them to). Absent: the engine's defaults.
    */

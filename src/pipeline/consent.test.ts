@@ -192,6 +192,15 @@ describe('send-time checks (docs/consent.md rules 2–8)', () => {
     expect(reason(check({ addressShared: true }, { noNameTemplate: 'survey-noname' }))).toBe('allow:no-name');
   });
 
+  it('rule 8: a CRM output needs an address only when it says so (a marketing tool keyed by email)', () => {
+    const crm = { channel: 'crm' as const, to: undefined };
+    const keyedByPatient = { baa: true, allowedPurposes: ['survey'] };
+    expect(reason(check({ output: keyedByPatient }, crm))).toBe('allow');
+    expect(reason(check({ output: { ...keyedByPatient, needsAddress: true } }, crm))).toBe('no_address');
+    expect(checkConsent(check({ output: { ...keyedByPatient, needsAddress: true } }, crm), us)).toMatchObject({ rule: 8, basis: 'no recipient address (output outbox-email keys its contacts by address)' });
+    expect(reason(check({ output: { ...keyedByPatient, needsAddress: true } }, { channel: 'crm', to: 'claire@example.org' }))).toBe('allow');
+  });
+
   it('the first denial wins and says which rule, with the records used', () => {
     const revoke = event({ action: 'revoke', purposes: ['survey'], channel: 'email' });
     const d = checkConsent(check({ patients: [patient({ events: [revoke] })], addressShared: true, output: { baa: true, allowedPurposes: [] } }), us);

@@ -73,8 +73,11 @@ export interface ConsentCheck {
   appointmentStart?: number;
   /** Labels of the delivery's trigger (data class for Consent securityLabel provisions). */
   labels: readonly string[];
-  /** The output as declared now; undefined when it is not running (the worker refuses it before). */
-  output?: { baa: boolean; allowedPurposes: readonly string[] };
+  /**
+   * The output as declared now; undefined when it is not running (the worker refuses it before).
+   * `needsAddress` (outputs/spec.ts): whether it cannot send without the delivery's address.
+   */
+  output?: { baa: boolean; allowedPurposes: readonly string[]; needsAddress?: boolean };
   /** The patient's zone (pipeline/zones.ts patientZone). */
   zone: string;
   /** The patient and every patient merged with them (A40), first the delivery's own. */
@@ -207,7 +210,9 @@ export function checkConsent(c: ConsentCheck, policy: PolicySettings): ConsentDe
   }
 
   // Rule 8: the contact point.
-  if ((d.channel === 'sms' || d.channel === 'email') && (d.to === undefined || d.to === '')) return deny(8, ConsentReason.NoAddress, `no ${d.channel} address`, records);
+  // SMS and email always need one; other outputs when they say so (a marketing tool keyed by email).
+  const addressNeeded = c.output?.needsAddress ?? (d.channel === 'sms' || d.channel === 'email');
+  if (addressNeeded && (d.to === undefined || d.to === '')) return deny(8, ConsentReason.NoAddress, `no ${d.channel === 'sms' || d.channel === 'email' ? d.channel : 'recipient'} address${d.channel === 'sms' || d.channel === 'email' ? '' : ` (output ${d.output} keys its contacts by address)`}`, records);
   if (c.addressShared) {
     if (d.noNameTemplate === undefined) return deny(8, ConsentReason.SharedAddress, 'the address is shared by several patients and the rule has no no-name variant', records);
     return { allow: true, basis: `${basis}; shared address: the no-name variant`, records, noName: true };

@@ -23,9 +23,13 @@
 //   crErrRun   the attempt whose outcome wrote crErrClass/crErrCode: an attempt started
 //              (BullMQ's `ats`) with no outcome written was lost with its worker (lease_expired)
 //   crErrClass, crErrCode, crReason (cancel reason), crUpdated (epoch ms, queue clock)
+//   crFree     runs that were not attempts (deferred, rate-limited: backoff.ts); attempts
+//              counted against crMax are `ats - crFree`
+//   crFirstFail epoch ms of the first failure since the job was added or replayed (the start
+//              of its retry span), absent until then
 // and keys under `<prefix>:<queue>:cr:` — job ids never hold ':' (bullmq.ts encodes them), so
 // no job key falls there: cr:seq, cr:key:<cancel key> (SET of job ids), cr:cancelled (ZSET,
-// score = when), cr:parked (SET), cr:dead-inbox (SET: dead-lettered, not yet recorded).
+// score = when), cr:parked (SET), cr:dead-inbox (SET: dead-lettered or parked, not yet recorded).
 
 /** Shared Lua functions, prepended to each script. */
 const COMMON = `
@@ -189,33 +193,42 @@ return 1
 /**
  * Right after BullMQ's take (moveToActive) of a job by this worker: what the handler needs.
  * An attempt started with no outcome written means the previous worker vanished: that is
- * recorded now as the job's last error (lease_expired). ARGV: base, id, nowMs. Returns
- * { attempts started, max attempts, idempotent, previous error code or '' }.
+ * recorded now as the job's last error (lease_expired), and starts its retry span. ARGV: base,
+ * id, nowMs. Returns { runs started, max attempts, idempotent, previous error code or '', runs
+ * that were not attempts, first failure ms or -1 }.
  */
 const TAKEN = `${COMMON}
 local base, id, now = ARGV[1], ARGV[2], ARGV[3]
-local f = rcall("HMGET", base .. id, "ats", "crMax", "crIdem", "crErrRun", "crErrCode")
+local f = rcall("HMGET", base .. id, "ats", "crMax", "crIdem", "crErrRun", "crErrCode", "crFree", "crFirstFail")
 local attempt = tonumber(f[1]) or 1
 local errRun = tonumber(f[4]) or 0
 local previous = f[5] or ""
+local firstFail = tonumber(f[7]) or -1
 if attempt > 1 and errRun < attempt - 1 then
   previous = "lease_expired"
   rcall("HSET", base .. id, "crErrRun", attempt - 1, "crErrClass", "lease_expired", "crErrCode", "lease_expired", "crUpdated", now)
+  if firstFail < 0 then
+    firstFail = tonumber(now)
+    rcall("HSET", base .. id, "crFirstFail", now)
+  end
 end
-return { attempt, tonumber(f[2]) or 1, tonumber(f[3]) or 0, previous }
+return { attempt, tonumber(f[2]) or 1, tonumber(f[3]) or 0, previous, tonumber(f[6]) or 0, firstFail }
 `;
 
 /**
- * A failed attempt's outcome, only by the worker holding the job's lock (BullMQ's removeLock
- * rule): 'retry' puts it back at runAtMs, 'parked' and 'dead' move it to BullMQ's failed set
- * (parked also to cr:parked, dead to cr:dead-inbox until the store recorded it), 'dead-on-take'
- * is a job taken after its last attempt was lost with its worker (the take is not counted).
- * ARGV: base, id, lock token, mode, runAtMs, failure class, code, attempt, nowMs.
+ * A run's outcome other than success, only by the worker holding the job's lock (BullMQ's
+ * removeLock rule): 'retry' and 'deferred' put it back at runAtMs, 'parked' and 'dead' move it
+ * to BullMQ's failed set (parked also to cr:parked; both to cr:dead-inbox until the store
+ * recorded them), 'dead-on-take' is a job taken after its last attempt was lost with its
+ * worker (the take is not counted). A class and code of '' keep the last error (a plain
+ * deferral); `free` 1 counts a run that was not an attempt; `failed` 1 starts the retry span.
+ * ARGV: base, id, lock token, mode, runAtMs, failure class, code, attempt, nowMs, free, failed.
  * Returns 0, -1 (no job), -2 (lock missing), -6 (another worker's lock), -3 (not active).
  */
 const FAIL = `${COMMON}
 local base, id, token, mode = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local runAt, class, code, attempt, now = tonumber(ARGV[5]), ARGV[6], ARGV[7], ARGV[8], tonumber(ARGV[9])
+local free, failed = ARGV[10], ARGV[11]
 local jobKey = base .. id
 if rcall("EXISTS", jobKey) == 0 then return -1 end
 local lock = rcall("GET", jobKey .. ":lock")
@@ -231,8 +244,11 @@ if mode == "dead-on-take" then
 else
   rcall("HINCRBY", jobKey, "atm", 1)
 end
-rcall("HSET", jobKey, "crErrRun", attempt, "crErrClass", class, "crErrCode", code, "crUpdated", now)
-if mode == "retry" then
+rcall("HSET", jobKey, "crErrRun", attempt, "crUpdated", now)
+if code ~= "" then rcall("HSET", jobKey, "crErrClass", class, "crErrCode", code) end
+if free == "1" then rcall("HINCRBY", jobKey, "crFree", 1) end
+if failed == "1" and rcall("HEXISTS", jobKey, "crFirstFail") == 0 then rcall("HSET", jobKey, "crFirstFail", now) end
+if mode == "retry" or mode == "deferred" then
   place(base, id, runAt, now)
   rcall("HSET", jobKey, "crRunAt", runAt)
   return 0
@@ -242,15 +258,15 @@ rcall("HSET", jobKey, "finishedOn", now, "failedReason", code)
 if mode == "parked" then
   rcall("HSET", jobKey, "crState", "parked")
   rcall("SADD", base .. "cr:parked", id)
-else
-  rcall("SADD", base .. "cr:dead-inbox", id)
 end
+rcall("SADD", base .. "cr:dead-inbox", id)
 event(base, "event", "failed", "jobId", id, "failedReason", code, "prev", "active")
 return 0
 `;
 
 /**
- * Replays a dead or parked job: pending now, with exactly one more attempt. ARGV: base, id,
+ * Replays a dead or parked job: pending now, with exactly one more counted attempt and a
+ * fresh retry span. ARGV: base, id,
  * nowMs. Returns 1, or 0 when the job is neither.
  */
 const RETRY_DEAD = `${COMMON}
@@ -259,9 +275,10 @@ if not ours(base, id) then return 0 end
 if rcall("ZREM", base .. "failed", id) == 0 then return 0 end
 rcall("SREM", base .. "cr:parked", id)
 rcall("SREM", base .. "cr:dead-inbox", id)
-rcall("HDEL", base .. id, "crState", "finishedOn", "failedReason")
+rcall("HDEL", base .. id, "crState", "finishedOn", "failedReason", "crFirstFail")
 local started = tonumber(rcall("HGET", base .. id, "ats")) or 0
-rcall("HSET", base .. id, "crMax", started + 1, "crRunAt", now, "crUpdated", now)
+local free = tonumber(rcall("HGET", base .. id, "crFree")) or 0
+rcall("HSET", base .. id, "crMax", started - free + 1, "crRunAt", now, "crUpdated", now)
 place(base, id, now, now)
 return 1
 `;
@@ -278,7 +295,7 @@ return { pending, rcall("LLEN", base .. "active"), rcall("ZCARD", base .. "compl
 /**
  * What get() and list() show of each job id given (ARGV: base, ids…): per job a flat array
  * { id, state or '', data, timestamp, ats, crSeq, crRunAt, crMax, crIdem, crKeys, crErrRun,
- * crErrClass, crErrCode, crReason, crUpdated } ('' for an absent field). A job that is not
+ * crErrClass, crErrCode, crReason, crUpdated, crFree, crFirstFail } ('' for an absent field). A job that is not
  * CareRelay's (no crSeq) comes back with state ''.
  */
 const READ = `${COMMON}
@@ -290,8 +307,8 @@ for i = 2, #ARGV do
   if ours(base, id) then
     row[2] = state(base, id)
     local f = rcall("HMGET", base .. id, "data", "timestamp", "ats", "crSeq", "crRunAt", "crMax", "crIdem", "crKeys",
-      "crErrRun", "crErrClass", "crErrCode", "crReason", "crUpdated")
-    for j = 1, 13 do row[j + 2] = f[j] or "" end
+      "crErrRun", "crErrClass", "crErrCode", "crReason", "crUpdated", "crFree", "crFirstFail")
+    for j = 1, 15 do row[j + 2] = f[j] or "" end
   end
   table.insert(out, row)
 end

@@ -42,6 +42,7 @@ import {
   QueueErrorCode,
   toEpochMs,
   validateNewJob,
+  Deferral,
   type AddResult,
   type JobHandler,
   type JobInfo,
@@ -75,6 +76,11 @@ export interface BullMqQueueOptions extends QueueOptions {
    * leftovers of a crash to it again, so a dead letter is never lost between two systems.
    */
   onDeadLetter?: (job: { id: string; attempt: number; code: string }) => Promise<void>;
+  /**
+   * Called after a job was parked for review (an ambiguous failure of a job that is not
+   * idempotent), handed over through the same inbox as dead letters.
+   */
+  onParked?: (job: { id: string; attempt: number; code: string }) => Promise<void>;
   /** Cancelled jobs are deleted after this long, seconds. Default 30 days. */
   keepCancelledSeconds?: number;
   /** Done jobs are deleted after this long, seconds (BullMQ's removeOnComplete age). Default 30 days. */
@@ -144,6 +150,10 @@ interface Taken {
   maxAttempts: number;
   idempotent: boolean;
   previousError: string;
+  /** Runs that were not attempts (deferred, rate-limited): counted attempts are attempt − free. */
+  free: number;
+  /** Epoch ms of the first failure since the job was added or replayed (its retry span's start). */
+  firstFailedAtMs?: number;
 }
 
 type Row = [string, string, ...string[]];
@@ -159,6 +169,7 @@ export class BullMqQueue<T> implements Queue<T> {
   /** `<prefix>:<name>:`: BullMQ's key base, and the base of CareRelay's keys. */
   readonly base: string;
   private readonly onDeadLetter: BullMqQueueOptions['onDeadLetter'];
+  private readonly onParked: BullMqQueueOptions['onParked'];
   private readonly keepCancelledMs: number;
   private readonly keepDoneSeconds: number;
   private readonly instanceId = randomUUID();
@@ -198,6 +209,7 @@ export class BullMqQueue<T> implements Queue<T> {
     checkName('prefix', this.prefix);
     this.opts = normalizeQueueOptions(options);
     this.onDeadLetter = options.onDeadLetter;
+    this.onParked = options.onParked;
     this.keepCancelledMs = (options.keepCancelledSeconds ?? DEFAULT_KEEP_SECONDS) * 1000;
     this.keepDoneSeconds = options.keepDoneSeconds ?? DEFAULT_KEEP_SECONDS;
     this.client = withScripts(options.connection);
@@ -337,15 +349,16 @@ export class BullMqQueue<T> implements Queue<T> {
     return { pending: pending!, active: active!, done: done!, cancelled: cancelled!, parked: parked!, dead: dead! };
   }
 
-  /** row: id, state, data, timestamp, ats, crSeq, crRunAt, crMax, crIdem, crKeys, crErrRun, crErrClass, crErrCode, crReason, crUpdated */
+  /** row: id, state, data, timestamp, ats, crSeq, crRunAt, crMax, crIdem, crKeys, crErrRun, crErrClass, crErrCode, crReason, crUpdated, crFree, crFirstFail */
   private toInfo(row: Row): JobInfo<T> {
-    const [bullId, state, data, timestamp, ats, , runAt, max, idem, keys, errRun, errClass, errCode, reason, updated] = row as string[];
+    const [bullId, state, data, timestamp, ats, , runAt, max, idem, keys, errRun, errClass, errCode, reason, updated, free, firstFail] = row as string[];
     const attempts = Number(ats || 0);
     const info: JobInfo<T> = {
       id: fromBullId(bullId!),
       data: JSON.parse(data || 'null') as T,
       state: state as JobState,
       attempts,
+      deferrals: Number(free || 0),
       maxAttempts: Number(max),
       idempotent: idem === '1',
       runAt: iso(Number(runAt)),
@@ -359,6 +372,7 @@ export class BullMqQueue<T> implements Queue<T> {
       info.lastError = { failureClass: QueueErrorCode.LeaseExpired, code: QueueErrorCode.LeaseExpired };
     }
     if (reason) info.cancelReason = reason;
+    if (firstFail) info.retryUntil = iso(Number(firstFail) + this.opts.retry.spanMs);
     return info;
   }
 
@@ -456,7 +470,8 @@ export class BullMqQueue<T> implements Queue<T> {
       for (const taken of takes) {
         if (!taken) continue;
         took++;
-        if (taken.attempt > taken.maxAttempts) await this.deadOnTake(taken);
+        // Its counted attempts before this take reach the limit: the last one was lost with its worker.
+        if (taken.attempt - taken.free > taken.maxAttempts) await this.deadOnTake(taken);
         else this.start(taken);
       }
       // More may be due than there was room for: look again.
@@ -469,8 +484,17 @@ export class BullMqQueue<T> implements Queue<T> {
     const token = `${this.instanceId}:${++this.tokenCounter}`;
     const job = (await this.worker!.getNextJob(token, { block: false })) as Job | undefined;
     if (!job?.id) return undefined;
-    const [attempt, maxAttempts, idempotent, previousError] = (await this.workerClient.crTaken(this.base, job.id, now)) as [number, number, number, string];
-    return { job, token, attempt: Number(attempt), maxAttempts: Number(maxAttempts), idempotent: Number(idempotent) === 1, previousError };
+    const [attempt, maxAttempts, idempotent, previousError, free, firstFail] = (await this.workerClient.crTaken(this.base, job.id, now)) as [number, number, number, string, number, number];
+    return {
+      job,
+      token,
+      attempt: Number(attempt),
+      maxAttempts: Number(maxAttempts),
+      idempotent: Number(idempotent) === 1,
+      previousError,
+      free: Number(free),
+      ...(Number(firstFail) >= 0 ? { firstFailedAtMs: Number(firstFail) } : {}),
+    };
   }
 
   /** Taken after its last attempt was lost with its worker: dead-lettered, not run again. */
@@ -479,7 +503,7 @@ export class BullMqQueue<T> implements Queue<T> {
     const attempt = taken.attempt - 1;
     const code = QueueErrorCode.LeaseExpired;
     const result = Number(
-      await this.workerClient.crFail(this.base, taken.job.id!, taken.token, 'dead-on-take', 0, code, code, attempt, this.opts.now()),
+      await this.workerClient.crFail(this.base, taken.job.id!, taken.token, 'dead-on-take', 0, code, code, attempt, this.opts.now(), 0, 0),
     );
     if (result === 0) {
       this.emit({ type: 'dead', id, attempt, code });
@@ -539,22 +563,46 @@ export class BullMqQueue<T> implements Queue<T> {
         const interrupted = this.closing && run.controller.signal.aborted;
         const decision = decideFailure(
           outcome.error,
-          { attempt: run.attempt, maxAttempts: taken.maxAttempts, idempotent: taken.idempotent },
+          {
+            attempt: run.attempt - taken.free,
+            maxAttempts: taken.maxAttempts,
+            idempotent: taken.idempotent,
+            ...(taken.firstFailedAtMs !== undefined ? { firstFailedAtMs: taken.firstFailedAtMs } : {}),
+          },
           this.opts.retry,
           now,
           this.opts.random,
           interrupted,
         );
-        const runAt = decision.next === 'retry' ? decision.runAtMs : 0;
+        // As the embedded queue records it (sqlite.ts finish): a plain deferral keeps the last
+        // error; a deferred or rate-limited run is not an attempt; a failure starts the span
+        // unless a shutdown cut it short.
+        const failure = decision.next === 'deferred' ? decision.failure : decision;
+        const pending = decision.next === 'retry' || decision.next === 'deferred';
+        const free = decision.next === 'deferred' || !decision.counted ? 1 : 0;
+        const failed = failure !== undefined && failure.code !== QueueErrorCode.Interrupted ? 1 : 0;
+        const code = failure?.code ?? (outcome.error instanceof Deferral ? outcome.error.code : QueueErrorCode.Unclassified);
         const result = Number(
-          await this.workerClient.crFail(this.base, run.bullId, run.token, decision.next, runAt, decision.failureClass, decision.code, run.attempt, now),
+          await this.workerClient.crFail(
+            this.base,
+            run.bullId,
+            run.token,
+            decision.next,
+            pending ? decision.runAtMs : 0,
+            failure?.failureClass ?? '',
+            failure?.code ?? '',
+            run.attempt,
+            now,
+            free,
+            failed,
+          ),
         );
         if (result !== 0) this.emit({ type: 'lease-lost', id: run.id, attempt: run.attempt });
-        else if (decision.next === 'retry') {
-          this.emit({ type: 'retry', id: run.id, attempt: run.attempt, code: decision.code, runAt: iso(decision.runAtMs) });
+        else if (decision.next === 'retry' || decision.next === 'deferred') {
+          this.emit({ type: decision.next, id: run.id, attempt: run.attempt, code, runAt: iso(decision.runAtMs) });
         } else {
-          this.emit({ type: decision.next, id: run.id, attempt: run.attempt, code: decision.code });
-          if (decision.next === 'dead') await this.deadLettered(run.bullId, { id: run.id, attempt: run.attempt, code: decision.code });
+          this.emit({ type: decision.next, id: run.id, attempt: run.attempt, code });
+          await this.deadLettered(run.bullId, { id: run.id, attempt: run.attempt, code }, decision.next);
         }
       }
     } catch (error) {
@@ -568,14 +616,15 @@ export class BullMqQueue<T> implements Queue<T> {
     if (this.closing && this.running.size === 0) this.polls.resolveIdle();
   }
 
-  /** Hands a dead letter to onDeadLetter; its inbox entry goes once that is done. */
-  private async deadLettered(bullId: string, job: { id: string; attempt: number; code: string }): Promise<void> {
-    if (!this.onDeadLetter) {
+  /** Hands a dead letter to onDeadLetter (a parked job to onParked); its inbox entry goes once that is done. */
+  private async deadLettered(bullId: string, job: { id: string; attempt: number; code: string }, state: 'dead' | 'parked' = 'dead'): Promise<void> {
+    const hand = state === 'parked' ? this.onParked : this.onDeadLetter;
+    if (!hand) {
       await this.workerClient.srem(`${this.base}cr:dead-inbox`, bullId).catch(() => {});
       return;
     }
     try {
-      await this.onDeadLetter(job);
+      await hand(job);
       await this.workerClient.srem(`${this.base}cr:dead-inbox`, bullId);
     } catch (error) {
       // Stays in the inbox: the next start of a worker hands it over again.
@@ -590,11 +639,11 @@ export class BullMqQueue<T> implements Queue<T> {
       const ids = await this.workerClient.smembers(`${this.base}cr:dead-inbox`);
       for (const bullId of ids) {
         const info = await this.get(fromBullId(bullId));
-        if (info?.state !== JobState.Dead) {
+        if (info?.state !== JobState.Dead && info?.state !== JobState.Parked) {
           await this.workerClient.srem(`${this.base}cr:dead-inbox`, bullId);
           continue;
         }
-        await this.deadLettered(bullId, { id: info.id, attempt: info.attempts, code: info.lastError?.code ?? QueueErrorCode.Unclassified });
+        await this.deadLettered(bullId, { id: info.id, attempt: info.attempts, code: info.lastError?.code ?? QueueErrorCode.Unclassified }, info.state);
       }
     } catch (error) {
       this.emit({ type: 'error', code: errorCodeOf(error), message: 'dead letters not read' });

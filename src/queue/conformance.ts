@@ -9,8 +9,8 @@
 // the worker holding the job stops as a frozen process would, and the suite waits for the
 // server to let its lease lapse and another worker to take the job.
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { AmbiguousError, PermanentError, TransientError } from '../errors.ts';
-import type { JobContext, JobInfo, Queue, QueueEvent, QueueOptions } from './queue.ts';
+import { AmbiguousError, PermanentError, RateLimitedError, TransientError } from '../errors.ts';
+import { Deferral, type JobContext, type JobInfo, type Queue, type QueueEvent, type QueueOptions } from './queue.ts';
 
 export interface ConformanceJobData {
   n: number;
@@ -575,6 +575,113 @@ export function queueConformanceSuite(makeBackend: () => Promise<QueueTestBacken
         const bad = await driveRetries(q, 'bulk-500');
         expect(bad).toMatchObject({ state: 'dead', attempts: 4 });
         expect(await q.counts()).toEqual({ pending: 0, active: 0, done: 999, cancelled: 0, parked: 0, dead: 1 });
+      });
+    });
+
+    describe('waiting without using up attempts', () => {
+      it('puts a deferred job back until its time: not an attempt, no error recorded, a deferred event', async () => {
+        const q = await open();
+        const deferredEvents: QueueEvent[] = [];
+        q.subscribe((e) => {
+          if (e.type === 'deferred') deferredEvents.push(e);
+        });
+        // maxAttempts 2: three deferrals and one failure leave one counted attempt to succeed.
+        const { calls, handler } = recorder(async (job) => {
+          if (job.attempt <= 3) throw new Deferral(clock.now() + 500, 'output_busy');
+          if (job.attempt === 4) throw new TransientError('provider_unavailable', '503');
+        });
+        q.process(handler, { concurrency: 1 });
+        await q.add({ id: 'df', data: { n: 1 }, runAt: new Date(T0), maxAttempts: 2 });
+        await q.idle();
+        expect(await q.get('df')).toMatchObject({ state: 'pending', attempts: 1, deferrals: 1, runAt: new Date(T0 + 500).toISOString() });
+        expect((await q.get('df'))?.lastError).toBeUndefined();
+        expect((await q.get('df'))?.retryUntil).toBeUndefined();
+        clock.set(T0 + 499);
+        await q.poke();
+        await q.idle();
+        expect(calls).toHaveLength(1);
+        const info = await driveRetries(q, 'df');
+        expect(info).toMatchObject({ state: 'done', attempts: 5, deferrals: 3, lastError: { code: 'provider_unavailable' } });
+        expect(calls.map((c) => c.attempt)).toEqual([1, 2, 3, 4, 5]);
+        expect(deferredEvents).toHaveLength(3);
+        expect(deferredEvents[0]).toMatchObject({ id: 'df', attempt: 1, code: 'output_busy', runAt: new Date(T0 + 500).toISOString() });
+      });
+
+      it('waits out a RateLimitedError without using up an attempt, never before its Retry-After', async () => {
+        const q = await open();
+        const { calls, handler } = recorder(async (job) => {
+          if (job.attempt <= 3) throw new RateLimitedError('provider_rate_limited', '429', { retryAfterMs: 30_000 });
+        });
+        q.process(handler, { concurrency: 1 });
+        // One counted attempt only: three 429s do not use it up.
+        await q.add({ id: 'rl', data: { n: 1 }, runAt: new Date(T0), maxAttempts: 1 });
+        await q.idle();
+        const first = await q.get('rl');
+        expect(first).toMatchObject({ state: 'pending', deferrals: 1, lastError: { failureClass: 'transient', code: 'provider_rate_limited' } });
+        expect(Date.parse(first!.runAt)).toBeGreaterThanOrEqual(T0 + 30_000);
+        expect(first!.retryUntil).toBe(new Date(T0 + 86_400_000).toISOString());
+        const info = await driveRetries(q, 'rl');
+        expect(info).toMatchObject({ state: 'done', attempts: 4, deferrals: 3 });
+        for (let i = 1; i < calls.length; i++) expect(calls[i]!.at - calls[i - 1]!.at).toBeGreaterThanOrEqual(30_000);
+      });
+
+      it('stops retrying when the span since the first failure is over: the last try at its end, then dead', async () => {
+        const q = await open({ retry: { ...RETRY, maxAttempts: 1_000, spanMs: 20_000 } });
+        const { calls, handler } = recorder(async () => {
+          throw new TransientError('provider_unavailable', 'down');
+        });
+        q.process(handler, { concurrency: 1 });
+        clock.set(T0 + 5_000);
+        await q.add({ id: 'sp', data: { n: 1 }, runAt: new Date(T0 + 5_000) });
+        await q.poke();
+        await q.idle();
+        expect((await q.get('sp'))?.retryUntil).toBe(new Date(T0 + 25_000).toISOString());
+        const info = await driveRetries(q, 'sp');
+        expect(info).toMatchObject({ state: 'dead', lastError: { code: 'provider_unavailable' } });
+        // Ceilings 1, 2, 4, 8, 8… s: several tries, none after the span's end, the last one at it.
+        expect(calls.length).toBeGreaterThan(3);
+        expect(calls.every((c) => c.at <= T0 + 25_000)).toBe(true);
+        expect(calls.at(-1)!.at).toBe(T0 + 25_000);
+      });
+
+      it('counts a deferral in the span when it says so, and dead-letters it with its code once the span is over', async () => {
+        const q = await open({ retry: { ...RETRY, spanMs: 20_000 } });
+        const { calls, handler } = recorder(async () => {
+          throw new Deferral(clock.now() + 15_000, 'circuit_open', { inSpan: true });
+        });
+        q.process(handler, { concurrency: 1 });
+        await q.add({ id: 'co', data: { n: 1 }, runAt: new Date(T0) });
+        await q.idle();
+        expect(await q.get('co')).toMatchObject({
+          state: 'pending',
+          deferrals: 1,
+          lastError: { failureClass: 'transient', code: 'circuit_open' },
+          retryUntil: new Date(T0 + 20_000).toISOString(),
+        });
+        const info = await driveRetries(q, 'co');
+        expect(info).toMatchObject({ state: 'dead', lastError: { code: 'circuit_open' } });
+        expect(calls.map((c) => c.at)).toEqual([T0, T0 + 15_000, T0 + 20_000]);
+      });
+
+      it('gives a replayed job a fresh span and one more counted attempt', async () => {
+        const q = await open({ retry: { ...RETRY, spanMs: 5_000 } });
+        let fail = true;
+        const { calls, handler } = recorder(async (job) => {
+          if (fail) throw new TransientError('provider_unavailable', 'down');
+          if (job.attempt % 2 === 0) throw new RateLimitedError('provider_rate_limited', '429', { retryAfterMs: 1_000 });
+        });
+        q.process(handler, { concurrency: 1 });
+        await q.add({ id: 'rp', data: { n: 1 }, runAt: new Date(T0) });
+        const dead = await driveRetries(q, 'rp');
+        expect(dead.state).toBe('dead');
+        clock.advance(3_600_000);
+        fail = false;
+        expect(await q.retryDead('rp')).toBe(true);
+        expect((await q.get('rp'))?.retryUntil).toBeUndefined();
+        // The replay is rate-limited (or not) first: it still gets its one counted attempt.
+        const info = await driveRetries(q, 'rp');
+        expect(info.state).toBe('done');
+        expect(calls.filter((c) => c.at > T0 + 3_600_000).length).toBeGreaterThanOrEqual(1);
       });
     });
 

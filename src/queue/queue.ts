@@ -6,11 +6,17 @@
 // What a job's failure means is decided here, not by the code that failed (docs/contributing.md habit 4):
 //   resolve                          → done
 //   TransientError / unclassified    → retried with backoff (never before retryAfterMs),
-//                                      dead after maxAttempts with the last code
+//                                      dead once the retry span (RetryPolicy.spanMs) is over
+//                                      or after maxAttempts, with the last code
+//   RateLimitedError                 → retried no sooner than its retryAfterMs without using
+//                                      up an attempt (within the span)
 //   AmbiguousError                   → retried like a transient failure when the job is
 //                                      idempotent, otherwise parked for review (a duplicate
 //                                      message to a patient is a real harm)
 //   PermanentError                   → dead now, with its code
+//   Deferral (thrown by the handler) → pending again until its runAt, not an attempt (a local
+//                                      rate limit, a busy or failing output); dead once the
+//                                      span is over only when the deferral counts in it
 //   worker vanished (lease expired)  → taken again with attempt + 1 and
 //                                      previousError 'lease_expired' (docs/reliability.md #4)
 
@@ -44,6 +50,30 @@ export const QueueErrorCode = {
 } as const;
 export type QueueErrorCode = (typeof QueueErrorCode)[keyof typeof QueueErrorCode];
 
+/**
+ * Thrown by a handler to put its job back, pending, until `runAt`: the run does not count as
+ * an attempt and leaves the job's last error as it was. For waits that are not the job's own
+ * failure: a local rate limit, an output's concurrency cap (delivery engine, workers/output-gate.ts).
+ * With `inSpan` the wait is a failure of where the job goes (an output whose circuit is open):
+ * it starts the job's retry span like a failure, is recorded as its last error (`code`, class
+ * transient), and once the span is over the job is dead with `code`. BullMQ's equivalent is
+ * `job.moveToDelayed()` + `DelayedError`, which does not count an attempt either.
+ */
+export class Deferral extends Error {
+  readonly runAtMs: number;
+  /** Reason code (allow-listed, safe to log). */
+  readonly code: string;
+  readonly inSpan: boolean;
+
+  constructor(runAt: number | Date, code: string, options: { inSpan?: boolean } = {}) {
+    super(`deferred (${code})`);
+    this.name = 'Deferral';
+    this.runAtMs = typeof runAt === 'number' ? runAt : runAt.getTime();
+    this.code = code;
+    this.inSpan = options.inSpan ?? false;
+  }
+}
+
 /** A job to add. `data` must survive JSON (it is stored, possibly in another process). */
 export interface NewJob<T> {
   /**
@@ -71,7 +101,11 @@ export type AddResult = 'added' | 'duplicate';
 export interface JobContext<T> {
   id: string;
   data: T;
-  /** 1-based; counts every time a worker took the job, including runs lost to a crash. */
+  /**
+   * 1-based; counts every time a worker took the job, including runs lost to a crash and
+   * deferred or rate-limited runs (which do not use up an attempt): two runs of a job never
+   * share a number.
+   */
   attempt: number;
   /**
    * Code of the previous attempt's failure, if any. 'lease_expired' means the previous
@@ -101,14 +135,24 @@ export interface JobInfo<T> {
   id: string;
   data: T;
   state: JobState;
-  /** Attempts started so far. */
+  /** Runs started so far (every take, deferred and rate-limited ones included). */
   attempts: number;
+  /**
+   * Runs that did not count as attempts (deferred, rate-limited, interrupted by a shutdown):
+   * attempts − deferrals is what maxAttempts limits.
+   */
+  deferrals: number;
   maxAttempts: number;
   idempotent: boolean;
   /** ISO 8601 UTC: when it is (or was last) due. */
   runAt: string;
   cancelKeys: string[];
   lastError?: JobError;
+  /**
+   * ISO 8601 UTC: when the retry span ends (spanMs after the first failure since the job was
+   * added or replayed); absent until it first failed.
+   */
+  retryUntil?: string;
   /** Reason given to cancel(), when cancelled. */
   cancelReason?: string;
   createdAt: string;
@@ -127,6 +171,8 @@ export type QueueEvent =
   | { type: 'started'; id: string; attempt: number }
   | { type: 'done'; id: string; attempt: number }
   | { type: 'retry'; id: string; attempt: number; code: string; runAt: string }
+  /** The handler put the job back (Deferral): pending until runAt, not an attempt. */
+  | { type: 'deferred'; id: string; attempt: number; code: string; runAt: string }
   | { type: 'parked'; id: string; attempt: number; code: string }
   | { type: 'dead'; id: string; attempt: number; code: string }
   /** The handler finished after another worker took the job over: its result was ignored. */
@@ -139,7 +185,12 @@ export interface RetryPolicy {
   baseMs: number;
   /** Largest ceiling, ms. */
   capMs: number;
-  /** Total attempts including the first. */
+  /**
+   * How long a job is retried after its first failure, ms: no retry starts later than this
+   * (the last one at its end), then the job is dead with its last code.
+   */
+  spanMs: number;
+  /** Counted attempts including the first (rate-limited and deferred runs do not count). */
   maxAttempts: number;
 }
 
@@ -228,8 +279,9 @@ export interface Queue<T> {
   list(filter?: ListFilter): Promise<JobInfo<T>[]>;
   counts(): Promise<Record<JobState, number>>;
   /**
-   * Replay a dead or parked job: pending now, with exactly one more attempt. False when the
-   * job is not dead or parked.
+   * Replay a dead or parked job: pending now, with exactly one more counted attempt (runs
+   * the provider rate-limits still do not count) and a fresh retry span. False when the job
+   * is not dead or parked.
    */
   retryDead(id: string): Promise<boolean>;
   /** Listen to job events; returns the unsubscribe function. */

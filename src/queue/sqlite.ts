@@ -22,6 +22,7 @@ import { migrate, type Database } from '../store/sqlite-db.ts';
 import { decideFailure, errorCodeOf, normalizeQueueOptions, type NormalizedQueueOptions } from './backoff.ts';
 import { checkProcessCall, listArguments, PollLoop, QueueListeners, serializeJobData, settleRunning } from './common.ts';
 import {
+  Deferral,
   JOB_STATES,
   JobState,
   QueueErrorCode,
@@ -78,6 +79,12 @@ export interface SqliteQueueOptions extends QueueOptions {
    * the delivery worker marks the delivery failed there. The 'dead' event follows the commit.
    */
   onDeadLetter?: (job: { id: string; attempt: number; code: string }) => void;
+  /**
+   * Runs inside the write that parks a job (an ambiguous failure of a non-idempotent job), so
+   * what it writes commits with the job's new state: the delivery worker marks the delivery
+   * `review` there. The 'parked' event follows the commit.
+   */
+  onParked?: (job: { id: string; attempt: number; code: string }) => void;
 }
 
 /**
@@ -116,6 +123,10 @@ export const QUEUE_MIGRATIONS: readonly string[] = [
      job_seq INTEGER NOT NULL,
      PRIMARY KEY (queue, key, job_seq)
    ) WITHOUT ROWID;`,
+  // Runs that are not attempts (deferred, rate-limited: backoff.ts) and the start of the retry
+  // span (the first failure since the job was added or replayed, epoch ms).
+  `ALTER TABLE queue_jobs ADD COLUMN free_runs INTEGER NOT NULL DEFAULT 0;
+   ALTER TABLE queue_jobs ADD COLUMN first_failed_at INTEGER;`,
 ];
 
 /** Create or update the queue tables. Safe on every start; one transaction. */
@@ -138,6 +149,8 @@ interface JobRow {
   cancel_reason: string | null;
   created_at: number;
   updated_at: number;
+  free_runs: number;
+  first_failed_at: number | null;
 }
 
 interface TakenRow {
@@ -149,6 +162,8 @@ interface TakenRow {
   max_attempts: number;
   idempotent: number;
   error_code: string | null;
+  free_runs: number;
+  first_failed_at: number | null;
 }
 
 /** A job checked and serialized, ready to insert. */
@@ -171,7 +186,7 @@ interface Running {
 }
 
 const JOB_COLUMNS =
-  'seq, id, state, data, run_at, attempts, max_attempts, idempotent, cancel_keys, error_class, error_code, cancel_reason, created_at, updated_at';
+  'seq, id, state, data, run_at, attempts, max_attempts, idempotent, cancel_keys, error_class, error_code, cancel_reason, created_at, updated_at, free_runs, first_failed_at';
 
 function iso(ms: number): string {
   return new Date(ms).toISOString();
@@ -182,6 +197,7 @@ export class SqliteQueue<T> implements Queue<T> {
   private readonly db: Database;
   private readonly committer: SqliteCommitter;
   private readonly onDeadLetter: SqliteQueueOptions['onDeadLetter'];
+  private readonly onParked: SqliteQueueOptions['onParked'];
   private readonly opts: NormalizedQueueOptions;
   private readonly instanceId = randomUUID();
   private takeCounter = 0;
@@ -214,6 +230,7 @@ export class SqliteQueue<T> implements Queue<T> {
     this.opts = normalizeQueueOptions(options);
     this.committer = options.committer ?? ownTransactions(db);
     this.onDeadLetter = options.onDeadLetter;
+    this.onParked = options.onParked;
     if (this.committer.db !== db) throw new Error(`queue ${this.name}: the committer must write to the queue's own database`);
     migrateQueueSchema(db);
     this.stmt = this.prepare();
@@ -244,15 +261,17 @@ export class SqliteQueue<T> implements Queue<T> {
           WHERE seq IN (SELECT seq FROM queue_jobs
                          WHERE queue = @queue AND state = 'pending' AND run_at <= @now
                          ORDER BY run_at LIMIT @limit)
-         RETURNING seq, run_at, id, data, attempts, max_attempts, idempotent, error_code`,
+         RETURNING seq, run_at, id, data, attempts, max_attempts, idempotent, error_code, free_runs, first_failed_at`,
       ),
       // A lapsed lease: the worker vanished. Back to pending at once, or dead when it has
       // used all its attempts (a job that kills its worker every time must not loop forever).
+      // The lost run counts as an attempt and starts the retry span.
       reclaim: db.prepare<{ queue: string; now: number }, { id: string; state: JobState; attempts: number }>(
         `UPDATE queue_jobs
-            SET state = CASE WHEN attempts >= max_attempts THEN 'dead' ELSE 'pending' END,
+            SET state = CASE WHEN attempts - free_runs >= max_attempts THEN 'dead' ELSE 'pending' END,
                 run_at = lease_until, lease_owner = NULL, lease_until = NULL,
                 error_class = '${QueueErrorCode.LeaseExpired}', error_code = '${QueueErrorCode.LeaseExpired}',
+                first_failed_at = COALESCE(first_failed_at, @now),
                 updated_at = @now
           WHERE queue = @queue AND state = 'active' AND lease_until <= @now
          RETURNING id, state, attempts`,
@@ -271,11 +290,24 @@ export class SqliteQueue<T> implements Queue<T> {
         `UPDATE queue_jobs SET state = 'done', lease_owner = NULL, lease_until = NULL, updated_at = ?
           WHERE seq = ? AND state = 'active' AND lease_owner = ?`,
       ),
-      fail: db.prepare<
-        { state: JobState; runAt: number | null; errorClass: string; errorCode: string; now: number; seq: number; owner: string }
-      >(
+      // A run that did not succeed. @errorClass/@errorCode NULL (a plain deferral) keep the
+      // last error; @free counts a run that was not an attempt; @failed starts the retry span.
+      fail: db.prepare<{
+        state: JobState;
+        runAt: number | null;
+        errorClass: string | null;
+        errorCode: string | null;
+        free: number;
+        failed: number;
+        now: number;
+        seq: number;
+        owner: string;
+      }>(
         `UPDATE queue_jobs
-            SET state = @state, run_at = COALESCE(@runAt, run_at), error_class = @errorClass, error_code = @errorCode,
+            SET state = @state, run_at = COALESCE(@runAt, run_at),
+                error_class = COALESCE(@errorClass, error_class), error_code = COALESCE(@errorCode, error_code),
+                free_runs = free_runs + @free,
+                first_failed_at = CASE WHEN @failed = 1 THEN COALESCE(first_failed_at, @now) ELSE first_failed_at END,
                 lease_owner = NULL, lease_until = NULL, updated_at = @now
           WHERE seq = @seq AND state = 'active' AND lease_owner = @owner`,
       ),
@@ -290,7 +322,8 @@ export class SqliteQueue<T> implements Queue<T> {
           WHERE queue = @queue AND id = @id AND state = 'pending'`,
       ),
       retryDead: db.prepare<{ queue: string; id: string; now: number }>(
-        `UPDATE queue_jobs SET state = 'pending', run_at = @now, max_attempts = attempts + 1, updated_at = @now
+        `UPDATE queue_jobs SET state = 'pending', run_at = @now, max_attempts = attempts - free_runs + 1,
+                first_failed_at = NULL, updated_at = @now
           WHERE queue = @queue AND id = @id AND state IN ('dead', 'parked')`,
       ),
       get: db.prepare<[string, string], JobRow>(`SELECT ${JOB_COLUMNS} FROM queue_jobs WHERE queue = ? AND id = ?`),
@@ -412,6 +445,7 @@ export class SqliteQueue<T> implements Queue<T> {
       data: JSON.parse(row.data) as T,
       state: row.state,
       attempts: row.attempts,
+      deferrals: row.free_runs,
       maxAttempts: row.max_attempts,
       idempotent: row.idempotent === 1,
       runAt: iso(row.run_at),
@@ -421,6 +455,7 @@ export class SqliteQueue<T> implements Queue<T> {
     };
     if (row.error_code !== null) info.lastError = { failureClass: row.error_class ?? 'transient', code: row.error_code };
     if (row.cancel_reason !== null) info.cancelReason = row.cancel_reason;
+    if (row.first_failed_at !== null) info.retryUntil = iso(row.first_failed_at + this.opts.retry.spanMs);
     return info;
   }
 
@@ -557,32 +592,45 @@ export class SqliteQueue<T> implements Queue<T> {
         const interrupted = this.closing && job.controller.signal.aborted;
         const decision = decideFailure(
           outcome.error,
-          { attempt: job.attempt, maxAttempts: row.max_attempts, idempotent: row.idempotent === 1 },
+          {
+            attempt: job.attempt - row.free_runs,
+            maxAttempts: row.max_attempts,
+            idempotent: row.idempotent === 1,
+            ...(row.first_failed_at !== null ? { firstFailedAtMs: row.first_failed_at } : {}),
+          },
           this.opts.retry,
           now,
           this.opts.random,
           interrupted,
         );
         const state =
-          decision.next === 'retry' ? JobState.Pending : decision.next === 'parked' ? JobState.Parked : JobState.Dead;
+          decision.next === 'retry' || decision.next === 'deferred' ? JobState.Pending : decision.next === 'parked' ? JobState.Parked : JobState.Dead;
+        const failure = decision.next === 'deferred' ? decision.failure : decision;
         const params = {
           state,
-          runAt: decision.next === 'retry' ? decision.runAtMs : null,
-          errorClass: decision.failureClass,
-          errorCode: decision.code,
+          runAt: decision.next === 'retry' || decision.next === 'deferred' ? decision.runAtMs : null,
+          errorClass: failure?.failureClass ?? null,
+          errorCode: failure?.code ?? null,
+          free: decision.next === 'deferred' || !decision.counted ? 1 : 0,
+          // A run cut short by a shutdown is no failure of the job: the span does not start.
+          failed: failure !== undefined && failure.code !== QueueErrorCode.Interrupted ? 1 : 0,
           now,
           seq: job.seq,
           owner: job.owner,
         };
+        const code = failure?.code ?? (outcome.error instanceof Deferral ? outcome.error.code : QueueErrorCode.Unclassified);
         const changed = await this.committer.write(() => {
           const n = this.stmt.fail.run(params).changes;
-          if (n > 0 && state === JobState.Dead) this.onDeadLetter?.({ id: job.id, attempt: job.attempt, code: decision.code });
+          if (n > 0 && state === JobState.Dead) this.onDeadLetter?.({ id: job.id, attempt: job.attempt, code });
+          if (n > 0 && state === JobState.Parked) this.onParked?.({ id: job.id, attempt: job.attempt, code });
           return n;
         });
         if (changed === 0) this.emit({ type: 'lease-lost', id: job.id, attempt: job.attempt });
         else if (decision.next === 'retry') {
-          this.emit({ type: 'retry', id: job.id, attempt: job.attempt, code: decision.code, runAt: iso(decision.runAtMs) });
-        } else this.emit({ type: decision.next, id: job.id, attempt: job.attempt, code: decision.code });
+          this.emit({ type: 'retry', id: job.id, attempt: job.attempt, code, runAt: iso(decision.runAtMs) });
+        } else if (decision.next === 'deferred') {
+          this.emit({ type: 'deferred', id: job.id, attempt: job.attempt, code, runAt: iso(decision.runAtMs) });
+        } else this.emit({ type: decision.next, id: job.id, attempt: job.attempt, code });
       }
     } catch (error) {
       // The outcome could not be written: the lease lapses and the job runs again

@@ -884,6 +884,22 @@ export function storeConformanceSuite(name: string, makeStore: () => Promise<Sto
         expect(await store.finishDelivery(c.id, 1, { status: 'sent', at: '2024-01-01T10:00:00Z' })).toBe(false);
       });
 
+      it('puts a delivery in review and lets a replay end it; routing leaves it alone; counted and listed by status', async () => {
+        const r = testDelivery({ appointmentId: 'A-r' });
+        await store.saveRouting('t1', [write(r)], '2024-01-01T09:30:02Z');
+        expect(await store.finishDelivery(r.id, 1, { status: 'review', reason: 'webhook_server_error', at: '2024-01-01T10:00:00Z' })).toBe(true);
+        expect(await store.getDelivery(r.id)).toMatchObject({ status: 'review', reason: 'webhook_server_error' });
+        expect((await store.countDeliveries()).review).toBe(1);
+        expect((await store.listDeliveries({ status: 'review' })).map((d) => d.delivery.id)).toEqual([r.id]);
+        // A replan does not take it back: it may have reached the patient.
+        await store.saveRouting('t2', [write(r, { generation: 2, asOf: '2024-01-01T09:50:00Z' })], '2024-01-01T10:05:00Z');
+        expect(await store.getDelivery(r.id)).toMatchObject({ status: 'review', generation: 1 });
+        // The replayed job ends it.
+        expect(await store.finishDelivery(r.id, 1, { status: 'sent', at: '2024-01-01T10:10:00Z', providerId: 'x' })).toBe(true);
+        expect(await store.countDeliveries()).toMatchObject({ review: 0, sent: 1 });
+        expect(await store.finishDelivery(r.id, 1, { status: 'review', at: '2024-01-01T10:20:00Z' })).toBe(false);
+      });
+
       it('lists deliveries newest planned first, filtered, paged by the last id', async () => {
         const ds = ['A1', 'A2', 'A3', 'A4'].map((a, i) => testDelivery({ appointmentId: a, ruleId: i % 2 === 0 ? 'reminder' : 'confirm', patientId: i < 2 ? 'P1' : 'P2' }));
         for (const d of ds) await store.saveRouting('t', [write(d)], '2024-01-01T09:30:02Z');
@@ -954,7 +970,7 @@ export function storeConformanceSuite(name: string, makeStore: () => Promise<Sto
       });
 
       it('counts deliveries and messages per status as they change', async () => {
-        const zero = { pending: 0, cancelled: 0, sent: 0, suppressed: 0, failed: 0 };
+        const zero = { pending: 0, cancelled: 0, sent: 0, suppressed: 0, failed: 0, review: 0 };
         expect(await store.countDeliveries()).toEqual(zero);
         const [a, b, c] = ['A1', 'A2', 'A3'].map((id) => testDelivery({ appointmentId: id }));
         await store.saveRouting('t', [write(a!), write(b!), write(c!)], '2024-01-01T09:30:02Z');

@@ -340,6 +340,12 @@ export const POSTGRES_STORE_MIGRATIONS: readonly string[] = [
   replies.POSTGRES_REPLY_TABLES,
   // The raw-bytes quota's account a row's whole bytes were counted under (given back by erasure).
   'ALTER TABLE messages ADD COLUMN raw_quota TEXT;',
+  // A delivery in review: an ambiguous failure of an output that does not dedupe, waiting for a
+  // person (DeliveryStatus.Review).
+  `
+  ALTER TABLE deliveries DROP CONSTRAINT deliveries_status_check;
+  ALTER TABLE deliveries ADD CONSTRAINT deliveries_status_check CHECK (status IN ('pending', 'cancelled', 'sent', 'suppressed', 'failed', 'review'));
+  `,
   // The waitlist; its waves of offers stored as messages (postgres-waitlist.ts).
   waitlist.POSTGRES_WAITLIST_TABLES,
 ];
@@ -810,7 +816,7 @@ export class PostgresStore implements Store {
            )
            UPDATE deliveries SET status = $3, reason = $4, provider_id = $6, updated_at = $7,
                   outbox_seq = (SELECT seq FROM box), message = CASE WHEN EXISTS (SELECT 1 FROM box) THEN NULL ELSE $5 END
-            WHERE id = $1 AND generation = $2 AND status IN ('pending', 'failed')`,
+            WHERE id = $1 AND generation = $2 AND status IN ('pending', 'failed', 'review')`,
           params,
         )) > 0,
     );

@@ -6,7 +6,7 @@ import BetterSqlite3 from 'better-sqlite3';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { testRecord, testTrigger } from './conformance.ts';
 import { migrate, openSqliteDatabase, type Database } from './sqlite-db.ts';
-import { SQLITE_STORE_COMPONENT, SQLITE_STORE_MIGRATIONS, SqliteStore } from './sqlite.ts';
+import { allowDeliveryReview, SQLITE_STORE_COMPONENT, SQLITE_STORE_MIGRATIONS, SqliteStore } from './sqlite.ts';
 import { widenMessageFormats } from './sqlite-replies.ts';
 
 const tempDirs: string[] = [];
@@ -290,6 +290,19 @@ describe('SqliteStore on a file', () => {
     }
   });
 
+  it("reads a patient's appointments through the patient index, not every appointment in id order", () => {
+    const store = SqliteStore.open(path.join(tempDir(), 'carerelay.db'));
+    try {
+      // The statement of listSubjectStates (each send-time check), planned as SQLite will run it.
+      const sql = (store as unknown as { statesOfPatientStmt: { source: string } }).statesOfPatientStmt.source;
+      const plan = (store.db.prepare(`EXPLAIN QUERY PLAN ${sql}`).all('MRN-1', 'appointment') as Array<{ detail: string }>).map((p) => p.detail).join(' ');
+      expect(plan).toMatch(/USING INDEX subject_states_patient \(patient_id=\? AND kind=\?\)/);
+      expect(plan).not.toMatch(/TEMP B-TREE/);
+    } finally {
+      void store.close();
+    }
+  });
+
   it('an upgraded store keeps its dedupe key and finds its messages by the patient of their triggers', async () => {
     const db = openSqliteDatabase(path.join(tempDir(), 'carerelay.db'));
     try {
@@ -340,6 +353,42 @@ describe('SqliteStore on a file', () => {
       expect(() => store.db.prepare("UPDATE messages SET format = 'fax' WHERE id = 1").run()).toThrow(/CHECK/);
     } finally {
       await store.close();
+    }
+  });
+
+  it('keeps every delivery, its counts and indexes when the deliveries table is rebuilt for status review', async () => {
+    const db = openSqliteDatabase(path.join(tempDir(), 'carerelay.db'));
+    try {
+      migrate(db, SQLITE_STORE_COMPONENT, SQLITE_STORE_MIGRATIONS.slice(0, SQLITE_STORE_MIGRATIONS.indexOf(allowDeliveryReview)));
+      const insert = db.prepare(
+        `INSERT INTO deliveries (id, status, as_of, as_of_ms, due_at, due_ms, rule, patient_id, subject, generation, json, reason, created_at, updated_at, cause)
+         VALUES (?, ?, '2024-01-01T00:00:00Z', 0, '2024-01-02T00:00:00Z', 86400000, 'r', 'P1', ?, 1, '{}', ?, '2024-01-01T00:00:00Z', '2024-01-01T00:00:00Z', 'c')`,
+      );
+      insert.run('r@appointment/A1#0', 'pending', 'appointment/A1', null);
+      insert.run('r@appointment/A2#0', 'failed', 'appointment/A2', 'webhook_rejected');
+      const dependents = () => db.prepare("SELECT type, name FROM sqlite_master WHERE tbl_name = 'deliveries' AND type IN ('index', 'trigger') ORDER BY name").all();
+      const before = dependents();
+      new SqliteStore(db);
+      // Indexes and triggers made again as they were (counts, the dashboard's tallies, retention's index).
+      expect(dependents()).toEqual(before);
+      const rows = db.prepare('SELECT id, status, reason, cause FROM deliveries ORDER BY seq').all();
+      expect(rows).toEqual([
+        { id: 'r@appointment/A1#0', status: 'pending', reason: null, cause: 'c' },
+        { id: 'r@appointment/A2#0', status: 'failed', reason: 'webhook_rejected', cause: 'c' },
+      ]);
+      db.prepare("UPDATE deliveries SET status = 'review' WHERE id = 'r@appointment/A1#0'").run();
+      expect(db.prepare('SELECT status, n FROM delivery_counts WHERE n > 0 ORDER BY status').all()).toEqual([
+        { status: 'failed', n: 1 },
+        { status: 'review', n: 1 },
+      ]);
+      const indexes = (db.prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'deliveries' AND name LIKE 'deliveries_%'").all() as { name: string }[]).map((r) => r.name).sort();
+      expect(indexes).toEqual(['deliveries_bodies', 'deliveries_patient', 'deliveries_rule', 'deliveries_status', 'deliveries_subject']);
+      expect(db.prepare("SELECT status, n FROM delivery_tallies WHERE n > 0 ORDER BY status").all()).toEqual([
+        { status: 'failed', n: 1 },
+        { status: 'review', n: 1 },
+      ]);
+    } finally {
+      db.close();
     }
   });
 

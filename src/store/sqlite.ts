@@ -159,6 +159,22 @@ import { isPending } from './store.ts';
 /** Component name of the store's tables in schema_migrations. */
 export const SQLITE_STORE_COMPONENT = 'store';
 
+/**
+ * Adds `review` to the statuses a delivery row may have. SQLite cannot change a CHECK in place:
+ * the table is rebuilt with the same columns and rows, and its indexes and triggers (counts,
+ * the dashboard's tallies, retention's index…) made again as they were — SQLite's documented
+ * way ("ALTER TABLE", making other kinds of table schema changes). Counts are unchanged.
+ */
+export function allowDeliveryReview(db: Database): void {
+  const statuses = "'suppressed', 'failed')";
+  const table = db.prepare("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'deliveries'").get() as { sql: string };
+  if (!table.sql.includes(statuses)) throw new Error('the deliveries table is not the one this step knows: restore a backup made by this version');
+  const dependents = db.prepare("SELECT sql FROM sqlite_master WHERE tbl_name = 'deliveries' AND type IN ('index', 'trigger') AND sql IS NOT NULL").all() as Array<{ sql: string }>;
+  db.exec(table.sql.replace(/^CREATE TABLE "?deliveries"?/, 'CREATE TABLE deliveries_next').replace(statuses, "'suppressed', 'failed', 'review')"));
+  db.exec('INSERT INTO deliveries_next SELECT * FROM deliveries; DROP TABLE deliveries; ALTER TABLE deliveries_next RENAME TO deliveries;');
+  for (const { sql } of dependents) db.exec(sql);
+}
+
 /** Schema versions of the store's tables: append-only (see migrate). */
 export const SQLITE_STORE_MIGRATIONS: readonly MigrationStep[] = [
   `
@@ -438,6 +454,9 @@ export const SQLITE_STORE_MIGRATIONS: readonly MigrationStep[] = [
   // The raw-bytes quota's account of a row counted under it, given back when its bytes go
   // (sqlite-raw-quota.ts).
   RAW_QUOTA_SCHEMA,
+  // Status `review`: an ambiguous failure of a non-idempotent output waits for a person
+  // (store.ts StoredDeliveryStatus).
+  allowDeliveryReview,
   // The waitlist (sqlite-waitlist.ts); its waves of offers stored as messages.
   WAITLIST_TABLES,
   widenFormatsForWaitlist,
@@ -679,8 +698,11 @@ export class SqliteStore implements Store {
     this.stateStmt = db.prepare(
       `SELECT ${STATE_COLUMNS} FROM subject_states WHERE kind = ? AND id = ?`,
     );
+    // INDEXED BY: without it SQLite walks the primary key (kind = ?) in id order to spare a sort
+    // — every appointment of every patient, at each send-time check. The patient index holds
+    // the key's id after (patient_id, kind), so it gives the order as well.
     this.statesOfPatientStmt = db.prepare(
-      `SELECT ${STATE_COLUMNS} FROM subject_states WHERE patient_id = ? AND kind = ? ORDER BY id`,
+      `SELECT ${STATE_COLUMNS} FROM subject_states INDEXED BY subject_states_patient WHERE patient_id = ? AND kind = ? ORDER BY id`,
     );
     this.pingStmt = db.prepare('SELECT 1');
     this.getCursorStmt = db.prepare('SELECT value FROM cursors WHERE key = ?');
@@ -729,7 +751,7 @@ export class SqliteStore implements Store {
     this.finishDeliveryStmt = db.prepare(
       `UPDATE deliveries SET status = @status, reason = @reason, message = @message, outbox_seq = @outboxSeq,
               provider_id = @providerId, updated_at = @at
-        WHERE id = @id AND generation = @generation AND status IN ('pending', 'failed')`,
+        WHERE id = @id AND generation = @generation AND status IN ('pending', 'failed', 'review')`,
     );
     this.putOutboxStmt = db.prepare(
       `INSERT INTO outbox (delivery_id, output, channel, recipient, language, subject, text, html, kept_at)

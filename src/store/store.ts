@@ -312,8 +312,10 @@ export interface TriggerQuery {
 /**
  * Where a delivery stands — the one vocabulary of the admin API, the CLI, mapping tests and
  * the docs. `pending` waits for its due time (the queue holds a timer for it); `cancelled`
- * may come back when a strictly newer event plans it again; the last three are final:
- * nothing moves or revives them (no second message for the patient).
+ * may come back when a strictly newer event plans it again; the others are final as far as
+ * routing goes: nothing moves or revives them (no second message for the patient). Only an
+ * operator's replay runs a `failed` or `review` delivery once more (same id, same
+ * idempotency key), which may end it again.
  */
 export const StoredDeliveryStatus = {
   Pending: 'pending',
@@ -322,8 +324,14 @@ export const StoredDeliveryStatus = {
   Sent: 'sent',
   /** Not sent, on purpose: a send-time check said no (reason `stale`, `expired`, …). */
   Suppressed: 'suppressed',
-  /** Dead-lettered: a permanent failure, or attempts exhausted (reason = the failure code). */
+  /** Dead-lettered: a permanent failure, or retries exhausted (reason = the last failure code). */
   Failed: 'failed',
+  /**
+   * Waits for a person: the output may have taken it (an ambiguous failure: timeout, reset,
+   * 5xx, a crash during the call) and it does not deduplicate resends, so it is not sent
+   * again on its own (reason = the failure code). A replay sends it once more.
+   */
+  Review: 'review',
 } as const;
 export type StoredDeliveryStatus = (typeof StoredDeliveryStatus)[keyof typeof StoredDeliveryStatus];
 export const STORED_DELIVERY_STATUSES: readonly StoredDeliveryStatus[] = Object.values(StoredDeliveryStatus);
@@ -435,8 +443,8 @@ export interface SentMessage {
 
 /** How a delivery ended (finishDelivery). */
 export interface DeliveryOutcome {
-  status: 'sent' | 'suppressed' | 'failed';
-  /** Reason code for suppressed and failed (safe to log). */
+  status: 'sent' | 'suppressed' | 'failed' | 'review';
+  /** Reason code for suppressed, failed and review (safe to log). */
   reason?: string;
   /** What was sent (sent only). */
   message?: SentMessage;
@@ -1190,8 +1198,8 @@ export interface Store extends ConsentLedger, ReplyLedger, WaitlistLedger {
   listDeliveries(query: DeliveryQuery): Promise<StoredDelivery[]>;
   /**
    * Ends a delivery, only if it is still pending with `generation` (a job of an older
-   * generation, or a second run of the same job, changes nothing). A `failed` delivery of
-   * that generation may end again: its dead-lettered job was replayed. True when written.
+   * generation, or a second run of the same job, changes nothing). A `failed` or `review`
+   * delivery of that generation may end again: its job was replayed. True when written.
    */
   finishDelivery(id: string, generation: number, outcome: DeliveryOutcome): Promise<boolean>;
   /** Keeps an outbox message, durably; a second entry for the same delivery replaces the first. */

@@ -40,6 +40,8 @@ const ENFORCE_LIMIT = 1000;
 export interface OutputDeclaration {
   baa: boolean;
   allowedPurposes: readonly string[];
+  /** Sends nothing without the delivery's address (outputs/spec.ts needsAddress). */
+  needsAddress?: boolean;
   forget?: OutboundAdapter['forget'];
 }
 
@@ -438,7 +440,8 @@ export class ConsentService implements SendGate {
     }
     const start = stored.subjectStart ?? trigger?.appointment?.start;
     const appointmentStart = d.subjectKind === 'appointment' && start !== undefined ? Date.parse(start) : undefined;
-    const output = this.#deps.output(d.output);
+    const declared = this.#deps.output(d.output);
+    const output = declared ? { baa: declared.baa, allowedPurposes: declared.allowedPurposes, ...(declared.needsAddress !== undefined ? { needsAddress: declared.needsAddress } : {}) } : undefined;
     return {
       ...context,
       delivery: d,

@@ -2,14 +2,20 @@
 // due time). For one job:
 //
 //   load the delivery ─▶ still pending with this job's generation? ─▶ still current?
-//     ─▶ not expired? ─▶ consent and safety (docs/consent.md rules 2–8, the gate)
-//     ─▶ render ─▶ output.send ─▶ finishDelivery (sent + what was sent) ─▶ disclosure
+//     ─▶ not expired? ─▶ the output's gate (circuit, quota, a call slot, its rate: output-gate.ts)
+//     ─▶ consent and safety (docs/consent.md rules 2–8, the gate) ─▶ render ─▶ output.send
+//     ─▶ finishDelivery (sent + what was sent) ─▶ disclosure
+//
+// The output's gate comes before the checks so that a delivery that has to wait for its output
+// (a Deferral: back to the queue, not an attempt, its worker freed) records no decision; the
+// call slot and rate token it took are given back when the checks then say no.
 //
 // A "no" at a check is a normal outcome, recorded as `suppressed` with its reason code
 // (docs/architecture.md invariant 3), never an error. Failures keep the class they were given
 // where they happened (errors.ts): a render error is permanent, an adapter's error is its
-// own; the queue decides what each class means, and a dead-lettered job marks its delivery
-// `failed` (recordDeadDeliveries).
+// own; the queue decides what each class means: a dead-lettered job marks its delivery
+// `failed`, a parked one (an ambiguous failure of an output that does not dedupe) `review`
+// (recordDeadDeliveries).
 //
 // The gate (workers/consent.ts) decides rules 2–8 and records each decision: a denial
 // suppresses with its reason, quiet hours retry the job at retryAt (the queue's retryAfter),
@@ -17,6 +23,7 @@
 import { PermanentError, RecipientError, TransientError, type RecipientSignal } from '../errors.ts';
 import type { Logger } from '../log.ts';
 import type { OutboundAdapter, OutboundMessage } from '../outputs/spec.ts';
+import type { Admission } from './output-gate.ts';
 import { parseInstant } from '../pipeline/values.ts';
 import { languageOf, renderDelivery, type TemplateSet } from '../pipeline/render.ts';
 import type { JobHandler, Queue } from '../queue/queue.ts';
@@ -64,8 +71,16 @@ export interface SendGate {
   refused(stored: StoredDelivery, signal: RecipientSignal, providerCode: string | undefined): Promise<void>;
 }
 
+/** Admission in front of each output (workers/output-gate.ts OutputGates). */
+export interface OutputAdmission {
+  /** Lets the job's delivery call `output` now, or throws a Deferral (queue.ts). */
+  admit(output: string, key: string, signal?: AbortSignal): Promise<Admission>;
+}
+
 export interface DeliverDeps {
   store: Store;
+  /** The outputs' gates; absent: outputs are called as deliveries come (tests of the checks alone). */
+  admission?: OutputAdmission;
   /** Consent and safety at send time; absent: only rule 1, expiry and the address are checked. */
   gate?: SendGate;
   /** The running adapter of an output instance, by name. */
@@ -127,6 +142,14 @@ export function staleness(stored: StoredDelivery, subject: SubjectState | undefi
   return undefined;
 }
 
+/**
+ * Whether the delivery needs a recipient address to be sent (docs/consent.md rule 8): what the
+ * output declares, else SMS and email do and webhook, CRM and FHIR outputs do not.
+ */
+export function needsAddress(output: { needsAddress?: boolean } | undefined, d: Pick<Delivery, 'channel'>): boolean {
+  return output?.needsAddress ?? (d.channel === 'sms' || d.channel === 'email');
+}
+
 /** The queue handler for delivery jobs. */
 export function createDeliverHandler(deps: DeliverDeps): JobHandler<DeliveryJob> & { run: (job: Parameters<JobHandler<DeliveryJob>>[0]) => Promise<DeliverResult> } {
   const now = deps.now ?? Date.now;
@@ -152,8 +175,8 @@ export function createDeliverHandler(deps: DeliverDeps): JobHandler<DeliveryJob>
       if (!stored || stored.generation < generation) throw new TransientError(DeliverReason.RoutingPending, `delivery ${deliveryId} generation ${generation} is not saved yet`);
     }
     const current = (s: StoredDelivery | undefined): s is StoredDelivery =>
-      // `failed` with this generation: a dead-lettered job replayed by a person (retryDead).
-      s !== undefined && (s.status === 'pending' || s.status === 'failed') && s.generation === generation;
+      // `failed` or `review` with this generation: a dead-lettered or parked job replayed by a person (retryDead).
+      s !== undefined && (s.status === 'pending' || s.status === 'failed' || s.status === 'review') && s.generation === generation;
     if (!current(stored)) {
       // Cancelled, moved to another job, or already done by an earlier run of this job.
       log.debug('deliver.skipped', { deliveryId, reason: DeliverReason.NotCurrent, attempt: job.attempt });
@@ -190,48 +213,60 @@ export function createDeliverHandler(deps: DeliverDeps): JobHandler<DeliveryJob>
     const adapter = deps.output(d.output);
     if (!adapter) throw new PermanentError(DeliverReason.OutputUnknown, `output "${d.output}" is not running (delivery ${d.id}); restart to start new outputs`);
 
-    // docs/consent.md rules 2–8, first denial wins (the gate records the decision).
-    const verdict = deps.gate ? await deps.gate.check(stored) : undefined;
-    if (verdict && !verdict.allow) {
-      if (verdict.retryAt === undefined) return suppress(stored, verdict.reason);
-      throw new TransientError(verdict.reason, `delivery ${d.id} waits for quiet hours to end`, { retryAfterMs: Math.max(0, Date.parse(verdict.retryAt) - now()) });
-    }
-    if (!verdict && (d.channel === 'sms' || d.channel === 'email') && (d.to === undefined || d.to === '')) return suppress(stored, DeliverReason.NoAddress);
-    // A shared address gets the rule's variant that names no one; a non-care email its signed
-    // unsubscribe link, in the text ({{ unsubscribe_url }}) and for the adapter's headers.
-    const template = verdict?.allow && verdict.noName ? { ...d, template: d.noNameTemplate! } : d;
-    const unsubscribe = d.purpose.startsWith('care.') ? undefined : deps.unsubscribeLinks?.(d);
-    const zone = await deps.displayZone(d);
-    // A rule showing CareRelay's video link: minted now, for the visit as it stands (docs/video.md).
-    const language = languageOf(d.payload);
-    const video = await deps.videoLink?.(d, { ...(zone !== undefined ? { zone } : {}), ...(language !== undefined ? { language } : {}) });
-    if (video !== undefined && 'unavailable' in video) return suppress(stored, video.unavailable);
-    const variables = unsubscribe || video ? { ...(unsubscribe ? { [UNSUBSCRIBE_URL]: unsubscribe.url } : {}), ...(video ? { video: { link: video.link } } : {}) } : undefined;
-    // Throws PermanentError render_failed: the mapping must be fixed, retrying cannot help.
-    const rendered = renderDelivery(deps.templates(), template, { zone, ...(variables ? { variables } : {}) });
-    const message: OutboundMessage = {
-      deliveryId: d.id,
-      ruleId: d.ruleId,
-      purpose: d.purpose,
-      channel: d.channel,
-      ...(d.to !== undefined ? { to: d.to } : {}),
-      language: rendered.language,
-      ...(rendered.subject !== undefined ? { subject: rendered.subject } : {}),
-      text: rendered.text,
-      ...(rendered.html !== undefined ? { html: rendered.html } : {}),
-      fields: d.payload,
-      patientId: d.patientId,
-      ...(d.subjectKind === 'appointment' || d.subjectKind === 'encounter' ? { about: { kind: d.subjectKind, id: d.subjectId } } : {}),
-      ...(d.expiresAt !== undefined ? { expiresAt: d.expiresAt } : {}),
-      ...(unsubscribe !== undefined ? { unsubscribe } : {}),
-    };
+    // The output's gate: a Deferral (wait for the output) goes back to the queue as it is.
+    const admission = await deps.admission?.admit(d.output, job.id, job.signal);
+    let called = false;
     let receipt;
+    let message: OutboundMessage;
+    let video: { link: string; kept: string } | undefined;
     try {
+      // docs/consent.md rules 2–8, first denial wins (the gate records the decision).
+      const verdict = deps.gate ? await deps.gate.check(stored) : undefined;
+      if (verdict && !verdict.allow) {
+        if (verdict.retryAt === undefined) return await suppress(stored, verdict.reason);
+        throw new TransientError(verdict.reason, `delivery ${d.id} waits for quiet hours to end`, { retryAfterMs: Math.max(0, Date.parse(verdict.retryAt) - now()) });
+      }
+      if (!verdict && needsAddress(adapter, d) && (d.to === undefined || d.to === '')) return await suppress(stored, DeliverReason.NoAddress);
+      // A shared address gets the rule's variant that names no one; a non-care email its signed
+      // unsubscribe link, in the text ({{ unsubscribe_url }}) and for the adapter's headers.
+      const template = verdict?.allow && verdict.noName ? { ...d, template: d.noNameTemplate! } : d;
+      const unsubscribe = d.purpose.startsWith('care.') ? undefined : deps.unsubscribeLinks?.(d);
+      const zone = await deps.displayZone(d);
+      // A rule showing CareRelay's video link: minted now, for the visit as it stands (docs/video.md).
+      const language = languageOf(d.payload);
+      const link = await deps.videoLink?.(d, { ...(zone !== undefined ? { zone } : {}), ...(language !== undefined ? { language } : {}) });
+      if (link !== undefined && 'unavailable' in link) return await suppress(stored, link.unavailable);
+      video = link;
+      const variables = unsubscribe || video ? { ...(unsubscribe ? { [UNSUBSCRIBE_URL]: unsubscribe.url } : {}), ...(video ? { video: { link: video.link } } : {}) } : undefined;
+      // Throws PermanentError render_failed: the mapping must be fixed, retrying cannot help.
+      const rendered = renderDelivery(deps.templates(), template, { zone, ...(variables ? { variables } : {}) });
+      message = {
+        deliveryId: d.id,
+        ruleId: d.ruleId,
+        purpose: d.purpose,
+        channel: d.channel,
+        ...(d.to !== undefined ? { to: d.to } : {}),
+        language: rendered.language,
+        ...(rendered.subject !== undefined ? { subject: rendered.subject } : {}),
+        text: rendered.text,
+        ...(rendered.html !== undefined ? { html: rendered.html } : {}),
+        fields: d.payload,
+        patientId: d.patientId,
+        ...(d.subjectKind === 'appointment' || d.subjectKind === 'encounter' ? { about: { kind: d.subjectKind, id: d.subjectId } } : {}),
+        ...(d.expiresAt !== undefined ? { expiresAt: d.expiresAt } : {}),
+        ...(unsubscribe !== undefined ? { unsubscribe } : {}),
+      };
+      called = true;
       receipt = await adapter.send(message, { deliveryId: d.id, attempt: job.attempt, signal: job.signal });
+      admission?.end({ called: true });
     } catch (error) {
+      admission?.end(called ? { called: true, error } : { called: false });
       // The provider says the address opted out or bounced: the ledger learns it for the next messages.
       if (error instanceof RecipientError) await deps.gate?.refused(stored, error.signal, error.providerCode).catch(() => log.error('deliver.refusal_not_recorded', { deliveryId: d.id }));
       throw error;
+    } finally {
+      // A suppression (a return above) made no call: its slot and token go back.
+      if (!called) admission?.end({ called: false });
     }
     // The kept copy does not hold a working video link: the store keeps only its token's hash.
     const kept = (text: string): string => (video === undefined ? text : text.split(video.link).join(video.kept));
@@ -264,20 +299,22 @@ export function createDeliverHandler(deps: DeliverDeps): JobHandler<DeliveryJob>
 }
 
 /**
- * Marks a delivery `failed` (with the queue's failure code) when its job is dead-lettered,
- * so the deliveries API shows why nothing was sent. A parked job (ambiguous failure) keeps
- * its delivery pending: a person decides, and retryDead runs the same job again.
- * Returns the unsubscribe function.
+ * Marks a delivery `failed` (with the queue's failure code) when its job is dead-lettered, and
+ * `review` when it is parked (an ambiguous failure of an output that does not dedupe: a person
+ * decides, and a replay runs the same job again), so the deliveries API shows why nothing was
+ * sent. For queues that cannot write in the store's own transaction (runtime.ts
+ * createDeliveryQueue does it there). Returns the unsubscribe function.
  */
 export function recordDeadDeliveries(queue: Queue<DeliveryJob>, store: Store, log: Logger, now: () => number = Date.now): () => void {
   return queue.subscribe((event) => {
-    if (event.type !== 'dead') return;
+    if (event.type !== 'dead' && event.type !== 'parked') return;
     const job = parseDeliveryJobId(event.id);
     if (!job) return;
+    const status = event.type === 'dead' ? 'failed' : 'review';
     store
-      .finishDelivery(job.deliveryId, job.generation, { status: 'failed', reason: event.code, at: new Date(now()).toISOString() })
+      .finishDelivery(job.deliveryId, job.generation, { status, reason: event.code, at: new Date(now()).toISOString() })
       .then((written) => {
-        if (written) log.warn('deliver.failed', { deliveryId: job.deliveryId, reason: event.code, attempt: event.attempt });
+        if (written && status === 'failed') log.warn('deliver.failed', { deliveryId: job.deliveryId, reason: event.code, attempt: event.attempt });
       })
       .catch(() => log.error('deliver.record_failed', { deliveryId: job.deliveryId, reason: event.code }));
   });

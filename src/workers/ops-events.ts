@@ -36,6 +36,8 @@ export const DeliveryEvent = {
   Sent: 'sent',
   Suppressed: 'suppressed',
   Failed: 'failed',
+  /** Parked for a person: the output may have it and does not dedupe (StoredDeliveryStatus). */
+  Review: 'review',
 } as const;
 export type DeliveryEvent = (typeof DeliveryEvent)[keyof typeof DeliveryEvent];
 export const DELIVERY_EVENTS: readonly DeliveryEvent[] = Object.values(DeliveryEvent);

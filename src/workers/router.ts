@@ -95,6 +95,8 @@ export interface RouterDeps {
   now?: () => number;
   /** Whether the output deduplicates by delivery id (an ambiguous failure may be retried). */
   idempotentOutput?: (output: string) => boolean;
+  /** Whether the output sends nothing without an address (outputs/spec.ts needsAddress); default: SMS and email. */
+  needsAddress?: (output: string) => boolean | undefined;
   /** First delay before routing failed triggers again, ms (doubles to 60 s). Default 1,000. */
   retryMs?: number;
   /**
@@ -350,7 +352,7 @@ export class Router {
     for (const trigger of triggers) {
       const { changes, result } = await this.#applyOne(trigger, nowMs, work, intents);
       results.push({ triggerId: trigger.id, changes });
-      explanations.push({ triggerId: trigger.id, routedAt: updatedAt, rules: explain(result, changes) });
+      explanations.push({ triggerId: trigger.id, routedAt: updatedAt, rules: explain(result, changes, this.#deps.needsAddress) });
     }
 
     const ids = triggers.map((t) => t.id);
@@ -471,13 +473,14 @@ export class Router {
  * rules whose condition did not hold. Cancels that found nothing to change are left out (a
  * cancel key reaches every delivery of the subject: listing them all says nothing).
  */
-function explain(result: RouteResult, changes: readonly AppliedChange[]): RuleOutcome[] {
+function explain(result: RouteResult, changes: readonly AppliedChange[], needsAddress?: (output: string) => boolean | undefined): RuleOutcome[] {
   const rules: RuleOutcome[] = [];
   for (const c of changes) {
     if (c.op === 'cancel' && c.change === 'unchanged') continue;
     const d = c.delivery;
     const outcome = c.change === 'added' ? 'planned' : c.change;
-    const noAddress = c.change !== 'unchanged' && c.change !== 'cancelled' && (d.channel === 'sms' || d.channel === 'email') && (d.to === undefined || d.to === '');
+    const addressNeeded = needsAddress?.(d.output) ?? (d.channel === 'sms' || d.channel === 'email');
+    const noAddress = c.change !== 'unchanged' && c.change !== 'cancelled' && addressNeeded && (d.to === undefined || d.to === '');
     const reason = c.change === 'cancelled' && c.cause === 'expired' ? 'expired' : noAddress ? 'no_address' : c.reason;
     rules.push({ rule: d.ruleId, outcome, deliveryId: d.id, ...(reason !== undefined ? { reason } : {}) });
   }

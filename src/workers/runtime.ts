@@ -15,7 +15,9 @@
 // an output that is not running is refused.
 import { existsSync, watch, type FSWatcher } from 'node:fs';
 import path from 'node:path';
+import type { DeliveryAdmin } from '../api/delivery-routes.ts';
 import type { CarerelayPlan, InstancePlan } from '../config/load.ts';
+import { DEFAULT_DELIVERIES, type DeliveriesConfig } from '../config/server-schema.ts';
 import { readSecret, type Env } from '../config/yaml.ts';
 import { ConfigError, type ConfigIssue } from '../errors.ts';
 import type { Logger } from '../log.ts';
@@ -36,6 +38,8 @@ import { openStore, storeFile, type StoreLocation } from './store-setup.ts';
 import { CONSENT_MIRROR_QUEUE, ConsentSync, type ConsentTool, type MirrorJob } from './consent-sync.ts';
 import { ClusterRouting, type ClusterLink } from './cluster.ts';
 import { createDeliverHandler, DeliverReason, logDeadDeliveries, recordDeadDeliveries, storeOutboxSink } from './deliver.ts';
+import { OutputGates } from './output-gate.ts';
+import { DeliveryReplay } from './replay.ts';
 import { ReplyRuntime, WRITE_BACK_QUEUE, type WriteBackJob } from './replies.ts';
 import { OFFER_PURPOSE, WAITLIST_QUEUE, WaitlistRuntime, type WaitlistJob } from './waitlist.ts';
 import { Router, deliveryJobId, parseDeliveryJobId, type DeliveryJob } from './router.ts';
@@ -46,12 +50,14 @@ import type { VideoLinks } from './video.ts';
 export const DELIVERY_QUEUE = 'deliveries';
 
 /**
- * Delivery jobs running at once. A job waits for about four group commits (take, the
- * output's write, finish, complete: a few ms each), so confirmations due at once keep up with
- * ingest at thousands per second only with dozens in flight; each waiting job costs a
- * promise, not a thread. Outputs that call a provider bound their own connections.
+ * Delivery jobs running at once (server.deliveries.concurrency). A job waits for about four
+ * group commits (take, the output's write, finish, complete: a few ms each), so confirmations
+ * due at once keep up with ingest at thousands per second only with dozens in flight; each
+ * waiting job costs a promise, not a thread. Each output has at most
+ * server.deliveries.outputConcurrency calls in flight (output-gate.ts).
  */
-export const DEFAULT_DELIVERY_CONCURRENCY = 64;
+export const DEFAULT_DELIVERY_CONCURRENCY = DEFAULT_DELIVERIES.concurrency;
+
 
 /** Log reason codes of reloads. */
 export const ReloadReason = {
@@ -90,7 +96,7 @@ export interface DeliveryRuntimeOptions {
   outputSpecs: readonly OutputSpec[];
   /** Epoch ms for routing, the queue and send-time checks; injected by tests. Default Date.now. */
   now?: () => number;
-  /** Delivery jobs running at once. Default DEFAULT_DELIVERY_CONCURRENCY. */
+  /** Delivery jobs running at once. Default server.deliveries.concurrency of the plan. */
   concurrency?: number;
   queue?: Omit<QueueOptions, 'now'>;
   /** Signed unsubscribe links of non-care emails (workers/unsubscribe.ts). */
@@ -130,7 +136,7 @@ function sharesCommit(store: Store, db: Database): store is SqliteStore {
  * delivery is marked `failed` in the same transaction as the job (a crash between the two
  * cannot leave a pending delivery without a timer).
  */
-export function createDeliveryQueue(db: Database, store: Store, options: Omit<SqliteQueueOptions, 'name' | 'committer' | 'onDeadLetter'> = {}): SqliteQueue<DeliveryJob> {
+export function createDeliveryQueue(db: Database, store: Store, options: Omit<SqliteQueueOptions, 'name' | 'committer' | 'onDeadLetter' | 'onParked'> = {}): SqliteQueue<DeliveryJob> {
   if (!sharesCommit(store, db)) {
     // Its writes cannot commit in the store's transactions (another database, PostgreSQL): the
     // router drives it through its plain methods, queue ops before saveRouting (workers/router.ts).
@@ -139,15 +145,29 @@ export function createDeliveryQueue(db: Database, store: Store, options: Omit<Sq
     return queue;
   }
   const now = options.now ?? Date.now;
+  const mark = (status: 'failed' | 'review') => ({ id, code }: { id: string; code: string }) => {
+    const job = parseDeliveryJobId(id);
+    if (job) store.finishDeliveryInWrite(job.deliveryId, job.generation, { status, reason: code, at: new Date(now()).toISOString() });
+  };
   return new SqliteQueue<DeliveryJob>(db, {
     ...options,
     name: DELIVERY_QUEUE,
     committer: store,
-    onDeadLetter: ({ id, code }) => {
-      const job = parseDeliveryJobId(id);
-      if (job) store.finishDeliveryInWrite(job.deliveryId, job.generation, { status: 'failed', reason: code, at: new Date(now()).toISOString() });
-    },
+    onDeadLetter: mark('failed'),
+    onParked: mark('review'),
   });
+}
+
+/** The queue's timing from server.deliveries (seconds and hours → ms). */
+export function deliveryQueueOptions(config: DeliveriesConfig): Pick<SqliteQueueOptions, 'leaseMs' | 'retry'> {
+  return {
+    leaseMs: Math.round(config.leaseSeconds * 1000),
+    retry: {
+      baseMs: Math.round(config.retry.firstDelaySeconds * 1000),
+      capMs: Math.round(config.retry.maxDelaySeconds * 1000),
+      spanMs: Math.round(config.retry.spanHours * 3_600_000),
+    },
+  };
 }
 
 function connectorsOf(plan: CarerelayPlan): string {
@@ -161,6 +181,10 @@ export class DeliveryRuntime {
   /** Several processes: who routes (undefined with the embedded queue). */
   readonly cluster: ClusterRouting | undefined;
   readonly outputs: ReadonlyMap<string, OutboundAdapter>;
+  /** What stands in front of each output: circuit, limits, call slots (GET /api/outputs). */
+  readonly gates: OutputGates;
+  /** The admin API's view of the engine: outputs, a delivery's job, replay (api/delivery-routes.ts). */
+  readonly admin: DeliveryAdmin;
   /** Consent checks, evidence and ways in (workers/consent.ts). */
   readonly consent: ConsentService;
   /** The signed unsubscribe links of non-care email (the API verifies them). */
@@ -186,7 +210,8 @@ export class DeliveryRuntime {
     const { store, plan, log } = options;
     const now = options.now ?? Date.now;
     this.#log = log;
-    this.#concurrency = options.concurrency ?? DEFAULT_DELIVERY_CONCURRENCY;
+    const settings = plan.server.deliveries ?? DEFAULT_DELIVERIES;
+    this.#concurrency = options.concurrency ?? settings.concurrency;
     this.#connectors = connectorsOf(plan);
     this.#mappings = { rules: plan.mappings, templates: plan.templates };
     this.#policy = plan.policy.settings;
@@ -195,6 +220,7 @@ export class DeliveryRuntime {
     if (!redis && !options.db) throw new Error('DeliveryRuntime needs the embedded database (db) or Redis (redis)');
     this.queue = redis
       ? redis.queues.open<DeliveryJob>(DELIVERY_QUEUE, {
+          ...deliveryQueueOptions(settings),
           ...options.queue,
           now,
           // Kept in Redis until the store has it: a crash between the two loses no failure.
@@ -202,8 +228,13 @@ export class DeliveryRuntime {
             const job = parseDeliveryJobId(id);
             if (job) await store.finishDelivery(job.deliveryId, job.generation, { status: 'failed', reason: code, at: new Date(now()).toISOString() });
           },
+          // An ambiguous failure of an output that does not dedupe: the delivery waits for review.
+          onParked: async ({ id, code }) => {
+            const job = parseDeliveryJobId(id);
+            if (job) await store.finishDelivery(job.deliveryId, job.generation, { status: 'review', reason: code, at: new Date(now()).toISOString() });
+          },
         })
-      : createDeliveryQueue(options.db!, store, { ...options.queue, now });
+      : createDeliveryQueue(options.db!, store, { ...deliveryQueueOptions(settings), ...options.queue, now });
     const outputDeps: OutputDeps & { sink: ReturnType<typeof storeOutboxSink> } = {
       sink: storeOutboxSink(store),
       now: () => new Date(now()),
@@ -223,6 +254,24 @@ export class DeliveryRuntime {
         };
       }
     }
+    this.gates = new OutputGates(
+      plan.outputs.flatMap((o) => {
+        const adapter = this.outputs.get(o.name);
+        return adapter ? [{ name: o.name, type: o.type, info: adapter }] : [];
+      }),
+      {
+        outputConcurrency: settings.outputConcurrency,
+        circuit: {
+          failures: settings.circuit.failures,
+          failureRate: settings.circuit.failureRate,
+          window: settings.circuit.window,
+          openMs: Math.round(settings.circuit.openSeconds * 1000),
+          maxOpenMs: Math.round(settings.circuit.maxOpenSeconds * 1000),
+        },
+        now,
+        log,
+      },
+    );
     this.links = options.links;
     // Outputs that keep consent (workers/consent-sync.ts): a tool with a consent model when its
     // configuration has a `consent` block (salesforce-crm), a marketing tool taking optOut.
@@ -273,6 +322,7 @@ export class DeliveryRuntime {
       log,
       now,
       idempotentOutput: (name) => this.outputs.get(name)?.idempotent ?? false,
+      needsAddress: (name) => this.outputs.get(name)?.needsAddress,
     });
     this.cluster = cluster = redis ? new ClusterRouting({ router: this.router, link: redis.cluster, log }) : undefined;
     if (options.plan.waitlist !== undefined) {
@@ -313,6 +363,7 @@ export class DeliveryRuntime {
     const handler = createDeliverHandler({
       store,
       gate: this.replies.gate(this.consent),
+      admission: this.gates,
       output: (name) => this.outputs.get(name),
       templates: () => this.#mappings.templates,
       // The place of the appointment: the site's zone, else the receiving input's, else each time's own offset.
@@ -340,10 +391,27 @@ export class DeliveryRuntime {
       redis || (options.db && sharesCommit(store, options.db)) ? logDeadDeliveries(this.queue, log) : recordDeadDeliveries(this.queue, store, log, now);
     this.queue.subscribe((event) => {
       if (event.type === 'error') log.error('queue.error', { code: event.code });
-      // Ambiguous failure of a non-idempotent output: a person decides (retryDead).
-      if (event.type === 'parked') log.warn('deliver.parked', { deliveryId: parseDeliveryJobId(event.id)?.deliveryId ?? event.id, reason: event.code, attempt: event.attempt });
+      // Ambiguous failure of a non-idempotent output: the delivery is in `review`, a person decides (replay).
+      if (event.type === 'parked') log.warn('deliver.review', { deliveryId: parseDeliveryJobId(event.id)?.deliveryId ?? event.id, reason: event.code, attempt: event.attempt });
     });
     this.#handler = handler;
+    const replay = new DeliveryReplay({ store, queue: this.queue, idempotentOutput: (name) => this.outputs.get(name)?.idempotent ?? false, log, now });
+    this.admin = {
+      outputs: () => this.gates.states(),
+      job: async (d) => {
+        const job = await this.queue.get(deliveryJobId(d.delivery.id, d.generation));
+        if (job === undefined) return undefined;
+        return {
+          state: job.state,
+          attempts: job.attempts,
+          deferrals: job.deferrals,
+          runAt: job.runAt,
+          ...(job.lastError !== undefined ? { lastError: job.lastError } : {}),
+          ...(job.retryUntil !== undefined ? { retryUntil: job.retryUntil } : {}),
+        };
+      },
+      replay: (request, actor) => replay.replay(request, actor),
+    };
   }
 
   /**

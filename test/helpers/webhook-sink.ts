@@ -43,14 +43,27 @@ export interface WebhookSink {
 const TOLERANCE_SECONDS = 300;
 const MAX_BODY = 256 * 1024;
 
-/** `secrets`: Standard Webhooks secrets (whsec_…base64). `now`: the sink's clock, ms. */
-export async function startWebhookSink(options: { secrets: string[]; now?: () => number; path?: string }): Promise<WebhookSink> {
+export interface WebhookSinkOptions {
+  /** Standard Webhooks secrets (whsec_…base64). */
+  secrets: string[];
+  /** The sink's clock, ms. */
+  now?: () => number;
+  path?: string;
+  /**
+   * Decides the answer to a signed, well-formed request when no queued fault is pending:
+   * `earlier` is how many requests with its webhook-id came before it (0: a first attempt).
+   */
+  answer?: (id: string, earlier: number) => Extract<SinkFault, { kind: 'status' }> | undefined;
+}
+
+export async function startWebhookSink(options: WebhookSinkOptions): Promise<WebhookSink> {
   const keys = options.secrets.map((s) => Buffer.from(s.replace(/^whsec_/, ''), 'base64'));
   const now = options.now ?? Date.now;
   const requests: SinkRequest[] = [];
   const faults = new FaultQueue<SinkFault>();
   const accepted = new Map<string, unknown>();
   const arrivals = new Arrivals();
+  const seen = new Map<string, number>();
 
   const verify = (id: string, timestamp: string, signature: string, body: Buffer): boolean => {
     for (const key of keys) {
@@ -88,7 +101,9 @@ export async function startWebhookSink(options: { secrets: string[]; now?: () =>
         record.status = status;
         res.writeHead(status, { 'content-type': 'text/plain', ...headers }).end(String(status));
       };
-      const fault = faults.take(req, res);
+      const earlier = id === undefined ? 0 : (seen.get(id) ?? 0);
+      if (id !== undefined) seen.set(id, earlier + 1);
+      const fault = faults.take(req, res) ?? (signed && options.answer ? options.answer(id!, earlier) : undefined);
       if (fault === 'handled') return;
       if (fault?.kind === 'redirect') return answer(fault.status, { location: fault.location });
       if (req.method !== 'POST' || (options.path !== undefined && req.url !== options.path)) return answer(404);

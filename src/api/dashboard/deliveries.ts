@@ -44,7 +44,8 @@ export async function reviewItems(deps: Pick<DashboardDeps, 'store'> & { queue?:
   if (deps.queue === undefined) return [];
   const jobs = await deps.queue.list({ state: 'parked', limit });
   const found = await Promise.all(jobs.map((j) => parseDeliveryJobId(j.id)).map((ref) => (ref ? deps.store.getDelivery(ref.deliveryId) : undefined)));
-  return found.filter((d): d is StoredDelivery => d !== undefined && d.status === 'pending');
+  // `review` where the engine records it (workers/deliver.ts recordDeadDeliveries), else still pending.
+  return found.filter((d): d is StoredDelivery => d !== undefined && (d.status === 'review' || d.status === 'pending'));
 }
 
 /** The queue job of a delivery's current generation. */

@@ -213,6 +213,8 @@ export const activeCampaignSpec: OutputSpec<ActiveCampaignConfig, OutputDeps> = 
     channel: 'crm',
     baa: config.baa ?? false,
     allowedPurposes: config.allowedPurposes ?? PURPOSES,
+    // A contact is an email address (send.to): without one there is nothing to send.
+    needsAddress: true,
     // Sync is keyed by email, a tag is added once; events have no key (sent once through the ledger).
     idempotent: config.action !== ActiveCampaignAction.Event,
     limits: activeCampaignLimits(config),

@@ -250,6 +250,8 @@ export const brevoSpec: OutputSpec<BrevoConfig, OutputDeps> = {
     channel: channelOf(config.action),
     baa: config.baa ?? false,
     allowedPurposes: config.allowedPurposes ?? PURPOSES,
+    // A contact is its email address or phone number (send.to): without one there is nothing to send.
+    needsAddress: true,
     // Contacts are matched on their address; events, email and SMS are sent once through the ledger.
     idempotent: config.action === BrevoAction.Upsert,
     limits: brevoLimits({ ...config, ratePerSecond: config.ratePerSecond ?? 0 }),

@@ -312,6 +312,8 @@ export const hubspotSpec: OutputSpec<HubspotConfig, OutputDeps> = {
     channel: 'crm',
     baa: config.baa ?? false,
     allowedPurposes: config.allowedPurposes ?? PURPOSES,
+    // A contact is upserted by its email address (send.to): without one there is nothing to send.
+    needsAddress: true,
     // Upserts match on a unique property; events carry a uuid HubSpot keeps once.
     idempotent: true,
     limits: hubspotLimits(config),

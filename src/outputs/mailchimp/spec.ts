@@ -214,6 +214,8 @@ export const mailchimpSpec: OutputSpec<MailchimpConfig, OutputDeps> = {
     channel: 'crm',
     baa: false,
     allowedPurposes: config.allowedPurposes ?? PURPOSES,
+    // A member is an email address (send.to): without one there is nothing to send.
+    needsAddress: true,
     // The member is addressed by its hash and tags are declarative; events have no key (sent once through the ledger).
     idempotent: config.action !== MailchimpAction.Event,
     limits: { concurrency: config.maxConnections ?? MAILCHIMP_MAX_CONNECTIONS, account: `${MAILCHIMP}:${secretRefKey(config.apiKey)}` },

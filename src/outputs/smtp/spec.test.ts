@@ -123,9 +123,11 @@ describe('smtp output', () => {
     const error = await adapter.send(message, ctx()).catch((e: unknown) => e);
     expect(error).toBeInstanceOf(RecipientError);
     expect(error).toMatchObject({ signal: 'hard_bounce', code: 'hard_bounce', providerCode: '550' });
-    expect(deps.ledger.receipts).toEqual([
+    expect(deps.ledger.receipts.filter((r) => r.status === 'bounced')).toEqual([
       { deliveryId: message.deliveryId, output: 'mail', status: 'bounced', code: '550', attempt: 1, at: '2030-03-01T09:00:00.000Z' },
     ]);
+    // The send ledger (at most once per delivery) says the call was refused.
+    expect(deps.ledger.receipts.map((r) => r.status)).toEqual(['sending', 'bounced', 'refused']);
     // A policy refusal (relaying denied) is permanent but says nothing about the mailbox.
     server.failNext({ stage: 'rcpt', code: 550, message: '5.7.1 Relaying denied' });
     const policy = await adapter.send(message, ctx()).catch((e: unknown) => e);
@@ -135,6 +137,20 @@ describe('smtp output', () => {
     server.failNext({ stage: 'rcpt', code: 450, message: '4.2.0 Greylisted, try again' });
     await expect(adapter.send(message, ctx())).rejects.toBeInstanceOf(TransientError);
     expect(server.received).toHaveLength(0);
+  });
+
+  it('sends an email at most once per delivery: after a crash in the middle of the conversation it parks', async () => {
+    server = await startSmtpServer(pki);
+    const deps = depsFor(server);
+    const adapter = createSmtp(config(server), deps);
+    // What an attempt that died during its conversation leaves: `sending`, and nothing after it.
+    await deps.receipts.addDeliveryReceipt({ deliveryId: message.deliveryId, output: 'mail', status: 'sending', attempt: 1, at: '2030-03-01T08:59:00.000Z' });
+    await expect(adapter.send(message, ctx(2))).rejects.toMatchObject({ failureClass: 'ambiguous', code: 'smtp_outcome_unknown' });
+    expect(server.received).toHaveLength(0);
+    // Replayed by a person: sent once; a later attempt finds it accepted and sends nothing.
+    await adapter.send(message, ctx(3));
+    await adapter.send(message, ctx(4));
+    expect(server.received).toHaveLength(1);
   });
 
   it('a connection dropped after the message was transferred is ambiguous; dropped before DATA it is transient', async () => {

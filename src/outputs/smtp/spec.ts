@@ -24,6 +24,9 @@
 //   the same after 354 (the message was being or had been transferred, no final answer)
 //                                    → AmbiguousError smtp_outcome_unknown: the server may
 //                                      have queued it; SMTP has no idempotency, so it parks
+// SMTP has no idempotency key either for a process that dies in the middle of a conversation:
+// each message goes at most once per delivery through the receipts ledger (send-ledger.ts
+// sendRecorded), so the next attempt after such a crash parks it instead of sending it again.
 // Asynchronous bounces (DSN mail to the envelope sender) are not read.
 import { createHash } from 'node:crypto';
 import nodemailer from 'nodemailer';
@@ -32,6 +35,7 @@ import { secretRefSchema, type JsonSchema, type SecretRef } from '../../config/y
 import { AmbiguousError, PermanentError, RateLimitedError, RecipientError, RecipientSignal, TransientError } from '../../errors.ts';
 import { PURPOSES, type Purpose, type Receipt } from '../../types.ts';
 import { allowedPurposesSchema, listUnsubscribeHeaders, outputNameSchema, providerBaaSchema } from '../common.ts';
+import { sendRecorded } from '../send-ledger.ts';
 import type { OutboundAdapter, OutboundMessage, OutputDeps, OutputSpec, SendContext } from '../spec.ts';
 
 export const SMTP = 'smtp';
@@ -255,36 +259,39 @@ export function createSmtp(config: SmtpConfig, deps: OutputDeps): OutboundAdapte
         trace: () => {},
         fatal: () => {},
       };
-      const transport = nodemailer.createTransport({ ...transportOptions, logger: stageLogger, transactionLog: true });
-      const deadline = AbortSignal.timeout(timeoutMs);
       const messageId = messageIdFor(message.deliveryId, domain);
-      try {
-        const sent = await transport.sendMail({
-          from: config.from,
-          to: message.to,
-          ...(config.replyTo ? { replyTo: config.replyTo } : {}),
-          ...(config.envelopeFrom ? { envelope: { from: config.envelopeFrom, to: message.to } } : {}),
-          subject: message.subject,
-          text: message.text,
-          ...(message.html !== undefined ? { html: message.html } : {}),
-          messageId,
-          date: deps.now(),
-          headers,
-          signal: AbortSignal.any([context.signal, deadline]),
-        });
-        return { providerId: messageId, acceptedAt: deps.now().toISOString(), detail: { response: String(sent.response ?? '').slice(0, 3) } };
-      } catch (raw) {
-        const error = classify(raw as SmtpFailure, dataStarted, context.signal.aborted, config.host);
-        if (error instanceof RecipientError) {
-          // A hard bounce is the recipient's fact, recorded beside the delivery for the consent ledger.
-          await deps.receipts
-            .addDeliveryReceipt({ deliveryId: message.deliveryId, output: config.name, status: 'bounced', code: error.providerCode, attempt: context.attempt, at: deps.now().toISOString() })
-            .catch(() => undefined);
+      const recorded = { output: config.name, outcomeUnknownCode: SmtpCode.OutcomeUnknown, what: 'the email', provider: config.host };
+      return sendRecorded(deps, recorded, message, context, async () => {
+        const transport = nodemailer.createTransport({ ...transportOptions, logger: stageLogger, transactionLog: true });
+        const deadline = AbortSignal.timeout(timeoutMs);
+        try {
+          const sent = await transport.sendMail({
+            from: config.from,
+            to: message.to,
+            ...(config.replyTo ? { replyTo: config.replyTo } : {}),
+            ...(config.envelopeFrom ? { envelope: { from: config.envelopeFrom, to: message.to } } : {}),
+            subject: message.subject,
+            text: message.text,
+            ...(message.html !== undefined ? { html: message.html } : {}),
+            messageId,
+            date: deps.now(),
+            headers,
+            signal: AbortSignal.any([context.signal, deadline]),
+          });
+          return { providerId: messageId, detail: { response: String(sent.response ?? '').slice(0, 3) } };
+        } catch (raw) {
+          const error = classify(raw as SmtpFailure, dataStarted, context.signal.aborted, config.host);
+          if (error instanceof RecipientError) {
+            // A hard bounce is the recipient's fact, recorded beside the delivery for the consent ledger.
+            await deps.receipts
+              .addDeliveryReceipt({ deliveryId: message.deliveryId, output: config.name, status: 'bounced', code: error.providerCode, attempt: context.attempt, at: deps.now().toISOString() })
+              .catch(() => undefined);
+          }
+          throw error;
+        } finally {
+          transport.close();
         }
-        throw error;
-      } finally {
-        transport.close();
-      }
+      });
     },
   };
 }

@@ -34,7 +34,7 @@
 import type { InstanceCheckIssue } from '../../config/load.ts';
 import { secretRefSchema, type JsonSchema, type SecretRef } from '../../config/yaml.ts';
 import { AmbiguousError, PermanentError, RateLimitedError, RecipientError, RecipientSignal, TransientError } from '../../errors.ts';
-import { headerOf, parseRetryAfter, sendOnce } from '../../http/outbound.ts';
+import { headerOf, KeepAlive, parseRetryAfter, sendOnce } from '../../http/outbound.ts';
 import { PURPOSES, type Purpose, type Receipt } from '../../types.ts';
 import { allowedPurposesSchema, destinationUrlIssues, outputNameSchema, providerBaaSchema } from '../common.ts';
 import { LEDGER_UNAVAILABLE, sendRecorded } from '../send-ledger.ts';
@@ -230,10 +230,15 @@ export function createTwilio(config: TwilioConfig, deps: OutputDeps): OutboundAd
   const url = new URL(`${config.apiBaseUrl.replace(/\/+$/, '')}/2010-04-01/Accounts/${config.accountSid}/Messages.json`);
   const statusCallback = twilioStatusCallbackUrl(config);
   const output = config.name;
+  // Connections to the API kept alive between messages (a TLS handshake per SMS otherwise).
+  const keepAlive = new KeepAlive();
 
   return {
     name: output,
     ...info,
+    async close() {
+      keepAlive.close();
+    },
     async send(message: OutboundMessage, context: SendContext): Promise<Receipt> {
       if (message.to === undefined || message.to === '') throw new PermanentError(TwilioCode.NoRecipient, `delivery ${message.deliveryId} has no phone number`);
       if (message.text.length > MAX_BODY_CHARS) {
@@ -258,6 +263,7 @@ export function createTwilio(config: TwilioConfig, deps: OutputDeps): OutboundAd
           timeoutMs: config.timeoutSeconds * 1000,
           signal: context.signal,
           codePrefix: 'twilio',
+          keepAlive,
         });
         const { status, body } = response;
         const json = parseJson(body);

@@ -126,6 +126,22 @@ describe('webhook output', () => {
     other.close();
   });
 
+  it('posts to a receiver that does not dedupe at most once per delivery: after a crash during the call it parks', async () => {
+    sink = await startWebhookSink({ secrets: [SECRET] });
+    const ledger = memoryReceiptLedger();
+    const adapter = createWebhook(config(sink, { receiverDedupes: false }), { ...deps({ WEBHOOK_SECRET: SECRET }), receipts: ledger });
+    expect(adapter.idempotent).toBe(false);
+    const ctx = (attempt: number) => ({ deliveryId: message.deliveryId, attempt, signal: new AbortController().signal });
+    // What an attempt that died during its call leaves: `sending`, and nothing after it.
+    await ledger.addDeliveryReceipt({ deliveryId: message.deliveryId, output: 'crm', status: 'sending', attempt: 1, at: new Date().toISOString() });
+    await expect(adapter.send(message, ctx(2))).rejects.toMatchObject({ failureClass: 'ambiguous', code: 'webhook_outcome_unknown' });
+    expect(sink.requests).toHaveLength(0);
+    // Replayed by a person: posted once; a later attempt finds it accepted and posts nothing.
+    expect(await adapter.send(message, ctx(3))).toMatchObject({ providerId: message.deliveryId });
+    expect(await adapter.send(message, ctx(4))).toMatchObject({ providerId: message.deliveryId });
+    expect(sink.requests).toHaveLength(1);
+  });
+
   it('refuses a secret that is not a Standard Webhooks secret at start', () => {
     expect(() => createWebhook(config({ url: 'https://example.org/h' } as WebhookSink), deps({ WEBHOOK_SECRET: 'not base64!' }))).toThrow(
       /output "crm": secrets\[0\] is not a Standard Webhooks secret/,

@@ -11,14 +11,18 @@
 //   { "type": "carerelay.delivery", "deliveryId", "rule", "purpose", "fields": { …the rule's
 //     send.fields… } }  plus "message": { language, subject?, text } with includeMessage.
 //
-// One POST per send, never retried here; redirects are not followed to another host; private
-// and loopback addresses are refused unless allow-listed (http/outbound.ts). Answers:
+// One POST per send, never retried here, on a connection kept alive between sends; redirects are
+// not followed to another host; private and loopback addresses are refused unless allow-listed,
+// checked when a connection is made and each time one is reused (http/outbound.ts). Answers:
 //   2xx                      → accepted
 //   429                      → RateLimitedError (Retry-After honoured)
 //   408, 502, 503, 504       → TransientError (not processed; Retry-After honoured on 503)
 //   other 5xx, no answer     → AmbiguousError (the receiver may have acted; retried because
 //                              receivers dedupe on webhook-id: `idempotent` follows
 //                              receiverDedupes)
+// A receiver that does not dedupe (receiverDedupes: false) gets each delivery at most once
+// through the receipts ledger (send-ledger.ts sendRecorded): after a crash in the middle of
+// the call, the delivery is parked for review instead of posted again.
 //   3xx, other 4xx           → PermanentError (the receiver refuses it as is)
 //
 // With `writeBack: true` it is also a write-back output (outputs/write-back.ts) for a
@@ -36,10 +40,11 @@
 import type { InstanceCheckIssue } from '../../config/load.ts';
 import { secretRefSchema, type JsonSchema, type SecretRef } from '../../config/yaml.ts';
 import { AmbiguousError, PermanentError, RateLimitedError, TransientError } from '../../errors.ts';
-import { AddressPolicy, headerOf, parseRetryAfter, sendOnce } from '../../http/outbound.ts';
+import { AddressPolicy, headerOf, KeepAlive, parseRetryAfter, sendOnce } from '../../http/outbound.ts';
 import { PURPOSES, type Purpose, type Receipt } from '../../types.ts';
 import { standardWebhooksKey, standardWebhooksSignature, WEBHOOK_ID, WEBHOOK_SIGNATURE, WEBHOOK_TIMESTAMP } from '../../webhooks/standard-webhooks.ts';
 import { allowedPurposesSchema, allowListIssues, allowPrivateAddressesSchema, destinationUrlIssues, outputNameSchema, providerBaaSchema } from '../common.ts';
+import { sendRecorded } from '../send-ledger.ts';
 import type { OutboundAdapter, OutboundMessage, OutputDeps, OutputSpec, SendContext } from '../spec.ts';
 import { WriteBackKind, WriteBackOutcome, type WriteBackOperation } from '../write-back.ts';
 
@@ -55,6 +60,8 @@ export const WebhookCode = {
   NotFound: 'webhook_not_found',
   TooLarge: 'webhook_too_large',
   Rejected: 'webhook_rejected',
+  /** An earlier attempt stopped during its call (a crash): a receiver that does not dedupe may have it. */
+  OutcomeUnknown: 'webhook_outcome_unknown',
 } as const;
 
 export const WebhookChannel = { Webhook: 'webhook', Crm: 'crm' } as const;
@@ -211,6 +218,8 @@ export function createWebhook(config: WebhookConfig, deps: OutputDeps): Outbound
   });
   const url = new URL(config.url);
   const addresses = new AddressPolicy(config.allowPrivateAddresses);
+  // This output's own kept-alive connections (their addresses checked at connect and reuse).
+  const keepAlive = new KeepAlive();
   /** One signed POST; `id` is the webhook-id (the same on every attempt). */
   const post = (id: string, body: Buffer, signal: AbortSignal, now: Date) => {
     const timestamp = String(Math.floor(now.getTime() / 1000));
@@ -229,11 +238,25 @@ export function createWebhook(config: WebhookConfig, deps: OutputDeps): Outbound
       addresses,
       codePrefix: 'webhook',
       maxResponseBytes: 1024,
+      keepAlive,
     });
+  };
+  /** A delivery's POST: accepted, or the failure its answer means. */
+  const deliver = async (message: OutboundMessage, context: SendContext): Promise<Receipt> => {
+    const body = webhookBody(message, config.includeMessage);
+    const now = deps.now();
+    const id = message.deliveryId;
+    const response = await post(id, body, context.signal, now);
+    const status = response.status;
+    if (status >= 200 && status < 300) return { providerId: id, acceptedAt: now.toISOString(), detail: { status } };
+    throw classifyAnswer(status, headerOf(response.headers, 'retry-after'), now.getTime(), url.host);
   };
   return {
     name: config.name,
     ...info,
+    async close() {
+      keepAlive.close();
+    },
     ...(config.writeBack
       ? {
           async writeBack(op, context) {
@@ -251,13 +274,14 @@ export function createWebhook(config: WebhookConfig, deps: OutputDeps): Outbound
         }
       : {}),
     async send(message: OutboundMessage, context: SendContext): Promise<Receipt> {
-      const body = webhookBody(message, config.includeMessage);
-      const now = deps.now();
-      const id = message.deliveryId;
-      const response = await post(id, body, context.signal, now);
-      const status = response.status;
-      if (status >= 200 && status < 300) return { providerId: id, acceptedAt: now.toISOString(), detail: { status } };
-      throw classifyAnswer(status, headerOf(response.headers, 'retry-after'), now.getTime(), url.host);
+      if (!info.idempotent) {
+        const recorded = { output: config.name, outcomeUnknownCode: WebhookCode.OutcomeUnknown, what: 'the webhook', provider: url.host };
+        return sendRecorded(deps, recorded, message, context, async () => {
+          const receipt = await deliver(message, context);
+          return { providerId: receipt.providerId!, ...(receipt.detail ? { detail: receipt.detail } : {}) };
+        });
+      }
+      return deliver(message, context);
     },
   };
 }
