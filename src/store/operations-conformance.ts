@@ -32,11 +32,7 @@ async function pruneAll(store: Store, kind: RetentionKind, options: { dryRun?: b
   throw new Error('prune never finished');
 }
 
-/**
- * `retention: false`: a backend that does not prune yet (the PostgreSQL store: its prune refuses
- * with the reason, see postgres.ts) leaves the retention part out, and says so in the run.
- */
-export function operationsConformance(getStore: () => Store, options: { retention?: boolean } = {}): void {
+export function operationsConformance(getStore: () => Store): void {
   describe('outcome links and observations', () => {
     it('notes the appointment of each stored outcome trigger, in the commit, newest note last', async () => {
       const store = getStore();
@@ -82,7 +78,7 @@ export function operationsConformance(getStore: () => Store, options: { retentio
     });
   });
 
-  describe.skipIf(options.retention === false)('retention (RetentionKind)', () => {
+  describe('retention (RetentionKind)', () => {
     it('rawMessages: clears the bytes of old messages, keeps quarantined copies awaiting review and pending events', async () => {
       const store = getStore();
       const old = await store.commitInbound(testRecord({ controlId: 'OLD', receivedAt: OLD }));

@@ -13,13 +13,12 @@
 //   audit           audit, then disclosures, then erasures, each by seq likewise
 //   outcomes        outcomes_day (day, appointment, rule)
 // A dry run walks the same way and counts.
-import { subjectKindOf } from '../pipeline/rule.ts';
-import type { TriggerType } from '../types.ts';
 import { expandDeliveryJson } from './common.ts';
 import { PackedKind, packJson, unpackJson } from './packed-json.ts';
 import type { Database } from './sqlite-db.ts';
 import { rawQuotaGiveBack } from './sqlite-raw-quota.ts';
-import { PENDING_REASON, RetentionKind, type PruneBatch, type PruneOptions } from './store.ts';
+import { awaitsSomeone, parsePosition, position, subjectKeyOf, type RetainedMessage, type RetainedTrigger } from './retention-rules.ts';
+import { RetentionKind, type PruneBatch, type PruneOptions } from './store.ts';
 
 /** Columns and indexes retention walks (part of one append-only migration step of the store). */
 export const RETENTION_SCHEMA = `
@@ -30,44 +29,8 @@ export const RETENTION_SCHEMA = `
   CREATE INDEX outbox_kept ON outbox (kept_at);
 `;
 
-interface MessageRow {
-  id: number;
-  received_ms: number;
-  status: string;
-  reason: string | null;
-  replaced_by: number | null;
-  stored: number;
-}
-
-interface TriggerRow {
-  id: string;
-  type: TriggerType;
-  patient_id: string;
-  appointment_id: string | null;
-  encounter_id: string | null;
-  routed_ms: number | null;
-}
-
-/** A message kept for a person, or not complete yet: never pruned by age. */
-function awaitsSomeone(m: Pick<MessageRow, 'status' | 'reason' | 'replaced_by'>): boolean {
-  return (m.status === 'quarantined' && m.replaced_by === null) || (m.status === 'accepted' && m.reason === PENDING_REASON);
-}
-
-/** The subject key route.ts gives a trigger's deliveries (pipeline/route.ts subjectOf). */
-function subjectKeyOf(t: TriggerRow): string {
-  const kind = subjectKindOf(t.type);
-  const id = kind === 'appointment' ? t.appointment_id : kind === 'encounter' ? t.encounter_id : t.patient_id;
-  return id === null || id === '' ? `trigger/${encodeURIComponent(t.id)}` : `${kind}/${encodeURIComponent(id)}`;
-}
-
-function parsePosition(after: string | undefined, parts: number): string[] | undefined {
-  if (after === undefined) return undefined;
-  const values = after.split('\u0000');
-  if (values.length !== parts) throw new RangeError(`prune: "${after}" is not a position this kind returned`);
-  return values;
-}
-
-const position = (...values: Array<string | number>): string => values.join('\u0000');
+type MessageRow = RetainedMessage;
+type TriggerRow = RetainedTrigger;
 
 export class SqliteRetention {
   readonly #db: Database;

@@ -98,6 +98,8 @@ export class RetentionJob {
     if (size) run.sizeBefore = size();
     for (const kind of RETENTION_ORDER) {
       if (this.#stopped) break;
+      // Done jobs are the embedded queue's: none to walk without it (BullMQ drops its own).
+      if (kind === DONE_JOBS && sqlite === undefined) continue;
       const days = config.days[kind];
       const beforeMs = now - days * DAY_MS;
       const before = new Date(beforeMs).toISOString();
@@ -107,8 +109,7 @@ export class RetentionJob {
         let batch: PruneBatch;
         const options = { limit: config.batchSize, ...(after !== undefined ? { after } : {}), ...(dryRun ? { dryRun } : {}) };
         if (kind === DONE_JOBS) {
-          if (sqlite === undefined) break;
-          batch = await pruneFinishedJobs(sqlite, beforeMs, options);
+          batch = await pruneFinishedJobs(sqlite!, beforeMs, options);
         } else {
           batch = await store.prune(kind, before, options);
         }
