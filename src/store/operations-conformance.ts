@@ -20,11 +20,11 @@ function appointmentTrigger(id: string, appointmentId: string, type: Trigger['ty
 }
 
 /** Everything prune would remove of `kind` now, batch by batch (dry or not). */
-async function pruneAll(store: Store, kind: RetentionKind, options: { dryRun?: boolean; limit?: number } = {}): Promise<number> {
+export async function pruneAll(store: Store, kind: RetentionKind, options: { dryRun?: boolean; limit?: number; before?: string } = {}): Promise<number> {
   let removed = 0;
   let after: string | undefined;
   for (let i = 0; i < 1000; i++) {
-    const batch = await store.prune(kind, CUTOFF, { limit: options.limit ?? 2, ...(after !== undefined ? { after } : {}), ...(options.dryRun ? { dryRun: true } : {}) });
+    const batch = await store.prune(kind, options.before ?? CUTOFF, { limit: options.limit ?? 2, ...(after !== undefined ? { after } : {}), ...(options.dryRun ? { dryRun: true } : {}) });
     removed += batch.removed;
     if (batch.next === undefined) return removed;
     after = batch.next;

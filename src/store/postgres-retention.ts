@@ -22,7 +22,7 @@
 import { expandDeliveryJson } from './common.ts';
 import type { Sql } from './postgres-commit.ts';
 import { giveBackRawQuota } from './postgres-raw-quota.ts';
-import { awaitsSomeone, parsePosition, position, subjectKeyOf, type RetainedMessage, type RetainedTrigger } from './retention-rules.ts';
+import { awaitsSomeone, parsePosition, position, staffTaskTimes, subjectKeyOf, visitOver, type RetainedMessage, type RetainedTrigger } from './retention-rules.ts';
 import { PENDING_REASON, RetentionKind, type PruneBatch, type PruneOptions } from './store.ts';
 
 /** Column and indexes retention walks (one append-only migration step of the store, postgres.ts). */
@@ -37,6 +37,13 @@ export const POSTGRES_RETENTION_SCHEMA = `
   -- Removing a message record looks up what still names it (and so do the foreign keys' checks).
   CREATE INDEX subject_states_message ON subject_states (message_id) WHERE message_id IS NOT NULL;
   CREATE INDEX messages_replaces ON messages (replaces) WHERE replaces IS NOT NULL;
+`;
+
+/** Indexes the video and reply walks read by (a later migration step of the store). */
+export const POSTGRES_VISIT_REPLY_RETENTION_SCHEMA = `
+  CREATE INDEX video_joins_walk ON video_joins (as_of_ms, appointment_id COLLATE "C");
+  CREATE INDEX video_links_minted ON video_links ((minted_at COLLATE "C"), (token_hash COLLATE "C"));
+  CREATE INDEX reply_prompts_closes ON reply_prompts (closes_ms, seq);
 `;
 
 /** Final statuses whose bodies retention clears (a failed delivery or one in review may still be replayed). */
@@ -80,6 +87,39 @@ export async function pruneBatch(sql: Sql, kind: RetentionKind, beforeMs: number
       return bySeq(sql, ['audit', 'disclosures', 'erasures'], beforeMs, limit, options.after, dry);
     case RetentionKind.Outcomes:
       return outcomes(sql, before.slice(0, 10), limit, options.after, dry);
+    case RetentionKind.VideoJoins:
+      return walk<{ appointment_id: string; as_of_ms: number; start: string | null }>(sql, limit, options.after, dry, {
+        read: `SELECT j.appointment_id, j.as_of_ms, s.start FROM video_joins j LEFT JOIN subject_states s ON s.kind = 'appointment' AND s.id = j.appointment_id
+                WHERE j.as_of_ms < $1 AND (j.as_of_ms, j.appointment_id COLLATE "C") > ($2, $3) ORDER BY j.as_of_ms, j.appointment_id COLLATE "C" LIMIT $4`,
+        params: (p) => [beforeMs, ...(p ? [Number(p[0]), p[1]!] : [Number.MIN_SAFE_INTEGER, ''])],
+        at: (row) => [row.as_of_ms, row.appointment_id],
+        goes: (row) => visitOver(row.start, beforeMs),
+        // Only the join as read: one stored since for a new booking stays.
+        remove: (rows) =>
+          sql.count('DELETE FROM video_joins j USING unnest($1::text[], $2::bigint[]) AS u (id, ms) WHERE j.appointment_id = u.id AND j.as_of_ms = u.ms', [
+            rows.map((r) => r.appointment_id),
+            rows.map((r) => r.as_of_ms),
+          ]),
+      });
+    case RetentionKind.VideoLinks:
+      return walk<{ token_hash: string; start: string; minted_at: string }>(sql, limit, options.after, dry, {
+        read: `SELECT token_hash, start, minted_at FROM video_links WHERE minted_at COLLATE "C" < $1 AND (minted_at COLLATE "C", token_hash COLLATE "C") > ($2, $3)
+                ORDER BY minted_at COLLATE "C", token_hash COLLATE "C" LIMIT $4`,
+        params: (p) => [before, ...(p ?? ['', ''])],
+        at: (row) => [row.minted_at, row.token_hash],
+        goes: (row) => Date.parse(row.start) < beforeMs,
+        remove: (rows) => sql.count('DELETE FROM video_links WHERE token_hash = ANY($1::text[])', [rows.map((r) => r.token_hash)]),
+      });
+    case RetentionKind.ReplyPrompts:
+      return walk<{ seq: number; closes_ms: number }>(sql, limit, options.after, dry, {
+        read: 'SELECT seq, closes_ms FROM reply_prompts WHERE closes_ms < $1 AND (closes_ms, seq) > ($2, $3) ORDER BY closes_ms, seq LIMIT $4',
+        params: (p) => [beforeMs, ...numbers(p, [Number.MIN_SAFE_INTEGER, 0])],
+        at: (row) => [row.closes_ms, row.seq],
+        goes: () => true,
+        remove: (rows) => sql.count('DELETE FROM reply_prompts WHERE seq = ANY($1::bigint[])', [rows.map((r) => r.seq)]),
+      });
+    case RetentionKind.StaffTasks:
+      return staffTasks(sql, beforeMs, limit, options.after, dry);
     default:
       throw new RangeError(`prune: unknown kind ${String(kind satisfies never)}`);
   }
@@ -336,4 +376,38 @@ async function outcomes(sql: Sql, beforeDay: string, limit: number, after: strin
   }
   const last = rows[rows.length - 1];
   return { removed, ...(rows.length === limit && last ? { next: position(last.day, last.appointment_id, last.rule) } : {}) };
+}
+
+/** A walk by a two-part position (an index's order), removing the rows `goes` accepts at once. */
+async function walk<R>(
+  sql: Sql,
+  limit: number,
+  after: string | undefined,
+  dry: boolean,
+  w: { read: string; params(p: string[] | undefined): unknown[]; at(row: R): Array<string | number>; goes(row: R): boolean; remove(rows: R[]): Promise<number> },
+): Promise<PruneBatch> {
+  const rows = await sql.rows<R>(w.read, [...w.params(parsePosition(after, 2)), limit]);
+  const going = rows.filter((row) => w.goes(row));
+  const removed = dry || going.length === 0 ? going.length : await w.remove(going);
+  const last = rows[rows.length - 1];
+  return { removed, ...(rows.length === limit && last ? { next: position(...w.at(last)) } : {}) };
+}
+
+/** Done staff tasks by seq, up to the first one created after the cutoff (numbered as created). */
+async function staffTasks(sql: Sql, beforeMs: number, limit: number, after: string | undefined, dry: boolean): Promise<PruneBatch> {
+  const [seq] = numbers(parsePosition(after, 1), [0]);
+  const rows = await sql.rows<{ seq: number; json: string }>("SELECT seq, json FROM staff_tasks WHERE status = 'done' AND seq > $1 ORDER BY seq LIMIT $2", [seq, limit]);
+  const going: number[] = [];
+  let ended = rows.length < limit;
+  for (const row of rows) {
+    const task = staffTaskTimes(row.json);
+    if (!(task.createdMs < beforeMs)) {
+      ended = true;
+      break;
+    }
+    if (task.doneMs !== undefined && task.doneMs < beforeMs) going.push(row.seq);
+  }
+  const removed = dry || going.length === 0 ? going.length : await sql.count("DELETE FROM staff_tasks WHERE seq = ANY($1::bigint[]) AND status = 'done'", [going]);
+  const last = rows[rows.length - 1];
+  return { removed, ...(!ended && last ? { next: position(last.seq) } : {}) };
 }

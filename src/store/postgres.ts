@@ -93,7 +93,7 @@ import {
   type StateRow,
 } from './rows.ts';
 import { GroupCommitter, settleAll, sqlOf, type BatchRunner, type Sql } from './postgres-commit.ts';
-import { POSTGRES_RETENTION_SCHEMA, pruneBatch } from './postgres-retention.ts';
+import { POSTGRES_RETENTION_SCHEMA, POSTGRES_VISIT_REPLY_RETENTION_SCHEMA, pruneBatch } from './postgres-retention.ts';
 import * as ledger from './postgres-consent.ts';
 import * as ops from './postgres-operations.ts';
 import * as replies from './postgres-replies.ts';
@@ -348,6 +348,8 @@ export const POSTGRES_STORE_MIGRATIONS: readonly string[] = [
   // Retention's walks: a column for cleared bodies and the indexes its batches read by
   // (postgres-retention.ts).
   POSTGRES_RETENTION_SCHEMA,
+  // Retention of video joins and links, reply prompts (postgres-retention.ts).
+  POSTGRES_VISIT_REPLY_RETENTION_SCHEMA,
 ];
 
 /** Statement triggers keeping `counts` (status, slot, n) in step with `table`'s status column. */

@@ -48,3 +48,14 @@ export function parsePosition(after: string | undefined, parts: number): string[
 
 /** A position (PruneBatch.next) of its parts. */
 export const position = (...values: Array<string | number>): string => values.join('\u0000');
+
+/** When a staff task (its JSON) was created and done, for `staffTasks`. */
+export function staffTaskTimes(json: string): { createdMs: number; doneMs?: number } {
+  const task = JSON.parse(json) as { createdAt: string; doneAt?: string };
+  return { createdMs: Date.parse(task.createdAt), ...(task.doneAt !== undefined ? { doneMs: Date.parse(task.doneAt) } : {}) };
+}
+
+/** A visit whose start is unknown (its state gone), or before the cutoff: over, its join may go (`videoJoins`). */
+export function visitOver(start: string | null | undefined, beforeMs: number): boolean {
+  return start == null || Date.parse(start) < beforeMs;
+}

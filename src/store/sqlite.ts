@@ -101,7 +101,7 @@ import { ACTIVITY_TABLES, SqliteActivity } from './sqlite-activity.ts';
 import { CONSENT_TABLES, SqliteConsentLedger } from './sqlite-consent.ts';
 import { OUTCOME_TABLES, SqliteOutcomes } from './sqlite-outcomes.ts';
 import { RAW_QUOTA_SCHEMA } from './sqlite-raw-quota.ts';
-import { RETENTION_SCHEMA, SqliteRetention } from './sqlite-retention.ts';
+import { RETENTION_SCHEMA, SqliteRetention, VISIT_REPLY_RETENTION_SCHEMA } from './sqlite-retention.ts';
 import { migrate, openSqliteDatabase, type Database, type MigrationStep } from './sqlite-db.ts';
 import { REPLY_TABLES, SqliteReplyLedger, widenMessageFormats } from './sqlite-replies.ts';
 import { ATTEMPT_FROM_STATUS, AttemptKind, AuditAction, PromptClosedError, STORED_DELIVERY_STATUSES, StoredDeliveryStatus } from './store.ts';
@@ -455,6 +455,8 @@ export const SQLITE_STORE_MIGRATIONS: readonly MigrationStep[] = [
   // Status `review`: an ambiguous failure of a non-idempotent output waits for a person
   // (store.ts StoredDeliveryStatus).
   allowDeliveryReview,
+  // Retention of video joins and links, reply prompts (sqlite-retention.ts).
+  VISIT_REPLY_RETENTION_SCHEMA,
 ];
 
 /** Most records committed in one transaction (bounds how long one flush blocks the loop). */

@@ -33,6 +33,10 @@ export const RETENTION_ORDER: readonly RetainedKind[] = [
   RetentionKind.Decisions,
   RetentionKind.Audit,
   RetentionKind.Outcomes,
+  RetentionKind.VideoJoins,
+  RetentionKind.VideoLinks,
+  RetentionKind.ReplyPrompts,
+  RetentionKind.StaffTasks,
 ];
 
 /** Kinds whose walk position is kept between runs (what lies behind it is done for good). */
