@@ -457,7 +457,7 @@ export async function startCarerelay(options: StartOptions): Promise<RunningCare
     },
     video: { links: videoLinks, publicUrl: () => publicUrl },
     toolHooks: { hooks: toolHooks, consent, publicUrl: () => publicUrl, now },
-    outcomes: { linker: outcomes },
+    outcomes: { linker: outcomes, waitlist: plan.waitlist !== undefined },
     metrics: metricsRoute,
   });
   const mllpPorts = new Map<string, number>();
