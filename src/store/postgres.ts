@@ -93,6 +93,7 @@ import {
   type StateRow,
 } from './rows.ts';
 import { GroupCommitter, settleAll, sqlOf, type BatchRunner, type Sql } from './postgres-commit.ts';
+import { POSTGRES_RETENTION_SCHEMA, POSTGRES_VISIT_REPLY_RETENTION_SCHEMA, pruneBatch } from './postgres-retention.ts';
 import * as ledger from './postgres-consent.ts';
 import * as ops from './postgres-operations.ts';
 import * as replies from './postgres-replies.ts';
@@ -348,6 +349,11 @@ export const POSTGRES_STORE_MIGRATIONS: readonly string[] = [
   `,
   // The waitlist; its waves of offers stored as messages (postgres-waitlist.ts).
   waitlist.POSTGRES_WAITLIST_TABLES,
+  // Retention's walks: a column for cleared bodies and the indexes its batches read by
+  // (postgres-retention.ts).
+  POSTGRES_RETENTION_SCHEMA,
+  // Retention of video joins and links, reply prompts (postgres-retention.ts).
+  POSTGRES_VISIT_REPLY_RETENTION_SCHEMA,
 ];
 
 /** Statement triggers keeping `counts` (status, slot, n) in step with `table`'s status column. */
@@ -933,12 +939,12 @@ export class PostgresStore implements Store {
     return ops.countOutcomes(this.#sql, query);
   }
 
-  /**
-   * Retention is not built for PostgreSQL yet: refused with the reason, never a silent no-op
-   * (main.ts does not start the retention job on this store; docs/scale-out.md).
-   */
-  async prune(_kind: RetentionKind, _before: string, _options: PruneOptions): Promise<PruneBatch> {
-    throw new Error('retention (prune) is not available on the PostgreSQL store yet: the records stay; remove old rows with SQL if needed (docs/scale-out.md "Limits")');
+  async prune(kind: RetentionKind, before: string, options: PruneOptions): Promise<PruneBatch> {
+    this.#assertOpen();
+    const beforeMs = instantMs(before, 'before');
+    // A dry run only reads; a real batch is one write among the group commit's (postgres-retention.ts).
+    if (options.dryRun) return pruneBatch(this.#sql, kind, beforeMs, options);
+    return this.#write((tx) => pruneBatch(tx, kind, beforeMs, options));
   }
 
   // --- the waitlist (postgres-waitlist.ts) ---------------------------------------------------

@@ -101,7 +101,7 @@ import { ACTIVITY_TABLES, SqliteActivity } from './sqlite-activity.ts';
 import { CONSENT_TABLES, SqliteConsentLedger } from './sqlite-consent.ts';
 import { OUTCOME_TABLES, SqliteOutcomes } from './sqlite-outcomes.ts';
 import { RAW_QUOTA_SCHEMA } from './sqlite-raw-quota.ts';
-import { RETENTION_SCHEMA, SqliteRetention } from './sqlite-retention.ts';
+import { RETENTION_SCHEMA, SqliteRetention, VISIT_REPLY_RETENTION_SCHEMA } from './sqlite-retention.ts';
 import { migrate, openSqliteDatabase, type Database, type MigrationStep } from './sqlite-db.ts';
 import { REPLY_TABLES, SqliteReplyLedger, widenMessageFormats } from './sqlite-replies.ts';
 import { SqliteWaitlistLedger, WAITLIST_TABLES, widenFormatsForWaitlist } from './sqlite-waitlist.ts';
@@ -460,6 +460,8 @@ export const SQLITE_STORE_MIGRATIONS: readonly MigrationStep[] = [
   // The waitlist (sqlite-waitlist.ts); its waves of offers stored as messages.
   WAITLIST_TABLES,
   widenFormatsForWaitlist,
+  // Retention of video joins and links, reply prompts (sqlite-retention.ts).
+  VISIT_REPLY_RETENTION_SCHEMA,
 ];
 
 /** Most records committed in one transaction (bounds how long one flush blocks the loop). */

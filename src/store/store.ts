@@ -1068,6 +1068,15 @@ export interface OutcomeCount {
  * - `audit`: audit entries, disclosures (the accounting of disclosures) and erasure records
  *   made before `before`. Counted in rows.
  * - `outcomes`: outcome observations of appointments that started before `before`'s day.
+ * - `videoJoins`: sealed vendor join URLs stored before `before` of visits that started before
+ *   it (by their appointment state; without one, by when the join was stored). Kept: visits
+ *   still to come. Counted in joins.
+ * - `videoLinks`: patient video links minted before `before` for a visit start before it (a
+ *   link of a visit still to come stays). Counted in links.
+ * - `replyPrompts`: reply prompts (the number a reminder went to) that closed before `before`;
+ *   open ones stay. Counted in prompts.
+ * - `staffTasks`: staff tasks done before `before`; open ones stay whatever their age.
+ *   Counted in tasks.
  * The consent ledger (entries, FHIR Consents, patient facts, contact points) and the contact
  * holdings are never removed by age: they keep objections honoured.
  */
@@ -1080,6 +1089,10 @@ export const RetentionKind = {
   Decisions: 'decisions',
   Audit: 'audit',
   Outcomes: 'outcomes',
+  VideoJoins: 'videoJoins',
+  VideoLinks: 'videoLinks',
+  ReplyPrompts: 'replyPrompts',
+  StaffTasks: 'staffTasks',
 } as const;
 export type RetentionKind = (typeof RetentionKind)[keyof typeof RetentionKind];
 export const RETENTION_KINDS: readonly RetentionKind[] = Object.values(RetentionKind);
