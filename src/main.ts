@@ -413,7 +413,9 @@ export async function startCarerelay(options: StartOptions): Promise<RunningCare
   const fhir = subscriptionStatuses(fhirIngests, plan.inputs);
   const inputNames = plan.inputs.map((i) => i.name);
   const metrics = new Metrics({ events, store, inputs: inputNames, outputs: plan.outputs.map((o) => o.name), rules: () => deliveries.rules, deliveryQueue: deliveries.queue, fhir, now });
-  const retention = new RetentionJob({ store, config: plan.retention, sqlite: { ...sqliteWrites, file: storeFile(plan.server.dataDir) }, log, now });
+  // The data dir's file size is the store's only when the store is in it (else: the queue's).
+  const retentionFile = location.type === StoreType.Sqlite ? { file: storeFile(plan.server.dataDir) } : {};
+  const retention = new RetentionJob({ store, config: plan.retention, sqlite: { ...sqliteWrites, ...retentionFile }, log, now });
   const alerts = new Alerts({
     config: plan.alerts,
     events,
@@ -455,7 +457,7 @@ export async function startCarerelay(options: StartOptions): Promise<RunningCare
     },
     video: { links: videoLinks, publicUrl: () => publicUrl },
     toolHooks: { hooks: toolHooks, consent, publicUrl: () => publicUrl, now },
-    outcomes: { linker: outcomes },
+    outcomes: { linker: outcomes, waitlist: plan.waitlist !== undefined },
     metrics: metricsRoute,
   });
   const mllpPorts = new Map<string, number>();
@@ -511,9 +513,7 @@ export async function startCarerelay(options: StartOptions): Promise<RunningCare
   // Linking outcomes and retention work on the shared store: the processes that route do them.
   if (role !== Role.Ingest) {
     outcomes.start();
-    // Retention runs on the embedded store only (PostgresStore.prune; docs/scale-out.md "Limits").
-    if (location.type === StoreType.Sqlite) retention.start();
-    else log.warn('retention.unavailable', { store: location.type });
+    retention.start();
   }
 
   let resolveStopped!: () => void;

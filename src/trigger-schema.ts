@@ -70,7 +70,7 @@ export const triggerSchema = {
       type: 'object',
       required: ['format', 'sender', 'messageType', 'messageId'],
       properties: {
-        format: { enum: ['hl7v2', 'fhir', 'sms'] },
+        format: { enum: ['hl7v2', 'fhir', 'sms', 'waitlist'] },
         sender: { type: 'string' },
         messageType: { type: 'string', minLength: 1 },
         messageId: { type: 'string', minLength: 1 },
@@ -153,9 +153,28 @@ export const triggerSchema = {
       required: ['action', 'answer', 'prompt'],
       additionalProperties: false,
       properties: {
-        action: { enum: ['confirm', 'cancel', 'reschedule'] },
+        action: { enum: ['confirm', 'cancel', 'reschedule', 'accept', 'decline'] },
         answer: { type: 'string', minLength: 1 },
         prompt: { type: 'string', minLength: 1 },
+      },
+    },
+    waitlist: {
+      type: 'object',
+      description: 'Waitlist triggers only (appointment.waitlist_*): the offer, the freed slot, and the appointment it would replace.',
+      required: ['offer', 'slot', 'wave', 'expiresAt'],
+      additionalProperties: false,
+      properties: {
+        offer: { type: 'string', minLength: 1 },
+        slot: { type: 'string', minLength: 1 },
+        wave: { type: 'integer', minimum: 1 },
+        expiresAt: isoTime,
+        current: {
+          type: 'object',
+          required: ['id'],
+          additionalProperties: false,
+          properties: { id: { type: 'string', minLength: 1 }, start: isoTime, placerId: { type: 'string' } },
+        },
+        daysGained: { type: 'number' },
       },
     },
   },

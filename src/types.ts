@@ -24,6 +24,13 @@ export const TriggerType = {
   AppointmentConfirmed: 'appointment.confirmed',
   AppointmentCancelRequested: 'appointment.cancel_requested',
   AppointmentRescheduleRequested: 'appointment.reschedule_requested',
+  // The waitlist (docs/waitlist.md): made by CareRelay when a freed slot is offered to a patient,
+  // and from the patient's answer to that offer. Their `appointment` is the offered slot (its id
+  // the offer's: one subject per offer), `waitlist` says which slot and which appointment it replaces.
+  AppointmentWaitlistOffered: 'appointment.waitlist_offered',
+  AppointmentWaitlistAccepted: 'appointment.waitlist_accepted',
+  AppointmentWaitlistDeclined: 'appointment.waitlist_declined',
+  AppointmentWaitlistTaken: 'appointment.waitlist_taken',
 } as const;
 export type TriggerType = (typeof TriggerType)[keyof typeof TriggerType];
 export const TRIGGER_TYPES: readonly TriggerType[] = Object.values(TriggerType);
@@ -126,8 +133,8 @@ export interface TriggerEncounter {
 }
 
 export interface TriggerSource {
-  /** `sms`: an answer made from a patient's SMS reply (docs/trigger.md "Answers"). */
-  format: 'hl7v2' | 'fhir' | 'sms';
+  /** `sms`: an answer made from a patient's SMS reply (docs/trigger.md "Answers"); `waitlist`: an offer or notice CareRelay made (docs/waitlist.md). */
+  format: 'hl7v2' | 'fhir' | 'sms' | 'waitlist';
   sender: string;
   messageType: string;
   messageId: string;
@@ -144,8 +151,26 @@ export interface Trigger {
   appointment?: TriggerAppointment;
   encounter?: TriggerEncounter;
   sensitivity?: string[];
-  /** The answer an answer trigger carries (appointment.confirmed, cancel_requested, reschedule_requested). */
+  /** The answer an answer trigger carries (appointment.confirmed, cancel_requested, reschedule_requested, waitlist answers). */
   reply?: TriggerReply;
+  /** Waitlist triggers only (appointment.waitlist_*): the offer, its slot and the appointment it would replace. */
+  waitlist?: TriggerWaitlist;
+}
+
+/** What a waitlist trigger is about (docs/waitlist.md). Ids and times only. */
+export interface TriggerWaitlist {
+  /** The offer (also the trigger's appointment.id). */
+  offer: string;
+  /** The freed slot: `<appointment or slot id>@<start>`. */
+  slot: string;
+  /** 1 for the first wave of offers of the slot. */
+  wave: number;
+  /** ISO instant after which a yes no longer claims the slot. */
+  expiresAt: string;
+  /** The patient's own later appointment, cancelled (pat-swl) once the slot is booked for them. */
+  current?: { id: string; start?: string; placerId?: string };
+  /** Days the patient gains (current start − slot start), when both are known. */
+  daysGained?: number;
 }
 
 /**
@@ -160,6 +185,10 @@ export const ReplyAction = {
   Cancel: 'cancel',
   /** The patient asks for another time: `appointment.reschedule_requested`, a link or a staff task. */
   Reschedule: 'reschedule',
+  /** A waitlist offer taken: `appointment.waitlist_accepted` when the yes claims the slot, else `appointment.waitlist_taken`. */
+  Accept: 'accept',
+  /** A waitlist offer turned down: `appointment.waitlist_declined`; the patient's appointment stands. */
+  Decline: 'decline',
 } as const;
 export type ReplyAction = (typeof ReplyAction)[keyof typeof ReplyAction];
 export const REPLY_ACTIONS: readonly ReplyAction[] = Object.values(ReplyAction);

@@ -9,6 +9,7 @@ import { startCarerelay, type RunningCarerelay } from '../src/main.ts';
 import { twilioSignature } from '../src/twilio/signature.ts';
 import { unsubscribeLinks } from '../src/workers/unsubscribe.ts';
 import { consentConfigDir, http } from './helpers/consent.ts';
+import { topicBundle } from './helpers/fhir-notifications.ts';
 import { captureLogger, hl7Field, mllpExchange, siuMessage, type TestConfigDir } from './helpers/server.ts';
 
 const TOKEN = 'twilio-test-token';
@@ -43,7 +44,9 @@ beforeEach(async () => {
   config = consentConfigDir({
     policy: ['  region: us', '  quietHours: { channels: [] }', `  publicUrl: ${PUBLIC}`, '  smsWebhooks: [{ output: sms, authToken: { env: TWILIO_TOKEN } }]'],
     // A FHIR rest-hook input: Consent resources arrive on it too.
-    inputs: '  - name: ehr-fhir\n    type: fhir-rest-hook\n    server: { baseUrl: "http://127.0.0.1:9/fhir" }\n    auth: { bearer: { token: { env: FHIR_HOOK_TOKEN } } }\n',
+    inputs:
+      '  - name: ehr-fhir\n    type: fhir-rest-hook\n    server: { baseUrl: "http://127.0.0.1:9/fhir" }\n    auth: { bearer: { token: { env: FHIR_HOOK_TOKEN } } }\n' +
+      '    subscriptions:\n      - { id: sub-consent, topic: "http://example.org/SubscriptionTopic/consent", heartbeatPeriodSeconds: 0 }\n',
     outputs: ['{ name: sms, type: outbox, channel: sms, allowedPurposes: [care.logistics] }', '{ name: mail, type: outbox, channel: email, allowedPurposes: [marketing, survey] }'],
     rules: RULES,
     templates: {
@@ -219,6 +222,27 @@ describe('POST /api/consents (FHIR R4 Consent)', () => {
     expect((await post({ ...consent('E200001', 'HOPERAT'), id: 'c-2', meta: { versionId: '1' }, status: 'approved' })).status).toBe(200);
     const rejected = (await api('GET', '/api/messages?status=rejected')).json.items;
     expect(rejected).toEqual([expect.objectContaining({ messageType: 'Consent', reason: 'consent_invalid' })]);
+  });
+
+  it('a Consent announced by a topic notification (full-resource) is kept and enforced before its 2xx', async () => {
+    await book('A1');
+    const resource = { ...consent('E200001', 'HOPERAT'), meta: { versionId: '1' } };
+    const bundle = topicBundle({
+      subscription: 'http://127.0.0.1:9/fhir/Subscription/sub-consent',
+      topic: 'http://example.org/SubscriptionTopic/consent',
+      type: 'event-notification',
+      events: [{ number: 1, focus: 'Consent/c-1', resource }],
+    });
+    const res = await fetch(`${base()}/ingest/fhir/ehr-fhir`, {
+      method: 'POST',
+      body: JSON.stringify(bundle),
+      headers: { 'content-type': 'application/fhir+json', authorization: 'Bearer fhir-token' },
+    });
+    expect(res.status).toBe(200);
+    expect((await delivery('survey@appointment/A1#0')).reason).toBe('consent_denied');
+    expect((await delivery('promo@appointment/A1#0')).status).toBe('pending');
+    const kept = (await api('GET', '/api/patients/E200001/consent')).json.consents;
+    expect(kept.map((c: any) => c.resource)).toEqual([resource]);
   });
 
   it('a malformed Consent is 422 with an OperationOutcome naming the element; an unknown patient 404; nothing kept', async () => {

@@ -205,11 +205,19 @@ describe.skipIf(postgresSkipped())('CareRelay on PostgreSQL', () => {
       expect((await carerelay(['export', '--config-dir', embedded.dir, '--out', file])).stderr).toMatch(/exists already/);
       const imported = await carerelay(['import', '--config-dir', dir.dir, file], env);
       expect(imported.stdout).toMatch(/imported \d+ record\(s\) into PostgreSQL at .*: 3 message, 3 trigger/);
-      // Import goes into PostgreSQL only; prune works on the embedded store only.
+      // Import goes into PostgreSQL only.
       expect((await carerelay(['import', '--config-dir', embedded.dir, file])).stderr).toMatch(/import writes into a PostgreSQL store/);
+      // Prune walks the PostgreSQL store too: the imported records are within their retention.
+      const dry = await carerelay(['prune', '--config-dir', dir.dir, '--dry-run', '--json'], env);
+      expect(dry.code).toBe(0);
+      const run = JSON.parse(dry.stdout) as { dryRun: boolean; kinds: Array<{ kind: string; removed: number }> };
+      expect(run.dryRun).toBe(true);
+      expect(run.kinds.map((k) => k.kind)).toEqual(expect.arrayContaining(['rawMessages', 'triggers', 'deliveries', 'audit']));
+      expect(run.kinds.every((k) => k.removed === 0)).toBe(true);
       const prune = await carerelay(['prune', '--config-dir', dir.dir], env);
-      expect(prune.code).toBe(1);
-      expect(prune.stderr).toMatch(/retention is not available on the PostgreSQL store yet.*nothing was pruned/);
+      expect(prune.code).toBe(0);
+      expect(prune.stdout).toMatch(/removed \(older than its retention, never what is still needed\):\n {2}deliveryBodies +0 /);
+      expect((await carerelay(['prune', '--config-dir', dir.dir, '--vacuum'], env)).stderr).toMatch(/--vacuum compacts the embedded SQLite file.*nothing was pruned/);
       const twice = await carerelay(['import', '--config-dir', dir.dir, file], env);
       expect(twice.code).toBe(1);
       expect(twice.stderr).toMatch(/already holds data .*nothing was imported/);

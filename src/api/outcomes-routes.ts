@@ -1,7 +1,8 @@
 // Outcome reports (docs/operations.md "Outcomes"), behind the admin token with the `read` scope:
 // aggregates only — rules, arms, periods, counts and rates — never a patient or appointment id.
 //
-//   GET /api/outcomes?rule=&variant=&from=&to=&period=day|week|month      JSON (exact counts)
+//   GET /api/outcomes?rule=&variant=&from=&to=&period=day|week|month      JSON (exact counts; with a
+//                                                                         waitlist, its section)
 //   GET /api/outcomes.csv?…the same…                                      de-identified CSV
 //                                                                         (small cells withheld)
 import express, { type Request } from 'express';
@@ -14,6 +15,18 @@ export interface OutcomesRoutesDeps {
   store: Store;
   /** Links what is due before a report is read; absent: the report shows what is linked. */
   linker?: OutcomeLinker;
+  /** The waitlist is configured: the JSON report has a `waitlist` section (docs/waitlist.md "Outcomes"). */
+  waitlist?: boolean;
+}
+
+/**
+ * The waitlist's figures over the report's days (UTC): slots freed and offers made in the range,
+ * what became of the offers, and the days gained by the patients booked sooner. Counts only.
+ */
+async function waitlistSection(store: Store, query: OutcomeReportQuery): Promise<Awaited<ReturnType<Store['waitlistFigures']>>> {
+  const from = query.from !== undefined ? `${query.from}T00:00:00Z` : '1970-01-01T00:00:00Z';
+  const to = query.to !== undefined ? new Date(Date.parse(`${query.to}T00:00:00Z`) + 86_400_000).toISOString() : '9999-12-31T00:00:00Z';
+  return store.waitlistFigures(from, to);
 }
 
 const DAY = /^\d{4}-\d{2}-\d{2}$/;
@@ -49,7 +62,8 @@ export function createOutcomesRouter(deps: OutcomesRoutesDeps): express.Router {
       sendProblem(res, 400, 'Bad query', query);
       return;
     }
-    res.json(await readOutcomes(deps.store, deps.linker, query));
+    const report = await readOutcomes(deps.store, deps.linker, query);
+    res.json(deps.waitlist ? { ...report, waitlist: await waitlistSection(deps.store, query) } : report);
   });
 
   router.get('/outcomes.csv', async (req, res) => {

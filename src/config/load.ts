@@ -19,6 +19,9 @@ import { queueConfigIssues, queueSecretsInUse } from './queue-schema.ts';
 import { connectorFileSchema, serverSchema, type ServerConfig } from './server-schema.ts';
 import { storeConfigIssues, storeSecretsInUse } from './store-schema.ts';
 import { videoKeyProblems } from './video-schema.ts';
+import type { WaitlistConfig } from './waitlist-schema.ts';
+import { WriteBackKind } from '../outputs/write-back.ts';
+import { TriggerType } from '../types.ts';
 import {
   createAjv,
   readSecret,
@@ -83,6 +86,8 @@ export interface CarerelayPlan {
   readonly mappings: readonly Rule[];
   /** The templates those rules use, compiled (mappings/templates/). */
   readonly templates: TemplateSet;
+  /** The waitlist (connectors `waitlist` block, config/waitlist-schema.ts); absent: no slot is offered. */
+  readonly waitlist?: WaitlistConfig;
 }
 
 export interface LoadConfigOptions {
@@ -220,7 +225,7 @@ export async function loadConfig(options: LoadConfigOptions): Promise<CarerelayP
 
   let server: Record<string, unknown> | undefined;
   let serverPlace: Place | undefined;
-  const blocks: Record<'policy' | 'alerts' | 'retention', { value?: Record<string, unknown>; place?: Place }> = { policy: {}, alerts: {}, retention: {} };
+  const blocks: Record<'policy' | 'alerts' | 'retention' | 'waitlist', { value?: Record<string, unknown>; place?: Place }> = { policy: {}, alerts: {}, retention: {}, waitlist: {} };
   const instances: Record<Kind, InstancePlan<Record<string, unknown>>[]> = { inputs: [], outputs: [] };
   // Every instance of a known type with where it is, for the checks across instances.
   const located: Located[] = [];
@@ -248,7 +253,7 @@ export async function loadConfig(options: LoadConfigOptions): Promise<CarerelayP
     }
 
     // Like server: at most one file holds each of these blocks.
-    for (const name of ['policy', 'alerts', 'retention'] as const) {
+    for (const name of ['policy', 'alerts', 'retention', 'waitlist'] as const) {
       if (!(name in value)) continue;
       const here = { display: file.display, position: locate([name], { key: true }) };
       const first = blocks[name].place;
@@ -413,6 +418,7 @@ export async function loadConfig(options: LoadConfigOptions): Promise<CarerelayP
   const optOutWords = Array.isArray(policyBlock.keywords?.optOut) ? policyBlock.keywords.optOut : [];
   const mappings = await loadMappings({ configDir, env, outputs: outputInfos(validOutputs, withInfo), issues, optOutWords });
   if (options.mappingTests) issues.push(...(await options.mappingTests(mappings)));
+  const waitlist = waitlistBlock(blocks.waitlist, files, validOutputs, withInfo, mappings.rules, (more) => issues.push(...more));
 
   if (issues.length > 0) throw new ConfigError(sortIssues(withoutEchoes(issues, files), files));
 
@@ -427,7 +433,50 @@ export async function loadConfig(options: LoadConfigOptions): Promise<CarerelayP
     outputs: instances.outputs,
     mappings: mappings.rules,
     templates: mappings.templates,
+    ...(waitlist !== undefined ? { waitlist } : {}),
   });
+}
+
+/**
+ * The `waitlist` block (docs/waitlist.md), when there is one, and what its schema cannot say: the
+ * booking output exists and books (declares `book`), and a rule sends the offers (an SMS rule on
+ * appointment.waitlist_offered asking for a reply, whose accept answer claims the slot).
+ */
+function waitlistBlock(
+  block: { value?: Record<string, unknown>; place?: Place },
+  files: readonly YamlFile[],
+  outputs: readonly InstancePlan[],
+  specs: readonly OutputSpec[],
+  rules: readonly Rule[],
+  report: (issues: ConfigIssue[]) => void,
+): WaitlistConfig | undefined {
+  if (block.value === undefined || block.place === undefined) return undefined;
+  const file = files.find((f) => f.display === block.place!.display)!;
+  const issues: ConfigIssue[] = [];
+  const issueAt = (at: DocPath, message: string, key = false): void => {
+    issues.push({ file: file.display, ...file.doc.locate(at, { key }), path: toPointer(at), message });
+  };
+  const config = block.value as unknown as WaitlistConfig;
+  const later = config.sources?.laterAppointments;
+  if (later?.optIn === 'listed' && Array.isArray(later.patients) && later.patients.length === 0) {
+    issueAt(['waitlist', 'sources', 'laterAppointments', 'optIn'], 'optIn: listed offers slots to the patients in `patients` only, and the list is empty: list the patient ids that opted in, or use optIn: all');
+  }
+  if (typeof config.book === 'string') {
+    const output = outputs.find((o) => o.name === config.book);
+    const info = output ? outputInfos([output], specs)[0] : undefined;
+    if (output === undefined) issueAt(['waitlist', 'book'], `no output named "${config.book}"${outputs.length ? `; known: ${outputs.map((o) => o.name).join(', ')}` : ''}: the waitlist books accepted slots through a fhir-appointment output or a webhook output with writeBack: true`);
+    else if (!info?.writeBackKinds?.includes(WriteBackKind.Book)) issueAt(['waitlist', 'book'], `output "${config.book}" (${output.type}) cannot book a slot; use a fhir-appointment output, or a webhook output with writeBack: true`);
+  }
+  const offerRules = rules.filter((r) => r.on.includes(TriggerType.AppointmentWaitlistOffered));
+  if (offerRules.length === 0) {
+    issueAt(['waitlist'], 'no rule sends the offers: add an sms rule on appointment.waitlist_offered with a reply offering accept (and decline) answers (docs/waitlist.md)', true);
+  }
+  for (const [i, group] of (Array.isArray(config.equivalents?.services) ? config.equivalents.services : []).entries()) {
+    const dup = group.find((code: string, j: number) => group.indexOf(code) !== j);
+    if (dup !== undefined) issueAt(['waitlist', 'equivalents', 'services', i], `service "${dup}" is listed twice in this group`);
+  }
+  report(issues);
+  return config;
 }
 
 /** Output types alerts can go through (workers/alerts.ts). */

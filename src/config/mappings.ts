@@ -190,7 +190,12 @@ const ruleSchema = {
             additionalProperties: false,
             required: ['action', 'words'],
             properties: {
-              action: { enum: ['confirm', 'cancel', 'reschedule'], description: 'confirm (appointment.confirmed, written back), cancel (appointment.cancel_requested, written back), reschedule (appointment.reschedule_requested: a link or a staff task).' },
+              action: {
+                enum: ['confirm', 'cancel', 'reschedule', 'accept', 'decline'],
+                description:
+                  'confirm (appointment.confirmed, written back), cancel (appointment.cancel_requested, written back), reschedule (appointment.reschedule_requested: a link or a staff task); ' +
+                  'for a waitlist offer (docs/waitlist.md): accept (claims the slot: appointment.waitlist_accepted, or appointment.waitlist_taken when too late), decline (appointment.waitlist_declined).',
+              },
               words: { description: 'What the patient may send for it, in every language (e.g. ["1", Y, YES]); matched like keywords (case and punctuation ignored).', anyOf: [{ type: 'string' }, { type: 'number' }, { type: 'array', items: { anyOf: [{ type: 'string' }, { type: 'number' }] } }] },
               languages: { type: 'object', description: 'Extra words per language of the message, e.g. { fr: [OUI] }.', additionalProperties: { type: 'array', items: { anyOf: [{ type: 'string' }, { type: 'number' }] } } },
               via: { enum: ['link', 'task'], description: 'reschedule only: link (a rule on appointment.reschedule_requested sends one) or task (default: staff call the patient).' },

@@ -109,7 +109,7 @@ export const retentionSchema = {
   type: 'object',
   description:
     'How long each kind of data is kept (docs/operations.md "Retention"): a job removes what is older, in small batches, and ' +
-    'never what is still needed (pending deliveries, their triggers and appointment states, messages awaiting review, the consent ledger).',
+    'never what is still needed (pending deliveries, their triggers and appointment states, messages awaiting review, video visits still to come, open reply prompts and staff tasks, the consent ledger).',
   additionalProperties: false,
   properties: {
     days: {
@@ -134,6 +134,10 @@ export const retentionSchema = {
           SIX_YEARS_DAYS,
         ),
         outcomes: days('Outcome observations (rule, arm, how an appointment ended; no patient id) for ROI reports.', 730),
+        videoJoins: days('Sealed vendor join URLs of video visits that started this long ago (visits still to come are kept).', 30),
+        videoLinks: days('Patient video links (token hashes) of visits that started this long ago (visits still to come are kept).', 30),
+        replyPrompts: days('Reply prompts (the number a reminder went to, the answer) closed this long ago; open ones are kept.', 30),
+        staffTasks: days('Staff tasks done this long ago (ids and reason codes; open ones are kept): as long as the audit log.', SIX_YEARS_DAYS),
       },
     },
     everyMinutes: { type: 'integer', minimum: 1, maximum: 10080, default: 60, description: 'How often the retention job runs.' },
@@ -165,6 +169,10 @@ export interface RetentionConfig {
     readonly decisions: number;
     readonly audit: number;
     readonly outcomes: number;
+    readonly videoJoins: number;
+    readonly videoLinks: number;
+    readonly replyPrompts: number;
+    readonly staffTasks: number;
   };
   readonly everyMinutes: number;
   readonly batchSize: number;

@@ -5,6 +5,7 @@ import { alertsSchema, retentionSchema } from './operations-schema.ts';
 import { policySchema } from './policy-schema.ts';
 import { storeSchema, type StoreConfig } from './store-schema.ts';
 import { queueSchema, type QueueConfig } from './queue-schema.ts';
+import { waitlistSchema } from './waitlist-schema.ts';
 import { videoSchema, type VideoConfig } from './video-schema.ts';
 import { nameSchema, secretRefSchema, type JsonSchema, type SecretRef } from './yaml.ts';
 
@@ -347,6 +348,7 @@ export const connectorFileSchema = {
     policy: policySchema,
     alerts: alertsSchema,
     retention: retentionSchema,
+    waitlist: waitlistSchema,
     inputs: {
       type: 'array',
       description: 'Inbound connectors (what the EHR sends to CareRelay). Each has a unique name and a type.',

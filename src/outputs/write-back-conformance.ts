@@ -59,7 +59,7 @@ export function writeBackConformanceSuite(name: string, harness: WriteBackHarnes
       await fixture?.close();
       fixture = undefined;
     });
-    const op = (f: WriteBackFixture, kind: WriteBackOperation['kind'], requestId = `${kind}-1`): WriteBackOperation =>
+    const op = (f: WriteBackFixture, kind: typeof WriteBackKind.Confirm | typeof WriteBackKind.Cancel, requestId = `${kind}-1`): WriteBackOperation =>
       kind === WriteBackKind.Cancel
         ? { kind, requestId, appointment: f.appointment, patient: f.patient, reason: CANCELLED_BY_REMINDER }
         : { kind, requestId, appointment: f.appointment, patient: f.patient };

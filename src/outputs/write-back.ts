@@ -30,6 +30,11 @@ export const WriteBackKind = {
   Confirm: 'confirm',
   /** The patient cancels: FHIR status `cancelled` + cancelationReason, SRM^S04, `carerelay.appointment.cancel`. */
   Cancel: 'cancel',
+  /**
+   * Book a freed slot for a waitlist patient (docs/waitlist.md): FHIR create with
+   * If-None-Exist on the request id; returns the appointment it made in `appointmentId`.
+   */
+  Book: 'book',
 } as const;
 export type WriteBackKind = (typeof WriteBackKind)[keyof typeof WriteBackKind];
 export const WRITE_BACK_KINDS: readonly WriteBackKind[] = Object.values(WriteBackKind);
@@ -61,6 +66,26 @@ export const CANCELLED_BY_REMINDER = {
   display: 'Patient: Canceled via automated reminder system',
 } as const;
 
+/**
+ * The reason the patient's later appointment is cancelled with once a waitlist slot is booked for
+ * them: FHIR R4 appointment-cancellation-reason `pat-swl`, "Patient: Scheduled from Wait List".
+ */
+export const SCHEDULED_FROM_WAITLIST = {
+  system: 'http://terminology.hl7.org/CodeSystem/appointment-cancellation-reason',
+  code: 'pat-swl',
+  display: 'Patient: Scheduled from Wait List',
+} as const;
+
+/** A freed slot to book (the trigger that freed it: its time, service, practitioner, location). */
+export interface WriteBackSlot {
+  readonly start: string;
+  readonly end?: string;
+  readonly durationMinutes?: number;
+  readonly serviceType?: { readonly code: string; readonly display?: string; readonly system?: string };
+  readonly practitioner?: { readonly id: string; readonly name?: string };
+  readonly location?: { readonly id: string; readonly name?: string };
+}
+
 interface OperationBase {
   /** The same on every attempt of this operation (the idempotency key: webhook-id, MSH-10…). */
   readonly requestId: string;
@@ -70,7 +95,9 @@ interface OperationBase {
 
 export type WriteBackOperation =
   | (OperationBase & { readonly kind: typeof WriteBackKind.Confirm })
-  | (OperationBase & { readonly kind: typeof WriteBackKind.Cancel; readonly reason: { readonly system: string; readonly code: string; readonly display: string } });
+  | (OperationBase & { readonly kind: typeof WriteBackKind.Cancel; readonly reason: { readonly system: string; readonly code: string; readonly display: string } })
+  // `appointment` is the one that freed the slot (kept for the sender's records); `slot` is what to book.
+  | (OperationBase & { readonly kind: typeof WriteBackKind.Book; readonly slot: WriteBackSlot });
 
 export const WriteBackOutcome = {
   /** The EHR now holds what was asked (or already did: `unchanged`). */

@@ -1,13 +1,14 @@
 import { describe, expect, it } from 'vitest';
 import { compileReply, matchAnswer, offerFor, replyWordingIssues, type ReplySpec } from './reply.ts';
 import type { IssuePath } from './conditions.ts';
+import type { TriggerType } from '../types.ts';
 
 const outputs = [
   { name: 'ehr', writeBackKinds: ['confirm', 'cancel'] },
   { name: 'confirm-only', writeBackKinds: ['confirm'] },
   { name: 'sms' },
 ];
-const rule = { on: ['appointment.booked' as const], channel: 'sms' };
+const rule: { on: TriggerType[]; channel: string } = { on: ['appointment.booked'], channel: 'sms' };
 
 function compile(raw: unknown, over: Partial<typeof rule> & { optOutWords?: string[] } = {}): { spec?: ReplySpec; issues: Array<{ path: IssuePath; message: string }> } {
   const issues: Array<{ path: IssuePath; message: string }> = [];
@@ -72,6 +73,19 @@ describe('compileReply', () => {
     expect(compile({ ...STANDARD, writeBack: 'nope' }).issues[0]).toMatchObject({ path: ['reply', 'writeBack'], message: expect.stringMatching(/no output named "nope"/) });
     expect(compile({ ...STANDARD, writeBack: 'sms' }).issues[0]?.message).toMatch(/does not write appointments back/);
     expect(compile({ ...STANDARD, writeBack: 'confirm-only' }).issues[0]?.message).toMatch(/cannot write back a cancel/);
+  });
+
+  it('a waitlist offer answers accept and decline only, with no writeBack; a reminder never offers them', () => {
+    const offer = { on: ['appointment.waitlist_offered' as TriggerType] };
+    expect(compile({ answers: [{ action: 'accept', words: ['1'] }, { action: 'decline', words: ['2'] }] }, offer).issues).toEqual([]);
+    expect(compile({ writeBack: 'ehr', answers: [{ action: 'confirm', words: ['1'] }] }, offer).issues.map((i) => [i.path.join('.'), i.message])).toEqual([
+      ['reply.writeBack', "an accepted waitlist offer is booked through the waitlist block's `book` output (docs/waitlist.md), not a writeBack"],
+      ['reply.answers.0.action', "a waitlist offer's answers are accept and decline; got confirm"],
+    ]);
+    expect(compile({ answers: [{ action: 'decline', words: ['2'] }] }, offer).issues.map((i) => i.message)).toEqual(['a waitlist offer needs an accept answer (e.g. { action: accept, words: ["1", YES] })']);
+    expect(compile({ answers: [{ action: 'accept', words: ['1'] }] }).issues.map((i) => i.message)).toEqual([
+      'accept answers a waitlist offer (a rule on appointment.waitlist_offered); a reminder\'s answers are confirm, cancel, reschedule',
+    ]);
   });
 
   it('reports shape problems with their path', () => {

@@ -71,8 +71,14 @@ export const ANSWER_TRIGGER: Readonly<Record<ReplyAction, TriggerType>> = {
   confirm: TriggerType.AppointmentConfirmed,
   cancel: TriggerType.AppointmentCancelRequested,
   reschedule: TriggerType.AppointmentRescheduleRequested,
+  accept: TriggerType.AppointmentWaitlistAccepted,
+  decline: TriggerType.AppointmentWaitlistDeclined,
 };
-export const ANSWER_TRIGGER_TYPES: readonly TriggerType[] = Object.values(ANSWER_TRIGGER);
+/** Answer triggers, with the late yes to a waitlist offer whose slot another patient took. */
+export const ANSWER_TRIGGER_TYPES: readonly TriggerType[] = [...Object.values(ANSWER_TRIGGER), TriggerType.AppointmentWaitlistTaken];
+
+/** The answers of a waitlist offer (docs/waitlist.md); a reminder offers the others. */
+export const OFFER_ACTIONS: readonly ReplyAction[] = [ReplyAction.Accept, ReplyAction.Decline];
 
 /** What compileReply needs to know about an output. */
 export interface ReplyOutputInfo {
@@ -122,8 +128,12 @@ export function compileReply(
   const answering = rule.on.filter((t) => ANSWER_TRIGGER_TYPES.includes(t));
   if (answering.length > 0) add(at, `a rule triggered by an answer (${answering.join(', ')}) cannot ask for another reply: a thank-you asks nothing`);
 
+  // A waitlist offer is answered yes or no; a reminder is confirmed, cancelled or moved.
+  const offer = rule.on.includes(TriggerType.AppointmentWaitlistOffered);
+  if (offer && rule.on.length > 1) add(at, `a rule asking about a waitlist offer (appointment.waitlist_offered) is triggered by nothing else; this one also by ${rule.on.filter((t) => t !== TriggerType.AppointmentWaitlistOffered).join(', ')}`);
+  if (offer && raw.writeBack !== undefined) add([...at, 'writeBack'], 'an accepted waitlist offer is booked through the waitlist block\'s `book` output (docs/waitlist.md), not a writeBack');
   let writeBack: string | undefined;
-  if (raw.writeBack !== undefined) {
+  if (raw.writeBack !== undefined && !offer) {
     const name = raw.writeBack;
     const output = context.outputs.find((o) => o.name === name);
     if (typeof name !== 'string' || name === '') add([...at, 'writeBack'], `writeBack names the output that writes answers back to the EHR; got ${describe(name)}`);
@@ -164,6 +174,10 @@ export function compileReply(
         add([...here, 'action'], `action must be one of ${REPLY_ACTIONS.join(', ')}; got ${describe(action)}`);
         return;
       }
+      if (offer !== OFFER_ACTIONS.includes(action as ReplyAction)) {
+        add([...here, 'action'], offer ? `a waitlist offer's answers are ${OFFER_ACTIONS.join(' and ')}; got ${action}` : `${action} answers a waitlist offer (a rule on appointment.waitlist_offered); a reminder's answers are confirm, cancel, reschedule`);
+        return;
+      }
       if (actions.has(action)) add([...here, 'action'], `action ${action} is offered twice: list all its words in one answer`);
       actions.add(action);
       const words = wordList(item.words, [...here, 'words'], reserved, add, true);
@@ -200,6 +214,7 @@ export function compileReply(
       }
     });
   }
+  if (offer && !hasAction(answers, ReplyAction.Accept) && issues.length === before) add([...at, 'answers'], 'a waitlist offer needs an accept answer (e.g. { action: accept, words: ["1", YES] })');
   if (writeBack) {
     const kinds = context.outputs.find((o) => o.name === writeBack)!.writeBackKinds!;
     for (const a of answers) {
@@ -208,6 +223,10 @@ export function compileReply(
   }
   if (issues.length > before) return undefined;
   return { answers, ...(writeBack ? { writeBack } : {}) };
+}
+
+function hasAction(answers: readonly ReplyAnswerSpec[], action: ReplyAction): boolean {
+  return answers.some((a) => a.action === action);
 }
 
 function wordList(

@@ -52,9 +52,20 @@ export class RedisQueues {
   /** Closes the queues (running jobs finish first), then the connections. */
   async close(): Promise<void> {
     await Promise.allSettled(this.#queues.map((q) => q.close()));
-    this.connection.disconnect();
-    this.workerConnection.disconnect();
+    await Promise.all([closeConnection(this.connection), closeConnection(this.workerConnection)]);
   }
+}
+
+/**
+ * QUIT after the commands in flight (Redis answers them first, so they resolve rather than
+ * fail with "Connection is closed"), a second at most; then the socket goes. A connection that
+ * is not up (Redis away) is dropped at once.
+ */
+async function closeConnection(client: Redis): Promise<void> {
+  if (client.status === 'ready') {
+    await Promise.race([client.quit().catch(() => undefined), new Promise((resolve) => setTimeout(resolve, 1_000).unref())]);
+  }
+  client.disconnect();
 }
 
 // Renew and release only while the key still holds our token: a lease that lapsed and was

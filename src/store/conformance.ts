@@ -765,8 +765,7 @@ export function storeConformanceSuite(name: string, makeStore: () => Promise<Sto
         testRecord({ controlId, raw, sender: 'A', receivedAt, status: MessageStatus.Rejected, ackCode: 'AR', reason: 'missing_field', rawQuota: quota });
       const used = async (): Promise<Array<string | undefined>> => [await store.getCursor(RAW_QUOTA_CURSOR), await store.getCursor(`${RAW_QUOTA_CURSOR}:sender:A`)];
 
-      // Retention is built for the embedded store only so far (docs/scale-out.md "Limits").
-      it.skipIf(name === 'postgres')('by retention clearing old bodies, and by pruning old records: a later refusal is kept whole again', async () => {
+      it('by retention clearing old bodies, and by pruning old records: a later refusal is kept whole again', async () => {
         stored(await store.commitInbound(rejected('OLD1', '2024-01-01T09:00:00Z')));
         expect(await store.commitInbound(rejected('OLD2', '2024-01-01T09:01:00Z'))).toMatchObject({ rawBytes: 300 });
         expect(await used()).toEqual(['300', '300']);
@@ -1121,8 +1120,7 @@ export function storeConformanceSuite(name: string, makeStore: () => Promise<Sto
 
     consentLedgerConformance(() => store);
     replyLedgerConformance(() => store);
-    // Retention is built for the embedded store only so far (docs/scale-out.md "Limits").
-    operationsConformance(() => store, { retention: name !== 'postgres' });
+    operationsConformance(() => store);
     videoConformance(() => store);
 
     describe('closing', () => {

@@ -20,11 +20,11 @@ function appointmentTrigger(id: string, appointmentId: string, type: Trigger['ty
 }
 
 /** Everything prune would remove of `kind` now, batch by batch (dry or not). */
-async function pruneAll(store: Store, kind: RetentionKind, options: { dryRun?: boolean; limit?: number } = {}): Promise<number> {
+export async function pruneAll(store: Store, kind: RetentionKind, options: { dryRun?: boolean; limit?: number; before?: string } = {}): Promise<number> {
   let removed = 0;
   let after: string | undefined;
   for (let i = 0; i < 1000; i++) {
-    const batch = await store.prune(kind, CUTOFF, { limit: options.limit ?? 2, ...(after !== undefined ? { after } : {}), ...(options.dryRun ? { dryRun: true } : {}) });
+    const batch = await store.prune(kind, options.before ?? CUTOFF, { limit: options.limit ?? 2, ...(after !== undefined ? { after } : {}), ...(options.dryRun ? { dryRun: true } : {}) });
     removed += batch.removed;
     if (batch.next === undefined) return removed;
     after = batch.next;
@@ -32,11 +32,7 @@ async function pruneAll(store: Store, kind: RetentionKind, options: { dryRun?: b
   throw new Error('prune never finished');
 }
 
-/**
- * `retention: false`: a backend that does not prune yet (the PostgreSQL store: its prune refuses
- * with the reason, see postgres.ts) leaves the retention part out, and says so in the run.
- */
-export function operationsConformance(getStore: () => Store, options: { retention?: boolean } = {}): void {
+export function operationsConformance(getStore: () => Store): void {
   describe('outcome links and observations', () => {
     it('notes the appointment of each stored outcome trigger, in the commit, newest note last', async () => {
       const store = getStore();
@@ -82,7 +78,7 @@ export function operationsConformance(getStore: () => Store, options: { retentio
     });
   });
 
-  describe.skipIf(options.retention === false)('retention (RetentionKind)', () => {
+  describe('retention (RetentionKind)', () => {
     it('rawMessages: clears the bytes of old messages, keeps quarantined copies awaiting review and pending events', async () => {
       const store = getStore();
       const old = await store.commitInbound(testRecord({ controlId: 'OLD', receivedAt: OLD }));

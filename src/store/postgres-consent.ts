@@ -20,8 +20,8 @@ import {
   type EventRow,
   type PatientFactRows,
 } from './consent-rows.ts';
-import { RAW_QUOTA_CURSOR } from './store.ts';
 import { settleAll, type Sql } from './postgres-commit.ts';
+import { giveBackRawQuota } from './postgres-raw-quota.ts';
 import type { DecisionRecord, Disclosure, ErasureRecord, PatientFacts, StoredFhirConsent } from './store.ts';
 import type { Trigger } from '../types.ts';
 
@@ -367,22 +367,16 @@ export async function erasePatient(tx: Sql, patientId: string, at: string, outco
       ]),
       // Their messages lose their bytes, and so do quarantined copies of them (same dedupe key);
       // a copy counted under the raw-bytes quota gives its bytes back to the counters first.
-      tx.count(
-        `WITH erased AS (
-           SELECT id, raw_quota, length(raw) AS size FROM messages WHERE id = ANY($1::bigint[])
-              OR (status = 'quarantined' AND control_id <> '' AND dedupe_key IN (SELECT dedupe_key FROM messages WHERE id = ANY($1::bigint[])))
-         ), given AS (
-           SELECT key, SUM(size) AS size FROM (
-             SELECT $2::text AS key, size FROM erased WHERE raw_quota IS NOT NULL
-             UNION ALL SELECT $2::text || ':' || raw_quota, size FROM erased WHERE raw_quota IS NOT NULL
-           ) AS g GROUP BY key
-         ), back AS (
-           UPDATE cursors c SET value = GREATEST(0, (CASE WHEN c.value ~ '^[0-9]+$' THEN c.value::bigint ELSE 0 END) - given.size)::text
-             FROM given WHERE c.key = given.key RETURNING 1
-         )
-         UPDATE messages m SET raw = '\\x'::bytea, raw_quota = NULL FROM erased WHERE m.id = erased.id`,
-        [messageIds, RAW_QUOTA_CURSOR],
-      ),
+      (async () => {
+        const erased = await tx.rows<{ id: number }>(
+          `SELECT id FROM messages WHERE id = ANY($1::bigint[])
+              OR (status = 'quarantined' AND control_id <> '' AND dedupe_key IN (SELECT dedupe_key FROM messages WHERE id = ANY($1::bigint[])))`,
+          [messageIds],
+        );
+        const ids = erased.map((m) => m.id);
+        await giveBackRawQuota(tx, ids);
+        return tx.count("UPDATE messages SET raw = '\\x'::bytea WHERE id = ANY($1::bigint[])", [ids]);
+      })(),
     );
   }
   // The tools that held the patient's contact: named in the record (an operator acts on what

@@ -93,6 +93,7 @@ import {
   type StateRow,
 } from './rows.ts';
 import { GroupCommitter, settleAll, sqlOf, type BatchRunner, type Sql } from './postgres-commit.ts';
+import { POSTGRES_RETENTION_SCHEMA, POSTGRES_VISIT_REPLY_RETENTION_SCHEMA, pruneBatch } from './postgres-retention.ts';
 import * as ledger from './postgres-consent.ts';
 import * as ops from './postgres-operations.ts';
 import * as replies from './postgres-replies.ts';
@@ -107,6 +108,8 @@ import {
   type PostgresSettings,
   type PostgresTarget,
 } from './postgres-db.ts';
+import * as waitlist from './postgres-waitlist.ts';
+import type { WaitlistAppointment, WaitlistFigures, WaitlistOffer, WaitlistOfferState, WaitlistSlot, WaitlistSlotState } from './store.ts';
 import { ATTEMPT_FROM_STATUS, AttemptKind, PromptClosedError, RAW_QUOTA_CURSOR, STORED_DELIVERY_STATUSES, StoredDeliveryStatus, isPending } from './store.ts';
 import type {
   NewStaffTask,
@@ -344,6 +347,13 @@ export const POSTGRES_STORE_MIGRATIONS: readonly string[] = [
   ALTER TABLE deliveries DROP CONSTRAINT deliveries_status_check;
   ALTER TABLE deliveries ADD CONSTRAINT deliveries_status_check CHECK (status IN ('pending', 'cancelled', 'sent', 'suppressed', 'failed', 'review'));
   `,
+  // The waitlist; its waves of offers stored as messages (postgres-waitlist.ts).
+  waitlist.POSTGRES_WAITLIST_TABLES,
+  // Retention's walks: a column for cleared bodies and the indexes its batches read by
+  // (postgres-retention.ts).
+  POSTGRES_RETENTION_SCHEMA,
+  // Retention of video joins and links, reply prompts (postgres-retention.ts).
+  POSTGRES_VISIT_REPLY_RETENTION_SCHEMA,
 ];
 
 /** Statement triggers keeping `counts` (status, slot, n) in step with `table`'s status column. */
@@ -929,12 +939,73 @@ export class PostgresStore implements Store {
     return ops.countOutcomes(this.#sql, query);
   }
 
-  /**
-   * Retention is not built for PostgreSQL yet: refused with the reason, never a silent no-op
-   * (main.ts does not start the retention job on this store; docs/scale-out.md).
-   */
-  async prune(_kind: RetentionKind, _before: string, _options: PruneOptions): Promise<PruneBatch> {
-    throw new Error('retention (prune) is not available on the PostgreSQL store yet: the records stay; remove old rows with SQL if needed (docs/scale-out.md "Limits")');
+  async prune(kind: RetentionKind, before: string, options: PruneOptions): Promise<PruneBatch> {
+    this.#assertOpen();
+    const beforeMs = instantMs(before, 'before');
+    // A dry run only reads; a real batch is one write among the group commit's (postgres-retention.ts).
+    if (options.dryRun) return pruneBatch(this.#sql, kind, beforeMs, options);
+    return this.#write((tx) => pruneBatch(tx, kind, beforeMs, options));
+  }
+
+  // --- the waitlist (postgres-waitlist.ts) ---------------------------------------------------
+
+  openWaitlistSlot(slot: WaitlistSlot): Promise<boolean> {
+    return this.#write((tx) => waitlist.openSlot(tx, slot));
+  }
+
+  async getWaitlistSlot(id: string): Promise<WaitlistSlot | undefined> {
+    this.#assertOpen();
+    return waitlist.slot(this.#sql, id);
+  }
+
+  setWaitlistSlot(id: string, state: WaitlistSlotState, patch?: Partial<WaitlistSlot>): Promise<void> {
+    return this.#write((tx) => waitlist.setSlot(tx, id, state, patch));
+  }
+
+  releaseWaitlistClaim(slotId: string, offerId: string): Promise<boolean> {
+    return this.#write((tx) => waitlist.releaseClaim(tx, slotId, offerId));
+  }
+
+  addWaitlistOffers(offers: readonly WaitlistOffer[]): Promise<void> {
+    return this.#write((tx) => waitlist.addOffers(tx, offers));
+  }
+
+  async getWaitlistOffer(id: string): Promise<WaitlistOffer | undefined> {
+    this.#assertOpen();
+    return waitlist.offer(this.#sql, id);
+  }
+
+  setWaitlistOffer(id: string, state: WaitlistOfferState, patch?: Partial<WaitlistOffer>): Promise<void> {
+    return this.#write((tx) => waitlist.setOffer(tx, id, state, patch));
+  }
+
+  async listWaitlistOffers(slotId: string): Promise<WaitlistOffer[]> {
+    this.#assertOpen();
+    return waitlist.offersOfSlot(this.#sql, slotId);
+  }
+
+  async countWaitlistOffers(patientId: string, since: string): Promise<number> {
+    this.#assertOpen();
+    return waitlist.offersToPatientSince(this.#sql, patientId, since);
+  }
+
+  noteWaitlistAppointment(appointment: WaitlistAppointment | { id: string; removed: true }): Promise<void> {
+    return this.#write((tx) => waitlist.noteAppointment(tx, appointment));
+  }
+
+  async laterWaitlistAppointments(query: { services: readonly string[]; practitioners: readonly string[]; after: string; limit: number }): Promise<WaitlistAppointment[]> {
+    this.#assertOpen();
+    return waitlist.laterAppointments(this.#sql, query);
+  }
+
+  async listWaitlistSlots(query: { states: readonly WaitlistSlotState[]; limit?: number }): Promise<WaitlistSlot[]> {
+    this.#assertOpen();
+    return waitlist.slotsIn(this.#sql, query.states, Math.min(Math.max(query.limit ?? 1000, 1), 10_000));
+  }
+
+  async waitlistFigures(from: string, to: string): Promise<WaitlistFigures> {
+    this.#assertOpen();
+    return waitlist.figures(this.#sql, from, to);
   }
 
   addReplyPrompt(prompt: ReplyPrompt): Promise<boolean> {
@@ -1122,7 +1193,11 @@ export class PostgresStore implements Store {
   }
 
   erasePatient(patientId: string, at: string, outcomes: Readonly<Record<string, string>> = {}): Promise<ErasureRecord> {
-    return this.#write((tx) => ledger.erasePatient(tx, patientId, at, outcomes));
+    return this.#write(async (tx) => {
+      const record = await ledger.erasePatient(tx, patientId, at, outcomes);
+      await waitlist.erase(tx, patientId);
+      return record;
+    });
   }
 
   async listErasures(patientId: string): Promise<ErasureRecord[]> {
@@ -1267,6 +1342,8 @@ export class PostgresStore implements Store {
     }
     // An SMS answer takes its prompt in this transaction, or nothing is stored.
     if (r.answers !== undefined && !(await replies.answerPrompt(tx, r.answers.promptId, r.answers.answer))) throw new PromptClosedError(r.answers.promptId);
+    // A yes to a waitlist offer claims the slot in this transaction, or nothing is stored (postgres-waitlist.ts).
+    if (r.waitlistClaim !== undefined) await waitlist.claim(tx, r.waitlistClaim.slotId, r.waitlistClaim.offerId, r.receivedAt);
     let rawBytes: number | undefined;
     if (message === undefined) ({ message, rawBytes } = await insertOne(tx, p, r.status, r.reason, triggerIdsOf(r), r, keyed));
     for (const task of r.tasks ?? []) await replies.addTask(tx, { ...task, messageId: message.id });

@@ -2,6 +2,7 @@
 // and .tasks): every backend runs it from storeConformanceSuite. All data here is synthetic.
 import { describe, expect, it } from 'vitest';
 import { testRecord, testTrigger } from './conformance.ts';
+import { pruneAll } from './operations-conformance.ts';
 import { PromptClosedError, type InboundRecord, type ReplyPrompt, type Store } from './store.ts';
 
 const SENT = '2025-06-01T09:00:00+02:00';
@@ -94,6 +95,28 @@ export function replyLedgerConformance(getStore: () => Store): void {
       await store.addReplyPrompt(prompt({ id: 'p2', patientId: 'MRN-2' }));
       await store.erasePatient('MRN-1', '2025-06-01T11:00:00Z');
       expect((await store.openReplyPrompts({ output: 'sms', address: '+33612345678', at: '2025-06-01T12:00:00Z' })).map((p) => p.id)).toEqual(['p2']);
+    });
+
+    it('retention: prompts closed before the cutoff and tasks done before it go; open ones stay whatever their age', async () => {
+      const store = getStore();
+      await store.addReplyPrompt(prompt({ id: 'closed' }));
+      await store.addReplyPrompt(prompt({ id: 'open', closesAt: '2025-08-01T10:00:00+02:00' }));
+      const old = { kind: 'write_back_denied' as const, createdAt: '2025-06-01T12:00:00Z', output: 'ehr' };
+      const done = await store.addStaffTask({ ...old, key: 'done' });
+      await store.finishStaffTask(done.id, { at: '2025-06-02T12:00:00Z', by: 'front-desk' });
+      const late = await store.addStaffTask({ ...old, key: 'done-late' });
+      await store.finishStaffTask(late.id, { at: '2025-07-02T12:00:00Z', by: 'front-desk' });
+      await store.addStaffTask({ ...old, key: 'open' });
+      const cutoff = { before: '2025-07-01T00:00:00Z', limit: 1 };
+      expect(await pruneAll(store, 'replyPrompts', { ...cutoff, dryRun: true })).toBe(1);
+      expect(await pruneAll(store, 'staffTasks', { ...cutoff, dryRun: true })).toBe(1);
+      expect(await pruneAll(store, 'replyPrompts', cutoff)).toBe(1);
+      expect(await pruneAll(store, 'staffTasks', cutoff)).toBe(1);
+      // Seen while both were open, only the one still open is left.
+      expect((await store.openReplyPrompts({ output: 'sms', address: '+33612345678', at: '2025-06-01T12:00:00+02:00' })).map((p) => p.id)).toEqual(['open']);
+      expect((await store.listStaffTasks({})).map((t) => t.key).sort()).toEqual(['done-late', 'open']);
+      expect(await pruneAll(store, 'staffTasks', { before: '2030-01-01T00:00:00Z' })).toBe(1);
+      expect((await store.listStaffTasks({})).map((t) => t.key)).toEqual(['open']);
     });
   });
 }

@@ -50,16 +50,22 @@ export const REPLY_TABLES = `
  * schema_version + 1, in the migration's transaction). Nothing stored changes.
  */
 export function widenMessageFormats(db: Database): void {
+  widenFormatCheck(db, ['hl7v2', 'fhir'], ['hl7v2', 'fhir', 'sms']);
+}
+
+/** Widens the CHECK of `messages.format` from the `from` formats to the `to` ones, in place (above). */
+export function widenFormatCheck(db: Database, formats: readonly string[], widened: readonly string[]): void {
+  const check = (list: readonly string[]) => `CHECK (format IN (${list.map((f) => `'${f}'`).join(', ')}))`;
   const row = db.prepare("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'messages'").get() as { sql: string } | undefined;
-  const from = "CHECK (format IN ('hl7v2', 'fhir'))";
-  if (row === undefined || !row.sql.includes(from)) throw new Error("store migration: the messages table does not have the expected format check (format IN ('hl7v2', 'fhir'))");
+  const from = check(formats);
+  if (row === undefined || !row.sql.includes(from)) throw new Error(`store migration: the messages table does not have the expected format check (${from})`);
   const version = db.pragma('schema_version', { simple: true }) as number;
   // better-sqlite3 opens connections in defensive mode, which forbids writable_schema: lifted for
   // this statement only.
   db.unsafeMode(true);
   try {
     db.pragma('writable_schema = ON');
-    db.prepare("UPDATE sqlite_master SET sql = ? WHERE type = 'table' AND name = 'messages'").run(row.sql.replace(from, "CHECK (format IN ('hl7v2', 'fhir', 'sms'))"));
+    db.prepare("UPDATE sqlite_master SET sql = ? WHERE type = 'table' AND name = 'messages'").run(row.sql.replace(from, check(widened)));
     db.pragma(`schema_version = ${version + 1}`);
     db.pragma('writable_schema = OFF');
   } finally {

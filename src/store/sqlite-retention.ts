@@ -13,13 +13,12 @@
 //   audit           audit, then disclosures, then erasures, each by seq likewise
 //   outcomes        outcomes_day (day, appointment, rule)
 // A dry run walks the same way and counts.
-import { subjectKindOf } from '../pipeline/rule.ts';
-import type { TriggerType } from '../types.ts';
 import { expandDeliveryJson } from './common.ts';
 import { PackedKind, packJson, unpackJson } from './packed-json.ts';
 import type { Database } from './sqlite-db.ts';
 import { rawQuotaGiveBack } from './sqlite-raw-quota.ts';
-import { PENDING_REASON, RetentionKind, type PruneBatch, type PruneOptions } from './store.ts';
+import { awaitsSomeone, parsePosition, position, staffTaskTimes, subjectKeyOf, visitOver, type RetainedMessage, type RetainedTrigger } from './retention-rules.ts';
+import { RetentionKind, type PruneBatch, type PruneOptions } from './store.ts';
 
 /** Columns and indexes retention walks (part of one append-only migration step of the store). */
 export const RETENTION_SCHEMA = `
@@ -30,44 +29,15 @@ export const RETENTION_SCHEMA = `
   CREATE INDEX outbox_kept ON outbox (kept_at);
 `;
 
-interface MessageRow {
-  id: number;
-  received_ms: number;
-  status: string;
-  reason: string | null;
-  replaced_by: number | null;
-  stored: number;
-}
+/** Indexes the video and reply walks read by (a later migration step of the store). */
+export const VISIT_REPLY_RETENTION_SCHEMA = `
+  CREATE INDEX video_joins_walk ON video_joins (as_of_ms, appointment_id);
+  CREATE INDEX video_links_minted ON video_links (minted_at, token_hash);
+  CREATE INDEX reply_prompts_closes ON reply_prompts (closes_ms, seq);
+`;
 
-interface TriggerRow {
-  id: string;
-  type: TriggerType;
-  patient_id: string;
-  appointment_id: string | null;
-  encounter_id: string | null;
-  routed_ms: number | null;
-}
-
-/** A message kept for a person, or not complete yet: never pruned by age. */
-function awaitsSomeone(m: Pick<MessageRow, 'status' | 'reason' | 'replaced_by'>): boolean {
-  return (m.status === 'quarantined' && m.replaced_by === null) || (m.status === 'accepted' && m.reason === PENDING_REASON);
-}
-
-/** The subject key route.ts gives a trigger's deliveries (pipeline/route.ts subjectOf). */
-function subjectKeyOf(t: TriggerRow): string {
-  const kind = subjectKindOf(t.type);
-  const id = kind === 'appointment' ? t.appointment_id : kind === 'encounter' ? t.encounter_id : t.patient_id;
-  return id === null || id === '' ? `trigger/${encodeURIComponent(t.id)}` : `${kind}/${encodeURIComponent(id)}`;
-}
-
-function parsePosition(after: string | undefined, parts: number): string[] | undefined {
-  if (after === undefined) return undefined;
-  const values = after.split('\u0000');
-  if (values.length !== parts) throw new RangeError(`prune: "${after}" is not a position this kind returned`);
-  return values;
-}
-
-const position = (...values: Array<string | number>): string => values.join('\u0000');
+type MessageRow = RetainedMessage;
+type TriggerRow = RetainedTrigger;
 
 export class SqliteRetention {
   readonly #db: Database;
@@ -115,6 +85,17 @@ export class SqliteRetention {
         `SELECT day, appointment_id, rule FROM outcomes WHERE day < ? AND (day, appointment_id, rule) > (?, ?, ?) ORDER BY day, appointment_id, rule LIMIT ?`,
       ),
       deleteOutcome: db.prepare('DELETE FROM outcomes WHERE appointment_id = ? AND rule = ?'),
+      joins: db.prepare(
+        `SELECT j.appointment_id, j.as_of_ms, s.start FROM video_joins j LEFT JOIN subject_states s ON s.kind = 'appointment' AND s.id = j.appointment_id
+          WHERE j.as_of_ms < ? AND (j.as_of_ms, j.appointment_id) > (?, ?) ORDER BY j.as_of_ms, j.appointment_id LIMIT ?`,
+      ),
+      deleteJoin: db.prepare('DELETE FROM video_joins WHERE appointment_id = ?'),
+      links: db.prepare('SELECT token_hash, start, minted_at FROM video_links WHERE minted_at < ? AND (minted_at, token_hash) > (?, ?) ORDER BY minted_at, token_hash LIMIT ?'),
+      deleteLink: db.prepare('DELETE FROM video_links WHERE token_hash = ?'),
+      prompts: db.prepare('SELECT seq, closes_ms FROM reply_prompts WHERE closes_ms < ? AND (closes_ms, seq) > (?, ?) ORDER BY closes_ms, seq LIMIT ?'),
+      deletePrompt: db.prepare('DELETE FROM reply_prompts WHERE seq = ?'),
+      tasks: db.prepare("SELECT seq, json FROM staff_tasks WHERE status = 'done' AND seq > ? ORDER BY seq LIMIT ?"),
+      deleteTask: db.prepare('DELETE FROM staff_tasks WHERE seq = ?'),
     };
   }
 
@@ -150,6 +131,29 @@ export class SqliteRetention {
         return this.#bySeq(['audit', 'disclosures', 'erasures'], beforeMs, limit, options.after, dry);
       case RetentionKind.Outcomes:
         return this.#outcomes(before.slice(0, 10), limit, options.after, dry);
+      case RetentionKind.VideoJoins:
+        return this.#walk<{ appointment_id: string; as_of_ms: number; start: string | null }>(this.#s.joins, [beforeMs], limit, options.after, dry, {
+          from: (p) => (p ? [Number(p[0]), p[1]!] : [Number.MIN_SAFE_INTEGER, '']),
+          at: (row) => [row.as_of_ms, row.appointment_id],
+          goes: (row) => visitOver(row.start, beforeMs),
+          remove: (row) => this.#s.deleteJoin.run(row.appointment_id),
+        });
+      case RetentionKind.VideoLinks:
+        return this.#walk<{ token_hash: string; start: string; minted_at: string }>(this.#s.links, [before], limit, options.after, dry, {
+          from: (p) => p ?? ['', ''],
+          at: (row) => [row.minted_at, row.token_hash],
+          goes: (row) => Date.parse(row.start) < beforeMs,
+          remove: (row) => this.#s.deleteLink.run(row.token_hash),
+        });
+      case RetentionKind.ReplyPrompts:
+        return this.#walk<{ seq: number; closes_ms: number }>(this.#s.prompts, [beforeMs], limit, options.after, dry, {
+          from: (p) => (p ? p.map(Number) : [Number.MIN_SAFE_INTEGER, 0]),
+          at: (row) => [row.closes_ms, row.seq],
+          goes: () => true,
+          remove: (row) => this.#s.deletePrompt.run(row.seq),
+        });
+      case RetentionKind.StaffTasks:
+        return this.#tasks(beforeMs, limit, options.after, dry);
       default:
         throw new RangeError(`prune: unknown kind ${String(kind satisfies never)}`);
     }
@@ -286,6 +290,42 @@ export class SqliteRetention {
       seq = 0;
     }
     return index < tables.length ? { removed, next: position(tables[index]!, 0) } : { removed };
+  }
+
+  /** A walk by a two-part position (an index's order), removing the rows `goes` accepts. */
+  #walk<R>(
+    statement: { all(...params: unknown[]): unknown[] },
+    cutoff: unknown[],
+    limit: number,
+    after: string | undefined,
+    dry: boolean,
+    walk: { from(p: string[] | undefined): Array<string | number>; at(row: R): Array<string | number>; goes(row: R): boolean; remove(row: R): void },
+  ): PruneBatch {
+    const rows = statement.all(...cutoff, ...walk.from(parsePosition(after, 2)), limit) as R[];
+    let removed = 0;
+    for (const row of rows) {
+      if (!walk.goes(row)) continue;
+      removed++;
+      if (!dry) walk.remove(row);
+    }
+    const last = rows[rows.length - 1];
+    return { removed, ...(rows.length === limit && last ? { next: position(...walk.at(last)) } : {}) };
+  }
+
+  /** Done staff tasks by seq, up to the first one created after the cutoff (numbered as created). */
+  #tasks(beforeMs: number, limit: number, after: string | undefined, dry: boolean): PruneBatch {
+    const [seq] = parsePosition(after, 1)?.map(Number) ?? [0];
+    const rows = this.#s.tasks.all(seq, limit) as Array<{ seq: number; json: string }>;
+    let removed = 0;
+    for (const row of rows) {
+      const task = staffTaskTimes(row.json);
+      if (!(task.createdMs < beforeMs)) return { removed };
+      if (!(task.doneMs !== undefined && task.doneMs < beforeMs)) continue;
+      removed++;
+      if (!dry) this.#s.deleteTask.run(row.seq);
+    }
+    const last = rows[rows.length - 1];
+    return { removed, ...(rows.length === limit && last ? { next: position(last.seq) } : {}) };
   }
 
   #outcomes(beforeDay: string, limit: number, after: string | undefined, dry: boolean): PruneBatch {

@@ -101,10 +101,12 @@ import { ACTIVITY_TABLES, SqliteActivity } from './sqlite-activity.ts';
 import { CONSENT_TABLES, SqliteConsentLedger } from './sqlite-consent.ts';
 import { OUTCOME_TABLES, SqliteOutcomes } from './sqlite-outcomes.ts';
 import { RAW_QUOTA_SCHEMA } from './sqlite-raw-quota.ts';
-import { RETENTION_SCHEMA, SqliteRetention } from './sqlite-retention.ts';
+import { RETENTION_SCHEMA, SqliteRetention, VISIT_REPLY_RETENTION_SCHEMA } from './sqlite-retention.ts';
 import { migrate, openSqliteDatabase, type Database, type MigrationStep } from './sqlite-db.ts';
 import { REPLY_TABLES, SqliteReplyLedger, widenMessageFormats } from './sqlite-replies.ts';
+import { SqliteWaitlistLedger, WAITLIST_TABLES, widenFormatsForWaitlist } from './sqlite-waitlist.ts';
 import { ATTEMPT_FROM_STATUS, AttemptKind, AuditAction, PromptClosedError, STORED_DELIVERY_STATUSES, StoredDeliveryStatus } from './store.ts';
+import type { WaitlistAppointment, WaitlistFigures, WaitlistOffer, WaitlistOfferState, WaitlistSlot, WaitlistSlotState } from './store.ts';
 import type {
   AuditEntry,
   AuditQuery,
@@ -455,6 +457,11 @@ export const SQLITE_STORE_MIGRATIONS: readonly MigrationStep[] = [
   // Status `review`: an ambiguous failure of a non-idempotent output waits for a person
   // (store.ts StoredDeliveryStatus).
   allowDeliveryReview,
+  // The waitlist (sqlite-waitlist.ts); its waves of offers stored as messages.
+  WAITLIST_TABLES,
+  widenFormatsForWaitlist,
+  // Retention of video joins and links, reply prompts (sqlite-retention.ts).
+  VISIT_REPLY_RETENTION_SCHEMA,
 ];
 
 /** Most records committed in one transaction (bounds how long one flush blocks the loop). */
@@ -617,6 +624,7 @@ export class SqliteStore implements Store {
   private readonly commitOne: (run: () => unknown) => unknown;
   private readonly ledger: SqliteConsentLedger;
   private readonly replies: SqliteReplyLedger;
+  private readonly waitlist: SqliteWaitlistLedger;
   private readonly eraseTx: (patientId: string, at: string, outcomes?: Readonly<Record<string, string>>) => ErasureRecord;
   private readonly activity: SqliteActivity;
   private readonly outcomes: SqliteOutcomes;
@@ -630,10 +638,12 @@ export class SqliteStore implements Store {
     db.function('raw_unpacked', { deterministic: true }, (raw: unknown, packed: unknown) => (packed === 1 && Buffer.isBuffer(raw) ? unpackRaw(raw) : raw));
     this.ledger = new SqliteConsentLedger(db);
     this.replies = new SqliteReplyLedger(db);
-    // The ledger's erasure nests as a savepoint: the patient's reply prompts go in the same transaction.
+    this.waitlist = new SqliteWaitlistLedger(db);
+    // The ledger's erasure nests as a savepoint: the patient's reply prompts and waitlist records go in the same transaction.
     this.eraseTx = db.transaction((patientId: string, at: string, outcomes?: Readonly<Record<string, string>>) => {
       const record = this.ledger.erasePatient(patientId, at, outcomes);
       this.replies.erase(patientId);
+      this.waitlist.erase(patientId);
       return record;
     }).immediate;
     this.activity = new SqliteActivity(db);
@@ -1558,6 +1568,67 @@ export class SqliteStore implements Store {
     });
   }
 
+  // --- the waitlist (sqlite-waitlist.ts) -----------------------------------------------------
+
+  openWaitlistSlot(slot: WaitlistSlot): Promise<boolean> {
+    return this.enqueueWrite(() => () => this.waitlist.openSlot(slot));
+  }
+
+  async getWaitlistSlot(id: string): Promise<WaitlistSlot | undefined> {
+    this.assertOpen();
+    return this.waitlist.slot(id);
+  }
+
+  setWaitlistSlot(id: string, state: WaitlistSlotState, patch?: Partial<WaitlistSlot>): Promise<void> {
+    return this.enqueueWrite(() => () => this.waitlist.setSlotState(id, state, patch));
+  }
+
+  releaseWaitlistClaim(slotId: string, offerId: string): Promise<boolean> {
+    return this.enqueueWrite(() => () => this.waitlist.releaseClaim(slotId, offerId));
+  }
+
+  addWaitlistOffers(offers: readonly WaitlistOffer[]): Promise<void> {
+    return this.enqueueWrite(() => () => this.waitlist.addOffers(offers));
+  }
+
+  async getWaitlistOffer(id: string): Promise<WaitlistOffer | undefined> {
+    this.assertOpen();
+    return this.waitlist.offer(id);
+  }
+
+  setWaitlistOffer(id: string, state: WaitlistOfferState, patch?: Partial<WaitlistOffer>): Promise<void> {
+    return this.enqueueWrite(() => () => this.waitlist.setOfferState(id, state, patch));
+  }
+
+  async listWaitlistOffers(slotId: string): Promise<WaitlistOffer[]> {
+    this.assertOpen();
+    return this.waitlist.offersOfSlot(slotId);
+  }
+
+  async countWaitlistOffers(patientId: string, since: string): Promise<number> {
+    this.assertOpen();
+    return this.waitlist.offersToPatientSince(patientId, since);
+  }
+
+  noteWaitlistAppointment(appointment: WaitlistAppointment | { id: string; removed: true }): Promise<void> {
+    return this.enqueueWrite(() => () => ('removed' in appointment ? this.waitlist.forgetAppointment(appointment.id) : this.waitlist.noteAppointment(appointment)));
+  }
+
+  async laterWaitlistAppointments(query: { services: readonly string[]; practitioners: readonly string[]; after: string; limit: number }): Promise<WaitlistAppointment[]> {
+    this.assertOpen();
+    return this.waitlist.laterAppointments(query);
+  }
+
+  async listWaitlistSlots(query: { states: readonly WaitlistSlotState[]; limit?: number }): Promise<WaitlistSlot[]> {
+    this.assertOpen();
+    return this.waitlist.slotsIn(query.states, Math.min(Math.max(query.limit ?? 1000, 1), 10_000));
+  }
+
+  async waitlistFigures(from: string, to: string): Promise<WaitlistFigures> {
+    this.assertOpen();
+    return this.waitlist.figures(from, to);
+  }
+
   async listErasures(patientId: string): Promise<ErasureRecord[]> {
     this.assertOpen();
     return this.ledger.listErasures(patientId);
@@ -1644,6 +1715,8 @@ export class SqliteStore implements Store {
     }
     // An SMS answer takes its prompt in this transaction, or nothing is stored.
     if (r.answers !== undefined && !this.replies.answerPrompt(r.answers.promptId, r.answers.answer)) throw new PromptClosedError(r.answers.promptId);
+    // A yes to a waitlist offer claims the slot in this transaction, or nothing is stored (sqlite-waitlist.ts).
+    if (r.waitlistClaim !== undefined) this.waitlist.claim(r.waitlistClaim.slotId, r.waitlistClaim.offerId, r.receivedAt);
     let rawBytes: number | undefined;
     if (message === undefined) ({ message, rawBytes } = this.insertMessage(p, r.status, r.reason, triggerIdsOf(r), p.record, keyed));
     const messageId = Number(message.id);

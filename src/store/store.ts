@@ -91,10 +91,16 @@ export interface InboundRecord {
    * reflects a newer event (the asOf rule of subject states); one without `join` deletes it.
    */
   videoJoins?: VideoJoinWrite[];
+  /**
+   * A yes to a waitlist offer (docs/waitlist.md): the store takes the slot for the offer in the
+   * same transaction, only if the slot is still open — otherwise the commit rejects with
+   * SlotTakenError and nothing is stored (another yes took it first).
+   */
+  waitlistClaim?: { slotId: string; offerId: string };
 }
 
 /** Wire formats of stored inbound messages. */
-export type InboundFormat = 'hl7v2' | 'fhir' | 'sms';
+export type InboundFormat = 'hl7v2' | 'fhir' | 'sms' | 'waitlist';
 
 /** See InboundRecord.rawQuota. */
 export interface RawQuota {
@@ -675,6 +681,14 @@ export class PromptClosedError extends Error {
   }
 }
 
+/** A yes to a waitlist offer whose slot is no longer open (another yes took it): the commit that carried it stored nothing. */
+export class SlotTakenError extends Error {
+  constructor(readonly slotId: string) {
+    super(`waitlist slot ${slotId} is no longer open`);
+    this.name = 'SlotTakenError';
+  }
+}
+
 /** What a staff task asks a person to do (the admin API and dashboard list them). */
 export const StaffTaskKind = {
   /** An SMS that is neither a keyword nor an offered answer: the staff inbox (no automatic reply). */
@@ -691,6 +705,10 @@ export const StaffTaskKind = {
   WriteBackDenied: 'write_back_denied',
   /** The write-back failed for good or ran out of attempts (`code`: the last failure). */
   WriteBackFailed: 'write_back_failed',
+  /** A waitlist slot a patient accepted could not be booked (`code`): the slot was offered on. */
+  WaitlistBookingFailed: 'waitlist_booking_failed',
+  /** A waitlist slot was booked, but the patient's later appointment could not be cancelled: staff cancel it. */
+  WaitlistCancelFailed: 'waitlist_cancel_failed',
 } as const;
 export type StaffTaskKind = (typeof StaffTaskKind)[keyof typeof StaffTaskKind];
 export const STAFF_TASK_KINDS: readonly StaffTaskKind[] = Object.values(StaffTaskKind);
@@ -737,6 +755,127 @@ export interface ReplyLedger {
   listStaffTasks(query: { status?: StaffTaskStatus; limit?: number; before?: string }): Promise<StaffTask[]>;
   /** Marks a task done (once: a done task stays as it was); undefined for an unknown id. */
   finishStaffTask(id: string, done: { at: string; by: string }): Promise<StaffTask | undefined>;
+}
+
+// --- the waitlist (workers/waitlist.ts, docs/waitlist.md) -------------------------------------
+
+export const WaitlistSlotState = {
+  /** Offers go out in waves; the first yes claims it. */
+  Open: 'open',
+  /** A yes took it; its booking is under way. */
+  Claimed: 'claimed',
+  /** Booked for the patient who said yes. */
+  Booked: 'booked',
+  /** No more offers: too close to its start, or nobody took it. */
+  Closed: 'closed',
+} as const;
+export type WaitlistSlotState = (typeof WaitlistSlotState)[keyof typeof WaitlistSlotState];
+
+/** A freed slot, from the trigger that freed it. */
+export interface WaitlistSlot {
+  /** `<appointment id>@<start>`. */
+  id: string;
+  state: WaitlistSlotState;
+  /** The trigger that freed it (its appointment: service, practitioner, location). */
+  triggerId: string;
+  /** The patient whose appointment freed it (never offered their own slot back). */
+  patientId: string;
+  start: string;
+  end?: string;
+  durationMinutes?: number;
+  serviceType?: { code: string; display?: string; system?: string };
+  practitioner?: { id: string; name?: string };
+  location?: { id: string; name?: string };
+  openedAt: string;
+  /** Waves sent so far. */
+  waves: number;
+  /** Set while claimed or booked: the offer that took it. */
+  claimedBy?: string;
+  /** The appointment made for it (booked). */
+  bookedAs?: string;
+  /** Why it closed (a reason code). */
+  closedReason?: string;
+}
+
+export const WaitlistOfferState = {
+  Offered: 'offered',
+  Accepted: 'accepted',
+  Declined: 'declined',
+  Booked: 'booked',
+  /** The booking failed: the slot was offered on. */
+  Failed: 'failed',
+} as const;
+export type WaitlistOfferState = (typeof WaitlistOfferState)[keyof typeof WaitlistOfferState];
+
+/** One offer of a slot to one patient: the trigger appointment.waitlist_offered carries its id. */
+export interface WaitlistOffer {
+  id: string;
+  slotId: string;
+  patientId: string;
+  wave: number;
+  state: WaitlistOfferState;
+  offeredAt: string;
+  expiresAt: string;
+  /** The patient's later appointment, cancelled (pat-swl) after the booking. */
+  current?: { id: string; start: string; placerId?: string };
+  daysGained?: number;
+  /** The trigger the patient's details come from (their later appointment's latest). */
+  triggerId?: string;
+  acceptedAt?: string;
+  bookedAs?: string;
+  /** Set once the later appointment was cancelled. */
+  currentCancelled?: boolean;
+}
+
+/** An appointment the later-appointments source knows (booked, from the feed). */
+export interface WaitlistAppointment {
+  id: string;
+  placerId?: string;
+  patientId: string;
+  /** appointment.serviceType.code ('' when absent). */
+  service: string;
+  /** appointment.practitioner.id ('' when absent). */
+  practitioner: string;
+  start: string;
+  /** The latest trigger about it: the patient's name, phone and language for the offer. */
+  triggerId: string;
+}
+
+/** The waitlist in the outcomes view (docs/operations.md "Outcomes"). */
+export interface WaitlistFigures {
+  slotsFreed: number;
+  offers: number;
+  accepted: number;
+  booked: number;
+  declined: number;
+  bookingFailed: number;
+  /** Days patients were seen sooner (their later appointment − the slot), over booked offers. */
+  daysGained: { total: number; median?: number };
+}
+
+/** The waitlist's records, part of every Store. */
+export interface WaitlistLedger {
+  /** Opens a freed slot (false when it is already known). */
+  openWaitlistSlot(slot: WaitlistSlot): Promise<boolean>;
+  getWaitlistSlot(id: string): Promise<WaitlistSlot | undefined>;
+  setWaitlistSlot(id: string, state: WaitlistSlotState, patch?: Partial<WaitlistSlot>): Promise<void>;
+  /** Gives a claim back (a booking that failed): true when the slot was claimed by that offer and is open again. */
+  releaseWaitlistClaim(slotId: string, offerId: string): Promise<boolean>;
+  /** Offers of one wave (an existing id is kept as it is). */
+  addWaitlistOffers(offers: readonly WaitlistOffer[]): Promise<void>;
+  getWaitlistOffer(id: string): Promise<WaitlistOffer | undefined>;
+  setWaitlistOffer(id: string, state: WaitlistOfferState, patch?: Partial<WaitlistOffer>): Promise<void>;
+  listWaitlistOffers(slotId: string): Promise<WaitlistOffer[]>;
+  /** Offers made to a patient at or after `since` (the per-patient cap). */
+  countWaitlistOffers(patientId: string, since: string): Promise<number>;
+  /** Keeps (or, with `removed`, forgets) an appointment of the later-appointments source. */
+  noteWaitlistAppointment(appointment: WaitlistAppointment | { id: string; removed: true }): Promise<void>;
+  /** Appointments of these services and practitioners starting after `after`, latest first. */
+  laterWaitlistAppointments(query: { services: readonly string[]; practitioners: readonly string[]; after: string; limit: number }): Promise<WaitlistAppointment[]>;
+  /** Slots in these states, oldest freed first (the start-up repair). Default limit 1000. */
+  listWaitlistSlots(query: { states: readonly WaitlistSlotState[]; limit?: number }): Promise<WaitlistSlot[]>;
+  /** Slots freed and offers made in [from, to). */
+  waitlistFigures(from: string, to: string): Promise<WaitlistFigures>;
 }
 
 /** Actions recorded in the audit log (who did what to which record, and when). */
@@ -929,6 +1068,15 @@ export interface OutcomeCount {
  * - `audit`: audit entries, disclosures (the accounting of disclosures) and erasure records
  *   made before `before`. Counted in rows.
  * - `outcomes`: outcome observations of appointments that started before `before`'s day.
+ * - `videoJoins`: sealed vendor join URLs stored before `before` of visits that started before
+ *   it (by their appointment state; without one, by when the join was stored). Kept: visits
+ *   still to come. Counted in joins.
+ * - `videoLinks`: patient video links minted before `before` for a visit start before it (a
+ *   link of a visit still to come stays). Counted in links.
+ * - `replyPrompts`: reply prompts (the number a reminder went to) that closed before `before`;
+ *   open ones stay. Counted in prompts.
+ * - `staffTasks`: staff tasks done before `before`; open ones stay whatever their age.
+ *   Counted in tasks.
  * The consent ledger (entries, FHIR Consents, patient facts, contact points) and the contact
  * holdings are never removed by age: they keep objections honoured.
  */
@@ -941,6 +1089,10 @@ export const RetentionKind = {
   Decisions: 'decisions',
   Audit: 'audit',
   Outcomes: 'outcomes',
+  VideoJoins: 'videoJoins',
+  VideoLinks: 'videoLinks',
+  ReplyPrompts: 'replyPrompts',
+  StaffTasks: 'staffTasks',
 } as const;
 export type RetentionKind = (typeof RetentionKind)[keyof typeof RetentionKind];
 export const RETENTION_KINDS: readonly RetentionKind[] = Object.values(RetentionKind);
@@ -961,7 +1113,7 @@ export interface PruneBatch {
   next?: string;
 }
 
-export interface Store extends ConsentLedger, ReplyLedger {
+export interface Store extends ConsentLedger, ReplyLedger, WaitlistLedger {
   /**
    * Commits one inbound message atomically: raw bytes, ACK, status, reason, triggers and
    * subject-state updates, in one transaction, durable when the promise resolves.

@@ -3,6 +3,7 @@
 // suite every backend passes (conformance.ts); the sealed bytes here are synthetic.
 import { describe, expect, it } from 'vitest';
 import { testRecord, testTrigger } from './conformance.ts';
+import { pruneAll } from './operations-conformance.ts';
 import type { SealedJoin, Store, SubjectState, VideoJoinWrite, VideoLink } from './store.ts';
 
 const sealed = (n: number): SealedJoin => ({ keyId: `k${n}`, sealed: Buffer.from([1, n, 0, 255, n]) });
@@ -81,6 +82,31 @@ export function videoConformance(getStore: () => Store): void {
       expect(await store.getVideoJoin('APT-V')).toBeUndefined();
       expect(await store.getVideoLink('a'.repeat(64))).toBeUndefined();
       expect(await store.getVideoLink('e'.repeat(64))).toBeDefined();
+    });
+
+    it('retention: joins and links of visits that started before the cutoff go; those of visits still to come stay', async () => {
+      const store = getStore();
+      const other = (id: string, start: string) => ({ kind: 'appointment' as const, id, patientId: 'MRN-V', status: 'booked', start, asOf: '2024-01-01T09:00:00Z' });
+      const joinOf = (appointmentId: string, n: number): VideoJoinWrite => ({ appointmentId, patientId: 'MRN-V', asOf: '2024-01-01T09:00:00Z', join: sealed(n) });
+      // APT-V started on 2 January; APT-LATER starts after the cutoff though its join is old.
+      await store.commitInbound(
+        testRecord({ controlId: 'V1', subjectStates: [state('2024-01-01T09:00:00Z'), other('APT-LATER', '2024-04-01T10:00:00Z')], videoJoins: [join('2024-01-01T09:00:00Z', sealed(1)), joinOf('APT-LATER', 2)] }),
+      );
+      await store.putVideoLink(link());
+      await store.putVideoLink(link({ tokenHash: 'f'.repeat(64), appointmentId: 'APT-LATER', start: '2024-04-01T10:00:00Z' }));
+      const cutoff = { before: '2024-02-01T00:00:00Z', limit: 1 };
+      expect(await pruneAll(store, 'videoJoins', { ...cutoff, dryRun: true })).toBe(1);
+      expect(await pruneAll(store, 'videoLinks', { ...cutoff, dryRun: true })).toBe(1);
+      expect(await store.getVideoJoin('APT-V')).toBeDefined();
+      expect(await pruneAll(store, 'videoJoins', cutoff)).toBe(1);
+      expect(await pruneAll(store, 'videoLinks', cutoff)).toBe(1);
+      expect(await store.getVideoJoin('APT-V')).toBeUndefined();
+      expect(await store.getVideoLink('a'.repeat(64))).toBeUndefined();
+      expect((await store.getVideoJoin('APT-LATER'))?.join).toEqual(sealed(2));
+      expect(await store.getVideoLink('f'.repeat(64))).toBeDefined();
+      // Once that visit is past the cutoff too, they go.
+      expect(await pruneAll(store, 'videoJoins', { before: '2024-05-01T00:00:00Z' })).toBe(1);
+      expect(await pruneAll(store, 'videoLinks', { before: '2024-05-01T00:00:00Z' })).toBe(1);
     });
   });
 }

@@ -140,6 +140,7 @@ export class FhirIngest {
       ...(deps.timer !== undefined ? { timer: deps.timer } : {}),
       search: (since) => this.serial('search', () => this.searchChanges(since)),
       serial: (key, work) => this.serial(key, work),
+      ...(deps.onConsent ? { onConsent: deps.onConsent } : {}),
     });
   }
 

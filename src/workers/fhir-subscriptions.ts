@@ -104,6 +104,8 @@ export interface FhirSubscriptionsDeps {
   search: (since: string | undefined) => Promise<Batch>;
   /** FhirIngest's per-key serialization (one lock map for everything the input does). */
   serial: <T>(key: string, work: () => Promise<T>) => Promise<T>;
+  /** A Consent the server announced, for the consent ledger (FhirIngestDeps.onConsent). */
+  onConsent?: (resource: FhirResource) => Promise<{ rejected?: string }>;
 }
 
 export class FhirSubscriptions implements RecoveryTarget {
@@ -352,6 +354,22 @@ export class FhirSubscriptions implements RecoveryTarget {
       });
       if (event.focus === undefined) {
         if (searchFailure !== undefined) this.records.markPending(record, searchFailure);
+      } else if (focusParts?.type === 'Consent' && this.deps.onConsent) {
+        // A Consent the server announces goes to the consent ledger (docs/consent.md "Ways in"),
+        // as one posted to /api/consents or received on a rest-hook: from the Bundle
+        // (full-resource), else read from the server (id-only); an unreachable server leaves
+        // the event pending for recovery.
+        try {
+          const consent = n.resources.get(`Consent/${focusParts.id}`) ?? (await this.deps.client.readReference(`Consent/${focusParts.id}`));
+          const { rejected } = await this.deps.onConsent(consent);
+          if (rejected !== undefined) {
+            record.status = MessageStatus.Rejected;
+            record.reason = rejected;
+          }
+        } catch (error) {
+          if (!(error instanceof TransientError)) throw error;
+          this.records.markPending(record, codeOf(error));
+        }
       } else if (focusParts === undefined || !TRIGGER_SOURCE_TYPES.includes(focusParts.type)) {
         record.status = MessageStatus.Ignored;
         record.reason = 'not_a_trigger_source';

@@ -30,8 +30,9 @@ import { ANSWER_TRIGGER, ANSWER_TRIGGER_TYPES, matchAnswer, offerFor, Reschedule
 import type { Rule } from '../pipeline/rule.ts';
 import { parseInstant } from '../pipeline/values.ts';
 import type { JobContext, NewJob, Queue } from '../queue/queue.ts';
-import { PromptClosedError, StaffTaskKind, type NewStaffTask, type ReplyPrompt, type Store, type StoredDelivery } from '../store/store.ts';
-import { MessageStatus, ReplyAction, type Trigger } from '../types.ts';
+import { PromptClosedError, SlotTakenError, StaffTaskKind, type NewStaffTask, type ReplyPrompt, type Store, type StoredDelivery } from '../store/store.ts';
+import { MessageStatus, ReplyAction, TriggerType, type Trigger } from '../types.ts';
+import type { ClaimVerdict } from './waitlist.ts';
 import type { SendGate } from './deliver.ts';
 
 /** Name of the embedded queue holding write-backs. */
@@ -88,6 +89,8 @@ export interface ReplyServiceDeps {
   policy: Pick<PolicySettings, 'keywords'>;
   /** The rules in force (a reply's rule is looked up when its message is sent). */
   rules: () => readonly Rule[];
+  /** The waitlist (workers/waitlist.ts): a yes to an offer claims its slot; absent, a yes is told the slot is taken. */
+  waitlist?: { claimFor(prompt: ReplyPrompt): Promise<ClaimVerdict>; accepted(claim: { slotId: string; offerId: string }): Promise<void>; declined(offerId: string): Promise<void> };
   /** Routes committed answer triggers (Router.onCommitted; the simulator's own routing). */
   onAnswer: (triggers: Trigger[]) => void;
   /** Queues a write-back (the `write-backs` queue; the simulator runs it at once). */
@@ -134,6 +137,7 @@ export class ReplyService {
       triggerId: d.triggerId,
       offer: offerFor(rule.reply, language ?? finished?.message?.language ?? 'en'),
       sentAt: new Date(at).toISOString(),
+      // A waitlist offer too (its slot's start): a yes after the offer expired is told so (workers/waitlist.ts claimFor).
       closesAt: new Date(startMs ?? at + PROMPT_WITHOUT_START_MS).toISOString(),
     };
     await store.addReplyPrompt(prompt);
@@ -195,7 +199,15 @@ export class ReplyService {
       return;
     }
     const { prompt, matched, base } = decision;
-    const trigger = this.#answerTrigger(message, prompt, matched, base, at);
+    // A yes to a waitlist offer claims its slot in the SMS's commit, or is told the slot is taken.
+    let claim: { slotId: string; offerId: string } | undefined;
+    let type = ANSWER_TRIGGER[matched.action];
+    if (matched.action === ReplyAction.Accept) {
+      const verdict = this.#deps.waitlist !== undefined ? await this.#deps.waitlist.claimFor(prompt) : ({ taken: 'slot_taken' } as const);
+      if ('claim' in verdict) claim = verdict.claim;
+      else type = TriggerType.AppointmentWaitlistTaken;
+    }
+    const trigger = this.#answerTrigger(message, prompt, matched, base, at, type);
     const tasks: NewStaffTask[] = [];
     const about = { patientId: prompt.patientId, appointmentId: prompt.appointmentId, promptId: prompt.id, output: message.output };
     if (matched.action === ReplyAction.Reschedule && matched.via !== RescheduleVia.Link) tasks.push({ key: `reply:${prompt.id}`, kind: StaffTaskKind.RescheduleRequested, createdAt: at, ...about });
@@ -207,13 +219,17 @@ export class ReplyService {
         patientId: prompt.patientId,
         answers: { promptId: prompt.id, answer: { action: matched.action, answer: matched.answer, messageId: message.messageId, at } },
         ...(tasks.length > 0 ? { tasks } : {}),
+        ...(claim !== undefined ? { waitlistClaim: claim } : {}),
       });
     } catch (error) {
-      // Another message answered the prompt first (another process): decide again on what is open now.
-      if (error instanceof PromptClosedError && !again) return this.#answer(message, true);
+      // Another message answered the prompt first (another process), or another yes took the
+      // waitlist slot: decide again on what is open now.
+      if ((error instanceof PromptClosedError || error instanceof SlotTakenError) && !again) return this.#answer(message, true);
       throw error;
     }
-    log.info('reply.answered', { deliveryId: prompt.id, action: matched.action });
+    log.info('reply.answered', { deliveryId: prompt.id, action: matched.action, ...(type === TriggerType.AppointmentWaitlistTaken ? { code: 'slot_taken' } : {}) });
+    if (claim !== undefined) await this.#deps.waitlist!.accepted(claim);
+    if (matched.action === ReplyAction.Decline) await this.#deps.waitlist?.declined(prompt.appointmentId);
     await this.#queueWriteBack(trigger, prompt.offer.writeBack);
     this.#deps.onAnswer([trigger]);
   }
@@ -243,10 +259,10 @@ export class ReplyService {
   }
 
   /** The answer as a trigger (docs/trigger.md "Answers"). */
-  #answerTrigger(message: InboundSms, prompt: ReplyPrompt, matched: MatchedAnswer, base: Trigger | undefined, at: string): Trigger {
+  #answerTrigger(message: InboundSms, prompt: ReplyPrompt, matched: MatchedAnswer, base: Trigger | undefined, at: string, type: TriggerType): Trigger {
     return {
       id: createHash('sha256').update(`sms-answer\u0000${message.output}\u0000${message.messageId}`).digest('hex').slice(0, 32),
-      type: ANSWER_TRIGGER[matched.action],
+      type,
       occurredAt: at,
       receivedAt: at,
       source: { format: 'sms', sender: message.output, messageType: 'SMS', messageId: message.messageId },
@@ -254,13 +270,14 @@ export class ReplyService {
       appointment: { ...base?.appointment, id: prompt.appointmentId },
       ...(base?.sensitivity !== undefined ? { sensitivity: base.sensitivity } : {}),
       reply: { action: matched.action, answer: matched.answer, prompt: prompt.id },
+      ...(base?.waitlist !== undefined ? { waitlist: base.waitlist } : {}),
     };
   }
 
   /** Queues the write-back an answer trigger asks for, when its rule names a write-back output. */
   async #queueWriteBack(trigger: Trigger, output: string | undefined): Promise<void> {
     const reply = trigger.reply;
-    if (output === undefined || reply === undefined || reply.action === ReplyAction.Reschedule) return;
+    if (output === undefined || reply === undefined || (reply.action !== ReplyAction.Confirm && reply.action !== ReplyAction.Cancel)) return;
     const base = {
       requestId: `wb~${reply.prompt}`,
       appointment: { id: trigger.appointment!.id, ...(trigger.appointment?.placerId !== undefined ? { placerId: trigger.appointment.placerId } : {}), ...(trigger.appointment?.start !== undefined ? { start: trigger.appointment.start } : {}) },
@@ -338,7 +355,8 @@ export class ReplyService {
   }
 }
 
-function codeOf(error: unknown): string {
+/** The reason code of a failure, safe to log and to show staff (its own code, else its class). */
+export function codeOf(error: unknown): string {
   const code = (error as { code?: unknown })?.code;
   return typeof code === 'string' && /^[a-z0-9_]{1,64}$/.test(code) ? code : failureClassOf(error);
 }

@@ -33,6 +33,10 @@ export const RETENTION_ORDER: readonly RetainedKind[] = [
   RetentionKind.Decisions,
   RetentionKind.Audit,
   RetentionKind.Outcomes,
+  RetentionKind.VideoJoins,
+  RetentionKind.VideoLinks,
+  RetentionKind.ReplyPrompts,
+  RetentionKind.StaffTasks,
 ];
 
 /** Kinds whose walk position is kept between runs (what lies behind it is done for good). */
@@ -98,6 +102,8 @@ export class RetentionJob {
     if (size) run.sizeBefore = size();
     for (const kind of RETENTION_ORDER) {
       if (this.#stopped) break;
+      // Done jobs are the embedded queue's: none to walk without it (BullMQ drops its own).
+      if (kind === DONE_JOBS && sqlite === undefined) continue;
       const days = config.days[kind];
       const beforeMs = now - days * DAY_MS;
       const before = new Date(beforeMs).toISOString();
@@ -107,8 +113,7 @@ export class RetentionJob {
         let batch: PruneBatch;
         const options = { limit: config.batchSize, ...(after !== undefined ? { after } : {}), ...(dryRun ? { dryRun } : {}) };
         if (kind === DONE_JOBS) {
-          if (sqlite === undefined) break;
-          batch = await pruneFinishedJobs(sqlite, beforeMs, options);
+          batch = await pruneFinishedJobs(sqlite!, beforeMs, options);
         } else {
           batch = await store.prune(kind, before, options);
         }

@@ -41,6 +41,7 @@ import { createDeliverHandler, DeliverReason, logDeadDeliveries, recordDeadDeliv
 import { OutputGates } from './output-gate.ts';
 import { DeliveryReplay } from './replay.ts';
 import { ReplyRuntime, WRITE_BACK_QUEUE, type WriteBackJob } from './replies.ts';
+import { OFFER_PURPOSE, WAITLIST_QUEUE, WaitlistRuntime, type WaitlistJob } from './waitlist.ts';
 import { Router, deliveryJobId, parseDeliveryJobId, type DeliveryJob } from './router.ts';
 import type { UnsubscribeLinks } from './unsubscribe.ts';
 import type { VideoLinks } from './video.ts';
@@ -171,7 +172,7 @@ export function deliveryQueueOptions(config: DeliveriesConfig): Pick<SqliteQueue
 
 function connectorsOf(plan: CarerelayPlan): string {
   const instances = (list: readonly InstancePlan[]) => list.map((i) => ({ type: i.type, name: i.name, config: i.config }));
-  return JSON.stringify({ server: plan.server, policy: plan.policy, inputs: instances(plan.inputs), outputs: instances(plan.outputs) });
+  return JSON.stringify({ server: plan.server, policy: plan.policy, waitlist: plan.waitlist, inputs: instances(plan.inputs), outputs: instances(plan.outputs) });
 }
 
 export class DeliveryRuntime {
@@ -192,6 +193,8 @@ export class DeliveryRuntime {
   readonly consentSync: ConsentSync;
   /** Patients' answers to reminders and their write-backs (workers/replies.ts). */
   readonly replies: ReplyRuntime;
+  /** Freed slots offered to the waitlist (workers/waitlist.ts); absent without a `waitlist` block. */
+  readonly waitlist?: WaitlistRuntime;
   readonly #log: Logger;
   readonly #concurrency: number;
   readonly #connectors: string;
@@ -322,6 +325,26 @@ export class DeliveryRuntime {
       needsAddress: (name) => this.outputs.get(name)?.needsAddress,
     });
     this.cluster = cluster = redis ? new ClusterRouting({ router: this.router, link: redis.cluster, log }) : undefined;
+    if (options.plan.waitlist !== undefined) {
+      this.waitlist = new WaitlistRuntime(
+        redis ? redis.queues.open<WaitlistJob>(WAITLIST_QUEUE, { now }) : new SqliteQueue<WaitlistJob>(options.db!, { name: WAITLIST_QUEUE, now }),
+        {
+          store,
+          config: options.plan.waitlist,
+          policy: this.#policy,
+          output: (name) => this.outputs.get(name),
+          // Through onCommitted: with several processes the routing lease holder routes them.
+          onOffered: (triggers) => this.onCommitted(triggers),
+          // A patient whose ledger says no to care texts is not offered a slot (the send-time check would stop it anyway).
+          smsAllowed: async (patientId) => {
+            const consent = await this.consent.effectiveConsent(patientId);
+            return !consent.deceased && (consent.states.find((c) => c.purpose === OFFER_PURPOSE && c.channel === 'sms')?.allowed ?? true);
+          },
+          log,
+          now,
+        },
+      );
+    }
     this.replies = new ReplyRuntime(
       redis ? redis.queues.open<WriteBackJob>(WRITE_BACK_QUEUE, { now }) : new SqliteQueue<WriteBackJob>(options.db!, { name: WRITE_BACK_QUEUE, now }),
       {
@@ -332,6 +355,7 @@ export class DeliveryRuntime {
         // Through onCommitted: with several processes the routing lease holder routes them.
         onAnswer: (triggers) => this.onCommitted(triggers),
         output: (name) => this.outputs.get(name),
+        ...(this.waitlist !== undefined ? { waitlist: this.waitlist.service } : {}),
         log,
         now,
       },
@@ -403,6 +427,7 @@ export class DeliveryRuntime {
     this.queue.process(this.#handler, { concurrency: this.#concurrency });
     void this.consentSync.start().catch((error: unknown) => this.#log.error('consent.sync_failed', { code: (error as Error).name }));
     this.replies.start();
+    this.waitlist?.start();
   }
 
   /** The ingest hook (Hl7Ingest / FhirIngest onCommitted). */
@@ -410,6 +435,8 @@ export class DeliveryRuntime {
     // Several processes: the holder of the routing lease sweeps what was committed.
     if (this.cluster) this.cluster.committed();
     else this.router.onCommitted(triggers);
+    // Its failures are logged by the service; the triggers are committed and routed regardless.
+    void this.waitlist?.service.onCommitted(triggers).catch(() => undefined);
   };
 
   /** The rules in force now. */
@@ -419,11 +446,16 @@ export class DeliveryRuntime {
 
   /** Resolves once routing is done and no delivery is due or running (tests, shutdown). */
   async idle(): Promise<void> {
-    // Several processes: route what any of them committed, when this one holds the duty.
-    await this.cluster?.settle();
-    await this.router.idle();
-    await this.queue.idle();
-    await this.replies.idle();
+    // A waitlist step (a wave, a booking) routes new triggers, and an answer queues a booking: a
+    // few passes until all of them are quiet.
+    for (let pass = 0; pass < (this.waitlist !== undefined ? 3 : 1); pass++) {
+      await this.waitlist?.idle();
+      // Several processes: route what any of them committed, when this one holds the duty.
+      await this.cluster?.settle();
+      await this.router.idle();
+      await this.queue.idle();
+      await this.replies.idle();
+    }
   }
 
   /**
@@ -502,6 +534,7 @@ export class DeliveryRuntime {
     await this.queue.close();
     await this.consentSync.stop();
     await this.replies.stop();
+    await this.waitlist?.stop();
     this.#unsubscribe?.();
     await Promise.allSettled([...this.outputs.values()].map((o) => o.close?.()));
   }

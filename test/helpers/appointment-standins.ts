@@ -27,7 +27,7 @@ export interface StandInAppointment {
   id: string;
   meta: { versionId: string; lastUpdated?: string };
   status: string;
-  participant: Array<{ actor: { reference: string }; status: string }>;
+  participant: Array<{ actor: { reference?: string; type?: string; identifier?: { system?: string; value: string } }; status: string }>;
   cancelationReason?: { coding?: Array<{ system?: string; code?: string; display?: string }>; text?: string };
   identifier?: Array<{ system?: string; value: string }>;
   [key: string]: unknown;
@@ -45,6 +45,10 @@ export interface AppointmentStandIn {
   interfere(n: number): void;
   /** Writes (PUT / PATCH) received so far. */
   writes(): RecordedRequest[];
+  /** Creates (POST, a waitlist booking) received so far. */
+  creates(): RecordedRequest[];
+  /** Answers the next `n` creates with `status` (409: the slot is taken; 422; 503). */
+  failCreates(n: number, status: number): void;
   /** What the appointment says now: its patient confirmed (participant accepted), cancelled and why. */
   state(id: string): { confirmed: boolean; cancelled: boolean; cancelReason?: string };
   close(): Promise<void>;
@@ -66,14 +70,22 @@ function withEtag(a: StandInAppointment, body = true): Answer {
 }
 
 /** Shared: auth, read, search, versioning. `write` handles the style's own write and returns the stored result. */
-async function startAppointmentServer(options: { token?: string; write: (request: RecordedRequest, current: StandInAppointment) => Answer | StandInAppointment }): Promise<AppointmentStandIn> {
+async function startAppointmentServer(options: {
+  token?: string;
+  write: (request: RecordedRequest, current: StandInAppointment) => Answer | StandInAppointment;
+  create?: (request: RecordedRequest) => Answer;
+  appointments?: Map<string, StandInAppointment>;
+  failing?: { n: number; status: number };
+}): Promise<AppointmentStandIn> {
   const token = options.token ?? 'standin-token';
-  const appointments = new Map<string, StandInAppointment>();
+  const appointments = options.appointments ?? new Map<string, StandInAppointment>();
+  const failing = options.failing ?? { n: 0, status: 503 };
   let interfering = 0;
   const http = await startHttpStandIn((request) => {
     if (header(request, 'authorization') !== `Bearer ${token}`) return outcome(401, 'login', 'a valid bearer token is required');
     const m = /^\/fhir\/Appointment(?:\/([A-Za-z0-9\-.]{1,64}))?$/.exec(request.path);
     if (!m) return outcome(404, 'not-found', 'unknown path');
+    if (request.method === 'POST' && m[1] === undefined) return options.create ? options.create(request) : outcome(405, 'not-supported', 'this server does not create appointments');
     if (request.method === 'GET' && m[1] === undefined) {
       const [system, value] = (request.query.get('identifier') ?? '').includes('|') ? request.query.get('identifier')!.split('|') : [undefined, request.query.get('identifier')];
       const found = [...appointments.values()].filter((a) => a.identifier?.some((i) => i.value === value && (system === undefined || i.system === system)));
@@ -119,11 +131,16 @@ async function startAppointmentServer(options: { token?: string; write: (request
       interfering = n;
     },
     writes: () => http.requests.filter((r) => r.method === 'PUT' || r.method === 'PATCH'),
+    creates: () => http.requests.filter((r) => r.method === 'POST'),
+    failCreates(n, status) {
+      failing.n = n;
+      failing.status = status;
+    },
     state(id) {
       const a = appointments.get(id)!;
       const reason = a.cancelationReason?.coding?.[0]?.code;
       return {
-        confirmed: a.participant.find((p) => p.actor.reference.startsWith('Patient/'))?.status === 'accepted',
+        confirmed: a.participant.find((p) => p.actor.reference?.startsWith('Patient/') || p.actor.type === 'Patient')?.status === 'accepted',
         cancelled: a.status === 'cancelled',
         ...(reason !== undefined ? { cancelReason: reason } : {}),
       };
@@ -134,7 +151,46 @@ async function startAppointmentServer(options: { token?: string; write: (request
 
 /** A generic FHIR R4 server: version-aware PUT. `conflictStatus`: what a stale If-Match gets (412, or 409). */
 export function startFhirAppointmentStandIn(options: { conflictStatus?: 409 | 412 } = {}): Promise<AppointmentStandIn> {
+  const appointments = new Map<string, StandInAppointment>();
+  const failing = { n: 0, status: 503 };
+  let made = 0;
   return startAppointmentServer({
+    appointments,
+    failing,
+    // Create (https://hl7.org/fhir/R4/http.html#create): POST [base]/Appointment, application/fhir+json, no id
+    // (the server assigns it), 201 with Location and the resource. Conditional create (§3.1.0.8.1):
+    // If-None-Exist `identifier=system|value` — one match: 200 with it and nothing made.
+    create(request) {
+      if (!(header(request, 'content-type') ?? '').startsWith('application/fhir+json')) return outcome(415, 'not-supported', 'Content-Type must be application/fhir+json');
+      let body: StandInAppointment;
+      try {
+        body = JSON.parse(request.text) as StandInAppointment;
+      } catch {
+        return outcome(400, 'structure', 'the body is not JSON');
+      }
+      if (body.resourceType !== 'Appointment' || body.id !== undefined) return outcome(400, 'invalid', 'create takes an Appointment without an id');
+      if (!APPOINTMENT_STATUS.has(body.status)) return outcome(422, 'code-invalid', `Appointment.status ${String(body.status)} is not in the value set`);
+      if (typeof body.start !== 'string' || !Array.isArray(body.participant) || body.participant.length === 0 || body.participant.some((p) => !PARTICIPANT_STATUS.has(p.status))) {
+        return outcome(422, 'required', 'a booked Appointment needs start and participants with a valid status');
+      }
+      const condition = header(request, 'if-none-exist');
+      if (condition !== undefined) {
+        const q = new URLSearchParams(condition).get('identifier') ?? '';
+        const [system, value] = q.includes('|') ? q.split('|') : [undefined, q];
+        const found = [...appointments.values()].filter((a) => a.identifier?.some((i) => i.value === value && (system === undefined || i.system === system)));
+        if (found.length > 1) return outcome(412, 'duplicate', 'the If-None-Exist criteria match several resources');
+        if (found.length === 1) return withEtag(found[0]!);
+      }
+      if (failing.n > 0) {
+        failing.n--;
+        return outcome(failing.status, failing.status === 409 ? 'conflict' : 'processing', 'the server refused the booking');
+      }
+      const id = `made-${++made}`;
+      const stored: StandInAppointment = { ...body, id, meta: { versionId: '1' } };
+      appointments.set(id, stored);
+      const answer = withEtag(stored);
+      return { ...answer, status: 201, headers: { ...answer.headers, location: `/fhir/Appointment/${id}/_history/1` } };
+    },
     write(request, current) {
       if (request.method !== 'PUT') return outcome(405, 'not-supported', 'use PUT (update)');
       if (!(header(request, 'content-type') ?? '').startsWith('application/fhir+json')) return outcome(415, 'not-supported', 'Content-Type must be application/fhir+json');
@@ -200,7 +256,7 @@ export async function startOracleAppointmentStandIn(): Promise<AppointmentStandI
           next.cancelationReason = o.value as StandInAppointment['cancelationReason'];
         } else if (o.op === 'replace' && o.path === '/patient-status') {
           if (o.value !== 'accepted') return outcome(422, 'business-rule', 'a participant status other than accepted');
-          const patient = next.participant.find((p) => p.actor.reference.startsWith('Patient/'));
+          const patient = next.participant.find((p) => p.actor.reference?.startsWith('Patient/'));
           if (current.status !== 'booked' || patient?.status !== 'tentative') return outcome(422, 'business-rule', 'only for a booked appointment whose Patient participant is tentative');
           patient.status = 'accepted';
         } else return outcome(422, 'not-supported', `${String(o.op)} ${String(o.path)} is not a supported patch operation`);

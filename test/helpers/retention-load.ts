@@ -11,8 +11,9 @@
 import { randomBytes } from 'node:crypto';
 import { createSqliteQueue } from '../../src/queue/sqlite.ts';
 import { testDelivery, testRecord, testTrigger, sha256 } from '../../src/store/conformance.ts';
-import type { SqliteStore } from '../../src/store/sqlite.ts';
-import { PENDING_REASON, type DeliveryWrite } from '../../src/store/store.ts';
+import { SqliteStore } from '../../src/store/sqlite.ts';
+import { PENDING_REASON, type DeliveryWrite, type Store } from '../../src/store/store.ts';
+import type { RetentionJob, RetentionRun } from '../../src/workers/retention.ts';
 
 const DAY = 86_400_000;
 
@@ -54,20 +55,15 @@ function raw(controlId: string, appointmentId: string, patientId: string, at: nu
   );
 }
 
-/** Writes the history into `store` (and its database's queue tables). */
-export async function writeHistory(store: SqliteStore, options: HistoryOptions): Promise<History> {
+/** Writes the history into `store` (and, the embedded store, its database's queue tables). */
+export async function writeHistory(store: Store, options: HistoryOptions): Promise<History> {
   const { messages, now, days } = options;
   const chunk = options.chunk ?? 250;
   const start = now - days * DAY;
   const step = (days * DAY) / messages;
-  const queue = createSqliteQueue<unknown>(store.db, { name: 'deliveries', committer: store });
+  const embedded = store instanceof SqliteStore ? embeddedQueue(store) : undefined;
   const upcoming: string[] = [];
   const upcomingTriggers: string[] = [];
-  const setDone = store.db.prepare("UPDATE queue_jobs SET state = 'done', created_at = ?, updated_at = ? WHERE queue = 'deliveries' AND id = ?");
-  const setCreated = store.db.prepare("UPDATE queue_jobs SET created_at = ?, updated_at = ? WHERE queue = 'deliveries' AND id = ?");
-  // History, not traffic: no fsync per commit while it is written (the store's setting comes back after).
-  const synchronous = store.db.pragma('synchronous', { simple: true });
-  store.db.pragma('synchronous = OFF');
 
   for (let first = 0; first < messages; first += chunk) {
     const batch = Array.from({ length: Math.min(chunk, messages - first) }, (_, k) => first + k);
@@ -102,17 +98,11 @@ export async function writeHistory(store: SqliteStore, options: HistoryOptions):
         const survey = testDelivery({ appointmentId, ruleId: 'survey', patientId, triggerId: trigger.id, asOf: iso, dueAt: iso, plannedAt: iso, purpose: 'survey', channel: 'email' });
         const write = (d: typeof reminder): DeliveryWrite => ({ delivery: d, status: 'pending', asOf: iso, generation: 0, updatedAt: iso, cause: { triggerId: trigger.id, change: 'added' } });
         await store.saveRouting(trigger.id, [write(reminder), write(survey)], iso);
-        await queue.addMany([
-          { id: `${reminder.id}~0`, data: { deliveryId: reminder.id, generation: 0 }, runAt: iso },
-          { id: `${survey.id}~0`, data: { deliveryId: survey.id, generation: 0 }, runAt: iso },
-        ]);
+        await embedded?.add(reminder.id, survey.id, iso);
         if (future) {
           upcoming.push(appointmentId);
           upcomingTriggers.push(trigger.id);
-          await store.write(() => {
-            setCreated.run(at, at, `${reminder.id}~0`);
-            setDone.run(at, at, `${survey.id}~0`);
-          });
+          await embedded?.pastJobs(at, { created: `${reminder.id}~0`, done: `${survey.id}~0` });
           await store.finishDelivery(survey.id, 0, { status: 'suppressed', reason: 'no_consent', at: iso });
           return;
         }
@@ -125,16 +115,12 @@ export async function writeHistory(store: SqliteStore, options: HistoryOptions):
         await store.recordDecision({ ...ref, result: 'allow', basis: 'care.logistics by sms: allowed', records: [], settings: { region: 'eu' }, at: iso });
         await store.recordDecision({ ...ref, deliveryId: survey.id, rule: 'survey', purpose: 'survey', channel: 'email', result: 'deny', checkRule: 3, reason: 'no_consent', basis: 'no record', records: [], settings: { region: 'eu' }, at: iso });
         await store.recordDisclosure({ ...ref, recipient: '+33612345678', at: iso });
-        await store.write(() => {
-          setDone.run(at, at, `${reminder.id}~0`);
-          setDone.run(at, at, `${survey.id}~0`);
-        });
+        await embedded?.pastJobs(at, { done: `${reminder.id}~0` }, { done: `${survey.id}~0` });
         await store.saveOutcomes({ appointmentId, version: 0 }, [{ rule: 'reminder', holdout: false, sent: true, outcome: 'showed', day: appointmentStart.slice(0, 10) }]);
       }),
     );
   }
-  await queue.close();
-  store.db.pragma(`synchronous = ${synchronous}`);
+  await embedded?.close();
 
   // What must stay whatever its age.
   const old = new Date(start).toISOString();
@@ -147,4 +133,47 @@ export async function writeHistory(store: SqliteStore, options: HistoryOptions):
   await store.appendAudit({ at: old, actor: 'oncall', action: 'message.release', target: 'message/2', outcome: 'stored' });
   for (let i = 3; i > 0; i--) await store.appendAudit({ at: new Date(now - 3_600_000 * i).toISOString(), actor: 'oncall', action: 'message.reprocess', target: 'message/1', outcome: 'refused:wrong_status' });
   return { upcoming, upcomingTriggers, awaiting: [conflict.message.id, pending.message.id], recentAudit: 3 };
+}
+
+/** The embedded queue's jobs of the history, in the store's file, dated in the past. */
+function embeddedQueue(store: SqliteStore) {
+  const queue = createSqliteQueue<unknown>(store.db, { name: 'deliveries', committer: store });
+  const setDone = store.db.prepare("UPDATE queue_jobs SET state = 'done', created_at = ?, updated_at = ? WHERE queue = 'deliveries' AND id = ?");
+  const setCreated = store.db.prepare("UPDATE queue_jobs SET created_at = ?, updated_at = ? WHERE queue = 'deliveries' AND id = ?");
+  // History, not traffic: no fsync per commit while it is written (the store's setting comes back after).
+  const synchronous = store.db.pragma('synchronous', { simple: true });
+  store.db.pragma('synchronous = OFF');
+  return {
+    add: (reminder: string, survey: string, iso: string) =>
+      queue.addMany([
+        { id: `${reminder}~0`, data: { deliveryId: reminder, generation: 0 }, runAt: iso },
+        { id: `${survey}~0`, data: { deliveryId: survey, generation: 0 }, runAt: iso },
+      ]),
+    pastJobs: (at: number, ...jobs: Array<{ created?: string; done?: string }>) =>
+      store.write(() => {
+        for (const job of jobs) {
+          if (job.created !== undefined) setCreated.run(at, at, job.created);
+          if (job.done !== undefined) setDone.run(at, at, job.done);
+        }
+      }),
+    close: async () => {
+      await queue.close();
+      store.db.pragma(`synchronous = ${synchronous}`);
+    },
+  };
+}
+
+/**
+ * A retention run with a message arriving while it runs: the message's commit resolves
+ * between the run's batches (ingest is not held until the run ends).
+ */
+export async function runWithIngest(job: RetentionJob, store: Store, now: number): Promise<{ run: RetentionRun; committedBeforeRunEnded: boolean }> {
+  let ended = false;
+  const running = job.run().then((r) => {
+    ended = true;
+    return r;
+  });
+  await store.commitInbound(testRecord({ controlId: 'DURING', receivedAt: new Date(now).toISOString() }));
+  const committedBeforeRunEnded = !ended;
+  return { run: await running, committedBeforeRunEnded };
 }

@@ -26,6 +26,8 @@ const WHAT: Readonly<Record<StaffTask['kind'], string>> = {
   reschedule_requested: 'The patient asked for another time: call them back.',
   write_back_denied: 'The EHR refused the answer as written back: do it by hand.',
   write_back_failed: 'Writing the answer back failed for good: do it by hand.',
+  waitlist_booking_failed: 'A patient took a freed slot and booking it failed: the slot was offered on; book it by hand if still wanted.',
+  waitlist_cancel_failed: 'A freed slot was booked for a patient, and cancelling their later appointment failed: cancel it in the EHR.',
 };
 
 function taskRow(ctx: PageContext, t: StaffTask): SafeHtml {

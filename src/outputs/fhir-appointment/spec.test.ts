@@ -137,7 +137,7 @@ describe('fhir-appointment', () => {
     await expect(createFhirAppointment(config(standIn), deps('wrong')).writeBack!(confirm, { signal, attempt: 1 })).rejects.toMatchObject({ failureClass: 'permanent' });
   });
 
-  it('declares write-back only: no purposes, confirm and cancel', () => {
-    expect(fhirAppointmentSpec.info({} as FhirAppointmentConfig)).toMatchObject({ allowedPurposes: [], writeBackKinds: ['confirm', 'cancel'] });
+  it('declares write-back only: no purposes, confirm and cancel, and booking a waitlist slot', () => {
+    expect(fhirAppointmentSpec.info({} as FhirAppointmentConfig)).toMatchObject({ allowedPurposes: [], writeBackKinds: ['confirm', 'cancel', 'book'] });
   });
 });

@@ -15,6 +15,14 @@
 // row is not something to settle blindly. That one re-read is part of the optimistic-locking
 // protocol, not a retry: transient failures are never retried here (the queue does).
 //
+//   book     (a freed slot for a waitlist patient, docs/waitlist.md) a create of a `booked`
+//            Appointment (POST, R4 §3.1.0.8) for the slot's start/end, service type and
+//            practitioner, with the patient participant `accepted`, made conditional with
+//            If-None-Exist on an identifier CareRelay derives from the request id (§3.1.0.8.1): a
+//            repeat after an ambiguous failure finds the one already made instead of a second.
+//            409/412/422 (the server refuses: the slot is taken, the request is invalid for it)
+//            is denied `slot_unavailable` / `fhir_unprocessable`.
+//
 // Already done (participant accepted, appointment cancelled): applied without a write. A status
 // the answer cannot change (arrived, checked-in, fulfilled, noshow, entered-in-error; cancelled
 // for a confirm) is denied `appointment_<status>`; an appointment without a participant that is
@@ -80,12 +88,49 @@ function check(config: FhirAppointmentConfig): InstanceCheckIssue[] {
   return issues;
 }
 
+/** Confirm, cancel, and booking a waitlist slot. */
+const FHIR_APPOINTMENT_KINDS = [...WRITE_BACK_ONLY.writeBackKinds, WriteBackKind.Book] as const;
+
+/** The identifier system of the appointments CareRelay books (value: the booking's request id). */
+export const BOOKING_IDENTIFIER_SYSTEM = 'urn:carerelay:waitlist-booking';
+
+/**
+ * The Appointment a `book` creates. Patient and practitioner are named by reference when the
+ * appointments are this server's (`appointments: id`: the ids are resource ids), else by
+ * identifier (logical references, R4 Reference.identifier: the ids came from an HL7 feed).
+ */
+export function bookingFor(op: Extract<WriteBackOperation, { kind: 'book' }>, lookup: AppointmentLookup): FhirResource {
+  const byId = lookup === AppointmentLookup.Id;
+  const actor = (type: 'Patient' | 'Practitioner' | 'Location', id: string, display?: string) => ({
+    ...(byId ? { reference: `${type}/${id}` } : { type, identifier: { value: id } }),
+    ...(display !== undefined ? { display } : {}),
+  });
+  const { slot } = op;
+  const end = slot.end ?? (slot.durationMinutes !== undefined ? new Date(Date.parse(slot.start) + slot.durationMinutes * 60_000).toISOString() : undefined);
+  return {
+    resourceType: 'Appointment',
+    identifier: [
+      { system: BOOKING_IDENTIFIER_SYSTEM, value: op.requestId },
+    ],
+    status: 'booked',
+    ...(slot.serviceType !== undefined ? { serviceType: [{ coding: [{ ...(slot.serviceType.system !== undefined ? { system: slot.serviceType.system } : {}), code: slot.serviceType.code, ...(slot.serviceType.display !== undefined ? { display: slot.serviceType.display } : {}) }] }] } : {}),
+    start: slot.start,
+    ...(end !== undefined ? { end } : {}),
+    ...(slot.durationMinutes !== undefined ? { minutesDuration: slot.durationMinutes } : {}),
+    participant: [
+      { actor: actor('Patient', op.patient.id), status: 'accepted' },
+      ...(slot.practitioner !== undefined ? [{ actor: actor('Practitioner', slot.practitioner.id, slot.practitioner.name), status: 'accepted' }] : []),
+      ...(slot.location !== undefined ? [{ actor: actor('Location', slot.location.id, slot.location.name), status: 'accepted' }] : []),
+    ],
+  };
+}
+
 export const fhirAppointmentSpec: OutputSpec<FhirAppointmentConfig, OutputDeps> = {
   type: FHIR_APPOINTMENT,
   summary: "Writes patients' answers to FHIR R4 Appointments (participant accepted; cancelled with pat-crs), with If-Match.",
   configSchema: fhirAppointmentConfigSchema,
   check,
-  info: () => WRITE_BACK_ONLY,
+  info: () => ({ ...WRITE_BACK_ONLY, writeBackKinds: FHIR_APPOINTMENT_KINDS }),
   create: (config, deps) => createFhirAppointment(config, deps),
 };
 
@@ -122,5 +167,21 @@ export function createFhirAppointment(config: FhirAppointmentConfig, deps: Outpu
     }
   };
 
-  return writeBackOnlyAdapter(config.name, (op, context) => round(op, context.signal, false), (error) => writeBackFailure(error, 'fhir'));
+  const book = async (op: Extract<WriteBackOperation, { kind: 'book' }>, signal: AbortSignal): Promise<WriteBackResult> => {
+    try {
+      const made = await client.create(bookingFor(op, lookup), { ifNoneExist: `identifier=${encodeURIComponent(`${BOOKING_IDENTIFIER_SYSTEM}|${op.requestId}`)}`, signal });
+      return { outcome: WriteBackOutcome.Applied, ...(typeof made.id === 'string' ? { appointmentId: made.id } : {}), ...(typeof made.meta?.versionId === 'string' ? { version: made.meta.versionId } : {}) };
+    } catch (error) {
+      // The server refuses the booking as asked: the slot is no longer free (409/412), or not bookable so (422).
+      if (versionConflict(error, [409, 412])) return { outcome: WriteBackOutcome.Denied, code: 'slot_unavailable' };
+      return writeBackFailure(error, 'fhir');
+    }
+  };
+
+  const adapter = writeBackOnlyAdapter(
+    config.name,
+    (op, context) => (op.kind === WriteBackKind.Book ? book(op, context.signal) : round(op, context.signal, false)),
+    (error) => writeBackFailure(error, 'fhir'),
+  );
+  return { ...adapter, writeBackKinds: FHIR_APPOINTMENT_KINDS };
 }

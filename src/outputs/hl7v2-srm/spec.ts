@@ -165,6 +165,7 @@ function segment(name: string, fields: Record<number, string>): string {
 /** The SRM of an operation (segments separated by CR). */
 export function srmFor(op: WriteBackOperation, config: Hl7v2SrmConfig, now: Date): string {
   const e = (text: string) => escapeHl7(text, DEFAULT_DELIMITERS);
+  if (op.kind === WriteBackKind.Book) throw new PermanentError('book_not_supported', 'this output does not book slots (SRM^S01 is not implemented yet)');
   const event = op.kind === WriteBackKind.Confirm ? 'S03' : 'S04';
   const reason = op.kind === WriteBackKind.Confirm ? config.reasons.confirm : (config.reasons.cancel ?? { code: op.reason.code, text: op.reason.display });
   const ce = `${e(reason.code)}^${e(reason.text)}${reason.system !== undefined ? `^${e(reason.system)}` : ''}`;

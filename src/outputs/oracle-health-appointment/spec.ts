@@ -66,6 +66,7 @@ export const oracleHealthAppointmentSpec: OutputSpec<OracleHealthAppointmentConf
 
 /** The JSON Patch of an operation (Millennium's supported paths only). */
 export function patchFor(op: WriteBackOperation): Array<Record<string, unknown>> {
+  if (op.kind === WriteBackKind.Book) throw new PermanentError('book_not_supported', 'this output does not book slots');
   if (op.kind === WriteBackKind.Confirm) return [{ op: 'replace', path: '/patient-status', value: 'accepted' }];
   return [
     { op: 'replace', path: '/status', value: 'cancelled' },

@@ -210,6 +210,30 @@ describe('webhook write-back', () => {
     });
   });
 
+  it('books a waitlist slot: a signed carerelay.appointment.book with the slot; 409 is denied (the slot is not bookable)', async () => {
+    sink = await startWebhookSink({ secrets: [SECRET] });
+    const adapter = createWebhook(config(sink, { writeBack: true }), deps({ WEBHOOK_SECRET: SECRET }));
+    expect(adapter.writeBackKinds).toEqual(['confirm', 'cancel', 'book']);
+    const op = {
+      kind: 'book' as const,
+      requestId: 'wl~wl-1',
+      appointment: { id: 'FREE-1' },
+      patient: { id: 'MRN-1', identifiers: [{ value: 'MRN-1' }] },
+      slot: { start: '2030-03-12T09:00:00Z', durationMinutes: 30, serviceType: { code: 'CHK' }, practitioner: { id: 'DR-22' } },
+    };
+    expect(await adapter.writeBack!(op, { signal, attempt: 1 })).toEqual({ outcome: 'applied' });
+    expect(sink.requests[0]).toMatchObject({ id: 'wl~wl-1', signed: true });
+    expect(JSON.parse(sink.requests[0]!.body)).toEqual({
+      type: 'carerelay.appointment.book',
+      requestId: 'wl~wl-1',
+      appointment: { id: 'FREE-1' },
+      patient: { id: 'MRN-1', identifiers: [{ value: 'MRN-1' }] },
+      slot: { start: '2030-03-12T09:00:00Z', durationMinutes: 30, serviceType: { code: 'CHK' }, practitioner: { id: 'DR-22' } },
+    });
+    sink.failNext({ kind: 'status', status: 409 });
+    expect(await adapter.writeBack!(op, { signal, attempt: 2 })).toEqual({ outcome: 'denied', code: 'webhook_409' });
+  });
+
   it('422 is denied; a webhook output without writeBack offers none', async () => {
     sink = await startWebhookSink({ secrets: [SECRET] });
     sink.failNext({ kind: 'status', status: 422 });

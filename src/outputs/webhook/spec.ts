@@ -32,6 +32,11 @@
 //     "appointment": { id, placerId? }, "patient": { id, identifiers }, "reason"? (cancel: pat-crs) }
 // 2xx → applied; 409 or 422 → denied (`webhook_409`, `webhook_422`: the system refuses the change
 // as asked, a staff task); every other answer as above.
+// It also books a freed waitlist slot (docs/waitlist.md): `carerelay.appointment.book` with
+// "appointment" the one that freed it and "slot": { start, end?, durationMinutes?, serviceType?,
+// practitioner?, location? }; a 2xx whose JSON body has a string `appointmentId` names the
+// appointment made; 409/422 → denied (the slot is not bookable). The cancellation of the patient's
+// later appointment that follows is a `carerelay.appointment.cancel` with reason pat-swl.
 import type { InstanceCheckIssue } from '../../config/load.ts';
 import { secretRefSchema, type JsonSchema, type SecretRef } from '../../config/yaml.ts';
 import { AmbiguousError, PermanentError, RateLimitedError, TransientError } from '../../errors.ts';
@@ -157,7 +162,7 @@ export const webhookSpec: OutputSpec<WebhookConfig, OutputDeps> = {
     baa: config.baa ?? false,
     allowedPurposes: config.allowedPurposes ?? PURPOSES,
     idempotent: config.receiverDedupes ?? true,
-    ...(config.writeBack ? { writeBackKinds: [WriteBackKind.Confirm, WriteBackKind.Cancel] } : {}),
+    ...(config.writeBack ? { writeBackKinds: [WriteBackKind.Confirm, WriteBackKind.Cancel, WriteBackKind.Book] } : {}),
   }),
   create: (config, deps) => createWebhook(config, deps),
 };
@@ -171,8 +176,19 @@ export function writeBackBody(op: WriteBackOperation): Buffer {
       appointment: { id: op.appointment.id, ...(op.appointment.placerId !== undefined ? { placerId: op.appointment.placerId } : {}) },
       patient: { id: op.patient.id, identifiers: op.patient.identifiers },
       ...(op.kind === WriteBackKind.Cancel ? { reason: op.reason } : {}),
+      ...(op.kind === WriteBackKind.Book ? { slot: op.slot } : {}),
     }),
   );
+}
+
+/** The `appointmentId` a scheduling system answered a booking with, when its body says one. */
+function madeAppointmentId(body: Buffer): string | undefined {
+  try {
+    const parsed = JSON.parse(body.toString('utf8')) as { appointmentId?: unknown };
+    return typeof parsed?.appointmentId === 'string' && parsed.appointmentId !== '' && parsed.appointmentId.length <= 128 ? parsed.appointmentId : undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 /** The JSON body of a delivery (see the top of this file). */
@@ -247,7 +263,11 @@ export function createWebhook(config: WebhookConfig, deps: OutputDeps): Outbound
             const now = deps.now();
             const response = await post(op.requestId, writeBackBody(op), context.signal, now);
             const status = response.status;
-            if (status >= 200 && status < 300) return { outcome: WriteBackOutcome.Applied, appointmentId: op.appointment.id };
+            if (status >= 200 && status < 300) {
+              if (op.kind !== WriteBackKind.Book) return { outcome: WriteBackOutcome.Applied, appointmentId: op.appointment.id };
+              const made = madeAppointmentId(response.body);
+              return { outcome: WriteBackOutcome.Applied, ...(made !== undefined ? { appointmentId: made } : {}) };
+            }
             if (status === 409 || status === 422) return { outcome: WriteBackOutcome.Denied, code: `webhook_${status}` };
             throw classifyAnswer(status, headerOf(response.headers, 'retry-after'), now.getTime(), url.host);
           },

@@ -1,0 +1,203 @@
+// The waitlist in the embedded SQLite store (store.ts WaitlistLedger; docs/waitlist.md): freed
+// slots, the offers made for them, the appointments the later-appointments source draws
+// candidates from, and the figures of the outcomes view. One append-only migration step of the
+// store (WAITLIST_TABLES) and the step that lets `messages` hold the waves CareRelay commits.
+//
+// The claim. A slot row is `open` until one yes takes it: the answer's commit runs
+// `UPDATE … SET state = 'claimed' WHERE id = ? AND state = 'open'` inside the store's transaction
+// of that SMS (InboundRecord.waitlistClaim), and a second yes, however close behind, finds no open
+// row: the store throws SlotTakenError and nothing of that commit is stored. One booking per slot
+// follows from one claim per slot. A booking that fails gives the claim back (releaseClaim).
+import type { Database } from './sqlite-db.ts';
+import { instantMs } from './common.ts';
+import { widenFormatCheck } from './sqlite-replies.ts';
+import { SlotTakenError, WaitlistOfferState, WaitlistSlotState, type WaitlistAppointment, type WaitlistFigures, type WaitlistOffer, type WaitlistSlot } from './store.ts';
+
+export const WAITLIST_TABLES = `
+  CREATE TABLE waitlist_slots (
+    id TEXT PRIMARY KEY,
+    start_ms INTEGER NOT NULL,
+    opened_ms INTEGER NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('open', 'claimed', 'booked', 'closed')),
+    claimed_by TEXT,
+    json TEXT NOT NULL
+  ) WITHOUT ROWID;
+  CREATE INDEX waitlist_slots_opened ON waitlist_slots (opened_ms);
+
+  CREATE TABLE waitlist_offers (
+    id TEXT PRIMARY KEY,
+    slot_id TEXT NOT NULL,
+    patient_id TEXT NOT NULL,
+    offered_ms INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    json TEXT NOT NULL
+  ) WITHOUT ROWID;
+  CREATE INDEX waitlist_offers_slot ON waitlist_offers (slot_id);
+  CREATE INDEX waitlist_offers_patient ON waitlist_offers (patient_id, offered_ms);
+  CREATE INDEX waitlist_offers_offered ON waitlist_offers (offered_ms);
+
+  CREATE TABLE waitlist_appointments (
+    id TEXT PRIMARY KEY,
+    patient_id TEXT NOT NULL,
+    service TEXT NOT NULL,
+    practitioner TEXT NOT NULL,
+    start_ms INTEGER NOT NULL,
+    json TEXT NOT NULL
+  ) WITHOUT ROWID;
+  CREATE INDEX waitlist_appointments_match ON waitlist_appointments (service, practitioner, start_ms);
+  CREATE INDEX waitlist_appointments_patient ON waitlist_appointments (patient_id);
+`;
+
+/** Lets `messages.format` hold 'waitlist' (the waves of offers CareRelay commits), as sqlite-replies.ts widened it for 'sms'. */
+export function widenFormatsForWaitlist(db: Database): void {
+  widenFormatCheck(db, ['hl7v2', 'fhir', 'sms'], ['hl7v2', 'fhir', 'sms', 'waitlist']);
+}
+
+
+interface JsonRow {
+  json: string;
+}
+
+function prepare(db: Database) {
+  return {
+    insertSlot: db.prepare<[string, number, number, string]>("INSERT INTO waitlist_slots (id, start_ms, opened_ms, state, json) VALUES (?, ?, ?, 'open', ?) ON CONFLICT (id) DO NOTHING"),
+    slot: db.prepare<[string], JsonRow & { state: WaitlistSlotState; claimed_by: string | null }>('SELECT json, state, claimed_by FROM waitlist_slots WHERE id = ?'),
+    claim: db.prepare<[string, string]>("UPDATE waitlist_slots SET state = 'claimed', claimed_by = ? WHERE id = ? AND state = 'open'"),
+    release: db.prepare<[string, string]>("UPDATE waitlist_slots SET state = 'open', claimed_by = NULL WHERE id = ? AND claimed_by = ? AND state = 'claimed'"),
+    setSlotState: db.prepare<[string, string, string]>('UPDATE waitlist_slots SET state = ?, json = ? WHERE id = ?'),
+    insertOffer: db.prepare<[string, string, string, number, string, string]>('INSERT INTO waitlist_offers (id, slot_id, patient_id, offered_ms, state, json) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING'),
+    offer: db.prepare<[string], JsonRow & { state: WaitlistOfferState }>('SELECT json, state FROM waitlist_offers WHERE id = ?'),
+    setOffer: db.prepare<[string, string, string]>('UPDATE waitlist_offers SET state = ?, json = ? WHERE id = ?'),
+    offersOfSlot: db.prepare<[string], JsonRow & { state: WaitlistOfferState }>('SELECT json, state FROM waitlist_offers WHERE slot_id = ? ORDER BY offered_ms, id'),
+    offersOfPatient: db.prepare<[string, number], { n: number }>('SELECT count(*) AS n FROM waitlist_offers WHERE patient_id = ? AND offered_ms >= ?'),
+    upsertAppointment: db.prepare<[string, string, string, string, number, string]>(
+      'INSERT INTO waitlist_appointments (id, patient_id, service, practitioner, start_ms, json) VALUES (?, ?, ?, ?, ?, ?) ' +
+        'ON CONFLICT (id) DO UPDATE SET patient_id = excluded.patient_id, service = excluded.service, practitioner = excluded.practitioner, start_ms = excluded.start_ms, json = excluded.json',
+    ),
+    deleteAppointment: db.prepare<[string]>('DELETE FROM waitlist_appointments WHERE id = ?'),
+    eraseAppointments: db.prepare<[string]>('DELETE FROM waitlist_appointments WHERE patient_id = ?'),
+    eraseOffers: db.prepare<[string]>('DELETE FROM waitlist_offers WHERE patient_id = ?'),
+    slotsOpened: db.prepare<[number, number], { n: number }>('SELECT count(*) AS n FROM waitlist_slots WHERE opened_ms >= ? AND opened_ms < ?'),
+    offersIn: db.prepare<[number, number], JsonRow & { state: WaitlistOfferState }>('SELECT json, state FROM waitlist_offers WHERE offered_ms >= ? AND offered_ms < ?'),
+  };
+}
+
+export class SqliteWaitlistLedger {
+  readonly #db: Database;
+  readonly #s: ReturnType<typeof prepare>;
+
+  constructor(db: Database) {
+    this.#db = db;
+    this.#s = prepare(db);
+  }
+
+  openSlot(slot: WaitlistSlot): boolean {
+    return this.#s.insertSlot.run(slot.id, instantMs(slot.start, 'slot.start'), instantMs(slot.openedAt, 'slot.openedAt'), JSON.stringify(slot)).changes === 1;
+  }
+
+  slot(id: string): WaitlistSlot | undefined {
+    const row = this.#s.slot.get(id);
+    if (row === undefined) return undefined;
+    return { ...(JSON.parse(row.json) as WaitlistSlot), state: row.state, ...(row.claimed_by !== null ? { claimedBy: row.claimed_by } : {}) };
+  }
+
+  /** Inside the commit of an answer: takes the slot for the offer, or throws SlotTakenError. */
+  claim(slotId: string, offerId: string, at: string): void {
+    if (this.#s.claim.run(offerId, slotId).changes !== 1) throw new SlotTakenError(slotId);
+    this.setOfferState(offerId, WaitlistOfferState.Accepted, { acceptedAt: at });
+  }
+
+  releaseClaim(slotId: string, offerId: string): boolean {
+    return this.#s.release.run(slotId, offerId).changes === 1;
+  }
+
+  setSlotState(id: string, state: WaitlistSlotState, patch: Partial<WaitlistSlot> = {}): void {
+    const current = this.slot(id);
+    if (current === undefined) return;
+    const { claimedBy: _claimedBy, ...rest } = { ...current, ...patch, state };
+    this.#s.setSlotState.run(state, JSON.stringify(rest), id);
+  }
+
+  addOffers(offers: readonly WaitlistOffer[]): void {
+    for (const o of offers) this.#s.insertOffer.run(o.id, o.slotId, o.patientId, instantMs(o.offeredAt, 'offer.offeredAt'), o.state, JSON.stringify(o));
+  }
+
+  offer(id: string): WaitlistOffer | undefined {
+    const row = this.#s.offer.get(id);
+    return row === undefined ? undefined : { ...(JSON.parse(row.json) as WaitlistOffer), state: row.state };
+  }
+
+  setOfferState(id: string, state: WaitlistOfferState, patch: Partial<WaitlistOffer> = {}): void {
+    const current = this.offer(id);
+    if (current === undefined) return;
+    this.#s.setOffer.run(state, JSON.stringify({ ...current, ...patch, state }), id);
+  }
+
+  offersOfSlot(slotId: string): WaitlistOffer[] {
+    return this.#s.offersOfSlot.all(slotId).map((r) => ({ ...(JSON.parse(r.json) as WaitlistOffer), state: r.state }));
+  }
+
+  offersToPatientSince(patientId: string, since: string): number {
+    return this.#s.offersOfPatient.get(patientId, instantMs(since, 'since'))!.n;
+  }
+
+  noteAppointment(appointment: WaitlistAppointment): void {
+    this.#s.upsertAppointment.run(appointment.id, appointment.patientId, appointment.service, appointment.practitioner, instantMs(appointment.start, 'appointment.start'), JSON.stringify(appointment));
+  }
+
+  forgetAppointment(id: string): void {
+    this.#s.deleteAppointment.run(id);
+  }
+
+  laterAppointments(query: { services: readonly string[]; practitioners: readonly string[]; after: string; limit: number }): WaitlistAppointment[] {
+    if (query.services.length === 0 || query.practitioners.length === 0) return [];
+    const services = query.services.map(() => '?').join(', ');
+    const practitioners = query.practitioners.map(() => '?').join(', ');
+    // Latest first: the patient waiting longest for their visit gains the most days.
+    const statement = this.#db.prepare<unknown[], JsonRow>(
+      `SELECT json FROM waitlist_appointments WHERE service IN (${services}) AND practitioner IN (${practitioners}) AND start_ms > ? ORDER BY start_ms DESC, id LIMIT ?`,
+    );
+    return statement.all(...query.services, ...query.practitioners, instantMs(query.after, 'after'), query.limit).map((r) => JSON.parse(r.json) as WaitlistAppointment);
+  }
+
+  slotsIn(states: readonly WaitlistSlotState[], limit: number): WaitlistSlot[] {
+    if (states.length === 0) return [];
+    const statement = this.#db.prepare<unknown[], { id: string }>(`SELECT id FROM waitlist_slots WHERE state IN (${states.map(() => '?').join(', ')}) ORDER BY opened_ms, id LIMIT ?`);
+    return statement.all(...states, limit).map((r) => this.slot(r.id)!);
+  }
+
+  figures(from: string, to: string): WaitlistFigures {
+    const [fromMs, toMs] = [instantMs(from, 'from'), instantMs(to, 'to')];
+    const offers = this.#s.offersIn.all(fromMs, toMs).map((r) => ({ ...(JSON.parse(r.json) as WaitlistOffer), state: r.state }));
+    return figuresOf(this.#s.slotsOpened.get(fromMs, toMs)!.n, offers);
+  }
+
+  erase(patientId: string): void {
+    this.#s.eraseAppointments.run(patientId);
+    this.#s.eraseOffers.run(patientId);
+  }
+}
+
+/** The outcomes view's figures of the slots freed and the offers made in a range (both backends). */
+export function figuresOf(slotsFreed: number, offers: readonly WaitlistOffer[]): WaitlistFigures {
+  const booked = offers.filter((o) => o.state === WaitlistOfferState.Booked);
+  const days = booked.map((o) => o.daysGained).filter((d): d is number => d !== undefined).sort((a, b) => a - b);
+  return {
+    slotsFreed,
+    offers: offers.length,
+    accepted: offers.filter((o) => o.acceptedAt !== undefined).length,
+    booked: booked.length,
+    declined: offers.filter((o) => o.state === WaitlistOfferState.Declined).length,
+    bookingFailed: offers.filter((o) => o.state === WaitlistOfferState.Failed).length,
+    daysGained: { total: round1(days.reduce((a, b) => a + b, 0)), ...(days.length > 0 ? { median: round1(median(days)) } : {}) },
+  };
+}
+
+function median(sorted: readonly number[]): number {
+  const mid = Math.floor(sorted.length / 2);
+  return sorted.length % 2 === 1 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2;
+}
+
+function round1(n: number): number {
+  return Math.round(n * 10) / 10;
+}

@@ -1,0 +1,408 @@
+// The waitlist on an injected clock (docs/waitlist.md), with the real store and the real replies
+// worker; the queue is a list of jobs run when the clock says they are due, the booking output a
+// recorder. The race, the order of booking and cancelling, waves and expiry, and each filter.
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import type { WaitlistConfig } from '../config/waitlist-schema.ts';
+import { silentLogger } from '../log.ts';
+import type { WriteBackOperation, WriteBackResult } from '../outputs/write-back.ts';
+import type { QuietHours } from '../pipeline/policy.ts';
+import { compileReply } from '../pipeline/reply.ts';
+import type { Rule } from '../pipeline/rule.ts';
+import type { NewJob } from '../queue/queue.ts';
+import { testDelivery, testRecord, testTrigger } from '../store/conformance.ts';
+import type { Store, StoredDelivery } from '../store/store.ts';
+import { storeBackends, type StoreBackend } from '../../test/helpers/store-backends.ts';
+import type { Trigger } from '../types.ts';
+import { ReplyService } from './replies.ts';
+import { WaitlistService, type WaitlistJob } from './waitlist.ts';
+
+const MINUTE = 60_000;
+const T0 = Date.parse('2030-03-10T10:00:00Z');
+const SLOT_START = '2030-03-12T09:00:00Z';
+
+const OFFER = compileReply(
+  { answers: [{ action: 'accept', words: ['1', 'YES'] }, { action: 'decline', words: ['2'] }] },
+  ['reply'],
+  { on: ['appointment.waitlist_offered'], channel: 'sms' },
+  { outputs: [], optOutWords: [] },
+  [],
+)!;
+
+function config(over: Partial<WaitlistConfig> = {}): WaitlistConfig {
+  return {
+    book: 'ehr',
+    on: ['appointment.cancelled', 'appointment.deleted', 'appointment.noshow'],
+    sources: { laterAppointments: { optIn: 'all', patients: [] } },
+    equivalents: { services: [], practitioners: [] },
+    minNoticeMinutes: 60,
+    waves: { size: 2, everyMinutes: 15, expiresMinutes: 30, stopMinutesBefore: 120 },
+    maxOffersPerPatient: { count: 3, days: 7 },
+    ...over,
+  };
+}
+
+let store: Store;
+let clock: number;
+let jobs: Array<NewJob<WaitlistJob>>;
+let ran: Set<string>;
+let offered: Trigger[];
+let answered: Trigger[];
+let calls: WriteBackOperation[];
+let results: WriteBackResult[];
+let denyConsent: Set<string>;
+let quietHours: QuietHours;
+let waitlist: WaitlistService;
+let replies: ReplyService;
+
+function start(over: Partial<WaitlistConfig> = {}): void {
+  waitlist = new WaitlistService({
+    store,
+    config: config(over),
+    policy: { quietHours, sites: [], timezone: 'UTC' },
+    queue: async (job) => jobs.push(job),
+    output: (name) =>
+      name === 'ehr'
+        ? {
+            writeBack: async (op) => {
+              calls.push(op);
+              return results.shift() ?? { outcome: 'applied', appointmentId: `made-${calls.length}` };
+            },
+          }
+        : undefined,
+    onOffered: (t) => offered.push(...t),
+    smsAllowed: async (patientId) => !denyConsent.has(patientId),
+    log: silentLogger,
+    now: () => clock,
+  });
+  replies = new ReplyService({
+    store,
+    keywords: { inboundSms: async () => ({}) },
+    policy: { keywords: { optOut: [], replies: { stop: 's', start: 's', help: 'h' } } },
+    rules: () => [{ id: 'offer', reply: OFFER } as Rule],
+    onAnswer: (t) => answered.push(...t),
+    queueWriteBack: async () => undefined,
+    output: () => undefined,
+    waitlist,
+    log: silentLogger,
+    now: () => clock,
+  });
+}
+
+let cleanup: () => Promise<void>;
+async function openStore(backend: StoreBackend): Promise<void> {
+  ({ store, cleanup } = await backend.open());
+  clock = T0;
+  jobs = [];
+  ran = new Set();
+  offered = [];
+  answered = [];
+  calls = [];
+  results = [];
+  denyConsent = new Set();
+  quietHours = { start: '08:00', end: '21:00', channels: [] };
+}
+
+const phoneOf = (patientId: string) => `+3361000${patientId.replace(/\D/g, '').padStart(4, '0')}`;
+
+/** A trigger from the feed, committed and handed to the waitlist as the ingest does. */
+async function feed(trigger: Trigger): Promise<void> {
+  await store.commitInbound(testRecord({ controlId: `C-${trigger.id}`, triggers: [trigger] }));
+  await waitlist.onCommitted([trigger]);
+}
+
+/** A later booked appointment of a patient (service CHK with DR-22 unless told). */
+function later(id: string, patientId: string, startIso: string, o: { service?: string; practitioner?: string; mobile?: boolean } = {}): Promise<void> {
+  return feed(
+    testTrigger({
+      id: `booked-${id}`,
+      occurredAt: new Date(clock).toISOString(),
+      patient: { ...testTrigger({ id: 'x' }).patient, id: patientId, identifiers: [{ value: patientId, type: 'MR' }], telecom: o.mobile === false ? [] : [{ system: 'phone', use: 'mobile', value: phoneOf(patientId) }] },
+      appointment: { id, status: 'booked', start: startIso, serviceType: { code: o.service ?? 'CHK' }, practitioner: { id: o.practitioner ?? 'DR-22' } },
+    }),
+  );
+}
+
+/** The appointment that frees the slot: booked, then cancelled. */
+async function free(o: { start?: string; service?: string } = {}): Promise<void> {
+  const appointment = { id: 'FREE-1', status: 'cancelled', start: o.start ?? SLOT_START, durationMinutes: 30, serviceType: { code: o.service ?? 'CHK' }, practitioner: { id: 'DR-22' } };
+  await feed(testTrigger({ id: 'cancel-FREE-1', type: 'appointment.cancelled', occurredAt: new Date(clock).toISOString(), patient: { ...testTrigger({ id: 'x' }).patient, id: 'P-FREED' }, appointment }));
+}
+
+/** Runs the queued jobs that are due (repeatedly: a job may queue another due one). */
+async function runDue(): Promise<void> {
+  for (;;) {
+    const due = jobs.filter((j) => !ran.has(j.id) && Date.parse(String(j.runAt instanceof Date ? j.runAt.toISOString() : j.runAt)) <= clock);
+    if (due.length === 0) return;
+    for (const job of due) {
+      ran.add(job.id);
+      await waitlist.run({ id: job.id, data: job.data, attempt: 1, signal: new AbortController().signal });
+    }
+  }
+}
+
+/** The offers of the last wave go out: a prompt opens for each, as the deliver worker's send does. */
+async function send(triggers: readonly Trigger[]): Promise<void> {
+  for (const t of triggers) {
+    const delivery = { ...testDelivery({ id: `offer@appointment/${t.appointment!.id}#0`, ruleId: 'offer', subjectId: t.appointment!.id, subjectKey: `appointment/${t.appointment!.id}` }), patientId: t.patient.id, triggerId: t.id, to: phoneOf(t.patient.id) };
+    const stored: StoredDelivery = { delivery, status: 'sent', asOf: t.occurredAt, generation: 1, createdAt: '', updatedAt: '' };
+    await replies.sent(stored, phoneOf(t.patient.id), clock);
+  }
+}
+
+let sid = 0;
+function answer(patientId: string, body: string) {
+  const messageId = `SM${String(++sid).padStart(32, '0')}`;
+  return replies.inboundSms({ output: 'sms', from: phoneOf(patientId), body, messageId, raw: Buffer.from(`Body=${body}&MessageSid=${messageId}`) });
+}
+
+const offeredTo = () => offered.map((t) => t.patient.id);
+
+/** One patient with a later appointment, the slot freed, the offer sent and answered with `body`. */
+async function oneOffer(body: string): Promise<void> {
+  start();
+  await later('L-1', 'P-1', '2030-04-20T09:00:00Z');
+  await free();
+  await runDue();
+  await send(offered);
+  await answer('P-1', body);
+}
+
+// Every check on both store backends: the claim is the store's (a conditional update in the answer's commit).
+for (const backend of storeBackends) {
+  describe.skipIf(backend.skipped)(backend.name, () => {
+    beforeEach(() => openStore(backend));
+    afterEach(() => cleanup());
+
+    describe('the first yes claims the slot', () => {
+      it('two yeses within a millisecond: exactly one claims and one booking is made; the other is told the slot is taken', async () => {
+        start();
+        await later('L-1', 'P-1', '2030-04-20T09:00:00Z');
+        await later('L-2', 'P-2', '2030-04-10T09:00:00Z');
+        await free();
+        await runDue();
+        expect(offeredTo()).toEqual(['P-1', 'P-2']);
+        await send(offered);
+
+        // Both answers at the same instant, concurrently (two numbers: nothing orders them but the store).
+        await Promise.all([answer('P-1', '1'), answer('P-2', 'YES')]);
+        const types = answered.map((t) => t.type).sort();
+        expect(types).toEqual(['appointment.waitlist_accepted', 'appointment.waitlist_taken']);
+        await runDue();
+        expect(calls.filter((c) => c.kind === 'book')).toHaveLength(1);
+        const winner = answered.find((t) => t.type === 'appointment.waitlist_accepted')!.patient.id;
+        expect(calls.map((c) => [c.kind, c.patient.id])).toEqual([
+          ['book', winner],
+          ['cancel', winner],
+        ]);
+        expect((await store.getWaitlistSlot(offered[0]!.waitlist!.slot))?.state).toBe('booked');
+      });
+    });
+
+    describe('the later appointment is cancelled only after the booking succeeded', () => {
+      it('book applied → then cancel with pat-swl; nothing is cancelled before', async () => {
+        await oneOffer('1');
+        // Claimed, booking queued: nothing written yet, no cancellation queued.
+        expect(calls).toEqual([]);
+        expect(jobs.map((j) => j.data.kind)).not.toContain('cancel');
+        await runDue();
+        expect(calls.map((c) => c.kind)).toEqual(['book', 'cancel']);
+        expect(calls[0]).toMatchObject({ kind: 'book', slot: { start: SLOT_START, serviceType: { code: 'CHK' }, practitioner: { id: 'DR-22' } }, patient: { id: 'P-1' } });
+        expect(calls[1]).toMatchObject({ kind: 'cancel', appointment: { id: 'L-1' }, reason: { code: 'pat-swl' } });
+        const offer = await store.getWaitlistOffer(offered[0]!.appointment!.id);
+        expect(offer).toMatchObject({ state: 'booked', bookedAs: 'made-1', currentCancelled: true, daysGained: 39 });
+      });
+
+      it('book denied → no cancellation at all, a staff task, and the slot offered on to the next patient', async () => {
+        start({ waves: { size: 1, everyMinutes: 15, expiresMinutes: 30, stopMinutesBefore: 120 } });
+        await later('L-1', 'P-1', '2030-04-20T09:00:00Z');
+        await later('L-2', 'P-2', '2030-04-10T09:00:00Z');
+        await free();
+        await runDue();
+        expect(offeredTo()).toEqual(['P-1']);
+        await send(offered);
+        results.push({ outcome: 'denied', code: 'slot_unavailable' });
+        await answer('P-1', '1');
+        await runDue();
+        expect(calls.map((c) => c.kind)).toEqual(['book']);
+        expect(await store.listStaffTasks({})).toEqual([expect.objectContaining({ kind: 'waitlist_booking_failed', patientId: 'P-1', appointmentId: 'FREE-1', code: 'slot_unavailable' })]);
+        // The claim given back: the next wave went out at once, to the next patient.
+        expect((await store.getWaitlistSlot(offered[0]!.waitlist!.slot))?.state).toBe('open');
+        expect(offeredTo()).toEqual(['P-1', 'P-2']);
+        expect(await store.getWaitlistOffer(offered[0]!.appointment!.id)).toMatchObject({ state: 'failed' });
+      });
+    });
+
+    describe('start-up repair', () => {
+      it('a crash between the yes and its booking job: the repair books it once, then cancels the later appointment', async () => {
+        await oneOffer('1');
+        // The booking job was lost with the process: the slot is claimed and nothing was booked.
+        jobs = jobs.filter((j) => j.data.kind !== 'book');
+        await runDue();
+        expect(calls).toEqual([]);
+        await waitlist.repair();
+        await waitlist.repair();
+        expect(jobs.filter((j) => j.data.kind === 'book').map((j) => j.id)).toEqual([`wl-book~${offered[0]!.appointment!.id}`, `wl-book~${offered[0]!.appointment!.id}`]);
+        await runDue();
+        expect(calls.map((c) => c.kind)).toEqual(['book', 'cancel']);
+      });
+    });
+
+    describe('a wave run again', () => {
+      it('after a crash between its commit and the slot noting it: no second offer, the next wave as planned', async () => {
+        start({ waves: { size: 1, everyMinutes: 15, expiresMinutes: 30, stopMinutesBefore: 120 } });
+        await later('L-1', 'P-1', '2030-04-20T09:00:00Z');
+        await later('L-2', 'P-2', '2030-04-19T09:00:00Z');
+        await free();
+        await runDue();
+        const slotId = offered[0]!.waitlist!.slot;
+        await store.setWaitlistSlot(slotId, 'open', { waves: 0 });
+        expect(await waitlist.wave(slotId)).toEqual([]);
+        expect(offeredTo()).toEqual(['P-1']);
+        expect((await store.getWaitlistSlot(slotId))?.waves).toBe(1);
+        clock = T0 + 15 * MINUTE;
+        await runDue();
+        expect(offeredTo()).toEqual(['P-1', 'P-2']);
+        expect(offered[1]!.waitlist!.wave).toBe(2);
+      });
+    });
+
+    describe('waves on the clock', () => {
+      it('k per wave, the next after the interval, offers expire, none after the stop', async () => {
+        start({ waves: { size: 1, everyMinutes: 15, expiresMinutes: 30, stopMinutesBefore: 120 } });
+        for (const [i, day] of ['20', '19', '18', '17', '16'].entries()) await later(`L-${i + 1}`, `P-${i + 1}`, `2030-04-${day}T09:00:00Z`);
+        await free();
+        await runDue();
+        expect(offeredTo()).toEqual(['P-1']);
+        expect(offered[0]!.waitlist).toMatchObject({ wave: 1, expiresAt: new Date(T0 + 30 * MINUTE).toISOString(), current: { id: 'L-1' } });
+        await send(offered);
+
+        // A minute before the interval: nothing more.
+        clock = T0 + 14 * MINUTE;
+        await runDue();
+        expect(offeredTo()).toEqual(['P-1']);
+        clock = T0 + 15 * MINUTE;
+        await runDue();
+        expect(offeredTo()).toEqual(['P-1', 'P-2']);
+        expect(offered[1]!.waitlist!.wave).toBe(2);
+
+        // P-1's yes after their offer expired claims nothing: told it is gone.
+        clock = T0 + 30 * MINUTE;
+        await answer('P-1', '1');
+        expect(answered.map((t) => t.type)).toEqual(['appointment.waitlist_taken']);
+        expect((await store.getWaitlistSlot(offered[0]!.waitlist!.slot))?.state).toBe('open');
+
+        // The stop (slot start − 120 min): the slot closes, no offer after it.
+        const stop = Date.parse(SLOT_START) - 120 * MINUTE;
+        clock = stop - 1;
+        await runDue();
+        const before = offered.length;
+        expect(offered.at(-1)!.waitlist!.expiresAt <= new Date(stop).toISOString()).toBe(true);
+        clock = stop;
+        await runDue();
+        expect(offered).toHaveLength(before);
+        expect((await store.getWaitlistSlot(offered[0]!.waitlist!.slot))).toMatchObject({ state: 'closed', closedReason: 'stop_reached' });
+      });
+    });
+
+    describe('filters', () => {
+      it('same service and practitioner, or a configured equivalent', async () => {
+        start({ equivalents: { services: [['CHK', 'CHK-LONG']], practitioners: [] } });
+        await later('L-1', 'P-1', '2030-04-20T09:00:00Z', { service: 'CHK-LONG' });
+        await later('L-2', 'P-2', '2030-04-19T09:00:00Z', { service: 'DERM' });
+        await later('L-3', 'P-3', '2030-04-18T09:00:00Z', { practitioner: 'DR-99' });
+        await later('L-4', 'P-4', '2030-03-11T09:00:00Z'); // earlier than the slot: nothing to gain
+        await free();
+        await runDue();
+        expect(offeredTo()).toEqual(['P-1']);
+      });
+
+      it('minimum notice: a slot starting too soon is not offered', async () => {
+        start({ minNoticeMinutes: 24 * 60 });
+        await later('L-1', 'P-1', '2030-04-20T09:00:00Z');
+        await free({ start: new Date(T0 + 23 * 60 * MINUTE).toISOString() });
+        await runDue();
+        expect(offered).toEqual([]);
+        expect(jobs).toEqual([]);
+      });
+
+      it('consent: a patient whose ledger says no to care texts is not offered', async () => {
+        start();
+        denyConsent.add('P-1');
+        await later('L-1', 'P-1', '2030-04-20T09:00:00Z');
+        await later('L-2', 'P-2', '2030-04-19T09:00:00Z');
+        await free();
+        await runDue();
+        expect(offeredTo()).toEqual(['P-2']);
+      });
+
+      it('quiet hours: nobody is offered at 22:00 in their zone; the next wave after 08:00 is', async () => {
+        quietHours = { start: '08:00', end: '21:00', channels: ['sms'] };
+        clock = Date.parse('2030-03-10T22:00:00Z');
+        start({ waves: { size: 2, everyMinutes: 600, expiresMinutes: 30, stopMinutesBefore: 120 } });
+        await later('L-1', 'P-1', '2030-04-20T09:00:00Z');
+        await free();
+        await runDue();
+        expect(offered).toEqual([]);
+        clock = Date.parse('2030-03-11T08:00:00Z');
+        await runDue();
+        expect(offeredTo()).toEqual(['P-1']);
+      });
+
+      it('offers per patient: at most `count` in `days`', async () => {
+        start({ maxOffersPerPatient: { count: 1, days: 7 } });
+        await later('L-1', 'P-1', '2030-04-20T09:00:00Z');
+        await later('L-2', 'P-2', '2030-04-19T09:00:00Z');
+        // P-1 had an offer of another slot yesterday.
+        await store.addWaitlistOffers([{ id: 'wl-old', slotId: 'OTHER@2030-03-11T09:00:00.000Z', patientId: 'P-1', wave: 1, state: 'offered', offeredAt: new Date(T0 - 86_400_000).toISOString(), expiresAt: new Date(T0).toISOString() }]);
+        await free();
+        await runDue();
+        expect(offeredTo()).toEqual(['P-2']);
+      });
+
+      it('opt-in: only the listed patients; and never one without a mobile number', async () => {
+        start({ sources: { laterAppointments: { optIn: 'listed', patients: ['P-2', 'P-3'] } } });
+        await later('L-1', 'P-1', '2030-04-20T09:00:00Z');
+        await later('L-2', 'P-2', '2030-04-19T09:00:00Z', { mobile: false });
+        await later('L-3', 'P-3', '2030-04-18T09:00:00Z');
+        await free();
+        await runDue();
+        expect(offeredTo()).toEqual(['P-3']);
+      });
+
+      it('a configured list: its entries for this service, practitioner and requested period come first; booking one cancels nothing', async () => {
+        const entry = (patient: string, over: object = {}) => ({ patient, phone: phoneOf(patient), services: ['CHK-LONG'], ...over });
+        start({
+          equivalents: { services: [['CHK', 'CHK-LONG']], practitioners: [] },
+          waves: { size: 2, everyMinutes: 15, expiresMinutes: 30, stopMinutesBefore: 120 },
+          sources: {
+            list: [
+              entry('P-7', { practitioners: ['DR-99'] }), // another practitioner
+              entry('P-8', { from: '2030-03-13T00:00:00Z' }), // wants later than the slot
+              entry('P-9', { from: '2030-03-11T00:00:00Z', until: '2030-03-14T00:00:00Z', language: 'fr' }),
+            ],
+            laterAppointments: { optIn: 'all', patients: [] },
+          },
+        });
+        await later('L-1', 'P-1', '2030-04-20T09:00:00Z');
+        await later('L-2', 'P-2', '2030-04-19T09:00:00Z');
+        await free();
+        await runDue();
+        expect(offeredTo()).toEqual(['P-9', 'P-1']);
+        expect(offered[0]).toMatchObject({ patient: { id: 'P-9', language: 'fr', telecom: [{ system: 'phone', use: 'mobile', value: phoneOf('P-9') }] } });
+        expect(offered[0]!.waitlist!.current).toBeUndefined();
+        await send(offered);
+        await answer('P-9', '1');
+        await runDue();
+        expect(calls.map((c) => [c.kind, c.patient.id])).toEqual([['book', 'P-9']]);
+      });
+
+      it('a declined offer leaves the appointment as it is', async () => {
+        await oneOffer('2');
+        await runDue();
+        expect(answered.map((t) => t.type)).toEqual(['appointment.waitlist_declined']);
+        expect(calls).toEqual([]);
+        expect(await store.getWaitlistOffer(offered[0]!.appointment!.id)).toMatchObject({ state: 'declined' });
+      });
+    });
+  });
+}

@@ -1,0 +1,601 @@
+// The waitlist (docs/waitlist.md): a freed slot offered by SMS, in waves, to patients who would
+// rather come sooner; the first yes books it, and only then is their later appointment cancelled.
+//
+//   committed trigger ─▶ booked / rescheduled / modified: kept as a later appointment (the candidates' source)
+//                     ─▶ one of waitlist.on (cancelled, deleted, noshow): a freed slot, unless it starts
+//                        within minNoticeMinutes ─▶ queue `waitlist`: wave 1 now
+//   wave n ─▶ candidates: later appointments of the same service and practitioner (or equivalents),
+//             opted in, not offered this slot yet, under the per-patient cap, SMS consent for
+//             care.logistics, not in quiet hours now ─▶ up to `size` offers, committed as one message
+//             (format waitlist) whose triggers are appointment.waitlist_offered ─▶ routed: a rule sends
+//             the SMS through the usual send-time checks and opens a reply prompt (workers/replies.ts)
+//          ─▶ wave n+1 after everyMinutes; at stopMinutesBefore the slot closes
+//   "yes" ─▶ workers/replies.ts: claimFor() ─▶ the SMS's commit claims the slot (one claim per slot,
+//            store: SlotTakenError for any later one) ─▶ appointment.waitlist_accepted ─▶ book job
+//          ─▶ a yes too late (taken, expired, closed): appointment.waitlist_taken (a rule says so:
+//             "the slot is taken, your appointment stands")
+//   book ─▶ the `book` output (FHIR create, If-None-Exist) ─▶ applied: slot booked ─▶ cancel job: the
+//           later appointment cancelled with pat-swl ─▶ failed: staff task waitlist_cancel_failed
+//        ─▶ denied / failed for good: staff task waitlist_booking_failed, the claim given back, the
+//           slot offered on (next wave now)
+//
+// Nothing is cancelled before the booking succeeded. Logs carry slot, offer and job ids and reason
+// codes only (slot and offer ids name appointments, never a patient).
+import { createHash } from 'node:crypto';
+import type { WaitlistConfig, WaitlistListEntry } from '../config/waitlist-schema.ts';
+import { failureClassOf, PermanentError } from '../errors.ts';
+import type { Logger } from '../log.ts';
+import type { OutboundAdapter } from '../outputs/spec.ts';
+import { SCHEDULED_FROM_WAITLIST, WriteBackKind, WriteBackOutcome, type WriteBackOperation, type WriteBackSlot } from '../outputs/write-back.ts';
+import type { PolicySettings } from '../pipeline/policy.ts';
+import { isAllowedTime, quietHoursApply } from '../pipeline/quiet-hours.ts';
+import { parseInstant } from '../pipeline/values.ts';
+import { patientZone } from '../pipeline/zones.ts';
+import type { JobContext, NewJob, Queue } from '../queue/queue.ts';
+import { StaffTaskKind, WaitlistOfferState, WaitlistSlotState, type ReplyPrompt, type Store, type WaitlistOffer, type WaitlistSlot } from '../store/store.ts';
+import { MessageStatus, Purpose, TriggerType, type Trigger } from '../types.ts';
+import { codeOf } from './replies.ts';
+
+/** Name of the embedded queue holding waves, bookings and cancellations. */
+export const WAITLIST_QUEUE = 'waitlist';
+/** Attempts of a booking or a cancellation (the queue's backoff: about 20 minutes, as write-backs). */
+export const WAITLIST_ATTEMPTS = 8;
+/** Candidates read per wave before the filters. */
+const CANDIDATES_READ = 200;
+const MINUTE = 60_000;
+/** Epoch ms of an ISO instant (NaN when it is not one: compares false everywhere). */
+const instant = (iso: string): number => parseInstant(iso) ?? Number.NaN;
+const DAY = 86_400_000;
+
+/** What a waitlist job carries. */
+export type WaitlistJob =
+  | { kind: 'wave'; slotId: string }
+  | { kind: 'book'; slotId: string; offerId: string }
+  | { kind: 'cancel'; slotId: string; offerId: string };
+
+/** Reason codes this worker logs (safe to log). */
+export const WaitlistReason = {
+  SlotFreed: 'slot_freed',
+  ShortNotice: 'short_notice',
+  Offered: 'offered',
+  NoCandidate: 'no_candidate',
+  Stopped: 'stop_reached',
+  Booked: 'booked',
+  BookingFailed: 'booking_failed',
+  Cancelled: 'later_appointment_cancelled',
+  CancelFailed: 'cancel_failed',
+} as const;
+
+/** Why a candidate was not offered a slot in a wave (counted in the wave's log line). */
+export const CandidateFilter = {
+  NotOptedIn: 'not_opted_in',
+  Capped: 'offer_cap',
+  Consent: 'consent',
+  QuietHours: 'quiet_hours',
+  NoMobile: 'no_mobile',
+} as const;
+export type CandidateFilter = (typeof CandidateFilter)[keyof typeof CandidateFilter];
+
+/** What a yes to an offer may do: claim the slot, or be told it is taken (with why). */
+export type ClaimVerdict = { claim: { slotId: string; offerId: string } } | { taken: 'offer_unknown' | 'offer_expired' | 'slot_taken' };
+
+export interface WaitlistServiceDeps {
+  store: Store;
+  config: WaitlistConfig;
+  policy: Pick<PolicySettings, 'quietHours' | 'sites' | 'timezone'>;
+  queue: (job: NewJob<WaitlistJob>) => Promise<unknown>;
+  /** The running adapter of an output (the `book` output). */
+  output: (name: string) => Pick<OutboundAdapter, 'writeBack'> | undefined;
+  /** Routes the committed offer triggers (Router.onCommitted). */
+  onOffered: (triggers: Trigger[]) => void;
+  /** Whether the patient's consent allows SMS for care.logistics now (ConsentService.effectiveConsent); absent: left to the send-time check. */
+  smsAllowed?: (patientId: string) => Promise<boolean>;
+  log: Logger;
+  now: () => number;
+}
+
+const KEEP = new Set<string>([TriggerType.AppointmentBooked, TriggerType.AppointmentRescheduled, TriggerType.AppointmentModified]);
+const DROP = new Set<string>([
+  TriggerType.AppointmentCancelled,
+  TriggerType.AppointmentDeleted,
+  TriggerType.AppointmentNoshow,
+  TriggerType.AppointmentFulfilled,
+  TriggerType.AppointmentCheckedIn,
+]);
+/** Statuses of an appointment that still holds its time (a later appointment a patient could give up). */
+const HOLDING = new Set(['booked', 'pending', 'proposed']);
+
+export class WaitlistService {
+  readonly #deps: WaitlistServiceDeps;
+  /** Triggers are noted in commit order (one chain). */
+  #chain: Promise<unknown> = Promise.resolve();
+
+  constructor(deps: WaitlistServiceDeps) {
+    this.#deps = deps;
+  }
+
+  // --- the feed -------------------------------------------------------------------------------
+
+  /** After a commit (the ingest hook): keeps later appointments, opens freed slots. */
+  onCommitted(triggers: readonly Trigger[]): Promise<void> {
+    const run = this.#chain.then(() => this.#note(triggers));
+    this.#chain = run.catch((error: unknown) => this.#deps.log.error('waitlist.note_failed', { code: failureClassOf(error) }));
+    return run;
+  }
+
+  /** Resolves when the triggers handed over so far are noted. */
+  settled(): Promise<unknown> {
+    return this.#chain;
+  }
+
+  async #note(triggers: readonly Trigger[]): Promise<void> {
+    const { store, config } = this.#deps;
+    for (const t of triggers) {
+      const a = t.appointment;
+      if (t.source.format === 'waitlist' || t.source.format === 'sms' || a?.id === undefined) continue;
+      if (KEEP.has(t.type) && a.start !== undefined && HOLDING.has(a.status ?? 'booked')) {
+        await store.noteWaitlistAppointment({
+          id: a.id,
+          ...(a.placerId !== undefined ? { placerId: a.placerId } : {}),
+          patientId: t.patient.id,
+          service: a.serviceType?.code ?? '',
+          practitioner: a.practitioner?.id ?? '',
+          start: a.start,
+          triggerId: t.id,
+        });
+      } else if (DROP.has(t.type)) await store.noteWaitlistAppointment({ id: a.id, removed: true });
+      if ((config.on as readonly string[]).includes(t.type)) await this.#free(t);
+    }
+  }
+
+  async #free(t: Trigger): Promise<void> {
+    const a = t.appointment!;
+    const { store, config, log } = this.#deps;
+    const now = this.#deps.now();
+    const startMs = a.start === undefined ? Number.NaN : instant(a.start);
+    if (Number.isNaN(startMs)) return;
+    if (startMs - now < config.minNoticeMinutes * MINUTE) {
+      if (startMs > now) log.info('waitlist.slot', { slotId: slotIdOf(a.id, a.start!), reason: WaitlistReason.ShortNotice });
+      return;
+    }
+    const slot: WaitlistSlot = {
+      id: slotIdOf(a.id, a.start!),
+      state: WaitlistSlotState.Open,
+      triggerId: t.id,
+      patientId: t.patient.id,
+      start: a.start!,
+      ...(a.end !== undefined ? { end: a.end } : {}),
+      ...(a.durationMinutes !== undefined ? { durationMinutes: a.durationMinutes } : {}),
+      ...(a.serviceType !== undefined ? { serviceType: a.serviceType } : {}),
+      ...(a.practitioner !== undefined ? { practitioner: a.practitioner } : {}),
+      ...(a.location !== undefined ? { location: { id: a.location.id, ...(a.location.name !== undefined ? { name: a.location.name } : {}) } } : {}),
+      openedAt: new Date(now).toISOString(),
+      waves: 0,
+    };
+    if (!(await store.openWaitlistSlot(slot))) return;
+    log.info('waitlist.slot', { slotId: slot.id, reason: WaitlistReason.SlotFreed });
+    await this.#queueWave(slot.id, now);
+  }
+
+  /**
+   * At start: what a crash may have left between a commit and its job — an open slot's first
+   * wave, a claimed slot's booking, a booked slot's cancellation of the later appointment — is
+   * queued again. The ids are the ones first used, so a job that exists is a duplicate.
+   */
+  async repair(): Promise<void> {
+    const { store } = this.#deps;
+    for (const slot of await store.listWaitlistSlots({ states: [WaitlistSlotState.Open, WaitlistSlotState.Claimed, WaitlistSlotState.Booked] })) {
+      if (slot.state === WaitlistSlotState.Open && slot.waves === 0) await this.#queueWave(slot.id, instant(slot.openedAt));
+      if (slot.claimedBy === undefined) continue;
+      if (slot.state === WaitlistSlotState.Claimed) await this.accepted({ slotId: slot.id, offerId: slot.claimedBy });
+      if (slot.state === WaitlistSlotState.Booked) {
+        const offer = await store.getWaitlistOffer(slot.claimedBy);
+        if (offer?.current !== undefined && !offer.currentCancelled) await this.#queueCancel(slot.id, offer.id);
+      }
+    }
+  }
+
+  #queueWave(slotId: string, at: number, after?: string): Promise<unknown> {
+    // One job per slot and run time; a wave brought forward after a failed booking is named by
+    // that offer, so it is never taken for a job already there.
+    return this.#deps.queue({ id: `wl-wave~${slotId}~${at}${after !== undefined ? `~${after}` : ''}`, data: { kind: 'wave', slotId }, runAt: new Date(at) });
+  }
+
+  // --- waves ------------------------------------------------------------------------------------
+
+  /** A wave of offers for an open slot, then the next one (or the close at the stop). */
+  async wave(slotId: string): Promise<WaitlistOffer[]> {
+    const { store, config, log } = this.#deps;
+    const slot = await store.getWaitlistSlot(slotId);
+    if (slot === undefined || slot.state !== WaitlistSlotState.Open) return [];
+    const now = this.#deps.now();
+    const stopAt = instant(slot.start) - config.waves.stopMinutesBefore * MINUTE;
+    if (now >= stopAt) {
+      await store.setWaitlistSlot(slot.id, WaitlistSlotState.Closed, { closedReason: WaitlistReason.Stopped });
+      log.info('waitlist.slot', { slotId: slot.id, reason: WaitlistReason.Stopped });
+      return [];
+    }
+    const wave = slot.waves + 1;
+    // This wave committed already (a crash before the slot noted it): note it, and on to the next.
+    if (await store.findMessage('waitlist', waveMessageId(slot.id, wave))) {
+      await store.setWaitlistSlot(slot.id, WaitlistSlotState.Open, { waves: wave });
+      await this.#queueWave(slot.id, Math.min(now + config.waves.everyMinutes * MINUTE, stopAt));
+      return [];
+    }
+    const { chosen, filtered } = await this.#candidates(slot, now);
+    const expiresAt = new Date(Math.min(now + config.waves.expiresMinutes * MINUTE, stopAt)).toISOString();
+    const offers: WaitlistOffer[] = chosen.map((c) => ({
+      id: offerIdOf(slot.id, c.patientId),
+      slotId: slot.id,
+      patientId: c.patientId,
+      wave,
+      state: WaitlistOfferState.Offered,
+      offeredAt: new Date(now).toISOString(),
+      expiresAt,
+      ...(c.current !== undefined ? { current: c.current, daysGained: Math.round(((instant(c.current.start) - instant(slot.start)) / DAY) * 10) / 10 } : {}),
+      ...(c.triggerId !== undefined ? { triggerId: c.triggerId } : {}),
+    }));
+    if (offers.length > 0) {
+      await store.addWaitlistOffers(offers);
+      const triggers = offers.map((o, i) => offerTrigger(slot, o, chosen[i]!.base, now));
+      const raw = Buffer.from(JSON.stringify({ slot: slot.id, wave, offers: offers.map((o) => o.id) }));
+      const committed = await store.commitInbound({
+        input: 'waitlist',
+        format: 'waitlist',
+        sender: 'waitlist',
+        controlId: waveMessageId(slot.id, wave),
+        messageType: 'WAITLIST^OFFER',
+        contentHash: createHash('sha256').update(raw).digest('hex'),
+        raw,
+        status: MessageStatus.Accepted,
+        ack: 'waitlist wave',
+        ackCode: '-',
+        receivedAt: new Date(now).toISOString(),
+        triggers,
+        subjectStates: [],
+        patientId: slot.patientId,
+      });
+      await store.setWaitlistSlot(slot.id, WaitlistSlotState.Open, { waves: wave });
+      if (committed.outcome === 'stored') this.#deps.onOffered(triggers);
+    }
+    log.info('waitlist.wave', { slotId: slot.id, wave, reason: offers.length > 0 ? WaitlistReason.Offered : WaitlistReason.NoCandidate, offers: offers.length, ...filtered });
+    await this.#queueWave(slot.id, Math.min(now + config.waves.everyMinutes * MINUTE, stopAt));
+    return offers;
+  }
+
+  /**
+   * The patients offered the slot in this wave, and how many each filter left out: first the
+   * configured list's entries that want this service (and practitioner, and time), then patients
+   * with a later appointment, latest first.
+   */
+  async #candidates(slot: WaitlistSlot, now: number): Promise<{ chosen: Candidate[]; filtered: Partial<Record<CandidateFilter, number>> }> {
+    const { store, config, policy } = this.#deps;
+    const services = equivalents(slot.serviceType?.code ?? '', config.equivalents.services);
+    const practitioners = equivalents(slot.practitioner?.id ?? '', config.equivalents.practitioners);
+    const slotMs = instant(slot.start);
+    const listed: Candidate[] = (config.sources.list ?? [])
+      .filter((e) => e.services.some((c) => services.includes(c)))
+      .filter((e) => e.practitioners === undefined || e.practitioners.some((p) => practitioners.includes(p)))
+      .filter((e) => (e.from === undefined || instant(e.from) <= slotMs) && (e.until === undefined || slotMs < instant(e.until)))
+      .map((e) => ({ patientId: e.patient, base: listedPatient(e), optedIn: true }));
+    const later = await store.laterWaitlistAppointments({ services, practitioners, after: slot.start, limit: CANDIDATES_READ });
+    const offered = new Set((await store.listWaitlistOffers(slot.id)).map((o) => o.patientId));
+    const { optIn, patients } = config.sources.laterAppointments;
+    const optedIn = optIn === 'all' ? undefined : new Set(patients);
+    const capSince = new Date(now - config.maxOffersPerPatient.days * DAY).toISOString();
+    const chosen: Candidate[] = [];
+    const filtered: Partial<Record<CandidateFilter, number>> = {};
+    const skip = (why: CandidateFilter) => {
+      filtered[why] = (filtered[why] ?? 0) + 1;
+    };
+    const fromLater = async function* (): AsyncGenerator<Candidate | { patientId: string; appointment: (typeof later)[number] }> {
+      yield* listed;
+      for (const appointment of later) yield { patientId: appointment.patientId, appointment };
+    };
+    for await (const found of fromLater()) {
+      if (chosen.length >= config.waves.size) break;
+      const patientId = found.patientId;
+      if (patientId === slot.patientId || offered.has(patientId) || chosen.some((c) => c.patientId === patientId)) continue;
+      if (!('base' in found) && optedIn !== undefined && !optedIn.has(patientId)) {
+        skip(CandidateFilter.NotOptedIn);
+        continue;
+      }
+      if ((await store.countWaitlistOffers(patientId, capSince)) >= config.maxOffersPerPatient.count) {
+        skip(CandidateFilter.Capped);
+        continue;
+      }
+      const candidate: Candidate | undefined =
+        'base' in found
+          ? found
+          : await store.getTrigger(found.appointment.triggerId).then((base) =>
+              base === undefined
+                ? undefined
+                : {
+                    patientId,
+                    base,
+                    triggerId: found.appointment.triggerId,
+                    current: { id: found.appointment.id, start: found.appointment.start, ...(found.appointment.placerId !== undefined ? { placerId: found.appointment.placerId } : {}) },
+                  },
+            );
+      if (candidate === undefined || !candidate.base.patient.telecom.some((c) => c.system === 'phone' && c.use === 'mobile')) {
+        skip(CandidateFilter.NoMobile);
+        continue;
+      }
+      if (this.#deps.smsAllowed !== undefined && !(await this.#deps.smsAllowed(patientId))) {
+        skip(CandidateFilter.Consent);
+        continue;
+      }
+      // An offer must be answerable now: a patient in their quiet hours is left for a later wave.
+      if (quietHoursApply(policy.quietHours, 'sms') && !isAllowedTime(policy.quietHours, now, patientZone(candidate.base, policy))) {
+        skip(CandidateFilter.QuietHours);
+        continue;
+      }
+      chosen.push(candidate);
+    }
+    return { chosen, filtered };
+  }
+
+  // --- answers (from workers/replies.ts) ----------------------------------------------------------
+
+  /** Whether a yes to this prompt's offer may claim its slot now. The claim itself is the answer's commit. */
+  async claimFor(prompt: ReplyPrompt): Promise<ClaimVerdict> {
+    const { store } = this.#deps;
+    const offer = await store.getWaitlistOffer(prompt.appointmentId);
+    if (offer === undefined) return { taken: 'offer_unknown' };
+    if (this.#deps.now() >= instant(offer.expiresAt)) return { taken: 'offer_expired' };
+    const slot = await store.getWaitlistSlot(offer.slotId);
+    if (slot?.state !== WaitlistSlotState.Open) return { taken: 'slot_taken' };
+    return { claim: { slotId: slot.id, offerId: offer.id } };
+  }
+
+  /** The yes claimed the slot (committed): book it. */
+  async accepted(claim: { slotId: string; offerId: string }): Promise<void> {
+    await this.#deps.queue({ id: `wl-book~${claim.offerId}`, data: { kind: 'book', ...claim }, runAt: new Date(this.#deps.now()), idempotent: true, maxAttempts: WAITLIST_ATTEMPTS });
+  }
+
+  /** The patient said no: their appointment stands. */
+  async declined(offerId: string): Promise<void> {
+    const offer = await this.#deps.store.getWaitlistOffer(offerId);
+    if (offer?.state === WaitlistOfferState.Offered) await this.#deps.store.setWaitlistOffer(offerId, WaitlistOfferState.Declined);
+  }
+
+  // --- booking and cancelling -------------------------------------------------------------------
+
+  /** The queue's handler. */
+  async run(job: Pick<JobContext<WaitlistJob>, 'id' | 'data' | 'attempt' | 'signal'>): Promise<void> {
+    const data = job.data;
+    if (data.kind === 'wave') {
+      await this.wave(data.slotId);
+      return;
+    }
+    const { store } = this.#deps;
+    const [slot, offer] = await Promise.all([store.getWaitlistSlot(data.slotId), store.getWaitlistOffer(data.offerId)]);
+    if (slot === undefined || offer === undefined) return;
+    try {
+      if (data.kind === 'book') await this.#book(slot, offer, job);
+      else await this.#cancelLater(slot, offer, job);
+    } catch (error) {
+      const last = error instanceof PermanentError || job.attempt >= WAITLIST_ATTEMPTS;
+      if (last) await this.failed(data, codeOf(error));
+      throw error;
+    }
+  }
+
+  /** A booking or cancellation that will not happen (failed for good, out of attempts, dead-lettered). */
+  async failed(data: WaitlistJob, code: string): Promise<void> {
+    if (data.kind === 'wave') return;
+    const [slot, offer] = await Promise.all([this.#deps.store.getWaitlistSlot(data.slotId), this.#deps.store.getWaitlistOffer(data.offerId)]);
+    if (slot === undefined || offer === undefined) return;
+    if (data.kind === 'book') await this.#bookingFailed(slot, offer, code);
+    else await this.#task(StaffTaskKind.WaitlistCancelFailed, offer, code, offer.current?.id);
+  }
+
+  async #operationBase(offer: WaitlistOffer, requestId: string) {
+    const base = offer.triggerId !== undefined ? await this.#deps.store.getTrigger(offer.triggerId) : undefined;
+    return { requestId, patient: { id: offer.patientId, identifiers: base?.patient.identifiers ?? [{ value: offer.patientId }] } };
+  }
+
+  async #book(slot: WaitlistSlot, offer: WaitlistOffer, job: Pick<JobContext<WaitlistJob>, 'attempt' | 'signal'>): Promise<void> {
+    const { store, config, log } = this.#deps;
+    // Only the offer that holds the claim books (a job left from a released claim does nothing).
+    if (slot.claimedBy !== offer.id || slot.state !== WaitlistSlotState.Claimed) return;
+    const adapter = this.#deps.output(config.book);
+    if (adapter?.writeBack === undefined) throw new PermanentError('book_output_unknown', `output "${config.book}" is not running or does not book (restart after adding it)`);
+    const operation: WriteBackOperation = {
+      kind: WriteBackKind.Book,
+      ...(await this.#operationBase(offer, `wl~${offer.id}`)),
+      appointment: { id: slot.id.slice(0, slot.id.lastIndexOf('@')) },
+      slot: slotAppointment(slot),
+    };
+    const result = await adapter.writeBack(operation, { signal: job.signal, attempt: job.attempt });
+    if (result.outcome === WriteBackOutcome.Denied) {
+      await this.#bookingFailed(slot, offer, result.code);
+      return;
+    }
+    const bookedAs = result.appointmentId;
+    await store.setWaitlistOffer(offer.id, WaitlistOfferState.Booked, bookedAs !== undefined ? { bookedAs } : {});
+    await store.setWaitlistSlot(slot.id, WaitlistSlotState.Booked, bookedAs !== undefined ? { bookedAs } : {});
+    log.info('waitlist.book', { slotId: slot.id, offerId: offer.id, reason: WaitlistReason.Booked });
+    // Only now, with the new appointment made, is the later one given up.
+    if (offer.current !== undefined) await this.#queueCancel(slot.id, offer.id);
+  }
+
+  #queueCancel(slotId: string, offerId: string): Promise<unknown> {
+    return this.#deps.queue({ id: `wl-cancel~${offerId}`, data: { kind: 'cancel', slotId, offerId }, runAt: new Date(this.#deps.now()), idempotent: true, maxAttempts: WAITLIST_ATTEMPTS });
+  }
+
+  async #bookingFailed(slot: WaitlistSlot, offer: WaitlistOffer, code: string): Promise<void> {
+    const { store, log } = this.#deps;
+    await store.setWaitlistOffer(offer.id, WaitlistOfferState.Failed);
+    await this.#task(StaffTaskKind.WaitlistBookingFailed, offer, code, slot.id.slice(0, slot.id.lastIndexOf('@')));
+    log.warn('waitlist.book', { slotId: slot.id, offerId: offer.id, reason: WaitlistReason.BookingFailed, code });
+    // The claim given back: the slot is offered on, from now.
+    if (await store.releaseWaitlistClaim(slot.id, offer.id)) await this.#queueWave(slot.id, this.#deps.now(), offer.id);
+  }
+
+  async #cancelLater(slot: WaitlistSlot, offer: WaitlistOffer, job: Pick<JobContext<WaitlistJob>, 'attempt' | 'signal'>): Promise<void> {
+    const { store, config, log } = this.#deps;
+    if (offer.state !== WaitlistOfferState.Booked || offer.current === undefined || offer.currentCancelled) return;
+    const adapter = this.#deps.output(config.book);
+    if (adapter?.writeBack === undefined) throw new PermanentError('book_output_unknown', `output "${config.book}" is not running`);
+    const operation: WriteBackOperation = {
+      kind: WriteBackKind.Cancel,
+      ...(await this.#operationBase(offer, `wl-cancel~${offer.id}`)),
+      appointment: { id: offer.current.id, ...(offer.current.placerId !== undefined ? { placerId: offer.current.placerId } : {}), start: offer.current.start },
+      reason: SCHEDULED_FROM_WAITLIST,
+    };
+    const result = await adapter.writeBack(operation, { signal: job.signal, attempt: job.attempt });
+    if (result.outcome === WriteBackOutcome.Denied) {
+      await this.#task(StaffTaskKind.WaitlistCancelFailed, offer, result.code, offer.current.id);
+      log.warn('waitlist.cancel', { slotId: slot.id, offerId: offer.id, reason: WaitlistReason.CancelFailed, code: result.code });
+      return;
+    }
+    await store.setWaitlistOffer(offer.id, WaitlistOfferState.Booked, { currentCancelled: true });
+    log.info('waitlist.cancel', { slotId: slot.id, offerId: offer.id, reason: WaitlistReason.Cancelled });
+  }
+
+  async #task(kind: StaffTaskKind, offer: WaitlistOffer, code: string, appointmentId: string | undefined): Promise<void> {
+    await this.#deps.store.addStaffTask({
+      key: `${kind}:${offer.id}`,
+      kind,
+      createdAt: new Date(this.#deps.now()).toISOString(),
+      patientId: offer.patientId,
+      ...(appointmentId !== undefined ? { appointmentId } : {}),
+      output: this.#deps.config.book,
+      code,
+    });
+  }
+}
+
+/** What a slot says about the appointment it can become: time, service, practitioner, location. */
+function slotAppointment(slot: WaitlistSlot): WriteBackSlot {
+  return {
+    start: slot.start,
+    ...(slot.end !== undefined ? { end: slot.end } : {}),
+    ...(slot.durationMinutes !== undefined ? { durationMinutes: slot.durationMinutes } : {}),
+    ...(slot.serviceType !== undefined ? { serviceType: slot.serviceType } : {}),
+    ...(slot.practitioner !== undefined ? { practitioner: slot.practitioner } : {}),
+    ...(slot.location !== undefined ? { location: slot.location } : {}),
+  };
+}
+
+/** A patient the slot can be offered to, with what the offer says about them. */
+interface Candidate {
+  patientId: string;
+  /** Their name, number, language (the latest trigger of their later appointment, or the list entry). */
+  base: Trigger;
+  /** The trigger `base` is (absent for a list entry). */
+  triggerId?: string;
+  /** Their later appointment, cancelled after the booking (absent for a list entry: nothing to cancel). */
+  current?: { id: string; start: string; placerId?: string };
+  optedIn?: true;
+}
+
+/** A configured list entry as the trigger an offer is made from (docs/waitlist.md "Sources"). */
+function listedPatient(entry: WaitlistListEntry): Trigger {
+  return {
+    id: `waitlist-list-${entry.patient}`,
+    type: TriggerType.AppointmentWaitlistOffered,
+    occurredAt: '1970-01-01T00:00:00Z',
+    receivedAt: '1970-01-01T00:00:00Z',
+    source: { format: 'waitlist', sender: 'waitlist', messageType: 'WAITLIST^LIST', messageId: entry.patient },
+    patient: {
+      id: entry.patient,
+      identifiers: [{ value: entry.patient }],
+      deceased: false,
+      telecom: [{ system: 'phone', use: 'mobile', value: entry.phone }],
+      ...(entry.language !== undefined ? { language: entry.language } : {}),
+    },
+  };
+}
+
+/** `<appointment id>@<start>`: the same slot freed twice (an S15 and a FHIR update) is one slot. */
+export function slotIdOf(appointmentId: string, start: string): string {
+  return `${appointmentId}@${new Date(instant(start)).toISOString()}`;
+}
+
+/** The stored message of a wave: `<slot>#<wave>` (its dedupe key with the sender `waitlist`). */
+export function waveMessageId(slotId: string, wave: number): string {
+  return `${slotId}#${wave}`;
+}
+
+/** One offer per slot and patient. */
+export function offerIdOf(slotId: string, patientId: string): string {
+  return `wl-${createHash('sha256').update(`${slotId}\u0000${patientId}`).digest('hex').slice(0, 24)}`;
+}
+
+/** The code and its configured equivalents. */
+export function equivalents(code: string, groups: readonly (readonly string[])[]): string[] {
+  const out = new Set([code]);
+  for (const group of groups) if (group.includes(code)) for (const c of group) out.add(c);
+  return [...out];
+}
+
+/** The trigger an offer is (docs/trigger.md "Waitlist"): the candidate's patient, the slot as the appointment. */
+export function offerTrigger(slot: WaitlistSlot, offer: WaitlistOffer, base: Trigger, now: number): Trigger {
+  const at = new Date(now).toISOString();
+  return {
+    id: createHash('sha256').update(`waitlist-offer\u0000${offer.id}`).digest('hex').slice(0, 32),
+    type: TriggerType.AppointmentWaitlistOffered,
+    occurredAt: at,
+    receivedAt: at,
+    source: { format: 'waitlist', sender: 'waitlist', messageType: 'WAITLIST^OFFER', messageId: waveMessageId(slot.id, offer.wave) },
+    patient: base.patient,
+    appointment: {
+      id: offer.id,
+      status: 'proposed',
+      ...slotAppointment(slot),
+    },
+    ...(base.sensitivity !== undefined ? { sensitivity: base.sensitivity } : {}),
+    waitlist: {
+      offer: offer.id,
+      slot: slot.id,
+      wave: offer.wave,
+      expiresAt: offer.expiresAt,
+      ...(offer.current !== undefined ? { current: offer.current } : {}),
+      ...(offer.daysGained !== undefined ? { daysGained: offer.daysGained } : {}),
+    },
+  };
+}
+
+/** The purpose an offer goes out under (docs/consent.md: a waitlist offer is care logistics). */
+export const OFFER_PURPOSE = Purpose.CareLogistics;
+
+/**
+ * The waitlist of a running CareRelay (workers/runtime.ts wires it): the service and its
+ * `waitlist` queue on the store's file. One job at a time: waves of one slot never interleave.
+ */
+export class WaitlistRuntime {
+  readonly service: WaitlistService;
+  readonly #queue: Queue<WaitlistJob>;
+  readonly #log: Logger;
+  #unsubscribe: (() => void) | undefined;
+
+  constructor(queue: Queue<WaitlistJob>, deps: Omit<WaitlistServiceDeps, 'queue'>) {
+    this.#queue = queue;
+    this.#log = deps.log;
+    this.service = new WaitlistService({ ...deps, queue: (job) => queue.add(job) });
+  }
+
+  start(): void {
+    this.#queue.process((job) => this.service.run(job), { concurrency: 1 });
+    this.#unsubscribe = this.#queue.subscribe((event) => {
+      if (event.type !== 'dead') return;
+      void this.#queue
+        .get(event.id)
+        .then((job) => (job ? this.service.failed(job.data, event.code) : undefined))
+        .catch(() => this.#log.error('waitlist.task_not_recorded', { code: event.code }));
+    });
+    void this.service.repair().catch((error: unknown) => this.#log.error('waitlist.repair_failed', { code: failureClassOf(error) }));
+  }
+
+  async idle(): Promise<void> {
+    await this.service.settled();
+    await this.#queue.idle();
+  }
+
+  async stop(): Promise<void> {
+    this.#unsubscribe?.();
+    await this.#queue.close();
+  }
+}
