@@ -38,6 +38,8 @@ export function runProcesses(options: ProcessesOptions): Promise<number> {
   let stopping = false;
   let restartMs = RESTART_MIN_MS;
   const started = new Map<Worker, number>();
+  /** Restarts waiting for their delay; cleared on stop. */
+  const restarts = new Set<NodeJS.Timeout>();
   // Processes that are listening: their SIGHUP handler is in place (a process still loading
   // its modules would be ended by a SIGHUP, whose default action is to exit; it reads the
   // configuration as it starts anyway).
@@ -62,13 +64,20 @@ export function runProcesses(options: ProcessesOptions): Promise<number> {
       log.error('processes.exited', { pid: worker.process.pid, code: code ?? undefined, signal: signal ?? undefined, durationMs: lived });
       restartMs = lived >= STABLE_MS ? RESTART_MIN_MS : Math.min(restartMs * 2, RESTART_MAX_MS);
       const delay = lived >= STABLE_MS ? RESTART_MIN_MS : restartMs;
-      setTimeout(() => {
+      // A referenced timer: when every process died at once (a store or Redis outage ending
+      // them all, kill -9), the pending restart is the only thing left to keep the supervisor
+      // alive — unreferenced, it exited (code 13, its promise unsettled) instead of restarting.
+      const timer = setTimeout(() => {
+        restarts.delete(timer);
         if (!stopping) fork();
-      }, delay).unref();
+      }, delay);
+      restarts.add(timer);
     });
     const stop = (signal: NodeJS.Signals): void => {
       if (stopping) return;
       stopping = true;
+      for (const timer of restarts) clearTimeout(timer);
+      restarts.clear();
       log.info('processes.stopping', { signal, count: started.size });
       if (started.size === 0) resolve(0);
       for (const worker of started.keys()) worker.process.kill('SIGTERM');

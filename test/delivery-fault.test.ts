@@ -12,8 +12,6 @@
 // last life runs in this process with its clock moved past the dead lives' leases and the
 // retries' times (a bounded loop: the clock moves, the queue is poked, the test waits until
 // nothing due is left). The kill delays come from a seeded generator, printed with the result.
-import path from 'node:path';
-import { mkdirSync, writeFileSync } from 'node:fs';
 import { afterAll, describe, expect, it } from 'vitest';
 import { MllpClient } from '../src/hl7v2/mllp-client.ts';
 import { silentLogger } from '../src/log.ts';
@@ -21,7 +19,7 @@ import { startCarerelay } from '../src/main.ts';
 import { SqliteStore } from '../src/store/sqlite.ts';
 import { prng } from './helpers/random.ts';
 import { siuMessage, startChildServer, writeYamlConfig, type ChildServer, type TestConfigDir } from './helpers/server.ts';
-import { startWebhookSink, type WebhookSink } from './helpers/webhook-sink.ts';
+import { startWebhookSink, webhookOutputLines, writeConfirmRule, type WebhookSink } from './helpers/webhook-sink.ts';
 
 const TOTAL = 2_000;
 /** Server lives killed with SIGKILL at a random moment, before the last one finishes the rest. */
@@ -62,22 +60,12 @@ function configFor(sink: WebhookSink): TestConfigDir {
       '    retry: { firstDelaySeconds: 1, maxDelaySeconds: 2, spanHours: 1 }',
       'inputs:',
       '  - { name: ehr-mllp, type: hl7v2-mllp, host: 127.0.0.1, port: 0, plain: true, timezone: UTC }',
-      'outputs:',
-      '  - name: hook',
-      '    type: webhook',
-      `    url: ${sink.url}`,
-      '    secrets: [{ env: WEBHOOK_SECRET }]',
-      '    allowPrivateAddresses: [127.0.0.1]',
-      '    baa: true',
+      ...webhookOutputLines(sink),
       '',
     ].join('\n'),
   );
   closers.push(() => config.remove());
-  mkdirSync(path.join(config.dir, 'mappings'));
-  writeFileSync(
-    path.join(config.dir, 'mappings', 'confirm.yaml'),
-    ['rules:', '  - id: confirm', '    on: appointment.booked', '    purpose: care.logistics', '    channel: webhook', '    send: { output: hook, fields: [appointment.start] }', '    at: occurredAt + 1h', ''].join('\n'),
-  );
+  writeConfirmRule(config.dir, 'occurredAt + 1h');
   return config;
 }
 

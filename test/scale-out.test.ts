@@ -230,6 +230,24 @@ describeWithRedis('scale-out on Redis', () => {
     expect(log.lines).toContainEqual(expect.objectContaining({ message: 'config.reloading', reason: 'cluster_signal' }));
   });
 
+  it('restarts every process when all of them die at once (kill -9 of both), and stops cleanly after', { timeout: 120_000 }, async () => {
+    const url = await startRedis();
+    const dir = config();
+    const workers = await startChildServer(dir, { env: { REDIS_URL: url }, args: ['--role', 'worker', '--processes', '2'], processes: 2, startTimeoutMs: 60_000 });
+    children.push(workers);
+    const first = workers.logs.filter((l) => l.message === 'carerelay.started').map((l) => Number(l.pid));
+    expect(new Set(first).size).toBe(2);
+    // Both die before either is restarted: the supervisor is left with pending restarts only.
+    const fresh = new Set<number>();
+    const bothBack = workers.nextLog((l) => l.message === 'carerelay.started' && fresh.add(Number(l.pid)).size === 2);
+    for (const pid of first) process.kill(pid, 'SIGKILL');
+    const outcome = await Promise.race([bothBack.then(() => 'restarted'), workers.exited.then((exit) => `supervisor exited ${JSON.stringify(exit)}`)]);
+    expect(outcome).toBe('restarted');
+    expect([...fresh].some((pid) => first.includes(pid))).toBe(false);
+    await workers.stop();
+    expect(await workers.exited).toEqual({ code: 0, signal: null });
+  });
+
   it(
     '2 ingest + 2 worker processes (each pair sharing its ports): every booking ACKed AA is confirmed exactly once across a Redis restart and a worker killed',
     { timeout: 180_000 },

@@ -191,6 +191,14 @@ export function openPostgresPool(settings: PostgresSettings): PostgresConnection
   // An idle connection the server closed (restart, failover) must not crash the process: the
   // pool drops it and the next query opens a new one.
   pool.on('error', () => {});
+  // A connection the server closes while it is checked out but between queries (the one
+  // withLock holds during a routing pass, a commit's between two statements) emits 'error' on
+  // its client, where the pool no longer listens: without a listener of its own that event
+  // ended the process. The failure reaches the caller through its next query instead (which
+  // rejects, and the connection is released as broken).
+  pool.on('connect', (client) => {
+    client.on('error', () => {});
+  });
   return { pool, target, poolMax };
 }
 

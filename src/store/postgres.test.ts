@@ -144,6 +144,29 @@ describe.skipIf(postgresSkipped())('PostgresStore', () => {
     await b.withLock('other', async () => order.push('other'));
   });
 
+  it('withLock survives its connection being closed by the server during the work (restart, failover)', async () => {
+    const store = await open();
+    let held: pg.PoolClient | undefined;
+    store.pool.once('acquire', (client: pg.PoolClient) => (held = client));
+    const result = await store.withLock('routing', async () => {
+      const ended = new Promise((resolve) => held!.once('end', resolve));
+      // The server ends the lock's session while the work runs and the connection is idle:
+      // its client emits 'error', which must not end the process.
+      const admin = new pg.Client({ connectionString: db.url });
+      await admin.connect();
+      try {
+        await admin.query("SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND granted AND pid <> pg_backend_pid()");
+      } finally {
+        await admin.end();
+      }
+      await ended;
+      return 'done';
+    });
+    expect(result).toBe('done');
+    // The server released the lock with the session; the store goes on with new connections.
+    expect(await store.withLock('routing', async () => 'again')).toBe('again');
+  });
+
   it('two processes finishing one delivery at once: one of them does, once', async () => {
     const [a, b] = [await open(), await open()];
     const d = testDelivery();

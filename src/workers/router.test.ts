@@ -228,6 +228,36 @@ describe('Router', () => {
     expect(log.lines.find((l) => l.message === 'route.failed')).toMatchObject({ triggerId: bad.id, code: 'route_failed' });
   });
 
+  it('a routing lock that cannot be taken (store unreachable) is logged and retried, never an unhandled rejection', async () => {
+    const trigger = await commit(booked({ appointment: { id: 'L1' } }));
+    const unhandled: unknown[] = [];
+    const onUnhandled = (reason: unknown) => void unhandled.push(reason);
+    process.on('unhandledRejection', onUnhandled);
+    const withLock = store.withLock.bind(store);
+    try {
+      // PostgreSQL restarting: the lock's connection is refused before any routing work runs.
+      store.withLock = () => Promise.reject(Object.assign(new Error('the database system is starting up'), { code: '57P03' }));
+      const failed = new Promise<void>((resolve) => {
+        const error = log.error;
+        log.error = (message, fields) => {
+          error(message, fields);
+          if (message === 'route.failed') resolve();
+        };
+      });
+      // Nothing awaits this pass (an ingest hook): only the router's own handling sees it fail.
+      router.onCommitted([trigger]);
+      await failed;
+      // Node reports an unhandled rejection once the microtasks of its turn have run.
+      await new Promise((resolve) => setImmediate(resolve));
+      expect(unhandled).toEqual([]);
+    } finally {
+      process.off('unhandledRejection', onUnhandled);
+      store.withLock = withLock;
+    }
+    expect(await router.routeUnrouted()).toBe(1);
+    expect((await store.getDelivery(ID('L1')))?.status).toBe('pending');
+  });
+
   it('a pass that cannot be saved leaves its triggers unrouted for the retry sweep', async () => {
     const trigger = await commit(booked({ appointment: { id: 'F1' } }));
     db.pragma('query_only = ON');

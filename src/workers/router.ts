@@ -257,6 +257,10 @@ export class Router {
     this.#chain = run.finally(() => {
       this.#pending--;
     });
+    // The chain only orders the passes: the outcome is the caller's (`run`). Its own copy of a
+    // failure (the lock's connection refused while PostgreSQL restarts) is handled here, or
+    // Node reports it unhandled and ends the process when no pass follows in the same turn.
+    this.#chain.catch(() => {});
     return run;
   }
 

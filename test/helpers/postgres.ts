@@ -45,6 +45,8 @@ export interface PostgresCluster {
   url: string;
   port: number;
   dataDir: string;
+  /** Stops the server as a crash would (immediate mode: no checkpoint) and starts it again on the same port and files. */
+  restart(): void;
   stop(): void;
 }
 
@@ -116,8 +118,13 @@ export async function startPostgresCluster(options: ClusterOptions = {}): Promis
   }
   appendFileSync(path.join(dataDir, 'postgresql.conf'), `\n${settings.join('\n')}\n`);
   if (options.hba) writeFileSync(path.join(dataDir, 'pg_hba.conf'), `${options.hba.join('\n')}\n`);
-  run('pg_ctl', ['-D', dataDir, '-l', path.join(dir, 'server.log'), '-w', '-t', '60', 'start']);
+  const start = () => run('pg_ctl', ['-D', dataDir, '-l', path.join(dir, 'server.log'), '-w', '-t', '60', 'start']);
+  start();
   let stopped = false;
+  const restart = () => {
+    run('pg_ctl', ['-D', dataDir, '-m', 'immediate', '-w', 'stop']);
+    start();
+  };
   const stop = () => {
     if (stopped) return;
     stopped = true;
@@ -129,7 +136,7 @@ export async function startPostgresCluster(options: ClusterOptions = {}): Promis
     rmSync(dir, { recursive: true, force: true });
   };
   process.once('exit', stop);
-  return { url: `postgres://postgres@127.0.0.1:${port}/postgres`, port, dataDir, stop };
+  return { url: `postgres://postgres@127.0.0.1:${port}/postgres`, port, dataDir, restart, stop };
 }
 
 function missingServerMessage(): string {

@@ -7,7 +7,9 @@
 // The verification is written here with node:crypto, independently of src/webhooks, so a
 // signing bug there cannot be hidden by the same bug in the checker.
 import { createHmac, timingSafeEqual } from 'node:crypto';
+import { mkdirSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
+import path from 'node:path';
 import type { AddressInfo } from 'node:net';
 import { Arrivals } from './arrivals.ts';
 import { FaultQueue } from './faults.ts';
@@ -133,4 +135,18 @@ export async function startWebhookSink(options: WebhookSinkOptions): Promise<Web
       await new Promise<void>((resolve) => server.close(() => resolve()));
     },
   };
+}
+
+/** The `outputs:` lines of a signed `webhook` output named hook to `sink` (secret in WEBHOOK_SECRET). */
+export function webhookOutputLines(sink: WebhookSink): string[] {
+  return ['outputs:', '  - name: hook', '    type: webhook', `    url: ${sink.url}`, '    secrets: [{ env: WEBHOOK_SECRET }]', '    allowPrivateAddresses: [127.0.0.1]', '    baa: true'];
+}
+
+/** Writes mappings/confirm.yaml into `configDir`: a confirmation per booking to the hook output, due `at`. */
+export function writeConfirmRule(configDir: string, at: string): void {
+  mkdirSync(path.join(configDir, 'mappings'), { recursive: true });
+  writeFileSync(
+    path.join(configDir, 'mappings', 'confirm.yaml'),
+    ['rules:', '  - id: confirm', '    on: appointment.booked', '    purpose: care.logistics', '    channel: webhook', '    send: { output: hook, fields: [appointment.start] }', `    at: ${at}`, ''].join('\n'),
+  );
 }
