@@ -60,7 +60,7 @@ describe('the shipped example (connectors/example.yaml)', () => {
       rejectedRaw: { totalBytes: 1073741824, perSenderBytes: 67108864, keepBytes: 4096 },
       queue: { type: 'sqlite', url: { env: 'REDIS_URL' }, prefix: 'carerelay', leaseSeconds: 30, durable: true },
       minFreeDiskBytes: 67108864,
-      store: { type: 'sqlite', pool: { max: 10, connectionTimeoutSeconds: 10, idleTimeoutSeconds: 30 } },
+      store: { type: 'sqlite', url: { env: 'DATABASE_URL' }, pool: { max: 10, connectionTimeoutSeconds: 10, idleTimeoutSeconds: 30 } },
       metrics: { tokenEnv: 'CARERELAY_METRICS_TOKEN' },
       video: { keyId: 'k1', previousKeys: [], opensMinutesBefore: 60, closesMinutesAfter: 30 },
       admin: { tokens: [] },
