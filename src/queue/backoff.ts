@@ -186,6 +186,33 @@ export function decideFailure(
   return { next: 'retry', runAtMs, failureClass, code, counted };
 }
 
+/** What a backend writes for a decided failure (the same in every backend's finish). */
+export interface FailureRecord {
+  /** The failure to record as the job's last error; absent: a plain deferral keeps the last one. */
+  failure?: { failureClass: FailureClass; code: string };
+  /** Epoch ms the job is pending again from; absent when it is parked or dead. */
+  runAtMs?: number;
+  /** The run was not an attempt (deferred, rate-limited). */
+  free: boolean;
+  /** The run starts the retry span (a failure, unless a shutdown cut it short). */
+  startsSpan: boolean;
+  /** The reason code for events and hand-overs. */
+  code: string;
+}
+
+/** How `decision` (decideFailure on `error`) is recorded. */
+export function failureRecord(decision: FailureOutcome, error: unknown): FailureRecord {
+  const failure = decision.next === 'deferred' ? decision.failure : { failureClass: decision.failureClass, code: decision.code };
+  return {
+    ...(failure !== undefined ? { failure } : {}),
+    ...(decision.next === 'retry' || decision.next === 'deferred' ? { runAtMs: decision.runAtMs } : {}),
+    free: decision.next === 'deferred' || !decision.counted,
+    // A run cut short by a shutdown is no failure of the job: the span does not start.
+    startsSpan: failure !== undefined && failure.code !== QueueErrorCode.Interrupted,
+    code: failure?.code ?? (error instanceof Deferral ? error.code : QueueErrorCode.Unclassified),
+  };
+}
+
 /** A loggable reason code: the error's `code` when it is a short token, else 'unclassified'. */
 export function errorCodeOf(error: unknown): string {
   const code = (error as { code?: unknown } | null)?.code;

@@ -33,7 +33,7 @@
 import { randomUUID } from 'node:crypto';
 import { Job, Queue as BullQueue, Worker } from 'bullmq';
 import type { Redis } from 'ioredis';
-import { decideFailure, errorCodeOf, normalizeQueueOptions, type NormalizedQueueOptions } from './backoff.ts';
+import { decideFailure, errorCodeOf, failureRecord, normalizeQueueOptions, type NormalizedQueueOptions } from './backoff.ts';
 import { BULLMQ_SCRIPTS, type BullMqScriptName } from './bullmq-scripts.ts';
 import { checkProcessCall, listArguments, PollLoop, QueueListeners, serializeJobData, settleRunning } from './common.ts';
 import {
@@ -42,7 +42,6 @@ import {
   QueueErrorCode,
   toEpochMs,
   validateNewJob,
-  Deferral,
   type AddResult,
   type JobHandler,
   type JobInfo,
@@ -574,27 +573,21 @@ export class BullMqQueue<T> implements Queue<T> {
           this.opts.random,
           interrupted,
         );
-        // As the embedded queue records it (sqlite.ts finish): a plain deferral keeps the last
-        // error; a deferred or rate-limited run is not an attempt; a failure starts the span
-        // unless a shutdown cut it short.
-        const failure = decision.next === 'deferred' ? decision.failure : decision;
-        const pending = decision.next === 'retry' || decision.next === 'deferred';
-        const free = decision.next === 'deferred' || !decision.counted ? 1 : 0;
-        const failed = failure !== undefined && failure.code !== QueueErrorCode.Interrupted ? 1 : 0;
-        const code = failure?.code ?? (outcome.error instanceof Deferral ? outcome.error.code : QueueErrorCode.Unclassified);
+        const record = failureRecord(decision, outcome.error);
+        const { code } = record;
         const result = Number(
           await this.workerClient.crFail(
             this.base,
             run.bullId,
             run.token,
             decision.next,
-            pending ? decision.runAtMs : 0,
-            failure?.failureClass ?? '',
-            failure?.code ?? '',
+            record.runAtMs ?? 0,
+            record.failure?.failureClass ?? '',
+            record.failure?.code ?? '',
             run.attempt,
             now,
-            free,
-            failed,
+            record.free ? 1 : 0,
+            record.startsSpan ? 1 : 0,
           ),
         );
         if (result !== 0) this.emit({ type: 'lease-lost', id: run.id, attempt: run.attempt });

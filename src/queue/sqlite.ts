@@ -19,10 +19,9 @@
 // counts() and list() without a state.
 import { randomUUID } from 'node:crypto';
 import { migrate, type Database } from '../store/sqlite-db.ts';
-import { decideFailure, errorCodeOf, normalizeQueueOptions, type NormalizedQueueOptions } from './backoff.ts';
+import { decideFailure, errorCodeOf, failureRecord, normalizeQueueOptions, type NormalizedQueueOptions } from './backoff.ts';
 import { checkProcessCall, listArguments, PollLoop, QueueListeners, serializeJobData, settleRunning } from './common.ts';
 import {
-  Deferral,
   JOB_STATES,
   JobState,
   QueueErrorCode,
@@ -605,20 +604,19 @@ export class SqliteQueue<T> implements Queue<T> {
         );
         const state =
           decision.next === 'retry' || decision.next === 'deferred' ? JobState.Pending : decision.next === 'parked' ? JobState.Parked : JobState.Dead;
-        const failure = decision.next === 'deferred' ? decision.failure : decision;
+        const record = failureRecord(decision, outcome.error);
+        const { code } = record;
         const params = {
           state,
-          runAt: decision.next === 'retry' || decision.next === 'deferred' ? decision.runAtMs : null,
-          errorClass: failure?.failureClass ?? null,
-          errorCode: failure?.code ?? null,
-          free: decision.next === 'deferred' || !decision.counted ? 1 : 0,
-          // A run cut short by a shutdown is no failure of the job: the span does not start.
-          failed: failure !== undefined && failure.code !== QueueErrorCode.Interrupted ? 1 : 0,
+          runAt: record.runAtMs ?? null,
+          errorClass: record.failure?.failureClass ?? null,
+          errorCode: record.failure?.code ?? null,
+          free: record.free ? 1 : 0,
+          failed: record.startsSpan ? 1 : 0,
           now,
           seq: job.seq,
           owner: job.owner,
         };
-        const code = failure?.code ?? (outcome.error instanceof Deferral ? outcome.error.code : QueueErrorCode.Unclassified);
         const changed = await this.committer.write(() => {
           const n = this.stmt.fail.run(params).changes;
           if (n > 0 && state === JobState.Dead) this.onDeadLetter?.({ id: job.id, attempt: job.attempt, code });
