@@ -10,7 +10,7 @@ import { afterEach, beforeEach, expect, it } from 'vitest';
 import { startCarerelay, type RunningCarerelay } from '../src/main.ts';
 import { twilioSignature } from '../src/twilio/signature.ts';
 import { startFhirAppointmentStandIn, type AppointmentStandIn } from './helpers/appointment-standins.ts';
-import { consentConfigDir } from './helpers/consent.ts';
+import { smsAndEhrConfigDir } from './helpers/consent.ts';
 import { captureLogger, hl7Field, mllpExchange, siuMessage, type TestConfigDir } from './helpers/server.ts';
 import { startTwilioStandIn, type TwilioStandIn } from './helpers/twilio-standin.ts';
 
@@ -55,12 +55,7 @@ let fhir: AppointmentStandIn;
 beforeEach(async () => {
   clock = Date.parse('2030-03-10T10:00:00Z');
   [twilio, fhir] = await Promise.all([startTwilioStandIn(), startFhirAppointmentStandIn()]);
-  config = consentConfigDir({
-    policy: ['  region: eu', '  quietHours: { channels: [] }', '  smsWebhooks: [{ output: sms, authToken: { env: TWILIO_AUTH_TOKEN } }]'],
-    outputs: [
-      `{ name: sms, type: twilio, accountSid: ${twilio.accountSid}, authToken: { env: TWILIO_AUTH_TOKEN }, from: "+15005550006", apiBaseUrl: "${twilio.baseUrl}", baa: true }`,
-      `{ name: ehr, type: fhir-appointment, appointments: identifier, server: { baseUrl: "${fhir.baseUrl}", auth: { bearer: { token: { env: FHIR_TOKEN } } } } }`,
-    ],
+  config = smsAndEhrConfigDir({ twilio, fhir }, {
     rules: RULES,
     templates: {
       'offer.liquid': 'An earlier visit is free on {{ appointment.start | local_time }}. Reply 1 to take it, 2 to keep yours.\n',

@@ -57,3 +57,23 @@ export async function http(base: string, method: string, pathAndQuery: string, b
   }
   return { status: res.status, json, text, headers: res.headers };
 }
+
+/**
+ * consentConfigDir for patients answering by SMS (EU policy, no quiet hours): output `sms` on
+ * the Twilio stand-in, its inbound webhook signed with TWILIO_AUTH_TOKEN, and output `ehr`, a
+ * fhir-appointment on the FHIR stand-in (bearer FHIR_TOKEN), matched by identifier.
+ */
+export function smsAndEhrConfigDir(
+  standIns: { twilio: { accountSid: string; baseUrl: string }; fhir: { baseUrl: string } },
+  o: Pick<ConsentConfig, 'rules' | 'templates'>,
+): TestConfigDir {
+  const { twilio, fhir } = standIns;
+  return consentConfigDir({
+    policy: ['  region: eu', '  quietHours: { channels: [] }', '  smsWebhooks: [{ output: sms, authToken: { env: TWILIO_AUTH_TOKEN } }]'],
+    outputs: [
+      `{ name: sms, type: twilio, accountSid: ${twilio.accountSid}, authToken: { env: TWILIO_AUTH_TOKEN }, from: "+15005550006", apiBaseUrl: "${twilio.baseUrl}", baa: true }`,
+      `{ name: ehr, type: fhir-appointment, appointments: identifier, server: { baseUrl: "${fhir.baseUrl}", auth: { bearer: { token: { env: FHIR_TOKEN } } } } }`,
+    ],
+    ...o,
+  });
+}
