@@ -2,8 +2,8 @@
 // come in as SIU^S12 over MLLP; an SIU^S15 frees an earlier slot of the same service and
 // practitioner; both get the offer at the Twilio stand-in; the first signed "1" on the Twilio
 // webhook books the slot at the FHIR stand-in (a conditional create), and only then is that
-// patient's later appointment cancelled with pat-swl; the second patient's late "1" is told the slot
-// is taken, and their appointment stands. No log line names a patient, a number or what was sent.
+// patient's later appointment cancelled with pat-swl; the second patient is told at once that the
+// slot is taken and their appointment stands, and their "1" afterwards changes nothing. No log line names a patient, a number or what was sent.
 import { writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { afterEach, beforeEach, expect, it } from 'vitest';
@@ -130,13 +130,16 @@ it('SIU^S15 frees a slot → offers by SMS → the first "1" books it at the FHI
   const order = fhir.http.requests.filter((r) => r.method === 'POST' || r.method === 'PUT').map((r) => `${r.method} ${r.path}`);
   expect(order).toEqual(['POST /fhir/Appointment', 'PUT /fhir/Appointment/fhir-late-2']);
   expect(twilio.messages.filter((m) => m.to === LATE).map((m) => m.body)).toEqual([expect.stringContaining('Reply 1'), expect.stringContaining('Booked: your visit')]);
+  // The other patient, holding an open offer, is told at once that the slot is taken; their appointment stands.
+  const taken = 'Sorry, that visit has been taken. Your appointment stands.';
+  expect(twilio.messages.filter((m) => m.to === EARLY).map((m) => m.body)).toEqual([expect.stringContaining('Reply 1'), taken]);
 
-  // The other patient's yes comes too late: told the slot is taken; their appointment stands.
+  // Their yes afterwards books nothing and tells them nothing twice.
   expect(await answer(publicUrl, EARLY, 'SMwl0002', 'yes')).toBe(200);
   await server.deliveries.idle();
   expect(fhir.creates()).toHaveLength(1);
   expect(fhir.state('fhir-late-1')).toEqual({ confirmed: false, cancelled: false });
-  expect(twilio.messages.filter((m) => m.to === EARLY).map((m) => m.body)).toEqual([expect.stringContaining('Reply 1'), 'Sorry, that visit has been taken. Your appointment stands.']);
+  expect(twilio.messages.filter((m) => m.to === EARLY).map((m) => m.body)).toEqual([expect.stringContaining('Reply 1'), taken]);
   expect(await server.store.listStaffTasks({})).toEqual([]);
 
   // The outcomes view counts it: one slot, two offers, one booked, ten days sooner.

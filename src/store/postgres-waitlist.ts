@@ -4,8 +4,8 @@
 // yes, in this process or another, find the slot no longer open (SlotTakenError, nothing stored).
 import { instantMs } from './common.ts';
 import type { Sql } from './postgres-commit.ts';
-import { figuresOf } from './sqlite-waitlist.ts';
-import { SlotTakenError, WaitlistOfferState, type WaitlistAppointment, type WaitlistFigures, type WaitlistOffer, type WaitlistSlot, type WaitlistSlotState } from './store.ts';
+import { figuresOf, slotMayBecome } from './sqlite-waitlist.ts';
+import { OfferToldError, SlotTakenError, WaitlistOfferState, type WaitlistAppointment, type WaitlistFigures, type WaitlistOffer, type WaitlistSlot, type WaitlistSlotState } from './store.ts';
 
 /** One append-only migration step of the store (postgres.ts): the tables, and 'waitlist' messages. */
 export const POSTGRES_WAITLIST_TABLES = `
@@ -82,15 +82,21 @@ export async function claim(tx: Sql, slotId: string, offerId: string, at: string
   await setOffer(tx, offerId, WaitlistOfferState.Accepted, { acceptedAt: at });
 }
 
+/** Inside the commit that tells its patient the slot is taken: closes the offer, or throws OfferToldError. */
+export async function tell(tx: Sql, offerId: string): Promise<void> {
+  if ((await tx.count("UPDATE waitlist_offers SET state = 'taken' WHERE id = $1 AND state = 'offered'", [offerId])) !== 1) throw new OfferToldError(offerId);
+}
+
 export async function releaseClaim(tx: Sql, slotId: string, offerId: string): Promise<boolean> {
   return (await tx.count("UPDATE waitlist_slots SET state = 'open', claimed_by = NULL WHERE id = $1 AND claimed_by = $2 AND state = 'claimed'", [slotId, offerId])) === 1;
 }
 
 export async function setSlot(tx: Sql, id: string, state: WaitlistSlotState, patch: Partial<WaitlistSlot> = {}): Promise<void> {
   const current = await slot(tx, id);
-  if (current === undefined) return;
+  if (current === undefined || !slotMayBecome(current.state, state)) return;
   const { claimedBy: _claimedBy, ...rest } = { ...current, ...patch, state };
-  await tx.count('UPDATE waitlist_slots SET state = $1, json = $2 WHERE id = $3', [state, JSON.stringify(rest), id]);
+  // Only from the state read: a yes claiming the slot meanwhile (another transaction) wins.
+  await tx.count('UPDATE waitlist_slots SET state = $1, json = $2 WHERE id = $3 AND state = $4', [state, JSON.stringify(rest), id, current.state]);
 }
 
 export async function addOffers(tx: Sql, offers: readonly WaitlistOffer[]): Promise<void> {

@@ -1269,9 +1269,16 @@ export class PostgresStore implements Store {
     let next = 0;
     ps.forEach((p, i) => {
       const r = p.record;
-      // An operator's attempt, an SMS answer (it takes its prompt), tasks, or a refusal counted
-      // under the raw-bytes quota: one by one.
-      if (r.attemptOf !== undefined || r.answers !== undefined || (r.tasks?.length ?? 0) > 0 || rawQuotaPlan(r.rawQuota, r.status) !== undefined) {
+      // An operator's attempt, an SMS answer (it takes its prompt), tasks, a waitlist claim or
+      // notice (conditional updates of its offers), or a refusal counted under the raw-bytes quota: one by one.
+      if (
+        r.attemptOf !== undefined ||
+        r.answers !== undefined ||
+        (r.tasks?.length ?? 0) > 0 ||
+        r.waitlistClaim !== undefined ||
+        (r.waitlistTold?.length ?? 0) > 0 ||
+        rawQuotaPlan(r.rawQuota, r.status) !== undefined
+      ) {
         later.push(i);
         return;
       }
@@ -1344,6 +1351,7 @@ export class PostgresStore implements Store {
     if (r.answers !== undefined && !(await replies.answerPrompt(tx, r.answers.promptId, r.answers.answer))) throw new PromptClosedError(r.answers.promptId);
     // A yes to a waitlist offer claims the slot in this transaction, or nothing is stored (postgres-waitlist.ts).
     if (r.waitlistClaim !== undefined) await waitlist.claim(tx, r.waitlistClaim.slotId, r.waitlistClaim.offerId, r.receivedAt);
+    for (const offerId of r.waitlistTold ?? []) await waitlist.tell(tx, offerId);
     let rawBytes: number | undefined;
     if (message === undefined) ({ message, rawBytes } = await insertOne(tx, p, r.status, r.reason, triggerIdsOf(r), r, keyed));
     for (const task of r.tasks ?? []) await replies.addTask(tx, { ...task, messageId: message.id });

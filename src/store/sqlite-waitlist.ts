@@ -11,7 +11,7 @@
 import type { Database } from './sqlite-db.ts';
 import { instantMs } from './common.ts';
 import { widenFormatCheck } from './sqlite-replies.ts';
-import { SlotTakenError, WaitlistOfferState, WaitlistSlotState, type WaitlistAppointment, type WaitlistFigures, type WaitlistOffer, type WaitlistSlot } from './store.ts';
+import { OfferToldError, SlotTakenError, WaitlistOfferState, WaitlistSlotState, type WaitlistAppointment, type WaitlistFigures, type WaitlistOffer, type WaitlistSlot } from './store.ts';
 
 export const WAITLIST_TABLES = `
   CREATE TABLE waitlist_slots (
@@ -63,6 +63,7 @@ function prepare(db: Database) {
     insertSlot: db.prepare<[string, number, number, string]>("INSERT INTO waitlist_slots (id, start_ms, opened_ms, state, json) VALUES (?, ?, ?, 'open', ?) ON CONFLICT (id) DO NOTHING"),
     slot: db.prepare<[string], JsonRow & { state: WaitlistSlotState; claimed_by: string | null }>('SELECT json, state, claimed_by FROM waitlist_slots WHERE id = ?'),
     claim: db.prepare<[string, string]>("UPDATE waitlist_slots SET state = 'claimed', claimed_by = ? WHERE id = ? AND state = 'open'"),
+    tell: db.prepare<[string]>("UPDATE waitlist_offers SET state = 'taken' WHERE id = ? AND state = 'offered'"),
     release: db.prepare<[string, string]>("UPDATE waitlist_slots SET state = 'open', claimed_by = NULL WHERE id = ? AND claimed_by = ? AND state = 'claimed'"),
     setSlotState: db.prepare<[string, string, string]>('UPDATE waitlist_slots SET state = ?, json = ? WHERE id = ?'),
     insertOffer: db.prepare<[string, string, string, number, string, string]>('INSERT INTO waitlist_offers (id, slot_id, patient_id, offered_ms, state, json) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING'),
@@ -107,13 +108,18 @@ export class SqliteWaitlistLedger {
     this.setOfferState(offerId, WaitlistOfferState.Accepted, { acceptedAt: at });
   }
 
+  /** Inside the commit that tells its patient the slot is taken: closes the offer, or throws OfferToldError. */
+  tell(offerId: string): void {
+    if (this.#s.tell.run(offerId).changes !== 1) throw new OfferToldError(offerId);
+  }
+
   releaseClaim(slotId: string, offerId: string): boolean {
     return this.#s.release.run(slotId, offerId).changes === 1;
   }
 
   setSlotState(id: string, state: WaitlistSlotState, patch: Partial<WaitlistSlot> = {}): void {
     const current = this.slot(id);
-    if (current === undefined) return;
+    if (current === undefined || !slotMayBecome(current.state, state)) return;
     const { claimedBy: _claimedBy, ...rest } = { ...current, ...patch, state };
     this.#s.setSlotState.run(state, JSON.stringify(rest), id);
   }
@@ -175,6 +181,26 @@ export class SqliteWaitlistLedger {
   erase(patientId: string): void {
     this.#s.eraseAppointments.run(patientId);
     this.#s.eraseOffers.run(patientId);
+  }
+}
+
+/**
+ * Whether a slot in state `from` may be set to `to` (WaitlistLedger.setWaitlistSlot): a claim is
+ * taken only by an answer's commit and given back only by releaseClaim, so a wave noting itself
+ * (open → open) or closing the slot (open → closed) after a yes claimed it changes nothing, and
+ * only a claimed slot becomes booked.
+ */
+export function slotMayBecome(from: WaitlistSlotState, to: WaitlistSlotState): boolean {
+  switch (to) {
+    case WaitlistSlotState.Open:
+    case WaitlistSlotState.Closed:
+      return from === WaitlistSlotState.Open;
+    case WaitlistSlotState.Booked:
+      return from === WaitlistSlotState.Claimed || from === WaitlistSlotState.Booked;
+    case WaitlistSlotState.Claimed:
+      return from === WaitlistSlotState.Claimed;
+    default:
+      return to satisfies never;
   }
 }
 

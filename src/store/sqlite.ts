@@ -1717,6 +1717,7 @@ export class SqliteStore implements Store {
     if (r.answers !== undefined && !this.replies.answerPrompt(r.answers.promptId, r.answers.answer)) throw new PromptClosedError(r.answers.promptId);
     // A yes to a waitlist offer claims the slot in this transaction, or nothing is stored (sqlite-waitlist.ts).
     if (r.waitlistClaim !== undefined) this.waitlist.claim(r.waitlistClaim.slotId, r.waitlistClaim.offerId, r.receivedAt);
+    for (const offerId of r.waitlistTold ?? []) this.waitlist.tell(offerId);
     let rawBytes: number | undefined;
     if (message === undefined) ({ message, rawBytes } = this.insertMessage(p, r.status, r.reason, triggerIdsOf(r), p.record, keyed));
     const messageId = Number(message.id);

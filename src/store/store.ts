@@ -97,6 +97,13 @@ export interface InboundRecord {
    * SlotTakenError and nothing is stored (another yes took it first).
    */
   waitlistClaim?: { slotId: string; offerId: string };
+  /**
+   * Waitlist offers whose patients this commit tells the slot is taken (its triggers are
+   * appointment.waitlist_taken): each goes from `offered` to `taken` in the same transaction, and
+   * an offer no longer `offered` (told already, by a late yes or by the claim's notice) rejects the
+   * commit with OfferToldError and nothing is stored. So nobody is told twice.
+   */
+  waitlistTold?: readonly string[];
 }
 
 /** Wire formats of stored inbound messages. */
@@ -689,6 +696,14 @@ export class SlotTakenError extends Error {
   }
 }
 
+/** A commit telling a waitlist offer's patient the slot is taken found the offer no longer open (told already): it stored nothing. */
+export class OfferToldError extends Error {
+  constructor(readonly offerId: string) {
+    super(`waitlist offer ${offerId} is no longer open`);
+    this.name = 'OfferToldError';
+  }
+}
+
 /** What a staff task asks a person to do (the admin API and dashboard list them). */
 export const StaffTaskKind = {
   /** An SMS that is neither a keyword nor an offered answer: the staff inbox (no automatic reply). */
@@ -795,6 +810,11 @@ export interface WaitlistSlot {
   bookedAs?: string;
   /** Why it closed (a reason code). */
   closedReason?: string;
+  /**
+   * The wave job planned next (its run time, and the offer whose failed booking brought it
+   * forward): noted before it is queued, so that the start-up repair queues it again under the same id.
+   */
+  nextWave?: { at: string; after?: string };
 }
 
 export const WaitlistOfferState = {
@@ -804,6 +824,8 @@ export const WaitlistOfferState = {
   Booked: 'booked',
   /** The booking failed: the slot was offered on. */
   Failed: 'failed',
+  /** The patient was told the slot is taken (another yes claimed it, or theirs came too late): closed. */
+  Taken: 'taken',
 } as const;
 export type WaitlistOfferState = (typeof WaitlistOfferState)[keyof typeof WaitlistOfferState];
 
@@ -858,6 +880,10 @@ export interface WaitlistLedger {
   /** Opens a freed slot (false when it is already known). */
   openWaitlistSlot(slot: WaitlistSlot): Promise<boolean>;
   getWaitlistSlot(id: string): Promise<WaitlistSlot | undefined>;
+  /**
+   * Sets a slot's state and details; only open → open or closed, claimed → booked, and a claimed or
+   * booked slot's details: a slot a yes claimed meanwhile is left as it is (sqlite-waitlist.ts slotMayBecome).
+   */
   setWaitlistSlot(id: string, state: WaitlistSlotState, patch?: Partial<WaitlistSlot>): Promise<void>;
   /** Gives a claim back (a booking that failed): true when the slot was claimed by that offer and is open again. */
   releaseWaitlistClaim(slotId: string, offerId: string): Promise<boolean>;

@@ -367,6 +367,40 @@ describe('deliver with the consent gate (docs/consent.md rules 2–8)', () => {
     expect(await store.listDisclosures({ patientIds: ['MRN1'] })).toEqual([expect.objectContaining({ deliveryId: id, purpose: 'care.followup', channel: 'sms', recipient: '+33612345678', at: '2025-06-02T06:00:00.000Z' })]);
   });
 
+  it('a waitlist offer held back by quiet hours is not sent after the offer expired: suppressed offer_expired', async () => {
+    const offer = { id: 'offer', on: 'appointment.waitlist_offered', purpose: 'care.logistics', channel: 'sms', send: { output: 'sms-main', template: 'followup', fields: [] }, at: 'now' } as const;
+    router = new Router({ store, queue, rules: () => rules(offer), zoneFor: () => 'Europe/Paris', log, now: () => clock });
+    const expiresAt = Date.parse('2025-06-01T23:00:00+02:00');
+    const asked: string[] = [];
+    const withOffers = createDeliverHandler({
+      store,
+      gate: consent,
+      output: () => outbox,
+      templates,
+      displayZone: async () => 'Europe/Paris',
+      log,
+      now: () => clock,
+      offerClosed: async (offerId) => {
+        asked.push(offerId);
+        return clock >= expiresAt ? 'offer_expired' : undefined;
+      },
+    });
+    clock = Date.parse('2025-06-01T22:30:00+02:00');
+    await ingest({ type: 'appointment.waitlist_offered', appointment: { id: 'wl-1', status: 'proposed', start: '2025-06-03T09:00:00+02:00' } });
+    queue.process(withOffers, { concurrency: 1 });
+    await queue.poke();
+    await queue.idle();
+    const id = 'offer@appointment/wl-1#0';
+    expect(await queue.get(deliveryJobId(id, 1))).toMatchObject({ state: 'pending', lastError: { code: 'quiet_hours' } });
+    clock = Date.parse('2025-06-02T08:00:00+02:00');
+    await queue.poke();
+    await queue.idle();
+    expect(await store.getDelivery(id)).toMatchObject({ status: 'suppressed', reason: 'offer_expired' });
+    expect(await store.listOutbox({})).toEqual([]);
+    expect(asked).toEqual(['wl-1', 'wl-1']);
+    expect(log.lines).toContainEqual(expect.objectContaining({ message: 'deliver.suppressed', deliveryId: id, reason: 'offer_expired' }));
+  });
+
   it('an address shared with another patient gets the no-name variant', async () => {
     router = new Router({ store, queue, rules: rulesWithNoName, zoneFor: () => 'Europe/Paris', log, now: () => clock });
     await ingest({ type: 'appointment.booked' });

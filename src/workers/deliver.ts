@@ -30,7 +30,7 @@ import type { JobHandler, Queue } from '../queue/queue.ts';
 import type { OutboxEntry, Store, StoredDelivery, SubjectState } from '../store/store.ts';
 import type { ConsentDecision } from '../pipeline/consent.ts';
 import { UNSUBSCRIBE_URL } from '../pipeline/render.ts';
-import type { ConsentReason, Delivery } from '../types.ts';
+import { TriggerType, type ConsentReason, type Delivery } from '../types.ts';
 import { deliveryJobOf, parseDeliveryJobId, type DeliveryJob } from './router.ts';
 
 /** Why a delivery was not sent (docs/consent.md reason codes) or not handled (safe to log). */
@@ -54,6 +54,13 @@ export const DeliverReason = {
   RoutingPending: 'routing_pending',
   /** Its rule shows a video link, and no join URL is kept for the appointment (docs/video.md). */
   NoJoinInfo: 'no_join_info',
+  /**
+   * A waitlist offer (docs/waitlist.md) whose offer expired before it could go (held back by quiet
+   * hours, an output's gate, retries): a yes to it would claim nothing.
+   */
+  OfferExpired: 'offer_expired',
+  /** A waitlist offer whose slot was taken, closed or given up, or that was answered or told, before it could go. */
+  OfferClosed: 'offer_closed',
 } as const;
 export type DeliverReason = (typeof DeliverReason)[keyof typeof DeliverReason];
 
@@ -108,6 +115,11 @@ export interface DeliverDeps {
    * of the link's pages.
    */
   videoLink?: (delivery: Delivery, page: { zone?: string; language?: string }) => Promise<{ link: string; kept: string } | { unavailable: typeof DeliverReason.NoJoinInfo } | undefined>;
+  /**
+   * Whether a waitlist offer (the subject of an appointment.waitlist_offered delivery) can no
+   * longer be taken (workers/waitlist.ts WaitlistService.offerClosed); absent: never asked.
+   */
+  offerClosed?: (offerId: string) => Promise<typeof DeliverReason.OfferExpired | typeof DeliverReason.OfferClosed | undefined>;
 }
 
 /** What handling one job did (for tests and the admin view). */
@@ -201,6 +213,10 @@ export function createDeliverHandler(deps: DeliverDeps): JobHandler<DeliveryJob>
       stale = staleness(stored, await store.getSubjectState(kind, d.subjectId));
     }
     if (stale) return suppress(stored, stale);
+    // A waitlist offer goes only while it can be taken: never after its expiry or once its slot is
+    // gone, however long quiet hours or retries held it back (checked before the gate: no decision is recorded).
+    const offerGone = d.triggerType === TriggerType.AppointmentWaitlistOffered ? await deps.offerClosed?.(d.subjectId) : undefined;
+    if (offerGone !== undefined) return suppress(stored, offerGone);
 
     const expires = d.expiresAt === undefined ? undefined : parseInstant(d.expiresAt);
     if (expires !== undefined && now() >= expires) return suppress(stored, DeliverReason.Expired);

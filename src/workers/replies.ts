@@ -30,7 +30,7 @@ import { ANSWER_TRIGGER, ANSWER_TRIGGER_TYPES, matchAnswer, offerFor, Reschedule
 import type { Rule } from '../pipeline/rule.ts';
 import { parseInstant } from '../pipeline/values.ts';
 import type { JobContext, NewJob, Queue } from '../queue/queue.ts';
-import { PromptClosedError, SlotTakenError, StaffTaskKind, type NewStaffTask, type ReplyPrompt, type Store, type StoredDelivery } from '../store/store.ts';
+import { OfferToldError, PromptClosedError, SlotTakenError, StaffTaskKind, type NewStaffTask, type ReplyPrompt, type Store, type StoredDelivery } from '../store/store.ts';
 import { MessageStatus, ReplyAction, TriggerType, type Trigger } from '../types.ts';
 import type { ClaimVerdict } from './waitlist.ts';
 import type { SendGate } from './deliver.ts';
@@ -169,7 +169,7 @@ export class ReplyService {
     return {};
   }
 
-  async #answer(message: InboundSms, again = false): Promise<void> {
+  async #answer(message: InboundSms, attempt = 1): Promise<void> {
     const { store, log } = this.#deps;
     const now = this.#deps.now();
     const at = new Date(now).toISOString();
@@ -201,13 +201,19 @@ export class ReplyService {
     const { prompt, matched, base } = decision;
     // A yes to a waitlist offer claims its slot in the SMS's commit, or is told the slot is taken.
     let claim: { slotId: string; offerId: string } | undefined;
-    let type = ANSWER_TRIGGER[matched.action];
+    let told: string[] | undefined;
+    let type: TriggerType | undefined = ANSWER_TRIGGER[matched.action];
     if (matched.action === ReplyAction.Accept) {
-      const verdict = this.#deps.waitlist !== undefined ? await this.#deps.waitlist.claimFor(prompt) : ({ taken: 'slot_taken' } as const);
+      const verdict: ClaimVerdict = this.#deps.waitlist !== undefined ? await this.#deps.waitlist.claimFor(prompt) : { taken: 'slot_taken' };
       if ('claim' in verdict) claim = verdict.claim;
-      else type = TriggerType.AppointmentWaitlistTaken;
+      // Told already that the slot is taken (another yes claimed it): the answer is kept, with no trigger.
+      else if ('told' in verdict) type = undefined;
+      else {
+        type = TriggerType.AppointmentWaitlistTaken;
+        if (verdict.offerId !== undefined) told = [verdict.offerId];
+      }
     }
-    const trigger = this.#answerTrigger(message, prompt, matched, base, at, type);
+    const trigger = type === undefined ? undefined : this.#answerTrigger(message, prompt, matched, base, at, type);
     const tasks: NewStaffTask[] = [];
     const about = { patientId: prompt.patientId, appointmentId: prompt.appointmentId, promptId: prompt.id, output: message.output };
     if (matched.action === ReplyAction.Reschedule && matched.via !== RescheduleVia.Link) tasks.push({ key: `reply:${prompt.id}`, kind: StaffTaskKind.RescheduleRequested, createdAt: at, ...about });
@@ -215,21 +221,24 @@ export class ReplyService {
     try {
       await store.commitInbound({
         ...record,
-        triggers: [trigger],
+        triggers: trigger === undefined ? [] : [trigger],
         patientId: prompt.patientId,
         answers: { promptId: prompt.id, answer: { action: matched.action, answer: matched.answer, messageId: message.messageId, at } },
         ...(tasks.length > 0 ? { tasks } : {}),
         ...(claim !== undefined ? { waitlistClaim: claim } : {}),
+        ...(told !== undefined ? { waitlistTold: told } : {}),
       });
     } catch (error) {
       // Another message answered the prompt first (another process), or another yes took the
-      // waitlist slot: decide again on what is open now.
-      if ((error instanceof PromptClosedError || error instanceof SlotTakenError) && !again) return this.#answer(message, true);
+      // waitlist slot, or the patient was told meanwhile that it is taken: decide again on what is open now.
+      // (A yes may meet both: the slot taken, then the notice closing its offer first.)
+      if ((error instanceof PromptClosedError || error instanceof SlotTakenError || error instanceof OfferToldError) && attempt < 3) return this.#answer(message, attempt + 1);
       throw error;
     }
-    log.info('reply.answered', { deliveryId: prompt.id, action: matched.action, ...(type === TriggerType.AppointmentWaitlistTaken ? { code: 'slot_taken' } : {}) });
+    log.info('reply.answered', { deliveryId: prompt.id, action: matched.action, ...(type === TriggerType.AppointmentWaitlistTaken ? { code: 'slot_taken' } : type === undefined ? { code: 'already_told' } : {}) });
     if (claim !== undefined) await this.#deps.waitlist!.accepted(claim);
     if (matched.action === ReplyAction.Decline) await this.#deps.waitlist?.declined(prompt.appointmentId);
+    if (trigger === undefined) return;
     await this.#queueWriteBack(trigger, prompt.offer.writeBack);
     this.#deps.onAnswer([trigger]);
   }

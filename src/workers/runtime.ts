@@ -334,7 +334,7 @@ export class DeliveryRuntime {
           policy: this.#policy,
           output: (name) => this.outputs.get(name),
           // Through onCommitted: with several processes the routing lease holder routes them.
-          onOffered: (triggers) => this.onCommitted(triggers),
+          onTriggers: (triggers) => this.onCommitted(triggers),
           // A patient whose ledger says no to care texts is not offered a slot (the send-time check would stop it anyway).
           smsAllowed: async (patientId) => {
             const consent = await this.consent.effectiveConsent(patientId);
@@ -384,6 +384,7 @@ export class DeliveryRuntime {
         if (!this.#mappings.rules.find((r) => r.id === delivery.ruleId)?.send.videoLink) return undefined;
         return options.video === undefined ? { unavailable: DeliverReason.NoJoinInfo } : options.video.mint(delivery, page);
       },
+      ...(this.waitlist !== undefined ? { offerClosed: (offerId: string) => this.waitlist!.service.offerClosed(offerId) } : {}),
     });
     // The embedded store marks a dead-lettered delivery failed in the dead-letter's own write
     // (createDeliveryQueue), BullMQ through onDeadLetter (above); any other pair is told after the fact.

@@ -10,7 +10,7 @@ import { compileReply } from '../pipeline/reply.ts';
 import type { Rule } from '../pipeline/rule.ts';
 import type { NewJob } from '../queue/queue.ts';
 import { testDelivery, testRecord, testTrigger } from '../store/conformance.ts';
-import type { Store, StoredDelivery } from '../store/store.ts';
+import { OfferToldError, type Store, type StoredDelivery } from '../store/store.ts';
 import { storeBackends, type StoreBackend } from '../../test/helpers/store-backends.ts';
 import type { Trigger } from '../types.ts';
 import { ReplyService } from './replies.ts';
@@ -46,6 +46,8 @@ let clock: number;
 let jobs: Array<NewJob<WaitlistJob>>;
 let ran: Set<string>;
 let offered: Trigger[];
+/** appointment.waitlist_taken made by the waitlist (the notice to the others when a yes claims the slot). */
+let told: Trigger[];
 let answered: Trigger[];
 let calls: WriteBackOperation[];
 let results: WriteBackResult[];
@@ -69,7 +71,10 @@ function start(over: Partial<WaitlistConfig> = {}): void {
             },
           }
         : undefined,
-    onOffered: (t) => offered.push(...t),
+    onTriggers: (t) => {
+      offered.push(...t.filter((x) => x.type === 'appointment.waitlist_offered'));
+      told.push(...t.filter((x) => x.type === 'appointment.waitlist_taken'));
+    },
     smsAllowed: async (patientId) => !denyConsent.has(patientId),
     log: silentLogger,
     now: () => clock,
@@ -95,6 +100,7 @@ async function openStore(backend: StoreBackend): Promise<void> {
   jobs = [];
   ran = new Set();
   offered = [];
+  told = [];
   answered = [];
   calls = [];
   results = [];
@@ -143,7 +149,10 @@ async function runDue(): Promise<void> {
 /** The offers of the last wave go out: a prompt opens for each, as the deliver worker's send does. */
 async function send(triggers: readonly Trigger[]): Promise<void> {
   for (const t of triggers) {
-    const delivery = { ...testDelivery({ id: `offer@appointment/${t.appointment!.id}#0`, ruleId: 'offer', subjectId: t.appointment!.id, subjectKey: `appointment/${t.appointment!.id}` }), patientId: t.patient.id, triggerId: t.id, to: phoneOf(t.patient.id) };
+    const delivery = { ...testDelivery({ ruleId: 'offer', appointmentId: t.appointment!.id, triggerType: 'appointment.waitlist_offered' }), patientId: t.patient.id, triggerId: t.id, to: phoneOf(t.patient.id) };
+    const at = new Date(clock).toISOString();
+    await store.saveRouting(t.id, [{ delivery, status: 'pending', asOf: t.occurredAt, generation: 1, updatedAt: at }], at);
+    await store.finishDelivery(delivery.id, 1, { status: 'sent', at });
     const stored: StoredDelivery = { delivery, status: 'sent', asOf: t.occurredAt, generation: 1, createdAt: '', updatedAt: '' };
     await replies.sent(stored, phoneOf(t.patient.id), clock);
   }
@@ -185,8 +194,11 @@ for (const backend of storeBackends) {
 
         // Both answers at the same instant, concurrently (two numbers: nothing orders them but the store).
         await Promise.all([answer('P-1', '1'), answer('P-2', 'YES')]);
-        const types = answered.map((t) => t.type).sort();
-        expect(types).toEqual(['appointment.waitlist_accepted', 'appointment.waitlist_taken']);
+        // The other is told once: by the claim's notice, or by the answer to their yes, whichever committed first.
+        const accepted = answered.filter((t) => t.type === 'appointment.waitlist_accepted');
+        expect(accepted).toHaveLength(1);
+        const loser = accepted[0]!.patient.id === 'P-1' ? 'P-2' : 'P-1';
+        expect([...answered, ...told].filter((t) => t.type === 'appointment.waitlist_taken').map((t) => t.patient.id)).toEqual([loser]);
         await runDue();
         expect(calls.filter((c) => c.kind === 'book')).toHaveLength(1);
         const winner = answered.find((t) => t.type === 'appointment.waitlist_accepted')!.patient.id;
@@ -195,6 +207,79 @@ for (const backend of storeBackends) {
           ['cancel', winner],
         ]);
         expect((await store.getWaitlistSlot(offered[0]!.waitlist!.slot))?.state).toBe('booked');
+      });
+    });
+
+    describe('the others are told when a yes claims the slot', () => {
+      it('every other patient holding an open offer is told once, and their offer closes; a yes of theirs afterwards tells them nothing again', async () => {
+        start({ waves: { size: 3, everyMinutes: 15, expiresMinutes: 30, stopMinutesBefore: 120 } });
+        await later('L-1', 'P-1', '2030-04-20T09:00:00Z');
+        await later('L-2', 'P-2', '2030-04-19T09:00:00Z');
+        await later('L-3', 'P-3', '2030-04-18T09:00:00Z');
+        await free();
+        await runDue();
+        expect(offeredTo()).toEqual(['P-1', 'P-2', 'P-3']);
+        // P-3's offer SMS has not gone yet (held back): they hold nothing to be told about.
+        await send(offered.slice(0, 2));
+        const [o1, o2, o3] = offered.map((t) => t.appointment!.id);
+
+        clock += MINUTE;
+        await answer('P-1', '1');
+        expect(answered.map((t) => [t.type, t.patient.id])).toEqual([['appointment.waitlist_accepted', 'P-1']]);
+        expect(told.map((t) => t.patient.id)).toEqual(['P-2']);
+        expect(told[0]).toMatchObject({ appointment: { id: o2 }, waitlist: { offer: o2, slot: offered[0]!.waitlist!.slot }, source: { format: 'waitlist', messageType: 'WAITLIST^TAKEN' } });
+        expect(await store.getWaitlistOffer(o2!)).toMatchObject({ state: 'taken' });
+        expect(await store.getWaitlistOffer(o3!)).toMatchObject({ state: 'offered' });
+        // P-3's held-back offer will not go now (deliver worker), and is told nothing.
+        expect(await waitlist.offerClosed(o3!)).toBe('offer_closed');
+        expect(await waitlist.offerClosed(o1!)).toBe('offer_closed');
+
+        // P-2 answers yes after the notice: the SMS is kept (the prompt answered), with no second notice.
+        await answer('P-2', 'YES');
+        expect(answered.map((t) => t.type)).toEqual(['appointment.waitlist_accepted']);
+        expect(await store.openReplyPrompts({ output: 'sms', address: phoneOf('P-2'), at: new Date(clock).toISOString() })).toEqual([]);
+        // Told again by nothing: a second notice run finds no open offer.
+        expect(await waitlist.tellOthers(offered[0]!.waitlist!.slot)).toEqual([]);
+        expect(told).toHaveLength(1);
+      });
+
+      it('an offer that expired is not told: a yes of that patient later is, once', async () => {
+        start({ waves: { size: 1, everyMinutes: 15, expiresMinutes: 10, stopMinutesBefore: 120 } });
+        await later('L-1', 'P-1', '2030-04-20T09:00:00Z');
+        await later('L-2', 'P-2', '2030-04-19T09:00:00Z');
+        await free();
+        await runDue();
+        await send(offered);
+        clock = T0 + 15 * MINUTE;
+        await runDue();
+        await send(offered.slice(1));
+        expect(offeredTo()).toEqual(['P-1', 'P-2']);
+        await answer('P-2', '1');
+        expect(told).toEqual([]);
+        await answer('P-1', '1');
+        expect(answered.map((t) => [t.type, t.patient.id])).toEqual([
+          ['appointment.waitlist_accepted', 'P-2'],
+          ['appointment.waitlist_taken', 'P-1'],
+        ]);
+        expect(await store.getWaitlistOffer(offered[0]!.appointment!.id)).toMatchObject({ state: 'taken' });
+      });
+    });
+
+    describe('an offer held back', () => {
+      it('may go while it can be taken; not after it expired (offer_expired), nor once its slot is claimed (offer_closed)', async () => {
+        start({ waves: { size: 2, everyMinutes: 60, expiresMinutes: 30, stopMinutesBefore: 120 } });
+        await later('L-1', 'P-1', '2030-04-20T09:00:00Z');
+        await later('L-2', 'P-2', '2030-04-19T09:00:00Z');
+        await free();
+        await runDue();
+        const [o1, o2] = offered.map((t) => t.appointment!.id);
+        expect(await waitlist.offerClosed(o1!)).toBeUndefined();
+        expect(await waitlist.offerClosed('wl-unknown')).toBeUndefined();
+        await send(offered.slice(0, 1));
+        await answer('P-1', '1');
+        expect(await waitlist.offerClosed(o2!)).toBe('offer_closed');
+        clock = T0 + 30 * MINUTE;
+        expect(await waitlist.offerClosed(o2!)).toBe('offer_expired');
       });
     });
 
@@ -244,6 +329,106 @@ for (const backend of storeBackends) {
         expect(jobs.filter((j) => j.data.kind === 'book').map((j) => j.id)).toEqual([`wl-book~${offered[0]!.appointment!.id}`, `wl-book~${offered[0]!.appointment!.id}`]);
         await runDue();
         expect(calls.map((c) => c.kind)).toEqual(['book', 'cancel']);
+      });
+    });
+
+    describe('start-up repair after a crash, each state', () => {
+      it('an open slot whose first wave job was lost: queued again under its id, offered once', async () => {
+        start();
+        await later('L-1', 'P-1', '2030-04-20T09:00:00Z');
+        await free();
+        const first = jobs.map((j) => j.id);
+        jobs = [];
+        await waitlist.repair();
+        expect(jobs.map((j) => j.id)).toEqual(first);
+        await runDue();
+        expect(offeredTo()).toEqual(['P-1']);
+      });
+
+      it('a slot given back after a failed booking whose next wave was lost: the repair queues that wave, the next patient is offered', async () => {
+        start({ waves: { size: 1, everyMinutes: 60, expiresMinutes: 30, stopMinutesBefore: 120 } });
+        await later('L-1', 'P-1', '2030-04-20T09:00:00Z');
+        await later('L-2', 'P-2', '2030-04-19T09:00:00Z');
+        await free();
+        await runDue();
+        await send(offered);
+        results.push({ outcome: 'denied', code: 'slot_unavailable' });
+        await answer('P-1', '1');
+        // The booking fails; the process dies after giving the claim back, before the wave it brings forward was queued.
+        const book = jobs.find((j) => j.data.kind === 'book')!;
+        ran.add(book.id);
+        const before = jobs.length;
+        await waitlist.run({ id: book.id, data: book.data, attempt: 1, signal: new AbortController().signal });
+        const lost = jobs.splice(before);
+        expect(lost.map((j) => j.data.kind)).toEqual(['wave']);
+        expect((await store.getWaitlistSlot(offered[0]!.waitlist!.slot))?.state).toBe('open');
+        await waitlist.repair();
+        expect(jobs.slice(before).map((j) => j.id)).toEqual(lost.map((j) => j.id));
+        await runDue();
+        expect(offeredTo()).toEqual(['P-1', 'P-2']);
+      });
+
+      it('a claim committed but the process died before its booking and notice: the repair books it and tells the others, once', async () => {
+        start();
+        await later('L-1', 'P-1', '2030-04-20T09:00:00Z');
+        await later('L-2', 'P-2', '2030-04-19T09:00:00Z');
+        await free();
+        await runDue();
+        await send(offered);
+        const [o1, o2] = offered.map((t) => t.appointment!.id);
+        // P-1's yes committed (the claim), and nothing after it ran.
+        await store.commitInbound(testRecord({ controlId: 'SM-crash', triggers: [], waitlistClaim: { slotId: offered[0]!.waitlist!.slot, offerId: o1! } }));
+        await waitlist.repair();
+        await waitlist.repair();
+        expect(told.map((t) => t.waitlist!.offer)).toEqual([o2]);
+        await runDue();
+        expect(calls.map((c) => [c.kind, c.patient.id])).toEqual([
+          ['book', 'P-1'],
+          ['cancel', 'P-1'],
+        ]);
+        await waitlist.repair();
+        expect(told).toHaveLength(1);
+      });
+
+      it('a booked slot whose cancellation job was lost: the repair queues it, the later appointment is cancelled once', async () => {
+        await oneOffer('1');
+        const book = jobs.find((j) => j.data.kind === 'book')!;
+        ran.add(book.id);
+        await waitlist.run({ id: book.id, data: book.data, attempt: 1, signal: new AbortController().signal });
+        jobs = jobs.filter((j) => j.data.kind !== 'cancel');
+        expect(calls.map((c) => c.kind)).toEqual(['book']);
+        await waitlist.repair();
+        await runDue();
+        await waitlist.repair();
+        await runDue();
+        expect(calls.map((c) => c.kind)).toEqual(['book', 'cancel']);
+      });
+    });
+
+    describe('the store', () => {
+      it('a commit telling offers closes each in the same transaction; one no longer offered rejects it whole (OfferToldError)', async () => {
+        const offer = (id: string) => ({ id, slotId: 'S@2030-03-12T09:00:00.000Z', patientId: `P-${id}`, wave: 1, state: 'offered' as const, offeredAt: new Date(T0).toISOString(), expiresAt: new Date(T0 + 30 * MINUTE).toISOString() });
+        await store.addWaitlistOffers([offer('wl-a'), offer('wl-b')]);
+        await store.commitInbound(testRecord({ controlId: 'told-1', triggers: [], waitlistTold: ['wl-a'] }));
+        expect(await store.getWaitlistOffer('wl-a')).toMatchObject({ state: 'taken' });
+        await expect(store.commitInbound(testRecord({ controlId: 'told-2', triggers: [], waitlistTold: ['wl-b', 'wl-a'] }))).rejects.toThrow(OfferToldError);
+        expect(await store.getWaitlistOffer('wl-b')).toMatchObject({ state: 'offered' });
+        expect(await store.findMessage('EPIC^GHH', 'told-1')).toBeDefined();
+        expect(await store.findMessage('EPIC^GHH', 'told-2')).toBeUndefined();
+      });
+
+      it('a slot a yes claimed is not set back to open or closed by a wave that read it open', async () => {
+        start();
+        await later('L-1', 'P-1', '2030-04-20T09:00:00Z');
+        await free();
+        await runDue();
+        const slotId = offered[0]!.waitlist!.slot;
+        await store.commitInbound(testRecord({ controlId: 'SM-yes', triggers: [], waitlistClaim: { slotId, offerId: offered[0]!.appointment!.id } }));
+        await store.setWaitlistSlot(slotId, 'open', { waves: 2 });
+        await store.setWaitlistSlot(slotId, 'closed', { closedReason: 'stop_reached' });
+        expect(await store.getWaitlistSlot(slotId)).toMatchObject({ state: 'claimed', waves: 1, claimedBy: offered[0]!.appointment!.id });
+        await store.setWaitlistSlot(slotId, 'booked', { bookedAs: 'made-1' });
+        expect(await store.getWaitlistSlot(slotId)).toMatchObject({ state: 'booked', bookedAs: 'made-1' });
       });
     });
 

@@ -12,8 +12,12 @@
 //          ─▶ wave n+1 after everyMinutes; at stopMinutesBefore the slot closes
 //   "yes" ─▶ workers/replies.ts: claimFor() ─▶ the SMS's commit claims the slot (one claim per slot,
 //            store: SlotTakenError for any later one) ─▶ appointment.waitlist_accepted ─▶ book job
+//          ─▶ the others holding an open offer (sent, not expired, not answered) are told at once:
+//             appointment.waitlist_taken, their offer closed in the same commit (tellOthers)
 //          ─▶ a yes too late (taken, expired, closed): appointment.waitlist_taken (a rule says so:
-//             "the slot is taken, your appointment stands")
+//             "the slot is taken, your appointment stands") — unless the notice told them already
+//   an offer SMS held back (quiet hours) ─▶ never after the offer expired or the slot went:
+//             suppressed offer_expired / offer_closed at send time (offerClosed)
 //   book ─▶ the `book` output (FHIR create, If-None-Exist) ─▶ applied: slot booked ─▶ cancel job: the
 //           later appointment cancelled with pat-swl ─▶ failed: staff task waitlist_cancel_failed
 //        ─▶ denied / failed for good: staff task waitlist_booking_failed, the claim given back, the
@@ -32,8 +36,9 @@ import { isAllowedTime, quietHoursApply } from '../pipeline/quiet-hours.ts';
 import { parseInstant } from '../pipeline/values.ts';
 import { patientZone } from '../pipeline/zones.ts';
 import type { JobContext, NewJob, Queue } from '../queue/queue.ts';
-import { StaffTaskKind, WaitlistOfferState, WaitlistSlotState, type ReplyPrompt, type Store, type WaitlistOffer, type WaitlistSlot } from '../store/store.ts';
+import { OfferToldError, StaffTaskKind, type InboundRecord, WaitlistOfferState, WaitlistSlotState, type ReplyPrompt, type Store, type WaitlistOffer, type WaitlistSlot } from '../store/store.ts';
 import { MessageStatus, Purpose, TriggerType, type Trigger } from '../types.ts';
+import { DeliverReason } from './deliver.ts';
 import { codeOf } from './replies.ts';
 
 /** Name of the embedded queue holding waves, bookings and cancellations. */
@@ -64,6 +69,8 @@ export const WaitlistReason = {
   BookingFailed: 'booking_failed',
   Cancelled: 'later_appointment_cancelled',
   CancelFailed: 'cancel_failed',
+  /** The patients holding an open offer of a slot another yes claimed were told it is taken. */
+  OthersTold: 'others_told',
 } as const;
 
 /** Why a candidate was not offered a slot in a wave (counted in the wave's log line). */
@@ -77,7 +84,12 @@ export const CandidateFilter = {
 export type CandidateFilter = (typeof CandidateFilter)[keyof typeof CandidateFilter];
 
 /** What a yes to an offer may do: claim the slot, or be told it is taken (with why). */
-export type ClaimVerdict = { claim: { slotId: string; offerId: string } } | { taken: 'offer_unknown' | 'offer_expired' | 'slot_taken' };
+export type ClaimVerdict =
+  | { claim: { slotId: string; offerId: string } }
+  /** Told now (appointment.waitlist_taken); `offerId`: the offer closes in the answer's commit (InboundRecord.waitlistTold). */
+  | { taken: 'offer_unknown' | 'offer_expired' | 'slot_taken'; offerId?: string }
+  /** Told already (when another yes claimed the slot): the answer is stored, nobody is told twice. */
+  | { told: true };
 
 export interface WaitlistServiceDeps {
   store: Store;
@@ -86,8 +98,8 @@ export interface WaitlistServiceDeps {
   queue: (job: NewJob<WaitlistJob>) => Promise<unknown>;
   /** The running adapter of an output (the `book` output). */
   output: (name: string) => Pick<OutboundAdapter, 'writeBack'> | undefined;
-  /** Routes the committed offer triggers (Router.onCommitted). */
-  onOffered: (triggers: Trigger[]) => void;
+  /** Routes the triggers the waitlist committed: offers, and the notices that a slot is taken (Router.onCommitted). */
+  onTriggers: (triggers: Trigger[]) => void;
   /** Whether the patient's consent allows SMS for care.logistics now (ConsentService.effectiveConsent); absent: left to the send-time check. */
   smsAllowed?: (patientId: string) => Promise<boolean>;
   log: Logger;
@@ -171,6 +183,7 @@ export class WaitlistService {
       ...(a.location !== undefined ? { location: { id: a.location.id, ...(a.location.name !== undefined ? { name: a.location.name } : {}) } } : {}),
       openedAt: new Date(now).toISOString(),
       waves: 0,
+      nextWave: { at: new Date(now).toISOString() },
     };
     if (!(await store.openWaitlistSlot(slot))) return;
     log.info('waitlist.slot', { slotId: slot.id, reason: WaitlistReason.SlotFreed });
@@ -178,21 +191,34 @@ export class WaitlistService {
   }
 
   /**
-   * At start: what a crash may have left between a commit and its job — an open slot's first
-   * wave, a claimed slot's booking, a booked slot's cancellation of the later appointment — is
-   * queued again. The ids are the ones first used, so a job that exists is a duplicate.
+   * At start: what a crash may have left between a commit and its job is done again — an open
+   * slot's next wave (its first, the one planned after the last, or the one a failed booking
+   * brought forward: the slot notes it before it is queued), a claimed slot's booking, a booked
+   * slot's cancellation of the later appointment, and the notice to the other patients holding an
+   * open offer of a claimed or booked slot. The job ids are the ones first used, so a job that
+   * exists is a duplicate; the notice closes each offer it tells (nobody is told twice).
    */
   async repair(): Promise<void> {
     const { store } = this.#deps;
     for (const slot of await store.listWaitlistSlots({ states: [WaitlistSlotState.Open, WaitlistSlotState.Claimed, WaitlistSlotState.Booked] })) {
-      if (slot.state === WaitlistSlotState.Open && slot.waves === 0) await this.#queueWave(slot.id, instant(slot.openedAt));
+      if (slot.state === WaitlistSlotState.Open) {
+        const next = slot.nextWave ?? { at: slot.openedAt };
+        await this.#queueWave(slot.id, instant(next.at), next.after);
+      }
       if (slot.claimedBy === undefined) continue;
       if (slot.state === WaitlistSlotState.Claimed) await this.accepted({ slotId: slot.id, offerId: slot.claimedBy });
       if (slot.state === WaitlistSlotState.Booked) {
         const offer = await store.getWaitlistOffer(slot.claimedBy);
         if (offer?.current !== undefined && !offer.currentCancelled) await this.#queueCancel(slot.id, offer.id);
+        await this.tellOthers(slot.id);
       }
     }
+  }
+
+  /** Notes the slot's next wave (with `patch`), then queues it: a crash between the two leaves what the repair needs. */
+  async #planWave(slotId: string, at: number, patch: Partial<WaitlistSlot> = {}): Promise<void> {
+    await this.#deps.store.setWaitlistSlot(slotId, WaitlistSlotState.Open, { ...patch, nextWave: { at: new Date(at).toISOString() } });
+    await this.#queueWave(slotId, at);
   }
 
   #queueWave(slotId: string, at: number, after?: string): Promise<unknown> {
@@ -217,9 +243,9 @@ export class WaitlistService {
     }
     const wave = slot.waves + 1;
     // This wave committed already (a crash before the slot noted it): note it, and on to the next.
+    const next = Math.min(now + config.waves.everyMinutes * MINUTE, stopAt);
     if (await store.findMessage('waitlist', waveMessageId(slot.id, wave))) {
-      await store.setWaitlistSlot(slot.id, WaitlistSlotState.Open, { waves: wave });
-      await this.#queueWave(slot.id, Math.min(now + config.waves.everyMinutes * MINUTE, stopAt));
+      await this.#planWave(slot.id, next, { waves: wave });
       return [];
     }
     const { chosen, filtered } = await this.#candidates(slot, now);
@@ -238,28 +264,13 @@ export class WaitlistService {
     if (offers.length > 0) {
       await store.addWaitlistOffers(offers);
       const triggers = offers.map((o, i) => offerTrigger(slot, o, chosen[i]!.base, now));
-      const raw = Buffer.from(JSON.stringify({ slot: slot.id, wave, offers: offers.map((o) => o.id) }));
-      const committed = await store.commitInbound({
-        input: 'waitlist',
-        format: 'waitlist',
-        sender: 'waitlist',
-        controlId: waveMessageId(slot.id, wave),
-        messageType: 'WAITLIST^OFFER',
-        contentHash: createHash('sha256').update(raw).digest('hex'),
-        raw,
-        status: MessageStatus.Accepted,
-        ack: 'waitlist wave',
-        ackCode: '-',
-        receivedAt: new Date(now).toISOString(),
-        triggers,
-        subjectStates: [],
-        patientId: slot.patientId,
-      });
-      await store.setWaitlistSlot(slot.id, WaitlistSlotState.Open, { waves: wave });
-      if (committed.outcome === 'stored') this.#deps.onOffered(triggers);
-    }
+      const committed = await store.commitInbound(
+        waitlistMessage({ controlId: waveMessageId(slot.id, wave), messageType: 'WAITLIST^OFFER', ack: 'waitlist wave', body: { slot: slot.id, wave, offers: offers.map((o) => o.id) } }, slot, triggers, now),
+      );
+      await this.#planWave(slot.id, next, { waves: wave });
+      if (committed.outcome === 'stored') this.#deps.onTriggers(triggers);
+    } else await this.#planWave(slot.id, next);
     log.info('waitlist.wave', { slotId: slot.id, wave, reason: offers.length > 0 ? WaitlistReason.Offered : WaitlistReason.NoCandidate, offers: offers.length, ...filtered });
-    await this.#queueWave(slot.id, Math.min(now + config.waves.everyMinutes * MINUTE, stopAt));
     return offers;
   }
 
@@ -342,15 +353,74 @@ export class WaitlistService {
     const { store } = this.#deps;
     const offer = await store.getWaitlistOffer(prompt.appointmentId);
     if (offer === undefined) return { taken: 'offer_unknown' };
-    if (this.#deps.now() >= instant(offer.expiresAt)) return { taken: 'offer_expired' };
+    if (offer.state === WaitlistOfferState.Taken) return { told: true };
+    // An open offer closes as its patient is told; one answered before (a no, say) stays as it is.
+    const told = offer.state === WaitlistOfferState.Offered ? { offerId: offer.id } : {};
+    if (this.#deps.now() >= instant(offer.expiresAt)) return { taken: 'offer_expired', ...told };
     const slot = await store.getWaitlistSlot(offer.slotId);
-    if (slot?.state !== WaitlistSlotState.Open) return { taken: 'slot_taken' };
+    if (slot?.state !== WaitlistSlotState.Open) return { taken: 'slot_taken', ...told };
     return { claim: { slotId: slot.id, offerId: offer.id } };
   }
 
-  /** The yes claimed the slot (committed): book it. */
+  /**
+   * Asked by the deliver worker before an offer's SMS goes (deliver.ts offerClosed): an offer held
+   * back (quiet hours moved it, retries) never goes after it expired (`offer_expired`) or once it
+   * can no longer be taken — its slot claimed, booked or closed, or the offer answered or told
+   * (`offer_closed`). Undefined: it may go (an offer CareRelay does not know is left to the other checks).
+   */
+  async offerClosed(offerId: string): Promise<typeof DeliverReason.OfferExpired | typeof DeliverReason.OfferClosed | undefined> {
+    const { store } = this.#deps;
+    const offer = await store.getWaitlistOffer(offerId);
+    if (offer === undefined) return undefined;
+    if (this.#deps.now() >= instant(offer.expiresAt)) return DeliverReason.OfferExpired;
+    if (offer.state !== WaitlistOfferState.Offered) return DeliverReason.OfferClosed;
+    const slot = await store.getWaitlistSlot(offer.slotId);
+    return slot?.state === WaitlistSlotState.Open ? undefined : DeliverReason.OfferClosed;
+  }
+
+  /** The yes claimed the slot (committed): book it, and tell the others their offer is gone. */
   async accepted(claim: { slotId: string; offerId: string }): Promise<void> {
     await this.#deps.queue({ id: `wl-book~${claim.offerId}`, data: { kind: 'book', ...claim }, runAt: new Date(this.#deps.now()), idempotent: true, maxAttempts: WAITLIST_ATTEMPTS });
+    await this.tellOthers(claim.slotId);
+  }
+
+  /**
+   * Every other patient holding an open offer of a claimed slot — their offer SMS went, it has not
+   * expired, they have not answered — is told it is taken (appointment.waitlist_taken, "your
+   * appointment stands"), and their offer closes (`taken`) in the same commit. A late yes closes
+   * its offer the same way, so whichever commit comes first tells, and the other finds the offer
+   * closed (OfferToldError): nobody is told twice. An offer whose SMS has not gone is not told: its
+   * delivery is suppressed `offer_closed` at send time. Run again by the start-up repair.
+   */
+  async tellOthers(slotId: string): Promise<Trigger[]> {
+    const { store, log } = this.#deps;
+    for (let attempt = 1; ; attempt++) {
+      const slot = await store.getWaitlistSlot(slotId);
+      if (slot?.claimedBy === undefined) return [];
+      const now = this.#deps.now();
+      const triggers: Trigger[] = [];
+      for (const offer of await store.listWaitlistOffers(slotId)) {
+        if (offer.id === slot.claimedBy || offer.state !== WaitlistOfferState.Offered || now >= instant(offer.expiresAt)) continue;
+        const sent = await store.listDeliveries({ subjectKey: `appointment/${encodeURIComponent(offer.id)}`, status: 'sent', limit: 10 });
+        if (!sent.some((d) => d.delivery.triggerType === TriggerType.AppointmentWaitlistOffered)) continue;
+        const made = await store.getTrigger(offerTriggerId(offer.id));
+        if (made !== undefined) triggers.push(takenTrigger(made, slot, now));
+      }
+      if (triggers.length === 0) return [];
+      const told = triggers.map((t) => t.waitlist!.offer);
+      try {
+        const committed = await store.commitInbound({
+          ...waitlistMessage({ controlId: takenMessageId(slot.id, told), messageType: 'WAITLIST^TAKEN', ack: 'waitlist taken', body: { slot: slot.id, claimedBy: slot.claimedBy, taken: told } }, slot, triggers, now),
+          waitlistTold: told,
+        });
+        log.info('waitlist.taken', { slotId: slot.id, reason: WaitlistReason.OthersTold, offers: told.length });
+        if (committed.outcome === 'stored') this.#deps.onTriggers(triggers);
+        return triggers;
+      } catch (error) {
+        // A late yes told one of them first: decide again on the offers still open.
+        if (!(error instanceof OfferToldError) || attempt >= 3) throw error;
+      }
+    }
   }
 
   /** The patient said no: their appointment stands. */
@@ -429,8 +499,11 @@ export class WaitlistService {
     await store.setWaitlistOffer(offer.id, WaitlistOfferState.Failed);
     await this.#task(StaffTaskKind.WaitlistBookingFailed, offer, code, slot.id.slice(0, slot.id.lastIndexOf('@')));
     log.warn('waitlist.book', { slotId: slot.id, offerId: offer.id, reason: WaitlistReason.BookingFailed, code });
-    // The claim given back: the slot is offered on, from now.
-    if (await store.releaseWaitlistClaim(slot.id, offer.id)) await this.#queueWave(slot.id, this.#deps.now(), offer.id);
+    // The claim given back: the slot is offered on, from now. The wave is noted before the claim
+    // goes back, so that a crash between the two leaves an open slot the repair knows the wave of.
+    const now = this.#deps.now();
+    await store.setWaitlistSlot(slot.id, WaitlistSlotState.Claimed, { nextWave: { at: new Date(now).toISOString(), after: offer.id } });
+    if (await store.releaseWaitlistClaim(slot.id, offer.id)) await this.#queueWave(slot.id, now, offer.id);
   }
 
   async #cancelLater(slot: WaitlistSlot, offer: WaitlistOffer, job: Pick<JobContext<WaitlistJob>, 'attempt' | 'signal'>): Promise<void> {
@@ -535,7 +608,7 @@ export function equivalents(code: string, groups: readonly (readonly string[])[]
 export function offerTrigger(slot: WaitlistSlot, offer: WaitlistOffer, base: Trigger, now: number): Trigger {
   const at = new Date(now).toISOString();
   return {
-    id: createHash('sha256').update(`waitlist-offer\u0000${offer.id}`).digest('hex').slice(0, 32),
+    id: offerTriggerId(offer.id),
     type: TriggerType.AppointmentWaitlistOffered,
     occurredAt: at,
     receivedAt: at,
@@ -555,6 +628,51 @@ export function offerTrigger(slot: WaitlistSlot, offer: WaitlistOffer, base: Tri
       ...(offer.current !== undefined ? { current: offer.current } : {}),
       ...(offer.daysGained !== undefined ? { daysGained: offer.daysGained } : {}),
     },
+  };
+}
+
+/** A message the waitlist stores (a wave of offers, a notice that a slot is taken): its bytes list ids only. */
+function waitlistMessage(m: { controlId: string; messageType: string; ack: string; body: object }, slot: WaitlistSlot, triggers: Trigger[], now: number): InboundRecord {
+  const raw = Buffer.from(JSON.stringify(m.body));
+  return {
+    input: 'waitlist',
+    format: 'waitlist',
+    sender: 'waitlist',
+    controlId: m.controlId,
+    messageType: m.messageType,
+    contentHash: createHash('sha256').update(raw).digest('hex'),
+    raw,
+    status: MessageStatus.Accepted,
+    ack: m.ack,
+    ackCode: '-',
+    receivedAt: new Date(now).toISOString(),
+    triggers,
+    subjectStates: [],
+    patientId: slot.patientId,
+  };
+}
+
+/** The id of the appointment.waitlist_offered trigger of an offer. */
+export function offerTriggerId(offerId: string): string {
+  return createHash('sha256').update(`waitlist-offer\u0000${offerId}`).digest('hex').slice(0, 32);
+}
+
+/** The stored message telling these offers' patients the slot is taken: `<slot>#taken~<hash of the offers>`. */
+export function takenMessageId(slotId: string, offerIds: readonly string[]): string {
+  return `${slotId}#taken~${createHash('sha256').update(offerIds.join('\u0000')).digest('hex').slice(0, 16)}`;
+}
+
+/** The notice that an offer's slot is taken (docs/trigger.md "Waitlist"): the offer's trigger, as appointment.waitlist_taken. */
+function takenTrigger(offered: Trigger, slot: WaitlistSlot, now: number): Trigger {
+  const at = new Date(now).toISOString();
+  const offerId = offered.waitlist!.offer;
+  return {
+    ...offered,
+    id: createHash('sha256').update(`waitlist-taken\u0000${offerId}`).digest('hex').slice(0, 32),
+    type: TriggerType.AppointmentWaitlistTaken,
+    occurredAt: at,
+    receivedAt: at,
+    source: { format: 'waitlist', sender: 'waitlist', messageType: 'WAITLIST^TAKEN', messageId: `${slot.id}#taken` },
   };
 }
 
