@@ -125,6 +125,11 @@ export const triggerSchema = {
         },
         location: reference,
         practitioner: reference,
+        requestedPeriod: {
+          type: 'array',
+          description: 'An appointment on a waitlist: when the patient can come (FHIR requestedPeriod; HL7 the waitlisted SIU TQ1-7…TQ1-8).',
+          items: { type: 'object', additionalProperties: false, properties: { start: isoTime, end: isoTime } },
+        },
         // A video visit (docs/video.md). Closed: the vendor's join URL never rides in a trigger.
         virtual: {
           type: 'object',

@@ -106,6 +106,17 @@ export interface TriggerAppointment {
   practitioner?: PractitionerRef;
   /** Present for a video visit (docs/video.md); never holds the join URL. */
   virtual?: TriggerVirtual;
+  /**
+   * When the patient can come, for an appointment on a waitlist (status `waitlist`, docs/waitlist.md
+   * "Sources"): FHIR Appointment.requestedPeriod; HL7 the waitlisted SIU's TQ1-7…TQ1-8 (else SCH-11.4…11.5).
+   */
+  requestedPeriod?: TimePeriod[];
+}
+
+/** A span of time; either end may be open. */
+export interface TimePeriod {
+  start?: string;
+  end?: string;
 }
 
 /**

@@ -61,6 +61,12 @@ export const waitlistSchema = {
             },
           },
         },
+        ehrWaitlist: {
+          type: 'boolean',
+          default: true,
+          description:
+            "The EHR's waitlist, offered after the configured list: appointments in status waitlist (a FHIR Appointment, an SIU whose filler status is Waitlist) whose service matches, whose practitioner matches or is not named, and whose requested period (FHIR requestedPeriod; HL7 TQ1-7…TQ1-8) holds the slot. Booking one cancels that waitlist appointment (pat-swl). false: not used.",
+        },
         laterAppointments: {
           type: 'object',
           additionalProperties: false,
@@ -125,7 +131,7 @@ export interface WaitlistListEntry {
 export interface WaitlistConfig {
   readonly book: string;
   readonly on: readonly TriggerType[];
-  readonly sources: { readonly list?: readonly WaitlistListEntry[]; readonly laterAppointments: { readonly optIn: 'all' | 'listed'; readonly patients: readonly string[] } };
+  readonly sources: { readonly list?: readonly WaitlistListEntry[]; readonly ehrWaitlist?: boolean; readonly laterAppointments: { readonly optIn: 'all' | 'listed'; readonly patients: readonly string[] } };
   readonly equivalents: { readonly services: readonly (readonly string[])[]; readonly practitioners: readonly (readonly string[])[] };
   readonly minNoticeMinutes: number;
   readonly waves: { readonly size: number; readonly everyMinutes: number; readonly expiresMinutes: number; readonly stopMinutesBefore: number };

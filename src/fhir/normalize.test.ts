@@ -169,6 +169,17 @@ describe('Appointment fields', () => {
     ]);
   });
 
+  it('a waitlist Appointment carries its requestedPeriod (a date-only end: the whole day, in the sender zone)', () => {
+    const t = only(
+      normalizeFhir(
+        appointment({ status: 'waitlist', start: undefined, end: undefined, requestedPeriod: [{ start: '2024-03-11T08:00:00+01:00', end: '2024-03-15' }, { end: '2024-03-01T00:00:00Z' }, {}] }),
+        ctx({ timezone: 'Europe/Paris' }),
+      ),
+    );
+    expect(t.appointment).toMatchObject({ status: 'waitlist', requestedPeriod: [{ start: '2024-03-11T08:00:00+01:00', end: '2024-03-16T00:00:00+01:00' }, { end: '2024-03-01T00:00:00Z' }] });
+    expect(only(normalizeFhir(appointment(), ctx())).appointment?.requestedPeriod).toBeUndefined();
+  });
+
   it('minutesDuration wins over end − start; appointmentType when there is no serviceType', () => {
     const t = only(
       normalizeFhir(

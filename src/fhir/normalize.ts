@@ -18,6 +18,7 @@ import {
   type Identifier,
   type LocationRef,
   type PractitionerRef,
+  type TimePeriod,
   type Trigger,
   type TriggerAppointment,
   type TriggerEncounter,
@@ -369,6 +370,7 @@ interface Appointment extends FhirResource {
   end?: string;
   minutesDuration?: number;
   participant?: Array<{ actor?: Reference; status?: string }>;
+  requestedPeriod?: Period[];
 }
 interface Encounter extends FhirResource {
   status?: string;
@@ -477,6 +479,8 @@ function normalizeAppointment(res: Appointment, context: NormalizeContext): Norm
   if (location) appointment.location = location;
   if (practitioner) appointment.practitioner = practitioner;
   if (video) appointment.virtual = video.virtual;
+  const requested = requestedPeriods(res.requestedPeriod, context.timezone);
+  if (requested.length > 0) appointment.requestedPeriod = requested;
 
   const trigger = buildTrigger(type, 'Appointment', occurredAt, context, patient);
   trigger.appointment = appointment;
@@ -617,6 +621,25 @@ function encounterTime(value: string | undefined, zone = 'UTC'): string | undefi
   if (m === null) return undefined;
   const local = DateTime.fromObject({ year: Number(m[1]), month: Number(m[2] ?? 1), day: Number(m[3] ?? 1) }, { zone });
   return local.isValid ? local.toISO({ suppressMilliseconds: true, includeOffset: true })!.replace(/Z$/, '+00:00') : undefined;
+}
+
+/**
+ * Appointment.requestedPeriod (R4: "a set of date ranges … that the appointment is preferred to be
+ * scheduled within", what a waitlist entry waits for): each Period with a start or an end; a
+ * date-only end means the whole day (the next midnight in the sender's zone).
+ */
+function requestedPeriods(periods: unknown, zone?: string): TimePeriod[] {
+  if (!Array.isArray(periods)) return [];
+  const out: TimePeriod[] = [];
+  for (const p of periods as Period[]) {
+    if (!isObject(p)) continue;
+    const start = encounterTime(optionalString(p.start), zone);
+    const endValue = optionalString(p.end);
+    let end = encounterTime(endValue, zone);
+    if (end !== undefined && endValue !== undefined && !endValue.includes('T')) end = DateTime.fromISO(end, { setZone: true }).plus({ days: 1 }).toISO({ suppressMilliseconds: true })!.replace(/Z$/, '+00:00');
+    if (start !== undefined || end !== undefined) out.push({ ...(start !== undefined ? { start } : {}), ...(end !== undefined ? { end } : {}) });
+  }
+  return out;
 }
 
 /** minutesDuration, else end − start rounded to the minute (only for times, not dates). */

@@ -4,8 +4,8 @@
 // yes, in this process or another, find the slot no longer open (SlotTakenError, nothing stored).
 import { instantMs } from './common.ts';
 import type { Sql } from './postgres-commit.ts';
-import { figuresOf, slotMayBecome } from './sqlite-waitlist.ts';
-import { OfferToldError, SlotTakenError, WaitlistOfferState, type WaitlistAppointment, type WaitlistFigures, type WaitlistOffer, type WaitlistSlot, type WaitlistSlotState } from './store.ts';
+import { entryUntilMs, figuresOf, slotMayBecome } from './sqlite-waitlist.ts';
+import { OfferToldError, SlotTakenError, WaitlistOfferState, type WaitlistAppointment, type WaitlistEntry, type WaitlistFigures, type WaitlistOffer, type WaitlistSlot, type WaitlistSlotState } from './store.ts';
 
 /** One append-only migration step of the store (postgres.ts): the tables, and 'waitlist' messages. */
 export const POSTGRES_WAITLIST_TABLES = `
@@ -43,6 +43,22 @@ export const POSTGRES_WAITLIST_TABLES = `
   -- The waves of offers are stored as messages (workers/waitlist.ts).
   ALTER TABLE messages DROP CONSTRAINT messages_format_check;
   ALTER TABLE messages ADD CONSTRAINT messages_format_check CHECK (format IN ('hl7v2', 'fhir', 'sms', 'waitlist'));
+`;
+
+/** One append-only migration step: the EHR's waitlist entries (sqlite-waitlist.ts WAITLIST_ENTRIES_TABLE). */
+export const POSTGRES_WAITLIST_ENTRIES_TABLE = `
+  CREATE TABLE waitlist_entries (
+    id TEXT PRIMARY KEY,
+    patient_id TEXT NOT NULL,
+    service TEXT NOT NULL,
+    practitioner TEXT NOT NULL,
+    noted_ms BIGINT NOT NULL,
+    until_ms BIGINT,
+    json TEXT NOT NULL
+  );
+  CREATE INDEX waitlist_entries_match ON waitlist_entries (service, noted_ms);
+  CREATE INDEX waitlist_entries_until ON waitlist_entries (until_ms);
+  CREATE INDEX waitlist_entries_patient ON waitlist_entries (patient_id);
 `;
 
 interface SlotRow {
@@ -145,6 +161,32 @@ export async function noteAppointment(tx: Sql, a: WaitlistAppointment | { id: st
   );
 }
 
+export async function noteEntry(tx: Sql, entry: WaitlistEntry | { id: string; removed: true }): Promise<void> {
+  if ('removed' in entry) {
+    await tx.count('DELETE FROM waitlist_entries WHERE id = $1', [entry.id]);
+    return;
+  }
+  // A kept entry keeps the time it was first noted (its place in the list).
+  await tx.count(
+    'INSERT INTO waitlist_entries (id, patient_id, service, practitioner, noted_ms, until_ms, json) VALUES ($1, $2, $3, $4, $5, $6, $7) ' +
+      "ON CONFLICT (id) DO UPDATE SET patient_id = excluded.patient_id, service = excluded.service, practitioner = excluded.practitioner, until_ms = excluded.until_ms, " +
+      "json = jsonb_set(excluded.json::jsonb, '{notedAt}', waitlist_entries.json::jsonb -> 'notedAt')::text",
+    [entry.id, entry.patientId, entry.service, entry.practitioner, instantMs(entry.notedAt, 'entry.notedAt'), entryUntilMs(entry), JSON.stringify(entry)],
+  );
+}
+
+/** Inside a write: the entries over at `now` go, then those that match, the longest waiting first. */
+export async function entries(tx: Sql, q: { services: readonly string[]; practitioners: readonly string[]; now: string; limit: number }): Promise<WaitlistEntry[]> {
+  await tx.count('DELETE FROM waitlist_entries WHERE until_ms <= $1', [instantMs(q.now, 'now')]);
+  if (q.services.length === 0) return [];
+  const rows = await tx.rows<{ json: string }>('SELECT json FROM waitlist_entries WHERE service = ANY($1::text[]) AND practitioner = ANY($2::text[]) ORDER BY noted_ms, id LIMIT $3', [
+    q.services,
+    ['', ...q.practitioners],
+    q.limit,
+  ]);
+  return rows.map((r) => JSON.parse(r.json) as WaitlistEntry);
+}
+
 export async function laterAppointments(sql: Sql, q: { services: readonly string[]; practitioners: readonly string[]; after: string; limit: number }): Promise<WaitlistAppointment[]> {
   const rows = await sql.rows<{ json: string }>(
     'SELECT json FROM waitlist_appointments WHERE service = ANY($1::text[]) AND practitioner = ANY($2::text[]) AND start_ms > $3 ORDER BY start_ms DESC, id LIMIT $4',
@@ -166,5 +208,6 @@ export async function figures(sql: Sql, from: string, to: string): Promise<Waitl
 /** Inside an erasure: the patient's later appointments and offers go. */
 export async function erase(tx: Sql, patientId: string): Promise<void> {
   await tx.count('DELETE FROM waitlist_appointments WHERE patient_id = $1', [patientId]);
+  await tx.count('DELETE FROM waitlist_entries WHERE patient_id = $1', [patientId]);
   await tx.count('DELETE FROM waitlist_offers WHERE patient_id = $1', [patientId]);
 }

@@ -109,7 +109,7 @@ import {
   type PostgresTarget,
 } from './postgres-db.ts';
 import * as waitlist from './postgres-waitlist.ts';
-import type { WaitlistAppointment, WaitlistFigures, WaitlistOffer, WaitlistOfferState, WaitlistSlot, WaitlistSlotState } from './store.ts';
+import type { WaitlistAppointment, WaitlistEntry, WaitlistFigures, WaitlistOffer, WaitlistOfferState, WaitlistSlot, WaitlistSlotState } from './store.ts';
 import { ATTEMPT_FROM_STATUS, AttemptKind, PromptClosedError, RAW_QUOTA_CURSOR, STORED_DELIVERY_STATUSES, StoredDeliveryStatus, isPending } from './store.ts';
 import type {
   NewStaffTask,
@@ -354,6 +354,8 @@ export const POSTGRES_STORE_MIGRATIONS: readonly string[] = [
   POSTGRES_RETENTION_SCHEMA,
   // Retention of video joins and links, reply prompts (postgres-retention.ts).
   POSTGRES_VISIT_REPLY_RETENTION_SCHEMA,
+  // The EHR's waitlist entries, a source of the waitlist's candidates (postgres-waitlist.ts).
+  waitlist.POSTGRES_WAITLIST_ENTRIES_TABLE,
 ];
 
 /** Statement triggers keeping `counts` (status, slot, n) in step with `table`'s status column. */
@@ -996,6 +998,14 @@ export class PostgresStore implements Store {
   async laterWaitlistAppointments(query: { services: readonly string[]; practitioners: readonly string[]; after: string; limit: number }): Promise<WaitlistAppointment[]> {
     this.#assertOpen();
     return waitlist.laterAppointments(this.#sql, query);
+  }
+
+  noteWaitlistEntry(entry: WaitlistEntry | { id: string; removed: true }): Promise<void> {
+    return this.#write((tx) => waitlist.noteEntry(tx, entry));
+  }
+
+  waitlistEntries(query: { services: readonly string[]; practitioners: readonly string[]; now: string; limit: number }): Promise<WaitlistEntry[]> {
+    return this.#write((tx) => waitlist.entries(tx, query));
   }
 
   async listWaitlistSlots(query: { states: readonly WaitlistSlotState[]; limit?: number }): Promise<WaitlistSlot[]> {

@@ -11,7 +11,7 @@
 import type { Database } from './sqlite-db.ts';
 import { instantMs } from './common.ts';
 import { widenFormatCheck } from './sqlite-replies.ts';
-import { OfferToldError, SlotTakenError, WaitlistOfferState, WaitlistSlotState, type WaitlistAppointment, type WaitlistFigures, type WaitlistOffer, type WaitlistSlot } from './store.ts';
+import { OfferToldError, SlotTakenError, WaitlistOfferState, WaitlistSlotState, type WaitlistAppointment, type WaitlistEntry, type WaitlistFigures, type WaitlistOffer, type WaitlistSlot } from './store.ts';
 
 export const WAITLIST_TABLES = `
   CREATE TABLE waitlist_slots (
@@ -48,6 +48,31 @@ export const WAITLIST_TABLES = `
   CREATE INDEX waitlist_appointments_patient ON waitlist_appointments (patient_id);
 `;
 
+/**
+ * One append-only migration step: the EHR's waitlist entries (store.ts WaitlistEntry). `until_ms`
+ * is the end of the last requested period (NULL: open-ended); `noted_ms` orders the longest waiting first.
+ */
+export const WAITLIST_ENTRIES_TABLE = `
+  CREATE TABLE waitlist_entries (
+    id TEXT PRIMARY KEY,
+    patient_id TEXT NOT NULL,
+    service TEXT NOT NULL,
+    practitioner TEXT NOT NULL,
+    noted_ms INTEGER NOT NULL,
+    until_ms INTEGER,
+    json TEXT NOT NULL
+  ) WITHOUT ROWID;
+  CREATE INDEX waitlist_entries_match ON waitlist_entries (service, noted_ms);
+  CREATE INDEX waitlist_entries_until ON waitlist_entries (until_ms);
+  CREATE INDEX waitlist_entries_patient ON waitlist_entries (patient_id);
+`;
+
+/** The end of an entry's last requested period in ms; null when one is open-ended (or none is given: any time). */
+export function entryUntilMs(entry: WaitlistEntry): number | null {
+  if (entry.periods.length === 0 || entry.periods.some((p) => p.end === undefined)) return null;
+  return Math.max(...entry.periods.map((p) => instantMs(p.end!, 'entry.periods.end')));
+}
+
 /** Lets `messages.format` hold 'waitlist' (the waves of offers CareRelay commits), as sqlite-replies.ts widened it for 'sms'. */
 export function widenFormatsForWaitlist(db: Database): void {
   widenFormatCheck(db, ['hl7v2', 'fhir', 'sms'], ['hl7v2', 'fhir', 'sms', 'waitlist']);
@@ -76,6 +101,14 @@ function prepare(db: Database) {
         'ON CONFLICT (id) DO UPDATE SET patient_id = excluded.patient_id, service = excluded.service, practitioner = excluded.practitioner, start_ms = excluded.start_ms, json = excluded.json',
     ),
     deleteAppointment: db.prepare<[string]>('DELETE FROM waitlist_appointments WHERE id = ?'),
+    upsertEntry: db.prepare<[string, string, string, string, number, number | null, string]>(
+      'INSERT INTO waitlist_entries (id, patient_id, service, practitioner, noted_ms, until_ms, json) VALUES (?, ?, ?, ?, ?, ?, ?) ' +
+        'ON CONFLICT (id) DO UPDATE SET patient_id = excluded.patient_id, service = excluded.service, practitioner = excluded.practitioner, until_ms = excluded.until_ms, ' +
+        "json = json_set(excluded.json, '$.notedAt', json_extract(waitlist_entries.json, '$.notedAt'))",
+    ),
+    deleteEntry: db.prepare<[string]>('DELETE FROM waitlist_entries WHERE id = ?'),
+    entriesOver: db.prepare<[number]>('DELETE FROM waitlist_entries WHERE until_ms <= ?'),
+    eraseEntries: db.prepare<[string]>('DELETE FROM waitlist_entries WHERE patient_id = ?'),
     eraseAppointments: db.prepare<[string]>('DELETE FROM waitlist_appointments WHERE patient_id = ?'),
     eraseOffers: db.prepare<[string]>('DELETE FROM waitlist_offers WHERE patient_id = ?'),
     slotsOpened: db.prepare<[number, number], { n: number }>('SELECT count(*) AS n FROM waitlist_slots WHERE opened_ms >= ? AND opened_ms < ?'),
@@ -155,6 +188,24 @@ export class SqliteWaitlistLedger {
     this.#s.deleteAppointment.run(id);
   }
 
+  noteEntry(entry: WaitlistEntry | { id: string; removed: true }): void {
+    if ('removed' in entry) {
+      this.#s.deleteEntry.run(entry.id);
+      return;
+    }
+    this.#s.upsertEntry.run(entry.id, entry.patientId, entry.service, entry.practitioner, instantMs(entry.notedAt, 'entry.notedAt'), entryUntilMs(entry), JSON.stringify(entry));
+  }
+
+  /** A write: the entries over at `now` go first. */
+  entries(query: { services: readonly string[]; practitioners: readonly string[]; now: string; limit: number }): WaitlistEntry[] {
+    this.#s.entriesOver.run(instantMs(query.now, 'now'));
+    if (query.services.length === 0) return [];
+    const services = query.services.map(() => '?').join(', ');
+    const practitioners = ['?', ...query.practitioners.map(() => '?')].join(', ');
+    const statement = this.#db.prepare<unknown[], JsonRow>(`SELECT json FROM waitlist_entries WHERE service IN (${services}) AND practitioner IN (${practitioners}) ORDER BY noted_ms, id LIMIT ?`);
+    return statement.all(...query.services, '', ...query.practitioners, query.limit).map((r) => JSON.parse(r.json) as WaitlistEntry);
+  }
+
   laterAppointments(query: { services: readonly string[]; practitioners: readonly string[]; after: string; limit: number }): WaitlistAppointment[] {
     if (query.services.length === 0 || query.practitioners.length === 0) return [];
     const services = query.services.map(() => '?').join(', ');
@@ -180,6 +231,7 @@ export class SqliteWaitlistLedger {
 
   erase(patientId: string): void {
     this.#s.eraseAppointments.run(patientId);
+    this.#s.eraseEntries.run(patientId);
     this.#s.eraseOffers.run(patientId);
   }
 }

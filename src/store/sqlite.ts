@@ -104,9 +104,9 @@ import { RAW_QUOTA_SCHEMA } from './sqlite-raw-quota.ts';
 import { RETENTION_SCHEMA, SqliteRetention, VISIT_REPLY_RETENTION_SCHEMA } from './sqlite-retention.ts';
 import { migrate, openSqliteDatabase, type Database, type MigrationStep } from './sqlite-db.ts';
 import { REPLY_TABLES, SqliteReplyLedger, widenMessageFormats } from './sqlite-replies.ts';
-import { SqliteWaitlistLedger, WAITLIST_TABLES, widenFormatsForWaitlist } from './sqlite-waitlist.ts';
+import { SqliteWaitlistLedger, WAITLIST_ENTRIES_TABLE, WAITLIST_TABLES, widenFormatsForWaitlist } from './sqlite-waitlist.ts';
 import { ATTEMPT_FROM_STATUS, AttemptKind, AuditAction, PromptClosedError, STORED_DELIVERY_STATUSES, StoredDeliveryStatus } from './store.ts';
-import type { WaitlistAppointment, WaitlistFigures, WaitlistOffer, WaitlistOfferState, WaitlistSlot, WaitlistSlotState } from './store.ts';
+import type { WaitlistAppointment, WaitlistEntry, WaitlistFigures, WaitlistOffer, WaitlistOfferState, WaitlistSlot, WaitlistSlotState } from './store.ts';
 import type {
   AuditEntry,
   AuditQuery,
@@ -462,6 +462,8 @@ export const SQLITE_STORE_MIGRATIONS: readonly MigrationStep[] = [
   widenFormatsForWaitlist,
   // Retention of video joins and links, reply prompts (sqlite-retention.ts).
   VISIT_REPLY_RETENTION_SCHEMA,
+  // The EHR's waitlist entries, a source of the waitlist's candidates (sqlite-waitlist.ts).
+  WAITLIST_ENTRIES_TABLE,
 ];
 
 /** Most records committed in one transaction (bounds how long one flush blocks the loop). */
@@ -1617,6 +1619,14 @@ export class SqliteStore implements Store {
   async laterWaitlistAppointments(query: { services: readonly string[]; practitioners: readonly string[]; after: string; limit: number }): Promise<WaitlistAppointment[]> {
     this.assertOpen();
     return this.waitlist.laterAppointments(query);
+  }
+
+  noteWaitlistEntry(entry: WaitlistEntry | { id: string; removed: true }): Promise<void> {
+    return this.enqueueWrite(() => () => this.waitlist.noteEntry(entry));
+  }
+
+  waitlistEntries(query: { services: readonly string[]; practitioners: readonly string[]; now: string; limit: number }): Promise<WaitlistEntry[]> {
+    return this.enqueueWrite(() => () => this.waitlist.entries(query));
   }
 
   async listWaitlistSlots(query: { states: readonly WaitlistSlotState[]; limit?: number }): Promise<WaitlistSlot[]> {

@@ -839,7 +839,7 @@ export interface WaitlistOffer {
   offeredAt: string;
   expiresAt: string;
   /** The patient's later appointment, cancelled (pat-swl) after the booking. */
-  current?: { id: string; start: string; placerId?: string };
+  current?: { id: string; start?: string; placerId?: string };
   daysGained?: number;
   /** The trigger the patient's details come from (their later appointment's latest). */
   triggerId?: string;
@@ -847,7 +847,20 @@ export interface WaitlistOffer {
   bookedAs?: string;
   /** Set once the later appointment was cancelled. */
   currentCancelled?: boolean;
+  /** Where the candidate came from (absent on offers made before sources were recorded: the list or later appointments). */
+  source?: OfferSource;
 }
+
+/** Where a waitlist candidate came from (docs/waitlist.md "Sources"), in the order they are offered. */
+export const OfferSource = {
+  /** The configured list (`sources.list`): nothing to cancel after the booking. */
+  List: 'list',
+  /** The EHR's waitlist: the waitlist appointment is cancelled (pat-swl) after the booking. */
+  EhrWaitlist: 'ehrWaitlist',
+  /** A later appointment of the patient, cancelled (pat-swl) after the booking. */
+  LaterAppointments: 'laterAppointments',
+} as const;
+export type OfferSource = (typeof OfferSource)[keyof typeof OfferSource];
 
 /** An appointment the later-appointments source knows (booked, from the feed). */
 export interface WaitlistAppointment {
@@ -859,6 +872,29 @@ export interface WaitlistAppointment {
   /** appointment.practitioner.id ('' when absent). */
   practitioner: string;
   start: string;
+  /** The latest trigger about it: the patient's name, phone and language for the offer. */
+  triggerId: string;
+}
+
+/**
+ * A waitlist entry of the EHR (docs/waitlist.md "Sources"): an appointment in status `waitlist`
+ * (a FHIR Appointment, an SIU whose filler status is Waitlist), as the feed told CareRelay. It
+ * leaves the list when the EHR books or cancels it (any other status), when CareRelay books a
+ * slot for it, or once its requested periods are over.
+ */
+export interface WaitlistEntry {
+  /** The appointment id (FHIR Appointment.id, SCH-2). */
+  id: string;
+  placerId?: string;
+  patientId: string;
+  /** appointment.serviceType.code ('' when absent). */
+  service: string;
+  /** appointment.practitioner.id; '' when it names none: any practitioner. */
+  practitioner: string;
+  /** When the patient can come (appointment.requestedPeriod); empty: any time. */
+  periods: Array<{ start?: string; end?: string }>;
+  /** When CareRelay first heard of it: the longest waiting come first. */
+  notedAt: string;
   /** The latest trigger about it: the patient's name, phone and language for the offer. */
   triggerId: string;
 }
@@ -898,6 +934,13 @@ export interface WaitlistLedger {
   noteWaitlistAppointment(appointment: WaitlistAppointment | { id: string; removed: true }): Promise<void>;
   /** Appointments of these services and practitioners starting after `after`, latest first. */
   laterWaitlistAppointments(query: { services: readonly string[]; practitioners: readonly string[]; after: string; limit: number }): Promise<WaitlistAppointment[]>;
+  /** Keeps (or, with `removed`, forgets) a waitlist entry of the EHR; a kept entry keeps the time it was first noted. */
+  noteWaitlistEntry(entry: WaitlistEntry | { id: string; removed: true }): Promise<void>;
+  /**
+   * Entries of these services for these practitioners (or naming none) whose requested periods
+   * are not all over at `now`, the longest waiting first. Entries over at `now` are forgotten.
+   */
+  waitlistEntries(query: { services: readonly string[]; practitioners: readonly string[]; now: string; limit: number }): Promise<WaitlistEntry[]>;
   /** Slots in these states, oldest freed first (the start-up repair). Default limit 1000. */
   listWaitlistSlots(query: { states: readonly WaitlistSlotState[]; limit?: number }): Promise<WaitlistSlot[]>;
   /** Slots freed and offers made in [from, to). */

@@ -128,6 +128,25 @@ function later(id: string, patientId: string, startIso: string, o: { service?: s
   );
 }
 
+/** An appointment on the EHR's waitlist (status waitlist), service CHK, any practitioner unless told. */
+function entry(id: string, patientId: string, o: { periods?: Array<{ start?: string; end?: string }>; practitioner?: string; status?: string; type?: Trigger['type'] } = {}): Promise<void> {
+  return feed(
+    testTrigger({
+      id: `${o.status ?? 'waitlist'}-${id}-${clock}`,
+      type: o.type ?? 'appointment.booked',
+      occurredAt: new Date(clock).toISOString(),
+      patient: { ...testTrigger({ id: 'x' }).patient, id: patientId, identifiers: [{ value: patientId, type: 'MR' }], telecom: [{ system: 'phone', use: 'mobile', value: phoneOf(patientId) }] },
+      appointment: {
+        id,
+        status: o.status ?? 'waitlist',
+        serviceType: { code: 'CHK' },
+        ...(o.practitioner !== undefined ? { practitioner: { id: o.practitioner } } : {}),
+        ...(o.periods !== undefined ? { requestedPeriod: o.periods } : {}),
+      },
+    }),
+  );
+}
+
 /** The appointment that frees the slot: booked, then cancelled. */
 async function free(o: { start?: string; service?: string } = {}): Promise<void> {
   const appointment = { id: 'FREE-1', status: 'cancelled', start: o.start ?? SLOT_START, durationMinutes: 30, serviceType: { code: o.service ?? 'CHK' }, practitioner: { id: 'DR-22' } };
@@ -579,6 +598,77 @@ for (const backend of storeBackends) {
         await answer('P-9', '1');
         await runDue();
         expect(calls.map((c) => [c.kind, c.patient.id])).toEqual([['book', 'P-9']]);
+      });
+
+      it("the EHR's waitlist: entries whose requested period holds the slot come after the list and before later appointments, longest waiting first", async () => {
+        start({ waves: { size: 4, everyMinutes: 15, expiresMinutes: 30, stopMinutesBefore: 120 }, sources: { list: [{ patient: 'P-9', phone: phoneOf('P-9'), services: ['CHK'] }], laterAppointments: { optIn: 'all', patients: [] } } });
+        await later('L-1', 'P-1', '2030-04-20T09:00:00Z');
+        await entry('W-7', 'P-7', { periods: [{ start: '2030-03-11T00:00:00Z', end: '2030-03-15T00:00:00Z' }] });
+        clock += MINUTE;
+        await entry('W-5', 'P-5'); // no requested period: any time
+        await entry('W-6', 'P-6', { periods: [{ start: '2030-03-12T08:00:00Z', end: '2030-03-12T09:10:00Z' }] }); // ends before the 30-minute slot does
+        await entry('W-4', 'P-4', { practitioner: 'DR-99' }); // waits for another practitioner
+        clock += MINUTE;
+        await entry('W-3', 'P-3', { periods: [{ start: '2030-03-01T00:00:00Z', end: '2030-03-05T00:00:00Z' }, { start: '2030-03-12T00:00:00Z' }] });
+        clock = T0;
+        await free();
+        await runDue();
+        expect(offeredTo()).toEqual(['P-9', 'P-7', 'P-5', 'P-3']);
+        expect(offered[1]!.waitlist!.current).toEqual({ id: 'W-7' });
+        expect(offered[1]!.waitlist!.daysGained).toBeUndefined();
+      });
+
+      it('booking a waitlist entry cancels the waitlist appointment (pat-swl) after the booking, and the entry leaves the list', async () => {
+        start({ waves: { size: 1, everyMinutes: 15, expiresMinutes: 30, stopMinutesBefore: 120 } });
+        await entry('W-5', 'P-5');
+        await free();
+        await runDue();
+        await send(offered);
+        await answer('P-5', '1');
+        await runDue();
+        expect(calls.map((c) => [c.kind, c.patient.id, c.appointment.id])).toEqual([
+          ['book', 'P-5', 'FREE-1'],
+          ['cancel', 'P-5', 'W-5'],
+        ]);
+        expect(calls[1]).toMatchObject({ reason: { code: 'pat-swl' } });
+        expect(await store.waitlistEntries({ services: ['CHK'], practitioners: ['DR-22'], now: new Date(clock).toISOString(), limit: 10 })).toEqual([]);
+      });
+
+      it('an entry leaves the list when the EHR books or cancels it, or once its requested periods are over; ehrWaitlist: false uses none', async () => {
+        start();
+        const now = () => new Date(clock).toISOString();
+        const listed = async () => (await store.waitlistEntries({ services: ['CHK'], practitioners: ['DR-22'], now: now(), limit: 10 })).map((e) => e.id);
+        await entry('W-1', 'P-1');
+        await entry('W-2', 'P-2');
+        await entry('W-3', 'P-3', { periods: [{ end: '2030-03-11T00:00:00Z' }] });
+        await entry('W-4', 'P-4', { practitioner: 'DR-22' });
+        expect(await listed()).toEqual(['W-1', 'W-2', 'W-3', 'W-4']);
+        await entry('W-1', 'P-1', { status: 'booked' });
+        await entry('W-2', 'P-2', { status: 'cancelled', type: 'appointment.cancelled' });
+        expect(await listed()).toEqual(['W-3', 'W-4']);
+        clock = Date.parse('2030-03-11T00:00:00Z');
+        expect(await listed()).toEqual(['W-4']);
+        // Not used at all when switched off.
+        start({ sources: { ehrWaitlist: false, laterAppointments: { optIn: 'all', patients: [] } } });
+        await entry('W-8', 'P-8');
+        expect(await listed()).toEqual(['W-4']);
+        await free({ start: '2030-03-14T09:00:00Z' });
+        await runDue();
+        expect(offered).toEqual([]);
+      });
+
+      it('a waitlist entry noted again keeps its place (the time it was first noted)', async () => {
+        start();
+        await entry('W-1', 'P-1');
+        clock += MINUTE;
+        await entry('W-2', 'P-2');
+        clock += MINUTE;
+        await entry('W-1', 'P-1', { periods: [{ start: '2030-03-01T00:00:00Z' }] });
+        const entries = await store.waitlistEntries({ services: ['CHK'], practitioners: ['DR-22'], now: new Date(clock).toISOString(), limit: 10 });
+        expect(entries.map((e) => [e.id, e.notedAt, e.periods])).toEqual([
+          ['W-1', new Date(T0).toISOString(), [{ start: '2030-03-01T00:00:00Z' }]],
+          ['W-2', new Date(T0 + MINUTE).toISOString(), []],
+        ]);
       });
 
       it('a declined offer leaves the appointment as it is', async () => {

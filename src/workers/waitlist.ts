@@ -36,7 +36,7 @@ import { isAllowedTime, quietHoursApply } from '../pipeline/quiet-hours.ts';
 import { parseInstant } from '../pipeline/values.ts';
 import { patientZone } from '../pipeline/zones.ts';
 import type { JobContext, NewJob, Queue } from '../queue/queue.ts';
-import { OfferToldError, StaffTaskKind, type InboundRecord, WaitlistOfferState, WaitlistSlotState, type ReplyPrompt, type Store, type WaitlistOffer, type WaitlistSlot } from '../store/store.ts';
+import { OfferSource, OfferToldError, StaffTaskKind, type InboundRecord, type WaitlistEntry, WaitlistOfferState, WaitlistSlotState, type ReplyPrompt, type Store, type WaitlistOffer, type WaitlistSlot } from '../store/store.ts';
 import { MessageStatus, Purpose, TriggerType, type Trigger } from '../types.ts';
 import { DeliverReason } from './deliver.ts';
 import { codeOf } from './replies.ts';
@@ -114,6 +114,8 @@ const DROP = new Set<string>([
   TriggerType.AppointmentFulfilled,
   TriggerType.AppointmentCheckedIn,
 ]);
+/** FHIR Appointment.status (and SIU filler status Waitlist) of a waitlist entry. */
+const WAITLIST_STATUS = 'waitlist';
 /** Statuses of an appointment that still holds its time (a later appointment a patient could give up). */
 const HOLDING = new Set(['booked', 'pending', 'proposed']);
 
@@ -145,6 +147,21 @@ export class WaitlistService {
     for (const t of triggers) {
       const a = t.appointment;
       if (t.source.format === 'waitlist' || t.source.format === 'sms' || a?.id === undefined) continue;
+      // The EHR's waitlist: an appointment in status waitlist is an entry; any other status of it (booked, cancelled…) ends it.
+      if (a.status === WAITLIST_STATUS && config.sources.ehrWaitlist !== false) {
+        await store.noteWaitlistEntry({
+          id: a.id,
+          ...(a.placerId !== undefined ? { placerId: a.placerId } : {}),
+          patientId: t.patient.id,
+          service: a.serviceType?.code ?? '',
+          practitioner: a.practitioner?.id ?? '',
+          periods: a.requestedPeriod ?? [],
+          notedAt: t.occurredAt,
+          triggerId: t.id,
+        });
+        continue;
+      }
+      if ((KEEP.has(t.type) || DROP.has(t.type)) && config.sources.ehrWaitlist !== false) await store.noteWaitlistEntry({ id: a.id, removed: true });
       if (KEEP.has(t.type) && a.start !== undefined && HOLDING.has(a.status ?? 'booked')) {
         await store.noteWaitlistAppointment({
           id: a.id,
@@ -258,8 +275,10 @@ export class WaitlistService {
       state: WaitlistOfferState.Offered,
       offeredAt: new Date(now).toISOString(),
       expiresAt,
-      ...(c.current !== undefined ? { current: c.current, daysGained: Math.round(((instant(c.current.start) - instant(slot.start)) / DAY) * 10) / 10 } : {}),
+      ...(c.current !== undefined ? { current: c.current } : {}),
+      ...(c.current?.start !== undefined ? { daysGained: Math.round(((instant(c.current.start) - instant(slot.start)) / DAY) * 10) / 10 } : {}),
       ...(c.triggerId !== undefined ? { triggerId: c.triggerId } : {}),
+      source: c.source,
     }));
     if (offers.length > 0) {
       await store.addWaitlistOffers(offers);
@@ -288,7 +307,12 @@ export class WaitlistService {
       .filter((e) => e.services.some((c) => services.includes(c)))
       .filter((e) => e.practitioners === undefined || e.practitioners.some((p) => practitioners.includes(p)))
       .filter((e) => (e.from === undefined || instant(e.from) <= slotMs) && (e.until === undefined || slotMs < instant(e.until)))
-      .map((e) => ({ patientId: e.patient, base: listedPatient(e), optedIn: true }));
+      .map((e) => ({ patientId: e.patient, base: listedPatient(e), source: OfferSource.List }));
+    const slotEnd = slot.end !== undefined ? instant(slot.end) : slotMs + (slot.durationMinutes ?? 0) * MINUTE;
+    const entries =
+      config.sources.ehrWaitlist === false
+        ? []
+        : (await store.waitlistEntries({ services, practitioners, now: new Date(now).toISOString(), limit: CANDIDATES_READ })).filter((e) => entryWants(e, slotMs, slotEnd));
     const later = await store.laterWaitlistAppointments({ services, practitioners, after: slot.start, limit: CANDIDATES_READ });
     const offered = new Set((await store.listWaitlistOffers(slot.id)).map((o) => o.patientId));
     const { optIn, patients } = config.sources.laterAppointments;
@@ -299,15 +323,19 @@ export class WaitlistService {
     const skip = (why: CandidateFilter) => {
       filtered[why] = (filtered[why] ?? 0) + 1;
     };
-    const fromLater = async function* (): AsyncGenerator<Candidate | { patientId: string; appointment: (typeof later)[number] }> {
+    // In order: the configured list, the EHR's waitlist (the longest waiting first), the later appointments.
+    type Found = Candidate | { patientId: string; held: { id: string; start?: string; placerId?: string; triggerId: string }; source: OfferSource };
+    const sources = async function* (): AsyncGenerator<Found> {
       yield* listed;
-      for (const appointment of later) yield { patientId: appointment.patientId, appointment };
+      for (const entry of entries) yield { patientId: entry.patientId, held: { id: entry.id, ...(entry.placerId !== undefined ? { placerId: entry.placerId } : {}), triggerId: entry.triggerId }, source: OfferSource.EhrWaitlist };
+      for (const appointment of later) yield { patientId: appointment.patientId, held: appointment, source: OfferSource.LaterAppointments };
     };
-    for await (const found of fromLater()) {
+    for await (const found of sources()) {
       if (chosen.length >= config.waves.size) break;
       const patientId = found.patientId;
       if (patientId === slot.patientId || offered.has(patientId) || chosen.some((c) => c.patientId === patientId)) continue;
-      if (!('base' in found) && optedIn !== undefined && !optedIn.has(patientId)) {
+      // The opt-in is the later-appointments source's: list and waitlist entries asked for a slot.
+      if ('held' in found && found.source === OfferSource.LaterAppointments && optedIn !== undefined && !optedIn.has(patientId)) {
         skip(CandidateFilter.NotOptedIn);
         continue;
       }
@@ -318,14 +346,15 @@ export class WaitlistService {
       const candidate: Candidate | undefined =
         'base' in found
           ? found
-          : await store.getTrigger(found.appointment.triggerId).then((base) =>
+          : await store.getTrigger(found.held.triggerId).then((base) =>
               base === undefined
                 ? undefined
                 : {
                     patientId,
                     base,
-                    triggerId: found.appointment.triggerId,
-                    current: { id: found.appointment.id, start: found.appointment.start, ...(found.appointment.placerId !== undefined ? { placerId: found.appointment.placerId } : {}) },
+                    triggerId: found.held.triggerId,
+                    source: found.source,
+                    current: { id: found.held.id, ...(found.held.start !== undefined ? { start: found.held.start } : {}), ...(found.held.placerId !== undefined ? { placerId: found.held.placerId } : {}) },
                   },
             );
       if (candidate === undefined || !candidate.base.patient.telecom.some((c) => c.system === 'phone' && c.use === 'mobile')) {
@@ -486,6 +515,8 @@ export class WaitlistService {
     await store.setWaitlistOffer(offer.id, WaitlistOfferState.Booked, bookedAs !== undefined ? { bookedAs } : {});
     await store.setWaitlistSlot(slot.id, WaitlistSlotState.Booked, bookedAs !== undefined ? { bookedAs } : {});
     log.info('waitlist.book', { slotId: slot.id, offerId: offer.id, reason: WaitlistReason.Booked });
+    // A waitlist entry booked leaves the list now (the EHR's own update comes later).
+    if (offer.source === OfferSource.EhrWaitlist && offer.current !== undefined) await store.noteWaitlistEntry({ id: offer.current.id, removed: true });
     // Only now, with the new appointment made, is the later one given up.
     if (offer.current !== undefined) await this.#queueCancel(slot.id, offer.id);
   }
@@ -514,7 +545,7 @@ export class WaitlistService {
     const operation: WriteBackOperation = {
       kind: WriteBackKind.Cancel,
       ...(await this.#operationBase(offer, `wl-cancel~${offer.id}`)),
-      appointment: { id: offer.current.id, ...(offer.current.placerId !== undefined ? { placerId: offer.current.placerId } : {}), start: offer.current.start },
+      appointment: { id: offer.current.id, ...(offer.current.placerId !== undefined ? { placerId: offer.current.placerId } : {}), ...(offer.current.start !== undefined ? { start: offer.current.start } : {}) },
       reason: SCHEDULED_FROM_WAITLIST,
     };
     const result = await adapter.writeBack(operation, { signal: job.signal, attempt: job.attempt });
@@ -559,9 +590,15 @@ interface Candidate {
   base: Trigger;
   /** The trigger `base` is (absent for a list entry). */
   triggerId?: string;
-  /** Their later appointment, cancelled after the booking (absent for a list entry: nothing to cancel). */
-  current?: { id: string; start: string; placerId?: string };
-  optedIn?: true;
+  /** What they hold, cancelled after the booking: their later appointment, or their waitlist appointment in the EHR (absent for a list entry: nothing to cancel). */
+  current?: { id: string; start?: string; placerId?: string };
+  source: OfferSource;
+}
+
+/** Whether a waitlist entry wants a slot of [start, end) (ms): one of its requested periods holds it, or it names none. */
+function entryWants(entry: WaitlistEntry, start: number, end: number): boolean {
+  if (entry.periods.length === 0) return true;
+  return entry.periods.some((p) => (p.start === undefined || instant(p.start) <= start) && (p.end === undefined || end <= instant(p.end)));
 }
 
 /** A configured list entry as the trigger an offer is made from (docs/waitlist.md "Sources"). */

@@ -76,6 +76,14 @@ describe('filler status sources', () => {
     expect(arrived.appointment?.status).toBe('checked-in');
   });
 
+  it('a Waitlist filler status (table 0278): status waitlist, and the TQ1-7…TQ1-8 timing as given is the requested period', () => {
+    const text = siu('S12', { sch25: 'Waitlist' }).replace(/\rTQ1\|[^\r]*/, '\rTQ1|1||||||20260317080000+0100|20260320180000+0100');
+    expect(only(run(text)).appointment).toMatchObject({ status: 'waitlist', requestedPeriod: [{ start: '2026-03-17T08:00:00+01:00', end: '2026-03-20T18:00:00+01:00' }] });
+    // Only the end the sender gave: a start with a duration is no window.
+    expect(only(run(siu('S14', { sch25: 'Wait list', sch9: '30', sch10: 'MIN' }))).appointment).toMatchObject({ status: 'waitlist', requestedPeriod: [{ start: '2026-03-17T10:00:00+01:00' }] });
+    expect(only(run(siu('S12'))).appointment?.requestedPeriod).toBeUndefined();
+  });
+
   it('takes the type from MSH-9, never from EVN-1', () => {
     const text = siu('S15', { sch25: 'Cancelled' }).replace('\rSCH|', '\rEVN|S12|20260305091000+0100\rSCH|');
     expect(only(run(text)).type).toBe('appointment.cancelled');

@@ -514,6 +514,14 @@ function normalizeSiu(msg: Hl7Message, event: string, ctx: Hl7NormalizeContext):
   if (end !== undefined) appointment.end = end;
   const minutes = duration ?? (start !== undefined && end !== undefined ? minutesBetween(start, end) : undefined);
   if (minutes !== undefined) appointment.durationMinutes = minutes;
+  // On a waitlist (filler status Waitlist, table 0278): SIU has no requested-period field (SRM's
+  // ARQ-11 is not sent in SIU), so the timing the sender gave — TQ1-7…TQ1-8, else SCH-11.4…11.5,
+  // as given, not start + duration — is the window the patient can come (docs/waitlist.md "Sources").
+  if (status === AppointmentStatus.Waitlist) {
+    const from = hl7Instant(field(s.tq1, 7), zone) ?? hl7Instant(field(s.sch, 11, 4), zone);
+    const until = hl7Instant(field(s.tq1, 8), zone) ?? hl7Instant(field(s.sch, 11, 5), zone);
+    if (from !== undefined || until !== undefined) appointment.requestedPeriod = [{ ...(from !== undefined ? { start: from } : {}), ...(until !== undefined ? { end: until } : {}) }];
+  }
 
   const service = coded(s.ais.find((a) => field(a, 3) !== ''), 3) ?? coded(s.sch, 7) ?? coded(s.sch, 8);
   if (service !== undefined) appointment.serviceType = service;
