@@ -153,12 +153,12 @@ export async function benchRoute(): Promise<Record<string, number>> {
           id,
           subjectKey,
           subjectId: `A${i}`,
-          patientId: t.patient.id,
+          patientId: t.patient!.id,
           triggerId: t.id,
           plannedAt: due,
           dueAt: due,
           expiresAt: t.appointment!.start!,
-          cancelKeys: [id, subjectKey, `patient/${t.patient.id}`, 'rule/reminder', `appointment.cancelled@${subjectKey}`, `appointment.deleted@${subjectKey}`, `appointment.noshow@${subjectKey}`],
+          cancelKeys: [id, subjectKey, `patient/${t.patient!.id}`, 'rule/reminder', `appointment.cancelled@${subjectKey}`, `appointment.deleted@${subjectKey}`, `appointment.noshow@${subjectKey}`],
           payload: { appointment: { start: t.appointment!.start }, patient: { name: { given: ['Alex'] } } },
         };
         writes.push({ delivery, status: 'pending', asOf: t.occurredAt, generation: 1, subjectStart: t.appointment!.start!, updatedAt });

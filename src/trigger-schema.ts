@@ -33,11 +33,33 @@ const reference = {
   },
 } as const;
 
+const coded = {
+  type: 'object',
+  required: ['code'],
+  properties: { code: { type: 'string' }, display: { type: 'string' }, system: { type: 'string' } },
+} as const;
+
+/** What an appointment and a freed slot both say: which, in what state, when, what, where, with whom. */
+const scheduled = {
+  id: { type: 'string', minLength: 1 },
+  status: { type: 'string' },
+  start: isoTime,
+  end: isoTime,
+  durationMinutes: { type: 'number', minimum: 0 },
+  serviceType: coded,
+  location: reference,
+  practitioner: reference,
+} as const;
+
 export const triggerSchema = {
   $id: 'https://carerelay.org/schemas/trigger.json',
   title: 'CareRelay normalized trigger',
   type: 'object',
-  required: ['id', 'type', 'occurredAt', 'receivedAt', 'source', 'patient'],
+  required: ['id', 'type', 'occurredAt', 'receivedAt', 'source'],
+  // A patient on every trigger but slot.freed (time freed on a schedule, about no one), which has a slot instead.
+  if: { required: ['type'], properties: { type: { const: 'slot.freed' } } },
+  then: { required: ['slot'], properties: { slot: true, patient: false } },
+  else: { required: ['patient'], properties: { patient: true } },
   properties: {
     id: { type: 'string', minLength: 1, description: 'Deterministic idempotency key.' },
     type: {
@@ -62,6 +84,7 @@ export const triggerSchema = {
         'appointment.confirmed',
         'appointment.cancel_requested',
         'appointment.reschedule_requested',
+        'slot.freed',
       ],
     },
     occurredAt: { ...isoInstant, description: 'EVN-6, else EVN-2, else MSH-7; FHIR: notification timestamp, else meta.lastUpdated.' },
@@ -111,20 +134,9 @@ export const triggerSchema = {
       type: 'object',
       required: ['id'],
       properties: {
-        id: { type: 'string', minLength: 1 },
+        ...scheduled,
         placerId: { type: 'string' },
-        status: { type: 'string' },
-        start: isoTime,
-        end: isoTime,
-        durationMinutes: { type: 'number', minimum: 0 },
         previousStart: isoTime,
-        serviceType: {
-          type: 'object',
-          required: ['code'],
-          properties: { code: { type: 'string' }, display: { type: 'string' }, system: { type: 'string' } },
-        },
-        location: reference,
-        practitioner: reference,
         requestedPeriod: {
           type: 'array',
           description: 'An appointment on a waitlist: when the patient can come (FHIR requestedPeriod; HL7 the waitlisted SIU TQ1-7…TQ1-8).',
@@ -137,6 +149,15 @@ export const triggerSchema = {
           additionalProperties: false,
           properties: { channel: { type: 'string', minLength: 1 }, hasJoinInfo: { type: 'boolean' } },
         },
+      },
+    },
+    slot: {
+      type: 'object',
+      description: 'slot.freed only: the time that became free (FHIR Slot; SIU^S24 SCH/TQ1 and its resources).',
+      required: ['id', 'status', 'start'],
+      properties: {
+        ...scheduled,
+        schedule: { type: 'string' },
       },
     },
     encounter: {

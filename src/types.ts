@@ -31,6 +31,10 @@ export const TriggerType = {
   AppointmentWaitlistAccepted: 'appointment.waitlist_accepted',
   AppointmentWaitlistDeclined: 'appointment.waitlist_declined',
   AppointmentWaitlistTaken: 'appointment.waitlist_taken',
+  // Time on a schedule that became free without an appointment to cancel (docs/trigger.md "Slots"):
+  // SIU^S24 (notification of opened, "unblocked", schedule time slots) without a patient, a FHIR
+  // Slot updated to `free`. About no patient: the waitlist offers it (waitlist.on); no rule plans from it.
+  SlotFreed: 'slot.freed',
 } as const;
 export type TriggerType = (typeof TriggerType)[keyof typeof TriggerType];
 export const TRIGGER_TYPES: readonly TriggerType[] = Object.values(TriggerType);
@@ -158,7 +162,8 @@ export interface Trigger {
   occurredAt: string;
   receivedAt: string;
   source: TriggerSource;
-  patient: TriggerPatient;
+  /** The patient the event is about: every trigger has one but `slot.freed` (time freed on a schedule), which has none. */
+  patient?: TriggerPatient;
   appointment?: TriggerAppointment;
   encounter?: TriggerEncounter;
   sensitivity?: string[];
@@ -166,6 +171,32 @@ export interface Trigger {
   reply?: TriggerReply;
   /** Waitlist triggers only (appointment.waitlist_*): the offer, its slot and the appointment it would replace. */
   waitlist?: TriggerWaitlist;
+  /** `slot.freed` only: the time that became free. */
+  slot?: TriggerSlot;
+}
+
+/** A trigger about a patient: every type but `slot.freed`. */
+export type PatientTrigger = Trigger & { patient: TriggerPatient };
+
+/** Whether a trigger is about a patient (all but `slot.freed`). */
+export function hasPatient(trigger: Trigger): trigger is PatientTrigger {
+  return trigger.patient !== undefined;
+}
+
+/** Time on a schedule that became free (docs/trigger.md "Slots"). */
+export interface TriggerSlot {
+  /** FHIR Slot.id; HL7 SCH-2.1, else SCH-1.1, else the first resource's id (AIP-3, AIL-3). */
+  id: string;
+  /** FHIR Slot.status after the event: `free`. */
+  status: string;
+  start: string;
+  end?: string;
+  durationMinutes?: number;
+  serviceType?: CodedValue;
+  location?: LocationRef;
+  practitioner?: PractitionerRef;
+  /** FHIR Slot.schedule (`Schedule/<id>`). */
+  schedule?: string;
 }
 
 /** What a waitlist trigger is about (docs/waitlist.md). Ids and times only. */

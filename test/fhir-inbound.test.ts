@@ -445,7 +445,7 @@ describe('the running server', () => {
     fhir.put(testAppointment('a1', 'Patient/p1'));
     await post(carerelay, JSON.stringify(topicBundle({ subscription: sub(), type: 'event-notification', events: [{ number: 5, focus: 'Appointment/a1' }] })));
     await post(carerelay, '{"resourceType":"Patient","name":[{"family":"CANARYNAME"}],"x":');
-    expect((await carerelay.store.listTriggers({}))[0]?.patient.name?.family).toBe('CANARYNAME');
+    expect((await carerelay.store.listTriggers({}))[0]?.patient!.name?.family).toBe('CANARYNAME');
     expect(JSON.stringify(carerelay.logs)).not.toContain('CANARYNAME');
   });
 });

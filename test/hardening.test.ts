@@ -699,6 +699,6 @@ describe('13. the small ones', () => {
     const message = adtMessage({ controlId: 'CTL-1', event: 'A08', patientId: 'P-CTL-1' }).replace('DOE^Test', 'DOE\\X0D0A\\Bcc: x@example.org^Te\\X09\\st');
     expect(msa((await mllpExchange(server.mllpPort(), message))!).code).toBe('AA');
     const [trigger] = (await (await get('/api/triggers?patientId=P-CTL-1')).json() as { items: Trigger[] }).items;
-    expect(trigger!.patient.name).toEqual({ family: 'DOE Bcc: x@example.org', given: ['Te st'] });
+    expect(trigger!.patient!.name).toEqual({ family: 'DOE Bcc: x@example.org', given: ['Te st'] });
   });
 });

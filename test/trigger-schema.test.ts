@@ -45,6 +45,21 @@ describe('trigger JSON Schema', () => {
   });
 });
 
+describe('slot.freed', () => {
+  const [, sample] = goldenTriggers().find(([n]) => n.startsWith('hl7v2/SIU-S12-01'))!;
+  const { patient, appointment: _appointment, ...rest } = sample as Record<string, unknown>;
+  const freed = { ...rest, type: 'slot.freed', slot: { id: 'SLOT-1', status: 'free', start: '2026-03-17T10:00:00+01:00', practitioner: { id: 'DR-1' } } };
+
+  it('is the one type without a patient, and it has a slot instead', () => {
+    expect(validate(freed)).toBe(true);
+    expect(validate({ ...freed, patient })).toBe(false);
+    expect(validate({ ...rest })).toBe(false);
+    const { slot: _slot, ...noSlot } = freed;
+    expect(validate(noSlot)).toBe(false);
+    expect(validate({ ...freed, slot: { id: 'SLOT-1', status: 'free', start: '2026-03-17T10:00:00' } })).toBe(false);
+  });
+});
+
 describe('appointment.virtual', () => {
   const [, sample] = goldenTriggers().find(([n]) => n.startsWith('hl7v2/cr-siu-s12-video-zvv'))!;
   const base = sample as { appointment: Record<string, unknown> };

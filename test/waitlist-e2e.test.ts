@@ -149,3 +149,19 @@ it('SIU^S15 frees a slot → offers by SMS → the first "1" books it at the FHI
 
   expect(JSON.stringify(log.lines)).not.toMatch(/DOE|Test|\+336|33611111111|33622222222|E30000|Sorry|Booked/);
 });
+
+it('SIU^S24 without a patient (time opened on the schedule) is slot.freed: with waitlist.on listing it, the time is offered by SMS', async () => {
+  writeFileSync(path.join(config.dir, 'connectors', 'waitlist.yaml'), WAITLIST.replace('  minNoticeMinutes: 60', '  on: [appointment.cancelled, slot.freed]\n  minNoticeMinutes: 60'));
+  const log = captureLogger();
+  server = await startCarerelay({ configDir: config.dir, env: { TWILIO_AUTH_TOKEN: twilio.authToken, FHIR_TOKEN: fhir.token }, log, watchMappings: false, now: () => clock });
+  const port = server.mllpPorts.get('ehr-mllp')!;
+  expect(hl7Field((await mllpExchange(port, siu({ controlId: 'S-1', appointmentId: 'LATE-1', patientId: 'E300001', start: '2030-04-20T09:00:00Z', phone: EARLY })))!, 'MSA', 1)).toBe('AA');
+  const opened = siu({ controlId: 'S-2', event: 'S24', appointmentId: 'BLOCK-7', patientId: 'none', start: '2030-03-12T09:00:00Z' }).replace(/\rPID\|[^\r]*/, '');
+  expect(hl7Field((await mllpExchange(port, opened))!, 'MSA', 1)).toBe('AA');
+  await server.deliveries.idle();
+  expect(twilio.messages.map((m) => [m.to, m.body])).toEqual([[EARLY, expect.stringContaining('Reply 1 to take it')]]);
+  const [freed] = await server.store.listTriggers({ type: 'slot.freed', limit: 10 });
+  expect(freed).toMatchObject({ type: 'slot.freed', slot: { id: 'BLOCK-7', status: 'free', practitioner: { id: 'DR-22' } } });
+  expect(freed!.patient).toBeUndefined();
+  expect(await server.store.getWaitlistSlot('BLOCK-7@2030-03-12T09:00:00.000Z')).toMatchObject({ state: 'open', waves: 1 });
+});

@@ -274,7 +274,7 @@ export function triggerSummary(t: Trigger) {
     occurredAt: t.occurredAt,
     receivedAt: t.receivedAt,
     source: t.source,
-    patientId: t.patient.id,
+    ...(t.patient !== undefined ? { patientId: t.patient.id } : {}),
     ...(t.appointment?.id !== undefined ? { appointmentId: t.appointment.id } : {}),
     ...(t.encounter?.id !== undefined ? { encounterId: t.encounter.id } : {}),
   };

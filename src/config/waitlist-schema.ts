@@ -32,9 +32,10 @@ export const waitlistSchema = {
       type: 'array',
       minItems: 1,
       uniqueItems: true,
-      items: { enum: [...SLOT_FREEING_TRIGGERS] },
+      items: { enum: [...SLOT_FREEING_TRIGGERS, TriggerType.SlotFreed] },
       default: [...SLOT_FREEING_TRIGGERS],
-      description: 'The triggers that free a slot (default appointment.cancelled, appointment.deleted, appointment.noshow).',
+      description:
+        'The triggers that free a slot (default appointment.cancelled, appointment.deleted, appointment.noshow); slot.freed adds time freed on a schedule without an appointment (SIU^S24, a FHIR Slot updated to free).',
     },
     sources: {
       type: 'object',

@@ -19,7 +19,7 @@ function bundle(type: string, entries: Array<Record<string, unknown>>): Record<s
   return { resourceType: 'Bundle', type, entry: entries };
 }
 
-const summary = (r: DocumentNormalizeResult) => r.triggers.map((t) => [t.type, t.source.messageId, t.patient.id]);
+const summary = (r: DocumentNormalizeResult) => r.triggers.map((t) => [t.type, t.source.messageId, t.patient!.id]);
 
 describe('readFhirDocument + normalizeFhirDocument', () => {
   it('the R4 appointment-example alone needs its Patient; fetched, it gives appointment.booked', async () => {
@@ -33,7 +33,7 @@ describe('readFhirDocument + normalizeFhirDocument', () => {
     expect(asked).toEqual(['Patient/example']);
     expect(summary(result)).toEqual([['appointment.booked', 'Appointment/example', '12345']]);
     expect(result.triggers[0]!.appointment).toMatchObject({ id: 'example', status: 'booked', start: '2013-12-10T09:00:00Z', end: '2013-12-10T11:00:00Z' });
-    expect(result.triggers[0]!.patient.name).toEqual({ family: 'Chalmers', given: ['Peter', 'James'] });
+    expect(result.triggers[0]!.patient!.name).toEqual({ family: 'Chalmers', given: ['Peter', 'James'] });
   });
 
   it('a contained Patient resolves inside the resource', async () => {

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import type { SubjectState } from '../store/store.ts';
-import type { Trigger } from '../types.ts';
+import { hasPatient, type PatientTrigger, type Trigger } from '../types.ts';
 import {
   FhirNormalizeError,
   normalizeFhir,
@@ -67,9 +67,11 @@ function ctx(extra: Partial<NormalizeContext> = {}): NormalizeContext {
   return { receivedAt: RECEIVED, sender: SENDER, messageId: 'Appointment/a1/_history/2', patient, ...extra };
 }
 
-function only(result: NormalizeResult): Trigger {
+function only(result: NormalizeResult): PatientTrigger {
   expect(result.triggers).toHaveLength(1);
-  return result.triggers[0]!;
+  const t = result.triggers[0]!;
+  if (!hasPatient(t)) throw new Error(`expected a trigger about a patient, got ${t.type}`);
+  return t;
 }
 
 function normalizeError(fn: () => unknown): FhirNormalizeError {
@@ -462,8 +464,8 @@ describe('Patient', () => {
     };
     const t = normalizeFhir({ resourceType: 'Patient', ...old }, ctx()).triggers[0]!;
     expect(t.type).toBe('patient.merged');
-    expect(t.patient.id).toBe('MRN-1');
-    expect(t.patient.mergedFrom).toEqual([{ value: 'MRN-OLD', type: 'MR' }]);
+    expect(t.patient!.id).toBe('MRN-1');
+    expect(t.patient!.mergedFrom).toEqual([{ value: 'MRN-OLD', type: 'MR' }]);
     expect(patientReferenceOf({ resourceType: 'Patient', ...old })).toBe('Patient/p1');
     expect(normalizeError(() => normalizeFhir({ resourceType: 'Patient', ...old }, ctx({ patient: undefined }))).message).toBe(
       'Patient/old1: replaced-by Patient/p1: pass the surviving Patient as context.patient',
@@ -528,6 +530,26 @@ describe('normalizeNotification', () => {
     expect(result.missing).toEqual([]);
     expect(result.triggers[0]!.source.messageId).toBe('s1#7');
     expect(result.triggers[0]!.occurredAt).toBe('2024-03-01T09:00:00+01:00');
+  });
+
+  it('a Slot updated to free is slot.freed, about no patient, with its Schedule\'s practitioner and location (the Schedule fetched first)', () => {
+    const slot = { resourceType: 'Slot', id: 'sl1', meta: { versionId: '3', lastUpdated: '2024-03-01T09:00:00+01:00' }, status: 'free', start: '2024-03-12T09:00:00+01:00', end: '2024-03-12T09:30:00+01:00', schedule: { reference: 'Schedule/sch1' }, serviceType: [{ coding: [{ system: 'urn:svc', code: 'CARDIO' }] }] };
+    const schedule = { resourceType: 'Schedule', id: 'sch1', actor: [{ reference: 'Location/L1', display: 'Room 1' }, { reference: 'Practitioner/D1', display: 'Dr One' }] };
+    const n = readNotification(bundle([{ n: 9, focus: 'Slot/sl1' }], [slot]));
+    expect(normalizeNotification(n, opts).missing).toEqual(['Schedule/sch1']);
+    const result = normalizeNotification(n, { ...opts, fetched: new Map([['Schedule/sch1', schedule]]) });
+    expect(result.triggers).toEqual([
+      expect.objectContaining({
+        type: 'slot.freed',
+        source: { format: 'fhir', sender: SENDER, messageType: 'Slot', messageId: 's1#9' },
+        slot: { id: 'sl1', status: 'free', start: '2024-03-12T09:00:00+01:00', end: '2024-03-12T09:30:00+01:00', durationMinutes: 30, serviceType: { code: 'CARDIO', system: 'urn:svc' }, practitioner: { id: 'D1', name: 'Dr One' }, location: { id: 'L1', name: 'Room 1' }, schedule: 'Schedule/sch1' },
+      }),
+    ]);
+    expect(result.triggers[0]!.patient).toBeUndefined();
+    // Created free (published availability), or busy: no trigger.
+    const fetched = new Map([['Schedule/sch1', schedule]]);
+    expect(normalizeNotification(readNotification(bundle([{ n: 10, focus: 'Slot/sl1' }], [{ ...slot, meta: { versionId: '1' } }])), { ...opts, fetched }).triggers).toEqual([]);
+    expect(normalizeNotification(readNotification(bundle([{ n: 11, focus: 'Slot/sl1' }], [{ ...slot, status: 'busy' }])), { ...opts, fetched }).triggers).toEqual([]);
   });
 
   it('full-resource without the Patient: reports the Patient to fetch', () => {

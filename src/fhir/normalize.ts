@@ -20,6 +20,7 @@ import {
   type PractitionerRef,
   type TimePeriod,
   type Trigger,
+  type TriggerSlot,
   type TriggerAppointment,
   type TriggerEncounter,
   type TriggerPatient,
@@ -64,6 +65,8 @@ export interface NormalizeContext {
    * `replaced-by` link: the surviving Patient.
    */
   patient?: FhirResource;
+  /** The Schedule a Slot belongs to (from the Bundle or fetched): its actors are the slot's practitioner and location. */
+  schedule?: FhirResource;
   /** US Core Patient Data Feed `trigger` codings of the notification event. */
   triggerCodes?: FhirCoding[];
   /**
@@ -100,6 +103,8 @@ export const FhirTriggerResource = {
   Appointment: 'Appointment',
   Encounter: 'Encounter',
   Patient: 'Patient',
+  /** Time on a schedule: a Slot updated to `free` is slot.freed (docs/trigger.md "Slots"). */
+  Slot: 'Slot',
 } as const;
 export type FhirTriggerResource = (typeof FhirTriggerResource)[keyof typeof FhirTriggerResource];
 export const TRIGGER_SOURCE_TYPES: readonly string[] = Object.values(FhirTriggerResource);
@@ -127,6 +132,8 @@ function normalizeResource(resource: FhirResource, context: NormalizeContext): N
       return normalizeEncounter(resource as Encounter, context);
     case 'Patient':
       return normalizePatient(resource as Patient, context);
+    case 'Slot':
+      return normalizeSlot(resource as Slot, context);
     default:
       return { triggers: [], states: [] };
   }
@@ -217,6 +224,13 @@ export function normalizeNotification(
     // A contained (#id) reference resolves inside the resource (FHIR R4 §2.36.0.7.4); any
     // other inside the Bundle (fullUrl, urn:uuid: included) or among what was fetched.
     const lookup = (ref: string) => (ref.startsWith('#') ? containedResource(resource, ref) : find(ref));
+    // A Slot's practitioner and location are its Schedule's actors: the Schedule is needed first.
+    const scheduleRef = resource.resourceType === 'Slot' ? scheduleReferenceOf(resource) : undefined;
+    const schedule = scheduleRef !== undefined ? lookup(scheduleRef) : undefined;
+    if (scheduleRef !== undefined && schedule === undefined) {
+      out.missing.push(scheduleRef);
+      return;
+    }
     const patientRef = patientReferenceOf(resource, (ref) => lookup(ref)?.resourceType);
     if (patientRef === undefined && resource.resourceType === 'Appointment') {
       // A participant that may be the patient but says neither its type nor resolves here
@@ -237,6 +251,7 @@ export function normalizeNotification(
     const previous = typeof resource.id === 'string' ? previousOf(kind, resource.id) : undefined;
     if (previous && resource.resourceType !== 'Patient') context.previous = previous;
     if (patient) context.patient = patient;
+    if (schedule) context.schedule = schedule;
     const result = normalizeFhir(resource, context);
     collect(result);
   };
@@ -409,6 +424,63 @@ const AppointmentStatus = {
   CheckedIn: 'checked-in',
   Waitlist: 'waitlist',
 } as const;
+
+// --- Slot ----------------------------------------------------------------------------------
+
+interface Slot extends FhirResource {
+  status?: string;
+  start?: string;
+  end?: string;
+  schedule?: Reference;
+  serviceType?: Array<CodeableConcept & { concept?: CodeableConcept }>;
+  appointmentType?: CodeableConcept;
+}
+
+/** Slot.schedule's reference, when it has one. */
+function scheduleReferenceOf(resource: FhirResource): string | undefined {
+  const schedule = (resource as Slot).schedule;
+  return isObject(schedule) && typeof schedule.reference === 'string' && schedule.reference !== '' ? schedule.reference : undefined;
+}
+
+/**
+ * A Slot updated to `free` (R4 Slot.status): time that became free with no appointment to cancel
+ * — slot.freed, about no patient. A Slot first created free (meta.versionId 1) is availability
+ * being published, not time freed: no trigger; nor is any other status. Without versionId the
+ * update cannot be told from a creation, and counts as freed (the waitlist opens a slot once).
+ * Practitioner and location come from the Schedule's actors (context.schedule).
+ */
+function normalizeSlot(res: Slot, context: NormalizeContext): NormalizeResult {
+  const id = requireId(res);
+  const label = `Slot/${id}`;
+  const status = requireCode(res.status, label, 'status');
+  if (status !== 'free' || res.meta?.versionId === '1') return { triggers: [], states: [] };
+  const start = optionalString(res.start);
+  if (start === undefined) throw new FhirNormalizeError(label, 'free, but without a start (Slot.start is required)');
+  const end = optionalString(res.end);
+  const slot: TriggerSlot = { id, status, start };
+  if (end !== undefined) slot.end = end;
+  const duration = durationMinutes(undefined, start, end);
+  if (duration !== undefined) slot.durationMinutes = duration;
+  const service = appointmentService(res as Appointment);
+  if (service) slot.serviceType = service;
+  const actors = isObject(context.schedule) && Array.isArray(context.schedule.actor) ? (context.schedule.actor as Reference[]) : [];
+  const asParticipants = { participant: actors.map((actor) => ({ actor })) } as Appointment;
+  const practitioner = participantOf(asParticipants, ['Practitioner', 'PractitionerRole']);
+  if (practitioner) slot.practitioner = practitioner;
+  const location = participantOf(asParticipants, ['Location']);
+  if (location) slot.location = location;
+  const schedule = scheduleReferenceOf(res);
+  if (schedule !== undefined) slot.schedule = schedule;
+  const trigger: Trigger = {
+    id: triggerId(context.sender, context.eventKey ?? context.messageId, TriggerType.SlotFreed),
+    type: TriggerType.SlotFreed,
+    occurredAt: occurredAtOf(res, context),
+    receivedAt: context.receivedAt,
+    source: { format: 'fhir', sender: context.sender, messageType: 'Slot', messageId: context.messageId },
+    slot,
+  };
+  return { triggers: [trigger], states: [] };
+}
 
 // --- Appointment -----------------------------------------------------------------------
 

@@ -20,7 +20,7 @@
 // information never rolls back to an older event — an older plan or replan does not move a
 // newer one, an older cancel does not cancel a newer plan, and a plan must be strictly
 // newer than a cancel to bring the delivery back (a re-booking of the same appointment).
-import type { Delivery, SubjectKind, Trigger } from '../types.ts';
+import { hasPatient, type Delivery, type PatientTrigger, type SubjectKind, type Trigger } from '../types.ts';
 import type { FieldPath, PathSegment } from './conditions.ts';
 import { evaluate, failingPart, resolvePath } from './conditions.ts';
 import type { CancelOrder, Rule, RuleVariant, RouteResult, SkippedDelivery } from './rule.ts';
@@ -51,7 +51,7 @@ export interface Subject {
 /** The subject a trigger is about. Encounter triggers without encounter.id fall back to the trigger. */
 export function subjectOf(trigger: Trigger): Subject {
   const kind = subjectKindOf(trigger.type);
-  const id = kind === 'appointment' ? trigger.appointment?.id : kind === 'encounter' ? trigger.encounter?.id : trigger.patient.id;
+  const id = kind === 'appointment' ? trigger.appointment?.id : kind === 'encounter' ? trigger.encounter?.id : trigger.patient?.id;
   if (id === undefined || id === '') return { kind: 'trigger', id: trigger.id, key: `trigger/${encodeURIComponent(trigger.id)}` };
   return { kind, id, key: `${kind}/${encodeURIComponent(id)}` };
 }
@@ -68,6 +68,8 @@ export function deliveryId(ruleId: string, subjectKey: string, step: number): st
 export function route(trigger: Trigger, rules: readonly Rule[], now: string | Date | number, options: RouteOptions): RouteResult {
   const nowMs = typeof now === 'number' ? now : typeof now === 'string' ? Date.parse(now) : now.getTime();
   if (Number.isNaN(nowMs)) throw new RangeError(`route: "now" is not a valid instant: ${String(now)}`);
+  // About no patient (slot.freed): nothing can be planned, replanned or cancelled from it (no rule is on it: config/mappings.ts).
+  if (!hasPatient(trigger)) return { triggerId: trigger.id, deliveries: [], replans: [], cancels: [], skipped: [] };
   const zone = options.zoneFor(trigger);
   if (!isValidZone(zone)) throw new RangeError(`route: unknown time zone "${zone}" for trigger ${trigger.id} (expected an IANA name like Europe/Paris)`);
 
@@ -148,7 +150,7 @@ export function route(trigger: Trigger, rules: readonly Rule[], now: string | Da
 function buildDelivery(
   rule: Rule,
   variant: RuleVariant | undefined,
-  trigger: Trigger,
+  trigger: PatientTrigger,
   subject: Subject,
   step: number,
   id: string,

@@ -74,6 +74,11 @@ describe('compileRules', () => {
     expect(messages({ channel: 'pager' })[0].path).toBe('0.channel');
   });
 
+  it('refuses slot.freed (about no patient) in on, cancelOn and replanOn, pointing to the waitlist', () => {
+    expect(messages({ on: ['slot.freed'] })).toEqual([{ path: '0.on.0', message: expect.stringContaining("list it in the waitlist block's `on`") }]);
+    expect(messages({ cancelOn: ['slot.freed'] })).toEqual([{ path: '0.cancelOn.0', message: expect.stringContaining('about no patient') }]);
+  });
+
   it('checks the output: exists, same channel, purpose allowed', () => {
     expect(messages({ send: { ...reminder.send, output: 'sms-mian' } })).toEqual([
       { path: '0.send.output', message: expect.stringContaining('no output named "sms-mian"; known: sms-main') },

@@ -24,8 +24,8 @@
 //       - { id: b, weight: 1, at: appointment.start - 48h, template: reminder-48h }
 //     holdout: 0.1                          # optional share with no message; refused for care.*
 //     reply: { writeBack: ehr, answers: [...] }   # optional (sms, appointments): reply.ts
-import type { Channel, Delivery, Purpose, SubjectKind, TriggerType } from '../types.ts';
-import { CHANNELS, PURPOSES, TRIGGER_TYPES } from '../types.ts';
+import type { Channel, Delivery, Purpose, SubjectKind } from '../types.ts';
+import { CHANNELS, PURPOSES, TRIGGER_TYPES, TriggerType } from '../types.ts';
 import type { Condition, ConditionIssue, FieldPath, IssuePath } from './conditions.ts';
 import { compileCondition, compilePath, timeExpressionsOf } from './conditions.ts';
 import type { TimeExpr } from './schedule.ts';
@@ -515,6 +515,10 @@ function triggerTypes(raw: unknown, at: IssuePath, issues: RuleIssue[], required
     const where = Array.isArray(raw) ? [...at, i] : at;
     if (typeof item !== 'string' || !(TRIGGER_TYPES as readonly string[]).includes(item)) {
       issues.push({ path: where, message: `unknown trigger type ${describe(item)}; closest: ${closest(String(item), TRIGGER_TYPES).join(', ')}` });
+      bad = true;
+    } else if (item === TriggerType.SlotFreed) {
+      // About no patient: nobody to write to, no consent to check. The waitlist offers such slots (waitlist.on).
+      issues.push({ path: where, message: 'slot.freed (time freed on a schedule) is about no patient: no message can be planned from it; to offer such slots to the waitlist, list it in the waitlist block\'s `on` (docs/waitlist.md)' });
       bad = true;
     } else if (!out.includes(item as TriggerType)) out.push(item as TriggerType);
   });

@@ -1,5 +1,5 @@
 // Trigger and rule builders for the pipeline's unit tests (not used at run time).
-import type { Trigger, TriggerAppointment, TriggerEncounter, TriggerPatient, TriggerType } from '../types.ts';
+import type { PatientTrigger, Trigger, TriggerAppointment, TriggerEncounter, TriggerPatient, TriggerType } from '../types.ts';
 import type { OutputInfo, Rule } from './rule.ts';
 import { compileRules } from './rule.ts';
 
@@ -14,8 +14,8 @@ export interface TriggerOverrides {
   sensitivity?: string[];
 }
 
-export function makeTrigger(o: TriggerOverrides = {}): Trigger {
-  const trigger: Trigger = {
+export function makeTrigger(o: TriggerOverrides = {}): PatientTrigger {
+  const trigger: PatientTrigger = {
     id: o.id ?? 'trg-1',
     type: o.type ?? 'appointment.booked',
     occurredAt: o.occurredAt ?? '2025-06-01T09:00:00+02:00',

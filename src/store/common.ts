@@ -66,7 +66,7 @@ export function counterValue(value: string | undefined): number {
 
 /** The patient id a record is searched by (InboundRecord.patientId, else its first trigger's). */
 export function patientIdOf(record: InboundRecord): string | undefined {
-  const id = record.patientId ?? record.triggers.find((t) => t.patient?.id)?.patient.id;
+  const id = record.patientId ?? record.triggers.find((t) => t.patient?.id)?.patient?.id;
   return id === '' ? undefined : id;
 }
 

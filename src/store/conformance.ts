@@ -3,7 +3,7 @@
 // that gives a fresh, empty store per test. All data here is synthetic.
 import { createHash } from 'node:crypto';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { MessageStatus, type Delivery, type Trigger } from '../types.ts';
+import { MessageStatus, type Delivery, type PatientTrigger, type Trigger } from '../types.ts';
 import { consentLedgerConformance } from './consent-conformance.ts';
 import { replyLedgerConformance } from './reply-conformance.ts';
 import { operationsConformance } from './operations-conformance.ts';
@@ -30,7 +30,7 @@ export function sha256(raw: Buffer): string {
   return createHash('sha256').update(raw).digest('hex');
 }
 
-export function testTrigger(overrides: Partial<Trigger> & { id: string }): Trigger {
+export function testTrigger(overrides: Partial<PatientTrigger> & { id: string }): PatientTrigger {
   return {
     type: 'appointment.booked',
     occurredAt: '2024-01-01T09:30:00Z',

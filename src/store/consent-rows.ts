@@ -2,7 +2,7 @@
 // back, what triggers say about their patients, and the erasure of a trigger's personal fields.
 // sqlite-consent.ts and postgres-consent.ts write them with their own SQL.
 import { normalizeAddress } from '../pipeline/consent.ts';
-import type { Channel, ConsentAction, ConsentEvent, ConsentSource, Purpose, Trigger } from '../types.ts';
+import { hasPatient, type Channel, type ConsentAction, type ConsentEvent, type ConsentSource, type Purpose, type Trigger } from '../types.ts';
 import type { DecisionRecord } from './store.ts';
 
 /** Most ids a merge group is followed to (a chain of A40s is short; this bounds a bad feed). */
@@ -103,8 +103,8 @@ export function factsOf(triggers: readonly Trigger[]): PatientFactRows {
   const contacts = new Map<string, { address: string; patientId: string }>();
   const links = new Map<string, { from: string; to: string }>();
   for (const t of triggers) {
-    const id = t.patient?.id;
-    if (!id) continue;
+    if (!hasPatient(t) || t.patient.id === '') continue;
+    const id = t.patient.id;
     patients.set(id, (patients.get(id) ?? false) || t.patient.deceased === true);
     for (const point of t.patient.telecom ?? []) {
       if (typeof point?.value !== 'string' || point.value === '') continue;
@@ -120,6 +120,7 @@ export function factsOf(triggers: readonly Trigger[]): PatientFactRows {
 
 /** A trigger without the patient's personal fields (erasure): ids, types, times and status stay. */
 export function withoutPersonalFields(t: Trigger): Trigger {
+  if (!hasPatient(t)) return t;
   return {
     ...t,
     patient: { id: t.patient.id, identifiers: [{ value: t.patient.id }], deceased: t.patient.deceased, telecom: [] },

@@ -793,8 +793,8 @@ export interface WaitlistSlot {
   state: WaitlistSlotState;
   /** The trigger that freed it (its appointment: service, practitioner, location). */
   triggerId: string;
-  /** The patient whose appointment freed it (never offered their own slot back). */
-  patientId: string;
+  /** The patient whose appointment freed it (never offered their own slot back); absent for a slot freed without an appointment (slot.freed). */
+  patientId?: string;
   start: string;
   end?: string;
   durationMinutes?: number;

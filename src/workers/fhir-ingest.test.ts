@@ -114,7 +114,7 @@ describe('R4 criteria rest-hook', () => {
     expect(result.triggers.map((t) => t.type)).toEqual(['appointment.booked']);
     const [trigger] = result.triggers;
     expect(trigger!.source).toEqual({ format: 'fhir', sender: server.baseUrl, messageType: 'Appointment', messageId: 'Appointment/a1/_history/1' });
-    expect(trigger!.patient.id).toBe('MRN-p1');
+    expect(trigger!.patient!.id).toBe('MRN-p1');
     expect(server.requests.map((r) => `${r.method} ${r.path}`)).toEqual(['GET /fhir/Patient/p1']);
     const stored = await store.findMessage(server.baseUrl, 'Appointment/a1/_history/1');
     expect(stored?.triggerIds).toEqual([trigger!.id]);
@@ -163,7 +163,7 @@ describe('R4 criteria rest-hook', () => {
   it('a contained Patient is read inside the resource: nothing fetched', async () => {
     const appointment = testAppointment('a1', '#p1', { meta: { versionId: '1' }, contained: [testPatient('p1')] });
     const result = accepted(await makeIngest().handle(body(appointment)));
-    expect(result.triggers.map((t) => [t.type, t.patient.id])).toEqual([['appointment.booked', 'MRN-p1']]);
+    expect(result.triggers.map((t) => [t.type, t.patient!.id])).toEqual([['appointment.booked', 'MRN-p1']]);
     expect(server.requests).toEqual([]);
   });
 

@@ -286,7 +286,7 @@ export class ReplyService {
   /** Queues the write-back an answer trigger asks for, when its rule names a write-back output. */
   async #queueWriteBack(trigger: Trigger, output: string | undefined): Promise<void> {
     const reply = trigger.reply;
-    if (output === undefined || reply === undefined || (reply.action !== ReplyAction.Confirm && reply.action !== ReplyAction.Cancel)) return;
+    if (output === undefined || reply === undefined || trigger.patient === undefined || (reply.action !== ReplyAction.Confirm && reply.action !== ReplyAction.Cancel)) return;
     const base = {
       requestId: `wb~${reply.prompt}`,
       appointment: { id: trigger.appointment!.id, ...(trigger.appointment?.placerId !== undefined ? { placerId: trigger.appointment.placerId } : {}), ...(trigger.appointment?.start !== undefined ? { start: trigger.appointment.start } : {}) },

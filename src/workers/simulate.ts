@@ -390,7 +390,7 @@ export class Simulator {
     if (appointment?.status !== undefined && ['cancelled', 'entered-in-error', 'noshow', 'fulfilled'].includes(appointment.status)) this.#joins.set(appointment.id, false);
     for (const kind of ['appointment', 'encounter'] as const) {
       const subject = trigger[kind];
-      if (!subject?.id) continue;
+      if (!subject?.id || trigger.patient === undefined) continue;
       // The data a FHIR input keeps with the state (fhir/normalize.ts): service, location, and
       // on encounters the sensitivity that sticks to them.
       const previous = this.#states.get(`${kind}/${subject.id}`)?.data?.sensitivity;
@@ -729,7 +729,7 @@ function describeSteps(steps: SimStep[], display: string, lines: string[], mappi
 function describeSubject(trigger: Trigger): string {
   if (trigger.appointment?.id) return `appointment/${trigger.appointment.id}`;
   if (trigger.encounter?.id) return `encounter/${trigger.encounter.id}`;
-  return `patient/${trigger.patient.id}`;
+  return trigger.patient !== undefined ? `patient/${trigger.patient.id}` : `trigger/${trigger.id}`;
 }
 
 /** One replay line per change that matters; undefined for non-events. */

@@ -168,12 +168,12 @@ async function runDue(): Promise<void> {
 /** The offers of the last wave go out: a prompt opens for each, as the deliver worker's send does. */
 async function send(triggers: readonly Trigger[]): Promise<void> {
   for (const t of triggers) {
-    const delivery = { ...testDelivery({ ruleId: 'offer', appointmentId: t.appointment!.id, triggerType: 'appointment.waitlist_offered' }), patientId: t.patient.id, triggerId: t.id, to: phoneOf(t.patient.id) };
+    const delivery = { ...testDelivery({ ruleId: 'offer', appointmentId: t.appointment!.id, triggerType: 'appointment.waitlist_offered' }), patientId: t.patient!.id, triggerId: t.id, to: phoneOf(t.patient!.id) };
     const at = new Date(clock).toISOString();
     await store.saveRouting(t.id, [{ delivery, status: 'pending', asOf: t.occurredAt, generation: 1, updatedAt: at }], at);
     await store.finishDelivery(delivery.id, 1, { status: 'sent', at });
     const stored: StoredDelivery = { delivery, status: 'sent', asOf: t.occurredAt, generation: 1, createdAt: '', updatedAt: '' };
-    await replies.sent(stored, phoneOf(t.patient.id), clock);
+    await replies.sent(stored, phoneOf(t.patient!.id), clock);
   }
 }
 
@@ -183,7 +183,7 @@ function answer(patientId: string, body: string) {
   return replies.inboundSms({ output: 'sms', from: phoneOf(patientId), body, messageId, raw: Buffer.from(`Body=${body}&MessageSid=${messageId}`) });
 }
 
-const offeredTo = () => offered.map((t) => t.patient.id);
+const offeredTo = () => offered.map((t) => t.patient!.id);
 
 /** One patient with a later appointment, the slot freed, the offer sent and answered with `body`. */
 async function oneOffer(body: string): Promise<void> {
@@ -216,11 +216,11 @@ for (const backend of storeBackends) {
         // The other is told once: by the claim's notice, or by the answer to their yes, whichever committed first.
         const accepted = answered.filter((t) => t.type === 'appointment.waitlist_accepted');
         expect(accepted).toHaveLength(1);
-        const loser = accepted[0]!.patient.id === 'P-1' ? 'P-2' : 'P-1';
-        expect([...answered, ...told].filter((t) => t.type === 'appointment.waitlist_taken').map((t) => t.patient.id)).toEqual([loser]);
+        const loser = accepted[0]!.patient!.id === 'P-1' ? 'P-2' : 'P-1';
+        expect([...answered, ...told].filter((t) => t.type === 'appointment.waitlist_taken').map((t) => t.patient!.id)).toEqual([loser]);
         await runDue();
         expect(calls.filter((c) => c.kind === 'book')).toHaveLength(1);
-        const winner = answered.find((t) => t.type === 'appointment.waitlist_accepted')!.patient.id;
+        const winner = answered.find((t) => t.type === 'appointment.waitlist_accepted')!.patient!.id;
         expect(calls.map((c) => [c.kind, c.patient.id])).toEqual([
           ['book', winner],
           ['cancel', winner],
@@ -244,8 +244,8 @@ for (const backend of storeBackends) {
 
         clock += MINUTE;
         await answer('P-1', '1');
-        expect(answered.map((t) => [t.type, t.patient.id])).toEqual([['appointment.waitlist_accepted', 'P-1']]);
-        expect(told.map((t) => t.patient.id)).toEqual(['P-2']);
+        expect(answered.map((t) => [t.type, t.patient!.id])).toEqual([['appointment.waitlist_accepted', 'P-1']]);
+        expect(told.map((t) => t.patient!.id)).toEqual(['P-2']);
         expect(told[0]).toMatchObject({ appointment: { id: o2 }, waitlist: { offer: o2, slot: offered[0]!.waitlist!.slot }, source: { format: 'waitlist', messageType: 'WAITLIST^TAKEN' } });
         expect(await store.getWaitlistOffer(o2!)).toMatchObject({ state: 'taken' });
         expect(await store.getWaitlistOffer(o3!)).toMatchObject({ state: 'offered' });
@@ -276,7 +276,7 @@ for (const backend of storeBackends) {
         await answer('P-2', '1');
         expect(told).toEqual([]);
         await answer('P-1', '1');
-        expect(answered.map((t) => [t.type, t.patient.id])).toEqual([
+        expect(answered.map((t) => [t.type, t.patient!.id])).toEqual([
           ['appointment.waitlist_accepted', 'P-2'],
           ['appointment.waitlist_taken', 'P-1'],
         ]);
@@ -518,6 +518,35 @@ for (const backend of storeBackends) {
         await free();
         await runDue();
         expect(offeredTo()).toEqual(['P-1']);
+      });
+
+      it('slot.freed (time freed on a schedule, no patient) opens a slot when waitlist.on lists it; booked as that slot', async () => {
+        const freed = (id: string) =>
+          feed({
+            id: `freed-${id}`,
+            type: 'slot.freed',
+            occurredAt: new Date(clock).toISOString(),
+            receivedAt: new Date(clock).toISOString(),
+            source: { format: 'hl7v2', sender: 'EPIC^GHH', messageType: 'SIU^S24', messageId: `S24-${id}` },
+            slot: { id, status: 'free', start: SLOT_START, durationMinutes: 30, serviceType: { code: 'CHK' }, practitioner: { id: 'DR-22' } },
+          });
+        start();
+        await later('L-1', 'P-1', '2030-04-20T09:00:00Z');
+        await freed('SLOT-7');
+        await runDue();
+        expect(offered).toEqual([]);
+        start({ on: ['appointment.cancelled', 'slot.freed'] });
+        await freed('SLOT-8');
+        await runDue();
+        expect(offeredTo()).toEqual(['P-1']);
+        expect(offered[0]).toMatchObject({ appointment: { start: SLOT_START, serviceType: { code: 'CHK' } }, waitlist: { slot: 'SLOT-8@2030-03-12T09:00:00.000Z' } });
+        await send(offered);
+        await answer('P-1', '1');
+        await runDue();
+        expect(calls.map((c) => [c.kind, c.appointment.id])).toEqual([
+          ['book', 'SLOT-8'],
+          ['cancel', 'L-1'],
+        ]);
       });
 
       it('minimum notice: a slot starting too soon is not offered', async () => {

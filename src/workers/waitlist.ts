@@ -2,9 +2,13 @@
 // rather come sooner; the first yes books it, and only then is their later appointment cancelled.
 //
 //   committed trigger ─▶ booked / rescheduled / modified: kept as a later appointment (the candidates' source)
-//                     ─▶ one of waitlist.on (cancelled, deleted, noshow): a freed slot, unless it starts
-//                        within minNoticeMinutes ─▶ queue `waitlist`: wave 1 now
-//   wave n ─▶ candidates: later appointments of the same service and practitioner (or equivalents),
+//                     ─▶ status waitlist: kept as an entry of the EHR's waitlist (another source); any
+//                        other status of it ends the entry
+//                     ─▶ one of waitlist.on (cancelled, deleted, noshow; slot.freed: time freed on a
+//                        schedule, no patient): a freed slot, unless it starts within minNoticeMinutes
+//                        ─▶ queue `waitlist`: wave 1 now
+//   wave n ─▶ candidates: the configured list, the EHR's waitlist entries whose requested period holds
+//             the slot, later appointments — same service and practitioner (or equivalents),
 //             opted in, not offered this slot yet, under the per-patient cap, SMS consent for
 //             care.logistics, not in quiet hours now ─▶ up to `size` offers, committed as one message
 //             (format waitlist) whose triggers are appointment.waitlist_offered ─▶ routed: a rule sends
@@ -37,7 +41,7 @@ import { parseInstant } from '../pipeline/values.ts';
 import { patientZone } from '../pipeline/zones.ts';
 import type { JobContext, NewJob, Queue } from '../queue/queue.ts';
 import { OfferSource, OfferToldError, StaffTaskKind, type InboundRecord, type WaitlistEntry, WaitlistOfferState, WaitlistSlotState, type ReplyPrompt, type Store, type WaitlistOffer, type WaitlistSlot } from '../store/store.ts';
-import { MessageStatus, Purpose, TriggerType, type Trigger } from '../types.ts';
+import { hasPatient, MessageStatus, Purpose, TriggerType, type PatientTrigger, type Trigger, type TriggerAppointment, type TriggerSlot } from '../types.ts';
 import { DeliverReason } from './deliver.ts';
 import { codeOf } from './replies.ts';
 
@@ -144,7 +148,13 @@ export class WaitlistService {
 
   async #note(triggers: readonly Trigger[]): Promise<void> {
     const { store, config } = this.#deps;
+    const frees = (t: Trigger) => (config.on as readonly string[]).includes(t.type);
     for (const t of triggers) {
+      // Time freed on a schedule with no appointment to cancel (SIU^S24, a FHIR Slot going free): about no patient.
+      if (!hasPatient(t)) {
+        if (t.slot !== undefined && frees(t)) await this.#free(t, t.slot);
+        continue;
+      }
       const a = t.appointment;
       if (t.source.format === 'waitlist' || t.source.format === 'sms' || a?.id === undefined) continue;
       // The EHR's waitlist: an appointment in status waitlist is an entry; any other status of it (booked, cancelled…) ends it.
@@ -173,12 +183,12 @@ export class WaitlistService {
           triggerId: t.id,
         });
       } else if (DROP.has(t.type)) await store.noteWaitlistAppointment({ id: a.id, removed: true });
-      if ((config.on as readonly string[]).includes(t.type)) await this.#free(t);
+      if (frees(t)) await this.#free(t, a, t.patient.id);
     }
   }
 
-  async #free(t: Trigger): Promise<void> {
-    const a = t.appointment!;
+  /** Opens the slot `a` (the appointment that freed it, or the freed schedule slot) unless it starts too soon. */
+  async #free(t: Trigger, a: TriggerAppointment | TriggerSlot, patientId?: string): Promise<void> {
     const { store, config, log } = this.#deps;
     const now = this.#deps.now();
     const startMs = a.start === undefined ? Number.NaN : instant(a.start);
@@ -191,7 +201,7 @@ export class WaitlistService {
       id: slotIdOf(a.id, a.start!),
       state: WaitlistSlotState.Open,
       triggerId: t.id,
-      patientId: t.patient.id,
+      ...(patientId !== undefined ? { patientId } : {}),
       start: a.start!,
       ...(a.end !== undefined ? { end: a.end } : {}),
       ...(a.durationMinutes !== undefined ? { durationMinutes: a.durationMinutes } : {}),
@@ -295,8 +305,9 @@ export class WaitlistService {
 
   /**
    * The patients offered the slot in this wave, and how many each filter left out: first the
-   * configured list's entries that want this service (and practitioner, and time), then patients
-   * with a later appointment, latest first.
+   * configured list's entries that want this service (and practitioner, and time), then the EHR's
+   * waitlist entries that want it (the longest waiting first), then patients with a later
+   * appointment, latest first.
    */
   async #candidates(slot: WaitlistSlot, now: number): Promise<{ chosen: Candidate[]; filtered: Partial<Record<CandidateFilter, number>> }> {
     const { store, config, policy } = this.#deps;
@@ -347,7 +358,7 @@ export class WaitlistService {
         'base' in found
           ? found
           : await store.getTrigger(found.held.triggerId).then((base) =>
-              base === undefined
+              base === undefined || !hasPatient(base)
                 ? undefined
                 : {
                     patientId,
@@ -491,7 +502,7 @@ export class WaitlistService {
 
   async #operationBase(offer: WaitlistOffer, requestId: string) {
     const base = offer.triggerId !== undefined ? await this.#deps.store.getTrigger(offer.triggerId) : undefined;
-    return { requestId, patient: { id: offer.patientId, identifiers: base?.patient.identifiers ?? [{ value: offer.patientId }] } };
+    return { requestId, patient: { id: offer.patientId, identifiers: base?.patient?.identifiers ?? [{ value: offer.patientId }] } };
   }
 
   async #book(slot: WaitlistSlot, offer: WaitlistOffer, job: Pick<JobContext<WaitlistJob>, 'attempt' | 'signal'>): Promise<void> {
@@ -587,7 +598,7 @@ function slotAppointment(slot: WaitlistSlot): WriteBackSlot {
 interface Candidate {
   patientId: string;
   /** Their name, number, language (the latest trigger of their later appointment, or the list entry). */
-  base: Trigger;
+  base: PatientTrigger;
   /** The trigger `base` is (absent for a list entry). */
   triggerId?: string;
   /** What they hold, cancelled after the booking: their later appointment, or their waitlist appointment in the EHR (absent for a list entry: nothing to cancel). */
@@ -602,7 +613,7 @@ function entryWants(entry: WaitlistEntry, start: number, end: number): boolean {
 }
 
 /** A configured list entry as the trigger an offer is made from (docs/waitlist.md "Sources"). */
-function listedPatient(entry: WaitlistListEntry): Trigger {
+function listedPatient(entry: WaitlistListEntry): PatientTrigger {
   return {
     id: `waitlist-list-${entry.patient}`,
     type: TriggerType.AppointmentWaitlistOffered,
@@ -642,7 +653,7 @@ export function equivalents(code: string, groups: readonly (readonly string[])[]
 }
 
 /** The trigger an offer is (docs/trigger.md "Waitlist"): the candidate's patient, the slot as the appointment. */
-export function offerTrigger(slot: WaitlistSlot, offer: WaitlistOffer, base: Trigger, now: number): Trigger {
+export function offerTrigger(slot: WaitlistSlot, offer: WaitlistOffer, base: PatientTrigger, now: number): PatientTrigger {
   const at = new Date(now).toISOString();
   return {
     id: offerTriggerId(offer.id),
@@ -685,7 +696,7 @@ function waitlistMessage(m: { controlId: string; messageType: string; ack: strin
     receivedAt: new Date(now).toISOString(),
     triggers,
     subjectStates: [],
-    patientId: slot.patientId,
+    ...(slot.patientId !== undefined ? { patientId: slot.patientId } : {}),
   };
 }
 

@@ -155,7 +155,8 @@ async function triggerSection(deps: DashboardDeps, ctx: PageContext, t: Trigger)
 <h3>${badge(t.type)} <code>${t.id}</code></h3>
 ${facts([
     ['Occurred', time(ctx, t.occurredAt)],
-    ['Patient', html`<a href="/ui/patients/${segment(summary.patientId)}"><code>${summary.patientId}</code></a>`],
+    // slot.freed is about no patient (time freed on a schedule).
+    ['Patient', summary.patientId !== undefined ? html`<a href="/ui/patients/${segment(summary.patientId)}"><code>${summary.patientId}</code></a>` : '—'],
     ...(summary.appointmentId !== undefined ? ([['Appointment', html`<a href="/ui/appointments/${segment(summary.appointmentId)}"><code>${summary.appointmentId}</code></a>`]] as const) : []),
     ...(summary.encounterId !== undefined ? ([['Encounter', html`<code>${summary.encounterId}</code>`]] as const) : []),
   ])}

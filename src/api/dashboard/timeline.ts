@@ -193,7 +193,7 @@ ${timeline(ctx, events)}`,
       ]);
       const decisions = (await Promise.all(deliveries.map((d) => store.listDecisions({ deliveryId: d.delivery.id })))).flat();
       const events = [...triggers.reverse().map((t) => triggerEvent(ctx, t)), ...deliveries.reverse().flatMap((d) => deliveryEvents(ctx, d)), ...decisions.reverse().map((c) => decisionEvent(ctx, c)), ...(await receiptsOf(deps, deliveries))];
-      const patientId = state?.patientId ?? triggers[0]?.patient.id;
+      const patientId = state?.patientId ?? triggers[0]?.patient?.id;
       return page(
         ctx,
         { title: `Appointment ${id}`, section: '/ui/patients', subtitle: `Oldest first · times in ${ctx.zone}` },

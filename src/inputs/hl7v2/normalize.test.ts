@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { parseHl7 } from '../../hl7v2/parse.ts';
 import type { SubjectState } from '../../store/store.ts';
-import type { Trigger } from '../../types.ts';
+import { hasPatient, type PatientTrigger, type Trigger } from '../../types.ts';
 import { applyStoredState, normalizeHl7, scheduledMinutes, type Hl7Normalized, type Hl7StateLookup } from './normalize.ts';
 
 const CTX = { receivedAt: '2026-01-01T00:00:00+00:00', timezone: 'UTC' };
@@ -20,10 +20,12 @@ function triggersOf(result: Hl7Normalized): Trigger[] {
   return result.triggers;
 }
 
-function only(result: Hl7Normalized): Trigger {
+function only(result: Hl7Normalized): PatientTrigger {
   const triggers = triggersOf(result);
   expect(triggers).toHaveLength(1);
-  return triggers[0]!;
+  const t = triggers[0]!;
+  if (!hasPatient(t)) throw new Error(`expected a trigger about a patient, got ${t.type}`);
+  return t;
 }
 
 const PID = 'PID|1||E200001^^^NORTHCLINIC^MR||BERNARD^Paul||19600101|M';
@@ -183,7 +185,7 @@ describe('stored state: A04/A10 arrival → appointment.checked_in', () => {
     const triggers = triggersOf(applied);
     expect(triggers.map((t) => t.type)).toEqual(['encounter.started', 'appointment.checked_in']);
     expect(triggers[1]!.appointment).toEqual({ id: 'AP-1', status: 'arrived', start: '2026-03-17T10:00:00+01:00', end: '2026-03-16T15:00:00+01:00' });
-    expect(triggers[1]!.patient.id).toBe('E200001');
+    expect(triggers[1]!.patient!.id).toBe('E200001');
     expect(triggers[1]!.id).not.toBe(triggers[0]!.id);
     if (applied.kind === 'triggers') {
       expect(applied.states.find((s) => s.kind === 'appointment')).toMatchObject({ id: 'AP-1', status: 'arrived', asOf: '2026-03-17T09:40:00+01:00' });
@@ -341,9 +343,24 @@ describe('rejected and ignored', () => {
     const unknown = run('MSH|^~\\&|A|B|C|D|20260101||ORU^R01^ORU_R01|X3|P|2.5.1\rPID|1||1');
     expect(unknown).toEqual({ kind: 'ignored', reason: 'unsupported message type ORU^R01' });
     expect(run('MSH|^~\\&|A|B|C|D|20260101||ADT^A17^ADT_A17|X4|P|2.5.1\rPID|1||1').kind).toBe('ignored');
-    expect(run(siu('S24').replace(`\r${PID}`, '')).kind).toBe('ignored');
+    expect(run(siu('S23').replace(`\r${PID}`, '')).kind).toBe('ignored');
     // With a patient, a slot event is read like an S14.
     expect(only(run(siu('S24', { sch25: 'Booked' }))).type).toBe('appointment.modified');
+  });
+
+  it('an S24 without a patient (opened, "unblocked" time, v2.5 §10.3) is slot.freed: the slot, no patient', () => {
+    const t = triggersOf(run(siu('S24', { sch9: '30', sch10: 'MIN' }).replace(`\r${PID}`, '')));
+    expect(t).toHaveLength(1);
+    expect(t[0]).toMatchObject({
+      type: 'slot.freed',
+      source: { format: 'hl7v2', sender: 'EPIC^NC', messageType: 'SIU^S24', messageId: 'M-1' },
+      slot: { id: 'AP-1', status: 'free', start: '2026-03-17T10:00:00+01:00', end: '2026-03-17T10:30:00+01:00', durationMinutes: 30, serviceType: { code: 'CHK' }, location: { id: 'ROOM1' }, practitioner: { id: 'DR-1' } },
+    });
+    expect(t[0]!.patient).toBeUndefined();
+    expect(t[0]!.appointment).toBeUndefined();
+    // No slot id in SCH: the practitioner's time at that start.
+    expect(triggersOf(run(siu('S24').replace(`\r${PID}`, '').replace('SCH|PL-1|AP-1|', 'SCH|||')))[0]!.slot!.id).toBe('DR-1');
+    expect(run(siu('S24').replace(`\r${PID}`, '').replace(/\rTQ1\|[^\r]*/, '').replace(/\rAI[SLP]\|[^\r]*/g, ''))).toMatchObject({ kind: 'rejected', field: 'TQ1-7' });
   });
 
   it('rejects an A40 without MRG-1', () => {

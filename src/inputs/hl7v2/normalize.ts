@@ -23,6 +23,7 @@ import {
   type TriggerAppointment,
   type TriggerEncounter,
   type TriggerPatient,
+  type TriggerSlot,
   type TriggerSource,
   type VideoJoin,
 } from '../../types.ts';
@@ -411,7 +412,7 @@ function occurredAt(s: Segments, ctx: Hl7NormalizeContext): string {
   );
 }
 
-function base(s: Segments, msg: Hl7Message, ctx: Hl7NormalizeContext, patient: TriggerPatient, sensitivity: string[] | undefined): Omit<Trigger, 'id' | 'type'> {
+function base(s: Segments, msg: Hl7Message, ctx: Hl7NormalizeContext, patient: TriggerPatient | undefined, sensitivity: string[] | undefined): Omit<Trigger, 'id' | 'type'> {
   const source: TriggerSource = {
     format: 'hl7v2',
     // First components only: "EPIC^GHH", "EPIC^" when MSH-4 is empty (docs/trigger.md).
@@ -423,8 +424,8 @@ function base(s: Segments, msg: Hl7Message, ctx: Hl7NormalizeContext, patient: T
     occurredAt: occurredAt(s, ctx),
     receivedAt: ctx.receivedAt,
     source,
-    patient,
   };
+  if (patient !== undefined) out.patient = patient;
   if (sensitivity !== undefined) out.sensitivity = sensitivity;
   return out;
 }
@@ -470,6 +471,9 @@ function normalizeSiu(msg: Hl7Message, event: string, ctx: Hl7NormalizeContext):
   const s = index(msg);
   const messageType = msg.messageType;
   if (SIU_SLOT_EVENTS.has(event) && s.pid === undefined) {
+    // S24, "notification of opened ('unblocked') schedule time slot(s)" (v2.5 §10.3): time that
+    // became free with no appointment to cancel — slot.freed. S23 (blocked) takes time away: nothing.
+    if (event === 'S24') return normalizeSlotOpened(msg, s, ctx);
     return { kind: 'ignored', reason: `slot block/unblock (${messageType}) without a patient gives no trigger` };
   }
   const fillerCode =
@@ -500,19 +504,9 @@ function normalizeSiu(msg: Hl7Message, event: string, ctx: Hl7NormalizeContext):
   const status = siuAppointmentStatus(event, filler);
   if (status !== undefined) appointment.status = status;
 
-  // Start: TQ1-7, else SCH-11.4 (v2.3 TQ), else the first resource start (AIS-4, AIL-6, AIP-6).
-  const start =
-    hl7Instant(field(s.tq1, 7), zone) ??
-    hl7Instant(field(s.sch, 11, 4), zone) ??
-    hl7Instant(firstOf(s.ais, 4), zone) ??
-    hl7Instant(firstOf(s.ail, 6), zone) ??
-    hl7Instant(firstOf(s.aip, 6), zone);
+  const { start, end, minutes } = siuTiming(s, zone);
   if (start !== undefined) appointment.start = start;
-  const duration = scheduledMinutes(field(s.sch, 9), field(s.sch, 10));
-  let end = hl7Instant(field(s.tq1, 8), zone) ?? hl7Instant(field(s.sch, 11, 5), zone);
-  if (end === undefined && start !== undefined && duration !== undefined) end = addMinutes(start, duration);
   if (end !== undefined) appointment.end = end;
-  const minutes = duration ?? (start !== undefined && end !== undefined ? minutesBetween(start, end) : undefined);
   if (minutes !== undefined) appointment.durationMinutes = minutes;
   // On a waitlist (filler status Waitlist, table 0278): SIU has no requested-period field (SRM's
   // ARQ-11 is not sent in SIU), so the timing the sender gave — TQ1-7…TQ1-8, else SCH-11.4…11.5,
@@ -523,11 +517,9 @@ function normalizeSiu(msg: Hl7Message, event: string, ctx: Hl7NormalizeContext):
     if (from !== undefined || until !== undefined) appointment.requestedPeriod = [{ ...(from !== undefined ? { start: from } : {}), ...(until !== undefined ? { end: until } : {}) }];
   }
 
-  const service = coded(s.ais.find((a) => field(a, 3) !== ''), 3) ?? coded(s.sch, 7) ?? coded(s.sch, 8);
+  const { service, loc, who } = siuResources(s);
   if (service !== undefined) appointment.serviceType = service;
-  const loc = location(s.ail.find((a) => field(a, 3) !== ''), 3, s.d) ?? location(s.pv1, 3, s.d);
   if (loc !== undefined) appointment.location = loc;
-  const who = practitioner(s.aip.find((a) => field(a, 3) !== ''), 3, s.d) ?? practitioner(s.sch, 16, s.d) ?? practitioner(s.pv1, 7, s.d);
   if (who !== undefined) appointment.practitioner = who;
   const video = ctx.virtualVisit === undefined ? undefined : virtualVisitOf(msg, ctx.virtualVisit);
   if (video !== undefined) appointment.virtual = video.virtual;
@@ -559,6 +551,57 @@ function normalizeSiu(msg: Hl7Message, event: string, ctx: Hl7NormalizeContext):
   const url = closed ? undefined : video?.url;
   const joins: VideoJoin[] = video !== undefined || closed ? [{ appointmentId, patientId: patient.id, asOf: b.occurredAt, ...(url !== undefined ? { url } : {}) }] : [];
   return { kind: 'triggers', triggers: [trigger], states: [state], message: key, ...(joins.length > 0 ? { joins } : {}) };
+}
+
+/** Start (TQ1-7, else SCH-11.4 (v2.3 TQ), else the first AIS-4 / AIL-6 / AIP-6), end (TQ1-8, else SCH-11.5, else start + SCH-9) and minutes of an SIU. */
+function siuTiming(s: Segments, zone: string): { start?: string; end?: string; minutes?: number } {
+  const start =
+    hl7Instant(field(s.tq1, 7), zone) ??
+    hl7Instant(field(s.sch, 11, 4), zone) ??
+    hl7Instant(firstOf(s.ais, 4), zone) ??
+    hl7Instant(firstOf(s.ail, 6), zone) ??
+    hl7Instant(firstOf(s.aip, 6), zone);
+  const duration = scheduledMinutes(field(s.sch, 9), field(s.sch, 10));
+  let end = hl7Instant(field(s.tq1, 8), zone) ?? hl7Instant(field(s.sch, 11, 5), zone);
+  if (end === undefined && start !== undefined && duration !== undefined) end = addMinutes(start, duration);
+  const minutes = duration ?? (start !== undefined && end !== undefined ? minutesBetween(start, end) : undefined);
+  return { ...(start !== undefined ? { start } : {}), ...(end !== undefined ? { end } : {}), ...(minutes !== undefined ? { minutes } : {}) };
+}
+
+/** Service (AIS-3, else SCH-7 / SCH-8), location (AIL-3, else PV1-3) and practitioner (AIP-3, else SCH-16 / PV1-7) of an SIU. */
+function siuResources(s: Segments): { service?: CodedValue; loc?: LocationRef; who?: PractitionerRef } {
+  const service = coded(s.ais.find((a) => field(a, 3) !== ''), 3) ?? coded(s.sch, 7) ?? coded(s.sch, 8);
+  const loc = location(s.ail.find((a) => field(a, 3) !== ''), 3, s.d) ?? location(s.pv1, 3, s.d);
+  const who = practitioner(s.aip.find((a) => field(a, 3) !== ''), 3, s.d) ?? practitioner(s.sch, 16, s.d) ?? practitioner(s.pv1, 7, s.d);
+  return { ...(service !== undefined ? { service } : {}), ...(loc !== undefined ? { loc } : {}), ...(who !== undefined ? { who } : {}) };
+}
+
+/**
+ * SIU^S24 without a patient: time opened on a schedule (slot.freed, docs/trigger.md "Slots"). Its
+ * id is the slot's (SCH-2, else SCH-1), else the resource's whose time it is (AIP-3, else AIL-3):
+ * with the start, that names the slot.
+ */
+function normalizeSlotOpened(msg: Hl7Message, s: Segments, ctx: Hl7NormalizeContext): Hl7Normalized {
+  const messageType = msg.messageType;
+  const { start, end, minutes } = siuTiming(s, ctx.timezone);
+  if (start === undefined) return { kind: 'rejected', reason: `${messageType} (opened schedule time) without a start (TQ1-7, SCH-11.4, AIS-4, AIL-6 and AIP-6 empty)`, field: 'TQ1-7' };
+  const { service, loc, who } = siuResources(s);
+  const id = field(s.sch, 2) || field(s.sch, 1) || who?.id || loc?.id || '';
+  if (id === '') return { kind: 'rejected', reason: `${messageType} (opened schedule time) without a slot id or a resource (SCH-2, SCH-1, AIP-3 and AIL-3 empty)`, field: 'SCH-2' };
+  const slot: TriggerSlot = {
+    id,
+    status: 'free',
+    start,
+    ...(end !== undefined ? { end } : {}),
+    ...(minutes !== undefined ? { durationMinutes: minutes } : {}),
+    ...(service !== undefined ? { serviceType: service } : {}),
+    ...(loc !== undefined ? { location: loc } : {}),
+    ...(who !== undefined ? { practitioner: who } : {}),
+  };
+  const b = base(s, msg, ctx, undefined, undefined);
+  const key = messageKey(msg, b.source.sender, b.source.messageId);
+  const trigger: Trigger = { ...makeTrigger(TriggerType.SlotFreed, b, key, `slot/${id}`), slot };
+  return { kind: 'triggers', triggers: [trigger], states: [], message: key };
 }
 
 /** Statuses after which a video visit's join URL is no longer kept (docs/video.md). */
