@@ -212,7 +212,8 @@ for (const backend of storeBackends) {
         await send(offered);
 
         // Both answers at the same instant, concurrently (two numbers: nothing orders them but the store).
-        await Promise.all([answer('P-1', '1'), answer('P-2', 'YES')]);
+        await Promise.all([answer('P-1', '1'), runDue(), answer('P-2', 'YES')]);
+        await runDue();
         // The other is told once: by the claim's notice, or by the answer to their yes, whichever committed first.
         const accepted = answered.filter((t) => t.type === 'appointment.waitlist_accepted');
         expect(accepted).toHaveLength(1);
@@ -244,6 +245,7 @@ for (const backend of storeBackends) {
 
         clock += MINUTE;
         await answer('P-1', '1');
+        await runDue();
         expect(answered.map((t) => [t.type, t.patient!.id])).toEqual([['appointment.waitlist_accepted', 'P-1']]);
         expect(told.map((t) => t.patient!.id)).toEqual(['P-2']);
         expect(told[0]).toMatchObject({ appointment: { id: o2 }, waitlist: { offer: o2, slot: offered[0]!.waitlist!.slot }, source: { format: 'waitlist', messageType: 'WAITLIST^TAKEN' } });
@@ -274,6 +276,7 @@ for (const backend of storeBackends) {
         await send(offered.slice(1));
         expect(offeredTo()).toEqual(['P-1', 'P-2']);
         await answer('P-2', '1');
+        await runDue();
         expect(told).toEqual([]);
         await answer('P-1', '1');
         expect(answered.map((t) => [t.type, t.patient!.id])).toEqual([
@@ -399,8 +402,8 @@ for (const backend of storeBackends) {
         await store.commitInbound(testRecord({ controlId: 'SM-crash', triggers: [], waitlistClaim: { slotId: offered[0]!.waitlist!.slot, offerId: o1! } }));
         await waitlist.repair();
         await waitlist.repair();
-        expect(told.map((t) => t.waitlist!.offer)).toEqual([o2]);
         await runDue();
+        expect(told.map((t) => t.waitlist!.offer)).toEqual([o2]);
         expect(calls.map((c) => [c.kind, c.patient.id])).toEqual([
           ['book', 'P-1'],
           ['cancel', 'P-1'],

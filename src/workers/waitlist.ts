@@ -16,8 +16,8 @@
 //          ─▶ wave n+1 after everyMinutes; at stopMinutesBefore the slot closes
 //   "yes" ─▶ workers/replies.ts: claimFor() ─▶ the SMS's commit claims the slot (one claim per slot,
 //            store: SlotTakenError for any later one) ─▶ appointment.waitlist_accepted ─▶ book job
-//          ─▶ the others holding an open offer (sent, not expired, not answered) are told at once:
-//             appointment.waitlist_taken, their offer closed in the same commit (tellOthers)
+//          ─▶ taken job: the others holding an open offer (sent, not expired, not answered) are told
+//             at once: appointment.waitlist_taken, their offer closed in the same commit (tellOthers)
 //          ─▶ a yes too late (taken, expired, closed): appointment.waitlist_taken (a rule says so:
 //             "the slot is taken, your appointment stands") — unless the notice told them already
 //   an offer SMS held back (quiet hours) ─▶ never after the offer expired or the slot went:
@@ -60,7 +60,9 @@ const DAY = 86_400_000;
 export type WaitlistJob =
   | { kind: 'wave'; slotId: string }
   | { kind: 'book'; slotId: string; offerId: string }
-  | { kind: 'cancel'; slotId: string; offerId: string };
+  | { kind: 'cancel'; slotId: string; offerId: string }
+  /** The notice to the others holding an open offer of a slot this offer's yes claimed (tellOthers). */
+  | { kind: 'taken'; slotId: string; offerId: string };
 
 /** Reason codes this worker logs (safe to log). */
 export const WaitlistReason = {
@@ -237,7 +239,7 @@ export class WaitlistService {
       if (slot.state === WaitlistSlotState.Booked) {
         const offer = await store.getWaitlistOffer(slot.claimedBy);
         if (offer?.current !== undefined && !offer.currentCancelled) await this.#queueCancel(slot.id, offer.id);
-        await this.tellOthers(slot.id);
+        await this.#queueTaken(slot.id, slot.claimedBy);
       }
     }
   }
@@ -418,10 +420,14 @@ export class WaitlistService {
     return slot?.state === WaitlistSlotState.Open ? undefined : DeliverReason.OfferClosed;
   }
 
-  /** The yes claimed the slot (committed): book it, and tell the others their offer is gone. */
+  /** The yes claimed the slot (committed): book it, and tell the others their offer is gone (two jobs: each retried on its own). */
   async accepted(claim: { slotId: string; offerId: string }): Promise<void> {
     await this.#deps.queue({ id: `wl-book~${claim.offerId}`, data: { kind: 'book', ...claim }, runAt: new Date(this.#deps.now()), idempotent: true, maxAttempts: WAITLIST_ATTEMPTS });
-    await this.tellOthers(claim.slotId);
+    await this.#queueTaken(claim.slotId, claim.offerId);
+  }
+
+  #queueTaken(slotId: string, offerId: string): Promise<unknown> {
+    return this.#deps.queue({ id: `wl-taken~${offerId}`, data: { kind: 'taken', slotId, offerId }, runAt: new Date(this.#deps.now()), idempotent: true, maxAttempts: WAITLIST_ATTEMPTS });
   }
 
   /**
@@ -430,7 +436,8 @@ export class WaitlistService {
    * appointment stands"), and their offer closes (`taken`) in the same commit. A late yes closes
    * its offer the same way, so whichever commit comes first tells, and the other finds the offer
    * closed (OfferToldError): nobody is told twice. An offer whose SMS has not gone is not told: its
-   * delivery is suppressed `offer_closed` at send time. Run again by the start-up repair.
+   * delivery is suppressed `offer_closed` at send time. A job of the `waitlist` queue (queued with
+   * the booking), queued again by the start-up repair.
    */
   async tellOthers(slotId: string): Promise<Trigger[]> {
     const { store, log } = this.#deps;
@@ -478,6 +485,10 @@ export class WaitlistService {
       await this.wave(data.slotId);
       return;
     }
+    if (data.kind === 'taken') {
+      await this.tellOthers(data.slotId);
+      return;
+    }
     const { store } = this.#deps;
     const [slot, offer] = await Promise.all([store.getWaitlistSlot(data.slotId), store.getWaitlistOffer(data.offerId)]);
     if (slot === undefined || offer === undefined) return;
@@ -493,7 +504,8 @@ export class WaitlistService {
 
   /** A booking or cancellation that will not happen (failed for good, out of attempts, dead-lettered). */
   async failed(data: WaitlistJob, code: string): Promise<void> {
-    if (data.kind === 'wave') return;
+    // A wave or a notice that will not happen leaves nothing to give back (a notice's patients keep their offer until it expires).
+    if (data.kind === 'wave' || data.kind === 'taken') return;
     const [slot, offer] = await Promise.all([this.#deps.store.getWaitlistSlot(data.slotId), this.#deps.store.getWaitlistOffer(data.offerId)]);
     if (slot === undefined || offer === undefined) return;
     if (data.kind === 'book') await this.#bookingFailed(slot, offer, code);
