@@ -7,5 +7,9 @@ export default defineConfig({
     testTimeout: 60_000,
     hookTimeout: 60_000,
     pool: 'forks',
+    // Vitest runs cores − 1 files at once (one on a 2-core machine). Many files wait on sockets,
+    // child processes and fsync rather than the CPU, so one file per core keeps both busy; each
+    // file has its own ports, data directories, database and Redis key prefix.
+    maxWorkers: 2,
   },
 });
