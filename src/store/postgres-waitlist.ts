@@ -149,7 +149,9 @@ export async function offersToPatientSince(sql: Sql, patientId: string, since: s
   return Number(row?.n ?? 0);
 }
 
+/** Also ends a waitlist entry of the same id: the appointment is booked, or cancelled, now. */
 export async function noteAppointment(tx: Sql, a: WaitlistAppointment | { id: string; removed: true }): Promise<void> {
+  await tx.count('DELETE FROM waitlist_entries WHERE id = $1', [a.id]);
   if ('removed' in a) {
     await tx.count('DELETE FROM waitlist_appointments WHERE id = $1', [a.id]);
     return;

@@ -180,11 +180,15 @@ export class SqliteWaitlistLedger {
     return this.#s.offersOfPatient.get(patientId, instantMs(since, 'since'))!.n;
   }
 
+  /** Also ends a waitlist entry of the same id: the appointment is booked now. */
   noteAppointment(appointment: WaitlistAppointment): void {
+    this.#s.deleteEntry.run(appointment.id);
     this.#s.upsertAppointment.run(appointment.id, appointment.patientId, appointment.service, appointment.practitioner, instantMs(appointment.start, 'appointment.start'), JSON.stringify(appointment));
   }
 
+  /** Also ends a waitlist entry of the same id (cancelled, deleted…). */
   forgetAppointment(id: string): void {
+    this.#s.deleteEntry.run(id);
     this.#s.deleteAppointment.run(id);
   }
 

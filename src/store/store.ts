@@ -930,7 +930,7 @@ export interface WaitlistLedger {
   listWaitlistOffers(slotId: string): Promise<WaitlistOffer[]>;
   /** Offers made to a patient at or after `since` (the per-patient cap). */
   countWaitlistOffers(patientId: string, since: string): Promise<number>;
-  /** Keeps (or, with `removed`, forgets) an appointment of the later-appointments source. */
+  /** Keeps (or, with `removed`, forgets) an appointment of the later-appointments source; either way a waitlist entry of that id ends (it is booked, or gone). */
   noteWaitlistAppointment(appointment: WaitlistAppointment | { id: string; removed: true }): Promise<void>;
   /** Appointments of these services and practitioners starting after `after`, latest first. */
   laterWaitlistAppointments(query: { services: readonly string[]; practitioners: readonly string[]; after: string; limit: number }): Promise<WaitlistAppointment[]>;

@@ -173,7 +173,6 @@ export class WaitlistService {
         });
         continue;
       }
-      if ((KEEP.has(t.type) || DROP.has(t.type)) && config.sources.ehrWaitlist !== false) await store.noteWaitlistEntry({ id: a.id, removed: true });
       if (KEEP.has(t.type) && a.start !== undefined && HOLDING.has(a.status ?? 'booked')) {
         await store.noteWaitlistAppointment({
           id: a.id,
@@ -185,6 +184,8 @@ export class WaitlistService {
           triggerId: t.id,
         });
       } else if (DROP.has(t.type)) await store.noteWaitlistAppointment({ id: a.id, removed: true });
+      // (Kept or removed above, a waitlist entry of the same id ended in the same write.)
+      else if (KEEP.has(t.type) && config.sources.ehrWaitlist !== false) await store.noteWaitlistEntry({ id: a.id, removed: true });
       if (frees(t)) await this.#free(t, a, t.patient.id);
     }
   }
