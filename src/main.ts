@@ -331,7 +331,9 @@ export async function startCarerelay(options: StartOptions): Promise<RunningCare
     deliveries = new DeliveryRuntime({
       db,
       ...(redis ? { redis: { queues: redis.queues, cluster: { lease: redis.lease, signals: redis.signals } }, queue: { leaseMs: plan.server.queue.leaseSeconds * 1000 } } : {}),
-      store, plan, log, outputSpecs, env, links, video: videoLinks, ...(options.now ? { now: options.now } : {}), ...(afterSend ? { afterSend } : {}) });
+      store, plan, log, outputSpecs, env, links, video: videoLinks, ...(options.now ? { now: options.now } : {}), ...(afterSend ? { afterSend } : {}),
+      // The waitlist searches its FHIR input's server before a wave, where that input runs (not on a worker).
+      ...(plan.waitlist?.sources.searchFhir !== undefined ? { waitlistSearch: async () => fhirIngests.get(plan.waitlist!.sources.searchFhir!)?.searchWaitlist() } : {}) });
     twilioStatus = twilioStatusHooks(plan.outputs, (ref) => readSecret(ref, env, plan.configDir));
     smsWebhooks = inboundSmsTokens(plan, (ref) => readSecret(ref, env, plan.configDir));
     toolHooks = toolWebhooks(plan.outputs, (ref) => readSecret(ref, env, plan.configDir), deliveries.outputs);

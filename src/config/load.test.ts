@@ -680,11 +680,12 @@ describe('alerts and retention blocks', () => {
       'connectors/a.yaml:5:18: "size" must be >= 1 (got 0)',
       'connectors/a.yaml:6:42: "optIn" must be one of "all", "listed" (got "some")',
     ]);
-    const unknown = await configDir({ 'a.yaml': `${outputs}waitlist:\n  book: ehr\n  sources: { laterAppointments: { optIn: listed } }\n` });
+    const unknown = await configDir({ 'a.yaml': `${outputs}waitlist:\n  book: ehr\n  sources: { laterAppointments: { optIn: listed }, searchFhir: ehr-fhir }\n` });
     expect(await issuesOf(unknown, { TOKEN: 't' })).toEqual([
       'connectors/a.yaml:3:1: no rule sends the offers: add an sms rule on appointment.waitlist_offered with a reply offering accept (and decline) answers (docs/waitlist.md)',
       'connectors/a.yaml:4:9: no output named "ehr"; known: sms: the waitlist books accepted slots through a fhir-appointment output or a webhook output with writeBack: true',
       'connectors/a.yaml:5:42: optIn: listed offers slots to the patients in `patients` only, and the list is empty: list the patient ids that opted in, or use optIn: all',
+      'connectors/a.yaml:5:64: no input named "ehr-fhir": the waitlist searches the server of a fhir-rest-hook input',
     ]);
   });
 

@@ -7,6 +7,7 @@ import { accessSync, constants as fsConstants } from 'node:fs';
 import path from 'node:path';
 import type { Ajv } from 'ajv';
 import { ConfigError, type ConfigIssue } from '../errors.ts';
+import { FHIR_REST_HOOK } from '../inputs/fhir/spec.ts';
 import { inputSpecs as registeredInputSpecs } from '../inputs/index.ts';
 import { outputSpecs as registeredOutputSpecs } from '../outputs/index.ts';
 import { outputInfos, type OutputSpec } from '../outputs/spec.ts';
@@ -418,7 +419,8 @@ export async function loadConfig(options: LoadConfigOptions): Promise<CarerelayP
   const optOutWords = Array.isArray(policyBlock.keywords?.optOut) ? policyBlock.keywords.optOut : [];
   const mappings = await loadMappings({ configDir, env, outputs: outputInfos(validOutputs, withInfo), issues, optOutWords });
   if (options.mappingTests) issues.push(...(await options.mappingTests(mappings)));
-  const waitlist = waitlistBlock(blocks.waitlist, files, validOutputs, withInfo, mappings.rules, (more) => issues.push(...more));
+  const validInputs = located.filter((l) => l.kind === 'inputs' && l.valid).map((l) => l.instance);
+  const waitlist = waitlistBlock(blocks.waitlist, files, validOutputs, withInfo, mappings.rules, validInputs, (more) => issues.push(...more));
 
   if (issues.length > 0) throw new ConfigError(sortIssues(withoutEchoes(issues, files), files));
 
@@ -448,6 +450,7 @@ function waitlistBlock(
   outputs: readonly InstancePlan[],
   specs: readonly OutputSpec[],
   rules: readonly Rule[],
+  inputs: readonly InstancePlan[],
   report: (issues: ConfigIssue[]) => void,
 ): WaitlistConfig | undefined {
   if (block.value === undefined || block.place === undefined) return undefined;
@@ -460,6 +463,14 @@ function waitlistBlock(
   const later = config.sources?.laterAppointments;
   if (later?.optIn === 'listed' && Array.isArray(later.patients) && later.patients.length === 0) {
     issueAt(['waitlist', 'sources', 'laterAppointments', 'optIn'], 'optIn: listed offers slots to the patients in `patients` only, and the list is empty: list the patient ids that opted in, or use optIn: all');
+  }
+  const search = config.sources?.searchFhir;
+  if (typeof search === 'string') {
+    const input = inputs.find((i) => i.name === search);
+    const fhir = inputs.filter((i) => i.type === FHIR_REST_HOOK).map((i) => i.name);
+    if (input?.type !== FHIR_REST_HOOK) {
+      issueAt(['waitlist', 'sources', 'searchFhir'], `${input === undefined ? `no input named "${search}"` : `input "${search}" is a ${input.type} input`}: the waitlist searches the server of a fhir-rest-hook input${fhir.length ? ` (${fhir.join(', ')})` : ''}`);
+    }
   }
   if (typeof config.book === 'string') {
     const output = outputs.find((o) => o.name === config.book);

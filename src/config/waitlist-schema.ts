@@ -68,6 +68,12 @@ export const waitlistSchema = {
           description:
             "The EHR's waitlist, offered after the configured list: appointments in status waitlist (a FHIR Appointment, an SIU whose filler status is Waitlist) whose service matches, whose practitioner matches or is not named, and whose requested period (FHIR requestedPeriod; HL7 TQ1-7…TQ1-8) holds the slot. Booking one cancels that waitlist appointment (pat-swl). false: not used.",
         },
+        searchFhir: {
+          type: 'string',
+          minLength: 1,
+          description:
+            "A fhir-rest-hook input whose server is searched at each wave (Appointment?status=waitlist, patients included), so that waitlist entries its subscriptions leave out, or made before CareRelay listened, are known too; a search that fails leaves the wave to the entries known. Absent: entries come from the feed only.",
+        },
         laterAppointments: {
           type: 'object',
           additionalProperties: false,
@@ -132,7 +138,7 @@ export interface WaitlistListEntry {
 export interface WaitlistConfig {
   readonly book: string;
   readonly on: readonly TriggerType[];
-  readonly sources: { readonly list?: readonly WaitlistListEntry[]; readonly ehrWaitlist?: boolean; readonly laterAppointments: { readonly optIn: 'all' | 'listed'; readonly patients: readonly string[] } };
+  readonly sources: { readonly list?: readonly WaitlistListEntry[]; readonly ehrWaitlist?: boolean; readonly searchFhir?: string; readonly laterAppointments: { readonly optIn: 'all' | 'listed'; readonly patients: readonly string[] } };
   readonly equivalents: { readonly services: readonly (readonly string[])[]; readonly practitioners: readonly (readonly string[])[] };
   readonly minNoticeMinutes: number;
   readonly waves: { readonly size: number; readonly everyMinutes: number; readonly expiresMinutes: number; readonly stopMinutesBefore: number };

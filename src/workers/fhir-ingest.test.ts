@@ -19,6 +19,7 @@ import { captureLogger } from '../../test/helpers/server.ts';
 import { FhirClient } from '../fhir/client.ts';
 import { SqliteStore } from '../store/sqlite.ts';
 import type { Store } from '../store/store.ts';
+import type { Trigger } from '../types.ts';
 import { FhirIngest, type FhirIngestResult, type FhirIngestSettings } from './fhir-ingest.ts';
 import { cursorKeys } from './fhir-state.ts';
 
@@ -158,6 +159,25 @@ describe('R4 criteria rest-hook', () => {
     // Nothing new: the second empty notification stores nothing more.
     expect(accepted(await ingest.handle(Buffer.alloc(0))).triggers).toEqual([]);
     expect(await store.listTriggers({})).toHaveLength(2);
+  });
+
+  it("searchWaitlist ingests the server's Appointments in status waitlist with their patients, once", async () => {
+    server.put(testPatient('p1'));
+    server.put(testPatient('p2'));
+    server.put(testAppointment('w1', 'Patient/p1', { status: 'waitlist', requestedPeriod: [{ start: '2026-03-10T08:00:00+01:00', end: '2026-03-20T18:00:00+01:00' }] }));
+    server.put(testAppointment('a2', 'Patient/p2'));
+    const committed: Trigger[] = [];
+    const ingest = new FhirIngest(
+      { input: 'ehr-fhir', subscriptions: [], searchResources: ['Appointment'], searchLookbackSeconds: 3600 },
+      { store, log, client: new FhirClient({ baseUrl: server.baseUrl, maxRetries: 0, timeoutMs: 5_000 }), now: () => new Date(clock), onCommitted: (t) => void committed.push(...t) },
+    );
+    ingests.push(ingest);
+    await ingest.searchWaitlist();
+    expect(committed.map((t) => [t.type, t.appointment?.id, t.appointment?.status, t.patient?.id])).toEqual([['appointment.booked', 'w1', 'waitlist', 'MRN-p1']]);
+    expect(committed[0]!.appointment!.requestedPeriod).toEqual([{ start: '2026-03-10T08:00:00+01:00', end: '2026-03-20T18:00:00+01:00' }]);
+    expect(server.requests.find((r) => r.path === '/fhir/Appointment')!.query).toMatch(/status=waitlist/);
+    await ingest.searchWaitlist();
+    expect(committed).toHaveLength(1);
   });
 
   it('a contained Patient is read inside the resource: nothing fetched', async () => {

@@ -388,6 +388,18 @@ export class FhirIngest {
     return result;
   }
 
+  /**
+   * The server's waitlist (docs/waitlist.md "Sources in the EHR"): `Appointment?status=waitlist`
+   * with the patients included, ingested like any search — an entry new or changed since it was
+   * last seen is committed and its trigger (status waitlist) reaches the waitlist; one seen before
+   * is a duplicate. Called by the waitlist before a wave.
+   */
+  async searchWaitlist(): Promise<void> {
+    const result = await this.deps.client.search('Appointment', { status: 'waitlist', _include: 'Appointment:patient', _count: SEARCH_PAGE_SIZE }, { maxPages: SEARCH_MAX_PAGES });
+    if (result.incomplete !== undefined) this.deps.log.warn('fhir.search_incomplete', { input: this.settings.input, messageType: 'Appointment', reason: result.incomplete });
+    await this.ingestResources(result.resources, result.included, {});
+  }
+
   /** Moves a cursor forward (never back) to the newest lastUpdated among `resources`. */
   async advanceCursor(key: string, stored: string | undefined, resources: readonly FhirResource[]): Promise<void> {
     let newest = stored;

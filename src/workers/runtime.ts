@@ -103,6 +103,8 @@ export interface DeliveryRuntimeOptions {
   links: UnsubscribeLinks;
   /** Video-visit links, for rules with send.videoLink (workers/video.ts); without it such messages are suppressed no_join_info. */
   video?: VideoLinks;
+  /** Searches the EHR's waitlist before a wave (waitlist sources.searchFhir; main.ts binds it to that input's FhirIngest). */
+  waitlistSearch?: () => Promise<void>;
   /** Where outputs' secret references ({ env: NAME }) are read. Default: process.env. */
   env?: Env;
   /** How often tools' consent changes are read (workers/consent-sync.ts). Default 60 s. */
@@ -336,6 +338,7 @@ export class DeliveryRuntime {
           // Through onCommitted: with several processes the routing lease holder routes them.
           onTriggers: (triggers) => this.onCommitted(triggers),
           // A patient whose ledger says no to care texts is not offered a slot (the send-time check would stop it anyway).
+          ...(options.waitlistSearch !== undefined ? { searchEhr: options.waitlistSearch } : {}),
           smsAllowed: async (patientId) => {
             const consent = await this.consent.effectiveConsent(patientId);
             return !consent.deceased && (consent.states.find((c) => c.purpose === OFFER_PURPOSE && c.channel === 'sms')?.allowed ?? true);

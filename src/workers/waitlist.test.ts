@@ -48,6 +48,8 @@ let ran: Set<string>;
 let offered: Trigger[];
 /** appointment.waitlist_taken made by the waitlist (the notice to the others when a yes claims the slot). */
 let told: Trigger[];
+/** What the search of the EHR's waitlist does before a wave (sources.searchFhir). */
+let search: () => Promise<void>;
 let answered: Trigger[];
 let calls: WriteBackOperation[];
 let results: WriteBackResult[];
@@ -76,6 +78,7 @@ function start(over: Partial<WaitlistConfig> = {}): void {
       told.push(...t.filter((x) => x.type === 'appointment.waitlist_taken'));
     },
     smsAllowed: async (patientId) => !denyConsent.has(patientId),
+    searchEhr: async () => search(),
     log: silentLogger,
     now: () => clock,
   });
@@ -101,6 +104,7 @@ async function openStore(backend: StoreBackend): Promise<void> {
   ran = new Set();
   offered = [];
   told = [];
+  search = async () => undefined;
   answered = [];
   calls = [];
   results = [];
@@ -691,6 +695,27 @@ for (const backend of storeBackends) {
         await runDue();
         // W-5's later appointment is a candidate; no entry is (W-4 among them).
         expect(offeredTo()).toEqual(['P-5']);
+      });
+
+      it('sources.searchFhir: the EHR is searched before each wave, and what it found is offered in that wave; a failed search leaves the wave to what is known', async () => {
+        start({ sources: { searchFhir: 'ehr-fhir', laterAppointments: { optIn: 'all', patients: [] } } });
+        await later('L-1', 'P-1', '2030-04-20T09:00:00Z');
+        // The search finds an entry the feed never told (its ingest hands the trigger to the waitlist, as onCommitted does).
+        search = async () => {
+          search = async () => {
+            throw new Error('ECONNREFUSED');
+          };
+          void waitlist.onCommitted([]);
+          await entry('W-9', 'P-9');
+        };
+        await free();
+        await runDue();
+        expect(offeredTo()).toEqual(['P-9', 'P-1']);
+        // The next wave: the search fails, the wave goes out with what is known.
+        await later('L-2', 'P-2', '2030-04-19T09:00:00Z');
+        clock = T0 + 15 * MINUTE;
+        await runDue();
+        expect(offeredTo()).toEqual(['P-9', 'P-1', 'P-2']);
       });
 
       it('a waitlist entry noted again keeps its place (the time it was first noted)', async () => {

@@ -106,6 +106,11 @@ export interface WaitlistServiceDeps {
   output: (name: string) => Pick<OutboundAdapter, 'writeBack'> | undefined;
   /** Routes the triggers the waitlist committed: offers, and the notices that a slot is taken (Router.onCommitted). */
   onTriggers: (triggers: Trigger[]) => void;
+  /**
+   * Searches the EHR's waitlist (sources.searchFhir: the input's FhirIngest.searchWaitlist), whose
+   * new entries reach onCommitted like any trigger; absent where that input does not run (a worker process).
+   */
+  searchEhr?: () => Promise<void>;
   /** Whether the patient's consent allows SMS for care.logistics now (ConsentService.effectiveConsent); absent: left to the send-time check. */
   smsAllowed?: (patientId: string) => Promise<boolean>;
   log: Logger;
@@ -277,6 +282,15 @@ export class WaitlistService {
     if (await store.findMessage('waitlist', waveMessageId(slot.id, wave))) {
       await this.#planWave(slot.id, next, { waves: wave });
       return [];
+    }
+    // The EHR's waitlist searched first (sources.searchFhir), its entries noted before they are read.
+    if (config.sources.searchFhir !== undefined && config.sources.ehrWaitlist !== false && this.#deps.searchEhr !== undefined) {
+      try {
+        await this.#deps.searchEhr();
+        await this.settled();
+      } catch (error) {
+        log.warn('waitlist.search_failed', { slotId: slot.id, code: failureClassOf(error) });
+      }
     }
     const { chosen, filtered } = await this.#candidates(slot, now);
     const expiresAt = new Date(Math.min(now + config.waves.expiresMinutes * MINUTE, stopAt)).toISOString();

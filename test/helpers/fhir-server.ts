@@ -406,6 +406,12 @@ export async function startFhirTestServer(options: FhirTestServerOptions = {}): 
         return prefix === 'gt' ? t > instant : prefix === 'ge' ? t >= instant : prefix === 'lt' ? t < instant : t <= instant;
       });
     }
+    // status (Appointment, Encounter, Slot…): a token, several values comma-separated.
+    const statuses = params.get('status');
+    if (statuses !== null) {
+      const wanted = new Set(statuses.split(','));
+      matches = matches.filter((r) => wanted.has(String((r as { status?: unknown }).status ?? '')));
+    }
     const ids = params.get('_id');
     if (ids !== null) {
       const wanted = new Set(ids.split(','));
