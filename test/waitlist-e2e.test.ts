@@ -10,6 +10,8 @@ import { afterEach, beforeEach, expect, it } from 'vitest';
 import { startCarerelay, type RunningCarerelay } from '../src/main.ts';
 import { twilioSignature } from '../src/twilio/signature.ts';
 import { startFhirAppointmentStandIn, type AppointmentStandIn } from './helpers/appointment-standins.ts';
+import { testAppointment, testPatient } from './helpers/fhir-notifications.ts';
+import { startFhirTestServer } from './helpers/fhir-server.ts';
 import { smsAndEhrConfigDir } from './helpers/consent.ts';
 import { captureLogger, hl7Field, mllpExchange, siuMessage, type TestConfigDir } from './helpers/server.ts';
 import { startTwilioStandIn, type TwilioStandIn } from './helpers/twilio-standin.ts';
@@ -164,4 +166,29 @@ it('SIU^S24 without a patient (time opened on the schedule) is slot.freed: with 
   expect(freed).toMatchObject({ type: 'slot.freed', slot: { id: 'BLOCK-7', status: 'free', practitioner: { id: 'DR-22' } } });
   expect(freed!.patient).toBeUndefined();
   expect(await server.store.getWaitlistSlot('BLOCK-7@2030-03-12T09:00:00.000Z')).toMatchObject({ state: 'open', waves: 1 });
+});
+
+it("sources.searchFhir: the wave first searches the EHR's FHIR server for Appointment?status=waitlist and offers the slot to the entry whose requested period holds it", async () => {
+  const ehr = await startFhirTestServer();
+  try {
+    const WAITING = '+33633333333';
+    ehr.put(testPatient('p9', { telecom: [{ system: 'phone', use: 'mobile', value: WAITING }] }));
+    ehr.put(testAppointment('w9', 'Patient/p9', { status: 'waitlist', start: undefined, end: undefined, serviceType: [{ coding: [{ code: 'CHK' }] }], requestedPeriod: [{ start: '2030-03-11', end: '2030-03-20' }] }));
+    ehr.put(testAppointment('w8', 'Patient/p9', { status: 'waitlist', start: undefined, end: undefined, serviceType: [{ coding: [{ code: 'DERM' }] }] }));
+    writeFileSync(
+      path.join(config.dir, 'connectors', 'fhir.yaml'),
+      `inputs:\n  - name: ehr-fhir\n    type: fhir-rest-hook\n    server: { baseUrl: ${JSON.stringify(ehr.baseUrl)}, timeoutSeconds: 5 }\n    auth: { bearer: { token: { env: FHIR_HOOK_TOKEN } } }\n`,
+    );
+    writeFileSync(path.join(config.dir, 'connectors', 'waitlist.yaml'), `${WAITLIST}  sources: { searchFhir: ehr-fhir }\n`);
+    server = await startCarerelay({ configDir: config.dir, env: { TWILIO_AUTH_TOKEN: twilio.authToken, FHIR_TOKEN: fhir.token, FHIR_HOOK_TOKEN: 'hook' }, log: captureLogger(), watchMappings: false, now: () => clock });
+    const port = server.mllpPorts.get('ehr-mllp')!;
+    expect(hl7Field((await mllpExchange(port, siu({ controlId: 'F-1', event: 'S15', appointmentId: 'FREE-1', patientId: 'E300009', start: '2030-03-12T09:00:00Z' })))!, 'MSA', 1)).toBe('AA');
+    await server.deliveries.idle();
+    expect(ehr.requests.find((r) => r.path === '/fhir/Appointment')?.query).toMatch(/status=waitlist/);
+    expect(twilio.messages.map((m) => [m.to, m.body])).toEqual([[WAITING, expect.stringContaining('Reply 1 to take it')]]);
+  } finally {
+    await server?.stop();
+    server = undefined;
+    await ehr.close();
+  }
 });
