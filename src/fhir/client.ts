@@ -527,6 +527,25 @@ export class FhirClient {
   }
 
   /**
+   * A type-level operation invoked by POST (`[base]/type/$name`, FHIR R4 §3.1.0.17 / operations.html)
+   * with a Parameters body; answers whatever resource the operation returns. Not idempotent
+   * (e.g. Appointment `$book`): classified like a create (a timeout or 5xx other than 503 is an
+   * AmbiguousError — the caller decides how a repeat finds what the first attempt did).
+   */
+  async operate(type: string, name: string, parameters: FhirResource, options: { signal?: AbortSignal } = {}): Promise<FhirResource> {
+    checkType(type);
+    if (!/^\$[a-z][a-z0-9-]{0,63}$/i.test(name)) throw new PermanentError('fhir_request_invalid', `${JSON.stringify(name).slice(0, 70)} is not an operation name (e.g. $book)`);
+    const what = `${type}/${name}`;
+    const answered = await this.call(
+      { what, idempotent: false },
+      (requestOptions) => this.fhir.operation({ name, resourceType: type, method: 'POST', input: parameters, options: requestOptions }),
+      options.signal,
+    );
+    if (typeof answered.resourceType !== 'string') throw new FhirRequestError('fhir_invalid_response', `${what}: the answer is not a FHIR resource`);
+    return answered;
+  }
+
+  /**
    * FHIR update (PUT `type/id`); `resource.id` is required. Idempotent, so retried like a read.
    * `ifMatch` makes it a version-aware update (FHIR R4 §3.1.0.5 "Managing resource contention":
    * a server whose current version differs answers 412, some 409): the caller re-reads.

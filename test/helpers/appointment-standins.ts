@@ -17,6 +17,15 @@
 // /patient-status (value accepted only, on a booked appointment whose Patient participant is
 // tentative) — anything else 422; 200 with an empty body and the new ETag.
 //
+// Generic FHIR R4 also serves the Argonaut Scheduling `Appointment/$book` operation
+// (http://fhir.org/guides/argonaut/scheduling/OperationDefinition-appointment-book.html): POST
+// /fhir/Appointment/$book, application/fhir+json, a Parameters body with exactly one
+// `appt-resource` (an Appointment without id, status `proposed`, a start and participants with
+// valid statuses), `patient-id` (0..*, `Patient/<id>` uris) and `comment` (0..1) — any other
+// parameter 400; the answer is a searchset Bundle holding the Appointment, `booked` with its
+// participants accepted (stored, identifiers kept) or `cancelled` when told to reject it. Like
+// the definition says, it is not idempotent: the same request twice books twice.
+//
 // Both: a bearer token when configured (401), and faults (429 + Retry-After, 503, hang, reset);
 // `interfere(n)` changes the appointment behind the client's back before each of the next n
 // writes, so the client's If-Match is stale.
@@ -47,8 +56,14 @@ export interface AppointmentStandIn {
   writes(): RecordedRequest[];
   /** Creates (POST, a waitlist booking) received so far. */
   creates(): RecordedRequest[];
-  /** Answers the next `n` creates with `status` (409: the slot is taken; 422; 503). */
+  /** Answers the next `n` creates (and $book calls) with `status` (409: the slot is taken; 422; 503). */
   failCreates(n: number, status: number): void;
+  /** `$book` calls received so far. */
+  bookings(): RecordedRequest[];
+  /** The next `n` $book calls are rejected: the Appointment is answered `cancelled`, nothing booked. */
+  rejectBookings(n: number): void;
+  /** The next `n` $book calls book the appointment, then answer 500 (the client cannot tell it was booked). */
+  lostBookingAnswers(n: number): void;
   /** What the appointment says now: its patient confirmed (participant accepted), cancelled and why. */
   state(id: string): { confirmed: boolean; cancelled: boolean; cancelReason?: string };
   close(): Promise<void>;
@@ -74,15 +89,23 @@ async function startAppointmentServer(options: {
   token?: string;
   write: (request: RecordedRequest, current: StandInAppointment) => Answer | StandInAppointment;
   create?: (request: RecordedRequest) => Answer;
+  /** `POST /fhir/Appointment/$book`. */
+  book?: (request: RecordedRequest) => Answer;
   appointments?: Map<string, StandInAppointment>;
   failing?: { n: number; status: number };
+  booking?: { reject: number; lose: number };
 }): Promise<AppointmentStandIn> {
+  const booking = options.booking ?? { reject: 0, lose: 0 };
   const token = options.token ?? 'standin-token';
   const appointments = options.appointments ?? new Map<string, StandInAppointment>();
   const failing = options.failing ?? { n: 0, status: 503 };
   let interfering = 0;
   const http = await startHttpStandIn((request) => {
     if (header(request, 'authorization') !== `Bearer ${token}`) return outcome(401, 'login', 'a valid bearer token is required');
+    if (request.path === '/fhir/Appointment/$book') {
+      if (request.method !== 'POST') return outcome(405, 'not-supported', '$book is invoked by POST');
+      return options.book ? options.book(request) : outcome(404, 'not-supported', 'this server does not define $book');
+    }
     const m = /^\/fhir\/Appointment(?:\/([A-Za-z0-9\-.]{1,64}))?$/.exec(request.path);
     if (!m) return outcome(404, 'not-found', 'unknown path');
     if (request.method === 'POST' && m[1] === undefined) return options.create ? options.create(request) : outcome(405, 'not-supported', 'this server does not create appointments');
@@ -131,10 +154,17 @@ async function startAppointmentServer(options: {
       interfering = n;
     },
     writes: () => http.requests.filter((r) => r.method === 'PUT' || r.method === 'PATCH'),
-    creates: () => http.requests.filter((r) => r.method === 'POST'),
+    creates: () => http.requests.filter((r) => r.method === 'POST' && r.path === '/fhir/Appointment'),
     failCreates(n, status) {
       failing.n = n;
       failing.status = status;
+    },
+    bookings: () => http.requests.filter((r) => r.method === 'POST' && r.path === '/fhir/Appointment/$book'),
+    rejectBookings(n) {
+      booking.reject = n;
+    },
+    lostBookingAnswers(n) {
+      booking.lose = n;
     },
     state(id) {
       const a = appointments.get(id)!;
@@ -153,10 +183,51 @@ async function startAppointmentServer(options: {
 export function startFhirAppointmentStandIn(options: { conflictStatus?: 409 | 412 } = {}): Promise<AppointmentStandIn> {
   const appointments = new Map<string, StandInAppointment>();
   const failing = { n: 0, status: 503 };
+  const booking = { reject: 0, lose: 0 };
   let made = 0;
+  const fhirJson = { 'content-type': 'application/fhir+json' };
   return startAppointmentServer({
     appointments,
     failing,
+    booking,
+    book(request) {
+      if (!(header(request, 'content-type') ?? '').startsWith('application/fhir+json')) return outcome(415, 'not-supported', 'Content-Type must be application/fhir+json');
+      let body: { resourceType?: string; parameter?: Array<{ name?: string; resource?: StandInAppointment; valueUri?: string; valueString?: string }> } | undefined;
+      try {
+        body = JSON.parse(request.text) as typeof body;
+      } catch {
+        return outcome(400, 'structure', 'the body is not JSON');
+      }
+      if (body?.resourceType !== 'Parameters' || !Array.isArray(body.parameter)) return outcome(400, 'structure', '$book takes a Parameters resource');
+      const unknown = body.parameter.find((p) => !['appt-resource', 'appt-id', 'patient-id', 'comment', 'cancelled-appt-id'].includes(String(p.name)));
+      if (unknown !== undefined) return outcome(400, 'invalid', `unknown parameter ${String(unknown.name)}`);
+      const resources = body.parameter.filter((p) => p.name === 'appt-resource');
+      if (resources.length !== 1 || resources[0]!.resource?.resourceType !== 'Appointment') return outcome(400, 'required', 'this server books an appt-resource: exactly one Appointment');
+      if (body.parameter.some((p) => p.name === 'patient-id' && !/^Patient\/[A-Za-z0-9\-.]{1,64}$/.test(p.valueUri ?? ''))) return outcome(400, 'value', 'patient-id is a uri Patient/<id>');
+      const appt = resources[0]!.resource!;
+      if (appt.id !== undefined) return outcome(400, 'invalid', 'appt-resource is a new Appointment (no id)');
+      if (appt.status !== 'proposed') return outcome(422, 'business-rule', 'the Appointment to book must be proposed');
+      if (typeof appt.start !== 'string' || !Array.isArray(appt.participant) || appt.participant.length === 0 || appt.participant.some((p) => !PARTICIPANT_STATUS.has(p.status))) {
+        return outcome(422, 'required', 'the Appointment needs start and participants with a valid status');
+      }
+      if (failing.n > 0) {
+        failing.n--;
+        return outcome(failing.status, failing.status === 409 ? 'conflict' : 'processing', 'the server refused the booking');
+      }
+      const bundle = (a: StandInAppointment) => ({ status: 200, headers: fhirJson, body: { resourceType: 'Bundle', type: 'searchset', total: 1, entry: [{ fullUrl: `${request.path}/${a.id}`, resource: a }] } });
+      if (booking.reject > 0) {
+        booking.reject--;
+        return bundle({ ...appt, id: `rejected-${++made}`, meta: { versionId: '1' }, status: 'cancelled' });
+      }
+      const id = `booked-${++made}`;
+      const stored: StandInAppointment = { ...appt, id, meta: { versionId: '1' }, status: 'booked', participant: appt.participant.map((p) => ({ ...p, status: 'accepted' })) };
+      appointments.set(id, stored);
+      if (booking.lose > 0) {
+        booking.lose--;
+        return outcome(500, 'exception', 'the answer was lost');
+      }
+      return bundle(stored);
+    },
     // Create (https://hl7.org/fhir/R4/http.html#create): POST [base]/Appointment, application/fhir+json, no id
     // (the server assigns it), 201 with Location and the resource. Conditional create (§3.1.0.8.1):
     // If-None-Exist `identifier=system|value` — one match: 200 with it and nothing made.
