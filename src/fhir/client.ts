@@ -523,6 +523,9 @@ export class FhirClient {
         // A Location outside the base or not naming a resource: return the body without an id.
       }
     }
+    // A Location without _history (Oracle Health Millennium): the ETag still names the version.
+    const version = versionOf(created);
+    if (result.meta?.versionId === undefined && version !== undefined) result.meta = { ...result.meta, versionId: version };
     return result;
   }
 

@@ -26,6 +26,14 @@
 // participants accepted (stored, identifiers kept) or `cancelled` when told to reject it. Like
 // the definition says, it is not idempotent: the same request twice books twice.
 //
+// Oracle Health Millennium also books ("Search for Slots", GET /Slot: service-type required
+// (system|code), start required with both a ge and an lt prefix, schedule.actor optional; the
+// Slots it holds answered as a searchset) and creates ("Create an appointment", POST /Appointment,
+// application/fhir+json): status `booked` with `slot` exactly one reference to a Slot, which must
+// be free (else 409), `participant` exactly one, a Patient reference with status `accepted` and
+// no `type` — anything else 422; 201 with an empty body, Location and ETag W/"0"; the Slot becomes
+// busy. Its Appointment search by `patient` requires `date` (ge/lt).
+//
 // Both: a bearer token when configured (401), and faults (429 + Retry-After, 503, hang, reset);
 // `interfere(n)` changes the appointment behind the client's back before each of the next n
 // writes, so the client's If-Match is stale.
@@ -91,6 +99,8 @@ async function startAppointmentServer(options: {
   create?: (request: RecordedRequest) => Answer;
   /** `POST /fhir/Appointment/$book`. */
   book?: (request: RecordedRequest) => Answer;
+  /** `GET /fhir/Slot`. */
+  slots?: (request: RecordedRequest) => Answer;
   appointments?: Map<string, StandInAppointment>;
   failing?: { n: number; status: number };
   booking?: { reject: number; lose: number };
@@ -106,9 +116,18 @@ async function startAppointmentServer(options: {
       if (request.method !== 'POST') return outcome(405, 'not-supported', '$book is invoked by POST');
       return options.book ? options.book(request) : outcome(404, 'not-supported', 'this server does not define $book');
     }
+    if (request.path === '/fhir/Slot' && request.method === 'GET' && options.slots) return options.slots(request);
     const m = /^\/fhir\/Appointment(?:\/([A-Za-z0-9\-.]{1,64}))?$/.exec(request.path);
     if (!m) return outcome(404, 'not-found', 'unknown path');
     if (request.method === 'POST' && m[1] === undefined) return options.create ? options.create(request) : outcome(405, 'not-supported', 'this server does not create appointments');
+    if (request.method === 'GET' && m[1] === undefined && request.query.has('patient')) {
+      // Millennium: date is required with patient (ge/lt prefixes).
+      const range = dateRange(request.query.getAll('date'));
+      if (range === undefined) return outcome(400, 'required', 'date (ge and lt) is required when searching by patient');
+      const patient = `Patient/${request.query.get('patient')}`;
+      const found = [...appointments.values()].filter((a) => a.participant.some((p) => p.actor.reference === patient) && typeof a.start === 'string' && Date.parse(a.start) >= range[0] && Date.parse(a.start) < range[1]);
+      return { status: 200, headers: { 'content-type': 'application/fhir+json' }, body: { resourceType: 'Bundle', type: 'searchset', total: found.length, entry: found.map((a) => ({ resource: a, search: { mode: 'match' } })) } };
+    }
     if (request.method === 'GET' && m[1] === undefined) {
       const [system, value] = (request.query.get('identifier') ?? '').includes('|') ? request.query.get('identifier')!.split('|') : [undefined, request.query.get('identifier')];
       const found = [...appointments.values()].filter((a) => a.identifier?.some((i) => i.value === value && (system === undefined || i.system === system)));
@@ -285,6 +304,27 @@ export function startFhirAppointmentStandIn(options: { conflictStatus?: 409 | 41
   });
 }
 
+/** A `ge…`/`lt…` pair of search values as [from, to) in ms; undefined unless both are there. */
+function dateRange(values: string[]): [number, number] | undefined {
+  const ge = values.find((v) => v.startsWith('ge'));
+  const lt = values.find((v) => v.startsWith('lt'));
+  if (ge === undefined || lt === undefined || Number.isNaN(Date.parse(ge.slice(2))) || Number.isNaN(Date.parse(lt.slice(2)))) return undefined;
+  return [Date.parse(ge.slice(2)), Date.parse(lt.slice(2))];
+}
+
+/** A Millennium Slot the stand-in offers. */
+export interface StandInSlot {
+  resourceType: 'Slot';
+  id: string;
+  status: 'free' | 'busy';
+  start: string;
+  end: string;
+  serviceType: Array<{ coding: Array<{ system: string; code: string }> }>;
+  schedule: { reference: string };
+  /** The practitioner of its schedule (schedule.actor). */
+  actor: string;
+}
+
 /** Millennium's status sequences ("From Proposed to Booked or Cancelled…"). */
 const ORACLE_TRANSITIONS: Record<string, string[]> = {
   proposed: ['booked', 'cancelled'],
@@ -293,10 +333,67 @@ const ORACLE_TRANSITIONS: Record<string, string[]> = {
   'checked-in': ['fulfilled', 'cancelled'],
 };
 
-/** An Oracle Health Millennium R4 server: JSON Patch on the documented paths, If-Match required, 423 while `lock()`ed. */
-export async function startOracleAppointmentStandIn(): Promise<AppointmentStandIn & { lock(n: number): void }> {
+/** An Oracle Health Millennium R4 server: JSON Patch on the documented paths, If-Match required, 423 while `lock()`ed; Slots and booking creates. */
+export async function startOracleAppointmentStandIn(): Promise<AppointmentStandIn & { lock(n: number): void; slots: Map<string, StandInSlot> }> {
   let locked = 0;
+  let made = 0;
+  const slots = new Map<string, StandInSlot>();
+  const appointments = new Map<string, StandInAppointment>();
+  const json = { 'content-type': 'application/fhir+json' };
   const server = await startAppointmentServer({
+    appointments,
+    slots(request) {
+      const service = request.query.get('service-type');
+      const range = dateRange(request.query.getAll('start'));
+      if (service === null && !request.query.has('_id')) return outcome(400, 'required', 'service-type or _id is required');
+      if (range === undefined) return outcome(400, 'required', 'start is required with a ge and an lt prefix');
+      const [system, code] = service!.includes('|') ? service!.split('|') : [undefined, service!];
+      const actor = request.query.get('schedule.actor');
+      const found = [...slots.values()].filter(
+        (slot) =>
+          slot.serviceType.some((t) => t.coding.some((c) => c.code === code && (system === undefined || c.system === system))) &&
+          Date.parse(slot.start) >= range[0] &&
+          Date.parse(slot.start) < range[1] &&
+          (actor === null || slot.actor === actor),
+      );
+      return { status: 200, headers: json, body: { resourceType: 'Bundle', type: 'searchset', entry: found.map((slot) => ({ resource: slot, search: { mode: 'match' } })) } };
+    },
+    create(request) {
+      if (!(header(request, 'content-type') ?? '').startsWith('application/fhir+json')) return outcome(415, 'not-supported', 'Content-Type must be application/fhir+json');
+      let body: { resourceType?: string; status?: string; slot?: Array<{ reference?: string }>; participant?: Array<{ actor?: { reference?: string }; status?: string; type?: unknown }> };
+      try {
+        body = JSON.parse(request.text) as typeof body;
+      } catch {
+        return outcome(400, 'structure', 'the body is not JSON');
+      }
+      if (body.resourceType !== 'Appointment') return outcome(400, 'invalid', 'the body must be an Appointment');
+      if (body.status !== 'booked') return outcome(422, 'business-rule', 'this server books: status must be booked');
+      if (!Array.isArray(body.slot) || body.slot.length !== 1) return outcome(422, 'business-rule', 'slot must be a list containing exactly one reference');
+      const participant = body.participant;
+      if (!Array.isArray(participant) || participant.length !== 1 || !/^Patient\/[A-Za-z0-9\-.]{1,64}$/.test(participant[0]!.actor?.reference ?? '')) {
+        return outcome(422, 'business-rule', 'participant must be a list containing exactly one patient participant');
+      }
+      if (participant[0]!.status !== 'accepted' || participant[0]!.type !== undefined) return outcome(422, 'business-rule', 'the participant status must be accepted, and type must not be set');
+      const slot = slots.get((body.slot[0]!.reference ?? '').replace(/^Slot\//, ''));
+      if (slot === undefined) return outcome(422, 'business-rule', 'the Slot is not known');
+      if (slot.status !== 'free') return outcome(409, 'conflict', 'the Slot is no longer available');
+      slot.status = 'busy';
+      const id = `${9100000 + ++made}`;
+      appointments.set(id, {
+        resourceType: 'Appointment',
+        id,
+        meta: { versionId: '0' },
+        status: 'booked',
+        slot: [{ reference: `Slot/${slot.id}` }],
+        start: slot.start,
+        end: slot.end,
+        participant: [
+          { actor: { reference: participant[0]!.actor!.reference! }, status: 'accepted' },
+          { actor: { reference: slot.actor }, status: 'accepted' },
+        ],
+      });
+      return { status: 201, headers: { location: `${request.path}/${id}`, etag: 'W/"0"' } };
+    },
     write(request, current) {
       if (request.method !== 'PATCH') return outcome(405, 'not-supported', 'use PATCH');
       if (!(header(request, 'content-type') ?? '').startsWith('application/json-patch+json')) return outcome(415, 'not-supported', 'Content-Type must be application/json-patch+json');
@@ -336,6 +433,7 @@ export async function startOracleAppointmentStandIn(): Promise<AppointmentStandI
     },
   });
   return Object.assign(server, {
+    slots,
     lock(n: number) {
       locked = n;
     },
