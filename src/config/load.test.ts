@@ -643,7 +643,7 @@ describe('alerts and retention blocks', () => {
   it('defaults every setting when the blocks are left out', async () => {
     const plan = await loadConfig({ configDir: await configDir({ 'a.yaml': `inputs:\n${mllp('lab', 2601)}` }), env: {} });
     expect(plan.alerts).toMatchObject({ notify: [], checkEverySeconds: 30, silentInput: { afterMinutes: 60 }, errorRate: { threshold: 0.2 } });
-    expect(plan.retention.days).toEqual({ rawMessages: 30, triggers: 90, deliveryBodies: 7, outbox: 7, deliveries: 365, doneJobs: 7, decisions: 2190, audit: 2190, outcomes: 730, videoJoins: 30, videoLinks: 30, replyPrompts: 30, staffTasks: 2190 });
+    expect(plan.retention.days).toEqual({ rawMessages: 30, triggers: 90, deliveryBodies: 7, outbox: 7, deliveries: 365, doneJobs: 7, decisions: 2190, audit: 2190, outcomes: 730, videoJoins: 30, videoLinks: 30, replyPrompts: 30, staffTasks: 2190, waitlist: 730 });
   });
 
   it('sends alerts only through configured webhook or smtp outputs, an smtp one with an address; names known inputs', async () => {
