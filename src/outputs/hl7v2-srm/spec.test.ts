@@ -2,7 +2,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { startSrrResponder, type SrrResponder } from '../../../test/helpers/srr-responder.ts';
 import { memoryReceiptLedger } from '../conformance.ts';
 import { writeBackConformanceSuite, WriteBackFault, type WriteBackFixture } from '../write-back-conformance.ts';
-import { CANCELLED_BY_REMINDER, type WriteBackOperation } from '../write-back.ts';
+import { CANCELLED_BY_REMINDER, SCHEDULED_FROM_WAITLIST, type WriteBackOperation } from '../write-back.ts';
 import { controlIdOf, createHl7v2Srm, placerIdOf, srmFor, type Hl7v2SrmConfig } from './spec.ts';
 
 const deps = { secret: () => '', receipts: memoryReceiptLedger(), now: () => new Date('2030-03-15T10:00:00Z') };
@@ -167,6 +167,13 @@ describe('hl7v2-srm', () => {
       expect(new Set(responder.received.map((r) => r.controlId)).size).toBe(1);
       expect(responder.booked).toHaveLength(1);
     });
+  });
+
+  it("a waitlist booking's cancellation of the later appointment carries pat-swl, not the configured cancel reason", () => {
+    const arq = (reason: typeof CANCELLED_BY_REMINDER | typeof SCHEDULED_FROM_WAITLIST) =>
+      srmFor({ ...confirm, kind: 'cancel', reason }, config(1, { reasons: { confirm: { code: 'C', text: 'c' }, cancel: { code: 'LOCAL-X', text: 'Local' } } }), new Date()).split('\r')[1]!.split('|')[6];
+    expect(arq(CANCELLED_BY_REMINDER)).toBe('LOCAL-X^Local');
+    expect(arq(SCHEDULED_FROM_WAITLIST)).toBe('pat-swl^Patient: Scheduled from Wait List');
   });
 
   it('escapes ids that contain HL7 delimiters', () => {

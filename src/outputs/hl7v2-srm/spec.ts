@@ -5,7 +5,9 @@
 //   confirm  SRM^S03^SRM_S01 "request appointment modification": ARQ-6 (request event reason)
 //            says what changed — the patient confirmed (reasons.confirm, configurable)
 //   cancel   SRM^S04^SRM_S01 "request appointment cancellation": ARQ-6 the cancellation reason
-//            (default pat-crs, "Patient: Canceled via automated reminder system")
+//            (a patient's cancel: reasons.cancel, default pat-crs "Patient: Canceled via
+//            automated reminder system"; the later appointment given up for a waitlist slot:
+//            pat-swl "Patient: Scheduled from Wait List", as the operation says)
 //   book     SRM^S01^SRM_S01 "request new appointment booking" (§10.3.1), a freed waitlist slot
 //            for a patient (docs/waitlist.md): ARQ-1 a placer appointment id CareRelay derives
 //            from the request id (`<id>^<sendingApplication>`, the same on every attempt), ARQ-2
@@ -141,7 +143,7 @@ export const hl7v2SrmConfigSchema = {
       default: {},
       properties: {
         confirm: coded('Why an S03 is sent: the patient confirmed.', 'CONFIRMED', 'Confirmed by the patient via automated reminder'),
-        cancel: coded('Why an S04 is sent (default: pat-crs).', CANCELLED_BY_REMINDER.code, CANCELLED_BY_REMINDER.display),
+        cancel: coded("Why an S04 is sent for a patient's cancellation (default: pat-crs); a waitlist booking cancels the later appointment with pat-swl.", CANCELLED_BY_REMINDER.code, CANCELLED_BY_REMINDER.display),
         book: coded('Why an S01 is sent: a waitlist patient took a freed slot.', BOOK_REASON.code, BOOK_REASON.text),
       },
     },
@@ -230,7 +232,11 @@ export function srmFor(op: WriteBackOperation, config: Hl7v2SrmConfig, now: Date
     op.kind === WriteBackKind.Confirm
       ? config.reasons.confirm
       : op.kind === WriteBackKind.Cancel
-        ? (config.reasons.cancel ?? { code: op.reason.code, text: op.reason.display })
+        ? // reasons.cancel stands for the patient's own cancellation (pat-crs); another reason (a
+          // waitlist booking's pat-swl) is sent as the operation gives it.
+          op.reason.code === CANCELLED_BY_REMINDER.code
+          ? (config.reasons.cancel ?? { code: op.reason.code, text: op.reason.display })
+          : { code: op.reason.code, text: op.reason.display }
         : (config.reasons.book ?? BOOK_REASON);
   const ce = ceOf(reason);
   const person = `${e(config.enteredBy.id)}^${e(config.enteredBy.name)}`;
