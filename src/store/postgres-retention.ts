@@ -23,7 +23,7 @@
 import { expandDeliveryJson } from './common.ts';
 import type { Sql } from './postgres-commit.ts';
 import { giveBackRawQuota } from './postgres-raw-quota.ts';
-import { awaitsSomeone, parsePosition, position, staffTaskTimes, subjectKeyOf, visitOver, waitlistNext, waitlistPosition, WaitlistWalk, type RetainedMessage, type RetainedTrigger } from './retention-rules.ts';
+import { awaitsSomeone, parsePosition, position, staffTaskTimes, subjectKeyOf, visitOver, waitlistPosition, WaitlistWalk, type RetainedMessage, type RetainedTrigger } from './retention-rules.ts';
 import { PENDING_REASON, RetentionKind, type PruneBatch, type PruneOptions } from './store.ts';
 
 /** Column and indexes retention walks (one append-only migration step of the store, postgres.ts). */
@@ -398,28 +398,30 @@ async function walk<R>(
 
 /** Slots that started before the cutoff, with their offers; then index entries that did (each write re-checks the start). */
 async function waitlist(sql: Sql, beforeMs: number, limit: number, after: string | undefined, dry: boolean): Promise<PruneBatch> {
-  const at = waitlistPosition(after);
+  let at = waitlistPosition(after);
+  let removed = 0;
+  let budget = limit;
   if (at.walk === WaitlistWalk.Slots) {
     const rows = await sql.rows<{ id: string; opened_ms: string; start_ms: string }>(
       'SELECT id, opened_ms, start_ms FROM waitlist_slots WHERE opened_ms < $1 AND (opened_ms, id) > ($2, $3) ORDER BY opened_ms, id LIMIT $4',
       [beforeMs, at.ms, at.id, limit],
     );
     const going = rows.filter((r) => Number(r.start_ms) < beforeMs).map((r) => r.id);
-    let removed = going.length;
+    removed = going.length;
     if (!dry && going.length > 0) {
       await sql.count('DELETE FROM waitlist_offers WHERE slot_id = ANY($1::text[])', [going]);
       removed = await sql.count('DELETE FROM waitlist_slots WHERE id = ANY($1::text[]) AND start_ms < $2', [going, beforeMs]);
     }
     const last = rows[rows.length - 1];
-    const next = waitlistNext(at.walk, rows.length === limit, last && { ms: Number(last.opened_ms), id: last.id });
-    return { removed, ...(next !== undefined ? { next } : {}) };
+    if (rows.length === limit && last) return { removed, next: position(WaitlistWalk.Slots, Number(last.opened_ms), last.id) };
+    budget = limit - rows.length;
+    at = { walk: WaitlistWalk.Appointments, ms: 0, id: '' };
   }
-  const rows = await sql.rows<{ id: string; start_ms: string }>('SELECT id, start_ms FROM waitlist_appointments WHERE id > $1 ORDER BY id LIMIT $2', [at.id, limit]);
+  const rows = await sql.rows<{ id: string; start_ms: string }>('SELECT id, start_ms FROM waitlist_appointments WHERE id > $1 ORDER BY id LIMIT $2', [at.id, budget]);
   const going = rows.filter((r) => Number(r.start_ms) < beforeMs).map((r) => r.id);
-  const removed = dry || going.length === 0 ? going.length : await sql.count('DELETE FROM waitlist_appointments WHERE id = ANY($1::text[]) AND start_ms < $2', [going, beforeMs]);
+  removed += dry || going.length === 0 ? going.length : await sql.count('DELETE FROM waitlist_appointments WHERE id = ANY($1::text[]) AND start_ms < $2', [going, beforeMs]);
   const last = rows[rows.length - 1];
-  const next = waitlistNext(at.walk, rows.length === limit, last && { ms: 0, id: last.id });
-  return { removed, ...(next !== undefined ? { next } : {}) };
+  return { removed, ...(rows.length === budget && last ? { next: position(WaitlistWalk.Appointments, 0, last.id) } : {}) };
 }
 
 /** Done staff tasks by seq, up to the first one created after the cutoff (numbered as created). */

@@ -63,7 +63,8 @@ export function visitOver(start: string | null | undefined, beforeMs: number): b
 /**
  * The `waitlist` walk (store.ts RetentionKind): first the freed slots by (opened_ms, id) — a slot
  * opens before it starts, so every slot that started before the cutoff is found among those
- * opened before it —, then the later-appointments index by id. Its position names the table.
+ * opened before it —, then the later-appointments index by id (a batch that ends the slots goes
+ * on into the index with what is left of its limit). Its position names the table.
  */
 export const WaitlistWalk = { Slots: 'slots', Appointments: 'appointments' } as const;
 export type WaitlistWalk = (typeof WaitlistWalk)[keyof typeof WaitlistWalk];
@@ -75,13 +76,4 @@ export function waitlistPosition(after: string | undefined): { walk: WaitlistWal
   const [walk, ms, id] = parts as [string, string, string];
   if ((walk !== WaitlistWalk.Slots && walk !== WaitlistWalk.Appointments) || !Number.isFinite(Number(ms))) throw new RangeError(`prune: "${after}" is not a position this kind returned`);
   return { walk, ms: Number(ms), id };
-}
-
-/**
- * What a `waitlist` batch returns: the next position in this table when the page was full,
- * else the start of the index (after the slots) or nothing (after the index).
- */
-export function waitlistNext(walk: WaitlistWalk, full: boolean, last: { ms: number; id: string } | undefined): string | undefined {
-  if (full && last !== undefined) return position(walk, last.ms, last.id);
-  return walk === WaitlistWalk.Slots ? position(WaitlistWalk.Appointments, 0, '') : undefined;
 }

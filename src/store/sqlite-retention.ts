@@ -18,7 +18,7 @@ import { expandDeliveryJson } from './common.ts';
 import { PackedKind, packJson, unpackJson } from './packed-json.ts';
 import type { Database } from './sqlite-db.ts';
 import { rawQuotaGiveBack } from './sqlite-raw-quota.ts';
-import { awaitsSomeone, parsePosition, position, staffTaskTimes, subjectKeyOf, visitOver, waitlistNext, waitlistPosition, WaitlistWalk, type RetainedMessage, type RetainedTrigger } from './retention-rules.ts';
+import { awaitsSomeone, parsePosition, position, staffTaskTimes, subjectKeyOf, visitOver, waitlistPosition, WaitlistWalk, type RetainedMessage, type RetainedTrigger } from './retention-rules.ts';
 import { RetentionKind, type PruneBatch, type PruneOptions } from './store.ts';
 
 /** Columns and indexes retention walks (part of one append-only migration step of the store). */
@@ -322,8 +322,9 @@ export class SqliteRetention {
 
   /** Slots that started before the cutoff, with their offers; then index entries that did. */
   #waitlist(beforeMs: number, limit: number, after: string | undefined, dry: boolean): PruneBatch {
-    const at = waitlistPosition(after);
+    let at = waitlistPosition(after);
     let removed = 0;
+    let budget = limit;
     if (at.walk === WaitlistWalk.Slots) {
       const rows = this.#s.waitlistSlots.all(beforeMs, at.ms, at.id, limit) as Array<{ id: string; opened_ms: number; start_ms: number }>;
       for (const row of rows) {
@@ -334,18 +335,18 @@ export class SqliteRetention {
         this.#s.deleteSlot.run(row.id);
       }
       const last = rows[rows.length - 1];
-      const next = waitlistNext(at.walk, rows.length === limit, last && { ms: last.opened_ms, id: last.id });
-      return { removed, ...(next !== undefined ? { next } : {}) };
+      if (rows.length === limit && last) return { removed, next: position(WaitlistWalk.Slots, last.opened_ms, last.id) };
+      budget = limit - rows.length;
+      at = { walk: WaitlistWalk.Appointments, ms: 0, id: '' };
     }
-    const rows = this.#s.waitlistAppointments.all(at.id, limit) as Array<{ id: string; start_ms: number }>;
+    const rows = this.#s.waitlistAppointments.all(at.id, budget) as Array<{ id: string; start_ms: number }>;
     for (const row of rows) {
       if (!(row.start_ms < beforeMs)) continue;
       removed++;
       if (!dry) this.#s.deleteWaitlistAppointment.run(row.id, beforeMs);
     }
     const last = rows[rows.length - 1];
-    const next = waitlistNext(at.walk, rows.length === limit, last && { ms: 0, id: last.id });
-    return { removed, ...(next !== undefined ? { next } : {}) };
+    return { removed, ...(rows.length === budget && last ? { next: position(WaitlistWalk.Appointments, 0, last.id) } : {}) };
   }
 
   /** Done staff tasks by seq, up to the first one created after the cutoff (numbered as created). */
