@@ -42,6 +42,18 @@ const DICTIONARIES: Readonly<Record<number, Buffer>> = {
       '["first-visit-welcome","skipped",null,"condition_false","appointment.serviceType.code in [NEWPAT, FIRSTVISIT]"],' +
       '["reminder","replanned","@encounter/#1","unchanged","same","stale","finished","not_found","cancelled","expired","revived","holdout","no_anchor"]]',
   ),
+  // 5: a consent decision's notes (decisions.settings and .basis, workers/consent.ts #record):
+  // the same policy settings and the same few sentences in nearly every row.
+  5: Buffer.from(
+    '{"region":"eu","policyVersion":"","zone":"Europe/Paris","default":"deny","quietHours":{"start":"08:00","end":"21:00","channels":["sms","email"]},' +
+      '"caps":[{"purpose":"survey","channel":"email","perDay":1,"perWeek":1}],"sensitiveWindowDays":90}' +
+      'America/New_YorkAmerica/ChicagoAmerica/DenverAmerica/Los_Angeles "webhook" "crm" ' +
+      'FHIR Consent : permit: deny: opt-out (fhir, ) (admin, ) (sms, ) (email-link, ) (import, ) (provider, ) at granted revoked opted out ' +
+      'within  days of sensitive care (appointment/encounter/); shared address: the no-name variant ' +
+      'no consent record; the eu default denies marketing by sms no consent record; the us default allows care.followup by sms ' +
+      '{"region":"us","policyVersion":"1","zone":"UTC","default":"allow","quietHours":{"start":"08:00","end":"21:00","channels":["sms"]},"caps":[],"usExemptSms":{"perDay":1,"perWeek":3},"sensitiveWindowDays":90}' +
+      'no consent record; the us default allows care.logistics by email',
+  ),
 };
 
 /** Dictionary of raw inbound messages: HL7v2 segments and FHIR notification JSON. */
@@ -58,6 +70,7 @@ export const PackedKind = {
   Delivery: 2,
   Message: 3,
   Explanation: 4,
+  Decision: 5,
 } as const;
 export type PackedKind = (typeof PackedKind)[keyof typeof PackedKind];
 

@@ -278,6 +278,30 @@ describe('SqliteStore on a file', () => {
     }
   });
 
+  it("keeps a decision's settings and basis packed, and still reads rows written as plain text", async () => {
+    const store = SqliteStore.open(path.join(tempDir(), 'carerelay.db'));
+    try {
+      const settings = { region: 'us', policyVersion: '1', zone: 'UTC', default: 'allow', quietHours: { start: '08:00', end: '21:00', channels: ['sms'] }, caps: [], sensitiveWindowDays: 90 };
+      const basis = 'no consent record; the us default allows care.logistics by email';
+      const ref = { patientId: 'MRN-1', rule: 'r', purpose: 'care.logistics', channel: 'email', output: 'mail', result: 'allow', at: '2025-06-02T08:00:00+02:00' } as const;
+      await store.recordDecision({ ...ref, deliveryId: 'd1', basis, records: [], settings });
+      const stored = store.db.prepare("SELECT length(basis) + length(settings) AS bytes FROM decisions WHERE delivery_id = 'd1'").get() as { bytes: number };
+      // 64 + 165 bytes as text; the shipped policy's notes pack to a few bytes each.
+      expect(stored.bytes).toBeLessThan(30);
+      // A row written before the notes were packed (plain text) reads the same.
+      store.db
+        .prepare(`INSERT INTO decisions (delivery_id, patient_id, rule, purpose, channel, output, result, basis, records, settings, at) VALUES ('d0', 'MRN-1', 'r', 'care.logistics', 'email', 'mail', 'allow', ?, '[]', ?, ?)`)
+        .run(basis, JSON.stringify(settings), ref.at);
+      const read = await store.listDecisions({ patientId: 'MRN-1' });
+      expect(read.map((d) => [d.deliveryId, d.basis, d.settings])).toEqual([
+        ['d0', basis, settings],
+        ['d1', basis, settings],
+      ]);
+    } finally {
+      await store.close();
+    }
+  });
+
   it('finds the dedupe original through the partial unique index, not a table scan', () => {
     const store = SqliteStore.open(path.join(tempDir(), 'carerelay.db'));
     try {
