@@ -752,7 +752,7 @@ export class SqliteStore implements Store {
     this.deliverySeqStmt = db.prepare('SELECT seq FROM deliveries WHERE id = ?');
     this.finishDeliveryStmt = db.prepare(
       `UPDATE deliveries SET status = @status, reason = @reason, message = @message, outbox_seq = @outboxSeq,
-              provider_id = @providerId, updated_at = @at
+              provider_id = CASE WHEN @providerId = output || '/' || id THEN char(0) ELSE @packedProviderId END, updated_at = @at
         WHERE id = @id AND generation = @generation AND status IN ('pending', 'failed', 'review')`,
     );
     this.putOutboxStmt = db.prepare(
@@ -1901,20 +1901,25 @@ function finishParams(id: string, generation: number, outcome: DeliveryOutcome) 
     reason: outcome.reason ?? null,
     message: outcome.message === undefined ? null : JSON.stringify(outcome.message),
     outboxSeq: null as number | null,
-    providerId: outcome.providerId === undefined ? null : packProviderId(outcome.providerId, id),
+    providerId: outcome.providerId ?? null,
+    packedProviderId: outcome.providerId === undefined ? null : packProviderId(outcome.providerId, id),
     at: outcome.at,
   };
 }
 
 /**
- * A provider id that ends with its delivery's id (an outbox's `<output>/<delivery id>`) is
- * kept as the part before it and a NUL, which no provider id holds.
+ * A provider id that ends with its delivery's id is kept as the part before it and a NUL,
+ * which no provider id holds; an outbox's `<output>/<delivery id>` (the delivery's own output)
+ * as the NUL alone (the finish statement compares it with the row's output). The finish then
+ * hardly widens the row: a row that grows in a full page splits the page, which stays part
+ * empty (the deliveries beside it wait for their due times).
  */
 function packProviderId(providerId: string, deliveryId: string): string {
   return providerId.length > deliveryId.length && providerId.endsWith(deliveryId) ? `${providerId.slice(0, -deliveryId.length)}\u0000` : providerId;
 }
 
-function unpackProviderId(stored: string, deliveryId: string): string {
+function unpackProviderId(stored: string, deliveryId: string, output: string): string {
+  if (stored === '\u0000') return `${output}/${deliveryId}`;
   return stored.endsWith('\u0000') ? `${stored.slice(0, -1)}${deliveryId}` : stored;
 }
 
@@ -1960,7 +1965,7 @@ export function deliveryFromRow(row: DeliveryRow, outbox: (seq: number) => Outbo
     delivery,
     status: (row.status as string) === ROW_SENT ? StoredDeliveryStatus.Sent : row.status,
     message,
-    providerId: row.provider_id === null ? undefined : unpackProviderId(row.provider_id, row.id),
+    providerId: row.provider_id === null ? undefined : unpackProviderId(row.provider_id, row.id, delivery.output),
   });
 }
 
