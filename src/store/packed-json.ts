@@ -54,6 +54,12 @@ const DICTIONARIES: Readonly<Record<number, Buffer>> = {
       '{"region":"us","policyVersion":"1","zone":"UTC","default":"allow","quietHours":{"start":"08:00","end":"21:00","channels":["sms"]},"caps":[],"usExemptSms":{"perDay":1,"perWeek":3},"sensitiveWindowDays":90}' +
       'no consent record; the us default allows care.logistics by email',
   ),
+  // 6: the ACK answered to a message (messages.ack: HL7v2 text, packed by packText).
+  6: Buffer.from(
+    'MSH|^~\\&|CARERELAY|CR|||20260101000000+0000||ACK^A01^ACK|CR0000000000000000|P|2.3|||AL|NE\rMSA|AE|\rERR|||207^Application internal error^HL70357|E||\r' +
+      'MSA|AR|\rERR|||101^Required field missing^HL70357|E||\rMSA|CA|\rMSA|CE|\rMSA|CR|\r||ACK^A04^ACK|ACK^A08^ACK|ACK^O01^ACK|ACK^R01^ACK|' +
+      'MSH|^~\\&|CARERELAY|CR|||20261206080352+0000||ACK^S12^ACK|CR|P|2.5.1\rMSA|AA|',
+  ),
 };
 
 /** Dictionary of raw inbound messages: HL7v2 segments and FHIR notification JSON. */
@@ -71,6 +77,7 @@ export const PackedKind = {
   Message: 3,
   Explanation: 4,
   Decision: 5,
+  Ack: 6,
 } as const;
 export type PackedKind = (typeof PackedKind)[keyof typeof PackedKind];
 
@@ -81,7 +88,12 @@ export function packJson(kind: PackedKind, value: unknown): Buffer {
   return Buffer.concat([Buffer.of(kind), packed]);
 }
 
-/** The JSON text of a stored value: a packed BLOB, or plain JSON text. */
+/** `text` compressed with the dictionary of its kind (read back with unpackJson). */
+export function packText(kind: PackedKind, text: string): Buffer {
+  return Buffer.concat([Buffer.of(kind), deflateRawSync(Buffer.from(text, 'utf8'), { dictionary: DICTIONARIES[kind]! })]);
+}
+
+/** The JSON text of a stored value (or the text packText packed): a packed BLOB, or plain text. */
 export function unpackJson(stored: string | Buffer): string {
   if (typeof stored === 'string') return stored;
   const dictionary = DICTIONARIES[stored[0]!];

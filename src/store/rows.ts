@@ -3,6 +3,7 @@
 // delivery. sqlite.ts and postgres.ts each read them with their own SQL.
 import type { Channel, ContactHolding, Delivery, DeliveryReceipt, MessageStatus } from '../types.ts';
 import { causeOf } from './common.ts';
+import { unpackJson } from './packed-json.ts';
 import type { AuditEntry, MessageOrigin, OutboxEntry, SentMessage, StoredDelivery, StoredDeliveryStatus, StoredMessage, SubjectState } from './store.ts';
 
 export const MESSAGE_COLUMNS =
@@ -17,7 +18,8 @@ export interface MessageRow {
   message_type: string;
   content_hash: string;
   status: MessageStatus;
-  ack: string;
+  /** Plain text, or packed (the embedded store: packed-json.ts packText). */
+  ack: string | Buffer;
   ack_code: string;
   reason: string | null;
   received_at: string;
@@ -38,7 +40,7 @@ export function messageFromRow(row: MessageRow): StoredMessage {
     messageType: row.message_type,
     contentHash: row.content_hash,
     status: row.status,
-    ack: row.ack,
+    ack: typeof row.ack === 'string' ? row.ack : unpackJson(row.ack),
     ackCode: row.ack_code,
     receivedAt: row.received_at,
     triggerIds: JSON.parse(row.trigger_ids) as string[],

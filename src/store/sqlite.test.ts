@@ -135,6 +135,10 @@ describe('SqliteStore on a file', () => {
       const resend = await second.commitInbound(record);
       expect(resend.outcome).toBe('duplicate');
       expect(resend.message.id).toBe(stored.message.id);
+      // The original ACK, answered again to the resend, exactly; kept packed (about half or less).
+      expect(resend.message.ack).toBe(record.ack);
+      const { bytes } = second.db.prepare('SELECT length(ack) AS bytes FROM messages WHERE id = ?').get(Number(stored.message.id)) as { bytes: number };
+      expect(bytes).toBeLessThan(record.ack.length * 0.6);
     } finally {
       await second.close();
     }

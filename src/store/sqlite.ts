@@ -75,7 +75,7 @@ import {
   rawQuotaPlan,
   storedMessageOf,
 } from './common.ts';
-import { PackedKind, packJson, packRaw, unpackJson, unpackRaw } from './packed-json.ts';
+import { PackedKind, packJson, packRaw, packText, unpackJson, unpackRaw } from './packed-json.ts';
 import {
   AUDIT_COLUMNS,
   HOLDING_COLUMNS,
@@ -1777,7 +1777,7 @@ export class SqliteStore implements Store {
       messageType: r.messageType,
       contentHash: r.contentHash,
       status: r.status,
-      ack: r.ack,
+      ack: packText(PackedKind.Ack, r.ack),
       ackCode: r.ackCode,
       reason: r.reason ?? null,
       triggerIds: JSON.stringify(triggerIds),
@@ -1842,7 +1842,8 @@ export class SqliteStore implements Store {
       messageType: r.messageType,
       contentHash: r.contentHash,
       status,
-      ack,
+      // Kept packed (about 110 bytes of HL7 → 35): messageFromRow reads either form.
+      ack: packText(PackedKind.Ack, ack),
       ackCode,
       reason: reason ?? null,
       receivedAt: r.receivedAt,
