@@ -4,10 +4,11 @@ import os from 'node:os';
 import path from 'node:path';
 import BetterSqlite3 from 'better-sqlite3';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { testRecord, testTrigger } from './conformance.ts';
+import { testDelivery, testRecord, testTrigger } from './conformance.ts';
 import { migrate, openSqliteDatabase, type Database } from './sqlite-db.ts';
 import { allowDeliveryReview, SQLITE_STORE_COMPONENT, SQLITE_STORE_MIGRATIONS, SqliteStore } from './sqlite.ts';
 import { widenMessageFormats } from './sqlite-replies.ts';
+import { unpackJson } from './packed-json.ts';
 
 const tempDirs: string[] = [];
 function tempDir(): string {
@@ -301,6 +302,34 @@ describe('SqliteStore on a file', () => {
         ['d0', basis, settings],
         ['d1', basis, settings],
       ]);
+    } finally {
+      await store.close();
+    }
+  });
+
+  it('keeps a delivery\'s due time and as-of out of its JSON (its columns hold them) and reads it back the same', async () => {
+    const store = SqliteStore.open(path.join(tempDir(), 'carerelay.db'));
+    try {
+      const own = testDelivery({ appointmentId: 'A-1' });
+      // A write newer than its delivery (a cancel keeps the plan it cancels): its asOf is the row's, not the delivery's.
+      const older = testDelivery({ appointmentId: 'A-2', asOf: '2024-01-01T08:00:00Z' });
+      const at = '2024-01-01T09:30:02Z';
+      await store.saveRouting('t', [
+        { delivery: own, status: 'pending', asOf: own.asOf, generation: 1, updatedAt: at },
+        { delivery: older, status: 'cancelled', asOf: '2024-01-01T09:30:00Z', generation: 1, updatedAt: at },
+      ], at);
+      for (const d of [own, older]) {
+        const read = (await store.getDelivery(d.id))!.delivery;
+        expect(read).toEqual(d);
+        // Where routing puts them (and where rows written before hold them): asOf, plannedAt, dueAt.
+        const keys = Object.keys(read);
+        expect(keys.slice(keys.indexOf('asOf'), keys.indexOf('asOf') + 3)).toEqual(['asOf', 'plannedAt', 'dueAt']);
+      }
+      // The own one's JSON names neither time; the older one's keeps the asOf its row does not hold.
+      const texts = (store.db.prepare('SELECT json FROM deliveries ORDER BY seq').pluck().all() as Buffer[]).map((b) => unpackJson(b));
+      expect(texts[0]).not.toMatch(/"asOf"|"dueAt"/);
+      expect(texts[1]).toMatch(/"asOf":"2024-01-01T08:00:00Z"/);
+      expect(texts[1]).not.toMatch(/"dueAt"/);
     } finally {
       await store.close();
     }

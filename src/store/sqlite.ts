@@ -48,7 +48,7 @@
 // Ids. Message ids are the SQLite rowid (AUTOINCREMENT: never reused, even after
 // deletions) as a decimal string: stable and URL-safe.
 import BetterSqlite3 from 'better-sqlite3';
-import { MessageStatus, type ConsentEvent, type ContactHolding, type DeliveryReceipt, type Trigger } from '../types.ts';
+import { MessageStatus, type ConsentEvent, type ContactHolding, type Delivery, type DeliveryReceipt, type Trigger } from '../types.ts';
 import {
   ATTEMPT_AUDIT_ACTION,
   StaleAttemptError,
@@ -475,7 +475,43 @@ const SLICE_SCAN = 200;
 type Position = readonly number[];
 
 export const DELIVERY_COLUMNS =
-  'seq, id, status, as_of, generation, subject_start, json, reason, message, provider_id, created_at, updated_at, rule, subject, patient_id, outbox_seq, cause_trigger, cause';
+  'seq, id, status, as_of, due_at, generation, subject_start, json, reason, message, provider_id, created_at, updated_at, rule, subject, patient_id, outbox_seq, cause_trigger, cause';
+
+/**
+ * A delivery's JSON as this store keeps it: common.ts compactDelivery without the times its
+ * row holds in columns — dueAt (due_at, always the delivery's) and asOf when the write's
+ * (as_of) is the delivery's own; deliveryFromRow puts them back.
+ */
+function rowJsonOf(write: DeliveryWrite): Record<string, unknown> {
+  const { dueAt: _due, asOf, ...rest } = compactDelivery(write.delivery) as Record<string, unknown> & Pick<Delivery, 'dueAt' | 'asOf'>;
+  return asOf === write.asOf ? rest : { ...rest, asOf };
+}
+
+/**
+ * The delivery with the times rowJsonOf left to the columns, in their places (asOf, plannedAt,
+ * dueAt: the order routing builds, so every copy of a delivery reads and exports the same).
+ * Rows written before rowJsonOf hold them in the JSON: unchanged.
+ */
+function withRowTimes(d: Delivery, row: Pick<DeliveryRow, 'as_of' | 'due_at'>): Delivery {
+  if (d.dueAt !== undefined && d.asOf !== undefined) return d;
+  const asOf = d.asOf ?? row.as_of;
+  const dueAt = d.dueAt ?? row.due_at;
+  const out: Record<string, unknown> = {};
+  let placed = false;
+  for (const [key, value] of Object.entries(d)) {
+    if (key === 'asOf' || key === 'dueAt') continue;
+    if (key === 'plannedAt' || (!placed && key === 'cancelKeys')) {
+      out.asOf = asOf;
+      if (key === 'plannedAt') out.plannedAt = value;
+      out.dueAt = dueAt;
+      placed = true;
+      if (key === 'plannedAt') continue;
+    }
+    out[key] = value;
+  }
+  if (!placed) Object.assign(out, { asOf, dueAt });
+  return out as unknown as Delivery;
+}
 
 export interface DeliveryRow {
   seq: number;
@@ -488,6 +524,7 @@ export interface DeliveryRow {
   cause: string | null;
   status: StoredDeliveryStatus;
   as_of: string;
+  due_at: string;
   generation: number;
   subject_start: string | null;
   json: string | Buffer;
@@ -816,7 +853,7 @@ export class SqliteStore implements Store {
           d.subjectKey,
           write.generation,
           write.subjectStart ?? null,
-          packJson(PackedKind.Delivery, compactDelivery(d)),
+          packJson(PackedKind.Delivery, rowJsonOf(write)),
           write.updatedAt,
           write.updatedAt,
           causeColumns(write).trigger,
@@ -1956,7 +1993,7 @@ function rowStatus(status: StoredDeliveryStatus): string {
 }
 
 export function deliveryFromRow(row: DeliveryRow, outbox: (seq: number) => OutboxRow<string | Buffer> | undefined): StoredDelivery {
-  const delivery = expandDeliveryJson(unpackJson(row.json), row);
+  const delivery = withRowTimes(expandDeliveryJson(unpackJson(row.json), row), row);
   let message = row.message !== null ? (JSON.parse(row.message) as SentMessage) : undefined;
   if (message === undefined && row.outbox_seq !== null) {
     const entry = outbox(row.outbox_seq);
