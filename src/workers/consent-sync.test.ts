@@ -5,10 +5,11 @@ import type { ConsentMirror, ToolConsentSignal } from '../outputs/consent-sync.t
 import type { HeldContact, OptOutScope } from '../outputs/spec.ts';
 import { defaultPolicy } from '../pipeline/policy.ts';
 import { SqliteQueue } from '../queue/sqlite.ts';
-import { testTrigger } from '../store/conformance.ts';
+import { testDelivery, testTrigger } from '../store/conformance.ts';
+import type { StoredDelivery } from '../store/store.ts';
 import { openSqliteDatabase, type Database } from '../store/sqlite-db.ts';
 import { SqliteStore } from '../store/sqlite.ts';
-import type { ConsentEvent, Purpose } from '../types.ts';
+import type { ConsentEvent, Delivery, Purpose } from '../types.ts';
 import { ConsentService } from './consent.ts';
 import { ConsentSync, mirrorsOf, type ConsentTool, type MirrorJob, type PollCursor } from './consent-sync.ts';
 
@@ -213,6 +214,24 @@ describe('consent kept in step with tools (workers/consent-sync.ts)', () => {
     expect(optOuts).toEqual([]);
     expect(pushed).toEqual([]);
     expect(await store.unqueuedConsentMirrors(10)).toEqual([]);
+  });
+
+  it('a send the SMS provider refused because the number said STOP there (Twilio 21610) is pushed like a STOP CareRelay received; a hard bounce is not', async () => {
+    const optOuts: Array<{ output: string; contact: HeldContact; scope: OptOutScope }> = [];
+    build(new Map([['mailchimp', { optOutChannels: ['email', 'sms'], optOut: async (contact, scope) => (optOuts.push({ output: 'mailchimp', contact, scope }), 'applied') } satisfies ConsentTool]]));
+    await sync.start();
+    await store.notePatientFacts([testTrigger({ id: 'p1', patient: { ...testTrigger({ id: 'x' }).patient, id: 'MRN-1', telecom: [{ system: 'phone', use: 'mobile', value: '+15550100222' }] } })]);
+    await store.recordContactHolding({ output: 'mailchimp', patientId: 'MRN-1', contactKey: 'alex@example.org', firstSentAt: '2030-03-01T09:00:00Z' });
+    const stored = (delivery: Delivery): StoredDelivery => ({ delivery, status: 'pending', asOf: delivery.asOf, generation: 1, createdAt: delivery.asOf, updatedAt: delivery.asOf });
+
+    await consent.refused(stored(testDelivery({ to: '+15550100222' })), 'opted_out', '21610');
+    await sync.idle();
+    expect(optOuts).toEqual([{ output: 'mailchimp', contact: expect.objectContaining({ patientId: 'MRN-1', contactKey: 'alex@example.org' }), scope: { channel: 'sms', address: '+15550100222' } }]);
+
+    optOuts.length = 0;
+    await consent.refused(stored(testDelivery({ ruleId: 'survey', channel: 'email', output: 'email', to: 'alex@example.org' })), 'hard_bounce', '550');
+    await sync.idle();
+    expect(optOuts).toEqual([]);
   });
 
   it("a STOP's push recorded with the entry but not queued (a crash between) is queued at the next start, for the number's patients", async () => {

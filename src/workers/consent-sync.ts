@@ -11,7 +11,8 @@
 //
 // What is pushed: a patient's grant, revocation or opt-out (a no-contact flag is the
 // organisation's, not a person's consent a tool keeps). An SMS STOP belongs to its number
-// (docs/consent.md "Scope of an opt-out"): it is pushed as an SMS opt-out of that number — never
+// (docs/consent.md "Scope of an opt-out"), whether CareRelay received the keyword or the SMS
+// provider refused a send because the number said STOP there (Twilio 21610): it is pushed as an SMS opt-out of that number — never
 // an email unsubscribe — for the patients whose triggers carried the number, to the marketing
 // tools holding their contact that keep an SMS status (adapter.optOutChannels: Mailchimp, Brevo;
 // not HubSpot or ActiveCampaign, whose APIs have none) and to a tool with a consent model that was
@@ -91,9 +92,12 @@ export function mirrorsOf(event: Omit<ConsentEvent, 'id' | 'recordedAt' | 'polic
 
 type NewEntry = Omit<ConsentEvent, 'id' | 'recordedAt' | 'policyVersion'>;
 
-/** An SMS keyword's opt-out (STOP): an entry of the number, not of a patient (inboundSms). */
-export function isKeywordOptOut(entry: NewEntry): entry is NewEntry & { address: string } {
-  return entry.patientId === undefined && entry.source === 'sms' && entry.action === 'opt_out' && entry.address !== undefined;
+/** A number's SMS opt-out (STOP): an entry of the number, not of a patient (inboundSms, refused). */
+export function isNumberOptOut(entry: NewEntry): entry is NewEntry & { address: string } {
+  if (entry.patientId !== undefined || entry.action !== 'opt_out' || entry.address === undefined) return false;
+  // A keyword CareRelay received, or the SMS provider refusing a send because the number
+  // replied STOP to that sender there (Twilio 21610, ConsentService.refused): the same fact.
+  return entry.source === 'sms' || (entry.source === 'provider' && entry.channel === 'sms' && entry.method.startsWith('opted_out'));
 }
 
 /**
@@ -134,7 +138,7 @@ export class ConsentSync {
    */
   async targets(entry: NewEntry): Promise<string[]> {
     if (this.#deps.tools.size === 0) return [];
-    const keyword = isKeywordOptOut(entry);
+    const keyword = isNumberOptOut(entry);
     if (!keyword && (entry.patientId === undefined || mirrorsOf(entry).length === 0)) return [];
     const stops = entry.action === 'opt_out' || entry.action === 'revoke';
     const group = await this.#group(keyword ? await this.#patientsAt(entry.address) : [entry.patientId!]);
@@ -154,7 +158,7 @@ export class ConsentSync {
 
   /** The pushes of a recorded entry (a keyword's: for the patients at its number now). */
   async #mirrors(event: ConsentEvent): Promise<ConsentMirror[]> {
-    return isKeywordOptOut(event) ? keywordMirrors(event, await this.#patientsAt(event.address)) : mirrorsOf(event);
+    return isNumberOptOut(event) ? keywordMirrors(event, await this.#patientsAt(event.address)) : mirrorsOf(event);
   }
 
   /**
@@ -188,7 +192,7 @@ export class ConsentSync {
   async queue(event: ConsentEvent, outputs: readonly string[]): Promise<void> {
     const all = outputs.length > 0 ? await this.#mirrors(event) : [];
     for (const output of outputs) {
-      const mirrors = isKeywordOptOut(event) ? await this.#toldOf(output, all) : all;
+      const mirrors = isNumberOptOut(event) ? await this.#toldOf(output, all) : all;
       if (mirrors.length > 0) {
         await this.#deps.queue.add({ id: `mirror:${event.id}:${output}`, data: { eventId: event.id, output, mirrors }, runAt: new Date(this.#deps.now()), idempotent: true });
       }
