@@ -109,3 +109,22 @@ export function packRaw(raw: Buffer): Buffer {
 export function unpackRaw(packed: Buffer): Buffer {
   return inflateRawSync(packed, { dictionary: RAW_DICTIONARY });
 }
+
+/** A SHA-256 in hex, as trigger ids are made. */
+const SHA256_HEX = /^[0-9a-f]{64}$/;
+
+/**
+ * A message's trigger ids as messages.trigger_ids keeps them: 32 bytes each when every one is
+ * a SHA-256 in hex (half the characters, and no JSON around them), else JSON text.
+ */
+export function packIds(ids: readonly string[]): string | Buffer {
+  return ids.length > 0 && ids.every((id) => SHA256_HEX.test(id)) ? Buffer.from(ids.join(''), 'hex') : JSON.stringify(ids);
+}
+
+/** The ids packIds kept (or JSON text written before). */
+export function unpackIds(stored: string | Buffer): string[] {
+  if (typeof stored === 'string') return JSON.parse(stored) as string[];
+  const ids: string[] = [];
+  for (let at = 0; at < stored.length; at += 32) ids.push(stored.subarray(at, at + 32).toString('hex'));
+  return ids;
+}

@@ -3,7 +3,7 @@
 // delivery. sqlite.ts and postgres.ts each read them with their own SQL.
 import type { Channel, ContactHolding, Delivery, DeliveryReceipt, MessageStatus } from '../types.ts';
 import { causeOf } from './common.ts';
-import { unpackJson } from './packed-json.ts';
+import { unpackIds, unpackJson } from './packed-json.ts';
 import type { AuditEntry, MessageOrigin, OutboxEntry, SentMessage, StoredDelivery, StoredDeliveryStatus, StoredMessage, SubjectState } from './store.ts';
 
 export const MESSAGE_COLUMNS =
@@ -23,7 +23,8 @@ export interface MessageRow {
   ack_code: string;
   reason: string | null;
   received_at: string;
-  trigger_ids: string;
+  /** JSON text, or packed (the embedded store: packed-json.ts packIds). */
+  trigger_ids: string | Buffer;
   patient_id: string | null;
   origin: MessageOrigin;
   replaces: number | null;
@@ -43,7 +44,7 @@ export function messageFromRow(row: MessageRow): StoredMessage {
     ack: typeof row.ack === 'string' ? row.ack : unpackJson(row.ack),
     ackCode: row.ack_code,
     receivedAt: row.received_at,
-    triggerIds: JSON.parse(row.trigger_ids) as string[],
+    triggerIds: unpackIds(row.trigger_ids),
   };
   if (row.reason !== null) message.reason = row.reason;
   if (row.patient_id !== null) message.patientId = row.patient_id;

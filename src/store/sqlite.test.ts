@@ -335,6 +335,23 @@ describe('SqliteStore on a file', () => {
     }
   });
 
+  it("keeps a message's trigger ids made of SHA-256 hex as 32 bytes each, others as JSON, and reads both the same", async () => {
+    const store = SqliteStore.open(path.join(tempDir(), 'carerelay.db'));
+    try {
+      const hex = [randomBytes(32).toString('hex'), randomBytes(32).toString('hex')];
+      const packed = await store.commitInbound(testRecord({ controlId: 'H1', triggers: hex.map((id) => testTrigger({ id })) }));
+      const plain = await store.commitInbound(testRecord({ controlId: 'H2', triggers: [testTrigger({ id: 'not-hex' })] }));
+      const stored = (id: string) => store.db.prepare('SELECT length(trigger_ids) FROM messages WHERE id = ?').pluck().get(Number(id));
+      expect(stored(packed.message.id)).toBe(64);
+      expect(stored(plain.message.id)).toBe('["not-hex"]'.length);
+      expect((await store.getMessage(packed.message.id))!.triggerIds).toEqual(hex);
+      expect((await store.getMessage(plain.message.id))!.triggerIds).toEqual(['not-hex']);
+      expect((await store.listMessages({})).map((m) => m.triggerIds)).toEqual([['not-hex'], hex]);
+    } finally {
+      await store.close();
+    }
+  });
+
   it('finds the dedupe original through the partial unique index, not a table scan', () => {
     const store = SqliteStore.open(path.join(tempDir(), 'carerelay.db'));
     try {

@@ -75,7 +75,7 @@ import {
   rawQuotaPlan,
   storedMessageOf,
 } from './common.ts';
-import { PackedKind, packJson, packRaw, packText, unpackJson, unpackRaw } from './packed-json.ts';
+import { PackedKind, packIds, packJson, packRaw, packText, unpackJson, unpackRaw } from './packed-json.ts';
 import {
   AUDIT_COLUMNS,
   HOLDING_COLUMNS,
@@ -1817,7 +1817,7 @@ export class SqliteStore implements Store {
       ack: packText(PackedKind.Ack, r.ack),
       ackCode: r.ackCode,
       reason: r.reason ?? null,
-      triggerIds: JSON.stringify(triggerIds),
+      triggerIds: packIds(triggerIds),
       raw: packRaw(r.raw),
     });
     const message = storedMessageOf(r, pending.id, { status: r.status, reason: r.reason, ack: r.ack, ackCode: r.ackCode, triggerIds, patientId });
@@ -1885,7 +1885,7 @@ export class SqliteStore implements Store {
       reason: reason ?? null,
       receivedAt: r.receivedAt,
       receivedMs: p.receivedMs,
-      triggerIds: JSON.stringify(triggerIds),
+      triggerIds: packIds(triggerIds),
       raw: packRaw(kept.raw),
       patientId: patientId ?? null,
       origin: r.attemptOf?.kind ?? 'received',
