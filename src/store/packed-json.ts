@@ -60,6 +60,12 @@ const DICTIONARIES: Readonly<Record<number, Buffer>> = {
       'MSA|AR|\rERR|||101^Required field missing^HL70357|E||\rMSA|CA|\rMSA|CE|\rMSA|CR|\r||ACK^A04^ACK|ACK^A08^ACK|ACK^O01^ACK|ACK^R01^ACK|' +
       'MSH|^~\\&|CARERELAY|CR|||20261206080352+0000||ACK^S12^ACK|CR|P|2.5.1\rMSA|AA|',
   ),
+  // 7: an appointment or encounter state's data (subject_states.data: what the inputs compare
+  // between two messages about one subject, and the sensitivity that sticks to an encounter).
+  7: Buffer.from(
+    '{"serviceType":"http://snomed.info/sct|","locationId":null,"practitionerId":null,"virtual":"video|true","sensitivity":["restricted","R","V","PSY","HIV","SUD","ETH","SDV"]}' +
+      '{"serviceType":"LOCAL|","locationId":"","practitionerId":"DR-"}',
+  ),
 };
 
 /** Dictionary of raw inbound messages: HL7v2 segments and FHIR notification JSON. */
@@ -78,6 +84,7 @@ export const PackedKind = {
   Explanation: 4,
   Decision: 5,
   Ack: 6,
+  State: 7,
 } as const;
 export type PackedKind = (typeof PackedKind)[keyof typeof PackedKind];
 

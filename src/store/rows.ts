@@ -64,7 +64,8 @@ export interface StateRow {
   start: string | null;
   end: string | null;
   as_of: string;
-  data: string | null;
+  /** JSON text, or packed (the embedded store: packed-json.ts PackedKind.State). */
+  data: string | Buffer | null;
 }
 
 export function stateFromRow(row: StateRow): SubjectState {
@@ -72,7 +73,7 @@ export function stateFromRow(row: StateRow): SubjectState {
   if (row.status !== null) state.status = row.status;
   if (row.start !== null) state.start = row.start;
   if (row.end !== null) state.end = row.end;
-  if (row.data !== null) state.data = JSON.parse(row.data) as Record<string, unknown>;
+  if (row.data !== null) state.data = JSON.parse(unpackJson(row.data)) as Record<string, unknown>;
   return state;
 }
 

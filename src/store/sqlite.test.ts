@@ -352,6 +352,20 @@ describe('SqliteStore on a file', () => {
     }
   });
 
+  it("keeps an appointment state's data packed and reads it back the same", async () => {
+    const store = SqliteStore.open(path.join(tempDir(), 'carerelay.db'));
+    try {
+      const data = { serviceType: 'LOCAL|CHK', locationId: 'CARDIO1', practitionerId: 'DR-22' };
+      const state = { kind: 'appointment', id: 'APT-1', patientId: 'MRN-1', asOf: '2024-01-01T09:30:00Z', status: 'booked', data } as const;
+      await store.commitInbound(testRecord({ controlId: 'S1', subjectStates: [state] }));
+      expect(await store.getSubjectState('appointment', 'APT-1')).toEqual(state);
+      const bytes = store.db.prepare("SELECT length(data) FROM subject_states WHERE id = 'APT-1'").pluck().get() as number;
+      expect(bytes).toBeLessThan(JSON.stringify(data).length / 2);
+    } finally {
+      await store.close();
+    }
+  });
+
   it('finds the dedupe original through the partial unique index, not a table scan', () => {
     const store = SqliteStore.open(path.join(tempDir(), 'carerelay.db'));
     try {

@@ -1790,7 +1790,7 @@ export class SqliteStore implements Store {
         s.end ?? null,
         s.asOf,
         p.asOfMs[i],
-        s.data === undefined ? null : JSON.stringify(s.data),
+        s.data === undefined ? null : packJson(PackedKind.State, s.data),
         messageId,
       );
     });
