@@ -19,7 +19,7 @@ const NOW = Date.parse('2026-06-01T00:00:00Z');
 const DAY = 86_400_000;
 const BOOKINGS = 1500;
 const CONFIG: RetentionConfig = {
-  days: { rawMessages: 2, triggers: 7, deliveryBodies: 1, outbox: 1, deliveries: 7, doneJobs: 1, decisions: 30, audit: 30, outcomes: 30, videoJoins: 30, videoLinks: 30, replyPrompts: 30, staffTasks: 30 },
+  days: { rawMessages: 2, triggers: 7, deliveryBodies: 1, outbox: 1, deliveries: 7, doneJobs: 1, decisions: 30, audit: 30, outcomes: 30, videoJoins: 30, videoLinks: 30, replyPrompts: 30, staffTasks: 30, waitlist: 30 },
   everyMinutes: 60,
   batchSize: 200,
   vacuum: 'incremental',

@@ -3,7 +3,7 @@
 // process; /readyz answers per role; Redis and worker processes may go away and nothing
 // accepted is lost. A redis-server of this file's own (it is stopped and started again), the
 // embedded SQLite store shared by the processes of this one host.
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import type { ChildProcess } from 'node:child_process';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -15,7 +15,7 @@ import type { LogFields, Logger } from '../src/log.ts';
 import { silentLogger } from '../src/log.ts';
 import { startCarerelay, type RunningCarerelay } from '../src/main.ts';
 import { SqliteStore } from '../src/store/sqlite.ts';
-import { describeWithRedis, spawnRedis } from './helpers/redis.ts';
+import { describeWithRedis, spawnRedis, stopRedis as stopRedisAndRemove } from './helpers/redis.ts';
 import { addConfirmations, siuMessage, startChildServer, writeConfigDir, type ChildServer, type LogLine, type TestConfigDir } from './helpers/server.ts';
 
 const dirs: TestConfigDir[] = [];
@@ -29,8 +29,7 @@ afterEach(async () => {
 });
 
 afterAll(async () => {
-  redis?.child.kill('SIGKILL');
-  if (redis) rmSync(redis.dir, { recursive: true, force: true });
+  if (redis) await stopRedisAndRemove(redis.child, redis.dir);
   for (const d of dirs) d.remove();
 });
 

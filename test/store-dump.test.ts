@@ -78,6 +78,18 @@ async function fill(store: Store): Promise<void> {
   const task = await store.addStaffTask({ key: 'wb:p0', kind: 'write_back_denied', createdAt: AT, patientId: 'MRN-1', appointmentId: 'APT-1', output: 'ehr', code: 'appointment_fulfilled' });
   await store.finishStaffTask(task.id, { at: AT, by: 'oncall' });
   await store.saveOutcomes({ appointmentId: 'APT-DONE', version: 0 }, [{ rule: 'reminder', variant: 'b', holdout: false, sent: true, outcome: 'showed', day: '2024-01-02' }]);
+  // The waitlist: a freed slot booked for one of two offers, another still open, the later-appointments index.
+  const slot = { triggerId: 'T1', patientId: 'MRN-9', start: '2024-01-03T09:00:00Z', durationMinutes: 20, serviceType: { code: 'CHK' }, practitioner: { id: 'DR-22' }, openedAt: AT, waves: 1 };
+  await store.openWaitlistSlot({ ...slot, id: 'APT-F@2024-01-03T09:00:00Z', state: 'open' });
+  await store.openWaitlistSlot({ ...slot, id: 'APT-G@2024-01-04T09:00:00Z', start: '2024-01-04T09:00:00Z', state: 'open' });
+  const offer = { slotId: 'APT-F@2024-01-03T09:00:00Z', wave: 1, state: 'offered' as const, offeredAt: AT, expiresAt: '2025-06-01T11:00:00+02:00', triggerId: 'T1' };
+  await store.addWaitlistOffers([
+    { ...offer, id: 'wo-1', patientId: 'MRN-1', current: { id: 'APT-1', start: '2024-02-02T10:00:00+01:00', placerId: 'PL-1' }, daysGained: 30 },
+    { ...offer, id: 'wo-2', patientId: 'MRN-2' },
+  ]);
+  await store.setWaitlistOffer('wo-1', 'booked', { acceptedAt: AT, bookedAs: 'FILL-1' });
+  await store.setWaitlistSlot('APT-F@2024-01-03T09:00:00Z', 'booked', { bookedAs: 'FILL-1' });
+  await store.noteWaitlistAppointment({ id: 'APT-1', placerId: 'PL-1', patientId: 'MRN-1', service: 'CHK', practitioner: 'DR-22', start: '2024-02-02T10:00:00+01:00', triggerId: 'T1' });
 
   // The consent ledger and the evidence.
   await store.addConsentEvent({ patientId: 'MRN-1', action: 'opt_out', purposes: ['marketing'], channel: 'email', source: 'admin', method: 'api', at: AT, policyVersion: '1', recordedAt: AT }, ['hubspot']);
@@ -119,7 +131,7 @@ describe.skipIf(postgresSkipped())('export and import of a store', () => {
   });
 
   it('SQLite → file → PostgreSQL → file gives the same file, and the store answers the same', async () => {
-    expect(counts).toMatchObject({ message: 1109, trigger: 5, delivery: 4, outbox: 1, consentEvent: 2, erasure: 1, videoJoin: 1, videoLink: 1, outcomeLink: 1, outcome: 1, replyPrompt: 1, staffTask: 1 });
+    expect(counts).toMatchObject({ message: 1109, trigger: 5, delivery: 4, outbox: 1, consentEvent: 2, erasure: 1, videoJoin: 1, videoLink: 1, outcomeLink: 1, outcome: 1, replyPrompt: 1, staffTask: 1, waitlistSlot: 2, waitlistOffer: 2, waitlistAppointment: 1 });
     const db = await testDatabase();
     await truncateAll(db.url).catch(() => {});
     const pg = await PostgresStore.open({ url: db.url });
@@ -157,6 +169,11 @@ describe.skipIf(postgresSkipped())('export and import of a store', () => {
         (s: Store) => s.getVideoLink('a'.repeat(64)),
         (s: Store) => s.outcomeLinksDue(10),
         (s: Store) => s.countOutcomes({}),
+        (s: Store) => s.getWaitlistSlot('APT-F@2024-01-03T09:00:00Z'),
+        (s: Store) => s.listWaitlistSlots({ states: ['open', 'booked'] }),
+        (s: Store) => s.listWaitlistOffers('APT-F@2024-01-03T09:00:00Z'),
+        (s: Store) => s.laterWaitlistAppointments({ services: ['CHK'], practitioners: ['DR-22'], after: '2024-01-01T00:00:00Z', limit: 10 }),
+        (s: Store) => s.waitlistFigures('2025-01-01T00:00:00Z', '2026-01-01T00:00:00Z'),
         // The same counts (each backend orders statuses by how its rows spell them).
         async (s: Store) => (await s.deliveryTallies()).map((t) => JSON.stringify(t)).sort(),
       ]) {

@@ -6,11 +6,12 @@
 // is taken, and their appointment stands. No log line names a patient, a number or what was sent.
 import { writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { afterEach, beforeEach, expect, it } from 'vitest';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { startCarerelay, type RunningCarerelay } from '../src/main.ts';
 import { twilioSignature } from '../src/twilio/signature.ts';
 import { startFhirAppointmentStandIn, type AppointmentStandIn } from './helpers/appointment-standins.ts';
 import { smsAndEhrConfigDir } from './helpers/consent.ts';
+import { startSrrResponder, type SrrResponder } from './helpers/srr-responder.ts';
 import { captureLogger, hl7Field, mllpExchange, siuMessage, type TestConfigDir } from './helpers/server.ts';
 import { startTwilioStandIn, type TwilioStandIn } from './helpers/twilio-standin.ts';
 
@@ -145,4 +146,81 @@ it('SIU^S15 frees a slot → offers by SMS → the first "1" books it at the FHI
   expect(body.waitlist).toMatchObject({ slotsFreed: 1, offers: 2, accepted: 1, booked: 1, daysGained: { total: 29 } });
 
   expect(JSON.stringify(log.lines)).not.toMatch(/DOE|Test|\+336|33611111111|33622222222|E30000|Sorry|Booked/);
+});
+
+// The same scenario booked the two other ways a scheduling system takes a booking: the
+// Argonaut Scheduling Appointment/$book operation on the FHIR stand-in, and SRM^S01 over MLLP to
+// the SRR responder (a scheduling system behind an interface engine), which then also takes the
+// cancellation of the later appointment as SRM^S04.
+describe('booking styles', () => {
+  let srr: SrrResponder;
+  afterEach(async () => srr?.close());
+
+  /** The later appointments, the freed slot, the offers, and the first "1" (from LATE's patient). */
+  async function offerAndAccept(book: string): Promise<{ publicUrl: string }> {
+    writeFileSync(path.join(config.dir, 'connectors', 'waitlist.yaml'), WAITLIST.replace('book: ehr', `book: ${book}`));
+    server = await startCarerelay({ configDir: config.dir, env: { TWILIO_AUTH_TOKEN: twilio.authToken, FHIR_TOKEN: fhir.token }, log: captureLogger(), watchMappings: false, now: () => clock });
+    const port = server.mllpPorts.get('ehr-mllp')!;
+    const publicUrl = `http://127.0.0.1:${server.httpPort}`;
+    for (const m of [
+      siu({ controlId: 'B-1', appointmentId: 'LATE-1', patientId: 'E300001', start: '2030-04-20T09:00:00Z', phone: EARLY }),
+      siu({ controlId: 'B-2', appointmentId: 'LATE-2', patientId: 'E300002', start: '2030-04-10T09:00:00Z', phone: LATE }),
+      siu({ controlId: 'B-3', event: 'S15', appointmentId: 'FREE-1', patientId: 'E300009', start: '2030-03-12T09:00:00Z' }),
+    ]) {
+      expect(hl7Field((await mllpExchange(port, m))!, 'MSA', 1)).toBe('AA');
+    }
+    await server.deliveries.idle();
+    expect(twilio.messages.map((m) => m.to).sort()).toEqual([EARLY, LATE].sort());
+    expect(await answer(publicUrl, LATE, 'SMbk0001', '1')).toBe(200);
+    await server.deliveries.idle();
+    return { publicUrl };
+  }
+
+  it('$book: the slot is booked with Appointment/$book, then the later appointment is cancelled (pat-swl)', async () => {
+    fhir.book('fhir-late-2', 'E300002', { value: 'LATE-2' });
+    writeFileSync(
+      path.join(config.dir, 'connectors', 'book.yaml'),
+      `outputs:\n  - { name: ehr-book, type: fhir-appointment, book: $book, appointments: identifier, server: { baseUrl: "${fhir.baseUrl}", auth: { bearer: { token: { env: FHIR_TOKEN } } } } }\n`,
+    );
+    await offerAndAccept('ehr-book');
+    expect(fhir.creates()).toEqual([]);
+    const [call] = fhir.bookings();
+    const appt = (JSON.parse(call!.text) as { parameter: Array<{ name: string; resource?: { status: string; start: string; participant: Array<{ actor: unknown }> } }> }).parameter[0]!.resource!;
+    expect(appt).toMatchObject({ status: 'proposed', start: '2030-03-12T09:00:00+00:00' });
+    expect(appt.participant[0]!.actor).toEqual({ type: 'Patient', identifier: { value: 'E300002' } });
+    expect(fhir.appointments.get('booked-1')).toMatchObject({ status: 'booked' });
+    expect(fhir.state('fhir-late-2')).toEqual({ confirmed: false, cancelled: true, cancelReason: 'pat-swl' });
+    const order = fhir.http.requests.filter((r) => r.method === 'POST' || r.method === 'PUT').map((r) => `${r.method} ${r.path}`);
+    expect(order).toEqual(['POST /fhir/Appointment/$book', 'PUT /fhir/Appointment/fhir-late-2']);
+    expect(await server!.store.listStaffTasks({})).toEqual([]);
+  });
+
+  it('SRM^S01: the slot is booked over MLLP (SRR AA with the filler id), then the later appointment is cancelled with SRM^S04 (pat-swl)', async () => {
+    srr = await startSrrResponder();
+    srr.offer('20300312090000+0000');
+    srr.appointments.set('LATE-2', { confirmed: false, cancelled: false });
+    writeFileSync(
+      path.join(config.dir, 'connectors', 'srm.yaml'),
+      `outputs:\n  - { name: sched, type: hl7v2-srm, host: 127.0.0.1, port: ${srr.port}, receivingApplication: SCHED, receivingFacility: HOSP, patientAssigningAuthority: NORTHCLINIC }\n`,
+    );
+    const { publicUrl } = await offerAndAccept('sched');
+    expect(srr.received.map((r) => `${r.type} ${r.answered}`)).toEqual(['SRM^S01^SRM_S01 AA', 'SRM^S04^SRM_S01 AA']);
+    expect(srr.booked).toEqual([expect.objectContaining({ filler: 'FILL-1', start: '20300312090000+0000', patient: 'E300002^^^NORTHCLINIC^MR', practitioner: expect.stringMatching(/^DR-22/) })]);
+    expect(srr.received[1]!.arq).toMatchObject({ 1: 'PL-LATE-2', 2: 'LATE-2' });
+    expect(srr.appointments.get('LATE-2')).toMatchObject({ cancelled: true, cancelReason: 'pat-swl' });
+    expect(fhir.http.requests).toEqual([]);
+    expect(await server!.store.listStaffTasks({})).toEqual([]);
+    const outcomes = (await (await fetch(`${publicUrl}/api/outcomes?from=2030-03-01&to=2030-03-31`)).json()) as { waitlist?: unknown };
+    expect(outcomes.waitlist).toMatchObject({ booked: 1 });
+  });
+
+  it('SRM^S01 answered AE (the filler no longer has the slot): nothing is cancelled, a staff task says why', async () => {
+    srr = await startSrrResponder();
+    srr.appointments.set('LATE-2', { confirmed: false, cancelled: false });
+    writeFileSync(path.join(config.dir, 'connectors', 'srm.yaml'), `outputs:\n  - { name: sched, type: hl7v2-srm, host: 127.0.0.1, port: ${srr.port}, receivingApplication: SCHED, receivingFacility: HOSP }\n`);
+    await offerAndAccept('sched');
+    expect(srr.received.map((r) => `${r.type} ${r.answered}`)).toEqual(['SRM^S01^SRM_S01 AE']);
+    expect(srr.appointments.get('LATE-2')).toMatchObject({ cancelled: false });
+    expect((await server!.store.listStaffTasks({})).map((t) => [t.kind, t.code])).toEqual([['waitlist_booking_failed', 'hl7_ae']]);
+  });
 });

@@ -643,7 +643,7 @@ describe('alerts and retention blocks', () => {
   it('defaults every setting when the blocks are left out', async () => {
     const plan = await loadConfig({ configDir: await configDir({ 'a.yaml': `inputs:\n${mllp('lab', 2601)}` }), env: {} });
     expect(plan.alerts).toMatchObject({ notify: [], checkEverySeconds: 30, silentInput: { afterMinutes: 60 }, errorRate: { threshold: 0.2 } });
-    expect(plan.retention.days).toEqual({ rawMessages: 30, triggers: 90, deliveryBodies: 7, outbox: 7, deliveries: 365, doneJobs: 7, decisions: 2190, audit: 2190, outcomes: 730, videoJoins: 30, videoLinks: 30, replyPrompts: 30, staffTasks: 2190 });
+    expect(plan.retention.days).toEqual({ rawMessages: 30, triggers: 90, deliveryBodies: 7, outbox: 7, deliveries: 365, doneJobs: 7, decisions: 2190, audit: 2190, outcomes: 730, videoJoins: 30, videoLinks: 30, replyPrompts: 30, staffTasks: 2190, waitlist: 730 });
   });
 
   it('sends alerts only through configured webhook or smtp outputs, an smtp one with an address; names known inputs', async () => {
@@ -676,16 +676,36 @@ describe('alerts and retention blocks', () => {
     });
     expect(await issuesOf(dir, { TOKEN: 't' })).toEqual([
       'connectors/a.yaml:3:1: no rule sends the offers: add an sms rule on appointment.waitlist_offered with a reply offering accept (and decline) answers (docs/waitlist.md)',
-      'connectors/a.yaml:4:9: output "sms" (twilio) cannot book a slot; use a fhir-appointment output, or a webhook output with writeBack: true',
+      'connectors/a.yaml:4:9: output "sms" (twilio) cannot book a slot; use a fhir-appointment, hl7v2-srm or oracle-health-appointment output, or a webhook output with writeBack: true',
       'connectors/a.yaml:5:18: "size" must be >= 1 (got 0)',
       'connectors/a.yaml:6:42: "optIn" must be one of "all", "listed" (got "some")',
     ]);
     const unknown = await configDir({ 'a.yaml': `${outputs}waitlist:\n  book: ehr\n  sources: { laterAppointments: { optIn: listed } }\n` });
     expect(await issuesOf(unknown, { TOKEN: 't' })).toEqual([
       'connectors/a.yaml:3:1: no rule sends the offers: add an sms rule on appointment.waitlist_offered with a reply offering accept (and decline) answers (docs/waitlist.md)',
-      'connectors/a.yaml:4:9: no output named "ehr"; known: sms: the waitlist books accepted slots through a fhir-appointment output or a webhook output with writeBack: true',
+      'connectors/a.yaml:4:9: no output named "ehr"; known: sms: the waitlist books accepted slots through a fhir-appointment, hl7v2-srm or oracle-health-appointment output, or a webhook output with writeBack: true',
       'connectors/a.yaml:5:42: optIn: listed offers slots to the patients in `patients` only, and the list is empty: list the patient ids that opted in, or use optIn: all',
     ]);
+  });
+
+  it('accepts every output that declares book as the waitlist booking output (SRM^S01, Millennium, FHIR $book); refuses one that does not', async () => {
+    const sms = '  - { name: sms, type: twilio, accountSid: AC0123456789abcdef0123456789abcdef, authToken: { env: TOKEN }, from: "+15005550006", baa: true }\n';
+    const server = 'server: { baseUrl: "https://ehr.example.org/fhir/R4", auth: { bearer: { token: { env: TOKEN } } } }';
+    const candidates = {
+      srm: '{ name: srm, type: hl7v2-srm, host: sched.example.org, port: 2575, receivingApplication: SCHED, receivingFacility: HOSP }',
+      millennium: `{ name: millennium, type: oracle-health-appointment, ${server} }`,
+      book: `{ name: book, type: fhir-appointment, book: $book, ${server} }`,
+      outbox: '{ name: outbox, type: outbox, channel: sms }',
+    };
+    const rule = 'rules:\n  - { id: offer, on: appointment.waitlist_offered, purpose: care.logistics, channel: sms, send: { output: sms, template: t }, at: now, reply: { answers: [{ action: accept, words: ["1"] }] } }\n';
+    for (const name of Object.keys(candidates)) {
+      const dir = await configDir({ 'a.yaml': `outputs:\n${sms}${Object.values(candidates).map((c) => `  - ${c}\n`).join('')}waitlist:\n  book: ${name}\n` });
+      await mkdir(path.join(dir, 'mappings', 'templates'), { recursive: true });
+      await writeFile(path.join(dir, 'mappings', 'offer.yaml'), rule);
+      await writeFile(path.join(dir, 'mappings', 'templates', 't.liquid'), 'A slot is free. Reply 1 to take it.\n');
+      if (name !== 'outbox') expect((await loadConfig({ configDir: dir, env: { TOKEN: 't' } })).waitlist?.book).toBe(name);
+      else expect(await issuesOf(dir, { TOKEN: 't' })).toEqual(['connectors/a.yaml:8:9: output "outbox" (outbox) cannot book a slot; use a fhir-appointment, hl7v2-srm or oracle-health-appointment output, or a webhook output with writeBack: true']);
+    }
   });
 
   it('loads the shipped waitlist example once uncommented, with the output it names and mappings/waitlist.yaml', async () => {

@@ -437,6 +437,9 @@ export async function loadConfig(options: LoadConfigOptions): Promise<CarerelayP
   });
 }
 
+/** The outputs that declare `book` (their writeBackKinds), for the messages that name them. */
+const BOOKING_OUTPUTS = 'a fhir-appointment, hl7v2-srm or oracle-health-appointment output, or a webhook output with writeBack: true';
+
 /**
  * The `waitlist` block (docs/waitlist.md), when there is one, and what its schema cannot say: the
  * booking output exists and books (declares `book`), and a rule sends the offers (an SMS rule on
@@ -464,8 +467,8 @@ function waitlistBlock(
   if (typeof config.book === 'string') {
     const output = outputs.find((o) => o.name === config.book);
     const info = output ? outputInfos([output], specs)[0] : undefined;
-    if (output === undefined) issueAt(['waitlist', 'book'], `no output named "${config.book}"${outputs.length ? `; known: ${outputs.map((o) => o.name).join(', ')}` : ''}: the waitlist books accepted slots through a fhir-appointment output or a webhook output with writeBack: true`);
-    else if (!info?.writeBackKinds?.includes(WriteBackKind.Book)) issueAt(['waitlist', 'book'], `output "${config.book}" (${output.type}) cannot book a slot; use a fhir-appointment output, or a webhook output with writeBack: true`);
+    if (output === undefined) issueAt(['waitlist', 'book'], `no output named "${config.book}"${outputs.length ? `; known: ${outputs.map((o) => o.name).join(', ')}` : ''}: the waitlist books accepted slots through ${BOOKING_OUTPUTS}`);
+    else if (!info?.writeBackKinds?.includes(WriteBackKind.Book)) issueAt(['waitlist', 'book'], `output "${config.book}" (${output.type}) cannot book a slot; use ${BOOKING_OUTPUTS}`);
   }
   const offerRules = rules.filter((r) => r.on.includes(TriggerType.AppointmentWaitlistOffered));
   if (offerRules.length === 0) {

@@ -138,6 +138,10 @@ export const retentionSchema = {
         videoLinks: days('Patient video links (token hashes) of visits that started this long ago (visits still to come are kept).', 30),
         replyPrompts: days('Reply prompts (the number a reminder went to, the answer) closed this long ago; open ones are kept.', 30),
         staffTasks: days('Staff tasks done this long ago (ids and reason codes; open ones are kept): as long as the audit log.', SIX_YEARS_DAYS),
+        waitlist: days(
+          "The waitlist's freed slots (with their offers) and later-appointments index entries whose time is this long past: as long as the outcomes it reports; keep it above waitlist.maxOffersPerPatient.days.",
+          730,
+        ),
       },
     },
     everyMinutes: { type: 'integer', minimum: 1, maximum: 10080, default: 60, description: 'How often the retention job runs.' },
@@ -173,6 +177,7 @@ export interface RetentionConfig {
     readonly videoLinks: number;
     readonly replyPrompts: number;
     readonly staffTasks: number;
+    readonly waitlist: number;
   };
   readonly everyMinutes: number;
   readonly batchSize: number;

@@ -27,7 +27,7 @@ export const waitlistSchema = {
   additionalProperties: false,
   required: ['book'],
   properties: {
-    book: { type: 'string', minLength: 1, description: 'The output that books an accepted slot and then cancels the later appointment: a fhir-appointment output (FHIR create with If-None-Exist), or a webhook output with writeBack: true (carerelay.appointment.book).' },
+    book: { type: 'string', minLength: 1, description: 'The output that books an accepted slot and then cancels the later appointment: an output that declares book — fhir-appointment (FHIR create with If-None-Exist, or $book), hl7v2-srm (SRM^S01), oracle-health-appointment (a free Slot, then a booked Appointment), or a webhook output with writeBack: true (carerelay.appointment.book).' },
     on: {
       type: 'array',
       minItems: 1,

@@ -523,7 +523,29 @@ export class FhirClient {
         // A Location outside the base or not naming a resource: return the body without an id.
       }
     }
+    // A Location without _history (Oracle Health Millennium): the ETag still names the version.
+    const version = versionOf(created);
+    if (result.meta?.versionId === undefined && version !== undefined) result.meta = { ...result.meta, versionId: version };
     return result;
+  }
+
+  /**
+   * A type-level operation invoked by POST (`[base]/type/$name`, FHIR R4 §3.1.0.17 / operations.html)
+   * with a Parameters body; answers whatever resource the operation returns. Not idempotent
+   * (e.g. Appointment `$book`): classified like a create (a timeout or 5xx other than 503 is an
+   * AmbiguousError — the caller decides how a repeat finds what the first attempt did).
+   */
+  async operate(type: string, name: string, parameters: FhirResource, options: { signal?: AbortSignal } = {}): Promise<FhirResource> {
+    checkType(type);
+    if (!/^\$[a-z][a-z0-9-]{0,63}$/i.test(name)) throw new PermanentError('fhir_request_invalid', `${JSON.stringify(name).slice(0, 70)} is not an operation name (e.g. $book)`);
+    const what = `${type}/${name}`;
+    const answered = await this.call(
+      { what, idempotent: false },
+      (requestOptions) => this.fhir.operation({ name, resourceType: type, method: 'POST', input: parameters, options: requestOptions }),
+      options.signal,
+    );
+    if (typeof answered.resourceType !== 'string') throw new FhirRequestError('fhir_invalid_response', `${what}: the answer is not a FHIR resource`);
+    return answered;
   }
 
   /**

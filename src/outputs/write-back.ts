@@ -17,10 +17,11 @@
 // cancelled appointment changes nothing) and carry a request id that is the same on every
 // attempt (webhook-id, MSH-10), so an attempt whose outcome is unknown is retried.
 //
-// The kinds form a closed list that grows by one member per operation: a later `book` (claim a
-// freed slot for a patient: FHIR create / $book, SRM^S01, a webhook) adds its own member to
-// WriteBackOperation with what it needs (the slot, the service, the patient) and returns the
-// appointment it made in `appointmentId`; outputs declare it in `writeBackKinds` when they can.
+// The kinds form a closed list that grows by one member per operation: `book` (a freed slot for
+// a waitlist patient: FHIR create or $book, Millennium Slot + create, SRM^S01, a webhook) carries
+// what it needs (the slot, the service, the patient) and returns the appointment it made in
+// `appointmentId`; outputs declare it in `writeBackKinds` when they can (config/load.ts accepts
+// only those as `waitlist.book`).
 import { PermanentError } from '../errors.ts';
 import type { Identifier } from '../types.ts';
 import type { OutboundAdapter } from './spec.ts';
@@ -31,8 +32,9 @@ export const WriteBackKind = {
   /** The patient cancels: FHIR status `cancelled` + cancelationReason, SRM^S04, `carerelay.appointment.cancel`. */
   Cancel: 'cancel',
   /**
-   * Book a freed slot for a waitlist patient (docs/waitlist.md): FHIR create with
-   * If-None-Exist on the request id; returns the appointment it made in `appointmentId`.
+   * Book a freed slot for a waitlist patient (docs/waitlist.md "Booking styles"): FHIR create with
+   * If-None-Exist or $book, Millennium Slot + create, SRM^S01, `carerelay.appointment.book`;
+   * returns the appointment it made in `appointmentId`.
    */
   Book: 'book',
 } as const;

@@ -1,27 +1,23 @@
 // The start-up check that the queue's Redis keeps what it is given, against real redis-server
 // processes of this test (never CONFIG SET on a shared server).
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import type { ChildProcess } from 'node:child_process';
 import { afterEach, expect, it } from 'vitest';
-import { describeWithRedis, spawnRedis } from '../../test/helpers/redis.ts';
+import { describeWithRedis, spawnRedis, stopRedis } from '../../test/helpers/redis.ts';
 import { checkQueueConnection } from './connect-check.ts';
 import { assertRedisDurable, connectRedis, redactRedisUrl, RedisDurabilityError, redisUrlProblem } from './redis.ts';
 
 describeWithRedis('Redis durability check', () => {
-  const cleanup: Array<() => void> = [];
-  afterEach(() => {
-    for (const fn of cleanup.splice(0)) fn();
+  const cleanup: Array<() => unknown> = [];
+  afterEach(async () => {
+    for (const fn of cleanup.splice(0).reverse()) await fn();
   });
 
   async function redis(extraArgs: string[]): Promise<string> {
     const dir = mkdtempSync(path.join(tmpdir(), 'carerelay-redis-check-'));
     const { url, child } = await spawnRedis(dir, undefined, extraArgs);
-    cleanup.push(() => {
-      (child as ChildProcess).kill('SIGKILL');
-      rmSync(dir, { recursive: true, force: true });
-    });
+    cleanup.push(() => stopRedis(child, dir));
     return url;
   }
 
@@ -68,18 +64,15 @@ it('checks Redis URLs and keeps passwords out of messages', () => {
 });
 
 describeWithRedis('carerelay validate --connect (checkQueueConnection)', () => {
-  const cleanup: Array<() => void> = [];
-  afterEach(() => {
-    for (const fn of cleanup.splice(0)) fn();
+  const cleanup: Array<() => unknown> = [];
+  afterEach(async () => {
+    for (const fn of cleanup.splice(0).reverse()) await fn();
   });
 
   async function redis(extraArgs: string[] = []): Promise<string> {
     const dir = mkdtempSync(path.join(tmpdir(), 'carerelay-redis-connect-'));
     const { url, child } = await spawnRedis(dir, undefined, extraArgs);
-    cleanup.push(() => {
-      (child as ChildProcess).kill('SIGKILL');
-      rmSync(dir, { recursive: true, force: true });
-    });
+    cleanup.push(() => stopRedis(child, dir));
     return url;
   }
 

@@ -8,6 +8,7 @@ import { consentLedgerConformance } from './consent-conformance.ts';
 import { replyLedgerConformance } from './reply-conformance.ts';
 import { operationsConformance } from './operations-conformance.ts';
 import { videoConformance } from './video-conformance.ts';
+import { waitlistRetentionConformance } from './waitlist-retention-conformance.ts';
 import { isPending, PENDING_REASON, RAW_QUOTA_CURSOR, type DeliveryWrite, type InboundRecord, type Store, type StoredMessage, type SubjectState } from './store.ts';
 
 export interface StoreHandle {
@@ -1130,6 +1131,7 @@ export function storeConformanceSuite(name: string, makeStore: () => Promise<Sto
     replyLedgerConformance(() => store);
     operationsConformance(() => store);
     videoConformance(() => store);
+    waitlistRetentionConformance(() => store);
 
     describe('closing', () => {
       it('after close, commits reject (so the caller NAKs) and close is idempotent', async () => {

@@ -29,7 +29,7 @@ import {
   type ReceiptRow,
   type StateRow,
 } from './rows.ts';
-import type { ErasureRecord, NewStaffTask, OutcomeKind, ReplyPrompt, StaffTaskStatus, StoredDelivery } from './store.ts';
+import type { ErasureRecord, NewStaffTask, OutcomeKind, ReplyPrompt, StaffTaskStatus, StoredDelivery, WaitlistAppointment, WaitlistOffer, WaitlistOfferState, WaitlistSlot, WaitlistSlotState } from './store.ts';
 import type { Channel, ConsentSource, Purpose } from '../types.ts';
 
 /** Rows per page read. */
@@ -180,6 +180,16 @@ export function dumpSource(b: BackendRows): DumpSource {
         outcome: row.outcome as OutcomeKind,
         day: String(row.day),
       }));
+      // The waitlist: the columns hold what changes (state, claim); the JSON the rest.
+      yield* each('waitlist_slots', 'id, state, claimed_by, json', ['id'], (row) => {
+        const { claimedBy: _claimedBy, ...slot } = JSON.parse(String(row.json)) as WaitlistSlot;
+        return { kind: 'waitlistSlot' as const, slot: { ...slot, state: row.state as WaitlistSlotState, ...(row.claimed_by !== null ? { claimedBy: String(row.claimed_by) } : {}) } };
+      });
+      yield* each('waitlist_offers', 'id, state, json', ['id'], (row) => ({
+        kind: 'waitlistOffer' as const,
+        offer: { ...(JSON.parse(String(row.json)) as WaitlistOffer), state: row.state as WaitlistOfferState },
+      }));
+      yield* each('waitlist_appointments', 'id, json', ['id'], (row) => ({ kind: 'waitlistAppointment' as const, appointment: JSON.parse(String(row.json)) as WaitlistAppointment }));
     },
   };
 }

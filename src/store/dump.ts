@@ -30,6 +30,9 @@ import type {
   StoredFhirConsent,
   StoredMessage,
   SubjectState,
+  WaitlistAppointment,
+  WaitlistOffer,
+  WaitlistSlot,
 } from './store.ts';
 
 export const DUMP_FORMAT = 'carerelay-store';
@@ -179,6 +182,24 @@ export interface StaffTaskRecord {
   task: StaffTask;
 }
 
+/** A freed slot as the store keeps it (its state and claim included). */
+export interface WaitlistSlotRecord {
+  kind: 'waitlistSlot';
+  slot: WaitlistSlot;
+}
+
+/** One offer of a slot. */
+export interface WaitlistOfferRecord {
+  kind: 'waitlistOffer';
+  offer: WaitlistOffer;
+}
+
+/** An entry of the later-appointments index. */
+export interface WaitlistAppointmentRecord {
+  kind: 'waitlistAppointment';
+  appointment: WaitlistAppointment;
+}
+
 export type DumpRecord =
   | MessageRecord
   | TriggerRecord
@@ -203,7 +224,10 @@ export type DumpRecord =
   | OutcomeLinkRecord
   | OutcomeRecord
   | ReplyPromptRecord
-  | StaffTaskRecord;
+  | StaffTaskRecord
+  | WaitlistSlotRecord
+  | WaitlistOfferRecord
+  | WaitlistAppointmentRecord;
 
 export type DumpKind = DumpRecord['kind'];
 
@@ -233,6 +257,10 @@ export const KINDS: readonly DumpKind[] = [
   'staffTask',
   'outcomeLink',
   'outcome',
+  // An offer names its slot (and triggers); the index names triggers.
+  'waitlistSlot',
+  'waitlistOffer',
+  'waitlistAppointment',
 ];
 
 /** What a backend gives to export and takes to import. */

@@ -102,6 +102,9 @@ const TABLES = [
   'outcomes',
   'reply_prompts',
   'staff_tasks',
+  'waitlist_slots',
+  'waitlist_offers',
+  'waitlist_appointments',
 ];
 
 /** Identity columns moved past the largest imported id. */
@@ -490,6 +493,39 @@ const INSERTS: { [K in DumpKind]: Insert<K> } = {
       ['sent', 'boolean', (r) => r.sent],
       ['outcome', 'text', (r) => r.outcome],
       ['day', 'text', (r) => r.day],
+    ],
+  },
+  waitlistSlot: {
+    table: 'waitlist_slots',
+    columns: [
+      ['id', 'text', (r) => r.slot.id],
+      ['start_ms', 'bigint', (r) => instantMs(r.slot.start, 'slot.start')],
+      ['opened_ms', 'bigint', (r) => instantMs(r.slot.openedAt, 'slot.openedAt')],
+      ['state', 'text', (r) => r.slot.state],
+      ['claimed_by', 'text', (r) => orNull(r.slot.claimedBy)],
+      ['json', 'text', (r) => JSON.stringify((({ claimedBy: _claimedBy, ...slot }) => slot)(r.slot))],
+    ],
+  },
+  waitlistOffer: {
+    table: 'waitlist_offers',
+    columns: [
+      ['id', 'text', (r) => r.offer.id],
+      ['slot_id', 'text', (r) => r.offer.slotId],
+      ['patient_id', 'text', (r) => r.offer.patientId],
+      ['offered_ms', 'bigint', (r) => instantMs(r.offer.offeredAt, 'offer.offeredAt')],
+      ['state', 'text', (r) => r.offer.state],
+      ['json', 'text', (r) => JSON.stringify(r.offer)],
+    ],
+  },
+  waitlistAppointment: {
+    table: 'waitlist_appointments',
+    columns: [
+      ['id', 'text', (r) => r.appointment.id],
+      ['patient_id', 'text', (r) => r.appointment.patientId],
+      ['service', 'text', (r) => r.appointment.service],
+      ['practitioner', 'text', (r) => r.appointment.practitioner],
+      ['start_ms', 'bigint', (r) => instantMs(r.appointment.start, 'appointment.start')],
+      ['json', 'text', (r) => JSON.stringify(r.appointment)],
     ],
   },
 };

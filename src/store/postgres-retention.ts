@@ -10,6 +10,7 @@
 //   decisions       decisions by seq (appended in time order), likewise
 //   audit           audit, then disclosures, then erasures, each by seq likewise
 //   outcomes        outcomes by (day, appointment, rule)     — outcomes_walk
+//   waitlist        waitlist_slots by (opened_ms, id)        — waitlist_slots_opened; then waitlist_appointments by id (its key)
 //
 // A batch is one write of the store's group commit (postgres-commit.ts): a handful of
 // set-based statements over at most `limit` rows, read then written in the same transaction,
@@ -22,7 +23,7 @@
 import { expandDeliveryJson } from './common.ts';
 import type { Sql } from './postgres-commit.ts';
 import { giveBackRawQuota } from './postgres-raw-quota.ts';
-import { awaitsSomeone, parsePosition, position, staffTaskTimes, subjectKeyOf, visitOver, type RetainedMessage, type RetainedTrigger } from './retention-rules.ts';
+import { awaitsSomeone, parsePosition, position, staffTaskTimes, subjectKeyOf, visitOver, waitlistPosition, WaitlistWalk, type RetainedMessage, type RetainedTrigger } from './retention-rules.ts';
 import { PENDING_REASON, RetentionKind, type PruneBatch, type PruneOptions } from './store.ts';
 
 /** Column and indexes retention walks (one append-only migration step of the store, postgres.ts). */
@@ -120,6 +121,8 @@ export async function pruneBatch(sql: Sql, kind: RetentionKind, beforeMs: number
       });
     case RetentionKind.StaffTasks:
       return staffTasks(sql, beforeMs, limit, options.after, dry);
+    case RetentionKind.Waitlist:
+      return waitlist(sql, beforeMs, limit, options.after, dry);
     default:
       throw new RangeError(`prune: unknown kind ${String(kind satisfies never)}`);
   }
@@ -391,6 +394,34 @@ async function walk<R>(
   const removed = dry || going.length === 0 ? going.length : await w.remove(going);
   const last = rows[rows.length - 1];
   return { removed, ...(rows.length === limit && last ? { next: position(...w.at(last)) } : {}) };
+}
+
+/** Slots that started before the cutoff, with their offers; then index entries that did (each write re-checks the start). */
+async function waitlist(sql: Sql, beforeMs: number, limit: number, after: string | undefined, dry: boolean): Promise<PruneBatch> {
+  let at = waitlistPosition(after);
+  let removed = 0;
+  let budget = limit;
+  if (at.walk === WaitlistWalk.Slots) {
+    const rows = await sql.rows<{ id: string; opened_ms: string; start_ms: string }>(
+      'SELECT id, opened_ms, start_ms FROM waitlist_slots WHERE opened_ms < $1 AND (opened_ms, id) > ($2, $3) ORDER BY opened_ms, id LIMIT $4',
+      [beforeMs, at.ms, at.id, limit],
+    );
+    const going = rows.filter((r) => Number(r.start_ms) < beforeMs).map((r) => r.id);
+    removed = going.length;
+    if (!dry && going.length > 0) {
+      await sql.count('DELETE FROM waitlist_offers WHERE slot_id = ANY($1::text[])', [going]);
+      removed = await sql.count('DELETE FROM waitlist_slots WHERE id = ANY($1::text[]) AND start_ms < $2', [going, beforeMs]);
+    }
+    const last = rows[rows.length - 1];
+    if (rows.length === limit && last) return { removed, next: position(WaitlistWalk.Slots, Number(last.opened_ms), last.id) };
+    budget = limit - rows.length;
+    at = { walk: WaitlistWalk.Appointments, ms: 0, id: '' };
+  }
+  const rows = await sql.rows<{ id: string; start_ms: string }>('SELECT id, start_ms FROM waitlist_appointments WHERE id > $1 ORDER BY id LIMIT $2', [at.id, budget]);
+  const going = rows.filter((r) => Number(r.start_ms) < beforeMs).map((r) => r.id);
+  removed += dry || going.length === 0 ? going.length : await sql.count('DELETE FROM waitlist_appointments WHERE id = ANY($1::text[]) AND start_ms < $2', [going, beforeMs]);
+  const last = rows[rows.length - 1];
+  return { removed, ...(rows.length === budget && last ? { next: position(WaitlistWalk.Appointments, 0, last.id) } : {}) };
 }
 
 /** Done staff tasks by seq, up to the first one created after the cutoff (numbered as created). */

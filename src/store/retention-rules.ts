@@ -59,3 +59,21 @@ export function staffTaskTimes(json: string): { createdMs: number; doneMs?: numb
 export function visitOver(start: string | null | undefined, beforeMs: number): boolean {
   return start == null || Date.parse(start) < beforeMs;
 }
+
+/**
+ * The `waitlist` walk (store.ts RetentionKind): first the freed slots by (opened_ms, id) — a slot
+ * opens before it starts, so every slot that started before the cutoff is found among those
+ * opened before it —, then the later-appointments index by id (a batch that ends the slots goes
+ * on into the index with what is left of its limit). Its position names the table.
+ */
+export const WaitlistWalk = { Slots: 'slots', Appointments: 'appointments' } as const;
+export type WaitlistWalk = (typeof WaitlistWalk)[keyof typeof WaitlistWalk];
+
+/** Where a `waitlist` batch starts: the table, and the last key seen in it. */
+export function waitlistPosition(after: string | undefined): { walk: WaitlistWalk; ms: number; id: string } {
+  const parts = parsePosition(after, 3);
+  if (parts === undefined) return { walk: WaitlistWalk.Slots, ms: Number.MIN_SAFE_INTEGER, id: '' };
+  const [walk, ms, id] = parts as [string, string, string];
+  if ((walk !== WaitlistWalk.Slots && walk !== WaitlistWalk.Appointments) || !Number.isFinite(Number(ms))) throw new RangeError(`prune: "${after}" is not a position this kind returned`);
+  return { walk, ms: Number(ms), id };
+}

@@ -12,12 +12,13 @@
 //   decisions       decisions by seq, up to the first one made after the cutoff (appended in time order)
 //   audit           audit, then disclosures, then erasures, each by seq likewise
 //   outcomes        outcomes_day (day, appointment, rule)
+//   waitlist        waitlist_slots (opened_ms, id), then waitlist_appointments by id
 // A dry run walks the same way and counts.
 import { expandDeliveryJson } from './common.ts';
 import { PackedKind, packJson, unpackJson } from './packed-json.ts';
 import type { Database } from './sqlite-db.ts';
 import { rawQuotaGiveBack } from './sqlite-raw-quota.ts';
-import { awaitsSomeone, parsePosition, position, staffTaskTimes, subjectKeyOf, visitOver, type RetainedMessage, type RetainedTrigger } from './retention-rules.ts';
+import { awaitsSomeone, parsePosition, position, staffTaskTimes, subjectKeyOf, visitOver, waitlistPosition, WaitlistWalk, type RetainedMessage, type RetainedTrigger } from './retention-rules.ts';
 import { RetentionKind, type PruneBatch, type PruneOptions } from './store.ts';
 
 /** Columns and indexes retention walks (part of one append-only migration step of the store). */
@@ -95,6 +96,11 @@ export class SqliteRetention {
       prompts: db.prepare('SELECT seq, closes_ms FROM reply_prompts WHERE closes_ms < ? AND (closes_ms, seq) > (?, ?) ORDER BY closes_ms, seq LIMIT ?'),
       deletePrompt: db.prepare('DELETE FROM reply_prompts WHERE seq = ?'),
       tasks: db.prepare("SELECT seq, json FROM staff_tasks WHERE status = 'done' AND seq > ? ORDER BY seq LIMIT ?"),
+      waitlistSlots: db.prepare('SELECT id, opened_ms, start_ms FROM waitlist_slots WHERE opened_ms < ? AND (opened_ms, id) > (?, ?) ORDER BY opened_ms, id LIMIT ?'),
+      deleteSlotOffers: db.prepare('DELETE FROM waitlist_offers WHERE slot_id = ?'),
+      deleteSlot: db.prepare('DELETE FROM waitlist_slots WHERE id = ?'),
+      waitlistAppointments: db.prepare('SELECT id, start_ms FROM waitlist_appointments WHERE id > ? ORDER BY id LIMIT ?'),
+      deleteWaitlistAppointment: db.prepare('DELETE FROM waitlist_appointments WHERE id = ? AND start_ms < ?'),
       deleteTask: db.prepare('DELETE FROM staff_tasks WHERE seq = ?'),
     };
   }
@@ -154,6 +160,8 @@ export class SqliteRetention {
         });
       case RetentionKind.StaffTasks:
         return this.#tasks(beforeMs, limit, options.after, dry);
+      case RetentionKind.Waitlist:
+        return this.#waitlist(beforeMs, limit, options.after, dry);
       default:
         throw new RangeError(`prune: unknown kind ${String(kind satisfies never)}`);
     }
@@ -310,6 +318,35 @@ export class SqliteRetention {
     }
     const last = rows[rows.length - 1];
     return { removed, ...(rows.length === limit && last ? { next: position(...walk.at(last)) } : {}) };
+  }
+
+  /** Slots that started before the cutoff, with their offers; then index entries that did. */
+  #waitlist(beforeMs: number, limit: number, after: string | undefined, dry: boolean): PruneBatch {
+    let at = waitlistPosition(after);
+    let removed = 0;
+    let budget = limit;
+    if (at.walk === WaitlistWalk.Slots) {
+      const rows = this.#s.waitlistSlots.all(beforeMs, at.ms, at.id, limit) as Array<{ id: string; opened_ms: number; start_ms: number }>;
+      for (const row of rows) {
+        if (!(row.start_ms < beforeMs)) continue;
+        removed++;
+        if (dry) continue;
+        this.#s.deleteSlotOffers.run(row.id);
+        this.#s.deleteSlot.run(row.id);
+      }
+      const last = rows[rows.length - 1];
+      if (rows.length === limit && last) return { removed, next: position(WaitlistWalk.Slots, last.opened_ms, last.id) };
+      budget = limit - rows.length;
+      at = { walk: WaitlistWalk.Appointments, ms: 0, id: '' };
+    }
+    const rows = this.#s.waitlistAppointments.all(at.id, budget) as Array<{ id: string; start_ms: number }>;
+    for (const row of rows) {
+      if (!(row.start_ms < beforeMs)) continue;
+      removed++;
+      if (!dry) this.#s.deleteWaitlistAppointment.run(row.id, beforeMs);
+    }
+    const last = rows[rows.length - 1];
+    return { removed, ...(rows.length === budget && last ? { next: position(WaitlistWalk.Appointments, 0, last.id) } : {}) };
   }
 
   /** Done staff tasks by seq, up to the first one created after the cutoff (numbered as created). */

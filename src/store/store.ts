@@ -1077,6 +1077,9 @@ export interface OutcomeCount {
  *   open ones stay. Counted in prompts.
  * - `staffTasks`: staff tasks done before `before`; open ones stay whatever their age.
  *   Counted in tasks.
+ * - `waitlist`: freed slots that started before `before`, with their offers (nothing can happen
+ *   to them any more), and entries of the later-appointments index that started before it.
+ *   Counted in slots and entries.
  * The consent ledger (entries, FHIR Consents, patient facts, contact points) and the contact
  * holdings are never removed by age: they keep objections honoured.
  */
@@ -1093,6 +1096,7 @@ export const RetentionKind = {
   VideoLinks: 'videoLinks',
   ReplyPrompts: 'replyPrompts',
   StaffTasks: 'staffTasks',
+  Waitlist: 'waitlist',
 } as const;
 export type RetentionKind = (typeof RetentionKind)[keyof typeof RetentionKind];
 export const RETENTION_KINDS: readonly RetentionKind[] = Object.values(RetentionKind);

@@ -37,6 +37,7 @@ export const RETENTION_ORDER: readonly RetainedKind[] = [
   RetentionKind.VideoLinks,
   RetentionKind.ReplyPrompts,
   RetentionKind.StaffTasks,
+  RetentionKind.Waitlist,
 ];
 
 /** Kinds whose walk position is kept between runs (what lies behind it is done for good). */

@@ -17,6 +17,23 @@
 // /patient-status (value accepted only, on a booked appointment whose Patient participant is
 // tentative) — anything else 422; 200 with an empty body and the new ETag.
 //
+// Generic FHIR R4 also serves the Argonaut Scheduling `Appointment/$book` operation
+// (http://fhir.org/guides/argonaut/scheduling/OperationDefinition-appointment-book.html): POST
+// /fhir/Appointment/$book, application/fhir+json, a Parameters body with exactly one
+// `appt-resource` (an Appointment without id, status `proposed`, a start and participants with
+// valid statuses), `patient-id` (0..*, `Patient/<id>` uris) and `comment` (0..1) — any other
+// parameter 400; the answer is a searchset Bundle holding the Appointment, `booked` with its
+// participants accepted (stored, identifiers kept) or `cancelled` when told to reject it. Like
+// the definition says, it is not idempotent: the same request twice books twice.
+//
+// Oracle Health Millennium also books ("Search for Slots", GET /Slot: service-type required
+// (system|code), start required with both a ge and an lt prefix, schedule.actor optional; the
+// Slots it holds answered as a searchset) and creates ("Create an appointment", POST /Appointment,
+// application/fhir+json): status `booked` with `slot` exactly one reference to a Slot, which must
+// be free (else 409), `participant` exactly one, a Patient reference with status `accepted` and
+// no `type` — anything else 422; 201 with an empty body, Location and ETag W/"0"; the Slot becomes
+// busy. Its Appointment search by `patient` requires `date` (ge/lt).
+//
 // Both: a bearer token when configured (401), and faults (429 + Retry-After, 503, hang, reset);
 // `interfere(n)` changes the appointment behind the client's back before each of the next n
 // writes, so the client's If-Match is stale.
@@ -47,8 +64,14 @@ export interface AppointmentStandIn {
   writes(): RecordedRequest[];
   /** Creates (POST, a waitlist booking) received so far. */
   creates(): RecordedRequest[];
-  /** Answers the next `n` creates with `status` (409: the slot is taken; 422; 503). */
+  /** Answers the next `n` creates (and $book calls) with `status` (409: the slot is taken; 422; 503). */
   failCreates(n: number, status: number): void;
+  /** `$book` calls received so far. */
+  bookings(): RecordedRequest[];
+  /** The next `n` $book calls are rejected: the Appointment is answered `cancelled`, nothing booked. */
+  rejectBookings(n: number): void;
+  /** The next `n` $book calls book the appointment, then answer 500 (the client cannot tell it was booked). */
+  lostBookingAnswers(n: number): void;
   /** What the appointment says now: its patient confirmed (participant accepted), cancelled and why. */
   state(id: string): { confirmed: boolean; cancelled: boolean; cancelReason?: string };
   close(): Promise<void>;
@@ -74,18 +97,37 @@ async function startAppointmentServer(options: {
   token?: string;
   write: (request: RecordedRequest, current: StandInAppointment) => Answer | StandInAppointment;
   create?: (request: RecordedRequest) => Answer;
+  /** `POST /fhir/Appointment/$book`. */
+  book?: (request: RecordedRequest) => Answer;
+  /** `GET /fhir/Slot`. */
+  slots?: (request: RecordedRequest) => Answer;
   appointments?: Map<string, StandInAppointment>;
   failing?: { n: number; status: number };
+  booking?: { reject: number; lose: number };
 }): Promise<AppointmentStandIn> {
+  const booking = options.booking ?? { reject: 0, lose: 0 };
   const token = options.token ?? 'standin-token';
   const appointments = options.appointments ?? new Map<string, StandInAppointment>();
   const failing = options.failing ?? { n: 0, status: 503 };
   let interfering = 0;
   const http = await startHttpStandIn((request) => {
     if (header(request, 'authorization') !== `Bearer ${token}`) return outcome(401, 'login', 'a valid bearer token is required');
+    if (request.path === '/fhir/Appointment/$book') {
+      if (request.method !== 'POST') return outcome(405, 'not-supported', '$book is invoked by POST');
+      return options.book ? options.book(request) : outcome(404, 'not-supported', 'this server does not define $book');
+    }
+    if (request.path === '/fhir/Slot' && request.method === 'GET' && options.slots) return options.slots(request);
     const m = /^\/fhir\/Appointment(?:\/([A-Za-z0-9\-.]{1,64}))?$/.exec(request.path);
     if (!m) return outcome(404, 'not-found', 'unknown path');
     if (request.method === 'POST' && m[1] === undefined) return options.create ? options.create(request) : outcome(405, 'not-supported', 'this server does not create appointments');
+    if (request.method === 'GET' && m[1] === undefined && request.query.has('patient')) {
+      // Millennium: date is required with patient (ge/lt prefixes).
+      const range = dateRange(request.query.getAll('date'));
+      if (range === undefined) return outcome(400, 'required', 'date (ge and lt) is required when searching by patient');
+      const patient = `Patient/${request.query.get('patient')}`;
+      const found = [...appointments.values()].filter((a) => a.participant.some((p) => p.actor.reference === patient) && typeof a.start === 'string' && Date.parse(a.start) >= range[0] && Date.parse(a.start) < range[1]);
+      return { status: 200, headers: { 'content-type': 'application/fhir+json' }, body: { resourceType: 'Bundle', type: 'searchset', total: found.length, entry: found.map((a) => ({ resource: a, search: { mode: 'match' } })) } };
+    }
     if (request.method === 'GET' && m[1] === undefined) {
       const [system, value] = (request.query.get('identifier') ?? '').includes('|') ? request.query.get('identifier')!.split('|') : [undefined, request.query.get('identifier')];
       const found = [...appointments.values()].filter((a) => a.identifier?.some((i) => i.value === value && (system === undefined || i.system === system)));
@@ -131,10 +173,17 @@ async function startAppointmentServer(options: {
       interfering = n;
     },
     writes: () => http.requests.filter((r) => r.method === 'PUT' || r.method === 'PATCH'),
-    creates: () => http.requests.filter((r) => r.method === 'POST'),
+    creates: () => http.requests.filter((r) => r.method === 'POST' && r.path === '/fhir/Appointment'),
     failCreates(n, status) {
       failing.n = n;
       failing.status = status;
+    },
+    bookings: () => http.requests.filter((r) => r.method === 'POST' && r.path === '/fhir/Appointment/$book'),
+    rejectBookings(n) {
+      booking.reject = n;
+    },
+    lostBookingAnswers(n) {
+      booking.lose = n;
     },
     state(id) {
       const a = appointments.get(id)!;
@@ -153,10 +202,51 @@ async function startAppointmentServer(options: {
 export function startFhirAppointmentStandIn(options: { conflictStatus?: 409 | 412 } = {}): Promise<AppointmentStandIn> {
   const appointments = new Map<string, StandInAppointment>();
   const failing = { n: 0, status: 503 };
+  const booking = { reject: 0, lose: 0 };
   let made = 0;
+  const fhirJson = { 'content-type': 'application/fhir+json' };
   return startAppointmentServer({
     appointments,
     failing,
+    booking,
+    book(request) {
+      if (!(header(request, 'content-type') ?? '').startsWith('application/fhir+json')) return outcome(415, 'not-supported', 'Content-Type must be application/fhir+json');
+      let body: { resourceType?: string; parameter?: Array<{ name?: string; resource?: StandInAppointment; valueUri?: string; valueString?: string }> } | undefined;
+      try {
+        body = JSON.parse(request.text) as typeof body;
+      } catch {
+        return outcome(400, 'structure', 'the body is not JSON');
+      }
+      if (body?.resourceType !== 'Parameters' || !Array.isArray(body.parameter)) return outcome(400, 'structure', '$book takes a Parameters resource');
+      const unknown = body.parameter.find((p) => !['appt-resource', 'appt-id', 'patient-id', 'comment', 'cancelled-appt-id'].includes(String(p.name)));
+      if (unknown !== undefined) return outcome(400, 'invalid', `unknown parameter ${String(unknown.name)}`);
+      const resources = body.parameter.filter((p) => p.name === 'appt-resource');
+      if (resources.length !== 1 || resources[0]!.resource?.resourceType !== 'Appointment') return outcome(400, 'required', 'this server books an appt-resource: exactly one Appointment');
+      if (body.parameter.some((p) => p.name === 'patient-id' && !/^Patient\/[A-Za-z0-9\-.]{1,64}$/.test(p.valueUri ?? ''))) return outcome(400, 'value', 'patient-id is a uri Patient/<id>');
+      const appt = resources[0]!.resource!;
+      if (appt.id !== undefined) return outcome(400, 'invalid', 'appt-resource is a new Appointment (no id)');
+      if (appt.status !== 'proposed') return outcome(422, 'business-rule', 'the Appointment to book must be proposed');
+      if (typeof appt.start !== 'string' || !Array.isArray(appt.participant) || appt.participant.length === 0 || appt.participant.some((p) => !PARTICIPANT_STATUS.has(p.status))) {
+        return outcome(422, 'required', 'the Appointment needs start and participants with a valid status');
+      }
+      if (failing.n > 0) {
+        failing.n--;
+        return outcome(failing.status, failing.status === 409 ? 'conflict' : 'processing', 'the server refused the booking');
+      }
+      const bundle = (a: StandInAppointment) => ({ status: 200, headers: fhirJson, body: { resourceType: 'Bundle', type: 'searchset', total: 1, entry: [{ fullUrl: `${request.path}/${a.id}`, resource: a }] } });
+      if (booking.reject > 0) {
+        booking.reject--;
+        return bundle({ ...appt, id: `rejected-${++made}`, meta: { versionId: '1' }, status: 'cancelled' });
+      }
+      const id = `booked-${++made}`;
+      const stored: StandInAppointment = { ...appt, id, meta: { versionId: '1' }, status: 'booked', participant: appt.participant.map((p) => ({ ...p, status: 'accepted' })) };
+      appointments.set(id, stored);
+      if (booking.lose > 0) {
+        booking.lose--;
+        return outcome(500, 'exception', 'the answer was lost');
+      }
+      return bundle(stored);
+    },
     // Create (https://hl7.org/fhir/R4/http.html#create): POST [base]/Appointment, application/fhir+json, no id
     // (the server assigns it), 201 with Location and the resource. Conditional create (§3.1.0.8.1):
     // If-None-Exist `identifier=system|value` — one match: 200 with it and nothing made.
@@ -214,6 +304,27 @@ export function startFhirAppointmentStandIn(options: { conflictStatus?: 409 | 41
   });
 }
 
+/** A `ge…`/`lt…` pair of search values as [from, to) in ms; undefined unless both are there. */
+function dateRange(values: string[]): [number, number] | undefined {
+  const ge = values.find((v) => v.startsWith('ge'));
+  const lt = values.find((v) => v.startsWith('lt'));
+  if (ge === undefined || lt === undefined || Number.isNaN(Date.parse(ge.slice(2))) || Number.isNaN(Date.parse(lt.slice(2)))) return undefined;
+  return [Date.parse(ge.slice(2)), Date.parse(lt.slice(2))];
+}
+
+/** A Millennium Slot the stand-in offers. */
+export interface StandInSlot {
+  resourceType: 'Slot';
+  id: string;
+  status: 'free' | 'busy';
+  start: string;
+  end: string;
+  serviceType: Array<{ coding: Array<{ system: string; code: string }> }>;
+  schedule: { reference: string };
+  /** The practitioner of its schedule (schedule.actor). */
+  actor: string;
+}
+
 /** Millennium's status sequences ("From Proposed to Booked or Cancelled…"). */
 const ORACLE_TRANSITIONS: Record<string, string[]> = {
   proposed: ['booked', 'cancelled'],
@@ -222,10 +333,67 @@ const ORACLE_TRANSITIONS: Record<string, string[]> = {
   'checked-in': ['fulfilled', 'cancelled'],
 };
 
-/** An Oracle Health Millennium R4 server: JSON Patch on the documented paths, If-Match required, 423 while `lock()`ed. */
-export async function startOracleAppointmentStandIn(): Promise<AppointmentStandIn & { lock(n: number): void }> {
+/** An Oracle Health Millennium R4 server: JSON Patch on the documented paths, If-Match required, 423 while `lock()`ed; Slots and booking creates. */
+export async function startOracleAppointmentStandIn(): Promise<AppointmentStandIn & { lock(n: number): void; slots: Map<string, StandInSlot> }> {
   let locked = 0;
+  let made = 0;
+  const slots = new Map<string, StandInSlot>();
+  const appointments = new Map<string, StandInAppointment>();
+  const json = { 'content-type': 'application/fhir+json' };
   const server = await startAppointmentServer({
+    appointments,
+    slots(request) {
+      const service = request.query.get('service-type');
+      const range = dateRange(request.query.getAll('start'));
+      if (service === null && !request.query.has('_id')) return outcome(400, 'required', 'service-type or _id is required');
+      if (range === undefined) return outcome(400, 'required', 'start is required with a ge and an lt prefix');
+      const [system, code] = service!.includes('|') ? service!.split('|') : [undefined, service!];
+      const actor = request.query.get('schedule.actor');
+      const found = [...slots.values()].filter(
+        (slot) =>
+          slot.serviceType.some((t) => t.coding.some((c) => c.code === code && (system === undefined || c.system === system))) &&
+          Date.parse(slot.start) >= range[0] &&
+          Date.parse(slot.start) < range[1] &&
+          (actor === null || slot.actor === actor),
+      );
+      return { status: 200, headers: json, body: { resourceType: 'Bundle', type: 'searchset', entry: found.map((slot) => ({ resource: slot, search: { mode: 'match' } })) } };
+    },
+    create(request) {
+      if (!(header(request, 'content-type') ?? '').startsWith('application/fhir+json')) return outcome(415, 'not-supported', 'Content-Type must be application/fhir+json');
+      let body: { resourceType?: string; status?: string; slot?: Array<{ reference?: string }>; participant?: Array<{ actor?: { reference?: string }; status?: string; type?: unknown }> };
+      try {
+        body = JSON.parse(request.text) as typeof body;
+      } catch {
+        return outcome(400, 'structure', 'the body is not JSON');
+      }
+      if (body.resourceType !== 'Appointment') return outcome(400, 'invalid', 'the body must be an Appointment');
+      if (body.status !== 'booked') return outcome(422, 'business-rule', 'this server books: status must be booked');
+      if (!Array.isArray(body.slot) || body.slot.length !== 1) return outcome(422, 'business-rule', 'slot must be a list containing exactly one reference');
+      const participant = body.participant;
+      if (!Array.isArray(participant) || participant.length !== 1 || !/^Patient\/[A-Za-z0-9\-.]{1,64}$/.test(participant[0]!.actor?.reference ?? '')) {
+        return outcome(422, 'business-rule', 'participant must be a list containing exactly one patient participant');
+      }
+      if (participant[0]!.status !== 'accepted' || participant[0]!.type !== undefined) return outcome(422, 'business-rule', 'the participant status must be accepted, and type must not be set');
+      const slot = slots.get((body.slot[0]!.reference ?? '').replace(/^Slot\//, ''));
+      if (slot === undefined) return outcome(422, 'business-rule', 'the Slot is not known');
+      if (slot.status !== 'free') return outcome(409, 'conflict', 'the Slot is no longer available');
+      slot.status = 'busy';
+      const id = `${9100000 + ++made}`;
+      appointments.set(id, {
+        resourceType: 'Appointment',
+        id,
+        meta: { versionId: '0' },
+        status: 'booked',
+        slot: [{ reference: `Slot/${slot.id}` }],
+        start: slot.start,
+        end: slot.end,
+        participant: [
+          { actor: { reference: participant[0]!.actor!.reference! }, status: 'accepted' },
+          { actor: { reference: slot.actor }, status: 'accepted' },
+        ],
+      });
+      return { status: 201, headers: { location: `${request.path}/${id}`, etag: 'W/"0"' } };
+    },
     write(request, current) {
       if (request.method !== 'PATCH') return outcome(405, 'not-supported', 'use PATCH');
       if (!(header(request, 'content-type') ?? '').startsWith('application/json-patch+json')) return outcome(415, 'not-supported', 'Content-Type must be application/json-patch+json');
@@ -265,6 +433,7 @@ export async function startOracleAppointmentStandIn(): Promise<AppointmentStandI
     },
   });
   return Object.assign(server, {
+    slots,
     lock(n: number) {
       locked = n;
     },

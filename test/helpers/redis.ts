@@ -89,6 +89,20 @@ export async function spawnRedis(dir: string, port?: number, extraArgs: string[]
   }
 }
 
+/**
+ * Stops a redis-server child of spawnRedis and removes its directory: after the process has
+ * exited, and tolerating a file an orphaned background rewrite (a fork of the killed server)
+ * writes meanwhile — removing it at once made rmSync fail with ENOTEMPTY.
+ */
+export async function stopRedis(child: ChildProcess, dir: string): Promise<void> {
+  if (child.exitCode === null && child.signalCode === null) {
+    const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+    child.kill('SIGKILL');
+    await exited;
+  }
+  rmSync(dir, { recursive: true, force: true, maxRetries: 10, retryDelay: 50 });
+}
+
 /** PINGs until it answers (true) or the process exits (false); bounded by the process. */
 async function waitForPing(url: string, exited: Promise<number | null>): Promise<boolean> {
   let gone = false;

@@ -137,6 +137,75 @@ describe('fhir-appointment', () => {
     await expect(createFhirAppointment(config(standIn), deps('wrong')).writeBack!(confirm, { signal, attempt: 1 })).rejects.toMatchObject({ failureClass: 'permanent' });
   });
 
+  describe('book: $book (Argonaut Scheduling Appointment/$book)', () => {
+    const book: WriteBackOperation = {
+      kind: 'book',
+      requestId: 'wl~offer-1',
+      appointment: { id: 'FREED-1' },
+      patient,
+      slot: { start: '2030-03-12T09:00:00Z', durationMinutes: 20, serviceType: { code: 'CHK', system: 'urn:oid:1.2.9' }, practitioner: { id: 'PR1' } },
+    };
+    const byOperation = (s: AppointmentStandIn) => createFhirAppointment(config(s, { book: '$book' }), deps(s.token));
+
+    it('posts a Parameters with the proposed appointment and the patient; the booked Appointment of the answer is the booking', async () => {
+      standIn = await startFhirAppointmentStandIn();
+      expect(await byOperation(standIn).writeBack!(book, { signal, attempt: 1 })).toEqual({ outcome: 'applied', appointmentId: 'booked-1', version: '1' });
+      expect(standIn.creates()).toEqual([]);
+      const [call] = standIn.bookings();
+      const body = JSON.parse(call!.text) as { resourceType: string; parameter: Array<{ name: string; resource?: Record<string, unknown>; valueUri?: string }> };
+      expect(body.parameter.map((p) => p.name)).toEqual(['appt-resource', 'patient-id']);
+      expect(body.parameter[1]!.valueUri).toBe('Patient/P1');
+      expect(body.parameter[0]!.resource).toMatchObject({
+        resourceType: 'Appointment',
+        status: 'proposed',
+        start: '2030-03-12T09:00:00Z',
+        end: '2030-03-12T09:20:00.000Z',
+        minutesDuration: 20,
+        identifier: [{ system: 'urn:carerelay:waitlist-booking', value: 'wl~offer-1' }],
+        serviceType: [{ coding: [{ system: 'urn:oid:1.2.9', code: 'CHK' }] }],
+        participant: [
+          { actor: { reference: 'Patient/P1' }, status: 'needs-action' },
+          { actor: { reference: 'Practitioner/PR1' }, status: 'needs-action' },
+        ],
+      });
+      expect(standIn.appointments.get('booked-1')).toMatchObject({ status: 'booked' });
+    });
+
+    it('a rejected booking (the Appointment answered cancelled), 409 and 412 are slot_unavailable; 422 fhir_unprocessable; nothing booked', async () => {
+      standIn = await startFhirAppointmentStandIn();
+      const adapter = byOperation(standIn);
+      standIn.rejectBookings(1);
+      expect(await adapter.writeBack!(book, { signal, attempt: 1 })).toEqual({ outcome: 'denied', code: 'slot_unavailable' });
+      for (const [status, code] of [[409, 'slot_unavailable'], [412, 'slot_unavailable'], [422, 'fhir_unprocessable']] as const) {
+        standIn.failCreates(1, status);
+        expect(await adapter.writeBack!(book, { signal, attempt: 1 })).toEqual({ outcome: 'denied', code });
+      }
+      expect([...standIn.appointments.values()].filter((a) => a.status === 'booked')).toEqual([]);
+    });
+
+    it('429 keeps Retry-After, 503 is transient, another 5xx is ambiguous: a repeat finds the booking the lost answer made instead of booking twice', async () => {
+      standIn = await startFhirAppointmentStandIn();
+      const adapter = byOperation(standIn);
+      standIn.http.failNext({ kind: 'answer', status: 429, headers: { 'retry-after': '7' } });
+      await expect(adapter.writeBack!(book, { signal, attempt: 1 })).rejects.toMatchObject({ failureClass: 'transient', retryAfterMs: 7000 });
+      standIn.failCreates(1, 503);
+      await expect(adapter.writeBack!(book, { signal, attempt: 2 })).rejects.toMatchObject({ failureClass: 'transient' });
+      standIn.lostBookingAnswers(1);
+      await expect(adapter.writeBack!(book, { signal, attempt: 3 })).rejects.toMatchObject({ failureClass: 'ambiguous' });
+      expect(await adapter.writeBack!(book, { signal, attempt: 4 })).toEqual({ outcome: 'applied', unchanged: true, appointmentId: 'booked-1', version: '1' });
+      expect(standIn.bookings().map((r) => r.status)).toEqual([429, 503, 500]);
+      expect([...standIn.appointments.values()].filter((a) => a.status === 'booked')).toHaveLength(1);
+    });
+
+    it('with appointments: identifier, patient and practitioner are logical references and no patient-id is sent', async () => {
+      standIn = await startFhirAppointmentStandIn();
+      await createFhirAppointment(config(standIn, { book: '$book', appointments: 'identifier' }), deps(standIn.token)).writeBack!(book, { signal, attempt: 1 });
+      const body = JSON.parse(standIn.bookings()[0]!.text) as { parameter: Array<{ name: string; resource?: { participant: unknown[] } }> };
+      expect(body.parameter.map((p) => p.name)).toEqual(['appt-resource']);
+      expect(body.parameter[0]!.resource!.participant[0]).toEqual({ actor: { type: 'Patient', identifier: { value: 'P1' } }, status: 'needs-action' });
+    });
+  });
+
   it('declares write-back only: no purposes, confirm and cancel, and booking a waitlist slot', () => {
     expect(fhirAppointmentSpec.info({} as FhirAppointmentConfig)).toMatchObject({ allowedPurposes: [], writeBackKinds: ['confirm', 'cancel', 'book'] });
   });

@@ -2,8 +2,8 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { startSrrResponder, type SrrResponder } from '../../../test/helpers/srr-responder.ts';
 import { memoryReceiptLedger } from '../conformance.ts';
 import { writeBackConformanceSuite, WriteBackFault, type WriteBackFixture } from '../write-back-conformance.ts';
-import { CANCELLED_BY_REMINDER, type WriteBackOperation } from '../write-back.ts';
-import { controlIdOf, createHl7v2Srm, srmFor, type Hl7v2SrmConfig } from './spec.ts';
+import { CANCELLED_BY_REMINDER, SCHEDULED_FROM_WAITLIST, type WriteBackOperation } from '../write-back.ts';
+import { controlIdOf, createHl7v2Srm, placerIdOf, srmFor, type Hl7v2SrmConfig } from './spec.ts';
 
 const deps = { secret: () => '', receipts: memoryReceiptLedger(), now: () => new Date('2030-03-15T10:00:00Z') };
 
@@ -101,6 +101,79 @@ describe('hl7v2-srm', () => {
     const adapter = createHl7v2Srm(config(responder.port, { requirePlacerId: true }), deps);
     expect(await adapter.writeBack!({ ...confirm, appointment: { id: 'F-1' } }, { signal, attempt: 1 })).toEqual({ outcome: 'denied', code: 'no_placer_id' });
     expect(responder.received).toEqual([]);
+  });
+
+  describe('book: SRM^S01', () => {
+    const book: WriteBackOperation = {
+      kind: 'book',
+      requestId: 'wl~offer-1',
+      appointment: { id: 'FREED-1' },
+      patient: { id: 'MRN-1', identifiers: [{ value: 'MRN-1' }] },
+      slot: { start: '2030-03-12T09:00:00Z', durationMinutes: 20, serviceType: { code: 'CHK', display: 'Check-up', system: 'L' }, practitioner: { id: 'DR-22', name: 'Martin' }, location: { id: 'ROOM1' } },
+    };
+
+    it('requests the booking with ARQ, PID, RGS and AIS/AIL/AIP; AA books it, and the SCH-2 of the SRR names the appointment made', async () => {
+      responder = await startSrrResponder();
+      responder.offer('20300312090000+0000');
+      const adapter = createHl7v2Srm(config(responder.port), deps);
+      expect(adapter.writeBackKinds).toEqual(['confirm', 'cancel', 'book']);
+      expect(await adapter.writeBack!(book, { signal, attempt: 1 })).toEqual({ outcome: 'applied', appointmentId: 'FILL-1' });
+      await adapter.close!();
+      const [s01] = responder.received;
+      expect(s01).toMatchObject({ type: 'SRM^S01^SRM_S01', controlId: controlIdOf(book.requestId), patient: 'MRN-1^^^GHH^MR', answered: 'AA' });
+      expect(s01!.arq).toEqual({
+        1: `${placerIdOf(book)}^CARERELAY`,
+        6: 'WAITLIST^Freed slot taken from the wait list',
+        9: '20',
+        10: 'min^minutes^ISO+',
+        11: '20300312090000+0000^20300312092000+0000',
+        15: 'CARERELAY^Automated reminder',
+        19: 'CARERELAY^Automated reminder',
+      });
+      expect(s01!.raw.split('\r').slice(2)).toEqual([
+        'PID|1||MRN-1^^^GHH^MR',
+        'RGS|1|A',
+        'AIS|1|A|CHK^Check-up^L|20300312090000+0000|||20|min^minutes^ISO+',
+        'AIL|1|A|ROOM1|||20300312090000+0000|||20|min^minutes^ISO+',
+        'AIP|1|A|DR-22^Martin|||20300312090000+0000|||20|min^minutes^ISO+',
+      ]);
+      expect(responder.booked).toEqual([{ placerId: placerIdOf(book), filler: 'FILL-1', start: '20300312090000+0000', service: 'CHK^Check-up^L', patient: 'MRN-1^^^GHH^MR', practitioner: 'DR-22^Martin', location: 'ROOM1' }]);
+    });
+
+    it('a slot the filler does not offer is AE (denied hl7_ae); a slot without a service is denied without sending', async () => {
+      responder = await startSrrResponder();
+      const adapter = createHl7v2Srm(config(responder.port), deps);
+      expect(await adapter.writeBack!(book, { signal, attempt: 1 })).toEqual({ outcome: 'denied', code: 'hl7_ae' });
+      const { serviceType: _s, ...noService } = book.slot;
+      expect(await adapter.writeBack!({ ...book, requestId: 'other', slot: noService }, { signal, attempt: 1 })).toEqual({ outcome: 'denied', code: 'no_service' });
+      expect(responder.received).toHaveLength(1);
+      expect(responder.booked).toEqual([]);
+      await adapter.close!();
+    });
+
+    it('an SRR that never came: the resend carries the same MSH-10 and ARQ-1, and the filler books once', async () => {
+      responder = await startSrrResponder();
+      responder.offer('20300312090000+0000');
+      responder.hangNext();
+      const adapter = createHl7v2Srm(config(responder.port), deps);
+      // The lease ends while the SRR is awaited (the filler took the request): the outcome is unknown.
+      const lease = new AbortController();
+      const first = adapter.writeBack!(book, { signal: lease.signal, attempt: 1 });
+      await responder.waitFor(1);
+      lease.abort();
+      await expect(first).rejects.toMatchObject({ failureClass: 'ambiguous' });
+      expect(await adapter.writeBack!(book, { signal, attempt: 2 })).toEqual({ outcome: 'applied', appointmentId: 'FILL-1' });
+      await adapter.close!();
+      expect(new Set(responder.received.map((r) => r.controlId)).size).toBe(1);
+      expect(responder.booked).toHaveLength(1);
+    });
+  });
+
+  it("a waitlist booking's cancellation of the later appointment carries pat-swl, not the configured cancel reason", () => {
+    const arq = (reason: typeof CANCELLED_BY_REMINDER | typeof SCHEDULED_FROM_WAITLIST) =>
+      srmFor({ ...confirm, kind: 'cancel', reason }, config(1, { reasons: { confirm: { code: 'C', text: 'c' }, cancel: { code: 'LOCAL-X', text: 'Local' } } }), new Date()).split('\r')[1]!.split('|')[6];
+    expect(arq(CANCELLED_BY_REMINDER)).toBe('LOCAL-X^Local');
+    expect(arq(SCHEDULED_FROM_WAITLIST)).toBe('pat-swl^Patient: Scheduled from Wait List');
   });
 
   it('escapes ids that contain HL7 delimiters', () => {

@@ -5,7 +5,22 @@
 //   confirm  SRM^S03^SRM_S01 "request appointment modification": ARQ-6 (request event reason)
 //            says what changed — the patient confirmed (reasons.confirm, configurable)
 //   cancel   SRM^S04^SRM_S01 "request appointment cancellation": ARQ-6 the cancellation reason
-//            (default pat-crs, "Patient: Canceled via automated reminder system")
+//            (a patient's cancel: reasons.cancel, default pat-crs "Patient: Canceled via
+//            automated reminder system"; the later appointment given up for a waitlist slot:
+//            pat-swl "Patient: Scheduled from Wait List", as the operation says)
+//   book     SRM^S01^SRM_S01 "request new appointment booking" (§10.3.1), a freed waitlist slot
+//            for a patient (docs/waitlist.md): ARQ-1 a placer appointment id CareRelay derives
+//            from the request id (`<id>^<sendingApplication>`, the same on every attempt), ARQ-2
+//            empty (the filler assigns it), ARQ-6 reasons.book, ARQ-9/10 the duration in minutes,
+//            ARQ-11 the requested start range (the slot: start^end), ARQ-15/19 as above; PID; then
+//            the resources group RGS|1|A with AIS (AIS-3 the service, required; AIS-4 start,
+//            AIS-7/8 duration), AIP (AIP-3 the practitioner) and AIL (AIL-3 the location), each
+//            with segment action code A, when the slot names them. The SRR^S01 says: MSA-1 AA
+//            booked — the appointment made is SCH-2 (filler appointment id) when the SRR carries
+//            an SCH, else unnamed —, AE denied (`hl7_ae`: the slot is taken), AR refused
+//            (`hl7_ar`). A slot without a service is denied `no_service` without sending.
+//            A resend carries the same MSH-10 and ARQ-1, so a filler that dedupes on either
+//            books once.
 //
 // The message: MSH (MSH-10 derived from the operation's request id, so every attempt carries
 // the same control id and a receiver dedupes a resend; original acknowledgment mode), ARQ
@@ -51,7 +66,7 @@ export interface Hl7v2SrmConfig {
   readonly version: string;
   readonly patientAssigningAuthority?: string;
   readonly enteredBy: { readonly id: string; readonly name: string };
-  readonly reasons: { readonly confirm: Coded; readonly cancel?: Coded };
+  readonly reasons: { readonly confirm: Coded; readonly cancel?: Coded; readonly book?: Coded };
   readonly requirePlacerId: boolean;
   readonly ackTimeoutSeconds: number;
   readonly connectTimeoutSeconds: number;
@@ -62,9 +77,14 @@ export const SrmCode = {
   Denied: 'hl7_ae',
   Refused: 'hl7_ar',
   NoPlacerId: 'no_placer_id',
+  /** A slot to book without a service (AIS-3 is required). */
+  NoService: 'no_service',
   BadAnswer: 'hl7_bad_answer',
   Aborted: 'hl7_aborted',
 } as const;
+
+/** ARQ-6 of an S01 by default. */
+const BOOK_REASON = { code: 'WAITLIST', text: 'Freed slot taken from the wait list' } as const;
 
 const coded = (description: string, code: string, text: string): JsonSchema => ({
   type: 'object',
@@ -83,7 +103,7 @@ const hd = (description: string, fallback?: string): JsonSchema => ({ type: 'str
 
 export const hl7v2SrmConfigSchema = {
   type: 'object',
-  description: "Writes patients' answers back as HL7 v2.5 SRM^S03 (confirm) / SRM^S04 (cancel) over MLLP, waiting for the SRR.",
+  description: "Writes patients' answers back as HL7 v2.5 SRM^S03 (confirm) / SRM^S04 (cancel), and books waitlist slots with SRM^S01, over MLLP, waiting for the SRR.",
   additionalProperties: false,
   required: ['name', 'type', 'host', 'port', 'receivingApplication', 'receivingFacility'],
   properties: {
@@ -123,7 +143,8 @@ export const hl7v2SrmConfigSchema = {
       default: {},
       properties: {
         confirm: coded('Why an S03 is sent: the patient confirmed.', 'CONFIRMED', 'Confirmed by the patient via automated reminder'),
-        cancel: coded('Why an S04 is sent (default: pat-crs).', CANCELLED_BY_REMINDER.code, CANCELLED_BY_REMINDER.display),
+        cancel: coded("Why an S04 is sent for a patient's cancellation (default: pat-crs); a waitlist booking cancels the later appointment with pat-swl.", CANCELLED_BY_REMINDER.code, CANCELLED_BY_REMINDER.display),
+        book: coded('Why an S01 is sent: a waitlist patient took a freed slot.', BOOK_REASON.code, BOOK_REASON.text),
       },
     },
     requirePlacerId: { type: 'boolean', default: false, description: 'Deny (staff task) instead of sending when the appointment has no placer id (ARQ-1 is required by the standard; some fillers match on ARQ-2 alone).' },
@@ -139,12 +160,15 @@ function check(config: Hl7v2SrmConfig): InstanceCheckIssue[] {
 
 export const hl7v2SrmSpec: OutputSpec<Hl7v2SrmConfig, OutputDeps> = {
   type: HL7V2_SRM,
-  summary: "Writes patients' answers as HL7 v2.5 SRM^S03 / SRM^S04 over MLLP; MSA AA applied, AE/AR denied.",
+  summary: "Writes patients' answers as HL7 v2.5 SRM^S03 / SRM^S04, books waitlist slots with SRM^S01, over MLLP; MSA AA applied, AE/AR denied.",
   configSchema: hl7v2SrmConfigSchema,
   check,
-  info: () => WRITE_BACK_ONLY,
+  info: () => ({ ...WRITE_BACK_ONLY, writeBackKinds: SRM_KINDS }),
   create: (config, deps) => createHl7v2Srm(config, deps),
 };
+
+/** Confirm (S03), cancel (S04) and booking a waitlist slot (S01). */
+const SRM_KINDS = [...WRITE_BACK_ONLY.writeBackKinds, WriteBackKind.Book] as const;
 
 /** MSH-10 (ST, 20 characters in v2.5): the same for every attempt of one operation. */
 export function controlIdOf(requestId: string): string {
@@ -156,26 +180,73 @@ function hl7Time(date: Date): string {
   return `${date.toISOString().replace(/[-:T]/g, '').slice(0, 14)}+0000`;
 }
 
-/** A segment from its valued fields by number (the rest empty). */
-function segment(name: string, fields: Record<number, string>): string {
-  const last = Math.max(...Object.keys(fields).map(Number));
+/** A segment from its valued fields by number (the rest, and undefined ones, empty). */
+function segment(name: string, fields: Record<number, string | undefined>): string {
+  const last = Math.max(...Object.keys(fields).filter((k) => fields[Number(k)] !== undefined).map(Number));
   return [name, ...Array.from({ length: last }, (_, i) => fields[i + 1] ?? '')].join('|');
+}
+
+const e = (text: string) => escapeHl7(text, DEFAULT_DELIMITERS);
+const ceOf = (c: { code: string; text?: string; system?: string }) => `${e(c.code)}^${e(c.text ?? '')}${c.system !== undefined ? `^${e(c.system)}` : ''}`;
+
+/** The placer appointment id (ARQ-1) of a booking: CareRelay places it, the same on every attempt. */
+export function placerIdOf(op: { requestId: string }): string {
+  return controlIdOf(op.requestId);
+}
+
+/** ARQ-10 / AIS-8 …: minutes (ISO+ "min"). */
+const MINUTES = 'min^minutes^ISO+';
+
+/** The ARQ and resource segments of an S01 (§10.3.1: ARQ, PID, RGS { AIS, AIL, AIP }). */
+function bookingSegments(op: Extract<WriteBackOperation, { kind: 'book' }>, config: Hl7v2SrmConfig, reason: string, person: string, pid: string): string[] {
+  const { slot } = op;
+  const start = hl7Time(new Date(slot.start));
+  const minutes = slot.durationMinutes ?? (slot.end !== undefined ? Math.round((Date.parse(slot.end) - Date.parse(slot.start)) / 60_000) : undefined);
+  const end = slot.end ?? (minutes !== undefined ? new Date(Date.parse(slot.start) + minutes * 60_000).toISOString() : undefined);
+  const count = minutes !== undefined ? String(minutes) : undefined;
+  const units = minutes !== undefined ? MINUTES : undefined;
+  const timing = { 6: start, 9: count, 10: units };
+  const service = slot.serviceType!;
+  return [
+    segment('ARQ', {
+      1: `${e(placerIdOf(op))}^${e(config.sendingApplication)}`,
+      6: reason,
+      9: count,
+      10: units,
+      11: `${start}${end !== undefined ? `^${hl7Time(new Date(end))}` : ''}`,
+      15: person,
+      19: person,
+    }),
+    pid,
+    'RGS|1|A',
+    segment('AIS', { 1: '1', 2: 'A', 3: ceOf({ code: service.code, text: service.display ?? '', ...(service.system !== undefined ? { system: service.system } : {}) }), 4: start, 7: count, 8: units }),
+    ...(slot.location !== undefined ? [segment('AIL', { 1: '1', 2: 'A', 3: e(slot.location.id), ...timing })] : []),
+    ...(slot.practitioner !== undefined ? [segment('AIP', { 1: '1', 2: 'A', 3: `${e(slot.practitioner.id)}${slot.practitioner.name !== undefined ? `^${e(slot.practitioner.name)}` : ''}`, ...timing })] : []),
+  ];
 }
 
 /** The SRM of an operation (segments separated by CR). */
 export function srmFor(op: WriteBackOperation, config: Hl7v2SrmConfig, now: Date): string {
-  const e = (text: string) => escapeHl7(text, DEFAULT_DELIMITERS);
-  if (op.kind === WriteBackKind.Book) throw new PermanentError('book_not_supported', 'this output does not book slots (SRM^S01 is not implemented yet)');
-  const event = op.kind === WriteBackKind.Confirm ? 'S03' : 'S04';
-  const reason = op.kind === WriteBackKind.Confirm ? config.reasons.confirm : (config.reasons.cancel ?? { code: op.reason.code, text: op.reason.display });
-  const ce = `${e(reason.code)}^${e(reason.text)}${reason.system !== undefined ? `^${e(reason.system)}` : ''}`;
+  const event = op.kind === WriteBackKind.Confirm ? 'S03' : op.kind === WriteBackKind.Cancel ? 'S04' : 'S01';
+  const reason =
+    op.kind === WriteBackKind.Confirm
+      ? config.reasons.confirm
+      : op.kind === WriteBackKind.Cancel
+        ? // reasons.cancel stands for the patient's own cancellation (pat-crs); another reason (a
+          // waitlist booking's pat-swl) is sent as the operation gives it.
+          op.reason.code === CANCELLED_BY_REMINDER.code
+          ? (config.reasons.cancel ?? { code: op.reason.code, text: op.reason.display })
+          : { code: op.reason.code, text: op.reason.display }
+        : (config.reasons.book ?? BOOK_REASON);
+  const ce = ceOf(reason);
   const person = `${e(config.enteredBy.id)}^${e(config.enteredBy.name)}`;
   const authority = config.patientAssigningAuthority !== undefined ? `^^^${e(config.patientAssigningAuthority)}^MR` : '';
+  const pid = `PID|1||${e(op.patient.id)}${authority}`;
   return [
     `MSH|^~\\&|${e(config.sendingApplication)}|${e(config.sendingFacility)}|${e(config.receivingApplication)}|${e(config.receivingFacility)}|${hl7Time(now)}||SRM^${event}^SRM_S01|${controlIdOf(op.requestId)}|P|${config.version}`,
-    segment('ARQ', { 1: e(op.appointment.placerId ?? ''), 2: e(op.appointment.id), 6: ce, 15: person, 19: person }),
-    `PID|1||${e(op.patient.id)}${authority}`,
-    'RGS|1',
+    ...(op.kind === WriteBackKind.Book
+      ? bookingSegments(op, config, ce, person, pid)
+      : [segment('ARQ', { 1: e(op.appointment.placerId ?? ''), 2: e(op.appointment.id), 6: ce, 15: person, 19: person }), pid, 'RGS|1']),
   ].join('\r');
 }
 
@@ -194,16 +265,21 @@ export function createHl7v2Srm(config: Hl7v2SrmConfig, deps: OutputDeps): Outbou
     connectTimeoutMs: config.connectTimeoutSeconds * 1000,
   });
 
+  let closing: Promise<unknown> | undefined;
   const writeBack = async (op: WriteBackOperation, context: WriteBackContext): Promise<WriteBackResult> => {
-    if (config.requirePlacerId && (op.appointment.placerId === undefined || op.appointment.placerId === '')) return { outcome: WriteBackOutcome.Denied, code: SrmCode.NoPlacerId };
+    if (op.kind === WriteBackKind.Book) {
+      if (op.slot.serviceType === undefined) return { outcome: WriteBackOutcome.Denied, code: SrmCode.NoService };
+    } else if (config.requirePlacerId && (op.appointment.placerId === undefined || op.appointment.placerId === '')) return { outcome: WriteBackOutcome.Denied, code: SrmCode.NoPlacerId };
     const { signal } = context;
+    // A connection dropped by an abort is closed before the next attempt connects again.
+    await closing;
     const aborted = () => new AmbiguousError(SrmCode.Aborted, `SRM to ${config.host}:${config.port}: aborted while waiting for the SRR (it may have been received)`);
     if (signal.aborted) throw aborted();
     // The caller's signal (shutdown, a lost lease) ends the wait: the connection is dropped so a
     // late SRR can never be taken for the next request's.
     const srr = await new Promise<Buffer>((resolve, reject) => {
       const onAbort = () => {
-        void client.close().catch(() => undefined);
+        closing = client.close().catch(() => undefined);
         reject(aborted());
       };
       signal.addEventListener('abort', onAbort, { once: true });
@@ -215,15 +291,22 @@ export function createHl7v2Srm(config: Hl7v2SrmConfig, deps: OutputDeps): Outbou
         .finally(() => signal.removeEventListener('abort', onAbort));
     });
     let code: string;
+    let filler = '';
     try {
-      code = parseHl7(srr).get('MSA-1');
+      const answer = parseHl7(srr);
+      code = answer.get('MSA-1');
+      // An SRR^S01 may return the appointment as booked: SCH-2 the filler appointment id (EI.1).
+      filler = answer.get('SCH-2');
     } catch {
       code = '';
     }
-    if (code === 'AA' || code === 'CA') return { outcome: WriteBackOutcome.Applied, appointmentId: op.appointment.id };
+    if (code === 'AA' || code === 'CA') {
+      if (op.kind !== WriteBackKind.Book) return { outcome: WriteBackOutcome.Applied, appointmentId: op.appointment.id };
+      return { outcome: WriteBackOutcome.Applied, ...(filler !== '' ? { appointmentId: filler } : {}) };
+    }
     if (code === 'AE' || code === 'CE') return { outcome: WriteBackOutcome.Denied, code: SrmCode.Denied };
     if (code === 'AR' || code === 'CR') return { outcome: WriteBackOutcome.Denied, code: SrmCode.Refused };
     throw new PermanentError(SrmCode.BadAnswer, `SRM to ${config.host}:${config.port}: the answer has no MSA-1 acknowledgment code`);
   };
-  return writeBackOnlyAdapter(config.name, writeBack, undefined, () => client.close());
+  return { ...writeBackOnlyAdapter(config.name, writeBack, undefined, () => client.close()), writeBackKinds: SRM_KINDS };
 }

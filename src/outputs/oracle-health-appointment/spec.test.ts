@@ -95,4 +95,66 @@ describe('oracle-health-appointment', () => {
       code: 'appointment_checked_in',
     });
   });
+
+  describe('book: a free Slot, then a booked Appointment in it', () => {
+    const SERVICE = 'https://fhir.cerner.com/ec2458f2-1e24-41c8-b71b-0e701af7583d/codeSet/14249';
+    const book: WriteBackOperation = {
+      kind: 'book',
+      requestId: 'wl~offer-1',
+      appointment: { id: '4817517' },
+      patient: { id: '12724066', identifiers: [{ value: '12724066' }] },
+      slot: { start: '2030-03-12T09:00:00Z', durationMinutes: 20, serviceType: { code: '4047611', system: SERVICE }, practitioner: { id: '593923' } },
+    };
+    const offer = (s: typeof standIn, id: string, start = '2030-03-12T09:00:00Z', actor = 'Practitioner/593923') =>
+      s.slots.set(id, { resourceType: 'Slot', id, status: 'free', start, end: new Date(Date.parse(start) + 20 * 60_000).toISOString(), serviceType: [{ coding: [{ system: SERVICE, code: '4047611' }] }], schedule: { reference: 'Schedule/1' }, actor });
+
+    it('finds the free Slot of that time, service and practitioner, and creates the booked Appointment the documented way', async () => {
+      standIn = await startOracleAppointmentStandIn();
+      offer(standIn, '24477854-21304876-62852027-0', '2030-03-12T09:20:00Z');
+      offer(standIn, '24477854-21304876-62852027-1', '2030-03-12T09:00:00Z', 'Practitioner/OTHER');
+      offer(standIn, '24477854-21304876-62852027-2');
+      const adapter = createOracleHealthAppointment(config(standIn), deps(standIn.token));
+      expect(adapter.writeBackKinds).toEqual(['confirm', 'cancel', 'book']);
+      expect(await adapter.writeBack!(book, { signal, attempt: 1 })).toEqual({ outcome: 'applied', appointmentId: '9100001', version: '0' });
+      const search = standIn.http.requests.find((r) => r.path === '/fhir/Slot')!;
+      expect(search.query.get('service-type')).toBe(`${SERVICE}|4047611`);
+      expect(search.query.getAll('start')).toEqual(['ge2030-03-12T09:00:00.000Z', 'lt2030-03-12T09:01:00.000Z']);
+      expect(search.query.get('schedule.actor')).toBe('Practitioner/593923');
+      const [create] = standIn.creates();
+      expect(JSON.parse(create!.text)).toEqual({
+        resourceType: 'Appointment',
+        status: 'booked',
+        slot: [{ reference: 'Slot/24477854-21304876-62852027-2' }],
+        participant: [{ actor: { reference: 'Patient/12724066' }, status: 'accepted' }],
+      });
+      expect(standIn.slots.get('24477854-21304876-62852027-2')!.status).toBe('busy');
+    });
+
+    it('no free Slot at that time, or one taken between search and create (409), is slot_unavailable; no service type, no_service', async () => {
+      standIn = await startOracleAppointmentStandIn();
+      const adapter = createOracleHealthAppointment(config(standIn), deps(standIn.token));
+      expect(await adapter.writeBack!(book, { signal, attempt: 1 })).toEqual({ outcome: 'denied', code: 'slot_unavailable' });
+      const { serviceType: _s, ...noService } = book.slot;
+      expect(await adapter.writeBack!({ ...book, slot: noService }, { signal, attempt: 1 })).toEqual({ outcome: 'denied', code: 'no_service' });
+      // The search shows S-1 free; another booking takes it before the create (409).
+      const json = { 'content-type': 'application/fhir+json' };
+      offer(standIn, 'S-1');
+      standIn.http.failNext({ kind: 'answer', status: 200, headers: json, body: { resourceType: 'Bundle', type: 'searchset', entry: [{ resource: standIn.slots.get('S-1') }] } });
+      standIn.http.failNext({ kind: 'answer', status: 409, headers: json, body: { resourceType: 'OperationOutcome', issue: [{ severity: 'error', code: 'conflict' }] } });
+      expect(await adapter.writeBack!(book, { signal, attempt: 1 })).toEqual({ outcome: 'denied', code: 'slot_unavailable' });
+      expect(standIn.creates().map((r) => r.status)).toEqual([409]);
+    });
+
+    it('a repeat after a lost answer finds the booking the first attempt made instead of booking a second time', async () => {
+      standIn = await startOracleAppointmentStandIn();
+      offer(standIn, 'S-1');
+      offer(standIn, 'S-2');
+      const adapter = createOracleHealthAppointment(config(standIn), deps(standIn.token));
+      expect(await adapter.writeBack!(book, { signal, attempt: 1 })).toMatchObject({ outcome: 'applied', appointmentId: '9100001' });
+      // The first attempt's answer never reached the queue: attempt 2 runs.
+      expect(await adapter.writeBack!(book, { signal, attempt: 2 })).toEqual({ outcome: 'applied', unchanged: true, appointmentId: '9100001' });
+      expect(standIn.creates()).toHaveLength(1);
+      expect(standIn.slots.get('S-2')!.status).toBe('free');
+    });
+  });
 });
