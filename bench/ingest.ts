@@ -192,6 +192,7 @@ interface Row extends RunResult {
   commitsPerMsg?: number;
   writtenPerMsg?: number;
   growthPerMsg?: number;
+  growthByTable?: Array<[string, number]>;
   confirmations?: ConfirmationFigures;
 }
 
@@ -218,7 +219,7 @@ export async function benchIngest(): Promise<Record<string, number>> {
         }
         for (const [name, server] of [['none', none], ['shipped', shipped]] as const) {
           const acked = name === 'shipped' ? new Map<string, number>() : undefined;
-          const before: Meter = meter(server.running);
+          const before: Meter = meter(server.running, { tables: name === 'shipped' });
           const result = await drive(server.port, connections, `B-${name}-${connections}-`, acked);
           // Routing (and for shipped, the confirmations due now) of what was just ACKed: let it
           // finish, so the next target is not measured while this server is still busy, and
@@ -226,7 +227,7 @@ export async function benchIngest(): Promise<Record<string, number>> {
           const drainStarted = performance.now();
           await server.running.deliveries.idle();
           figures[`ingest_${name}_${connections}conn_drain_ms`] = Math.round(performance.now() - drainStarted);
-          const row: Row = { target: name, connections, ...result, ...perMessage(before, meter(server.running), result.messages + connections * WARMUP_PER_CONNECTION) };
+          const row: Row = { target: name, connections, ...result, ...perMessage(before, meter(server.running, { tables: name === 'shipped' }), result.messages + connections * WARMUP_PER_CONNECTION) };
           if (acked) row.confirmations = await confirmationFigures(server.running, acked);
           table.push(row);
         }
@@ -292,6 +293,12 @@ export async function benchIngest(): Promise<Record<string, number>> {
       `shipped, ${r.connections} conn: ${c.confirmations} confirmations in the outbox for ${r.messages} measured bookings; ` +
         `lag after the ACK p50 ${c.lagP50Ms} ms, p99 ${c.lagP99Ms} ms, max ${c.lagMaxMs} ms; later than 1 s or missing: ${c.lateOrMissing}`,
     );
+  }
+  for (const r of table.filter((x) => x.growthByTable)) {
+    const parts = r.growthByTable!;
+    const shown = parts.slice(0, 14).map(([name, bytes]) => `${name.replace(/^sqlite_autoindex_(.*)_\d+$/, '$1 (unique)')} ${bytes}`);
+    const rest = parts.slice(14).reduce((sum, [, bytes]) => sum + bytes, 0);
+    console.log(`${r.target}, ${r.connections} conn, growth B/msg by table and index: ${shown.join(', ')}${rest !== 0 ? `, the rest ${rest}` : ''}`);
   }
   figures.ingest_load_average = Number(loadavg()[0]!.toFixed(1));
   console.log(`load average on this machine at the end: ${figures.ingest_load_average} (other work takes cores from every target alike)`);

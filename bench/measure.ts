@@ -4,7 +4,8 @@
 //     embedded-queue write goes through its group commit);
 //   - bytes written: what this process sent to the storage layer (/proc/self/io write_bytes:
 //     WAL frames and checkpoints; sockets are not counted), 0 where the kernel does not say;
-//   - growth: the database's used pages (page_count − freelist_count, WAL included).
+//   - growth: the database's used pages (page_count − freelist_count, WAL included); for the
+//     shipped mappings also per table and index (dbstat), to show where the bytes go.
 import { cpSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -41,24 +42,51 @@ function sqliteOf(running: RunningCarerelay): SqliteStore {
   return running.store;
 }
 
-/** Counters read before and after a phase. */
+/**
+ * Bytes of each table and index of the running server's database (SQLite's dbstat: whole
+ * pages, so what a table adds includes the room its pages leave free).
+ */
+export function tableBytes(running: RunningCarerelay): Map<string, number> {
+  const rows = sqliteOf(running).db.prepare('SELECT name, SUM(pgsize) AS bytes FROM dbstat GROUP BY name').all() as Array<{ name: string; bytes: number }>;
+  return new Map(rows.map((r) => [r.name, r.bytes]));
+}
+
+/** Counters read before and after a phase; `tables` only when asked for (a scan of the file). */
 export interface Meter {
   commits: number;
   writes: number;
   bytes: number;
+  tables?: Map<string, number>;
 }
 
-export function meter(running: RunningCarerelay | undefined): Meter {
-  return { commits: running ? commitsOf(running) : 0, writes: storageWrites(), bytes: running ? databaseBytes(running) : 0 };
+export function meter(running: RunningCarerelay | undefined, options: { tables?: boolean } = {}): Meter {
+  return {
+    commits: running ? commitsOf(running) : 0,
+    writes: storageWrites(),
+    bytes: running ? databaseBytes(running) : 0,
+    ...(running && options.tables ? { tables: tableBytes(running) } : {}),
+  };
 }
 
-/** Per-message figures between two meters. */
-export function perMessage(before: Meter, after: Meter, messages: number): { commitsPerMsg: number; writtenPerMsg: number; growthPerMsg: number } {
+/** Per-message figures between two meters; with tables, what each table and index grew by, largest first. */
+export function perMessage(
+  before: Meter,
+  after: Meter,
+  messages: number,
+): { commitsPerMsg: number; writtenPerMsg: number; growthPerMsg: number; growthByTable?: Array<[string, number]> } {
   const per = (a: number, b: number, digits: number) => Number(((b - a) / Math.max(messages, 1)).toFixed(digits));
+  const byTable =
+    before.tables && after.tables
+      ? [...after.tables]
+          .map(([name, bytes]): [string, number] => [name, Math.round(per(before.tables!.get(name) ?? 0, bytes, 0))])
+          .filter(([, grown]) => grown !== 0)
+          .sort((a, b) => b[1] - a[1])
+      : undefined;
   return {
     commitsPerMsg: per(before.commits, after.commits, 3),
     writtenPerMsg: Math.round(per(before.writes, after.writes, 0)),
     growthPerMsg: Math.round(per(before.bytes, after.bytes, 0)),
+    ...(byTable ? { growthByTable: byTable } : {}),
   };
 }
 

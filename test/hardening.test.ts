@@ -4,7 +4,7 @@
 // ingest exposed without auth, unbounded log values, chunked bodies read to the end, ACKs in
 // the wrong charset, and the small ones (repeated query parameters, the Bearer scheme's case,
 // the README's inline YAML, CR/LF inside a name). TLS cases: hardening-tls.test.ts.
-import { createHash } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import net from 'node:net';
 import { Writable } from 'node:stream';
@@ -445,7 +445,8 @@ describe('5. rejected raw bytes stay within their quota; /readyz reports a store
     const previousMax = db.pragma('max_page_count', { simple: true }) as number;
     db.pragma(`max_page_count = ${pages}`);
     try {
-      const big = siuMessage({ controlId: 'RDY-1', appointmentId: 'AP-RDY-1', extra: `NTE|1||${'y'.repeat(80_000)}\r` });
+      // 80 kB that compression cannot shrink (the raw bytes are stored packed): the commit needs new pages.
+      const big = siuMessage({ controlId: 'RDY-1', appointmentId: 'AP-RDY-1', extra: `NTE|1||${randomBytes(60_000).toString('base64')}\r` });
       expect(msa((await mllpExchange(server.mllpPort(), big))!).code).toBe('AE');
       const notReady = await ready();
       expect(notReady.status).toBe(503);

@@ -129,6 +129,14 @@ export const ENFORCED_REASONS: ReadonlySet<ConsentReason> = new Set([
 /** Purposes withheld within the sensitive window (docs/consent.md rule 5). */
 const SENSITIVE_PURPOSES: readonly Purpose[] = ['survey', 'service.info', 'marketing', 'fundraising'];
 
+/**
+ * Whether a check of `purpose` reads the patient's care episodes (ConsentCheck.episodes): only
+ * rule 5 does, for the purposes it withholds; a check of any other may be given none.
+ */
+export function readsCareEpisodes(purpose: Purpose): boolean {
+  return SENSITIVE_PURPOSES.includes(purpose);
+}
+
 /** Paths of a payload that say something about care (with any identity: PHI). */
 const CARE_KEYS = ['appointment', 'encounter', 'sensitivity', 'type', 'source'];
 
@@ -184,7 +192,7 @@ export function checkConsent(c: ConsentCheck, policy: PolicySettings): ConsentDe
   }
 
   // Rule 5: sensitive care.
-  if (SENSITIVE_PURPOSES.includes(d.purpose)) {
+  if (readsCareEpisodes(d.purpose)) {
     const episode = c.episodes.find((e) => inSensitiveWindow(e, policy, c.now));
     if (episode) return deny(5, ConsentReason.SensitiveWindow, `within ${policy.sensitive.windowDays} days of sensitive care (${episode.key})`, records);
   }

@@ -17,7 +17,6 @@
 // Costs, with n pending jobs: taking the next due jobs, finding the next due time and
 // cancelling by key are each one index probe, O(log n); nothing scans the job table except
 // counts() and list() without a state.
-import { randomUUID } from 'node:crypto';
 import { migrate, type Database } from '../store/sqlite-db.ts';
 import { decideFailure, errorCodeOf, failureRecord, normalizeQueueOptions, type NormalizedQueueOptions } from './backoff.ts';
 import { checkProcessCall, listArguments, PollLoop, QueueListeners, serializeJobData, settleRunning } from './common.ts';
@@ -178,8 +177,8 @@ type NextDue = { run: number | null; lease: number | null };
 interface Running {
   seq: number;
   id: string;
+  /** The job's attempts after this take: the take's fencing token (see `take`). */
   attempt: number;
-  owner: string;
   controller: AbortController;
   settled: Promise<void>;
 }
@@ -198,8 +197,6 @@ export class SqliteQueue<T> implements Queue<T> {
   private readonly onDeadLetter: SqliteQueueOptions['onDeadLetter'];
   private readonly onParked: SqliteQueueOptions['onParked'];
   private readonly opts: NormalizedQueueOptions;
-  private readonly instanceId = randomUUID();
-  private takeCounter = 0;
 
   private handler: JobHandler<T> | undefined;
   private concurrency = 0;
@@ -254,9 +251,14 @@ export class SqliteQueue<T> implements Queue<T> {
         'INSERT OR IGNORE INTO queue_cancel_keys (queue, key, job_seq) VALUES (?, ?, ?)',
       ),
       // Up to @limit due jobs in one write, earliest first (the caller sorts what RETURNING gives).
-      take: db.prepare<{ queue: string; now: number; owner: string; leaseUntil: number; limit: number }, TakenRow>(
+      // The take's token is the job's new attempts count: every take adds one, and nothing else
+      // changes it while the job is active, so the run that holds the lease is the one whose
+      // attempt is the row's (renew, complete and fail check it). Nothing is written for it: a
+      // row that grows in a full page splits the page. (lease_owner is only cleared: a token
+      // written by an older version.)
+      take: db.prepare<{ queue: string; now: number; leaseUntil: number; limit: number }, TakenRow>(
         `UPDATE queue_jobs
-            SET state = 'active', attempts = attempts + 1, lease_owner = @owner, lease_until = @leaseUntil, updated_at = @now
+            SET state = 'active', attempts = attempts + 1, lease_owner = NULL, lease_until = @leaseUntil, updated_at = @now
           WHERE seq IN (SELECT seq FROM queue_jobs
                          WHERE queue = @queue AND state = 'pending' AND run_at <= @now
                          ORDER BY run_at LIMIT @limit)
@@ -282,12 +284,12 @@ export class SqliteQueue<T> implements Queue<T> {
         `SELECT (SELECT MIN(run_at) FROM queue_jobs WHERE queue = ? AND state = 'pending') AS run,
                 (SELECT MIN(lease_until) FROM queue_jobs WHERE queue = ? AND state = 'active') AS lease`,
       ),
-      renew: db.prepare<[number, number, number, string]>(
-        `UPDATE queue_jobs SET lease_until = ?, updated_at = ? WHERE seq = ? AND state = 'active' AND lease_owner = ?`,
+      renew: db.prepare<[number, number, number, number]>(
+        `UPDATE queue_jobs SET lease_until = ?, updated_at = ? WHERE seq = ? AND state = 'active' AND attempts = ?`,
       ),
-      complete: db.prepare<[number, number, string]>(
+      complete: db.prepare<[number, number, number]>(
         `UPDATE queue_jobs SET state = 'done', lease_owner = NULL, lease_until = NULL, updated_at = ?
-          WHERE seq = ? AND state = 'active' AND lease_owner = ?`,
+          WHERE seq = ? AND state = 'active' AND attempts = ?`,
       ),
       // A run that did not succeed. @errorClass/@errorCode NULL (a plain deferral) keep the
       // last error; @free counts a run that was not an attempt; @failed starts the retry span.
@@ -300,7 +302,7 @@ export class SqliteQueue<T> implements Queue<T> {
         failed: number;
         now: number;
         seq: number;
-        owner: string;
+        attempt: number;
       }>(
         `UPDATE queue_jobs
             SET state = @state, run_at = COALESCE(@runAt, run_at),
@@ -308,7 +310,7 @@ export class SqliteQueue<T> implements Queue<T> {
                 free_runs = free_runs + @free,
                 first_failed_at = CASE WHEN @failed = 1 THEN COALESCE(first_failed_at, @now) ELSE first_failed_at END,
                 lease_owner = NULL, lease_until = NULL, updated_at = @now
-          WHERE seq = @seq AND state = 'active' AND lease_owner = @owner`,
+          WHERE seq = @seq AND state = 'active' AND attempts = @attempt`,
       ),
       cancel: db.prepare<{ queue: string; key: string; reason: string | null; now: number }>(
         `UPDATE queue_jobs SET state = 'cancelled', cancel_reason = @reason, updated_at = @now
@@ -516,13 +518,10 @@ export class SqliteQueue<T> implements Queue<T> {
     }
     const free = this.concurrency - this.running.size;
     if (free > 0 && !this.closing && next.run !== null && next.run <= now) {
-      const owner = `${this.instanceId}:${++this.takeCounter}`;
-      const rows = await this.committer.write(() =>
-        this.stmt.take.all({ queue: this.name, now, owner, leaseUntil: now + this.opts.leaseMs, limit: free }),
-      );
+      const rows = await this.committer.write(() => this.stmt.take.all({ queue: this.name, now, leaseUntil: now + this.opts.leaseMs, limit: free }));
       rows.sort((a, b) => a.run_at - b.run_at || a.seq - b.seq);
       // Taken (durably) even when close() began meanwhile: close waits for the poll first.
-      for (const row of rows) this.start(row, owner);
+      for (const row of rows) this.start(row);
       // More may be due than there was room for, or than another instance left: look again.
       // Nothing taken (another instance holds the write lock): the timer looks again.
       if (rows.length > 0) this.polls.more();
@@ -549,11 +548,11 @@ export class SqliteQueue<T> implements Queue<T> {
     this.pollTimer.unref();
   }
 
-  private start(row: TakenRow, owner: string): void {
+  private start(row: TakenRow): void {
     const handler = this.handler!;
     const controller = new AbortController();
     const attempt = row.attempts;
-    const job: Running = { seq: row.seq, id: row.id, attempt, owner, controller, settled: Promise.resolve() };
+    const job: Running = { seq: row.seq, id: row.id, attempt, controller, settled: Promise.resolve() };
     this.running.set(row.seq, job);
     this.armRenewTimer();
     this.emit({ type: 'started', id: row.id, attempt });
@@ -585,7 +584,7 @@ export class SqliteQueue<T> implements Queue<T> {
     const now = this.opts.now();
     try {
       if (outcome.ok) {
-        const changed = await this.committer.write(() => this.stmt.complete.run(now, job.seq, job.owner).changes);
+        const changed = await this.committer.write(() => this.stmt.complete.run(now, job.seq, job.attempt).changes);
         this.emit(changed > 0 ? { type: 'done', id: job.id, attempt: job.attempt } : { type: 'lease-lost', id: job.id, attempt: job.attempt });
       } else {
         const interrupted = this.closing && job.controller.signal.aborted;
@@ -615,7 +614,7 @@ export class SqliteQueue<T> implements Queue<T> {
           failed: record.startsSpan ? 1 : 0,
           now,
           seq: job.seq,
-          owner: job.owner,
+          attempt: job.attempt,
         };
         const changed = await this.committer.write(() => {
           const n = this.stmt.fail.run(params).changes;
@@ -665,7 +664,7 @@ export class SqliteQueue<T> implements Queue<T> {
     if (jobs.length === 0) return;
     try {
       const lost = await this.committer.write(() =>
-        jobs.filter((job) => this.stmt.renew.run(now + this.opts.leaseMs, now, job.seq, job.owner).changes === 0),
+        jobs.filter((job) => this.stmt.renew.run(now + this.opts.leaseMs, now, job.seq, job.attempt).changes === 0),
       );
       // Another instance took these over (our lease lapsed): stop the work if it listens.
       for (const job of lost) job.controller.abort(new Error('queue lease lost'));

@@ -931,6 +931,14 @@ export function storeConformanceSuite(name: string, makeStore: () => Promise<Sto
         expect((await store.getDelivery(d.id))!.providerId).toBe(`box/${d.id}`);
         expect((await store.getDelivery(other.id))!.message).toEqual(own);
         expect((await store.listDeliveries({ status: 'sent' })).map((x) => x.message)).toEqual([own, message]);
+        // Named after the delivery's own output (the outbox that kept it), or after another.
+        const third = testDelivery({ appointmentId: 'A-3' });
+        const fourth = testDelivery({ appointmentId: 'A-4' });
+        await store.saveRouting('t2', [write(third), write(fourth)], '2024-01-01T09:30:02Z');
+        expect(await store.finishDelivery(third.id, 1, { status: 'sent', at: '2024-01-01T10:00:00Z', providerId: `${third.output}/${third.id}` })).toBe(true);
+        expect(await store.finishDelivery(fourth.id, 1, { status: 'sent', at: '2024-01-01T10:00:00Z', providerId: `${fourth.output}/${third.id}` })).toBe(true);
+        expect((await store.getDelivery(third.id))!.providerId).toBe(`sms/${third.id}`);
+        expect((await store.getDelivery(fourth.id))!.providerId).toBe(`sms/${third.id}`);
       });
 
       it('names the trigger that last changed a delivery, and keeps routing explanations', async () => {

@@ -87,6 +87,11 @@ export function consentLedgerConformance(getStore: () => Store): void {
       expect(d1.map((d) => d.result)).toEqual(['allow', 'move']);
       expect(d1[1]).toMatchObject({ checkRule: 7, reason: 'quiet_hours', retryAt: '2025-06-02T08:00:00+02:00', settings: { region: 'eu' } });
       expect((await store.listDecisions({ patientId: 'MRN-2' })).map((d) => d.reason)).toEqual(['opted_out']);
+      // The notes come back as recorded, whatever form a backend keeps them in.
+      const notes = { basis: 'consent ce-1 (sms, keyword) — « oui »', settings: { region: 'us', zone: 'America/New_York', caps: [{ purpose: 'survey', channel: 'sms', perDay: 1 }], quietHours: { start: '08:00', end: '21:00', channels: ['sms'] } } };
+      await store.recordDecision({ ...decision, ...notes, deliveryId: 'd4', result: 'allow', at: '2025-06-02T08:00:00+02:00' });
+      expect((await store.listDecisions({ deliveryId: 'd4' }))[0]).toMatchObject({ basis: notes.basis, settings: notes.settings });
+      expect((await store.listDecisions({ deliveryId: 'd1' }))[1]).toMatchObject({ basis: 'default', settings: { region: 'eu' } });
 
       const sent = { deliveryId: 'd1', patientId: 'MRN-1', rule: 'r', purpose: 'survey' as const, channel: 'email' as const, output: 'mail', recipient: 'a@example.org', at: '2025-06-02T08:00:00+02:00' };
       await store.recordDisclosure(sent);

@@ -4,6 +4,7 @@
 import { normalizeAddress } from '../pipeline/consent.ts';
 import { hasPatient, type Channel, type ConsentAction, type ConsentEvent, type ConsentSource, type Purpose, type Trigger } from '../types.ts';
 import type { DecisionRecord } from './store.ts';
+import { unpackJson } from './packed-json.ts';
 
 /** Most ids a merge group is followed to (a chain of A40s is short; this bounds a bad feed). */
 export const MAX_GROUP = 64;
@@ -61,9 +62,11 @@ export interface DecisionRow {
   check_rule: number | null;
   reason: string | null;
   retry_at: string | null;
-  basis: string;
+  /** Plain text, or packed (the embedded store: packed-json.ts PackedKind.Decision, a JSON string). */
+  basis: string | Buffer;
   records: string;
-  settings: string;
+  /** JSON text, or packed (the embedded store). */
+  settings: string | Buffer;
   at: string;
 }
 
@@ -80,9 +83,9 @@ export function decisionFromRow(r: DecisionRow): DecisionRecord {
     ...(r.check_rule !== null ? { checkRule: r.check_rule } : {}),
     ...(r.reason !== null ? { reason: r.reason } : {}),
     ...(r.retry_at !== null ? { retryAt: r.retry_at } : {}),
-    basis: r.basis,
+    basis: typeof r.basis === 'string' ? r.basis : (JSON.parse(unpackJson(r.basis)) as string),
     records: JSON.parse(r.records) as string[],
-    settings: JSON.parse(r.settings) as Record<string, unknown>,
+    settings: JSON.parse(unpackJson(r.settings)) as Record<string, unknown>,
     at: r.at,
   };
 }

@@ -42,6 +42,30 @@ const DICTIONARIES: Readonly<Record<number, Buffer>> = {
       '["first-visit-welcome","skipped",null,"condition_false","appointment.serviceType.code in [NEWPAT, FIRSTVISIT]"],' +
       '["reminder","replanned","@encounter/#1","unchanged","same","stale","finished","not_found","cancelled","expired","revived","holdout","no_anchor"]]',
   ),
+  // 5: a consent decision's notes (decisions.settings and .basis, workers/consent.ts #record):
+  // the same policy settings and the same few sentences in nearly every row.
+  5: Buffer.from(
+    '{"region":"eu","policyVersion":"","zone":"Europe/Paris","default":"deny","quietHours":{"start":"08:00","end":"21:00","channels":["sms","email"]},' +
+      '"caps":[{"purpose":"survey","channel":"email","perDay":1,"perWeek":1}],"sensitiveWindowDays":90}' +
+      'America/New_YorkAmerica/ChicagoAmerica/DenverAmerica/Los_Angeles "webhook" "crm" ' +
+      'FHIR Consent : permit: deny: opt-out (fhir, ) (admin, ) (sms, ) (email-link, ) (import, ) (provider, ) at granted revoked opted out ' +
+      'within  days of sensitive care (appointment/encounter/); shared address: the no-name variant ' +
+      'no consent record; the eu default denies marketing by sms no consent record; the us default allows care.followup by sms ' +
+      '{"region":"us","policyVersion":"1","zone":"UTC","default":"allow","quietHours":{"start":"08:00","end":"21:00","channels":["sms"]},"caps":[],"usExemptSms":{"perDay":1,"perWeek":3},"sensitiveWindowDays":90}' +
+      'no consent record; the us default allows care.logistics by email',
+  ),
+  // 6: the ACK answered to a message (messages.ack: HL7v2 text, packed by packText).
+  6: Buffer.from(
+    'MSH|^~\\&|CARERELAY|CR|||20260101000000+0000||ACK^A01^ACK|CR0000000000000000|P|2.3|||AL|NE\rMSA|AE|\rERR|||207^Application internal error^HL70357|E||\r' +
+      'MSA|AR|\rERR|||101^Required field missing^HL70357|E||\rMSA|CA|\rMSA|CE|\rMSA|CR|\r||ACK^A04^ACK|ACK^A08^ACK|ACK^O01^ACK|ACK^R01^ACK|' +
+      'MSH|^~\\&|CARERELAY|CR|||20261206080352+0000||ACK^S12^ACK|CR|P|2.5.1\rMSA|AA|',
+  ),
+  // 7: an appointment or encounter state's data (subject_states.data: what the inputs compare
+  // between two messages about one subject, and the sensitivity that sticks to an encounter).
+  7: Buffer.from(
+    '{"serviceType":"http://snomed.info/sct|","locationId":null,"practitionerId":null,"virtual":"video|true","sensitivity":["restricted","R","V","PSY","HIV","SUD","ETH","SDV"]}' +
+      '{"serviceType":"LOCAL|","locationId":"","practitionerId":"DR-"}',
+  ),
 };
 
 /** Dictionary of raw inbound messages: HL7v2 segments and FHIR notification JSON. */
@@ -58,6 +82,9 @@ export const PackedKind = {
   Delivery: 2,
   Message: 3,
   Explanation: 4,
+  Decision: 5,
+  Ack: 6,
+  State: 7,
 } as const;
 export type PackedKind = (typeof PackedKind)[keyof typeof PackedKind];
 
@@ -68,7 +95,12 @@ export function packJson(kind: PackedKind, value: unknown): Buffer {
   return Buffer.concat([Buffer.of(kind), packed]);
 }
 
-/** The JSON text of a stored value: a packed BLOB, or plain JSON text. */
+/** `text` compressed with the dictionary of its kind (read back with unpackJson). */
+export function packText(kind: PackedKind, text: string): Buffer {
+  return Buffer.concat([Buffer.of(kind), deflateRawSync(Buffer.from(text, 'utf8'), { dictionary: DICTIONARIES[kind]! })]);
+}
+
+/** The JSON text of a stored value (or the text packText packed): a packed BLOB, or plain text. */
 export function unpackJson(stored: string | Buffer): string {
   if (typeof stored === 'string') return stored;
   const dictionary = DICTIONARIES[stored[0]!];
@@ -83,4 +115,23 @@ export function packRaw(raw: Buffer): Buffer {
 
 export function unpackRaw(packed: Buffer): Buffer {
   return inflateRawSync(packed, { dictionary: RAW_DICTIONARY });
+}
+
+/** A SHA-256 in hex, as trigger ids are made. */
+const SHA256_HEX = /^[0-9a-f]{64}$/;
+
+/**
+ * A message's trigger ids as messages.trigger_ids keeps them: 32 bytes each when every one is
+ * a SHA-256 in hex (half the characters, and no JSON around them), else JSON text.
+ */
+export function packIds(ids: readonly string[]): string | Buffer {
+  return ids.length > 0 && ids.every((id) => SHA256_HEX.test(id)) ? Buffer.from(ids.join(''), 'hex') : JSON.stringify(ids);
+}
+
+/** The ids packIds kept (or JSON text written before). */
+export function unpackIds(stored: string | Buffer): string[] {
+  if (typeof stored === 'string') return JSON.parse(stored) as string[];
+  const ids: string[] = [];
+  for (let at = 0; at < stored.length; at += 32) ids.push(stored.subarray(at, at + 32).toString('hex'));
+  return ids;
 }

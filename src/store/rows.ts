@@ -3,6 +3,7 @@
 // delivery. sqlite.ts and postgres.ts each read them with their own SQL.
 import type { Channel, ContactHolding, Delivery, DeliveryReceipt, MessageStatus } from '../types.ts';
 import { causeOf } from './common.ts';
+import { unpackIds, unpackJson } from './packed-json.ts';
 import type { AuditEntry, MessageOrigin, OutboxEntry, SentMessage, StoredDelivery, StoredDeliveryStatus, StoredMessage, SubjectState } from './store.ts';
 
 export const MESSAGE_COLUMNS =
@@ -17,11 +18,13 @@ export interface MessageRow {
   message_type: string;
   content_hash: string;
   status: MessageStatus;
-  ack: string;
+  /** Plain text, or packed (the embedded store: packed-json.ts packText). */
+  ack: string | Buffer;
   ack_code: string;
   reason: string | null;
   received_at: string;
-  trigger_ids: string;
+  /** JSON text, or packed (the embedded store: packed-json.ts packIds). */
+  trigger_ids: string | Buffer;
   patient_id: string | null;
   origin: MessageOrigin;
   replaces: number | null;
@@ -38,10 +41,10 @@ export function messageFromRow(row: MessageRow): StoredMessage {
     messageType: row.message_type,
     contentHash: row.content_hash,
     status: row.status,
-    ack: row.ack,
+    ack: typeof row.ack === 'string' ? row.ack : unpackJson(row.ack),
     ackCode: row.ack_code,
     receivedAt: row.received_at,
-    triggerIds: JSON.parse(row.trigger_ids) as string[],
+    triggerIds: unpackIds(row.trigger_ids),
   };
   if (row.reason !== null) message.reason = row.reason;
   if (row.patient_id !== null) message.patientId = row.patient_id;
@@ -61,7 +64,8 @@ export interface StateRow {
   start: string | null;
   end: string | null;
   as_of: string;
-  data: string | null;
+  /** JSON text, or packed (the embedded store: packed-json.ts PackedKind.State). */
+  data: string | Buffer | null;
 }
 
 export function stateFromRow(row: StateRow): SubjectState {
@@ -69,7 +73,7 @@ export function stateFromRow(row: StateRow): SubjectState {
   if (row.status !== null) state.status = row.status;
   if (row.start !== null) state.start = row.start;
   if (row.end !== null) state.end = row.end;
-  if (row.data !== null) state.data = JSON.parse(row.data) as Record<string, unknown>;
+  if (row.data !== null) state.data = JSON.parse(unpackJson(row.data)) as Record<string, unknown>;
   return state;
 }
 

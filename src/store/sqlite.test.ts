@@ -4,10 +4,11 @@ import os from 'node:os';
 import path from 'node:path';
 import BetterSqlite3 from 'better-sqlite3';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { testRecord, testTrigger } from './conformance.ts';
+import { testDelivery, testRecord, testTrigger } from './conformance.ts';
 import { migrate, openSqliteDatabase, type Database } from './sqlite-db.ts';
 import { allowDeliveryReview, SQLITE_STORE_COMPONENT, SQLITE_STORE_MIGRATIONS, SqliteStore } from './sqlite.ts';
 import { widenMessageFormats } from './sqlite-replies.ts';
+import { unpackJson } from './packed-json.ts';
 
 const tempDirs: string[] = [];
 function tempDir(): string {
@@ -135,6 +136,10 @@ describe('SqliteStore on a file', () => {
       const resend = await second.commitInbound(record);
       expect(resend.outcome).toBe('duplicate');
       expect(resend.message.id).toBe(stored.message.id);
+      // The original ACK, answered again to the resend, exactly; kept packed (about half or less).
+      expect(resend.message.ack).toBe(record.ack);
+      const { bytes } = second.db.prepare('SELECT length(ack) AS bytes FROM messages WHERE id = ?').get(Number(stored.message.id)) as { bytes: number };
+      expect(bytes).toBeLessThan(record.ack.length * 0.6);
     } finally {
       await second.close();
     }
@@ -273,6 +278,89 @@ describe('SqliteStore on a file', () => {
       ]);
       expect(bad).toMatchObject({ status: 'rejected', reason: expect.objectContaining({ message: expect.stringMatching(/decision\.at/) }) });
       expect(good.status).toBe('fulfilled');
+    } finally {
+      await store.close();
+    }
+  });
+
+  it("keeps a decision's settings and basis packed, and still reads rows written as plain text", async () => {
+    const store = SqliteStore.open(path.join(tempDir(), 'carerelay.db'));
+    try {
+      const settings = { region: 'us', policyVersion: '1', zone: 'UTC', default: 'allow', quietHours: { start: '08:00', end: '21:00', channels: ['sms'] }, caps: [], sensitiveWindowDays: 90 };
+      const basis = 'no consent record; the us default allows care.logistics by email';
+      const ref = { patientId: 'MRN-1', rule: 'r', purpose: 'care.logistics', channel: 'email', output: 'mail', result: 'allow', at: '2025-06-02T08:00:00+02:00' } as const;
+      await store.recordDecision({ ...ref, deliveryId: 'd1', basis, records: [], settings });
+      const stored = store.db.prepare("SELECT length(basis) + length(settings) AS bytes FROM decisions WHERE delivery_id = 'd1'").get() as { bytes: number };
+      // 64 + 165 bytes as text; the shipped policy's notes pack to a few bytes each.
+      expect(stored.bytes).toBeLessThan(30);
+      // A row written before the notes were packed (plain text) reads the same.
+      store.db
+        .prepare(`INSERT INTO decisions (delivery_id, patient_id, rule, purpose, channel, output, result, basis, records, settings, at) VALUES ('d0', 'MRN-1', 'r', 'care.logistics', 'email', 'mail', 'allow', ?, '[]', ?, ?)`)
+        .run(basis, JSON.stringify(settings), ref.at);
+      const read = await store.listDecisions({ patientId: 'MRN-1' });
+      expect(read.map((d) => [d.deliveryId, d.basis, d.settings])).toEqual([
+        ['d0', basis, settings],
+        ['d1', basis, settings],
+      ]);
+    } finally {
+      await store.close();
+    }
+  });
+
+  it('keeps a delivery\'s due time and as-of out of its JSON (its columns hold them) and reads it back the same', async () => {
+    const store = SqliteStore.open(path.join(tempDir(), 'carerelay.db'));
+    try {
+      const own = testDelivery({ appointmentId: 'A-1' });
+      // A write newer than its delivery (a cancel keeps the plan it cancels): its asOf is the row's, not the delivery's.
+      const older = testDelivery({ appointmentId: 'A-2', asOf: '2024-01-01T08:00:00Z' });
+      const at = '2024-01-01T09:30:02Z';
+      await store.saveRouting('t', [
+        { delivery: own, status: 'pending', asOf: own.asOf, generation: 1, updatedAt: at },
+        { delivery: older, status: 'cancelled', asOf: '2024-01-01T09:30:00Z', generation: 1, updatedAt: at },
+      ], at);
+      for (const d of [own, older]) {
+        const read = (await store.getDelivery(d.id))!.delivery;
+        expect(read).toEqual(d);
+        // Where routing puts them (and where rows written before hold them): asOf, plannedAt, dueAt.
+        const keys = Object.keys(read);
+        expect(keys.slice(keys.indexOf('asOf'), keys.indexOf('asOf') + 3)).toEqual(['asOf', 'plannedAt', 'dueAt']);
+      }
+      // The own one's JSON names neither time; the older one's keeps the asOf its row does not hold.
+      const texts = (store.db.prepare('SELECT json FROM deliveries ORDER BY seq').pluck().all() as Buffer[]).map((b) => unpackJson(b));
+      expect(texts[0]).not.toMatch(/"asOf"|"dueAt"/);
+      expect(texts[1]).toMatch(/"asOf":"2024-01-01T08:00:00Z"/);
+      expect(texts[1]).not.toMatch(/"dueAt"/);
+    } finally {
+      await store.close();
+    }
+  });
+
+  it("keeps a message's trigger ids made of SHA-256 hex as 32 bytes each, others as JSON, and reads both the same", async () => {
+    const store = SqliteStore.open(path.join(tempDir(), 'carerelay.db'));
+    try {
+      const hex = [randomBytes(32).toString('hex'), randomBytes(32).toString('hex')];
+      const packed = await store.commitInbound(testRecord({ controlId: 'H1', triggers: hex.map((id) => testTrigger({ id })) }));
+      const plain = await store.commitInbound(testRecord({ controlId: 'H2', triggers: [testTrigger({ id: 'not-hex' })] }));
+      const stored = (id: string) => store.db.prepare('SELECT length(trigger_ids) FROM messages WHERE id = ?').pluck().get(Number(id));
+      expect(stored(packed.message.id)).toBe(64);
+      expect(stored(plain.message.id)).toBe('["not-hex"]'.length);
+      expect((await store.getMessage(packed.message.id))!.triggerIds).toEqual(hex);
+      expect((await store.getMessage(plain.message.id))!.triggerIds).toEqual(['not-hex']);
+      expect((await store.listMessages({})).map((m) => m.triggerIds)).toEqual([['not-hex'], hex]);
+    } finally {
+      await store.close();
+    }
+  });
+
+  it("keeps an appointment state's data packed and reads it back the same", async () => {
+    const store = SqliteStore.open(path.join(tempDir(), 'carerelay.db'));
+    try {
+      const data = { serviceType: 'LOCAL|CHK', locationId: 'CARDIO1', practitionerId: 'DR-22' };
+      const state = { kind: 'appointment', id: 'APT-1', patientId: 'MRN-1', asOf: '2024-01-01T09:30:00Z', status: 'booked', data } as const;
+      await store.commitInbound(testRecord({ controlId: 'S1', subjectStates: [state] }));
+      expect(await store.getSubjectState('appointment', 'APT-1')).toEqual(state);
+      const bytes = store.db.prepare("SELECT length(data) FROM subject_states WHERE id = 'APT-1'").pluck().get() as number;
+      expect(bytes).toBeLessThan(JSON.stringify(data).length / 2);
     } finally {
       await store.close();
     }

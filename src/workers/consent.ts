@@ -15,7 +15,7 @@
 // patient id, a name, an address or a body.
 import { TransientError, type RecipientSignal } from '../errors.ts';
 import type { Logger } from '../log.ts';
-import { checkConsent, consentStanding, nonCarePurposes, normalizeAddress, ENFORCED_REASONS, unsubscribeScope, type CareEpisode, type CheckedDelivery, type ConsentCheck, type ConsentDecision, type LedgerConsent, type PatientRecord } from '../pipeline/consent.ts';
+import { checkConsent, consentStanding, readsCareEpisodes, nonCarePurposes, normalizeAddress, ENFORCED_REASONS, unsubscribeScope, type CareEpisode, type CheckedDelivery, type ConsentCheck, type ConsentDecision, type LedgerConsent, type PatientRecord } from '../pipeline/consent.ts';
 import { dateTimeMs, readConsent, type ConsentProblem } from '../pipeline/fhir-consent.ts';
 import { KeywordKind, classifyKeyword } from '../pipeline/keywords.ts';
 import { isCare, type PolicySettings } from '../pipeline/policy.ts';
@@ -426,7 +426,8 @@ export class ConsentService implements SendGate {
     let context: Context;
     let trigger: Trigger | undefined;
     try {
-      [context, trigger] = await Promise.all([this.#context(d.patientId, d.to, now), this.#deps.store.getTrigger(d.triggerId)]);
+      // Care episodes only for the purposes rule 5 withholds: a care message's check reads none.
+      [context, trigger] = await Promise.all([this.#context(d.patientId, d.to, now, readsCareEpisodes(d.purpose)), this.#deps.store.getTrigger(d.triggerId)]);
       this.#remember(cacheKey, context, now);
     } catch (error) {
       if (!failClosed) throw error;
@@ -453,7 +454,8 @@ export class ConsentService implements SendGate {
     };
   }
 
-  async #context(patientId: string, to: string | undefined, now: number): Promise<Context> {
+  /** `withEpisodes` false: the care episodes are left out (a check that does not read them). */
+  async #context(patientId: string, to: string | undefined, now: number, withEpisodes = true): Promise<Context> {
     const { store } = this.#deps;
     const group = await store.mergedGroup(patientId);
     const [facts, records, sharing, sent, states] = await Promise.all([
@@ -461,7 +463,7 @@ export class ConsentService implements SendGate {
       store.consentRecords({ patientIds: group, ...(to ? { addresses: [to] } : {}) }),
       to ? store.patientsAtAddress(to) : Promise.resolve([]),
       store.listDisclosures({ patientIds: group, since: new Date(now - SENT_LOOKBACK_MS).toISOString(), limit: 1000 }),
-      Promise.all(group.flatMap((id) => [store.listSubjectStates('appointment', id), store.listSubjectStates('encounter', id)])),
+      withEpisodes ? Promise.all(group.flatMap((id) => [store.listSubjectStates('appointment', id), store.listSubjectStates('encounter', id)])) : Promise.resolve([]),
     ]);
     const patients: PatientRecord[] = group.map((id) => ({
       id,

@@ -428,6 +428,26 @@ describe('deliver with the consent gate (docs/consent.md rules 2–8)', () => {
     expect(await store.getDelivery('reminder@appointment/A102#0')).toMatchObject({ status: 'suppressed', reason: 'opted_out' });
   });
 
+  it("a care message's check reads no care episodes (rule 5 withholds only survey, service.info, marketing, fundraising)", async () => {
+    await ingest({ type: 'appointment.booked' });
+    clock = Date.parse('2025-06-09T14:30:00+02:00');
+    const original = store.listSubjectStates.bind(store);
+    let reads = 0;
+    store.listSubjectStates = async (...args) => {
+      reads++;
+      return original(...args);
+    };
+    try {
+      expect((await gated.run(job(REMINDER))).outcome).toBe('sent');
+      expect(reads).toBe(0);
+      // The patient's view covers every purpose: it reads them.
+      await consent.effectiveConsent('MRN1');
+      expect(reads).toBeGreaterThan(0);
+    } finally {
+      store.listSubjectStates = original;
+    }
+  });
+
   it('fails closed: without the ledger only care goes, and only on a fresh suppression cache', async () => {
     await ingest({ type: 'appointment.booked' });
     await ingest({ type: 'appointment.booked', appointment: { id: 'A102' } });
