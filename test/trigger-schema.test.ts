@@ -5,6 +5,7 @@ import path from 'node:path';
 import { Ajv } from 'ajv';
 import { describe, expect, it } from 'vitest';
 import { triggerSchema } from '../src/trigger-schema.ts';
+import { TRIGGER_TYPES } from '../src/types.ts';
 
 const fixtures = path.join(import.meta.dirname, '..', 'fixtures');
 const validate = new Ajv({ allErrors: true, strict: true }).compile(triggerSchema);
@@ -33,6 +34,10 @@ describe('trigger JSON Schema', () => {
     const ok = validate(trigger);
     expect(validate.errors ?? []).toEqual([]);
     expect(ok).toBe(true);
+  });
+
+  it('names every trigger type CareRelay makes, and no other', () => {
+    expect([...triggerSchema.properties.type.enum].sort()).toEqual([...TRIGGER_TYPES].sort());
   });
 
   it('refuses an unknown type, a time without offset and a patient without deceased', () => {
