@@ -90,6 +90,7 @@ async function fill(store: Store): Promise<void> {
   await store.setWaitlistOffer('wo-1', 'booked', { acceptedAt: AT, bookedAs: 'FILL-1' });
   await store.setWaitlistSlot('APT-F@2024-01-03T09:00:00Z', 'booked', { bookedAs: 'FILL-1' });
   await store.noteWaitlistAppointment({ id: 'APT-1', placerId: 'PL-1', patientId: 'MRN-1', service: 'CHK', practitioner: 'DR-22', start: '2024-02-02T10:00:00+01:00', triggerId: 'T1' });
+  await store.noteWaitlistEntry({ id: 'APT-W', patientId: 'MRN-2', service: 'CHK', practitioner: '', periods: [{ start: '2024-01-01T00:00:00Z', end: '2099-01-01T00:00:00Z' }], notedAt: '2024-01-01T08:00:00Z', triggerId: 'T1' });
 
   // The consent ledger and the evidence.
   await store.addConsentEvent({ patientId: 'MRN-1', action: 'opt_out', purposes: ['marketing'], channel: 'email', source: 'admin', method: 'api', at: AT, policyVersion: '1', recordedAt: AT }, ['hubspot']);
@@ -131,7 +132,7 @@ describe.skipIf(postgresSkipped())('export and import of a store', () => {
   });
 
   it('SQLite → file → PostgreSQL → file gives the same file, and the store answers the same', async () => {
-    expect(counts).toMatchObject({ message: 1109, trigger: 5, delivery: 4, outbox: 1, consentEvent: 2, erasure: 1, videoJoin: 1, videoLink: 1, outcomeLink: 1, outcome: 1, replyPrompt: 1, staffTask: 1, waitlistSlot: 2, waitlistOffer: 2, waitlistAppointment: 1 });
+    expect(counts).toMatchObject({ message: 1109, trigger: 5, delivery: 4, outbox: 1, consentEvent: 2, erasure: 1, videoJoin: 1, videoLink: 1, outcomeLink: 1, outcome: 1, replyPrompt: 1, staffTask: 1, waitlistSlot: 2, waitlistOffer: 2, waitlistAppointment: 1, waitlistEntry: 1 });
     const db = await testDatabase();
     await truncateAll(db.url).catch(() => {});
     const pg = await PostgresStore.open({ url: db.url });
@@ -174,11 +175,13 @@ describe.skipIf(postgresSkipped())('export and import of a store', () => {
         (s: Store) => s.listWaitlistOffers('APT-F@2024-01-03T09:00:00Z'),
         (s: Store) => s.laterWaitlistAppointments({ services: ['CHK'], practitioners: ['DR-22'], after: '2024-01-01T00:00:00Z', limit: 10 }),
         (s: Store) => s.waitlistFigures('2025-01-01T00:00:00Z', '2026-01-01T00:00:00Z'),
+        (s: Store) => s.waitlistEntries({ services: ['CHK'], practitioners: ['DR-22'], now: '2024-01-05T00:00:00Z', limit: 10 }),
         // The same counts (each backend orders statuses by how its rows spell them).
         async (s: Store) => (await s.deliveryTallies()).map((t) => JSON.stringify(t)).sort(),
       ]) {
         expect(await read(pg)).toEqual(await read(sqlite));
       }
+      expect(await pg.waitlistEntries({ services: ['CHK'], practitioners: ['DR-22'], now: '2024-01-05T00:00:00Z', limit: 10 })).toHaveLength(1);
       const some = (await sqlite.listMessages({ controlId: 'R1' }))[0]!;
       expect(await pg.getMessage(some.id)).toEqual(await sqlite.getMessage(some.id));
       // …and it goes on from there: a resend is a duplicate of the imported message, new rows

@@ -29,7 +29,7 @@ import {
   type ReceiptRow,
   type StateRow,
 } from './rows.ts';
-import type { ErasureRecord, NewStaffTask, OutcomeKind, ReplyPrompt, StaffTaskStatus, StoredDelivery, WaitlistAppointment, WaitlistOffer, WaitlistOfferState, WaitlistSlot, WaitlistSlotState } from './store.ts';
+import type { ErasureRecord, NewStaffTask, OutcomeKind, ReplyPrompt, StaffTaskStatus, StoredDelivery, WaitlistAppointment, WaitlistEntry, WaitlistOffer, WaitlistOfferState, WaitlistSlot, WaitlistSlotState } from './store.ts';
 import type { Channel, ConsentSource, Purpose } from '../types.ts';
 
 /** Rows per page read. */
@@ -190,6 +190,7 @@ export function dumpSource(b: BackendRows): DumpSource {
         offer: { ...(JSON.parse(String(row.json)) as WaitlistOffer), state: row.state as WaitlistOfferState },
       }));
       yield* each('waitlist_appointments', 'id, json', ['id'], (row) => ({ kind: 'waitlistAppointment' as const, appointment: JSON.parse(String(row.json)) as WaitlistAppointment }));
+      yield* each('waitlist_entries', 'id, json', ['id'], (row) => ({ kind: 'waitlistEntry' as const, entry: JSON.parse(String(row.json)) as WaitlistEntry }));
     },
   };
 }

@@ -31,6 +31,7 @@ import type {
   StoredMessage,
   SubjectState,
   WaitlistAppointment,
+  WaitlistEntry,
   WaitlistOffer,
   WaitlistSlot,
 } from './store.ts';
@@ -200,6 +201,12 @@ export interface WaitlistAppointmentRecord {
   appointment: WaitlistAppointment;
 }
 
+/** An entry of the EHR's waitlist (an appointment in status waitlist). */
+export interface WaitlistEntryRecord {
+  kind: 'waitlistEntry';
+  entry: WaitlistEntry;
+}
+
 export type DumpRecord =
   | MessageRecord
   | TriggerRecord
@@ -227,7 +234,8 @@ export type DumpRecord =
   | StaffTaskRecord
   | WaitlistSlotRecord
   | WaitlistOfferRecord
-  | WaitlistAppointmentRecord;
+  | WaitlistAppointmentRecord
+  | WaitlistEntryRecord;
 
 export type DumpKind = DumpRecord['kind'];
 
@@ -261,6 +269,7 @@ export const KINDS: readonly DumpKind[] = [
   'waitlistSlot',
   'waitlistOffer',
   'waitlistAppointment',
+  'waitlistEntry',
 ];
 
 /** What a backend gives to export and takes to import. */

@@ -11,6 +11,7 @@ import { sqlOf, type Sql } from './postgres-commit.ts';
 import { explainPostgresError } from './postgres-db.ts';
 import { DELIVERY_COLUMNS, DELIVERY_FROM, dedupeKey, deliveryFromRow, type DeliveryRow, type PostgresStore } from './postgres.ts';
 import { OUTBOX_COLUMNS, messageFromRow, outboxEntryOf, type MessageRow, type OutboxRow } from './rows.ts';
+import { entryUntilMs } from './sqlite-waitlist.ts';
 
 /**
  * The records of a PostgreSQL store, as of one moment: the export reads in one read-only
@@ -105,6 +106,7 @@ const TABLES = [
   'waitlist_slots',
   'waitlist_offers',
   'waitlist_appointments',
+  'waitlist_entries',
 ];
 
 /** Identity columns moved past the largest imported id. */
@@ -526,6 +528,18 @@ const INSERTS: { [K in DumpKind]: Insert<K> } = {
       ['practitioner', 'text', (r) => r.appointment.practitioner],
       ['start_ms', 'bigint', (r) => instantMs(r.appointment.start, 'appointment.start')],
       ['json', 'text', (r) => JSON.stringify(r.appointment)],
+    ],
+  },
+  waitlistEntry: {
+    table: 'waitlist_entries',
+    columns: [
+      ['id', 'text', (r) => r.entry.id],
+      ['patient_id', 'text', (r) => r.entry.patientId],
+      ['service', 'text', (r) => r.entry.service],
+      ['practitioner', 'text', (r) => r.entry.practitioner],
+      ['noted_ms', 'bigint', (r) => instantMs(r.entry.notedAt, 'entry.notedAt')],
+      ['until_ms', 'bigint', (r) => entryUntilMs(r.entry)],
+      ['json', 'text', (r) => JSON.stringify(r.entry)],
     ],
   },
 };
