@@ -81,6 +81,8 @@ export const SCHEDULED_FROM_WAITLIST = {
 /** A freed slot to book (the trigger that freed it: its time, service, practitioner, location). */
 export interface WriteBackSlot {
   readonly start: string;
+  /** The FHIR Slot that went free, when one did (a FHIR booking names it in Appointment.slot). */
+  readonly fhirSlot?: string;
   readonly end?: string;
   readonly durationMinutes?: number;
   readonly serviceType?: { readonly code: string; readonly display?: string; readonly system?: string };

@@ -795,6 +795,8 @@ export interface WaitlistSlot {
   triggerId: string;
   /** The patient whose appointment freed it (never offered their own slot back); absent for a slot freed without an appointment (slot.freed). */
   patientId?: string;
+  /** The FHIR Slot id when a FHIR Slot going free freed it (slot.freed from a FHIR input): the booking names that Slot. */
+  fhirSlot?: string;
   start: string;
   end?: string;
   durationMinutes?: number;

@@ -554,6 +554,28 @@ for (const backend of storeBackends) {
           ['book', 'SLOT-8'],
           ['cancel', 'L-1'],
         ]);
+        expect(calls[0]).not.toHaveProperty('slot.fhirSlot');
+      });
+
+      it('a FHIR Slot gone free is booked naming that Slot (the SIU^S24 time names none)', async () => {
+        start({ on: ['appointment.cancelled', 'slot.freed'] });
+        await later('L-1', 'P-1', '2030-04-20T09:00:00Z');
+        await feed({
+          id: 'freed-fhir',
+          type: 'slot.freed',
+          occurredAt: new Date(clock).toISOString(),
+          receivedAt: new Date(clock).toISOString(),
+          source: { format: 'fhir', sender: 'ehr', messageType: 'Slot', messageId: 'Slot/SLOT-9/_history/2' },
+          slot: { id: 'SLOT-9', status: 'free', start: SLOT_START, durationMinutes: 30, serviceType: { code: 'CHK' }, practitioner: { id: 'DR-22' } },
+        });
+        await runDue();
+        await send(offered);
+        await answer('P-1', '1');
+        await runDue();
+        expect(calls.map((c) => [c.kind, c.appointment.id, c.kind === 'book' ? c.slot.fhirSlot : undefined])).toEqual([
+          ['book', 'SLOT-9', 'SLOT-9'],
+          ['cancel', 'L-1', undefined],
+        ]);
       });
 
       it('minimum notice: a slot starting too soon is not offered', async () => {

@@ -210,6 +210,7 @@ export class WaitlistService {
       state: WaitlistSlotState.Open,
       triggerId: t.id,
       ...(patientId !== undefined ? { patientId } : {}),
+      ...(t.type === TriggerType.SlotFreed && t.source.format === 'fhir' ? { fhirSlot: a.id } : {}),
       start: a.start!,
       ...(a.end !== undefined ? { end: a.end } : {}),
       ...(a.durationMinutes !== undefined ? { durationMinutes: a.durationMinutes } : {}),
@@ -613,6 +614,7 @@ export class WaitlistService {
 function slotAppointment(slot: WaitlistSlot): WriteBackSlot {
   return {
     start: slot.start,
+    ...(slot.fhirSlot !== undefined ? { fhirSlot: slot.fhirSlot } : {}),
     ...(slot.end !== undefined ? { end: slot.end } : {}),
     ...(slot.durationMinutes !== undefined ? { durationMinutes: slot.durationMinutes } : {}),
     ...(slot.serviceType !== undefined ? { serviceType: slot.serviceType } : {}),

@@ -204,6 +204,15 @@ describe('fhir-appointment', () => {
       expect(body.parameter.map((p) => p.name)).toEqual(['appt-resource']);
       expect(body.parameter[0]!.resource!.participant[0]).toEqual({ actor: { type: 'Patient', identifier: { value: 'P1' } }, status: 'needs-action' });
     });
+
+    it('a slot a FHIR Slot freed is booked naming that Slot (Appointment.slot); another names none', async () => {
+      standIn = await startFhirAppointmentStandIn();
+      const fromSlot: WriteBackOperation = { ...book, requestId: 'wl~offer-2', slot: { ...book.slot, fhirSlot: 'SLOT-9' } };
+      await byOperation(standIn).writeBack!(fromSlot, { signal, attempt: 1 });
+      await byOperation(standIn).writeBack!({ ...book, requestId: 'wl~offer-3' }, { signal, attempt: 1 });
+      const sent = standIn.bookings().map((call) => (JSON.parse(call.text) as { parameter: Array<{ resource?: { slot?: unknown } }> }).parameter[0]!.resource!.slot);
+      expect(sent).toEqual([[{ reference: 'Slot/SLOT-9' }], undefined]);
+    });
   });
 
   it('declares write-back only: no purposes, confirm and cancel, and booking a waitlist slot', () => {

@@ -154,6 +154,9 @@ export function bookingFor(op: BookOperation, lookup: AppointmentLookup, status:
     start: slot.start,
     ...(end !== undefined ? { end } : {}),
     ...(slot.durationMinutes !== undefined ? { minutesDuration: slot.durationMinutes } : {}),
+    // The Slot that went free, when a FHIR Slot did (R4 Appointment.slot): a server that keeps
+    // its schedule in Slots marks that one busy.
+    ...(slot.fhirSlot !== undefined ? { slot: [{ reference: `Slot/${slot.fhirSlot}` }] } : {}),
     // A proposed appointment (for $book) waits on every participant; the create books it outright.
     participant: [
       { actor: actor('Patient', op.patient.id), status: participation },
