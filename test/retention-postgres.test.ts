@@ -118,3 +118,39 @@ describe.skipIf(postgresSkipped())('retention on PostgreSQL after two months of 
     }
   });
 });
+
+describe.skipIf(postgresSkipped())('retention runs of several processes on one PostgreSQL store', () => {
+  it("a timer's run is skipped while another process runs retention; carerelay prune waits its turn", async () => {
+    const db = await createTestDatabase('carerelay_retention_lock');
+    const [a, b] = [await PostgresStore.open({ url: db.url }), await PostgresStore.open({ url: db.url })];
+    try {
+      let release!: () => void;
+      const held = new Promise<void>((resolve) => (release = resolve));
+      let entered!: () => void;
+      const inside = new Promise<void>((resolve) => (entered = resolve));
+      // Process A is in the middle of its run.
+      const running = a.withLock('retention', async () => {
+        entered();
+        await held;
+      });
+      await inside;
+      const job = new RetentionJob({ store: b, config: CONFIG, log: silentLogger, now: () => NOW });
+      expect(await job.run({ ifFree: true })).toEqual({ dryRun: false, kinds: [], skipped: true });
+      let pruned: RetentionRun | undefined;
+      const prune = job.run().then((r) => (pruned = r));
+      // A dry run (another `carerelay prune --dry-run`) takes no lock: it goes on meanwhile.
+      expect(await new RetentionJob({ store: b, config: CONFIG, log: silentLogger, now: () => NOW }).run({ dryRun: true })).toMatchObject({ dryRun: true });
+      expect(pruned).toBeUndefined();
+      release();
+      await running;
+      await prune;
+      expect(pruned).toMatchObject({ dryRun: false });
+      expect(pruned!.skipped).toBeUndefined();
+      expect(pruned!.kinds.length).toBeGreaterThan(0);
+    } finally {
+      await a.close();
+      await b.close();
+      await db.drop();
+    }
+  });
+});

@@ -144,6 +144,28 @@ describe.skipIf(postgresSkipped())('PostgresStore', () => {
     await b.withLock('other', async () => order.push('other'));
   });
 
+  it('tryLock works only when no other process holds the lock, without waiting', async () => {
+    const [a, b] = [await open(), await open()];
+    let release!: () => void;
+    const held = new Promise<void>((resolve) => (release = resolve));
+    let entered!: () => void;
+    const inside = new Promise<void>((resolve) => (entered = resolve));
+    const first = a.withLock('retention', async () => {
+      entered();
+      await held;
+    });
+    await inside;
+    let ran = false;
+    expect(await b.tryLock('retention', async () => (ran = true))).toBeUndefined();
+    expect(ran).toBe(false);
+    expect(await b.tryLock('other', async () => 'free')).toBe('free');
+    release();
+    await first;
+    expect(await b.tryLock('retention', async () => 'now')).toBe('now');
+    // Released after the work: the other process takes it at once.
+    expect(await a.tryLock('retention', async () => 'again')).toBe('again');
+  });
+
   it('withLock survives its connection being closed by the server during the work (restart, failover)', async () => {
     const store = await open();
     let held: pg.PoolClient | undefined;

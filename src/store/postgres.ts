@@ -1089,6 +1089,15 @@ export class PostgresStore implements Store {
    * safe when run twice (routing is: a delivery's generation decides which job may send).
    */
   async withLock<T>(name: string, work: () => Promise<T>): Promise<T> {
+    return (await this.#holding(name, true, work)) as T;
+  }
+
+  /** withLock without waiting: pg_try_advisory_lock; undefined when another session holds it. */
+  tryLock<T>(name: string, work: () => Promise<T>): Promise<T | undefined> {
+    return this.#holding(name, false, work);
+  }
+
+  async #holding<T>(name: string, wait: boolean, work: () => Promise<T>): Promise<T | undefined> {
     this.#assertOpen();
     let client: pg.PoolClient;
     try {
@@ -1098,7 +1107,8 @@ export class PostgresStore implements Store {
     }
     let broken = false;
     try {
-      await client.query('SELECT pg_advisory_lock($1, hashtext($2))', [LOCK_SPACE, name]);
+      if (wait) await client.query('SELECT pg_advisory_lock($1, hashtext($2))', [LOCK_SPACE, name]);
+      else if (!(await client.query<{ held: boolean }>('SELECT pg_try_advisory_lock($1, hashtext($2)) AS held', [LOCK_SPACE, name])).rows[0]!.held) return undefined;
       try {
         return await work();
       } finally {

@@ -1452,6 +1452,12 @@ export class SqliteStore implements Store {
     return work();
   }
 
+  /** One process per file: the lock is always free (callers in this process take turns themselves). */
+  async tryLock<T>(_name: string, work: () => Promise<T>): Promise<T | undefined> {
+    this.assertOpen();
+    return work();
+  }
+
   // The consent ledger (ConsentLedger; sqlite-consent.ts). Each call is its own transaction,
   // durable when it resolves (synchronous=FULL).
 

@@ -1349,5 +1349,10 @@ export interface Store extends ConsentLedger, ReplyLedger, WaitlistLedger {
    * process uses (the embedded one) runs `work` at once.
    */
   withLock<T>(name: string, work: () => Promise<T>): Promise<T>;
+  /**
+   * withLock without waiting: runs `work` holding the lock `name` when no other holder has it,
+   * else resolves undefined at once (a duty one process does for all, such as retention).
+   */
+  tryLock<T>(name: string, work: () => Promise<T>): Promise<T | undefined>;
   close(): Promise<void>;
 }

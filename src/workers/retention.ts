@@ -44,6 +44,9 @@ export const RETENTION_ORDER: readonly RetainedKind[] = [
 const RESUMABLE = new Set<RetainedKind>([RetentionKind.RawMessages]);
 const cursorKey = (kind: RetainedKind) => `retention.${kind}.after`;
 
+/** The store lock one retention run holds across processes. */
+const RETENTION_LOCK = 'retention';
+
 /** Pages freed per vacuum step (4 KiB pages: 4 MiB a step). */
 const VACUUM_PAGES = 1024;
 const DAY_MS = 86_400_000;
@@ -56,6 +59,8 @@ export interface RetentionRun {
   sizeAfter?: number;
   /** Pages handed back to the file system by the incremental vacuum. */
   vacuumedPages?: number;
+  /** The timer's run found another process running retention on the shared store: nothing done. */
+  skipped?: true;
 }
 
 export interface RetentionOptions {
@@ -84,10 +89,26 @@ export class RetentionJob {
     this.#timer = options.timer ?? BACKGROUND_TIMER;
   }
 
-  /** One whole run (or a dry one: counts only). One run at a time. */
-  async run(options: { dryRun?: boolean } = {}): Promise<RetentionRun> {
+  /**
+   * One whole run (or a dry one: counts only). One run at a time, in this process and in every
+   * process sharing the store (its lock `retention`): on PostgreSQL the processes of a scale-out
+   * do not walk and delete the same rows at once. `ifFree` (the timer's runs): when another
+   * process is running retention now, this run is skipped (`skipped`), its work being done;
+   * without it (`carerelay prune`) the run waits its turn. A dry run changes nothing and takes no lock.
+   */
+  async run(options: { dryRun?: boolean; ifFree?: boolean } = {}): Promise<RetentionRun> {
     while (this.#running) await this.#running.catch(() => undefined);
-    this.#running = this.#run(options.dryRun === true);
+    const { store, log } = this.#options;
+    const dryRun = options.dryRun === true;
+    this.#running = dryRun
+      ? this.#run(true)
+      : options.ifFree
+        ? store.tryLock(RETENTION_LOCK, () => this.#run(false)).then((run) => {
+            if (run !== undefined) return run;
+            log.info('retention.skipped', { reason: 'running_elsewhere' });
+            return { dryRun: false, kinds: [], skipped: true };
+          })
+        : store.withLock(RETENTION_LOCK, () => this.#run(false));
     try {
       return await this.#running;
     } finally {
@@ -159,7 +180,7 @@ export class RetentionJob {
   /** Runs every everyMinutes, the first a minute after the start. */
   start(): void {
     const every = this.#options.config.everyMinutes * 60_000;
-    this.#repeating = repeat(this.#timer, Math.min(60_000, every), every, () => this.run(), (error) =>
+    this.#repeating = repeat(this.#timer, Math.min(60_000, every), every, () => this.run({ ifFree: true }), (error) =>
       this.#options.log.error('retention.failed', { code: (error as Error).name }),
     );
   }
