@@ -111,6 +111,17 @@ describe('stored state: reschedule (server only)', () => {
     expect(only(applyStoredState(run(siu('S14', { sch25: 'Booked' })), lookupOf([stored()]))).id).toBe(t.id);
   });
 
+  it('an S14 Booked for an appointment stored on the waitlist is booked (taken off the waitlist), a new time or not', () => {
+    const onWaitlist = lookupOf([stored({ status: 'waitlist' })]);
+    const t = only(applyStoredState(run(siu('S14', { sch25: 'Booked' })), onWaitlist));
+    expect(t.type).toBe('appointment.booked');
+    expect(t.appointment).toMatchObject({ status: 'booked', start: '2026-03-17T10:00:00+01:00' });
+    expect(t.appointment?.previousStart).toBeUndefined();
+    // Still waiting (another S14 Waitlist), or already booked: no new booking.
+    expect(only(applyStoredState(run(siu('S14', { sch25: 'Waitlist' })), onWaitlist)).type).not.toBe('appointment.booked');
+    expect(only(applyStoredState(run(siu('S14', { sch25: 'Booked' })), lookupOf([stored({ status: 'booked', start: '2026-03-17T10:00:00+01:00' })]))).type).toBe('appointment.modified');
+  });
+
   it('the same instant written at another offset is not a new time', () => {
     const applied = applyStoredState(run(siu('S14', { sch25: 'Booked' })), lookupOf([stored({ start: '2026-03-17T09:00:00+00:00' })]));
     expect(only(applied).type).toBe('appointment.modified');

@@ -784,7 +784,13 @@ export function applyStoredState(result: Hl7Normalized, lookup: Hl7StateLookup):
       if (stored !== undefined && !storedIsNewer(stored, original.occurredAt)) {
         const state = states.find((x) => x.kind === 'appointment' && x.id === appt.id);
         const moved = stored.start !== undefined && appt.start !== undefined && !sameStart(stored.start, appt.start);
-        if (moved && (original.type === TriggerType.AppointmentModified || original.type === TriggerType.AppointmentRescheduled)) {
+        const unchangedStatus = original.type === TriggerType.AppointmentModified || original.type === TriggerType.AppointmentRescheduled;
+        if (unchangedStatus && stored.status === AppointmentStatus.Waitlist && (appt.status === AppointmentStatus.Booked || appt.status === AppointmentStatus.Pending)) {
+          // Taken off the EHR's waitlist (S14 Booked after Waitlist): booked now, as a FHIR
+          // Appointment whose status goes to booked/pending is (docs/trigger.md "Types").
+          const type = TriggerType.AppointmentBooked;
+          trigger = { ...original, id: hl7TriggerId(result.message, type, `appointment/${appt.id}`), type };
+        } else if (moved && unchangedStatus) {
           const type = TriggerType.AppointmentRescheduled;
           trigger = {
             ...original,
