@@ -27,7 +27,7 @@
 // of the entry still goes; a transient failure retries the whole entry (pushes are idempotent).
 //
 // Logs: output names, entry ids, codes and counts only.
-import { failureClassOf } from '../errors.ts';
+import { failureClassOf, RecipientSignal } from '../errors.ts';
 import type { Logger } from '../log.ts';
 import { normalizeAddress } from '../pipeline/consent.ts';
 import type { ConsentChannel, ConsentMirror, ToolConsentSignal } from '../outputs/consent-sync.ts';
@@ -96,8 +96,10 @@ type NewEntry = Omit<ConsentEvent, 'id' | 'recordedAt' | 'policyVersion'>;
 export function isNumberOptOut(entry: NewEntry): entry is NewEntry & { address: string } {
   if (entry.patientId !== undefined || entry.action !== 'opt_out' || entry.address === undefined) return false;
   // A keyword CareRelay received, or the SMS provider refusing a send because the number
-  // replied STOP to that sender there (Twilio 21610, ConsentService.refused): the same fact.
-  return entry.source === 'sms' || (entry.source === 'provider' && entry.channel === 'sms' && entry.method.startsWith('opted_out'));
+  // replied STOP to that sender there (Twilio 21610: ConsentService.refused records the method
+  // `<signal>:<provider code>`): the same fact.
+  const refusedAs = entry.source === 'provider' ? entry.method.split(':')[0] : undefined;
+  return entry.source === 'sms' || (entry.channel === 'sms' && refusedAs === RecipientSignal.OptedOut);
 }
 
 /**
