@@ -15,7 +15,7 @@ import type { LogFields, Logger } from '../src/log.ts';
 import { silentLogger } from '../src/log.ts';
 import { startCarerelay, type RunningCarerelay } from '../src/main.ts';
 import { SqliteStore } from '../src/store/sqlite.ts';
-import { describeWithRedis, spawnRedis, stopRedis as stopRedisAndRemove } from './helpers/redis.ts';
+import { describeWithRedis, spawnRedis, stopAndRemoveRedis } from './helpers/redis.ts';
 import { addConfirmations, siuMessage, startChildServer, writeConfigDir, type ChildServer, type LogLine, type TestConfigDir } from './helpers/server.ts';
 
 const dirs: TestConfigDir[] = [];
@@ -29,7 +29,7 @@ afterEach(async () => {
 });
 
 afterAll(async () => {
-  if (redis) await stopRedisAndRemove(redis.child, redis.dir);
+  if (redis) await stopAndRemoveRedis(redis.child, redis.dir);
   for (const d of dirs) d.remove();
 });
 

@@ -4,7 +4,7 @@ import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterEach, expect, it } from 'vitest';
-import { describeWithRedis, spawnRedis, stopRedis } from '../../test/helpers/redis.ts';
+import { describeWithRedis, spawnRedis, stopAndRemoveRedis } from '../../test/helpers/redis.ts';
 import { checkQueueConnection } from './connect-check.ts';
 import { assertRedisDurable, connectRedis, redactRedisUrl, RedisDurabilityError, redisUrlProblem } from './redis.ts';
 
@@ -17,7 +17,7 @@ describeWithRedis('Redis durability check', () => {
   async function redis(extraArgs: string[]): Promise<string> {
     const dir = mkdtempSync(path.join(tmpdir(), 'carerelay-redis-check-'));
     const { url, child } = await spawnRedis(dir, undefined, extraArgs);
-    cleanup.push(() => stopRedis(child, dir));
+    cleanup.push(() => stopAndRemoveRedis(child, dir));
     return url;
   }
 
@@ -72,7 +72,7 @@ describeWithRedis('carerelay validate --connect (checkQueueConnection)', () => {
   async function redis(extraArgs: string[] = []): Promise<string> {
     const dir = mkdtempSync(path.join(tmpdir(), 'carerelay-redis-connect-'));
     const { url, child } = await spawnRedis(dir, undefined, extraArgs);
-    cleanup.push(() => stopRedis(child, dir));
+    cleanup.push(() => stopAndRemoveRedis(child, dir));
     return url;
   }
 

@@ -94,7 +94,7 @@ export async function spawnRedis(dir: string, port?: number, extraArgs: string[]
  * exited, and tolerating a file an orphaned background rewrite (a fork of the killed server)
  * writes meanwhile — removing it at once made rmSync fail with ENOTEMPTY.
  */
-export async function stopRedis(child: ChildProcess, dir: string): Promise<void> {
+export async function stopAndRemoveRedis(child: ChildProcess, dir: string): Promise<void> {
   if (child.exitCode === null && child.signalCode === null) {
     const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
     child.kill('SIGKILL');
