@@ -26,7 +26,8 @@
 // from the start of the run until the routing and deliveries it caused are done.
 //
 // Client and servers share the process (and its cores), equally for every target.
-// Set CARERELAY_BENCH_DIR to put the data dir on the disk to measure (default: os.tmpdir()).
+// Set CARERELAY_BENCH_DIR to put the data dir on the disk to measure (default: os.tmpdir()),
+// CARERELAY_BENCH_KEEP=1 to keep the databases afterwards.
 // Run alone with `node --expose-gc --import tsx bench/ingest.ts`, or through bench/run.ts.
 import { closeSync, fdatasyncSync, mkdtempSync, openSync, rmSync, writeSync } from 'node:fs';
 import { loadavg, tmpdir } from 'node:os';
@@ -251,7 +252,9 @@ export async function benchIngest(): Promise<Record<string, number>> {
       await none.running.stop();
     }
   } finally {
-    rmSync(root, { recursive: true, force: true });
+    // CARERELAY_BENCH_KEEP=1 keeps the servers' databases to look into (sqlite3, dbstat).
+    if (process.env.CARERELAY_BENCH_KEEP === '1') console.log(`bench databases kept in ${root}`);
+    else rmSync(root, { recursive: true, force: true });
   }
 
   for (const r of table) {
