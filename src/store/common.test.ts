@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { MessageStatus } from '../types.ts';
-import { DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT, counterValue, instantMs, listLimit, rawQuotaPlan } from './common.ts';
+import { DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT, compactDelivery, counterValue, expandDeliveryJson, instantMs, listLimit, rawQuotaPlan } from './common.ts';
+import { testDelivery } from './conformance.ts';
 import { RAW_QUOTA_CURSOR } from './store.ts';
 
 describe('instantMs', () => {
@@ -68,5 +69,27 @@ describe('rawQuotaPlan', () => {
     expect(counterValue('x')).toBe(0);
     expect(counterValue('-5')).toBe(0);
     expect(counterValue('42')).toBe(42);
+  });
+});
+
+describe('compactDelivery / expandDeliveryJson', () => {
+  const columnsOf = (d: ReturnType<typeof testDelivery>) => ({ id: d.id, rule: d.ruleId, subject: d.subjectKey, patient_id: d.patientId });
+
+  it('leaves out the subject kind, subject id and step its id spells, and puts them back in their place', () => {
+    const d = testDelivery({ appointmentId: 'A 1/#2@x' });
+    const json = JSON.stringify(compactDelivery(d));
+    expect(json).not.toMatch(/"subjectKind"|"subjectId"|"step"/);
+    const read = expandDeliveryJson(json, columnsOf(d));
+    expect(read).toEqual(d);
+    expect(Object.keys(read).slice(0, 7)).toEqual(['id', 'ruleId', 'subjectKey', 'patientId', 'subjectKind', 'subjectId', 'step']);
+  });
+
+  it('keeps them when the id does not spell them, and reads JSON written with them the same', () => {
+    const odd = { ...testDelivery(), id: 'imported-1' };
+    const json = JSON.stringify(compactDelivery(odd));
+    expect(json).toMatch(/"subjectKind":"appointment","subjectId":"APT-1","step":0/);
+    expect(expandDeliveryJson(json, columnsOf(odd))).toEqual(odd);
+    const stepped = { ...testDelivery(), step: 2 };
+    expect(expandDeliveryJson(JSON.stringify(compactDelivery(stepped)), columnsOf(stepped))).toEqual(stepped);
   });
 });

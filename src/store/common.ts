@@ -223,10 +223,31 @@ export function cancelKeyProbes(key: string): { id: string; subjects: string[]; 
 /** Fields a delivery row keeps as columns: left out of its JSON. */
 type ColumnFields = 'id' | 'ruleId' | 'subjectKey' | 'patientId' | 'cancelKeys';
 
-/** A delivery without what its row's columns hold, with its cancel keys packed (`k`). */
+/** Fields its id and subject key spell out (types.ts Delivery.id, route.ts subjectOf): left out of its JSON when they do. */
+type SpelledFields = 'subjectKind' | 'subjectId' | 'step';
+
+/** The subject kind, id and step a delivery's id and subject key spell: `<rule>@<kind>/<encoded id>#<step>`. */
+function spelledBy(id: string, subjectKey: string): Pick<Delivery, SpelledFields> | undefined {
+  const slash = subjectKey.indexOf('/');
+  const hash = id.lastIndexOf('#');
+  if (slash <= 0 || hash < 0 || !/^\d+$/.test(id.slice(hash + 1))) return undefined;
+  try {
+    return { subjectKind: subjectKey.slice(0, slash) as Delivery['subjectKind'], subjectId: decodeURIComponent(subjectKey.slice(slash + 1)), step: Number(id.slice(hash + 1)) };
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * A delivery without what its row's columns hold, with its cancel keys packed (`k`); its
+ * subject kind, subject id and step too when its id and subject key spell them (nearly always).
+ */
 export function compactDelivery(d: Delivery): Record<string, unknown> {
-  const { id: _id, ruleId: _rule, subjectKey: _subject, patientId: _patient, cancelKeys: _keys, ...rest } = d;
-  return { ...rest, k: packCancelKeys(d) };
+  const { id, ruleId, subjectKey, patientId: _patient, cancelKeys: _keys, subjectKind, subjectId, step, ...rest } = d;
+  const spelled = spelledBy(id, subjectKey);
+  const derivable =
+    spelled !== undefined && id === `${ruleId}@${subjectKey}#${step}` && spelled.subjectKind === subjectKind && spelled.subjectId === subjectId && spelled.step === step;
+  return derivable ? { ...rest, k: packCancelKeys(d) } : { subjectKind, subjectId, step, ...rest, k: packCancelKeys(d) };
 }
 
 /** The delivery a compact JSON (or a full one, written before it existed) stands for. */
@@ -235,7 +256,8 @@ export function expandDeliveryJson(json: string, columns: { id: string; rule: st
   if (parsed.k === undefined) return parsed as Delivery;
   const { k, ...rest } = parsed;
   const head = { id: columns.id, ruleId: columns.rule, subjectKey: columns.subject, patientId: columns.patient_id };
-  return { ...head, ...rest, cancelKeys: unpackCancelKeys(k, head) } as Delivery;
+  const spelled = (rest as Partial<Delivery>).subjectKind === undefined ? spelledBy(columns.id, columns.subject) : undefined;
+  return { ...head, ...spelled, ...rest, cancelKeys: unpackCancelKeys(k, head) } as Delivery;
 }
 
 // ---------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@
 // is plain JSON (rows written before, or any row a tool wrote by hand). A dictionary is never
 // changed once released: a better one gets a new number, and every number stays readable.
 import { deflateRawSync, inflateRawSync } from 'node:zlib';
+import type { Trigger } from '../types.ts';
 
 /** Typical content of each kind: keys, and values most rows share (deflate finds matches in it). */
 const DICTIONARIES: Readonly<Record<number, Buffer>> = {
@@ -108,6 +109,21 @@ export function unpackJson(stored: string | Buffer): string {
   return inflateRawSync(stored.subarray(1), { dictionary }).toString('utf8');
 }
 
+/**
+ * A trigger's JSON as the embedded store keeps it: without its id, which the row's id column
+ * holds (64 hex characters that do not compress); triggerOf puts it back, first.
+ */
+export function packTrigger(trigger: Trigger): Buffer {
+  const { id: _id, ...rest } = trigger;
+  return packJson(PackedKind.Trigger, rest);
+}
+
+/** A stored trigger (its row's id and JSON, packed or plain) as the trigger; rows written before packTrigger hold their id in the JSON too. */
+export function triggerOf(id: string, json: string | Buffer): Trigger {
+  const { id: _stored, ...rest } = JSON.parse(unpackJson(json)) as Trigger;
+  return { id, ...rest } as Trigger;
+}
+
 /** Raw inbound bytes, compressed (lossless: the exact bytes come back). */
 export function packRaw(raw: Buffer): Buffer {
   return deflateRawSync(raw, { dictionary: RAW_DICTIONARY });
@@ -126,6 +142,16 @@ const SHA256_HEX = /^[0-9a-f]{64}$/;
  */
 export function packIds(ids: readonly string[]): string | Buffer {
   return ids.length > 0 && ids.every((id) => SHA256_HEX.test(id)) ? Buffer.from(ids.join(''), 'hex') : JSON.stringify(ids);
+}
+
+/** A content hash as messages.content_hash keeps it: 32 bytes for a SHA-256 in hex, else the text. */
+export function packHash(hash: string): string | Buffer {
+  return SHA256_HEX.test(hash) ? Buffer.from(hash, 'hex') : hash;
+}
+
+/** The hash packHash kept (or text written before). */
+export function unpackHash(stored: string | Buffer): string {
+  return typeof stored === 'string' ? stored : stored.toString('hex');
 }
 
 /** The ids packIds kept (or JSON text written before). */

@@ -3,7 +3,7 @@
 // delivery. sqlite.ts and postgres.ts each read them with their own SQL.
 import type { Channel, ContactHolding, Delivery, DeliveryReceipt, MessageStatus } from '../types.ts';
 import { causeOf } from './common.ts';
-import { unpackIds, unpackJson } from './packed-json.ts';
+import { unpackHash, unpackIds, unpackJson } from './packed-json.ts';
 import type { AuditEntry, MessageOrigin, OutboxEntry, SentMessage, StoredDelivery, StoredDeliveryStatus, StoredMessage, SubjectState } from './store.ts';
 
 export const MESSAGE_COLUMNS =
@@ -16,7 +16,8 @@ export interface MessageRow {
   sender: string;
   control_id: string;
   message_type: string;
-  content_hash: string;
+  /** Text, or 32 bytes (the embedded store: packed-json.ts packHash). */
+  content_hash: string | Buffer;
   status: MessageStatus;
   /** Plain text, or packed (the embedded store: packed-json.ts packText). */
   ack: string | Buffer;
@@ -39,7 +40,7 @@ export function messageFromRow(row: MessageRow): StoredMessage {
     sender: row.sender,
     controlId: row.control_id,
     messageType: row.message_type,
-    contentHash: row.content_hash,
+    contentHash: unpackHash(row.content_hash),
     status: row.status,
     ack: typeof row.ack === 'string' ? row.ack : unpackJson(row.ack),
     ackCode: row.ack_code,

@@ -6,7 +6,7 @@
 // Times are stored as given (ISO with offset) and, beside them, epoch ms for ordering.
 // Addresses are stored normalized (pipeline/consent.ts normalizeAddress) so a number written
 // "+33 6 12 34 56 78" in one feed and "+33612345678" in another is one contact point.
-import { PackedKind, packJson, unpackJson } from './packed-json.ts';
+import { PackedKind, packJson, triggerOf, unpackJson } from './packed-json.ts';
 import type BetterSqlite3 from 'better-sqlite3';
 import { normalizeAddress } from '../pipeline/consent.ts';
 import type { Channel, ConsentEvent, ConsentSource, Purpose, Trigger } from '../types.ts';
@@ -397,7 +397,7 @@ export class SqliteConsentLedger {
     const updateTrigger = db.prepare('UPDATE triggers SET json = ? WHERE id = ?');
     const messageIds = new Set<number>();
     for (const t of triggers) {
-      updateTrigger.run(JSON.stringify(withoutPersonalFields(JSON.parse(unpackJson(t.json)) as Trigger)), t.id);
+      updateTrigger.run(JSON.stringify(withoutPersonalFields(triggerOf(t.id, t.json))), t.id);
       messageIds.add(t.message_id);
     }
     const erasedWith = db.prepare<[number, number], { id: number }>(

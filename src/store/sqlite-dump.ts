@@ -3,9 +3,9 @@
 import type { Database } from './sqlite-db.ts';
 import { afterCondition, dumpSource, type BackendRows } from './dump-tables.ts';
 import type { DumpSource, MessageRecord, OutboxRecord, TriggerRecord } from './dump.ts';
-import { unpackRaw } from './packed-json.ts';
+import { triggerOf, unpackRaw } from './packed-json.ts';
 import { OUTBOX_COLUMNS, messageFromRow, type MessageRow, type OutboxRow } from './rows.ts';
-import { DELIVERY_COLUMNS, deliveryFromRow, outboxFromRow, triggerOf, unpackExplanation, type DeliveryRow } from './sqlite.ts';
+import { DELIVERY_COLUMNS, deliveryFromRow, outboxFromRow, unpackExplanation, type DeliveryRow } from './sqlite.ts';
 
 /** The records of the embedded store on `db` (open, read-only is enough; schema up to date). */
 export function sqliteDumpSource(db: Database): DumpSource {
@@ -35,7 +35,7 @@ export function sqliteDumpSource(db: Database): DumpSource {
       const routedMs = row.routed_ms === null ? undefined : Number(row.routed_ms);
       return {
         kind: 'trigger',
-        trigger: triggerOf(row.json as string | Buffer),
+        trigger: triggerOf(row.id as string, row.json as string | Buffer),
         messageId: String(row.message_id),
         ...(routedMs !== undefined ? { routedMs } : {}),
         ...(row.routing !== null && routedMs !== undefined ? { routing: unpackExplanation(String(row.id), row.routing as string | Buffer, routedMs).rules } : {}),

@@ -310,7 +310,7 @@ describe('SqliteStore on a file', () => {
   it('keeps a delivery\'s due time and as-of out of its JSON (its columns hold them) and reads it back the same', async () => {
     const store = SqliteStore.open(path.join(tempDir(), 'carerelay.db'));
     try {
-      const own = testDelivery({ appointmentId: 'A-1' });
+      const own = testDelivery({ appointmentId: 'A 1/b' });
       // A write newer than its delivery (a cancel keeps the plan it cancels): its asOf is the row's, not the delivery's.
       const older = testDelivery({ appointmentId: 'A-2', asOf: '2024-01-01T08:00:00Z' });
       const at = '2024-01-01T09:30:02Z';
@@ -328,6 +328,8 @@ describe('SqliteStore on a file', () => {
       // The own one's JSON names neither time; the older one's keeps the asOf its row does not hold.
       const texts = (store.db.prepare('SELECT json FROM deliveries ORDER BY seq').pluck().all() as Buffer[]).map((b) => unpackJson(b));
       expect(texts[0]).not.toMatch(/"asOf"|"dueAt"/);
+      // Nor what its id and subject key spell (subject kind, subject id, step).
+      expect(texts[0]).not.toMatch(/"subjectKind"|"subjectId"|"step"/);
       expect(texts[1]).toMatch(/"asOf":"2024-01-01T08:00:00Z"/);
       expect(texts[1]).not.toMatch(/"dueAt"/);
     } finally {
@@ -347,6 +349,57 @@ describe('SqliteStore on a file', () => {
       expect((await store.getMessage(packed.message.id))!.triggerIds).toEqual(hex);
       expect((await store.getMessage(plain.message.id))!.triggerIds).toEqual(['not-hex']);
       expect((await store.listMessages({})).map((m) => m.triggerIds)).toEqual([['not-hex'], hex]);
+    } finally {
+      await store.close();
+    }
+  });
+
+  it("keeps a message's SHA-256 content hash as 32 bytes, and dedupes against rows that hold it as text", async () => {
+    const store = SqliteStore.open(path.join(tempDir(), 'carerelay.db'));
+    try {
+      const first = testRecord({ controlId: 'C1' });
+      const { message } = await store.commitInbound(first);
+      expect(store.db.prepare('SELECT length(content_hash) FROM messages WHERE id = ?').pluck().get(Number(message.id))).toBe(32);
+      expect((await store.getMessage(message.id))!.contentHash).toBe(first.contentHash);
+      expect((await store.commitInbound(testRecord({ controlId: 'C1' }))).outcome).toBe('duplicate');
+      // A conflicting resend is quarantined once; the same conflicting bytes again find that copy.
+      const changed = testRecord({ controlId: 'C1', raw: Buffer.from('MSH|^~\\&|changed') });
+      const quarantined = await store.commitInbound(changed);
+      expect(quarantined.outcome).toBe('conflict');
+      expect(await store.commitInbound(changed)).toMatchObject({ outcome: 'conflict', message: { id: quarantined.message.id } });
+      // A quarantined copy written with a text hash (before) is found the same way.
+      const older = testRecord({ controlId: 'C1', raw: Buffer.from('MSH|^~\\&|older') });
+      store.db
+        .prepare(
+          `INSERT INTO messages (input, format, sender, control_id, message_type, content_hash, status, ack, ack_code, received_at, received_ms, trigger_ids, raw)
+           VALUES ('mllp-main', 'hl7v2', ?, 'C1', 'SIU^S12', ?, 'quarantined', 'A', 'AE', '2024-01-01T00:00:00Z', 0, '[]', x'00')`,
+        )
+        .run(older.sender, older.contentHash);
+      const olderId = String(store.db.prepare('SELECT max(id) FROM messages').pluck().get());
+      expect(await store.commitInbound(older)).toMatchObject({ outcome: 'conflict', message: { id: olderId, contentHash: older.contentHash } });
+    } finally {
+      await store.close();
+    }
+  });
+
+  it("keeps a trigger's id out of its JSON (the id column holds it), reads it back first, and reads rows written with it the same", async () => {
+    const store = SqliteStore.open(path.join(tempDir(), 'carerelay.db'));
+    try {
+      const trigger = testTrigger({ id: randomBytes(32).toString('hex') });
+      await store.commitInbound(testRecord({ controlId: 'T1', triggers: [trigger] }));
+      const json = unpackJson(store.db.prepare('SELECT json FROM triggers WHERE id = ?').pluck().get(trigger.id) as Buffer);
+      expect(json).not.toContain(trigger.id);
+      const read = (await store.getTrigger(trigger.id))!;
+      expect(read).toEqual(trigger);
+      expect(Object.keys(read)[0]).toBe('id');
+      // A row written with its id in the JSON (before, or by a tool) reads the same.
+      const older = testTrigger({ id: 'older-1' });
+      const { message } = await store.commitInbound(testRecord({ controlId: 'T2', triggers: [] }));
+      store.db
+        .prepare('INSERT INTO triggers (id, message_id, type, patient_id, appointment_id, occurred_at, occurred_ms, json) VALUES (?, ?, ?, ?, ?, ?, ?, ?)')
+        .run(older.id, Number(message.id), older.type, older.patient.id, older.appointment?.id ?? null, older.occurredAt, Date.parse(older.occurredAt), JSON.stringify(older));
+      expect(await store.getTrigger('older-1')).toEqual(older);
+      expect((await store.listTriggers({})).map((t) => t.id).sort()).toEqual(['older-1', trigger.id].sort());
     } finally {
       await store.close();
     }

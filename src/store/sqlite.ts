@@ -75,7 +75,7 @@ import {
   rawQuotaPlan,
   storedMessageOf,
 } from './common.ts';
-import { PackedKind, packIds, packJson, packRaw, packText, unpackJson, unpackRaw } from './packed-json.ts';
+import { PackedKind, packHash, packIds, packJson, packRaw, packText, packTrigger, triggerOf, unpackJson, unpackRaw } from './packed-json.ts';
 import {
   AUDIT_COLUMNS,
   HOLDING_COLUMNS,
@@ -605,7 +605,7 @@ export class SqliteStore implements Store {
   private readonly listStatements = new Map<string, BetterSqlite3.Statement>();
 
   private readonly findOriginalStmt: BetterSqlite3.Statement<[string, string], MessageRow>;
-  private readonly findQuarantinedStmt: BetterSqlite3.Statement<[string, string, string], MessageRow>;
+  private readonly findQuarantinedStmt: BetterSqlite3.Statement<[{ sender: string; controlId: string; packed: string | Buffer; text: string }], MessageRow>;
   private readonly messageRowStmt: BetterSqlite3.Statement<[number], MessageRow & { keyed: number }>;
   private readonly unkeyStmt: BetterSqlite3.Statement<[number]>;
   private readonly setReplacedByStmt: BetterSqlite3.Statement<[number, number]>;
@@ -617,14 +617,14 @@ export class SqliteStore implements Store {
   private readonly upsertStateStmt: BetterSqlite3.Statement;
   private readonly messageByIdStmt: BetterSqlite3.Statement<[number], MessageRow & { raw: Buffer; raw_packed: number | null; raw_bytes: number | null }>;
   private readonly positionByIdStmt: BetterSqlite3.Statement<[number], { received_ms: number; id: number }>;
-  private readonly triggerByIdStmt: BetterSqlite3.Statement<[string], { json: string | Buffer }>;
+  private readonly triggerByIdStmt: BetterSqlite3.Statement<[string], { id: string; json: string | Buffer }>;
   private readonly triggerInputStmt: BetterSqlite3.Statement<[string], { input: string }>;
   private readonly stateStmt: BetterSqlite3.Statement<[string, string], StateRow>;
   private readonly statesOfPatientStmt: BetterSqlite3.Statement<[string, string], StateRow>;
   private readonly pingStmt: BetterSqlite3.Statement;
   private readonly getCursorStmt: BetterSqlite3.Statement<[string], { value: string }>;
   private readonly setCursorStmt: BetterSqlite3.Statement<[string, string]>;
-  private readonly unroutedStmt: BetterSqlite3.Statement<[number], { json: string | Buffer }>;
+  private readonly unroutedStmt: BetterSqlite3.Statement<[number], { id: string; json: string | Buffer }>;
   private readonly markRoutedStmt: BetterSqlite3.Statement<[number, Buffer | null, string]>;
   private readonly upsertDeliveryStmt: BetterSqlite3.Statement<unknown[], { seq: number }>;
   private readonly insertDeliveryKeyStmt: BetterSqlite3.Statement<[string, number]>;
@@ -697,7 +697,7 @@ export class SqliteStore implements Store {
     );
     this.findQuarantinedStmt = db.prepare(
       `SELECT ${MESSAGE_COLUMNS} FROM messages
-       WHERE sender = ? AND control_id = ? AND content_hash = ? AND status = 'quarantined'
+       WHERE sender = @sender AND control_id = @controlId AND content_hash IN (@packed, @text) AND status = 'quarantined'
        ORDER BY id LIMIT 1`,
     );
     this.messageRowStmt = db.prepare(`SELECT ${MESSAGE_COLUMNS}, keyed FROM messages WHERE id = ?`);
@@ -734,7 +734,7 @@ export class SqliteStore implements Store {
     );
     this.messageByIdStmt = db.prepare(`SELECT ${MESSAGE_COLUMNS}, raw, raw_packed, raw_bytes FROM messages WHERE id = ?`);
     this.positionByIdStmt = db.prepare('SELECT received_ms, id FROM messages WHERE id = ?');
-    this.triggerByIdStmt = db.prepare('SELECT json FROM triggers WHERE id = ?');
+    this.triggerByIdStmt = db.prepare('SELECT id, json FROM triggers WHERE id = ?');
     this.triggerInputStmt = db.prepare('SELECT m.input FROM triggers t JOIN messages m ON m.id = t.message_id WHERE t.id = ?');
     this.stateStmt = db.prepare(
       `SELECT ${STATE_COLUMNS} FROM subject_states WHERE kind = ? AND id = ?`,
@@ -751,7 +751,7 @@ export class SqliteStore implements Store {
       'INSERT INTO cursors (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value',
     );
 
-    this.unroutedStmt = db.prepare('SELECT json FROM triggers WHERE routed_ms IS NULL ORDER BY rowid LIMIT ?');
+    this.unroutedStmt = db.prepare('SELECT id, json FROM triggers WHERE routed_ms IS NULL ORDER BY rowid LIMIT ?');
     this.markRoutedStmt = db.prepare('UPDATE triggers SET routed_ms = ?, routing = ? WHERE id = ?');
     this.routingStmt = db.prepare('SELECT routing, routed_ms FROM triggers WHERE id = ?');
     this.unroutedAppointmentStmt = db.prepare('SELECT 1 AS one FROM triggers WHERE appointment_id = ? AND routed_ms IS NULL LIMIT 1');
@@ -947,7 +947,7 @@ export class SqliteStore implements Store {
     const triggers: Trigger[] = [];
     for (const triggerId of message.triggerIds) {
       const t = this.triggerByIdStmt.get(triggerId);
-      if (t !== undefined) triggers.push(triggerOf(t.json));
+      if (t !== undefined) triggers.push(triggerOf(t.id, t.json));
     }
     return { ...message, raw: row.raw_packed === 1 ? unpackRaw(row.raw) : row.raw, ...(row.raw_bytes !== null ? { rawBytes: row.raw_bytes } : {}), triggers };
   }
@@ -1014,7 +1014,7 @@ export class SqliteStore implements Store {
   async getTrigger(id: string): Promise<Trigger | undefined> {
     this.assertOpen();
     const row = this.triggerByIdStmt.get(id);
-    return row === undefined ? undefined : (triggerOf(row.json));
+    return row === undefined ? undefined : triggerOf(row.id, row.json);
   }
 
   async triggerInput(triggerId: string): Promise<string | undefined> {
@@ -1032,9 +1032,9 @@ export class SqliteStore implements Store {
       .eq('message_id', query.messageId === undefined ? undefined : messageIdFilter(query.messageId))
       .atLeast('occurred_ms', query.since, 'since')
       .atMost('occurred_ms', query.until, 'until');
-    const rows = await this.readSliced<{ json: string | Buffer; occurred_ms: number; rowid: number }>({
+    const rows = await this.readSliced<{ id: string; json: string | Buffer; occurred_ms: number; rowid: number }>({
       table: 'triggers',
-      columns: 'json, occurred_ms, rowid',
+      columns: 'id, json, occurred_ms, rowid',
       order: ['occurred_ms', 'rowid'],
       orderIndex: 'triggers_occurred',
       filter,
@@ -1043,7 +1043,7 @@ export class SqliteStore implements Store {
       limit: listLimit(query.limit),
       position: (row) => [row.occurred_ms, row.rowid],
     });
-    return rows.map((r) => triggerOf(r.json));
+    return rows.map((r) => triggerOf(r.id, r.json));
   }
 
 
@@ -1110,7 +1110,7 @@ export class SqliteStore implements Store {
 
   async listUnroutedTriggers(limit: number): Promise<Trigger[]> {
     this.assertOpen();
-    return this.unroutedStmt.all(listLimit(limit)).map((r) => triggerOf(r.json));
+    return this.unroutedStmt.all(listLimit(limit)).map((r) => triggerOf(r.id, r.json));
   }
 
   saveRouting(triggerIds: string | readonly string[], deliveries: readonly DeliveryWrite[], routedAt: string, options: SaveRoutingOptions = {}): Promise<void> {
@@ -1756,8 +1756,9 @@ export class SqliteStore implements Store {
           if (isPending(r)) return { outcome: 'duplicate', message: original };
           message = this.completeMessage(p, original);
         } else {
-          if (originalRow.content_hash === r.contentHash) return { outcome: 'duplicate', message: original };
-          const earlier = this.findQuarantinedStmt.get(r.sender, r.controlId, r.contentHash);
+          if (original.contentHash === r.contentHash) return { outcome: 'duplicate', message: original };
+          // Rows written before packHash hold the hash as text.
+          const earlier = this.findQuarantinedStmt.get({ sender: r.sender, controlId: r.controlId, packed: packHash(r.contentHash), text: r.contentHash });
           // A released copy sent again: answered as a resend of what its release stored.
           if (earlier !== undefined && earlier.replaced_by !== null) return { outcome: 'duplicate', message: messageFromRow(this.latestAttempt(earlier)) };
           if (earlier !== undefined) return { outcome: 'conflict', message: messageFromRow(earlier), original };
@@ -1790,7 +1791,7 @@ export class SqliteStore implements Store {
         t.encounter?.id ?? null,
         t.occurredAt,
         p.occurredMs[i],
-        packJson(PackedKind.Trigger, t),
+        packTrigger(t),
       );
     });
     // What the triggers say about their patients (deceased, contact points, merges) commits
@@ -1829,7 +1830,7 @@ export class SqliteStore implements Store {
       id: Number(pending.id),
       patientId: patientId ?? null,
       messageType: r.messageType,
-      contentHash: r.contentHash,
+      contentHash: packHash(r.contentHash),
       status: r.status,
       ack: packText(PackedKind.Ack, r.ack),
       ackCode: r.ackCode,
@@ -1894,7 +1895,7 @@ export class SqliteStore implements Store {
       sender: r.sender,
       controlId: r.controlId,
       messageType: r.messageType,
-      contentHash: r.contentHash,
+      contentHash: packHash(r.contentHash),
       status,
       // Kept packed (about 110 bytes of HL7 → 35): messageFromRow reads either form.
       ack: packText(PackedKind.Ack, ack),
@@ -1987,10 +1988,6 @@ export function unpackExplanation(triggerId: string, packed: string | Buffer, ro
   return expandExplanation(triggerId, unpackJson(packed), routedMs);
 }
 
-/** A stored trigger's JSON (packed or plain) as the trigger. */
-export function triggerOf(json: string | Buffer): Trigger {
-  return JSON.parse(unpackJson(json)) as Trigger;
-}
 
 /**
  * Whether an error comes from one record's own content (a constraint it breaks, a value
