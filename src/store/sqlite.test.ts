@@ -354,6 +354,40 @@ describe('SqliteStore on a file', () => {
     }
   });
 
+  it('turns a long list page into deliveries slice by slice, letting the event loop run between slices', async () => {
+    const store = SqliteStore.open(path.join(tempDir(), 'carerelay.db'));
+    try {
+      const at = '2024-01-01T09:30:02Z';
+      const writes = Array.from({ length: 300 }, (_, i) => {
+        const delivery = testDelivery({ appointmentId: `A-${i}` });
+        return { delivery, status: 'pending' as const, asOf: delivery.asOf, generation: 1, updatedAt: at };
+      });
+      await store.saveRouting([], writes, at);
+      // What happens, in order: each row turned into a delivery, and each turn of the event loop.
+      const events: string[] = [];
+      const inner = store as unknown as { deliveryFromRow: (row: unknown) => unknown };
+      const convert = inner.deliveryFromRow.bind(store);
+      inner.deliveryFromRow = (row) => {
+        events.push('row');
+        return convert(row);
+      };
+      let listing = true;
+      const tick = (): void => {
+        events.push('tick');
+        if (listing) setImmediate(tick);
+      };
+      setImmediate(tick);
+      const page = await store.listDeliveries({ limit: 300 });
+      listing = false;
+      expect(page).toHaveLength(300);
+      const rows = events.flatMap((e, i) => (e === 'row' ? [i] : []));
+      const ticksAmongRows = events.slice(rows[0], rows.at(-1)).filter((e) => e === 'tick').length;
+      expect(ticksAmongRows).toBeGreaterThanOrEqual(300 / 50 - 1);
+    } finally {
+      await store.close();
+    }
+  });
+
   it("keeps a message's SHA-256 content hash as 32 bytes, and dedupes against rows that hold it as text", async () => {
     const store = SqliteStore.open(path.join(tempDir(), 'carerelay.db'));
     try {

@@ -986,7 +986,7 @@ export class SqliteStore implements Store {
       }
       start = [position.received_ms, position.id];
     }
-    const rows = await this.readSliced<MessageRow & { received_ms: number }>({
+    return this.readSliced<MessageRow & { received_ms: number }, StoredMessage>({
       table: 'messages',
       columns: `${MESSAGE_COLUMNS}, received_ms`,
       order: ['received_ms', 'id'],
@@ -1007,8 +1007,8 @@ export class SqliteStore implements Store {
       start,
       limit: listLimit(query.limit),
       position: (row) => [row.received_ms, row.id],
+      item: messageFromRow,
     });
-    return rows.map(messageFromRow);
   }
 
   async getTrigger(id: string): Promise<Trigger | undefined> {
@@ -1032,7 +1032,7 @@ export class SqliteStore implements Store {
       .eq('message_id', query.messageId === undefined ? undefined : messageIdFilter(query.messageId))
       .atLeast('occurred_ms', query.since, 'since')
       .atMost('occurred_ms', query.until, 'until');
-    const rows = await this.readSliced<{ id: string; json: string | Buffer; occurred_ms: number; rowid: number }>({
+    return this.readSliced<{ id: string; json: string | Buffer; occurred_ms: number; rowid: number }, Trigger>({
       table: 'triggers',
       columns: 'id, json, occurred_ms, rowid',
       order: ['occurred_ms', 'rowid'],
@@ -1042,8 +1042,8 @@ export class SqliteStore implements Store {
       selective: true,
       limit: listLimit(query.limit),
       position: (row) => [row.occurred_ms, row.rowid],
+      item: (row) => triggerOf(row.id, row.json),
     });
-    return rows.map((r) => triggerOf(r.id, r.json));
   }
 
 
@@ -1216,7 +1216,7 @@ export class SqliteStore implements Store {
       }
       start = [position.seq];
     }
-    const rows = await this.readSliced<DeliveryRow>({
+    return this.readSliced<DeliveryRow, StoredDelivery>({
       table: 'deliveries',
       // Only a rule with a status has no index of its own: its windows go through the rule's.
       sliceIndex: 'deliveries_rule',
@@ -1227,8 +1227,8 @@ export class SqliteStore implements Store {
       start,
       limit: listLimit(query.limit),
       position: (row) => [row.seq],
+      item: (row) => this.deliveryFromRow(row),
     });
-    return rows.map((row) => this.deliveryFromRow(row));
   }
 
   finishDelivery(id: string, generation: number, outcome: DeliveryOutcome): Promise<boolean> {
@@ -1293,7 +1293,7 @@ export class SqliteStore implements Store {
       }
       start = [seq.seq];
     }
-    const rows = await this.readSliced<OutboxRow<string | Buffer>>({
+    return this.readSliced<OutboxRow<string | Buffer>, OutboxEntry>({
       table: 'outbox',
       columns: OUTBOX_COLUMNS,
       order: ['seq'],
@@ -1303,8 +1303,8 @@ export class SqliteStore implements Store {
       start,
       limit: listLimit(query.limit),
       position: (row) => [row.seq],
+      item: outboxFromRow,
     });
-    return rows.map(outboxFromRow);
   }
 
   /**
@@ -1314,7 +1314,7 @@ export class SqliteStore implements Store {
    * numbers; others: found in `orderIndex`, which must cover the order's columns), and the
    * next slice goes on from there. Yields to the event loop between slices.
    */
-  private async readSliced<Row>(spec: {
+  private async readSliced<Row, Item>(spec: {
     table: string;
     columns: string;
     /** The order, newest first: ['seq'] or [time column, id column]. */
@@ -1327,12 +1327,14 @@ export class SqliteStore implements Store {
     start?: Position;
     limit: number;
     position: (row: Row) => Position;
-  }): Promise<Row[]> {
+    /** A row as what the list gives: run slice by slice, so no read holds the event loop for a whole page of them. */
+    item: (row: Row) => Item;
+  }): Promise<Item[]> {
     const key = spec.order.length === 1 ? spec.order[0]! : `(${spec.order.join(', ')})`;
     const marks = spec.order.map(() => '?').join(', ');
     const tuple = spec.order.length === 1 ? '?' : `(${marks})`;
     const orderBy = spec.order.map((c) => `${c} DESC`).join(', ');
-    const out: Row[] = [];
+    const out: Item[] = [];
     let cursor = spec.start;
     for (;;) {
       const floor = spec.selective ? undefined : this.sliceFloor(spec.table, spec.order, spec.orderIndex, key, tuple, orderBy, cursor);
@@ -1343,7 +1345,7 @@ export class SqliteStore implements Store {
       const from = floor !== undefined && spec.sliceIndex !== undefined ? `${spec.table} INDEXED BY ${spec.sliceIndex}` : spec.table;
       const { sql, params } = filter.select(spec.columns, from, orderBy, n);
       const rows = this.listStatement(sql).all(...params) as Row[];
-      out.push(...rows);
+      for (const row of rows) out.push(spec.item(row));
       if (out.length >= spec.limit) break;
       if (rows.length === n) cursor = spec.position(rows[n - 1]!);
       else if (floor !== undefined) cursor = floor;
