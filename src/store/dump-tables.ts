@@ -17,7 +17,6 @@ import type {
 import {
   AUDIT_COLUMNS,
   HOLDING_COLUMNS,
-  MESSAGE_COLUMNS,
   RECEIPT_COLUMNS,
   STATE_COLUMNS,
   auditFromRow,
@@ -42,7 +41,7 @@ export interface BackendRows {
   page(table: string, columns: string, keys: readonly string[], after: readonly unknown[] | undefined, limit: number): Promise<Row[]>;
   /** The column giving triggers' commit order (SQLite: rowid). */
   triggerOrder: string;
-  /** Extra message columns (the raw bytes, whether they are packed) and the record they make. */
+  /** The message columns (rows.ts MESSAGE_COLUMNS as the backend reads them, the raw bytes, whether they are packed) and the record they make. */
   messageColumns: string;
   message(row: Row): MessageRecord;
   /** Extra trigger columns and the record they make. */
@@ -78,7 +77,7 @@ export function dumpSource(b: BackendRows): DumpSource {
 
   return {
     async *records(): AsyncGenerator<DumpRecord> {
-      yield* each('messages', `${MESSAGE_COLUMNS}, ${b.messageColumns}`, ['id'], b.message);
+      yield* each('messages', b.messageColumns, ['id'], b.message);
       yield* each('triggers', `${b.triggerOrder}, id, message_id, routed_ms, ${b.triggerColumns}`, [b.triggerOrder], b.trigger);
       yield* each('subject_states', `${STATE_COLUMNS}, message_id`, ['kind', 'id'], (row): SubjectStateRecord => ({
         kind: 'subjectState',

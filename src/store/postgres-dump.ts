@@ -10,7 +10,7 @@ import type { DumpKind, DumpRecord, DumpSource, DumpTarget, MessageRecord, Outbo
 import { sqlOf, type Sql } from './postgres-commit.ts';
 import { explainPostgresError } from './postgres-db.ts';
 import { DELIVERY_COLUMNS, DELIVERY_FROM, dedupeKey, deliveryFromRow, type DeliveryRow, type PostgresStore } from './postgres.ts';
-import { OUTBOX_COLUMNS, messageFromRow, outboxEntryOf, type MessageRow, type OutboxRow } from './rows.ts';
+import { MESSAGE_COLUMNS, OUTBOX_COLUMNS, messageFromRow, outboxEntryOf, type MessageRow, type OutboxRow } from './rows.ts';
 import { entryUntilMs } from './sqlite-waitlist.ts';
 
 /**
@@ -43,7 +43,7 @@ function backendRows(sql: Sql): BackendRows {
       return sql.rows<Record<string, unknown>>(text, [...(after ?? []), limit]);
     },
     triggerOrder: 'seq',
-    messageColumns: 'raw, raw_bytes, keyed, raw_quota',
+    messageColumns: `${MESSAGE_COLUMNS}, raw, raw_bytes, keyed, raw_quota`,
     message: (row): MessageRecord => ({
       kind: 'message',
       ...messageFromRow(row as unknown as MessageRow),

@@ -5,7 +5,7 @@ import { afterCondition, dumpSource, type BackendRows } from './dump-tables.ts';
 import type { DumpSource, MessageRecord, OutboxRecord, TriggerRecord } from './dump.ts';
 import { triggerOf, unpackRaw } from './packed-json.ts';
 import { OUTBOX_COLUMNS, messageFromRow, type MessageRow, type OutboxRow } from './rows.ts';
-import { DELIVERY_COLUMNS, deliveryFromRow, outboxFromRow, unpackExplanation, type DeliveryRow } from './sqlite.ts';
+import { DELIVERY_COLUMNS, SQLITE_MESSAGE_COLUMNS, deliveryFromRow, outboxFromRow, unpackExplanation, type DeliveryRow } from './sqlite.ts';
 
 /** The records of the embedded store on `db` (open, read-only is enough; schema up to date). */
 export function sqliteDumpSource(db: Database): DumpSource {
@@ -18,7 +18,7 @@ export function sqliteDumpSource(db: Database): DumpSource {
       return db.prepare(`SELECT ${columns} FROM ${table}${where} ORDER BY ${keys.join(', ')} LIMIT ?`).all(...(after ?? []), limit) as Array<Record<string, unknown>>;
     },
     triggerOrder: 'rowid',
-    messageColumns: 'raw, raw_packed, raw_bytes, keyed, raw_quota',
+    messageColumns: `${SQLITE_MESSAGE_COLUMNS}, raw, raw_packed, raw_bytes, keyed, raw_quota`,
     message(row): MessageRecord {
       const raw = row.raw_packed === 1 && Buffer.isBuffer(row.raw) ? unpackRaw(row.raw) : Buffer.from(row.raw as Buffer);
       return {

@@ -8,6 +8,7 @@ import { testDelivery, testRecord, testTrigger } from './conformance.ts';
 import { migrate, openSqliteDatabase, type Database } from './sqlite-db.ts';
 import { allowDeliveryReview, SQLITE_STORE_COMPONENT, SQLITE_STORE_MIGRATIONS, SqliteStore } from './sqlite.ts';
 import { widenMessageFormats } from './sqlite-replies.ts';
+import { sqliteDumpSource } from './sqlite-dump.ts';
 import { unpackJson } from './packed-json.ts';
 
 const tempDirs: string[] = [];
@@ -383,6 +384,34 @@ describe('SqliteStore on a file', () => {
       const rows = events.flatMap((e, i) => (e === 'row' ? [i] : []));
       const ticksAmongRows = events.slice(rows[0], rows.at(-1)).filter((e) => e === 'tick').length;
       expect(ticksAmongRows).toBeGreaterThanOrEqual(300 / 50 - 1);
+    } finally {
+      await store.close();
+    }
+  });
+
+  it("keeps a message's receipt time once when its milliseconds say it exactly, and reads every form back as given", async () => {
+    const store = SqliteStore.open(path.join(tempDir(), 'carerelay.db'));
+    try {
+      const times = { R1: '2026-12-06T10:25:50.005Z', R2: '1999-12-31T23:59:59.999Z', R3: '2024-01-01T09:30:01+02:00', R4: '2024-01-01T09:30:01Z' };
+      for (const [controlId, receivedAt] of Object.entries(times)) await store.commitInbound(testRecord({ controlId, receivedAt }));
+      const stored = store.db.prepare('SELECT control_id, received_at FROM messages ORDER BY id').all();
+      expect(stored).toEqual([
+        { control_id: 'R1', received_at: '' },
+        { control_id: 'R2', received_at: '' },
+        { control_id: 'R3', received_at: times.R3 },
+        // Not toISOString's form (no milliseconds): kept as given.
+        { control_id: 'R4', received_at: times.R4 },
+      ]);
+      for (const [controlId, receivedAt] of Object.entries(times)) {
+        const found = (await store.findMessage('EPIC^GHH', controlId))!;
+        expect(found.receivedAt).toBe(receivedAt);
+        expect((await store.getMessage(found.id))!.receivedAt).toBe(receivedAt);
+      }
+      expect(Object.fromEntries((await store.listMessages({})).map((m) => [m.controlId, m.receivedAt]))).toEqual(times);
+      // An export carries them as given too.
+      const exported: Record<string, string> = {};
+      for await (const record of sqliteDumpSource(store.db).records()) if (record.kind === 'message') exported[record.controlId] = record.receivedAt;
+      expect(exported).toEqual(times);
     } finally {
       await store.close();
     }

@@ -476,6 +476,24 @@ const SLICE_SCAN = 200;
 /** A position in a list's order: [seq] or [time ms, id]. */
 type Position = readonly number[];
 
+/** The latest instant toISOString writes with a four-digit year (9999-12-31T23:59:59.999Z). */
+const LAST_ISO_MS = 253_402_300_799_999;
+
+/**
+ * messages.received_at as this store keeps it: '' when it is exactly what received_ms says in
+ * toISOString's form (what every input writes), which SQLITE_MESSAGE_COLUMNS spells back; any
+ * other form (an offset, more digits) as given.
+ */
+function storedReceivedAt(receivedAt: string, receivedMs: number): string {
+  return receivedMs >= 0 && receivedMs <= LAST_ISO_MS && new Date(receivedMs).toISOString() === receivedAt ? '' : receivedAt;
+}
+
+/** rows.ts MESSAGE_COLUMNS with received_at spelled back from received_ms when stored as '' (storedReceivedAt): integer arithmetic, exact. */
+export const SQLITE_MESSAGE_COLUMNS = MESSAGE_COLUMNS.replace(
+  'received_at',
+  "CASE WHEN received_at <> '' THEN received_at ELSE strftime('%Y-%m-%dT%H:%M:%S', received_ms / 1000, 'unixepoch') || printf('.%03dZ', received_ms % 1000) END AS received_at",
+);
+
 export const DELIVERY_COLUMNS =
   'seq, id, status, as_of, due_at, generation, subject_start, json, reason, message, provider_id, created_at, updated_at, rule, subject, patient_id, outbox_seq, cause_trigger, cause';
 
@@ -692,15 +710,15 @@ export class SqliteStore implements Store {
     // The literal `control_id <> '' AND status <> 'quarantined' AND keyed = 1` lets SQLite
     // use the partial unique index (it must see the index's WHERE terms in the query).
     this.findOriginalStmt = db.prepare(
-      `SELECT ${MESSAGE_COLUMNS} FROM messages
+      `SELECT ${SQLITE_MESSAGE_COLUMNS} FROM messages
        WHERE sender = ? AND control_id = ? AND control_id <> '' AND status <> 'quarantined' AND keyed = 1`,
     );
     this.findQuarantinedStmt = db.prepare(
-      `SELECT ${MESSAGE_COLUMNS} FROM messages
+      `SELECT ${SQLITE_MESSAGE_COLUMNS} FROM messages
        WHERE sender = @sender AND control_id = @controlId AND content_hash IN (@packed, @text) AND status = 'quarantined'
        ORDER BY id LIMIT 1`,
     );
-    this.messageRowStmt = db.prepare(`SELECT ${MESSAGE_COLUMNS}, keyed FROM messages WHERE id = ?`);
+    this.messageRowStmt = db.prepare(`SELECT ${SQLITE_MESSAGE_COLUMNS}, keyed FROM messages WHERE id = ?`);
     this.unkeyStmt = db.prepare('UPDATE messages SET keyed = 0 WHERE id = ?');
     this.setReplacedByStmt = db.prepare('UPDATE messages SET replaced_by = ?, keyed = 0 WHERE id = ?');
     this.insertAuditStmt = db.prepare('INSERT INTO audit (at, actor, action, target, outcome, result) VALUES (?, ?, ?, ?, ?, ?)');
@@ -732,7 +750,7 @@ export class SqliteStore implements Store {
          data = excluded.data, message_id = excluded.message_id
        WHERE excluded.as_of_ms >= subject_states.as_of_ms`,
     );
-    this.messageByIdStmt = db.prepare(`SELECT ${MESSAGE_COLUMNS}, raw, raw_packed, raw_bytes FROM messages WHERE id = ?`);
+    this.messageByIdStmt = db.prepare(`SELECT ${SQLITE_MESSAGE_COLUMNS}, raw, raw_packed, raw_bytes FROM messages WHERE id = ?`);
     this.positionByIdStmt = db.prepare('SELECT received_ms, id FROM messages WHERE id = ?');
     this.triggerByIdStmt = db.prepare('SELECT id, json FROM triggers WHERE id = ?');
     this.triggerInputStmt = db.prepare('SELECT m.input FROM triggers t JOIN messages m ON m.id = t.message_id WHERE t.id = ?');
@@ -988,7 +1006,7 @@ export class SqliteStore implements Store {
     }
     return this.readSliced<MessageRow & { received_ms: number }, StoredMessage>({
       table: 'messages',
-      columns: `${MESSAGE_COLUMNS}, received_ms`,
+      columns: `${SQLITE_MESSAGE_COLUMNS}, received_ms`,
       order: ['received_ms', 'id'],
       orderIndex: 'messages_received',
       filter,
@@ -1903,7 +1921,7 @@ export class SqliteStore implements Store {
       ack: packText(PackedKind.Ack, ack),
       ackCode,
       reason: reason ?? null,
-      receivedAt: r.receivedAt,
+      receivedAt: storedReceivedAt(r.receivedAt, p.receivedMs),
       receivedMs: p.receivedMs,
       triggerIds: packIds(triggerIds),
       raw: packRaw(kept.raw),
