@@ -331,6 +331,12 @@ describe('SqliteStore on a file', () => {
       expect(texts[0]).not.toMatch(/"asOf"|"dueAt"/);
       // Nor what its id and subject key spell (subject kind, subject id, step).
       expect(texts[0]).not.toMatch(/"subjectKind"|"subjectId"|"step"/);
+      // Its due time, as routing writes it, is kept as its offset beside due_ms; an as-of a
+      // sender wrote without milliseconds is kept as given.
+      expect(store.db.prepare('SELECT as_of, due_at FROM deliveries ORDER BY seq').all()).toEqual([
+        { as_of: own.asOf, due_at: '+01:00' },
+        { as_of: '2024-01-01T09:30:00Z', due_at: '+01:00' },
+      ]);
       expect(texts[1]).toMatch(/"asOf":"2024-01-01T08:00:00Z"/);
       expect(texts[1]).not.toMatch(/"dueAt"/);
     } finally {

@@ -75,7 +75,7 @@ import {
   rawQuotaPlan,
   storedMessageOf,
 } from './common.ts';
-import { PackedKind, packHash, packIds, packJson, packRaw, packText, packTrigger, triggerOf, unpackJson, unpackRaw } from './packed-json.ts';
+import { PackedKind, packHash, packIds, packInstant, packJson, packRaw, packText, packTrigger, triggerOf, unpackInstant, unpackJson, unpackRaw } from './packed-json.ts';
 import {
   AUDIT_COLUMNS,
   HOLDING_COLUMNS,
@@ -495,7 +495,7 @@ export const SQLITE_MESSAGE_COLUMNS = MESSAGE_COLUMNS.replace(
 );
 
 export const DELIVERY_COLUMNS =
-  'seq, id, status, as_of, due_at, generation, subject_start, json, reason, message, provider_id, created_at, updated_at, rule, subject, patient_id, outbox_seq, cause_trigger, cause';
+  'seq, id, status, as_of, as_of_ms, due_at, due_ms, generation, subject_start, json, reason, message, provider_id, created_at, updated_at, rule, subject, patient_id, outbox_seq, cause_trigger, cause';
 
 /**
  * A delivery's JSON as this store keeps it: common.ts compactDelivery without the times its
@@ -543,8 +543,12 @@ export interface DeliveryRow {
   cause_trigger: string | null;
   cause: string | null;
   status: StoredDeliveryStatus;
+  /** packed-json.ts packInstant: the offset only when as_of_ms spells the rest (deliveryFromRow spells it back). */
   as_of: string;
+  as_of_ms: number;
+  /** packInstant, as as_of. */
   due_at: string;
+  due_ms: number;
   generation: number;
   subject_start: string | null;
   json: string | Buffer;
@@ -864,9 +868,9 @@ export class SqliteStore implements Store {
         const row = this.upsertDeliveryStmt.get(
           d.id,
           write.status,
-          write.asOf,
+          packInstant(write.asOf, asOfMs),
           asOfMs,
-          d.dueAt,
+          packInstant(d.dueAt, dueMs),
           dueMs,
           d.ruleId,
           d.patientId,
@@ -1809,7 +1813,8 @@ export class SqliteStore implements Store {
         t.patient?.id ?? '',
         t.appointment?.id ?? null,
         t.encounter?.id ?? null,
-        t.occurredAt,
+        // Nothing reads this column (the JSON holds occurredAt as given, occurred_ms orders): packed as deliveries' times are.
+        packInstant(t.occurredAt, p.occurredMs[i]!),
         p.occurredMs[i],
         packTrigger(t),
       );
@@ -2026,7 +2031,8 @@ function rowStatus(status: StoredDeliveryStatus): string {
   return status === StoredDeliveryStatus.Sent ? ROW_SENT : status;
 }
 
-export function deliveryFromRow(row: DeliveryRow, outbox: (seq: number) => OutboxRow<string | Buffer> | undefined): StoredDelivery {
+export function deliveryFromRow(stored: DeliveryRow, outbox: (seq: number) => OutboxRow<string | Buffer> | undefined): StoredDelivery {
+  const row = { ...stored, as_of: unpackInstant(stored.as_of, stored.as_of_ms), due_at: unpackInstant(stored.due_at, stored.due_ms) };
   const delivery = withRowTimes(expandDeliveryJson(unpackJson(row.json), row), row);
   let message = row.message !== null ? (JSON.parse(row.message) as SentMessage) : undefined;
   if (message === undefined && row.outbox_seq !== null) {
