@@ -469,7 +469,7 @@ export const SQLITE_STORE_MIGRATIONS: readonly MigrationStep[] = [
 /** Most records committed in one transaction (bounds how long one flush blocks the loop). */
 const MAX_BATCH = 256;
 /** Rows a list reads (and turns into objects) before it yields to the event loop. */
-const SLICE_ROWS = 50;
+const SLICE_ROWS = 25;
 /** Entries of a list's order a slice may walk past when no selective filter leads. */
 const SLICE_SCAN = 200;
 
