@@ -4,7 +4,7 @@
 //   1. CARERELAY_TEST_PG_URL: a server CI (.ci/run) or the developer started, as
 //      postgres://USER@127.0.0.1:PORT/postgres with the right to create databases;
 //   2. else a throwaway cluster this process starts itself (initdb into a temporary directory,
-//      pg_ctl on 127.0.0.1 and a free port, stopped when the process exits), when PostgreSQL's
+//      pg_ctl on 127.0.0.1 and a free port, stopped when the process ends, even by a signal), when PostgreSQL's
 //      binaries are installed (/usr/lib/postgresql/<version>/bin, or CARERELAY_PG_BIN);
 //   3. else the tests FAIL, saying how to get one. CARERELAY_TEST_PG=skip skips them instead
 //      (an explicit opt-out, README "Tests").
@@ -16,6 +16,7 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import pg from 'pg';
+import { afterProcessGone } from './process-gone.ts';
 
 export const TEST_PG_URL_ENV = 'CARERELAY_TEST_PG_URL';
 export const TEST_PG_OPT_OUT_ENV = 'CARERELAY_TEST_PG';
@@ -136,6 +137,7 @@ export async function startPostgresCluster(options: ClusterOptions = {}): Promis
     rmSync(dir, { recursive: true, force: true });
   };
   process.once('exit', stop);
+  afterProcessGone([[...user.prefix, path.join(bin, 'pg_ctl'), '-D', dataDir, '-m', 'immediate', '-w', 'stop'], ['rm', '-rf', dir]]);
   return { url: `postgres://postgres@127.0.0.1:${port}/postgres`, port, dataDir, restart, stop };
 }
 

@@ -4,7 +4,7 @@
 //   CARERELAY_TEST_REDIS_URL set      → that server (CI: .ci/run starts a throwaway one)
 //   unset, redis-server on the PATH   → this test process starts its own on 127.0.0.1 with a
 //                                       temp directory and the durable settings CareRelay
-//                                       requires, and stops it when the process exits
+//                                       requires, and stops it when the process ends (even by a signal)
 //   neither                           → the test fails, saying how to get one
 //   CARERELAY_TEST_REDIS=skip         → the explicit opt-out: tests that need Redis are
 //                                       skipped (describeWithRedis), nothing else is
@@ -19,6 +19,7 @@ import path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { Redis } from 'ioredis';
 import { describe } from 'vitest';
+import { afterProcessGone } from './process-gone.ts';
 
 export const REDIS_URL_ENV = 'CARERELAY_TEST_REDIS_URL';
 
@@ -134,12 +135,14 @@ function noRedisMessage(): string {
 
 async function startOwnRedis(): Promise<string> {
   const dir = mkdtempSync(path.join(tmpdir(), 'carerelay-redis-'));
-  const { url, child } = await spawnRedis(dir);
+  const { url, port, child } = await spawnRedis(dir);
   const stop = (): void => {
     child.kill('SIGKILL');
     rmSync(dir, { recursive: true, force: true });
   };
   process.once('exit', stop);
+  // By its command line (its port), not its pid: a pid may belong to another process by then.
+  afterProcessGone([['pkill', '-9', '-f', `redis-server 127\\.0\\.0\\.1:${port}( |$)`], ['rm', '-rf', dir]]);
   return url;
 }
 
