@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { formatInstant } from '../pipeline/schedule.ts';
-import { packInstant, unpackInstant } from './packed-json.ts';
+import { PackedKind, packInstant, packJson, packRaw, unpackInstant, unpackJson, unpackRaw } from './packed-json.ts';
 import { instantMs } from './common.ts';
 
 describe('packInstant / unpackInstant', () => {
@@ -35,5 +35,17 @@ describe('packInstant / unpackInstant', () => {
     // Outside the years it spells: kept.
     const far = Date.UTC(9999, 11, 31, 12);
     expect(packInstant(new Date(far).toISOString(), far)).toBe(new Date(far).toISOString());
+  });
+});
+
+describe('packJson / packRaw', () => {
+  it('gives back exactly what it packed, also when the packed form spans several output chunks', () => {
+    const random = (n: number) => Buffer.from(Array.from({ length: n }, (_, i) => (i * 7919 + (i >> 3) * 104729) % 251));
+    for (const size of [0, 100, 2047, 2048, 5000, 100_000]) {
+      const raw = random(size);
+      expect(unpackRaw(packRaw(raw)).equals(raw)).toBe(true);
+      const value = { text: raw.toString('base64') };
+      expect(JSON.parse(unpackJson(packJson(PackedKind.Trigger, value)))).toEqual(value);
+    }
   });
 });

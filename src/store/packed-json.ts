@@ -78,6 +78,13 @@ const RAW_DICTIONARY = Buffer.from(
     '\rEVN|\rPV1|1|O|\rPV2|\rNTE|1||\rAIG|1||\rAIP|1||\rAIL|1||\rAIS|1||\rRGS|1\rTQ1|1||||||\rPID|1||^^^^MR||^||19|F|||^^^^^^||^PRN^PH~^NET^Internet^|||||\rSCH|||||||^^||30|MIN|||||||||||||||Booked\rMSH|^~\\&|||CARERELAY||20||SIU^S12^SIU_S12||P|2.5.1|||AL|NE\r',
 );
 
+/**
+ * zlib's output chunk: its default (16 KiB) is a fresh allocation per call, garbage a few bytes
+ * later; what is packed here is a few hundred bytes, and a chunk under half of Buffer.poolSize
+ * comes from the shared pool. Larger outputs take more chunks; the bytes are the same.
+ */
+const CHUNK = 2048;
+
 export const PackedKind = {
   Trigger: 1,
   Delivery: 2,
@@ -92,13 +99,13 @@ export type PackedKind = (typeof PackedKind)[keyof typeof PackedKind];
 /** `value` as JSON, compressed with the dictionary of its kind (4: the dictionary holds the shipped rules' names). */
 export function packJson(kind: PackedKind, value: unknown): Buffer {
   const json = Buffer.from(JSON.stringify(value), 'utf8');
-  const packed = deflateRawSync(json, { dictionary: DICTIONARIES[kind]! });
+  const packed = deflateRawSync(json, { dictionary: DICTIONARIES[kind]!, chunkSize: CHUNK });
   return Buffer.concat([Buffer.of(kind), packed]);
 }
 
 /** `text` compressed with the dictionary of its kind (read back with unpackJson). */
 export function packText(kind: PackedKind, text: string): Buffer {
-  return Buffer.concat([Buffer.of(kind), deflateRawSync(Buffer.from(text, 'utf8'), { dictionary: DICTIONARIES[kind]! })]);
+  return Buffer.concat([Buffer.of(kind), deflateRawSync(Buffer.from(text, 'utf8'), { dictionary: DICTIONARIES[kind]!, chunkSize: CHUNK })]);
 }
 
 /** The JSON text of a stored value (or the text packText packed): a packed BLOB, or plain text. */
@@ -106,7 +113,7 @@ export function unpackJson(stored: string | Buffer): string {
   if (typeof stored === 'string') return stored;
   const dictionary = DICTIONARIES[stored[0]!];
   if (dictionary === undefined) throw new Error(`stored JSON packed with unknown dictionary ${stored[0]}: written by a newer CareRelay`);
-  return inflateRawSync(stored.subarray(1), { dictionary }).toString('utf8');
+  return inflateRawSync(stored.subarray(1), { dictionary, chunkSize: CHUNK }).toString('utf8');
 }
 
 /**
@@ -126,11 +133,11 @@ export function triggerOf(id: string, json: string | Buffer): Trigger {
 
 /** Raw inbound bytes, compressed (lossless: the exact bytes come back). */
 export function packRaw(raw: Buffer): Buffer {
-  return deflateRawSync(raw, { dictionary: RAW_DICTIONARY });
+  return deflateRawSync(raw, { dictionary: RAW_DICTIONARY, chunkSize: CHUNK });
 }
 
 export function unpackRaw(packed: Buffer): Buffer {
-  return inflateRawSync(packed, { dictionary: RAW_DICTIONARY });
+  return inflateRawSync(packed, { dictionary: RAW_DICTIONARY, chunkSize: CHUNK });
 }
 
 /** A SHA-256 in hex, as trigger ids are made. */
