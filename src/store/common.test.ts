@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { MessageStatus } from '../types.ts';
-import { DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT, compactDelivery, counterValue, expandDeliveryJson, instantMs, listLimit, rawQuotaPlan } from './common.ts';
+import { DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT, compactDelivery, compactDeliveryUnspelled, counterValue, expandDeliveryJson, instantMs, listLimit, rawQuotaPlan } from './common.ts';
 import { testDelivery } from './conformance.ts';
 import { RAW_QUOTA_CURSOR } from './store.ts';
 
@@ -72,12 +72,12 @@ describe('rawQuotaPlan', () => {
   });
 });
 
-describe('compactDelivery / expandDeliveryJson', () => {
+describe('compactDeliveryUnspelled / expandDeliveryJson', () => {
   const columnsOf = (d: ReturnType<typeof testDelivery>) => ({ id: d.id, rule: d.ruleId, subject: d.subjectKey, patient_id: d.patientId });
 
   it('leaves out the subject kind, subject id and step its id spells, and puts them back in their place', () => {
     const d = testDelivery({ appointmentId: 'A 1/#2@x' });
-    const json = JSON.stringify(compactDelivery(d));
+    const json = JSON.stringify(compactDeliveryUnspelled(d));
     expect(json).not.toMatch(/"subjectKind"|"subjectId"|"step"/);
     const read = expandDeliveryJson(json, columnsOf(d));
     expect(read).toEqual(d);
@@ -86,10 +86,17 @@ describe('compactDelivery / expandDeliveryJson', () => {
 
   it('keeps them when the id does not spell them, and reads JSON written with them the same', () => {
     const odd = { ...testDelivery(), id: 'imported-1' };
-    const json = JSON.stringify(compactDelivery(odd));
+    const json = JSON.stringify(compactDeliveryUnspelled(odd));
     expect(json).toMatch(/"subjectKind":"appointment","subjectId":"APT-1","step":0/);
     expect(expandDeliveryJson(json, columnsOf(odd))).toEqual(odd);
     const stepped = { ...testDelivery(), step: 2 };
-    expect(expandDeliveryJson(JSON.stringify(compactDelivery(stepped)), columnsOf(stepped))).toEqual(stepped);
+    expect(expandDeliveryJson(JSON.stringify(compactDeliveryUnspelled(stepped)), columnsOf(stepped))).toEqual(stepped);
+  });
+
+  it('compactDelivery (what PostgreSQL keeps, read by versions before) still holds them', () => {
+    const d = testDelivery();
+    const json = JSON.stringify(compactDelivery(d));
+    expect(json).toMatch(/"subjectKind":"appointment","subjectId":"APT-1","step":0/);
+    expect(expandDeliveryJson(json, columnsOf(d))).toEqual(d);
   });
 });

@@ -238,16 +238,25 @@ function spelledBy(id: string, subjectKey: string): Pick<Delivery, SpelledFields
   }
 }
 
-/**
- * A delivery without what its row's columns hold, with its cancel keys packed (`k`); its
- * subject kind, subject id and step too when its id and subject key spell them (nearly always).
- */
+/** A delivery without what its row's columns hold, with its cancel keys packed (`k`). */
 export function compactDelivery(d: Delivery): Record<string, unknown> {
-  const { id, ruleId, subjectKey, patientId: _patient, cancelKeys: _keys, subjectKind, subjectId, step, ...rest } = d;
-  const spelled = spelledBy(id, subjectKey);
+  const { id: _id, ruleId: _rule, subjectKey: _subject, patientId: _patient, cancelKeys: _keys, ...rest } = d;
+  return { ...rest, k: packCancelKeys(d) };
+}
+
+/**
+ * compactDelivery without the subject kind, subject id and step too when the delivery's id
+ * and subject key spell them (nearly always): the embedded store's rows. expandDeliveryJson
+ * reads both forms.
+ */
+export function compactDeliveryUnspelled(d: Delivery): Record<string, unknown> {
+  const compact = compactDelivery(d);
+  const spelled = spelledBy(d.id, d.subjectKey);
   const derivable =
-    spelled !== undefined && id === `${ruleId}@${subjectKey}#${step}` && spelled.subjectKind === subjectKind && spelled.subjectId === subjectId && spelled.step === step;
-  return derivable ? { ...rest, k: packCancelKeys(d) } : { subjectKind, subjectId, step, ...rest, k: packCancelKeys(d) };
+    spelled !== undefined && d.id === `${d.ruleId}@${d.subjectKey}#${d.step}` && spelled.subjectKind === d.subjectKind && spelled.subjectId === d.subjectId && spelled.step === d.step;
+  if (!derivable) return compact;
+  const { subjectKind: _kind, subjectId: _subjectId, step: _step, ...rest } = compact;
+  return rest;
 }
 
 /** The delivery a compact JSON (or a full one, written before it existed) stands for. */

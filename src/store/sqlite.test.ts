@@ -6,7 +6,7 @@ import BetterSqlite3 from 'better-sqlite3';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { testDelivery, testRecord, testTrigger } from './conformance.ts';
 import { migrate, openSqliteDatabase, type Database } from './sqlite-db.ts';
-import { allowDeliveryReview, SQLITE_STORE_COMPONENT, SQLITE_STORE_MIGRATIONS, SqliteStore } from './sqlite.ts';
+import { allowDeliveryReview, compactRowsOnward, SQLITE_STORE_COMPONENT, SQLITE_STORE_MIGRATIONS, SqliteStore } from './sqlite.ts';
 import { widenMessageFormats } from './sqlite-replies.ts';
 import { sqliteDumpSource } from './sqlite-dump.ts';
 import { unpackJson } from './packed-json.ts';
@@ -390,6 +390,17 @@ describe('SqliteStore on a file', () => {
       const rows = events.flatMap((e, i) => (e === 'row' ? [i] : []));
       const ticksAmongRows = events.slice(rows[0], rows.at(-1)).filter((e) => e === 'tick').length;
       expect(ticksAmongRows).toBeGreaterThanOrEqual(300 / 50 - 1);
+    } finally {
+      await store.close();
+    }
+  });
+
+  it('marks its compact rows with a schema version, so a CareRelay from before them refuses the file instead of misreading it', async () => {
+    const store = SqliteStore.open(path.join(tempDir(), 'carerelay.db'));
+    try {
+      const before = SQLITE_STORE_MIGRATIONS.slice(0, SQLITE_STORE_MIGRATIONS.indexOf(compactRowsOnward));
+      expect(before.length).toBe(SQLITE_STORE_MIGRATIONS.length - 1);
+      expect(() => migrate(store.db, SQLITE_STORE_COMPONENT, before)).toThrow(/written by a newer version/);
     } finally {
       await store.close();
     }

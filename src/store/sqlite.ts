@@ -63,7 +63,7 @@ import {
   sameMessage,
   skippedRulesOf,
   triggerIdsOf,
-  compactDelivery,
+  compactDeliveryUnspelled,
   counterValue,
   expandDeliveryJson,
   ListFilter,
@@ -174,6 +174,15 @@ export function allowDeliveryReview(db: Database): void {
   db.exec('INSERT INTO deliveries_next SELECT * FROM deliveries; DROP TABLE deliveries; ALTER TABLE deliveries_next RENAME TO deliveries;');
   for (const { sql } of dependents) db.exec(sql);
 }
+
+/**
+ * No table changes. From this version on, the store's rows hold values an older CareRelay
+ * would misread without noticing: times kept as their offset beside their milliseconds
+ * (packed-json.ts packInstant), an empty receipt time, a content hash as bytes, a trigger's
+ * JSON without its id, a delivery's without what its id spells. The version this step records
+ * makes an older CareRelay refuse the file instead (migrate: "written by a newer version").
+ */
+export function compactRowsOnward(_db: Database): void {}
 
 /** Schema versions of the store's tables: append-only (see migrate). */
 export const SQLITE_STORE_MIGRATIONS: readonly MigrationStep[] = [
@@ -464,6 +473,7 @@ export const SQLITE_STORE_MIGRATIONS: readonly MigrationStep[] = [
   VISIT_REPLY_RETENTION_SCHEMA,
   // The EHR's waitlist entries, a source of the waitlist's candidates (sqlite-waitlist.ts).
   WAITLIST_ENTRIES_TABLE,
+  compactRowsOnward,
 ];
 
 /** Most records committed in one transaction (bounds how long one flush blocks the loop). */
@@ -498,12 +508,12 @@ export const DELIVERY_COLUMNS =
   'seq, id, status, as_of, as_of_ms, due_at, due_ms, generation, subject_start, json, reason, message, provider_id, created_at, updated_at, rule, subject, patient_id, outbox_seq, cause_trigger, cause';
 
 /**
- * A delivery's JSON as this store keeps it: common.ts compactDelivery without the times its
+ * A delivery's JSON as this store keeps it: common.ts compactDeliveryUnspelled without the times its
  * row holds in columns — dueAt (due_at, always the delivery's) and asOf when the write's
  * (as_of) is the delivery's own; deliveryFromRow puts them back.
  */
 function rowJsonOf(write: DeliveryWrite): Record<string, unknown> {
-  const { dueAt: _due, asOf, ...rest } = compactDelivery(write.delivery) as Record<string, unknown> & Pick<Delivery, 'dueAt' | 'asOf'>;
+  const { dueAt: _due, asOf, ...rest } = compactDeliveryUnspelled(write.delivery) as Record<string, unknown> & Pick<Delivery, 'dueAt' | 'asOf'>;
   return asOf === write.asOf ? rest : { ...rest, asOf };
 }
 
