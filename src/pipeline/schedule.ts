@@ -192,14 +192,22 @@ function wallTime(tz: IANAZone, ms: number): Date {
 export function formatInstant(ms: number, zone: string): string {
   const tz = zoneOf(zone);
   const offset = zoneOffsetMinutes(tz, ms);
-  const wall = new Date(ms + offset * 60_000);
-  const year = wall.getUTCFullYear();
+  const year = new Date(ms + offset * 60_000).getUTCFullYear();
   // Offsets in seconds (local mean time before ~1900) and years outside 0–9999: luxon's form.
   if (!Number.isInteger(offset) || year < 0 || year > 9999) return DateTime.fromMillis(ms, { zone: tz }).toISO({ suppressMilliseconds: true })!;
+  return formatAtOffset(ms, offset);
+}
+
+/**
+ * formatInstant's form at a fixed offset in whole minutes (years 0–9999):
+ * `YYYY-MM-DDTHH:mm:ss[.sss]±HH:MM`, the milliseconds only when not zero.
+ */
+export function formatAtOffset(ms: number, offset: number): string {
+  const wall = new Date(ms + offset * 60_000);
   const millis = wall.getUTCMilliseconds();
   const abs = Math.abs(offset);
   return (
-    `${String(year).padStart(4, '0')}-${pad2(wall.getUTCMonth() + 1)}-${pad2(wall.getUTCDate())}` +
+    `${String(wall.getUTCFullYear()).padStart(4, '0')}-${pad2(wall.getUTCMonth() + 1)}-${pad2(wall.getUTCDate())}` +
     `T${pad2(wall.getUTCHours())}:${pad2(wall.getUTCMinutes())}:${pad2(wall.getUTCSeconds())}` +
     `${millis === 0 ? '' : `.${String(millis).padStart(3, '0')}`}${offset < 0 ? '-' : '+'}${pad2(Math.floor(abs / 60))}:${pad2(abs % 60)}`
   );

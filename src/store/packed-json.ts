@@ -8,6 +8,7 @@
 // is plain JSON (rows written before, or any row a tool wrote by hand). A dictionary is never
 // changed once released: a better one gets a new number, and every number stays readable.
 import { deflateRawSync, inflateRawSync } from 'node:zlib';
+import { formatAtOffset } from '../pipeline/schedule.ts';
 import type { Trigger } from '../types.ts';
 
 /** Typical content of each kind: keys, and values most rows share (deflate finds matches in it). */
@@ -151,26 +152,15 @@ export function packIds(ids: readonly string[]): string | Buffer {
   return ids.length > 0 && ids.every((id) => SHA256_HEX.test(id)) ? Buffer.from(ids.join(''), 'hex') : JSON.stringify(ids);
 }
 
-const pad2 = (n: number): string => String(n).padStart(2, '0');
-
-/**
- * `ms` written at a fixed offset (minutes) in pipeline/schedule.ts formatInstant's form:
- * `YYYY-MM-DDTHH:mm:ss[.sss]±HH:MM`, the milliseconds only when not zero.
- */
-function atOffset(ms: number, offset: number): string {
-  const wall = new Date(ms + offset * 60_000);
-  const millis = wall.getUTCMilliseconds();
-  const abs = Math.abs(offset);
-  return (
-    `${String(wall.getUTCFullYear()).padStart(4, '0')}-${pad2(wall.getUTCMonth() + 1)}-${pad2(wall.getUTCDate())}` +
-    `T${pad2(wall.getUTCHours())}:${pad2(wall.getUTCMinutes())}:${pad2(wall.getUTCSeconds())}` +
-    `${millis === 0 ? '' : `.${String(millis).padStart(3, '0')}`}${offset < 0 ? '-' : '+'}${pad2(Math.floor(abs / 60))}:${pad2(abs % 60)}`
-  );
-}
-
 /** Instants whose text can be spelled back (years 0002–9998: away from the edges of four-digit years at any offset). */
 const SPELLABLE_MS = { min: -62_104_060_800_000, max: 253_370_764_800_000 } as const;
 const OFFSET = /^([+-])(\d\d):(\d\d)$/;
+
+/** The offset in minutes an `±HH:MM` text says, or undefined when it is not one. */
+function offsetMinutes(text: string): number | undefined {
+  const match = OFFSET.exec(text);
+  return match === null ? undefined : (match[1] === '-' ? -1 : 1) * (Number(match[2]) * 60 + Number(match[3]));
+}
 
 /**
  * An instant's text as a column beside its milliseconds keeps it: only its offset (`+01:00`)
@@ -180,17 +170,15 @@ const OFFSET = /^([+-])(\d\d):(\d\d)$/;
 export function packInstant(text: string, ms: number): string {
   if (!(ms >= SPELLABLE_MS.min && ms <= SPELLABLE_MS.max)) return text;
   if (text.endsWith('Z')) return new Date(ms).toISOString() === text ? 'Z' : text;
-  const match = OFFSET.exec(text.slice(-6));
-  if (match === null) return text;
-  const offset = (match[1] === '-' ? -1 : 1) * (Number(match[2]) * 60 + Number(match[3]));
-  return atOffset(ms, offset) === text ? text.slice(-6) : text;
+  const offset = offsetMinutes(text.slice(-6));
+  return offset !== undefined && formatAtOffset(ms, offset) === text ? text.slice(-6) : text;
 }
 
 /** The text packInstant kept, given the same milliseconds. */
 export function unpackInstant(stored: string, ms: number): string {
   if (stored === 'Z') return new Date(ms).toISOString();
-  const match = OFFSET.exec(stored);
-  return match === null ? stored : atOffset(ms, (match[1] === '-' ? -1 : 1) * (Number(match[2]) * 60 + Number(match[3])));
+  const offset = offsetMinutes(stored);
+  return offset === undefined ? stored : formatAtOffset(ms, offset);
 }
 
 /** A content hash as messages.content_hash keeps it: 32 bytes for a SHA-256 in hex, else the text. */
