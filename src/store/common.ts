@@ -1,6 +1,7 @@
 // Rules every Store backend applies the same way (limits, instants, reason codes), so the
 // SQLite and PostgreSQL backends cannot drift apart on them.
 import { DateTime } from 'luxon';
+import { deliveryId } from '../pipeline/route.ts';
 import { MessageStatus, type Delivery } from '../types.ts';
 import { AuditAction, RAW_QUOTA_CURSOR, type RawQuota, type AttemptKind, type DeliveryCause, type DeliveryWrite, type InboundRecord, type OutboxEntry, type RoutingExplanation, type RuleOutcome, type SentMessage, type SkippedRule, type StoredMessage } from './store.ts';
 
@@ -253,7 +254,7 @@ export function compactDeliveryUnspelled(d: Delivery): Record<string, unknown> {
   const compact = compactDelivery(d);
   const spelled = spelledBy(d.id, d.subjectKey);
   const derivable =
-    spelled !== undefined && d.id === `${d.ruleId}@${d.subjectKey}#${d.step}` && spelled.subjectKind === d.subjectKind && spelled.subjectId === d.subjectId && spelled.step === d.step;
+    spelled !== undefined && d.id === deliveryId(d.ruleId, d.subjectKey, d.step) && spelled.subjectKind === d.subjectKind && spelled.subjectId === d.subjectId && spelled.step === d.step;
   if (!derivable) return compact;
   const { subjectKind: _kind, subjectId: _subjectId, step: _step, ...rest } = compact;
   return rest;

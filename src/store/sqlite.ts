@@ -486,16 +486,13 @@ const SLICE_SCAN = 200;
 /** A position in a list's order: [seq] or [time ms, id]. */
 type Position = readonly number[];
 
-/** The latest instant toISOString writes with a four-digit year (9999-12-31T23:59:59.999Z). */
-const LAST_ISO_MS = 253_402_300_799_999;
-
 /**
  * messages.received_at as this store keeps it: '' when it is exactly what received_ms says in
- * toISOString's form (what every input writes), which SQLITE_MESSAGE_COLUMNS spells back; any
- * other form (an offset, more digits) as given.
+ * toISOString's form (packInstant's `Z`: what every input writes), which SQLITE_MESSAGE_COLUMNS
+ * spells back (from 1970 on: its integer arithmetic); any other form as given.
  */
 function storedReceivedAt(receivedAt: string, receivedMs: number): string {
-  return receivedMs >= 0 && receivedMs <= LAST_ISO_MS && new Date(receivedMs).toISOString() === receivedAt ? '' : receivedAt;
+  return receivedMs >= 0 && packInstant(receivedAt, receivedMs) === 'Z' ? '' : receivedAt;
 }
 
 /** rows.ts MESSAGE_COLUMNS with received_at spelled back from received_ms when stored as '' (storedReceivedAt): integer arithmetic, exact. */
