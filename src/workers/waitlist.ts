@@ -164,30 +164,21 @@ export class WaitlistService {
       }
       const a = t.appointment;
       if (t.source.format === 'waitlist' || t.source.format === 'sms' || a?.id === undefined) continue;
+      // What an EHR waitlist entry and a later appointment both say of the appointment.
+      const held = {
+        id: a.id,
+        ...(a.placerId !== undefined ? { placerId: a.placerId } : {}),
+        patientId: t.patient.id,
+        service: a.serviceType?.code ?? '',
+        practitioner: a.practitioner?.id ?? '',
+      };
       // The EHR's waitlist: an appointment in status waitlist is an entry; any other status of it (booked, cancelled…) ends it.
       if (a.status === WAITLIST_STATUS && config.sources.ehrWaitlist !== false) {
-        await store.noteWaitlistEntry({
-          id: a.id,
-          ...(a.placerId !== undefined ? { placerId: a.placerId } : {}),
-          patientId: t.patient.id,
-          service: a.serviceType?.code ?? '',
-          practitioner: a.practitioner?.id ?? '',
-          periods: a.requestedPeriod ?? [],
-          notedAt: t.occurredAt,
-          triggerId: t.id,
-        });
+        await store.noteWaitlistEntry({ ...held, periods: a.requestedPeriod ?? [], notedAt: t.occurredAt, triggerId: t.id });
         continue;
       }
       if (KEEP.has(t.type) && a.start !== undefined && HOLDING.has(a.status ?? 'booked')) {
-        await store.noteWaitlistAppointment({
-          id: a.id,
-          ...(a.placerId !== undefined ? { placerId: a.placerId } : {}),
-          patientId: t.patient.id,
-          service: a.serviceType?.code ?? '',
-          practitioner: a.practitioner?.id ?? '',
-          start: a.start,
-          triggerId: t.id,
-        });
+        await store.noteWaitlistAppointment({ ...held, start: a.start, triggerId: t.id });
       } else if (DROP.has(t.type)) await store.noteWaitlistAppointment({ id: a.id, removed: true });
       // (Kept or removed above, a waitlist entry of the same id ended in the same write.)
       else if (KEEP.has(t.type) && config.sources.ehrWaitlist !== false) await store.noteWaitlistEntry({ id: a.id, removed: true });
