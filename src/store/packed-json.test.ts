@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { formatInstant } from '../pipeline/schedule.ts';
-import { PackedKind, packInstant, packJson, packRaw, unpackInstant, unpackJson, unpackRaw } from './packed-json.ts';
+import { PackedKind, packInstant, packJson, packJsonText, packRaw, unpackInstant, unpackJson, unpackRaw } from './packed-json.ts';
 import { instantMs } from './common.ts';
 
 describe('packInstant / unpackInstant', () => {
@@ -47,5 +47,19 @@ describe('packJson / packRaw', () => {
       const value = { text: raw.toString('base64') };
       expect(JSON.parse(unpackJson(packJson(PackedKind.Trigger, value)))).toEqual(value);
     }
+  });
+
+  it('deflates a recurring state, explanation or decision note once, and hands the same bytes out again', () => {
+    const data = { serviceType: 'LOCAL|CHK', locationId: 'CARDIO1', practitionerId: 'DR-22' };
+    const first = packJson(PackedKind.State, data);
+    expect(packJson(PackedKind.State, { ...data })).toBe(first);
+    expect(packJsonText(PackedKind.State, JSON.stringify(data))).toBe(first);
+    expect(JSON.parse(unpackJson(first))).toEqual(data);
+    expect(packJson(PackedKind.Explanation, [])).toBe(packJson(PackedKind.Explanation, []));
+    // Kinds that seldom repeat (a trigger, a delivery) and long values are packed every time.
+    expect(packJson(PackedKind.Trigger, data)).not.toBe(packJson(PackedKind.Trigger, data));
+    const long = { note: 'x'.repeat(600) };
+    expect(packJson(PackedKind.Decision, long)).not.toBe(packJson(PackedKind.Decision, long));
+    expect(packJson(PackedKind.Decision, long).equals(packJson(PackedKind.Decision, long))).toBe(true);
   });
 });

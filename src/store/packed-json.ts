@@ -97,11 +97,39 @@ export const PackedKind = {
 } as const;
 export type PackedKind = (typeof PackedKind)[keyof typeof PackedKind];
 
+/**
+ * Kinds whose values recur row after row: a subject state's few coded fields (the same
+ * service, location and practitioner for most bookings), a routing explanation that planned
+ * nothing, a consent decision's policy settings and sentences. Their packed forms are kept
+ * and handed out again, so a recurring value is deflated once: a deflate costs about 12 µs
+ * whatever the size (zlib sets up its state for every call), which a Map look-up does not.
+ */
+const RECURRING: ReadonlySet<PackedKind> = new Set([PackedKind.Explanation, PackedKind.Decision, PackedKind.State]);
+/** Values longer than this are seldom repeated; they are packed every time. */
+const RECURRING_MAX_CHARS = 512;
+/** Packed forms kept per kind; the map starts over when full (the recurring ones come back at once). */
+const RECURRING_KEPT = 256;
+const recentlyPacked = new Map<PackedKind, Map<string, Buffer>>([...RECURRING].map((kind) => [kind, new Map()]));
+
 /** `value` as JSON, compressed with the dictionary of its kind (4: the dictionary holds the shipped rules' names). */
 export function packJson(kind: PackedKind, value: unknown): Buffer {
-  const json = Buffer.from(JSON.stringify(value), 'utf8');
-  const packed = deflateRawSync(json, { dictionary: DICTIONARIES[kind]!, chunkSize: CHUNK });
-  return Buffer.concat([Buffer.of(kind), packed]);
+  return packJsonText(kind, JSON.stringify(value));
+}
+
+/**
+ * JSON text, compressed with the dictionary of its kind. The buffer of a recurring value is
+ * shared between calls: bind it to a statement, never change its bytes.
+ */
+export function packJsonText(kind: PackedKind, json: string): Buffer {
+  const recent = json.length <= RECURRING_MAX_CHARS ? recentlyPacked.get(kind) : undefined;
+  let packed = recent?.get(json);
+  if (packed !== undefined) return packed;
+  packed = Buffer.concat([Buffer.of(kind), deflateRawSync(Buffer.from(json, 'utf8'), { dictionary: DICTIONARIES[kind]!, chunkSize: CHUNK })]);
+  if (recent !== undefined) {
+    if (recent.size >= RECURRING_KEPT) recent.clear();
+    recent.set(json, packed);
+  }
+  return packed;
 }
 
 /** `text` compressed with the dictionary of its kind (read back with unpackJson). */

@@ -6,7 +6,7 @@
 // Times are stored as given (ISO with offset) and, beside them, epoch ms for ordering.
 // Addresses are stored normalized (pipeline/consent.ts normalizeAddress) so a number written
 // "+33 6 12 34 56 78" in one feed and "+33612345678" in another is one contact point.
-import { PackedKind, packJson, triggerOf, unpackJson } from './packed-json.ts';
+import { PackedKind, packJsonText, triggerOf, unpackJson } from './packed-json.ts';
 import type BetterSqlite3 from 'better-sqlite3';
 import { normalizeAddress } from '../pipeline/consent.ts';
 import type { Channel, ConsentEvent, ConsentSource, Purpose, Trigger } from '../types.ts';
@@ -171,8 +171,6 @@ export class SqliteConsentLedger {
   readonly #s: Statements;
   /** Statements built from a list's length (IN (?, ?…)), prepared once each. */
   readonly #prepared = new Map<string, BetterSqlite3.Statement>();
-  /** JSON text → its packed form, for the notes decisions repeat (#packed). */
-  readonly #packedNotes = new Map<string, Buffer>();
   readonly #erase: (patientId: string, at: string, outcomes: Readonly<Record<string, string>>) => ErasureRecord;
   readonly #addEvent: (event: Omit<ConsentEvent, 'id'>, mirrorTo: readonly string[]) => ConsentEvent;
 
@@ -303,26 +301,11 @@ export class SqliteConsentLedger {
       checkRule: d.checkRule ?? null,
       reason: d.reason ?? null,
       retryAt: d.retryAt ?? null,
-      basis: this.#packed(JSON.stringify(d.basis)),
+      basis: packJsonText(PackedKind.Decision, JSON.stringify(d.basis)),
       records: JSON.stringify(d.records),
-      settings: this.#packed(JSON.stringify(d.settings)),
+      settings: packJsonText(PackedKind.Decision, JSON.stringify(d.settings)),
       at: d.at,
     });
-  }
-
-  /**
-   * A decision's settings and basis, packed (packed-json.ts): the same policy settings and
-   * sentences recur in nearly every row, so the packed forms of recent ones are kept and a
-   * decision deflates nothing (165 bytes of settings → about 8, measured on the shipped policy).
-   */
-  #packed(json: string): Buffer {
-    let packed = this.#packedNotes.get(json);
-    if (packed === undefined) {
-      packed = packJson(PackedKind.Decision, JSON.parse(json));
-      if (this.#packedNotes.size >= 256) this.#packedNotes.clear();
-      this.#packedNotes.set(json, packed);
-    }
-    return packed;
   }
 
   listDecisions(query: { deliveryId?: string; patientId?: string; limit?: number }): DecisionRecord[] {
