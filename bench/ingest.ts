@@ -21,7 +21,8 @@
 // Each is driven with 1 connection and with 8 connections, one message in flight per
 // connection (how HL7 senders work), for DURATION_S seconds or MAX_MESSAGES messages,
 // whichever comes first, every message a distinct SIU^S12 (own MSH-10 and appointment id).
-// Reported: msgs/s, ACK latency p50/p99 (ms, send to matching ACK), and per message: SQLite
+// Reported: msgs/s, ACK latency p50/p99 (ms, send to matching ACK), and per message: the event
+// loop's busy time (what a message costs the one thread every target saturates), SQLite
 // commits, bytes written to storage, and database growth (bench/measure.ts), each measured
 // from the start of the run until the routing and deliveries it caused are done.
 //
@@ -32,7 +33,7 @@
 import { closeSync, fdatasyncSync, mkdtempSync, openSync, rmSync, writeSync } from 'node:fs';
 import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { performance } from 'node:perf_hooks';
+import { performance, type EventLoopUtilization } from 'node:perf_hooks';
 import { pathToFileURL } from 'node:url';
 import { MllpClient } from '../src/hl7v2/mllp-client.ts';
 import { MllpServer, startEchoMllpServer } from '../src/hl7v2/mllp-server.ts';
@@ -190,11 +191,23 @@ export async function startServer(dir: string, shipped: boolean, store: { lines:
 interface Row extends RunResult {
   target: string;
   connections: number;
+  /** Event-loop busy time per message, µs (loopCost). */
+  loopUsPerMsg: number;
   commitsPerMsg?: number;
   writtenPerMsg?: number;
   growthPerMsg?: number;
   growthByTable?: Array<[string, number]>;
   confirmations?: ConfirmationFigures;
+}
+
+/**
+ * The event loop's busy time since `since` (performance.eventLoopUtilization: client, server
+ * and any blocking fsync alike), per message, in µs. Every target keeps the loop busy all
+ * the time, so this is what a message costs the one thread they all share: msgs/s is about
+ * a million over it, and it does not move with the run's length.
+ */
+function loopCost(since: EventLoopUtilization, messages: number): number {
+  return Math.round((performance.eventLoopUtilization(since).active * 1000) / Math.max(messages, 1));
 }
 
 export async function benchIngest(): Promise<Record<string, number>> {
@@ -214,13 +227,16 @@ export async function benchIngest(): Promise<Record<string, number>> {
         // The floor first: every other figure is read as a share of it.
         {
           const before = { commits: log.syncs(), writes: storageWrites(), bytes: 0 };
+          const loop = performance.eventLoopUtilization();
           const result = await drive(floor.port, connections, `B-floor-${connections}-`);
+          const loopUsPerMsg = loopCost(loop, result.messages + connections * WARMUP_PER_CONNECTION);
           const after = { commits: log.syncs(), writes: storageWrites(), bytes: 0 };
-          table.push({ target: 'floor', connections, ...result, ...perMessage(before, after, result.messages + connections * WARMUP_PER_CONNECTION) });
+          table.push({ target: 'floor', connections, ...result, loopUsPerMsg, ...perMessage(before, after, result.messages + connections * WARMUP_PER_CONNECTION) });
         }
         for (const [name, server] of [['none', none], ['shipped', shipped]] as const) {
           const acked = name === 'shipped' ? new Map<string, number>() : undefined;
           const before: Meter = meter(server.running, { tables: name === 'shipped' });
+          const loop = performance.eventLoopUtilization();
           const result = await drive(server.port, connections, `B-${name}-${connections}-`, acked);
           // Routing (and for shipped, the confirmations due now) of what was just ACKed: let it
           // finish, so the next target is not measured while this server is still busy, and
@@ -228,18 +244,23 @@ export async function benchIngest(): Promise<Record<string, number>> {
           const drainStarted = performance.now();
           await server.running.deliveries.idle();
           figures[`ingest_${name}_${connections}conn_drain_ms`] = Math.round(performance.now() - drainStarted);
-          const row: Row = { target: name, connections, ...result, ...perMessage(before, meter(server.running, { tables: name === 'shipped' }), result.messages + connections * WARMUP_PER_CONNECTION) };
+          const loopUsPerMsg = loopCost(loop, result.messages + connections * WARMUP_PER_CONNECTION);
+          const row: Row = { target: name, connections, ...result, loopUsPerMsg, ...perMessage(before, meter(server.running, { tables: name === 'shipped' }), result.messages + connections * WARMUP_PER_CONNECTION) };
           if (acked) row.confirmations = await confirmationFigures(server.running, acked);
           table.push(row);
         }
         {
           const before = meter(fhir.running);
+          const loop = performance.eventLoopUtilization();
           const result = await fhir.run(connections);
           await fhir.running.deliveries.idle();
-          table.push({ target: 'fhir', connections, ...result, ...perMessage(before, meter(fhir.running), result.messages) });
+          const loopUsPerMsg = loopCost(loop, result.messages);
+          table.push({ target: 'fhir', connections, ...result, loopUsPerMsg, ...perMessage(before, meter(fhir.running), result.messages) });
         }
         for (const [name, port] of [['echo', echo.port], ['nostore', noStorage.port]] as const) {
-          table.push({ target: name, connections, ...(await drive(port, connections, `B-${name}-${connections}-`)) });
+          const loop = performance.eventLoopUtilization();
+          const result = await drive(port, connections, `B-${name}-${connections}-`);
+          table.push({ target: name, connections, ...result, loopUsPerMsg: loopCost(loop, result.messages + connections * WARMUP_PER_CONNECTION) });
         }
       }
     } finally {
@@ -263,6 +284,7 @@ export async function benchIngest(): Promise<Record<string, number>> {
     figures[`${key}_p50_ms`] = r.p50Ms;
     figures[`${key}_p99_ms`] = r.p99Ms;
     figures[`${key}_messages`] = r.messages;
+    figures[`${key}_loop_us_per_msg`] = r.loopUsPerMsg;
     if (r.commitsPerMsg !== undefined) figures[`${key}_commits_per_msg`] = r.commitsPerMsg;
     if (r.writtenPerMsg !== undefined) figures[`${key}_written_bytes_per_msg`] = r.writtenPerMsg;
     if (r.growthPerMsg !== undefined && r.target !== 'floor') figures[`${key}_db_growth_bytes_per_msg`] = r.growthPerMsg;
@@ -280,12 +302,12 @@ export async function benchIngest(): Promise<Record<string, number>> {
   }
 
   console.log(`\nDurable ingest, one message in flight per connection (${DURATION_S} s or ${MAX_MESSAGES} messages per run)`);
-  console.log('target   conns  messages   msgs/s  % floor   p50 ms   p99 ms  commits/msg  written B/msg  growth B/msg');
+  console.log('target   conns  messages   msgs/s  % floor   p50 ms   p99 ms  loop µs/msg  commits/msg  written B/msg  growth B/msg');
   for (const r of table) {
     const pctFloor = figures[`ingest_${r.target}_vs_floor_${r.connections}conn_pct`];
     console.log(
       `${r.target.padEnd(8)} ${String(r.connections).padStart(5)} ${String(r.messages).padStart(9)} ${String(r.msgsPerS).padStart(8)} ` +
-        `${(pctFloor === undefined ? '100' : String(pctFloor)).padStart(8)} ${r.p50Ms.toFixed(2).padStart(8)} ${r.p99Ms.toFixed(2).padStart(8)} ` +
+        `${(pctFloor === undefined ? '100' : String(pctFloor)).padStart(8)} ${r.p50Ms.toFixed(2).padStart(8)} ${r.p99Ms.toFixed(2).padStart(8)} ${String(r.loopUsPerMsg).padStart(12)} ` +
         `${(r.commitsPerMsg === undefined ? '-' : r.commitsPerMsg.toFixed(3)).padStart(12)} ${(r.writtenPerMsg === undefined ? '-' : String(r.writtenPerMsg)).padStart(14)} ` +
         `${(r.growthPerMsg === undefined || r.target === 'floor' ? '-' : String(r.growthPerMsg)).padStart(13)}`,
     );
@@ -305,6 +327,11 @@ export async function benchIngest(): Promise<Record<string, number>> {
   }
   figures.ingest_load_average = Number(loadavg()[0]!.toFixed(1));
   console.log(`load average on this machine at the end: ${figures.ingest_load_average} (other work takes cores from every target alike)`);
+  const floorCost = figures.ingest_floor_8conn_loop_us_per_msg!;
+  console.log(
+    `event loop per message at 8 connections: floor ${floorCost} µs, none ${figures.ingest_none_8conn_loop_us_per_msg} µs ` +
+      `(70 % of the floor's rate leaves ${Math.round(floorCost / 0.7)}), shipped ${figures.ingest_shipped_8conn_loop_us_per_msg} µs (30 % leaves ${Math.round(floorCost / 0.3)})`,
+  );
   console.log(
     `goals at 8 connections: none ${figures.ingest_none_vs_floor_8conn_pct} % of the floor (>= 70 %), ` +
       `shipped ${figures.ingest_shipped_vs_floor_8conn_pct} % (>= 30 %), shipped DB growth ${figures.ingest_shipped_8conn_db_growth_bytes_per_msg} B/msg (<= 5,120)\n`,
