@@ -183,9 +183,31 @@ export async function createTestDatabase(prefix = 'carerelay_test'): Promise<Tes
   return {
     url: withDatabase(serverUrl, name),
     name,
-    drop: () => adminQuery(serverUrl, `DROP DATABASE IF EXISTS ${name} WITH (FORCE)`),
+    drop: () => dropDatabase(serverUrl, name),
   };
 }
+
+/**
+ * Drops a test database and the connections still open to it. WITH (FORCE) refuses, for a
+ * role that is not a superuser, when one of those is an autovacuum worker (PostgreSQL 15
+ * checks its right to signal every backend there, and a worker belongs to no role: "must be a
+ * member of the role whose process is being terminated"); CI's role is such a role, and a
+ * test that wrote a lot leaves autovacuum busy in its database. Then: this role's own
+ * connections are ended, and a plain DROP DATABASE, which stops autovacuum workers itself
+ * and waits up to 5 s for ended backends to go.
+ */
+async function dropDatabase(serverUrl: string, name: string): Promise<void> {
+  try {
+    await adminQuery(serverUrl, `DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
+  } catch (error) {
+    if ((error as { code?: string }).code !== INSUFFICIENT_PRIVILEGE) throw error;
+    await adminQuery(serverUrl, `SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '${name}' AND usename = current_user AND pid <> pg_backend_pid()`);
+    await adminQuery(serverUrl, `DROP DATABASE IF EXISTS ${name}`);
+  }
+}
+
+/** SQLSTATE 42501. */
+const INSUFFICIENT_PRIVILEGE = '42501';
 
 /** Runs one statement on the server's maintenance database. */
 export async function adminQuery(serverUrl: string, sql: string): Promise<void> {
