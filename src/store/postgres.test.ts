@@ -8,7 +8,7 @@ import path from 'node:path';
 import pg from 'pg';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { makeTestPki, type TestPki } from '../../test/helpers/certs.ts';
-import { adminQuery, createTestDatabase, postgresSkipped, startPostgresCluster, testPostgresServer, truncateAll, withDatabase, type TestDatabase } from '../../test/helpers/postgres.ts';
+import { adminQuery, createTestDatabase, endConnections, postgresSkipped, startPostgresCluster, testPostgresServer, truncateAll, withDatabase, type TestDatabase } from '../../test/helpers/postgres.ts';
 import { testDelivery, testRecord, testTrigger } from './conformance.ts';
 import { migratePostgres, openPostgresPool, parsePostgresUrl, type PostgresSettings } from './postgres-db.ts';
 import { POSTGRES_STORE_COMPONENT, POSTGRES_STORE_MIGRATIONS, PostgresStore } from './postgres.ts';
@@ -177,7 +177,12 @@ describe.skipIf(postgresSkipped())('PostgresStore', () => {
       const admin = new pg.Client({ connectionString: db.url });
       await admin.connect();
       try {
-        await admin.query("SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND granted AND pid <> pg_backend_pid()");
+        // This database's only: pg_locks lists every database's, and other test files' stores
+        // hold routing locks on theirs.
+        await admin.query(
+          "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND granted AND pid <> pg_backend_pid() " +
+            'AND database = (SELECT oid FROM pg_database WHERE datname = current_database())',
+        );
       } finally {
         await admin.end();
       }
@@ -238,13 +243,13 @@ describe.skipIf(postgresSkipped())('PostgresStore', () => {
     await adminQuery(server, `ALTER DATABASE ${db.name} SET default_transaction_read_only = on`);
     try {
       // Connections opened before keep their setting: drop them, the pool opens new ones.
-      await adminQuery(server, `SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '${db.name}' AND pid <> pg_backend_pid()`);
+      await endConnections(server, db.name);
       const results = await Promise.allSettled([store.commitInbound(testRecord({ controlId: 'RO1' })), store.commitInbound(testRecord({ controlId: 'RO2' }))]);
       expect(results.map((r) => r.status)).toEqual(['rejected', 'rejected']);
       expect(await store.findMessage('EPIC^GHH', 'before')).toBeDefined();
     } finally {
       await adminQuery(server, `ALTER DATABASE ${db.name} RESET default_transaction_read_only`);
-      await adminQuery(server, `SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '${db.name}' AND pid <> pg_backend_pid()`);
+      await endConnections(server, db.name);
     }
     // The sender resends; the first resend may still meet a pooled connection the server has
     // just closed (refused: the sender resends again). Then it lands, once.

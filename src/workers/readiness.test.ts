@@ -2,7 +2,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { adminQuery, createTestDatabase, postgresSkipped, withDatabase } from '../../test/helpers/postgres.ts';
+import { adminQuery, createTestDatabase, endConnections, postgresSkipped, withDatabase } from '../../test/helpers/postgres.ts';
 import { PostgresStore } from '../store/postgres.ts';
 import { SqliteStore } from '../store/sqlite.ts';
 import { NotReady, StoreReadiness } from './readiness.ts';
@@ -65,7 +65,7 @@ describe.skipIf(postgresSkipped())('StoreReadiness on PostgreSQL', () => {
     // New connections of the database are read-only; the open ones are closed by the server.
     const readOnly = async (on: boolean) => {
       await adminQuery(withDatabase(db.url, 'postgres'), `ALTER DATABASE ${db.name} SET default_transaction_read_only = ${on ? 'on' : 'off'}`);
-      await adminQuery(withDatabase(db.url, 'postgres'), `SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '${db.name}' AND pid <> pg_backend_pid()`);
+      await endConnections(withDatabase(db.url, 'postgres'), db.name);
     };
     try {
       expect(await readiness.check()).toBeUndefined();

@@ -201,9 +201,18 @@ async function dropDatabase(serverUrl: string, name: string): Promise<void> {
     await adminQuery(serverUrl, `DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
   } catch (error) {
     if ((error as { code?: string }).code !== INSUFFICIENT_PRIVILEGE) throw error;
-    await adminQuery(serverUrl, `SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '${name}' AND usename = current_user AND pid <> pg_backend_pid()`);
+    await endConnections(serverUrl, name);
     await adminQuery(serverUrl, `DROP DATABASE IF EXISTS ${name}`);
   }
+}
+
+/**
+ * Ends the connections this role has open to database `name` (a store's pool: tests that
+ * make the server drop them). Only this role's: another role's backend, or an autovacuum
+ * worker, would make pg_terminate_backend fail for a role that is not a superuser.
+ */
+export async function endConnections(serverUrl: string, name: string): Promise<void> {
+  await adminQuery(serverUrl, `SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '${name}' AND usename = current_user AND pid <> pg_backend_pid()`);
 }
 
 /** SQLSTATE 42501. */
