@@ -17,7 +17,11 @@
 //   (f) `floor` (fsync floor): (e) plus the least a durable commit can cost — the raw bytes
 //       appended to a file and one fdatasync per group, nothing else (no dedupe, no
 //       triggers, no routing): the ceiling for any design that, like (a), fsyncs before it
-//       ACKs. The goals are ratios to it at 8 connections: none ≥ 70 %, shipped ≥ 30 %.
+//       ACKs. The goals are ratios to it at 8 connections: none ≥ 70 %, shipped ≥ 30 %;
+//   (g) `writer`: (e) with the store's inbound commit (the same SqliteStore.commitInbound as
+//       (a), routing left out) on a thread of its own (bench/writer-thread.ts): what a writer
+//       thread would give. Not a mode CareRelay offers; its loop figure is the event loop's
+//       only.
 // Each is driven with 1 connection and with 8 connections, one message in flight per
 // connection (how HL7 senders work), for DURATION_S seconds or MAX_MESSAGES messages,
 // whichever comes first, every message a distinct SIU^S12 (own MSH-10 and appointment id).
@@ -44,6 +48,7 @@ import { SqliteStore } from '../src/store/sqlite.ts';
 import type { CommitOutcome, InboundRecord, Store } from '../src/store/store.ts';
 import { Hl7Ingest } from '../src/workers/ingest.ts';
 import { startFhirTarget } from './fhir.ts';
+import { startWriterThread } from './writer-thread.ts';
 import { benchConnectorLines, bookingSiu, confirmationFigures, meter, perMessage, storageWrites, writeConfig, type ConfirmationFigures, type Meter } from './measure.ts';
 
 const DURATION_S = Number(process.env.BENCH_INGEST_SECONDS ?? 10);
@@ -222,6 +227,8 @@ export async function benchIngest(): Promise<Record<string, number>> {
     const noStorage = await startPipeline(freeCommit);
     const log = fsyncedLogCommit(join(root, 'fsynclog.bin'));
     const floor = await startPipeline(log.commit);
+    const writerThread = startWriterThread(join(root, 'writer', 'carerelay.db'));
+    const writer = await startPipeline(writerThread.commit);
     try {
       for (const connections of CONNECTIONS) {
         // The floor first: every other figure is read as a share of it.
@@ -257,7 +264,7 @@ export async function benchIngest(): Promise<Record<string, number>> {
           const loopUsPerMsg = loopCost(loop, result.messages);
           table.push({ target: 'fhir', connections, ...result, loopUsPerMsg, ...perMessage(before, meter(fhir.running), result.messages) });
         }
-        for (const [name, port] of [['echo', echo.port], ['nostore', noStorage.port]] as const) {
+        for (const [name, port] of [['echo', echo.port], ['nostore', noStorage.port], ['writer', writer.port]] as const) {
           const loop = performance.eventLoopUtilization();
           const result = await drive(port, connections, `B-${name}-${connections}-`);
           table.push({ target: name, connections, ...result, loopUsPerMsg: loopCost(loop, result.messages + connections * WARMUP_PER_CONNECTION) });
@@ -266,6 +273,8 @@ export async function benchIngest(): Promise<Record<string, number>> {
     } finally {
       await floor.close();
       log.close();
+      await writer.close();
+      await writerThread.close();
       await noStorage.close();
       await echo.close();
       await fhir.close();
@@ -297,7 +306,7 @@ export async function benchIngest(): Promise<Record<string, number>> {
   }
   const pct = (target: string, connections: number): number =>
     Math.round((figures[`ingest_${target}_${connections}conn_msgs_per_s`]! / figures[`ingest_floor_${connections}conn_msgs_per_s`]!) * 1000) / 10;
-  for (const target of ['none', 'shipped', 'fhir', 'echo', 'nostore']) {
+  for (const target of ['none', 'shipped', 'fhir', 'echo', 'nostore', 'writer']) {
     for (const connections of CONNECTIONS) figures[`ingest_${target}_vs_floor_${connections}conn_pct`] = pct(target, connections);
   }
 
