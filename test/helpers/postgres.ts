@@ -196,7 +196,7 @@ export async function createTestDatabase(prefix = 'carerelay_test'): Promise<Tes
  * connections are ended, and a plain DROP DATABASE, which stops autovacuum workers itself
  * and waits up to 5 s for ended backends to go.
  */
-async function dropDatabase(serverUrl: string, name: string): Promise<void> {
+export async function dropDatabase(serverUrl: string, name: string): Promise<void> {
   try {
     await adminQuery(serverUrl, `DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
   } catch (error) {
