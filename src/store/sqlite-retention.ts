@@ -37,6 +37,19 @@ export const VISIT_REPLY_RETENTION_SCHEMA = `
   CREATE INDEX reply_prompts_closes ON reply_prompts (closes_ms, seq);
 `;
 
+/**
+ * Indexes on what references a message (a later migration step of the store). Retention
+ * deletes message rows, and SQLite checks every foreign key that names messages for rows
+ * still pointing at the deleted one: without an index on the child column, each delete reads
+ * the whole child table (subject states; messages themselves for `replaces`), so pruning a
+ * long history held the event loop for seconds per batch. triggers.message_id has had its
+ * index from the start; PostgreSQL has these two (POSTGRES_RETENTION_SCHEMA).
+ */
+export const MESSAGE_REFERENCE_INDEXES = `
+  CREATE INDEX subject_states_message ON subject_states (message_id) WHERE message_id IS NOT NULL;
+  CREATE INDEX messages_replaces ON messages (replaces) WHERE replaces IS NOT NULL;
+`;
+
 type MessageRow = RetainedMessage;
 type TriggerRow = RetainedTrigger;
 

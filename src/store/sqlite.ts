@@ -101,7 +101,7 @@ import { ACTIVITY_TABLES, SqliteActivity } from './sqlite-activity.ts';
 import { CONSENT_TABLES, SqliteConsentLedger } from './sqlite-consent.ts';
 import { OUTCOME_TABLES, SqliteOutcomes } from './sqlite-outcomes.ts';
 import { RAW_QUOTA_SCHEMA } from './sqlite-raw-quota.ts';
-import { RETENTION_SCHEMA, SqliteRetention, VISIT_REPLY_RETENTION_SCHEMA } from './sqlite-retention.ts';
+import { MESSAGE_REFERENCE_INDEXES, RETENTION_SCHEMA, SqliteRetention, VISIT_REPLY_RETENTION_SCHEMA } from './sqlite-retention.ts';
 import { migrate, openSqliteDatabase, type Database, type MigrationStep } from './sqlite-db.ts';
 import { REPLY_TABLES, SqliteReplyLedger, widenMessageFormats } from './sqlite-replies.ts';
 import { SqliteWaitlistLedger, WAITLIST_ENTRIES_TABLE, WAITLIST_TABLES, widenFormatsForWaitlist } from './sqlite-waitlist.ts';
@@ -474,6 +474,8 @@ export const SQLITE_STORE_MIGRATIONS: readonly MigrationStep[] = [
   // The EHR's waitlist entries, a source of the waitlist's candidates (sqlite-waitlist.ts).
   WAITLIST_ENTRIES_TABLE,
   compactRowsOnward,
+  // The foreign keys' child columns that lacked an index (sqlite-retention.ts).
+  MESSAGE_REFERENCE_INDEXES,
 ];
 
 /** Most records committed in one transaction (bounds how long one flush blocks the loop). */
