@@ -50,6 +50,16 @@ export const MESSAGE_REFERENCE_INDEXES = `
   CREATE INDEX messages_replaces ON messages (replaces) WHERE replaces IS NOT NULL;
 `;
 
+/**
+ * The walk of deliveries whose bodies are still to clear, by their partial index. Named:
+ * without statistics SQLite's planner took the status index instead, read every final
+ * delivery and sorted them for each batch (a batch held the event loop 364 ms with 100,000
+ * bookings of history, the whole walk 46 s).
+ */
+export const DELIVERY_BODIES_WALK = `SELECT seq, id, rule, subject, patient_id, json, updated_at FROM deliveries INDEXED BY deliveries_bodies
+  WHERE bodies_cleared IS NULL AND status IN ('finished', 'suppressed', 'cancelled') AND updated_at < ? AND (updated_at, seq) > (?, ?)
+  ORDER BY updated_at, seq LIMIT ?`;
+
 type MessageRow = RetainedMessage;
 type TriggerRow = RetainedTrigger;
 
@@ -81,11 +91,7 @@ export class SqliteRetention {
       releaseState: db.prepare('UPDATE subject_states SET message_id = NULL WHERE kind = ? AND id = ? AND message_id = ?'),
       releaseAttempt: db.prepare('UPDATE messages SET replaces = NULL WHERE replaces = ? AND id = (SELECT replaced_by FROM messages WHERE id = ?)'),
       deleteMessage: db.prepare('DELETE FROM messages WHERE id = ?'),
-      bodies: db.prepare(
-        `SELECT seq, id, rule, subject, patient_id, json, updated_at FROM deliveries
-          WHERE bodies_cleared IS NULL AND status IN ('finished', 'suppressed', 'cancelled') AND updated_at < ? AND (updated_at, seq) > (?, ?)
-          ORDER BY updated_at, seq LIMIT ?`,
-      ),
+      bodies: db.prepare(DELIVERY_BODIES_WALK),
       clearBodies: db.prepare('UPDATE deliveries SET json = ?, message = NULL, outbox_seq = NULL, bodies_cleared = 1 WHERE seq = ?'),
       outbox: db.prepare('SELECT seq, delivery_id, kept_at FROM outbox WHERE kept_at < ? AND (kept_at, seq) > (?, ?) ORDER BY kept_at, seq LIMIT ?'),
       deleteOutbox: db.prepare('DELETE FROM outbox WHERE seq = ?'),

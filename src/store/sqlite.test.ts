@@ -8,6 +8,7 @@ import { testDelivery, testRecord, testTrigger } from './conformance.ts';
 import { migrate, openSqliteDatabase, type Database } from './sqlite-db.ts';
 import { allowDeliveryReview, compactRowsOnward, SQLITE_STORE_COMPONENT, SQLITE_STORE_MIGRATIONS, SqliteStore } from './sqlite.ts';
 import { widenMessageFormats } from './sqlite-replies.ts';
+import { DELIVERY_BODIES_WALK } from './sqlite-retention.ts';
 import { sqliteDumpSource } from './sqlite-dump.ts';
 import { unpackJson } from './packed-json.ts';
 
@@ -135,6 +136,19 @@ describe('the store schema', () => {
       }
       expect(keys).toEqual(expect.arrayContaining(['triggers.message_id', 'subject_states.message_id', 'messages.replaces']));
       expect(unindexed).toEqual([]);
+    } finally {
+      await store.close();
+    }
+  });
+});
+
+describe('retention walks', () => {
+  it('walks the deliveries whose bodies are still to clear by their index, in its order (no sort of every final delivery per batch)', async () => {
+    const store = SqliteStore.open(':memory:');
+    try {
+      const plan = (store.db.prepare(`EXPLAIN QUERY PLAN ${DELIVERY_BODIES_WALK}`).all('2024-01-02', '2024-01-01', 0, 500) as Array<{ detail: string }>).map((r) => r.detail).join(' | ');
+      expect(plan).toMatch(/USING INDEX deliveries_bodies/);
+      expect(plan).not.toMatch(/TEMP B-TREE/);
     } finally {
       await store.close();
     }
