@@ -24,7 +24,7 @@ import { writeHistory } from '../test/helpers/retention-load.ts';
 const CONFIG: RetentionConfig = {
   days: { rawMessages: 2, triggers: 7, deliveryBodies: 1, outbox: 1, deliveries: 7, doneJobs: 1, decisions: 30, audit: 30, outcomes: 30, videoJoins: 30, videoLinks: 30, replyPrompts: 30, staffTasks: 30, waitlist: 30 },
   everyMinutes: 60,
-  batchSize: 500,
+  batchSize: 100,
   vacuum: 'incremental',
 };
 
