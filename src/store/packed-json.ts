@@ -124,7 +124,7 @@ export function packJsonText(kind: PackedKind, json: string): Buffer {
   const recent = json.length <= RECURRING_MAX_CHARS ? recentlyPacked.get(kind) : undefined;
   let packed = recent?.get(json);
   if (packed !== undefined) return packed;
-  packed = Buffer.concat([Buffer.of(kind), deflateRawSync(Buffer.from(json, 'utf8'), { dictionary: DICTIONARIES[kind]!, chunkSize: CHUNK })]);
+  packed = packText(kind, json);
   if (recent !== undefined) {
     if (recent.size >= RECURRING_KEPT) recent.clear();
     recent.set(json, packed);
