@@ -25,6 +25,7 @@ import { silentLogger } from '../src/log.ts';
 import { SqliteStore } from '../src/store/sqlite.ts';
 import type { DeliveryWrite } from '../src/store/store.ts';
 import { testDelivery, testRecord, testTrigger } from '../src/store/conformance.ts';
+import { threadCalls, type ThreadReply } from './thread-calls.ts';
 
 const DELIVERIES = Number(process.env.CARERELAY_BENCH_DELIVERIES ?? 1_000_000);
 const MESSAGES = Math.min(100_000, DELIVERIES);
@@ -50,21 +51,9 @@ parentPort.on('message', async ({ id, url, headers }) => {
 /** GETs made on another thread; resolves with the answer's status once it is read. */
 function clientThread(): { get(url: string, headers: Record<string, string>): Promise<number>; close(): Promise<number> } {
   const worker = new Worker(CLIENT_THREAD, { eval: true });
-  const waiting = new Map<number, { resolve: (status: number) => void; reject: (error: Error) => void }>();
-  let next = 0;
-  worker.on('message', (m: { id: number; status?: number; error?: string }) => {
-    const w = waiting.get(m.id)!;
-    waiting.delete(m.id);
-    if (m.error !== undefined) w.reject(new Error(m.error));
-    else w.resolve(m.status!);
-  });
+  const call = threadCalls<{ url: string; headers: Record<string, string> }, ThreadReply & { status: number }>(worker);
   return {
-    get: (url, headers) =>
-      new Promise((resolve, reject) => {
-        const id = next++;
-        waiting.set(id, { resolve, reject });
-        worker.postMessage({ id, url, headers });
-      }),
+    get: async (url, headers) => (await call({ url, headers })).status,
     close: () => worker.terminate(),
   };
 }

@@ -117,7 +117,7 @@ export async function drive(port: number, connections: number, prefix: string, a
   }
 }
 
-type CommitStrategy = (record: InboundRecord, stored: () => CommitOutcome) => Promise<CommitOutcome>;
+export type CommitStrategy = (record: InboundRecord, stored: () => CommitOutcome) => Promise<CommitOutcome>;
 
 /**
  * Targets (c) and (d): HL7 ingest over MLLP with a store whose look-ups find nothing and

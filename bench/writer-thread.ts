@@ -8,18 +8,12 @@
 // when a resend conflicts, which the benchmark never sends) does not cross to the thread.
 import { Worker, isMainThread, parentPort, workerData } from 'node:worker_threads';
 import { SqliteStore } from '../src/store/sqlite.ts';
-import type { CommitOutcome, InboundRecord } from '../src/store/store.ts';
-
-type CommitStrategy = (record: InboundRecord, stored: () => CommitOutcome) => Promise<CommitOutcome>;
+import type { InboundRecord } from '../src/store/store.ts';
+import type { CommitStrategy } from './ingest.ts';
+import { threadCalls, type ThreadReply } from './thread-calls.ts';
 
 interface Request {
-  id: number;
   record: Omit<InboundRecord, 'conflictAck'>;
-}
-
-interface Reply {
-  id: number;
-  error?: string;
 }
 
 /** Starts the writer thread on the SQLite file `file`; `commit` resolves once the thread's commit is durable. */
@@ -28,22 +22,11 @@ export function startWriterThread(file: string): { commit: CommitStrategy; close
   // not inherit `--import tsx` hooks on Node 20).
   const bootstrap = `(async () => { const { register } = await import('tsx/esm/api'); register(); await import(${JSON.stringify(import.meta.url)}); })()`;
   const worker = new Worker(bootstrap, { eval: true, workerData: { file } });
-  const waiting = new Map<number, { resolve: () => void; reject: (error: Error) => void }>();
-  let next = 0;
-  worker.on('message', (reply: Reply) => {
-    const w = waiting.get(reply.id)!;
-    waiting.delete(reply.id);
-    if (reply.error !== undefined) w.reject(new Error(reply.error));
-    else w.resolve();
-  });
+  const call = threadCalls<Request, ThreadReply>(worker);
   return {
     commit: async (record, stored) => {
       const { conflictAck: _notSent, ...plain } = record;
-      const id = next++;
-      await new Promise<void>((resolve, reject) => {
-        waiting.set(id, { resolve, reject });
-        worker.postMessage({ id, record: plain } satisfies Request);
-      });
+      await call({ record: plain });
       return stored();
     },
     close: async () => {
@@ -55,12 +38,12 @@ export function startWriterThread(file: string): { commit: CommitStrategy; close
 if (!isMainThread && parentPort !== null && (workerData as { file?: string } | null)?.file !== undefined) {
   const port = parentPort;
   const store = SqliteStore.open((workerData as { file: string }).file);
-  port.on('message', ({ id, record }: Request) => {
+  port.on('message', ({ id, record }: Request & { id: number }) => {
     // A Buffer arrives as a Uint8Array.
     const inbound: InboundRecord = { ...record, raw: Buffer.from(record.raw.buffer, record.raw.byteOffset, record.raw.byteLength) };
     store.commitInbound(inbound).then(
-      () => port.postMessage({ id } satisfies Reply),
-      (error: unknown) => port.postMessage({ id, error: String(error) } satisfies Reply),
+      () => port.postMessage({ id } satisfies ThreadReply),
+      (error: unknown) => port.postMessage({ id, error: String(error) } satisfies ThreadReply),
     );
   });
 }
