@@ -152,7 +152,7 @@ export const retentionSchema = {
       default: 100,
       description:
         'Records examined per batch: each batch is one short write between ingest commits, then the job yields. ' +
-        'About 0.1–0.2 ms a record with a long history: 100 holds ingest back some 10–20 ms at a time.',
+        'About 0.1–0.3 ms a record with a long history: 100 holds ingest back some 10–30 ms at a time (bench/retention.ts).',
     },
     vacuum: {
       enum: ['incremental', 'none'],
