@@ -26,8 +26,8 @@
 // connection (how HL7 senders work), for DURATION_S seconds or MAX_MESSAGES messages,
 // whichever comes first, every message a distinct SIU^S12 (own MSH-10 and appointment id).
 // Reported: msgs/s, ACK latency p50/p99 (ms, send to matching ACK), and per message: the event
-// loop's busy time (what a message costs the one thread every target saturates), SQLite
-// commits, bytes written to storage, and database growth (bench/measure.ts), each measured
+// loop's busy time (what a message costs the one thread every target saturates), the
+// process's CPU time on every thread (what the cores must supply), SQLite commits, bytes written to storage, and database growth (bench/measure.ts), each measured
 // from the start of the run until the routing and deliveries it caused are done.
 //
 // Client and servers share the process (and its cores), equally for every target.
@@ -35,7 +35,7 @@
 // CARERELAY_BENCH_KEEP=1 to keep the databases afterwards.
 // Run alone with `node --expose-gc --import tsx bench/ingest.ts`, or through bench/run.ts.
 import { closeSync, fdatasyncSync, mkdtempSync, openSync, rmSync, writeSync } from 'node:fs';
-import { loadavg, tmpdir } from 'node:os';
+import { availableParallelism, loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { performance, type EventLoopUtilization } from 'node:perf_hooks';
 import { pathToFileURL } from 'node:url';
@@ -198,6 +198,8 @@ interface Row extends RunResult {
   connections: number;
   /** Event-loop busy time per message, µs (loopCost). */
   loopUsPerMsg: number;
+  /** The process's CPU time per message, every thread, µs (cpuCost). */
+  cpuUsPerMsg: number;
   commitsPerMsg?: number;
   writtenPerMsg?: number;
   growthPerMsg?: number;
@@ -213,6 +215,17 @@ interface Row extends RunResult {
  */
 function loopCost(since: EventLoopUtilization, messages: number): number {
   return Math.round((performance.eventLoopUtilization(since).active * 1000) / Math.max(messages, 1));
+}
+
+/**
+ * The process's CPU time (user + system, every thread: the event loop, a writer thread,
+ * libuv's pool, the garbage collector's helpers) since `since`, per message, in µs. Unlike the
+ * loop's busy time it leaves out waits (a blocking fsync): it is what the machine's cores
+ * must supply per message.
+ */
+function cpuCost(since: NodeJS.CpuUsage, messages: number): number {
+  const used = process.cpuUsage(since);
+  return Math.round((used.user + used.system) / Math.max(messages, 1));
 }
 
 export async function benchIngest(): Promise<Record<string, number>> {
@@ -235,15 +248,18 @@ export async function benchIngest(): Promise<Record<string, number>> {
         {
           const before = { commits: log.syncs(), writes: storageWrites(), bytes: 0 };
           const loop = performance.eventLoopUtilization();
+          const cpu = process.cpuUsage();
           const result = await drive(floor.port, connections, `B-floor-${connections}-`);
           const loopUsPerMsg = loopCost(loop, result.messages + connections * WARMUP_PER_CONNECTION);
+          const cpuUsPerMsg = cpuCost(cpu, result.messages + connections * WARMUP_PER_CONNECTION);
           const after = { commits: log.syncs(), writes: storageWrites(), bytes: 0 };
-          table.push({ target: 'floor', connections, ...result, loopUsPerMsg, ...perMessage(before, after, result.messages + connections * WARMUP_PER_CONNECTION) });
+          table.push({ target: 'floor', connections, ...result, loopUsPerMsg, cpuUsPerMsg, ...perMessage(before, after, result.messages + connections * WARMUP_PER_CONNECTION) });
         }
         for (const [name, server] of [['none', none], ['shipped', shipped]] as const) {
           const acked = name === 'shipped' ? new Map<string, number>() : undefined;
           const before: Meter = meter(server.running, { tables: name === 'shipped' });
           const loop = performance.eventLoopUtilization();
+          const cpu = process.cpuUsage();
           const result = await drive(server.port, connections, `B-${name}-${connections}-`, acked);
           // Routing (and for shipped, the confirmations due now) of what was just ACKed: let it
           // finish, so the next target is not measured while this server is still busy, and
@@ -252,22 +268,27 @@ export async function benchIngest(): Promise<Record<string, number>> {
           await server.running.deliveries.idle();
           figures[`ingest_${name}_${connections}conn_drain_ms`] = Math.round(performance.now() - drainStarted);
           const loopUsPerMsg = loopCost(loop, result.messages + connections * WARMUP_PER_CONNECTION);
-          const row: Row = { target: name, connections, ...result, loopUsPerMsg, ...perMessage(before, meter(server.running, { tables: name === 'shipped' }), result.messages + connections * WARMUP_PER_CONNECTION) };
+          const cpuUsPerMsg = cpuCost(cpu, result.messages + connections * WARMUP_PER_CONNECTION);
+          const row: Row = { target: name, connections, ...result, loopUsPerMsg, cpuUsPerMsg, ...perMessage(before, meter(server.running, { tables: name === 'shipped' }), result.messages + connections * WARMUP_PER_CONNECTION) };
           if (acked) row.confirmations = await confirmationFigures(server.running, acked);
           table.push(row);
         }
         {
           const before = meter(fhir.running);
           const loop = performance.eventLoopUtilization();
+          const cpu = process.cpuUsage();
           const result = await fhir.run(connections);
           await fhir.running.deliveries.idle();
           const loopUsPerMsg = loopCost(loop, result.messages);
-          table.push({ target: 'fhir', connections, ...result, loopUsPerMsg, ...perMessage(before, meter(fhir.running), result.messages) });
+          const cpuUsPerMsg = cpuCost(cpu, result.messages);
+          table.push({ target: 'fhir', connections, ...result, loopUsPerMsg, cpuUsPerMsg, ...perMessage(before, meter(fhir.running), result.messages) });
         }
         for (const [name, port] of [['echo', echo.port], ['nostore', noStorage.port], ['writer', writer.port]] as const) {
           const loop = performance.eventLoopUtilization();
+          const cpu = process.cpuUsage();
           const result = await drive(port, connections, `B-${name}-${connections}-`);
-          table.push({ target: name, connections, ...result, loopUsPerMsg: loopCost(loop, result.messages + connections * WARMUP_PER_CONNECTION) });
+          const messages = result.messages + connections * WARMUP_PER_CONNECTION;
+          table.push({ target: name, connections, ...result, loopUsPerMsg: loopCost(loop, messages), cpuUsPerMsg: cpuCost(cpu, messages) });
         }
       }
     } finally {
@@ -294,6 +315,7 @@ export async function benchIngest(): Promise<Record<string, number>> {
     figures[`${key}_p99_ms`] = r.p99Ms;
     figures[`${key}_messages`] = r.messages;
     figures[`${key}_loop_us_per_msg`] = r.loopUsPerMsg;
+    figures[`${key}_cpu_us_per_msg`] = r.cpuUsPerMsg;
     if (r.commitsPerMsg !== undefined) figures[`${key}_commits_per_msg`] = r.commitsPerMsg;
     if (r.writtenPerMsg !== undefined) figures[`${key}_written_bytes_per_msg`] = r.writtenPerMsg;
     if (r.growthPerMsg !== undefined && r.target !== 'floor') figures[`${key}_db_growth_bytes_per_msg`] = r.growthPerMsg;
@@ -311,12 +333,12 @@ export async function benchIngest(): Promise<Record<string, number>> {
   }
 
   console.log(`\nDurable ingest, one message in flight per connection (${DURATION_S} s or ${MAX_MESSAGES} messages per run)`);
-  console.log('target   conns  messages   msgs/s  % floor   p50 ms   p99 ms  loop µs/msg  commits/msg  written B/msg  growth B/msg');
+  console.log('target   conns  messages   msgs/s  % floor   p50 ms   p99 ms  loop µs/msg  cpu µs/msg  commits/msg  written B/msg  growth B/msg');
   for (const r of table) {
     const pctFloor = figures[`ingest_${r.target}_vs_floor_${r.connections}conn_pct`];
     console.log(
       `${r.target.padEnd(8)} ${String(r.connections).padStart(5)} ${String(r.messages).padStart(9)} ${String(r.msgsPerS).padStart(8)} ` +
-        `${(pctFloor === undefined ? '100' : String(pctFloor)).padStart(8)} ${r.p50Ms.toFixed(2).padStart(8)} ${r.p99Ms.toFixed(2).padStart(8)} ${String(r.loopUsPerMsg).padStart(12)} ` +
+        `${(pctFloor === undefined ? '100' : String(pctFloor)).padStart(8)} ${r.p50Ms.toFixed(2).padStart(8)} ${r.p99Ms.toFixed(2).padStart(8)} ${String(r.loopUsPerMsg).padStart(12)} ${String(r.cpuUsPerMsg).padStart(11)} ` +
         `${(r.commitsPerMsg === undefined ? '-' : r.commitsPerMsg.toFixed(3)).padStart(12)} ${(r.writtenPerMsg === undefined ? '-' : String(r.writtenPerMsg)).padStart(14)} ` +
         `${(r.growthPerMsg === undefined || r.target === 'floor' ? '-' : String(r.growthPerMsg)).padStart(13)}`,
     );
@@ -340,6 +362,15 @@ export async function benchIngest(): Promise<Record<string, number>> {
   console.log(
     `event loop per message at 8 connections: floor ${floorCost} µs, none ${figures.ingest_none_8conn_loop_us_per_msg} µs ` +
       `(70 % of the floor's rate leaves ${Math.round(floorCost / 0.7)}), shipped ${figures.ingest_shipped_8conn_loop_us_per_msg} µs (30 % leaves ${Math.round(floorCost / 0.3)})`,
+  );
+  // What the machine's cores allow at the goals' rates: the CPU time a message may cost, every
+  // core busy all the time, against what it costs now (client and server share the process).
+  const cores = availableParallelism();
+  const floorRate = figures.ingest_floor_8conn_msgs_per_s!;
+  console.log(
+    `${cores} cores at the goals' rates: none at 70 % (${Math.round(floorRate * 0.7)} msgs/s) may cost at most ${Math.round((cores * 1e6) / (floorRate * 0.7))} µs of CPU ` +
+      `per message (costs ${figures.ingest_none_8conn_cpu_us_per_msg}), shipped at 30 % (${Math.round(floorRate * 0.3)}/s) at most ${Math.round((cores * 1e6) / (floorRate * 0.3))} ` +
+      `(costs ${figures.ingest_shipped_8conn_cpu_us_per_msg}); only with the work spread evenly over every core`,
   );
   console.log(
     `goals at 8 connections: none ${figures.ingest_none_vs_floor_8conn_pct} % of the floor (>= 70 %), ` +
