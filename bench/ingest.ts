@@ -27,8 +27,9 @@
 // whichever comes first, every message a distinct SIU^S12 (own MSH-10 and appointment id).
 // Reported: msgs/s, ACK latency p50/p99 (ms, send to matching ACK), and per message: the event
 // loop's busy time (what a message costs the one thread every target saturates), the
-// process's CPU time on every thread (what the cores must supply), SQLite commits, bytes written to storage, and database growth (bench/measure.ts), each measured
-// from the start of the run until the routing and deliveries it caused are done.
+// process's CPU time on every thread (what the cores must supply), SQLite commits, bytes
+// written to storage, and database growth (bench/measure.ts), each measured from the start of
+// the run until the routing and deliveries it caused are done.
 //
 // Client and servers share the process (and its cores), equally for every target.
 // Set CARERELAY_BENCH_DIR to put the data dir on the disk to measure (default: os.tmpdir()),
@@ -37,7 +38,7 @@
 import { closeSync, fdatasyncSync, mkdtempSync, openSync, rmSync, writeSync } from 'node:fs';
 import { availableParallelism, loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { performance, type EventLoopUtilization } from 'node:perf_hooks';
+import { performance } from 'node:perf_hooks';
 import { pathToFileURL } from 'node:url';
 import { MllpClient } from '../src/hl7v2/mllp-client.ts';
 import { MllpServer, startEchoMllpServer } from '../src/hl7v2/mllp-server.ts';
@@ -196,9 +197,9 @@ export async function startServer(dir: string, shipped: boolean, store: { lines:
 interface Row extends RunResult {
   target: string;
   connections: number;
-  /** Event-loop busy time per message, µs (loopCost). */
+  /** Event-loop busy time per message, µs (startCosts). */
   loopUsPerMsg: number;
-  /** The process's CPU time per message, every thread, µs (cpuCost). */
+  /** The process's CPU time per message, every thread, µs (startCosts). */
   cpuUsPerMsg: number;
   commitsPerMsg?: number;
   writtenPerMsg?: number;
@@ -207,25 +208,30 @@ interface Row extends RunResult {
   confirmations?: ConfirmationFigures;
 }
 
-/**
- * The event loop's busy time since `since` (performance.eventLoopUtilization: client, server
- * and any blocking fsync alike), per message, in µs. Every target keeps the loop busy all
- * the time, so this is what a message costs the one thread they all share: msgs/s is about
- * a million over it, and it does not move with the run's length.
- */
-function loopCost(since: EventLoopUtilization, messages: number): number {
-  return Math.round((performance.eventLoopUtilization(since).active * 1000) / Math.max(messages, 1));
-}
+/** What the messages of a run cost per message, in µs, from startCosts() on. */
+type Costs = Pick<Row, 'loopUsPerMsg' | 'cpuUsPerMsg'>;
 
 /**
- * The process's CPU time (user + system, every thread: the event loop, a writer thread,
- * libuv's pool, the garbage collector's helpers) since `since`, per message, in µs. Unlike the
- * loop's busy time it leaves out waits (a blocking fsync): it is what the machine's cores
- * must supply per message.
+ * Starts measuring, for a run's `messages`, per message in µs:
+ * - loopUsPerMsg: the event loop's busy time (performance.eventLoopUtilization: client, server
+ *   and any blocking fsync alike). Every target keeps the loop busy all the time, so this is
+ *   what a message costs the one thread they all share: msgs/s is about a million over it,
+ *   and it does not move with the run's length.
+ * - cpuUsPerMsg: the process's CPU time (user + system, every thread: the event loop, a writer
+ *   thread, libuv's pool, the garbage collector's helpers). Unlike the loop's busy time it
+ *   leaves out waits (a blocking fsync): it is what the machine's cores must supply.
  */
-function cpuCost(since: NodeJS.CpuUsage, messages: number): number {
-  const used = process.cpuUsage(since);
-  return Math.round((used.user + used.system) / Math.max(messages, 1));
+function startCosts(): (messages: number) => Costs {
+  const loop = performance.eventLoopUtilization();
+  const cpu = process.cpuUsage();
+  return (messages) => {
+    const used = process.cpuUsage(cpu);
+    const n = Math.max(messages, 1);
+    return {
+      loopUsPerMsg: Math.round((performance.eventLoopUtilization(loop).active * 1000) / n),
+      cpuUsPerMsg: Math.round((used.user + used.system) / n),
+    };
+  };
 }
 
 export async function benchIngest(): Promise<Record<string, number>> {
@@ -247,19 +253,16 @@ export async function benchIngest(): Promise<Record<string, number>> {
         // The floor first: every other figure is read as a share of it.
         {
           const before = { commits: log.syncs(), writes: storageWrites(), bytes: 0 };
-          const loop = performance.eventLoopUtilization();
-          const cpu = process.cpuUsage();
+          const costs = startCosts();
           const result = await drive(floor.port, connections, `B-floor-${connections}-`);
-          const loopUsPerMsg = loopCost(loop, result.messages + connections * WARMUP_PER_CONNECTION);
-          const cpuUsPerMsg = cpuCost(cpu, result.messages + connections * WARMUP_PER_CONNECTION);
+          const messages = result.messages + connections * WARMUP_PER_CONNECTION;
           const after = { commits: log.syncs(), writes: storageWrites(), bytes: 0 };
-          table.push({ target: 'floor', connections, ...result, loopUsPerMsg, cpuUsPerMsg, ...perMessage(before, after, result.messages + connections * WARMUP_PER_CONNECTION) });
+          table.push({ target: 'floor', connections, ...result, ...costs(messages), ...perMessage(before, after, messages) });
         }
         for (const [name, server] of [['none', none], ['shipped', shipped]] as const) {
           const acked = name === 'shipped' ? new Map<string, number>() : undefined;
           const before: Meter = meter(server.running, { tables: name === 'shipped' });
-          const loop = performance.eventLoopUtilization();
-          const cpu = process.cpuUsage();
+          const costs = startCosts();
           const result = await drive(server.port, connections, `B-${name}-${connections}-`, acked);
           // Routing (and for shipped, the confirmations due now) of what was just ACKed: let it
           // finish, so the next target is not measured while this server is still busy, and
@@ -267,28 +270,22 @@ export async function benchIngest(): Promise<Record<string, number>> {
           const drainStarted = performance.now();
           await server.running.deliveries.idle();
           figures[`ingest_${name}_${connections}conn_drain_ms`] = Math.round(performance.now() - drainStarted);
-          const loopUsPerMsg = loopCost(loop, result.messages + connections * WARMUP_PER_CONNECTION);
-          const cpuUsPerMsg = cpuCost(cpu, result.messages + connections * WARMUP_PER_CONNECTION);
-          const row: Row = { target: name, connections, ...result, loopUsPerMsg, cpuUsPerMsg, ...perMessage(before, meter(server.running, { tables: name === 'shipped' }), result.messages + connections * WARMUP_PER_CONNECTION) };
+          const messages = result.messages + connections * WARMUP_PER_CONNECTION;
+          const row: Row = { target: name, connections, ...result, ...costs(messages), ...perMessage(before, meter(server.running, { tables: name === 'shipped' }), messages) };
           if (acked) row.confirmations = await confirmationFigures(server.running, acked);
           table.push(row);
         }
         {
           const before = meter(fhir.running);
-          const loop = performance.eventLoopUtilization();
-          const cpu = process.cpuUsage();
+          const costs = startCosts();
           const result = await fhir.run(connections);
           await fhir.running.deliveries.idle();
-          const loopUsPerMsg = loopCost(loop, result.messages);
-          const cpuUsPerMsg = cpuCost(cpu, result.messages);
-          table.push({ target: 'fhir', connections, ...result, loopUsPerMsg, cpuUsPerMsg, ...perMessage(before, meter(fhir.running), result.messages) });
+          table.push({ target: 'fhir', connections, ...result, ...costs(result.messages), ...perMessage(before, meter(fhir.running), result.messages) });
         }
         for (const [name, port] of [['echo', echo.port], ['nostore', noStorage.port], ['writer', writer.port]] as const) {
-          const loop = performance.eventLoopUtilization();
-          const cpu = process.cpuUsage();
+          const costs = startCosts();
           const result = await drive(port, connections, `B-${name}-${connections}-`);
-          const messages = result.messages + connections * WARMUP_PER_CONNECTION;
-          table.push({ target: name, connections, ...result, loopUsPerMsg: loopCost(loop, messages), cpuUsPerMsg: cpuCost(cpu, messages) });
+          table.push({ target: name, connections, ...result, ...costs(result.messages + connections * WARMUP_PER_CONNECTION) });
         }
       }
     } finally {
