@@ -16,8 +16,12 @@ interface Request {
   record: Omit<InboundRecord, 'conflictAck'>;
 }
 
-/** Starts the writer thread on the SQLite file `file`; `commit` resolves once the thread's commit is durable. */
-export function startWriterThread(file: string): { commit: CommitStrategy; close: () => Promise<void> } {
+/**
+ * Starts the writer thread on the SQLite file `file`; `commit` resolves once the thread's commit
+ * is durable. `busyMs` is the thread's event-loop busy time so far (its statements, packing,
+ * COMMIT and the fsync it waits for): the thread's own capacity, which no other thread shares.
+ */
+export function startWriterThread(file: string): { commit: CommitStrategy; busyMs: () => number; close: () => Promise<void> } {
   // tsx's loader is registered in the thread before this module loads there (a worker does
   // not inherit `--import tsx` hooks on Node 20).
   const bootstrap = `(async () => { const { register } = await import('tsx/esm/api'); register(); await import(${JSON.stringify(import.meta.url)}); })()`;
@@ -29,6 +33,7 @@ export function startWriterThread(file: string): { commit: CommitStrategy; close
       await call({ record: plain });
       return stored();
     },
+    busyMs: () => worker.performance.eventLoopUtilization().active,
     close: async () => {
       await worker.terminate();
     },
